@@ -1,0 +1,42 @@
+# Foundry: `make run` starts the daemon, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTOS := proto/foundry.proto proto/fleetforge/runtime/v1/runtime.proto
+
+.PHONY: run test proto proto-check bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/foundry serve --config foundry.toml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# Regenerate the committed betterproto2 code from the .proto sources.
+proto: $(STAMP)
+	rm -rf proto/generated
+	mkdir -p proto/generated
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I proto \
+	  --python_betterproto2_out=proto/generated \
+	  --python_betterproto2_opt=client_generation=async,server_generation=async \
+	  $(PROTOS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check kernel plugins analytics tests bench
+	$(BIN)/ruff format --check kernel plugins analytics tests bench
+	$(BIN)/mypy kernel plugins analytics
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,270 @@
+"""The Block API: one kind of plugin serves both as a Foundry task block (triggered by events) and
+as a FleetForge DAG step type (called with a step's inputs).
+
+A block author subclasses :class:`Block` or decorates a function with :func:`block`, and returns the
+blocks from a ``register_blocks`` hook implementation.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .throttle import Throttle
+
+
+class BlockKind(StrEnum):
+    """An observer reads and reports; a mutator changes the world (throttles restrain it)."""
+
+    OBSERVER = "observer"
+    MUTATOR = "mutator"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a step cost: tokens in and out, and money."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.tokens_in + other.tokens_in,
+            self.tokens_out + other.tokens_out,
+            self.cost + other.cost,
+        )
+
+
+@dataclass(frozen=True)
+class Emission:
+    """An event a block asked to emit."""
+
+    event_type: str
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    output: str
+
+
+@dataclass
+class BlockContext:
+    """What a running block sees, and how it reports back.
+
+    ``payload`` is the triggering event's payload for a task block, or the step's resolved inputs
+    for a DAG step (``inputs`` is the same mapping under its step name).
+    """
+
+    payload: Mapping[str, Any]
+    artifact_dir: Path
+    throttle: Throttle = Throttle.FULL
+    event_type: str = ""
+    event_id: str = ""
+    project: str = ""
+    run_id: str = ""
+    step_id: str = ""
+    seed: int = 0
+    model: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    attempt: int = 1
+    summary: str = ""
+    emissions: list[Emission] = field(default_factory=list)
+    usage: Usage = Usage()
+    raw_output: str = ""
+    exit_code: int = 0
+    artifacts_touched: bool = False
+
+    @property
+    def inputs(self) -> Mapping[str, Any]:
+        return self.payload
+
+    def emit(self, event_type: str, payload: Mapping[str, Any] | None = None) -> None:
+        """Ask for an event. The throttle decides whether it is delivered downstream."""
+        if not isinstance(event_type, str) or not event_type:
+            raise ValueError("emit: event_type must be a non-empty string")
+        self.emissions.append(Emission(event_type, dict(payload or {})))
+
+    def record_usage(self, tokens_in: int = 0, tokens_out: int = 0, cost: float = 0.0) -> None:
+        self.usage = self.usage + Usage(tokens_in, tokens_out, cost)
+
+    def artifact_path(self, name: str) -> Path:
+        """A path under this execution's artifact folder; files there are listed in the trace."""
+        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        self.artifacts_touched = True
+        path = (self.artifact_dir / name).resolve()
+        if not path.is_relative_to(self.artifact_dir.resolve()):
+            raise ValueError(f"artifact name {name!r} leaves the artifact folder")
+        return path
+
+    async def run_command(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes = b"",
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+    ) -> CommandResult:
+        """Run a program (no shell), capturing stdout and stderr together as the raw output."""
+        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        self.artifacts_touched = True
+        full_env = {**os.environ, **self.env, **(env or {})}
+        done = await trio.run_process(
+            list(argv),
+            stdin=stdin,
+            capture_stdout=True,
+            stderr=subprocess.STDOUT,
+            check=False,
+            env=full_env,
+            cwd=cwd,
+        )
+        output = done.stdout.decode(errors="replace")
+        self.raw_output += output
+        self.exit_code = done.returncode
+        return CommandResult(done.returncode, output)
+
+    def listed_artifacts(self) -> list[str]:
+        if not self.artifacts_touched or not self.artifact_dir.is_dir():
+            return []
+        return sorted(str(p) for p in self.artifact_dir.rglob("*") if p.is_file())
+
+
+class Block:
+    """Base class of every block.
+
+    Override :meth:`run`; optionally :meth:`accepts` (payload self-filter), :meth:`audit` (the
+    side-effect-free step a mutator runs under AUDIT_ONLY) and :meth:`simulate` (the events a
+    mutator offers under DRY_RUN).
+    """
+
+    name: str = ""
+    kind: BlockKind = BlockKind.OBSERVER
+    sinks: tuple[str, ...] = ()
+    timeout: float | None = 60.0
+    retries: int = 0
+    backoff: float = 0.2
+    description: str = ""
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        kind: BlockKind | str | None = None,
+        sinks: Iterable[str] | None = None,
+        timeout: float | None | bool = False,
+        retries: int | None = None,
+        backoff: float | None = None,
+        description: str | None = None,
+    ) -> None:
+        self.name = name if name is not None else self.name or type(self).__name__
+        self.kind = BlockKind(kind) if kind is not None else BlockKind(self.kind)
+        self.sinks = tuple(sinks) if sinks is not None else tuple(self.sinks)
+        if timeout is not False:
+            self.timeout = None if timeout is None else float(timeout)
+        self.retries = retries if retries is not None else self.retries
+        self.backoff = backoff if backoff is not None else self.backoff
+        self.description = description if description is not None else self.description
+
+    def accepts(self, payload: Mapping[str, Any]) -> bool:
+        """Payload self-filter: return False to let an event pass this block by."""
+        return True
+
+    async def run(self, ctx: BlockContext) -> Any:
+        """Do the work. Return the output (any JSON value); emit events with ``ctx.emit``."""
+        raise NotImplementedError(f"block {self.name!r} does not implement run()")
+
+    async def audit(self, ctx: BlockContext) -> None:
+        """AUDIT_ONLY: describe what run() would do, without side effects. Default: nothing."""
+
+    async def simulate(self, ctx: BlockContext) -> None:
+        """DRY_RUN: emit simulated events so the chain can be exercised read-only."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.kind} sinks={list(self.sinks)}>"
+
+
+BlockFn = Callable[[BlockContext], Any]
+AcceptsFn = Callable[[Mapping[str, Any]], bool]
+
+
+class FunctionBlock(Block):
+    """A block made from plain functions by :func:`block`."""
+
+    def __init__(
+        self,
+        fn: BlockFn,
+        *,
+        accepts: AcceptsFn | None = None,
+        audit: BlockFn | None = None,
+        simulate: BlockFn | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self._fn, self._accepts, self._audit, self._simulate = fn, accepts, audit, simulate
+        self.description = self.description or inspect.getdoc(fn) or ""
+
+    def accepts(self, payload: Mapping[str, Any]) -> bool:
+        return self._accepts(payload) if self._accepts else True
+
+    async def run(self, ctx: BlockContext) -> Any:
+        return await _maybe_await(self._fn(ctx))
+
+    async def audit(self, ctx: BlockContext) -> None:
+        if self._audit:
+            await _maybe_await(self._audit(ctx))
+
+    async def simulate(self, ctx: BlockContext) -> None:
+        if self._simulate:
+            await _maybe_await(self._simulate(ctx))
+
+
+def block(
+    name: str,
+    *,
+    sinks: Iterable[str] = (),
+    kind: BlockKind | str = BlockKind.OBSERVER,
+    timeout: float | None = 60.0,
+    retries: int = 0,
+    backoff: float = 0.2,
+    accepts: AcceptsFn | None = None,
+    audit: BlockFn | None = None,
+    simulate: BlockFn | None = None,
+) -> Callable[[BlockFn], FunctionBlock]:
+    """Make a block from a function ``fn(ctx) -> output`` (sync or async)."""
+
+    def wrap(fn: BlockFn) -> FunctionBlock:
+        return FunctionBlock(
+            fn,
+            name=name,
+            sinks=sinks,
+            kind=kind,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            accepts=accepts,
+            audit=audit,
+            simulate=simulate,
+        )
+
+    return wrap
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+BlockFactory = Callable[[Mapping[str, Any]], Block]
+"""Builds a block from a ``[[blocks]]`` table of foundry.toml (see ``register_block_types``)."""
+

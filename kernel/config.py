@@ -1,0 +1,175 @@
+"""Daemon configuration: one loader, ``Config.from_toml`` → ``Config.from_mapping``, that validates
+every key and names the file, the key and the reason when one is wrong."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_chain_depth: int = 32
+    max_chain_events: int = 10_000
+    recent_workflows: int = 1_000
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    max_batch_rows: int = 5_000
+
+
+@dataclass(frozen=True)
+class TapConfig:
+    subscriber_buffer: int = 1_024
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_concurrent_steps: int = 16
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str = "<defaults>"
+    listen: str = DEFAULT_LISTEN
+    home: Path = field(default_factory=lambda: default_home())
+    shutdown_grace: float = 10.0
+    engine: EngineConfig = EngineConfig()
+    store: StoreConfig = StoreConfig()
+    tap: TapConfig = TapConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    plugin_modules: tuple[str, ...] = ()
+    # [[blocks]] tables, validated by the factory of each block's ``type`` when blocks load.
+    declared_blocks: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def load(cls, path: str | None) -> Config:
+        """``--config PATH``, else ``./foundry.toml`` if present, else built-in defaults."""
+        if path is not None:
+            return cls.from_toml(Path(path))
+        if Path("foundry.toml").is_file():
+            return cls.from_toml(Path("foundry.toml"))
+        return cls()
+
+    @classmethod
+    def from_toml(cls, path: Path) -> Config:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        return cls.from_mapping(data, source=str(path), base=path.parent)
+
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, source: str = "<mapping>", base: Path | None = None
+    ) -> Config:
+        reader = _Reader(source)
+        reader.only(data, "", {"daemon", "engine", "store", "tap", "scheduler", "plugins", "blocks"})
+        daemon = reader.table(data, "daemon", {"listen", "home", "shutdown_grace"})
+        plugins = reader.table(data, "plugins", {"modules"})
+        home_value = daemon.get("home")
+        home = default_home()
+        if home_value is not None:
+            home = Path(reader.string(daemon, "daemon", "home")).expanduser()
+            if not home.is_absolute() and base is not None:
+                home = base / home
+        listen = daemon.get("listen", DEFAULT_LISTEN)
+        if listen != DEFAULT_LISTEN:
+            listen = reader.string(daemon, "daemon", "listen")
+            parse_listen(listen, key=f"{source}: [daemon].listen")
+        return cls(
+            source=source,
+            listen=listen,
+            home=home,
+            shutdown_grace=reader.positive(daemon, "daemon", "shutdown_grace", 10.0),
+            engine=reader.section(data, "engine", EngineConfig),
+            store=reader.section(data, "store", StoreConfig),
+            tap=reader.section(data, "tap", TapConfig),
+            scheduler=reader.section(data, "scheduler", SchedulerConfig),
+            plugin_modules=tuple(reader.strings(plugins, "plugins", "modules")),
+            declared_blocks=reader.blocks(data),
+        )
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("FOUNDRY_HOME") or "~/.foundry").expanduser()
+
+
+def parse_listen(listen: str, *, key: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+class _Reader:
+    """Typed reads from a parsed TOML document; each failure names the source and the key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {reason}")
+
+    def only(self, table: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+        for key in table:
+            if key not in allowed:
+                name = f"[{where}].{key}" if where else key
+                raise self.fail(name, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    def table(self, data: Mapping[str, Any], name: str, allowed: set[str]) -> Mapping[str, Any]:
+        table = data.get(name, {})
+        if not isinstance(table, Mapping):
+            raise self.fail(f"[{name}]", "expected a table")
+        self.only(table, name, allowed)
+        return table
+
+    def string(self, table: Mapping[str, Any], where: str, key: str) -> str:
+        value = table[key]
+        if not isinstance(value, str) or not value:
+            raise self.fail(f"[{where}].{key}", f"expected a non-empty string, got {value!r}")
+        return value
+
+    def strings(self, table: Mapping[str, Any], where: str, key: str) -> list[str]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(f"[{where}].{key}", f"expected a list of strings, got {value!r}")
+        return value
+
+    def positive(self, table: Mapping[str, Any], where: str, key: str, default: float) -> float:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self.fail(f"[{where}].{key}", f"expected a positive number, got {value!r}")
+        return float(value)
+
+    def section(self, data: Mapping[str, Any], name: str, kind: type[Any]) -> Any:
+        defaults = kind()
+        fields = set(defaults.__dataclass_fields__)
+        table = self.table(data, name, fields)
+        values: dict[str, int] = {}
+        for key, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise self.fail(f"[{name}].{key}", f"expected a positive integer, got {value!r}")
+            values[key] = value
+        return kind(**values)
+
+    def blocks(self, data: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+        blocks = data.get("blocks", [])
+        if not isinstance(blocks, list) or not all(isinstance(b, Mapping) for b in blocks):
+            raise self.fail("[[blocks]]", "expected an array of tables")
+        for index, table in enumerate(blocks):
+            for key in ("name", "type"):
+                if not isinstance(table.get(key), str) or not table.get(key):
+                    raise self.fail(f"[[blocks]] #{index + 1}.{key}", "a non-empty string is required")
+        return tuple({**table, "__source__": self.source} for table in blocks)

@@ -1,0 +1,104 @@
+"""The supervisor: a trio nursery of actors, grpclib in front, and an orderly stop.
+
+Start order: bind the port (fail fast), tap broker, store (recovers what a killed daemon left),
+engine, then the gRPC server. Stop order on SIGINT/SIGTERM: end the live streams, stop the server,
+close the engine's mailbox (chains in flight get ``shutdown_grace`` seconds), then the store flushes
+and closes the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import trio
+import trio_asyncio
+
+from .config import Config, parse_listen
+from .engine import Engine, EngineMessage
+from .errors import ConfigError
+from .foundry_service import FoundryService, Mailboxes
+from .grpc_server import bind, start_server, stop_server
+from .plugins import load_blocks
+from .runtime_service import RuntimeService
+from .store import Store, StoreMessage
+from .tap import TapBroker, TapMessage
+from .tap_messages import CloseAll
+
+log = logging.getLogger("foundry.daemon")
+
+MAILBOX_SIZE = 1_024
+
+
+async def serve(
+    config: Config,
+    *,
+    on_ready: Callable[[str], None] = print,
+    stop: trio.Event | None = None,
+) -> None:
+    """Run the daemon until SIGINT/SIGTERM (or ``stop`` is set)."""
+    registry = load_blocks(config.plugin_modules, config.declared_blocks)
+    host, port = parse_listen(config.listen, key=f"{config.source}: [daemon].listen")
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+    bound = sock.getsockname()
+    address = f"{bound[0]}:{bound[1]}"
+
+    tap_send, tap_receive = trio.open_memory_channel[TapMessage](MAILBOX_SIZE)
+    store_send, store_receive = trio.open_memory_channel[StoreMessage](MAILBOX_SIZE)
+    engine_send, engine_receive = trio.open_memory_channel[EngineMessage](MAILBOX_SIZE)
+
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        await nursery.start(TapBroker(tap_receive, buffer=config.tap.subscriber_buffer).run)
+        store = Store(config.home, store_receive, tap_send.clone(), max_batch=config.store.max_batch_rows)
+        recovered = await nursery.start(store.run)
+        if recovered:
+            log.warning("marked %d unfinished workflow(s) failed: daemon restarted", len(recovered))
+        engine = Engine(
+            registry,
+            engine_receive,
+            store_send.clone(),
+            home=config.home,
+            config=config.engine,
+            shutdown_grace=config.shutdown_grace,
+        )
+        await nursery.start(engine.run)
+        store_send.close()
+
+        mailboxes = Mailboxes(engine=engine_send, tap=tap_send)
+        server = await start_server([FoundryService(mailboxes), RuntimeService(mailboxes)], sock)
+        log.info("serving %d blocks on %s, home %s", len(registry), address, config.home)
+        on_ready(address)
+
+        await _until_stopped(stop)
+        log.info("stopping")
+        await tap_send.send(CloseAll())
+        await stop_server(server)
+        engine_send.close()
+        tap_send.close()
+
+
+async def _until_stopped(stop: trio.Event | None) -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def signalled() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
+            nursery.cancel_scope.cancel()
+
+        async def requested(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(signalled)
+        if stop is not None:
+            nursery.start_soon(requested, stop)
+
+
+def run(config: Config, **options: Any) -> None:
+    trio.run(lambda: serve(config, **options))

@@ -1,0 +1,103 @@
+"""Running one block once: timeout, retries with backoff, captured output. Shared by the engine
+(task blocks) and the scheduler (DAG steps)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .blocks import Block, BlockContext, Emission, Usage
+from .throttle import Action
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one block execution ended, across all its attempts."""
+
+    success: bool
+    output: Any
+    summary: str
+    error: str
+    emissions: tuple[Emission, ...]
+    usage: Usage
+    raw_output: str
+    exit_code: int
+    artifacts: tuple[str, ...]
+    attempts: int
+    duration_ms: int
+    timed_out: bool = False
+    context: BlockContext | None = field(default=None, compare=False, repr=False)
+
+
+async def execute(
+    block: Block,
+    action: Action,
+    new_context: Callable[[int], BlockContext],
+    *,
+    on_retry: Callable[[int, str, float], None] | None = None,
+) -> Outcome:
+    """Run ``block`` per ``action``; a failed RUN attempt is retried up to ``block.retries`` times.
+
+    ``new_context(attempt)`` gives each attempt a fresh context, so a failed attempt's emissions
+    never leak. ``on_retry(attempt, error, delay)`` is told before each backoff sleep.
+    """
+    started = time.perf_counter()
+    attempts = 1 + (block.retries if action is Action.RUN else 0)
+    ctx = new_context(1)
+    output: Any = None
+    error = ""
+    timed_out = False
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            delay = block.backoff * 2 ** (attempt - 2)
+            if on_retry:
+                on_retry(attempt - 1, error, delay)
+            await trio.sleep(delay)
+            ctx = new_context(attempt)
+        output, error, timed_out = await _attempt(block, action, ctx)
+        if not error:
+            break
+    return Outcome(
+        success=not error,
+        output=output,
+        summary=ctx.summary or error or _summarize(output),
+        error=error,
+        emissions=tuple(ctx.emissions) if not error else (),
+        usage=ctx.usage,
+        raw_output=ctx.raw_output,
+        exit_code=ctx.exit_code,
+        artifacts=tuple(ctx.listed_artifacts()),
+        attempts=attempt,
+        duration_ms=round((time.perf_counter() - started) * 1000),
+        timed_out=timed_out,
+        context=ctx,
+    )
+
+
+async def _attempt(block: Block, action: Action, ctx: BlockContext) -> tuple[Any, str, bool]:
+    timeout = math.inf if block.timeout is None else block.timeout
+    try:
+        with trio.fail_after(timeout):
+            if action is Action.RUN:
+                return await block.run(ctx), "", False
+            if action is Action.AUDIT:
+                await block.audit(ctx)
+            else:
+                await block.simulate(ctx)
+            return None, "", False
+    except trio.TooSlowError:
+        return None, f"timed out after {block.timeout:g}s", True
+    except Exception as exc:  # a block's failure is data for its trace, never the kernel's
+        return None, f"{type(exc).__name__}: {exc}", False
+
+
+def _summarize(output: Any) -> str:
+    if output is None:
+        return ""
+    text = output if isinstance(output, str) else repr(output)
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,78 @@
+"""grpclib serving both services inside the trio process, through trio-asyncio.
+
+Handlers live on the asyncio side and make one hop per call into the trio actor world
+(:func:`on_trio`). Kernel errors become gRPC statuses here, in one table; anything unexpected
+becomes a generic INTERNAL for the client and a logged traceback for the operator.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import trio_asyncio
+from grpclib import GRPCError
+from grpclib.const import Status
+from grpclib.server import Server
+
+from . import errors
+
+log = logging.getLogger("foundry.grpc")
+
+T = TypeVar("T")
+
+STATUS_OF: dict[type[errors.FoundryError], Status] = {
+    errors.InvalidArgument: Status.INVALID_ARGUMENT,
+    errors.NotFound: Status.NOT_FOUND,
+    errors.FailedPrecondition: Status.FAILED_PRECONDITION,
+    errors.AlreadyExists: Status.ALREADY_EXISTS,
+    errors.Unavailable: Status.UNAVAILABLE,
+    errors.ResourceExhausted: Status.RESOURCE_EXHAUSTED,
+}
+
+
+def to_grpc_error(exc: BaseException) -> GRPCError:
+    for kind in type(exc).__mro__:
+        if kind in STATUS_OF:
+            return GRPCError(STATUS_OF[kind], str(exc))
+    log.error("unexpected error in a request handler", exc_info=exc)
+    return GRPCError(Status.INTERNAL, "internal error; the daemon log has the details")
+
+
+async def on_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run a trio coroutine function from a grpclib handler; errors become gRPC statuses."""
+    try:
+        result: T = await trio_asyncio.trio_as_aio(fn)(*args)
+    except GRPCError:
+        raise
+    except Exception as exc:
+        raise to_grpc_error(exc) from None
+    return result
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket; OSError (address in use, bad host) goes to the caller."""
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = info[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def start_server(handlers: Sequence[Any], sock: socket.socket) -> Server:
+    server = Server(list(handlers))
+    await trio_asyncio.aio_as_trio(server.start)(sock=sock)
+    return server
+
+
+async def stop_server(server: Server) -> None:
+    server.close()
+    await trio_asyncio.aio_as_trio(server.wait_closed)()

@@ -1,0 +1,38 @@
+"""The plugin API's hook specifications (pluggy project name ``foundry``).
+
+A plugin module defines functions named like these, marked with ``@hookimpl``; hooks are
+synchronous and return data. The kernel owns every task and never hands a nursery to a plugin.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .blocks import Block, BlockFactory
+
+hookspec = pluggy.HookspecMarker("foundry")
+hookimpl = pluggy.HookimplMarker("foundry")
+
+# --- Blocks -------------------------------------------------------------------------------------
+
+
+@hookspec
+def register_blocks() -> list[Block]:  # type: ignore[empty-body]
+    """Contribute blocks. Each serves as a task block (when it sinks event types) and as a DAG
+    step type (under its name).
+
+    :returns: the blocks this plugin provides, in the order they should run for one event.
+    """
+
+
+@hookspec
+def register_block_types() -> dict[str, BlockFactory]:  # type: ignore[empty-body]
+    """Contribute block types that ``[[blocks]]`` tables in foundry.toml can instantiate.
+
+    :returns: a mapping of type name (the table's ``type`` key) to a factory that takes the table
+        and returns a :class:`~foundry.kernel.Block`; the factory raises ``ValueError`` naming
+        the key when the table is wrong.
+    """

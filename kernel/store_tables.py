@@ -1,0 +1,79 @@
+"""How each record type becomes rows: table, columns, and a row function. Columnar inserts
+(``INSERT … SELECT unnest(?) …``) are ~100× faster than row inserts in DuckDB."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from .ids import compact_json
+from .records import Event, ExecutionRecord, FinishedChain
+
+
+@dataclass(frozen=True)
+class TableWriter:
+    table: str
+    columns: tuple[str, ...]
+    row: Callable[[Any], tuple[Any, ...]]
+
+    def insert(self, con: duckdb.DuckDBPyConnection, records: Sequence[Any]) -> None:
+        columns = list(zip(*(self.row(r) for r in records), strict=True))
+        unnests = ", ".join(f"unnest(${i + 1})" for i in range(len(self.columns)))
+        names = ", ".join(self.columns)
+        con.execute(f"INSERT INTO {self.table} ({names}) SELECT {unnests}", [list(c) for c in columns])
+
+
+def _event_row(e: Event) -> tuple[Any, ...]:
+    return (
+        e.id, e.trace_id, e.event_type, e.project, e.occurred_at, e.recorded_at, e.throttle.value,
+        e.depth, e.parent_id or None, e.emitted_by or None, e.throttled, e.payload_json,
+    )  # fmt: skip
+
+
+def _execution_row(x: ExecutionRecord) -> tuple[Any, ...]:
+    return (
+        x.trace_id, x.block_name, x.trigger.id, x.state, x.success, x.summary,
+        [e.id for e in x.emitted], x.duration_ms, x.raw_output, x.exit_code,
+        list(x.audit_artifacts), x.attempts, x.throttled, x.started_at, x.completed_at,
+    )  # fmt: skip
+
+
+def _finished_row(f: FinishedChain) -> tuple[Any, ...]:
+    return (
+        f.workflow_id, f.workflow_type, f.project, f.throttle.value, f.state, f.error,
+        f.started_at, f.completed_at, f.event_count, f.block_count,
+    )  # fmt: skip
+
+
+WRITERS: dict[type, TableWriter] = {
+    Event: TableWriter(
+        "events",
+        ("event_id", "trace_id", "event_type", "project", "occurred_at", "recorded_at",
+         "throttle", "depth", "parent_id", "emitted_by", "throttled", "payload"),
+        _event_row,
+    ),  # fmt: skip
+    ExecutionRecord: TableWriter(
+        "block_executions",
+        ("trace_id", "block_name", "trigger_event_id", "state", "success", "summary",
+         "emitted_event_ids", "duration_ms", "raw_output", "exit_code", "audit_artifacts",
+         "attempts", "throttled", "started_at", "completed_at"),
+        _execution_row,
+    ),  # fmt: skip
+    FinishedChain: TableWriter(
+        "workflows",
+        ("workflow_id", "workflow_type", "project", "throttle", "state", "error",
+         "started_at", "completed_at", "event_count", "block_count"),
+        _finished_row,
+    ),  # fmt: skip
+}
+
+
+def register_writer(kind: type, writer: TableWriter) -> None:
+    """Later record types (runs, steps, ...) add their table here."""
+    WRITERS[kind] = writer
+
+
+__all__ = ["WRITERS", "TableWriter", "compact_json", "register_writer"]

@@ -1,0 +1,48 @@
+"""Messages the tap broker accepts, and what subscribers receive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from .mailbox import Reply
+
+
+class Tappable(Protocol):
+    """Anything published: it names its topic and the key subscribers filter on."""
+
+    @property
+    def tap_topic(self) -> str: ...
+
+    @property
+    def tap_key(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Committed items to fan out, in order."""
+
+    items: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Subscribe to ``topic``; ``key`` None means every key (e.g. every project)."""
+
+    topic: str
+    key: str | None
+    reply: Reply[trio.MemoryReceiveChannel[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseAll:
+    """Shutdown: end every subscription cleanly."""
+
+
+@dataclass(frozen=True, slots=True)
+class Overflow:
+    """The last item a subscriber gets when it fell behind and was cut off."""
+
+    buffered: int

@@ -1,0 +1,43 @@
+"""Throttle semantics as pure decisions: what the engine does with a block under a throttle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Throttle(StrEnum):
+    """Belongs to an event and is inherited by every event it causes."""
+
+    FULL = "full"
+    AUDIT_ONLY = "audit_only"
+    DRY_RUN = "dry_run"
+
+
+class Action(StrEnum):
+    RUN = "run"  # call Block.run
+    AUDIT = "audit"  # call Block.audit (side-effect free)
+    SIMULATE = "simulate"  # call Block.simulate; the block itself is skipped
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    deliver: bool  # are the block's emissions delivered downstream?
+    state: str  # the state the execution ends in when it succeeds
+
+
+_RUN = Decision(Action.RUN, deliver=True, state="completed")
+_AUDIT = Decision(Action.AUDIT, deliver=False, state="completed")
+_SIMULATE = Decision(Action.SIMULATE, deliver=True, state="skipped")
+
+
+def decide(throttle: Throttle, is_mutator: bool) -> Decision:
+    """FULL runs everything. AUDIT_ONLY: observers run; a mutator only audits and what it would
+    emit is recorded but not delivered. DRY_RUN: mutators are skipped; only the simulated events
+    they offer are delivered."""
+    if not is_mutator or throttle is Throttle.FULL:
+        return _RUN
+    if throttle is Throttle.AUDIT_ONLY:
+        return _AUDIT
+    return _SIMULATE

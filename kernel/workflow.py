@@ -1,0 +1,99 @@
+"""A chain in flight, as the engine tracks it: its events, block executions, and per-block slots
+for Status. Owned by the engine; nothing else touches it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .engine_messages import BlockView, WorkflowView
+from .ids import rfc3339
+from .records import Event, ExecutionRecord, FinishedChain, trace_document
+
+
+@dataclass(slots=True)
+class BlockSlot:
+    name: str
+    state: str = "pending"
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    throttled: bool = False
+
+    def view(self) -> BlockView:
+        return BlockView(
+            self.name, self.state, _stamp(self.started_at), _stamp(self.completed_at), self.throttled
+        )
+
+
+@dataclass(slots=True)
+class Workflow:
+    root: Event
+    is_workflow: bool  # some block sinks the root type
+    state: str = "pending"
+    error: str = ""
+    completed_at: datetime | None = None
+    events: list[Event] = field(default_factory=list)
+    executions: list[ExecutionRecord] = field(default_factory=list)
+    slots: list[BlockSlot] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.root.id
+
+    def add_slot(self, name: str) -> BlockSlot:
+        slot = BlockSlot(name)
+        self.slots.append(slot)
+        return slot
+
+    def fail(self, reason: str) -> None:
+        if not self.error:
+            self.error = reason
+
+    def final_state(self) -> str:
+        return "failed" if self.error else "completed"
+
+    def view(self) -> WorkflowView:
+        return WorkflowView(
+            workflow_id=self.id,
+            workflow_type=self.root.event_type,
+            project=self.root.project,
+            state=self.state,
+            started_at=rfc3339(self.root.occurred_at),
+            completed_at=_stamp(self.completed_at) if self.state in ("completed", "failed") else "",
+            error=self.error,
+            task_blocks=tuple(s.view() for s in self.slots),
+        )
+
+    def trace(self, state: str) -> dict[str, Any]:
+        end = self.completed_at or self.root.occurred_at
+        total_ms = round((end - self.root.occurred_at).total_seconds() * 1000)
+        return trace_document(
+            self.events,
+            self.executions,
+            total_ms,
+            workflow_id=self.id,
+            state=state,
+            error=self.error,
+        )
+
+    def finished(self, completed_at: datetime) -> FinishedChain:
+        self.completed_at = completed_at
+        state = self.final_state()
+        return FinishedChain(
+            workflow_id=self.id,
+            workflow_type=self.root.event_type,
+            project=self.root.project,
+            throttle=self.root.throttle,
+            state=state,
+            error=self.error,
+            started_at=self.root.occurred_at,
+            completed_at=completed_at,
+            event_count=len(self.events),
+            block_count=len(self.slots),
+            trace=self.trace(state),
+        )
+
+
+def _stamp(instant: datetime | None) -> str:
+    return rfc3339(instant) if instant else ""

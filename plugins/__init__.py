@@ -1,0 +1,1 @@
+"""Built-in blocks. Each module is a pluggy plugin, registered before any third-party one."""

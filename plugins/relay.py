@@ -1,0 +1,56 @@
+"""The ``relay`` block type: a block declared purely in foundry.toml.
+
+It re-emits its trigger as ``emits``, with the trigger's payload merged with the ``set`` table::
+
+    [[blocks]]
+    name = "Escalate"
+    type = "relay"
+    sinks = ["alert_raised"]
+    when = { severity = "high" }
+    emits = "page_oncall"
+    set = { team = "sre" }
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from foundry.kernel import Block, BlockContext, BlockKind, hookimpl
+from foundry.kernel.block_tables import common_options, matches, payload_filter
+
+
+class RelayBlock(Block):
+    def __init__(
+        self, *, emits: str, extra: Mapping[str, Any], when: Mapping[str, Any], **options: Any
+    ) -> None:
+        super().__init__(**options)
+        self.emits, self.extra, self.when = emits, dict(extra), dict(when)
+
+    def accepts(self, payload: Mapping[str, Any]) -> bool:
+        return matches(self.when, payload)
+
+    async def run(self, ctx: BlockContext) -> dict[str, Any]:
+        payload = {**ctx.payload, **self.extra}
+        ctx.emit(self.emits, payload)
+        ctx.summary = f"relayed as {self.emits}"
+        return payload
+
+    async def simulate(self, ctx: BlockContext) -> None:
+        ctx.emit(self.emits, {**ctx.payload, **self.extra, "simulated": True})
+
+
+def relay_block_from_table(table: Mapping[str, Any]) -> RelayBlock:
+    options = common_options(table, {"emits", "set"}, default_kind=BlockKind.OBSERVER)
+    emits = table.get("emits")
+    if not isinstance(emits, str) or not emits:
+        raise ValueError("emits: a non-empty event type is required")
+    extra = table.get("set", {})
+    if not isinstance(extra, Mapping):
+        raise ValueError("set: expected a table")
+    return RelayBlock(emits=emits, extra=extra, when=payload_filter(table), **options)
+
+
+@hookimpl
+def register_block_types() -> dict[str, Any]:
+    return {"relay": relay_block_from_table}

@@ -1,0 +1,117 @@
+"""The ``shell`` block type: runs a command named in foundry.toml.
+
+The command is an argv list (or a string split like a shell would, but never run by one). The
+payload — or a DAG step's inputs — reaches the program as compact JSON on stdin, in
+``FOUNDRY_PAYLOAD``, and as ``FOUNDRY_INPUT_<KEY>`` for each top-level scalar; it is never
+interpolated into a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+from foundry.kernel import Block, BlockContext, BlockError, BlockKind, hookimpl
+from foundry.kernel.block_tables import common_options, matches, payload_filter
+from foundry.kernel.ids import compact_json
+
+_SHELL_KEYS = {"command", "emits", "env", "cwd", "simulate"}
+
+
+class ShellBlock(Block):
+    def __init__(
+        self,
+        *,
+        command: list[str],
+        emits: str = "",
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        simulate: bool = False,
+        when: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        options.setdefault("kind", BlockKind.MUTATOR)
+        super().__init__(**options)
+        self.command, self.emits, self.cwd = command, emits, cwd
+        self.static_env = dict(env or {})
+        self.offers_simulation, self.when = simulate, dict(when or {})
+
+    def accepts(self, payload: Mapping[str, Any]) -> bool:
+        return matches(self.when, payload)
+
+    async def run(self, ctx: BlockContext) -> Any:
+        result = await ctx.run_command(
+            self.command,
+            stdin=compact_json(dict(ctx.payload)).encode(),
+            env={**self.static_env, **_payload_env(ctx)},
+            cwd=self.cwd,
+        )
+        if result.exit_code != 0:
+            last = result.output.strip().splitlines()[-1:] or [""]
+            raise BlockError(f"{self.command[0]} exited with {result.exit_code}: {last[0][:200]}")
+        output = _parse_output(result.output)
+        if self.emits:
+            ctx.emit(self.emits, output if isinstance(output, dict) else {"output": output})
+        ctx.summary = f"{self.command[0]} exited 0"
+        return output
+
+    async def simulate(self, ctx: BlockContext) -> None:
+        if self.emits and self.offers_simulation:
+            ctx.emit(self.emits, {**ctx.payload, "simulated": True})
+
+
+def _payload_env(ctx: BlockContext) -> dict[str, str]:
+    env = {
+        "FOUNDRY_PAYLOAD": compact_json(dict(ctx.payload)),
+        "FOUNDRY_EVENT_TYPE": ctx.event_type,
+        "FOUNDRY_EVENT_ID": ctx.event_id,
+        "FOUNDRY_PROJECT": ctx.project,
+        "FOUNDRY_THROTTLE": ctx.throttle.value,
+        "FOUNDRY_RUN_ID": ctx.run_id,
+        "FOUNDRY_STEP_ID": ctx.step_id,
+        "FOUNDRY_ARTIFACT_DIR": str(ctx.artifact_dir),
+    }
+    for key, value in ctx.payload.items():
+        if isinstance(value, str | int | float | bool) and not isinstance(value, dict):
+            name = re.sub(r"[^A-Za-z0-9]", "_", str(key)).upper()
+            env[f"FOUNDRY_INPUT_{name}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+def _parse_output(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text.rstrip("\n")
+
+
+def shell_block_from_table(table: Mapping[str, Any]) -> ShellBlock:
+    options = common_options(table, _SHELL_KEYS, default_kind=BlockKind.MUTATOR)
+    command = table.get("command")
+    if isinstance(command, str):
+        command = shlex.split(command)
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+        raise ValueError("command: expected a non-empty list of strings (argv) or a string")
+    env = table.get("env", {})
+    if not isinstance(env, Mapping) or not all(isinstance(v, str) for v in env.values()):
+        raise ValueError("env: expected a table of string values")
+    emits = table.get("emits", "")
+    if not isinstance(emits, str):
+        raise ValueError("emits: expected an event type")
+    return ShellBlock(
+        command=command,
+        emits=emits,
+        env=env,
+        cwd=table.get("cwd"),
+        simulate=bool(table.get("simulate", False)),
+        when=payload_filter(table),
+        **options,
+    )
+
+
+@hookimpl
+def register_block_types() -> dict[str, Any]:
+    return {"shell": shell_block_from_table}
