@@ -54,6 +54,29 @@ TABLES: dict[str, str] = {
             event_count    INTEGER NOT NULL,
             block_count    INTEGER NOT NULL   -- 0: an emit no block sinks (not a workflow)
         )""",
+    "runs": """
+        CREATE TABLE IF NOT EXISTS runs (
+            run_id           VARCHAR NOT NULL,
+            idempotency_key  VARCHAR NOT NULL,  -- '' when none was given
+            dag_json         VARCHAR NOT NULL,
+            inputs           JSON NOT NULL,
+            seed             BIGINT NOT NULL,
+            labels           JSON NOT NULL,
+            breakpoints      VARCHAR[] NOT NULL,  -- as submitted (changes are run events)
+            parent_run_id    VARCHAR NOT NULL,    -- a branch's source run ('' otherwise)
+            branch_step      VARCHAR NOT NULL,
+            note             VARCHAR NOT NULL,
+            created_at       TIMESTAMPTZ NOT NULL
+        )""",
+    "run_events": """
+        CREATE TABLE IF NOT EXISTS run_events (
+            run_id       VARCHAR NOT NULL,
+            seq          INTEGER NOT NULL,   -- 1, 2, 3 ... per run
+            step_id      VARCHAR NOT NULL,   -- '' for run-level events
+            kind         VARCHAR NOT NULL,   -- run_submitted, step_leased, step_completed, ...
+            payload      JSON NOT NULL,
+            occurred_at  TIMESTAMPTZ NOT NULL
+        )""",
 }
 
 VIEWS: dict[str, str] = {
@@ -63,6 +86,36 @@ VIEWS: dict[str, str] = {
                e.throttle, e.occurred_at AS started_at
         FROM events e ANTI JOIN workflows w ON w.workflow_id = e.event_id
         WHERE e.depth = 0""",
+    "run_status": """
+        CREATE OR REPLACE VIEW run_status AS
+        SELECT r.run_id, r.created_at, r.labels, r.parent_run_id,
+               coalesce(arg_max(CASE e.kind
+                   WHEN 'run_submitted' THEN 'PENDING' WHEN 'run_started' THEN 'RUNNING'
+                   WHEN 'run_resumed' THEN 'RUNNING' WHEN 'run_paused' THEN 'PAUSED_AT_STEP'
+                   WHEN 'run_succeeded' THEN 'SUCCEEDED' WHEN 'run_failed' THEN 'FAILED'
+                   WHEN 'run_canceled' THEN 'CANCELED' END, e.seq)
+                   FILTER (WHERE e.kind LIKE 'run_%'), 'PENDING') AS status,
+               max(e.occurred_at) AS updated_at
+        FROM runs r LEFT JOIN run_events e USING (run_id)
+        GROUP BY ALL""",
+    "steps": """
+        CREATE OR REPLACE VIEW steps AS
+        SELECT run_id, step_id,
+               max(CAST(payload->>'attempt' AS INTEGER)) AS attempt,
+               arg_max(kind, seq) AS last_event,
+               max(occurred_at) FILTER (WHERE kind = 'step_leased') AS leased_at,
+               max(occurred_at) FILTER (WHERE kind IN ('step_completed', 'step_failed'))
+                   AS completed_at,
+               arg_max(payload->'output', seq) FILTER (WHERE kind = 'step_completed') AS output,
+               arg_max(payload->'error', seq) FILTER (WHERE kind = 'step_failed') AS error,
+               arg_max(CAST(payload->'usage'->>'tokens_in' AS DOUBLE), seq)
+                   FILTER (WHERE kind = 'step_completed') AS tokens_in,
+               arg_max(CAST(payload->'usage'->>'tokens_out' AS DOUBLE), seq)
+                   FILTER (WHERE kind = 'step_completed') AS tokens_out,
+               arg_max(CAST(payload->'usage'->>'cost' AS DOUBLE), seq)
+                   FILTER (WHERE kind = 'step_completed') AS cost
+        FROM run_events WHERE step_id <> ''
+        GROUP BY run_id, step_id""",
 }
 
 

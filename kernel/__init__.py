@@ -20,6 +20,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl, hookspec
 from .throttle import Throttle
+from .tools import Tool
 
 __all__ = [
     "AlreadyExists",
@@ -38,6 +39,7 @@ __all__ = [
     "NotFound",
     "ResourceExhausted",
     "Throttle",
+    "Tool",
     "Unavailable",
     "Usage",
     "block",

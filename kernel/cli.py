@@ -19,6 +19,7 @@ from grpclib import GRPCError
 
 from foundry.proto import foundry_api as api
 
+from .cli_runs import add_run_commands
 from .client import connect, default_address
 from .config import Config, parse_listen
 from .errors import ConfigError, FoundryError
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("event_id")
     _client_options(trace)
     trace.set_defaults(handler=_client(cmd_trace))
+
+    add_run_commands(commands, _client, _client_options)
     return parser
 
 
@@ -106,10 +109,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_blocks(args: argparse.Namespace) -> int:
-    from .plugins import load_blocks
+    from .plugins import load_config_blocks
 
     config = Config.load(args.config)
-    registry = load_blocks(config.plugin_modules, config.declared_blocks)
+    registry = load_config_blocks(config)
     rows = [
         {"name": b.name, "kind": b.kind.value, "sinks": list(b.sinks), "type": type(b).__name__,
          "timeout": b.timeout, "retries": b.retries, "description": b.description}

@@ -35,6 +35,18 @@ class TapConfig:
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_concurrent_steps: int = 16
+    recent_runs: int = 1_000
+
+
+@dataclass(frozen=True)
+class LlmConfig:
+    provider: str = "mock"  # for models given without a "provider:" prefix
+    model: str = "mock-small"  # for steps that name no model
+    base_url: str = ""  # OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 120.0
+    price_per_1k_input: float = 0.0005
+    price_per_1k_output: float = 0.0015
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     tap: TapConfig = TapConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    llm: LlmConfig = LlmConfig()
     plugin_modules: tuple[str, ...] = ()
     # [[blocks]] tables, validated by the factory of each block's ``type`` when blocks load.
     declared_blocks: tuple[Mapping[str, Any], ...] = ()
@@ -75,7 +88,7 @@ class Config:
         cls, data: Mapping[str, Any], *, source: str = "<mapping>", base: Path | None = None
     ) -> Config:
         reader = _Reader(source)
-        reader.only(data, "", {"daemon", "engine", "store", "tap", "scheduler", "plugins", "blocks"})
+        reader.only(data, "", {*SECTIONS, "daemon", "plugins", "blocks"})
         daemon = reader.table(data, "daemon", {"listen", "home", "shutdown_grace"})
         plugins = reader.table(data, "plugins", {"modules"})
         home_value = daemon.get("home")
@@ -93,13 +106,19 @@ class Config:
             listen=listen,
             home=home,
             shutdown_grace=reader.positive(daemon, "daemon", "shutdown_grace", 10.0),
-            engine=reader.section(data, "engine", EngineConfig),
-            store=reader.section(data, "store", StoreConfig),
-            tap=reader.section(data, "tap", TapConfig),
-            scheduler=reader.section(data, "scheduler", SchedulerConfig),
+            **{name: reader.section(data, name, kind) for name, kind in SECTIONS.items()},
             plugin_modules=tuple(reader.strings(plugins, "plugins", "modules")),
             declared_blocks=reader.blocks(data),
         )
+
+
+SECTIONS: dict[str, type] = {
+    "engine": EngineConfig,
+    "store": StoreConfig,
+    "tap": TapConfig,
+    "scheduler": SchedulerConfig,
+    "llm": LlmConfig,
+}
 
 
 def default_home() -> Path:
@@ -154,15 +173,25 @@ class _Reader:
         return float(value)
 
     def section(self, data: Mapping[str, Any], name: str, kind: type[Any]) -> Any:
+        """A table of scalars typed like the dataclass defaults: integers positive, numbers
+        non-negative, strings strings."""
         defaults = kind()
-        fields = set(defaults.__dataclass_fields__)
-        table = self.table(data, name, fields)
-        values: dict[str, int] = {}
+        table = self.table(data, name, set(defaults.__dataclass_fields__))
+        values: dict[str, Any] = {}
         for key, value in table.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise self.fail(f"[{name}].{key}", f"expected a positive integer, got {value!r}")
-            values[key] = value
+            default = getattr(defaults, key)
+            values[key] = self._scalar(f"[{name}].{key}", value, type(default))
         return kind(**values)
+
+    def _scalar(self, key: str, value: Any, kind: type) -> Any:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if kind is int and (not number or not isinstance(value, int) or value <= 0):
+            raise self.fail(key, f"expected a positive integer, got {value!r}")
+        if kind is float and (not number or value < 0):
+            raise self.fail(key, f"expected a non-negative number, got {value!r}")
+        if kind is str and not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {value!r}")
+        return float(value) if kind is float else value
 
     def blocks(self, data: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
         blocks = data.get("blocks", [])

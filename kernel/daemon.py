@@ -1,9 +1,9 @@
 """The supervisor: a trio nursery of actors, grpclib in front, and an orderly stop.
 
 Start order: bind the port (fail fast), tap broker, store (recovers what a killed daemon left),
-engine, then the gRPC server. Stop order on SIGINT/SIGTERM: end the live streams, stop the server,
-close the engine's mailbox (chains in flight get ``shutdown_grace`` seconds), then the store flushes
-and closes the database.
+engine, scheduler (picks up unfinished runs), then the gRPC server. Stop order on SIGINT/SIGTERM: end the live streams, stop the server,
+close the engine's and scheduler's mailboxes (work in flight gets ``shutdown_grace`` seconds), then
+the store flushes and closes the database.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from .engine import Engine, EngineMessage
 from .errors import ConfigError
 from .foundry_service import FoundryService, Mailboxes
 from .grpc_server import bind, start_server, stop_server
-from .plugins import load_blocks
+from .plugins import load_config_blocks
 from .runtime_service import RuntimeService
+from .scheduler import Scheduler, SchedulerMessage
 from .store import Store, StoreMessage
 from .tap import TapBroker, TapMessage
 from .tap_messages import CloseAll
@@ -39,7 +40,7 @@ async def serve(
     stop: trio.Event | None = None,
 ) -> None:
     """Run the daemon until SIGINT/SIGTERM (or ``stop`` is set)."""
-    registry = load_blocks(config.plugin_modules, config.declared_blocks)
+    registry = load_config_blocks(config)
     host, port = parse_listen(config.listen, key=f"{config.source}: [daemon].listen")
     try:
         sock = bind(host, port)
@@ -51,6 +52,7 @@ async def serve(
     tap_send, tap_receive = trio.open_memory_channel[TapMessage](MAILBOX_SIZE)
     store_send, store_receive = trio.open_memory_channel[StoreMessage](MAILBOX_SIZE)
     engine_send, engine_receive = trio.open_memory_channel[EngineMessage](MAILBOX_SIZE)
+    scheduler_send, scheduler_receive = trio.open_memory_channel[SchedulerMessage](MAILBOX_SIZE)
 
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         await nursery.start(TapBroker(tap_receive, buffer=config.tap.subscriber_buffer).run)
@@ -67,9 +69,21 @@ async def serve(
             shutdown_grace=config.shutdown_grace,
         )
         await nursery.start(engine.run)
+        scheduler = Scheduler(
+            registry,
+            scheduler_receive,
+            store_send.clone(),
+            tap_send.clone(),
+            home=config.home,
+            config=config.scheduler,
+            shutdown_grace=config.shutdown_grace,
+        )
+        resumed = await nursery.start(scheduler.run)
+        if resumed:
+            log.warning("picked up %d unfinished run(s) where they stopped", resumed)
         store_send.close()
 
-        mailboxes = Mailboxes(engine=engine_send, tap=tap_send)
+        mailboxes = Mailboxes(engine=engine_send, tap=tap_send, scheduler=scheduler_send)
         server = await start_server([FoundryService(mailboxes), RuntimeService(mailboxes)], sock)
         log.info("serving %d blocks on %s, home %s", len(registry), address, config.home)
         on_ready(address)
@@ -79,6 +93,7 @@ async def serve(
         await tap_send.send(CloseAll())
         await stop_server(server)
         engine_send.close()
+        scheduler_send.close()
         tap_send.close()
 
 

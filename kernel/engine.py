@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from .blocks import Block, BlockContext, BlockKind, Emission
+from .blocks import Block, BlockContext, BlockKind, Emission, Usage
 from .config import EngineConfig
 from .engine_messages import BlockView, Emit, Emitted, GetStatus, GetTrace, WorkflowView
 from .errors import ChainLimitExceeded, NotFound
@@ -128,14 +128,30 @@ class Engine:
 
     # --- one event, its blocks, depth first ----------------------------------------------------
 
-    async def _deliver(self, workflow: Workflow, event: Event, durable: Pending[None] | None) -> None:
-        blocks = self._registry.sinking(event.event_type, event.payload)
-        slots = [workflow.add_slot(b.name) for b in blocks]
-        for block, slot in zip(blocks, slots, strict=True):
-            children, children_durable = await self._execute(workflow, block, slot, event, durable)
+    async def _deliver(
+        self, workflow: Workflow, event: Event, durable: Pending[None] | None
+    ) -> None:
+        reached = self._reached(event)
+        slots = [workflow.add_slot(b.name) for b, _ in reached]
+        for (block, refusal), slot in zip(reached, slots, strict=True):
+            children, children_durable = await self._execute(
+                workflow, block, slot, event, durable, refusal
+            )
             for child in children:
                 if not child.throttled:
                     await self._deliver(workflow, child, children_durable)
+
+    def _reached(self, event: Event) -> list[tuple[Block, str]]:
+        """The blocks an event reaches, in registration order, each with "" or, when its payload
+        filter raised, that error: a plugin's bug fails its execution, never the engine."""
+        reached: list[tuple[Block, str]] = []
+        for block in self._registry.by_sink.get(event.event_type, ()):
+            try:
+                if block.accepts(event.payload):
+                    reached.append((block, ""))
+            except Exception as exc:
+                reached.append((block, f"accepts() raised {type(exc).__name__}: {exc}"))
+        return reached
 
     async def _execute(
         self,
@@ -144,15 +160,19 @@ class Engine:
         slot: Any,
         event: Event,
         durable: Pending[None] | None,
+        refusal: str = "",
     ) -> tuple[tuple[Event, ...], Pending[None]]:
         decision = decide(event.throttle, block.kind is BlockKind.MUTATOR)
         if decision.action is Action.RUN and block.kind is BlockKind.MUTATOR and durable:
             await durable.wait()
         slot.state, slot.started_at = "running", self._clock.now()
         artifact_dir = self._home / "artifacts" / workflow.id / event.id / _slug(block.name)
-        outcome = await execute(
-            block, decision.action, lambda attempt: _context(event, artifact_dir, attempt)
-        )
+        if refusal:
+            outcome = _refused(refusal)
+        else:
+            outcome = await execute(
+                block, decision.action, lambda attempt: _context(event, artifact_dir, attempt)
+            )
         children, error = self._children(event, block, outcome, throttled=not decision.deliver)
         completed = self._clock.now()
         error = error or outcome.error
@@ -280,6 +300,14 @@ def _context(event: Event, artifact_dir: Path, attempt: int) -> BlockContext:
         project=event.project,
         attempt=attempt,
     )
+
+
+def _refused(error: str) -> Outcome:
+    """The outcome of a block that could not even be asked (its payload filter raised)."""
+    return Outcome(
+        success=False, output=None, summary=error, error=error, emissions=(), usage=Usage(),
+        raw_output="", exit_code=0, artifacts=(), attempts=0, duration_ms=0,
+    )  # fmt: skip
 
 
 def _slug(name: str) -> str:

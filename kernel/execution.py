@@ -65,7 +65,8 @@ async def execute(
     return Outcome(
         success=not error,
         output=output,
-        summary=ctx.summary or error or _summarize(output),
+        # A failure's summary is its error: the trace has no other place that says why.
+        summary=error or ctx.summary or _summarize(output),
         error=error,
         emissions=tuple(ctx.emissions) if not error else (),
         usage=ctx.usage,
@@ -79,8 +80,18 @@ async def execute(
     )
 
 
-async def _attempt(block: Block, action: Action, ctx: BlockContext) -> tuple[Any, str, bool]:
-    timeout = math.inf if block.timeout is None else block.timeout
+async def attempt_once(
+    block: Block, action: Action, ctx: BlockContext, timeout: float | None = None
+) -> tuple[Any, str, bool]:
+    """One attempt: ``(output, error, timed_out)``; ``error`` is "" on success."""
+    return await _attempt(block, action, ctx, timeout)
+
+
+async def _attempt(
+    block: Block, action: Action, ctx: BlockContext, timeout_override: float | None = None
+) -> tuple[Any, str, bool]:
+    limit = timeout_override if timeout_override is not None else block.timeout
+    timeout = math.inf if limit is None else limit
     try:
         with trio.fail_after(timeout):
             if action is Action.RUN:
@@ -91,7 +102,7 @@ async def _attempt(block: Block, action: Action, ctx: BlockContext) -> tuple[Any
                 await block.simulate(ctx)
             return None, "", False
     except trio.TooSlowError:
-        return None, f"timed out after {block.timeout:g}s", True
+        return None, f"timed out after {limit:g}s", True
     except Exception as exc:  # a block's failure is data for its trace, never the kernel's
         return None, f"{type(exc).__name__}: {exc}", False
 

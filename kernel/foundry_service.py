@@ -37,6 +37,7 @@ class Mailboxes:
 
     engine: trio.MemorySendChannel[EngineMessage]
     tap: trio.MemorySendChannel[TapMessage]
+    scheduler: trio.MemorySendChannel[Any]
 
 
 class FoundryService(api.FoundryBase):

@@ -12,6 +12,8 @@ import pluggy
 
 if TYPE_CHECKING:
     from .blocks import Block, BlockFactory
+    from .config import Config
+    from .tools import Tool
 
 hookspec = pluggy.HookspecMarker("foundry")
 hookimpl = pluggy.HookimplMarker("foundry")
@@ -20,10 +22,12 @@ hookimpl = pluggy.HookimplMarker("foundry")
 
 
 @hookspec
-def register_blocks() -> list[Block]:  # type: ignore[empty-body]
+def register_blocks(config: Config, tools: dict[str, Tool]) -> list[Block]:  # type: ignore[empty-body]
     """Contribute blocks. Each serves as a task block (when it sinks event types) and as a DAG
-    step type (under its name).
+    step type (under its name). An implementation may take any subset of the arguments.
 
+    :param config: the daemon's configuration (e.g. ``config.llm``).
+    :param tools: every tool contributed through ``register_tools``, by name.
     :returns: the blocks this plugin provides, in the order they should run for one event.
     """
 
@@ -35,4 +39,12 @@ def register_block_types() -> dict[str, BlockFactory]:  # type: ignore[empty-bod
     :returns: a mapping of type name (the table's ``type`` key) to a factory that takes the table
         and returns a :class:`~foundry.kernel.Block`; the factory raises ``ValueError`` naming
         the key when the table is wrong.
+    """
+
+
+@hookspec
+def register_tools() -> list[Tool]:  # type: ignore[empty-body]
+    """Contribute tools that DAG steps of type ``tool`` can call by name.
+
+    :returns: :class:`~foundry.kernel.Tool` objects; names are unique across plugins.
     """

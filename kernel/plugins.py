@@ -11,7 +11,9 @@ import pluggy
 
 from . import hookspecs
 from .blocks import Block, BlockFactory
+from .config import Config
 from .errors import ConfigError
+from .tools import Tool
 
 ENTRY_POINT_GROUP = "foundry"
 
@@ -19,6 +21,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "foundry.plugins.greeting",
     "foundry.plugins.shell",
     "foundry.plugins.relay",
+    "foundry.plugins.llm",
+    "foundry.plugins.tool",
+    "foundry.plugins.transform",
+    "foundry.plugins.http",
 )
 
 
@@ -78,14 +84,33 @@ def load_blocks(
     declared: Sequence[Mapping[str, Any]] = (),
     *,
     entry_points: bool = True,
+    config: Config | None = None,
 ) -> BlockRegistry:
     pm = build_plugin_manager(modules, entry_points=entry_points)
+    tools = _tools(pm)
     # pluggy calls the most recently registered plugin first; blocks run in registration order.
-    contributed = [b for result in reversed(pm.hook.register_blocks()) for b in result]
+    results = pm.hook.register_blocks(config=config or Config(), tools=tools)
+    contributed = [b for result in reversed(results) for b in result]
     factories: dict[str, BlockFactory] = {}
     for result in reversed(pm.hook.register_block_types()):
         factories.update(result)
     return BlockRegistry([*contributed, *(_declared_block(t, factories) for t in declared)])
+
+
+def load_config_blocks(config: Config, *, entry_points: bool = True) -> BlockRegistry:
+    return load_blocks(
+        config.plugin_modules, config.declared_blocks, entry_points=entry_points, config=config
+    )
+
+
+def _tools(pm: Any) -> dict[str, Tool]:
+    tools: dict[str, Tool] = {}
+    for result in reversed(pm.hook.register_tools()):
+        for tool in result:
+            if tool.name in tools:
+                raise ConfigError(f"two tools are named {tool.name!r}; tool names are unique")
+            tools[tool.name] = tool
+    return tools
 
 
 def _declared_block(table: Mapping[str, Any], factories: Mapping[str, BlockFactory]) -> Block:

@@ -133,6 +133,8 @@ class Store:
         """One transaction for every record; trace files first, so a crash never leaves a
         committed workflow row without its trace (an uncommitted one is recovered)."""
         assert self._con is not None
+        if not records:
+            return  # an empty Append is a barrier: its ack means all before it is durable
         by_kind: dict[type, list[Any]] = {}
         for record in records:
             by_kind.setdefault(type(record), []).append(record)

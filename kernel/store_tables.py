@@ -11,6 +11,7 @@ import duckdb
 
 from .ids import compact_json
 from .records import Event, ExecutionRecord, FinishedChain
+from .runs import RunEventRecord, RunSubmission
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,18 @@ def _finished_row(f: FinishedChain) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _submission_row(r: RunSubmission) -> tuple[Any, ...]:
+    return (
+        r.run_id, r.idempotency_key, r.dag_json, compact_json(r.inputs), r.seed,
+        compact_json(r.labels), list(r.breakpoints), r.parent_run_id, r.branch_step, r.note,
+        r.created_at,
+    )  # fmt: skip
+
+
+def _run_event_row(e: RunEventRecord) -> tuple[Any, ...]:
+    return (e.run_id, e.seq, e.step_id, e.kind, compact_json(e.payload), e.occurred_at)
+
+
 WRITERS: dict[type, TableWriter] = {
     Event: TableWriter(
         "events",
@@ -68,12 +81,15 @@ WRITERS: dict[type, TableWriter] = {
          "started_at", "completed_at", "event_count", "block_count"),
         _finished_row,
     ),  # fmt: skip
+    RunSubmission: TableWriter(
+        "runs",
+        ("run_id", "idempotency_key", "dag_json", "inputs", "seed", "labels", "breakpoints",
+         "parent_run_id", "branch_step", "note", "created_at"),
+        _submission_row,
+    ),  # fmt: skip
+    RunEventRecord: TableWriter(
+        "run_events",
+        ("run_id", "seq", "step_id", "kind", "payload", "occurred_at"),
+        _run_event_row,
+    ),
 }
-
-
-def register_writer(kind: type, writer: TableWriter) -> None:
-    """Later record types (runs, steps, ...) add their table here."""
-    WRITERS[kind] = writer
-
-
-__all__ = ["WRITERS", "TableWriter", "compact_json", "register_writer"]

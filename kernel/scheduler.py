@@ -1,0 +1,370 @@
+"""The scheduler: runs FleetForge DAGs durably.
+
+A run's state is its event log (``kernel/runs.py``). The scheduler makes each event, applies it,
+and appends it to the store, which publishes it to TapRun subscribers once committed. A step that
+has side effects (a mutator block) starts only after its lease is durable; side-effect-free steps
+run ahead of the commit and are simply redone after a crash. On start, every run without a
+terminal event is picked up again: completed steps keep their outputs, an interrupted step is
+leased again with ``attempt + 1``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .blocks import BlockContext, BlockKind
+from .config import SchedulerConfig
+from .dag import UnresolvedReference, parse_dag, resolve, step_seed
+from .errors import InvalidArgument, NotFound, Unavailable
+from .execution import attempt_once
+from .ids import Clock, compact_json
+from .mailbox import Pending, ask, post
+from .plugins import BlockRegistry
+from .runs import RunEventRecord, RunState, RunSubmission, StepState
+from .scheduler_messages import GetRun, OpenTap, RunView, StepView, SubmitRun, TapOpened
+from .store import StoreMessage
+from .store_messages import Append, Read
+from .store_runs import load_idempotency_keys, load_run, load_run_events, load_unfinished_runs
+from .tap import TapMessage
+from .tap_messages import Subscribe
+from .throttle import Action
+
+log = logging.getLogger("foundry.scheduler")
+
+SchedulerMessage = SubmitRun | GetRun | OpenTap
+
+
+def new_run_id() -> str:
+    return f"run_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+class Scheduler:
+    def __init__(
+        self,
+        registry: BlockRegistry,
+        inbox: trio.MemoryReceiveChannel[SchedulerMessage],
+        store: trio.MemorySendChannel[StoreMessage],
+        tap: trio.MemorySendChannel[TapMessage],
+        *,
+        home: Path,
+        config: SchedulerConfig,
+        shutdown_grace: float,
+    ) -> None:
+        self._registry, self._inbox, self._store, self._tap = registry, inbox, store, tap
+        self._home, self._config, self._grace = home, config, shutdown_grace
+        self._clock = Clock()
+        self._limiter = trio.CapacityLimiter(config.max_concurrent_steps)
+        self._runs: OrderedDict[str, RunState] = OrderedDict()
+        self._idempotency: dict[str, str] = {}
+        self._durable: dict[str, trio.Event] = {}  # runs whose submission is being committed
+        self._nursery: trio.Nursery | None = None
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            SubmitRun: self._on_submit,
+            GetRun: self._on_get,
+            OpenTap: self._on_open_tap,
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self._inbox, self._store, self._tap, trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._idempotency = await self._read(load_idempotency_keys)
+            unfinished = await self._read(load_unfinished_runs)
+            for submission, events in unfinished:
+                run = self._rebuild(submission, events)
+                self._runs[run.run_id] = run
+                nursery.start_soon(self._drive, run)
+            task_status.started(len(unfinished))
+            async for message in self._inbox:
+                self._handlers[type(message)](message)
+            # Runs are checkpointed by their log: in-flight steps get the grace period, then the
+            # next start leases them again.
+            nursery.cancel_scope.deadline = trio.current_time() + self._grace
+
+    # --- SubmitRun ----------------------------------------------------------------------------
+
+    def _on_submit(self, message: SubmitRun) -> None:
+        assert self._nursery is not None
+        key = message.idempotency_key
+        if key and key in self._idempotency:
+            self._nursery.start_soon(self._answer_duplicate, self._idempotency[key], message)
+            return
+        try:
+            submission, run = self._new_run(message)
+        except InvalidArgument as exc:
+            message.reply.fail(exc)
+            return
+        self._runs[run.run_id] = run
+        self._durable[run.run_id] = trio.Event()
+        if key:
+            self._idempotency[key] = run.run_id
+        self._nursery.start_soon(self._start, run, submission, message)
+
+    def _new_run(self, message: SubmitRun) -> tuple[RunSubmission, RunState]:
+        dag = parse_dag(message.dag_json, self._registry.by_name.keys())
+        step_ids = {s.id for s in dag.steps}
+        for step_id in message.breakpoints:
+            if step_id not in step_ids:
+                raise InvalidArgument(f"spec.breakpoints: unknown step {step_id!r}")
+        submission = RunSubmission(
+            run_id=new_run_id(),
+            dag_json=message.dag_json,
+            inputs=dict(message.inputs),
+            seed=message.seed,
+            labels=dict(message.labels),
+            breakpoints=tuple(dict.fromkeys(message.breakpoints)),
+            idempotency_key=message.idempotency_key,
+            created_at=self._clock.now(),
+        )
+        run = RunState.new(submission, dag)
+        return submission, run
+
+    async def _start(self, run: RunState, submission: RunSubmission, message: SubmitRun) -> None:
+        submitted = run.make_event(
+            "run_submitted", submission.created_at, steps=len(run.dag.steps), seed=submission.seed
+        )
+        try:
+            await (await self._append([submission, submitted])).wait()
+        except Exception as exc:
+            self._runs.pop(run.run_id, None)
+            self._idempotency.pop(submission.idempotency_key, None)
+            message.reply.fail(exc)
+            return
+        finally:
+            self._durable.pop(run.run_id).set()
+        message.reply.send(run.run_id)
+        await self._drive(run)
+
+    async def _answer_duplicate(self, run_id: str, message: SubmitRun) -> None:
+        pending = self._durable.get(run_id)
+        if pending is not None:
+            await pending.wait()
+        if message.idempotency_key in self._idempotency:
+            message.reply.send(run_id)
+        else:
+            message.reply.fail(Unavailable("the first submission with this key failed; retry"))
+
+    # --- driving a run --------------------------------------------------------------------------
+
+    async def _drive(self, run: RunState) -> None:
+        if run.status == "PENDING":
+            await self._record(run, "run_started")
+        for step in run.interrupted():
+            step.status = "pending"  # leased before a crash: lease again with attempt + 1
+        busy: set[str] = set()
+        done_send, done_receive = trio.open_memory_channel[str](len(run.steps) + 1)
+        async with trio.open_nursery() as steps:
+            while True:
+                if not run.failed_steps():
+                    for step in run.ready(busy):
+                        busy.add(step.spec.id)
+                        steps.start_soon(self._run_step, run, step, done_send)
+                if not busy:
+                    break
+                busy.discard(await done_receive.receive())
+        failed = run.failed_steps()
+        if failed:
+            step = failed[0]
+            message = (step.error or {}).get("message", "") if isinstance(step.error, dict) else ""
+            await self._record(
+                run, "run_failed", step.spec.id, error=f"step {step.spec.id!r} failed: {message}"
+            )
+        else:
+            await self._record(run, "run_succeeded")
+        self._retire(run)
+
+    async def _run_step(
+        self, run: RunState, step: StepState, done: trio.MemorySendChannel[str]
+    ) -> None:
+        try:
+            async with self._limiter:
+                while not await self._attempt(run, step):
+                    pass
+        finally:
+            done.send_nowait(step.spec.id)
+
+    async def _attempt(self, run: RunState, step: StepState) -> bool:
+        """Lease and run one attempt; True when the step is finished (either way)."""
+        spec = step.spec
+        attempt = step.attempt + 1
+        block = self._registry.by_name.get(spec.type)
+        if block is None:
+            error = _error(f"step type {spec.type!r} is not registered any more", attempt)
+            await self._record(run, "step_failed", spec.id, attempt=attempt, error=error)
+            return True
+        try:
+            inputs = resolve(spec.inputs, run.submission.inputs, run.outputs())
+        except UnresolvedReference as exc:
+            await self._record(run, "step_failed", spec.id, attempt=attempt, error=_error(str(exc)))
+            return True
+        seed = step_seed(run.submission.seed, spec.id)
+        lease = await self._record(
+            run, "step_leased", spec.id,
+            attempt=attempt, inputs=inputs, seed=seed, model=spec.model, env=dict(spec.env),
+        )  # fmt: skip
+        if block.kind is BlockKind.MUTATOR:
+            await lease.wait()  # side effects only once the lease is durable
+        ctx = BlockContext(
+            payload=inputs,
+            artifact_dir=self._home / "artifacts" / "runs" / run.run_id / spec.id,
+            run_id=run.run_id,
+            step_id=spec.id,
+            seed=seed,
+            model=spec.model,
+            env=dict(spec.env),
+            attempt=attempt,
+        )
+        started = time.perf_counter()
+        output, error, timed_out = await attempt_once(block, Action.RUN, ctx, spec.timeout)
+        if not error:
+            try:
+                output = json.loads(compact_json(output))
+            except (TypeError, ValueError) as exc:
+                error = f"the step's output is not JSON: {exc}"
+        if not error:
+            await self._record(
+                run, "step_completed", spec.id,
+                attempt=attempt, output=output, duration_ms=_ms_since(started),
+                usage={"tokens_in": ctx.usage.tokens_in, "tokens_out": ctx.usage.tokens_out,
+                       "cost": ctx.usage.cost},
+                raw_output=ctx.raw_output[-65536:], exit_code=ctx.exit_code,
+                artifacts=ctx.listed_artifacts(),
+            )  # fmt: skip
+            return True
+        max_attempts = spec.retry.max_attempts if spec.retry else block.retries + 1
+        if step.failures + 1 < max_attempts:
+            backoff = spec.retry.backoff if spec.retry else block.backoff
+            delay = backoff * 2**step.failures
+            await self._record(
+                run, "step_retrying", spec.id,
+                attempt=attempt, error=_error(error, attempt, timed_out), delay=delay,
+            )  # fmt: skip
+            await trio.sleep(delay)
+            return False
+        await self._record(
+            run, "step_failed", spec.id, attempt=attempt, error=_error(error, attempt, timed_out)
+        )
+        return True
+
+    async def _record(self, run: RunState, kind: str, step_id: str = "", **payload: Any) -> Pending[None]:
+        event = run.make_event(kind, self._clock.now(), step_id, **payload)
+        return await self._append([event])
+
+    async def _append(self, records: Sequence[Any]) -> Pending[None]:
+        publish = tuple(r for r in records if isinstance(r, RunEventRecord))
+        return await post(self._store, lambda r: Append(tuple(records), publish, r))
+
+    def _retire(self, run: RunState) -> None:
+        self._runs.move_to_end(run.run_id)
+        finished = [rid for rid, r in self._runs.items() if r.terminal]
+        for run_id in finished[: max(0, len(finished) - self._config.recent_runs)]:
+            del self._runs[run_id]
+
+    def _rebuild(self, submission: RunSubmission, events: Sequence[Any]) -> RunState:
+        run = RunState.new(submission, parse_dag(submission.dag_json, None))
+        for event in events:
+            run.apply(event)
+        return run
+
+    # --- GetRun and TapRun ----------------------------------------------------------------------
+
+    def _on_get(self, message: GetRun) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._get, message)
+
+    async def _get(self, message: GetRun) -> None:
+        try:
+            run = self._runs.get(message.run_id)
+            if run is not None:
+                view = run_view(run)
+                await ask(self._store, lambda r: Append((), (), r))  # all it shows is durable
+            else:
+                view = run_view(await self._load(message.run_id))
+        except Exception as exc:
+            message.reply.fail(exc)
+        else:
+            message.reply.send(view)
+
+    async def _load(self, run_id: str) -> RunState:
+        found = await self._read(load_run, run_id)
+        if found is None:
+            raise NotFound(f"run_id: no run {run_id!r}")
+        return self._rebuild(*found)
+
+    def _on_open_tap(self, message: OpenTap) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._open_tap, message)
+
+    async def _open_tap(self, message: OpenTap) -> None:
+        live = None
+        try:
+            # Subscribe first, then read the durable history: nothing falls in between.
+            live = await ask(self._tap, lambda r: Subscribe("runs", message.run_id, r))
+            history = await self._read(load_run_events, message.run_id)
+            if not history:
+                raise NotFound(f"run_id: no run {message.run_id!r}")
+        except Exception as exc:
+            if live is not None:
+                live.close()
+            message.reply.fail(exc)
+        else:
+            message.reply.send(TapOpened(tuple(history), live))
+
+    async def _read(self, query: Callable[..., Any], *args: Any) -> Any:
+        return await ask(self._store, lambda r: Read(query, args, r))
+
+
+def run_view(run: RunState) -> RunView:
+    sub = run.submission
+    return RunView(
+        run_id=run.run_id,
+        status=run.status,
+        dag_json=sub.dag_json,
+        inputs=sub.inputs,
+        seed=sub.seed,
+        labels=sub.labels,
+        breakpoints=sub.breakpoints,
+        created_at=sub.created_at,
+        updated_at=run.updated_at or sub.created_at,
+        steps=tuple(_step_view(run, s) for s in run.steps.values()),
+        error=run.error,
+        parent_run_id=sub.parent_run_id,
+        branch_step=sub.branch_step,
+    )
+
+
+def _step_view(run: RunState, step: StepState) -> StepView:
+    status = step.status
+    if status == "pending" and run.terminal:
+        status = "skipped"  # never started: an upstream step failed
+    return StepView(
+        step_id=step.spec.id,
+        idx=step.spec.idx,
+        type=step.spec.type,
+        status=status,
+        attempt=step.attempt,
+        leased_at=step.leased_at,
+        completed_at=step.completed_at,
+        output=step.output,
+        error=step.error,
+        inputs=step.inputs,
+        seed=step.seed,
+        model=step.model,
+        usage=step.usage,
+    )
+
+
+def _error(message: str, attempt: int = 0, timed_out: bool = False) -> dict[str, Any]:
+    return {"message": message, "attempt": attempt, "timed_out": timed_out}
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,81 @@
+"""Messages the scheduler accepts, and the snapshots it answers with."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import trio
+
+from .mailbox import Reply
+from .runs import RunEventRecord
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRun:
+    """Start a run (answered with its id once it is durable)."""
+
+    dag_json: str
+    inputs: Mapping[str, Any]
+    seed: int
+    labels: Mapping[str, str]
+    breakpoints: tuple[str, ...]
+    idempotency_key: str
+    reply: Reply[str]
+
+
+@dataclass(frozen=True, slots=True)
+class StepView:
+    step_id: str
+    idx: int
+    type: str
+    status: str
+    attempt: int
+    leased_at: datetime | None
+    completed_at: datetime | None
+    output: Any
+    error: Any
+    inputs: Any
+    seed: int
+    model: str
+    usage: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    run_id: str
+    status: str  # PENDING | RUNNING | SUCCEEDED | FAILED | CANCELED | PAUSED_AT_STEP
+    dag_json: str
+    inputs: Mapping[str, Any]
+    seed: int
+    labels: Mapping[str, str]
+    breakpoints: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+    steps: tuple[StepView, ...]
+    error: str = ""
+    parent_run_id: str = ""
+    branch_step: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GetRun:
+    run_id: str
+    reply: Reply[RunView]
+
+
+@dataclass(frozen=True, slots=True)
+class TapOpened:
+    """The durable history so far, then live events on ``live`` (possibly repeating history;
+    skip ``seq`` ≤ the last one seen)."""
+
+    history: tuple[RunEventRecord, ...]
+    live: trio.MemoryReceiveChannel[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTap:
+    run_id: str
+    reply: Reply[TapOpened]

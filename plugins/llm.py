@@ -1,0 +1,131 @@
+"""The ``llm`` step type: one chat completion.
+
+Inputs: ``prompt`` (a string) or ``messages`` (chat messages), optional ``temperature``. The model
+is the step's ``model`` (else ``[llm].model``); a ``provider:`` prefix picks the provider
+(``mock:small``, ``openai:gpt-4o-mini``), else ``[llm].provider``.
+
+Providers: ``mock`` answers offline and deterministically from (messages, model, seed) — the
+same spec and seed give the same output; ``openai`` calls any OpenAI-compatible
+``/chat/completions`` endpoint at ``[llm].base_url`` with the key from ``[llm].api_key_env``.
+Usage (tokens in/out, cost at the configured prices) is recorded next to the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from foundry.kernel import Block, BlockContext, BlockError, BlockKind, hookimpl
+from foundry.kernel.config import Config, LlmConfig
+
+_WORDS = (
+    "agent plan step tool result check retry answer context memory signal draft review "
+    "summary detail source claim evidence next final note risk budget model token"
+).split()
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens_in: int
+    tokens_out: int
+    finish_reason: str = "stop"
+
+
+Provider = Callable[[LlmConfig, str, list[dict[str, Any]], int, float], Awaitable[Completion]]
+
+
+async def mock_provider(
+    settings: LlmConfig, model: str, messages: list[dict[str, Any]], seed: int, temperature: float
+) -> Completion:
+    material = json.dumps([model, seed, messages], sort_keys=True).encode()
+    digest = hashlib.sha256(material).digest()
+    words = [_WORDS[b % len(_WORDS)] for b in digest[: 8 + digest[0] % 16]]
+    tokens_in = sum(len(str(m.get("content", "")).split()) for m in messages)
+    return Completion(" ".join(words), tokens_in, len(words))
+
+
+async def openai_provider(
+    settings: LlmConfig, model: str, messages: list[dict[str, Any]], seed: int, temperature: float
+) -> Completion:
+    if not settings.base_url:
+        raise BlockError("[llm].base_url is not set: the openai provider needs an endpoint")
+    headers = {}
+    key = os.environ.get(settings.api_key_env, "")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    body = {"model": model, "messages": messages, "seed": seed, "temperature": temperature}
+    async with httpx.AsyncClient(timeout=settings.timeout) as client:
+        response = await client.post(
+            settings.base_url.rstrip("/") + "/chat/completions", json=body, headers=headers
+        )
+    if response.status_code >= 400:
+        raise BlockError(f"LLM endpoint answered {response.status_code}: {response.text[:200]}")
+    data = response.json()
+    choice = data["choices"][0]
+    usage = data.get("usage", {})
+    return Completion(
+        text=choice["message"]["content"],
+        tokens_in=int(usage.get("prompt_tokens", 0)),
+        tokens_out=int(usage.get("completion_tokens", 0)),
+        finish_reason=choice.get("finish_reason") or "stop",
+    )
+
+
+PROVIDERS: dict[str, Provider] = {"mock": mock_provider, "openai": openai_provider}
+
+
+class LlmBlock(Block):
+    name = "llm"
+    kind = BlockKind.OBSERVER
+    timeout = 300.0
+    description = "one chat completion (providers: mock, openai-compatible)"
+
+    def __init__(self, settings: LlmConfig) -> None:
+        super().__init__()
+        self.settings = settings
+
+    async def run(self, ctx: BlockContext) -> dict[str, Any]:
+        messages = _messages(ctx.inputs)
+        provider_name, model = self._model(ctx.model or str(ctx.inputs.get("model", "")))
+        provider = PROVIDERS.get(provider_name)
+        if provider is None:
+            raise BlockError(f"model: unknown provider {provider_name!r} (known: mock, openai)")
+        temperature = float(ctx.inputs.get("temperature", 0.0))
+        reply = await provider(self.settings, model, messages, ctx.seed, temperature)
+        cost = (
+            reply.tokens_in * self.settings.price_per_1k_input
+            + reply.tokens_out * self.settings.price_per_1k_output
+        ) / 1000
+        ctx.record_usage(reply.tokens_in, reply.tokens_out, cost)
+        ctx.summary = f"{provider_name}:{model} → {reply.tokens_out} tokens"
+        return {
+            "text": reply.text,
+            "model": model,
+            "provider": provider_name,
+            "finish_reason": reply.finish_reason,
+        }
+
+    def _model(self, name: str) -> tuple[str, str]:
+        name = name or self.settings.model
+        provider, sep, model = name.partition(":")
+        return (provider, model) if sep else (self.settings.provider, name)
+
+
+def _messages(inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if isinstance(inputs.get("messages"), list):
+        return [dict(m) for m in inputs["messages"]]
+    if "prompt" in inputs:
+        return [{"role": "user", "content": str(inputs["prompt"])}]
+    raise BlockError("inputs: an llm step needs 'prompt' or 'messages'")
+
+
+@hookimpl
+def register_blocks(config: Config) -> list[Block]:
+    return [LlmBlock(config.llm)]
