@@ -50,6 +50,15 @@ class LlmConfig:
 
 
 @dataclass(frozen=True)
+class ReplayConfig:
+    """Drift tolerances (see kernel/drift.py)."""
+
+    token_tolerance: float = 0.0
+    cost_tolerance: float = 0.0
+    output_similarity: float = 1.0
+
+
+@dataclass(frozen=True)
 class Config:
     source: str = "<defaults>"
     listen: str = DEFAULT_LISTEN
@@ -60,6 +69,7 @@ class Config:
     tap: TapConfig = TapConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     llm: LlmConfig = LlmConfig()
+    replay: ReplayConfig = ReplayConfig()
     plugin_modules: tuple[str, ...] = ()
     # [[blocks]] tables, validated by the factory of each block's ``type`` when blocks load.
     declared_blocks: tuple[Mapping[str, Any], ...] = ()
@@ -118,6 +128,7 @@ SECTIONS: dict[str, type] = {
     "tap": TapConfig,
     "scheduler": SchedulerConfig,
     "llm": LlmConfig,
+    "replay": ReplayConfig,
 }
 
 

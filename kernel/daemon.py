@@ -22,6 +22,8 @@ from .errors import ConfigError
 from .foundry_service import FoundryService, Mailboxes
 from .grpc_server import bind, start_server, stop_server
 from .plugins import load_config_blocks
+from .drift import Tolerance
+from .replay import Replay, Replayer
 from .runtime_service import RuntimeService
 from .scheduler import Scheduler, SchedulerMessage
 from .store import Store, StoreMessage
@@ -53,6 +55,7 @@ async def serve(
     store_send, store_receive = trio.open_memory_channel[StoreMessage](MAILBOX_SIZE)
     engine_send, engine_receive = trio.open_memory_channel[EngineMessage](MAILBOX_SIZE)
     scheduler_send, scheduler_receive = trio.open_memory_channel[SchedulerMessage](MAILBOX_SIZE)
+    replay_send, replay_receive = trio.open_memory_channel[Replay](MAILBOX_SIZE)
 
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         await nursery.start(TapBroker(tap_receive, buffer=config.tap.subscriber_buffer).run)
@@ -81,9 +84,16 @@ async def serve(
         resumed = await nursery.start(scheduler.run)
         if resumed:
             log.warning("picked up %d unfinished run(s) where they stopped", resumed)
+        tolerance = Tolerance(**vars(config.replay))
+        replayer = Replayer(
+            registry, replay_receive, store_send.clone(), home=config.home, tolerance=tolerance
+        )
+        await nursery.start(replayer.run)
         store_send.close()
 
-        mailboxes = Mailboxes(engine=engine_send, tap=tap_send, scheduler=scheduler_send)
+        mailboxes = Mailboxes(
+            engine=engine_send, tap=tap_send, scheduler=scheduler_send, replay=replay_send
+        )
         server = await start_server([FoundryService(mailboxes), RuntimeService(mailboxes)], sock)
         log.info("serving %d blocks on %s, home %s", len(registry), address, config.home)
         on_ready(address)
@@ -94,6 +104,7 @@ async def serve(
         await stop_server(server)
         engine_send.close()
         scheduler_send.close()
+        replay_send.close()
         tap_send.close()
 
 

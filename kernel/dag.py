@@ -70,6 +70,34 @@ class Dag:
         return found
 
 
+def upstream_of(dag: Dag, step_id: str) -> set[str]:
+    """Every step ``step_id`` depends on, directly or not."""
+    by_id = dag.by_id()
+    found: set[str] = set()
+    todo = list(by_id[step_id].depends_on)
+    while todo:
+        current = todo.pop()
+        if current not in found:
+            found.add(current)
+            todo.extend(by_id[current].depends_on)
+    return found
+
+
+def check_patch_references(dag: Dag, step_id: str, inputs: Any) -> None:
+    """Patched inputs may reference the run's inputs and upstream steps only."""
+    upstream = upstream_of(dag, step_id)
+    for path in references(inputs):
+        text = "${" + ".".join(path) + "}"
+        if path[0] == "inputs" and all(path):
+            continue
+        if path[0] == "steps" and len(path) >= 3 and path[2] == "output" and path[1] in upstream:
+            continue
+        raise InvalidArgument(
+            f"step {step_id!r}: inputs_patch: reference {text} must name the run's inputs or a "
+            "step upstream of this one"
+        )
+
+
 def parse_dag(dag_json: str, known_types: Collection[str] | None) -> Dag:
     """Parse and validate; every error is InvalidArgument naming the step and the field.
 

@@ -38,6 +38,7 @@ class Mailboxes:
     engine: trio.MemorySendChannel[EngineMessage]
     tap: trio.MemorySendChannel[TapMessage]
     scheduler: trio.MemorySendChannel[Any]
+    replay: trio.MemorySendChannel[Any]
 
 
 class FoundryService(api.FoundryBase):

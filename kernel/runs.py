@@ -9,7 +9,7 @@ code path for both.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -86,11 +86,15 @@ class RunState:
     error: str = ""
     steps: dict[str, StepState] = field(default_factory=dict)
     events: list[RunEventRecord] = field(default_factory=list)
+    breakpoints: set[str] = field(default_factory=set)
+    released: set[str] = field(default_factory=set)  # resumed past their breakpoint
+    paused_step: str = ""
 
     @classmethod
     def new(cls, submission: RunSubmission, dag: Dag) -> RunState:
         state = cls(submission, dag, updated_at=submission.created_at)
         state.steps = {s.id: StepState(s) for s in dag.steps}
+        state.breakpoints = set(submission.breakpoints)
         return state
 
     @property
@@ -136,6 +140,27 @@ class RunState:
     def failed_steps(self) -> list[StepState]:
         return [s for s in self.steps.values() if s.status == "failed"]
 
+    def stops_at(self, step: StepState) -> bool:
+        """Does a breakpoint hold this step back?"""
+        return step.spec.id in self.breakpoints and step.spec.id not in self.released
+
+    def sorted_breakpoints(self) -> list[str]:
+        order = {s.id: s.idx for s in self.dag.steps}
+        return sorted(self.breakpoints, key=lambda b: order.get(b, 0))
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge recursively, null removes a key."""
+    if not isinstance(patch, Mapping):
+        return patch
+    merged = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
 
 def _started(run: RunState, event: RunEventRecord) -> None:
     run.status = "RUNNING"
@@ -173,6 +198,37 @@ def _run_failed(run: RunState, event: RunEventRecord) -> None:
     run.status, run.error = "FAILED", str(event.payload.get("error", ""))
 
 
+def _breakpoints(run: RunState, event: RunEventRecord) -> None:
+    run.breakpoints = set(event.payload["breakpoints"])
+
+
+def _paused(run: RunState, event: RunEventRecord) -> None:
+    run.status, run.paused_step = "PAUSED_AT_STEP", event.step_id
+
+
+def _resumed(run: RunState, event: RunEventRecord) -> None:
+    run.status, run.paused_step = "RUNNING", ""
+    run.released.add(event.step_id)
+
+
+def _patched(run: RunState, event: RunEventRecord) -> None:
+    step, p = run.steps[event.step_id], event.payload
+    spec = step.spec
+    step.spec = replace(
+        spec,
+        inputs=merge_patch(spec.inputs, p.get("inputs_patch") or {}),
+        env={**spec.env, **(p.get("env") or {})},
+        model=p["model"] if p.get("model") is not None else spec.model,
+    )
+
+
+def _reused(run: RunState, event: RunEventRecord) -> None:
+    step, p = run.steps[event.step_id], event.payload
+    step.status, step.attempt, step.output = "reused", p["attempt"], p["output"]
+    step.usage, step.inputs, step.seed, step.model = p["usage"], p["inputs"], p["seed"], p["model"]
+    step.completed_at = event.occurred_at
+
+
 _APPLY = {
     "run_started": _started,
     "step_leased": _leased,
@@ -181,5 +237,10 @@ _APPLY = {
     "step_failed": _failed,
     "run_succeeded": _succeeded,
     "run_failed": _run_failed,
+    "breakpoints_updated": _breakpoints,
+    "run_paused": _paused,
+    "run_resumed": _resumed,
+    "step_patched": _patched,
+    "step_reused": _reused,
 }
 

@@ -17,11 +17,35 @@ from .foundry_service import Mailboxes
 from .grpc_server import on_trio
 from .mailbox import ask
 from .runs import TERMINAL_KINDS, RunEventRecord
-from .scheduler_messages import GetRun, OpenTap, RunView, StepView, SubmitRun, TapOpened
+from .replay import Replay, ReplayResult
+from .scheduler_messages import (
+    BranchRun,
+    GetRun,
+    OpenTap,
+    PatchStep,
+    ResumeRun,
+    RunView,
+    StepView,
+    SubmitRun,
+    TapOpened,
+    UpdateBreakpoints,
+)
 from .tap_messages import Overflow
 
 RUN_STATUS = {name: api.RunStatus[name] for name in
               ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "PAUSED_AT_STEP")}  # fmt: skip
+SEED_MODES = {
+    api.BranchSeedMode.UNSPECIFIED: "same",
+    api.BranchSeedMode.SAME: "same",
+    api.BranchSeedMode.NEW: "new",
+    api.BranchSeedMode.CUSTOM: "custom",
+}
+REPLAY_MODES = {
+    api.ReplayMode.UNSPECIFIED: "full",
+    api.ReplayMode.FULL: "full",
+    api.ReplayMode.STEP_ONLY: "step_only",
+    api.ReplayMode.DIFF: "diff",
+}
 
 
 class RuntimeService(api.RuntimeServiceBase):
@@ -73,8 +97,70 @@ class RuntimeService(api.RuntimeServiceBase):
         finally:
             opened.live.close()
 
+    async def update_breakpoints(
+        self, message: api.UpdateBreakpointsRequest
+    ) -> api.UpdateBreakpointsResponse:
+        _require(message.run_id, "run_id")
+        points = await on_trio(
+            self._ask,
+            lambda r: UpdateBreakpoints(
+                message.run_id, tuple(message.add), tuple(message.remove), message.clear_all, r
+            ),
+        )
+        return api.UpdateBreakpointsResponse(breakpoints=points)
+
+    async def patch_step(self, message: api.PatchStepRequest) -> api.PatchStepResponse:
+        _require(message.run_id, "run_id")
+        _require(message.step_id, "step_id")
+        inputs = message.inputs_patch.to_dict() if message.inputs_patch is not None else None
+        env = message.env.to_dict() if message.env is not None else None
+        step_id = await on_trio(
+            self._ask,
+            lambda r: PatchStep(
+                message.run_id, message.step_id, inputs, env, message.model, message.note, r
+            ),
+        )
+        return api.PatchStepResponse(step_id=step_id)
+
+    async def resume_run(self, message: api.ResumeRunRequest) -> api.ResumeRunResponse:
+        _require(message.run_id, "run_id")
+        status, step_id = await on_trio(self._ask, lambda r: ResumeRun(message.run_id, r))
+        return api.ResumeRunResponse(status=RUN_STATUS[status], resumed_step_id=step_id)
+
+    async def create_branch_run(
+        self, message: api.CreateBranchRunRequest
+    ) -> api.CreateBranchRunResponse:
+        _require(message.run_id, "run_id")
+        _require(message.from_step, "from_step")
+        mode = SEED_MODES.get(message.seed_mode)
+        if mode is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"seed_mode: unknown value {message.seed_mode}")
+        run_id = await on_trio(
+            self._ask,
+            lambda r: BranchRun(
+                message.run_id, message.from_step, mode, message.seed,
+                message.inputs_patch.to_dict() if message.inputs_patch is not None else {},
+                message.labels_patch.to_dict() if message.labels_patch is not None else {},
+                message.note, r,
+            ),
+        )  # fmt: skip
+        return api.CreateBranchRunResponse(run_id=run_id)
+
+    async def replay_run(self, message: api.ReplayRunRequest) -> api.ReplayRunResponse:
+        _require(message.run_id, "run_id")
+        mode = REPLAY_MODES.get(message.mode)
+        if mode is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"mode: unknown value {message.mode}")
+        result: ReplayResult = await on_trio(
+            self._ask_replay, lambda r: Replay(message.run_id, mode, r)
+        )
+        return replay_response(result)
+
     async def _ask(self, build: Any) -> Any:
         return await ask(self._mail.scheduler, build)
+
+    async def _ask_replay(self, build: Any) -> Any:
+        return await ask(self._mail.replay, build)
 
 
 async def _next(receive: trio.MemoryReceiveChannel[Any]) -> Any:
@@ -131,6 +217,28 @@ def run_event(event: RunEventRecord) -> api.RunEvent:
         kind=event.kind,
         payload=json_value({**event.payload, "seq": event.seq}),
         occurred_at=event.occurred_at,
+    )
+
+
+def replay_response(result: ReplayResult) -> api.ReplayRunResponse:
+    return api.ReplayRunResponse(
+        run_id=result.run_id,
+        all_within_tolerance=result.all_within_tolerance,
+        strategy=api.ReplayStrategy.LIVE if result.strategy == "live" else api.ReplayStrategy.MOCKED,
+        steps=[
+            api.ReplayStep(
+                step_id=step.step_id,
+                snapshot=json_value(step.snapshot),
+                drift=api.ReplayStepDrift(
+                    recorded=json_value(step.drift.recorded),
+                    current=json_value(step.drift.current),
+                    token_delta=step.drift.token_delta,
+                    cost_delta=step.drift.cost_delta,
+                    within_tolerance=step.drift.within_tolerance,
+                ),
+            )
+            for step in result.steps
+        ],
     )
 
 

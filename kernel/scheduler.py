@@ -30,7 +30,25 @@ from .ids import Clock, compact_json
 from .mailbox import Pending, ask, post
 from .plugins import BlockRegistry
 from .runs import RunEventRecord, RunState, RunSubmission, StepState
-from .scheduler_messages import GetRun, OpenTap, RunView, StepView, SubmitRun, TapOpened
+from .run_control import (
+    branch_submission,
+    check_resumable,
+    new_breakpoints,
+    patch_payload,
+    reusable_steps,
+)
+from .scheduler_messages import (
+    BranchRun,
+    GetRun,
+    OpenTap,
+    PatchStep,
+    ResumeRun,
+    RunView,
+    StepView,
+    SubmitRun,
+    TapOpened,
+    UpdateBreakpoints,
+)
 from .store import StoreMessage
 from .store_messages import Append, Read
 from .store_runs import load_idempotency_keys, load_run, load_run_events, load_unfinished_runs
@@ -40,7 +58,9 @@ from .throttle import Action
 
 log = logging.getLogger("foundry.scheduler")
 
-SchedulerMessage = SubmitRun | GetRun | OpenTap
+SchedulerMessage = (
+    SubmitRun | GetRun | OpenTap | UpdateBreakpoints | PatchStep | ResumeRun | BranchRun
+)
 
 
 def new_run_id() -> str:
@@ -66,11 +86,16 @@ class Scheduler:
         self._runs: OrderedDict[str, RunState] = OrderedDict()
         self._idempotency: dict[str, str] = {}
         self._durable: dict[str, trio.Event] = {}  # runs whose submission is being committed
+        self._wakeups: dict[str, trio.Event] = {}  # paused runs waiting for ResumeRun
         self._nursery: trio.Nursery | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             SubmitRun: self._on_submit,
             GetRun: self._on_get,
             OpenTap: self._on_open_tap,
+            UpdateBreakpoints: self._spawn(self._update_breakpoints),
+            PatchStep: self._spawn(self._patch),
+            ResumeRun: self._spawn(self._resume),
+            BranchRun: self._spawn(self._branch),
         }
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -163,13 +188,14 @@ class Scheduler:
         done_send, done_receive = trio.open_memory_channel[str](len(run.steps) + 1)
         async with trio.open_nursery() as steps:
             while True:
-                if not run.failed_steps():
-                    for step in run.ready(busy):
-                        busy.add(step.spec.id)
-                        steps.start_soon(self._run_step, run, step, done_send)
-                if not busy:
+                if run.status == "RUNNING" and not run.failed_steps():
+                    await self._start_ready(run, busy, steps, done_send)
+                if busy:
+                    busy.discard(await done_receive.receive())
+                elif run.status == "PAUSED_AT_STEP" and not run.failed_steps():
+                    await self._until_resumed(run)
+                else:
                     break
-                busy.discard(await done_receive.receive())
         failed = run.failed_steps()
         if failed:
             step = failed[0]
@@ -180,6 +206,26 @@ class Scheduler:
         else:
             await self._record(run, "run_succeeded")
         self._retire(run)
+
+    async def _start_ready(
+        self,
+        run: RunState,
+        busy: set[str],
+        steps: trio.Nursery,
+        done: trio.MemorySendChannel[str],
+    ) -> None:
+        """Start every ready step in DAG order; stop before the first one with a breakpoint
+        (steps already running finish; nothing new starts until ResumeRun)."""
+        for step in run.ready(busy):
+            if run.stops_at(step):
+                await self._record(run, "run_paused", step.spec.id)
+                return
+            busy.add(step.spec.id)
+            steps.start_soon(self._run_step, run, step, done)
+
+    async def _until_resumed(self, run: RunState) -> None:
+        while run.status == "PAUSED_AT_STEP":
+            await self._wakeups.setdefault(run.run_id, trio.Event()).wait()
 
     async def _run_step(
         self, run: RunState, step: StepState, done: trio.MemorySendChannel[str]
@@ -274,6 +320,79 @@ class Scheduler:
             run.apply(event)
         return run
 
+    # --- breakpoints, patch, resume, branch -----------------------------------------------------
+
+    def _spawn(self, handler: Callable[[Any], Any]) -> Callable[[Any], None]:
+        def start(message: Any) -> None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._answer, handler, message)
+
+        return start
+
+    async def _answer(self, handler: Callable[[Any], Any], message: Any) -> None:
+        try:
+            result = await handler(message)
+        except Exception as exc:
+            message.reply.fail(exc)
+        else:
+            message.reply.send(result)
+
+    async def _target(self, run_id: str) -> RunState:
+        """A run to act on: live ones from memory; a finished one is loaded (to say so)."""
+        run = self._runs.get(run_id)
+        return run if run is not None else await self._load(run_id)
+
+    async def _update_breakpoints(self, message: UpdateBreakpoints) -> list[str]:
+        run = await self._target(message.run_id)
+        points = new_breakpoints(run, message.add, message.remove, message.clear_all)
+        await (await self._record(run, "breakpoints_updated", breakpoints=points)).wait()
+        return points
+
+    async def _patch(self, message: PatchStep) -> str:
+        run = await self._target(message.run_id)
+        payload = patch_payload(
+            run, message.step_id, message.inputs_patch, message.env, message.model, message.note
+        )
+        await (await self._record(run, "step_patched", message.step_id, **payload)).wait()
+        return message.step_id
+
+    async def _resume(self, message: ResumeRun) -> tuple[str, str]:
+        run = await self._target(message.run_id)
+        step_id = check_resumable(run)
+        pending = await self._record(run, "run_resumed", step_id)
+        await pending.wait()
+        wakeup = self._wakeups.pop(run.run_id, None)
+        if wakeup is not None:
+            wakeup.set()
+        return run.status, step_id
+
+    async def _branch(self, message: BranchRun) -> str:
+        source = await self._target(message.run_id)
+        submission = branch_submission(
+            source,
+            run_id=new_run_id(),
+            from_step=message.from_step,
+            seed_mode=message.seed_mode,
+            seed=message.seed,
+            inputs_patch=message.inputs_patch,
+            labels_patch=message.labels_patch,
+            note=message.note,
+            created_at=self._clock.now(),
+        )
+        run = RunState.new(submission, source.dag)
+        records: list[Any] = [submission, run.make_event(
+            "run_submitted", submission.created_at, steps=len(run.dag.steps), seed=submission.seed,
+            parent_run_id=source.run_id, branch_step=message.from_step, note=message.note,
+        )]  # fmt: skip
+        for reused in reusable_steps(source, message.from_step):
+            step_id = reused.pop("step_id")
+            records.append(run.make_event("step_reused", self._clock.now(), step_id, **reused))
+        self._runs[run.run_id] = run
+        await (await self._append(records)).wait()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._drive, run)
+        return run.run_id
+
     # --- GetRun and TapRun ----------------------------------------------------------------------
 
     def _on_get(self, message: GetRun) -> None:
@@ -331,7 +450,7 @@ def run_view(run: RunState) -> RunView:
         inputs=sub.inputs,
         seed=sub.seed,
         labels=sub.labels,
-        breakpoints=sub.breakpoints,
+        breakpoints=tuple(run.sorted_breakpoints()),
         created_at=sub.created_at,
         updated_at=run.updated_at or sub.created_at,
         steps=tuple(_step_view(run, s) for s in run.steps.values()),

@@ -79,3 +79,41 @@ class TapOpened:
 class OpenTap:
     run_id: str
     reply: Reply[TapOpened]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateBreakpoints:
+    run_id: str
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+    clear_all: bool
+    reply: Reply[list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class PatchStep:
+    run_id: str
+    step_id: str
+    inputs_patch: Mapping[str, Any] | None
+    env: Mapping[str, Any] | None
+    model: str | None
+    note: str
+    reply: Reply[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRun:
+    run_id: str
+    reply: Reply[tuple[str, str]]  # (status, resumed step id)
+
+
+@dataclass(frozen=True, slots=True)
+class BranchRun:
+    run_id: str
+    from_step: str
+    seed_mode: str  # same | new | custom
+    seed: int | None
+    inputs_patch: Mapping[str, Any]
+    labels_patch: Mapping[str, Any]
+    note: str
+    reply: Reply[str]
