@@ -42,6 +42,46 @@ def add_run_commands(commands: Any, client: Any, client_options: Any) -> None:
     client_options(tap)
     tap.set_defaults(handler=client(cmd_tap))
 
+    points = verbs.add_parser("breakpoints", help="add, remove or clear a live run's breakpoints")
+    points.add_argument("run_id")
+    points.add_argument("--add", action="append", default=[], metavar="STEP")
+    points.add_argument("--remove", action="append", default=[], metavar="STEP")
+    points.add_argument("--clear", action="store_true", help="remove every breakpoint first")
+    client_options(points)
+    points.set_defaults(handler=client(cmd_breakpoints))
+
+    patch = verbs.add_parser("patch", help="patch a step of a paused run")
+    patch.add_argument("run_id")
+    patch.add_argument("step_id")
+    patch.add_argument("--inputs", help="JSON merge patch for the step's inputs")
+    patch.add_argument("--env", help="JSON object of env vars to set")
+    patch.add_argument("--model", help="model override")
+    patch.add_argument("--note", default="")
+    client_options(patch)
+    patch.set_defaults(handler=client(cmd_patch))
+
+    resume = verbs.add_parser("resume", help="continue a paused run")
+    resume.add_argument("run_id")
+    client_options(resume)
+    resume.set_defaults(handler=client(cmd_resume))
+
+    branch = verbs.add_parser("branch", help="a new run from a step of an old one")
+    branch.add_argument("run_id")
+    branch.add_argument("--from", dest="from_step", required=True, metavar="STEP")
+    branch.add_argument("--seed-mode", choices=("same", "new", "custom"), default="same")
+    branch.add_argument("--seed", type=int)
+    branch.add_argument("--inputs", default="{}", help="JSON merge patch for the run's inputs")
+    branch.add_argument("--labels", default="{}", help="JSON object of label changes")
+    branch.add_argument("--note", default="")
+    client_options(branch)
+    branch.set_defaults(handler=client(cmd_branch))
+
+    replay = verbs.add_parser("replay", help="replay a finished run and show per-step drift")
+    replay.add_argument("run_id")
+    replay.add_argument("--mode", choices=("full", "step_only", "diff"), default="full")
+    client_options(replay)
+    replay.set_defaults(handler=client(cmd_replay))
+
 
 def _object(text: str, flag: str) -> dict[str, Any]:
     try:
@@ -131,6 +171,17 @@ async def _follow(runtime: Any, run_id: str, *, as_json: bool) -> None:
             print(_line(event, payload), flush=True)
 
 
+def _ints(value: Any) -> Any:
+    """protobuf Values carry every number as a double: show 17.0 as 17."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value
+
+
 def _line(event: Any, payload: dict[str, Any]) -> str:
     when = event.occurred_at.strftime("%H:%M:%S.%f")[:-3] if event.occurred_at else ""
     step = f" {event.step_id}" if event.step_id else ""
@@ -147,5 +198,88 @@ def _line(event: Any, payload: dict[str, Any]) -> str:
 
 
 def _short(value: Any, limit: int = 100) -> str:
-    text = json.dumps(value, sort_keys=True)
+    text = json.dumps(_ints(value), sort_keys=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+async def cmd_breakpoints(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    reply = await runtime.update_breakpoints(
+        api.UpdateBreakpointsRequest(
+            run_id=args.run_id, add=args.add, remove=args.remove, clear_all=args.clear
+        )
+    )
+    points = list(reply.breakpoints)
+    print(json.dumps({"breakpoints": points}) if args.json else " ".join(points) or "(none)")
+    return 0
+
+
+async def cmd_patch(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    request = api.PatchStepRequest(
+        run_id=args.run_id, step_id=args.step_id, model=args.model, note=args.note
+    )
+    if args.inputs is not None:
+        request.inputs_patch = Struct.from_dict(_object(args.inputs, "--inputs"))
+    if args.env is not None:
+        request.env = Struct.from_dict(_object(args.env, "--env"))
+    reply = await runtime.patch_step(request)
+    print(json.dumps({"step_id": reply.step_id}) if args.json else f"patched {reply.step_id}")
+    return 0
+
+
+async def cmd_resume(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    reply = await runtime.resume_run(api.ResumeRunRequest(run_id=args.run_id))
+    if args.json:
+        print(json.dumps({"status": reply.status.name, "resumed_step_id": reply.resumed_step_id}))
+    else:
+        print(f"{reply.status.name}: resumed at {reply.resumed_step_id}")
+    return 0
+
+
+SEED_MODES = {"same": api.BranchSeedMode.SAME, "new": api.BranchSeedMode.NEW,
+              "custom": api.BranchSeedMode.CUSTOM}  # fmt: skip
+REPLAY_MODES = {"full": api.ReplayMode.FULL, "step_only": api.ReplayMode.STEP_ONLY,
+                "diff": api.ReplayMode.DIFF}  # fmt: skip
+
+
+async def cmd_branch(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    reply = await runtime.create_branch_run(
+        api.CreateBranchRunRequest(
+            run_id=args.run_id,
+            from_step=args.from_step,
+            seed_mode=SEED_MODES[args.seed_mode],
+            seed=args.seed,
+            inputs_patch=Struct.from_dict(_object(args.inputs, "--inputs")),
+            labels_patch=Struct.from_dict(_object(args.labels, "--labels")),
+            note=args.note,
+        )
+    )
+    print(json.dumps({"run_id": reply.run_id}) if args.json else reply.run_id)
+    return 0
+
+
+async def cmd_replay(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    reply = await runtime.replay_run(
+        api.ReplayRunRequest(run_id=args.run_id, mode=REPLAY_MODES[args.mode])
+    )
+    if args.json:
+        print(json.dumps(reply.to_dict(casing=betterproto2.Casing.SNAKE,
+                                       include_default_values=True), indent=2))  # fmt: skip
+        return 0
+    verdict = "all within tolerance" if reply.all_within_tolerance else "DRIFT outside tolerance"
+    print(f"replay of {reply.run_id}: {reply.strategy.name.lower()}, {verdict}")
+    print(f"  {'step':<20} {'ok':<4} {'Δtokens':>8} {'Δcost':>10}  recorded → current")
+    for step in reply.steps:
+        d = step.drift
+        assert d is not None
+        ok = "yes" if d.within_tolerance else "NO"
+        recorded = _short(d.recorded.to_dict() if d.recorded else None, 40)
+        current = _short(d.current.to_dict() if d.current else None, 40)
+        change = "(same)" if recorded == current else f"{recorded} → {current}"
+        print(f"  {step.step_id:<20} {ok:<4} {d.token_delta or 0:>8.0f} {d.cost_delta or 0:>10.6f}"
+              f"  {change}")  # fmt: skip
+    return 0 if reply.all_within_tolerance else 1

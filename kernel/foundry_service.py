@@ -118,7 +118,11 @@ def parse_payload(payload_json: str) -> Mapping[str, Any]:
         return {}
     try:
         payload = json.loads(payload_json)
-        compact_json(payload)  # NaN and friends are not JSON either
+        # NaN, Infinity (also what 1e999 parses to) and lone surrogates are not JSON either; the
+        # store's JSON column would refuse them and fail the whole group commit with them.
+        json.dumps(payload, allow_nan=False, ensure_ascii=False).encode()
+    except RecursionError:
+        raise GRPCError(Status.INVALID_ARGUMENT, "payload_json: nested too deeply") from None
     except ValueError as exc:
         raise GRPCError(Status.INVALID_ARGUMENT, f"payload_json: not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
