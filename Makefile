@@ -33,10 +33,15 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# mypy cannot follow setuptools' package-dir mapping, so it checks a symlinked foundry/ tree.
+TYPECHECK := build/typecheck/foundry
+
 lint: $(STAMP)
 	$(BIN)/ruff check kernel plugins analytics tests bench
 	$(BIN)/ruff format --check kernel plugins analytics tests bench
-	$(BIN)/mypy kernel plugins analytics
+	mkdir -p $(TYPECHECK)
+	for d in kernel plugins analytics proto; do ln -sfn ../../../$$d $(TYPECHECK)/$$d; done
+	MYPYPATH=build/typecheck $(BIN)/mypy -p foundry.kernel -p foundry.plugins -p foundry.analytics
 
 clean:
 	rm -rf $(VENV) build *.egg-info

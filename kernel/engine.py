@@ -262,7 +262,9 @@ class Engine:
 
     async def _status_from_store(self, message: GetStatus) -> None:
         try:
-            found = await ask(self._store, lambda r: Read(load_workflow, (message.workflow_id,), r))
+            found: Any = await ask(
+                self._store, lambda r: Read(load_workflow, (message.workflow_id,), r)
+            )
         except Exception as exc:
             message.reply.fail(exc)
             return

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import trio_asyncio
 from grpclib import GRPCError
 from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.server import Server
 
 from . import errors
@@ -67,8 +68,22 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class RequestCodec(ProtoCodec):
+    """Protobuf, except that a request that does not parse (say, invalid UTF-8 in a string) is the
+    client's error, INVALID_ARGUMENT, not an application error (grpclib answers UNKNOWN)."""
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        try:
+            return super().decode(data, message_type)
+        except Exception as exc:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"request: not a valid {getattr(message_type, '__name__', 'message')}: {exc}",
+            ) from None
+
+
 async def start_server(handlers: Sequence[Any], sock: socket.socket) -> Server:
-    server = Server(list(handlers))
+    server = Server(list(handlers), codec=RequestCodec())
     await trio_asyncio.aio_as_trio(server.start)(sock=sock)
     return server
 

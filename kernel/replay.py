@@ -85,7 +85,7 @@ class Replayer:
             message.reply.send(result)
 
     async def _replay(self, run_id: str, mode: str) -> ReplayResult:
-        found = await ask(self._store, lambda r: Read(load_run, (run_id,), r))
+        found: Any = await ask(self._store, lambda r: Read(load_run, (run_id,), r))
         if found is None:
             raise NotFound(f"run_id: no run {run_id!r}")
         submission, events = found

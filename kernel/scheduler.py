@@ -243,8 +243,8 @@ class Scheduler:
         attempt = step.attempt + 1
         block = self._registry.by_name.get(spec.type)
         if block is None:
-            error = _error(f"step type {spec.type!r} is not registered any more", attempt)
-            await self._record(run, "step_failed", spec.id, attempt=attempt, error=error)
+            gone = _error(f"step type {spec.type!r} is not registered any more", attempt)
+            await self._record(run, "step_failed", spec.id, attempt=attempt, error=gone)
             return True
         try:
             inputs = resolve(spec.inputs, run.submission.inputs, run.outputs())
@@ -423,16 +423,20 @@ class Scheduler:
         self._nursery.start_soon(self._open_tap, message)
 
     async def _open_tap(self, message: OpenTap) -> None:
-        live = None
         try:
             # Subscribe first, then read the durable history: nothing falls in between.
-            live = await ask(self._tap, lambda r: Subscribe("runs", message.run_id, r))
+            live: trio.MemoryReceiveChannel[Any] = await ask(
+                self._tap, lambda r: Subscribe("runs", message.run_id, r)
+            )
+        except Exception as exc:
+            message.reply.fail(exc)
+            return
+        try:
             history = await self._read(load_run_events, message.run_id)
             if not history:
                 raise NotFound(f"run_id: no run {message.run_id!r}")
         except Exception as exc:
-            if live is not None:
-                live.close()
+            live.close()
             message.reply.fail(exc)
         else:
             message.reply.send(TapOpened(tuple(history), live))
