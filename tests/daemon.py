@@ -1,0 +1,107 @@
+"""A real ``foundry serve`` process on 127.0.0.1:0 for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from foundry.kernel.client import connect
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Daemon:
+    """Start, stop, kill and restart a daemon with one FOUNDRY_HOME and config."""
+
+    def __init__(self, home: Path, config: Path, env: dict[str, str] | None = None) -> None:
+        self.home, self.config = home, config
+        self.extra_env = env or {}
+        self.process: subprocess.Popen[str] | None = None
+        self.address = ""
+        self.stderr_path = home.parent / f"{home.name}-stderr.log"
+
+    def start(self, timeout: float = 30.0) -> Daemon:
+        env = {**os.environ, "FOUNDRY_HOME": str(self.home), **self.extra_env}
+        env.pop("FOUNDRY_ADDR", None)
+        self.stderr_file = self.stderr_path.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "foundry.kernel.cli", "serve", "--config", str(self.config),
+             "--listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=self.stderr_file, text=True, env=env, cwd=self.home.parent,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = self.process.stdout.readline().strip()
+        if not line or time.monotonic() > deadline:
+            self.process.kill()
+            raise RuntimeError(f"daemon did not start: {self.stderr()}")
+        self.address = line
+        return self
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Graceful stop; returns the exit code."""
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        self._closed()
+        return code
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+        self._closed()
+
+    def _closed(self) -> None:
+        if self.process and self.process.stdout:
+            self.process.stdout.close()
+        self.stderr_file.close()
+        self.process = None
+
+    def restart(self) -> Daemon:
+        if self.process is not None:
+            self.stop()
+        return self.start()
+
+    def call(self, fn: Callable[[Any, Any], Awaitable[T]]) -> T:
+        """Run ``fn(foundry_stub, runtime_stub)`` with a grpclib client (asyncio)."""
+
+        async def go() -> T:
+            async with connect(self.address) as (foundry, runtime):
+                return await fn(foundry, runtime)
+
+        return asyncio.run(go())
+
+    def cli(self, *args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "FOUNDRY_ADDR": self.address, "FOUNDRY_HOME": str(self.home)}
+        done = subprocess.run(
+            [sys.executable, "-m", "foundry.kernel.cli", *args],
+            capture_output=True, text=True, env=env, timeout=timeout, check=False,
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            raise AssertionError(f"foundry {' '.join(args)} failed: {done.stderr}")
+        return done
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self._closed()
+
+
+def write_config(path: Path, body: str = "") -> Path:
+    path.write_text(textwrap.dedent(body))
+    return path
