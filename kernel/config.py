@@ -29,7 +29,7 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class TapConfig:
-    subscriber_buffer: int = 1_024
+    subscriber_buffer: int = 10_000  # more than one group commit publishes at once
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import json
 import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .errors import InvalidArgument
@@ -55,15 +56,20 @@ class Dag:
     def by_id(self) -> dict[str, StepSpec]:
         return {s.id: s for s in self.steps}
 
-    def downstream_of(self, step_id: str) -> set[str]:
-        """``step_id`` and every step that depends on it, directly or not."""
-        dependents: dict[str, list[str]] = {}
+    @cached_property
+    def dependents(self) -> dict[str, tuple[str, ...]]:
+        """Direct dependents of each step."""
+        found: dict[str, list[str]] = {}
         for step in self.steps:
             for dep in step.depends_on:
-                dependents.setdefault(dep, []).append(step.id)
+                found.setdefault(dep, []).append(step.id)
+        return {k: tuple(v) for k, v in found.items()}
+
+    def downstream_of(self, step_id: str) -> set[str]:
+        """``step_id`` and every step that depends on it, directly or not."""
         found, todo = {step_id}, [step_id]
         while todo:
-            for child in dependents.get(todo.pop(), ()):
+            for child in self.dependents.get(todo.pop(), ()):
                 if child not in found:
                     found.add(child)
                     todo.append(child)

@@ -19,7 +19,7 @@ from .errors import InvalidArgument
 from .grpc_server import on_trio
 from .ids import compact_json
 from .mailbox import ask
-from .tap import TapMessage
+from .tap import TapMessage, receive_batch
 from .tap_messages import Overflow, Subscribe
 from .throttle import Throttle
 
@@ -66,22 +66,23 @@ class FoundryService(api.FoundryBase):
         project = message.project or None
         receive: trio.MemoryReceiveChannel[Any] = await on_trio(self._subscribe, project)
         try:
-            while (item := await on_trio(_next, receive)) is not None:
-                if isinstance(item, Overflow):
-                    raise GRPCError(
-                        Status.RESOURCE_EXHAUSTED,
-                        f"watcher fell behind by more than {item.buffered} events and was cut "
-                        "off; reconnect, and use Trace to fill the gap",
+            while batch := await on_trio(receive_batch, receive):
+                for item in batch:
+                    if isinstance(item, Overflow):
+                        raise GRPCError(
+                            Status.RESOURCE_EXHAUSTED,
+                            f"watcher fell behind by more than {item.buffered} events and was "
+                            "cut off; reconnect, and use Trace to fill the gap",
+                        )
+                    yield api.WatchResponse(
+                        event_id=item.id,
+                        event_type=item.event_type,
+                        project=item.project,
+                        payload_json=item.payload_json,
+                        throttle=api.Throttle(THROTTLE_TO_WIRE[item.throttle.value]),
+                        throttled=item.throttled,
+                        workflow_id=item.trace_id,
                     )
-                yield api.WatchResponse(
-                    event_id=item.id,
-                    event_type=item.event_type,
-                    project=item.project,
-                    payload_json=item.payload_json,
-                    throttle=api.Throttle(THROTTLE_TO_WIRE[item.throttle.value]),
-                    throttled=item.throttled,
-                    workflow_id=item.trace_id,
-                )
         finally:
             receive.close()
 
@@ -90,13 +91,6 @@ class FoundryService(api.FoundryBase):
 
     async def _subscribe(self, project: str | None) -> trio.MemoryReceiveChannel[Any]:
         return await ask(self._mail.tap, lambda r: Subscribe("events", project, r))
-
-
-async def _next(receive: trio.MemoryReceiveChannel[Any]) -> Any:
-    try:
-        return await receive.receive()
-    except (trio.EndOfChannel, trio.ClosedResourceError):
-        return None
 
 
 def parse_emit(message: api.EmitRequest) -> Any:

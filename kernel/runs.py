@@ -8,7 +8,7 @@ code path for both.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -89,6 +89,7 @@ class RunState:
     breakpoints: set[str] = field(default_factory=set)
     released: set[str] = field(default_factory=set)  # resumed past their breakpoint
     paused_step: str = ""
+    failed: list[str] = field(default_factory=list)  # steps that failed, in order
 
     @classmethod
     def new(cls, submission: RunSubmission, dag: Dag) -> RunState:
@@ -120,25 +121,29 @@ class RunState:
         if handler is not None:
             handler(self, event)
 
-    def outputs(self) -> dict[str, Any]:
-        return {sid: s.output for sid, s in self.steps.items() if s.succeeded}
+    def outputs(self) -> Mapping[str, Any]:
+        """Outputs of the steps that succeeded (a view: nothing is copied)."""
+        return _Outputs(self.steps)
 
-    def ready(self, busy: set[str]) -> list[StepState]:
-        """Pending steps whose dependencies all succeeded, in DAG order."""
-        return [
+    def ready(self, busy: set[str], among: Iterable[str] | None = None) -> list[StepState]:
+        """Pending steps whose dependencies all succeeded, in DAG order; ``among`` narrows the
+        candidates (the dependents of a step that just finished)."""
+        candidates = self.steps.values() if among is None else [self.steps[i] for i in among]
+        found = [
             step
-            for step in self.steps.values()
+            for step in candidates
             if step.status == "pending"
             and step.spec.id not in busy
             and all(self.steps[d].succeeded for d in step.spec.depends_on)
         ]
+        return sorted(found, key=lambda s: s.spec.idx) if among is not None else found
 
     def interrupted(self) -> list[StepState]:
         """Steps leased but never finished: a killed daemon was running them."""
         return [s for s in self.steps.values() if s.status in ("running", "retrying")]
 
     def failed_steps(self) -> list[StepState]:
-        return [s for s in self.steps.values() if s.status == "failed"]
+        return [self.steps[i] for i in dict.fromkeys(self.failed)]
 
     def stops_at(self, step: StepState) -> bool:
         """Does a breakpoint hold this step back?"""
@@ -147,6 +152,25 @@ class RunState:
     def sorted_breakpoints(self) -> list[str]:
         order = {s.id: s.idx for s in self.dag.steps}
         return sorted(self.breakpoints, key=lambda b: order.get(b, 0))
+
+
+class _Outputs(Mapping[str, Any]):
+    __slots__ = ("_steps",)
+
+    def __init__(self, steps: Mapping[str, StepState]) -> None:
+        self._steps = steps
+
+    def __getitem__(self, step_id: str) -> Any:
+        step = self._steps[step_id]
+        if not step.succeeded:
+            raise KeyError(step_id)
+        return step.output
+
+    def __iter__(self) -> Iterator[str]:
+        return (i for i, s in self._steps.items() if s.succeeded)
+
+    def __len__(self) -> int:
+        return sum(1 for s in self._steps.values() if s.succeeded)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -188,6 +212,7 @@ def _completed(run: RunState, event: RunEventRecord) -> None:
 def _failed(run: RunState, event: RunEventRecord) -> None:
     step = run.steps[event.step_id]
     step.status, step.completed_at, step.error = "failed", event.occurred_at, event.payload["error"]
+    run.failed.append(step.spec.id)
 
 
 def _succeeded(run: RunState, event: RunEventRecord) -> None:

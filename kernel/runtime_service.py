@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import trio
 from grpclib import GRPCError
 from grpclib.const import Status
 
@@ -30,6 +29,7 @@ from .scheduler_messages import (
     TapOpened,
     UpdateBreakpoints,
 )
+from .tap import receive_batch
 from .tap_messages import Overflow
 
 RUN_STATUS = {name: api.RunStatus[name] for name in
@@ -81,19 +81,20 @@ class RuntimeService(api.RuntimeServiceBase):
                 yield run_event(event)
                 if event.kind in TERMINAL_KINDS:
                     return
-            while (item := await on_trio(_next, opened.live)) is not None:
-                if isinstance(item, Overflow):
-                    raise GRPCError(
-                        Status.RESOURCE_EXHAUSTED,
-                        f"tapper fell behind by more than {item.buffered} events and was cut "
-                        "off; tap again to resume from the run's first event",
-                    )
-                if item.seq <= last:
-                    continue
-                last = item.seq
-                yield run_event(item)
-                if item.kind in TERMINAL_KINDS:
-                    return
+            while batch := await on_trio(receive_batch, opened.live):
+                for item in batch:
+                    if isinstance(item, Overflow):
+                        raise GRPCError(
+                            Status.RESOURCE_EXHAUSTED,
+                            f"tapper fell behind by more than {item.buffered} events and was "
+                            "cut off; tap again to resume from the run's first event",
+                        )
+                    if item.seq <= last:
+                        continue
+                    last = item.seq
+                    yield run_event(item)
+                    if item.kind in TERMINAL_KINDS:
+                        return
         finally:
             opened.live.close()
 
@@ -161,13 +162,6 @@ class RuntimeService(api.RuntimeServiceBase):
 
     async def _ask_replay(self, build: Any) -> Any:
         return await ask(self._mail.replay, build)
-
-
-async def _next(receive: trio.MemoryReceiveChannel[Any]) -> Any:
-    try:
-        return await receive.receive()
-    except (trio.EndOfChannel, trio.ClosedResourceError):
-        return None
 
 
 def _require(value: str, field: str) -> None:

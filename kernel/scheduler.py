@@ -185,15 +185,21 @@ class Scheduler:
         for step in run.interrupted():
             step.status = "pending"  # leased before a crash: lease again with attempt + 1
         busy: set[str] = set()
+        candidates: set[str] | None = None  # None: look at every step
         done_send, done_receive = trio.open_memory_channel[str](len(run.steps) + 1)
         async with trio.open_nursery() as steps:
             while True:
-                if run.status == "RUNNING" and not run.failed_steps():
-                    await self._start_ready(run, busy, steps, done_send)
+                if run.status == "RUNNING" and not run.failed:
+                    await self._start_ready(run, busy, steps, done_send, candidates)
+                    candidates = set()
                 if busy:
-                    busy.discard(await done_receive.receive())
-                elif run.status == "PAUSED_AT_STEP" and not run.failed_steps():
+                    finished = await done_receive.receive()
+                    busy.discard(finished)
+                    if candidates is not None:
+                        candidates.update(run.dag.dependents.get(finished, ()))
+                elif run.status == "PAUSED_AT_STEP" and not run.failed:
                     await self._until_resumed(run)
+                    candidates = None
                 else:
                     break
         failed = run.failed_steps()
@@ -213,10 +219,11 @@ class Scheduler:
         busy: set[str],
         steps: trio.Nursery,
         done: trio.MemorySendChannel[str],
+        candidates: set[str] | None,
     ) -> None:
         """Start every ready step in DAG order; stop before the first one with a breakpoint
         (steps already running finish; nothing new starts until ResumeRun)."""
-        for step in run.ready(busy):
+        for step in run.ready(busy, candidates):
             if run.stops_at(step):
                 await self._record(run, "run_paused", step.spec.id)
                 return
@@ -252,7 +259,7 @@ class Scheduler:
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=_error(str(exc)))
             return True
         seed = step_seed(run.submission.seed, spec.id)
-        lease = await self._record(
+        lease = await self._record_durable(
             run, "step_leased", spec.id,
             attempt=attempt, inputs=inputs, seed=seed, model=spec.model, env=dict(spec.env),
         )  # fmt: skip
@@ -300,7 +307,18 @@ class Scheduler:
         )
         return True
 
-    async def _record(self, run: RunState, kind: str, step_id: str = "", **payload: Any) -> Pending[None]:
+    async def _record(self, run: RunState, kind: str, step_id: str = "", **payload: Any) -> None:
+        """Make, apply and append an event; its commit comes with the next group commit."""
+        event = run.make_event(kind, self._clock.now(), step_id, **payload)
+        try:
+            await self._store.send(Append((event,), (event,)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise Unavailable("the daemon is shutting down") from None
+
+    async def _record_durable(
+        self, run: RunState, kind: str, step_id: str = "", **payload: Any
+    ) -> Pending[None]:
+        """As :meth:`_record`, and return what to wait on for the commit."""
         event = run.make_event(kind, self._clock.now(), step_id, **payload)
         return await self._append([event])
 
@@ -345,7 +363,7 @@ class Scheduler:
     async def _update_breakpoints(self, message: UpdateBreakpoints) -> list[str]:
         run = await self._target(message.run_id)
         points = new_breakpoints(run, message.add, message.remove, message.clear_all)
-        await (await self._record(run, "breakpoints_updated", breakpoints=points)).wait()
+        await (await self._record_durable(run, "breakpoints_updated", breakpoints=points)).wait()
         return points
 
     async def _patch(self, message: PatchStep) -> str:
@@ -353,13 +371,13 @@ class Scheduler:
         payload = patch_payload(
             run, message.step_id, message.inputs_patch, message.env, message.model, message.note
         )
-        await (await self._record(run, "step_patched", message.step_id, **payload)).wait()
+        await (await self._record_durable(run, "step_patched", message.step_id, **payload)).wait()
         return message.step_id
 
     async def _resume(self, message: ResumeRun) -> tuple[str, str]:
         run = await self._target(message.run_id)
         step_id = check_resumable(run)
-        pending = await self._record(run, "run_resumed", step_id)
+        pending = await self._record_durable(run, "run_resumed", step_id)
         await pending.wait()
         wakeup = self._wakeups.pop(run.run_id, None)
         if wakeup is not None:

@@ -90,7 +90,9 @@ class Workflow:
             started_at=self.root.occurred_at,
             completed_at=completed_at,
             event_count=len(self.events),
-            block_count=len(self.slots),
+            # 0 marks an emit no block sinks (not a workflow; Status cannot find it). A workflow
+            # whose blocks all passed its payload by is still one (cf. recover_unfinished).
+            block_count=max(len(self.slots), 1) if self.is_workflow else 0,
             trace=self.trace(state),
         )
 
