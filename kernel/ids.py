@@ -9,8 +9,11 @@ from typing import Any
 
 
 def compact_json(value: Any) -> str:
-    """Compact JSON with sorted keys: the form ids are computed over and payloads are stored in."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    """Compact JSON with sorted keys: the form ids are computed over and payloads are stored in.
+
+    NaN and infinities are refused (ValueError): they are not JSON, and the store would reject them.
+    """
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
 
 def rfc3339(instant: datetime) -> str:
