@@ -112,6 +112,12 @@ class Engine:
             await self._deliver(workflow, workflow.root, None)
         except ChainLimitExceeded as exc:
             workflow.fail(str(exc))
+        except Exception as exc:  # e.g. the store refused a record: the chain fails, not the engine
+            log.exception("workflow %s stopped", workflow.id)
+            workflow.fail(f"stopped: a record of the chain could not be stored: {exc}")
+        for slot in workflow.slots:
+            if slot.state == "pending":
+                slot.state = "skipped"  # the chain stopped before this block's turn
         finished = workflow.finished(self._clock.now())
         try:
             await (await self._append([finished])).wait()
@@ -212,6 +218,9 @@ class Engine:
 
     def _child(self, parent: Event, block: Block, emission: Emission, throttled: bool) -> Event:
         now = self._clock.now()
+        # NaN, Infinity and lone surrogates are not JSON: refuse them here, as the gRPC edge does,
+        # rather than fail the store's commit.
+        json.dumps(emission.payload, allow_nan=False, ensure_ascii=False).encode()
         payload = json.loads(payload_json := compact_json(emission.payload))
         return Event(
             id=event_id_of_json(emission.event_type, parent.project, now, payload_json),

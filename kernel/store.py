@@ -86,7 +86,12 @@ class Store:
         try:
             await trio.to_thread.run_sync(self._write, [a.records for a in appends])
         except Exception as exc:
-            log.exception("group commit of %d appends failed", len(appends))
+            if len(appends) > 1:
+                # One bad append must not fail the others grouped with it: commit each alone.
+                for append in appends:
+                    await self._commit([append])
+                return
+            log.exception("commit of an append failed")
             for append in appends:
                 if append.ack:
                     append.ack.fail(exc)

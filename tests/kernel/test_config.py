@@ -1,0 +1,225 @@
+"""Config.from_toml → from_mapping: defaults; a refusal names the file, the key, the reason."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from foundry.kernel.config import DEFAULT_LISTEN, Config, EngineConfig, TapConfig
+from foundry.kernel.errors import ConfigError
+from foundry.kernel.plugins import load_blocks
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path, body, name="foundry.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def refused(tmp_path, body, name="bad.toml"):
+    path = write(tmp_path, body, name)
+    with pytest.raises(ConfigError) as caught:
+        Config.from_toml(path)
+    message = str(caught.value)
+    assert str(path) in message
+    return message
+
+
+def test_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "fhome"))
+    config = Config()
+
+    assert config.listen == DEFAULT_LISTEN == "127.0.0.1:50051"
+    assert config.home == tmp_path / "fhome"
+    assert config.engine == EngineConfig()
+    assert config.engine.max_chain_depth > 0
+    assert config.engine.max_chain_events > 0
+    assert config.tap == TapConfig()
+    assert config.shutdown_grace > 0
+    assert config.plugin_modules == ()
+    assert config.declared_blocks == ()
+
+
+def test_home_defaults_to_dot_foundry(monkeypatch):
+    monkeypatch.delenv("FOUNDRY_HOME", raising=False)
+    assert Config().home == Path("~/.foundry").expanduser()
+
+
+def test_an_empty_file_is_the_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path))
+    config = Config.from_toml(write(tmp_path, ""))
+
+    assert config.source == str(tmp_path / "foundry.toml")
+    assert (config.listen, config.home, config.engine) == (DEFAULT_LISTEN, tmp_path, EngineConfig())
+
+
+def test_load_without_a_file_uses_defaults(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert Config.load(None).source == "<defaults>"
+    write(tmp_path, "[engine]\nmax_chain_depth = 5\n")
+    assert Config.load(None).engine.max_chain_depth == 5
+
+
+def test_values_are_read(tmp_path):
+    config = Config.from_toml(
+        write(
+            tmp_path,
+            """
+            [daemon]
+            listen = "0.0.0.0:6000"
+            home = "state"
+            shutdown_grace = 2.5
+            [engine]
+            max_chain_depth = 4
+            [tap]
+            subscriber_buffer = 8
+            [plugins]
+            modules = ["a.b", "c"]
+            """,
+        )
+    )
+
+    assert config.listen == "0.0.0.0:6000"
+    assert config.home == tmp_path / "state"  # relative to the config file
+    assert config.shutdown_grace == 2.5
+    assert config.engine == EngineConfig(max_chain_depth=4)
+    assert config.tap.subscriber_buffer == 8
+    assert config.plugin_modules == ("a.b", "c")
+
+
+def test_the_shipped_example_is_valid_and_its_blocks_load():
+    config = Config.from_toml(REPO / "foundry.toml")
+    registry = load_blocks(config.plugin_modules, config.declared_blocks, entry_points=False)
+
+    names = [b.name for b in registry]
+    assert names[-2:] == ["Archive Greeting", "Escalate Alert"]
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("colour = 1\n", "colour"),
+        ("[engine]\nmax_depth = 3\n", "[engine].max_depth"),
+        ("[daemon]\nport = 1\n", "[daemon].port"),
+        ("[plugins]\nmodule = []\n", "[plugins].module"),
+    ],
+)
+def test_an_unknown_key_is_named(tmp_path, body, key):
+    message = refused(tmp_path, body)
+
+    assert key in message
+    assert "unknown key" in message
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ('[engine]\nmax_chain_depth = "deep"\n', "[engine].max_chain_depth"),
+        ("[engine]\nmax_chain_depth = 0\n", "[engine].max_chain_depth"),
+        ("[engine]\nmax_chain_events = true\n", "[engine].max_chain_events"),
+        ("[tap]\nsubscriber_buffer = 1.5\n", "[tap].subscriber_buffer"),
+        ("[daemon]\nshutdown_grace = -1\n", "[daemon].shutdown_grace"),
+        ('[daemon]\nhome = ""\n', "[daemon].home"),
+        ('[plugins]\nmodules = "mine"\n', "[plugins].modules"),
+        ("[plugins]\nmodules = [1]\n", "[plugins].modules"),
+        ("engine = 3\n", "[engine]"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named(tmp_path, body, key):
+    message = refused(tmp_path, body)
+
+    assert key in message
+    assert "expected" in message
+
+
+@pytest.mark.parametrize(
+    "listen", ['"localhost"', '"127.0.0.1:http"', '"[::1]:70000"', '":80"', "80"]
+)
+def test_a_bad_listen_address_is_refused(tmp_path, listen):
+    message = refused(tmp_path, f"[daemon]\nlisten = {listen}\n")
+
+    assert "[daemon].listen" in message
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    message = refused(tmp_path, "[engine\nmax_chain_depth = 3\n", name="broken.toml")
+
+    assert "broken.toml" in message
+    assert "not valid TOML" in message
+
+
+def test_a_missing_file_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="nowhere.toml: cannot read"):
+        Config.from_toml(tmp_path / "nowhere.toml")
+
+
+def test_a_block_without_a_type_is_refused_at_load(tmp_path):
+    message = refused(tmp_path, '[[blocks]]\nname = "X"\n')
+
+    assert "[[blocks]] #1.type" in message
+
+
+def test_a_block_of_an_unknown_type_fails_naming_the_block_and_type(tmp_path):
+    path = write(tmp_path, '[[blocks]]\nname = "Mystery"\ntype = "teleport"\nsinks = ["a"]\n')
+    config = Config.from_toml(path)  # block tables are checked when blocks load
+
+    with pytest.raises(ConfigError) as caught:
+        load_blocks(declared=config.declared_blocks, entry_points=False)
+
+    message = str(caught.value)
+    assert str(path) in message
+    assert "'Mystery'" in message
+    assert ".type" in message
+    assert "teleport" in message
+    assert "shell" in message
+
+
+@pytest.mark.parametrize("command", ["5", '{ run = "ls" }', "[]", '["ls", 1]'])
+def test_a_shell_block_with_a_bad_command_fails_naming_command(tmp_path, command):
+    path = write(
+        tmp_path,
+        f'[[blocks]]\nname = "Run It"\ntype = "shell"\nsinks = ["a"]\ncommand = {command}\n',
+    )
+    config = Config.from_toml(path)
+
+    with pytest.raises(ConfigError) as caught:
+        load_blocks(declared=config.declared_blocks, entry_points=False)
+
+    message = str(caught.value)
+    assert str(path) in message
+    assert "'Run It'" in message
+    assert "command" in message
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("colour = 1", "colour"),
+        ('sinks = "a"', "sinks"),
+        ('kind = "destroyer"', "kind"),
+        ("timeout = 0", "timeout"),
+        ("retries = -1", "retries"),
+        ("env = { A = 1 }", "env"),
+    ],
+)
+def test_a_bad_shell_block_key_is_named(tmp_path, extra, key):
+    body = f'[[blocks]]\nname = "S"\ntype = "shell"\ncommand = ["true"]\n{extra}\n'
+    config = Config.from_toml(write(tmp_path, body))
+
+    with pytest.raises(ConfigError, match=key):
+        load_blocks(declared=config.declared_blocks, entry_points=False)
+
+
+def test_a_shell_command_string_is_split_like_argv(tmp_path):
+    body = """
+    [[blocks]]
+    name = "S"
+    type = "shell"
+    sinks = ["a"]
+    command = "printf '%s done' 'two words'"
+    """
+    config = Config.from_toml(write(tmp_path, body))
+    registry = load_blocks(declared=config.declared_blocks, entry_points=False)
+
+    assert registry.by_name["S"].command == ["printf", "%s done", "two words"]

@@ -1,0 +1,769 @@
+"""The engine with a real store and tap broker: throttles, chain order, limits, Status, Trace."""
+
+import hashlib
+import json
+import threading
+from datetime import datetime
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+from foundry.kernel.blocks import Block, BlockKind, block
+from foundry.kernel.config import EngineConfig
+from foundry.kernel.errors import NotFound
+from foundry.kernel.ids import compact_json, is_event_id
+from foundry.kernel.mailbox import ask
+from foundry.kernel.plugins import load_blocks
+from foundry.kernel.store_messages import Read
+from foundry.kernel.tap_messages import Overflow
+from foundry.kernel.throttle import Throttle
+
+from .harness import GUARD_SECONDS, running_kernel
+
+EVENT_KEYS = {
+    "id", "event_type", "project", "occurred_at", "recorded_at", "throttle", "trace_id", "payload",
+}  # fmt: skip
+EXECUTION_KEYS = {
+    "block_name", "trigger_event_id", "success", "summary", "emitted_event_ids", "duration_ms",
+    "raw_output", "exit_code", "trigger_payload", "emitted_payloads", "audit_artifacts",
+}  # fmt: skip
+
+
+def executions(trace, name):
+    return [x for x in trace["block_executions"] if x["block_name"] == name]
+
+
+def events_of(trace, event_type):
+    return [e for e in trace["events"] if e["event_type"] == event_type]
+
+
+def drain(receive):
+    items = []
+    while True:
+        try:
+            items.append(receive.receive_nowait())
+        except trio.WouldBlock:
+            return items
+
+
+# --- throttle × kind ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("throttle", list(Throttle))
+async def test_an_observer_runs_and_delivers_under_every_throttle(tmp_path, throttle):
+    ran = []
+
+    @block("Look", sinks=["go"], kind=BlockKind.OBSERVER)
+    def look(ctx):
+        ran.append(("Look", ctx.throttle))
+        ctx.emit("seen", {"n": 1})
+
+    @block("After", sinks=["seen"])
+    def after(ctx):
+        ran.append(("After", ctx.throttle, dict(ctx.payload)))
+
+    async with running_kernel(tmp_path, [look, after]) as k:
+        emitted = await k.emit("go", throttle=throttle)
+        trace = await k.finished(emitted.workflow_id)
+        [view] = await k.status(emitted.workflow_id)
+
+    assert ran == [("Look", throttle), ("After", throttle, {"n": 1})]
+    [x] = executions(trace, "Look")
+    assert (x["state"], x["success"], x["throttled"]) == ("completed", True, False)
+    [seen] = events_of(trace, "seen")
+    assert seen["throttled"] is False
+    assert seen["throttle"] == throttle.value
+    assert view.state == "completed"
+    assert [(b.name, b.state, b.throttled) for b in view.task_blocks] == [
+        ("Look", "completed", False),
+        ("After", "completed", False),
+    ]
+
+
+class Deploy(Block):
+    """A mutator with a real side effect: it writes a file."""
+
+    name = "Deploy"
+    kind = BlockKind.MUTATOR
+    sinks = ("go",)
+
+    def __init__(self, target):
+        super().__init__()
+        self.target = target
+        self.calls = []
+
+    async def run(self, ctx):
+        self.calls.append("run")
+        self.target.write_text("deployed")
+        ctx.summary = "deployed"
+        ctx.emit("deployed", {"via": "run"})
+
+    async def audit(self, ctx):
+        self.calls.append("audit")
+        ctx.summary = "would deploy"
+        ctx.emit("deployed", {"via": "audit"})
+
+    async def simulate(self, ctx):
+        self.calls.append("simulate")
+        ctx.emit("deployed", {"via": "simulate"})
+
+
+def mutator_chain(tmp_path):
+    """go → Deploy (mutator) → deployed → Notify (observer), Announce (mutator, writes a file)."""
+    deploy = Deploy(tmp_path / "deployed.txt")
+    seen = []
+
+    @block("Notify", sinks=["deployed"])
+    def notify(ctx):
+        seen.append(("Notify", ctx.throttle, ctx.payload["via"]))
+
+    @block("Announce", sinks=["deployed"], kind=BlockKind.MUTATOR)
+    def announce(ctx):
+        seen.append(("Announce", ctx.throttle, ctx.payload["via"]))
+        (tmp_path / "announced.txt").write_text("announced")
+
+    return deploy, seen, [deploy, notify, announce]
+
+
+async def test_a_mutator_under_full_acts_and_delivers(tmp_path):
+    deploy, seen, blocks = mutator_chain(tmp_path)
+
+    async with running_kernel(tmp_path / "home", blocks) as k:
+        emitted = await k.emit("go", throttle=Throttle.FULL)
+        trace = await k.finished(emitted.workflow_id)
+
+    assert deploy.calls == ["run"]
+    assert (tmp_path / "deployed.txt").read_text() == "deployed"
+    assert (tmp_path / "announced.txt").exists()
+    assert seen == [("Notify", Throttle.FULL, "run"), ("Announce", Throttle.FULL, "run")]
+    [x] = executions(trace, "Deploy")
+    assert (x["state"], x["success"], x["throttled"]) == ("completed", True, False)
+
+
+async def test_a_mutator_under_audit_only_only_audits_and_its_events_go_nowhere(tmp_path):
+    deploy, seen, blocks = mutator_chain(tmp_path)
+
+    async with running_kernel(tmp_path / "home", blocks) as k:
+        watch = await k.watch()
+        emitted = await k.emit("go", throttle=Throttle.AUDIT_ONLY)
+        trace = await k.finished(emitted.workflow_id)
+        [view] = await k.status(emitted.workflow_id)
+        watched = drain(watch)
+
+    assert deploy.calls == ["audit"]
+    assert not (tmp_path / "deployed.txt").exists()
+    assert not (tmp_path / "announced.txt").exists()
+    assert seen == []  # nothing downstream ran
+    [x] = executions(trace, "Deploy")
+    assert (x["state"], x["success"], x["throttled"]) == ("completed", True, True)
+    assert x["summary"] == "would deploy"
+    assert x["emitted_payloads"] == [{"via": "audit"}]
+    [deployed] = events_of(trace, "deployed")
+    assert deployed["throttled"] is True
+    assert x["emitted_event_ids"] == [deployed["id"]]
+    assert [x["block_name"] for x in trace["block_executions"]] == ["Deploy"]
+    # recorded, and shown on Watch, but marked throttled
+    assert [(e.event_type, e.throttled) for e in watched] == [("go", False), ("deployed", True)]
+    assert [(b.name, b.state, b.throttled) for b in view.task_blocks] == [
+        ("Deploy", "completed", True)
+    ]
+    assert view.state == "completed"
+
+
+async def test_a_mutator_under_dry_run_is_skipped_and_its_simulation_flows_on(tmp_path):
+    deploy, seen, blocks = mutator_chain(tmp_path)
+
+    async with running_kernel(tmp_path / "home", blocks) as k:
+        emitted = await k.emit("go", throttle=Throttle.DRY_RUN)
+        trace = await k.finished(emitted.workflow_id)
+        [view] = await k.status(emitted.workflow_id)
+
+    assert deploy.calls == ["simulate"]
+    assert not (tmp_path / "deployed.txt").exists()
+    # the simulated event reaches the observer, with the throttle inherited ...
+    assert seen == [("Notify", Throttle.DRY_RUN, "simulate")]
+    # ... so the downstream mutator is skipped too, and its side effect never happens
+    assert not (tmp_path / "announced.txt").exists()
+    states = {x["block_name"]: (x["state"], x["success"]) for x in trace["block_executions"]}
+    assert states == {
+        "Deploy": ("skipped", True),
+        "Notify": ("completed", True),
+        "Announce": ("skipped", True),
+    }
+    [deployed] = events_of(trace, "deployed")
+    assert deployed["throttled"] is False
+    assert deployed["throttle"] == "dry_run"
+    assert [(b.name, b.state) for b in view.task_blocks] == [
+        ("Deploy", "skipped"),
+        ("Notify", "completed"),
+        ("Announce", "skipped"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("throttle", "delivered"),
+    [(Throttle.FULL, True), (Throttle.AUDIT_ONLY, False), (Throttle.DRY_RUN, False)],
+)
+async def test_the_built_in_greeting_writes_its_file_only_under_full(tmp_path, throttle, delivered):
+    registry = load_blocks(entry_points=False)
+
+    async with running_kernel(tmp_path, registry) as k:
+        emitted = await k.emit("greet_requested", {"name": "Ada"}, throttle=throttle)
+        trace = await k.finished(emitted.workflow_id)
+
+    written = list((tmp_path / "artifacts").rglob("greeting.txt"))
+    assert [p.read_text() for p in written] == (["Hello, Ada!\n"] if delivered else [])
+    [x] = executions(trace, "Deliver Greeting")
+    assert x["audit_artifacts"] == [str(p) for p in written]
+    assert [e["event_type"] for e in trace["events"]] == [
+        "greet_requested",
+        "greeting_composed",
+        "greeting_delivered",
+    ]
+
+
+# --- chain order and inheritance -----------------------------------------------------------------
+
+
+async def test_a_chain_runs_depth_first_in_registration_order(tmp_path):
+    order = []
+
+    def recorder(name, emits=()):
+        def fn(ctx):
+            order.append(f"{name}:{ctx.payload.get('n', '-')}")
+            for event_type, n in emits:
+                ctx.emit(event_type, {"n": f"{ctx.payload.get('n', '')}{n}"})
+
+        return fn
+
+    blocks = [
+        block("A", sinks=["root"])(recorder("A", [("x", 1), ("x", 2)])),
+        block("C", sinks=["x"])(recorder("C", [("y", "y")])),
+        block("B", sinks=["root"])(recorder("B")),
+        block("D", sinks=["x"])(recorder("D")),
+        block("E", sinks=["y"])(recorder("E")),
+    ]
+
+    async with running_kernel(tmp_path, blocks) as k:
+        emitted = await k.emit("root")
+        trace = await k.finished(emitted.workflow_id)
+
+    expected = ["A:-", "C:1", "E:1y", "D:1", "C:2", "E:2y", "D:2", "B:-"]
+    assert order == expected
+    ran = [
+        f"{x['block_name']}:{x['trigger_payload'].get('n', '-')}" for x in trace["block_executions"]
+    ]
+    assert ran == expected
+
+
+async def test_emitted_events_inherit_throttle_project_and_chain(tmp_path):
+    @block("One", sinks=["a"])
+    def one(ctx):
+        ctx.emit("b", {"k": 1})
+
+    @block("Two", sinks=["b"])
+    def two(ctx):
+        ctx.emit("c", {"k": 2})
+
+    async with running_kernel(tmp_path, [one, two]) as k:
+        emitted = await k.emit("a", project="acme", throttle=Throttle.AUDIT_ONLY)
+        trace = await k.finished(emitted.workflow_id)
+
+    root, b, c = trace["events"]
+    assert [e["event_type"] for e in (root, b, c)] == ["a", "b", "c"]
+    for event in (root, b, c):
+        assert event["project"] == "acme"
+        assert event["throttle"] == "audit_only"
+        assert event["trace_id"] == emitted.workflow_id
+    assert (b["parent_id"], b["emitted_by"], b["depth"]) == (root["id"], "One", 1)
+    assert (c["parent_id"], c["emitted_by"], c["depth"]) == (b["id"], "Two", 2)
+
+
+async def test_every_event_id_follows_the_recipe(tmp_path):
+    @block("One", sinks=["a"])
+    def one(ctx):
+        ctx.emit("b", {"z": [1, 2], "a": "é"})
+
+    async with running_kernel(tmp_path, [one]) as k:
+        emitted = await k.emit("a", {"y": 2, "x": 1}, project="acme")
+        trace = await k.finished(emitted.workflow_id)
+
+    assert emitted.event_id == emitted.workflow_id
+    assert emitted.event_id == trace["events"][0]["id"]
+    for event in trace["events"]:
+        occurred = datetime.fromisoformat(event["occurred_at"])
+        assert event["occurred_at"] == occurred.isoformat()  # already UTC, +00:00
+        assert event["occurred_at"].endswith("+00:00")
+        material = (
+            event["event_type"] + event["project"] + event["occurred_at"]
+            + json.dumps(event["payload"], separators=(",", ":"), sort_keys=True)
+        )  # fmt: skip
+        digest = hashlib.sha256(material.encode()).hexdigest()[:24]
+        assert event["id"] == "evt_" + digest
+
+
+async def test_separate_chains_run_concurrently(tmp_path):
+    release = trio.Event()
+    started = trio.Event()
+
+    @block("Waits", sinks=["slow"])
+    async def waits(ctx):
+        started.set()
+        await release.wait()
+
+    @block("Quick", sinks=["fast"])
+    def quick(ctx):
+        return "done"
+
+    async with running_kernel(tmp_path, [waits, quick]) as k:
+        slow = await k.emit("slow")
+        await started.wait()
+        fast = await k.emit("fast")
+        fast_trace = await k.finished(fast.workflow_id)
+        assert await k.trace(slow.workflow_id) is None
+        release.set()
+        slow_trace = await k.finished(slow.workflow_id)
+
+    assert fast_trace["state"] == "completed"
+    assert slow_trace["state"] == "completed"
+
+
+# --- failures, retries, timeouts, limits ---------------------------------------------------------
+
+
+async def test_a_failing_block_fails_the_workflow_but_its_siblings_still_run(tmp_path):
+    ran = []
+
+    @block("Breaks", sinks=["go"])
+    def breaks(ctx):
+        ran.append("Breaks")
+        ctx.emit("never", {})
+        raise RuntimeError("disk on fire")
+
+    @block("Sibling", sinks=["go"])
+    def sibling(ctx):
+        ran.append("Sibling")
+
+    @block("Never", sinks=["never"])
+    def never(ctx):
+        ran.append("Never")
+
+    async with running_kernel(tmp_path, [breaks, sibling, never]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+        [view] = await k.status(emitted.workflow_id)
+
+    assert ran == ["Breaks", "Sibling"]
+    [bad] = executions(trace, "Breaks")
+    assert bad["success"] is False
+    assert bad["state"] == "failed"
+    assert "disk on fire" in bad["summary"]
+    assert bad["emitted_event_ids"] == []
+    [good] = executions(trace, "Sibling")
+    assert good["success"] is True
+    assert trace["state"] == "failed"
+    assert view.state == "failed"
+    assert "Breaks" in view.error
+    assert "disk on fire" in view.error
+    assert [(b.name, b.state) for b in view.task_blocks] == [
+        ("Breaks", "failed"),
+        ("Sibling", "completed"),
+    ]
+
+
+async def test_a_block_that_fails_twice_succeeds_on_its_third_attempt(tmp_path):
+    attempts = []
+
+    @block("Flaky", sinks=["go"], retries=2, backoff=0)
+    def flaky(ctx):
+        attempts.append(ctx.attempt)
+        ctx.emit("tried", {"attempt": ctx.attempt})
+        if ctx.attempt < 3:
+            raise RuntimeError(f"attempt {ctx.attempt}")
+
+    async with running_kernel(tmp_path, [flaky]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+
+    assert attempts == [1, 2, 3]
+    [x] = executions(trace, "Flaky")
+    assert (x["success"], x["attempts"], x["state"]) == (True, 3, "completed")
+    assert x["emitted_payloads"] == [{"attempt": 3}]  # failed attempts' emissions never leak
+    assert trace["state"] == "completed"
+
+
+async def test_a_block_that_runs_too_long_times_out(tmp_path):
+    @block("Hangs", sinks=["go"], timeout=0.05)
+    async def hangs(ctx):
+        await trio.sleep_forever()
+
+    async with running_kernel(tmp_path, [hangs]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+
+    [x] = executions(trace, "Hangs")
+    assert x["success"] is False
+    assert "timed out" in x["summary"]
+    assert trace["state"] == "failed"
+    assert "timed out" in trace["error"]
+
+
+async def test_a_self_emitting_loop_hits_the_depth_limit_and_stops(tmp_path):
+    @block("Loop", sinks=["tick"])
+    def loop(ctx):
+        ctx.emit("tick", {"n": ctx.payload.get("n", 0) + 1})
+
+    @block("Later", sinks=["tick"])
+    def later(ctx):
+        pass
+
+    async with running_kernel(tmp_path, [loop, later], engine=EngineConfig(max_chain_depth=3)) as k:
+        emitted = await k.emit("tick")
+        trace = await k.finished(emitted.workflow_id)
+        [view] = await k.status(emitted.workflow_id)
+        stored = await k.query("SELECT count(*) FROM events WHERE trace_id = ?", emitted.event_id)
+
+    assert view.state == "failed"
+    assert "chain depth limit 3" in view.error
+    assert trace["state"] == "failed"
+    assert "depth limit" in trace["error"]
+    # depths 0..3 each ran Loop once; the event at depth 4 was recorded but not processed
+    assert len(executions(trace, "Loop")) == 4
+    assert [e["depth"] for e in trace["events"]] == [0, 1, 2, 3, 4]
+    assert stored == [(5,)]
+
+
+async def test_a_fan_out_hits_the_event_limit(tmp_path):
+    @block("Spray", sinks=["go"])
+    def spray(ctx):
+        for i in range(10):
+            ctx.emit("drop", {"i": i})
+
+    @block("Catch", sinks=["drop"])
+    def catch(ctx):
+        pass
+
+    limits = EngineConfig(max_chain_events=5)
+    async with running_kernel(tmp_path, [spray, catch], engine=limits) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+
+    assert trace["state"] == "failed"
+    assert "event limit 5" in trace["error"]
+    assert executions(trace, "Catch") == []
+
+
+async def test_a_block_whose_payload_filter_raises_fails_its_workflow_not_the_engine(tmp_path):
+    def picky(payload):
+        raise KeyError("wanted")
+
+    @block("Picky", sinks=["go"], accepts=picky)
+    def never_runs(ctx):
+        raise AssertionError("must not run")
+
+    @block("Fine", sinks=["go"])
+    def fine(ctx):
+        return "ok"
+
+    async with running_kernel(tmp_path, [never_runs, fine]) as k:
+        first = await k.emit("go")
+        trace = await k.finished(first.workflow_id)
+        # the engine is still serving
+        second = await k.emit("go")
+        await k.finished(second.workflow_id)
+
+    assert trace["state"] == "failed"
+    assert "Picky" in trace["error"]
+    [x] = executions(trace, "Picky")
+    assert x["success"] is False
+    assert "wanted" in x["summary"]
+    assert executions(trace, "Fine")[0]["success"] is True
+
+
+async def test_a_non_json_emission_fails_the_block(tmp_path):
+    @block("Weird", sinks=["go"])
+    def weird(ctx):
+        ctx.emit("out", {"when": object()})
+
+    async with running_kernel(tmp_path, [weird]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+
+    [x] = executions(trace, "Weird")
+    assert x["success"] is False
+    assert "not JSON" in x["summary"]
+    assert [e["event_type"] for e in trace["events"]] == ["go"]
+
+
+# --- Status and Trace ------------------------------------------------------------------------
+
+
+async def test_status_shows_running_then_completed_and_trace_waits_for_the_end(tmp_path):
+    started, release = trio.Event(), trio.Event()
+
+    @block("Slow", sinks=["go"])
+    async def slow(ctx):
+        started.set()
+        await release.wait()
+
+    @block("Next", sinks=["go"])
+    def after(ctx):
+        pass
+
+    async with running_kernel(tmp_path, [slow, after]) as k:
+        emitted = await k.emit("go", project="acme")
+        await started.wait()
+        [running] = await k.status(emitted.workflow_id)
+        assert await k.trace(emitted.workflow_id) is None
+        listed = await k.status()
+        release.set()
+        trace = await k.finished(emitted.workflow_id)
+        [done] = await k.status(emitted.workflow_id)
+
+    assert (running.state, running.completed_at, running.error) == ("running", "", "")
+    assert (running.workflow_id, running.workflow_type, running.project) == (
+        emitted.workflow_id,
+        "go",
+        "acme",
+    )
+    assert [(b.name, b.state) for b in running.task_blocks] == [
+        ("Slow", "running"),
+        ("Next", "pending"),
+    ]
+    assert running.task_blocks[0].started_at
+    assert not running.task_blocks[0].completed_at
+    assert [w.workflow_id for w in listed] == [emitted.workflow_id]
+    assert done.state == "completed"
+    assert done.completed_at
+    assert done.completed_at >= done.started_at
+    assert all(b.state == "completed" and b.completed_at for b in done.task_blocks)
+    assert trace["state"] == "completed"
+
+
+async def test_status_shows_pending_until_the_root_is_durable(tmp_path):
+    @block("Any", sinks=["go"])
+    def any_block(ctx):
+        pass
+
+    stalled, gate = trio.Event(), threading.Event()
+
+    def stall(con):
+        # runs on the store's worker thread: hold the store until the test opens the gate
+        trio.from_thread.run_sync(stalled.set)
+        gate.wait(GUARD_SECONDS)
+
+    emitted = []
+    answered = trio.Event()
+
+    async def emit(k):
+        emitted.append(await k.emit("go"))
+        answered.set()
+
+    async with running_kernel(tmp_path, [any_block]) as k, trio.open_nursery() as nursery:
+        try:
+            nursery.start_soon(partial(ask, k.store, lambda r: Read(stall, (), r)))
+            await stalled.wait()
+            nursery.start_soon(emit, k)
+            await trio.testing.wait_all_tasks_blocked()
+            [pending] = await k.status()
+            assert pending.state == "pending"
+            assert pending.task_blocks == ()
+            assert emitted == []  # Emit answers only once the root is durable
+        finally:
+            gate.set()
+        await answered.wait()
+        assert emitted[0].workflow_id == pending.workflow_id
+        trace = await k.finished(pending.workflow_id)
+
+    assert trace["state"] == "completed"
+
+
+async def test_no_sink_means_no_workflow(tmp_path):
+    @block("Other", sinks=["other"])
+    def other(ctx):
+        pass
+
+    async with running_kernel(tmp_path, [other]) as k:
+        watch = await k.watch()
+        emitted = await k.emit("nobody_listens", {"a": 1})
+        listed = await k.status()
+        trace = await k.trace(emitted.event_id)
+        with pytest.raises(NotFound):
+            await k.status(emitted.event_id)
+        watched = await watch.receive()
+
+    assert emitted.workflow_id == ""
+    assert is_event_id(emitted.event_id)
+    assert listed == []
+    assert watched.id == emitted.event_id
+    assert [e["id"] for e in trace["events"]] == [emitted.event_id]
+    assert trace["block_executions"] == []
+
+
+async def test_status_of_an_unknown_workflow_is_not_found(tmp_path):
+    async with running_kernel(tmp_path, []) as k:
+        with pytest.raises(NotFound, match="evt_"):
+            await k.status("evt_" + "0" * 24)
+        assert await k.trace("evt_" + "0" * 24) is None
+        assert await k.trace("not-an-id") is None
+
+
+async def test_the_trace_file_has_the_public_daemons_layout(tmp_path):
+    registry = load_blocks(entry_points=False)
+
+    async with running_kernel(tmp_path, registry) as k:
+        emitted = await k.emit("greet_requested", {"name": "Ada"}, project="acme")
+        trace = await k.finished(emitted.workflow_id)
+
+    day = trace["events"][0]["occurred_at"][:10]
+    path = tmp_path / "traces" / day / f"{emitted.workflow_id}.json"
+    on_disk = json.loads(path.read_text())
+    assert on_disk == json.loads(json.dumps(trace, default=str))
+    assert {"events", "block_executions", "total_duration_ms"} <= set(on_disk)
+    assert isinstance(on_disk["total_duration_ms"], int)
+    assert on_disk["total_duration_ms"] >= 0
+    assert len(on_disk["events"]) == 3
+    assert len(on_disk["block_executions"]) == 2
+    for event in on_disk["events"]:
+        assert set(event) >= EVENT_KEYS
+        assert event["throttle"] == "full"
+        assert event["trace_id"] == emitted.workflow_id
+    for execution in on_disk["block_executions"]:
+        assert set(execution) >= EXECUTION_KEYS
+    compose, deliver = on_disk["block_executions"]
+    assert compose["trigger_payload"] == {"name": "Ada"}
+    assert compose["emitted_payloads"] == [{"name": "Ada", "greeting": "Hello, Ada!"}]
+    assert compose["emitted_event_ids"] == [on_disk["events"][1]["id"]]
+    assert deliver["trigger_event_id"] == on_disk["events"][1]["id"]
+    assert deliver["audit_artifacts"][0].endswith("greeting.txt")
+
+
+async def test_finished_workflows_outlive_the_recent_list(tmp_path):
+    @block("Only", sinks=["go"])
+    def only(ctx):
+        ctx.emit("gone", {})
+
+    async with running_kernel(tmp_path, [only], engine=EngineConfig(recent_workflows=1)) as k:
+        first = await k.emit("go", {"n": 1})
+        first_trace = await k.finished(first.workflow_id)
+        second = await k.emit("go", {"n": 2})
+        await k.finished(second.workflow_id)
+        listed = await k.status()
+        # evicted from memory: Status reads the store, Trace reads the file
+        [stored] = await k.status(first.workflow_id)
+        from_disk = await k.trace(first.workflow_id)
+
+    assert [w.workflow_id for w in listed] == [second.workflow_id]
+    assert (stored.workflow_id, stored.workflow_type, stored.state) == (
+        first.workflow_id,
+        "go",
+        "completed",
+    )
+    assert stored.completed_at
+    assert [(b.name, b.state) for b in stored.task_blocks] == [("Only", "completed")]
+    assert from_disk == json.loads(json.dumps(first_trace, default=str))
+
+
+async def test_watch_sees_every_event_in_order_filtered_by_project(tmp_path):
+    @block("Echo", sinks=["ping"])
+    def echo(ctx):
+        ctx.emit("pong", {"n": ctx.payload["n"]})
+
+    async with running_kernel(tmp_path, [echo]) as k:
+        everything = await k.watch()
+        only_a = await k.watch("a")
+        first = await k.emit("ping", {"n": 1}, project="a")
+        second = await k.emit("ping", {"n": 2}, project="b")
+        await k.finished(first.workflow_id)
+        await k.finished(second.workflow_id)
+        all_items, a_items = drain(everything), drain(only_a)
+
+    assert not any(isinstance(i, Overflow) for i in all_items)
+    assert sorted((e.project, e.event_type) for e in all_items) == [
+        ("a", "ping"),
+        ("a", "pong"),
+        ("b", "ping"),
+        ("b", "pong"),
+    ]
+    assert [(e.event_type, e.payload) for e in a_items] == [("ping", {"n": 1}), ("pong", {"n": 1})]
+    assert a_items[1].payload_json == compact_json({"n": 1})
+
+
+async def test_a_workflow_no_block_accepted_stays_findable_after_eviction(tmp_path):
+    @block("High Only", sinks=["alert"], accepts=lambda p: p.get("severity") == "high")
+    def high_only(ctx):
+        pass
+
+    async with running_kernel(tmp_path, [high_only], engine=EngineConfig(recent_workflows=1)) as k:
+        low = await k.emit("alert", {"severity": "low"})
+        await k.finished(low.workflow_id)
+        other = await k.emit("alert", {"severity": "high"})
+        await k.finished(other.workflow_id)
+        [view] = await k.status(low.workflow_id)
+
+    assert low.workflow_id == low.event_id
+    assert (view.workflow_id, view.state, view.task_blocks) == (low.workflow_id, "completed", ())
+
+
+@pytest.mark.parametrize(
+    "bad", [float("nan"), float("inf"), "\ud800"], ids=["nan", "infinity", "lone-surrogate"]
+)
+async def test_an_emission_that_is_not_strict_json_fails_the_block(tmp_path, bad):
+    @block("Sloppy", sinks=["go"])
+    def sloppy(ctx):
+        ctx.emit("out", {"value": bad})
+
+    @block("Downstream", sinks=["out"], kind=BlockKind.MUTATOR)
+    def downstream(ctx):
+        raise AssertionError("must not run")
+
+    async with running_kernel(tmp_path, [sloppy, downstream]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+        stored = await k.query("SELECT event_type FROM events WHERE trace_id = ?", emitted.event_id)
+
+    [x] = executions(trace, "Sloppy")
+    assert x["success"] is False
+    assert "not JSON" in x["summary"]
+    assert stored == [("go",)]
+    assert trace["state"] == "failed"
+
+
+async def test_a_chain_whose_records_cannot_be_stored_fails_but_the_engine_carries_on(tmp_path):
+    undecodable = b"report-\xff.txt".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+    archived = []
+
+    @block("Lister", sinks=["go"])
+    def lister(ctx):
+        ctx.summary = f"found {undecodable}"  # not UTF-8: the store cannot write this record
+        ctx.emit("listed", {"count": 1})
+
+    @block("Archive", sinks=["listed"], kind=BlockKind.MUTATOR)
+    def archive(ctx):
+        archived.append(ctx.payload)
+
+    @block("Ping", sinks=["ping"])
+    def ping(ctx):
+        return "pong"
+
+    async with running_kernel(tmp_path, [lister, archive, ping]) as k:
+        broken = await k.emit("go")
+        view = await until_finished(k, broken.workflow_id)
+        healthy = await k.emit("ping")
+        healthy_trace = await k.finished(healthy.workflow_id)
+
+    # the mutator never acted on an event that was not durable
+    assert archived == []
+    assert view.state == "failed"
+    assert "could not be stored" in view.error
+    assert healthy_trace["state"] == "completed"
+
+
+async def until_finished(k, workflow_id):
+    """Status until the workflow ends (its trace may not be storable, so Trace is no signal)."""
+    while True:
+        [view] = await k.status(workflow_id)
+        if view.state in ("completed", "failed"):
+            return view
+        await trio.sleep(0.002)

@@ -1,0 +1,160 @@
+"""execute(): one block once, with timeout and retries; pure trio, so the autojump clock is safe."""
+
+from pathlib import Path
+
+import trio
+from foundry.kernel.blocks import Block, BlockContext, block
+from foundry.kernel.execution import execute
+from foundry.kernel.throttle import Action
+
+
+def contexts(tmp_path: Path, made: list[BlockContext] | None = None):
+    def new_context(attempt: int) -> BlockContext:
+        ctx = BlockContext(payload={"k": "v"}, artifact_dir=tmp_path / "art", attempt=attempt)
+        if made is not None:
+            made.append(ctx)
+        return ctx
+
+    return new_context
+
+
+class Flaky(Block):
+    name = "Flaky"
+
+    def __init__(self, failures: int, **options):
+        super().__init__(**options)
+        self.failures = failures
+        self.attempts_seen: list[int] = []
+        self.started_at: list[float] = []
+
+    async def run(self, ctx):
+        self.attempts_seen.append(ctx.attempt)
+        self.started_at.append(trio.current_time())
+        ctx.emit("tried", {"attempt": ctx.attempt})
+        if len(self.attempts_seen) <= self.failures:
+            raise RuntimeError(f"attempt {ctx.attempt} broke")
+        return {"ok": ctx.attempt}
+
+
+async def test_retries_with_exponential_backoff_then_succeeds(tmp_path, autojump_clock):
+    flaky = Flaky(failures=2, retries=2, backoff=1.0)
+    told = []
+
+    outcome = await execute(
+        flaky, Action.RUN, contexts(tmp_path), on_retry=lambda n, e, d: told.append((n, e, d))
+    )
+
+    assert outcome.success
+    assert outcome.error == ""
+    assert outcome.attempts == 3
+    assert flaky.attempts_seen == [1, 2, 3]
+    gaps = [b - a for a, b in zip(flaky.started_at, flaky.started_at[1:], strict=False)]
+    assert gaps == [1.0, 2.0]
+    assert told == [
+        (1, "RuntimeError: attempt 1 broke", 1.0),
+        (2, "RuntimeError: attempt 2 broke", 2.0),
+    ]
+    # only the successful attempt's emissions survive
+    assert [e.payload for e in outcome.emissions] == [{"attempt": 3}]
+    assert outcome.output == {"ok": 3}
+
+
+async def test_retries_exhausted_is_a_failure_with_no_emissions(tmp_path, autojump_clock):
+    flaky = Flaky(failures=5, retries=1, backoff=0.5)
+
+    outcome = await execute(flaky, Action.RUN, contexts(tmp_path))
+
+    assert not outcome.success
+    assert outcome.attempts == 2
+    assert outcome.error == "RuntimeError: attempt 2 broke"
+    assert outcome.emissions == ()
+
+
+async def test_a_slow_block_times_out(tmp_path, autojump_clock):
+    @block("Sleepy", timeout=3)
+    async def sleepy(ctx):
+        await trio.sleep(3600)
+
+    started = trio.current_time()
+    outcome = await execute(sleepy, Action.RUN, contexts(tmp_path))
+
+    assert not outcome.success
+    assert outcome.timed_out
+    assert "timed out" in outcome.error
+    assert "timed out" in outcome.summary
+    assert trio.current_time() - started == 3
+
+
+async def test_a_timed_out_attempt_is_retried(tmp_path, autojump_clock):
+    calls = []
+
+    @block("SlowThenFast", timeout=1, retries=1, backoff=0)
+    async def slow_then_fast(ctx):
+        calls.append(ctx.attempt)
+        if ctx.attempt == 1:
+            await trio.sleep(10)
+        return "fine"
+
+    outcome = await execute(slow_then_fast, Action.RUN, contexts(tmp_path))
+
+    assert outcome.success
+    assert outcome.attempts == 2
+    assert not outcome.timed_out
+    assert calls == [1, 2]
+
+
+async def test_audit_and_simulate_are_never_retried(tmp_path, autojump_clock):
+    calls = []
+
+    async def broken(ctx):
+        calls.append(ctx.attempt)
+        raise ValueError("no")
+
+    @block("M", kind="mutator", retries=3, audit=broken, simulate=broken)
+    def mutator(ctx):
+        raise AssertionError("run must not be called")
+
+    for action in (Action.AUDIT, Action.SIMULATE):
+        outcome = await execute(mutator, action, contexts(tmp_path))
+        assert not outcome.success
+        assert outcome.attempts == 1
+    assert calls == [1, 1]
+
+
+async def test_failure_summary_is_the_error_even_if_the_block_set_one(tmp_path):
+    @block("Deploy")
+    def deploy(ctx):
+        ctx.summary = "deploying build 42"
+        raise RuntimeError("registry unreachable")
+
+    outcome = await execute(deploy, Action.RUN, contexts(tmp_path))
+
+    assert not outcome.success
+    assert "registry unreachable" in outcome.summary
+
+
+async def test_success_summary_prefers_the_blocks_own_then_the_output(tmp_path):
+    @block("Own")
+    def own(ctx):
+        ctx.summary = "did the thing"
+        return "ignored"
+
+    @block("Output")
+    def output(ctx):
+        return "x" * 500
+
+    assert (await execute(own, Action.RUN, contexts(tmp_path))).summary == "did the thing"
+    long = (await execute(output, Action.RUN, contexts(tmp_path))).summary
+    assert len(long) == 200
+    assert long.endswith("...")
+
+
+async def test_each_attempt_gets_a_fresh_context(tmp_path):
+    made: list[BlockContext] = []
+    flaky = Flaky(failures=1, retries=1, backoff=0)
+
+    outcome = await execute(flaky, Action.RUN, contexts(tmp_path, made))
+
+    assert [c.attempt for c in made] == [1, 2]
+    assert made[0] is not made[1]
+    assert outcome.context is made[1]

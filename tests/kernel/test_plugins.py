@@ -1,0 +1,210 @@
+"""Loading blocks with pluggy: built-ins, foundry.toml modules, declared blocks, loud failures."""
+
+import importlib
+import sys
+import textwrap
+import uuid
+
+import foundry.kernel
+import pytest
+from foundry.kernel import Block, BlockKind, ConfigError, block
+from foundry.kernel.plugins import DEFAULT_PLUGINS, BlockRegistry, load_blocks
+
+BUILT_IN_FIRST = ["Compose Greeting", "Deliver Greeting"]
+
+
+@pytest.fixture
+def plugin_module(tmp_path, monkeypatch):
+    """``plugin_module(source)`` writes a uniquely named module on sys.path; returns its name."""
+    made = []
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def make(source):
+        name = f"foundry_test_plugin_{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
+        made.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            sys.modules.pop(name, None)
+
+
+def test_built_ins_load_first_and_in_order():
+    names = [b.name for b in load_blocks()]
+
+    assert names[:2] == BUILT_IN_FIRST
+    assert DEFAULT_PLUGINS[0] == "foundry.plugins.greeting"
+
+
+def test_declared_blocks_come_after_every_plugin_block():
+    declared = [
+        {"name": "Escalate", "type": "relay", "sinks": ["alert"], "emits": "page"},
+        {"name": "Archive", "type": "shell", "sinks": ["page"], "command": ["true"]},
+    ]
+
+    names = [b.name for b in load_blocks(declared=declared, entry_points=False)]
+
+    assert names[:2] == BUILT_IN_FIRST
+    assert names[-2:] == ["Escalate", "Archive"]
+
+
+def test_a_module_named_in_the_config_contributes_blocks(plugin_module):
+    name = plugin_module(
+        """
+        from foundry.kernel import block, hookimpl
+
+        @block("Count Words", sinks=["text_received"])
+        def count_words(ctx):
+            return len(ctx.payload["text"].split())
+
+        @block("Shout", sinks=["text_received"], kind="mutator")
+        def shout(ctx):
+            return ctx.payload["text"].upper()
+
+        @hookimpl
+        def register_blocks():
+            return [count_words, shout]
+        """
+    )
+
+    registry = load_blocks([name], entry_points=False)
+
+    names = [b.name for b in registry]
+    assert names[:2] == BUILT_IN_FIRST
+    assert names[-2:] == ["Count Words", "Shout"]
+    assert [b.name for b in registry.sinking("text_received", {"text": "x"})] == [
+        "Count Words",
+        "Shout",
+    ]
+    assert registry.by_name["Shout"].kind is BlockKind.MUTATOR
+
+
+def test_a_module_can_contribute_a_block_type(plugin_module):
+    name = plugin_module(
+        """
+        from foundry.kernel import Block, hookimpl
+
+        class Echo(Block):
+            async def run(self, ctx):
+                return dict(ctx.payload)
+
+        @hookimpl
+        def register_block_types():
+            return {"echo": lambda table: Echo(table["name"], sinks=table.get("sinks", []))}
+        """
+    )
+    declared = [{"name": "My Echo", "type": "echo", "sinks": ["ping"]}]
+
+    registry = load_blocks([name], declared, entry_points=False)
+
+    assert registry.by_name["My Echo"].sinks == ("ping",)
+
+
+def test_a_misspelled_hook_fails_loudly(plugin_module):
+    name = plugin_module(
+        """
+        from foundry.kernel import hookimpl
+
+        @hookimpl
+        def register_blokcs():
+            return []
+        """
+    )
+
+    with pytest.raises(ConfigError, match="register_blokcs"):
+        load_blocks([name], entry_points=False)
+
+
+def test_a_module_that_cannot_be_imported_is_named():
+    with pytest.raises(ConfigError, match=r"\[plugins\]\.modules.*no_such_module_xyz"):
+        load_blocks(["no_such_module_xyz"], entry_points=False)
+
+
+def test_a_plugin_returning_something_that_is_not_a_block_fails(plugin_module):
+    name = plugin_module(
+        """
+        from foundry.kernel import hookimpl
+
+        @hookimpl
+        def register_blocks():
+            return ["not a block"]
+        """
+    )
+
+    with pytest.raises(ConfigError, match="not a Block"):
+        load_blocks([name], entry_points=False)
+
+
+def test_duplicate_block_names_fail():
+    first = block("Same", sinks=["a"])(lambda ctx: None)
+    second = block("Same", sinks=["b"])(lambda ctx: None)
+
+    with pytest.raises(ConfigError, match="two blocks are named 'Same'"):
+        BlockRegistry([first, second])
+
+
+def test_a_declared_block_may_not_reuse_a_built_in_name():
+    declared = [{"name": "Compose Greeting", "type": "relay", "sinks": ["x"], "emits": "y"}]
+
+    with pytest.raises(ConfigError, match="Compose Greeting"):
+        load_blocks(declared=declared, entry_points=False)
+
+
+def test_the_registry_routes_by_sink_and_payload_filter():
+    high = block("High", sinks=["alert"], accepts=lambda p: p.get("severity") == "high")(
+        lambda ctx: None
+    )
+    every = block("Every", sinks=["alert", "notice"])(lambda ctx: None)
+    registry = BlockRegistry([high, every])
+
+    assert [b.name for b in registry.sinking("alert", {"severity": "high"})] == ["High", "Every"]
+    assert [b.name for b in registry.sinking("alert", {"severity": "low"})] == ["Every"]
+    assert [b.name for b in registry.sinking("notice", {})] == ["Every"]
+    assert registry.sinks("alert")
+    assert not registry.sinks("other")
+    assert len(registry) == 2
+
+
+def test_block_options_from_the_decorator_and_the_class():
+    @block("Fn", sinks=["a", "b"], kind="mutator", timeout=None, retries=2, backoff=0.5)
+    def fn(ctx):
+        """Does a thing."""
+
+    class Custom(Block):
+        name = "Custom"
+        kind = BlockKind.MUTATOR
+        sinks = ("c",)
+        retries = 1
+
+    custom, renamed = Custom(), Custom("Renamed", kind="observer", timeout=5)
+
+    assert (fn.name, fn.sinks, fn.kind, fn.timeout, fn.retries, fn.backoff) == (
+        "Fn", ("a", "b"), BlockKind.MUTATOR, None, 2, 0.5,
+    )  # fmt: skip
+    assert fn.description == "Does a thing."
+    assert (custom.name, custom.kind, custom.sinks, custom.timeout) == (
+        "Custom", BlockKind.MUTATOR, ("c",), 60.0,
+    )  # fmt: skip
+    assert (renamed.name, renamed.kind, renamed.timeout, renamed.retries) == (
+        "Renamed", BlockKind.OBSERVER, 5.0, 1,
+    )  # fmt: skip
+
+
+def test_the_public_api_exports_exist():
+    missing = [name for name in foundry.kernel.__all__ if not hasattr(foundry.kernel, name)]
+
+    assert missing == []
+    for name in ("Block", "BlockContext", "BlockKind", "block", "hookimpl", "Throttle"):
+        assert name in foundry.kernel.__all__
+
+
+def test_star_import_gives_the_block_api():
+    namespace = {}
+    exec("from foundry.kernel import *", namespace)
+
+    assert namespace["Block"] is Block
+    assert set(foundry.kernel.__all__) <= set(namespace)

@@ -1,0 +1,181 @@
+"""The shell block type, run by the real engine: the payload reaches the program as data only."""
+
+import json
+import sys
+
+import pytest
+from foundry.kernel.errors import ConfigError
+from foundry.kernel.plugins import load_blocks
+from foundry.kernel.throttle import Throttle
+
+from .harness import running_kernel
+
+INSPECT = """
+import json, os, sys
+print(json.dumps({
+    "stdin": sys.stdin.read(),
+    "payload_env": os.environ["FOUNDRY_PAYLOAD"],
+    "inputs": {k: v for k, v in os.environ.items() if k.startswith("FOUNDRY_INPUT_")},
+    "event_type": os.environ["FOUNDRY_EVENT_TYPE"],
+    "project": os.environ["FOUNDRY_PROJECT"],
+    "throttle": os.environ["FOUNDRY_THROTTLE"],
+    "static": os.environ.get("STATIC", ""),
+}))
+"""
+
+
+def shell_registry(**table):
+    return load_blocks(
+        declared=[{"name": "Sh", "type": "shell", "sinks": ["go"], **table}], entry_points=False
+    )
+
+
+async def run_once(home, registry, payload, throttle=Throttle.FULL):
+    async with running_kernel(home, registry) as k:
+        emitted = await k.emit("go", payload, project="acme", throttle=throttle)
+        trace = await k.finished(emitted.workflow_id)
+    [x] = [x for x in trace["block_executions"] if x["block_name"] == "Sh"]
+    return trace, x
+
+
+async def test_the_payload_arrives_on_stdin_and_in_env_and_stdout_json_is_emitted(tmp_path):
+    registry = shell_registry(
+        command=[sys.executable, "-c", INSPECT], emits="inspected", env={"STATIC": "yes"}
+    )
+    payload = {"name": "Ada", "count": 3, "ok": True, "nested": {"a": 1}, "dashed-key": "v"}
+
+    trace, x = await run_once(tmp_path, registry, payload)
+
+    assert x["success"] is True
+    assert x["exit_code"] == 0
+    [got] = x["emitted_payloads"]
+    assert json.loads(got["stdin"]) == payload
+    assert got["stdin"] == json.dumps(payload, separators=(",", ":"), sort_keys=True)
+    assert json.loads(got["payload_env"]) == payload
+    assert got["inputs"] == {
+        "FOUNDRY_INPUT_NAME": "Ada",
+        "FOUNDRY_INPUT_COUNT": "3",
+        "FOUNDRY_INPUT_OK": "true",
+        "FOUNDRY_INPUT_DASHED_KEY": "v",
+    }  # only top-level scalars
+    assert (got["event_type"], got["project"], got["throttle"]) == ("go", "acme", "full")
+    assert got["static"] == "yes"
+    assert json.loads(x["raw_output"]) == got
+    assert [e["event_type"] for e in trace["events"]] == ["go", "inspected"]
+
+
+async def test_a_hostile_payload_is_never_interpreted(tmp_path):
+    marks = [tmp_path / f"pwned{i}" for i in range(4)]
+    hostile = {
+        "note": f"$(touch {marks[0]}); `touch {marks[1]}`",
+        "path": f"x; touch {marks[2]} && echo",
+        "quote": f"'\"; touch {marks[3]}; echo \"'",
+    }
+    registry = shell_registry(
+        command=[
+            "sh",
+            "-c",
+            'printf "%s|%s|%s|" "$FOUNDRY_INPUT_NOTE" "$1" {note}; cat',
+            "sh",
+            "{path}",
+        ],
+        cwd=str(tmp_path),
+    )
+
+    _, x = await run_once(tmp_path / "home", registry, hostile)
+
+    assert x["success"] is True
+    assert x["raw_output"] == (
+        f"{hostile['note']}|{{path}}|{{note}}|"
+        + json.dumps(hostile, separators=(",", ":"), sort_keys=True)
+    )
+    assert [m for m in marks if m.exists()] == []
+
+
+async def test_a_command_string_is_split_but_never_run_by_a_shell(tmp_path):
+    mark = tmp_path / "pwned"
+    registry = shell_registry(command=f"echo one; touch {mark}")
+
+    _, x = await run_once(tmp_path / "home", registry, {})
+
+    assert x["raw_output"] == f"one; touch {mark}\n"
+    assert not mark.exists()
+
+
+async def test_a_nonzero_exit_fails_with_the_code_and_output_captured(tmp_path):
+    registry = shell_registry(
+        command=["sh", "-c", "echo working; echo 'bad thing happened' >&2; exit 3"],
+        emits="never",
+    )
+
+    trace, x = await run_once(tmp_path, registry, {"a": 1})
+
+    assert x["success"] is False
+    assert x["state"] == "failed"
+    assert x["exit_code"] == 3
+    assert x["raw_output"] == "working\nbad thing happened\n"
+    assert "exited with 3" in x["summary"]
+    assert "bad thing happened" in x["summary"]
+    assert x["emitted_event_ids"] == []
+    assert trace["state"] == "failed"
+
+
+async def test_a_failing_command_is_retried(tmp_path):
+    counter = tmp_path / "count"
+    script = (
+        f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}; [ $n -ge 2 ]"
+    )
+    registry = shell_registry(command=["sh", "-c", script], retries=1, backoff=0)
+
+    _, x = await run_once(tmp_path / "home", registry, {})
+
+    assert x["success"] is True
+    assert x["attempts"] == 2
+    assert counter.read_text().strip() == "2"
+
+
+async def test_plain_text_and_non_object_json_are_wrapped_as_output(tmp_path):
+    text = shell_registry(command=["echo", "hello there"], emits="said")
+    listing = shell_registry(command=["echo", "[1, 2]"], emits="said")
+
+    _, x_text = await run_once(tmp_path / "a", text, {})
+    _, x_list = await run_once(tmp_path / "b", listing, {})
+
+    assert x_text["emitted_payloads"] == [{"output": "hello there"}]
+    assert x_list["emitted_payloads"] == [{"output": [1, 2]}]
+
+
+async def test_a_shell_mutator_does_not_run_under_audit_only_or_dry_run(tmp_path):
+    mark = tmp_path / "ran"
+    registry = shell_registry(command=["touch", str(mark)], emits="done", simulate=True)
+
+    audit_trace, audited = await run_once(tmp_path / "a", registry, {"k": 1}, Throttle.AUDIT_ONLY)
+    dry_trace, dry = await run_once(tmp_path / "b", registry, {"k": 1}, Throttle.DRY_RUN)
+
+    assert not mark.exists()
+    assert (audited["state"], audited["throttled"], audited["emitted_payloads"]) == (
+        "completed",
+        True,
+        [],
+    )
+    assert dry["state"] == "skipped"
+    assert dry["emitted_payloads"] == [{"k": 1, "simulated": True}]
+    assert audit_trace["state"] == dry_trace["state"] == "completed"
+
+
+async def test_a_when_filter_picks_payloads(tmp_path):
+    registry = shell_registry(command=["echo", "hi"], when={"env": "prod"})
+
+    async with running_kernel(tmp_path, registry) as k:
+        prod = await k.emit("go", {"env": "prod"})
+        dev = await k.emit("go", {"env": "dev"})
+        prod_trace = await k.finished(prod.workflow_id)
+        dev_trace = await k.finished(dev.workflow_id)
+
+    assert [x["block_name"] for x in prod_trace["block_executions"]] == ["Sh"]
+    assert dev_trace["block_executions"] == []
+
+
+def test_a_shell_block_needs_a_command():
+    with pytest.raises(ConfigError, match=r"'Sh'.*command"):
+        shell_registry()

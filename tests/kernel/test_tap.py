@@ -1,0 +1,149 @@
+"""The tap broker: filtered fan-out, bounded buffers, an explicit cut-off for slow subscribers."""
+
+from dataclasses import dataclass
+
+import trio
+import trio.testing
+from foundry.kernel.mailbox import ask
+from foundry.kernel.tap import TapBroker
+from foundry.kernel.tap_messages import CloseAll, Overflow, Publish, Subscribe
+
+from .harness import GUARD_SECONDS
+
+
+@dataclass(frozen=True)
+class Item:
+    tap_key: str
+    n: int
+    tap_topic: str = "events"
+
+
+def drain(receive):
+    items = []
+    while True:
+        try:
+            items.append(receive.receive_nowait())
+        except trio.WouldBlock:
+            return items
+        except trio.EndOfChannel:
+            items.append("end")
+            return items
+
+
+async def subscribe(tap, key=None, topic="events"):
+    return await ask(tap, lambda r: Subscribe(topic, key, r))
+
+
+async def started_broker(nursery, buffer):
+    send, receive = trio.open_memory_channel(100)
+    broker = TapBroker(receive, buffer=buffer)
+    await nursery.start(broker.run)
+    return broker, send
+
+
+async def test_subscribers_get_every_item_of_their_key_in_order():
+    with trio.fail_after(GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            _, tap = await started_broker(nursery, buffer=16)
+            everyone, only_a, only_b = (
+                await subscribe(tap),
+                await subscribe(tap, "a"),
+                await subscribe(tap, "b"),
+            )
+            runs = await subscribe(tap, topic="runs")
+            items = [Item("a", 1), Item("b", 2), Item("a", 3), Item("c", 4)]
+            await tap.send(Publish(tuple(items[:2])))
+            await tap.send(Publish(tuple(items[2:])))
+            await tap.send(Publish((Item("a", 5, tap_topic="runs"),)))
+            tap.close()
+
+    assert drain(everyone) == [*items, "end"]
+    assert drain(only_a) == [Item("a", 1), Item("a", 3), "end"]
+    assert drain(only_b) == [Item("b", 2), "end"]
+    assert drain(runs) == [Item("a", 5, tap_topic="runs"), "end"]
+
+
+async def test_a_subscriber_that_falls_behind_is_cut_off_with_overflow():
+    buffer = 3
+    with trio.fail_after(GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            _, tap = await started_broker(nursery, buffer=buffer)
+            slow = await subscribe(tap)
+            fast = await subscribe(tap)
+            received = []
+
+            async def read_fast():
+                async for item in fast:
+                    received.append(item)
+
+            nursery.start_soon(read_fast)
+            for n in range(10):
+                await tap.send(Publish((Item("k", n),)))
+                await trio.testing.wait_all_tasks_blocked()
+            slow_items = drain(slow)
+            tap.close()
+
+    assert slow_items == [Item("k", 0), Item("k", 1), Item("k", 2), Overflow(buffer), "end"]
+    assert received == [Item("k", n) for n in range(10)]
+
+
+async def test_a_burst_larger_than_the_buffer_cuts_off_a_subscriber_that_has_not_read():
+    with trio.fail_after(GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            _, tap = await started_broker(nursery, buffer=2)
+            sub = await subscribe(tap)
+            await tap.send(Publish(tuple(Item("k", n) for n in range(5))))
+            await trio.testing.wait_all_tasks_blocked()
+            items = drain(sub)
+            tap.close()
+
+    assert items == [Item("k", 0), Item("k", 1), Overflow(2), "end"]
+
+
+async def test_a_closed_subscriber_is_dropped_and_the_others_carry_on():
+    with trio.fail_after(GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            broker, tap = await started_broker(nursery, buffer=4)
+            leaver = await subscribe(tap)
+            stayer = await subscribe(tap)
+            leaver.close()
+            await tap.send(Publish((Item("k", 1),)))
+            await tap.send(Publish((Item("k", 2),)))
+            await trio.testing.wait_all_tasks_blocked()
+            # white-box: the broker no longer holds the departed subscriber's channel
+            remaining = [len(subs) for subs in broker._topics.values()]
+            tap.close()
+
+    assert remaining == [1]
+    assert drain(stayer) == [Item("k", 1), Item("k", 2), "end"]
+
+
+async def test_close_all_ends_every_subscription_cleanly():
+    with trio.fail_after(GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            _, tap = await started_broker(nursery, buffer=4)
+            first, second = await subscribe(tap), await subscribe(tap, "x")
+            await tap.send(Publish((Item("x", 1),)))
+            await tap.send(CloseAll())
+            await trio.testing.wait_all_tasks_blocked()
+            assert drain(first) == [Item("x", 1), "end"]
+            assert drain(second) == [Item("x", 1), "end"]
+            # the broker still serves new subscribers afterwards
+            third = await subscribe(tap)
+            await tap.send(Publish((Item("y", 2),)))
+            tap.close()
+
+    assert drain(third) == [Item("y", 2), "end"]
+
+
+async def test_the_broker_never_blocks_on_a_subscriber():
+    """A publisher is never held up, however many items a stuck subscriber has not read."""
+    with trio.fail_after(GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            _, tap = await started_broker(nursery, buffer=1)
+            stuck = await subscribe(tap)
+            for n in range(500):
+                await tap.send(Publish((Item("k", n),)))
+            tap.close()
+
+    assert drain(stuck) == [Item("k", 0), Overflow(1), "end"]
