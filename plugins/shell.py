@@ -1,9 +1,13 @@
-"""The ``shell`` block type: runs a command named in foundry.toml.
+"""The ``shell`` block type, and the ``shell`` DAG step: run a command named in foundry.toml.
 
 The command is an argv list (or a string split like a shell would, but never run by one). The
 payload — or a DAG step's inputs — reaches the program as compact JSON on stdin, in
 ``FOUNDRY_PAYLOAD``, and as ``FOUNDRY_INPUT_<KEY>`` for each top-level scalar; it is never
 interpolated into a command line.
+
+As a DAG step, ``{"type": "shell", "inputs": {"command": "NAME", ...}}`` runs the ``[[blocks]]``
+shell block called NAME with the step's inputs as its payload — so a run can only ever start the
+commands the operator declared.
 """
 
 from __future__ import annotations
@@ -112,6 +116,37 @@ def shell_block_from_table(table: Mapping[str, Any]) -> ShellBlock:
     )
 
 
+class ShellStep(Block):
+    name = "shell"
+    kind = BlockKind.MUTATOR
+    description = "runs a [[blocks]] shell command by name: inputs {command, ...}"
+
+    def __init__(self, commands: Mapping[str, ShellBlock]) -> None:
+        super().__init__()
+        self.commands = dict(commands)
+
+    async def run(self, ctx: BlockContext) -> Any:
+        name = ctx.inputs.get("command")
+        command = self.commands.get(name) if isinstance(name, str) else None
+        if command is None:
+            known = ", ".join(sorted(self.commands)) or "none declared"
+            raise BlockError(f"inputs.command: no shell block named {name!r} ({known})")
+        return await command.run(ctx)
+
+
 @hookimpl
 def register_block_types() -> dict[str, Any]:
     return {"shell": shell_block_from_table}
+
+
+@hookimpl
+def register_blocks(config: Any) -> list[Block]:
+    commands = {}
+    for table in config.declared_blocks:
+        if table.get("type") == "shell":
+            options = {k: v for k, v in table.items() if k != "__source__"}
+            try:
+                commands[table["name"]] = shell_block_from_table(options)
+            except (ValueError, TypeError):
+                continue  # reported when the declared block itself loads
+    return [ShellStep(commands)]
