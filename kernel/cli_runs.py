@@ -147,7 +147,7 @@ async def cmd_get(args: argparse.Namespace, stubs: Any) -> int:
         done = f" → {step.completed_at}" if step.completed_at else ""
         print(f"  {step.idx:>3} {step.step_id:<20} {step.type:<10} {step.status:<10} "
               f"attempt {step.attempt}{done}")  # fmt: skip
-        if step.output is not None and step.status == "succeeded":
+        if step.output is not None and step.status in ("succeeded", "reused"):
             print(f"        output {_short(step.output.to_dict())}")
         if step.error is not None and step.error.to_dict() is not None:
             print(f"        error  {_short(step.error.to_dict())}")
@@ -232,7 +232,8 @@ async def cmd_resume(args: argparse.Namespace, stubs: Any) -> int:
     _, runtime = stubs
     reply = await runtime.resume_run(api.ResumeRunRequest(run_id=args.run_id))
     if args.json:
-        print(json.dumps({"status": reply.status.name, "resumed_step_id": reply.resumed_step_id}))
+        print(json.dumps(reply.to_dict(casing=betterproto2.Casing.SNAKE,
+                                       include_default_values=True)))  # fmt: skip
     else:
         print(f"{reply.status.name}: resumed at {reply.resumed_step_id}")
     return 0
@@ -277,9 +278,22 @@ async def cmd_replay(args: argparse.Namespace, stubs: Any) -> int:
         d = step.drift
         assert d is not None
         ok = "yes" if d.within_tolerance else "NO"
-        recorded = _short(d.recorded.to_dict() if d.recorded else None, 40)
-        current = _short(d.current.to_dict() if d.current else None, 40)
-        change = "(same)" if recorded == current else f"{recorded} → {current}"
+        recorded, current = _changed(
+            d.recorded.to_dict() if d.recorded else None, d.current.to_dict() if d.current else None
+        )
+        change = "(same)"
+        if recorded != current:
+            change = f"{_short(recorded, 40)} → {_short(current, 40)}"
         print(f"  {step.step_id:<20} {ok:<4} {d.token_delta or 0:>8.0f} {d.cost_delta or 0:>10.6f}"
               f"  {change}")  # fmt: skip
     return 0 if reply.all_within_tolerance else 1
+
+
+def _changed(recorded: Any, current: Any) -> tuple[Any, Any]:
+    """Two objects shown by the keys where they differ (else the two values): a truncated
+    rendering of the whole values could hide the difference."""
+    if isinstance(recorded, dict) and isinstance(current, dict) and recorded != current:
+        keys = [k for k in {**recorded, **current} if recorded.get(k) != current.get(k)]
+        return ({k: recorded[k] for k in keys if k in recorded},
+                {k: current[k] for k in keys if k in current})  # fmt: skip
+    return recorded, current

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
@@ -21,7 +22,7 @@ from .engine import Engine, EngineMessage
 from .errors import ConfigError
 from .foundry_service import FoundryService, Mailboxes
 from .grpc_server import bind, start_server, stop_server
-from .plugins import load_config_blocks
+from .plugins import BlockRegistry, load_config_blocks
 from .drift import Tolerance
 from .replay import Replay, Replayer
 from .runtime_service import RuntimeService
@@ -51,70 +52,71 @@ async def serve(
     bound = sock.getsockname()
     address = f"{bound[0]}:{bound[1]}"
 
+    # Signals are caught from here on: a SIGTERM during startup stops the daemon cleanly.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            await _run_actors(config, registry, sock, address, nursery, on_ready, stop, signals)
+
+
+async def _run_actors(
+    config: Config,
+    registry: BlockRegistry,
+    sock: socket.socket,
+    address: str,
+    nursery: trio.Nursery,
+    on_ready: Callable[[str], None],
+    stop: trio.Event | None,
+    signals: AsyncIterator[int],
+) -> None:
+    mailboxes = await _start_actors(config, registry, nursery)
+    server = await start_server([FoundryService(mailboxes), RuntimeService(mailboxes)], sock)
+    log.info("serving %d blocks on %s, home %s", len(registry), address, config.home)
+    on_ready(address)
+
+    await _until_stopped(stop, signals)
+    log.info("stopping")
+    await mailboxes.tap.send(CloseAll())
+    await stop_server(server)
+    for mailbox in (mailboxes.engine, mailboxes.scheduler, mailboxes.replay, mailboxes.tap):
+        mailbox.close()  # each actor finishes its work in flight, then the store closes last
+
+
+async def _start_actors(
+    config: Config, registry: BlockRegistry, nursery: trio.Nursery
+) -> Mailboxes:
     tap_send, tap_receive = trio.open_memory_channel[TapMessage](MAILBOX_SIZE)
     store_send, store_receive = trio.open_memory_channel[StoreMessage](MAILBOX_SIZE)
     engine_send, engine_receive = trio.open_memory_channel[EngineMessage](MAILBOX_SIZE)
     scheduler_send, scheduler_receive = trio.open_memory_channel[SchedulerMessage](MAILBOX_SIZE)
     replay_send, replay_receive = trio.open_memory_channel[Replay](MAILBOX_SIZE)
+    home, grace = config.home, config.shutdown_grace
 
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        await nursery.start(TapBroker(tap_receive, buffer=config.tap.subscriber_buffer).run)
-        store = Store(config.home, store_receive, tap_send.clone(), max_batch=config.store.max_batch_rows)
-        recovered = await nursery.start(store.run)
-        if recovered:
-            log.warning("marked %d unfinished workflow(s) failed: daemon restarted", len(recovered))
-        engine = Engine(
-            registry,
-            engine_receive,
-            store_send.clone(),
-            home=config.home,
-            config=config.engine,
-            shutdown_grace=config.shutdown_grace,
-        )
-        await nursery.start(engine.run)
-        scheduler = Scheduler(
-            registry,
-            scheduler_receive,
-            store_send.clone(),
-            tap_send.clone(),
-            home=config.home,
-            config=config.scheduler,
-            shutdown_grace=config.shutdown_grace,
-        )
-        resumed = await nursery.start(scheduler.run)
-        if resumed:
-            log.warning("picked up %d unfinished run(s) where they stopped", resumed)
-        tolerance = Tolerance(**vars(config.replay))
-        replayer = Replayer(
-            registry, replay_receive, store_send.clone(), home=config.home, tolerance=tolerance
-        )
-        await nursery.start(replayer.run)
-        store_send.close()
-
-        mailboxes = Mailboxes(
-            engine=engine_send, tap=tap_send, scheduler=scheduler_send, replay=replay_send
-        )
-        server = await start_server([FoundryService(mailboxes), RuntimeService(mailboxes)], sock)
-        log.info("serving %d blocks on %s, home %s", len(registry), address, config.home)
-        on_ready(address)
-
-        await _until_stopped(stop)
-        log.info("stopping")
-        await tap_send.send(CloseAll())
-        await stop_server(server)
-        engine_send.close()
-        scheduler_send.close()
-        replay_send.close()
-        tap_send.close()
+    await nursery.start(TapBroker(tap_receive, buffer=config.tap.subscriber_buffer).run)
+    store = Store(home, store_receive, tap_send.clone(), max_batch=config.store.max_batch_rows)
+    recovered = await nursery.start(store.run)
+    if recovered:
+        log.warning("marked %d unfinished workflow(s) failed: daemon restarted", len(recovered))
+    engine = Engine(registry, engine_receive, store_send.clone(), home=home,
+                    config=config.engine, shutdown_grace=grace)  # fmt: skip
+    await nursery.start(engine.run)
+    scheduler = Scheduler(registry, scheduler_receive, store_send.clone(), tap_send.clone(),
+                          home=home, config=config.scheduler, shutdown_grace=grace)  # fmt: skip
+    resumed = await nursery.start(scheduler.run)
+    if resumed:
+        log.warning("picked up %d unfinished run(s) where they stopped", resumed)
+    replayer = Replayer(registry, replay_receive, store_send.clone(), home=home,
+                        tolerance=Tolerance(**vars(config.replay)))  # fmt: skip
+    await nursery.start(replayer.run)
+    store_send.close()
+    return Mailboxes(engine=engine_send, tap=tap_send, scheduler=scheduler_send, replay=replay_send)
 
 
-async def _until_stopped(stop: trio.Event | None) -> None:
+async def _until_stopped(stop: trio.Event | None, signals: AsyncIterator[int]) -> None:
     async with trio.open_nursery() as nursery:
 
         async def signalled() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    break
+            async for _ in signals:
+                break
             nursery.cancel_scope.cancel()
 
         async def requested(event: trio.Event) -> None:

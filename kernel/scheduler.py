@@ -87,6 +87,7 @@ class Scheduler:
         self._idempotency: dict[str, str] = {}
         self._durable: dict[str, trio.Event] = {}  # runs whose submission is being committed
         self._wakeups: dict[str, trio.Event] = {}  # paused runs waiting for ResumeRun
+        self._stopping = False
         self._nursery: trio.Nursery | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             SubmitRun: self._on_submit,
@@ -110,8 +111,12 @@ class Scheduler:
             task_status.started(len(unfinished))
             async for message in self._inbox:
                 self._handlers[type(message)](message)
-            # Runs are checkpointed by their log: in-flight steps get the grace period, then the
-            # next start leases them again.
+            # Runs are checkpointed by their log: in-flight steps get the grace period (no new
+            # step starts), then the next start leases them again. Paused runs have nothing in
+            # flight: they stop waiting for a ResumeRun that can no longer come.
+            self._stopping = True
+            for wakeup in self._wakeups.values():
+                wakeup.set()
             nursery.cancel_scope.deadline = trio.current_time() + self._grace
 
     # --- SubmitRun ----------------------------------------------------------------------------
@@ -189,7 +194,7 @@ class Scheduler:
         done_send, done_receive = trio.open_memory_channel[str](len(run.steps) + 1)
         async with trio.open_nursery() as steps:
             while True:
-                if run.status == "RUNNING" and not run.failed:
+                if run.status == "RUNNING" and not run.failed and not self._stopping:
                     await self._start_ready(run, busy, steps, done_send, candidates)
                     candidates = set()
                 if busy:
@@ -198,8 +203,11 @@ class Scheduler:
                     if candidates is not None:
                         candidates.update(run.dag.dependents.get(finished, ()))
                 elif run.status == "PAUSED_AT_STEP" and not run.failed:
-                    await self._until_resumed(run)
+                    if not await self._until_resumed(run):
+                        return  # the daemon is stopping; the run stays paused in its log
                     candidates = None
+                elif self._stopping and not run.failed and _unstarted(run):
+                    return  # the daemon is stopping: no new steps; the next start goes on
                 else:
                     break
         failed = run.failed_steps()
@@ -230,9 +238,13 @@ class Scheduler:
             busy.add(step.spec.id)
             steps.start_soon(self._run_step, run, step, done)
 
-    async def _until_resumed(self, run: RunState) -> None:
+    async def _until_resumed(self, run: RunState) -> bool:
+        """Wait for ResumeRun; False when the daemon stops first."""
         while run.status == "PAUSED_AT_STEP":
+            if self._stopping:
+                return False
             await self._wakeups.setdefault(run.run_id, trio.Event()).wait()
+        return True
 
     async def _run_step(
         self, run: RunState, step: StepState, done: trio.MemorySendChannel[str]
@@ -501,6 +513,10 @@ def _step_view(run: RunState, step: StepState) -> StepView:
         model=step.model,
         usage=step.usage,
     )
+
+
+def _unstarted(run: RunState) -> bool:
+    return any(step.status == "pending" for step in run.steps.values())
 
 
 def _error(message: str, attempt: int = 0, timed_out: bool = False) -> dict[str, Any]:

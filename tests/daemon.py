@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,11 +40,12 @@ class Daemon:
             stdout=subprocess.PIPE, stderr=self.stderr_file, text=True, env=env, cwd=self.home.parent,
         )  # fmt: skip
         assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = self.process.stdout.readline().strip()
-        if not line or time.monotonic() > deadline:
+        line = _first_line(self.process.stdout, timeout)
+        if not line:
             self.process.kill()
-            raise RuntimeError(f"daemon did not start: {self.stderr()}")
+            self.process.wait(10)
+            self._closed()
+            raise RuntimeError(f"daemon did not start within {timeout}s: {self.stderr()}")
         self.address = line
         return self
 
@@ -100,6 +101,15 @@ class Daemon:
             self.process.kill()
             self.process.wait(10)
             self._closed()
+
+
+def _first_line(stream: Any, timeout: float) -> str:
+    """The first line the daemon prints (its address), or "" if none comes in time."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            return ""
+    return str(stream.readline()).strip()
 
 
 def write_config(path: Path, body: str = "") -> Path:

@@ -1,0 +1,211 @@
+"""Runaway chains are stopped by the engine's limits; a bad config or a busy port stops ``foundry
+serve`` at once with one readable line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.e2e.helpers import emit, finished, foundry_cli, status, traced
+
+PING_PONG = """
+[engine]
+max_chain_depth = {depth}
+max_chain_events = {events}
+
+[[blocks]]
+name = "A"
+type = "relay"
+sinks = ["ping"]
+emits = "pong"
+
+[[blocks]]
+name = "B"
+type = "relay"
+sinks = ["pong"]
+emits = "ping"
+"""
+
+
+def test_a_relay_loop_is_stopped_by_the_depth_limit(make_daemon):
+    daemon = make_daemon(PING_PONG.format(depth=5, events=10_000))
+    reply = emit(daemon, "ping", payload={"ball": 1})
+    workflow = finished(daemon, reply.workflow_id)
+    assert workflow.state == "failed"
+    assert "depth limit 5" in workflow.error
+    chain = traced(daemon, reply.event_id)
+    assert len(chain.events) <= 7  # the root, five levels, and the one that crossed the line
+    assert [e.event_type for e in chain.events[:3]] == ["ping", "pong", "ping"]
+    # The daemon is fine and serves the next chain.
+    assert finished(daemon, emit(daemon, "greet_requested").workflow_id).state == "completed"
+
+
+def test_a_relay_loop_is_stopped_by_the_event_budget(make_daemon):
+    daemon = make_daemon(PING_PONG.format(depth=1_000, events=20))
+    reply = emit(daemon, "ping")
+    workflow = finished(daemon, reply.workflow_id)
+    assert workflow.state == "failed"
+    assert "event limit 20" in workflow.error
+    assert len(traced(daemon, reply.event_id).events) <= 21
+
+
+def test_status_keeps_only_the_most_recent_finished_workflows_in_its_listing(make_daemon):
+    daemon = make_daemon("[engine]\nrecent_workflows = 2\n")
+    replies = [emit(daemon, "greet_requested", payload={"n": i}) for i in range(3)]
+    for reply in replies:
+        finished(daemon, reply.workflow_id)
+    listed = {w.workflow_id for w in status(daemon)}
+    assert listed == {replies[1].workflow_id, replies[2].workflow_id}
+    # The oldest is out of the listing, not gone: asked by id, it comes from the database.
+    [oldest] = status(daemon, replies[0].workflow_id)
+    assert oldest.state == "completed"
+    assert len(oldest.task_blocks) == 2
+
+
+# --- refusing to start --------------------------------------------------------------------------
+
+BAD_CONFIGS = {
+    "unknown top-level key": ("colour = 'blue'\n", "colour"),
+    "unknown engine key": ("[engine]\nmax_chain_dpeth = 5\n", "[engine].max_chain_dpeth"),
+    "wrong type": ("[tap]\nsubscriber_buffer = 'big'\n", "[tap].subscriber_buffer"),
+    "not TOML": ("[engine\n", "not valid TOML"),
+    "unknown block key": (
+        '[[blocks]]\nname = "X"\ntype = "shell"\ncommand = ["true"]\ncomand = 1\n',
+        "comand",
+    ),
+    "unknown block type": ('[[blocks]]\nname = "X"\ntype = "telepathy"\n', "telepathy"),
+}
+
+
+def serve(config, home, listen="127.0.0.1:0", timeout=20):
+    return foundry_cli(
+        "serve", "--config", str(config), "--listen", listen,
+        env={"FOUNDRY_HOME": str(home)}, timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+    """``foundry serve`` with each bad config, all started at once (each takes a second to
+    import): ``{case: (config path, seconds taken, CompletedProcess)}``."""
+    base = tmp_path_factory.mktemp("bad-configs")
+
+    def attempt(case, body):
+        config = base / f"{case.replace(' ', '-')}.toml"
+        config.write_text(body)
+        started = time.monotonic()
+        done = serve(config, base / "home")
+        return case, (config, time.monotonic() - started, done)
+
+    with ThreadPoolExecutor(len(BAD_CONFIGS)) as pool:
+        return dict(pool.map(lambda case: attempt(case, BAD_CONFIGS[case][0]), BAD_CONFIGS))
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_a_bad_config_is_refused_at_start_with_one_line(refusals, case):
+    config, seconds, done = refusals[case]
+    assert seconds < 15
+    assert done.returncode == 2
+    assert done.stdout == ""  # never printed an address: it did not serve
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert str(config) in lines[0]
+    assert BAD_CONFIGS[case][1] in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_port_in_use_is_refused_with_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "ok.toml"
+        config.write_text("")
+        done = serve(config, tmp_path / "home", listen=f"127.0.0.1:{port}")
+    assert done.returncode != 0
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert "in use" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_bad_listen_address_is_refused_with_one_line(tmp_path):
+    config = tmp_path / "ok.toml"
+    config.write_text("")
+    done = serve(config, tmp_path / "home", listen="nowhere")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [done.stderr.strip()]
+    assert "--listen" in done.stderr
+
+
+def test_the_repo_example_formation_serves(tmp_path):
+    """``foundry.toml`` at the repo root (what ``make run`` serves) starts and answers."""
+    from tests.daemon import REPO, Daemon
+
+    daemon = Daemon(tmp_path / "home", REPO / "foundry.toml")
+    try:
+        daemon.start()
+        reply = emit(daemon, "greet_requested", payload={"name": "Repo"})
+        workflow = finished(daemon, reply.workflow_id)
+        assert workflow.state == "completed"
+        assert [b.name for b in workflow.task_blocks] == [
+            "Compose Greeting", "Deliver Greeting", "Archive Greeting",
+        ]  # fmt: skip
+        alert = emit(daemon, "alert_raised", payload={"severity": "high"})
+        assert finished(daemon, alert.workflow_id).state == "completed"
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+
+
+def _serve_in(cwd, home):
+    """``foundry serve`` with no ``--config`` in ``cwd``; returns the process and its address."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "foundry.kernel.cli", "serve", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=cwd,
+        env={**os.environ, "FOUNDRY_HOME": str(home)},
+    )  # fmt: skip
+    assert process.stdout is not None
+    return process, process.stdout.readline().strip()
+
+
+def _reap(process):
+    if process.poll() is None:
+        process.kill()
+    process.wait(10)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def test_serve_without_a_config_uses_the_defaults(tmp_path):
+    """No ``--config`` and no ./foundry.toml: built-in defaults (here on an explicit port 0)."""
+    process, address = _serve_in(tmp_path, tmp_path / "home")
+    try:
+        assert address.startswith("127.0.0.1:")
+        done = foundry_cli("emit", "nobody_listens", "--project", "p", "--addr", address)
+        assert done.returncode == 0, done.stderr
+        process.terminate()
+        assert process.wait(15) == 0
+        assert (tmp_path / "home" / "foundry.duckdb").is_file()
+    finally:
+        _reap(process)
+
+
+def test_sigterm_right_after_the_ready_line_is_graceful(tmp_path):
+    for attempt in range(6):  # racy by nature: a few tries make the failure near certain
+        process, address = _serve_in(tmp_path, tmp_path / f"home-{attempt}")
+        try:
+            assert address
+            process.terminate()
+            code = process.wait(15)
+        finally:
+            _reap(process)
+        assert code == 0, f"try {attempt + 1}: exit code {code}"

@@ -1,0 +1,99 @@
+"""A Watch subscriber that falls behind is cut off with RESOURCE_EXHAUSTED, never a silent gap, and
+never stalls the daemon.
+
+Making it deterministic: a subscriber only falls behind once the server cannot send to it, which
+is HTTP/2 flow control. grpclib's client advertises 4 MiB windows by default, so "a few thousand
+1 KB events" may or may not fill them (plus socket buffers). This test's watching channel
+advertises the smallest windows HTTP/2 allows (64 KiB), so ~60 unread 1 KB events stall the
+server's stream; the broker's buffer (4 here) is then full after a handful more. And before
+reading, a second watcher sees a probe emitted after the flood: the broker handles publishes in
+order, so by then it has offered every flood event to the slow subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from foundry.proto import foundry_api as api
+from grpclib.client import Channel
+from grpclib.config import Configuration
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from tests.e2e.helpers import PROBE, Watcher, emit, finished
+
+BUFFER = 4
+FLOOD = 150  # ~64 get through: 64 KiB of window, one in hand, the buffer of 4
+PAD = "x" * 1000
+SMALLEST_WINDOW = 2**16 - 1
+
+
+@pytest.fixture
+def daemon(make_daemon):
+    return make_daemon(f"[tap]\nsubscriber_buffer = {BUFFER}\n")
+
+
+def test_a_watcher_that_falls_behind_is_cut_off_and_the_daemon_keeps_serving(daemon):
+    async def scenario(foundry, _):
+        host, port = daemon.address.rsplit(":", 1)
+        config = Configuration(
+            http2_connection_window_size=SMALLEST_WINDOW, http2_stream_window_size=SMALLEST_WINDOW
+        )
+        slow_channel = Channel(host, int(port), config=config)
+        try:
+            stream = api.FoundryStub(slow_channel).watch(api.WatchRequest(project="flood"))
+            # Live once a probe arrives; after that, the slow watcher reads nothing for a while.
+            first = asyncio.ensure_future(anext(stream))
+            while not first.done():
+                await foundry.emit(api.EmitRequest(event_type=PROBE, project="flood"))
+                await asyncio.wait({first}, timeout=0.2)
+            assert first.result().event_type == PROBE
+
+            flood = []
+            for i in range(FLOOD):
+                payload = json.dumps({"i": i, "pad": PAD})
+                reply = await foundry.emit(
+                    api.EmitRequest(event_type="flooded", project="flood", payload_json=payload)
+                )
+                flood.append(reply.event_id)  # acknowledged: the slow watcher did not stall Emit
+
+            async with Watcher(foundry, "barrier") as barrier:
+                await barrier.sync()  # every flood event has now been offered to the slow one
+
+            received = []
+
+            async def read_to_the_end():
+                async with asyncio.timeout(30):
+                    async for item in stream:
+                        if item.event_type != PROBE:
+                            received.append(item.event_id)
+
+            with pytest.raises(GRPCError) as caught:
+                await read_to_the_end()
+            return flood, received, caught.value
+        finally:
+            slow_channel.close()
+
+    flood, received, error = daemon.call(scenario)
+
+    assert error.status is Status.RESOURCE_EXHAUSTED
+    assert "fell behind" in error.message
+    assert str(BUFFER) in error.message
+    # What arrived is an unbroken prefix of what was emitted; the rest is announced by the error.
+    assert 0 < len(received) < FLOOD
+    assert received == flood[: len(received)]
+
+    # The daemon keeps serving: Emit, a workflow, and a new Watch all work.
+    reply = emit(daemon, "greet_requested", payload={"name": "Still here"})
+    assert finished(daemon, reply.workflow_id).state == "completed"
+
+    async def watch_again(foundry, _):
+        async with Watcher(foundry, "flood") as watcher:
+            await watcher.sync()
+            await foundry.emit(api.EmitRequest(event_type="after", project="flood"))
+            return await watcher.collect(lambda seen: len(seen) >= 1)
+
+    [after] = daemon.call(watch_again)
+    assert after.event_type == "after"
