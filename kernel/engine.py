@@ -11,6 +11,7 @@ mutator acts on it and before Watch sees it. Observers run ahead of the commit (
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -172,7 +173,7 @@ class Engine:
         if decision.action is Action.RUN and block.kind is BlockKind.MUTATOR and durable:
             await durable.wait()
         slot.state, slot.started_at = "running", self._clock.now()
-        artifact_dir = self._home / "artifacts" / workflow.id / event.id / _slug(block.name)
+        artifact_dir = Path(f"{self._home}/artifacts/{workflow.id}/{event.id}/{_slug(block.name)}")
         if refusal:
             outcome = _refused(refusal)
         else:
@@ -321,6 +322,7 @@ def _refused(error: str) -> Outcome:
     )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=1024)
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "block"
 

@@ -18,7 +18,9 @@ def compact_json(value: Any) -> str:
 
 def rfc3339(instant: datetime) -> str:
     """``2026-11-22T07:03:52.123456+00:00`` — RFC 3339 in UTC with an explicit ``+00:00``."""
-    return instant.astimezone(UTC).isoformat()
+    if instant.tzinfo is not UTC:
+        instant = instant.astimezone(UTC)
+    return instant.isoformat()
 
 
 def event_id(event_type: str, project: str, occurred_at: datetime, payload: Any) -> str:

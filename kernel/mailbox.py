@@ -14,11 +14,24 @@ T = TypeVar("T")
 M = TypeVar("M")
 
 
+class _Slot:
+    """One answer and the event that announces it (cheaper than a memory channel per request)."""
+
+    __slots__ = ("event", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = _EMPTY
+
+
+_EMPTY: Any = object()
+
+
 @dataclass(frozen=True, slots=True)
 class Reply(Generic[T]):
-    """The one-shot answer channel a request carries. Answer it exactly once."""
+    """The one-shot answer a request carries. Answer it exactly once."""
 
-    channel: trio.MemorySendChannel[Any]
+    slot: _Slot
 
     def send(self, value: T) -> None:
         self._put(value)
@@ -26,12 +39,16 @@ class Reply(Generic[T]):
     def fail(self, error: BaseException) -> None:
         self._put(_Failure(error))
 
+    def abandon(self) -> None:
+        """The actor stops without answering: the asker gets Unavailable."""
+        self._put(_Failure(Unavailable("the daemon stopped before answering")))
+
     def _put(self, item: Any) -> None:
-        try:
-            self.channel.send_nowait(item)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the asker gave up (its RPC was cancelled); nobody is waiting
-        self.channel.close()
+        # Nobody waiting (the asker gave up) is fine: the value is simply dropped with the slot.
+        slot = self.slot
+        if slot.value is _EMPTY:
+            slot.value = item
+            slot.event.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,30 +59,23 @@ class _Failure:
 class Pending(Generic[T]):
     """The asker's end of a Reply; ``await wait()`` as often as you like."""
 
-    __slots__ = ("_channel", "_done", "_value")
+    __slots__ = ("_slot",)
 
-    def __init__(self, channel: trio.MemoryReceiveChannel[Any]) -> None:
-        self._channel = channel
-        self._done = False
-        self._value: Any = None
+    def __init__(self, slot: _Slot) -> None:
+        self._slot = slot
 
     async def wait(self) -> T:
-        if not self._done:
-            try:
-                self._value = await self._channel.receive()
-            except trio.EndOfChannel:
-                self._value = _Failure(Unavailable("the daemon stopped before answering"))
-            self._done = True
-            self._channel.close()
-        if isinstance(self._value, _Failure):
-            raise self._value.error
-        result: T = self._value
+        await self._slot.event.wait()  # a checkpoint even when already answered, like receive()
+        value = self._slot.value
+        if isinstance(value, _Failure):
+            raise value.error
+        result: T = value
         return result
 
 
 def reply_pair() -> tuple[Reply[Any], Pending[Any]]:
-    send, receive = trio.open_memory_channel[Any](1)
-    return Reply(send), Pending(receive)
+    slot = _Slot()
+    return Reply(slot), Pending(slot)
 
 
 async def post(mailbox: trio.MemorySendChannel[M], build: Callable[[Reply[T]], M]) -> Pending[T]:

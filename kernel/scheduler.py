@@ -87,7 +87,7 @@ class Scheduler:
         self._idempotency: dict[str, str] = {}
         self._durable: dict[str, trio.Event] = {}  # runs whose submission is being committed
         self._wakeups: dict[str, trio.Event] = {}  # paused runs waiting for ResumeRun
-        self._stopping = False
+        self._stopping = trio.Event()  # set when the mailbox closes: the daemon is stopping
         self._nursery: trio.Nursery | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             SubmitRun: self._on_submit,
@@ -114,7 +114,7 @@ class Scheduler:
             # Runs are checkpointed by their log: in-flight steps get the grace period (no new
             # step starts), then the next start leases them again. Paused runs have nothing in
             # flight: they stop waiting for a ResumeRun that can no longer come.
-            self._stopping = True
+            self._stopping.set()
             for wakeup in self._wakeups.values():
                 wakeup.set()
             nursery.cancel_scope.deadline = trio.current_time() + self._grace
@@ -194,7 +194,7 @@ class Scheduler:
         done_send, done_receive = trio.open_memory_channel[str](len(run.steps) + 1)
         async with trio.open_nursery() as steps:
             while True:
-                if run.status == "RUNNING" and not run.failed and not self._stopping:
+                if run.status == "RUNNING" and not run.failed and not self._stopping.is_set():
                     await self._start_ready(run, busy, steps, done_send, candidates)
                     candidates = set()
                 if busy:
@@ -206,7 +206,7 @@ class Scheduler:
                     if not await self._until_resumed(run):
                         return  # the daemon is stopping; the run stays paused in its log
                     candidates = None
-                elif self._stopping and not run.failed and _unstarted(run):
+                elif self._stopping.is_set() and not run.failed and _unfinished(run):
                     return  # the daemon is stopping: no new steps; the next start goes on
                 else:
                     break
@@ -241,7 +241,7 @@ class Scheduler:
     async def _until_resumed(self, run: RunState) -> bool:
         """Wait for ResumeRun; False when the daemon stops first."""
         while run.status == "PAUSED_AT_STEP":
-            if self._stopping:
+            if self._stopping.is_set():
                 return False
             await self._wakeups.setdefault(run.run_id, trio.Event()).wait()
         return True
@@ -250,26 +250,38 @@ class Scheduler:
         self, run: RunState, step: StepState, done: trio.MemorySendChannel[str]
     ) -> None:
         try:
-            async with self._limiter:
-                while not await self._attempt(run, step):
-                    pass
+            while True:
+                async with self._limiter:
+                    delay = await self._attempt(run, step)
+                # A step backing off holds no concurrency slot. When the daemon stops, it stops
+                # waiting: the next start leases it again.
+                if delay is None or not await self._backoff(delay):
+                    break
         finally:
             done.send_nowait(step.spec.id)
 
-    async def _attempt(self, run: RunState, step: StepState) -> bool:
-        """Lease and run one attempt; True when the step is finished (either way)."""
+    async def _backoff(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; False if the daemon starts stopping first."""
+        with trio.move_on_after(delay):
+            await self._stopping.wait()
+            return False
+        return True
+
+    async def _attempt(self, run: RunState, step: StepState) -> float | None:
+        """Lease and run one attempt; None when the step is finished (either way), else the
+        backoff before the next attempt."""
         spec = step.spec
         attempt = step.attempt + 1
         block = self._registry.by_name.get(spec.type)
         if block is None:
             gone = _error(f"step type {spec.type!r} is not registered any more", attempt)
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=gone)
-            return True
+            return None
         try:
             inputs = resolve(spec.inputs, run.submission.inputs, run.outputs())
         except UnresolvedReference as exc:
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=_error(str(exc)))
-            return True
+            return None
         seed = step_seed(run.submission.seed, spec.id)
         lease = await self._record_durable(
             run, "step_leased", spec.id,
@@ -303,7 +315,7 @@ class Scheduler:
                 raw_output=ctx.raw_output[-65536:], exit_code=ctx.exit_code,
                 artifacts=ctx.listed_artifacts(),
             )  # fmt: skip
-            return True
+            return None
         max_attempts = spec.retry.max_attempts if spec.retry else block.retries + 1
         if step.failures + 1 < max_attempts:
             backoff = spec.retry.backoff if spec.retry else block.backoff
@@ -312,12 +324,11 @@ class Scheduler:
                 run, "step_retrying", spec.id,
                 attempt=attempt, error=_error(error, attempt, timed_out), delay=delay,
             )  # fmt: skip
-            await trio.sleep(delay)
-            return False
+            return delay
         await self._record(
             run, "step_failed", spec.id, attempt=attempt, error=_error(error, attempt, timed_out)
         )
-        return True
+        return None
 
     async def _record(self, run: RunState, kind: str, step_id: str = "", **payload: Any) -> None:
         """Make, apply and append an event; its commit comes with the next group commit."""
@@ -515,8 +526,8 @@ def _step_view(run: RunState, step: StepState) -> StepView:
     )
 
 
-def _unstarted(run: RunState) -> bool:
-    return any(step.status == "pending" for step in run.steps.values())
+def _unfinished(run: RunState) -> bool:
+    return any(not step.finished for step in run.steps.values())
 
 
 def _error(message: str, attempt: int = 0, timed_out: bool = False) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class Store:
         self.path = home / "foundry.duckdb"
         self._inbox, self._tap, self._max_batch = inbox, tap, max_batch
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._folders: set[str] = set()  # trace folders known to exist
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         recovered = await trio.to_thread.run_sync(self._open)
@@ -144,7 +145,7 @@ class Store:
         for record in records:
             by_kind.setdefault(type(record), []).append(record)
         for chain in by_kind.get(FinishedChain, ()):
-            _write_json(trace_path(self.home, chain), chain.trace)
+            self._write_trace(trace_path(self.home, chain), chain.trace)
         self._con.execute("BEGIN TRANSACTION")
         try:
             for kind, rows in by_kind.items():
@@ -154,9 +155,23 @@ class Store:
             self._con.execute("ROLLBACK")
             raise
 
+    def _write_trace(self, path: Path, document: Any) -> None:
+        """Four system calls a file (open, write, close, rename), folders made once: each call
+        releases the GIL and may wait a switch interval to get it back from the busy trio thread,
+        so the count matters more than the bytes."""
+        folder = str(path.parent)
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
+        final = f"{folder}/{path.name}"
+        temporary = final + ".tmp"
+        data = json.dumps(document, default=str).encode()
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(temporary, final)
 
-def _write_json(path: Path, document: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(document, default=str))
-    os.replace(temporary, path)

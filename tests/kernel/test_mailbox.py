@@ -40,14 +40,14 @@ async def test_post_returns_before_the_answer_and_wait_can_repeat():
 
 async def test_a_reply_nobody_waits_for_is_harmless():
     reply, pending = reply_pair()
-    pending._channel.close()  # the asker gave up
+    del pending  # the asker gave up
 
     reply.send("late")  # must not raise
 
 
 async def test_an_unanswered_request_is_unavailable():
     reply, pending = reply_pair()
-    reply.channel.close()  # the actor stopped without answering
+    reply.abandon()  # the actor stopped without answering
 
     with pytest.raises(Unavailable):
         await pending.wait()

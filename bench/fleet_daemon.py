@@ -1,0 +1,128 @@
+"""Shared by the FleetForge benchmarks on a real daemon (``tap_latency``, ``time_travel``).
+
+Not a benchmark itself (it is not in ``BENCHMARKS``): a daemon in a temporary FOUNDRY_HOME on
+127.0.0.1:0, a few asyncio client helpers, percentiles, and a verdict line for ceilings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from . import Figure, python_env, stop_process
+
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[str]
+    address: str
+    home: Path
+    log: IO[str]
+    log_path: Path
+
+    def tail(self) -> str:
+        self.log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+
+
+@contextlib.contextmanager
+def daemon(config: str, *, label: str = "foundry") -> Iterator[Daemon]:
+    """``foundry serve --listen 127.0.0.1:0`` with ``config`` (TOML) in a temporary FOUNDRY_HOME;
+    stopped with SIGTERM (exit 0 expected) and its directory removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="foundry-bench-") as tmp:
+        workdir = Path(tmp)
+        home = workdir / "home"
+        config_path = workdir / "foundry-bench.toml"
+        config_path.write_text(config)
+        log_path = workdir / f"{label}.log"
+        with log_path.open("w") as log:
+            argv = [
+                sys.executable, "-m", "foundry.kernel.cli", "serve",
+                "--listen", "127.0.0.1:0", "--config", str(config_path),
+            ]  # fmt: skip
+            process = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=log, text=True, cwd=workdir,
+                env=python_env(FOUNDRY_HOME=str(home)),
+                start_new_session=True,  # a Ctrl-C at the terminal reaches only the orchestrator
+            )  # fmt: skip
+            server = Daemon(process, "", home, log, log_path)
+            try:
+                assert process.stdout is not None
+                deadline = time.monotonic() + START_TIMEOUT
+                line = ""
+                while time.monotonic() < deadline and process.poll() is None and not line:
+                    line = process.stdout.readline().strip()
+                if not line or ":" not in line:
+                    raise RuntimeError(f"{label} did not start:\n{server.tail()}")
+                server.address = line
+                yield server
+            finally:
+                code = stop_process(process)
+                if process.stdout:
+                    process.stdout.close()
+                if code not in (0, -signal.SIGTERM):
+                    print(f"warning: {label} exited with {code}:\n{server.tail()}", file=sys.stderr)
+
+
+# --- client helpers (asyncio, grpclib) -----------------------------------------------------------
+
+
+def run_spec(
+    dag_json: str, *, breakpoints: Sequence[str] = (), seed: int = 7, inputs: Any = None
+) -> Any:
+    from foundry.proto import runtime_api as api
+    from foundry.proto.generated.google.protobuf import Struct
+
+    return api.RunSpec(
+        dag_json=dag_json,
+        inputs=Struct.from_dict(inputs or {}),
+        seed=seed,
+        labels={"bench": "1"},
+        breakpoints=list(breakpoints),
+    )
+
+
+def payload_of(event: Any) -> dict[str, Any]:
+    """A RunEvent's payload (a google.protobuf.Value) as a plain dict."""
+    value = event.payload.to_dict() if event.payload is not None else {}
+    return value if isinstance(value, dict) else {}
+
+
+def dag_json(steps: Sequence[dict[str, Any]]) -> str:
+    return json.dumps({"steps": list(steps)})
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc); 0 if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (``fraction`` in [0, 1]) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, int(round(fraction * len(ordered) + 0.5)) - 1))
+    return ordered[rank]
+
+
+def ceiling_met(figure: Figure, ceiling: float) -> str:
+    """For a note: is the figure's median within ``ceiling``?"""
+    return "met" if figure.median <= ceiling else "NOT met"
