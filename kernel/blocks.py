@@ -154,6 +154,8 @@ class Block:
     retries: int = 0
     backoff: float = 0.2
     description: str = ""
+    # True when run/audit/simulate never await: such a block runs without a deadline scope.
+    synchronous: bool = False
 
     def __init__(
         self,
@@ -211,6 +213,9 @@ class FunctionBlock(Block):
     ) -> None:
         super().__init__(**options)
         self._fn, self._accepts, self._audit, self._simulate = fn, accepts, audit, simulate
+        self.synchronous = not any(
+            inspect.iscoroutinefunction(f) for f in (fn, audit, simulate) if f is not None
+        )
         self.description = self.description or inspect.getdoc(fn) or ""
 
     def accepts(self, payload: Mapping[str, Any]) -> bool:

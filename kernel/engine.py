@@ -33,13 +33,15 @@ from .plugins import BlockRegistry
 from .records import Event, ExecutionRecord
 from .store import StoreMessage
 from .store_messages import Append, Read
-from .store_reads import load_workflow
+from .store_reads import load_trace, load_workflow
 from .throttle import Action, decide
 from .workflow import Workflow
 
 log = logging.getLogger("foundry.engine")
 
 EngineMessage = Emit | GetStatus | GetTrace
+
+FLUSH_AT = 256  # records a chain buffers before it sends them without waiting
 
 
 class Engine:
@@ -80,10 +82,11 @@ class Engine:
     def _on_emit(self, message: Emit) -> None:
         now = self._clock.now()
         payload_json = compact_json(message.payload)
-        root_id = event_id_of_json(message.event_type, message.project, now, payload_json)
+        stamp = rfc3339(now)
+        root_id = event_id_of_json(message.event_type, message.project, stamp, payload_json)
         root = Event(
             root_id, message.event_type, message.project, now, now, message.throttle,
-            root_id, message.payload, payload_json,
+            root_id, message.payload, payload_json, stamp=stamp,
         )  # fmt: skip
         workflow = Workflow(root, is_workflow=self._registry.sinks(message.event_type))
         workflow.events.append(root)
@@ -98,7 +101,8 @@ class Engine:
         if not workflow.is_workflow:
             records.append(workflow.finished(root.occurred_at))
         try:
-            await (await self._append(records, publish=(root,))).wait()
+            workflow.last_commit = await self._append(records, publish=(root,))
+            await workflow.last_commit.wait()
         except Exception as exc:
             self._inflight.pop(root.id, None)
             message.reply.fail(exc)
@@ -110,7 +114,7 @@ class Engine:
     async def _run_workflow(self, workflow: Workflow) -> None:
         workflow.state = "running"
         try:
-            await self._deliver(workflow, workflow.root, None)
+            await self._deliver(workflow, workflow.root)
         except ChainLimitExceeded as exc:
             workflow.fail(str(exc))
         except Exception as exc:  # e.g. the store refused a record: the chain fails, not the engine
@@ -121,7 +125,7 @@ class Engine:
                 slot.state = "skipped"  # the chain stopped before this block's turn
         finished = workflow.finished(self._clock.now())
         try:
-            await (await self._append([finished])).wait()
+            await (await self._flush(workflow, finished)).wait()
         except Exception:
             log.exception("could not store the end of workflow %s", workflow.id)
         workflow.state = finished.state
@@ -135,18 +139,14 @@ class Engine:
 
     # --- one event, its blocks, depth first ----------------------------------------------------
 
-    async def _deliver(
-        self, workflow: Workflow, event: Event, durable: Pending[None] | None
-    ) -> None:
+    async def _deliver(self, workflow: Workflow, event: Event) -> None:
         reached = self._reached(event)
         slots = [workflow.add_slot(b.name) for b, _ in reached]
         for (block, refusal), slot in zip(reached, slots, strict=True):
-            children, children_durable = await self._execute(
-                workflow, block, slot, event, durable, refusal
-            )
+            children = await self._execute(workflow, block, slot, event, refusal)
             for child in children:
                 if not child.throttled:
-                    await self._deliver(workflow, child, children_durable)
+                    await self._deliver(workflow, child)
 
     def _reached(self, event: Event) -> list[tuple[Block, str]]:
         """The blocks an event reaches, in registration order, each with "" or, when its payload
@@ -166,12 +166,11 @@ class Engine:
         block: Block,
         slot: Any,
         event: Event,
-        durable: Pending[None] | None,
         refusal: str = "",
-    ) -> tuple[tuple[Event, ...], Pending[None]]:
+    ) -> tuple[Event, ...]:
         decision = decide(event.throttle, block.kind is BlockKind.MUTATOR)
-        if decision.action is Action.RUN and block.kind is BlockKind.MUTATOR and durable:
-            await durable.wait()
+        if decision.action is Action.RUN and block.kind is BlockKind.MUTATOR:
+            await self._durable(workflow)  # no side effect before what caused it is stored
         slot.state, slot.started_at = "running", self._clock.now()
         artifact_dir = Path(f"{self._home}/artifacts/{workflow.id}/{event.id}/{_slug(block.name)}")
         if refusal:
@@ -205,9 +204,12 @@ class Engine:
         slot.state, slot.completed_at, slot.throttled = record.state, completed, record.throttled
         if error:
             workflow.fail(f"block {block.name!r} failed on {event.event_type} {event.id}: {error}")
-        pending = await self._append([*children, record], publish=children)
+        workflow.unsent += [*children, record]
+        workflow.unpublished += children
+        if len(workflow.unsent) >= FLUSH_AT:
+            await self._flush(workflow)
         self._check_limits(workflow, event, block, children)
-        return children, pending
+        return children
 
     def _children(
         self, parent: Event, block: Block, outcome: Outcome, *, throttled: bool
@@ -219,24 +221,26 @@ class Engine:
 
     def _child(self, parent: Event, block: Block, emission: Emission, throttled: bool) -> Event:
         now = self._clock.now()
-        # NaN, Infinity and lone surrogates are not JSON: refuse them here, as the gRPC edge does,
-        # rather than fail the store's commit.
-        json.dumps(emission.payload, allow_nan=False, ensure_ascii=False).encode()
-        payload = json.loads(payload_json := compact_json(emission.payload))
+        stamp = rfc3339(now)
+        payload_json = compact_json(emission.payload)  # NaN and infinities raise ValueError
+        if "\\ud" in payload_json:
+            # A lone surrogate is escaped into valid-looking text the store would refuse.
+            json.dumps(emission.payload, ensure_ascii=False).encode()
         return Event(
-            id=event_id_of_json(emission.event_type, parent.project, now, payload_json),
+            id=event_id_of_json(emission.event_type, parent.project, stamp, payload_json),
             event_type=emission.event_type,
             project=parent.project,
             occurred_at=now,
             recorded_at=now,
             throttle=parent.throttle,
             trace_id=parent.trace_id,
-            payload=payload,
+            payload=json.loads(payload_json),  # a copy the block can no longer change
             payload_json=payload_json,
             depth=parent.depth + 1,
             parent_id=parent.id,
             emitted_by=block.name,
             throttled=throttled,
+            stamp=stamp,
         )
 
     def _check_limits(
@@ -252,6 +256,20 @@ class Engine:
                 f"chain event limit {self._config.max_chain_events} exceeded after block "
                 f"{block.name!r} on {event.event_type}"
             )
+
+    async def _flush(self, workflow: Workflow, *extra: Any) -> Pending[None]:
+        """Send what the chain recorded since the last flush (observers run ahead of commits)."""
+        records, publish = [*workflow.unsent, *extra], workflow.unpublished
+        workflow.unsent, workflow.unpublished = [], []
+        workflow.last_commit = await self._append(records, publish)
+        return workflow.last_commit
+
+    async def _durable(self, workflow: Workflow) -> None:
+        """Wait until everything the chain recorded so far is committed (commits are in order)."""
+        if workflow.unsent:
+            await self._flush(workflow)
+        if workflow.last_commit is not None:
+            await workflow.last_commit.wait()
 
     async def _append(self, records: Sequence[Any], publish: Sequence[Any] = ()) -> Pending[None]:
         return await post(self._store, lambda r: Append(tuple(records), tuple(publish), r))
@@ -294,8 +312,13 @@ class Engine:
             self._nursery.start_soon(self._trace_from_disk, message)
 
     async def _trace_from_disk(self, message: GetTrace) -> None:
+        """The trace file; else (the daemon died before the archivist wrote it) the database."""
         try:
             document = await trio.to_thread.run_sync(_read_trace, self._home, message.event_id)
+            if document is None:
+                document = await ask(
+                    self._store, lambda r: Read(load_trace, (message.event_id,), r)
+                )
         except Exception as exc:
             message.reply.fail(exc)
         else:

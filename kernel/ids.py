@@ -28,9 +28,13 @@ def event_id(event_type: str, project: str, occurred_at: datetime, payload: Any)
     return event_id_of_json(event_type, project, occurred_at, compact_json(payload))
 
 
-def event_id_of_json(event_type: str, project: str, occurred_at: datetime, payload_json: str) -> str:
-    """:func:`event_id` for a payload already in compact sorted JSON."""
-    material = event_type + project + rfc3339(occurred_at) + payload_json
+def event_id_of_json(
+    event_type: str, project: str, occurred_at: datetime | str, payload_json: str
+) -> str:
+    """:func:`event_id` for a payload already in compact sorted JSON (and, optionally, an instant
+    already in RFC 3339)."""
+    stamp = occurred_at if isinstance(occurred_at, str) else rfc3339(occurred_at)
+    material = event_type + project + stamp + payload_json
     return "evt_" + hashlib.sha256(material.encode()).digest()[:12].hex()
 
 

@@ -27,6 +27,8 @@ class Event:
     parent_id: str = ""
     emitted_by: str = ""
     throttled: bool = False  # recorded but withheld from downstream blocks
+    stamp: str = ""  # occurred_at in RFC 3339, when already computed
+
 
     tap_topic = "events"
 
@@ -39,8 +41,10 @@ class Event:
             "id": self.id,
             "event_type": self.event_type,
             "project": self.project,
-            "occurred_at": rfc3339(self.occurred_at),
-            "recorded_at": rfc3339(self.recorded_at),
+            "occurred_at": self.stamp or rfc3339(self.occurred_at),
+            "recorded_at": rfc3339(self.recorded_at)
+            if self.recorded_at != self.occurred_at or not self.stamp
+            else self.stamp,
             "throttle": self.throttle.value,
             "trace_id": self.trace_id,
             "payload": self.payload,

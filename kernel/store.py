@@ -2,14 +2,13 @@
 
 It group-commits: it takes every Append waiting in its mailbox, writes them as one transaction of
 columnar inserts on a worker thread, and only then answers their acks and hands their ``publish``
-items to the tap broker — so nobody hears of a write before it is durable.
+items to the tap broker — so nobody hears of a write before it is durable. Then the trace files of
+the chains that finished go to the trace archivist (a child process, ``trace_archive.py``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from .store_messages import Append, Read
 from .store_reads import recover_unfinished
 from .store_tables import WRITERS
 from .tap_messages import Publish
+from .trace_archive import Archivist, FileWriter, frame
 
 log = logging.getLogger("foundry.store")
 
@@ -48,10 +48,11 @@ class Store:
         self.path = home / "foundry.duckdb"
         self._inbox, self._tap, self._max_batch = inbox, tap, max_batch
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._folders: set[str] = set()  # trace folders known to exist
+        self._archivist = Archivist()
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         recovered = await trio.to_thread.run_sync(self._open)
+        await self._archivist.start()
         task_status.started(recovered)
         try:
             async with self._inbox, self._tap:
@@ -64,6 +65,7 @@ class Store:
                     await self._handle(batch)
         finally:
             with trio.CancelScope(shield=True):
+                await self._archivist.close()
                 await trio.to_thread.run_sync(self._close)
 
     def _drain(self) -> list[StoreMessage]:
@@ -85,7 +87,7 @@ class Store:
 
     async def _commit(self, appends: list[Append]) -> None:
         try:
-            await trio.to_thread.run_sync(self._write, [a.records for a in appends])
+            traces = await trio.to_thread.run_sync(self._write, [a.records for a in appends])
         except Exception as exc:
             if len(appends) > 1:
                 # One bad append must not fail the others grouped with it: commit each alone.
@@ -103,6 +105,7 @@ class Store:
                 append.ack.send(None)
         if published:
             await self._tap.send(Publish(tuple(published)))
+        await self._archivist.send(traces)
 
     async def _read(self, message: Read) -> None:
         try:
@@ -120,7 +123,7 @@ class Store:
         self._con.execute("SET TimeZone='UTC'")
         for statement in ddl():
             self._con.execute(statement)
-        return recover_unfinished(self._con, self.write_records)
+        return recover_unfinished(self._con, self._write_recovered)
 
     def _close(self) -> None:
         if self._con is not None:
@@ -132,20 +135,25 @@ class Store:
         assert self._con is not None
         return message.query(self._con, *message.args)
 
-    def _write(self, groups: Sequence[tuple[Any, ...]]) -> None:
-        self.write_records([r for records in groups for r in records])
+    def _write(self, groups: Sequence[tuple[Any, ...]]) -> bytes:
+        return self.write_records([r for records in groups for r in records])
 
-    def write_records(self, records: Sequence[Any]) -> None:
-        """One transaction for every record; trace files first, so a crash never leaves a
-        committed workflow row without its trace (an uncommitted one is recovered)."""
+    def _write_recovered(self, records: Sequence[Any]) -> None:
+        FileWriter().write_all(self.write_records(records))
+
+    def write_records(self, records: Sequence[Any]) -> bytes:
+        """Commit every record in one transaction; returns the framed trace files of the chains
+        that finished, for the archivist."""
         assert self._con is not None
         if not records:
-            return  # an empty Append is a barrier: its ack means all before it is durable
+            return b""  # an empty Append is a barrier: its ack means all before it is durable
         by_kind: dict[type, list[Any]] = {}
         for record in records:
             by_kind.setdefault(type(record), []).append(record)
-        for chain in by_kind.get(FinishedChain, ()):
-            self._write_trace(trace_path(self.home, chain), chain.trace)
+        traces = b"".join(
+            frame(str(trace_path(self.home, chain)), chain.trace)
+            for chain in by_kind.get(FinishedChain, ())
+        )
         self._con.execute("BEGIN TRANSACTION")
         try:
             for kind, rows in by_kind.items():
@@ -154,24 +162,4 @@ class Store:
         except BaseException:
             self._con.execute("ROLLBACK")
             raise
-
-    def _write_trace(self, path: Path, document: Any) -> None:
-        """Four system calls a file (open, write, close, rename), folders made once: each call
-        releases the GIL and may wait a switch interval to get it back from the busy trio thread,
-        so the count matters more than the bytes."""
-        folder = str(path.parent)
-        if folder not in self._folders:
-            os.makedirs(folder, exist_ok=True)
-            self._folders.add(folder)
-        final = f"{folder}/{path.name}"
-        temporary = final + ".tmp"
-        data = json.dumps(document, default=str).encode()
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(temporary, final)
-
+        return traces

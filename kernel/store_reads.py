@@ -80,6 +80,24 @@ def load_chain(con: duckdb.DuckDBPyConnection, trace_id: str) -> tuple[list[Any]
     return events, executions
 
 
+def load_trace(con: duckdb.DuckDBPyConnection, workflow_id: str) -> dict[str, Any] | None:
+    """A finished chain's trace document rebuilt from the database (when its file is missing)."""
+    rows = _dicts(con, "SELECT * FROM workflows WHERE workflow_id = ?", [workflow_id])
+    if not rows:
+        return None
+    row = rows[0]
+    events, executions = load_chain(con, workflow_id)
+    total = row["completed_at"] - row["started_at"]
+    return {
+        "events": events,
+        "block_executions": executions,
+        "total_duration_ms": round(total.total_seconds() * 1000),
+        "workflow_id": workflow_id,
+        "state": row["state"],
+        "error": row["error"],
+    }
+
+
 def load_workflow(
     con: duckdb.DuckDBPyConnection, workflow_id: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from .engine_messages import BlockView, WorkflowView
 from .ids import rfc3339
+from .mailbox import Pending
 from .records import Event, ExecutionRecord, FinishedChain, trace_document
 
 
@@ -36,6 +37,10 @@ class Workflow:
     events: list[Event] = field(default_factory=list)
     executions: list[ExecutionRecord] = field(default_factory=list)
     slots: list[BlockSlot] = field(default_factory=list)
+    # Records not yet sent to the store, the events among them for Watch, and the last send.
+    unsent: list[Any] = field(default_factory=list)
+    unpublished: list[Event] = field(default_factory=list)
+    last_commit: Pending[None] | None = None
 
     @property
     def id(self) -> str:

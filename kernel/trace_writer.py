@@ -1,0 +1,70 @@
+"""The trace archivist's child process: writes the framed files it reads from stdin until EOF.
+
+Standard library only, run as a script (not ``-m``), so it starts in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+from collections.abc import Iterable
+from typing import Any, BinaryIO
+
+_HEADER = struct.Struct(">II")  # path length, data length
+
+
+def frame(path: str, document: Any) -> bytes:
+    encoded_path = path.encode()
+    data = json.dumps(document, default=str).encode()
+    return _HEADER.pack(len(encoded_path), len(data)) + encoded_path + data
+
+
+def frames(blob: bytes) -> Iterable[tuple[str, bytes]]:
+    offset = 0
+    while offset < len(blob):
+        path_length, data_length = _HEADER.unpack_from(blob, offset)
+        offset += _HEADER.size
+        path = blob[offset : offset + path_length].decode()
+        offset += path_length
+        yield path, blob[offset : offset + data_length]
+        offset += data_length
+
+
+class FileWriter:
+    """Writes files atomically (temporary file, then rename), making each folder once."""
+
+    def __init__(self) -> None:
+        self._folders: set[str] = set()
+
+    def write(self, path: str, data: bytes) -> None:
+        folder = os.path.dirname(path)
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
+        temporary = path + ".tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+
+    def write_all(self, blob: bytes) -> None:
+        for path, data in frames(blob):
+            self.write(path, data)
+
+
+def _serve(stream: BinaryIO) -> None:
+    writer = FileWriter()
+    while header := stream.read(_HEADER.size):
+        path_length, data_length = _HEADER.unpack(header)
+        path = stream.read(path_length).decode()
+        writer.write(path, stream.read(data_length))
+
+
+if __name__ == "__main__":
+    _serve(sys.stdin.buffer)
