@@ -16,10 +16,10 @@ from foundry.proto import foundry_api as api
 from .engine import EngineMessage
 from .engine_messages import Emit, Emitted, GetStatus, GetTrace, WorkflowView
 from .errors import InvalidArgument
-from .grpc_server import on_trio
+from .bridge import QueueSink
+from .grpc_server import ask
 from .ids import compact_json
-from .mailbox import ask
-from .tap import TapMessage, receive_batch
+from .tap import TapMessage
 from .tap_messages import Overflow, Subscribe
 from .throttle import Throttle
 
@@ -47,26 +47,27 @@ class FoundryService(api.FoundryBase):
 
     async def emit(self, message: api.EmitRequest) -> api.EmitResponse:
         request = parse_emit(message)
-        emitted: Emitted = await on_trio(self._ask_engine, request)
+        emitted: Emitted = await self._ask_engine(request)
         return api.EmitResponse(event_id=emitted.event_id, workflow_id=emitted.workflow_id)
 
     async def status(self, message: api.StatusRequest) -> api.StatusResponse:
-        views = await on_trio(self._ask_engine, lambda r: GetStatus(message.workflow_id, r))
+        views = await self._ask_engine(lambda r: GetStatus(message.workflow_id, r))
         return api.StatusResponse(workflows=[_workflow_status(v) for v in views])
 
     async def trace(self, message: api.TraceRequest) -> api.TraceResponse:
         if not message.event_id:
             raise GRPCError(Status.INVALID_ARGUMENT, "event_id: the root event id is required")
-        document = await on_trio(self._ask_engine, lambda r: GetTrace(message.event_id, r))
+        document = await self._ask_engine(lambda r: GetTrace(message.event_id, r))
         if document is None:
             return api.TraceResponse(found=False)
         return trace_response(document)
 
     async def watch(self, message: api.WatchRequest) -> AsyncIterator[api.WatchResponse]:
         project = message.project or None
-        receive: trio.MemoryReceiveChannel[Any] = await on_trio(self._subscribe, project)
+        sink = QueueSink()
+        await ask(self._mail.tap, lambda r: Subscribe("events", project, r, sink))
         try:
-            while batch := await on_trio(receive_batch, receive):
+            while batch := await sink.batch():
                 for item in batch:
                     if isinstance(item, Overflow):
                         raise GRPCError(
@@ -84,13 +85,10 @@ class FoundryService(api.FoundryBase):
                         workflow_id=item.trace_id,
                     )
         finally:
-            receive.close()
+            sink.close()
 
     async def _ask_engine(self, build: Any) -> Any:
         return await ask(self._mail.engine, build)
-
-    async def _subscribe(self, project: str | None) -> trio.MemoryReceiveChannel[Any]:
-        return await ask(self._mail.tap, lambda r: Subscribe("events", project, r))
 
 
 def parse_emit(message: api.EmitRequest) -> Any:

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import trio
 import trio_asyncio
 from grpclib import GRPCError
 from grpclib.const import Status
@@ -19,6 +20,7 @@ from grpclib.encoding.proto import ProtoCodec
 from grpclib.server import Server
 
 from . import errors
+from .bridge import ask_actor
 
 log = logging.getLogger("foundry.grpc")
 
@@ -40,6 +42,16 @@ def to_grpc_error(exc: BaseException) -> GRPCError:
             return GRPCError(STATUS_OF[kind], str(exc))
     log.error("unexpected error in a request handler", exc_info=exc)
     return GRPCError(Status.INTERNAL, "internal error; the daemon log has the details")
+
+
+async def ask(mailbox: trio.MemorySendChannel[Any], build: Callable[[Any], Any]) -> Any:
+    """Ask an actor from a handler (see ``bridge.py``); kernel errors become gRPC statuses."""
+    try:
+        return await ask_actor(mailbox, build)
+    except GRPCError:
+        raise
+    except Exception as exc:
+        raise to_grpc_error(exc) from None
 
 
 async def on_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -23,6 +24,28 @@ class _Slot:
         self.event = trio.Event()
         self.value: Any = _EMPTY
 
+    def put(self, item: Any) -> None:
+        # Nobody waiting (the asker gave up) is fine: the value is simply dropped with the slot.
+        if self.value is _EMPTY:
+            self.value = item
+            self.event.set()
+
+
+class FutureSlot:
+    """An answer for an asker on the asyncio side (a gRPC handler): resolves its future.
+
+    Actors and handlers share one thread under trio-asyncio, so setting the future is safe.
+    """
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future = future
+
+    def put(self, item: Any) -> None:
+        if not self.future.done():  # done: the RPC was cancelled
+            self.future.set_result(item)
+
 
 _EMPTY: Any = object()
 
@@ -31,7 +54,7 @@ _EMPTY: Any = object()
 class Reply(Generic[T]):
     """The one-shot answer a request carries. Answer it exactly once."""
 
-    slot: _Slot
+    slot: _Slot | FutureSlot
 
     def send(self, value: T) -> None:
         self._put(value)
@@ -44,16 +67,19 @@ class Reply(Generic[T]):
         self._put(_Failure(Unavailable("the daemon stopped before answering")))
 
     def _put(self, item: Any) -> None:
-        # Nobody waiting (the asker gave up) is fine: the value is simply dropped with the slot.
-        slot = self.slot
-        if slot.value is _EMPTY:
-            slot.value = item
-            slot.event.set()
+        self.slot.put(item)
 
 
 @dataclass(frozen=True, slots=True)
 class _Failure:
     error: BaseException
+
+
+def unwrap(item: Any) -> Any:
+    """An answer's value, or its error raised."""
+    if isinstance(item, _Failure):
+        raise item.error
+    return item
 
 
 class Pending(Generic[T]):

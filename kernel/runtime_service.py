@@ -6,15 +6,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from collections import OrderedDict
+
 from grpclib import GRPCError
-from grpclib.const import Status
+from grpclib.const import Handler, Status
+from grpclib.server import Stream
 
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct, Value
 
 from .foundry_service import Mailboxes
-from .grpc_server import on_trio
-from .mailbox import ask
+from .bridge import QueueSink
+from .grpc_server import ask
+from .ids import compact_json
 from .runs import TERMINAL_KINDS, RunEventRecord
 from .replay import Replay, ReplayResult
 from .scheduler_messages import (
@@ -29,7 +33,6 @@ from .scheduler_messages import (
     TapOpened,
     UpdateBreakpoints,
 )
-from .tap import receive_batch
 from .tap_messages import Overflow
 
 RUN_STATUS = {name: api.RunStatus[name] for name in
@@ -56,9 +59,8 @@ class RuntimeService(api.RuntimeServiceBase):
         spec = message.spec
         if spec is None or not spec.dag_json:
             raise GRPCError(Status.INVALID_ARGUMENT, "spec.dag_json: a DAG is required")
-        inputs = spec.inputs.to_dict() if spec.inputs is not None else {}
-        run_id = await on_trio(
-            self._ask,
+        inputs = _json_object(spec.inputs, "spec.inputs") or {}
+        run_id = await self._ask(
             lambda r: SubmitRun(
                 spec.dag_json, inputs, spec.seed, dict(spec.labels), tuple(spec.breakpoints),
                 message.idempotency_key, r,
@@ -68,42 +70,70 @@ class RuntimeService(api.RuntimeServiceBase):
 
     async def get_run(self, message: api.GetRunRequest) -> api.GetRunResponse:
         _require(message.run_id, "run_id")
-        view: RunView = await on_trio(self._ask, lambda r: GetRun(message.run_id, r))
+        view: RunView = await self._ask(lambda r: GetRun(message.run_id, r))
         return api.GetRunResponse(run=run_detail(view))
 
     async def tap_run(self, message: api.TapRunRequest) -> AsyncIterator[api.RunEvent]:
+        async for batch in self._tap_batches(message):
+            for event in batch:
+                yield run_event(event)
+
+    async def _tap_batches(
+        self, message: api.TapRunRequest
+    ) -> AsyncIterator[list[RunEventRecord]]:
+        """The run's events from the first, then live, in batches: a tapper that fell behind
+        gets its whole backlog at once. Ends after the terminal event."""
         _require(message.run_id, "run_id")
-        opened: TapOpened = await on_trio(self._ask, lambda r: OpenTap(message.run_id, r))
+        sink = QueueSink()
+        opened: TapOpened = await self._ask(lambda r: OpenTap(message.run_id, sink, r))
         try:
             last = 0
-            for event in opened.history:
-                last = event.seq
-                yield run_event(event)
-                if event.kind in TERMINAL_KINDS:
+            for start in range(0, len(opened.history), HISTORY_BATCH):
+                batch = list(opened.history[start : start + HISTORY_BATCH])
+                last = batch[-1].seq
+                ended = _through_terminal(batch)
+                yield ended or batch
+                if ended:
                     return
-            while batch := await on_trio(receive_batch, opened.live):
-                for item in batch:
-                    if isinstance(item, Overflow):
-                        raise GRPCError(
-                            Status.RESOURCE_EXHAUSTED,
-                            f"tapper fell behind by more than {item.buffered} events and was "
-                            "cut off; tap again to resume from the run's first event",
-                        )
-                    if item.seq <= last:
-                        continue
-                    last = item.seq
-                    yield run_event(item)
-                    if item.kind in TERMINAL_KINDS:
-                        return
+            while items := await sink.batch():
+                if isinstance(items[-1], Overflow):
+                    raise GRPCError(
+                        Status.RESOURCE_EXHAUSTED,
+                        f"tapper fell behind by more than {items[-1].buffered} events and was "
+                        "cut off; tap again to resume from the run's first event",
+                    )
+                batch = [e for e in items if e.seq > last]
+                if not batch:
+                    continue
+                last = batch[-1].seq
+                ended = _through_terminal(batch)
+                yield ended or batch
+                if ended:
+                    return
         finally:
-            opened.live.close()
+            sink.close()
+
+    async def _serve_tap(self, stream: Stream[api.TapRunRequest, api.RunEvent]) -> None:
+        """TapRun on the raw stream: each event is encoded once for every tapper, and a batch
+        goes out as one HTTP/2 write — per-message framing and a socket write per message per
+        tapper was what made 100 tappers slow."""
+        request = await stream.recv_message()
+        assert request is not None
+        await stream.send_initial_metadata()
+        async for batch in self._tap_batches(request):
+            await send_encoded(stream, [encoded_run_event(e) for e in batch])
+
+    def __mapping__(self) -> dict[str, Handler]:
+        mapping: dict[str, Handler] = super().__mapping__()
+        tap = mapping[TAP_RUN]
+        mapping[TAP_RUN] = Handler(self._serve_tap, tap.cardinality, tap.request_type, tap.reply_type)
+        return mapping
 
     async def update_breakpoints(
         self, message: api.UpdateBreakpointsRequest
     ) -> api.UpdateBreakpointsResponse:
         _require(message.run_id, "run_id")
-        points = await on_trio(
-            self._ask,
+        points = await self._ask(
             lambda r: UpdateBreakpoints(
                 message.run_id, tuple(message.add), tuple(message.remove), message.clear_all, r
             ),
@@ -113,10 +143,9 @@ class RuntimeService(api.RuntimeServiceBase):
     async def patch_step(self, message: api.PatchStepRequest) -> api.PatchStepResponse:
         _require(message.run_id, "run_id")
         _require(message.step_id, "step_id")
-        inputs = message.inputs_patch.to_dict() if message.inputs_patch is not None else None
-        env = message.env.to_dict() if message.env is not None else None
-        step_id = await on_trio(
-            self._ask,
+        inputs = _json_object(message.inputs_patch, "inputs_patch")
+        env = _json_object(message.env, "env")
+        step_id = await self._ask(
             lambda r: PatchStep(
                 message.run_id, message.step_id, inputs, env, message.model, message.note, r
             ),
@@ -125,7 +154,7 @@ class RuntimeService(api.RuntimeServiceBase):
 
     async def resume_run(self, message: api.ResumeRunRequest) -> api.ResumeRunResponse:
         _require(message.run_id, "run_id")
-        status, step_id = await on_trio(self._ask, lambda r: ResumeRun(message.run_id, r))
+        status, step_id = await self._ask(lambda r: ResumeRun(message.run_id, r))
         return api.ResumeRunResponse(status=RUN_STATUS[status], resumed_step_id=step_id)
 
     async def create_branch_run(
@@ -136,12 +165,11 @@ class RuntimeService(api.RuntimeServiceBase):
         mode = SEED_MODES.get(message.seed_mode)
         if mode is None:
             raise GRPCError(Status.INVALID_ARGUMENT, f"seed_mode: unknown value {message.seed_mode}")
-        run_id = await on_trio(
-            self._ask,
+        inputs_patch = _json_object(message.inputs_patch, "inputs_patch") or {}
+        labels_patch = _json_object(message.labels_patch, "labels_patch") or {}
+        run_id = await self._ask(
             lambda r: BranchRun(
-                message.run_id, message.from_step, mode, message.seed,
-                message.inputs_patch.to_dict() if message.inputs_patch is not None else {},
-                message.labels_patch.to_dict() if message.labels_patch is not None else {},
+                message.run_id, message.from_step, mode, message.seed, inputs_patch, labels_patch,
                 message.note, r,
             ),
         )  # fmt: skip
@@ -152,8 +180,8 @@ class RuntimeService(api.RuntimeServiceBase):
         mode = REPLAY_MODES.get(message.mode)
         if mode is None:
             raise GRPCError(Status.INVALID_ARGUMENT, f"mode: unknown value {message.mode}")
-        result: ReplayResult = await on_trio(
-            self._ask_replay, lambda r: Replay(message.run_id, mode, r)
+        result: ReplayResult = await self._ask_replay(
+            lambda r: Replay(message.run_id, mode, r)
         )
         return replay_response(result)
 
@@ -162,6 +190,55 @@ class RuntimeService(api.RuntimeServiceBase):
 
     async def _ask_replay(self, build: Any) -> Any:
         return await ask(self._mail.replay, build)
+
+
+def _json_object(struct: Struct | None, field: str) -> dict[str, Any] | None:
+    """A Struct as a JSON object; NaN and infinities (a Value may carry them, JSON cannot, and
+    the store refuses them) are INVALID_ARGUMENT."""
+    if struct is None:
+        return None
+    value: dict[str, Any] = struct.to_dict()
+    try:
+        compact_json(value)
+    except ValueError:
+        reason = "numbers must be finite (NaN and infinities are not JSON)"
+        raise GRPCError(Status.INVALID_ARGUMENT, f"{field}: {reason}") from None
+    return value
+
+
+TAP_RUN = "/fleetforge.runtime.v1.RuntimeService/TapRun"
+HISTORY_BATCH = 256
+_ENCODED: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+_ENCODED_KEPT = 8_192
+
+
+def _through_terminal(batch: list[RunEventRecord]) -> list[RunEventRecord]:
+    """The batch cut after its terminal event, or [] when it has none."""
+    for index, event in enumerate(batch):
+        if event.kind in TERMINAL_KINDS:
+            return batch[: index + 1]
+    return []
+
+
+def encoded_run_event(event: RunEventRecord) -> bytes:
+    """A RunEvent serialized once, however many tappers receive it (a small LRU)."""
+    key = (event.run_id, event.seq)
+    data = _ENCODED.get(key)
+    if data is None:
+        data = _ENCODED[key] = bytes(run_event(event))
+        if len(_ENCODED) > _ENCODED_KEPT:
+            _ENCODED.popitem(last=False)
+    return data
+
+
+async def send_encoded(stream: Stream[Any, Any], messages: list[bytes]) -> None:
+    """Send already-serialized messages as gRPC length-prefixed frames in one DATA write.
+
+    grpclib has no public call for this; ``Stream._stream.send_data`` is what its own
+    ``send_message`` calls, once per message.
+    """
+    data = b"".join(b"\x00" + len(m).to_bytes(4, "big") + m for m in messages)
+    await stream._stream.send_data(data)
 
 
 def _require(value: str, field: str) -> None:

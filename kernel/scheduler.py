@@ -319,7 +319,7 @@ class Scheduler:
         max_attempts = spec.retry.max_attempts if spec.retry else block.retries + 1
         if step.failures + 1 < max_attempts:
             backoff = spec.retry.backoff if spec.retry else block.backoff
-            delay = backoff * 2**step.failures
+            delay = float(backoff * 2**step.failures)
             await self._record(
                 run, "step_retrying", spec.id,
                 attempt=attempt, error=_error(error, attempt, timed_out), delay=delay,
@@ -428,8 +428,8 @@ class Scheduler:
         for reused in reusable_steps(source, message.from_step):
             step_id = reused.pop("step_id")
             records.append(run.make_event("step_reused", self._clock.now(), step_id, **reused))
-        self._runs[run.run_id] = run
         await (await self._append(records)).wait()
+        self._runs[run.run_id] = run  # only once durable: a failed commit leaves nothing behind
         assert self._nursery is not None
         self._nursery.start_soon(self._drive, run)
         return run.run_id
@@ -466,21 +466,15 @@ class Scheduler:
     async def _open_tap(self, message: OpenTap) -> None:
         try:
             # Subscribe first, then read the durable history: nothing falls in between.
-            live: trio.MemoryReceiveChannel[Any] = await ask(
-                self._tap, lambda r: Subscribe("runs", message.run_id, r)
-            )
-        except Exception as exc:
-            message.reply.fail(exc)
-            return
-        try:
+            await ask(self._tap, lambda r: Subscribe("runs", message.run_id, r, message.sink))
             history = await self._read(load_run_events, message.run_id)
             if not history:
                 raise NotFound(f"run_id: no run {message.run_id!r}")
         except Exception as exc:
-            live.close()
+            message.sink.close()
             message.reply.fail(exc)
         else:
-            message.reply.send(TapOpened(tuple(history), live))
+            message.reply.send(TapOpened(tuple(history)))
 
     async def _read(self, query: Callable[..., Any], *args: Any) -> Any:
         return await ask(self._store, lambda r: Read(query, args, r))

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import trio
 
 from .mailbox import Reply
 from .runs import RunEventRecord
+from .tap_messages import Sink
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +68,18 @@ class GetRun:
 
 @dataclass(frozen=True, slots=True)
 class TapOpened:
-    """The durable history so far, then live events on ``live`` (possibly repeating history;
-    skip ``seq`` ≤ the last one seen)."""
+    """The durable history so far; live events follow on the tapper's sink (possibly repeating
+    history: skip ``seq`` ≤ the last one seen)."""
 
     history: tuple[RunEventRecord, ...]
-    live: trio.MemoryReceiveChannel[Any]
 
 
 @dataclass(frozen=True, slots=True)
 class OpenTap:
+    """Subscribe ``sink`` to a run's live events, then answer with its durable history."""
+
     run_id: str
+    sink: Sink
     reply: Reply[TapOpened]
 
 

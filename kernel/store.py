@@ -29,6 +29,10 @@ log = logging.getLogger("foundry.store")
 
 StoreMessage = Append | Read
 
+# Scheduler ticks a commit waits for more appends: microseconds each, against milliseconds for a
+# commit, and a durable step's completion then shares a commit with the next step's lease.
+LINGER_CHECKPOINTS = 8
+
 
 def trace_path(home: Path, chain: FinishedChain) -> Path:
     day = chain.started_at.strftime("%Y-%m-%d")
@@ -61,16 +65,19 @@ class Store:
                         batch = [await self._inbox.receive()]
                     except trio.EndOfChannel:
                         break
-                    batch.extend(self._drain())
+                    batch.extend(self._drain(self._max_batch))
+                    for _ in range(LINGER_CHECKPOINTS):
+                        await trio.lowlevel.checkpoint()
+                        batch.extend(self._drain(self._max_batch + 1 - len(batch)))
                     await self._handle(batch)
         finally:
             with trio.CancelScope(shield=True):
                 await self._archivist.close()
                 await trio.to_thread.run_sync(self._close)
 
-    def _drain(self) -> list[StoreMessage]:
+    def _drain(self, room: int) -> list[StoreMessage]:
         more: list[StoreMessage] = []
-        while len(more) < self._max_batch:
+        while len(more) < room:
             try:
                 more.append(self._inbox.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):

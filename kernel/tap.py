@@ -13,15 +13,39 @@ from typing import Any
 
 import trio
 
-from .tap_messages import CloseAll, Overflow, Publish, Subscribe
+from .tap_messages import CloseAll, Overflow, Publish, Sink, Subscribe
 
 TapMessage = Publish | Subscribe | CloseAll
+
+
+class ChannelSink:
+    """A trio memory channel as a sink (for trio-side subscribers)."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, send: trio.MemorySendChannel[Any]) -> None:
+        self.send = send
+
+    def offer(self, item: Any, capacity: int) -> bool:
+        try:
+            if self.send.statistics().current_buffer_used >= capacity:
+                self.send.send_nowait(Overflow(capacity))  # the slot kept for the notice
+                self.send.close()
+                return False
+            self.send.send_nowait(item)
+            return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+            self.send.close()
+            return False
+
+    def close(self) -> None:
+        self.send.close()
 
 
 @dataclass(slots=True)
 class _Subscriber:
     key: str | None
-    send: trio.MemorySendChannel[Any]
+    sink: Sink
 
 
 class TapBroker:
@@ -45,10 +69,14 @@ class TapBroker:
             self._close_all(CloseAll())
 
     def _subscribe(self, message: Subscribe) -> None:
-        # One slot is kept for the Overflow notice.
-        send, receive = trio.open_memory_channel[Any](self._buffer + 1)
-        self._topics.setdefault(message.topic, []).append(_Subscriber(message.key, send))
-        message.reply.send(receive)
+        sink = message.sink
+        answer: Any = None
+        if sink is None:
+            # One slot is kept for the Overflow notice.
+            send, answer = trio.open_memory_channel[Any](self._buffer + 1)
+            sink = ChannelSink(send)
+        self._topics.setdefault(message.topic, []).append(_Subscriber(message.key, sink))
+        message.reply.send(answer)
 
     def _publish(self, message: Publish) -> None:
         for item in message.items:
@@ -57,26 +85,19 @@ class TapBroker:
                 self._deliver(subscribers, item)
 
     def _deliver(self, subscribers: list[_Subscriber], item: Any) -> None:
-        gone = []
         key = item.tap_key
-        for sub in subscribers:
-            if sub.key is not None and sub.key != key:
-                continue
-            try:
-                if sub.send.statistics().current_buffer_used >= self._buffer:
-                    sub.send.send_nowait(Overflow(self._buffer))
-                    raise trio.BrokenResourceError
-                sub.send.send_nowait(item)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                sub.send.close()
-                gone.append(sub)
+        gone = [
+            sub
+            for sub in subscribers
+            if (sub.key is None or sub.key == key) and not sub.sink.offer(item, self._buffer)
+        ]
         for sub in gone:
             subscribers.remove(sub)
 
     def _close_all(self, _: CloseAll) -> None:
         for subscribers in self._topics.values():
             for sub in subscribers:
-                sub.send.close()
+                sub.sink.close()
         self._topics.clear()
 
 

@@ -27,13 +27,26 @@ class Publish:
     items: tuple[Any, ...]
 
 
+class Sink(Protocol):
+    """Where a subscriber's items go. The broker offers each item; a sink refuses (False) when it
+    is closed, or full — then it has taken an :class:`Overflow` as its last item."""
+
+    def offer(self, item: Any, capacity: int) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Subscribe to ``topic``; ``key`` None means every key (e.g. every project)."""
+    """Subscribe to ``topic``; ``key`` None means every key (e.g. every project).
+
+    With no ``sink`` the broker makes a trio channel and answers with its receiving end.
+    """
 
     topic: str
     key: str | None
-    reply: Reply[trio.MemoryReceiveChannel[Any]]
+    reply: Reply[Any]
+    sink: Sink | None = None
 
 
 @dataclass(frozen=True, slots=True)

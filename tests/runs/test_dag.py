@@ -1,0 +1,367 @@
+"""The DAG format (kernel/dag.py): validation errors name the step and the field; references."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from foundry.kernel.dag import (
+    Retry,
+    UnresolvedReference,
+    check_patch_references,
+    parse_dag,
+    references,
+    resolve,
+    step_seed,
+    upstream_of,
+)
+from foundry.kernel.errors import InvalidArgument
+
+TYPES = {"llm", "transform", "tool", "http"}
+
+
+def parse(*steps: Any, types: Any = TYPES) -> Any:
+    return parse_dag(json.dumps({"steps": list(steps)}), types)
+
+
+def rejects(dag_json: str, *needles: str, types: Any = TYPES) -> str:
+    with pytest.raises(InvalidArgument) as caught:
+        parse_dag(dag_json, types)
+    message = str(caught.value)
+    for needle in needles:
+        assert needle in message, (needle, message)
+    return message
+
+
+def doc(*steps: Any) -> str:
+    return json.dumps({"steps": list(steps)})
+
+
+def step(step_id: str, kind: str = "transform", **more: Any) -> dict[str, Any]:
+    return {"id": step_id, "type": kind, **more}
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def test_malformed_json_names_the_field():
+    rejects('{"steps": [', "spec.dag_json", "not valid JSON")
+
+
+@pytest.mark.parametrize("document", ["[]", '{"steps": {}}', '{"nodes": []}', '"x"', "null"])
+def test_a_dag_is_an_object_with_a_steps_array(document):
+    rejects(document, "spec.dag_json", '"steps" array')
+
+
+def test_no_steps():
+    rejects('{"steps": []}', "steps", "at least one step")
+
+
+@pytest.mark.parametrize("raw", ["x", 3, None, ["a"]])
+def test_a_step_must_be_an_object(raw):
+    rejects(json.dumps({"steps": [raw]}), "steps[0]", "expected an object")
+
+
+@pytest.mark.parametrize("bad_id", [None, "", 7, "has space", "ü", "x" * 200, "-lead"])
+def test_a_step_needs_a_valid_id(bad_id):
+    rejects(doc(step("ok"), {"id": bad_id, "type": "llm"}), "steps[1]", "id")
+
+
+def test_duplicate_ids():
+    rejects(doc(step("a"), step("b"), step("a")), "step 'a'", "id", "duplicate")
+
+
+def test_unknown_field():
+    rejects(doc(step("a", promt="typo")), "step 'a'", "promt", "unknown field")
+
+
+def test_unknown_dependency():
+    rejects(doc(step("a", depends_on=["ghost"])), "step 'a'", "depends_on", "'ghost'")
+
+
+def test_depends_on_must_be_a_list_of_ids():
+    rejects(doc(step("a", depends_on="b")), "step 'a'", "depends_on")
+    rejects(doc(step("a", depends_on=[1])), "step 'a'", "depends_on")
+
+
+def test_self_dependency():
+    rejects(doc(step("a", depends_on=["a"])), "step 'a'", "depends_on")
+
+
+def test_cycle_names_the_steps_on_it():
+    message = rejects(
+        doc(
+            step("a", depends_on=["c"]),
+            step("b", depends_on=["a"]),
+            step("c", depends_on=["b"]),
+            step("free"),
+        ),
+        "depends_on",
+        "cycle",
+    )
+    for step_id in ("a", "b", "c"):
+        assert step_id in message
+    assert "free" not in message
+
+
+def test_a_cycle_through_references():
+    rejects(
+        doc(
+            step("a", inputs={"x": "${steps.b.output.y}"}),
+            step("b", inputs={"y": "${steps.a.output.x}"}),
+        ),
+        "cycle",
+    )
+
+
+def test_unknown_step_type_names_step_field_and_known_types():
+    message = rejects(doc(step("a"), step("b", "lmm")), "step 'b'", "type", "'lmm'")
+    assert "llm" in message
+    assert "transform" in message
+
+
+def test_missing_type():
+    rejects(doc({"id": "a"}), "step 'a'", "type")
+
+
+def test_step_types_are_not_checked_when_reading_back():
+    dag = parse_dag(doc(step("a", "gone")), None)
+    assert dag.steps[0].type == "gone"
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "${foo}",
+        "${steps.nope.output}",
+        "${steps.a}",
+        "${steps.a.result.x}",
+        "${inputs.}",
+        "${}",
+        "${steps..output.x}",
+        "${input.x}",
+    ],
+)
+def test_bad_references_name_step_and_field(reference):
+    message = rejects(
+        doc(step("a"), step("b", inputs={"v": f"pre {reference} post"})), "step 'b'", "inputs"
+    )
+    assert reference in message or "unknown step" in message
+
+
+def test_reference_to_an_unknown_step():
+    rejects(doc(step("b", inputs={"v": "${steps.nope.output.x}"})), "step 'b'", "inputs", "'nope'")
+
+
+def test_reference_to_itself():
+    rejects(doc(step("b", inputs={"v": "${steps.b.output.x}"})), "step 'b'", "inputs")
+
+
+def test_nested_references_are_checked():
+    rejects(doc(step("b", inputs={"deep": [{"x": ["${bogus.ref}"]}]})), "step 'b'", "inputs")
+
+
+@pytest.mark.parametrize(
+    ("retry", "field"),
+    [
+        ({"max_attempts": 0}, "retry.max_attempts"),
+        ({"max_attempts": 101}, "retry.max_attempts"),
+        ({"max_attempts": 2.5}, "retry.max_attempts"),
+        ({"max_attempts": True}, "retry.max_attempts"),
+        ({"max_attempts": "3"}, "retry.max_attempts"),
+        ({"backoff": -1}, "retry.backoff"),
+        ({"backoff": "fast"}, "retry.backoff"),
+        ({"tries": 3}, "retry"),
+        (3, "retry"),
+    ],
+)
+def test_bad_retry(retry, field):
+    rejects(doc(step("a", retry=retry)), "step 'a'", field)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "10", True, [1]])
+def test_bad_timeout(timeout):
+    rejects(doc(step("a", timeout=timeout)), "step 'a'", "timeout")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("inputs", [1]), ("inputs", "x"), ("env", {"A": 1}), ("env", ["A"]), ("model", 3)],
+)
+def test_bad_inputs_env_model(field, value):
+    rejects(doc(step("a", **{field: value})), "step 'a'", field)
+
+
+def test_a_valid_dag_parses_every_field():
+    dag = parse(
+        step("fetch", "http", inputs={"url": "http://x"}),
+        step(
+            "sum",
+            "llm",
+            depends_on=["fetch"],
+            model="mock:small",
+            env={"TONE": "dry"},
+            retry={"max_attempts": 3, "backoff": 0.25},
+            timeout=12,
+            inputs={"prompt": "Summarize: ${steps.fetch.output.body}"},
+        ),
+    )
+    fetch, summarize = dag.steps
+    assert (fetch.idx, summarize.idx) == (0, 1)
+    assert fetch.retry is None
+    assert fetch.timeout is None
+    assert summarize.retry == Retry(3, 0.25)
+    assert summarize.timeout == 12.0
+    assert summarize.model == "mock:small"
+    assert summarize.env == {"TONE": "dry"}
+    assert summarize.depends_on == ("fetch",)
+
+
+def test_retry_defaults():
+    (only,) = parse(step("a", retry={})).steps
+    assert only.retry == Retry(1, 0.5)
+
+
+# --- references imply dependencies ---------------------------------------------------------------
+
+
+def test_references_imply_dependencies_in_order_without_duplicates():
+    dag = parse(
+        step("a"),
+        step("b"),
+        step(
+            "c",
+            depends_on=["b"],
+            inputs={
+                "x": "${steps.a.output.v}",
+                "y": ["${steps.b.output}", "${steps.a.output.w}"],
+                "z": "${inputs.topic}",
+            },
+        ),
+    )
+    assert dag.by_id()["c"].depends_on == ("b", "a")
+
+
+def test_input_references_are_no_dependencies():
+    dag = parse(step("a", inputs={"t": "${inputs.topic.0}"}))
+    assert dag.steps[0].depends_on == ()
+
+
+def test_duplicate_depends_on_collapse():
+    dag = parse(step("a"), step("b", depends_on=["a", "a"]))
+    assert dag.by_id()["b"].depends_on == ("a",)
+
+
+def test_downstream_and_upstream():
+    dag = parse(
+        step("a"),
+        step("b", depends_on=["a"]),
+        step("c", inputs={"x": "${steps.b.output.x}"}),
+        step("d"),
+        step("e", depends_on=["d", "a"]),
+    )
+    assert dag.downstream_of("b") == {"b", "c"}
+    assert dag.downstream_of("a") == {"a", "b", "c", "e"}
+    assert dag.downstream_of("d") == {"d", "e"}
+    assert upstream_of(dag, "c") == {"a", "b"}
+    assert upstream_of(dag, "e") == {"a", "d"}
+    assert upstream_of(dag, "a") == set()
+
+
+def test_references_lists_every_path():
+    found = list(
+        references(
+            {"a": "${inputs.x} and ${ steps.s.output.y.0 }", "b": [{"c": "${inputs.z}"}], "n": 3}
+        )
+    )
+    assert found == [("inputs", "x"), ("steps", "s", "output", "y", "0"), ("inputs", "z")]
+
+
+def test_patch_references_must_point_upstream():
+    dag = parse(step("a"), step("b", depends_on=["a"]), step("c"))
+    check_patch_references(dag, "b", {"x": "${steps.a.output.v}", "y": "${inputs.k}"})
+    with pytest.raises(InvalidArgument, match="step 'b'.*inputs_patch"):
+        check_patch_references(dag, "b", {"x": "${steps.c.output.v}"})
+    with pytest.raises(InvalidArgument, match="inputs_patch"):
+        check_patch_references(dag, "b", {"x": "${nonsense}"})
+
+
+# --- resolution ----------------------------------------------------------------------------------
+
+INPUTS = {"topic": "trio", "n": 3, "tags": ["a", "b"], "cfg": {"deep": {"k": True}}}
+OUTPUTS = {"fetch": {"body": {"items": [{"t": "one"}, {"t": "two"}]}, "code": 200}, "plain": "text"}
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("${inputs.n}", 3),  # a whole-value reference keeps its JSON type
+        ("${inputs.tags}", ["a", "b"]),
+        ("${inputs.cfg.deep.k}", True),
+        ("${inputs}", INPUTS),
+        ("${steps.fetch.output}", OUTPUTS["fetch"]),
+        ("${steps.fetch.output.code}", 200),
+        ("${steps.fetch.output.body.items.1.t}", "two"),  # list index
+        ("${steps.plain.output}", "text"),
+        ("${ inputs.topic }", "trio"),
+        ("n=${inputs.n}", "n=3"),  # embedded: replaced by its text
+        ("${inputs.topic}/${inputs.n}", "trio/3"),
+        ("tags: ${inputs.tags}", 'tags: ["a", "b"]'),
+        ("cfg ${inputs.cfg}", 'cfg {"deep": {"k": true}}'),
+        ("flag ${inputs.cfg.deep.k}", "flag true"),
+        ("code ${steps.fetch.output.code}!", "code 200!"),
+        ("no refs", "no refs"),
+        (7, 7),
+        (None, None),
+    ],
+)
+def test_resolve(template, expected):
+    assert resolve(template, INPUTS, OUTPUTS) == expected
+
+
+def test_resolve_walks_objects_and_lists():
+    template = {"a": ["${inputs.n}", {"b": "x ${inputs.topic}"}], "c": 1.5}
+    assert resolve(template, INPUTS, OUTPUTS) == {"a": [3, {"b": "x trio"}], "c": 1.5}
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "${inputs.missing}",
+        "${inputs.tags.2}",
+        "${inputs.tags.x}",
+        "${inputs.n.deeper}",
+        "${steps.fetch.output.body.items.5.t}",
+        "${steps.fetch.output.nope}",
+        "text ${inputs.nope}",
+    ],
+)
+def test_missing_key_is_unresolved(template):
+    with pytest.raises(UnresolvedReference) as caught:
+        resolve(template, INPUTS, OUTPUTS)
+    assert template.split("${")[1].rstrip("}").strip().split(".")[0] in str(caught.value)
+
+
+def test_unresolved_names_the_missing_key():
+    with pytest.raises(UnresolvedReference, match="'missing'"):
+        resolve({"deep": ["${inputs.cfg.deep.missing}"]}, INPUTS, OUTPUTS)
+
+
+# --- step seeds ----------------------------------------------------------------------------------
+
+
+def test_step_seed_is_stable_and_differs_per_step_and_run_seed():
+    assert step_seed(42, "draft") == step_seed(42, "draft")
+    seeds = {step_seed(42, f"s{i}") for i in range(200)}
+    assert len(seeds) == 200
+    assert step_seed(42, "draft") != step_seed(43, "draft")
+    assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_step_seed_is_a_pure_function_of_its_arguments():
+    # Known value: fixes the derivation, so seeds stay stable across releases (recorded runs).
+    import hashlib
+
+    digest = hashlib.sha256(b"7:outline").digest()
+    assert step_seed(7, "outline") == int.from_bytes(digest[:8], "big") & (2**63 - 1)

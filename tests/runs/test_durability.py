@@ -1,0 +1,220 @@
+"""Durable runs: kill -9 the daemon mid-run; the next start carries on where the log stops."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+import pytest
+from foundry.proto import runtime_api as api
+from foundry.proto.generated.google.protobuf import Struct
+
+from tests.runs.helpers import (
+    dag,
+    get_run,
+    kinds,
+    of_kind,
+    steps,
+    submit,
+    tap,
+    value,
+    wait_done,
+    wait_for,
+    wait_status,
+)
+
+STEPS = 100
+
+# Appends its step id to $LOG (a side effect, so a mutator), then answers with JSON.
+APPEND = (
+    'echo $FOUNDRY_STEP_ID >> "$LOG"; sleep 0.02; '
+    """printf '{"ok":true,"step":"%s","n":%s}' $FOUNDRY_STEP_ID $FOUNDRY_INPUT_N"""
+)
+CHAIN_BLOCK = f"""
+[[blocks]]
+name = "append"
+type = "shell"
+kind = "mutator"
+command = ["sh", "-c", {json.dumps(APPEND)}]
+env = {{ LOG = "LOGFILE" }}
+"""
+
+
+def chain(count: int) -> str:
+    return dag(
+        {"id": "s000", "type": "append", "inputs": {"n": 0}},
+        *(
+            {
+                "id": f"s{i:03d}",
+                "type": "append",
+                "inputs": {"n": i, "prev": f"${{steps.s{i - 1:03d}.output.step}}"},
+            }
+            for i in range(1, count)
+        ),
+    )
+
+
+def test_kill_9_mid_run_then_the_run_finishes_without_redoing_steps(fresh_daemon, tmp_path):
+    log = tmp_path / "steps.log"
+    daemon = fresh_daemon(CHAIN_BLOCK.replace("LOGFILE", str(log)))
+    run_id = submit(daemon, chain(STEPS), inputs={"why": "durability"}, seed=5)
+
+    def completed(run):
+        return sum(s.status == "succeeded" for s in run.steps)
+
+    wait_for(daemon, run_id, lambda r: completed(r) >= 30, timeout=60, what="30 steps done")
+    daemon.kill()  # SIGKILL: no shutdown, no flush beyond what was committed
+    lines_at_kill = log.read_text().split()
+    assert 30 <= len(lines_at_kill) < STEPS, "the kill came too late to test anything"
+
+    daemon.start()  # nobody resumes the run: the daemon picks it up by itself
+    run = wait_done(daemon, run_id, timeout=60)
+    assert run.status == api.RunStatus.SUCCEEDED
+
+    # completed steps were not executed again; only the one interrupted may have run twice
+    written = Counter(log.read_text().split())
+    assert set(written) == {f"s{i:03d}" for i in range(STEPS)}
+    twice = [step_id for step_id, n in written.items() if n > 1]
+    assert len(twice) <= 1
+    assert all(written[s] == 2 for s in twice)
+
+    events = tap(daemon, run_id)
+    leases = Counter(e["step_id"] for e in of_kind(events, "step_leased"))
+    relased = [step_id for step_id, n in leases.items() if n > 1]
+    assert len(relased) <= 1
+    by_id = steps(run)
+    for step_id in relased:  # the interrupted step: leased again with attempt + 1
+        assert by_id[step_id].attempt == 2
+        assert [e["payload"]["attempt"] for e in of_kind(events, "step_leased", step_id)] == [1, 2]
+        assert step_id in lines_at_kill[-1:] or step_id not in lines_at_kill
+    assert set(twice) <= set(relased)
+    for i, step in enumerate(run.steps):
+        assert step.status == "succeeded"
+        assert step.attempt == (2 if step.step_id in relased else 1)
+        assert value(step.output) == {"ok": True, "step": step.step_id, "n": i}
+    # the log is one unbroken sequence: each step once, in order, events numbered 1..N
+    assert [e["payload"]["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert kinds(events).count("run_submitted") == 1
+    assert kinds(events).count("run_started") == 1
+    assert kinds(events).count("step_completed") == STEPS
+    assert events[-1]["kind"] == "run_succeeded"
+    assert run.spec.inputs.to_dict() == {"why": "durability"}
+    assert run.spec.seed == 5
+
+
+PAUSABLE = dag(
+    {"id": "first", "type": "transform", "inputs": {"value": "${inputs.x}"}},
+    {"id": "held", "type": "transform", "inputs": {"got": "${steps.first.output}"}},
+    {"id": "last", "type": "transform", "inputs": {"got": "${steps.held.output.got}"}},
+)
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_a_paused_run_survives_a_restart_and_resumes_after_it(fresh_daemon, how):
+    daemon = fresh_daemon("[daemon]\nshutdown_grace = 30\n")
+    run_id = submit(daemon, PAUSABLE, inputs={"x": 41}, breakpoints=["held", "last"])
+    wait_status(daemon, run_id, api.RunStatus.PAUSED_AT_STEP)
+    request = api.UpdateBreakpointsRequest(run_id=run_id, remove=["last"])
+    assert list(daemon.call(lambda _, rt: rt.update_breakpoints(request)).breakpoints) == ["held"]
+    patch = api.PatchStepRequest(
+        run_id=run_id,
+        step_id="held",
+        note="before the restart",
+        inputs_patch=Struct.from_dict({"extra": "${inputs.x}"}),
+    )
+    assert daemon.call(lambda _, rt: rt.patch_step(patch)).step_id == "held"
+    if how == "kill":
+        daemon.kill()
+        daemon.start()
+    else:
+        started = time.monotonic()
+        assert daemon.stop() == 0
+        # nothing is in flight: the stop does not sit out the shutdown grace
+        assert time.monotonic() - started < 10
+        daemon.start()
+    time.sleep(0.2)  # give a (wrong) restart the chance to run past the breakpoint
+    run = get_run(daemon, run_id)
+    assert run.status == api.RunStatus.PAUSED_AT_STEP
+    assert list(run.spec.breakpoints) == ["held"]  # as updated, not as submitted
+    assert [s.status for s in run.steps] == ["succeeded", "pending", "pending"]
+    reply = daemon.call(lambda _, rt: rt.resume_run(api.ResumeRunRequest(run_id=run_id)))
+    assert reply.resumed_step_id == "held"
+    assert reply.status == api.RunStatus.RUNNING
+    run = wait_done(daemon, run_id)
+    assert run.status == api.RunStatus.SUCCEEDED
+    assert value(run.steps[1].output) == {"got": 41, "extra": 41}  # the patch survived too
+    assert value(run.steps[2].output) == {"got": 41}
+    events = tap(daemon, run_id)
+    assert kinds(events).count("run_paused") == 1
+    assert [e["payload"]["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert json.loads(run.spec.dag_json) == json.loads(PAUSABLE)
+
+
+def test_a_graceful_stop_starts_no_new_steps_and_the_next_start_goes_on(fresh_daemon):
+    daemon = fresh_daemon("[daemon]\nshutdown_grace = 30\n")
+    count = 8
+    run_id = submit(
+        daemon,
+        dag(
+            {"id": "s0", "type": "sleeper", "inputs": {"seconds": 0.4}},
+            *(
+                {
+                    "id": f"s{i}",
+                    "type": "sleeper",
+                    "depends_on": [f"s{i - 1}"],
+                    "inputs": {"seconds": 0.4},
+                }
+                for i in range(1, count)
+            ),
+        ),
+    )
+    wait_for(daemon, run_id, lambda r: r.steps[1].status == "running", what="s1 running")
+    stopping = datetime.now(UTC)
+    assert daemon.stop() == 0
+    restarting = datetime.now(UTC)
+    daemon.start()
+    run = wait_done(daemon, run_id)
+    assert run.status == api.RunStatus.SUCCEEDED
+    events = tap(daemon, run_id)
+    leases = of_kind(events, "step_leased")
+    # the step in flight finished within the grace; no new step started while stopping
+    assert not [e["step_id"] for e in leases if stopping < e["occurred_at"] < restarting]
+    assert any(e["occurred_at"] > restarting for e in leases)  # the next start went on
+    assert [e["step_id"] for e in leases] == [f"s{i}" for i in range(count)]  # each once
+    assert all(s.attempt == 1 for s in run.steps)
+    assert kinds(events).count("run_started") == 1
+    assert kinds(events).count("run_succeeded") == 1
+
+
+def test_a_step_backing_off_does_not_hold_up_a_stop(fresh_daemon, tmp_path):
+    daemon = fresh_daemon("[daemon]\nshutdown_grace = 30\n")
+    counter = tmp_path / "calls"
+    run_id = submit(
+        daemon,
+        dag(
+            {
+                "id": "flaky",
+                "type": "flaky",
+                "retry": {"max_attempts": 3, "backoff": 20},
+                "inputs": {"counter": str(counter), "until": 2},
+            }
+        ),
+    )
+    wait_for(daemon, run_id, lambda r: r.steps[0].status == "retrying", what="backing off")
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 10  # neither the 20 s backoff nor the 30 s grace
+    daemon.start()
+    run = wait_done(daemon, run_id)
+    assert run.status == api.RunStatus.SUCCEEDED
+    assert run.steps[0].attempt == 2
+    assert value(run.steps[0].output) == {"calls": 2}
+    events = tap(daemon, run_id)
+    assert kinds(events, "flaky") == [
+        "step_leased",
+        "step_retrying",
+        "step_leased",
+        "step_completed",
+    ]

@@ -1,0 +1,720 @@
+"""SubmitRun, GetRun and TapRun end to end: a real daemon over a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from foundry.kernel.dag import step_seed
+from foundry.proto import runtime_api as api
+from grpclib.const import Status
+
+from tests.runs.helpers import (
+    assert_error,
+    dag,
+    event_dict,
+    get_run,
+    kinds,
+    of_kind,
+    outputs,
+    rpc_error,
+    run_and_wait,
+    spec,
+    steps,
+    submit,
+    tap,
+    value,
+    wait_done,
+    wait_for,
+)
+
+MAX_CONCURRENT = 2
+
+
+@pytest.fixture(scope="module")
+def daemon(module_daemons):
+    return module_daemons(f"[scheduler]\nmax_concurrent_steps = {MAX_CONCURRENT}\n")
+
+
+RESEARCH = dag(
+    {
+        "id": "outline",
+        "type": "llm",
+        "model": "mock:small",
+        "inputs": {"prompt": "Outline a note about ${inputs.topic}"},
+    },
+    {
+        "id": "count",
+        "type": "tool",
+        "inputs": {"tool": "word_count", "args": {"text": "${steps.outline.output.text}"}},
+    },
+    {
+        "id": "report",
+        "type": "transform",
+        "inputs": {
+            "merge": [{"topic": "${inputs.topic}"}, {"words": "${steps.count.output.words}"}]
+        },
+    },
+)
+
+
+def test_submit_then_get_fills_every_step_field(daemon):
+    before = time.time()
+    run_id = submit(daemon, RESEARCH, inputs={"topic": "trio"}, seed=7, labels={"team": "qa"})
+    assert run_id.startswith("run_")
+    run = wait_done(daemon, run_id)
+    assert run.run_id == run_id
+    assert run.status == api.RunStatus.SUCCEEDED
+    assert run.spec.dag_json == RESEARCH
+    assert run.spec.inputs.to_dict() == {"topic": "trio"}
+    assert run.spec.seed == 7
+    assert run.spec.labels == {"team": "qa"}
+    assert before - 1 <= run.created_at.timestamp() <= run.updated_at.timestamp() <= time.time() + 1
+    assert [s.step_id for s in run.steps] == ["outline", "count", "report"]
+    for idx, step in enumerate(run.steps):
+        assert step.idx == idx
+        assert step.status == "succeeded"
+        assert step.attempt == 1
+        assert step.leased_at is not None
+        assert step.completed_at is not None
+        assert run.created_at <= step.leased_at <= step.completed_at <= run.updated_at
+        assert step.output is not None
+    by_id = steps(run)
+    assert [by_id[s].type for s in ("outline", "count", "report")] == ["llm", "tool", "transform"]
+    text = value(by_id["outline"].output)["text"]
+    assert value(by_id["count"].output) == {"words": len(text.split())}
+    assert value(by_id["report"].output) == {"topic": "trio", "words": len(text.split())}
+    # dependencies ran in order
+    assert by_id["outline"].completed_at <= by_id["count"].leased_at
+    assert by_id["count"].completed_at <= by_id["report"].leased_at
+
+
+def test_failing_step_fills_error_fails_run_and_skips_dependents(daemon):
+    run = run_and_wait(
+        daemon,
+        dag(
+            {"id": "ok", "type": "transform", "inputs": {"value": 1}},
+            {"id": "bad", "type": "fail", "depends_on": ["ok"]},
+            {"id": "after", "type": "transform", "depends_on": ["bad"], "inputs": {"value": 2}},
+            {"id": "later", "type": "transform", "inputs": {"x": "${steps.after.output}"}},
+        ),
+    )
+    assert run.status == api.RunStatus.FAILED
+    by_id = steps(run)
+    assert by_id["ok"].status == "succeeded"
+    bad = by_id["bad"]
+    assert bad.status == "failed"
+    assert bad.attempt == 1
+    assert bad.leased_at is not None
+    assert bad.completed_at is not None
+    error = value(bad.error)
+    assert "exited with 3" in error["message"]
+    assert "boom from bad" in error["message"]
+    assert error["timed_out"] is False
+    assert error["attempt"] == 1
+    for skipped in ("after", "later"):
+        assert by_id[skipped].status == "skipped"
+        assert by_id[skipped].attempt == 0
+        assert by_id[skipped].leased_at is None
+    events = tap(daemon, run.run_id)
+    assert not of_kind(events, "step_leased", "after")
+    (failed,) = of_kind(events, "run_failed")
+    assert failed["step_id"] == "bad"
+    assert "'bad'" in failed["payload"]["error"]
+    assert events[-1]["kind"] == "run_failed"
+
+
+def test_idempotency_key_returns_the_same_run_and_runs_it_once(daemon):
+    key = "idem-live-1"
+    first = submit(daemon, RESEARCH, key=key, inputs={"topic": "once"})
+    again = submit(daemon, RESEARCH, key=key, inputs={"topic": "different inputs, same key"})
+    assert again == first
+    run = wait_done(daemon, first)
+    assert run.spec.inputs.to_dict() == {"topic": "once"}
+    assert submit(daemon, RESEARCH, key=key) == first
+    events = tap(daemon, first)
+    assert kinds(events).count("run_submitted") == 1
+    assert kinds(events).count("step_leased") == 3
+    assert submit(daemon, RESEARCH, key="idem-live-2") != first
+
+
+def test_concurrent_submits_with_one_key_make_one_run(daemon):
+    request = api.SubmitRunRequest(
+        spec=spec(RESEARCH, inputs={"topic": "race"}), idempotency_key="idem-race"
+    )
+
+    async def many(_, runtime):
+        replies = await asyncio.gather(*(runtime.submit_run(request) for _ in range(10)))
+        return {r.run_id for r in replies}
+
+    (run_id,) = daemon.call(many)
+    events = tap(daemon, run_id)
+    assert kinds(events).count("run_submitted") == 1
+    assert events[-1]["kind"] == "run_succeeded"
+
+
+def test_invalid_dag_is_invalid_argument_naming_the_step(daemon):
+    cases = [
+        ('{"steps": [', "dag_json"),
+        (dag({"id": "a", "type": "nope"}), "'a'"),
+        (dag({"id": "a", "type": "transform", "depends_on": ["zz"]}), "'zz'"),
+        (dag({"id": "a", "type": "transform", "inputs": {"x": "${foo}"}}), "'a'"),
+        (dag({"id": "a", "type": "transform", "retry": {"max_attempts": 0}}), "retry.max_attempts"),
+        (dag({"id": "a", "type": "transform", "timeout": -1}), "timeout"),
+        ("", "dag_json"),
+    ]
+    for dag_json, needle in cases:
+        request = api.SubmitRunRequest(spec=spec(dag_json))
+        assert_error(
+            rpc_error(daemon, lambda rt, r=request: rt.submit_run(r)),
+            Status.INVALID_ARGUMENT,
+            needle,
+        )
+    no_spec = rpc_error(daemon, lambda rt: rt.submit_run(api.SubmitRunRequest()))
+    assert_error(no_spec, Status.INVALID_ARGUMENT, "dag_json")
+    bad_breakpoint = api.SubmitRunRequest(spec=spec(RESEARCH, breakpoints=["ghost"]))
+    assert_error(
+        rpc_error(daemon, lambda rt: rt.submit_run(bad_breakpoint)),
+        Status.INVALID_ARGUMENT,
+        "breakpoints",
+        "'ghost'",
+    )
+    # the daemon is fine afterwards
+    assert run_and_wait(daemon, RESEARCH, inputs={"topic": "x"}).status == api.RunStatus.SUCCEEDED
+
+
+def test_non_finite_numbers_in_inputs_are_invalid_argument(daemon):
+    for number in (float("nan"), float("inf"), -float("inf")):
+        request = api.SubmitRunRequest(spec=spec(RESEARCH, inputs={"topic": "x", "n": [number]}))
+        error = rpc_error(daemon, lambda rt, r=request: rt.submit_run(r))
+        assert_error(error, Status.INVALID_ARGUMENT, "spec.inputs", "finite")
+
+
+def test_unknown_run_is_not_found(daemon):
+    for call in (
+        lambda rt: rt.get_run(api.GetRunRequest(run_id="run_nope")),
+        lambda rt: rt.tap_run(api.TapRunRequest(run_id="run_nope")),
+    ):
+        assert_error(rpc_error(daemon, call), Status.NOT_FOUND, "run_nope")
+    for call in (
+        lambda rt: rt.get_run(api.GetRunRequest()),
+        lambda rt: rt.tap_run(api.TapRunRequest()),
+    ):
+        assert_error(rpc_error(daemon, call), Status.INVALID_ARGUMENT, "run_id")
+
+
+def _overlaps(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one instant."""
+    points = sorted(
+        [(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals], key=lambda p: (p[0], p[1])
+    )
+    most = current = 0
+    for _, delta in points:
+        current += delta
+        most = max(most, current)
+    return most
+
+
+def test_independent_steps_run_concurrently_up_to_the_limit(daemon):
+    count, seconds = 5, 0.4
+    started = time.monotonic()
+    run = run_and_wait(
+        daemon,
+        dag(
+            *(
+                {"id": f"s{i}", "type": "sleeper", "inputs": {"seconds": seconds}}
+                for i in range(count)
+            )
+        ),
+    )
+    wall = time.monotonic() - started
+    assert run.status == api.RunStatus.SUCCEEDED
+    intervals = [(s.leased_at.timestamp(), s.completed_at.timestamp()) for s in run.steps]
+    assert _overlaps(intervals) == MAX_CONCURRENT
+    for s in run.steps:
+        assert value(s.output) == {"slept": s.step_id}
+        assert s.completed_at.timestamp() - s.leased_at.timestamp() >= seconds - 0.01
+    waves = -(-count // MAX_CONCURRENT)  # 3 waves of at most 2
+    span = max(b for _, b in intervals) - min(a for a, _ in intervals)
+    assert wall >= span >= waves * seconds - 0.01
+    assert span < sum(b - a for a, b in intervals)  # not one after another
+
+
+def test_two_independent_steps_overlap(daemon):
+    run = run_and_wait(
+        daemon,
+        dag(
+            {"id": "left", "type": "sleeper", "inputs": {"seconds": 0.5}},
+            {"id": "right", "type": "sleeper", "inputs": {"seconds": 0.5}},
+            {
+                "id": "join",
+                "type": "transform",
+                "depends_on": ["left", "right"],
+                "inputs": {
+                    "merge": ["${steps.left.output}", {"right": "${steps.right.output.slept}"}]
+                },
+            },
+        ),
+    )
+    left, right, join = run.steps
+    assert left.leased_at < right.completed_at
+    assert right.leased_at < left.completed_at
+    span = max(left.completed_at, right.completed_at) - min(left.leased_at, right.leased_at)
+    assert span < (left.completed_at - left.leased_at) + (right.completed_at - right.leased_at)
+    assert join.leased_at >= max(left.completed_at, right.completed_at)
+    assert value(join.output) == {"slept": "left", "right": "right"}
+
+
+def test_retries_with_backoff(daemon, tmp_path):
+    counter = tmp_path / "counter"
+    run = run_and_wait(
+        daemon,
+        dag(
+            {
+                "id": "flaky",
+                "type": "flaky",
+                "retry": {"max_attempts": 3, "backoff": 0.1},
+                "inputs": {"counter": str(counter), "until": 3},
+            },
+        ),
+    )
+    assert run.status == api.RunStatus.SUCCEEDED
+    (step,) = run.steps
+    assert step.attempt == 3
+    assert step.status == "succeeded"
+    assert value(step.output) == {"calls": 3}
+    events = tap(daemon, run.run_id)
+    leases = of_kind(events, "step_leased")
+    assert [e["payload"]["attempt"] for e in leases] == [1, 2, 3]
+    retrying = of_kind(events, "step_retrying")
+    assert [e["payload"]["attempt"] for e in retrying] == [1, 2]
+    assert [e["payload"]["delay"] for e in retrying] == [0.1, 0.2]  # exponential backoff
+    assert "not yet (1)" in retrying[0]["payload"]["error"]["message"]
+    # the backoff was waited out
+    gap = leases[2]["occurred_at"] - retrying[1]["occurred_at"]
+    assert gap.total_seconds() >= 0.19
+    assert kinds(events, "flaky") == [
+        "step_leased",
+        "step_retrying",
+        "step_leased",
+        "step_retrying",
+        "step_leased",
+        "step_completed",
+    ]
+
+
+def test_a_step_backing_off_holds_no_concurrency_slot(daemon, tmp_path):
+    sleep = {"seconds": 0.4}
+    run = run_and_wait(
+        daemon,
+        dag(
+            {
+                "id": "flaky",
+                "type": "flaky",
+                "retry": {"max_attempts": 2, "backoff": 1.0},
+                "inputs": {"counter": str(tmp_path / "n"), "until": 2},
+            },
+            {"id": "gate", "type": "sleeper", "inputs": {"seconds": 0.2}},
+            {"id": "s1", "type": "sleeper", "depends_on": ["gate"], "inputs": sleep},
+            {"id": "s2", "type": "sleeper", "depends_on": ["gate"], "inputs": sleep},
+        ),
+    )
+    assert run.status == api.RunStatus.SUCCEEDED
+    by_id = steps(run)
+    assert by_id["flaky"].attempt == 2
+    # flaky and gate take both slots; flaky fails at once and backs off for a second. Meanwhile
+    # gate is done and s1, s2 run side by side: the step backing off holds no slot.
+    s1, s2 = by_id["s1"], by_id["s2"]
+    assert s1.leased_at < s2.completed_at
+    assert s2.leased_at < s1.completed_at
+
+
+def test_retries_exhausted_fail_the_run(daemon, tmp_path):
+    run = run_and_wait(
+        daemon,
+        dag(
+            {
+                "id": "flaky",
+                "type": "flaky",
+                "retry": {"max_attempts": 2, "backoff": 0},
+                "inputs": {"counter": str(tmp_path / "c"), "until": 5},
+            },
+        ),
+    )
+    assert run.status == api.RunStatus.FAILED
+    (step,) = run.steps
+    assert step.attempt == 2
+    assert step.status == "failed"
+    assert "not yet (2)" in value(step.error)["message"]
+
+
+def test_timeout_fails_the_step_with_timed_out(daemon):
+    started = time.monotonic()
+    run = run_and_wait(
+        daemon,
+        dag(
+            {"id": "slow", "type": "sleeper", "timeout": 0.3, "inputs": {"seconds": 5}},
+            {"id": "after", "type": "transform", "depends_on": ["slow"]},
+        ),
+    )
+    assert time.monotonic() - started < 4.5  # the 5 s sleep was cut short
+    assert run.status == api.RunStatus.FAILED
+    slow, after = run.steps
+    error = value(slow.error)
+    assert slow.status == "failed"
+    assert error["timed_out"] is True
+    assert "timed out" in error["message"]
+    assert after.status == "skipped"
+    (failed,) = of_kind(tap(daemon, run.run_id), "step_failed")
+    assert failed["payload"]["error"]["timed_out"] is True
+
+
+def test_seed_makes_llm_outputs_deterministic(daemon):
+    two_llms = dag(
+        {"id": "a", "type": "llm", "inputs": {"prompt": "hello ${inputs.who}"}},
+        {
+            "id": "b",
+            "type": "llm",
+            "model": "mock:large",
+            "inputs": {"prompt": "${steps.a.output.text}"},
+        },
+    )
+    first = outputs(run_and_wait(daemon, two_llms, inputs={"who": "ada"}, seed=11))
+    second = outputs(run_and_wait(daemon, two_llms, inputs={"who": "ada"}, seed=11))
+    other = outputs(run_and_wait(daemon, two_llms, inputs={"who": "ada"}, seed=12))
+    assert first == second
+    assert first["a"]["text"] != other["a"]["text"]
+    assert first["a"]["text"] != first["b"]["text"]  # each step has its own seed
+    assert first["a"]["provider"] == "mock"
+    assert first["b"]["model"] == "large"
+
+
+def test_usage_is_recorded_in_step_completed(daemon):
+    run = run_and_wait(
+        daemon,
+        dag(
+            {"id": "a", "type": "llm", "inputs": {"prompt": "one two three four"}},
+            {"id": "t", "type": "transform", "inputs": {"value": 1}},
+        ),
+    )
+    events = tap(daemon, run.run_id)
+    (llm,) = of_kind(events, "step_completed", "a")
+    usage = llm["payload"]["usage"]
+    assert usage["tokens_in"] == 4
+    assert usage["tokens_out"] == len(value(steps(run)["a"].output)["text"].split())
+    expected = (usage["tokens_in"] * 0.0005 + usage["tokens_out"] * 0.0015) / 1000
+    assert usage["cost"] == pytest.approx(expected)
+    (plain,) = of_kind(events, "step_completed", "t")
+    assert plain["payload"]["usage"] == {"tokens_in": 0, "tokens_out": 0, "cost": 0}
+    assert llm["payload"]["duration_ms"] >= 0
+
+
+def test_tap_streams_every_event_in_order_ending_at_the_terminal_one(daemon):
+    run_id = submit(
+        daemon,
+        dag(
+            {"id": "nap", "type": "sleeper", "inputs": {"seconds": 0.3}},
+            {"id": "t", "type": "transform", "inputs": {"v": "${steps.nap.output.slept}"}},
+        ),
+    )
+    events = tap(daemon, run_id)  # attached while the run is live
+    assert [e["payload"]["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert all(e["run_id"] == run_id for e in events)
+    assert kinds(events) == [
+        "run_submitted",
+        "run_started",
+        "step_leased",
+        "step_completed",
+        "step_leased",
+        "step_completed",
+        "run_succeeded",
+    ]
+    times = [e["occurred_at"] for e in events]
+    assert times == sorted(times)
+    leased = of_kind(events, "step_leased", "t")[0]["payload"]
+    assert leased["inputs"] == {"v": "nap"}
+    assert leased["attempt"] == 1
+    # a finished run's tap replays the whole history, then ends
+    assert tap(daemon, run_id) == events
+
+
+def test_twenty_concurrent_tappers_see_the_identical_sequence(daemon):
+    run_id = submit(
+        daemon,
+        dag(
+            {"id": "nap", "type": "sleeper", "inputs": {"seconds": 0.6}},
+            *(
+                {
+                    "id": f"t{i}",
+                    "type": "transform",
+                    "inputs": {"i": i, "after": "${steps.nap.output}"},
+                }
+                for i in range(5)
+            ),
+        ),
+    )
+
+    async def tap_all(_, runtime):
+        async def one():
+            return [event_dict(e) async for e in runtime.tap_run(api.TapRunRequest(run_id=run_id))]
+
+        return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(20))), 30)
+
+    results = daemon.call(tap_all)
+    assert get_run(daemon, run_id).status == api.RunStatus.SUCCEEDED
+    first = results[0]
+    assert all(r == first for r in results)
+    assert [e["payload"]["seq"] for e in first] == list(range(1, len(first) + 1))
+    assert first[0]["kind"] == "run_submitted"
+    assert first[-1]["kind"] == "run_succeeded"
+    assert kinds(first).count("step_completed") == 6
+
+
+def test_llm_openai_provider_against_a_fake_endpoint(daemon, fake_http):
+    fake_http.answer("fake-model", "a fake answer", prompt_tokens=12, completion_tokens=4)
+    run = run_and_wait(
+        daemon,
+        dag(
+            {
+                "id": "ask",
+                "type": "llm",
+                "model": "openai:fake-model",
+                "inputs": {
+                    "messages": [
+                        {"role": "system", "content": "be brief"},
+                        {"role": "user", "content": "about ${inputs.topic}"},
+                    ],
+                    "temperature": 0.25,
+                },
+            },
+        ),
+        inputs={"topic": "ducks"},
+        seed=5,
+    )
+    assert run.status == api.RunStatus.SUCCEEDED, value(run.steps[0].error)
+    (step,) = run.steps
+    assert value(step.output) == {
+        "text": "a fake answer",
+        "model": "fake-model",
+        "provider": "openai",
+        "finish_reason": "stop",
+    }
+    (body,) = fake_http.chat_requests("fake-model")
+    assert body["model"] == "fake-model"
+    assert body["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "about ducks"},
+    ]
+    leased = of_kind(tap(daemon, run.run_id), "step_leased")[0]["payload"]
+    assert body["seed"] == step_seed(5, "ask")  # the step's seed, derived from the run seed
+    # (a google.protobuf.Value carries numbers as doubles: the tap payload's seed is rounded)
+    assert leased["seed"] == pytest.approx(body["seed"])
+    assert body["temperature"] == 0.25
+    (done,) = of_kind(tap(daemon, run.run_id), "step_completed")
+    usage = done["payload"]["usage"]
+    assert usage["tokens_in"] == 12
+    assert usage["tokens_out"] == 4
+    assert usage["cost"] == pytest.approx((12 * 0.0005 + 4 * 0.0015) / 1000)
+
+
+def test_llm_endpoint_error_fails_the_step(daemon):
+    run = run_and_wait(
+        daemon,
+        dag(
+            {"id": "ask", "type": "llm", "model": "nosuch:model", "inputs": {"prompt": "x"}},
+        ),
+    )
+    assert run.status == api.RunStatus.FAILED
+    assert "unknown provider 'nosuch'" in value(run.steps[0].error)["message"]
+
+
+def test_tool_step_with_unknown_tool_fails_naming_it(daemon):
+    run = run_and_wait(
+        daemon,
+        dag(
+            {"id": "use", "type": "tool", "inputs": {"tool": "hammer", "args": {}}},
+        ),
+    )
+    assert run.status == api.RunStatus.FAILED
+    message = value(run.steps[0].error)["message"]
+    assert "'hammer'" in message
+    assert "echo" in message
+
+
+def test_tool_echo(daemon):
+    run = run_and_wait(
+        daemon,
+        dag(
+            {"id": "use", "type": "tool", "inputs": {"tool": "echo", "args": {"n": "${inputs.n}"}}},
+        ),
+        inputs={"n": [1, 2]},
+    )
+    assert value(run.steps[0].output) == {"n": [1, 2]}
+
+
+def test_http_step_against_a_local_server(daemon, fake_http):
+    run = run_and_wait(
+        daemon,
+        dag(
+            {"id": "get", "type": "http", "inputs": {"url": f"{fake_http.url}/json/get?x=1"}},
+            {
+                "id": "post",
+                "type": "http",
+                "inputs": {
+                    "url": f"{fake_http.url}/json/post",
+                    "method": "POST",
+                    "json": {"got": "${steps.get.output.body.hello}"},
+                },
+            },
+        ),
+    )
+    assert run.status == api.RunStatus.SUCCEEDED
+    by_id = steps(run)
+    got = value(by_id["get"].output)
+    assert got["status"] == 200
+    assert got["body"] == {"hello": "world", "path": "/json/get?x=1"}
+    posted = value(by_id["post"].output)
+    assert posted["body"] == {"echo": {"got": "world"}, "path": "/json/post"}
+    assert any(
+        r["path"] == "/json/post" and r["body"] == {"got": "world"} for r in fake_http.requests
+    )
+    missing = run_and_wait(
+        daemon,
+        dag(
+            {"id": "missing", "type": "http", "inputs": {"url": f"{fake_http.url}/status/404"}},
+        ),
+    )
+    assert missing.status == api.RunStatus.FAILED
+    assert "404" in value(missing.steps[0].error)["message"]
+    tolerated = run_and_wait(
+        daemon,
+        dag(
+            {
+                "id": "missing",
+                "type": "http",
+                "inputs": {"url": f"{fake_http.url}/status/404", "allow_error_status": True},
+            },
+        ),
+    )
+    assert value(tolerated.steps[0].output)["status"] == 404
+
+
+def test_grpcio_client_submit_get_tap(daemon, grpcio_runtime):
+    import grpc
+
+    pb2, pb2_grpc = grpcio_runtime.pb2, grpcio_runtime.pb2_grpc
+    from google.protobuf import json_format, struct_pb2
+
+    inputs = struct_pb2.Struct()
+    inputs.update({"topic": "grpcio"})
+    with grpc.insecure_channel(daemon.address) as channel:
+        stub = pb2_grpc.RuntimeServiceStub(channel)
+        request = pb2.SubmitRunRequest(
+            spec=pb2.RunSpec(dag_json=RESEARCH, inputs=inputs, seed=3, labels={"via": "grpcio"}),
+            idempotency_key="grpcio-key",
+        )
+        run_id = stub.SubmitRun(request, timeout=10).run_id
+        assert stub.SubmitRun(request, timeout=10).run_id == run_id
+        events = list(stub.TapRun(pb2.TapRunRequest(run_id=run_id), timeout=30))
+        assert events[0].kind == "run_submitted"
+        assert events[-1].kind == "run_succeeded"
+        seqs = [json_format.MessageToDict(e.payload)["seq"] for e in events]
+        assert seqs == list(range(1, len(events) + 1))
+        run = stub.GetRun(pb2.GetRunRequest(run_id=run_id), timeout=10).run
+        assert run.status == pb2.RUN_STATUS_SUCCEEDED
+        assert run.spec.labels["via"] == "grpcio"
+        assert run.spec.seed == 3
+        assert [s.step_id for s in run.steps] == ["outline", "count", "report"]
+        assert all(s.HasField("leased_at") and s.HasField("completed_at") for s in run.steps)
+        report = json_format.MessageToDict(run.steps[2].output)
+        assert report["topic"] == "grpcio"
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetRun(pb2.GetRunRequest(run_id="run_missing"), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.SubmitRun(pb2.SubmitRunRequest(spec=pb2.RunSpec(dag_json="{")), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # the same run through grpclib
+    assert outputs(get_run(daemon, run_id))["report"]["topic"] == "grpcio"
+
+
+# --- with a daemon of its own: restart, and what is stored ---------------------------------------
+
+
+def test_idempotency_survives_restart_and_invalid_submits_store_nothing(fresh_daemon):
+    daemon = fresh_daemon()
+    key = "idem-restart"
+    broken = api.SubmitRunRequest(spec=spec(dag({"id": "a", "type": "bogus"})), idempotency_key=key)
+    assert_error(
+        rpc_error(daemon, lambda rt: rt.submit_run(broken)), Status.INVALID_ARGUMENT, "'a'"
+    )
+    run_id = submit(daemon, RESEARCH, key=key, inputs={"topic": "kept"})  # the key is still free
+    finished = wait_done(daemon, run_id)
+    # a run is durable once SubmitRun answers: kill -9 right away, it still runs after the restart
+    napping = submit(daemon, dag({"id": "nap", "type": "sleeper", "inputs": {"seconds": 0.3}}))
+    daemon.kill()
+    daemon.start()
+    assert submit(daemon, RESEARCH, key=key, inputs={"topic": "other"}) == run_id
+    broken.idempotency_key = "another-key"
+    assert_error(rpc_error(daemon, lambda rt: rt.submit_run(broken)), Status.INVALID_ARGUMENT)
+    assert get_run(daemon, run_id).to_dict() == finished.to_dict()  # read back from the store
+    nap = wait_done(daemon, napping)
+    assert nap.status == api.RunStatus.SUCCEEDED
+    assert value(nap.steps[0].output) == {"slept": "nap"}
+    events = tap(daemon, run_id)
+    assert kinds(events).count("run_submitted") == 1
+    assert kinds(events).count("run_succeeded") == 1
+    assert daemon.stop() == 0
+    with duckdb.connect(str(Path(daemon.home) / "foundry.duckdb"), read_only=True) as con:
+        runs = con.execute(
+            "SELECT run_id, idempotency_key FROM runs ORDER BY created_at"
+        ).fetchall()
+        assert runs == [(run_id, key), (napping, "")]
+        stored = con.execute(
+            "SELECT seq, kind FROM run_events WHERE run_id = ? ORDER BY seq", [run_id]
+        ).fetchall()
+    assert [k for _, k in stored] == kinds(events)
+    assert [s for s, _ in stored] == list(range(1, len(stored) + 1))
+
+
+def test_a_missing_reference_at_run_time_fails_the_step_naming_the_key(daemon):
+    run = run_and_wait(
+        daemon,
+        dag(
+            {"id": "a", "type": "transform", "inputs": {"value": {"present": 1}}},
+            {"id": "b", "type": "transform", "inputs": {"x": "${steps.a.output.absent}"}},
+            {"id": "c", "type": "transform", "inputs": {"y": "${inputs.nothing}"}},
+        ),
+    )
+    assert run.status == api.RunStatus.FAILED
+    by_id = steps(run)
+    failed = [s for s in ("b", "c") if by_id[s].status == "failed"]
+    assert failed
+    for step_id in failed:
+        message = value(by_id[step_id].error)["message"]
+        assert ("'absent'" in message) if step_id == "b" else ("'nothing'" in message)
+
+
+def test_get_during_a_run_shows_the_running_step(daemon):
+    run_id = submit(
+        daemon,
+        dag(
+            {"id": "nap", "type": "sleeper", "inputs": {"seconds": 0.5}},
+            {"id": "then", "type": "transform", "depends_on": ["nap"]},
+        ),
+    )
+    run = wait_for(daemon, run_id, lambda r: r.steps[0].status == "running", what="nap running")
+    assert run.status == api.RunStatus.RUNNING
+    nap, then = run.steps
+    assert nap.attempt == 1
+    assert nap.leased_at is not None
+    assert nap.completed_at is None
+    assert value(nap.output) is None
+    assert then.status == "pending"
+    assert then.attempt == 0
+    assert json.loads(run.spec.dag_json)["steps"][0]["id"] == "nap"
+    assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
