@@ -5,7 +5,16 @@ A block author needs one import::
     from foundry.kernel import Block, BlockContext, BlockKind, block, hookimpl
 """
 
-from .blocks import Block, BlockContext, BlockFactory, BlockKind, CommandResult, Emission, Usage, block
+from .blocks import (
+    Block,
+    BlockContext,
+    BlockFactory,
+    BlockKind,
+    CommandResult,
+    Emission,
+    Usage,
+    block,
+)
 from .errors import (
     AlreadyExists,
     BlockError,

@@ -49,7 +49,9 @@ def matches(when: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
     return all(payload.get(key) == value for key, value in when.items())
 
 
-def _number(table: Mapping[str, Any], key: str, default: float, *, allow_zero: bool = False) -> float:
+def _number(
+    table: Mapping[str, Any], key: str, default: float, *, allow_zero: bool = False
+) -> float:
     value = table.get(key, default)
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if not ok or value < 0 or (value == 0 and not allow_zero):

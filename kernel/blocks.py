@@ -275,4 +275,3 @@ async def _maybe_await(value: Any) -> Any:
 
 BlockFactory = Callable[[Mapping[str, Any]], Block]
 """Builds a block from a ``[[blocks]]`` table of foundry.toml (see ``register_block_types``)."""
-

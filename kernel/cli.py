@@ -15,9 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import betterproto2
-from grpclib import GRPCError
-
 from foundry.proto import foundry_api as api
+from grpclib import GRPCError
 
 from .cli_runs import add_run_commands
 from .client import connect, default_address
@@ -102,7 +101,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         parse_listen(args.listen, key="--listen")
         config = _replace(config, listen=args.listen)
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     run(config, on_ready=lambda address: print(address, flush=True))
     return 0
@@ -157,7 +158,11 @@ def _client(command: ClientCommand) -> Callable[[argparse.Namespace], int]:
 
 
 def _print_json(message: betterproto2.Message) -> None:
-    print(json.dumps(message.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True), indent=2))
+    print(
+        json.dumps(
+            message.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True), indent=2
+        )
+    )
 
 
 async def cmd_emit(args: argparse.Namespace, stubs: Any) -> int:
@@ -202,7 +207,12 @@ async def cmd_watch(args: argparse.Namespace, stubs: Any) -> int:
     foundry, _ = stubs
     async for event in foundry.watch(api.WatchRequest(project=args.project)):
         if args.json:
-            print(json.dumps(event.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True)), flush=True)
+            print(
+                json.dumps(
+                    event.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True)
+                ),
+                flush=True,
+            )
         else:
             mark = "  (throttled: not delivered)" if event.throttled else ""
             print(f"{event.event_id}  {event.project}  {event.event_type}  "

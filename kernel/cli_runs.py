@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import betterproto2
-
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
 
@@ -142,7 +141,9 @@ async def cmd_get(args: argparse.Namespace, stubs: Any) -> int:
         print(json.dumps(run.to_dict(casing=betterproto2.Casing.SNAKE,
                                      include_default_values=True), indent=2))  # fmt: skip
         return 0
-    print(f"run {run.run_id}  {run.status.name}  created {run.created_at}  updated {run.updated_at}")
+    print(
+        f"run {run.run_id}  {run.status.name}  created {run.created_at}  updated {run.updated_at}"
+    )
     for step in run.steps:
         done = f" → {step.completed_at}" if step.completed_at else ""
         print(f"  {step.idx:>3} {step.step_id:<20} {step.type:<10} {step.status:<10} "

@@ -6,9 +6,8 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from grpclib.client import Channel
-
 from foundry.proto import foundry_api, runtime_api
+from grpclib.client import Channel
 
 from .config import DEFAULT_LISTEN, parse_listen
 

@@ -156,7 +156,9 @@ class _Reader:
         for key in table:
             if key not in allowed:
                 name = f"[{where}].{key}" if where else key
-                raise self.fail(name, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+                raise self.fail(
+                    name, f"unknown key (expected one of: {', '.join(sorted(allowed))})"
+                )
 
     def table(self, data: Mapping[str, Any], name: str, allowed: set[str]) -> Mapping[str, Any]:
         table = data.get(name, {})
@@ -211,5 +213,7 @@ class _Reader:
         for index, table in enumerate(blocks):
             for key in ("name", "type"):
                 if not isinstance(table.get(key), str) or not table.get(key):
-                    raise self.fail(f"[[blocks]] #{index + 1}.{key}", "a non-empty string is required")
+                    raise self.fail(
+                        f"[[blocks]] #{index + 1}.{key}", "a non-empty string is required"
+                    )
         return tuple({**table, "__source__": self.source} for table in blocks)

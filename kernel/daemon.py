@@ -1,9 +1,10 @@
 """The supervisor: a trio nursery of actors, grpclib in front, and an orderly stop.
 
 Start order: bind the port (fail fast), tap broker, store (recovers what a killed daemon left),
-engine, scheduler (picks up unfinished runs), then the gRPC server. Stop order on SIGINT/SIGTERM: end the live streams, stop the server,
-close the engine's and scheduler's mailboxes (work in flight gets ``shutdown_grace`` seconds), then
-the store flushes and closes the database.
+engine, scheduler (picks up unfinished runs), replay, then the gRPC server. Stop order on
+SIGINT/SIGTERM: end the live streams, stop the server, close the engine's, scheduler's and replay's
+mailboxes (work in flight gets ``shutdown_grace`` seconds), then the store flushes and closes the
+database.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import trio
 import trio_asyncio
 
 from .config import Config, parse_listen
+from .drift import Tolerance
 from .engine import Engine, EngineMessage
 from .errors import ConfigError
 from .foundry_service import FoundryService, Mailboxes
 from .grpc_server import bind, start_server, stop_server
 from .plugins import BlockRegistry, load_config_blocks
-from .drift import Tolerance
 from .replay import Replay, Replayer
 from .runtime_service import RuntimeService
 from .scheduler import Scheduler, SchedulerMessage

@@ -368,8 +368,11 @@ def _stored_view(row: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]]) ->
         error=row["error"],
         task_blocks=tuple(
             BlockView(
-                b["block_name"], b["state"], rfc3339(b["started_at"]),
-                rfc3339(b["completed_at"]), b["throttled"],
+                b["block_name"],
+                b["state"],
+                rfc3339(b["started_at"]),
+                rfc3339(b["completed_at"]),
+                b["throttled"],
             )  # fmt: skip
             for b in blocks
         ),

@@ -81,10 +81,11 @@ async def execute(
 
 
 async def attempt_once(
-    block: Block, action: Action, ctx: BlockContext, timeout: float | None = None
+    block: Block, action: Action, ctx: BlockContext, limit: float | None = None
 ) -> tuple[Any, str, bool]:
-    """One attempt: ``(output, error, timed_out)``; ``error`` is "" on success."""
-    return await _attempt(block, action, ctx, timeout)
+    """One attempt: ``(output, error, timed_out)``; ``error`` is "" on success. ``limit``
+    (seconds) overrides the block's own timeout."""
+    return await _attempt(block, action, ctx, limit)
 
 
 async def _attempt(

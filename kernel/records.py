@@ -29,7 +29,6 @@ class Event:
     throttled: bool = False  # recorded but withheld from downstream blocks
     stamp: str = ""  # occurred_at in RFC 3339, when already computed
 
-
     tap_topic = "events"
 
     @property

@@ -107,7 +107,9 @@ class Replayer:
             steps=tuple(r for r in replayed if mode != "diff" or not r.drift.within_tolerance),
         )
 
-    async def _step(self, run: RunState, step: StepState, *, live: bool, scratch: Path) -> ReplayedStep:
+    async def _step(
+        self, run: RunState, step: StepState, *, live: bool, scratch: Path
+    ) -> ReplayedStep:
         recorded = _recorded_value(step)
         block = self._registry.by_name.get(step.spec.type)
         current, usage = recorded, dict(step.usage)

@@ -268,4 +268,3 @@ _APPLY = {
     "step_patched": _patched,
     "step_reused": _reused,
 }
-

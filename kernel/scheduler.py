@@ -29,7 +29,6 @@ from .execution import attempt_once
 from .ids import Clock, compact_json
 from .mailbox import Pending, ask, post
 from .plugins import BlockRegistry
-from .runs import RunEventRecord, RunState, RunSubmission, StepState
 from .run_control import (
     branch_submission,
     check_resumable,
@@ -37,6 +36,7 @@ from .run_control import (
     patch_payload,
     reusable_steps,
 )
+from .runs import RunEventRecord, RunState, RunSubmission, StepState
 from .scheduler_messages import (
     BranchRun,
     GetRun,

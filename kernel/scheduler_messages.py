@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-
 from .mailbox import Reply
 from .runs import RunEventRecord
 from .tap_messages import Sink

@@ -15,7 +15,6 @@ from typing import Any
 
 import duckdb
 import trio
-
 from foundry.analytics.schema import ddl
 
 from .records import FinishedChain
@@ -54,7 +53,9 @@ class Store:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._archivist = Archivist()
 
-    async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         recovered = await trio.to_thread.run_sync(self._open)
         await self._archivist.start()
         task_status.started(recovered)

@@ -1,8 +1,8 @@
 """Run one block in isolation, the way the kernel would — for plugin authors' tests.
 
-    async def test_compose_greeting(tmp_path):
-        result = await run_block(compose_greeting, {"name": "Ada"}, artifact_dir=tmp_path)
-        assert result.delivered == [Emission("greeting_composed", {...})]
+async def test_compose_greeting(tmp_path):
+    result = await run_block(compose_greeting, {"name": "Ada"}, artifact_dir=tmp_path)
+    assert result.delivered == [Emission("greeting_composed", {...})]
 """
 
 from __future__ import annotations
@@ -46,9 +46,14 @@ async def run_block(
         block,
         decision.action,
         lambda attempt: BlockContext(
-            payload=dict(payload or {}), artifact_dir=artifact_dir, throttle=throttle,
-            event_type=event_type or (block.sinks[0] if block.sinks else ""), seed=seed,
-            model=model, env=dict(env or {}), attempt=attempt,
+            payload=dict(payload or {}),
+            artifact_dir=artifact_dir,
+            throttle=throttle,
+            event_type=event_type or (block.sinks[0] if block.sinks else ""),
+            seed=seed,
+            model=model,
+            env=dict(env or {}),
+            attempt=attempt,
         ),  # fmt: skip
     )
     emitted = list(outcome.emissions)

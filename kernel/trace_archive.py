@@ -23,6 +23,7 @@ from .trace_writer import FileWriter, frame
 
 __all__ = ["Archivist", "FileWriter", "frame"]
 
+
 class Archivist:
     """The parent's end: a child process that writes what it is sent."""
 

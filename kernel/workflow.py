@@ -23,7 +23,11 @@ class BlockSlot:
 
     def view(self) -> BlockView:
         return BlockView(
-            self.name, self.state, _stamp(self.started_at), _stamp(self.completed_at), self.throttled
+            self.name,
+            self.state,
+            _stamp(self.started_at),
+            _stamp(self.completed_at),
+            self.throttled,
         )
 
 

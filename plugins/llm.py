@@ -20,14 +20,36 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-
 from foundry.kernel import Block, BlockContext, BlockError, BlockKind, hookimpl
 from foundry.kernel.config import Config, LlmConfig
 
-_WORDS = (
-    "agent plan step tool result check retry answer context memory signal draft review "
-    "summary detail source claim evidence next final note risk budget model token"
-).split()
+_WORDS = [
+    "agent",
+    "plan",
+    "step",
+    "tool",
+    "result",
+    "check",
+    "retry",
+    "answer",
+    "context",
+    "memory",
+    "signal",
+    "draft",
+    "review",
+    "summary",
+    "detail",
+    "source",
+    "claim",
+    "evidence",
+    "next",
+    "final",
+    "note",
+    "risk",
+    "budget",
+    "model",
+    "token",
+]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from foundry.kernel import Block, BlockContext, BlockError, BlockKind, hookimpl
 def transform(inputs: Mapping[str, Any]) -> Any:
     if len(inputs) != 1:
         return dict(inputs)
-    (op, arg), = inputs.items()
+    ((op, arg),) = inputs.items()
     if op == "value":
         return arg
     if op == "merge":

@@ -37,7 +37,8 @@ class Daemon:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "foundry.kernel.cli", "serve", "--config", str(self.config),
              "--listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE, stderr=self.stderr_file, text=True, env=env, cwd=self.home.parent,
+            stdout=subprocess.PIPE, stderr=self.stderr_file, text=True, env=env,
+            cwd=self.home.parent,
         )  # fmt: skip
         assert self.process.stdout is not None
         line = _first_line(self.process.stdout, timeout)
@@ -86,7 +87,9 @@ class Daemon:
 
         return asyncio.run(go())
 
-    def cli(self, *args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "FOUNDRY_ADDR": self.address, "FOUNDRY_HOME": str(self.home)}
         done = subprocess.run(
             [sys.executable, "-m", "foundry.kernel.cli", *args],
