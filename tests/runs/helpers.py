@@ -199,3 +199,26 @@ def history(
 def paused_at(step_id: str) -> Callable[[list[dict[str, Any]]], bool]:
     """``history`` predicate: the run paused before ``step_id``."""
     return lambda events: any(e["kind"] == "run_paused" and e["step_id"] == step_id for e in events)
+
+
+# The README's example run: an llm outline, a word-count tool, a transform report.
+RESEARCH = dag(
+    {
+        "id": "outline",
+        "type": "llm",
+        "model": "mock:small",
+        "inputs": {"prompt": "Outline a note about ${inputs.topic}"},
+    },
+    {
+        "id": "count",
+        "type": "tool",
+        "inputs": {"tool": "word_count", "args": {"text": "${steps.outline.output.text}"}},
+    },
+    {
+        "id": "report",
+        "type": "transform",
+        "inputs": {
+            "merge": [{"topic": "${inputs.topic}"}, {"words": "${steps.count.output.words}"}]
+        },
+    },
+)

@@ -16,6 +16,7 @@ from foundry.kernel.cli import main
 from foundry.proto import runtime_api as api
 
 from tests.runs.helpers import (
+    RESEARCH,
     dag,
     get_run,
     outputs,
@@ -27,27 +28,6 @@ from tests.runs.helpers import (
 )
 
 PAUSED = api.RunStatus.PAUSED_AT_STEP
-
-RESEARCH = dag(
-    {
-        "id": "outline",
-        "type": "llm",
-        "model": "mock:small",
-        "inputs": {"prompt": "Outline a note about ${inputs.topic}"},
-    },
-    {
-        "id": "count",
-        "type": "tool",
-        "inputs": {"tool": "word_count", "args": {"text": "${steps.outline.output.text}"}},
-    },
-    {
-        "id": "report",
-        "type": "transform",
-        "inputs": {
-            "merge": [{"topic": "${inputs.topic}"}, {"words": "${steps.count.output.words}"}]
-        },
-    },
-)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from foundry.proto import runtime_api as api
 from grpclib.const import Status
 
 from tests.runs.helpers import (
+    RESEARCH,
     assert_error,
     dag,
     event_dict,
@@ -38,28 +39,6 @@ MAX_CONCURRENT = 2
 @pytest.fixture(scope="module")
 def daemon(module_daemons):
     return module_daemons(f"[scheduler]\nmax_concurrent_steps = {MAX_CONCURRENT}\n")
-
-
-RESEARCH = dag(
-    {
-        "id": "outline",
-        "type": "llm",
-        "model": "mock:small",
-        "inputs": {"prompt": "Outline a note about ${inputs.topic}"},
-    },
-    {
-        "id": "count",
-        "type": "tool",
-        "inputs": {"tool": "word_count", "args": {"text": "${steps.outline.output.text}"}},
-    },
-    {
-        "id": "report",
-        "type": "transform",
-        "inputs": {
-            "merge": [{"topic": "${inputs.topic}"}, {"words": "${steps.count.output.words}"}]
-        },
-    },
-)
 
 
 def test_submit_then_get_fills_every_step_field(daemon):
