@@ -8,15 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from foundry.proto import foundry_api as api
 from grpclib import GRPCError
 from grpclib.const import Status
 
-from foundry.proto import foundry_api as api
-
+from .bridge import QueueSink
 from .engine import EngineMessage
 from .engine_messages import Emit, Emitted, GetStatus, GetTrace, WorkflowView
-from .errors import InvalidArgument
-from .bridge import QueueSink
 from .grpc_server import ask
 from .ids import compact_json
 from .tap import TapMessage

@@ -1,15 +1,15 @@
 """grpclib serving both services inside the trio process, through trio-asyncio.
 
-Handlers live on the asyncio side and make one hop per call into the trio actor world
-(:func:`on_trio`). Kernel errors become gRPC statuses here, in one table; anything unexpected
-becomes a generic INTERNAL for the client and a logged traceback for the operator.
+Handlers live on the asyncio side and ask the trio actors through ``bridge.py`` (:func:`ask`).
+Kernel errors become gRPC statuses here, in one table; anything unexpected becomes a generic
+INTERNAL for the client and a logged traceback for the operator.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import trio
@@ -52,17 +52,6 @@ async def ask(mailbox: trio.MemorySendChannel[Any], build: Callable[[Any], Any])
         raise
     except Exception as exc:
         raise to_grpc_error(exc) from None
-
-
-async def on_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Run a trio coroutine function from a grpclib handler; errors become gRPC statuses."""
-    try:
-        result: T = await trio_asyncio.trio_as_aio(fn)(*args)
-    except GRPCError:
-        raise
-    except Exception as exc:
-        raise to_grpc_error(exc) from None
-    return result
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -3,24 +3,22 @@ translate the answer. RPCs not built yet answer UNIMPLEMENTED (the generated bas
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
-from collections import OrderedDict
-
+from foundry.proto import runtime_api as api
+from foundry.proto.generated.google.protobuf import Struct, Value
 from grpclib import GRPCError
 from grpclib.const import Handler, Status
 from grpclib.server import Stream
 
-from foundry.proto import runtime_api as api
-from foundry.proto.generated.google.protobuf import Struct, Value
-
+from .bridge import StreamSink
 from .foundry_service import Mailboxes
-from .bridge import QueueSink
 from .grpc_server import ask
 from .ids import compact_json
-from .runs import TERMINAL_KINDS, RunEventRecord
 from .replay import Replay, ReplayResult
+from .runs import TERMINAL_KINDS, RunEventRecord
 from .scheduler_messages import (
     BranchRun,
     GetRun,
@@ -35,8 +33,10 @@ from .scheduler_messages import (
 )
 from .tap_messages import Overflow
 
-RUN_STATUS = {name: api.RunStatus[name] for name in
-              ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "PAUSED_AT_STEP")}  # fmt: skip
+RUN_STATUS = {
+    name: api.RunStatus[name]
+    for name in ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "PAUSED_AT_STEP")
+}
 SEED_MODES = {
     api.BranchSeedMode.UNSPECIFIED: "same",
     api.BranchSeedMode.SAME: "same",
@@ -74,59 +74,54 @@ class RuntimeService(api.RuntimeServiceBase):
         return api.GetRunResponse(run=run_detail(view))
 
     async def tap_run(self, message: api.TapRunRequest) -> AsyncIterator[api.RunEvent]:
-        async for batch in self._tap_batches(message):
-            for event in batch:
-                yield run_event(event)
+        """Built, but on the raw stream: ``__mapping__`` routes TapRun to :meth:`_serve_tap`, so
+        this object-API form is never called."""
+        raise AssertionError("TapRun is served by _serve_tap")
+        yield api.RunEvent()  # an async generator, like the generated base
 
-    async def _tap_batches(
-        self, message: api.TapRunRequest
-    ) -> AsyncIterator[list[RunEventRecord]]:
-        """The run's events from the first, then live, in batches: a tapper that fell behind
-        gets its whole backlog at once. Ends after the terminal event."""
-        _require(message.run_id, "run_id")
-        sink = QueueSink()
-        opened: TapOpened = await self._ask(lambda r: OpenTap(message.run_id, sink, r))
+    async def _serve_tap(self, stream: Stream[api.TapRunRequest, api.RunEvent]) -> None:
+        """The run's events from the first, then live; ends after the terminal event.
+
+        Each event is encoded once for every tapper. The history goes out in batches, one HTTP/2
+        write each; then the tap broker writes each committed batch onto the stream itself
+        (``bridge.StreamSink``) — an asyncio task wake-up and a send per tapper per batch was
+        what made 100 tappers slow. This handler sends only what could not go out at once.
+        """
+        request = await stream.recv_message()
+        assert request is not None
+        await stream.send_initial_metadata()
+        _require(request.run_id, "run_id")
+        framer = TapFramer()
+        sink = StreamSink(stream, framer)
         try:
-            last = 0
+            opened: TapOpened = await self._ask(lambda r: OpenTap(request.run_id, sink, r))
             for start in range(0, len(opened.history), HISTORY_BATCH):
-                batch = list(opened.history[start : start + HISTORY_BATCH])
-                last = batch[-1].seq
-                ended = _through_terminal(batch)
-                yield ended or batch
+                data, ended = framer(list(opened.history[start : start + HISTORY_BATCH]))
+                await send_frames(stream, data)
                 if ended:
                     return
-            while items := await sink.batch():
-                if isinstance(items[-1], Overflow):
+            while True:
+                sink.start()
+                data, state = await sink.take()
+                if isinstance(state, Overflow):
                     raise GRPCError(
                         Status.RESOURCE_EXHAUSTED,
-                        f"tapper fell behind by more than {items[-1].buffered} events and was "
+                        f"tapper fell behind by more than {state.buffered} events and was "
                         "cut off; tap again to resume from the run's first event",
                     )
-                batch = [e for e in items if e.seq > last]
-                if not batch:
-                    continue
-                last = batch[-1].seq
-                ended = _through_terminal(batch)
-                yield ended or batch
-                if ended:
+                if data:
+                    await send_frames(stream, data)
+                if state == "end":
                     return
         finally:
             sink.close()
 
-    async def _serve_tap(self, stream: Stream[api.TapRunRequest, api.RunEvent]) -> None:
-        """TapRun on the raw stream: each event is encoded once for every tapper, and a batch
-        goes out as one HTTP/2 write — per-message framing and a socket write per message per
-        tapper was what made 100 tappers slow."""
-        request = await stream.recv_message()
-        assert request is not None
-        await stream.send_initial_metadata()
-        async for batch in self._tap_batches(request):
-            await send_encoded(stream, [encoded_run_event(e) for e in batch])
-
     def __mapping__(self) -> dict[str, Handler]:
         mapping: dict[str, Handler] = super().__mapping__()
         tap = mapping[TAP_RUN]
-        mapping[TAP_RUN] = Handler(self._serve_tap, tap.cardinality, tap.request_type, tap.reply_type)
+        mapping[TAP_RUN] = Handler(
+            self._serve_tap, tap.cardinality, tap.request_type, tap.reply_type
+        )
         return mapping
 
     async def update_breakpoints(
@@ -164,7 +159,9 @@ class RuntimeService(api.RuntimeServiceBase):
         _require(message.from_step, "from_step")
         mode = SEED_MODES.get(message.seed_mode)
         if mode is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, f"seed_mode: unknown value {message.seed_mode}")
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, f"seed_mode: unknown value {message.seed_mode}"
+            )
         inputs_patch = _json_object(message.inputs_patch, "inputs_patch") or {}
         labels_patch = _json_object(message.labels_patch, "labels_patch") or {}
         run_id = await self._ask(
@@ -180,9 +177,7 @@ class RuntimeService(api.RuntimeServiceBase):
         mode = REPLAY_MODES.get(message.mode)
         if mode is None:
             raise GRPCError(Status.INVALID_ARGUMENT, f"mode: unknown value {message.mode}")
-        result: ReplayResult = await self._ask_replay(
-            lambda r: Replay(message.run_id, mode, r)
-        )
+        result: ReplayResult = await self._ask_replay(lambda r: Replay(message.run_id, mode, r))
         return replay_response(result)
 
     async def _ask(self, build: Any) -> Any:
@@ -220,6 +215,26 @@ def _through_terminal(batch: list[RunEventRecord]) -> list[RunEventRecord]:
     return []
 
 
+class TapFramer:
+    """A tapper's events as gRPC messages: each once (the history and the live events overlap),
+    in order, through the terminal event (see ``bridge.Framer``)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = 0  # the seq of the last event framed
+
+    def __call__(self, events: list[RunEventRecord]) -> tuple[bytes, bool]:
+        last = self.last
+        batch = [e for e in events if e.seq > last]
+        if not batch:
+            return b"", False
+        ended = _through_terminal(batch)
+        batch = ended or batch
+        self.last = batch[-1].seq
+        return grpc_messages([encoded_run_event(e) for e in batch]), bool(ended)
+
+
 def encoded_run_event(event: RunEventRecord) -> bytes:
     """A RunEvent serialized once, however many tappers receive it (a small LRU)."""
     key = (event.run_id, event.seq)
@@ -231,14 +246,19 @@ def encoded_run_event(event: RunEventRecord) -> bytes:
     return data
 
 
-async def send_encoded(stream: Stream[Any, Any], messages: list[bytes]) -> None:
-    """Send already-serialized messages as gRPC length-prefixed frames in one DATA write.
+def grpc_messages(messages: list[bytes]) -> bytes:
+    """Serialized messages as gRPC length-prefixed messages (uncompressed), back to back."""
+    return b"".join(b"\x00" + len(m).to_bytes(4, "big") + m for m in messages)
+
+
+async def send_frames(stream: Stream[Any, Any], data: bytes) -> None:
+    """Send gRPC length-prefixed messages (:func:`grpc_messages`) in one DATA write.
 
     grpclib has no public call for this; ``Stream._stream.send_data`` is what its own
     ``send_message`` calls, once per message.
     """
-    data = b"".join(b"\x00" + len(m).to_bytes(4, "big") + m for m in messages)
-    await stream._stream.send_data(data)
+    if data:
+        await stream._stream.send_data(data)
 
 
 def _require(value: str, field: str) -> None:
@@ -295,7 +315,9 @@ def replay_response(result: ReplayResult) -> api.ReplayRunResponse:
     return api.ReplayRunResponse(
         run_id=result.run_id,
         all_within_tolerance=result.all_within_tolerance,
-        strategy=api.ReplayStrategy.LIVE if result.strategy == "live" else api.ReplayStrategy.MOCKED,
+        strategy=api.ReplayStrategy.LIVE
+        if result.strategy == "live"
+        else api.ReplayStrategy.MOCKED,
         steps=[
             api.ReplayStep(
                 step_id=step.step_id,

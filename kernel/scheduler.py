@@ -280,8 +280,8 @@ class Scheduler:
         try:
             inputs = resolve(spec.inputs, run.submission.inputs, run.outputs())
         except UnresolvedReference as exc:
-            error = _error(str(exc), attempt)
-            await self._record(run, "step_failed", spec.id, attempt=attempt, error=error)
+            failure = _error(str(exc), attempt)
+            await self._record(run, "step_failed", spec.id, attempt=attempt, error=failure)
             return None
         seed = step_seed(run.submission.seed, spec.id)
         lease = await self._record_durable(

@@ -7,6 +7,7 @@ silently.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ import trio
 from .tap_messages import CloseAll, Overflow, Publish, Sink, Subscribe
 
 TapMessage = Publish | Subscribe | CloseAll
+
+log = logging.getLogger("foundry.tap")
 
 
 class ChannelSink:
@@ -37,6 +40,9 @@ class ChannelSink:
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
             self.send.close()
             return False
+
+    def flush(self) -> None:
+        return None
 
     def close(self) -> None:
         self.send.close()
@@ -79,10 +85,22 @@ class TapBroker:
         message.reply.send(answer)
 
     def _publish(self, message: Publish) -> None:
+        touched: dict[int, list[_Subscriber]] = {}
         for item in message.items:
             subscribers = self._topics.get(item.tap_topic)
             if subscribers:
+                touched[id(subscribers)] = subscribers
                 self._deliver(subscribers, item)
+        writes: dict[Callable[[], None], None] = {}
+        for subscribers in touched.values():
+            for sub in subscribers:
+                if write := sub.sink.flush():
+                    writes[write] = None
+        for write in writes:
+            try:
+                write()
+            except Exception:  # a sink's own failure must not stop the broker
+                log.exception("a subscriber's write failed")
 
     def _deliver(self, subscribers: list[_Subscriber], item: Any) -> None:
         key = item.tap_key

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-import trio
 
 from .mailbox import Reply
 
@@ -24,14 +23,21 @@ class Tappable(Protocol):
 class Publish:
     """Committed items to fan out, in order."""
 
-    items: tuple[Any, ...]
+    items: tuple[Tappable, ...]
 
 
 class Sink(Protocol):
     """Where a subscriber's items go. The broker offers each item; a sink refuses (False) when it
-    is closed, or full — then it has taken an :class:`Overflow` as its last item."""
+    is closed, or full — then it has taken an :class:`Overflow` as its last item.
+
+    After offering a published batch the broker flushes the sinks it offered to: a sink may
+    deliver there. It may also return a write to make once all sinks are flushed — sinks that
+    share a connection return the same one, and the broker makes it once.
+    """
 
     def offer(self, item: Any, capacity: int) -> bool: ...
+
+    def flush(self) -> Callable[[], None] | None: ...
 
     def close(self) -> None: ...
 
