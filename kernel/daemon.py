@@ -18,6 +18,7 @@ from typing import Any
 import trio
 import trio_asyncio
 
+from .aio_loop import run_ready_callbacks_in_batches
 from .config import Config, parse_listen
 from .drift import Tolerance
 from .engine import Engine, EngineMessage
@@ -53,6 +54,7 @@ async def serve(
     bound = sock.getsockname()
     address = f"{bound[0]}:{bound[1]}"
 
+    run_ready_callbacks_in_batches()
     # Signals are caught from here on: a SIGTERM during startup stops the daemon cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
