@@ -9,6 +9,7 @@ import foundry.kernel
 import pytest
 from foundry.kernel import Block, BlockKind, ConfigError, block
 from foundry.kernel.plugins import DEFAULT_PLUGINS, BlockRegistry, load_blocks
+from foundry.kernel.testing import run_block
 
 BUILT_IN_FIRST = ["Compose Greeting", "Deliver Greeting"]
 
@@ -208,3 +209,38 @@ def test_star_import_gives_the_block_api():
 
     assert namespace["Block"] is Block
     assert set(foundry.kernel.__all__) <= set(namespace)
+
+
+async def test_a_module_can_contribute_a_tool_for_the_tool_step(plugin_module, tmp_path):
+    name = plugin_module(
+        """
+        from foundry.kernel import Tool, hookimpl
+
+        @hookimpl
+        def register_tools():
+            return [Tool("reverse", lambda args: {"text": str(args["text"])[::-1]}, "reverses")]
+        """
+    )
+    registry = load_blocks([name], entry_points=False)
+    tool_step = registry.by_name["tool"]
+
+    done = await run_block(
+        tool_step, {"tool": "reverse", "args": {"text": "abc"}}, artifact_dir=tmp_path
+    )
+    unknown = await run_block(tool_step, {"tool": "nope"}, artifact_dir=tmp_path)
+
+    assert done.output == {"text": "cba"}
+    assert not unknown.outcome.success
+    assert "reverse" in unknown.outcome.error  # the known tools are named
+
+
+def test_two_tools_with_one_name_fail(plugin_module):
+    source = """
+        from foundry.kernel import Tool, hookimpl
+
+        @hookimpl
+        def register_tools():
+            return [Tool("echo", lambda args: args)]
+        """
+    with pytest.raises(ConfigError, match="echo"):
+        load_blocks([plugin_module(source)], entry_points=False)
