@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from .dag import check_patch_references
+from .dag import SEED_BITS, check_patch_references
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .runs import RunState, RunSubmission, merge_patch
 
@@ -92,7 +92,7 @@ def branch_submission(
             raise InvalidArgument("seed: seed_mode CUSTOM needs a seed")
         new_seed = seed
     elif seed_mode == "new":
-        new_seed = secrets.randbits(63)
+        new_seed = secrets.randbits(SEED_BITS)
     else:
         new_seed = sub.seed
     labels = dict(sub.labels)
