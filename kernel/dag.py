@@ -288,9 +288,10 @@ def _text(value: Any) -> str:
 
 
 SEED_BITS = 53  # a seed survives JSON and protobuf Values (doubles) exactly
+SEED_MASK = (1 << SEED_BITS) - 1
 
 
 def step_seed(run_seed: int, step_id: str) -> int:
     """A step's seed: derived from the run seed and the step id (stable across runs)."""
     digest = hashlib.sha256(f"{run_seed}:{step_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**SEED_BITS - 1)
+    return int.from_bytes(digest[:8], "big") & SEED_MASK
