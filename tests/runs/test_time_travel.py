@@ -309,7 +309,8 @@ def test_patch_merges_inputs_sets_env_overrides_model_and_records_the_note(daemo
     assert patched[0]["payload"]["seq"] < leased["payload"]["seq"]
 
 
-def test_patch_removes_input_keys_with_null(daemon):
+def _merge_patched_run(daemon, **options):
+    """A transform paused at its breakpoint, patched with null removals and a reference, resumed."""
     run_id = submit(
         daemon,
         dag(
@@ -320,6 +321,7 @@ def test_patch_removes_input_keys_with_null(daemon):
             },
         ),
         breakpoints=["t"],
+        **options,
     )
     wait_status(daemon, run_id, PAUSED)
     patch(
@@ -329,31 +331,15 @@ def test_patch_removes_input_keys_with_null(daemon):
         inputs={"drop": None, "deep": {"y": None, "z": 3}, "new": "${inputs.k}"},
     )
     resume(daemon, run_id)
-    run = wait_done(daemon, run_id)
+    return wait_done(daemon, run_id)
+
+
+def test_patch_removes_input_keys_with_null(daemon):
+    run = _merge_patched_run(daemon)
     assert run.status == api.RunStatus.FAILED  # ${inputs.k} does not exist in the run's inputs
     assert "'k'" in value(run.steps[0].error)["message"]
 
-    run_id = submit(
-        daemon,
-        dag(
-            {
-                "id": "t",
-                "type": "transform",
-                "inputs": {"keep": 1, "drop": 2, "deep": {"x": 1, "y": 2}},
-            },
-        ),
-        inputs={"k": "kay"},
-        breakpoints=["t"],
-    )
-    wait_status(daemon, run_id, PAUSED)
-    patch(
-        daemon,
-        run_id,
-        "t",
-        inputs={"drop": None, "deep": {"y": None, "z": 3}, "new": "${inputs.k}"},
-    )
-    resume(daemon, run_id)
-    assert value(wait_done(daemon, run_id).steps[0].output) == {
+    assert value(_merge_patched_run(daemon, inputs={"k": "kay"}).steps[0].output) == {
         "keep": 1,
         "deep": {"x": 1, "z": 3},
         "new": "kay",
