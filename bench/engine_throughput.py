@@ -26,6 +26,7 @@ from typing import Any
 import trio
 from foundry.kernel.blocks import Block, BlockContext, BlockKind, block
 from foundry.kernel.config import EngineConfig
+from foundry.kernel.daemon import tune_collector
 from foundry.kernel.engine import Engine, EngineMessage
 from foundry.kernel.engine_messages import Emit
 from foundry.kernel.mailbox import ask
@@ -113,6 +114,7 @@ def _count_workflows(con: Any, workflow_type: str) -> int:
 
 
 async def _measure(home: Path, chains: int, producers: int) -> Mapping[str, float]:
+    tune_collector()  # as the daemon does
     registry = BlockRegistry(BLOCKS)
     tap_send, tap_receive = trio.open_memory_channel[TapMessage](MAILBOX_SIZE)
     store_send, store_receive = trio.open_memory_channel[StoreMessage](MAILBOX_SIZE)

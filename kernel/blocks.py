@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from .throttle import Throttle
+from .throttle import Action, Throttle
 
 
 class BlockKind(StrEnum):
@@ -139,6 +139,10 @@ class BlockContext:
         return sorted(str(p) for p in self.artifact_dir.rglob("*") if p.is_file())
 
 
+class NeedsAwait(Exception):
+    """A block asked to run without awaiting cannot: the kernel awaits it instead."""
+
+
 class Block:
     """Base class of every block.
 
@@ -154,7 +158,8 @@ class Block:
     retries: int = 0
     backoff: float = 0.2
     description: str = ""
-    # True when run/audit/simulate never await: such a block runs without a deadline scope.
+    # True when run/audit/simulate never await: the kernel may then run the block through
+    # call(), inline, without a task or deadline scope (its timeout cannot interrupt it anyway).
     synchronous: bool = False
 
     def __init__(
@@ -190,6 +195,11 @@ class Block:
 
     async def simulate(self, ctx: BlockContext) -> None:
         """DRY_RUN: emit simulated events so the chain can be exercised read-only."""
+
+    def call(self, action: Action, ctx: BlockContext) -> Any:
+        """For a ``synchronous`` block: run, audit or simulate (per ``action``) without awaiting,
+        returning run()'s output. Raises :class:`NeedsAwait` when that is not possible."""
+        raise NeedsAwait(self.name)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.kind} sinks={list(self.sinks)}>"
@@ -234,6 +244,20 @@ class FunctionBlock(Block):
     async def simulate(self, ctx: BlockContext) -> None:
         if self._simulate:
             await _maybe_await(self._simulate(ctx))
+
+    def call(self, action: Action, ctx: BlockContext) -> Any:
+        fn = {Action.RUN: self._fn, Action.AUDIT: self._audit}.get(action, self._simulate)
+        if fn is None:
+            return None
+        result = fn(ctx)
+        if hasattr(type(result), "__await__"):
+            # A plain function that returned an awaitable (say, a lambda around a coroutine
+            # function): nothing of it ran yet. The kernel awaits this block from now on.
+            if inspect.iscoroutine(result):
+                result.close()
+            self.synchronous = False
+            raise NeedsAwait(self.name)
+        return result if action is Action.RUN else None
 
 
 def block(

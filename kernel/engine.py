@@ -7,6 +7,13 @@ run concurrently.
 
 Durability: the root is committed before Emit answers; an emitted event is committed before a
 mutator acts on it and before Watch sees it. Observers run ahead of the commit (pipelined).
+
+Most chains never wait: while the next block is synchronous and free of side effects (an
+observer, or a throttled mutator's audit or simulation), the engine runs it inline, in its own
+loop. A chain that runs to its end that way is one Append — root, events, executions, trace —
+whose commit answers the Emit and sends the engine a notice to retire the workflow. A chain that
+reaches a block that must be awaited (an async block, a mutator acting, a retry) goes on in a
+task of its own from that block on.
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +33,29 @@ import trio
 from .blocks import Block, BlockContext, BlockKind, Emission, Usage
 from .config import EngineConfig
 from .engine_messages import BlockView, Emit, Emitted, GetStatus, GetTrace, WorkflowView
-from .errors import ChainLimitExceeded, NotFound
-from .execution import Outcome, execute
+from .errors import ChainLimitExceeded, NotFound, Unavailable
+from .execution import Outcome, execute, execute_now, runs_now
 from .ids import Clock, compact_json, event_id_of_json, is_event_id, rfc3339
-from .mailbox import Pending, ask, post
+from .mailbox import NoticeSlot, Pending, Reply, ask, reply_pair, take_batch, unwrap
 from .plugins import BlockRegistry
-from .records import Event, ExecutionRecord
+from .records import Event, ExecutionRecord, storable
 from .store import StoreMessage
 from .store_messages import Append, Read
 from .store_reads import load_trace, load_workflow
-from .throttle import Action, decide
-from .workflow import Workflow
+from .throttle import Action, Decision, decide
+from .workflow import BlockSlot, Visit, Workflow
 
 log = logging.getLogger("foundry.engine")
 
 EngineMessage = Emit | GetStatus | GetTrace
 
 FLUSH_AT = 256  # records a chain buffers before it sends them without waiting
+INLINE_TURNS = 64  # blocks a chain runs inline before other work gets a turn
+MAILBOX_BATCH = 32  # messages handled per scheduling pass
+
+# A block's turn in the walk: the event's visit, the block, "" or why it was refused, its slot.
+Turn = tuple[Visit, Block, str, BlockSlot]
+Answer = tuple[Reply[Any], Any]
 
 
 class Engine:
@@ -61,25 +75,35 @@ class Engine:
         self._inflight: dict[str, Workflow] = {}
         self._recent: OrderedDict[str, Workflow] = OrderedDict()
         self._nursery: trio.Nursery | None = None
-        self._handlers: dict[type, Callable[[Any], None]] = {
-            Emit: self._on_emit,
-            GetStatus: self._on_status,
-            GetTrace: self._on_trace,
-        }
+        # The store's answers to a chain's last Append: (workflow, whether it held the root).
+        self._notify, self._notices = trio.open_memory_channel[Any](math.inf)
+        self._closing = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with self._inbox, self._store, trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._take_notices)
             task_status.started()
-            async for message in self._inbox:
-                self._handlers[type(message)](message)
+            while batch := await take_batch(self._inbox, MAILBOX_BATCH):
+                for message in batch:
+                    await self._handle(message)
             # Mailbox closed: chains in flight get the grace period, then are cancelled (the
             # next start marks them failed).
+            self._closing = True
+            self._stop_notices_when_idle()
             nursery.cancel_scope.deadline = trio.current_time() + self._grace
+
+    async def _handle(self, message: EngineMessage) -> None:
+        if isinstance(message, Emit):
+            await self._on_emit(message)
+        elif isinstance(message, GetStatus):
+            self._on_status(message)
+        else:
+            self._on_trace(message)
 
     # --- Emit ---------------------------------------------------------------------------------
 
-    def _on_emit(self, message: Emit) -> None:
+    async def _on_emit(self, message: Emit) -> None:
         now = self._clock.now()
         payload_json = compact_json(message.payload)
         stamp = rfc3339(now)
@@ -90,45 +114,88 @@ class Engine:
         )  # fmt: skip
         workflow = Workflow(root, is_workflow=self._registry.sinks(message.event_type))
         workflow.events.append(root)
-        if workflow.is_workflow:
-            self._inflight[root_id] = workflow
-        assert self._nursery is not None
-        self._nursery.start_soon(self._run_chain, workflow, message)
-
-    async def _run_chain(self, workflow: Workflow, message: Emit) -> None:
-        root = workflow.root
-        records: list[Any] = [root]
-        if not workflow.is_workflow:
-            records.append(workflow.finished(root.occurred_at))
+        answer: Answer = (message.reply, Emitted(root_id, root_id if workflow.is_workflow else ""))
         try:
-            workflow.last_commit = await self._append(records, publish=(root,))
-            await workflow.last_commit.wait()
-        except Exception as exc:
-            self._inflight.pop(root.id, None)
+            if not workflow.is_workflow:
+                finished = workflow.finished(now)
+                await self._send(Append((root, finished), (root,), answers=(answer,)))
+                return
+            self._inflight[root_id] = workflow
+            workflow.unsent.append(root)
+            workflow.unpublished.append(root)
+            workflow.agenda.append(Visit(root))
+            if self._run_inline(workflow):
+                await self._send(self._ending(workflow, answer, with_root=True))
+                return
+            workflow.last_commit = await self._flush(workflow, answer)
+        except Unavailable as exc:
+            self._inflight.pop(root_id, None)
             message.reply.fail(exc)
             return
-        message.reply.send(Emitted(root.id, root.id if workflow.is_workflow else ""))
-        if workflow.is_workflow:
-            await self._run_workflow(workflow)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_rest, workflow)
 
-    async def _run_workflow(self, workflow: Workflow) -> None:
+    async def _run_rest(self, workflow: Workflow) -> None:
+        """The chain from its first block that must be awaited on, in a task of its own."""
+        assert workflow.last_commit is not None
+        try:
+            await workflow.last_commit.wait()  # as before any await: the root is durable
+        except Exception:
+            self._inflight.pop(workflow.id, None)  # nothing stored; the Emit got the error
+            self._stop_notices_when_idle()
+            return
         workflow.state = "running"
         try:
-            await self._deliver(workflow, workflow.root)
+            while not self._run_inline(workflow):
+                turn = self._next_turn(workflow)
+                if turn is None:
+                    break
+                if self._runs_inline(turn):  # inline turns used up: let other work run
+                    await trio.lowlevel.checkpoint()
+                    continue
+                await self._take_turn(workflow, turn)
+                if len(workflow.unsent) >= FLUSH_AT:
+                    await self._flush(workflow)
         except ChainLimitExceeded as exc:
             workflow.fail(str(exc))
         except Exception as exc:  # e.g. the store refused a record: the chain fails, not the engine
             log.exception("workflow %s stopped", workflow.id)
             workflow.fail(f"stopped: a record of the chain could not be stored: {exc}")
+        try:
+            await self._send(self._ending(workflow, with_root=False))
+        except Unavailable:
+            log.error("could not store the end of workflow %s: the store is gone", workflow.id)
+
+    def _ending(self, workflow: Workflow, *answers: Answer, with_root: bool) -> Append:
+        """The chain's last Append: what it has not sent yet, and its end (workflow row, trace).
+        Its commit answers ``answers`` and notifies the engine."""
         for slot in workflow.slots:
             if slot.state == "pending":
                 slot.state = "skipped"  # the chain stopped before this block's turn
+        workflow.agenda.clear()
         finished = workflow.finished(self._clock.now())
+        notice: Reply[None] = Reply(NoticeSlot(self._notify, (workflow, with_root)))
+        records, publish = (*workflow.unsent, finished), tuple(workflow.unpublished)
+        workflow.unsent, workflow.unpublished = [], []
+        return Append(records, publish, answers=(*answers, (notice, None)))
+
+    async def _take_notices(self) -> None:
+        async with self._notices:
+            while batch := await take_batch(self._notices, MAILBOX_BATCH):
+                for (workflow, with_root), answer in batch:
+                    self._settle(workflow, with_root, answer)
+
+    def _settle(self, workflow: Workflow, with_root: bool, answer: Any) -> None:
+        """The store answered a chain's last Append."""
         try:
-            await (await self._flush(workflow, finished)).wait()
-        except Exception:
-            log.exception("could not store the end of workflow %s", workflow.id)
-        workflow.state = finished.state
+            unwrap(answer)
+        except Exception as exc:
+            if with_root:  # nothing of the chain was stored; the Emit got this error
+                self._inflight.pop(workflow.id, None)
+                self._stop_notices_when_idle()
+                return
+            log.error("could not store the end of workflow %s: %s", workflow.id, exc)
+        workflow.state = workflow.final_state()
         self._retire(workflow)
 
     def _retire(self, workflow: Workflow) -> None:
@@ -136,17 +203,27 @@ class Engine:
         self._recent[workflow.id] = workflow
         while len(self._recent) > self._config.recent_workflows:
             self._recent.popitem(last=False)
+        self._stop_notices_when_idle()
 
-    # --- one event, its blocks, depth first ----------------------------------------------------
+    def _stop_notices_when_idle(self) -> None:
+        if self._closing and not self._inflight:
+            self._notify.close()
 
-    async def _deliver(self, workflow: Workflow, event: Event) -> None:
-        reached = self._reached(event)
-        slots = [workflow.add_slot(b.name) for b, _ in reached]
-        for (block, refusal), slot in zip(reached, slots, strict=True):
-            children = await self._execute(workflow, block, slot, event, refusal)
-            for child in children:
-                if not child.throttled:
-                    await self._deliver(workflow, child)
+    # --- the depth-first walk -------------------------------------------------------------------
+
+    def _next_turn(self, workflow: Workflow) -> Turn | None:
+        """The next block to run: the first of the top visit's blocks that has not had its turn."""
+        agenda = workflow.agenda
+        while agenda:
+            visit = agenda[-1]
+            if visit.reached is None:
+                visit.reached = self._reached(visit.event)
+                visit.slots = [workflow.add_slot(b.name) for b, _ in visit.reached]
+            if visit.taken < len(visit.reached):
+                block, refusal = visit.reached[visit.taken]
+                return visit, block, refusal, visit.slots[visit.taken]
+            agenda.pop()
+        return None
 
     def _reached(self, event: Event) -> list[tuple[Block, str]]:
         """The blocks an event reaches, in registration order, each with "" or, when its payload
@@ -160,25 +237,75 @@ class Engine:
                 reached.append((block, f"accepts() raised {type(exc).__name__}: {exc}"))
         return reached
 
-    async def _execute(
-        self,
-        workflow: Workflow,
-        block: Block,
-        slot: Any,
-        event: Event,
-        refusal: str = "",
-    ) -> tuple[Event, ...]:
-        decision = decide(event.throttle, block.kind is BlockKind.MUTATOR)
+    @staticmethod
+    def _decision(turn: Turn) -> Decision:
+        visit, block, _, _ = turn
+        return decide(visit.event.throttle, block.kind is BlockKind.MUTATOR)
+
+    def _runs_inline(self, turn: Turn) -> bool:
+        """Side-effect-free and synchronous: no commit to wait for, nothing to await."""
+        _, block, refusal, _ = turn
+        action = self._decision(turn).action
+        acts = action is Action.RUN and block.kind is BlockKind.MUTATOR
+        return bool(refusal) or (not acts and runs_now(block, action))
+
+    def _run_inline(self, workflow: Workflow) -> bool:
+        """Take the chain's turns inline while they allow it; True when the walk has ended."""
+        try:
+            for _ in range(INLINE_TURNS):
+                turn = self._next_turn(workflow)
+                if turn is None:
+                    return True
+                if not self._runs_inline(turn):
+                    return False
+                visit, block, refusal, slot = turn
+                decision = self._decision(turn)
+                slot.state, slot.started_at = "running", self._clock.now()
+                if refusal:
+                    outcome: Outcome | None = _refused(refusal)
+                else:
+                    ctx = _context(visit.event, self._artifact_dir(workflow, visit.event, block), 1)
+                    outcome = execute_now(block, decision.action, ctx)
+                if outcome is None:  # it needs awaiting after all: the task takes this turn
+                    slot.state = "pending"
+                    return False
+                visit.taken += 1
+                self._record(workflow, visit.event, block, slot, decision, outcome)
+            return self._next_turn(workflow) is None
+        except ChainLimitExceeded as exc:
+            workflow.fail(str(exc))
+            return True
+
+    async def _take_turn(self, workflow: Workflow, turn: Turn) -> None:
+        visit, block, refusal, slot = turn
+        visit.taken += 1
+        event = visit.event
+        decision = self._decision(turn)
         if decision.action is Action.RUN and block.kind is BlockKind.MUTATOR:
             await self._durable(workflow)  # no side effect before what caused it is stored
         slot.state, slot.started_at = "running", self._clock.now()
-        artifact_dir = Path(f"{self._home}/artifacts/{workflow.id}/{event.id}/{_slug(block.name)}")
         if refusal:
             outcome = _refused(refusal)
         else:
+            artifact_dir = self._artifact_dir(workflow, event, block)
             outcome = await execute(
                 block, decision.action, lambda attempt: _context(event, artifact_dir, attempt)
             )
+        self._record(workflow, event, block, slot, decision, outcome)
+
+    def _artifact_dir(self, workflow: Workflow, event: Event, block: Block) -> Path:
+        return Path(f"{self._home}/artifacts/{workflow.id}/{event.id}/{_slug(block.name)}")
+
+    def _record(
+        self,
+        workflow: Workflow,
+        event: Event,
+        block: Block,
+        slot: BlockSlot,
+        decision: Decision,
+        outcome: Outcome,
+    ) -> None:
+        """Record a block's execution and the events it emitted, which the walk visits next."""
         children, error = self._children(event, block, outcome, throttled=not decision.deliver)
         completed = self._clock.now()
         error = error or outcome.error
@@ -188,14 +315,14 @@ class Engine:
             trigger=event,
             state=decision.state if not error else "failed",
             success=not error,
-            summary=outcome.summary if not error or outcome.error else error,
+            summary=storable(outcome.summary if not error or outcome.error else error),
             emitted=children,
-            started_at=slot.started_at,
+            started_at=slot.started_at or completed,
             completed_at=completed,
             duration_ms=outcome.duration_ms,
-            raw_output=outcome.raw_output,
-            exit_code=outcome.exit_code,
-            audit_artifacts=outcome.artifacts,
+            raw_output=storable(outcome.raw_output),
+            exit_code=outcome.exit_code if -(2**31) <= outcome.exit_code < 2**31 else -1,
+            audit_artifacts=tuple(map(storable, outcome.artifacts)),
             attempts=outcome.attempts,
             throttled=decision.action is not Action.RUN,
         )
@@ -206,22 +333,24 @@ class Engine:
             workflow.fail(f"block {block.name!r} failed on {event.event_type} {event.id}: {error}")
         workflow.unsent += [*children, record]
         workflow.unpublished += children
-        if len(workflow.unsent) >= FLUSH_AT:
-            await self._flush(workflow)
         self._check_limits(workflow, event, block, children)
-        return children
+        workflow.agenda.extend(Visit(c) for c in reversed(children) if not c.throttled)
 
     def _children(
         self, parent: Event, block: Block, outcome: Outcome, *, throttled: bool
     ) -> tuple[tuple[Event, ...], str]:
         try:
             return tuple(self._child(parent, block, e, throttled) for e in outcome.emissions), ""
+        except _NotUtf8 as exc:
+            return (), f"emitted an event type that is not UTF-8: {exc}"
         except (TypeError, ValueError) as exc:
             return (), f"emitted a payload that is not JSON: {exc}"
 
     def _child(self, parent: Event, block: Block, emission: Emission, throttled: bool) -> Event:
         now = self._clock.now()
         stamp = rfc3339(now)
+        if storable(emission.event_type) != emission.event_type:
+            raise _NotUtf8(repr(emission.event_type))
         payload_json = compact_json(emission.payload)  # NaN and infinities raise ValueError
         if "\\ud" in payload_json:
             # A lone surrogate is escaped into valid-looking text the store would refuse.
@@ -257,12 +386,14 @@ class Engine:
                 f"{block.name!r} on {event.event_type}"
             )
 
-    async def _flush(self, workflow: Workflow, *extra: Any) -> Pending[None]:
+    async def _flush(self, workflow: Workflow, *answers: Answer) -> Pending[None]:
         """Send what the chain recorded since the last flush (observers run ahead of commits)."""
-        records, publish = [*workflow.unsent, *extra], workflow.unpublished
+        ack, pending = reply_pair()
+        records, publish = tuple(workflow.unsent), tuple(workflow.unpublished)
         workflow.unsent, workflow.unpublished = [], []
-        workflow.last_commit = await self._append(records, publish)
-        return workflow.last_commit
+        await self._send(Append(records, publish, ack, answers))
+        workflow.last_commit = pending
+        return pending
 
     async def _durable(self, workflow: Workflow) -> None:
         """Wait until everything the chain recorded so far is committed (commits are in order)."""
@@ -271,8 +402,13 @@ class Engine:
         if workflow.last_commit is not None:
             await workflow.last_commit.wait()
 
-    async def _append(self, records: Sequence[Any], publish: Sequence[Any] = ()) -> Pending[None]:
-        return await post(self._store, lambda r: Append(tuple(records), tuple(publish), r))
+    async def _send(self, append: Append) -> None:
+        try:
+            self._store.send_nowait(append)
+        except trio.WouldBlock:  # the store is behind: wait for room (backpressure)
+            await self._store.send(append)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise Unavailable("the daemon is shutting down") from None
 
     # --- Status and Trace -----------------------------------------------------------------------
 
@@ -304,7 +440,7 @@ class Engine:
     def _on_trace(self, message: GetTrace) -> None:
         workflow = self._recent.get(message.event_id)
         if workflow is not None:
-            message.reply.send(workflow.trace(workflow.state))
+            message.reply.send(json.loads(workflow.trace_text))
         elif message.event_id in self._inflight or not is_event_id(message.event_id):
             message.reply.send(None)
         else:
@@ -323,6 +459,10 @@ class Engine:
             message.reply.fail(exc)
         else:
             message.reply.send(document)
+
+
+class _NotUtf8(Exception):
+    pass
 
 
 def _context(event: Event, artifact_dir: Path, attempt: int) -> BlockContext:

@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from .blocks import Block, BlockContext, Emission, Usage
+from .blocks import Block, BlockContext, Emission, NeedsAwait, Usage
 from .throttle import Action
 
 
@@ -62,6 +62,31 @@ async def execute(
         output, error, timed_out = await _attempt(block, action, ctx)
         if not error:
             break
+    return _outcome(ctx, output, error, attempt, started, timed_out)
+
+
+def runs_now(block: Block, action: Action) -> bool:
+    """Can :func:`execute_now` run this block? Synchronous, and no retry (with its backoff
+    sleep) possible."""
+    return block.synchronous and (block.retries == 0 or action is not Action.RUN)
+
+
+def execute_now(block: Block, action: Action, ctx: BlockContext) -> Outcome | None:
+    """:func:`execute` for a block :func:`runs_now` accepts, without awaiting: one attempt, on
+    the caller's stack. None when the block turned out to need awaiting after all."""
+    started = time.perf_counter()
+    try:
+        output, error = block.call(action, ctx), ""
+    except NeedsAwait:
+        return None
+    except Exception as exc:  # a block's failure is data for its trace, never the kernel's
+        output, error = None, f"{type(exc).__name__}: {exc}"
+    return _outcome(ctx, output, error, 1, started, False)
+
+
+def _outcome(
+    ctx: BlockContext, output: Any, error: str, attempts: int, started: float, timed_out: bool
+) -> Outcome:
     return Outcome(
         success=not error,
         output=output,
@@ -73,7 +98,7 @@ async def execute(
         raw_output=ctx.raw_output,
         exit_code=ctx.exit_code,
         artifacts=tuple(ctx.listed_artifacts()),
-        attempts=attempt,
+        attempts=attempts,
         duration_ms=round((time.perf_counter() - started) * 1000),
         timed_out=timed_out,
         context=ctx,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -47,6 +48,25 @@ class FutureSlot:
             self.future.set_result(item)
 
 
+class NoticeSlot:
+    """An answer delivered as a message ``(tag, answer)`` into the asker's own notice channel.
+
+    For an actor that asks many times without a task waiting on each answer: its one notice
+    loop takes the answers as they come. The channel is unbounded (the asker bounds how many
+    questions it has open), so answering never blocks the answerer.
+    """
+
+    __slots__ = ("channel", "tag")
+
+    def __init__(self, channel: trio.MemorySendChannel[tuple[Any, Any]], tag: Any) -> None:
+        self.channel, self.tag = channel, tag
+
+    def put(self, item: Any) -> None:
+        # The asker stopped listening: the answer is dropped, as with a gone asker.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self.channel.send_nowait((self.tag, item))
+
+
 _EMPTY: Any = object()
 
 
@@ -54,7 +74,7 @@ _EMPTY: Any = object()
 class Reply(Generic[T]):
     """The one-shot answer a request carries. Answer it exactly once."""
 
-    slot: _Slot | FutureSlot
+    slot: _Slot | FutureSlot | NoticeSlot
 
     def send(self, value: T) -> None:
         self._put(value)
@@ -118,3 +138,18 @@ async def ask(mailbox: trio.MemorySendChannel[M], build: Callable[[Reply[T]], M]
     """Send a request and wait for its answer (an error answer is raised here)."""
     pending: Pending[T] = await post(mailbox, build)
     return await pending.wait()
+
+
+async def take_batch(channel: trio.MemoryReceiveChannel[M], limit: int) -> list[M]:
+    """Wait for one message, then take those already waiting, up to ``limit`` in all: one
+    scheduling pass for many messages (``receive`` is a checkpoint each). [] once it has ended."""
+    try:
+        batch = [await channel.receive()]
+    except trio.EndOfChannel:
+        return []
+    while len(batch) < limit:
+        try:
+            batch.append(channel.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    return batch

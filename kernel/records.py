@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from .ids import rfc3339
@@ -35,23 +36,18 @@ class Event:
     def tap_key(self) -> str:
         return self.project
 
-    def to_trace(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "event_type": self.event_type,
-            "project": self.project,
-            "occurred_at": self.stamp or rfc3339(self.occurred_at),
-            "recorded_at": rfc3339(self.recorded_at)
-            if self.recorded_at != self.occurred_at or not self.stamp
-            else self.stamp,
-            "throttle": self.throttle.value,
-            "trace_id": self.trace_id,
-            "payload": self.payload,
-            "parent_id": self.parent_id or None,
-            "emitted_by": self.emitted_by or None,
-            "depth": self.depth,
-            "throttled": self.throttled,
-        }
+    def trace_json(self) -> str:
+        """This event in the trace file, as JSON text (the payload is already JSON)."""
+        stamp = self.stamp or rfc3339(self.occurred_at)
+        recorded = stamp if self.recorded_at == self.occurred_at else rfc3339(self.recorded_at)
+        return (
+            f'{{"id":"{self.id}","event_type":{_text(self.event_type)},'
+            f'"project":{_text(self.project)},"occurred_at":"{stamp}","recorded_at":"{recorded}",'
+            f'"throttle":"{self.throttle.value}","trace_id":"{self.trace_id}",'
+            f'"payload":{self.payload_json},"parent_id":{_optional(self.parent_id)},'
+            f'"emitted_by":{_optional(self.emitted_by)},"depth":{self.depth},'
+            f'"throttled":{_TRUTH[self.throttled]}}}'
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,25 +70,22 @@ class ExecutionRecord:
     attempts: int
     throttled: bool
 
-    def to_trace(self) -> dict[str, Any]:
-        return {
-            "block_name": self.block_name,
-            "trigger_event_id": self.trigger.id,
-            "success": self.success,
-            "summary": self.summary,
-            "emitted_event_ids": [e.id for e in self.emitted],
-            "duration_ms": self.duration_ms,
-            "raw_output": self.raw_output,
-            "exit_code": self.exit_code,
-            "trigger_payload": self.trigger.payload,
-            "emitted_payloads": [e.payload for e in self.emitted],
-            "audit_artifacts": list(self.audit_artifacts),
-            "state": self.state,
-            "throttled": self.throttled,
-            "attempts": self.attempts,
-            "started_at": rfc3339(self.started_at),
-            "completed_at": rfc3339(self.completed_at),
-        }
+    def trace_json(self) -> str:
+        """This execution in the trace file, as JSON text."""
+        emitted_ids = ",".join(f'"{e.id}"' for e in self.emitted)
+        emitted_payloads = ",".join(e.payload_json for e in self.emitted)
+        artifacts = ",".join(map(_text, self.audit_artifacts))
+        return (
+            f'{{"block_name":{_text(self.block_name)},"trigger_event_id":"{self.trigger.id}",'
+            f'"success":{_TRUTH[self.success]},"summary":{_text(self.summary)},'
+            f'"emitted_event_ids":[{emitted_ids}],"duration_ms":{self.duration_ms},'
+            f'"raw_output":{_text(self.raw_output)},"exit_code":{self.exit_code},'
+            f'"trigger_payload":{self.trigger.payload_json},'
+            f'"emitted_payloads":[{emitted_payloads}],"audit_artifacts":[{artifacts}],'
+            f'"state":"{self.state}","throttled":{_TRUTH[self.throttled]},'
+            f'"attempts":{self.attempts},"started_at":"{rfc3339(self.started_at)}",'
+            f'"completed_at":"{rfc3339(self.completed_at)}"}}'
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +102,44 @@ class FinishedChain:
     completed_at: datetime
     event_count: int
     block_count: int
-    trace: Mapping[str, Any]
+    trace_json: str
 
 
-def trace_document(
-    events: list[Event], executions: list[ExecutionRecord], total_ms: int, **extra: Any
-) -> dict[str, Any]:
-    return {
-        "events": [e.to_trace() for e in events],
-        "block_executions": [x.to_trace() for x in executions],
-        "total_duration_ms": total_ms,
-        **extra,
-    }
+def trace_json(
+    events: Iterable[Event],
+    executions: Iterable[ExecutionRecord],
+    total_ms: int,
+    *,
+    workflow_id: str,
+    state: str,
+    error: str,
+) -> str:
+    """A chain's trace file, built from each record's JSON text: no intermediate dicts, and
+    payloads, already JSON, are not encoded again."""
+    return (
+        f'{{"events":[{",".join(e.trace_json() for e in events)}],'
+        f'"block_executions":[{",".join(x.trace_json() for x in executions)}],'
+        f'"total_duration_ms":{total_ms},"workflow_id":"{workflow_id}","state":"{state}",'
+        f'"error":{_text(error)}}}'
+    )
+
+
+def storable(text: str) -> str:
+    """Text the store can write. UTF-8 has no lone surrogates (how ``os.listdir`` and
+    ``surrogateescape`` carry undecodable bytes), so a block's summary or file name with one would
+    fail its chain's commit — the root's with it. They are kept as ``\\udcff`` escapes instead."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+_TRUTH = {True: "true", False: "false"}
+_text: Callable[[str], str] = encode_basestring_ascii  # a JSON string literal, as json.dumps writes
+
+
+def _optional(text: str) -> str:
+    return _text(text) if text else "null"

@@ -33,9 +33,9 @@ StoreMessage = Append | Read
 LINGER_CHECKPOINTS = 8
 
 
-def trace_path(home: Path, chain: FinishedChain) -> Path:
-    day = chain.started_at.strftime("%Y-%m-%d")
-    return home / "traces" / day / f"{chain.workflow_id}.json"
+def trace_path(home: Path, chain: FinishedChain) -> str:
+    """``$FOUNDRY_HOME/traces/YYYY-MM-DD/<root event id>.json``, the day in UTC."""
+    return f"{home}/traces/{chain.started_at.date().isoformat()}/{chain.workflow_id}.json"
 
 
 class Store:
@@ -106,11 +106,15 @@ class Store:
             for append in appends:
                 if append.ack:
                     append.ack.fail(exc)
+                for reply, _ in append.answers:
+                    reply.fail(exc)
             return
         published = [item for a in appends for item in a.publish]
         for append in appends:
             if append.ack:
                 append.ack.send(None)
+            for reply, value in append.answers:
+                reply.send(value)
         if published:
             await self._tap.send(Publish(tuple(published)))
         await self._archivist.send(traces)
@@ -159,7 +163,7 @@ class Store:
         for record in records:
             by_kind.setdefault(type(record), []).append(record)
         traces = b"".join(
-            frame(str(trace_path(self.home, chain)), chain.trace)
+            frame(trace_path(self.home, chain), chain.trace_json)
             for chain in by_kind.get(FinishedChain, ())
         )
         self._con.execute("BEGIN TRANSACTION")

@@ -13,12 +13,15 @@ from .mailbox import Reply
 class Append:
     """Records to commit in the next group commit (events, executions, finished chains, ...).
 
-    ``publish`` items go to the tap broker once the commit is durable; ``ack`` is answered then.
+    ``publish`` items go to the tap broker once the commit is durable; ``ack`` is answered then,
+    and so is each ``(reply, value)`` of ``answers`` — say, an Emit's reply, which the root's
+    commit answers without the engine waiting for it. A failed commit fails them all.
     """
 
     records: tuple[Any, ...]
     publish: tuple[Any, ...] = ()
     ack: Reply[None] | None = None
+    answers: tuple[tuple[Reply[Any], Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,19 +5,19 @@ Standard library only, run as a script (not ``-m``), so it starts in millisecond
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import sys
 from collections.abc import Iterable
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 _HEADER = struct.Struct(">II")  # path length, data length
 
 
-def frame(path: str, document: Any) -> bytes:
+def frame(path: str, text: str) -> bytes:
+    """One file for the archivist: its path and its (JSON) text."""
     encoded_path = path.encode()
-    data = json.dumps(document, default=str).encode()
+    data = text.encode()
     return _HEADER.pack(len(encoded_path), len(data)) + encoded_path + data
 
 

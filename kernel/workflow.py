@@ -10,7 +10,7 @@ from typing import Any
 from .engine_messages import BlockView, WorkflowView
 from .ids import rfc3339
 from .mailbox import Pending
-from .records import Event, ExecutionRecord, FinishedChain, trace_document
+from .records import Event, ExecutionRecord, FinishedChain, storable, trace_json
 
 
 @dataclass(slots=True)
@@ -32,6 +32,18 @@ class BlockSlot:
 
 
 @dataclass(slots=True)
+class Visit:
+    """An event's turn in the depth-first walk: the blocks it reaches (with "" or the error their
+    payload filter raised), their Status slots, and how many have had their turn. ``reached`` is
+    None until the walk gets to the event, so slots appear in Status in processing order."""
+
+    event: Event
+    reached: list[tuple[Any, str]] | None = None
+    slots: list[BlockSlot] = field(default_factory=list)
+    taken: int = 0
+
+
+@dataclass(slots=True)
 class Workflow:
     root: Event
     is_workflow: bool  # some block sinks the root type
@@ -45,6 +57,9 @@ class Workflow:
     unsent: list[Any] = field(default_factory=list)
     unpublished: list[Event] = field(default_factory=list)
     last_commit: Pending[None] | None = None
+    # The depth-first walk still to do (the top is next), and the trace once the chain ended.
+    agenda: list[Visit] = field(default_factory=list)
+    trace_text: str = ""
 
     @property
     def id(self) -> str:
@@ -57,7 +72,7 @@ class Workflow:
 
     def fail(self, reason: str) -> None:
         if not self.error:
-            self.error = reason
+            self.error = storable(reason)
 
     def final_state(self) -> str:
         return "failed" if self.error else "completed"
@@ -71,13 +86,17 @@ class Workflow:
             started_at=rfc3339(self.root.occurred_at),
             completed_at=_stamp(self.completed_at) if self.state in ("completed", "failed") else "",
             error=self.error,
-            task_blocks=tuple(s.view() for s in self.slots),
+            # Until its root is durable a workflow has not started, as far as anyone may know:
+            # blocks that ran ahead of that commit are not shown.
+            task_blocks=tuple(s.view() for s in self.slots) if self.state != "pending" else (),
         )
 
-    def trace(self, state: str) -> dict[str, Any]:
-        end = self.completed_at or self.root.occurred_at
-        total_ms = round((end - self.root.occurred_at).total_seconds() * 1000)
-        return trace_document(
+    def finished(self, completed_at: datetime) -> FinishedChain:
+        """The chain's end: its workflow row and trace file (kept for Trace while it is recent)."""
+        self.completed_at = completed_at
+        state = self.final_state()
+        total_ms = round((completed_at - self.root.occurred_at).total_seconds() * 1000)
+        self.trace_text = trace_json(
             self.events,
             self.executions,
             total_ms,
@@ -85,10 +104,6 @@ class Workflow:
             state=state,
             error=self.error,
         )
-
-    def finished(self, completed_at: datetime) -> FinishedChain:
-        self.completed_at = completed_at
-        state = self.final_state()
         return FinishedChain(
             workflow_id=self.id,
             workflow_type=self.root.event_type,
@@ -102,7 +117,7 @@ class Workflow:
             # 0 marks an emit no block sinks (not a workflow; Status cannot find it). A workflow
             # whose blocks all passed its payload by is still one (cf. recover_unfinished).
             block_count=max(len(self.slots), 1) if self.is_workflow else 0,
-            trace=self.trace(state),
+            trace_json=self.trace_text,
         )
 
 

@@ -6,6 +6,7 @@ import threading
 from datetime import datetime
 from functools import partial
 
+import duckdb
 import pytest
 import trio
 import trio.testing
@@ -730,33 +731,67 @@ async def test_an_emission_that_is_not_strict_json_fails_the_block(tmp_path, bad
     assert trace["state"] == "failed"
 
 
-async def test_a_chain_whose_records_cannot_be_stored_fails_but_the_engine_carries_on(tmp_path):
+async def test_undecodable_text_from_a_block_is_stored_escaped(tmp_path):
     undecodable = b"report-\xff.txt".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+
+    @block("Lister", sinks=["go"])
+    def lister(ctx):
+        ctx.summary = f"found {undecodable}"  # not UTF-8 as it is: the store could not hold it
+
+    @block("Namer", sinks=["go"])
+    def namer(ctx):
+        ctx.emit(f"listed-{undecodable}", {"count": 1})  # an event type nobody could store
+
+    async with running_kernel(tmp_path, [lister, namer]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+        stored = await k.query(
+            "SELECT block_name, summary, success FROM block_executions WHERE trace_id = ? "
+            "ORDER BY started_at",
+            emitted.event_id,
+        )
+
+    assert stored[0] == ("Lister", "found report-\\udcff.txt", True)
+    name, summary, success = stored[1]
+    assert (name, success) == ("Namer", False)
+    assert "event type that is not UTF-8" in summary
+    [x] = executions(trace, "Lister")
+    assert x["summary"] == "found report-\\udcff.txt"
+    assert trace["state"] == "failed"
+
+
+async def test_a_chain_the_store_refuses_fails_its_emit_but_the_engine_carries_on(tmp_path):
     archived = []
 
     @block("Lister", sinks=["go"])
     def lister(ctx):
-        ctx.summary = f"found {undecodable}"  # not UTF-8: the store cannot write this record
         ctx.emit("listed", {"count": 1})
 
     @block("Archive", sinks=["listed"], kind=BlockKind.MUTATOR)
     def archive(ctx):
         archived.append(ctx.payload)
 
-    @block("Ping", sinks=["ping"])
-    def ping(ctx):
-        return "pong"
+    def break_executions_table(con):
+        con.execute("ALTER TABLE block_executions RENAME TO block_executions_gone")
 
-    async with running_kernel(tmp_path, [lister, archive, ping]) as k:
-        broken = await k.emit("go")
-        view = await until_finished(k, broken.workflow_id)
-        healthy = await k.emit("ping")
+    def mend_executions_table(con):
+        con.execute("ALTER TABLE block_executions_gone RENAME TO block_executions")
+
+    async with running_kernel(tmp_path, [lister, archive]) as k:
+        await ask(k.store, lambda r: Read(break_executions_table, (), r))
+        with pytest.raises(duckdb.Error):
+            await k.emit("go")  # the root shares its commit with the observer's execution
+        unsinked = await k.emit("nobody_listens")  # no execution to write: stored
+        listed = await k.status()
+        await ask(k.store, lambda r: Read(mend_executions_table, (), r))
+        healthy = await k.emit("go")
         healthy_trace = await k.finished(healthy.workflow_id)
+        roots = await k.query("SELECT event_type FROM events WHERE depth = 0 ORDER BY occurred_at")
 
-    # the mutator never acted on an event that was not durable
-    assert archived == []
-    assert view.state == "failed"
-    assert "could not be stored" in view.error
+    assert archived == [{"count": 1}]  # once, for the healthy chain: never for the refused one
+    assert listed == []  # the refused workflow is gone, not left running
+    assert unsinked.event_id
+    assert roots == [("nobody_listens",), ("go",)]
     assert healthy_trace["state"] == "completed"
 
 
