@@ -491,8 +491,12 @@ def _slug(name: str) -> str:
 
 
 def _read_trace(home: Path, event_id: str) -> Mapping[str, Any] | None:
+    """The chain's trace file; None when there is none, or only one a crash cut short."""
     for path in sorted((home / "traces").glob(f"*/{event_id}.json"), reverse=True):
-        document: Mapping[str, Any] = json.loads(path.read_text())
+        try:
+            document: Mapping[str, Any] = json.loads(path.read_bytes())
+        except ValueError:  # torn: the archivist died while writing it
+            return None
         return document
     return None
 
