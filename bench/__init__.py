@@ -3,16 +3,19 @@
 Each benchmark module defines ``NAME``, ``TITLE`` and ``run(options) -> Report``. A report holds
 figures (each with its raw samples; the median is what is printed), ratios between peers measured
 in the same run, and notes. Benchmarks bind only 127.0.0.1 with port 0, work in temporary
-directories they remove, and stop every process they start.
+directories (:func:`scratch_dir`, removed at exit), and stop every process they start.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +28,24 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS: tuple[str, ...] = (
     "engine_throughput", "emit_rpc", "run_overhead", "tap_latency", "time_travel",
 )  # fmt: skip
+
+
+_SCRATCH: list[str] = []
+
+
+def scratch_dir() -> Path:
+    """A temporary directory, removed when the benchmark process exits — not at once: deleting
+    thousands of trace files makes ext4 slow to create files for the next ~30 s (new inodes skip
+    recently freed ones, scanning past each), which would bleed into the next measurement."""
+    if not _SCRATCH:
+        atexit.register(_remove_scratch)
+    _SCRATCH.append(tempfile.mkdtemp(prefix="foundry-bench-"))
+    return Path(_SCRATCH[-1])
+
+
+def _remove_scratch() -> None:
+    for path in _SCRATCH:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass(frozen=True)

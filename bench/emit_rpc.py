@@ -30,14 +30,13 @@ import resource
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from . import REPO, Figure, Options, Report, progress, python_env, stop_process
+from . import REPO, Figure, Options, Report, progress, python_env, scratch_dir, stop_process
 
 NAME = "emit_rpc"
 TITLE = "Emit RPC throughput: foundry daemon vs plain grpclib (pipelined client)"
@@ -312,10 +311,7 @@ def run(options: Options) -> Report:
     report = Report(NAME, TITLE)
     series: dict[str, list[dict[str, Any]]] = {"plain": [], "ping": [], "greet": []}
     drains: list[float] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="foundry-bench-") as tmp,
-        _servers(Path(tmp)) as (foundry, plain),
-    ):
+    with _servers(scratch_dir()) as (foundry, plain):
         for rep in range(options.repetitions):
             for key, server, event in (
                 ("plain", plain, PING),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import resource
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -36,7 +35,7 @@ from foundry.kernel.store_messages import Read
 from foundry.kernel.tap import TapBroker, TapMessage
 from foundry.kernel.throttle import Throttle
 
-from . import Figure, Options, Report, progress
+from . import Figure, Options, Report, progress, scratch_dir
 
 NAME = "engine_throughput"
 TITLE = "Engine throughput: 3-block chains, in-process, traces persisted"
@@ -197,9 +196,7 @@ async def _measure(home: Path, chains: int, producers: int) -> Mapping[str, floa
 
 
 def run_once(chains: int, producers: int = PRODUCERS) -> Mapping[str, float]:
-    with tempfile.TemporaryDirectory(prefix="foundry-bench-") as tmp:
-        home = Path(tmp) / "home"
-        return trio.run(_measure, home, chains, producers)
+    return trio.run(_measure, scratch_dir() / "home", chains, producers)
 
 
 def _chains_for(seconds: float, rate: float) -> int:

@@ -12,14 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from . import Figure, python_env, stop_process
+from . import Figure, python_env, scratch_dir, stop_process
 
 START_TIMEOUT = 30.0
 
@@ -40,40 +39,39 @@ class Daemon:
 @contextlib.contextmanager
 def daemon(config: str, *, label: str = "foundry") -> Iterator[Daemon]:
     """``foundry serve --listen 127.0.0.1:0`` with ``config`` (TOML) in a temporary FOUNDRY_HOME;
-    stopped with SIGTERM (exit 0 expected) and its directory removed on exit."""
-    with tempfile.TemporaryDirectory(prefix="foundry-bench-") as tmp:
-        workdir = Path(tmp)
-        home = workdir / "home"
-        config_path = workdir / "foundry-bench.toml"
-        config_path.write_text(config)
-        log_path = workdir / f"{label}.log"
-        with log_path.open("w") as log:
-            argv = [
-                sys.executable, "-m", "foundry.kernel.cli", "serve",
-                "--listen", "127.0.0.1:0", "--config", str(config_path),
-            ]  # fmt: skip
-            process = subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=log, text=True, cwd=workdir,
-                env=python_env(FOUNDRY_HOME=str(home)),
-                start_new_session=True,  # a Ctrl-C at the terminal reaches only the orchestrator
-            )  # fmt: skip
-            server = Daemon(process, "", home, log, log_path)
-            try:
-                assert process.stdout is not None
-                deadline = time.monotonic() + START_TIMEOUT
-                line = ""
-                while time.monotonic() < deadline and process.poll() is None and not line:
-                    line = process.stdout.readline().strip()
-                if not line or ":" not in line:
-                    raise RuntimeError(f"{label} did not start:\n{server.tail()}")
-                server.address = line
-                yield server
-            finally:
-                code = stop_process(process)
-                if process.stdout:
-                    process.stdout.close()
-                if code not in (0, -signal.SIGTERM):
-                    print(f"warning: {label} exited with {code}:\n{server.tail()}", file=sys.stderr)
+    stopped with SIGTERM (exit 0 expected); its directory is a :func:`scratch_dir`."""
+    workdir = scratch_dir()
+    home = workdir / "home"
+    config_path = workdir / "foundry-bench.toml"
+    config_path.write_text(config)
+    log_path = workdir / f"{label}.log"
+    with log_path.open("w") as log:
+        argv = [
+            sys.executable, "-m", "foundry.kernel.cli", "serve",
+            "--listen", "127.0.0.1:0", "--config", str(config_path),
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=log, text=True, cwd=workdir,
+            env=python_env(FOUNDRY_HOME=str(home)),
+            start_new_session=True,  # a Ctrl-C at the terminal reaches only the orchestrator
+        )  # fmt: skip
+        server = Daemon(process, "", home, log, log_path)
+        try:
+            assert process.stdout is not None
+            deadline = time.monotonic() + START_TIMEOUT
+            line = ""
+            while time.monotonic() < deadline and process.poll() is None and not line:
+                line = process.stdout.readline().strip()
+            if not line or ":" not in line:
+                raise RuntimeError(f"{label} did not start:\n{server.tail()}")
+            server.address = line
+            yield server
+        finally:
+            code = stop_process(process)
+            if process.stdout:
+                process.stdout.close()
+            if code not in (0, -signal.SIGTERM):
+                print(f"warning: {label} exited with {code}:\n{server.tail()}", file=sys.stderr)
 
 
 # --- client helpers (asyncio, grpclib) -----------------------------------------------------------

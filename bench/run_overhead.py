@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import resource
 import statistics
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from foundry.kernel.store import Store, StoreMessage
 from foundry.kernel.tap import TapBroker, TapMessage, receive_batch
 from foundry.kernel.tap_messages import Overflow, Subscribe
 
-from . import Figure, Options, Report, progress
+from . import Figure, Options, Report, progress, scratch_dir
 from .fleet_daemon import ceiling_met
 
 NAME = "run_overhead"
@@ -234,8 +233,7 @@ async def _session(
 
 
 def _measure(concurrency: int, shapes: Sequence[Shape]) -> dict[str, dict[str, float]]:
-    with tempfile.TemporaryDirectory(prefix="foundry-bench-") as tmp:
-        return trio.run(_session, Path(tmp) / "home", concurrency, shapes)
+    return trio.run(_session, scratch_dir() / "home", concurrency, shapes)
 
 
 def _shapes(quick: bool) -> tuple[list[Shape], list[Shape]]:

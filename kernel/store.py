@@ -29,8 +29,10 @@ log = logging.getLogger("foundry.store")
 StoreMessage = Append | Read
 
 # Scheduler ticks a commit waits for more appends: microseconds each, against milliseconds for a
-# commit, and a durable step's completion then shares a commit with the next step's lease.
+# commit, and a durable step's completion then shares a commit with the next step's lease. A tick
+# can also be long (the engine running many chains inline): the wait ends after LINGER_SECONDS.
 LINGER_CHECKPOINTS = 8
+LINGER_SECONDS = 0.001
 
 
 def trace_path(home: Path, chain: FinishedChain) -> str:
@@ -57,24 +59,37 @@ class Store:
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         recovered = await trio.to_thread.run_sync(self._open)
-        await self._archivist.start()
-        task_status.started(recovered)
         try:
-            async with self._inbox, self._tap:
-                while True:
-                    try:
-                        batch = [await self._inbox.receive()]
-                    except trio.EndOfChannel:
-                        break
-                    batch.extend(self._drain(self._max_batch))
-                    for _ in range(LINGER_CHECKPOINTS):
-                        await trio.lowlevel.checkpoint()
-                        batch.extend(self._drain(self._max_batch + 1 - len(batch)))
-                    await self._handle(batch)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._archivist.run)
+                task_status.started(recovered)
+                try:
+                    await self._serve()
+                finally:
+                    self._archivist.close()  # it writes what it was given, then stops
         finally:
             with trio.CancelScope(shield=True):
-                await self._archivist.close()
                 await trio.to_thread.run_sync(self._close)
+
+    async def _serve(self) -> None:
+        async with self._inbox, self._tap:
+            while True:
+                try:
+                    batch = [await self._inbox.receive()]
+                except trio.EndOfChannel:
+                    break
+                batch.extend(self._drain(self._max_batch))
+                await self._linger(batch)
+                await self._handle(batch)
+
+    async def _linger(self, batch: list[StoreMessage]) -> None:
+        """Let appends that are about to come join this commit."""
+        until = trio.current_time() + LINGER_SECONDS
+        for _ in range(LINGER_CHECKPOINTS):
+            await trio.lowlevel.checkpoint()
+            batch.extend(self._drain(self._max_batch + 1 - len(batch)))
+            if trio.current_time() >= until:
+                return
 
     def _drain(self, room: int) -> list[StoreMessage]:
         more: list[StoreMessage] = []
