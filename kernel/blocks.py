@@ -58,6 +58,26 @@ class CommandResult:
     output: str
 
 
+class _LazyPath:
+    """A Path attribute that also takes a str, and makes the Path when first read: building one
+    costs ~5 µs, and most executions never look at their artifact folder."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = f"_{name}"
+
+    def __get__(self, instance: object, owner: type | None = None) -> Path:
+        if instance is None:
+            raise AttributeError(self._slot)  # no default: dataclass makes the field required
+        value: Path | str = getattr(instance, self._slot)
+        if isinstance(value, str):
+            value = Path(value)
+            setattr(instance, self._slot, value)
+        return value
+
+    def __set__(self, instance: object, value: Path | str) -> None:
+        setattr(instance, self._slot, value)
+
+
 @dataclass
 class BlockContext:
     """What a running block sees, and how it reports back.
@@ -67,7 +87,7 @@ class BlockContext:
     """
 
     payload: Mapping[str, Any]
-    artifact_dir: Path
+    artifact_dir: _LazyPath = _LazyPath()  # a Path when read; a str is accepted
     throttle: Throttle = Throttle.FULL
     event_type: str = ""
     event_id: str = ""

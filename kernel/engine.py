@@ -293,8 +293,8 @@ class Engine:
             )
         self._record(workflow, event, block, slot, decision, outcome)
 
-    def _artifact_dir(self, workflow: Workflow, event: Event, block: Block) -> Path:
-        return Path(f"{self._home}/artifacts/{workflow.id}/{event.id}/{_slug(block.name)}")
+    def _artifact_dir(self, workflow: Workflow, event: Event, block: Block) -> str:
+        return f"{self._home}/artifacts/{workflow.id}/{event.id}/{_slug(block.name)}"
 
     def _record(
         self,
@@ -465,7 +465,7 @@ class _NotUtf8(Exception):
     pass
 
 
-def _context(event: Event, artifact_dir: Path, attempt: int) -> BlockContext:
+def _context(event: Event, artifact_dir: str, attempt: int) -> BlockContext:
     return BlockContext(
         payload=event.payload,
         artifact_dir=artifact_dir,

