@@ -102,7 +102,7 @@ class FinishedChain:
     completed_at: datetime
     event_count: int
     block_count: int
-    trace_json: str
+    trace_json: str  # the trace file's text; "" for an event no block sinks (no file)
 
 
 def trace_json(

@@ -180,6 +180,7 @@ class Store:
         traces = b"".join(
             frame(trace_path(self.home, chain), chain.trace_json)
             for chain in by_kind.get(FinishedChain, ())
+            if chain.trace_json  # "": an event no block sinks, which has no trace file
         )
         self._con.execute("BEGIN TRANSACTION")
         try:

@@ -92,18 +92,22 @@ class Workflow:
         )
 
     def finished(self, completed_at: datetime) -> FinishedChain:
-        """The chain's end: its workflow row and trace file (kept for Trace while it is recent)."""
+        """The chain's end: its workflow row and trace file (kept for Trace while it is recent).
+
+        An event no block sinks is no workflow and gets no trace file, only its rows: Trace finds
+        it in the database. (A file per event nobody consumes is disk churn for nothing.)"""
         self.completed_at = completed_at
         state = self.final_state()
         total_ms = round((completed_at - self.root.occurred_at).total_seconds() * 1000)
-        self.trace_text = trace_json(
-            self.events,
-            self.executions,
-            total_ms,
-            workflow_id=self.id,
-            state=state,
-            error=self.error,
-        )
+        if self.is_workflow:
+            self.trace_text = trace_json(
+                self.events,
+                self.executions,
+                total_ms,
+                workflow_id=self.id,
+                state=state,
+                error=self.error,
+            )
         return FinishedChain(
             workflow_id=self.id,
             workflow_type=self.root.event_type,

@@ -600,6 +600,8 @@ async def test_no_sink_means_no_workflow(tmp_path):
     assert watched.id == emitted.event_id
     assert [e["id"] for e in trace["events"]] == [emitted.event_id]
     assert trace["block_executions"] == []
+    # no workflow, no trace file (Trace found it in the database), even after the store closed
+    assert list(tmp_path.glob(f"traces/*/{emitted.event_id}.json")) == []
 
 
 async def test_status_of_an_unknown_workflow_is_not_found(tmp_path):
