@@ -160,7 +160,7 @@ class Engine:
             workflow.fail(str(exc))
         except Exception as exc:  # e.g. the store refused a record: the chain fails, not the engine
             log.exception("workflow %s stopped", workflow.id)
-            workflow.fail(f"stopped: a record of the chain could not be stored: {exc}")
+            workflow.fail(f"stopped: {type(exc).__name__}: {exc}")
         try:
             await self._send(self._ending(workflow, with_root=False))
         except Unavailable:
@@ -274,6 +274,10 @@ class Engine:
             return self._next_turn(workflow) is None
         except ChainLimitExceeded as exc:
             workflow.fail(str(exc))
+            return True
+        except Exception as exc:  # a bug that got this far fails its chain, never the engine
+            log.exception("workflow %s stopped", workflow.id)
+            workflow.fail(f"stopped: {type(exc).__name__}: {exc}")
             return True
 
     async def _take_turn(self, workflow: Workflow, turn: Turn) -> None:

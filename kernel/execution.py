@@ -148,5 +148,8 @@ async def _dispatch(block: Block, action: Action, ctx: BlockContext) -> Any:
 def _summarize(output: Any) -> str:
     if output is None:
         return ""
-    text = output if isinstance(output, str) else repr(output)
+    try:
+        text = output if isinstance(output, str) else repr(output)
+    except Exception as exc:  # a plugin's broken __repr__ must not stop its chain
+        text = f"<{type(output).__name__}: repr() raised {type(exc).__name__}>"
     return text if len(text) <= 200 else text[:197] + "..."

@@ -782,6 +782,31 @@ async def test_undecodable_text_from_a_block_is_stored_escaped(tmp_path):
     assert trace["state"] == "failed"
 
 
+async def test_an_output_whose_repr_raises_is_summarized_and_the_chain_goes_on(tmp_path):
+    class Opaque:
+        def __repr__(self):
+            raise RuntimeError("no repr for you")
+
+    @block("Opaque Output", sinks=["go"])
+    def opaque(ctx):
+        ctx.emit("next", {})
+        return Opaque()
+
+    @block("Next", sinks=["next"])
+    def after(ctx):
+        return "ran"
+
+    async with running_kernel(tmp_path, [opaque, after]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+
+    [x] = executions(trace, "Opaque Output")
+    assert x["success"] is True
+    assert x["summary"] == "<Opaque: repr() raised RuntimeError>"
+    assert executions(trace, "Next")[0]["summary"] == "ran"
+    assert trace["state"] == "completed"
+
+
 async def test_a_chain_the_store_refuses_fails_its_emit_but_the_engine_carries_on(tmp_path):
     archived = []
 
