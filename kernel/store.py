@@ -1,9 +1,9 @@
 """The store actor: the only owner of the DuckDB file.
 
 It group-commits: it takes every Append waiting in its mailbox, writes them as one transaction of
-columnar inserts on a worker thread, and only then answers their acks and hands their ``publish``
-items to the tap broker — so nobody hears of a write before it is durable. Then the trace files of
-the chains that finished go to the trace archivist (a child process, ``trace_archive.py``).
+batched inserts (DuckDB's appender) on a worker thread, and only then answers their acks and hands
+their ``publish`` items to the tap broker — so nobody hears of a write before it is durable. Then
+the trace files of the chains that finished go to the trace archivist (``trace_archive.py``).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class Store:
         self.path = home / "foundry.duckdb"
         self._inbox, self._tap, self._max_batch = inbox, tap, max_batch
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._appenders: dict[type, Any] = {}
         self._archivist = Archivist()
 
     async def run(
@@ -74,12 +75,16 @@ class Store:
     async def _serve(self) -> None:
         async with self._inbox, self._tap:
             while True:
-                try:
-                    batch = [await self._inbox.receive()]
-                except trio.EndOfChannel:
-                    break
-                batch.extend(self._drain(self._max_batch))
-                await self._linger(batch)
+                # What came in during the last commit goes at once: no scheduler pass to wait for
+                # (behind a busy gRPC loop, each costs milliseconds).
+                batch = self._drain(self._max_batch + 1)
+                if not batch:
+                    try:
+                        batch = [await self._inbox.receive()]
+                    except trio.EndOfChannel:
+                        break
+                    batch.extend(self._drain(self._max_batch))
+                    await self._linger(batch)  # an idle store lets near-simultaneous writes join
                 await self._handle(batch)
 
     async def _linger(self, batch: list[StoreMessage]) -> None:
@@ -131,7 +136,10 @@ class Store:
             for reply, value in append.answers:
                 reply.send(value)
         if published:
-            await self._tap.send(Publish(tuple(published)))
+            try:
+                self._tap.send_nowait(Publish(tuple(published)))
+            except trio.WouldBlock:
+                await self._tap.send(Publish(tuple(published)))
         await self._archivist.send(traces)
 
     async def _read(self, message: Read) -> None:
@@ -154,6 +162,7 @@ class Store:
 
     def _close(self) -> None:
         if self._con is not None:
+            self._appenders.clear()
             self._con.execute("CHECKPOINT")
             self._con.close()
             self._con = None
@@ -185,9 +194,19 @@ class Store:
         self._con.execute("BEGIN TRANSACTION")
         try:
             for kind, rows in by_kind.items():
-                WRITERS[kind].insert(self._con, rows)
+                appender = self._appender(kind)
+                WRITERS[kind].append(appender, rows)
+                appender.flush()
             self._con.execute("COMMIT")
         except BaseException:
+            for appender in self._appenders.values():
+                appender.clear()  # rows a failed append_rows kept must not reach the next commit
             self._con.execute("ROLLBACK")
             raise
         return traces
+
+    def _appender(self, kind: type) -> Any:
+        assert self._con is not None
+        if kind not in self._appenders:
+            self._appenders[kind] = WRITERS[kind].appender(self._con)
+        return self._appenders[kind]

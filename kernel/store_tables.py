@@ -1,7 +1,10 @@
-"""How each record type becomes rows: table, typed columns, and a row function.
+"""How each record type becomes rows: table, columns, and a row function.
 
-Rows go in as one Arrow table per table and commit: DuckDB scans Arrow in C++, where a row at a
-time costs ~1 ms per row and binding Python lists to ``unnest(?)`` tens of microseconds.
+Rows go in through DuckDB's appender: it converts a batch of Python rows in C++ and applies them
+with one statement per table and commit. Measured against the alternatives (2 tables x 50 rows
+per commit, another thread busy): it holds the interpreter lock ~1.7 ms per commit, an Arrow table
+scanned by ``INSERT ... SELECT`` ~9.4 ms (with its register/unregister), ``unnest(?)`` of lists
+~3.3 ms — and the trio thread needs that lock for everything else.
 """
 
 from __future__ import annotations
@@ -11,34 +14,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from .ids import compact_json
 from .records import Event, ExecutionRecord, FinishedChain
 from .runs import RunEventRecord, RunSubmission
 
-TEXT, JSON, STAMP = pa.string(), pa.string(), pa.timestamp("us", tz="UTC")
-TEXTS, INT, BIG, FLAG = pa.list_(pa.string()), pa.int32(), pa.int64(), pa.bool_()
-
 
 @dataclass(frozen=True)
 class TableWriter:
     table: str
-    columns: tuple[tuple[str, pa.DataType], ...]
+    columns: tuple[str, ...]
     row: Callable[[Any], tuple[Any, ...]]
 
-    def insert(self, con: duckdb.DuckDBPyConnection, records: Sequence[Any]) -> None:
-        values = zip(*(self.row(r) for r in records), strict=True)
-        batch = pa.table(
-            [pa.array(v, type=t) for v, (_, t) in zip(values, self.columns, strict=True)],
-            names=[name for name, _ in self.columns],
-        )
-        names = ", ".join(name for name, _ in self.columns)
-        con.register("_batch", batch)
-        try:
-            con.execute(f"INSERT INTO {self.table} ({names}) SELECT {names} FROM _batch")
-        finally:
-            con.unregister("_batch")
+    def appender(self, con: duckdb.DuckDBPyConnection) -> Any:
+        """An appender for this table on ``con`` (keep it: it is reused for every commit)."""
+        return con.appender(self.table, columns=list(self.columns))
+
+    def append(self, appender: Any, records: Sequence[Any]) -> None:
+        """Buffer the records' rows; the caller flushes them inside its transaction."""
+        appender.append_rows([self.row(r) for r in records])
 
 
 def _event_row(e: Event) -> tuple[Any, ...]:
@@ -79,85 +73,78 @@ WRITERS: dict[type, TableWriter] = {
     Event: TableWriter(
         "events",
         (
-            ("event_id", TEXT),
-            ("trace_id", TEXT),
-            ("event_type", TEXT),
-            ("project", TEXT),
-            ("occurred_at", STAMP),
-            ("recorded_at", STAMP),
-            ("throttle", TEXT),
-            ("depth", INT),
-            ("parent_id", TEXT),
-            ("emitted_by", TEXT),
-            ("throttled", FLAG),
-            ("payload", JSON),
+            "event_id",
+            "trace_id",
+            "event_type",
+            "project",
+            "occurred_at",
+            "recorded_at",
+            "throttle",
+            "depth",
+            "parent_id",
+            "emitted_by",
+            "throttled",
+            "payload",
         ),
         _event_row,
     ),  # fmt: skip
     ExecutionRecord: TableWriter(
         "block_executions",
         (
-            ("trace_id", TEXT),
-            ("block_name", TEXT),
-            ("trigger_event_id", TEXT),
-            ("state", TEXT),
-            ("success", FLAG),
-            ("summary", TEXT),
-            ("emitted_event_ids", TEXTS),
-            ("duration_ms", BIG),
-            ("raw_output", TEXT),
-            ("exit_code", INT),
-            ("audit_artifacts", TEXTS),
-            ("attempts", INT),
-            ("throttled", FLAG),
-            ("started_at", STAMP),
-            ("completed_at", STAMP),
+            "trace_id",
+            "block_name",
+            "trigger_event_id",
+            "state",
+            "success",
+            "summary",
+            "emitted_event_ids",
+            "duration_ms",
+            "raw_output",
+            "exit_code",
+            "audit_artifacts",
+            "attempts",
+            "throttled",
+            "started_at",
+            "completed_at",
         ),
         _execution_row,
     ),  # fmt: skip
     FinishedChain: TableWriter(
         "workflows",
         (
-            ("workflow_id", TEXT),
-            ("workflow_type", TEXT),
-            ("project", TEXT),
-            ("throttle", TEXT),
-            ("state", TEXT),
-            ("error", TEXT),
-            ("started_at", STAMP),
-            ("completed_at", STAMP),
-            ("event_count", INT),
-            ("block_count", INT),
+            "workflow_id",
+            "workflow_type",
+            "project",
+            "throttle",
+            "state",
+            "error",
+            "started_at",
+            "completed_at",
+            "event_count",
+            "block_count",
         ),
         _finished_row,
     ),  # fmt: skip
     RunSubmission: TableWriter(
         "runs",
         (
-            ("run_id", TEXT),
-            ("idempotency_key", TEXT),
-            ("dag_json", TEXT),
-            ("inputs", JSON),
-            ("seed", BIG),
-            ("labels", JSON),
-            ("breakpoints", TEXTS),
-            ("parent_run_id", TEXT),
-            ("branch_step", TEXT),
-            ("note", TEXT),
-            ("created_at", STAMP),
+            "run_id",
+            "idempotency_key",
+            "dag_json",
+            "inputs",
+            "seed",
+            "labels",
+            "breakpoints",
+            "parent_run_id",
+            "branch_step",
+            "note",
+            "created_at",
         ),
         _submission_row,
     ),  # fmt: skip
     RunEventRecord: TableWriter(
         "run_events",
-        (
-            ("run_id", TEXT),
-            ("seq", INT),
-            ("step_id", TEXT),
-            ("kind", TEXT),
-            ("payload", JSON),
-            ("occurred_at", STAMP),
-        ),
+        ("run_id", "seq", "step_id", "kind", "payload", "occurred_at"),
         _run_event_row,
     ),
 }
