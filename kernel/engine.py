@@ -43,6 +43,7 @@ from .store import StoreMessage
 from .store_messages import Append, Read
 from .store_reads import load_trace, load_workflow
 from .throttle import Action, Decision, decide
+from .trace_writer import render
 from .workflow import BlockSlot, Visit, Workflow
 
 log = logging.getLogger("foundry.engine")
@@ -444,7 +445,8 @@ class Engine:
     def _on_trace(self, message: GetTrace) -> None:
         workflow = self._recent.get(message.event_id)
         if workflow is not None:
-            message.reply.send(json.loads(workflow.trace_text))
+            assert workflow.trace is not None  # recent workflows have ended
+            message.reply.send(json.loads(render(workflow.trace)))
         elif message.event_id in self._inflight or not is_event_id(message.event_id):
             message.reply.send(None)
         else:

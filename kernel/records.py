@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from .ids import rfc3339
 from .throttle import Throttle
+from .trace_writer import EventRow, ExecutionRow, TraceRows
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,18 +36,15 @@ class Event:
     def tap_key(self) -> str:
         return self.project
 
-    def trace_json(self) -> str:
-        """This event in the trace file, as JSON text (the payload is already JSON)."""
+    def trace_row(self) -> EventRow:
+        """This event as its trace file shows it (see ``trace_writer.render``)."""
         stamp = self.stamp or rfc3339(self.occurred_at)
         recorded = stamp if self.recorded_at == self.occurred_at else rfc3339(self.recorded_at)
         return (
-            f'{{"id":"{self.id}","event_type":{_text(self.event_type)},'
-            f'"project":{_text(self.project)},"occurred_at":"{stamp}","recorded_at":"{recorded}",'
-            f'"throttle":"{self.throttle.value}","trace_id":"{self.trace_id}",'
-            f'"payload":{self.payload_json},"parent_id":{_optional(self.parent_id)},'
-            f'"emitted_by":{_optional(self.emitted_by)},"depth":{self.depth},'
-            f'"throttled":{_TRUTH[self.throttled]}}}'
-        )
+            self.id, self.event_type, self.project, stamp, recorded, self.throttle.value,
+            self.trace_id, self.payload_json, self.parent_id, self.emitted_by, self.depth,
+            self.throttled,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,22 +67,15 @@ class ExecutionRecord:
     attempts: int
     throttled: bool
 
-    def trace_json(self) -> str:
-        """This execution in the trace file, as JSON text."""
-        emitted_ids = ",".join(f'"{e.id}"' for e in self.emitted)
-        emitted_payloads = ",".join(e.payload_json for e in self.emitted)
-        artifacts = ",".join(map(_text, self.audit_artifacts))
+    def trace_row(self) -> ExecutionRow:
+        """This execution as its trace file shows it (see ``trace_writer.render``)."""
         return (
-            f'{{"block_name":{_text(self.block_name)},"trigger_event_id":"{self.trigger.id}",'
-            f'"success":{_TRUTH[self.success]},"summary":{_text(self.summary)},'
-            f'"emitted_event_ids":[{emitted_ids}],"duration_ms":{self.duration_ms},'
-            f'"raw_output":{_text(self.raw_output)},"exit_code":{self.exit_code},'
-            f'"trigger_payload":{self.trigger.payload_json},'
-            f'"emitted_payloads":[{emitted_payloads}],"audit_artifacts":[{artifacts}],'
-            f'"state":"{self.state}","throttled":{_TRUTH[self.throttled]},'
-            f'"attempts":{self.attempts},"started_at":"{rfc3339(self.started_at)}",'
-            f'"completed_at":"{rfc3339(self.completed_at)}"}}'
-        )
+            self.block_name, self.trigger.id, self.success, self.summary,
+            tuple(e.id for e in self.emitted), self.duration_ms, self.raw_output, self.exit_code,
+            self.trigger.payload_json, tuple(e.payload_json for e in self.emitted),
+            self.audit_artifacts, self.state, self.throttled, self.attempts,
+            rfc3339(self.started_at), rfc3339(self.completed_at),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +92,12 @@ class FinishedChain:
     completed_at: datetime
     event_count: int
     block_count: int
-    trace_json: str  # the trace file's text; "" for an event no block sinks (no file)
+    # The trace file: the chain's rows (the archivist renders them), or its text; None for an
+    # event no block sinks, which has no file.
+    trace: TraceRows | str | None
 
 
-def trace_json(
+def trace_rows(
     events: Iterable[Event],
     executions: Iterable[ExecutionRecord],
     total_ms: int,
@@ -113,14 +105,15 @@ def trace_json(
     workflow_id: str,
     state: str,
     error: str,
-) -> str:
-    """A chain's trace file, built from each record's JSON text: no intermediate dicts, and
-    payloads, already JSON, are not encoded again."""
+) -> TraceRows:
+    """A chain's trace file as rows: ``trace_writer.render`` makes the JSON text of them."""
     return (
-        f'{{"events":[{",".join(e.trace_json() for e in events)}],'
-        f'"block_executions":[{",".join(x.trace_json() for x in executions)}],'
-        f'"total_duration_ms":{total_ms},"workflow_id":"{workflow_id}","state":"{state}",'
-        f'"error":{_text(error)}}}'
+        tuple(e.trace_row() for e in events),
+        tuple(x.trace_row() for x in executions),
+        total_ms,
+        workflow_id,
+        state,
+        error,
     )
 
 
@@ -135,11 +128,3 @@ def storable(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode()
     return text
-
-
-_TRUTH = {True: "true", False: "false"}
-_text: Callable[[str], str] = encode_basestring_ascii  # a JSON string literal, as json.dumps writes
-
-
-def _optional(text: str) -> str:
-    return _text(text) if text else "null"

@@ -187,9 +187,9 @@ class Store:
         for record in records:
             by_kind.setdefault(type(record), []).append(record)
         traces = b"".join(
-            frame(trace_path(self.home, chain), chain.trace_json)
+            frame(trace_path(self.home, chain), chain.trace)
             for chain in by_kind.get(FinishedChain, ())
-            if chain.trace_json  # "": an event no block sinks, which has no trace file
+            if chain.trace is not None  # an event no block sinks has no trace file
         )
         self._con.execute("BEGIN TRANSACTION")
         try:

@@ -154,7 +154,7 @@ def recover_unfinished(
                 completed_at=now,
                 event_count=len(events),
                 block_count=max(len(executions), 1),
-                trace_json=json.dumps(trace, default=str),
+                trace=json.dumps(trace, default=str),
             )
         )
     if finished:

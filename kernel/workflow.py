@@ -10,7 +10,8 @@ from typing import Any
 from .engine_messages import BlockView, WorkflowView
 from .ids import rfc3339
 from .mailbox import Pending
-from .records import Event, ExecutionRecord, FinishedChain, storable, trace_json
+from .records import Event, ExecutionRecord, FinishedChain, storable, trace_rows
+from .trace_writer import TraceRows
 
 
 @dataclass(slots=True)
@@ -59,7 +60,7 @@ class Workflow:
     last_commit: Pending[None] | None = None
     # The depth-first walk still to do (the top is next), and the trace once the chain ended.
     agenda: list[Visit] = field(default_factory=list)
-    trace_text: str = ""
+    trace: TraceRows | None = None
 
     @property
     def id(self) -> str:
@@ -100,7 +101,7 @@ class Workflow:
         state = self.final_state()
         total_ms = round((completed_at - self.root.occurred_at).total_seconds() * 1000)
         if self.is_workflow:
-            self.trace_text = trace_json(
+            self.trace = trace_rows(
                 self.events,
                 self.executions,
                 total_ms,
@@ -121,7 +122,7 @@ class Workflow:
             # 0 marks an emit no block sinks (not a workflow; Status cannot find it). A workflow
             # whose blocks all passed its payload by is still one (cf. recover_unfinished).
             block_count=max(len(self.slots), 1) if self.is_workflow else 0,
-            trace_json=self.trace_text,
+            trace=self.trace,
         )
 
 
