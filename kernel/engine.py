@@ -142,8 +142,7 @@ class Engine:
         try:
             await workflow.last_commit.wait()  # as before any await: the root is durable
         except Exception:
-            self._inflight.pop(workflow.id, None)  # nothing stored; the Emit got the error
-            self._stop_notices_when_idle()
+            self._forget(workflow)  # nothing of it was stored; the Emit got the error
             return
         workflow.state = "running"
         try:
@@ -192,12 +191,16 @@ class Engine:
             unwrap(answer)
         except Exception as exc:
             if with_root:  # nothing of the chain was stored; the Emit got this error
-                self._inflight.pop(workflow.id, None)
-                self._stop_notices_when_idle()
+                self._forget(workflow)
                 return
             log.error("could not store the end of workflow %s: %s", workflow.id, exc)
         workflow.state = workflow.final_state()
         self._retire(workflow)
+
+    def _forget(self, workflow: Workflow) -> None:
+        """Drop a workflow whose root was never stored: as far as anyone knows, it never was."""
+        self._inflight.pop(workflow.id, None)
+        self._stop_notices_when_idle()
 
     def _retire(self, workflow: Workflow) -> None:
         self._inflight.pop(workflow.id, None)
