@@ -150,7 +150,7 @@ class Engine:
                 turn = self._next_turn(workflow)
                 if turn is None:
                     break
-                if self._runs_inline(turn):  # inline turns used up: let other work run
+                if self._inline_decision(turn):  # inline turns used up: let others run
                     await trio.lowlevel.checkpoint()
                     continue
                 await self._take_turn(workflow, turn)
@@ -246,12 +246,14 @@ class Engine:
         visit, block, _, _ = turn
         return decide(visit.event.throttle, block.kind is BlockKind.MUTATOR)
 
-    def _runs_inline(self, turn: Turn) -> bool:
-        """Side-effect-free and synchronous: no commit to wait for, nothing to await."""
+    def _inline_decision(self, turn: Turn) -> Decision | None:
+        """The turn's decision when it can run inline — side-effect-free and synchronous: no
+        commit to wait for, nothing to await — else None."""
         _, block, refusal, _ = turn
-        action = self._decision(turn).action
-        acts = action is Action.RUN and block.kind is BlockKind.MUTATOR
-        return bool(refusal) or (not acts and runs_now(block, action))
+        decision = self._decision(turn)
+        acts = decision.action is Action.RUN and block.kind is BlockKind.MUTATOR
+        inline = bool(refusal) or (not acts and runs_now(block, decision.action))
+        return decision if inline else None
 
     def _run_inline(self, workflow: Workflow) -> bool:
         """Take the chain's turns inline while they allow it; True when the walk has ended."""
@@ -260,10 +262,10 @@ class Engine:
                 turn = self._next_turn(workflow)
                 if turn is None:
                     return True
-                if not self._runs_inline(turn):
+                decision = self._inline_decision(turn)
+                if decision is None:
                     return False
                 visit, block, refusal, slot = turn
-                decision = self._decision(turn)
                 slot.state, slot.started_at = "running", self._clock.now()
                 if refusal:
                     outcome: Outcome | None = _refused(refusal)
