@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 import subprocess
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from .envpolicy import child_environment
 from .throttle import Action, Throttle
 
 
@@ -134,11 +135,17 @@ class BlockContext:
         stdin: bytes = b"",
         env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
+        pass_env: Collection[str] = (),
     ) -> CommandResult:
-        """Run a program (no shell), capturing stdout and stderr together as the raw output."""
+        """Run a program (no shell), capturing stdout and stderr together as the raw output.
+
+        The child starts from a minimal environment (``envpolicy.child_environment``), never the
+        daemon's: the daemon variables named in ``pass_env``, the step's ``env`` a run set (the
+        kernel checked it against the block's ``allow_env``), then ``env``.
+        """
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
         self.artifacts_touched = True
-        full_env = {**os.environ, **self.env, **(env or {})}
+        full_env = child_environment(os.environ, passed=pass_env, from_run=self.env, declared=env)
         done = await trio.run_process(
             list(argv),
             stdin=stdin,
@@ -178,6 +185,9 @@ class Block:
     retries: int = 0
     backoff: float = 0.2
     description: str = ""
+    # The names a run's step ``env`` may set for this block ("*": any name not forbidden
+    # outright, see envpolicy). Default none: a run cannot change a block's environment.
+    allow_env: frozenset[str] = frozenset()
     # True when run/audit/simulate never await: the kernel may then run the block through
     # call(), inline, without a task or deadline scope (its timeout cannot interrupt it anyway).
     synchronous: bool = False
@@ -192,6 +202,7 @@ class Block:
         retries: int | None = None,
         backoff: float | None = None,
         description: str | None = None,
+        allow_env: Iterable[str] | None = None,
     ) -> None:
         self.name = name if name is not None else self.name or type(self).__name__
         self.kind = BlockKind(kind) if kind is not None else BlockKind(self.kind)
@@ -201,10 +212,16 @@ class Block:
         self.retries = retries if retries is not None else self.retries
         self.backoff = backoff if backoff is not None else self.backoff
         self.description = description if description is not None else self.description
+        if allow_env is not None:
+            self.allow_env = frozenset(allow_env)
 
     def accepts(self, payload: Mapping[str, Any]) -> bool:
         """Payload self-filter: return False to let an event pass this block by."""
         return True
+
+    def env_allowed(self, inputs: Mapping[str, Any]) -> frozenset[str]:
+        """The env names a DAG step with these (unresolved) inputs may set: ``allow_env``."""
+        return self.allow_env
 
     async def run(self, ctx: BlockContext) -> Any:
         """Do the work. Return the output (any JSON value); emit events with ``ctx.emit``."""
@@ -291,6 +308,7 @@ def block(
     accepts: AcceptsFn | None = None,
     audit: BlockFn | None = None,
     simulate: BlockFn | None = None,
+    allow_env: Iterable[str] = (),
 ) -> Callable[[BlockFn], FunctionBlock]:
     """Make a block from a function ``fn(ctx) -> output`` (sync or async)."""
 
@@ -306,6 +324,7 @@ def block(
             accepts=accepts,
             audit=audit,
             simulate=simulate,
+            allow_env=allow_env,
         )
 
     return wrap

@@ -18,16 +18,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from .envpolicy import env_violation
 from .errors import InvalidArgument
 
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _STEP_KEYS = {"id", "type", "inputs", "depends_on", "retry", "timeout", "model", "env"}
-_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
+_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,26 @@ def check_patch_references(dag: Dag, step_id: str, inputs: Any) -> None:
         )
 
 
+EnvAllowance = Callable[[StepSpec], Collection[str]]
+"""The env names a step may set: its block's ``allow_env`` for the step's inputs."""
+
+
+def check_step_env(
+    step_id: str, env: Mapping[str, Any], allowed: Collection[str], *, field: str = "env"
+) -> None:
+    """A run's step ``env`` sets only names its block allows, never a forbidden one."""
+    violation = env_violation(env, allowed)
+    if violation is not None:
+        name, reason = violation
+        raise InvalidArgument(f"step {step_id!r}: {field}.{name[:100]}: {reason}")
+
+
+def check_dag_env(dag: Dag, allowance: EnvAllowance) -> None:
+    for step in dag.steps:
+        if step.env:
+            check_step_env(step.id, step.env, allowance(step))
+
+
 def parse_dag(dag_json: str, known_types: Collection[str] | None) -> Dag:
     """Parse and validate; every error is InvalidArgument naming the step and the field.
 
@@ -133,7 +154,7 @@ def _parse_step(raw: Any, idx: int, known_types: Collection[str] | None) -> Step
     if not isinstance(raw, dict):
         raise InvalidArgument(f"{where}: expected an object")
     step_id = raw.get("id")
-    if not isinstance(step_id, str) or not _ID.match(step_id):
+    if not isinstance(step_id, str) or not _ID.fullmatch(step_id):
         raise InvalidArgument(f"{where}: id: a step id (letters, digits, _ . : -) is required")
     where = f"step {step_id!r}"
     unknown = set(raw) - _STEP_KEYS

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from .dag import SEED_BITS, check_patch_references
+from .dag import SEED_BITS, check_patch_references, check_step_env
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .runs import RunState, RunSubmission, merge_patch
 
@@ -37,8 +37,10 @@ def patch_payload(
     env: Mapping[str, Any] | None,
     model: str | None,
     note: str,
+    allowed_env: Collection[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Check a PatchStep and return the ``step_patched`` event payload."""
+    """Check a PatchStep and return the ``step_patched`` event payload. ``allowed_env``: the
+    names the step's block lets a run set."""
     step = run.steps.get(step_id)
     if step is None:
         raise NotFound(f"step_id: no step {step_id!r} in run {run.run_id}")
@@ -50,8 +52,8 @@ def patch_payload(
     if step.status != "pending":
         raise FailedPrecondition(f"step {step_id!r} is {step.status}; only steps that have not "
                                  "run yet can be patched")  # fmt: skip
-    if env is not None and not all(isinstance(v, str) for v in env.values()):
-        raise InvalidArgument("env: values must be strings")
+    if env:
+        check_step_env(step_id, env, allowed_env)
     if inputs_patch:
         check_patch_references(run.dag, step_id, merge_patch(step.spec.inputs, inputs_patch))
     return {

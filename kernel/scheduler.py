@@ -23,7 +23,7 @@ import trio
 
 from .blocks import BlockContext, BlockKind
 from .config import SchedulerConfig
-from .dag import UnresolvedReference, parse_dag, resolve, step_seed
+from .dag import StepSpec, UnresolvedReference, check_dag_env, parse_dag, resolve, step_seed
 from .errors import InvalidArgument, NotFound, Unavailable
 from .execution import attempt_once
 from .ids import Clock, compact_json
@@ -138,8 +138,13 @@ class Scheduler:
             self._idempotency[key] = run.run_id
         self._nursery.start_soon(self._start, run, submission, message)
 
+    def _env_allowed(self, step: StepSpec) -> frozenset[str]:
+        block = self._registry.by_name.get(step.type)
+        return block.env_allowed(step.inputs) if block is not None else frozenset()
+
     def _new_run(self, message: SubmitRun) -> tuple[RunSubmission, RunState]:
         dag = parse_dag(message.dag_json, self._registry.by_name.keys())
+        check_dag_env(dag, self._env_allowed)
         step_ids = {s.id for s in dag.steps}
         for step_id in message.breakpoints:
             if step_id not in step_ids:
@@ -392,9 +397,12 @@ class Scheduler:
 
     async def _patch(self, message: PatchStep) -> str:
         run = await self._target(message.run_id)
+        step = run.steps.get(message.step_id)
+        allowed = self._env_allowed(step.spec) if step is not None else frozenset()
         payload = patch_payload(
-            run, message.step_id, message.inputs_patch, message.env, message.model, message.note
-        )
+            run, message.step_id, message.inputs_patch, message.env, message.model, message.note,
+            allowed,
+        )  # fmt: skip
         await (await self._record_durable(run, "step_patched", message.step_id, **payload)).wait()
         return message.step_id
 

@@ -15,14 +15,15 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from foundry.kernel import Block, BlockContext, BlockError, BlockKind, hookimpl
 from foundry.kernel.block_tables import common_options, matches, payload_filter
+from foundry.kernel.envpolicy import forbidden_reason
 from foundry.kernel.ids import compact_json
 
-_SHELL_KEYS = {"command", "emits", "env", "cwd", "simulate"}
+_SHELL_KEYS = {"command", "emits", "env", "cwd", "simulate", "pass_env", "allow_env"}
 
 
 class ShellBlock(Block):
@@ -35,12 +36,14 @@ class ShellBlock(Block):
         cwd: str | None = None,
         simulate: bool = False,
         when: Mapping[str, Any] | None = None,
+        pass_env: Sequence[str] = (),
         **options: Any,
     ) -> None:
         options.setdefault("kind", BlockKind.MUTATOR)
         super().__init__(**options)
         self.command, self.emits, self.cwd = command, emits, cwd
         self.static_env = dict(env or {})
+        self.pass_env = tuple(pass_env)
         self.offers_simulation, self.when = simulate, dict(when or {})
 
     def accepts(self, payload: Mapping[str, Any]) -> bool:
@@ -52,6 +55,7 @@ class ShellBlock(Block):
             stdin=compact_json(dict(ctx.payload)).encode(),
             env={**self.static_env, **_payload_env(ctx)},
             cwd=self.cwd,
+            pass_env=self.pass_env,
         )
         if result.exit_code != 0:
             last = result.output.strip().splitlines()[-1:] or [""]
@@ -109,11 +113,30 @@ def shell_block_from_table(table: Mapping[str, Any]) -> ShellBlock:
         command=command,
         emits=emits,
         env=env,
+        pass_env=_names(table, "pass_env"),
+        allow_env=_allowed_env(table),
         cwd=table.get("cwd"),
         simulate=bool(table.get("simulate", False)),
         when=payload_filter(table),
         **options,
     )
+
+
+def _names(table: Mapping[str, Any], key: str) -> list[str]:
+    names = table.get(key, [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{key}: expected a list of environment variable names")
+    return names
+
+
+def _allowed_env(table: Mapping[str, Any]) -> list[str]:
+    """``allow_env``: names a run's step env may set; a forbidden name is a config error."""
+    names = _names(table, "allow_env")
+    for name in names:
+        reason = forbidden_reason(name) if name != "*" else ""
+        if reason:
+            raise ValueError(f"allow_env: {name[:100]!r} {reason}")
+    return names
 
 
 class ShellStep(Block):
@@ -124,6 +147,12 @@ class ShellStep(Block):
     def __init__(self, commands: Mapping[str, ShellBlock]) -> None:
         super().__init__()
         self.commands = dict(commands)
+
+    def env_allowed(self, inputs: Mapping[str, Any]) -> frozenset[str]:
+        """The named command's ``allow_env`` (none when the name is not a plain string)."""
+        name = inputs.get("command")
+        command = self.commands.get(name) if isinstance(name, str) else None
+        return command.allow_env if command is not None else frozenset()
 
     async def run(self, ctx: BlockContext) -> Any:
         name = ctx.inputs.get("command")

@@ -192,6 +192,7 @@ def blocks_config(scripts: Path) -> str:
             f'[[blocks]]\nname = "{block}"\ntype = "shell"\n'
             f'kind = "{kinds.get(block, "observer")}"\n'
             f'command = ["sh", "{scripts / name}"]\ntimeout = 30\n'
+            + ('allow_env = ["TONE"]\n' if block == "envecho" else "")
         )
     return "\n".join(tables)
 

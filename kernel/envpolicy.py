@@ -1,0 +1,87 @@
+"""Which environment variables a run may set for a step, and what a child process starts from.
+
+A run is untrusted: its steps' ``env`` may set only names the block's operator allowed
+(``allow_env``), and never a name that changes how a program is found, loaded or interpreted
+(``PATH``, ``LD_*``, ``BASH_FUNC_*``, ``PYTHON*`` …), whatever the configuration says. A child
+process starts from :func:`child_environment`: a small documented base, never the daemon's
+whole environment, so daemon secrets reach a child only when the operator passes them.
+Pure functions, standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+BASE_NAMES = ("HOME", "LANG", "LC_ALL", "TZ")
+MAX_ENV_VALUE = 32 * 1024
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# Names that decide which program runs, what it loads, or code it evaluates at start.
+_FORBIDDEN_NAMES = frozenset(
+    {
+        "PATH", "IFS", "ENV", "BASH_ENV", "SHELL", "SHELLOPTS", "BASHOPTS", "PS4", "CDPATH",
+        "GLOBIGNORE", "PROMPT_COMMAND", "HOME", "TMPDIR", "GCONV_PATH", "LOCPATH", "NLSPATH",
+        "HOSTALIASES", "RES_OPTIONS", "LOCALDOMAIN", "GLIBC_TUNABLES", "PERLLIB", "PERL5LIB",
+        "PERL5OPT", "RUBYLIB", "RUBYOPT", "NODE_OPTIONS", "NODE_PATH", "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH", "EDITOR", "VISUAL", "PAGER", "GIT_SSH",
+        "GIT_SSH_COMMAND", "GIT_EXEC_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "OPENSSL_CONF",
+        "LESSOPEN", "LESSCLOSE", "TERMINFO", "XDG_CONFIG_HOME",
+    }
+)  # fmt: skip
+_FORBIDDEN_PREFIXES = (
+    "LD_", "BASH_", "BASH_FUNC_", "PYTHON", "DYLD_", "MALLOC_", "PERL", "RUBY", "NODE_",
+    "LUA_", "TCL", "GIT_CONFIG", "FOUNDRY_", "TRACEPARENT",
+)  # fmt: skip
+
+
+def forbidden_reason(name: str) -> str:
+    """Why a run may never set ``name`` ("" when it may, given the operator allows it)."""
+    if not _NAME.fullmatch(name):
+        return "not a valid variable name (letters, digits and _, not starting with a digit)"
+    upper = name.upper()
+    if upper in _FORBIDDEN_NAMES or upper.startswith(_FORBIDDEN_PREFIXES):
+        return "changes how programs are found, loaded or run, so a run may never set it"
+    return ""
+
+
+def env_violation(env: Mapping[str, object], allowed: Collection[str]) -> tuple[str, str] | None:
+    """The first ``(name, reason)`` a run's step ``env`` may not set, or None.
+
+    ``allowed`` is the block's ``allow_env``; ``"*"`` in it allows every name that is not
+    forbidden outright.
+    """
+    for name, value in env.items():
+        reason = forbidden_reason(name)
+        if not reason and not isinstance(value, str):
+            reason = "expected a string value"
+        elif not reason and (len(value) > MAX_ENV_VALUE or "\x00" in value):
+            reason = f"value must be under {MAX_ENV_VALUE} characters, without NUL"
+        elif not reason and name not in allowed and "*" not in allowed:
+            shown = ", ".join(sorted(allowed)) or "none"
+            reason = f"not allowed for this block (its allow_env: {shown})"
+        if reason:
+            return name, reason
+    return None
+
+
+def child_environment(
+    daemon_env: Mapping[str, str],
+    *,
+    passed: Collection[str] = (),
+    declared: Mapping[str, str] | None = None,
+    from_run: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """A child process's environment, lowest precedence first: the base (``PATH`` = a safe
+    default, ``HOME``/``LANG``/``LC_ALL``/``TZ`` from the daemon), the daemon variables the
+    operator passes by name, what a run set (forbidden names dropped again here: defence in
+    depth), and what the operator or block code declares."""
+    env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}
+    env.update({name: daemon_env[name] for name in BASE_NAMES if name in daemon_env})
+    env.update({name: daemon_env[name] for name in passed if name in daemon_env})
+    for name, value in (from_run or {}).items():
+        if not forbidden_reason(name):
+            env[name] = value
+    env.update(declared or {})
+    return env

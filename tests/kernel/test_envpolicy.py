@@ -1,0 +1,42 @@
+"""The env policy: what a run may set for a step, and what a child process starts from."""
+
+import pytest
+from foundry.kernel.envpolicy import SAFE_PATH, child_environment, env_violation, forbidden_reason
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["PATH", "path", "LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_ENV", "BASH_FUNC_echo%%", "ENV",
+     "IFS", "PYTHONPATH", "PYTHONSTARTUP", "PERL5OPT", "NODE_OPTIONS", "FOUNDRY_PAYLOAD",
+     "GLIBC_TUNABLES", "1X", "A-B", "", "A" * 200],
+)  # fmt: skip
+def test_names_that_change_how_programs_run_are_forbidden(name):
+    assert forbidden_reason(name)
+    assert env_violation({name: "x"}, {"*"}) is not None
+
+
+def test_a_name_must_be_allowed_by_the_block():
+    assert env_violation({"TONE": "loud"}, {"TONE"}) is None
+    assert env_violation({"TONE": "loud"}, {"*"}) is None
+    name, reason = env_violation({"TONE": "loud"}, set())  # type: ignore[misc]
+    assert name == "TONE" and "allow_env: none" in reason
+
+
+def test_values_must_be_bounded_strings_without_nul():
+    assert env_violation({"A": 1}, {"A"}) == ("A", "expected a string value")
+    assert env_violation({"A": "x\x00y"}, {"A"}) is not None
+    assert env_violation({"A": "x" * 40_000}, {"A"}) is not None
+
+
+def test_a_child_starts_from_a_minimal_environment():
+    daemon = {"PATH": "/evil", "HOME": "/home/d", "OPENAI_API_KEY": "sk", "AWS_SECRET": "s",
+              "TZ": "UTC", "PASSED": "p"}  # fmt: skip
+    env = child_environment(
+        daemon, passed=["PASSED"], from_run={"TONE": "x", "PATH": "/run"}, declared={"D": "1"}
+    )
+    assert env == {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": "/home/d", "TZ": "UTC",
+                   "PASSED": "p", "TONE": "x", "D": "1"}  # fmt: skip
+
+
+def test_the_operator_may_declare_path():
+    assert child_environment({}, declared={"PATH": "/opt/bin"})["PATH"] == "/opt/bin"
