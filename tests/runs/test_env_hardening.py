@@ -21,7 +21,7 @@ from tests.runs.helpers import (
     wait_status,
 )
 
-SHOW_ENV = 'import json, os; print(json.dumps(dict(os.environ)))'
+SHOW_ENV = "import json, os; print(json.dumps(dict(os.environ)))"
 
 
 @pytest.fixture
@@ -81,7 +81,8 @@ def test_a_child_sees_only_the_base_what_is_passed_and_what_is_allowed(daemon):
     run = run_and_wait(daemon, dag({"id": "s", "type": "showenv", "env": {"TONE": "calm"}}))
     assert run.status == api.RunStatus.SUCCEEDED
     env = outputs(run)["s"]
-    assert "OPENAI_API_KEY" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    assert "OPENAI_API_KEY" not in env
+    assert "AWS_SECRET_ACCESS_KEY" not in env
     assert env["PASSED_TO_CHILD"] == "passed"
     assert env["TONE"] == "calm"
     assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
