@@ -50,6 +50,14 @@ class LlmConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """Outbound HTTP from steps (the egress policy, kernel/egress.py)."""
+
+    # URL prefixes, hosts or CIDRs reachable although not public (loopback, private, …)
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ReplayConfig:
     """Drift tolerances (see kernel/drift.py)."""
 
@@ -64,12 +72,14 @@ class Config:
     listen: str = DEFAULT_LISTEN
     home: Path = field(default_factory=lambda: default_home())
     shutdown_grace: float = 10.0
+    max_message_bytes: int = 4 * 1024 * 1024  # as gRPC's default
     engine: EngineConfig = EngineConfig()
     store: StoreConfig = StoreConfig()
     tap: TapConfig = TapConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     llm: LlmConfig = LlmConfig()
     replay: ReplayConfig = ReplayConfig()
+    http: HttpConfig = HttpConfig()
     plugin_modules: tuple[str, ...] = ()
     # [[blocks]] tables, validated by the factory of each block's ``type`` when blocks load.
     declared_blocks: tuple[Mapping[str, Any], ...] = ()
@@ -99,7 +109,9 @@ class Config:
     ) -> Config:
         reader = _Reader(source)
         reader.only(data, "", {*SECTIONS, "daemon", "plugins", "blocks"})
-        daemon = reader.table(data, "daemon", {"listen", "home", "shutdown_grace"})
+        daemon = reader.table(
+            data, "daemon", {"listen", "home", "shutdown_grace", "max_message_bytes"}
+        )
         plugins = reader.table(data, "plugins", {"modules"})
         home_value = daemon.get("home")
         home = default_home()
@@ -116,6 +128,9 @@ class Config:
             listen=listen,
             home=home,
             shutdown_grace=reader.positive(daemon, "daemon", "shutdown_grace", 10.0),
+            max_message_bytes=int(
+                reader.positive(daemon, "daemon", "max_message_bytes", 4 * 1024 * 1024)
+            ),
             **{name: reader.section(data, name, kind) for name, kind in SECTIONS.items()},
             plugin_modules=tuple(reader.strings(plugins, "plugins", "modules")),
             declared_blocks=reader.blocks(data),
@@ -129,6 +144,7 @@ SECTIONS: dict[str, type] = {
     "scheduler": SchedulerConfig,
     "llm": LlmConfig,
     "replay": ReplayConfig,
+    "http": HttpConfig,
 }
 
 
@@ -194,6 +210,8 @@ class _Reader:
         for key, value in table.items():
             default = getattr(defaults, key)
             values[key] = self._scalar(f"[{name}].{key}", value, type(default))
+        if kind is HttpConfig:
+            self._allow_entries(values.get("allow", ()))
         return kind(**values)
 
     def _scalar(self, key: str, value: Any, kind: type) -> Any:
@@ -204,7 +222,20 @@ class _Reader:
             raise self.fail(key, f"expected a non-negative number, got {value!r}")
         if kind is str and not isinstance(value, str):
             raise self.fail(key, f"expected a string, got {value!r}")
+        if kind is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise self.fail(key, f"expected a list of non-empty strings, got {value!r}")
+            return tuple(value)
         return float(value) if kind is float else value
+
+    def _allow_entries(self, entries: tuple[str, ...]) -> None:
+        from .egress import parse_allow_entry  # httpx is imported only when this is used
+
+        for index, entry in enumerate(entries):
+            try:
+                parse_allow_entry(entry)
+            except ValueError as exc:
+                raise self.fail(f"[http].allow[{index}]", f"{entry!r}: {exc}") from None
 
     def blocks(self, data: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
         blocks = data.get("blocks", [])

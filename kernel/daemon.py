@@ -82,7 +82,11 @@ async def _run_actors(
     signals: AsyncIterator[int],
 ) -> None:
     mailboxes = await _start_actors(config, registry, nursery)
-    server = await start_server([FoundryService(mailboxes), RuntimeService(mailboxes)], sock)
+    server = await start_server(
+        [FoundryService(mailboxes), RuntimeService(mailboxes)],
+        sock,
+        max_message_bytes=config.max_message_bytes,
+    )
     log.info("serving %d blocks on %s, home %s", len(registry), address, config.home)
     on_ready(address)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from .envpolicy import env_violation
 from .errors import InvalidArgument
+from .json_input import parse_json, quoted
 
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _STEP_KEYS = {"id", "type", "inputs", "depends_on", "retry", "timeout", "model", "env"}
@@ -130,10 +131,7 @@ def parse_dag(dag_json: str, known_types: Collection[str] | None) -> Dag:
 
     ``known_types`` None skips the step-type check (reading back a stored run).
     """
-    try:
-        document = json.loads(dag_json)
-    except ValueError as exc:
-        raise InvalidArgument(f"spec.dag_json: not valid JSON: {exc}") from None
+    document = parse_json(dag_json, "spec.dag_json")
     if not isinstance(document, dict) or not isinstance(document.get("steps"), list):
         raise InvalidArgument('spec.dag_json: expected an object with a "steps" array')
     if not document["steps"]:
@@ -163,7 +161,7 @@ def _parse_step(raw: Any, idx: int, known_types: Collection[str] | None) -> Step
     kind = raw.get("type")
     if not isinstance(kind, str) or (known_types is not None and kind not in known_types):
         known = ", ".join(sorted(known_types or ()))
-        raise InvalidArgument(f"{where}: type: unknown step type {kind!r} (known: {known})")
+        raise InvalidArgument(f"{where}: type: unknown step type {quoted(kind)} (known: {known})")
     inputs = raw.get("inputs", {})
     if not isinstance(inputs, dict):
         raise InvalidArgument(f"{where}: inputs: expected an object")
@@ -227,7 +225,7 @@ def _with_reference_deps(step: StepSpec, step_ids: set[str]) -> StepSpec:
     deps = dict.fromkeys(step.depends_on)
     for dep in step.depends_on:
         if dep not in step_ids:
-            raise InvalidArgument(f"step {step.id!r}: depends_on: unknown step {dep!r}")
+            raise InvalidArgument(f"step {step.id!r}: depends_on: unknown step {quoted(dep)}")
         if dep == step.id:
             raise InvalidArgument(f"step {step.id!r}: depends_on: a step cannot depend on itself")
     for path in references(step.inputs):

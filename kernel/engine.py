@@ -36,7 +36,8 @@ from .engine_messages import BlockView, Emit, Emitted, GetStatus, GetTrace, Work
 from .errors import ChainLimitExceeded, NotFound, Unavailable
 from .execution import Outcome, execute, execute_now, runs_now
 from .ids import Clock, compact_json, event_id_of_json, is_event_id, rfc3339
-from .mailbox import NoticeSlot, Pending, Reply, ask, reply_pair, take_batch, unwrap
+from .json_input import quoted
+from .mailbox import NoticeSlot, Pending, Reply, ask, refuse, reply_pair, take_batch, unwrap
 from .plugins import BlockRegistry
 from .records import Event, ExecutionRecord, storable
 from .store import StoreMessage
@@ -87,7 +88,10 @@ class Engine:
             task_status.started()
             while batch := await take_batch(self._inbox, MAILBOX_BATCH):
                 for message in batch:
-                    await self._handle(message)
+                    try:
+                        await self._handle(message)
+                    except Exception as exc:  # one bad request never stops the engine
+                        refuse(message, exc, log)
             # Mailbox closed: chains in flight get the grace period, then are cancelled (the
             # next start marks them failed).
             self._closing = True
@@ -99,8 +103,10 @@ class Engine:
             await self._on_emit(message)
         elif isinstance(message, GetStatus):
             self._on_status(message)
-        else:
+        elif isinstance(message, GetTrace):
             self._on_trace(message)
+        else:
+            raise KeyError(type(message))
 
     # --- Emit ---------------------------------------------------------------------------------
 
@@ -443,7 +449,7 @@ class Engine:
             message.reply.fail(exc)
             return
         if found is None:
-            message.reply.fail(NotFound(f"workflow_id: no workflow {message.workflow_id!r}"))
+            message.reply.fail(NotFound(f"workflow_id: no workflow {quoted(message.workflow_id)}"))
         else:
             message.reply.send([_stored_view(*found)])
 

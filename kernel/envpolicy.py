@@ -53,17 +53,21 @@ def env_violation(env: Mapping[str, object], allowed: Collection[str]) -> tuple[
     forbidden outright.
     """
     for name, value in env.items():
-        reason = forbidden_reason(name)
-        if not reason and not isinstance(value, str):
-            reason = "expected a string value"
-        elif not reason and (len(value) > MAX_ENV_VALUE or "\x00" in value):
-            reason = f"value must be under {MAX_ENV_VALUE} characters, without NUL"
-        elif not reason and name not in allowed and "*" not in allowed:
+        reason = forbidden_reason(name) or _value_reason(value)
+        if not reason and name not in allowed and "*" not in allowed:
             shown = ", ".join(sorted(allowed)) or "none"
             reason = f"not allowed for this block (its allow_env: {shown})"
         if reason:
             return name, reason
     return None
+
+
+def _value_reason(value: object) -> str:
+    if not isinstance(value, str):
+        return "expected a string value"
+    if len(value) > MAX_ENV_VALUE or "\x00" in value:
+        return f"value must be under {MAX_ENV_VALUE} characters, without NUL"
+    return ""
 
 
 def child_environment(

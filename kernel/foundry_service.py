@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from .engine import EngineMessage
 from .engine_messages import Emit, Emitted, GetStatus, GetTrace, WorkflowView
 from .grpc_server import ask
 from .ids import compact_json
+from .json_input import parse_json_object
 from .tap import TapMessage
 from .tap_messages import Overflow, Subscribe
 from .throttle import Throttle
@@ -106,21 +106,7 @@ def parse_emit(message: api.EmitRequest) -> Any:
 def parse_payload(payload_json: str) -> Mapping[str, Any]:
     if not payload_json.strip():
         return {}
-    try:
-        payload = json.loads(payload_json)
-        # NaN, Infinity (also what 1e999 parses to) and lone surrogates are not JSON either; the
-        # store's JSON column would refuse them and fail the whole group commit with them.
-        json.dumps(payload, allow_nan=False, ensure_ascii=False).encode()
-    except RecursionError:
-        raise GRPCError(Status.INVALID_ARGUMENT, "payload_json: nested too deeply") from None
-    except ValueError as exc:
-        raise GRPCError(Status.INVALID_ARGUMENT, f"payload_json: not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise GRPCError(
-            Status.INVALID_ARGUMENT,
-            f"payload_json: must be a JSON object, got {type(payload).__name__}",
-        )
-    return payload
+    return parse_json_object(payload_json, "payload_json")
 
 
 def _workflow_status(view: WorkflowView) -> api.WorkflowStatus:

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import trio
 import trio_asyncio
 from grpclib import GRPCError
-from grpclib.const import Status
+from grpclib.const import Handler, Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.server import Server
 
 from . import errors
 from .bridge import ask_actor
+from .grpc_internals import install_message_limit
+from .message_check import WrongField, check_request
 
 log = logging.getLogger("foundry.grpc")
 
@@ -39,7 +41,7 @@ STATUS_OF: dict[type[errors.FoundryError], Status] = {
 def to_grpc_error(exc: BaseException) -> GRPCError:
     for kind in type(exc).__mro__:
         if kind in STATUS_OF:
-            return GRPCError(STATUS_OF[kind], str(exc))
+            return GRPCError(STATUS_OF[kind], bounded_message(str(exc)))
     log.error("unexpected error in a request handler", exc_info=exc)
     return GRPCError(Status.INTERNAL, "internal error; the daemon log has the details")
 
@@ -70,21 +72,65 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class RequestCodec(ProtoCodec):
-    """Protobuf, except that a request that does not parse (say, invalid UTF-8 in a string) is the
-    client's error, INVALID_ARGUMENT, not an application error (grpclib answers UNKNOWN)."""
+    """Protobuf, checked: a request that does not parse (say, invalid UTF-8 in a string) or whose
+    fields have the wrong wire type is the client's error, INVALID_ARGUMENT naming the field —
+    grpclib would answer UNKNOWN, and betterproto2 would hand the kernel an ``int`` for a string."""
 
     def decode(self, data: bytes, message_type: Any) -> Any:
+        name = getattr(message_type, "__name__", "message")
         try:
-            return super().decode(data, message_type)
+            message = super().decode(data, message_type)
+            check_request(message)
+        except WrongField as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"request: {exc}") from None
         except Exception as exc:
-            raise GRPCError(
-                Status.INVALID_ARGUMENT,
-                f"request: not a valid {getattr(message_type, '__name__', 'message')}: {exc}",
-            ) from None
+            reason = f"{type(exc).__name__}: {str(exc)[:100]}"
+            message_text = f"request: not a valid {name}: {reason}"
+            raise GRPCError(Status.INVALID_ARGUMENT, message_text) from None
+        return message
 
 
-async def start_server(handlers: Sequence[Any], sock: socket.socket) -> Server:
-    server = Server(list(handlers), codec=RequestCodec())
+class GuardedService:
+    """A service whose every handler maps escaping errors through :func:`to_grpc_error`: kernel
+    errors become their status, anything else a generic INTERNAL and one logged traceback."""
+
+    def __init__(self, service: Any) -> None:
+        self._service = service
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            path: Handler(_guard(h.func), h.cardinality, h.request_type, h.reply_type)
+            for path, h in self._service.__mapping__().items()
+        }
+
+
+def _guard(func: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    async def guarded(stream: Any) -> None:
+        try:
+            await func(stream)
+        except GRPCError as exc:
+            raise GRPCError(exc.status, bounded_message(exc.message), exc.details) from None
+        except Exception as exc:
+            raise to_grpc_error(exc) from None
+
+    return guarded
+
+
+MAX_ERROR_MESSAGE = 400
+
+
+def bounded_message(message: str | None) -> str | None:
+    """Error text that stays small in an HTTP/2 trailer, whatever a caller sent."""
+    if message is None or len(message) <= MAX_ERROR_MESSAGE:
+        return message
+    return message[: MAX_ERROR_MESSAGE - 3] + "..."
+
+
+async def start_server(
+    handlers: Sequence[Any], sock: socket.socket, *, max_message_bytes: int
+) -> Server:
+    install_message_limit(max_message_bytes)
+    server = Server([GuardedService(h) for h in handlers], codec=RequestCodec())
     await trio_asyncio.aio_as_trio(server.start)(sock=sock)
     return server
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import trio
 
-from .errors import Unavailable
+from .errors import FoundryError, InvalidArgument, Unavailable
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -153,3 +154,16 @@ async def take_batch(channel: trio.MemoryReceiveChannel[M], limit: int) -> list[
         except (trio.WouldBlock, trio.EndOfChannel):
             break
     return batch
+
+
+def refuse(message: object, error: Exception, log: logging.Logger) -> None:
+    """An actor's answer to a message it failed on: the asker gets the error (or, for a message
+    the actor does not know, a plain refusal), the log one line, and the actor goes on."""
+    if isinstance(error, KeyError) and not isinstance(error, FoundryError):
+        log.error("dropped a message of unknown type %s", type(message).__name__)
+        error = InvalidArgument(f"unknown request {type(message).__name__}")
+    elif not isinstance(error, FoundryError):
+        log.error("a %s request failed", type(message).__name__, exc_info=error)
+    reply = getattr(message, "reply", None)
+    if isinstance(reply, Reply):
+        reply.fail(error)

@@ -23,6 +23,7 @@ from .drift import Drift, Tolerance, drift
 from .errors import FailedPrecondition, NotFound
 from .execution import attempt_once
 from .ids import compact_json
+from .json_input import quoted
 from .mailbox import Reply, ask
 from .plugins import BlockRegistry
 from .runs import RunState, StepState
@@ -87,7 +88,7 @@ class Replayer:
     async def _replay(self, run_id: str, mode: str) -> ReplayResult:
         found: Any = await ask(self._store, lambda r: Read(load_run, (run_id,), r))
         if found is None:
-            raise NotFound(f"run_id: no run {run_id!r}")
+            raise NotFound(f"run_id: no run {quoted(run_id)}")
         submission, events = found
         run = RunState.new(submission, parse_dag(submission.dag_json, None))
         for event in events:

@@ -11,6 +11,7 @@ from typing import Any
 
 from .dag import SEED_BITS, check_patch_references, check_step_env
 from .errors import FailedPrecondition, InvalidArgument, NotFound
+from .json_input import quoted
 from .runs import RunState, RunSubmission, merge_patch
 
 
@@ -24,7 +25,8 @@ def new_breakpoints(
     for field, ids in (("add", add), ("remove", remove)):
         for step_id in ids:
             if step_id not in run.steps:
-                raise InvalidArgument(f"{field}: unknown step {step_id!r} in run {run.run_id}")
+                unknown = quoted(step_id)
+                raise InvalidArgument(f"{field}: unknown step {unknown} in run {run.run_id}")
     points = set() if clear_all else set(run.breakpoints)
     points = (points | set(add)) - set(remove)
     return [s.id for s in run.dag.steps if s.id in points]
@@ -43,7 +45,7 @@ def patch_payload(
     names the step's block lets a run set."""
     step = run.steps.get(step_id)
     if step is None:
-        raise NotFound(f"step_id: no step {step_id!r} in run {run.run_id}")
+        raise NotFound(f"step_id: no step {quoted(step_id)} in run {run.run_id}")
     if run.status != "PAUSED_AT_STEP":
         raise FailedPrecondition(
             f"run {run.run_id} is {run.status.lower()}, not paused: pause it at a breakpoint "
@@ -87,7 +89,7 @@ def branch_submission(
     created_at: datetime,
 ) -> RunSubmission:
     if from_step not in source.steps:
-        raise NotFound(f"from_step: no step {from_step!r} in run {source.run_id}")
+        raise NotFound(f"from_step: no step {quoted(from_step)} in run {source.run_id}")
     sub = source.submission
     if seed_mode == "custom":
         if seed is None:

@@ -14,9 +14,10 @@ from grpclib.const import Handler, Status
 from grpclib.server import Stream
 
 from .bridge import StreamSink
+from .errors import InvalidArgument
 from .foundry_service import Mailboxes
 from .grpc_server import ask
-from .ids import compact_json
+from .json_input import check_json_value
 from .replay import Replay, ReplayResult
 from .runs import TERMINAL_KINDS, RunEventRecord
 from .scheduler_messages import (
@@ -188,16 +189,14 @@ class RuntimeService(api.RuntimeServiceBase):
 
 
 def _json_object(struct: Struct | None, field: str) -> dict[str, Any] | None:
-    """A Struct as a JSON object; NaN and infinities (a Value may carry them, JSON cannot, and
-    the store refuses them) are INVALID_ARGUMENT."""
+    """A Struct as a JSON object under the limits of every client JSON (``json_input``)."""
     if struct is None:
         return None
-    value: dict[str, Any] = struct.to_dict()
     try:
-        compact_json(value)
-    except ValueError:
-        reason = "numbers must be finite (NaN and infinities are not JSON)"
-        raise GRPCError(Status.INVALID_ARGUMENT, f"{field}: {reason}") from None
+        value: dict[str, Any] = struct.to_dict()
+    except RecursionError:
+        raise InvalidArgument(f"{field}: nested too deeply") from None
+    check_json_value(value, field)
     return value
 
 

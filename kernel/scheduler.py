@@ -27,7 +27,8 @@ from .dag import StepSpec, UnresolvedReference, check_dag_env, parse_dag, resolv
 from .errors import InvalidArgument, NotFound, Unavailable
 from .execution import attempt_once
 from .ids import Clock, compact_json
-from .mailbox import Pending, ask, post
+from .json_input import quoted
+from .mailbox import Pending, ask, post, refuse
 from .plugins import BlockRegistry
 from .run_control import (
     branch_submission,
@@ -110,7 +111,10 @@ class Scheduler:
                 nursery.start_soon(self._drive, run)
             task_status.started(len(unfinished))
             async for message in self._inbox:
-                self._handlers[type(message)](message)
+                try:
+                    self._handlers[type(message)](message)
+                except Exception as exc:  # one bad request never stops the scheduler
+                    refuse(message, exc, log)
             # Runs are checkpointed by their log: in-flight steps get the grace period (no new
             # step starts), then the next start leases them again. Paused runs have nothing in
             # flight: they stop waiting for a ResumeRun that can no longer come.
@@ -148,7 +152,7 @@ class Scheduler:
         step_ids = {s.id for s in dag.steps}
         for step_id in message.breakpoints:
             if step_id not in step_ids:
-                raise InvalidArgument(f"spec.breakpoints: unknown step {step_id!r}")
+                raise InvalidArgument(f"spec.breakpoints: unknown step {quoted(step_id)}")
         submission = RunSubmission(
             run_id=new_run_id(),
             dag_json=message.dag_json,
@@ -465,7 +469,7 @@ class Scheduler:
     async def _load(self, run_id: str) -> RunState:
         found = await self._read(load_run, run_id)
         if found is None:
-            raise NotFound(f"run_id: no run {run_id!r}")
+            raise NotFound(f"run_id: no run {quoted(run_id)}")
         return self._rebuild(*found)
 
     def _on_open_tap(self, message: OpenTap) -> None:
@@ -478,7 +482,7 @@ class Scheduler:
             await ask(self._tap, lambda r: Subscribe("runs", message.run_id, r, message.sink))
             history = await self._read(load_run_events, message.run_id)
             if not history:
-                raise NotFound(f"run_id: no run {message.run_id!r}")
+                raise NotFound(f"run_id: no run {quoted(message.run_id)}")
         except Exception as exc:
             message.sink.close()
             message.reply.fail(exc)

@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from .mailbox import refuse
 from .tap_messages import CloseAll, Overflow, Publish, Sink, Subscribe
 
 TapMessage = Publish | Subscribe | CloseAll
@@ -70,7 +71,10 @@ class TapBroker:
         try:
             async with self._inbox:
                 async for message in self._inbox:
-                    self._handlers[type(message)](message)
+                    try:
+                        self._handlers[type(message)](message)
+                    except Exception as exc:  # one bad request never stops the broker
+                        refuse(message, exc, log)
         finally:
             self._close_all(CloseAll())
 

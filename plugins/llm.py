@@ -6,7 +6,8 @@ is the step's ``model`` (else ``[llm].model``); a ``provider:`` prefix picks the
 
 Providers: ``mock`` answers offline and deterministically from (messages, model, seed) — the
 same spec and seed give the same output; ``openai`` calls any OpenAI-compatible
-``/chat/completions`` endpoint at ``[llm].base_url`` with the key from ``[llm].api_key_env``.
+``/chat/completions`` endpoint at ``[llm].base_url`` with the key from ``[llm].api_key_env``,
+under the egress policy (``[http] allow``; a local endpoint must be allowed there).
 Usage (tokens in/out, cost at the configured prices) is recorded next to the output.
 """
 
@@ -19,9 +20,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from foundry.kernel import Block, BlockContext, BlockError, BlockKind, hookimpl
 from foundry.kernel.config import Config, LlmConfig
+from foundry.kernel.egress import EgressPolicy, guarded_client
 
 _WORDS = [
     "agent",
@@ -60,11 +61,19 @@ class Completion:
     finish_reason: str = "stop"
 
 
-Provider = Callable[[LlmConfig, str, list[dict[str, Any]], int, float], Awaitable[Completion]]
+# (settings, egress policy, model, messages, seed, temperature) -> completion
+Provider = Callable[
+    [LlmConfig, EgressPolicy, str, list[dict[str, Any]], int, float], Awaitable[Completion]
+]
 
 
 async def mock_provider(
-    settings: LlmConfig, model: str, messages: list[dict[str, Any]], seed: int, temperature: float
+    settings: LlmConfig,
+    egress: EgressPolicy,
+    model: str,
+    messages: list[dict[str, Any]],
+    seed: int,
+    temperature: float,
 ) -> Completion:
     material = json.dumps([model, seed, messages], sort_keys=True).encode()
     digest = hashlib.sha256(material).digest()
@@ -74,7 +83,12 @@ async def mock_provider(
 
 
 async def openai_provider(
-    settings: LlmConfig, model: str, messages: list[dict[str, Any]], seed: int, temperature: float
+    settings: LlmConfig,
+    egress: EgressPolicy,
+    model: str,
+    messages: list[dict[str, Any]],
+    seed: int,
+    temperature: float,
 ) -> Completion:
     if not settings.base_url:
         raise BlockError("[llm].base_url is not set: the openai provider needs an endpoint")
@@ -83,7 +97,7 @@ async def openai_provider(
     if key:
         headers["Authorization"] = f"Bearer {key}"
     body = {"model": model, "messages": messages, "seed": seed, "temperature": temperature}
-    async with httpx.AsyncClient(timeout=settings.timeout) as client:
+    async with guarded_client(egress, timeout=settings.timeout) as client:
         response = await client.post(
             settings.base_url.rstrip("/") + "/chat/completions", json=body, headers=headers
         )
@@ -108,10 +122,14 @@ class LlmBlock(Block):
     kind = BlockKind.OBSERVER
     timeout = 300.0
     description = "one chat completion (providers: mock, openai-compatible)"
+    # It starts no process: a step's env is recorded context only, so any name not forbidden
+    # outright may be set.
+    allow_env = frozenset({"*"})
 
-    def __init__(self, settings: LlmConfig) -> None:
+    def __init__(self, settings: LlmConfig, egress: EgressPolicy | None = None) -> None:
         super().__init__()
         self.settings = settings
+        self.egress = egress if egress is not None else EgressPolicy()
 
     async def run(self, ctx: BlockContext) -> dict[str, Any]:
         messages = _messages(ctx.inputs)
@@ -120,7 +138,7 @@ class LlmBlock(Block):
         if provider is None:
             raise BlockError(f"model: unknown provider {provider_name!r} (known: mock, openai)")
         temperature = float(ctx.inputs.get("temperature", 0.0))
-        reply = await provider(self.settings, model, messages, ctx.seed, temperature)
+        reply = await provider(self.settings, self.egress, model, messages, ctx.seed, temperature)
         cost = (
             reply.tokens_in * self.settings.price_per_1k_input
             + reply.tokens_out * self.settings.price_per_1k_output
@@ -150,4 +168,4 @@ def _messages(inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 @hookimpl
 def register_blocks(config: Config) -> list[Block]:
-    return [LlmBlock(config.llm)]
+    return [LlmBlock(config.llm, EgressPolicy.from_allow(config.http.allow))]

@@ -26,6 +26,7 @@ type = "shell"
 kind = "mutator"
 sinks = ["greeting_composed"]
 command = ["sh", "-c", 'echo $$ > "$PIDFILE"; exec sleep 30']
+pass_env = ["PIDFILE"]
 timeout = 60
 """
 

@@ -198,6 +198,10 @@ def blocks_config(scripts: Path) -> str:
 
 
 def daemon_config(scripts: Path, fake: FakeHttp, extra: str = "") -> str:
+    """The blocks, ``[llm] base_url`` at the fake endpoint, and ``[http] allow`` for
+    127.0.0.1 (the egress policy refuses loopback otherwise), unless ``extra`` sets them."""
+    if "[http]" not in extra:
+        extra = f'{extra}\n[http]\nallow = ["127.0.0.1"]\n'
     return (
         f'{extra}\n[llm]\nbase_url = "{fake.url}/v1"\n\n{blocks_config(scripts)}'
         if "[llm]" not in extra

@@ -1,0 +1,144 @@
+"""Type-checking a decoded request, and bounding its ids.
+
+betterproto2's decoder does not check wire types: a string field sent as a varint decodes to an
+``int``, a message field sent as a varint to an ``int``, and the kernel would get values of the
+wrong type. :func:`check_request` walks a decoded message by its public field metadata
+(``betterproto2.FieldMetadata``) and raises :class:`WrongField` naming the first field whose
+value is not of its declared type, nested too deeply, or (an id) too long.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+from functools import cache
+from typing import Any
+
+import betterproto2
+
+MAX_ID_LENGTH = 256
+MAX_NESTING = 64  # messages within messages (a Struct's Values count)
+
+_SCALAR: dict[str, type | tuple[type, ...]] = {
+    betterproto2.TYPE_STRING: str,
+    betterproto2.TYPE_BYTES: bytes,
+    betterproto2.TYPE_BOOL: bool,
+    betterproto2.TYPE_FLOAT: float,
+    betterproto2.TYPE_DOUBLE: float,
+    betterproto2.TYPE_ENUM: (enum.Enum, int),
+    **dict.fromkeys(
+        (betterproto2.TYPE_INT32, betterproto2.TYPE_INT64, betterproto2.TYPE_UINT32,
+         betterproto2.TYPE_UINT64, betterproto2.TYPE_SINT32, betterproto2.TYPE_SINT64,
+         betterproto2.TYPE_FIXED32, betterproto2.TYPE_FIXED64, betterproto2.TYPE_SFIXED32,
+         betterproto2.TYPE_SFIXED64),
+        int,
+    ),
+}  # fmt: skip
+_UNWRAPPED_SPECIAL: dict[str, type] = {
+    "Timestamp": datetime.datetime,
+    "Duration": datetime.timedelta,
+}
+
+
+class WrongField(ValueError):
+    """A decoded field whose value is not what its declaration says; ``str`` names it."""
+
+
+def check_request(message: Any) -> None:
+    _check_message(message, "", 0)
+
+
+@cache
+def _fields(kind: Any) -> tuple[tuple[str, betterproto2.FieldMetadata], ...]:
+    return tuple((f.name, betterproto2.FieldMetadata.get(f)) for f in dataclasses.fields(kind))
+
+
+def _check_message(message: Any, where: str, depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise WrongField(f"{where.rstrip('.') or 'request'}: nested deeper than {MAX_NESTING}")
+    kind: Any = type(message)  # a class is hashable; typeshed's type[Any] says otherwise
+    for name, meta in _fields(kind):
+        value = getattr(message, name)
+        path = where + name
+        if meta.proto_type == betterproto2.TYPE_MAP:
+            _check_map(value, meta, path, depth)
+        elif meta.repeated:
+            if not isinstance(value, list):
+                raise WrongField(f"{path}: expected a repeated {meta.proto_type}")
+            for index, item in enumerate(value):
+                _check_single(item, meta, f"{path}[{index}]", depth, name)
+        else:
+            _check_single(value, meta, path, depth, name)
+
+
+def _check_map(value: Any, meta: betterproto2.FieldMetadata, path: str, depth: int) -> None:
+    if not isinstance(value, dict) or meta.map_meta is None:
+        raise WrongField(f"{path}: expected a map")
+    key_meta, value_meta = meta.map_meta
+    for key, item in value.items():
+        _check_single(key, key_meta, f"{path} key", depth, "")
+        _check_single(item, value_meta, f"{path}[{str(key)[:40]!r}]", depth, "")
+
+
+def _check_single(
+    value: Any, meta: betterproto2.FieldMetadata, path: str, depth: int, name: str
+) -> None:
+    kind = meta.proto_type
+    if kind == betterproto2.TYPE_MESSAGE:
+        if value is None:
+            return
+        if meta.unwrap is not None:
+            _check_unwrapped(value, meta.unwrap(), path)
+        elif isinstance(value, betterproto2.Message):
+            _check_message(value, path + ".", depth + 1)
+        else:
+            raise WrongField(f"{path}: expected a message, got a {_wire_kind(value)}")
+        return
+    expected = _SCALAR.get(kind)
+    if value is None and (meta.optional or meta.group):
+        return
+    bad_int = kind in _INT_TYPES and isinstance(value, bool)
+    if expected is None or not isinstance(value, expected) or bad_int:
+        raise WrongField(f"{path}: expected {kind}, got a {_wire_kind(value)}")
+    too_long = isinstance(value, str) and len(value) > MAX_ID_LENGTH
+    if kind == betterproto2.TYPE_STRING and too_long and _is_id(name):
+        raise WrongField(f"{path}: longer than {MAX_ID_LENGTH} characters")
+
+
+_INT_TYPES = frozenset(k for k, v in _SCALAR.items() if v is int)
+
+
+def _is_id(name: str) -> bool:
+    return name.endswith(("_id", "_ids")) or name in _ID_NAMES
+
+
+_ID_NAMES = frozenset(
+    {"idempotency_key", "slug", "pack", "from_step", "add", "remove", "breakpoints", "commit",
+     "event_type", "project"}
+)  # fmt: skip
+
+
+def _check_unwrapped(value: Any, wrapper: type, path: str) -> None:
+    expected = _UNWRAPPED_SPECIAL.get(wrapper.__name__)
+    if expected is None:
+        [(_, inner)] = _fields(wrapper)  # a wrapper type has one field, ``value``
+        expected_scalar = _SCALAR[inner.proto_type]
+        ok = isinstance(value, expected_scalar) and not (
+            inner.proto_type in _INT_TYPES and isinstance(value, bool)
+        )
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise WrongField(f"{path}: expected a {wrapper.__name__}, got a {_wire_kind(value)}")
+
+
+def _wire_kind(value: Any) -> str:
+    """What a wrong value looks like on the wire, for the error message."""
+    if isinstance(value, bool | int):
+        return "varint"
+    if isinstance(value, bytes | str):
+        return "length-delimited value"
+    if isinstance(value, float):
+        return "fixed-width number"
+    return type(value).__name__

@@ -1,0 +1,156 @@
+"""Hostile requests against a running daemon: each gets a clear error, and the daemon serves on.
+
+Bodies are sent as raw bytes with grpcio (a client we did not write), so nothing of ours encodes
+them: wrong protobuf wire types, deep or non-finite JSON, huge ids and messages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from foundry.proto import foundry_api as api
+from foundry.proto import runtime_api as rt
+
+from tests.e2e.helpers import emit, status
+
+FOUNDRY = "/foundry.Foundry/"
+RUNTIME = "/fleetforge.runtime.v1.RuntimeService/"
+
+
+@pytest.fixture(scope="module")
+def daemon(shared_daemon):
+    return shared_daemon()
+
+
+@pytest.fixture(scope="module")
+def channel(daemon) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(daemon.address) as opened:
+        yield opened
+
+
+def call(channel: grpc.Channel, path: str, body: bytes) -> tuple[grpc.StatusCode, str]:
+    method = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+    try:
+        method(body, timeout=20)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def assert_serving(daemon) -> None:
+    assert daemon.process.poll() is None, daemon.stderr()[-2000:]
+    reply = emit(daemon, "greet_requested", project="hostile", payload={"name": "Ada"})
+    assert [w.workflow_id for w in status(daemon, reply.workflow_id)] == [reply.event_id]
+
+
+def struct_field(number: int, payload: bytes) -> bytes:
+    return bytes([number << 3 | 2]) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (FOUNDRY + "Emit", "0801", "event_type"),
+        (FOUNDRY + "Trace", "0801", "event_id"),
+        (FOUNDRY + "Status", "0801", "workflow_id"),
+        (RUNTIME + "SubmitRun", "0a020801", "spec.dag_json"),
+        (RUNTIME + "GetRun", "0801", "run_id"),
+        (RUNTIME + "PatchStep", "0a01611201622801", "model"),
+    ],
+)
+def test_a_field_sent_with_the_wrong_wire_type_is_invalid_argument(
+    daemon, channel, path, body, field
+):
+    code, details = call(channel, path, bytes.fromhex(body))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert field in details
+    assert_serving(daemon)
+
+
+def submit_dag(channel, dag_json: str) -> tuple[grpc.StatusCode, str]:
+    request = rt.SubmitRunRequest(spec=rt.RunSpec(dag_json=dag_json))
+    return call(channel, RUNTIME + "SubmitRun", bytes(request))
+
+
+@pytest.mark.parametrize(
+    ("dag_json", "needle"),
+    [
+        ('{"steps":' + "[" * 1000 + "]" * 1000 + "}", "nested deeper than 128"),
+        ('{"steps":[{"id":"a","type":"transform","inputs":{"x":NaN}}]}', "NaN"),
+        ('{"steps":[{"id":"a","type":"transform","inputs":{"x":1e999}}]}', "finite"),
+        ('{"steps":[{"id":"a\\n","type":"transform"}]}', "id"),
+    ],
+)
+def test_hostile_dag_json_is_invalid_argument(daemon, channel, dag_json, needle):
+    code, details = submit_dag(channel, dag_json)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert needle in details
+    assert_serving(daemon)
+
+
+def test_deep_or_non_finite_payloads_and_patches_are_invalid_argument(daemon, channel):
+    for payload in ('{"a":' * 200 + "1" + "}" * 200, '{"a": NaN}', '{"a": -Infinity}'):
+        body = bytes(api.EmitRequest(event_type="x", project="p", payload_json=payload))
+        code, details = call(channel, FOUNDRY + "Emit", body)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert "payload_json" in details
+    assert_serving(daemon)
+
+
+def test_a_huge_id_is_answered_at_once_with_a_short_message(daemon, channel):
+    body = bytes(api.StatusRequest(workflow_id="x" * 1_000_000))
+    started = time.monotonic()
+    code, details = call(channel, FOUNDRY + "Status", body)
+    elapsed = time.monotonic() - started
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "workflow_id" in details
+    assert "longer than 256" in details
+    assert len(details) < 500
+    assert elapsed < 5  # the figure (< 100 ms) is measured by `make bench`
+    assert_serving(daemon)
+
+
+def test_error_messages_quote_at_most_a_little_of_the_callers_input(daemon, channel):
+    run_id = "r" * 250  # a legal length, but no such run
+    code, details = call(channel, RUNTIME + "GetRun", bytes(rt.GetRunRequest(run_id=run_id)))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert len(details) < 400
+
+
+def test_a_message_over_the_limit_is_refused_before_it_is_read(daemon, channel):
+    payload = json.dumps({"blob": "x" * (100 * 1024 * 1024)})
+    body = bytes(api.EmitRequest(event_type="x", project="p", payload_json=payload))
+    code, details = call(channel, FOUNDRY + "Emit", body)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+    assert "message limit" in details
+    assert _rss_mb(daemon.process.pid) < 300
+    assert_serving(daemon)
+
+
+def test_random_bytes_never_answer_internal_or_unknown(daemon, channel):
+    for body in (b"\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", b"\x12\x05ab", b"\x08" * 20):
+        for method in ("Emit", "Status", "Trace"):
+            code, _ = call(channel, FOUNDRY + method, body)
+            assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), method
+    assert_serving(daemon)
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status_file:
+        for line in status_file:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")

@@ -1,0 +1,185 @@
+"""The egress policy end to end: ``http`` steps (and the ``openai`` provider) of a real daemon
+against HTTP servers of this test on 127.0.0.1. Every URL here is loopback: a refusal must come
+before anything is sent, which the servers' request logs show."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from foundry.proto import runtime_api as api
+
+from tests.runs.helpers import dag, run_and_wait, value
+
+SECRET = "s3cret-token-value"
+
+
+@dataclass
+class Server:
+    url: str = ""
+    port: int = 0
+    paths: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def seen(self) -> list[str]:
+        with self.lock:
+            return list(self.paths)
+
+
+def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def do_GET(self) -> None:
+            with server.lock:
+                server.paths.append(self.path)
+            parts = urllib.parse.urlsplit(self.path)
+            if parts.path.endswith("/redirect"):
+                self.send_response(302)
+                self.send_header("Location", urllib.parse.parse_qs(parts.query)["to"][0])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = json.dumps({"served": parts.path}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[Server, Server]]:
+    """Two servers on 127.0.0.1: ``near`` (the allowed one) and ``far``."""
+    made, threads = [], []
+    for _ in range(2):
+        server = Server()
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
+        httpd.daemon_threads = True
+        server.port = httpd.server_address[1]
+        server.url = f"http://127.0.0.1:{server.port}"
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        made.append((server, httpd))
+        threads.append(thread)
+    try:
+        yield made[0][0], made[1][0]
+    finally:
+        for (_, httpd), thread in zip(made, threads, strict=True):
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def denying(module_daemons):
+    return module_daemons("[http]\nallow = []\n")
+
+
+@pytest.fixture(scope="module")
+def allowing(module_daemons):
+    return module_daemons('[http]\nallow = ["127.0.0.1"]\n')
+
+
+@pytest.fixture(scope="module")
+def prefixed(module_daemons, servers):
+    near, _ = servers
+    return module_daemons(f'[http]\nallow = ["{near.url}/ok", "localhost"]\n')
+
+
+def fetch(daemon, url: str, **inputs: Any) -> api.RunDetail:
+    return run_and_wait(
+        daemon, dag({"id": "fetch", "type": "http", "inputs": {"url": url, **inputs}})
+    )
+
+
+def error(run: api.RunDetail) -> str:
+    assert run.status == api.RunStatus.FAILED, run.status
+    return str(value(run.steps[0].error)["message"])
+
+
+def test_loopback_is_refused_by_default_before_anything_is_sent(denying, servers, fake_http):
+    near, _ = servers
+    before = near.seen()
+    message = error(fetch(denying, f"{near.url}/json?token={SECRET}"))
+    assert "egress to 127.0.0.1 refused: loopback address (allow it with [http] allow)" in message
+    assert SECRET not in message
+    assert near.seen() == before  # refused before connecting
+
+    llm = run_and_wait(
+        denying,
+        dag(
+            {"id": "ask", "type": "llm", "model": "openai:egress-model", "inputs": {"prompt": "hi"}}
+        ),
+    )
+    assert "egress to 127.0.0.1 refused: loopback address" in error(llm)
+    assert fake_http.chat_requests("egress-model") == []
+    assert SECRET not in denying.stderr()
+
+
+def test_an_allowed_address_is_reached_and_logged_without_its_query(allowing, servers):
+    near, _ = servers
+    run = fetch(allowing, f"{near.url}/json?token={SECRET}")
+    assert run.status == api.RunStatus.SUCCEEDED, value(run.steps[0].error)
+    assert value(run.steps[0].output)["body"] == {"served": "/json"}
+    assert f"/json?token={SECRET}" in near.seen()
+    log = allowing.stderr()
+    assert f"GET {near.url}/json " in log  # httpx's request log, query stripped
+    assert SECRET not in log
+
+
+def test_a_hostname_resolving_to_loopback_is_refused_unless_allowed(denying, prefixed, servers):
+    near, _ = servers
+    before = near.seen()
+    message = error(fetch(denying, f"http://localhost:{near.port}/json"))
+    assert "egress to localhost refused: it resolves to " in message
+    assert "a loopback address" in message
+    assert near.seen() == before
+
+    run = fetch(prefixed, f"http://localhost:{near.port}/by-name")  # [http] allow has localhost
+    assert run.status == api.RunStatus.SUCCEEDED, value(run.steps[0].error)
+    assert "/by-name" in near.seen()
+
+
+def test_a_url_prefix_allows_only_its_paths(prefixed, servers):
+    near, _ = servers
+    run = fetch(prefixed, f"{near.url}/ok/inside")
+    assert run.status == api.RunStatus.SUCCEEDED, value(run.steps[0].error)
+    for outside in ["/outside", "/ok/../outside", "/oksuffix"]:
+        assert "egress to 127.0.0.1 refused: loopback" in error(fetch(prefixed, near.url + outside))
+    assert not any(p.startswith(("/outside", "/oksuffix")) for p in near.seen())
+
+
+def test_each_redirect_hop_is_checked_again(prefixed, allowing, servers):
+    near, far = servers
+    to_far = f"{near.url}/ok/redirect?to={urllib.parse.quote(far.url + '/far-side')}"
+
+    # Not followed unless asked: the 302 is the step's output.
+    run = fetch(prefixed, to_far)
+    assert run.status == api.RunStatus.SUCCEEDED, value(run.steps[0].error)
+    assert value(run.steps[0].output)["status"] == 302
+
+    # Followed: the hop to another (loopback, not allowed) origin is refused before connecting.
+    message = error(fetch(prefixed, to_far, follow_redirects=True))
+    assert "egress to 127.0.0.1 refused: loopback address" in message
+    assert far.seen() == []
+
+    # The same origin, out of the allowed prefix: refused too.
+    back = f"{near.url}/ok/redirect?to={urllib.parse.quote(near.url + '/secret-admin')}"
+    assert "refused: loopback" in error(fetch(prefixed, back, follow_redirects=True))
+    assert "/secret-admin" not in near.seen()
+
+    # Where both hops are allowed, the redirect is followed.
+    run = fetch(allowing, to_far, follow_redirects=True)
+    assert run.status == api.RunStatus.SUCCEEDED, value(run.steps[0].error)
+    assert value(run.steps[0].output)["body"] == {"served": "/far-side"}
+    assert far.seen() == ["/far-side"]
