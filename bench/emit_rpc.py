@@ -285,7 +285,7 @@ def _measure(
 
 def _wait_idle(address: str) -> float:
     """Wait until the daemon has no workflow pending or running; returns the seconds waited."""
-    from foundry.kernel.client import connect
+    from foundry.kernel.edge.grpc.client import connect
     from foundry.proto import foundry_api as api
 
     async def poll() -> float:

@@ -23,17 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from foundry.kernel.blocks import Block, BlockContext, BlockKind, block
+from foundry.kernel.actors.engine.actor import Engine
+from foundry.kernel.actors.engine.messages import Emit, EngineMessage
+from foundry.kernel.actors.mailbox import ask
+from foundry.kernel.actors.store.actor import Store
+from foundry.kernel.actors.store.messages import Read, StoreMessage
+from foundry.kernel.actors.tap.actor import TapBroker
+from foundry.kernel.actors.tap.messages import TapMessage
+from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, block
+from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import EngineConfig
+from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.daemon import tune_collector
-from foundry.kernel.engine import Engine, EngineMessage
-from foundry.kernel.engine_messages import Emit
-from foundry.kernel.mailbox import ask
-from foundry.kernel.plugins import BlockRegistry
-from foundry.kernel.store import Store, StoreMessage
-from foundry.kernel.store_messages import Read
-from foundry.kernel.tap import TapBroker, TapMessage
-from foundry.kernel.throttle import Throttle
 
 from . import Figure, Options, Report, progress, scratch_dir
 

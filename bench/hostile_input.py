@@ -38,7 +38,7 @@ def run(options: Options) -> Report:
 
 
 async def _measure(address: str, emits: int) -> dict[str, float]:
-    from foundry.kernel.client import connect
+    from foundry.kernel.edge.grpc.client import connect
     from foundry.proto import foundry_api as api
     from grpclib import GRPCError
 
@@ -72,7 +72,7 @@ async def _emit_latencies(foundry: Any, api: Any, count: int) -> list[float]:
 
 
 async def _attack(address: str, stop: asyncio.Event) -> None:
-    from foundry.kernel.client import connect
+    from foundry.kernel.edge.grpc.client import connect
     from foundry.proto import foundry_api as api
     from grpclib import GRPCError
 

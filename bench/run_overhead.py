@@ -31,16 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from foundry.kernel.blocks import Block, BlockContext, BlockKind, block
+from foundry.kernel.actors.mailbox import ask
+from foundry.kernel.actors.scheduler.actor import Scheduler
+from foundry.kernel.actors.scheduler.messages import GetRun, RunView, SchedulerMessage, SubmitRun
+from foundry.kernel.actors.store.actor import Store
+from foundry.kernel.actors.store.messages import StoreMessage
+from foundry.kernel.actors.tap.actor import TapBroker, receive_batch
+from foundry.kernel.actors.tap.messages import Overflow, Subscribe, TapMessage
+from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, block
+from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
-from foundry.kernel.mailbox import ask
-from foundry.kernel.plugins import BlockRegistry
-from foundry.kernel.runs import RunEventRecord
-from foundry.kernel.scheduler import Scheduler, SchedulerMessage
-from foundry.kernel.scheduler_messages import GetRun, RunView, SubmitRun
-from foundry.kernel.store import Store, StoreMessage
-from foundry.kernel.tap import TapBroker, TapMessage, receive_batch
-from foundry.kernel.tap_messages import Overflow, Subscribe
+from foundry.kernel.core.runs import RunEventRecord
 
 from . import Figure, Options, Report, progress, scratch_dir
 from .fleet_daemon import ceiling_met

@@ -84,7 +84,7 @@ async def _next(queue: asyncio.Queue[tuple[float, Any]], kind: str) -> tuple[flo
 
 
 async def _pause_patch_resume(address: str, steps: int) -> CycleSample:
-    from foundry.kernel.client import connect
+    from foundry.kernel.edge.grpc.client import connect
     from foundry.proto import runtime_api as api
     from foundry.proto.generated.google.protobuf import Struct
 
@@ -189,7 +189,7 @@ async def _until_terminal(address: str, run_id: str) -> float:
 
 
 async def _branch(address: str, steps: int) -> BranchSample:
-    from foundry.kernel.client import connect
+    from foundry.kernel.edge.grpc.client import connect
     from foundry.proto import runtime_api as api
 
     middle = steps // 2

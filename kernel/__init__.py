@@ -3,9 +3,16 @@
 A block author needs one import::
 
     from foundry.kernel import Block, BlockContext, BlockKind, block, hookimpl
+
+Authors of block *types* (``[[blocks]]`` tables) and of blocks that talk to the network also get
+the table helpers (:func:`common_options`, :func:`payload_filter`, :func:`matches`), the env
+policy (:func:`forbidden_reason`), the egress-checked HTTP client (:func:`guarded_client`) and
+:func:`compact_json`. Everything else under ``foundry.kernel`` is internal; the public modules
+besides this one are ``foundry.kernel.testing``, ``foundry.kernel.hookspecs``,
+``foundry.kernel.config`` and ``foundry.kernel.errors``.
 """
 
-from .blocks import (
+from foundry.kernel.blocks.api import (
     Block,
     BlockContext,
     BlockFactory,
@@ -15,7 +22,13 @@ from .blocks import (
     Usage,
     block,
 )
-from .errors import (
+from foundry.kernel.blocks.egress import EgressPolicy, EgressRefused, guarded_client, redact_url
+from foundry.kernel.blocks.tables import common_options, matches, payload_filter
+from foundry.kernel.blocks.tools import Tool
+from foundry.kernel.core.envpolicy import forbidden_reason
+from foundry.kernel.core.ids import compact_json
+from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.errors import (
     AlreadyExists,
     BlockError,
     ChainLimitExceeded,
@@ -27,12 +40,19 @@ from .errors import (
     ResourceExhausted,
     Unavailable,
 )
-from .hookspecs import hookimpl, hookspec
-from .throttle import Throttle
-from .tools import Tool
+from foundry.kernel.hookspecs import hookimpl, hookspec
 
 __all__ = [
     "AlreadyExists",
+    "EgressPolicy",
+    "EgressRefused",
+    "common_options",
+    "compact_json",
+    "forbidden_reason",
+    "guarded_client",
+    "matches",
+    "payload_filter",
+    "redact_url",
     "Block",
     "BlockContext",
     "BlockError",

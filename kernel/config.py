@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from foundry.kernel.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -229,7 +229,9 @@ class _Reader:
         return float(value) if kind is float else value
 
     def _allow_entries(self, entries: tuple[str, ...]) -> None:
-        from .egress import parse_allow_entry  # httpx is imported only when this is used
+        from foundry.kernel.blocks.egress import (
+            parse_allow_entry,  # httpx is imported only when this is used
+        )
 
         for index, entry in enumerate(entries):
             try:

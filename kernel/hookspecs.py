@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from .blocks import Block, BlockFactory
-    from .config import Config
-    from .tools import Tool
+    from foundry.kernel.blocks.api import Block, BlockFactory
+    from foundry.kernel.blocks.tools import Tool
+    from foundry.kernel.config import Config
 
 hookspec = pluggy.HookspecMarker("foundry")
 hookimpl = pluggy.HookimplMarker("foundry")

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .blocks import Block, BlockContext, BlockKind, Emission
-from .execution import Outcome, execute
-from .throttle import Throttle, decide
+from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, Emission
+from foundry.kernel.blocks.execution import Outcome, execute
+from foundry.kernel.core.throttle import Throttle, decide
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,17 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from foundry.kernel import Block, BlockContext, BlockError, BlockKind, hookimpl
+from foundry.kernel import (
+    Block,
+    BlockContext,
+    BlockError,
+    BlockKind,
+    EgressPolicy,
+    guarded_client,
+    hookimpl,
+    redact_url,
+)
 from foundry.kernel.config import Config
-from foundry.kernel.egress import EgressPolicy, guarded_client, redact_url
 
 
 class HttpBlock(Block):

@@ -20,9 +20,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from foundry.kernel import Block, BlockContext, BlockError, BlockKind, hookimpl
+from foundry.kernel import (
+    Block,
+    BlockContext,
+    BlockError,
+    BlockKind,
+    EgressPolicy,
+    guarded_client,
+    hookimpl,
+)
 from foundry.kernel.config import Config, LlmConfig
-from foundry.kernel.egress import EgressPolicy, guarded_client
 
 _WORDS = [
     "agent",

@@ -16,8 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from foundry.kernel import Block, BlockContext, BlockKind, hookimpl
-from foundry.kernel.block_tables import common_options, matches, payload_filter
+from foundry.kernel import (
+    Block,
+    BlockContext,
+    BlockKind,
+    common_options,
+    hookimpl,
+    matches,
+    payload_filter,
+)
 
 
 class RelayBlock(Block):

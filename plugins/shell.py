@@ -18,10 +18,18 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from foundry.kernel import Block, BlockContext, BlockError, BlockKind, hookimpl
-from foundry.kernel.block_tables import common_options, matches, payload_filter
-from foundry.kernel.envpolicy import forbidden_reason
-from foundry.kernel.ids import compact_json
+from foundry.kernel import (
+    Block,
+    BlockContext,
+    BlockError,
+    BlockKind,
+    common_options,
+    compact_json,
+    forbidden_reason,
+    hookimpl,
+    matches,
+    payload_filter,
+)
 
 _SHELL_KEYS = {"command", "emits", "env", "cwd", "simulate", "pass_env", "allow_env"}
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from foundry.kernel.client import connect
+from foundry.kernel.edge.grpc.client import connect
 
 T = TypeVar("T")
 

@@ -10,8 +10,8 @@ import time
 
 import grpc
 import pytest
-from foundry.kernel.foundry_service import FoundryService
-from foundry.kernel.runtime_service import RuntimeService
+from foundry.kernel.edge.grpc.foundry_service import FoundryService
+from foundry.kernel.edge.grpc.runtime_service import RuntimeService
 from foundry.proto import runtime_api
 
 from tests.e2e.grpcio_client import StreamReader

@@ -10,17 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from foundry.kernel.blocks import Block
+from foundry.kernel.actors.engine.actor import Engine
+from foundry.kernel.actors.engine.messages import (
+    Emit,
+    Emitted,
+    EngineMessage,
+    GetStatus,
+    GetTrace,
+    WorkflowView,
+)
+from foundry.kernel.actors.mailbox import ask
+from foundry.kernel.actors.store.actor import Store
+from foundry.kernel.actors.store.messages import Read, StoreMessage
+from foundry.kernel.actors.tap.actor import TapBroker
+from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
+from foundry.kernel.blocks.api import Block
+from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import EngineConfig
-from foundry.kernel.engine import Engine, EngineMessage
-from foundry.kernel.engine_messages import Emit, Emitted, GetStatus, GetTrace, WorkflowView
-from foundry.kernel.mailbox import ask
-from foundry.kernel.plugins import BlockRegistry
-from foundry.kernel.store import Store, StoreMessage
-from foundry.kernel.store_messages import Read
-from foundry.kernel.tap import TapBroker, TapMessage
-from foundry.kernel.tap_messages import Subscribe
-from foundry.kernel.throttle import Throttle
+from foundry.kernel.core.throttle import Throttle
 
 MAILBOX = 1_024
 GUARD_SECONDS = 10

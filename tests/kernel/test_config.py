@@ -4,9 +4,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from foundry.kernel.blocks.registry import load_blocks
 from foundry.kernel.config import DEFAULT_LISTEN, Config, EngineConfig, TapConfig
 from foundry.kernel.errors import ConfigError
-from foundry.kernel.plugins import load_blocks
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,7 @@ import textwrap
 import httpcore
 import httpx
 import pytest
-from foundry.kernel.config import Config, HttpConfig
-from foundry.kernel.egress import (
+from foundry.kernel.blocks.egress import (
     EgressPolicy,
     EgressRefused,
     address_refusal,
@@ -17,6 +16,7 @@ from foundry.kernel.egress import (
     parse_allow_entry,
     redact_url,
 )
+from foundry.kernel.config import Config, HttpConfig
 from foundry.kernel.errors import BlockError, ConfigError
 
 DENY = EgressPolicy()

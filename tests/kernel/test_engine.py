@@ -10,15 +10,15 @@ import duckdb
 import pytest
 import trio
 import trio.testing
-from foundry.kernel.blocks import Block, BlockKind, block
+from foundry.kernel.actors.mailbox import ask
+from foundry.kernel.actors.store.messages import Read
+from foundry.kernel.actors.tap.messages import Overflow
+from foundry.kernel.blocks.api import Block, BlockKind, block
+from foundry.kernel.blocks.registry import load_blocks
 from foundry.kernel.config import EngineConfig
+from foundry.kernel.core.ids import compact_json, is_event_id
+from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.errors import NotFound
-from foundry.kernel.ids import compact_json, is_event_id
-from foundry.kernel.mailbox import ask
-from foundry.kernel.plugins import load_blocks
-from foundry.kernel.store_messages import Read
-from foundry.kernel.tap_messages import Overflow
-from foundry.kernel.throttle import Throttle
 
 from .harness import GUARD_SECONDS, running_kernel
 

@@ -1,7 +1,12 @@
 """The env policy: what a run may set for a step, and what a child process starts from."""
 
 import pytest
-from foundry.kernel.envpolicy import SAFE_PATH, child_environment, env_violation, forbidden_reason
+from foundry.kernel.core.envpolicy import (
+    SAFE_PATH,
+    child_environment,
+    env_violation,
+    forbidden_reason,
+)
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import trio
-from foundry.kernel.blocks import Block, BlockContext, block
-from foundry.kernel.execution import execute
-from foundry.kernel.throttle import Action
+from foundry.kernel.blocks.api import Block, BlockContext, block
+from foundry.kernel.blocks.execution import execute
+from foundry.kernel.core.throttle import Action
 
 
 def contexts(tmp_path: Path, made: list[BlockContext] | None = None):

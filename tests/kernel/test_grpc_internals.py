@@ -6,7 +6,7 @@ import grpclib
 import grpclib.protocol
 import grpclib.server
 import grpclib.stream
-from foundry.kernel import grpc_internals
+from foundry.kernel.edge.grpc import internals as grpc_internals
 
 
 def test_grpclib_server_still_reads_messages_through_its_module_level_recv_message():

@@ -1,8 +1,15 @@
 import hashlib
 from datetime import UTC, datetime, timedelta, timezone
 
-import foundry.kernel.ids as ids
-from foundry.kernel.ids import Clock, compact_json, event_id, event_id_of_json, is_event_id, rfc3339
+import foundry.kernel.core.ids as ids
+from foundry.kernel.core.ids import (
+    Clock,
+    compact_json,
+    event_id,
+    event_id_of_json,
+    is_event_id,
+    rfc3339,
+)
 
 INSTANT = datetime(2026, 11, 22, 7, 3, 52, 123456, tzinfo=UTC)
 

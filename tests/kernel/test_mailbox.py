@@ -3,8 +3,8 @@
 import pytest
 import trio
 import trio.testing
+from foundry.kernel.actors.mailbox import ask, post, reply_pair
 from foundry.kernel.errors import Unavailable
-from foundry.kernel.mailbox import ask, post, reply_pair
 
 from .harness import GUARD_SECONDS
 

@@ -3,12 +3,14 @@
 import importlib
 import sys
 import textwrap
+import types
 import uuid
+from pathlib import Path
 
 import foundry.kernel
 import pytest
 from foundry.kernel import Block, BlockKind, ConfigError, block
-from foundry.kernel.plugins import DEFAULT_PLUGINS, BlockRegistry, load_blocks
+from foundry.kernel.blocks.registry import DEFAULT_PLUGINS, BlockRegistry, load_blocks
 from foundry.kernel.testing import run_block
 
 BUILT_IN_FIRST = ["Compose Greeting", "Deliver Greeting"]
@@ -195,12 +197,31 @@ def test_block_options_from_the_decorator_and_the_class():
     )  # fmt: skip
 
 
-def test_the_public_api_exports_exist():
-    missing = [name for name in foundry.kernel.__all__ if not hasattr(foundry.kernel, name)]
+PUBLIC_API = {
+    "AlreadyExists", "Block", "BlockContext", "BlockError", "BlockFactory", "BlockKind",
+    "ChainLimitExceeded", "CommandResult", "ConfigError", "EgressPolicy", "EgressRefused",
+    "Emission", "FailedPrecondition", "FoundryError", "InvalidArgument", "NotFound",
+    "ResourceExhausted", "Throttle", "Tool", "Unavailable", "Usage", "block", "common_options",
+    "compact_json", "forbidden_reason", "guarded_client", "hookimpl", "hookspec", "matches",
+    "payload_filter", "redact_url",
+}  # fmt: skip
 
+
+def test_the_public_api_is_exactly_what_the_docs_promise():
+    """Adding or removing a public name is an API change: update this set and the README."""
+    assert set(foundry.kernel.__all__) == PUBLIC_API
+    assert len(foundry.kernel.__all__) == len(PUBLIC_API)
+    missing = [name for name in PUBLIC_API if not hasattr(foundry.kernel, name)]
     assert missing == []
-    for name in ("Block", "BlockContext", "BlockKind", "block", "hookimpl", "Throttle"):
-        assert name in foundry.kernel.__all__
+    exported = {
+        name for name, value in vars(foundry.kernel).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }  # fmt: skip
+    assert exported == PUBLIC_API, "a public name is defined but not in __all__"
+
+
+def test_the_package_is_typed():
+    assert (Path(foundry.kernel.__file__).parent / "py.typed").is_file()
 
 
 def test_star_import_gives_the_block_api():

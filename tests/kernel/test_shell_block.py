@@ -4,9 +4,9 @@ import json
 import sys
 
 import pytest
+from foundry.kernel.blocks.registry import load_blocks
+from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.errors import ConfigError
-from foundry.kernel.plugins import load_blocks
-from foundry.kernel.throttle import Throttle
 
 from .harness import running_kernel
 

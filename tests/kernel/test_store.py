@@ -8,16 +8,16 @@ import duckdb
 import pytest
 import trio
 import trio.testing
+from foundry.kernel.actors.mailbox import ask, reply_pair
+from foundry.kernel.actors.store.actor import Store
+from foundry.kernel.actors.store.messages import Append, Read
+from foundry.kernel.actors.store.reads import RESTARTED
+from foundry.kernel.actors.tap.actor import TapBroker
+from foundry.kernel.actors.tap.messages import Publish, Subscribe
 from foundry.kernel.config import EngineConfig
-from foundry.kernel.ids import compact_json, event_id
-from foundry.kernel.mailbox import ask, reply_pair
-from foundry.kernel.records import Event, ExecutionRecord
-from foundry.kernel.store import Store
-from foundry.kernel.store_messages import Append, Read
-from foundry.kernel.store_reads import RESTARTED
-from foundry.kernel.tap import TapBroker
-from foundry.kernel.tap_messages import Publish, Subscribe
-from foundry.kernel.throttle import Throttle
+from foundry.kernel.core.ids import compact_json, event_id
+from foundry.kernel.core.records import Event, ExecutionRecord
+from foundry.kernel.core.throttle import Throttle
 
 from .harness import GUARD_SECONDS, running_kernel
 

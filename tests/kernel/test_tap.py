@@ -4,9 +4,9 @@ from dataclasses import dataclass
 
 import trio
 import trio.testing
-from foundry.kernel.mailbox import ask
-from foundry.kernel.tap import TapBroker
-from foundry.kernel.tap_messages import CloseAll, Overflow, Publish, Subscribe
+from foundry.kernel.actors.mailbox import ask
+from foundry.kernel.actors.tap.actor import TapBroker
+from foundry.kernel.actors.tap.messages import CloseAll, Overflow, Publish, Subscribe
 
 from .harness import GUARD_SECONDS
 

@@ -1,5 +1,5 @@
 import pytest
-from foundry.kernel.throttle import Action, Throttle, decide
+from foundry.kernel.core.throttle import Action, Throttle, decide
 
 
 @pytest.mark.parametrize(

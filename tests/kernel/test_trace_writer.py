@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from foundry.kernel.ids import compact_json, event_id, rfc3339
-from foundry.kernel.records import Event, ExecutionRecord, trace_rows
-from foundry.kernel.throttle import Throttle
-from foundry.kernel.trace_writer import FileWriter, frame, frames, render
+from foundry.kernel.core.ids import compact_json, event_id, rfc3339
+from foundry.kernel.core.records import Event, ExecutionRecord, trace_rows
+from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.core.trace_format import FileWriter, frame, frames, render
 
 T0 = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
 AWKWARD = 'quote " backslash \\ newline \n tab \t é 🚀 </script>'

@@ -51,7 +51,7 @@ def test_wire_contract_field_numbers():
 
 
 def test_every_runtime_rpc_is_registered():
-    from foundry.kernel.runtime_service import RuntimeService
+    from foundry.kernel.edge.grpc.runtime_service import RuntimeService
 
     paths = RuntimeService(None).__mapping__()  # type: ignore[arg-type]
     rpcs = {p.rsplit("/", 1)[1] for p in paths}

@@ -12,7 +12,7 @@ import json
 import subprocess
 
 import pytest
-from foundry.kernel.cli import main
+from foundry.kernel.cli.main import main
 from foundry.proto import runtime_api as api
 
 from tests.runs.helpers import (

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from foundry.kernel.dag import (
+from foundry.kernel.core.dag import (
     Retry,
     UnresolvedReference,
     check_patch_references,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from foundry.kernel.dag import step_seed
+from foundry.kernel.core.dag import step_seed
 from foundry.proto import runtime_api as api
 from grpclib.const import Status
 

@@ -1,0 +1,554 @@
+"""The engine: routes Foundry events to the blocks that sink them.
+
+One Emit is one chain. Within a chain processing is deterministic and depth-first, like the
+public Foundry daemon: the blocks an event reaches run one after another in registration order,
+and each event a block emits is processed completely before the next block runs. Separate chains
+run concurrently.
+
+Durability: the root is committed before Emit answers; an emitted event is committed before a
+mutator acts on it and before Watch sees it. Observers run ahead of the commit (pipelined).
+
+Most chains never wait: while the next block is synchronous and free of side effects (an
+observer, or a throttled mutator's audit or simulation), the engine runs it inline, in its own
+loop. A chain that runs to its end that way is one Append — root, events, executions, trace —
+whose commit answers the Emit and sends the engine a notice to retire the workflow. A chain that
+reaches a block that must be awaited (an async block, a mutator acting, a retry) goes on in a
+task of its own from that block on.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+from foundry.kernel.actors.engine.messages import (
+    BlockView,
+    Emit,
+    Emitted,
+    EngineMessage,
+    GetStatus,
+    GetTrace,
+    WorkflowView,
+)
+from foundry.kernel.actors.mailbox import (
+    NoticeSlot,
+    Pending,
+    Reply,
+    ask,
+    refuse,
+    reply_pair,
+    take_batch,
+    unwrap,
+)
+from foundry.kernel.actors.store.messages import Append, Read, StoreMessage
+from foundry.kernel.actors.store.reads import load_trace, load_workflow
+from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, Emission, Usage
+from foundry.kernel.blocks.execution import Outcome, execute, execute_now, runs_now
+from foundry.kernel.blocks.registry import BlockRegistry
+from foundry.kernel.config import EngineConfig
+from foundry.kernel.core.chain import BlockSlot, Visit, Workflow
+from foundry.kernel.core.ids import Clock, compact_json, event_id_of_json, is_event_id, rfc3339
+from foundry.kernel.core.json_input import quoted
+from foundry.kernel.core.records import Event, ExecutionRecord, storable
+from foundry.kernel.core.throttle import Action, Decision, decide
+from foundry.kernel.core.trace_format import render
+from foundry.kernel.errors import ChainLimitExceeded, NotFound, Unavailable
+
+log = logging.getLogger("foundry.engine")
+
+
+FLUSH_AT = 256  # records a chain buffers before it sends them without waiting
+INLINE_TURNS = 64  # blocks a chain runs inline before other work gets a turn
+MAILBOX_BATCH = 32  # messages handled per scheduling pass
+
+# A block's turn in the walk: the event's visit, the block, "" or why it was refused, its slot.
+Turn = tuple[Visit, Block, str, BlockSlot]
+Answer = tuple[Reply[Any], Any]
+
+
+class Engine:
+    def __init__(
+        self,
+        registry: BlockRegistry,
+        inbox: trio.MemoryReceiveChannel[EngineMessage],
+        store: trio.MemorySendChannel[StoreMessage],
+        *,
+        home: Path,
+        config: EngineConfig,
+        shutdown_grace: float,
+    ) -> None:
+        self._registry, self._inbox, self._store = registry, inbox, store
+        self._home, self._config, self._grace = home, config, shutdown_grace
+        self._clock = Clock()
+        self._inflight: dict[str, Workflow] = {}
+        self._recent: OrderedDict[str, Workflow] = OrderedDict()
+        self._nursery: trio.Nursery | None = None
+        # The store's answers to a chain's last Append: (workflow, whether it held the root).
+        self._notify, self._notices = trio.open_memory_channel[Any](math.inf)
+        self._closing = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self._inbox, self._store, trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._take_notices)
+            task_status.started()
+            while batch := await take_batch(self._inbox, MAILBOX_BATCH):
+                for message in batch:
+                    try:
+                        await self._handle(message)
+                    except Exception as exc:  # one bad request never stops the engine
+                        refuse(message, exc, log)
+            # Mailbox closed: chains in flight get the grace period, then are cancelled (the
+            # next start marks them failed).
+            self._closing = True
+            self._stop_notices_when_idle()
+            nursery.cancel_scope.deadline = trio.current_time() + self._grace
+
+    async def _handle(self, message: EngineMessage) -> None:
+        if isinstance(message, Emit):
+            await self._on_emit(message)
+        elif isinstance(message, GetStatus):
+            self._on_status(message)
+        elif isinstance(message, GetTrace):
+            self._on_trace(message)
+        else:
+            raise KeyError(type(message))
+
+    # --- Emit ---------------------------------------------------------------------------------
+
+    async def _on_emit(self, message: Emit) -> None:
+        now = self._clock.now()
+        payload_json = compact_json(message.payload)
+        stamp = rfc3339(now)
+        root_id = event_id_of_json(message.event_type, message.project, stamp, payload_json)
+        root = Event(
+            root_id, message.event_type, message.project, now, now, message.throttle,
+            root_id, message.payload, payload_json, stamp=stamp,
+        )  # fmt: skip
+        workflow = Workflow(root, is_workflow=self._registry.sinks(message.event_type))
+        workflow.events.append(root)
+        answer: Answer = (message.reply, Emitted(root_id, root_id if workflow.is_workflow else ""))
+        try:
+            if not workflow.is_workflow:
+                finished = workflow.finished(now)
+                await self._send(Append((root, finished), (root,), answers=(answer,)))
+                return
+            self._inflight[root_id] = workflow
+            workflow.unsent.append(root)
+            workflow.unpublished.append(root)
+            workflow.agenda.append(Visit(root))
+            if self._run_inline(workflow):
+                await self._send(self._ending(workflow, answer, with_root=True))
+                return
+            workflow.last_commit = await self._flush(workflow, answer)
+        except Unavailable as exc:
+            self._inflight.pop(root_id, None)
+            message.reply.fail(exc)
+            return
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_rest, workflow)
+
+    async def _run_rest(self, workflow: Workflow) -> None:
+        """The chain from its first block that must be awaited on, in a task of its own."""
+        assert workflow.last_commit is not None
+        try:
+            await workflow.last_commit.wait()  # as before any await: the root is durable
+        except Exception:
+            self._forget(workflow)  # nothing of it was stored; the Emit got the error
+            return
+        workflow.state = "running"
+        try:
+            while not self._run_inline(workflow):
+                turn = self._next_turn(workflow)
+                if turn is None:
+                    break
+                if self._inline_decision(turn):  # inline turns used up: let others run
+                    await trio.lowlevel.checkpoint()
+                    continue
+                await self._take_turn(workflow, turn)
+                if len(workflow.unsent) >= FLUSH_AT:
+                    await self._flush(workflow)
+        except ChainLimitExceeded as exc:
+            workflow.fail(str(exc))
+        except Exception as exc:  # e.g. the store refused a record: the chain fails, not the engine
+            log.exception("workflow %s stopped", workflow.id)
+            workflow.fail(f"stopped: {type(exc).__name__}: {exc}")
+        try:
+            await self._send(self._ending(workflow, with_root=False))
+        except Unavailable:
+            log.error("could not store the end of workflow %s: the store is gone", workflow.id)
+
+    def _ending(self, workflow: Workflow, *answers: Answer, with_root: bool) -> Append:
+        """The chain's last Append: what it has not sent yet, and its end (workflow row, trace).
+        Its commit answers ``answers`` and notifies the engine."""
+        for slot in workflow.slots:
+            if slot.state == "pending":
+                slot.state = "skipped"  # the chain stopped before this block's turn
+        workflow.agenda.clear()
+        finished = workflow.finished(self._clock.now())
+        notice: Reply[None] = Reply(NoticeSlot(self._notify, (workflow, with_root)))
+        records, publish = (*workflow.unsent, finished), tuple(workflow.unpublished)
+        workflow.unsent, workflow.unpublished = [], []
+        return Append(records, publish, answers=(*answers, (notice, None)))
+
+    async def _take_notices(self) -> None:
+        async with self._notices:
+            while batch := await take_batch(self._notices, MAILBOX_BATCH):
+                for (workflow, with_root), answer in batch:
+                    self._settle(workflow, with_root, answer)
+
+    def _settle(self, workflow: Workflow, with_root: bool, answer: Any) -> None:
+        """The store answered a chain's last Append."""
+        try:
+            unwrap(answer)
+        except Exception as exc:
+            if with_root:  # nothing of the chain was stored; the Emit got this error
+                self._forget(workflow)
+                return
+            log.error("could not store the end of workflow %s: %s", workflow.id, exc)
+        workflow.state = workflow.final_state()
+        self._retire(workflow)
+
+    def _forget(self, workflow: Workflow) -> None:
+        """Drop a workflow whose root was never stored: as far as anyone knows, it never was."""
+        self._inflight.pop(workflow.id, None)
+        self._stop_notices_when_idle()
+
+    def _retire(self, workflow: Workflow) -> None:
+        self._inflight.pop(workflow.id, None)
+        self._recent[workflow.id] = workflow
+        while len(self._recent) > self._config.recent_workflows:
+            self._recent.popitem(last=False)
+        self._stop_notices_when_idle()
+
+    def _stop_notices_when_idle(self) -> None:
+        if self._closing and not self._inflight:
+            self._notify.close()
+
+    # --- the depth-first walk -------------------------------------------------------------------
+
+    def _next_turn(self, workflow: Workflow) -> Turn | None:
+        """The next block to run: the first of the top visit's blocks that has not had its turn."""
+        agenda = workflow.agenda
+        while agenda:
+            visit = agenda[-1]
+            if visit.reached is None:
+                visit.reached = self._reached(visit.event)
+                visit.slots = [workflow.add_slot(b.name) for b, _ in visit.reached]
+            if visit.taken < len(visit.reached):
+                block, refusal = visit.reached[visit.taken]
+                return visit, block, refusal, visit.slots[visit.taken]
+            agenda.pop()
+        return None
+
+    def _reached(self, event: Event) -> list[tuple[Block, str]]:
+        """The blocks an event reaches, in registration order, each with "" or, when its payload
+        filter raised, that error: a plugin's bug fails its execution, never the engine."""
+        reached: list[tuple[Block, str]] = []
+        for block in self._registry.by_sink.get(event.event_type, ()):
+            try:
+                if block.accepts(event.payload):
+                    reached.append((block, ""))
+            except Exception as exc:
+                reached.append((block, f"accepts() raised {type(exc).__name__}: {exc}"))
+        return reached
+
+    @staticmethod
+    def _decision(turn: Turn) -> Decision:
+        visit, block, _, _ = turn
+        return decide(visit.event.throttle, block.kind is BlockKind.MUTATOR)
+
+    def _inline_decision(self, turn: Turn) -> Decision | None:
+        """The turn's decision when it can run inline — side-effect-free and synchronous: no
+        commit to wait for, nothing to await — else None."""
+        _, block, refusal, _ = turn
+        decision = self._decision(turn)
+        acts = decision.action is Action.RUN and block.kind is BlockKind.MUTATOR
+        inline = bool(refusal) or (not acts and runs_now(block, decision.action))
+        return decision if inline else None
+
+    def _run_inline(self, workflow: Workflow) -> bool:
+        """Take the chain's turns inline while they allow it; True when the walk has ended."""
+        try:
+            for _ in range(INLINE_TURNS):
+                turn = self._next_turn(workflow)
+                if turn is None:
+                    return True
+                decision = self._inline_decision(turn)
+                if decision is None:
+                    return False
+                visit, block, refusal, slot = turn
+                slot.state, slot.started_at = "running", self._clock.now()
+                if refusal:
+                    outcome: Outcome | None = _refused(refusal)
+                else:
+                    ctx = _context(visit.event, self._artifact_dir(workflow, visit.event, block), 1)
+                    outcome = execute_now(block, decision.action, ctx)
+                if outcome is None:  # it needs awaiting after all: the task takes this turn
+                    slot.state = "pending"
+                    return False
+                visit.taken += 1
+                self._record(workflow, visit.event, block, slot, decision, outcome)
+            return self._next_turn(workflow) is None
+        except ChainLimitExceeded as exc:
+            workflow.fail(str(exc))
+            return True
+        except Exception as exc:  # a bug that got this far fails its chain, never the engine
+            log.exception("workflow %s stopped", workflow.id)
+            workflow.fail(f"stopped: {type(exc).__name__}: {exc}")
+            return True
+
+    async def _take_turn(self, workflow: Workflow, turn: Turn) -> None:
+        visit, block, refusal, slot = turn
+        visit.taken += 1
+        event = visit.event
+        decision = self._decision(turn)
+        if decision.action is Action.RUN and block.kind is BlockKind.MUTATOR:
+            await self._durable(workflow)  # no side effect before what caused it is stored
+        slot.state, slot.started_at = "running", self._clock.now()
+        if refusal:
+            outcome = _refused(refusal)
+        else:
+            artifact_dir = self._artifact_dir(workflow, event, block)
+            outcome = await execute(
+                block, decision.action, lambda attempt: _context(event, artifact_dir, attempt)
+            )
+        self._record(workflow, event, block, slot, decision, outcome)
+
+    def _artifact_dir(self, workflow: Workflow, event: Event, block: Block) -> str:
+        return f"{self._home}/artifacts/{workflow.id}/{event.id}/{_slug(block.name)}"
+
+    def _record(
+        self,
+        workflow: Workflow,
+        event: Event,
+        block: Block,
+        slot: BlockSlot,
+        decision: Decision,
+        outcome: Outcome,
+    ) -> None:
+        """Record a block's execution and the events it emitted, which the walk visits next."""
+        children, error = self._children(event, block, outcome, throttled=not decision.deliver)
+        completed = self._clock.now()
+        error = error or outcome.error
+        record = ExecutionRecord(
+            trace_id=workflow.id,
+            block_name=block.name,
+            trigger=event,
+            state=decision.state if not error else "failed",
+            success=not error,
+            summary=storable(outcome.summary if not error or outcome.error else error),
+            emitted=children,
+            started_at=slot.started_at or completed,
+            completed_at=completed,
+            duration_ms=outcome.duration_ms,
+            raw_output=storable(outcome.raw_output),
+            exit_code=outcome.exit_code if -(2**31) <= outcome.exit_code < 2**31 else -1,
+            audit_artifacts=tuple(map(storable, outcome.artifacts)),
+            attempts=outcome.attempts,
+            throttled=decision.action is not Action.RUN,
+        )
+        workflow.executions.append(record)
+        workflow.events.extend(children)
+        slot.state, slot.completed_at, slot.throttled = record.state, completed, record.throttled
+        if error:
+            workflow.fail(f"block {block.name!r} failed on {event.event_type} {event.id}: {error}")
+        workflow.unsent += [*children, record]
+        workflow.unpublished += children
+        self._check_limits(workflow, event, block, children)
+        workflow.agenda.extend(Visit(c) for c in reversed(children) if not c.throttled)
+
+    def _children(
+        self, parent: Event, block: Block, outcome: Outcome, *, throttled: bool
+    ) -> tuple[tuple[Event, ...], str]:
+        try:
+            return tuple(self._child(parent, block, e, throttled) for e in outcome.emissions), ""
+        except _NotUtf8 as exc:
+            return (), f"emitted an event type that is not UTF-8: {exc}"
+        except (TypeError, ValueError) as exc:
+            return (), f"emitted a payload that is not JSON: {exc}"
+
+    def _child(self, parent: Event, block: Block, emission: Emission, throttled: bool) -> Event:
+        now = self._clock.now()
+        stamp = rfc3339(now)
+        if storable(emission.event_type) != emission.event_type:
+            raise _NotUtf8(repr(emission.event_type))
+        payload_json = compact_json(emission.payload)  # NaN and infinities raise ValueError
+        if "\\ud" in payload_json:
+            # A lone surrogate is escaped into valid-looking text the store would refuse.
+            json.dumps(emission.payload, ensure_ascii=False).encode()
+        return Event(
+            id=event_id_of_json(emission.event_type, parent.project, stamp, payload_json),
+            event_type=emission.event_type,
+            project=parent.project,
+            occurred_at=now,
+            recorded_at=now,
+            throttle=parent.throttle,
+            trace_id=parent.trace_id,
+            payload=json.loads(payload_json),  # a copy the block can no longer change
+            payload_json=payload_json,
+            depth=parent.depth + 1,
+            parent_id=parent.id,
+            emitted_by=block.name,
+            throttled=throttled,
+            stamp=stamp,
+        )
+
+    def _check_limits(
+        self, workflow: Workflow, event: Event, block: Block, children: Sequence[Event]
+    ) -> None:
+        if children and event.depth + 1 > self._config.max_chain_depth:
+            raise ChainLimitExceeded(
+                f"chain depth limit {self._config.max_chain_depth} exceeded: block {block.name!r} "
+                f"emitted {children[0].event_type} at depth {event.depth + 1} (a loop?)"
+            )
+        if len(workflow.events) > self._config.max_chain_events:
+            raise ChainLimitExceeded(
+                f"chain event limit {self._config.max_chain_events} exceeded after block "
+                f"{block.name!r} on {event.event_type}"
+            )
+
+    async def _flush(self, workflow: Workflow, *answers: Answer) -> Pending[None]:
+        """Send what the chain recorded since the last flush (observers run ahead of commits)."""
+        ack, pending = reply_pair()
+        records, publish = tuple(workflow.unsent), tuple(workflow.unpublished)
+        workflow.unsent, workflow.unpublished = [], []
+        await self._send(Append(records, publish, ack, answers))
+        workflow.last_commit = pending
+        return pending
+
+    async def _durable(self, workflow: Workflow) -> None:
+        """Wait until everything the chain recorded so far is committed (commits are in order)."""
+        if workflow.unsent:
+            await self._flush(workflow)
+        if workflow.last_commit is not None:
+            await workflow.last_commit.wait()
+
+    async def _send(self, append: Append) -> None:
+        try:
+            self._store.send_nowait(append)
+        except trio.WouldBlock:  # the store is behind: wait for room (backpressure)
+            await self._store.send(append)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise Unavailable("the daemon is shutting down") from None
+
+    # --- Status and Trace -----------------------------------------------------------------------
+
+    def _on_status(self, message: GetStatus) -> None:
+        if not message.workflow_id:
+            workflows = [*self._inflight.values(), *self._recent.values()]
+            message.reply.send(sorted((w.view() for w in workflows), key=lambda v: v.started_at))
+            return
+        workflow = self._inflight.get(message.workflow_id) or self._recent.get(message.workflow_id)
+        if workflow is not None:
+            message.reply.send([workflow.view()])
+            return
+        assert self._nursery is not None
+        self._nursery.start_soon(self._status_from_store, message)
+
+    async def _status_from_store(self, message: GetStatus) -> None:
+        try:
+            found: Any = await ask(
+                self._store, lambda r: Read(load_workflow, (message.workflow_id,), r)
+            )
+        except Exception as exc:
+            message.reply.fail(exc)
+            return
+        if found is None:
+            message.reply.fail(NotFound(f"workflow_id: no workflow {quoted(message.workflow_id)}"))
+        else:
+            message.reply.send([_stored_view(*found)])
+
+    def _on_trace(self, message: GetTrace) -> None:
+        workflow = self._recent.get(message.event_id)
+        if workflow is not None:
+            assert workflow.trace is not None  # recent workflows have ended
+            message.reply.send(json.loads(render(workflow.trace)))
+        elif message.event_id in self._inflight or not is_event_id(message.event_id):
+            message.reply.send(None)
+        else:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._trace_from_disk, message)
+
+    async def _trace_from_disk(self, message: GetTrace) -> None:
+        """The trace file; else (the daemon died before the archivist wrote it) the database."""
+        try:
+            document = await trio.to_thread.run_sync(_read_trace, self._home, message.event_id)
+            if document is None:
+                document = await ask(
+                    self._store, lambda r: Read(load_trace, (message.event_id,), r)
+                )
+        except Exception as exc:
+            message.reply.fail(exc)
+        else:
+            message.reply.send(document)
+
+
+class _NotUtf8(Exception):
+    pass
+
+
+def _context(event: Event, artifact_dir: str, attempt: int) -> BlockContext:
+    return BlockContext(
+        payload=json.loads(event.payload_json),  # its own copy: recorded facts never change
+        artifact_dir=artifact_dir,
+        throttle=event.throttle,
+        event_type=event.event_type,
+        event_id=event.id,
+        project=event.project,
+        attempt=attempt,
+    )
+
+
+def _refused(error: str) -> Outcome:
+    """The outcome of a block that could not even be asked (its payload filter raised)."""
+    return Outcome(
+        success=False, output=None, summary=error, error=error, emissions=(), usage=Usage(),
+        raw_output="", exit_code=0, artifacts=(), attempts=0, duration_ms=0,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "block"
+
+
+def _read_trace(home: Path, event_id: str) -> Mapping[str, Any] | None:
+    """The chain's trace file; None when there is none, or only one a crash cut short."""
+    for path in sorted((home / "traces").glob(f"*/{event_id}.json"), reverse=True):
+        try:
+            document: Mapping[str, Any] = json.loads(path.read_bytes())
+        except ValueError:  # torn: the archivist died while writing it
+            return None
+        return document
+    return None
+
+
+def _stored_view(row: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]]) -> WorkflowView:
+    return WorkflowView(
+        workflow_id=row["workflow_id"],
+        workflow_type=row["workflow_type"],
+        project=row["project"],
+        state=row["state"],
+        started_at=rfc3339(row["started_at"]),
+        completed_at=rfc3339(row["completed_at"]),
+        error=row["error"],
+        task_blocks=tuple(
+            BlockView(
+                b["block_name"],
+                b["state"],
+                rfc3339(b["started_at"]),
+                rfc3339(b["completed_at"]),
+                b["throttled"],
+            )  # fmt: skip
+            for b in blocks
+        ),
+    )

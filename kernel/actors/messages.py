@@ -1,0 +1,21 @@
+"""What the edge holds of the kernel: the mailboxes of the actors a request may ask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+from foundry.kernel.actors.engine.messages import EngineMessage
+from foundry.kernel.actors.replay.messages import ReplayMessage
+from foundry.kernel.actors.scheduler.messages import SchedulerMessage
+from foundry.kernel.actors.tap.messages import TapMessage
+
+
+@dataclass(frozen=True)
+class Mailboxes:
+    """The actors an RPC handler may ask."""
+
+    engine: trio.MemorySendChannel[EngineMessage]
+    tap: trio.MemorySendChannel[TapMessage]
+    scheduler: trio.MemorySendChannel[SchedulerMessage]
+    replay: trio.MemorySendChannel[ReplayMessage]

@@ -1,0 +1,135 @@
+"""The replay actor: re-executes a finished run's steps in isolation and reports drift.
+
+Modes: FULL re-executes every step that ran, each with exactly the inputs, seed, model and env
+it was recorded with; mutators (side effects) are never re-executed — their recorded output
+stands in. STEP_ONLY re-executes nothing and returns the recorded snapshots. DIFF is FULL but
+returns only the steps whose drift is outside tolerance. The strategy is LIVE when any step ran
+live, MOCKED when every result came from the recording. A replay writes nothing to the run.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import trio
+from foundry.kernel.actors.mailbox import ask
+from foundry.kernel.actors.replay.messages import Replay, ReplayedStep, ReplayResult
+from foundry.kernel.actors.store.messages import Read, StoreMessage
+from foundry.kernel.actors.store.runs import load_run
+from foundry.kernel.blocks.api import BlockContext, BlockKind
+from foundry.kernel.blocks.execution import attempt_once
+from foundry.kernel.blocks.registry import BlockRegistry
+from foundry.kernel.core.dag import parse_dag
+from foundry.kernel.core.drift import Tolerance, drift
+from foundry.kernel.core.ids import compact_json
+from foundry.kernel.core.json_input import quoted
+from foundry.kernel.core.runs import RunState, StepState
+from foundry.kernel.core.throttle import Action
+from foundry.kernel.errors import FailedPrecondition, NotFound
+
+
+class Replayer:
+    def __init__(
+        self,
+        registry: BlockRegistry,
+        inbox: trio.MemoryReceiveChannel[Replay],
+        store: trio.MemorySendChannel[StoreMessage],
+        *,
+        home: Path,
+        tolerance: Tolerance,
+    ) -> None:
+        self._registry, self._inbox, self._store = registry, inbox, store
+        self._home, self._tolerance = home, tolerance
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self._inbox, self._store, trio.open_nursery() as nursery:
+            task_status.started()
+            async for message in self._inbox:
+                nursery.start_soon(self._answer, message)
+
+    async def _answer(self, message: Replay) -> None:
+        try:
+            result = await self._replay(message.run_id, message.mode)
+        except Exception as exc:
+            message.reply.fail(exc)
+        else:
+            message.reply.send(result)
+
+    async def _replay(self, run_id: str, mode: str) -> ReplayResult:
+        found: Any = await ask(self._store, lambda r: Read(load_run, (run_id,), r))
+        if found is None:
+            raise NotFound(f"run_id: no run {quoted(run_id)}")
+        submission, events = found
+        run = RunState.new(submission, parse_dag(submission.dag_json, None))
+        for event in events:
+            run.apply(event)
+        if not run.terminal:
+            raise FailedPrecondition(f"run {run_id} is {run.status.lower()}; replay a finished run")
+        scratch = self._home / "replays" / f"{run_id}-{secrets.token_hex(4)}"
+        replayed = [
+            await self._step(run, step, live=mode != "step_only", scratch=scratch)
+            for step in run.steps.values()
+            if step.inputs is not None
+        ]
+        return ReplayResult(
+            run_id=run_id,
+            all_within_tolerance=all(r.drift.within_tolerance for r in replayed),
+            strategy="live" if any(r.live for r in replayed) else "mocked",
+            steps=tuple(r for r in replayed if mode != "diff" or not r.drift.within_tolerance),
+        )
+
+    async def _step(
+        self, run: RunState, step: StepState, *, live: bool, scratch: Path
+    ) -> ReplayedStep:
+        recorded = _recorded_value(step)
+        block = self._registry.by_name.get(step.spec.type)
+        current, usage = recorded, dict(step.usage)
+        runs_live = live and block is not None and block.kind is not BlockKind.MUTATOR
+        if runs_live and block is not None:
+            ctx = BlockContext(
+                payload=dict(step.inputs or {}), artifact_dir=scratch / step.spec.id,
+                run_id=run.run_id, step_id=step.spec.id, seed=step.seed, model=step.model,
+                env=dict(step.env or step.spec.env),
+            )  # fmt: skip
+            output, error, _ = await attempt_once(block, Action.RUN, ctx, step.spec.timeout)
+            current = {"error": error} if error else _json(output)
+            usage = {"tokens_in": ctx.usage.tokens_in, "tokens_out": ctx.usage.tokens_out,
+                     "cost": ctx.usage.cost}  # fmt: skip
+        return ReplayedStep(
+            step_id=step.spec.id,
+            snapshot=_snapshot(step),
+            drift=drift(recorded, current, step.usage, usage, self._tolerance),
+            live=runs_live,
+        )
+
+
+def _recorded_value(step: StepState) -> Any:
+    if step.succeeded:
+        return step.output
+    message = step.error.get("message", "") if isinstance(step.error, dict) else step.error
+    return {"error": message}
+
+
+def _json(value: Any) -> Any:
+    try:
+        return json.loads(compact_json(value))
+    except (TypeError, ValueError) as exc:
+        return {"error": f"the step's output is not JSON: {exc}"}
+
+
+def _snapshot(step: StepState) -> dict[str, Any]:
+    return {
+        "step_id": step.spec.id,
+        "type": step.spec.type,
+        "status": step.status,
+        "attempt": step.attempt,
+        "inputs": step.inputs,
+        "seed": step.seed,
+        "model": step.model,
+        "output": step.output,
+        "error": step.error,
+        "usage": dict(step.usage),
+    }

@@ -1,0 +1,554 @@
+"""The scheduler: runs FleetForge DAGs durably.
+
+A run's state is its event log (``kernel/runs.py``). The scheduler makes each event, applies it,
+and appends it to the store, which publishes it to TapRun subscribers once committed. A step that
+has side effects (a mutator block) starts only after its lease is durable; side-effect-free steps
+run ahead of the commit and are simply redone after a crash. On start, every run without a
+terminal event is picked up again: completed steps keep their outputs, an interrupted step is
+leased again with ``attempt + 1``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+from foundry.kernel.actors.mailbox import Pending, ask, post, refuse
+from foundry.kernel.actors.scheduler.messages import (
+    BranchRun,
+    GetRun,
+    OpenTap,
+    PatchStep,
+    ResumeRun,
+    RunView,
+    SchedulerMessage,
+    StepView,
+    SubmitRun,
+    TapOpened,
+    UpdateBreakpoints,
+)
+from foundry.kernel.actors.store.messages import Append, Read, StoreMessage
+from foundry.kernel.actors.store.runs import (
+    load_idempotency_keys,
+    load_run,
+    load_run_events,
+    load_unfinished_runs,
+)
+from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
+from foundry.kernel.blocks.api import BlockContext, BlockKind
+from foundry.kernel.blocks.execution import attempt_once
+from foundry.kernel.blocks.registry import BlockRegistry
+from foundry.kernel.config import SchedulerConfig
+from foundry.kernel.core.dag import (
+    StepSpec,
+    UnresolvedReference,
+    check_dag_env,
+    parse_dag,
+    resolve,
+    step_seed,
+)
+from foundry.kernel.core.ids import Clock, compact_json
+from foundry.kernel.core.json_input import quoted
+from foundry.kernel.core.run_control import (
+    branch_submission,
+    check_resumable,
+    new_breakpoints,
+    patch_payload,
+    reusable_steps,
+)
+from foundry.kernel.core.runs import RunEventRecord, RunState, RunSubmission, StepState
+from foundry.kernel.core.throttle import Action
+from foundry.kernel.errors import InvalidArgument, NotFound, Unavailable
+
+log = logging.getLogger("foundry.scheduler")
+
+
+def new_run_id() -> str:
+    return f"run_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+class Scheduler:
+    def __init__(
+        self,
+        registry: BlockRegistry,
+        inbox: trio.MemoryReceiveChannel[SchedulerMessage],
+        store: trio.MemorySendChannel[StoreMessage],
+        tap: trio.MemorySendChannel[TapMessage],
+        *,
+        home: Path,
+        config: SchedulerConfig,
+        shutdown_grace: float,
+    ) -> None:
+        self._registry, self._inbox, self._store, self._tap = registry, inbox, store, tap
+        self._home, self._config, self._grace = home, config, shutdown_grace
+        self._clock = Clock()
+        self._limiter = trio.CapacityLimiter(config.max_concurrent_steps)
+        self._runs: OrderedDict[str, RunState] = OrderedDict()
+        self._idempotency: dict[str, str] = {}
+        self._durable: dict[str, trio.Event] = {}  # runs whose submission is being committed
+        self._wakeups: dict[str, trio.Event] = {}  # paused runs waiting for ResumeRun
+        self._stopping = trio.Event()  # set when the mailbox closes: the daemon is stopping
+        self._nursery: trio.Nursery | None = None
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            SubmitRun: self._on_submit,
+            GetRun: self._on_get,
+            OpenTap: self._on_open_tap,
+            UpdateBreakpoints: self._spawn(self._update_breakpoints),
+            PatchStep: self._spawn(self._patch),
+            ResumeRun: self._spawn(self._resume),
+            BranchRun: self._spawn(self._branch),
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self._inbox, self._store, self._tap, trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._idempotency = await self._read(load_idempotency_keys)
+            unfinished = await self._read(load_unfinished_runs)
+            for submission, events in unfinished:
+                run = self._rebuild(submission, events)
+                self._runs[run.run_id] = run
+                nursery.start_soon(self._drive, run)
+            task_status.started(len(unfinished))
+            async for message in self._inbox:
+                try:
+                    self._handlers[type(message)](message)
+                except Exception as exc:  # one bad request never stops the scheduler
+                    refuse(message, exc, log)
+            # Runs are checkpointed by their log: in-flight steps get the grace period (no new
+            # step starts), then the next start leases them again. Paused runs have nothing in
+            # flight: they stop waiting for a ResumeRun that can no longer come.
+            self._stopping.set()
+            for wakeup in self._wakeups.values():
+                wakeup.set()
+            nursery.cancel_scope.deadline = trio.current_time() + self._grace
+
+    # --- SubmitRun ----------------------------------------------------------------------------
+
+    def _on_submit(self, message: SubmitRun) -> None:
+        assert self._nursery is not None
+        key = message.idempotency_key
+        if key and key in self._idempotency:
+            self._nursery.start_soon(self._answer_duplicate, self._idempotency[key], message)
+            return
+        try:
+            submission, run = self._new_run(message)
+        except InvalidArgument as exc:
+            message.reply.fail(exc)
+            return
+        self._runs[run.run_id] = run
+        self._durable[run.run_id] = trio.Event()
+        if key:
+            self._idempotency[key] = run.run_id
+        self._nursery.start_soon(self._start, run, submission, message)
+
+    def _env_allowed(self, step: StepSpec) -> frozenset[str]:
+        block = self._registry.by_name.get(step.type)
+        return block.env_allowed(step.inputs) if block is not None else frozenset()
+
+    def _new_run(self, message: SubmitRun) -> tuple[RunSubmission, RunState]:
+        dag = parse_dag(message.dag_json, self._registry.by_name.keys())
+        check_dag_env(dag, self._env_allowed)
+        step_ids = {s.id for s in dag.steps}
+        for step_id in message.breakpoints:
+            if step_id not in step_ids:
+                raise InvalidArgument(f"spec.breakpoints: unknown step {quoted(step_id)}")
+        submission = RunSubmission(
+            run_id=new_run_id(),
+            dag_json=message.dag_json,
+            inputs=dict(message.inputs),
+            seed=message.seed,
+            labels=dict(message.labels),
+            breakpoints=tuple(dict.fromkeys(message.breakpoints)),
+            idempotency_key=message.idempotency_key,
+            created_at=self._clock.now(),
+        )
+        run = RunState.new(submission, dag)
+        return submission, run
+
+    async def _start(self, run: RunState, submission: RunSubmission, message: SubmitRun) -> None:
+        submitted = run.make_event(
+            "run_submitted", submission.created_at, steps=len(run.dag.steps), seed=submission.seed
+        )
+        try:
+            await (await self._append([submission, submitted])).wait()
+        except Exception as exc:
+            self._runs.pop(run.run_id, None)
+            self._idempotency.pop(submission.idempotency_key, None)
+            message.reply.fail(exc)
+            return
+        finally:
+            self._durable.pop(run.run_id).set()
+        message.reply.send(run.run_id)
+        await self._drive(run)
+
+    async def _answer_duplicate(self, run_id: str, message: SubmitRun) -> None:
+        pending = self._durable.get(run_id)
+        if pending is not None:
+            await pending.wait()
+        if message.idempotency_key in self._idempotency:
+            message.reply.send(run_id)
+        else:
+            message.reply.fail(Unavailable("the first submission with this key failed; retry"))
+
+    # --- driving a run --------------------------------------------------------------------------
+
+    async def _drive(self, run: RunState) -> None:
+        if run.status == "PENDING":
+            await self._record(run, "run_started")
+        for step in run.interrupted():
+            step.status = "pending"  # leased before a crash: lease again with attempt + 1
+        busy: set[str] = set()
+        candidates: set[str] | None = None  # None: look at every step
+        done_send, done_receive = trio.open_memory_channel[str](len(run.steps) + 1)
+        async with trio.open_nursery() as steps:
+            while True:
+                if run.status == "RUNNING" and not run.failed and not self._stopping.is_set():
+                    await self._start_ready(run, busy, steps, done_send, candidates)
+                    candidates = set()
+                if busy:
+                    finished = await done_receive.receive()
+                    busy.discard(finished)
+                    if candidates is not None:
+                        candidates.update(run.dag.dependents.get(finished, ()))
+                elif run.status == "PAUSED_AT_STEP" and not run.failed:
+                    if not await self._until_resumed(run):
+                        return  # the daemon is stopping; the run stays paused in its log
+                    candidates = None
+                elif self._stopping.is_set() and not run.failed and _unfinished(run):
+                    return  # the daemon is stopping: no new steps; the next start goes on
+                else:
+                    break
+        failed = run.failed_steps()
+        if failed:
+            step = failed[0]
+            message = (step.error or {}).get("message", "") if isinstance(step.error, dict) else ""
+            await self._record(
+                run, "run_failed", step.spec.id, error=f"step {step.spec.id!r} failed: {message}"
+            )
+        else:
+            await self._record(run, "run_succeeded")
+        self._retire(run)
+
+    async def _start_ready(
+        self,
+        run: RunState,
+        busy: set[str],
+        steps: trio.Nursery,
+        done: trio.MemorySendChannel[str],
+        candidates: set[str] | None,
+    ) -> None:
+        """Start every ready step in DAG order; stop before the first one with a breakpoint
+        (steps already running finish; nothing new starts until ResumeRun)."""
+        for step in run.ready(busy, candidates):
+            if run.stops_at(step):
+                await self._record(run, "run_paused", step.spec.id)
+                return
+            busy.add(step.spec.id)
+            steps.start_soon(self._run_step, run, step, done)
+
+    async def _until_resumed(self, run: RunState) -> bool:
+        """Wait for ResumeRun; False when the daemon stops first."""
+        while run.status == "PAUSED_AT_STEP":
+            if self._stopping.is_set():
+                return False
+            await self._wakeups.setdefault(run.run_id, trio.Event()).wait()
+        return True
+
+    async def _run_step(
+        self, run: RunState, step: StepState, done: trio.MemorySendChannel[str]
+    ) -> None:
+        try:
+            while True:
+                async with self._limiter:
+                    delay = await self._attempt(run, step)
+                # A step backing off holds no concurrency slot. When the daemon stops, it stops
+                # waiting: the next start leases it again.
+                if delay is None or not await self._backoff(delay):
+                    break
+        finally:
+            done.send_nowait(step.spec.id)
+
+    async def _backoff(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; False if the daemon starts stopping first."""
+        with trio.move_on_after(delay):
+            await self._stopping.wait()
+            return False
+        return True
+
+    async def _attempt(self, run: RunState, step: StepState) -> float | None:
+        """Lease and run one attempt; None when the step is finished (either way), else the
+        backoff before the next attempt."""
+        spec = step.spec
+        attempt = step.attempt + 1
+        block = self._registry.by_name.get(spec.type)
+        if block is None:
+            gone = _error(f"step type {spec.type!r} is not registered any more", attempt)
+            await self._record(run, "step_failed", spec.id, attempt=attempt, error=gone)
+            return None
+        try:
+            # Serialized once: the lease records one copy, the block gets another, and neither
+            # shares anything with the submission or the upstream steps' recorded outputs.
+            inputs_json = compact_json(resolve(spec.inputs, run.submission.inputs, run.outputs()))
+        except (UnresolvedReference, TypeError, ValueError) as exc:
+            failure = _error(str(exc), attempt)
+            await self._record(run, "step_failed", spec.id, attempt=attempt, error=failure)
+            return None
+        seed = step_seed(run.submission.seed, spec.id)
+        lease = await self._record_durable(
+            run, "step_leased", spec.id,
+            attempt=attempt, inputs=json.loads(inputs_json), seed=seed, model=spec.model,
+            env=dict(spec.env),
+        )  # fmt: skip
+        if block.kind is BlockKind.MUTATOR:
+            await lease.wait()  # side effects only once the lease is durable
+        ctx = BlockContext(
+            payload=json.loads(inputs_json),
+            artifact_dir=self._home / "artifacts" / "runs" / run.run_id / spec.id,
+            run_id=run.run_id,
+            step_id=spec.id,
+            seed=seed,
+            model=spec.model,
+            env=dict(spec.env),
+            attempt=attempt,
+        )
+        started = time.perf_counter()
+        output, error, timed_out = await attempt_once(block, Action.RUN, ctx, spec.timeout)
+        if not error:
+            try:
+                output = json.loads(compact_json(output))  # frozen before it is recorded
+            except (TypeError, ValueError) as exc:
+                error = f"the step's output is not JSON: {exc}"
+        if not error:
+            await self._record(
+                run, "step_completed", spec.id,
+                attempt=attempt, output=output, duration_ms=_ms_since(started),
+                usage={"tokens_in": ctx.usage.tokens_in, "tokens_out": ctx.usage.tokens_out,
+                       "cost": ctx.usage.cost},
+                raw_output=ctx.raw_output[-65536:], exit_code=ctx.exit_code,
+                artifacts=ctx.listed_artifacts(),
+            )  # fmt: skip
+            return None
+        max_attempts = spec.retry.max_attempts if spec.retry else block.retries + 1
+        if step.failures + 1 < max_attempts:
+            backoff = spec.retry.backoff if spec.retry else block.backoff
+            delay = float(backoff * 2**step.failures)
+            await self._record(
+                run, "step_retrying", spec.id,
+                attempt=attempt, error=_error(error, attempt, timed_out), delay=delay,
+            )  # fmt: skip
+            return delay
+        await self._record(
+            run, "step_failed", spec.id, attempt=attempt, error=_error(error, attempt, timed_out)
+        )
+        return None
+
+    async def _record(self, run: RunState, kind: str, step_id: str = "", **payload: Any) -> None:
+        """Make, apply and append an event; its commit comes with the next group commit."""
+        event = run.make_event(kind, self._clock.now(), step_id, **payload)
+        try:
+            await self._store.send(Append((event,), (event,)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise Unavailable("the daemon is shutting down") from None
+
+    async def _record_durable(
+        self, run: RunState, kind: str, step_id: str = "", **payload: Any
+    ) -> Pending[None]:
+        """As :meth:`_record`, and return what to wait on for the commit."""
+        event = run.make_event(kind, self._clock.now(), step_id, **payload)
+        return await self._append([event])
+
+    async def _append(self, records: Sequence[Any]) -> Pending[None]:
+        publish = tuple(r for r in records if isinstance(r, RunEventRecord))
+        return await post(self._store, lambda r: Append(tuple(records), publish, r))
+
+    def _retire(self, run: RunState) -> None:
+        self._runs.move_to_end(run.run_id)
+        finished = [rid for rid, r in self._runs.items() if r.terminal]
+        for run_id in finished[: max(0, len(finished) - self._config.recent_runs)]:
+            del self._runs[run_id]
+
+    def _rebuild(self, submission: RunSubmission, events: Sequence[Any]) -> RunState:
+        run = RunState.new(submission, parse_dag(submission.dag_json, None))
+        for event in events:
+            run.apply(event)
+        return run
+
+    # --- breakpoints, patch, resume, branch -----------------------------------------------------
+
+    def _spawn(self, handler: Callable[[Any], Any]) -> Callable[[Any], None]:
+        def start(message: Any) -> None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._answer, handler, message)
+
+        return start
+
+    async def _answer(self, handler: Callable[[Any], Any], message: Any) -> None:
+        try:
+            result = await handler(message)
+        except Exception as exc:
+            message.reply.fail(exc)
+        else:
+            message.reply.send(result)
+
+    async def _target(self, run_id: str) -> RunState:
+        """A run to act on: live ones from memory; a finished one is loaded (to say so)."""
+        run = self._runs.get(run_id)
+        return run if run is not None else await self._load(run_id)
+
+    async def _update_breakpoints(self, message: UpdateBreakpoints) -> list[str]:
+        run = await self._target(message.run_id)
+        points = new_breakpoints(run, message.add, message.remove, message.clear_all)
+        await (await self._record_durable(run, "breakpoints_updated", breakpoints=points)).wait()
+        return points
+
+    async def _patch(self, message: PatchStep) -> str:
+        run = await self._target(message.run_id)
+        step = run.steps.get(message.step_id)
+        allowed = self._env_allowed(step.spec) if step is not None else frozenset()
+        payload = patch_payload(
+            run, message.step_id, message.inputs_patch, message.env, message.model, message.note,
+            allowed,
+        )  # fmt: skip
+        await (await self._record_durable(run, "step_patched", message.step_id, **payload)).wait()
+        return message.step_id
+
+    async def _resume(self, message: ResumeRun) -> tuple[str, str]:
+        run = await self._target(message.run_id)
+        step_id = check_resumable(run)
+        pending = await self._record_durable(run, "run_resumed", step_id)
+        await pending.wait()
+        wakeup = self._wakeups.pop(run.run_id, None)
+        if wakeup is not None:
+            wakeup.set()
+        return run.status, step_id
+
+    async def _branch(self, message: BranchRun) -> str:
+        source = await self._target(message.run_id)
+        submission = branch_submission(
+            source,
+            run_id=new_run_id(),
+            from_step=message.from_step,
+            seed_mode=message.seed_mode,
+            seed=message.seed,
+            inputs_patch=message.inputs_patch,
+            labels_patch=message.labels_patch,
+            note=message.note,
+            created_at=self._clock.now(),
+        )
+        run = RunState.new(submission, source.dag)
+        records: list[Any] = [submission, run.make_event(
+            "run_submitted", submission.created_at, steps=len(run.dag.steps), seed=submission.seed,
+            parent_run_id=source.run_id, branch_step=message.from_step, note=message.note,
+        )]  # fmt: skip
+        for reused in reusable_steps(source, message.from_step):
+            step_id = reused.pop("step_id")
+            records.append(run.make_event("step_reused", self._clock.now(), step_id, **reused))
+        await (await self._append(records)).wait()
+        self._runs[run.run_id] = run  # only once durable: a failed commit leaves nothing behind
+        assert self._nursery is not None
+        self._nursery.start_soon(self._drive, run)
+        return run.run_id
+
+    # --- GetRun and TapRun ----------------------------------------------------------------------
+
+    def _on_get(self, message: GetRun) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._get, message)
+
+    async def _get(self, message: GetRun) -> None:
+        try:
+            run = self._runs.get(message.run_id)
+            if run is not None:
+                view = run_view(run)
+                await ask(self._store, lambda r: Append((), (), r))  # all it shows is durable
+            else:
+                view = run_view(await self._load(message.run_id))
+        except Exception as exc:
+            message.reply.fail(exc)
+        else:
+            message.reply.send(view)
+
+    async def _load(self, run_id: str) -> RunState:
+        found = await self._read(load_run, run_id)
+        if found is None:
+            raise NotFound(f"run_id: no run {quoted(run_id)}")
+        return self._rebuild(*found)
+
+    def _on_open_tap(self, message: OpenTap) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._open_tap, message)
+
+    async def _open_tap(self, message: OpenTap) -> None:
+        try:
+            # Subscribe first, then read the durable history: nothing falls in between.
+            await ask(self._tap, lambda r: Subscribe("runs", message.run_id, r, message.sink))
+            history = await self._read(load_run_events, message.run_id)
+            if not history:
+                raise NotFound(f"run_id: no run {quoted(message.run_id)}")
+        except Exception as exc:
+            message.sink.close()
+            message.reply.fail(exc)
+        else:
+            message.reply.send(TapOpened(tuple(history)))
+
+    async def _read(self, query: Callable[..., Any], *args: Any) -> Any:
+        return await ask(self._store, lambda r: Read(query, args, r))
+
+
+def run_view(run: RunState) -> RunView:
+    sub = run.submission
+    return RunView(
+        run_id=run.run_id,
+        status=run.status,
+        dag_json=sub.dag_json,
+        inputs=sub.inputs,
+        seed=sub.seed,
+        labels=sub.labels,
+        breakpoints=tuple(run.sorted_breakpoints()),
+        created_at=sub.created_at,
+        updated_at=run.updated_at or sub.created_at,
+        steps=tuple(_step_view(run, s) for s in run.steps.values()),
+        error=run.error,
+        parent_run_id=sub.parent_run_id,
+        branch_step=sub.branch_step,
+    )
+
+
+def _step_view(run: RunState, step: StepState) -> StepView:
+    status = step.status
+    if status == "pending" and run.terminal:
+        status = "skipped"  # never started: an upstream step failed
+    return StepView(
+        step_id=step.spec.id,
+        idx=step.spec.idx,
+        type=step.spec.type,
+        status=status,
+        attempt=step.attempt,
+        leased_at=step.leased_at,
+        completed_at=step.completed_at,
+        output=step.output,
+        error=step.error,
+        inputs=step.inputs,
+        seed=step.seed,
+        model=step.model,
+        usage=step.usage,
+    )
+
+
+def _unfinished(run: RunState) -> bool:
+    return any(not step.finished for step in run.steps.values())
+
+
+def _error(message: str, attempt: int = 0, timed_out: bool = False) -> dict[str, Any]:
+    return {"message": message, "attempt": attempt, "timed_out": timed_out}
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

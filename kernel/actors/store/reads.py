@@ -1,0 +1,161 @@
+"""Read queries the store runs on its thread (passed in ``Read`` messages), and crash recovery."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+from foundry.kernel.core.ids import rfc3339
+from foundry.kernel.core.records import FinishedChain
+from foundry.kernel.core.throttle import Throttle
+
+RESTARTED = "daemon restarted before the workflow finished"
+
+
+def _dicts(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    cursor = con.execute(sql, list(params))
+    names = [d[0] for d in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _event_trace(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["event_id"],
+        "event_type": row["event_type"],
+        "project": row["project"],
+        "occurred_at": rfc3339(row["occurred_at"]),
+        "recorded_at": rfc3339(row["recorded_at"]),
+        "throttle": row["throttle"],
+        "trace_id": row["trace_id"],
+        "payload": json.loads(row["payload"]),
+        "parent_id": row["parent_id"],
+        "emitted_by": row["emitted_by"],
+        "depth": row["depth"],
+        "throttled": row["throttled"],
+    }
+
+
+def _execution_trace(row: dict[str, Any], payloads: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "block_name": row["block_name"],
+        "trigger_event_id": row["trigger_event_id"],
+        "success": row["success"],
+        "summary": row["summary"],
+        "emitted_event_ids": row["emitted_event_ids"],
+        "duration_ms": row["duration_ms"],
+        "raw_output": row["raw_output"],
+        "exit_code": row["exit_code"],
+        "trigger_payload": payloads.get(row["trigger_event_id"]),
+        "emitted_payloads": [payloads.get(i) for i in row["emitted_event_ids"]],
+        "audit_artifacts": row["audit_artifacts"],
+        "state": row["state"],
+        "throttled": row["throttled"],
+        "attempts": row["attempts"],
+        "started_at": rfc3339(row["started_at"]),
+        "completed_at": rfc3339(row["completed_at"]),
+    }
+
+
+def load_chain(con: duckdb.DuckDBPyConnection, trace_id: str) -> tuple[list[Any], list[Any]]:
+    """The trace form of a chain's stored events and block executions."""
+    events = [
+        _event_trace(r)
+        for r in _dicts(
+            con, "SELECT * FROM events WHERE trace_id = ? ORDER BY recorded_at", [trace_id]
+        )
+    ]
+    payloads = {e["id"]: e["payload"] for e in events}
+    executions = [
+        _execution_trace(r, payloads)
+        for r in _dicts(
+            con,
+            "SELECT * FROM block_executions WHERE trace_id = ? ORDER BY completed_at",
+            [trace_id],
+        )
+    ]
+    return events, executions
+
+
+def load_trace(con: duckdb.DuckDBPyConnection, workflow_id: str) -> dict[str, Any] | None:
+    """A finished chain's trace document rebuilt from the database (when its file is missing)."""
+    rows = _dicts(con, "SELECT * FROM workflows WHERE workflow_id = ?", [workflow_id])
+    if not rows:
+        return None
+    row = rows[0]
+    events, executions = load_chain(con, workflow_id)
+    total = row["completed_at"] - row["started_at"]
+    return {
+        "events": events,
+        "block_executions": executions,
+        "total_duration_ms": round(total.total_seconds() * 1000),
+        "workflow_id": workflow_id,
+        "state": row["state"],
+        "error": row["error"],
+    }
+
+
+def load_workflow(
+    con: duckdb.DuckDBPyConnection, workflow_id: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """A finished workflow's row and its block executions, or None."""
+    rows = _dicts(
+        con,
+        "SELECT * FROM workflows WHERE workflow_id = ? AND block_count > 0",
+        [workflow_id],
+    )
+    if not rows:
+        return None
+    blocks = _dicts(
+        con,
+        "SELECT block_name, state, started_at, completed_at, throttled FROM block_executions "
+        "WHERE trace_id = ? ORDER BY started_at",
+        [workflow_id],
+    )
+    return rows[0], blocks
+
+
+def recover_unfinished(
+    con: duckdb.DuckDBPyConnection, write: Callable[[Sequence[Any]], None]
+) -> list[str]:
+    """Mark every chain a killed daemon left unfinished as failed, with its trace written."""
+    roots = _dicts(
+        con,
+        "SELECT e.* FROM events e ANTI JOIN workflows w ON w.workflow_id = e.event_id "
+        "WHERE e.depth = 0",
+        [],
+    )
+    now = datetime.now(UTC)
+    finished = []
+    for root in roots:
+        events, executions = load_chain(con, root["event_id"])
+        started = root["occurred_at"]
+        total_ms = round((now - started).total_seconds() * 1000)
+        trace = {
+            "events": events,
+            "block_executions": executions,
+            "total_duration_ms": total_ms,
+            "workflow_id": root["event_id"],
+            "state": "failed",
+            "error": RESTARTED,
+        }
+        finished.append(
+            FinishedChain(
+                workflow_id=root["event_id"],
+                workflow_type=root["event_type"],
+                project=root["project"],
+                throttle=Throttle(root["throttle"]),
+                state="failed",
+                error=RESTARTED,
+                started_at=started,
+                completed_at=now,
+                event_count=len(events),
+                block_count=max(len(executions), 1),
+                trace=json.dumps(trace, default=str),
+            )
+        )
+    if finished:
+        write(finished)
+    return [f.workflow_id for f in finished]

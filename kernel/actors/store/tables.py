@@ -1,0 +1,149 @@
+"""How each record type becomes rows: table, columns, and a row function.
+
+Rows go in through DuckDB's appender: it converts a batch of Python rows in C++ and applies them
+with one statement per table and commit. Measured against the alternatives (2 tables x 50 rows
+per commit, another thread busy): it holds the interpreter lock ~1.7 ms per commit, an Arrow table
+scanned by ``INSERT ... SELECT`` ~9.4 ms (with its register/unregister), ``unnest(?)`` of lists
+~3.3 ms — and the trio thread needs that lock for everything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+from foundry.kernel.core.ids import compact_json
+from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
+from foundry.kernel.core.runs import RunEventRecord, RunSubmission
+
+
+@dataclass(frozen=True)
+class TableWriter:
+    table: str
+    columns: tuple[str, ...]
+    row: Callable[[Any], tuple[Any, ...]]
+
+    def appender(self, con: duckdb.DuckDBPyConnection) -> Any:
+        """An appender for this table on ``con`` (keep it: it is reused for every commit)."""
+        return con.appender(self.table, columns=list(self.columns))
+
+    def append(self, appender: Any, records: Sequence[Any]) -> None:
+        """Buffer the records' rows; the caller flushes them inside its transaction."""
+        appender.append_rows([self.row(r) for r in records])
+
+
+def _event_row(e: Event) -> tuple[Any, ...]:
+    return (
+        e.id, e.trace_id, e.event_type, e.project, e.occurred_at, e.recorded_at, e.throttle.value,
+        e.depth, e.parent_id or None, e.emitted_by or None, e.throttled, e.payload_json,
+    )  # fmt: skip
+
+
+def _execution_row(x: ExecutionRecord) -> tuple[Any, ...]:
+    return (
+        x.trace_id, x.block_name, x.trigger.id, x.state, x.success, x.summary,
+        [e.id for e in x.emitted], x.duration_ms, x.raw_output, x.exit_code,
+        list(x.audit_artifacts), x.attempts, x.throttled, x.started_at, x.completed_at,
+    )  # fmt: skip
+
+
+def _finished_row(f: FinishedChain) -> tuple[Any, ...]:
+    return (
+        f.workflow_id, f.workflow_type, f.project, f.throttle.value, f.state, f.error,
+        f.started_at, f.completed_at, f.event_count, f.block_count,
+    )  # fmt: skip
+
+
+def _submission_row(r: RunSubmission) -> tuple[Any, ...]:
+    return (
+        r.run_id, r.idempotency_key, r.dag_json, compact_json(r.inputs), r.seed,
+        compact_json(r.labels), list(r.breakpoints), r.parent_run_id, r.branch_step, r.note,
+        r.created_at,
+    )  # fmt: skip
+
+
+def _run_event_row(e: RunEventRecord) -> tuple[Any, ...]:
+    return (e.run_id, e.seq, e.step_id, e.kind, compact_json(e.payload), e.occurred_at)
+
+
+WRITERS: dict[type, TableWriter] = {
+    Event: TableWriter(
+        "events",
+        (
+            "event_id",
+            "trace_id",
+            "event_type",
+            "project",
+            "occurred_at",
+            "recorded_at",
+            "throttle",
+            "depth",
+            "parent_id",
+            "emitted_by",
+            "throttled",
+            "payload",
+        ),
+        _event_row,
+    ),  # fmt: skip
+    ExecutionRecord: TableWriter(
+        "block_executions",
+        (
+            "trace_id",
+            "block_name",
+            "trigger_event_id",
+            "state",
+            "success",
+            "summary",
+            "emitted_event_ids",
+            "duration_ms",
+            "raw_output",
+            "exit_code",
+            "audit_artifacts",
+            "attempts",
+            "throttled",
+            "started_at",
+            "completed_at",
+        ),
+        _execution_row,
+    ),  # fmt: skip
+    FinishedChain: TableWriter(
+        "workflows",
+        (
+            "workflow_id",
+            "workflow_type",
+            "project",
+            "throttle",
+            "state",
+            "error",
+            "started_at",
+            "completed_at",
+            "event_count",
+            "block_count",
+        ),
+        _finished_row,
+    ),  # fmt: skip
+    RunSubmission: TableWriter(
+        "runs",
+        (
+            "run_id",
+            "idempotency_key",
+            "dag_json",
+            "inputs",
+            "seed",
+            "labels",
+            "breakpoints",
+            "parent_run_id",
+            "branch_step",
+            "note",
+            "created_at",
+        ),
+        _submission_row,
+    ),  # fmt: skip
+    RunEventRecord: TableWriter(
+        "run_events",
+        ("run_id", "seq", "step_id", "kind", "payload", "occurred_at"),
+        _run_event_row,
+    ),
+}

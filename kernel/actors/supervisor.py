@@ -1,0 +1,106 @@
+"""The kernel's actors, wired once: :func:`open_kernel` is what the daemon, the tests and the
+benchmarks run.
+
+Actors start in dependency order (tap broker, store, engine, scheduler, replay), each through
+``nursery.start`` so it is ready before the next; leaving the context closes the mailboxes the
+edge holds, each actor finishes or checkpoints its work in flight within its grace period, and
+the store, whose mailbox the others hold, flushes and closes last. ``$FOUNDRY_HOME`` is locked
+for the daemon's lifetime: a second daemon on it is refused with the pid that holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import trio
+from foundry.kernel.actors.engine.actor import Engine
+from foundry.kernel.actors.engine.messages import EngineMessage
+from foundry.kernel.actors.messages import Mailboxes
+from foundry.kernel.actors.replay.actor import Replayer
+from foundry.kernel.actors.replay.messages import ReplayMessage
+from foundry.kernel.actors.scheduler.actor import Scheduler
+from foundry.kernel.actors.scheduler.messages import SchedulerMessage
+from foundry.kernel.actors.store.actor import Store
+from foundry.kernel.actors.store.messages import StoreMessage
+from foundry.kernel.actors.tap.actor import TapBroker
+from foundry.kernel.actors.tap.messages import CloseAll, TapMessage
+from foundry.kernel.blocks.registry import BlockRegistry
+from foundry.kernel.config import Config
+from foundry.kernel.core.drift import Tolerance
+from foundry.kernel.errors import ConfigError
+
+log = logging.getLogger("foundry.kernel")
+
+MAILBOX_SIZE = 1_024
+LOCK_FILE = "daemon.lock"
+
+
+@contextlib.asynccontextmanager
+async def open_kernel(config: Config, registry: BlockRegistry) -> AsyncIterator[Mailboxes]:
+    """Run every actor for the duration of the ``async with``; yields their mailboxes."""
+    with home_lock(config.home):
+        async with trio.open_nursery() as nursery:
+            mailboxes = await _start_actors(config, registry, nursery)
+            try:
+                yield mailboxes
+            finally:
+                with trio.CancelScope(shield=True):
+                    await mailboxes.tap.send(CloseAll())
+                for mailbox in (
+                    mailboxes.engine, mailboxes.scheduler, mailboxes.replay, mailboxes.tap
+                ):  # fmt: skip
+                    mailbox.close()  # each finishes its work in flight; the store closes last
+
+
+@contextlib.contextmanager
+def home_lock(home: Path) -> Iterator[None]:
+    """Hold ``$FOUNDRY_HOME/daemon.lock`` (an advisory lock with our pid in it) or refuse."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(f"{home} is in use by pid {holder}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+async def _start_actors(
+    config: Config, registry: BlockRegistry, nursery: trio.Nursery
+) -> Mailboxes:
+    tap_send, tap_receive = trio.open_memory_channel[TapMessage](MAILBOX_SIZE)
+    store_send, store_receive = trio.open_memory_channel[StoreMessage](MAILBOX_SIZE)
+    engine_send, engine_receive = trio.open_memory_channel[EngineMessage](MAILBOX_SIZE)
+    scheduler_send, scheduler_receive = trio.open_memory_channel[SchedulerMessage](MAILBOX_SIZE)
+    replay_send, replay_receive = trio.open_memory_channel[ReplayMessage](MAILBOX_SIZE)
+    home, grace = config.home, config.shutdown_grace
+
+    await nursery.start(TapBroker(tap_receive, buffer=config.tap.subscriber_buffer).run)
+    store = Store(home, store_receive, tap_send.clone(), max_batch=config.store.max_batch_rows)
+    recovered = await nursery.start(store.run)
+    if recovered:
+        log.warning("marked %d unfinished workflow(s) failed: daemon restarted", len(recovered))
+    engine = Engine(registry, engine_receive, store_send.clone(), home=home,
+                    config=config.engine, shutdown_grace=grace)  # fmt: skip
+    await nursery.start(engine.run)
+    scheduler = Scheduler(registry, scheduler_receive, store_send.clone(), tap_send.clone(),
+                          home=home, config=config.scheduler, shutdown_grace=grace)  # fmt: skip
+    resumed = await nursery.start(scheduler.run)
+    if resumed:
+        log.warning("picked up %d unfinished run(s) where they stopped", resumed)
+    replayer = Replayer(registry, replay_receive, store_send.clone(), home=home,
+                        tolerance=Tolerance(**vars(config.replay)))  # fmt: skip
+    await nursery.start(replayer.run)
+    store_send.close()
+    return Mailboxes(engine=engine_send, tap=tap_send, scheduler=scheduler_send, replay=replay_send)

@@ -1,0 +1,70 @@
+"""Messages the tap broker accepts, and what subscribers receive."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from foundry.kernel.actors.mailbox import Reply
+
+
+class Tappable(Protocol):
+    """Anything published: it names its topic and the key subscribers filter on."""
+
+    @property
+    def tap_topic(self) -> str: ...
+
+    @property
+    def tap_key(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Committed items to fan out, in order."""
+
+    items: tuple[Tappable, ...]
+
+
+class Sink(Protocol):
+    """Where a subscriber's items go. The broker offers each item; a sink refuses (False) when it
+    is closed, or full — then it has taken an :class:`Overflow` as its last item.
+
+    After offering a published batch the broker flushes the sinks it offered to: a sink may
+    deliver there. It may also return a write to make once all sinks are flushed — sinks that
+    share a connection return the same one, and the broker makes it once.
+    """
+
+    def offer(self, item: Any, capacity: int) -> bool: ...
+
+    def flush(self) -> Callable[[], None] | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Subscribe to ``topic``; ``key`` None means every key (e.g. every project).
+
+    With no ``sink`` the broker makes a trio channel and answers with its receiving end.
+    """
+
+    topic: str
+    key: str | None
+    reply: Reply[Any]
+    sink: Sink | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CloseAll:
+    """Shutdown: end every subscription cleanly."""
+
+
+@dataclass(frozen=True, slots=True)
+class Overflow:
+    """The last item a subscriber gets when it fell behind and was cut off."""
+
+    buffered: int
+
+
+TapMessage = Publish | Subscribe | CloseAll

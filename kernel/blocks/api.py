@@ -1,0 +1,339 @@
+"""The Block API: one kind of plugin serves both as a Foundry task block (triggered by events) and
+as a FleetForge DAG step type (called with a step's inputs).
+
+A block author subclasses :class:`Block` or decorates a function with :func:`block`, and returns the
+blocks from a ``register_blocks`` hook implementation.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import trio
+from foundry.kernel.core.envpolicy import child_environment
+from foundry.kernel.core.throttle import Action, Throttle
+
+
+class BlockKind(StrEnum):
+    """An observer reads and reports; a mutator changes the world (throttles restrain it)."""
+
+    OBSERVER = "observer"
+    MUTATOR = "mutator"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a step cost: tokens in and out, and money."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.tokens_in + other.tokens_in,
+            self.tokens_out + other.tokens_out,
+            self.cost + other.cost,
+        )
+
+
+@dataclass(frozen=True)
+class Emission:
+    """An event a block asked to emit."""
+
+    event_type: str
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    output: str
+
+
+class _LazyPath:
+    """A Path attribute that also takes a str, and makes the Path when first read: building one
+    costs ~5 µs, and most executions never look at their artifact folder."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = f"_{name}"
+
+    def __get__(self, instance: object, owner: type | None = None) -> Path:
+        if instance is None:
+            raise AttributeError(self._slot)  # no default: dataclass makes the field required
+        value: Path | str = getattr(instance, self._slot)
+        if isinstance(value, str):
+            value = Path(value)
+            setattr(instance, self._slot, value)
+        return value
+
+    def __set__(self, instance: object, value: Path | str) -> None:
+        setattr(instance, self._slot, value)
+
+
+@dataclass
+class BlockContext:
+    """What a running block sees, and how it reports back.
+
+    ``payload`` is the triggering event's payload for a task block, or the step's resolved inputs
+    for a DAG step (``inputs`` is the same mapping under its step name).
+    """
+
+    payload: Mapping[str, Any]
+    artifact_dir: _LazyPath = _LazyPath()  # a Path when read; a str is accepted
+    throttle: Throttle = Throttle.FULL
+    event_type: str = ""
+    event_id: str = ""
+    project: str = ""
+    run_id: str = ""
+    step_id: str = ""
+    seed: int = 0
+    model: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    attempt: int = 1
+    summary: str = ""
+    emissions: list[Emission] = field(default_factory=list)
+    usage: Usage = Usage()
+    raw_output: str = ""
+    exit_code: int = 0
+    artifacts_touched: bool = False
+
+    @property
+    def inputs(self) -> Mapping[str, Any]:
+        return self.payload
+
+    def emit(self, event_type: str, payload: Mapping[str, Any] | None = None) -> None:
+        """Ask for an event. The throttle decides whether it is delivered downstream."""
+        if not isinstance(event_type, str) or not event_type:
+            raise ValueError("emit: event_type must be a non-empty string")
+        self.emissions.append(Emission(event_type, dict(payload or {})))
+
+    def record_usage(self, tokens_in: int = 0, tokens_out: int = 0, cost: float = 0.0) -> None:
+        self.usage = self.usage + Usage(tokens_in, tokens_out, cost)
+
+    def artifact_path(self, name: str) -> Path:
+        """A path under this execution's artifact folder; files there are listed in the trace."""
+        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        self.artifacts_touched = True
+        path = (self.artifact_dir / name).resolve()
+        if not path.is_relative_to(self.artifact_dir.resolve()):
+            raise ValueError(f"artifact name {name!r} leaves the artifact folder")
+        return path
+
+    async def run_command(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes = b"",
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        pass_env: Collection[str] = (),
+    ) -> CommandResult:
+        """Run a program (no shell), capturing stdout and stderr together as the raw output.
+
+        The child starts from a minimal environment (``envpolicy.child_environment``), never the
+        daemon's: the daemon variables named in ``pass_env``, the step's ``env`` a run set (the
+        kernel checked it against the block's ``allow_env``), then ``env``.
+        """
+        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        self.artifacts_touched = True
+        full_env = child_environment(os.environ, passed=pass_env, from_run=self.env, declared=env)
+        done = await trio.run_process(
+            list(argv),
+            stdin=stdin,
+            capture_stdout=True,
+            stderr=subprocess.STDOUT,
+            check=False,
+            env=full_env,
+            cwd=cwd,
+        )
+        output = done.stdout.decode(errors="replace")
+        self.raw_output += output
+        self.exit_code = done.returncode
+        return CommandResult(done.returncode, output)
+
+    def listed_artifacts(self) -> list[str]:
+        if not self.artifacts_touched or not self.artifact_dir.is_dir():
+            return []
+        return sorted(str(p) for p in self.artifact_dir.rglob("*") if p.is_file())
+
+
+class NeedsAwait(Exception):
+    """A block asked to run without awaiting cannot: the kernel awaits it instead."""
+
+
+class Block:
+    """Base class of every block.
+
+    Override :meth:`run`; optionally :meth:`accepts` (payload self-filter), :meth:`audit` (the
+    side-effect-free step a mutator runs under AUDIT_ONLY) and :meth:`simulate` (the events a
+    mutator offers under DRY_RUN).
+    """
+
+    name: str = ""
+    kind: BlockKind = BlockKind.OBSERVER
+    sinks: tuple[str, ...] = ()
+    timeout: float | None = 60.0
+    retries: int = 0
+    backoff: float = 0.2
+    description: str = ""
+    # The names a run's step ``env`` may set for this block ("*": any name not forbidden
+    # outright, see envpolicy). Default none: a run cannot change a block's environment.
+    allow_env: frozenset[str] = frozenset()
+    # True when run/audit/simulate never await: the kernel may then run the block through
+    # call(), inline, without a task or deadline scope (its timeout cannot interrupt it anyway).
+    synchronous: bool = False
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        kind: BlockKind | str | None = None,
+        sinks: Iterable[str] | None = None,
+        timeout: float | None | bool = False,
+        retries: int | None = None,
+        backoff: float | None = None,
+        description: str | None = None,
+        allow_env: Iterable[str] | None = None,
+    ) -> None:
+        self.name = name if name is not None else self.name or type(self).__name__
+        self.kind = BlockKind(kind) if kind is not None else BlockKind(self.kind)
+        self.sinks = tuple(sinks) if sinks is not None else tuple(self.sinks)
+        if timeout is not False:
+            self.timeout = None if timeout is None else float(timeout)
+        self.retries = retries if retries is not None else self.retries
+        self.backoff = backoff if backoff is not None else self.backoff
+        self.description = description if description is not None else self.description
+        if allow_env is not None:
+            self.allow_env = frozenset(allow_env)
+
+    def accepts(self, payload: Mapping[str, Any]) -> bool:
+        """Payload self-filter: return False to let an event pass this block by."""
+        return True
+
+    def env_allowed(self, inputs: Mapping[str, Any]) -> frozenset[str]:
+        """The env names a DAG step with these (unresolved) inputs may set: ``allow_env``."""
+        return self.allow_env
+
+    async def run(self, ctx: BlockContext) -> Any:
+        """Do the work. Return the output (any JSON value); emit events with ``ctx.emit``."""
+        raise NotImplementedError(f"block {self.name!r} does not implement run()")
+
+    async def audit(self, ctx: BlockContext) -> None:
+        """AUDIT_ONLY: describe what run() would do, without side effects. Default: nothing."""
+
+    async def simulate(self, ctx: BlockContext) -> None:
+        """DRY_RUN: emit simulated events so the chain can be exercised read-only."""
+
+    def call(self, action: Action, ctx: BlockContext) -> Any:
+        """For a ``synchronous`` block: run, audit or simulate (per ``action``) without awaiting,
+        returning run()'s output. Raises :class:`NeedsAwait` when that is not possible."""
+        raise NeedsAwait(self.name)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.kind} sinks={list(self.sinks)}>"
+
+
+BlockFn = Callable[[BlockContext], Any]
+AcceptsFn = Callable[[Mapping[str, Any]], bool]
+
+
+class FunctionBlock(Block):
+    """A block made from plain functions by :func:`block`."""
+
+    def __init__(
+        self,
+        fn: BlockFn,
+        *,
+        accepts: AcceptsFn | None = None,
+        audit: BlockFn | None = None,
+        simulate: BlockFn | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self._fn, self._accepts, self._audit, self._simulate = fn, accepts, audit, simulate
+        self.synchronous = not any(
+            inspect.iscoroutinefunction(f) for f in (fn, audit, simulate) if f is not None
+        )
+        self.description = self.description or inspect.getdoc(fn) or ""
+
+    def accepts(self, payload: Mapping[str, Any]) -> bool:
+        return self._accepts(payload) if self._accepts else True
+
+    async def run(self, ctx: BlockContext) -> Any:
+        result = self._fn(ctx)
+        # A type lookup, not inspect.isawaitable (an ABC check), and no extra coroutine frame:
+        # this is the engine's innermost call.
+        return await result if hasattr(type(result), "__await__") else result
+
+    async def audit(self, ctx: BlockContext) -> None:
+        if self._audit:
+            await _maybe_await(self._audit(ctx))
+
+    async def simulate(self, ctx: BlockContext) -> None:
+        if self._simulate:
+            await _maybe_await(self._simulate(ctx))
+
+    def call(self, action: Action, ctx: BlockContext) -> Any:
+        fn = {Action.RUN: self._fn, Action.AUDIT: self._audit}.get(action, self._simulate)
+        if fn is None:
+            return None
+        result = fn(ctx)
+        if hasattr(type(result), "__await__"):
+            # A plain function that returned an awaitable (say, a lambda around a coroutine
+            # function): nothing of it ran yet. The kernel awaits this block from now on.
+            if inspect.iscoroutine(result):
+                result.close()
+            self.synchronous = False
+            raise NeedsAwait(self.name)
+        return result if action is Action.RUN else None
+
+
+def block(
+    name: str,
+    *,
+    sinks: Iterable[str] = (),
+    kind: BlockKind | str = BlockKind.OBSERVER,
+    timeout: float | None = 60.0,
+    retries: int = 0,
+    backoff: float = 0.2,
+    accepts: AcceptsFn | None = None,
+    audit: BlockFn | None = None,
+    simulate: BlockFn | None = None,
+    allow_env: Iterable[str] = (),
+) -> Callable[[BlockFn], FunctionBlock]:
+    """Make a block from a function ``fn(ctx) -> output`` (sync or async)."""
+
+    def wrap(fn: BlockFn) -> FunctionBlock:
+        return FunctionBlock(
+            fn,
+            name=name,
+            sinks=sinks,
+            kind=kind,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            accepts=accepts,
+            audit=audit,
+            simulate=simulate,
+            allow_env=allow_env,
+        )
+
+    return wrap
+
+
+async def _maybe_await(value: Any) -> Any:
+    if hasattr(type(value), "__await__"):
+        return await value
+    return value
+
+
+BlockFactory = Callable[[Mapping[str, Any]], Block]
+"""Builds a block from a ``[[blocks]]`` table of foundry.toml (see ``register_block_types``)."""

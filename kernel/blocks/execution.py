@@ -1,0 +1,154 @@
+"""Running one block once: timeout, retries with backoff, captured output. Shared by the engine
+(task blocks) and the scheduler (DAG steps)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from foundry.kernel.blocks.api import Block, BlockContext, Emission, NeedsAwait, Usage
+from foundry.kernel.core.throttle import Action
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one block execution ended, across all its attempts. (Not frozen: it never leaves the
+    actor that ran the block, and a frozen init costs 7x as much — 3.4 vs 0.45 µs measured.)"""
+
+    success: bool
+    output: Any
+    summary: str
+    error: str
+    emissions: tuple[Emission, ...]
+    usage: Usage
+    raw_output: str
+    exit_code: int
+    artifacts: tuple[str, ...]
+    attempts: int
+    duration_ms: int
+    timed_out: bool = False
+    context: BlockContext | None = field(default=None, compare=False, repr=False)
+
+
+async def execute(
+    block: Block,
+    action: Action,
+    new_context: Callable[[int], BlockContext],
+    *,
+    on_retry: Callable[[int, str, float], None] | None = None,
+) -> Outcome:
+    """Run ``block`` per ``action``; a failed RUN attempt is retried up to ``block.retries`` times.
+
+    ``new_context(attempt)`` gives each attempt a fresh context, so a failed attempt's emissions
+    never leak. ``on_retry(attempt, error, delay)`` is told before each backoff sleep.
+    """
+    started = time.perf_counter()
+    attempts = 1 + (block.retries if action is Action.RUN else 0)
+    ctx = new_context(1)
+    output: Any = None
+    error = ""
+    timed_out = False
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            delay = block.backoff * 2 ** (attempt - 2)
+            if on_retry:
+                on_retry(attempt - 1, error, delay)
+            await trio.sleep(delay)
+            ctx = new_context(attempt)
+        output, error, timed_out = await _attempt(block, action, ctx)
+        if not error:
+            break
+    return _outcome(ctx, output, error, attempt, started, timed_out)
+
+
+def runs_now(block: Block, action: Action) -> bool:
+    """Can :func:`execute_now` run this block? Synchronous, and no retry (with its backoff
+    sleep) possible."""
+    return block.synchronous and (block.retries == 0 or action is not Action.RUN)
+
+
+def execute_now(block: Block, action: Action, ctx: BlockContext) -> Outcome | None:
+    """:func:`execute` for a block :func:`runs_now` accepts, without awaiting: one attempt, on
+    the caller's stack. None when the block turned out to need awaiting after all."""
+    started = time.perf_counter()
+    try:
+        output, error = block.call(action, ctx), ""
+    except NeedsAwait:
+        return None
+    except Exception as exc:  # a block's failure is data for its trace, never the kernel's
+        output, error = None, f"{type(exc).__name__}: {exc}"
+    return _outcome(ctx, output, error, 1, started, False)
+
+
+def _outcome(
+    ctx: BlockContext, output: Any, error: str, attempts: int, started: float, timed_out: bool
+) -> Outcome:
+    return Outcome(
+        success=not error,
+        output=output,
+        # A failure's summary is its error: the trace has no other place that says why.
+        summary=error or ctx.summary or _summarize(output),
+        error=error,
+        emissions=tuple(ctx.emissions) if not error else (),
+        usage=ctx.usage,
+        raw_output=ctx.raw_output,
+        exit_code=ctx.exit_code,
+        artifacts=tuple(ctx.listed_artifacts()),
+        attempts=attempts,
+        duration_ms=round((time.perf_counter() - started) * 1000),
+        timed_out=timed_out,
+        context=ctx,
+    )
+
+
+async def attempt_once(
+    block: Block, action: Action, ctx: BlockContext, limit: float | None = None
+) -> tuple[Any, str, bool]:
+    """One attempt: ``(output, error, timed_out)``; ``error`` is "" on success. ``limit``
+    (seconds) overrides the block's own timeout."""
+    return await _attempt(block, action, ctx, limit)
+
+
+async def _attempt(
+    block: Block, action: Action, ctx: BlockContext, timeout_override: float | None = None
+) -> tuple[Any, str, bool]:
+    limit = timeout_override if timeout_override is not None else block.timeout
+    if block.synchronous:
+        # Plain functions never yield to trio, so no deadline could interrupt them: skip the
+        # cancel scope (a tenth of the engine's time per execution).
+        try:
+            return await _dispatch(block, action, ctx), "", False
+        except Exception as exc:
+            return None, f"{type(exc).__name__}: {exc}", False
+    deadline = math.inf if limit is None else trio.current_time() + limit
+    # A bare CancelScope: trio.fail_after is a generator context manager, several times the cost.
+    try:
+        with trio.CancelScope(deadline=deadline):
+            return await _dispatch(block, action, ctx), "", False
+    except Exception as exc:  # a block's failure is data for its trace, never the kernel's
+        return None, f"{type(exc).__name__}: {exc}", False
+    return None, f"timed out after {limit:g}s", True  # only reached when the deadline cancelled
+
+
+async def _dispatch(block: Block, action: Action, ctx: BlockContext) -> Any:
+    if action is Action.RUN:
+        return await block.run(ctx)
+    if action is Action.AUDIT:
+        await block.audit(ctx)
+    else:
+        await block.simulate(ctx)
+    return None
+
+
+def _summarize(output: Any) -> str:
+    if output is None:
+        return ""
+    try:
+        text = output if isinstance(output, str) else repr(output)
+    except Exception as exc:  # a plugin's broken __repr__ must not stop its chain
+        text = f"<{type(output).__name__}: repr() raised {type(exc).__name__}>"
+    return text if len(text) <= 200 else text[:197] + "..."

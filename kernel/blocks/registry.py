@@ -1,0 +1,126 @@
+"""Loading blocks: built-ins, the ``foundry`` entry-point group, modules named in foundry.toml, and
+blocks declared as ``[[blocks]]`` tables."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pluggy
+from foundry.kernel import hookspecs
+from foundry.kernel.blocks.api import Block, BlockFactory
+from foundry.kernel.blocks.tools import Tool
+from foundry.kernel.config import Config
+from foundry.kernel.errors import ConfigError
+
+ENTRY_POINT_GROUP = "foundry"
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "foundry.plugins.greeting",
+    "foundry.plugins.shell",
+    "foundry.plugins.relay",
+    "foundry.plugins.llm",
+    "foundry.plugins.tool",
+    "foundry.plugins.transform",
+    "foundry.plugins.http",
+)
+
+
+def build_plugin_manager(modules: Sequence[str] = (), *, entry_points: bool = True) -> Any:
+    """Specs, built-ins, the entry-point group, then foundry.toml modules; misspelled hooks fail."""
+    pm = pluggy.PluginManager("foundry")
+    pm.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    if entry_points:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"[plugins].modules: cannot import {name!r}: {exc}") from None
+        if not pm.is_registered(module):
+            pm.register(module, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError(f"plugin {exc.plugin!r}: {exc}") from None
+    return pm
+
+
+class BlockRegistry:
+    """Every loaded block, by name and by the event types it sinks (in registration order)."""
+
+    def __init__(self, blocks: Iterable[Block]) -> None:
+        self.by_name: dict[str, Block] = {}
+        self.by_sink: dict[str, list[Block]] = {}
+        for block in blocks:
+            if not isinstance(block, Block):
+                raise ConfigError(f"a plugin returned {block!r}, which is not a Block")
+            if block.name in self.by_name:
+                raise ConfigError(f"two blocks are named {block.name!r}; block names are unique")
+            self.by_name[block.name] = block
+            for event_type in block.sinks:
+                self.by_sink.setdefault(event_type, []).append(block)
+
+    def sinking(self, event_type: str, payload: Mapping[str, Any]) -> list[Block]:
+        """The blocks an event reaches: those that sink its type and accept its payload."""
+        return [b for b in self.by_sink.get(event_type, ()) if b.accepts(payload)]
+
+    def sinks(self, event_type: str) -> bool:
+        return event_type in self.by_sink
+
+    def __iter__(self) -> Any:
+        return iter(self.by_name.values())
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+
+def load_blocks(
+    modules: Sequence[str] = (),
+    declared: Sequence[Mapping[str, Any]] = (),
+    *,
+    entry_points: bool = True,
+    config: Config | None = None,
+) -> BlockRegistry:
+    pm = build_plugin_manager(modules, entry_points=entry_points)
+    tools = _tools(pm)
+    # pluggy calls the most recently registered plugin first; blocks run in registration order.
+    results = pm.hook.register_blocks(config=config or Config(), tools=tools)
+    contributed = [b for result in reversed(results) for b in result]
+    factories: dict[str, BlockFactory] = {}
+    for result in reversed(pm.hook.register_block_types()):
+        factories.update(result)
+    return BlockRegistry([*contributed, *(_declared_block(t, factories) for t in declared)])
+
+
+def load_config_blocks(config: Config, *, entry_points: bool = True) -> BlockRegistry:
+    return load_blocks(
+        config.plugin_modules, config.declared_blocks, entry_points=entry_points, config=config
+    )
+
+
+def _tools(pm: Any) -> dict[str, Tool]:
+    tools: dict[str, Tool] = {}
+    for result in reversed(pm.hook.register_tools()):
+        for tool in result:
+            if tool.name in tools:
+                raise ConfigError(f"two tools are named {tool.name!r}; tool names are unique")
+            tools[tool.name] = tool
+    return tools
+
+
+def _declared_block(table: Mapping[str, Any], factories: Mapping[str, BlockFactory]) -> Block:
+    source = table.get("__source__", "foundry.toml")
+    where = f"{source}: [[blocks]] {table['name']!r}"
+    factory = factories.get(table["type"])
+    if factory is None:
+        known = ", ".join(sorted(factories))
+        raise ConfigError(f"{where}.type: unknown block type {table['type']!r} (known: {known})")
+    options = {k: v for k, v in table.items() if k != "__source__"}
+    try:
+        return factory(options)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None

@@ -1,0 +1,299 @@
+"""``foundry run …``: submit, inspect and follow FleetForge runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import betterproto2
+from foundry.kernel.errors import FoundryError
+from foundry.proto import runtime_api as api
+from foundry.proto.generated.google.protobuf import Struct
+
+TERMINAL = {api.RunStatus.SUCCEEDED, api.RunStatus.FAILED, api.RunStatus.CANCELED}
+
+
+def add_run_commands(commands: Any, client: Any, client_options: Any) -> None:
+    run = commands.add_parser("run", help="FleetForge runs")
+    verbs = run.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    submit = verbs.add_parser("submit", help="submit a DAG (a JSON file, or - for stdin)")
+    submit.add_argument("dag_file")
+    submit.add_argument("--inputs", default="{}", help="run inputs, a JSON object")
+    submit.add_argument("--seed", type=int, default=0)
+    submit.add_argument("--label", action="append", default=[], metavar="K=V")
+    submit.add_argument("--breakpoint", action="append", default=[], metavar="STEP")
+    submit.add_argument("--idempotency-key", default="")
+    submit.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    client_options(submit)
+    submit.set_defaults(handler=client(cmd_submit))
+
+    get = verbs.add_parser("get", help="a run and its steps")
+    get.add_argument("run_id")
+    client_options(get)
+    get.set_defaults(handler=client(cmd_get))
+
+    tap = verbs.add_parser("tap", help="follow a run's events live, from its first one")
+    tap.add_argument("run_id")
+    client_options(tap)
+    tap.set_defaults(handler=client(cmd_tap))
+
+    points = verbs.add_parser("breakpoints", help="add, remove or clear a live run's breakpoints")
+    points.add_argument("run_id")
+    points.add_argument("--add", action="append", default=[], metavar="STEP")
+    points.add_argument("--remove", action="append", default=[], metavar="STEP")
+    points.add_argument("--clear", action="store_true", help="remove every breakpoint first")
+    client_options(points)
+    points.set_defaults(handler=client(cmd_breakpoints))
+
+    patch = verbs.add_parser("patch", help="patch a step of a paused run")
+    patch.add_argument("run_id")
+    patch.add_argument("step_id")
+    patch.add_argument("--inputs", help="JSON merge patch for the step's inputs")
+    patch.add_argument("--env", help="JSON object of env vars to set")
+    patch.add_argument("--model", help="model override")
+    patch.add_argument("--note", default="")
+    client_options(patch)
+    patch.set_defaults(handler=client(cmd_patch))
+
+    resume = verbs.add_parser("resume", help="continue a paused run")
+    resume.add_argument("run_id")
+    client_options(resume)
+    resume.set_defaults(handler=client(cmd_resume))
+
+    branch = verbs.add_parser("branch", help="a new run from a step of an old one")
+    branch.add_argument("run_id")
+    branch.add_argument("--from", dest="from_step", required=True, metavar="STEP")
+    branch.add_argument("--seed-mode", choices=("same", "new", "custom"), default="same")
+    branch.add_argument("--seed", type=int)
+    branch.add_argument("--inputs", default="{}", help="JSON merge patch for the run's inputs")
+    branch.add_argument("--labels", default="{}", help="JSON object of label changes")
+    branch.add_argument("--note", default="")
+    client_options(branch)
+    branch.set_defaults(handler=client(cmd_branch))
+
+    replay = verbs.add_parser("replay", help="replay a finished run and show per-step drift")
+    replay.add_argument("run_id")
+    replay.add_argument("--mode", choices=("full", "step_only", "diff"), default="full")
+    client_options(replay)
+    replay.set_defaults(handler=client(cmd_replay))
+
+
+def _object(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise FoundryError(f"{flag}: not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise FoundryError(f"{flag}: expected a JSON object")
+    return value
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FoundryError(f"--label: expected K=V, got {pair!r}")
+        labels[key] = value
+    return labels
+
+
+def _read_dag(path: str) -> str:
+    import sys
+
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise FoundryError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+async def cmd_submit(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    spec = api.RunSpec(
+        dag_json=_read_dag(args.dag_file),
+        inputs=Struct.from_dict(_object(args.inputs, "--inputs")),
+        seed=args.seed,
+        labels=_labels(args.label),
+        breakpoints=args.breakpoint,
+    )
+    reply = await runtime.submit_run(
+        api.SubmitRunRequest(spec=spec, idempotency_key=args.idempotency_key)
+    )
+    if not args.wait:
+        print(json.dumps({"run_id": reply.run_id}) if args.json else reply.run_id)
+        return 0
+    if not args.json:
+        print(f"run {reply.run_id}")
+    await _follow(runtime, reply.run_id, as_json=args.json)
+    detail = (await runtime.get_run(api.GetRunRequest(run_id=reply.run_id))).run
+    return 0 if detail and detail.status == api.RunStatus.SUCCEEDED else 1
+
+
+async def cmd_get(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    run = (await runtime.get_run(api.GetRunRequest(run_id=args.run_id))).run
+    assert run is not None
+    if args.json:
+        print(json.dumps(run.to_dict(casing=betterproto2.Casing.SNAKE,
+                                     include_default_values=True), indent=2))  # fmt: skip
+        return 0
+    print(
+        f"run {run.run_id}  {run.status.name}  created {run.created_at}  updated {run.updated_at}"
+    )
+    for step in run.steps:
+        done = f" → {step.completed_at}" if step.completed_at else ""
+        print(f"  {step.idx:>3} {step.step_id:<20} {step.type:<10} {step.status:<10} "
+              f"attempt {step.attempt}{done}")  # fmt: skip
+        if step.output is not None and step.status in ("succeeded", "reused"):
+            print(f"        output {_short(step.output.to_dict())}")
+        if step.error is not None and step.error.to_dict() is not None:
+            print(f"        error  {_short(step.error.to_dict())}")
+    return 0
+
+
+async def cmd_tap(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    await _follow(runtime, args.run_id, as_json=args.json)
+    return 0
+
+
+async def _follow(runtime: Any, run_id: str, *, as_json: bool) -> None:
+    async for event in runtime.tap_run(api.TapRunRequest(run_id=run_id)):
+        payload = event.payload.to_dict() if event.payload is not None else {}
+        if as_json:
+            print(json.dumps({"run_id": event.run_id, "step_id": event.step_id,
+                              "kind": event.kind, "payload": payload,
+                              "occurred_at": str(event.occurred_at)}), flush=True)  # fmt: skip
+        else:
+            print(_line(event, payload), flush=True)
+
+
+def _ints(value: Any) -> Any:
+    """protobuf Values carry every number as a double: show 17.0 as 17."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value
+
+
+def _line(event: Any, payload: dict[str, Any]) -> str:
+    when = event.occurred_at.strftime("%H:%M:%S.%f")[:-3] if event.occurred_at else ""
+    step = f" {event.step_id}" if event.step_id else ""
+    detail = ""
+    if event.kind == "step_leased":
+        detail = f"attempt {int(payload.get('attempt', 0))}"
+    elif event.kind == "step_completed":
+        detail = f"{_short(payload.get('output'))}  ({payload.get('duration_ms', 0):.0f} ms)"
+    elif event.kind in ("step_failed", "step_retrying"):
+        detail = str((payload.get("error") or {}).get("message", ""))
+    elif event.kind == "run_failed":
+        detail = str(payload.get("error", ""))
+    return f"{when} {event.kind:<15}{step}  {detail}".rstrip()
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = json.dumps(_ints(value), sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+async def cmd_breakpoints(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    reply = await runtime.update_breakpoints(
+        api.UpdateBreakpointsRequest(
+            run_id=args.run_id, add=args.add, remove=args.remove, clear_all=args.clear
+        )
+    )
+    points = list(reply.breakpoints)
+    print(json.dumps({"breakpoints": points}) if args.json else " ".join(points) or "(none)")
+    return 0
+
+
+async def cmd_patch(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    request = api.PatchStepRequest(
+        run_id=args.run_id, step_id=args.step_id, model=args.model, note=args.note
+    )
+    if args.inputs is not None:
+        request.inputs_patch = Struct.from_dict(_object(args.inputs, "--inputs"))
+    if args.env is not None:
+        request.env = Struct.from_dict(_object(args.env, "--env"))
+    reply = await runtime.patch_step(request)
+    print(json.dumps({"step_id": reply.step_id}) if args.json else f"patched {reply.step_id}")
+    return 0
+
+
+async def cmd_resume(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    reply = await runtime.resume_run(api.ResumeRunRequest(run_id=args.run_id))
+    if args.json:
+        print(json.dumps(reply.to_dict(casing=betterproto2.Casing.SNAKE,
+                                       include_default_values=True)))  # fmt: skip
+    else:
+        print(f"{reply.status.name}: resumed at {reply.resumed_step_id}")
+    return 0
+
+
+SEED_MODES = {"same": api.BranchSeedMode.SAME, "new": api.BranchSeedMode.NEW,
+              "custom": api.BranchSeedMode.CUSTOM}  # fmt: skip
+REPLAY_MODES = {"full": api.ReplayMode.FULL, "step_only": api.ReplayMode.STEP_ONLY,
+                "diff": api.ReplayMode.DIFF}  # fmt: skip
+
+
+async def cmd_branch(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    reply = await runtime.create_branch_run(
+        api.CreateBranchRunRequest(
+            run_id=args.run_id,
+            from_step=args.from_step,
+            seed_mode=SEED_MODES[args.seed_mode],
+            seed=args.seed,
+            inputs_patch=Struct.from_dict(_object(args.inputs, "--inputs")),
+            labels_patch=Struct.from_dict(_object(args.labels, "--labels")),
+            note=args.note,
+        )
+    )
+    print(json.dumps({"run_id": reply.run_id}) if args.json else reply.run_id)
+    return 0
+
+
+async def cmd_replay(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    reply = await runtime.replay_run(
+        api.ReplayRunRequest(run_id=args.run_id, mode=REPLAY_MODES[args.mode])
+    )
+    if args.json:
+        print(json.dumps(reply.to_dict(casing=betterproto2.Casing.SNAKE,
+                                       include_default_values=True), indent=2))  # fmt: skip
+        return 0
+    verdict = "all within tolerance" if reply.all_within_tolerance else "DRIFT outside tolerance"
+    print(f"replay of {reply.run_id}: {reply.strategy.name.lower()}, {verdict}")
+    print(f"  {'step':<20} {'ok':<4} {'Δtokens':>8} {'Δcost':>10}  recorded → current")
+    for step in reply.steps:
+        d = step.drift
+        assert d is not None
+        ok = "yes" if d.within_tolerance else "NO"
+        recorded, current = _changed(
+            d.recorded.to_dict() if d.recorded else None, d.current.to_dict() if d.current else None
+        )
+        change = "(same)"
+        if recorded != current:
+            change = f"{_short(recorded, 40)} → {_short(current, 40)}"
+        print(f"  {step.step_id:<20} {ok:<4} {d.token_delta or 0:>8.0f} {d.cost_delta or 0:>10.6f}"
+              f"  {change}")  # fmt: skip
+    return 0 if reply.all_within_tolerance else 1
+
+
+def _changed(recorded: Any, current: Any) -> tuple[Any, Any]:
+    """Two objects shown by the keys where they differ (else the two values): a truncated
+    rendering of the whole values could hide the difference."""
+    if isinstance(recorded, dict) and isinstance(current, dict) and recorded != current:
+        keys = [k for k in {**recorded, **current} if recorded.get(k) != current.get(k)]
+        return ({k: recorded[k] for k in keys if k in recorded},
+                {k: current[k] for k in keys if k in current})  # fmt: skip
+    return recorded, current

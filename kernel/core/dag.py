@@ -1,0 +1,316 @@
+"""The DAG format of ``RunSpec.dag_json``: parsing, validation and input references. Pure functions.
+
+A DAG is ``{"steps": [step, ...]}``; a step is::
+
+    {"id": "summarize", "type": "llm", "depends_on": ["fetch"],
+     "inputs": {"prompt": "Summarize: ${steps.fetch.output.body}"},
+     "model": "mock:small", "env": {"TONE": "dry"},
+     "retry": {"max_attempts": 3, "backoff": 0.5}, "timeout": 30}
+
+References: ``${inputs.PATH}`` reads the run's inputs, ``${steps.ID.output.PATH}`` an upstream
+step's output (PATH: dot-separated keys and list indexes; optional). A string that is exactly one
+reference takes the referenced value with its JSON type; a reference inside a longer string is
+replaced by its text (JSON for non-strings). Referencing a step makes it a dependency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from foundry.kernel.core.envpolicy import env_violation
+from foundry.kernel.core.json_input import parse_json, quoted
+from foundry.kernel.errors import InvalidArgument
+
+REFERENCE = re.compile(r"\$\{([^}]*)\}")
+_STEP_KEYS = {"id", "type", "inputs", "depends_on", "retry", "timeout", "model", "env"}
+_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
+
+
+@dataclass(frozen=True)
+class Retry:
+    max_attempts: int = 1
+    backoff: float = 0.5
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    id: str
+    idx: int
+    type: str
+    inputs: Mapping[str, Any]
+    depends_on: tuple[str, ...]
+    retry: Retry | None = None  # None: the block's own retries apply
+    timeout: float | None = None
+    model: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Dag:
+    steps: tuple[StepSpec, ...]
+
+    def by_id(self) -> dict[str, StepSpec]:
+        return {s.id: s for s in self.steps}
+
+    @cached_property
+    def dependents(self) -> dict[str, tuple[str, ...]]:
+        """Direct dependents of each step."""
+        found: dict[str, list[str]] = {}
+        for step in self.steps:
+            for dep in step.depends_on:
+                found.setdefault(dep, []).append(step.id)
+        return {k: tuple(v) for k, v in found.items()}
+
+    def downstream_of(self, step_id: str) -> set[str]:
+        """``step_id`` and every step that depends on it, directly or not."""
+        found, todo = {step_id}, [step_id]
+        while todo:
+            for child in self.dependents.get(todo.pop(), ()):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+        return found
+
+
+def upstream_of(dag: Dag, step_id: str) -> set[str]:
+    """Every step ``step_id`` depends on, directly or not."""
+    by_id = dag.by_id()
+    found: set[str] = set()
+    todo = list(by_id[step_id].depends_on)
+    while todo:
+        current = todo.pop()
+        if current not in found:
+            found.add(current)
+            todo.extend(by_id[current].depends_on)
+    return found
+
+
+def check_patch_references(dag: Dag, step_id: str, inputs: Any) -> None:
+    """Patched inputs may reference the run's inputs and upstream steps only."""
+    upstream = upstream_of(dag, step_id)
+    for path in references(inputs):
+        text = "${" + ".".join(path) + "}"
+        if path[0] == "inputs" and all(path):
+            continue
+        if path[0] == "steps" and len(path) >= 3 and path[2] == "output" and path[1] in upstream:
+            continue
+        raise InvalidArgument(
+            f"step {step_id!r}: inputs_patch: reference {text} must name the run's inputs or a "
+            "step upstream of this one"
+        )
+
+
+EnvAllowance = Callable[[StepSpec], Collection[str]]
+"""The env names a step may set: its block's ``allow_env`` for the step's inputs."""
+
+
+def check_step_env(
+    step_id: str, env: Mapping[str, Any], allowed: Collection[str], *, field: str = "env"
+) -> None:
+    """A run's step ``env`` sets only names its block allows, never a forbidden one."""
+    violation = env_violation(env, allowed)
+    if violation is not None:
+        name, reason = violation
+        raise InvalidArgument(f"step {step_id!r}: {field}.{name[:100]}: {reason}")
+
+
+def check_dag_env(dag: Dag, allowance: EnvAllowance) -> None:
+    for step in dag.steps:
+        if step.env:
+            check_step_env(step.id, step.env, allowance(step))
+
+
+def parse_dag(dag_json: str, known_types: Collection[str] | None) -> Dag:
+    """Parse and validate; every error is InvalidArgument naming the step and the field.
+
+    ``known_types`` None skips the step-type check (reading back a stored run).
+    """
+    document = parse_json(dag_json, "spec.dag_json")
+    if not isinstance(document, dict) or not isinstance(document.get("steps"), list):
+        raise InvalidArgument('spec.dag_json: expected an object with a "steps" array')
+    if not document["steps"]:
+        raise InvalidArgument("spec.dag_json: steps: a DAG needs at least one step")
+    steps = [_parse_step(raw, idx, known_types) for idx, raw in enumerate(document["steps"])]
+    seen: set[str] = set()
+    for step in steps:
+        if step.id in seen:
+            raise InvalidArgument(f"step {step.id!r}: id: duplicate step id")
+        seen.add(step.id)
+    steps = [_with_reference_deps(step, seen) for step in steps]
+    _check_acyclic(steps)
+    return Dag(tuple(steps))
+
+
+def _parse_step(raw: Any, idx: int, known_types: Collection[str] | None) -> StepSpec:
+    where = f"steps[{idx}]"
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"{where}: expected an object")
+    step_id = raw.get("id")
+    if not isinstance(step_id, str) or not _ID.fullmatch(step_id):
+        raise InvalidArgument(f"{where}: id: a step id (letters, digits, _ . : -) is required")
+    where = f"step {step_id!r}"
+    unknown = set(raw) - _STEP_KEYS
+    if unknown:
+        raise InvalidArgument(f"{where}: {sorted(unknown)[0]}: unknown field")
+    kind = raw.get("type")
+    if not isinstance(kind, str) or (known_types is not None and kind not in known_types):
+        known = ", ".join(sorted(known_types or ()))
+        raise InvalidArgument(f"{where}: type: unknown step type {quoted(kind)} (known: {known})")
+    inputs = raw.get("inputs", {})
+    if not isinstance(inputs, dict):
+        raise InvalidArgument(f"{where}: inputs: expected an object")
+    depends_on = raw.get("depends_on", [])
+    if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
+        raise InvalidArgument(f"{where}: depends_on: expected a list of step ids")
+    env = raw.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise InvalidArgument(f"{where}: env: expected an object of strings")
+    model = raw.get("model", "")
+    if not isinstance(model, str):
+        raise InvalidArgument(f"{where}: model: expected a string")
+    return StepSpec(
+        id=step_id,
+        idx=idx,
+        type=kind,
+        inputs=inputs,
+        depends_on=tuple(dict.fromkeys(depends_on)),
+        retry=_parse_retry(raw.get("retry"), where),
+        timeout=_parse_timeout(raw.get("timeout"), where),
+        model=model,
+        env=env,
+    )
+
+
+def _parse_retry(raw: Any, where: str) -> Retry | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"max_attempts", "backoff"}:
+        raise InvalidArgument(f"{where}: retry: expected {{max_attempts, backoff}}")
+    attempts, backoff = raw.get("max_attempts", 1), raw.get("backoff", 0.5)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100:
+        raise InvalidArgument(f"{where}: retry.max_attempts: expected an integer 1..100")
+    if isinstance(backoff, bool) or not isinstance(backoff, int | float) or backoff < 0:
+        raise InvalidArgument(f"{where}: retry.backoff: expected seconds >= 0")
+    return Retry(attempts, float(backoff))
+
+
+def _parse_timeout(raw: Any, where: str) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
+        raise InvalidArgument(f"{where}: timeout: expected seconds > 0")
+    return float(raw)
+
+
+def references(value: Any) -> Iterator[tuple[str, ...]]:
+    """Every reference in a JSON value, as path segments (``("steps", "a", "output", "x")``)."""
+    if isinstance(value, str):
+        for match in REFERENCE.finditer(value):
+            yield tuple(match.group(1).strip().split("."))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from references(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from references(item)
+
+
+def _with_reference_deps(step: StepSpec, step_ids: set[str]) -> StepSpec:
+    deps = dict.fromkeys(step.depends_on)
+    for dep in step.depends_on:
+        if dep not in step_ids:
+            raise InvalidArgument(f"step {step.id!r}: depends_on: unknown step {quoted(dep)}")
+        if dep == step.id:
+            raise InvalidArgument(f"step {step.id!r}: depends_on: a step cannot depend on itself")
+    for path in references(step.inputs):
+        text = "${" + ".".join(path) + "}"
+        if path[0] == "inputs" and all(path):
+            continue
+        if path[0] == "steps" and len(path) >= 3 and path[2] == "output" and all(path):
+            if path[1] not in step_ids or path[1] == step.id:
+                raise InvalidArgument(
+                    f"step {step.id!r}: inputs: reference {text} names unknown step {path[1]!r}"
+                )
+            deps.setdefault(path[1])
+            continue
+        raise InvalidArgument(
+            f"step {step.id!r}: inputs: bad reference {text} "
+            "(use ${inputs.KEY} or ${steps.ID.output.KEY})"
+        )
+    return StepSpec(**{**step.__dict__, "depends_on": tuple(deps)})
+
+
+def _check_acyclic(steps: list[StepSpec]) -> None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    by_id = {s.id: s for s in steps}
+
+    def visit(step_id: str, path: list[str]) -> None:
+        if state.get(step_id) == 2:
+            return
+        if state.get(step_id) == 1:
+            cycle = " → ".join([*path[path.index(step_id) :], step_id])
+            raise InvalidArgument(f"step {step_id!r}: depends_on: cycle {cycle}")
+        state[step_id] = 1
+        for dep in by_id[step_id].depends_on:
+            visit(dep, [*path, step_id])
+        state[step_id] = 2
+
+    for step in steps:
+        visit(step.id, [])
+
+
+class UnresolvedReference(ValueError):
+    """A reference names a key the run's inputs or an upstream output does not have."""
+
+
+def resolve(value: Any, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
+    """Substitute every reference in ``value`` (see the module doc)."""
+    if isinstance(value, str):
+        whole = REFERENCE.fullmatch(value)
+        if whole:
+            return _lookup(whole.group(1).strip().split("."), inputs, outputs)
+        return REFERENCE.sub(
+            lambda m: _text(_lookup(m.group(1).strip().split("."), inputs, outputs)), value
+        )
+    if isinstance(value, dict):
+        return {k: resolve(v, inputs, outputs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, inputs, outputs) for v in value]
+    return value
+
+
+def _lookup(path: list[str], inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
+    if path[0] == "inputs":
+        current: Any = inputs
+        rest = path[1:]
+    else:
+        current = outputs[path[1]]
+        rest = path[3:]
+    for key in rest:
+        if isinstance(current, Mapping) and key in current:
+            current = current[key]
+        elif isinstance(current, list) and key.isdigit() and int(key) < len(current):
+            current = current[int(key)]
+        else:
+            raise UnresolvedReference(f"${{{'.'.join(path)}}}: no {key!r} there")
+    return current
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+SEED_BITS = 53  # a seed survives JSON and protobuf Values (doubles) exactly
+SEED_MASK = (1 << SEED_BITS) - 1
+
+
+def step_seed(run_seed: int, step_id: str) -> int:
+    """A step's seed: derived from the run seed and the step id (stable across runs)."""
+    digest = hashlib.sha256(f"{run_seed}:{step_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & SEED_MASK

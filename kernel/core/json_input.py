@@ -1,0 +1,86 @@
+"""JSON from clients: one set of limits for every document the daemon parses — event payloads,
+``dag_json``, run inputs, patches, labels. Pure functions, standard library only.
+
+A document is refused (:class:`InvalidArgument` naming the field) when it is not JSON, nests
+deeper than :data:`MAX_DEPTH`, holds ``NaN``/``Infinity`` (not JSON, and the store refuses them),
+or holds text that is not valid Unicode (lone surrogates).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from foundry.kernel.errors import InvalidArgument
+
+MAX_DEPTH = 128  # as the public Foundry daemon (serde_json's recursion limit)
+QUOTE_LIMIT = 100
+
+
+def quoted(text: object, limit: int = QUOTE_LIMIT) -> str:
+    """Caller input for an error message: repr, at most ``limit`` characters of it."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON (numbers must be finite)")
+
+
+def parse_json(text: str, field: str) -> Any:
+    """Parse ``text`` under the limits above."""
+    try:
+        value = json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        raise InvalidArgument(f"{field}: nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise InvalidArgument(f"{field}: not valid JSON: {str(exc)[:200]}") from None
+    # Only a document with that many brackets can be too deep: skip the walk for the rest.
+    deep = text.count("[") + text.count("{") > MAX_DEPTH
+    check_json_value(value, field, walk=deep)
+    return value
+
+
+def parse_json_object(text: str, field: str) -> dict[str, Any]:
+    """:func:`parse_json` of a document that must be an object."""
+    value = parse_json(text, field)
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{field}: must be a JSON object, got {_kind(value)}")
+    return value
+
+
+def check_json_value(value: Any, field: str, *, walk: bool = True) -> None:
+    """A decoded JSON value (say, from a protobuf Struct) under the limits above."""
+    if walk:
+        _check_depth(value, field)
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+    except RecursionError:
+        raise InvalidArgument(f"{field}: nested deeper than {MAX_DEPTH} levels") from None
+    except UnicodeEncodeError:  # before ValueError, its base class
+        raise InvalidArgument(f"{field}: text must be valid Unicode (lone surrogate)") from None
+    except ValueError:
+        reason = "numbers must be finite (NaN and infinities are not JSON)"
+        raise InvalidArgument(f"{field}: {reason}") from None
+
+
+def _check_depth(value: Any, field: str) -> None:
+    """Iterative, so a hostile document cannot exhaust the interpreter's stack here."""
+    level: list[Any] = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise InvalidArgument(f"{field}: nested deeper than {MAX_DEPTH} levels")
+        nested: list[Any] = []
+        for item in level:
+            children = item.values() if isinstance(item, Mapping) else item
+            nested.extend(v for v in children if isinstance(v, dict | list))
+        level = nested
+
+
+def _kind(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )

@@ -1,0 +1,130 @@
+"""What the engine records: events and block executions, immutable once made, and their trace form
+(the file layout of the public Foundry daemon, plus a few extra keys)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from foundry.kernel.core.ids import rfc3339
+from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.core.trace_format import EventRow, ExecutionRow, TraceRows
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    event_type: str
+    project: str
+    occurred_at: datetime
+    recorded_at: datetime
+    throttle: Throttle
+    trace_id: str  # the root event's id: the chain, and the workflow when blocks sink it
+    payload: Mapping[str, Any]
+    payload_json: str
+    depth: int = 0
+    parent_id: str = ""
+    emitted_by: str = ""
+    throttled: bool = False  # recorded but withheld from downstream blocks
+    stamp: str = ""  # occurred_at in RFC 3339, when already computed
+
+    tap_topic = "events"
+
+    @property
+    def tap_key(self) -> str:
+        return self.project
+
+    def trace_row(self) -> EventRow:
+        """This event as its trace file shows it (see ``trace_writer.render``)."""
+        stamp = self.stamp or rfc3339(self.occurred_at)
+        recorded = stamp if self.recorded_at == self.occurred_at else rfc3339(self.recorded_at)
+        return (
+            self.id, self.event_type, self.project, stamp, recorded, self.throttle.value,
+            self.trace_id, self.payload_json, self.parent_id, self.emitted_by, self.depth,
+            self.throttled,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    """One block's execution on one event, across all its attempts."""
+
+    trace_id: str
+    block_name: str
+    trigger: Event
+    state: str  # completed, skipped or failed
+    success: bool
+    summary: str
+    emitted: tuple[Event, ...]
+    started_at: datetime
+    completed_at: datetime
+    duration_ms: int
+    raw_output: str
+    exit_code: int
+    audit_artifacts: tuple[str, ...]
+    attempts: int
+    throttled: bool
+
+    def trace_row(self) -> ExecutionRow:
+        """This execution as its trace file shows it (see ``trace_writer.render``)."""
+        return (
+            self.block_name, self.trigger.id, self.success, self.summary,
+            tuple(e.id for e in self.emitted), self.duration_ms, self.raw_output, self.exit_code,
+            self.trigger.payload_json, tuple(e.payload_json for e in self.emitted),
+            self.audit_artifacts, self.state, self.throttled, self.attempts,
+            rfc3339(self.started_at), rfc3339(self.completed_at),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedChain:
+    """A chain that ended: its workflow row and the trace document written to disk."""
+
+    workflow_id: str
+    workflow_type: str
+    project: str
+    throttle: Throttle
+    state: str  # completed or failed
+    error: str
+    started_at: datetime
+    completed_at: datetime
+    event_count: int
+    block_count: int
+    # The trace file: the chain's rows (the archivist renders them), or its text; None for an
+    # event no block sinks, which has no file.
+    trace: TraceRows | str | None
+
+
+def trace_rows(
+    events: Iterable[Event],
+    executions: Iterable[ExecutionRecord],
+    total_ms: int,
+    *,
+    workflow_id: str,
+    state: str,
+    error: str,
+) -> TraceRows:
+    """A chain's trace file as rows: ``trace_writer.render`` makes the JSON text of them."""
+    return (
+        tuple(e.trace_row() for e in events),
+        tuple(x.trace_row() for x in executions),
+        total_ms,
+        workflow_id,
+        state,
+        error,
+    )
+
+
+def storable(text: str) -> str:
+    """Text the store can write. UTF-8 has no lone surrogates (how ``os.listdir`` and
+    ``surrogateescape`` carry undecodable bytes), so a block's summary or file name with one would
+    fail its chain's commit — the root's with it. They are kept as ``\\udcff`` escapes instead."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text

@@ -1,0 +1,164 @@
+"""The ``foundry.Foundry`` service: translate the request, ask an actor, translate the answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from foundry.kernel.actors.engine.messages import (
+    Emit,
+    Emitted,
+    GetStatus,
+    GetTrace,
+    WorkflowView,
+)
+from foundry.kernel.actors.messages import Mailboxes
+from foundry.kernel.actors.tap.messages import Overflow, Subscribe
+from foundry.kernel.core.ids import compact_json
+from foundry.kernel.core.json_input import parse_json_object
+from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.edge.grpc.bridge import QueueSink
+from foundry.kernel.edge.grpc.server import ask
+from foundry.proto import foundry_api as api
+from grpclib import GRPCError
+from grpclib.const import Status
+
+THROTTLE_FROM_WIRE = {
+    api.Throttle.FULL: Throttle.FULL,
+    api.Throttle.AUDIT_ONLY: Throttle.AUDIT_ONLY,
+    api.Throttle.DRY_RUN: Throttle.DRY_RUN,
+}
+THROTTLE_TO_WIRE = {v.value: k for k, v in THROTTLE_FROM_WIRE.items()}
+
+
+class FoundryService(api.FoundryBase):
+    def __init__(self, mailboxes: Mailboxes) -> None:
+        self._mail = mailboxes
+
+    async def emit(self, message: api.EmitRequest) -> api.EmitResponse:
+        request = parse_emit(message)
+        emitted: Emitted = await self._ask_engine(request)
+        return api.EmitResponse(event_id=emitted.event_id, workflow_id=emitted.workflow_id)
+
+    async def status(self, message: api.StatusRequest) -> api.StatusResponse:
+        views = await self._ask_engine(lambda r: GetStatus(message.workflow_id, r))
+        return api.StatusResponse(workflows=[_workflow_status(v) for v in views])
+
+    async def trace(self, message: api.TraceRequest) -> api.TraceResponse:
+        if not message.event_id:
+            raise GRPCError(Status.INVALID_ARGUMENT, "event_id: the root event id is required")
+        document = await self._ask_engine(lambda r: GetTrace(message.event_id, r))
+        if document is None:
+            return api.TraceResponse(found=False)
+        return trace_response(document)
+
+    async def watch(self, message: api.WatchRequest) -> AsyncIterator[api.WatchResponse]:
+        project = message.project or None
+        sink = QueueSink()
+        await ask(self._mail.tap, lambda r: Subscribe("events", project, r, sink))
+        try:
+            while batch := await sink.batch():
+                for item in batch:
+                    if isinstance(item, Overflow):
+                        raise GRPCError(
+                            Status.RESOURCE_EXHAUSTED,
+                            f"watcher fell behind by more than {item.buffered} events and was "
+                            "cut off; reconnect, and use Trace to fill the gap",
+                        )
+                    yield api.WatchResponse(
+                        event_id=item.id,
+                        event_type=item.event_type,
+                        project=item.project,
+                        payload_json=item.payload_json,
+                        throttle=api.Throttle(THROTTLE_TO_WIRE[item.throttle.value]),
+                        throttled=item.throttled,
+                        workflow_id=item.trace_id,
+                    )
+        finally:
+            sink.close()
+
+    async def _ask_engine(self, build: Any) -> Any:
+        return await ask(self._mail.engine, build)
+
+
+def parse_emit(message: api.EmitRequest) -> Any:
+    """Validate an EmitRequest; returns a builder of the engine's Emit message."""
+    if not message.event_type:
+        raise GRPCError(Status.INVALID_ARGUMENT, "event_type: must not be empty")
+    try:
+        throttle = THROTTLE_FROM_WIRE[api.Throttle(message.throttle)]
+    except (ValueError, KeyError):
+        raise GRPCError(
+            Status.INVALID_ARGUMENT, f"throttle: unknown value {int(message.throttle)}"
+        ) from None
+    payload = parse_payload(message.payload_json)
+    return lambda reply: Emit(message.event_type, message.project, throttle, payload, reply)
+
+
+def parse_payload(payload_json: str) -> Mapping[str, Any]:
+    if not payload_json.strip():
+        return {}
+    return parse_json_object(payload_json, "payload_json")
+
+
+def _workflow_status(view: WorkflowView) -> api.WorkflowStatus:
+    return api.WorkflowStatus(
+        workflow_id=view.workflow_id,
+        workflow_type=view.workflow_type,
+        project=view.project,
+        state=view.state,
+        started_at=view.started_at,
+        completed_at=view.completed_at,
+        error=view.error,
+        task_blocks=[
+            api.TaskBlockStatus(
+                name=b.name,
+                state=b.state,
+                started_at=b.started_at,
+                completed_at=b.completed_at,
+                throttled=b.throttled,
+            )
+            for b in view.task_blocks
+        ],
+    )
+
+
+def trace_response(document: Mapping[str, Any]) -> api.TraceResponse:
+    return api.TraceResponse(
+        found=True,
+        events=[
+            api.TraceEvent(
+                event_id=e["id"],
+                event_type=e["event_type"],
+                project=e["project"],
+                occurred_at=e["occurred_at"],
+                throttle=api.Throttle(THROTTLE_TO_WIRE[e["throttle"]]),
+                payload_json=compact_json(e["payload"]),
+                recorded_at=e.get("recorded_at", ""),
+                throttled=bool(e.get("throttled", False)),
+            )
+            for e in document["events"]
+        ],
+        block_executions=[
+            api.TraceBlockExecution(
+                block_name=x["block_name"],
+                trigger_event_id=x["trigger_event_id"],
+                success=x["success"],
+                summary=x["summary"],
+                emitted_event_ids=list(x["emitted_event_ids"]),
+                duration_ms=int(x["duration_ms"]),
+                raw_output=x["raw_output"],
+                exit_code=int(x["exit_code"]),
+                trigger_payload_json=compact_json(x["trigger_payload"]),
+                emitted_payload_jsons=[compact_json(p) for p in x["emitted_payloads"]],
+                audit_artifacts=list(x["audit_artifacts"]),
+                state=x.get("state", ""),
+                throttled=bool(x.get("throttled", False)),
+                attempts=int(x.get("attempts", 1)),
+            )
+            for x in document["block_executions"]
+        ],
+    )
+
+
+__all__ = ["FoundryService", "Mailboxes", "THROTTLE_TO_WIRE", "trace_response"]
