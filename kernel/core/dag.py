@@ -195,16 +195,21 @@ def _parse_retry(raw: Any, where: str) -> Retry | None:
     attempts, backoff = raw.get("max_attempts", 1), raw.get("backoff", 0.5)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100:
         raise InvalidArgument(f"{where}: retry.max_attempts: expected an integer 1..100")
-    if isinstance(backoff, bool) or not isinstance(backoff, int | float) or backoff < 0:
-        raise InvalidArgument(f"{where}: retry.backoff: expected seconds >= 0")
+    number = isinstance(backoff, int | float) and not isinstance(backoff, bool)
+    if not number or not 0 <= backoff <= MAX_SECONDS:
+        bounds = f">= 0 and <= {MAX_SECONDS}"
+        raise InvalidArgument(f"{where}: retry.backoff: expected seconds, {bounds}")
     return Retry(attempts, float(backoff))
+
+
+MAX_SECONDS = 7 * 24 * 3600  # a week: also keeps huge integers from overflowing a float
 
 
 def _parse_timeout(raw: Any, where: str) -> float | None:
     if raw is None:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
-        raise InvalidArgument(f"{where}: timeout: expected seconds > 0")
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= MAX_SECONDS:
+        raise InvalidArgument(f"{where}: timeout: expected seconds, > 0 and <= {MAX_SECONDS}")
     return float(raw)
 
 
