@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := proto/foundry.proto proto/fleetforge/runtime/v1/runtime.proto
 
-.PHONY: run test proto proto-check bench lint clean
+.PHONY: run test proto proto-check bench lint clean fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# A long fuzz campaign over every RPC of both services (tests/e2e/test_fuzz.py, random seed);
+# prints examples run, per-status counts per RPC, the slowest answers and wall time at the end.
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP)
+	FOUNDRY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -s -p no:cacheprovider \
+	  -o faulthandler_timeout=0 tests/e2e/test_fuzz.py
 
 # mypy cannot follow setuptools' package-dir mapping, so it checks a symlinked foundry/ tree.
 TYPECHECK := build/typecheck/foundry
