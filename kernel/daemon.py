@@ -3,9 +3,11 @@ and an orderly stop.
 
 Start order: bind the port (fail fast), lock the home, tap broker, store (recovers what a killed
 daemon left), engine, scheduler (picks up unfinished runs), replay, then the gRPC server. Stop
-order on SIGINT/SIGTERM: end the live streams, stop the server, close the engine's, scheduler's
-and replay's mailboxes (work in flight gets ``shutdown_grace`` seconds), then the store flushes
-and closes the database.
+order on SIGINT/SIGTERM: the server stops listening and refuses new calls (UNAVAILABLE), the live
+Watch/TapRun streams end, the calls in flight get ``shutdown_grace`` seconds to finish (a second
+signal cuts that short) before the server cancels the rest; then the engine's, scheduler's and
+replay's mailboxes close (their work in flight gets ``shutdown_grace`` seconds), and the store
+flushes and closes the database.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from foundry.kernel.actors.tap.messages import CloseAll
 from foundry.kernel.blocks.registry import load_config_blocks
 from foundry.kernel.config import Config, parse_listen
 from foundry.kernel.edge.grpc.foundry_service import FoundryService
+from foundry.kernel.edge.grpc.loop import open_grpc_loop
 from foundry.kernel.edge.grpc.runtime_service import RuntimeService
-from foundry.kernel.edge.grpc.server import bind, open_grpc_loop, start_server, stop_server
+from foundry.kernel.edge.grpc.server import GrpcServer, bind, start_server
 from foundry.kernel.errors import ConfigError
 
 log = logging.getLogger("foundry.daemon")
@@ -67,8 +70,10 @@ async def serve(
             on_ready(address)
             await _until_stopped(stop, signals)
             log.info("stopping")
+            server.stop_accepting()
             await mailboxes.tap.send(CloseAll())  # live streams end before the server drains
-            await stop_server(server)
+            await _drain(server, config.shutdown_grace, signals)
+            await server.close()
 
 
 async def _until_stopped(stop: trio.Event | None, signals: AsyncIterator[int]) -> None:
@@ -86,6 +91,22 @@ async def _until_stopped(stop: trio.Event | None, signals: AsyncIterator[int]) -
         nursery.start_soon(signalled)
         if stop is not None:
             nursery.start_soon(requested, stop)
+
+
+async def _drain(server: GrpcServer, grace: float, signals: AsyncIterator[int]) -> None:
+    """Let the calls in flight finish, for up to ``grace`` seconds or until another signal."""
+    async with trio.open_nursery() as nursery:
+
+        async def again() -> None:
+            async for _ in signals:
+                log.warning("signalled again: cancelling the calls in flight")
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(again)
+        left = await server.drain(grace)
+        if left:
+            log.warning("%d call(s) still running after %.1f s; cancelling them", left, grace)
+        nursery.cancel_scope.cancel()
 
 
 def run(config: Config, **options: Any) -> None:

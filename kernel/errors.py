@@ -1,7 +1,7 @@
 """The kernel's one error hierarchy.
 
 Every error a client can cause derives from :class:`FoundryError`; the gRPC edge maps each class
-to a status code in one table (``kernel/grpc_server.py``). Anything else that escapes is a bug:
+to a status code in one table (``kernel/edge/grpc/server.py``). Anything else that escapes is a bug:
 the client gets a generic INTERNAL error and the daemon logs the traceback.
 """
 

@@ -1,3 +1,18 @@
+"""Fixtures of the whole suite.
+
+- ``make_daemon`` (function) and ``shared_daemon`` (module): ``make(config_text="", env=None,
+  name="d", config_file=None)`` starts a real daemon (:class:`tests.daemon.Daemons`, one
+  implementation for both scopes). A shared daemon is kept for the whole test module: starting one
+  costs most of a second, and tests that key everything by their own ids can share it. All are
+  killed at the end of their scope.
+- ``daemon_config_text`` (session): how a test's config text becomes the daemon's; a test folder
+  overrides it to add what its daemons all need (``tests/runs/conftest.py``: declared blocks and
+  the fake OpenAI endpoint).
+- ``daemon`` (function): ``make_daemon()``.
+- ``grpcio_client`` (session): the official grpcio client generated from the ``.proto`` sources,
+  the independent client of the wire tests.
+"""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -5,27 +20,34 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon, write_config
+from tests.daemon import Daemon, Daemons, daemons
+from tests.grpcio_client import Grpcio, generate
+
+
+@pytest.fixture(scope="session")
+def daemon_config_text() -> Callable[[str], str]:
+    return lambda text: text
 
 
 @pytest.fixture
-def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """``make_daemon(config_text="", env=None)`` starts a real daemon; all are killed at the end."""
-    started: list[Daemon] = []
-
-    def make(config_text: str = "", env: dict[str, str] | None = None, name: str = "d") -> Daemon:
-        config = write_config(tmp_path / f"{name}.toml", config_text)
-        daemon = Daemon(tmp_path / f"{name}-home", config, env)
-        started.append(daemon)
-        return daemon.start()
-
-    try:
+def make_daemon(tmp_path: Path, daemon_config_text: Callable[[str], str]) -> Iterator[Daemons]:
+    with daemons(lambda _: tmp_path, daemon_config_text) as make:
         yield make
-    finally:
-        for daemon in started:
-            daemon.close()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(
+    tmp_path_factory: pytest.TempPathFactory, daemon_config_text: Callable[[str], str]
+) -> Iterator[Daemons]:
+    with daemons(lambda _: tmp_path_factory.mktemp("shared"), daemon_config_text) as make:
+        yield make
 
 
 @pytest.fixture
-def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+def daemon(make_daemon: Daemons) -> Daemon:
     return make_daemon()
+
+
+@pytest.fixture(scope="session")
+def grpcio_client(tmp_path_factory: pytest.TempPathFactory) -> Grpcio:
+    return generate(tmp_path_factory.mktemp("grpcio-generated"))

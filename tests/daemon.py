@@ -1,4 +1,6 @@
-"""A real ``foundry serve`` process on 127.0.0.1:0 for end-to-end tests."""
+"""A real ``foundry serve`` process on 127.0.0.1:0 for end-to-end tests: :class:`Daemon` (start,
+stop, kill, restart; :meth:`Daemon.call` is the one grpclib client helper) and :class:`Daemons`,
+the factory behind the ``make_daemon`` and ``shared_daemon`` fixtures (``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -118,3 +121,44 @@ def _first_line(stream: Any, timeout: float) -> str:
 def write_config(path: Path, body: str = "") -> Path:
     path.write_text(textwrap.dedent(body))
     return path
+
+
+class Daemons:
+    """``make(config_text="", env=None, name="d", config_file=None)`` starts a real daemon.
+
+    Its config (``<folder>/<name>.toml``, the text passed through ``compose``, unless
+    ``config_file`` names one) and home (``<folder>/<name>-home``) live in ``folder(name)``.
+    Every daemon started is killed by :meth:`close`.
+    """
+
+    def __init__(self, folder: Callable[[str], Path], compose: Callable[[str], str]) -> None:
+        self.folder, self.compose = folder, compose
+        self.started: list[Daemon] = []
+
+    def __call__(
+        self,
+        config_text: str = "",
+        env: dict[str, str] | None = None,
+        name: str = "d",
+        config_file: Path | None = None,
+    ) -> Daemon:
+        base = self.folder(name)
+        config = config_file or write_config(
+            base / f"{name}.toml", self.compose(textwrap.dedent(config_text))
+        )
+        daemon = Daemon(base / f"{name}-home", config, env)
+        self.started.append(daemon)
+        return daemon.start()
+
+    def close(self) -> None:
+        for daemon in self.started:
+            daemon.close()
+
+
+@contextmanager
+def daemons(folder: Callable[[str], Path], compose: Callable[[str], str]) -> Iterator[Daemons]:
+    factory = Daemons(folder, compose)
+    try:
+        yield factory
+    finally:
+        factory.close()

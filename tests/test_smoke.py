@@ -1,12 +1,15 @@
-from foundry.proto import foundry_api as api
+from tests.e2e.helpers import block, emit, traced
 
 
 def test_emit_then_trace_over_a_real_socket(daemon):
-    reply = daemon.call(
-        lambda f, _: f.emit(
-            api.EmitRequest(
-                event_type="greet_requested", project="p", payload_json='{"name":"Ada"}'
-            )
-        )
-    )
+    reply = emit(daemon, "greet_requested", payload={"name": "Ada"})
     assert reply.workflow_id == reply.event_id
+
+    trace = traced(daemon, reply.event_id)
+
+    assert trace.found
+    assert [e.event_type for e in trace.events] == [
+        "greet_requested", "greeting_composed", "greeting_delivered",
+    ]  # fmt: skip
+    assert block(trace, "Compose Greeting").success
+    assert block(trace, "Deliver Greeting").success

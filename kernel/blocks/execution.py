@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 from foundry.kernel.blocks.api import Block, BlockContext, Emission, NeedsAwait, Usage
+from foundry.kernel.core.chain import runs_now as _runs_now
 from foundry.kernel.core.throttle import Action
 
 
@@ -67,8 +68,8 @@ async def execute(
 
 def runs_now(block: Block, action: Action) -> bool:
     """Can :func:`execute_now` run this block? Synchronous, and no retry (with its backoff
-    sleep) possible."""
-    return block.synchronous and (block.retries == 0 or action is not Action.RUN)
+    sleep) possible (the engine's walk decides it in ``core.chain.plan_turn``)."""
+    return _runs_now(block.synchronous, block.retries, action)
 
 
 def execute_now(block: Block, action: Action, ctx: BlockContext) -> Outcome | None:

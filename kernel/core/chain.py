@@ -1,15 +1,28 @@
 """A chain in flight, as the engine tracks it: its events, block executions, and per-block slots
-for Status. Owned by the engine; nothing else touches it."""
+for Status. Owned by the engine; nothing else touches it.
+
+The walk's decisions are here too, pure, for the engine's inline and awaited turns alike: which
+blocks an event reaches and in which order (:func:`next_turn`), what the throttle makes a block
+do and whether the engine may run it inline (:func:`plan_turn`), which emitted events are walked
+next (:func:`descend`), and the chain's depth and event budget (:func:`check_limits`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from enum import Enum
+from typing import Any, Protocol
 
 from foundry.kernel.core.ids import rfc3339
 from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain, storable, trace_rows
+from foundry.kernel.core.throttle import Action, Decision, Throttle, decide
 from foundry.kernel.core.trace_format import TraceRows
+from foundry.kernel.errors import ChainLimitExceeded
+
+MUTATOR = "mutator"  # a mutator block's kind (BlockKind is the blocks package's; core is below it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +124,17 @@ class Workflow:
             task_blocks=tuple(s.view() for s in self.slots) if self.state != "pending" else (),
         )
 
+    def retire(self, trace_bytes: int) -> None:
+        """The chain is stored: keep only what Status and Trace read of it while it is recent —
+        the root's identity, the slots, and the trace rows unless their payloads and texts are
+        over ``trace_bytes`` (Trace then reads the file, else the database). One large payload
+        is not held until ``recent_workflows`` more chains have ended."""
+        self.events, self.executions, self.unsent, self.unpublished = [], [], [], []
+        self.agenda, self.last_commit = [], None
+        self.root = replace(self.root, payload={}, payload_json="")
+        if self.trace is not None and _text_bytes(self.trace) > trace_bytes:
+            self.trace = None
+
     def finished(self, completed_at: datetime) -> FinishedChain:
         """The chain's end: its workflow row and trace file (kept for Trace while it is recent).
 
@@ -142,6 +166,132 @@ class Workflow:
             # whose blocks all passed its payload by is still one (cf. recover_unfinished).
             block_count=max(len(self.slots), 1) if self.is_workflow else 0,
             trace=self.trace,
+        )
+
+
+def _text_bytes(trace: TraceRows) -> int:
+    """What a chain's trace rows hold of payloads and block texts (see ``trace_format``)."""
+    events, executions = trace[0], trace[1]
+    return sum(len(e[7]) for e in events) + sum(len(x[3]) + len(x[6]) for x in executions)
+
+
+# --- the depth-first walk ---------------------------------------------------------------------
+
+
+class Walker(Protocol):
+    """What the walk reads of a block."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def synchronous(self) -> bool: ...
+    @property
+    def retries(self) -> int: ...
+    def accepts(self, payload: Mapping[str, Any]) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPlan:
+    """What a block's turn does: the throttle's decision; ``acts``: a mutator acting for real,
+    so what caused it must be durable first; ``inline``: no commit to wait for and nothing to
+    await, so the engine may run it in its own loop."""
+
+    decision: Decision
+    acts: bool
+    inline: bool
+
+
+# A block's turn in the walk: the event's visit, the block, "" or why it was refused, its Status
+# slot, and its plan. (A plain tuple: a NamedTuple costs the engine 0.7 µs more per turn.)
+Turn = tuple[Visit, Any, str, BlockSlot, TurnPlan]
+
+
+class Walk(Enum):
+    """Where an inline walk stopped, when not at a turn that must be awaited."""
+
+    END = "end"  # no turn left: the chain ends
+    YIELD = "yield"  # inline turns used up: other work goes first, then the walk goes on
+
+
+def runs_now(synchronous: bool, retries: int, action: Action) -> bool:
+    """Can a block run without awaiting? Synchronous, and no retry (with its backoff sleep)
+    possible."""
+    return synchronous and (retries == 0 or action is not Action.RUN)
+
+
+@functools.lru_cache(maxsize=256)
+def plan_turn(
+    throttle: Throttle, mutator: bool, synchronous: bool, retries: int, refused: bool
+) -> TurnPlan:
+    """A turn's plan. A refused block (its payload filter raised) is only recorded: inline."""
+    decision = decide(throttle, mutator)
+    acts = decision.action is Action.RUN and mutator
+    inline = refused or (not acts and runs_now(synchronous, retries, decision.action))
+    return TurnPlan(decision, acts, inline)
+
+
+def reached(blocks: Iterable[Walker], payload: Mapping[str, Any]) -> list[tuple[Any, str]]:
+    """The blocks an event reaches, in registration order, each with "" or, when its payload
+    filter raised, that error: a plugin's bug fails its execution, never the engine."""
+    found: list[tuple[Any, str]] = []
+    for block in blocks:
+        try:
+            if block.accepts(payload):
+                found.append((block, ""))
+        except Exception as exc:
+            found.append((block, f"accepts() raised {type(exc).__name__}: {exc}"))
+    return found
+
+
+def next_turn(workflow: Workflow, sinks: Mapping[str, Sequence[Walker]]) -> Turn | None:
+    """The next block to run: the first of the top visit's blocks that has not had its turn
+    (``sinks``: the blocks sinking each event type, in registration order). None: the walk is
+    over."""
+    agenda = workflow.agenda
+    while agenda:
+        visit = agenda[-1]
+        if visit.reached is None:
+            visit.reached = reached(sinks.get(visit.event.event_type, ()), visit.event.payload)
+            visit.slots = [workflow.add_slot(b.name) for b, _ in visit.reached]
+        if visit.taken < len(visit.reached):
+            block, refusal = visit.reached[visit.taken]
+            plan = plan_turn(
+                visit.event.throttle, block.kind == MUTATOR, block.synchronous, block.retries,
+                bool(refusal),
+            )  # fmt: skip
+            return visit, block, refusal, visit.slots[visit.taken], plan
+        agenda.pop()
+    return None
+
+
+def descend(workflow: Workflow, children: Sequence[Event]) -> None:
+    """Walk a block's emitted events next, depth-first in emission order; withheld (throttled)
+    ones are recorded, never delivered."""
+    workflow.agenda.extend(Visit(c) for c in reversed(children) if not c.throttled)
+
+
+def check_limits(
+    workflow: Workflow,
+    event: Event,
+    block_name: str,
+    children: Sequence[Event],
+    *,
+    max_depth: int,
+    max_events: int,
+) -> None:
+    """Raise ChainLimitExceeded when a block's emissions take the chain past its depth limit or
+    its event budget."""
+    if children and event.depth + 1 > max_depth:
+        raise ChainLimitExceeded(
+            f"chain depth limit {max_depth} exceeded: block {block_name!r} "
+            f"emitted {children[0].event_type} at depth {event.depth + 1} (a loop?)"
+        )
+    if len(workflow.events) > max_events:
+        raise ChainLimitExceeded(
+            f"chain event limit {max_events} exceeded after block {block_name!r} on "
+            f"{event.event_type}"
         )
 
 

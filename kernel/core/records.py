@@ -37,7 +37,7 @@ class Event:
         return self.project
 
     def trace_row(self) -> EventRow:
-        """This event as its trace file shows it (see ``trace_writer.render``)."""
+        """This event as its trace file shows it (see ``trace_format.render``)."""
         stamp = self.stamp or rfc3339(self.occurred_at)
         recorded = stamp if self.recorded_at == self.occurred_at else rfc3339(self.recorded_at)
         return (
@@ -68,7 +68,7 @@ class ExecutionRecord:
     throttled: bool
 
     def trace_row(self) -> ExecutionRow:
-        """This execution as its trace file shows it (see ``trace_writer.render``)."""
+        """This execution as its trace file shows it (see ``trace_format.render``)."""
         return (
             self.block_name, self.trigger.id, self.success, self.summary,
             tuple(e.id for e in self.emitted), self.duration_ms, self.raw_output, self.exit_code,
@@ -106,7 +106,7 @@ def trace_rows(
     state: str,
     error: str,
 ) -> TraceRows:
-    """A chain's trace file as rows: ``trace_writer.render`` makes the JSON text of them."""
+    """A chain's trace file as rows: ``trace_format.render`` makes the JSON text of them."""
     return (
         tuple(e.trace_row() for e in events),
         tuple(x.trace_row() for x in executions),

@@ -1,5 +1,5 @@
-"""Small helpers of the end-to-end suite: one-shot RPCs with the grpclib client, polling with a
-deadline (never a fixed sleep), a live Watch reader, and running the ``foundry`` CLI."""
+"""Small helpers of the end-to-end suite: one-shot Foundry RPCs with the grpclib client, polls
+built on ``tests.helpers.wait_until``, a live Watch reader, and running the ``foundry`` CLI."""
 
 from __future__ import annotations
 
@@ -14,32 +14,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from foundry.proto import foundry_api as api
 from grpclib import GRPCError
 
 from tests.daemon import Daemon
+from tests.helpers import DEADLINE, wait_until
 
-T = TypeVar("T")
-
-DEADLINE = 15.0  # seconds any single wait may take before the test fails
 EVENT_ID = r"^evt_[0-9a-f]{24}$"
 FINISHED = ("completed", "failed")
-
-
-def wait_until(check: Callable[[], T], *, what: str, timeout: float = DEADLINE) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    interval = 0.01
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-        interval = min(interval * 2, 0.1)
 
 
 # --- one-shot RPCs (grpclib) --------------------------------------------------------------------
@@ -89,15 +73,6 @@ def traced(daemon: Daemon, event_id: str, timeout: float = DEADLINE) -> api.Trac
         return reply if reply.found else None
 
     return wait_until(check, what=f"the trace of {event_id}", timeout=timeout)
-
-
-def grpc_error(daemon: Daemon, fn: Callable[[Any, Any], Any]) -> GRPCError:
-    """The GRPCError a call fails with (the test fails if it succeeds)."""
-    try:
-        daemon.call(fn)
-    except GRPCError as exc:
-        return exc
-    raise AssertionError("the call succeeded; expected a gRPC error")
 
 
 def block(trace_reply: api.TraceResponse, name: str) -> api.TraceBlockExecution:

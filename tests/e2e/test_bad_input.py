@@ -7,7 +7,9 @@ import pytest
 from foundry.proto import foundry_api as api
 from grpclib.const import Status
 
-from tests.e2e.helpers import DEADLINE, emit, finished, grpc_error, status, trace, traced
+from tests.e2e.helpers import emit, finished, status, trace, traced
+from tests.grpcio_client import raw_call, raw_channel
+from tests.helpers import DEADLINE, grpc_error
 
 DEEP = 100_000  # nesting deeper than any JSON parser recurses
 
@@ -91,12 +93,11 @@ def test_status_of_a_hostile_workflow_id_is_not_found(daemon, earlier):
 
 
 def test_a_request_that_does_not_parse_is_invalid_argument(daemon, earlier):
-    with grpc.insecure_channel(daemon.address) as channel:
-        call = channel.unary_unary("/foundry.Foundry/Emit")
-        with pytest.raises(grpc.RpcError) as caught:
-            call(b"\x0a\x03\xff\xfe\xfd", timeout=DEADLINE)  # event_type: invalid UTF-8
-    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.details().startswith("request: not a valid EmitRequest")
+    with raw_channel(daemon.address) as channel:
+        # event_type: invalid UTF-8
+        code, details = raw_call(channel, "/foundry.Foundry/Emit", b"\x0a\x03\xff\xfe\xfd")
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("request: not a valid EmitRequest")
     assert_unharmed(daemon, earlier)
 
 

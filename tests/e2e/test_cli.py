@@ -14,7 +14,8 @@ import time
 import pytest
 
 from tests.daemon import REPO
-from tests.e2e.helpers import DEADLINE, closed_port, emit, finished, foundry_cli
+from tests.e2e.helpers import closed_port, emit, finished, foundry_cli
+from tests.helpers import DEADLINE
 
 UNKNOWN = "evt_" + "0" * 24
 

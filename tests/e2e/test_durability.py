@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import queue
 import signal
 import time
 
@@ -11,8 +10,9 @@ import grpc
 import pytest
 from foundry.proto import foundry_api as api
 
-from tests.e2e.grpcio_client import StreamReader
-from tests.e2e.helpers import emit, finished, kill_pid_file, status, trace, traced, wait_until
+from tests.e2e.helpers import emit, finished, kill_pid_file, status, trace, traced
+from tests.grpcio_client import StreamReader
+from tests.helpers import wait_until
 
 # A mutator that never finishes on its own; it writes its pid so the test can clean up the orphan
 # a ``kill -9`` of the daemon leaves behind.
@@ -151,7 +151,7 @@ def test_graceful_shutdown_exits_0_and_ends_open_watches(daemon, grpcio_client, 
     with grpcio_client.connect(daemon.address) as (foundry, _):
         reader = StreamReader(foundry.Watch(pb.WatchRequest()))
         try:
-            _until_live(foundry, pb, reader)
+            reader.sync(foundry, pb)
             started = time.monotonic()
             assert daemon.stop(sig) == 0
             assert time.monotonic() - started < 10
@@ -177,19 +177,6 @@ def test_sigterm_with_a_chain_in_flight_exits_0_after_the_grace_period(make_daem
         assert "daemon restarted" in workflow.error
     finally:
         kill_pid_file(pid_file)
-
-
-def _until_live(foundry, pb, reader):
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        foundry.Emit(pb.EmitRequest(event_type="watch_probe", project="p"))
-        try:
-            item = reader.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        assert isinstance(item, pb.WatchResponse), item
-        return
-    raise AssertionError("the Watch never went live")
 
 
 def _last_item(reader):

@@ -19,13 +19,12 @@ from tests.e2e.helpers import (
     block,
     emit,
     finished,
-    grpc_error,
     kill_pid_file,
     status,
     trace,
     traced,
-    wait_until,
 )
+from tests.helpers import grpc_error, wait_until
 
 GREETING_BLOCKS = ["Compose Greeting", "Deliver Greeting"]
 

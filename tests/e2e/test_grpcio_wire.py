@@ -4,7 +4,6 @@ the daemon (betterproto2 + grpclib)."""
 from __future__ import annotations
 
 import json
-import queue
 import re
 import time
 
@@ -14,8 +13,9 @@ from foundry.kernel.edge.grpc.foundry_service import FoundryService
 from foundry.kernel.edge.grpc.runtime_service import RuntimeService
 from foundry.proto import runtime_api
 
-from tests.e2e.grpcio_client import StreamReader
-from tests.e2e.helpers import DEADLINE, EVENT_ID, wait_until
+from tests.e2e.helpers import EVENT_ID
+from tests.grpcio_client import StreamReader, raw_call, raw_channel
+from tests.helpers import DEADLINE, wait_until
 
 FOUNDRY = "/foundry.Foundry/"
 RUNTIME = "/fleetforge.runtime.v1.RuntimeService/"
@@ -142,12 +142,10 @@ def _runtime_method(grpcio_client, rpc):
 
 
 def test_an_unknown_method_is_unimplemented_method_not_found(daemon):
-    with grpc.insecure_channel(daemon.address) as channel:
-        call = channel.unary_unary(RUNTIME + "NoSuchRpc")
-        with pytest.raises(grpc.RpcError) as caught:
-            call(b"", timeout=DEADLINE)
-    assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert caught.value.details() == "Method not found"
+    with raw_channel(daemon.address) as channel:
+        code, details = raw_call(channel, RUNTIME + "NoSuchRpc", b"")
+    assert code is grpc.StatusCode.UNIMPLEMENTED
+    assert details == "Method not found"
 
 
 # --- the Foundry RPCs through grpcio ------------------------------------------------------------
@@ -250,7 +248,7 @@ def test_watch_over_grpcio(grpcio_client, stubs):
     pb = grpcio_client.foundry_pb2
     reader = StreamReader(foundry.Watch(pb.WatchRequest(project="wire-watch")))
     try:
-        _sync(foundry, pb, reader, "wire-watch")
+        reader.sync(foundry, pb, "wire-watch")
         reply = foundry.Emit(
             pb.EmitRequest(
                 event_type="greet_requested",
@@ -277,19 +275,3 @@ def test_watch_over_grpcio(grpcio_client, stubs):
     assert {e.workflow_id for e in seen} == {reply.workflow_id}
     assert [e.throttle for e in seen] == [pb.THROTTLE_AUDIT_ONLY] * 3
     assert [e.throttled for e in seen] == [False, False, True]
-
-
-def _sync(foundry, pb, reader, project):
-    """Emit probes until one arrives on the stream: the subscription is then live."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        foundry.Emit(pb.EmitRequest(event_type="watch_probe", project=project))
-        try:
-            while True:
-                item = reader.get(timeout=0.2)
-                assert not isinstance(item, grpc.RpcError | None), item
-                if item.event_type == "watch_probe":
-                    return
-        except queue.Empty:
-            continue
-    raise AssertionError("the grpcio Watch never went live")

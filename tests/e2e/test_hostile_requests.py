@@ -16,6 +16,7 @@ from foundry.proto import foundry_api as api
 from foundry.proto import runtime_api as rt
 
 from tests.e2e.helpers import emit, status
+from tests.grpcio_client import raw_call, raw_channel
 
 FOUNDRY = "/foundry.Foundry/"
 RUNTIME = "/fleetforge.runtime.v1.RuntimeService/"
@@ -28,17 +29,12 @@ def daemon(shared_daemon):
 
 @pytest.fixture(scope="module")
 def channel(daemon) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(daemon.address) as opened:
+    with raw_channel(daemon.address) as opened:
         yield opened
 
 
 def call(channel: grpc.Channel, path: str, body: bytes) -> tuple[grpc.StatusCode, str]:
-    method = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
-    try:
-        method(body, timeout=20)
-    except grpc.RpcError as exc:
-        return exc.code(), exc.details() or ""
-    return grpc.StatusCode.OK, ""
+    return raw_call(channel, path, body, timeout=20)
 
 
 def assert_serving(daemon) -> None:

@@ -146,24 +146,20 @@ def test_a_bad_listen_address_is_refused_with_one_line(tmp_path):
     assert "--listen" in done.stderr
 
 
-def test_the_repo_example_formation_serves(tmp_path):
+def test_the_repo_example_formation_serves(make_daemon):
     """``foundry.toml`` at the repo root (what ``make run`` serves) starts and answers."""
-    from tests.daemon import REPO, Daemon
+    from tests.daemon import REPO
 
-    daemon = Daemon(tmp_path / "home", REPO / "foundry.toml")
-    try:
-        daemon.start()
-        reply = emit(daemon, "greet_requested", payload={"name": "Repo"})
-        workflow = finished(daemon, reply.workflow_id)
-        assert workflow.state == "completed"
-        assert [b.name for b in workflow.task_blocks] == [
-            "Compose Greeting", "Deliver Greeting", "Archive Greeting",
-        ]  # fmt: skip
-        alert = emit(daemon, "alert_raised", payload={"severity": "high"})
-        assert finished(daemon, alert.workflow_id).state == "completed"
-        assert daemon.stop() == 0
-    finally:
-        daemon.close()
+    daemon = make_daemon(config_file=REPO / "foundry.toml")
+    reply = emit(daemon, "greet_requested", payload={"name": "Repo"})
+    workflow = finished(daemon, reply.workflow_id)
+    assert workflow.state == "completed"
+    assert [b.name for b in workflow.task_blocks] == [
+        "Compose Greeting", "Deliver Greeting", "Archive Greeting",
+    ]  # fmt: skip
+    alert = emit(daemon, "alert_raised", payload={"severity": "high"})
+    assert finished(daemon, alert.workflow_id).state == "completed"
+    assert daemon.stop() == 0
 
 
 def _serve_in(cwd, home):

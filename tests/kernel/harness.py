@@ -1,16 +1,19 @@
-"""The kernel's actors wired together in-process, the way ``kernel/daemon.py`` wires them, minus
-gRPC: a real TapBroker, Store (DuckDB file under a temp home) and Engine on trio memory channels."""
+"""The kernel in-process, minus gRPC: ``open_kernel`` (``kernel/actors/supervisor.py``, what the
+daemon runs) on a real ``Config`` whose home is the test's temp folder, and a ``Kernel`` that asks
+its actors and reads its DuckDB file."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
+import duckdb
 import trio
-from foundry.kernel.actors.engine.actor import Engine
+from foundry.kernel.actors import supervisor
 from foundry.kernel.actors.engine.messages import (
     Emit,
     Emitted,
@@ -20,16 +23,15 @@ from foundry.kernel.actors.engine.messages import (
     WorkflowView,
 )
 from foundry.kernel.actors.mailbox import ask
+from foundry.kernel.actors.replay.messages import ReplayMessage
+from foundry.kernel.actors.scheduler.messages import SchedulerMessage
 from foundry.kernel.actors.store.actor import Store
-from foundry.kernel.actors.store.messages import Read, StoreMessage
-from foundry.kernel.actors.tap.actor import TapBroker
 from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
 from foundry.kernel.blocks.api import Block
 from foundry.kernel.blocks.registry import BlockRegistry
-from foundry.kernel.config import EngineConfig
+from foundry.kernel.config import Config, EngineConfig, TapConfig
 from foundry.kernel.core.throttle import Throttle
 
-MAILBOX = 1_024
 GUARD_SECONDS = 10
 
 
@@ -38,8 +40,9 @@ class Kernel:
     home: Path
     engine: trio.MemorySendChannel[EngineMessage]
     tap: trio.MemorySendChannel[TapMessage]
-    store: trio.MemorySendChannel[StoreMessage]
-    recovered: list[str] = field(default_factory=list)
+    scheduler: trio.MemorySendChannel[SchedulerMessage]
+    replay: trio.MemorySendChannel[ReplayMessage]
+    recovered: list[str] = field(default_factory=list)  # workflows the store marked failed
 
     async def emit(
         self,
@@ -75,10 +78,20 @@ class Kernel:
         return await ask(self.tap, lambda r: Subscribe("events", project, r))
 
     async def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        def run(con: Any) -> list[tuple[Any, ...]]:
+        return await run_sql(self.home, sql, *params)
+
+
+async def run_sql(home: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run SQL on a connection of the test's own to the store's database (DuckDB hands a process
+    one instance per file, so it sees what the store committed): the store itself runs only its
+    own queries."""
+
+    def run() -> list[tuple[Any, ...]]:
+        with duckdb.connect(str(home / "foundry.duckdb")) as con:
+            con.execute("SET TimeZone='UTC'")
             return con.execute(sql, list(params)).fetchall()
 
-        return await ask(self.store, lambda r: Read(run, (), r))
+    return await trio.to_thread.run_sync(run)
 
 
 @asynccontextmanager
@@ -89,33 +102,57 @@ async def running_kernel(
     engine: EngineConfig | None = None,
     tap_buffer: int = 256,
     grace: float = 5.0,
+    hold_store: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Kernel]:
-    """Start the actors; on a clean exit, stop them in the daemon's order (chains in flight get
-    ``grace``); on an error, cancel everything. An absolute guard bounds the whole block."""
+    """Run ``open_kernel``; leaving the block stops the actors the daemon's way (chains in flight
+    get ``grace``); an error cancels everything. An absolute guard bounds the whole block.
+    ``hold_store`` is the store's ``hold_for_test``."""
     registry = blocks if isinstance(blocks, BlockRegistry) else BlockRegistry(blocks)
-    tap_send, tap_receive = trio.open_memory_channel[TapMessage](MAILBOX)
-    store_send, store_receive = trio.open_memory_channel[StoreMessage](MAILBOX)
-    engine_send, engine_receive = trio.open_memory_channel[EngineMessage](MAILBOX)
-    with trio.fail_after(GUARD_SECONDS):
-        async with trio.open_nursery() as nursery:
+    config = Config(
+        home=home,
+        shutdown_grace=grace,
+        engine=engine or EngineConfig(),
+        tap=TapConfig(subscriber_buffer=tap_buffer),
+    )
+    recovered: list[str] = []
+    with trio.fail_after(GUARD_SECONDS), trio.CancelScope() as scope:
+        async with AsyncExitStack() as stack:
+            with _observed_store(hold_store, recovered):
+                opened = supervisor.open_kernel(config, registry)
+                mailboxes = await stack.enter_async_context(opened)
             try:
-                await nursery.start(TapBroker(tap_receive, buffer=tap_buffer).run)
-                store = Store(home, store_receive, tap_send.clone())
-                recovered = await nursery.start(store.run)
-                actor = Engine(
-                    registry,
-                    engine_receive,
-                    store_send.clone(),
-                    home=home,
-                    config=engine or EngineConfig(),
-                    shutdown_grace=grace,
-                )
-                await nursery.start(actor.run)
-                yield Kernel(home, engine_send, tap_send, store_send, recovered)
+                yield Kernel(home, mailboxes.engine, mailboxes.tap, mailboxes.scheduler,
+                             mailboxes.replay, recovered)  # fmt: skip
             except BaseException:
-                nursery.cancel_scope.cancel()
+                scope.cancel()
                 raise
-            finally:
-                engine_send.close()
-                store_send.close()
-                tap_send.close()
+
+
+@contextmanager
+def _observed_store(hold: Callable[[str], None] | None, recovered: list[str]) -> Iterator[None]:
+    """While ``open_kernel`` starts, its store gets ``hold`` and reports what it recovered.
+
+    ``open_kernel`` neither takes the store's test hook nor returns its recovered workflows; this
+    stands in until it does.
+    """
+
+    class ObservedStore(Store):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, hold_for_test=hold, **kwargs)
+
+        async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            await super().run(task_status=_Recording(task_status, recovered))
+
+    with mock.patch.object(supervisor, "Store", ObservedStore):
+        yield
+
+
+class _Recording:
+    """A task status that keeps a copy of what ``started`` is given."""
+
+    def __init__(self, status: Any, into: list[str]) -> None:
+        self.status, self.into = status, into
+
+    def started(self, value: Any = None) -> None:
+        self.into.extend(value or ())
+        self.status.started(value)

@@ -4,21 +4,17 @@ import hashlib
 import json
 import threading
 from datetime import datetime
-from functools import partial
 
-import duckdb
 import pytest
 import trio
 import trio.testing
-from foundry.kernel.actors.mailbox import ask
-from foundry.kernel.actors.store.messages import Read
 from foundry.kernel.actors.tap.messages import Overflow
 from foundry.kernel.blocks.api import Block, BlockKind, block
 from foundry.kernel.blocks.registry import load_blocks
 from foundry.kernel.config import EngineConfig
 from foundry.kernel.core.ids import compact_json, is_event_id
 from foundry.kernel.core.throttle import Throttle
-from foundry.kernel.errors import NotFound
+from foundry.kernel.errors import NotFound, Unavailable
 
 from .harness import GUARD_SECONDS, running_kernel
 
@@ -549,10 +545,11 @@ async def test_status_shows_pending_until_the_root_is_durable(tmp_path):
 
     stalled, gate = trio.Event(), threading.Event()
 
-    def stall(con):
-        # runs on the store's worker thread: hold the store until the test opens the gate
-        trio.from_thread.run_sync(stalled.set)
-        gate.wait(GUARD_SECONDS)
+    def stall(work):
+        # runs on the store's worker thread: hold the first commit until the test opens the gate
+        if work == "commit" and not stalled.is_set():
+            trio.from_thread.run_sync(stalled.set)
+            gate.wait(GUARD_SECONDS)
 
     emitted = []
     answered = trio.Event()
@@ -561,11 +558,13 @@ async def test_status_shows_pending_until_the_root_is_durable(tmp_path):
         emitted.append(await k.emit("go"))
         answered.set()
 
-    async with running_kernel(tmp_path, [any_block]) as k, trio.open_nursery() as nursery:
+    async with (
+        running_kernel(tmp_path, [any_block], hold_store=stall) as k,
+        trio.open_nursery() as nursery,
+    ):
         try:
-            nursery.start_soon(partial(ask, k.store, lambda r: Read(stall, (), r)))
-            await stalled.wait()
             nursery.start_soon(emit, k)
+            await stalled.wait()  # the root's commit is held
             await trio.testing.wait_all_tasks_blocked()
             [pending] = await k.status()
             assert pending.state == "pending"
@@ -818,19 +817,13 @@ async def test_a_chain_the_store_refuses_fails_its_emit_but_the_engine_carries_o
     def archive(ctx):
         archived.append(ctx.payload)
 
-    def break_executions_table(con):
-        con.execute("ALTER TABLE block_executions RENAME TO block_executions_gone")
-
-    def mend_executions_table(con):
-        con.execute("ALTER TABLE block_executions_gone RENAME TO block_executions")
-
     async with running_kernel(tmp_path, [lister, archive]) as k:
-        await ask(k.store, lambda r: Read(break_executions_table, (), r))
-        with pytest.raises(duckdb.Error):
+        await k.query("ALTER TABLE block_executions RENAME TO block_executions_gone")
+        with pytest.raises(Unavailable, match="the store could not commit"):
             await k.emit("go")  # the root shares its commit with the observer's execution
         unsinked = await k.emit("nobody_listens")  # no execution to write: stored
         listed = await k.status()
-        await ask(k.store, lambda r: Read(mend_executions_table, (), r))
+        await k.query("ALTER TABLE block_executions_gone RENAME TO block_executions")
         healthy = await k.emit("go")
         healthy_trace = await k.finished(healthy.workflow_id)
         roots = await k.query("SELECT event_type FROM events WHERE depth = 0 ORDER BY occurred_at")

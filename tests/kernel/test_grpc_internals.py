@@ -1,28 +1,322 @@
-"""Canary for kernel/grpc_internals.py: what it replaces in grpclib is still where it was."""
+"""Canary for kernel/edge/grpc/internals.py, the one module that touches private attributes of
+grpclib and trio-asyncio: each thing it touches is still where it was (a failure names the library
+and what disappeared), each function takes its fast path today, and each fallback works."""
 
+from __future__ import annotations
+
+import asyncio
 import inspect
 
 import grpclib
 import grpclib.protocol
 import grpclib.server
 import grpclib.stream
-from foundry.kernel.edge.grpc import internals as grpc_internals
+import h2.connection
+import pytest
+import trio_asyncio
+from foundry.kernel.edge.grpc import internals
+from foundry.kernel.edge.grpc.server import RequestCodec, bind
+from foundry.proto import runtime_api as api
+from grpclib import GRPCError
+from grpclib.client import Channel
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.server import Server
+
+GRPCLIB = f"grpclib {grpclib.__version__}"
+TRIO_ASYNCIO = f"trio-asyncio {trio_asyncio.__version__}"
+TAP_RUN = "/fleetforge.runtime.v1.RuntimeService/TapRun"
+
+
+# --- what is touched is still there ------------------------------------------------------------
 
 
 def test_grpclib_server_still_reads_messages_through_its_module_level_recv_message():
-    source = inspect.getsource(grpclib.server.Stream.recv_message)
-    assert "await recv_message(self._stream, self._codec, self._recv_type)" in source, (
-        f"grpclib {grpclib.__version__} no longer calls grpclib.server.recv_message: "
-        "the message-size limit in kernel/grpc_internals.py would not apply"
+    reason = internals.recv_message_is_replaceable()
+    assert reason is None, (
+        f"{GRPCLIB}: {reason}; the message-size limit in internals.install_message_limit no "
+        "longer applies before a message is read (only the codec's check after the read)"
     )
 
 
-def test_the_replaced_function_has_the_signature_we_mimic():
-    params = list(inspect.signature(grpc_internals.ORIGINAL_RECV_MESSAGE).parameters)
-    assert params == ["stream", "codec", "message_type"], params
-    source = inspect.getsource(grpc_internals.ORIGINAL_RECV_MESSAGE)
-    assert "recv_data(5)" in source, "grpclib changed its message framing"
+def test_the_replaced_recv_message_has_the_signature_and_framing_we_mimic():
+    params = list(inspect.signature(internals.ORIGINAL_RECV_MESSAGE).parameters)
+    assert params == ["stream", "codec", "message_type"], (
+        f"{GRPCLIB}: grpclib.stream.recv_message changed its parameters to {params}"
+    )
+    source = inspect.getsource(internals.ORIGINAL_RECV_MESSAGE)
+    assert "recv_data(5)" in source, f"{GRPCLIB}: grpclib changed its message framing"
+    assert "size" in inspect.signature(grpclib.protocol.Stream.recv_data).parameters, (
+        f"{GRPCLIB}: grpclib.protocol.Stream.recv_data(size) is gone"
+    )
 
 
-def test_protocol_streams_still_offer_recv_data():
-    assert "size" in inspect.signature(grpclib.protocol.Stream.recv_data).parameters
+def test_grpclib_server_streams_still_hold_the_http2_stream_and_its_send_data():
+    init = inspect.getsource(grpclib.server.Stream.__init__)
+    assert "self._stream = stream" in init, (
+        f"{GRPCLIB}: grpclib.server.Stream no longer keeps its protocol stream in _stream; "
+        "internals.send_frames falls back to one send_message per message"
+    )
+    params = list(inspect.signature(grpclib.protocol.Stream.send_data).parameters)
+    assert params[:2] == ["self", "data"], (
+        f"{GRPCLIB}: grpclib.protocol.Stream.send_data(data, ...) changed to {params}"
+    )
+
+
+def test_trio_asyncio_still_runs_its_loop_one_callback_at_a_time_in_main_loop_one():
+    reason = internals._main_loop_one_is_patchable()
+    assert reason is None, (
+        f"{TRIO_ASYNCIO}: {reason}; internals.batch_ready_callbacks cannot batch asyncio "
+        "callbacks (every gRPC call gets slower)"
+    )
+
+
+def test_grpclib_server_still_keeps_its_asyncio_server_in_underscore_server():
+    async def go() -> object:
+        server = Server([])
+        with bind("127.0.0.1", 0) as sock:
+            await server.start(sock=sock)
+            try:
+                return getattr(server, "_server", None)
+            finally:
+                server.close()
+                await server.wait_closed()
+
+    listener = asyncio.run(go())
+    assert isinstance(listener, asyncio.AbstractServer), (
+        f"{GRPCLIB}: grpclib.server.Server._server is no longer the asyncio server; "
+        "internals.stop_listening cannot stop the listener while calls drain"
+    )
+
+
+# --- each function works, on its fast path and on its fallback ----------------------------------
+
+
+def events(n: int) -> list[bytes]:
+    return [bytes(api.RunEvent(run_id="run", kind=f"k{i}")) for i in range(n)]
+
+
+class Tapper:
+    """TapRun answered with :func:`internals.send_frames` of three serialized events."""
+
+    def __init__(self) -> None:
+        self.fast_path: bool | None = None
+
+    async def serve(self, stream: grpclib.server.Stream) -> None:
+        await stream.recv_message()
+        await stream.send_initial_metadata()
+        self.fast_path = internals.raw_send_data(stream) is not None
+        await internals.send_frames(stream, events(3))
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            TAP_RUN: Handler(self.serve, Cardinality.UNARY_STREAM, api.TapRunRequest, api.RunEvent)
+        }
+
+
+async def tap(service: object, request: api.TapRunRequest, limit: int = 1 << 20) -> list[str]:
+    server = Server([service], codec=RequestCodec(limit))
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    await server.start(sock=sock)
+    channel = Channel("127.0.0.1", port)
+    try:
+        stub = api.RuntimeServiceStub(channel)
+        return [event.kind async for event in stub.tap_run(request)]
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_send_frames_writes_many_messages_at_once():
+    tapper = Tapper()
+    assert asyncio.run(tap(tapper, api.TapRunRequest(run_id="r"))) == ["k0", "k1", "k2"]
+    assert tapper.fast_path, f"{GRPCLIB}: send_frames took its fallback"
+
+
+def test_send_frames_falls_back_to_send_message_per_message(monkeypatch):
+    monkeypatch.setattr(internals, "raw_send_data", lambda stream: None)
+    tapper = Tapper()
+    assert asyncio.run(tap(tapper, api.TapRunRequest(run_id="r"))) == ["k0", "k1", "k2"]
+    assert tapper.fast_path is False
+
+
+def oversized_request_status(limit: int) -> GRPCError:
+    with pytest.raises(GRPCError) as caught:
+        asyncio.run(tap(Tapper(), api.TapRunRequest(run_id="r" * (limit + 10)), limit=limit))
+    return caught.value
+
+
+def test_the_message_limit_refuses_an_oversized_request(monkeypatch):
+    monkeypatch.setattr(grpclib.server, "recv_message", internals.ORIGINAL_RECV_MESSAGE)
+    assert internals.install_message_limit(100) is True
+    assert grpclib.server.recv_message is not internals.ORIGINAL_RECV_MESSAGE
+    error = oversized_request_status(100)
+    assert error.status == Status.RESOURCE_EXHAUSTED
+    assert "100-byte message limit" in (error.message or "")
+
+
+def test_without_the_replacement_the_codec_still_refuses_an_oversized_request(monkeypatch):
+    monkeypatch.setattr(grpclib.server, "recv_message", internals.ORIGINAL_RECV_MESSAGE)
+    monkeypatch.setattr(internals, "recv_message_is_replaceable", lambda: "simulated")
+    assert internals.install_message_limit(100) is False
+    assert grpclib.server.recv_message is internals.ORIGINAL_RECV_MESSAGE
+    error = oversized_request_status(100)
+    assert error.status == Status.RESOURCE_EXHAUSTED
+    assert "100-byte message limit" in (error.message or "")
+
+
+def test_stop_listening_closes_the_listener_and_keeps_the_call_in_flight():
+    release = asyncio.Event()
+
+    class Slow(Tapper):
+        async def serve(self, stream: grpclib.server.Stream) -> None:
+            await stream.recv_message()
+            await stream.send_initial_metadata()
+            started.set()
+            await release.wait()
+            await internals.send_frames(stream, events(2))
+
+    async def go() -> tuple[bool, list[str], bool]:
+        server = Server([Slow()], codec=RequestCodec(1 << 20))
+        sock = bind("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        await server.start(sock=sock)
+        channel = Channel("127.0.0.1", port)
+        try:
+            stub = api.RuntimeServiceStub(channel)
+            call = asyncio.ensure_future(_kinds(stub.tap_run(api.TapRunRequest(run_id="r"))))
+            await started.wait()
+            stopped = internals.stop_listening(server)
+            refused = await _refused(port)
+            release.set()
+            return stopped, await call, refused
+        finally:
+            channel.close()
+            server.close()
+            await server.wait_closed()
+
+    started = asyncio.Event()
+    stopped, kinds, refused = asyncio.run(go())
+    assert stopped
+    assert kinds == ["k0", "k1"]
+    assert refused, "a new connection was accepted after stop_listening"
+
+
+async def _kinds(stream: object) -> list[str]:
+    return [event.kind async for event in stream]  # type: ignore[attr-defined]
+
+
+async def _refused(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return True
+    writer.close()
+    await writer.wait_closed()
+    return False
+
+
+def test_stop_listening_without_the_asyncio_server_says_so():
+    class NoListener:
+        pass
+
+    assert internals.stop_listening(NoListener()) is False  # type: ignore[arg-type]
+
+
+def test_batch_ready_callbacks_installs_once_and_falls_back_when_trio_asyncio_changed(
+    monkeypatch,
+):
+    loop_class = internals._trio_loop_class()
+    monkeypatch.setattr(loop_class, "_main_loop_one", loop_class._main_loop_one)
+    assert internals.batch_ready_callbacks() is True
+    installed = loop_class._main_loop_one
+    assert internals.batch_ready_callbacks() is True  # idempotent: wraps the original once
+    assert loop_class._main_loop_one.__wrapped__ is installed.__wrapped__
+
+    class Changed:
+        async def _main_loop_one(self) -> None:  # lost its no_wait
+            return None
+
+    monkeypatch.setattr(internals, "_trio_loop_class", lambda: Changed)
+    assert internals.batch_ready_callbacks() is False
+
+
+async def test_the_batched_loop_still_runs_asyncio_work_inside_trio(monkeypatch):
+    loop_class = internals._trio_loop_class()
+    monkeypatch.setattr(loop_class, "_main_loop_one", loop_class._main_loop_one)
+    assert internals.batch_ready_callbacks() is True
+
+    async def many_callbacks() -> int:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        count = 0
+
+        def step(n: int) -> None:
+            nonlocal count
+            count += 1
+            if n:
+                loop.call_soon(step, n - 1)
+            else:
+                done.set_result(None)
+
+        loop.call_soon(step, 500)
+        await asyncio.wait_for(done, 10)
+        return count
+
+    async with trio_asyncio.open_loop():
+        count = await trio_asyncio.aio_as_trio(many_callbacks)()
+    assert count == 501
+
+
+# --- memory: closed HTTP/2 streams and cancelled asyncio timers stay bounded ---------------------
+
+
+def test_h2_still_remembers_closed_streams_in_a_bound_we_can_set():
+    reason = internals.closed_streams_are_boundable()
+    assert reason is None, (
+        f"{GRPCLIB}: {reason}; internals.bound_closed_streams cannot keep a connection's memory "
+        "of closed streams small (h2 keeps 65,536, ~9.5 MB per connection)"
+    )
+
+
+def test_a_grpclib_connection_remembers_only_the_bounded_number_of_closed_streams(monkeypatch):
+    monkeypatch.setattr(grpclib.protocol, "H2Connection", grpclib.protocol.H2Connection)
+    assert internals.bound_closed_streams(16) is True
+    assert internals.bound_closed_streams(16) is True  # idempotent: no subclass of a subclass
+    connection = grpclib.protocol.H2Connection()
+    assert type(connection).__bases__ == (h2.connection.H2Connection,)
+    for stream_id in range(1, 2_000, 2):
+        connection._closed_streams[stream_id] = None
+    assert len(connection._closed_streams) == 16
+
+
+def test_trio_asyncio_still_keeps_its_timers_in_a_heap_we_can_compact():
+    reason = internals._timers_are_compactable()
+    assert reason is None, (
+        f"{TRIO_ASYNCIO}: {reason}; internals.drop_cancelled_timers cannot drop cancelled timers "
+        "(one per call with a deadline stays until due)"
+    )
+
+
+async def test_cancelled_asyncio_timers_do_not_pile_up_in_the_loop(monkeypatch):
+    loop_class = internals._trio_loop_class()
+    monkeypatch.setattr(loop_class, "_timer_handle_cancelled", loop_class._timer_handle_cancelled)
+    assert internals.drop_cancelled_timers() is True
+
+    async def calls_with_deadlines(count: int) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(count // 100):  # as grpclib: a timer per call, cancelled when it ends
+            handles = [loop.call_later(3600, lambda: None) for _ in range(100)]
+            await asyncio.sleep(0)
+            for handle in handles:
+                handle.cancel()
+        kept = loop.call_later(3600, lambda: None)
+        await asyncio.sleep(0.01)
+        assert not kept.cancelled()
+
+    async with trio_asyncio.open_loop() as loop:
+        await trio_asyncio.aio_as_trio(calls_with_deadlines)(10_000)
+        live = [t for t in loop._timers if not t.cancelled()]
+        assert len(live) == 1  # the one not cancelled is still due
+        assert len(loop._timers) < 300  # not 10,001

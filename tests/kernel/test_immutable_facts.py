@@ -11,7 +11,7 @@ from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.scheduler.actor import Scheduler
 from foundry.kernel.actors.scheduler.messages import GetRun, SchedulerMessage, SubmitRun
 from foundry.kernel.actors.store.actor import Store
-from foundry.kernel.actors.store.messages import Read, StoreMessage
+from foundry.kernel.actors.store.messages import LoadRunEvents, StoreMessage
 from foundry.kernel.actors.tap.actor import TapBroker
 from foundry.kernel.actors.tap.messages import TapMessage
 from foundry.kernel.blocks.api import Block, block
@@ -157,13 +157,7 @@ async def test_a_step_that_mutates_its_inputs_changes_no_recorded_output_lease_o
             await trio.sleep(0.005)
             view = await ask(scheduler, lambda r: GetRun(run_id, r))
 
-        def rows(con):
-            return con.execute(
-                "SELECT step_id, kind, payload FROM run_events WHERE run_id = ? ORDER BY seq",
-                [run_id],
-            ).fetchall()
-
-        events = await ask(store, lambda r: Read(rows, (), r))
+        events = await ask(store, lambda r: LoadRunEvents(run_id, r))  # decoded from the rows
 
     v = {"x": 1, "list": [1]}
     b_inputs = {"v": v, "whole": {"v": v}, "n": {"deep": [1]}}
@@ -175,7 +169,7 @@ async def test_a_step_that_mutates_its_inputs_changes_no_recorded_output_lease_o
     assert downstream_saw == [{"v": v, "n": {"deep": [1]}}]
     assert steps["c"].output == {"v": v, "n": {"deep": [1]}}
     assert submitted == {"n": {"deep": [1]}}
-    recorded = {(step, kind): json.loads(payload) for step, kind, payload in events}
+    recorded = {(e.step_id, e.kind): e.payload for e in events}
     assert recorded["a", "step_completed"]["output"] == {"v": v}
     assert recorded["b", "step_leased"]["inputs"] == b_inputs
     assert recorded["c", "step_leased"]["inputs"] == {"v": v, "n": {"deep": [1]}}

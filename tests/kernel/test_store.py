@@ -2,6 +2,9 @@
 
 import dataclasses
 import json
+import threading
+import time
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -9,17 +12,32 @@ import pytest
 import trio
 import trio.testing
 from foundry.kernel.actors.mailbox import ask, reply_pair
-from foundry.kernel.actors.store.actor import Store
-from foundry.kernel.actors.store.messages import Append, Read
+from foundry.kernel.actors.store.actor import READERS, Store
+from foundry.kernel.actors.store.messages import (
+    Append,
+    Barrier,
+    CountRows,
+    GetStats,
+    LoadIdempotencyKeys,
+    LoadRun,
+    LoadRunEvents,
+    LoadTrace,
+    LoadUnfinishedRuns,
+    LoadWorkflow,
+    RowCounts,
+)
 from foundry.kernel.actors.store.reads import RESTARTED
 from foundry.kernel.actors.tap.actor import TapBroker
 from foundry.kernel.actors.tap.messages import Publish, Subscribe
+from foundry.kernel.blocks.api import block
 from foundry.kernel.config import EngineConfig
 from foundry.kernel.core.ids import compact_json, event_id
-from foundry.kernel.core.records import Event, ExecutionRecord
+from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
+from foundry.kernel.core.runs import RunEventRecord, RunSubmission
 from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.errors import InvalidArgument, Unavailable
 
-from .harness import GUARD_SECONDS, running_kernel
+from .harness import GUARD_SECONDS, run_sql, running_kernel
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=UTC)
 
@@ -146,7 +164,7 @@ async def test_a_bad_append_fails_alone_and_the_rest_of_its_group_commits(tmp_pa
             await nursery.start(Store(tmp_path, store_receive, tap_send).run)
             acks = [post_now(store_send, [e], [e]) for e in (before, bad, after)]
             assert await acks[0].wait() is None
-            with pytest.raises(duckdb.Error):
+            with pytest.raises(Unavailable, match="the store could not commit a write"):
                 await acks[1].wait()
             assert await acks[2].wait() is None
             store_send.close()
@@ -200,29 +218,231 @@ async def test_published_items_reach_watchers_only_after_their_commit(tmp_path):
     assert seen == events
 
 
-async def test_a_read_runs_a_query_on_the_store_thread(tmp_path):
-    store_send, store_receive = trio.open_memory_channel(10)
-    tap_send, _tap_receive = trio.open_memory_channel(10)
+# --- queries, barriers, and reads beside commits ------------------------------------------------
 
-    def count_by_type(con, event_type):
-        return con.execute(
-            "SELECT count(*) FROM events WHERE event_type = ?", [event_type]
-        ).fetchone()[0]
 
-    def broken(con):
-        return con.execute("SELECT nope FROM nowhere").fetchall()
-
+@asynccontextmanager
+async def running_store(home, **options):
+    store_send, store_receive = trio.open_memory_channel(1_000)
+    tap_send, _tap_receive = trio.open_memory_channel(1_000)
     with trio.fail_after(GUARD_SECONDS):
         async with trio.open_nursery() as nursery:
-            await nursery.start(Store(tmp_path, store_receive, tap_send).run)
-            await post_now(store_send, [make_event(1), make_event(2, event_type="tock")]).wait()
-            ticks = await ask(store_send, lambda r: Read(count_by_type, ("tick",), r))
-            with pytest.raises(duckdb.Error):
-                await ask(store_send, lambda r: Read(broken, (), r))
-            tocks = await ask(store_send, lambda r: Read(count_by_type, ("tock",), r))
-            store_send.close()
+            try:
+                await nursery.start(Store(home, store_receive, tap_send, **options).run)
+                yield store_send
+            except BaseException:
+                nursery.cancel_scope.cancel()
+                raise
+            finally:
+                store_send.close()
 
-    assert (ticks, tocks) == (1, 1)
+
+def make_run(n, *, key="", finished=False):
+    run_id = f"run_{n}"
+    at = T0 + timedelta(seconds=n)
+    submission = RunSubmission(
+        run_id=run_id,
+        dag_json='{"steps": []}',
+        inputs={"n": n},
+        seed=n,
+        labels={"team": "a"},
+        breakpoints=("s",),
+        idempotency_key=key,
+        created_at=at,
+    )
+    events = [RunEventRecord(run_id, 1, "", "run_started", {"n": n}, at)]
+    if finished:
+        events.append(RunEventRecord(run_id, 2, "", "run_succeeded", {}, at))
+    return submission, events
+
+
+async def test_each_query_message_is_answered_from_committed_rows(tmp_path):
+    root = make_event(0, event_type="deploy_requested")
+    child = make_event(1, parent=root, event_type="deploy_started")
+    chain = FinishedChain(
+        workflow_id=root.id,
+        workflow_type=root.event_type,
+        project=root.project,
+        throttle=root.throttle,
+        state="completed",
+        error="",
+        started_at=root.occurred_at,
+        completed_at=root.occurred_at + timedelta(milliseconds=5),
+        event_count=2,
+        block_count=1,
+        trace=None,
+    )
+    done, done_events = make_run(1, key="k1", finished=True)
+    running, running_events = make_run(2)
+
+    async with running_store(tmp_path) as store:
+        records = [root, child, make_execution(root, [child]), chain]
+        records += [done, *done_events, running, *running_events]
+        await post_now(store, records).wait()
+        workflow = await ask(store, lambda r: LoadWorkflow(root.id, r))
+        trace = await ask(store, lambda r: LoadTrace(root.id, r))
+        no_workflow = await ask(store, lambda r: LoadWorkflow(child.id, r))
+        no_trace = await ask(store, lambda r: LoadTrace(child.id, r))
+        run = await ask(store, lambda r: LoadRun("run_1", r))
+        no_run = await ask(store, lambda r: LoadRun("run_9", r))
+        events = await ask(store, lambda r: LoadRunEvents("run_2", r))
+        unfinished = await ask(store, LoadUnfinishedRuns)
+        keys = await ask(store, LoadIdempotencyKeys)
+        counts = await ask(store, CountRows)
+        stats = await ask(store, GetStats)
+
+    row, blocks = workflow
+    assert (row["workflow_id"], row["state"]) == (root.id, "completed")
+    assert [b["block_name"] for b in blocks] == ["Emitter"]
+    assert [e["id"] for e in trace["events"]] == [root.id, child.id]
+    assert (trace["state"], trace["total_duration_ms"]) == ("completed", 5)
+    assert (no_workflow, no_trace, no_run) == (None, None, None)
+    assert run == (done, done_events)
+    assert events == running_events
+    assert unfinished == [(running, running_events)]
+    assert keys == {"k1": "run_1"}
+    assert counts == RowCounts(
+        workflows={"completed": 1}, events=2, block_executions=1, runs=2, run_events=3
+    )
+    assert (stats.commits, stats.reads) == (1, 10)
+
+
+async def test_a_message_the_store_does_not_know_is_refused(tmp_path):
+    @dataclasses.dataclass(frozen=True)
+    class RunThisSql:
+        sql: str
+        reply: object
+
+    async with running_store(tmp_path) as store:
+        with pytest.raises(InvalidArgument, match="unknown request RunThisSql"):
+            await ask(store, lambda r: RunThisSql("DROP TABLE events", r))
+        assert await ask(store, CountRows)
+
+
+async def test_a_database_error_reaches_the_asker_as_unavailable_and_the_store_goes_on(
+    tmp_path, caplog
+):
+    async with running_store(tmp_path) as store:
+        await run_sql(tmp_path, "ALTER TABLE runs RENAME TO runs_gone")
+        with pytest.raises(Unavailable) as raised:
+            await ask(store, lambda r: LoadRun("run_1", r))
+        await run_sql(tmp_path, "ALTER TABLE runs_gone RENAME TO runs")
+        for _ in range(2 * READERS):  # every cursor, the replaced one too
+            assert await ask(store, lambda r: LoadRun("run_1", r)) is None
+
+    assert str(raised.value) == "the store could not answer LoadRun; the daemon log has the details"
+    assert isinstance(raised.value.__cause__, duckdb.Error)
+    failures = [r for r in caplog.records if r.name == "foundry.store"]
+    assert [r.getMessage() for r in failures] == ["query LoadRun failed"]  # once, with the
+    assert failures[0].exc_info  # traceback
+
+
+async def test_a_barrier_is_answered_once_every_write_sent_before_it_is_committed(tmp_path):
+    held, gate = threading.Event(), threading.Event()
+
+    def hold_first_commit(work):
+        if work == "commit" and not held.is_set():
+            held.set()
+            gate.wait(GUARD_SECONDS)
+
+    answered = []
+
+    async def barrier(store, name):
+        await ask(store, Barrier)
+        answered.append((name, committed_events(tmp_path)))
+
+    async with running_store(tmp_path, hold_for_test=hold_first_commit) as store:
+        await barrier(store, "idle")  # nothing before it: answered at once
+        async with trio.open_nursery() as nursery:
+            ack = post_now(store, [make_event(1)])
+            nursery.start_soon(barrier, store, "same group")
+            await trio.to_thread.run_sync(held.wait)  # the commit is under way, and held
+            nursery.start_soon(barrier, store, "next group")
+            # a query is answered meanwhile: reads do not wait for commits
+            assert await ask(store, lambda r: LoadRunEvents("run_1", r)) == []
+            await trio.sleep(0.05)
+            assert answered == [("idle", 0)]
+            gate.set()
+            await ack.wait()
+
+    assert sorted(answered) == [("idle", 0), ("next group", 1), ("same group", 1)]
+
+
+async def test_a_slow_read_delays_no_emit(tmp_path):
+    """A real read (Trace of a chain with no file: the store's LoadTrace) held for 2 s on its
+    worker thread: Emits, each answered by its root's commit, go on meanwhile."""
+    reading = threading.Event()
+
+    def slow_reads(work):
+        if work == "read":
+            reading.set()
+            time.sleep(2.0)
+
+    @block("Any", sinks=["tick"])
+    def any_block(ctx):
+        ctx.emit("tock", {})
+
+    emits, read = [], []
+    unknown = make_event(999).id
+
+    async def slow_read(k):
+        started = trio.current_time()
+        assert await k.trace(unknown) is None
+        read.append(trio.current_time() - started)
+
+    async with running_kernel(tmp_path, [any_block], hold_store=slow_reads) as k:
+        await k.emit("tick", {"n": -1})  # warm up
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow_read, k)
+            await trio.to_thread.run_sync(reading.wait)
+            held_until = trio.current_time() + 1.5  # well inside the 2 s
+            while len(emits) < 20 and trio.current_time() < held_until:
+                started = trio.current_time()
+                await k.emit("tick", {"n": len(emits)})
+                emits.append(trio.current_time() - started)
+            assert read == []  # all of them while the read was held
+
+    print(
+        f"while a read was held {read[0]:.2f} s: {len(emits)} Emits, "
+        f"slowest {max(emits) * 1000:.1f} ms"
+    )
+    assert read[0] >= 2.0
+    assert len(emits) >= 5
+    assert max(emits) < 0.2
+
+
+async def test_at_most_readers_queries_run_at_once(tmp_path):
+    lock, gate = threading.Lock(), threading.Event()
+    inside = [0, 0]  # now, most
+    full = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def hold_reads(work):
+        if work == "read":
+            with lock:
+                inside[0] += 1
+                inside[1] = max(inside)
+                if inside[0] == READERS:
+                    trio.from_thread.run_sync(full.set, trio_token=token)
+            gate.wait(GUARD_SECONDS)
+            with lock:
+                inside[0] -= 1
+
+    async with (
+        running_store(tmp_path, hold_for_test=hold_reads) as store,
+        trio.open_nursery() as nursery,
+    ):
+        for n in range(READERS + 3):
+            nursery.start_soon(ask, store, lambda r, n=n: LoadRun(f"run_{n}", r))
+        await full.wait()
+        await trio.sleep(0.1)
+        assert inside[0] == READERS
+        started = trio.current_time()
+        await post_now(store, [make_event(1)]).wait()  # commits go on meanwhile
+        assert trio.current_time() - started < 0.2
+        gate.set()
+
+    assert inside[1] == READERS
 
 
 async def start_and_stop_store(home):

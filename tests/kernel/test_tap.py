@@ -147,3 +147,78 @@ async def test_the_broker_never_blocks_on_a_subscriber():
             tap.close()
 
     assert drain(stuck) == [Item("k", 0), Overflow(1), "end"]
+
+
+class RecordingSink:
+    """A sink with only the two methods of ``Sink``: the broker may call nothing else."""
+
+    def __init__(self):
+        self.calls = []
+
+    def offer(self, item, capacity):
+        self.calls.append(("offer", item.n))
+        return True
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+async def test_the_broker_only_offers_items_and_closes_sinks():
+    sink = RecordingSink()
+    with trio.fail_after(GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            _, tap = await started_broker(nursery, buffer=8)
+            await ask(tap, lambda r: Subscribe("events", None, r, sink))
+            await tap.send(Publish((Item("k", 1), Item("k", 2))))
+            await tap.send(CloseAll())
+            tap.close()
+
+    assert sink.calls == [("offer", 1), ("offer", 2), ("close",)]
+
+
+async def test_a_stream_sink_wakes_its_handler_which_frames_the_whole_backlog_in_its_task():
+    """The edge's TapRun sink: offering (in the broker) only stores and wakes; the handler's
+    task frames everything offered since it last looked, for one write."""
+    import asyncio
+
+    import trio_asyncio
+    from foundry.kernel.edge.grpc.bridge import StreamSink
+
+    framed = []
+
+    def framer(items):
+        framed.append(([i.n for i in items], asyncio.current_task()))
+        return [bytes([i.n]) for i in items], items[-1].n == 9
+
+    async def handler(sink, started):
+        sent = []
+        started.set()
+        while True:
+            messages, state = await sink.take()
+            sent.append(b"".join(messages))
+            if state == "end":
+                return sent, asyncio.current_task()
+
+    with trio.fail_after(GUARD_SECONDS):
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            _, tap = await started_broker(nursery, buffer=100)
+            sink = StreamSink(framer)
+            await ask(tap, lambda r: Subscribe("events", None, r, sink))
+            started = asyncio.Event()
+            task = asyncio.ensure_future(handler(sink, started))
+            await trio_asyncio.aio_as_trio(started.wait)()
+            await tap.send(Publish(tuple(Item("k", n) for n in range(5))))
+            await tap.send(Publish(tuple(Item("k", n) for n in range(5, 8))))
+            await tap.send(Publish((Item("k", 8), Item("k", 9))))
+            sent, handler_task = await trio_asyncio.aio_as_trio(lambda: task)()
+            tap.close()
+
+    # the handler framed in its own task (never the broker's), each take the whole backlog:
+    # at least each published batch at once, in order, through the last item
+    assert {t for _, t in framed} == {handler_task}
+    batches = [batch for batch, _ in framed]
+    assert [n for batch in batches for n in batch] == list(range(10))
+    assert all(set(batch) >= {0, 1, 2, 3, 4} for batch in batches if 0 in batch)
+    assert all(set(batch) >= {5, 6, 7} for batch in batches if 5 in batch)
+    assert b"".join(sent) == bytes(range(10))
+    assert len(sent) == len(batches)

@@ -1,11 +1,12 @@
-"""Small synchronous helpers over the grpclib client (``Daemon.call``) for the runs suite."""
+"""Small synchronous helpers over the grpclib client (``Daemon.call``) for the runs suite; the
+polls are built on ``tests.helpers.wait_until``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from grpclib import GRPCError
 from grpclib.const import Status
 
 from tests.daemon import Daemon
+from tests.helpers import grpc_error, wait_until
 
 TERMINAL = {api.RunStatus.SUCCEEDED, api.RunStatus.FAILED, api.RunStatus.CANCELED}
 
@@ -62,15 +64,17 @@ def wait_for(
     what: str = "",
 ) -> api.RunDetail:
     """Poll GetRun until ``until(run)``; fail with the last state after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        run = get_run(daemon, run_id)
-        if until(run):
-            return run
-        if time.monotonic() > deadline:
-            states = {s.step_id: (s.status, s.attempt) for s in run.steps}
-            pytest.fail(f"run {run_id} never got {what or until}: {run.status.name} {states}")
-        time.sleep(0.03)
+    last: list[api.RunDetail] = []
+
+    def check() -> api.RunDetail | None:
+        last[:] = [get_run(daemon, run_id)]
+        return last[0] if until(last[0]) else None
+
+    def describe() -> str:
+        states = {s.step_id: (s.status, s.attempt) for s in last[0].steps}
+        return f"run {run_id} to get {what or until}: {last[0].status.name} {states}"
+
+    return wait_until(check, what=describe, timeout=timeout, interval=0.03)
 
 
 def wait_status(
@@ -143,22 +147,9 @@ def of_kind(
     return [e for e in events if e["kind"] == kind and (step_id is None or e["step_id"] == step_id)]
 
 
-def rpc_error(daemon: Daemon, call: Callable[[Any], Awaitable[Any]]) -> GRPCError:
-    """Run ``call(runtime_stub)`` expecting a GRPCError; return it."""
-
-    async def go(_: Any, runtime: Any) -> GRPCError:
-        try:
-            result = call(runtime)
-            if hasattr(result, "__aiter__"):
-                async for _ in result:
-                    pass
-            else:
-                await result
-        except GRPCError as exc:
-            return exc
-        pytest.fail("the call succeeded; an error was expected")
-
-    return daemon.call(go)
+def rpc_error(daemon: Daemon, call: Callable[[Any], Any]) -> GRPCError:
+    """``tests.helpers.grpc_error`` for a ``call(runtime_stub)``."""
+    return grpc_error(daemon, lambda _, runtime: call(runtime))
 
 
 def assert_error(error: GRPCError, status: Status, *needles: str) -> None:

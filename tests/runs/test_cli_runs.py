@@ -31,8 +31,8 @@ PAUSED = api.RunStatus.PAUSED_AT_STEP
 
 
 @pytest.fixture(scope="module")
-def daemon(module_daemons):
-    return module_daemons()
+def daemon(shared_daemon):
+    return shared_daemon()
 
 
 @pytest.fixture

@@ -56,9 +56,9 @@ def chain(count: int) -> str:
     )
 
 
-def test_kill_9_mid_run_then_the_run_finishes_without_redoing_steps(fresh_daemon, tmp_path):
+def test_kill_9_mid_run_then_the_run_finishes_without_redoing_steps(make_daemon, tmp_path):
     log = tmp_path / "steps.log"
-    daemon = fresh_daemon(CHAIN_BLOCK.replace("LOGFILE", str(log)))
+    daemon = make_daemon(CHAIN_BLOCK.replace("LOGFILE", str(log)))
     run_id = submit(daemon, chain(STEPS), inputs={"why": "durability"}, seed=5)
 
     def completed(run):
@@ -112,8 +112,8 @@ PAUSABLE = dag(
 
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
-def test_a_paused_run_survives_a_restart_and_resumes_after_it(fresh_daemon, how):
-    daemon = fresh_daemon("[daemon]\nshutdown_grace = 30\n")
+def test_a_paused_run_survives_a_restart_and_resumes_after_it(make_daemon, how):
+    daemon = make_daemon("[daemon]\nshutdown_grace = 30\n")
     run_id = submit(daemon, PAUSABLE, inputs={"x": 41}, breakpoints=["held", "last"])
     wait_status(daemon, run_id, api.RunStatus.PAUSED_AT_STEP)
     request = api.UpdateBreakpointsRequest(run_id=run_id, remove=["last"])
@@ -152,8 +152,8 @@ def test_a_paused_run_survives_a_restart_and_resumes_after_it(fresh_daemon, how)
     assert json.loads(run.spec.dag_json) == json.loads(PAUSABLE)
 
 
-def test_a_graceful_stop_starts_no_new_steps_and_the_next_start_goes_on(fresh_daemon):
-    daemon = fresh_daemon("[daemon]\nshutdown_grace = 30\n")
+def test_a_graceful_stop_starts_no_new_steps_and_the_next_start_goes_on(make_daemon):
+    daemon = make_daemon("[daemon]\nshutdown_grace = 30\n")
     count = 8
     run_id = submit(
         daemon,
@@ -188,8 +188,8 @@ def test_a_graceful_stop_starts_no_new_steps_and_the_next_start_goes_on(fresh_da
     assert kinds(events).count("run_succeeded") == 1
 
 
-def test_a_step_backing_off_does_not_hold_up_a_stop(fresh_daemon, tmp_path):
-    daemon = fresh_daemon("[daemon]\nshutdown_grace = 30\n")
+def test_a_step_backing_off_does_not_hold_up_a_stop(make_daemon, tmp_path):
+    daemon = make_daemon("[daemon]\nshutdown_grace = 30\n")
     counter = tmp_path / "calls"
     run_id = submit(
         daemon,

@@ -81,19 +81,19 @@ def servers() -> Iterator[tuple[Server, Server]]:
 
 
 @pytest.fixture(scope="module")
-def denying(module_daemons):
-    return module_daemons("[http]\nallow = []\n")
+def denying(shared_daemon):
+    return shared_daemon("[http]\nallow = []\n")
 
 
 @pytest.fixture(scope="module")
-def allowing(module_daemons):
-    return module_daemons('[http]\nallow = ["127.0.0.1"]\n')
+def allowing(shared_daemon):
+    return shared_daemon('[http]\nallow = ["127.0.0.1"]\n')
 
 
 @pytest.fixture(scope="module")
-def prefixed(module_daemons, servers):
+def prefixed(shared_daemon, servers):
     near, _ = servers
-    return module_daemons(f'[http]\nallow = ["{near.url}/ok", "localhost"]\n')
+    return shared_daemon(f'[http]\nallow = ["{near.url}/ok", "localhost"]\n')
 
 
 def fetch(daemon, url: str, **inputs: Any) -> api.RunDetail:

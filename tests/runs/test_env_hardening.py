@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
 from grpclib.const import Status
 
-from tests.daemon import Daemon, write_config
+from tests.daemon import Daemon, Daemons
 from tests.runs.helpers import (
     assert_error,
     dag,
@@ -25,10 +24,8 @@ SHOW_ENV = "import json, os; print(json.dumps(dict(os.environ)))"
 
 
 @pytest.fixture
-def daemon(tmp_path: Path):
-    config = write_config(
-        tmp_path / "d.toml",
-        f"""
+def daemon(make_daemon: Daemons) -> Daemon:
+    config = f"""
         [[blocks]]
         name = "showenv"
         type = "shell"
@@ -41,15 +38,10 @@ def daemon(tmp_path: Path):
         name = "echo"
         type = "shell"
         command = ["sh", "-c", "echo hi"]
-        """,
-    )
+        """
     secrets = {"OPENAI_API_KEY": "sk-daemon-secret", "AWS_SECRET_ACCESS_KEY": "aws-secret",
                "PASSED_TO_CHILD": "passed"}  # fmt: skip
-    started = Daemon(tmp_path / "home", config, secrets).start()
-    try:
-        yield started
-    finally:
-        started.close()
+    return make_daemon(config, secrets)
 
 
 def submit_error(daemon: Daemon, step: dict):

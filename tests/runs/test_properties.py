@@ -20,8 +20,8 @@ SETTINGS = settings(
 
 
 @pytest.fixture(scope="module")
-def daemon(module_daemons):
-    return module_daemons()
+def daemon(shared_daemon):
+    return shared_daemon()
 
 
 @st.composite

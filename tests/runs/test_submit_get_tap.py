@@ -37,8 +37,8 @@ MAX_CONCURRENT = 2
 
 
 @pytest.fixture(scope="module")
-def daemon(module_daemons):
-    return module_daemons(f"[scheduler]\nmax_concurrent_steps = {MAX_CONCURRENT}\n")
+def daemon(shared_daemon):
+    return shared_daemon(f"[scheduler]\nmax_concurrent_steps = {MAX_CONCURRENT}\n")
 
 
 def test_submit_then_get_fills_every_step_field(daemon):
@@ -582,16 +582,14 @@ def test_http_step_against_a_local_server(daemon, fake_http):
     assert value(tolerated.steps[0].output)["status"] == 404
 
 
-def test_grpcio_client_submit_get_tap(daemon, grpcio_runtime):
+def test_grpcio_client_submit_get_tap(daemon, grpcio_client):
     import grpc
-
-    pb2, pb2_grpc = grpcio_runtime.pb2, grpcio_runtime.pb2_grpc
     from google.protobuf import json_format, struct_pb2
 
+    pb2 = grpcio_client.runtime_pb2
     inputs = struct_pb2.Struct()
     inputs.update({"topic": "grpcio"})
-    with grpc.insecure_channel(daemon.address) as channel:
-        stub = pb2_grpc.RuntimeServiceStub(channel)
+    with grpcio_client.connect(daemon.address) as (_, stub):
         request = pb2.SubmitRunRequest(
             spec=pb2.RunSpec(dag_json=RESEARCH, inputs=inputs, seed=3, labels={"via": "grpcio"}),
             idempotency_key="grpcio-key",
@@ -624,8 +622,8 @@ def test_grpcio_client_submit_get_tap(daemon, grpcio_runtime):
 # --- with a daemon of its own: restart, and what is stored ---------------------------------------
 
 
-def test_idempotency_survives_restart_and_invalid_submits_store_nothing(fresh_daemon):
-    daemon = fresh_daemon()
+def test_idempotency_survives_restart_and_invalid_submits_store_nothing(make_daemon):
+    daemon = make_daemon()
     key = "idem-restart"
     broken = api.SubmitRunRequest(spec=spec(dag({"id": "a", "type": "bogus"})), idempotency_key=key)
     assert_error(

@@ -33,8 +33,8 @@ PAUSED = api.RunStatus.PAUSED_AT_STEP
 
 
 @pytest.fixture(scope="module")
-def daemon(module_daemons):
-    return module_daemons()
+def daemon(shared_daemon):
+    return shared_daemon()
 
 
 def breakpoints(daemon, run_id, add=(), remove=(), clear_all=False):
@@ -691,8 +691,8 @@ def test_replay_errors(daemon):
     ).all_within_tolerance  # FULL by default
 
 
-def test_replay_tolerances_come_from_the_config(module_daemons, daemon, fake_http, tmp_path):
-    tolerant = module_daemons(
+def test_replay_tolerances_come_from_the_config(shared_daemon, daemon, fake_http, tmp_path):
+    tolerant = shared_daemon(
         "[replay]\ntoken_tolerance = 5\ncost_tolerance = 0.001\noutput_similarity = 0.9\n"
     )
     results = {}

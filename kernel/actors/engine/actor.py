@@ -48,17 +48,24 @@ from foundry.kernel.actors.mailbox import (
     take_batch,
     unwrap,
 )
-from foundry.kernel.actors.store.messages import Append, Read, StoreMessage
-from foundry.kernel.actors.store.reads import load_trace, load_workflow
-from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, Emission, Usage
-from foundry.kernel.blocks.execution import Outcome, execute, execute_now, runs_now
+from foundry.kernel.actors.store.messages import Append, LoadTrace, LoadWorkflow, StoreMessage
+from foundry.kernel.blocks.api import Block, BlockContext, Emission, Usage
+from foundry.kernel.blocks.execution import Outcome, execute, execute_now
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import EngineConfig
-from foundry.kernel.core.chain import BlockSlot, Visit, Workflow
+from foundry.kernel.core.chain import (
+    Turn,
+    Visit,
+    Walk,
+    Workflow,
+    check_limits,
+    descend,
+    next_turn,
+)
 from foundry.kernel.core.ids import Clock, compact_json, event_id_of_json, is_event_id, rfc3339
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.records import Event, ExecutionRecord, storable
-from foundry.kernel.core.throttle import Action, Decision, decide
+from foundry.kernel.core.throttle import Action
 from foundry.kernel.core.trace_format import render
 from foundry.kernel.errors import ChainLimitExceeded, NotFound, Unavailable
 
@@ -68,9 +75,9 @@ log = logging.getLogger("foundry.engine")
 FLUSH_AT = 256  # records a chain buffers before it sends them without waiting
 INLINE_TURNS = 64  # blocks a chain runs inline before other work gets a turn
 MAILBOX_BATCH = 32  # messages handled per scheduling pass
+# A recent workflow keeps its trace rows for Trace unless their payloads and texts are larger.
+RECENT_TRACE_BYTES = 16 * 1024
 
-# A block's turn in the walk: the event's visit, the block, "" or why it was refused, its slot.
-Turn = tuple[Visit, Block, str, BlockSlot]
 Answer = tuple[Reply[Any], Any]
 
 
@@ -145,7 +152,7 @@ class Engine:
             workflow.unsent.append(root)
             workflow.unpublished.append(root)
             workflow.agenda.append(Visit(root))
-            if self._run_inline(workflow):
+            if self._run_inline(workflow) is Walk.END:
                 await self._send(self._ending(workflow, answer, with_root=True))
                 return
             workflow.last_commit = await self._flush(workflow, answer)
@@ -166,11 +173,8 @@ class Engine:
             return
         workflow.state = "running"
         try:
-            while not self._run_inline(workflow):
-                turn = self._next_turn(workflow)
-                if turn is None:
-                    break
-                if self._inline_decision(turn):  # inline turns used up: let others run
+            while (turn := self._run_inline(workflow)) is not Walk.END:
+                if turn is Walk.YIELD:  # inline turns used up: let others run
                     await trio.lowlevel.checkpoint()
                     continue
                 await self._take_turn(workflow, turn)
@@ -224,6 +228,7 @@ class Engine:
 
     def _retire(self, workflow: Workflow) -> None:
         self._inflight.pop(workflow.id, None)
+        workflow.retire(RECENT_TRACE_BYTES)  # what is stored need not be held here too
         self._recent[workflow.id] = workflow
         while len(self._recent) > self._config.recent_workflows:
             self._recent.popitem(last=False)
@@ -235,83 +240,42 @@ class Engine:
 
     # --- the depth-first walk -------------------------------------------------------------------
 
-    def _next_turn(self, workflow: Workflow) -> Turn | None:
-        """The next block to run: the first of the top visit's blocks that has not had its turn."""
-        agenda = workflow.agenda
-        while agenda:
-            visit = agenda[-1]
-            if visit.reached is None:
-                visit.reached = self._reached(visit.event)
-                visit.slots = [workflow.add_slot(b.name) for b, _ in visit.reached]
-            if visit.taken < len(visit.reached):
-                block, refusal = visit.reached[visit.taken]
-                return visit, block, refusal, visit.slots[visit.taken]
-            agenda.pop()
-        return None
-
-    def _reached(self, event: Event) -> list[tuple[Block, str]]:
-        """The blocks an event reaches, in registration order, each with "" or, when its payload
-        filter raised, that error: a plugin's bug fails its execution, never the engine."""
-        reached: list[tuple[Block, str]] = []
-        for block in self._registry.by_sink.get(event.event_type, ()):
-            try:
-                if block.accepts(event.payload):
-                    reached.append((block, ""))
-            except Exception as exc:
-                reached.append((block, f"accepts() raised {type(exc).__name__}: {exc}"))
-        return reached
-
-    @staticmethod
-    def _decision(turn: Turn) -> Decision:
-        visit, block, _, _ = turn
-        return decide(visit.event.throttle, block.kind is BlockKind.MUTATOR)
-
-    def _inline_decision(self, turn: Turn) -> Decision | None:
-        """The turn's decision when it can run inline — side-effect-free and synchronous: no
-        commit to wait for, nothing to await — else None."""
-        _, block, refusal, _ = turn
-        decision = self._decision(turn)
-        acts = decision.action is Action.RUN and block.kind is BlockKind.MUTATOR
-        inline = bool(refusal) or (not acts and runs_now(block, decision.action))
-        return decision if inline else None
-
-    def _run_inline(self, workflow: Workflow) -> bool:
-        """Take the chain's turns inline while they allow it; True when the walk has ended."""
+    def _run_inline(self, workflow: Workflow) -> Turn | Walk:
+        """Take the chain's turns inline while their plans allow it. Returns the turn that must
+        be awaited, else where the walk stopped (END, or YIELD when its inline turns ran out)."""
         try:
             for _ in range(INLINE_TURNS):
-                turn = self._next_turn(workflow)
+                turn = next_turn(workflow, self._registry.by_sink)
                 if turn is None:
-                    return True
-                decision = self._inline_decision(turn)
-                if decision is None:
-                    return False
-                visit, block, refusal, slot = turn
+                    return Walk.END
+                visit, block, refusal, slot, plan = turn
+                if not plan.inline:
+                    return turn
                 slot.state, slot.started_at = "running", self._clock.now()
                 if refusal:
                     outcome: Outcome | None = _refused(refusal)
                 else:
                     ctx = _context(visit.event, self._artifact_dir(workflow, visit.event, block), 1)
-                    outcome = execute_now(block, decision.action, ctx)
+                    outcome = execute_now(block, plan.decision.action, ctx)
                 if outcome is None:  # it needs awaiting after all: the task takes this turn
                     slot.state = "pending"
-                    return False
+                    return turn
                 visit.taken += 1
-                self._record(workflow, visit.event, block, slot, decision, outcome)
-            return self._next_turn(workflow) is None
+                self._record(workflow, turn, outcome)
+            return Walk.END if next_turn(workflow, self._registry.by_sink) is None else Walk.YIELD
         except ChainLimitExceeded as exc:
             workflow.fail(str(exc))
-            return True
+            return Walk.END
         except Exception as exc:  # a bug that got this far fails its chain, never the engine
             log.exception("workflow %s stopped", workflow.id)
             workflow.fail(f"stopped: {type(exc).__name__}: {exc}")
-            return True
+            return Walk.END
 
     async def _take_turn(self, workflow: Workflow, turn: Turn) -> None:
-        visit, block, refusal, slot = turn
+        visit, block, refusal, slot, plan = turn
         visit.taken += 1
         event = visit.event
-        decision = self._decision(turn)
-        if decision.action is Action.RUN and block.kind is BlockKind.MUTATOR:
+        if plan.acts:
             await self._durable(workflow)  # no side effect before what caused it is stored
         slot.state, slot.started_at = "running", self._clock.now()
         if refusal:
@@ -319,23 +283,17 @@ class Engine:
         else:
             artifact_dir = self._artifact_dir(workflow, event, block)
             outcome = await execute(
-                block, decision.action, lambda attempt: _context(event, artifact_dir, attempt)
+                block, plan.decision.action, lambda attempt: _context(event, artifact_dir, attempt)
             )
-        self._record(workflow, event, block, slot, decision, outcome)
+        self._record(workflow, turn, outcome)
 
     def _artifact_dir(self, workflow: Workflow, event: Event, block: Block) -> str:
         return f"{self._home}/artifacts/{workflow.id}/{event.id}/{_slug(block.name)}"
 
-    def _record(
-        self,
-        workflow: Workflow,
-        event: Event,
-        block: Block,
-        slot: BlockSlot,
-        decision: Decision,
-        outcome: Outcome,
-    ) -> None:
+    def _record(self, workflow: Workflow, turn: Turn, outcome: Outcome) -> None:
         """Record a block's execution and the events it emitted, which the walk visits next."""
+        visit, block, _, slot, plan = turn
+        event, decision = visit.event, plan.decision
         children, error = self._children(event, block, outcome, throttled=not decision.deliver)
         completed = self._clock.now()
         error = error or outcome.error
@@ -363,8 +321,11 @@ class Engine:
             workflow.fail(f"block {block.name!r} failed on {event.event_type} {event.id}: {error}")
         workflow.unsent += [*children, record]
         workflow.unpublished += children
-        self._check_limits(workflow, event, block, children)
-        workflow.agenda.extend(Visit(c) for c in reversed(children) if not c.throttled)
+        check_limits(
+            workflow, event, block.name, children,
+            max_depth=self._config.max_chain_depth, max_events=self._config.max_chain_events,
+        )  # fmt: skip
+        descend(workflow, children)
 
     def _children(
         self, parent: Event, block: Block, outcome: Outcome, *, throttled: bool
@@ -401,20 +362,6 @@ class Engine:
             throttled=throttled,
             stamp=stamp,
         )
-
-    def _check_limits(
-        self, workflow: Workflow, event: Event, block: Block, children: Sequence[Event]
-    ) -> None:
-        if children and event.depth + 1 > self._config.max_chain_depth:
-            raise ChainLimitExceeded(
-                f"chain depth limit {self._config.max_chain_depth} exceeded: block {block.name!r} "
-                f"emitted {children[0].event_type} at depth {event.depth + 1} (a loop?)"
-            )
-        if len(workflow.events) > self._config.max_chain_events:
-            raise ChainLimitExceeded(
-                f"chain event limit {self._config.max_chain_events} exceeded after block "
-                f"{block.name!r} on {event.event_type}"
-            )
 
     async def _flush(self, workflow: Workflow, *answers: Answer) -> Pending[None]:
         """Send what the chain recorded since the last flush (observers run ahead of commits)."""
@@ -456,9 +403,7 @@ class Engine:
 
     async def _status_from_store(self, message: GetStatus) -> None:
         try:
-            found: Any = await ask(
-                self._store, lambda r: Read(load_workflow, (message.workflow_id,), r)
-            )
+            found: Any = await ask(self._store, lambda r: LoadWorkflow(message.workflow_id, r))
         except Exception as exc:
             message.reply.fail(exc)
             return
@@ -469,8 +414,7 @@ class Engine:
 
     def _on_trace(self, message: GetTrace) -> None:
         workflow = self._recent.get(message.event_id)
-        if workflow is not None:
-            assert workflow.trace is not None  # recent workflows have ended
+        if workflow is not None and workflow.trace is not None:  # else too large to keep
             message.reply.send(json.loads(render(workflow.trace)))
         elif message.event_id in self._inflight or not is_event_id(message.event_id):
             message.reply.send(None)
@@ -483,9 +427,7 @@ class Engine:
         try:
             document = await trio.to_thread.run_sync(_read_trace, self._home, message.event_id)
             if document is None:
-                document = await ask(
-                    self._store, lambda r: Read(load_trace, (message.event_id,), r)
-                )
+                document = await ask(self._store, lambda r: LoadTrace(message.event_id, r))
         except Exception as exc:
             message.reply.fail(exc)
         else:

@@ -17,8 +17,7 @@ from typing import Any
 import trio
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.replay.messages import Replay, ReplayedStep, ReplayResult
-from foundry.kernel.actors.store.messages import Read, StoreMessage
-from foundry.kernel.actors.store.runs import load_run
+from foundry.kernel.actors.store.messages import LoadRun, StoredRun, StoreMessage
 from foundry.kernel.blocks.api import BlockContext, BlockKind
 from foundry.kernel.blocks.execution import attempt_once
 from foundry.kernel.blocks.registry import BlockRegistry
@@ -59,7 +58,7 @@ class Replayer:
             message.reply.send(result)
 
     async def _replay(self, run_id: str, mode: str) -> ReplayResult:
-        found: Any = await ask(self._store, lambda r: Read(load_run, (run_id,), r))
+        found: StoredRun | None = await ask(self._store, lambda r: LoadRun(run_id, r))
         if found is None:
             raise NotFound(f"run_id: no run {quoted(run_id)}")
         submission, events = found

@@ -34,28 +34,37 @@ from foundry.kernel.actors.scheduler.messages import (
     TapOpened,
     UpdateBreakpoints,
 )
-from foundry.kernel.actors.store.messages import Append, Read, StoreMessage
-from foundry.kernel.actors.store.runs import (
-    load_idempotency_keys,
-    load_run,
-    load_run_events,
-    load_unfinished_runs,
+from foundry.kernel.actors.store.messages import (
+    Append,
+    Barrier,
+    LoadIdempotencyKeys,
+    LoadRun,
+    LoadRunEvents,
+    LoadUnfinishedRuns,
+    StoredRun,
+    StoreMessage,
 )
 from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
 from foundry.kernel.blocks.api import BlockContext, BlockKind
 from foundry.kernel.blocks.execution import attempt_once
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
-from foundry.kernel.core.dag import (
-    StepSpec,
-    UnresolvedReference,
-    check_dag_env,
-    parse_dag,
-    resolve,
-    step_seed,
-)
+from foundry.kernel.core.dag import StepSpec, UnresolvedReference, check_dag_env, parse_dag
 from foundry.kernel.core.ids import Clock, compact_json
 from foundry.kernel.core.json_input import quoted
+from foundry.kernel.core.planner import (
+    Next,
+    attempt_limit,
+    attempt_number,
+    ending,
+    lease,
+    may_start,
+    next_wait,
+    recover,
+    retry_delay,
+    starts,
+    step_error,
+)
 from foundry.kernel.core.run_control import (
     branch_submission,
     check_resumable,
@@ -109,8 +118,8 @@ class Scheduler:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         async with self._inbox, self._store, self._tap, trio.open_nursery() as nursery:
             self._nursery = nursery
-            self._idempotency = await self._read(load_idempotency_keys)
-            unfinished = await self._read(load_unfinished_runs)
+            self._idempotency = await ask(self._store, LoadIdempotencyKeys)
+            unfinished = await ask(self._store, LoadUnfinishedRuns)
             for submission, events in unfinished:
                 run = self._rebuild(submission, events)
                 self._runs[run.run_id] = run
@@ -202,38 +211,31 @@ class Scheduler:
     async def _drive(self, run: RunState) -> None:
         if run.status == "PENDING":
             await self._record(run, "run_started")
-        for step in run.interrupted():
-            step.status = "pending"  # leased before a crash: lease again with attempt + 1
+        recover(run)  # leased before a crash: lease again with attempt + 1
         busy: set[str] = set()
         candidates: set[str] | None = None  # None: look at every step
         done_send, done_receive = trio.open_memory_channel[str](len(run.steps) + 1)
         async with trio.open_nursery() as steps:
             while True:
-                if run.status == "RUNNING" and not run.failed and not self._stopping.is_set():
+                if may_start(run, self._stopping.is_set()):
                     await self._start_ready(run, busy, steps, done_send, candidates)
                     candidates = set()
-                if busy:
+                wait = next_wait(run, bool(busy), self._stopping.is_set())
+                if wait is Next.STEP:
                     finished = await done_receive.receive()
                     busy.discard(finished)
                     if candidates is not None:
                         candidates.update(run.dag.dependents.get(finished, ()))
-                elif run.status == "PAUSED_AT_STEP" and not run.failed:
+                elif wait is Next.RESUME:
                     if not await self._until_resumed(run):
                         return  # the daemon is stopping; the run stays paused in its log
                     candidates = None
-                elif self._stopping.is_set() and not run.failed and _unfinished(run):
+                elif wait is Next.STOP:
                     return  # the daemon is stopping: no new steps; the next start goes on
                 else:
                     break
-        failed = run.failed_steps()
-        if failed:
-            step = failed[0]
-            message = (step.error or {}).get("message", "") if isinstance(step.error, dict) else ""
-            await self._record(
-                run, "run_failed", step.spec.id, error=f"step {step.spec.id!r} failed: {message}"
-            )
-        else:
-            await self._record(run, "run_succeeded")
+        end = ending(run)
+        await self._record(run, end.kind, end.step_id, **end.payload())
         self._retire(run)
 
     async def _start_ready(
@@ -244,14 +246,13 @@ class Scheduler:
         done: trio.MemorySendChannel[str],
         candidates: set[str] | None,
     ) -> None:
-        """Start every ready step in DAG order; stop before the first one with a breakpoint
-        (steps already running finish; nothing new starts until ResumeRun)."""
-        for step in run.ready(busy, candidates):
-            if run.stops_at(step):
-                await self._record(run, "run_paused", step.spec.id)
-                return
+        """Lease what the planner says is ready; pause where it says a breakpoint holds."""
+        plan = starts(run, busy, candidates)
+        for step in plan.steps:
             busy.add(step.spec.id)
             steps.start_soon(self._run_step, run, step, done)
+        if plan.pause_at:
+            await self._record(run, "run_paused", plan.pause_at)
 
     async def _until_resumed(self, run: RunState) -> bool:
         """Wait for ResumeRun; False when the daemon stops first."""
@@ -284,42 +285,36 @@ class Scheduler:
 
     async def _attempt(self, run: RunState, step: StepState) -> float | None:
         """Lease and run one attempt; None when the step is finished (either way), else the
-        backoff before the next attempt."""
+        backoff before the next attempt (the planner's)."""
         spec = step.spec
-        attempt = step.attempt + 1
+        attempt = attempt_number(step)
         block = self._registry.by_name.get(spec.type)
         if block is None:
-            gone = _error(f"step type {spec.type!r} is not registered any more", attempt)
+            gone = step_error(f"step type {spec.type!r} is not registered any more", attempt)
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=gone)
             return None
         try:
-            # Serialized once: the lease records one copy, the block gets another, and neither
-            # shares anything with the submission or the upstream steps' recorded outputs.
-            inputs_json = compact_json(resolve(spec.inputs, run.submission.inputs, run.outputs()))
+            leased = lease(run, step)
         except (UnresolvedReference, TypeError, ValueError) as exc:
-            failure = _error(str(exc), attempt)
+            failure = step_error(str(exc), attempt)
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=failure)
             return None
-        seed = step_seed(run.submission.seed, spec.id)
-        lease = await self._record_durable(
-            run, "step_leased", spec.id,
-            attempt=attempt, inputs=json.loads(inputs_json), seed=seed, model=spec.model,
-            env=dict(spec.env),
-        )  # fmt: skip
+        durable = await self._record_durable(run, "step_leased", spec.id, **leased.payload(spec))
         if block.kind is BlockKind.MUTATOR:
-            await lease.wait()  # side effects only once the lease is durable
+            await durable.wait()  # side effects only once the lease is durable
         ctx = BlockContext(
-            payload=json.loads(inputs_json),
+            payload=json.loads(leased.inputs_json),
             artifact_dir=self._home / "artifacts" / "runs" / run.run_id / spec.id,
             run_id=run.run_id,
             step_id=spec.id,
-            seed=seed,
+            seed=leased.seed,
             model=spec.model,
             env=dict(spec.env),
             attempt=attempt,
         )
         started = time.perf_counter()
-        output, error, timed_out = await attempt_once(block, Action.RUN, ctx, spec.timeout)
+        limit = attempt_limit(spec, block.timeout)
+        output, error, timed_out = await attempt_once(block, Action.RUN, ctx, limit)
         if not error:
             try:
                 output = json.loads(compact_json(output))  # frozen before it is recorded
@@ -335,19 +330,15 @@ class Scheduler:
                 artifacts=ctx.listed_artifacts(),
             )  # fmt: skip
             return None
-        max_attempts = spec.retry.max_attempts if spec.retry else block.retries + 1
-        if step.failures + 1 < max_attempts:
-            backoff = spec.retry.backoff if spec.retry else block.backoff
-            delay = float(backoff * 2**step.failures)
-            await self._record(
-                run, "step_retrying", spec.id,
-                attempt=attempt, error=_error(error, attempt, timed_out), delay=delay,
-            )  # fmt: skip
-            return delay
+        failure = step_error(error, attempt, timed_out)
+        delay = retry_delay(spec, step.failures, block.retries, block.backoff)
+        if delay is None:
+            await self._record(run, "step_failed", spec.id, attempt=attempt, error=failure)
+            return None
         await self._record(
-            run, "step_failed", spec.id, attempt=attempt, error=_error(error, attempt, timed_out)
+            run, "step_retrying", spec.id, attempt=attempt, error=failure, delay=delay
         )
-        return None
+        return delay
 
     async def _record(self, run: RunState, kind: str, step_id: str = "", **payload: Any) -> None:
         """Make, apply and append an event; its commit comes with the next group commit."""
@@ -467,7 +458,7 @@ class Scheduler:
             run = self._runs.get(message.run_id)
             if run is not None:
                 view = run_view(run)
-                await ask(self._store, lambda r: Append((), (), r))  # all it shows is durable
+                await ask(self._store, Barrier)  # all it shows is durable
             else:
                 view = run_view(await self._load(message.run_id))
         except Exception as exc:
@@ -476,7 +467,7 @@ class Scheduler:
             message.reply.send(view)
 
     async def _load(self, run_id: str) -> RunState:
-        found = await self._read(load_run, run_id)
+        found: StoredRun | None = await ask(self._store, lambda r: LoadRun(run_id, r))
         if found is None:
             raise NotFound(f"run_id: no run {quoted(run_id)}")
         return self._rebuild(*found)
@@ -489,7 +480,9 @@ class Scheduler:
         try:
             # Subscribe first, then read the durable history: nothing falls in between.
             await ask(self._tap, lambda r: Subscribe("runs", message.run_id, r, message.sink))
-            history = await self._read(load_run_events, message.run_id)
+            history: list[RunEventRecord] = await ask(
+                self._store, lambda r: LoadRunEvents(message.run_id, r)
+            )
             if not history:
                 raise NotFound(f"run_id: no run {quoted(message.run_id)}")
         except Exception as exc:
@@ -497,9 +490,6 @@ class Scheduler:
             message.reply.fail(exc)
         else:
             message.reply.send(TapOpened(tuple(history)))
-
-    async def _read(self, query: Callable[..., Any], *args: Any) -> Any:
-        return await ask(self._store, lambda r: Read(query, args, r))
 
 
 def run_view(run: RunState) -> RunView:
@@ -540,14 +530,6 @@ def _step_view(run: RunState, step: StepState) -> StepView:
         model=step.model,
         usage=step.usage,
     )
-
-
-def _unfinished(run: RunState) -> bool:
-    return any(not step.finished for step in run.steps.values())
-
-
-def _error(message: str, attempt: int = 0, timed_out: bool = False) -> dict[str, Any]:
-    return {"message": message, "attempt": attempt, "timed_out": timed_out}
 
 
 def _ms_since(started: float) -> float:

@@ -9,7 +9,7 @@ over a pipe: the store never waits on the child's disk (unless it falls far behi
 The database is the durable record; a trace file is its export. If the daemon dies before the
 child has written a file, Trace rebuilds the document from the database.
 
-The child runs ``trace_writer.py`` as a script.
+The child runs ``core/trace_format.py`` as a script.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 
 import trio
 from foundry.kernel.actors.mailbox import take_batch
-from foundry.kernel.core import trace_format as trace_writer
+from foundry.kernel.core import trace_format
 from foundry.kernel.core.trace_format import FileWriter, frame
 
 __all__ = ["Archivist", "FileWriter", "frame"]
@@ -36,20 +36,23 @@ class Archivist:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         process: trio.Process | None = await trio.lowlevel.open_process(
-            [sys.executable, "-I", trace_writer.__file__], stdin=subprocess.PIPE
+            [sys.executable, "-I", trace_format.__file__], stdin=subprocess.PIPE
         )
         task_status.started()
         try:
             async with self._pending:
                 while blobs := await take_batch(self._pending, FEED_BATCH):
-                    process = await self._feed(process, b"".join(blobs))
+                    data = b"".join(blobs)
+                    blobs.clear()  # not held while waiting for the next commit's files
+                    process = await self._feed(process, data)
+                    del data
         finally:
             with trio.CancelScope(shield=True):
                 if process is not None:
                     await _stop(process)
 
     async def send(self, blob: bytes) -> None:
-        """Queue a commit's framed files (see ``trace_writer.frame``)."""
+        """Queue a commit's framed files (see ``trace_format.frame``)."""
         if not blob:
             return
         try:

@@ -1,12 +1,25 @@
-"""Messages the store actor accepts."""
+"""Messages the store actor accepts.
+
+Writes (``Append``) are group-committed one group at a time; ``Barrier`` is answered once every
+write sent before it has been through its commit. Queries are typed: each names what it wants and
+the store answers it with its own SQL (``reads.py``, ``runs.py``) on a read cursor of its own, on a
+worker thread, concurrently with commits. A query sees what was committed when it starts — not
+writes still waiting in the mailbox: to read your own writes, wait for their ack or a Barrier.
+A database error reaches the asker as ``Unavailable`` (the daemon log has the details).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from foundry.kernel.actors.mailbox import Reply
+from foundry.kernel.core.governance import StoredGate, StoredScenario
+from foundry.kernel.core.runs import RunEventRecord, RunSubmission
+
+StoredRun = tuple[RunSubmission, list[RunEventRecord]]
+"""A run's submission and its event log, in order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +38,122 @@ class Append:
 
 
 @dataclass(frozen=True, slots=True)
-class Read:
-    """Run ``query(connection, *args)`` on the store's thread, between commits."""
+class Barrier:
+    """Answered once every Append sent before it has been committed (or has failed)."""
 
-    query: Callable[..., Any]
-    args: tuple[Any, ...]
-    reply: Reply[Any]
+    reply: Reply[None]
 
 
-StoreMessage = Append | Read
+@dataclass(frozen=True, slots=True)
+class GetStats:
+    """The store's own counters (no SQL): answered at once."""
+
+    reply: Reply[StoreStats]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    commits: int  # group commits that succeeded since the store started
+    reads: int  # queries answered (or failed) since the store started
+
+
+# --- queries: answered on a read cursor, concurrently with commits ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadWorkflow:
+    """A finished workflow's row and its block executions (dicts), or None."""
+
+    workflow_id: str
+    reply: Reply[tuple[dict[str, Any], list[dict[str, Any]]] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadTrace:
+    """A finished chain's trace document rebuilt from the database, or None."""
+
+    workflow_id: str
+    reply: Reply[Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRun:
+    """A run's submission and event log, or None."""
+
+    run_id: str
+    reply: Reply[StoredRun | None]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRunEvents:
+    """A run's event log in order (empty for an unknown run)."""
+
+    run_id: str
+    reply: Reply[list[RunEventRecord]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadUnfinishedRuns:
+    """Every run whose log has no terminal event, oldest first."""
+
+    reply: Reply[list[StoredRun]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadIdempotencyKeys:
+    """Idempotency key → run id, for every run submitted with one."""
+
+    reply: Reply[dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class CountRows:
+    """How many rows the store holds (for benchmarks and checks)."""
+
+    reply: Reply[RowCounts]
+
+
+@dataclass(frozen=True, slots=True)
+class RowCounts:
+    workflows: dict[str, int]  # by state
+    events: int
+    block_executions: int
+    runs: int
+    run_events: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadEvalScenarios:
+    """Eval scenarios by pack then slug — of one pack when ``pack`` is set, one scenario when
+    ``slug`` is too — each with its newest ``history`` results, newest first."""
+
+    pack: str
+    slug: str
+    history: int
+    reply: Reply[list[StoredScenario]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadGateDecisions:
+    """Gate decisions newest first, with their acknowledgements (oldest first): one decision
+    when ``gate_id`` is set, else those of ``change_id`` ('' for every change), at most
+    ``limit``."""
+
+    gate_id: str
+    change_id: str
+    limit: int
+    reply: Reply[list[StoredGate]]
+
+
+StoreQuery = (
+    LoadWorkflow
+    | LoadTrace
+    | LoadRun
+    | LoadRunEvents
+    | LoadUnfinishedRuns
+    | LoadIdempotencyKeys
+    | CountRows
+    | LoadEvalScenarios
+    | LoadGateDecisions
+)
+StoreMessage = Append | Barrier | GetStats | StoreQuery

@@ -1,4 +1,8 @@
-"""Read queries the store runs on its thread (passed in ``Read`` messages), and crash recovery."""
+"""The store's read queries — one handler per query message, in ``QUERIES`` — and crash recovery.
+
+A handler gets a read cursor of the store's DuckDB instance (inside a transaction: one snapshot
+of committed data) and the message; the store runs it on a worker thread, beside commits.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
+from foundry.kernel.actors.store import governance, runs
+from foundry.kernel.actors.store.messages import (
+    CountRows,
+    LoadEvalScenarios,
+    LoadGateDecisions,
+    LoadIdempotencyKeys,
+    LoadRun,
+    LoadRunEvents,
+    LoadTrace,
+    LoadUnfinishedRuns,
+    LoadWorkflow,
+    RowCounts,
+)
 from foundry.kernel.core.ids import rfc3339
 from foundry.kernel.core.records import FinishedChain
 from foundry.kernel.core.throttle import Throttle
@@ -159,3 +176,34 @@ def recover_unfinished(
     if finished:
         write(finished)
     return [f.workflow_id for f in finished]
+
+
+def count_rows(con: duckdb.DuckDBPyConnection) -> RowCounts:
+    def count(table: str) -> int:
+        row = con.execute(f"SELECT count(*) FROM {table}").fetchone()
+        return int(row[0]) if row else 0
+
+    by_state = con.execute("SELECT state, count(*) FROM workflows GROUP BY state").fetchall()
+    return RowCounts(
+        workflows={state: int(n) for state, n in by_state},
+        events=count("events"),
+        block_executions=count("block_executions"),
+        runs=count("runs"),
+        run_events=count("run_events"),
+    )
+
+
+Handler = Callable[[duckdb.DuckDBPyConnection, Any], Any]
+
+QUERIES: dict[type, Handler] = {
+    LoadWorkflow: lambda con, m: load_workflow(con, m.workflow_id),
+    LoadTrace: lambda con, m: load_trace(con, m.workflow_id),
+    LoadRun: lambda con, m: runs.load_run(con, m.run_id),
+    LoadRunEvents: lambda con, m: runs.load_run_events(con, m.run_id),
+    LoadUnfinishedRuns: lambda con, m: runs.load_unfinished_runs(con),
+    LoadIdempotencyKeys: lambda con, m: runs.load_idempotency_keys(con),
+    CountRows: lambda con, m: count_rows(con),
+    LoadEvalScenarios: lambda con, m: governance.load_scenarios(con, m.pack, m.slug, m.history),
+    LoadGateDecisions: lambda con, m: governance.load_gates(con, m.gate_id, m.change_id, m.limit),
+}
+"""Each query message's handler: ``handler(cursor, message)`` is the reply's value."""

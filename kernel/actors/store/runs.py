@@ -1,4 +1,4 @@
-"""Read queries for runs (run on the store's thread through ``Read`` messages)."""
+"""Read queries for runs (the store runs them on a read cursor for its run query messages)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Each subscriber has a bounded buffer. One that falls behind is cut off — it gets an
 :class:`Overflow` as its last item — so a slow reader never stalls the kernel or misses items
-silently.
+silently. The broker only offers items to a sink (:class:`~.messages.Sink`) and closes it; a
+sink on the gRPC edge wakes its handler, whose task writes to the connection.
 """
 
 from __future__ import annotations
@@ -45,9 +46,6 @@ class ChannelSink:
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
             self.send.close()
             return False
-
-    def flush(self) -> None:
-        return None
 
     def close(self) -> None:
         self.send.close()
@@ -93,22 +91,12 @@ class TapBroker:
         message.reply.send(answer)
 
     def _publish(self, message: Publish) -> None:
-        touched: dict[int, list[_Subscriber]] = {}
+        """Offer each item to its subscribers; a sink wakes its own reader, which does any
+        writing in its own task — never here."""
         for item in message.items:
             subscribers = self._topics.get(item.tap_topic)
             if subscribers:
-                touched[id(subscribers)] = subscribers
                 self._deliver(subscribers, item)
-        writes: dict[Callable[[], None], None] = {}
-        for subscribers in touched.values():
-            for sub in subscribers:
-                if write := sub.sink.flush():
-                    writes[write] = None
-        for write in writes:
-            try:
-                write()
-            except Exception:  # a sink's own failure must not stop the broker
-                log.exception("a subscriber's write failed")
 
     def _deliver(self, subscribers: list[_Subscriber], item: Any) -> None:
         key = item.tap_key

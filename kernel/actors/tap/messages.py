@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,14 +29,12 @@ class Sink(Protocol):
     """Where a subscriber's items go. The broker offers each item; a sink refuses (False) when it
     is closed, or full — then it has taken an :class:`Overflow` as its last item.
 
-    After offering a published batch the broker flushes the sinks it offered to: a sink may
-    deliver there. It may also return a write to make once all sinks are flushed — sinks that
-    share a connection return the same one, and the broker makes it once.
+    ``offer`` and ``close`` run in the broker's call stack: they must only store the item and
+    signal the sink's reader (wake its task), never wait or write to a connection — the reader
+    does that in its own task.
     """
 
     def offer(self, item: Any, capacity: int) -> bool: ...
-
-    def flush(self) -> Callable[[], None] | None: ...
 
     def close(self) -> None: ...
 

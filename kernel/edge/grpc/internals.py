@@ -1,27 +1,96 @@
-"""Every use of grpclib's internals that the message-size limit needs, in one place.
+"""Every use of a private grpclib / trio-asyncio attribute, in one place, each behind a small
+named function with a fallback to the public path.
 
-grpclib 0.4 has no public maximum for a received message: ``grpclib.server.Stream.recv_message``
-reads the 5-byte gRPC prefix and then the whole announced length, whatever it is. We replace the
-module-level ``recv_message`` that ``grpclib.server`` imported with one that refuses an oversized
-message from its prefix, before its body is read — HTTP/2 flow control then keeps the peer from
-sending more than one stream window (4 MiB). ``tests/kernel/test_grpc_internals.py`` is the
-canary: it fails, saying what changed, if an upgrade moves what this touches.
+What is touched, and why (``pyproject.toml`` pins the versions this was written against;
+``tests/kernel/test_grpc_internals.py`` is the canary that fails, naming the library and what
+disappeared, if an upgrade moves any of it):
+
+- ``grpclib.server.recv_message`` (:func:`install_message_limit`): grpclib 0.4 has no public
+  maximum for a received message — it reads whatever length a prefix announces. We replace the
+  function ``grpclib.server`` imported with one that refuses an oversized message from its 5-byte
+  prefix, before its body is read (HTTP/2 flow control then keeps the peer from sending more than
+  one stream window). Fallback: the codec refuses it after reading (``server.RequestCodec``).
+- ``grpclib.server.Stream._stream.send_data`` (:func:`send_frames`): many already-encoded
+  messages in one HTTP/2 write — what grpclib's own ``send_message`` calls, once per message.
+  Fallback: ``Stream.send_message`` per message (the codec passes :class:`Encoded` through).
+- ``trio_asyncio._base.BaseTrioEventLoop._main_loop_one`` (:func:`batch_ready_callbacks`):
+  trio-asyncio runs one asyncio callback per trio scheduler pass; grpclib handles a request in
+  dozens of callbacks. We run the callbacks already queued, up to a batch, before yielding to
+  trio again. Fallback: no batching (slower, same behaviour).
+- ``grpclib.protocol.H2Connection`` and h2's ``H2Connection.MAX_CLOSED_STREAMS``
+  (:func:`bound_closed_streams`): h2 remembers 65,536 closed streams per connection (~9.5 MB);
+  grpclib's connections get a subclass that remembers 4,096. Fallback: h2's default.
+- ``BaseTrioEventLoop._timers`` / ``_timer_handle_cancelled`` (:func:`drop_cancelled_timers`):
+  trio-asyncio keeps a cancelled timer (one per call with a deadline) until it is due; we drop
+  them once they are half its heap, as asyncio does. Fallback: they stay until due.
+- ``grpclib.server.Server._server`` (:func:`stop_listening`): the asyncio server, to close the
+  listening socket while in-flight RPCs drain (``Server.close`` also cancels them). Fallback:
+  keep listening; the services refuse new calls with UNAVAILABLE while draining anyway.
+
+Nothing else under ``kernel/edge`` reads a private attribute of grpclib, h2 or trio-asyncio.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import grpclib
+import grpclib.protocol
 import grpclib.server
 import grpclib.stream
+import trio
 from grpclib import GRPCError
 from grpclib.const import Status
 
+log = logging.getLogger("foundry.grpc")
+
 ORIGINAL_RECV_MESSAGE = grpclib.stream.recv_message
 
+_warned: set[str] = set()
 
-def install_message_limit(limit: int) -> None:
-    """Refuse (RESOURCE_EXHAUSTED) any received message longer than ``limit`` bytes."""
+
+def _fallback(what: str) -> None:
+    if what not in _warned:
+        _warned.add(what)
+        log.warning("grpc internals: %s; using the public path (see internals.py)", what)
+
+
+def message_limit_error(length: int, limit: int) -> GRPCError:
+    return GRPCError(
+        Status.RESOURCE_EXHAUSTED,
+        f"request: {length} bytes is over the {limit}-byte message limit "
+        "([daemon] max_message_bytes)",
+    )
+
+
+# --- the received-message limit -----------------------------------------------------------------
+
+
+def recv_message_is_replaceable() -> str | None:
+    """None, or what changed so that replacing ``grpclib.server.recv_message`` would not work."""
+    if getattr(grpclib.server, "recv_message", None) is None:
+        return "grpclib.server no longer imports recv_message"
+    try:
+        import inspect
+
+        source = inspect.getsource(grpclib.server.Stream.recv_message)
+    except (OSError, TypeError, AttributeError):
+        return "grpclib.server.Stream.recv_message cannot be read"
+    if "recv_message(self._stream" not in source:
+        return "grpclib.server.Stream.recv_message no longer calls the module's recv_message"
+    return None
+
+
+def install_message_limit(limit: int) -> bool:
+    """Refuse (RESOURCE_EXHAUSTED) any received message longer than ``limit`` bytes from its
+    prefix. False: grpclib changed, and only the codec's check (after the read) applies."""
+    reason = recv_message_is_replaceable()
+    if reason is not None:
+        _fallback(f"{reason} (grpclib {grpclib.__version__})")
+        return False
 
     async def recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
         prefix = await stream.recv_data(5)
@@ -31,14 +100,209 @@ def install_message_limit(limit: int) -> None:
             raise GRPCError(Status.UNIMPLEMENTED, "compressed requests are not supported")
         length = int.from_bytes(prefix[1:5], "big")
         if length > limit:
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"request: {length} bytes is over the {limit}-byte message limit "
-                "([daemon] max_message_bytes)",
-            )
+            raise message_limit_error(length, limit)
         data = await stream.recv_data(length)
         if len(data) != length:
             raise GRPCError(Status.INVALID_ARGUMENT, "request: the message was cut short")
         return codec.decode(data, message_type)
 
     grpclib.server.recv_message = recv_message  # type: ignore[attr-defined]  # not re-exported
+    return True
+
+
+# --- many encoded messages in one write ----------------------------------------------------------
+
+
+class Encoded:
+    """A message already serialized: ``server.RequestCodec.encode`` passes it through as is."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def grpc_messages(messages: Sequence[bytes]) -> bytes:
+    """Serialized messages as gRPC length-prefixed messages (uncompressed), back to back."""
+    return b"".join(b"\x00" + len(m).to_bytes(4, "big") + m for m in messages)
+
+
+def raw_send_data(stream: grpclib.server.Stream[Any, Any]) -> Callable[..., Any] | None:
+    """The HTTP/2 stream's ``send_data`` under a grpclib server stream, or None."""
+    h2_stream = getattr(stream, "_stream", None)
+    send_data = getattr(h2_stream, "send_data", None)
+    return send_data if callable(send_data) else None
+
+
+async def send_frames(stream: grpclib.server.Stream[Any, Any], messages: Sequence[bytes]) -> None:
+    """Send serialized messages of the stream's reply type in one HTTP/2 DATA write (initial
+    metadata must have been sent). Fallback: ``send_message`` per message."""
+    if not messages:
+        return
+    send_data = raw_send_data(stream)
+    if send_data is not None:
+        await send_data(grpc_messages(messages))
+        return
+    _fallback(f"grpclib {grpclib.__version__}: Stream._stream.send_data is gone")
+    for message in messages:
+        await stream.send_message(Encoded(message))
+
+
+# --- trio-asyncio: ready callbacks in batches ---------------------------------------------------
+
+BATCH = 64
+
+
+def _trio_loop_class() -> Any:
+    try:
+        from trio_asyncio._base import BaseTrioEventLoop  # no public hook for this
+    except ImportError:
+        return None
+    return BaseTrioEventLoop
+
+
+def _main_loop_one_is_patchable() -> str | None:
+    """None, or what is missing from trio-asyncio for :func:`batch_ready_callbacks`."""
+    import inspect
+
+    loop_class = _trio_loop_class()
+    if loop_class is None:
+        return "trio_asyncio._base.BaseTrioEventLoop is gone"
+    one = getattr(loop_class, "_main_loop_one", None)
+    if one is None:
+        return "BaseTrioEventLoop._main_loop_one is gone"
+    if list(inspect.signature(getattr(one, "__wrapped__", one)).parameters) != ["self", "no_wait"]:
+        return "BaseTrioEventLoop._main_loop_one(self, no_wait) changed its signature"
+    if not hasattr(loop_class, "_stopped"):  # a class attribute (None) until the loop starts
+        return "BaseTrioEventLoop no longer has _stopped"
+    return None
+
+
+def batch_ready_callbacks(batch: int = BATCH) -> bool:
+    """After each awaited asyncio callback, also run the callbacks already queued (up to
+    ``batch``, without waiting) — what an asyncio loop does with its ready queue — before
+    yielding to trio. Idempotent; the daemon calls it before opening its loop. False: not
+    installed (trio-asyncio changed), callbacks run one per pass."""
+    reason = _main_loop_one_is_patchable()
+    if reason is not None:
+        _fallback(f"{reason} (trio-asyncio): asyncio callbacks are not batched")
+        return False
+    loop_class = _trio_loop_class()
+    current = loop_class._main_loop_one
+    one_callback = getattr(current, "__wrapped__", current)
+
+    async def ready_callbacks(self: Any, no_wait: bool = False) -> None:
+        await one_callback(self, no_wait)
+        for _ in range(batch):
+            if self._stopped.is_set():
+                return
+            try:
+                await one_callback(self, no_wait=True)
+            except trio.WouldBlock:
+                return
+
+    ready_callbacks.__wrapped__ = one_callback  # type: ignore[attr-defined]
+    loop_class._main_loop_one = ready_callbacks
+    return True
+
+
+# --- the listening socket ------------------------------------------------------------------------
+
+
+def stop_listening(server: grpclib.server.Server) -> bool:
+    """Close the server's listening socket(s) without touching its connections or in-flight
+    requests (grpclib's ``Server.close`` cancels those). False: not possible, still listening."""
+    listener = getattr(server, "_server", None)
+    close = getattr(listener, "close", None)
+    if not callable(close):
+        _fallback(f"grpclib {grpclib.__version__}: Server._server is gone (still listening)")
+        return False
+    close()
+    return True
+
+
+# --- memory: closed HTTP/2 streams, cancelled asyncio timers --------------------------------------
+
+CLOSED_STREAMS = 4_096
+
+
+def _h2_connection_class() -> Any:
+    return getattr(grpclib.protocol, "H2Connection", None)
+
+
+def closed_streams_are_boundable() -> str | None:
+    """None, or what changed so that :func:`bound_closed_streams` cannot work."""
+    h2_class = _h2_connection_class()
+    if h2_class is None:
+        return "grpclib.protocol no longer imports H2Connection"
+    if not isinstance(getattr(h2_class, "MAX_CLOSED_STREAMS", None), int):
+        return "h2's H2Connection.MAX_CLOSED_STREAMS is gone"
+    return None
+
+
+def bound_closed_streams(limit: int = CLOSED_STREAMS) -> bool:
+    """Make grpclib's HTTP/2 connections remember how their last ``limit`` closed streams ended,
+    not h2's 65,536: at ~145 bytes each that was 9.5 MB per long-lived connection, reached after
+    65,536 calls on it (a soak grew by 8 MB from it), and grpclib keeps a closed connection until
+    ten more have been accepted. h2 needs the memory only for frames that arrive after a stream
+    closed (a DATA frame on a forgotten stream is still refused with RST_STREAM). False: not
+    installed (h2 or grpclib changed)."""
+    reason = closed_streams_are_boundable()
+    if reason is not None:
+        _fallback(f"{reason} (grpclib {grpclib.__version__}): closed streams are not bounded")
+        return False
+    current = _h2_connection_class()
+    base = getattr(current, "__bounded_base__", current)
+    bounded: Any = type(
+        "BoundedH2Connection",
+        (base,),
+        {"MAX_CLOSED_STREAMS": limit, "__bounded_base__": base},
+    )
+    grpclib.protocol.H2Connection = bounded  # type: ignore[attr-defined]  # not re-exported
+    return True
+
+
+def _timers_are_compactable() -> str | None:
+    """None, or what is missing from trio-asyncio for :func:`drop_cancelled_timers`."""
+    import inspect
+
+    loop_class = _trio_loop_class()
+    if loop_class is None:
+        return "trio_asyncio._base.BaseTrioEventLoop is gone"
+    if not callable(getattr(loop_class, "_timer_handle_cancelled", None)):
+        return "BaseTrioEventLoop._timer_handle_cancelled is gone"
+    one = getattr(loop_class, "_main_loop_one", None)
+    try:
+        target: Any = getattr(one, "__wrapped__", one)
+        source = inspect.getsource(target)
+    except (OSError, TypeError):
+        return "BaseTrioEventLoop._main_loop_one cannot be read"
+    if "heapq.heappush(self._timers" not in source:
+        return "BaseTrioEventLoop._main_loop_one no longer keeps timers in the heap _timers"
+    return None
+
+
+def drop_cancelled_timers(minimum: int = 100) -> bool:
+    """Drop cancelled asyncio timers from trio-asyncio's heap once they are more than half of it
+    (and it holds at least ``minimum``), as asyncio's own loop does. trio-asyncio keeps a
+    cancelled timer until the time it was set for, and grpclib sets one per call with a deadline
+    and cancels it when the call ends: at 1,000 calls/s with 60 s deadlines that was 60,000 dead
+    timers (with their contexts, ~200 bytes each), growing with the deadlines clients choose.
+    Idempotent. False: not installed (trio-asyncio changed)."""
+    reason = _timers_are_compactable()
+    if reason is not None:
+        _fallback(f"{reason} (trio-asyncio): cancelled timers stay until they are due")
+        return False
+
+    def timer_handle_cancelled(self: Any, handle: Any) -> None:
+        # Called by TimerHandle.cancel() just before the handle marks itself cancelled.
+        cancelled = getattr(self, "_cancelled_timers", 0) + 1
+        timers = self._timers
+        if len(timers) >= minimum and cancelled * 2 > len(timers):
+            timers[:] = [t for t in timers if t is not handle and not t.cancelled()]
+            heapq.heapify(timers)
+            cancelled = 0
+        self._cancelled_timers = cancelled
+
+    _trio_loop_class()._timer_handle_cancelled = timer_handle_cancelled
+    return True

@@ -1,35 +1,22 @@
-"""trio-asyncio's loop, running the asyncio callbacks that are ready in batches.
+"""The asyncio loop grpclib runs in: trio-asyncio's, inside the daemon's trio run.
 
-trio-asyncio runs one asyncio callback per trio scheduler pass: each costs a cancel scope and an
-awaited channel receive. grpclib handles one request in dozens of callbacks, so a unary RPC paid
-that many passes. After each awaited callback, this also runs the callbacks already queued (up to
-``BATCH``, without waiting) — what an asyncio loop does with its ready queue — before yielding to
-trio again.
+Its ready callbacks run in batches (``internals.batch_ready_callbacks``): trio-asyncio runs one
+asyncio callback per trio scheduler pass, and grpclib handles a request in dozens of them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterator
 
-import trio
-from trio_asyncio._base import BaseTrioEventLoop  # no public hook for this
-
-BATCH = 64
-
-_one_callback = BaseTrioEventLoop._main_loop_one
+import trio_asyncio
+from foundry.kernel.edge.grpc.internals import batch_ready_callbacks, drop_cancelled_timers
 
 
-async def _ready_callbacks(self: Any, no_wait: bool = False) -> None:
-    await _one_callback(self, no_wait)
-    for _ in range(BATCH):
-        if self._stopped.is_set():
-            return
-        try:
-            await _one_callback(self, no_wait=True)
-        except trio.WouldBlock:
-            return
-
-
-def run_ready_callbacks_in_batches() -> None:
-    """Install the batching (idempotent); the daemon calls it before opening its loop."""
-    BaseTrioEventLoop._main_loop_one = _ready_callbacks  # trio_asyncio ships no types
+@contextlib.asynccontextmanager
+async def open_grpc_loop() -> AsyncIterator[None]:
+    """The asyncio loop for grpclib, inside trio, batching ready callbacks where it can."""
+    batch_ready_callbacks()
+    drop_cancelled_timers()  # else one stays per call with a deadline until it is due
+    async with trio_asyncio.open_loop():
+        yield

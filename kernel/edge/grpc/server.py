@@ -3,22 +3,31 @@
 Handlers live on the asyncio side and ask the trio actors through ``bridge.py`` (:func:`ask`).
 Kernel errors become gRPC statuses here, in one table; anything unexpected becomes a generic
 INTERNAL for the client and a logged traceback for the operator.
+
+A stop drains (:class:`GrpcServer`): grpclib's ``Server.close`` cancels every request in flight
+at once, so first the server stops listening and refuses new calls (UNAVAILABLE), then waits — up
+to the grace — for the calls in flight to finish, and only then closes.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import trio
 import trio_asyncio
 from foundry.kernel import errors
 from foundry.kernel.edge.grpc.bridge import ask_actor
-from foundry.kernel.edge.grpc.internals import install_message_limit
-from foundry.kernel.edge.grpc.loop import run_ready_callbacks_in_batches
+from foundry.kernel.edge.grpc.internals import (
+    Encoded,
+    bound_closed_streams,
+    install_message_limit,
+    message_limit_error,
+    stop_listening,
+)
 from foundry.kernel.edge.grpc.message_check import WrongField, check_request
 from grpclib import GRPCError
 from grpclib.const import Handler, Status
@@ -75,9 +84,23 @@ def bind(host: str, port: int) -> socket.socket:
 class RequestCodec(ProtoCodec):
     """Protobuf, checked: a request that does not parse (say, invalid UTF-8 in a string) or whose
     fields have the wrong wire type is the client's error, INVALID_ARGUMENT naming the field —
-    grpclib would answer UNKNOWN, and betterproto2 would hand the kernel an ``int`` for a string."""
+    grpclib would answer UNKNOWN, and betterproto2 would hand the kernel an ``int`` for a string.
+    A request over ``max_message_bytes`` is refused (``internals.install_message_limit`` refuses
+    it before reading it; this is the check if that could not be installed). A reply already
+    serialized (``internals.Encoded``) goes out as it is."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._limit = max_message_bytes
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if isinstance(message, Encoded):
+            return message.data
+        data: bytes = super().encode(message, message_type)
+        return data
 
     def decode(self, data: bytes, message_type: Any) -> Any:
+        if len(data) > self._limit:
+            raise message_limit_error(len(data), self._limit)
         name = getattr(message_type, "__name__", "message")
         try:
             message = super().decode(data, message_type)
@@ -91,22 +114,54 @@ class RequestCodec(ProtoCodec):
         return message
 
 
+class Calls:
+    """The calls in flight (grpclib's task for each), and whether new ones are taken."""
+
+    def __init__(self) -> None:
+        self.accepting = True
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def enter(self) -> None:
+        if not self.accepting:
+            raise GRPCError(Status.UNAVAILABLE, "the daemon is shutting down")
+        task = asyncio.current_task()
+        if task is not None and task not in self._tasks:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def __len__(self) -> int:
+        return sum(not t.done() for t in self._tasks)
+
+    async def finished(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for the calls in flight to end (trailers sent);
+        returns how many are still running."""
+        pending = {t for t in self._tasks if not t.done()}
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        return len(pending)
+
+
 class GuardedService:
     """A service whose every handler maps escaping errors through :func:`to_grpc_error`: kernel
-    errors become their status, anything else a generic INTERNAL and one logged traceback."""
+    errors become their status, anything else a generic INTERNAL and one logged traceback. Its
+    calls are counted in ``calls`` (refused while the server drains)."""
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: Any, calls: Calls) -> None:
         self._service = service
+        self._calls = calls
 
     def __mapping__(self) -> dict[str, Handler]:
         return {
-            path: Handler(_guard(h.func), h.cardinality, h.request_type, h.reply_type)
+            path: Handler(_guard(h.func, self._calls), h.cardinality, h.request_type, h.reply_type)
             for path, h in self._service.__mapping__().items()
         }
 
 
-def _guard(func: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+def _guard(
+    func: Callable[[Any], Awaitable[None]], calls: Calls
+) -> Callable[[Any], Awaitable[None]]:
     async def guarded(stream: Any) -> None:
+        calls.enter()
         try:
             await func(stream)
         except GRPCError as exc:
@@ -127,23 +182,38 @@ def bounded_message(message: str | None) -> str | None:
     return message[: MAX_ERROR_MESSAGE - 3] + "..."
 
 
-@contextlib.asynccontextmanager
-async def open_grpc_loop() -> AsyncIterator[None]:
-    """The asyncio loop grpclib runs in, inside trio (trio-asyncio), batching ready callbacks."""
-    run_ready_callbacks_in_batches()
-    async with trio_asyncio.open_loop():
-        yield
+class GrpcServer:
+    """The grpclib server with an orderly stop: :meth:`stop_accepting`, :meth:`drain`,
+    :meth:`close` (trio side)."""
+
+    def __init__(self, server: Server, calls: Calls) -> None:
+        self.server, self.calls = server, calls
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; calls that arrive on open connections get UNAVAILABLE."""
+        self.calls.accepting = False
+        stop_listening(self.server)
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for the calls in flight; returns how many are left."""
+        left: int = await trio_asyncio.aio_as_trio(self.calls.finished)(grace)
+        return left
+
+    async def close(self) -> None:
+        """Cancel what still runs and close (grpclib's ``close`` and ``wait_closed``)."""
+        self.calls.accepting = False
+        self.server.close()
+        await trio_asyncio.aio_as_trio(self.server.wait_closed)()
 
 
 async def start_server(
     handlers: Sequence[Any], sock: socket.socket, *, max_message_bytes: int
-) -> Server:
+) -> GrpcServer:
     install_message_limit(max_message_bytes)
-    server = Server([GuardedService(h) for h in handlers], codec=RequestCodec())
+    bound_closed_streams()  # h2 remembers 65,536 per connection (~9.5 MB) by default
+    calls = Calls()
+    server = Server(
+        [GuardedService(h, calls) for h in handlers], codec=RequestCodec(max_message_bytes)
+    )
     await trio_asyncio.aio_as_trio(server.start)(sock=sock)
-    return server
-
-
-async def stop_server(server: Server) -> None:
-    server.close()
-    await trio_asyncio.aio_as_trio(server.wait_closed)()
+    return GrpcServer(server, calls)

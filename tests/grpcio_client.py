@@ -1,7 +1,8 @@
-"""The official grpcio client, generated at test time from the repo's ``.proto`` sources.
+"""grpcio, the independent client: the official stubs generated at test time from the repo's
+``.proto`` sources, raw calls that send bytes no generated code would, and a stream reader.
 
-Generating it here (instead of using the betterproto2 code the daemon is built from) is what makes
-the grpcio tests a wire-compatibility check: only the ``.proto`` files are shared.
+Generating the stubs here (instead of using the betterproto2 code the daemon is built from) is what
+makes the grpcio tests a wire-compatibility check: only the ``.proto`` files are shared.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from typing import Any
 
 import grpc
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import DEADLINE, wait_until
+
+REPO = Path(__file__).resolve().parents[1]
 PROTO_ROOT = REPO / "proto"
 PROTOS = ("foundry.proto", "fleetforge/runtime/v1/runtime.proto")
+PROBE = "watch_probe"
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,25 @@ def generate(out_dir: Path) -> Grpcio:
         sys.path.remove(str(out_dir))
 
 
+@contextmanager
+def raw_channel(address: str, options: tuple[tuple[str, Any], ...] = ()) -> Iterator[grpc.Channel]:
+    """An insecure grpcio channel for :func:`raw_call` (no stubs, no serializers)."""
+    with grpc.insecure_channel(address, options=list(options)) as channel:
+        yield channel
+
+
+def raw_call(
+    channel: grpc.Channel, path: str, body: bytes, timeout: float = DEADLINE
+) -> tuple[grpc.StatusCode, str]:
+    """Send ``body`` as the request bytes of the unary method ``path``: (status code, details)."""
+    method = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+    try:
+        method(body, timeout=timeout)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
 class StreamReader:
     """Reads a grpcio server stream on a thread into a queue, so a test can wait with a deadline.
 
@@ -94,6 +117,23 @@ class StreamReader:
     def get(self, timeout: float) -> Any:
         """The next item; raises ``queue.Empty`` after ``timeout`` seconds."""
         return self.items.get(timeout=timeout)
+
+    def sync(self, foundry: Any, pb: ModuleType, project: str = "p") -> None:
+        """For a Watch stream: emit probes in ``project`` until one arrives; every event committed
+        after that is seen. Fails if the stream ends or errs first."""
+
+        def probe_arrived() -> bool:
+            foundry.Emit(pb.EmitRequest(event_type=PROBE, project=project))
+            try:
+                while True:
+                    item = self.get(timeout=0.2)
+                    assert not isinstance(item, grpc.RpcError | None), item
+                    if item.event_type == PROBE:
+                        return True
+            except queue.Empty:
+                return False
+
+        wait_until(probe_arrived, what="the grpcio Watch to go live")
 
     def close(self) -> None:
         self.call.cancel()

@@ -1,0 +1,85 @@
+"""A graceful stop drains: a call in flight when SIGTERM arrives finishes OK, new calls are turned
+away, and the daemon exits 0 (kernel/daemon.py, edge/grpc/server.py ``GrpcServer``)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from foundry.proto import runtime_api as api
+from grpclib import GRPCError
+from grpclib.const import Status
+
+from tests.helpers import wait_until
+from tests.runs.helpers import dag, submit, wait_done
+
+SLOW_STEP_SECONDS = 2.0
+
+CONFIG = f"""
+[daemon]
+shutdown_grace = 30.0
+
+[[blocks]]
+name = "slow"
+type = "shell"
+kind = "observer"
+command = ["sh", "-c", 'echo started >> "$MARKER"; sleep {SLOW_STEP_SECONDS}; echo "{{}}"']
+pass_env = ["MARKER"]
+timeout = 60
+"""
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def turned_away(daemon: Any, run_id: str) -> bool:
+    """A new call fails (the listener is closed, or UNAVAILABLE) while the daemon drains."""
+    try:
+        daemon.call(lambda _, rt: rt.get_run(api.GetRunRequest(run_id=run_id)))
+    except GRPCError as exc:
+        return exc.status == Status.UNAVAILABLE
+    except Exception:  # refused, or a connection the closed listener had queued was dropped
+        return True
+    return False
+
+
+def test_a_call_in_flight_at_sigterm_completes_ok_and_the_daemon_exits_0(make_daemon, tmp_path):
+    marker = tmp_path / "marker"
+    daemon = make_daemon(CONFIG, env={"MARKER": str(marker)})
+    run = wait_done(daemon, submit(daemon, dag({"id": "s", "type": "slow", "inputs": {"i": 1}})))
+    assert run.status == api.RunStatus.SUCCEEDED
+    assert lines(marker) == 1
+
+    # ReplayRun re-executes the observer step live: the call is in flight for ~2 s.
+    outcome: dict[str, Any] = {}
+
+    def replay() -> None:
+        request = api.ReplayRunRequest(run_id=run.run_id, mode=api.ReplayMode.FULL)
+        try:
+            outcome["reply"] = daemon.call(lambda _, rt: rt.replay_run(request))
+        except BaseException as exc:  # reported below
+            outcome["error"] = exc
+
+    caller = threading.Thread(target=replay)
+    caller.start()
+    try:
+        wait_until(lambda: lines(marker) == 2, what="the replayed step to start")
+        process = daemon.process
+        assert process is not None
+        process.send_signal(signal.SIGTERM)
+        wait_until(lambda: turned_away(daemon, run.run_id), what="new calls to be turned away")
+        assert "reply" not in outcome  # still draining: the new call did not wait for it
+        code = process.wait(30)  # (a second signal would cut the drain short)
+    finally:
+        caller.join(30)
+        daemon.close()
+
+    assert "error" not in outcome, f"the call in flight failed: {outcome.get('error')!r}"
+    reply = outcome["reply"]
+    assert reply.run_id == run.run_id
+    assert [s.step_id for s in reply.steps] == ["s"]
+    assert reply.strategy == api.ReplayStrategy.LIVE
+    assert code == 0, daemon.stderr()[-2000:]

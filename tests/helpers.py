@@ -1,0 +1,57 @@
+"""Helpers of the whole suite: the one polling helper (a deadline, never a fixed sleep) and the
+one way to expect a gRPC error from the grpclib client (:meth:`tests.daemon.Daemon.call`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from grpclib import GRPCError
+
+if TYPE_CHECKING:
+    from tests.daemon import Daemon
+
+T = TypeVar("T")
+
+DEADLINE = 15.0  # seconds any single wait may take before the test fails
+
+
+def wait_until(
+    check: Callable[[], T],
+    *,
+    what: str | Callable[[], str],
+    timeout: float = DEADLINE,
+    interval: float = 0.01,
+) -> T:
+    """Poll ``check`` until it returns something truthy and return that; fail after ``timeout``
+    seconds with ``what`` (a text, or a function giving one from the last state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {described}")
+        time.sleep(interval)
+        interval = min(interval * 2, 0.1)
+
+
+def grpc_error(daemon: Daemon, fn: Callable[[Any, Any], Any]) -> GRPCError:
+    """The GRPCError ``fn(foundry_stub, runtime_stub)`` fails with, a unary call or a stream read
+    to its end (the test fails if it succeeds)."""
+
+    async def go(foundry: Any, runtime: Any) -> GRPCError:
+        try:
+            result = fn(foundry, runtime)
+            if hasattr(result, "__aiter__"):
+                async for _ in result:
+                    pass
+            else:
+                await result
+        except GRPCError as exc:
+            return exc
+        raise AssertionError("the call succeeded; expected a gRPC error")
+
+    return daemon.call(go)

@@ -1,0 +1,210 @@
+"""The scheduler's decisions (``kernel/core/planner.py``) as plain functions over a RunState."""
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from foundry.kernel.core.dag import UnresolvedReference, parse_dag, step_seed
+from foundry.kernel.core.planner import (
+    Ending,
+    Next,
+    attempt_limit,
+    ending,
+    lease,
+    may_start,
+    next_wait,
+    recover,
+    retry_delay,
+    starts,
+    step_error,
+)
+from foundry.kernel.core.runs import RunState, RunSubmission
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def make_run(steps, *, breakpoints=(), inputs=None, seed=7):
+    dag_json = json.dumps({"steps": steps})
+    submission = RunSubmission(
+        run_id="run_1", dag_json=dag_json, inputs=inputs or {}, seed=seed, labels={},
+        breakpoints=tuple(breakpoints), idempotency_key="", created_at=T0,
+    )  # fmt: skip
+    return RunState.new(submission, parse_dag(dag_json, None))
+
+
+def step(step_id, *, after=(), **extra):
+    return {"id": step_id, "type": "noop", "depends_on": list(after), **extra}
+
+
+def started(run):
+    run.make_event("run_started", T0)
+    return run
+
+
+def lease_event(run, step_id, attempt=1):
+    run.make_event("step_leased", T0, step_id, attempt=attempt, inputs={}, seed=1, model="",
+                   env={})  # fmt: skip
+
+
+def complete(run, step_id, output=None):
+    lease_event(run, step_id)
+    run.make_event("step_completed", T0, step_id, output=output, usage={})
+
+
+def ids(plan):
+    return [s.spec.id for s in plan.steps]
+
+
+# --- which steps are ready to lease ---------------------------------------------------------
+
+
+def test_every_step_without_dependencies_is_ready_in_dag_order():
+    run = started(make_run([step("a"), step("b"), step("c", after=["a"])]))
+    plan = starts(run, set())
+    assert ids(plan) == ["a", "b"]
+    assert plan.pause_at == ""
+
+
+def test_a_step_is_ready_once_all_its_dependencies_succeeded():
+    run = started(make_run([step("a"), step("b"), step("c", after=["a", "b"])]))
+    complete(run, "a")
+    assert ids(starts(run, {"b"})) == []
+    complete(run, "b")
+    assert ids(starts(run, set(), ["c"])) == ["c"]
+
+
+def test_busy_steps_and_steps_outside_the_candidates_are_not_offered():
+    run = started(make_run([step("a"), step("b"), step("c")]))
+    assert ids(starts(run, {"a"})) == ["b", "c"]
+    assert ids(starts(run, set(), ["c", "a"])) == ["a", "c"]  # sorted back into DAG order
+
+
+def test_a_breakpoint_holds_back_its_step_and_every_ready_step_after_it():
+    run = started(make_run([step("a"), step("b"), step("c")], breakpoints=["b"]))
+    plan = starts(run, set())
+    assert ids(plan) == ["a"]
+    assert plan.pause_at == "b"
+
+
+def test_a_released_breakpoint_no_longer_holds():
+    run = started(make_run([step("a"), step("b")], breakpoints=["b"]))
+    run.make_event("run_paused", T0, "b")
+    run.make_event("run_resumed", T0, "b")
+    assert ids(starts(run, set())) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("status", "failed", "stopping", "expected"),
+    [
+        ("RUNNING", False, False, True),
+        ("RUNNING", True, False, False),
+        ("RUNNING", False, True, False),
+        ("PAUSED_AT_STEP", False, False, False),
+        ("PENDING", False, False, False),
+    ],
+)
+def test_new_steps_start_only_in_a_running_healthy_run(status, failed, stopping, expected):
+    run = make_run([step("a")])
+    run.status = status
+    if failed:
+        run.failed.append("a")
+    assert may_start(run, stopping) is expected
+
+
+# --- what the driver waits for --------------------------------------------------------------
+
+
+def test_the_driver_waits_for_running_steps_first():
+    run = started(make_run([step("a")]))
+    assert next_wait(run, True, False) is Next.STEP
+    assert next_wait(run, True, True) is Next.STEP
+
+
+def test_a_paused_run_waits_for_resume_unless_a_step_failed():
+    run = started(make_run([step("a"), step("b")]))
+    run.make_event("run_paused", T0, "b")
+    assert next_wait(run, False, False) is Next.RESUME
+    run.failed.append("a")
+    assert next_wait(run, False, False) is Next.END
+
+
+def test_a_stopping_daemon_leaves_an_unfinished_run_for_the_next_start():
+    run = started(make_run([step("a")]))
+    assert next_wait(run, False, True) is Next.STOP
+    complete(run, "a")
+    assert next_wait(run, False, True) is Next.END
+
+
+# --- leases, timeouts, retries --------------------------------------------------------------
+
+
+def test_a_lease_resolves_inputs_once_with_the_next_attempt_and_the_step_seed():
+    run = started(make_run([
+        step("a"), step("b", after=["a"], inputs={"x": "${steps.a.output.v}", "t": "${inputs.t}"},
+                        model="m", env={"K": "v"}),
+    ], inputs={"t": "topic"}, seed=11))  # fmt: skip
+    complete(run, "a", {"v": [1, 2]})
+    got = lease(run, run.steps["b"])
+    assert got.attempt == 1
+    assert json.loads(got.inputs_json) == {"x": [1, 2], "t": "topic"}
+    assert got.seed == step_seed(11, "b")
+    assert got.payload(run.steps["b"].spec) == {
+        "attempt": 1, "inputs": {"x": [1, 2], "t": "topic"}, "seed": got.seed, "model": "m",
+        "env": {"K": "v"},
+    }  # fmt: skip
+
+
+def test_a_lease_with_an_unresolvable_reference_raises():
+    run = started(make_run([step("a", inputs={"x": "${inputs.missing}"})]))
+    with pytest.raises(UnresolvedReference):
+        lease(run, run.steps["a"])
+
+
+def test_the_step_timeout_wins_over_the_blocks():
+    run = make_run([step("a", timeout=3), step("b")])
+    assert attempt_limit(run.steps["a"].spec, 60.0) == 3
+    assert attempt_limit(run.steps["b"].spec, 60.0) == 60.0
+    assert attempt_limit(run.steps["b"].spec, None) is None
+
+
+def test_the_steps_retry_policy_wins_over_the_blocks_and_doubles_per_failure():
+    spec = make_run([step("a", retry={"max_attempts": 3, "backoff": 0.5})]).steps["a"].spec
+    assert [retry_delay(spec, n, 9, 10.0) for n in range(4)] == [0.5, 1.0, None, None]
+
+
+def test_without_a_retry_policy_the_blocks_retries_and_backoff_apply():
+    spec = make_run([step("a")]).steps["a"].spec
+    assert [retry_delay(spec, n, 2, 0.25) for n in range(3)] == [0.25, 0.5, None]
+    assert retry_delay(spec, 0, 0, 0.25) is None  # no retries: the first failure fails the step
+
+
+def test_a_step_error_says_which_attempt_and_whether_it_timed_out():
+    assert step_error("boom", 2, True) == {"message": "boom", "attempt": 2, "timed_out": True}
+
+
+# --- recovery and the run's end -------------------------------------------------------------
+
+
+def test_recovery_re_leases_interrupted_steps_with_the_next_attempt():
+    run = started(make_run([step("a"), step("b"), step("c")]))
+    complete(run, "a")
+    lease_event(run, "b", attempt=2)
+    lease_event(run, "c")
+    run.make_event("step_retrying", T0, "c", error=step_error("x", 1), delay=1.0)
+    assert recover(run) == ["b", "c"]
+    assert [run.steps[i].status for i in "abc"] == ["succeeded", "pending", "pending"]
+    assert lease(run, run.steps["b"]).attempt == 3
+    assert run.steps["c"].failures == 1  # a retrying step keeps the failures it had
+    assert recover(run) == []
+
+
+def test_a_run_ends_succeeded_or_failed_at_its_first_failed_step():
+    run = started(make_run([step("a"), step("b")]))
+    assert ending(run) == Ending("run_succeeded")
+    assert ending(run).payload() == {}
+    for step_id, message in (("b", "late"), ("a", "later")):
+        lease_event(run, step_id)
+        run.make_event("step_failed", T0, step_id, error=step_error(message, 1))
+    end = ending(run)
+    assert (end.kind, end.step_id) == ("run_failed", "b")
+    assert end.payload() == {"error": "step 'b' failed: late"}

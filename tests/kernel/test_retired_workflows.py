@@ -1,0 +1,70 @@
+"""A retired workflow keeps only what Status and Trace read of it while it is recent, so one large
+payload is not held in memory until ``recent_workflows`` more chains have ended."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from foundry.kernel.blocks.registry import load_blocks
+from foundry.kernel.core.chain import Workflow
+from foundry.kernel.core.ids import compact_json
+from foundry.kernel.core.records import Event
+from foundry.kernel.core.throttle import Throttle
+
+from .harness import running_kernel
+
+BUDGET = 16 * 1024
+
+
+def _workflow(payload: dict) -> Workflow:
+    now = datetime.now(UTC)
+    payload_json = compact_json(payload)
+    root = Event("evt_" + "0" * 24, "t", "p", now, now, Throttle.FULL, "evt_" + "0" * 24,
+                 payload, payload_json)  # fmt: skip
+    workflow = Workflow(root, is_workflow=True)
+    workflow.events.append(root)
+    workflow.add_slot("B").state = "completed"
+    workflow.finished(now)
+    workflow.state = "completed"
+    return workflow
+
+
+def test_a_retired_workflow_drops_its_events_and_a_large_trace_but_keeps_its_status():
+    workflow = _workflow({"blob": "x" * 100_000})
+    before = workflow.view()
+    workflow.retire(BUDGET)
+    assert workflow.events == []
+    assert workflow.executions == []
+    assert workflow.root.payload == {}
+    assert workflow.root.payload_json == ""
+    assert workflow.trace is None  # Trace reads the file (or the database) instead
+    assert workflow.view() == before
+
+
+def test_a_retired_workflow_keeps_a_small_trace_for_trace():
+    workflow = _workflow({"name": "Ada"})
+    trace = workflow.trace
+    workflow.retire(BUDGET)
+    assert workflow.trace is trace
+    assert workflow.events == []
+    assert workflow.root.payload_json == ""
+
+
+async def test_trace_and_status_of_a_chain_too_large_to_keep_still_answer(tmp_path):
+    name = "y" * 50_000
+    async with running_kernel(tmp_path, load_blocks(entry_points=False)) as k:
+        emitted = await k.emit("greet_requested", {"name": name})
+        trace = await k.finished(emitted.workflow_id)
+        [view] = await k.status(emitted.workflow_id)
+    assert [e["event_type"] for e in trace["events"]] == [
+        "greet_requested",
+        "greeting_composed",
+        "greeting_delivered",
+    ]
+    assert trace["events"][0]["payload"] == {"name": name}
+    assert trace["events"][1]["payload"]["greeting"] == f"Hello, {name}!"
+    assert view.state == "completed"
+    assert [(b.name, b.state) for b in view.task_blocks] == [
+        ("Compose Greeting", "completed"),
+        ("Deliver Greeting", "completed"),
+    ]

@@ -1,0 +1,426 @@
+"""The scheduler actor with fake blocks, an in-memory fake store and the autojump clock:
+concurrency limits, retry backoff, timeouts, breakpoints, pause/resume, graceful stop and
+recovery — virtual time only, no real sleeps, no shell, no database."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+import trio.lowlevel
+from foundry.kernel.actors.mailbox import ask
+from foundry.kernel.actors.scheduler.actor import Scheduler
+from foundry.kernel.actors.scheduler.messages import (
+    GetRun,
+    ResumeRun,
+    RunView,
+    SchedulerMessage,
+    SubmitRun,
+    UpdateBreakpoints,
+)
+from foundry.kernel.actors.store.messages import (
+    Append,
+    Barrier,
+    LoadIdempotencyKeys,
+    LoadRun,
+    LoadRunEvents,
+    LoadUnfinishedRuns,
+    StoredRun,
+    StoreMessage,
+)
+from foundry.kernel.actors.tap.messages import TapMessage
+from foundry.kernel.blocks.api import Block, BlockContext
+from foundry.kernel.blocks.registry import BlockRegistry
+from foundry.kernel.config import SchedulerConfig
+from foundry.kernel.core.dag import parse_dag
+from foundry.kernel.core.runs import TERMINAL_KINDS, RunEventRecord, RunState, RunSubmission
+from foundry.kernel.errors import Unavailable
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+# --- fakes ------------------------------------------------------------------------------------
+
+
+class FakeStore:
+    """Answers the store messages the scheduler sends, from memory: every Append commits at
+    once; queries read what was appended (plus ``unfinished``, runs "left by a previous start")."""
+
+    def __init__(self, unfinished: list[StoredRun] | None = None) -> None:
+        self.records: list[Any] = []
+        self.unfinished = unfinished or []
+        self._appended = trio.Event()
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[StoreMessage]) -> None:
+        async with inbox:
+            async for message in inbox:
+                self.answer(message)
+
+    def answer(self, message: Any) -> None:
+        if isinstance(message, Append):
+            self.records.extend(message.records)
+            if message.ack is not None:
+                message.ack.send(None)
+            for reply, value in message.answers:
+                reply.send(value)
+            self._appended.set()
+            self._appended = trio.Event()
+        elif isinstance(message, Barrier | LoadIdempotencyKeys | LoadUnfinishedRuns):
+            answers = {Barrier: None, LoadIdempotencyKeys: {}, LoadUnfinishedRuns: self.unfinished}
+            message.reply.send(answers[type(message)])
+        elif isinstance(message, LoadRunEvents):
+            message.reply.send(self.events(message.run_id))
+        elif isinstance(message, LoadRun):
+            message.reply.send(self._stored(message.run_id))
+        else:  # a message this fake does not know: the asker hears so, the test fails loudly
+            message.reply.fail(Unavailable(f"FakeStore cannot answer {type(message).__name__}"))
+
+    def _stored(self, run_id: str) -> StoredRun | None:
+        for record in self.records:
+            if isinstance(record, RunSubmission) and record.run_id == run_id:
+                return record, self.events(run_id)
+        return None
+
+    def events(self, run_id: str, kind: str = "") -> list[RunEventRecord]:
+        return [
+            r
+            for r in self.records
+            if isinstance(r, RunEventRecord) and r.run_id == run_id and kind in ("", r.kind)
+        ]
+
+    async def until(self, run_id: str, *kinds: str) -> RunEventRecord:
+        """The first event of one of ``kinds``, once it is appended."""
+        while True:
+            appended = self._appended
+            for event in self.events(run_id):
+                if event.kind in kinds:
+                    return event
+            await appended.wait()
+
+
+class Sleepy(Block):
+    """Sleeps ``ctx.payload["s"]`` seconds (default 1), noting when and how many ran at once."""
+
+    name = "sleepy"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.running = self.peak = 0
+        self.started: list[tuple[str, float]] = []
+
+    async def run(self, ctx: BlockContext) -> Any:
+        self.started.append((ctx.step_id, trio.current_time()))
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await trio.sleep(ctx.payload.get("s", 1))
+        finally:
+            self.running -= 1
+        return {"step": ctx.step_id}
+
+
+class Flaky(Block):
+    """Fails its first ``failures`` attempts, noting each attempt's number and time."""
+
+    name = "flaky"
+
+    def __init__(self, failures: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.failures = failures
+        self.attempts: list[tuple[int, float]] = []
+
+    async def run(self, ctx: BlockContext) -> Any:
+        self.attempts.append((ctx.attempt, trio.current_time()))
+        await trio.lowlevel.checkpoint()
+        if len(self.attempts) <= self.failures:
+            raise RuntimeError(f"nope {len(self.attempts)}")
+        return {"attempt": ctx.attempt}
+
+
+@dataclass
+class Harness:
+    inbox: trio.MemorySendChannel[SchedulerMessage]
+    store: FakeStore
+    resumed: int = 0
+    log: list[str] = field(default_factory=list)
+
+    async def submit(self, steps: list[dict[str, Any]], breakpoints: tuple[str, ...] = ()) -> str:
+        dag_json = json.dumps({"steps": steps})
+        return await ask(self.inbox, lambda r: SubmitRun(dag_json, {}, 7, {}, breakpoints, "", r))
+
+    async def get(self, run_id: str) -> RunView:
+        return await ask(self.inbox, lambda r: GetRun(run_id, r))
+
+    def kinds(self, run_id: str) -> list[str]:
+        return [e.kind for e in self.store.events(run_id)]
+
+
+@asynccontextmanager
+async def running_scheduler(
+    tmp_path: Any,
+    blocks: list[Block],
+    *,
+    limit: int = 16,
+    grace: float = 5.0,
+    store: FakeStore | None = None,
+) -> AsyncIterator[Harness]:
+    """A Scheduler on memory channels, a FakeStore for its store; leaving the block closes its
+    mailbox, as the daemon does when it stops (steps in flight get ``grace`` seconds)."""
+    store = store or FakeStore()
+    inbox_send, inbox = trio.open_memory_channel[SchedulerMessage](64)
+    store_send, store_inbox = trio.open_memory_channel[StoreMessage](64)
+    tap_send, tap_inbox = trio.open_memory_channel[TapMessage](64)
+    scheduler = Scheduler(
+        BlockRegistry(blocks), inbox, store_send, tap_send, home=tmp_path,
+        config=SchedulerConfig(max_concurrent_steps=limit), shutdown_grace=grace,
+    )  # fmt: skip
+    with tap_inbox, trio.fail_after(3600):  # virtual seconds: bounds a hung test
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run, store_inbox)
+            resumed = await nursery.start(scheduler.run)
+            try:
+                yield Harness(inbox_send, store, resumed)
+            finally:
+                inbox_send.close()
+
+
+def step(step_id: str, step_type: str = "sleepy", *, after: tuple[str, ...] = (), **extra: Any):
+    return {"id": step_id, "type": step_type, "depends_on": list(after), **extra}
+
+
+# --- concurrency ------------------------------------------------------------------------------
+
+
+async def test_no_more_steps_run_at_once_than_the_limit(tmp_path, autojump_clock):
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy], limit=2) as h:
+        t0 = trio.current_time()
+        run_id = await h.submit([step(f"s{i}") for i in range(5)])
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+    assert done.kind == "run_succeeded"
+    assert sleepy.peak == 2
+    assert sorted(t - t0 for _, t in sleepy.started) == [0, 0, 1, 1, 2]
+
+
+async def test_the_limit_is_shared_by_every_run(tmp_path, autojump_clock):
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy], limit=1) as h:
+        runs = [await h.submit([step("a"), step("b")]) for _ in range(2)]
+        for run_id in runs:
+            await h.store.until(run_id, *TERMINAL_KINDS)
+    assert sleepy.peak == 1
+    assert len(sleepy.started) == 4
+
+
+async def test_a_step_starts_when_its_dependencies_succeeded(tmp_path, autojump_clock):
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy]) as h:
+        t0 = trio.current_time()
+        run_id = await h.submit(
+            [step("a"), step("b", inputs={"s": 2}), step("c", after=("a", "b"))]
+        )
+        await h.store.until(run_id, *TERMINAL_KINDS)
+    assert {s: t - t0 for s, t in sleepy.started} == {"a": 0, "b": 0, "c": 2}
+
+
+# --- retries and timeouts -----------------------------------------------------------------------
+
+
+async def test_a_failed_attempt_is_retried_after_the_steps_backoff(tmp_path, autojump_clock):
+    flaky = Flaky(failures=2, retries=5, backoff=100)  # the step's policy wins over these
+    async with running_scheduler(tmp_path, [flaky]) as h:
+        run_id = await h.submit([step("a", "flaky", retry={"max_attempts": 3, "backoff": 0.5})])
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+        view = await h.get(run_id)
+    assert done.kind == "run_succeeded"
+    (n1, t1), (n2, t2), (n3, t3) = flaky.attempts
+    assert (n1, n2, n3) == (1, 2, 3)
+    assert (t2 - t1, t3 - t2) == (0.5, 1.0)
+    retrying = h.store.events(run_id, "step_retrying")
+    assert [(e.payload["attempt"], e.payload["delay"]) for e in retrying] == [(1, 0.5), (2, 1.0)]
+    assert retrying[0].payload["error"] == {"message": "RuntimeError: nope 1", "attempt": 1,
+                                            "timed_out": False}  # fmt: skip
+    assert (view.steps[0].status, view.steps[0].attempt) == ("succeeded", 3)
+
+
+async def test_the_blocks_retries_apply_without_a_policy_then_the_run_fails(
+    tmp_path, autojump_clock
+):
+    flaky, sleepy = Flaky(failures=99, retries=1, backoff=2), Sleepy()
+    async with running_scheduler(tmp_path, [flaky, sleepy]) as h:
+        run_id = await h.submit([step("a", "flaky"), step("b", after=("a",))])
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+        view = await h.get(run_id)
+    assert [n for n, _ in flaky.attempts] == [1, 2]
+    assert flaky.attempts[1][1] - flaky.attempts[0][1] == 2.0
+    assert [e.payload["delay"] for e in h.store.events(run_id, "step_retrying")] == [2.0]
+    assert (done.kind, done.step_id) == ("run_failed", "a")
+    assert done.payload == {"error": "step 'a' failed: RuntimeError: nope 2"}
+    assert [(s.step_id, s.status) for s in view.steps] == [("a", "failed"), ("b", "skipped")]
+    assert sleepy.started == []
+
+
+async def test_an_attempt_over_the_steps_timeout_fails_timed_out(tmp_path, autojump_clock):
+    async with running_scheduler(tmp_path, [Sleepy(timeout=1000)]) as h:
+        t0 = trio.current_time()
+        run_id = await h.submit([step("a", inputs={"s": 100}, timeout=5)])
+        failed = await h.store.until(run_id, "step_failed")
+    assert trio.current_time() - t0 == 5
+    assert failed.payload["error"] == {"message": "timed out after 5s", "attempt": 1,
+                                       "timed_out": True}  # fmt: skip
+
+
+async def test_the_blocks_timeout_applies_when_the_step_sets_none(tmp_path, autojump_clock):
+    async with running_scheduler(tmp_path, [Sleepy(timeout=2)]) as h:
+        t0 = trio.current_time()
+        run_id = await h.submit([step("a", inputs={"s": 100})])
+        failed = await h.store.until(run_id, "step_failed")
+        t1 = trio.current_time()
+    assert failed.payload["error"]["message"] == "timed out after 2s"
+    assert t1 - t0 == 2
+
+
+async def test_a_timed_out_attempt_is_retried_like_any_failure(tmp_path, autojump_clock):
+    async with running_scheduler(tmp_path, [Sleepy()]) as h:
+        retry = {"max_attempts": 2, "backoff": 3}
+        run_id = await h.submit([step("a", inputs={"s": 100}, timeout=1, retry=retry)])
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+    leases = h.store.events(run_id, "step_leased")
+    assert [e.payload["attempt"] for e in leases] == [1, 2]
+    assert h.store.events(run_id, "step_retrying")[0].payload["delay"] == 3.0
+    assert done.kind == "run_failed"
+
+
+# --- breakpoints, pause and resume ------------------------------------------------------------
+
+
+async def test_a_breakpoint_pauses_before_its_step_until_resume(tmp_path, autojump_clock):
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy]) as h:
+        run_id = await h.submit([step("a"), step("b", after=("a",))], breakpoints=("b",))
+        paused = await h.store.until(run_id, "run_paused")
+        await trio.sleep(60)  # a paused run stays paused
+        view = await h.get(run_id)
+        assert paused.step_id == "b"
+        assert (view.status, [s.status for s in view.steps]) == (
+            "PAUSED_AT_STEP", ["succeeded", "pending"]
+        )  # fmt: skip
+        assert [s for s, _ in sleepy.started] == ["a"]
+        assert await ask(h.inbox, lambda r: ResumeRun(run_id, r)) == ("RUNNING", "b")
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+    assert done.kind == "run_succeeded"
+    assert [s for s, _ in sleepy.started] == ["a", "b"]
+    kinds = h.kinds(run_id)
+    assert kinds[kinds.index("run_paused") :] == [
+        "run_paused", "run_resumed", "step_leased", "step_completed", "run_succeeded"
+    ]  # fmt: skip
+
+
+async def test_steps_ready_before_the_breakpoint_still_start(tmp_path, autojump_clock):
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy]) as h:
+        run_id = await h.submit([step("a"), step("b"), step("c")], breakpoints=("b",))
+        await h.store.until(run_id, "run_paused")
+        await trio.sleep(10)
+        assert [s for s, _ in sleepy.started] == ["a"]
+        await ask(h.inbox, lambda r: ResumeRun(run_id, r))
+        await h.store.until(run_id, *TERMINAL_KINDS)
+    assert sorted(s for s, _ in sleepy.started) == ["a", "b", "c"]
+
+
+async def test_a_breakpoint_added_to_a_live_run_holds_its_next_step(tmp_path, autojump_clock):
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy]) as h:
+        run_id = await h.submit([step("a", inputs={"s": 10}), step("b", after=("a",))])
+        await h.store.until(run_id, "step_leased")
+        points = await ask(h.inbox, lambda r: UpdateBreakpoints(run_id, ("b",), (), False, r))
+        paused = await h.store.until(run_id, "run_paused")
+        assert (points, paused.step_id) == (["b"], "b")
+        assert (await h.get(run_id)).status == "PAUSED_AT_STEP"
+        await ask(h.inbox, lambda r: ResumeRun(run_id, r))
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+    assert done.kind == "run_succeeded"
+
+
+# --- graceful stop and recovery ---------------------------------------------------------------
+
+
+async def test_a_stop_gives_running_steps_the_grace_then_leaves_the_run(tmp_path, autojump_clock):
+    async with running_scheduler(tmp_path, [Sleepy()], grace=5) as h:
+        run_id = await h.submit([step("a", inputs={"s": 100})])
+        await h.store.until(run_id, "step_leased")
+        t0 = trio.current_time()
+    assert trio.current_time() - t0 == 5
+    assert h.kinds(run_id) == ["run_submitted", "run_started", "step_leased"]  # nothing failed
+
+
+async def test_a_step_finishing_within_the_grace_is_recorded_and_nothing_new_starts(
+    tmp_path, autojump_clock
+):
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy], grace=5) as h:
+        run_id = await h.submit([step("a", inputs={"s": 2}), step("b", after=("a",))])
+        await h.store.until(run_id, "step_leased")
+        t0 = trio.current_time()
+    assert trio.current_time() - t0 == 2
+    assert h.kinds(run_id)[-2:] == ["step_leased", "step_completed"]
+    assert [s for s, _ in sleepy.started] == ["a"]
+
+
+async def test_a_stop_does_not_wait_out_a_backoff(tmp_path, autojump_clock):
+    flaky = Flaky(failures=99)
+    async with running_scheduler(tmp_path, [flaky], grace=50) as h:
+        run_id = await h.submit([step("a", "flaky", retry={"max_attempts": 3, "backoff": 1000})])
+        await h.store.until(run_id, "step_retrying")
+        t0 = trio.current_time()
+    assert trio.current_time() - t0 == 0
+    assert h.kinds(run_id)[-1] == "step_retrying"
+
+
+async def test_a_stop_leaves_a_paused_run_paused(tmp_path, autojump_clock):
+    async with running_scheduler(tmp_path, [Sleepy()]) as h:
+        run_id = await h.submit([step("a")], breakpoints=("a",))
+        await h.store.until(run_id, "run_paused")
+        t0 = trio.current_time()
+    assert trio.current_time() - t0 == 0
+    assert h.kinds(run_id)[-1] == "run_paused"
+
+
+def interrupted_run(steps: list[dict[str, Any]], make: Callable[[RunState], None]) -> StoredRun:
+    """A run as a killed daemon left it in the store: its submission and its log."""
+    dag_json = json.dumps({"steps": steps})
+    submission = RunSubmission("run_old", dag_json, {}, 7, {}, (), "", T0)
+    run = RunState.new(submission, parse_dag(dag_json, None))
+    run.make_event("run_submitted", T0, steps=len(steps), seed=7)
+    run.make_event("run_started", T0)
+    make(run)
+    return submission, list(run.events)
+
+
+async def test_on_start_an_interrupted_step_is_leased_again_with_the_next_attempt(
+    tmp_path, autojump_clock
+):
+    def lease(run: RunState, step_id: str, attempt: int) -> None:
+        run.make_event("step_leased", T0, step_id, attempt=attempt, inputs={}, seed=1, model="",
+                       env={})  # fmt: skip
+
+    def left(run: RunState) -> None:
+        lease(run, "a", 1)
+        run.make_event("step_completed", T0, "a", output={"step": "a"}, usage={})
+        lease(run, "b", 1)
+
+    sleepy = Sleepy()
+    stored = interrupted_run([step("a"), step("b", after=("a",))], left)
+    async with running_scheduler(tmp_path, [sleepy], store=FakeStore([stored])) as h:
+        done = await h.store.until("run_old", *TERMINAL_KINDS)
+    assert h.resumed == 1
+    assert done.kind == "run_succeeded"
+    assert [s for s, _ in sleepy.started] == ["b"]  # a kept its output
+    assert [
+        (e.step_id, e.payload["attempt"]) for e in h.store.events("run_old", "step_leased")
+    ] == [("b", 2)]
