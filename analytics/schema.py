@@ -77,6 +77,56 @@ TABLES: dict[str, str] = {
             payload      JSON NOT NULL,
             occurred_at  TIMESTAMPTZ NOT NULL
         )""",
+    # Governance (README.md, "Governance"). eval_scenarios has one row per (pack, slug): a sync
+    # that changes a scenario deletes its row and inserts the new one in the same commit, keeping
+    # its scenario_id and created_at. The other three are append-only.
+    "eval_scenarios": """
+        CREATE TABLE IF NOT EXISTS eval_scenarios (
+            scenario_id  VARCHAR NOT NULL,
+            pack         VARCHAR NOT NULL,
+            slug         VARCHAR NOT NULL,
+            title        VARCHAR NOT NULL,
+            description  VARCHAR NOT NULL,
+            run_spec     JSON NOT NULL,       -- the RunSpec as proto3 JSON (dag_json, inputs, ...)
+            expected     JSON NOT NULL,       -- the assertions (README.md, "Eval packs")
+            created_at   TIMESTAMPTZ NOT NULL,
+            updated_at   TIMESTAMPTZ NOT NULL,
+            UNIQUE (pack, slug)
+        )""",
+    "eval_results": """
+        CREATE TABLE IF NOT EXISTS eval_results (
+            result_id    VARCHAR NOT NULL,
+            scenario_id  VARCHAR NOT NULL,
+            run_id       VARCHAR NOT NULL,
+            commit       VARCHAR NOT NULL,    -- '' when none was given
+            outcome      VARCHAR NOT NULL,    -- passed | failed | error
+            metrics      JSON NOT NULL,       -- score, latency_ms, tokens, cost, assertions, ...
+            executed_at  TIMESTAMPTZ NOT NULL  -- when the result was recorded (judged)
+        )""",
+    "gate_decisions": """
+        CREATE TABLE IF NOT EXISTS gate_decisions (
+            gate_id     VARCHAR NOT NULL,
+            change_id   VARCHAR NOT NULL,
+            revision    VARCHAR NOT NULL,
+            effect      VARCHAR NOT NULL,     -- allow | follow_up | deny
+            reasons     VARCHAR[] NOT NULL,
+            followups   JSON NOT NULL,        -- [{slug, description, recommended}]
+            scorecard   JSON NOT NULL,        -- novelty, coverage, evals, budgets, telemetry, extra
+            metadata    JSON NOT NULL,
+            telemetry   JSON NOT NULL,
+            actor       VARCHAR NOT NULL,
+            decided_at  TIMESTAMPTZ NOT NULL
+        )""",
+    "gate_followups": """
+        CREATE TABLE IF NOT EXISTS gate_followups (
+            followup_id  VARCHAR NOT NULL,
+            gate_id      VARCHAR NOT NULL,
+            actor        VARCHAR NOT NULL,
+            outcome      VARCHAR NOT NULL,    -- approved | needs_changes | deferred
+            note         VARCHAR,             -- NULL when none was given
+            details      JSON NOT NULL,
+            recorded_at  TIMESTAMPTZ NOT NULL
+        )""",
 }
 
 VIEWS: dict[str, str] = {

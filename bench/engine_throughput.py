@@ -20,14 +20,13 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import trio
 from foundry.kernel.actors.engine.actor import Engine
 from foundry.kernel.actors.engine.messages import Emit, EngineMessage
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.store.actor import Store
-from foundry.kernel.actors.store.messages import Read, StoreMessage
+from foundry.kernel.actors.store.messages import CountRows, StoreMessage
 from foundry.kernel.actors.tap.actor import TapBroker
 from foundry.kernel.actors.tap.messages import TapMessage
 from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, block
@@ -98,19 +97,10 @@ def _count_traces(home: Path) -> int:
     return sum(1 for _ in home.glob("traces/*/*.json"))
 
 
-def _count_rows(con: Any, workflow_type: str) -> tuple[int, int, int]:
-    workflows = con.execute(
-        "SELECT count(*) FROM workflows WHERE workflow_type = ? AND state = 'completed'",
-        [workflow_type],
-    ).fetchone()[0]
-    events = con.execute("SELECT count(*) FROM events").fetchone()[0]
-    executions = con.execute("SELECT count(*) FROM block_executions").fetchone()[0]
-    return int(workflows), int(events), int(executions)
-
-
-def _count_workflows(con: Any, workflow_type: str) -> int:
-    row = con.execute("SELECT count(*) FROM workflows WHERE workflow_type = ?", [workflow_type])
-    return int(row.fetchone()[0])
+async def _count_workflows(probe: trio.MemorySendChannel[StoreMessage]) -> int:
+    """Workflow rows committed, whatever their state (every root here is a ROOT_TYPE event)."""
+    counts = await ask(probe, CountRows)
+    return sum(counts.workflows.values())
 
 
 async def _measure(home: Path, chains: int, producers: int) -> Mapping[str, float]:
@@ -157,9 +147,7 @@ async def _measure(home: Path, chains: int, producers: int) -> Mapping[str, floa
                 for _ in range(producers):
                     producing.start_soon(producer)
             emitted = time.perf_counter()
-            await _until(
-                lambda: ask(probe, lambda r: Read(_count_workflows, (ROOT_TYPE,), r)), chains
-            )
+            await _until(lambda: _count_workflows(probe), chains)
             # Every workflow row is committed; the store writes trace files before that commit,
             # but the clock does not rely on it: it stops once the files are all there too.
             await _until(lambda: trio.to_thread.run_sync(_count_traces, home), chains)
@@ -168,9 +156,9 @@ async def _measure(home: Path, chains: int, producers: int) -> Mapping[str, floa
         engine_cpu = _thread_cpu_seconds() - engine_cpu_before
 
         # Outside the measurement: everything the clock claimed is really there.
-        workflows, events, executions = await ask(
-            probe, lambda r: Read(_count_rows, (ROOT_TYPE,), r)
-        )
+        counts = await ask(probe, CountRows)
+        workflows = counts.workflows.get("completed", 0)
+        events, executions = counts.events, counts.block_executions
         traces = await trio.to_thread.run_sync(_count_traces, home)
         expected = (chains, chains * (1 + EMITTED_PER_CHAIN), chains * BLOCKS_PER_CHAIN, chains)
         if (workflows, events, executions, traces) != expected:

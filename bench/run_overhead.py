@@ -35,7 +35,7 @@ from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.scheduler.actor import Scheduler
 from foundry.kernel.actors.scheduler.messages import GetRun, RunView, SchedulerMessage, SubmitRun
 from foundry.kernel.actors.store.actor import Store
-from foundry.kernel.actors.store.messages import StoreMessage
+from foundry.kernel.actors.store.messages import GetStats, StoreMessage
 from foundry.kernel.actors.tap.actor import TapBroker, receive_batch
 from foundry.kernel.actors.tap.messages import Overflow, Subscribe, TapMessage
 from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, block
@@ -128,17 +128,6 @@ class Shape:
 # --- measuring ----------------------------------------------------------------------------------
 
 
-class _CountingStore(Store):
-    """The store, counting its group commits (on its worker thread; nothing else changes)."""
-
-    commits = 0
-
-    def write_records(self, records: Sequence[Any]) -> Any:
-        if records:
-            self.commits += 1
-        return super().write_records(records)  # whatever the store does with the result
-
-
 def _cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
     """CPU seconds of the process (every thread), or of the calling thread (RUSAGE_THREAD)."""
     usage = resource.getrusage(who)
@@ -182,8 +171,8 @@ async def _session(
     results: dict[str, dict[str, float]] = {}
     async with trio.open_nursery() as nursery:
         await nursery.start(TapBroker(tap_receive, buffer=TAP_BUFFER).run)
-        store = _CountingStore(home, store_receive, tap_send.clone())
-        await nursery.start(store.run)
+        await nursery.start(Store(home, store_receive, tap_send.clone()).run)
+        probe = store_send.clone()  # the benchmark's own line to the store, for its commit count
         scheduler = Scheduler(
             BlockRegistry(BLOCKS),
             scheduler_receive,
@@ -201,7 +190,7 @@ async def _session(
             await _run_to_success(scheduler_send, runs, chain_dag(WARMUP_STEPS, "noop"))
             await _run_to_success(scheduler_send, runs, chain_dag(MUTATOR_WARMUP_STEPS, "noop_mut"))
             for shape in shapes:
-                commits_before = store.commits
+                commits_before = (await ask(probe, GetStats)).commits
                 cpu_before = _cpu_seconds()
                 trio_before = _cpu_seconds(resource.RUSAGE_THREAD)
                 run_id, seconds, events = await _run_to_success(
@@ -209,7 +198,7 @@ async def _session(
                 )
                 cpu = _cpu_seconds() - cpu_before
                 trio_cpu = _cpu_seconds(resource.RUSAGE_THREAD) - trio_before
-                commits = store.commits - commits_before
+                commits = (await ask(probe, GetStats)).commits - commits_before
                 view: RunView = await ask(scheduler_send, lambda r, i=run_id: GetRun(i, r))
                 statuses = {s.status for s in view.steps}
                 if view.status != "SUCCEEDED" or statuses != {"succeeded"}:
@@ -228,6 +217,7 @@ async def _session(
                     "events_per_commit": events / max(commits, 1),
                 }
         runs.close()
+        probe.close()
         scheduler_send.close()
         tap_send.close()
     return results

@@ -7,9 +7,11 @@ A block author needs one import::
 Authors of block *types* (``[[blocks]]`` tables) and of blocks that talk to the network also get
 the table helpers (:func:`common_options`, :func:`payload_filter`, :func:`matches`), the env
 policy (:func:`forbidden_reason`), the egress-checked HTTP client (:func:`guarded_client`) and
-:func:`compact_json`. Everything else under ``foundry.kernel`` is internal; the public modules
-besides this one are ``foundry.kernel.testing``, ``foundry.kernel.hookspecs``,
-``foundry.kernel.config`` and ``foundry.kernel.errors``.
+:func:`compact_json`. Authors of change-gate rules and eval assertions get :class:`RuleResult`,
+:class:`Followup`, :class:`AssertionResult` and :data:`BUILTIN_GATE_RULES`. Everything else
+under ``foundry.kernel`` is internal; the public modules besides this one are
+``foundry.kernel.testing``, ``foundry.kernel.hookspecs``, ``foundry.kernel.config`` and
+``foundry.kernel.errors``.
 """
 
 from foundry.kernel.blocks.api import (
@@ -26,6 +28,9 @@ from foundry.kernel.blocks.egress import EgressPolicy, EgressRefused, guarded_cl
 from foundry.kernel.blocks.tables import common_options, matches, payload_filter
 from foundry.kernel.blocks.tools import Tool
 from foundry.kernel.core.envpolicy import forbidden_reason
+from foundry.kernel.core.evals import AssertionResult
+from foundry.kernel.core.gate_policy import BUILTIN_RULES as BUILTIN_GATE_RULES
+from foundry.kernel.core.gate_policy import Followup, RuleResult
 from foundry.kernel.core.ids import compact_json
 from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.errors import (
@@ -44,6 +49,10 @@ from foundry.kernel.hookspecs import hookimpl, hookspec
 
 __all__ = [
     "AlreadyExists",
+    "AssertionResult",
+    "BUILTIN_GATE_RULES",
+    "Followup",
+    "RuleResult",
     "EgressPolicy",
     "EgressRefused",
     "common_options",

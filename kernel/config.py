@@ -8,8 +8,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from foundry.kernel.core.gate_policy import GatePolicy
 from foundry.kernel.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -83,6 +85,13 @@ class Config:
     plugin_modules: tuple[str, ...] = ()
     # [[blocks]] tables, validated by the factory of each block's ``type`` when blocks load.
     declared_blocks: tuple[Mapping[str, Any], ...] = ()
+    # The [gate] table as written (validated by GatePolicy.from_mapping when loaded; the rules
+    # it names are checked once the plugin rules are known, see blocks.registry).
+    gate: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def gate_policy(self) -> GatePolicy:
+        """The change-gate policy of the ``[gate]`` table."""
+        return GatePolicy.from_mapping(self.gate)
 
     @classmethod
     def load(cls, path: str | None) -> Config:
@@ -108,7 +117,7 @@ class Config:
         cls, data: Mapping[str, Any], *, source: str = "<mapping>", base: Path | None = None
     ) -> Config:
         reader = _Reader(source)
-        reader.only(data, "", {*SECTIONS, "daemon", "plugins", "blocks"})
+        reader.only(data, "", {*SECTIONS, "daemon", "plugins", "blocks", "gate"})
         daemon = reader.table(
             data, "daemon", {"listen", "home", "shutdown_grace", "max_message_bytes"}
         )
@@ -134,6 +143,7 @@ class Config:
             **{name: reader.section(data, name, kind) for name, kind in SECTIONS.items()},
             plugin_modules=tuple(reader.strings(plugins, "plugins", "modules")),
             declared_blocks=reader.blocks(data),
+            gate=reader.gate(data),
         )
 
 
@@ -238,6 +248,15 @@ class _Reader:
                 parse_allow_entry(entry)
             except ValueError as exc:
                 raise self.fail(f"[http].allow[{index}]", f"{entry!r}: {exc}") from None
+
+    def gate(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The [gate] table, validated as the change-gate policy (``[gate].key: reason``)."""
+        table = data.get("gate", {})
+        try:
+            GatePolicy.from_mapping(table)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.source}: {exc}") from None
+        return MappingProxyType(dict(table))
 
     def blocks(self, data: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
         blocks = data.get("blocks", [])

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import trio
 from foundry.kernel.actors.engine.messages import EngineMessage
+from foundry.kernel.actors.gate.messages import GateMessage
 from foundry.kernel.actors.replay.messages import ReplayMessage
 from foundry.kernel.actors.scheduler.messages import SchedulerMessage
 from foundry.kernel.actors.tap.messages import TapMessage
@@ -19,3 +20,4 @@ class Mailboxes:
     tap: trio.MemorySendChannel[TapMessage]
     scheduler: trio.MemorySendChannel[SchedulerMessage]
     replay: trio.MemorySendChannel[ReplayMessage]
+    gate: trio.MemorySendChannel[GateMessage]

@@ -1,7 +1,7 @@
 """The kernel's actors, wired once: :func:`open_kernel` is what the daemon, the tests and the
 benchmarks run.
 
-Actors start in dependency order (tap broker, store, engine, scheduler, replay), each through
+Actors start in dependency order (tap broker, store, engine, scheduler, replay, gate), each through
 ``nursery.start`` so it is ready before the next; leaving the context closes the mailboxes the
 edge holds, each actor finishes or checkpoints its work in flight within its grace period, and
 the store, whose mailbox the others hold, flushes and closes last. ``$FOUNDRY_HOME`` is locked
@@ -20,6 +20,8 @@ from pathlib import Path
 import trio
 from foundry.kernel.actors.engine.actor import Engine
 from foundry.kernel.actors.engine.messages import EngineMessage
+from foundry.kernel.actors.gate.actor import Gate
+from foundry.kernel.actors.gate.messages import GateMessage
 from foundry.kernel.actors.messages import Mailboxes
 from foundry.kernel.actors.replay.actor import Replayer
 from foundry.kernel.actors.replay.messages import ReplayMessage
@@ -52,7 +54,8 @@ async def open_kernel(config: Config, registry: BlockRegistry) -> AsyncIterator[
                 with trio.CancelScope(shield=True):
                     await mailboxes.tap.send(CloseAll())
                 for mailbox in (
-                    mailboxes.engine, mailboxes.scheduler, mailboxes.replay, mailboxes.tap
+                    mailboxes.engine, mailboxes.gate, mailboxes.scheduler, mailboxes.replay,
+                    mailboxes.tap,
                 ):  # fmt: skip
                     mailbox.close()  # each finishes its work in flight; the store closes last
 
@@ -84,6 +87,7 @@ async def _start_actors(
     engine_send, engine_receive = trio.open_memory_channel[EngineMessage](MAILBOX_SIZE)
     scheduler_send, scheduler_receive = trio.open_memory_channel[SchedulerMessage](MAILBOX_SIZE)
     replay_send, replay_receive = trio.open_memory_channel[ReplayMessage](MAILBOX_SIZE)
+    gate_send, gate_receive = trio.open_memory_channel[GateMessage](MAILBOX_SIZE)
     home, grace = config.home, config.shutdown_grace
 
     await nursery.start(TapBroker(tap_receive, buffer=config.tap.subscriber_buffer).run)
@@ -102,5 +106,11 @@ async def _start_actors(
     replayer = Replayer(registry, replay_receive, store_send.clone(), home=home,
                         tolerance=Tolerance(**vars(config.replay)))  # fmt: skip
     await nursery.start(replayer.run)
+    gate = Gate(registry, config.gate_policy(), gate_receive, store_send.clone(),
+                scheduler_send.clone())  # fmt: skip
+    await nursery.start(gate.run)
     store_send.close()
-    return Mailboxes(engine=engine_send, tap=tap_send, scheduler=scheduler_send, replay=replay_send)
+    return Mailboxes(
+        engine=engine_send, tap=tap_send, scheduler=scheduler_send, replay=replay_send,
+        gate=gate_send,
+    )  # fmt: skip

@@ -12,7 +12,9 @@ from foundry.kernel import hookspecs
 from foundry.kernel.blocks.api import Block, BlockFactory
 from foundry.kernel.blocks.tools import Tool
 from foundry.kernel.config import Config
-from foundry.kernel.errors import ConfigError
+from foundry.kernel.core.evals import AssertionType, merge_assertion_types
+from foundry.kernel.core.gate_policy import BUILTIN_RULES, Rule
+from foundry.kernel.errors import ConfigError, InvalidArgument
 
 ENTRY_POINT_GROUP = "foundry"
 
@@ -24,6 +26,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "foundry.plugins.tool",
     "foundry.plugins.transform",
     "foundry.plugins.http",
+    "foundry.plugins.gate_rules",
 )
 
 
@@ -50,9 +53,21 @@ def build_plugin_manager(modules: Sequence[str] = (), *, entry_points: bool = Tr
 
 
 class BlockRegistry:
-    """Every loaded block, by name and by the event types it sinks (in registration order)."""
+    """Every loaded block, by name and by the event types it sinks (in registration order); and
+    what plugins contribute to governance: the change-gate rules (the built-ins when not given)
+    and the eval assertion types."""
 
-    def __init__(self, blocks: Iterable[Block]) -> None:
+    def __init__(
+        self,
+        blocks: Iterable[Block],
+        *,
+        gate_rules: Sequence[Rule] | None = None,
+        assertion_types: Mapping[str, AssertionType] | None = None,
+    ) -> None:
+        self.gate_rules: tuple[Rule, ...] = tuple(
+            BUILTIN_RULES if gate_rules is None else gate_rules
+        )
+        self.assertion_types: Mapping[str, AssertionType] = dict(assertion_types or {})
         self.by_name: dict[str, Block] = {}
         self.by_sink: dict[str, list[Block]] = {}
         for block in blocks:
@@ -93,13 +108,52 @@ def load_blocks(
     factories: dict[str, BlockFactory] = {}
     for result in reversed(pm.hook.register_block_types()):
         factories.update(result)
-    return BlockRegistry([*contributed, *(_declared_block(t, factories) for t in declared)])
+    return BlockRegistry(
+        [*contributed, *(_declared_block(t, factories) for t in declared)],
+        gate_rules=_gate_rules(pm),
+        assertion_types=_assertion_types(pm),
+    )
 
 
 def load_config_blocks(config: Config, *, entry_points: bool = True) -> BlockRegistry:
-    return load_blocks(
+    """The configuration's blocks and governance plugins; the ``[gate]`` policy's rule names
+    are checked against the registered rules here (a ConfigError naming the file)."""
+    registry = load_blocks(
         config.plugin_modules, config.declared_blocks, entry_points=entry_points, config=config
     )
+    try:
+        config.gate_policy().check_rules(registry.gate_rules)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.source}: {exc}") from None
+    return registry
+
+
+def _gate_rules(pm: Any) -> list[Rule]:
+    """``register_gate_rules`` results in registration order (the built-ins first); each rule
+    has a unique string ``name`` and an ``evaluate``."""
+    rules: list[Rule] = []
+    names: set[str] = set()
+    for result in reversed(pm.hook.register_gate_rules()):
+        for rule in result or ():
+            name = getattr(rule, "name", None)
+            if (
+                not isinstance(name, str)
+                or not name
+                or not callable(getattr(rule, "evaluate", None))
+            ):
+                raise ConfigError(f"gate rule {rule!r}: needs a name and an evaluate method")
+            if name in names:
+                raise ConfigError(f"two gate rules are named {name!r}; rule names are unique")
+            names.add(name)
+            rules.append(rule)
+    return rules
+
+
+def _assertion_types(pm: Any) -> dict[str, AssertionType]:
+    try:
+        return merge_assertion_types(reversed(pm.hook.register_eval_assertions()))
+    except InvalidArgument as exc:
+        raise ConfigError(f"register_eval_assertions: {exc}") from None
 
 
 def _tools(pm: Any) -> dict[str, Tool]:

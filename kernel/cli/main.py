@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import betterproto2
+from foundry.kernel.cli.evals import add_eval_commands
+from foundry.kernel.cli.gates import add_gate_commands
 from foundry.kernel.cli.runs import add_run_commands
 from foundry.kernel.config import Config, parse_listen
 from foundry.kernel.edge.grpc.client import connect, default_address
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace.set_defaults(handler=_client(cmd_trace))
 
     add_run_commands(commands, _client, _client_options)
+    add_eval_commands(commands)
+    add_gate_commands(commands)
     return parser
 
 

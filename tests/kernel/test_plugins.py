@@ -11,6 +11,7 @@ import foundry.kernel
 import pytest
 from foundry.kernel import Block, BlockKind, ConfigError, block
 from foundry.kernel.blocks.registry import DEFAULT_PLUGINS, BlockRegistry, load_blocks
+from foundry.kernel.config import Config
 from foundry.kernel.testing import run_block
 
 BUILT_IN_FIRST = ["Compose Greeting", "Deliver Greeting"]
@@ -55,7 +56,7 @@ def test_declared_blocks_come_after_every_plugin_block():
     assert names[-2:] == ["Escalate", "Archive"]
 
 
-def test_a_module_named_in_the_config_contributes_blocks(plugin_module):
+def test_register_blocks_in_a_module_named_in_the_config_contributes_blocks(plugin_module):
     name = plugin_module(
         """
         from foundry.kernel import block, hookimpl
@@ -86,7 +87,33 @@ def test_a_module_named_in_the_config_contributes_blocks(plugin_module):
     assert registry.by_name["Shout"].kind is BlockKind.MUTATOR
 
 
-def test_a_module_can_contribute_a_block_type(plugin_module):
+def test_register_blocks_may_take_the_config_and_the_tools(plugin_module):
+    name = plugin_module(
+        """
+        from foundry.kernel import Block, Tool, hookimpl
+
+        class Seen(Block):
+            async def run(self, ctx):
+                return {}
+
+        @hookimpl
+        def register_tools():
+            return [Tool("upper", lambda args: args)]
+
+        @hookimpl
+        def register_blocks(config, tools):
+            return [Seen(f"model {config.llm.model}"), Seen("tools " + ",".join(sorted(tools)))]
+        """
+    )
+
+    names = [b.name for b in load_blocks([name], entry_points=False, config=Config())]
+
+    assert "model mock-small" in names  # the config passed to load_blocks
+    [tools] = [n for n in names if n.startswith("tools ")]
+    assert "upper" in tools.removeprefix("tools ").split(",")  # every contributed tool, by name
+
+
+def test_register_block_types_in_a_module_contributes_a_declarable_type(plugin_module):
     name = plugin_module(
         """
         from foundry.kernel import Block, hookimpl
@@ -198,7 +225,8 @@ def test_block_options_from_the_decorator_and_the_class():
 
 
 PUBLIC_API = {
-    "AlreadyExists", "Block", "BlockContext", "BlockError", "BlockFactory", "BlockKind",
+    "AlreadyExists", "AssertionResult", "BUILTIN_GATE_RULES", "Block", "BlockContext",
+    "BlockError", "BlockFactory", "BlockKind", "Followup", "RuleResult",
     "ChainLimitExceeded", "CommandResult", "ConfigError", "EgressPolicy", "EgressRefused",
     "Emission", "FailedPrecondition", "FoundryError", "InvalidArgument", "NotFound",
     "ResourceExhausted", "Throttle", "Tool", "Unavailable", "Usage", "block", "common_options",
@@ -232,7 +260,9 @@ def test_star_import_gives_the_block_api():
     assert set(foundry.kernel.__all__) <= set(namespace)
 
 
-async def test_a_module_can_contribute_a_tool_for_the_tool_step(plugin_module, tmp_path):
+async def test_register_tools_in_a_module_contributes_a_tool_for_the_tool_step(
+    plugin_module, tmp_path
+):
     name = plugin_module(
         """
         from foundry.kernel import Tool, hookimpl

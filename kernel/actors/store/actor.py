@@ -3,25 +3,39 @@
 It group-commits: it takes every Append waiting in its mailbox, writes them as one transaction of
 batched inserts (DuckDB's appender) on a worker thread, and only then answers their acks and hands
 their ``publish`` items to the tap broker — so nobody hears of a write before it is durable. Then
-the trace files of the chains that finished go to the trace archivist (``trace_archive.py``).
+the trace files of the chains that finished go to the trace archivist (``archivist.py``).
+
+Queries (the typed messages of ``messages.py``) do not wait for commits, nor commits for them:
+each runs at once, on a worker thread and a read cursor of its own (DuckDB runs cursors of one
+instance concurrently), up to ``READERS`` at a time, in a transaction of its own — a snapshot of
+what was committed when it began. A slow query delays no Emit and no ack.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import trio
 from foundry.analytics.schema import ddl
+from foundry.kernel.actors.mailbox import refuse
 from foundry.kernel.actors.store.archivist import Archivist, FileWriter, frame
-from foundry.kernel.actors.store.messages import Append, Read, StoreMessage
-from foundry.kernel.actors.store.reads import recover_unfinished
+from foundry.kernel.actors.store.messages import (
+    Append,
+    Barrier,
+    GetStats,
+    StoreMessage,
+    StoreQuery,
+    StoreStats,
+)
+from foundry.kernel.actors.store.reads import QUERIES, recover_unfinished
 from foundry.kernel.actors.store.tables import WRITERS
 from foundry.kernel.actors.tap.messages import Publish
 from foundry.kernel.core.records import FinishedChain
+from foundry.kernel.errors import Unavailable
 
 log = logging.getLogger("foundry.store")
 
@@ -31,6 +45,11 @@ log = logging.getLogger("foundry.store")
 # can also be long (the engine running many chains inline): the wait ends after LINGER_SECONDS.
 LINGER_CHECKPOINTS = 8
 LINGER_SECONDS = 0.001
+
+# Queries at once, each on its own cursor and worker thread (commits use the default limiter).
+READERS = 4
+
+Write = Append | Barrier
 
 
 def trace_path(home: Path, chain: FinishedChain) -> str:
@@ -46,13 +65,25 @@ class Store:
         tap: trio.MemorySendChannel[Publish],
         *,
         max_batch: int = 5_000,
+        hold_for_test: Callable[[str], None] | None = None,
     ) -> None:
+        """``hold_for_test`` is for tests only: called on the worker thread as each commit
+        (``"commit"``) and each query, inside its transaction (``"read"``), begins, so a test can
+        block there to hold that work up. The daemon passes None."""
         self.home = home
         self.path = home / "foundry.duckdb"
         self._inbox, self._tap, self._max_batch = inbox, tap, max_batch
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._cursors: list[duckdb.DuckDBPyConnection] = []  # idle read cursors
+        self._readers = trio.CapacityLimiter(READERS)
         self._appenders: dict[type, Any] = {}
         self._archivist = Archivist()
+        self._hold_for_test = hold_for_test
+        self._commits = self._reads = 0
+        self._queries: trio.Nursery | None = None
+        self._pending: list[Write] = []  # writes waiting for the next group commit
+        self._work, self._room = trio.Event(), trio.Event()
+        self._ended = False  # the mailbox has closed: commit what is queued, then stop
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -71,45 +102,78 @@ class Store:
                 await trio.to_thread.run_sync(self._close)
 
     async def _serve(self) -> None:
-        async with self._inbox, self._tap:
-            while True:
-                # What came in during the last commit goes at once: no scheduler pass to wait for
-                # (behind a busy gRPC loop, each costs milliseconds).
-                batch = self._drain(self._max_batch + 1)
-                if not batch:
-                    try:
-                        batch = [await self._inbox.receive()]
-                    except trio.EndOfChannel:
-                        break
-                    batch.extend(self._drain(self._max_batch))
-                    await self._linger(batch)  # an idle store lets near-simultaneous writes join
-                await self._handle(batch)
+        """Two tasks: one takes the mailbox as it comes (queries start at once, writes queue),
+        the other commits the queued writes group after group. A commit in progress delays no
+        query, and a query no commit."""
+        async with self._tap, trio.open_nursery() as nursery:
+            self._queries = nursery  # queries in flight finish before the store closes
+            nursery.start_soon(self._commit_loop)
+            await self._receive()
 
-    async def _linger(self, batch: list[StoreMessage]) -> None:
-        """Let appends that are about to come join this commit."""
+    async def _receive(self) -> None:
+        async with self._inbox:
+            while True:
+                try:
+                    self._take(await self._inbox.receive())
+                    # the rest already waiting in one go: a checkpoint per message costs
+                    while len(self._pending) <= self._max_batch:
+                        self._take(self._inbox.receive_nowait())
+                except trio.WouldBlock:
+                    pass
+                except trio.EndOfChannel:
+                    break
+                while len(self._pending) > self._max_batch:
+                    # a full group waits: the rest stays in the (bounded) mailbox meanwhile
+                    self._room = trio.Event()
+                    await self._room.wait()
+        self._ended = True
+        self._work.set()
+
+    def _take(self, message: StoreMessage) -> None:
+        """Queue a write; start a query; answer GetStats; refuse anything else."""
+        if isinstance(message, Append | Barrier):
+            self._pending.append(message)
+            self._work.set()
+        elif isinstance(message, GetStats):
+            message.reply.send(StoreStats(commits=self._commits, reads=self._reads))
+        elif type(message) in QUERIES:
+            assert self._queries is not None
+            self._queries.start_soon(self._query, message)
+        else:
+            refuse(message, KeyError(type(message)), log)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            if not self._pending:
+                if self._ended:
+                    return
+                await self._work.wait()
+                self._work = trio.Event()
+                if not self._pending:
+                    continue
+                await self._linger()  # an idle store lets near-simultaneous writes join
+            # What came in during the last commit goes at once: no scheduler pass to wait for
+            # (behind a busy gRPC loop, each costs milliseconds).
+            batch = self._pending[: self._max_batch + 1]
+            del self._pending[: len(batch)]
+            self._room.set()
+            await self._handle(batch)
+
+    async def _linger(self) -> None:
+        """Let appends that are about to come join this commit (the receiver queues them)."""
         until = trio.current_time() + LINGER_SECONDS
         for _ in range(LINGER_CHECKPOINTS):
             await trio.lowlevel.checkpoint()
-            batch.extend(self._drain(self._max_batch + 1 - len(batch)))
-            if trio.current_time() >= until:
+            if trio.current_time() >= until or len(self._pending) > self._max_batch:
                 return
 
-    def _drain(self, room: int) -> list[StoreMessage]:
-        more: list[StoreMessage] = []
-        while len(more) < room:
-            try:
-                more.append(self._inbox.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-        return more
-
-    async def _handle(self, batch: list[StoreMessage]) -> None:
+    async def _handle(self, batch: list[Write]) -> None:
         appends = [m for m in batch if isinstance(m, Append)]
         if appends:
             await self._commit(appends)
         for message in batch:
-            if isinstance(message, Read):
-                await self._read(message)
+            if isinstance(message, Barrier):
+                message.reply.send(None)  # every write before it is through its commit
 
     async def _commit(self, appends: list[Append]) -> None:
         try:
@@ -121,12 +185,14 @@ class Store:
                     await self._commit([append])
                 return
             log.exception("commit of an append failed")
+            error = _client_error(exc, "could not commit a write")
             for append in appends:
                 if append.ack:
-                    append.ack.fail(exc)
+                    append.ack.fail(error)
                 for reply, _ in append.answers:
-                    reply.fail(exc)
+                    reply.fail(error)
             return
+        self._commits += 1
         published = [item for a in appends for item in a.publish]
         for append in appends:
             if append.ack:
@@ -140,13 +206,17 @@ class Store:
                 await self._tap.send(Publish(tuple(published)))
         await self._archivist.send(traces)
 
-    async def _read(self, message: Read) -> None:
+    async def _query(self, message: StoreQuery) -> None:
         try:
-            result = await trio.to_thread.run_sync(self._query, message)
+            result = await trio.to_thread.run_sync(self._run_query, message, limiter=self._readers)
         except Exception as exc:
-            message.reply.fail(exc)
+            if isinstance(exc, duckdb.Error):
+                log.exception("query %s failed", type(message).__name__)
+            message.reply.fail(_client_error(exc, f"could not answer {type(message).__name__}"))
         else:
             message.reply.send(result)
+        finally:
+            self._reads += 1
 
     # --- on the worker thread --------------------------------------------------------------
 
@@ -156,20 +226,47 @@ class Store:
         self._con.execute("SET TimeZone='UTC'")
         for statement in ddl():
             self._con.execute(statement)
+        for _ in range(READERS):
+            cursor = self._con.cursor()  # a connection of its own to the same instance
+            cursor.execute("SET TimeZone='UTC'")
+            self._cursors.append(cursor)
         return recover_unfinished(self._con, self._write_recovered)
 
     def _close(self) -> None:
+        for cursor in self._cursors:
+            cursor.close()
+        self._cursors.clear()
         if self._con is not None:
             self._appenders.clear()
             self._con.execute("CHECKPOINT")
             self._con.close()
             self._con = None
 
-    def _query(self, message: Read) -> Any:
-        assert self._con is not None
-        return message.query(self._con, *message.args)
+    def _run_query(self, message: StoreQuery) -> Any:
+        # The limiter lets at most READERS threads here at once: there is always an idle cursor.
+        cursor = self._cursors.pop()
+        healthy = False
+        try:
+            cursor.execute("BEGIN TRANSACTION")  # one snapshot for the query's statements
+            if self._hold_for_test is not None:
+                self._hold_for_test("read")
+            result = QUERIES[type(message)](cursor, message)
+            cursor.execute("ROLLBACK")
+            healthy = True
+            return result
+        finally:
+            if healthy:
+                self._cursors.append(cursor)
+            else:  # a cursor a failed query left in a transaction is replaced, not reused
+                cursor.close()
+                assert self._con is not None
+                fresh = self._con.cursor()
+                fresh.execute("SET TimeZone='UTC'")
+                self._cursors.append(fresh)
 
     def _write(self, groups: Sequence[tuple[Any, ...]]) -> bytes:
+        if self._hold_for_test is not None:
+            self._hold_for_test("commit")
         return self.write_records([r for records in groups for r in records])
 
     def _write_recovered(self, records: Sequence[Any]) -> None:
@@ -180,7 +277,7 @@ class Store:
         that finished, for the archivist."""
         assert self._con is not None
         if not records:
-            return b""  # an empty Append is a barrier: its ack means all before it is durable
+            return b""  # nothing to write (an Append may carry only answers)
         by_kind: dict[type, list[Any]] = {}
         for record in records:
             by_kind.setdefault(type(record), []).append(record)
@@ -192,8 +289,10 @@ class Store:
         self._con.execute("BEGIN TRANSACTION")
         try:
             for kind, rows in by_kind.items():
+                writer = WRITERS[kind]
+                writer.delete_replaced(self._con, rows)  # rows replaced (eval_scenarios)
                 appender = self._appender(kind)
-                WRITERS[kind].append(appender, rows)
+                writer.append(appender, rows)
                 appender.flush()
             self._con.execute("COMMIT")
         except BaseException:
@@ -208,3 +307,13 @@ class Store:
         if kind not in self._appenders:
             self._appenders[kind] = WRITERS[kind].appender(self._con)
         return self._appenders[kind]
+
+
+def _client_error(exc: Exception, what: str) -> Exception:
+    """What the asker gets for a failure: a database error becomes Unavailable with a short
+    message (the traceback is in the log, once); anything else goes as it is."""
+    if isinstance(exc, duckdb.Error):
+        error = Unavailable(f"the store {what}; the daemon log has the details")
+        error.__cause__ = exc
+        return error
+    return exc

@@ -14,6 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+from foundry.kernel.core.governance import (
+    EvalResultRecord,
+    EvalScenarioRecord,
+    GateDecisionRecord,
+    GateFollowupRecord,
+    json_text,
+)
 from foundry.kernel.core.ids import compact_json
 from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
@@ -24,6 +31,9 @@ class TableWriter:
     table: str
     columns: tuple[str, ...]
     row: Callable[[Any], tuple[Any, ...]]
+    # A column whose rows are replaced: before a commit appends, rows with the same values in it
+    # are deleted, in the same transaction (DuckDB's appender cannot upsert).
+    replaces: str = ""
 
     def appender(self, con: duckdb.DuckDBPyConnection) -> Any:
         """An appender for this table on ``con`` (keep it: it is reused for every commit)."""
@@ -32,6 +42,14 @@ class TableWriter:
     def append(self, appender: Any, records: Sequence[Any]) -> None:
         """Buffer the records' rows; the caller flushes them inside its transaction."""
         appender.append_rows([self.row(r) for r in records])
+
+    def delete_replaced(self, con: duckdb.DuckDBPyConnection, records: Sequence[Any]) -> None:
+        """Inside the caller's transaction: delete the rows ``records`` replace (if any)."""
+        if self.replaces:
+            keys = [getattr(r, self.replaces) for r in records]
+            con.execute(
+                f"DELETE FROM {self.table} WHERE {self.replaces} IN (SELECT unnest(?))", [keys]
+            )
 
 
 def _event_row(e: Event) -> tuple[Any, ...]:
@@ -66,6 +84,34 @@ def _submission_row(r: RunSubmission) -> tuple[Any, ...]:
 
 def _run_event_row(e: RunEventRecord) -> tuple[Any, ...]:
     return (e.run_id, e.seq, e.step_id, e.kind, compact_json(e.payload), e.occurred_at)
+
+
+def _scenario_row(s: EvalScenarioRecord) -> tuple[Any, ...]:
+    return (
+        s.scenario_id, s.pack, s.slug, s.title, s.description, json_text(s.run_spec),
+        json_text(s.expected), s.created_at, s.updated_at,
+    )  # fmt: skip
+
+
+def _result_row(r: EvalResultRecord) -> tuple[Any, ...]:
+    return (
+        r.result_id, r.scenario_id, r.run_id, r.commit, r.outcome, json_text(r.metrics),
+        r.executed_at,
+    )  # fmt: skip
+
+
+def _decision_row(d: GateDecisionRecord) -> tuple[Any, ...]:
+    return (
+        d.gate_id, d.change_id, d.revision, d.effect, list(d.reasons), json_text(d.followups),
+        json_text(d.scorecard), json_text(d.metadata), json_text(d.telemetry), d.actor,
+        d.decided_at,
+    )  # fmt: skip
+
+
+def _followup_row(f: GateFollowupRecord) -> tuple[Any, ...]:
+    return (
+        f.followup_id, f.gate_id, f.actor, f.outcome, f.note, json_text(f.details), f.recorded_at,
+    )  # fmt: skip
 
 
 WRITERS: dict[type, TableWriter] = {
@@ -145,5 +191,48 @@ WRITERS: dict[type, TableWriter] = {
         "run_events",
         ("run_id", "seq", "step_id", "kind", "payload", "occurred_at"),
         _run_event_row,
+    ),
+    EvalScenarioRecord: TableWriter(
+        "eval_scenarios",
+        (
+            "scenario_id",
+            "pack",
+            "slug",
+            "title",
+            "description",
+            "run_spec",
+            "expected",
+            "created_at",
+            "updated_at",
+        ),
+        _scenario_row,
+        replaces="scenario_id",
+    ),  # fmt: skip
+    EvalResultRecord: TableWriter(
+        "eval_results",
+        ("result_id", "scenario_id", "run_id", "commit", "outcome", "metrics", "executed_at"),
+        _result_row,
+    ),
+    GateDecisionRecord: TableWriter(
+        "gate_decisions",
+        (
+            "gate_id",
+            "change_id",
+            "revision",
+            "effect",
+            "reasons",
+            "followups",
+            "scorecard",
+            "metadata",
+            "telemetry",
+            "actor",
+            "decided_at",
+        ),
+        _decision_row,
+    ),  # fmt: skip
+    GateFollowupRecord: TableWriter(
+        "gate_followups",
+        ("followup_id", "gate_id", "actor", "outcome", "note", "details", "recorded_at"),
+        _followup_row,
     ),
 }

@@ -1,5 +1,6 @@
-"""The ``fleetforge.runtime.v1.RuntimeService``: translate the request, ask the scheduler,
-translate the answer. RPCs not built yet answer UNIMPLEMENTED (the generated base does that)."""
+"""The ``fleetforge.runtime.v1.RuntimeService``: translate the request, ask the scheduler (runs),
+the replay actor or the gate actor (eval packs, change gates), translate the answer. RPCs not
+built yet answer UNIMPLEMENTED (the generated base does that)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
+from foundry.kernel.actors.gate.messages import (
+    CheckChangeGate,
+    ListChangeGates,
+    ListEvalScenarios,
+    RecordEvalResult,
+    RecordGateFollowup,
+    SyncEvalPack,
+)
 from foundry.kernel.actors.messages import Mailboxes
 from foundry.kernel.actors.replay.messages import Replay, ReplayResult
 from foundry.kernel.actors.scheduler.messages import (
@@ -22,9 +31,12 @@ from foundry.kernel.actors.scheduler.messages import (
     UpdateBreakpoints,
 )
 from foundry.kernel.actors.tap.messages import Overflow
+from foundry.kernel.core.governance import ScenarioInput
 from foundry.kernel.core.json_input import check_json_value
 from foundry.kernel.core.runs import TERMINAL_KINDS, RunEventRecord
+from foundry.kernel.edge.grpc import governance
 from foundry.kernel.edge.grpc.bridge import StreamSink
+from foundry.kernel.edge.grpc.internals import send_frames
 from foundry.kernel.edge.grpc.server import ask
 from foundry.kernel.errors import InvalidArgument
 from foundry.proto import runtime_api as api
@@ -82,35 +94,33 @@ class RuntimeService(api.RuntimeServiceBase):
     async def _serve_tap(self, stream: Stream[api.TapRunRequest, api.RunEvent]) -> None:
         """The run's events from the first, then live; ends after the terminal event.
 
-        Each event is encoded once for every tapper. The history goes out in batches, one HTTP/2
-        write each; then the tap broker writes each committed batch onto the stream itself
-        (``bridge.StreamSink``) — an asyncio task wake-up and a send per tapper per batch was
-        what made 100 tappers slow. This handler sends only what could not go out at once.
+        Each event is encoded once for every tapper (:func:`encoded_run_event`). The history goes
+        out in batches, one HTTP/2 write each; then the tap broker offers each committed batch to
+        this handler's sink (``bridge.StreamSink``), which wakes this task: it sends the whole
+        backlog in one write. The broker never writes to the connection itself.
         """
         request = await stream.recv_message()
         assert request is not None
         await stream.send_initial_metadata()
         _require(request.run_id, "run_id")
         framer = TapFramer()
-        sink = StreamSink(stream, framer)
+        sink = StreamSink(framer)
         try:
             opened: TapOpened = await self._ask(lambda r: OpenTap(request.run_id, sink, r))
             for start in range(0, len(opened.history), HISTORY_BATCH):
-                data, ended = framer(list(opened.history[start : start + HISTORY_BATCH]))
-                await send_frames(stream, data)
+                messages, ended = framer(list(opened.history[start : start + HISTORY_BATCH]))
+                await send_frames(stream, messages)
                 if ended:
                     return
             while True:
-                sink.start()
-                data, state = await sink.take()
+                messages, state = await sink.take()
                 if isinstance(state, Overflow):
                     raise GRPCError(
                         Status.RESOURCE_EXHAUSTED,
                         f"tapper fell behind by more than {state.buffered} events and was "
                         "cut off; tap again to resume from the run's first event",
                     )
-                if data:
-                    await send_frames(stream, data)
+                await send_frames(stream, messages)
                 if state == "end":
                     return
         finally:
@@ -180,6 +190,71 @@ class RuntimeService(api.RuntimeServiceBase):
         result: ReplayResult = await self._ask_replay(lambda r: Replay(message.run_id, mode, r))
         return replay_response(result)
 
+    # --- governance: eval packs and change gates (the gate actor) -------------------------------
+
+    async def sync_eval_pack(self, message: api.SyncEvalPackRequest) -> api.SyncEvalPackResponse:
+        scenarios = tuple(
+            ScenarioInput(
+                slug=d.slug,
+                title=d.title,
+                description=d.description,
+                run_spec=_json_object(d.run_spec, f"scenarios[{i}].run_spec"),
+                expected=_json_object(d.expected, f"scenarios[{i}].expected"),
+            )
+            for i, d in enumerate(message.scenarios)
+        )
+        ids = await self._ask_gate(lambda r: SyncEvalPack(message.pack, scenarios, r))
+        return api.SyncEvalPackResponse(scenario_ids=ids)
+
+    async def list_eval_scenarios(
+        self, message: api.ListEvalScenariosRequest
+    ) -> api.ListEvalScenariosResponse:
+        found = await self._ask_gate(ListEvalScenarios)
+        return api.ListEvalScenariosResponse(scenarios=[governance.eval_scenario(s) for s in found])
+
+    async def record_eval_result(
+        self, message: api.RecordEvalResultRequest
+    ) -> api.RecordEvalResultResponse:
+        result = await self._ask_gate(
+            lambda r: RecordEvalResult(
+                message.pack, message.slug, message.run_id, message.commit, r
+            )
+        )
+        return api.RecordEvalResultResponse(result=governance.eval_result(result))
+
+    async def check_change_gate(
+        self, message: api.CheckChangeGateRequest
+    ) -> api.CheckChangeGateResponse:
+        request = governance.gate_request(
+            message,
+            telemetry=_json_object(message.telemetry, "telemetry") or {},
+            metadata=_json_object(message.metadata, "metadata") or {},
+        )
+        stored = await self._ask_gate(lambda r: CheckChangeGate(request, r))
+        return api.CheckChangeGateResponse(decision=governance.gate_decision(stored))
+
+    async def record_gate_followup(
+        self, message: api.RecordGateFollowupRequest
+    ) -> api.RecordGateFollowupResponse:
+        _require(message.gate_id, "gate_id")
+        outcome = governance.followup_outcome(message.outcome)
+        details = _json_object(message.details, "details") or {}
+        record = await self._ask_gate(
+            lambda r: RecordGateFollowup(
+                message.gate_id, message.actor, outcome, message.note, details, r
+            )
+        )
+        return api.RecordGateFollowupResponse(followup=governance.gate_followup(record))
+
+    async def list_change_gates(
+        self, message: api.ListChangeGatesRequest
+    ) -> api.ListChangeGatesResponse:
+        found = await self._ask_gate(lambda r: ListChangeGates(message.change_id, message.limit, r))
+        return api.ListChangeGatesResponse(decisions=[governance.gate_decision(g) for g in found])
+
+    async def _ask_gate(self, build: Any) -> Any:
+        return await ask(self._mail.gate, build)
+
     async def _ask(self, build: Any) -> Any:
         return await ask(self._mail.scheduler, build)
 
@@ -222,15 +297,15 @@ class TapFramer:
     def __init__(self) -> None:
         self.last = 0  # the seq of the last event framed
 
-    def __call__(self, events: list[RunEventRecord]) -> tuple[bytes, bool]:
+    def __call__(self, events: list[RunEventRecord]) -> tuple[list[bytes], bool]:
         last = self.last
         batch = [e for e in events if e.seq > last]
         if not batch:
-            return b"", False
+            return [], False
         ended = _through_terminal(batch)
         batch = ended or batch
         self.last = batch[-1].seq
-        return grpc_messages([encoded_run_event(e) for e in batch]), bool(ended)
+        return [encoded_run_event(e) for e in batch], bool(ended)
 
 
 def encoded_run_event(event: RunEventRecord) -> bytes:
@@ -242,21 +317,6 @@ def encoded_run_event(event: RunEventRecord) -> bytes:
         if len(_ENCODED) > _ENCODED_KEPT:
             _ENCODED.popitem(last=False)
     return data
-
-
-def grpc_messages(messages: list[bytes]) -> bytes:
-    """Serialized messages as gRPC length-prefixed messages (uncompressed), back to back."""
-    return b"".join(b"\x00" + len(m).to_bytes(4, "big") + m for m in messages)
-
-
-async def send_frames(stream: Stream[Any, Any], data: bytes) -> None:
-    """Send gRPC length-prefixed messages (:func:`grpc_messages`) in one DATA write.
-
-    grpclib has no public call for this; ``Stream._stream.send_data`` is what its own
-    ``send_message`` calls, once per message.
-    """
-    if data:
-        await stream._stream.send_data(data)
 
 
 def _require(value: str, field: str) -> None:

@@ -1,0 +1,1 @@
+"""The gate actor: eval packs and change gates (README.md, "Governance")."""

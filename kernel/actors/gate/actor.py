@@ -1,0 +1,231 @@
+"""The gate actor: eval packs and change gates (README.md, "Governance").
+
+Every write goes through the store's group commit and is answered only once durable. Reads come
+from the store's typed queries (``LoadEvalScenarios``, ``LoadGateDecisions``) and, for a run
+being judged, from the scheduler (``GetRun``). Pack syncs are serialized here — the actor is the
+only writer of ``eval_scenarios`` — so two syncs of one pack cannot give a slug two ids. The
+decisions themselves are pure: ``core.governance`` (validation, records), ``core.gate_policy``
+(``decide``) and ``core.evals`` (``judge``).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from foundry.kernel.actors.gate.messages import (
+    CheckChangeGate,
+    GateMessage,
+    ListChangeGates,
+    ListEvalScenarios,
+    RecordEvalResult,
+    RecordGateFollowup,
+    SyncEvalPack,
+)
+from foundry.kernel.actors.mailbox import ask, refuse
+from foundry.kernel.actors.scheduler.messages import GetRun, RunView, SchedulerMessage
+from foundry.kernel.actors.store.messages import (
+    Append,
+    LoadEvalScenarios,
+    LoadGateDecisions,
+    StoreMessage,
+)
+from foundry.kernel.blocks.registry import BlockRegistry
+from foundry.kernel.core.dag import StepSpec
+from foundry.kernel.core.evals import RunFacts, StepFacts, judge
+from foundry.kernel.core.gate_policy import GatePolicy, decide
+from foundry.kernel.core.governance import (
+    FOLLOWUP_OUTCOMES,
+    HISTORY_LIMIT,
+    MAX_TEXT,
+    TERMINAL_RUN_STATUSES,
+    EvalResultRecord,
+    GateFollowupRecord,
+    StoredGate,
+    StoredScenario,
+    check_gate_request,
+    check_name,
+    decision_record,
+    gate_limit,
+    parse_pack,
+    synced_records,
+)
+from foundry.kernel.core.ids import Clock
+from foundry.kernel.core.json_input import check_json_value, quoted
+from foundry.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
+
+log = logging.getLogger("foundry.gate")
+
+
+def new_id(prefix: str) -> str:
+    """``prefix_`` + milliseconds (hex, so ids sort by time) + random hex."""
+    return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+def run_facts(view: RunView) -> RunFacts:
+    """What ``judge`` looks at of a run: its status, and per step status, output, usage and
+    lease/completion times (``finished_at`` is the run's last update once it is terminal)."""
+    steps = tuple(
+        StepFacts(
+            step_id=s.step_id,
+            status=s.status,
+            output=s.output,
+            tokens_in=int(s.usage.get("tokens_in", 0) or 0),
+            tokens_out=int(s.usage.get("tokens_out", 0) or 0),
+            cost=float(s.usage.get("cost", 0.0) or 0.0),
+            started_at=s.leased_at,
+            completed_at=s.completed_at,
+        )
+        for s in view.steps
+    )
+    finished = view.updated_at if view.status in TERMINAL_RUN_STATUSES else None
+    return RunFacts(view.run_id, view.status, steps, view.created_at, finished)
+
+
+class Gate:
+    def __init__(
+        self,
+        registry: BlockRegistry,
+        policy: GatePolicy,
+        inbox: trio.MemoryReceiveChannel[GateMessage],
+        store: trio.MemorySendChannel[StoreMessage],
+        scheduler: trio.MemorySendChannel[SchedulerMessage],
+    ) -> None:
+        self._registry, self._policy = registry, policy
+        self._inbox, self._store, self._scheduler = inbox, store, scheduler
+        self._clock = Clock()
+        self._sync_lock = trio.Lock()
+        self._handlers: dict[type, Callable[[Any], Any]] = {
+            SyncEvalPack: self._sync,
+            ListEvalScenarios: self._list_scenarios,
+            RecordEvalResult: self._record_result,
+            CheckChangeGate: self._check,
+            RecordGateFollowup: self._followup,
+            ListChangeGates: self._list_gates,
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self._inbox, self._store, self._scheduler, trio.open_nursery() as nursery:
+            task_status.started()
+            async for message in self._inbox:
+                nursery.start_soon(self._answer, message)
+
+    async def _answer(self, message: Any) -> None:
+        try:
+            result = await self._handlers[type(message)](message)
+        except Exception as exc:
+            refuse(message, exc, log)
+        else:
+            message.reply.send(result)
+
+    async def _append(self, records: list[Any]) -> None:
+        await ask(self._store, lambda r: Append(tuple(records), ack=r))
+
+    async def _scenarios(self, pack: str = "", slug: str = "", history: int = 0) -> list[Any]:
+        found: list[StoredScenario] = await ask(
+            self._store, lambda r: LoadEvalScenarios(pack, slug, history, r)
+        )
+        return found
+
+    # --- eval packs -----------------------------------------------------------------------------
+
+    def _env_allowed(self, step: StepSpec) -> frozenset[str]:
+        block = self._registry.by_name.get(step.type)
+        return block.env_allowed(step.inputs) if block is not None else frozenset()
+
+    async def _sync(self, message: SyncEvalPack) -> list[str]:
+        parse_pack(message.pack, message.scenarios, self._registry.by_name.keys(),
+                   self._env_allowed)  # fmt: skip
+        async with self._sync_lock:  # read, then write: one sync at a time
+            existing = {s.scenario.slug: s.scenario for s in await self._scenarios(message.pack)}
+            ids, rows = synced_records(
+                message.pack, message.scenarios, existing, self._clock.now(),
+                lambda: new_id("scn"),
+            )  # fmt: skip
+            if rows:
+                await self._append(rows)  # one commit: all or nothing
+        return ids
+
+    async def _list_scenarios(self, message: ListEvalScenarios) -> list[StoredScenario]:
+        return await self._scenarios(history=HISTORY_LIMIT)
+
+    async def _record_result(self, message: RecordEvalResult) -> EvalResultRecord:
+        check_name(message.pack, "pack")
+        check_name(message.slug, "slug")
+        check_name(message.run_id, "run_id")
+        check_name(message.commit, "commit", required=False)
+        found = await self._scenarios(message.pack, message.slug)
+        if not found:
+            raise NotFound(
+                f"no eval scenario {quoted(message.slug)} in pack {quoted(message.pack)}"
+            )
+        scenario = found[0].scenario
+        view: RunView = await ask(self._scheduler, lambda r: GetRun(message.run_id, r))
+        if view.status not in TERMINAL_RUN_STATUSES:
+            raise FailedPrecondition(
+                f"run {message.run_id} is {view.status.lower()}; record the result of a "
+                "finished run"
+            )
+        judgement = judge(run_facts(view), scenario.expected, self._registry.assertion_types)
+        result = EvalResultRecord(
+            result_id=new_id("evr"),
+            scenario_id=scenario.scenario_id,
+            run_id=message.run_id,
+            commit=message.commit,
+            outcome=judgement.outcome,
+            metrics=judgement.metrics,
+            executed_at=self._clock.now(),
+        )
+        await self._append([result])
+        return result
+
+    # --- change gates ---------------------------------------------------------------------------
+
+    async def _check(self, message: CheckChangeGate) -> StoredGate:
+        request = message.request
+        check_gate_request(request)
+        decision = decide(request, self._policy, self._registry.gate_rules)
+        record = decision_record(new_id("gate"), request, decision, self._clock.now())
+        await self._append([record])
+        return StoredGate(record)
+
+    async def _followup(self, message: RecordGateFollowup) -> GateFollowupRecord:
+        check_name(message.gate_id, "gate_id")
+        check_name(message.actor, "actor", required=False)
+        if message.outcome not in FOLLOWUP_OUTCOMES:
+            raise InvalidArgument(
+                f"outcome: expected one of {', '.join(FOLLOWUP_OUTCOMES)}, "
+                f"got {quoted(message.outcome)}"
+            )
+        if message.note is not None:
+            check_name(message.note, "note", required=False, limit=MAX_TEXT)
+        details = dict(message.details)
+        check_json_value(details, "details")
+        found: list[StoredGate] = await ask(
+            self._store, lambda r: LoadGateDecisions(message.gate_id, "", 1, r)
+        )
+        if not found:
+            raise NotFound(f"gate_id: no gate decision {quoted(message.gate_id)}")
+        record = GateFollowupRecord(
+            followup_id=new_id("fup"),
+            gate_id=message.gate_id,
+            actor=message.actor,
+            outcome=message.outcome,
+            note=message.note,
+            details=details,
+            recorded_at=self._clock.now(),
+        )
+        await self._append([record])
+        return record
+
+    async def _list_gates(self, message: ListChangeGates) -> list[StoredGate]:
+        check_name(message.change_id, "change_id", required=False)
+        limit = gate_limit(message.limit)
+        found: list[StoredGate] = await ask(
+            self._store, lambda r: LoadGateDecisions("", message.change_id, limit, r)
+        )
+        return found

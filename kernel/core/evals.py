@@ -1,0 +1,574 @@
+"""Eval judging: a finished run's recorded facts against a scenario's ``expected``. Pure.
+
+:func:`judge` checks a :class:`RunFacts` against the ``expected`` JSON object of an
+``EvalScenarioDefinition`` and returns a :class:`Judgement` (outcome, score, every assertion, and
+JSON-ready metrics for ``EvalResult.metrics``). :func:`summarize` folds repeated judgements of one
+scenario into :class:`ScenarioStats`; :func:`regression` compares two of those. The vocabulary,
+the outcome rules and the regression rule are documented in README.md, "Eval packs".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from foundry.kernel.errors import InvalidArgument
+
+MAX_PATTERN_LENGTH = 1000
+CLIP = 500  # recorded texts longer than this are clipped in the record
+NOT_RUN = frozenset({"pending", "skipped"})  # step statuses that do not count as steps taken
+RUN, STEP = "run", "step"
+BOTH = frozenset({RUN, STEP})
+
+
+# --- facts in, results out ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepFacts:
+    step_id: str
+    status: str  # succeeded | failed | reused | skipped | pending | ...
+    output: Any = None  # a JSON value; None when the step recorded none
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    started_at: datetime | None = None  # the (last) lease
+    completed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    run_id: str
+    status: str  # SUCCEEDED | FAILED | CANCELED | ...
+    steps: tuple[StepFacts, ...] = ()
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def step(self, step_id: str) -> StepFacts | None:
+        return next((s for s in self.steps if s.step_id == step_id), None)
+
+
+@dataclass(frozen=True)
+class AssertionResult:
+    name: str
+    passed: bool
+    recorded: Any
+    expected: Any
+    step_id: str | None = None
+    message: str = ""
+    error: bool = False  # could not be evaluated (bad argument, missing step, unknown key)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "step_id": self.step_id,
+            "passed": self.passed,
+            "error": self.error,
+            "recorded": _json_ready(self.recorded),
+            "expected": _json_ready(self.expected),
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Judgement:
+    outcome: str  # passed | failed | error
+    score: float  # passed assertions / all assertions; 0.0 when there are none
+    assertions: tuple[AssertionResult, ...]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()  # why the outcome is "error"
+
+
+class AssertionType(Protocol):
+    """An assertion an extension contributes (``register_eval_assertions``).
+
+    ``check`` gets the value written under the type's key in ``expected``, the run's facts, and the
+    step id (``None`` at the run level). At the step level the step is known to exist. Return
+    ``error=True`` when the expected value is unusable. An optional ``scopes`` attribute
+    (a subset of ``{"run", "step"}``) restricts where the key may appear; the default is both.
+    """
+
+    name: str
+
+    def check(
+        self, expected: Any, facts: RunFacts, step_id: str | None
+    ) -> AssertionResult: ...  # pragma: no cover
+
+
+# --- judging ------------------------------------------------------------------------------------
+
+
+def judge(
+    run: RunFacts,
+    expected: Any,
+    extra_types: Mapping[str, AssertionType] | None = None,
+) -> Judgement:
+    """Check every assertion in ``expected`` against ``run``; see README.md for the vocabulary."""
+    extras = dict(extra_types or {})
+    errors = [f"assertion type {k!r} clashes with a built-in" for k in extras if k in _RESERVED]
+    results: list[AssertionResult] = []
+    if not isinstance(expected, Mapping):
+        errors.append(f"expected must be a JSON object, got {_kind(expected)}")
+    else:
+        for key in sorted(expected):
+            if key == "steps":
+                results.extend(_judge_steps(run, expected[key], extras))
+            else:
+                results.append(_check(key, expected[key], run, None, extras))
+        if not results:
+            errors.append("expected has no assertions")
+    errors.extend(r.message for r in results if r.error)
+    passed = sum(r.passed and not r.error for r in results)
+    score = passed / len(results) if results else 0.0
+    if errors:
+        outcome = "error"
+    elif passed < len(results):
+        outcome = "failed"
+    else:
+        outcome = "passed"
+    return Judgement(
+        outcome,
+        score,
+        tuple(results),
+        _metrics(run, outcome, score, results, errors),
+        tuple(errors),
+    )
+
+
+def _judge_steps(
+    run: RunFacts, steps: Any, extras: Mapping[str, AssertionType]
+) -> list[AssertionResult]:
+    if not isinstance(steps, Mapping):
+        return [_error("steps", steps, None, f"steps must be an object, got {_kind(steps)}")]
+    results = []
+    for step_id in sorted(steps):
+        checks = steps[step_id]
+        if not isinstance(checks, Mapping):
+            msg = f"steps.{step_id} must be an object, got {_kind(checks)}"
+            results.append(_error("steps", checks, step_id, msg))
+        elif run.step(step_id) is None:
+            msg = f"steps.{step_id}: the run has no step {step_id!r}"
+            results.extend(_error(key, checks[key], step_id, msg) for key in sorted(checks))
+        else:
+            results.extend(_check(k, checks[k], run, step_id, extras) for k in sorted(checks))
+    return results
+
+
+def _check(
+    key: str, value: Any, run: RunFacts, step_id: str | None, extras: Mapping[str, AssertionType]
+) -> AssertionResult:
+    scope = RUN if step_id is None else STEP
+    where = "" if step_id is None else f"steps.{step_id}."
+    builtin = _BUILTINS.get(key)
+    if builtin is not None:
+        scopes, check = builtin
+        if scope not in scopes:
+            return _error(key, value, step_id, f"{where}{key}: not a {scope}-level assertion")
+        return check(value, run, step_id)
+    extra = extras.get(key)
+    if extra is None or key in _RESERVED:
+        return _error(key, value, step_id, f"{where}{key}: unknown assertion type {key!r}")
+    if scope not in getattr(extra, "scopes", BOTH):
+        return _error(key, value, step_id, f"{where}{key}: not a {scope}-level assertion")
+    try:
+        result = extra.check(value, run, step_id)
+    except Exception as exc:  # an extension's bug makes this assertion an error, not the daemon's
+        return _error(key, value, step_id, f"{where}{key}: {type(exc).__name__}: {exc}")
+    if not isinstance(result, AssertionResult):
+        return _error(key, value, step_id, f"{where}{key}: check returned {_kind(result)}")
+    return result
+
+
+def merge_assertion_types(
+    contributions: Iterable[Mapping[str, AssertionType] | None],
+) -> dict[str, AssertionType]:
+    """Merge ``register_eval_assertions`` hook results; a key given twice or clashing with a
+    built-in raises :class:`InvalidArgument` naming it."""
+    merged: dict[str, AssertionType] = {}
+    for contribution in contributions:
+        for key, kind in (contribution or {}).items():
+            if key in _RESERVED or key in merged:
+                raise InvalidArgument(f"eval assertion type {key!r} is already defined")
+            merged[key] = kind
+    return merged
+
+
+# --- the built-in assertions --------------------------------------------------------------------
+
+Check = Callable[[Any, RunFacts, str | None], AssertionResult]
+
+
+def _status(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
+    recorded = run.status if step_id is None else _step(run, step_id).status
+    if not isinstance(value, str):
+        return _error("status", value, step_id, _bad("status", step_id, "a string", value))
+    ok = _norm_status(recorded) == _norm_status(value)
+    return _result("status", ok, recorded, value, step_id, f"status is {recorded!r}")
+
+
+def _equals(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
+    output = _step(run, step_id).output
+    diff = _json_diff(value, output, "$", subset=False)
+    return _result("equals", diff is None, output, value, step_id, diff or "output equals")
+
+
+def _subset(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
+    if not isinstance(value, Mapping):
+        return _error("subset", value, step_id, _bad("subset", step_id, "an object", value))
+    output = _step(run, step_id).output
+    diff = _json_diff(value, output, "$", subset=True)
+    return _result("subset", diff is None, output, value, step_id, diff or "output contains it")
+
+
+def _contains(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
+    if not isinstance(value, str):
+        return _error("contains", value, step_id, _bad("contains", step_id, "a string", value))
+    text = output_text(_step(run, step_id).output)
+    found = value in text
+    msg = "text contains it" if found else f"text does not contain {value!r}"
+    return _result("contains", found, _clip(text), value, step_id, msg)
+
+
+def _regex(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
+    if not isinstance(value, str):
+        return _error("regex", value, step_id, _bad("regex", step_id, "a string", value))
+    if len(value) > MAX_PATTERN_LENGTH:
+        msg = f"steps.{step_id}.regex: pattern longer than {MAX_PATTERN_LENGTH} characters"
+        return _error("regex", _clip(value), step_id, msg)
+    try:
+        pattern = re.compile(value)
+    except (re.error, RecursionError, OverflowError, ValueError) as exc:
+        return _error("regex", value, step_id, f"steps.{step_id}.regex: invalid {value!r}: {exc}")
+    text = output_text(_step(run, step_id).output)
+    match = pattern.search(text)
+    msg = f"matched {_clip(match.group(0))!r}" if match else f"no match for {value!r}"
+    return _result("regex", match is not None, _clip(text), value, step_id, msg)
+
+
+def _is_json(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
+    if not isinstance(value, bool):
+        return _error("is_json", value, step_id, _bad("is_json", step_id, "true or false", value))
+    text = output_text(_step(run, step_id).output)
+    try:
+        json.loads(text, parse_constant=_refuse_constant)
+        parses, why = True, "text is JSON"
+    except ValueError as exc:
+        parses, why = False, f"text is not JSON: {exc}"
+    return _result("is_json", parses == value, _clip(text), value, step_id, why)
+
+
+def _bound(name: str, measure: Callable[[RunFacts, str | None], float | None]) -> Check:
+    def check(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
+        if not _is_number(value) or value < 0:
+            return _error(name, value, step_id, _bad(name, step_id, "a number >= 0", value))
+        recorded = measure(run, step_id)
+        if recorded is None:
+            where = "the run" if step_id is None else f"step {step_id!r}"
+            msg = f"{name}: {where} has no timestamps to measure latency from"
+            return _error(name, value, step_id, msg)
+        ok = recorded <= value + 1e-9 * max(1.0, abs(value))
+        return _result(name, ok, recorded, value, step_id, f"recorded {recorded} (limit {value})")
+
+    return check
+
+
+def _count(name: str, holds: Callable[[int, int], bool], relation: str) -> Check:
+    def check(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
+        if not _is_number(value) or value < 0 or not float(value).is_integer():
+            return _error(name, value, step_id, _bad(name, None, "a whole number >= 0", value))
+        recorded = steps_taken(run)
+        ok = holds(recorded, int(value))
+        return _result(name, ok, recorded, value, None, f"{recorded} steps ({relation} {value})")
+
+    return check
+
+
+def _tokens(run: RunFacts, step_id: str | None) -> float:
+    steps = run.steps if step_id is None else (_step(run, step_id),)
+    return sum(s.tokens_in + s.tokens_out for s in steps)
+
+
+def _cost(run: RunFacts, step_id: str | None) -> float:
+    steps = run.steps if step_id is None else (_step(run, step_id),)
+    return math.fsum(s.cost for s in steps)
+
+
+def _latency(run: RunFacts, step_id: str | None) -> float | None:
+    if step_id is None:
+        return run_latency_ms(run)
+    step = _step(run, step_id)
+    return _ms(step.started_at, step.completed_at)
+
+
+_BUILTINS: dict[str, tuple[frozenset[str], Check]] = {
+    "status": (BOTH, _status),
+    "equals": (frozenset({STEP}), _equals),
+    "subset": (frozenset({STEP}), _subset),
+    "contains": (frozenset({STEP}), _contains),
+    "regex": (frozenset({STEP}), _regex),
+    "is_json": (frozenset({STEP}), _is_json),
+    "max_tokens": (BOTH, _bound("max_tokens", _tokens)),
+    "max_cost": (BOTH, _bound("max_cost", _cost)),
+    "max_latency_ms": (BOTH, _bound("max_latency_ms", _latency)),
+    "steps_count": (frozenset({RUN}), _count("steps_count", lambda r, n: r == n, "expected")),
+    "min_steps": (frozenset({RUN}), _count("min_steps", lambda r, n: r >= n, "at least")),
+    "max_steps": (frozenset({RUN}), _count("max_steps", lambda r, n: r <= n, "at most")),
+}
+_RESERVED = frozenset({*_BUILTINS, "steps"})
+BUILTIN_ASSERTIONS = frozenset(_BUILTINS)
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+
+def output_text(output: Any) -> str:
+    """The text ``contains``/``regex``/``is_json`` look at: a string output itself, the ``text``
+    string of an object output, else the output's compact JSON (sorted keys); ``""`` for none."""
+    if output is None:
+        return ""
+    if isinstance(output, str):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("text"), str):
+        return str(output["text"])
+    return _text_json(output)
+
+
+def run_latency_ms(run: RunFacts) -> float | None:
+    """First lease to last completion, else ``created_at`` → ``finished_at``, else ``None``."""
+    leased = [s.started_at for s in run.steps if s.started_at is not None]
+    completed = [s.completed_at for s in run.steps if s.completed_at is not None]
+    if leased and completed:
+        return _ms(min(leased), max(completed))
+    return _ms(run.created_at, run.finished_at)
+
+
+def steps_taken(run: RunFacts) -> int:
+    """Steps that ran or were reused: every step whose status is not pending or skipped."""
+    return sum(s.status.lower() not in NOT_RUN for s in run.steps)
+
+
+def _metrics(
+    run: RunFacts, outcome: str, score: float, results: list[AssertionResult], errors: list[str]
+) -> dict[str, Any]:
+    tokens_in = sum(s.tokens_in for s in run.steps)
+    tokens_out = sum(s.tokens_out for s in run.steps)
+    return {
+        "outcome": outcome,
+        "score": score,
+        "latency_ms": run_latency_ms(run),
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+        "tokens": tokens_in + tokens_out,
+        "cost": _cost(run, None),
+        "steps": steps_taken(run),
+        "assertions": [r.as_dict() for r in results],
+        "errors": list(errors),
+    }
+
+
+# --- repeats and baselines ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScenarioStats:
+    runs: int
+    passed: int
+    pass_rate: float
+    score_mean: float
+    score_stddev: float  # sample standard deviation (n - 1); 0.0 for one run
+    latency_ms_mean: float | None  # over the runs whose latency is known
+    tokens_mean: float
+    cost_mean: float
+
+    @property
+    def score_stderr(self) -> float:
+        """The standard error of ``score_mean``: stddev / sqrt(runs)."""
+        return self.score_stddev / math.sqrt(self.runs) if self.runs > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Regression:
+    is_regression: bool
+    reasons: tuple[str, ...]
+    deltas: dict[str, Any]  # current - baseline, plus the score threshold that applied
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "is_regression": self.is_regression,
+            "reasons": list(self.reasons),
+            "deltas": dict(self.deltas),
+        }
+
+
+def summarize(results: Sequence[Judgement | Mapping[str, Any]]) -> ScenarioStats:
+    """Statistics over repeated judgements of one scenario (Judgements or their ``metrics``)."""
+    rows = [r.metrics if isinstance(r, Judgement) else r for r in results]
+    if not rows:
+        raise InvalidArgument("summarize needs at least one result")
+    scores = [float(m["score"]) for m in rows]
+    passed = sum(m.get("outcome") == "passed" for m in rows)
+    latencies = [float(m["latency_ms"]) for m in rows if m.get("latency_ms") is not None]
+    return ScenarioStats(
+        runs=len(rows),
+        passed=passed,
+        pass_rate=passed / len(rows),
+        score_mean=statistics.fmean(scores),
+        score_stddev=statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        latency_ms_mean=statistics.fmean(latencies) if latencies else None,
+        tokens_mean=statistics.fmean(float(m.get("tokens", 0)) for m in rows),
+        cost_mean=statistics.fmean(float(m.get("cost", 0.0)) for m in rows),
+    )
+
+
+def regression(
+    current: ScenarioStats,
+    baseline: ScenarioStats,
+    *,
+    pass_rate_drop: float = 0.0,
+    score_drop: float = 0.05,
+) -> Regression:
+    """A regression when the pass rate falls by more than ``pass_rate_drop``, or the mean score
+    falls by more than ``max(score_drop, 2 × the standard error of the difference of the means)``
+    (``sqrt(s_b²/n_b + s_c²/n_c)``). "More than" allows 1e-9 of float rounding."""
+    noise = 2 * math.sqrt(baseline.score_stderr**2 + current.score_stderr**2)
+    threshold = max(score_drop, noise)
+    rate_fall = baseline.pass_rate - current.pass_rate
+    score_fall = baseline.score_mean - current.score_mean
+    reasons = []
+    if rate_fall > pass_rate_drop + 1e-9:
+        reasons.append(
+            f"pass rate fell from {baseline.pass_rate:.3f} to {current.pass_rate:.3f} "
+            f"(allowed drop {pass_rate_drop:.3f})"
+        )
+    if score_fall > threshold + 1e-9:
+        reasons.append(
+            f"mean score fell from {baseline.score_mean:.3f} to "
+            f"{current.score_mean:.3f} (allowed drop {threshold:.3f})"
+        )
+    deltas = {
+        "pass_rate": current.pass_rate - baseline.pass_rate,
+        "score_mean": current.score_mean - baseline.score_mean,
+        "score_threshold": threshold,
+        "latency_ms_mean": _delta(current.latency_ms_mean, baseline.latency_ms_mean),
+        "tokens_mean": current.tokens_mean - baseline.tokens_mean,
+        "cost_mean": current.cost_mean - baseline.cost_mean,
+    }
+    return Regression(bool(reasons), tuple(reasons), deltas)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+_text_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode
+
+
+def _step(run: RunFacts, step_id: str | None) -> StepFacts:
+    step = run.step(step_id) if step_id is not None else None
+    assert step is not None, step_id  # _judge_steps checked it
+    return step
+
+
+def _result(
+    name: str, ok: bool, recorded: Any, expected: Any, step_id: str | None, message: str
+) -> AssertionResult:
+    return AssertionResult(name, ok, recorded, expected, step_id, message)
+
+
+def _error(name: str, expected: Any, step_id: str | None, message: str) -> AssertionResult:
+    return AssertionResult(name, False, None, expected, step_id, message, error=True)
+
+
+def _bad(name: str, step_id: str | None, wanted: str, value: Any) -> str:
+    where = "" if step_id is None else f"steps.{step_id}."
+    return f"{where}{name} must be {wanted}, got {_clip(repr(value))}"
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _norm_status(status: str) -> str:
+    status = status.strip().lower()
+    return status.removeprefix("run_status_")
+
+
+def _json_diff(expected: Any, actual: Any, path: str, *, subset: bool) -> str | None:
+    """``None`` when ``actual`` matches ``expected`` (numbers by value, booleans apart from
+    numbers); else where and how they differ. ``subset``: objects may have more keys."""
+    if isinstance(expected, Mapping):
+        if not isinstance(actual, Mapping):
+            return f"at {path}: expected an object, got {_show(actual)}"
+        for key in expected:
+            if key not in actual:
+                return f"at {path}: missing key {key!r}"
+            diff = _json_diff(expected[key], actual[key], f"{path}.{key}", subset=subset)
+            if diff:
+                return diff
+        extra = sorted(set(actual) - set(expected))
+        return f"at {path}: unexpected key {extra[0]!r}" if extra and not subset else None
+    if isinstance(expected, list):
+        if not isinstance(actual, list) or len(actual) != len(expected):
+            return f"at {path}: expected a list of {len(expected)}, got {_show(actual)}"
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+            diff = _json_diff(e, a, f"{path}[{i}]", subset=subset)
+            if diff:
+                return diff
+        return None
+    if _is_num(expected) and _is_num(actual):
+        equal = expected == actual
+    else:  # booleans, strings, null: same type and value (True is not 1)
+        equal = type(expected) is type(actual) and expected == actual
+    return None if equal else f"at {path}: expected {_show(expected)}, got {_show(actual)}"
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _show(value: Any) -> str:
+    try:
+        return _clip(_text_json(value))
+    except (TypeError, ValueError):
+        return _clip(repr(value))
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= CLIP else text[:CLIP] + "…"
+
+
+def _ms(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    try:
+        return (end - start).total_seconds() * 1000.0
+    except TypeError:  # naive and aware instants: not comparable, so not measurable
+        return None
+
+
+def _delta(current: float | None, baseline: float | None) -> float | None:
+    return None if current is None or baseline is None else current - baseline
+
+
+def _json_ready(value: Any) -> Any:
+    try:
+        return json.loads(_text_json(value))
+    except (TypeError, ValueError):
+        return repr(value)

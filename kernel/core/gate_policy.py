@@ -1,0 +1,838 @@
+"""The change-gate policy: may a change ship? Pure decisions over plain data, standard library only.
+
+A :class:`GateRequest` mirrors ``CheckChangeGateRequest`` (fleetforge.runtime.v1) as frozen
+dataclasses; the gRPC edge converts protobuf to these and the :class:`Decision` back to a
+``ChangeGateDecision`` (wrapper fields that are absent arrive as ``None``). The policy is the
+``[gate]`` table of foundry.toml (:meth:`GatePolicy.from_mapping`).
+
+Rules are plain objects with a ``name`` and ``evaluate(request, policy) -> RuleResult``
+(:class:`Rule`); :data:`BUILTIN_RULES` are novelty, coverage, evals and budgets. :func:`decide`
+combines their results: DENY when any blocking rule denies, else FOLLOW_UP when any blocking
+rule asks for a follow-up, else ALLOW. A rule named in ``[gate].advisory`` is reported (its
+reasons prefixed ``"advisory: "``, its follow-ups not recommended) but never changes the effect.
+A rule that raises, or answers with something that is not a :class:`RuleResult`, denies: the
+gate fails closed.
+
+Thresholds compare so that exactly at a threshold passes and anything beyond it (or a NaN) fails.
+Every reason is a sentence that states the measured value and the threshold it was held to.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from foundry.kernel.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# Enums (values are the spelling used in foundry.toml; the *_NUMBERS maps are the proto enums)
+
+
+class Effect(StrEnum):
+    """What the gate (or one rule) says about a change, weakest first."""
+
+    ALLOW = "allow"
+    FOLLOW_UP = "follow_up"
+    DENY = "deny"
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+_SEVERITY = {Effect.ALLOW: 0, Effect.FOLLOW_UP: 1, Effect.DENY: 2}
+
+# ChangeDecisionEffect numbers (0 = UNSPECIFIED is never produced).
+EFFECT_NUMBERS: Mapping[Effect, int] = MappingProxyType(
+    {Effect.ALLOW: 1, Effect.FOLLOW_UP: 2, Effect.DENY: 3}
+)
+
+
+class Direction(StrEnum):
+    """Which way a metric improves. UNSPECIFIED is treated as HIGHER_IS_BETTER."""
+
+    UNSPECIFIED = "unspecified"
+    HIGHER_IS_BETTER = "higher_is_better"
+    LOWER_IS_BETTER = "lower_is_better"
+
+
+# MetricDirection numbers → Direction (for the edge).
+DIRECTION_BY_NUMBER: Mapping[int, Direction] = MappingProxyType(
+    {0: Direction.UNSPECIFIED, 1: Direction.HIGHER_IS_BETTER, 2: Direction.LOWER_IS_BETTER}
+)
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+# --------------------------------------------------------------------------------------------
+# The request
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """One changed file (``ChangeDiff``)."""
+
+    path: str
+    lines_added: int = 0
+    lines_deleted: int = 0
+    novelty_score: float | None = None  # 0 (routine) … 1 (never seen); None: not scored
+    risk_tags: tuple[str, ...] = ()
+    component: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageComponent:
+    name: str
+    coverage_ratio: float | None = None
+    required_ratio: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """A coverage report (``CoverageReport``)."""
+
+    overall_ratio: float | None = None
+    minimum_ratio: float | None = None  # None: the policy's ``min_coverage``
+    components: tuple[CoverageComponent, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One eval metric (``EvalMetric``)."""
+
+    name: str
+    slug: str = ""
+    score: float = 0.0
+    threshold: float | None = None  # None: the metric never fails
+    direction: Direction | str = Direction.UNSPECIFIED
+    weight: float | None = None  # None counts as 1.0 in score_per_token
+
+    @property
+    def label(self) -> str:
+        """How reasons and the scorecard name the metric: ``name (slug)``, or the name alone."""
+        return f"{self.name} ({self.slug})" if self.slug else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A budget signal (``BudgetSignal``); one without a limit is ignored."""
+
+    name: str
+    actual: float = 0.0
+    limit: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GateRequest:
+    """``CheckChangeGateRequest`` as plain data."""
+
+    change_id: str = ""
+    revision: str = ""
+    diffs: tuple[Diff, ...] = ()
+    coverage: Coverage | None = None
+    evals: tuple[Metric, ...] = ()
+    budgets: tuple[Budget, ...] = ()
+    telemetry: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    actor: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# The decision
+
+
+@dataclass(frozen=True, slots=True)
+class Followup:
+    """What to do about a change (``FollowupAction``); ``recommended`` False means optional."""
+
+    slug: str
+    description: str
+    recommended: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class NoveltySummary:
+    max_novelty: float = 0.0
+    avg_novelty: float = 0.0  # over the diffs that have a score; 0 when none has
+    high_risk_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageSummary:
+    overall_ratio: float | None = None
+    components_below_threshold: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EvalSummary:
+    failing_metrics: tuple[str, ...] = ()  # Metric.label of each
+    attention_metrics: tuple[str, ...] = ()
+    score_per_token: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSummary:
+    breaches: tuple[str, ...] = ()
+    near_limits: tuple[str, ...] = ()
+
+
+ScorecardPart = NoveltySummary | CoverageSummary | EvalSummary | BudgetSummary
+
+
+@dataclass(frozen=True, slots=True)
+class Scorecard:
+    """``DecisionScorecard``. A part is None when no rule produced it; ``extra`` holds the parts
+    of plugin rules that are none of the four summaries, by rule name (not in the proto)."""
+
+    novelty: NoveltySummary | None = None
+    coverage: CoverageSummary | None = None
+    evals: EvalSummary | None = None
+    budgets: BudgetSummary | None = None
+    telemetry: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    extra: Mapping[str, object] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    """One rule's answer. ``scorecard`` is the rule's part of the scorecard, or None."""
+
+    effect: Effect | str = Effect.ALLOW
+    reasons: tuple[str, ...] = ()
+    followups: tuple[Followup, ...] = ()
+    scorecard: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleOutcome:
+    """How one rule counted in a decision (for audit logs; not in the proto)."""
+
+    name: str
+    effect: Effect  # after the policy's [gate.effects] cap
+    advisory: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    effect: Effect
+    reasons: tuple[str, ...]
+    followups: tuple[Followup, ...]
+    scorecard: Scorecard
+    rules: tuple[RuleOutcome, ...] = ()
+
+
+@runtime_checkable
+class Rule(Protocol):
+    """A gate rule: a plain object with a ``name`` and ``evaluate``. It must be pure and fast
+    (linear in the request)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def evaluate(self, request: GateRequest, policy: GatePolicy) -> RuleResult: ...
+
+
+# --------------------------------------------------------------------------------------------
+# The policy
+
+DEFAULT_HIGH_RISK_TAGS = ("security", "auth", "payments", "migration", "infra")
+DEFAULT_HIGH_RISK_PATHS = (
+    "**/migrations/**", "*.sql", "infra/**", ".github/workflows/**", "**/auth/**",
+    "**/security/**",
+)  # fmt: skip
+_NEVER = re.compile(r"(?!)")
+
+
+def _effect(key: str, value: object) -> Effect:
+    try:
+        return Effect(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise ConfigError(
+            f"[gate].{key}: expected one of deny, follow_up, allow, got {value!r}"
+        ) from None
+
+
+def _glob_regex(pattern: str) -> str:
+    """``fnmatch`` semantics (``*`` also matches ``/``); a leading ``**/`` may also match
+    nothing, so ``**/auth/**`` covers ``auth/x`` as well as ``src/auth/x``."""
+    regex = fnmatch.translate(pattern)
+    if pattern.startswith("**/"):
+        regex = f"(?:{regex})|(?:{fnmatch.translate(pattern[3:])})"
+    return regex
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """The ``[gate]`` table of foundry.toml. Construct directly or with :meth:`from_mapping`;
+    both validate, raising ``ConfigError("[gate].key: reason")``."""
+
+    max_novelty: float = 0.9  # a diff whose novelty is above this denies
+    novelty_follow_up: float = 0.7  # above this (up to max_novelty) asks for a follow-up
+    high_risk_tags: tuple[str, ...] = DEFAULT_HIGH_RISK_TAGS  # case-insensitive
+    high_risk_paths: tuple[str, ...] = DEFAULT_HIGH_RISK_PATHS  # fnmatch globs
+    high_risk: Effect = Effect.FOLLOW_UP  # the effect of touching a high-risk path or tag
+    min_coverage: float = 0.8  # when the report has no minimum_ratio
+    attention_margin: float = 0.05  # passing metrics this close to their threshold
+    near_limit: float = 0.9  # budgets at or above this fraction of their limit
+    missing_coverage: Effect = Effect.FOLLOW_UP  # no report, or no overall ratio
+    missing_evals: Effect = Effect.FOLLOW_UP  # no metrics at all
+    advisory: frozenset[str] = frozenset()  # rules reported but never blocking
+    # rule name → the strongest effect it may have
+    effects: Mapping[str, Effect] = field(default_factory=lambda: _EMPTY)
+    _path_regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _tags: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for key in ("max_novelty", "novelty_follow_up", "min_coverage", "attention_margin"):
+            _ratio(key, getattr(self, key), low=0.0, high=1.0)
+        _ratio("near_limit", self.near_limit, low=0.0, high=1.0, open_low=True)
+        if self.novelty_follow_up > self.max_novelty:
+            raise ConfigError(
+                f"[gate].novelty_follow_up: {self.novelty_follow_up:g} is above "
+                f"max_novelty {self.max_novelty:g}"
+            )
+        for key in ("high_risk", "missing_coverage", "missing_evals"):
+            object.__setattr__(self, key, _effect(key, getattr(self, key)))
+        effects = {name: _effect(f"effects.{name}", v) for name, v in self.effects.items()}
+        object.__setattr__(self, "effects", MappingProxyType(effects))
+        object.__setattr__(self, "advisory", frozenset(self.advisory))
+        object.__setattr__(self, "high_risk_tags", tuple(self.high_risk_tags))
+        object.__setattr__(self, "high_risk_paths", tuple(self.high_risk_paths))
+        object.__setattr__(self, "_tags", frozenset(t.lower() for t in self.high_risk_tags))
+        compiled = []
+        for index, pattern in enumerate(self.high_risk_paths):
+            regex = _glob_regex(pattern)
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ConfigError(f"[gate].high_risk_paths: {pattern!r}: {exc}") from None
+            compiled.append(f"(?P<p{index}>{regex})")
+        # One alternation of named groups: a match's lastgroup says which pattern matched.
+        path_regex = re.compile("|".join(compiled)) if compiled else _NEVER
+        object.__setattr__(self, "_path_regex", path_regex)
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any] | None) -> GatePolicy:
+        """The policy from the ``[gate]`` table (None or empty: every default)."""
+        table = table or {}
+        if not isinstance(table, Mapping):
+            raise ConfigError("[gate]: expected a table")
+        unknown = sorted(set(table) - _KEYS)
+        if unknown:
+            known = ", ".join(sorted(_KEYS))
+            raise ConfigError(f"[gate].{unknown[0]}: unknown key (expected one of: {known})")
+        values: dict[str, Any] = {}
+        for key in ("max_novelty", "novelty_follow_up", "min_coverage", "attention_margin",
+                    "near_limit"):  # fmt: skip
+            if key in table:
+                values[key] = _number(key, table[key])
+        for key in ("high_risk_tags", "high_risk_paths"):
+            if key in table:
+                values[key] = tuple(_strings(key, table[key]))
+        if "advisory" in table:
+            values["advisory"] = frozenset(_strings("advisory", table["advisory"]))
+        for key in ("high_risk", "missing_coverage", "missing_evals"):
+            if key in table:
+                values[key] = _effect(key, table[key])
+        if "effects" in table:
+            effects = table["effects"]
+            if not isinstance(effects, Mapping):
+                raise ConfigError(
+                    f"[gate].effects: expected a table of rule = effect, got {effects!r}"
+                )
+            values["effects"] = {str(k): _effect(f"effects.{k}", v) for k, v in effects.items()}
+        return cls(**values)
+
+    def check_rules(self, rules: Iterable[Rule]) -> None:
+        """Every rule ``advisory`` and ``effects`` name exists (call once the plugin rules are
+        registered): a misspelt rule name would otherwise be silently ignored."""
+        names = {rule.name for rule in rules}
+        known = ", ".join(sorted(names)) or "none"
+        for key, named in (("advisory", sorted(self.advisory)), ("effects", sorted(self.effects))):
+            for name in named:
+                if name not in names:
+                    raise ConfigError(f"[gate].{key}: unknown rule {name!r} (rules: {known})")
+
+    def high_risk_reason(self, diff: Diff) -> str:
+        """Why ``diff`` is high risk — its matching tags and the path pattern it matches — or ""
+        when it is not. One regex match (every pattern, precompiled as one alternation)."""
+        return self._risk_text(diff, self._path_regex.match(diff.path.removeprefix("./")))
+
+    def _risk_text(self, diff: Diff, found: re.Match[str] | None) -> str:
+        tags = self._tags
+        matched = [tag for tag in diff.risk_tags if tag.lower() in tags] if diff.risk_tags else ()
+        why = f"tags {', '.join(matched)}" if matched else ""
+        if found is not None and found.lastgroup is not None:
+            pattern = self.high_risk_paths[int(found.lastgroup[1:])]
+            why = f"{why}; path matches {pattern}" if why else f"path matches {pattern}"
+        return why
+
+
+_KEYS = frozenset(
+    {
+        "max_novelty", "novelty_follow_up", "high_risk_tags", "high_risk_paths", "high_risk",
+        "min_coverage", "attention_margin", "near_limit", "missing_coverage", "missing_evals",
+        "advisory", "effects",
+    }
+)  # fmt: skip
+
+
+def _number(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"[gate].{key}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _ratio(key: str, value: object, *, low: float, high: float, open_low: bool = False) -> None:
+    number = _number(key, value)
+    if not math.isfinite(number) or number < low or number > high or (open_low and number == low):
+        bracket = "(" if open_low else "["
+        raise ConfigError(f"[gate].{key}: expected a number in {bracket}{low:g}, {high:g}], "
+                          f"got {value!r}")  # fmt: skip
+
+
+def _strings(key: str, value: object) -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"[gate].{key}: expected a list of non-empty strings, got {value!r}")
+    return list(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+
+
+def _num(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _pair(value: float, threshold: float) -> tuple[str, str]:
+    """Both numbers with 2 decimals, or 3 (then 6 significant digits, then in full) when fewer
+    would print them equal although they differ: "0.80 is below 0.80" would explain nothing."""
+    if value != threshold:
+        for spec in (".2f", ".3f", ".6g"):
+            shown, limit = format(value, spec), format(threshold, spec)
+            if shown != limit:
+                return shown, limit
+        return repr(value), repr(threshold)
+    return format(value, ".2f"), format(threshold, ".2f")
+
+
+def _missing(what: str, effect: Effect) -> str:
+    return f"{what}: evidence missing (policy: {effect.value})"
+
+
+def _above(value: float, threshold: float) -> bool:
+    """value > threshold, and True when either is NaN (fail closed)."""
+    return not value <= threshold
+
+
+def _below(value: float, threshold: float) -> bool:
+    """value < threshold, and True when either is NaN (fail closed)."""
+    return not value >= threshold
+
+
+def _strongest(effects: Iterable[Effect]) -> Effect:
+    best = Effect.ALLOW
+    for effect in effects:
+        if _SEVERITY[effect] > _SEVERITY[best]:
+            best = effect
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in rules
+
+
+# High-risk paths named one reason each; the rest are counted in one more (all are in the
+# scorecard's high_risk_paths).
+HIGH_RISK_REASONS = 20
+
+
+class NoveltyRule:
+    """Novelty above ``max_novelty`` denies; above ``novelty_follow_up`` asks for a follow-up
+    (exactly at either passes; a NaN score counts as 1.0). Touching a high-risk path or tag has
+    the ``high_risk`` effect (default follow_up); the first :data:`HIGH_RISK_REASONS` such paths
+    get a reason each, the rest one reason that counts them."""
+
+    name = "novelty"
+
+    def evaluate(self, request: GateRequest, policy: GatePolicy) -> RuleResult:
+        maximum, follow_up = policy.max_novelty, policy.novelty_follow_up
+        effects: list[Effect] = []
+        reasons: list[str] = []
+        followups: list[Followup] = []
+        top, total, scored = 0.0, 0.0, 0
+        risky: list[tuple[Diff, re.Match[str] | None]] = []
+        path_match, tags = policy._path_regex.match, policy._tags
+        for diff in request.diffs:
+            found = path_match(diff.path.removeprefix("./"))
+            if found is not None or (
+                diff.risk_tags and not tags.isdisjoint(map(str.lower, diff.risk_tags))
+            ):
+                risky.append((diff, found))
+            score = diff.novelty_score
+            if score is not None:
+                note = ""
+                if score != score:  # NaN: unknown, so as novel as can be
+                    score, note = 1.0, " (not a number, counted as 1.00)"
+                scored += 1
+                total += score
+                if score > top:
+                    top = score
+                if score > follow_up:
+                    denies = score > maximum
+                    shown, limit = _pair(score, maximum if denies else follow_up)
+                    if denies:
+                        effects.append(Effect.DENY)
+                        reasons.append(
+                            f"novelty {shown} of {diff.path} is above the maximum {limit}{note}"
+                        )
+                        followups.append(Followup(
+                            "reduce-novelty",
+                            f"Split or justify the change to {diff.path} ({shown} > {limit})",
+                        ))  # fmt: skip
+                    else:
+                        effects.append(Effect.FOLLOW_UP)
+                        reasons.append(
+                            f"novelty {shown} of {diff.path} is above the follow-up "
+                            f"threshold {limit}"
+                        )
+                        followups.append(Followup(
+                            "review-novelty",
+                            f"Have an owner review the novel change to {diff.path} "
+                            f"({shown} > {limit})",
+                        ))  # fmt: skip
+        high_risk = [diff.path for diff, _ in risky]
+        if risky:
+            effects.append(policy.high_risk)
+            shown_policy = policy.high_risk.value
+            risk_text = policy._risk_text
+            reasons.extend(
+                f"{diff.path} is high risk ({risk_text(diff, found)}; policy: {shown_policy})"
+                for diff, found in risky[:HIGH_RISK_REASONS]
+            )
+            if len(risky) > HIGH_RISK_REASONS:
+                reasons.append(
+                    f"{len(risky) - HIGH_RISK_REASONS} more paths are high risk "
+                    f"({len(risky)} in all, listed in the scorecard; policy: {shown_policy})"
+                )
+            followups.append(Followup(
+                "review-high-risk",
+                f"Have an owner review the high-risk paths: {_some(high_risk)}",
+                policy.high_risk is not Effect.ALLOW,
+            ))  # fmt: skip
+        summary = NoveltySummary(top, total / scored if scored else 0.0, tuple(high_risk))
+        return RuleResult(_strongest(effects), tuple(reasons), tuple(followups), summary)
+
+
+class CoverageRule:
+    """Overall coverage below the report's ``minimum_ratio`` (else ``min_coverage``) denies, as
+    does a component below its ``required_ratio`` (a component without one is not checked). No
+    report, no overall ratio, or a required component without a ratio (listed as below) is
+    missing evidence: the ``missing_coverage`` effect."""
+
+    name = "coverage"
+
+    def evaluate(self, request: GateRequest, policy: GatePolicy) -> RuleResult:
+        coverage = request.coverage
+        missing = policy.missing_coverage
+        recommended = missing is not Effect.ALLOW
+        if coverage is None:
+            return RuleResult(
+                missing,
+                (_missing("no coverage report", missing),),
+                (
+                    Followup(
+                        "provide-coverage", "Upload a coverage report for this change", recommended
+                    ),
+                ),  # fmt: skip
+                CoverageSummary(None, ()),
+            )
+        effects: list[Effect] = []
+        reasons: list[str] = []
+        followups: list[Followup] = []
+        minimum = policy.min_coverage if coverage.minimum_ratio is None else coverage.minimum_ratio
+        overall = coverage.overall_ratio
+        if overall is None:
+            effects.append(missing)
+            reasons.append(_missing("the coverage report has no overall ratio", missing))
+            followups.append(Followup(
+                "provide-coverage", "Report the overall coverage ratio", recommended
+            ))  # fmt: skip
+        elif _below(overall, minimum):
+            shown, limit = _pair(overall, minimum)
+            effects.append(Effect.DENY)
+            reasons.append(f"coverage {shown} is below the minimum {limit}")
+            followups.append(Followup("raise-coverage", f"Add tests ({shown} < {limit})"))
+        below: list[str] = []
+        for component in coverage.components:
+            required = component.required_ratio
+            if required is None:
+                continue
+            ratio = component.coverage_ratio
+            if ratio is None:
+                below.append(component.name)
+                effects.append(missing)
+                reasons.append(_missing(
+                    f"component {component.name} has no coverage ratio "
+                    f"(required {_num(required)}), counted as below", missing,
+                ))  # fmt: skip
+                followups.append(Followup(
+                    "provide-coverage",
+                    f"Report coverage for {component.name} (required {_num(required)})",
+                    recommended,
+                ))  # fmt: skip
+            elif _below(ratio, required):
+                below.append(component.name)
+                shown, limit = _pair(ratio, required)
+                effects.append(Effect.DENY)
+                reasons.append(
+                    f"coverage {shown} of component {component.name} is below its required {limit}"
+                )
+                followups.append(
+                    Followup(
+                        "raise-coverage", f"Add tests for {component.name} ({shown} < {limit})"
+                    )  # fmt: skip
+                )
+        summary = CoverageSummary(overall, tuple(below))
+        return RuleResult(_strongest(effects), tuple(reasons), tuple(followups), summary)
+
+
+def tokens_of(telemetry: Mapping[str, Any]) -> float | None:
+    """Tokens spent on the change, from telemetry ``tokens``, else ``total_tokens``, else
+    ``tokens_in`` + ``tokens_out``; None when absent or not positive."""
+    for key in ("tokens", "total_tokens"):
+        value = _finite(telemetry.get(key))
+        if value is not None:
+            return value if value > 0 else None
+    parts = [_finite(telemetry.get(key)) for key in ("tokens_in", "tokens_out")]
+    if parts[0] is None and parts[1] is None:
+        return None
+    total = (parts[0] or 0.0) + (parts[1] or 0.0)
+    return total if total > 0 else None
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+class EvalsRule:
+    """A metric failing its threshold denies: higher_is_better (and unspecified) fails when the
+    score is below it, lower_is_better when above; exactly at it passes; a metric without a
+    threshold never fails. A passing metric within ``attention_margin`` of its threshold is an
+    attention metric (reported, a follow-up that is not recommended, no effect). No metrics at
+    all is missing evidence: the ``missing_evals`` effect."""
+
+    name = "evals"
+
+    def evaluate(self, request: GateRequest, policy: GatePolicy) -> RuleResult:
+        metrics = request.evals
+        if not metrics:
+            missing = policy.missing_evals
+            return RuleResult(
+                missing,
+                (_missing("no eval metrics", missing),),
+                (
+                    Followup(
+                        "provide-evals",
+                        "Run the eval pack for this change and record its metrics",
+                        missing is not Effect.ALLOW,
+                    ),
+                ),  # fmt: skip
+                EvalSummary(),
+            )
+        margin = policy.attention_margin
+        reasons: list[str] = []
+        followups: list[Followup] = []
+        failing: list[str] = []
+        attention: list[str] = []
+        weighted = 0.0
+        for metric in metrics:
+            score = metric.score
+            weight = metric.weight
+            product = (1.0 if weight is None else weight) * score
+            if math.isfinite(product):
+                weighted += product
+            threshold = metric.threshold
+            if threshold is None:
+                continue
+            lower = metric.direction == Direction.LOWER_IS_BETTER
+            if lower:
+                fails = _above(score, threshold)
+                close = not fails and score >= threshold - margin
+            else:
+                fails = _below(score, threshold)
+                close = not fails and score <= threshold + margin
+            if not (fails or close):
+                continue
+            label = metric.label
+            shown, limit = _pair(score, threshold)
+            how = "lower is better" if lower else "higher is better"
+            if fails:
+                failing.append(label)
+                side = "above" if lower else "below"
+                reasons.append(
+                    f"metric {label} scored {shown}, {side} its threshold {limit} ({how})"
+                )
+                goal = "at most" if lower else "at least"
+                followups.append(
+                    Followup("fix-eval", f"Bring {label} to {goal} {limit} (now {shown})")
+                )
+            else:
+                attention.append(label)
+                reasons.append(
+                    f"metric {label} scored {shown}, within {_num(margin)} of its threshold "
+                    f"{limit} ({how})"
+                )
+                followups.append(Followup(
+                    "watch-eval", f"Watch {label}: {shown} is close to its threshold {limit}",
+                    recommended=False,
+                ))  # fmt: skip
+        tokens = tokens_of(request.telemetry)
+        summary = EvalSummary(
+            tuple(failing), tuple(attention), weighted / tokens if tokens else None
+        )
+        effect = Effect.DENY if failing else Effect.ALLOW
+        return RuleResult(effect, tuple(reasons), tuple(followups), summary)
+
+
+class BudgetsRule:
+    """A budget over its limit denies (exactly at the limit is not a breach); one at or above
+    ``near_limit`` × limit is near (reported, a follow-up that is not recommended, no effect).
+    Budgets without a limit are ignored, and so are budgets near a limit of 0 or less."""
+
+    name = "budgets"
+
+    def evaluate(self, request: GateRequest, policy: GatePolicy) -> RuleResult:
+        reasons: list[str] = []
+        followups: list[Followup] = []
+        breaches: list[str] = []
+        near: list[str] = []
+        fraction = policy.near_limit
+        for budget in request.budgets:
+            limit = budget.limit
+            if limit is None:
+                continue
+            actual = budget.actual
+            if _above(actual, limit):
+                breaches.append(budget.name)
+                shown, bound = _pair(actual, limit)
+                reasons.append(f"budget {budget.name} {shown} is over its limit {bound}")
+                followups.append(Followup(
+                    "reduce-spend", f"Bring {budget.name} within its limit {bound} (now {shown})"
+                ))  # fmt: skip
+            elif limit > 0 and actual >= fraction * limit:
+                near.append(budget.name)
+                shown, bound = _pair(actual, limit)
+                used = f"{actual / limit:.0%}"
+                reasons.append(
+                    f"budget {budget.name} {shown} is near its limit {bound} ({used} of it; "
+                    f"near from {fraction:.0%})"
+                )
+                followups.append(Followup(
+                    "watch-budget", f"Watch {budget.name}: {used} of its limit {bound}",
+                    recommended=False,
+                ))  # fmt: skip
+        effect = Effect.DENY if breaches else Effect.ALLOW
+        summary = BudgetSummary(tuple(breaches), tuple(near))
+        return RuleResult(effect, tuple(reasons), tuple(followups), summary)
+
+
+def _some(items: Sequence[str], shown: int = 5) -> str:
+    head = ", ".join(items[:shown])
+    return f"{head} and {len(items) - shown} more" if len(items) > shown else head
+
+
+BUILTIN_RULES: tuple[Rule, ...] = (NoveltyRule(), CoverageRule(), EvalsRule(), BudgetsRule())
+
+
+# --------------------------------------------------------------------------------------------
+# Deciding
+
+
+def decide(
+    request: GateRequest, policy: GatePolicy, rules: Iterable[Rule] = BUILTIN_RULES
+) -> Decision:
+    """Run every rule and combine: DENY if a blocking rule denies, else FOLLOW_UP if a blocking
+    rule asks for one, else ALLOW. ``[gate.effects]`` caps a rule's effect; a rule in
+    ``[gate].advisory`` is reported ("advisory: " reasons, follow-ups not recommended) but its
+    effect is ignored. A rule that raises or answers badly denies (fail closed)."""
+    effect = Effect.ALLOW
+    reasons: list[str] = []
+    followups: list[Followup] = []
+    outcomes: list[RuleOutcome] = []
+    parts: dict[str, object] = {}
+    extra: dict[str, object] = {}
+    for rule in rules:
+        name = getattr(rule, "name", type(rule).__name__)
+        advisory = name in policy.advisory
+        result = _evaluate(rule, name, request, policy)
+        rule_effect = Effect(result.effect)
+        cap = policy.effects.get(name)
+        if cap is not None and _SEVERITY[rule_effect] > _SEVERITY[cap]:
+            rule_effect = cap
+        outcomes.append(RuleOutcome(name, rule_effect, advisory))
+        if advisory:
+            reasons.extend(f"advisory: {reason}" for reason in result.reasons)
+            followups.extend(
+                f if not f.recommended else Followup(f.slug, f.description, False)
+                for f in result.followups
+            )
+        else:
+            reasons.extend(result.reasons)
+            followups.extend(result.followups)
+            if _SEVERITY[rule_effect] > _SEVERITY[effect]:
+                effect = rule_effect
+        part = result.scorecard
+        slot = _SLOTS.get(type(part))
+        if slot is not None and slot not in parts:
+            parts[slot] = part
+        elif part is not None:
+            extra[name] = part
+    scorecard = Scorecard(
+        novelty=_part(parts, "novelty", NoveltySummary),
+        coverage=_part(parts, "coverage", CoverageSummary),
+        evals=_part(parts, "evals", EvalSummary),
+        budgets=_part(parts, "budgets", BudgetSummary),
+        telemetry=request.telemetry,
+        extra=MappingProxyType(extra) if extra else _EMPTY,
+    )
+    return Decision(effect, tuple(reasons), tuple(followups), scorecard, tuple(outcomes))
+
+
+_P = TypeVar("_P")
+
+_SLOTS: Mapping[type, str] = MappingProxyType(
+    {
+        NoveltySummary: "novelty",
+        CoverageSummary: "coverage",
+        EvalSummary: "evals",
+        BudgetSummary: "budgets",
+    }
+)
+
+
+def _part(parts: Mapping[str, object], slot: str, kind: type[_P]) -> _P | None:
+    part = parts.get(slot)
+    return part if isinstance(part, kind) else None
+
+
+def _evaluate(rule: Rule, name: str, request: GateRequest, policy: GatePolicy) -> RuleResult:
+    try:
+        result = rule.evaluate(request, policy)
+        if not isinstance(result, RuleResult):
+            raise TypeError(f"evaluate returned {type(result).__name__}, not a RuleResult")
+        Effect(result.effect)
+    except Exception as exc:  # a plugin rule's bug must not let a change through
+        return RuleResult(
+            Effect.DENY,
+            (f"rule {name} failed ({type(exc).__name__}: {exc}), so the gate denies",),
+            (Followup("fix-gate-rule", f"Fix the gate rule {name}"),),
+        )
+    return result

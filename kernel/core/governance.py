@@ -1,0 +1,408 @@
+"""Eval packs and change gates as recorded facts, and the pure checks and conversions around them.
+
+The gate actor (``actors/gate``) validates an eval pack with :func:`parse_pack`, turns a finished
+run into :class:`~foundry.kernel.core.evals.RunFacts` for ``judge``, and turns a gate
+:class:`~foundry.kernel.core.gate_policy.Decision` into a :class:`GateDecisionRecord` with
+:func:`decision_record`. The records are frozen and map one to one onto the tables
+``eval_scenarios``, ``eval_results``, ``gate_decisions`` and ``gate_followups``
+(``analytics/schema.py``). Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from foundry.kernel.core.dag import EnvAllowance, check_dag_env, parse_dag
+from foundry.kernel.core.gate_policy import (
+    BudgetSummary,
+    CoverageSummary,
+    Decision,
+    EvalSummary,
+    GateRequest,
+    NoveltySummary,
+    Scorecard,
+)
+from foundry.kernel.core.json_input import check_json_value, quoted
+from foundry.kernel.errors import InvalidArgument
+
+MAX_SCENARIOS = 1_000  # per SyncEvalPack
+MAX_NAME = 200  # pack, slug, change id, revision, actor, commit
+MAX_TEXT = 10_000  # title, description, note
+DEFAULT_GATE_LIMIT = 50  # ListChangeGates with limit 0
+MAX_GATE_LIMIT = 1_000
+HISTORY_LIMIT = 100  # results per scenario in ListEvalScenarios, newest first
+FOLLOWUP_OUTCOMES = ("approved", "needs_changes", "deferred")
+TERMINAL_RUN_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELED"})
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _frozen(value: Any) -> Any:
+    """A JSON value that cannot be changed in place (objects read-only, arrays tuples)."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def thawed(value: Any) -> Any:
+    """The plain JSON form of a (frozen) JSON value: dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: thawed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [thawed(v) for v in value]
+    return value
+
+
+# --- records ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EvalScenarioRecord:
+    """One scenario of a pack (``eval_scenarios``: one row per (pack, slug), replaced on sync)."""
+
+    scenario_id: str
+    pack: str
+    slug: str
+    title: str
+    description: str
+    run_spec: Mapping[str, Any]  # the RunSpec as JSON: dag_json, inputs, seed, labels, ...
+    expected: Mapping[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_spec", _frozen(self.run_spec))
+        object.__setattr__(self, "expected", _frozen(self.expected))
+
+    def same_definition(self, other: EvalScenarioRecord) -> bool:
+        return (self.title, self.description, thawed(self.run_spec), thawed(self.expected)) == (
+            other.title, other.description, thawed(other.run_spec), thawed(other.expected),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class EvalResultRecord:
+    """A judged run of a scenario (``eval_results``, append-only)."""
+
+    result_id: str
+    scenario_id: str
+    run_id: str
+    commit: str
+    outcome: str  # passed | failed | error
+    metrics: Mapping[str, Any]
+    executed_at: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", _frozen(self.metrics))
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecisionRecord:
+    """A change-gate decision (``gate_decisions``, append-only). ``followups`` are
+    ``{slug, description, recommended}``; ``scorecard`` is :func:`scorecard_json`."""
+
+    gate_id: str
+    change_id: str
+    revision: str
+    effect: str  # allow | follow_up | deny
+    reasons: tuple[str, ...]
+    followups: tuple[Mapping[str, Any], ...]
+    scorecard: Mapping[str, Any]
+    metadata: Mapping[str, Any]
+    telemetry: Mapping[str, Any]
+    actor: str
+    decided_at: datetime
+
+    def __post_init__(self) -> None:
+        for name in ("followups", "scorecard", "metadata", "telemetry"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+        object.__setattr__(self, "reasons", tuple(self.reasons))
+
+
+@dataclass(frozen=True, slots=True)
+class GateFollowupRecord:
+    """An acknowledgement of a gate decision (``gate_followups``, append-only)."""
+
+    followup_id: str
+    gate_id: str
+    actor: str
+    outcome: str  # one of FOLLOWUP_OUTCOMES
+    note: str | None
+    details: Mapping[str, Any]
+    recorded_at: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "details", _frozen(self.details))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredScenario:
+    scenario: EvalScenarioRecord
+    history: tuple[EvalResultRecord, ...] = ()  # newest first
+
+
+@dataclass(frozen=True, slots=True)
+class StoredGate:
+    decision: GateDecisionRecord
+    acknowledgements: tuple[GateFollowupRecord, ...] = ()  # oldest first
+
+
+# --- eval packs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioInput:
+    """One ``EvalScenarioDefinition`` as plain data (Structs as dicts)."""
+
+    slug: str
+    title: str = ""
+    description: str = ""
+    run_spec: Mapping[str, Any] | None = None
+    expected: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRunSpec:
+    dag_json: str
+    inputs: Mapping[str, Any]
+    seed: int
+    labels: Mapping[str, str]
+    breakpoints: tuple[str, ...]
+
+
+_SPEC_KEYS = {
+    "dag_json": "dag_json", "dagJson": "dag_json", "inputs": "inputs", "seed": "seed",
+    "labels": "labels", "breakpoints": "breakpoints",
+}  # fmt: skip
+
+
+def check_name(value: str, field: str, *, required: bool = True, limit: int = MAX_NAME) -> None:
+    """A client-given name: a string, non-empty when ``required``, at most ``limit`` characters."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field}: expected a string")
+    if required and not value.strip():
+        raise InvalidArgument(f"{field}: must not be empty")
+    if len(value) > limit:
+        raise InvalidArgument(f"{field}: longer than {limit} characters ({quoted(value)})")
+
+
+def parse_run_spec(
+    spec: Mapping[str, Any] | None,
+    known_types: Collection[str],
+    env_allowance: EnvAllowance,
+    where: str = "run_spec",
+) -> ParsedRunSpec:
+    """A RunSpec in its proto3 JSON form (``dag_json`` or ``dagJson``, ``inputs``, ``seed``,
+    ``labels``, ``breakpoints``), validated as SubmitRun validates it: the DAG parses with the
+    daemon's step types, each step's env is allowed, breakpoints name steps. Errors name
+    ``where`` and the field."""
+    if not isinstance(spec, Mapping) or not spec:
+        raise InvalidArgument(f"{where}: a RunSpec object with dag_json is required")
+    fields: dict[str, Any] = {}
+    for key, value in spec.items():
+        name = _SPEC_KEYS.get(key)
+        if name is None:
+            raise InvalidArgument(f"{where}.{str(key)[:100]}: unknown field")
+        fields[name] = value
+    dag_json = fields.get("dag_json")
+    if not isinstance(dag_json, str) or not dag_json:
+        raise InvalidArgument(f"{where}.dag_json: a DAG (a JSON string) is required")
+    try:
+        dag = parse_dag(dag_json, known_types)
+        check_dag_env(dag, env_allowance)
+    except InvalidArgument as exc:
+        raise InvalidArgument(
+            f"{where}.dag_json: {str(exc).removeprefix('spec.dag_json: ')}"
+        ) from None
+    inputs = fields.get("inputs", {})
+    if not isinstance(inputs, Mapping):
+        raise InvalidArgument(f"{where}.inputs: expected an object")
+    seed = _seed(fields.get("seed", 0), f"{where}.seed")
+    labels = fields.get("labels", {})
+    if not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values()):
+        raise InvalidArgument(f"{where}.labels: expected an object of strings")
+    breakpoints = fields.get("breakpoints", [])
+    if not isinstance(breakpoints, list | tuple) or not all(
+        isinstance(b, str) for b in breakpoints
+    ):
+        raise InvalidArgument(f"{where}.breakpoints: expected a list of step ids")
+    step_ids = {step.id for step in dag.steps}
+    for step_id in breakpoints:
+        if step_id not in step_ids:
+            raise InvalidArgument(f"{where}.breakpoints: unknown step {quoted(step_id)}")
+    return ParsedRunSpec(dag_json, dict(inputs), seed, dict(labels), tuple(breakpoints))
+
+
+def _seed(value: Any, field: str) -> int:
+    """proto3 JSON int64: a whole number, or a string of one (a Struct carries floats)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(f"{field}: expected a whole number, got {quoted(value)}")
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        raise InvalidArgument(f"{field}: expected a whole number, got {quoted(value)}")
+    number = int(value)
+    if not -(2**63) <= number < 2**63:
+        raise InvalidArgument(f"{field}: out of the int64 range")
+    return number
+
+
+def parse_pack(
+    pack: str,
+    scenarios: Sequence[ScenarioInput],
+    known_types: Collection[str],
+    env_allowance: EnvAllowance,
+) -> None:
+    """Validate a whole pack before anything is stored: the pack name, each slug (non-empty,
+    unique), title and description lengths, each run_spec (:func:`parse_run_spec`) and each
+    ``expected`` (an object with at least one key). Errors name the scenario and the field."""
+    check_name(pack, "pack")
+    if not scenarios:
+        raise InvalidArgument("scenarios: a pack needs at least one scenario")
+    if len(scenarios) > MAX_SCENARIOS:
+        raise InvalidArgument(f"scenarios: more than {MAX_SCENARIOS} in one pack")
+    seen: set[str] = set()
+    for index, scenario in enumerate(scenarios):
+        check_name(scenario.slug, f"scenarios[{index}].slug")
+        where = f"scenario {quoted(scenario.slug)}"
+        if scenario.slug in seen:
+            raise InvalidArgument(f"{where}: slug: duplicate slug in the pack")
+        seen.add(scenario.slug)
+        check_name(scenario.title, f"{where}: title", required=False, limit=MAX_TEXT)
+        check_name(scenario.description, f"{where}: description", required=False, limit=MAX_TEXT)
+        parse_run_spec(scenario.run_spec, known_types, env_allowance, f"{where}: run_spec")
+        expected = scenario.expected
+        if not isinstance(expected, Mapping) or not expected:
+            raise InvalidArgument(f"{where}: expected: an object with at least one assertion")
+        check_json_value(dict(expected), f"{where}: expected")
+        check_json_value(dict(scenario.run_spec or {}), f"{where}: run_spec")
+
+
+def synced_records(
+    pack: str,
+    scenarios: Sequence[ScenarioInput],
+    existing: Mapping[str, EvalScenarioRecord],
+    now: datetime,
+    new_id: Callable[[], str],
+) -> tuple[list[str], list[EvalScenarioRecord]]:
+    """The scenario ids in request order, and the rows to write: a new scenario gets a new id;
+    an existing slug keeps its id and ``created_at`` and is rewritten only when its definition
+    changed (so syncing the same pack twice writes nothing)."""
+    ids: list[str] = []
+    rows: list[EvalScenarioRecord] = []
+    for scenario in scenarios:
+        old = existing.get(scenario.slug)
+        record = EvalScenarioRecord(
+            scenario_id=old.scenario_id if old else new_id(),
+            pack=pack,
+            slug=scenario.slug,
+            title=scenario.title,
+            description=scenario.description,
+            run_spec=dict(scenario.run_spec or {}),
+            expected=dict(scenario.expected or {}),
+            created_at=old.created_at if old else now,
+            updated_at=now,
+        )
+        ids.append(record.scenario_id)
+        if old is None or not old.same_definition(record):
+            rows.append(record)
+    return ids, rows
+
+
+# --- run facts ----------------------------------------------------------------------------------
+
+
+def gate_limit(limit: int) -> int:
+    """ListChangeGates' limit: 0 means :data:`DEFAULT_GATE_LIMIT`; at most
+    :data:`MAX_GATE_LIMIT`."""
+    if limit < 0:
+        raise InvalidArgument("limit: must not be negative")
+    return DEFAULT_GATE_LIMIT if limit == 0 else min(limit, MAX_GATE_LIMIT)
+
+
+# --- change gates -------------------------------------------------------------------------------
+
+
+def check_gate_request(request: GateRequest) -> None:
+    """The request's names and JSON under the daemon's limits."""
+    check_name(request.change_id, "change_id")
+    check_name(request.revision, "revision", required=False)
+    check_name(request.actor, "actor", required=False)
+    for index, diff in enumerate(request.diffs):
+        check_name(diff.path, f"diffs[{index}].path", limit=4096)
+    for index, metric in enumerate(request.evals):
+        check_name(metric.name, f"evals[{index}].name")
+    for index, budget in enumerate(request.budgets):
+        check_name(budget.name, f"budgets[{index}].name")
+    check_json_value(thawed(request.telemetry), "telemetry")
+    check_json_value(thawed(request.metadata), "metadata")
+
+
+def _json_ready(value: Any) -> Any:
+    """A JSON-safe copy (NaN and infinities as None; anything else not JSON as its repr)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | frozenset | set):
+        return [_json_ready(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: _json_ready(getattr(value, name)) for name in value.__dataclass_fields__}
+    return repr(value)
+
+
+def scorecard_json(scorecard: Scorecard) -> dict[str, Any]:
+    """``{novelty, coverage, evals, budgets, telemetry, extra}``: each summary's fields (None for
+    a part no rule produced); ``extra`` holds plugin rules' parts by rule name."""
+    parts: dict[str, Any] = {}
+    for name in ("novelty", "coverage", "evals", "budgets"):
+        parts[name] = _json_ready(getattr(scorecard, name))
+    parts["telemetry"] = _json_ready(scorecard.telemetry)
+    parts["extra"] = _json_ready(scorecard.extra)
+    return parts
+
+
+SUMMARIES: Mapping[str, type] = MappingProxyType(
+    {
+        "novelty": NoveltySummary,
+        "coverage": CoverageSummary,
+        "evals": EvalSummary,
+        "budgets": BudgetSummary,
+    }
+)
+
+
+def decision_record(
+    gate_id: str, request: GateRequest, decision: Decision, decided_at: datetime
+) -> GateDecisionRecord:
+    return GateDecisionRecord(
+        gate_id=gate_id,
+        change_id=request.change_id,
+        revision=request.revision,
+        effect=decision.effect.value,
+        reasons=decision.reasons,
+        followups=tuple(
+            {"slug": f.slug, "description": f.description, "recommended": f.recommended}
+            for f in decision.followups
+        ),
+        scorecard=scorecard_json(decision.scorecard),
+        metadata=_json_ready(request.metadata),
+        telemetry=_json_ready(request.telemetry),
+        actor=request.actor,
+        decided_at=decided_at,
+    )
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON of a (frozen) JSON value, for a JSON column."""
+    return json.dumps(thawed(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)

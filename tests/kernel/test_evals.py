@@ -1,0 +1,529 @@
+"""Eval judging (kernel/core/evals.py): the ``expected`` vocabulary, outcomes, score, metrics,
+the extension point, repeat statistics and baseline regressions."""
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from foundry.kernel.core.evals import (
+    BUILTIN_ASSERTIONS,
+    MAX_PATTERN_LENGTH,
+    AssertionResult,
+    Judgement,
+    RunFacts,
+    ScenarioStats,
+    StepFacts,
+    judge,
+    merge_assertion_types,
+    output_text,
+    regression,
+    run_latency_ms,
+    summarize,
+)
+from foundry.kernel.errors import InvalidArgument
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def at(ms: float) -> datetime:
+    return T0 + timedelta(milliseconds=ms)
+
+
+def make_run(status="SUCCEEDED", **overrides) -> RunFacts:
+    steps = (
+        StepFacts("outline", "succeeded", {"text": "An outline about otters", "n": 1},
+                  10, 20, 0.01, at(100), at(400)),
+        StepFacts("count", "succeeded", {"words": 4, "tags": ["a", {"k": 1, "x": 2}], "ok": True},
+                  0, 0, 0.0, at(400), at(450)),
+        StepFacts("draft", "succeeded", "Otters hold hands while sleeping.",
+                  30, 40, 0.02, at(450), at(1450)),
+        StepFacts("skipped", "skipped", None),
+    )  # fmt: skip
+    fields = {"run_id": "run_1", "status": status, "steps": steps,
+              "created_at": at(0), "finished_at": at(2000)}  # fmt: skip
+    fields.update(overrides)
+    return RunFacts(**fields)
+
+
+RUN = make_run()
+
+
+def only(judgement: Judgement) -> AssertionResult:
+    assert len(judgement.assertions) == 1, judgement.assertions
+    return judgement.assertions[0]
+
+
+def step(step_id, **checks):
+    return {"steps": {step_id: checks}}
+
+
+def passes(expected, run=RUN, **kw):
+    j = judge(run, expected, **kw)
+    assert j.outcome == "passed", j
+    return j
+
+
+def fails(expected, run=RUN, **kw):
+    j = judge(run, expected, **kw)
+    assert j.outcome == "failed", j
+    assert not j.errors
+    return j
+
+
+def errs(expected, run=RUN, *, naming, **kw):
+    j = judge(run, expected, **kw)
+    assert j.outcome == "error", j
+    assert any(naming in e for e in j.errors), j.errors
+    return j
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("written", ["succeeded", "SUCCEEDED", "Succeeded", "RUN_STATUS_SUCCEEDED"])
+def test_status_is_case_insensitive(written):
+    r = only(passes({"status": written}))
+    assert (r.name, r.recorded, r.expected, r.step_id) == ("status", "SUCCEEDED", written, None)
+
+
+def test_status_fails_on_another_status():
+    r = only(fails({"status": "succeeded"}, make_run("FAILED")))
+    assert not r.passed
+    assert r.recorded == "FAILED"
+
+
+def test_status_errors_on_a_non_string():
+    errs({"status": 1}, naming="status must be a string")
+
+
+def test_step_status():
+    passes(step("draft", status="SUCCEEDED"))
+    fails(step("skipped", status="succeeded"))
+
+
+# --- equals -------------------------------------------------------------------------------------
+
+
+def test_equals_passes_on_the_same_json_value_and_numbers_by_value():
+    passes(step("draft", equals="Otters hold hands while sleeping."))
+    # A protobuf Struct gives every number as a double: 4.0 equals 4.
+    passes(step("count", equals={"words": 4.0, "tags": ["a", {"k": 1, "x": 2}], "ok": True}))
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ({"words": 4, "tags": ["a", {"k": 1, "x": 2}]}, "unexpected key 'ok'"),
+        ({"words": 5, "tags": ["a", {"k": 1, "x": 2}], "ok": True}, "at $.words"),
+        ({"words": 4, "tags": ["a", {"k": 1, "x": 2}], "ok": 1}, "at $.ok"),  # True is not 1
+        ({"words": 4, "tags": ["a"], "ok": True}, "at $.tags"),
+        ("text", "at $"),
+    ],
+)
+def test_equals_fails_naming_where_they_differ(value, where):
+    r = only(fails(step("count", equals=value)))
+    assert where in r.message
+    assert r.step_id == "count"
+    assert r.recorded == RUN.step("count").output
+
+
+def test_equals_null_matches_a_step_without_output():
+    passes(step("skipped", equals=None))
+
+
+# --- subset -------------------------------------------------------------------------------------
+
+
+def test_subset_passes_when_every_key_and_value_is_in_the_output_recursively():
+    passes(step("count", subset={"words": 4}))
+    passes(step("count", subset={"tags": ["a", {"k": 1}]}))  # list by index, objects partial
+    passes(step("count", subset={}))
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ({"missing": 1}, "missing key 'missing'"),
+        ({"tags": ["a"]}, "at $.tags: expected a list of 1"),  # lists keep their length
+        ({"tags": [{"k": 1}, "a"]}, "at $.tags[0]"),  # compared by index
+        ({"tags": ["a", {"k": 2}]}, "at $.tags[1].k"),
+    ],
+)
+def test_subset_fails_naming_the_path(value, where):
+    assert where in only(fails(step("count", subset=value))).message
+
+
+def test_subset_fails_on_a_non_object_output():
+    assert "expected an object" in only(fails(step("draft", subset={"a": 1}))).message
+
+
+def test_subset_errors_when_the_expected_value_is_not_an_object():
+    errs(step("count", subset=[1]), naming="steps.count.subset must be an object")
+
+
+# --- contains, regex, is_json: the output as text -----------------------------------------------
+
+
+def test_output_text():
+    assert output_text("plain") == "plain"
+    assert output_text({"text": "from text", "other": 1}) == "from text"
+    assert output_text({"b": 1, "a": "é"}) == '{"a":"é","b":1}'
+    assert output_text([1, 2]) == "[1,2]"
+    assert output_text(None) == ""
+
+
+def test_contains():
+    passes(step("draft", contains="hold hands"))
+    passes(step("outline", contains="otters"))  # the object's "text"
+    passes(step("count", contains='"words":4'))  # compact JSON of an object without "text"
+    r = only(fails(step("draft", contains="walrus")))
+    assert r.recorded == "Otters hold hands while sleeping."
+    assert "walrus" in r.message
+    errs(step("draft", contains=3), naming="contains must be a string")
+
+
+def test_regex():
+    passes(step("draft", regex=r"^Otters\b.*sleeping\.$"))
+    passes(step("outline", regex=r"(?i)OTTERS"))
+    fails(step("draft", regex=r"^sleeping"))
+
+
+def test_an_invalid_regex_is_an_error_naming_it():
+    j = errs(step("draft", regex="(unclosed"), naming="(unclosed")
+    assert only(j).error
+    assert not only(j).passed
+
+
+def test_a_regex_longer_than_the_bound_is_an_error():
+    passes(step("draft", regex="O" + "t?" * ((MAX_PATTERN_LENGTH - 1) // 2)))
+    errs(step("draft", regex="a" * (MAX_PATTERN_LENGTH + 1)), naming="longer than 1000")
+    errs(step("draft", regex=None), naming="regex must be a string")
+
+
+def test_is_json():
+    run = make_run(steps=(StepFacts("s", "succeeded", '{"a": [1, 2]}'),
+                          StepFacts("t", "succeeded", {"text": "not json"}),
+                          StepFacts("u", "succeeded", "NaN")))  # fmt: skip
+    passes(step("s", is_json=True), run)
+    passes(step("t", is_json=False), run)
+    assert "not JSON" in only(fails(step("t", is_json=True), run)).message
+    fails(step("u", is_json=True), run)  # NaN is not JSON
+    errs(step("s", is_json="yes"), run, naming="is_json must be true or false")
+
+
+def test_long_texts_are_clipped_in_the_record():
+    run = make_run(steps=(StepFacts("s", "succeeded", "x" * 5000),))
+    r = only(fails(step("s", contains="y"), run))
+    assert len(r.recorded) == 501
+    assert r.recorded.endswith("…")
+
+
+# --- budgets: tokens, cost, latency -------------------------------------------------------------
+
+
+def test_step_budgets_at_and_over_the_limit():
+    passes(step("outline", max_tokens=30, max_cost=0.01, max_latency_ms=300))
+    j = fails(step("outline", max_tokens=29, max_cost=0.0099, max_latency_ms=299.9))
+    assert [(r.name, r.recorded, r.passed) for r in j.assertions] == [
+        ("max_cost", 0.01, False), ("max_latency_ms", 300.0, False), ("max_tokens", 30, False),
+    ]  # fmt: skip
+
+
+def test_run_budgets_sum_the_steps_and_measure_first_lease_to_last_completion():
+    passes({"max_tokens": 100, "max_cost": 0.03, "max_latency_ms": 1350})
+    j = fails({"max_tokens": 99, "max_cost": 0.029, "max_latency_ms": 1349})
+    assert {r.name: r.recorded for r in j.assertions} == {
+        "max_tokens": 100, "max_cost": 0.03, "max_latency_ms": 1350.0,
+    }  # fmt: skip
+
+
+def test_cost_limits_allow_float_rounding():
+    run = make_run(steps=(StepFacts("a", "succeeded", None, cost=0.1),
+                          StepFacts("b", "succeeded", None, cost=0.2)))  # fmt: skip
+    passes({"max_cost": 0.3}, run)
+
+
+def test_run_latency_falls_back_to_created_and_finished():
+    run = make_run(steps=(StepFacts("a", "reused", 1),))
+    assert run_latency_ms(run) == 2000.0
+    passes({"max_latency_ms": 2000}, run)
+    assert run_latency_ms(make_run(steps=(), created_at=None)) is None
+
+
+def test_latency_that_cannot_be_measured_is_an_error():
+    errs(step("skipped", max_latency_ms=10), naming="step 'skipped' has no timestamps")
+    errs({"max_latency_ms": 10}, make_run(steps=(), finished_at=None), naming="the run has no")
+
+
+@pytest.mark.parametrize("bad", [-1, "10", True, None, math.inf, [1]])
+def test_budget_limits_must_be_numbers_at_least_zero(bad):
+    errs({"max_tokens": bad}, naming="max_tokens must be a number >= 0")
+
+
+# --- step counts --------------------------------------------------------------------------------
+
+
+def test_step_counts_count_the_steps_that_ran():
+    # outline, count, draft ran; "skipped" did not.
+    passes({"steps_count": 3, "min_steps": 3, "max_steps": 3})
+    passes({"steps_count": 3.0})  # a Struct double
+    j = fails({"steps_count": 4, "min_steps": 4, "max_steps": 2})
+    assert all(not r.passed and r.recorded == 3 for r in j.assertions)
+    errs({"min_steps": 1.5}, naming="min_steps must be a whole number")
+
+
+def test_run_level_assertions_are_not_step_level_ones_and_back():
+    errs(step("draft", steps_count=1), naming="steps.draft.steps_count: not a step-level")
+    errs({"contains": "x"}, naming="contains: not a run-level")
+
+
+# --- outcomes, score, structure -----------------------------------------------------------------
+
+
+def test_score_is_passed_over_total_and_any_failure_fails():
+    j = fails({"status": "succeeded", "max_tokens": 1, **step("draft", contains="Otters")})
+    assert j.score == pytest.approx(2 / 3)
+    assert j.metrics["score"] == j.score
+    assert j.metrics["outcome"] == "failed"
+
+
+def test_all_passed_scores_one():
+    assert passes({"status": "succeeded", **step("draft", contains="Otters")}).score == 1.0
+
+
+def test_an_error_wins_over_a_failure_and_errors_count_as_not_passed():
+    j = errs({"status": "failed", "bogus": 1, **step("draft", contains="Otters")}, naming="bogus")
+    assert j.score == pytest.approx(1 / 3)
+    assert j.errors == ("bogus: unknown assertion type 'bogus'",)
+
+
+def test_an_unknown_step_key_is_an_error_naming_it():
+    errs(step("draft", contians="x"), naming="steps.draft.contians: unknown assertion type")
+
+
+def test_a_missing_step_is_an_error_for_each_of_its_assertions():
+    j = errs(step("nope", contains="x", equals=1), naming="the run has no step 'nope'")
+    assert [(r.name, r.step_id, r.error) for r in j.assertions] == [
+        ("contains", "nope", True), ("equals", "nope", True),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("expected", "naming"),
+    [
+        ({}, "expected has no assertions"),
+        ({"steps": {}}, "expected has no assertions"),
+        ([], "expected must be a JSON object"),
+        (None, "expected must be a JSON object"),
+        ({"steps": []}, "steps must be an object"),
+        ({"steps": {"draft": "Otters"}}, "steps.draft must be an object"),
+    ],
+)
+def test_malformed_expected_is_an_error(expected, naming):
+    j = errs(expected, naming=naming)
+    assert j.score == 0.0
+
+
+def test_metrics_are_json_ready_and_complete():
+    j = fails({"status": "succeeded", **step("count", equals={"words": 5})})
+    m = j.metrics
+    assert json.loads(json.dumps(m, allow_nan=False)) == m
+    assert {k: m[k] for k in ("latency_ms", "tokens_in", "tokens_out", "tokens", "cost", "steps")} \
+        == {"latency_ms": 1350.0, "tokens_in": 40, "tokens_out": 60, "tokens": 100, "cost": 0.03,
+            "steps": 3}  # fmt: skip
+    assert m["assertions"][0] == {
+        "name": "status", "step_id": None, "passed": True, "error": False,
+        "recorded": "SUCCEEDED", "expected": "succeeded", "message": "status is 'SUCCEEDED'",
+    }  # fmt: skip
+    assert m["assertions"][1]["step_id"] == "count"
+    assert m["errors"] == []
+
+
+def test_judging_is_deterministic_whatever_the_key_order():
+    a = judge(RUN, {"status": "succeeded", "max_tokens": 10, **step("draft", contains="x")})
+    b = judge(RUN, {**step("draft", contains="x"), "max_tokens": 10, "status": "succeeded"})
+    assert a == b
+
+
+# --- the extension point ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WordCount:
+    """``min_words: N`` — the step's text has at least N words."""
+
+    name: str = "min_words"
+    scopes: frozenset = frozenset({"step"})
+
+    def check(self, expected, facts, step_id):
+        if not isinstance(expected, int | float):
+            return AssertionResult(self.name, False, None, expected, step_id, "bad", error=True)
+        words = len(output_text(facts.step(step_id).output).split())
+        return AssertionResult(self.name, words >= expected, words, expected, step_id, f"{words}")
+
+
+@dataclass(frozen=True)
+class RunLabel:
+    name: str = "run_id_is"
+
+    def check(self, expected, facts, step_id):
+        return AssertionResult(self.name, facts.run_id == expected, facts.run_id, expected, step_id)
+
+
+class Broken:
+    name = "broken"
+
+    def check(self, expected, facts, step_id):
+        raise RuntimeError("plugin bug")
+
+
+EXTRAS = {"min_words": WordCount(), "run_id_is": RunLabel(), "broken": Broken()}
+
+
+def test_an_extension_type_passes_fails_and_errors():
+    r = only(passes(step("draft", min_words=5), extra_types=EXTRAS))
+    assert (r.name, r.recorded, r.step_id) == ("min_words", 5, "draft")
+    fails(step("draft", min_words=6), extra_types=EXTRAS)
+    errs(step("draft", min_words="six"), extra_types=EXTRAS, naming="bad")
+
+
+def test_an_extension_without_scopes_works_at_both_levels():
+    passes({"run_id_is": "run_1", **step("draft", run_id_is="run_1")}, extra_types=EXTRAS)
+
+
+def test_an_extension_scope_is_enforced():
+    errs({"min_words": 1}, extra_types=EXTRAS, naming="min_words: not a run-level assertion")
+
+
+def test_an_extension_that_raises_is_an_error_not_a_crash():
+    errs({"broken": 1}, extra_types=EXTRAS, naming="broken: RuntimeError: plugin bug")
+
+
+def test_without_the_extension_its_key_is_unknown():
+    errs(step("draft", min_words=5), naming="unknown assertion type 'min_words'")
+
+
+def test_an_extension_cannot_replace_a_built_in():
+    errs({"status": "succeeded"}, extra_types={"status": RunLabel()}, naming="clashes")
+
+
+def test_merge_assertion_types_refuses_clashes():
+    merged = merge_assertion_types([{"min_words": WordCount()}, None, {"run_id_is": RunLabel()}])
+    assert set(merged) == {"min_words", "run_id_is"}
+    with pytest.raises(InvalidArgument, match="'min_words'"):
+        merge_assertion_types([{"min_words": WordCount()}, {"min_words": WordCount()}])
+    for key in ("equals", "steps"):
+        with pytest.raises(InvalidArgument, match=key):
+            merge_assertion_types([{key: RunLabel()}])
+    assert "regex" in BUILTIN_ASSERTIONS
+    assert "steps" not in BUILTIN_ASSERTIONS
+
+
+# --- repeat statistics --------------------------------------------------------------------------
+
+
+def metrics(outcome, score, latency=100.0, tokens=10, cost=0.5):
+    return {"outcome": outcome, "score": score, "latency_ms": latency, "tokens": tokens,
+            "cost": cost}  # fmt: skip
+
+
+def test_summarize_known_data():
+    s = summarize([
+        metrics("passed", 1.0, 100, 10, 0.1), metrics("failed", 0.5, 200, 20, 0.2),
+        metrics("error", 0.0, None, 30, 0.3), metrics("passed", 1.0, 300, 40, 0.4),
+    ])  # fmt: skip
+    assert (s.runs, s.passed, s.pass_rate) == (4, 2, 0.5)
+    assert s.score_mean == 0.625
+    # sample variance: (0.375² + 0.125² + 0.625² + 0.375²) / 3 = 0.6875 / 3
+    assert s.score_stddev == pytest.approx(math.sqrt(0.6875 / 3), abs=1e-15)
+    assert s.latency_ms_mean == 200.0  # the unknown latency is left out
+    assert s.tokens_mean == 25.0
+    assert s.cost_mean == pytest.approx(0.25)
+
+
+def test_summarize_one_run_has_zero_stddev_and_takes_judgements():
+    s = summarize([judge(RUN, {"status": "succeeded"})])
+    assert s == ScenarioStats(1, 1, 1.0, 1.0, 0.0, 1350.0, 100.0, 0.03)
+    assert s.score_stderr == 0.0
+    assert s.as_dict()["runs"] == 1
+
+
+def test_summarize_needs_results():
+    with pytest.raises(InvalidArgument):
+        summarize([])
+
+
+# --- baseline regressions -----------------------------------------------------------------------
+
+
+def stats(pass_rate=1.0, score_mean=1.0, score_stddev=0.0, runs=4, **kw):
+    fields = {"latency_ms_mean": 100.0, "tokens_mean": 10.0, "cost_mean": 0.5} | kw
+    return ScenarioStats(runs, round(pass_rate * runs), pass_rate, score_mean, score_stddev,
+                         **fields)  # fmt: skip
+
+
+def test_identical_stats_are_no_regression():
+    r = regression(stats(), stats())
+    assert (r.is_regression, r.reasons) == (False, ())
+    assert r.deltas == {"pass_rate": 0.0, "score_mean": 0.0, "score_threshold": 0.05,
+                        "latency_ms_mean": 0.0, "tokens_mean": 0.0, "cost_mean": 0.0}  # fmt: skip
+
+
+def test_any_pass_rate_drop_is_a_regression_by_default():
+    r = regression(stats(pass_rate=0.75, score_mean=1.0), stats())
+    assert r.is_regression
+    assert r.reasons[0].startswith("pass rate fell from 1.000 to 0.750")
+    assert not regression(stats(pass_rate=1.0), stats(pass_rate=0.75)).is_regression  # improved
+
+
+@pytest.mark.parametrize(
+    ("current", "baseline", "allowed", "expected"),
+    [
+        (0.7, 1.0, 0.3, False),  # 1.0 - 0.7 is 0.30000000000000004: at the allowance, not over
+        (0.69, 1.0, 0.3, True),
+        (0.8, 0.9, 0.1, False),
+        (0.8, 0.9, 0.099, True),
+        (0.75, 0.75, 0.0, False),
+    ],
+)
+def test_pass_rate_drop_boundary(current, baseline, allowed, expected):
+    r = regression(stats(pass_rate=current), stats(pass_rate=baseline), pass_rate_drop=allowed)
+    assert r.is_regression is expected
+
+
+def test_score_drop_boundary_without_noise():
+    base = stats(score_mean=0.9)
+    assert not regression(stats(score_mean=0.85), base).is_regression  # exactly 0.05
+    assert not regression(stats(score_mean=0.8500001), base).is_regression
+    r = regression(stats(score_mean=0.8499), base)
+    assert r.is_regression
+    assert "mean score fell from 0.900 to 0.850 (allowed drop 0.050)" in r.reasons[0]
+
+
+def test_noisy_scores_widen_the_allowed_drop_to_two_standard_errors():
+    # stddev 0.2 over 4 runs each: SE of the difference = sqrt(2 × 0.01) ≈ 0.1414; 2 SE ≈ 0.2828.
+    noise = 2 * math.sqrt(2 * (0.2 / 2) ** 2)
+    base = stats(score_mean=0.9, score_stddev=0.2)
+    within = regression(stats(score_mean=0.9 - noise + 1e-6, score_stddev=0.2), base)
+    beyond = regression(stats(score_mean=0.9 - noise - 1e-6, score_stddev=0.2), base)
+    assert not within.is_regression
+    assert beyond.is_regression
+    assert within.deltas["score_threshold"] == pytest.approx(noise)
+
+
+def test_a_custom_score_drop_above_the_noise_applies():
+    base = stats(score_mean=0.9, score_stddev=0.02)  # 2 SE ≈ 0.028 < 0.1
+    assert not regression(stats(score_mean=0.8), base, score_drop=0.1).is_regression
+    assert regression(stats(score_mean=0.79), base, score_drop=0.1).is_regression
+
+
+def test_both_reasons_are_reported_and_deltas_are_json_ready():
+    r = regression(stats(pass_rate=0.5, score_mean=0.5, latency_ms_mean=None, tokens_mean=12.0),
+                   stats())  # fmt: skip
+    assert r.is_regression
+    assert len(r.reasons) == 2
+    assert r.deltas["latency_ms_mean"] is None
+    assert r.deltas["tokens_mean"] == 2.0
+    assert json.loads(json.dumps(r.as_dict())) == r.as_dict()

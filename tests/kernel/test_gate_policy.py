@@ -1,0 +1,782 @@
+"""The change-gate policy (kernel/core/gate_policy.py): rules at their boundaries, missing
+evidence, advisory rules, effect precedence, reason texts and the [gate] table's validation."""
+
+import math
+
+import pytest
+from foundry.kernel.core.gate_policy import (
+    BUILTIN_RULES,
+    DIRECTION_BY_NUMBER,
+    EFFECT_NUMBERS,
+    HIGH_RISK_REASONS,
+    Budget,
+    BudgetSummary,
+    Coverage,
+    CoverageComponent,
+    CoverageSummary,
+    Decision,
+    Diff,
+    Direction,
+    Effect,
+    EvalSummary,
+    Followup,
+    GatePolicy,
+    GateRequest,
+    Metric,
+    NoveltySummary,
+    Rule,
+    RuleResult,
+    decide,
+    tokens_of,
+)
+from foundry.kernel.errors import ConfigError
+
+EPS = 1e-9
+POLICY = GatePolicy()
+GOOD_COVERAGE = Coverage(overall_ratio=0.9, minimum_ratio=0.8)
+GOOD_EVALS = (Metric("accuracy", "answers", score=0.9, threshold=0.5),)
+
+
+def request(**fields):
+    """A request that passes every built-in rule, with ``fields`` replaced."""
+    base = {
+        "change_id": "chg-1",
+        "revision": "r1",
+        "diffs": (Diff("src/app/main.py", 10, 2, novelty_score=0.1),),
+        "coverage": GOOD_COVERAGE,
+        "evals": GOOD_EVALS,
+        "budgets": (),
+    }
+    base.update(fields)
+    return GateRequest(**base)
+
+
+def gate(policy=POLICY, rules=BUILTIN_RULES, **fields) -> Decision:
+    return decide(request(**fields), policy, rules)
+
+
+def test_a_clean_change_is_allowed_with_no_reasons():
+    decision = gate()
+
+    assert decision.effect is Effect.ALLOW
+    assert decision.reasons == ()
+    assert decision.followups == ()
+    assert [outcome.name for outcome in decision.rules] == [
+        "novelty", "coverage", "evals", "budgets",
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------- novelty
+
+
+@pytest.mark.parametrize(
+    ("score", "effect"),
+    [
+        (0.7, Effect.ALLOW),  # exactly at the follow-up threshold passes
+        (0.7 + EPS, Effect.FOLLOW_UP),
+        (0.9, Effect.FOLLOW_UP),  # exactly at the maximum does not deny
+        (0.9 + EPS, Effect.DENY),
+        (1.0, Effect.DENY),
+        (0.0, Effect.ALLOW),
+    ],
+)
+def test_novelty_boundaries(score, effect):
+    decision = gate(diffs=(Diff("src/x.py", novelty_score=score),))
+
+    assert decision.effect is effect
+
+
+def test_novelty_reasons_name_the_path_the_score_and_the_threshold():
+    denied = gate(diffs=(Diff("src/x.py", novelty_score=0.95),))
+    followed = gate(diffs=(Diff("src/y.py", novelty_score=0.75),))
+
+    assert denied.reasons == ("novelty 0.95 of src/x.py is above the maximum 0.90",)
+    assert denied.followups[0].slug == "reduce-novelty"
+    assert denied.followups[0].recommended
+    assert followed.reasons == ("novelty 0.75 of src/y.py is above the follow-up threshold 0.70",)
+    assert followed.followups[0].slug == "review-novelty"
+
+
+def test_a_reason_just_past_a_threshold_does_not_print_both_numbers_equal():
+    # with 2 (or 3) decimals both would read 0.90: more digits are shown until they differ
+    decision = gate(diffs=(Diff("src/x.py", novelty_score=0.9001),))
+    coverage = gate(coverage=Coverage(0.799, 0.8))
+
+    assert decision.reasons == ("novelty 0.9001 of src/x.py is above the maximum 0.9",)
+    assert coverage.reasons == ("coverage 0.799 is below the minimum 0.800",)
+
+
+def test_novelty_summary_averages_only_scored_diffs():
+    diffs = (
+        Diff("a.py", novelty_score=0.2),
+        Diff("b.py", novelty_score=None),
+        Diff("c.py", novelty_score=0.6),
+    )
+    summary = gate(diffs=diffs).scorecard.novelty
+
+    assert summary == NoveltySummary(max_novelty=0.6, avg_novelty=pytest.approx(0.4))
+
+
+def test_no_scored_diffs_gives_zero_novelty():
+    assert gate(diffs=(Diff("a.py"),)).scorecard.novelty == NoveltySummary(0.0, 0.0, ())
+    assert gate(diffs=()).scorecard.novelty == NoveltySummary(0.0, 0.0, ())
+
+
+def test_a_nan_novelty_counts_as_fully_novel():
+    decision = gate(diffs=(Diff("a.py", novelty_score=math.nan),))
+
+    assert decision.effect is Effect.DENY
+    assert "not a number" in decision.reasons[0]
+    assert decision.scorecard.novelty.max_novelty == 1.0
+
+
+# ------------------------------------------------------------------------- high risk
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "db/migrations/0001_init.py", "migrations/0001.py", "schema.sql", "db/schema.sql",
+        "infra/main.tf", ".github/workflows/ci.yml", "src/auth/login.py", "auth/token.py",
+        "lib/security/keys.py", "./infra/x",
+    ],
+)  # fmt: skip
+def test_high_risk_paths_match_the_default_patterns(path):
+    decision = gate(diffs=(Diff(path, novelty_score=0.1),))
+
+    assert decision.scorecard.novelty.high_risk_paths == (path,)
+    assert decision.effect is Effect.FOLLOW_UP
+    assert "path matches" in decision.reasons[0]
+
+
+@pytest.mark.parametrize(
+    "path", ["src/app/main.py", "docs/infra.md", "src/authz.py", "src/sql/readme.md"]
+)
+def test_ordinary_paths_are_not_high_risk(path):
+    assert gate(diffs=(Diff(path),)).scorecard.novelty.high_risk_paths == ()
+
+
+def test_high_risk_tags_match_case_insensitively():
+    decision = gate(diffs=(Diff("src/pay.py", risk_tags=("UI", "Payments")),))
+
+    assert decision.scorecard.novelty.high_risk_paths == ("src/pay.py",)
+    assert decision.reasons == ("src/pay.py is high risk (tags Payments; policy: follow_up)",)
+    assert decision.followups == (
+        Followup("review-high-risk", "Have an owner review the high-risk paths: src/pay.py"),
+    )
+
+
+def test_many_high_risk_paths_are_counted_after_the_first_twenty():
+    diffs = tuple(Diff(f"infra/f{i}.tf") for i in range(25))
+    decision = gate(diffs=diffs)
+
+    assert len(decision.scorecard.novelty.high_risk_paths) == 25
+    assert len(decision.reasons) == HIGH_RISK_REASONS + 1 == 21
+    assert decision.reasons[-1] == (
+        "5 more paths are high risk (25 in all, listed in the scorecard; policy: follow_up)"
+    )
+    assert decision.followups == (
+        Followup(
+            "review-high-risk",
+            "Have an owner review the high-risk paths: infra/f0.tf, infra/f1.tf, infra/f2.tf, "
+            "infra/f3.tf, infra/f4.tf and 20 more",
+        ),
+    )
+
+
+def test_the_high_risk_effect_and_patterns_are_configurable():
+    policy = GatePolicy.from_mapping(
+        {"high_risk": "deny", "high_risk_paths": ["vendor/*"], "high_risk_tags": ["legal"]}
+    )
+
+    assert gate(policy, diffs=(Diff("vendor/lib.c"),)).effect is Effect.DENY
+    assert gate(policy, diffs=(Diff("x.py", risk_tags=("legal",)),)).effect is Effect.DENY
+    assert gate(policy, diffs=(Diff("infra/main.tf", risk_tags=("auth",)),)).effect is (
+        Effect.ALLOW
+    )
+
+
+def test_no_high_risk_patterns_at_all():
+    policy = GatePolicy.from_mapping({"high_risk_paths": [], "high_risk_tags": []})
+
+    assert gate(policy, diffs=(Diff("infra/x", risk_tags=("auth",)),)).effect is Effect.ALLOW
+
+
+# ------------------------------------------------------------------------- coverage
+
+
+@pytest.mark.parametrize(
+    ("overall", "effect"),
+    [(0.8, Effect.ALLOW), (0.8 - EPS, Effect.DENY), (1.0, Effect.ALLOW), (0.0, Effect.DENY)],
+)
+def test_coverage_at_the_minimum_passes(overall, effect):
+    assert gate(coverage=Coverage(overall, 0.8)).effect is effect
+
+
+def test_coverage_below_the_minimum_names_both_numbers():
+    decision = gate(coverage=Coverage(0.71, 0.8))
+
+    assert decision.reasons == ("coverage 0.71 is below the minimum 0.80",)
+    assert decision.followups[0].slug == "raise-coverage"
+    assert decision.scorecard.coverage == CoverageSummary(0.71, ())
+
+
+def test_the_policy_minimum_applies_when_the_report_has_none():
+    assert gate(coverage=Coverage(0.79, None)).effect is Effect.DENY
+    assert gate(coverage=Coverage(0.8, None)).effect is Effect.ALLOW
+    policy = GatePolicy.from_mapping({"min_coverage": 0.5})
+    assert gate(policy, coverage=Coverage(0.6, None)).effect is Effect.ALLOW
+    # the report's own minimum wins over the policy's
+    assert gate(policy, coverage=Coverage(0.6, 0.7)).effect is Effect.DENY
+
+
+@pytest.mark.parametrize(
+    ("ratio", "below"), [(0.8, False), (0.8 - EPS, True), (0.55, True), (0.95, False)]
+)
+def test_component_coverage_at_its_requirement_passes(ratio, below):
+    component = CoverageComponent("payments", ratio, 0.8)
+    decision = gate(coverage=Coverage(0.9, 0.8, (component,)))
+
+    assert decision.scorecard.coverage.components_below_threshold == (
+        ("payments",) if below else ()
+    )
+    assert decision.effect is (Effect.DENY if below else Effect.ALLOW)
+
+
+def test_component_followup_names_the_component():
+    decision = gate(coverage=Coverage(0.9, 0.8, (CoverageComponent("payments", 0.55, 0.8),)))
+
+    assert decision.reasons == ("coverage 0.55 of component payments is below its required 0.80",)
+    assert decision.followups == (
+        Followup("raise-coverage", "Add tests for payments (0.55 < 0.80)", True),
+    )
+
+
+def test_a_component_without_a_requirement_is_not_checked():
+    decision = gate(coverage=Coverage(0.9, 0.8, (CoverageComponent("docs", 0.1, None),)))
+
+    assert decision.effect is Effect.ALLOW
+    assert decision.scorecard.coverage.components_below_threshold == ()
+
+
+def test_a_component_missing_its_ratio_counts_as_below_under_the_missing_policy():
+    component = CoverageComponent("payments", None, 0.8)
+    decision = gate(coverage=Coverage(0.9, 0.8, (component,)))
+
+    assert decision.scorecard.coverage.components_below_threshold == ("payments",)
+    assert decision.effect is Effect.FOLLOW_UP
+    assert (
+        "payments has no coverage ratio (required 0.80), counted as below" in (decision.reasons[0])
+    )
+    assert decision.reasons[0].endswith("evidence missing (policy: follow_up)")
+    policy = GatePolicy.from_mapping({"missing_coverage": "deny"})
+    assert gate(policy, coverage=Coverage(0.9, 0.8, (component,))).effect is Effect.DENY
+
+
+# ------------------------------------------------------------------------- missing evidence
+
+
+def test_missing_coverage_defaults_to_follow_up():
+    decision = gate(coverage=None)
+
+    assert decision.effect is Effect.FOLLOW_UP
+    assert decision.reasons == ("no coverage report: evidence missing (policy: follow_up)",)
+    assert decision.followups == (
+        Followup("provide-coverage", "Upload a coverage report for this change", True),
+    )
+    assert decision.scorecard.coverage == CoverageSummary(None, ())
+
+
+def test_a_report_without_an_overall_ratio_is_missing_evidence():
+    decision = gate(coverage=Coverage(None, 0.8))
+
+    assert decision.effect is Effect.FOLLOW_UP
+    assert decision.reasons == (
+        "the coverage report has no overall ratio: evidence missing (policy: follow_up)",
+    )
+
+
+def test_missing_evals_defaults_to_follow_up():
+    decision = gate(evals=())
+
+    assert decision.effect is Effect.FOLLOW_UP
+    assert decision.reasons == ("no eval metrics: evidence missing (policy: follow_up)",)
+    assert decision.followups[0].slug == "provide-evals"
+    assert decision.scorecard.evals == EvalSummary((), (), None)
+
+
+@pytest.mark.parametrize(
+    ("setting", "effect"),
+    [("deny", Effect.DENY), ("follow_up", Effect.FOLLOW_UP), ("allow", Effect.ALLOW)],
+)
+def test_missing_evidence_policy_is_configurable(setting, effect):
+    policy = GatePolicy.from_mapping({"missing_coverage": setting, "missing_evals": setting})
+
+    assert gate(policy, coverage=None).effect is effect
+    assert gate(policy, evals=()).effect is effect
+    decision = gate(policy, coverage=None, evals=())
+    assert decision.effect is effect
+    assert decision.reasons == (
+        f"no coverage report: evidence missing (policy: {setting})",
+        f"no eval metrics: evidence missing (policy: {setting})",
+    )
+    assert all(f.recommended is (effect is not Effect.ALLOW) for f in decision.followups)
+
+
+def test_an_empty_request_fails_closed():
+    decision = decide(GateRequest(), POLICY)
+
+    assert decision.effect is Effect.FOLLOW_UP
+    assert decision.scorecard.budgets == BudgetSummary((), ())
+
+
+# ------------------------------------------------------------------------- evals
+
+
+@pytest.mark.parametrize(
+    ("direction", "score", "fails"),
+    [
+        (Direction.HIGHER_IS_BETTER, 0.7, False),
+        (Direction.HIGHER_IS_BETTER, 0.7 - EPS, True),
+        (Direction.HIGHER_IS_BETTER, 0.9, False),
+        (Direction.UNSPECIFIED, 0.7, False),
+        (Direction.UNSPECIFIED, 0.7 - EPS, True),
+        (Direction.LOWER_IS_BETTER, 0.7, False),
+        (Direction.LOWER_IS_BETTER, 0.7 + EPS, True),
+        (Direction.LOWER_IS_BETTER, 0.5, False),
+        ("lower_is_better", 0.8, True),
+        ("higher_is_better", 0.6, True),
+    ],
+)
+def test_metric_thresholds_by_direction(direction, score, fails):
+    metric = Metric("accuracy", "answers", score=score, threshold=0.7, direction=direction)
+    decision = gate(evals=(metric,))
+
+    assert decision.scorecard.evals.failing_metrics == (("accuracy (answers)",) if fails else ())
+    assert decision.effect is (Effect.DENY if fails else Effect.ALLOW)
+
+
+def test_failing_metric_reasons_state_score_threshold_and_direction():
+    higher = gate(evals=(Metric("accuracy", "answers", 0.62, 0.7),))
+    lower = gate(evals=(Metric("latency", "", 1.3, 1.0, Direction.LOWER_IS_BETTER),))
+
+    assert higher.reasons == (
+        "metric accuracy (answers) scored 0.62, below its threshold 0.70 (higher is better)",
+    )
+    assert higher.followups == (
+        Followup("fix-eval", "Bring accuracy (answers) to at least 0.70 (now 0.62)", True),
+    )
+    assert lower.reasons == (
+        "metric latency scored 1.30, above its threshold 1.00 (lower is better)",
+    )
+    assert lower.followups[0].description == "Bring latency to at most 1.00 (now 1.30)"
+
+
+def test_a_metric_without_a_threshold_never_fails():
+    decision = gate(evals=(Metric("style", score=-100.0, threshold=None),))
+
+    assert decision.effect is Effect.ALLOW
+    assert decision.scorecard.evals == EvalSummary((), (), None)
+
+
+def test_a_nan_score_fails():
+    decision = gate(evals=(Metric("accuracy", score=math.nan, threshold=0.5),))
+
+    assert decision.effect is Effect.DENY
+    assert "scored nan" in decision.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("direction", "score", "attention"),
+    [
+        (Direction.HIGHER_IS_BETTER, 0.72, True),
+        (Direction.HIGHER_IS_BETTER, 0.7, True),  # at the threshold: passing, but close
+        (Direction.HIGHER_IS_BETTER, 0.76, False),
+        (Direction.HIGHER_IS_BETTER, 0.68, False),  # failing, not attention
+        (Direction.LOWER_IS_BETTER, 0.68, True),
+        (Direction.LOWER_IS_BETTER, 0.64, False),
+        (Direction.LOWER_IS_BETTER, 0.72, False),
+    ],
+)
+def test_attention_metrics_are_passing_and_within_the_margin(direction, score, attention):
+    metric = Metric("accuracy", score=score, threshold=0.7, direction=direction)
+    decision = gate(evals=(metric,))
+
+    assert decision.scorecard.evals.attention_metrics == (("accuracy",) if attention else ())
+    if attention:
+        assert decision.effect is Effect.ALLOW
+        assert decision.followups[0].slug == "watch-eval"
+        assert not decision.followups[0].recommended
+        assert "within 0.05 of its threshold 0.70" in decision.reasons[0]
+
+
+def test_the_attention_margin_is_configurable():
+    policy = GatePolicy.from_mapping({"attention_margin": 0.2})
+    decision = gate(policy, evals=(Metric("accuracy", score=0.85, threshold=0.7),))
+
+    assert decision.scorecard.evals.attention_metrics == ("accuracy",)
+
+
+@pytest.mark.parametrize(
+    ("telemetry", "tokens"),
+    [
+        ({"tokens": 200}, 200.0),
+        ({"total_tokens": 400.0}, 400.0),
+        ({"tokens_in": 100, "tokens_out": 300}, 400.0),
+        ({"tokens_out": 50}, 50.0),
+        ({"tokens": 200, "total_tokens": 999}, 200.0),
+        ({}, None),
+        ({"tokens": 0}, None),
+        ({"tokens": True}, None),
+        ({"tokens": "200"}, None),
+        ({"tokens": math.inf}, None),
+    ],
+)
+def test_tokens_come_from_telemetry(telemetry, tokens):
+    assert tokens_of(telemetry) == tokens
+
+
+def test_score_per_token_weights_every_metric():
+    evals = (
+        Metric("a", score=0.5, threshold=0.1, weight=2.0),
+        Metric("b", score=1.0, threshold=None, weight=None),  # weight None counts as 1
+    )
+    summary = gate(evals=evals, telemetry={"tokens_in": 100, "tokens_out": 100}).scorecard.evals
+
+    assert summary.score_per_token == pytest.approx((2.0 * 0.5 + 1.0) / 200)
+    assert gate(evals=evals).scorecard.evals.score_per_token is None
+
+
+# ------------------------------------------------------------------------- budgets
+
+
+@pytest.mark.parametrize(
+    ("actual", "breach", "near"),
+    [
+        (10.0, False, True),  # exactly at the limit is not a breach
+        (10.0 + EPS, True, False),
+        (9.0, False, True),  # exactly at near_limit × limit is near
+        (9.0 - EPS * 10, False, False),
+        (0.0, False, False),
+    ],
+)
+def test_budget_boundaries(actual, breach, near):
+    decision = gate(budgets=(Budget("cost", actual, 10.0),))
+
+    assert decision.scorecard.budgets == BudgetSummary(
+        ("cost",) if breach else (), ("cost",) if near else ()
+    )
+    assert decision.effect is (Effect.DENY if breach else Effect.ALLOW)
+
+
+def test_budget_reasons():
+    over = gate(budgets=(Budget("cost", 12.5, 10.0),))
+    near = gate(budgets=(Budget("tokens", 9500, 10000),))
+
+    assert over.reasons == ("budget cost 12.50 is over its limit 10.00",)
+    assert over.followups == (
+        Followup("reduce-spend", "Bring cost within its limit 10.00 (now 12.50)", True),
+    )
+    assert near.reasons == (
+        "budget tokens 9500.00 is near its limit 10000.00 (95% of it; near from 90%)",
+    )
+    assert near.followups[0].slug == "watch-budget"
+    assert not near.followups[0].recommended
+
+
+def test_budgets_without_a_limit_are_ignored():
+    decision = gate(budgets=(Budget("cost", 1e9, None),))
+
+    assert decision.effect is Effect.ALLOW
+    assert decision.scorecard.budgets == BudgetSummary((), ())
+
+
+def test_near_limit_is_configurable():
+    policy = GatePolicy.from_mapping({"near_limit": 0.5})
+
+    assert gate(policy, budgets=(Budget("cost", 5, 10),)).scorecard.budgets.near_limits == ("cost",)
+
+
+# ------------------------------------------------------------------------- precedence
+
+
+def test_deny_beats_follow_up_beats_allow():
+    follow_up = {"coverage": None}
+    deny = {"budgets": (Budget("cost", 11, 10),)}
+
+    assert gate(**follow_up).effect is Effect.FOLLOW_UP
+    assert gate(**deny).effect is Effect.DENY
+    both = gate(**follow_up, **deny)
+    assert both.effect is Effect.DENY
+    # every rule's reasons are reported, in rule order
+    assert both.reasons == (
+        "no coverage report: evidence missing (policy: follow_up)",
+        "budget cost 11.00 is over its limit 10.00",
+    )
+
+
+class Fixed:
+    def __init__(self, name, effect, reasons=("fixed",), part=None):
+        self.name = name
+        self.effect = effect
+        self.reasons = reasons
+        self.part = part
+
+    def evaluate(self, request, policy):
+        return RuleResult(self.effect, self.reasons, (Followup("do-it", "Do it"),), self.part)
+
+
+@pytest.mark.parametrize(
+    ("effects", "expected"),
+    [
+        ((), Effect.ALLOW),
+        (("allow",), Effect.ALLOW),
+        (("allow", "follow_up"), Effect.FOLLOW_UP),
+        (("follow_up", "allow", "follow_up"), Effect.FOLLOW_UP),
+        (("deny", "follow_up"), Effect.DENY),
+        (("allow", "follow_up", "deny"), Effect.DENY),
+    ],
+)
+def test_effect_precedence_over_any_rules(effects, expected):
+    rules = [Fixed(f"r{i}", effect) for i, effect in enumerate(effects)]
+
+    assert decide(GateRequest(), POLICY, rules).effect is expected
+
+
+def test_plain_objects_are_rules():
+    assert isinstance(Fixed("x", "allow"), Rule)
+    assert all(isinstance(rule, Rule) for rule in BUILTIN_RULES)
+    assert [rule.name for rule in BUILTIN_RULES] == ["novelty", "coverage", "evals", "budgets"]
+
+
+# ------------------------------------------------------------------------- advisory
+
+
+def test_an_advisory_rule_is_reported_but_never_blocks():
+    policy = GatePolicy.from_mapping({"advisory": ["budgets"]})
+    decision = gate(policy, budgets=(Budget("cost", 12.5, 10.0),))
+
+    assert decision.effect is Effect.ALLOW
+    assert decision.reasons == ("advisory: budget cost 12.50 is over its limit 10.00",)
+    assert decision.followups[0].recommended is False
+    assert decision.scorecard.budgets.breaches == ("cost",)
+    outcome = next(o for o in decision.rules if o.name == "budgets")
+    assert (outcome.effect, outcome.advisory) == (Effect.DENY, True)
+
+
+def test_advisory_does_not_hide_a_blocking_denial():
+    policy = GatePolicy.from_mapping({"advisory": ["budgets"]})
+    decision = gate(policy, budgets=(Budget("cost", 12.5, 10.0),), coverage=Coverage(0.5, 0.8))
+
+    assert decision.effect is Effect.DENY
+    assert decision.reasons == (
+        "coverage 0.50 is below the minimum 0.80",
+        "advisory: budget cost 12.50 is over its limit 10.00",
+    )
+
+
+def test_advisory_missing_evidence():
+    policy = GatePolicy.from_mapping({"advisory": ["coverage", "evals"]})
+    decision = gate(policy, coverage=None, evals=())
+
+    assert decision.effect is Effect.ALLOW
+    assert decision.reasons == (
+        "advisory: no coverage report: evidence missing (policy: follow_up)",
+        "advisory: no eval metrics: evidence missing (policy: follow_up)",
+    )
+
+
+def test_an_effect_override_caps_a_rule():
+    policy = GatePolicy.from_mapping({"effects": {"budgets": "follow_up", "evals": "allow"}})
+    decision = gate(
+        policy,
+        budgets=(Budget("cost", 12.5, 10.0),),
+        evals=(Metric("accuracy", score=0.1, threshold=0.5),),
+    )
+
+    assert decision.effect is Effect.FOLLOW_UP
+    assert len(decision.reasons) == 2
+    # a cap never raises an effect
+    policy = GatePolicy.from_mapping({"effects": {"budgets": "deny"}})
+    assert gate(policy, budgets=(Budget("cost", 9.5, 10.0),)).effect is Effect.ALLOW
+
+
+# ------------------------------------------------------------------------- plugin rules
+
+
+def test_a_rule_that_raises_denies():
+    class Broken:
+        name = "broken"
+
+        def evaluate(self, request, policy):
+            raise KeyError("boom")
+
+    decision = decide(request(), POLICY, (*BUILTIN_RULES, Broken()))
+
+    assert decision.effect is Effect.DENY
+    assert decision.reasons == ("rule broken failed (KeyError: 'boom'), so the gate denies",)
+
+
+@pytest.mark.parametrize("answer", [None, "allow", RuleResult(effect="maybe")])
+def test_a_rule_answering_badly_denies(answer):
+    class Bad:
+        name = "bad"
+
+        def evaluate(self, request, policy):
+            return answer
+
+    decision = decide(request(), POLICY, (Bad(),))
+
+    assert decision.effect is Effect.DENY
+    assert decision.reasons[0].startswith("rule bad failed")
+
+
+def test_a_broken_advisory_rule_does_not_block():
+    class Broken:
+        name = "broken"
+
+        def evaluate(self, request, policy):
+            raise RuntimeError("x")
+
+    policy = GatePolicy.from_mapping({"advisory": ["broken"]})
+    decision = decide(request(), policy, (*BUILTIN_RULES, Broken()))
+
+    assert decision.effect is Effect.ALLOW
+    assert decision.reasons[0].startswith("advisory: rule broken failed")
+
+
+def test_plugin_scorecard_parts_go_to_extra():
+    rules = (*BUILTIN_RULES, Fixed("licenses", "allow", (), part={"gpl": 0}))
+    decision = decide(request(), POLICY, rules)
+
+    assert decision.scorecard.extra == {"licenses": {"gpl": 0}}
+    assert decision.scorecard.novelty is not None
+
+
+def test_scorecard_parts_are_none_without_their_rule_and_telemetry_passes_through():
+    decision = decide(request(telemetry={"tokens": 5}), POLICY, (Fixed("x", "allow"),))
+
+    assert decision.scorecard.novelty is None
+    assert decision.scorecard.coverage is None
+    assert decision.scorecard.telemetry == {"tokens": 5}
+
+
+def test_check_rules_names_an_unknown_rule():
+    policy = GatePolicy.from_mapping({"advisory": ["budget"]})
+
+    with pytest.raises(ConfigError, match=r"^\[gate\]\.advisory: unknown rule 'budget'"):
+        policy.check_rules(BUILTIN_RULES)
+    GatePolicy.from_mapping({"advisory": ["budgets"]}).check_rules(BUILTIN_RULES)
+    with pytest.raises(ConfigError, match=r"^\[gate\]\.effects: unknown rule 'x'"):
+        GatePolicy.from_mapping({"effects": {"x": "allow"}}).check_rules(BUILTIN_RULES)
+
+
+# ------------------------------------------------------------------------- the [gate] table
+
+
+def test_defaults():
+    policy = GatePolicy.from_mapping(None)
+
+    assert policy == GatePolicy.from_mapping({}) == GatePolicy()
+    assert (policy.max_novelty, policy.novelty_follow_up, policy.min_coverage) == (0.9, 0.7, 0.8)
+    assert (policy.attention_margin, policy.near_limit) == (0.05, 0.9)
+    assert policy.missing_coverage is policy.missing_evals is Effect.FOLLOW_UP
+    assert policy.high_risk is Effect.FOLLOW_UP
+    assert policy.high_risk_tags == ("security", "auth", "payments", "migration", "infra")
+    assert "**/migrations/**" in policy.high_risk_paths
+    assert policy.advisory == frozenset()
+    assert dict(policy.effects) == {}
+
+
+def test_a_full_table_loads():
+    policy = GatePolicy.from_mapping(
+        {
+            "max_novelty": 1,
+            "novelty_follow_up": 0.5,
+            "min_coverage": 0.6,
+            "attention_margin": 0.1,
+            "near_limit": 0.75,
+            "missing_coverage": "deny",
+            "missing_evals": "allow",
+            "high_risk": "allow",
+            "high_risk_tags": ["pii"],
+            "high_risk_paths": ["secrets/**"],
+            "advisory": ["novelty"],
+            "effects": {"budgets": "follow_up"},
+        }
+    )
+
+    assert policy.max_novelty == 1.0
+    assert policy.missing_coverage is Effect.DENY
+    assert policy.missing_evals is Effect.ALLOW
+    assert policy.advisory == {"novelty"}
+    assert policy.effects == {"budgets": Effect.FOLLOW_UP}
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"max_novelty": 1.5}, r"\[gate\]\.max_novelty: expected a number in \[0, 1\], got 1.5"),
+        ({"max_novelty": "high"}, r"\[gate\]\.max_novelty: expected a number, got 'high'"),
+        ({"max_novelty": True}, r"\[gate\]\.max_novelty: expected a number"),
+        ({"max_novelty": math.nan}, r"\[gate\]\.max_novelty: expected a number in"),
+        ({"min_coverage": -0.1}, r"\[gate\]\.min_coverage: expected a number in"),
+        ({"attention_margin": 2}, r"\[gate\]\.attention_margin: expected a number in"),
+        ({"near_limit": 0}, r"\[gate\]\.near_limit: expected a number in \(0, 1\]"),
+        (
+            {"novelty_follow_up": 0.95},
+            r"\[gate\]\.novelty_follow_up: 0.95 is above max_novelty 0.9",
+        ),
+        ({"missing_coverage": "block"}, r"\[gate\]\.missing_coverage: expected one of deny"),
+        ({"missing_evals": 1}, r"\[gate\]\.missing_evals: expected one of deny"),
+        ({"high_risk": "maybe"}, r"\[gate\]\.high_risk: expected one of"),
+        ({"high_risk_tags": "auth"}, r"\[gate\]\.high_risk_tags: expected a list"),
+        ({"high_risk_paths": ["ok", ""]}, r"\[gate\]\.high_risk_paths: expected a list"),
+        ({"advisory": [1]}, r"\[gate\]\.advisory: expected a list"),
+        ({"effects": ["budgets"]}, r"\[gate\]\.effects: expected a table"),
+        ({"effects": {"budgets": "never"}}, r"\[gate\]\.effects\.budgets: expected one of"),
+        ({"max_novelity": 0.5}, r"\[gate\]\.max_novelity: unknown key \(expected one of: "),
+    ],
+)
+def test_invalid_tables_name_the_key(table, message):
+    with pytest.raises(ConfigError, match="^" + message):
+        GatePolicy.from_mapping(table)
+
+
+def test_direct_construction_is_validated_too():
+    with pytest.raises(ConfigError, match=r"^\[gate\]\.near_limit"):
+        GatePolicy(near_limit=1.5)
+    with pytest.raises(ConfigError, match=r"^\[gate\]\.missing_evals"):
+        GatePolicy(missing_evals="sometimes")  # type: ignore[arg-type]
+    assert GatePolicy(missing_evals="deny").missing_evals is Effect.DENY  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------- the edge's maps
+
+
+def test_proto_enum_numbers():
+    assert EFFECT_NUMBERS == {Effect.ALLOW: 1, Effect.FOLLOW_UP: 2, Effect.DENY: 3}
+    assert DIRECTION_BY_NUMBER[0] is Direction.UNSPECIFIED
+    assert DIRECTION_BY_NUMBER[1] is Direction.HIGHER_IS_BETTER
+    assert DIRECTION_BY_NUMBER[2] is Direction.LOWER_IS_BETTER
+
+
+def test_decisions_are_frozen_and_hashable():
+    decision = gate(coverage=None, budgets=(Budget("cost", 12.5, 10.0),))
+
+    with pytest.raises(AttributeError):
+        decision.effect = Effect.ALLOW  # type: ignore[misc]
+    assert hash(decision.followups)
+    assert hash(decision.scorecard.novelty)
+
+
+def test_a_large_request_is_decided_linearly():
+    """Not a timing test (see bench/gate_check.py): 1,000 diffs and 100 metrics decide, and
+    every violation is reported once."""
+    diffs = tuple(Diff(f"src/m{i}.py", novelty_score=0.95 if i % 2 else 0.1) for i in range(1000))
+    evals = tuple(Metric(f"m{i}", score=0.1, threshold=0.5) for i in range(100))
+    decision = gate(diffs=diffs, evals=evals)
+
+    assert decision.effect is Effect.DENY
+    assert len(decision.reasons) == 500 + 100
+    assert len(decision.scorecard.evals.failing_metrics) == 100

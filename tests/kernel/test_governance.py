@@ -1,0 +1,412 @@
+"""Governance without a daemon: eval-pack validation, the records and their conversions, the
+``[gate]`` config, and the two governance hooks (``register_gate_rules``,
+``register_eval_assertions``)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import textwrap
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from foundry.kernel import BUILTIN_GATE_RULES, ConfigError, InvalidArgument
+from foundry.kernel.actors.gate.actor import new_id, run_facts
+from foundry.kernel.actors.scheduler.messages import RunView, StepView
+from foundry.kernel.blocks.registry import (
+    DEFAULT_PLUGINS,
+    BlockRegistry,
+    load_blocks,
+    load_config_blocks,
+)
+from foundry.kernel.config import Config
+from foundry.kernel.core.evals import judge
+from foundry.kernel.core.gate_policy import Coverage, Effect, GatePolicy, GateRequest, decide
+from foundry.kernel.core.governance import (
+    DEFAULT_GATE_LIMIT,
+    MAX_GATE_LIMIT,
+    EvalScenarioRecord,
+    ScenarioInput,
+    StoredGate,
+    decision_record,
+    gate_limit,
+    parse_pack,
+    parse_run_spec,
+    synced_records,
+)
+from foundry.kernel.edge.grpc import governance as convert
+from foundry.proto import runtime_api as api
+
+DAG = json.dumps({"steps": [{"id": "a", "type": "transform", "inputs": {"value": 1}}]})
+ENV_DAG = json.dumps({"steps": [{"id": "e", "type": "transform", "env": {"TONE": "x"}}]})
+TYPES = {"transform"}
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def no_env(step):
+    return frozenset()
+
+
+def pack_error(*scenarios, pack="p"):
+    with pytest.raises(InvalidArgument) as caught:
+        parse_pack(pack, list(scenarios), TYPES, no_env)
+    return str(caught.value)
+
+
+def good(slug, **fields):
+    return ScenarioInput(slug, run_spec={"dag_json": DAG}, expected={"status": "ok"}, **fields)
+
+
+# --- eval packs ---------------------------------------------------------------------------------
+
+
+def test_parse_run_spec_accepts_the_proto3_json_forms():
+    spec = parse_run_spec(
+        {"dagJson": DAG, "seed": "7", "inputs": {"x": 1}, "labels": {"t": "q"},
+         "breakpoints": ["a"]},
+        TYPES, no_env,
+    )  # fmt: skip
+    assert (spec.seed, spec.breakpoints, dict(spec.labels)) == (7, ("a",), {"t": "q"})
+    assert parse_run_spec({"dag_json": DAG, "seed": 3.0}, TYPES, no_env).seed == 3
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        (None, "run_spec: a RunSpec"),
+        ({"dag_json": 5}, "run_spec.dag_json: a DAG"),
+        ({"dag_json": DAG, "labels": {"a": 1}}, "run_spec.labels"),
+        ({"dag_json": DAG, "inputs": [1]}, "run_spec.inputs"),
+        ({"dag_json": DAG, "seed": True}, "run_spec.seed"),
+        ({"dag_json": DAG, "seed": 2**64}, "run_spec.seed: out of the int64 range"),
+        ({"dag_json": ENV_DAG}, "run_spec.dag_json: step 'e': env.TONE"),
+        ({"dag_json": '{"steps": []}'}, "run_spec.dag_json: steps: a DAG needs at least one"),
+    ],
+)
+def test_parse_run_spec_names_the_field(spec, needle):
+    with pytest.raises(InvalidArgument) as caught:
+        parse_run_spec(spec, TYPES, no_env)
+    assert needle in str(caught.value)
+
+
+def test_parse_run_spec_uses_the_env_allowance_as_submit_run_does():
+    allowed = parse_run_spec({"dag_json": ENV_DAG}, TYPES, lambda step: {"TONE"})
+    assert allowed.dag_json == ENV_DAG
+
+
+def test_parse_pack_names_the_scenario_and_field():
+    assert "scenario 'b': slug: duplicate" in pack_error(good("b"), good("b"))
+    assert "scenarios[1].slug: must not be empty" in pack_error(good("a"), good(""))
+    assert pack_error(pack="").startswith("pack: must not be empty")
+    assert "scenarios: a pack needs at least one" in pack_error()
+    assert "scenario 'x': expected: an object with at least one" in pack_error(
+        ScenarioInput("x", run_spec={"dag_json": DAG}, expected={})
+    )
+    assert "scenario 'x': title: longer than" in pack_error(good("x", title="t" * 20_000))
+    assert "scenario 'x': run_spec.dag_json" in pack_error(
+        ScenarioInput("x", run_spec={"dag_json": "[]"}, expected={"status": "ok"})
+    )
+    parse_pack("p", [good("a"), good("b")], TYPES, no_env)  # fine
+
+
+def test_synced_records_keep_ids_and_created_at_and_skip_unchanged_scenarios():
+    ids = iter(["scn_1", "scn_2", "scn_3"])
+    first_ids, rows = synced_records("p", [good("a"), good("b")], {}, NOW, lambda: next(ids))
+    assert first_ids == ["scn_1", "scn_2"]
+    assert [r.slug for r in rows] == ["a", "b"]
+    existing = {r.slug: r for r in rows}
+    later = NOW + timedelta(hours=1)
+    again_ids, again = synced_records(
+        "p", [good("b", title="B"), good("a"), good("c")], existing, later, lambda: next(ids)
+    )
+    assert again_ids == ["scn_2", "scn_1", "scn_3"]
+    assert [(r.slug, r.title, r.created_at, r.updated_at) for r in again] == [
+        ("b", "B", NOW, later),  # changed: rewritten with its id and created_at
+        ("c", "", later, later),  # new
+    ]  # "a" is unchanged: nothing to write
+
+
+def test_records_are_frozen():
+    record = EvalScenarioRecord("s", "p", "a", "", "", {"x": [1]}, {"status": "ok"}, NOW, NOW)
+    with pytest.raises(TypeError):
+        record.run_spec["x"] = 2  # type: ignore[index]
+    assert record.run_spec["x"] == (1,)
+
+
+# --- run facts and judging ----------------------------------------------------------------------
+
+
+def view(status="SUCCEEDED"):
+    step = StepView(
+        step_id="a", idx=0, type="transform", status="succeeded", attempt=1,
+        leased_at=NOW, completed_at=NOW + timedelta(milliseconds=250), output={"text": "otters"},
+        error=None, inputs={}, seed=0, model="",
+        usage={"tokens_in": 3, "tokens_out": 4, "cost": 0.5},
+    )  # fmt: skip
+    return RunView(
+        run_id="run_1", status=status, dag_json=DAG, inputs={}, seed=0, labels={},
+        breakpoints=(), created_at=NOW, updated_at=NOW + timedelta(seconds=1), steps=(step,),
+    )  # fmt: skip
+
+
+def test_run_facts_carry_what_judge_reads():
+    facts = run_facts(view())
+    assert facts.finished_at == NOW + timedelta(seconds=1)
+    step = facts.steps[0]
+    assert (step.tokens_in, step.tokens_out, step.cost, step.output) == (
+        3,
+        4,
+        0.5,
+        {"text": "otters"},
+    )
+    expected = {
+        "status": "succeeded",
+        "max_tokens": 7,
+        "steps": {"a": {"contains": "otters", "max_latency_ms": 250}},
+    }
+    judged = judge(facts, expected)
+    assert judged.outcome == "passed", judged.errors
+    assert run_facts(view("RUNNING")).finished_at is None
+
+
+def test_new_ids_sort_by_time():
+    assert new_id("gate").startswith("gate_")
+    assert new_id("x") != new_id("x")
+
+
+# --- change gates -------------------------------------------------------------------------------
+
+
+def test_gate_limit_defaults_and_caps():
+    assert gate_limit(0) == DEFAULT_GATE_LIMIT == 50
+    assert gate_limit(7) == 7
+    assert gate_limit(10**9) == MAX_GATE_LIMIT
+
+
+def test_the_edge_converts_wrappers_enums_and_structs_both_ways():
+    message = api.CheckChangeGateRequest(
+        change_id="c", revision="r",
+        diffs=[api.ChangeDiff(path="a.py", lines_added=2),
+               api.ChangeDiff(path="b.py", novelty_score=0.95)],
+        coverage=api.CoverageReport(overall_ratio=0.5,
+                                    components=[api.CoverageComponent(name="x")]),
+        evals=[api.EvalMetric(name="lat", score=2.0, threshold=1.0,
+                              direction=api.MetricDirection.LOWER_IS_BETTER)],
+        budgets=[api.BudgetSignal(name="cost", actual=1.0)],
+        actor="ci",
+    )  # fmt: skip
+    request = convert.gate_request(message, telemetry={"tokens": 10}, metadata={})
+    assert request.diffs[0].novelty_score is None
+    assert request.diffs[1].novelty_score == 0.95
+    assert request.coverage == Coverage(0.5, None, request.coverage.components)
+    assert request.coverage.components[0].required_ratio is None
+    assert request.evals[0].direction == "lower_is_better"
+    assert request.evals[0].weight is None
+    assert request.budgets[0].limit is None
+
+    decision = decide(request, GatePolicy())
+    record = decision_record("gate_1", request, decision, NOW)
+    assert record.effect == "deny"
+    proto = convert.gate_decision(StoredGate(record))
+    assert proto.effect == api.ChangeDecisionEffect.DENY
+    assert proto.reasons == list(decision.reasons)
+    assert proto.scorecard.coverage.overall_ratio == 0.5
+    assert proto.scorecard.evals.failing_metrics == ["lat"]
+    assert proto.scorecard.evals.score_per_token == pytest.approx(0.2)
+    assert proto.scorecard.telemetry.to_dict() == {"tokens": 10}
+    assert proto.decided_at == NOW
+    assert bytes(proto)  # serializable
+    assert convert.followup_outcome(api.FollowupOutcome.DEFERRED) == "deferred"
+    with pytest.raises(InvalidArgument, match="outcome"):
+        convert.followup_outcome(api.FollowupOutcome.UNSPECIFIED)
+
+
+def test_a_plugin_rule_part_that_is_not_json_is_kept_as_text():
+    class Odd:
+        name = "odd"
+
+        def evaluate(self, request, policy):
+            from foundry.kernel import RuleResult
+
+            return RuleResult("allow", scorecard={"when": object, "ratio": float("nan")})
+
+    decision = decide(GateRequest(change_id="c"), GatePolicy(), [*BUILTIN_GATE_RULES, Odd()])
+    record = decision_record("g", GateRequest(change_id="c"), decision, NOW)
+    extra = record.scorecard["extra"]["odd"]
+    assert extra["ratio"] is None
+    assert "object" in extra["when"]
+    assert json.dumps(dict(record.scorecard), default=list)
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+def test_gate_config_is_passed_through_and_validated_naming_file_and_key(tmp_path):
+    path = tmp_path / "foundry.toml"
+    path.write_text(
+        '[gate]\nmin_coverage = 0.6\nmissing_evals = "deny"\n'
+        '[gate.effects]\nbudgets = "follow_up"\n'
+    )
+    config = Config.from_toml(path)
+    policy = config.gate_policy()
+    assert policy.min_coverage == 0.6
+    assert policy.missing_evals is Effect.DENY
+    assert policy.effects == {"budgets": Effect.FOLLOW_UP}
+    assert Config().gate_policy() == GatePolicy()
+
+    path.write_text("[gate]\nmin_coverag = 0.6\n")
+    with pytest.raises(ConfigError) as caught:
+        Config.from_toml(path)
+    assert str(caught.value).startswith(f"{path}: [gate].min_coverag: unknown key")
+    path.write_text("[gate]\nmin_coverage = 2\n")
+    with pytest.raises(ConfigError, match=r"\[gate\].min_coverage: expected a number in"):
+        Config.from_toml(path)
+
+
+def test_gate_config_naming_an_unknown_rule_is_refused_at_start(tmp_path):
+    path = tmp_path / "foundry.toml"
+    path.write_text('[gate]\nadvisory = ["budget"]\n')
+    config = Config.from_toml(path)  # the rules are known only once plugins load
+    with pytest.raises(ConfigError) as caught:
+        load_config_blocks(config, entry_points=False)
+    assert str(caught.value).startswith(f"{path}: [gate].advisory: unknown rule 'budget'")
+
+
+# --- the hooks ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    made = []
+
+    def make(source):
+        name = f"foundry_test_gov_{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        sys.modules.pop(name, None)
+
+
+def test_register_gate_rules_built_ins_are_a_plugin_and_plugin_rules_follow_them(plugin):
+    assert "foundry.plugins.gate_rules" in DEFAULT_PLUGINS
+    name = plugin(
+        """
+        from foundry.kernel import Followup, RuleResult, hookimpl
+
+        class Owners:
+            name = "owners"
+
+            def evaluate(self, request, policy):
+                if request.metadata.get("owner"):
+                    return RuleResult("allow")
+                return RuleResult("follow_up", ("no owner named for the change",),
+                                  (Followup("name-owner", "Name an owner"),), {"owner": None})
+
+        @hookimpl
+        def register_gate_rules():
+            return [Owners()]
+        """
+    )
+    registry = load_blocks([name], entry_points=False)
+    assert [r.name for r in registry.gate_rules] == ["novelty", "coverage", "evals", "budgets",
+                                                    "owners"]  # fmt: skip
+    good = GateRequest(
+        change_id="c", coverage=Coverage(0.9), metadata={"owner": "x"},
+        evals=(),
+    )  # fmt: skip
+    policy = GatePolicy.from_mapping({"missing_evals": "allow"})
+    assert decide(good, policy, registry.gate_rules).effect is Effect.ALLOW
+    unowned = decide(
+        GateRequest(change_id="c", coverage=Coverage(0.9)), policy, registry.gate_rules
+    )
+    assert unowned.effect is Effect.FOLLOW_UP
+    assert "no owner named for the change" in unowned.reasons
+    policy.check_rules(registry.gate_rules)
+    GatePolicy.from_mapping({"advisory": ["owners"]}).check_rules(registry.gate_rules)
+
+
+def test_register_gate_rules_refuses_a_duplicate_or_nameless_rule(plugin):
+    twice = plugin(
+        """
+        from foundry.kernel import BUILTIN_GATE_RULES, hookimpl
+
+        @hookimpl
+        def register_gate_rules():
+            return [BUILTIN_GATE_RULES[0]]
+        """
+    )
+    with pytest.raises(ConfigError, match="two gate rules are named 'novelty'"):
+        load_blocks([twice], entry_points=False)
+    nameless = plugin(
+        """
+        from foundry.kernel import hookimpl
+
+        @hookimpl
+        def register_gate_rules():
+            return [object()]
+        """
+    )
+    with pytest.raises(ConfigError, match="needs a name and an evaluate"):
+        load_blocks([nameless], entry_points=False)
+
+
+def test_register_eval_assertions_contributes_a_type_judge_uses(plugin):
+    name = plugin(
+        """
+        from dataclasses import dataclass
+        from foundry.kernel import AssertionResult, hookimpl
+
+        @dataclass(frozen=True)
+        class MinWords:
+            name: str = "min_words"
+            scopes: frozenset = frozenset({"step"})
+
+            def check(self, expected, facts, step_id):
+                words = len(str(facts.step(step_id).output.get("text", "")).split())
+                return AssertionResult(self.name, words >= expected, words, expected, step_id,
+                                       f"{words} words")
+
+        @hookimpl
+        def register_eval_assertions():
+            return {"min_words": MinWords()}
+        """
+    )
+    registry = load_blocks([name], entry_points=False)
+    assert sorted(registry.assertion_types) == ["min_words"]
+    facts = run_facts(view())
+    assert (
+        judge(facts, {"steps": {"a": {"min_words": 1}}}, registry.assertion_types).outcome
+        == "passed"
+    )
+    assert (
+        judge(facts, {"steps": {"a": {"min_words": 5}}}, registry.assertion_types).outcome
+        == "failed"
+    )
+    assert judge(facts, {"steps": {"a": {"min_words": 1}}}).outcome == "error"  # unknown without it
+
+
+def test_register_eval_assertions_refuses_a_built_in_key(plugin):
+    name = plugin(
+        """
+        from foundry.kernel import hookimpl
+
+        @hookimpl
+        def register_eval_assertions():
+            return {"status": object()}
+        """
+    )
+    with pytest.raises(ConfigError, match="'status' is already defined"):
+        load_blocks([name], entry_points=False)
+
+
+def test_a_registry_built_directly_has_the_built_in_rules():
+    registry = BlockRegistry([])
+    assert registry.gate_rules == tuple(BUILTIN_GATE_RULES)
+    assert registry.assertion_types == {}
