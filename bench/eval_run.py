@@ -65,7 +65,7 @@ def _timed_cli(address: str, args: list[str]) -> float:
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "foundry.kernel.cli", *args],
-        capture_output=True, text=True, env=python_env(FOUNDRY_ADDR=address), check=False,
+        capture_output=True, text=True, env={**python_env(), "FOUNDRY_ADDR": address}, check=False,
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"foundry {' '.join(args)} failed: {done.stderr[-500:]}")
