@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PROTOS := proto/foundry.proto proto/fleetforge/runtime/v1/runtime.proto
+PROTOS := proto/foundry.proto proto/fleetforge/runtime/v1/runtime.proto \
+	proto/foundry/analytics/v1/analytics.proto
 
 .PHONY: run test proto proto-check bench lint clean fuzz
 

@@ -5,7 +5,7 @@ Times are TIMESTAMPTZ in UTC; payloads and outputs are JSON.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3  # = migrations.LATEST; analytics/migrations.py upgrades older databases
 
 TABLES: dict[str, str] = {
     "events": """
@@ -77,6 +77,14 @@ TABLES: dict[str, str] = {
             payload      JSON NOT NULL,
             occurred_at  TIMESTAMPTZ NOT NULL
         )""",
+    # Retention (README.md, "Retention"): one row per pass that moved rows to the archive.
+    "retention_passes": """
+        CREATE TABLE IF NOT EXISTS retention_passes (
+            pass_id      VARCHAR NOT NULL,
+            cutoff       TIMESTAMPTZ NOT NULL,   -- rows finished before it were archived
+            archived_at  TIMESTAMPTZ NOT NULL,
+            archived     JSON NOT NULL           -- rows moved, per table
+        )""",
     # Governance (README.md, "Governance"). eval_scenarios has one row per (pack, slug): a sync
     # that changes a scenario deletes its row and inserts the new one in the same commit, keeping
     # its scenario_id and created_at. The other three are append-only.
@@ -127,6 +135,23 @@ TABLES: dict[str, str] = {
             details      JSON NOT NULL,
             recorded_at  TIMESTAMPTZ NOT NULL
         )""",
+    # Signed attestations (README.md, "Attestations"): append-only. Run-linked ones are announced by
+    # an `attested` run event (seq) and chained per run (previous = the prior one's digest).
+    "attestations": """
+        CREATE TABLE IF NOT EXISTS attestations (
+            attestation_id  VARCHAR NOT NULL,
+            run_id          VARCHAR NOT NULL,   -- '' for a gate decision
+            step_id         VARCHAR NOT NULL,   -- '' for run-level subjects
+            kind            VARCHAR NOT NULL,   -- run, step, tool, artifact, capability_token…
+            subject         JSON NOT NULL,      -- the in-toto subject: {name, digest}
+            predicate_type  VARCHAR NOT NULL,
+            claims          JSON NOT NULL,      -- the statement's predicate
+            artifact_hash   VARCHAR,            -- sha256 hex of what is attested
+            envelope        VARCHAR NOT NULL,   -- the DSSE envelope (JSON)
+            previous        VARCHAR,            -- the run's previous step attestation (chain)
+            created_at      TIMESTAMPTZ NOT NULL,
+            seq             INTEGER NOT NULL    -- the run's `attested` event (0 for custom)
+        )""",
 }
 
 VIEWS: dict[str, str] = {
@@ -164,7 +189,7 @@ VIEWS: dict[str, str] = {
                    FILTER (WHERE kind = 'step_completed') AS tokens_out,
                arg_max(CAST(payload->'usage'->>'cost' AS DOUBLE), seq)
                    FILTER (WHERE kind = 'step_completed') AS cost
-        FROM run_events WHERE step_id <> ''
+        FROM run_events WHERE step_id <> '' AND kind NOT IN ('attested', 'capability_granted')
         GROUP BY run_id, step_id""",
 }
 

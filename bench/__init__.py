@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Benchmark modules, in the order ``python -m bench`` runs them (FleetForge ones are added here).
 BENCHMARKS: tuple[str, ...] = (
     "engine_throughput", "emit_rpc", "run_overhead", "tap_latency", "time_travel",
-    "hostile_input", "gate_check", "eval_run",
+    "hostile_input", "gate_check", "eval_run", "analytics_ingest", "analytics_query", "attest",
 )  # fmt: skip
 
 

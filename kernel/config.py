@@ -4,6 +4,7 @@ every key and names the file, the key and the reason when one is wrong."""
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,14 @@ class EngineConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     max_batch_rows: int = 5_000
+    # Days finished workflows and runs stay in the live tables before they move to the Parquet
+    # archive ($FOUNDRY_HOME/archive); 0 keeps everything. Checked at start and every
+    # retention_interval seconds.
+    retain_days: float = 0.0
+    retention_interval: int = 3_600
+    # DuckDB's memory, its cache of the database file's blocks included (else 80% of RAM: the
+    # cache grows with the file). Queries that need more spill to the temporary directory.
+    memory_limit: str = "256MB"
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,21 @@ class ReplayConfig:
 
 
 @dataclass(frozen=True)
+class AttestConfig:
+    """Signed attestations (README.md, "Attestations")."""
+
+    enabled: bool = True  # attest steps, runs, tools, artifacts, capability tokens, governance
+
+
+@dataclass(frozen=True)
+class AnalyticsConfig:
+    """Analysts' SQL through the daemon (README.md, "SQL")."""
+
+    query_timeout: float = 10.0  # seconds a query may run before it is interrupted
+    max_rows: int = 10_000  # rows a query returns at most (the reply says truncated)
+
+
+@dataclass(frozen=True)
 class Config:
     source: str = "<defaults>"
     listen: str = DEFAULT_LISTEN
@@ -82,6 +106,8 @@ class Config:
     llm: LlmConfig = LlmConfig()
     replay: ReplayConfig = ReplayConfig()
     http: HttpConfig = HttpConfig()
+    analytics: AnalyticsConfig = AnalyticsConfig()
+    attest: AttestConfig = AttestConfig()
     plugin_modules: tuple[str, ...] = ()
     # [[blocks]] tables, validated by the factory of each block's ``type`` when blocks load.
     declared_blocks: tuple[Mapping[str, Any], ...] = ()
@@ -155,7 +181,12 @@ SECTIONS: dict[str, type] = {
     "llm": LlmConfig,
     "replay": ReplayConfig,
     "http": HttpConfig,
+    "analytics": AnalyticsConfig,
+    "attest": AttestConfig,
 }
+
+
+_MEMORY_SIZE = re.compile(r"\s*\d+(\.\d+)?\s*([KMGT]i?)?B\s*", re.IGNORECASE)  # as DuckDB reads it
 
 
 def default_home() -> Path:
@@ -222,10 +253,17 @@ class _Reader:
             values[key] = self._scalar(f"[{name}].{key}", value, type(default))
         if kind is HttpConfig:
             self._allow_entries(values.get("allow", ()))
+        if kind is StoreConfig and not _MEMORY_SIZE.fullmatch(values.get("memory_limit", "0B")):
+            raise self.fail(
+                "[store].memory_limit",
+                f'expected a size such as "256MB" or "1GiB", got {values["memory_limit"]!r}',
+            )
         return kind(**values)
 
     def _scalar(self, key: str, value: Any, kind: type) -> Any:
         number = isinstance(value, int | float) and not isinstance(value, bool)
+        if kind is bool and not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {value!r}")
         if kind is int and (not number or not isinstance(value, int) or value <= 0):
             raise self.fail(key, f"expected a positive integer, got {value!r}")
         if kind is float and (not number or value < 0):

@@ -23,6 +23,7 @@ from foundry.kernel.actors.supervisor import open_kernel
 from foundry.kernel.actors.tap.messages import CloseAll
 from foundry.kernel.blocks.registry import load_config_blocks
 from foundry.kernel.config import Config, parse_listen
+from foundry.kernel.edge.grpc.analytics_service import AnalyticsService
 from foundry.kernel.edge.grpc.foundry_service import FoundryService
 from foundry.kernel.edge.grpc.loop import open_grpc_loop
 from foundry.kernel.edge.grpc.runtime_service import RuntimeService
@@ -62,7 +63,11 @@ async def serve(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_grpc_loop(), open_kernel(config, registry) as mailboxes:
             server = await start_server(
-                [FoundryService(mailboxes), RuntimeService(mailboxes)],
+                [
+                    FoundryService(mailboxes),
+                    RuntimeService(mailboxes),
+                    AnalyticsService(mailboxes, config.analytics),
+                ],
                 sock,
                 max_message_bytes=config.max_message_bytes,
             )

@@ -39,6 +39,10 @@ class ResourceExhausted(FoundryError):
     """A subscriber fell behind its bounded buffer and was cut off."""
 
 
+class DeadlineExceeded(FoundryError):
+    """The request ran out of its time limit (an analytics query was interrupted)."""
+
+
 class ConfigError(FoundryError):
     """The configuration is unusable. The message names the file, the key and the reason."""
 

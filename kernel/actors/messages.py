@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import trio
+from foundry.kernel.actors.attestor.messages import AttestorMessage
 from foundry.kernel.actors.engine.messages import EngineMessage
 from foundry.kernel.actors.gate.messages import GateMessage
 from foundry.kernel.actors.replay.messages import ReplayMessage
 from foundry.kernel.actors.scheduler.messages import SchedulerMessage
+from foundry.kernel.actors.store.messages import StoreMessage
 from foundry.kernel.actors.tap.messages import TapMessage
 
 
@@ -21,3 +23,5 @@ class Mailboxes:
     scheduler: trio.MemorySendChannel[SchedulerMessage]
     replay: trio.MemorySendChannel[ReplayMessage]
     gate: trio.MemorySendChannel[GateMessage]
+    attestor: trio.MemorySendChannel[AttestorMessage]
+    store: trio.MemorySendChannel[StoreMessage]  # RunUserQuery, ExportParquet

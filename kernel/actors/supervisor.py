@@ -1,7 +1,9 @@
 """The kernel's actors, wired once: :func:`open_kernel` is what the daemon, the tests and the
 benchmarks run.
 
-Actors start in dependency order (tap broker, store, engine, scheduler, replay, gate), each through
+The attestor's signing key is loaded (or created) first: a key others may read refuses the start.
+Actors start in dependency order (tap broker, store, attestor, engine, scheduler, replay, gate),
+each through
 ``nursery.start`` so it is ready before the next; leaving the context closes the mailboxes the
 edge holds, each actor finishes or checkpoints its work in flight within its grace period, and
 the store, whose mailbox the others hold, flushes and closes last. ``$FOUNDRY_HOME`` is locked
@@ -18,6 +20,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import trio
+from foundry.kernel.actors.attestor import keys
+from foundry.kernel.actors.attestor.actor import Attestor
+from foundry.kernel.actors.attestor.messages import AttestorMessage
 from foundry.kernel.actors.engine.actor import Engine
 from foundry.kernel.actors.engine.messages import EngineMessage
 from foundry.kernel.actors.gate.actor import Gate
@@ -46,8 +51,9 @@ LOCK_FILE = "daemon.lock"
 async def open_kernel(config: Config, registry: BlockRegistry) -> AsyncIterator[Mailboxes]:
     """Run every actor for the duration of the ``async with``; yields their mailboxes."""
     with home_lock(config.home):
+        key_pair = keys.load_or_create(config.home)  # refuses a signing key others may read
         async with trio.open_nursery() as nursery:
-            mailboxes = await _start_actors(config, registry, nursery)
+            mailboxes = await _start_actors(config, registry, nursery, key_pair)
             try:
                 yield mailboxes
             finally:
@@ -55,7 +61,7 @@ async def open_kernel(config: Config, registry: BlockRegistry) -> AsyncIterator[
                     await mailboxes.tap.send(CloseAll())
                 for mailbox in (
                     mailboxes.engine, mailboxes.gate, mailboxes.scheduler, mailboxes.replay,
-                    mailboxes.tap,
+                    mailboxes.tap, mailboxes.attestor, mailboxes.store,
                 ):  # fmt: skip
                     mailbox.close()  # each finishes its work in flight; the store closes last
 
@@ -80,7 +86,7 @@ def home_lock(home: Path) -> Iterator[None]:
 
 
 async def _start_actors(
-    config: Config, registry: BlockRegistry, nursery: trio.Nursery
+    config: Config, registry: BlockRegistry, nursery: trio.Nursery, key_pair: keys.KeyPair
 ) -> Mailboxes:
     tap_send, tap_receive = trio.open_memory_channel[TapMessage](MAILBOX_SIZE)
     store_send, store_receive = trio.open_memory_channel[StoreMessage](MAILBOX_SIZE)
@@ -88,18 +94,26 @@ async def _start_actors(
     scheduler_send, scheduler_receive = trio.open_memory_channel[SchedulerMessage](MAILBOX_SIZE)
     replay_send, replay_receive = trio.open_memory_channel[ReplayMessage](MAILBOX_SIZE)
     gate_send, gate_receive = trio.open_memory_channel[GateMessage](MAILBOX_SIZE)
+    attest_send, attest_receive = trio.open_memory_channel[AttestorMessage](MAILBOX_SIZE)
     home, grace = config.home, config.shutdown_grace
 
     await nursery.start(TapBroker(tap_receive, buffer=config.tap.subscriber_buffer).run)
-    store = Store(home, store_receive, tap_send.clone(), max_batch=config.store.max_batch_rows)
+    store = Store(home, store_receive, tap_send.clone(), max_batch=config.store.max_batch_rows,
+                  retain_days=config.store.retain_days,
+                  retention_interval=config.store.retention_interval,
+                  memory_limit=config.store.memory_limit)  # fmt: skip
     recovered = await nursery.start(store.run)
     if recovered:
         log.warning("marked %d unfinished workflow(s) failed: daemon restarted", len(recovered))
+    await nursery.start(Attestor(key_pair, attest_receive, store_send.clone()).run)
+    # Notices go to the attestor only when [attest] enabled; it serves GetAttestations either way.
+    notices = attest_send.clone if config.attest.enabled else lambda: None
     engine = Engine(registry, engine_receive, store_send.clone(), home=home,
                     config=config.engine, shutdown_grace=grace)  # fmt: skip
     await nursery.start(engine.run)
     scheduler = Scheduler(registry, scheduler_receive, store_send.clone(), tap_send.clone(),
-                          home=home, config=config.scheduler, shutdown_grace=grace)  # fmt: skip
+                          home=home, config=config.scheduler, shutdown_grace=grace,
+                          attestor=notices())  # fmt: skip
     resumed = await nursery.start(scheduler.run)
     if resumed:
         log.warning("picked up %d unfinished run(s) where they stopped", resumed)
@@ -107,10 +121,11 @@ async def _start_actors(
                         tolerance=Tolerance(**vars(config.replay)))  # fmt: skip
     await nursery.start(replayer.run)
     gate = Gate(registry, config.gate_policy(), gate_receive, store_send.clone(),
-                scheduler_send.clone())  # fmt: skip
+                scheduler_send.clone(), attestor=notices())  # fmt: skip
     await nursery.start(gate.run)
+    user_queries = store_send.clone()
     store_send.close()
     return Mailboxes(
         engine=engine_send, tap=tap_send, scheduler=scheduler_send, replay=replay_send,
-        gate=gate_send,
+        gate=gate_send, attestor=attest_send, store=user_queries,
     )  # fmt: skip

@@ -15,9 +15,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import betterproto2
+from foundry.kernel.cli.attest import add_attest_commands
 from foundry.kernel.cli.evals import add_eval_commands
+from foundry.kernel.cli.export import add_export_command
 from foundry.kernel.cli.gates import add_gate_commands
 from foundry.kernel.cli.runs import add_run_commands
+from foundry.kernel.cli.sql import add_sql_command
 from foundry.kernel.config import Config, parse_listen
 from foundry.kernel.edge.grpc.client import connect, default_address
 from foundry.kernel.errors import ConfigError, FoundryError
@@ -84,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_commands(commands, _client, _client_options)
     add_eval_commands(commands)
     add_gate_commands(commands)
+    add_export_command(commands)
+    add_attest_commands(commands)
+    add_sql_command(commands)
     return parser
 
 

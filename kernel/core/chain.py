@@ -22,6 +22,7 @@ from foundry.kernel.core.throttle import Action, Decision, Throttle, decide
 from foundry.kernel.core.trace_format import TraceRows
 from foundry.kernel.errors import ChainLimitExceeded
 
+SMALL_PAYLOAD = 1024  # bytes of JSON a retired workflow's root may keep
 MUTATOR = "mutator"  # a mutator block's kind (BlockKind is the blocks package's; core is below it)
 
 
@@ -131,7 +132,8 @@ class Workflow:
         is not held until ``recent_workflows`` more chains have ended."""
         self.events, self.executions, self.unsent, self.unpublished = [], [], [], []
         self.agenda, self.last_commit = [], None
-        self.root = replace(self.root, payload={}, payload_json="")
+        if len(self.root.payload_json) > SMALL_PAYLOAD:  # small ones cost less to keep than drop
+            self.root = replace(self.root, payload={}, payload_json="")
         if self.trace is not None and _text_bytes(self.trace) > trace_bytes:
             self.trace = None
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +12,17 @@ from typing import Any
 from foundry.kernel.core.ids import rfc3339
 from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.core.trace_format import EventRow, ExecutionRow, TraceRows
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def own_copy(payload: Mapping[str, Any], payload_json: str) -> dict[str, Any]:
+    """A copy of a recorded payload that its receiver may change freely: a shallow copy when
+    every value is a scalar (most payloads; ~10x cheaper), else a decode of the recorded JSON."""
+    if all(isinstance(value, _SCALARS) for value in payload.values()):
+        return dict(payload)
+    copy: dict[str, Any] = json.loads(payload_json)
+    return copy
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,7 +88,9 @@ async def run_sql(home: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
     def run() -> list[tuple[Any, ...]]:
         with duckdb.connect(str(home / "foundry.duckdb")) as con:
-            con.execute("SET TimeZone='UTC'")
+            # While the store runs this is its instance, UTC and locked (the SQL sandbox).
+            if not con.execute("SELECT current_setting('lock_configuration')").fetchone()[0]:
+                con.execute("SET TimeZone='UTC'")
             return con.execute(sql, list(params)).fetchall()
 
     return await trio.to_thread.run_sync(run)

@@ -9,7 +9,11 @@ from pathlib import Path
 from foundry.proto import foundry_api, runtime_api
 
 REPO = Path(__file__).resolve().parents[2]
-PROTOS = ["foundry.proto", "fleetforge/runtime/v1/runtime.proto"]
+PROTOS = [
+    "foundry.proto",
+    "fleetforge/runtime/v1/runtime.proto",
+    "foundry/analytics/v1/analytics.proto",
+]
 
 
 def _differences(left: Path, right: Path) -> list[str]:

@@ -654,7 +654,7 @@ def test_idempotency_survives_restart_and_invalid_submits_store_nothing(make_dae
         stored = con.execute(
             "SELECT seq, kind FROM run_events WHERE run_id = ? ORDER BY seq", [run_id]
         ).fetchall()
-    assert [k for _, k in stored] == kinds(events)
+    assert [k for _, k in stored] == [e["kind"] for e in events]
     assert [s for s, _ in stored] == list(range(1, len(stored) + 1))
 
 

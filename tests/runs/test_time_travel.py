@@ -130,7 +130,7 @@ def test_breakpoint_from_the_spec_pauses_before_the_step(daemon):
     events = tap(daemon, run_id)
     order = kinds(events)
     assert order.index("run_paused") < order.index("run_resumed") < len(order) - 1
-    assert [e["kind"] for e in events if e["step_id"] == "b"] == [
+    assert kinds(events, "b") == [
         "run_paused",
         "run_resumed",
         "step_leased",

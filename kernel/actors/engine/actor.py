@@ -64,7 +64,7 @@ from foundry.kernel.core.chain import (
 )
 from foundry.kernel.core.ids import Clock, compact_json, event_id_of_json, is_event_id, rfc3339
 from foundry.kernel.core.json_input import quoted
-from foundry.kernel.core.records import Event, ExecutionRecord, storable
+from foundry.kernel.core.records import Event, ExecutionRecord, own_copy, storable
 from foundry.kernel.core.throttle import Action
 from foundry.kernel.core.trace_format import render
 from foundry.kernel.errors import ChainLimitExceeded, NotFound, Unavailable
@@ -113,6 +113,7 @@ class Engine:
                         await self._handle(message)
                     except Exception as exc:  # one bad request never stops the engine
                         refuse(message, exc, log)
+                del batch, message  # not held while waiting: a large payload would stay resident
             # Mailbox closed: chains in flight get the grace period, then are cancelled (the
             # next start marks them failed).
             self._closing = True
@@ -440,7 +441,7 @@ class _NotUtf8(Exception):
 
 def _context(event: Event, artifact_dir: str, attempt: int) -> BlockContext:
     return BlockContext(
-        payload=json.loads(event.payload_json),  # its own copy: recorded facts never change
+        payload=own_copy(event.payload, event.payload_json),  # recorded facts never change
         artifact_dir=artifact_dir,
         throttle=event.throttle,
         event_type=event.event_type,

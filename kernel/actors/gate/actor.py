@@ -10,13 +10,16 @@ decisions themselves are pure: ``core.governance`` (validation, records), ``core
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import trio
+from foundry.kernel.actors.attestor.messages import AttestCustom, AttestorMessage
 from foundry.kernel.actors.gate.messages import (
     CheckChangeGate,
     GateMessage,
@@ -35,6 +38,7 @@ from foundry.kernel.actors.store.messages import (
     StoreMessage,
 )
 from foundry.kernel.blocks.registry import BlockRegistry
+from foundry.kernel.core.attest_records import EVAL_RESULT, GATE_DECISION
 from foundry.kernel.core.dag import StepSpec
 from foundry.kernel.core.evals import RunFacts, StepFacts, judge
 from foundry.kernel.core.gate_policy import GatePolicy, decide
@@ -53,8 +57,9 @@ from foundry.kernel.core.governance import (
     gate_limit,
     parse_pack,
     synced_records,
+    thawed,
 )
-from foundry.kernel.core.ids import Clock
+from foundry.kernel.core.ids import Clock, rfc3339
 from foundry.kernel.core.json_input import check_json_value, quoted
 from foundry.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -94,8 +99,12 @@ class Gate:
         inbox: trio.MemoryReceiveChannel[GateMessage],
         store: trio.MemorySendChannel[StoreMessage],
         scheduler: trio.MemorySendChannel[SchedulerMessage],
+        attestor: trio.MemorySendChannel[AttestorMessage] | None = None,
     ) -> None:
+        """``attestor``: where decisions and eval results are announced once durable (None:
+        they are not attested)."""
         self._registry, self._policy = registry, policy
+        self._attestor = attestor
         self._inbox, self._store, self._scheduler = inbox, store, scheduler
         self._clock = Clock()
         self._sync_lock = trio.Lock()
@@ -109,10 +118,27 @@ class Gate:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with self._inbox, self._store, self._scheduler, trio.open_nursery() as nursery:
-            task_status.started()
-            async for message in self._inbox:
-                nursery.start_soon(self._answer, message)
+        try:
+            async with self._inbox, self._store, self._scheduler, trio.open_nursery() as nursery:
+                task_status.started()
+                async for message in self._inbox:
+                    nursery.start_soon(self._answer, message)
+        finally:
+            if self._attestor is not None:
+                self._attestor.close()
+
+    async def _attest(self, label: str, record: Any, record_id: str, run_id: str = "") -> None:
+        """Announce a durable decision or result to the attestor (subject custom ``label``)."""
+        if self._attestor is None:
+            return
+        claims = {
+            f.name: _claim(getattr(record, f.name)) for f in dataclasses.fields(record)
+        }  # fmt: skip
+        notice = AttestCustom(label, record_id, run_id, claims, self._clock.now())
+        try:
+            await self._attestor.send(notice)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.warning("the attestor has stopped: %s %s is not attested", label, record_id)
 
     async def _answer(self, message: Any) -> None:
         try:
@@ -181,6 +207,7 @@ class Gate:
             executed_at=self._clock.now(),
         )
         await self._append([result])
+        await self._attest(EVAL_RESULT, result, result.result_id, result.run_id)
         return result
 
     # --- change gates ---------------------------------------------------------------------------
@@ -191,6 +218,7 @@ class Gate:
         decision = decide(request, self._policy, self._registry.gate_rules)
         record = decision_record(new_id("gate"), request, decision, self._clock.now())
         await self._append([record])
+        await self._attest(GATE_DECISION, record, record.gate_id)
         return StoredGate(record)
 
     async def _followup(self, message: RecordGateFollowup) -> GateFollowupRecord:
@@ -229,3 +257,8 @@ class Gate:
             self._store, lambda r: LoadGateDecisions("", message.change_id, limit, r)
         )
         return found
+
+
+def _claim(value: Any) -> Any:
+    """A record's field as JSON: times in RFC 3339, frozen values thawed."""
+    return rfc3339(value) if isinstance(value, datetime) else thawed(value)

@@ -16,10 +16,12 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import trio
+from foundry.kernel.actors.attestor.messages import Attest, AttestorMessage
 from foundry.kernel.actors.mailbox import Pending, ask, post, refuse
 from foundry.kernel.actors.scheduler.messages import (
     BranchRun,
@@ -49,8 +51,9 @@ from foundry.kernel.blocks.api import BlockContext, BlockKind
 from foundry.kernel.blocks.execution import attempt_once
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
+from foundry.kernel.core.attest_records import json_digest, run_attestation_id
 from foundry.kernel.core.dag import StepSpec, UnresolvedReference, check_dag_env, parse_dag
-from foundry.kernel.core.ids import Clock, compact_json
+from foundry.kernel.core.ids import Clock, compact_json, rfc3339
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.planner import (
     Next,
@@ -78,6 +81,9 @@ from foundry.kernel.errors import InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("foundry.scheduler")
 
+TOOL_STEP = "tool"  # the step type whose attempts are granted a capability token
+TOKEN_SECONDS = 86_400.0  # a token's life when its attempt has no time limit
+
 
 def new_run_id() -> str:
     return f"run_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
@@ -94,8 +100,12 @@ class Scheduler:
         home: Path,
         config: SchedulerConfig,
         shutdown_grace: float,
+        attestor: trio.MemorySendChannel[AttestorMessage] | None = None,
     ) -> None:
+        """``attestor``: where completed steps, runs, tool calls, artifacts and capability tokens
+        are announced for attestation (None: nothing is attested)."""
         self._registry, self._inbox, self._store, self._tap = registry, inbox, store, tap
+        self._attestor = attestor
         self._home, self._config, self._grace = home, config, shutdown_grace
         self._clock = Clock()
         self._limiter = trio.CapacityLimiter(config.max_concurrent_steps)
@@ -116,6 +126,13 @@ class Scheduler:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._serve(task_status)
+        finally:
+            if self._attestor is not None:
+                self._attestor.close()  # after the last notice: the attestor drains, then ends
+
+    async def _serve(self, task_status: trio.TaskStatus[int]) -> None:
         async with self._inbox, self._store, self._tap, trio.open_nursery() as nursery:
             self._nursery = nursery
             self._idempotency = await ask(self._store, LoadIdempotencyKeys)
@@ -235,7 +252,18 @@ class Scheduler:
                 else:
                     break
         end = ending(run)
-        await self._record(run, end.kind, end.step_id, **end.payload())
+        records: list[RunEventRecord] = []
+        notices: list[Attest] = []
+        if self._attestor is not None:
+            sub = run.submission
+            spec = {"dag_json": sub.dag_json, "inputs": sub.inputs, "seed": sub.seed,
+                    "labels": sub.labels, "breakpoints": list(sub.breakpoints)}  # fmt: skip
+            self._attested(
+                run, "run", "", tuple(run.events), records, notices,
+                outcome=end.kind, spec_hash=json_digest(spec),
+            )  # fmt: skip
+        records.append(run.make_event(end.kind, self._clock.now(), end.step_id, **end.payload()))
+        await self._record_all(records, notices)
         self._retire(run)
 
     async def _start_ready(
@@ -299,7 +327,19 @@ class Scheduler:
             failure = step_error(str(exc), attempt)
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=failure)
             return None
-        durable = await self._record_durable(run, "step_leased", spec.id, **leased.payload(spec))
+        limit = attempt_limit(spec, block.timeout)
+        lease_event = run.make_event(
+            "step_leased", self._clock.now(), spec.id, **leased.payload(spec)
+        )
+        records: list[Any] = [lease_event]
+        notices: list[Attest] = []
+        grant = None
+        if spec.type == TOOL_STEP:
+            grant = self._grant(run, spec.id, attempt, lease_event, limit)
+            records.append(grant)
+            self._attested(run, "capability_token", spec.id, (lease_event, grant), records, notices)
+        durable = await self._append(records)
+        await self._notify(notices)
         if block.kind is BlockKind.MUTATOR:
             await durable.wait()  # side effects only once the lease is durable
         ctx = BlockContext(
@@ -313,7 +353,6 @@ class Scheduler:
             attempt=attempt,
         )
         started = time.perf_counter()
-        limit = attempt_limit(spec, block.timeout)
         output, error, timed_out = await attempt_once(block, Action.RUN, ctx, limit)
         if not error:
             try:
@@ -321,14 +360,15 @@ class Scheduler:
             except (TypeError, ValueError) as exc:
                 error = f"the step's output is not JSON: {exc}"
         if not error:
-            await self._record(
-                run, "step_completed", spec.id,
+            completed = run.make_event(
+                "step_completed", self._clock.now(), spec.id,
                 attempt=attempt, output=output, duration_ms=_ms_since(started),
                 usage={"tokens_in": ctx.usage.tokens_in, "tokens_out": ctx.usage.tokens_out,
                        "cost": ctx.usage.cost},
                 raw_output=ctx.raw_output[-65536:], exit_code=ctx.exit_code,
                 artifacts=ctx.listed_artifacts(),
             )  # fmt: skip
+            await self._complete(run, lease_event, grant, completed)
             return None
         failure = step_error(error, attempt, timed_out)
         delay = retry_delay(spec, step.failures, block.retries, block.backoff)
@@ -339,6 +379,100 @@ class Scheduler:
             run, "step_retrying", spec.id, attempt=attempt, error=failure, delay=delay
         )
         return delay
+
+    # --- capability tokens and attestations -----------------------------------------------------
+
+    def _grant(
+        self,
+        run: RunState,
+        step_id: str,
+        attempt: int,
+        lease_event: RunEventRecord,
+        limit: float | None,
+    ) -> RunEventRecord:
+        """A capability token for this attempt of a tool step: which tool, for which run, step
+        and attempt, issued now, expiring with the attempt's time limit (a day without one)."""
+        inputs = lease_event.payload.get("inputs")
+        tool = inputs.get("tool") if isinstance(inputs, dict) else None
+        issued = self._clock.now()
+        expires = issued + timedelta(seconds=limit if limit is not None else TOKEN_SECONDS)
+        return run.make_event(
+            "capability_granted", issued, step_id,
+            token_id=f"cap_{secrets.token_hex(12)}", tool=tool if isinstance(tool, str) else "",
+            attempt=attempt, lease_seq=lease_event.seq, issued_at=rfc3339(issued),
+            expires_at=rfc3339(expires),
+        )  # fmt: skip
+
+    def _attested(
+        self,
+        run: RunState,
+        kind: str,
+        step_id: str,
+        facts: tuple[RunEventRecord, ...],
+        records: list[Any],
+        notices: list[Attest],
+        **extra: Any,
+    ) -> None:
+        """Announce an attestation of ``facts``: its ``attested`` run event goes into
+        ``records`` (appended with the facts), the attestor's notice into ``notices`` (sent once
+        the append is in the store's mailbox, so the attestation commits after its facts)."""
+        if self._attestor is None:
+            return
+        payload: dict[str, Any] = {
+            "attestation_id": run_attestation_id(run.run_id, len(run.events) + 1), "kind": kind,
+            **extra,
+        }  # fmt: skip
+        if kind != "run":
+            payload["of"] = [f.seq for f in facts]
+        # (made by hand: the payload's "kind" is the attested subject's, not the event's)
+        event = RunEventRecord(run.run_id, len(run.events) + 1, step_id, "attested", payload,
+                               self._clock.now())  # fmt: skip
+        run.apply(event)
+        records.append(event)
+        notices.append(Attest(event, facts))
+
+    async def _complete(
+        self,
+        run: RunState,
+        lease_event: RunEventRecord,
+        grant: RunEventRecord | None,
+        completed: RunEventRecord,
+    ) -> None:
+        """Record a completed step: the completion, and the attestations of the step, its tool
+        call and each artifact it wrote, in one append."""
+        records: list[Any] = [completed]
+        notices: list[Attest] = []
+        step_id = completed.step_id
+        block = run.steps[step_id].spec.type
+        self._attested(
+            run, "step", step_id, (lease_event, completed), records, notices, block=block
+        )
+        if grant is not None:
+            self._attested(run, "tool", step_id, (lease_event, grant, completed), records, notices)
+        for path in completed.payload["artifacts"]:
+            self._attested(run, "artifact", step_id, (completed,), records, notices, uri=path)
+        await self._record_all(records, notices)
+
+    async def _record_all(self, records: list[Any], notices: list[Attest]) -> None:
+        """Append events made and applied already; then hand their notices to the attestor."""
+        try:
+            await self._store.send(Append(tuple(records), tuple(records)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise Unavailable("the daemon is shutting down") from None
+        await self._notify(notices)
+
+    async def _notify(self, notices: list[Attest]) -> None:
+        if not notices:
+            return
+        assert self._attestor is not None
+        try:
+            for notice in notices:
+                try:
+                    self._attestor.send_nowait(notice)  # no scheduling pass per step
+                except trio.WouldBlock:
+                    await self._attestor.send(notice)  # the attestor is behind: wait for it
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise Unavailable("the daemon is shutting down") from None
 
     async def _record(self, run: RunState, kind: str, step_id: str = "", **payload: Any) -> None:
         """Make, apply and append an event; its commit comes with the next group commit."""

@@ -13,20 +13,33 @@ what was committed when it began. A slow query delays no Emit and no ack.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import sys
+import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import trio
+from foundry.analytics import sandbox
+from foundry.analytics.migrations import SchemaTooNew, migrate
+from foundry.analytics.parquet import refresh_archive_views
 from foundry.analytics.schema import ddl
-from foundry.kernel.actors.mailbox import refuse
+from foundry.kernel.actors.mailbox import Reply, refuse, reply_pair
+from foundry.kernel.actors.store import retention
 from foundry.kernel.actors.store.archivist import Archivist, FileWriter, frame
 from foundry.kernel.actors.store.messages import (
     Append,
     Barrier,
     GetStats,
+    RetentionReport,
+    RunRetention,
+    RunUserQuery,
     StoreMessage,
     StoreQuery,
     StoreStats,
@@ -35,7 +48,7 @@ from foundry.kernel.actors.store.reads import QUERIES, recover_unfinished
 from foundry.kernel.actors.store.tables import WRITERS
 from foundry.kernel.actors.tap.messages import Publish
 from foundry.kernel.core.records import FinishedChain
-from foundry.kernel.errors import Unavailable
+from foundry.kernel.errors import ConfigError, DeadlineExceeded, InvalidArgument, Unavailable
 
 log = logging.getLogger("foundry.store")
 
@@ -48,8 +61,27 @@ LINGER_SECONDS = 0.001
 
 # Queries at once, each on its own cursor and worker thread (commits use the default limiter).
 READERS = 4
+# Analysts' queries at once (RunUserQuery), on cursors of their own: a heavy one holds up neither
+# the store's own queries nor its commits.
+USER_READERS = 2
 
-Write = Append | Barrier
+# After a commit of this many bytes of traces and payloads, the heap's free pages go back to the
+# OS RELEASE_DELAY seconds later (once the engine, the tap and the archivist have let go of them).
+LARGE_COMMIT_BYTES = 1 << 20
+RELEASE_DELAY = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Prune:
+    """A retention pass's delete (``retention.prune``), run in the commit sequence."""
+
+    cutoff: datetime
+    pass_id: str
+    staged: dict[str, int]
+    reply: Reply[list[tuple[str, datetime]] | None]
+
+
+Write = Append | Barrier | Prune
 
 
 def trace_path(home: Path, chain: FinishedChain) -> str:
@@ -65,17 +97,25 @@ class Store:
         tap: trio.MemorySendChannel[Publish],
         *,
         max_batch: int = 5_000,
+        retain_days: float = 0.0,
+        retention_interval: float = 3600.0,
+        memory_limit: str | None = None,
         hold_for_test: Callable[[str], None] | None = None,
     ) -> None:
         """``hold_for_test`` is for tests only: called on the worker thread as each commit
         (``"commit"``) and each query, inside its transaction (``"read"``), begins, so a test can
-        block there to hold that work up. The daemon passes None."""
+        block there to hold that work up. The daemon passes None.
+
+        ``retain_days`` > 0 archives and prunes finished work older than that (``retention.py``)
+        at start and every ``retention_interval`` seconds; 0 keeps everything."""
         self.home = home
         self.path = home / "foundry.duckdb"
         self._inbox, self._tap, self._max_batch = inbox, tap, max_batch
         self._con: duckdb.DuckDBPyConnection | None = None
         self._cursors: list[duckdb.DuckDBPyConnection] = []  # idle read cursors
         self._readers = trio.CapacityLimiter(READERS)
+        self._user_cursors: list[duckdb.DuckDBPyConnection] = []
+        self._user_readers = trio.CapacityLimiter(USER_READERS)
         self._appenders: dict[type, Any] = {}
         self._archivist = Archivist()
         self._hold_for_test = hold_for_test
@@ -84,6 +124,11 @@ class Store:
         self._pending: list[Write] = []  # writes waiting for the next group commit
         self._work, self._room = trio.Event(), trio.Event()
         self._ended = False  # the mailbox has closed: commit what is queued, then stop
+        self._memory_limit = memory_limit  # DuckDB's, its block cache included ([store])
+        self._background: trio.Nursery | None = None
+        self._release: trio.CancelScope | None = None  # a pending release_free_heap
+        self._retain_days, self._retention_interval = retain_days, retention_interval
+        self._retention = trio.Lock()  # one pass at a time
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -92,11 +137,14 @@ class Store:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._archivist.run)
+                self._background = nursery
                 task_status.started(recovered)
                 try:
                     await self._serve()
                 finally:
                     self._archivist.close()  # it writes what it was given, then stops
+                    if self._release is not None:
+                        self._release.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._close)
@@ -108,7 +156,12 @@ class Store:
         async with self._tap, trio.open_nursery() as nursery:
             self._queries = nursery  # queries in flight finish before the store closes
             nursery.start_soon(self._commit_loop)
-            await self._receive()
+            passes = trio.CancelScope()
+            nursery.start_soon(self._retention_loop, passes)
+            try:
+                await self._receive()
+            finally:
+                passes.cancel()  # a pass already staged still gets its Prune committed
 
     async def _receive(self) -> None:
         async with self._inbox:
@@ -134,8 +187,14 @@ class Store:
         if isinstance(message, Append | Barrier):
             self._pending.append(message)
             self._work.set()
+        elif isinstance(message, RunRetention):
+            assert self._queries is not None
+            self._queries.start_soon(self._retain_now, message.reply)
         elif isinstance(message, GetStats):
             message.reply.send(StoreStats(commits=self._commits, reads=self._reads))
+        elif isinstance(message, RunUserQuery):
+            assert self._queries is not None
+            self._queries.start_soon(self._user_query, message)
         elif type(message) in QUERIES:
             assert self._queries is not None
             self._queries.start_soon(self._query, message)
@@ -158,6 +217,7 @@ class Store:
             del self._pending[: len(batch)]
             self._room.set()
             await self._handle(batch)
+            del batch  # not held while waiting: a large write would stay resident
 
     async def _linger(self) -> None:
         """Let appends that are about to come join this commit (the receiver queues them)."""
@@ -171,6 +231,9 @@ class Store:
         appends = [m for m in batch if isinstance(m, Append)]
         if appends:
             await self._commit(appends)
+        for message in batch:
+            if isinstance(message, Prune):
+                await self._prune(message)
         for message in batch:
             if isinstance(message, Barrier):
                 message.reply.send(None)  # every write before it is through its commit
@@ -205,6 +268,85 @@ class Store:
             except trio.WouldBlock:
                 await self._tap.send(Publish(tuple(published)))
         await self._archivist.send(traces)
+        weight = len(traces) + sum(len(getattr(i, "payload_json", "")) for i in published)
+        if weight >= LARGE_COMMIT_BYTES:
+            self._release_memory_soon()
+
+    def _release_memory_soon(self) -> None:
+        """After a large commit, hand the heap's free pages back to the OS (see
+        :func:`release_free_heap`), once the rest of the kernel has let go of its records too."""
+        if self._release is None and self._background is not None:
+            self._release = trio.CancelScope()
+            self._background.start_soon(self._release_memory, self._release)
+
+    async def _release_memory(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep(RELEASE_DELAY)
+            self._release = None
+            await trio.to_thread.run_sync(release_free_heap)
+
+    # --- retention (retention.py): stage on a read cursor, prune in the commit sequence -----
+
+    async def _retention_loop(self, scope: trio.CancelScope) -> None:
+        if self._retain_days <= 0:
+            return
+        with scope:
+            while True:
+                try:
+                    report = await self._retain()
+                except Exception:
+                    log.exception("retention pass failed (the rows stay; next pass retries)")
+                else:
+                    if report.archived:
+                        log.info("archived %s", report.archived)
+                await trio.sleep(self._retention_interval)
+
+    async def _retain_now(self, reply: Reply[RetentionReport]) -> None:
+        try:
+            report = await self._retain()
+        except Exception as exc:
+            log.exception("retention pass failed")
+            reply.fail(_client_error(exc, "could not archive old rows"))
+        else:
+            reply.send(report)
+
+    async def _retain(self) -> RetentionReport:
+        if self._retain_days <= 0:
+            return RetentionReport(None, {})
+        async with self._retention:
+            cutoff = datetime.now(UTC) - timedelta(days=self._retain_days)
+            pass_id = f"{cutoff:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+            staged = await trio.to_thread.run_sync(
+                self._run_read,
+                lambda cursor: retention.stage(cursor, self.home, cutoff, pass_id),
+                limiter=self._readers,
+            )
+            if not any(staged.values()):
+                await trio.to_thread.run_sync(retention.discard, self.home, pass_id)
+                return RetentionReport(cutoff, {})
+            reply, pending = reply_pair()
+            self._pending.append(Prune(cutoff, pass_id, staged, reply))
+            self._work.set()
+            pruned = await pending.wait()
+            if pruned is None:
+                log.warning("retention: rows changed while being archived; next pass retries")
+                return RetentionReport(cutoff, {})
+            await trio.to_thread.run_sync(retention.remove_trace_files, self.home, pruned)
+            return RetentionReport(cutoff, staged)
+
+    async def _prune(self, prune: Prune) -> None:
+        con = self._con
+        assert con is not None
+        try:
+            pruned = await trio.to_thread.run_sync(
+                retention.prune, con, self.home, prune.cutoff, prune.pass_id, prune.staged
+            )
+        except Exception as exc:
+            log.exception("retention: the delete failed (the rows stay)")
+            await trio.to_thread.run_sync(retention.discard, self.home, prune.pass_id)
+            prune.reply.fail(_client_error(exc, "could not prune archived rows"))
+        else:
+            prune.reply.send(pruned)
 
     async def _query(self, message: StoreQuery) -> None:
         try:
@@ -218,24 +360,84 @@ class Store:
         finally:
             self._reads += 1
 
+    async def _user_query(self, message: RunUserQuery) -> None:
+        """Run an analyst's SQL on a cursor of its own; a trio timer interrupts it at the limit."""
+        try:
+            async with self._user_readers:
+                cursor = self._user_cursors.pop()
+                expired = False
+                timer = trio.CancelScope()
+
+                async def expire() -> None:
+                    nonlocal expired
+                    with timer:
+                        await trio.sleep(message.timeout)
+                        expired = True
+                        cursor.interrupt()
+
+                assert self._queries is not None
+                self._queries.start_soon(expire)
+                try:
+                    result = await trio.to_thread.run_sync(self._run_user_query, cursor, message)
+                except duckdb.InterruptException:
+                    if not expired:
+                        raise
+                    raise DeadlineExceeded(
+                        f"the query ran out of its time limit ({message.timeout:g} s)"
+                    ) from None
+                finally:
+                    timer.cancel()
+        except Exception as exc:
+            if isinstance(exc, duckdb.Error):
+                log.exception("an analytics query failed")
+            message.reply.fail(_client_error(exc, "could not answer the query"))
+        else:
+            message.reply.send(result)
+        finally:
+            self._reads += 1
+
     # --- on the worker thread --------------------------------------------------------------
 
     def _open(self) -> list[str]:
         self.home.mkdir(parents=True, exist_ok=True)
         self._con = duckdb.connect(str(self.path))
-        self._con.execute("SET TimeZone='UTC'")
+        # Settings are instance-wide, and locked below: every cursor inherits the global zone.
+        self._con.execute("SET GLOBAL TimeZone='UTC'")
+        if self._memory_limit:  # validated by the config: a size such as 256MB
+            self._con.execute(f"SET GLOBAL memory_limit = '{self._memory_limit}'")
+        # DuckDB's allocator (its own jemalloc) keeps the pages it freed until it allocates
+        # again; its background thread hands them back to the OS within seconds. Without it a
+        # ~3.5 MB request's commit left ~55 MB resident for good.
+        self._con.execute("SET GLOBAL allocator_background_threads = true")
+        self._upgrade_schema()
         for statement in ddl():
             self._con.execute(statement)
+        refresh_archive_views(self._con, self.home)
+        retention.settle_staged(self._con, self.home)  # a pass a stopped daemon left half-done
+        sandbox.lock_instance(self._con, self.home)  # the SQL sandbox; no SET works after this
         for _ in range(READERS):
-            cursor = self._con.cursor()  # a connection of its own to the same instance
-            cursor.execute("SET TimeZone='UTC'")
-            self._cursors.append(cursor)
+            self._cursors.append(self._con.cursor())  # a connection of its own, same instance
+        for _ in range(USER_READERS):
+            self._user_cursors.append(self._con.cursor())
         return recover_unfinished(self._con, self._write_recovered)
 
+    def _upgrade_schema(self) -> None:
+        """Apply pending migrations (analytics/migrations.py); refuse a newer database."""
+        assert self._con is not None
+        try:
+            before, after = migrate(self._con, self.home, source=str(self.path))
+        except SchemaTooNew as exc:
+            self._con.close()
+            self._con = None
+            raise ConfigError(str(exc)) from None
+        if before and before != after:
+            log.warning("upgraded %s from schema version %d to %d", self.path, before, after)
+
     def _close(self) -> None:
-        for cursor in self._cursors:
+        for cursor in [*self._cursors, *self._user_cursors]:
             cursor.close()
         self._cursors.clear()
+        self._user_cursors.clear()
         if self._con is not None:
             self._appenders.clear()
             self._con.execute("CHECKPOINT")
@@ -260,9 +462,42 @@ class Store:
             else:  # a cursor a failed query left in a transaction is replaced, not reused
                 cursor.close()
                 assert self._con is not None
-                fresh = self._con.cursor()
-                fresh.execute("SET TimeZone='UTC'")
-                self._cursors.append(fresh)
+                self._cursors.append(self._con.cursor())
+
+    def _run_read(self, read: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
+        """``read(cursor)`` on an idle read cursor in a transaction of its own (a snapshot)."""
+        cursor = self._cursors.pop()
+        healthy = False
+        try:
+            cursor.execute("BEGIN TRANSACTION")
+            result = read(cursor)
+            cursor.execute("ROLLBACK")
+            healthy = True
+            return result
+        finally:
+            if healthy:
+                self._cursors.append(cursor)
+            else:
+                cursor.close()
+                assert self._con is not None
+                self._cursors.append(self._con.cursor())
+
+    def _run_user_query(self, cursor: duckdb.DuckDBPyConnection, message: RunUserQuery) -> Any:
+        healthy = False
+        try:
+            result = sandbox.run_query(cursor, message.sql, message.params, message.max_rows)
+            healthy = True
+            return result
+        except (sandbox.QueryRefused, sandbox.QueryFailed) as exc:
+            healthy = True  # the sandbox rolled its transaction back
+            raise InvalidArgument(str(exc)) from None
+        finally:
+            if healthy:
+                self._user_cursors.append(cursor)
+            else:  # interrupted or broken: a fresh cursor, never one left mid-transaction
+                cursor.close()
+                assert self._con is not None
+                self._user_cursors.append(self._con.cursor())
 
     def _write(self, groups: Sequence[tuple[Any, ...]]) -> bytes:
         if self._hold_for_test is not None:
@@ -317,3 +552,26 @@ def _client_error(exc: Exception, what: str) -> Exception:
         error.__cause__ = exc
         return error
     return exc
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # no glibc (musl has no malloc_trim)
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's ``malloc_trim``; nothing elsewhere).
+    glibc keeps freed memory for reuse, and pages freed among live small objects stay resident:
+    after one ~3.5 MB request (its payload copied through JSON, trace rows, the commit and the
+    trace file's frame) the daemon kept ~25 MB it no longer used. Releases the GIL (ctypes)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from foundry.analytics.sandbox import QueryResult
 from foundry.kernel.actors.mailbox import Reply
+from foundry.kernel.core.attest_records import AttestationRecord
 from foundry.kernel.core.governance import StoredGate, StoredScenario
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
 
@@ -145,6 +148,55 @@ class LoadGateDecisions:
     reply: Reply[list[StoredGate]]
 
 
+@dataclass(frozen=True, slots=True)
+class LoadAttestations:
+    """The attestations with these ids, in the order asked; unknown ids are left out."""
+
+    attestation_ids: tuple[str, ...]
+    reply: Reply[list[AttestationRecord]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRunAttestations:
+    """A run's attestations in the order of its hash chain (its ``attested`` events)."""
+
+    run_id: str
+    reply: Reply[list[AttestationRecord]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadUnattested:
+    """Runs with an ``attested`` event whose attestation is not stored (after a crash)."""
+
+    reply: Reply[list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportParquet:
+    """``foundry export parquet``: write the trace, run, eval and gate tables as date-partitioned
+    Parquet under ``directory`` (absolute; each table's folder absent or empty), rows dated on or
+    after ``since`` (YYYY-MM-DD, UTC) or all, from one snapshot. Answers rows written per table.
+    The files are written by a separate in-memory DuckDB instance (``analytics/parquet.py``)."""
+
+    directory: str
+    since: str | None
+    reply: Reply[dict[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRetention:
+    """Run a retention pass now (``[store] retain_days``; ``retention.py``): archive, then prune,
+    finished work older than the cutoff."""
+
+    reply: Reply[RetentionReport]
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionReport:
+    cutoff: datetime | None  # None: retention is off (``retain_days`` = 0)
+    archived: dict[str, int]  # rows moved to the archive, per table (empty: nothing was old)
+
+
 StoreQuery = (
     LoadWorkflow
     | LoadTrace
@@ -155,5 +207,25 @@ StoreQuery = (
     | CountRows
     | LoadEvalScenarios
     | LoadGateDecisions
+    | ExportParquet
+    | LoadAttestations
+    | LoadRunAttestations
+    | LoadUnattested
 )
-StoreMessage = Append | Barrier | GetStats | StoreQuery
+
+
+@dataclass(frozen=True, slots=True)
+class RunUserQuery:
+    """An analyst's SQL (``foundry.analytics.sandbox``): checked, then run on a read cursor of its
+    own (not one of the store's query cursors) in a read-only transaction, interrupted after
+    ``timeout`` seconds (DeadlineExceeded); at most ``max_rows`` rows. Refused SQL and DuckDB's
+    errors are InvalidArgument."""
+
+    sql: str
+    params: Mapping[str, str]
+    max_rows: int
+    timeout: float
+    reply: Reply[QueryResult]
+
+
+StoreMessage = Append | Barrier | GetStats | RunRetention | StoreQuery | RunUserQuery

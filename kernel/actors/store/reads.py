@@ -12,15 +12,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
-from foundry.kernel.actors.store import governance, runs
+from foundry.kernel.actors.store import attestations, governance, retention, runs
 from foundry.kernel.actors.store.messages import (
     CountRows,
+    ExportParquet,
+    LoadAttestations,
     LoadEvalScenarios,
     LoadGateDecisions,
     LoadIdempotencyKeys,
     LoadRun,
+    LoadRunAttestations,
     LoadRunEvents,
     LoadTrace,
+    LoadUnattested,
     LoadUnfinishedRuns,
     LoadWorkflow,
     RowCounts,
@@ -203,7 +207,11 @@ QUERIES: dict[type, Handler] = {
     LoadUnfinishedRuns: lambda con, m: runs.load_unfinished_runs(con),
     LoadIdempotencyKeys: lambda con, m: runs.load_idempotency_keys(con),
     CountRows: lambda con, m: count_rows(con),
+    ExportParquet: lambda con, m: retention.export_parquet(con, m.directory, m.since),
     LoadEvalScenarios: lambda con, m: governance.load_scenarios(con, m.pack, m.slug, m.history),
     LoadGateDecisions: lambda con, m: governance.load_gates(con, m.gate_id, m.change_id, m.limit),
+    LoadAttestations: lambda con, m: attestations.load_attestations(con, m.attestation_ids),
+    LoadRunAttestations: lambda con, m: attestations.load_run_attestations(con, m.run_id),
+    LoadUnattested: lambda con, m: attestations.load_unattested(con),
 }
 """Each query message's handler: ``handler(cursor, message)`` is the reply's value."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+from foundry.kernel.core.attest_records import AttestationRecord
 from foundry.kernel.core.governance import (
     EvalResultRecord,
     EvalScenarioRecord,
@@ -111,6 +112,13 @@ def _decision_row(d: GateDecisionRecord) -> tuple[Any, ...]:
 def _followup_row(f: GateFollowupRecord) -> tuple[Any, ...]:
     return (
         f.followup_id, f.gate_id, f.actor, f.outcome, f.note, json_text(f.details), f.recorded_at,
+    )  # fmt: skip
+
+
+def _attestation_row(a: AttestationRecord) -> tuple[Any, ...]:
+    return (
+        a.attestation_id, a.run_id, a.step_id, a.kind, json_text(a.subject), a.predicate_type,
+        json_text(a.claims), a.artifact_hash, a.envelope, a.previous, a.created_at, a.seq,
     )  # fmt: skip
 
 
@@ -235,4 +243,22 @@ WRITERS: dict[type, TableWriter] = {
         ("followup_id", "gate_id", "actor", "outcome", "note", "details", "recorded_at"),
         _followup_row,
     ),
+    AttestationRecord: TableWriter(
+        "attestations",
+        (
+            "attestation_id",
+            "run_id",
+            "step_id",
+            "kind",
+            "subject",
+            "predicate_type",
+            "claims",
+            "artifact_hash",
+            "envelope",
+            "previous",
+            "created_at",
+            "seq",
+        ),
+        _attestation_row,
+    ),  # fmt: skip
 }

@@ -77,6 +77,7 @@ class TapBroker:
                         self._handlers[type(message)](message)
                     except Exception as exc:  # one bad request never stops the broker
                         refuse(message, exc, log)
+                    del message  # not held while waiting: its events' payloads may be large
         finally:
             self._close_all(CloseAll())
 

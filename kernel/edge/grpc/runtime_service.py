@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
+from foundry.kernel.actors.attestor.messages import GetAttestations
 from foundry.kernel.actors.gate.messages import (
     CheckChangeGate,
     ListChangeGates,
@@ -34,7 +35,7 @@ from foundry.kernel.actors.tap.messages import Overflow
 from foundry.kernel.core.governance import ScenarioInput
 from foundry.kernel.core.json_input import check_json_value
 from foundry.kernel.core.runs import TERMINAL_KINDS, RunEventRecord
-from foundry.kernel.edge.grpc import governance
+from foundry.kernel.edge.grpc import attestations, governance
 from foundry.kernel.edge.grpc.bridge import StreamSink
 from foundry.kernel.edge.grpc.internals import send_frames
 from foundry.kernel.edge.grpc.server import ask
@@ -251,6 +252,21 @@ class RuntimeService(api.RuntimeServiceBase):
     ) -> api.ListChangeGatesResponse:
         found = await self._ask_gate(lambda r: ListChangeGates(message.change_id, message.limit, r))
         return api.ListChangeGatesResponse(decisions=[governance.gate_decision(g) for g in found])
+
+    # --- attestations (the attestor) ------------------------------------------------------------
+
+    async def get_attestations(
+        self, message: api.GetAttestationsRequest
+    ) -> api.GetAttestationsResponse:
+        ids = tuple(message.attestation_ids)
+        if not ids:
+            raise GRPCError(Status.INVALID_ARGUMENT, "attestation_ids: give at least one id")
+        for index, attestation_id in enumerate(ids):
+            _require(attestation_id, f"attestation_ids[{index}]")
+        found = await ask(self._mail.attestor, lambda r: GetAttestations(ids, r))
+        return api.GetAttestationsResponse(
+            attestations=[attestations.attestation(a) for a in found]
+        )
 
     async def _ask_gate(self, build: Any) -> Any:
         return await ask(self._mail.gate, build)

@@ -45,6 +45,7 @@ STATUS_OF: dict[type[errors.FoundryError], Status] = {
     errors.AlreadyExists: Status.ALREADY_EXISTS,
     errors.Unavailable: Status.UNAVAILABLE,
     errors.ResourceExhausted: Status.RESOURCE_EXHAUSTED,
+    errors.DeadlineExceeded: Status.DEADLINE_EXCEEDED,
 }
 
 

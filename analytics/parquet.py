@@ -1,0 +1,194 @@
+"""Parquet copies of the database: ``foundry export parquet`` and the retention archive.
+
+Rows are read on a cursor of the database (the store's read cursor while the daemon runs, a
+read-only connection when it is stopped) in batches and appended to a table of a *separate*
+in-memory DuckDB instance, which writes the files (``COPY ... (FORMAT parquet, PARTITION_BY
+(date))``): the daemon's own instance never touches a path outside its sandbox. Batches of
+``CHUNK_ROWS`` rows are written as they fill, so memory stays bounded whatever the table size.
+
+Layout (hive partitioning, dates in UTC): ``DIR/<table>/date=YYYY-MM-DD/<prefix>_<uuid>.parquet``;
+``read_parquet('DIR/events/*/*.parquet', hive_partitioning = true)`` reads a table back (with a
+``date`` column).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+# Every exported table and the timestamp its rows are dated (partitioned, ``--since``) by.
+DATED: dict[str, str] = {
+    "events": "occurred_at",
+    "block_executions": "started_at",
+    "workflows": "started_at",
+    "runs": "created_at",
+    "run_events": "occurred_at",
+    "eval_scenarios": "created_at",
+    "eval_results": "executed_at",
+    "gate_decisions": "decided_at",
+    "gate_followups": "recorded_at",
+}
+
+# Tables retention moves to ``$FOUNDRY_HOME/archive`` (a view ``archived_<table>`` reads each).
+ARCHIVED: tuple[str, ...] = ("events", "block_executions", "workflows", "runs", "run_events")
+
+FETCH_ROWS = 20_000  # rows per fetchmany (Python objects in flight at once)
+CHUNK_ROWS = 500_000  # rows the in-memory instance holds before it writes them out
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The rows of ``table`` to copy: ``SELECT * FROM table`` + ``where`` (with ``params``)."""
+
+    table: str
+    where: str = ""
+    params: tuple[Any, ...] = ()
+
+    def sql(self) -> str:
+        return f"SELECT * FROM {self.table} {self.where}".strip()
+
+
+class ExportError(Exception):
+    """An export that cannot be written as asked (its message names the path)."""
+
+
+def archive_dir(home: Path) -> Path:
+    return home / "archive"
+
+
+def check_target(target: Path, tables: Sequence[str]) -> None:
+    """Refuse to mix an export into an earlier one: each table's folder must be absent or
+    empty (appending would duplicate rows)."""
+    for table in tables:
+        folder = target / table
+        if folder.exists() and any(folder.iterdir()):
+            raise ExportError(f"{folder} already exists and is not empty; export to a new folder")
+
+
+def write_parquet(
+    source: duckdb.DuckDBPyConnection,
+    target: Path,
+    selections: Sequence[Selection],
+    *,
+    prefix: str = "part",
+) -> dict[str, int]:
+    """Copy each selection's rows from ``source`` to ``target/<table>/date=…/`` as Parquet and
+    return the rows written per table. Files are added next to any already there (names are
+    unique). Runs on the caller's thread; ``source`` may be inside a transaction (a snapshot)."""
+    memory = duckdb.connect()  # a separate instance: its own settings, no database file
+    try:
+        memory.execute("SET TimeZone = 'UTC'")
+        memory.execute("SET enable_progress_bar = false")
+        counts: dict[str, int] = {}
+        for selection in selections:
+            counts[selection.table] = _copy_table(source, memory, target, selection, prefix)
+        return counts
+    finally:
+        memory.close()
+
+
+def _copy_table(
+    source: duckdb.DuckDBPyConnection,
+    memory: duckdb.DuckDBPyConnection,
+    target: Path,
+    selection: Selection,
+    prefix: str,
+) -> int:
+    table = selection.table
+    columns = source.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = ? AND table_schema = 'main' ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    if not columns:
+        raise ExportError(f"no table {table!r} in the database")
+    memory.execute(f"DROP TABLE IF EXISTS {table}")
+    memory.execute(f"CREATE TABLE {table} ({', '.join(f'{n} {t}' for n, t in columns)})")
+    folder = target / table
+    cursor = source.execute(selection.sql(), list(selection.params))
+    total = held = 0
+    appender = memory.appender(table)
+    while rows := cursor.fetchmany(FETCH_ROWS):
+        appender.append_rows(rows)
+        total += len(rows)
+        held += len(rows)
+        if held >= CHUNK_ROWS:
+            appender.flush()
+            _write_chunk(memory, table, folder, prefix)
+            held = 0
+    appender.flush()
+    if held:
+        _write_chunk(memory, table, folder, prefix)
+    memory.execute(f"DROP TABLE {table}")
+    return total
+
+
+def _write_chunk(memory: duckdb.DuckDBPyConnection, table: str, folder: Path, prefix: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    dated = DATED.get(table)
+    date = f"strftime({dated}, '%Y-%m-%d')" if dated else "'unknown'"
+    path = str(folder).replace("'", "''")
+    memory.execute(
+        f"COPY (SELECT *, {date} AS date FROM {table}) TO '{path}' "
+        f"(FORMAT parquet, PARTITION_BY (date), APPEND, FILENAME_PATTERN '{prefix}_{{uuid}}')"
+    )
+    memory.execute(f"DELETE FROM {table}")
+
+
+def parquet_glob(folder: Path) -> str:
+    return f"{folder}/*/*.parquet"
+
+
+def has_files(folder: Path) -> bool:
+    if not folder.is_dir():
+        return False
+    with os.scandir(folder) as days:
+        for day in days:
+            if not day.is_dir():
+                continue
+            with os.scandir(day.path) as files:
+                if any(f.name.endswith(".parquet") for f in files):
+                    return True
+    return False
+
+
+def archive_view_ddl(home: Path) -> dict[str, str]:
+    """``archived_<table>`` for each archived table: the archive's rows with the live table's
+    columns (the hive ``date`` left out), so ``SELECT … FROM events UNION ALL SELECT … FROM
+    archived_events`` is the whole history. With no archive files yet the view is empty (a
+    ``read_parquet`` of nothing cannot be bound); the store recreates the views at start and after
+    every retention pass."""
+    views: dict[str, str] = {}
+    for table in ARCHIVED:
+        folder = archive_dir(home) / table
+        if has_files(folder):
+            glob = parquet_glob(folder).replace("'", "''")
+            body = (
+                f"SELECT * EXCLUDE (date) FROM read_parquet('{glob}', hive_partitioning = true, "
+                "union_by_name = true)"
+            )
+        else:
+            body = f"SELECT * FROM {table} WHERE false"
+        views[table] = f"CREATE OR REPLACE VIEW archived_{table} AS {body}"
+    return views
+
+
+def refresh_archive_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
+    for statement in archive_view_ddl(home).values():
+        con.execute(statement)
+
+
+def since_selections(tables: Sequence[str], since: str | None) -> list[Selection]:
+    """Every row of ``tables``, or those dated on or after ``since`` (YYYY-MM-DD, UTC)."""
+    if since is None:
+        return [Selection(t) for t in tables]
+    return [Selection(t, f"WHERE {DATED[t]} >= CAST(? AS DATE)", (since,)) for t in tables]
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{table} {n}" for table, n in counts.items())

@@ -1,0 +1,236 @@
+"""The SQL sandbox policy: which user SQL may run, and how it runs (limits, result shape).
+
+Two layers. The DuckDB instance itself is locked down (:func:`lock_instance`:
+``allowed_directories`` only the store's own folders, ``enable_external_access = false``,
+``lock_configuration = true`` — instance-wide, and irreversible while the database runs). And every
+statement is checked before it runs (:func:`check_sql`) with DuckDB's own parser: exactly one
+statement, read-only (SELECT/WITH/VALUES/FROM/SHOW/DESCRIBE/SUMMARIZE, or EXPLAIN of one), no table
+function that reads files or runs SQL text, no file path as a table. It then runs in a read-only
+transaction, so a write that slipped through both would fail anyway.
+
+The daemon's store runs user SQL with :func:`run_query` on a read cursor of its instance; the CLI
+runs the same function on the file opened read-only when the daemon is stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_ROWS = 10_000
+MAX_ERROR = 300
+
+# Statement types that only read. SHOW, DESCRIBE, SUMMARIZE, VALUES, FROM-first and WITH all parse
+# as SELECT; EXPLAIN is checked on the statement it explains.
+READ_ONLY = {"SELECT", "EXPLAIN"}
+
+# Table functions that read files (or globs, or other databases), run SQL given as text, or write.
+# With external access off DuckDB refuses most of these itself, but not under the store's own
+# folders (the archive), so they are refused here by name too.
+FILE_FUNCTIONS = frozenset({
+    "read_csv", "read_csv_auto", "read_parquet", "parquet_scan", "parquet_metadata",
+    "parquet_schema", "parquet_file_metadata", "parquet_kv_metadata", "parquet_bloom_probe",
+    "read_json", "read_json_auto", "read_json_objects", "read_json_objects_auto", "read_ndjson",
+    "read_ndjson_auto", "read_ndjson_objects", "read_text", "read_blob", "glob", "sniff_csv",
+    "read_xlsx", "iceberg_scan", "delta_scan", "sqlite_scan", "sqlite_attach", "postgres_scan",
+    "mysql_scan", "query", "query_table", "checkpoint", "force_checkpoint",
+})  # fmt: skip
+FILE_PREFIXES = ("read_", "parquet_", "iceberg_", "delta_", "sqlite_", "postgres_", "mysql_")
+
+
+class QueryRefused(ValueError):
+    """The SQL is not allowed (or does not parse): the caller's error."""
+
+
+class QueryFailed(ValueError):
+    """DuckDB refused the query while binding or running it (a bad column, a bad cast)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    columns: tuple[tuple[str, str], ...]  # (name, DuckDB type)
+    rows: tuple[str, ...]  # each a JSON array of the row's values, in column order
+    truncated: bool  # more rows than max_rows
+    elapsed_ms: float
+
+
+def lock_instance(con: duckdb.DuckDBPyConnection, home: Path) -> None:
+    """Lock down the store's DuckDB instance: its own folders only, no other file access, no
+    extension loading, and no setting may change afterwards. Instance-wide; cannot be undone."""
+    archive = home / "archive"
+    allowed = sorted({f"{archive}/", f"{archive.resolve()}/"})
+    con.execute("SET allowed_directories = $dirs", {"dirs": allowed})
+    # One core stays with the daemon's loop: a heavy query gets DuckDB's threads on the others.
+    con.execute(f"SET threads = {max(1, (os.cpu_count() or 2) - 1)}")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def cut(message: str, limit: int = MAX_ERROR) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> set[str]:
+    """Refuse (:class:`QueryRefused`) anything but one read-only statement that reads no files;
+    returns the names of its ``$name`` parameters."""
+    statements = _parse(con, sql)
+    if len(statements) != 1:
+        raise QueryRefused(f"expected exactly one SQL statement, got {len(statements)}")
+    statement = statements[0]
+    kind = statement.type.name
+    if kind not in READ_ONLY:
+        raise QueryRefused(
+            f"{kind} statements are not allowed: only SELECT, WITH, VALUES, SHOW, DESCRIBE, "
+            "SUMMARIZE or EXPLAIN (queries are read-only)"
+        )
+    text = statement.query
+    if kind == "EXPLAIN":
+        text = _explained(con, text)
+    return _check_tree(con, text)
+
+
+def _parse(con: duckdb.DuckDBPyConnection, sql: str) -> list[Any]:
+    try:
+        return list(con.extract_statements(sql))
+    except duckdb.Error as exc:
+        raise QueryRefused(cut(str(exc))) from None
+
+
+def _explained(con: duckdb.DuckDBPyConnection, text: str) -> str:
+    """The statement an EXPLAIN [ANALYZE] explains, which must itself be a SELECT."""
+    tokens = duckdb.tokenize(text)
+    skip = 1
+    if len(tokens) > 1 and text[tokens[1][0] :].upper().startswith("ANALYZE"):
+        skip = 2  # EXPLAIN ANALYZE runs the statement: it must be a read too
+    inner = text[tokens[skip][0] :] if len(tokens) > skip else ""
+    statements = _parse(con, inner)
+    if len(statements) != 1 or statements[0].type.name != "SELECT":
+        kind = statements[0].type.name if statements else "an empty"
+        raise QueryRefused(f"EXPLAIN of {kind} statement is not allowed: only of a query")
+    return str(statements[0].query)
+
+
+def _check_tree(con: duckdb.DuckDBPyConnection, text: str) -> set[str]:
+    row = con.execute("SELECT json_serialize_sql($sql)", {"sql": text}).fetchone()
+    tree = json.loads(row[0]) if row else {"error": True}
+    if tree.get("error"):
+        raise QueryRefused(cut(str(tree.get("error_message", "the statement does not parse"))))
+    params: set[str] = set()
+    for node in _nodes(tree):
+        name = node.get("function_name")
+        if isinstance(name, str) and _reads_files(name.lower()):
+            raise QueryRefused(f"function {name}() is not allowed: queries cannot read files")
+        table = node.get("table_name")
+        if node.get("type") == "BASE_TABLE" and isinstance(table, str) and _looks_like_path(table):
+            raise QueryRefused(f"table {table!r} looks like a file: queries cannot read files")
+        if node.get("type") == "VALUE_PARAMETER" and isinstance(node.get("identifier"), str):
+            params.add(node["identifier"])
+    return params
+
+
+def _nodes(value: Any) -> Iterator[dict[str, Any]]:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _reads_files(name: str) -> bool:
+    return name in FILE_FUNCTIONS or name.startswith(FILE_PREFIXES)
+
+
+def _looks_like_path(name: str) -> bool:
+    return any(c in name for c in "/\\.*:?")
+
+
+def run_query(
+    cursor: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: Mapping[str, str],
+    max_rows: int,
+) -> QueryResult:
+    """Check and run one user query on ``cursor`` in a read-only transaction; at most
+    ``max_rows`` rows come back. The caller enforces the time limit (``cursor.interrupt()``)."""
+    started = time.perf_counter()
+    wanted = check_sql(cursor, sql)
+    unknown = sorted(set(params) - wanted)
+    if unknown:
+        raise QueryRefused(f"unknown parameter(s) {', '.join(unknown)}: the SQL has no such $name")
+    missing = sorted(wanted - set(params))
+    if missing:
+        raise QueryRefused(f"missing parameter(s): {', '.join('$' + m for m in missing)}")
+    cursor.execute("BEGIN TRANSACTION READ ONLY")
+    try:
+        try:
+            result = cursor.execute(sql, dict(params)) if params else cursor.execute(sql)
+            description = result.description or []
+            fetched = result.fetchmany(max_rows + 1) if description else []
+        except duckdb.InterruptException:
+            raise
+        except duckdb.Error as exc:
+            raise QueryFailed(cut(str(exc))) from None
+        columns = tuple((str(d[0]), str(d[1])) for d in description)
+        json_columns = [i for i, (_, kind) in enumerate(columns) if kind == "JSON"]
+        rows = tuple(_row_json(row, json_columns) for row in fetched[:max_rows])
+    finally:
+        cursor.execute("ROLLBACK")
+    elapsed = (time.perf_counter() - started) * 1000
+    return QueryResult(columns, rows, len(fetched) > max_rows, round(elapsed, 3))
+
+
+def _row_json(row: tuple[Any, ...], json_columns: list[int]) -> str:
+    values = list(row)
+    for i in json_columns:
+        if isinstance(values[i], str):
+            values[i] = _Raw(values[i])
+    return json.dumps([_plain(v) for v in values], separators=(",", ":"), ensure_ascii=False)
+
+
+class _Raw(str):
+    """A JSON column's text, decoded into the row (it is already JSON)."""
+
+
+def _plain(value: Any) -> Any:
+    """A DuckDB value as JSON: numbers stay numbers (integers beyond 2^53 and non-finite floats
+    become strings), times are ISO 8601, lists and structs nest, blobs are base64."""
+    if value is None or isinstance(value, bool | str) and not isinstance(value, _Raw):
+        return value
+    if isinstance(value, _Raw):
+        return json.loads(value)
+    if isinstance(value, int):
+        return value if abs(value) <= 2**53 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return str(value)

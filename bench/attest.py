@@ -1,0 +1,233 @@
+"""Attestations: what signing costs the daemon, per attestation and per step of a run.
+
+In process, the real actors wired as ``open_kernel`` wires them (tap broker, store on a DuckDB
+file, attestor with a fresh key pair, scheduler), without gRPC. Two figures:
+
+- **sign + store per attestation**: the daemon's CPU (every thread) per attestation, from the
+  difference between a 1,000-step chain of no-op observers (``bench.run_overhead``'s) run with
+  ``[attest] enabled = true`` and the same chain with attestation off, in the same process,
+  divided by the attestations made (a step attestation per step, plus the run's). It includes
+  everything attestation adds: building and signing the statement on a worker thread, the
+  ``attested`` run event, the attestation row in the group commit. Also reported: the statement
+  build + Ed25519 signature alone (``Signer.record``), in a loop.
+- **per-step overhead**: wall time per step of that chain, submit → durable ``run_succeeded``
+  and (enabled) every attestation committed (``GetAttestations`` of the run's), enabled ÷
+  disabled − 1. Both variants alternate within one run of the benchmark.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from foundry.kernel.actors.attestor import keys
+from foundry.kernel.actors.attestor.actor import Attestor
+from foundry.kernel.actors.attestor.messages import Attest, AttestorMessage, GetAttestations
+from foundry.kernel.actors.attestor.statements import Chain, Signer
+from foundry.kernel.actors.mailbox import ask
+from foundry.kernel.actors.scheduler.actor import Scheduler
+from foundry.kernel.actors.scheduler.messages import SchedulerMessage, SubmitRun
+from foundry.kernel.actors.store.actor import Store
+from foundry.kernel.actors.store.messages import StoreMessage
+from foundry.kernel.actors.tap.actor import TapBroker, receive_batch
+from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
+from foundry.kernel.blocks.registry import BlockRegistry
+from foundry.kernel.config import SchedulerConfig
+from foundry.kernel.core.attest import key_id
+from foundry.kernel.core.attest_records import run_attestation_id
+from foundry.kernel.core.runs import RunEventRecord
+
+from . import Figure, Options, Report, progress, scratch_dir
+from .run_overhead import BLOCKS, chain_dag
+
+NAME = "attest"
+TITLE = "Attestations: sign + store per attestation, and per-step overhead on a 1,000-step run"
+
+MAILBOX_SIZE = 1_024
+TAP_BUFFER = 100_000
+STEPS = 1_000
+QUICK_STEPS = 200
+WARMUP_STEPS = 100
+SIGN_LOOP = 2_000
+TARGET_OVERHEAD = 10.0  # percent per step
+TARGET_CPU_MS = 0.2  # per attestation
+TIMEOUT = 300.0
+
+
+def _cpu(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _run(
+    scheduler: trio.MemorySendChannel[SchedulerMessage],
+    attestor: trio.MemorySendChannel[AttestorMessage],
+    runs: trio.MemoryReceiveChannel[Any],
+    dag_json: str,
+    attested: bool,
+) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, attestations) of one run, until everything is committed."""
+    cpu, started = _cpu(), time.perf_counter()
+    run_id = await ask(scheduler, lambda r: SubmitRun(dag_json, {}, 7, {}, (), "", r))
+    run_attestation, count = "", 0
+    while True:
+        batch = await receive_batch(runs)
+        ended = False
+        for item in batch:
+            assert isinstance(item, RunEventRecord)
+            if item.run_id != run_id:
+                continue
+            if item.kind == "attested":
+                count += 1
+                if item.payload["kind"] == "run":
+                    run_attestation = item.payload["attestation_id"]
+            if item.kind == "run_failed":
+                raise RuntimeError(f"run failed: {item.payload}")
+            ended = ended or item.kind == "run_succeeded"
+        if ended:
+            SUCCEEDED.append(time.perf_counter() - started)
+            break
+    if attested:
+        assert run_attestation == run_attestation_id(run_id, 2 * STEPS_OF[dag_json] + count + 2)
+        await ask(attestor, lambda r: GetAttestations((run_attestation,), r))
+    return time.perf_counter() - started, _cpu() - cpu, count
+
+
+STEPS_OF: dict[str, int] = {}
+SUCCEEDED: list[float] = []  # seconds to the durable run_succeeded, per run
+
+
+async def _session(home: Path, steps: int, reps: int) -> dict[str, list[tuple[float, float, int]]]:
+    tap_send, tap_receive = trio.open_memory_channel[TapMessage](MAILBOX_SIZE)
+    store_send, store_receive = trio.open_memory_channel[StoreMessage](MAILBOX_SIZE)
+    attest_send, attest_receive = trio.open_memory_channel[AttestorMessage](MAILBOX_SIZE)
+    results: dict[str, list[tuple[float, float, int]]] = {"on": [], "off": []}
+    pair = keys.load_or_create(home)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(TapBroker(tap_receive, buffer=TAP_BUFFER).run)
+        await nursery.start(Store(home, store_receive, tap_send.clone()).run)
+        await nursery.start(Attestor(pair, attest_receive, store_send.clone()).run)
+        inboxes = {}
+        for variant in ("on", "off"):
+            send, receive = trio.open_memory_channel[SchedulerMessage](MAILBOX_SIZE)
+            scheduler = Scheduler(
+                BlockRegistry(BLOCKS), receive, store_send.clone(), tap_send.clone(),
+                home=home, config=SchedulerConfig(), shutdown_grace=10.0,
+                attestor=attest_send.clone() if variant == "on" else None,
+            )  # fmt: skip
+            await nursery.start(scheduler.run)
+            inboxes[variant] = send
+        store_send.close()
+        runs = await ask(tap_send, lambda r: Subscribe("runs", None, r))
+        chain = chain_dag(steps, "noop")
+        warm = chain_dag(WARMUP_STEPS, "noop")
+        STEPS_OF.update({chain: steps, warm: WARMUP_STEPS})
+        with trio.fail_after(TIMEOUT):
+            for variant in ("on", "off"):
+                await _run(inboxes[variant], attest_send, runs, warm, variant == "on")
+            for _ in range(reps):
+                for variant in ("on", "off"):
+                    sample = await _run(inboxes[variant], attest_send, runs, chain, variant == "on")
+                    results[variant].append(sample)
+        runs.close()
+        for send in inboxes.values():
+            send.close()
+        attest_send.close()
+        tap_send.close()
+    return results
+
+
+def _sign_loop(home: Path, n: int) -> float:
+    """CPU µs per ``Signer.record`` of a step notice (statement, canonical JSON, Ed25519)."""
+    pair = keys.load_or_create(home)
+    signer = Signer(pair.private.sign, key_id(pair.public_raw), "bench")
+    at = time.time()
+    from datetime import UTC, datetime
+
+    now = datetime.fromtimestamp(at, UTC)
+    leased = RunEventRecord("run_b", 1, "s", "step_leased",
+                            {"attempt": 1, "inputs": {"n": 1, "prev": 0}, "seed": 5, "model": ""},
+                            now)  # fmt: skip
+    usage = {"tokens_in": 0, "tokens_out": 0, "cost": 0.0}
+    done = RunEventRecord(
+        "run_b", 2, "s", "step_completed", {"attempt": 1, "output": {"n": 1}, "usage": usage}, now
+    )
+    chain = Chain()
+    notices = [
+        Attest(
+            RunEventRecord(
+                "run_b",
+                3 + i,
+                "s",
+                "attested",
+                {"kind": "step", "attestation_id": f"att_{i}", "block": "noop"},
+                now,
+            ),
+            (leased, done),
+        )  # fmt: skip
+        for i in range(n)
+    ]
+    cpu = _cpu(resource.RUSAGE_THREAD)
+    for notice in notices:
+        signer.record(notice, chain)
+    return (_cpu(resource.RUSAGE_THREAD) - cpu) * 1e6 / n
+
+
+def run(options: Options) -> Report:
+    report = Report(NAME, TITLE)
+    steps = QUICK_STEPS if options.quick else STEPS
+    home = scratch_dir() / "home"
+    results = trio.run(_session, home, steps, options.repetitions)
+    on, off = results["on"], results["off"]
+    overheads = [(a[0] / b[0] - 1) * 100 for a, b in zip(on, off, strict=True)]
+    cpu_each = [(a[1] - b[1]) * 1000 / max(a[2], 1) for a, b in zip(on, off, strict=True)]
+    progress(options, f"{NAME}: to run_succeeded {[round(s, 3) for s in SUCCEEDED]}")
+    progress(options, f"{NAME}: on {[round(s[0], 3) for s in on]} s, off "
+             f"{[round(s[0], 3) for s in off]} s")  # fmt: skip
+    report.figures.append(
+        Figure(
+            "per step, attest on",
+            "ms",
+            [s[0] * 1000 / steps for s in on],
+            note=f"{steps}-step chain of no-op observers, submit → all committed",
+        )  # fmt: skip
+    )
+    report.figures.append(Figure("per step, attest off", "ms", [s[0] * 1000 / steps for s in off]))
+    report.figures.append(
+        Figure(
+            "per-step overhead",
+            "%",
+            overheads,
+            ceiling=TARGET_OVERHEAD,
+            note="wall time per step, on ÷ off − 1, alternating in one process",
+        )  # fmt: skip
+    )
+    report.figures.append(
+        Figure(
+            "sign + store per attestation",
+            "ms",
+            cpu_each,
+            ceiling=TARGET_CPU_MS,
+            note="daemon CPU (every thread), on − off, ÷ attestations (steps + run)",
+        )  # fmt: skip
+    )
+    sign = [_sign_loop(scratch_dir() / "sign", SIGN_LOOP // (4 if options.quick else 1))
+            for _ in range(options.repetitions)]  # fmt: skip
+    report.figures.append(
+        Figure(
+            "statement + Ed25519 signature",
+            "µs",
+            sign,
+            note="Signer.record of a step notice, CPU of the calling thread",
+        )  # fmt: skip
+    )
+    median_off = statistics.median(s[0] for s in off) * 1000 / steps
+    report.notes.append(
+        f"attestation adds {statistics.median(overheads):.1f}% per step "
+        f"({median_off:.3f} ms/step without it); target < {TARGET_OVERHEAD:g}%"
+    )
+    return report

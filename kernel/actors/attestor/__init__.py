@@ -1,0 +1,1 @@
+"""The attestor actor: signed attestations (README.md, "Attestations")."""

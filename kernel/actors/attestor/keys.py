@@ -1,0 +1,116 @@
+"""The attestor's Ed25519 key pair under ``$FOUNDRY_HOME/keys/``.
+
+Created on first start: the directory 0700, the private key ``attestor.key`` (PKCS#8 PEM) opened
+with ``O_CREAT | O_EXCL`` and mode 0600 — never readable by anyone else, not even for an instant —
+and the public key ``attestor.pub`` (SubjectPublicKeyInfo PEM). On every start the private key must
+be owner-only (no group/other bits) and the directory not writable by group or others; otherwise
+the daemon refuses to start with one line naming the file and its mode (a ConfigError: exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from foundry.kernel.errors import ConfigError
+
+KEYS_DIR = "keys"
+PRIVATE_KEY = "attestor.key"
+PUBLIC_KEY = "attestor.pub"
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private: Ed25519PrivateKey
+    public: Ed25519PublicKey
+    public_pem: str
+    public_raw: bytes  # the 32 bytes the key id is computed over
+
+
+def keys_dir(home: Path) -> Path:
+    return home / KEYS_DIR
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def check_permissions(folder: Path) -> None:
+    """Refuse a key file others may read or a key folder others may write (ConfigError)."""
+    mode = _mode(folder)
+    if mode & 0o022:
+        raise ConfigError(
+            f"{folder}: mode {mode:04o} lets others write the signing key's folder; "
+            f"run chmod 700 {folder}"
+        )
+    key = folder / PRIVATE_KEY
+    if key.exists():
+        mode = _mode(key)
+        if mode & 0o077:
+            raise ConfigError(
+                f"{key}: mode {mode:04o} is looser than 0600; the signing key must be owner-only "
+                f"(run chmod 600 {key})"
+            )
+
+
+def load_or_create(home: Path) -> KeyPair:
+    """The key pair of ``$FOUNDRY_HOME/keys/``, created on first start."""
+    folder = keys_dir(home)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_permissions(folder)
+    key_path = folder / PRIVATE_KEY
+    if not key_path.exists():
+        _create(folder)
+    try:
+        private = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{key_path}: cannot load the signing key: {exc}") from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise ConfigError(f"{key_path}: not an Ed25519 private key")
+    public = private.public_key()
+    pem = public_pem(public)
+    pub_path = folder / PUBLIC_KEY
+    if not pub_path.exists() or pub_path.read_text() != pem:
+        pub_path.write_text(pem)  # (re)written from the private key: it cannot disagree
+    return KeyPair(private, public, pem, public_raw(public))
+
+
+def _create(folder: Path) -> None:
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path = folder / PRIVATE_KEY
+    # O_EXCL: never reuse a file someone else made; 0o600 from the first byte (umask only narrows).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    (folder / PUBLIC_KEY).write_text(public_pem(private.public_key()))
+
+
+def public_pem(public: Ed25519PublicKey) -> str:
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def public_raw(public: Ed25519PublicKey) -> bytes:
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def load_public_pem(text: str | bytes) -> Ed25519PublicKey:
+    """A public key from PEM (ValueError when it is not an Ed25519 one)."""
+    data = text.encode() if isinstance(text, str) else text
+    key = serialization.load_pem_public_key(data)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("not an Ed25519 public key")
+    return key

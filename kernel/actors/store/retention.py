@@ -1,0 +1,194 @@
+"""Bounded history: ``[store] retain_days`` moves old finished work to the Parquet archive.
+
+A pass (hourly, and once at start) has three steps, so that a row is never lost nor archived
+twice, whenever the daemon stops:
+
+1. **stage** (a read cursor, beside commits): the finished workflows and finished runs older than
+   the cutoff, with their events, block executions and run events, are written as Parquet to
+   ``archive/.staging/<pass>/`` (``analytics/parquet.py``: a separate in-memory instance);
+2. **prune** (in the commit sequence, one transaction): the same rows are deleted — only if they
+   are still exactly the rows staged (counted again) — and the pass is recorded in
+   ``retention_passes``;
+3. **publish**: the staged files move into ``archive/<table>/date=…/`` and the ``archived_*``
+   views are recreated over them.
+
+At start, a staged pass that was recorded is published, one that was not is thrown away (its rows
+are still live). Workflows in flight and runs that have not ended (pending, running, paused) are
+never touched; eval and gate tables are kept whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from datetime import date, datetime
+from pathlib import Path
+
+import duckdb
+from foundry.analytics.parquet import (
+    ARCHIVED,
+    ExportError,
+    Selection,
+    archive_dir,
+    check_target,
+    refresh_archive_views,
+    since_selections,
+    write_parquet,
+)
+from foundry.analytics.parquet import DATED as EXPORTED
+from foundry.kernel.errors import FailedPrecondition, InvalidArgument
+
+OLD_WORKFLOWS = "SELECT workflow_id FROM workflows WHERE completed_at < ?"
+OLD_RUNS = (
+    "SELECT run_id FROM run_status "
+    "WHERE status IN ('SUCCEEDED', 'FAILED', 'CANCELED') AND updated_at < ?"
+)
+
+# table → (the key column, the query of the keys to archive)
+SCOPES: dict[str, tuple[str, str]] = {
+    "workflows": ("workflow_id", OLD_WORKFLOWS),
+    "events": ("trace_id", OLD_WORKFLOWS),
+    "block_executions": ("trace_id", OLD_WORKFLOWS),
+    "runs": ("run_id", OLD_RUNS),
+    "run_events": ("run_id", OLD_RUNS),
+}
+assert set(SCOPES) == set(ARCHIVED)
+
+
+def staging_dir(home: Path, pass_id: str) -> Path:
+    return archive_dir(home) / ".staging" / pass_id
+
+
+def stage(
+    cursor: duckdb.DuckDBPyConnection, home: Path, cutoff: datetime, pass_id: str
+) -> dict[str, int]:
+    """Step 1, on a read cursor in a transaction: write the rows to archive into staging."""
+    selections = [
+        Selection(table, f"WHERE {key} IN ({keys})", (cutoff,))
+        for table, (key, keys) in SCOPES.items()
+    ]
+    return write_parquet(cursor, staging_dir(home, pass_id), selections, prefix=f"r{pass_id}")
+
+
+def prune(
+    con: duckdb.DuckDBPyConnection,
+    home: Path,
+    cutoff: datetime,
+    pass_id: str,
+    staged: Mapping[str, int],
+) -> list[tuple[str, datetime]] | None:
+    """Step 2 and 3, in the commit sequence: delete what was staged and publish the files.
+    Returns the pruned workflows (id, started_at) for their trace files, or None when the rows
+    changed since they were staged (the staging is thrown away; the next pass tries again)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE prune_workflows AS "
+            "SELECT workflow_id, started_at FROM workflows WHERE completed_at < ?",
+            [cutoff],
+        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE prune_runs AS {OLD_RUNS}", [cutoff])
+        temp = {"workflow_id": "prune_workflows", "trace_id": "prune_workflows",
+                "run_id": "prune_runs"}  # fmt: skip
+        for table, (key, _) in SCOPES.items():
+            column = "workflow_id" if temp[key] == "prune_workflows" else "run_id"
+            row = con.execute(
+                f"SELECT count(*) FROM {table} WHERE {key} IN (SELECT {column} FROM {temp[key]})"
+            ).fetchone()
+            if (row[0] if row else 0) != staged.get(table, 0):
+                con.execute("ROLLBACK")
+                shutil.rmtree(staging_dir(home, pass_id), ignore_errors=True)
+                return None
+        pruned = con.execute("SELECT workflow_id, started_at FROM prune_workflows").fetchall()
+        # children first: the workflow and run keys come from the temp tables, not the views
+        for table in ("events", "block_executions", "workflows", "run_events", "runs"):
+            key = SCOPES[table][0]
+            column = "workflow_id" if temp[key] == "prune_workflows" else "run_id"
+            con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT {column} FROM {temp[key]})")
+        con.execute(
+            "INSERT INTO retention_passes VALUES (?, ?, now(), ?)",
+            [pass_id, cutoff, json.dumps(dict(staged))],
+        )
+        con.execute("DROP TABLE prune_workflows")
+        con.execute("DROP TABLE prune_runs")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    publish(home, pass_id)
+    refresh_archive_views(con, home)
+    return [(str(w), started) for w, started in pruned]
+
+
+def publish(home: Path, pass_id: str) -> None:
+    """Move a recorded pass's staged files into the archive (idempotent: a file already moved is
+    not there any more)."""
+    staged = staging_dir(home, pass_id)
+    if not staged.is_dir():
+        return
+    for root, _, files in os.walk(staged):
+        relative = Path(root).relative_to(staged)
+        for name in files:
+            target = archive_dir(home) / relative / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(Path(root) / name, target)
+    shutil.rmtree(staged, ignore_errors=True)
+
+
+def discard(home: Path, pass_id: str) -> None:
+    """Throw a pass's staging away (nothing to archive, or its delete did not happen)."""
+    shutil.rmtree(staging_dir(home, pass_id), ignore_errors=True)
+
+
+def settle_staged(con: duckdb.DuckDBPyConnection, home: Path) -> None:
+    """At start: publish the staged passes a stopped daemon had recorded, drop the others."""
+    root = archive_dir(home) / ".staging"
+    if not root.is_dir():
+        return
+    recorded = {p for (p,) in con.execute("SELECT pass_id FROM retention_passes").fetchall()}
+    with os.scandir(root) as entries:
+        names = [entry.name for entry in entries]
+    for name in names:
+        if name in recorded:
+            publish(home, name)
+        else:
+            discard(home, name)
+
+
+def remove_trace_files(home: Path, pruned: list[tuple[str, datetime]]) -> None:
+    """The trace files of pruned workflows (best effort; Trace answers not found for them)."""
+    days = set()
+    for workflow_id, started_at in pruned:
+        day = home / "traces" / started_at.date().isoformat()
+        days.add(day)
+        with contextlib.suppress(OSError):
+            os.unlink(day / f"{workflow_id}.json")
+    for day in days:
+        with contextlib.suppress(OSError):
+            day.rmdir()  # only when empty
+
+
+def export_parquet(
+    cursor: duckdb.DuckDBPyConnection, directory: str, since: str | None
+) -> dict[str, int]:
+    """``foundry export parquet``: every exported table (rows dated from ``since``) to
+    ``directory``, from the cursor's snapshot. Rows written per table."""
+    target = Path(directory)
+    if not target.is_absolute():
+        raise InvalidArgument(f"directory: must be an absolute path, got {directory[:100]!r}")
+    if since is not None:
+        try:
+            date.fromisoformat(since)
+        except ValueError:
+            raise InvalidArgument(f"since: expected YYYY-MM-DD, got {since[:100]!r}") from None
+    tables = list(EXPORTED)
+    try:
+        check_target(target, tables)
+        return write_parquet(cursor, target, since_selections(tables, since), prefix="export")
+    except ExportError as exc:
+        raise FailedPrecondition(str(exc)) from None
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot write {target}: {exc.strerror or exc}") from None

@@ -1,0 +1,327 @@
+"""``foundry attest …``: the daemon's public key, its attestations, checking and exporting them.
+
+``verify`` checks an attestation's DSSE signature against the public key (``--pubkey FILE``, else
+``$FOUNDRY_HOME/keys/attestor.pub``) and its key id, the in-toto statement's shape, for a run
+attestation the run's hash chain (the run's step attestations, fetched by the ids its
+``attested`` run events name), and — where the subject is still stored — that what is stored now
+digests to what was signed: a step's or tool call's output (GetRun), a run's step outputs, an
+artifact file on this machine. A FILE holds one envelope (JSON) or ``attest export`` lines, each
+checked, and the chain of every run attestation among them; a FILE needs no daemon. Exit 0 when
+everything holds, 1 with the reasons when not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import betterproto2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from foundry.kernel.actors.attestor.keys import (
+    PUBLIC_KEY,
+    keys_dir,
+    load_public_pem,
+    public_raw,
+)
+from foundry.kernel.config import default_home
+from foundry.kernel.core.attest import key_id, sha256_hex, verify_chain, verify_envelope
+from foundry.kernel.core.attest_records import json_digest
+from foundry.kernel.errors import ConfigError, FoundryError
+from foundry.proto import runtime_api as api
+
+TERMINAL = {api.RunStatus.SUCCEEDED, api.RunStatus.FAILED, api.RunStatus.CANCELED}
+
+
+def add_attest_commands(commands: Any) -> None:
+    from foundry.kernel.cli.main import _client, _client_options
+
+    attest = commands.add_parser("attest", help="signed attestations: key, get, verify, export")
+    verbs = attest.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    pubkey = verbs.add_parser("pubkey", help="the public key (PEM) and its key id (offline)")
+    pubkey.add_argument("--home", help="FOUNDRY_HOME (default: $FOUNDRY_HOME, else ~/.foundry)")
+    pubkey.add_argument("--json", action="store_true", help="machine-readable output")
+    pubkey.set_defaults(handler=cmd_pubkey)
+
+    get = verbs.add_parser("get", help="attestations by id")
+    get.add_argument("attestation_ids", nargs="+", metavar="ID")
+    _client_options(get)
+    get.set_defaults(handler=_client(cmd_get))
+
+    verify = verbs.add_parser("verify", help="check an attestation (id) or envelopes (file)")
+    verify.add_argument("target", metavar="ID|FILE")
+    verify.add_argument("--pubkey", help="public key PEM (default: $FOUNDRY_HOME/keys/)")
+    _client_options(verify)
+    verify.set_defaults(handler=_verify_handler(_client))
+
+    export = verbs.add_parser("export", help="a finished run's envelopes as JSON lines")
+    export.add_argument("run_id")
+    _client_options(export)
+    export.set_defaults(handler=_client(cmd_export))
+
+
+# --- the key ------------------------------------------------------------------------------------
+
+
+def _public_key(path: str | None) -> tuple[Ed25519PublicKey, str, str]:
+    """(key, PEM, key id) from ``path`` or ``$FOUNDRY_HOME/keys/attestor.pub``."""
+    file = Path(path) if path else keys_dir(default_home()) / PUBLIC_KEY
+    try:
+        pem = file.read_text()
+        key = load_public_pem(pem)
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the public key: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{file}: not an Ed25519 public key PEM: {exc}") from None
+    return key, pem, key_id(public_raw(key))
+
+
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    home = Path(args.home).expanduser() if args.home else default_home()
+    _, pem, kid = _public_key(str(keys_dir(home) / PUBLIC_KEY))
+    if args.json:
+        print(json.dumps({"public_key_pem": pem, "key_id": kid}))
+    else:
+        print(pem, end="" if pem.endswith("\n") else "\n")
+        print(f"key id: {kid}")
+    return 0
+
+
+def _verifier(key: Ed25519PublicKey) -> Callable[[bytes, bytes], bool]:
+    def verify(signature: bytes, message: bytes) -> bool:
+        try:
+            key.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+    return verify
+
+
+# --- get and export -----------------------------------------------------------------------------
+
+
+async def fetch(runtime: Any, ids: Sequence[str]) -> list[api.Attestation]:
+    reply = await runtime.get_attestations(api.GetAttestationsRequest(attestation_ids=list(ids)))
+    return list(reply.attestations)
+
+
+async def run_attestation_ids(runtime: Any, run_id: str) -> list[tuple[str, str, str]]:
+    """(id, kind, step id) of a finished run's attestations, from its ``attested`` events."""
+    run = (await runtime.get_run(api.GetRunRequest(run_id=run_id))).run
+    if run is None or run.status not in TERMINAL:
+        status = run.status.name if run is not None else "unknown"
+        raise FoundryError(f"run {run_id} is {status.lower()}: export a finished run")
+    found = []
+    async for event in runtime.tap_run(api.TapRunRequest(run_id=run_id)):
+        if event.kind == "attested" and event.payload is not None:
+            p = event.payload.to_dict()
+            found.append((str(p["attestation_id"]), str(p["kind"]), event.step_id))
+    return found
+
+
+def _kind(a: api.Attestation) -> str:
+    subject = a.subject
+    if subject is None:
+        return "?"
+    name, _ = betterproto2.which_one_of(subject, "kind")
+    return name or "?"
+
+
+async def cmd_get(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    found = await fetch(runtime, args.attestation_ids)
+    if args.json:
+        print(json.dumps([_as_dict(a) for a in found], indent=2))
+        return 0
+    for a in found:
+        print(f"{a.attestation_id}  {_kind(a):<16} issued {a.issued_at}")
+        subject = a.subject.to_dict() if a.subject is not None else {}
+        print(f"    subject       {json.dumps(subject)}")
+        print(f"    artifact_hash {a.artifact_hash}")
+        claims = a.claims.to_dict() if a.claims is not None else {}
+        print(f"    claims        {json.dumps(claims, sort_keys=True)}")
+    return 0
+
+
+def _as_dict(a: api.Attestation) -> dict[str, Any]:
+    data: dict[str, Any] = a.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True)
+    data["envelope"] = json.loads(a.signature or "null")
+    return data
+
+
+async def cmd_export(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    ids = [i for i, _, _ in await run_attestation_ids(runtime, args.run_id)]
+    for a in await fetch(runtime, ids) if ids else []:
+        print(a.signature)
+    return 0
+
+
+# --- verify -------------------------------------------------------------------------------------
+
+
+def _verify_handler(client: Any) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        key, _, kid = _public_key(args.pubkey)
+        verify = _verifier(key)
+        if Path(args.target).is_file():
+            problems = verify_lines(_read_envelopes(Path(args.target)), verify, kid)
+            return _report(args, problems, args.target)
+
+        async def by_id(_: argparse.Namespace, stubs: Any) -> int:
+            problems = await verify_stored(stubs[1], args.target, verify, kid)
+            return _report(args, problems, args.target)
+
+        result: int = client(by_id)(args)
+        return result
+
+    return handler
+
+
+def _report(args: argparse.Namespace, problems: list[str], target: str) -> int:
+    if args.json:
+        print(json.dumps({"target": target, "valid": not problems, "problems": problems}))
+    elif problems:
+        print(f"INVALID {target}")
+        for line in problems:
+            print(f"  - {line}")
+    else:
+        print(f"valid {target}")
+    return 1 if problems else 0
+
+
+def _read_envelopes(path: Path) -> list[str]:
+    text = path.read_text()
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    if isinstance(whole, dict):
+        return [json.dumps(whole)] if "payload" in whole else [json.dumps(whole["envelope"])]
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _statement(envelope: str) -> dict[str, Any]:
+    import base64
+
+    try:
+        parsed = json.loads(envelope)
+        statement: dict[str, Any] = json.loads(base64.b64decode(parsed["payload"]))
+        return statement
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def verify_lines(
+    envelopes: Sequence[str], verify: Callable[[bytes, bytes], bool], kid: str
+) -> list[str]:
+    """Each envelope's signature and shape; then the chain of each run attestation among them
+    (its run's step attestations in the order given)."""
+    problems: list[str] = []
+    kinds: list[str | None] = []
+    for n, env in enumerate(envelopes, 1):
+        result = verify_envelope(env, verify, kid)
+        problems.extend(f"envelope {n}: {e}" for e in result.errors)
+        kinds.append(result.kind)
+    statements = [_statement(e) for e in envelopes]
+    for n, (env, kind) in enumerate(zip(envelopes, kinds, strict=True), 1):
+        if kind != "run":
+            continue
+        run_id = statements[n - 1].get("predicate", {}).get("run_id")
+        steps = [
+            e for e, k, s in zip(envelopes, kinds, statements, strict=True)
+            if k == "step" and s.get("predicate", {}).get("run_id") == run_id
+        ]  # fmt: skip
+        problems.extend(f"chain of run {run_id}: {e}" for e in verify_chain(steps, env))
+    return problems
+
+
+async def verify_stored(
+    runtime: Any, attestation_id: str, verify: Callable[[bytes, bytes], bool], kid: str
+) -> list[str]:
+    (found,) = await fetch(runtime, [attestation_id])
+    env = found.signature or ""
+    result = verify_envelope(env, verify, kid)
+    problems = list(result.errors)
+    if result.statement is None:
+        return problems
+    kind, claims = result.kind, result.statement.get("predicate", {})
+    if kind == "run":
+        problems += await _check_run(runtime, found, claims, verify, kid)
+    elif kind in ("step", "tool"):
+        problems += await _check_output(runtime, claims, kind)
+    elif kind == "artifact":
+        problems += _check_file(claims)
+    return problems
+
+
+async def _outputs(runtime: Any, run_id: str) -> dict[str, tuple[Any, int, str]]:
+    run = (await runtime.get_run(api.GetRunRequest(run_id=run_id))).run
+    return {
+        s.step_id: (s.output.to_dict() if s.output is not None else None, s.attempt, s.status)
+        for s in (run.steps if run is not None else [])
+    }
+
+
+async def _check_output(runtime: Any, claims: dict[str, Any], kind: str) -> list[str]:
+    stored = (await _outputs(runtime, claims["run_id"])).get(claims["step_id"])
+    if stored is None:
+        return [f"step {claims['step_id']!r}: not in run {claims['run_id']} any more"]
+    output, attempt, status = stored
+    if kind == "step" and attempt != claims["attempt"]:
+        return [
+            f"step {claims['step_id']!r}: stored attempt {attempt}, attested {claims['attempt']}"
+        ]
+    if json_digest(output) != claims["output_hash"]:
+        return [
+            f"step {claims['step_id']!r}: the stored output digests to {json_digest(output)}, "
+            f"but the {kind} attestation signed {claims['output_hash']} — it was changed"
+        ]
+    return []
+
+
+async def _check_run(
+    runtime: Any,
+    found: api.Attestation,
+    claims: dict[str, Any],
+    verify: Callable[[bytes, bytes], bool],
+    kid: str,
+) -> list[str]:
+    run_id = claims["run_id"]
+    listed = await run_attestation_ids(runtime, run_id)
+    step_ids = [i for i, kind, _ in listed if kind == "step"]
+    steps = await fetch(runtime, step_ids) if step_ids else []
+    envelopes = [s.signature or "" for s in steps]
+    problems = [
+        f"chain: {e}"
+        for e in verify_chain(envelopes, found.signature or "", verify=verify, expected_keyid=kid)
+    ]
+    stored = await _outputs(runtime, run_id)
+    for env in envelopes:
+        step = _statement(env).get("predicate", {})
+        if step:
+            problems += await _check_output(runtime, step, "step")
+    outputs = {k: v[0] for k, v in stored.items() if v[2] in ("succeeded", "reused")}
+    if found.artifact_hash and json_digest(outputs) != found.artifact_hash:
+        problems.append(
+            f"run {run_id}: its stored step outputs digest to {json_digest(outputs)}, "
+            f"not the attested {found.artifact_hash}"
+        )
+    return problems
+
+
+def _check_file(claims: dict[str, Any]) -> list[str]:
+    uri = urlparse(str(claims.get("uri", "")))
+    path = Path(unquote(uri.path))
+    if uri.scheme != "file" or not path.is_file():
+        return []  # not on this machine: the signature is all that can be checked
+    digest = sha256_hex(path.read_bytes())
+    if digest != claims.get("sha256"):
+        return [f"artifact {path}: its content digests to {digest}, not the attested one"]
+    return []

@@ -1,0 +1,121 @@
+"""``foundry export parquet DIR [--since DATE]``: the database as date-partitioned Parquet.
+
+While the daemon runs, it writes the export (the Analytics service's ExportParquet → the store's
+``ExportParquet``: rows from one snapshot on a read cursor, written by a separate in-memory DuckDB
+instance), so DIR is a path on the daemon's machine. When nothing listens at ``--addr``
+(connection refused), the CLI opens ``$FOUNDRY_HOME/foundry.duckdb`` read-only itself and writes
+the same files the same way (``foundry.analytics.parquet``), and says so on stderr.
+
+Layout: ``DIR/<table>/date=YYYY-MM-DD/export_<uuid>.parquet`` (hive partitioning, UTC dates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from foundry.analytics.parquet import (
+    DATED,
+    ExportError,
+    check_target,
+    counts_text,
+    since_selections,
+    write_parquet,
+)
+from foundry.kernel.config import Config, default_home, parse_listen
+from foundry.kernel.errors import ConfigError
+from grpclib import GRPCError
+from grpclib.client import Channel
+
+
+def add_export_command(commands: Any) -> None:
+    from foundry.kernel.cli.main import _client_options
+
+    export = commands.add_parser("export", help="export the database (Parquet)")
+    formats = export.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    parquet = formats.add_parser("parquet", help="date-partitioned Parquet (hive layout)")
+    parquet.add_argument("directory", help="where to write (each table's folder absent or empty)")
+    parquet.add_argument("--since", type=_date, metavar="YYYY-MM-DD",
+                         help="only rows dated on or after this day (UTC)")  # fmt: skip
+    parquet.add_argument("--config", help="foundry.toml for the offline path (its home)")
+    parquet.add_argument("--home", help="FOUNDRY_HOME for the offline path")
+    _client_options(parquet)
+    parquet.set_defaults(handler=cmd_export_parquet)
+
+
+def _date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from None
+
+
+def cmd_export_parquet(args: argparse.Namespace) -> int:
+    from foundry.kernel.cli.main import CommandFailed
+
+    target = Path(args.directory).expanduser().absolute()
+    try:
+        counts = asyncio.run(_remote(args.addr, target, args.since))
+    except ConnectionRefusedError:
+        home = _home(args)
+        print(f"foundry: no daemon at {args.addr}; exporting {home / 'foundry.duckdb'} directly "
+              "(read-only)", file=sys.stderr)  # fmt: skip
+        try:
+            counts = export_offline(home, target, args.since)
+        except (ExportError, OSError, duckdb.Error) as exc:
+            raise CommandFailed(str(exc).splitlines()[0]) from None
+    except GRPCError as exc:
+        raise CommandFailed(f"{exc.status.name}: {exc.message}") from None
+    except OSError as exc:
+        raise CommandFailed(f"cannot reach the daemon at {args.addr}: {exc}") from None
+    if args.json:
+        print(json.dumps({"directory": str(target), "rows": counts}))
+    else:
+        print(f"wrote {sum(counts.values())} rows to {target}: {counts_text(counts)}")
+    return 0
+
+
+async def _remote(address: str, target: Path, since: str | None) -> dict[str, int]:
+    from foundry.proto import analytics_api as api
+
+    host, port = parse_listen(address, key="--addr")
+    channel = Channel(host, port)
+    try:
+        reply = await api.AnalyticsStub(channel).export_parquet(
+            api.ExportParquetRequest(directory=str(target), since=since or "")
+        )
+    finally:
+        channel.close()
+    return dict(reply.rows)
+
+
+def _home(args: argparse.Namespace) -> Path:
+    if args.home:
+        return Path(args.home).expanduser()
+    return Config.load(args.config).home if args.config else default_home()
+
+
+def export_offline(home: Path, target: Path, since: str | None) -> dict[str, int]:
+    """The daemon is stopped: read ``home``'s database read-only (not upgraded: an older database
+    exports the tables it has) and write the export here."""
+    path = home / "foundry.duckdb"
+    if not path.is_file():
+        raise ConfigError(f"no database at {path}")
+    with duckdb.connect(str(path), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        present = {
+            name
+            for (name,) in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+            ).fetchall()
+        }
+        tables = [t for t in DATED if t in present]
+        check_target(target, tables)
+        con.execute("BEGIN TRANSACTION")  # one snapshot
+        return write_parquet(con, target, since_selections(tables, since), prefix="export")

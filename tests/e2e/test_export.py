@@ -1,0 +1,61 @@
+"""``foundry export parquet`` end to end: through a running daemon (the Analytics ExportParquet
+RPC), and offline (the daemon stopped: the CLI reads the file read-only); a database newer than
+the daemon refuses the start in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import duckdb
+from foundry.proto import foundry_api as api
+
+
+def read_back(folder, table):
+    with duckdb.connect() as con:
+        return con.execute(
+            f"SELECT count(*), count(DISTINCT date) FROM read_parquet("
+            f"'{folder}/{table}/*/*.parquet', hive_partitioning = true)"
+        ).fetchone()
+
+
+def test_export_through_the_daemon_then_offline(make_daemon, tmp_path):
+    daemon = make_daemon()
+    for n in range(3):
+        daemon.call(lambda f, _r, n=n: f.emit(api.EmitRequest(
+            event_type="nobody_sinks", project="p",
+            payload_json=json.dumps({"n": n}))))  # fmt: skip
+    online = daemon.cli("export", "parquet", str(tmp_path / "online"), "--json", check=True)
+    counts = json.loads(online.stdout)["rows"]
+    assert counts["events"] == 3
+    assert counts["workflows"] == 3
+    assert read_back(tmp_path / "online", "events") == (3, 1)
+    again = daemon.cli("export", "parquet", str(tmp_path / "online"))
+    assert again.returncode == 1
+    assert "FAILED_PRECONDITION" in again.stderr
+    assert "already exists and is not empty" in again.stderr
+
+    daemon.stop()
+    offline = daemon.cli("export", "parquet", str(tmp_path / "offline"), "--home",
+                         str(daemon.home), check=True)  # fmt: skip
+    assert "directly (read-only)" in offline.stderr
+    assert "wrote" in offline.stdout
+    assert read_back(tmp_path / "offline", "events") == (3, 1)
+
+
+def test_a_newer_database_refuses_the_start_in_one_line(make_daemon, tmp_path):
+    daemon = make_daemon()
+    daemon.stop()
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        con.execute("INSERT INTO schema_version VALUES (42, now(), 'the future')")
+    done = subprocess.run(
+        [sys.executable, "-m", "foundry.kernel.cli", "serve", "--config", str(daemon.config),
+         "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+        env={**__import__("os").environ, "FOUNDRY_HOME": str(daemon.home)},
+    )  # fmt: skip
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.startswith("foundry:")]
+    assert len(lines) == 1, done.stderr
+    assert "schema version 42 is newer than this Foundry knows (3)" in lines[0]

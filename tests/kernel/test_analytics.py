@@ -1,0 +1,359 @@
+"""Analysts' SQL in the store (``RunUserQuery``, ``foundry.analytics.sandbox``): both sandbox layers
+(the statement check, and the locked DuckDB instance under it), the time and row limits, and every
+saved question on known data committed through the store's own Append."""
+
+import json
+import time
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import pytest
+import trio
+from foundry.analytics import saved_questions as questions
+from foundry.analytics.sandbox import QueryRefused, check_sql
+from foundry.kernel.actors.mailbox import ask
+from foundry.kernel.actors.store.actor import Store
+from foundry.kernel.actors.store.messages import Append, LoadRun, RunUserQuery
+from foundry.kernel.core.governance import (
+    EvalResultRecord,
+    EvalScenarioRecord,
+    GateDecisionRecord,
+)
+from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
+from foundry.kernel.core.runs import RunEventRecord, RunSubmission
+from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.errors import DeadlineExceeded, InvalidArgument
+
+from .harness import GUARD_SECONDS, run_sql
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+HEAVY = (
+    "SELECT count(*) FROM range(100000) a, range(100000) b "
+    "WHERE (a.range * 7 + b.range * 13) % 1000003 = 17"
+)
+
+
+@asynccontextmanager
+async def running_store(home):
+    store_send, store_receive = trio.open_memory_channel(1_000)
+    tap_send, _tap_receive = trio.open_memory_channel(1_000)
+    with trio.fail_after(GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(Store(home, store_receive, tap_send).run)
+                yield store_send
+            finally:
+                store_send.close()
+
+
+async def query(store, sql, params=None, *, max_rows=10_000, limit=5.0):
+    return await ask(store, lambda r: RunUserQuery(sql, params or {}, max_rows, limit, r))
+
+
+async def rows(store, sql, params=None, **limits):
+    return [json.loads(row) for row in (await query(store, sql, params, **limits)).rows]
+
+
+async def question(store, name, **params):
+    saved = questions.load(name)
+    return await rows(store, saved.sql, saved.bind(params))
+
+
+# --- layer 1: the statement check ---------------------------------------------------------------
+
+REFUSED = {
+    "COPY events TO '/tmp/out.csv'": "COPY statements are not allowed",
+    "SELECT * FROM read_csv('/etc/passwd')": "function read_csv() is not allowed",
+    "SELECT * FROM read_parquet('x.parquet')": "function read_parquet() is not allowed",
+    "SELECT * FROM glob('/etc/*')": "function glob() is not allowed",
+    "SELECT * FROM read_text('/etc/passwd')": "function read_text() is not allowed",
+    "FROM read_json_auto('archive/x.json')": "function read_json_auto() is not allowed",
+    "SELECT * FROM parquet_scan('x')": "function parquet_scan() is not allowed",
+    "SELECT * FROM '/etc/passwd'": "looks like a file",
+    "WITH x AS (SELECT * FROM read_blob('/etc/hostname')) SELECT 1 FROM x": "read_blob",
+    "SELECT 1 WHERE 1 IN (SELECT 1 FROM glob('*'))": "function glob() is not allowed",
+    "ATTACH '/tmp/other.duckdb'": "ATTACH statements are not allowed",
+    "INSTALL httpfs": "LOAD statements are not allowed",
+    "LOAD httpfs": "LOAD statements are not allowed",
+    "CREATE TABLE t (a INT)": "CREATE statements are not allowed",
+    "CREATE MACRO m() AS 1": "CREATE statements are not allowed",
+    "DELETE FROM events": "DELETE statements are not allowed",
+    "INSERT INTO runs SELECT * FROM runs": "INSERT statements are not allowed",
+    "UPDATE workflows SET state = 'x'": "UPDATE statements are not allowed",
+    "DROP TABLE events": "DROP statements are not allowed",
+    "SET threads = 1": "SET statements are not allowed",
+    "RESET enable_external_access": "SET statements are not allowed",
+    "PRAGMA threads = 1": "SET statements are not allowed",  # DuckDB parses it as a SET
+    "PRAGMA database_list": "PRAGMA statements are not allowed",
+    "EXPORT DATABASE '/tmp/x'": "EXPORT statements are not allowed",
+    "IMPORT DATABASE '/tmp/x'": "PRAGMA statements are not allowed",
+    "CALL pragma_version()": "CALL statements are not allowed",
+    "CHECKPOINT": "CALL statements are not allowed",
+    "SELECT * FROM checkpoint()": "function checkpoint() is not allowed",
+    "SELECT * FROM query('SELECT 1')": "function query() is not allowed",
+    "BEGIN": "TRANSACTION statements are not allowed",
+    "SELECT 1; SELECT 2": "expected exactly one SQL statement, got 2",
+    "SELECT 1; DROP TABLE events": "expected exactly one SQL statement, got 2",
+    "EXPLAIN ANALYZE COPY events TO '/tmp/x'": "EXPLAIN of COPY statement is not allowed",
+    "-- nothing": "expected exactly one SQL statement, got 0",
+}
+
+
+@pytest.mark.parametrize("sql", list(REFUSED))
+def test_the_statement_check_refuses(sql):
+    with duckdb.connect() as con, pytest.raises(QueryRefused) as refused:
+        check_sql(con, sql)
+    assert REFUSED[sql] in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT 1", "WITH x AS (SELECT 1 AS a) SELECT a FROM x", "VALUES (1, 2)", "FROM range(3)",
+     "SHOW TABLES", "DESCRIBE SELECT 1", "SUMMARIZE SELECT 1 AS a", "EXPLAIN SELECT 1",
+     "EXPLAIN ANALYZE SELECT 1", "SELECT $a::INTEGER"],
+)  # fmt: skip
+def test_the_statement_check_allows_reads(sql):
+    with duckdb.connect() as con:
+        check_sql(con, sql)
+
+
+async def test_the_store_refuses_with_invalid_argument_and_goes_on(tmp_path):
+    async with running_store(tmp_path) as store:
+        for sql, reason in REFUSED.items():
+            with pytest.raises(InvalidArgument) as refused:
+                await query(store, sql)
+            assert reason in str(refused.value), sql
+        assert await rows(store, "SELECT count(*) FROM events") == [[0]]
+        assert await ask(store, lambda r: LoadRun("run_x", r)) is None
+
+
+# --- layer 2: the instance itself -----------------------------------------------------------------
+
+
+async def test_the_instance_refuses_file_access_even_past_the_check(tmp_path):
+    """What the check would let through, DuckDB refuses: the instance has external access off
+    and its configuration locked (a connection in this process shares the store's instance)."""
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.csv"
+    async with running_store(tmp_path) as store:
+        for sql in [
+            "SELECT * FROM read_csv('/etc/passwd')",
+            "SELECT * FROM read_parquet('/tmp/x.parquet')",
+            "SELECT * FROM glob('/etc/*')",
+            "SELECT * FROM read_text('/etc/passwd')",
+            f"COPY events TO '{outside}'",
+            "ATTACH '/tmp/other.duckdb'",
+            "INSTALL httpfs",
+            "LOAD httpfs",
+        ]:
+            with pytest.raises(duckdb.PermissionException):
+                await run_sql(tmp_path, sql)
+        for sql in ["SET enable_external_access = true", "SET lock_configuration = false",
+                    "RESET enable_external_access", "SET allowed_directories = ['/']"]:  # fmt: skip
+            with pytest.raises(duckdb.InvalidInputException, match="locked"):
+                await run_sql(tmp_path, sql)
+        assert not outside.exists()
+        # The store's own writes still work under the lock: an append, then a checkpoint.
+        await ask(store, lambda r: Append((_event("e_after_lock"),), ack=r))
+        assert await rows(store, "SELECT event_id FROM events") == [["e_after_lock"]]
+        assert await rows(store, "SELECT current_setting('TimeZone')") == [["UTC"]]
+    # ... and the close (CHECKPOINT) did: the rows are in the file.
+    with duckdb.connect(str(tmp_path / "foundry.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM events").fetchone() == (1,)
+
+
+# --- limits and errors ----------------------------------------------------------------------------
+
+
+async def test_a_query_past_its_time_limit_is_interrupted(tmp_path):
+    async with running_store(tmp_path) as store:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match=r"time limit \(0.3 s\)"):
+            await query(store, HEAVY, limit=0.3)
+        assert time.monotonic() - started < 3
+        for _ in range(3):  # the cursor was replaced: every user cursor still works
+            assert await rows(store, "SELECT 42") == [[42]]
+
+
+async def test_the_row_limit_truncates(tmp_path):
+    async with running_store(tmp_path) as store:
+        limited = await query(store, "SELECT range AS n FROM range(100)", max_rows=10)
+        assert [json.loads(r) for r in limited.rows] == [[n] for n in range(10)]
+        assert limited.truncated
+        assert limited.columns == (("n", "BIGINT"),)
+        whole = await query(store, "SELECT range AS n FROM range(100)", max_rows=100)
+        assert len(whole.rows) == 100
+        assert not whole.truncated
+
+
+async def test_duckdb_errors_are_invalid_argument_cut_short(tmp_path):
+    async with running_store(tmp_path) as store:
+        with pytest.raises(InvalidArgument, match="nope") as bad:
+            await query(store, "SELECT nope FROM events")
+        assert len(str(bad.value)) <= 300
+        with pytest.raises(InvalidArgument, match="missing parameter"):
+            await query(store, "SELECT $x")
+        with pytest.raises(InvalidArgument, match="unknown parameter"):
+            await query(store, "SELECT 1", {"x": "1"})
+        # Parameters are bound, never formatted into the SQL.
+        hostile = "'; DROP TABLE events; --"
+        assert await rows(store, "SELECT $x AS v, $n::INTEGER + 1", {"x": hostile, "n": "41"}) == [
+            [hostile, 42]
+        ]
+        assert await rows(store, "SELECT count(*) FROM events") == [[0]]
+
+
+async def test_values_come_back_as_json(tmp_path):
+    async with running_store(tmp_path) as store:
+        got = await rows(
+            store,
+            "SELECT TIMESTAMPTZ '2025-03-01 12:00:00+00' AS t, DATE '2025-03-01' AS d, "
+            "'{\"a\": [1]}'::JSON AS j, [1, 2] AS l, {'k': 'v'} AS s, NULL AS z, "
+            "1.5::DECIMAL(4,2) AS dec, 9007199254740993 AS big, 'nan'::DOUBLE AS nan, true AS b",
+        )
+    assert got == [
+        ["2025-03-01T12:00:00+00:00", "2025-03-01", {"a": [1]}, [1, 2], {"k": "v"}, None, 1.5,
+         "9007199254740993", "nan", True]
+    ]  # fmt: skip
+
+
+# --- saved questions on known data ----------------------------------------------------------------
+
+
+def _event(event_id, *, project="p1", depth=0, trace_id=None, at=T0):
+    return Event(
+        id=event_id, event_type="t", project=project, occurred_at=at, recorded_at=at,
+        throttle=Throttle.FULL, trace_id=trace_id or event_id, payload={}, payload_json="{}",
+        depth=depth,
+    )  # fmt: skip
+
+
+def _execution(block, duration, state="completed", n=0):
+    trigger = _event(f"e_{block}_{n}")
+    at = T0 + timedelta(seconds=n)
+    return ExecutionRecord(
+        trace_id=trigger.id, block_name=block, trigger=trigger, state=state,
+        success=state == "completed", summary="", emitted=(), started_at=at,
+        completed_at=at + timedelta(milliseconds=duration), duration_ms=duration, raw_output="",
+        exit_code=0, audit_artifacts=(), attempts=1, throttled=False,
+    )  # fmt: skip
+
+
+def _chain(workflow_id, project, state, blocks=1):
+    return FinishedChain(
+        workflow_id=workflow_id, workflow_type="t", project=project, throttle=Throttle.FULL,
+        state=state, error="" if state == "completed" else "boom", started_at=T0,
+        completed_at=T0 + timedelta(seconds=1), event_count=1, block_count=blocks, trace=None,
+    )  # fmt: skip
+
+
+def _run(run_id, team, at):
+    return RunSubmission(
+        run_id=run_id, dag_json="{}", inputs={}, seed=0, labels={"team": team}, breakpoints=(),
+        idempotency_key="", created_at=at,
+    )  # fmt: skip
+
+
+def _step(run_id, seq, step, kind, at, **payload):
+    return RunEventRecord(run_id, seq, step, kind, {"attempt": 1, **payload}, at)
+
+
+def _known_data():
+    day2 = T0 + timedelta(days=1)
+    ms = timedelta(milliseconds=1)
+    records = [
+        # block_health: a = 10, 20, 30 (failed), 40 ms; b = 100, 200 ms and a skipped one.
+        *(_execution("a", d, "failed" if d == 30 else "completed", n) for n, d in
+          enumerate([10, 20, 30, 40])),
+        _execution("b", 100, n=10), _execution("b", 200, n=11),
+        _execution("b", 9999, "skipped", n=12),
+        # workflows_by_state
+        _chain("w1", "p1", "completed"), _chain("w2", "p1", "completed"),
+        _chain("w3", "p1", "failed"), _chain("w4", "p2", "completed"),
+        _chain("w5", "p2", "completed", blocks=0),  # an emit no block sinks: not a workflow
+        _event("w6", project="p2"),  # in flight
+        # spend and slowest steps
+        _run("run_1", "x", T0), _run("run_2", "y", day2),
+        _step("run_1", 1, "s1", "step_leased", T0, model="m1"),
+        _step("run_1", 2, "s2", "step_leased", T0, model="m2"),
+        _step("run_1", 3, "s2", "step_completed", T0 + 500 * ms, output={"text": "hi"},
+              usage={"tokens_in": 1, "tokens_out": 2, "cost": 0.002}),
+        _step("run_1", 4, "s1", "step_completed", T0 + 2000 * ms,
+              output={"model": "gpt-a"}, usage={"tokens_in": 10, "tokens_out": 5, "cost": 0.01}),
+        _step("run_2", 1, "s1", "step_leased", day2, model=""),
+        _step("run_2", 2, "s2", "step_leased", day2 + 1000 * ms, model="m2"),
+        _step("run_2", 3, "s2", "step_failed", day2 + 5000 * ms, error="boom"),
+        _step("run_2", 4, "s1", "step_completed", day2 + 10_000 * ms,
+              output={"model": "gpt-a"}, usage={"tokens_in": 100, "tokens_out": 50, "cost": 0.1}),
+        # eval regressions: a's pass rate drops, b's score drops, c holds
+        *(EvalScenarioRecord(f"sc_{slug}", "pack", slug, slug, "", {}, {}, T0, T0)
+          for slug in "abc"),
+        *(EvalResultRecord(f"r{i}", f"sc_{slug}", "run_1", commit, outcome, {"score": score}, T0)
+          for i, (slug, commit, outcome, score) in enumerate([
+              ("a", "A", "passed", 1.0), ("a", "A", "passed", 1.0), ("b", "A", "passed", 0.9),
+              ("c", "A", "passed", 1.0), ("a", "B", "passed", 1.0), ("a", "B", "failed", 0.0),
+              ("b", "B", "passed", 0.8), ("c", "B", "passed", 1.0), ("c", "C", "failed", 0.0),
+          ])),
+        # gate effects
+        *(GateDecisionRecord(f"g{i}", "ch", "rev", effect, (), (), {}, {}, {}, "me", at)
+          for i, (effect, at) in enumerate([("allow", T0), ("allow", T0), ("deny", T0),
+                                            ("follow_up", day2)])),
+    ]  # fmt: skip
+    return tuple(records)
+
+
+async def test_every_saved_question_on_known_data(tmp_path):
+    assert {q.name for q in questions.list_questions()} == {
+        "block_health", "spend", "slowest_steps", "eval_regressions", "gate_effects",
+        "workflows_by_state",
+    }  # fmt: skip
+    async with running_store(tmp_path) as store:
+        await ask(store, lambda r: Append(_known_data(), ack=r))
+
+        assert await question(store, "block_health") == [
+            ["a", 4, 1, 0.25, 25.0, 38.5],
+            ["b", 2, 0, 0.0, 150.0, 195.0],
+        ]
+        assert await question(store, "block_health", since="2025-03-01T12:00:05Z") == [
+            ["b", 2, 0, 0.0, 150.0, 195.0],
+        ]
+        assert await question(store, "spend", label="team") == [
+            ["2025-03-01", "gpt-a", "x", 1, 10, 5, 0.01],
+            ["2025-03-01", "m2", "x", 1, 1, 2, 0.002],
+            ["2025-03-02", "gpt-a", "y", 1, 100, 50, 0.1],
+        ]
+        assert await question(store, "spend") == [  # no label: one group per day and model
+            ["2025-03-01", "gpt-a", "", 1, 10, 5, 0.01],
+            ["2025-03-01", "m2", "", 1, 1, 2, 0.002],
+            ["2025-03-02", "gpt-a", "", 1, 100, 50, 0.1],
+        ]
+        slowest = await question(store, "slowest_steps", limit="3")
+        assert [row[:5] for row in slowest] == [
+            ["run_2", "s1", 1, "step_completed", 10_000],
+            ["run_2", "s2", 1, "step_failed", 4_000],
+            ["run_1", "s1", 1, "step_completed", 2_000],
+        ]
+        assert await question(store, "eval_regressions", commit_a="A", commit_b="B") == [
+            ["pack", "a", 2, 2, 1.0, 0.5, 1.0, 0.5, -0.5, -0.5],
+            ["pack", "b", 1, 1, 1.0, 1.0, 0.9, 0.8, 0.0, -0.1],
+        ]
+        assert await question(store, "eval_regressions", commit_a="B", commit_b="A") == []
+        assert await question(store, "gate_effects") == [
+            ["2025-03-01", "allow", 2], ["2025-03-01", "deny", 1],
+            ["2025-03-02", "follow_up", 1],
+        ]  # fmt: skip
+        assert await question(store, "gate_effects", bucket="month") == [
+            ["2025-03-01", "allow", 2], ["2025-03-01", "deny", 1],
+            ["2025-03-01", "follow_up", 1],
+        ]  # fmt: skip
+        assert await question(store, "workflows_by_state") == [
+            ["p1", "completed", 2], ["p1", "failed", 1],
+            ["p2", "completed", 1], ["p2", "in_flight", 1],
+        ]  # fmt: skip
+
+
+def test_a_saved_question_refuses_an_unknown_parameter():
+    with pytest.raises(QueryRefused, match="has no parameter nope"):
+        questions.load("spend").bind({"nope": "1"})
+    with pytest.raises(KeyError, match="no saved question"):
+        questions.load("nope")

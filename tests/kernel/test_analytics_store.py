@@ -1,0 +1,376 @@
+"""Schema migrations, Parquet export and retention, on the store actor and a real DuckDB file."""
+
+import json
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import pytest
+import trio
+from foundry.analytics import migrations
+from foundry.analytics.parquet import DATED
+from foundry.kernel.actors.mailbox import ask, reply_pair
+from foundry.kernel.actors.store.actor import Store
+from foundry.kernel.actors.store.messages import Append, ExportParquet, RunRetention
+from foundry.kernel.core.governance import GateDecisionRecord
+from foundry.kernel.core.ids import compact_json, event_id
+from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
+from foundry.kernel.core.runs import RunEventRecord, RunSubmission
+from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.errors import ConfigError, FailedPrecondition, InvalidArgument
+
+from .harness import GUARD_SECONDS
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+OLD = NOW - timedelta(days=60)
+
+
+def chain(at, n, *, finished=True):
+    """A workflow of a root event, one emitted event and one execution (and its workflow row)."""
+    payload = {"n": n}
+    rid = event_id("tick", "p", at, payload)
+    root = Event(id=rid, event_type="tick", project="p", occurred_at=at, recorded_at=at,
+                 throttle=Throttle.FULL, trace_id=rid, payload=payload,
+                 payload_json=compact_json(payload), depth=0)  # fmt: skip
+    child_at = at + timedelta(milliseconds=5)
+    cid = event_id("tock", "p", child_at, payload)
+    child = Event(id=cid, event_type="tock", project="p", occurred_at=child_at,
+                  recorded_at=child_at, throttle=Throttle.FULL, trace_id=rid, payload=payload,
+                  payload_json=compact_json(payload), depth=1, parent_id=rid,
+                  emitted_by="B")  # fmt: skip
+    execution = ExecutionRecord(
+        trace_id=rid, block_name="B", trigger=root, state="completed", success=True,
+        summary="ok", emitted=(child,), started_at=at, completed_at=child_at, duration_ms=5,
+        raw_output="", exit_code=0, audit_artifacts=(), attempts=1, throttled=False,
+    )  # fmt: skip
+    records = [root, child, execution]
+    if finished:
+        records.append(
+            FinishedChain(
+                workflow_id=rid,
+                workflow_type="tick",
+                project="p",
+                throttle=Throttle.FULL,
+                state="completed",
+                error="",
+                started_at=at,
+                completed_at=child_at,
+                event_count=2,
+                block_count=1,
+                trace=None,
+            )  # fmt: skip
+        )
+    return rid, records
+
+
+def run(at, n, *, kinds=("run_submitted", "run_started", "run_succeeded")):
+    run_id = f"run_{n:04d}"
+    submission = RunSubmission(run_id=run_id, idempotency_key="", dag_json="{}", inputs={},
+                               seed=n, labels={"n": str(n)}, breakpoints=(), parent_run_id="",
+                               branch_step="", note="", created_at=at)  # fmt: skip
+    events = [
+        RunEventRecord(
+            run_id=run_id,
+            seq=i + 1,
+            step_id="",
+            kind=kind,
+            payload={"seq": i + 1},
+            occurred_at=at + timedelta(seconds=i),
+        )  # fmt: skip
+        for i, kind in enumerate(kinds)
+    ]
+    return run_id, [submission, *events]
+
+
+def gate(at, n):
+    return GateDecisionRecord(gate_id=f"gate_{n}", change_id="c", revision="r", effect="allow",
+                              reasons=("fine",), followups=(), scorecard={}, metadata={},
+                              telemetry={}, actor="me", decided_at=at)  # fmt: skip
+
+
+@asynccontextmanager
+async def store(home, **options):
+    tap_send, tap_receive = trio.open_memory_channel(1000)
+    send, receive = trio.open_memory_channel(1000)
+    with trio.fail_after(GUARD_SECONDS * 3):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(Store(home, receive, tap_send, **options).run)
+            nursery.start_soon(_drain, tap_receive)
+            yield send
+            send.close()
+
+
+async def _drain(channel):
+    async for _ in channel:
+        pass
+
+
+async def append(send, records):
+    reply, pending = reply_pair()
+    await send.send(Append(tuple(records), (), reply))
+    await pending.wait()
+
+
+def rows(path, sql):
+    with duckdb.connect(str(path), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(sql).fetchall()
+
+
+def live_rows(path, sql):
+    """Rows from the instance the running store holds (its settings are locked: no SET)."""
+    with duckdb.connect(str(path)) as con:
+        return con.execute(sql).fetchall()
+
+
+def columns(path):
+    return sorted(
+        rows(
+            path,
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'main'",
+        )
+    )
+
+
+# --- migrations ---------------------------------------------------------------------------------
+
+
+def make_v1_database(path):
+    """A database of the first release (efcd58b: no governance tables, no schema_version) with a
+    few rows."""
+    con = duckdb.connect(str(path))
+    con.execute("SET TimeZone = 'UTC'")
+    for statement in migrations.V1:
+        con.execute(statement)
+    con.execute(
+        "INSERT INTO events VALUES ('evt_1', 'evt_1', 'tick', 'p', "
+        "TIMESTAMPTZ '2025-01-02 03:04:05+00', "
+        "TIMESTAMPTZ '2025-01-02 03:04:05+00', 'full', 0, NULL, NULL, false, '{\"a\": 1}')"
+    )
+    con.execute(
+        "INSERT INTO workflows VALUES ('evt_1', 'tick', 'p', 'full', 'completed', '', "
+        "TIMESTAMPTZ '2025-01-02 03:04:05+00', TIMESTAMPTZ '2025-01-02 03:04:06+00', 1, 1)"
+    )
+    con.execute(
+        "INSERT INTO runs VALUES ('run_1', 'k', '{}', '{}', 7, '{}', [], '', '', '', "
+        "TIMESTAMPTZ '2025-01-02 03:04:05+00')"
+    )
+    con.execute(
+        "INSERT INTO run_events VALUES ('run_1', 1, '', 'run_submitted', '{}', "
+        "TIMESTAMPTZ '2025-01-02 03:04:05+00')"
+    )
+    con.close()
+
+
+async def test_a_first_release_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
+    old, fresh = tmp_path / "old", tmp_path / "fresh"
+    old.mkdir()
+    make_v1_database(old / "foundry.duckdb")
+
+    async with store(old):
+        pass
+    async with store(fresh):
+        pass
+
+    db = old / "foundry.duckdb"
+    assert rows(db, "SELECT event_id, payload FROM events") == [("evt_1", '{"a": 1}')]
+    assert rows(db, "SELECT workflow_id FROM workflows") == [("evt_1",)]
+    assert rows(db, "SELECT run_id, status FROM run_status") == [("run_1", "PENDING")]
+    assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
+    assert rows(db, "SELECT count(*) FROM in_flight_workflows") == [(0,)]
+    # the upgraded database has exactly the tables, views and columns of a fresh one
+    assert columns(db) == columns(fresh / "foundry.duckdb")
+    names = {t for t, _, _ in columns(db)}
+    assert {"eval_scenarios", "gate_decisions", "retention_passes", "archived_events"} <= names
+
+
+async def test_migrations_are_applied_once(tmp_path):
+    for _ in range(2):
+        async with store(tmp_path):
+            pass
+    db = tmp_path / "foundry.duckdb"
+    assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
+    assert migrations.LATEST == 3
+
+
+async def test_a_database_newer_than_this_code_refuses_the_start_in_one_line(tmp_path):
+    async with store(tmp_path):
+        pass
+    with duckdb.connect(str(tmp_path / "foundry.duckdb")) as con:
+        con.execute("INSERT INTO schema_version VALUES (99, now(), 'from the future')")
+
+    with pytest.raises(BaseException) as caught:  # noqa: B017, PT011 (a group or the error)
+        async with store(tmp_path):
+            pass
+    error = caught.value
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, ConfigError)
+    message = str(error)
+    assert "\n" not in message
+    assert "schema version 99 is newer than this Foundry knows (3)" in message
+    # nothing was changed
+    db = tmp_path / "foundry.duckdb"
+    assert max(rows(db, "SELECT version FROM schema_version")) == (99,)
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def parquet(folder, table):
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(
+            f"SELECT * EXCLUDE (date), CAST(date AS VARCHAR) FROM read_parquet("
+            f"'{folder}/{table}/*/*.parquet', hive_partitioning = true)"
+        ).fetchall()
+
+
+async def test_export_parquet_writes_every_table_date_partitioned(tmp_path):
+    home, out = tmp_path / "home", tmp_path / "out"
+    day1, day2 = datetime(2026, 1, 5, 23, 59, tzinfo=UTC), datetime(2026, 1, 6, 0, 1, tzinfo=UTC)
+    async with store(home) as send:
+        for n, at in enumerate((day1, day2)):
+            await append(send, chain(at, n)[1] + run(at, n)[1] + [gate(at, n)])
+        counts = await ask(send, lambda r: ExportParquet(str(out), None, r))
+        since = await ask(send, lambda r: ExportParquet(str(tmp_path / "since"), "2026-01-06", r))
+        with pytest.raises(FailedPrecondition, match="already exists and is not empty"):
+            await ask(send, lambda r: ExportParquet(str(out), None, r))
+        with pytest.raises(InvalidArgument, match="absolute"):
+            await ask(send, lambda r: ExportParquet("relative/dir", None, r))
+
+    assert counts == {
+        "events": 4, "block_executions": 2, "workflows": 2, "runs": 2, "run_events": 6,
+        "eval_scenarios": 0, "eval_results": 0, "gate_decisions": 2, "gate_followups": 0,
+    }  # fmt: skip
+    assert since["events"] == 2
+    assert since["runs"] == 1
+    assert since["run_events"] == 3
+    assert sorted(p.name for p in (out / "events").iterdir()) == [
+        "date=2026-01-05", "date=2026-01-06",
+    ]  # fmt: skip
+    db = home / "foundry.duckdb"
+    for table, dated in DATED.items():
+        if not counts[table]:
+            continue
+        source = rows(db, f"SELECT *, strftime({dated}, '%Y-%m-%d') FROM {table}")
+        assert sorted(parquet(out, table), key=repr) == sorted(source, key=repr), table
+
+
+def test_export_offline_reads_the_file_read_only(tmp_path):
+    from foundry.kernel.cli.export import export_offline
+
+    home = tmp_path / "home"
+    home.mkdir()
+    make_v1_database(home / "foundry.duckdb")  # even an old database: read-only, not upgraded
+    counts = export_offline(home, tmp_path / "out", None)
+    assert counts["events"] == 1
+    assert counts["run_events"] == 1
+    assert "gate_decisions" not in counts  # tables that old database does not have
+    assert [r[0] for r in parquet(tmp_path / "out", "events")] == ["evt_1"]
+
+
+# --- retention ----------------------------------------------------------------------------------
+
+
+def archived(home, table):
+    return rows(home / "foundry.duckdb", f"SELECT * FROM archived_{table}")
+
+
+async def test_retention_archives_old_finished_work_and_prunes_it(tmp_path):
+    home = tmp_path
+    old_done, old_records = chain(OLD, 1)
+    old_inflight, inflight_records = chain(OLD, 2, finished=False)
+    new_done, new_records = chain(NOW, 3)
+    old_run, old_run_records = run(OLD, 1)
+    old_paused, paused_records = run(OLD, 2, kinds=("run_submitted", "run_started", "run_paused"))
+    new_run, new_run_records = run(NOW, 3)
+    trace = home / "traces" / OLD.date().isoformat() / f"{old_done}.json"
+    trace.parent.mkdir(parents=True)
+    trace.write_text("{}")
+
+    async with store(home) as send:  # retention off
+        await append(send, old_records + inflight_records + new_records + old_run_records
+                     + paused_records + new_run_records + [gate(OLD, 1)])  # fmt: skip
+    # (a chain in flight at a restart is marked failed then, and is recent: kept)
+    live_inflight, live_records = chain(OLD, 5, finished=False)
+    async with store(home, retain_days=30) as send:
+        await append(send, live_records)  # in flight while retention runs
+        await ask(send, RunRetention)  # (the pass at start may be the one that does the work)
+        again = await ask(send, RunRetention)
+        in_flight = await trio.to_thread.run_sync(
+            live_rows, home / "foundry.duckdb", "SELECT workflow_id FROM in_flight_workflows"
+        )
+        assert in_flight == [(live_inflight,)]
+
+    expected = {"workflows": 1, "events": 2, "block_executions": 1, "runs": 1, "run_events": 3}
+    assert again.archived == {}
+    db = home / "foundry.duckdb"
+    passes = rows(db, "SELECT archived FROM retention_passes")
+    assert [json.loads(p[0]) for p in passes] == [expected]
+    assert sorted(rows(db, "SELECT workflow_id, state FROM workflows")) == sorted(
+        [(new_done, "completed"), (old_inflight, "failed")]
+    )
+    assert sorted(rows(db, "SELECT DISTINCT trace_id FROM events")) == sorted(
+        [(old_inflight,), (new_done,), (live_inflight,)]
+    )
+    assert sorted(rows(db, "SELECT run_id FROM runs")) == [(old_paused,), (new_run,)]
+    assert rows(db, f"SELECT count(*) FROM run_events WHERE run_id = '{old_run}'") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM gate_decisions") == [(1,)]  # governance is kept
+    # the archive, through the documented views, has exactly the pruned rows
+    assert [r[0] for r in archived(home, "workflows")] == [old_done]
+    assert {r[1] for r in archived(home, "events")} == {old_done}
+    assert [r[0] for r in archived(home, "runs")] == [old_run]
+    assert sorted(r[1] for r in archived(home, "run_events")) == [1, 2, 3]
+    assert len(archived(home, "block_executions")) == 1
+    assert not trace.exists()
+    assert not (home / "archive" / ".staging").exists() or not any(
+        (home / "archive" / ".staging").iterdir()
+    )
+    # the archive survives a restart (views rebuilt over the files) and more passes add to it
+    async with store(home, retain_days=30) as send:
+        await append(send, chain(OLD - timedelta(days=1), 4)[1])
+        await ask(send, RunRetention)
+    assert len(archived(home, "workflows")) == 2
+    assert len(rows(db, "SELECT * FROM retention_passes")) == 2
+
+
+async def test_retention_runs_at_start(tmp_path):
+    async with store(tmp_path) as send:
+        await append(send, chain(OLD, 1)[1])
+    async with store(tmp_path, retain_days=30) as send:
+        await trio.sleep(0.5)  # the pass at start
+    db = tmp_path / "foundry.duckdb"
+    assert rows(db, "SELECT count(*) FROM workflows") == [(0,)]
+    assert len(archived(tmp_path, "events")) == 2
+
+
+async def test_retention_off_keeps_everything(tmp_path):
+    async with store(tmp_path) as send:
+        await append(send, chain(OLD, 1)[1])
+        report = await ask(send, RunRetention)
+    assert report.cutoff is None
+    assert report.archived == {}
+    assert rows(tmp_path / "foundry.duckdb", "SELECT count(*) FROM workflows") == [(1,)]
+    assert archived(tmp_path, "workflows") == []
+
+
+async def test_a_staged_pass_is_published_or_dropped_at_start(tmp_path):
+    from foundry.kernel.actors.store import retention
+
+    async with store(tmp_path) as send:
+        await append(send, chain(OLD, 1)[1])
+    db = tmp_path / "foundry.duckdb"
+    # a pass staged but never pruned (the daemon died in between): thrown away at start
+    with duckdb.connect(str(db)) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("BEGIN TRANSACTION")
+        retention.stage(con, tmp_path, NOW - timedelta(days=30), "p1")
+        con.execute("ROLLBACK")
+    assert (tmp_path / "archive" / ".staging" / "p1").is_dir()
+    async with store(tmp_path):
+        pass
+    assert not (tmp_path / "archive" / ".staging" / "p1").exists()
+    assert archived(tmp_path, "workflows") == []
+    assert rows(db, "SELECT count(*) FROM workflows") == [(1,)]

@@ -1,0 +1,300 @@
+"""Attestations end to end over a real daemon (README.md, "Attestations"): every subject kind,
+GetAttestations, ``foundry attest`` (pubkey, get, verify, export), the signing key's
+permissions, a stored output changed behind the daemon's back, a broken chain, the switch."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from foundry.kernel.core.attest_records import EVAL_RESULT, GATE_DECISION, custom_attestation_id
+from foundry.proto import runtime_api as api
+from foundry.proto.generated.google.protobuf import Struct
+from grpclib.const import Status
+
+from tests.daemon import Daemon
+from tests.runs.helpers import (
+    RESEARCH,
+    assert_error,
+    dag,
+    of_kind,
+    rpc_error,
+    run_and_wait,
+    submit,
+    tap,
+    wait_done,
+)
+
+TOPIC = {"topic": "otters"}
+
+ARTIFACT_PLUGIN = """
+from foundry.kernel import BlockContext, BlockKind, block, hookimpl
+
+
+@block("write_note", kind=BlockKind.OBSERVER)
+def write_note(ctx: BlockContext) -> dict:
+    ctx.artifact_path("note.txt").write_text(str(ctx.inputs.get("text", "")))
+    return {"written": True}
+
+
+@hookimpl
+def register_blocks():
+    return [write_note]
+"""
+
+EVERY_KIND = dag(
+    {"id": "outline", "type": "llm", "model": "mock:small", "inputs": {"prompt": "Otters"}},
+    {
+        "id": "count",
+        "type": "tool",
+        "inputs": {"tool": "word_count", "args": {"text": "${steps.outline.output.text}"}},
+    },
+    {"id": "note", "type": "write_note", "inputs": {"text": "${steps.outline.output.text}"}},
+)
+
+
+@pytest.fixture(scope="module")
+def daemon(shared_daemon, tmp_path_factory) -> Daemon:
+    plugins = tmp_path_factory.mktemp("attest-plugins")
+    (plugins / "attest_note_block.py").write_text(ARTIFACT_PLUGIN)
+    env = {"PYTHONPATH": os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")])}
+    return shared_daemon('[plugins]\nmodules = ["attest_note_block"]\n', env=env)
+
+
+def attested(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**e["payload"], "step_id": e["step_id"]} for e in of_kind(events, "attested")]
+
+
+def get(daemon: Daemon, ids: list[str]) -> list[api.Attestation]:
+    request = api.GetAttestationsRequest(attestation_ids=ids)
+    return list(daemon.call(lambda _, rt: rt.get_attestations(request)).attestations)
+
+
+def cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return daemon.cli("attest", *args)
+
+
+def test_every_subject_kind_is_attested_found_in_order_and_verifies(daemon):
+    run_id = submit(daemon, EVERY_KIND)
+    assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
+    events = tap(daemon, run_id)
+    notes = attested(events)
+    by_kind = {n["kind"]: n for n in notes}
+    assert sorted(by_kind) == ["artifact", "capability_token", "run", "step", "tool"]
+    assert sorted(n["step_id"] for n in notes if n["kind"] == "step") == [
+        "count",
+        "note",
+        "outline",
+    ]
+    assert events[-1]["kind"] == "run_succeeded"  # the run's attestation is announced before
+    (granted,) = of_kind(events, "capability_granted", "count")
+    token = granted["payload"]
+    assert token["tool"] == "word_count"
+    assert token["attempt"] == 1
+    assert token["token_id"].startswith("cap_")
+    assert token["expires_at"] > token["issued_at"]
+
+    ids = [n["attestation_id"] for n in notes]
+    found = get(daemon, list(reversed(ids)))  # request order, not storage order
+    assert [a.attestation_id for a in found] == list(reversed(ids))
+    kinds = {a.attestation_id: _which(a) for a in found}
+    assert kinds[by_kind["run"]["attestation_id"]] == ("run", {"runId": run_id})
+    assert kinds[by_kind["capability_token"]["attestation_id"]] == (
+        "capability_token", {"tokenId": token["token_id"]}
+    )  # fmt: skip
+    assert kinds[by_kind["tool"]["attestation_id"]] == ("tool", {"name": "word_count"})
+    kind, artifact = kinds[by_kind["artifact"]["attestation_id"]]
+    assert kind == "artifact"
+    assert artifact["uri"].endswith(f"/{run_id}/note/note.txt")
+    for attestation in found:
+        envelope = json.loads(attestation.signature)
+        assert envelope["payloadType"] == "application/vnd.in-toto+json"
+        assert attestation.artifact_hash
+        assert attestation.issued_at is not None
+
+    for attestation_id in ids:
+        done = cli(daemon, "verify", attestation_id)
+        assert done.returncode == 0, (attestation_id, done.stdout, done.stderr)
+        assert done.stdout.startswith("valid")
+
+
+def _which(attestation: api.Attestation) -> tuple[str, dict[str, Any]]:
+    subject = attestation.subject
+    assert subject is not None
+    name, value = next(iter(subject.to_dict().items()))
+    return {"capabilityToken": "capability_token"}.get(name, name), value
+
+
+def test_gate_decisions_and_eval_results_are_custom_attestations(daemon):
+    change = f"chg-{uuid.uuid4().hex[:8]}"
+    request = api.CheckChangeGateRequest(change_id=change, revision="r1")
+    decision = daemon.call(lambda _, rt: rt.check_change_gate(request)).decision
+    pack, run_id = (
+        f"pack-{uuid.uuid4().hex[:6]}",
+        run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id,
+    )
+    scenario = api.EvalScenarioDefinition(
+        slug="s", title="S", run_spec=Struct.from_dict({"dag_json": RESEARCH}),
+        expected=Struct.from_dict({"status": "succeeded"}),
+    )  # fmt: skip
+    daemon.call(
+        lambda _, rt: rt.sync_eval_pack(api.SyncEvalPackRequest(pack=pack, scenarios=[scenario]))
+    )
+    recorded = api.RecordEvalResultRequest(pack=pack, slug="s", run_id=run_id, commit="abc")
+    result = daemon.call(lambda _, rt: rt.record_eval_result(recorded)).result
+    gate_id = custom_attestation_id(GATE_DECISION, decision.gate_id)
+    eval_id = custom_attestation_id(EVAL_RESULT, result.result_id)
+    gate, evaluation = get(daemon, [gate_id, eval_id])
+    assert _which(gate) == ("custom", {"label": "gate_decision"})
+    assert gate.claims.to_dict()["claims"]["gate_id"] == decision.gate_id
+    assert _which(evaluation) == ("custom", {"label": "eval_result"})
+    assert evaluation.claims.to_dict()["claims"]["run_id"] == run_id
+    for attestation_id in (gate_id, eval_id):
+        assert cli(daemon, "verify", attestation_id).returncode == 0
+
+
+def test_get_attestations_refuses_an_empty_list_and_names_unknown_ids(daemon):
+    empty = rpc_error(daemon, lambda rt: rt.get_attestations(api.GetAttestationsRequest()))
+    assert_error(empty, Status.INVALID_ARGUMENT, "attestation_ids")
+    run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
+    known = attested(tap(daemon, run_id))[0]["attestation_id"]
+    request = api.GetAttestationsRequest(attestation_ids=[known, "att_nope", "att_gone"])
+    missing = rpc_error(daemon, lambda rt: rt.get_attestations(request))
+    assert_error(missing, Status.NOT_FOUND, "att_nope", "att_gone")
+    assert known not in (missing.message or "")
+
+
+def test_pubkey_works_offline_and_matches_the_envelopes_key_id(daemon):
+    done = subprocess.run(
+        [sys.executable, "-m", "foundry.kernel.cli", "attest", "pubkey", "--json",
+         "--home", str(daemon.home)],
+        capture_output=True, text=True, check=True, env={**os.environ, "FOUNDRY_ADDR": "x:1"},
+    )  # fmt: skip
+    key = json.loads(done.stdout)
+    assert key["public_key_pem"].startswith("-----BEGIN PUBLIC KEY-----")
+    run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
+    first = attested(tap(daemon, run_id))[0]["attestation_id"]
+    (attestation,) = get(daemon, [first])
+    assert json.loads(attestation.signature)["signatures"][0]["keyid"] == key["key_id"]
+    keys = daemon.home / "keys"
+    assert stat.S_IMODE((keys / "attestor.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+
+
+def test_export_verifies_offline_and_a_removed_or_swapped_step_breaks_the_chain(daemon, tmp_path):
+    run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
+    exported = cli(daemon, "export", run_id)
+    assert exported.returncode == 0, exported.stderr
+    lines = exported.stdout.splitlines()
+    assert len(lines) == len(attested(tap(daemon, run_id)))
+    pubkey = tmp_path / "key.pem"
+    pubkey.write_text((daemon.home / "keys" / "attestor.pub").read_text())
+
+    def verify(name: str, chosen: list[str]) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / name
+        path.write_text("\n".join(chosen) + "\n")
+        return subprocess.run(
+            [sys.executable, "-m", "foundry.kernel.cli", "attest", "verify", str(path),
+             "--pubkey", str(pubkey)],
+            capture_output=True, text=True, env={**os.environ, "FOUNDRY_HOME": str(tmp_path)},
+        )  # fmt: skip
+
+    assert verify("all.jsonl", lines).returncode == 0
+    steps = [i for i, line in enumerate(lines) if '"step"' in _payload(line)]
+    assert len(steps) == 3
+    removed = [line for i, line in enumerate(lines) if i != steps[1]]
+    broken = verify("removed.jsonl", removed)
+    assert broken.returncode == 1
+    assert "chain" in broken.stdout
+    assert "previous" in broken.stdout
+    swapped = list(lines)
+    swapped[steps[0]], swapped[steps[1]] = swapped[steps[1]], swapped[steps[0]]
+    assert verify("swapped.jsonl", swapped).returncode == 1
+    forged = json.loads(lines[0])
+    forged["signatures"][0]["sig"] = forged["signatures"][0]["sig"][::-1]
+    bad = verify("forged.jsonl", [json.dumps(forged)])
+    assert bad.returncode == 1
+    assert "signature" in bad.stdout
+
+
+def _payload(envelope: str) -> str:
+    import base64
+
+    statement = json.loads(base64.b64decode(json.loads(envelope)["payload"]))
+    return json.dumps(statement["predicateType"].rsplit("/", 2)[-2])
+
+
+def test_a_step_output_changed_in_the_database_is_reported(make_daemon):
+    daemon = make_daemon()
+    run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
+    notes = attested(tap(daemon, run_id))
+    step_id = next(
+        n["attestation_id"] for n in notes if (n["step_id"], n["kind"]) == ("count", "step")
+    )
+    run_attestation = next(n["attestation_id"] for n in notes if n["kind"] == "run")
+    assert daemon.cli("attest", "verify", run_attestation).returncode == 0
+    assert daemon.stop() == 0
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        (payload,) = con.execute(
+            "SELECT payload FROM run_events WHERE run_id = ? AND step_id = 'count' "
+            "AND kind = 'step_completed'",
+            [run_id],
+        ).fetchone()
+        changed = {**json.loads(payload), "output": {"words": 999}}
+        con.execute(
+            "UPDATE run_events SET payload = ? WHERE run_id = ? AND step_id = 'count' "
+            "AND kind = 'step_completed'",
+            [json.dumps(changed), run_id],
+        )
+    daemon.start()
+    step = daemon.cli("attest", "verify", step_id)
+    assert step.returncode == 1, step.stdout
+    assert "count" in step.stdout
+    assert "changed" in step.stdout
+    run = daemon.cli("attest", "verify", run_attestation)
+    assert run.returncode == 1
+    assert "count" in run.stdout
+
+
+def test_a_signing_key_others_may_read_refuses_the_start(make_daemon):
+    daemon = make_daemon()
+    assert daemon.stop() == 0
+    key = daemon.home / "keys" / "attestor.key"
+    key.chmod(0o644)
+    done = subprocess.run(
+        [sys.executable, "-m", "foundry.kernel.cli", "serve", "--config", str(daemon.config),
+         "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "FOUNDRY_HOME": str(daemon.home)},
+    )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert str(key) in lines[0]
+    assert "0644" in lines[0]
+    key.chmod(0o600)
+    daemon.start()  # owner-only again: it starts
+
+
+def test_attest_enabled_false_attests_nothing(make_daemon):
+    daemon = make_daemon(textwrap.dedent("[attest]\nenabled = false\n"), name="off")
+    run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
+    events = tap(daemon, run_id)
+    assert not of_kind(events, "attested")
+    assert of_kind(events, "capability_granted")  # tokens are granted either way
+
+
+def test_artifact_paths_are_files_the_step_wrote(daemon):
+    run_id = submit(daemon, EVERY_KIND)
+    wait_done(daemon, run_id)
+    (artifact,) = [n for n in attested(tap(daemon, run_id)) if n["kind"] == "artifact"]
+    assert Path(artifact["uri"]).read_text()
