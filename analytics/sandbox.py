@@ -179,6 +179,11 @@ def run_query(
         raise QueryRefused(f"missing parameter(s): {', '.join('$' + m for m in missing)}")
     cursor.execute("BEGIN TRANSACTION READ ONLY")
     try:
+        fast = _run_as_json(cursor, sql, params, max_rows)
+        if fast is not None:
+            columns, rows, truncated = fast
+            elapsed = (time.perf_counter() - started) * 1000
+            return QueryResult(columns, rows, truncated, round(elapsed, 3))
         try:
             result = cursor.execute(sql, dict(params)) if params else cursor.execute(sql)
             description = result.description or []
@@ -194,6 +199,89 @@ def run_query(
         cursor.execute("ROLLBACK")
     elapsed = (time.perf_counter() - started) * 1000
     return QueryResult(columns, rows, len(fetched) > max_rows, round(elapsed, 3))
+
+
+# Rows of these types are rendered as JSON by DuckDB itself (:func:`_run_as_json`), exactly as
+# :func:`_plain` renders them: a large result then costs the worker thread one string per row, not
+# a Python object per value (the conversion holds the interpreter lock, against the daemon's loop).
+_SAFE_INT = 2**53
+_AS_JSON = {
+    "BOOLEAN": "CASE WHEN {c} THEN 'true' ELSE 'false' END",
+    **dict.fromkeys(
+        ("TINYINT", "SMALLINT", "INTEGER", "UTINYINT", "USMALLINT", "UINTEGER"),
+        "CAST({c} AS VARCHAR)",
+    ),
+    **dict.fromkeys(
+        ("BIGINT", "UBIGINT", "HUGEINT", "UHUGEINT"),
+        f"CASE WHEN {{c}} BETWEEN -{_SAFE_INT} AND {_SAFE_INT} THEN CAST({{c}} AS VARCHAR) "
+        "ELSE '\"' || CAST({c} AS VARCHAR) || '\"' END",
+    ),
+    # DuckDB's DOUBLE text is the shortest round-trip form, as Python's repr
+    **dict.fromkeys(
+        ("DOUBLE", "FLOAT"),
+        "CASE WHEN isfinite({c}) THEN CAST(CAST({c} AS DOUBLE) AS VARCHAR) "
+        "ELSE '\"' || CAST(CAST({c} AS DOUBLE) AS VARCHAR) || '\"' END",
+    ),
+    # float(Decimal) is the correctly rounded double of the decimal text
+    "DECIMAL": "CAST(CAST(CAST({c} AS VARCHAR) AS DOUBLE) AS VARCHAR)",
+    "VARCHAR": "CAST(to_json({c}) AS VARCHAR)",
+    "UUID": "CAST(to_json(CAST({c} AS VARCHAR)) AS VARCHAR)",
+    "DATE": "'\"' || CASE WHEN isfinite({c}) THEN strftime({c}, '%Y-%m-%d') "
+    "ELSE CAST({c} AS VARCHAR) END || '\"'",
+    "TIMESTAMP": "'\"' || strftime({c}, CASE WHEN epoch_us({c}) % 1000000 = 0 "
+    "THEN '%Y-%m-%dT%H:%M:%S' ELSE '%Y-%m-%dT%H:%M:%S.%f' END) || '\"'",
+}
+# With the session in UTC, Python's datetime for a TIMESTAMPTZ is in UTC too.
+_AS_JSON_UTC = {
+    "TIMESTAMP WITH TIME ZONE": "'\"' || strftime({c}, CASE WHEN epoch_us({c}) % 1000000 = 0 "
+    "THEN '%Y-%m-%dT%H:%M:%S+00:00' ELSE '%Y-%m-%dT%H:%M:%S.%f+00:00' END) || '\"'",
+}
+_CHUNK = 1_000
+
+
+def _run_as_json(
+    cursor: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, str], max_rows: int
+) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool] | None:
+    """Run a query whose columns all have a type in ``_AS_JSON`` with DuckDB rendering each row's
+    JSON text; ``None`` when it does not apply (then the caller runs the query as written)."""
+    statements = _parse(cursor, sql)
+    if len(statements) != 1 or statements[0].type.name != "SELECT":
+        return None
+    text = str(statements[0].query).rstrip().rstrip(";")
+    try:
+        described = cursor.execute(f"DESCRIBE {text}", dict(params)).fetchall()
+        zone = cursor.execute("SELECT current_setting('TimeZone')").fetchone()
+    except duckdb.InterruptException:
+        raise
+    except duckdb.Error:
+        return None
+    renderers = _AS_JSON | _AS_JSON_UTC if zone and zone[0] == "UTC" else _AS_JSON
+    columns = tuple((str(row[0]), str(row[1])) for row in described)
+    parts = []
+    for i, (_, kind) in enumerate(columns):
+        template = renderers.get(kind.split("(")[0] if kind.startswith("DECIMAL(") else kind)
+        if template is None:
+            return None
+        parts.append(f"coalesce({template.format(c=f'q.c{i}')}, 'null')")
+    if not parts:
+        return None
+    names = ", ".join(f"c{i}" for i in range(len(columns)))
+    row = " || ',' || ".join(parts)
+    wrapped = f"SELECT '[' || {row} || ']' FROM ({text}\n) AS q({names})"
+    rows: list[str] = []
+    try:
+        result = cursor.execute(wrapped, dict(params))
+        while len(rows) <= max_rows:
+            chunk = result.fetchmany(min(_CHUNK, max_rows + 1 - len(rows)))
+            if not chunk:
+                break
+            rows += [row[0] for row in chunk]
+            time.sleep(0)  # let the daemon's loop have the interpreter between chunks
+    except duckdb.InterruptException:
+        raise
+    except duckdb.Error:
+        return None  # the caller runs the query as written, and reports its own error
+    return columns, tuple(rows[:max_rows]), len(rows) > max_rows
 
 
 def _row_json(row: tuple[Any, ...], json_columns: list[int]) -> str:

@@ -142,7 +142,7 @@ async def _ingest_with_engine(home: Path, options: Options) -> tuple[float, int]
 
 
 async def _million(home: Path, rows: int, options: Options) -> tuple[float, dict[str, list[float]]]:
-    from foundry.analytics import questions
+    from foundry.analytics import saved_questions as questions
     from foundry.kernel.actors.mailbox import ask, reply_pair
     from foundry.kernel.actors.store.actor import Store
     from foundry.kernel.actors.store.messages import Append, RunUserQuery
