@@ -16,7 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import trio
@@ -48,12 +48,25 @@ LOCK_FILE = "daemon.lock"
 
 
 @contextlib.asynccontextmanager
-async def open_kernel(config: Config, registry: BlockRegistry) -> AsyncIterator[Mailboxes]:
-    """Run every actor for the duration of the ``async with``; yields their mailboxes."""
+async def open_kernel(
+    config: Config,
+    registry: BlockRegistry,
+    *,
+    recovered: list[str] | None = None,
+    hold_store: Callable[[str], None] | None = None,
+) -> AsyncIterator[Mailboxes]:
+    """Run every actor for the duration of the ``async with``; yields their mailboxes.
+
+    ``recovered``, when given, receives the ids of the workflows the store marked failed at
+    start (a killed daemon left them unfinished); ``hold_store`` is the store's test hook
+    (``Store.hold_for_test``), for tests that hold a commit or a read.
+    """
     with home_lock(config.home):
         key_pair = keys.load_or_create(config.home)  # refuses a signing key others may read
         async with trio.open_nursery() as nursery:
-            mailboxes = await _start_actors(config, registry, nursery, key_pair)
+            mailboxes = await _start_actors(
+                config, registry, nursery, key_pair, recovered=recovered, hold_store=hold_store
+            )
             try:
                 yield mailboxes
             finally:
@@ -86,7 +99,13 @@ def home_lock(home: Path) -> Iterator[None]:
 
 
 async def _start_actors(
-    config: Config, registry: BlockRegistry, nursery: trio.Nursery, key_pair: keys.KeyPair
+    config: Config,
+    registry: BlockRegistry,
+    nursery: trio.Nursery,
+    key_pair: keys.KeyPair,
+    *,
+    recovered: list[str] | None,
+    hold_store: Callable[[str], None] | None,
 ) -> Mailboxes:
     tap_send, tap_receive = trio.open_memory_channel[TapMessage](MAILBOX_SIZE)
     store_send, store_receive = trio.open_memory_channel[StoreMessage](MAILBOX_SIZE)
@@ -101,10 +120,12 @@ async def _start_actors(
     store = Store(home, store_receive, tap_send.clone(), max_batch=config.store.max_batch_rows,
                   retain_days=config.store.retain_days,
                   retention_interval=config.store.retention_interval,
-                  memory_limit=config.store.memory_limit)  # fmt: skip
-    recovered = await nursery.start(store.run)
-    if recovered:
-        log.warning("marked %d unfinished workflow(s) failed: daemon restarted", len(recovered))
+                  memory_limit=config.store.memory_limit, hold_for_test=hold_store)  # fmt: skip
+    failed = await nursery.start(store.run)
+    if failed:
+        log.warning("marked %d unfinished workflow(s) failed: daemon restarted", len(failed))
+    if recovered is not None:
+        recovered.extend(failed or ())
     await nursery.start(Attestor(key_pair, attest_receive, store_send.clone()).run)
     # Notices go to the attestor only when [attest] enabled; it serves GetAttestations either way.
     notices = attest_send.clone if config.attest.enabled else lambda: None

@@ -4,12 +4,11 @@ its actors and reads its DuckDB file."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import duckdb
 import trio
@@ -25,7 +24,6 @@ from foundry.kernel.actors.engine.messages import (
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.replay.messages import ReplayMessage
 from foundry.kernel.actors.scheduler.messages import SchedulerMessage
-from foundry.kernel.actors.store.actor import Store
 from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
 from foundry.kernel.blocks.api import Block
 from foundry.kernel.blocks.registry import BlockRegistry
@@ -119,42 +117,13 @@ async def running_kernel(
     recovered: list[str] = []
     with trio.fail_after(GUARD_SECONDS), trio.CancelScope() as scope:
         async with AsyncExitStack() as stack:
-            with _observed_store(hold_store, recovered):
-                opened = supervisor.open_kernel(config, registry)
-                mailboxes = await stack.enter_async_context(opened)
+            opened = supervisor.open_kernel(
+                config, registry, recovered=recovered, hold_store=hold_store
+            )
+            mailboxes = await stack.enter_async_context(opened)
             try:
                 yield Kernel(home, mailboxes.engine, mailboxes.tap, mailboxes.scheduler,
                              mailboxes.replay, recovered)  # fmt: skip
             except BaseException:
                 scope.cancel()
                 raise
-
-
-@contextmanager
-def _observed_store(hold: Callable[[str], None] | None, recovered: list[str]) -> Iterator[None]:
-    """While ``open_kernel`` starts, its store gets ``hold`` and reports what it recovered.
-
-    ``open_kernel`` neither takes the store's test hook nor returns its recovered workflows; this
-    stands in until it does.
-    """
-
-    class ObservedStore(Store):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, hold_for_test=hold, **kwargs)
-
-        async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            await super().run(task_status=_Recording(task_status, recovered))
-
-    with mock.patch.object(supervisor, "Store", ObservedStore):
-        yield
-
-
-class _Recording:
-    """A task status that keeps a copy of what ``started`` is given."""
-
-    def __init__(self, status: Any, into: list[str]) -> None:
-        self.status, self.into = status, into
-
-    def started(self, value: Any = None) -> None:
-        self.into.extend(value or ())
-        self.status.started(value)
