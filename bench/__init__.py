@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS: tuple[str, ...] = (
     "engine_throughput", "emit_rpc", "run_overhead", "tap_latency", "time_travel",
     "hostile_input", "gate_check", "eval_run", "analytics_ingest", "analytics_query", "attest",
+    "memory_soak",
 )  # fmt: skip
 
 
