@@ -252,22 +252,28 @@ def _with_reference_deps(step: StepSpec, step_ids: set[str]) -> StepSpec:
 
 
 def _check_acyclic(steps: list[StepSpec]) -> None:
+    """Depth-first, with an explicit stack: a DAG may be a chain of thousands of steps, deeper
+    than the interpreter's recursion limit."""
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     by_id = {s.id: s for s in steps}
-
-    def visit(step_id: str, path: list[str]) -> None:
-        if state.get(step_id) == 2:
-            return
-        if state.get(step_id) == 1:
-            cycle = " → ".join([*path[path.index(step_id) :], step_id])
-            raise InvalidArgument(f"step {step_id!r}: depends_on: cycle {cycle}")
-        state[step_id] = 1
-        for dep in by_id[step_id].depends_on:
-            visit(dep, [*path, step_id])
-        state[step_id] = 2
-
     for step in steps:
-        visit(step.id, [])
+        if step.id in state:
+            continue
+        path: list[str] = [step.id]
+        pending: list[Iterator[str]] = [iter(step.depends_on)]
+        state[step.id] = 1
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:
+                state[path.pop()] = 2
+                pending.pop()
+            elif state.get(dep) == 1:
+                cycle = " → ".join([*path[path.index(dep) :], dep])
+                raise InvalidArgument(f"step {quoted(dep)}: depends_on: cycle {cycle[:300]}")
+            elif dep not in state:
+                state[dep] = 1
+                path.append(dep)
+                pending.append(iter(by_id[dep].depends_on))
 
 
 class UnresolvedReference(ValueError):

@@ -365,3 +365,15 @@ def test_step_seed_is_a_pure_function_of_its_arguments():
 
     digest = hashlib.sha256(b"7:outline").digest()
     assert step_seed(7, "outline") == int.from_bytes(digest[:8], "big") & (2**53 - 1)
+
+
+def test_a_chain_deeper_than_the_recursion_limit_parses_and_a_long_cycle_is_named():
+    """Found by the fuzz test: the cycle check was recursive, so 1,000 chained steps answered
+    INTERNAL (RecursionError)."""
+    chain = [{"id": "s0", "type": "t"}] + [
+        {"id": f"s{i}", "type": "t", "depends_on": [f"s{i - 1}"]} for i in range(1, 3000)
+    ]
+    assert len(parse_dag(json.dumps({"steps": chain}), None).steps) == 3000
+    chain[0] = {"id": "s0", "type": "t", "depends_on": ["s2999"]}
+    with pytest.raises(InvalidArgument, match="depends_on: cycle"):
+        parse_dag(json.dumps({"steps": chain}), None)
