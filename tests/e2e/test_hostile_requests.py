@@ -65,6 +65,9 @@ def _varint(value: int) -> bytes:
         (RUNTIME + "SubmitRun", "0a020801", "spec.dag_json"),
         (RUNTIME + "GetRun", "0801", "run_id"),
         (RUNTIME + "PatchStep", "0a01611201622801", "model"),
+        # A deprecated group (wire type 3) in a repeated message field decoded to None (found
+        # by the fuzz test: INTERNAL).
+        (RUNTIME + "CheckChangeGate", "1b", "diffs[0]"),
     ],
 )
 def test_a_field_sent_with_the_wrong_wire_type_is_invalid_argument(

@@ -67,6 +67,8 @@ def _check_message(message: Any, where: str, depth: int) -> None:
             if not isinstance(value, list):
                 raise WrongField(f"{path}: expected a repeated {meta.proto_type}")
             for index, item in enumerate(value):
+                if item is None:  # a deprecated group (wire type 3) decodes to None
+                    raise WrongField(f"{path}[{index}]: expected {meta.proto_type}, got a group")
                 _check_single(item, meta, f"{path}[{index}]", depth, name)
         else:
             _check_single(value, meta, path, depth, name)
