@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import betterproto2
+from foundry.kernel.cli.common import prepared_client, whole_number
 from foundry.kernel.core.evals import Regression, ScenarioStats, regression, summarize
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import runtime_api as api
@@ -66,12 +67,12 @@ def add_eval_commands(commands: Any) -> None:
     sync = verbs.add_parser("sync", help="create or update a pack's scenarios from a pack file")
     sync.add_argument("pack_file", help="TOML or JSON pack file")
     _client_options(sync)
-    sync.set_defaults(handler=_handler(cmd_sync, pack=True))
+    sync.set_defaults(handler=prepared_client(cmd_sync, _load_pack))
 
     listing = verbs.add_parser("list", help="scenarios with their latest results")
     listing.add_argument("pack", nargs="?", default="", help="only this pack")
     _client_options(listing)
-    listing.set_defaults(handler=_handler(cmd_list))
+    listing.set_defaults(handler=prepared_client(cmd_list))
 
     record = verbs.add_parser("record", help="judge a finished run and record the result")
     record.add_argument("pack")
@@ -79,41 +80,21 @@ def add_eval_commands(commands: Any) -> None:
     record.add_argument("run_id")
     record.add_argument("--commit", required=True, metavar="SHA")
     _client_options(record)
-    record.set_defaults(handler=_handler(cmd_record))
+    record.set_defaults(handler=prepared_client(cmd_record))
 
     run = verbs.add_parser("run", help="run a pack at a commit; exits 1 on a failure or regression")
     run.add_argument("pack_file", help="TOML or JSON pack file (synced first)")
     run.add_argument("--commit", required=True, metavar="SHA")
-    run.add_argument("--repeat", type=_positive_int, default=1, metavar="K")
+    run.add_argument("--repeat", type=whole_number, default=1, metavar="K")
     run.add_argument("--baseline", metavar="SHA", help="compare with the results at this commit")
     run.add_argument("--timeout", type=_positive_float, default=600.0, metavar="S",
                      help="seconds to wait for the runs (default 600)")  # fmt: skip
     _client_options(run)
-    run.set_defaults(handler=_handler(cmd_run, pack=True))
+    run.set_defaults(handler=prepared_client(cmd_run, _load_pack))
 
 
-def _handler(command: Any, *, pack: bool = False) -> Any:
-    """Read the pack file first (a bad file exits 2), then run ``command`` as a client command."""
-
-    def handler(args: argparse.Namespace) -> int:
-        from foundry.kernel.cli.main import _client
-
-        if pack:
-            args.pack_def = load_pack(args.pack_file)
-        result: int = _client(command)(args)
-        return result
-
-    return handler
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def _load_pack(args: argparse.Namespace) -> None:
+    args.pack_def = load_pack(args.pack_file)
 
 
 def _positive_float(text: str) -> float:

@@ -21,11 +21,12 @@ import argparse
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import betterproto2
+from foundry.kernel.cli.common import prepared_client, whole_number
 from foundry.kernel.cli.evals import list_scenarios, load_document, results_at, stats_of
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import runtime_api as api
@@ -60,7 +61,7 @@ def add_gate_commands(commands: Any) -> None:
     check.add_argument("--from-evals", metavar="PACK", help="add metrics from a pack's results")
     check.add_argument("--commit", metavar="SHA", help="the commit of --from-evals results")
     _client_options(check)
-    check.set_defaults(handler=_handler(cmd_check, prepare=_prepare_check))
+    check.set_defaults(handler=prepared_client(cmd_check, _prepare_check))
 
     followup = verbs.add_parser("followup", help="acknowledge a gate decision's follow-ups")
     followup.add_argument("gate_id")
@@ -70,39 +71,13 @@ def add_gate_commands(commands: Any) -> None:
                           help="who acknowledges (default: $USER)")  # fmt: skip
     followup.add_argument("--details", help="a JSON object")
     _client_options(followup)
-    followup.set_defaults(handler=_handler(cmd_followup, prepare=_prepare_followup))
+    followup.set_defaults(handler=prepared_client(cmd_followup, _prepare_followup))
 
     listing = verbs.add_parser("list", help="recent gate decisions, newest first")
     listing.add_argument("change_id", nargs="?", default="")
-    listing.add_argument("--limit", type=_limit, default=20, metavar="N")
+    listing.add_argument("--limit", type=whole_number, default=20, metavar="N")
     _client_options(listing)
-    listing.set_defaults(handler=_handler(cmd_list))
-
-
-def _handler(
-    command: Any, prepare: Callable[[argparse.Namespace], None] | None = None
-) -> Callable[[argparse.Namespace], int]:
-    """Check the local inputs first (a bad file exits 2), then run ``command`` as a client."""
-
-    def handler(args: argparse.Namespace) -> int:
-        from foundry.kernel.cli.main import _client
-
-        if prepare is not None:
-            prepare(args)
-        result: int = _client(command)(args)
-        return result
-
-    return handler
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 < value < 2**32:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+    listing.set_defaults(handler=prepared_client(cmd_list))
 
 
 # --- the request file ---------------------------------------------------------------------------
