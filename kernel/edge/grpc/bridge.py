@@ -1,19 +1,26 @@
-"""The seam between grpclib's handlers (asyncio) and the trio actors.
+"""The seam between the edges' handlers and the trio actors.
 
-Under trio-asyncio both worlds share one thread, so a handler can put its request straight into
-an actor's mailbox and wait on an asyncio future that the actor's reply resolves — no trio task
-per call (a ``trio_as_aio`` hop costs ~190 µs here; this ~75 µs). A Watch subscription delivers
-into an asyncio queue, so its stream reads with no hop per item; a TapRun subscription
-(:class:`StreamSink`) collects what the broker offers and wakes its handler, whose task frames
-it and writes it. The broker never writes to a connection.
+Two kinds of caller ask the actors: grpclib's handlers run on asyncio (trio-asyncio's loop), the
+HTTP edge's (hypercorn's trio worker) run in trio tasks. Both share the actors' thread, so a
+handler puts its request straight into an actor's mailbox and waits on a reply slot of its own
+world — an asyncio future, or a trio event — that the actor's answer resolves: no task and no
+trio-asyncio hop per call (a ``trio_as_aio`` hop costs ~190 µs here; the asyncio path ~75 µs).
+Which world a caller is in is asked of ``sniffio`` (~0.2 µs; it answers "asyncio" inside
+trio-asyncio's tasks).
+
+A Watch subscription (:class:`QueueSink`) and a TapRun subscription (:class:`StreamSink`) only
+store what the broker offers and wake their reader, in whichever world it waits; the reader's
+task frames and writes it. The broker never writes to a connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
+import sniffio
 import trio
 import trio_asyncio
 from foundry.kernel.actors.mailbox import Reply, unwrap
@@ -24,6 +31,12 @@ T = TypeVar("T")
 M = TypeVar("M")
 
 _END: Any = object()
+_EMPTY: Any = object()
+
+
+def on_trio() -> bool:
+    """Whether the running task is a trio task (the HTTP edge), not an asyncio one (grpclib)."""
+    return sniffio.current_async_library() == "trio"
 
 
 class FutureSlot:
@@ -42,74 +55,147 @@ class FutureSlot:
             self.future.set_result(item)
 
 
+class TrioSlot:
+    """An answer for an asker in a trio task (an HTTP handler): sets its event."""
+
+    __slots__ = ("event", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = _EMPTY
+
+    def put(self, item: Any) -> None:
+        if self.value is _EMPTY:  # a gone asker's answer is dropped with the slot
+            self.value = item
+            self.event.set()
+
+
 async def ask_actor(mailbox: trio.MemorySendChannel[M], build: Callable[[Reply[T]], M]) -> T:
-    """Send a request from the asyncio side and wait for the answer (errors are raised)."""
+    """Send a request from a handler (asyncio or trio) and wait for the answer (errors are
+    raised)."""
+    if on_trio():
+        return await _ask_from_trio(mailbox, build)
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     message = build(Reply(FutureSlot(future)))
     try:
-        mailbox.send_nowait(message)
-    except trio.WouldBlock:  # a full mailbox: wait for room, in trio
-        await trio_asyncio.trio_as_aio(mailbox.send)(message)
+        try:
+            mailbox.send_nowait(message)
+        except trio.WouldBlock:  # a full mailbox: wait for room, in trio
+            await trio_asyncio.trio_as_aio(mailbox.send)(message)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         raise Unavailable("the daemon is shutting down") from None
     result: T = unwrap(await future)
     return result
 
 
-class QueueSink:
-    """A subscription read from the asyncio side (see ``actors/tap/messages.Sink``)."""
+async def _ask_from_trio(mailbox: trio.MemorySendChannel[M], build: Callable[[Reply[T]], M]) -> T:
+    slot = TrioSlot()
+    message = build(Reply(slot))
+    try:
+        try:
+            mailbox.send_nowait(message)
+        except trio.WouldBlock:
+            await mailbox.send(message)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise Unavailable("the daemon is shutting down") from None
+    await slot.event.wait()
+    result: T = unwrap(slot.value)
+    return result
+
+
+class _Wakeup:
+    """One reader waiting, in its own world: an asyncio future or a trio event, made when the
+    reader waits (a sink may be made in one world and read in the other)."""
+
+    __slots__ = ("_waiter",)
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._waiter: asyncio.Future[None] | trio.Event | None = None
+
+    async def wait(self) -> None:
+        if on_trio():
+            event = self._waiter = trio.Event()
+            try:
+                await event.wait()
+            finally:
+                self._waiter = None
+            return
+        future = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await future
+        finally:
+            self._waiter = None
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            return
+        if isinstance(waiter, trio.Event):
+            waiter.set()
+        elif not waiter.done():
+            waiter.set_result(None)
+
+
+class QueueSink:
+    """A subscription read by one handler task, asyncio or trio (see
+    ``actors/tap/messages.Sink``)."""
+
+    __slots__ = ("_items", "_closed", "_ended", "_wakeup")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
         self._closed = False
         self._ended = False
+        self._wakeup = _Wakeup()
 
     def offer(self, item: Any, capacity: int) -> bool:
         if self._closed:
             return False
-        if self._queue.qsize() >= capacity:
-            self._queue.put_nowait(Overflow(capacity))
+        if len(self._items) >= capacity:
+            self._items.append(Overflow(capacity))
             self.close()
             return False
-        self._queue.put_nowait(item)
+        self._items.append(item)
+        self._wakeup.wake()
         return True
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._queue.put_nowait(_END)
+            self._items.append(_END)
+            self._wakeup.wake()
 
     async def batch(self, limit: int = 512) -> list[Any]:
         """What is waiting (at least one item, at most ``limit``); [] once the subscription
         ended."""
         if self._ended:
             return []
-        items = [await self._queue.get()]
-        while len(items) < limit and not self._queue.empty():
-            items.append(self._queue.get_nowait())
-        if items[-1] is _END:
+        while not self._items:
+            await self._wakeup.wait()
+        items = self._items
+        count = min(limit, len(items))
+        batch = [items.popleft() for _ in range(count)]
+        if batch[-1] is _END:
             self._ended = True
-            items.pop()
-            if not items:
-                return []
-        return items
+            batch.pop()
+        return batch
 
 
-Framer = Callable[[list[Any]], tuple[list[bytes], bool]]
-"""Items → (the serialized messages to send, whether the stream is complete after them)."""
+Framer = Callable[[list[Any]], tuple[list[Any], bool]]
+"""Items → (the messages to send — serialized or not, as the handler needs — and whether the
+stream is complete after them)."""
 
 
 class StreamSink:
-    """A subscription whose handler sends serialized messages (see ``tap_messages.Sink``).
+    """A subscription whose handler sends what a framer makes of it (see ``tap_messages.Sink``).
 
-    The broker only offers items: an offer appends to the backlog and wakes the handler (it
-    resolves an asyncio future — broker and handlers share one thread under trio-asyncio). The
-    handler's :meth:`take` frames the whole backlog at once, for one HTTP/2 write from the
-    handler's own task; a backlog that grows past the capacity while the handler waits on the
-    peer cuts the subscriber off (an :class:`Overflow`).
+    The broker only offers items: an offer appends to the backlog and wakes the handler (in its
+    own world, asyncio or trio). The handler's :meth:`take` frames the whole backlog at once, for
+    one write from the handler's own task; a backlog that grows past the capacity while the
+    handler waits on the peer cuts the subscriber off (an :class:`Overflow`).
     """
 
-    __slots__ = ("_framer", "_pending", "_closed", "_complete", "_overflow", "_waiter")
+    __slots__ = ("_framer", "_pending", "_closed", "_complete", "_overflow", "_wakeup")
 
     def __init__(self, framer: Framer) -> None:
         self._framer = framer
@@ -117,7 +203,7 @@ class StreamSink:
         self._closed = False
         self._complete = False  # the framer has framed the last item
         self._overflow: Overflow | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._wakeup = _Wakeup()
 
     def offer(self, item: Any, capacity: int) -> bool:
         if self._closed or self._complete:
@@ -127,15 +213,15 @@ class StreamSink:
             self.close()
             return False
         self._pending.append(item)
-        self._wake()
+        self._wakeup.wake()
         return True
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._wake()
+            self._wakeup.wake()
 
-    async def take(self) -> tuple[list[bytes], Literal["more", "end"] | Overflow]:
+    async def take(self) -> tuple[list[Any], Literal["more", "end"] | Overflow]:
         """Wait for the backlog: the messages to send, then whether more may follow ("more"),
         the stream is complete ("end"), or the subscriber fell behind (an :class:`Overflow`;
         nothing to send)."""
@@ -150,13 +236,4 @@ class StreamSink:
                 continue
             if self._complete or self._closed:
                 return [], "end"
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            await self._wakeup.wait()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import re
 from functools import cache
 from typing import Any
 
@@ -144,3 +145,49 @@ def _wire_kind(value: Any) -> str:
     if isinstance(value, float):
         return "fixed-width number"
     return type(value).__name__
+
+
+def coerce_json_numbers(message: Any, depth: int = 0) -> None:
+    """Give numbers decoded from proto3 JSON their declared type, in place, before
+    :func:`check_request`: JSON writes a whole double as ``5`` (an ``int`` once parsed) and a
+    64-bit integer, bare or in a wrapper, may come as a decimal string (``"42"``). Anything else
+    is left for :func:`check_request` to refuse."""
+    if depth > MAX_NESTING or not isinstance(message, betterproto2.Message):
+        return
+    for name, meta in _fields(type(message)):
+        value = getattr(message, name)
+        if meta.proto_type == betterproto2.TYPE_MAP:
+            if isinstance(value, dict) and meta.map_meta is not None:
+                for key, item in value.items():
+                    value[key] = _coerced(item, meta.map_meta[1], depth)
+        elif meta.repeated:
+            if isinstance(value, list):
+                value[:] = [_coerced(item, meta, depth) for item in value]
+        else:
+            setattr(message, name, _coerced(value, meta, depth))
+
+
+def _coerced(value: Any, meta: betterproto2.FieldMetadata, depth: int) -> Any:
+    kind = meta.proto_type
+    if kind == betterproto2.TYPE_MESSAGE:
+        if meta.unwrap is not None and value is not None:
+            wrapper = meta.unwrap()
+            if wrapper.__name__ not in _UNWRAPPED_SPECIAL:
+                [(_, inner)] = _fields(wrapper)
+                return _scalar(value, inner.proto_type)
+        coerce_json_numbers(value, depth + 1)
+        return value
+    return _scalar(value, kind)
+
+
+def _scalar(value: Any, kind: str) -> Any:
+    if isinstance(value, bool):
+        return value
+    if kind in (betterproto2.TYPE_DOUBLE, betterproto2.TYPE_FLOAT) and isinstance(value, int):
+        return float(value)
+    if kind in _INT_TYPES and isinstance(value, str) and _DECIMAL.fullmatch(value):
+        return int(value)
+    return value
+
+
+_DECIMAL = re.compile(r"-?[0-9]{1,20}")

@@ -1,0 +1,260 @@
+"""The ASGI application on the HTTP listener: CORS, the bearer token, the drain, then Connect and
+gRPC-Web (``connectrpc``) for the RPCs and WebSocket streams (``websocket.py``).
+
+Requests answered here, before connectrpc sees them: CORS preflights; a disallowed ``Origin``
+(403); a missing or wrong token (401, ``unauthenticated``); a call while the daemon stops (503,
+``unavailable``); a body whose declared length is over ``[daemon] max_message_bytes``
+(``resource_exhausted``); a path that names no RPC (404, ``unimplemented``); an RPC as GET (405:
+no RPC here is declared free of side effects, and a GET could be forged by any web page). ``/``
+and ``/dashboard/…`` are the browser dashboard's static files (``dashboard/``), read with GET.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any
+from urllib.parse import quote
+
+import trio
+from connectrpc.server import ConnectASGIApplication
+from foundry.kernel.edge.http import dashboard
+from foundry.kernel.edge.http.codecs import BinaryCodec, JsonCodec
+from foundry.kernel.edge.http.cors import OriginPolicy
+from foundry.kernel.edge.http.internals import pick_loop_by_sniffio
+from foundry.kernel.edge.http.routes import endpoints, paths_by_service
+from foundry.kernel.edge.http.websocket import WebSocketStreams
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+ALLOWED_METHODS = "POST, GET, OPTIONS"
+EXPOSED_HEADERS = (
+    "Grpc-Status, Grpc-Message, Grpc-Status-Details-Bin, Content-Encoding, "
+    "Connect-Content-Encoding, Connect-Accept-Encoding"
+)
+PREFLIGHT_MAX_AGE = "7200"
+
+
+class _Rpcs(ConnectASGIApplication[None]):
+    """connectrpc's application over our hand-built endpoints (no generated Connect code)."""
+
+    @property
+    def path(self) -> str:
+        return "/"
+
+
+TokenCheck = Callable[[str | None], bool]
+
+
+class HttpApp:
+    """The listener's application; ``accepting`` turns off when the daemon stops, ``active``
+    counts the requests and WebSocket streams in flight."""
+
+    def __init__(
+        self,
+        services: Iterable[Any],
+        *,
+        max_message_bytes: int,
+        origins: OriginPolicy,
+        token_check: TokenCheck | None,
+    ) -> None:
+        pick_loop_by_sniffio()
+        services = list(services)
+        routes: Mapping[str, Any] = endpoints(services)
+        self._rpcs = _Rpcs(
+            service=None,
+            endpoints=lambda _: routes,
+            read_max_bytes=max_message_bytes,
+            codecs=[BinaryCodec(max_message_bytes), JsonCodec(max_message_bytes)],
+        )
+        self._routes = routes
+        self._prefixes = paths_by_service(routes)
+        self._limit = max_message_bytes
+        self._origins = origins
+        self._token_check = token_check
+        self._streams = WebSocketStreams(services, origins, token_check)
+        self.accepting = True
+        self.active = 0
+        self.idle = trio.Event()
+        self.idle.set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await _lifespan(receive, send)
+            return
+        self._enter()
+        try:
+            if kind == "websocket":
+                await self._streams(scope, receive, send, lambda: self.accepting)
+            elif kind == "http":
+                await self._http(scope, receive, send)
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
+        self.active += 1
+        if self.idle.is_set():
+            self.idle = trio.Event()
+
+    def _leave(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self.idle.set()
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if dashboard.is_dashboard_path(scope["path"]):  # public static files, no RPC
+            await dashboard.serve(scope, send)
+            return
+        headers = _headers(scope)
+        origin = headers.get("origin")
+        if scope["method"] == "OPTIONS":
+            await self._preflight(origin, headers, send)
+            return
+        if origin is not None:
+            if not self._origins.allows(origin):
+                await _error(send, 403, "permission_denied", f"origin {origin[:100]!r} is "
+                             "not allowed ([http] cors_origins)", headers)  # fmt: skip
+                return
+            send = _with_cors(send, origin)
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            status, code, message, extra = refusal
+            await _error(send, status, code, message, headers, extra)
+            return
+        await self._rpcs(scope, receive, _with_length(send))
+
+    def _refusal(
+        self, scope: Scope, headers: Mapping[str, str]
+    ) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
+        if self._token_check is not None and not self._token_check(headers.get("authorization")):
+            return 401, "unauthenticated", "a bearer token is required (Authorization: Bearer " \
+                "<token>)", [(b"www-authenticate", b"Bearer")]  # fmt: skip
+        if not self.accepting:
+            return 503, "unavailable", "the daemon is shutting down", []
+        path = scope["path"]
+        if path not in self._routes:
+            what = "method" if any(path.startswith(p) for p in self._prefixes) else "service"
+            return 404, "unimplemented", f"unknown {what}: {path[:100]!r}", []
+        if scope["method"] != "POST":
+            return 405, "unimplemented", "RPCs are called with POST", [(b"allow", b"POST")]
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self._limit:
+            message = (f"request: {int(length)} bytes is over the {self._limit}-byte message "
+                       "limit ([daemon] max_message_bytes)")  # fmt: skip
+            return 413, "resource_exhausted", message, []
+        return None
+
+    async def _preflight(self, origin: str | None, headers: Mapping[str, str], send: Send) -> None:
+        if origin is None or not self._origins.allows(origin):
+            await _respond(send, 403, [(b"content-type", b"text/plain")],
+                           b"origin not allowed ([http] cors_origins)\n")  # fmt: skip
+            return
+        allow = [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"access-control-allow-methods", ALLOWED_METHODS.encode()),
+            (b"access-control-max-age", PREFLIGHT_MAX_AGE.encode()),
+            (b"vary", b"Origin, Access-Control-Request-Headers"),
+        ]
+        requested = headers.get("access-control-request-headers")
+        if requested:
+            allow.append((b"access-control-allow-headers", requested.encode("latin-1")))
+        await _respond(send, 204, allow, b"")
+
+
+def _with_cors(send: Send, origin: str) -> Send:
+    """The response's start gets the CORS headers for an allowed ``origin``."""
+    extra = [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-expose-headers", EXPOSED_HEADERS.encode()),
+        (b"vary", b"Origin"),
+    ]
+
+    async def cors_send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return cors_send
+
+
+def _with_length(send: Send) -> Send:
+    """A one-piece response (every unary one) gets a ``content-length``: connectrpc sends none,
+    so HTTP/1.1 would frame it in chunks — a third write and a third packet per call."""
+    start: MutableMapping[str, Any] | None = None
+
+    async def length_send(message: MutableMapping[str, Any]) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            return
+        if start is not None:
+            one_piece = message["type"] == "http.response.body" and not message.get("more_body")
+            if one_piece and not any(k == b"content-length" for k, _ in start.get("headers", ())):
+                length = str(len(message.get("body", b""))).encode()
+                start = {
+                    **start,
+                    "headers": [*start.get("headers", ()), (b"content-length", length)],
+                }
+            await send(start)
+            start = None
+        await send(message)
+
+    return length_send
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+
+
+GRPC_STATUS = {"unauthenticated": 16, "unavailable": 14, "unimplemented": 12,
+               "resource_exhausted": 8, "permission_denied": 7}  # fmt: skip
+
+
+async def _error(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str],
+    extra: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """A Connect error (JSON body); a gRPC-Web caller gets its status in headers too."""
+    content_type = headers.get("content-type", "")
+    response = [*extra]
+    if content_type.startswith("application/grpc"):  # gRPC-Web: a trailers-only response
+        response += [(b"content-type", content_type.encode("latin-1")),
+                     (b"grpc-status", str(GRPC_STATUS.get(code, 2)).encode()),
+                     (b"grpc-message", _percent(message).encode())]  # fmt: skip
+        await _respond(send, 401 if status == 401 else 200, response, b"")
+        return
+    body = json.dumps({"code": code, "message": message}).encode()
+    response.append((b"content-type", b"application/json"))
+    await _respond(send, status, response, body)
+
+
+def _percent(text: str) -> str:
+    """grpc-message is percent-encoded (the gRPC HTTP/2 spec)."""
+    return quote(text, safe=GRPC_MESSAGE_SAFE)
+
+
+GRPC_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+async def _respond(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,129 @@
+"""Connect codecs over betterproto2 messages: protobuf binary and proto3 JSON.
+
+A request is held to the gRPC port's rules: at most ``[daemon] max_message_bytes``, decoded,
+then type-checked (``grpc.message_check.check_request``); anything wrong is INVALID_ARGUMENT
+naming the field (RESOURCE_EXHAUSTED for the size), never an error of the daemon. A reply
+already serialized (``grpc.internals.Encoded``, say Analytics.Query's rows) goes out as it is in
+binary, and is read back once for JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import betterproto2
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from foundry.kernel.edge.grpc.internals import Encoded
+from foundry.kernel.edge.grpc.message_check import (
+    WrongField,
+    check_request,
+    coerce_json_numbers,
+)
+from foundry.kernel.edge.http import jsonfast
+
+log = logging.getLogger("foundry.http")
+
+
+class TypedEncoded(Encoded):
+    """A serialized reply and its message type (the JSON codec needs the type)."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, data: bytes, kind: type[betterproto2.Message]) -> None:
+        super().__init__(data)
+        self.kind = kind
+
+
+def size_error(length: int, limit: int) -> ConnectError:
+    return ConnectError(
+        Code.RESOURCE_EXHAUSTED,
+        f"request: {length} bytes is over the {limit}-byte message limit "
+        "([daemon] max_message_bytes)",
+    )
+
+
+class _CheckedCodec:
+    def __init__(self, max_message_bytes: int) -> None:
+        self._limit = max_message_bytes
+
+    def _parse(self, data: bytes | bytearray, kind: type[betterproto2.Message]) -> Any:
+        raise NotImplementedError
+
+    def decode(self, data: bytes | bytearray, message_class: type[Any]) -> Any:
+        if len(data) > self._limit:
+            raise size_error(len(data), self._limit)
+        try:
+            message = self._parse(data, message_class)
+            check_request(message)
+        except WrongField as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, f"request: {exc}") from None
+        except Exception as exc:  # RecursionError included: a hostile document
+            name = getattr(message_class, "__name__", "message")
+            reason = f"{type(exc).__name__}: {str(exc)[:100]}"
+            raise ConnectError(
+                Code.INVALID_ARGUMENT, f"request: not a valid {name}: {reason}"
+            ) from None
+        return message
+
+
+class BinaryCodec(_CheckedCodec):
+    """``application/proto`` (Connect) and ``application/grpc-web`` (gRPC-Web)."""
+
+    def name(self) -> str:
+        return "proto"
+
+    def encode(self, message: Any) -> bytes:
+        if isinstance(message, Encoded):
+            return message.data
+        with _reply_errors():
+            return bytes(message)
+
+    def _parse(self, data: bytes | bytearray, kind: type[betterproto2.Message]) -> Any:
+        return kind().parse(bytes(data))
+
+
+class JsonCodec(_CheckedCodec):
+    """``application/json``: proto3 JSON (camelCase names out; either case in). Unknown fields
+    are ignored, as in binary, so older daemons take newer clients' requests."""
+
+    def name(self) -> str:
+        return "json"
+
+    def encode(self, message: Any) -> bytes:
+        with _reply_errors():
+            if isinstance(message, TypedEncoded):
+                message = message.kind().parse(message.data)
+            return to_json(message).encode()
+
+    def _parse(self, data: bytes | bytearray, kind: type[betterproto2.Message]) -> Any:
+        if not bytes(data).strip():
+            return kind()  # Connect allows an empty body for an empty message
+        document = json.loads(bytes(data))
+        if not isinstance(document, dict):
+            raise WrongField(f"expected a JSON object, got {type(document).__name__}")
+        message = jsonfast.from_dict(kind, document)
+        coerce_json_numbers(message)  # 5 for a double, "42" for an int64: proto3 JSON allows both
+        return message
+
+
+@contextmanager
+def _reply_errors() -> Iterator[None]:
+    """A reply that cannot be serialized is the daemon's fault: logged once, answered INTERNAL
+    (connectrpc would send the exception's text as ``unknown``)."""
+    try:
+        yield
+    except Exception as exc:
+        log.error("cannot serialize a reply", exc_info=exc)
+        raise ConnectError(
+            Code.INTERNAL, "internal error; the daemon log has the details"
+        ) from None
+
+
+def to_json(message: betterproto2.Message) -> str:
+    """proto3 JSON, as betterproto2's ``to_json`` writes it (``jsonfast`` for simple messages)."""
+    return json.dumps(jsonfast.to_dict(message))

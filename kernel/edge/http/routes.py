@@ -1,0 +1,94 @@
+"""Connect endpoints for the very service objects the gRPC port serves.
+
+Each route comes from the service's grpclib mapping (path, cardinality, request and reply types),
+so an RPC added to a service is on both ports at once; the HTTP route calls the service's object
+API (``emit(message)``, the async generator ``watch(message)``), where grpclib calls the same
+method through its generated stream adapter. Errors go through the one table (``errors.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import aclosing
+from typing import Any
+
+from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
+from connectrpc.request import RequestContext
+from connectrpc.server import Endpoint
+from foundry.kernel.edge.grpc.internals import Encoded
+from foundry.kernel.edge.http.codecs import TypedEncoded
+from foundry.kernel.edge.http.errors import connect_error
+from grpclib.const import Cardinality
+
+STREAM_TYPES = {
+    Cardinality.UNARY_UNARY: StreamType.UNARY,
+    Cardinality.UNARY_STREAM: StreamType.SERVER_STREAM,
+}
+_WORD = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def python_name(method: str) -> str:
+    """``GetAttestations`` → ``get_attestations`` (betterproto2's method names)."""
+    return _WORD.sub("_", method).lower()
+
+
+def endpoints(services: Iterable[Any]) -> dict[str, Endpoint[Any, Any]]:
+    """``/package.Service/Method`` → a Connect endpoint, for every unary and server-streaming
+    RPC of ``services`` (client and bidi streams: none today; they stay gRPC-only)."""
+    routes: dict[str, Endpoint[Any, Any]] = {}
+    for service in services:
+        for path, handler in service.__mapping__().items():
+            stream_type = STREAM_TYPES.get(handler.cardinality)
+            if stream_type is None:
+                continue
+            service_name, _, name = path.strip("/").partition("/")
+            method = MethodInfo(
+                name=name,
+                service_name=service_name,
+                input=handler.request_type,
+                output=handler.reply_type,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=stream_type,
+            )
+            function = getattr(service, python_name(name))
+            if stream_type is StreamType.UNARY:
+                routes[path] = Endpoint.unary(method, _unary(function, handler.reply_type))
+            else:
+                routes[path] = Endpoint.server_stream(method, _streaming(function))
+    return routes
+
+
+def _unary(
+    function: Callable[[Any], Awaitable[Any]], reply_type: type[Any]
+) -> Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]]:
+    async def call(request: Any, ctx: RequestContext[Any, Any]) -> Any:
+        try:
+            reply = await function(request)
+        except Exception as exc:
+            raise connect_error(exc) from None
+        if isinstance(reply, Encoded):
+            return TypedEncoded(reply.data, reply_type)
+        return reply
+
+    return call
+
+
+def _streaming(
+    function: Callable[[Any], AsyncIterator[Any]],
+) -> Callable[[Any, RequestContext[Any, Any]], AsyncIterator[Any]]:
+    async def call(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            async with aclosing(function(request)) as replies:  # type: ignore[type-var]
+                async for reply in replies:
+                    yield reply
+        except Exception as exc:
+            raise connect_error(exc) from None
+
+    return call
+
+
+def paths_by_service(routes: Mapping[str, Any]) -> set[str]:
+    """The service prefixes served (``/foundry.Foundry/``): an unknown method under one of them,
+    or an unknown service, answers UNIMPLEMENTED."""
+    return {path.rsplit("/", 1)[0] + "/" for path in routes}

@@ -1,0 +1,136 @@
+"""The HTTP listener: hypercorn's trio worker (HTTP/1.1, h2c and, with TLS, h2 by ALPN) serving
+:class:`~foundry.kernel.edge.http.app.HttpApp` inside the daemon's trio run.
+
+The socket is bound by the daemon first (:func:`bind_http`), so a port in use fails the start in
+one line. A stop is orderly, like the gRPC port's: :meth:`HttpServer.stop_accepting` closes the
+listening socket and refuses new calls (503 ``unavailable``), :meth:`HttpServer.drain` waits for
+the calls in flight, :meth:`HttpServer.close` cancels what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from foundry.kernel.edge.grpc.server import bind
+from foundry.kernel.edge.http.app import HttpApp
+from foundry.kernel.edge.http.cors import OriginPolicy
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+
+log = logging.getLogger("foundry.http")
+
+KEEP_ALIVE_SECONDS = 60  # browsers and HTTP/1.1 clients reuse a connection between calls
+WEBSOCKET_MAX_MESSAGE = 64 * 1024  # clients send nothing the streams read
+
+
+class _Config(HypercornConfig):
+    """hypercorn's config with a TLS context made by the caller (``edge/security.py``)."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None) -> None:
+        super().__init__()
+        self._ssl_context = ssl_context
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self._ssl_context
+
+
+def bind_http(host: str, port: int) -> socket.socket:
+    """The listening socket (OSError goes to the caller); hypercorn listens on it."""
+    sock = bind(host, port)
+    sock.setblocking(False)
+    return sock
+
+
+def token_check(token: str | None) -> Any:
+    """The bearer-token check of ``edge/security.py`` for ``token``, or None (no token)."""
+    if token is None:
+        return None
+    from foundry.kernel.edge.security import token_matches
+
+    return lambda header: token_matches(header, token)
+
+
+class HttpServer:
+    def __init__(self, app: HttpApp, address: str) -> None:
+        self.app, self.address = app, address
+        self._shutdown = trio.Event()
+        self._cancel = trio.CancelScope()
+        self._done = trio.Event()
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; calls on open connections get 503 ``unavailable``."""
+        self.app.accepting = False
+        self._shutdown.set()
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for the calls and streams in flight; returns how many
+        are left."""
+        with trio.move_on_after(grace):
+            await self.app.idle.wait()
+        return self.app.active
+
+    async def close(self) -> None:
+        """Cancel what still runs."""
+        self.stop_accepting()
+        self._cancel.cancel()
+        await self._done.wait()
+
+    async def run(self, config: HypercornConfig, sockets: Sockets) -> None:
+        try:
+            with self._cancel:
+                await worker_serve(
+                    wrap_app(self.app, 0, "asgi"),  # type: ignore[arg-type]
+                    config,
+                    sockets=sockets,
+                    shutdown_trigger=self._shutdown.wait,
+                )
+        finally:
+            self._done.set()
+
+
+@asynccontextmanager
+async def open_http_server(
+    services: Iterable[Any],
+    sock: socket.socket,
+    *,
+    max_message_bytes: int,
+    cors_origins: tuple[str, ...],
+    grace: float,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[HttpServer]:
+    """Serve ``services`` on ``sock`` until the block ends (then whatever runs is cancelled)."""
+    app = HttpApp(
+        services,
+        max_message_bytes=max_message_bytes,
+        origins=OriginPolicy(cors_origins),
+        token_check=token_check(token),
+    )
+    bound = sock.getsockname()
+    host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    server = HttpServer(app, f"{host}:{bound[1]}")
+    config = _Config(ssl_context)
+    config.graceful_timeout = grace
+    config.keep_alive_timeout = KEEP_ALIVE_SECONDS
+    config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE
+    config.accesslog = None
+    config.errorlog = log
+    secure = ssl_context is not None
+    sockets = Sockets(
+        secure_sockets=[sock] if secure else [], insecure_sockets=[] if secure else [sock],
+        quic_sockets=[],
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run, config, sockets)
+        try:
+            yield server
+        finally:
+            await server.close()

@@ -1,0 +1,180 @@
+"""gRPC-Web (binary) end to end, and bad input over each protocol of the HTTP listener: the
+right Connect code or gRPC status naming the field, never a 500 — and the daemon lives on."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.protocol import ProtocolType
+from foundry.proto import foundry_api, runtime_api
+
+from tests.e2e.http_helpers import (
+    connect_client,
+    envelope,
+    envelopes,
+    grpc_web_call,
+    method_info,
+    url,
+)
+
+EMIT = "/foundry.Foundry/Emit"
+TAP = "/fleetforge.runtime.v1.RuntimeService/TapRun"
+SUBMIT = "/fleetforge.runtime.v1.RuntimeService/SubmitRun"
+LIMIT = 64 * 1024
+DAG = json.dumps({"steps": [{"id": "a", "type": "transform", "inputs": {"value": 1}}]})
+STRING_AS_VARINT = b"\x08\x05"  # EmitRequest.event_type (field 1, a string) sent as a varint
+
+
+@pytest.fixture(scope="module")
+def daemon(shared_daemon):
+    return shared_daemon(f"[daemon]\nmax_message_bytes = {LIMIT}\n")
+
+
+def connect_error(response):
+    assert response.headers["content-type"] == "application/json", response.text
+    return response.status_code, response.json()["code"], response.json().get("message", "")
+
+
+# --- gRPC-Web -----------------------------------------------------------------------------------
+
+
+def test_grpc_web_unary_and_stream_with_the_connectrpc_client(daemon):
+    with connect_client(daemon, ProtocolType.GRPC_WEB) as client:
+        emitted = client.execute_unary(
+            request=foundry_api.EmitRequest(event_type="nobody_listens", project="gw"),
+            method=method_info(EMIT),
+        )
+        assert emitted.event_id.startswith("evt_")
+        run_id = client.execute_unary(
+            request=runtime_api.SubmitRunRequest(spec=runtime_api.RunSpec(dag_json=DAG)),
+            method=method_info(SUBMIT),
+        ).run_id
+        events = list(client.execute_server_stream(
+            request=runtime_api.TapRunRequest(run_id=run_id), method=method_info(TAP)
+        ))  # fmt: skip
+        assert events[-1].kind == "run_succeeded"
+        with pytest.raises(ConnectError) as refused:
+            client.execute_unary(
+                request=foundry_api.EmitRequest(project="gw"), method=method_info(EMIT)
+            )
+    assert refused.value.code is Code.INVALID_ARGUMENT
+    assert "event_type" in refused.value.message
+
+
+def test_grpc_web_raw_frames_carry_the_reply_then_trailers(daemon):
+    request = bytes(foundry_api.EmitRequest(event_type="nobody_listens", project="raw"))
+    messages, trailers = grpc_web_call(daemon, EMIT, envelope(request))
+    assert trailers["grpc-status"] == "0"
+    assert foundry_api.EmitResponse().parse(messages[0]).event_id.startswith("evt_")
+
+
+def test_grpc_web_bad_input_names_the_field(daemon):
+    _, trailers = grpc_web_call(daemon, EMIT, envelope(STRING_AS_VARINT))
+    assert trailers["grpc-status"] == "3"  # INVALID_ARGUMENT
+    assert "event_type" in trailers["grpc-message"]
+
+
+def test_grpc_web_unknown_method_is_unimplemented(daemon):
+    _, trailers = grpc_web_call(daemon, "/foundry.Foundry/Nope", envelope(b""))
+    assert trailers["grpc-status"] == "12"
+
+
+def test_grpc_web_oversize_message_is_resource_exhausted(daemon):
+    big = bytes(foundry_api.EmitRequest(event_type="x", payload_json="x" * (LIMIT + 10)))
+    _, trailers = grpc_web_call(daemon, EMIT, envelope(big))
+    assert trailers["grpc-status"] == "8"
+
+
+# --- Connect JSON -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b'{"eventType": 5}', "event_type"),
+        (b'{"eventType": "x", "throttle": "THROTTLE_NOPE"}', "THROTTLE_NOPE"),
+        (b'{"eventType": "x", "payloadJson": "[1, 2]"}', "payload_json"),
+        (b"{not json", "not a valid EmitRequest"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"eventType": ["x"]}', "event_type"),
+        (b"{" * 5000, "not a valid EmitRequest"),
+    ],
+    ids=["wrong type", "unknown enum", "payload not an object", "bad JSON", "not an object",
+         "list for string", "deep nesting"],
+)  # fmt: skip
+def test_bad_json_is_invalid_argument_naming_the_field(daemon, body, needle):
+    response = httpx.post(url(daemon, EMIT), content=body,
+                          headers={"content-type": "application/json"})  # fmt: skip
+    status, code, message = connect_error(response)
+    assert (status, code) == (400, "invalid_argument")
+    assert needle in message
+
+
+def test_unknown_method_and_service_are_404_unimplemented(daemon):
+    for path, what in (("/foundry.Foundry/Nope", "method"), ("/no.Such/Thing", "service")):
+        response = httpx.post(url(daemon, path), json={})
+        assert connect_error(response)[:2] == (404, "unimplemented")
+        assert what in connect_error(response)[2]
+
+
+def test_oversize_bodies_are_resource_exhausted(daemon):
+    payload = {"eventType": "x", "payloadJson": "x" * (LIMIT + 10)}
+    response = httpx.post(url(daemon, EMIT), json=payload)
+    status, code, message = connect_error(response)
+    assert code == "resource_exhausted"
+    assert "max_message_bytes" in message
+
+    def chunked():  # no content-length: refused while reading
+        yield json.dumps(payload).encode()
+
+    response = httpx.post(url(daemon, EMIT), content=chunked(),
+                          headers={"content-type": "application/json"})  # fmt: skip
+    assert connect_error(response)[1] == "resource_exhausted"
+
+
+def test_unsupported_content_type_and_get_are_refused(daemon):
+    response = httpx.post(url(daemon, EMIT), content=b"x", headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+    response = httpx.get(url(daemon, EMIT), params={"encoding": "json", "message": "{}"})
+    assert connect_error(response)[:2] == (405, "unimplemented")
+
+
+# --- Connect binary -----------------------------------------------------------------------------
+
+
+def test_bad_binary_is_invalid_argument_naming_the_field(daemon):
+    response = httpx.post(url(daemon, EMIT), content=STRING_AS_VARINT,
+                          headers={"content-type": "application/proto"})  # fmt: skip
+    status, code, message = connect_error(response)
+    assert (status, code) == (400, "invalid_argument")
+    assert "event_type" in message
+    garbage = httpx.post(url(daemon, EMIT), content=b"\xff\xff\xff",
+                         headers={"content-type": "application/proto"})  # fmt: skip
+    assert connect_error(garbage)[1] == "invalid_argument"
+
+
+def test_streaming_errors_end_the_stream_with_the_code(daemon):
+    response = httpx.post(url(daemon, TAP), content=envelope(b'{"runId": 7}'),
+                          headers={"content-type": "application/connect+json"})  # fmt: skip
+    ((flags, end),) = envelopes(response.content)
+    assert flags == 2
+    assert json.loads(end)["error"]["code"] == "invalid_argument"
+    assert "run_id" in json.loads(end)["error"]["message"]
+    unknown = httpx.post(url(daemon, TAP), content=envelope(b'{"runId": "run_nope"}'),
+                         headers={"content-type": "application/connect+json"})  # fmt: skip
+    ((flags, end),) = envelopes(unknown.content)
+    assert json.loads(end)["error"]["code"] == "not_found"
+
+
+def test_the_daemon_still_answers_after_all_that(daemon):
+    with connect_client(daemon) as client:
+        reply = client.execute_unary(
+            request=foundry_api.EmitRequest(event_type="nobody_listens", project="alive"),
+            method=method_info(EMIT),
+        )
+    assert reply.event_id.startswith("evt_")
+    assert "Traceback" not in daemon.stderr()

@@ -1,0 +1,212 @@
+"""The HTTP listener's configuration and life: the ready line, ``off``, a port in use, bad
+``[http]`` keys, CORS for the configured origins, and an orderly stop with streams open."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.daemon import write_config
+from tests.e2e.helpers import foundry_cli
+from tests.e2e.http_helpers import envelope, url
+
+EMIT = "/foundry.Foundry/Emit"
+WATCH = "/foundry.Foundry/Watch"
+
+
+def test_the_ready_line_names_both_listeners(make_daemon):
+    daemon = make_daemon()
+    grpc_host, _, grpc_port = daemon.address.rpartition(":")
+    http_host, _, http_port = daemon.http_address.rpartition(":")
+    assert grpc_host == http_host == "127.0.0.1"
+    assert int(http_port) > 0
+    assert http_port != grpc_port
+    assert httpx.post(url(daemon, EMIT), json={"eventType": "x"}).status_code == 200
+
+
+def test_http_off_prints_only_the_grpc_address(tmp_path):
+    config = write_config(tmp_path / "off.toml", '[http]\nlisten = "off"\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "foundry.kernel.cli", "serve", "--config", str(config),
+         "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**__import__("os").environ, "FOUNDRY_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert " " not in line
+        assert line.startswith("127.0.0.1:")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        if process.stdout:
+            process.stdout.close()
+
+
+def test_an_http_port_in_use_refuses_the_start_in_one_line(tmp_path):
+    config = write_config(tmp_path / "empty.toml")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = foundry_cli(
+            "serve", "--config", str(config), "--listen", "127.0.0.1:0",
+            "--http-listen", f"127.0.0.1:{port}",
+            env={"FOUNDRY_HOME": str(tmp_path / "home")}, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port} (HTTP)" in lines[0]
+    assert done.stdout == ""  # never ready
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('[http]\nlisten = "nowhere"\n', "[http].listen: expected HOST:PORT"),
+        ('[http]\ncors_origins = ["localhost:3000"]\n', "[http].cors_origins[0]"),
+        ("[http]\ncors_origins = 7\n", "[http].cors_origins"),
+    ],
+)
+def test_bad_http_keys_are_refused_naming_file_and_key(tmp_path, body, needle):
+    config = write_config(tmp_path / "bad.toml", body)
+    done = foundry_cli("serve", "--config", str(config), "--listen", "127.0.0.1:0",
+                       env={"FOUNDRY_HOME": str(tmp_path / "home")})  # fmt: skip
+    assert done.returncode == 2
+    assert str(config) in done.stderr
+    assert needle in done.stderr
+
+
+def test_bad_http_listen_flag_is_refused(tmp_path):
+    config = write_config(tmp_path / "empty.toml")
+    done = foundry_cli("serve", "--config", str(config), "--http-listen", "nope",
+                       env={"FOUNDRY_HOME": str(tmp_path / "home")})  # fmt: skip
+    assert done.returncode == 2
+    assert "--http-listen: expected HOST:PORT" in done.stderr
+
+
+# --- CORS ---------------------------------------------------------------------------------------
+
+
+def preflight(daemon, origin):
+    return httpx.options(url(daemon, EMIT), headers={
+        "origin": origin, "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type,connect-protocol-version",
+    })  # fmt: skip
+
+
+def test_cors_allows_localhost_origins_by_default(make_daemon):
+    daemon = make_daemon()
+    for origin in ("http://localhost:5173", "https://127.0.0.1:8443", "http://[::1]:3000"):
+        allowed = preflight(daemon, origin)
+        assert allowed.status_code == 204
+        assert allowed.headers["access-control-allow-origin"] == origin
+        assert "POST" in allowed.headers["access-control-allow-methods"]
+        assert "connect-protocol-version" in allowed.headers["access-control-allow-headers"]
+    refused = preflight(daemon, "https://evil.example")
+    assert refused.status_code == 403
+    assert "access-control-allow-origin" not in refused.headers
+    call = httpx.post(url(daemon, EMIT), json={"eventType": "x"},
+                      headers={"origin": "http://localhost:5173"})  # fmt: skip
+    assert call.status_code == 200
+    assert call.headers["access-control-allow-origin"] == "http://localhost:5173"
+    assert "grpc-status" in call.headers["access-control-expose-headers"].lower()
+    foreign = httpx.post(url(daemon, EMIT), json={"eventType": "x"},
+                         headers={"origin": "https://evil.example"})  # fmt: skip
+    assert foreign.status_code == 403
+    assert foreign.json()["code"] == "permission_denied"
+
+
+def test_cors_origins_from_the_config(make_daemon):
+    daemon = make_daemon('[http]\ncors_origins = ["https://app.example.com"]\n')
+    assert preflight(daemon, "https://app.example.com").status_code == 204
+    assert preflight(daemon, "https://app.example.com:8443").status_code == 403
+    assert preflight(daemon, "http://localhost:5173").status_code == 403
+
+
+# --- an orderly stop ----------------------------------------------------------------------------
+
+
+def test_a_stop_ends_open_streams_and_exits_zero(make_daemon):
+    """SIGTERM with a Connect Watch and a WebSocket Watch open: both end (the WebSocket with
+    1001), and the daemon exits 0."""
+    daemon = make_daemon()
+    outcome: dict[str, object] = {}
+    opened = threading.Event()
+
+    def connect_watch():
+        with httpx.Client(timeout=30) as client, client.stream(
+            "POST", url(daemon, WATCH), content=envelope(json.dumps({"project": "q"}).encode()),
+            headers={"content-type": "application/connect+json"},
+        ) as response:  # fmt: skip
+            outcome["connect"] = (response.status_code, response.read())
+
+    async def websocket_watch():
+        async with connect(f"ws://{daemon.http_address}/ws/watch?project=q") as socket:
+            opened.set()
+            try:
+                await asyncio.wait_for(socket.recv(), 30)
+            except ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+
+    reader = threading.Thread(target=connect_watch, daemon=True)
+    reader.start()
+    ws = threading.Thread(target=lambda: outcome.update(ws=asyncio.run(websocket_watch())))
+    ws.start()
+    assert opened.wait(10)
+    import time
+
+    time.sleep(0.5)  # the Connect watch subscribed too
+    assert daemon.stop(timeout=60) == 0
+    ws.join(30)
+    reader.join(30)
+    assert outcome["ws"] == 1001
+    status, body = outcome["connect"]
+    assert status == 200
+    assert body.endswith(b"{}")  # the end-of-stream frame, no error
+
+
+# --- the bearer token on the HTTP listener -------------------------------------------------------
+
+
+def test_a_token_is_required_on_rpcs_and_streams_but_not_on_preflights(make_daemon):
+    daemon = make_daemon('[daemon]\ntoken_env = "HTTP_TEST_TOKEN"\n',
+                         env={"HTTP_TEST_TOKEN": "s3cret-token"})  # fmt: skip
+    body = {"eventType": "nobody_listens", "project": "auth"}
+    missing = httpx.post(url(daemon, EMIT), json=body)
+    assert missing.status_code == 401
+    assert missing.json()["code"] == "unauthenticated"
+    wrong = httpx.post(url(daemon, EMIT), json=body, headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    right = httpx.post(url(daemon, EMIT), json=body,
+                       headers={"authorization": "Bearer s3cret-token"})  # fmt: skip
+    assert right.status_code == 200
+    assert preflight(daemon, "http://localhost:5173").status_code == 204
+
+    async def close_code(**options):
+        uri = f"ws://{daemon.http_address}/ws/runs/run_nope/tap"
+        async with connect(uri, **options) as socket:
+            try:
+                await asyncio.wait_for(socket.recv(), 30)
+            except ConnectionClosed as closed:
+                return closed.rcvd.code, closed.rcvd.reason
+
+    code, reason = asyncio.run(close_code())
+    assert (code, reason.split(":")[0]) == (1008, "unauthenticated")
+    code, reason = asyncio.run(close_code(subprotocols=["foundry", "bearer.s3cret-token"]))
+    assert reason.startswith("not_found")  # past the token check: the run is unknown

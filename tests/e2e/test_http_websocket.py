@@ -1,0 +1,99 @@
+"""Watch and TapRun as WebSocket streams on the HTTP listener (the ``websockets`` client): JSON
+text frames, a close frame with a code and reason at the end, on an error or a bad request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.e2e.http_helpers import url
+
+SUBMIT = "/fleetforge.runtime.v1.RuntimeService/SubmitRun"
+EMIT = "/foundry.Foundry/Emit"
+DAG = json.dumps({"steps": [
+    {"id": "a", "type": "transform", "inputs": {"value": 1}},
+    {"id": "b", "type": "transform", "depends_on": ["a"], "inputs": {"value": 2}},
+]})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def daemon(shared_daemon):
+    return shared_daemon()
+
+
+def ws_url(daemon, path):
+    return f"ws://{daemon.http_address}{path}"
+
+
+async def read_all(uri, **options):
+    """Every text frame until the server closes: (messages, close code, close reason)."""
+    messages = []
+    async with connect(uri, open_timeout=10, **options) as socket:
+        try:
+            while True:
+                messages.append(json.loads(await asyncio.wait_for(socket.recv(), 30)))
+        except ConnectionClosed as closed:
+            received = closed.rcvd
+            return messages, received.code if received else None, received.reason if received \
+                else ""  # fmt: skip
+
+
+def test_tap_run_over_websocket_ends_with_a_normal_close(daemon):
+    run_id = httpx.post(url(daemon, SUBMIT), json={"spec": {"dagJson": DAG}}).json()["runId"]
+    messages, code, reason = asyncio.run(read_all(ws_url(daemon, f"/ws/runs/{run_id}/tap")))
+    assert code == 1000
+    assert reason == "the run finished"
+    assert messages[-1]["kind"] == "run_succeeded"
+    assert {m["runId"] for m in messages} == {run_id}
+    seqs = [m["payload"]["seq"] for m in messages]
+    assert seqs == list(range(1, len(messages) + 1))  # each event once, in order, from the first
+
+
+def test_watch_over_websocket_sees_live_events_of_its_project(daemon):
+    project = f"ws-{uuid.uuid4().hex[:8]}"
+    stop = threading.Event()
+
+    def emit_until_stopped():
+        while not stop.wait(0.2):
+            httpx.post(url(daemon, EMIT), json={"eventType": "nobody_listens", "project": project})
+            httpx.post(url(daemon, EMIT), json={"eventType": "nobody_listens", "project": "other"})
+
+    async def first_two():
+        async with connect(ws_url(daemon, f"/ws/watch?project={project}"),
+                           origin="http://localhost:5173") as socket:  # fmt: skip
+            return [json.loads(await asyncio.wait_for(socket.recv(), 30)) for _ in range(2)]
+
+    emitter = threading.Thread(target=emit_until_stopped, daemon=True)
+    emitter.start()
+    try:
+        received = asyncio.run(first_two())
+    finally:
+        stop.set()
+        emitter.join(10)
+    assert {m["project"] for m in received} == {project}
+    assert all(m["eventId"].startswith("evt_") and m["eventType"] == "nobody_listens"
+               for m in received)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "options", "code", "needle"),
+    [
+        ("/ws/nothing", {}, 1008, "unknown path"),
+        ("/ws/watch?projcet=x", {}, 1008, "unknown parameter 'projcet'"),
+        ("/ws/runs/run_nope/tap", {}, 1008, "not_found"),
+        ("/ws/watch", {"origin": "https://evil.example"}, 1008, "permission_denied"),
+    ],
+    ids=["unknown path", "misspelt parameter", "unknown run", "foreign origin"],
+)
+def test_bad_requests_are_closed_with_a_code_and_a_reason(daemon, path, options, code, needle):
+    messages, closed_code, reason = asyncio.run(read_all(ws_url(daemon, path), **options))
+    assert messages == []
+    assert closed_code == code
+    assert needle in reason

@@ -1,0 +1,155 @@
+"""Units of the HTTP edge: the connectrpc canary, the fast JSON codec against betterproto2's,
+origins, the error table, and the bridge asked from trio tasks (the HTTP edge's world)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import trio
+import trio_asyncio
+from foundry.kernel import errors
+from foundry.kernel.actors.tap.messages import Overflow, Publish, Subscribe
+from foundry.kernel.edge.grpc.bridge import QueueSink, StreamSink, ask_actor
+from foundry.kernel.edge.http import jsonfast
+from foundry.kernel.edge.http.codecs import JsonCodec
+from foundry.kernel.edge.http.cors import OriginPolicy, parse_origin_entry
+from foundry.kernel.edge.http.errors import CODE_OF, connect_error
+from foundry.kernel.edge.http.internals import pick_loop_by_sniffio
+from foundry.proto import analytics_api, foundry_api, runtime_api
+from grpclib.const import Status
+
+from tests.kernel.harness import GUARD_SECONDS
+from tests.kernel.test_tap import started_broker
+
+# --- the connectrpc canary ----------------------------------------------------------------------
+
+
+async def test_connectrpc_uses_trio_in_trio_tasks_under_trio_asyncio():
+    """``internals.pick_loop_by_sniffio`` still reaches connectrpc's loop choice; under
+    trio-asyncio a trio task gets TrioLoop, an asyncio task the asyncio one."""
+    from connectrpc import _server_async
+    from connectrpc._server_trio import TrioLoop
+
+    pick_loop_by_sniffio()
+    async with trio_asyncio.open_loop():
+        assert isinstance(_server_async._current_loop(), TrioLoop)
+
+        async def from_asyncio():
+            return _server_async._current_loop()
+
+        assert not isinstance(await trio_asyncio.aio_as_trio(from_asyncio)(), TrioLoop)
+
+
+# --- JSON ---------------------------------------------------------------------------------------
+
+SAMPLES = [
+    foundry_api.EmitResponse(event_id="evt_1", workflow_id="evt_1"),
+    foundry_api.EmitRequest(event_type="x", throttle=foundry_api.Throttle.DRY_RUN),
+    foundry_api.EmitRequest(throttle=foundry_api.Throttle(9)),  # unknown enum values: a number
+    foundry_api.StatusResponse(workflows=[foundry_api.WorkflowStatus(
+        workflow_id="w", task_blocks=[foundry_api.TaskBlockStatus(name="n", throttled=True)],
+    )]),  # fmt: skip
+    foundry_api.WatchResponse(event_id="e", throttled=False),
+    runtime_api.GetRunResponse(
+        run=runtime_api.RunDetail(run_id="r", status=runtime_api.RunStatus.FAILED)
+    ),
+    runtime_api.UpdateBreakpointsResponse(breakpoints=["a", "b"]),
+    analytics_api.QueryResponse(columns=[analytics_api.Column(name="a", type="INT")],
+                                rows_json=["[1]"], truncated=True, elapsed_ms=3),
+    analytics_api.ListSavedQuestionsResponse(questions=[analytics_api.SavedQuestion(
+        name="q", params=[analytics_api.SavedQuestionParam(name="p")])]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_fast_json_writes_what_betterproto2_writes(message):
+    assert jsonfast.to_dict(message) == message.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("kind", "document"),
+    [
+        (foundry_api.EmitRequest, {"eventType": "x", "throttle": "THROTTLE_DRY_RUN", "zz": 1}),
+        (foundry_api.EmitRequest, {"event_type": "x", "payload_json": "{}", "throttle": 2}),
+        (foundry_api.EmitRequest, {"throttle": 9}),
+        (runtime_api.GetRunRequest, {"runId": "r"}),
+        (runtime_api.ListChangeGatesRequest, {"changeId": "c", "limit": "5"}),
+    ],
+)
+def test_fast_json_reads_what_betterproto2_reads(kind, document):
+    assert jsonfast.from_dict(kind, document) == kind.from_dict(
+        document, ignore_unknown_fields=True
+    )
+
+
+def test_the_json_codec_names_the_field_of_a_wrong_type():
+    from connectrpc.errors import ConnectError
+
+    with pytest.raises(ConnectError) as wrong:
+        JsonCodec(1000).decode(b'{"runId": 5}', runtime_api.GetRunRequest)
+    assert "run_id" in wrong.value.message
+    with pytest.raises(ConnectError) as too_big:
+        JsonCodec(10).decode(b'{"runId": "0123456789"}', runtime_api.GetRunRequest)
+    assert "max_message_bytes" in too_big.value.message
+
+
+# --- origins and errors -------------------------------------------------------------------------
+
+
+def test_origin_patterns():
+    policy = OriginPolicy(("http://localhost:*", "https://app.example.com"))
+    assert policy.allows("http://localhost:5173")
+    assert policy.allows("http://localhost")
+    assert policy.allows("https://app.example.com:443")
+    assert not policy.allows("https://localhost:5173")
+    assert not policy.allows("https://app.example.com:8443")
+    assert not policy.allows("http://localhost.evil.example")
+    assert not policy.allows("null")
+    assert OriginPolicy(("*",)).allows("https://anything.example")
+    for bad in ("localhost:3000", "ftp://x", "http://x/path", "http://x:99999"):
+        with pytest.raises(ValueError, match="expected an origin"):
+            parse_origin_entry(bad)
+
+
+def test_every_grpc_status_has_a_connect_code_and_kernel_errors_keep_theirs():
+    assert set(CODE_OF) == set(Status) - {Status.OK}
+    assert connect_error(errors.NotFound("run 'x'")).code.value == "not_found"
+    assert connect_error(errors.InvalidArgument("f: bad")).message == "f: bad"
+    unexpected = connect_error(RuntimeError("secret detail"))
+    assert unexpected.code.value == "internal"
+    assert "secret" not in unexpected.message
+
+
+# --- the bridge, asked from trio tasks ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    tap_key: str
+    n: int
+    tap_topic: str = "events"
+
+
+async def test_trio_tasks_ask_actors_and_read_sinks_without_an_asyncio_hop():
+    with trio.fail_after(GUARD_SECONDS):
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            _, tap = await started_broker(nursery, buffer=4)
+            queue, stream = QueueSink(), StreamSink(lambda items: ([i.n for i in items], False))
+            await ask_actor(tap, lambda r: Subscribe("events", None, r, queue))
+            await ask_actor(tap, lambda r: Subscribe("events", None, r, stream))
+            await tap.send(Publish((Item("k", 1), Item("k", 2))))
+            assert [i.n for i in await queue.batch()] == [1, 2]
+            assert await stream.take() == ([1, 2], "more")
+            await tap.send(Publish(tuple(Item("k", n) for n in range(10))))
+            overflowed = await queue.batch()
+            assert isinstance(overflowed[-1], Overflow)
+            assert await queue.batch() == []
+            tap.close()
+
+
+async def test_a_closed_mailbox_is_unavailable_from_trio_too():
+    send, receive = trio.open_memory_channel(1)
+    receive.close()
+    with pytest.raises(errors.Unavailable):
+        await ask_actor(send, lambda r: r)
