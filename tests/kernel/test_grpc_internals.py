@@ -320,3 +320,54 @@ async def test_cancelled_asyncio_timers_do_not_pile_up_in_the_loop(monkeypatch):
         live = [t for t in loop._timers if not t.cancelled()]
         assert len(live) == 1  # the one not cancelled is still due
         assert len(loop._timers) < 300  # not 10,001
+
+
+# --- unknown methods answer UNIMPLEMENTED with a content-type ------------------------------------
+
+
+def test_grpclib_server_still_looks_methods_up_with_get_on_its_underscore_mapping():
+    async def go() -> str | None:
+        return internals.unknown_methods_are_answerable(Server([]))
+
+    reason = asyncio.run(go())
+    assert reason is None, (
+        f"{GRPCLIB}: {reason}; internals.answer_unknown_methods falls back to grpclib's bare "
+        "answer (grpc-status 12 without content-type: 'missing content-type' in clients)"
+    )
+
+
+async def call_unknown() -> GRPCError:
+    """The error a grpclib client gets for an unknown method."""
+    server = Server([Tapper()], codec=RequestCodec(1 << 20))
+    assert internals.answer_unknown_methods(server) is True
+    sock = bind("127.0.0.1", 0)
+    await server.start(sock=sock)
+    channel = Channel("127.0.0.1", sock.getsockname()[1])
+    try:
+        path = "/fleetforge.runtime.v1.RuntimeService/NoSuchMethod"
+        async with channel.request(
+            path, Cardinality.UNARY_UNARY, api.TapRunRequest, api.RunEvent
+        ) as stream:
+            await stream.send_message(api.TapRunRequest(run_id="r"), end=True)
+            try:
+                await stream.recv_message()
+            except GRPCError as exc:
+                return exc
+            raise AssertionError("an unknown method was answered")
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_an_unknown_method_is_unimplemented_through_grpclibs_normal_answer():
+    error = asyncio.run(call_unknown())
+    assert error.status == Status.UNIMPLEMENTED
+    assert error.message == "unknown method '/fleetforge.runtime.v1.RuntimeService/NoSuchMethod'"
+
+
+def test_answer_unknown_methods_falls_back_when_the_mapping_is_gone():
+    class NoMapping:
+        pass
+
+    assert internals.answer_unknown_methods(NoMapping()) is False  # type: ignore[arg-type]

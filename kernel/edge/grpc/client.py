@@ -1,27 +1,87 @@
-"""A small asyncio client for the CLI (the kernel's event loop is trio; a client's need not be)."""
+"""A small asyncio client for the CLI (the kernel's event loop is trio; a client's need not be).
+
+The CLI talks to a daemon with auth and TLS (README.md, "Authentication and TLS") from the
+environment: the bearer token from the variable ``[daemon] token_env`` of ``./foundry.toml``
+names (the daemon's own), else ``FOUNDRY_TOKEN``; TLS when ``FOUNDRY_CA`` names a PEM file of
+the certificate authority to trust (a self-signed certificate is its own), or with the system's
+roots when ``FOUNDRY_TLS=1``.
+"""
 
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from foundry.kernel.config import DEFAULT_LISTEN, parse_listen
+from foundry.kernel.edge.security import client_ssl_context
 from foundry.proto import foundry_api, runtime_api
 from grpclib.client import Channel
+from grpclib.events import SendRequest, listen
+from grpclib.exceptions import StreamTerminatedError
+
+TOKEN_ENV = "FOUNDRY_TOKEN"
+CA_ENV = "FOUNDRY_CA"
+TLS_ENV = "FOUNDRY_TLS"
 
 
 def default_address() -> str:
     return os.environ.get("FOUNDRY_ADDR") or DEFAULT_LISTEN
 
 
+def client_token() -> str | None:
+    """The token to send: from the daemon's ``token_env`` variable, else ``FOUNDRY_TOKEN``."""
+    for name in (_configured_token_env(), TOKEN_ENV):
+        token = os.environ.get(name, "").strip() if name else ""
+        if token:
+            return token
+    return None
+
+
+def _configured_token_env() -> str:
+    """``[daemon] token_env`` of ``./foundry.toml``, the file the daemon reads by default; only
+    that key is read, so a config the client cannot use does not stop a client command."""
+    try:
+        daemon = tomllib.loads(Path("foundry.toml").read_text()).get("daemon", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return ""
+    name = daemon.get("token_env", "") if isinstance(daemon, dict) else ""
+    return name if isinstance(name, str) else ""
+
+
+def channel_uses_tls() -> bool:
+    return bool(os.environ.get(CA_ENV)) or os.environ.get(TLS_ENV, "") not in ("", "0")
+
+
+def open_channel(address: str) -> Channel:
+    """A grpclib channel to ``address`` (``--addr``), with TLS and the bearer token as the
+    environment asks."""
+    host, port = parse_listen(address, key="--addr")
+    ca = os.environ.get(CA_ENV, "")
+    tls = client_ssl_context(ca or None) if channel_uses_tls() else None
+    channel = Channel(host, port, ssl=tls)
+    token = client_token()
+    if token is not None:
+        header = f"Bearer {token}"
+
+        async def authorize(event: SendRequest) -> None:
+            event.metadata["authorization"] = header
+
+        listen(channel, SendRequest, authorize)
+    return channel
+
+
 @asynccontextmanager
 async def connect(
     address: str,
 ) -> AsyncIterator[tuple[foundry_api.FoundryStub, runtime_api.RuntimeServiceStub]]:
-    host, port = parse_listen(address, key="--addr")
-    channel = Channel(host, port)
+    channel = open_channel(address)
     try:
         yield foundry_api.FoundryStub(channel), runtime_api.RuntimeServiceStub(channel)
+    except StreamTerminatedError as exc:  # e.g. plain text to a TLS port: the server hangs up
+        hint = "" if channel_uses_tls() else f" (if it serves TLS, set {CA_ENV})"
+        raise ConnectionError(f"{exc}{hint}") from None
     finally:
         channel.close()

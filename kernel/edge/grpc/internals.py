@@ -26,6 +26,12 @@ disappeared, if an upgrade moves any of it):
 - ``grpclib.server.Server._server`` (:func:`stop_listening`): the asyncio server, to close the
   listening socket while in-flight RPCs drain (``Server.close`` also cancels them). Fallback:
   keep listening; the services refuse new calls with UNAVAILABLE while draining anyway.
+- ``grpclib.server.Server._mapping`` (:func:`answer_unknown_methods`): grpclib answers a path it
+  has no handler for with a bare ``grpc-status: 12`` and no ``content-type``, which grpcio, Go
+  and Connect clients report as "missing content-type" instead of UNIMPLEMENTED. We give the
+  server a mapping whose ``get`` returns, for an unknown path, a handler that raises
+  UNIMPLEMENTED: the answer then goes through grpclib's normal trailers-only response, with its
+  ``content-type`` (and through the auth check first). Fallback: grpclib's bare answer.
 
 Nothing else under ``kernel/edge`` reads a private attribute of grpclib, h2 or trio-asyncio.
 """
@@ -43,7 +49,7 @@ import grpclib.server
 import grpclib.stream
 import trio
 from grpclib import GRPCError
-from grpclib.const import Status
+from grpclib.const import Cardinality, Handler, Status
 
 log = logging.getLogger("foundry.grpc")
 
@@ -218,6 +224,50 @@ def stop_listening(server: grpclib.server.Server) -> bool:
         _fallback(f"grpclib {grpclib.__version__}: Server._server is gone (still listening)")
         return False
     close()
+    return True
+
+
+# --- unknown methods --------------------------------------------------------------------------
+
+
+def unknown_methods_are_answerable(server: grpclib.server.Server) -> str | None:
+    """None, or what changed so that :func:`answer_unknown_methods` cannot work."""
+    import inspect
+
+    if not isinstance(getattr(server, "_mapping", None), dict):
+        return "grpclib.server.Server no longer keeps its handlers in the dict _mapping"
+    try:
+        source = inspect.getsource(grpclib.server.request_handler)
+    except (OSError, TypeError, AttributeError):
+        return "grpclib.server.request_handler cannot be read"
+    if "mapping.get(method_name)" not in source:
+        return "grpclib.server.request_handler no longer looks methods up with mapping.get"
+    return None
+
+
+class UnknownMethods(dict[str, Handler]):
+    """Handlers by path; an unknown path gets one that answers UNIMPLEMENTED."""
+
+    def get(self, path: str, default: Any = None) -> Any:
+        handler = super().get(path)
+        return handler if handler is not None else _unimplemented(path)
+
+
+def _unimplemented(path: str) -> Handler:
+    async def unimplemented(stream: Any) -> None:
+        raise GRPCError(Status.UNIMPLEMENTED, f"unknown method {path[:100]!r}")
+
+    return Handler(unimplemented, Cardinality.UNARY_UNARY, None, None)
+
+
+def answer_unknown_methods(server: grpclib.server.Server) -> bool:
+    """Before ``server.start``: answer an unknown method or service with UNIMPLEMENTED and
+    ``content-type: application/grpc+proto``. False: grpclib changed; its bare answer stays."""
+    reason = unknown_methods_are_answerable(server)
+    if reason is not None:
+        _fallback(f"{reason} (grpclib {grpclib.__version__}): unknown methods lack content-type")
+        return False
+    server._mapping = UnknownMethods(server._mapping)
     return True
 
 

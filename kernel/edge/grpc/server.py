@@ -5,8 +5,13 @@ Kernel errors become gRPC statuses here, in one table; anything unexpected becom
 INTERNAL for the client and a logged traceback for the operator.
 
 A stop drains (:class:`GrpcServer`): grpclib's ``Server.close`` cancels every request in flight
-at once, so first the server stops listening and refuses new calls (UNAVAILABLE), then waits — up
-to the grace — for the calls in flight to finish, and only then closes.
+at once, so first the server stops listening, reports NOT_SERVING on the health service and
+refuses new calls (UNAVAILABLE), then waits — up to the grace — for the calls in flight to finish,
+and only then closes.
+
+Beside the services: server reflection (``reflection.py``) and health (``health.py``); an unknown
+method answers UNIMPLEMENTED (``internals.answer_unknown_methods``); with a token, every call but
+a health check needs ``authorization: Bearer <token>`` (:func:`require_token`).
 """
 
 from __future__ import annotations
@@ -14,24 +19,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+import betterproto2
 import trio
 import trio_asyncio
 from foundry.kernel import errors
+from foundry.kernel.edge.grpc import fastproto
 from foundry.kernel.edge.grpc.bridge import ask_actor
+from foundry.kernel.edge.grpc.health import HEALTH_PATH_PREFIX, ServingHealth
 from foundry.kernel.edge.grpc.internals import (
     Encoded,
+    answer_unknown_methods,
     bound_closed_streams,
     install_message_limit,
     message_limit_error,
     stop_listening,
 )
 from foundry.kernel.edge.grpc.message_check import WrongField, check_request
+from foundry.kernel.edge.grpc.reflection import with_reflection
+from foundry.kernel.edge.security import token_matches
+from foundry.proto import runtime_api as api
 from grpclib import GRPCError
 from grpclib.const import Handler, Status
 from grpclib.encoding.proto import ProtoCodec
+from grpclib.events import RecvRequest, listen
 from grpclib.server import Server
 
 log = logging.getLogger("foundry.grpc")
@@ -82,6 +96,12 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+# Requests too big for betterproto2's pure-Python parse, decoded by upb (``fastproto``).
+FAST_DECODERS: dict[type, Callable[[bytes], Any]] = {
+    api.CheckChangeGateRequest: fastproto.decode_request,
+}
+
+
 class RequestCodec(ProtoCodec):
     """Protobuf, checked: a request that does not parse (say, invalid UTF-8 in a string) or whose
     fields have the wrong wire type is the client's error, INVALID_ARGUMENT naming the field —
@@ -104,8 +124,10 @@ class RequestCodec(ProtoCodec):
             raise message_limit_error(len(data), self._limit)
         name = getattr(message_type, "__name__", "message")
         try:
-            message = super().decode(data, message_type)
-            check_request(message)
+            fast = FAST_DECODERS.get(message_type)
+            message = fast(data) if fast is not None else super().decode(data, message_type)
+            if isinstance(message, betterproto2.Message):  # not health's, reflection's, upb's
+                check_request(message)
         except WrongField as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, f"request: {exc}") from None
         except Exception as exc:
@@ -187,12 +209,14 @@ class GrpcServer:
     """The grpclib server with an orderly stop: :meth:`stop_accepting`, :meth:`drain`,
     :meth:`close` (trio side)."""
 
-    def __init__(self, server: Server, calls: Calls) -> None:
-        self.server, self.calls = server, calls
+    def __init__(self, server: Server, calls: Calls, health: ServingHealth) -> None:
+        self.server, self.calls, self.health = server, calls, health
 
     def stop_accepting(self) -> None:
-        """Close the listening socket; calls that arrive on open connections get UNAVAILABLE."""
+        """Close the listening socket and report NOT_SERVING; calls that arrive on open
+        connections get UNAVAILABLE."""
         self.calls.accepting = False
+        self.health.not_serving()
         stop_listening(self.server)
 
     async def drain(self, grace: float) -> int:
@@ -207,14 +231,42 @@ class GrpcServer:
         await trio_asyncio.aio_as_trio(self.server.wait_closed)()
 
 
+def require_token(token: str) -> Callable[[RecvRequest], Coroutine[Any, Any, None]]:
+    """A ``RecvRequest`` listener refusing (UNAUTHENTICATED) a call without ``authorization:
+    Bearer <token>``, before its handler runs; health checks stay open for probes."""
+
+    async def check(event: RecvRequest) -> None:
+        if event.method_name.startswith(HEALTH_PATH_PREFIX):
+            return
+        value = event.metadata.get("authorization")
+        presented = value if isinstance(value, str) else None
+        if not token_matches(presented, token):
+            problem = "is missing" if presented is None else "does not match"
+            raise GRPCError(
+                Status.UNAUTHENTICATED, f"the bearer token {problem} (authorization metadata)"
+            )
+
+    return check
+
+
 async def start_server(
-    handlers: Sequence[Any], sock: socket.socket, *, max_message_bytes: int
+    handlers: Sequence[Any],
+    sock: socket.socket,
+    *,
+    max_message_bytes: int,
+    ssl_context: ssl.SSLContext | None = None,
+    token: str | None = None,
 ) -> GrpcServer:
     install_message_limit(max_message_bytes)
     bound_closed_streams()  # h2 remembers 65,536 per connection (~9.5 MB) by default
     calls = Calls()
+    guarded = [GuardedService(h, calls) for h in handlers]
+    health = ServingHealth(guarded)
     server = Server(
-        [GuardedService(h, calls) for h in handlers], codec=RequestCodec(max_message_bytes)
+        with_reflection([*guarded, health.service]), codec=RequestCodec(max_message_bytes)
     )
-    await trio_asyncio.aio_as_trio(server.start)(sock=sock)
-    return GrpcServer(server, calls)
+    answer_unknown_methods(server)
+    if token is not None:
+        listen(server, RecvRequest, require_token(token))
+    await trio_asyncio.aio_as_trio(server.start)(sock=sock, ssl=ssl_context)
+    return GrpcServer(server, calls, health)

@@ -1,0 +1,29 @@
+"""The standard gRPC health service (``grpc.health.v1.Health``), grpclib's own.
+
+SERVING for ``""`` (the whole server) and for each service while the daemon takes calls;
+NOT_SERVING from the moment it starts draining, so a load balancer or a Kubernetes probe stops
+sending it work before it goes away. ``Watch`` streams see the change. Health calls need no
+token (a probe has none) and reveal nothing but that status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import Health
+
+HEALTH_PATH_PREFIX = "/grpc.health.v1.Health/"
+
+
+class ServingHealth:
+    """One status shared by every service: the daemon serves all of them or none."""
+
+    def __init__(self, services: Sequence[Any]) -> None:
+        self._status = ServiceStatus()
+        self._status.set(True)
+        self.service = Health({service: [self._status] for service in services})
+
+    def not_serving(self) -> None:
+        self._status.set(False)

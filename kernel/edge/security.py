@@ -1,0 +1,142 @@
+"""Bearer-token auth and TLS for both listeners (README.md, "Authentication and TLS").
+
+Everything here is checked once at start and fails with one line (``ConfigError``, exit 2):
+a token variable that is named but empty, a non-loopback bind without a token, a certificate or
+key that is missing, unreadable or does not match.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import ssl
+from dataclasses import dataclass
+from typing import Protocol
+
+from foundry.kernel.errors import ConfigError
+
+ALPN = ["h2", "http/1.1"]
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+class SecurityConfig(Protocol):
+    """The ``[daemon]`` keys this module reads (``foundry.kernel.config.Config``)."""
+
+    @property
+    def token_env(self) -> str: ...
+
+
+def token_matches(header_value: str | None, token: str) -> bool:
+    """Whether an ``authorization`` header value is ``Bearer <token>`` (constant-time compare)."""
+    if header_value is None:
+        return False
+    scheme, _, presented = header_value.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
+def load_token(config: SecurityConfig) -> str | None:
+    """The token from the variable ``[daemon] token_env`` names; None when no variable is named.
+    A named variable that is unset or empty is refused: the operator asked for auth."""
+    name = config.token_env
+    if not name:
+        return None
+    token = os.environ.get(name, "").strip()
+    if not token:
+        raise ConfigError(
+            f"[daemon].token_env names {name}, which is unset or empty: set it to the token"
+        )
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address; anything else (a wildcard, a name) is open."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_open_bind(host: str, key: str, token: str | None) -> None:
+    """Refuse to listen beyond this machine without a token (``key`` names the config key)."""
+    if token is None and not is_loopback(host):
+        raise ConfigError(
+            f"{key}: {host or '*'} is not a loopback address; set [daemon].token_env "
+            "(a bearer token) before listening beyond this machine"
+        )
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """TLS 1.2+ with ALPN h2 and http/1.1, from PEM files; one-line errors for a missing or
+    unreadable file and for a key that does not match the certificate."""
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        _check_readable(name, path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(ALPN)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        reason = (exc.reason or str(exc)).upper()
+        if "KEY_VALUES_MISMATCH" in reason:
+            raise ConfigError(f"[daemon].tls_key: {key} does not match {cert}") from None
+        raise ConfigError(
+            f"[daemon].tls_cert: cannot load {cert} with key {key} as PEM ({exc.reason})"
+        ) from None
+    return context
+
+
+def client_ssl_context(ca: str | None, *, source: str = "FOUNDRY_CA") -> ssl.SSLContext:
+    """A client context trusting ``ca`` (a PEM file; ``source`` names where it was given), else
+    the system's roots; ALPN h2."""
+    if ca:
+        _check_readable(source, ca)
+    try:
+        context = ssl.create_default_context(cafile=ca or None)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"{source}: {ca}: not a PEM certificate ({exc.reason})") from None
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+def _check_readable(name: str, path: str) -> None:
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except FileNotFoundError:
+        raise ConfigError(f"{_key(name)}: {path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{_key(name)}: {path}: cannot read: {exc.strerror}") from None
+
+
+def _key(name: str) -> str:
+    return f"[daemon].{name}" if name.islower() else name  # a config key, or an env variable
+
+
+@dataclass(frozen=True)
+class EdgeSecurity:
+    """What both listeners enforce: the bearer token (None: no auth) and the TLS context."""
+
+    token: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+
+
+class DaemonSecurityConfig(SecurityConfig, Protocol):
+    @property
+    def tls_cert(self) -> str: ...
+
+    @property
+    def tls_key(self) -> str: ...
+
+
+def edge_security(config: DaemonSecurityConfig, grpc_host: str, key: str) -> EdgeSecurity:
+    """Checked at start, before anything listens: the token variable, the gRPC listener's
+    address (``key`` names it for the error), the certificate and key."""
+    token = load_token(config)
+    refuse_open_bind(grpc_host, key, token)
+    tls = server_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+    return EdgeSecurity(token, tls)

