@@ -7,9 +7,12 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from foundry.kernel.core import upstream_json
+
 
 def compact_json(value: Any) -> str:
-    """Compact JSON with sorted keys: the form ids are computed over and payloads are stored in.
+    """Compact JSON with sorted keys and ASCII escapes (``\\u00e9``): a stable text of a value,
+    for cache keys, diffs and stored run records. Event ids use :func:`payload_json_of` instead.
 
     NaN and infinities are refused (ValueError): they are not JSON, and the store would reject them.
     """
@@ -20,24 +23,45 @@ def compact_json(value: Any) -> str:
 _compact = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False).encode
 
 
+def payload_json_of(payload: Any) -> str:
+    """An event payload as the public Foundry daemon hashes (and we store) it: serde_json's compact
+    output — sorted keys, raw UTF-8, its number forms (see ``core/upstream_json.py``)."""
+    return upstream_json.dumps(payload)
+
+
+def occurred_stamp(instant: datetime) -> str:
+    """An event's ``occurred_at`` as the public daemon hashes it: chrono's RFC 3339 "AutoSi" form
+    in UTC with ``+00:00`` — no fraction on a whole second, 3 digits when the microseconds are a
+    multiple of 1000, else 6 (``…:52+00:00``, ``…:52.123+00:00``, ``…:52.123456+00:00``)."""
+    if instant.tzinfo is not UTC:
+        instant = instant.astimezone(UTC)
+    micros = instant.microsecond
+    spec = "microseconds" if micros % 1000 else "milliseconds" if micros else "seconds"
+    return instant.isoformat(timespec=spec)
+
+
 def rfc3339(instant: datetime) -> str:
-    """``2026-11-22T07:03:52.123456+00:00`` — RFC 3339 in UTC with an explicit ``+00:00``."""
+    """``2026-11-22T07:03:52.123456+00:00`` — RFC 3339 in UTC with an explicit ``+00:00``, always
+    6 fraction digits, none on a whole second (Status and stored records; ids use
+    :func:`occurred_stamp`)."""
     if instant.tzinfo is not UTC:
         instant = instant.astimezone(UTC)
     return instant.isoformat()
 
 
 def event_id(event_type: str, project: str, occurred_at: datetime, payload: Any) -> str:
-    """``evt_`` + hex of the first 12 bytes of SHA-256(type + project + occurred_at + payload)."""
-    return event_id_of_json(event_type, project, occurred_at, compact_json(payload))
+    """``evt_`` + hex of the first 12 bytes of SHA-256(type + project + occurred_at + payload),
+    over UTF-8 and joined with nothing, with ``occurred_at`` as :func:`occurred_stamp` and the
+    payload as :func:`payload_json_of` — the public Foundry daemon's recipe, byte for byte."""
+    return event_id_of_json(event_type, project, occurred_at, payload_json_of(payload))
 
 
 def event_id_of_json(
     event_type: str, project: str, occurred_at: datetime | str, payload_json: str
 ) -> str:
-    """:func:`event_id` for a payload already in compact sorted JSON (and, optionally, an instant
-    already in RFC 3339)."""
-    stamp = occurred_at if isinstance(occurred_at, str) else rfc3339(occurred_at)
+    """:func:`event_id` for a payload already in :func:`payload_json_of` form (and, optionally, an
+    instant already in :func:`occurred_stamp` form)."""
+    stamp = occurred_at if isinstance(occurred_at, str) else occurred_stamp(occurred_at)
     material = event_type + project + stamp + payload_json
     return "evt_" + hashlib.sha256(material.encode()).digest()[:12].hex()
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from foundry.kernel.core.upstream_json import parse_number
 from foundry.kernel.errors import InvalidArgument
 
 MAX_DEPTH = 128  # as the public Foundry daemon (serde_json's recursion limit)
@@ -28,10 +29,13 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON (numbers must be finite)")
 
 
-def parse_json(text: str, field: str) -> Any:
-    """Parse ``text`` under the limits above."""
+def parse_json(text: str, field: str, *, upstream_numbers: bool = False) -> Any:
+    """Parse ``text`` under the limits above. ``upstream_numbers`` reads numbers as the public
+    Foundry daemon's serde_json does (``-0`` and integers beyond i64/u64 become floats; see
+    ``upstream_json.parse_number``): an event payload, so its id is the one upstream computes."""
+    number = parse_number if upstream_numbers else None
     try:
-        value = json.loads(text, parse_constant=_not_json)
+        value = json.loads(text, parse_constant=_not_json, parse_int=number, parse_float=number)
     except RecursionError:
         raise InvalidArgument(f"{field}: nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
@@ -42,9 +46,9 @@ def parse_json(text: str, field: str) -> Any:
     return value
 
 
-def parse_json_object(text: str, field: str) -> dict[str, Any]:
+def parse_json_object(text: str, field: str, *, upstream_numbers: bool = False) -> dict[str, Any]:
     """:func:`parse_json` of a document that must be an object."""
-    value = parse_json(text, field)
+    value = parse_json(text, field, upstream_numbers=upstream_numbers)
     if not isinstance(value, dict):
         raise InvalidArgument(f"{field}: must be a JSON object, got {_kind(value)}")
     return value

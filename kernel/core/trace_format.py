@@ -10,6 +10,7 @@ Standard library only, run as a script (not ``-m``), so it starts in millisecond
 
 from __future__ import annotations
 
+import json
 import marshal
 import os
 import struct
@@ -23,10 +24,12 @@ TEXT, ROWS = 0, 1
 
 # A chain's trace rows: (events, executions, total_ms, workflow_id, state, error), where
 EventRow = tuple[Any, ...]  # id, event_type, project, occurred_at, recorded_at, throttle,
-# trace_id, payload_json, parent_id, emitted_by, depth, throttled
+# trace_id (W3C), payload_json, parent_id, emitted_by, depth, throttled, span_id, parent_span_id
 ExecutionRow = tuple[Any, ...]  # block_name, trigger_event_id, success, summary,
-# emitted_event_ids, duration_ms, raw_output, exit_code, trigger_payload_json,
-# emitted_payload_jsons, audit_artifacts, state, throttled, attempts, started_at, completed_at
+# emitted_event_ids, duration_ms, raw_output, exit_code (both None: it ran no command),
+# trigger_payload_json,
+# emitted_payload_jsons, audit_artifacts, state, throttled, attempts, started_at, completed_at,
+# span_id, parent_span_id
 TraceRows = tuple[tuple[EventRow, ...], tuple[ExecutionRow, ...], int, str, str, str]
 
 
@@ -67,38 +70,167 @@ def render(rows: TraceRows) -> str:
 
 def _event(row: EventRow) -> str:
     (id_, type_, project, occurred, recorded, throttle, trace_id, payload, parent, by, depth,
-     held) = row  # fmt: skip
+     held, span_id, parent_span) = row  # fmt: skip
     return (
         f'{{"id":"{id_}","event_type":{_text(type_)},"project":{_text(project)},'
         f'"occurred_at":"{occurred}","recorded_at":"{recorded}","throttle":"{throttle}",'
         f'"trace_id":"{trace_id}","payload":{payload},"parent_id":{_optional(parent)},'
-        f'"emitted_by":{_optional(by)},"depth":{depth},"throttled":{_TRUTH[held]}}}'
+        f'"emitted_by":{_optional(by)},"depth":{depth},"throttled":{_TRUTH[held]},'
+        f'"span_id":"{span_id}","parent_span_id":{_optional(parent_span)}}}'
     )
 
 
 def _execution(row: ExecutionRow) -> str:
     (name, trigger, success, summary, emitted_ids, duration_ms, raw_output, exit_code,
      trigger_payload, emitted_payloads, artifacts, state, throttled, attempts, started,
-     completed) = row  # fmt: skip
+     completed, span_id, parent_span) = row  # fmt: skip
     ids = ",".join(f'"{i}"' for i in emitted_ids)
     return (
         f'{{"block_name":{_text(name)},"trigger_event_id":"{trigger}",'
         f'"success":{_TRUTH[success]},"summary":{_text(summary)},'
         f'"emitted_event_ids":[{ids}],"duration_ms":{duration_ms},'
-        f'"raw_output":{_text(raw_output)},"exit_code":{exit_code},'
+        f'"raw_output":{_NULL if raw_output is None else _text(raw_output)},'
+        f'"exit_code":{_NULL if exit_code is None else exit_code},'
         f'"trigger_payload":{trigger_payload},"emitted_payloads":[{",".join(emitted_payloads)}],'
         f'"audit_artifacts":[{",".join(map(_text, artifacts))}],"state":"{state}",'
         f'"throttled":{_TRUTH[throttled]},"attempts":{attempts},"started_at":"{started}",'
-        f'"completed_at":"{completed}"}}'
+        f'"completed_at":"{completed}","span_id":"{span_id}","parent_span_id":"{parent_span}"}}'
     )
 
 
 _TRUTH = {True: "true", False: "false"}
+_NULL = "null"  # raw_output and exit_code of a block that ran no command, as upstream writes them
 _text = encode_basestring_ascii  # a JSON string literal, as json.dumps writes it
 
 
 def _optional(text: str) -> str:
     return _text(text) if text else "null"
+
+
+# --- reading: ours and the public Foundry daemon's --------------------------------------------
+
+THROTTLES = frozenset({"full", "audit_only", "dry_run"})
+
+
+class Unreadable(ValueError):
+    """A trace document that is not a trace (corrupt, torn, or wrong-typed)."""
+
+
+def parse(data: bytes | str) -> dict[str, Any] | None:
+    """A trace file's document, as written (memory and disk answer alike), once :func:`readable`
+    accepts it; None when it is not a trace (the caller reads the database instead). Never
+    raises for any content."""
+    try:
+        document = json.loads(data, parse_constant=_not_json)
+        # What the response could not carry: NaN, lone surrogates, nesting the encoder refuses.
+        json.dumps(document, ensure_ascii=False, allow_nan=False).encode()
+        readable(document)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, or not a trace
+        return None
+    return dict(document)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def readable(document: Any) -> dict[str, Any]:
+    """A trace document — ours, or one the public Foundry daemon wrote (``null`` raw output and
+    exit code for a block that ran no command, ``Z`` timestamps, pretty-printed, without our extra
+    keys, with keys we do not know) — with every field the Trace RPC reads present and typed:
+    ``None`` raw output and exit code become ``""`` and 0, missing extra keys their defaults.
+    Raises :class:`Unreadable` naming what is wrong."""
+    if not isinstance(document, dict):
+        raise Unreadable("a trace is a JSON object")
+    clean = dict(document)
+    clean["events"] = [_event_in(e) for e in _list(document, "events")]
+    clean["block_executions"] = [_execution_in(x) for x in _list(document, "block_executions")]
+    total = document.get("total_duration_ms", 0)
+    clean["total_duration_ms"] = _whole(total, "total_duration_ms") if total is not None else 0
+    return clean
+
+
+def _event_in(event: Any) -> dict[str, Any]:
+    if not isinstance(event, dict):
+        raise Unreadable("events: each is an object")
+    clean = dict(event)
+    for key in ("id", "event_type", "project", "occurred_at"):
+        clean[key] = _str(event, key)
+    for key in ("recorded_at", "trace_id", "span_id", "parent_span_id"):
+        clean[key] = _str(event, key, default="")
+    if event.get("throttle", "full") not in THROTTLES:
+        raise Unreadable(f"throttle: unknown value {str(event.get('throttle'))[:40]!r}")
+    clean["throttle"] = event.get("throttle", "full")
+    clean["payload"] = event.get("payload", {})
+    clean["throttled"] = _bool(event, "throttled", default=False)
+    return clean
+
+
+def _execution_in(execution: Any) -> dict[str, Any]:
+    if not isinstance(execution, dict):
+        raise Unreadable("block_executions: each is an object")
+    clean = dict(execution)
+    for key in ("block_name", "trigger_event_id"):
+        clean[key] = _str(execution, key)
+    for key in ("summary", "raw_output", "state", "span_id", "parent_span_id"):
+        clean[key] = _str(execution, key, default="")
+    clean["success"] = _bool(execution, "success", default=False)
+    clean["throttled"] = _bool(execution, "throttled", default=False)
+    clean["duration_ms"] = _whole(execution.get("duration_ms") or 0, "duration_ms")
+    exit_code = _whole(execution.get("exit_code") or 0, "exit_code", low=-(2**31))
+    clean["exit_code"] = exit_code if exit_code < 2**31 else -1
+    clean["attempts"] = _whole(execution.get("attempts", 1), "attempts")
+    clean["emitted_event_ids"] = _strings(execution, "emitted_event_ids")
+    clean["audit_artifacts"] = _strings(execution, "audit_artifacts")
+    clean["trigger_payload"] = execution.get("trigger_payload", {})
+    clean["emitted_payloads"] = _list(execution, "emitted_payloads", required=False)
+    return clean
+
+
+def _list(document: dict[str, Any], key: str, *, required: bool = True) -> list[Any]:
+    value = document.get(key, None if required else [])
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        raise Unreadable(f"{key}: must be a list")
+    return value
+
+
+def _str(document: dict[str, Any], key: str, *, default: str | None = None) -> str:
+    """A text field; ``null`` or missing is ``default`` (an error when there is none)."""
+    value = document.get(key)
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, str):
+        raise Unreadable(f"{key}: must be a string")
+    return value
+
+
+def _strings(document: dict[str, Any], key: str) -> list[str]:
+    values = _list(document, key, required=False)
+    if not all(isinstance(v, str) for v in values):
+        raise Unreadable(f"{key}: must be a list of strings")
+    return values
+
+
+def _bool(document: dict[str, Any], key: str, *, default: bool) -> bool:
+    value = document.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise Unreadable(f"{key}: must be true or false")
+    return value
+
+
+def _whole(value: Any, key: str, *, low: int = 0) -> int:
+    """A whole number (``3`` or ``3.0``) that fits an int64 field."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Unreadable(f"{key}: must be a number")
+    if isinstance(value, float) and not value.is_integer():
+        raise Unreadable(f"{key}: must be a whole number")
+    if not low <= value < 2**63:
+        raise Unreadable(f"{key}: out of range")
+    return int(value)
 
 
 class FileWriter:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from foundry.kernel.core.ids import compact_json, event_id, rfc3339
 from foundry.kernel.core.records import Event, ExecutionRecord, trace_rows
 from foundry.kernel.core.throttle import Throttle
-from foundry.kernel.core.trace_format import FileWriter, frame, frames, render
+from foundry.kernel.core.trace_format import (
+    FileWriter,
+    Unreadable,
+    frame,
+    frames,
+    parse,
+    readable,
+    render,
+)
 
 T0 = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 AWKWARD = 'quote " backslash \\ newline \n tab \t é 🚀 </script>'
 
 
@@ -19,19 +30,20 @@ def awkward_chain() -> tuple[Event, Event, ExecutionRecord]:
     root_id = event_id(AWKWARD, "proj é", T0, payload)
     root = Event(
         root_id, AWKWARD, "proj é", T0, T0, Throttle.AUDIT_ONLY, root_id, payload,
-        compact_json(payload), stamp=rfc3339(T0),
+        compact_json(payload), stamp=rfc3339(T0), trace_id=TRACE, span_id="00f067aa0ba902b7",
     )  # fmt: skip
     later = T0 + timedelta(milliseconds=3)
     child = Event(
         event_id("done", "proj é", later, {}), "done", "proj é", later, later + timedelta(1),
         Throttle.AUDIT_ONLY, root_id, {}, "{}", depth=1, parent_id=root_id,
-        emitted_by=f"Block {AWKWARD}", throttled=True,
+        emitted_by=f"Block {AWKWARD}", throttled=True, trace_id=TRACE, span_id="b7ad6b7169203331",
+        parent_span_id="53995c3f42cd8ad8",
     )  # fmt: skip
     execution = ExecutionRecord(
-        trace_id=root_id, block_name=f"Block {AWKWARD}", trigger=root, state="completed",
+        workflow_id=root_id, block_name=f"Block {AWKWARD}", trigger=root, state="completed",
         success=True, summary=AWKWARD, emitted=(child,), started_at=T0, completed_at=later,
         duration_ms=3, raw_output=AWKWARD, exit_code=-2, audit_artifacts=(f"/a/{AWKWARD}",),
-        attempts=2, throttled=True,
+        attempts=2, throttled=True, span_id="53995c3f42cd8ad8",
     )  # fmt: skip
     return root, child, execution
 
@@ -54,10 +66,11 @@ def test_rendered_rows_are_the_trace_document():
     assert first == {
         "id": root.id, "event_type": AWKWARD, "project": "proj é",
         "occurred_at": rfc3339(T0), "recorded_at": rfc3339(T0), "throttle": "audit_only",
-        "trace_id": root.id, "payload": root.payload, "parent_id": None, "emitted_by": None,
-        "depth": 0, "throttled": False,
+        "trace_id": TRACE, "payload": root.payload, "parent_id": None, "emitted_by": None,
+        "depth": 0, "throttled": False, "span_id": "00f067aa0ba902b7", "parent_span_id": None,
     }  # fmt: skip
     assert second["recorded_at"] == rfc3339(child.recorded_at)  # not the same as occurred_at
+    assert (second["trace_id"], second["parent_span_id"]) == (TRACE, "53995c3f42cd8ad8")
     assert (second["parent_id"], second["emitted_by"], second["throttled"]) == (
         root.id,
         f"Block {AWKWARD}",
@@ -70,7 +83,8 @@ def test_rendered_rows_are_the_trace_document():
         "raw_output": AWKWARD, "exit_code": -2, "trigger_payload": root.payload,
         "emitted_payloads": [{}], "audit_artifacts": [f"/a/{AWKWARD}"], "state": "completed",
         "throttled": True, "attempts": 2, "started_at": rfc3339(T0),
-        "completed_at": rfc3339(execution.completed_at),
+        "completed_at": rfc3339(execution.completed_at), "span_id": "53995c3f42cd8ad8",
+        "parent_span_id": "00f067aa0ba902b7",
     }  # fmt: skip
 
 
@@ -85,3 +99,120 @@ def test_frames_carry_rows_or_text_and_the_writer_renders_them(tmp_path):
 
     assert json.loads(rows_path.read_bytes()) == json.loads(render(rows))
     assert json.loads(text_path.read_bytes()) == {"as": "is é"}
+
+
+# --- null raw output and exit code; reading ours and the public daemon's files (issue 14) ---------
+
+
+def test_a_block_that_ran_no_command_has_null_raw_output_and_exit_code():
+    root, _, execution = awkward_chain()
+    silent = dataclasses.replace(
+        execution, emitted=(), raw_output="", exit_code=0, ran_command=False
+    )
+    ran = dataclasses.replace(execution, emitted=(), raw_output="", exit_code=0)
+
+    document = json.loads(render(trace_rows([root], [silent, ran], 3, workflow_id=root.id,
+                                            state="completed", error="")))  # fmt: skip
+
+    first, second = document["block_executions"]
+    assert (first["raw_output"], first["exit_code"]) == (None, None)
+    assert (second["raw_output"], second["exit_code"]) == ("", 0)  # it ran one, silently
+    assert readable(document)["block_executions"][0] == {
+        **first, "raw_output": "", "exit_code": 0,
+    }  # fmt: skip
+
+
+UPSTREAM = {
+    "events": [
+        {"id": "evt_abababababababababababab", "event_type": "greet_requested", "project": "up",
+         "occurred_at": "2026-11-28T07:03:52.123Z", "recorded_at": "2026-11-28T07:03:52.123Z",
+         "throttle": "full", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+         "span_id": "00f067aa0ba902b7", "payload": {"name": "Zoë"}},
+    ],
+    "block_executions": [
+        {"block_name": "Compose Greeting", "trigger_event_id": "evt_abababababababababababab",
+         "success": True, "summary": "ok", "emitted_event_ids": [], "duration_ms": 3,
+         "raw_output": None, "exit_code": None, "trigger_payload": {"name": "Zoë"},
+         "emitted_payloads": [], "audit_artifacts": []},
+    ],
+    "total_duration_ms": 3,
+}  # fmt: skip
+
+
+def test_an_upstream_file_reads_with_every_field_typed():
+    parsed = parse(json.dumps(UPSTREAM, indent=2, ensure_ascii=False).encode())
+
+    assert parsed == UPSTREAM  # as written: the Trace RPC reads it through readable()
+    document = readable(parsed)
+    [event] = document["events"]
+    assert event["occurred_at"] == "2026-11-28T07:03:52.123Z"
+    assert (event["parent_span_id"], event["throttled"]) == ("", False)
+    [x] = document["block_executions"]
+    assert (x["raw_output"], x["exit_code"], x["duration_ms"]) == ("", 0, 3)
+    assert (x["state"], x["throttled"], x["attempts"]) == ("", False, 1)
+    assert document["total_duration_ms"] == 3
+
+
+def test_unknown_keys_are_kept_and_missing_extras_take_defaults():
+    extra = {**UPSTREAM, "future": 1}
+    extra["block_executions"] = [{**UPSTREAM["block_executions"][0], "exit_code": 7.0, "x": []}]
+
+    document = readable(extra)
+
+    assert document["future"] == 1
+    assert (document["block_executions"][0]["exit_code"], document["block_executions"][0]["x"]) == (
+        7,
+        [],
+    )
+    assert readable({"events": [], "block_executions": []})["total_duration_ms"] == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"events": None}, "events: must be a list"),
+        ({"block_executions": {}}, "block_executions: must be a list"),
+        ({"events": [1]}, "events: each is an object"),
+        ({"events": [{"id": "e", "event_type": "t", "project": "p"}]}, "occurred_at: must be"),
+        ({"events": [{**UPSTREAM["events"][0], "throttle": "loud"}]}, "throttle: unknown"),
+        ({"total_duration_ms": "3"}, "total_duration_ms: must be a number"),
+        ({"total_duration_ms": -1}, "total_duration_ms: out of range"),
+        ({"total_duration_ms": 2**63}, "total_duration_ms: out of range"),
+        ({"total_duration_ms": 1.5}, "total_duration_ms: must be a whole number"),
+        ({"total_duration_ms": True}, "total_duration_ms: must be a number"),
+    ],
+)
+def test_a_document_that_is_not_a_trace_is_unreadable(change, reason):
+    with pytest.raises(Unreadable, match=reason):
+        readable({**UPSTREAM, **change})
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"exit_code": "0"}, {"exit_code": 2**64}, {"success": 1}, {"duration_ms": -1},
+        {"emitted_event_ids": "evt"}, {"audit_artifacts": [None]}, {"block_name": 5},
+    ],
+)  # fmt: skip
+def test_a_wrong_typed_execution_is_unreadable(field):
+    document = {**UPSTREAM, "block_executions": [{**UPSTREAM["block_executions"][0], **field}]}
+
+    with pytest.raises(Unreadable):
+        readable(document)
+
+
+def test_null_numbers_and_texts_of_an_execution_read_as_none_given():
+    nulls = {"duration_ms": None, "summary": None, "state": None, "throttled": None}
+    document = {**UPSTREAM, "block_executions": [{**UPSTREAM["block_executions"][0], **nulls}]}
+
+    [x] = readable(document)["block_executions"]
+
+    assert (x["duration_ms"], x["summary"], x["state"], x["throttled"]) == (0, "", "", False)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"{", b"\xff", b"[]", b"null", b'{"events": NaN}', b'{"x": "\\udc00"}', b"[" * 50_000],
+)
+def test_parse_answers_none_for_anything_that_is_not_a_trace(data):
+    assert parse(data) is None
