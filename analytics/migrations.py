@@ -234,6 +234,26 @@ def _v3(con: duckdb.DuckDBPyConnection, home: Path) -> None:
     refresh_archive_views(con, home)
 
 
+# Version 4: W3C trace context. An events/block_executions ``trace_id`` was the chain's root
+# event id; it is ``workflow_id`` now, and ``trace_id`` is the W3C trace id (32 hex), as in the
+# public daemon's trace files and OpenTelemetry. Rows recorded before have NULL trace context.
+V4 = (
+    "ALTER TABLE events RENAME COLUMN trace_id TO workflow_id",
+    "ALTER TABLE events ADD COLUMN trace_id VARCHAR",
+    "ALTER TABLE events ADD COLUMN span_id VARCHAR",
+    "ALTER TABLE events ADD COLUMN parent_span_id VARCHAR",
+    "ALTER TABLE block_executions RENAME COLUMN trace_id TO workflow_id",
+    "ALTER TABLE block_executions ADD COLUMN trace_id VARCHAR",
+    "ALTER TABLE block_executions ADD COLUMN span_id VARCHAR",
+    "ALTER TABLE block_executions ADD COLUMN parent_span_id VARCHAR",
+    "ALTER TABLE workflows ADD COLUMN trace_id VARCHAR",
+    "ALTER TABLE runs ADD COLUMN trace_id VARCHAR",
+    "ALTER TABLE runs ADD COLUMN span_id VARCHAR",
+    # NULL when the block ran no command, as upstream's trace files say it
+    "ALTER TABLE block_executions ALTER COLUMN raw_output DROP NOT NULL",
+    "ALTER TABLE block_executions ALTER COLUMN exit_code DROP NOT NULL",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "trace and run tables (the first release)", _statements(*V1)),
     Migration(
@@ -242,6 +262,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         _statements(*V2),
     ),
     Migration(3, "retention: retention_passes, archived_* views ($FOUNDRY_HOME/archive)", _v3),
+    Migration(
+        4,
+        "trace context: events/block_executions trace_id -> workflow_id; W3C trace_id, span_id,"
+        " parent_span_id on events, block_executions; trace_id on workflows; trace_id, span_id"
+        " on runs; raw_output, exit_code NULL when no command ran",
+        _statements(*V4),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

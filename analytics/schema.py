@@ -5,13 +5,13 @@ Times are TIMESTAMPTZ in UTC; payloads and outputs are JSON.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3  # = migrations.LATEST; analytics/migrations.py upgrades older databases
+SCHEMA_VERSION = 4  # = migrations.LATEST; analytics/migrations.py upgrades older databases
 
 TABLES: dict[str, str] = {
     "events": """
         CREATE TABLE IF NOT EXISTS events (
             event_id     VARCHAR NOT NULL,  -- evt_ + 24 hex, the public daemon's recipe
-            trace_id     VARCHAR NOT NULL,  -- root event id of the chain (= workflow id)
+            workflow_id  VARCHAR NOT NULL,  -- root event id of the chain
             event_type   VARCHAR NOT NULL,
             project      VARCHAR NOT NULL,
             occurred_at  TIMESTAMPTZ NOT NULL,
@@ -21,11 +21,15 @@ TABLES: dict[str, str] = {
             parent_id    VARCHAR,           -- the event whose block emitted this one
             emitted_by   VARCHAR,           -- that block's name
             throttled    BOOLEAN NOT NULL,  -- recorded but not delivered (AUDIT_ONLY mutator)
-            payload      JSON NOT NULL
+            payload      JSON NOT NULL,
+            -- W3C trace context (NULL on rows recorded before schema version 4)
+            trace_id        VARCHAR,  -- 32 hex
+            span_id         VARCHAR,  -- 16 hex: this event's span
+            parent_span_id  VARCHAR   -- the emitting block execution's span (root: the caller's)
         )""",
     "block_executions": """
         CREATE TABLE IF NOT EXISTS block_executions (
-            trace_id           VARCHAR NOT NULL,
+            workflow_id        VARCHAR NOT NULL,  -- root event id of the chain
             block_name         VARCHAR NOT NULL,
             trigger_event_id   VARCHAR NOT NULL,
             state              VARCHAR NOT NULL,  -- completed | skipped | failed
@@ -33,13 +37,16 @@ TABLES: dict[str, str] = {
             summary            VARCHAR NOT NULL,
             emitted_event_ids  VARCHAR[] NOT NULL,
             duration_ms        BIGINT NOT NULL,   -- wall clock, retries included
-            raw_output         VARCHAR NOT NULL,
-            exit_code          INTEGER NOT NULL,
+            raw_output         VARCHAR,           -- NULL: the block ran no command
+            exit_code          INTEGER,           -- NULL: the block ran no command
             audit_artifacts    VARCHAR[] NOT NULL,
             attempts           INTEGER NOT NULL,
             throttled          BOOLEAN NOT NULL,
             started_at         TIMESTAMPTZ NOT NULL,
-            completed_at       TIMESTAMPTZ NOT NULL
+            completed_at       TIMESTAMPTZ NOT NULL,
+            trace_id           VARCHAR,  -- W3C: the trigger event's trace
+            span_id            VARCHAR,  -- this execution's span
+            parent_span_id     VARCHAR   -- the trigger event's span
         )""",
     "workflows": """
         CREATE TABLE IF NOT EXISTS workflows (
@@ -52,7 +59,8 @@ TABLES: dict[str, str] = {
             started_at     TIMESTAMPTZ NOT NULL,
             completed_at   TIMESTAMPTZ NOT NULL,
             event_count    INTEGER NOT NULL,
-            block_count    INTEGER NOT NULL   -- 0: an emit no block sinks (not a workflow)
+            block_count    INTEGER NOT NULL,  -- 0: an emit no block sinks (not a workflow)
+            trace_id       VARCHAR            -- W3C: the root event's trace
         )""",
     "runs": """
         CREATE TABLE IF NOT EXISTS runs (
@@ -66,7 +74,9 @@ TABLES: dict[str, str] = {
             parent_run_id    VARCHAR NOT NULL,    -- a branch's source run ('' otherwise)
             branch_step      VARCHAR NOT NULL,
             note             VARCHAR NOT NULL,
-            created_at       TIMESTAMPTZ NOT NULL
+            created_at       TIMESTAMPTZ NOT NULL,
+            trace_id         VARCHAR,            -- W3C: the run's trace
+            span_id          VARCHAR             -- the run's span: its step attempts' parent
         )""",
     "run_events": """
         CREATE TABLE IF NOT EXISTS run_events (
@@ -188,7 +198,8 @@ VIEWS: dict[str, str] = {
                arg_max(CAST(payload->'usage'->>'tokens_out' AS DOUBLE), seq)
                    FILTER (WHERE kind = 'step_completed') AS tokens_out,
                arg_max(CAST(payload->'usage'->>'cost' AS DOUBLE), seq)
-                   FILTER (WHERE kind = 'step_completed') AS cost
+                   FILTER (WHERE kind = 'step_completed') AS cost,
+               arg_max(payload->>'span_id', seq) FILTER (WHERE kind = 'step_leased') AS span_id
         FROM run_events WHERE step_id <> '' AND kind NOT IN ('attested', 'capability_granted')
         GROUP BY run_id, step_id""",
 }

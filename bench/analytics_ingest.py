@@ -166,7 +166,7 @@ async def _million(home: Path, rows: int, options: Options) -> tuple[float, dict
         # the rows are built batch by batch (2M objects at once would be gigabytes)
         progress(options, f"ingesting {rows:,} block executions and {rows:,} run events")
         root = Event(id="evt_bench", event_type="bench", project="p", occurred_at=T0,
-                     recorded_at=T0, throttle=Throttle.FULL, trace_id="evt_bench",
+                     recorded_at=T0, throttle=Throttle.FULL, workflow_id="evt_bench",
                      payload={}, payload_json=compact_json({}), depth=0)  # fmt: skip
         busy = 0.0
         written = 0
@@ -176,7 +176,7 @@ async def _million(home: Path, rows: int, options: Options) -> tuple[float, dict
                 at = T0 + timedelta(seconds=i * 2)
                 failed = rng.random() < 0.03
                 batch.append(ExecutionRecord(
-                    trace_id=f"evt_{i // 5:024x}", block_name=BLOCKS[i % len(BLOCKS)],
+                    workflow_id=f"evt_{i // 5:024x}", block_name=BLOCKS[i % len(BLOCKS)],
                     trigger=root, state="failed" if failed else "completed", success=not failed,
                     summary="", emitted=(), started_at=at,
                     completed_at=at + timedelta(milliseconds=rng.randint(1, 900)),

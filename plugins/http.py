@@ -42,7 +42,11 @@ class HttpBlock(Block):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise BlockError("inputs.url: an http:// or https:// URL is required")
         method = str(ctx.inputs.get("method", "GET")).upper()
-        request: dict[str, Any] = {"headers": dict(ctx.inputs.get("headers", {}))}
+        headers = dict(ctx.inputs.get("headers", {}))
+        if ctx.traceparent:  # W3C: the callee joins this step attempt's trace
+            headers = {k: v for k, v in headers.items() if str(k).lower() != "traceparent"}
+            headers["traceparent"] = ctx.traceparent
+        request: dict[str, Any] = {"headers": headers}
         if "json" in ctx.inputs:
             request["json"] = ctx.inputs["json"]
         elif "body" in ctx.inputs:

@@ -68,9 +68,10 @@ class Completion:
     finish_reason: str = "stop"
 
 
-# (settings, egress policy, model, messages, seed, temperature) -> completion
+# (settings, egress policy, model, messages, seed, temperature, traceparent) -> completion;
+# traceparent: the step attempt's W3C span, sent on by a provider that makes requests
 Provider = Callable[
-    [LlmConfig, EgressPolicy, str, list[dict[str, Any]], int, float], Awaitable[Completion]
+    [LlmConfig, EgressPolicy, str, list[dict[str, Any]], int, float, str], Awaitable[Completion]
 ]
 
 
@@ -81,6 +82,7 @@ async def mock_provider(
     messages: list[dict[str, Any]],
     seed: int,
     temperature: float,
+    traceparent: str = "",  # it makes no request
 ) -> Completion:
     material = json.dumps([model, seed, messages], sort_keys=True).encode()
     digest = hashlib.sha256(material).digest()
@@ -96,10 +98,11 @@ async def openai_provider(
     messages: list[dict[str, Any]],
     seed: int,
     temperature: float,
+    traceparent: str = "",
 ) -> Completion:
     if not settings.base_url:
         raise BlockError("[llm].base_url is not set: the openai provider needs an endpoint")
-    headers = {}
+    headers = {"traceparent": traceparent} if traceparent else {}
     key = os.environ.get(settings.api_key_env, "")
     if key:
         headers["Authorization"] = f"Bearer {key}"
@@ -145,7 +148,9 @@ class LlmBlock(Block):
         if provider is None:
             raise BlockError(f"model: unknown provider {provider_name!r} (known: mock, openai)")
         temperature = float(ctx.inputs.get("temperature", 0.0))
-        reply = await provider(self.settings, self.egress, model, messages, ctx.seed, temperature)
+        reply = await provider(
+            self.settings, self.egress, model, messages, ctx.seed, temperature, ctx.traceparent
+        )
         cost = (
             reply.tokens_in * self.settings.price_per_1k_input
             + reply.tokens_out * self.settings.price_per_1k_output

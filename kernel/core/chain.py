@@ -45,6 +45,7 @@ class WorkflowView:
     completed_at: str
     error: str
     task_blocks: tuple[BlockView, ...]
+    trace_id: str = ""  # W3C: the root event's trace
 
 
 @dataclass(slots=True)
@@ -123,6 +124,7 @@ class Workflow:
             # Until its root is durable a workflow has not started, as far as anyone may know:
             # blocks that ran ahead of that commit are not shown.
             task_blocks=tuple(s.view() for s in self.slots) if self.state != "pending" else (),
+            trace_id=self.root.trace_id,
         )
 
     def retire(self, trace_bytes: int) -> None:
@@ -168,13 +170,14 @@ class Workflow:
             # whose blocks all passed its payload by is still one (cf. recover_unfinished).
             block_count=max(len(self.slots), 1) if self.is_workflow else 0,
             trace=self.trace,
+            trace_id=self.root.trace_id,
         )
 
 
 def _text_bytes(trace: TraceRows) -> int:
     """What a chain's trace rows hold of payloads and block texts (see ``trace_format``)."""
     events, executions = trace[0], trace[1]
-    return sum(len(e[7]) for e in events) + sum(len(x[3]) + len(x[6]) for x in executions)
+    return sum(len(e[7]) for e in events) + sum(len(x[3]) + len(x[6] or "") for x in executions)
 
 
 # --- the depth-first walk ---------------------------------------------------------------------

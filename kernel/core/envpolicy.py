@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 BASE_NAMES = ("HOME", "LANG", "LC_ALL", "TZ")
 MAX_ENV_VALUE = 32 * 1024
+TRACEPARENT = "TRACEPARENT"  # set by the daemon (the execution's span), never by a run
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Names that decide which program runs, what it loads, or code it evaluates at start.
@@ -76,11 +77,14 @@ def child_environment(
     passed: Collection[str] = (),
     declared: Mapping[str, str] | None = None,
     from_run: Mapping[str, str] | None = None,
+    traceparent: str = "",
 ) -> dict[str, str]:
     """A child process's environment, lowest precedence first: the base (``PATH`` = a safe
     default, ``HOME``/``LANG``/``LC_ALL``/``TZ`` from the daemon), the daemon variables the
     operator passes by name, what a run set (forbidden names dropped again here: defence in
-    depth), and what the operator or block code declares."""
+    depth), and what the operator or block code declares. Last, the daemon's own: ``TRACEPARENT``
+    is the span of the execution that starts the child (W3C trace context), never a stale value
+    passed or declared — and absent outside a trace, so a child cannot mistake another's."""
     env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}
     env.update({name: daemon_env[name] for name in BASE_NAMES if name in daemon_env})
     env.update({name: daemon_env[name] for name in passed if name in daemon_env})
@@ -88,4 +92,7 @@ def child_environment(
         if not forbidden_reason(name):
             env[name] = value
     env.update(declared or {})
+    env.pop(TRACEPARENT, None)
+    if traceparent:
+        env[TRACEPARENT] = traceparent
     return env

@@ -33,7 +33,7 @@ class Event:
     occurred_at: datetime
     recorded_at: datetime
     throttle: Throttle
-    trace_id: str  # the root event's id: the chain, and the workflow when blocks sink it
+    workflow_id: str  # the root event's id: the chain, and the workflow when blocks sink it
     payload: Mapping[str, Any]
     payload_json: str
     depth: int = 0
@@ -41,6 +41,11 @@ class Event:
     emitted_by: str = ""
     throttled: bool = False  # recorded but withheld from downstream blocks
     stamp: str = ""  # occurred_at in RFC 3339, when already computed
+    # W3C trace context (core.tracecontext): the root's trace, this event's span, and the span
+    # of the block execution that emitted it (for a root: the caller's span, if it sent one).
+    trace_id: str = ""
+    span_id: str = ""
+    parent_span_id: str = ""
 
     tap_topic = "events"
 
@@ -55,15 +60,16 @@ class Event:
         return (
             self.id, self.event_type, self.project, stamp, recorded, self.throttle.value,
             self.trace_id, self.payload_json, self.parent_id, self.emitted_by, self.depth,
-            self.throttled,
+            self.throttled, self.span_id, self.parent_span_id,
         )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class ExecutionRecord:
-    """One block's execution on one event, across all its attempts."""
+    """One block's execution on one event, across all its attempts: a span (``span_id``) in its
+    trigger's trace, child of the trigger event's span."""
 
-    trace_id: str
+    workflow_id: str
     block_name: str
     trigger: Event
     state: str  # completed, skipped or failed
@@ -78,15 +84,27 @@ class ExecutionRecord:
     audit_artifacts: tuple[str, ...]
     attempts: int
     throttled: bool
+    span_id: str = ""
+    ran_command: bool = True  # False: the trace shows raw_output and exit_code as null
+
+    @property
+    def trace_id(self) -> str:
+        return self.trigger.trace_id
+
+    @property
+    def parent_span_id(self) -> str:
+        return self.trigger.span_id
 
     def trace_row(self) -> ExecutionRow:
         """This execution as its trace file shows it (see ``trace_format.render``)."""
         return (
             self.block_name, self.trigger.id, self.success, self.summary,
-            tuple(e.id for e in self.emitted), self.duration_ms, self.raw_output, self.exit_code,
+            tuple(e.id for e in self.emitted), self.duration_ms,
+            *((self.raw_output, self.exit_code) if self.ran_command else (None, None)),
             self.trigger.payload_json, tuple(e.payload_json for e in self.emitted),
             self.audit_artifacts, self.state, self.throttled, self.attempts,
-            rfc3339(self.started_at), rfc3339(self.completed_at),
+            rfc3339(self.started_at), rfc3339(self.completed_at), self.span_id,
+            self.trigger.span_id,
         )  # fmt: skip
 
 
@@ -107,6 +125,7 @@ class FinishedChain:
     # The trace file: the chain's rows (the archivist renders them), or its text; None for an
     # event no block sinks, which has no file.
     trace: TraceRows | str | None
+    trace_id: str = ""  # W3C: the root event's trace
 
 
 def trace_rows(

@@ -223,7 +223,7 @@ async def test_values_come_back_as_json(tmp_path):
 def _event(event_id, *, project="p1", depth=0, trace_id=None, at=T0):
     return Event(
         id=event_id, event_type="t", project=project, occurred_at=at, recorded_at=at,
-        throttle=Throttle.FULL, trace_id=trace_id or event_id, payload={}, payload_json="{}",
+        throttle=Throttle.FULL, workflow_id=trace_id or event_id, payload={}, payload_json="{}",
         depth=depth,
     )  # fmt: skip
 
@@ -232,7 +232,7 @@ def _execution(block, duration, state="completed", n=0):
     trigger = _event(f"e_{block}_{n}")
     at = T0 + timedelta(seconds=n)
     return ExecutionRecord(
-        trace_id=trigger.id, block_name=block, trigger=trigger, state=state,
+        workflow_id=trigger.id, block_name=block, trigger=trigger, state=state,
         success=state == "completed", summary="", emitted=(), started_at=at,
         completed_at=at + timedelta(milliseconds=duration), duration_ms=duration, raw_output="",
         exit_code=0, audit_artifacts=(), attempts=1, throttled=False,

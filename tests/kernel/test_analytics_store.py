@@ -30,16 +30,16 @@ def chain(at, n, *, finished=True):
     payload = {"n": n}
     rid = event_id("tick", "p", at, payload)
     root = Event(id=rid, event_type="tick", project="p", occurred_at=at, recorded_at=at,
-                 throttle=Throttle.FULL, trace_id=rid, payload=payload,
+                 throttle=Throttle.FULL, workflow_id=rid, payload=payload,
                  payload_json=compact_json(payload), depth=0)  # fmt: skip
     child_at = at + timedelta(milliseconds=5)
     cid = event_id("tock", "p", child_at, payload)
     child = Event(id=cid, event_type="tock", project="p", occurred_at=child_at,
-                  recorded_at=child_at, throttle=Throttle.FULL, trace_id=rid, payload=payload,
+                  recorded_at=child_at, throttle=Throttle.FULL, workflow_id=rid, payload=payload,
                   payload_json=compact_json(payload), depth=1, parent_id=rid,
                   emitted_by="B")  # fmt: skip
     execution = ExecutionRecord(
-        trace_id=rid, block_name="B", trigger=root, state="completed", success=True,
+        workflow_id=rid, block_name="B", trigger=root, state="completed", success=True,
         summary="ok", emitted=(child,), started_at=at, completed_at=child_at, duration_ms=5,
         raw_output="", exit_code=0, audit_artifacts=(), attempts=1, throttled=False,
     )  # fmt: skip
@@ -177,8 +177,12 @@ async def test_a_first_release_database_is_upgraded_in_place_and_keeps_its_rows(
     assert rows(db, "SELECT event_id, payload FROM events") == [("evt_1", '{"a": 1}')]
     assert rows(db, "SELECT workflow_id FROM workflows") == [("evt_1",)]
     assert rows(db, "SELECT run_id, status FROM run_status") == [("run_1", "PENDING")]
-    assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
+    assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [
+        (1,), (2,), (3,), (4,)
+    ]  # fmt: skip
     assert rows(db, "SELECT count(*) FROM in_flight_workflows") == [(0,)]
+    # version 4: the chain column is workflow_id; rows from before have no W3C trace context
+    assert rows(db, "SELECT workflow_id, trace_id, span_id FROM events") == [("evt_1", None, None)]
     # the upgraded database has exactly the tables, views and columns of a fresh one
     assert columns(db) == columns(fresh / "foundry.duckdb")
     names = {t for t, _, _ in columns(db)}
@@ -190,8 +194,10 @@ async def test_migrations_are_applied_once(tmp_path):
         async with store(tmp_path):
             pass
     db = tmp_path / "foundry.duckdb"
-    assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
-    assert migrations.LATEST == 3
+    assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [
+        (1,), (2,), (3,), (4,)
+    ]  # fmt: skip
+    assert migrations.LATEST == 4
 
 
 async def test_a_database_newer_than_this_code_refuses_the_start_in_one_line(tmp_path):
@@ -209,7 +215,7 @@ async def test_a_database_newer_than_this_code_refuses_the_start_in_one_line(tmp
     assert isinstance(error, ConfigError)
     message = str(error)
     assert "\n" not in message
-    assert "schema version 99 is newer than this Foundry knows (3)" in message
+    assert "schema version 99 is newer than this Foundry knows (4)" in message
     # nothing was changed
     db = tmp_path / "foundry.duckdb"
     assert max(rows(db, "SELECT version FROM schema_version")) == (99,)
@@ -312,7 +318,7 @@ async def test_retention_archives_old_finished_work_and_prunes_it(tmp_path):
     assert sorted(rows(db, "SELECT workflow_id, state FROM workflows")) == sorted(
         [(new_done, "completed"), (old_inflight, "failed")]
     )
-    assert sorted(rows(db, "SELECT DISTINCT trace_id FROM events")) == sorted(
+    assert sorted(rows(db, "SELECT DISTINCT workflow_id FROM events")) == sorted(
         [(old_inflight,), (new_done,), (live_inflight,)]
     )
     assert sorted(rows(db, "SELECT run_id FROM runs")) == [(old_paused,), (new_run,)]

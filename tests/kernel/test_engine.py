@@ -12,8 +12,9 @@ from foundry.kernel.actors.tap.messages import Overflow
 from foundry.kernel.blocks.api import Block, BlockKind, block
 from foundry.kernel.blocks.registry import load_blocks
 from foundry.kernel.config import EngineConfig
-from foundry.kernel.core.ids import compact_json, is_event_id
+from foundry.kernel.core.ids import compact_json, is_event_id, occurred_stamp
 from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.core.tracecontext import is_trace_id
 from foundry.kernel.errors import NotFound, Unavailable
 
 from .harness import GUARD_SECONDS, running_kernel
@@ -272,7 +273,8 @@ async def test_emitted_events_inherit_throttle_project_and_chain(tmp_path):
     for event in (root, b, c):
         assert event["project"] == "acme"
         assert event["throttle"] == "audit_only"
-        assert event["trace_id"] == emitted.workflow_id
+        assert event["trace_id"] == root["trace_id"]  # one W3C trace per chain
+    assert is_trace_id(root["trace_id"])
     assert (b["parent_id"], b["emitted_by"], b["depth"]) == (root["id"], "One", 1)
     assert (c["parent_id"], c["emitted_by"], c["depth"]) == (b["id"], "Two", 2)
 
@@ -290,11 +292,12 @@ async def test_every_event_id_follows_the_recipe(tmp_path):
     assert emitted.event_id == trace["events"][0]["id"]
     for event in trace["events"]:
         occurred = datetime.fromisoformat(event["occurred_at"])
-        assert event["occurred_at"] == occurred.isoformat()  # already UTC, +00:00
+        assert event["occurred_at"] == occurred_stamp(occurred)  # UTC, +00:00, chrono AutoSi
         assert event["occurred_at"].endswith("+00:00")
-        material = (
+        material = (  # upstream's: raw UTF-8 ("é", not "\\u00e9"); see tests/kernel/test_ids.py
             event["event_type"] + event["project"] + event["occurred_at"]
-            + json.dumps(event["payload"], separators=(",", ":"), sort_keys=True)
+            + json.dumps(event["payload"], separators=(",", ":"), sort_keys=True,
+                         ensure_ascii=False)
         )  # fmt: skip
         digest = hashlib.sha256(material.encode()).hexdigest()[:24]
         assert event["id"] == "evt_" + digest
@@ -419,7 +422,9 @@ async def test_a_self_emitting_loop_hits_the_depth_limit_and_stops(tmp_path):
         emitted = await k.emit("tick")
         trace = await k.finished(emitted.workflow_id)
         [view] = await k.status(emitted.workflow_id)
-        stored = await k.query("SELECT count(*) FROM events WHERE trace_id = ?", emitted.event_id)
+        stored = await k.query(
+            "SELECT count(*) FROM events WHERE workflow_id = ?", emitted.event_id
+        )
 
     assert view.state == "failed"
     assert "chain depth limit 3" in view.error
@@ -630,7 +635,7 @@ async def test_the_trace_file_has_the_public_daemons_layout(tmp_path):
     for event in on_disk["events"]:
         assert set(event) >= EVENT_KEYS
         assert event["throttle"] == "full"
-        assert event["trace_id"] == emitted.workflow_id
+        assert event["trace_id"] == on_disk["events"][0]["trace_id"]
     for execution in on_disk["block_executions"]:
         assert set(execution) >= EXECUTION_KEYS
     compose, deliver = on_disk["block_executions"]
@@ -656,7 +661,8 @@ async def test_finished_workflows_outlive_the_recent_list(tmp_path):
         [stored] = await k.status(first.workflow_id)
         from_disk = await k.trace(first.workflow_id)
 
-    assert [w.workflow_id for w in listed] == [second.workflow_id]
+    # newest first; the evicted one is listed from the store
+    assert [w.workflow_id for w in listed] == [second.workflow_id, first.workflow_id]
     assert (stored.workflow_id, stored.workflow_type, stored.state) == (
         first.workflow_id,
         "go",
@@ -743,7 +749,9 @@ async def test_an_emission_that_is_not_strict_json_fails_the_block(tmp_path, bad
     async with running_kernel(tmp_path, [sloppy, downstream]) as k:
         emitted = await k.emit("go")
         trace = await k.finished(emitted.workflow_id)
-        stored = await k.query("SELECT event_type FROM events WHERE trace_id = ?", emitted.event_id)
+        stored = await k.query(
+            "SELECT event_type FROM events WHERE workflow_id = ?", emitted.event_id
+        )
 
     [x] = executions(trace, "Sloppy")
     assert x["success"] is False
@@ -767,7 +775,7 @@ async def test_undecodable_text_from_a_block_is_stored_escaped(tmp_path):
         emitted = await k.emit("go")
         trace = await k.finished(emitted.workflow_id)
         stored = await k.query(
-            "SELECT block_name, summary, success FROM block_executions WHERE trace_id = ? "
+            "SELECT block_name, summary, success FROM block_executions WHERE workflow_id = ? "
             "ORDER BY started_at",
             emitted.event_id,
         )

@@ -53,7 +53,7 @@ def make_event(n, *, parent=None, event_type="tick", project="p", throttle=Throt
         occurred_at=at,
         recorded_at=at,
         throttle=throttle,
-        trace_id=parent.trace_id if parent else eid,
+        workflow_id=parent.workflow_id if parent else eid,
         payload=payload,
         payload_json=compact_json(payload),
         depth=parent.depth + 1 if parent else 0,
@@ -64,7 +64,7 @@ def make_event(n, *, parent=None, event_type="tick", project="p", throttle=Throt
 
 def make_execution(trigger, emitted=()):
     return ExecutionRecord(
-        trace_id=trigger.trace_id,
+        workflow_id=trigger.workflow_id,
         block_name="Emitter",
         trigger=trigger,
         state="completed",

@@ -13,6 +13,7 @@ PROTOS = [
     "foundry.proto",
     "fleetforge/runtime/v1/runtime.proto",
     "foundry/analytics/v1/analytics.proto",
+    "foundry/admin/v1/admin.proto",
 ]
 
 
@@ -59,5 +60,5 @@ def test_every_runtime_rpc_is_registered():
 
     paths = RuntimeService(None).__mapping__()  # type: ignore[arg-type]
     rpcs = {p.rsplit("/", 1)[1] for p in paths}
-    assert len(rpcs) == 15
+    assert len(rpcs) == 17
     assert {"SubmitRun", "TapRun", "CreateBranchRun", "GetAttestations"} <= rpcs

@@ -48,7 +48,14 @@ from foundry.kernel.actors.mailbox import (
     take_batch,
     unwrap,
 )
-from foundry.kernel.actors.store.messages import Append, LoadTrace, LoadWorkflow, StoreMessage
+from foundry.kernel.actors.store.messages import (
+    Append,
+    LoadRecentWorkflows,
+    LoadTrace,
+    LoadWorkflow,
+    StoreMessage,
+)
+from foundry.kernel.actors.telemetry.messages import ChainEnded, SpanOutbox
 from foundry.kernel.blocks.api import Block, BlockContext, Emission, Usage
 from foundry.kernel.blocks.execution import Outcome, execute, execute_now
 from foundry.kernel.blocks.registry import BlockRegistry
@@ -62,11 +69,20 @@ from foundry.kernel.core.chain import (
     descend,
     next_turn,
 )
-from foundry.kernel.core.ids import Clock, compact_json, event_id_of_json, is_event_id, rfc3339
+from foundry.kernel.core.ids import (
+    Clock,
+    event_id_of_json,
+    is_event_id,
+    occurred_stamp,
+    payload_json_of,
+    rfc3339,
+)
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.records import Event, ExecutionRecord, own_copy, storable
+from foundry.kernel.core.status_query import pick_workflows
 from foundry.kernel.core.throttle import Action
-from foundry.kernel.core.trace_format import render
+from foundry.kernel.core.trace_format import parse, render
+from foundry.kernel.core.tracecontext import new_root, new_span_id
 from foundry.kernel.errors import ChainLimitExceeded, NotFound, Unavailable
 
 log = logging.getLogger("foundry.engine")
@@ -91,9 +107,12 @@ class Engine:
         home: Path,
         config: EngineConfig,
         shutdown_grace: float,
+        spans: SpanOutbox | None = None,
     ) -> None:
+        """``spans``: where finished chains go for OpenTelemetry export (None: nowhere)."""
         self._registry, self._inbox, self._store = registry, inbox, store
         self._home, self._config, self._grace = home, config, shutdown_grace
+        self._spans = spans or SpanOutbox()
         self._clock = Clock()
         self._inflight: dict[str, Workflow] = {}
         self._recent: OrderedDict[str, Workflow] = OrderedDict()
@@ -103,7 +122,7 @@ class Engine:
         self._closing = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with self._inbox, self._store, trio.open_nursery() as nursery:
+        async with self._inbox, self._store, self._spans, trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._take_notices)
             task_status.started()
@@ -134,12 +153,14 @@ class Engine:
 
     async def _on_emit(self, message: Emit) -> None:
         now = self._clock.now()
-        payload_json = compact_json(message.payload)
-        stamp = rfc3339(now)
+        payload_json = payload_json_of(message.payload)  # the bytes upstream hashes, stored as is
+        stamp = occurred_stamp(now)
         root_id = event_id_of_json(message.event_type, message.project, stamp, payload_json)
+        span = message.span or new_root()  # a root starts a trace unless the Emit brought one
         root = Event(
             root_id, message.event_type, message.project, now, now, message.throttle,
-            root_id, message.payload, payload_json, stamp=stamp,
+            root_id, message.payload, payload_json, stamp=stamp, trace_id=span.trace_id,
+            span_id=span.span_id, parent_span_id=span.parent_span_id,
         )  # fmt: skip
         workflow = Workflow(root, is_workflow=self._registry.sinks(message.event_type))
         workflow.events.append(root)
@@ -148,6 +169,8 @@ class Engine:
             if not workflow.is_workflow:
                 finished = workflow.finished(now)
                 await self._send(Append((root, finished), (root,), answers=(answer,)))
+                if self._spans.on:  # (no notice comes back for an event no block sinks)
+                    self._spans.offer(_chain_ended(workflow))
                 return
             self._inflight[root_id] = workflow
             workflow.unsent.append(root)
@@ -199,6 +222,8 @@ class Engine:
                 slot.state = "skipped"  # the chain stopped before this block's turn
         workflow.agenda.clear()
         finished = workflow.finished(self._clock.now())
+        if finished.state == "failed":  # one line per failed workflow (README, "The daemon log")
+            _log_failure(workflow, finished.error)
         notice: Reply[None] = Reply(NoticeSlot(self._notify, (workflow, with_root)))
         records, publish = (*workflow.unsent, finished), tuple(workflow.unpublished)
         workflow.unsent, workflow.unpublished = [], []
@@ -220,6 +245,8 @@ class Engine:
                 return
             log.error("could not store the end of workflow %s: %s", workflow.id, exc)
         workflow.state = workflow.final_state()
+        if self._spans.on:  # the chain is stored: its spans may go out
+            self._spans.offer(_chain_ended(workflow))
         self._retire(workflow)
 
     def _forget(self, workflow: Workflow) -> None:
@@ -253,16 +280,18 @@ class Engine:
                 if not plan.inline:
                     return turn
                 slot.state, slot.started_at = "running", self._clock.now()
+                span = new_span_id()  # the execution's, a child of its trigger event's span
                 if refusal:
                     outcome: Outcome | None = _refused(refusal)
                 else:
-                    ctx = _context(visit.event, self._artifact_dir(workflow, visit.event, block), 1)
+                    artifacts = self._artifact_dir(workflow, visit.event, block)
+                    ctx = _context(visit.event, artifacts, 1, span)
                     outcome = execute_now(block, plan.decision.action, ctx)
                 if outcome is None:  # it needs awaiting after all: the task takes this turn
                     slot.state = "pending"
                     return turn
                 visit.taken += 1
-                self._record(workflow, turn, outcome)
+                self._record(workflow, turn, outcome, span)
             return Walk.END if next_turn(workflow, self._registry.by_sink) is None else Walk.YIELD
         except ChainLimitExceeded as exc:
             workflow.fail(str(exc))
@@ -279,27 +308,33 @@ class Engine:
         if plan.acts:
             await self._durable(workflow)  # no side effect before what caused it is stored
         slot.state, slot.started_at = "running", self._clock.now()
+        span = new_span_id()  # one span for the execution, all its attempts
         if refusal:
             outcome = _refused(refusal)
         else:
             artifact_dir = self._artifact_dir(workflow, event, block)
             outcome = await execute(
-                block, plan.decision.action, lambda attempt: _context(event, artifact_dir, attempt)
+                block,
+                plan.decision.action,
+                lambda attempt: _context(event, artifact_dir, attempt, span),
             )
-        self._record(workflow, turn, outcome)
+        self._record(workflow, turn, outcome, span)
 
     def _artifact_dir(self, workflow: Workflow, event: Event, block: Block) -> str:
         return f"{self._home}/artifacts/{workflow.id}/{event.id}/{_slug(block.name)}"
 
-    def _record(self, workflow: Workflow, turn: Turn, outcome: Outcome) -> None:
-        """Record a block's execution and the events it emitted, which the walk visits next."""
+    def _record(self, workflow: Workflow, turn: Turn, outcome: Outcome, span: str) -> None:
+        """Record a block's execution (span ``span``) and the events it emitted, which the walk
+        visits next."""
         visit, block, _, slot, plan = turn
         event, decision = visit.event, plan.decision
-        children, error = self._children(event, block, outcome, throttled=not decision.deliver)
+        children, error = self._children(
+            event, block, outcome, throttled=not decision.deliver, span=span
+        )
         completed = self._clock.now()
         error = error or outcome.error
         record = ExecutionRecord(
-            trace_id=workflow.id,
+            workflow_id=workflow.id,
             block_name=block.name,
             trigger=event,
             state=decision.state if not error else "failed",
@@ -314,6 +349,8 @@ class Engine:
             audit_artifacts=tuple(map(storable, outcome.artifacts)),
             attempts=outcome.attempts,
             throttled=decision.action is not Action.RUN,
+            ran_command=outcome.ran_command,
+            span_id=span,
         )
         workflow.executions.append(record)
         workflow.events.extend(children)
@@ -329,24 +366,26 @@ class Engine:
         descend(workflow, children)
 
     def _children(
-        self, parent: Event, block: Block, outcome: Outcome, *, throttled: bool
+        self, parent: Event, block: Block, outcome: Outcome, *, throttled: bool, span: str
     ) -> tuple[tuple[Event, ...], str]:
         try:
-            return tuple(self._child(parent, block, e, throttled) for e in outcome.emissions), ""
+            emissions = outcome.emissions
+            return tuple(self._child(parent, block, e, throttled, span) for e in emissions), ""
         except _NotUtf8 as exc:
             return (), f"emitted an event type that is not UTF-8: {exc}"
         except (TypeError, ValueError) as exc:
             return (), f"emitted a payload that is not JSON: {exc}"
 
-    def _child(self, parent: Event, block: Block, emission: Emission, throttled: bool) -> Event:
+    def _child(
+        self, parent: Event, block: Block, emission: Emission, throttled: bool, span: str
+    ) -> Event:
+        """An event a block emitted: in its trigger's trace, a child of the execution's span."""
         now = self._clock.now()
-        stamp = rfc3339(now)
+        stamp = occurred_stamp(now)
         if storable(emission.event_type) != emission.event_type:
             raise _NotUtf8(repr(emission.event_type))
-        payload_json = compact_json(emission.payload)  # NaN and infinities raise ValueError
-        if "\\ud" in payload_json:
-            # A lone surrogate is escaped into valid-looking text the store would refuse.
-            json.dumps(emission.payload, ensure_ascii=False).encode()
+        # NaN, infinities and lone surrogates (the store would refuse them) raise ValueError.
+        payload_json = payload_json_of(emission.payload)
         return Event(
             id=event_id_of_json(emission.event_type, parent.project, stamp, payload_json),
             event_type=emission.event_type,
@@ -354,7 +393,7 @@ class Engine:
             occurred_at=now,
             recorded_at=now,
             throttle=parent.throttle,
-            trace_id=parent.trace_id,
+            workflow_id=parent.workflow_id,
             payload=json.loads(payload_json),  # a copy the block can no longer change
             payload_json=payload_json,
             depth=parent.depth + 1,
@@ -362,6 +401,9 @@ class Engine:
             emitted_by=block.name,
             throttled=throttled,
             stamp=stamp,
+            trace_id=parent.trace_id,
+            span_id=new_span_id(),
+            parent_span_id=span,
         )
 
     async def _flush(self, workflow: Workflow, *answers: Answer) -> Pending[None]:
@@ -392,8 +434,9 @@ class Engine:
 
     def _on_status(self, message: GetStatus) -> None:
         if not message.workflow_id:
-            workflows = [*self._inflight.values(), *self._recent.values()]
-            message.reply.send(sorted((w.view() for w in workflows), key=lambda v: v.started_at))
+            live = [w.view() for w in (*self._inflight.values(), *self._recent.values())]
+            assert self._nursery is not None
+            self._nursery.start_soon(self._status_list, message, live)
             return
         workflow = self._inflight.get(message.workflow_id) or self._recent.get(message.workflow_id)
         if workflow is not None:
@@ -401,6 +444,24 @@ class Engine:
             return
         assert self._nursery is not None
         self._nursery.start_soon(self._status_from_store, message)
+
+    async def _status_list(self, message: GetStatus, live: list[WorkflowView]) -> None:
+        """What the engine holds, and the finished workflows the database holds (all of them
+        after a restart), filtered, newest first (``core.status_query``)."""
+        query, stored = message.query, []
+        try:
+            if query.wants_finished:
+                rows: list[Any] = await ask(
+                    self._store,
+                    lambda r: LoadRecentWorkflows(
+                        query.project, query.state, query.finished_limit, r
+                    ),
+                )
+                stored = [_stored_view(*row) for row in rows]
+        except Exception as exc:
+            message.reply.fail(exc)
+            return
+        message.reply.send(pick_workflows(live, stored, query))
 
     async def _status_from_store(self, message: GetStatus) -> None:
         try:
@@ -435,11 +496,27 @@ class Engine:
             message.reply.send(document)
 
 
+def _log_failure(workflow: Workflow, error: str) -> None:
+    failed = [f"{x.block_name}: {x.summary}" for x in workflow.executions if x.state == "failed"]
+    reason = error or "; ".join(failed) or "failed"
+    log.warning("workflow %s (%s, project %s) failed: %s", workflow.id,
+                workflow.root.event_type, workflow.root.project, reason,
+                extra={"workflow_id": workflow.id, "workflow_type": workflow.root.event_type,
+                       "project": workflow.root.project, "error": reason})  # fmt: skip
+
+
 class _NotUtf8(Exception):
     pass
 
 
-def _context(event: Event, artifact_dir: str, attempt: int) -> BlockContext:
+def _chain_ended(workflow: Workflow) -> ChainEnded:
+    return ChainEnded(
+        tuple(workflow.events), tuple(workflow.executions), workflow.is_workflow,
+        workflow.final_state(), workflow.error, workflow.completed_at or workflow.root.recorded_at,
+    )  # fmt: skip
+
+
+def _context(event: Event, artifact_dir: str, attempt: int, span: str) -> BlockContext:
     return BlockContext(
         payload=own_copy(event.payload, event.payload_json),  # recorded facts never change
         artifact_dir=artifact_dir,
@@ -448,6 +525,8 @@ def _context(event: Event, artifact_dir: str, attempt: int) -> BlockContext:
         event_id=event.id,
         project=event.project,
         attempt=attempt,
+        trace_id=event.trace_id,
+        span_id=span,
     )
 
 
@@ -468,10 +547,11 @@ def _read_trace(home: Path, event_id: str) -> Mapping[str, Any] | None:
     """The chain's trace file; None when there is none, or only one a crash cut short."""
     for path in sorted((home / "traces").glob(f"*/{event_id}.json"), reverse=True):
         try:
-            document: Mapping[str, Any] = json.loads(path.read_bytes())
-        except ValueError:  # torn: the archivist died while writing it
+            data = path.read_bytes()
+        except OSError:  # unreadable (say, a folder by that name): the database has the chain
             return None
-        return document
+        # Ours or the public daemon's; torn (the archivist died writing it) or corrupt is None.
+        return parse(data)
     return None
 
 
@@ -484,6 +564,7 @@ def _stored_view(row: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]]) ->
         started_at=rfc3339(row["started_at"]),
         completed_at=rfc3339(row["completed_at"]),
         error=row["error"],
+        trace_id=row.get("trace_id") or "",
         task_blocks=tuple(
             BlockView(
                 b["block_name"],

@@ -9,7 +9,9 @@ from typing import Any
 from foundry.kernel.actors.mailbox import Reply
 from foundry.kernel.core.chain import BlockView as BlockView  # re-exported: views are replies
 from foundry.kernel.core.chain import WorkflowView as WorkflowView
+from foundry.kernel.core.status_query import StatusQuery
 from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.core.tracecontext import SpanContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,14 +29,18 @@ class Emit:
     throttle: Throttle
     payload: Mapping[str, Any]
     reply: Reply[Emitted]
+    # The root event's span (W3C): the caller's trace context, checked; None = a new trace.
+    span: SpanContext | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class GetStatus:
-    """In-flight and recently finished workflows, or just ``workflow_id`` (NotFound if unknown)."""
+    """Just ``workflow_id`` (NotFound if unknown); without one, the workflows ``query`` picks,
+    newest first: in flight, recently finished, and finished ones from the database."""
 
     workflow_id: str
     reply: Reply[list[WorkflowView]]
+    query: StatusQuery = StatusQuery()
 
 
 @dataclass(frozen=True, slots=True)

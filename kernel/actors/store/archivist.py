@@ -36,7 +36,9 @@ class Archivist:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         process: trio.Process | None = await trio.lowlevel.open_process(
-            [sys.executable, "-I", trace_format.__file__], stdin=subprocess.PIPE
+            [sys.executable, "-I", trace_format.__file__],
+            stdin=subprocess.PIPE,
+            start_new_session=True,  # a terminal's Ctrl-C is for the daemon, who drains first
         )
         task_status.started()
         try:

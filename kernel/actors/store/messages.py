@@ -19,6 +19,7 @@ from foundry.analytics.sandbox import QueryResult
 from foundry.kernel.actors.mailbox import Reply
 from foundry.kernel.core.attest_records import AttestationRecord
 from foundry.kernel.core.governance import StoredGate, StoredScenario
+from foundry.kernel.core.run_control import RunListQuery, RunSummary
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
 
 StoredRun = tuple[RunSubmission, list[RunEventRecord]]
@@ -100,6 +101,25 @@ class LoadUnfinishedRuns:
     """Every run whose log has no terminal event, oldest first."""
 
     reply: Reply[list[StoredRun]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRunSummaries:
+    """Runs matching ``query``, newest first: up to one more than a page (``run_control``)."""
+
+    query: RunListQuery
+    reply: Reply[list[RunSummary]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRecentWorkflows:
+    """Finished workflows newest first (with their block executions), of ``project`` and in
+    ``state`` when set, at most ``limit``."""
+
+    project: str
+    state: str
+    limit: int
+    reply: Reply[list[tuple[dict[str, Any], list[dict[str, Any]]]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +223,8 @@ StoreQuery = (
     | LoadRun
     | LoadRunEvents
     | LoadUnfinishedRuns
+    | LoadRunSummaries
+    | LoadRecentWorkflows
     | LoadIdempotencyKeys
     | CountRows
     | LoadEvalScenarios

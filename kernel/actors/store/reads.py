@@ -20,16 +20,18 @@ from foundry.kernel.actors.store.messages import (
     LoadEvalScenarios,
     LoadGateDecisions,
     LoadIdempotencyKeys,
+    LoadRecentWorkflows,
     LoadRun,
     LoadRunAttestations,
     LoadRunEvents,
+    LoadRunSummaries,
     LoadTrace,
     LoadUnattested,
     LoadUnfinishedRuns,
     LoadWorkflow,
     RowCounts,
 )
-from foundry.kernel.core.ids import rfc3339
+from foundry.kernel.core.ids import occurred_stamp, rfc3339
 from foundry.kernel.core.records import FinishedChain
 from foundry.kernel.core.throttle import Throttle
 
@@ -47,15 +49,17 @@ def _event_trace(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["event_id"],
         "event_type": row["event_type"],
         "project": row["project"],
-        "occurred_at": rfc3339(row["occurred_at"]),
+        "occurred_at": occurred_stamp(row["occurred_at"]),  # as hashed into its id
         "recorded_at": rfc3339(row["recorded_at"]),
         "throttle": row["throttle"],
-        "trace_id": row["trace_id"],
+        "trace_id": row["trace_id"] or "",
         "payload": json.loads(row["payload"]),
         "parent_id": row["parent_id"],
         "emitted_by": row["emitted_by"],
         "depth": row["depth"],
         "throttled": row["throttled"],
+        "span_id": row["span_id"] or "",
+        "parent_span_id": row["parent_span_id"] or None,
     }
 
 
@@ -77,15 +81,17 @@ def _execution_trace(row: dict[str, Any], payloads: dict[str, Any]) -> dict[str,
         "attempts": row["attempts"],
         "started_at": rfc3339(row["started_at"]),
         "completed_at": rfc3339(row["completed_at"]),
+        "span_id": row["span_id"] or "",
+        "parent_span_id": row["parent_span_id"] or "",
     }
 
 
-def load_chain(con: duckdb.DuckDBPyConnection, trace_id: str) -> tuple[list[Any], list[Any]]:
+def load_chain(con: duckdb.DuckDBPyConnection, workflow_id: str) -> tuple[list[Any], list[Any]]:
     """The trace form of a chain's stored events and block executions."""
     events = [
         _event_trace(r)
         for r in _dicts(
-            con, "SELECT * FROM events WHERE trace_id = ? ORDER BY recorded_at", [trace_id]
+            con, "SELECT * FROM events WHERE workflow_id = ? ORDER BY recorded_at", [workflow_id]
         )
     ]
     payloads = {e["id"]: e["payload"] for e in events}
@@ -93,8 +99,8 @@ def load_chain(con: duckdb.DuckDBPyConnection, trace_id: str) -> tuple[list[Any]
         _execution_trace(r, payloads)
         for r in _dicts(
             con,
-            "SELECT * FROM block_executions WHERE trace_id = ? ORDER BY completed_at",
-            [trace_id],
+            "SELECT * FROM block_executions WHERE workflow_id = ? ORDER BY completed_at",
+            [workflow_id],
         )
     ]
     return events, executions
@@ -132,10 +138,39 @@ def load_workflow(
     blocks = _dicts(
         con,
         "SELECT block_name, state, started_at, completed_at, throttled FROM block_executions "
-        "WHERE trace_id = ? ORDER BY started_at",
+        "WHERE workflow_id = ? ORDER BY started_at",
         [workflow_id],
     )
     return rows[0], blocks
+
+
+def load_recent_workflows(
+    con: duckdb.DuckDBPyConnection, project: str, state: str, limit: int
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Finished workflows newest first, each with its block executions (as ``load_workflow``)."""
+    where, params = ["block_count > 0"], []
+    for column, value in (("project", project), ("state", state)):
+        if value:
+            where.append(f"{column} = ?")
+            params.append(value)
+    rows = _dicts(
+        con,
+        f"SELECT * FROM workflows WHERE {' AND '.join(where)} "
+        "ORDER BY started_at DESC, workflow_id DESC LIMIT ?",
+        [*params, limit],
+    )
+    if not rows:
+        return []
+    ids = [row["workflow_id"] for row in rows]
+    blocks: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+    for block in _dicts(
+        con,
+        "SELECT workflow_id, block_name, state, started_at, completed_at, throttled "
+        "FROM block_executions WHERE list_contains(?, workflow_id) ORDER BY started_at",
+        [ids],
+    ):
+        blocks[block.pop("workflow_id")].append(block)
+    return [(row, blocks[row["workflow_id"]]) for row in rows]
 
 
 def recover_unfinished(
@@ -175,6 +210,7 @@ def recover_unfinished(
                 event_count=len(events),
                 block_count=max(len(executions), 1),
                 trace=json.dumps(trace, default=str),
+                trace_id=root["trace_id"] or "",
             )
         )
     if finished:
@@ -205,6 +241,8 @@ QUERIES: dict[type, Handler] = {
     LoadRun: lambda con, m: runs.load_run(con, m.run_id),
     LoadRunEvents: lambda con, m: runs.load_run_events(con, m.run_id),
     LoadUnfinishedRuns: lambda con, m: runs.load_unfinished_runs(con),
+    LoadRunSummaries: lambda con, m: runs.list_runs(con, m.query),
+    LoadRecentWorkflows: lambda con, m: load_recent_workflows(con, m.project, m.state, m.limit),
     LoadIdempotencyKeys: lambda con, m: runs.load_idempotency_keys(con),
     CountRows: lambda con, m: count_rows(con),
     ExportParquet: lambda con, m: retention.export_parquet(con, m.directory, m.since),

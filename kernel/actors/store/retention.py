@@ -50,8 +50,8 @@ OLD_RUNS = (
 # table → (the key column, the query of the keys to archive)
 SCOPES: dict[str, tuple[str, str]] = {
     "workflows": ("workflow_id", OLD_WORKFLOWS),
-    "events": ("trace_id", OLD_WORKFLOWS),
-    "block_executions": ("trace_id", OLD_WORKFLOWS),
+    "events": ("workflow_id", OLD_WORKFLOWS),
+    "block_executions": ("workflow_id", OLD_WORKFLOWS),
     "runs": ("run_id", OLD_RUNS),
     "run_events": ("run_id", OLD_RUNS),
 }
@@ -91,8 +91,7 @@ def prune(
             [cutoff],
         )
         con.execute(f"CREATE OR REPLACE TEMP TABLE prune_runs AS {OLD_RUNS}", [cutoff])
-        temp = {"workflow_id": "prune_workflows", "trace_id": "prune_workflows",
-                "run_id": "prune_runs"}  # fmt: skip
+        temp = {"workflow_id": "prune_workflows", "run_id": "prune_runs"}
         for table, (key, _) in SCOPES.items():
             column = "workflow_id" if temp[key] == "prune_workflows" else "run_id"
             row = con.execute(

@@ -55,23 +55,30 @@ class TableWriter:
 
 def _event_row(e: Event) -> tuple[Any, ...]:
     return (
-        e.id, e.trace_id, e.event_type, e.project, e.occurred_at, e.recorded_at, e.throttle.value,
-        e.depth, e.parent_id or None, e.emitted_by or None, e.throttled, e.payload_json,
+        e.id, e.workflow_id, e.event_type, e.project, e.occurred_at, e.recorded_at,
+        e.throttle.value, e.depth, e.parent_id or None, e.emitted_by or None, e.throttled,
+        e.payload_json, e.trace_id or None, e.span_id or None, e.parent_span_id or None,
     )  # fmt: skip
 
 
 def _execution_row(x: ExecutionRecord) -> tuple[Any, ...]:
     return (
-        x.trace_id, x.block_name, x.trigger.id, x.state, x.success, x.summary,
-        [e.id for e in x.emitted], x.duration_ms, x.raw_output, x.exit_code,
+        x.workflow_id, x.block_name, x.trigger.id, x.state, x.success, x.summary,
+        [e.id for e in x.emitted], x.duration_ms, *_command_result(x),
         list(x.audit_artifacts), x.attempts, x.throttled, x.started_at, x.completed_at,
+        x.trigger.trace_id or None, x.span_id or None, x.trigger.span_id or None,
     )  # fmt: skip
+
+
+def _command_result(x: ExecutionRecord) -> tuple[str | None, int | None]:
+    """NULLs when the block ran no command, as in its trace file."""
+    return (x.raw_output, x.exit_code) if x.ran_command else (None, None)
 
 
 def _finished_row(f: FinishedChain) -> tuple[Any, ...]:
     return (
         f.workflow_id, f.workflow_type, f.project, f.throttle.value, f.state, f.error,
-        f.started_at, f.completed_at, f.event_count, f.block_count,
+        f.started_at, f.completed_at, f.event_count, f.block_count, f.trace_id or None,
     )  # fmt: skip
 
 
@@ -79,7 +86,7 @@ def _submission_row(r: RunSubmission) -> tuple[Any, ...]:
     return (
         r.run_id, r.idempotency_key, r.dag_json, compact_json(r.inputs), r.seed,
         compact_json(r.labels), list(r.breakpoints), r.parent_run_id, r.branch_step, r.note,
-        r.created_at,
+        r.created_at, r.trace_id or None, r.span_id or None,
     )  # fmt: skip
 
 
@@ -127,7 +134,7 @@ WRITERS: dict[type, TableWriter] = {
         "events",
         (
             "event_id",
-            "trace_id",
+            "workflow_id",
             "event_type",
             "project",
             "occurred_at",
@@ -138,13 +145,16 @@ WRITERS: dict[type, TableWriter] = {
             "emitted_by",
             "throttled",
             "payload",
+            "trace_id",
+            "span_id",
+            "parent_span_id",
         ),
         _event_row,
     ),  # fmt: skip
     ExecutionRecord: TableWriter(
         "block_executions",
         (
-            "trace_id",
+            "workflow_id",
             "block_name",
             "trigger_event_id",
             "state",
@@ -159,6 +169,9 @@ WRITERS: dict[type, TableWriter] = {
             "throttled",
             "started_at",
             "completed_at",
+            "trace_id",
+            "span_id",
+            "parent_span_id",
         ),
         _execution_row,
     ),  # fmt: skip
@@ -175,6 +188,7 @@ WRITERS: dict[type, TableWriter] = {
             "completed_at",
             "event_count",
             "block_count",
+            "trace_id",
         ),
         _finished_row,
     ),  # fmt: skip
@@ -192,6 +206,8 @@ WRITERS: dict[type, TableWriter] = {
             "branch_step",
             "note",
             "created_at",
+            "trace_id",
+            "span_id",
         ),
         _submission_row,
     ),  # fmt: skip

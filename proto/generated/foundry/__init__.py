@@ -76,6 +76,16 @@ class EmitRequest(betterproto2.Message):
 
     payload_json: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
+    trace_id: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    W3C trace context (the public daemon's fields): lowercase hex, trace_id
+    32 digits, span ids 16; empty = start a new trace.
+    """
+
+    span_id: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+
+    parent_span_id: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+
 
 default_message_pool.register_message("foundry", "EmitRequest", EmitRequest)
 
@@ -93,6 +103,21 @@ default_message_pool.register_message("foundry", "EmitResponse", EmitResponse)
 @dataclass(eq=False, repr=False)
 class StatusRequest(betterproto2.Message):
     workflow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    project: "str" = betterproto2.field(120, betterproto2.TYPE_STRING)
+    """
+    Additive filters (with no workflow_id): newest first, finished ones from the database too.
+    """
+
+    state: "str" = betterproto2.field(121, betterproto2.TYPE_STRING)
+    """
+    pending | running | completed | failed ("": any)
+    """
+
+    limit: "int" = betterproto2.field(122, betterproto2.TYPE_INT32)
+    """
+    at most 1000; 0: every in-flight one and the newest 100 finished
+    """
 
 
 default_message_pool.register_message("foundry", "StatusRequest", StatusRequest)
@@ -150,14 +175,22 @@ class TraceBlockExecution(betterproto2.Message):
 
     audit_artifacts: "list[str]" = betterproto2.field(12, betterproto2.TYPE_STRING, repeated=True)
 
-    state: "str" = betterproto2.field(13, betterproto2.TYPE_STRING)
+    span_id: "str" = betterproto2.field(13, betterproto2.TYPE_STRING)
+    """
+    The execution's span, a child of its trigger event's span (the public
+    daemon's fields; the trace id is the trigger event's).
+    """
+
+    parent_span_id: "str" = betterproto2.field(14, betterproto2.TYPE_STRING)
+
+    state: "str" = betterproto2.field(100, betterproto2.TYPE_STRING)
     """
     Additive fields.
     """
 
-    throttled: "bool" = betterproto2.field(14, betterproto2.TYPE_BOOL)
+    throttled: "bool" = betterproto2.field(101, betterproto2.TYPE_BOOL)
 
-    attempts: "int" = betterproto2.field(15, betterproto2.TYPE_UINT32)
+    attempts: "int" = betterproto2.field(102, betterproto2.TYPE_UINT32)
 
 
 default_message_pool.register_message("foundry", "TraceBlockExecution", TraceBlockExecution)
@@ -177,14 +210,23 @@ class TraceEvent(betterproto2.Message):
         5, betterproto2.TYPE_ENUM, default_factory=lambda: Throttle(0)
     )
 
-    payload_json: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    trace_id: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    W3C trace context of the event (the public daemon's fields).
+    """
+
+    span_id: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+
+    parent_span_id: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+
+    payload_json: "str" = betterproto2.field(100, betterproto2.TYPE_STRING)
     """
     Additive fields.
     """
 
-    recorded_at: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    recorded_at: "str" = betterproto2.field(101, betterproto2.TYPE_STRING)
 
-    throttled: "bool" = betterproto2.field(8, betterproto2.TYPE_BOOL)
+    throttled: "bool" = betterproto2.field(102, betterproto2.TYPE_BOOL)
 
 
 default_message_pool.register_message("foundry", "TraceEvent", TraceEvent)
@@ -208,6 +250,12 @@ class TraceResponse(betterproto2.Message):
         3, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
+    total_duration_ms: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+    """
+    From the root event's occurred_at to the chain's end. (Varint on the wire
+    like the public daemon's; its exact integer type is not published.)
+    """
+
 
 default_message_pool.register_message("foundry", "TraceResponse", TraceResponse)
 
@@ -230,17 +278,31 @@ class WatchResponse(betterproto2.Message):
 
     payload_json: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
+    trace_id: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    W3C trace context of the event (the public daemon's fields).
+    """
+
+    span_id: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+
+    parent_span_id: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+
     throttle: "Throttle" = betterproto2.field(
-        5, betterproto2.TYPE_ENUM, default_factory=lambda: Throttle(0)
+        100, betterproto2.TYPE_ENUM, default_factory=lambda: Throttle(0)
     )
     """
     Additive: the throttle the event carries and whether it was withheld
     from downstream blocks (an AUDIT_ONLY mutator's would-be emission).
     """
 
-    throttled: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+    throttled: "bool" = betterproto2.field(101, betterproto2.TYPE_BOOL)
 
-    workflow_id: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    workflow_id: "str" = betterproto2.field(102, betterproto2.TYPE_STRING)
+
+    occurred_at: "str" = betterproto2.field(140, betterproto2.TYPE_STRING)
+    """
+    When the event occurred, RFC 3339 UTC (numbers 140+: issue 15's live commands).
+    """
 
 
 default_message_pool.register_message("foundry", "WatchResponse", WatchResponse)
@@ -264,7 +326,12 @@ class WorkflowStatus(betterproto2.Message):
         7, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
-    error: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+    trace_id: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+    """
+    The W3C trace id of the workflow's root event (32 lowercase hex).
+    """
+
+    error: "str" = betterproto2.field(100, betterproto2.TYPE_STRING)
     """
     Additive: why a failed workflow failed.
     """

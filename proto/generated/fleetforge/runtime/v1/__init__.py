@@ -15,6 +15,8 @@ __all__ = (
     "BranchSeedMode",
     "BudgetSignal",
     "BudgetSummary",
+    "CancelRunRequest",
+    "CancelRunResponse",
     "ChangeDecisionEffect",
     "ChangeDiff",
     "ChangeGateDecision",
@@ -42,6 +44,8 @@ __all__ = (
     "ListChangeGatesResponse",
     "ListEvalScenariosRequest",
     "ListEvalScenariosResponse",
+    "ListRunsRequest",
+    "ListRunsResponse",
     "MetricDirection",
     "NoveltySummary",
     "PatchStepRequest",
@@ -62,6 +66,7 @@ __all__ = (
     "RunEvent",
     "RunSpec",
     "RunStatus",
+    "RunSummary",
     "RuntimeServiceBase",
     "RuntimeServiceStub",
     "StepSummary",
@@ -454,6 +459,36 @@ class BudgetSummary(betterproto2.Message):
 
 
 default_message_pool.register_message("fleetforge.runtime.v1", "BudgetSummary", BudgetSummary)
+
+
+@dataclass(eq=False, repr=False)
+class CancelRunRequest(betterproto2.Message):
+    run_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    reason: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("fleetforge.runtime.v1", "CancelRunRequest", CancelRunRequest)
+
+
+@dataclass(eq=False, repr=False)
+class CancelRunResponse(betterproto2.Message):
+    status: "RunStatus" = betterproto2.field(
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: RunStatus(0)
+    )
+    """
+    RUN_STATUS_CANCELED
+    """
+
+    canceled_steps: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    """
+    steps that were running, cancelled
+    """
+
+
+default_message_pool.register_message(
+    "fleetforge.runtime.v1", "CancelRunResponse", CancelRunResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -943,6 +978,74 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class ListRunsRequest(betterproto2.Message):
+    """
+    --- Additive: ListRuns and CancelRun ----------------------------------------------------------
+
+    Runs newest first (created_at, then run_id), every filter given must hold.
+    """
+
+    statuses: "list[RunStatus]" = betterproto2.field(1, betterproto2.TYPE_ENUM, repeated=True)
+    """
+    any of these (empty: every status)
+    """
+
+    labels: "dict[str, str]" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+    """
+    each label must have this value
+    """
+
+    parent_run_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    branches of this run
+    """
+
+    created_after: "datetime.datetime | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    created at or after
+    """
+
+    created_before: "datetime.datetime | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    created before
+    """
+
+    page_size: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    0: 50; at most 1000
+    """
+
+    page_token: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    next_page_token of the previous page
+    """
+
+
+default_message_pool.register_message("fleetforge.runtime.v1", "ListRunsRequest", ListRunsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListRunsResponse(betterproto2.Message):
+    runs: "list[RunSummary]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    "" on the last page
+    """
+
+
+default_message_pool.register_message("fleetforge.runtime.v1", "ListRunsResponse", ListRunsResponse)
+
+
+@dataclass(eq=False, repr=False)
 class NoveltySummary(betterproto2.Message):
     max_novelty: "float" = betterproto2.field(1, betterproto2.TYPE_DOUBLE)
 
@@ -1174,6 +1277,25 @@ class RunDetail(betterproto2.Message):
 
     steps: "list[StepSummary]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
 
+    paused_step: "str" = betterproto2.field(120, betterproto2.TYPE_STRING)
+    """
+    Additive: the step a paused run waits before, why a failed run failed, and a branch's source.
+    """
+
+    error: "str" = betterproto2.field(121, betterproto2.TYPE_STRING)
+
+    parent_run_id: "str" = betterproto2.field(122, betterproto2.TYPE_STRING)
+
+    branch_step: "str" = betterproto2.field(123, betterproto2.TYPE_STRING)
+
+    trace_id: "str" = betterproto2.field(130, betterproto2.TYPE_STRING)
+    """
+    Additive: W3C trace context. A run is a trace (32 hex) with a span of its own (16 hex),
+    the parent of each step attempt's span.
+    """
+
+    span_id: "str" = betterproto2.field(131, betterproto2.TYPE_STRING)
+
 
 default_message_pool.register_message("fleetforge.runtime.v1", "RunDetail", RunDetail)
 
@@ -1193,6 +1315,11 @@ class RunEvent(betterproto2.Message):
     occurred_at: "datetime.datetime | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
+
+    span_id: "str" = betterproto2.field(100, betterproto2.TYPE_STRING)
+    """
+    Additive: the W3C span of the step attempt a step event belongs to ("" otherwise).
+    """
 
 
 default_message_pool.register_message("fleetforge.runtime.v1", "RunEvent", RunEvent)
@@ -1218,6 +1345,48 @@ class RunSpec(betterproto2.Message):
 
 
 default_message_pool.register_message("fleetforge.runtime.v1", "RunSpec", RunSpec)
+
+
+@dataclass(eq=False, repr=False)
+class RunSummary(betterproto2.Message):
+    run_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    status: "RunStatus" = betterproto2.field(
+        2, betterproto2.TYPE_ENUM, default_factory=lambda: RunStatus(0)
+    )
+
+    created_at: "datetime.datetime | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+
+    updated_at: "datetime.datetime | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+
+    labels: "dict[str, str]" = betterproto2.field(
+        5,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+
+    parent_run_id: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+
+    branch_step: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+
+    step_count: "int" = betterproto2.field(8, betterproto2.TYPE_INT32)
+
+    paused_step: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
+    """
+    the step a paused run waits before
+    """
+
+    error: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
+    """
+    why a failed run failed
+    """
+
+
+default_message_pool.register_message("fleetforge.runtime.v1", "RunSummary", RunSummary)
 
 
 @dataclass(eq=False, repr=False)
@@ -1247,6 +1416,13 @@ class StepSummary(betterproto2.Message):
     error: "___google__protobuf__.Value | None" = betterproto2.field(
         9, betterproto2.TYPE_MESSAGE, optional=True
     )
+
+    span_id: "str" = betterproto2.field(100, betterproto2.TYPE_STRING)
+    """
+    Additive: the latest attempt's W3C span and its parent (the run's span).
+    """
+
+    parent_span_id: "str" = betterproto2.field(101, betterproto2.TYPE_STRING)
 
 
 default_message_pool.register_message("fleetforge.runtime.v1", "StepSummary", StepSummary)
@@ -1605,6 +1781,45 @@ class RuntimeServiceStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def list_runs(
+        self,
+        message: "ListRunsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListRunsResponse":
+        """
+        Additive (not in the API document): find runs, and cancel one.
+        """
+
+        return await self._unary_unary(
+            "/fleetforge.runtime.v1.RuntimeService/ListRuns",
+            message,
+            ListRunsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def cancel_run(
+        self,
+        message: "CancelRunRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "CancelRunResponse":
+
+        return await self._unary_unary(
+            "/fleetforge.runtime.v1.RuntimeService/CancelRun",
+            message,
+            CancelRunResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 from ....google import protobuf as ___google__protobuf__
 
@@ -1684,6 +1899,17 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
     async def get_attestations(
         self, message: "GetAttestationsRequest"
     ) -> "GetAttestationsResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_runs(self, message: "ListRunsRequest") -> "ListRunsResponse":
+        """
+        Additive (not in the API document): find runs, and cancel one.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def cancel_run(self, message: "CancelRunRequest") -> "CancelRunResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -1808,6 +2034,22 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         response = await self.get_attestations(request)
         await stream.send_message(response)
 
+    async def __rpc_list_runs(
+        self, stream: "grpclib.server.Stream[ListRunsRequest, ListRunsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_runs(request)
+        await stream.send_message(response)
+
+    async def __rpc_cancel_run(
+        self, stream: "grpclib.server.Stream[CancelRunRequest, CancelRunResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.cancel_run(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/fleetforge.runtime.v1.RuntimeService/SubmitRun": grpclib.const.Handler(
@@ -1899,5 +2141,17 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 GetAttestationsRequest,
                 GetAttestationsResponse,
+            ),
+            "/fleetforge.runtime.v1.RuntimeService/ListRuns": grpclib.const.Handler(
+                self.__rpc_list_runs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListRunsRequest,
+                ListRunsResponse,
+            ),
+            "/fleetforge.runtime.v1.RuntimeService/CancelRun": grpclib.const.Handler(
+                self.__rpc_cancel_run,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CancelRunRequest,
+                CancelRunResponse,
             ),
         }
