@@ -12,6 +12,7 @@ from foundry.kernel.actors.replay.messages import ReplayMessage
 from foundry.kernel.actors.scheduler.messages import SchedulerMessage
 from foundry.kernel.actors.store.messages import StoreMessage
 from foundry.kernel.actors.tap.messages import TapMessage
+from foundry.kernel.actors.telemetry.messages import TelemetryMessage
 
 
 @dataclass(frozen=True)
@@ -25,3 +26,5 @@ class Mailboxes:
     gate: trio.MemorySendChannel[GateMessage]
     attestor: trio.MemorySendChannel[AttestorMessage]
     store: trio.MemorySendChannel[StoreMessage]  # RunUserQuery, ExportParquet
+    # The telemetry actor's, when [otel] endpoint is set (spans; senders never wait on it).
+    telemetry: trio.MemorySendChannel[TelemetryMessage] | None = None

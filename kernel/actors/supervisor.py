@@ -2,8 +2,8 @@
 benchmarks run.
 
 The attestor's signing key is loaded (or created) first: a key others may read refuses the start.
-Actors start in dependency order (tap broker, store, attestor, engine, scheduler, replay, gate),
-each through
+Actors start in dependency order (tap broker, store, attestor, telemetry when ``[otel] endpoint``
+is set, engine, scheduler, replay, gate), each through
 ``nursery.start`` so it is ready before the next; leaving the context closes the mailboxes the
 edge holds, each actor finishes or checkpoints its work in flight within its grace period, and
 the store, whose mailbox the others hold, flushes and closes last. ``$FOUNDRY_HOME`` is locked
@@ -36,6 +36,8 @@ from foundry.kernel.actors.store.actor import Store
 from foundry.kernel.actors.store.messages import StoreMessage
 from foundry.kernel.actors.tap.actor import TapBroker
 from foundry.kernel.actors.tap.messages import CloseAll, TapMessage
+from foundry.kernel.actors.telemetry.actor import Telemetry
+from foundry.kernel.actors.telemetry.messages import SpanOutbox, TelemetryMessage
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import Config
 from foundry.kernel.core.drift import Tolerance
@@ -77,6 +79,8 @@ async def open_kernel(
                     mailboxes.tap, mailboxes.attestor, mailboxes.store,
                 ):  # fmt: skip
                     mailbox.close()  # each finishes its work in flight; the store closes last
+                if mailboxes.telemetry is not None:
+                    mailboxes.telemetry.close()  # it ends when the engine's and scheduler's do
 
 
 @contextlib.contextmanager
@@ -129,12 +133,17 @@ async def _start_actors(
     await nursery.start(Attestor(key_pair, attest_receive, store_send.clone()).run)
     # Notices go to the attestor only when [attest] enabled; it serves GetAttestations either way.
     notices = attest_send.clone if config.attest.enabled else lambda: None
+    telemetry = await _start_telemetry(config, nursery)  # None unless [otel] endpoint is set
+
+    def spans() -> SpanOutbox:
+        return SpanOutbox(telemetry.clone() if telemetry is not None else None)
+
     engine = Engine(registry, engine_receive, store_send.clone(), home=home,
-                    config=config.engine, shutdown_grace=grace)  # fmt: skip
+                    config=config.engine, shutdown_grace=grace, spans=spans())  # fmt: skip
     await nursery.start(engine.run)
     scheduler = Scheduler(registry, scheduler_receive, store_send.clone(), tap_send.clone(),
                           home=home, config=config.scheduler, shutdown_grace=grace,
-                          attestor=notices())  # fmt: skip
+                          attestor=notices(), spans=spans())  # fmt: skip
     resumed = await nursery.start(scheduler.run)
     if resumed:
         log.warning("picked up %d unfinished run(s) where they stopped", resumed)
@@ -148,5 +157,16 @@ async def _start_actors(
     store_send.close()
     return Mailboxes(
         engine=engine_send, tap=tap_send, scheduler=scheduler_send, replay=replay_send,
-        gate=gate_send, attestor=attest_send, store=user_queries,
+        gate=gate_send, attestor=attest_send, store=user_queries, telemetry=telemetry,
     )  # fmt: skip
+
+
+async def _start_telemetry(
+    config: Config, nursery: trio.Nursery
+) -> trio.MemorySendChannel[TelemetryMessage] | None:
+    """The telemetry actor's mailbox, when spans are exported (``[otel] endpoint``)."""
+    if not config.otel.endpoint:
+        return None
+    send, receive = trio.open_memory_channel[TelemetryMessage](MAILBOX_SIZE)
+    await nursery.start(Telemetry(receive, config.otel).run)
+    return send

@@ -1,0 +1,135 @@
+"""The telemetry actor: spans out of the daemon, to an OpenTelemetry collector.
+
+Started by the supervisor only when ``[otel] endpoint`` is set. The engine and the scheduler
+offer it what ended (a chain, a step attempt, a run: ``messages``) and never wait for it; it
+turns those into span records (``spans``, pure) and writes them, a batch of messages per frame,
+to the exporter process (``python -m foundry.kernel.edge.otel``), where the OpenTelemetry SDK
+encodes and sends them off this process's GIL. A slow exporter fills the pipe, then this
+mailbox, and then senders drop and count: nothing here can slow the engine.
+
+Stop: once every sender's outbox is closed (the engine's and the scheduler's, as they finish),
+the exporter's stdin closes; it flushes for up to ``FLUSH_SECONDS`` and exits (or is killed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import trio
+from foundry.kernel.actors.mailbox import take_batch
+from foundry.kernel.actors.telemetry.messages import SpanRecord, TelemetryMessage, frame
+from foundry.kernel.actors.telemetry.spans import records_of
+from foundry.kernel.config import OtelConfig
+
+log = logging.getLogger("foundry.telemetry")
+exporter_log = logging.getLogger("foundry.otel")  # what the exporter process logs
+
+EXPORTER = "foundry.kernel.edge.otel"
+FLUSH_SECONDS = 2.0  # the exporter's (kernel/edge/otel.py)
+EXIT_SECONDS = FLUSH_SECONDS + 3.0  # then it is killed
+MAILBOX_BATCH = 512  # messages per frame at most
+GATHER_SECONDS = 0.05  # how long the first message of a frame waits for others
+
+
+class Telemetry:
+    def __init__(
+        self, inbox: trio.MemoryReceiveChannel[TelemetryMessage], config: OtelConfig
+    ) -> None:
+        self._inbox, self._config = inbox, config
+        self.written = 0  # span records handed to the exporter
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", EXPORTER, json.dumps(vars(self._config))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,  # its log lines, for ours
+            start_new_session=True,  # its stop is ours: closing stdin, not a terminal's Ctrl-C
+        )
+        assert process.stdin is not None
+        assert process.stdout is not None
+        log.info("exporting spans to %s (%s)", self._config.endpoint, self._config.protocol)
+        task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_relay_log, process.stdout)
+                async with self._inbox, process.stdin:
+                    await self._forward(process.stdin)
+                await _stop(process)  # it flushes, logs its totals and exits: its log ends
+        except BaseException:
+            process.kill()  # cancelled (a second signal stops at once) or failed: no flush
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+    async def _forward(self, exporter: trio.abc.SendStream) -> None:
+        while batch := await take_batch(self._inbox, MAILBOX_BATCH):
+            # What comes in the next moment goes in the same frame: one write, one wake-up of
+            # this task, for many chains (the exporter batches for seconds anyway).
+            await trio.sleep(GATHER_SECONDS)
+            batch += _waiting(self._inbox, MAILBOX_BATCH)
+            records = _records(batch)
+            del batch
+            if not records:
+                continue
+            try:
+                await exporter.send_all(frame(records))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.error("the OpenTelemetry exporter stopped: spans are no longer exported")
+                async for _ in self._inbox:
+                    pass  # senders never wait on us, exporter or not
+                return
+            self.written += len(records)
+
+
+def _waiting(
+    inbox: trio.MemoryReceiveChannel[TelemetryMessage], limit: int
+) -> list[TelemetryMessage]:
+    found: list[TelemetryMessage] = []
+    while len(found) < limit:
+        try:
+            found.append(inbox.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    return found
+
+
+def _records(batch: list[TelemetryMessage]) -> list[SpanRecord]:
+    records: list[SpanRecord] = []
+    for message in batch:
+        try:
+            records.extend(records_of(message))
+        except Exception:  # a bug in one span must not stop the export of the others
+            log.exception("could not make spans of a %s", type(message).__name__)
+    return records
+
+
+async def _relay_log(stream: trio.abc.ReceiveStream) -> None:
+    """The exporter's log records (JSON lines on its stdout), logged here: they land in the
+    daemon's log, in its format."""
+    pending = b""
+    async for chunk in stream:
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            _log_line(line)
+
+
+def _log_line(line: bytes) -> None:
+    try:
+        record = json.loads(line)
+        level, message = int(record["level"]), str(record["message"])
+    except (ValueError, TypeError, KeyError):
+        level, message = logging.WARNING, line[:300].decode(errors="replace")
+    exporter_log.log(level, "%s", message)
+
+
+async def _stop(process: trio.Process) -> None:
+    with trio.move_on_after(EXIT_SECONDS):
+        await process.wait()
+        return
+    log.warning("the OpenTelemetry exporter did not stop in %.0f s: killed", EXIT_SECONDS)
+    process.kill()
+    await process.wait()

@@ -1,0 +1,423 @@
+"""OpenTelemetry export, the parts that need no daemon: spans made of what the engine and the
+scheduler recorded (kernel/actors/telemetry/spans.py), the frames the exporter process reads,
+the SDK spans and OTLP bytes made of them (kernel/edge/otel.py), the exporter's bounded and
+counted queue, and the outbox that never makes a sender wait.
+
+End to end (a daemon, a receiver): tests/e2e/test_otel_export.py.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+import trio
+from foundry.kernel.actors.telemetry.messages import (
+    ChainEnded,
+    RunEnded,
+    SpanEnded,
+    SpanOutbox,
+    StepAttemptEnded,
+    TelemetryMessage,
+    frame,
+    read_frames,
+    span_record,
+)
+from foundry.kernel.actors.telemetry.spans import records_of, unix_ns
+from foundry.kernel.config import Config
+from foundry.kernel.core.records import Event, ExecutionRecord
+from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.edge.otel import Export, open_exporter, readable_span, resource
+from foundry.kernel.errors import ConfigError
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind, StatusCode
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER, ROOT, BLOCK_A, CHILD, BLOCK_B = (f"{n:016x}" for n in (0xCA11E5, 1, 2, 3, 4))
+T0 = datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def at(ms: int) -> datetime:
+    return T0 + timedelta(milliseconds=ms)
+
+
+def event(span: str, parent: str, event_type: str, **extra: object) -> Event:
+    return Event(
+        id=f"evt_{span[-4:]}", event_type=event_type, project="acme", occurred_at=at(0),
+        recorded_at=at(0), throttle=Throttle.AUDIT_ONLY, workflow_id="evt_0001", payload={},
+        payload_json="{}", trace_id=TRACE, span_id=span, parent_span_id=parent, **extra,
+    )  # type: ignore[arg-type]  # fmt: skip
+
+
+def execution(name: str, span: str, trigger: Event, emitted: tuple[Event, ...] = (),
+              **extra: object) -> ExecutionRecord:  # fmt: skip
+    fields: dict[str, object] = dict(
+        workflow_id="evt_0001", block_name=name, trigger=trigger, state="completed",
+        success=True, summary="ok", emitted=emitted, started_at=at(1), completed_at=at(5),
+        duration_ms=4, raw_output="", exit_code=0, audit_artifacts=(), attempts=1,
+        throttled=False, span_id=span, ran_command=False,
+    )  # fmt: skip
+    fields.update(extra)
+    return ExecutionRecord(**fields)  # type: ignore[arg-type]
+
+
+def chain(**extra: object) -> ChainEnded:
+    root = event(ROOT, CALLER, "greet_requested")
+    child = event(CHILD, BLOCK_A, "greeting_composed", depth=1, parent_id=root.id,
+                  emitted_by="Compose", throttled=True)  # fmt: skip
+    fields: dict[str, object] = dict(
+        events=(root, child),
+        executions=(
+            execution("Compose", BLOCK_A, root, (child,)),
+            execution("Deliver", BLOCK_B, child, success=False, state="failed", summary="boom",
+                      exit_code=3, ran_command=True, throttled=True, attempts=2),
+        ),
+        is_workflow=True, state="failed", error="block 'Deliver' failed: boom",
+        completed_at=at(9),
+    )  # fmt: skip
+    fields.update(extra)
+    return ChainEnded(**fields)  # type: ignore[arg-type]
+
+
+def spans_of(message: TelemetryMessage) -> Iterator[SpanEnded]:
+    """What the actor writes for ``message``, read back as spans (attributes as pairs)."""
+    for record in records_of(message):
+        *head, error, names, values = record
+        yield SpanEnded(*head, attributes=tuple(zip(names, values, strict=True)), error=error)
+
+
+def by_name(message: TelemetryMessage) -> dict[str, SpanEnded]:
+    return {s.name: s for s in spans_of(message)}
+
+
+# --- spans of a chain -------------------------------------------------------------------------
+
+
+def test_a_chain_is_a_tree_workflow_block_event_block():
+    spans = by_name(chain())
+    assert list(spans) == [
+        "workflow greet_requested", "event greeting_composed", "block Compose", "block Deliver",
+    ]  # fmt: skip
+    top, child = spans["workflow greet_requested"], spans["event greeting_composed"]
+    compose, deliver = spans["block Compose"], spans["block Deliver"]
+    assert {s.trace_id for s in spans.values()} == {TRACE}
+    assert (top.span_id, top.parent_span_id) == (ROOT, CALLER)  # the caller's span above
+    assert (compose.span_id, compose.parent_span_id) == (BLOCK_A, ROOT)
+    assert (child.span_id, child.parent_span_id) == (CHILD, BLOCK_A)
+    assert (deliver.span_id, deliver.parent_span_id) == (BLOCK_B, CHILD)
+    assert (top.start_ns, top.end_ns) == (unix_ns(at(0)), unix_ns(at(9)))
+    assert (compose.start_ns, compose.end_ns) == (unix_ns(at(1)), unix_ns(at(5)))
+    assert child.start_ns == child.end_ns == unix_ns(at(0))  # an event is a point in time
+
+
+def test_span_attributes_name_throttle_state_attempts_and_exit_code():
+    spans = by_name(chain())
+    top = dict(spans["workflow greet_requested"].attributes)
+    assert top == {
+        "foundry.workflow.id": "evt_0001", "foundry.workflow.type": "greet_requested",
+        "foundry.workflow.state": "failed", "foundry.project": "acme",
+        "foundry.throttle": "audit_only", "foundry.workflow.events": 2,
+        "foundry.workflow.block_executions": 2,
+    }  # fmt: skip
+    deliver = dict(spans["block Deliver"].attributes)
+    assert deliver["foundry.block.name"] == "Deliver"
+    assert deliver["foundry.block.state"] == "failed"
+    assert deliver["foundry.block.attempts"] == 2
+    assert deliver["foundry.block.exit_code"] == 3
+    assert deliver["foundry.block.throttled"] is True
+    assert deliver["foundry.throttle"] == "audit_only"
+    assert deliver["foundry.event.id"] == "evt_0003"
+    compose = dict(spans["block Compose"].attributes)
+    assert "foundry.block.exit_code" not in compose  # it ran no command: no exit code to show
+    assert compose["foundry.block.emitted"] == 1
+    child = dict(spans["event greeting_composed"].attributes)
+    assert child["foundry.event.emitted_by"] == "Compose"
+    assert child["foundry.event.throttled"] is True
+    assert child["foundry.event.depth"] == 1
+
+
+def test_failures_are_error_spans_with_their_reason():
+    spans = by_name(chain())
+    assert not spans["workflow greet_requested"].status_ok
+    assert spans["workflow greet_requested"].error == "block 'Deliver' failed: boom"
+    assert not spans["block Deliver"].status_ok
+    assert spans["block Deliver"].error == "boom"
+    assert spans["block Compose"].status_ok
+    assert spans["block Compose"].error == ""
+    ok = by_name(chain(state="completed", error=""))["workflow greet_requested"]
+    assert ok.status_ok
+    assert ok.error == ""
+    long = by_name(chain(error="x" * 5000))["workflow greet_requested"]
+    assert len(long.error) == 1024
+
+
+def test_an_event_no_block_sinks_is_one_event_span():
+    root = event(ROOT, "", "nobody_listens")
+    [span] = spans_of(ChainEnded((root,), (), False, "completed", "", at(0)))
+    assert span.name == "event nobody_listens"
+    assert (span.trace_id, span.span_id, span.parent_span_id) == (TRACE, ROOT, "")
+
+
+def test_unix_ns_is_exact_to_the_microsecond():
+    assert unix_ns(datetime(1970, 1, 1, tzinfo=UTC)) == 0
+    assert unix_ns(T0) == 1_796_126_400_123_456_000  # date -d 2026-12-01T12:00Z +%s
+    elsewhere = T0.astimezone(timezone(timedelta(hours=-5)))  # the same instant
+    assert unix_ns(elsewhere) == unix_ns(T0)
+
+
+# --- spans of runs and step attempts ------------------------------------------------------------
+
+
+def attempt(step_type: str = "llm", **extra: object) -> StepAttemptEnded:
+    fields: dict[str, object] = dict(
+        trace_id=TRACE, span_id=BLOCK_A, parent_span_id=ROOT, run_id="run_1", step_id="ask",
+        step_type=step_type, attempt=1, error="", started_at=at(0), completed_at=at(20),
+        model="mock:small", output={"text": "hi", "provider": "mock", "model": "small"},
+        usage=(12, 34, 0.0021),
+    )  # fmt: skip
+    fields.update(extra)
+    return StepAttemptEnded(**fields)  # type: ignore[arg-type]
+
+
+def test_an_llm_step_attempt_carries_the_genai_conventions():
+    [span] = spans_of(attempt())
+    assert span.name == "chat small"
+    assert span.kind == "client"
+    assert (span.span_id, span.parent_span_id) == (BLOCK_A, ROOT)
+    assert dict(span.attributes) == {
+        "foundry.run.id": "run_1", "foundry.step.id": "ask", "foundry.step.type": "llm",
+        "foundry.step.attempt": 1, "foundry.step.state": "succeeded",
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "mock", "gen_ai.system": "mock",
+        "gen_ai.request.model": "small", "gen_ai.response.model": "small",
+        "gen_ai.usage.input_tokens": 12, "gen_ai.usage.output_tokens": 34,
+        "foundry.usage.cost": 0.0021,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("model", "provider", "name"),
+    [("openai:gpt-4o-mini", "openai", "gpt-4o-mini"), ("gpt-4o", "", "gpt-4o"), ("", "", "")],
+)
+def test_a_failed_llm_attempt_names_what_it_asked_for(model, provider, name):
+    [span] = spans_of(attempt(model=model, output=None, error="timed out", usage=(0, 0, 0.0)))
+    attributes = dict(span.attributes)
+    assert not span.status_ok
+    assert span.error == "timed out"
+    assert attributes["foundry.step.state"] == "failed"
+    assert attributes.get("gen_ai.provider.name", "") == provider
+    assert attributes.get("gen_ai.request.model", "") == name
+    assert span.name == (f"chat {name}" if name else "chat")
+
+
+def test_other_step_types_carry_no_genai_attributes():
+    [span] = spans_of(attempt("transform", attempt=3))
+    assert span.name == "step ask"
+    assert span.kind == "internal"
+    assert dict(span.attributes)["foundry.step.attempt"] == 3
+    assert not [k for k, _ in span.attributes if k.startswith("gen_ai.")]
+
+
+def test_a_run_is_the_root_span_of_its_trace():
+    run = RunEnded(TRACE, ROOT, "", "run_1", "FAILED", "step ask failed", at(0), at(50), 2,
+                   (("team", "otters"),))  # fmt: skip
+    [span] = spans_of(run)
+    assert (span.name, span.parent_span_id, span.status_ok) == ("run", "", False)
+    assert span.error == "step ask failed"
+    assert dict(span.attributes) == {
+        "foundry.run.id": "run_1", "foundry.run.status": "FAILED", "foundry.run.steps": 2,
+        "foundry.run.label.team": "otters",
+    }  # fmt: skip
+    [canceled] = spans_of(RunEnded(TRACE, ROOT, "", "run_1", "CANCELED", "", at(0), at(1), 1))
+    assert canceled.error == "canceled"
+
+
+# --- frames and the SDK's spans ----------------------------------------------------------------
+
+
+def test_frames_carry_span_records_and_stop_at_a_cut_frame():
+    records = [span_record(s) for s in spans_of(chain())]
+    stream = io.BytesIO(frame(records) + frame(records[:1]) + frame(records)[:-3])
+    assert list(read_frames(stream)) == [records, records[:1]]
+
+
+def test_a_record_becomes_an_sdk_span_with_our_ids_and_parent():
+    spans = by_name(chain())
+    found = resource("foundry-test")
+    deliver = readable_span(span_record(spans["block Deliver"]), found)
+    context = deliver.get_span_context()
+    assert context is not None
+    assert (f"{context.trace_id:032x}", f"{context.span_id:016x}") == (TRACE, BLOCK_B)
+    assert context.trace_flags.sampled
+    assert not context.is_remote
+    assert deliver.parent is not None
+    assert f"{deliver.parent.span_id:016x}" == CHILD
+    assert deliver.status.status_code is StatusCode.ERROR
+    assert deliver.status.description == "boom"
+    assert deliver.kind is SpanKind.INTERNAL
+    assert deliver.attributes is not None
+    assert deliver.attributes["foundry.block.exit_code"] == 3
+    assert deliver.resource.attributes["service.name"] == "foundry-test"
+    ok = readable_span(span_record(spans["block Compose"]), found)
+    assert ok.status.status_code is StatusCode.UNSET
+    chat = readable_span(span_record(next(spans_of(attempt()))), found)
+    assert chat.kind is SpanKind.CLIENT
+    no_parent = by_name(chain(events=(event(ROOT, "", "greet_requested"),), executions=()))
+    assert readable_span(span_record(no_parent["workflow greet_requested"]), found).parent is None
+
+
+def test_the_otlp_encoding_keeps_our_ids():
+    records = [span_record(s) for s in spans_of(chain())]
+    found = resource("foundry")
+    request = encode_spans([readable_span(r, found) for r in records])
+    [resource_spans] = request.resource_spans
+    [scope_spans] = resource_spans.scope_spans
+    encoded = {s.name: s for s in scope_spans.spans}
+    assert scope_spans.scope.name == "foundry"
+    assert encoded["block Deliver"].trace_id.hex() == TRACE
+    assert encoded["block Deliver"].span_id.hex() == BLOCK_B
+    assert encoded["block Deliver"].parent_span_id.hex() == CHILD
+    assert encoded["workflow greet_requested"].parent_span_id.hex() == CALLER
+
+
+def test_an_http_endpoint_gets_the_traces_path_once():
+    for endpoint in ("http://127.0.0.1:4318", "http://127.0.0.1:4318/",
+                     "http://127.0.0.1:4318/v1/traces"):  # fmt: skip
+        exporter = open_exporter({"endpoint": endpoint, "protocol": "http/protobuf",
+                                  "timeout": 1.0})  # fmt: skip
+        try:
+            assert exporter._endpoint == "http://127.0.0.1:4318/v1/traces"  # type: ignore[attr-defined]
+        finally:
+            exporter.shutdown()
+
+
+# --- the exporter's queue ------------------------------------------------------------------------
+
+
+class Collecting(SpanExporter):
+    """A fake collector: keeps what it gets, or refuses it; ``gate`` holds each export."""
+
+    def __init__(self, result: SpanExportResult = SpanExportResult.SUCCESS) -> None:
+        self.result, self.got = result, list[ReadableSpan]()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.gate.wait(10)
+        self.got.extend(spans)
+        return self.result
+
+    def shutdown(self) -> None:
+        pass
+
+
+def sdk_spans(count: int) -> list[ReadableSpan]:
+    found = resource("foundry")
+    one = span_record(by_name(chain())["block Compose"])
+    return [readable_span(one, found) for _ in range(count)]
+
+
+def test_every_span_is_exported_and_counted():
+    collector = Collecting()
+    export = Export(collector, "http://collector", queue_size=100)
+    for span in sdk_spans(50):
+        export.add(span)
+    export.close(5.0)
+    assert (len(collector.got), export.exported, export.dropped, export.failed) == (50, 50, 0, 0)
+
+
+def test_a_full_queue_drops_new_spans_counts_them_and_warns_once(caplog):
+    collector = Collecting()
+    collector.gate.clear()  # the collector hangs: nothing leaves the queue
+    export = Export(collector, "http://collector", queue_size=8)
+    with caplog.at_level(logging.WARNING, logger="foundry.otel"):
+        for span in sdk_spans(30):
+            export.add(span)
+    assert export.dropped >= 30 - 8 - 8  # at most a batch (8) in the collector's hands
+    assert export.waiting <= 8
+    warnings = [r.getMessage() for r in caplog.records if r.name == "foundry.otel"]
+    assert len(warnings) == 1
+    assert "http://collector" in warnings[0]
+    collector.gate.set()
+    export.close(5.0)
+    assert export.exported + export.dropped == 30
+
+
+def test_a_refusing_collector_loses_batches_counted_and_warned_about_once(caplog):
+    export = Export(Collecting(SpanExportResult.FAILURE), "http://collector", queue_size=100)
+    with caplog.at_level(logging.WARNING, logger="foundry.otel"):
+        for _ in range(3):
+            for span in sdk_spans(10):
+                export.add(span)
+            export.processor.force_flush()
+    export.close(5.0)
+    assert (export.exported, export.failed) == (0, 30)
+    assert len([r for r in caplog.records if r.name == "foundry.otel"]) == 1
+
+
+# --- the senders' side ---------------------------------------------------------------------------
+
+
+def test_an_outbox_never_waits_it_drops_and_counts(caplog):
+    send, receive = trio.open_memory_channel[TelemetryMessage](2)
+    outbox = SpanOutbox(send)
+    message = next(spans_of(attempt()))
+    with caplog.at_level(logging.WARNING, logger="foundry.telemetry"):
+        for _ in range(5):
+            outbox.offer(message)
+    assert outbox.dropped == 3
+    assert len([r for r in caplog.records if "dropping spans" in r.getMessage()]) == 1
+    assert receive.receive_nowait() is message
+    outbox.close()
+    outbox.offer(message)  # after the close: quietly nothing
+    assert outbox.dropped == 3
+    receive.close()
+
+
+def test_an_outbox_without_a_channel_is_off():
+    outbox = SpanOutbox()
+    assert not outbox.on
+    outbox.offer(next(spans_of(attempt())))
+    outbox.close()
+    assert outbox.dropped == 0
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def test_otel_is_off_by_default_and_reads_its_table():
+    assert Config().otel.endpoint == ""
+    otel = Config.from_mapping(
+        {"otel": {"endpoint": "https://collector.example:4318", "protocol": "grpc",
+                  "service_name": "foundry-eu", "queue_size": 100, "timeout": 2}}
+    ).otel  # fmt: skip
+    assert (otel.endpoint, otel.protocol, otel.service_name) == (
+        "https://collector.example:4318", "grpc", "foundry-eu",
+    )  # fmt: skip
+    assert (otel.queue_size, otel.timeout) == (100, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"endpoint": "collector:4318"}, "[otel].endpoint"),
+        ({"endpoint": "http://"}, "[otel].endpoint"),
+        ({"endpoint": "http://c:4318/?token=x"}, "[otel].endpoint"),
+        ({"endpoint": "http://c:70000"}, "[otel].endpoint"),
+        ({"endpoint": "https://user:secret@c:4318"}, "[otel].endpoint"),
+        ({"endpoint": 4318}, "[otel].endpoint"),
+        ({"protocol": "http/json"}, "[otel].protocol"),
+        ({"service_name": ""}, "[otel].service_name"),
+        ({"queue_size": -1}, "[otel].queue_size"),
+        ({"timeout": 0}, "[otel].timeout"),
+        ({"headers": {"a": "b"}}, "[otel].headers"),
+    ],
+)
+def test_a_bad_otel_table_names_its_key(table, key):
+    with pytest.raises(ConfigError, match=f"^<mapping>: {key.replace('[', '.').replace(']', '.')}"):
+        Config.from_mapping({"otel": table})
