@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from foundry.kernel.blocks.children import stop_process_group
 from foundry.kernel.core.envpolicy import child_environment
 from foundry.kernel.core.throttle import Action, Throttle
+from foundry.kernel.core.tracecontext import traceparent
 
 
 class BlockKind(StrEnum):
@@ -104,10 +106,22 @@ class BlockContext:
     raw_output: str = ""
     exit_code: int = 0
     artifacts_touched: bool = False
+    # Whether this execution ran a program (run_command sets it): when not, its trace shows
+    # ``raw_output`` and ``exit_code`` as null, as the public Foundry daemon's does.
+    ran_command: bool = False
+    # W3C trace context of this execution (a block execution or a step attempt): its span.
+    trace_id: str = ""
+    span_id: str = ""
 
     @property
     def inputs(self) -> Mapping[str, Any]:
         return self.payload
+
+    @property
+    def traceparent(self) -> str:
+        """This execution's span as a W3C ``traceparent`` value ("" outside a trace): what a
+        child process gets as ``TRACEPARENT`` and an outgoing HTTP request as its header."""
+        return traceparent(self.trace_id, self.span_id) if self.trace_id else ""
 
     def emit(self, event_type: str, payload: Mapping[str, Any] | None = None) -> None:
         """Ask for an event. The throttle decides whether it is delivered downstream."""
@@ -140,11 +154,15 @@ class BlockContext:
 
         The child starts from a minimal environment (``envpolicy.child_environment``), never the
         daemon's: the daemon variables named in ``pass_env``, the step's ``env`` a run set (the
-        kernel checked it against the block's ``allow_env``), then ``env``.
+        kernel checked it against the block's ``allow_env``), then ``env``; ``TRACEPARENT`` is
+        this execution's span, whatever the others say.
         """
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
         self.artifacts_touched = True
-        full_env = child_environment(os.environ, passed=pass_env, from_run=self.env, declared=env)
+        full_env = child_environment(
+            os.environ, passed=pass_env, from_run=self.env, declared=env,
+            traceparent=self.traceparent,
+        )  # fmt: skip
         done = await trio.run_process(
             list(argv),
             stdin=stdin,
@@ -153,10 +171,13 @@ class BlockContext:
             check=False,
             env=full_env,
             cwd=cwd,
+            start_new_session=True,  # a terminal's Ctrl-C is the daemon's to handle (children.py)
+            deliver_cancel=stop_process_group,
         )
         output = done.stdout.decode(errors="replace")
         self.raw_output += output
         self.exit_code = done.returncode
+        self.ran_command = True
         return CommandResult(done.returncode, output)
 
     def listed_artifacts(self) -> list[str]:

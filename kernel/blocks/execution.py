@@ -32,6 +32,7 @@ class Outcome:
     attempts: int
     duration_ms: int
     timed_out: bool = False
+    ran_command: bool = False  # else its trace shows null raw_output and exit_code
     context: BlockContext | None = field(default=None, compare=False, repr=False)
 
 
@@ -98,6 +99,7 @@ def _outcome(
         usage=ctx.usage,
         raw_output=ctx.raw_output,
         exit_code=ctx.exit_code,
+        ran_command=ctx.ran_command,
         artifacts=tuple(ctx.listed_artifacts()),
         attempts=attempts,
         duration_ms=round((time.perf_counter() - started) * 1000),

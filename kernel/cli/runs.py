@@ -1,18 +1,29 @@
-"""``foundry run …``: submit, inspect and follow FleetForge runs."""
+"""``foundry run …``: submit, find, inspect, follow, wait for and cancel FleetForge runs.
+
+Exit codes of the commands that wait for a run (``run wait``, ``run submit --wait``): 0 the run
+succeeded, 1 it failed or was cancelled, 3 it paused at a breakpoint (a resume hint is printed).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import betterproto2
+from foundry.kernel.cli.common import whole_number
+from foundry.kernel.cli.output import stamp
+from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import FoundryError
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
 
 TERMINAL = {api.RunStatus.SUCCEEDED, api.RunStatus.FAILED, api.RunStatus.CANCELED}
+PAUSED_EXIT = 3  # ``run wait`` / ``submit --wait``: the run paused at a breakpoint
+STATUSES = {s.name.lower(): s for s in api.RunStatus if s != api.RunStatus.UNSPECIFIED}
 
 
 def add_run_commands(commands: Any, client: Any, client_options: Any) -> None:
@@ -26,7 +37,9 @@ def add_run_commands(commands: Any, client: Any, client_options: Any) -> None:
     submit.add_argument("--label", action="append", default=[], metavar="K=V")
     submit.add_argument("--breakpoint", action="append", default=[], metavar="STEP")
     submit.add_argument("--idempotency-key", default="")
-    submit.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the run until it ends (exit 0/1) or pauses (3)"
+    )
     client_options(submit)
     submit.set_defaults(handler=client(cmd_submit))
 
@@ -34,6 +47,38 @@ def add_run_commands(commands: Any, client: Any, client_options: Any) -> None:
     get.add_argument("run_id")
     client_options(get)
     get.set_defaults(handler=client(cmd_get))
+
+    found = verbs.add_parser("list", help="runs, newest first, with filters and paging")
+    found.add_argument("--status", action="append", default=[], choices=sorted(STATUSES),
+                       help="only runs in this status (repeatable: any of them)")  # fmt: skip
+    found.add_argument("--label", action="append", default=[], metavar="K=V",
+                       help="only runs with this label (repeatable: all of them)")  # fmt: skip
+    found.add_argument("--parent", default="", metavar="RUN_ID", help="only branches of this run")
+    found.add_argument("--since", type=_when, metavar="TIME",
+                       help="created at or after TIME: ISO 8601 (UTC unless it says), "
+                       "or an age like 30m, 2h, 7d")  # fmt: skip
+    found.add_argument("--until", type=_when, metavar="TIME", help="created before TIME")
+    found.add_argument("--limit", type=lambda s: whole_number(s, maximum=1000), default=20,
+                       help="runs per page (default 20, at most 1000)")  # fmt: skip
+    found.add_argument("--page-token", default="", help="the next page (printed after a page)")
+    client_options(found)
+    found.set_defaults(handler=client(cmd_list))
+
+    wait = verbs.add_parser(
+        "wait", help="wait until a run ends (exit 0 succeeded, 1 failed or cancelled) or pauses "
+        "at a breakpoint (exit 3)",
+    )  # fmt: skip
+    wait.add_argument("run_id")
+    client_options(wait)
+    wait.set_defaults(handler=client(cmd_wait))
+
+    cancel = verbs.add_parser(
+        "cancel", help="cancel an unfinished run (running mutator steps get the shutdown grace)"
+    )
+    cancel.add_argument("run_id")
+    cancel.add_argument("--reason", default="", help="recorded with the cancel")
+    client_options(cancel)
+    cancel.set_defaults(handler=client(cmd_cancel))
 
     tap = verbs.add_parser("tap", help="follow a run's events live, from its first one")
     tap.add_argument("run_id")
@@ -127,9 +172,9 @@ async def cmd_submit(args: argparse.Namespace, stubs: Any) -> int:
         return 0
     if not args.json:
         print(f"run {reply.run_id}")
-    await _follow(runtime, reply.run_id, as_json=args.json)
-    detail = (await runtime.get_run(api.GetRunRequest(run_id=reply.run_id))).run
-    return 0 if detail and detail.status == api.RunStatus.SUCCEEDED else 1
+    detail = await wait_for_run(runtime, reply.run_id, on_event=_printer(args.json))
+    # The events have shown how it ended; a pause needs saying (and how to go on).
+    return _report_end(detail, as_json=args.json, quiet=detail.status in TERMINAL)
 
 
 async def cmd_get(args: argparse.Namespace, stubs: Any) -> int:
@@ -137,14 +182,14 @@ async def cmd_get(args: argparse.Namespace, stubs: Any) -> int:
     run = (await runtime.get_run(api.GetRunRequest(run_id=args.run_id))).run
     assert run is not None
     if args.json:
-        print(json.dumps(run.to_dict(casing=betterproto2.Casing.SNAKE,
-                                     include_default_values=True), indent=2))  # fmt: skip
+        print(json.dumps(_as_json(run), indent=2))
         return 0
-    print(
-        f"run {run.run_id}  {run.status.name}  created {run.created_at}  updated {run.updated_at}"
-    )
+    from foundry.kernel.cli.run_view import run_header, run_totals
+
+    for line in run_header(run, await run_totals(runtime.channel, run.run_id)):
+        print(line)
     for step in run.steps:
-        done = f" → {step.completed_at}" if step.completed_at else ""
+        done = f" → {stamp(step.completed_at)}" if step.completed_at else ""
         print(f"  {step.idx:>3} {step.step_id:<20} {step.type:<10} {step.status:<10} "
               f"attempt {step.attempt}{done}")  # fmt: skip
         if step.output is not None and step.status in ("succeeded", "reused"):
@@ -161,8 +206,14 @@ async def cmd_tap(args: argparse.Namespace, stubs: Any) -> int:
 
 
 async def _follow(runtime: Any, run_id: str, *, as_json: bool) -> None:
+    show = _printer(as_json)
     async for event in runtime.tap_run(api.TapRunRequest(run_id=run_id)):
-        payload = event.payload.to_dict() if event.payload is not None else {}
+        show(event)
+
+
+def _printer(as_json: bool) -> Any:
+    def show(event: Any) -> None:
+        payload = restore_ints(event.payload.to_dict()) if event.payload is not None else {}
         if as_json:
             print(json.dumps({"run_id": event.run_id, "step_id": event.step_id,
                               "kind": event.kind, "payload": payload,
@@ -170,20 +221,17 @@ async def _follow(runtime: Any, run_id: str, *, as_json: bool) -> None:
         else:
             print(_line(event, payload), flush=True)
 
+    return show
 
-def _ints(value: Any) -> Any:
-    """protobuf Values carry every number as a double: show 17.0 as 17."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_ints(v) for v in value]
-    return value
+
+def _as_json(message: betterproto2.Message) -> Any:
+    """A reply as JSON, integral numbers as ints (Values carry doubles: ``core.numbers``)."""
+    return restore_ints(message.to_dict(casing=betterproto2.Casing.SNAKE,
+                                        include_default_values=True))  # fmt: skip
 
 
 def _line(event: Any, payload: dict[str, Any]) -> str:
-    when = event.occurred_at.strftime("%H:%M:%S.%f")[:-3] if event.occurred_at else ""
+    when = stamp(event.occurred_at)
     step = f" {event.step_id}" if event.step_id else ""
     detail = ""
     if event.kind == "step_leased":
@@ -198,7 +246,7 @@ def _line(event: Any, payload: dict[str, Any]) -> str:
 
 
 def _short(value: Any, limit: int = 100) -> str:
-    text = json.dumps(_ints(value), sort_keys=True)
+    text = json.dumps(restore_ints(value), sort_keys=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -232,8 +280,7 @@ async def cmd_resume(args: argparse.Namespace, stubs: Any) -> int:
     _, runtime = stubs
     reply = await runtime.resume_run(api.ResumeRunRequest(run_id=args.run_id))
     if args.json:
-        print(json.dumps(reply.to_dict(casing=betterproto2.Casing.SNAKE,
-                                       include_default_values=True)))  # fmt: skip
+        print(json.dumps(_as_json(reply)))
     else:
         print(f"{reply.status.name}: resumed at {reply.resumed_step_id}")
     return 0
@@ -268,8 +315,7 @@ async def cmd_replay(args: argparse.Namespace, stubs: Any) -> int:
         api.ReplayRunRequest(run_id=args.run_id, mode=REPLAY_MODES[args.mode])
     )
     if args.json:
-        print(json.dumps(reply.to_dict(casing=betterproto2.Casing.SNAKE,
-                                       include_default_values=True), indent=2))  # fmt: skip
+        print(json.dumps(_as_json(reply), indent=2))
         return 0
     verdict = "all within tolerance" if reply.all_within_tolerance else "DRIFT outside tolerance"
     print(f"replay of {reply.run_id}: {reply.strategy.name.lower()}, {verdict}")
@@ -297,3 +343,128 @@ def _changed(recorded: Any, current: Any) -> tuple[Any, Any]:
         return ({k: recorded[k] for k in keys if k in recorded},
                 {k: current[k] for k in keys if k in current})  # fmt: skip
     return recorded, current
+
+
+# --- list, wait, cancel -------------------------------------------------------------------------
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _when(text: str) -> datetime:
+    """An argparse type: an ISO 8601 time (UTC unless it names an offset) or an age ("2h")."""
+    age = _AGE.fullmatch(text.strip())
+    if age:
+        return datetime.now(UTC) - timedelta(seconds=float(age[1]) * _AGE_UNITS[age[2]])
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (ISO 8601 like 2026-01-31T12:00:00, or an age like 2h)"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def cmd_list(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    reply = await runtime.list_runs(
+        api.ListRunsRequest(
+            statuses=[STATUSES[s] for s in args.status],
+            labels=_labels(args.label),
+            parent_run_id=args.parent,
+            created_after=args.since,
+            created_before=args.until,
+            page_size=args.limit,
+            page_token=args.page_token,
+        )
+    )
+    if args.json:
+        print(json.dumps(_as_json(reply), indent=2))
+        return 0
+    if not reply.runs:
+        print("no runs match")
+    for run in reply.runs:
+        print(_run_row(run))
+    if reply.next_page_token:
+        print(f"more: foundry run list --page-token {reply.next_page_token} (same filters)")
+    return 0
+
+
+def _run_row(run: Any) -> str:
+    status = run.status.name
+    if run.paused_step:
+        status = f"PAUSED at {run.paused_step}"
+    extra = []
+    if run.labels:
+        extra.append(" ".join(f"{k}={v}" for k, v in sorted(run.labels.items())))
+    if run.parent_run_id:
+        extra.append(f"branch of {run.parent_run_id} at {run.branch_step}")
+    if run.error:
+        extra.append(f"error: {run.error[:80]}")
+    return (f"{run.run_id}  {status:<22} {stamp(run.created_at)}  {run.step_count:>3} steps"
+            f"  {'  '.join(extra)}").rstrip()  # fmt: skip
+
+
+async def cmd_wait(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    detail = await wait_for_run(runtime, args.run_id)
+    return _report_end(detail, as_json=args.json)
+
+
+async def wait_for_run(runtime: Any, run_id: str, *, on_event: Any = None) -> api.RunDetail:
+    """The run once it has ended or paused at a breakpoint. Follows its TapRun stream (which
+    ends at the terminal event); a ``run_paused`` event is checked against GetRun, since the
+    stream's history repeats pauses that were resumed long ago."""
+    detail = await _get_run(runtime, run_id)
+    if on_event is None and _settled(detail):
+        return detail
+    async for event in runtime.tap_run(api.TapRunRequest(run_id=run_id)):
+        if on_event is not None:
+            on_event(event)
+        if event.kind == "run_paused":
+            detail = await _get_run(runtime, run_id)
+            if detail.status == api.RunStatus.PAUSED_AT_STEP:
+                return detail
+    return await _get_run(runtime, run_id)
+
+
+def _settled(detail: api.RunDetail) -> bool:
+    return detail.status in TERMINAL or detail.status == api.RunStatus.PAUSED_AT_STEP
+
+
+async def _get_run(runtime: Any, run_id: str) -> api.RunDetail:
+    run: api.RunDetail | None = (await runtime.get_run(api.GetRunRequest(run_id=run_id))).run
+    assert run is not None
+    return run
+
+
+def _report_end(detail: api.RunDetail, *, as_json: bool, quiet: bool = False) -> int:
+    """Print how the run settled (unless ``quiet``); the exit code (module docstring)."""
+    paused = detail.status == api.RunStatus.PAUSED_AT_STEP
+    hint = f"foundry run resume {detail.run_id}" if paused else ""
+    if quiet:
+        pass
+    elif as_json:
+        print(json.dumps({"run_id": detail.run_id, "status": detail.status.name,
+                          "paused_step": detail.paused_step, "error": detail.error,
+                          "resume": hint}))  # fmt: skip
+    elif paused:
+        print(f"run {detail.run_id} paused before step {detail.paused_step}: inspect it with "
+              f"`foundry run get {detail.run_id}`, continue with `{hint}`")  # fmt: skip
+    else:
+        error = f": {detail.error}" if detail.error else ""
+        print(f"run {detail.run_id} {detail.status.name}{error}")
+    if paused:
+        return PAUSED_EXIT
+    return 0 if detail.status == api.RunStatus.SUCCEEDED else 1
+
+
+async def cmd_cancel(args: argparse.Namespace, stubs: Any) -> int:
+    _, runtime = stubs
+    reply = await runtime.cancel_run(api.CancelRunRequest(run_id=args.run_id, reason=args.reason))
+    if args.json:
+        print(json.dumps(_as_json(reply)))
+        return 0
+    steps = ", ".join(reply.canceled_steps) or "none were running"
+    print(f"run {args.run_id} {reply.status.name} (steps cancelled: {steps})")
+    return 0

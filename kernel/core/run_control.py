@@ -1,16 +1,21 @@
-"""Debugging a run — breakpoints, patches, resume, branches — as pure checks and plans over a
-:class:`RunState`. The scheduler records what these return as run events."""
+"""Controlling a run — breakpoints, patches, resume, branches, cancel — as pure checks and plans
+over a :class:`RunState`, and finding runs (ListRuns' query and paging). The scheduler records
+what these return as run events; the store answers the query."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import secrets
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from foundry.kernel.core.dag import SEED_BITS, check_patch_references, check_step_env
 from foundry.kernel.core.json_input import quoted
+from foundry.kernel.core.planner import Ending, ending
 from foundry.kernel.core.runs import RunState, RunSubmission, merge_patch
 from foundry.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -134,3 +139,124 @@ def reusable_steps(source: RunState, from_step: str) -> list[dict[str, Any]]:
             "seed": step.seed, "model": step.model,
         })  # fmt: skip
     return reused
+
+
+# --- CancelRun ----------------------------------------------------------------------------------
+
+
+def check_cancelable(run: RunState) -> None:
+    """A run can be cancelled until it has ended (cancelling one being cancelled is a no-op)."""
+    if run.terminal:
+        raise FailedPrecondition(
+            f"run {run.run_id} is {run.status.lower()} already; only an unfinished run can be "
+            "cancelled"
+        )
+
+
+def run_ending(run: RunState) -> Ending:
+    """How a run whose driver is done ends: cancelled once a cancel was requested (whatever its
+    steps did meanwhile), else as the planner says."""
+    if run.canceling:
+        return Ending("run_canceled")
+    return ending(run)
+
+
+# --- ListRuns -----------------------------------------------------------------------------------
+
+RUN_STATUSES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "PAUSED_AT_STEP")
+PAGE_SIZE = 50  # when the request says 0
+MAX_PAGE_SIZE = 1_000
+MAX_TOKEN = 512  # characters; ours are about 100
+
+
+@dataclass(frozen=True, slots=True)
+class RunListQuery:
+    """Which runs, newest first (``created_at``, then ``run_id``, both descending): every filter
+    given holds. ``after``: the last run of the previous page (keyset paging, so a page never
+    repeats or skips a run when new runs arrive)."""
+
+    statuses: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    parent_run_id: str = ""
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    page_size: int = PAGE_SIZE
+    after: tuple[datetime, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    run_id: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    labels: Mapping[str, str]
+    parent_run_id: str
+    branch_step: str
+    step_count: int
+    paused_step: str  # the step a paused run waits before ("" otherwise)
+    error: str  # why a failed run failed ("" otherwise)
+
+
+def run_list_query(
+    *,
+    statuses: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
+    parent_run_id: str = "",
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    page_size: int = 0,
+    page_token: str = "",
+) -> RunListQuery:
+    """Check a ListRuns request (InvalidArgument naming the field)."""
+    for index, status in enumerate(statuses):
+        if status not in RUN_STATUSES:
+            raise InvalidArgument(f"statuses[{index}]: unknown run status {quoted(status)}")
+    for key in labels or {}:
+        if not key:
+            raise InvalidArgument("labels: a label filter needs a key")
+    if page_size < 0 or page_size > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size: must be from 0 (the default, {PAGE_SIZE}) to "
+                              f"{MAX_PAGE_SIZE}, got {page_size}")  # fmt: skip
+    if created_after and created_before and created_after >= created_before:
+        raise InvalidArgument("created_after: must be before created_before")
+    return RunListQuery(
+        statuses=tuple(dict.fromkeys(statuses)),
+        labels=tuple(sorted((labels or {}).items())),
+        parent_run_id=parent_run_id,
+        created_after=created_after,
+        created_before=created_before,
+        page_size=page_size or PAGE_SIZE,
+        after=_decode_token(page_token) if page_token else None,
+    )
+
+
+def run_page(found: Sequence[RunSummary], query: RunListQuery) -> tuple[list[RunSummary], str]:
+    """The page (the store reads one run more than a page, to know whether another follows) and
+    the token of the next page ("" on the last)."""
+    page = list(found[: query.page_size])
+    if len(found) <= query.page_size:
+        return page, ""
+    last = page[-1]
+    return page, _encode_token(last.created_at, last.run_id)
+
+
+def _encode_token(created_at: datetime, run_id: str) -> str:
+    text = json.dumps([created_at.isoformat(), run_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> tuple[datetime, str]:
+    try:
+        if len(token) > MAX_TOKEN:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        created_at, run_id = json.loads(raw)
+        when = datetime.fromisoformat(created_at)
+        if not isinstance(run_id, str) or when.tzinfo is None:
+            raise ValueError(run_id)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise InvalidArgument(
+            f"page_token: {quoted(token)} is not a next_page_token this daemon gave"
+        ) from None
+    return when, run_id

@@ -50,12 +50,16 @@ class RunSubmission:
     parent_run_id: str = ""
     branch_step: str = ""
     note: str = ""
+    # W3C trace context: a run is a trace, with a span of its own that each step attempt's span
+    # (``span_id`` in its step events' payloads) is a child of.
+    trace_id: str = ""
+    span_id: str = ""
 
 
 @dataclass(slots=True)
 class StepState:
     spec: StepSpec
-    status: str = "pending"  # pending | running | retrying | succeeded | failed | reused
+    status: str = "pending"  # pending | running | retrying | succeeded | failed | reused | canceled
     attempt: int = 0
     leased_at: datetime | None = None
     completed_at: datetime | None = None
@@ -67,10 +71,11 @@ class StepState:
     error: Any = None
     usage: Mapping[str, float] = field(default_factory=dict)
     failures: int = 0  # attempts that failed (a crash mid-attempt is not the step's failure)
+    span_id: str = ""  # W3C: the latest attempt's span
 
     @property
     def finished(self) -> bool:
-        return self.status in ("succeeded", "failed", "reused")
+        return self.status in ("succeeded", "failed", "reused", "canceled")
 
     @property
     def succeeded(self) -> bool:
@@ -90,6 +95,7 @@ class RunState:
     released: set[str] = field(default_factory=set)  # resumed past their breakpoint
     paused_step: str = ""
     failed: list[str] = field(default_factory=list)  # steps that failed, in order
+    canceling: bool = False  # CancelRun asked: nothing new starts, the run ends CANCELED
 
     @classmethod
     def new(cls, submission: RunSubmission, dag: Dag) -> RunState:
@@ -195,6 +201,7 @@ def _leased(run: RunState, event: RunEventRecord) -> None:
     step.status, step.attempt, step.leased_at = "running", p["attempt"], event.occurred_at
     step.inputs, step.seed, step.model, step.env = p["inputs"], p["seed"], p["model"], p["env"]
     step.completed_at, step.error = None, None
+    step.span_id = p.get("span_id", "")
 
 
 def _retrying(run: RunState, event: RunEventRecord) -> None:
@@ -221,6 +228,20 @@ def _succeeded(run: RunState, event: RunEventRecord) -> None:
 
 def _run_failed(run: RunState, event: RunEventRecord) -> None:
     run.status, run.error = "FAILED", str(event.payload.get("error", ""))
+
+
+def _cancel_requested(run: RunState, event: RunEventRecord) -> None:
+    run.canceling = True
+
+
+def _step_canceled(run: RunState, event: RunEventRecord) -> None:
+    step = run.steps[event.step_id]
+    step.status, step.completed_at = "canceled", event.occurred_at
+    step.error = {"message": "cancelled", "attempt": step.attempt, "timed_out": False}
+
+
+def _run_canceled(run: RunState, event: RunEventRecord) -> None:
+    run.status, run.paused_step = "CANCELED", ""
 
 
 def _breakpoints(run: RunState, event: RunEventRecord) -> None:
@@ -262,6 +283,9 @@ _APPLY = {
     "step_failed": _failed,
     "run_succeeded": _succeeded,
     "run_failed": _run_failed,
+    "cancel_requested": _cancel_requested,
+    "step_canceled": _step_canceled,
+    "run_canceled": _run_canceled,
     "breakpoints_updated": _breakpoints,
     "run_paused": _paused,
     "run_resumed": _resumed,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import duckdb
+from foundry.analytics.schema import SCHEMA_VERSION
 from foundry.proto import foundry_api as api
 
 
@@ -51,11 +52,11 @@ def test_a_newer_database_refuses_the_start_in_one_line(make_daemon, tmp_path):
         con.execute("INSERT INTO schema_version VALUES (42, now(), 'the future')")
     done = subprocess.run(
         [sys.executable, "-m", "foundry.kernel.cli", "serve", "--config", str(daemon.config),
-         "--listen", "127.0.0.1:0"],
+         "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=60,
         env={**__import__("os").environ, "FOUNDRY_HOME": str(daemon.home)},
     )  # fmt: skip
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.startswith("foundry:")]
     assert len(lines) == 1, done.stderr
-    assert "schema version 42 is newer than this Foundry knows (3)" in lines[0]
+    assert f"schema version 42 is newer than this Foundry knows ({SCHEMA_VERSION})" in lines[0]

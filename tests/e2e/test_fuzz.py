@@ -36,7 +36,7 @@ from typing import Any
 
 import grpc
 import pytest
-from foundry.proto import analytics_api, foundry_api, runtime_api
+from foundry.proto import admin_api, analytics_api, foundry_api, runtime_api
 from foundry.proto.generated.google.protobuf import Struct
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
@@ -107,13 +107,25 @@ def _rpcs() -> dict[str, Rpc]:
         ("RecordGateFollowup", r.RecordGateFollowupRequest, r.RecordGateFollowupResponse, False),
         ("ListChangeGates", r.ListChangeGatesRequest, r.ListChangeGatesResponse, False),
         ("GetAttestations", r.GetAttestationsRequest, r.GetAttestationsResponse, False),
+        ("ListRuns", r.ListRunsRequest, r.ListRunsResponse, False),
+        # Last: cancelling the seeded runs (say, the paused one) leaves the RPCs before it less
+        # to reach.
+        ("CancelRun", r.CancelRunRequest, r.CancelRunResponse, False),
     ]
     # ExportParquet is left out on purpose: it writes files where the request says.
     analytics = [
         ("Query", a.QueryRequest, a.QueryResponse, False),
         ("ListSavedQuestions", a.ListSavedQuestionsRequest, a.ListSavedQuestionsResponse, False),
     ]
+    d = admin_api
+    admin = [
+        ("GetVersion", d.GetVersionRequest, d.GetVersionResponse, False),
+        ("ListBlocks", d.ListBlocksRequest, d.ListBlocksResponse, False),
+        ("ListTools", d.ListToolsRequest, d.ListToolsResponse, False),
+        ("ListEvents", d.ListEventsRequest, d.ListEventsResponse, False),
+    ]
     rpcs = [Rpc(n, f"/foundry.Foundry/{n}", *rest) for n, *rest in foundry]
+    rpcs += [Rpc(n, f"/foundry.admin.v1.Admin/{n}", *rest) for n, *rest in admin]
     rpcs += [Rpc(n, f"/foundry.analytics.v1.Analytics/{n}", *rest) for n, *rest in analytics]
     rpcs += [Rpc(n, f"/fleetforge.runtime.v1.RuntimeService/{n}", *rest) for n, *rest in runtime]
     return {rpc.name: rpc for rpc in rpcs}
@@ -416,6 +428,7 @@ def overrides(known: Known) -> dict[str, st.SearchStrategy[Any]]:
         "payload_json": JSON_TEXT,
         "dag_json": DAG_JSON,
         "model": st.one_of(st.sampled_from(MODELS), TEXT),
+        "since": st.one_of(st.sampled_from(["", "90s", "1h30m", "2026-01-02T03:04:05Z"]), TEXT),
     }
 
 

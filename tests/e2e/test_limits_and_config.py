@@ -55,14 +55,15 @@ def test_a_relay_loop_is_stopped_by_the_event_budget(make_daemon):
     assert len(traced(daemon, reply.event_id).events) <= 21
 
 
-def test_status_keeps_only_the_most_recent_finished_workflows_in_its_listing(make_daemon):
+def test_status_lists_workflows_out_of_the_engines_memory_from_the_database(make_daemon):
     daemon = make_daemon("[engine]\nrecent_workflows = 2\n")
     replies = [emit(daemon, "greet_requested", payload={"n": i}) for i in range(3)]
     for reply in replies:
         finished(daemon, reply.workflow_id)
-    listed = {w.workflow_id for w in status(daemon)}
-    assert listed == {replies[1].workflow_id, replies[2].workflow_id}
-    # The oldest is out of the listing, not gone: asked by id, it comes from the database.
+    listed = [w.workflow_id for w in status(daemon)]
+    # Newest first; the oldest is out of the engine's memory, and listed from the database.
+    assert listed == [r.workflow_id for r in reversed(replies)]
+    # Asked by id, it comes from the database too.
     [oldest] = status(daemon, replies[0].workflow_id)
     assert oldest.state == "completed"
     assert len(oldest.task_blocks) == 2
@@ -85,7 +86,7 @@ BAD_CONFIGS = {
 
 def serve(config, home, listen="127.0.0.1:0", timeout=20):
     return foundry_cli(
-        "serve", "--config", str(config), "--listen", listen,
+        "serve", "--config", str(config), "--listen", listen, "--http-listen", "127.0.0.1:0",
         env={"FOUNDRY_HOME": str(home)}, timeout=timeout,
     )  # fmt: skip
 
@@ -165,12 +166,13 @@ def test_the_repo_example_formation_serves(make_daemon):
 def _serve_in(cwd, home):
     """``foundry serve`` with no ``--config`` in ``cwd``; returns the process and its address."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "foundry.kernel.cli", "serve", "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "foundry.kernel.cli", "serve", "--listen", "127.0.0.1:0",
+         "--http-listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=cwd,
         env={**os.environ, "FOUNDRY_HOME": str(home)},
     )  # fmt: skip
     assert process.stdout is not None
-    return process, process.stdout.readline().strip()
+    return process, process.stdout.readline().split(" ")[0].strip()  # gRPC, then HTTP
 
 
 def _reap(process):

@@ -16,7 +16,8 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from foundry.kernel.actors.attestor.messages import Attest, AttestorMessage
 from foundry.kernel.actors.mailbox import Pending, ask, post, refuse
 from foundry.kernel.actors.scheduler.messages import (
     BranchRun,
+    CancelRun,
     GetRun,
+    ListRuns,
     OpenTap,
     PatchStep,
     ResumeRun,
@@ -42,11 +45,13 @@ from foundry.kernel.actors.store.messages import (
     LoadIdempotencyKeys,
     LoadRun,
     LoadRunEvents,
+    LoadRunSummaries,
     LoadUnfinishedRuns,
     StoredRun,
     StoreMessage,
 )
 from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
+from foundry.kernel.actors.telemetry.messages import RunEnded, SpanOutbox, StepAttemptEnded
 from foundry.kernel.blocks.api import BlockContext, BlockKind
 from foundry.kernel.blocks.execution import attempt_once
 from foundry.kernel.blocks.registry import BlockRegistry
@@ -59,7 +64,6 @@ from foundry.kernel.core.planner import (
     Next,
     attempt_limit,
     attempt_number,
-    ending,
     lease,
     may_start,
     next_wait,
@@ -69,14 +73,19 @@ from foundry.kernel.core.planner import (
     step_error,
 )
 from foundry.kernel.core.run_control import (
+    RunSummary,
     branch_submission,
+    check_cancelable,
     check_resumable,
     new_breakpoints,
     patch_payload,
     reusable_steps,
+    run_ending,
+    run_page,
 )
 from foundry.kernel.core.runs import RunEventRecord, RunState, RunSubmission, StepState
 from foundry.kernel.core.throttle import Action
+from foundry.kernel.core.tracecontext import new_root, new_span_id
 from foundry.kernel.errors import InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("foundry.scheduler")
@@ -101,9 +110,12 @@ class Scheduler:
         config: SchedulerConfig,
         shutdown_grace: float,
         attestor: trio.MemorySendChannel[AttestorMessage] | None = None,
+        spans: SpanOutbox | None = None,
     ) -> None:
         """``attestor``: where completed steps, runs, tool calls, artifacts and capability tokens
-        are announced for attestation (None: nothing is attested)."""
+        are announced for attestation (None: nothing is attested). ``spans``: where ended step
+        attempts and runs go for OpenTelemetry export (None: nowhere)."""
+        self._spans = spans or SpanOutbox()
         self._registry, self._inbox, self._store, self._tap = registry, inbox, store, tap
         self._attestor = attestor
         self._home, self._config, self._grace = home, config, shutdown_grace
@@ -113,6 +125,9 @@ class Scheduler:
         self._idempotency: dict[str, str] = {}
         self._durable: dict[str, trio.Event] = {}  # runs whose submission is being committed
         self._wakeups: dict[str, trio.Event] = {}  # paused runs waiting for ResumeRun
+        # Running steps' scopes, run id -> step id -> (scope, is a mutator): CancelRun's handles.
+        self._running: dict[str, dict[str, tuple[trio.CancelScope, bool]]] = {}
+        self._ended: dict[str, trio.Event] = {}  # runs a CancelRun waits to see end
         self._stopping = trio.Event()  # set when the mailbox closes: the daemon is stopping
         self._nursery: trio.Nursery | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -123,6 +138,8 @@ class Scheduler:
             PatchStep: self._spawn(self._patch),
             ResumeRun: self._spawn(self._resume),
             BranchRun: self._spawn(self._branch),
+            CancelRun: self._spawn(self._cancel),
+            ListRuns: self._spawn(self._list),
         }
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -133,7 +150,7 @@ class Scheduler:
                 self._attestor.close()  # after the last notice: the attestor drains, then ends
 
     async def _serve(self, task_status: trio.TaskStatus[int]) -> None:
-        async with self._inbox, self._store, self._tap, trio.open_nursery() as nursery:
+        async with self._inbox, self._store, self._tap, self._spans, trio.open_nursery() as nursery:
             self._nursery = nursery
             self._idempotency = await ask(self._store, LoadIdempotencyKeys)
             unfinished = await ask(self._store, LoadUnfinishedRuns)
@@ -195,8 +212,8 @@ class Scheduler:
             idempotency_key=message.idempotency_key,
             created_at=self._clock.now(),
         )
-        run = RunState.new(submission, dag)
-        return submission, run
+        run = RunState.new(_traced(submission), dag)
+        return run.submission, run
 
     async def _start(self, run: RunState, submission: RunSubmission, message: SubmitRun) -> None:
         submitted = run.make_event(
@@ -234,10 +251,12 @@ class Scheduler:
         done_send, done_receive = trio.open_memory_channel[str](len(run.steps) + 1)
         async with trio.open_nursery() as steps:
             while True:
-                if may_start(run, self._stopping.is_set()):
+                if may_start(run, self._stopping.is_set() or run.canceling):
                     await self._start_ready(run, busy, steps, done_send, candidates)
                     candidates = set()
                 wait = next_wait(run, bool(busy), self._stopping.is_set())
+                if run.canceling and wait is not Next.STEP:
+                    break  # cancelled: what was running has ended
                 if wait is Next.STEP:
                     finished = await done_receive.receive()
                     busy.discard(finished)
@@ -251,7 +270,16 @@ class Scheduler:
                     return  # the daemon is stopping: no new steps; the next start goes on
                 else:
                     break
-        end = ending(run)
+        try:
+            await self._end(run)
+        finally:
+            self._ended.pop(run.run_id, trio.Event()).set()
+
+    async def _end(self, run: RunState) -> None:
+        end = run_ending(run)
+        if end.kind == "run_failed":  # one line per failed run (README.md, "The daemon log")
+            fields = {"run_id": run.run_id, "step_id": end.step_id, "error": end.error}
+            log.warning("run %s failed: %s", run.run_id, end.error, extra=fields)
         records: list[RunEventRecord] = []
         notices: list[Attest] = []
         if self._attestor is not None:
@@ -264,6 +292,8 @@ class Scheduler:
             )  # fmt: skip
         records.append(run.make_event(end.kind, self._clock.now(), end.step_id, **end.payload()))
         await self._record_all(records, notices)
+        if self._spans.on:
+            self._spans.offer(_run_ended(run, records[-1].occurred_at))
         self._retire(run)
 
     async def _start_ready(
@@ -284,7 +314,7 @@ class Scheduler:
 
     async def _until_resumed(self, run: RunState) -> bool:
         """Wait for ResumeRun; False when the daemon stops first."""
-        while run.status == "PAUSED_AT_STEP":
+        while run.status == "PAUSED_AT_STEP" and not run.canceling:
             if self._stopping.is_set():
                 return False
             await self._wakeups.setdefault(run.run_id, trio.Event()).wait()
@@ -293,16 +323,28 @@ class Scheduler:
     async def _run_step(
         self, run: RunState, step: StepState, done: trio.MemorySendChannel[str]
     ) -> None:
+        running = self._running.setdefault(run.run_id, {})
         try:
-            while True:
-                async with self._limiter:
-                    delay = await self._attempt(run, step)
-                # A step backing off holds no concurrency slot. When the daemon stops, it stops
-                # waiting: the next start leases it again.
-                if delay is None or not await self._backoff(delay):
-                    break
+            with trio.CancelScope() as scope:  # CancelRun's handle on this step
+                running[step.spec.id] = (scope, self._is_mutator(step.spec))
+                while not run.canceling:
+                    async with self._limiter:
+                        delay = await self._attempt(run, step)
+                    # A step backing off holds no concurrency slot. When the daemon stops, it
+                    # stops waiting: the next start leases it again.
+                    if delay is None or run.canceling or not await self._backoff(delay):
+                        break
+            if run.canceling and not step.finished:
+                await self._record(run, "step_canceled", step.spec.id, attempt=step.attempt)
         finally:
+            running.pop(step.spec.id, None)
+            if not running:
+                self._running.pop(run.run_id, None)
             done.send_nowait(step.spec.id)
+
+    def _is_mutator(self, spec: StepSpec) -> bool:
+        block = self._registry.by_name.get(spec.type)
+        return block is not None and block.kind is BlockKind.MUTATOR
 
     async def _backoff(self, delay: float) -> bool:
         """Sleep ``delay`` seconds; False if the daemon starts stopping first."""
@@ -328,8 +370,9 @@ class Scheduler:
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=failure)
             return None
         limit = attempt_limit(spec, block.timeout)
+        span = new_span_id()  # the attempt's, a child of the run's span
         lease_event = run.make_event(
-            "step_leased", self._clock.now(), spec.id, **leased.payload(spec)
+            "step_leased", self._clock.now(), spec.id, **leased.payload(spec), span_id=span
         )
         records: list[Any] = [lease_event]
         notices: list[Attest] = []
@@ -351,6 +394,8 @@ class Scheduler:
             model=spec.model,
             env=dict(spec.env),
             attempt=attempt,
+            trace_id=run.submission.trace_id,
+            span_id=span,
         )
         started = time.perf_counter()
         output, error, timed_out = await attempt_once(block, Action.RUN, ctx, limit)
@@ -359,10 +404,13 @@ class Scheduler:
                 output = json.loads(compact_json(output))  # frozen before it is recorded
             except (TypeError, ValueError) as exc:
                 error = f"the step's output is not JSON: {exc}"
+        if self._spans.on:
+            now = self._clock.now()
+            self._spans.offer(_attempt_ended(run, ctx, spec.type, lease_event, now, output, error))
         if not error:
             completed = run.make_event(
                 "step_completed", self._clock.now(), spec.id,
-                attempt=attempt, output=output, duration_ms=_ms_since(started),
+                attempt=attempt, output=output, duration_ms=_ms_since(started), span_id=span,
                 usage={"tokens_in": ctx.usage.tokens_in, "tokens_out": ctx.usage.tokens_out,
                        "cost": ctx.usage.cost},
                 raw_output=ctx.raw_output[-65536:], exit_code=ctx.exit_code,
@@ -373,11 +421,14 @@ class Scheduler:
         failure = step_error(error, attempt, timed_out)
         delay = retry_delay(spec, step.failures, block.retries, block.backoff)
         if delay is None:
-            await self._record(run, "step_failed", spec.id, attempt=attempt, error=failure)
+            await self._record(
+                run, "step_failed", spec.id, attempt=attempt, error=failure, span_id=span
+            )
             return None
         await self._record(
-            run, "step_retrying", spec.id, attempt=attempt, error=failure, delay=delay
-        )
+            run, "step_retrying", spec.id, attempt=attempt, error=failure, delay=delay,
+            span_id=span,
+        )  # fmt: skip
         return delay
 
     # --- capability tokens and attestations -----------------------------------------------------
@@ -567,6 +618,7 @@ class Scheduler:
             note=message.note,
             created_at=self._clock.now(),
         )
+        submission = _traced(submission)  # a branch is a run of its own: a trace of its own
         run = RunState.new(submission, source.dag)
         records: list[Any] = [submission, run.make_event(
             "run_submitted", submission.created_at, steps=len(run.dag.steps), seed=submission.seed,
@@ -580,6 +632,38 @@ class Scheduler:
         assert self._nursery is not None
         self._nursery.start_soon(self._drive, run)
         return run.run_id
+
+    # --- CancelRun and ListRuns -----------------------------------------------------------------
+
+    async def _cancel(self, message: CancelRun) -> tuple[str, tuple[str, ...]]:
+        """Record the cancel durably (a restarted daemon ends the run instead of resuming it),
+        cancel what is running — a mutator only after the grace it gets at shutdown — and
+        answer once the run has ended."""
+        run = await self._target(message.run_id)
+        check_cancelable(run)
+        ended = self._ended.setdefault(run.run_id, trio.Event())
+        if not run.canceling:
+            reason = message.reason or "cancelled by CancelRun"
+            await (await self._record_durable(run, "cancel_requested", reason=reason)).wait()
+        running = self._running.get(run.run_id, {})
+        canceled = tuple(running)  # (steps leave the table as they end)
+        for scope, mutator in list(running.values()):
+            if mutator:
+                scope.deadline = min(scope.deadline, trio.current_time() + self._grace)
+            else:
+                scope.cancel()
+        wakeup = self._wakeups.pop(run.run_id, None)
+        if wakeup is not None:
+            wakeup.set()  # a paused run stops waiting for ResumeRun
+        await ended.wait()
+        return run.status, canceled
+
+    async def _list(self, message: ListRuns) -> tuple[list[RunSummary], str]:
+        await ask(self._store, Barrier)  # every event made so far is in the answer
+        found: list[RunSummary] = await ask(
+            self._store, lambda r: LoadRunSummaries(message.query, r)
+        )
+        return run_page(found, message.query)
 
     # --- GetRun and TapRun ----------------------------------------------------------------------
 
@@ -642,6 +726,9 @@ def run_view(run: RunState) -> RunView:
         error=run.error,
         parent_run_id=sub.parent_run_id,
         branch_step=sub.branch_step,
+        paused_step=run.paused_step if run.status == "PAUSED_AT_STEP" else "",
+        trace_id=sub.trace_id,
+        span_id=sub.span_id,
     )
 
 
@@ -663,7 +750,39 @@ def _step_view(run: RunState, step: StepState) -> StepView:
         seed=step.seed,
         model=step.model,
         usage=step.usage,
+        span_id=step.span_id,
     )
+
+
+def _attempt_ended(
+    run: RunState,
+    ctx: BlockContext,
+    step_type: str,
+    lease: RunEventRecord,
+    ended: datetime,
+    output: Any,
+    error: str,
+) -> StepAttemptEnded:
+    usage = ctx.usage
+    return StepAttemptEnded(
+        run.submission.trace_id, ctx.span_id, run.submission.span_id, run.run_id, lease.step_id,
+        step_type, ctx.attempt, error, lease.occurred_at, ended, ctx.model, output,
+        (usage.tokens_in, usage.tokens_out, usage.cost),
+    )  # fmt: skip
+
+
+def _run_ended(run: RunState, ended: datetime) -> RunEnded:
+    sub = run.submission
+    return RunEnded(
+        sub.trace_id, sub.span_id, "", run.run_id, run.status, run.error, sub.created_at, ended,
+        len(run.steps), tuple(sorted(sub.labels.items())),
+    )  # fmt: skip
+
+
+def _traced(submission: RunSubmission) -> RunSubmission:
+    """A new run's submission with its trace: a new one, and the run's own span in it."""
+    root = new_root()
+    return replace(submission, trace_id=root.trace_id, span_id=root.span_id)
 
 
 def _ms_since(started: float) -> float:

@@ -9,6 +9,7 @@ from typing import Any
 
 from foundry.kernel.actors.mailbox import Reply
 from foundry.kernel.actors.tap.messages import Sink
+from foundry.kernel.core.run_control import RunListQuery, RunSummary
 from foundry.kernel.core.runs import RunEventRecord
 
 
@@ -40,6 +41,7 @@ class StepView:
     seed: int
     model: str
     usage: Mapping[str, float]
+    span_id: str = ""  # W3C: the latest attempt's span ("" before the first lease)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,9 @@ class RunView:
     error: str = ""
     parent_run_id: str = ""
     branch_step: str = ""
+    paused_step: str = ""  # the step a paused run waits before
+    trace_id: str = ""  # W3C: the run's trace
+    span_id: str = ""  # the run's span, parent of its step attempts' spans
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,32 @@ class BranchRun:
     reply: Reply[str]
 
 
+@dataclass(frozen=True, slots=True)
+class CancelRun:
+    """Cancel an unfinished run: running observer steps at once, mutator steps after the
+    shutdown grace; answered once the run has ended CANCELED, with the steps that were running."""
+
+    run_id: str
+    reason: str
+    reply: Reply[tuple[str, tuple[str, ...]]]  # (status, cancelled step ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ListRuns:
+    """A page of runs, newest first, and the next page's token ("" on the last page)."""
+
+    query: RunListQuery
+    reply: Reply[tuple[list[RunSummary], str]]
+
+
 SchedulerMessage = (
-    SubmitRun | GetRun | OpenTap | UpdateBreakpoints | PatchStep | ResumeRun | BranchRun
+    SubmitRun
+    | GetRun
+    | OpenTap
+    | UpdateBreakpoints
+    | PatchStep
+    | ResumeRun
+    | BranchRun
+    | CancelRun
+    | ListRuns
 )

@@ -1,0 +1,373 @@
+"""Finding and controlling work against a real daemon: ListRuns (filters, newest first, paging)
+and ``foundry run list``; CancelRun and ``foundry run cancel`` (running steps' commands killed, a
+mutator given its grace, CANCELED durable across restarts); ``foundry run wait`` and ``run submit
+--wait`` (exit 3 with a resume hint at a breakpoint); ``foundry status --project --state
+--limit`` (newest first, finished workflows from the database after a restart)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from foundry.proto import foundry_api as fapi
+from foundry.proto import runtime_api as api
+from grpclib.const import Status
+
+from tests.daemon import Daemon
+from tests.e2e.helpers import emit, finished
+from tests.helpers import wait_until
+from tests.runs.helpers import (
+    assert_error,
+    dag,
+    get_run,
+    history,
+    rpc_error,
+    steps,
+    submit,
+    tap,
+    wait_done,
+    wait_status,
+)
+
+CONFIG = """
+[daemon]
+shutdown_grace = {grace}
+
+[[blocks]]
+name = "slow"
+type = "shell"
+kind = "observer"
+command = ["sh", "-c", 'echo "$$" >> "$MARKER.slow"; sleep 60; echo "{{}}"']
+pass_env = ["MARKER"]
+timeout = 120
+
+[[blocks]]
+name = "careful"
+type = "shell"
+kind = "mutator"
+command = ["sh", "-c", '''echo "$$" >> "$MARKER.careful"; sleep {mutator_seconds}
+  echo done >> "$MARKER.careful"; echo "{{}}"''']
+pass_env = ["MARKER"]
+timeout = 120
+
+[[blocks]]
+name = "after"
+type = "shell"
+kind = "observer"
+command = ["sh", "-c", 'echo ran >> "$MARKER.after"; echo "{{}}"']
+pass_env = ["MARKER"]
+
+[[blocks]]
+name = "quick"
+type = "shell"
+kind = "observer"
+sinks = ["ping"]
+command = ["sh", "-c", 'echo "{{}}"']
+
+[[blocks]]
+name = "broken"
+type = "shell"
+kind = "observer"
+command = ["sh", "-c", 'echo nope; exit 3']
+"""
+
+
+def start(make_daemon: Any, tmp_path: Path, *, grace: float = 30.0, mutator: float = 1.0) -> Any:
+    env = {"MARKER": str(tmp_path / "marker")}
+    text = CONFIG.format(grace=grace, mutator_seconds=mutator)
+    return make_daemon(text, env=env)
+
+
+def marker(tmp_path: Path, name: str) -> list[str]:
+    path = tmp_path / f"marker.{name}"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def list_runs(daemon: Daemon, **fields: Any) -> api.ListRunsResponse:
+    request = api.ListRunsRequest(**fields)
+    reply: api.ListRunsResponse = daemon.call(lambda _, rt: rt.list_runs(request))
+    return reply
+
+
+def cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return daemon.cli(*args, timeout=60)
+
+
+SLOW_THEN_AFTER = dag(
+    {"id": "work", "type": "slow"}, {"id": "next", "type": "after", "depends_on": ["work"]}
+)
+
+
+# --- CancelRun -----------------------------------------------------------------------------------
+
+
+def test_cancel_kills_the_running_command_and_the_run_stays_canceled_after_a_restart(
+    make_daemon, tmp_path
+):
+    daemon = start(make_daemon, tmp_path)
+    run_id = submit(daemon, SLOW_THEN_AFTER)
+    pid = int(wait_until(lambda: marker(tmp_path, "slow"), what="the slow step to start")[0])
+
+    done = cli(daemon, "run", "cancel", run_id, "--reason", "wrong inputs")
+    assert done.returncode == 0, done.stderr
+    assert f"run {run_id} CANCELED" in done.stdout
+    assert "work" in done.stdout
+
+    run = get_run(daemon, run_id)
+    assert run.status == api.RunStatus.CANCELED
+    assert {k: s.status for k, s in steps(run).items()} == {"work": "canceled", "next": "skipped"}
+    wait_until(lambda: not alive(pid), what="the step's command to be killed")
+    events = tap(daemon, run_id)
+    assert [e["kind"] for e in events][-1] == "run_canceled"
+    requested = [e for e in events if e["kind"] == "cancel_requested"]
+    assert requested[0]["payload"]["reason"] == "wrong inputs"
+
+    daemon.restart()
+    again = get_run(daemon, run_id)
+    assert again.status == api.RunStatus.CANCELED
+    assert len(tap(daemon, run_id)) == len(events)  # nothing was resumed
+    assert marker(tmp_path, "after") == []
+    assert len(marker(tmp_path, "slow")) == 1
+
+
+def test_a_running_mutator_gets_its_grace_and_the_run_still_ends_canceled(make_daemon, tmp_path):
+    daemon = start(make_daemon, tmp_path, grace=30.0, mutator=1.0)
+    run_id = submit(daemon, dag({"id": "change", "type": "careful"}, {"id": "then", "type":
+                                "after", "depends_on": ["change"]}))  # fmt: skip
+    wait_until(lambda: marker(tmp_path, "careful"), what="the mutator to start")
+
+    reply = daemon.call(lambda _, rt: rt.cancel_run(api.CancelRunRequest(run_id=run_id)))
+    assert reply.status == api.RunStatus.CANCELED
+    assert list(reply.canceled_steps) == ["change"]
+    assert marker(tmp_path, "careful")[-1] == "done"  # it was let finish, not killed
+    run = get_run(daemon, run_id)
+    assert {k: s.status for k, s in steps(run).items()} == {
+        "change": "succeeded",
+        "then": "skipped",
+    }
+    assert marker(tmp_path, "after") == []
+
+
+def test_a_cancel_recorded_before_a_crash_ends_the_run_at_the_next_start(make_daemon, tmp_path):
+    # A long mutator: the CancelRun waits out its grace, and the daemon is killed meanwhile.
+    daemon = start(make_daemon, tmp_path, grace=60.0, mutator=60.0)
+    run_id = submit(daemon, dag({"id": "change", "type": "careful"}, {"id": "then", "type":
+                                "after", "depends_on": ["change"]}))  # fmt: skip
+    wait_until(lambda: marker(tmp_path, "careful"), what="the mutator to start")
+    env = {**os.environ, "FOUNDRY_ADDR": daemon.address}
+    canceller = subprocess.Popen(
+        [sys.executable, "-m", "foundry.kernel.cli", "run", "cancel", run_id],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        history(daemon, run_id, lambda events: any(e["kind"] == "cancel_requested"
+                                                   for e in events))  # fmt: skip
+        daemon.kill()
+    finally:
+        canceller.kill()
+        canceller.wait(10)
+    for pid in marker(tmp_path, "careful"):  # a killed daemon's child would run on: stop it
+        if pid.isdigit() and alive(int(pid)):
+            os.killpg(int(pid), 9)
+
+    daemon.start()
+    run = wait_done(daemon, run_id)
+    assert run.status == api.RunStatus.CANCELED
+    assert len(marker(tmp_path, "careful")) == 1  # the mutator was not run again
+    assert marker(tmp_path, "after") == []
+
+
+def test_cancelling_a_finished_or_unknown_run_is_refused(make_daemon, tmp_path):
+    daemon = start(make_daemon, tmp_path)
+    run_id = submit(daemon, dag({"id": "a", "type": "after"}))
+    assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
+
+    error = rpc_error(daemon, lambda rt: rt.cancel_run(api.CancelRunRequest(run_id=run_id)))
+    assert_error(error, Status.FAILED_PRECONDITION, run_id, "succeeded")
+    error = rpc_error(daemon, lambda rt: rt.cancel_run(api.CancelRunRequest(run_id="run_nope")))
+    assert_error(error, Status.NOT_FOUND, "run_id", "run_nope")
+    error = rpc_error(daemon, lambda rt: rt.cancel_run(api.CancelRunRequest()))
+    assert_error(error, Status.INVALID_ARGUMENT, "run_id")
+    done = cli(daemon, "run", "cancel", "run_nope")
+    assert done.returncode == 1
+    assert "NOT_FOUND" in done.stderr
+
+    paused = submit(daemon, dag({"id": "a", "type": "after"}), breakpoints=["a"])
+    wait_status(daemon, paused, api.RunStatus.PAUSED_AT_STEP)
+    reply = daemon.call(lambda _, rt: rt.cancel_run(api.CancelRunRequest(run_id=paused)))
+    assert reply.status == api.RunStatus.CANCELED
+    assert list(reply.canceled_steps) == []
+
+
+# --- run wait and submit --wait ------------------------------------------------------------------
+
+
+def test_run_wait_exits_3_with_a_resume_hint_at_a_breakpoint_then_0_once_done(
+    make_daemon, tmp_path
+):
+    daemon = start(make_daemon, tmp_path)
+    dag_file = tmp_path / "dag.json"
+    dag_file.write_text(dag({"id": "a", "type": "after"}, {"id": "b", "type": "after",
+                                                            "depends_on": ["a"]}))  # fmt: skip
+
+    waited = cli(daemon, "run", "submit", str(dag_file), "--breakpoint", "b", "--wait")
+    assert waited.returncode == 3, waited.stdout + waited.stderr
+    run_id = waited.stdout.splitlines()[0].split()[1]
+    assert f"foundry run resume {run_id}" in waited.stdout
+    assert "paused before step b" in waited.stdout
+
+    again = cli(daemon, "run", "wait", run_id, "--json")
+    assert again.returncode == 3
+    assert json.loads(again.stdout)["paused_step"] == "b"
+
+    assert cli(daemon, "run", "resume", run_id).returncode == 0
+    finished_run = cli(daemon, "run", "wait", run_id)
+    assert finished_run.returncode == 0, finished_run.stdout + finished_run.stderr
+    assert f"run {run_id} SUCCEEDED" in finished_run.stdout
+
+    failing = submit(daemon, dag({"id": "x", "type": "broken"}))
+    failed = cli(daemon, "run", "wait", failing)
+    assert failed.returncode == 1
+    assert "FAILED" in failed.stdout
+    assert cli(daemon, "run", "wait", "run_nope").returncode == 1
+
+
+# --- ListRuns ------------------------------------------------------------------------------------
+
+
+def test_list_runs_filters_newest_first_and_pages(make_daemon, tmp_path):
+    daemon = start(make_daemon, tmp_path)
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    ids = [
+        submit(daemon, dag({"id": "a", "type": "after"}), labels={"team": team, "n": str(n)})
+        for n, team in enumerate(["red", "blue", "red", "blue", "red"])
+    ]
+    failing = submit(daemon, dag({"id": "x", "type": "broken"}), labels={"team": "green"})
+    for run_id in [*ids, failing]:
+        wait_done(daemon, run_id)
+    paused = submit(daemon, dag({"id": "a", "type": "after"}), breakpoints=["a"])
+    wait_status(daemon, paused, api.RunStatus.PAUSED_AT_STEP)
+    branch = daemon.call(lambda _, rt: rt.create_branch_run(
+        api.CreateBranchRunRequest(run_id=ids[0], from_step="a")))  # fmt: skip
+    wait_done(daemon, branch.run_id)
+    newest_first = [branch.run_id, paused, failing, *reversed(ids)]
+
+    every = list_runs(daemon)
+    assert [r.run_id for r in every.runs] == newest_first
+    assert every.next_page_token == ""
+    by_id = {r.run_id: r for r in every.runs}
+    assert by_id[paused].status == api.RunStatus.PAUSED_AT_STEP
+    assert by_id[paused].paused_step == "a"
+    assert by_id[failing].status == api.RunStatus.FAILED
+    assert "x" in by_id[failing].error
+    assert by_id[ids[0]].labels == {"team": "red", "n": "0"}
+    assert by_id[ids[0]].step_count == 1
+
+    red = list_runs(daemon, labels={"team": "red"})
+    assert [r.run_id for r in red.runs] == [branch.run_id, ids[4], ids[2], ids[0]]
+    assert [r.run_id for r in list_runs(daemon, labels={"team": "red", "n": "2"}).runs] == [ids[2]]
+    failed = list_runs(daemon, statuses=[api.RunStatus.FAILED, api.RunStatus.PAUSED_AT_STEP])
+    assert [r.run_id for r in failed.runs] == [paused, failing]
+    children = list_runs(daemon, parent_run_id=ids[0])
+    assert [r.run_id for r in children.runs] == [branch.run_id]
+    assert children.runs[0].branch_step == "a"
+
+    middle = by_id[ids[2]].created_at
+    newer = list_runs(daemon, created_after=middle, labels={"team": "red"})
+    assert [r.run_id for r in newer.runs] == [branch.run_id, ids[4], ids[2]]
+    older = list_runs(daemon, created_before=middle, created_after=before)
+    assert [r.run_id for r in older.runs] == [ids[1], ids[0]]
+
+    seen, token, pages = [], "", 0
+    while True:
+        page = list_runs(daemon, page_size=3, page_token=token)
+        seen += [r.run_id for r in page.runs]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == newest_first
+    assert pages == 3
+
+    listed = cli(daemon, "run", "list", "--label", "team=blue", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [r["run_id"] for r in json.loads(listed.stdout)["runs"]] == [ids[3], ids[1]]
+    table = cli(daemon, "run", "list", "--status", "paused_at_step", "--status", "failed")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.index(paused) < table.stdout.index(failing)
+    assert "PAUSED at a" in table.stdout
+    assert ids[0] not in table.stdout
+    paged = cli(daemon, "run", "list", "--limit", "2")
+    assert "--page-token" in paged.stdout
+
+
+def test_list_runs_refuses_bad_filters_by_name(make_daemon, tmp_path):
+    daemon = start(make_daemon, tmp_path)
+    cases = [
+        (api.ListRunsRequest(page_size=5000), "page_size"),
+        (api.ListRunsRequest(page_size=-1), "page_size"),
+        (api.ListRunsRequest(page_token="not-a-token"), "page_token"),
+        (api.ListRunsRequest(statuses=[api.RunStatus.UNSPECIFIED]), "statuses[0]"),
+        (api.ListRunsRequest(labels={"": "x"}), "labels"),
+    ]
+    for request, field in cases:
+        error = rpc_error(daemon, lambda rt, request=request: rt.list_runs(request))
+        assert_error(error, Status.INVALID_ARGUMENT, field)
+    assert list_runs(daemon).runs == []  # and the daemon is fine
+
+
+# --- status filters ------------------------------------------------------------------------------
+
+
+def statuses(daemon: Daemon, **fields: Any) -> list[fapi.WorkflowStatus]:
+    request = fapi.StatusRequest(**fields)
+    return list(daemon.call(lambda f, _: f.status(request)).workflows)
+
+
+def test_status_filters_newest_first_and_lists_finished_workflows_after_a_restart(
+    make_daemon, tmp_path
+):
+    daemon = start(make_daemon, tmp_path)
+    emitted = [emit(daemon, "ping", project=p).workflow_id for p in ["one", "two", "one", "one"]]
+    for workflow_id in emitted:
+        finished(daemon, workflow_id)
+    ones = [emitted[3], emitted[2], emitted[0]]
+
+    assert [w.workflow_id for w in statuses(daemon, project="one")] == ones
+    assert [w.workflow_id for w in statuses(daemon, project="one", limit=2)] == ones[:2]
+    assert statuses(daemon, state="running") == []
+    assert len(statuses(daemon, state="completed")) == 4
+
+    daemon.restart()
+    assert [w.workflow_id for w in statuses(daemon, project="one")] == ones  # from the database
+    after = statuses(daemon, project="two", state="completed")
+    assert [w.workflow_id for w in after] == [emitted[1]]
+    assert [b.name for b in after[0].task_blocks] == ["quick"]
+
+    shown = cli(daemon, "status", "--project", "one", "--state", "completed", "--limit", "2",
+                "--json")  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert [w["workflow_id"] for w in json.loads(shown.stdout)["workflows"]] == ones[:2]
+
+    for fields, name in (({"state": "done"}, "state"), ({"limit": 5000}, "limit")):
+        error = rpc_error_foundry(daemon, fapi.StatusRequest(**fields))
+        assert_error(error, Status.INVALID_ARGUMENT, name)
+
+
+def rpc_error_foundry(daemon: Daemon, request: fapi.StatusRequest) -> Any:
+    from tests.helpers import grpc_error
+
+    return grpc_error(daemon, lambda foundry, _: foundry.status(request))
