@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from foundry.kernel import Block, BlockContext, BlockKind, block, hookimpl
@@ -17,7 +18,7 @@ def compose_greeting(ctx: BlockContext) -> dict[str, Any]:
     """Compose a greeting for ``payload.name``."""
     name = str(ctx.payload.get("name") or "world")
     greeting = f"Hello, {name}!"
-    ctx.summary = f"composed {greeting!r}"
+    ctx.summary = f"composed {quoted(greeting)}"
     ctx.emit("greeting_composed", {"name": name, "greeting": greeting})
     return {"greeting": greeting}
 
@@ -33,13 +34,13 @@ class DeliverGreeting(Block):
         greeting = str(ctx.payload.get("greeting", ""))
         path = ctx.artifact_path("greeting.txt")
         path.write_text(greeting + "\n")
-        ctx.summary = f"delivered {greeting!r}"
+        ctx.summary = f"delivered {quoted(greeting)}"
         ctx.emit("greeting_delivered", {"greeting": greeting, "delivered_to": str(path)})
         return {"delivered_to": str(path)}
 
     async def audit(self, ctx: BlockContext) -> None:
         greeting = str(ctx.payload.get("greeting", ""))
-        ctx.summary = f"would deliver {greeting!r}"
+        ctx.summary = f"would deliver {quoted(greeting)}"
         ctx.emit("greeting_delivered", {"greeting": greeting, "delivered_to": None})
 
     async def simulate(self, ctx: BlockContext) -> None:
@@ -50,3 +51,8 @@ class DeliverGreeting(Block):
 @hookimpl
 def register_blocks() -> list[Block]:
     return [compose_greeting, DeliverGreeting()]
+
+
+def quoted(text: str) -> str:
+    """A value in a summary as JSON (``"Hello, Ada!"``), not as a Python repr."""
+    return json.dumps(text, ensure_ascii=False)

@@ -28,6 +28,7 @@ from foundry.kernel.actors.attestor.keys import (
     load_public_pem,
     public_raw,
 )
+from foundry.kernel.cli.output import message_dict, stamp
 from foundry.kernel.config import default_home
 from foundry.kernel.core.attest import key_id, sha256_hex, verify_chain, verify_envelope
 from foundry.kernel.core.attest_records import json_digest
@@ -140,7 +141,7 @@ async def cmd_get(args: argparse.Namespace, stubs: Any) -> int:
         print(json.dumps([_as_dict(a) for a in found], indent=2))
         return 0
     for a in found:
-        print(f"{a.attestation_id}  {_kind(a):<16} issued {a.issued_at}")
+        print(f"{a.attestation_id}  {_kind(a):<16} issued {stamp(a.issued_at)}")
         subject = a.subject.to_dict() if a.subject is not None else {}
         print(f"    subject       {json.dumps(subject)}")
         print(f"    artifact_hash {a.artifact_hash}")
@@ -150,7 +151,7 @@ async def cmd_get(args: argparse.Namespace, stubs: Any) -> int:
 
 
 def _as_dict(a: api.Attestation) -> dict[str, Any]:
-    data: dict[str, Any] = a.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True)
+    data = message_dict(a)  # 64-bit integers as JSON numbers
     data["envelope"] = json.loads(a.signature or "null")
     return data
 

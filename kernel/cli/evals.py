@@ -45,6 +45,7 @@ from typing import Any
 
 import betterproto2
 from foundry.kernel.cli.common import prepared_client, whole_number
+from foundry.kernel.cli.output import message_dict, stamp
 from foundry.kernel.core.evals import Regression, ScenarioStats, regression, summarize
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import runtime_api as api
@@ -465,7 +466,7 @@ def _delta_tail(deltas: Mapping[str, Any]) -> str:
 
 
 def _dump(message: betterproto2.Message) -> Any:
-    return message.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True)
+    return message_dict(message)  # 64-bit integers as JSON numbers
 
 
 async def cmd_sync(args: argparse.Namespace, stubs: Any) -> int:
@@ -511,7 +512,7 @@ async def cmd_list(args: argparse.Namespace, stubs: Any) -> int:
             print("    no results yet")
             continue
         m = metrics_of(last)
-        when = last.executed_at.isoformat(timespec="seconds") if last.executed_at else ""
+        when = stamp(last.executed_at)
         print(f"    latest {last.outcome:<7} score {float(m['score']):.2f}  commit {last.commit}  "
               f"run {last.run_id}  {when}  ({len(s.history)} results)")  # fmt: skip
     return 0

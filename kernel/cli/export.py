@@ -28,10 +28,10 @@ from foundry.analytics.parquet import (
     since_selections,
     write_parquet,
 )
-from foundry.kernel.config import Config, default_home, parse_listen
+from foundry.kernel.config import Config, default_home
+from foundry.kernel.edge.grpc.client import open_channel
 from foundry.kernel.errors import ConfigError
 from grpclib import GRPCError
-from grpclib.client import Channel
 
 
 def add_export_command(commands: Any) -> None:
@@ -84,8 +84,7 @@ def cmd_export_parquet(args: argparse.Namespace) -> int:
 async def _remote(address: str, target: Path, since: str | None) -> dict[str, int]:
     from foundry.proto import analytics_api as api
 
-    host, port = parse_listen(address, key="--addr")
-    channel = Channel(host, port)
+    channel = open_channel(address)
     try:
         reply = await api.AnalyticsStub(channel).export_parquet(
             api.ExportParquetRequest(directory=str(target), since=since or "")

@@ -28,6 +28,7 @@ from typing import Any
 import betterproto2
 from foundry.kernel.cli.common import prepared_client, whole_number
 from foundry.kernel.cli.evals import list_scenarios, load_document, results_at, stats_of
+from foundry.kernel.cli.output import message_dict, stamp
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
@@ -351,14 +352,14 @@ def format_decision(d: api.ChangeGateDecision) -> list[str]:
 
 
 def _ack_line(ack: api.ChangeGateFollowup) -> str:
-    when = ack.recorded_at.isoformat(timespec="seconds") if ack.recorded_at else ""
+    when = stamp(ack.recorded_at)
     who = f" by {ack.actor}" if ack.actor else ""
     parts = [f"  ack {_outcome_name(ack.outcome)}{who}", when, ack.note or ""]
     return "  ".join(p for p in parts if p)
 
 
 def _dump(message: betterproto2.Message) -> Any:
-    return message.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True)
+    return message_dict(message)  # 64-bit integers as JSON numbers
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -437,7 +438,7 @@ async def cmd_list(args: argparse.Namespace, stubs: Any) -> int:
 
 
 def list_line(d: api.ChangeGateDecision) -> str:
-    when = d.decided_at.isoformat(timespec="seconds") if d.decided_at else ""
+    when = stamp(d.decided_at)
     revision = f" @ {d.revision}" if d.revision else ""
     counts = f"{len(d.reasons)} reasons, {len(d.followups)} follow-ups"
     return f"{d.gate_id}  {effect_name(d.effect):<9}  {d.change_id}{revision}  {when}  {counts}"

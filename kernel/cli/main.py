@@ -10,18 +10,26 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import betterproto2
 from foundry.kernel.cli.attest import add_attest_commands
+from foundry.kernel.cli.common import whole_number
+from foundry.kernel.cli.config_check import add_config_commands
 from foundry.kernel.cli.evals import add_eval_commands
 from foundry.kernel.cli.export import add_export_command
+from foundry.kernel.cli.follow import add_wait_options, wait_and_print
 from foundry.kernel.cli.gates import add_gate_commands
+from foundry.kernel.cli.inventory import add_inventory_commands
+from foundry.kernel.cli.live import add_live_commands
+from foundry.kernel.cli.output import print_json, stamp
 from foundry.kernel.cli.runs import add_run_commands
 from foundry.kernel.cli.sql import add_sql_command
 from foundry.kernel.config import Config, parse_listen
+from foundry.kernel.core.tracecontext import TraceContextError, parse_traceparent
 from foundry.kernel.edge.grpc.client import connect, default_address
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import foundry_api as api
@@ -39,7 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.handler(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
         return result
+    except BrokenPipeError:
+        return _stdout_closed()
     except (ConfigError, CommandFailed) as exc:
         print(f"foundry: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
@@ -47,43 +58,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _stdout_closed() -> int:
+    """The reader of our output went away (``foundry status | head -1``): that is not an error.
+    Python would report the broken pipe again when it flushes stdout at exit, so stdout now
+    points at devnull (the Python docs' "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="foundry", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"foundry {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", help="foundry.toml to use (default: ./foundry.toml)")
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051; port 0 = any)")
+    serve.add_argument(
+        "--http-listen",
+        help="HOST:PORT of the HTTP listener (Connect, gRPC-Web, WebSocket; default "
+        "127.0.0.1:50052; port 0 = any), or off",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="the daemon log on stderr: text lines, or one JSON object per line",
+    )
     serve.set_defaults(handler=cmd_serve)
-
-    blocks = commands.add_parser("blocks", help="list the blocks the configuration loads")
-    blocks.add_argument("--config", help="foundry.toml to use (default: ./foundry.toml)")
-    _client_options(blocks, remote=False)
-    blocks.set_defaults(handler=cmd_blocks)
 
     emit = commands.add_parser("emit", help="emit an event (starts a workflow)")
     emit.add_argument("event_type")
     emit.add_argument("--project", required=True)
     emit.add_argument("--throttle", choices=sorted(THROTTLES), default="full")
-    emit.add_argument("--payload", default="", help="JSON object")
+    emit.add_argument(
+        "--payload", default="", help="JSON object; @FILE reads it from a file, - from stdin"
+    )
+    add_wait_options(emit)
     _client_options(emit)
     emit.set_defaults(handler=_client(cmd_emit))
 
-    status = commands.add_parser("status", help="in-flight and recent workflows")
+    status = commands.add_parser(
+        "status", help="workflows newest first: in flight, and finished ones (from the database)"
+    )
     status.add_argument("workflow_id", nargs="?", default="")
+    status.add_argument("--project", dest="status_project", default="", metavar="PROJECT",
+                        help="only this project's workflows")  # fmt: skip
+    status.add_argument("--state", default="", help="only workflows in this state",
+                        choices=("pending", "running", "completed", "failed"))  # fmt: skip
+    status.add_argument("--limit", type=lambda s: whole_number(s, maximum=1000), default=20,
+                        help="at most this many (default 20, at most 1000)")  # fmt: skip
     _client_options(status)
     status.set_defaults(handler=_client(cmd_status))
 
-    watch = commands.add_parser("watch", help="stream events live")
-    watch.add_argument("--project", default="")
-    _client_options(watch)
-    watch.set_defaults(handler=_client(cmd_watch))
-
-    trace = commands.add_parser("trace", help="the trace of a completed chain")
-    trace.add_argument("event_id")
-    _client_options(trace)
-    trace.set_defaults(handler=_client(cmd_trace))
-
+    add_live_commands(commands, _client, _client_options)
+    add_inventory_commands(commands, _client_options)
+    add_config_commands(commands)
     add_run_commands(commands, _client, _client_options)
     add_eval_commands(commands)
     add_gate_commands(commands)
@@ -109,35 +140,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.listen:
         parse_listen(args.listen, key="--listen")
         config = _replace(config, listen=args.listen)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    if args.http_listen:
+        if args.http_listen != "off":
+            parse_listen(args.http_listen, key="--http-listen")
+        config = _replace(config, http=_replace(config.http, listen=args.http_listen))
+    configure_logging(args.log_format)
     run(config, on_ready=lambda address: print(address, flush=True))
     return 0
 
 
-def cmd_blocks(args: argparse.Namespace) -> int:
-    from foundry.kernel.blocks.registry import load_config_blocks
+def _version() -> str:
+    from importlib import metadata
 
-    config = Config.load(args.config)
-    registry = load_config_blocks(config)
-    rows = [
-        {"name": b.name, "kind": b.kind.value, "sinks": list(b.sinks), "type": type(b).__name__,
-         "timeout": b.timeout, "retries": b.retries, "description": b.description}
-        for b in registry
-    ]  # fmt: skip
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for row in rows:
-        sinks = ", ".join(row["sinks"]) or "(step type only)"
-        print(f"{row['name']:<28} {row['kind']:<9} sinks: {sinks}")
-    return 0
+    try:
+        return metadata.version("foundry")
+    except metadata.PackageNotFoundError:  # a source tree that is not installed
+        return "unknown"
 
 
-def _replace(config: Config, **changes: Any) -> Config:
+def configure_logging(log_format: str) -> None:
+    from foundry.kernel.cli.logs import JsonFormatter, TextFormatter, quiet_disconnects
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    quiet_disconnects()
+
+
+def _replace(config: Any, **changes: Any) -> Any:
     from dataclasses import replace
 
     return replace(config, **changes)
@@ -158,6 +188,8 @@ def _client(command: ClientCommand) -> Callable[[argparse.Namespace], int]:
             return asyncio.run(call())
         except GRPCError as exc:
             raise CommandFailed(f"{exc.status.name}: {exc.message}") from None
+        except BrokenPipeError:
+            raise  # our reader went away (main handles it), not the daemon
         except (ConnectionError, OSError) as exc:
             raise CommandFailed(f"cannot reach the daemon at {args.addr}: {exc}") from None
         except FoundryError as exc:
@@ -167,23 +199,24 @@ def _client(command: ClientCommand) -> Callable[[argparse.Namespace], int]:
 
 
 def _print_json(message: betterproto2.Message) -> None:
-    print(
-        json.dumps(
-            message.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True), indent=2
-        )
-    )
+    print_json(message)
 
 
 async def cmd_emit(args: argparse.Namespace, stubs: Any) -> int:
     foundry, _ = stubs
+    trace_id, parent_span_id = _caller_trace()
     reply = await foundry.emit(
         api.EmitRequest(
             event_type=args.event_type,
             project=args.project,
             throttle=THROTTLES[args.throttle],
-            payload_json=args.payload,
+            payload_json=read_payload(args.payload),
+            trace_id=trace_id,
+            parent_span_id=parent_span_id,
         )
     )
+    if args.wait:
+        return await wait_and_print(foundry, reply, limit=args.timeout, as_json=args.json)
     if args.json:
         print(json.dumps({"event_id": reply.event_id, "workflow_id": reply.workflow_id}))
     else:
@@ -192,63 +225,53 @@ async def cmd_emit(args: argparse.Namespace, stubs: Any) -> int:
     return 0
 
 
+def _caller_trace() -> tuple[str, str]:
+    """The caller's W3C trace context from ``TRACEPARENT`` (as OpenTelemetry's environment
+    carrier sets it): the emitted event joins that trace as a child of the caller's span.
+    ``("", "")`` when unset: the daemon starts a new trace."""
+    value = os.environ.get("TRACEPARENT", "")
+    if not value.strip():
+        return "", ""
+    try:
+        return parse_traceparent(value)
+    except TraceContextError as exc:
+        raise CommandFailed(str(exc)) from None
+
+
+def read_payload(text: str) -> str:
+    """``--payload``: JSON text, ``@FILE`` (the file's content) or ``-`` (standard input)."""
+    try:
+        if text == "-":
+            return sys.stdin.read()
+        if text.startswith("@"):
+            with open(text[1:], encoding="utf-8") as file:
+                return file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CommandFailed(f"--payload: cannot read {text[1:] or 'stdin'}: {reason}") from None
+    return text
+
+
 async def cmd_status(args: argparse.Namespace, stubs: Any) -> int:
     foundry, _ = stubs
-    reply = await foundry.status(api.StatusRequest(workflow_id=args.workflow_id))
+    reply = await foundry.status(
+        api.StatusRequest(workflow_id=args.workflow_id, project=args.status_project,
+                          state=args.state, limit=args.limit)
+    )  # fmt: skip
     if args.json:
         _print_json(reply)
         return 0
     if not reply.workflows:
         print("no workflows in flight or recently finished")
     for wf in reply.workflows:
-        ended = f" → {wf.completed_at}" if wf.completed_at else ""
+        ended = f" → {stamp(wf.completed_at)}" if wf.completed_at else ""
         print(f"{wf.workflow_id}  {wf.state:<9} {wf.workflow_type} [{wf.project}]  "
-              f"{wf.started_at}{ended}")  # fmt: skip
+              f"{stamp(wf.started_at)}{ended}")  # fmt: skip
         if wf.error:
             print(f"    error: {wf.error}")
         for b in wf.task_blocks:
             mark = "  (throttled)" if b.throttled else ""
             print(f"    {b.state:<9} {b.name}{mark}")
-    return 0
-
-
-async def cmd_watch(args: argparse.Namespace, stubs: Any) -> int:
-    foundry, _ = stubs
-    async for event in foundry.watch(api.WatchRequest(project=args.project)):
-        if args.json:
-            print(
-                json.dumps(
-                    event.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True)
-                ),
-                flush=True,
-            )
-        else:
-            mark = "  (throttled: not delivered)" if event.throttled else ""
-            print(f"{event.event_id}  {event.project}  {event.event_type}  "
-                  f"{event.payload_json}{mark}", flush=True)  # fmt: skip
-    return 0
-
-
-async def cmd_trace(args: argparse.Namespace, stubs: Any) -> int:
-    foundry, _ = stubs
-    reply = await foundry.trace(api.TraceRequest(event_id=args.event_id))
-    if not reply.found:
-        raise CommandFailed(f"no completed trace for {args.event_id}")
-    if args.json:
-        _print_json(reply)
-        return 0
-    for e in reply.events:
-        mark = "  (throttled)" if e.throttled else ""
-        print(f"event  {e.event_id}  {e.event_type}  {e.occurred_at}  {e.payload_json}{mark}")
-    for x in reply.block_executions:
-        ok = "ok  " if x.success else "FAIL"
-        print(f"block  {ok} {x.block_name} on {x.trigger_event_id}  {x.duration_ms} ms  "
-              f"[{x.state}] {x.summary}")  # fmt: skip
-        for path in x.audit_artifacts:
-            print(f"       artifact {path}")
-        if x.raw_output:
-            for line in x.raw_output.rstrip().splitlines():
-                print(f"       | {line}")
     return 0
 
 

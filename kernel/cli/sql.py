@@ -21,11 +21,11 @@ from typing import Any
 
 from foundry.analytics import sandbox
 from foundry.analytics import saved_questions as questions
-from foundry.kernel.config import Config, default_home, parse_listen
+from foundry.kernel.config import Config, default_home
+from foundry.kernel.edge.grpc.client import open_channel
 from foundry.kernel.errors import ConfigError
 from foundry.proto import analytics_api as api
 from grpclib import GRPCError
-from grpclib.client import Channel
 
 MAX_CELL = 60  # characters of a value in the table view
 
@@ -96,8 +96,7 @@ def _params(pairs: list[str]) -> dict[str, str]:
 
 
 async def _remote(args: argparse.Namespace, params: dict[str, str]) -> Answer:
-    host, port = parse_listen(args.addr, key="--addr")
-    channel = Channel(host, port)
+    channel = open_channel(args.addr)
     try:
         reply = await api.AnalyticsStub(channel).query(
             api.QueryRequest(
@@ -176,8 +175,7 @@ def run_file(
 
 def _list(args: argparse.Namespace) -> int:
     async def remote() -> list[api.SavedQuestion]:
-        host, port = parse_listen(args.addr, key="--addr")
-        channel = Channel(host, port)
+        channel = open_channel(args.addr)
         try:
             reply = await api.AnalyticsStub(channel).list_saved_questions(
                 api.ListSavedQuestionsRequest()

@@ -1,0 +1,7 @@
+"""``python -m foundry``: the ``foundry`` command."""
+
+import sys
+
+from foundry.kernel.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""How the CLI writes things, in one place: times (one style everywhere: RFC 3339 in UTC with
+milliseconds and ``Z``, ``2026-12-02T00:50:27.123Z``), durations, JSON values in summaries, and
+``--json`` documents whose numbers are numbers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import betterproto2
+
+
+def stamp(value: str | datetime | None) -> str:
+    """A time in the CLI's one style; '' for none; text that is not a time is shown as it is."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return str(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def now_stamp() -> str:
+    return stamp(datetime.now(UTC))
+
+
+def duration(ms: float) -> str:
+    """``850 ms``, ``12.3 s``, ``4 min 05 s``."""
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+def short_json(value: Any, limit: int = 120) -> str:
+    """A JSON value as compact JSON (never a Python repr), cut at ``limit`` characters."""
+    text = json.dumps(_whole(value), separators=(",", ":"), ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _whole(value: Any) -> Any:
+    """protobuf Values carry every number as a double: show 17.0 as 17."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return value
+
+
+def message_dict(message: betterproto2.Message) -> dict[str, Any]:
+    """A message as proto3 JSON with snake_case names, every field present, and 64-bit integers
+    as JSON numbers (proto3 JSON writes them as strings)."""
+    data = message.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True)
+    result: dict[str, Any] = _numbers(message, data)
+    return result
+
+
+def _numbers(message: Any, data: Any) -> Any:
+    if isinstance(data, dict) and isinstance(message, betterproto2.Message):
+        return {key: _numbers(getattr(message, key, None), value) for key, value in data.items()}
+    if isinstance(data, list) and isinstance(message, list):
+        return [_numbers(m, d) for m, d in zip(message, data, strict=False)]
+    if isinstance(data, str) and _is_plain_int(message):
+        return int(data)
+    return data
+
+
+def _is_plain_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and type(value) is int
+
+
+def print_json(value: Any, *, indent: int | None = 2) -> None:
+    if isinstance(value, betterproto2.Message):
+        value = message_dict(value)
+    print(json.dumps(value, indent=indent, ensure_ascii=False), flush=indent is None)
+
+
+def note(text: str) -> None:
+    """A line for the person at the terminal (stderr: stdout stays the command's output)."""
+    print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,186 @@
+"""The ``foundry.admin.v1.Admin`` service: the running daemon's own view for operators — its
+version, the blocks and tools it loaded at start (``foundry blocks``, ``foundry tools``), and
+recent stored events (the backlog of ``foundry watch --since`` and ``foundry trace --follow``).
+
+Recent events are read from the store's sandboxed read cursor (``RunUserQuery``, as saved
+questions are), with this module's one fixed, parameterized statement.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
+from typing import Any
+
+from foundry.analytics.sandbox import QueryResult
+from foundry.kernel.actors.messages import Mailboxes
+from foundry.kernel.actors.store.messages import RunUserQuery
+from foundry.kernel.blocks.api import Block
+from foundry.kernel.blocks.registry import BlockRegistry
+from foundry.kernel.blocks.tools import Tool
+from foundry.kernel.config import Config
+from foundry.kernel.core.ids import rfc3339
+from foundry.kernel.edge.grpc.server import ask
+from foundry.proto import admin_api as api
+from grpclib import GRPCError
+from grpclib.const import Status
+
+DEFAULT_EVENTS = 100
+MAX_EVENTS = 1000
+EVENTS_TIMEOUT = 10.0  # seconds
+
+# The newest matching events, returned oldest first. Times as epoch microseconds: exact, and
+# formatted here in the daemon's one style (RFC 3339 UTC).
+RECENT_EVENTS_SQL = """
+SELECT * FROM (
+    SELECT event_id, event_type, project, epoch_us(occurred_at) AS occurred_us, workflow_id,
+           throttle, throttled, CAST(payload AS VARCHAR) AS payload, coalesce(emitted_by, '')
+    FROM events
+    WHERE occurred_at >= $since::TIMESTAMPTZ
+      AND ($project = '' OR project = $project)
+      AND ($workflow_id = '' OR workflow_id = $workflow_id)
+    ORDER BY occurred_at DESC, depth DESC
+    LIMIT $limit::INTEGER
+) ORDER BY occurred_us, event_id
+"""
+
+DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class AdminService(api.AdminBase):
+    def __init__(
+        self, mailboxes: Mailboxes, config: Config, registry: BlockRegistry, listen: str
+    ) -> None:
+        self._mail = mailboxes
+        self._started_at = rfc3339(datetime.now(UTC))
+        self._version = api.GetVersionResponse(
+            version=distribution_version(),
+            config=config.source,
+            home=str(config.home),
+            started_at=self._started_at,
+            listen=listen,
+        )
+        self._blocks = [_block_info(b, declared_sources(config)) for b in registry]
+        self._tools = [_tool_info(t) for t in sorted(registry.tools.values(), key=_name)]
+
+    async def get_version(self, message: api.GetVersionRequest) -> api.GetVersionResponse:
+        return self._version
+
+    async def list_blocks(self, message: api.ListBlocksRequest) -> api.ListBlocksResponse:
+        return api.ListBlocksResponse(blocks=self._blocks)
+
+    async def list_tools(self, message: api.ListToolsRequest) -> api.ListToolsResponse:
+        return api.ListToolsResponse(tools=self._tools)
+
+    async def list_events(self, message: api.ListEventsRequest) -> api.ListEventsResponse:
+        since = parse_since(message.since, datetime.now(UTC))
+        if len(message.project) > 256 or len(message.workflow_id) > 256:
+            raise _invalid("project/workflow_id: longer than 256 characters")
+        limit = min(message.limit or DEFAULT_EVENTS, MAX_EVENTS)
+        params = {
+            "since": rfc3339(since),
+            "project": message.project,
+            "workflow_id": message.workflow_id,
+            "limit": str(limit + 1),  # one more: was the answer cut short?
+        }
+        result: QueryResult = await ask(
+            self._mail.store,
+            lambda r: RunUserQuery(RECENT_EVENTS_SQL, params, limit + 1, EVENTS_TIMEOUT, r),
+        )
+        rows = [json.loads(row) for row in result.rows]
+        truncated = len(rows) > limit
+        return api.ListEventsResponse(
+            events=[_event(row) for row in rows[-limit:]], truncated=truncated
+        )
+
+
+def distribution_version() -> str:
+    try:
+        return metadata.version("foundry")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """``since``: empty (any time), a duration back from ``now`` (``90s``, ``15m``, ``1h30m``,
+    ``2d``) or an RFC 3339 instant (``2026-01-02T03:04:05Z``; no offset means UTC)."""
+    text = text.strip()
+    if not text:
+        return datetime(1970, 1, 1, tzinfo=UTC)
+    if _is_durations(text):
+        seconds = sum(float(n) * UNIT_SECONDS[u] for n, u in DURATION.findall(text))
+        return now - timedelta(seconds=seconds)
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise _invalid(
+            f"since: {text[:100]!r} is neither a duration (90s, 15m, 2h, 1d) nor an RFC 3339 "
+            "time (2026-01-02T03:04:05Z)"
+        ) from None
+    return instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
+
+
+def _is_durations(text: str) -> bool:
+    """``90s``, ``1h30m``: one or more number-unit pairs and nothing else."""
+    return len(text) <= 40 and DURATION.sub("", text) == ""
+
+
+def declared_sources(config: Config) -> dict[str, str]:
+    """Where each ``[[blocks]]`` table's block comes from, by block name."""
+    return {
+        str(t["name"]): f"{t.get('__source__', config.source)} [[blocks]] (type {t['type']})"
+        for t in config.declared_blocks
+    }
+
+
+def _block_info(block: Block, declared: dict[str, str]) -> api.BlockInfo:
+    return api.BlockInfo(
+        name=block.name,
+        kind=block.kind.value,
+        sinks=list(block.sinks),
+        type=type(block).__name__,
+        source=block_source(block, declared),
+        description=block.description,
+        timeout_seconds=block.timeout or 0.0,
+        retries=block.retries,
+    )
+
+
+def block_source(block: Block, declared: dict[str, str]) -> str:
+    """The config file's ``[[blocks]]`` table, else the module defining the block (a decorated
+    function's module, not the decorator's)."""
+    function = getattr(block, "_fn", None)  # FunctionBlock: the function the plugin wrote
+    module = getattr(function, "__module__", None) or type(block).__module__
+    return declared.get(block.name) or str(module)
+
+
+def _tool_info(tool: Tool) -> api.ToolInfo:
+    source = getattr(tool.fn, "__module__", None) or ""
+    return api.ToolInfo(name=tool.name, source=source, description=tool.description)
+
+
+def _name(tool: Tool) -> str:
+    return tool.name
+
+
+def _event(row: list[Any]) -> api.Event:
+    event_id, event_type, project, occurred_us, workflow_id, throttle, throttled, payload, by = row
+    occurred = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(occurred_us))
+    return api.Event(
+        event_id=event_id,
+        event_type=event_type,
+        project=project,
+        occurred_at=rfc3339(occurred),
+        workflow_id=workflow_id,
+        throttle=throttle,
+        throttled=bool(throttled),
+        payload_json=payload,
+        emitted_by=by,
+    )
+
+
+def _invalid(message: str) -> GRPCError:
+    return GRPCError(Status.INVALID_ARGUMENT, message)

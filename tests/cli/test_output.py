@@ -1,0 +1,183 @@
+"""The CLI's formatting in isolation: the one timestamp style, durations, JSON values in summaries,
+``--json`` numbers, trace headers and labels, the daemon's JSON log lines, and ``since``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from foundry.kernel.cli.live import execution_label, trace_lines
+from foundry.kernel.cli.logs import DisconnectsAreDebug, JsonFormatter
+from foundry.kernel.cli.output import duration, message_dict, short_json, stamp
+from foundry.kernel.edge.grpc.admin_service import parse_since
+from foundry.proto import foundry_api as api
+from grpclib import GRPCError
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("2026-11-22T07:03:52.123456+00:00", "2026-11-22T07:03:52.123Z"),
+        ("2026-11-22T07:03:52+00:00", "2026-11-22T07:03:52.000Z"),
+        ("2026-11-22T07:03:52.5Z", "2026-11-22T07:03:52.500Z"),
+        ("2026-11-22T09:03:52.123+02:00", "2026-11-22T07:03:52.123Z"),
+        (datetime(2026, 1, 2, 3, 4, 5, 678900, tzinfo=UTC), "2026-01-02T03:04:05.678Z"),
+        (datetime(2026, 1, 2, 3, 4, 5), "2026-01-02T03:04:05.000Z"),  # naive: UTC
+        ("", ""),
+        (None, ""),
+        ("not a time", "not a time"),
+    ],
+)
+def test_one_timestamp_style(value, shown):
+    assert stamp(value) == shown
+
+
+@pytest.mark.parametrize(
+    ("ms", "shown"), [(0, "0 ms"), (999, "999 ms"), (1500, "1.5 s"), (125_000, "2 min 05 s")]
+)
+def test_durations(ms, shown):
+    assert duration(ms) == shown
+
+
+def test_summaries_are_json_never_python_reprs():
+    assert short_json({"a": 1.0, "b": [2.0, 2.5], "c": None, "d": True}) == (
+        '{"a":1,"b":[2,2.5],"c":null,"d":true}'
+    )
+    assert short_json("é") == '"é"'
+    long = short_json({"text": "x" * 500}, limit=40)
+    assert len(long) == 40
+    assert long.endswith("…")
+
+
+def test_json_output_keeps_64_bit_integers_as_numbers():
+    reply = api.TraceResponse(
+        found=True,
+        block_executions=[api.TraceBlockExecution(block_name="b", duration_ms=12, exit_code=-1)],
+    )
+    document = message_dict(reply)
+    assert document["block_executions"][0]["duration_ms"] == 12
+    assert document["block_executions"][0]["exit_code"] == -1
+    assert document["block_executions"][0]["block_name"] == "b"
+    assert document["found"] is True
+    assert json.loads(json.dumps(document)) == document
+
+
+def test_execution_labels():
+    assert execution_label(api.TraceBlockExecution(success=True, state="completed")) == "ok"
+    assert execution_label(api.TraceBlockExecution(success=False, state="failed")) == "FAILED"
+    skipped = api.TraceBlockExecution(success=True, state="skipped", throttled=True)
+    assert execution_label(skipped) == "skipped"
+
+
+def test_trace_header_states_error_and_total():
+    reply = api.TraceResponse(
+        found=True,
+        events=[
+            api.TraceEvent(
+                event_id="evt_1", event_type="go", project="p",
+                occurred_at="2026-01-02T03:04:05.000001+00:00", payload_json="{}",
+            )
+        ],
+        block_executions=[
+            api.TraceBlockExecution(block_name="a", success=False, state="failed", duration_ms=5),
+            api.TraceBlockExecution(block_name="b", success=True, state="skipped"),
+        ],
+    )  # fmt: skip
+    workflow = api.WorkflowStatus(workflow_id="evt_1", state="failed", error="a broke")
+    lines = trace_lines(reply, workflow)
+    assert lines[0].startswith("chain  evt_1  failed  go [p]  started 2026-01-02T03:04:05.000Z")
+    assert "2 block execution(s), 1 failed" in lines[0]
+    assert lines[1] == "error  a broke"
+    assert lines[2] == "event  2026-01-02T03:04:05.000Z  evt_1  go  {}"
+    assert lines[3].startswith("block  FAILED  a on ")
+    assert lines[4].startswith("block  skipped b on ")
+
+
+def _record(level: int, msg: str, *args, **extra) -> logging.LogRecord:
+    record = logging.LogRecord("foundry.engine", level, __file__, 1, msg, args, None)
+    for key, value in extra.items():
+        setattr(record, key, value)
+    return record
+
+
+def test_json_log_lines_carry_the_extra_fields():
+    record = _record(logging.WARNING, "workflow %s failed: %s", "evt_1", "boom",
+                     workflow_id="evt_1", error="boom")  # fmt: skip
+    document = json.loads(JsonFormatter().format(record))
+    assert document["level"] == "warning"
+    assert document["logger"] == "foundry.engine"
+    assert document["message"] == "workflow evt_1 failed: boom"
+    assert document["workflow_id"] == "evt_1"
+    assert document["error"] == "boom"
+    assert document["time"].endswith("Z")
+    assert "args" not in document
+    assert "msg" not in document
+
+
+def test_json_log_lines_include_the_traceback():
+    try:
+        raise ValueError("inside")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    document = json.loads(JsonFormatter().format(record))
+    assert "ValueError: inside" in document["exception"]
+
+
+def test_client_disconnects_become_debug():
+    quiet = DisconnectsAreDebug()
+    logging.getLogger("grpclib.server").setLevel(logging.INFO)
+    try:
+        message = "Request was cancelled: %s"  # grpclib.server's, word for word
+        gone = logging.LogRecord(
+            "grpclib.server", logging.INFO, __file__, 1, message, ("Connection lost",), None
+        )
+        assert quiet.filter(gone) is False
+        assert gone.levelname == "DEBUG"
+        other = logging.LogRecord("grpclib.server", logging.INFO, __file__, 1, "x", (), None)
+        assert quiet.filter(other) is True
+    finally:
+        logging.getLogger("grpclib.server").setLevel(logging.NOTSET)
+
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "instant"),
+    [
+        ("", datetime(1970, 1, 1, tzinfo=UTC)),
+        ("90s", NOW - timedelta(seconds=90)),
+        ("15m", NOW - timedelta(minutes=15)),
+        ("1h30m", NOW - timedelta(minutes=90)),
+        ("2d", NOW - timedelta(days=2)),
+        ("250ms", NOW - timedelta(milliseconds=250)),
+        ("2026-01-02T03:04:05Z", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        ("2026-01-02T05:04:05+02:00", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        ("2026-01-02T03:04:05", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        ("2026-01-02", datetime(2026, 1, 2, tzinfo=UTC)),
+    ],
+)
+def test_since(text, instant):
+    assert parse_since(text, NOW) == instant
+    assert parse_since(text, NOW).utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("text", ["yesterday", "1y", "15", "m15", "2026-13-01", "1" * 100 + "s"])
+def test_a_bad_since_names_the_field(text):
+    with pytest.raises(GRPCError) as caught:
+        parse_since(text, NOW)
+    assert caught.value.message.startswith("since: ")
+    assert len(caught.value.message) < 250
+
+
+def test_text_log_lines_use_the_one_timestamp_style():
+    from foundry.kernel.cli.logs import TextFormatter
+
+    record = _record(logging.INFO, "serving %d blocks", 7)
+    record.created = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC).timestamp()
+    line = TextFormatter().format(record)
+    assert line == "2026-01-02T03:04:05.678Z foundry.engine INFO serving 7 blocks"

@@ -1,0 +1,401 @@
+"""The CLI's output as a user meets it (CLI subprocesses, real daemons): one timestamp style,
+numbers as numbers, trace headers, quiet broken pipes, ``--version`` and ``python -m foundry``,
+``--payload @file|-``, ``blocks``/``tools`` from the daemon or the config, ``config check``, and
+the daemon's log (failed workflows and runs, ``--log-format json``, quiet disconnects)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+
+import pytest
+from foundry.proto import runtime_api
+
+from tests.daemon import REPO, Daemon
+from tests.e2e.helpers import closed_port, emit, finished, foundry_cli, trace
+from tests.helpers import DEADLINE, wait_until
+
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+CONFIG = """
+[[blocks]]
+name = "Fail Hard"
+type = "shell"
+kind = "observer"
+sinks = ["fail_requested"]
+command = ["sh", "-c", "echo going down; exit 3"]
+
+[[blocks]]
+name = "Touch Marker"
+type = "shell"
+kind = "mutator"
+sinks = ["touch_requested"]
+command = ["sh", "-c", "echo touched"]
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon(shared_daemon):
+    return shared_daemon(CONFIG)
+
+
+def cli(daemon, *args, **options):
+    done = daemon.cli(*args, **options)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+# --- timestamps, numbers, headers ----------------------------------------------------------------
+
+
+def test_status_prints_times_in_the_one_style(daemon):
+    root = emit(daemon, "touch_requested", project="out-a")
+    finished(daemon, root.workflow_id)
+    done = cli(daemon, "status", root.workflow_id)
+    assert done.returncode == 0
+    first = done.stdout.splitlines()[0]
+    assert re.search(rf"  {STAMP} → {STAMP}$", first), first
+
+
+def test_trace_header_has_state_total_and_labels_skipped_blocks(daemon):
+    root = emit(daemon, "touch_requested", project="out-b", throttle=runtime_dry_run())
+    finished(daemon, root.workflow_id)
+    done = cli(daemon, "trace", root.workflow_id)
+    assert done.returncode == 0
+    header, *rest = done.stdout.splitlines()
+    assert header.startswith(f"chain  {root.workflow_id}  completed  touch_requested [out-b]")
+    assert re.search(rf"started {STAMP}  total \d+ ms  1 event\(s\), 1 block execution\(s\), "
+                     r"0 failed$", header), header  # fmt: skip
+    [block] = [x for x in rest if x.startswith("block  ")]
+    assert block.startswith("block  skipped Touch Marker on ")
+    [event] = [x for x in rest if x.startswith("event  ")]
+    assert re.match(rf"^event  {STAMP}  {root.workflow_id}  touch_requested", event)
+
+
+def runtime_dry_run():
+    from foundry.proto import foundry_api
+
+    return foundry_api.Throttle.DRY_RUN
+
+
+def test_a_failed_chain_shows_failed_and_why(daemon):
+    root = emit(daemon, "fail_requested", project="out-c")
+    assert finished(daemon, root.workflow_id).state == "failed"
+    done = cli(daemon, "trace", root.workflow_id)
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert f"chain  {root.workflow_id}  failed  fail_requested [out-c]" in lines[0]
+    assert lines[0].endswith("1 failed")
+    [block] = [x for x in lines if x.startswith("block  ")]
+    assert block.startswith("block  FAILED  Fail Hard on ")
+    assert "       | going down" in lines
+
+
+def test_json_numbers_are_numbers(daemon):
+    root = emit(daemon, "touch_requested", project="out-d")
+    finished(daemon, root.workflow_id)
+    document = json.loads(cli(daemon, "trace", root.workflow_id, "--json").stdout)
+    [execution] = document["block_executions"]
+    assert isinstance(execution["duration_ms"], int)
+    assert isinstance(execution["exit_code"], int)
+    assert isinstance(execution["attempts"], int)
+    if "total_duration_ms" in document:
+        assert isinstance(document["total_duration_ms"], int)
+
+
+# --- --payload @file and - ---------------------------------------------------------------------
+
+
+def test_payload_from_a_file_and_from_stdin(daemon, tmp_path):
+    payload = tmp_path / "payload.json"
+    payload.write_text('{"name": "From File", "n": 7}')
+    done = cli(daemon, "emit", "nobody", "--project", "out-e", "--payload", f"@{payload}", "--json")
+    assert done.returncode == 0, done.stderr
+    event = json.loads(done.stdout)["event_id"]
+
+    env = {**os.environ, "FOUNDRY_ADDR": daemon.address}
+    piped = subprocess.run(
+        [sys.executable, "-m", "foundry.kernel.cli", "emit", "nobody", "--project", "out-e",
+         "--payload", "-", "--json"],
+        input='{"name": "From Stdin"}', capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    other = json.loads(piped.stdout)["event_id"]
+
+    payloads = {e.event_id: json.loads(e.payload_json) for e in trace(daemon, event).events}
+    assert payloads[event] == {"name": "From File", "n": 7}
+    payloads = {e.event_id: json.loads(e.payload_json) for e in trace(daemon, other).events}
+    assert payloads[other] == {"name": "From Stdin"}
+
+
+def test_a_missing_payload_file_is_one_readable_line(daemon, tmp_path):
+    done = cli(daemon, "emit", "x", "--project", "p", "--payload", f"@{tmp_path}/nope.json")
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"foundry: --payload: cannot read {tmp_path}/nope.json: ")
+
+
+# --- broken pipes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args", [("status",), ("blocks", "--json"), ("tools",), ("trace", "--json", "ROOT")]
+)
+def test_a_reader_that_goes_away_is_not_an_error(daemon, args):
+    root = emit(daemon, "touch_requested", project="out-f")
+    finished(daemon, root.workflow_id)
+    args = tuple(root.workflow_id if a == "ROOT" else a for a in args)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "foundry.kernel.cli", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "FOUNDRY_ADDR": daemon.address},
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first line
+    try:
+        code = process.wait(60)
+        err = process.stderr.read()
+    finally:
+        process.stderr.close()
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "cannot reach the daemon" not in err
+    assert "Broken pipe" not in err
+
+
+def test_piping_into_head_through_a_shell(daemon):
+    for n in range(3):
+        emit(daemon, "touch_requested", project="out-g", payload={"n": n})
+    env = {**os.environ, "FOUNDRY_ADDR": daemon.address}
+    cmd = f"{sys.executable} -m foundry.kernel.cli"
+    for line in (f"{cmd} blocks --json | head -1", f"{cmd} status | head -1"):
+        done = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", line], capture_output=True, text=True, env=env,
+            timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, (line, done.stderr)
+        assert len(done.stdout.splitlines()) == 1
+        assert "Traceback" not in done.stderr
+
+
+# --- --version, python -m foundry ---------------------------------------------------------------
+
+
+def test_version():
+    done = foundry_cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"foundry {metadata.version('foundry')}"
+
+
+@pytest.mark.parametrize("where", ["clean folder", "repo root"])
+def test_python_m_foundry_is_the_cli(tmp_path, where):
+    cwd = tmp_path if where == "clean folder" else REPO
+    done = subprocess.run(
+        [sys.executable, "-m", "foundry", "--version"], capture_output=True, text=True,
+        cwd=cwd, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"foundry {metadata.version('foundry')}"
+    # The top-level package does not hide the mapped ones.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import foundry.kernel, foundry.proto, foundry.plugins; "
+         "print(foundry.kernel.__file__)"],
+        capture_output=True, text=True, cwd=cwd, timeout=60,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == str(REPO / "kernel" / "__init__.py")
+
+
+# --- blocks, tools, config check -----------------------------------------------------------------
+
+
+def test_blocks_and_tools_ask_the_running_daemon(daemon):
+    done = cli(daemon, "blocks", "--config", str(REPO / "foundry.toml"))
+    assert done.returncode == 0
+    assert done.stderr.strip() == (
+        f"from the running daemon at {daemon.address} (config {daemon.config})"
+    )
+    names = [x.split("  ")[0].strip() for x in done.stdout.splitlines()]
+    assert "Fail Hard" in names  # the daemon's config, not the one named offline
+    assert "Archive Greeting" not in names
+    [line] = [x for x in done.stdout.splitlines() if x.startswith("Fail Hard")]
+    assert f"[{daemon.config} [[blocks]] (type shell)]" in line
+
+    tools = cli(daemon, "tools", "--json")
+    assert tools.returncode == 0
+    assert {"name": "echo", "source": "foundry.plugins.tool"}.items() <= {
+        k: v for t in json.loads(tools.stdout) if t["name"] == "echo" for k, v in t.items()
+    }.items()
+
+
+def test_blocks_and_tools_fall_back_to_the_config_and_say_so():
+    config = str(REPO / "foundry.toml")
+    with closed_port() as port:
+        blocks = foundry_cli("blocks", "--json", "--config", config, "--addr", f"127.0.0.1:{port}")
+        tools = foundry_cli("tools", "--config", config, "--addr", f"127.0.0.1:{port}")
+    for done in (blocks, tools):
+        assert done.returncode == 0, done.stderr
+        [note] = done.stderr.splitlines()
+        assert note.startswith(f"daemon not reachable at 127.0.0.1:{port} (")
+        assert f"from the config {config}" in note
+    names = [b["name"] for b in json.loads(blocks.stdout)]
+    assert "Archive Greeting" in names
+    assert any(x.startswith("echo ") for x in tools.stdout.splitlines())
+
+
+def test_config_check_summarises_a_good_config():
+    done = foundry_cli("config", "check", "--config", str(REPO / "foundry.toml"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"{REPO / 'foundry.toml'}: OK"
+    assert any(x.startswith("  blocks ") and "Archive Greeting" in x for x in lines)
+    as_json = json.loads(
+        foundry_cli("config", "check", "--json", "--config", str(REPO / "foundry.toml")).stdout
+    )
+    assert as_json["ok"] is True
+    assert isinstance(as_json["blocks"], int)
+    assert "greeting_delivered" in as_json["event_types"]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[daemon]\nlisten = 5\n", ["bad.toml", "[daemon]", "listen"]),
+        ('[plugins]\nmodules = ["no_such_module_here"]\n', ["no_such_module_here"]),
+        ('[[blocks]]\nname = "x"\ntype = "nope"\n', ["bad.toml", "[[blocks]]", "nope"]),
+        ("not toml = = =\n", ["bad.toml", "not valid TOML"]),
+    ],
+)
+def test_config_check_refuses_a_bad_config_with_exit_2(tmp_path, text, words):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    done = foundry_cli("config", "check", "--config", str(path))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith("foundry: ")
+    for word in words:
+        assert word in line
+
+
+# --- the daemon log ------------------------------------------------------------------------------
+
+LOG_CONFIG = (
+    CONFIG
+    + """
+[[blocks]]
+name = "fail"
+type = "shell"
+command = ["sh", "-c", "exit 4"]
+"""
+)
+
+
+@pytest.fixture
+def json_log_daemon(tmp_path):
+    config = tmp_path / "log.toml"
+    config.write_text(LOG_CONFIG)
+    daemon = Daemon(tmp_path / "home", config)
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        daemon.process = subprocess.Popen(
+            [sys.executable, "-m", "foundry.kernel.cli", "serve", "--config", str(config),
+             "--listen", "127.0.0.1:0", "--log-format", "json"],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path,
+            env={**os.environ, "FOUNDRY_HOME": str(daemon.home)},
+        )  # fmt: skip
+    try:
+        assert daemon.process.stdout is not None
+        daemon.address = daemon.process.stdout.readline().split()[0]
+        yield daemon, log
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+        daemon.process.wait(10)
+        daemon.process.stdout.close()
+
+
+def test_the_daemon_logs_failures_as_json_and_not_disconnects(json_log_daemon):
+    daemon, log = json_log_daemon
+    root = emit(daemon, "fail_requested", project="logs")
+    finished(daemon, root.workflow_id)
+    dag = json.dumps({"steps": [{"id": "boom", "type": "shell", "inputs": {"command": "fail"}}]})
+    request = runtime_api.SubmitRunRequest(spec=runtime_api.RunSpec(dag_json=dag))
+    run_id = daemon.call(lambda _, rt: rt.submit_run(request)).run_id
+
+    def run_failed():
+        reply = daemon.call(lambda _, rt: rt.get_run(runtime_api.GetRunRequest(run_id=run_id)))
+        return reply.run.status == runtime_api.RunStatus.FAILED
+
+    wait_until(run_failed, what="the run failed")
+    # A client that goes away mid-stream: a routine disconnect.
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "foundry.kernel.cli", "watch", "--addr", daemon.address],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert watcher.stderr is not None
+    watcher.stderr.readline()  # "watching …": subscribed very soon after
+    time.sleep(0.5)  # (no event to wait on: the Watch call must be open on the daemon)
+    watcher.kill()
+    watcher.wait(10)
+    watcher.stderr.close()
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE * 2) == 0
+
+    records = [json.loads(x) for x in log.read_text().splitlines()]  # every line is one object
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    assert all(re.fullmatch(STAMP, r["time"]) for r in records)
+    [workflow] = [r for r in records if r.get("workflow_id") == root.workflow_id]
+    assert workflow["level"] == "warning"
+    assert workflow["logger"] == "foundry.engine"
+    assert "Fail Hard" in workflow["error"]
+    assert workflow["message"].startswith(f"workflow {root.workflow_id} (fail_requested")
+    [run] = [r for r in records if r.get("run_id") == run_id]
+    assert run["level"] == "warning"
+    assert run["step_id"] == "boom"
+    assert "boom" in run["error"]
+    assert not [r for r in records if "cancelled" in r["message"].lower()], records
+
+
+# --- run get -------------------------------------------------------------------------------------
+
+
+def test_run_get_header_has_labels_breakpoints_pause_and_totals(daemon, tmp_path):
+    dag = tmp_path / "dag.json"
+    dag.write_text(json.dumps({"steps": [
+        {"id": "ask", "type": "llm", "inputs": {"prompt": "hi", "model": "mock:small"}},
+        {"id": "count", "type": "tool", "depends_on": ["ask"],
+         "inputs": {"tool": "word_count", "args": {"text": "a b c"}}},
+    ]}))  # fmt: skip
+    submitted = cli(daemon, "run", "submit", str(dag), "--label", "team=ops", "--breakpoint",
+                    "count", "--json")  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = json.loads(submitted.stdout)["run_id"]
+
+    def shown():
+        done = cli(daemon, "run", "get", run_id)
+        return done.stdout if "PAUSED_AT_STEP" in done.stdout else None
+
+    lines = wait_until(shown, what="the run paused").splitlines()
+    assert re.match(rf"^run {run_id}  PAUSED_AT_STEP  created {STAMP}  updated {STAMP}$", lines[0])
+    assert lines[1] == "  seed 0  labels team=ops"
+    assert lines[2] == "  breakpoints count"
+    assert lines[3] == f"  paused before count: `foundry run resume {run_id}` continues"
+    assert re.match(r"^  tokens [1-9]\d* in, [1-9]\d* out  cost \d+\.\d{6}$", lines[4]), lines
+
+    assert cli(daemon, "run", "resume", run_id).returncode == 0
+
+    def succeeded():
+        done = cli(daemon, "run", "get", run_id)
+        return done.stdout if "SUCCEEDED" in done.stdout.splitlines()[0] else None
+
+    final = wait_until(succeeded, what="the run succeeded").splitlines()
+    assert not any("paused before" in x for x in final)
+    assert not any("{'" in x or "': " in x for x in final), final  # no Python reprs
