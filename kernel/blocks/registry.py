@@ -4,7 +4,9 @@ blocks declared as ``[[blocks]]`` tables."""
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -30,8 +32,12 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 
 
-def build_plugin_manager(modules: Sequence[str] = (), *, entry_points: bool = True) -> Any:
-    """Specs, built-ins, the entry-point group, then foundry.toml modules; misspelled hooks fail."""
+def build_plugin_manager(
+    modules: Sequence[str] = (), *, entry_points: bool = True, paths: Sequence[Path] = ()
+) -> Any:
+    """Specs, built-ins, the entry-point group, then foundry.toml modules; misspelled hooks fail.
+    ``paths`` (``[plugins] paths``) go on ``sys.path`` first, as ``PYTHONPATH`` would put them."""
+    add_to_sys_path(paths)
     pm = pluggy.PluginManager("foundry")
     pm.add_hookspecs(hookspecs)
     for name in DEFAULT_PLUGINS:
@@ -52,6 +58,14 @@ def build_plugin_manager(modules: Sequence[str] = (), *, entry_points: bool = Tr
     return pm
 
 
+def add_to_sys_path(paths: Sequence[Path]) -> None:
+    """Put ``paths`` at the front of ``sys.path``, in order (one already there stays put)."""
+    new = [str(p) for p in paths if str(p) not in sys.path]
+    sys.path[:0] = dict.fromkeys(new)
+    if new:
+        importlib.invalidate_caches()
+
+
 class BlockRegistry:
     """Every loaded block, by name and by the event types it sinks (in registration order); and
     what plugins contribute to governance: the change-gate rules (the built-ins when not given)
@@ -63,7 +77,9 @@ class BlockRegistry:
         *,
         gate_rules: Sequence[Rule] | None = None,
         assertion_types: Mapping[str, AssertionType] | None = None,
+        tools: Mapping[str, Tool] | None = None,
     ) -> None:
+        self.tools: Mapping[str, Tool] = dict(tools or {})  # for the Admin service's ListTools
         self.gate_rules: tuple[Rule, ...] = tuple(
             BUILTIN_RULES if gate_rules is None else gate_rules
         )
@@ -99,8 +115,9 @@ def load_blocks(
     *,
     entry_points: bool = True,
     config: Config | None = None,
+    paths: Sequence[Path] = (),
 ) -> BlockRegistry:
-    pm = build_plugin_manager(modules, entry_points=entry_points)
+    pm = build_plugin_manager(modules, entry_points=entry_points, paths=paths)
     tools = _tools(pm)
     # pluggy calls the most recently registered plugin first; blocks run in registration order.
     results = pm.hook.register_blocks(config=config or Config(), tools=tools)
@@ -112,6 +129,7 @@ def load_blocks(
         [*contributed, *(_declared_block(t, factories) for t in declared)],
         gate_rules=_gate_rules(pm),
         assertion_types=_assertion_types(pm),
+        tools=tools,
     )
 
 
@@ -119,7 +137,11 @@ def load_config_blocks(config: Config, *, entry_points: bool = True) -> BlockReg
     """The configuration's blocks and governance plugins; the ``[gate]`` policy's rule names
     are checked against the registered rules here (a ConfigError naming the file)."""
     registry = load_blocks(
-        config.plugin_modules, config.declared_blocks, entry_points=entry_points, config=config
+        config.plugin_modules,
+        config.declared_blocks,
+        entry_points=entry_points,
+        config=config,
+        paths=config.plugin_paths,
     )
     try:
         config.gate_policy().check_rules(registry.gate_rules)

@@ -10,7 +10,13 @@ from pathlib import Path
 import foundry.kernel
 import pytest
 from foundry.kernel import Block, BlockKind, ConfigError, block
-from foundry.kernel.blocks.registry import DEFAULT_PLUGINS, BlockRegistry, load_blocks
+from foundry.kernel.blocks.registry import (
+    DEFAULT_PLUGINS,
+    BlockRegistry,
+    add_to_sys_path,
+    load_blocks,
+    load_config_blocks,
+)
 from foundry.kernel.config import Config
 from foundry.kernel.testing import run_block
 
@@ -295,3 +301,92 @@ def test_two_tools_with_one_name_fail(plugin_module):
         """
     with pytest.raises(ConfigError, match="echo"):
         load_blocks([plugin_module(source)], entry_points=False)
+
+
+# --- [plugins] paths ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_sys_path(monkeypatch):
+    """[plugins] paths change the process's sys.path; each test gets it back as it was."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def _module_beside_a_config(folder, source, paths='paths = ["."]'):
+    name = f"foundry_beside_{uuid.uuid4().hex[:8]}"
+    (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    config = folder / "foundry.toml"
+    config.write_text(f'[plugins]\n{paths}\nmodules = ["{name}"]\n')
+    return name, config
+
+
+def test_plugins_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "conf" / "lib").mkdir(parents=True)
+    (tmp_path / "conf" / "foundry.toml").write_text('[plugins]\npaths = ["lib", "."]\n')
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+
+    config = Config.from_toml(Path("conf/foundry.toml"))
+
+    assert config.plugin_paths == ((tmp_path / "conf" / "lib"), (tmp_path / "conf"))
+
+
+@pytest.mark.parametrize(
+    ("paths", "match"),
+    [
+        (
+            'paths = ["missing"]',
+            r"foundry\.toml: \[plugins\]\.paths\[0\]: no such directory: '.*missing'",
+        ),
+        ('paths = [".", "foundry.toml"]', r"\[plugins\]\.paths\[1\]: no such directory"),
+        ('paths = "."', r"\[plugins\]\.paths: expected a list of strings"),
+        ("paths = [1]", r"\[plugins\]\.paths: expected a list of strings"),
+    ],
+)
+def test_a_bad_plugins_path_is_refused_naming_the_key(tmp_path, paths, match):
+    config = tmp_path / "foundry.toml"
+    config.write_text(f"[plugins]\n{paths}\n")
+
+    with pytest.raises(ConfigError, match=match):
+        Config.from_toml(config)
+
+
+def test_a_module_beside_the_config_loads_without_pythonpath(tmp_path, restore_sys_path):
+    name, config_file = _module_beside_a_config(
+        tmp_path,
+        """
+        from foundry.kernel import block, hookimpl
+
+        @block("Beside", sinks=["ping"])
+        def beside(ctx):
+            return {"pong": True}
+
+        @hookimpl
+        def register_blocks():
+            return [beside]
+        """,
+    )
+    assert str(tmp_path) not in sys.path
+    try:
+        registry = load_config_blocks(Config.from_toml(config_file), entry_points=False)
+    finally:
+        sys.modules.pop(name, None)
+
+    assert registry.by_name["Beside"].sinks == ("ping",)
+    assert sys.path[0] == str(tmp_path)  # in front, as PYTHONPATH would put it
+
+
+def test_without_plugins_paths_the_module_beside_the_config_is_not_found(
+    tmp_path, restore_sys_path
+):
+    _, config_file = _module_beside_a_config(tmp_path, "", paths="")
+
+    with pytest.raises(ConfigError, match=r"\[plugins\]\.modules: cannot import"):
+        load_config_blocks(Config.from_toml(config_file), entry_points=False)
+
+
+def test_a_plugins_path_already_on_sys_path_is_not_added_twice(tmp_path, restore_sys_path):
+    sys.path.append(str(tmp_path))
+
+    add_to_sys_path([tmp_path, tmp_path])
+
+    assert sys.path.count(str(tmp_path)) == 1
