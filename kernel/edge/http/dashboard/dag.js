@@ -1,0 +1,92 @@
+// The DAG as an SVG graph: steps ranked by longest path from a root (layers left to right),
+// ordered within a layer by their parents' mean position (one sweep: cheap and mostly
+// untangled), edges as curves. Node states change by attribute only, so live updates are cheap.
+
+import { s } from "./util.js";
+
+const W = 150, H = 30, GAP_X = 60, GAP_Y = 14;
+
+// The dependencies of each step: depends_on plus ${steps.ID...} references in its inputs.
+export function dependencies(steps) {
+  const ids = new Set(steps.map((step) => step.id));
+  const deps = new Map();
+  for (const step of steps) {
+    const found = new Set(step.depends_on || []);
+    const text = JSON.stringify(step.inputs ?? null);
+    for (const match of text.matchAll(/\$\{steps\.([^.}]+)\./g)) if (ids.has(match[1])) found.add(match[1]);
+    deps.set(step.id, [...found].filter((id) => ids.has(id)));
+  }
+  return deps;
+}
+
+export function layout(steps) {
+  const deps = dependencies(steps);
+  const rank = new Map();
+  const visit = (id, seen = new Set()) => {
+    if (rank.has(id)) return rank.get(id);
+    if (seen.has(id)) return 0;
+    seen.add(id);
+    let r = 0;
+    for (const parent of deps.get(id) || []) r = Math.max(r, visit(parent, seen) + 1);
+    rank.set(id, r);
+    return r;
+  };
+  // Iterative over a chain of 1,000 would still recurse 1,000 deep: fine for JS engines.
+  for (const step of steps) visit(step.id);
+  const layers = [];
+  for (const step of steps) (layers[rank.get(step.id)] ||= []).push(step.id);
+  const position = new Map();
+  layers.forEach((layer, x) => {
+    if (x > 0) {
+      const weight = (id) => {
+        const ps = deps.get(id).map((p) => position.get(p).row);
+        return ps.length ? ps.reduce((a, b) => a + b, 0) / ps.length : 0;
+      };
+      layer.sort((a, b) => weight(a) - weight(b));
+    }
+    layer.forEach((id, row) => position.set(id, { layer: x, row }));
+  });
+  const rows = Math.max(...layers.map((l) => l.length), 1);
+  return { deps, position, width: layers.length * (W + GAP_X) + 20, height: rows * (H + GAP_Y) + 20 };
+}
+
+export function drawDag(steps, onSelect) {
+  const { deps, position, width, height } = layout(steps);
+  const at = (id) => {
+    const p = position.get(id);
+    return { x: 10 + p.layer * (W + GAP_X), y: 10 + p.row * (H + GAP_Y) };
+  };
+  const edges = s("g", { class: "edges" });
+  const nodes = s("g", { class: "nodes" });
+  const byId = new Map();
+  for (const step of steps) {
+    const a = at(step.id);
+    for (const parent of deps.get(step.id)) {
+      const b = at(parent);
+      const x1 = b.x + W, y1 = b.y + H / 2, x2 = a.x, y2 = a.y + H / 2, mid = (x1 + x2) / 2;
+      edges.append(s("path", { d: `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}` }));
+    }
+    const label = step.id.length > 18 ? `${step.id.slice(0, 17)}…` : step.id;
+    const node = s("g", { class: "node", transform: `translate(${a.x},${a.y})`, "data-step": step.id, "data-state": "pending", tabindex: "0", role: "button", "aria-label": `step ${step.id}` },
+      s("title", {}, `${step.id} (${step.type})`),
+      s("rect", { width: W, height: H, rx: 6 }),
+      s("text", { x: 10, y: 19, class: "label" }, label),
+      s("text", { x: W - 8, y: 19, class: "state", "text-anchor": "end" }, "pending"));
+    node.addEventListener("click", () => onSelect(step.id));
+    node.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") onSelect(step.id); });
+    nodes.append(node);
+    byId.set(step.id, node);
+  }
+  const svg = s("svg", { class: "dag", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "the run's steps and their dependencies" }, edges, nodes);
+  return { svg, nodes: byId };
+}
+
+// Show a step's state: the colour comes from CSS on data-state, the word from the text.
+export function setNodeState(node, state, extra = {}) {
+  if (node.dataset.state !== state) {
+    node.dataset.state = state;
+    node.querySelector(".state").textContent = state.replaceAll("_", " ");
+  }
+  node.classList.toggle("breakpoint", Boolean(extra.breakpoint));
+  node.classList.toggle("selected", Boolean(extra.selected));
+}

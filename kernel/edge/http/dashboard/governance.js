@@ -1,0 +1,82 @@
+// Evals and gates: each scenario's pass rate per commit as a chart, and the change-gate
+// decisions with their scorecards, reasons, follow-ups and acknowledgements.
+
+import { call, RUNTIME } from "./api.js";
+import { h, s, badge, time, pre, errorBox } from "./util.js";
+
+export function mount(root) {
+  const evals = h("section", { id: "evals" }, h("h2", {}, "Eval scenarios"), h("p", { class: "muted" }, "Loading…"));
+  const gates = h("section", { id: "gates" }, h("h2", {}, "Change-gate decisions"), h("p", { class: "muted" }, "Loading…"));
+  root.append(h("div", { class: "page-head" }, h("h1", {}, "Evals & gates")), evals, gates);
+  call(RUNTIME, "ListEvalScenarios", {}).then(
+    (reply) => evals.replaceChildren(h("h2", {}, "Eval scenarios"), ...scenarios(reply.scenarios || [])),
+    (error) => evals.replaceChildren(h("h2", {}, "Eval scenarios"), errorBox(error)));
+  call(RUNTIME, "ListChangeGates", { limit: 50 }).then(
+    (reply) => gates.replaceChildren(h("h2", {}, "Change-gate decisions"), ...decisions(reply.decisions || [])),
+    (error) => gates.replaceChildren(h("h2", {}, "Change-gate decisions"), errorBox(error)));
+}
+
+function scenarios(list) {
+  if (!list.length) return [h("p", { class: "muted" }, "No scenarios yet (foundry eval sync PACK_FILE).")];
+  return list.map((scenario) => {
+    const perCommit = passRates(scenario.history || []);
+    return h("article", { class: "card", "data-scenario": `${scenario.pack}/${scenario.slug}` },
+      h("h3", {}, `${scenario.pack} / ${scenario.slug}`, " ", h("span", { class: "muted" }, scenario.title || "")),
+      perCommit.length ? chart(perCommit) : h("p", { class: "muted" }, "No results recorded."),
+      perCommit.length ? h("p", { class: "small" }, perCommit.map((c) => h("span", { class: "tag" }, `${c.commit.slice(0, 10)}: ${c.passed}/${c.total} passed`))) : null);
+  });
+}
+
+// Results grouped by commit, commits in the order of their first result.
+function passRates(history) {
+  const commits = new Map();
+  const sorted = [...history].sort((a, b) => (a.executedAt || "").localeCompare(b.executedAt || ""));
+  for (const result of sorted) {
+    const entry = commits.get(result.commit) || { commit: result.commit || "(none)", passed: 0, total: 0 };
+    entry.total += 1;
+    if (result.outcome === "passed") entry.passed += 1;
+    commits.set(result.commit, entry);
+  }
+  return [...commits.values()].slice(-20);
+}
+
+// Pass rate per commit: bars with the rate written above each (readable without colour).
+function chart(points) {
+  const W = 48, H = 90, TOP = 16, BOTTOM = 18;
+  const width = points.length * W + 40;
+  const parts = [s("line", { x1: 30, y1: TOP + H, x2: width, y2: TOP + H, class: "axis" }),
+    s("text", { x: 2, y: TOP + 4, class: "axis-label" }, "100%"), s("text", { x: 10, y: TOP + H, class: "axis-label" }, "0%")];
+  points.forEach((p, i) => {
+    const rate = p.total ? p.passed / p.total : 0;
+    const x = 36 + i * W, height = Math.max(1, rate * H);
+    parts.push(s("rect", { x, y: TOP + H - height, width: W - 12, height, class: rate === 1 ? "bar-ok" : rate === 0 ? "bar-bad" : "bar-warn" },
+      s("title", {}, `${p.commit}: ${p.passed}/${p.total} passed`)));
+    parts.push(s("text", { x: x + (W - 12) / 2, y: TOP + H - height - 3, "text-anchor": "middle", class: "bar-label" }, `${Math.round(rate * 100)}%`));
+    parts.push(s("text", { x: x + (W - 12) / 2, y: TOP + H + 13, "text-anchor": "middle", class: "axis-label" }, p.commit.slice(0, 7)));
+  });
+  return s("svg", { class: "chart", width, height: TOP + H + BOTTOM, role: "img", "aria-label": "pass rate per commit" }, parts);
+}
+
+function decisions(list) {
+  if (!list.length) return [h("p", { class: "muted" }, "No decisions yet (foundry gate check REQUEST_FILE).")];
+  return list.map((d) => h("article", { class: "card", "data-gate": d.gateId },
+    h("h3", {}, badge((d.effect || "").replace("CHANGE_DECISION_EFFECT_", "")), " ", d.changeId, " ", h("span", { class: "muted" }, d.revision || ""), " ", h("span", { class: "muted small" }, time(d.decidedAt))),
+    (d.reasons || []).length ? h("ul", { class: "reasons" }, d.reasons.map((r) => h("li", {}, r))) : null,
+    (d.followups || []).length ? h("div", {}, h("h4", {}, "Follow-ups"), h("ul", {}, d.followups.map((f) => h("li", {}, h("code", {}, f.slug), ` ${f.description} `, f.recommended ? h("span", { class: "tag" }, "recommended") : null)))) : null,
+    (d.acknowledgements || []).length ? h("div", {}, h("h4", {}, "Acknowledged"), h("ul", {}, d.acknowledgements.map((a) => h("li", {}, badge((a.outcome || "").replace("FOLLOWUP_OUTCOME_", "")), ` by ${a.actor} ${time(a.recordedAt)} ${a.note || ""}`)))) : null,
+    scorecard(d.scorecard || {}),
+    h("details", {}, h("summary", {}, "Scorecard as recorded (JSON)"), pre(d.scorecard || {}))));
+}
+
+// The scorecard's four parts in words; an empty part says so.
+function scorecard(card) {
+  const list = (items) => (items && items.length ? items.join(", ") : "none");
+  const number = (value, digits = 2) => (value === undefined || value === null ? "—" : Number(value).toFixed(digits));
+  const rows = [
+    ["Novelty", `max ${number(card.novelty?.maxNovelty)}, mean ${number(card.novelty?.avgNovelty)}; high-risk paths: ${list(card.novelty?.highRiskPaths)}`],
+    ["Coverage", `overall ${number(card.coverage?.overallRatio)}; below threshold: ${list(card.coverage?.componentsBelowThreshold)}`],
+    ["Evals", `failing: ${list(card.evals?.failingMetrics)}; attention: ${list(card.evals?.attentionMetrics)}; score per token ${number(card.evals?.scorePerToken, 4)}`],
+    ["Budgets", `breaches: ${list(card.budgets?.breaches)}; near limits: ${list(card.budgets?.nearLimits)}`],
+  ];
+  return h("dl", { class: "facts scorecard" }, rows.map(([name, text]) => [h("dt", {}, name), h("dd", {}, text)]));
+}
