@@ -54,11 +54,17 @@ def followup_outcome(number: Any) -> str:
     return name
 
 
-def _direction(number: Any, field: str) -> Any:
-    direction = DIRECTION_BY_NUMBER.get(int(number))
-    if direction is None:
+def direction(number: Any, field: str) -> Any:
+    """MetricDirection → the policy's direction; an unknown number is INVALID_ARGUMENT."""
+    found = DIRECTION_BY_NUMBER.get(int(number))
+    if found is None:
         raise InvalidArgument(f"{field}: unknown MetricDirection {int(number)}")
-    return direction
+    return found
+
+
+def effect_number(effect: str) -> int:
+    """A stored decision's effect (``allow``…) → its ChangeDecisionEffect number."""
+    return int(EFFECT_NUMBERS[Effect(effect)])
 
 
 def gate_request(
@@ -95,7 +101,7 @@ def gate_request(
                 m.slug,
                 m.score,
                 m.threshold,
-                _direction(m.direction, f"evals[{i}].direction"),
+                direction(m.direction, f"evals[{i}].direction"),
                 m.weight,
             )  # fmt: skip
             for i, m in enumerate(message.evals)
@@ -183,7 +189,7 @@ def gate_decision(stored: StoredGate) -> api.ChangeGateDecision:
         gate_id=d.gate_id,
         change_id=d.change_id,
         revision=d.revision,
-        effect=api.ChangeDecisionEffect(EFFECT_NUMBERS[Effect(d.effect)]),
+        effect=api.ChangeDecisionEffect(effect_number(d.effect)),
         reasons=list(d.reasons),
         followups=[
             api.FollowupAction(

@@ -5,8 +5,9 @@ built yet answer UNIMPLEMENTED (the generated base does that)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import aclosing
+from typing import Any, Generic, TypeVar
 
 from foundry.kernel.actors.attestor.messages import GetAttestations
 from foundry.kernel.actors.gate.messages import (
@@ -21,7 +22,9 @@ from foundry.kernel.actors.messages import Mailboxes
 from foundry.kernel.actors.replay.messages import Replay, ReplayResult
 from foundry.kernel.actors.scheduler.messages import (
     BranchRun,
+    CancelRun,
     GetRun,
+    ListRuns,
     OpenTap,
     PatchStep,
     ResumeRun,
@@ -34,8 +37,10 @@ from foundry.kernel.actors.scheduler.messages import (
 from foundry.kernel.actors.tap.messages import Overflow
 from foundry.kernel.core.governance import ScenarioInput
 from foundry.kernel.core.json_input import check_json_value
+from foundry.kernel.core.numbers import restore_ints
+from foundry.kernel.core.run_control import RunSummary, run_list_query
 from foundry.kernel.core.runs import TERMINAL_KINDS, RunEventRecord
-from foundry.kernel.edge.grpc import attestations, governance
+from foundry.kernel.edge.grpc import attestations, fastproto, governance
 from foundry.kernel.edge.grpc.bridge import StreamSink
 from foundry.kernel.edge.grpc.internals import send_frames
 from foundry.kernel.edge.grpc.server import ask
@@ -45,6 +50,8 @@ from foundry.proto.generated.google.protobuf import Struct, Value
 from grpclib import GRPCError
 from grpclib.const import Handler, Status
 from grpclib.server import Stream
+
+T = TypeVar("T")
 
 RUN_STATUS = {
     name: api.RunStatus[name]
@@ -87,30 +94,42 @@ class RuntimeService(api.RuntimeServiceBase):
         return api.GetRunResponse(run=run_detail(view))
 
     async def tap_run(self, message: api.TapRunRequest) -> AsyncIterator[api.RunEvent]:
-        """Built, but on the raw stream: ``__mapping__`` routes TapRun to :meth:`_serve_tap`, so
-        this object-API form is never called."""
-        raise AssertionError("TapRun is served by _serve_tap")
-        yield api.RunEvent()  # an async generator, like the generated base
+        """The object-API form, for the HTTP edge (Connect, gRPC-Web, WebSocket): the same
+        stream as :meth:`_serve_tap`, as messages. grpclib's route is :meth:`_serve_tap`."""
+        async with aclosing(self.tap_batches(message.run_id, run_event)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
 
     async def _serve_tap(self, stream: Stream[api.TapRunRequest, api.RunEvent]) -> None:
         """The run's events from the first, then live; ends after the terminal event.
 
-        Each event is encoded once for every tapper (:func:`encoded_run_event`). The history goes
-        out in batches, one HTTP/2 write each; then the tap broker offers each committed batch to
-        this handler's sink (``bridge.StreamSink``), which wakes this task: it sends the whole
-        backlog in one write. The broker never writes to the connection itself.
+        Each event is encoded once for every tapper (:func:`encoded_run_event`); each batch of
+        :meth:`tap_batches` goes out in one HTTP/2 write.
         """
         request = await stream.recv_message()
         assert request is not None
         await stream.send_initial_metadata()
-        _require(request.run_id, "run_id")
-        framer = TapFramer()
+        async with aclosing(self.tap_batches(request.run_id, encoded_run_event)) as batches:
+            async for messages in batches:
+                await send_frames(stream, messages)
+
+    async def tap_batches(
+        self, run_id: str, frame: Callable[[RunEventRecord], T]
+    ) -> AsyncGenerator[list[T], None]:
+        """A run's events, each made once by ``frame``, in batches: the history in batches of
+        :data:`HISTORY_BATCH`, then, live, whatever the tap broker offered this tapper's sink
+        (``bridge.StreamSink``) since the last batch. The broker only wakes the reading task, it
+        never writes to the connection. Ends after the terminal event; a tapper that falls
+        behind gets RESOURCE_EXHAUSTED."""
+        _require(run_id, "run_id")
+        framer = TapFramer(frame)
         sink = StreamSink(framer)
         try:
-            opened: TapOpened = await self._ask(lambda r: OpenTap(request.run_id, sink, r))
+            opened: TapOpened = await self._ask(lambda r: OpenTap(run_id, sink, r))
             for start in range(0, len(opened.history), HISTORY_BATCH):
                 messages, ended = framer(list(opened.history[start : start + HISTORY_BATCH]))
-                await send_frames(stream, messages)
+                yield messages
                 if ended:
                     return
             while True:
@@ -121,7 +140,7 @@ class RuntimeService(api.RuntimeServiceBase):
                         f"tapper fell behind by more than {state.buffered} events and was "
                         "cut off; tap again to resume from the run's first event",
                     )
-                await send_frames(stream, messages)
+                yield messages
                 if state == "end":
                     return
         finally:
@@ -162,6 +181,24 @@ class RuntimeService(api.RuntimeServiceBase):
         _require(message.run_id, "run_id")
         status, step_id = await self._ask(lambda r: ResumeRun(message.run_id, r))
         return api.ResumeRunResponse(status=RUN_STATUS[status], resumed_step_id=step_id)
+
+    async def cancel_run(self, message: api.CancelRunRequest) -> api.CancelRunResponse:
+        _require(message.run_id, "run_id")
+        status, steps = await self._ask(lambda r: CancelRun(message.run_id, message.reason, r))
+        return api.CancelRunResponse(status=RUN_STATUS[status], canceled_steps=list(steps))
+
+    async def list_runs(self, message: api.ListRunsRequest) -> api.ListRunsResponse:
+        query = run_list_query(
+            statuses=[_status_name(s, f"statuses[{i}]") for i, s in enumerate(message.statuses)],
+            labels=dict(message.labels),
+            parent_run_id=message.parent_run_id,
+            created_after=message.created_after,
+            created_before=message.created_before,
+            page_size=message.page_size,
+            page_token=message.page_token,
+        )
+        runs, token = await self._ask(lambda r: ListRuns(query, r))
+        return api.ListRunsResponse(runs=[run_summary(s) for s in runs], next_page_token=token)
 
     async def create_branch_run(
         self, message: api.CreateBranchRunRequest
@@ -224,15 +261,14 @@ class RuntimeService(api.RuntimeServiceBase):
         return api.RecordEvalResultResponse(result=governance.eval_result(result))
 
     async def check_change_gate(
-        self, message: api.CheckChangeGateRequest
+        self, message: api.CheckChangeGateRequest | fastproto.UpbRequest
     ) -> api.CheckChangeGateResponse:
-        request = governance.gate_request(
-            message,
-            telemetry=_json_object(message.telemetry, "telemetry") or {},
-            metadata=_json_object(message.metadata, "metadata") or {},
-        )
+        """gRPC decodes the request with upb and gets the reply serialized by upb; the HTTP edge
+        uses betterproto2 both ways (``fastproto``: 1,000 diffs are too slow in pure Python)."""
+        request = fastproto.gate_request(message, _json_object)
         stored = await self._ask_gate(lambda r: CheckChangeGate(request, r))
-        return api.CheckChangeGateResponse(decision=governance.gate_decision(stored))
+        reply: api.CheckChangeGateResponse = fastproto.reply(message, stored)
+        return reply
 
     async def record_gate_followup(
         self, message: api.RecordGateFollowupRequest
@@ -279,7 +315,8 @@ class RuntimeService(api.RuntimeServiceBase):
 
 
 def _json_object(struct: Struct | None, field: str) -> dict[str, Any] | None:
-    """A Struct as a JSON object under the limits of every client JSON (``json_input``)."""
+    """A Struct as a JSON object under the limits of every client JSON (``json_input``), its
+    integral numbers ints again (``core.numbers``: a Struct carries every number as a double)."""
     if struct is None:
         return None
     try:
@@ -287,7 +324,8 @@ def _json_object(struct: Struct | None, field: str) -> dict[str, Any] | None:
     except RecursionError:
         raise InvalidArgument(f"{field}: nested too deeply") from None
     check_json_value(value, field)
-    return value
+    restored: dict[str, Any] = restore_ints(value)
+    return restored
 
 
 TAP_RUN = "/fleetforge.runtime.v1.RuntimeService/TapRun"
@@ -304,16 +342,18 @@ def _through_terminal(batch: list[RunEventRecord]) -> list[RunEventRecord]:
     return []
 
 
-class TapFramer:
-    """A tapper's events as gRPC messages: each once (the history and the live events overlap),
-    in order, through the terminal event (see ``bridge.Framer``)."""
+class TapFramer(Generic[T]):
+    """A tapper's events as messages (``frame`` makes each: serialized for gRPC, a RunEvent for
+    the HTTP edge): each once (the history and the live events overlap), in order, through the
+    terminal event (see ``bridge.Framer``)."""
 
-    __slots__ = ("last",)
+    __slots__ = ("last", "frame")
 
-    def __init__(self) -> None:
+    def __init__(self, frame: Callable[[RunEventRecord], T]) -> None:
         self.last = 0  # the seq of the last event framed
+        self.frame = frame
 
-    def __call__(self, events: list[RunEventRecord]) -> tuple[list[bytes], bool]:
+    def __call__(self, events: list[RunEventRecord]) -> tuple[list[T], bool]:
         last = self.last
         batch = [e for e in events if e.seq > last]
         if not batch:
@@ -321,7 +361,8 @@ class TapFramer:
         ended = _through_terminal(batch)
         batch = ended or batch
         self.last = batch[-1].seq
-        return [encoded_run_event(e) for e in batch], bool(ended)
+        frame = self.frame
+        return [frame(e) for e in batch], bool(ended)
 
 
 def encoded_run_event(event: RunEventRecord) -> bytes:
@@ -335,9 +376,36 @@ def encoded_run_event(event: RunEventRecord) -> bytes:
     return data
 
 
+def _status_name(status: Any, field: str) -> str:
+    for name, value in RUN_STATUS.items():
+        if status == value:
+            return name
+    raise InvalidArgument(f"{field}: unknown run status {int(status)}")
+
+
+def run_summary(summary: RunSummary) -> api.RunSummary:
+    return api.RunSummary(
+        run_id=summary.run_id,
+        status=RUN_STATUS[summary.status],
+        created_at=summary.created_at,
+        updated_at=summary.updated_at,
+        labels=dict(summary.labels),
+        parent_run_id=summary.parent_run_id,
+        branch_step=summary.branch_step,
+        step_count=summary.step_count,
+        paused_step=summary.paused_step,
+        error=summary.error,
+    )
+
+
 def _require(value: str, field: str) -> None:
     if not value:
         raise GRPCError(Status.INVALID_ARGUMENT, f"{field}: must not be empty")
+
+
+def _span_of(payload: Any) -> str:
+    span = payload.get("span_id", "") if isinstance(payload, Mapping) else ""
+    return span if isinstance(span, str) else ""
 
 
 def json_value(value: Any) -> Value:
@@ -357,11 +425,17 @@ def run_detail(view: RunView) -> api.RunDetail:
         ),
         created_at=view.created_at,
         updated_at=view.updated_at,
-        steps=[step_summary(s) for s in view.steps],
+        steps=[step_summary(s, view.span_id) for s in view.steps],
+        paused_step=view.paused_step,
+        error=view.error,
+        parent_run_id=view.parent_run_id,
+        branch_step=view.branch_step,
+        trace_id=view.trace_id,
+        span_id=view.span_id,
     )
 
 
-def step_summary(step: StepView) -> api.StepSummary:
+def step_summary(step: StepView, run_span_id: str = "") -> api.StepSummary:
     return api.StepSummary(
         step_id=step.step_id,
         idx=step.idx,
@@ -372,6 +446,8 @@ def step_summary(step: StepView) -> api.StepSummary:
         completed_at=step.completed_at,
         output=json_value(step.output),
         error=json_value(step.error),
+        span_id=step.span_id,
+        parent_span_id=run_span_id if step.span_id else "",
     )
 
 
@@ -380,6 +456,7 @@ def run_event(event: RunEventRecord) -> api.RunEvent:
         run_id=event.run_id,
         step_id=event.step_id,
         kind=event.kind,
+        span_id=_span_of(event.payload),
         payload=json_value({**event.payload, "seq": event.seq}),
         occurred_at=event.occurred_at,
     )
