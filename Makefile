@@ -2,24 +2,46 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Two install stamps: `make run` needs only the runtime dependencies (RUN_STAMP); `make test` and
+# the tool targets need the dev extras too (STAMP), which also satisfy `make run`.
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-runtime
 PROTOS := proto/foundry.proto proto/fleetforge/runtime/v1/runtime.proto \
-	proto/foundry/analytics/v1/analytics.proto
+	proto/foundry/analytics/v1/analytics.proto proto/foundry/admin/v1/admin.proto
 
 .PHONY: run test proto proto-check bench lint clean fuzz
 
 $(BIN)/python:
+	@echo "==> creating $(VENV) and upgrading pip"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	@echo "==> installing foundry and its runtime dependencies into $(VENV)"
+	$(BIN)/python -m pip install -e .
+	touch $(RUN_STAMP)
 
-run: $(STAMP)
+$(STAMP): pyproject.toml | $(BIN)/python
+	@echo "==> installing foundry with the dev tools (pytest, ruff, mypy, grpcio-tools) into $(VENV)"
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP) $(RUN_STAMP)
+
+run: $(RUN_STAMP)
+	@echo "==> serving foundry.toml on 127.0.0.1:50051 (Ctrl-C stops it). In another terminal:"
+	@echo "      source $(VENV)/bin/activate    # puts foundry on PATH (or call $(BIN)/foundry)"
+	@echo "      foundry emit greet_requested --project demo --payload '{\"name\": \"Ada\"}'"
 	$(BIN)/foundry serve --config foundry.toml
 
-test: $(STAMP)
+# The distribution's headless Chromium for the dashboard's browser tests (tests/e2e/test_dashboard.py:
+# Playwright drives /usr/bin/chromium, no browser is downloaded). CI runs as root on Debian;
+# elsewhere `apt-get install chromium` (or your system's package) once by hand.
+CHROMIUM_STAMP := $(VENV)/.chromium
+$(CHROMIUM_STAMP): | $(BIN)/python
+	@echo "==> making sure the distribution's chromium is installed (browser tests)"
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
+	touch $(CHROMIUM_STAMP)
+
+test: $(STAMP) $(CHROMIUM_STAMP)
 	$(BIN)/python -m pytest -q
 
 # Regenerate the committed betterproto2 code from the .proto sources.
@@ -30,6 +52,9 @@ proto: $(STAMP)
 	  --python_betterproto2_out=proto/generated \
 	  --python_betterproto2_opt=client_generation=async,server_generation=async \
 	  $(PROTOS)
+	# The descriptors server reflection answers from (kernel/edge/grpc/reflection.py).
+	$(BIN)/python -m grpc_tools.protoc -I proto --include_imports --include_source_info \
+	  --descriptor_set_out=proto/descriptors.binpb $(PROTOS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Benchmark modules, in the order ``python -m bench`` runs them (FleetForge ones are added here).
 BENCHMARKS: tuple[str, ...] = (
-    "engine_throughput", "emit_rpc", "run_overhead", "tap_latency", "time_travel",
+    "engine_throughput", "emit_rpc", "emit_connect", "run_overhead", "tap_latency", "time_travel",
     "hostile_input", "gate_check", "eval_run", "analytics_ingest", "analytics_query", "attest",
-    "memory_soak",
+    "otel_overhead", "memory_soak",
 )  # fmt: skip
 
 

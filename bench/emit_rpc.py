@@ -223,7 +223,7 @@ def _start(label: str, argv: Sequence[str], env: dict[str, str], workdir: Path) 
         line = process.stdout.readline().strip()
         if line:
             break
-    server = Server(label, process, line, log, log_path)
+    server = Server(label, process, line.split(" ")[0], log, log_path)  # gRPC, then HTTP
     if not line or ":" not in line:
         stop_process(process, grace=5)
         raise RuntimeError(f"{label} did not start:\n{server.tail()}")
@@ -238,7 +238,8 @@ def _servers(workdir: Path) -> Iterator[tuple[Server, Server]]:
     started: list[Server] = []
     try:
         serve = [sys.executable, "-m", "foundry.kernel.cli", "serve",
-                 "--listen", "127.0.0.1:0", "--config", str(config)]  # fmt: skip
+                 "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+                 "--config", str(config)]  # fmt: skip
         started.append(_start("foundry", serve, python_env(FOUNDRY_HOME=str(home)), workdir))
         started.append(
             _start(

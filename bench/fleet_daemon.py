@@ -48,7 +48,8 @@ def daemon(config: str, *, label: str = "foundry") -> Iterator[Daemon]:
     with log_path.open("w") as log:
         argv = [
             sys.executable, "-m", "foundry.kernel.cli", "serve",
-            "--listen", "127.0.0.1:0", "--config", str(config_path),
+            "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+            "--config", str(config_path),
         ]  # fmt: skip
         process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=log, text=True, cwd=workdir,
@@ -64,7 +65,7 @@ def daemon(config: str, *, label: str = "foundry") -> Iterator[Daemon]:
                 line = process.stdout.readline().strip()
             if not line or ":" not in line:
                 raise RuntimeError(f"{label} did not start:\n{server.tail()}")
-            server.address = line
+            server.address = line.split(" ")[0]  # the gRPC address (the HTTP one follows)
             yield server
         finally:
             code = stop_process(process)

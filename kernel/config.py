@@ -3,19 +3,28 @@ every key and names the file, the key and the reason when one is wrong."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypedDict
 
 from foundry.kernel.core.gate_policy import GatePolicy
 from foundry.kernel.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:50052"
+DEFAULT_CORS_ORIGINS = tuple(  # pages served from this machine, on any port
+    f"{scheme}://{host}:*"
+    for host in ("localhost", "127.0.0.1", "[::1]")
+    for scheme in ("http", "https")
+)
+GRPC_EXPORTER = "opentelemetry.exporter.otlp.proto.grpc"  # the foundry[otel-grpc] extra
 
 
 @dataclass(frozen=True)
@@ -62,10 +71,14 @@ class LlmConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    """Outbound HTTP from steps (the egress policy, kernel/egress.py)."""
+    """Outbound HTTP from steps (the egress policy, kernel/egress.py), and the daemon's HTTP
+    listener (Connect, gRPC-Web, WebSocket: README.md, "Calling the daemon over HTTP")."""
 
     # URL prefixes, hosts or CIDRs reachable although not public (loopback, private, …)
     allow: tuple[str, ...] = ()
+    listen: str = DEFAULT_HTTP_LISTEN  # HOST:PORT (port 0 = any), or "off"
+    # Browser origins allowed to call (CORS) and open streams: "*", or scheme://host[:port|:*]
+    cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,21 @@ class AnalyticsConfig:
     max_rows: int = 10_000  # rows a query returns at most (the reply says truncated)
 
 
+OTEL_PROTOCOLS = ("http/protobuf", "grpc")
+
+
+@dataclass(frozen=True)
+class OtelConfig:
+    """OpenTelemetry export of workflows, block executions, runs and step attempts as spans
+    (README.md, "OpenTelemetry export"). Off while ``endpoint`` is empty."""
+
+    endpoint: str = ""  # the collector's base URL, e.g. http://127.0.0.1:4318
+    protocol: str = "http/protobuf"  # or "grpc" (the foundry[otel-grpc] extra)
+    service_name: str = "foundry"
+    queue_size: int = 4_096  # spans waiting for export; more are dropped and counted
+    timeout: float = 5.0  # seconds an export may take, retries included
+
+
 @dataclass(frozen=True)
 class Config:
     source: str = "<defaults>"
@@ -99,6 +127,11 @@ class Config:
     home: Path = field(default_factory=lambda: default_home())
     shutdown_grace: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024  # as gRPC's default
+    # Auth and TLS on both listeners (README.md, "Authentication and TLS"): the name of the
+    # environment variable holding the bearer token ("" = no token), and a PEM cert/key pair.
+    token_env: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
     engine: EngineConfig = EngineConfig()
     store: StoreConfig = StoreConfig()
     tap: TapConfig = TapConfig()
@@ -108,7 +141,11 @@ class Config:
     http: HttpConfig = HttpConfig()
     analytics: AnalyticsConfig = AnalyticsConfig()
     attest: AttestConfig = AttestConfig()
+    otel: OtelConfig = OtelConfig()
     plugin_modules: tuple[str, ...] = ()
+    # [plugins] paths: folders (resolved against the config file's folder) put on sys.path
+    # before the [plugins] modules are imported, so a module beside the config needs no PYTHONPATH.
+    plugin_paths: tuple[Path, ...] = ()
     # [[blocks]] tables, validated by the factory of each block's ``type`` when blocks load.
     declared_blocks: tuple[Mapping[str, Any], ...] = ()
     # The [gate] table as written (validated by GatePolicy.from_mapping when loaded; the rules
@@ -144,10 +181,8 @@ class Config:
     ) -> Config:
         reader = _Reader(source)
         reader.only(data, "", {*SECTIONS, "daemon", "plugins", "blocks", "gate"})
-        daemon = reader.table(
-            data, "daemon", {"listen", "home", "shutdown_grace", "max_message_bytes"}
-        )
-        plugins = reader.table(data, "plugins", {"modules"})
+        daemon = reader.table(data, "daemon", DAEMON_KEYS)
+        plugins = reader.table(data, "plugins", {"modules", "paths"})
         home_value = daemon.get("home")
         home = default_home()
         if home_value is not None:
@@ -166,12 +201,32 @@ class Config:
             max_message_bytes=int(
                 reader.positive(daemon, "daemon", "max_message_bytes", 4 * 1024 * 1024)
             ),
+            **reader.security(daemon, base),
             **{name: reader.section(data, name, kind) for name, kind in SECTIONS.items()},
             plugin_modules=tuple(reader.strings(plugins, "plugins", "modules")),
+            plugin_paths=reader.folders(plugins, "plugins", "paths", base),
             declared_blocks=reader.blocks(data),
             gate=reader.gate(data),
         )
 
+
+class SecurityKeys(TypedDict):
+    token_env: str
+    tls_cert: str
+    tls_key: str
+
+
+def _file_path(value: str, base: Path | None) -> str:
+    """A path as written, relative to the config file's folder; "" stays ""."""
+    if not value:
+        return ""
+    path = Path(value).expanduser()
+    return str(base / path if base is not None and not path.is_absolute() else path)
+
+
+DAEMON_KEYS = {
+    "listen", "home", "shutdown_grace", "max_message_bytes", "token_env", "tls_cert", "tls_key",
+}  # fmt: skip
 
 SECTIONS: dict[str, type] = {
     "engine": EngineConfig,
@@ -183,6 +238,7 @@ SECTIONS: dict[str, type] = {
     "http": HttpConfig,
     "analytics": AnalyticsConfig,
     "attest": AttestConfig,
+    "otel": OtelConfig,
 }
 
 
@@ -236,6 +292,33 @@ class _Reader:
             raise self.fail(f"[{where}].{key}", f"expected a list of strings, got {value!r}")
         return value
 
+    def security(self, daemon: Mapping[str, Any], base: Path | None) -> SecurityKeys:
+        """``token_env``, ``tls_cert`` and ``tls_key`` (paths relative to the file); the cert
+        and key come together. The files themselves are checked when the daemon starts."""
+
+        def text(key: str) -> str:
+            value: str = self._scalar(f"[daemon].{key}", daemon.get(key, ""), str)
+            return value
+
+        cert, key = _file_path(text("tls_cert"), base), _file_path(text("tls_key"), base)
+        if bool(cert) != bool(key):
+            raise self.fail("[daemon].tls_cert", "tls_cert and tls_key go together: set both")
+        return {"token_env": text("token_env"), "tls_cert": cert, "tls_key": key}
+
+    def folders(
+        self, table: Mapping[str, Any], where: str, key: str, base: Path | None
+    ) -> tuple[Path, ...]:
+        """A list of existing directories, each relative to ``base`` (the config's folder)."""
+        found = []
+        for index, value in enumerate(self.strings(table, where, key)):
+            path = Path(value).expanduser()
+            if base is not None and not path.is_absolute():
+                path = base / path
+            if not path.is_dir():
+                raise self.fail(f"[{where}].{key}[{index}]", f"no such directory: {str(path)!r}")
+            found.append(path.resolve())
+        return tuple(found)
+
     def positive(self, table: Mapping[str, Any], where: str, key: str, default: float) -> float:
         value = table.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -253,6 +336,9 @@ class _Reader:
             values[key] = self._scalar(f"[{name}].{key}", value, type(default))
         if kind is HttpConfig:
             self._allow_entries(values.get("allow", ()))
+            self._http_listener(values)
+        if kind is OtelConfig:
+            self._otel(values)
         if kind is StoreConfig and not _MEMORY_SIZE.fullmatch(values.get("memory_limit", "0B")):
             raise self.fail(
                 "[store].memory_limit",
@@ -276,6 +362,18 @@ class _Reader:
             return tuple(value)
         return float(value) if kind is float else value
 
+    def _http_listener(self, values: Mapping[str, Any]) -> None:
+        from foundry.kernel.edge.http.cors import parse_origin_entry  # stdlib only
+
+        listen = values.get("listen", DEFAULT_HTTP_LISTEN)
+        if listen != "off":
+            parse_listen(listen, key=f"{self.source}: [http].listen")
+        for index, entry in enumerate(values.get("cors_origins", ())):
+            try:
+                parse_origin_entry(entry)
+            except ValueError as exc:
+                raise self.fail(f"[http].cors_origins[{index}]", f"{entry!r}: {exc}") from None
+
     def _allow_entries(self, entries: tuple[str, ...]) -> None:
         from foundry.kernel.blocks.egress import (
             parse_allow_entry,  # httpx is imported only when this is used
@@ -286,6 +384,40 @@ class _Reader:
                 parse_allow_entry(entry)
             except ValueError as exc:
                 raise self.fail(f"[http].allow[{index}]", f"{entry!r}: {exc}") from None
+
+    def _otel(self, values: Mapping[str, Any]) -> None:
+        """The [otel] table: a collector URL, a known protocol whose exporter is installed."""
+        endpoint, protocol = values.get("endpoint", ""), values.get("protocol", OTEL_PROTOCOLS[0])
+        if protocol not in OTEL_PROTOCOLS:
+            raise self.fail(
+                "[otel].protocol", f'expected "http/protobuf" or "grpc", got {protocol!r}'
+            )
+        if values.get("timeout", 1.0) <= 0:
+            raise self.fail(
+                "[otel].timeout", f"expected a positive number, got {values['timeout']!r}"
+            )
+        if not values.get("service_name", "x"):
+            raise self.fail("[otel].service_name", "expected a non-empty string")
+        if not endpoint:
+            return
+        url = urllib.parse.urlsplit(endpoint)
+        try:
+            url.port  # noqa: B018 (raises on a port out of range)
+        except ValueError:
+            url = url._replace(netloc="")
+        if url.username is not None or url.password is not None:
+            raise self.fail(
+                "[otel].endpoint", "no credentials in the URL: set OTEL_EXPORTER_OTLP_HEADERS"
+            )
+        if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+            raise self.fail(
+                "[otel].endpoint", f"expected an http:// or https:// URL, got {endpoint[:100]!r}"
+            )
+        if protocol == "grpc" and importlib.util.find_spec(GRPC_EXPORTER) is None:
+            raise self.fail(
+                "[otel].protocol",
+                "grpc needs the OTLP/gRPC exporter: pip install 'foundry[otel-grpc]'",
+            )
 
     def gate(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
         """The [gate] table, validated as the change-gate policy (``[gate].key: reason``)."""

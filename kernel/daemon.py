@@ -1,13 +1,16 @@
 """The daemon: the kernel's actors (``actors.supervisor.open_kernel``) with the gRPC edge in front,
 and an orderly stop.
 
-Start order: bind the port (fail fast), lock the home, tap broker, store (recovers what a killed
-daemon left), engine, scheduler (picks up unfinished runs), replay, then the gRPC server. Stop
-order on SIGINT/SIGTERM: the server stops listening and refuses new calls (UNAVAILABLE), the live
-Watch/TapRun streams end, the calls in flight get ``shutdown_grace`` seconds to finish (a second
-signal cuts that short) before the server cancels the rest; then the engine's, scheduler's and
+Start order: bind the ports, gRPC then HTTP (fail fast), lock the home, tap broker, store
+(recovers what a killed daemon left), engine, scheduler (picks up unfinished runs), replay, then
+the gRPC server and the HTTP listener (``edge/http``: Connect, gRPC-Web, WebSocket; the same
+service objects). Stop order on SIGINT/SIGTERM: both listeners stop listening and refuse new calls
+(UNAVAILABLE), the live Watch/TapRun streams end, the calls in flight get ``shutdown_grace``
+seconds to finish before the servers cancel the rest; then the engine's, scheduler's and
 replay's mailboxes close (their work in flight gets ``shutdown_grace`` seconds), and the store
 flushes and closes the database.
+A second signal at any point of that cancels the work still in flight and stops at once (what
+was committed stays; unfinished runs go on at the next start).
 """
 
 from __future__ import annotations
@@ -15,20 +18,27 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import trio
 from foundry.kernel.actors.supervisor import open_kernel
 from foundry.kernel.actors.tap.messages import CloseAll
-from foundry.kernel.blocks.registry import load_config_blocks
+from foundry.kernel.blocks.registry import BlockRegistry, load_config_blocks
 from foundry.kernel.config import Config, parse_listen
+from foundry.kernel.edge.grpc.admin_service import AdminService
 from foundry.kernel.edge.grpc.analytics_service import AnalyticsService
 from foundry.kernel.edge.grpc.foundry_service import FoundryService
 from foundry.kernel.edge.grpc.loop import open_grpc_loop
 from foundry.kernel.edge.grpc.runtime_service import RuntimeService
 from foundry.kernel.edge.grpc.server import GrpcServer, bind, start_server
+from foundry.kernel.edge.security import EdgeSecurity, edge_security, refuse_open_bind
 from foundry.kernel.errors import ConfigError
+
+if TYPE_CHECKING:
+    from foundry.kernel.edge.http.server import HttpServer
 
 log = logging.getLogger("foundry.daemon")
 
@@ -48,37 +58,126 @@ async def serve(
     on_ready: Callable[[str], None] = print,
     stop: trio.Event | None = None,
 ) -> None:
-    """Run the daemon until SIGINT/SIGTERM (or ``stop`` is set)."""
-    registry = load_config_blocks(config)
-    host, port = parse_listen(config.listen, key=f"{config.source}: [daemon].listen")
+    """Run the daemon until SIGINT/SIGTERM (or ``stop`` is set).
+
+    The signal receiver spans everything, startup and the whole shutdown included: trio turns a
+    SIGINT that no receiver takes into KeyboardInterrupt (a traceback, and no drain). A terminal's
+    Ctrl-C reaches only the daemon (children run in sessions of their own, see
+    ``blocks.api.BlockContext.run_command``), so the first one drains exactly like SIGTERM; a
+    second signal at any point of the stop cancels everything at once.
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        registry = load_config_blocks(config)
+        listen_key = f"{config.source}: [daemon].listen"
+        host, port = parse_listen(config.listen, key=listen_key)
+        security = edge_security(config, host, listen_key)  # token, TLS: refused with one line
+        try:
+            sock = bind(host, port)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+        try:
+            http_sock = _bind_http(config, security)
+        except ConfigError:
+            sock.close()
+            raise
+        tune_collector()
+        async with trio.open_nursery() as nursery:  # holds the second-signal watcher
+            await _serve(
+                config, registry, (sock, http_sock), security, signals, nursery, on_ready, stop
+            )
+            nursery.cancel_scope.cancel()
+
+
+def _bind_http(config: Config, security: EdgeSecurity) -> socket.socket | None:
+    """The HTTP listener's socket (``[http] listen``), None when it is off; refused in one line
+    like the gRPC port's."""
+    if config.http.listen == "off":
+        return None
+    # Imported here: hypercorn and connectrpc take ~1 s to import on a busy machine, which a
+    # refused config or an HTTP-less daemon need not wait for.
+    from foundry.kernel.edge.http.server import bind_http
+
+    key = f"{config.source}: [http].listen"
+    host, port = parse_listen(config.http.listen, key=key)
+    refuse_open_bind(host, key, security.token)
     try:
-        sock = bind(host, port)
+        return bind_http(host, port)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+        reason = exc.strerror or exc
+        raise ConfigError(f"cannot listen on {config.http.listen} (HTTP): {reason}") from None
+
+
+async def _serve(
+    config: Config,
+    registry: BlockRegistry,
+    sockets: tuple[socket.socket, socket.socket | None],
+    security: EdgeSecurity,
+    signals: AsyncIterator[int],
+    nursery: trio.Nursery,
+    on_ready: Callable[[str], None],
+    stop: trio.Event | None,
+) -> None:
+    sock, http_sock = sockets
     bound = sock.getsockname()
     address = f"{bound[0]}:{bound[1]}"
-
-    tune_collector()
-    # Signals are caught from here on: a SIGTERM during startup stops the daemon cleanly.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_grpc_loop(), open_kernel(config, registry) as mailboxes:
-            server = await start_server(
-                [
-                    FoundryService(mailboxes),
-                    RuntimeService(mailboxes),
-                    AnalyticsService(mailboxes, config.analytics),
-                ],
-                sock,
-                max_message_bytes=config.max_message_bytes,
-            )
+    async with open_grpc_loop(), open_kernel(config, registry) as mailboxes:
+        services = [  # on both listeners: one code path from request to actor
+            FoundryService(mailboxes),
+            RuntimeService(mailboxes),
+            AnalyticsService(mailboxes, config.analytics),
+            AdminService(mailboxes, config, registry, address),
+        ]
+        server = await start_server(
+            services,
+            sock,
+            max_message_bytes=config.max_message_bytes,
+            ssl_context=security.ssl_context,
+            token=security.token,
+        )
+        async with _open_http(config, http_sock, services, security) as http:
+            if http is not None:
+                address = f"{address} {http.address}"  # the ready line: gRPC, then HTTP
             log.info("serving %d blocks on %s, home %s", len(registry), address, config.home)
             on_ready(address)
             await _until_stopped(stop, signals)
-            log.info("stopping")
+            log.info("stopping (a second Ctrl-C or SIGTERM stops at once)")
+            nursery.start_soon(_stop_at_once_when_signalled, signals, nursery.cancel_scope)
             server.stop_accepting()
-            await mailboxes.tap.send(CloseAll())  # live streams end before the server drains
-            await _drain(server, config.shutdown_grace, signals)
+            if http is not None:
+                http.stop_accepting()
+            await mailboxes.tap.send(CloseAll())  # live streams end before the servers drain
+            await _drain(server, http, config.shutdown_grace)
             await server.close()
+
+
+@asynccontextmanager
+async def _open_http(
+    config: Config, sock: socket.socket | None, services: list[Any], security: EdgeSecurity
+) -> AsyncIterator[HttpServer | None]:
+    if sock is None:
+        yield None
+        return
+    from foundry.kernel.edge.http.server import open_http_server
+
+    async with open_http_server(
+        services,
+        sock,
+        max_message_bytes=config.max_message_bytes,
+        cors_origins=config.http.cors_origins,
+        grace=config.shutdown_grace,
+        token=security.token,
+        ssl_context=security.ssl_context,
+    ) as http:
+        yield http
+
+
+async def _stop_at_once_when_signalled(
+    signals: AsyncIterator[int], everything: trio.CancelScope
+) -> None:
+    async for _ in signals:
+        log.warning("signalled again: cancelling the work in flight and stopping now")
+        everything.cancel()
+        return
 
 
 async def _until_stopped(stop: trio.Event | None, signals: AsyncIterator[int]) -> None:
@@ -98,20 +197,21 @@ async def _until_stopped(stop: trio.Event | None, signals: AsyncIterator[int]) -
             nursery.start_soon(requested, stop)
 
 
-async def _drain(server: GrpcServer, grace: float, signals: AsyncIterator[int]) -> None:
-    """Let the calls in flight finish, for up to ``grace`` seconds or until another signal."""
+async def _drain(server: GrpcServer, http: HttpServer | None, grace: float) -> None:
+    """Let the calls in flight on both listeners finish, for up to ``grace`` seconds (a second
+    signal cancels the whole daemon, this included)."""
     async with trio.open_nursery() as nursery:
-
-        async def again() -> None:
-            async for _ in signals:
-                log.warning("signalled again: cancelling the calls in flight")
-                nursery.cancel_scope.cancel()
-
-        nursery.start_soon(again)
+        if http is not None:
+            nursery.start_soon(_drain_http, http, grace)
         left = await server.drain(grace)
         if left:
             log.warning("%d call(s) still running after %.1f s; cancelling them", left, grace)
-        nursery.cancel_scope.cancel()
+
+
+async def _drain_http(http: HttpServer, grace: float) -> None:
+    left = await http.drain(grace)
+    if left:
+        log.warning("%d HTTP call(s) still running after %.1f s; cancelling them", left, grace)
 
 
 def run(config: Config, **options: Any) -> None:
@@ -124,6 +224,9 @@ def run(config: Config, **options: Any) -> None:
         refused, _ = group.split(ConfigError)
         if refused is not None:
             raise _first_leaf(refused) from None
+        _, other = group.split(KeyboardInterrupt)
+        if other is None:  # interrupted before the signal receiver was up: no traceback
+            raise KeyboardInterrupt from None
         raise
 
 

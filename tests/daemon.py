@@ -30,7 +30,8 @@ class Daemon:
         self.home, self.config = home, config
         self.extra_env = env or {}
         self.process: subprocess.Popen[str] | None = None
-        self.address = ""
+        self.address = ""  # the gRPC listener's HOST:PORT
+        self.http_address = ""  # the HTTP listener's (Connect, gRPC-Web, WebSocket)
         self.stderr_path = home.parent / f"{home.name}-stderr.log"
 
     def start(self, timeout: float = 30.0) -> Daemon:
@@ -39,7 +40,7 @@ class Daemon:
         self.stderr_file = self.stderr_path.open("a")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "foundry.kernel.cli", "serve", "--config", str(self.config),
-             "--listen", "127.0.0.1:0"],
+             "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=self.stderr_file, text=True, env=env,
             cwd=self.home.parent,
         )  # fmt: skip
@@ -50,7 +51,7 @@ class Daemon:
             self.process.wait(10)
             self._closed()
             raise RuntimeError(f"daemon did not start within {timeout}s: {self.stderr()}")
-        self.address = line
+        self.address, _, self.http_address = line.partition(" ")
         return self
 
     def stderr(self) -> str:
@@ -110,7 +111,8 @@ class Daemon:
 
 
 def _first_line(stream: Any, timeout: float) -> str:
-    """The first line the daemon prints (its address), or "" if none comes in time."""
+    """The first line the daemon prints (its gRPC address, then its HTTP address), or "" if
+    none comes in time."""
     with selectors.DefaultSelector() as selector:
         selector.register(stream, selectors.EVENT_READ)
         if not selector.select(timeout):

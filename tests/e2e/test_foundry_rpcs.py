@@ -315,8 +315,8 @@ def test_completed_trace_is_written_to_the_dated_trace_folder(daemon):
     assert [e["id"] for e in document["events"]] == [e.event_id for e in chain.events]
     for event in document["events"]:
         assert {"id", "event_type", "project", "occurred_at", "recorded_at", "throttle",
-                "trace_id", "payload"} <= set(event)  # fmt: skip
-        assert event["trace_id"] == reply.event_id
+                "trace_id", "span_id", "payload"} <= set(event)  # fmt: skip
+        assert event["trace_id"] == chain.events[0].trace_id  # W3C: one trace per chain
         assert event["throttle"] == "full"
     assert [x["block_name"] for x in document["block_executions"]] == GREETING_BLOCKS
     for execution in document["block_executions"]:

@@ -272,7 +272,7 @@ def test_a_signing_key_others_may_read_refuses_the_start(make_daemon):
     key.chmod(0o644)
     done = subprocess.run(
         [sys.executable, "-m", "foundry.kernel.cli", "serve", "--config", str(daemon.config),
-         "--listen", "127.0.0.1:0"],
+         "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=60,
         env={**os.environ, "FOUNDRY_HOME": str(daemon.home)},
     )  # fmt: skip

@@ -14,9 +14,17 @@ from foundry.kernel.actors.engine.messages import (
 )
 from foundry.kernel.actors.messages import Mailboxes
 from foundry.kernel.actors.tap.messages import Overflow, Subscribe
-from foundry.kernel.core.ids import compact_json
+from foundry.kernel.core.ids import payload_json_of, rfc3339
 from foundry.kernel.core.json_input import parse_json_object
+from foundry.kernel.core.status_query import status_query
 from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.core.trace_format import readable
+from foundry.kernel.core.tracecontext import (
+    TraceContextError,
+    given_context,
+    is_span_id,
+    is_trace_id,
+)
 from foundry.kernel.edge.grpc.bridge import QueueSink
 from foundry.kernel.edge.grpc.server import ask
 from foundry.proto import foundry_api as api
@@ -41,7 +49,8 @@ class FoundryService(api.FoundryBase):
         return api.EmitResponse(event_id=emitted.event_id, workflow_id=emitted.workflow_id)
 
     async def status(self, message: api.StatusRequest) -> api.StatusResponse:
-        views = await self._ask_engine(lambda r: GetStatus(message.workflow_id, r))
+        query = status_query(message.project, message.state, message.limit)
+        views = await self._ask_engine(lambda r: GetStatus(message.workflow_id, r, query))
         return api.StatusResponse(workflows=[_workflow_status(v) for v in views])
 
     async def trace(self, message: api.TraceRequest) -> api.TraceResponse:
@@ -70,9 +79,13 @@ class FoundryService(api.FoundryBase):
                         event_type=item.event_type,
                         project=item.project,
                         payload_json=item.payload_json,
+                        trace_id=item.trace_id,
+                        span_id=item.span_id,
+                        parent_span_id=item.parent_span_id,
                         throttle=api.Throttle(THROTTLE_TO_WIRE[item.throttle.value]),
                         throttled=item.throttled,
-                        workflow_id=item.trace_id,
+                        workflow_id=item.workflow_id,
+                        occurred_at=item.stamp or rfc3339(item.occurred_at),
                     )
         finally:
             sink.close()
@@ -92,13 +105,18 @@ def parse_emit(message: api.EmitRequest) -> Any:
             Status.INVALID_ARGUMENT, f"throttle: unknown value {int(message.throttle)}"
         ) from None
     payload = parse_payload(message.payload_json)
-    return lambda reply: Emit(message.event_type, message.project, throttle, payload, reply)
+    try:
+        span = given_context(message.trace_id, message.span_id, message.parent_span_id)
+    except TraceContextError as exc:
+        raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+    return lambda reply: Emit(message.event_type, message.project, throttle, payload, reply, span)
 
 
 def parse_payload(payload_json: str) -> Mapping[str, Any]:
     if not payload_json.strip():
         return {}
-    return parse_json_object(payload_json, "payload_json")
+    # Numbers read as upstream's serde_json reads them, so the event id is the one it computes.
+    return parse_json_object(payload_json, "payload_json", upstream_numbers=True)
 
 
 def _workflow_status(view: WorkflowView) -> api.WorkflowStatus:
@@ -110,6 +128,7 @@ def _workflow_status(view: WorkflowView) -> api.WorkflowStatus:
         started_at=view.started_at,
         completed_at=view.completed_at,
         error=view.error,
+        trace_id=view.trace_id,
         task_blocks=[
             api.TaskBlockStatus(
                 name=b.name,
@@ -124,6 +143,7 @@ def _workflow_status(view: WorkflowView) -> api.WorkflowStatus:
 
 
 def trace_response(document: Mapping[str, Any]) -> api.TraceResponse:
+    document = readable(document)  # nulls of a block that ran no command: "" and 0
     return api.TraceResponse(
         found=True,
         events=[
@@ -133,7 +153,10 @@ def trace_response(document: Mapping[str, Any]) -> api.TraceResponse:
                 project=e["project"],
                 occurred_at=e["occurred_at"],
                 throttle=api.Throttle(THROTTLE_TO_WIRE[e["throttle"]]),
-                payload_json=compact_json(e["payload"]),
+                trace_id=_trace_id(e.get("trace_id")),
+                span_id=_span_id(e.get("span_id")),
+                parent_span_id=_span_id(e.get("parent_span_id")),
+                payload_json=payload_json_of(e["payload"]),  # the bytes its id hashed
                 recorded_at=e.get("recorded_at", ""),
                 throttled=bool(e.get("throttled", False)),
             )
@@ -149,16 +172,37 @@ def trace_response(document: Mapping[str, Any]) -> api.TraceResponse:
                 duration_ms=int(x["duration_ms"]),
                 raw_output=x["raw_output"],
                 exit_code=int(x["exit_code"]),
-                trigger_payload_json=compact_json(x["trigger_payload"]),
-                emitted_payload_jsons=[compact_json(p) for p in x["emitted_payloads"]],
+                trigger_payload_json=payload_json_of(x["trigger_payload"]),
+                emitted_payload_jsons=[payload_json_of(p) for p in x["emitted_payloads"]],
                 audit_artifacts=list(x["audit_artifacts"]),
+                span_id=_span_id(x.get("span_id")),
+                parent_span_id=_span_id(x.get("parent_span_id")),
                 state=x.get("state", ""),
                 throttled=bool(x.get("throttled", False)),
                 attempts=int(x.get("attempts", 1)),
             )
             for x in document["block_executions"]
         ],
+        total_duration_ms=_whole_ms(document.get("total_duration_ms")),
     )
+
+
+def _trace_id(value: Any) -> str:
+    """A trace file's W3C trace id, "" when it has none (a file written before trace context
+    kept the root event id under ``trace_id``)."""
+    return value if isinstance(value, str) and is_trace_id(value) else ""
+
+
+def _span_id(value: Any) -> str:
+    return value if isinstance(value, str) and is_span_id(value) else ""
+
+
+def _whole_ms(value: Any) -> int:
+    """A trace file's ``total_duration_ms`` (upstream's or ours), 0 when missing or not a
+    whole number of milliseconds that fits the field."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return 0
+    return int(value) if 0 <= value < 2**63 else 0
 
 
 __all__ = ["FoundryService", "Mailboxes", "THROTTLE_TO_WIRE", "trace_response"]
