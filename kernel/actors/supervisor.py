@@ -73,7 +73,9 @@ async def open_kernel(
                 yield mailboxes
             finally:
                 with trio.CancelScope(shield=True):
-                    await mailboxes.tap.send(CloseAll())
+                    # a second signal cancels everything: the broker may be gone already
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await mailboxes.tap.send(CloseAll())
                 for mailbox in (
                     mailboxes.engine, mailboxes.gate, mailboxes.scheduler, mailboxes.replay,
                     mailboxes.tap, mailboxes.attestor, mailboxes.store,
