@@ -254,6 +254,13 @@ V4 = (
     "ALTER TABLE block_executions ALTER COLUMN exit_code DROP NOT NULL",
 )
 
+# Version 5: the store's journal ($FOUNDRY_HOME/journal) and the high-water mark of what this
+# database holds of it. A database of before had no journal: it holds everything (0).
+V5 = (
+    "CREATE TABLE journal_applied (seq BIGINT NOT NULL)",
+    "INSERT INTO journal_applied VALUES (0)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "trace and run tables (the first release)", _statements(*V1)),
     Migration(
@@ -269,6 +276,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         " on runs; raw_output, exit_code NULL when no command ran",
         _statements(*V4),
     ),
+    Migration(5, "journal: journal_applied, the store journal's high-water mark", _statements(*V5)),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -5,7 +5,7 @@ Times are TIMESTAMPTZ in UTC; payloads and outputs are JSON.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4  # = migrations.LATEST; analytics/migrations.py upgrades older databases
+SCHEMA_VERSION = 5  # = migrations.LATEST; analytics/migrations.py upgrades older databases
 
 TABLES: dict[str, str] = {
     "events": """
@@ -161,6 +161,12 @@ TABLES: dict[str, str] = {
             previous        VARCHAR,            -- the run's previous step attestation (chain)
             created_at      TIMESTAMPTZ NOT NULL,
             seq             INTEGER NOT NULL    -- the run's `attested` event (0 for custom)
+        )""",
+    # The store's journal (README.md, "Architecture"): the last journal record whose rows are in
+    # this database, committed with them. One row.
+    "journal_applied": """
+        CREATE TABLE IF NOT EXISTS journal_applied (
+            seq  BIGINT NOT NULL
         )""",
 }
 

@@ -45,6 +45,11 @@ class StoreConfig:
     # DuckDB's memory, its cache of the database file's blocks included (else 80% of RAM: the
     # cache grows with the file). Queries that need more spill to the temporary directory.
     memory_limit: str = "256MB"
+    # Seconds a journaled write may wait before it is applied to DuckDB when no query asks for
+    # it (queries always see every acknowledged write); larger batches cost less per row.
+    materialize_delay: float = 0.2
+    # Bytes after which the journal starts a new segment ($FOUNDRY_HOME/journal).
+    journal_segment_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

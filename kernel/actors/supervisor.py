@@ -72,10 +72,10 @@ async def open_kernel(
             try:
                 yield mailboxes
             finally:
-                with trio.CancelScope(shield=True):
-                    # a second signal cancels everything: the broker may be gone already
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        await mailboxes.tap.send(CloseAll())
+                # a second signal cancels everything: the broker may be gone already
+                gone = (trio.BrokenResourceError, trio.ClosedResourceError)
+                with trio.CancelScope(shield=True), contextlib.suppress(*gone):
+                    await mailboxes.tap.send(CloseAll())
                 for mailbox in (
                     mailboxes.engine, mailboxes.gate, mailboxes.scheduler, mailboxes.replay,
                     mailboxes.tap, mailboxes.attestor, mailboxes.store,
@@ -126,7 +126,10 @@ async def _start_actors(
     store = Store(home, store_receive, tap_send.clone(), max_batch=config.store.max_batch_rows,
                   retain_days=config.store.retain_days,
                   retention_interval=config.store.retention_interval,
-                  memory_limit=config.store.memory_limit, hold_for_test=hold_store)  # fmt: skip
+                  memory_limit=config.store.memory_limit,
+                  materialize_delay=config.store.materialize_delay,
+                  segment_bytes=config.store.journal_segment_bytes,
+                  hold_for_test=hold_store)  # fmt: skip
     failed = await nursery.start(store.run)
     if failed:
         log.warning("marked %d unfinished workflow(s) failed: daemon restarted", len(failed))

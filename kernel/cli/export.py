@@ -28,6 +28,7 @@ from foundry.analytics.parquet import (
     since_selections,
     write_parquet,
 )
+from foundry.kernel.cli.sql import journal_behind
 from foundry.kernel.config import Config, default_home
 from foundry.kernel.edge.grpc.client import open_channel
 from foundry.kernel.errors import ConfigError
@@ -106,6 +107,8 @@ def export_offline(home: Path, target: Path, since: str | None) -> dict[str, int
     path = home / "foundry.duckdb"
     if not path.is_file():
         raise ConfigError(f"no database at {path}")
+    if unapplied := journal_behind(home):
+        print(f"foundry: {unapplied}", file=sys.stderr)
     with duckdb.connect(str(path), read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")
         present = {

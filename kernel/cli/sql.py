@@ -135,6 +135,8 @@ def _offline(args: argparse.Namespace, params: dict[str, str]) -> Answer:
         raise CommandFailed(f"the daemon at {args.addr} is not running and there is no {path}")
     print(f"foundry: no daemon at {args.addr}; querying {path} directly (read-only)",
           file=sys.stderr)  # fmt: skip
+    if unapplied := journal_behind(home):
+        print(f"foundry: {unapplied}", file=sys.stderr)
     limits = config.analytics
     max_rows = min(args.max_rows or limits.max_rows, limits.max_rows)
     try:
@@ -147,6 +149,18 @@ def _offline(args: argparse.Namespace, params: dict[str, str]) -> Answer:
         raise CommandFailed(f"cannot open {path}: {exc}") from None
     return Answer(list(result.columns), [json.loads(r) for r in result.rows], result.truncated,
                   result.elapsed_ms)  # fmt: skip
+
+
+def journal_behind(home: Path) -> str:
+    """A warning when the store's journal holds writes the database file lacks (a daemon killed
+    before it applied them: the next start does), else ''."""
+    segments = list((home / "journal").glob("*.journal"))
+    if not segments:
+        return ""
+    return (
+        f"{home / 'journal'} holds writes the database has not applied yet (the daemon was "
+        "killed?); start the daemon once to apply them — this answer may miss them"
+    )
 
 
 def run_file(

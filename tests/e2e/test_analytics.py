@@ -191,6 +191,7 @@ def test_foundry_sql_online_then_offline(make_daemon):
     assert "DEADLINE_EXCEEDED" in timed_out.stderr
 
     assert daemon.stop() == 0
+    assert list((daemon.home / "journal").glob("*.journal")) == []  # a clean stop applied all
     before = (daemon.home / "foundry.duckdb").stat().st_mtime_ns
 
     offline = daemon.cli("sql", sql, "--json", check=True)
@@ -224,3 +225,19 @@ def test_foundry_sql_online_then_offline(make_daemon):
 
     assert (daemon.home / "foundry.duckdb").stat().st_mtime_ns == before  # read-only
     assert not Path("/tmp/foundry-offline.csv").exists()
+
+
+def test_foundry_sql_offline_warns_when_the_journal_holds_unapplied_writes(make_daemon):
+    daemon = make_daemon(CONFIG + "[store]\nmaterialize_delay = 60\n", name="sqljournal")
+    daemon.cli("emit", "sql_cli", "--project", "p1", check=True)  # durable: in the journal
+    daemon.kill()  # before DuckDB got it
+
+    offline = daemon.cli("sql", "SELECT count(*) AS n FROM events", "--json", check=True)
+    assert "has not applied yet" in offline.stderr
+    assert json.loads(offline.stdout)["rows"] == [[0]]  # as the warning says
+
+    daemon.restart()  # replays the journal
+    assert daemon.stop() == 0
+    offline = daemon.cli("sql", "SELECT count(*) AS n FROM events", "--json", check=True)
+    assert "has not applied yet" not in offline.stderr
+    assert json.loads(offline.stdout)["rows"] == [[1]]

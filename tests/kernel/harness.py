@@ -24,6 +24,7 @@ from foundry.kernel.actors.engine.messages import (
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.replay.messages import ReplayMessage
 from foundry.kernel.actors.scheduler.messages import SchedulerMessage
+from foundry.kernel.actors.store.messages import CountRows, StoreMessage
 from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
 from foundry.kernel.blocks.api import Block
 from foundry.kernel.blocks.registry import BlockRegistry
@@ -41,6 +42,7 @@ class Kernel:
     scheduler: trio.MemorySendChannel[SchedulerMessage]
     replay: trio.MemorySendChannel[ReplayMessage]
     recovered: list[str] = field(default_factory=list)  # workflows the store marked failed
+    store: trio.MemorySendChannel[StoreMessage] | None = None
 
     async def emit(
         self,
@@ -76,6 +78,10 @@ class Kernel:
         return await ask(self.tap, lambda r: Subscribe("events", project, r))
 
     async def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """SQL on the store's database once it holds every write acknowledged so far (the store
+        applies its journal to DuckDB in batches; any query of its own waits for that)."""
+        if self.store is not None:
+            await ask(self.store, CountRows)
         return await run_sql(self.home, sql, *params)
 
 
@@ -123,7 +129,7 @@ async def running_kernel(
             mailboxes = await stack.enter_async_context(opened)
             try:
                 yield Kernel(home, mailboxes.engine, mailboxes.tap, mailboxes.scheduler,
-                             mailboxes.replay, recovered)  # fmt: skip
+                             mailboxes.replay, recovered, mailboxes.store)  # fmt: skip
             except BaseException:
                 scope.cancel()
                 raise

@@ -178,7 +178,7 @@ async def test_a_first_release_database_is_upgraded_in_place_and_keeps_its_rows(
     assert rows(db, "SELECT workflow_id FROM workflows") == [("evt_1",)]
     assert rows(db, "SELECT run_id, status FROM run_status") == [("run_1", "PENDING")]
     assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [
-        (1,), (2,), (3,), (4,)
+        (1,), (2,), (3,), (4,), (5,)
     ]  # fmt: skip
     assert rows(db, "SELECT count(*) FROM in_flight_workflows") == [(0,)]
     # version 4: the chain column is workflow_id; rows from before have no W3C trace context
@@ -195,9 +195,9 @@ async def test_migrations_are_applied_once(tmp_path):
             pass
     db = tmp_path / "foundry.duckdb"
     assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [
-        (1,), (2,), (3,), (4,)
+        (1,), (2,), (3,), (4,), (5,)
     ]  # fmt: skip
-    assert migrations.LATEST == 4
+    assert migrations.LATEST == 5
 
 
 async def test_a_database_newer_than_this_code_refuses_the_start_in_one_line(tmp_path):
@@ -215,7 +215,7 @@ async def test_a_database_newer_than_this_code_refuses_the_start_in_one_line(tmp
     assert isinstance(error, ConfigError)
     message = str(error)
     assert "\n" not in message
-    assert "schema version 99 is newer than this Foundry knows (4)" in message
+    assert f"schema version 99 is newer than this Foundry knows ({migrations.LATEST})" in message
     # nothing was changed
     db = tmp_path / "foundry.duckdb"
     assert max(rows(db, "SELECT version FROM schema_version")) == (99,)
@@ -346,7 +346,9 @@ async def test_retention_runs_at_start(tmp_path):
     async with store(tmp_path) as send:
         await append(send, chain(OLD, 1)[1])
     async with store(tmp_path, retain_days=30) as send:
-        await trio.sleep(0.5)  # the pass at start
+        with trio.fail_after(5):
+            while not list((tmp_path / "archive" / "events").rglob("*.parquet")):  # noqa: ASYNC110
+                await trio.sleep(0.05)  # the pass at start: staged, pruned, published
     db = tmp_path / "foundry.duckdb"
     assert rows(db, "SELECT count(*) FROM workflows") == [(0,)]
     assert len(archived(tmp_path, "events")) == 2

@@ -15,9 +15,9 @@ from foundry.kernel.config import EngineConfig
 from foundry.kernel.core.ids import compact_json, is_event_id, occurred_stamp
 from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.core.tracecontext import is_trace_id
-from foundry.kernel.errors import NotFound, Unavailable
+from foundry.kernel.errors import NotFound
 
-from .harness import GUARD_SECONDS, running_kernel
+from .harness import GUARD_SECONDS, run_sql, running_kernel
 
 EVENT_KEYS = {
     "id", "event_type", "project", "occurred_at", "recorded_at", "throttle", "trace_id", "payload",
@@ -549,11 +549,12 @@ async def test_status_shows_pending_until_the_root_is_durable(tmp_path):
         pass
 
     stalled, gate = trio.Event(), threading.Event()
+    token = trio.lowlevel.current_trio_token()
 
     def stall(work):
-        # runs on the store's worker thread: hold the first commit until the test opens the gate
+        # runs on the store's journal thread: hold the first commit until the test opens the gate
         if work == "commit" and not stalled.is_set():
-            trio.from_thread.run_sync(stalled.set)
+            trio.from_thread.run_sync(stalled.set, trio_token=token)
             gate.wait(GUARD_SECONDS)
 
     emitted = []
@@ -814,8 +815,11 @@ async def test_an_output_whose_repr_raises_is_summarized_and_the_chain_goes_on(t
     assert trace["state"] == "completed"
 
 
-async def test_a_chain_the_store_refuses_fails_its_emit_but_the_engine_carries_on(tmp_path):
+async def test_while_the_database_refuses_writes_acked_chains_wait_in_the_journal(tmp_path):
+    """DuckDB failing (here: a table gone) does not fail a write: the journal has made it
+    durable, the materializer retries, and the rows land once the database recovers."""
     archived = []
+    acted = trio.Event()
 
     @block("Lister", sinks=["go"])
     def lister(ctx):
@@ -824,23 +828,23 @@ async def test_a_chain_the_store_refuses_fails_its_emit_but_the_engine_carries_o
     @block("Archive", sinks=["listed"], kind=BlockKind.MUTATOR)
     def archive(ctx):
         archived.append(ctx.payload)
+        acted.set()  # a plain function: it runs on the trio thread
 
     async with running_kernel(tmp_path, [lister, archive]) as k:
-        await k.query("ALTER TABLE block_executions RENAME TO block_executions_gone")
-        with pytest.raises(Unavailable, match="the store could not commit"):
-            await k.emit("go")  # the root shares its commit with the observer's execution
-        unsinked = await k.emit("nobody_listens")  # no execution to write: stored
-        listed = await k.status()
-        await k.query("ALTER TABLE block_executions_gone RENAME TO block_executions")
+        await run_sql(tmp_path, "ALTER TABLE block_executions RENAME TO block_executions_gone")
+        refused = await k.emit("go")  # acknowledged: durable in the journal
+        unsinked = await k.emit("nobody_listens")
+        await acted.wait()  # the mutator's lease was durable: the chain went on
+        await run_sql(tmp_path, "ALTER TABLE block_executions_gone RENAME TO block_executions")
         healthy = await k.emit("go")
         healthy_trace = await k.finished(healthy.workflow_id)
+        refused_trace = await k.finished(refused.workflow_id)
         roots = await k.query("SELECT event_type FROM events WHERE depth = 0 ORDER BY occurred_at")
 
-    assert archived == [{"count": 1}]  # once, for the healthy chain: never for the refused one
-    assert listed == []  # the refused workflow is gone, not left running
+    assert archived == [{"count": 1}, {"count": 1}]  # once per chain
     assert unsinked.event_id
-    assert roots == [("nobody_listens",), ("go",)]
-    assert healthy_trace["state"] == "completed"
+    assert roots == [("go",), ("nobody_listens",), ("go",)]
+    assert healthy_trace["state"] == refused_trace["state"] == "completed"
 
 
 async def until_finished(k, workflow_id):

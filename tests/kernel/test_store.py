@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ import trio
 import trio.testing
 from foundry.kernel.actors.mailbox import ask, reply_pair
 from foundry.kernel.actors.store.actor import READERS, Store
+from foundry.kernel.actors.store.journal import pending_records
 from foundry.kernel.actors.store.messages import (
     Append,
     Barrier,
@@ -87,12 +89,24 @@ def count_events(con):
 
 
 def committed_events(home):
-    """Rows a separate connection sees: only what was committed."""
+    """Events durable on disk, read without the store: the journal's records, then the rows
+    DuckDB has and the mark of the last record it applied (a record applied between the two
+    reads is in DuckDB's count, not the journal's)."""
+    journaled = pending_records(home / "journal", 0)
     con = duckdb.connect(str(home / "foundry.duckdb"))
     try:
-        return count_events(con)
+        (applied,) = con.execute("SELECT seq FROM journal_applied").fetchone()
+        in_database = count_events(con)
     finally:
         con.close()
+    in_journal = sum(
+        len(rows)
+        for record in journaled
+        if record.seq > applied
+        for table, rows in record.tables
+        if table == "events"
+    )
+    return in_database + in_journal
 
 
 def post_now(store_send, records, publish=()):
@@ -529,3 +543,84 @@ async def test_a_finished_chain_is_not_recovered(tmp_path):
     finally:
         con.close()
     assert rows == [(emitted.event_id, "completed", 0)]
+
+
+# --- the journal: durable first, DuckDB as the materialized view ---------------------------------
+
+
+def database_rows(home, sql="SELECT count(*) FROM events"):
+    """What DuckDB itself holds (not the journal), through a connection of the test's own."""
+    con = duckdb.connect(str(home / "foundry.duckdb"))
+    try:
+        return con.execute(sql).fetchone()[0]
+    finally:
+        con.close()
+
+
+async def test_queries_see_every_acknowledged_write_while_the_database_lags(tmp_path):
+    events = [make_event(n) for n in range(3)]
+    async with running_store(tmp_path, materialize_delay=60) as store:
+        for event in events:
+            await post_now(store, [event]).wait()
+        assert database_rows(tmp_path) == 0  # durable in the journal, not yet in DuckDB
+        assert committed_events(tmp_path) == 3
+        counts = await ask(store, CountRows)  # the query has DuckDB catch up first
+        assert counts.events == 3
+        assert database_rows(tmp_path) == 3
+        assert database_rows(tmp_path, "SELECT seq FROM journal_applied") == 3
+        # the segments DuckDB has in full are gone
+        assert pending_records(tmp_path / "journal", 0) == []
+
+
+async def test_a_store_stopped_before_materializing_replays_its_journal_at_start(tmp_path):
+    events = [make_event(n) for n in range(4)]
+    with trio.CancelScope() as killed:
+        async with running_store(tmp_path, materialize_delay=60) as store:
+            for event in events:
+                await post_now(store, [event]).wait()
+            killed.cancel()  # stops at once: the materializer never ran
+    assert database_rows(tmp_path) == 0
+    assert [r.seq for r in pending_records(tmp_path / "journal", 0)] == [1, 2, 3, 4]
+
+    async with running_store(tmp_path) as store:
+        assert database_rows(tmp_path) == 4  # replayed before the store answers anything
+        assert (await ask(store, CountRows)).events == 4
+        await post_now(store, [make_event(9)]).wait()
+        assert (await ask(store, CountRows)).events == 5
+    assert database_rows(tmp_path, "SELECT seq FROM journal_applied") == 5
+
+
+async def test_a_record_the_database_already_has_is_not_applied_twice(tmp_path):
+    """Killed after DuckDB committed a batch but before its segment was deleted: the mark,
+    committed with the rows, makes the replay skip it."""
+    saved = tmp_path / "saved"
+
+    def keep_journal(work):
+        if work == "materialize" and not saved.exists():
+            shutil.copytree(tmp_path / "home" / "journal", saved)
+
+    home = tmp_path / "home"
+    async with running_store(home, hold_for_test=keep_journal) as store:
+        await post_now(store, [make_event(1), make_event(2)]).wait()
+        assert (await ask(store, CountRows)).events == 2
+    shutil.rmtree(home / "journal")
+    shutil.copytree(saved, home / "journal")  # as if the deletion never happened
+    assert len(pending_records(home / "journal", 0)) == 1
+
+    async with running_store(home) as store:
+        assert (await ask(store, CountRows)).events == 2
+    assert database_rows(home, "SELECT count(DISTINCT event_id) FROM events") == 2
+
+
+async def test_rows_the_database_refuses_are_set_aside_and_the_rest_still_land(tmp_path, caplog):
+    good, later = make_event(1), make_event(2)
+    # passes the store's own checks, but breaks the events table's NOT NULL on event_type
+    refused = dataclasses.replace(make_event(3), event_type=None)
+    async with running_store(tmp_path, materialize_delay=60) as store:
+        for event in (good, refused, later):
+            await post_now(store, [event]).wait()  # all three acknowledged: durable
+        assert (await ask(store, CountRows)).events == 2  # the store carries on
+    [aside] = (tmp_path / "journal" / "rejected").iterdir()
+    assert aside.name == f"{2:020d}.rows"
+    assert "journal record 2: the database refused its rows" in caplog.text
+    assert database_rows(tmp_path, "SELECT seq FROM journal_applied") == 3

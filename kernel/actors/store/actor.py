@@ -1,14 +1,23 @@
-"""The store actor: the only owner of the DuckDB file.
+"""The store actor: the only owner of the DuckDB file and of the journal in front of it.
 
-It group-commits: it takes every Append waiting in its mailbox, writes them as one transaction of
-batched inserts (DuckDB's appender) on a worker thread, and only then answers their acks and hands
-their ``publish`` items to the tap broker — so nobody hears of a write before it is durable. Then
-the trace files of the chains that finished go to the trace archivist (``archivist.py``).
+Writes are durable once they are in the journal (``journal.py``): the store group-commits —
+it takes every Append waiting in its mailbox, turns their records into table rows, appends them
+as one checksummed journal record and ``fdatasync``s it on a worker thread — and only then
+answers their acks and hands their ``publish`` items to the tap broker, so nobody hears of a
+write before it is durable. The trace files of the chains that finished go to the trace
+archivist (``archivist.py``).
 
-Queries (the typed messages of ``messages.py``) do not wait for commits, nor commits for them:
-each runs at once, on a worker thread and a read cursor of its own (DuckDB runs cursors of one
-instance concurrently), up to ``READERS`` at a time, in a transaction of its own — a snapshot of
-what was committed when it began. A slow query delays no Emit and no ack.
+DuckDB is the materialized, queryable view of the journal: a materializer task applies the
+journaled rows in large batches (every ``materialize_delay`` seconds, or at once when a query
+waits for them), each batch in one transaction with the journal's high-water mark
+(``journal_applied``), then deletes the segments DuckDB has. On start the store replays exactly
+the records DuckDB lacks.
+
+Queries (the typed messages of ``messages.py``) see every write acknowledged before they
+arrived: one that finds DuckDB behind the journal has the materializer catch up first. Then it
+runs on a worker thread and a read cursor of its own (DuckDB runs cursors of one instance
+concurrently), up to ``READERS`` at a time, in a transaction of its own. A slow query delays no
+Emit and no ack.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import math
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,6 +43,7 @@ from foundry.analytics.schema import ddl
 from foundry.kernel.actors.mailbox import Reply, refuse, reply_pair
 from foundry.kernel.actors.store import retention
 from foundry.kernel.actors.store.archivist import Archivist, FileWriter, frame
+from foundry.kernel.actors.store.journal import SEGMENT_BYTES, Journal, encode
 from foundry.kernel.actors.store.messages import (
     Append,
     Barrier,
@@ -45,7 +56,15 @@ from foundry.kernel.actors.store.messages import (
     StoreStats,
 )
 from foundry.kernel.actors.store.reads import QUERIES, recover_unfinished
-from foundry.kernel.actors.store.tables import WRITERS
+from foundry.kernel.actors.store.tables import (
+    TableRows,
+    TableWriter,
+    Unstorable,
+    apply,
+    merge,
+    table_rows,
+)
+from foundry.kernel.actors.store.writer import WriterThread
 from foundry.kernel.actors.tap.messages import Publish
 from foundry.kernel.core.records import FinishedChain
 from foundry.kernel.errors import ConfigError, DeadlineExceeded, InvalidArgument, Unavailable
@@ -58,6 +77,17 @@ log = logging.getLogger("foundry.store")
 # can also be long (the engine running many chains inline): the wait ends after LINGER_SECONDS.
 LINGER_CHECKPOINTS = 8
 LINGER_SECONDS = 0.001
+
+# A journaled write waits at most this long for DuckDB when no query asks for it (the analytics
+# lag of an idle reader); batches this many rows or more go at once.
+MATERIALIZE_DELAY = 0.2
+MATERIALIZE_ROWS = 20_000
+# Journaled rows DuckDB may lag by before commits wait for it: bounds the memory they hold.
+BACKLOG_ROWS = 200_000
+# Journal records replayed into DuckDB per transaction at start.
+REPLAY_BATCH = 256
+# How long a query waits for DuckDB to catch up with the journal before it gives up.
+CATCH_UP_SECONDS = 30.0
 
 # Queries at once, each on its own cursor and worker thread (commits use the default limiter).
 READERS = 4
@@ -100,11 +130,14 @@ class Store:
         retain_days: float = 0.0,
         retention_interval: float = 3600.0,
         memory_limit: str | None = None,
+        materialize_delay: float = MATERIALIZE_DELAY,
+        segment_bytes: int = SEGMENT_BYTES,
         hold_for_test: Callable[[str], None] | None = None,
     ) -> None:
         """``hold_for_test`` is for tests only: called on the worker thread as each commit
-        (``"commit"``) and each query, inside its transaction (``"read"``), begins, so a test can
-        block there to hold that work up. The daemon passes None.
+        (``"commit"``: the journal append), each materialization (``"materialize"``) and each
+        query, inside its transaction (``"read"``), begins, so a test can block there to hold
+        that work up. The daemon passes None.
 
         ``retain_days`` > 0 archives and prunes finished work older than that (``retention.py``)
         at start and every ``retention_interval`` seconds; 0 keeps everything."""
@@ -116,7 +149,8 @@ class Store:
         self._readers = trio.CapacityLimiter(READERS)
         self._user_cursors: list[duckdb.DuckDBPyConnection] = []
         self._user_readers = trio.CapacityLimiter(USER_READERS)
-        self._appenders: dict[type, Any] = {}
+        self._appenders: dict[str, Any] = {}  # by table
+        self._db_applied = 0  # the high-water mark DuckDB holds (worker thread's view)
         self._archivist = Archivist()
         self._hold_for_test = hold_for_test
         self._commits = self._reads = 0
@@ -129,11 +163,23 @@ class Store:
         self._release: trio.CancelScope | None = None  # a pending release_free_heap
         self._retain_days, self._retention_interval = retain_days, retention_interval
         self._retention = trio.Lock()  # one pass at a time
+        self._journal = Journal(home / "journal", segment_bytes=segment_bytes)
+        self._writer = WriterThread("foundry-journal")
+        self._materialize_delay = materialize_delay
+        self._backlog: list[tuple[int, list[TableRows]]] = []  # journaled, not yet in DuckDB
+        self._backlog_rows = 0
+        self._journaled = self._applied = 0  # seq of the last record journaled / in DuckDB
+        self._caught = trio.Event()  # set (and replaced) each time DuckDB catches up some
+        self._hurry = trio.Event()  # someone waits: materialize now
+        self._backlog_ready = trio.Event()
+        self._committing = True  # the commit loop runs: more backlog may come
+        self._database = trio.Lock()  # the write connection: materializer or retention
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         recovered = await trio.to_thread.run_sync(self._open)
+        self._writer.start()
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._archivist.run)
@@ -156,6 +202,7 @@ class Store:
         async with self._tap, trio.open_nursery() as nursery:
             self._queries = nursery  # queries in flight finish before the store closes
             nursery.start_soon(self._commit_loop)
+            nursery.start_soon(self._materialize_loop)
             passes = trio.CancelScope()
             nursery.start_soon(self._retention_loop, passes)
             try:
@@ -202,6 +249,14 @@ class Store:
             refuse(message, KeyError(type(message)), log)
 
     async def _commit_loop(self) -> None:
+        try:
+            await self._commit_groups()
+        finally:
+            self._committing = False  # the materializer drains what is journaled, then stops
+            self._hurry.set()
+            self._backlog_ready.set()
+
+    async def _commit_groups(self) -> None:
         while True:
             if not self._pending:
                 if self._ended:
@@ -240,7 +295,8 @@ class Store:
 
     async def _commit(self, appends: list[Append]) -> None:
         try:
-            traces = await trio.to_thread.run_sync(self._write, [a.records for a in appends])
+            groups = [a.records for a in appends]
+            seq, tables, traces = await self._writer.run(lambda: self._journal_write(groups))
         except Exception as exc:
             if len(appends) > 1:
                 # One bad append must not fail the others grouped with it: commit each alone.
@@ -256,6 +312,13 @@ class Store:
                     reply.fail(error)
             return
         self._commits += 1
+        if tables:
+            self._journaled = seq
+            self._backlog.append((seq, tables))
+            self._backlog_rows += sum(len(rows) for _, rows in tables)
+            self._backlog_ready.set()
+            if self._backlog_rows >= MATERIALIZE_ROWS:
+                self._hurry.set()
         published = [item for a in appends for item in a.publish]
         for append in appends:
             if append.ack:
@@ -271,6 +334,48 @@ class Store:
         weight = len(traces) + sum(len(getattr(i, "payload_json", "")) for i in published)
         if weight >= LARGE_COMMIT_BYTES:
             self._release_memory_soon()
+        if self._backlog_rows > BACKLOG_ROWS:
+            await self._caught_up(None)  # DuckDB is far behind: commits wait (bounded memory)
+
+    # --- materializing: DuckDB catches up with the journal ---------------------------------
+
+    async def _materialize_loop(self) -> None:
+        while self._backlog or self._committing:
+            if not self._backlog:
+                await self._backlog_ready.wait()
+                self._backlog_ready = trio.Event()
+                continue
+            if self._committing and not self._hurry.is_set():
+                with trio.move_on_after(self._materialize_delay):
+                    await self._hurry.wait()  # more rows join this batch meanwhile
+            self._hurry = trio.Event()
+            await self._materialize()
+
+    async def _materialize(self) -> None:
+        batch, self._backlog, self._backlog_rows = self._backlog, [], 0
+        while True:
+            try:
+                async with self._database:
+                    await trio.to_thread.run_sync(self._apply_logged, batch)
+                break
+            except Exception:
+                log.exception("could not bring the database up to the journal; retrying in 1 s")
+                await trio.sleep(1.0)  # the records stay in the journal and in memory
+        self._applied = batch[-1][0]
+        self._caught.set()
+        self._caught = trio.Event()
+
+    async def _caught_up(self, limit: float | None = CATCH_UP_SECONDS) -> None:
+        """Return once DuckDB has every write journaled before this call; Unavailable after
+        ``limit`` seconds (the log says why the materializer is stuck)."""
+        target = self._journaled
+        with trio.move_on_after(math.inf if limit is None else limit):
+            while self._applied < target:
+                caught = self._caught
+                self._hurry.set()
+                await caught.wait()
+            return
+        raise Unavailable("the store's database is behind its journal; the daemon log says why")
 
     def _release_memory_soon(self) -> None:
         """After a large commit, hand the heap's free pages back to the OS (see
@@ -314,6 +419,7 @@ class Store:
         if self._retain_days <= 0:
             return RetentionReport(None, {})
         async with self._retention:
+            await self._caught_up()
             cutoff = datetime.now(UTC) - timedelta(days=self._retain_days)
             pass_id = f"{cutoff:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
             staged = await trio.to_thread.run_sync(
@@ -338,9 +444,11 @@ class Store:
         con = self._con
         assert con is not None
         try:
-            pruned = await trio.to_thread.run_sync(
-                retention.prune, con, self.home, prune.cutoff, prune.pass_id, prune.staged
-            )
+            await self._caught_up()  # every row journaled before it is in DuckDB
+            async with self._database:
+                pruned = await trio.to_thread.run_sync(
+                    retention.prune, con, self.home, prune.cutoff, prune.pass_id, prune.staged
+                )
         except Exception as exc:
             log.exception("retention: the delete failed (the rows stay)")
             await trio.to_thread.run_sync(retention.discard, self.home, prune.pass_id)
@@ -350,6 +458,7 @@ class Store:
 
     async def _query(self, message: StoreQuery) -> None:
         try:
+            await self._caught_up()
             result = await trio.to_thread.run_sync(self._run_query, message, limiter=self._readers)
         except Exception as exc:
             if isinstance(exc, duckdb.Error):
@@ -363,6 +472,7 @@ class Store:
     async def _user_query(self, message: RunUserQuery) -> None:
         """Run an analyst's SQL on a cursor of its own; a trio timer interrupts it at the limit."""
         try:
+            await self._caught_up()
             async with self._user_readers:
                 cursor = self._user_cursors.pop()
                 expired = False
@@ -415,6 +525,7 @@ class Store:
         refresh_archive_views(self._con, self.home)
         retention.settle_staged(self._con, self.home)  # a pass a stopped daemon left half-done
         sandbox.lock_instance(self._con, self.home)  # the SQL sandbox; no SET works after this
+        self._replay_journal()
         for _ in range(READERS):
             self._cursors.append(self._con.cursor())  # a connection of its own, same instance
         for _ in range(USER_READERS):
@@ -434,6 +545,8 @@ class Store:
             log.warning("upgraded %s from schema version %d to %d", self.path, before, after)
 
     def _close(self) -> None:
+        self._writer.stop()
+        self._journal.close()
         for cursor in [*self._cursors, *self._user_cursors]:
             cursor.close()
         self._cursors.clear()
@@ -499,55 +612,133 @@ class Store:
                 assert self._con is not None
                 self._user_cursors.append(self._con.cursor())
 
-    def _write(self, groups: Sequence[tuple[Any, ...]]) -> bytes:
+    # --- the journal and the materialized view ---------------------------------------------
+
+    def _journal_write(
+        self, groups: Sequence[tuple[Any, ...]]
+    ) -> tuple[int, list[TableRows], bytes]:
+        """Journal the records of a group (durable on return): (its seq, its rows, the framed
+        trace files of the chains that finished)."""
         if self._hold_for_test is not None:
             self._hold_for_test("commit")
-        return self.write_records([r for records in groups for r in records])
+        records = [r for records in groups for r in records]
+        tables = table_rows(records)  # refuses what DuckDB would, before anything is told
+        traces = self._traces(records)
+        if not tables:
+            return self._journal.last_seq, tables, traces  # an Append may carry only answers
+        return self._journal.append(encode(tables)), tables, traces
+
+    def _traces(self, records: Sequence[Any]) -> bytes:
+        return b"".join(
+            frame(trace_path(self.home, r), r.trace)
+            for r in records
+            if isinstance(r, FinishedChain) and r.trace is not None  # none if no block sinks it
+        )
+
+    def _replay_journal(self) -> None:
+        """Apply the journal records DuckDB lacks (a daemon killed before materializing)."""
+        assert self._con is not None
+        row = self._con.execute("SELECT max(seq) FROM journal_applied").fetchone()
+        if row is None or row[0] is None:
+            self._con.execute("INSERT INTO journal_applied VALUES (0)")
+        self._db_applied = int(row[0]) if row and row[0] is not None else 0
+        recovered = self._journal.recover(self._db_applied)
+        for start in range(0, len(recovered), REPLAY_BATCH):
+            chunk = recovered[start : start + REPLAY_BATCH]
+            self._apply_or_set_aside([(r.seq, list(r.tables)) for r in chunk])
+        if recovered:
+            log.info("replayed %d journal records into the database", len(recovered))
+        self._journal.release(self._db_applied)
+        self._applied = self._journaled = self._journal.last_seq
+
+    def _apply_logged(self, batch: list[tuple[int, list[TableRows]]]) -> None:
+        if self._hold_for_test is not None:
+            self._hold_for_test("materialize")
+        self._apply_or_set_aside(batch)
+        self._journal.release(self._db_applied)
+
+    def _apply_or_set_aside(self, batch: Sequence[tuple[int, Sequence[TableRows]]]) -> None:
+        """Apply ``batch``; if DuckDB refuses it, apply its records one by one, and set aside
+        (``journal/rejected/``, logged) a record whose own rows it refuses, so one bad record
+        cannot stop the rest. Other errors (disk full) propagate: the caller retries."""
+        try:
+            self._apply(batch)
+        except Exception as exc:
+            if len(batch) > 1:
+                for item in batch:
+                    self._apply_or_set_aside([item])
+                return
+            if not isinstance(exc, _REFUSED_ROWS):
+                raise
+            self._set_aside(*batch[0], exc)
+
+    def _apply(self, batch: Sequence[tuple[int, Sequence[TableRows]]]) -> None:
+        """One transaction: the rows of the records DuckDB lacks, and the new high-water mark."""
+        batch = [item for item in batch if item[0] > self._db_applied]
+        if batch:
+            tables = merge(tables for _, tables in batch)
+            self._transaction(tables, applied=batch[-1][0])
+
+    def _set_aside(self, seq: int, tables: Sequence[TableRows], exc: Exception) -> None:
+        rejected = self.home / "journal" / "rejected"
+        rejected.mkdir(mode=0o700, exist_ok=True)
+        path = rejected / f"{seq:020d}.rows"
+        path.write_bytes(encode(tables))
+        log.error("journal record %d: the database refused its rows (%s); kept in %s", seq,
+                  exc, path)  # fmt: skip
+        self._transaction([], applied=seq)
+
+    def _transaction(self, tables: Sequence[TableRows], *, applied: int | None = None) -> None:
+        con = self._con
+        assert con is not None
+        con.execute("BEGIN TRANSACTION")
+        try:
+            apply(con, self._appender, tables)
+            if applied is not None:
+                con.execute("UPDATE journal_applied SET seq = ?", [applied])
+            con.execute("COMMIT")
+        except BaseException:
+            for appender in self._appenders.values():
+                appender.clear()  # rows a failed append_rows kept must not reach the next commit
+            self._appenders.clear()  # and the next try gets fresh ones (a table may have moved)
+            con.execute("ROLLBACK")
+            raise
+        if applied is not None:
+            self._db_applied = applied
 
     def _write_recovered(self, records: Sequence[Any]) -> None:
         FileWriter().write_all(self.write_records(records))
 
     def write_records(self, records: Sequence[Any]) -> bytes:
-        """Commit every record in one transaction; returns the framed trace files of the chains
-        that finished, for the archivist."""
-        assert self._con is not None
-        if not records:
-            return b""  # nothing to write (an Append may carry only answers)
-        by_kind: dict[type, list[Any]] = {}
-        for record in records:
-            by_kind.setdefault(type(record), []).append(record)
-        traces = b"".join(
-            frame(trace_path(self.home, chain), chain.trace)
-            for chain in by_kind.get(FinishedChain, ())
-            if chain.trace is not None  # an event no block sinks has no trace file
-        )
-        self._con.execute("BEGIN TRANSACTION")
-        try:
-            for kind, rows in by_kind.items():
-                writer = WRITERS[kind]
-                writer.delete_replaced(self._con, rows)  # rows replaced (eval_scenarios)
-                appender = self._appender(kind)
-                writer.append(appender, rows)
-                appender.flush()
-            self._con.execute("COMMIT")
-        except BaseException:
-            for appender in self._appenders.values():
-                appender.clear()  # rows a failed append_rows kept must not reach the next commit
-            self._con.execute("ROLLBACK")
-            raise
-        return traces
+        """Commit ``records`` straight to DuckDB in one transaction (recovery at start, before
+        the journal takes writes); returns the framed trace files of the chains that finished."""
+        tables = table_rows(records)
+        if tables:
+            self._transaction(tables)
+        return self._traces(records)
 
-    def _appender(self, kind: type) -> Any:
+    def _appender(self, writer: TableWriter) -> Any:
         assert self._con is not None
-        if kind not in self._appenders:
-            self._appenders[kind] = WRITERS[kind].appender(self._con)
-        return self._appenders[kind]
+        if writer.table not in self._appenders:
+            self._appenders[writer.table] = writer.appender(self._con)
+        return self._appenders[writer.table]
+
+
+# Errors that mean DuckDB refuses a record's rows themselves (not its disk or memory).
+_REFUSED_ROWS = (
+    duckdb.ConstraintException,
+    duckdb.ConversionException,
+    duckdb.InvalidInputException,
+    duckdb.TypeMismatchException,
+    TypeError,
+    ValueError,
+)
 
 
 def _client_error(exc: Exception, what: str) -> Exception:
     """What the asker gets for a failure: a database error becomes Unavailable with a short
     message (the traceback is in the log, once); anything else goes as it is."""
-    if isinstance(exc, duckdb.Error):
+    if isinstance(exc, duckdb.Error | Unstorable | OSError):
         error = Unavailable(f"the store {what}; the daemon log has the details")
         error.__cause__ = exc
         return error

@@ -9,11 +9,13 @@ scanned by ``INSERT ... SELECT`` ~9.4 ms (with its register/unregister), ``unnes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+from foundry.analytics.schema import TABLES
 from foundry.kernel.core.attest_records import AttestationRecord
 from foundry.kernel.core.governance import (
     EvalResultRecord,
@@ -44,13 +46,21 @@ class TableWriter:
         """Buffer the records' rows; the caller flushes them inside its transaction."""
         appender.append_rows([self.row(r) for r in records])
 
-    def delete_replaced(self, con: duckdb.DuckDBPyConnection, records: Sequence[Any]) -> None:
-        """Inside the caller's transaction: delete the rows ``records`` replace (if any)."""
+    def delete_replaced(self, con: duckdb.DuckDBPyConnection, rows: Sequence[Any]) -> None:
+        """Inside the caller's transaction: delete the rows ``rows`` replace (if any)."""
         if self.replaces:
-            keys = [getattr(r, self.replaces) for r in records]
+            column = self.columns.index(self.replaces)
+            keys = [row[column] for row in rows]
             con.execute(
                 f"DELETE FROM {self.table} WHERE {self.replaces} IN (SELECT unnest(?))", [keys]
             )
+
+    def latest(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The rows to append: for a replaced table, only the last row of each key."""
+        if not self.replaces:
+            return rows
+        column = self.columns.index(self.replaces)
+        return list({row[column]: row for row in rows}.values())
 
 
 def _event_row(e: Event) -> tuple[Any, ...]:
@@ -278,3 +288,112 @@ WRITERS: dict[type, TableWriter] = {
         _attestation_row,
     ),  # fmt: skip
 }
+
+
+WRITERS_BY_TABLE: dict[str, TableWriter] = {w.table: w for w in WRITERS.values()}
+
+TableRows = tuple[str, list[tuple[Any, ...]]]
+
+
+class Unstorable(ValueError):
+    """A record holds a value DuckDB would refuse: refused before the write is journaled."""
+
+
+def table_rows(records: Iterable[Any]) -> list[TableRows]:
+    """The rows of ``records``, grouped by table in order of first appearance. Raises KeyError
+    for a record type no table holds, and :class:`Unstorable` for text DuckDB refuses — checked
+    here because a journaled write is acknowledged before DuckDB sees it."""
+    by_kind: dict[type, list[tuple[Any, ...]]] = {}
+    for record in records:
+        kind = type(record)
+        rows = by_kind.get(kind)
+        if rows is None:
+            rows = by_kind[kind] = []
+        rows.append(WRITERS[kind].row(record))
+    for kind, rows in by_kind.items():
+        _check_text(WRITERS[kind], rows)
+    return [(WRITERS[kind].table, rows) for kind, rows in by_kind.items()]
+
+
+def merge(groups: Iterable[Sequence[TableRows]]) -> list[TableRows]:
+    """Rows of many writes as one batch, per table, in order (a replaced table keeps the last
+    row of each key)."""
+    merged: dict[str, list[tuple[Any, ...]]] = {}
+    for tables in groups:
+        for table, rows in tables:
+            merged.setdefault(table, []).extend(rows)
+    return [(table, WRITERS_BY_TABLE[table].latest(rows)) for table, rows in merged.items()]
+
+
+def apply(
+    con: duckdb.DuckDBPyConnection,
+    appender: Callable[[TableWriter], Any],
+    tables: Sequence[TableRows],
+) -> None:
+    """Write ``tables`` inside the caller's transaction, one appender flush per table."""
+    for table, rows in tables:
+        writer = WRITERS_BY_TABLE[table]
+        writer.delete_replaced(con, rows)
+        table_appender = appender(writer)
+        table_appender.append_rows(rows)
+        table_appender.flush()
+
+
+# A UTF-16 surrogate escape in JSON text: DuckDB's JSON type refuses an unpaired one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_ESCAPES = re.compile(r"(\\+)u([dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def _json_columns(table: str) -> frozenset[str]:
+    return frozenset(re.findall(r"^\s*(\w+)\s+JSON\b", TABLES[table], re.MULTILINE))
+
+
+_JSON_COLUMNS = {
+    w.table: tuple(i for i, c in enumerate(w.columns) if c in _json_columns(w.table))
+    for w in WRITERS.values()
+}
+
+
+def _check_text(writer: TableWriter, rows: list[tuple[Any, ...]]) -> None:
+    json_columns = _JSON_COLUMNS[writer.table]
+    for row in rows:
+        for value in row:
+            if type(value) is str and not _encodable(value):
+                raise Unstorable(f"{writer.table}: text with a lone surrogate: {value[:80]!r}")
+        for column in json_columns:
+            text = row[column]
+            if _SURROGATE_ESCAPE.search(text) is not None and not _paired_escapes(text):
+                raise Unstorable(
+                    f"{writer.table}.{writer.columns[column]}: JSON with an unpaired surrogate "
+                    f"escape: {text[:80]!r}"
+                )
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate character
+        return False
+    return True
+
+
+def _paired_escapes(text: str) -> bool:
+    """Every ``\\uD800``-``\\uDFFF`` escape (an odd run of backslashes before the u) is a high
+    one followed at once by a low one."""
+    escapes = [
+        (match.start(), match.end(), int(match.group(2), 16))
+        for match in _ESCAPES.finditer(text)
+        if len(match.group(1)) % 2 == 1
+    ]
+    index = 0
+    while index < len(escapes):
+        _, end, unit = escapes[index]
+        if unit >= 0xDC00:
+            return False  # a low surrogate with no high one before it
+        following = escapes[index + 1] if index + 1 < len(escapes) else None
+        if following is None or following[0] != end or following[2] < 0xDC00:
+            return False
+        index += 2
+    return True

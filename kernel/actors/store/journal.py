@@ -1,0 +1,327 @@
+"""The store's append-only journal: a write is durable once it is here, before DuckDB has it.
+
+``$FOUNDRY_HOME/journal/`` holds segment files named by the sequence number of their first record
+(20 digits, ``00000000000000000001.journal``), each starting with an 8-byte header::
+
+    b"FJNL"  u16 format version (1)  u16 reserved (0)        -- little-endian
+
+then records, back to back::
+
+    u32 payload length  u32 CRC-32 of (seq bytes + payload)  u64 seq   payload
+
+A record is one group commit: its payload is the rows of every write in the group
+(:func:`encode`). Sequence numbers are consecutive across segments. :meth:`Journal.append` writes a
+record with one ``os.writev`` and makes it durable with one ``fdatasync``; only then is anything
+told. A new segment is started once the current one passes ``segment_bytes`` (its file and the
+directory entry made durable first), and segments are deleted once DuckDB has every record in them
+(:meth:`Journal.release`).
+
+Recovery (:meth:`Journal.recover`) reads the segments in order and returns the records DuckDB
+lacks. A record that fails its length or checksum at the very end of the last segment is a torn
+append: it was never acknowledged (the ack waits for the ``fdatasync``), so it is cut off and
+logged. Anywhere else — in an older segment, or followed by an intact record, or a gap in the
+sequence — it is corruption of acknowledged data, and the journal refuses to open with one line
+naming the file and byte (:class:`JournalCorrupt`) instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import logging
+import os
+import pickle
+import struct
+import threading
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from foundry.kernel.errors import ConfigError
+
+log = logging.getLogger("foundry.store")
+
+MAGIC = b"FJNL"
+VERSION = 1
+SEGMENT_HEADER = struct.Struct("<4sHH")
+RECORD_HEADER = struct.Struct("<IIQ")  # payload length, CRC-32, seq
+SUFFIX = ".journal"
+SEGMENT_BYTES = 64 << 20
+
+Rows = tuple[str, list[tuple[Any, ...]]]
+"""One table's rows of a record: (table name, rows in its writer's column order)."""
+
+
+class JournalCorrupt(ConfigError):
+    """Acknowledged data in the journal is damaged: the daemon does not start over it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    seq: int
+    tables: tuple[Rows, ...]
+
+
+def encode(tables: Sequence[Rows]) -> bytes:
+    """A record's payload: pickle (protocol 5) of ``[(table, rows), ...]``. Rows hold only str,
+    int, float, bool, None, bytes, lists of those and aware datetimes; :func:`decode` refuses
+    anything else, so a journal file cannot make the daemon build arbitrary objects."""
+    return pickle.dumps(list(tables), protocol=5)
+
+
+class _RowsUnpickler(pickle.Unpickler):
+    ALLOWED = {("datetime", "datetime"), ("datetime", "timezone"), ("datetime", "timedelta")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return getattr(datetime, name)
+        raise pickle.UnpicklingError(f"a journal record may not hold {module}.{name}")
+
+
+def decode(payload: bytes) -> tuple[Rows, ...]:
+    return tuple((table, rows) for table, rows in _RowsUnpickler(io.BytesIO(payload)).load())
+
+
+def _segment_name(first_seq: int) -> str:
+    return f"{first_seq:020d}{SUFFIX}"
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """The store appends from its commit thread and releases from its materializer's: a lock
+    keeps a release from closing the segment under an append."""
+
+    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.directory = directory
+        self._segment_bytes = segment_bytes
+        self._segments: list[int] = []  # first seq of each segment on disk, oldest first
+        self._fd = -1
+        self._size = 0  # bytes in the current segment
+        self.last_seq = 0  # of the last durable record
+        self._lock = threading.Lock()
+
+    # --- recovery ---------------------------------------------------------------------------
+
+    def recover(self, applied: int) -> list[Recovered]:
+        """Open the journal; return, in order, the records after ``applied`` (what DuckDB has)."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        paths = sorted(self.directory.glob(f"*{SUFFIX}"))
+        pending: list[Recovered] = []
+        previous = applied if not paths else self._first_seq(paths[0]) - 1
+        if previous > applied:
+            raise JournalCorrupt(
+                f"{paths[0]}: the journal starts at record {previous + 1}, but the database has "
+                f"only up to {applied}; records {applied + 1}..{previous} are missing"
+            )
+        tail: list[int] | None = None
+        for index, path in enumerate(paths):
+            first = self._first_seq(path)
+            if first != previous + 1 and max(first - 1, previous) > applied:
+                raise JournalCorrupt(
+                    f"{path}: starts at record {first}, but the segment before it ends at "
+                    f"{previous}; the journal is missing records"
+                )
+            tail = self._scan(path, first, last=index == len(paths) - 1, applied=applied,
+                              into=pending)  # fmt: skip
+            previous = tail[-1] if tail else first - 1
+        self.last_seq = max(applied, previous)
+        self._segments = [self._first_seq(path) for path in paths]
+        if paths:
+            self._adopt_tail(paths[-1], tail)
+        return pending
+
+    def _adopt_tail(self, path: Path, seqs: list[int] | None) -> None:
+        """Append to the last segment if it continues at ``last_seq``; else leave it be (it
+        is deleted once applied) or, holding no record, delete it now."""
+        if seqs and seqs[-1] == self.last_seq:
+            self._reopen(path)
+        elif seqs is not None and not seqs and self._segments[-1] == self.last_seq + 1:
+            self._reopen(path)  # created with its header, no record yet
+        elif not seqs:
+            path.unlink()
+            self._segments.pop()
+
+    @staticmethod
+    def _first_seq(path: Path) -> int:
+        try:
+            return int(path.name.removesuffix(SUFFIX))
+        except ValueError:
+            raise JournalCorrupt(f"{path}: not a journal segment name") from None
+
+    def _scan(
+        self, path: Path, first: int, *, last: bool, applied: int, into: list[Recovered]
+    ) -> list[int] | None:
+        """Check one segment; collect its records after ``applied``; return their seqs (None:
+        the last segment was created but its header never written). A torn tail of the last
+        segment is truncated."""
+        data = path.read_bytes()
+        if len(data) < SEGMENT_HEADER.size and last:
+            log.warning("journal: %s was created but never written; starting it again", path)
+            return None
+        magic, version, _ = SEGMENT_HEADER.unpack_from(data) if len(data) >= 8 else (b"", 0, 0)
+        if magic != MAGIC:
+            raise JournalCorrupt(f"{path}: not a Foundry journal segment (bad header)")
+        if version != VERSION:
+            raise JournalCorrupt(
+                f"{path}: journal format version {version}; this Foundry reads {VERSION}"
+            )
+        offset, seqs = SEGMENT_HEADER.size, list[int]()
+        while offset < len(data):
+            record = _record_at(data, offset)
+            if record is None:
+                if last and _record_at(data, _declared_end(data, offset)) is None:
+                    self._truncate_torn(path, offset, len(data))
+                    break
+                raise JournalCorrupt(
+                    f"{path}: the record at byte {offset} fails its checksum and is not the last "
+                    "one written; acknowledged data is damaged (restore the file, or move the "
+                    "journal aside to start without it)"
+                )
+            seq, payload, end = record
+            if seq != first + len(seqs):
+                raise JournalCorrupt(
+                    f"{path}: the record at byte {offset} has seq {seq}, expected "
+                    f"{first + len(seqs)}"
+                )
+            seqs.append(seq)
+            if seq > applied:
+                into.append(Recovered(seq, decode(payload)))
+            offset = end
+        return seqs
+
+    @staticmethod
+    def _truncate_torn(path: Path, offset: int, size: int) -> None:
+        log.warning(
+            "journal: dropped %d bytes of a torn record at the end of %s (byte %d); it was "
+            "never acknowledged",
+            size - offset,
+            path,
+            offset,
+        )
+        with open(path, "r+b") as file:
+            file.truncate(offset)
+            os.fsync(file.fileno())
+
+    def _reopen(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._size = os.fstat(self._fd).st_size
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def append(self, payload: bytes) -> int:
+        """Write one record and make it durable (one fdatasync); returns its seq."""
+        with self._lock:
+            return self._append(payload)
+
+    def _append(self, payload: bytes) -> int:
+        seq = self.last_seq + 1
+        if self._fd < 0 or self._size >= self._segment_bytes:
+            self._start_segment(seq)
+        header = RECORD_HEADER.pack(len(payload), _checksum(seq, payload), seq)
+        try:
+            written = os.writev(self._fd, [header, payload])
+            if written != len(header) + len(payload):
+                raise OSError(f"short write to the journal ({written} bytes)")
+            os.fdatasync(self._fd)
+        except OSError:
+            self._undo_partial_write()
+            raise
+        self._size += len(header) + len(payload)
+        self.last_seq = seq
+        return seq
+
+    def _undo_partial_write(self) -> None:
+        """A failed append (disk full) must not leave half a record before the next one."""
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            log.exception("journal: could not cut off a failed append")
+
+    def _start_segment(self, first_seq: int) -> None:
+        self._close_segment()
+        path = self.directory / _segment_name(first_seq)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        os.write(fd, SEGMENT_HEADER.pack(MAGIC, VERSION, 0))
+        os.fsync(fd)
+        _fsync_directory(self.directory)  # the new file's name is durable too
+        self._fd, self._size = fd, SEGMENT_HEADER.size
+        self._segments.append(first_seq)
+
+    def release(self, applied: int) -> int:
+        """Delete segments whose records DuckDB has (``applied``), all of them when the current
+        one is among them; returns how many were deleted."""
+        with self._lock:
+            return self._release(applied)
+
+    def _release(self, applied: int) -> int:
+        removed = 0
+        while self._segments:
+            following = self._segments[1] if len(self._segments) > 1 else self.last_seq + 1
+            if following - 1 > applied:
+                break
+            if len(self._segments) == 1:
+                self._close_segment()  # the next append starts a new segment
+            (self.directory / _segment_name(self._segments.pop(0))).unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_segment()
+
+    def _close_segment(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def pending_records(directory: Path, applied: int) -> list[Recovered]:
+    """The intact records after ``applied``, read only (no repair: for tools and tests). Read
+    the journal before DuckDB's mark: a record applied meanwhile is then still counted once."""
+    found: list[Recovered] = []
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # deleted once applied
+            continue
+        offset = SEGMENT_HEADER.size
+        while (record := _record_at(data, offset)) is not None:
+            seq, payload, offset = record
+            if seq > applied:
+                found.append(Recovered(seq, decode(payload)))
+    return found
+
+
+def _checksum(seq: int, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(seq.to_bytes(8, "little")))
+
+
+def _declared_end(data: bytes, offset: int) -> int:
+    if len(data) - offset < RECORD_HEADER.size:
+        return len(data)
+    length: int = RECORD_HEADER.unpack_from(data, offset)[0]
+    return offset + RECORD_HEADER.size + length
+
+
+def _record_at(data: bytes, offset: int) -> tuple[int, bytes, int] | None:
+    """(seq, payload, end) of an intact record at ``offset``, else None."""
+    if len(data) - offset < RECORD_HEADER.size:
+        return None
+    length, crc, seq = RECORD_HEADER.unpack_from(data, offset)
+    start = offset + RECORD_HEADER.size
+    end = start + length
+    if end > len(data):
+        return None
+    payload = data[start:end]
+    if _checksum(seq, payload) != crc:
+        return None
+    return seq, payload, end

@@ -1,0 +1,194 @@
+"""The store's journal file format and its recovery rules, on real files."""
+
+import os
+import pickle
+from datetime import UTC, datetime
+
+import pytest
+from foundry.kernel.actors.store.journal import (
+    RECORD_HEADER,
+    SEGMENT_HEADER,
+    Journal,
+    JournalCorrupt,
+    decode,
+    encode,
+    pending_records,
+)
+
+AT = datetime(2026, 12, 2, 3, 4, 5, 678000, tzinfo=UTC)
+
+
+def rows(n):
+    return [("events", [(f"e{n}", n, AT, None, True, ["a", "b"], 1.5)])]
+
+
+def write(directory, count, *, segment_bytes=1 << 20, applied=0):
+    journal = Journal(directory, segment_bytes=segment_bytes)
+    assert journal.recover(applied) == []
+    seqs = [journal.append(encode(rows(n))) for n in range(count)]
+    journal.close()
+    return seqs
+
+
+def segments(directory):
+    return sorted(directory.glob("*.journal"))
+
+
+def reopen(directory, applied=0):
+    journal = Journal(directory)
+    recovered = journal.recover(applied)
+    return journal, recovered
+
+
+def test_records_are_numbered_and_replayed_in_order_after_the_mark(tmp_path):
+    assert write(tmp_path, 5) == [1, 2, 3, 4, 5]
+    journal, recovered = reopen(tmp_path, applied=2)
+    assert [r.seq for r in recovered] == [3, 4, 5]
+    assert recovered[0].tables == (("events", rows(2)[0][1]),)
+    assert journal.append(encode(rows(9))) == 6  # appends continue the sequence
+    journal.close()
+    assert [r.seq for r in reopen(tmp_path, applied=5)[1]] == [6]
+
+
+def test_rows_round_trip_with_their_types(tmp_path):
+    payload = decode(encode(rows(1)))
+    assert payload == (("events", [("e1", 1, AT, None, True, ["a", "b"], 1.5)]),)
+    assert payload[0][1][0][2].tzinfo is not None
+
+
+def test_a_record_cannot_make_the_reader_build_arbitrary_objects():
+    class Sneaky:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    with pytest.raises(pickle.UnpicklingError, match="may not hold"):
+        decode(pickle.dumps([("events", [(Sneaky(),)])]))
+
+
+def test_segments_rotate_and_are_deleted_once_applied(tmp_path):
+    write(tmp_path, 20, segment_bytes=300)
+    files = segments(tmp_path)
+    assert len(files) > 3
+    assert [int(f.stem) for f in files][0] == 1
+    journal, recovered = reopen(tmp_path)
+    assert [r.seq for r in recovered] == list(range(1, 21))
+    second = int(files[1].stem)
+    assert journal.release(second - 1) == 1  # the first segment only: all of it applied
+    assert segments(tmp_path) == files[1:]
+    journal.release(20)  # everything: the current segment goes too
+    assert segments(tmp_path) == []
+    assert journal.append(encode(rows(0))) == 21  # a new segment, named by its first record
+    journal.close()
+    assert [f.name for f in segments(tmp_path)] == [f"{21:020d}.journal"]
+    assert [r.seq for r in reopen(tmp_path, applied=20)[1]] == [21]
+
+
+@pytest.mark.parametrize("cut", [1, RECORD_HEADER.size - 1, RECORD_HEADER.size + 3, -1])
+def test_a_torn_last_record_is_cut_off_and_the_journal_goes_on(tmp_path, caplog, cut):
+    write(tmp_path, 3)
+    [path] = segments(tmp_path)
+    size = path.stat().st_size
+    with open(path, "ab") as file:  # a fourth append, torn: only part of it reached the disk
+        record = RECORD_HEADER.pack(50, 0, 4) + b"x" * 50
+        file.write(record[:cut] if cut > 0 else record)  # -1: whole, but a wrong checksum
+    journal, recovered = reopen(tmp_path)
+    assert [r.seq for r in recovered] == [1, 2, 3]
+    assert path.stat().st_size == size
+    assert "torn record" in caplog.text
+    assert journal.append(encode(rows(4))) == 4
+    journal.close()
+    assert [r.seq for r in reopen(tmp_path)[1]] == [1, 2, 3, 4]
+
+
+def flip_byte(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_record_followed_by_an_intact_one_refuses_to_open(tmp_path):
+    write(tmp_path, 3)
+    [path] = segments(tmp_path)
+    offset = SEGMENT_HEADER.size + RECORD_HEADER.size + 2  # inside the first record's payload
+    flip_byte(path, offset)
+    before = path.read_bytes()
+    with pytest.raises(JournalCorrupt) as refused:
+        reopen(tmp_path)
+    message = str(refused.value)
+    assert str(path) in message
+    assert f"byte {SEGMENT_HEADER.size}" in message
+    assert "\n" not in message
+    assert path.read_bytes() == before  # nothing is cut off or repaired
+
+
+def test_damage_in_an_older_segment_refuses_to_open_even_at_its_end(tmp_path):
+    write(tmp_path, 12, segment_bytes=300)
+    first = segments(tmp_path)[0]
+    flip_byte(first, first.stat().st_size - 1)  # the last byte of its last record
+    with pytest.raises(JournalCorrupt, match=str(first)):
+        reopen(tmp_path)
+
+
+def test_a_missing_segment_refuses_to_open(tmp_path):
+    write(tmp_path, 12, segment_bytes=300)
+    files = segments(tmp_path)
+    files[1].unlink()
+    with pytest.raises(JournalCorrupt, match="missing records"):
+        reopen(tmp_path)
+
+
+def test_a_journal_that_starts_after_the_database_mark_refuses_to_open(tmp_path):
+    write(tmp_path, 12, segment_bytes=300)
+    segments(tmp_path)[0].unlink()
+    with pytest.raises(JournalCorrupt, match="missing"):
+        reopen(tmp_path, applied=0)
+    second_start = int(segments(tmp_path)[0].stem)
+    _, recovered = reopen(tmp_path, applied=second_start - 1)  # DuckDB has those: fine
+    assert recovered[0].seq == second_start
+
+
+def test_a_segment_of_another_format_version_refuses_to_open(tmp_path):
+    write(tmp_path, 1)
+    [path] = segments(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[4] = 9
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalCorrupt, match="format version 9"):
+        reopen(tmp_path)
+
+
+def test_a_segment_created_but_never_written_is_started_again(tmp_path):
+    write(tmp_path, 2)
+    (tmp_path / f"{3:020d}.journal").write_bytes(b"FJ")  # killed while writing its header
+    journal, recovered = reopen(tmp_path)
+    assert [r.seq for r in recovered] == [1, 2]
+    assert journal.append(encode(rows(3))) == 3
+    journal.close()
+    assert [r.seq for r in reopen(tmp_path)[1]] == [1, 2, 3]
+
+
+def test_pending_records_reads_without_repairing(tmp_path):
+    write(tmp_path, 3)
+    [path] = segments(tmp_path)
+    with open(path, "ab") as file:
+        file.write(b"\x01\x02")  # a torn tail: left as it is
+    size = path.stat().st_size
+    assert [r.seq for r in pending_records(tmp_path, 1)] == [2, 3]
+    assert path.stat().st_size == size
+
+
+def test_a_failed_append_leaves_no_partial_record(tmp_path, monkeypatch):
+    journal = Journal(tmp_path)
+    journal.recover(0)
+    journal.append(encode(rows(1)))
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fdatasync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        journal.append(encode(rows(2)))
+    monkeypatch.undo()
+    assert journal.append(encode(rows(3))) == 2  # the failed one was never acknowledged
+    journal.close()
+    assert [r.tables[0][1][0][0] for r in reopen(tmp_path)[1]] == ["e1", "e3"]
