@@ -5,8 +5,14 @@ One daemon (``foundry serve`` on 127.0.0.1:0 for both listeners, FOUNDRY_HOME in
 directory); one load-generator process per measurement, with the same number of requests in
 flight for both protocols: for Connect, that many keep-alive HTTP/1.1 connections (HTTP/1.1 has
 one request at a time per connection), for gRPC that many streams on one HTTP/2 connection.
+
 Measurements alternate (gRPC, Connect; repeat) and the medians are compared (target: Connect at
 least half the gRPC rate). ``bench_ping`` is sunk by no block: the pure Emit path.
+
+Each Connect connection is its own ``httpx.AsyncClient`` (a pool of one): httpcore's pool walks
+every connection it holds on each request, polling each idle socket (encode/httpx#3215,
+encode/httpcore#1035), so one client over 16 connections spent most of the load generator's CPU
+in its pool — on the two cores the daemon shares with it — and measured httpx, not the daemon.
 
 This module is also the entry point of its own load generator::
 
@@ -77,7 +83,8 @@ def run(options: Options) -> Report:
     )
     report.notes.append(
         f"{CONCURRENCY} requests in flight; Connect on {CONCURRENCY} keep-alive HTTP/1.1 "
-        "connections, gRPC on one HTTP/2 connection; one client process per measurement"
+        "connections (one httpx client each), gRPC on one HTTP/2 connection; one client "
+        "process per measurement"
     )
     return report
 
@@ -137,12 +144,13 @@ def _cpu_seconds(pid: int) -> float:
 # --- the load generator (its own process) --------------------------------------------------------
 
 
-async def _load(emit: Callable[[], Awaitable[None]], duration: float) -> dict[str, float]:
+async def _load(emits: list[Callable[[], Awaitable[None]]], duration: float) -> dict[str, float]:
+    """One task per ``emits`` item, each calling it in a loop."""
     count = total = 0
     measuring = False
     stop_at = time.monotonic() + WARMUP + duration
 
-    async def worker() -> None:
+    async def worker(emit: Callable[[], Awaitable[None]]) -> None:
         nonlocal count, total
         while time.monotonic() < stop_at:
             await emit()
@@ -150,7 +158,7 @@ async def _load(emit: Callable[[], Awaitable[None]], duration: float) -> dict[st
             if measuring:
                 count += 1
 
-    tasks = [asyncio.create_task(worker()) for _ in range(CONCURRENCY)]
+    tasks = [asyncio.create_task(worker(emit)) for emit in emits]
     await asyncio.sleep(WARMUP)
     measuring, started = True, time.monotonic()
     await asyncio.gather(*tasks)
@@ -160,18 +168,25 @@ async def _load(emit: Callable[[], Awaitable[None]], duration: float) -> dict[st
 async def _connect_client(address: str, duration: float) -> dict[str, float]:
     import httpx
 
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     body = json.dumps({"eventType": EVENT_TYPE, "project": "bench", "payloadJson": PAYLOAD})
     url = f"http://{address}/foundry.Foundry/Emit"
     headers = {"content-type": "application/json"}
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
 
+    def emitter(client: httpx.AsyncClient) -> Callable[[], Awaitable[None]]:
         async def emit() -> None:
             response = await client.post(url, content=body, headers=headers)
             if response.status_code != 200:
                 raise RuntimeError(f"Emit answered {response.status_code}: {response.text}")
 
-        return await _load(emit, duration)
+        return emit
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=30))
+            for _ in range(CONCURRENCY)
+        ]  # one keep-alive connection each (see the module's docstring)
+        return await _load([emitter(client) for client in clients], duration)
 
 
 async def _grpc_client(address: str, duration: float) -> dict[str, float]:
@@ -187,7 +202,7 @@ async def _grpc_client(address: str, duration: float) -> dict[str, float]:
         async def emit() -> None:
             await stub.emit(request)
 
-        return await _load(emit, duration)
+        return await _load([emit] * CONCURRENCY, duration)
     finally:
         channel.close()
 

@@ -1,5 +1,6 @@
 """The ASGI application on the HTTP listener: CORS, the bearer token, the drain, then Connect and
-gRPC-Web (``connectrpc``) for the RPCs and WebSocket streams (``websocket.py``).
+gRPC-Web (``connectrpc``) for the RPCs — plain unary Connect calls of Emit by a shorter road
+(``unary.py``) — and WebSocket streams (``websocket.py``).
 
 Requests answered here, before connectrpc sees them: CORS preflights; a disallowed ``Origin``
 (403); a missing or wrong token (401, ``unauthenticated``); a call while the daemon stops (503,
@@ -23,6 +24,7 @@ from foundry.kernel.edge.http.codecs import BinaryCodec, JsonCodec
 from foundry.kernel.edge.http.cors import OriginPolicy
 from foundry.kernel.edge.http.internals import pick_loop_by_sniffio
 from foundry.kernel.edge.http.routes import endpoints, paths_by_service
+from foundry.kernel.edge.http.unary import UnaryFastPath
 from foundry.kernel.edge.http.websocket import WebSocketStreams
 
 Scope = MutableMapping[str, Any]
@@ -62,15 +64,19 @@ class HttpApp:
     ) -> None:
         pick_loop_by_sniffio()
         services = list(services)
-        routes: Mapping[str, Any] = endpoints(services)
+        routes = endpoints(services)
+        binary, json_codec = BinaryCodec(max_message_bytes), JsonCodec(max_message_bytes)
+        connect_routes: Mapping[str, Any] = routes.endpoints
         self._rpcs = _Rpcs(
             service=None,
-            endpoints=lambda _: routes,
+            endpoints=lambda _: connect_routes,
             read_max_bytes=max_message_bytes,
-            codecs=[BinaryCodec(max_message_bytes), JsonCodec(max_message_bytes)],
+            codecs=[binary, json_codec],
         )
-        self._routes = routes
-        self._prefixes = paths_by_service(routes)
+        codecs: dict[str, JsonCodec | BinaryCodec] = {"proto": binary, "json": json_codec}
+        self._fast = UnaryFastPath(routes.unary, codecs, max_message_bytes)
+        self._routes = connect_routes
+        self._prefixes = paths_by_service(connect_routes)
         self._limit = max_message_bytes
         self._origins = origins
         self._token_check = token_check
@@ -124,7 +130,10 @@ class HttpApp:
             status, code, message, extra = refusal
             await _error(send, status, code, message, headers, extra)
             return
-        await self._rpcs(scope, receive, _with_length(send))
+        if self._fast.takes(scope["path"], headers):
+            await self._fast(scope["path"], headers, receive, send)
+        else:
+            await self._rpcs(scope, receive, _with_length(send))
 
     def _refusal(
         self, scope: Scope, headers: Mapping[str, str]

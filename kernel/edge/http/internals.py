@@ -1,5 +1,8 @@
-"""The one private part of connectrpc we reach into (pinned ``>=0.13,<0.14``; the canary is
-``tests/kernel/edge/test_http_units.py``).
+"""The two private parts of connectrpc we reach into (pinned ``>=0.13,<0.14``; the canaries
+are in ``tests/kernel/edge/test_http_units.py``).
+
+:func:`connect_error_body`: the fast unary path (``unary.py``) writes a Connect error exactly as
+connectrpc does (its HTTP status table and JSON body), with connectrpc's own ``ConnectWireError``.
 
 connectrpc picks its event-loop operations (deadlines, events, disconnect watch) with
 ``asyncio.get_running_loop()``: trio if there is no asyncio loop. Inside the daemon trio-asyncio's
@@ -13,6 +16,15 @@ from __future__ import annotations
 from typing import Any
 
 import sniffio
+from connectrpc._protocol import ConnectWireError
+from connectrpc.errors import ConnectError
+
+
+def connect_error_body(error: ConnectError) -> tuple[int, bytes]:
+    """The HTTP status and JSON body connectrpc answers a unary Connect call failing with
+    ``error``."""
+    wire = ConnectWireError.from_exception(error)
+    return wire.to_http_status().code, wire.to_json_bytes()
 
 
 def pick_loop_by_sniffio() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
@@ -33,10 +34,24 @@ def python_name(method: str) -> str:
     return _WORD.sub("_", method).lower()
 
 
-def endpoints(services: Iterable[Any]) -> dict[str, Endpoint[Any, Any]]:
+@dataclass(frozen=True, slots=True)
+class UnaryRoute:
+    """A unary RPC: its request type and its handler call (errors raised as ConnectErrors)."""
+
+    input: type[Any]
+    call: Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Routes:
+    endpoints: dict[str, Endpoint[Any, Any]]  # for connectrpc
+    unary: dict[str, UnaryRoute]  # the same unary handler objects, for ``unary.py``
+
+
+def endpoints(services: Iterable[Any]) -> Routes:
     """``/package.Service/Method`` → a Connect endpoint, for every unary and server-streaming
     RPC of ``services`` (client and bidi streams: none today; they stay gRPC-only)."""
-    routes: dict[str, Endpoint[Any, Any]] = {}
+    routes = Routes({}, {})
     for service in services:
         for path, handler in service.__mapping__().items():
             stream_type = STREAM_TYPES.get(handler.cardinality)
@@ -53,16 +68,18 @@ def endpoints(services: Iterable[Any]) -> dict[str, Endpoint[Any, Any]]:
             )
             function = getattr(service, python_name(name))
             if stream_type is StreamType.UNARY:
-                routes[path] = Endpoint.unary(method, _unary(function, handler.reply_type))
+                route = UnaryRoute(handler.request_type, _unary(function, handler.reply_type))
+                routes.unary[path] = route
+                routes.endpoints[path] = Endpoint.unary(method, _ignoring_context(route.call))
             else:
-                routes[path] = Endpoint.server_stream(method, _streaming(function))
+                routes.endpoints[path] = Endpoint.server_stream(method, _streaming(function))
     return routes
 
 
 def _unary(
     function: Callable[[Any], Awaitable[Any]], reply_type: type[Any]
-) -> Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]]:
-    async def call(request: Any, ctx: RequestContext[Any, Any]) -> Any:
+) -> Callable[[Any], Awaitable[Any]]:
+    async def call(request: Any) -> Any:
         try:
             reply = await function(request)
         except Exception as exc:
@@ -72,6 +89,17 @@ def _unary(
         return reply
 
     return call
+
+
+def _ignoring_context(
+    call: Callable[[Any], Awaitable[Any]],
+) -> Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]]:
+    """connectrpc's handler signature; no handler reads the request context."""
+
+    async def with_context(request: Any, ctx: RequestContext[Any, Any]) -> Any:
+        return await call(request)
+
+    return with_context
 
 
 def _streaming(

@@ -122,6 +122,7 @@ async def open_http_server(
     config.keep_alive_timeout = KEEP_ALIVE_SECONDS
     config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE
     config.accesslog = None
+    config.include_server_header = False  # no version banner, and less to write per reply
     config.errorlog = log
     secure = ssl_context is not None
     sockets = Sockets(

@@ -3,11 +3,14 @@ origins, the error table, and the bridge asked from trio tasks (the HTTP edge's 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
 import trio
 import trio_asyncio
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
 from foundry.kernel import errors
 from foundry.kernel.actors.tap.messages import Overflow, Publish, Subscribe
 from foundry.kernel.edge.grpc.bridge import QueueSink, StreamSink, ask_actor
@@ -15,7 +18,7 @@ from foundry.kernel.edge.http import jsonfast
 from foundry.kernel.edge.http.codecs import JsonCodec
 from foundry.kernel.edge.http.cors import OriginPolicy, parse_origin_entry
 from foundry.kernel.edge.http.errors import CODE_OF, connect_error
-from foundry.kernel.edge.http.internals import pick_loop_by_sniffio
+from foundry.kernel.edge.http.internals import connect_error_body, pick_loop_by_sniffio
 from foundry.proto import analytics_api, foundry_api, runtime_api
 from grpclib.const import Status
 
@@ -39,6 +42,19 @@ async def test_connectrpc_uses_trio_in_trio_tasks_under_trio_asyncio():
             return _server_async._current_loop()
 
         assert not isinstance(await trio_asyncio.aio_as_trio(from_asyncio)(), TrioLoop)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [(Code.INVALID_ARGUMENT, 400), (Code.RESOURCE_EXHAUSTED, 429), (Code.NOT_FOUND, 404),
+     (Code.UNAVAILABLE, 503), (Code.INTERNAL, 500), (Code.UNAUTHENTICATED, 401)],
+)  # fmt: skip
+def test_connect_error_body_is_connectrpcs_own(code, status):
+    """``internals.connect_error_body`` (the fast unary path's errors) still reaches
+    connectrpc's wire error: the Connect spec's HTTP status and the JSON body, non-ASCII kept."""
+    answer = connect_error_body(ConnectError(code, "request: événement"))
+    assert answer[0] == status
+    assert json.loads(answer[1]) == {"code": code.value, "message": "request: événement"}
 
 
 # --- JSON ---------------------------------------------------------------------------------------
