@@ -9,7 +9,7 @@ RUN_STAMP := $(VENV)/.installed-runtime
 PROTOS := proto/foundry.proto proto/fleetforge/runtime/v1/runtime.proto \
 	proto/foundry/analytics/v1/analytics.proto proto/foundry/admin/v1/admin.proto
 
-.PHONY: run test proto proto-check bench lint clean fuzz
+.PHONY: run test proto proto-check bench bench-peers lint clean fuzz
 
 $(BIN)/python:
 	@echo "==> creating $(VENV) and upgrading pip"
@@ -58,6 +58,20 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# LangGraph and its SQLite checkpointer beside our runtime (bench/peers): they are installed into
+# a virtualenv of their own, never into $(VENV). `make bench-peers ARGS=--quick` for a short run.
+PEERS_VENV := .peers-venv
+PEERS_STAMP := $(PEERS_VENV)/.installed
+$(PEERS_STAMP): bench/peers/requirements.txt
+	@echo "==> installing LangGraph and langgraph-checkpoint-sqlite into $(PEERS_VENV)"
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r bench/peers/requirements.txt
+	touch $(PEERS_STAMP)
+
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	$(BIN)/python -m bench.peers --peers-python $(PEERS_VENV)/bin/python $(ARGS)
 
 # A long fuzz campaign over every RPC of both services (tests/e2e/test_fuzz.py, random seed);
 # prints examples run, per-status counts per RPC, the slowest answers and wall time at the end.
