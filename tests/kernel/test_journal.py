@@ -192,3 +192,25 @@ def test_a_failed_append_leaves_no_partial_record(tmp_path, monkeypatch):
     assert journal.append(encode(rows(3))) == 2  # the failed one was never acknowledged
     journal.close()
     assert [r.tables[0][1][0][0] for r in reopen(tmp_path)[1]] == ["e1", "e3"]
+
+
+def test_a_datetime_read_back_from_duckdb_is_journaled_as_the_same_instant():
+    """DuckDB hands back zoneinfo datetimes, which pickle through getattr: the journal stores
+    them with datetime.timezone instead, and reads them back."""
+    from zoneinfo import ZoneInfo
+
+    from_duckdb = AT.replace(tzinfo=ZoneInfo("UTC"))
+    elsewhere = AT.astimezone(ZoneInfo("Europe/Lisbon"))
+    [(_, [row])] = decode(encode([("events", [(from_duckdb, elsewhere)])]))
+    assert row == (AT, AT)
+    assert all(value.tzinfo is UTC for value in row)
+
+
+def test_an_intact_record_of_unreadable_rows_refuses_to_open_in_one_line(tmp_path):
+    journal = Journal(tmp_path)
+    journal.recover(0)
+    journal.append(pickle.dumps([("events", [(os.system,)])]))  # intact, checksum and all
+    journal.close()
+    with pytest.raises(JournalCorrupt, match="record 1 at byte 8 cannot be read") as refused:
+        reopen(tmp_path)
+    assert "\n" not in str(refused.value)

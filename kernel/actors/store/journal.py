@@ -66,9 +66,23 @@ class Recovered:
 
 def encode(tables: Sequence[Rows]) -> bytes:
     """A record's payload: pickle (protocol 5) of ``[(table, rows), ...]``. Rows hold only str,
-    int, float, bool, None, bytes, lists of those and aware datetimes; :func:`decode` refuses
-    anything else, so a journal file cannot make the daemon build arbitrary objects."""
-    return pickle.dumps(list(tables), protocol=5)
+    int, float, bool, None, bytes, lists of those and datetimes (an aware one in UTC, as a
+    ``datetime.timezone``); :func:`decode` refuses anything else, so a journal file cannot make
+    the daemon build arbitrary objects."""
+    buffer = io.BytesIO()
+    _RowsPickler(buffer, protocol=5).dump(list(tables))
+    return buffer.getvalue()
+
+
+class _RowsPickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        """A datetime read back from DuckDB carries a ``zoneinfo.ZoneInfo``, which pickles
+        through ``getattr``: store the same instant with ``datetime.timezone.utc``. (Only called
+        for objects that are not plain ints, strs, lists, ...: cheap.)"""
+        zone = obj.tzinfo if type(obj) is datetime.datetime else None
+        if zone is not None and type(zone) is not datetime.timezone:
+            return obj.astimezone(datetime.UTC).__reduce_ex__(5)
+        return NotImplemented
 
 
 class _RowsUnpickler(pickle.Unpickler):
@@ -194,7 +208,7 @@ class Journal:
                 )
             seqs.append(seq)
             if seq > applied:
-                into.append(Recovered(seq, decode(payload)))
+                into.append(Recovered(seq, _decoded(path, offset, seq, payload)))
             offset = end
         return seqs
 
@@ -282,6 +296,16 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _decoded(path: Path, offset: int, seq: int, payload: bytes) -> tuple[Rows, ...]:
+    try:
+        return decode(payload)
+    except Exception as exc:  # intact (its checksum holds) but not rows this Foundry reads
+        raise JournalCorrupt(
+            f"{path}: record {seq} at byte {offset} cannot be read ({type(exc).__name__}: "
+            f"{exc}); move the journal aside to start without it"
+        ) from None
 
 
 def pending_records(directory: Path, applied: int) -> list[Recovered]:
