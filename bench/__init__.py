@@ -160,6 +160,26 @@ class Report:
         }
 
 
+def fsync_samples_ms(directory: Path, count: int = 200) -> list[float]:
+    """This machine's durability floor, for same-run comparisons: ``count`` appends of 4 KiB to
+    one file in ``directory``, each followed by ``fdatasync`` (what the store's journal does per
+    group commit); the milliseconds each took."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    block = b"x" * 4096
+    taken = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            os.write(fd, block)
+            os.fdatasync(fd)
+            taken.append((time.perf_counter() - started) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return taken
+
+
 def progress(options: Options, text: str) -> None:
     if options.verbose:
         print(f"  {text}", file=sys.stderr, flush=True)
