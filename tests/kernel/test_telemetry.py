@@ -1,7 +1,7 @@
 """OpenTelemetry export, the parts that need no daemon: spans made of what the engine and the
 scheduler recorded (kernel/actors/telemetry/spans.py), the frames the exporter process reads,
-the SDK spans and OTLP bytes made of them (kernel/edge/otel.py), the exporter's bounded and
-counted queue, and the outbox that never makes a sender wait.
+the OTLP spans made of them (kernel/edge/otel.py; the same as the SDK would encode), the
+exporter's bounded and counted queue, and the outbox that never makes a sender wait.
 
 End to end (a daemon, a receiver): tests/e2e/test_otel_export.py.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -21,6 +21,7 @@ from foundry.kernel.actors.telemetry.messages import (
     RunEnded,
     SpanEnded,
     SpanOutbox,
+    SpanRecord,
     StepAttemptEnded,
     TelemetryMessage,
     frame,
@@ -31,12 +32,19 @@ from foundry.kernel.actors.telemetry.spans import records_of, unix_ns
 from foundry.kernel.config import Config
 from foundry.kernel.core.records import Event, ExecutionRecord
 from foundry.kernel.core.throttle import Throttle
-from foundry.kernel.edge.otel import Export, open_exporter, readable_span, resource
+from foundry.kernel.edge import otel
+from foundry.kernel.edge.otel import Batch, Export, add_span, open_transport, resource
 from foundry.kernel.errors import ConfigError
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, SpanFlags, Status
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags
+from opentelemetry.trace import Status as Status_
+
+from tests.helpers import wait_until
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER, ROOT, BLOCK_A, CHILD, BLOCK_B = (f"{n:016x}" for n in (0xCA11E5, 1, 2, 3, 4))
@@ -237,7 +245,7 @@ def test_a_run_is_the_root_span_of_its_trace():
     assert canceled.error == "canceled"
 
 
-# --- frames and the SDK's spans ----------------------------------------------------------------
+# --- frames and the OTLP spans made of them ------------------------------------------------------
 
 
 def test_frames_carry_span_records_and_stop_at_a_cut_frame():
@@ -246,98 +254,221 @@ def test_frames_carry_span_records_and_stop_at_a_cut_frame():
     assert list(read_frames(stream)) == [records, records[:1]]
 
 
-def test_a_record_becomes_an_sdk_span_with_our_ids_and_parent():
-    spans = by_name(chain())
-    found = resource("foundry-test")
-    deliver = readable_span(span_record(spans["block Deliver"]), found)
-    context = deliver.get_span_context()
-    assert context is not None
-    assert (f"{context.trace_id:032x}", f"{context.span_id:016x}") == (TRACE, BLOCK_B)
-    assert context.trace_flags.sampled
-    assert not context.is_remote
-    assert deliver.parent is not None
-    assert f"{deliver.parent.span_id:016x}" == CHILD
-    assert deliver.status.status_code is StatusCode.ERROR
-    assert deliver.status.description == "boom"
-    assert deliver.kind is SpanKind.INTERNAL
-    assert deliver.attributes is not None
-    assert deliver.attributes["foundry.block.exit_code"] == 3
-    assert deliver.resource.attributes["service.name"] == "foundry-test"
-    ok = readable_span(span_record(spans["block Compose"]), found)
-    assert ok.status.status_code is StatusCode.UNSET
-    chat = readable_span(span_record(next(spans_of(attempt()))), found)
-    assert chat.kind is SpanKind.CLIENT
-    no_parent = by_name(chain(events=(event(ROOT, "", "greet_requested"),), executions=()))
-    assert readable_span(span_record(no_parent["workflow greet_requested"]), found).parent is None
+def encoded(*messages: TelemetryMessage, service: str = "foundry") -> ExportTraceServiceRequest:
+    """The request the exporter sends for these messages' spans, as a collector decodes it."""
+    batch = Batch(resource(service))
+    for message in messages:
+        for record in records_of(message):
+            add_span(batch.spans, record)
+    return ExportTraceServiceRequest.FromString(batch.request.SerializeToString())
 
 
-def test_the_otlp_encoding_keeps_our_ids():
-    records = [span_record(s) for s in spans_of(chain())]
-    found = resource("foundry")
-    request = encode_spans([readable_span(r, found) for r in records])
+def otlp_spans(request: ExportTraceServiceRequest) -> dict[str, Span]:
     [resource_spans] = request.resource_spans
     [scope_spans] = resource_spans.scope_spans
-    encoded = {s.name: s for s in scope_spans.spans}
-    assert scope_spans.scope.name == "foundry"
-    assert encoded["block Deliver"].trace_id.hex() == TRACE
-    assert encoded["block Deliver"].span_id.hex() == BLOCK_B
-    assert encoded["block Deliver"].parent_span_id.hex() == CHILD
-    assert encoded["workflow greet_requested"].parent_span_id.hex() == CALLER
+    return {s.name: s for s in scope_spans.spans}
+
+
+def otlp_attributes(span: Span) -> dict[str, object]:
+    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
+
+
+def test_a_record_becomes_an_otlp_span_with_our_ids_and_parent():
+    request = encoded(chain(), attempt(), service="foundry-test")
+    [resource_spans] = request.resource_spans
+    found = {kv.key: kv.value.string_value for kv in resource_spans.resource.attributes}
+    assert found["service.name"] == "foundry-test"
+    assert resource_spans.scope_spans[0].scope.name == "foundry"
+    spans = otlp_spans(request)
+    deliver = spans["block Deliver"]
+    assert (deliver.trace_id.hex(), deliver.span_id.hex()) == (TRACE, BLOCK_B)
+    assert deliver.parent_span_id.hex() == CHILD
+    assert deliver.flags & 0xFF == 0x01  # sampled
+    assert deliver.flags & SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK  # and not remote
+    assert not deliver.flags & SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+    assert (deliver.status.code, deliver.status.message) == (Status.STATUS_CODE_ERROR, "boom")
+    assert deliver.kind == Span.SPAN_KIND_INTERNAL
+    assert (deliver.start_time_unix_nano, deliver.end_time_unix_nano) == (
+        unix_ns(at(1)), unix_ns(at(5)),
+    )  # fmt: skip
+    assert spans["block Compose"].status.code == Status.STATUS_CODE_UNSET
+    assert spans["workflow greet_requested"].parent_span_id.hex() == CALLER
+    assert spans["chat small"].kind == Span.SPAN_KIND_CLIENT
+    no_parent = chain(events=(event(ROOT, "", "greet_requested"),), executions=())
+    assert otlp_spans(encoded(no_parent))["workflow greet_requested"].parent_span_id == b""
+
+
+def test_attributes_keep_their_types():
+    spans = otlp_spans(encoded(chain(), attempt()))
+    deliver = otlp_attributes(spans["block Deliver"])
+    assert deliver["foundry.block.exit_code"] == 3
+    assert deliver["foundry.block.throttled"] is True
+    assert deliver["foundry.block.name"] == "Deliver"
+    kinds = {kv.key: kv.value.WhichOneof("value") for kv in spans["chat small"].attributes}
+    assert kinds["foundry.usage.cost"] == "double_value"
+    assert kinds["gen_ai.usage.input_tokens"] == "int_value"
+    assert kinds["foundry.step.type"] == "string_value"
+    assert otlp_attributes(spans["chat small"])["foundry.usage.cost"] == 0.0021
+    for name, span in spans.items():  # every record's attributes, none lost or renamed
+        assert otlp_attributes(span) == dict(by_name_all(chain(), attempt())[name].attributes)
+
+
+def test_equal_values_of_other_types_keep_their_types():
+    values = (True, 1, 1.0, "1", False, 0, 0.0, "0")
+    batch = Batch(resource("foundry"))
+    for value in values:
+        add_span(batch.spans, (TRACE, ROOT, "", "s", "internal", 1, 2, True, "", ("v",), (value,)))
+    found = [otlp_attributes(span)["v"] for span in batch.spans]
+    assert [(type(v), v) for v in found] == [(type(v), v) for v in values]
+
+
+def by_name_all(*messages: TelemetryMessage) -> dict[str, SpanEnded]:
+    return {s.name: s for message in messages for s in spans_of(message)}
+
+
+def test_the_spans_are_the_ones_the_sdk_would_encode():
+    """Built straight from records, the spans match the SDK encoder's for the same span (but for
+    the trace flags in ``flags``, which the SDK leaves out, and its empty unset status)."""
+    found = Resource.create({"service.name": "foundry"})
+    for record in records_of(chain()):
+        trace_id, span_id, parent_id, name, kind, start, end, ok, error, names, values = record
+        context = SpanContext(int(trace_id, 16), int(span_id, 16), False, TraceFlags(1))
+        sdk_span = ReadableSpan(
+            name=name, context=context, resource=found, kind=SpanKind.INTERNAL,
+            parent=SpanContext(int(trace_id, 16), int(parent_id, 16), False, TraceFlags(1)),
+            attributes=dict(zip(names, values, strict=True)), start_time=start, end_time=end,
+            status=Status_(StatusCode.UNSET if ok else StatusCode.ERROR, error or None),
+            instrumentation_scope=InstrumentationScope("foundry"),
+        )  # fmt: skip
+        [[theirs]] = [s.spans for rs in encode_spans([sdk_span]).resource_spans
+                      for s in rs.scope_spans]  # fmt: skip
+        batch = Batch(resource("foundry"))
+        add_span(batch.spans, record)
+        [ours] = batch.spans
+        ours.flags &= ~0xFF
+        if theirs.status.code == Status.STATUS_CODE_UNSET:
+            theirs.ClearField("status")  # the SDK sends an empty status: the same to a decoder
+        assert ours == theirs, name
+
+
+@pytest.mark.parametrize(
+    ("trace_id", "span_id", "parent_id"),
+    [("", ROOT, ""), (TRACE, "", ""), (TRACE[:-2], ROOT, ""), (TRACE, ROOT, "abc"),
+     ("x" * 32, ROOT, "")],
+)  # fmt: skip
+def test_a_record_without_valid_ids_is_refused_and_adds_nothing(trace_id, span_id, parent_id):
+    record = span_record(next(spans_of(attempt(trace_id=trace_id, span_id=span_id,
+                                               parent_span_id=parent_id))))  # fmt: skip
+    batch = Batch(resource("foundry"))
+    with pytest.raises(ValueError, match="no valid trace context"):
+        add_span(batch.spans, record)
+    assert len(batch) == 0
+
+
+def test_text_that_is_no_utf8_goes_replaced_and_the_span_is_whole():
+    bad = "boom \udcff"  # a lone surrogate: what a badly decoded output may hold
+    attributes = (("foundry.block.name", bad), ("foundry.block.attempts", 2))
+    ended = SpanEnded(TRACE, ROOT, "", f"block {bad}", "internal", 1, 2, False, attributes, bad)
+    batch = Batch(resource("foundry"))
+    add_span(batch.spans, span_record(ended))
+    request = ExportTraceServiceRequest.FromString(batch.request.SerializeToString())
+    [span] = otlp_spans(request).values()
+    assert span.name == "block boom ?"
+    assert span.status.message == "boom ?"
+    assert otlp_attributes(span) == {"foundry.block.name": "boom ?", "foundry.block.attempts": 2}
 
 
 def test_an_http_endpoint_gets_the_traces_path_once():
     for endpoint in ("http://127.0.0.1:4318", "http://127.0.0.1:4318/",
                      "http://127.0.0.1:4318/v1/traces"):  # fmt: skip
-        exporter = open_exporter({"endpoint": endpoint, "protocol": "http/protobuf",
-                                  "timeout": 1.0})  # fmt: skip
+        transport = open_transport({"endpoint": endpoint, "protocol": "http/protobuf",
+                                    "timeout": 1.0})  # fmt: skip
         try:
-            assert exporter._endpoint == "http://127.0.0.1:4318/v1/traces"  # type: ignore[attr-defined]
+            assert transport._endpoint == "http://127.0.0.1:4318/v1/traces"  # type: ignore[attr-defined]
         finally:
-            exporter.shutdown()
+            transport.shutdown()
 
 
 # --- the exporter's queue ------------------------------------------------------------------------
 
 
-class Collecting(SpanExporter):
-    """A fake collector: keeps what it gets, or refuses it; ``gate`` holds each export."""
+class Collecting:
+    """A fake collector: keeps the requests it gets, or refuses them, or fails; ``gate`` holds
+    each send."""
 
-    def __init__(self, result: SpanExportResult = SpanExportResult.SUCCESS) -> None:
-        self.result, self.got = result, list[ReadableSpan]()
+    def __init__(self, result: bool = True, error: Exception | None = None) -> None:
+        self.result, self.error = result, error
+        self.requests: list[ExportTraceServiceRequest] = []
         self.gate = threading.Event()
         self.gate.set()
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def send(self, request: ExportTraceServiceRequest) -> bool:
         self.gate.wait(10)
-        self.got.extend(spans)
+        self.requests.append(ExportTraceServiceRequest.FromString(request.SerializeToString()))
+        if self.error:
+            raise self.error
         return self.result
 
     def shutdown(self) -> None:
         pass
 
+    @property
+    def got(self) -> list[Span]:
+        return [s for r in self.requests for rs in r.resource_spans for ss in rs.scope_spans
+                for s in ss.spans]  # fmt: skip
 
-def sdk_spans(count: int) -> list[ReadableSpan]:
-    found = resource("foundry")
+
+def records(count: int) -> list[SpanRecord]:
     one = span_record(by_name(chain())["block Compose"])
-    return [readable_span(one, found) for _ in range(count)]
+    return [one] * count
+
+
+def exporting(collector: Collecting, queue_size: int = 100) -> Export:
+    return Export(collector, "http://collector", queue_size, resource("foundry"))
 
 
 def test_every_span_is_exported_and_counted():
     collector = Collecting()
-    export = Export(collector, "http://collector", queue_size=100)
-    for span in sdk_spans(50):
-        export.add(span)
+    export = exporting(collector)
+    export.add(records(50))
     export.close(5.0)
     assert (len(collector.got), export.exported, export.dropped, export.failed) == (50, 50, 0, 0)
+    assert export.waiting == export.sending == 0
+
+
+def test_spans_go_out_in_batches_and_without_waiting_for_the_close(monkeypatch):
+    monkeypatch.setattr(otel, "BATCH_SIZE", 16)
+    collector = Collecting()
+    export = exporting(collector)
+    export.add(records(40))  # two full batches and a part, which goes when its time is up
+    wait_until(lambda: len(collector.got) == 40, what=lambda: f"{len(collector.got)} spans",
+               timeout=5 * otel.SCHEDULE_DELAY + 5)  # fmt: skip
+    assert sorted(len(r.resource_spans[0].scope_spans[0].spans) for r in collector.requests) == [
+        8, 16, 16,
+    ]  # fmt: skip
+    export.close(5.0)
+    assert export.exported == 40
+
+
+def test_batches_go_out_while_a_long_frame_is_still_being_read(monkeypatch):
+    """The sender does not wait for the reader to finish a frame (of thousands of spans)."""
+    monkeypatch.setattr(otel, "BATCH_SIZE", 64)
+    collector = Collecting()
+    export = exporting(collector, queue_size=20_000)
+    export.add(records(20_000))
+    sent_meanwhile = len(collector.requests)
+    export.close(10.0)
+    assert sent_meanwhile > 0
+    assert export.exported == 20_000
 
 
 def test_a_full_queue_drops_new_spans_counts_them_and_warns_once(caplog):
     collector = Collecting()
     collector.gate.clear()  # the collector hangs: nothing leaves the queue
-    export = Export(collector, "http://collector", queue_size=8)
+    export = exporting(collector, queue_size=8)
     with caplog.at_level(logging.WARNING, logger="foundry.otel"):
-        for span in sdk_spans(30):
-            export.add(span)
+        for _ in range(30):
+            export.add(records(1))
     assert export.dropped >= 30 - 8 - 8  # at most a batch (8) in the collector's hands
     assert export.waiting <= 8
     warnings = [r.getMessage() for r in caplog.records if r.name == "foundry.otel"]
@@ -348,16 +479,29 @@ def test_a_full_queue_drops_new_spans_counts_them_and_warns_once(caplog):
     assert export.exported + export.dropped == 30
 
 
-def test_a_refusing_collector_loses_batches_counted_and_warned_about_once(caplog):
-    export = Export(Collecting(SpanExportResult.FAILURE), "http://collector", queue_size=100)
+@pytest.mark.parametrize("collector", [Collecting(False), Collecting(error=OSError("refused"))],
+                         ids=["refused", "raised"])  # fmt: skip
+def test_a_failing_collector_loses_batches_counted_and_warned_about_once(caplog, collector):
+    export = exporting(collector)
     with caplog.at_level(logging.WARNING, logger="foundry.otel"):
-        for _ in range(3):
-            for span in sdk_spans(10):
-                export.add(span)
-            export.processor.force_flush()
+        for sent in (10, 20, 30):
+            export.add(records(10))
+            wait_until(lambda n=sent: export.failed == n, what=lambda: f"{export.failed} failed")
     export.close(5.0)
     assert (export.exported, export.failed) == (0, 30)
-    assert len([r for r in caplog.records if r.name == "foundry.otel"]) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.name == "foundry.otel"]
+    assert len(warnings) == 1
+    if collector.error:
+        assert "OSError: refused" in warnings[0]
+
+
+def test_records_without_trace_ids_are_skipped_and_counted():
+    collector = Collecting()
+    export = exporting(collector)
+    no_ids = span_record(next(spans_of(attempt(trace_id="", span_id="", parent_span_id=""))))
+    export.add([no_ids, *records(2), no_ids])
+    export.close(5.0)
+    assert (export.exported, export.invalid, len(collector.got)) == (2, 2, 2)
 
 
 # --- the senders' side ---------------------------------------------------------------------------
@@ -421,3 +565,18 @@ def test_otel_is_off_by_default_and_reads_its_table():
 def test_a_bad_otel_table_names_its_key(table, key):
     with pytest.raises(ConfigError, match=f"^<mapping>: {key.replace('[', '.').replace(']', '.')}"):
         Config.from_mapping({"otel": table})
+
+
+def test_canary_the_private_exporter_parts_otel_py_relies_on_are_there():
+    """kernel/edge/otel.py hands the SDK's exporters requests it built: through the HTTP
+    exporter's ``_client`` and the gRPC one's ``_translate_data``/``_count_data``/``_export``.
+    If an SDK upgrade moves them, this names what moved."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+        OTLPSpanExporter as GrpcExporter,
+    )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    http = OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces")
+    assert callable(getattr(http, "_client").export)  # noqa: B009 - named for the canary
+    for name in ("_translate_data", "_count_data", "_export"):
+        assert callable(getattr(GrpcExporter, name, None)), name
