@@ -275,9 +275,15 @@ class Store:
             del batch  # not held while waiting: a large write would stay resident
 
     async def _linger(self) -> None:
-        """Let appends that are about to come join this commit (the receiver queues them)."""
+        """Let appends that are about to come join this commit (the receiver queues them) —
+        but only while nobody waits on one: a write someone waits for (an Emit's reply, a
+        mutator's lease, a PatchStep) goes at once, taking along what was appended before it
+        (a step's completion, appended without waiting, so shares its successor's lease's
+        commit)."""
         until = trio.current_time() + LINGER_SECONDS
         for _ in range(LINGER_CHECKPOINTS):
+            if any(map(_awaited, self._pending)):
+                return
             await trio.lowlevel.checkpoint()
             if trio.current_time() >= until or len(self._pending) > self._max_batch:
                 return
@@ -733,6 +739,13 @@ _REFUSED_ROWS = (
     TypeError,
     ValueError,
 )
+
+
+def _awaited(write: Write) -> bool:
+    """Someone waits for this write's commit."""
+    if isinstance(write, Append):
+        return write.ack is not None or bool(write.answers)
+    return True  # a Barrier or a retention pass
 
 
 def _client_error(exc: Exception, what: str) -> Exception:
