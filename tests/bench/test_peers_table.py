@@ -125,8 +125,10 @@ def test_make_bench_peers_installs_langgraph_only_into_its_own_venv(tmp_path: Pa
     for done in (".venv/bin/python", ".venv/.installed"):  # the project's venv, up to date
         (tmp_path / done).touch()
     plan = subprocess.run(
-        ["make", "-n", "bench-peers", "ARGS=--quick"], cwd=tmp_path, capture_output=True,
-        text=True, timeout=60, env={**os.environ, "MAKEFLAGS": ""}, check=True,
+        ["make", "--no-print-directory", "-n", "bench-peers", "ARGS=--quick"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=60, check=True,
+        # not a sub-make of `make test`: no inherited MAKELEVEL/MAKEFLAGS
+        env={k: v for k, v in os.environ.items() if not k.startswith("MAKE")},
     ).stdout  # fmt: skip
 
     assert "-m venv .peers-venv\n" in plan
