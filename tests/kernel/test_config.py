@@ -124,6 +124,10 @@ def test_an_unknown_key_is_named(tmp_path, body, key):
         ('[plugins]\nmodules = "mine"\n', "[plugins].modules"),
         ("[plugins]\nmodules = [1]\n", "[plugins].modules"),
         ("engine = 3\n", "[engine]"),
+        ('[store]\njournal_segment_bytes = "big"\n', "[store].journal_segment_bytes"),
+        ("[store]\njournal_segment_bytes = 0\n", "[store].journal_segment_bytes"),
+        ("[store]\nmaterialize_delay = -1\n", "[store].materialize_delay"),
+        ('[store]\nmaterialize_delay = "soon"\n', "[store].materialize_delay"),
     ],
 )
 def test_a_value_of_the_wrong_type_is_named(tmp_path, body, key):
