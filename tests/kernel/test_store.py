@@ -624,3 +624,18 @@ async def test_rows_the_database_refuses_are_set_aside_and_the_rest_still_land(t
     assert aside.name == f"{2:020d}.rows"
     assert "journal record 2: the database refused its rows" in caplog.text
     assert database_rows(tmp_path, "SELECT seq FROM journal_applied") == 3
+
+
+async def test_a_store_stopping_while_the_database_fails_leaves_its_writes_to_the_journal(
+    tmp_path, caplog
+):
+    async with running_store(tmp_path, materialize_delay=60) as store:
+        await run_sql(tmp_path, "ALTER TABLE events RENAME TO events_gone")
+        await post_now(store, [make_event(1)]).wait()  # durable in the journal
+    # the store stopped (after its few tries) instead of retrying forever
+    assert "stopping with 1 journal records the database lacks" in caplog.text
+    await run_sql(tmp_path, "ALTER TABLE events_gone RENAME TO events")
+    assert [r.seq for r in pending_records(tmp_path / "journal", 0)] == [1]
+
+    async with running_store(tmp_path) as store:  # the next start applies it
+        assert (await ask(store, CountRows)).events == 1

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import logging
 import math
 import sys
@@ -88,6 +89,8 @@ BACKLOG_ROWS = 200_000
 REPLAY_BATCH = 256
 # How long a query waits for DuckDB to catch up with the journal before it gives up.
 CATCH_UP_SECONDS = 30.0
+# Tries a stopping store gives a failing database before it leaves the journal to the next start.
+STOPPING_ATTEMPTS = 3
 
 # Queries at once, each on its own cursor and worker thread (commits use the default limiter).
 READERS = 4
@@ -359,13 +362,17 @@ class Store:
 
     async def _materialize(self) -> None:
         batch, self._backlog, self._backlog_rows = self._backlog, [], 0
-        while True:
+        for attempt in itertools.count(1):
             try:
                 async with self._database:
                     await trio.to_thread.run_sync(self._apply_logged, batch)
                 break
             except Exception:
                 log.exception("could not bring the database up to the journal; retrying in 1 s")
+                if not self._committing and attempt >= STOPPING_ATTEMPTS:
+                    # stopping: the records stay in the journal, and the next start applies them
+                    log.error("stopping with %d journal records the database lacks", len(batch))
+                    return
                 await trio.sleep(1.0)  # the records stay in the journal and in memory
         self._applied = batch[-1][0]
         self._caught.set()
