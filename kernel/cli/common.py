@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -33,3 +34,15 @@ def whole_number(text: str, *, maximum: int = 2**32 - 1) -> int:
     if not 1 <= value <= maximum:
         raise argparse.ArgumentTypeError(f"must be from 1 to {maximum}")
     return value
+
+
+def journal_behind(home: Path) -> str:
+    """A warning when the store's journal holds writes the database file lacks (a daemon killed
+    before it applied them: the next start does), else ''."""
+    segments = list((home / "journal").glob("*.journal"))
+    if not segments:
+        return ""
+    return (
+        f"{home / 'journal'} holds writes the database has not applied yet (the daemon was "
+        "killed?); start the daemon once to apply them — this answer may miss them"
+    )

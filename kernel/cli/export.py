@@ -28,7 +28,7 @@ from foundry.analytics.parquet import (
     since_selections,
     write_parquet,
 )
-from foundry.kernel.cli.sql import journal_behind
+from foundry.kernel.cli.common import journal_behind
 from foundry.kernel.config import Config, default_home
 from foundry.kernel.edge.grpc.client import open_channel
 from foundry.kernel.errors import ConfigError

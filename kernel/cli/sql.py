@@ -21,6 +21,7 @@ from typing import Any
 
 from foundry.analytics import sandbox
 from foundry.analytics import saved_questions as questions
+from foundry.kernel.cli.common import journal_behind
 from foundry.kernel.config import Config, default_home
 from foundry.kernel.edge.grpc.client import open_channel
 from foundry.kernel.errors import ConfigError
@@ -149,18 +150,6 @@ def _offline(args: argparse.Namespace, params: dict[str, str]) -> Answer:
         raise CommandFailed(f"cannot open {path}: {exc}") from None
     return Answer(list(result.columns), [json.loads(r) for r in result.rows], result.truncated,
                   result.elapsed_ms)  # fmt: skip
-
-
-def journal_behind(home: Path) -> str:
-    """A warning when the store's journal holds writes the database file lacks (a daemon killed
-    before it applied them: the next start does), else ''."""
-    segments = list((home / "journal").glob("*.journal"))
-    if not segments:
-        return ""
-    return (
-        f"{home / 'journal'} holds writes the database has not applied yet (the daemon was "
-        "killed?); start the daemon once to apply them — this answer may miss them"
-    )
 
 
 def run_file(
