@@ -65,6 +65,9 @@ class QueryResult:
     rows: tuple[str, ...]  # each a JSON array of the row's values, in column order
     truncated: bool  # more rows than max_rows
     elapsed_ms: float
+    # The rows in a caller's wire form, when it asked for one (the store builds it on its worker
+    # thread, so a large answer is not encoded on the daemon's loop).
+    rows_wire: bytes | None = None
 
 
 def lock_instance(con: duckdb.DuckDBPyConnection, home: Path) -> None:
@@ -236,7 +239,7 @@ _AS_JSON_UTC = {
     "TIMESTAMP WITH TIME ZONE": "'\"' || strftime({c}, CASE WHEN epoch_us({c}) % 1000000 = 0 "
     "THEN '%Y-%m-%dT%H:%M:%S+00:00' ELSE '%Y-%m-%dT%H:%M:%S.%f+00:00' END) || '\"'",
 }
-_CHUNK = 1_000
+_UTC = frozenset(("UTC", "Etc/UTC"))
 
 
 def _run_as_json(
@@ -255,7 +258,7 @@ def _run_as_json(
         raise
     except duckdb.Error:
         return None
-    renderers = _AS_JSON | _AS_JSON_UTC if zone and zone[0] == "UTC" else _AS_JSON
+    renderers = _AS_JSON | _AS_JSON_UTC if zone and zone[0] in _UTC else _AS_JSON
     columns = tuple((str(row[0]), str(row[1])) for row in described)
     parts = []
     for i, (_, kind) in enumerate(columns):
@@ -267,20 +270,26 @@ def _run_as_json(
         return None
     names = ", ".join(f"c{i}" for i in range(len(columns)))
     row = " || ',' || ".join(parts)
-    wrapped = f"SELECT '[' || {row} || ']' FROM ({text}\n) AS q({names})"
-    rows: list[str] = []
+    # the limit: DuckDB renders (and holds) only the rows that can be sent, not the whole result
+    wrapped = f"SELECT '[' || {row} || ']' FROM ({text}\n) AS q({names}) LIMIT {max_rows + 1}"
+    # DuckDB joins the rows into one text (a row's JSON never holds a raw newline): the worker
+    # thread then converts one value, not a Python str per row, so it holds the interpreter lock
+    # against the daemon's loop for a fraction of the time
+    joined = (
+        "SELECT string_agg(r, chr(10) ORDER BY i) FROM "
+        f"(SELECT r, row_number() OVER () AS i FROM ({wrapped}) AS w(r))"
+    )
     try:
-        result = cursor.execute(wrapped, dict(params))
-        while len(rows) <= max_rows:
-            chunk = result.fetchmany(min(_CHUNK, max_rows + 1 - len(rows)))
-            if not chunk:
-                break
-            rows += [row[0] for row in chunk]
-            time.sleep(0)  # let the daemon's loop have the interpreter between chunks
+        found = cursor.execute(joined, dict(params)).fetchone()
     except duckdb.InterruptException:
         raise
     except duckdb.Error:
-        return None  # the caller runs the query as written, and reports its own error
+        # the caller runs the query as written, and reports its own error: in a transaction
+        # of its own, as DuckDB aborted this one
+        cursor.execute("ROLLBACK")
+        cursor.execute("BEGIN TRANSACTION READ ONLY")
+        return None
+    rows = found[0].split("\n") if found and found[0] is not None else []
     return columns, tuple(rows[:max_rows]), len(rows) > max_rows
 
 

@@ -203,6 +203,15 @@ async def test_duckdb_errors_are_invalid_argument_cut_short(tmp_path):
         assert await rows(store, "SELECT count(*) FROM events") == [[0]]
 
 
+async def test_an_error_while_rows_are_rendered_is_the_querys_own(tmp_path):
+    # The columns' types allow DuckDB to render the rows' JSON, and the rendering run fails: the
+    # query is then run as written and reports its own error (not an aborted transaction).
+    async with running_store(tmp_path) as store:
+        with pytest.raises(InvalidArgument, match="Could not convert string 'x'"):
+            await query(store, "SELECT CAST(s AS INTEGER) FROM (VALUES ('1'), ('x')) t(s)")
+        assert await rows(store, "SELECT 42") == [[42]]
+
+
 async def test_values_come_back_as_json(tmp_path):
     async with running_store(tmp_path) as store:
         got = await rows(

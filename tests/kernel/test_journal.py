@@ -214,3 +214,33 @@ def test_an_intact_record_of_unreadable_rows_refuses_to_open_in_one_line(tmp_pat
     with pytest.raises(JournalCorrupt, match="record 1 at byte 8 cannot be read") as refused:
         reopen(tmp_path)
     assert "\n" not in str(refused.value)
+
+
+# --- the writer thread ----------------------------------------------------------------------------
+
+
+class _Records(list):  # a list that a weak reference can watch
+    pass
+
+
+async def test_the_writer_thread_does_not_hold_a_write_once_it_is_done():
+    # A large write's records must be freed when its commit is through, not when the next
+    # write comes (an idle daemon would keep a large request resident).
+    import gc
+    import weakref
+
+    import trio
+    from foundry.kernel.actors.store.writer import WriterThread
+
+    writer = WriterThread("test-writer")
+    writer.start()
+    try:
+        records = _Records(["x" * 1000])
+        watch = weakref.ref(records)
+        assert await writer.run(lambda held=records: len(held)) == 1
+        del records
+        await trio.sleep(0.05)  # the thread has gone back to waiting for the next job
+        gc.collect()
+        assert watch() is None
+    finally:
+        await trio.to_thread.run_sync(writer.stop)

@@ -10,7 +10,7 @@ A database error reaches the asker as ``Unavailable`` (the daemon log has the de
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -241,13 +241,15 @@ class RunUserQuery:
     """An analyst's SQL (``foundry.analytics.sandbox``): checked, then run on a read cursor of its
     own (not one of the store's query cursors) in a read-only transaction, interrupted after
     ``timeout`` seconds (DeadlineExceeded); at most ``max_rows`` rows. Refused SQL and DuckDB's
-    errors are InvalidArgument."""
+    errors are InvalidArgument. With ``encode_rows``, the answer's ``rows_wire`` holds the rows
+    encoded by it, on the worker thread (an edge's wire form, kept off the daemon's loop)."""
 
     sql: str
     params: Mapping[str, str]
     max_rows: int
     timeout: float
     reply: Reply[QueryResult]
+    encode_rows: Callable[[tuple[str, ...]], bytes] | None = None
 
 
 StoreMessage = Append | Barrier | GetStats | RunRetention | StoreQuery | RunUserQuery

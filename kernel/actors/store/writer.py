@@ -52,3 +52,4 @@ class WriterThread:
         while (job := self._jobs.get()) is not None:
             work, finished = job
             finished(outcome.capture(work))
+            del job, work, finished  # a write's records are not held until the next one comes
