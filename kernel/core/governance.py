@@ -34,6 +34,7 @@ from foundry.kernel.errors import InvalidArgument
 MAX_SCENARIOS = 1_000  # per SyncEvalPack
 MAX_NAME = 200  # pack, slug, change id, revision, actor, commit
 MAX_TEXT = 10_000  # title, description, note
+MAX_PATH = 4_096  # a changed file's path
 DEFAULT_GATE_LIMIT = 50  # ListChangeGates with limit 0
 MAX_GATE_LIMIT = 1_000
 HISTORY_LIMIT = 100  # results per scenario in ListEvalScenarios, newest first
@@ -336,14 +337,24 @@ def check_gate_request(request: GateRequest) -> None:
     check_name(request.change_id, "change_id")
     check_name(request.revision, "revision", required=False)
     check_name(request.actor, "actor", required=False)
-    for index, diff in enumerate(request.diffs):
-        check_name(diff.path, f"diffs[{index}].path", limit=4096)
-    for index, metric in enumerate(request.evals):
-        check_name(metric.name, f"evals[{index}].name")
-    for index, budget in enumerate(request.budgets):
-        check_name(budget.name, f"budgets[{index}].name")
+    _check_names([d.path for d in request.diffs], "diffs[{}].path", MAX_PATH)
+    _check_names([m.name for m in request.evals], "evals[{}].name", MAX_NAME)
+    _check_names([b.name for b in request.budgets], "budgets[{}].name", MAX_NAME)
     check_json_value(thawed(request.telemetry), "telemetry")
     check_json_value(thawed(request.metadata), "metadata")
+
+
+def _check_names(names: list[Any], field: str, limit: int) -> None:
+    """:func:`check_name` of each name (``field`` formatted with its index), with the common
+    case — every name a non-blank string within ``limit`` — checked by builtins at C speed:
+    a request carries a thousand paths."""
+    try:
+        fine = max(map(len, names), default=0) <= limit and all(map(str.strip, names))
+    except TypeError:  # not a string: the loop below names it
+        fine = False
+    if not fine:
+        for index, name in enumerate(names):
+            check_name(name, field.format(index), limit=limit)
 
 
 def _json_ready(value: Any) -> Any:

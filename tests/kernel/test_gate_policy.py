@@ -202,6 +202,65 @@ def test_no_high_risk_patterns_at_all():
     assert gate(policy, diffs=(Diff("infra/x", risk_tags=("auth",)),)).effect is Effect.ALLOW
 
 
+PATHS = [
+    "auth/x", "src/auth/x", "src/authz/x", "xauth/y", "./auth/x", "a.sql", "a.sql/b",
+    "x/.sql", "infra", "infra/", "./infra/x", "db/migrations/", "migrations", "src/m1.py",
+    "a/b/c.py", "lib/vendor/x", "vendor/x", "aXbYc", "abc", "[x]/y", "",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "patterns",
+    [
+        (),
+        ("*",),  # no literal part: every path goes to the patterns
+        ("vendor/*", "**/vendor/**"),
+        ("a*b*c", "?nfra/*"),
+        ("[ab]*.sql", "infra/**"),  # a [set]: no shortcut
+        ("**/x", "*.sql"),
+    ],
+)
+def test_the_literal_shortcut_matches_what_the_patterns_match(patterns):
+    policy = GatePolicy(high_risk_paths=patterns)
+    every = GatePolicy(high_risk_paths=patterns)
+    object.__setattr__(every, "_path_hint", None)  # the patterns alone
+
+    for path in PATHS:
+        found, expected = policy.match_path(path), every.match_path(path)
+        assert (found and found.lastgroup) == (expected and expected.lastgroup), path
+
+
+def test_default_patterns_take_the_literal_shortcut():
+    assert POLICY._path_hint is not None
+    assert POLICY.match_path("src/app/main.py") is None
+    assert POLICY.match_path("src/auth/main.py") is not None
+
+
+def test_tags_given_as_a_list_are_checked_too():
+    # a Diff built in process (a plugin, a test) may carry a list, which cannot be hashed
+    diffs = (Diff("a.py", risk_tags=["ui", "AUTH"]), Diff("b.py", risk_tags=("ui",)))  # type: ignore[arg-type]
+
+    assert gate(diffs=diffs).scorecard.novelty.high_risk_paths == ("a.py",)
+
+
+def test_a_nan_novelty_at_a_follow_up_threshold_of_one_passes_as_one():
+    # NaN counts as 1.0, and exactly at the threshold passes
+    policy = GatePolicy(max_novelty=1.0, novelty_follow_up=1.0)
+    decision = gate(policy, diffs=(Diff("a.py", novelty_score=math.nan),))
+
+    assert decision.effect is Effect.ALLOW
+    assert decision.reasons == ()
+    assert decision.scorecard.novelty == NoveltySummary(1.0, 1.0, ())
+
+
+def test_novelty_summary_keeps_zero_for_negative_scores_and_adds_in_order():
+    scores = (-0.5, 0.1, 0.2, 0.3)
+    summary = gate(diffs=tuple(Diff(f"{i}.py", novelty_score=s) for i, s in enumerate(scores)))
+
+    assert summary.scorecard.novelty.max_novelty == 0.3
+    assert summary.scorecard.novelty.avg_novelty == (((-0.5 + 0.1) + 0.2) + 0.3) / 4
+
+
 # ------------------------------------------------------------------------- coverage
 
 

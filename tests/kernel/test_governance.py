@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import sys
 import textwrap
 import uuid
@@ -23,13 +24,23 @@ from foundry.kernel.blocks.registry import (
 )
 from foundry.kernel.config import Config
 from foundry.kernel.core.evals import judge
-from foundry.kernel.core.gate_policy import Coverage, Effect, GatePolicy, GateRequest, decide
+from foundry.kernel.core.gate_policy import (
+    Budget,
+    Coverage,
+    Diff,
+    Effect,
+    GatePolicy,
+    GateRequest,
+    Metric,
+    decide,
+)
 from foundry.kernel.core.governance import (
     DEFAULT_GATE_LIMIT,
     MAX_GATE_LIMIT,
     EvalScenarioRecord,
     ScenarioInput,
     StoredGate,
+    check_gate_request,
     decision_record,
     gate_limit,
     parse_pack,
@@ -183,6 +194,39 @@ def test_gate_limit_defaults_and_caps():
     assert gate_limit(0) == DEFAULT_GATE_LIMIT == 50
     assert gate_limit(7) == 7
     assert gate_limit(10**9) == MAX_GATE_LIMIT
+
+
+BUDGET = Budget("cost", 1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"diffs": (Diff("a.py"), Diff(" "))}, "diffs[1].path: must not be empty"),
+        ({"diffs": (Diff("a.py"), Diff("x" * 4097))}, "diffs[1].path: longer than 4096 char"),
+        ({"diffs": (Diff(""), Diff("x" * 4097))}, "diffs[0].path: must not be empty"),
+        ({"diffs": (Diff("a.py"), Diff(7))}, "diffs[1].path: expected a string"),  # type: ignore[arg-type]
+        ({"evals": (Metric("m"), Metric("n" * 201))}, "evals[1].name: longer than 200 char"),
+        ({"evals": (Metric(""),)}, "evals[0].name: must not be empty"),
+        ({"budgets": (BUDGET, BUDGET, Budget(None))}, "budgets[2].name: expected a string"),  # type: ignore[arg-type]
+    ],
+)
+def test_check_gate_request_names_the_first_bad_name(fields, message):
+    request = GateRequest("chg", **{"diffs": (Diff("x" * 4096),), **fields})
+
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        check_gate_request(request)
+
+
+def test_check_gate_request_accepts_names_at_their_limits():
+    check_gate_request(
+        GateRequest(
+            "chg",
+            diffs=(Diff("x" * 4096), Diff(" a ")),
+            evals=(Metric("m" * 200),),
+            budgets=(Budget("b" * 200),),
+        )
+    )
 
 
 def test_the_edge_converts_wrappers_enums_and_structs_both_ways():

@@ -19,12 +19,13 @@ HTTP edge (Connect JSON or binary) a betterproto2 one; the reply follows in kind
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any
 
 import betterproto2
 from foundry.kernel.core.gate_policy import (
+    DIRECTION_BY_NUMBER,
     Budget,
     Coverage,
     CoverageComponent,
@@ -32,7 +33,7 @@ from foundry.kernel.core.gate_policy import (
     GateRequest,
     Metric,
 )
-from foundry.kernel.core.governance import StoredGate
+from foundry.kernel.core.governance import StoredGate, thawed
 from foundry.kernel.edge.grpc import governance
 from foundry.kernel.edge.grpc.internals import Encoded
 from foundry.kernel.edge.grpc.message_check import MAX_ID_LENGTH, WrongField, check_request
@@ -131,6 +132,33 @@ def _wrapped(message: Any, name: str) -> Any:
     return getattr(message, name).value if message.HasField(name) else None
 
 
+# Diff's dataclass __init__ (frozen: one object.__setattr__ per field) costs about twice what
+# the upb reads of a diff do; the loop over a thousand diffs sets the slots directly instead.
+_DIFF_FIELDS = ("path", "lines_added", "lines_deleted", "novelty_score", "risk_tags", "component")
+assert tuple(f.name for f in fields(Diff)) == _DIFF_FIELDS, "Diff changed: update _diffs"
+assert not hasattr(Diff, "__post_init__"), "Diff checks its fields: build it with Diff(...)"
+_DIFF_SETTERS = tuple(getattr(Diff, name).__set__ for name in _DIFF_FIELDS)
+
+
+def _diffs(diffs: Any) -> tuple[Diff, ...]:
+    """``Diff(path, lines_added, lines_deleted, novelty_score, risk_tags, component)`` of each
+    ChangeDiff: the same objects (the tests compare them), built at half the cost."""
+    new = object.__new__
+    set_path, set_added, set_deleted, set_novelty, set_tags, set_component = _DIFF_SETTERS
+    built: list[Diff] = []
+    append = built.append
+    for d in diffs:
+        diff = new(Diff)
+        set_path(diff, d.path)
+        set_added(diff, d.lines_added)
+        set_deleted(diff, d.lines_deleted)
+        set_novelty(diff, d.novelty_score.value if d.HasField("novelty_score") else None)
+        set_tags(diff, tuple(d.risk_tags))
+        set_component(diff, d.component)
+        append(diff)
+    return tuple(built)
+
+
 def _from_upb(
     message: Any, telemetry: Mapping[str, Any], metadata: Mapping[str, Any]
 ) -> GateRequest:
@@ -150,20 +178,7 @@ def _from_upb(
     return GateRequest(
         change_id=message.change_id,
         revision=message.revision,
-        diffs=tuple(
-            [
-                Diff(
-                    d.path,
-                    d.lines_added,
-                    d.lines_deleted,
-                    # _wrapped inlined: the one loop that runs a thousand times
-                    d.novelty_score.value if d.HasField("novelty_score") else None,
-                    tuple(d.risk_tags),
-                    d.component,
-                )
-                for d in message.diffs
-            ]
-        ),
+        diffs=_diffs(message.diffs),
         coverage=coverage,
         evals=tuple(
             Metric(
@@ -171,7 +186,8 @@ def _from_upb(
                 m.slug,
                 m.score,
                 _wrapped(m, "threshold"),
-                governance.direction(m.direction, f"evals[{i}].direction"),
+                DIRECTION_BY_NUMBER.get(m.direction)
+                or governance.direction(m.direction, f"evals[{i}].direction"),  # raises
                 _wrapped(m, "weight"),
             )
             for i, m in enumerate(message.evals)
@@ -216,8 +232,8 @@ def _fill_decision(out: Any, stored: StoredGate) -> None:
         )
     _fill_scorecard(out.scorecard, d.scorecard)
     out.decided_at.FromDatetime(d.decided_at)
-    _merge(out.metadata, governance.struct(d.metadata))
-    _merge(out.telemetry, governance.struct(d.telemetry))
+    _struct(out.metadata, d.metadata)
+    _struct(out.telemetry, d.telemetry)
     for ack in stored.acknowledgements:
         _merge(out.acknowledgements.add(), governance.gate_followup(ack))
 
@@ -226,6 +242,14 @@ def _merge(out: Any, message: betterproto2.Message) -> None:
     """A small part (a Struct, an acknowledgement) as betterproto2 builds it: the same values."""
     out.SetInParent()
     out.MergeFromString(bytes(message))
+
+
+def _struct(out: Any, value: Mapping[str, Any]) -> None:
+    """A stored JSON object (``governance.struct``'s input) into a upb Struct, present even
+    when empty. ``Struct.update`` writes the Value kinds ``Struct.from_dict`` does (None → null,
+    bool, number, string, object, list) without a trip through betterproto2's encoder."""
+    out.SetInParent()
+    out.update(thawed(value))
 
 
 def _fill_scorecard(out: Any, card: Mapping[str, Any]) -> None:
@@ -254,4 +278,4 @@ def _fill_scorecard(out: Any, card: Mapping[str, Any]) -> None:
         out.budgets.SetInParent()
         out.budgets.breaches.extend(budgets["breaches"])
         out.budgets.near_limits.extend(budgets["near_limits"])
-    _merge(out.telemetry, governance.struct(card.get("telemetry") or {}))
+    _struct(out.telemetry, card.get("telemetry") or {})
