@@ -7,9 +7,10 @@ file, attestor with a fresh key pair, scheduler), without gRPC. Two figures:
   difference between a 1,000-step chain of no-op observers (``bench.run_overhead``'s) run with
   ``[attest] enabled = true`` and the same chain with attestation off, in the same process,
   divided by the attestations made (a step attestation per step, plus the run's). It includes
-  everything attestation adds: building and signing the statement on a worker thread, the
-  ``attested`` run event, the attestation row in the group commit. Also reported: the statement
-  build + Ed25519 signature alone (``Signer.record``), in a loop.
+  everything attestation adds: building the statement (trio thread) and signing it (worker
+  thread), the ``attested`` run event, the attestation row in the group commit (journal, then
+  DuckDB). Also reported: the statement build + Ed25519 signature alone (``Signer.record``), in
+  a loop.
 - **per-step overhead**: wall time per step of that chain, submit → durable ``run_succeeded``
   and (enabled) every attestation committed (``GetAttestations`` of the run's), enabled ÷
   disabled − 1. Both variants alternate within one run of the benchmark.

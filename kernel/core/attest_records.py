@@ -11,6 +11,7 @@ the same envelope.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -19,6 +20,15 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from foundry.kernel.core.attest import (
+    PAYLOAD_TYPE,
+    PREDICATE_TYPES,
+    STATEMENT_TYPE,
+    AttestationError,
+    canonical_json,
+    is_sha256_hex,
+)
+
 _EXACT = 2**53
 
 KINDS = ("run", "step", "tool", "artifact", "capability_token", "custom")
@@ -26,11 +36,18 @@ GATE_DECISION = "gate_decision"
 EVAL_RESULT = "eval_result"
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _frozen(value: Any) -> Any:
+    # Scalars (most values) are kept without a call or an abstract-class check: this runs for
+    # every attestation signed and every one read back.
     if isinstance(value, Mapping):
-        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+        return MappingProxyType(
+            {k: v if type(v) in _SCALARS else _frozen(v) for k, v in value.items()}
+        )
     if isinstance(value, list | tuple):
-        return tuple(_frozen(v) for v in value)
+        return tuple(v if type(v) in _SCALARS else _frozen(v) for v in value)
     return value
 
 
@@ -40,6 +57,9 @@ def json_numbers(value: Any) -> Any:
     JSON does not tell ``1.0`` from ``1``, and protobuf's ``Value`` carries every number as a
     double: hashing this form, a client that read an output through GetRun gets the digest the
     attestor signed."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
     if isinstance(value, float):
         return int(value) if value.is_integer() and abs(value) <= _EXACT else value
     if isinstance(value, Mapping):
@@ -49,25 +69,50 @@ def json_numbers(value: Any) -> Any:
     return value
 
 
-_dumps = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
-).encode
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+# The standard library's C encoder called directly: ``json.dumps`` with these options (sorted
+# keys, no whitespace, no NaN) without its per-call Python layers, which cost as much as the
+# encoding itself for the small values attestations hold.
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+if _c_make_encoder is not None:  # CPython: always
+    _c_encode = _c_make_encoder(
+        None, _not_json, json.encoder.encode_basestring, None, ":", ",", True, False, False
+    )
+
+    def _dumps(value: Any) -> str:
+        return "".join(_c_encode(value, 0))
+
+    _string: Callable[[str], str] = json.encoder.encode_basestring
+
+else:  # pragma: no cover - a Python without the _json accelerator
+    _encoder = json.JSONEncoder(
+        ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
+    )
+
+    def _dumps(value: Any) -> str:
+        return _encoder.encode(value)
+
+    _string = _dumps
 
 
 def canonical(value: Any) -> bytes:
     """``core.attest.canonical_json(value)``, byte for byte, at C speed when it can be.
 
-    The standard library's encoder writes the same bytes as the canonical form whenever its
-    output is ASCII (then no key can sort differently by UTF-16 code units, and no string holds
-    a lone surrogate): sorted keys, no whitespace, the same escapes, ``repr`` floats, exact
-    integers. Anything else — non-ASCII text, a type it cannot encode — goes the exact way."""
-    from foundry.kernel.core.attest import canonical_json  # a sibling pure module
-
+    The standard library's encoder writes the canonical form — sorted keys, no whitespace, the
+    same escapes, ``repr`` floats, exact integers — whenever no key can sort differently by
+    UTF-16 code units than by code points (no character beyond U+FFFF) and no string holds a
+    lone surrogate. Anything else — such text, a type it cannot encode — goes the exact way."""
     try:
-        text = _dumps(value)
+        text = _string(value) if type(value) is str else _dumps(value)
+        data = text.encode()  # a lone surrogate fails here
     except (TypeError, ValueError, RecursionError):
         return canonical_json(value)
-    return text.encode() if text.isascii() else canonical_json(value)
+    if len(data) == len(text) or max(text) < "\U00010000":
+        return data
+    return canonical_json(value)
 
 
 def json_digest(value: Any) -> str:
@@ -91,36 +136,87 @@ def subject_name(kind: str, claims: Mapping[str, Any]) -> str:
     return f"custom/{claims['label']}"
 
 
+# The canonical statement and envelope are spliced from these constant pieces around the parts
+# that vary (each encoded once): their keys are already in canonical (sorted) order —
+# "_type" < "predicate" < "predicateType" < "subject", "digest" < "name"; "payload" <
+# "payloadType" < "signatures", "keyid" < "sig". A test holds the result to byte equality with
+# ``core.attest``'s general path.
+_PREDICATE_TYPE_JSON = {kind: canonical(uri) for kind, uri in PREDICATE_TYPES.items()}
+_STATEMENT_HEAD = b'{"_type":' + canonical(STATEMENT_TYPE) + b',"predicate":'
+_PAE_HEAD = b"DSSEv1 %d %b " % (len(PAYLOAD_TYPE.encode()), PAYLOAD_TYPE.encode())
+_PAYLOAD_TYPE_TEXT = canonical(PAYLOAD_TYPE).decode()
+
+
+@functools.lru_cache(maxsize=16)
+def _json_string(text: str) -> str:
+    return canonical(text).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Unsigned:
+    """A statement ready to sign: its subject, canonical payload, the DSSE PAE bytes to sign and
+    its attestation digest (sha256 of the payload)."""
+
+    subject: dict[str, Any]
+    payload: bytes
+    pae: bytes
+    digest: str
+
+
+def unsigned(kind: str, claims: Mapping[str, Any]) -> Unsigned:
+    """The statement of a kind's claims (from the builders of ``core.attest``): the bytes
+    ``canonical_json(statement_for(kind, claims))`` makes, with the claims encoded once
+    (:func:`canonical`) and the rest spliced around them."""
+    claims_json = canonical(claims)
+    if kind == "artifact":
+        subject_digest = claims["sha256"]
+        if not is_sha256_hex(subject_digest):  # spliced in as it is: never trust it unchecked
+            raise AttestationError(f"sha256: must be sha256 hex, got {subject_digest!r}")
+    else:
+        subject_digest = hashlib.sha256(claims_json).hexdigest()
+    name = subject_name(kind, claims)
+    payload = b"".join((
+        _STATEMENT_HEAD, claims_json, b',"predicateType":', _PREDICATE_TYPE_JSON[kind],
+        b',"subject":[{"digest":{"sha256":"', subject_digest.encode(), b'"},"name":',
+        canonical(name), b"}]}",
+    ))  # fmt: skip
+    return Unsigned(
+        {"name": name, "digest": {"sha256": subject_digest}},
+        payload,
+        b"%b%d %b" % (_PAE_HEAD, len(payload), payload),
+        hashlib.sha256(payload).hexdigest(),
+    )
+
+
+def envelope_text(payload: bytes, keyid: str, signature: bytes) -> str:
+    """The DSSE envelope's canonical JSON (``envelope_json`` of ``envelope(…)``) of a payload
+    and its signature."""
+    return "".join((
+        '{"payload":"', base64.standard_b64encode(payload).decode("ascii"),
+        '","payloadType":', _PAYLOAD_TYPE_TEXT, ',"signatures":[{"keyid":',
+        _json_string(keyid), ',"sig":"', base64.standard_b64encode(signature).decode(),
+        '"}]}',
+    ))  # fmt: skip
+
+
 def signed_envelope(
     kind: str,
     claims: Mapping[str, Any],
     keyid: str,
     sign: Callable[[bytes], bytes],
 ) -> tuple[dict[str, Any], str, str]:
-    """``(statement, envelope JSON, attestation digest)`` of a kind's claims (from the builders
-    of ``core.attest``): the bytes ``envelope_json(envelope(statement_for(kind, claims), …))``
-    makes, with each canonical encoding done once and at C speed (:func:`canonical`). A test
-    holds the two to byte equality."""
-    from foundry.kernel.core.attest import PAYLOAD_TYPE, PREDICATE_TYPES, STATEMENT_TYPE, pae
-
-    if kind == "artifact":
-        subject_digest = str(claims["sha256"])
-    else:
-        subject_digest = hashlib.sha256(canonical(claims)).hexdigest()
-    statement = {
+    """``(statement, envelope JSON, attestation digest)`` of a kind's claims: the bytes
+    ``envelope_json(envelope(statement_for(kind, claims), …))`` makes (:func:`unsigned` signed,
+    :func:`envelope_text`). A test holds the two to byte equality."""
+    statement = unsigned(kind, claims)
+    text = envelope_text(statement.payload, keyid, sign(statement.pae))
+    built = {
         "_type": STATEMENT_TYPE,
-        "subject": [{"name": subject_name(kind, claims), "digest": {"sha256": subject_digest}}],
+        "subject": [statement.subject],
         "predicateType": PREDICATE_TYPES[kind],
         "predicate": dict(claims),
     }
-    payload = canonical(statement)
-    signature = sign(pae(PAYLOAD_TYPE, payload))
-    envelope = {
-        "payloadType": PAYLOAD_TYPE,
-        "payload": base64.standard_b64encode(payload).decode("ascii"),
-        "signatures": [{"keyid": keyid, "sig": base64.standard_b64encode(signature).decode()}],
-    }
-    return statement, canonical(envelope).decode(), hashlib.sha256(payload).hexdigest()
+    return built, text, statement.digest
 
 
 def run_attestation_id(run_id: str, seq: int) -> str:

@@ -4,6 +4,7 @@ alone (the same facts always make the same envelope)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from datetime import UTC, datetime
 
@@ -11,10 +12,18 @@ import pytest
 from foundry.kernel.actors.attestor import keys
 from foundry.kernel.actors.attestor.messages import Attest
 from foundry.kernel.actors.attestor.statements import Chain, Signer
-from foundry.kernel.core.attest import attestation_digest, key_id, verify_chain
-from foundry.kernel.core.attest_records import json_digest, run_attestation_id
+from foundry.kernel.core.attest import (
+    AttestationError,
+    attestation_digest,
+    canonical_json,
+    key_id,
+    verify_chain,
+)
+from foundry.kernel.core.attest_records import canonical, json_digest, run_attestation_id
 from foundry.kernel.core.runs import RunEventRecord
 from foundry.kernel.errors import ConfigError
+from hypothesis import given
+from hypothesis import strategies as st
 
 AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -128,3 +137,49 @@ def test_the_fast_envelope_matches_the_core_one_for_every_run_kind(tmp_path):
         core = envelope_json(envelope(statement_for(record.kind, record.claims), signer.keyid,
                                       pair.private.sign))  # fmt: skip
         assert record.envelope == core
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children,
+                                                                       max_size=4),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@given(JSON)
+def test_the_fast_canonical_encoding_is_the_core_one_byte_for_byte(value):
+    # st.text() draws characters beyond U+FFFF too: keys the two orders sort differently.
+    assert canonical(value) == canonical_json(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"\uffff": 1, "\U0001f600": 2, "a": 3}, ["\x00\x1f\x7f", '"\\'], {"ü": ["€", 1e-07, -0.0]}],
+)
+def test_the_fast_canonical_encoding_matches_on_the_hard_cases(value):
+    assert canonical(value) == canonical_json(value)
+
+
+@pytest.mark.parametrize("value", [math.nan, {"x": math.inf}, "\ud800", {"\udfff": 1}, {1, 2}])
+def test_the_fast_canonical_encoding_refuses_what_the_core_one_refuses(value):
+    with pytest.raises(AttestationError):
+        canonical(value)
+
+
+def test_a_step_with_an_awkward_id_still_makes_the_core_envelope(tmp_path):
+    from foundry.kernel.core.attest import envelope, envelope_json, statement_for
+
+    pair = keys.load_or_create(tmp_path)
+    signer = Signer(pair.private.sign, key_id(pair.public_raw), "1.0")
+    step_id = 'q"\\ü\U0001f600\x01'
+    leased = _event(1, "step_leased", step_id, attempt=1, inputs={"é": [1.0]}, seed=3, model="m")
+    usage = {"tokens_in": 1, "tokens_out": 2, "cost": 0.25}
+    done = _event(2, "step_completed", step_id, attempt=1, output={"\U0001f600": "x"}, usage=usage)
+    note = _event(3, "attested", step_id, kind="step", block="b", attestation_id="att_1", of=[1, 2])
+    record = signer.record(Attest(note, (leased, done)), Chain())
+    core = envelope_json(envelope(statement_for("step", record.claims), signer.keyid,
+                                  pair.private.sign))  # fmt: skip
+    assert record.envelope == core
+    assert record.subject["name"] == f"run/run_x/step/{step_id}/attempt/1"

@@ -3,9 +3,11 @@
 The scheduler and the gate actor send it notices (``messages.py``) once the facts are in the
 store's mailbox: a completed step (and its tool call and artifacts), a capability token granted
 to a tool step's attempt, a finished run, a gate decision, an eval result. The attestor takes
-what is waiting in one go, builds and signs those statements on a worker thread
-(``trio.to_thread.run_sync``: the trio thread never signs) and appends the records in one
-group commit — after their facts, which were queued in the store first. A run's step
+what is waiting in one go, builds those statements on the trio thread and signs them in one
+worker-thread call (``trio.to_thread.run_sync``: the trio thread never signs, and the worker
+holds the interpreter lock only between signatures, so the two run side by side; an artifact's
+statement, which reads its file, is built there too), and appends the records in one group
+commit — after their facts, which were queued in the store first. A run's step
 attestations are chained (``core/attest.py``): the attestor keeps each live run's chain head,
 and loads it from the store for a run it has not seen since it started.
 
@@ -30,7 +32,7 @@ from foundry.kernel.actors.attestor.messages import (
     AttestorMessage,
     GetAttestations,
 )
-from foundry.kernel.actors.attestor.statements import Chain, Signer
+from foundry.kernel.actors.attestor.statements import Chain, Draft, Signer
 from foundry.kernel.actors.mailbox import Pending, ask, post, refuse, take_batch
 from foundry.kernel.actors.store.messages import (
     Append,
@@ -117,23 +119,50 @@ class Attestor:
         for run_id in {n.attested.run_id for n in notices if isinstance(n, Attest)}:
             if run_id not in self._chains:
                 self._chains[run_id] = await self._stored_chain(run_id)
-        records = await trio.to_thread.run_sync(self._sign_all, notices)
+        jobs = self._draft_all(notices)
+        signed = await trio.to_thread.run_sync(self._sign_all, jobs)
+        records = self._finish_all(signed)
         if records:
             self._committed = await post(self._store, lambda r: Append(tuple(records), ack=r))
             self.signed += len(records)
 
-    def _sign_all(self, notices: list[Attest | AttestCustom]) -> list[AttestationRecord]:
-        """On a worker thread: build and sign each notice's statement, in order (the chain
-        heads are only touched here, while the trio side waits for this call)."""
-        records = []
+    def _draft_all(self, notices: list[Attest | AttestCustom]) -> list[Draft | Attest]:
+        """On the trio thread, in order: each notice's statement, unsigned — the chain heads
+        are only touched here. An artifact's notice is left for the worker thread: its draft
+        reads the file."""
+        jobs: list[Draft | Attest] = []
         for notice in notices:
+            if isinstance(notice, Attest) and notice.attested.payload.get("kind") == "artifact":
+                jobs.append(notice)
+                continue
             chain = self._chains.get(notice.attested.run_id) if isinstance(notice, Attest) else None
             try:
-                records.append(self._signer.record(notice, chain))
+                jobs.append(self._signer.draft(notice, chain))
             except Exception:
                 log.exception("could not attest %s", _describe(notice))
             if isinstance(notice, Attest) and notice.attested.payload.get("kind") == "run":
                 self._chains.pop(notice.attested.run_id, None)  # the run attestation closes it
+        return jobs
+
+    def _sign_all(self, jobs: list[Draft | Attest]) -> list[tuple[Draft, bytes]]:
+        """On a worker thread: sign each draft (Ed25519 releases the interpreter lock, so the
+        trio thread runs meanwhile), drafting an artifact's first."""
+        signed = []
+        for job in jobs:
+            try:
+                draft = job if isinstance(job, Draft) else self._signer.draft(job, Chain())
+                signed.append((draft, self._signer.sign(draft.statement.pae)))
+            except Exception:
+                log.exception("could not attest %s", _describe(job))
+        return signed
+
+    def _finish_all(self, signed: list[tuple[Draft, bytes]]) -> list[AttestationRecord]:
+        records = []
+        for draft, signature in signed:
+            try:
+                records.append(self._signer.finish(draft, signature))
+            except Exception:  # never expected: one record must not stop the actor
+                log.exception("could not attest %s", _describe(draft))
         return records
 
     async def _stored_chain(self, run_id: str) -> Chain:
@@ -204,6 +233,8 @@ class Attestor:
 
 
 def _describe(notice: Any) -> str:
+    if isinstance(notice, Draft):
+        return f"the {notice.kind} of run {notice.run_id or '-'} ({notice.attestation_id})"
     if isinstance(notice, AttestCustom):
         return f"{notice.label} {notice.record_id}"
     a = notice.attested

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,11 @@ from foundry.kernel.core.attest import (
 )
 from foundry.kernel.core.attest_records import (
     AttestationRecord,
+    Unsigned,
     custom_attestation_id,
+    envelope_text,
     json_digest,
-    signed_envelope,
+    unsigned,
 )
 from foundry.kernel.core.runs import RunEventRecord
 
@@ -52,55 +55,70 @@ class Chain:
     previous: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A notice's statement built, awaiting its signature (:meth:`Signer.draft`)."""
+
+    statement: Unsigned
+    kind: str
+    claims: dict[str, Any]
+    attestation_id: str
+    run_id: str
+    step_id: str
+    issued_at: datetime
+    seq: int
+    previous: str | None
+    artifact_hash: str | None
+
+
 @dataclass(frozen=True)
 class Signer:
+    """Builds and signs attestation records: :meth:`draft` builds a statement, ``sign`` signs
+    its PAE bytes, :meth:`finish` makes the record. The actor drafts and finishes on the trio
+    thread and signs on a worker thread, where Ed25519 releases the interpreter lock."""
+
     sign: Callable[[bytes], bytes]
     keyid: str
     daemon_version: str
 
     def record(self, notice: Attest | AttestCustom, chain: Chain | None) -> AttestationRecord:
         """The signed record of a notice; a step attestation advances ``chain``."""
+        draft = self.draft(notice, chain)
+        return self.finish(draft, self.sign(draft.statement.pae))
+
+    def draft(self, notice: Attest | AttestCustom, chain: Chain | None) -> Draft:
+        """The statement of a notice, unsigned; a step attestation advances ``chain``. An
+        artifact's draft reads (hashes) its file: build it off the trio thread."""
         if isinstance(notice, AttestCustom):
             claims = custom_claims(notice.label, notice.claims)
-            record, _ = self._signed(
-                "custom", claims, custom_attestation_id(notice.label, notice.record_id),
-                notice.run_id, "", notice.issued_at, 0, None, None,
+            return Draft(
+                unsigned("custom", claims), "custom", claims,
+                custom_attestation_id(notice.label, notice.record_id), notice.run_id, "",
+                notice.issued_at, 0, None, None,
             )  # fmt: skip
-            return record
         attested = notice.attested
         kind = attested.payload["kind"]
         assert chain is not None
         claims, artifact_hash, previous = _BUILDERS[kind](self, notice, chain)
-        record, digest = self._signed(
-            kind, claims, attested.payload["attestation_id"], attested.run_id, attested.step_id,
-            attested.occurred_at, attested.seq, previous, artifact_hash,
-        )  # fmt: skip
+        statement = unsigned(kind, claims)
         if kind == "step":
-            chain.index, chain.previous = chain.index + 1, digest
-        return record
-
-    def _signed(
-        self,
-        kind: str,
-        claims: dict[str, Any],
-        attestation_id: str,
-        run_id: str,
-        step_id: str,
-        issued_at: Any,
-        seq: int,
-        previous: str | None,
-        artifact_hash: str | None,
-    ) -> tuple[AttestationRecord, str]:
-        """The record and its attestation digest (its statement's canonical sha256)."""
-        stmt, env_json, digest = signed_envelope(kind, claims, self.keyid, self.sign)
-        subject = stmt["subject"][0]
-        record = AttestationRecord(
-            attestation_id=attestation_id, run_id=run_id, step_id=step_id, kind=kind,
-            subject=subject, predicate_type=PREDICATE_TYPES[kind], claims=claims,
-            artifact_hash=artifact_hash or subject["digest"]["sha256"],
-            envelope=env_json, previous=previous, created_at=issued_at, seq=seq,
+            chain.index, chain.previous = chain.index + 1, statement.digest
+        return Draft(
+            statement, kind, claims, attested.payload["attestation_id"], attested.run_id,
+            attested.step_id, attested.occurred_at, attested.seq, previous, artifact_hash,
         )  # fmt: skip
-        return record, digest
+
+    def finish(self, draft: Draft, signature: bytes) -> AttestationRecord:
+        """The record of a draft and its signature."""
+        statement = draft.statement
+        return AttestationRecord(
+            attestation_id=draft.attestation_id, run_id=draft.run_id, step_id=draft.step_id,
+            kind=draft.kind, subject=statement.subject,
+            predicate_type=PREDICATE_TYPES[draft.kind], claims=draft.claims,
+            artifact_hash=draft.artifact_hash or statement.subject["digest"]["sha256"],
+            envelope=envelope_text(statement.payload, self.keyid, signature),
+            previous=draft.previous, created_at=draft.issued_at, seq=draft.seq,
+        )  # fmt: skip
 
 
 Built = tuple[dict[str, Any], str | None, str | None]  # claims, artifact hash, previous
@@ -185,4 +203,4 @@ _BUILDERS: dict[str, Callable[[Signer, Attest, Chain], Built]] = {
 }
 
 
-__all__ = ["Chain", "Signer", "json_digest", "run_outputs", "sha256_hex"]
+__all__ = ["Chain", "Draft", "Signer", "json_digest", "run_outputs", "sha256_hex"]
