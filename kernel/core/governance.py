@@ -53,12 +53,19 @@ def _frozen(value: Any) -> Any:
     return value
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def thawed(value: Any) -> Any:
     """The plain JSON form of a (frozen) JSON value: dicts and lists."""
+    # Scalars, most values, skip the abstract-class checks: every attestation row and gate
+    # decision the store writes passes through here.
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, Mapping):
-        return {k: thawed(v) for k, v in value.items()}
+        return {k: v if type(v) in _SCALARS else thawed(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [thawed(v) for v in value]
+        return [v if type(v) in _SCALARS else thawed(v) for v in value]
     return value
 
 
