@@ -13,9 +13,8 @@ OTLP/HTTP receiver) and off, measured in the same run, interleaved; target ≤ 1
 
 The receiver is a process of its own (``python -m bench.otel_overhead receiver``): it decodes
 each ``ExportTraceServiceRequest`` and counts the spans, as a collector would. It stands in for a
-collector on another machine, so it runs at the lowest CPU priority: on this 2-core machine it
-should not take the measured daemon's CPU (the exporter process, which is the product's, keeps
-its own priority).
+collector on another machine, so it runs at the lowest CPU priority, as the exporter process does
+(``SCHED_IDLE``): on this 2-core machine it should not take the measured daemon's CPU.
 """
 
 from __future__ import annotations
@@ -62,12 +61,13 @@ EXPORTER = "foundry.kernel.edge.otel"  # the exporter process's module, in its c
 def serve_receiver() -> None:
     """An OTLP/HTTP trace receiver on 127.0.0.1:0: prints its URL, counts spans, and answers
     ``GET /count`` with ``{"spans": N, "requests": M}``."""
+    from foundry.kernel.edge.otel import lowest_priority
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
         ExportTraceServiceResponse,
     )
 
-    os.nice(19)  # a collector elsewhere, not a competitor of the daemon measured here
+    lowest_priority()  # a collector elsewhere, not a competitor of the daemon measured here
     counts = {"spans": 0, "requests": 0}
     empty = ExportTraceServiceResponse().SerializeToString()
 

@@ -8,15 +8,22 @@ End to end (a daemon, a receiver): tests/e2e/test_otel_export.py.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
+import random
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import trio
+from foundry.kernel.actors.telemetry.actor import PIPE_BYTES, _widen
 from foundry.kernel.actors.telemetry.messages import (
+    CHAIN_FIELDS,
     ChainEnded,
     RunEnded,
     SpanEnded,
@@ -27,8 +34,9 @@ from foundry.kernel.actors.telemetry.messages import (
     frame,
     read_frames,
     span_record,
+    span_records,
 )
-from foundry.kernel.actors.telemetry.spans import records_of, unix_ns
+from foundry.kernel.actors.telemetry.spans import records_of, unix_ns, wire_items
 from foundry.kernel.config import Config
 from foundry.kernel.core.records import Event, ExecutionRecord
 from foundry.kernel.core.throttle import Throttle
@@ -252,6 +260,57 @@ def test_frames_carry_span_records_and_stop_at_a_cut_frame():
     records = [span_record(s) for s in spans_of(chain())]
     stream = io.BytesIO(frame(records) + frame(records[:1]) + frame(records)[:-3])
     assert list(read_frames(stream)) == [records, records[:1]]
+
+
+def test_a_chain_goes_as_one_record_of_fields_and_the_exporter_makes_its_spans():
+    """The trio thread writes a chain as one chain record (no names, no attribute lists); read
+    back in the exporter process, it is the same spans, next to plain span records."""
+    step = next(spans_of(attempt()))
+    items = [*wire_items(chain()), *wire_items(step)]
+    assert len(items) == 2
+    assert len(items[0]) == CHAIN_FIELDS
+    assert all(type(v) in (str, int, float, bool) for e in items[0][0] for v in e)  # plain fields
+    [read] = read_frames(io.BytesIO(frame(items)))
+    assert list(span_records(read)) == [*records_of(chain()), span_record(step)]
+
+
+def test_times_go_as_float_seconds_and_come_back_exact_to_the_microsecond():
+    rng = random.Random(14)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    moments = [T0, epoch, datetime(2105, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)]
+    moments += [epoch + timedelta(microseconds=rng.randrange(4 * 10**15)) for _ in range(20_000)]
+    for moment in moments:
+        root = replace(event(ROOT, CALLER, "t"), occurred_at=moment)
+        ended = ChainEnded((root,), (), False, "completed", "", moment)
+        [record] = records_of(ended)
+        assert record[5] == record[6] == unix_ns(moment), moment
+
+
+def test_the_exporter_runs_at_the_lowest_cpu_priority():
+    """``SCHED_IDLE`` where there is one: a daemon thread that wakes takes the CPU at once."""
+    code = (
+        "import os; from foundry.kernel.edge.otel import lowest_priority; lowest_priority(); "
+        "print(os.sched_getscheduler(0) == os.SCHED_IDLE, os.getpriority(os.PRIO_PROCESS, 0))"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, timeout=60)  # fmt: skip
+    assert found.stdout.split() == ["True", "19"]
+
+
+async def test_the_exporters_pipe_takes_a_frame_in_one_write():
+    process = await trio.lowlevel.open_process(["cat"], stdin=subprocess.PIPE,
+                                               stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert process.stdin is not None
+        _widen(process.stdin)
+        assert isinstance(process.stdin, trio.lowlevel.FdStream)
+        size = fcntl.fcntl(process.stdin.fileno(), fcntl.F_GETPIPE_SZ)
+        assert size == PIPE_BYTES
+        await process.stdin.aclose()
+    finally:
+        with trio.CancelScope(shield=True):
+            process.kill()
+            await process.wait()
 
 
 def encoded(*messages: TelemetryMessage, service: str = "foundry") -> ExportTraceServiceRequest:

@@ -14,6 +14,8 @@ the exporter's stdin closes; it flushes for up to ``FLUSH_SECONDS`` and exits (o
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import subprocess
@@ -21,8 +23,8 @@ import sys
 
 import trio
 from foundry.kernel.actors.mailbox import take_batch
-from foundry.kernel.actors.telemetry.messages import SpanRecord, TelemetryMessage, frame
-from foundry.kernel.actors.telemetry.spans import records_of
+from foundry.kernel.actors.telemetry.messages import TelemetryMessage, WireItem, frame
+from foundry.kernel.actors.telemetry.spans import wire_items
 from foundry.kernel.config import OtelConfig
 
 log = logging.getLogger("foundry.telemetry")
@@ -33,6 +35,7 @@ FLUSH_SECONDS = 2.0  # the exporter's (kernel/edge/otel.py)
 EXIT_SECONDS = FLUSH_SECONDS + 3.0  # then it is killed
 MAILBOX_BATCH = 512  # messages per frame at most
 GATHER_SECONDS = 0.05  # how long the first message of a frame waits for others
+PIPE_BYTES = 1 << 20  # the exporter's stdin: a frame goes in one write (Linux's default maximum)
 
 
 class Telemetry:
@@ -40,7 +43,7 @@ class Telemetry:
         self, inbox: trio.MemoryReceiveChannel[TelemetryMessage], config: OtelConfig
     ) -> None:
         self._inbox, self._config = inbox, config
-        self.written = 0  # span records handed to the exporter
+        self.written = 0  # span and chain records handed to the exporter
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         process = await trio.lowlevel.open_process(
@@ -51,6 +54,7 @@ class Telemetry:
         )
         assert process.stdin is not None
         assert process.stdout is not None
+        _widen(process.stdin)
         log.info("exporting spans to %s (%s)", self._config.endpoint, self._config.protocol)
         task_status.started()
         try:
@@ -72,18 +76,18 @@ class Telemetry:
             # this task, for many chains (the exporter batches for seconds anyway).
             await trio.sleep(GATHER_SECONDS)
             batch += _waiting(self._inbox, MAILBOX_BATCH)
-            records = _records(batch)
+            items = _items(batch)
             del batch
-            if not records:
+            if not items:
                 continue
             try:
-                await exporter.send_all(frame(records))
+                await exporter.send_all(frame(items))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 log.error("the OpenTelemetry exporter stopped: spans are no longer exported")
                 async for _ in self._inbox:
                     pass  # senders never wait on us, exporter or not
                 return
-            self.written += len(records)
+            self.written += len(items)
 
 
 def _waiting(
@@ -98,14 +102,22 @@ def _waiting(
     return found
 
 
-def _records(batch: list[TelemetryMessage]) -> list[SpanRecord]:
-    records: list[SpanRecord] = []
+def _items(batch: list[TelemetryMessage]) -> list[WireItem]:
+    items: list[WireItem] = []
     for message in batch:
         try:
-            records.extend(records_of(message))
+            items.extend(wire_items(message))
         except Exception:  # a bug in one span must not stop the export of the others
             log.exception("could not make spans of a %s", type(message).__name__)
-    return records
+    return items
+
+
+def _widen(pipe: trio.abc.SendStream) -> None:
+    """A pipe of ``PIPE_BYTES``: a frame is one write, not a write per 64 KiB and a wait for
+    the exporter (at the lowest priority) to read each."""
+    if isinstance(pipe, trio.lowlevel.FdStream):
+        with contextlib.suppress(AttributeError, OSError):  # not Linux, or a lower limit
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 async def _relay_log(stream: trio.abc.ReceiveStream) -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import marshal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import trio
 from foundry.kernel.core.records import Event, ExecutionRecord
@@ -92,15 +92,30 @@ class RunEnded:
 TelemetryMessage = SpanEnded | ChainEnded | StepAttemptEnded | RunEnded
 
 # --- the exporter process's input (kernel/edge/otel.py) -------------------------------------------
-# Frames on its stdin: a 4-byte big-endian length, then a ``marshal``-ed list of span records —
-# plain tuples, as cheap to make and write as anything (the same interpreter reads them). A
-# record's attributes are two tuples, names and values: spans of one kind share one tuple of
-# names, which ``marshal`` writes once a frame.
+# Frames on its stdin: a 4-byte big-endian length, then a ``marshal``-ed list of items (plain
+# tuples, as cheap to make and write as anything; the same interpreter reads them). An item is a
+# span record (11 fields) or a chain record (6): a chain's fields as they are at hand — no span
+# names, no attribute lists, times as POSIX seconds — which the exporter process turns into the
+# chain's spans (``chain_spans``). A chain is most of what is exported, and this keeps the work
+# its spans cost on the daemon's trio thread to reading its fields.
 
 SpanRecord = tuple[
     str, str, str, str, str, int, int, bool, str, tuple[str, ...], tuple[AttributeValue, ...]
 ]  # trace id, span id, parent span id, name, kind, start, end, ok, error, names, values
+EventFields = tuple[str, str, str, str, str, int, str, bool, str, str, str, float]
+# id, type, project, throttle, workflow id, depth, emitted by, throttled, trace id, span id,
+# parent span id, occurred at
+ExecutionFields = tuple[
+    str, str, int, bool, bool, str, bool, int, int, str, float, float, str, str, str, str, str, str
+]  # fmt: skip
+# block, state, attempts, throttled, success, error, ran a command, exit code, emitted events,
+# span id, started, completed; its trigger's id, type, throttle, trace id, span id; workflow id
+ChainRecord = tuple[tuple[EventFields, ...], tuple[ExecutionFields, ...], bool, str, str, float]
+# events (the root first), executions, is a workflow, state, error, completed at
+WireItem = SpanRecord | ChainRecord
 FRAME_HEADER = 4
+CHAIN_FIELDS = 6
+ERROR_CHARS = 1_024  # of an error text a span's status carries
 
 
 def span_record(span: SpanEnded) -> SpanRecord:
@@ -113,20 +128,134 @@ def span_record(span: SpanEnded) -> SpanRecord:
     )  # fmt: skip
 
 
-def frame(records: list[SpanRecord]) -> bytes:
-    data = marshal.dumps(records)
+def chain_record(chain: ChainEnded) -> ChainRecord:
+    """A finished chain as the exporter process reads it (made on the trio thread: fields only)."""
+    return (
+        tuple(map(_event_fields, chain.events)), tuple(map(_execution_fields, chain.executions)),
+        chain.is_workflow, chain.state, chain.error[:ERROR_CHARS], chain.completed_at.timestamp(),
+    )  # fmt: skip
+
+
+def _event_fields(e: Event) -> EventFields:
+    # ``_value_``: the throttle's text without ``.value``'s descriptor (a StrEnum is no str to
+    # marshal); ``timestamp()`` is exact to the microsecond once rounded (``_ns``).
+    return (
+        e.id, e.event_type, e.project, e.throttle._value_, e.workflow_id, e.depth, e.emitted_by,
+        e.throttled, e.trace_id, e.span_id, e.parent_span_id, e.occurred_at.timestamp(),
+    )  # fmt: skip
+
+
+def _execution_fields(x: ExecutionRecord) -> ExecutionFields:
+    trigger = x.trigger
+    return (
+        x.block_name, x.state, x.attempts, x.throttled, x.success,
+        "" if x.success else x.summary[:ERROR_CHARS], x.ran_command, x.exit_code, len(x.emitted),
+        x.span_id, x.started_at.timestamp(), x.completed_at.timestamp(), trigger.id,
+        trigger.event_type, trigger.throttle._value_, trigger.trace_id, trigger.span_id,
+        x.workflow_id,
+    )  # fmt: skip
+
+
+# The attributes of a chain's spans, by kind: one tuple of names each, shared by all its spans.
+WORKFLOW_ATTRIBUTES = (
+    "foundry.workflow.id", "foundry.workflow.type", "foundry.workflow.state", "foundry.project",
+    "foundry.throttle", "foundry.workflow.events", "foundry.workflow.block_executions",
+)  # fmt: skip
+EVENT_ATTRIBUTES = (
+    "foundry.event.id", "foundry.event.type", "foundry.project", "foundry.throttle",
+    "foundry.workflow.id", "foundry.event.depth",
+)  # fmt: skip
+EMITTED_ATTRIBUTES = (*EVENT_ATTRIBUTES, "foundry.event.emitted_by", "foundry.event.throttled")
+EXECUTION_ATTRIBUTES = (
+    "foundry.block.name", "foundry.block.state", "foundry.block.attempts",
+    "foundry.block.throttled", "foundry.throttle", "foundry.event.id", "foundry.event.type",
+    "foundry.workflow.id", "foundry.block.emitted",
+)  # fmt: skip
+COMMAND_ATTRIBUTES = (*EXECUTION_ATTRIBUTES, "foundry.block.exit_code")
+
+
+def span_records(items: Iterable[WireItem]) -> Iterator[SpanRecord]:
+    """The spans of a frame's items (the exporter process's side)."""
+    for item in items:
+        if len(item) == CHAIN_FIELDS:
+            yield from chain_spans(cast(ChainRecord, item))
+        else:
+            yield cast(SpanRecord, item)
+
+
+def chain_spans(chain: ChainRecord) -> Iterator[SpanRecord]:
+    """The spans of a finished chain: its workflow (or, for an event no block sinks, that event),
+    then every other event and every block execution (README, *OpenTelemetry export*)."""
+    events, executions, is_workflow, *_ = chain
+    root, *emitted = events
+    yield _workflow_span(root, chain) if is_workflow else _event_span(root)
+    yield from map(_event_span, emitted)
+    yield from map(_execution_span, executions)
+
+
+def _ns(seconds: float) -> int:
+    """Nanoseconds since the epoch of POSIX seconds made of a microsecond clock: rounding to
+    the microsecond undoes the float's error (under 0.5 µs until 2106, 2**32 seconds)."""
+    return round(seconds * 1e6) * 1_000
+
+
+def _workflow_span(root: EventFields, chain: ChainRecord) -> SpanRecord:
+    events, executions, _, state, error, completed = chain
+    failed = state == "failed"
+    values = (root[0], root[1], state, root[2], root[3], len(events), len(executions))
+    return (
+        root[8], root[9], root[10], f"workflow {root[1]}", "internal", _ns(root[11]),
+        _ns(completed), not failed, error if failed else "", WORKFLOW_ATTRIBUTES, values,
+    )  # fmt: skip
+
+
+def _event_span(event: EventFields) -> SpanRecord:
+    """An event: a point in time, child of the block execution that emitted it."""
+    (id_, type_, project, throttle, workflow, depth, emitted_by, throttled, trace_id, span_id,
+     parent_span_id, occurred) = event  # fmt: skip
+    at = _ns(occurred)
+    values: tuple[AttributeValue, ...] = (id_, type_, project, throttle, workflow, depth)
+    names: tuple[str, ...] = EVENT_ATTRIBUTES
+    if emitted_by:
+        names, values = EMITTED_ATTRIBUTES, (*values, emitted_by, throttled)
+    return (
+        trace_id, span_id, parent_span_id, f"event {type_}", "internal", at, at, True, "",
+        names, values,
+    )  # fmt: skip
+
+
+def _execution_span(execution: ExecutionFields) -> SpanRecord:
+    """A block's execution on one event, all its attempts; child of the trigger's span. The exit
+    code is there when the block ran a command (as the trace file's is not null)."""
+    (name, state, attempts, throttled, success, error, ran_command, exit_code, emitted, span_id,
+     started, completed, trigger_id, trigger_type, throttle, trace_id, trigger_span,
+     workflow) = execution  # fmt: skip
+    values: tuple[AttributeValue, ...] = (
+        name, state, attempts, throttled, throttle, trigger_id, trigger_type, workflow, emitted,
+    )  # fmt: skip
+    names: tuple[str, ...] = EXECUTION_ATTRIBUTES
+    if ran_command:
+        names, values = COMMAND_ATTRIBUTES, (*values, exit_code)
+    return (
+        trace_id, span_id, trigger_span, f"block {name}", "internal", _ns(started),
+        _ns(completed), success, error, names, values,
+    )  # fmt: skip
+
+
+def frame(items: list[WireItem]) -> bytes:
+    data = marshal.dumps(items)
     return len(data).to_bytes(FRAME_HEADER, "big") + data
 
 
-def read_frames(stream: BinaryIO) -> Iterator[list[SpanRecord]]:
-    """The span records a blocking stream carries, a frame at a time, until it ends."""
+def read_frames(stream: BinaryIO) -> Iterator[list[WireItem]]:
+    """The items a blocking stream carries, a frame at a time, until it ends."""
     while len(header := stream.read(FRAME_HEADER)) == FRAME_HEADER:
         size = int.from_bytes(header, "big")
         data = stream.read(size)
         if len(data) != size:
             return  # cut short: the daemon died while writing it
-        records: list[SpanRecord] = marshal.loads(data)
-        yield records
+        items: list[WireItem] = marshal.loads(data)
+        yield items
 
 
 class SpanOutbox:

@@ -2,12 +2,12 @@
 
 A chain is one trace (``core.tracecontext``): the workflow span is the root event's span (from
 the root's occurrence to the chain's end), each event a span (zero length, child of the block
-execution that emitted it), each block execution a span (child of its trigger event's span). A
-FleetForge run is a trace: its span, and a span per step attempt under it. ``llm`` step attempts
-carry the OpenTelemetry GenAI semantic conventions.
+execution that emitted it), each block execution a span (child of its trigger event's span); the
+exporter process makes them of a chain record (``messages.chain_spans``). A FleetForge run is a
+trace: its span, and a span per step attempt under it. ``llm`` step attempts carry the
+OpenTelemetry GenAI semantic conventions.
 
-Attribute names: ``foundry.*`` for ours, ``gen_ai.*`` as the conventions spell them. (A
-throttle's text is ``str(throttle)``: a third of the cost of ``.value``, per span.)
+Attribute names: ``foundry.*`` for ours, ``gen_ai.*`` as the conventions spell them.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from foundry.kernel.actors.telemetry.messages import (
+    ERROR_CHARS,
     AttributeValue,
     ChainEnded,
     RunEnded,
@@ -24,95 +25,21 @@ from foundry.kernel.actors.telemetry.messages import (
     SpanRecord,
     StepAttemptEnded,
     TelemetryMessage,
+    WireItem,
+    chain_record,
+    chain_spans,
     span_record,
 )
-from foundry.kernel.core.records import Event, ExecutionRecord, storable
+from foundry.kernel.core.records import storable
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-ERROR_CHARS = 1_024  # of an error text a span's status carries
 LLM_STEP = "llm"
 
 
 def unix_ns(moment: datetime) -> int:
     """Nanoseconds since the Unix epoch of an aware datetime (exact to the microsecond)."""
     return (moment - EPOCH) // _MICROSECOND * 1_000
-
-
-# The attributes of a chain's spans, by kind: one tuple of names each, shared by all its spans.
-WORKFLOW_ATTRIBUTES = (
-    "foundry.workflow.id", "foundry.workflow.type", "foundry.workflow.state", "foundry.project",
-    "foundry.throttle", "foundry.workflow.events", "foundry.workflow.block_executions",
-)  # fmt: skip
-EVENT_ATTRIBUTES = (
-    "foundry.event.id", "foundry.event.type", "foundry.project", "foundry.throttle",
-    "foundry.workflow.id", "foundry.event.depth",
-)  # fmt: skip
-EMITTED_ATTRIBUTES = (*EVENT_ATTRIBUTES, "foundry.event.emitted_by", "foundry.event.throttled")
-EXECUTION_ATTRIBUTES = (
-    "foundry.block.name", "foundry.block.state", "foundry.block.attempts",
-    "foundry.block.throttled", "foundry.throttle", "foundry.event.id", "foundry.event.type",
-    "foundry.workflow.id", "foundry.block.emitted",
-)  # fmt: skip
-COMMAND_ATTRIBUTES = (*EXECUTION_ATTRIBUTES, "foundry.block.exit_code")
-
-
-def chain_records(chain: ChainEnded) -> Iterator[SpanRecord]:
-    """The spans of a finished chain: its workflow (or, for an event no block sinks, that
-    event), then every other event and every block execution. Made straight into records (no
-    ``SpanEnded`` between): a chain's spans are most of what is exported, on the trio thread."""
-    root, *emitted = chain.events
-    yield workflow_record(root, chain) if chain.is_workflow else event_record(root)
-    yield from map(event_record, emitted)
-    yield from map(execution_record, chain.executions)
-
-
-def workflow_record(root: Event, chain: ChainEnded) -> SpanRecord:
-    failed = chain.state == "failed"
-    values = (
-        root.id, root.event_type, chain.state, root.project, str(root.throttle),
-        len(chain.events), len(chain.executions),
-    )  # fmt: skip
-    return (
-        root.trace_id, root.span_id, root.parent_span_id, f"workflow {root.event_type}",
-        "internal", unix_ns(root.occurred_at), unix_ns(chain.completed_at), not failed,
-        chain.error[:ERROR_CHARS] if failed else "", WORKFLOW_ATTRIBUTES, values,
-    )  # fmt: skip
-
-
-def event_record(event: Event) -> SpanRecord:
-    """An event: a point in time, child of the block execution that emitted it."""
-    at = unix_ns(event.occurred_at)
-    values: tuple[AttributeValue, ...] = (
-        event.id, event.event_type, event.project, str(event.throttle), event.workflow_id,
-        event.depth,
-    )  # fmt: skip
-    names: tuple[str, ...] = EVENT_ATTRIBUTES
-    if event.emitted_by:
-        names, values = EMITTED_ATTRIBUTES, (*values, event.emitted_by, event.throttled)
-    return (
-        event.trace_id, event.span_id, event.parent_span_id, f"event {event.event_type}",
-        "internal", at, at, True, "", names, values,
-    )  # fmt: skip
-
-
-def execution_record(record: ExecutionRecord) -> SpanRecord:
-    """A block's execution on one event, all its attempts; child of the trigger's span. The
-    exit code is there when the block ran a command (as the trace file's is not null)."""
-    trigger = record.trigger
-    values: tuple[AttributeValue, ...] = (
-        record.block_name, record.state, record.attempts, record.throttled,
-        str(trigger.throttle), trigger.id, trigger.event_type, record.workflow_id,
-        len(record.emitted),
-    )  # fmt: skip
-    names: tuple[str, ...] = EXECUTION_ATTRIBUTES
-    if record.ran_command:
-        names, values = COMMAND_ATTRIBUTES, (*values, record.exit_code)
-    return (
-        trigger.trace_id, record.span_id, trigger.span_id, f"block {record.block_name}",
-        "internal", unix_ns(record.started_at), unix_ns(record.completed_at), record.success,
-        "" if record.success else record.summary[:ERROR_CHARS], names, values,
-    )  # fmt: skip
 
 
 def run_span(run: RunEnded) -> SpanEnded:
@@ -196,10 +123,19 @@ def genai_attributes(
     return found
 
 
-def records_of(message: TelemetryMessage) -> Iterator[SpanRecord]:
-    """Whatever a sender told the actor, as span records for the exporter process."""
+def wire_items(message: TelemetryMessage) -> Iterator[WireItem]:
+    """What the actor writes of a message for the exporter process: a chain as one chain record
+    (the exporter makes its spans), any other span as its record."""
     if isinstance(message, ChainEnded):
-        yield from chain_records(message)
+        yield chain_record(message)
+    else:
+        yield from records_of(message)
+
+
+def records_of(message: TelemetryMessage) -> Iterator[SpanRecord]:
+    """Whatever a sender told the actor, as the span records the exporter process exports."""
+    if isinstance(message, ChainEnded):
+        yield from chain_spans(chain_record(message))
     elif isinstance(message, SpanEnded):
         yield span_record(message)
     elif isinstance(message, StepAttemptEnded):
