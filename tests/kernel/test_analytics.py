@@ -3,6 +3,8 @@
 saved question on known data committed through the store's own Append."""
 
 import json
+import os
+import threading
 import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -173,6 +175,18 @@ async def test_a_query_past_its_time_limit_is_interrupted(tmp_path):
         assert time.monotonic() - started < 3
         for _ in range(3):  # the cursor was replaced: every user cursor still works
             assert await rows(store, "SELECT 42") == [[42]]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+async def test_analysts_queries_run_on_threads_at_the_lowest_cpu_priority(tmp_path):
+    async with running_store(tmp_path) as store:
+        assert await rows(store, "SELECT 42") == [[42]]
+        threads = [t for t in threading.enumerate() if t.name.startswith("foundry-query-")]
+        assert len(threads) == 2
+        for thread in threads:
+            assert os.sched_getscheduler(thread.native_id) == os.SCHED_IDLE
+        assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the rest of the process is not
+    assert not any(t.name.startswith("foundry-query-") for t in threading.enumerate())
 
 
 async def test_the_row_limit_truncates(tmp_path):

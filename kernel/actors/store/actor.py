@@ -152,6 +152,12 @@ class Store:
         self._readers = trio.CapacityLimiter(READERS)
         self._user_cursors: list[duckdb.DuckDBPyConnection] = []
         self._user_readers = trio.CapacityLimiter(USER_READERS)
+        # Analysts' queries run on threads of their own at the lowest CPU priority: a heavy one
+        # takes only the CPU that commits, Emits and the loop leave (DuckDB runs a query on the
+        # calling thread, and on others only where it has more than one, on larger machines).
+        self._user_threads = [
+            WriterThread(f"foundry-query-{i}", idle_priority=True) for i in range(USER_READERS)
+        ]
         self._appenders: dict[str, Any] = {}  # by table
         self._db_applied = 0  # the high-water mark DuckDB holds (worker thread's view)
         self._archivist = Archivist()
@@ -183,6 +189,8 @@ class Store:
     ) -> None:
         recovered = await trio.to_thread.run_sync(self._open)
         self._writer.start()
+        for thread in self._user_threads:
+            thread.start()
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._archivist.run)
@@ -492,7 +500,7 @@ class Store:
         try:
             await self._caught_up()
             async with self._user_readers:
-                cursor = self._user_cursors.pop()
+                cursor, thread = self._user_cursors.pop(), self._user_threads.pop()
                 expired = False
                 timer = trio.CancelScope()
 
@@ -506,7 +514,7 @@ class Store:
                 assert self._queries is not None
                 self._queries.start_soon(expire)
                 try:
-                    result = await trio.to_thread.run_sync(self._run_user_query, cursor, message)
+                    result = await thread.run(lambda: self._run_user_query(cursor, message))
                 except duckdb.InterruptException:
                     if not expired:
                         raise
@@ -515,6 +523,7 @@ class Store:
                     ) from None
                 finally:
                     timer.cancel()
+                    self._user_threads.append(thread)
         except Exception as exc:
             if isinstance(exc, duckdb.Error):
                 log.exception("an analytics query failed")
@@ -565,6 +574,8 @@ class Store:
 
     def _close(self) -> None:
         self._writer.stop()
+        for thread in self._user_threads:
+            thread.stop()
         self._journal.close()
         for cursor in [*self._cursors, *self._user_cursors]:
             cursor.close()

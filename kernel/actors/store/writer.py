@@ -8,6 +8,8 @@ call per group commit, on the path of every acknowledgement.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -22,9 +24,13 @@ _Job = tuple[Callable[[], Any], Callable[[outcome.Outcome[Any]], None]] | None
 
 
 class WriterThread:
-    def __init__(self, name: str) -> None:
+    """``idle_priority``: the thread runs only when a core would otherwise be idle (analysts'
+    queries: the daemon's loop, its journal and its clients come first on a busy machine)."""
+
+    def __init__(self, name: str, *, idle_priority: bool = False) -> None:
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._idle_priority = idle_priority
 
     def start(self) -> None:
         self._thread.start()
@@ -49,7 +55,19 @@ class WriterThread:
         return result
 
     def _serve(self) -> None:
+        if self._idle_priority:
+            lowest_thread_priority()
         while (job := self._jobs.get()) is not None:
             work, finished = job
             finished(outcome.capture(work))
             del job, work, finished  # a write's records are not held until the next one comes
+
+
+def lowest_thread_priority() -> None:
+    """The calling thread at ``SCHED_IDLE`` (Linux: per thread), else at nice 19 where that works;
+    unchanged elsewhere."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
