@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from grpclib import GRPCError
+from hypothesis import strategies as st
 
 if TYPE_CHECKING:
     from tests.daemon import Daemon
@@ -55,3 +56,13 @@ def grpc_error(daemon: Daemon, fn: Callable[[Any, Any], Any]) -> GRPCError:
         raise AssertionError("the call succeeded; expected a gRPC error")
 
     return daemon.call(go)
+
+
+# Any JSON value (finite numbers), small: for property tests of JSON encodings.
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children,
+                                                                       max_size=4),
+    max_leaves=20,
+)  # fmt: skip

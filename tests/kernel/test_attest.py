@@ -53,6 +53,8 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import SSlibKey
 
+from tests.helpers import JSON
+
 H = {c: c * 64 for c in "0123456789abcdef"}  # sha256-hex-shaped values
 
 
@@ -207,15 +209,6 @@ def test_attestation_error_is_invalid_argument_and_value_error():
         canonical_json(math.nan)
     with pytest.raises(ValueError, match="finite"):
         canonical_json(math.nan)
-
-
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children,
-                                                                       max_size=4),
-    max_leaves=20,
-)  # fmt: skip
 
 
 @given(JSON)

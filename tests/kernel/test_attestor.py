@@ -23,7 +23,8 @@ from foundry.kernel.core.attest_records import canonical, json_digest, run_attes
 from foundry.kernel.core.runs import RunEventRecord
 from foundry.kernel.errors import ConfigError
 from hypothesis import given
-from hypothesis import strategies as st
+
+from tests.helpers import JSON
 
 AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -137,15 +138,6 @@ def test_the_fast_envelope_matches_the_core_one_for_every_run_kind(tmp_path):
         core = envelope_json(envelope(statement_for(record.kind, record.claims), signer.keyid,
                                       pair.private.sign))  # fmt: skip
         assert record.envelope == core
-
-
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children,
-                                                                       max_size=4),
-    max_leaves=20,
-)  # fmt: skip
 
 
 @given(JSON)
