@@ -411,9 +411,13 @@ class Store:
             self._release = None
             # DuckDB holds a large write's text in memory until its next checkpoint (its WAL
             # threshold may be far off): checkpoint now, so its allocator can hand it back too
-            await self._caught_up()
-            async with self._database:
-                await trio.to_thread.run_sync(self._checkpoint)
+            try:
+                await self._caught_up()
+            except Unavailable:  # DuckDB is failing (the materializer logs why): no checkpoint
+                pass
+            else:
+                async with self._database:
+                    await trio.to_thread.run_sync(self._checkpoint)
             await trio.to_thread.run_sync(release_free_heap)
 
     # --- retention (retention.py): stage on a read cursor, prune in the commit sequence -----
