@@ -170,7 +170,8 @@ def cut_trailing_records(home: Path, only_table: str) -> list[Recovered]:
     data = last.read_bytes()
     records: list[tuple[int, Recovered]] = []  # each record's offset, and the record
     offset = SEGMENT_HEADER.size
-    while offset < len(data):
+    # the records end where the zeros written ahead begin (no header is all zeros)
+    while offset < len(data) and any(data[offset : offset + RECORD_HEADER.size]):
         length, _, seq = RECORD_HEADER.unpack_from(data, offset)
         start = offset + RECORD_HEADER.size
         records.append((offset, Recovered(seq, decode(data[start : start + length]))))
@@ -182,6 +183,15 @@ def cut_trailing_records(home: Path, only_table: str) -> list[Recovered]:
         with last.open("r+b") as file:
             file.truncate(records[cut][0])
     return [record for _, record in records[cut:]]
+
+
+def records_end(path: Path) -> int:
+    """Where a segment's records end: the zeros written ahead of the appends begin there."""
+    data = path.read_bytes()
+    offset = SEGMENT_HEADER.size
+    while offset < len(data) and any(data[offset : offset + RECORD_HEADER.size]):
+        offset += RECORD_HEADER.size + RECORD_HEADER.unpack_from(data, offset)[0]
+    return offset
 
 
 def journal_holds(home: Path, text: str) -> bool:

@@ -33,6 +33,7 @@ from tests.e2e.journal_helpers import (
     journal_holds,
     journaled,
     lagging_records,
+    records_end,
     refused_start,
     segments,
     sql,
@@ -268,7 +269,8 @@ def test_a_torn_tail_record_is_dropped_with_a_warning(group_daemons, tmp_path, t
     before = _emit_facts(daemon, 5, "torn")
     daemon.kill()
     last = segments(daemon.home)[-1]
-    with last.open("ab") as file:
+    with last.open("r+b") as file:  # the next append, torn, over the zeros written ahead
+        file.seek(records_end(last))
         file.write(tail(applied_mark(daemon.home) + len(lagging_records(daemon.home)) + 1))
 
     daemon.start()

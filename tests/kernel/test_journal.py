@@ -83,17 +83,32 @@ def test_segments_rotate_and_are_deleted_once_applied(tmp_path):
     assert [r.seq for r in reopen(tmp_path, applied=20)[1]] == [21]
 
 
+def records_end(path):
+    """Where a segment's records end (the zeros written ahead begin)."""
+    data = path.read_bytes()
+    offset = SEGMENT_HEADER.size
+    while offset < len(data) and any(data[offset : offset + RECORD_HEADER.size]):
+        offset += RECORD_HEADER.size + RECORD_HEADER.unpack_from(data, offset)[0]
+    return offset
+
+
+def overwrite(path, offset, data):
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        file.write(data)
+
+
 @pytest.mark.parametrize("cut", [1, RECORD_HEADER.size - 1, RECORD_HEADER.size + 3, -1])
 def test_a_torn_last_record_is_cut_off_and_the_journal_goes_on(tmp_path, caplog, cut):
     write(tmp_path, 3)
     [path] = segments(tmp_path)
-    size = path.stat().st_size
-    with open(path, "ab") as file:  # a fourth append, torn: only part of it reached the disk
-        record = RECORD_HEADER.pack(50, 0, 4) + b"x" * 50
-        file.write(record[:cut] if cut > 0 else record)  # -1: whole, but a wrong checksum
+    end = records_end(path)
+    # a fourth append, torn: only part of it reached the disk, over the zeros written ahead
+    record = RECORD_HEADER.pack(50, 0, 4) + b"x" * 50
+    overwrite(path, end, record[:cut] if cut > 0 else record)  # -1: whole, but a wrong checksum
     journal, recovered = reopen(tmp_path)
     assert [r.seq for r in recovered] == [1, 2, 3]
-    assert path.stat().st_size == size
+    assert path.stat().st_size == end
     assert "torn record" in caplog.text
     assert journal.append(encode(rows(4))) == 4
     journal.close()
@@ -124,7 +139,7 @@ def test_a_damaged_record_followed_by_an_intact_one_refuses_to_open(tmp_path):
 def test_damage_in_an_older_segment_refuses_to_open_even_at_its_end(tmp_path):
     write(tmp_path, 12, segment_bytes=300)
     first = segments(tmp_path)[0]
-    flip_byte(first, first.stat().st_size - 1)  # the last byte of its last record
+    flip_byte(first, records_end(first) - 1)  # the last byte of its last record
     with pytest.raises(JournalCorrupt, match=str(first)):
         reopen(tmp_path)
 
@@ -244,3 +259,65 @@ async def test_the_writer_thread_does_not_hold_a_write_once_it_is_done():
         assert watch() is None
     finally:
         await trio.to_thread.run_sync(writer.stop)
+
+
+def test_appends_overwrite_zeros_written_ahead_and_leave_the_size_alone(tmp_path):
+    """An append's fdatasync then has no new file size to commit: the space is written ahead."""
+    journal = Journal(tmp_path, segment_bytes=1 << 16)
+    journal.recover(0)
+    journal.append(encode(rows(1)))
+    [path] = segments(tmp_path)
+    size = path.stat().st_size
+    assert size >= 1 << 16
+    for n in range(2, 6):
+        journal.append(encode(rows(n)))
+    assert path.stat().st_size == size
+    end = records_end(path)
+    assert not any(path.read_bytes()[end:])  # zeros after the records
+    journal.close()
+    journal, recovered = reopen(tmp_path)
+    assert [r.seq for r in recovered] == [1, 2, 3, 4, 5]
+    assert journal.append(encode(rows(6))) == 6  # continues where the records end
+    journal.close()
+    assert records_end(path) > end
+    assert [r.seq for r in reopen(tmp_path)[1]] == [1, 2, 3, 4, 5, 6]
+    assert [r.seq for r in pending_records(tmp_path, 4)] == [5, 6]
+
+
+def test_a_record_larger_than_the_space_ahead_extends_the_segment(tmp_path):
+    journal = Journal(tmp_path, segment_bytes=4096)
+    journal.recover(0)
+    big = [("events", [(f"e{n}", n, AT, f"{n}" + "x" * 3000) for n in range(5)])]
+    assert journal.append(encode(big)) == 1
+    assert journal.append(encode(rows(2))) == 2
+    journal.close()
+    [first, second] = segments(tmp_path)  # the big record filled the first segment
+    assert first.stat().st_size >= records_end(first)
+    assert [r.seq for r in reopen(tmp_path)[1]] == [1, 2]
+
+
+def test_bytes_in_an_older_segments_zeros_refuse_to_open(tmp_path):
+    """Only zeros may follow a segment's records: anything else there is damage."""
+    write(tmp_path, 12, segment_bytes=300)
+    first = segments(tmp_path)[0]
+    flip_byte(first, records_end(first) + 40)
+    with pytest.raises(JournalCorrupt, match=str(first)):
+        reopen(tmp_path)
+
+
+def test_the_space_ahead_grows_in_doubling_steps(tmp_path):
+    """A new segment starts small (it may be deleted after a few appends) and its zeros grow
+    in steps that double: few appends pay for writing the space ahead."""
+    journal = Journal(tmp_path, segment_bytes=1 << 22)
+    journal.recover(0)
+    sizes = []
+    for n in range(200):
+        journal.append(encode([("events", [(f"e{n}", n, AT, f"{n}" + "y" * 2000)])]))
+        sizes.append(segments(tmp_path)[0].stat().st_size)
+    journal.close()
+    assert sizes[0] <= SEGMENT_HEADER.size + (64 << 10)
+    steps = sorted(set(sizes))
+    assert len(steps) <= 5  # 64 KiB, then about 128, 256, 512 KiB
+    grown = zip(steps, steps[1:], strict=False)
+    assert all(b - a >= a - SEGMENT_HEADER.size // 2 for a, b in grown)
+    assert [r.seq for r in reopen(tmp_path)[1]] == list(range(1, 201))

@@ -11,21 +11,29 @@ then records, back to back::
 
 A record is one group commit: its payload is the rows of every write in the group
 (:func:`encode`). Sequence numbers are consecutive across segments. :meth:`Journal.append` writes a
-record with one ``os.writev`` and makes it durable with one ``fdatasync``; only then is anything
+record with one ``os.pwritev`` and makes it durable with one ``fdatasync``; only then is anything
 told. A new segment is started once the current one passes ``segment_bytes`` (its file and the
 directory entry made durable first), and segments are deleted once DuckDB has every record in them
 (:meth:`Journal.release`).
+
+A segment's space is written ahead as zeros (64 KiB, then doubling up to 1 MiB at a time, made
+durable with the file's size): an append overwrites zeros in place, so its ``fdatasync``
+flushes the record's blocks alone — no change of the file's size to commit to the filesystem's
+own journal, which other writers on the disk share (measured here: ~0.1 ms instead of ~0.2 ms).
+The records end where the zeros begin: the rest of the segment is all zeros.
 
 Recovery (:meth:`Journal.recover`) reads the segments in order and returns the records DuckDB
 lacks. A record that fails its length or checksum at the very end of the last segment is a torn
 append: it was never acknowledged (the ack waits for the ``fdatasync``), so it is cut off and
 logged. Anywhere else — in an older segment, or followed by an intact record, or a gap in the
-sequence — it is corruption of acknowledged data, and the journal refuses to open with one line
+sequence, or bytes other than zeros after an older segment's records — it is corruption of
+acknowledged data, and the journal refuses to open with one line
 naming the file and byte (:class:`JournalCorrupt`) instead of skipping it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import logging
@@ -49,6 +57,11 @@ SEGMENT_HEADER = struct.Struct("<4sHH")
 RECORD_HEADER = struct.Struct("<IIQ")  # payload length, CRC-32, seq
 SUFFIX = ".journal"
 SEGMENT_BYTES = 64 << 20
+# Zeros written ahead of the appends: a new segment gets PREALLOCATE_FIRST bytes (the store
+# deletes its current segment whenever DuckDB has caught up, so at a low write rate a segment
+# often lives for a few appends), then each step doubles the space, up to PREALLOCATE at a time.
+PREALLOCATE_FIRST = 64 << 10
+PREALLOCATE = 1 << 20
 
 Rows = tuple[str, list[tuple[Any, ...]]]
 """One table's rows of a record: (table name, rows in its writer's column order)."""
@@ -119,7 +132,8 @@ class Journal:
         self._segment_bytes = segment_bytes
         self._segments: list[int] = []  # first seq of each segment on disk, oldest first
         self._fd = -1
-        self._size = 0  # bytes in the current segment
+        self._size = 0  # bytes of the current segment's header and records
+        self._allocated = 0  # bytes of its file: the records, then zeros
         self.last_seq = 0  # of the last durable record
         self._lock = threading.Lock()
 
@@ -136,7 +150,7 @@ class Journal:
                 f"{paths[0]}: the journal starts at record {previous + 1}, but the database has "
                 f"only up to {applied}; records {applied + 1}..{previous} are missing"
             )
-        tail: list[int] | None = None
+        tail: tuple[list[int], int] | None = None
         for index, path in enumerate(paths):
             first = self._first_seq(path)
             if first != previous + 1 and max(first - 1, previous) > applied:
@@ -146,20 +160,21 @@ class Journal:
                 )
             tail = self._scan(path, first, last=index == len(paths) - 1, applied=applied,
                               into=pending)  # fmt: skip
-            previous = tail[-1] if tail else first - 1
+            previous = tail[0][-1] if tail and tail[0] else first - 1
         self.last_seq = max(applied, previous)
         self._segments = [self._first_seq(path) for path in paths]
         if paths:
             self._adopt_tail(paths[-1], tail)
         return pending
 
-    def _adopt_tail(self, path: Path, seqs: list[int] | None) -> None:
+    def _adopt_tail(self, path: Path, scanned: tuple[list[int], int] | None) -> None:
         """Append to the last segment if it continues at ``last_seq``; else leave it be (it
         is deleted once applied) or, holding no record, delete it now."""
+        seqs, end = scanned if scanned is not None else (None, 0)
         if seqs and seqs[-1] == self.last_seq:
-            self._reopen(path)
+            self._reopen(path, end)
         elif seqs is not None and not seqs and self._segments[-1] == self.last_seq + 1:
-            self._reopen(path)  # created with its header, no record yet
+            self._reopen(path, end)  # created with its header, no record yet
         elif not seqs:
             path.unlink()
             self._segments.pop()
@@ -173,10 +188,10 @@ class Journal:
 
     def _scan(
         self, path: Path, first: int, *, last: bool, applied: int, into: list[Recovered]
-    ) -> list[int] | None:
-        """Check one segment; collect its records after ``applied``; return their seqs (None:
-        the last segment was created but its header never written). A torn tail of the last
-        segment is truncated."""
+    ) -> tuple[list[int], int] | None:
+        """Check one segment; collect its records after ``applied``; return their seqs and
+        where they end (None: the last segment was created but its header never written). A
+        torn tail of the last segment is truncated."""
         data = path.read_bytes()
         if len(data) < SEGMENT_HEADER.size and last:
             log.warning("journal: %s was created but never written; starting it again", path)
@@ -189,11 +204,12 @@ class Journal:
                 f"{path}: journal format version {version}; this Foundry reads {VERSION}"
             )
         offset, seqs = SEGMENT_HEADER.size, list[int]()
-        while offset < len(data):
+        written = _written_end(data)
+        while offset < written:
             record = _record_at(data, offset)
             if record is None:
                 if last and _record_at(data, _declared_end(data, offset)) is None:
-                    self._truncate_torn(path, offset, len(data))
+                    self._truncate_torn(path, offset, data)
                     break
                 raise JournalCorrupt(
                     f"{path}: the record at byte {offset} fails its checksum and is not the last "
@@ -210,14 +226,14 @@ class Journal:
             if seq > applied:
                 into.append(Recovered(seq, _decoded(path, offset, seq, payload)))
             offset = end
-        return seqs
+        return seqs, offset
 
     @staticmethod
-    def _truncate_torn(path: Path, offset: int, size: int) -> None:
+    def _truncate_torn(path: Path, offset: int, data: bytes) -> None:
         log.warning(
             "journal: dropped %d bytes of a torn record at the end of %s (byte %d); it was "
             "never acknowledged",
-            size - offset,
+            max(len(data.rstrip(b"\0")) - offset, 0),  # not the zeros written ahead
             path,
             offset,
         )
@@ -225,9 +241,11 @@ class Journal:
             file.truncate(offset)
             os.fsync(file.fileno())
 
-    def _reopen(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        self._size = os.fstat(self._fd).st_size
+    def _reopen(self, path: Path, end: int) -> None:
+        """Append to ``path`` from byte ``end`` (its records' end; zeros, if any, follow)."""
+        self._fd = os.open(path, os.O_WRONLY)
+        self._size = end
+        self._allocated = max(end, os.fstat(self._fd).st_size)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -241,33 +259,54 @@ class Journal:
         if self._fd < 0 or self._size >= self._segment_bytes:
             self._start_segment(seq)
         header = RECORD_HEADER.pack(len(payload), _checksum(seq, payload), seq)
+        length = len(header) + len(payload)
+        if self._size + length > self._allocated:
+            self._preallocate(self._size + length)
         try:
-            written = os.writev(self._fd, [header, payload])
-            if written != len(header) + len(payload):
+            written = os.pwritev(self._fd, [header, payload], self._size)
+            if written != length:
                 raise OSError(f"short write to the journal ({written} bytes)")
             os.fdatasync(self._fd)
         except OSError:
-            self._undo_partial_write()
+            self._undo_partial_write(length)
             raise
-        self._size += len(header) + len(payload)
+        self._size += length
         self.last_seq = seq
         return seq
 
-    def _undo_partial_write(self) -> None:
-        """A failed append (disk full) must not leave half a record before the next one."""
+    def _preallocate(self, needed: int) -> None:
+        """Write zeros up to ``needed`` bytes and a step beyond, durably (the file's new size
+        too): the appends into them change no metadata. On failure (disk full) the file is cut
+        back to what it was."""
+        step = min(PREALLOCATE, self._segment_bytes, max(PREALLOCATE_FIRST, self._allocated))
+        target = needed + step
         try:
-            os.ftruncate(self._fd, self._size)
+            _write_all(self._fd, bytes(target - self._allocated), self._allocated)
+            os.fdatasync(self._fd)
         except OSError:
-            log.exception("journal: could not cut off a failed append")
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._allocated)
+            raise
+        self._allocated = target
+
+    def _undo_partial_write(self, length: int) -> None:
+        """A failed append must not leave half a record before the next one: its bytes go back
+        to zeros (the next append overwrites them anyway, from the same offset)."""
+        try:
+            _write_all(self._fd, bytes(length), self._size)
+        except OSError:
+            log.exception("journal: could not clear a failed append")
 
     def _start_segment(self, first_seq: int) -> None:
         self._close_segment()
         path = self.directory / _segment_name(first_seq)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        os.write(fd, SEGMENT_HEADER.pack(MAGIC, VERSION, 0))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        header = SEGMENT_HEADER.pack(MAGIC, VERSION, 0)
+        allocated = len(header) + min(PREALLOCATE_FIRST, self._segment_bytes)
+        _write_all(fd, header + bytes(allocated - len(header)), 0)
         os.fsync(fd)
         _fsync_directory(self.directory)  # the new file's name is durable too
-        self._fd, self._size = fd, SEGMENT_HEADER.size
+        self._fd, self._size, self._allocated = fd, SEGMENT_HEADER.size, allocated
         self._segments.append(first_seq)
 
     def release(self, applied: int) -> int:
@@ -323,6 +362,19 @@ def pending_records(directory: Path, applied: int) -> list[Recovered]:
             if seq > applied:
                 found.append(Recovered(seq, decode(payload)))
     return found
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _written_end(data: bytes) -> int:
+    """Where the segment's zeros to its end begin: space written ahead, where the records end.
+    (A record's header is never all zeros: its seq is at least 1.)"""
+    return len(data.rstrip(b"\0"))
 
 
 def _checksum(seq: int, payload: bytes) -> int:
