@@ -168,12 +168,13 @@ async def running_scheduler(
     limit: int = 16,
     grace: float = 5.0,
     store: FakeStore | None = None,
+    store_mailbox: int = 64,
 ) -> AsyncIterator[Harness]:
     """A Scheduler on memory channels, a FakeStore for its store; leaving the block closes its
     mailbox, as the daemon does when it stops (steps in flight get ``grace`` seconds)."""
     store = store or FakeStore()
     inbox_send, inbox = trio.open_memory_channel[SchedulerMessage](64)
-    store_send, store_inbox = trio.open_memory_channel[StoreMessage](64)
+    store_send, store_inbox = trio.open_memory_channel[StoreMessage](store_mailbox)
     tap_send, tap_inbox = trio.open_memory_channel[TapMessage](64)
     scheduler = Scheduler(
         BlockRegistry(blocks), inbox, store_send, tap_send, home=tmp_path,
@@ -424,3 +425,30 @@ async def test_on_start_an_interrupted_step_is_leased_again_with_the_next_attemp
     assert [
         (e.step_id, e.payload["attempt"]) for e in h.store.events("run_old", "step_leased")
     ] == [("b", 2)]
+
+
+class SlowStore(FakeStore):
+    """Takes each message 10 ms after the last: its mailbox fills up."""
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[StoreMessage]) -> None:
+        async with inbox:
+            async for message in inbox:
+                await trio.sleep(0.01)
+                self.answer(message)
+
+
+async def test_appends_wait_for_room_in_a_full_store_mailbox_and_keep_their_order(
+    tmp_path, autojump_clock
+):
+    """The scheduler hands its appends over without a scheduling pass while the store's mailbox
+    has room; when it is full, they wait for room — none is lost or reordered."""
+    store = SlowStore()
+    chain = [step("a", "flaky")] + [step(f"s{i}", "flaky", after=("a",)) for i in range(6)]
+    async with running_scheduler(tmp_path, [Flaky(0)], store=store, store_mailbox=1) as h:
+        run_id = await h.submit(chain)
+        await store.until(run_id, *TERMINAL_KINDS)
+        view = await h.get(run_id)
+    assert view.status == "SUCCEEDED"
+    events = store.events(run_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert h.kinds(run_id).count("step_completed") == 7

@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 from foundry.kernel.actors.attestor.messages import Attest, AttestorMessage
-from foundry.kernel.actors.mailbox import Pending, ask, post, refuse
+from foundry.kernel.actors.mailbox import Pending, ask, refuse, reply_pair
 from foundry.kernel.actors.scheduler.messages import (
     BranchRun,
     CancelRun,
@@ -119,6 +119,7 @@ class Scheduler:
         self._registry, self._inbox, self._store, self._tap = registry, inbox, store, tap
         self._attestor = attestor
         self._home, self._config, self._grace = home, config, shutdown_grace
+        self._artifacts = home / "artifacts" / "runs"  # a step's: <run id>/<step id> in it
         self._clock = Clock()
         self._limiter = trio.CapacityLimiter(config.max_concurrent_steps)
         self._runs: OrderedDict[str, RunState] = OrderedDict()
@@ -387,7 +388,7 @@ class Scheduler:
             await durable.wait()  # side effects only once the lease is durable
         ctx = BlockContext(
             payload=json.loads(leased.inputs_json),
-            artifact_dir=self._home / "artifacts" / "runs" / run.run_id / spec.id,
+            artifact_dir=self._artifacts / run.run_id / spec.id,
             run_id=run.run_id,
             step_id=spec.id,
             seed=leased.seed,
@@ -506,10 +507,7 @@ class Scheduler:
 
     async def _record_all(self, records: list[Any], notices: list[Attest]) -> None:
         """Append events made and applied already; then hand their notices to the attestor."""
-        try:
-            await self._store.send(Append(tuple(records), tuple(records)))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise Unavailable("the daemon is shutting down") from None
+        await self._send_store(Append(tuple(records), tuple(records)))
         await self._notify(notices)
 
     async def _notify(self, notices: list[Attest]) -> None:
@@ -528,10 +526,7 @@ class Scheduler:
     async def _record(self, run: RunState, kind: str, step_id: str = "", **payload: Any) -> None:
         """Make, apply and append an event; its commit comes with the next group commit."""
         event = run.make_event(kind, self._clock.now(), step_id, **payload)
-        try:
-            await self._store.send(Append((event,), (event,)))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise Unavailable("the daemon is shutting down") from None
+        await self._send_store(Append((event,), (event,)))
 
     async def _record_durable(
         self, run: RunState, kind: str, step_id: str = "", **payload: Any
@@ -542,7 +537,21 @@ class Scheduler:
 
     async def _append(self, records: Sequence[Any]) -> Pending[None]:
         publish = tuple(r for r in records if isinstance(r, RunEventRecord))
-        return await post(self._store, lambda r: Append(tuple(records), publish, r))
+        reply, pending = reply_pair()
+        await self._send_store(Append(tuple(records), publish, reply))
+        return pending
+
+    async def _send_store(self, append: Append) -> None:
+        """Into the store's mailbox without a scheduling pass while it has room (``send``
+        always takes one: twice a step on a chain, where the store waits for exactly these);
+        waits for room when it is full."""
+        try:
+            try:
+                self._store.send_nowait(append)
+            except trio.WouldBlock:
+                await self._store.send(append)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise Unavailable("the daemon is shutting down") from None
 
     def _retire(self, run: RunState) -> None:
         self._runs.move_to_end(run.run_id)
