@@ -311,7 +311,7 @@ def run(options: Options) -> Report:
     )
     report.notes.append(
         "'on TapRun' includes the tapper catching up: the daemon serializes each RunEvent for the "
-        "stream on its one trio thread (betterproto2, ~0.3-1 ms apiece), so a run's events reach "
-        "the client later than the daemon timeline ends"
+        "stream on its one trio thread (upb, ~15 µs apiece), so a run's events reach the client "
+        "a little later than the daemon timeline ends"
     )
     return report

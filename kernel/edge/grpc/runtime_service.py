@@ -370,9 +370,29 @@ def encoded_run_event(event: RunEventRecord) -> bytes:
     key = (event.run_id, event.seq)
     data = _ENCODED.get(key)
     if data is None:
-        data = _ENCODED[key] = bytes(run_event(event))
+        data = _ENCODED[key] = serialized_run_event(event)
         if len(_ENCODED) > _ENCODED_KEPT:
             _ENCODED.popitem(last=False)
+    return data
+
+
+def serialized_run_event(event: RunEventRecord) -> bytes:
+    """:func:`run_event` serialized by upb: ~13 µs an event against betterproto2's ~150-250 µs,
+    on the trio thread, before a TapRun client hears of it. The same message (a Struct's entries
+    may come in another order, which protobuf leaves open); a payload upb's ``Struct.update``
+    refuses (a value that is not a dict, list, tuple, str, number, bool or None, an int beyond a
+    double) goes the betterproto2 way, which is the definition (and refuses it too)."""
+    if event.occurred_at.tzinfo is None:  # betterproto2 refuses it; upb would take it as UTC
+        return bytes(run_event(event))
+    message = fastproto.upb_class("RunEvent")(
+        run_id=event.run_id, step_id=event.step_id, kind=event.kind, span_id=_span_of(event.payload)
+    )
+    try:
+        message.payload.struct_value.update({**event.payload, "seq": event.seq})
+    except (TypeError, ValueError, OverflowError):
+        return bytes(run_event(event))
+    message.occurred_at.FromDatetime(event.occurred_at)
+    data: bytes = message.SerializeToString()
     return data
 
 
