@@ -123,6 +123,9 @@ class Gate:
                 task_status.started()
                 async for message in self._inbox:
                     nursery.start_soon(self._answer, message)
+                    # Not held until the next message comes: a request of a thousand diffs is
+                    # freed with its answer, not on the path of the next one (~0.2 ms, cold).
+                    del message
         finally:
             if self._attestor is not None:
                 self._attestor.close()
