@@ -6,10 +6,11 @@ with a 60 s deadline as clients set them (each deadline is an asyncio timer in t
 daemon's RSS (VmRSS in /proc/PID/status) is sampled once it is idle after the warm-up (10,000
 chains), every 10,000 chains after that, and at the end (100,000; ``--quick``: 2,000 and 12,000).
 
-DuckDB keeps the blocks of the database it wrote cached, up to ``[store] memory_limit`` (256MB by
-default): part of the growth is that cache, bounded but not reached in this run. The growth is
-therefore reported whole and net of DuckDB's buffer memory (``duckdb_memory()``, asked through the
-daemon's Analytics.Query RPC at each sample), which has the target.
+DuckDB keeps the blocks of the database it wrote cached until ``[store] memory_limit`` (256MB by
+default) forces them out; the store lets them go by reopening the database once they pass 8 MB
+(``CACHE_BYTES`` in kernel/actors/store/actor.py). The whole growth has the target; it is also
+reported as DuckDB's buffer memory (``duckdb_memory()``, asked through the daemon's
+Analytics.Query RPC at each sample) and the rest.
 
 Then one large request: an Emit with a ~3.5 MB ``payload_json`` (under the 4 MiB message limit),
 whose chain carries the payload through three events and the trace — RSS before it, once its
@@ -49,7 +50,7 @@ REFUSED_PAYLOAD = 100_000_000
 SETTLE = 1.0  # seconds idle before a sample
 RELEASE_WAIT = 10.0
 IDLE_TIMEOUT = 120.0
-GROWTH_CEILING = 20.0  # MB over the run, net of DuckDB's buffer memory
+GROWTH_CEILING = 20.0  # MB over the run, the whole process
 LARGE_CEILING = 16.0  # MB still resident after the large request was released
 REFUSED_CEILING = 4.0  # MB still resident after the refused request
 
@@ -174,6 +175,7 @@ def run(options: Options) -> Report:
             f"RSS growth, {first:,} -> {last:,} chains",
             "MB",
             [growth],
+            ceiling=GROWTH_CEILING,
             note=f"RSS {warm_rss:.1f} -> {end_rss:.1f} MB (at start {r['start']:.1f}); "
             "DuckDB's buffer memory included",
         ),
@@ -182,14 +184,9 @@ def run(options: Options) -> Report:
             "MB",
             [duck_growth],
             note=f"{warm_duck:.1f} -> {end_duck:.1f} MB (duckdb_memory()): its cache of the "
-            f"database ({warm_db:.1f} -> {end_db:.1f} MB on disk), bounded by [store] memory_limit",
+            f"database ({warm_db:.1f} -> {end_db:.1f} MB on disk), let go past 8 MB",
         ),
-        Figure(
-            "RSS growth besides DuckDB's buffers",
-            "MB",
-            [growth - duck_growth],
-            ceiling=GROWTH_CEILING,
-        ),
+        Figure("RSS growth besides DuckDB's buffers", "MB", [growth - duck_growth]),
         Figure(
             "RSS kept after a 3.5 MB request",
             "MB",

@@ -42,8 +42,11 @@ class StoreConfig:
     # retention_interval seconds.
     retain_days: float = 0.0
     retention_interval: int = 3_600
-    # DuckDB's memory, its cache of the database file's blocks included (else 80% of RAM: the
-    # cache grows with the file). Queries that need more spill to the temporary directory.
+    # DuckDB's memory for queries, its cache of the database file's blocks included (else 80% of
+    # RAM). The cache alone stays small: once it passes 8 MB and no query runs, the store reopens
+    # the database to let it go (store/actor.py, CACHE_BYTES). Sorts and joins that need more
+    # spill to the temporary directory; some aggregates cannot (a saved question over 1M rows
+    # needs ~100 MB), so the limit stays well above the cache.
     memory_limit: str = "256MB"
     # Seconds a journaled write may wait before it is applied to DuckDB when no query asks for
     # it (queries always see every acknowledged write); larger batches cost less per row.

@@ -103,6 +103,13 @@ USER_READERS = 2
 LARGE_COMMIT_BYTES = 1 << 20
 RELEASE_DELAY = 1.0
 
+# DuckDB keeps every block of the database it wrote (at each checkpoint) or read in its buffers
+# until memory_limit forces them out: measured, its memory grew with the file, ~49 MB over 90,000
+# greeting chains. No setting lets them go (and the sandbox locks the settings), so once its
+# buffers hold more than this and no query runs, the store checkpoints and reopens the database
+# (the checkpoint, then ~30 ms, on a worker thread), which drops them; 0 never does.
+CACHE_BYTES = 8 << 20
+
 
 @dataclass(frozen=True, slots=True)
 class Prune:
@@ -136,6 +143,7 @@ class Store:
         materialize_delay: float = MATERIALIZE_DELAY,
         segment_bytes: int = SEGMENT_BYTES,
         hold_for_test: Callable[[str], None] | None = None,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         """``hold_for_test`` is for tests only: called on the worker thread as each commit
         (``"commit"``: the journal append), each materialization (``"materialize"``) and each
@@ -162,6 +170,8 @@ class Store:
         self._db_applied = 0  # the high-water mark DuckDB holds (worker thread's view)
         self._archivist = Archivist()
         self._hold_for_test = hold_for_test
+        self._cache_bytes = cache_bytes
+        self._cache_full = False  # DuckDB's buffers hold more than cache_bytes: reopen it
         self._commits = self._reads = 0
         self._queries: trio.Nursery | None = None
         self._pending: list[Write] = []  # writes waiting for the next group commit
@@ -385,6 +395,8 @@ class Store:
         self._applied = batch[-1][0]
         self._caught.set()
         self._caught = trio.Event()
+        if self._cache_full and self._committing:
+            await self._drop_cache()
 
     async def _caught_up(self, limit: float | None = CATCH_UP_SECONDS) -> None:
         """Return once DuckDB has every write journaled before this call; Unavailable after
@@ -397,6 +409,22 @@ class Store:
                 await caught.wait()
             return
         raise Unavailable("the store's database is behind its journal; the daemon log says why")
+
+    async def _drop_cache(self) -> None:
+        """Reopen the database (``_reopen``) if no query runs; else the next batch tries again.
+        Queries wait meanwhile: it holds every reader slot."""
+        async with self._database:
+            limiters = ((self._readers, READERS), (self._user_readers, USER_READERS))
+            if any(limiter.borrowed_tokens for limiter, _ in limiters):
+                return
+            slots = [(limiter, object()) for limiter, n in limiters for _ in range(n)]
+            for limiter, borrower in slots:
+                limiter.acquire_on_behalf_of_nowait(borrower)
+            try:
+                await trio.to_thread.run_sync(self._reopen)
+            finally:
+                for limiter, borrower in slots:
+                    limiter.release_on_behalf_of(borrower)
 
     def _release_memory_soon(self) -> None:
         """After a large commit, hand the heap's free pages back to the OS (see
@@ -471,11 +499,11 @@ class Store:
             return RetentionReport(cutoff, staged)
 
     async def _prune(self, prune: Prune) -> None:
-        con = self._con
-        assert con is not None
         try:
             await self._caught_up()  # every row journaled before it is in DuckDB
             async with self._database:
+                con = self._con  # taken under the lock: a reopen (_drop_cache) replaces it
+                assert con is not None
                 pruned = await trio.to_thread.run_sync(
                     retention.prune, con, self.home, prune.cutoff, prune.pass_id, prune.staged
                 )
@@ -542,15 +570,7 @@ class Store:
     def _open(self) -> list[str]:
         self.home.mkdir(parents=True, exist_ok=True)
         map_large_blocks_apart()
-        self._con = duckdb.connect(str(self.path))
-        # Settings are instance-wide, and locked below: every cursor inherits the global zone.
-        self._con.execute("SET GLOBAL TimeZone='UTC'")
-        if self._memory_limit:  # validated by the config: a size such as 256MB
-            self._con.execute(f"SET GLOBAL memory_limit = '{self._memory_limit}'")
-        # DuckDB's allocator (its own jemalloc) keeps the pages it freed until it allocates
-        # again; its background thread hands them back to the OS within seconds. Without it a
-        # ~3.5 MB request's commit left ~55 MB resident for good.
-        self._con.execute("SET GLOBAL allocator_background_threads = true")
+        self._con = self._connect()
         self._upgrade_schema()
         for statement in ddl():
             self._con.execute(statement)
@@ -558,11 +578,50 @@ class Store:
         retention.settle_staged(self._con, self.home)  # a pass a stopped daemon left half-done
         sandbox.lock_instance(self._con, self.home)  # the SQL sandbox; no SET works after this
         self._replay_journal()
+        self._open_cursors()
+        return recover_unfinished(self._con, self._write_recovered)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(str(self.path))
+        if _locked(con):  # a connection of another kept the instance open: its settings stay
+            return con
+        # Settings are instance-wide, and locked later: every cursor inherits the global zone.
+        con.execute("SET GLOBAL TimeZone='UTC'")
+        if self._memory_limit:  # validated by the config: a size such as 256MB
+            con.execute(f"SET GLOBAL memory_limit = '{self._memory_limit}'")
+        # DuckDB's allocator (its own jemalloc) keeps the pages it freed until it allocates
+        # again; its background thread hands them back to the OS within seconds. Without it a
+        # ~3.5 MB request's commit left ~55 MB resident for good.
+        con.execute("SET GLOBAL allocator_background_threads = true")
+        return con
+
+    def _open_cursors(self) -> None:
+        assert self._con is not None
         for _ in range(READERS):
             self._cursors.append(self._con.cursor())  # a connection of its own, same instance
         for _ in range(USER_READERS):
             self._user_cursors.append(self._con.cursor())
-        return recover_unfinished(self._con, self._write_recovered)
+
+    def _reopen(self) -> None:
+        """Checkpoint, close and reopen the database (no query runs): DuckDB frees its buffers,
+        the blocks it kept cached included, when its last connection closes."""
+        assert self._con is not None
+        try:
+            self._con.execute("CHECKPOINT")
+        except duckdb.Error as exc:  # a transaction in the way: the next batch tries again
+            log.info("no checkpoint to reopen the database: %s", sandbox.cut(str(exc)))
+            return
+        self._cache_full = False
+        for cursor in [*self._cursors, *self._user_cursors]:
+            cursor.close()
+        self._cursors.clear()
+        self._user_cursors.clear()
+        self._appenders.clear()  # each holds the connection open
+        self._con.close()
+        self._con = self._connect()
+        if not _locked(self._con):
+            sandbox.lock_instance(self._con, self.home)
+        self._open_cursors()
 
     def _upgrade_schema(self) -> None:
         """Apply pending migrations (analytics/migrations.py); refuse a newer database."""
@@ -666,7 +725,9 @@ class Store:
         traces = self._traces(records)
         if not tables:
             return self._journal.last_seq, tables, traces  # an Append may carry only answers
-        return self._journal.append(encode(tables)), tables, traces
+        payload = encode(tables)
+        seq = self._journal.append(payload)
+        return seq, tables, traces
 
     def _traces(self, records: Sequence[Any]) -> bytes:
         return b"".join(
@@ -703,6 +764,14 @@ class Store:
             self._hold_for_test("materialize")
         self._apply_or_set_aside(batch)
         self._journal.release(self._db_applied)
+        if self._cache_bytes and not self._cache_full:
+            self._cache_full = self._buffer_bytes() > self._cache_bytes
+
+    def _buffer_bytes(self) -> int:
+        """DuckDB's buffer memory: cached blocks, rows not yet checkpointed, running queries."""
+        assert self._con is not None
+        row = self._con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()
+        return int(row[0] or 0) if row else 0
 
     def _apply_or_set_aside(self, batch: Sequence[tuple[int, Sequence[TableRows]]]) -> None:
         """Apply ``batch``; if DuckDB refuses it, apply its records one by one, and set aside
@@ -780,6 +849,12 @@ _REFUSED_ROWS = (
     TypeError,
     ValueError,
 )
+
+
+def _locked(con: duckdb.DuckDBPyConnection) -> bool:
+    """The instance's settings are locked (the sandbox's lock_instance ran on it)."""
+    row = con.execute("SELECT current_setting('lock_configuration')").fetchone()
+    return bool(row and row[0])
 
 
 def _awaited(write: Write) -> bool:
