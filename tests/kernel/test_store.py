@@ -639,3 +639,35 @@ async def test_a_store_stopping_while_the_database_fails_leaves_its_writes_to_th
 
     async with running_store(tmp_path) as store:  # the next start applies it
         assert (await ask(store, CountRows)).events == 1
+
+
+def journal_threads(monkeypatch):
+    """The names of the threads each journal append ran on, in order."""
+    from foundry.kernel.actors.store.journal import Journal
+
+    names = []
+    append = Journal.append
+
+    def recorded(self, payload):
+        names.append(threading.current_thread().name)
+        return append(self, payload)
+
+    monkeypatch.setattr(Journal, "append", recorded)
+    return names
+
+
+async def test_the_journal_appends_and_syncs_off_the_trio_thread(tmp_path, monkeypatch):
+    """The fdatasync is the one blocking call of a commit: it never runs on the daemon's loop,
+    however idle the loop is or however small the group."""
+    threads = journal_threads(monkeypatch)
+    tap_send, _tap_receive = trio.open_memory_channel(100)
+    store_send, store_receive = trio.open_memory_channel(100)
+    with trio.fail_after(GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(Store(tmp_path, store_receive, tap_send).run)
+            await post_now(store_send, [make_event(1)]).wait()
+            await post_now(store_send, [make_event(n) for n in range(2, 60)]).wait()
+            store_send.close()
+    assert committed_events(tmp_path) == 59
+    assert len(threads) >= 2
+    assert set(threads) == {"foundry-journal"}
