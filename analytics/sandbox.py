@@ -15,7 +15,6 @@ runs the same function on the file opened read-only when the daemon is stopped.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import decimal
 import json
@@ -23,15 +22,12 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
-
-# entered while DuckDB's result becomes Python values (see ``run_query``)
-Converting = Callable[[], contextlib.AbstractContextManager[object]]
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_ROWS = 10_000
@@ -173,12 +169,9 @@ def run_query(
     sql: str,
     params: Mapping[str, str],
     max_rows: int,
-    converting: Converting = contextlib.nullcontext,
 ) -> QueryResult:
     """Check and run one user query on ``cursor`` in a read-only transaction; at most
-    ``max_rows`` rows come back. The caller enforces the time limit (``cursor.interrupt()``).
-    ``converting`` is entered while the result becomes Python values (DuckDB runs a query with
-    the interpreter lock released, and holds it while it converts)."""
+    ``max_rows`` rows come back. The caller enforces the time limit (``cursor.interrupt()``)."""
     started = time.perf_counter()
     wanted = check_sql(cursor, sql)
     unknown = sorted(set(params) - wanted)
@@ -189,7 +182,7 @@ def run_query(
         raise QueryRefused(f"missing parameter(s): {', '.join('$' + m for m in missing)}")
     cursor.execute("BEGIN TRANSACTION READ ONLY")
     try:
-        fast = _run_as_json(cursor, sql, params, max_rows, converting)
+        fast = _run_as_json(cursor, sql, params, max_rows)
         if fast is not None:
             columns, rows, truncated = fast
             elapsed = (time.perf_counter() - started) * 1000
@@ -197,16 +190,14 @@ def run_query(
         try:
             result = cursor.execute(sql, dict(params)) if params else cursor.execute(sql)
             description = result.description or []
-            with converting():
-                fetched = result.fetchmany(max_rows + 1) if description else []
+            fetched = result.fetchmany(max_rows + 1) if description else []
         except duckdb.InterruptException:
             raise
         except duckdb.Error as exc:
             raise QueryFailed(cut(str(exc))) from None
         columns = tuple((str(d[0]), str(d[1])) for d in description)
         json_columns = [i for i, (_, kind) in enumerate(columns) if kind == "JSON"]
-        with converting():
-            rows = tuple(_row_json(row, json_columns) for row in fetched[:max_rows])
+        rows = tuple(_row_json(row, json_columns) for row in fetched[:max_rows])
     finally:
         cursor.execute("ROLLBACK")
     elapsed = (time.perf_counter() - started) * 1000
@@ -252,11 +243,7 @@ _UTC = frozenset(("UTC", "Etc/UTC"))
 
 
 def _run_as_json(
-    cursor: duckdb.DuckDBPyConnection,
-    sql: str,
-    params: Mapping[str, str],
-    max_rows: int,
-    converting: Converting,
+    cursor: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, str], max_rows: int
 ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool] | None:
     """Run a query whose columns all have a type in ``_AS_JSON`` with DuckDB rendering each row's
     JSON text; ``None`` when it does not apply (then the caller runs the query as written)."""
@@ -293,10 +280,7 @@ def _run_as_json(
         f"(SELECT r, row_number() OVER () AS i FROM ({wrapped}) AS w(r))"
     )
     try:
-        result = cursor.execute(joined, dict(params))
-        with converting():
-            found = result.fetchone()
-            rows = found[0].split("\n") if found and found[0] is not None else []
+        found = cursor.execute(joined, dict(params)).fetchone()
     except duckdb.InterruptException:
         raise
     except duckdb.Error:
@@ -305,6 +289,7 @@ def _run_as_json(
         cursor.execute("ROLLBACK")
         cursor.execute("BEGIN TRANSACTION READ ONLY")
         return None
+    rows = found[0].split("\n") if found and found[0] is not None else []
     return columns, tuple(rows[:max_rows]), len(rows) > max_rows
 
 

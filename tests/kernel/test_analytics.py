@@ -6,14 +6,14 @@ import json
 import os
 import threading
 import time
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import duckdb
 import pytest
 import trio
 from foundry.analytics import saved_questions as questions
-from foundry.analytics.sandbox import QueryRefused, check_sql, run_query
+from foundry.analytics.sandbox import QueryRefused, check_sql
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.store.actor import Store
 from foundry.kernel.actors.store.messages import Append, LoadRun, RunUserQuery
@@ -187,48 +187,6 @@ async def test_analysts_queries_run_on_threads_at_the_lowest_cpu_priority(tmp_pa
             assert os.sched_getscheduler(thread.native_id) == os.SCHED_IDLE
         assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the rest of the process is not
     assert not any(t.name.startswith("foundry-query-") for t in threading.enumerate())
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
-async def test_a_query_thread_converts_its_answer_at_the_usual_priority(tmp_path):
-    # While converting, a query thread holds the interpreter lock: at idle priority, any busy
-    # process could preempt it there and stall the daemon's loop, which waits for the lock.
-    policies = []
-
-    def encode_rows(rows):
-        policies.append(os.sched_getscheduler(0))
-        return b"".join(r.encode() for r in rows)
-
-    async with running_store(tmp_path) as store:
-        for sql in ["SELECT range AS n FROM range(3)", "SELECT [range] AS l FROM range(3)"]:
-            result = await ask(
-                store, lambda r, sql=sql: RunUserQuery(sql, {}, 10, 5.0, r, encode_rows)
-            )
-            assert result.rows_wire == b"".join(r.encode() for r in result.rows)
-            assert len(result.rows) == 3
-        assert policies == [os.SCHED_OTHER, os.SCHED_OTHER]
-        # ... and back at idle priority once done
-        threads = [t for t in threading.enumerate() if t.name.startswith("foundry-query-")]
-        assert [os.sched_getscheduler(t.native_id) for t in threads] == [os.SCHED_IDLE] * 2
-
-
-def test_the_sandbox_converts_results_inside_its_converting_hook():
-    converted = []
-
-    @contextmanager
-    def converting():
-        converted.append("enter")
-        yield
-        converted.append("exit")
-
-    with duckdb.connect() as con:
-        rendered = run_query(con, "SELECT 1 AS n", {}, 10, converting)  # DuckDB renders JSON
-        assert rendered.rows == ("[1]",)
-        assert converted == ["enter", "exit"]
-        converted.clear()
-        listed = run_query(con, "SELECT [1] AS l", {}, 10, converting)  # rows made in Python
-        assert listed.rows == ("[[1]]",)
-        assert converted == ["enter", "exit"] * 2
 
 
 async def test_the_row_limit_truncates(tmp_path):

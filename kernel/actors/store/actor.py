@@ -65,7 +65,7 @@ from foundry.kernel.actors.store.tables import (
     merge,
     table_rows,
 )
-from foundry.kernel.actors.store.writer import WriterThread, usual_priority_while_holding_the_lock
+from foundry.kernel.actors.store.writer import WriterThread
 from foundry.kernel.actors.tap.messages import Publish
 from foundry.kernel.core.records import FinishedChain
 from foundry.kernel.errors import ConfigError, DeadlineExceeded, InvalidArgument, Unavailable
@@ -691,14 +691,10 @@ class Store:
     def _run_user_query(self, cursor: duckdb.DuckDBPyConnection, message: RunUserQuery) -> Any:
         healthy = False
         try:
-            converting = usual_priority_while_holding_the_lock
-            result = sandbox.run_query(
-                cursor, message.sql, message.params, message.max_rows, converting
-            )
+            result = sandbox.run_query(cursor, message.sql, message.params, message.max_rows)
             healthy = True
             if message.encode_rows is not None:
-                with converting():
-                    return replace(result, rows_wire=message.encode_rows(result.rows))
+                return replace(result, rows_wire=message.encode_rows(result.rows))
             return result
         except (sandbox.QueryRefused, sandbox.QueryFailed) as exc:
             healthy = True  # the sandbox rolled its transaction back

@@ -12,7 +12,7 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import outcome
@@ -71,20 +71,3 @@ def lowest_thread_priority() -> None:
     except (AttributeError, OSError):  # not Linux
         with contextlib.suppress(AttributeError, OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
-@contextlib.contextmanager
-def usual_priority_while_holding_the_lock() -> Iterator[None]:
-    """An idle-priority thread at the usual priority for a stretch where it holds the interpreter
-    lock (converting a result): preempted there by any busy process, it would stall every other
-    thread of the daemon waiting for the lock — its loop first (priority inversion)."""
-    boosted = False
-    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
-        if os.sched_getscheduler(0) == os.SCHED_IDLE:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-            boosted = True
-    try:
-        yield
-    finally:
-        if boosted:
-            lowest_thread_priority()
