@@ -96,8 +96,10 @@ async def store(home, **options):
         async with trio.open_nursery() as nursery:
             await nursery.start(Store(home, receive, tap_send, **options).run)
             nursery.start_soon(_drain, tap_receive)
-            yield send
-            send.close()
+            try:
+                yield send
+            finally:
+                send.close()
 
 
 async def _drain(channel):

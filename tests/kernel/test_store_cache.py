@@ -3,34 +3,20 @@ out: the store reopens the database once they pass ``cache_bytes`` and no query 
 (``Store._drop_cache``), which lets them go — and the reopened instance is locked as before."""
 
 import threading
-from contextlib import asynccontextmanager
 
 import duckdb
 import trio
 from foundry.kernel.actors.mailbox import ask, reply_pair
-from foundry.kernel.actors.store.actor import Store
 from foundry.kernel.actors.store.messages import Append, CountRows, RunRetention, RunUserQuery
 
 from . import test_analytics_store
 from .harness import GUARD_SECONDS
+from .test_analytics_store import store as running_store
 from .test_store import make_event
 
 NOW = test_analytics_store.NOW
 MEMORY = "SELECT sum(memory_usage_bytes) FROM duckdb_memory()"
 BATCH, BATCHES = 1_000, 8
-
-
-@asynccontextmanager
-async def running_store(home, **options):
-    store_send, store_receive = trio.open_memory_channel(1_000)
-    tap_send, _tap_receive = trio.open_memory_channel(1_000)
-    with trio.fail_after(GUARD_SECONDS * 3):
-        async with trio.open_nursery() as nursery:
-            try:
-                await nursery.start(Store(home, store_receive, tap_send, **options).run)
-                yield store_send
-            finally:
-                store_send.close()
 
 
 async def scalar(store, sql):
@@ -131,7 +117,7 @@ async def test_retention_prunes_and_archives_across_reopens(tmp_path):
     prunes, on the connection the store holds when its delete runs."""
     old = [test_analytics_store.chain(test_analytics_store.OLD, n) for n in range(5)]
     options = {"materialize_delay": 0.01, "cache_bytes": 1, "retain_days": 30}
-    async with test_analytics_store.store(tmp_path, **options) as send:
+    async with running_store(tmp_path, **options) as send:
         for _, records in old:
             await test_analytics_store.append(send, records)
             await trio.sleep(0.05)
