@@ -22,13 +22,13 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import reduce
 from operator import add
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, overload, runtime_checkable
 
 from foundry.kernel.errors import ConfigError
 
@@ -87,6 +87,62 @@ class Diff:
     component: str = ""
 
 
+DiffRow = tuple[str, int, int, float | None, tuple[str, ...], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Diffs(Sequence[Diff]):
+    """A request's diffs, stored as one tuple per field: a request has a thousand, and the
+    rules read a field of every diff at a time (paths, scores, tags), so columns spare the
+    edge a :class:`Diff` object per diff and the rules an attribute lookup per diff. It is a
+    sequence of :class:`Diff` (made on access) for plugin rules and tests."""
+
+    paths: tuple[str, ...] = ()
+    lines_added: tuple[int, ...] = ()
+    lines_deleted: tuple[int, ...] = ()
+    novelty_scores: tuple[float | None, ...] = ()
+    risk_tags: tuple[tuple[str, ...], ...] = ()
+    components: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(set(map(len, self._columns()))) > 1:
+            raise ValueError("Diffs: every column must have one value per diff")
+
+    @classmethod
+    def of(cls, diffs: Iterable[Diff]) -> Diffs:
+        """The columns of ``diffs`` (risk tags as tuples, whatever sequence a Diff holds)."""
+        return cls.of_rows(
+            (d.path, d.lines_added, d.lines_deleted, d.novelty_score, tuple(d.risk_tags),
+             d.component)
+            for d in diffs
+        )  # fmt: skip
+
+    @classmethod
+    def of_rows(cls, rows: Iterable[DiffRow]) -> Diffs:
+        """The columns of rows in :class:`Diff`'s field order (one transposition, in C)."""
+        columns = tuple(zip(*rows, strict=True))
+        return cls(*columns) if columns else cls()
+
+    def _columns(self) -> tuple[tuple[Any, ...], ...]:
+        return (self.paths, self.lines_added, self.lines_deleted, self.novelty_scores,
+                self.risk_tags, self.components)  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @overload
+    def __getitem__(self, index: int) -> Diff: ...
+    @overload
+    def __getitem__(self, index: slice) -> Diffs: ...
+    def __getitem__(self, index: int | slice) -> Diff | Diffs:
+        if isinstance(index, slice):
+            return Diffs(*(column[index] for column in self._columns()))
+        return Diff(*(column[index] for column in self._columns()))
+
+    def __iter__(self) -> Iterator[Diff]:
+        return map(Diff, *self._columns())
+
+
 @dataclass(frozen=True, slots=True)
 class CoverageComponent:
     name: str
@@ -135,13 +191,17 @@ class GateRequest:
 
     change_id: str = ""
     revision: str = ""
-    diffs: tuple[Diff, ...] = ()
+    diffs: Diffs = Diffs()  # any iterable of Diff is turned into Diffs
     coverage: Coverage | None = None
     evals: tuple[Metric, ...] = ()
     budgets: tuple[Budget, ...] = ()
     telemetry: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     actor: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.diffs, Diffs):
+            object.__setattr__(self, "diffs", Diffs.of(self.diffs))
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,7 +440,7 @@ class GatePolicy:
     def high_risk_reason(self, diff: Diff) -> str:
         """Why ``diff`` is high risk — its matching tags and the path pattern it matches — or ""
         when it is not. One regex match (every pattern, precompiled as one alternation)."""
-        return self._risk_text(diff, self.match_path(diff.path))
+        return self._risk_text(tuple(diff.risk_tags), self.match_path(diff.path))
 
     def match_path(self, path: str) -> re.Match[str] | None:
         """The match of ``path`` (less a leading ``./``) against the high-risk patterns; its
@@ -392,9 +452,9 @@ class GatePolicy:
             return None
         return self._path_regex.match(path.removeprefix("./"))
 
-    def _risk_text(self, diff: Diff, found: re.Match[str] | None) -> str:
+    def _risk_text(self, risk_tags: tuple[str, ...], found: re.Match[str] | None) -> str:
         tags = self._tags
-        matched = [tag for tag in diff.risk_tags if tag.lower() in tags] if diff.risk_tags else ()
+        matched = [tag for tag in risk_tags if tag.lower() in tags] if risk_tags else ()
         why = f"tags {', '.join(matched)}" if matched else ""
         if found is not None and found.lastgroup is not None:
             pattern = self.high_risk_paths[int(found.lastgroup[1:])]
@@ -483,20 +543,19 @@ HIGH_RISK_REASONS = 20
 
 
 def _novel(
-    diff: Diff,
+    path: str,
+    score: float,
     policy: GatePolicy,
     effects: list[Effect],
     reasons: list[str],
     followups: list[Followup],
     shown: dict[tuple[float, float], tuple[str, str]],
 ) -> None:
-    """The reason and follow-up of a diff scored above ``novelty_follow_up`` (or NaN).
-    ``shown``: :func:`_pair` of the (score, threshold) pairs met so far in this request (many
-    diffs share a score; a score here is above a threshold >= 0, so never -0.0)."""
+    """The reason and follow-up of the diff of ``path`` scored above ``novelty_follow_up`` (or
+    NaN). ``shown``: :func:`_pair` of the (score, threshold) pairs met so far in this request
+    (many diffs share a score; a score here is above a threshold >= 0, so never -0.0)."""
     maximum, follow_up = policy.max_novelty, policy.novelty_follow_up
-    score, note = diff.novelty_score, ""
-    if score is None:
-        return
+    note = ""
     if score != score:  # NaN: unknown, so as novel as can be
         score, note = 1.0, " (not a number, counted as 1.00)"
     if not score > follow_up:  # a NaN counted as 1.0 is not above a novelty_follow_up of 1.0
@@ -509,20 +568,20 @@ def _novel(
     text, limit = pair
     if denies:
         effects.append(Effect.DENY)
-        reasons.append(f"novelty {text} of {diff.path} is above the maximum {limit}{note}")
+        reasons.append(f"novelty {text} of {path} is above the maximum {limit}{note}")
         followups.append(Followup(
-            "reduce-novelty", f"Split or justify the change to {diff.path} ({text} > {limit})",
+            "reduce-novelty", f"Split or justify the change to {path} ({text} > {limit})",
         ))  # fmt: skip
     else:
         effects.append(Effect.FOLLOW_UP)
-        reasons.append(f"novelty {text} of {diff.path} is above the follow-up threshold {limit}")
+        reasons.append(f"novelty {text} of {path} is above the follow-up threshold {limit}")
         followups.append(Followup(
             "review-novelty",
-            f"Have an owner review the novel change to {diff.path} ({text} > {limit})",
+            f"Have an owner review the novel change to {path} ({text} > {limit})",
         ))  # fmt: skip
 
 
-def _path_matches(paths: list[str], policy: GatePolicy) -> list[re.Match[str] | None]:
+def _path_matches(paths: Sequence[str], policy: GatePolicy) -> list[re.Match[str] | None]:
     """:meth:`GatePolicy.match_path` of each path, inlined: it runs once per diff."""
     match, hint = policy._path_regex.match, policy._path_hint
     if hint is None:
@@ -531,26 +590,19 @@ def _path_matches(paths: list[str], policy: GatePolicy) -> list[re.Match[str] | 
     return [match(p.removeprefix("./")) if search(p) else None for p in paths]
 
 
-def _risky(diffs: Sequence[Diff], policy: GatePolicy) -> list[tuple[Diff, re.Match[str] | None]]:
-    """The high-risk diffs, in order, each with its path match (None: only a tag is risky).
-    Diffs mostly repeat a few tag lists: each distinct one is lowercased and checked once."""
-    found = _path_matches([d.path for d in diffs], policy)
+def _risky(diffs: Diffs, policy: GatePolicy) -> list[tuple[int, re.Match[str] | None]]:
+    """The high-risk diffs, in order, each as its index and its path match (None: only a tag is
+    risky). Diffs mostly repeat a few tag lists: each distinct one is lowercased and checked
+    once."""
+    found = _path_matches(diffs.paths, policy)
     tags = policy._tags
-    try:
-        distinct = {d.risk_tags for d in diffs}
-    except TypeError:  # a list, in a Diff a plugin or a test built: checked diff by diff
-        return [
-            (d, f)
-            for d, f in zip(diffs, found, strict=True)
-            if f is not None or (d.risk_tags and not tags.isdisjoint(map(str.lower, d.risk_tags)))
-        ]
-    risky_tags = {t for t in distinct if t and not tags.isdisjoint(map(str.lower, t))}
+    risky_tags = {t for t in set(diffs.risk_tags) if t and not tags.isdisjoint(map(str.lower, t))}
     if not risky_tags:
-        return [(d, f) for d, f in zip(diffs, found, strict=True) if f is not None]
+        return [(i, f) for i, f in enumerate(found) if f is not None]
     return [
-        (d, f)
-        for d, f in zip(diffs, found, strict=True)
-        if f is not None or d.risk_tags in risky_tags
+        (i, f)
+        for i, (f, t) in enumerate(zip(found, diffs.risk_tags, strict=True))
+        if f is not None or t in risky_tags
     ]
 
 
@@ -563,9 +615,10 @@ class NoveltyRule:
     name = "novelty"
 
     def evaluate(self, request: GateRequest, policy: GatePolicy) -> RuleResult:
-        # Whole-list passes with comprehensions and builtins: a request has a thousand diffs.
+        # Whole-column passes with comprehensions and builtins: a request has a thousand diffs.
         diffs = request.diffs
-        scores = [s if s == s else 1.0 for d in diffs if (s := d.novelty_score) is not None]
+        novelty = diffs.novelty_scores
+        scores = [s if s == s else 1.0 for s in novelty if s is not None]
         top = max([0.0, *scores])  # NaN counted as 1.0; max keeps the first of equals
         total = reduce(add, scores, 0.0)  # in order (Python 3.12's sum() compensates)
         scored = len(scores)
@@ -574,17 +627,21 @@ class NoveltyRule:
         followups: list[Followup] = []
         follow_up = policy.novelty_follow_up
         shown: dict[tuple[float, float], tuple[str, str]] = {}
-        for diff in [d for d in diffs if (s := d.novelty_score) is not None and not s <= follow_up]:
-            _novel(diff, policy, effects, reasons, followups, shown)
+        paths = diffs.paths
+        for i, score in [
+            (i, s) for i, s in enumerate(novelty) if s is not None and not s <= follow_up
+        ]:
+            _novel(paths[i], score, policy, effects, reasons, followups, shown)
         risky = _risky(diffs, policy)
-        high_risk = [diff.path for diff, _ in risky]
+        high_risk = [paths[i] for i, _ in risky]
         if risky:
             effects.append(policy.high_risk)
             shown_policy = policy.high_risk.value
             risk_text = policy._risk_text
+            tags = diffs.risk_tags
             reasons.extend(
-                f"{diff.path} is high risk ({risk_text(diff, found)}; policy: {shown_policy})"
-                for diff, found in risky[:HIGH_RISK_REASONS]
+                f"{paths[i]} is high risk ({risk_text(tags[i], found)}; policy: {shown_policy})"
+                for i, found in risky[:HIGH_RISK_REASONS]
             )
             if len(risky) > HIGH_RISK_REASONS:
                 reasons.append(

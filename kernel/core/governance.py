@@ -344,14 +344,14 @@ def check_gate_request(request: GateRequest) -> None:
     check_name(request.change_id, "change_id")
     check_name(request.revision, "revision", required=False)
     check_name(request.actor, "actor", required=False)
-    _check_names([d.path for d in request.diffs], "diffs[{}].path", MAX_PATH)
+    _check_names(request.diffs.paths, "diffs[{}].path", MAX_PATH)
     _check_names([m.name for m in request.evals], "evals[{}].name", MAX_NAME)
     _check_names([b.name for b in request.budgets], "budgets[{}].name", MAX_NAME)
     check_json_value(thawed(request.telemetry), "telemetry")
     check_json_value(thawed(request.metadata), "metadata")
 
 
-def _check_names(names: list[Any], field: str, limit: int) -> None:
+def _check_names(names: Sequence[Any], field: str, limit: int) -> None:
     """:func:`check_name` of each name (``field`` formatted with its index), with the common
     case — every name a non-blank string within ``limit`` — checked by builtins at C speed:
     a request carries a thousand paths."""

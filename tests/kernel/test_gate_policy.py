@@ -16,6 +16,7 @@ from foundry.kernel.core.gate_policy import (
     CoverageSummary,
     Decision,
     Diff,
+    Diffs,
     Direction,
     Effect,
     EvalSummary,
@@ -241,6 +242,37 @@ def test_tags_given_as_a_list_are_checked_too():
     diffs = (Diff("a.py", risk_tags=["ui", "AUTH"]), Diff("b.py", risk_tags=("ui",)))  # type: ignore[arg-type]
 
     assert gate(diffs=diffs).scorecard.novelty.high_risk_paths == ("a.py",)
+
+
+def test_a_request_keeps_its_diffs_as_columns_and_gives_them_back_as_diffs():
+    diffs = (
+        Diff("a.py", 3, 1, 0.25, ["ui"], "web"),  # type: ignore[arg-type]
+        Diff("b.py", novelty_score=None, risk_tags=("auth", "db")),
+        Diff("c.py", 7),
+    )
+    request = GateRequest("chg", diffs=diffs)
+
+    assert isinstance(request.diffs, Diffs)
+    assert request.diffs.paths == ("a.py", "b.py", "c.py")
+    assert request.diffs.novelty_scores == (0.25, None, None)
+    assert request.diffs.risk_tags == (("ui",), ("auth", "db"), ())  # a list became a tuple
+    assert list(request.diffs) == [Diff("a.py", 3, 1, 0.25, ("ui",), "web"), *diffs[1:]]
+    assert request.diffs[1] == diffs[1]
+    assert request.diffs[-1] == diffs[2]
+    assert request.diffs[1:] == Diffs.of(diffs[1:])
+    assert len(request.diffs) == 3
+    assert len(GateRequest("chg").diffs) == 0
+    # built from rows (as the edge does) or from Diff objects: the same request
+    rows = [(d.path, d.lines_added, d.lines_deleted, d.novelty_score, tuple(d.risk_tags),
+             d.component) for d in diffs]  # fmt: skip
+    assert GateRequest("chg", diffs=Diffs.of_rows(rows)) == request
+    with pytest.raises(IndexError):
+        request.diffs[3]
+
+
+def test_diffs_refuse_columns_of_different_lengths():
+    with pytest.raises(ValueError, match="one value per diff"):
+        Diffs(paths=("a.py", "b.py"), novelty_scores=(None,))
 
 
 def test_a_nan_novelty_at_a_follow_up_threshold_of_one_passes_as_one():

@@ -13,7 +13,7 @@ from foundry.kernel.core.gate_policy import (
     Budget,
     Coverage,
     CoverageComponent,
-    Diff,
+    Diffs,
     Effect,
     GateRequest,
     Metric,
@@ -83,17 +83,17 @@ def gate_request(
     return GateRequest(
         change_id=message.change_id,
         revision=message.revision,
-        diffs=tuple(
-            Diff(
+        diffs=Diffs.of_rows(
+            (
                 d.path,
                 d.lines_added,
                 d.lines_deleted,
                 d.novelty_score,
                 tuple(d.risk_tags),
                 d.component,
-            )  # fmt: skip
+            )
             for d in message.diffs
-        ),
+        ),  # fmt: skip
         coverage=coverage,
         evals=tuple(
             Metric(
