@@ -2,12 +2,16 @@
 out: the store reopens the database once they pass ``cache_bytes`` and no query runs
 (``Store._drop_cache``), which lets them go — and the reopened instance is locked as before."""
 
+import subprocess
+import sys
 import threading
 
 import duckdb
+import pytest
 import trio
 from foundry.kernel.actors.mailbox import ask, reply_pair
 from foundry.kernel.actors.store.messages import Append, CountRows, RunRetention, RunUserQuery
+from foundry.kernel.errors import Unavailable
 
 from . import test_analytics_store
 from .harness import GUARD_SECONDS
@@ -126,3 +130,66 @@ async def test_retention_prunes_and_archives_across_reopens(tmp_path):
         await trio.sleep(0.1)
         assert int(await scalar(send, "SELECT count(*) FROM workflows")) == 1
         assert int(await scalar(send, "SELECT count(*) FROM archived_workflows")) == 5
+
+
+# Another process opening the file while the store has it closed (between the close and the
+# connect of a reopen) makes DuckDB refuse the store's connection.
+HOLDER = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print("holding", flush=True)
+sys.stdin.read()
+con.close()
+"""
+
+
+async def test_a_reopen_duckdb_refuses_leaves_writes_durable_and_reads_unavailable_until_it_opens(
+    tmp_path, caplog
+):
+    """Between the close and the connect of a reopen, another process opens the file: the store
+    keeps acknowledging writes (its journal), answers queries UNAVAILABLE naming the cause,
+    retries, and once the file is free opens it again, with every write applied and locked as
+    before."""
+    holder: list[subprocess.Popen[str]] = []
+
+    def hold(work):
+        if work == "reconnect" and not holder:
+            process = subprocess.Popen(
+                [sys.executable, "-c", HOLDER, str(tmp_path / "foundry.duckdb")],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            holder.append(process)
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "holding"
+
+    options = {"materialize_delay": 0.01, "cache_bytes": 1, "hold_for_test": hold}
+    try:
+        async with running_store(tmp_path, **options) as store:
+            written = 0
+            with trio.fail_after(GUARD_SECONDS):
+                while not holder:  # each batch reopens (cache_bytes=1): the first one is refused
+                    await write(store, written, 1)
+                    written += 1
+                    await trio.sleep(0.05)
+            await write(store, written, BATCH)  # acknowledged: in the journal, DuckDB or not
+            written += BATCH
+            with pytest.raises(Unavailable, match="could not be opened again"):
+                await scalar(store, "SELECT count(*) FROM events")
+            assert "could not open the database again" in caplog.text
+            holder[0].communicate("", timeout=GUARD_SECONDS)  # the other process lets go
+            with trio.fail_after(GUARD_SECONDS):
+                while True:
+                    try:
+                        count = int(await scalar(store, "SELECT count(*) FROM events"))
+                    except Unavailable:
+                        await trio.sleep(0.2)
+                        continue
+                    if count == written:
+                        break
+                    await trio.sleep(0.05)
+            assert await scalar(store, "SELECT current_setting('lock_configuration')") == "true"
+            assert "the database is open again" in caplog.text
+    finally:
+        for process in holder:
+            process.kill()
+            process.wait()

@@ -109,6 +109,7 @@ RELEASE_DELAY = 1.0
 # buffers hold more than this and no query runs, the store checkpoints and reopens the database
 # (the checkpoint, then ~30 ms, on a worker thread), which drops them; 0 never does.
 CACHE_BYTES = 8 << 20
+REOPEN_RETRY_SECONDS = 1.0  # a reopen DuckDB refused is tried again this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +190,8 @@ class Store:
         self._backlog_rows = 0
         self._journaled = self._applied = 0  # seq of the last record journaled / in DuckDB
         self._caught = trio.Event()  # set (and replaced) each time DuckDB catches up some
+        self._reopened = trio.Event()  # set when a database a reopen left closed opens again
+        self._reconnecting: trio.CancelScope | None = None  # _reconnect_loop's
         self._hurry = trio.Event()  # someone waits: materialize now
         self._backlog_ready = trio.Event()
         self._committing = True  # the commit loop runs: more backlog may come
@@ -212,6 +215,8 @@ class Store:
                     self._archivist.close()  # it writes what it was given, then stops
                     if self._release is not None:
                         self._release.cancel()
+                    if self._reconnecting is not None:
+                        self._reconnecting.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._close)
@@ -379,6 +384,13 @@ class Store:
             await self._materialize()
 
     async def _materialize(self) -> None:
+        while self._con is None:  # a reopen failed: _reconnect_loop opens it again
+            if not self._committing:  # stopping: the next start applies them from the journal
+                log.error("stopping with %d journal records the database lacks", len(self._backlog))
+                self._backlog, self._backlog_rows = [], 0
+                return
+            with trio.move_on_after(REOPEN_RETRY_SECONDS):
+                await self._reopened.wait()
         batch, self._backlog, self._backlog_rows = self._backlog, [], 0
         for attempt in itertools.count(1):
             try:
@@ -398,17 +410,34 @@ class Store:
         if self._cache_full and self._committing:
             await self._drop_cache()
 
-    async def _caught_up(self, limit: float | None = CATCH_UP_SECONDS) -> None:
+    async def _caught_up(
+        self, limit: float | None = CATCH_UP_SECONDS, *, read: bool = False
+    ) -> None:
         """Return once DuckDB has every write journaled before this call; Unavailable after
-        ``limit`` seconds (the log says why the materializer is stuck)."""
+        ``limit`` seconds (the log says why the materializer is stuck). A ``read`` fails at once
+        while a failed reopen leaves the database closed: DuckDB does not catch up meanwhile."""
         target = self._journaled
         with trio.move_on_after(math.inf if limit is None else limit):
-            while self._applied < target:
+            while True:
+                if read and self._reconnecting is not None:
+                    self._require_open()
+                if self._applied >= target:
+                    return
                 caught = self._caught
                 self._hurry.set()
                 await caught.wait()
-            return
         raise Unavailable("the store's database is behind its journal; the daemon log says why")
+
+    async def _readable(self) -> None:
+        await self._caught_up(read=True)
+
+    def _require_open(self) -> None:
+        """Unavailable while a failed reopen leaves the database closed (``_reconnect_loop``).
+        A reader checks again once it holds its slot: a reopen may have failed meanwhile."""
+        if self._con is None:
+            raise Unavailable(
+                "the store's database could not be opened again; the daemon log says why"
+            )
 
     async def _drop_cache(self) -> None:
         """Reopen the database (``_reopen``) if no query runs; else the next batch tries again.
@@ -422,9 +451,37 @@ class Store:
                 limiter.acquire_on_behalf_of_nowait(borrower)
             try:
                 await trio.to_thread.run_sync(self._reopen)
+            except Exception as exc:
+                log.error(
+                    "could not open the database again after releasing its cache (%s): writes "
+                    "go on to the journal, queries answer UNAVAILABLE; retrying every %g s",
+                    sandbox.cut(str(exc)), REOPEN_RETRY_SECONDS,
+                )  # fmt: skip
+                self._reopened = trio.Event()
+                self._reconnecting = trio.CancelScope()
+                assert self._background is not None
+                self._background.start_soon(self._reconnect_loop, self._reconnecting)
+                self._caught.set()  # reads waiting for DuckDB to catch up fail now instead
+                self._caught = trio.Event()
             finally:
                 for limiter, borrower in slots:
                     limiter.release_on_behalf_of(borrower)
+
+    async def _reconnect_loop(self, scope: trio.CancelScope) -> None:
+        """Open the database again until DuckDB lets us (see :meth:`_reconnect`)."""
+        with scope:
+            while True:
+                await trio.sleep(REOPEN_RETRY_SECONDS)
+                try:
+                    async with self._database:
+                        await trio.to_thread.run_sync(self._reconnect)
+                except Exception as exc:
+                    log.debug("the database does not open yet: %s", sandbox.cut(str(exc)))
+                    continue
+                log.warning("the database is open again")
+                self._reopened.set()
+                break
+        self._reconnecting = None
 
     def _release_memory_soon(self) -> None:
         """After a large commit, hand the heap's free pages back to the OS (see
@@ -477,7 +534,7 @@ class Store:
         if self._retain_days <= 0:
             return RetentionReport(None, {})
         async with self._retention:
-            await self._caught_up()
+            await self._readable()
             cutoff = datetime.now(UTC) - timedelta(days=self._retain_days)
             pass_id = f"{cutoff:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
             staged = await trio.to_thread.run_sync(
@@ -500,7 +557,7 @@ class Store:
 
     async def _prune(self, prune: Prune) -> None:
         try:
-            await self._caught_up()  # every row journaled before it is in DuckDB
+            await self._readable()  # every row journaled before it is in DuckDB
             async with self._database:
                 con = self._con  # taken under the lock: a reopen (_drop_cache) replaces it
                 assert con is not None
@@ -516,7 +573,7 @@ class Store:
 
     async def _query(self, message: StoreQuery) -> None:
         try:
-            await self._caught_up()
+            await self._readable()
             result = await trio.to_thread.run_sync(self._run_query, message, limiter=self._readers)
         except Exception as exc:
             if isinstance(exc, duckdb.Error):
@@ -530,8 +587,9 @@ class Store:
     async def _user_query(self, message: RunUserQuery) -> None:
         """Run an analyst's SQL on a cursor of its own; a trio timer interrupts it at the limit."""
         try:
-            await self._caught_up()
+            await self._readable()
             async with self._user_readers:
+                self._require_open()
                 cursor, thread = self._user_cursors.pop(), self._user_threads.pop()
                 expired = False
                 timer = trio.CancelScope()
@@ -618,9 +676,23 @@ class Store:
         self._user_cursors.clear()
         self._appenders.clear()  # each holds the connection open
         self._con.close()
-        self._con = self._connect()
-        if not _locked(self._con):
-            sandbox.lock_instance(self._con, self.home)
+        self._con = None
+        self._reconnect()
+
+    def _reconnect(self) -> None:
+        """Open the database again after :meth:`_reopen` closed it, locked as before. DuckDB may
+        refuse (another process opened the file meanwhile, the disk is full): the caller says
+        so and retries; ``_con`` stays None until then."""
+        if self._hold_for_test is not None:
+            self._hold_for_test("reconnect")
+        con = self._connect()
+        try:
+            if not _locked(con):
+                sandbox.lock_instance(con, self.home)
+        except BaseException:
+            con.close()
+            raise
+        self._con = con
         self._open_cursors()
 
     def _upgrade_schema(self) -> None:
@@ -652,6 +724,7 @@ class Store:
 
     def _run_query(self, message: StoreQuery) -> Any:
         # The limiter lets at most READERS threads here at once: there is always an idle cursor.
+        self._require_open()
         cursor = self._cursors.pop()
         healthy = False
         try:
@@ -672,6 +745,7 @@ class Store:
 
     def _run_read(self, read: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
         """``read(cursor)`` on an idle read cursor in a transaction of its own (a snapshot)."""
+        self._require_open()
         cursor = self._cursors.pop()
         healthy = False
         try:
@@ -749,7 +823,8 @@ class Store:
         self._applied = self._journaled = self._journal.last_seq
 
     def _checkpoint(self) -> None:
-        assert self._con is not None
+        if self._con is None:  # closed by a failed reopen: nothing to checkpoint
+            return
         try:
             self._con.execute("CHECKPOINT")
         except duckdb.Error as exc:  # a transaction in the way: the automatic one comes later
