@@ -9,6 +9,9 @@ a third of the CPU grpclib does, and on a 2-core machine every cycle the client 
 server under test can use.
 
 Measurements are interleaved (plain, foundry, foundry greeting; repeat) and the medians compared.
+Beside throughput, each server's CPU time per Emit (user + system, all its threads, from
+``/proc``; for the greeting, until its chains have finished): on a shared machine whose speed
+changes within minutes, CPU time per call compares the servers where RPC/s cannot.
 ``bench_ping`` is sunk by no block: the pure Emit path, root durably stored before the reply.
 ``greet_requested`` starts the built-in greeting chain, which then runs in the background; the
 daemon is left to go idle before the next measurement.
@@ -111,7 +114,7 @@ async def _client(
     request = api.EmitRequest(event_type=event_type, project="bench", payload_json=payload)
     async with _emitter(library, addr, request) as emit:
         window: dict[str, float] = {}
-        counts = {"ok": 0, "errors": 0}
+        counts = {"ok": 0, "errors": 0, "completed": 0}
         latencies: list[float] = []
         stopping = False
 
@@ -127,6 +130,7 @@ async def _client(
                     await asyncio.sleep(0.01)
                     continue
                 done = time.perf_counter()
+                counts["completed"] += 1  # the server's CPU time is divided by these
                 # Completions inside the window count, whenever they were sent: with ~100 in
                 # flight the latency can approach the window, and steady state is what matters.
                 if "start" in window and "end" not in window:
@@ -148,6 +152,7 @@ async def _client(
     return {
         "library": library,
         "requests": counts["ok"],
+        "completed": counts["completed"],
         "errors": counts["errors"],
         "seconds": seconds,
         "rps": counts["ok"] / seconds,
@@ -285,6 +290,15 @@ def _measure(
     return result
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process, all its threads (Linux ``/proc``), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _wait_idle(address: str) -> float:
     """Wait until the daemon has no workflow pending or running; returns the seconds waited."""
     from foundry.kernel.edge.grpc.client import connect
@@ -320,15 +334,22 @@ def run(options: Options) -> Report:
                 ("ping", foundry, PING),
                 ("greet", foundry, GREET),
             ):
+                cpu_before = _cpu_seconds(server.process.pid)
                 result = _measure(server.address, event, duration)
+                if server is foundry:
+                    drains.append(_wait_idle(foundry.address))
+                cpu_after = _cpu_seconds(server.process.pid)
+                if cpu_before is not None and cpu_after is not None:
+                    result["server_cpu_us"] = (cpu_after - cpu_before) / result["completed"] * 1e6
                 series[key].append(result)
                 line = (
                     f"{NAME} rep {rep + 1}/{options.repetitions} {key:<5} "
                     f"{result['rps']:8,.0f} RPC/s  p50 {result['p50_ms']:.1f} ms  "
                     f"client CPU {result['client_cpu']:.0%}"
                 )
+                if "server_cpu_us" in result:
+                    line += f"  server {result['server_cpu_us']:,.0f} µs CPU/RPC"
                 if server is foundry:
-                    drains.append(_wait_idle(foundry.address))
                     line += f"  (idle after {drains[-1]:.2f} s)"
                 progress(options, line)
 
@@ -350,6 +371,20 @@ def run(options: Options) -> Report:
     )  # fmt: skip
     report.ratio("foundry/plain (greet_requested)", "foundry Emit (greet_requested)",
                  "plain grpclib Emit", target=GREETING_RATIO_TARGET)  # fmt: skip
+    if all("server_cpu_us" in r for runs in series.values() for r in runs):
+        for key, name in (
+            ("plain", "plain grpclib CPU per Emit"),
+            ("ping", "foundry CPU per Emit (bench_ping)"),
+            ("greet", "foundry CPU per Emit (greet_requested)"),
+        ):
+            samples = [r["server_cpu_us"] for r in series[key]]
+            note = "chains included" if key == "greet" else ""
+            report.figures.append(Figure(name, "µs", samples, note=note))
+        for event in ("bench_ping", "greet_requested"):
+            report.ratio(
+                f"CPU plain/foundry ({event})", "plain grpclib CPU per Emit",
+                f"foundry CPU per Emit ({event})",
+            )  # fmt: skip
     report.notes.append(
         f"{CONCURRENCY} requests in flight on one HTTP/2 connection, one {LOAD_LIBRARY} client "
         "process; "

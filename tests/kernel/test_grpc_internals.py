@@ -16,6 +16,7 @@ import pytest
 import trio_asyncio
 from foundry.kernel.edge.grpc import internals
 from foundry.kernel.edge.grpc.server import RequestCodec, bind
+from foundry.proto import foundry_api
 from foundry.proto import runtime_api as api
 from grpclib import GRPCError
 from grpclib.client import Channel
@@ -371,3 +372,163 @@ def test_answer_unknown_methods_falls_back_when_the_mapping_is_gone():
         pass
 
     assert internals.answer_unknown_methods(NoMapping()) is False  # type: ignore[arg-type]
+
+
+# --- one socket write per loop turn ---------------------------------------------------------------
+
+
+def test_grpclib_servers_still_write_through_the_transport_their_h2protocol_is_given():
+    reason = internals.writes_are_coalescable()
+    assert reason is None, (
+        f"{GRPCLIB}: {reason}; internals.coalesce_writes cannot gather a connection's frames "
+        "(one socket write per HTTP/2 send, three per unary reply)"
+    )
+
+
+class FakeTransport:
+    def __init__(self, fail: bool = False) -> None:
+        self.writes: list[bytes] = []
+        self.closed = self.aborted = False
+        self.fail = fail
+
+    def write(self, data: bytes) -> None:
+        if self.fail:
+            raise RuntimeError("simulated")
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("192.0.2.1", 4)}.get(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return 7
+
+
+def test_coalesced_writes_leave_together_in_order_once_the_queued_callbacks_ran():
+    async def go() -> None:
+        fake = FakeTransport()
+        transport = internals.CoalescedWrites(fake, asyncio.get_running_loop())
+        ran: list[str] = []
+        asyncio.get_running_loop().call_soon(ran.append, "queued before")
+        transport.write(b"head")
+        transport.write(b"")
+        transport.write(b"ers")
+        assert fake.writes == []
+        await asyncio.sleep(0)
+        assert ran == ["queued before"]
+        assert fake.writes == [b"headers"]
+        big = b"x" * internals.FLUSH_AT
+        transport.write(b"a")
+        transport.write(big)  # at the threshold: written at once, after what came first
+        assert fake.writes == [b"headers", b"a" + big]
+        transport.write(b"trailers")
+        transport.close()  # what is gathered goes first
+        assert fake.writes[-1] == b"trailers"
+        assert fake.closed
+        assert transport.is_closing()
+        await asyncio.sleep(0)  # the scheduled flush finds nothing left
+        assert len(fake.writes) == 3
+        assert transport.get_extra_info("peername") == ("192.0.2.1", 4)
+        assert transport.get_write_buffer_size() == 7  # the rest is the real transport's
+
+    asyncio.run(go())
+
+
+def test_an_aborted_or_failing_coalesced_transport_drops_what_it_gathered(caplog):
+    async def go() -> tuple[FakeTransport, FakeTransport]:
+        loop = asyncio.get_running_loop()
+        aborted = FakeTransport()
+        transport = internals.CoalescedWrites(aborted, loop)
+        transport.write(b"lost")
+        transport.abort()
+        failing = FakeTransport(fail=True)
+        internals.CoalescedWrites(failing, loop).write(b"x")
+        await asyncio.sleep(0)  # a failing write must not escape into the loop
+        return aborted, failing
+
+    aborted, failing = asyncio.run(go())
+    assert aborted.writes == []
+    assert aborted.aborted
+    assert failing.aborted
+    assert "a write to a connection failed" in caplog.text
+
+
+class Echo(foundry_api.FoundryBase):
+    """Emit answered with the request's payload as the event id (as large as the request)."""
+
+    async def emit(self, message: foundry_api.EmitRequest) -> foundry_api.EmitResponse:
+        return foundry_api.EmitResponse(event_id=message.payload_json, workflow_id="w")
+
+
+async def echo_calls(payloads: list[str], limit: int) -> list[str]:
+    server = Server([Echo()], codec=RequestCodec(limit))
+    sock = bind("127.0.0.1", 0)
+    await server.start(sock=sock)
+    channel = Channel("127.0.0.1", sock.getsockname()[1])
+    try:
+        stub = foundry_api.FoundryStub(channel)
+        requests = [foundry_api.EmitRequest(event_type="t", payload_json=p) for p in payloads]
+        calls = [stub.emit(request) for request in requests]
+        return [reply.event_id for reply in await asyncio.gather(*calls)]
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
+
+
+PAYLOADS = [*(f"p{i}" for i in range(60)), "L" * (3 << 20)]  # and one past the flow windows
+
+
+@pytest.fixture
+def counted_writes(monkeypatch) -> list[int]:
+    """Installs coalesce_writes; the sizes of the writes CoalescedWrites hands on."""
+    monkeypatch.setattr(grpclib.server, "H2Protocol", grpclib.server.H2Protocol)
+    assert internals.coalesce_writes() is True
+    assert internals.coalesce_writes() is True  # idempotent: no subclass of a subclass
+    assert grpclib.server.H2Protocol.__bases__ == (grpclib.protocol.H2Protocol,)
+    writes: list[int] = []
+    real_flush = internals.CoalescedWrites.flush
+
+    def counted_flush(self: internals.CoalescedWrites) -> None:
+        writes.append(self._size)
+        real_flush(self)
+
+    monkeypatch.setattr(internals.CoalescedWrites, "flush", counted_flush)
+    return writes
+
+
+def few_writes(writes: list[int]) -> None:
+    assert writes, "the server's writes did not go through CoalescedWrites"
+    # 61 replies of three sends each, and the large one in 16 KiB frames, would be > 380 writes
+    assert len([w for w in writes if w]) < 120, writes
+
+
+def test_coalesced_servers_answer_many_calls_and_large_messages_in_few_writes(counted_writes):
+    assert asyncio.run(echo_calls(PAYLOADS, 4 << 20)) == PAYLOADS
+    few_writes(counted_writes)
+
+
+async def test_coalesced_writes_in_the_daemons_loop(counted_writes, monkeypatch):
+    loop_class = internals._trio_loop_class()
+    monkeypatch.setattr(loop_class, "_main_loop_one", loop_class._main_loop_one)
+    assert internals.batch_ready_callbacks() is True
+    async with trio_asyncio.open_loop():
+        answers = await trio_asyncio.aio_as_trio(echo_calls)(PAYLOADS, 4 << 20)
+    assert answers == PAYLOADS
+    few_writes(counted_writes)
+
+
+def test_coalesce_writes_falls_back_when_grpclib_changed(monkeypatch):
+    monkeypatch.setattr(grpclib.server, "H2Protocol", grpclib.server.H2Protocol)
+    before = grpclib.server.H2Protocol
+    monkeypatch.setattr(internals, "writes_are_coalescable", lambda: "simulated")
+    assert internals.coalesce_writes() is False
+    assert grpclib.server.H2Protocol is before

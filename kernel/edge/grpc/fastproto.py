@@ -1,6 +1,7 @@
-"""CheckChangeGate through upb, the C-backed ``protobuf``: its request and reply are too big for
-betterproto2's pure-Python codec (a request of 1,000 diffs, ~49 KB, takes ~50 ms to parse and
-~5 ms to type-check there; upb parses it in well under 1 ms).
+"""CheckChangeGate and Emit through upb, the C-backed ``protobuf``: CheckChangeGate's request and
+reply are too big for betterproto2's pure-Python codec (a request of 1,000 diffs, ~49 KB, takes
+~50 ms to parse and ~5 ms to type-check there; upb parses it in well under 1 ms), and Emit is the
+hot path (its request decodes and checks in ~3 µs, against ~20).
 
 The message classes come from the committed descriptor set (``reflection.py``'s pool), so there
 are no generated ``_pb2`` files. The guarantees of ``server.RequestCodec`` hold:
@@ -38,6 +39,7 @@ from foundry.kernel.edge.grpc import governance
 from foundry.kernel.edge.grpc.internals import Encoded
 from foundry.kernel.edge.grpc.message_check import MAX_ID_LENGTH, WrongField, check_request
 from foundry.kernel.edge.grpc.reflection import descriptor_pool_of_protos
+from foundry.proto import foundry_api
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
 from google.protobuf import message_factory
@@ -48,10 +50,21 @@ JsonObject = Callable[[Struct | None, str], dict[str, Any] | None]
 
 
 @cache
-def upb_class(name: str) -> Any:
-    """The upb message class of ``fleetforge.runtime.v1.<name>``."""
-    descriptor = descriptor_pool_of_protos().FindMessageTypeByName(f"{PACKAGE}.{name}")
+def upb_class(name: str, package: str = PACKAGE) -> Any:
+    """The upb message class of ``<package>.<name>`` (of the committed descriptor set)."""
+    descriptor = descriptor_pool_of_protos().FindMessageTypeByName(f"{package}.{name}")
     return message_factory.GetMessageClass(descriptor)
+
+
+def _plain(name: str, package: str, data: bytes) -> Any:
+    """``data`` decoded by upb, or None when upb refuses it (invalid UTF-8) or sets something
+    aside (a field of the wrong wire type, or one this daemon does not know): the caller then
+    takes betterproto2's path, whose checks name the field."""
+    try:
+        message = upb_class(name, package).FromString(data)
+    except DecodeError:
+        return None
+    return None if _has_unknown_fields(message) else message
 
 
 # --- the request --------------------------------------------------------------------------------
@@ -69,11 +82,8 @@ class UpbRequest:
 def decode_request(data: bytes) -> UpbRequest | api.CheckChangeGateRequest:
     """The request: upb's when the bytes are plain, else betterproto2's (unchecked: the codec
     checks it, and names the wrong field). Raises :class:`WrongField` for a bad id or Struct."""
-    try:
-        message = upb_class("CheckChangeGateRequest").FromString(data)
-    except DecodeError:
-        message = None
-    if message is None or _has_unknown_fields(message):
+    message = _plain("CheckChangeGateRequest", PACKAGE, data)
+    if message is None:
         return api.CheckChangeGateRequest().parse(data)
     _check_ids(message)
     return UpbRequest(message, _structs(message))
@@ -181,6 +191,34 @@ def _from_upb(
         metadata=metadata,
         actor=message.actor,
     )
+
+
+# --- Emit, on the hot path -------------------------------------------------------------------
+
+EMIT_IDS = ("event_type", "project", "trace_id", "span_id", "parent_span_id")
+
+
+def decode_emit_request(data: bytes) -> Any:
+    """An EmitRequest by upb (~3 µs with its checks; betterproto2's parse and ``check_request``
+    take ~20): the handler reads the same fields of either kind. Bytes upb will not take as they
+    are go betterproto2's way (:func:`_plain`); ids are bounded here as ``check_request`` bounds
+    them."""
+    message = _plain("EmitRequest", "foundry", data)
+    if message is None:
+        return foundry_api.EmitRequest.parse(data)
+    for name in EMIT_IDS:
+        if len(getattr(message, name)) > MAX_ID_LENGTH:
+            raise WrongField(f"{name}: longer than {MAX_ID_LENGTH} characters")
+    return message
+
+
+def encode_emit_response(reply: foundry_api.EmitResponse) -> bytes:
+    """The EmitResponse's bytes by upb (~1 µs; betterproto2 ~7), the same bytes."""
+    message = upb_class("EmitResponse", "foundry")(
+        event_id=reply.event_id, workflow_id=reply.workflow_id
+    )
+    data: bytes = message.SerializeToString()
+    return data
 
 
 # --- the reply ----------------------------------------------------------------------------------

@@ -95,7 +95,9 @@ class FoundryService(api.FoundryBase):
 
 
 def parse_emit(message: api.EmitRequest) -> Any:
-    """Validate an EmitRequest; returns a builder of the engine's Emit message."""
+    """Validate an EmitRequest — betterproto2's (the HTTP edge) or upb's (gRPC:
+    ``fastproto.decode_emit_request``), read by the same field names; returns a builder of the
+    engine's Emit message (plain values: no message object goes to the engine)."""
     if not message.event_type:
         raise GRPCError(Status.INVALID_ARGUMENT, "event_type: must not be empty")
     try:
@@ -109,7 +111,8 @@ def parse_emit(message: api.EmitRequest) -> Any:
         span = given_context(message.trace_id, message.span_id, message.parent_span_id)
     except TraceContextError as exc:
         raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
-    return lambda reply: Emit(message.event_type, message.project, throttle, payload, reply, span)
+    event_type, project = message.event_type, message.project
+    return lambda reply: Emit(event_type, project, throttle, payload, reply, span)
 
 
 def parse_payload(payload_json: str) -> Mapping[str, Any]:

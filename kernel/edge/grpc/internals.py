@@ -26,6 +26,11 @@ disappeared, if an upgrade moves any of it):
 - ``grpclib.server.Server._server`` (:func:`stop_listening`): the asyncio server, to close the
   listening socket while in-flight RPCs drain (``Server.close`` also cancels them). Fallback:
   keep listening; the services refuse new calls with UNAVAILABLE while draining anyway.
+- ``grpclib.server.H2Protocol`` (:func:`coalesce_writes`): grpclib writes to the socket once per
+  HTTP/2 send — headers, data and trailers of a unary reply are three ``send`` syscalls, each with
+  its GIL release and re-take. The servers' protocol gets a transport that gathers a connection's
+  writes and hands them to the socket once per turn of the event loop (:class:`CoalescedWrites`):
+  one ``send`` for every reply finished in that turn. Fallback: one write per send.
 - ``grpclib.server.Server._mapping`` (:func:`answer_unknown_methods`): grpclib answers a path it
   has no handler for with a bare ``grpc-status: 12`` and no ``content-type``, which grpcio, Go
   and Connect clients report as "missing content-type" instead of UNIMPLEMENTED. We give the
@@ -38,6 +43,7 @@ Nothing else under ``kernel/edge`` reads a private attribute of grpclib, h2 or t
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 from collections.abc import Callable, Sequence
@@ -152,6 +158,123 @@ async def send_frames(stream: grpclib.server.Stream[Any, Any], messages: Sequenc
     _fallback(f"grpclib {grpclib.__version__}: Stream._stream.send_data is gone")
     for message in messages:
         await stream.send_message(Encoded(message))
+
+
+# --- one socket write per loop turn --------------------------------------------------------------
+
+FLUSH_AT = 65_536  # bytes gathered before writing at once: asyncio's default high-water mark
+
+
+class CoalescedWrites:
+    """A connection's transport that gathers ``write`` calls and hands them to the real transport
+    in one write, once the callbacks already queued on the loop have run (``call_soon``): the
+    replies of every call finished in that turn of the loop leave in one ``send``. Order is kept
+    (every write of the connection goes through here); ``close`` writes what is gathered first;
+    at :data:`FLUSH_AT` bytes it writes at once, so the transport's flow control (``pause_writing``
+    on the protocol) works as before. Everything else is the real transport's."""
+
+    __slots__ = ("_transport", "_loop", "_chunks", "_size", "_scheduled")
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._scheduled = False
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size >= FLUSH_AT:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is gathered, now."""
+        self._scheduled = False
+        chunks = self._chunks
+        if not chunks:
+            return
+        self._chunks, self._size = [], 0
+        try:
+            self._transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        except Exception:  # in a loop callback: trio-asyncio would re-raise it and stop the loop
+            log.exception("grpc: a write to a connection failed; closing it")
+            self._transport.abort()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._chunks, self._size = [], 0
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        closing: bool = self._transport.is_closing()
+        return closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _h2_protocol_class() -> Any:
+    return getattr(grpclib.protocol, "H2Protocol", None)
+
+
+def writes_are_coalescable() -> str | None:
+    """None, or what changed so that :func:`coalesce_writes` cannot work."""
+    import inspect
+
+    protocol_class = _h2_protocol_class()
+    if protocol_class is None:
+        return "grpclib.protocol.H2Protocol is gone"
+    if getattr(grpclib.server, "H2Protocol", None) is None:
+        return "grpclib.server no longer imports H2Protocol"
+    try:
+        factory = inspect.getsource(grpclib.server.Server._protocol_factory)
+        made = inspect.getsource(protocol_class.connection_made)
+        stream = inspect.getsource(grpclib.protocol.Stream)
+    except (OSError, TypeError, AttributeError):
+        return "grpclib's Server._protocol_factory or H2Protocol cannot be read"
+    if "H2Protocol(" not in factory:
+        return "grpclib.server.Server._protocol_factory no longer makes the module's H2Protocol"
+    if "Connection(" not in made or "transport" not in made:
+        return "grpclib.protocol.H2Protocol.connection_made no longer hands its transport on"
+    if "self._transport.write(" not in stream:
+        return "grpclib.protocol.Stream no longer writes through its connection's transport"
+    return None
+
+
+def coalesce_writes() -> bool:
+    """Make grpclib servers write each connection's frames through :class:`CoalescedWrites`:
+    one socket write per turn of the event loop instead of one per HTTP/2 send (three per unary
+    reply). Idempotent. False: not installed (grpclib changed), one write per send."""
+    reason = writes_are_coalescable()
+    if reason is not None:
+        _fallback(f"{reason} (grpclib {grpclib.__version__}): writes are not coalesced")
+        return False
+    base = _h2_protocol_class()
+    base = getattr(base, "__coalesced_base__", base)
+
+    def connection_made(self: Any, transport: Any) -> None:
+        coalesced = CoalescedWrites(transport, asyncio.get_running_loop())
+        base.connection_made(self, coalesced)
+
+    coalescing: Any = type(
+        "CoalescingH2Protocol",
+        (base,),
+        {"connection_made": connection_made, "__coalesced_base__": base},
+    )
+    grpclib.server.H2Protocol = coalescing  # type: ignore[attr-defined]  # not re-exported
+    return True
 
 
 # --- trio-asyncio: ready callbacks in batches ---------------------------------------------------
