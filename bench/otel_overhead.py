@@ -212,6 +212,7 @@ async def _engine(home: Path, chains: int, endpoint: str) -> dict[str, float]:
         "cpu_us_per_chain": (cpu_after - cpu_before) / chains * 1e6,
         "trio_us_per_chain": (trio_after - trio_before) / chains * 1e6,
         "exporter_us_per_chain": exporter / chains * 1e6,
+        "exporter_us_per_span": exporter / (chains * SPANS_PER_CHAIN) * 1e6,
     }
 
 
@@ -267,6 +268,8 @@ def _engine_figures(options: Options, endpoint: str, report: Report) -> None:
                "the thread every actor shares, the engine's ceiling"),
         figure("on", "exporter process CPU per chain", "exporter_us_per_chain", "us",
                "OTLP encoding and HTTP, off the daemon's process (6 spans a chain)"),
+        figure("on", "exporter process CPU per span", "exporter_us_per_span", "us",
+               "span making, OTLP encoding and HTTP at SCHED_IDLE"),
     ]  # fmt: skip
     report.ratio("engine events/s on/off", "engine events/s, export on",
                  "engine events/s, export off", target=RATIO_TARGET)  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from foundry.kernel.core.ids import rfc3339
 from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain, storable, trace_rows
 from foundry.kernel.core.throttle import Action, Decision, Throttle, decide
-from foundry.kernel.core.trace_format import TraceRows
+from foundry.kernel.core.trace_format import TraceRows, text_bytes
 from foundry.kernel.errors import ChainLimitExceeded
 
 SMALL_PAYLOAD = 1024  # bytes of JSON a retired workflow's root may keep
@@ -136,7 +136,7 @@ class Workflow:
         self.agenda, self.last_commit = [], None
         if len(self.root.payload_json) > SMALL_PAYLOAD:  # small ones cost less to keep than drop
             self.root = replace(self.root, payload={}, payload_json="")
-        if self.trace is not None and _text_bytes(self.trace) > trace_bytes:
+        if self.trace is not None and text_bytes(self.trace) > trace_bytes:
             self.trace = None
 
     def finished(self, completed_at: datetime) -> FinishedChain:
@@ -172,12 +172,6 @@ class Workflow:
             trace=self.trace,
             trace_id=self.root.trace_id,
         )
-
-
-def _text_bytes(trace: TraceRows) -> int:
-    """What a chain's trace rows hold of payloads and block texts (see ``trace_format``)."""
-    events, executions = trace[0], trace[1]
-    return sum(len(e[7]) for e in events) + sum(len(x[3]) + len(x[6] or "") for x in executions)
 
 
 # --- the depth-first walk ---------------------------------------------------------------------

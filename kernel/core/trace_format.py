@@ -33,6 +33,12 @@ ExecutionRow = tuple[Any, ...]  # block_name, trigger_event_id, success, summary
 TraceRows = tuple[tuple[EventRow, ...], tuple[ExecutionRow, ...], int, str, str, str]
 
 
+def text_bytes(trace: TraceRows) -> int:
+    """What a chain's trace rows hold of payloads and block texts."""
+    events, executions = trace[0], trace[1]
+    return sum(len(e[7]) for e in events) + sum(len(x[3]) + len(x[6] or "") for x in executions)
+
+
 def frame(path: str, trace: str | TraceRows) -> bytes:
     """One file for the archivist: its path, and its text or its chain's trace rows."""
     encoded_path = path.encode()

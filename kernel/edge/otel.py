@@ -3,13 +3,15 @@
 
 Why a process: encoding spans is Python work, which in the daemon would take the GIL from the
 engine. Here it costs the daemon only the records it writes to this process's stdin (frames, see
-``actors.telemetry.messages``: a chain goes as its fields, and its spans are made here), and it
-runs at the lowest CPU priority (``lowest_priority``: ``SCHED_IDLE``, else nice 19). It also
-keeps the exporters' wire libraries (requests; grpcio, which brings asyncio) out of the daemon.
+``actors.telemetry.messages``: a workflow goes as the rows of its trace file, and its spans are
+made here), and it runs at the lowest CPU priority (``lowest_priority``: ``SCHED_IDLE``, else
+nice 19). It also keeps the exporters' wire libraries (requests; grpcio, which brings asyncio) out
+of the daemon.
 
 Each record becomes an OTLP ``Span`` (the OpenTelemetry protocol's own protobuf classes, built in
-place in the request that will carry it: ~12 µs a span, where the SDK's ``ReadableSpan`` and its
-encoder took ~150 µs, most of this process's CPU). Batches of up to ``BATCH_SIZE`` spans, at least
+place in the request that will carry it, each attribute encoded once and reused: ~5-7 µs a span
+alone, ~10-12 µs with the HTTP export, where the SDK's ``ReadableSpan`` and its encoder took
+~150 µs; ~18-21 µs a span beside a busy daemon). Batches of up to ``BATCH_SIZE`` spans, at least
 every ``SCHEDULE_DELAY`` seconds, go to the SDK's OTLP/HTTP or OTLP/gRPC exporter, which sends
 them (headers, TLS, compression, retries, as its ``OTEL_EXPORTER_OTLP_*`` variables say). At most
 ``queue_size`` spans wait for export: more are dropped and counted. A failed export (a dead
@@ -68,6 +70,8 @@ VALUE_FIELDS = {str: "string_value", bool: "bool_value", int: "int_value", float
 LOCKED_SPANS = 32  # spans added under one taking of the queue's lock (each taking costs)
 ENCODED_ATTRIBUTES = 4_096  # attributes kept encoded for reuse (``_add_attributes``)
 _ENCODED: dict[tuple[str, type, AttributeValue], bytes] = {}
+HOLDERS = 256  # attribute names with a holder kept for encoding their values (``_encoded``)
+_HOLDERS: dict[str, tuple[Span, AnyValue]] = {}
 
 
 # --- spans --------------------------------------------------------------------------------------
@@ -136,29 +140,40 @@ def _add_attributes(span: Any, names: tuple[str, ...], values: tuple[AttributeVa
     """A span's attributes in one ``MergeFromString``: each attribute is encoded once by the
     protobuf library (as a ``Span`` holding just it) and reused — most repeat from span to span
     (project, throttle, types, states; an id for its chain's few spans). Encoded messages
-    concatenated merge, and a repeated field appends, in order: ~2 µs a span, where adding
-    fields one at a time took ~2 µs an attribute, most of this process's CPU."""
-    pieces = []
-    for name, value in zip(names, values, strict=True):
-        key = (name, type(value), value)
-        piece = _ENCODED.get(key)
-        if piece is None:
-            piece = _encoded(name, value)
-            if type(value) is not float:  # -0.0 == 0.0; and NaN would never be found
-                if len(_ENCODED) >= ENCODED_ATTRIBUTES:
-                    _ENCODED.clear()  # ids come and go: start over, the common ones come back
-                _ENCODED[key] = piece
-        pieces.append(piece)
-    span.MergeFromString(b"".join(pieces))
+    concatenated merge, and a repeated field appends, in order. The keys are made and looked up
+    in C (``zip``, ``map``); only the attributes not seen lately take Python's time."""
+    keys = list(zip(names, map(type, values), values, strict=True))
+    pieces = list(map(_ENCODED.get, keys))
+    if None in pieces:
+        for index, piece in enumerate(pieces):
+            if piece is None:
+                pieces[index] = _encoded_once(*keys[index])
+    span.MergeFromString(b"".join(pieces))  # type: ignore[arg-type]  # no None is left
+
+
+def _encoded_once(name: str, kind: type, value: AttributeValue) -> bytes:
+    piece = _encoded(name, value)
+    if kind is not float:  # -0.0 == 0.0; and NaN would never be found
+        if len(_ENCODED) >= ENCODED_ATTRIBUTES:
+            _ENCODED.clear()  # ids come and go: start over, the common ones come back
+        _ENCODED[(name, kind, value)] = piece
+    return piece
 
 
 def _encoded(name: str, value: AttributeValue) -> bytes:
-    holder = Span()
+    """One attribute as the protobuf library encodes it in a ``Span``: the value set in a holder
+    kept for its name (a new message each time took 3 times as long; ids are new every chain)."""
     field = VALUE_FIELDS.get(type(value))
     if field is None:
         field, value = "string_value", str(value)
-    setattr(holder.attributes.add(key=name).value, field, value)
-    encoded: bytes = holder.SerializeToString()
+    found = _HOLDERS.get(name)
+    if found is None:
+        if len(_HOLDERS) >= HOLDERS:
+            _HOLDERS.clear()  # names come from labels too: a few are kept, not all
+        holder = Span()
+        found = _HOLDERS[name] = holder, holder.attributes.add(key=name).value
+    setattr(found[1], field, value)  # and the value's other field is cleared (a oneof)
+    encoded: bytes = found[0].SerializeToString()
     return encoded
 
 
@@ -265,24 +280,21 @@ class Export:
         pending = iter(records)
         while chunk := list(islice(pending, LOCKED_SPANS)):
             with self._changed:  # a few spans at a time: the sender takes its batch meanwhile
-                for record in chunk:
-                    self._add(record)
+                for record in chunk:  # (one span each: inline, it is this process's hot loop)
+                    if self.waiting >= self._limit:
+                        self.dropped += 1
+                        continue
+                    spans = self._filling.spans
+                    try:
+                        add_span(spans, record)
+                    except ValueError:
+                        self.invalid += 1
+                        continue
+                    self.waiting += 1
+                    if len(spans) >= self._batch_size:
+                        self._cut()
         if self.dropped > before:
             self.warn_once(f"{self._limit} spans wait already: the collector is slow or away")
-
-    def _add(self, record: SpanRecord) -> None:
-        """One span into the batch being filled (the caller holds the lock)."""
-        if self.waiting >= self._limit:
-            self.dropped += 1
-            return
-        try:
-            add_span(self._filling.spans, record)
-        except ValueError:
-            self.invalid += 1
-            return
-        self.waiting += 1
-        if len(self._filling) >= self._batch_size:
-            self._cut()
 
     def _cut(self) -> None:
         """The batch being filled is ready to go (the caller holds the lock)."""

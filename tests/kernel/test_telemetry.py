@@ -24,6 +24,8 @@ import trio
 from foundry.kernel.actors.telemetry.actor import PIPE_BYTES, _widen
 from foundry.kernel.actors.telemetry.messages import (
     CHAIN_FIELDS,
+    ROWS_BYTES,
+    ROWS_FIELDS,
     ChainEnded,
     RunEnded,
     SpanEnded,
@@ -35,10 +37,12 @@ from foundry.kernel.actors.telemetry.messages import (
     read_frames,
     span_record,
     span_records,
+    stamp_ns,
 )
 from foundry.kernel.actors.telemetry.spans import records_of, unix_ns, wire_items
 from foundry.kernel.config import Config
-from foundry.kernel.core.records import Event, ExecutionRecord
+from foundry.kernel.core.ids import occurred_stamp, rfc3339
+from foundry.kernel.core.records import Event, ExecutionRecord, trace_rows
 from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.edge import otel
 from foundry.kernel.edge.otel import Batch, Export, add_span, open_transport, resource
@@ -274,6 +278,84 @@ def test_a_chain_goes_as_one_record_of_fields_and_the_exporter_makes_its_spans()
     assert list(span_records(read)) == [*records_of(chain()), span_record(step)]
 
 
+def with_rows(ended: ChainEnded) -> ChainEnded:
+    """The chain as the engine sends it: with the trace rows it made for the chain's file."""
+    rows = trace_rows(ended.events, ended.executions, 9, workflow_id=ended.events[0].workflow_id,
+                      state=ended.state, error=ended.error)  # fmt: skip
+    return replace(ended, trace=rows)
+
+
+def stamped() -> ChainEnded:
+    """A root whose row carries the stamp its id hashes: 3 fraction digits on a millisecond."""
+    moment = T0.replace(microsecond=250_000)
+    root = replace(event(ROOT, CALLER, "greet_requested"), occurred_at=moment,
+                   stamp=occurred_stamp(moment))  # fmt: skip
+    assert root.stamp.endswith(":00.250+00:00")
+    return chain(events=(root,), executions=())
+
+
+def mixed() -> ChainEnded:
+    """Events of other throttles and a block that ran a command that exited 0."""
+    root = replace(event(ROOT, CALLER, "greet_requested"), throttle=Throttle.FULL)
+    child = replace(event(CHILD, BLOCK_A, "greeting_composed", depth=1, parent_id=root.id,
+                          emitted_by="Compose"), throttle=Throttle.DRY_RUN)  # fmt: skip
+    return chain(
+        events=(root, child),
+        executions=(
+            execution("Compose", BLOCK_A, root, (child,), ran_command=True, exit_code=0),
+            execution("Deliver", BLOCK_B, child, started_at=at(6), completed_at=at(8)),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "ended",
+    [
+        chain(),
+        mixed(),
+        chain(state="completed", error=""),
+        chain(error="x" * 5000),
+        chain(events=(event(ROOT, "", "greet_requested"),), executions=()),
+        stamped(),
+    ],
+    ids=["failed", "mixed", "completed", "long-error", "no-caller", "stamped"],
+)
+def test_a_workflow_goes_as_its_trace_rows_and_makes_the_same_spans(ended):
+    """What the engine sends of a workflow (the trace rows of its file, sent as they are) is read
+    back in the exporter process as the very spans its fields make: names, ids and parents,
+    times to the nanosecond, attributes in order and type, statuses."""
+    rowed = with_rows(ended)
+    [item] = wire_items(rowed)
+    assert len(item) == ROWS_FIELDS
+    assert item[0] is rowed.trace  # as they are: nothing built on the trio thread
+    [read] = read_frames(io.BytesIO(frame([item])))
+    assert list(span_records(read)) == list(records_of(ended)) == list(records_of(rowed))
+    assert list(records_of(ended)) == list(span_records(wire_items(ended)))  # the fields' path
+
+
+def test_a_chain_with_large_payloads_goes_as_its_fields_without_them():
+    big = "x" * ROWS_BYTES
+    root = replace(event(ROOT, CALLER, "greet_requested"), payload_json=f'{{"a":"{big}"}}')
+    ended = with_rows(chain(events=(root,), executions=()))
+    [item] = wire_items(ended)
+    assert len(item) == CHAIN_FIELDS  # its fields, no payload
+    assert len(frame([item])) < 1_000
+    assert list(records_of(ended)) == list(records_of(replace(ended, trace=None)))
+    loud = execution("Compose", BLOCK_A, root, raw_output=big, ran_command=True)
+    [item] = wire_items(with_rows(chain(executions=(loud,))))  # a block's output counts too
+    assert len(item) == CHAIN_FIELDS
+
+
+def test_trace_row_times_come_back_exact_to_the_microsecond():
+    rng = random.Random(14)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    moments = [T0, epoch, T0.replace(microsecond=0), T0.replace(microsecond=123_000)]
+    moments += [epoch + timedelta(microseconds=rng.randrange(4 * 10**15)) for _ in range(5_000)]
+    for moment in moments:
+        assert stamp_ns(rfc3339(moment)) == stamp_ns(occurred_stamp(moment)) == unix_ns(moment)
+    assert stamp_ns("2026-12-01T07:00:00.123456-05:00") == unix_ns(T0)  # another offset
+
+
 def test_times_go_as_float_seconds_and_come_back_exact_to_the_microsecond():
     rng = random.Random(14)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
@@ -379,6 +461,26 @@ def test_equal_values_of_other_types_keep_their_types():
         add_span(batch.spans, (TRACE, ROOT, "", "s", "internal", 1, 2, True, "", ("v",), (value,)))
     found = [otlp_attributes(span)["v"] for span in batch.spans]
     assert [(type(v), v) for v in found] == [(type(v), v) for v in values]
+
+
+def test_attributes_stay_right_as_their_encodings_come_and_go(monkeypatch):
+    """Each new value is encoded in the holder kept for its name, and the encodings kept are
+    dropped when too many: every span still carries its own values, of their own types."""
+    monkeypatch.setattr(otel, "ENCODED_ATTRIBUTES", 3)
+    monkeypatch.setattr(otel, "HOLDERS", 2)
+    batch = Batch(resource("foundry"))
+    values: list[tuple[object, ...]] = [(f"evt_{n}", n, n % 2 == 0, n / 4) for n in range(40)]
+    for value in values:
+        add_span(batch.spans, (TRACE, ROOT, "", "s", "internal", 1, 2, True, "",
+                               ("id", "n", "even", "x"), value))  # fmt: skip
+    request = ExportTraceServiceRequest.FromString(batch.request.SerializeToString())
+    found = [tuple(otlp_attributes(span).values()) for span in otlp_spans_all(request)]
+    assert found == values
+    assert [type(v) for v in found[3]] == [str, int, bool, float]
+
+
+def otlp_spans_all(request: ExportTraceServiceRequest) -> list[Span]:
+    return [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
 
 
 def by_name_all(*messages: TelemetryMessage) -> dict[str, SpanEnded]:

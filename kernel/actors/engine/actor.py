@@ -513,6 +513,7 @@ def _chain_ended(workflow: Workflow) -> ChainEnded:
     return ChainEnded(
         tuple(workflow.events), tuple(workflow.executions), workflow.is_workflow,
         workflow.final_state(), workflow.error, workflow.completed_at or workflow.root.recorded_at,
+        workflow.trace,  # its trace file's rows, made already: the exporter reads spans of them
     )  # fmt: skip
 
 

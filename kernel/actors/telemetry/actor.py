@@ -2,11 +2,11 @@
 
 Started by the supervisor only when ``[otel] endpoint`` is set. The engine and the scheduler
 offer it what ended (a chain, a step attempt, a run: ``messages``) and never wait for it; it
-turns those into span records (``spans``, pure) and writes them, a batch of messages per frame,
-to the exporter process (``python -m foundry.kernel.edge.otel``), where they become OTLP spans
-and go out through the OpenTelemetry SDK's exporter, off this process's GIL. A slow exporter
-fills the pipe, then this mailbox, and then senders drop and count: nothing here can slow the
-engine.
+turns those into compact records (``spans``, pure: a workflow's are the rows the engine made for
+its trace file, as they are) and writes them, a batch of messages per frame, to the exporter
+process (``python -m foundry.kernel.edge.otel``), where they become OTLP spans and go out through
+the OpenTelemetry SDK's exporter, off this process's GIL. A slow exporter fills the pipe, then
+this mailbox, and then senders drop and count: nothing here can slow the engine.
 
 Stop: once every sender's outbox is closed (the engine's and the scheduler's, as they finish),
 the exporter's stdin closes; it flushes for up to ``FLUSH_SECONDS`` and exits (or is killed).

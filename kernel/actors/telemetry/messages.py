@@ -11,11 +11,12 @@ import logging
 import marshal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, cast
 
 import trio
 from foundry.kernel.core.records import Event, ExecutionRecord
+from foundry.kernel.core.trace_format import TraceRows, text_bytes
 
 log = logging.getLogger("foundry.telemetry")
 
@@ -52,6 +53,9 @@ class ChainEnded:
     state: str  # completed or failed
     error: str
     completed_at: datetime
+    # A workflow's trace rows (``core.records.trace_rows``), which the engine made for its trace
+    # file: when there, the chain goes to the exporter as they are (``chain_item``).
+    trace: TraceRows | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +98,13 @@ TelemetryMessage = SpanEnded | ChainEnded | StepAttemptEnded | RunEnded
 # --- the exporter process's input (kernel/edge/otel.py) -------------------------------------------
 # Frames on its stdin: a 4-byte big-endian length, then a ``marshal``-ed list of items (plain
 # tuples, as cheap to make and write as anything; the same interpreter reads them). An item is a
-# span record (11 fields) or a chain record (6): a chain's fields as they are at hand — no span
-# names, no attribute lists, times as POSIX seconds — which the exporter process turns into the
-# chain's spans (``chain_spans``). A chain is most of what is exported, and this keeps the work
-# its spans cost on the daemon's trio thread to reading its fields.
+# span record (11 fields), a workflow's trace rows (2: ``RowsRecord``) or a chain record (6). The
+# trace rows are the ones the engine made for the chain's trace file (``core.records.trace_rows``)
+# and the chain's end: the trio thread sends them as they are — nothing to build, a tuple it
+# already holds to marshal — and the exporter process turns them into the chain's spans
+# (``rows_spans``). A chain with more than ``ROWS_BYTES`` of payloads and block texts in its rows,
+# or an event no block sinks (no rows), goes as a chain record instead: its fields as they are at
+# hand, times as POSIX seconds, no payloads (``chain_spans``).
 
 SpanRecord = tuple[
     str, str, str, str, str, int, int, bool, str, tuple[str, ...], tuple[AttributeValue, ...]
@@ -112,10 +119,13 @@ ExecutionFields = tuple[
 # span id, started, completed; its trigger's id, type, throttle, trace id, span id; workflow id
 ChainRecord = tuple[tuple[EventFields, ...], tuple[ExecutionFields, ...], bool, str, str, float]
 # events (the root first), executions, is a workflow, state, error, completed at
-WireItem = SpanRecord | ChainRecord
+RowsRecord = tuple[TraceRows, float]  # a workflow's trace rows, its completion (POSIX seconds)
+WireItem = SpanRecord | ChainRecord | RowsRecord
 FRAME_HEADER = 4
 CHAIN_FIELDS = 6
+ROWS_FIELDS = 2
 ERROR_CHARS = 1_024  # of an error text a span's status carries
+ROWS_BYTES = 16 * 1024  # payloads and block texts a chain's rows may carry to the exporter
 
 
 def span_record(span: SpanEnded) -> SpanRecord:
@@ -126,6 +136,15 @@ def span_record(span: SpanEnded) -> SpanRecord:
         span.trace_id, span.span_id, span.parent_span_id, span.name, span.kind, span.start_ns,
         span.end_ns, span.status_ok, span.error, names, values,
     )  # fmt: skip
+
+
+def chain_item(chain: ChainEnded) -> ChainRecord | RowsRecord:
+    """A finished chain as the exporter process reads it (made on the trio thread): its trace
+    rows as they are when it has them and they are small, else its fields."""
+    rows = chain.trace
+    if rows is not None and text_bytes(rows) <= ROWS_BYTES:
+        return rows, chain.completed_at.timestamp()
+    return chain_record(chain)
 
 
 def chain_record(chain: ChainEnded) -> ChainRecord:
@@ -177,10 +196,69 @@ COMMAND_ATTRIBUTES = (*EXECUTION_ATTRIBUTES, "foundry.block.exit_code")
 def span_records(items: Iterable[WireItem]) -> Iterator[SpanRecord]:
     """The spans of a frame's items (the exporter process's side)."""
     for item in items:
-        if len(item) == CHAIN_FIELDS:
+        if len(item) == ROWS_FIELDS:
+            yield from rows_spans(cast(RowsRecord, item))
+        elif len(item) == CHAIN_FIELDS:
             yield from chain_spans(cast(ChainRecord, item))
         else:
             yield cast(SpanRecord, item)
+
+
+def rows_spans(item: RowsRecord) -> Iterator[SpanRecord]:
+    """The spans of a workflow's trace rows (``trace_format``'s columns): the same spans as its
+    chain record's (``chain_spans``)."""
+    (events, executions, _, workflow, state, error), completed = item
+    root, *emitted = events
+    failed = state == "failed"
+    values: tuple[AttributeValue, ...] = (
+        root[0], root[1], state, root[2], root[5], len(events), len(executions),
+    )  # fmt: skip
+    yield (
+        root[6], root[12], root[13], f"workflow {root[1]}", "internal", stamp_ns(root[3]),
+        _ns(completed), not failed, error[:ERROR_CHARS] if failed else "", WORKFLOW_ATTRIBUTES,
+        values,
+    )  # fmt: skip
+    for event in emitted:
+        (id_, type_, project, stamp, _, throttle, trace_id, _, _, emitted_by, depth, throttled,
+         span_id, parent_span_id) = event  # fmt: skip
+        at = stamp_ns(stamp)
+        names: tuple[str, ...] = EVENT_ATTRIBUTES
+        values = (id_, type_, project, throttle, workflow, depth)
+        if emitted_by:
+            names, values = EMITTED_ATTRIBUTES, (*values, emitted_by, throttled)
+        yield (
+            trace_id, span_id, parent_span_id, f"event {type_}", "internal", at, at, True, "",
+            names, values,
+        )  # fmt: skip
+    triggers = {event[0]: event for event in events}
+    for x in executions:
+        (name, trigger_id, success, summary, emitted_ids, _, _, exit_code, _, _, _, block_state,
+         throttled, attempts, started, ended, span_id, trigger_span) = x  # fmt: skip
+        trigger = triggers.get(trigger_id)  # an event of the chain (else: its root's trace)
+        if trigger is None:
+            trigger = ("", "", "", "", "", root[5], root[6])
+        trigger_type, throttle, trace_id = trigger[1], trigger[5], trigger[6]
+        values = (
+            name, block_state, attempts, throttled, throttle, trigger_id, trigger_type, workflow,
+            len(emitted_ids),
+        )  # fmt: skip
+        names = EXECUTION_ATTRIBUTES
+        if exit_code is not None:  # it ran a command (the trace file's exit code is not null)
+            names, values = COMMAND_ATTRIBUTES, (*values, exit_code)
+        yield (
+            trace_id, span_id, trigger_span, f"block {name}", "internal", stamp_ns(started),
+            stamp_ns(ended), success, "" if success else summary[:ERROR_CHARS], names, values,
+        )  # fmt: skip
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def stamp_ns(stamp: str) -> int:
+    """Nanoseconds since the epoch of a trace row's time (``core.ids.rfc3339`` or
+    ``occurred_stamp``: ISO 8601 with its offset, to the microsecond)."""
+    return (datetime.fromisoformat(stamp) - _EPOCH) // _MICROSECOND * 1_000
 
 
 def chain_spans(chain: ChainRecord) -> Iterator[SpanRecord]:

@@ -3,9 +3,9 @@
 A chain is one trace (``core.tracecontext``): the workflow span is the root event's span (from
 the root's occurrence to the chain's end), each event a span (zero length, child of the block
 execution that emitted it), each block execution a span (child of its trigger event's span); the
-exporter process makes them of a chain record (``messages.chain_spans``). A FleetForge run is a
-trace: its span, and a span per step attempt under it. ``llm`` step attempts carry the
-OpenTelemetry GenAI semantic conventions.
+exporter process makes them of a chain's trace rows or fields (``messages.rows_spans``,
+``chain_spans``). A FleetForge run is a trace: its span, and a span per step attempt under it.
+``llm`` step attempts carry the OpenTelemetry GenAI semantic conventions.
 
 Attribute names: ``foundry.*`` for ours, ``gen_ai.*`` as the conventions spell them.
 """
@@ -26,9 +26,9 @@ from foundry.kernel.actors.telemetry.messages import (
     StepAttemptEnded,
     TelemetryMessage,
     WireItem,
-    chain_record,
-    chain_spans,
+    chain_item,
     span_record,
+    span_records,
 )
 from foundry.kernel.core.records import storable
 
@@ -124,10 +124,10 @@ def genai_attributes(
 
 
 def wire_items(message: TelemetryMessage) -> Iterator[WireItem]:
-    """What the actor writes of a message for the exporter process: a chain as one chain record
-    (the exporter makes its spans), any other span as its record."""
+    """What the actor writes of a message for the exporter process: a chain as one item, its
+    trace rows or its fields (the exporter makes its spans), any other span as its record."""
     if isinstance(message, ChainEnded):
-        yield chain_record(message)
+        yield chain_item(message)
     else:
         yield from records_of(message)
 
@@ -135,7 +135,7 @@ def wire_items(message: TelemetryMessage) -> Iterator[WireItem]:
 def records_of(message: TelemetryMessage) -> Iterator[SpanRecord]:
     """Whatever a sender told the actor, as the span records the exporter process exports."""
     if isinstance(message, ChainEnded):
-        yield from chain_spans(chain_record(message))
+        yield from span_records((chain_item(message),))
     elif isinstance(message, SpanEnded):
         yield span_record(message)
     elif isinstance(message, StepAttemptEnded):
