@@ -540,6 +540,8 @@ def _check_kind(kind: str) -> None:
 
 
 def _text(value: object, field: str) -> str:
+    if type(value) is str and value:  # the usual case, without an abstract-class check
+        return value
     if not isinstance(value, str) or not value:
         raise AttestationError(f"{field}: must be a non-empty string, got {value!r}")
     return value
@@ -561,6 +563,8 @@ def _optional_hex(value: object, field: str) -> str | None:
 
 
 def _count(value: object, field: str) -> int:
+    if type(value) is int and value >= 0:
+        return value
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise AttestationError(f"{field}: must be a non-negative integer, got {value!r}")
     return int(value)

@@ -14,8 +14,9 @@ import base64
 import functools
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from foundry.kernel.core.attest import (
     PAYLOAD_TYPE,
     PREDICATE_TYPES,
+    REQUIRED_CLAIMS,
     STATEMENT_TYPE,
     AttestationError,
     canonical_json,
@@ -155,19 +157,25 @@ def _json_string(text: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Unsigned:
     """A statement ready to sign: its subject, canonical payload, the DSSE PAE bytes to sign and
-    its attestation digest (sha256 of the payload)."""
+    its attestation digest (sha256 of the payload); and the JSON texts of the subject and the
+    claims (canonical) for the ``attestations`` row."""
 
-    subject: dict[str, Any]
+    subject: Mapping[str, Any]  # frozen
     payload: bytes
     pae: bytes
     digest: str
+    subject_json: str = ""
+    claims_json: str = ""
 
 
 def unsigned(kind: str, claims: Mapping[str, Any]) -> Unsigned:
     """The statement of a kind's claims (from the builders of ``core.attest``): the bytes
     ``canonical_json(statement_for(kind, claims))`` makes, with the claims encoded once
-    (:func:`canonical`) and the rest spliced around them."""
-    claims_json = canonical(claims)
+    (:func:`canonical`, or for a step's :func:`step_claims_json`) and the rest spliced around
+    them."""
+    claims_json = step_claims_json(claims) if kind == "step" else None
+    if claims_json is None:
+        claims_json = canonical(claims)
     if kind == "artifact":
         subject_digest = claims["sha256"]
         if not is_sha256_hex(subject_digest):  # spliced in as it is: never trust it unchecked
@@ -175,17 +183,73 @@ def unsigned(kind: str, claims: Mapping[str, Any]) -> Unsigned:
     else:
         subject_digest = hashlib.sha256(claims_json).hexdigest()
     name = subject_name(kind, claims)
+    subject_json = b'{"digest":{"sha256":"%b"},"name":%b}' % (
+        subject_digest.encode(),
+        canonical(name),
+    )
     payload = b"".join((
         _STATEMENT_HEAD, claims_json, b',"predicateType":', _PREDICATE_TYPE_JSON[kind],
-        b',"subject":[{"digest":{"sha256":"', subject_digest.encode(), b'"},"name":',
-        canonical(name), b"}]}",
+        b',"subject":[', subject_json, b"]}",
     ))  # fmt: skip
     return Unsigned(
-        {"name": name, "digest": {"sha256": subject_digest}},
+        frozen_subject(name, subject_digest),
         payload,
         b"%b%d %b" % (_PAE_HEAD, len(payload), payload),
         hashlib.sha256(payload).hexdigest(),
+        subject_json.decode(),
+        claims_json.decode(),
     )
+
+
+_STEP_KEYS = frozenset(REQUIRED_CLAIMS["step"])
+_USAGE_KEYS = frozenset(("cost", "tokens_in", "tokens_out"))
+
+
+def step_claims_json(claims: Mapping[str, Any]) -> bytes | None:
+    """``canonical(claims)`` of a step's claims as ``core.attest.step_claims`` makes them, from a
+    template (a third of the time); None when they are shaped otherwise (then ``canonical``)."""
+    usage = claims.get("usage")
+    if (
+        claims.keys() != _STEP_KEYS
+        or not isinstance(usage, Mapping)
+        or usage.keys() != _USAGE_KEYS
+        or type(claims["attempt"]) is not int
+        or type(claims["index"]) is not int
+        or type(usage["tokens_in"]) is not int
+        or type(usage["tokens_out"]) is not int
+        or type(usage["cost"]) is not float
+        or not math.isfinite(usage["cost"])
+    ):
+        return None
+    try:
+        text = (
+            f'{{"attempt":{claims["attempt"]},"block":{_text(claims["block"])},'
+            f'"index":{claims["index"]},"input_hash":{_text(claims["input_hash"])},'
+            f'"model":{_text(claims["model"])},"output_hash":{_text(claims["output_hash"])},'
+            f'"previous":{_text(claims["previous"])},"run_id":{_text(claims["run_id"])},'
+            f'"seed":{_int(claims["seed"])},"step_id":{_text(claims["step_id"])},'
+            f'"usage":{{"cost":{float.__repr__(usage["cost"])},'
+            f'"tokens_in":{usage["tokens_in"]},"tokens_out":{usage["tokens_out"]}}}}}'
+        )
+        return text.encode()  # a lone surrogate fails here
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "null"
+    if type(value) is not str:
+        raise TypeError(value)
+    return _string(value)
+
+
+def _int(value: Any) -> str:
+    if value is None:
+        return "null"
+    if type(value) is not int:
+        raise TypeError(value)
+    return int.__repr__(value)
 
 
 def envelope_text(payload: bytes, keyid: str, signature: bytes) -> str:
@@ -210,9 +274,10 @@ def signed_envelope(
     :func:`envelope_text`). A test holds the two to byte equality."""
     statement = unsigned(kind, claims)
     text = envelope_text(statement.payload, keyid, sign(statement.pae))
+    subject = statement.subject
     built = {
         "_type": STATEMENT_TYPE,
-        "subject": [statement.subject],
+        "subject": [{"name": subject["name"], "digest": dict(subject["digest"])}],
         "predicateType": PREDICATE_TYPES[kind],
         "predicate": dict(claims),
     }
@@ -245,7 +310,45 @@ class AttestationRecord:
     previous: str | None  # the run's previous attestation digest (the hash chain)
     created_at: datetime  # = the statement's issued time
     seq: int = 0  # the ``attested`` run event's seq (0: not a run's)
+    # The canonical JSON texts of ``subject`` and ``claims`` when the attestor made the record
+    # (its row then spends no encoding on them); '' when read back from the store.
+    subject_json: str = field(default="", compare=False, repr=False)
+    claims_json: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "subject", _frozen(self.subject))
         object.__setattr__(self, "claims", _frozen(self.claims))
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(AttestationRecord))
+_set = object.__setattr__
+
+
+def frozen_claims(claims: dict[str, Any]) -> Mapping[str, Any]:
+    """A builder's claims (``core.attest``: a fresh dict nobody else holds), frozen as an
+    :class:`AttestationRecord` holds them — a step's at a tenth of the general walk's cost."""
+    usage: Any = claims.get("usage")
+    if type(usage) is dict and all(type(v) in _SCALARS for v in usage.values()):
+        claims["usage"] = usage = MappingProxyType(usage)
+    else:
+        usage = _NOTHING
+    if all(type(v) in _SCALARS or v is usage for v in claims.values()):
+        return MappingProxyType(claims)
+    return _frozen(claims)  # type: ignore[no-any-return]
+
+
+_NOTHING = object()
+
+
+def signed_record(*values: Any) -> AttestationRecord:
+    """An :class:`AttestationRecord` of its field values in order, ``subject`` and ``claims``
+    frozen already (:func:`frozen_claims`, :func:`frozen_subject`): not walked again."""
+    record = object.__new__(AttestationRecord)
+    for name, value in zip(_RECORD_FIELDS, values, strict=True):
+        _set(record, name, value)
+    return record
+
+
+def frozen_subject(name: str, digest: str) -> Mapping[str, Any]:
+    """A statement's subject entry, ``{"name", "digest": {"sha256"}}``, frozen."""
+    return MappingProxyType({"name": name, "digest": MappingProxyType({"sha256": digest})})

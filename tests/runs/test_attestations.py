@@ -22,6 +22,7 @@ from foundry.proto.generated.google.protobuf import Struct
 from grpclib.const import Status
 
 from tests.daemon import Daemon
+from tests.helpers import wait_until
 from tests.runs.helpers import (
     RESEARCH,
     assert_error,
@@ -298,3 +299,36 @@ def test_artifact_paths_are_files_the_step_wrote(daemon):
     wait_done(daemon, run_id)
     (artifact,) = [n for n in attested(tap(daemon, run_id)) if n["kind"] == "artifact"]
     assert Path(artifact["uri"]).read_text()
+
+
+def _signers(pid: int) -> list[int]:
+    children = [int(c) for listing in Path(f"/proc/{pid}/task").glob("*/children")
+                for c in listing.read_text().split()]  # fmt: skip
+    return [c for c in children if "signing_process.py" in _cmdline(c)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return True
+    return state == "Z"  # exited, not yet reaped by its new parent
+
+
+def test_a_signing_process_signs_and_ends_with_a_killed_daemon(make_daemon):
+    daemon = make_daemon(name="signer")
+    run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
+    ids = [n["attestation_id"] for n in attested(tap(daemon, run_id))]
+    assert cli(daemon, "verify", ids[-1]).returncode == 0  # signed by it: it verifies
+    assert daemon.process is not None
+    (signer,) = _signers(daemon.process.pid)
+    assert str(daemon.home / "keys" / "attestor.key") in _cmdline(signer)  # it reads the file
+    daemon.kill()  # SIGKILL: the signer's stdin ends, and so does the signer
+    wait_until(lambda: _gone(signer), what="the signing process to exit")

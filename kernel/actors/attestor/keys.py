@@ -5,6 +5,8 @@ with ``O_CREAT | O_EXCL`` and mode 0600 — never readable by anyone else, not e
 and the public key ``attestor.pub`` (SubjectPublicKeyInfo PEM). On every start the private key must
 be owner-only (no group/other bits) and the directory not writable by group or others; otherwise
 the daemon refuses to start with one line naming the file and its mode (a ConfigError: exit 2).
+The attestor's signing process (``signer.py``) reads the private key from its file itself, with
+the same check: the key never leaves the file but for the processes that sign with it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class KeyPair:
     public: Ed25519PublicKey
     public_pem: str
     public_raw: bytes  # the 32 bytes the key id is computed over
+    path: Path | None = None  # the private key's file (the signing process reads it there)
 
 
 def keys_dir(home: Path) -> Path:
@@ -76,7 +79,7 @@ def load_or_create(home: Path) -> KeyPair:
     pub_path = folder / PUBLIC_KEY
     if not pub_path.exists() or pub_path.read_text() != pem:
         pub_path.write_text(pem)  # (re)written from the private key: it cannot disagree
-    return KeyPair(private, public, pem, public_raw(public))
+    return KeyPair(private, public, pem, public_raw(public), key_path)
 
 
 def _create(folder: Path) -> None:

@@ -32,7 +32,9 @@ from foundry.kernel.core.attest_records import (
     Unsigned,
     custom_attestation_id,
     envelope_text,
+    frozen_claims,
     json_digest,
+    signed_record,
     unsigned,
 )
 from foundry.kernel.core.runs import RunEventRecord
@@ -111,13 +113,12 @@ class Signer:
     def finish(self, draft: Draft, signature: bytes) -> AttestationRecord:
         """The record of a draft and its signature."""
         statement = draft.statement
-        return AttestationRecord(
-            attestation_id=draft.attestation_id, run_id=draft.run_id, step_id=draft.step_id,
-            kind=draft.kind, subject=statement.subject,
-            predicate_type=PREDICATE_TYPES[draft.kind], claims=draft.claims,
-            artifact_hash=draft.artifact_hash or statement.subject["digest"]["sha256"],
-            envelope=envelope_text(statement.payload, self.keyid, signature),
-            previous=draft.previous, created_at=draft.issued_at, seq=draft.seq,
+        return signed_record(
+            draft.attestation_id, draft.run_id, draft.step_id, draft.kind, statement.subject,
+            PREDICATE_TYPES[draft.kind], frozen_claims(draft.claims),
+            draft.artifact_hash or statement.subject["digest"]["sha256"],
+            envelope_text(statement.payload, self.keyid, signature), draft.previous,
+            draft.issued_at, draft.seq, statement.subject_json, statement.claims_json,
         )  # fmt: skip
 
 

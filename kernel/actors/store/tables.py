@@ -133,9 +133,11 @@ def _followup_row(f: GateFollowupRecord) -> tuple[Any, ...]:
 
 
 def _attestation_row(a: AttestationRecord) -> tuple[Any, ...]:
+    # The attestor's records carry their JSON texts (canonical, made for the signature anyway).
     return (
-        a.attestation_id, a.run_id, a.step_id, a.kind, json_text(a.subject), a.predicate_type,
-        json_text(a.claims), a.artifact_hash, a.envelope, a.previous, a.created_at, a.seq,
+        a.attestation_id, a.run_id, a.step_id, a.kind, a.subject_json or json_text(a.subject),
+        a.predicate_type, a.claims_json or json_text(a.claims), a.artifact_hash, a.envelope,
+        a.previous, a.created_at, a.seq,
     )  # fmt: skip
 
 
