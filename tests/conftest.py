@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +23,12 @@ import pytest
 
 from tests.daemon import Daemon, Daemons, daemons
 from tests.grpcio_client import Grpcio, generate
+
+# A suite started in the background (``nohup make test &``) inherits SIGINT ignored, and so would
+# every daemon and CLI it starts, which many tests stop with Ctrl-C (a process that inherits an
+# ignored SIGINT rightly keeps ignoring it): they get Python's default handling instead.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
