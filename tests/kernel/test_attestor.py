@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -294,6 +296,27 @@ async def test_a_signing_process_with_another_key_or_a_loose_key_is_not_trusted(
     with pytest.raises(SignerFailed, match="ended"):
         await process.sign([b"m"])
     await process.close()
+
+
+def test_the_signing_process_ends_quietly_when_the_daemon_dies_mid_frame(tmp_path):
+    """A daemon killed with -9 leaves its signing process a torn request, or no reader for its
+    answer: it ends at once, without a traceback in the daemon's log (its stderr)."""
+    from foundry.kernel.actors.attestor.signer import PROGRAM
+
+    pair = keys.load_or_create(tmp_path)
+    argv = [sys.executable, "-I", str(PROGRAM), str(pair.path)]
+    torn = subprocess.run(
+        argv, input=b"\x00\x00\x00\x02\x00\x00", capture_output=True, timeout=30
+    )  # a count of 2, then half a length: the daemon died while writing
+    assert (torn.returncode, torn.stderr) == (0, b"")
+    assert torn.stdout == pair.public_raw  # it answered nothing for the torn frame
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # no reader: the daemon is gone
+    pipes = {"stdin": subprocess.PIPE, "stdout": write_end, "stderr": subprocess.PIPE}
+    with subprocess.Popen(argv, **pipes) as orphan:
+        os.close(write_end)
+        _, stderr = orphan.communicate(b"\x00\x00\x00\x01\x00\x00\x00\x01m", timeout=30)
+    assert (orphan.returncode, stderr) == (0, b"")
 
 
 # --- the actor, over a store that records what it is asked --------------------------------------

@@ -57,3 +57,8 @@ if __name__ == "__main__":
     except SystemExit as refused:
         print(f"foundry signer: {refused}", file=sys.stderr)
         sys.exit(2)
+    except (BrokenPipeError, struct.error):
+        # The daemon died (kill -9) mid-frame or before reading our answer: nobody is left to
+        # tell, and its log must not get a traceback. stdout goes nowhere, so the interpreter's
+        # flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
