@@ -221,14 +221,9 @@ def rows_spans(item: RowsRecord) -> Iterator[SpanRecord]:
     for event in emitted:
         (id_, type_, project, stamp, _, throttle, trace_id, _, _, emitted_by, depth, throttled,
          span_id, parent_span_id) = event  # fmt: skip
-        at = stamp_ns(stamp)
-        names: tuple[str, ...] = EVENT_ATTRIBUTES
-        values = (id_, type_, project, throttle, workflow, depth)
-        if emitted_by:
-            names, values = EMITTED_ATTRIBUTES, (*values, emitted_by, throttled)
-        yield (
-            trace_id, span_id, parent_span_id, f"event {type_}", "internal", at, at, True, "",
-            names, values,
+        yield _point_span(
+            stamp_ns(stamp), id_, type_, project, throttle, workflow, depth, emitted_by,
+            throttled, trace_id, span_id, parent_span_id,
         )  # fmt: skip
     triggers = {event[0]: event for event in events}
     for x in executions:
@@ -242,7 +237,7 @@ def rows_spans(item: RowsRecord) -> Iterator[SpanRecord]:
             name, block_state, attempts, throttled, throttle, trigger_id, trigger_type, workflow,
             len(emitted_ids),
         )  # fmt: skip
-        names = EXECUTION_ATTRIBUTES
+        names: tuple[str, ...] = EXECUTION_ATTRIBUTES
         if exit_code is not None:  # it ran a command (the trace file's exit code is not null)
             names, values = COMMAND_ATTRIBUTES, (*values, exit_code)
         yield (
@@ -288,10 +283,29 @@ def _workflow_span(root: EventFields, chain: ChainRecord) -> SpanRecord:
 
 
 def _event_span(event: EventFields) -> SpanRecord:
-    """An event: a point in time, child of the block execution that emitted it."""
     (id_, type_, project, throttle, workflow, depth, emitted_by, throttled, trace_id, span_id,
      parent_span_id, occurred) = event  # fmt: skip
-    at = _ns(occurred)
+    return _point_span(
+        _ns(occurred), id_, type_, project, throttle, workflow, depth, emitted_by, throttled,
+        trace_id, span_id, parent_span_id,
+    )  # fmt: skip
+
+
+def _point_span(
+    at: int,
+    id_: str,
+    type_: str,
+    project: str,
+    throttle: str,
+    workflow: str,
+    depth: int,
+    emitted_by: str,
+    throttled: bool,
+    trace_id: str,
+    span_id: str,
+    parent_span_id: str,
+) -> SpanRecord:
+    """An event: a point in time (``at``, ns), child of the block execution that emitted it."""
     values: tuple[AttributeValue, ...] = (id_, type_, project, throttle, workflow, depth)
     names: tuple[str, ...] = EVENT_ATTRIBUTES
     if emitted_by:
