@@ -380,8 +380,13 @@ class ToDaemon(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         line = json.dumps({"level": record.levelno, "message": record.getMessage()})
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The daemon is gone (killed -9): nobody reads this log any more, and a traceback
+            # would land in the daemon's own log (our stderr). Later lines go nowhere.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def lowest_priority() -> None:

@@ -355,6 +355,8 @@ def test_a_killed_daemon_leaves_no_exporter_behind(exporting: Daemon, collector:
     assert len(exporters) == 1
     exporting.kill()  # SIGKILL: the exporter's stdin ends, and so does the exporter
     wait_until(lambda: _gone(exporters[0]), what="the exporter process to exit")
+    # its last log line found no reader: dropped, not a traceback in the daemon's log
+    assert "Traceback" not in exporting.stderr()
 
 
 def _gone(pid: int) -> bool:
