@@ -30,7 +30,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from tests.daemon import Daemon, Daemons
 from tests.e2e.helpers import emit, finished, traced
-from tests.helpers import wait_until
+from tests.helpers import process_gone, wait_until
 from tests.runs.helpers import dag, run_and_wait, steps, value
 
 Span = dict[str, Any]
@@ -354,17 +354,9 @@ def test_a_killed_daemon_leaves_no_exporter_behind(exporting: Daemon, collector:
     ]  # fmt: skip
     assert len(exporters) == 1
     exporting.kill()  # SIGKILL: the exporter's stdin ends, and so does the exporter
-    wait_until(lambda: _gone(exporters[0]), what="the exporter process to exit")
+    wait_until(lambda: process_gone(exporters[0]), what="the exporter process to exit")
     # its last log line found no reader: dropped, not a traceback in the daemon's log
     assert "Traceback" not in exporting.stderr()
-
-
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return True
-    return state == "Z"  # exited, not yet reaped by its new parent
 
 
 def test_without_an_endpoint_nothing_is_exported(daemon: Daemon):

@@ -22,7 +22,7 @@ from foundry.proto.generated.google.protobuf import Struct
 from grpclib.const import Status
 
 from tests.daemon import Daemon
-from tests.helpers import wait_until
+from tests.helpers import process_gone, wait_until
 from tests.runs.helpers import (
     RESEARCH,
     assert_error,
@@ -314,14 +314,6 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return True
-    return state == "Z"  # exited, not yet reaped by its new parent
-
-
 def test_a_signing_process_signs_and_ends_with_a_killed_daemon(make_daemon):
     daemon = make_daemon(name="signer")
     run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
@@ -331,4 +323,4 @@ def test_a_signing_process_signs_and_ends_with_a_killed_daemon(make_daemon):
     (signer,) = _signers(daemon.process.pid)
     assert str(daemon.home / "keys" / "attestor.key") in _cmdline(signer)  # it reads the file
     daemon.kill()  # SIGKILL: the signer's stdin ends, and so does the signer
-    wait_until(lambda: _gone(signer), what="the signing process to exit")
+    wait_until(lambda: process_gone(signer), what="the signing process to exit")
