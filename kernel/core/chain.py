@@ -17,7 +17,14 @@ from enum import Enum
 from typing import Any, Protocol
 
 from foundry.kernel.core.ids import rfc3339
-from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain, storable, trace_rows
+from foundry.kernel.core.records import (
+    Event,
+    ExecutionRecord,
+    FinishedChain,
+    new_finished,
+    storable,
+    trace_rows,
+)
 from foundry.kernel.core.throttle import Action, Decision, Throttle, decide
 from foundry.kernel.core.trace_format import TraceRows, text_bytes
 from foundry.kernel.errors import ChainLimitExceeded
@@ -156,7 +163,7 @@ class Workflow:
                 state=state,
                 error=self.error,
             )
-        return FinishedChain(
+        return new_finished(
             workflow_id=self.id,
             workflow_type=self.root.event_type,
             project=self.root.project,

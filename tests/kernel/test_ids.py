@@ -398,3 +398,35 @@ def _number(value: float | int) -> str:
     if isinstance(value, int) and -(2**63) <= value <= 2**64 - 1:
         return str(value)
     return format_float(float(value))
+
+
+@given(
+    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7, minutes=-30))])),
+    st.sampled_from([None, 0, 1000]),
+)
+def test_stamps_are_isoformat_of_the_utc_instant_whatever_the_seconds_seen_before(instant, micros):
+    """The stamps keep the text of recent seconds: each must still be the instant's own."""
+    if micros is not None:  # whole seconds and milliseconds, which change the form
+        instant = instant.replace(
+            microsecond=instant.microsecond // micros * micros if micros else 0
+        )
+    utc = instant.astimezone(UTC)
+    spec = (
+        "microseconds"
+        if utc.microsecond % 1000
+        else "milliseconds"
+        if utc.microsecond
+        else "seconds"
+    )
+    assert rfc3339(instant) == utc.isoformat()
+    assert occurred_stamp(instant) == utc.isoformat(timespec=spec)
+
+
+def test_stamps_of_many_seconds_in_turn():
+    start = datetime(2026, 12, 31, 23, 59, 50, 1, tzinfo=UTC)
+    for step in range(40):  # across a minute, an hour, a day and a year
+        instant = start + timedelta(seconds=step // 2, microseconds=step * 1001)
+        assert rfc3339(instant) == instant.isoformat()
+        assert occurred_stamp(instant) == instant.isoformat(
+            timespec="microseconds" if instant.microsecond % 1000 else "milliseconds"
+        )
