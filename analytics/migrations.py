@@ -261,6 +261,48 @@ V5 = (
     "INSERT INTO journal_applied VALUES (0)",
 )
 
+# Version 6: an attestation is stored as signed — its statement (the DSSE payload), key id and
+# signature — in attestation_statements, not as the envelope plus its statement's parts decoded
+# (a row a third of the size); the view `attestations` (schema.py) gives the old columns back.
+# The old table's rows move over: their payload decoded, their signature out of the envelope.
+V6 = (
+    """
+    CREATE TABLE attestation_statements (
+        attestation_id  VARCHAR NOT NULL,
+        run_id          VARCHAR NOT NULL,
+        step_id         VARCHAR NOT NULL,
+        kind            VARCHAR NOT NULL,
+        statement       VARCHAR NOT NULL,
+        keyid           VARCHAR NOT NULL,
+        signature       VARCHAR NOT NULL,
+        artifact_hash   VARCHAR,
+        previous        VARCHAR,
+        created_at      TIMESTAMPTZ NOT NULL,
+        seq             INTEGER NOT NULL
+    )""",
+)
+V6_MOVE = (
+    """
+    INSERT INTO attestation_statements
+    SELECT attestation_id, run_id, step_id, kind,
+           decode(from_base64(CAST(envelope AS JSON)->>'payload')),
+           CAST(envelope AS JSON)->'signatures'->0->>'keyid',
+           CAST(envelope AS JSON)->'signatures'->0->>'sig',
+           artifact_hash, previous, created_at, seq
+    FROM attestations""",
+    "DROP TABLE attestations",
+)
+
+
+def _v6(con: duckdb.DuckDBPyConnection, home: Path) -> None:
+    _statements(*V6)(con, home)
+    row = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'attestations'"
+    ).fetchone()
+    if row and row[0]:  # made by schema.ddl() before this version
+        _statements(*V6_MOVE)(con, home)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "trace and run tables (the first release)", _statements(*V1)),
     Migration(
@@ -277,6 +319,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         _statements(*V4),
     ),
     Migration(5, "journal: journal_applied, the store journal's high-water mark", _statements(*V5)),
+    Migration(
+        6,
+        "attestations: stored as signed (statement, keyid, signature) in attestation_statements;"
+        " attestations is a view with the old columns",
+        _v6,
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -5,7 +5,7 @@ Times are TIMESTAMPTZ in UTC; payloads and outputs are JSON.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5  # = migrations.LATEST; analytics/migrations.py upgrades older databases
+SCHEMA_VERSION = 6  # = migrations.LATEST; analytics/migrations.py upgrades older databases
 
 TABLES: dict[str, str] = {
     "events": """
@@ -145,19 +145,20 @@ TABLES: dict[str, str] = {
             details      JSON NOT NULL,
             recorded_at  TIMESTAMPTZ NOT NULL
         )""",
-    # Signed attestations (README.md, "Attestations"): append-only. Run-linked ones are announced by
-    # an `attested` run event (seq) and chained per run (previous = the prior one's digest).
-    "attestations": """
-        CREATE TABLE IF NOT EXISTS attestations (
+    # Signed attestations (README.md, "Attestations"): append-only, one row per attestation, as
+    # signed — the statement and its signature; the `attestations` view below decodes them.
+    # Run-linked ones are announced by an `attested` run event (seq) and chained per run
+    # (previous = the prior one's digest).
+    "attestation_statements": """
+        CREATE TABLE IF NOT EXISTS attestation_statements (
             attestation_id  VARCHAR NOT NULL,
             run_id          VARCHAR NOT NULL,   -- '' for a gate decision
             step_id         VARCHAR NOT NULL,   -- '' for run-level subjects
             kind            VARCHAR NOT NULL,   -- run, step, tool, artifact, capability_token…
-            subject         JSON NOT NULL,      -- the in-toto subject: {name, digest}
-            predicate_type  VARCHAR NOT NULL,
-            claims          JSON NOT NULL,      -- the statement's predicate
+            statement       VARCHAR NOT NULL,   -- the in-toto Statement, canonical JSON (signed)
+            keyid           VARCHAR NOT NULL,   -- the signing key's id
+            signature       VARCHAR NOT NULL,   -- base64 Ed25519 over the statement's DSSE PAE
             artifact_hash   VARCHAR,            -- sha256 hex of what is attested
-            envelope        VARCHAR NOT NULL,   -- the DSSE envelope (JSON)
             previous        VARCHAR,            -- the run's previous step attestation (chain)
             created_at      TIMESTAMPTZ NOT NULL,
             seq             INTEGER NOT NULL    -- the run's `attested` event (0 for custom)
@@ -209,6 +210,26 @@ VIEWS: dict[str, str] = {
         FROM run_events WHERE step_id <> '' AND kind NOT IN ('attested', 'capability_granted')
         GROUP BY run_id, step_id""",
 }
+
+
+# The DSSE envelope of a row of attestation_statements, as the daemon serves it (a test holds the
+# two to byte equality): the statement base64-encoded, its type, the key id and the signature.
+ENVELOPE_SQL = (
+    """'{"payload":"' || to_base64(encode(statement)) || """
+    """'","payloadType":"application/vnd.in-toto+json","signatures":[{"keyid":' || """
+    """to_json(keyid) || ',"sig":"' || signature || '"}]}'"""
+)
+
+VIEWS["attestations"] = f"""
+        CREATE OR REPLACE VIEW attestations AS
+        SELECT attestation_id, run_id, step_id, kind,
+               CAST(statement AS JSON)->'subject'->0 AS subject,
+               CAST(statement AS JSON)->>'predicateType' AS predicate_type,
+               CAST(statement AS JSON)->'predicate' AS claims,
+               artifact_hash,
+               {ENVELOPE_SQL} AS envelope,
+               previous, created_at, seq
+        FROM attestation_statements"""
 
 
 def ddl() -> list[str]:

@@ -7,10 +7,11 @@ file, attestor with a fresh key pair, scheduler), without gRPC. Two figures:
   per attestation, from the difference between a 1,000-step chain of no-op observers
   (``bench.run_overhead``'s) run with ``[attest] enabled = true`` and the same chain with
   attestation off, in the same process, divided by the attestations made (a step attestation
-  per step, plus the run's). It includes everything attestation adds: building the statement
-  (trio thread), signing it (the signing process), the ``attested`` run event, the attestation
-  row in the group commit (journal, then DuckDB). Also reported: the signing process's share,
-  and the statement build + Ed25519 signature alone (``Signer.record``, in process), in a loop.
+  per step, plus the run's). It includes everything attestation adds: a notice's job (trio
+  thread), drafting and signing the statement (the signing process), the ``attested`` run
+  event, the attestation row in the group commit (journal, then DuckDB). Also reported: the
+  signing process's share, and a step's statement + Ed25519 signature alone
+  (``drafting.draft_batch``, what the signing process does per attestation), in a loop.
 - **per-step overhead**: wall time per step of that chain, submit → durable ``run_succeeded``
   and (enabled) every attestation committed, enabled ÷ disabled − 1. Both variants alternate
   within one run of the benchmark. Each run ends with a read of the store, which waits for
@@ -31,9 +32,9 @@ from typing import Any
 
 import trio
 from foundry.kernel.actors.attestor import keys
-from foundry.kernel.actors.attestor.actor import Attestor
-from foundry.kernel.actors.attestor.messages import Attest, AttestorMessage, GetAttestations
-from foundry.kernel.actors.attestor.statements import Chain, Signer
+from foundry.kernel.actors.attestor.actor import BATCH, Attestor
+from foundry.kernel.actors.attestor.drafting import draft_batch
+from foundry.kernel.actors.attestor.messages import AttestorMessage, GetAttestations
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.scheduler.actor import Scheduler
 from foundry.kernel.actors.scheduler.messages import SchedulerMessage, SubmitRun
@@ -43,7 +44,6 @@ from foundry.kernel.actors.tap.actor import TapBroker, receive_batch
 from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
-from foundry.kernel.core.attest import key_id
 from foundry.kernel.core.attest_records import run_attestation_id
 from foundry.kernel.core.runs import RunEventRecord
 
@@ -175,38 +175,15 @@ async def _session(home: Path, steps: int, reps: int) -> dict[str, list[Sample]]
 
 
 def _sign_loop(home: Path, n: int) -> float:
-    """CPU µs per ``Signer.record`` of a step notice (statement, canonical JSON, Ed25519)."""
+    """CPU µs per step attestation drafted and signed (``drafting.draft_batch``: hashes, claims,
+    statement, Ed25519), in batches of ``attestor.actor.BATCH``, as the signing process does."""
     pair = keys.load_or_create(home)
-    signer = Signer(pair.private.sign, key_id(pair.public_raw), "bench")
-    at = time.time()
-    from datetime import UTC, datetime
-
-    now = datetime.fromtimestamp(at, UTC)
-    leased = RunEventRecord("run_b", 1, "s", "step_leased",
-                            {"attempt": 1, "inputs": {"n": 1, "prev": 0}, "seed": 5, "model": ""},
-                            now)  # fmt: skip
     usage = {"tokens_in": 0, "tokens_out": 0, "cost": 0.0}
-    done = RunEventRecord(
-        "run_b", 2, "s", "step_completed", {"attempt": 1, "output": {"n": 1}, "usage": usage}, now
-    )
-    chain = Chain()
-    notices = [
-        Attest(
-            RunEventRecord(
-                "run_b",
-                3 + i,
-                "s",
-                "attested",
-                {"kind": "step", "attestation_id": f"att_{i}", "block": "noop"},
-                now,
-            ),
-            (leased, done),
-        )  # fmt: skip
-        for i in range(n)
-    ]
+    jobs = [("step", "run_b", f"s{i}", "noop", 1, usage, {"n": i, "prev": i - 1}, 5, None,
+             {"n": i}) for i in range(n)]  # fmt: skip
     cpu = _cpu(resource.RUSAGE_THREAD)
-    for notice in notices:
-        signer.record(notice, chain)
+    for start in range(0, n, BATCH):
+        draft_batch({}, jobs[start : start + BATCH], pair.private.sign)
     return (_cpu(resource.RUSAGE_THREAD) - cpu) * 1e6 / n
 
 
@@ -266,7 +243,7 @@ def run(options: Options) -> Report:
             "statement + Ed25519 signature",
             "µs",
             sign,
-            note="Signer.record of a step notice, CPU of the calling thread",
+            note="drafting.draft_batch of step jobs (the signing process's work), CPU per step",
         )  # fmt: skip
     )
     median_off = statistics.median(s[0] for s in off) * 1000 / steps

@@ -15,7 +15,7 @@ import functools
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from types import MappingProxyType
@@ -252,6 +252,23 @@ def _int(value: Any) -> str:
     return int.__repr__(value)
 
 
+_PREDICATE_TYPE_KEY = b',"predicateType":'
+_SUBJECT_KEY = b',"subject":['
+
+
+def statement_texts(payload: bytes) -> tuple[str, str]:
+    """The canonical JSON texts of the claims and of the subject entry in a canonical statement
+    (:func:`unsigned`'s payload), cut out of it. The statement-level keys are the last of their
+    kind in it: a key inside the predicate comes before them, and a string's quotes are
+    escaped."""
+    cut = payload.rindex(_PREDICATE_TYPE_KEY)
+    subject = payload.rindex(_SUBJECT_KEY, cut)
+    return (
+        payload[len(_STATEMENT_HEAD) : cut].decode(),
+        payload[subject + len(_SUBJECT_KEY) : -2].decode(),
+    )
+
+
 def envelope_text(payload: bytes, keyid: str, signature: bytes) -> str:
     """The DSSE envelope's canonical JSON (``envelope_json`` of ``envelope(…)``) of a payload
     and its signature."""
@@ -318,6 +335,34 @@ class AttestationRecord:
     def __post_init__(self) -> None:
         object.__setattr__(self, "subject", _frozen(self.subject))
         object.__setattr__(self, "claims", _frozen(self.claims))
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationRow:
+    """An attestation as the attestor hands it to the store: its ``attestations`` row, in the
+    table's column order (``store/tables.py``), made without decoding what it signed."""
+
+    row: tuple[Any, ...]
+
+    @property
+    def attestation_id(self) -> str:
+        return str(self.row[0])
+
+
+def stored_record(row: Sequence[Any]) -> AttestationRecord:
+    """The record of an ``attestation_statements`` row (:class:`AttestationRow`'s order): the
+    statement decoded, the envelope made of it, its key id and signature (base64)."""
+    (attestation_id, run_id, step_id, kind, statement, keyid, signature, artifact_hash,
+     previous, created_at, seq) = row  # fmt: skip
+    payload = statement.encode()
+    parsed = json.loads(statement)
+    claims_json, subject_json = statement_texts(payload)
+    envelope = envelope_text(payload, keyid, base64.b64decode(signature, validate=True))
+    return AttestationRecord(
+        attestation_id, run_id, step_id, kind, parsed["subject"][0], parsed["predicateType"],
+        parsed["predicate"], artifact_hash, envelope, previous, created_at, seq, subject_json,
+        claims_json,
+    )  # fmt: skip
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(AttestationRecord))

@@ -415,10 +415,10 @@ def test_facts_re_attested_after_a_crash_survive_another_kill_9(group_daemons, t
     daemon = group_daemons("attest", config).start()
     request = rapi.SubmitRunRequest(spec=rapi.RunSpec(dag_json=ECHO_CHAIN))
     run_id = daemon.call(lambda _, rt: rt.submit_run(request)).run_id
-    wait_until(lambda: journaled(daemon.home, "attestations", run_id, "run"),
+    wait_until(lambda: journaled(daemon.home, "attestation_statements", run_id, "run"),
                what="the run's own attestation in the journal")  # fmt: skip
     daemon.kill()
-    cut = cut_trailing_records(daemon.home, "attestations")  # died before they committed
+    cut = cut_trailing_records(daemon.home, "attestation_statements")  # died before they committed
     attestation_ids = {row[0] for record in cut for _, rows in record.tables for row in rows}
     assert attestation_ids
 

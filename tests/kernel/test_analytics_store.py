@@ -180,7 +180,7 @@ async def test_a_first_release_database_is_upgraded_in_place_and_keeps_its_rows(
     assert rows(db, "SELECT workflow_id FROM workflows") == [("evt_1",)]
     assert rows(db, "SELECT run_id, status FROM run_status") == [("run_1", "PENDING")]
     assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [
-        (1,), (2,), (3,), (4,), (5,)
+        (1,), (2,), (3,), (4,), (5,), (6,)
     ]  # fmt: skip
     assert rows(db, "SELECT count(*) FROM in_flight_workflows") == [(0,)]
     # version 4: the chain column is workflow_id; rows from before have no W3C trace context
@@ -197,9 +197,93 @@ async def test_migrations_are_applied_once(tmp_path):
             pass
     db = tmp_path / "foundry.duckdb"
     assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [
-        (1,), (2,), (3,), (4,), (5,)
+        (1,), (2,), (3,), (4,), (5,), (6,)
     ]  # fmt: skip
-    assert migrations.LATEST == 5
+    assert migrations.LATEST == 6
+
+
+V5_ATTESTATIONS = """
+    CREATE TABLE attestations (
+        attestation_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, step_id VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL, subject JSON NOT NULL, predicate_type VARCHAR NOT NULL,
+        claims JSON NOT NULL, artifact_hash VARCHAR, envelope VARCHAR NOT NULL,
+        previous VARCHAR, created_at TIMESTAMPTZ NOT NULL, seq INTEGER NOT NULL
+    )"""
+
+
+def _old_attestation_rows(home):
+    """Records signed as the attestor signs them, and their rows as schema version 5 held them
+    (the envelope, and the statement's subject and claims as canonical JSON)."""
+    from foundry.kernel.actors.attestor import keys
+    from foundry.kernel.actors.attestor.messages import AttestCustom
+    from foundry.kernel.actors.attestor.statements import Chain, Signer
+    from foundry.kernel.core.attest import key_id
+
+    from tests.kernel.test_attestor import _notices
+
+    pair = keys.load_or_create(home)
+    signer = Signer(pair.private.sign, key_id(pair.public_raw), "1.0")
+    chain = Chain()
+    records = [signer.record(n, chain) for n in _notices()]
+    nested = {"reasons": ["ü", {"b": [1]}], "x": {"y": 1.5}}
+    at = datetime(2025, 1, 2, tzinfo=UTC)
+    records.append(signer.record(AttestCustom("gate_decision", "g1", "", nested, at), None))
+    old = [
+        (r.attestation_id, r.run_id, r.step_id, r.kind, r.subject_json, r.predicate_type,
+         r.claims_json, r.artifact_hash, r.envelope, r.previous, r.created_at, r.seq)
+        for r in records
+    ]  # fmt: skip
+    return records, old
+
+
+async def test_version_5_attestations_move_to_their_statements_and_read_back_the_same(tmp_path):
+    from foundry.kernel.actors.store.messages import LoadAttestations
+
+    records, old = _old_attestation_rows(tmp_path)
+    with duckdb.connect(str(tmp_path / "foundry.duckdb")) as con:
+        con.execute(migrations.VERSION_TABLE)
+        for migration in migrations.MIGRATIONS[:5]:
+            migration.step(con, tmp_path)
+            con.execute("INSERT INTO schema_version VALUES (?, now(), '')", [migration.version])
+        con.execute(V5_ATTESTATIONS)
+        con.executemany(f"INSERT INTO attestations VALUES ({', '.join('?' * 12)})", old)
+
+    async with store(tmp_path) as send:
+        ids = tuple(r.attestation_id for r in records)
+        found = await ask(send, lambda r: LoadAttestations(ids, r))
+    assert found == records
+    assert [f.envelope for f in found] == [r.envelope for r in records]
+    db = tmp_path / "foundry.duckdb"
+    # The view gives the old columns back: the envelope byte for byte, the JSON as JSON.
+    viewed = rows(db, "SELECT attestation_id, envelope, claims, subject, predicate_type "
+                      "FROM attestations")  # fmt: skip
+    assert sorted(v[:2] for v in viewed) == sorted((o[0], o[8]) for o in old)
+    by_id = {o[0]: o for o in old}
+    for attestation_id, _, claims, subject, predicate_type in viewed:
+        o = by_id[attestation_id]
+        assert (json.loads(claims), json.loads(subject)) == (json.loads(o[6]), json.loads(o[4]))
+        assert predicate_type == o[5]
+    assert rows(db, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'attestations'") == [
+        (0,)
+    ]  # fmt: skip
+
+
+async def test_attestation_rows_a_version_5_journal_holds_are_moved_over_on_replay(tmp_path):
+    from foundry.kernel.actors.store.journal import Journal, encode
+    from foundry.kernel.actors.store.messages import LoadAttestations
+
+    records, old = _old_attestation_rows(tmp_path)
+    async with store(tmp_path):
+        pass  # a database with its journal high-water mark
+    journal = Journal(tmp_path / "journal")
+    journal.recover(0)
+    journal.append(encode([("attestations", old)]))  # a daemon of before, killed
+    journal.close()
+    async with store(tmp_path) as send:
+        ids = tuple(r.attestation_id for r in records)
+        assert await ask(send, lambda r: LoadAttestations(ids, r)) == records
+    viewed = rows(tmp_path / "foundry.duckdb", "SELECT attestation_id, envelope FROM attestations")
+    assert sorted(viewed) == sorted((r.attestation_id, r.envelope) for r in records)
 
 
 async def test_a_database_newer_than_this_code_refuses_the_start_in_one_line(tmp_path):

@@ -227,7 +227,7 @@ def test_a_signed_record_is_frozen_and_carries_its_canonical_json(tmp_path):
     from types import MappingProxyType
 
     from foundry.kernel.actors.store.tables import _attestation_row
-    from foundry.kernel.core.attest_records import AttestationRecord
+    from foundry.kernel.core.attest_records import AttestationRecord, stored_record
     from foundry.kernel.core.governance import json_text
 
     pair = keys.load_or_create(tmp_path)
@@ -242,7 +242,8 @@ def test_a_signed_record_is_frozen_and_carries_its_canonical_json(tmp_path):
         assert record.claims_json.encode() == canonical_json(dict(record.claims))
         assert json.loads(record.subject_json) == json.loads(json_text(record.subject))
         row = _attestation_row(record)
-        assert (row[4], row[6]) == (record.subject_json, record.claims_json)
+        assert stored_record(row) == record  # the envelope's statement, key id and signature
+        assert json.loads(row[4])["predicate"] == json.loads(record.claims_json)
         # Read back from the store, a record has no texts: its row encodes them.
         stored = AttestationRecord(**{
             f: getattr(record, f) for f in (
@@ -251,7 +252,7 @@ def test_a_signed_record_is_frozen_and_carries_its_canonical_json(tmp_path):
             )
         })  # fmt: skip
         assert stored == record
-        assert json.loads(_attestation_row(stored)[6]) == json.loads(record.claims_json)
+        assert _attestation_row(stored) == row
     from foundry.kernel.actors.attestor.messages import AttestCustom
 
     nested = {"reasons": ["a", {"b": [1]}], "x": {"y": 1.5}}
@@ -267,17 +268,55 @@ def test_a_signed_record_is_frozen_and_carries_its_canonical_json(tmp_path):
 # --- the signing process ------------------------------------------------------------------------
 
 
-async def test_the_signing_process_signs_as_the_daemon_would(tmp_path):
+def _jobs(n: int) -> list[tuple[object, ...]]:
+    usage = {"tokens_in": 1, "tokens_out": 2, "cost": 0.5}
+    jobs: list[tuple[object, ...]] = [
+        ("step", "run_p", f"s{i}", "noop", 1, usage, {"i": i, "x": "y" * (i % 3)}, i, None,
+         {"n": float(i)})
+        for i in range(n)
+    ]  # fmt: skip
+    claims = {"label": "gate_decision", "claims": {"reasons": ["a"], "x": 1.5}}
+    jobs.append(("claims", "custom", "", claims, None))
+    jobs.append(("step", "run_p", "bad", "noop", -1, usage, {}, None, None, None))  # attempt < 0
+    run = {"run_id": "run_p", "status": "SUCCEEDED", "spec_hash": "0" * 64, "seed": 1,
+           "step_count": n, "tokens_in": n, "tokens_out": 2 * n, "cost": 0.5 * n,
+           "daemon_version": "1.0", "parent_run_id": None, "branch_step": None}  # fmt: skip
+    jobs.append(("run", "run_p", run, {f"s{i}": {"n": i} for i in range(n)}))
+    return jobs
+
+
+async def test_the_signing_process_drafts_and_signs_as_the_daemon_would(tmp_path):
+    from types import MappingProxyType
+
+    from foundry.kernel.actors.attestor.drafting import draft_batch
     from foundry.kernel.actors.attestor.signer import SignerProcess
 
     pair = keys.load_or_create(tmp_path)
     assert pair.path == tmp_path / "keys" / "attestor.key"
     process = await SignerProcess.start(pair.path, pair.public_raw)
     try:
-        messages = [b"", b"x" * 100_000, *(f"m{i}".encode() for i in range(600))]
-        signatures = await process.sign(messages)
-        assert signatures == [pair.private.sign(m) for m in messages]  # Ed25519: deterministic
-        assert await process.sign([b"again"]) == [pair.private.sign(b"again")]
+        jobs = _jobs(600)
+        heads = {"run_p": (3, "a" * 64)}
+        drafted = await process.draft(heads, jobs)
+        expected = draft_batch(heads, jobs, pair.private.sign)  # Ed25519: deterministic
+        assert drafted == expected
+        results, after = expected
+        assert after == {}  # the run's attestation closed its chain
+        assert isinstance(results[-2], str)  # that job alone
+        assert "attempt" in results[-2]
+        first = results[0]
+        assert not isinstance(first, str)
+        assert json.loads(first[0])["predicate"]["previous"] == "a" * 64
+        assert json.loads(first[0])["predicate"]["index"] == 3
+        assert first[2] == json_digest({"n": 0})  # the output's hash, 0.0 as 0
+        pair.public.verify(__import__("base64").b64decode(first[1]), pae_of(first[0].encode()))
+        # A frozen mapping goes as a dict; a value that is not JSON is not sent at all.
+        frozen = ("claims", "custom", "", MappingProxyType({"label": "l", "claims": {}}), None)
+        assert await process.draft({}, [frozen]) == draft_batch({}, [frozen], pair.private.sign)
+        assert await process.draft({}, [("claims", "custom", "", {"x": AT}, None)]) is None
+        odd = [("claims", "custom", "", {"x": {1, 2}}, None)]  # a set: pickled, then refused
+        assert await process.draft({}, odd) == draft_batch({}, odd, pair.private.sign)
+        assert await process.draft({}, _jobs(1)) == draft_batch({}, _jobs(1), pair.private.sign)
     finally:
         await process.close()
 
@@ -289,33 +328,49 @@ async def test_a_signing_process_with_another_key_or_a_loose_key_is_not_trusted(
     other = keys.load_or_create(tmp_path / "other")
     process = await SignerProcess.start(pair.path, other.public_raw)
     with pytest.raises(SignerFailed, match="another key"):
-        await process.sign([b"m"])
+        await process.draft({}, _jobs(1))
     await process.close()
     pair.path.chmod(0o644)
     process = await SignerProcess.start(pair.path, pair.public_raw)
     with pytest.raises(SignerFailed, match="ended"):
-        await process.sign([b"m"])
+        await process.draft({}, _jobs(1))
     await process.close()
+
+
+def test_a_batch_holding_a_class_is_refused_by_the_reader():
+    import pickle
+
+    from foundry.kernel.actors.attestor.drafting import dumps, loads
+
+    assert loads(dumps(({"r": (1, None)}, [("step", b"x", 1.5, None, True)]))) == (
+        {"r": (1, None)}, [("step", b"x", 1.5, None, True)],
+    )  # fmt: skip
+    with pytest.raises(pickle.PicklingError):
+        dumps([AT])
+    with pytest.raises(pickle.UnpicklingError, match="datetime"):
+        loads(pickle.dumps([AT]))
 
 
 def test_the_signing_process_ends_quietly_when_the_daemon_dies_mid_frame(tmp_path):
     """A daemon killed with -9 leaves its signing process a torn request, or no reader for its
     answer: it ends at once, without a traceback in the daemon's log (its stderr)."""
+    from foundry.kernel.actors.attestor.drafting import dumps
     from foundry.kernel.actors.attestor.signer import PROGRAM
 
     pair = keys.load_or_create(tmp_path)
     argv = [sys.executable, "-I", str(PROGRAM), str(pair.path)]
     torn = subprocess.run(
-        argv, input=b"\x00\x00\x00\x02\x00\x00", capture_output=True, timeout=30
-    )  # a count of 2, then half a length: the daemon died while writing
+        argv, input=b"\x00\x00\x01\x00\x80\x05", capture_output=True, timeout=30
+    )  # a length of 256, then 2 bytes: the daemon died while writing
     assert (torn.returncode, torn.stderr) == (0, b"")
     assert torn.stdout == pair.public_raw  # it answered nothing for the torn frame
     read_end, write_end = os.pipe()
     os.close(read_end)  # no reader: the daemon is gone
     pipes = {"stdin": subprocess.PIPE, "stdout": write_end, "stderr": subprocess.PIPE}
+    request = dumps(({}, _jobs(2)))
     with subprocess.Popen(argv, **pipes) as orphan:
         os.close(write_end)
-        _, stderr = orphan.communicate(b"\x00\x00\x00\x01\x00\x00\x00\x01m", timeout=30)
+        _, stderr = orphan.communicate(len(request).to_bytes(4, "big") + request, timeout=30)
     assert (orphan.returncode, stderr) == (0, b"")
 
 
@@ -337,6 +392,7 @@ class FakeStore:
 
     async def serve(self, inbox) -> None:  # type: ignore[no-untyped-def]
         from foundry.kernel.actors.store import messages as m
+        from foundry.kernel.core.attest_records import stored_record
         from foundry.kernel.core.run_control import RunSummary
 
         async for message in inbox:
@@ -356,7 +412,8 @@ class FakeStore:
                 found = {a.attestation_id: a for a in self.appended}  # type: ignore[attr-defined]
                 message.reply.send([found[i] for i in message.attestation_ids if i in found])
             elif isinstance(message, m.Append):
-                self.appended.extend(message.records)
+                # Decoded as the store reads them back.
+                self.appended.extend(stored_record(r.row) for r in message.records)
                 assert message.ack is not None
                 message.ack.send(None)
             else:
@@ -452,3 +509,40 @@ async def test_a_notice_of_an_event_re_attested_at_start_is_attested_once(tmp_pa
     assert [r.attestation_id for r in store.appended] == list(ids)  # each once
     assert (a.claims["index"], b.claims["index"]) == (0, 1)
     assert b.previous == attestation_digest(a.envelope)
+
+
+async def test_a_notice_whose_facts_cannot_be_attested_is_logged_and_the_rest_stored(
+    tmp_path, caplog
+):
+    """A step notice with a negative attempt: the signing process reports it alone; the batch's
+    other attestations are stored, and the chain goes on from the last good one."""
+    import trio
+    from foundry.kernel.actors.attestor.actor import Attestor
+    from foundry.kernel.actors.attestor.messages import GetAttestations
+    from foundry.kernel.actors.mailbox import ask
+    from foundry.kernel.errors import NotFound
+
+    pair = keys.load_or_create(tmp_path)
+    good, later = _step_notice("run_new", "a", 2), _step_notice("run_new", "c", 8)
+    bad = _step_notice("run_new", "b", 5)
+    leased, done = bad.facts
+    bad = Attest(bad.attested, (leased, RunEventRecord(
+        done.run_id, done.seq, done.step_id, done.kind, {**done.payload, "attempt": -1}, AT,
+    )))  # fmt: skip
+    store = FakeStore((), {})
+    store_send, store_receive = trio.open_memory_channel[object](16)
+    inbox_send, inbox_receive = trio.open_memory_channel[object](16)
+    ids = [n.attested.payload["attestation_id"] for n in (good, bad, later)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.serve, store_receive)
+        await nursery.start(Attestor(pair, inbox_receive, store_send).run)  # type: ignore[arg-type]
+        for notice in (good, bad, later):
+            await inbox_send.send(notice)
+        a, c = await ask(inbox_send, lambda r: GetAttestations((ids[0], ids[2]), r))  # type: ignore[arg-type]
+        with pytest.raises(NotFound, match=ids[1]):
+            await ask(inbox_send, lambda r: GetAttestations((ids[1],), r))  # type: ignore[arg-type]
+        inbox_send.close()
+    assert (a.claims["index"], c.claims["index"]) == (0, 1)
+    assert c.previous == attestation_digest(a.envelope)
+    assert f"could not attest the step of run run_new ({ids[1]})" in caplog.text
+    assert "attempt" in caplog.text

@@ -4,13 +4,14 @@ The scheduler and the gate actor send it notices (``messages.py``) once the fact
 store's mailbox: a completed step (and its tool call and artifacts), a capability token granted
 to a tool step's attempt, a finished run, a gate decision, an eval result. The attestor takes
 what is waiting in one go (lingering ``LINGER`` for more, unless a query or a run's own notice
-is among them), builds those statements on the trio thread (``CHUNK`` at a time between the
-other tasks' turns; an artifact's, which reads its file, and a run's, which sums and hashes the
-whole run, on a worker thread), has its signing
-process sign them (``signer.py``: one pipe write a batch, the signatures made on the other core,
-off this process's interpreter lock; without one — it could not start, died or answered a bad
-signature — on a worker thread), and appends the records in one group commit — after their
-facts, which were queued in the store first. The trio thread never signs.
+is among them), turns each notice into a job of plain facts (``statements.job_of``: on the trio
+thread, ``CHUNK`` at a time between the other tasks' turns; an artifact's, which reads its file,
+and a run's, which walks the whole run, on a worker thread), has its signing process draft and
+sign the batch (``signer.py``, ``drafting.py``: one pipe write a batch, the statements and
+signatures made on the other core, off this process's interpreter lock; without one — it could
+not start, died or answered a bad signature — the same function on a worker thread), and appends
+the rows in one group commit — after their facts, which were queued in the store first. The
+trio thread never drafts or signs.
 
 A run's step attestations are chained (``core/attest.py``): the attestor keeps each live run's
 chain head. Only a run unfinished when the attestor started (listed once, before the daemon's
@@ -30,12 +31,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from dataclasses import replace
+from base64 import b64decode
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, cast
+from typing import Any
 
 import trio
 from cryptography.exceptions import InvalidSignature
+from foundry.kernel.actors.attestor.drafting import Heads, Job, Result, draft_batch
 from foundry.kernel.actors.attestor.keys import KeyPair
 from foundry.kernel.actors.attestor.messages import (
     Attest,
@@ -44,7 +46,7 @@ from foundry.kernel.actors.attestor.messages import (
     GetAttestations,
 )
 from foundry.kernel.actors.attestor.signer import SignerFailed, SignerProcess
-from foundry.kernel.actors.attestor.statements import Chain, Draft, Signer
+from foundry.kernel.actors.attestor.statements import Chain, Meta, Signer, attestation_row, job_of
 from foundry.kernel.actors.mailbox import Pending, ask, post, refuse, take_batch
 from foundry.kernel.actors.store.messages import (
     Append,
@@ -55,7 +57,7 @@ from foundry.kernel.actors.store.messages import (
     LoadUnattested,
     StoreMessage,
 )
-from foundry.kernel.core.attest import attestation_digest, key_id
+from foundry.kernel.core.attest import PAYLOAD_TYPE, attestation_digest, key_id, pae
 from foundry.kernel.core.attest_records import AttestationRecord
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.run_control import MAX_PAGE_SIZE, RunListQuery, RunSummary
@@ -66,9 +68,9 @@ log = logging.getLogger("foundry.attestor")
 
 BATCH = 512  # notices signed per request to the signing process and committed per append
 MAX_IDS = 1_000  # per GetAttestations
-LINGER = 0.02  # seconds a batch of notices waits for more before it is signed
-POLL = 0.002  # seconds between its looks for more
-CHUNK = 32  # notices drafted (or finished) on the trio thread between its other tasks' turns
+LINGER = 0.05  # seconds a batch of notices waits for more before it is signed
+POLL = 0.005  # seconds between its looks for more
+CHUNK = 32  # notices made jobs (or rows) on the trio thread between its other tasks' turns
 OPEN = ("PENDING", "RUNNING", "PAUSED_AT_STEP")  # the statuses of a run not finished
 OPEN_RUNS_SECONDS = 1.0  # the daemon's start waits this long at most for their list
 
@@ -174,9 +176,29 @@ class Attestor:
                     self._chains[run_id] = await self._stored_chain(run_id)
                 else:
                     self._chains[run_id] = Chain()  # a run this daemon started
-        drafts = await self._draft_all(notices)
-        signatures = await self._sign_all([d.statement.pae for d in drafts])
-        records = await self._finish_all(drafts, signatures)
+        jobs, metas = await self._jobs(notices)
+        if not jobs:
+            return
+        # The chain heads of the runs in the batch; the process advances them, a run closes its.
+        heads: Heads = {}
+        for meta in metas:
+            if meta.kind in ("step", "run") and meta.run_id not in heads:
+                chain = self._chains.get(meta.run_id) or Chain()
+                heads[meta.run_id] = (chain.index, chain.previous)
+        results, after = await self._draft(heads, jobs)
+        for run_id in heads:
+            if run_id in after:
+                self._chains[run_id] = Chain(*after[run_id])
+            else:
+                self._chains.pop(run_id, None)  # its run attestation closed it
+        records = []
+        for n, (meta, result) in enumerate(zip(metas, results, strict=True)):
+            if n % CHUNK == CHUNK - 1:
+                await trio.lowlevel.checkpoint()
+            if isinstance(result, str):
+                log.error("could not attest %s: %s", _describe(meta), result)
+                continue
+            records.append(attestation_row(meta, result, self.keyid))
         if records:
             self._committed = await post(self._store, lambda r: Append(tuple(records), ack=r))
             self.signed += len(records)
@@ -191,73 +213,61 @@ class Attestor:
         self._recovered.discard(attestation_id)
         return True
 
-    async def _draft_all(self, notices: list[Attest | AttestCustom]) -> list[Draft]:
-        """Each notice's statement, unsigned, in order: on the trio thread (``CHUNK`` at a time,
-        then the others' turn), where the chain heads live — except two kinds, drafted on a
-        worker thread after: an artifact's (its draft reads the file) and a run's (it sums and
-        hashes the whole run: 2.7 ms for 1,000 steps), with a copy of the chain head."""
-        jobs: list[Draft | tuple[Attest, Chain]] = []
+    async def _jobs(self, notices: list[Attest | AttestCustom]) -> tuple[list[Job], list[Meta]]:
+        """Each notice's job (``drafting.py``) and meta, in order: on the trio thread (``CHUNK``
+        at a time, then the others' turn) — except two kinds, made on a worker thread after: an
+        artifact's (it reads the file) and a run's (it walks the whole run)."""
+        made: list[tuple[Job, Meta] | Attest | None] = []
         for n, notice in enumerate(notices):
             if n % CHUNK == CHUNK - 1:
                 await trio.lowlevel.checkpoint()
             kind = notice.attested.payload.get("kind") if isinstance(notice, Attest) else None
             if isinstance(notice, Attest) and kind in ("artifact", "run"):
-                chain = self._chains.pop(notice.attested.run_id, None) if kind == "run" else None
-                jobs.append((notice, Chain() if chain is None else replace(chain)))
-                continue  # (a run attestation closes its chain)
-            chain = self._chains.get(notice.attested.run_id) if isinstance(notice, Attest) else None
-            try:
-                jobs.append(self._signer.draft(notice, chain))
-            except Exception:
-                log.exception("could not attest %s", _describe(notice))
-        if any(isinstance(job, tuple) for job in jobs):
-            return await trio.to_thread.run_sync(self._draft_rest, jobs)
-        return cast(list[Draft], jobs)
+                made.append(notice)
+            else:
+                made.append(self._job(notice))
+        if any(isinstance(m, Attest) for m in made):
+            made = await trio.to_thread.run_sync(
+                lambda: [self._job(m) if isinstance(m, Attest) else m for m in made]
+            )
+        done = [m for m in made if isinstance(m, tuple)]
+        return [job for job, _ in done], [meta for _, meta in done]
 
-    def _draft_rest(self, jobs: list[Draft | tuple[Attest, Chain]]) -> list[Draft]:
-        drafts = []
-        for job in jobs:
-            try:
-                drafts.append(job if isinstance(job, Draft) else self._signer.draft(*job))
-            except Exception:
-                log.exception("could not attest %s", _describe(job))
-        return drafts
+    def _job(self, notice: Attest | AttestCustom) -> tuple[Job, Meta] | None:
+        try:
+            return job_of(notice, self._signer.daemon_version)
+        except Exception:
+            log.exception("could not attest %s", _describe(notice))
+            return None
 
-    async def _sign_all(self, messages: list[bytes]) -> list[bytes]:
-        """The signatures of ``messages`` (PAE bytes), in order: by the signing process, or —
-        without one — on a worker thread. The trio thread never signs."""
-        if self._process is not None and messages:
+    async def _draft(self, heads: Heads, jobs: list[Job]) -> tuple[list[Result], Heads]:
+        """``drafting.draft_batch`` of the jobs: by the signing process, or — without one, or
+        for a batch it cannot take — on a worker thread. The trio thread never signs."""
+        if self._process is not None:
             try:
-                signatures = await self._process.sign(messages)
-                if self._good(signatures[-1], messages[-1]):
-                    return signatures
-                raise SignerFailed("the signing process answered a signature that does not verify")
+                drafted = await self._process.draft(heads, jobs)
+                if drafted is not None and not self._good(drafted[0]):
+                    raise SignerFailed("the signing process answered a bad signature")
+                if drafted is not None:
+                    return drafted
             except SignerFailed as exc:
                 log.error("%s: signing in the daemon from now on", exc)
                 process, self._process = self._process, None
                 await process.close()
         sign = self._signer.sign
-        return await trio.to_thread.run_sync(lambda: [sign(m) for m in messages])
+        return await trio.to_thread.run_sync(lambda: draft_batch(heads, jobs, sign))
 
-    def _good(self, signature: bytes, message: bytes) -> bool:
-        try:
-            self._public.verify(signature, message)
-        except InvalidSignature:
-            return False
+    def _good(self, results: list[Result]) -> bool:
+        """The last signature of a batch verifies with the daemon's key."""
+        for result in reversed(results):
+            if not isinstance(result, str):
+                try:
+                    signature = b64decode(result[1], validate=True)
+                    self._public.verify(signature, pae(PAYLOAD_TYPE, result[0].encode()))
+                except (InvalidSignature, ValueError):
+                    return False
+                return True
         return True
-
-    async def _finish_all(
-        self, drafts: list[Draft], signatures: list[bytes]
-    ) -> list[AttestationRecord]:
-        records = []
-        for n, (draft, signature) in enumerate(zip(drafts, signatures, strict=True)):
-            if n % CHUNK == CHUNK - 1:
-                await trio.lowlevel.checkpoint()
-            try:
-                records.append(self._signer.finish(draft, signature))
-            except Exception:  # never expected: one record must not stop the actor
-                log.exception("could not attest %s", _describe(draft))
-        return records
 
     async def _stored_chain(self, run_id: str) -> Chain:
         """The chain head of a run's stored step attestations (empty for a new run)."""
@@ -359,9 +369,7 @@ def _urgent(message: AttestorMessage) -> bool:
 
 
 def _describe(notice: Any) -> str:
-    if isinstance(notice, tuple):
-        notice = notice[0]
-    if isinstance(notice, Draft):
+    if isinstance(notice, Meta):
         return f"the {notice.kind} of run {notice.run_id or '-'} ({notice.attestation_id})"
     if isinstance(notice, AttestCustom):
         return f"{notice.label} {notice.record_id}"

@@ -1,6 +1,9 @@
-"""From facts to signed attestation records: the claims of each kind (``core/attest.py``), built
-only from the notice's facts — frozen run events or a governance record — so the same facts make
-the same envelope, live or when a restarted daemon re-attests from the stored log.
+"""From notices to jobs, and from signed drafts to rows: :func:`job_of` takes from a notice's
+facts — frozen run events or a governance record — only what its statement needs (for a step or
+a run the plain facts, for the rarer kinds their claims, ``core/attest.py``), which
+``drafting.draft_batch`` drafts and signs; :func:`attestation_row` makes the stored row of the
+result. The statement depends on nothing else, so the same facts make the same envelope, live or
+when a restarted daemon re-attests from the stored log.
 
 Hashes of JSON values (inputs, outputs, tool arguments) are ``core.attest_records.json_digest``:
 ``digest_of`` with integral floats written as integers, so a client hashing a step output it read
@@ -14,28 +17,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from foundry.kernel.actors.attestor.drafting import Job, Signed, draft_batch
 from foundry.kernel.actors.attestor.messages import Attest, AttestCustom
 from foundry.kernel.core.attest import (
-    PREDICATE_TYPES,
+    AttestationError,
     artifact_claims,
     capability_token_claims,
     custom_claims,
-    run_claims,
     sha256_hex,
-    step_claims,
     tool_claims,
 )
 from foundry.kernel.core.attest_records import (
     AttestationRecord,
-    Unsigned,
+    AttestationRow,
     custom_attestation_id,
-    envelope_text,
-    frozen_claims,
     json_digest,
-    signed_record,
-    unsigned,
+    stored_record,
 )
 from foundry.kernel.core.runs import RunEventRecord
 
@@ -57,27 +56,48 @@ class Chain:
     previous: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Draft:
-    """A notice's statement built, awaiting its signature (:meth:`Signer.draft`)."""
+class Meta(NamedTuple):
+    """What the row of a job takes from its notice (the rest comes from its draft)."""
 
-    statement: Unsigned
-    kind: str
-    claims: dict[str, Any]
     attestation_id: str
     run_id: str
     step_id: str
+    kind: str
     issued_at: datetime
     seq: int
-    previous: str | None
-    artifact_hash: str | None
+
+
+def job_of(notice: Attest | AttestCustom, daemon_version: str) -> tuple[Job, Meta]:
+    """A notice's job for :func:`drafting.draft_batch` (plain values, picklable) and its meta.
+    An artifact's job reads (hashes) its file, a run's walks the whole run: make those off the
+    trio thread."""
+    if isinstance(notice, AttestCustom):
+        claims = custom_claims(notice.label, notice.claims)
+        attestation_id = custom_attestation_id(notice.label, notice.record_id)
+        meta = Meta(attestation_id, notice.run_id, "", "custom", notice.issued_at, 0)
+        return ("claims", "custom", notice.run_id, claims, None), meta
+    attested = notice.attested
+    kind = attested.payload["kind"]
+    meta = Meta(attested.payload["attestation_id"], attested.run_id, attested.step_id, kind,
+                attested.occurred_at, attested.seq)  # fmt: skip
+    return _JOBS[kind](notice, daemon_version), meta
+
+
+def attestation_row(meta: Meta, result: Signed, keyid: str) -> AttestationRow:
+    """The ``attestation_statements`` row of a signed draft (``drafting.draft_batch``'s
+    result): the statement as signed, the key id, the signature (base64)."""
+    statement, signature, artifact_hash, previous = result
+    attestation_id, run_id, step_id, kind, issued_at, seq = meta
+    return AttestationRow((
+        attestation_id, run_id, step_id, kind, statement, keyid, signature, artifact_hash,
+        previous, issued_at, seq,
+    ))  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Signer:
-    """Builds and signs attestation records: :meth:`draft` builds a statement, ``sign`` signs
-    its PAE bytes, :meth:`finish` makes the record. The actor drafts and finishes on the trio
-    thread and signs on a worker thread, where Ed25519 releases the interpreter lock."""
+    """Signs one notice at a time, in the calling thread (tests, benchmarks): the
+    attestor signs batches of them in its signing process, with the same code."""
 
     sign: Callable[[bytes], bytes]
     keyid: str
@@ -85,62 +105,32 @@ class Signer:
 
     def record(self, notice: Attest | AttestCustom, chain: Chain | None) -> AttestationRecord:
         """The signed record of a notice; a step attestation advances ``chain``."""
-        draft = self.draft(notice, chain)
-        return self.finish(draft, self.sign(draft.statement.pae))
-
-    def draft(self, notice: Attest | AttestCustom, chain: Chain | None) -> Draft:
-        """The statement of a notice, unsigned; a step attestation advances ``chain``. An
-        artifact's draft reads (hashes) its file: build it off the trio thread."""
-        if isinstance(notice, AttestCustom):
-            claims = custom_claims(notice.label, notice.claims)
-            return Draft(
-                unsigned("custom", claims), "custom", claims,
-                custom_attestation_id(notice.label, notice.record_id), notice.run_id, "",
-                notice.issued_at, 0, None, None,
-            )  # fmt: skip
-        attested = notice.attested
-        kind = attested.payload["kind"]
-        assert chain is not None
-        claims, artifact_hash, previous = _BUILDERS[kind](self, notice, chain)
-        statement = unsigned(kind, claims)
-        if kind == "step":
-            chain.index, chain.previous = chain.index + 1, statement.digest
-        return Draft(
-            statement, kind, claims, attested.payload["attestation_id"], attested.run_id,
-            attested.step_id, attested.occurred_at, attested.seq, previous, artifact_hash,
-        )  # fmt: skip
-
-    def finish(self, draft: Draft, signature: bytes) -> AttestationRecord:
-        """The record of a draft and its signature."""
-        statement = draft.statement
-        return signed_record(
-            draft.attestation_id, draft.run_id, draft.step_id, draft.kind, statement.subject,
-            PREDICATE_TYPES[draft.kind], frozen_claims(draft.claims),
-            draft.artifact_hash or statement.subject["digest"]["sha256"],
-            envelope_text(statement.payload, self.keyid, signature), draft.previous,
-            draft.issued_at, draft.seq, statement.subject_json, statement.claims_json,
-        )  # fmt: skip
+        job, meta = job_of(notice, self.daemon_version)
+        head = (chain.index, chain.previous) if chain is not None else (0, None)
+        (result,), heads = draft_batch({meta.run_id: head}, [job], self.sign)
+        if isinstance(result, str):
+            raise AttestationError(result)
+        if chain is not None and meta.kind == "step":
+            chain.index, chain.previous = heads[meta.run_id]
+        return full_record(attestation_row(meta, result, self.keyid))
 
 
-Built = tuple[dict[str, Any], str | None, str | None]  # claims, artifact hash, previous
+def full_record(stored: AttestationRow) -> AttestationRecord:
+    """The record of a row, decoded as the store reads it back (with its JSON texts)."""
+    return stored_record(stored.row)
 
 
-def _step(signer: Signer, notice: Attest, chain: Chain) -> Built:
+def _step(notice: Attest, daemon_version: str) -> Job:
     leased, completed = notice.facts
     lp, cp = leased.payload, completed.payload
-    usage = cp.get("usage") or {}
-    claims = step_claims(
-        run_id=completed.run_id, step_id=completed.step_id,
-        block=notice.attested.payload.get("block") or "step", attempt=cp["attempt"],
-        tokens_in=int(usage.get("tokens_in", 0)), tokens_out=int(usage.get("tokens_out", 0)),
-        cost=float(usage.get("cost", 0.0)), input_hash=json_digest(lp["inputs"]),
-        seed=lp.get("seed"), model=lp.get("model") or None, previous=chain.previous,
-        index=chain.index, output_hash=json_digest(cp.get("output")),
+    return (
+        "step", completed.run_id, completed.step_id,
+        notice.attested.payload.get("block") or "step", cp["attempt"], cp.get("usage") or {},
+        lp["inputs"], lp.get("seed"), lp.get("model") or None, cp.get("output"),
     )  # fmt: skip
-    return claims, claims["output_hash"], chain.previous
 
 
-def _tool(signer: Signer, notice: Attest, chain: Chain) -> Built:
+def _tool(notice: Attest, daemon_version: str) -> Job:
     leased, grant, completed = notice.facts
     inputs = leased.payload.get("inputs")
     args = inputs.get("args", {}) if isinstance(inputs, Mapping) else {}
@@ -148,20 +138,20 @@ def _tool(signer: Signer, notice: Attest, chain: Chain) -> Built:
         run_id=completed.run_id, step_id=completed.step_id, tool=grant.payload["tool"] or "?",
         args_hash=json_digest(args), output_hash=json_digest(completed.payload.get("output")),
     )  # fmt: skip
-    return claims, claims["output_hash"], None
+    return ("claims", "tool", completed.run_id, claims, claims["output_hash"])
 
 
-def _artifact(signer: Signer, notice: Attest, chain: Chain) -> Built:
+def _artifact(notice: Attest, daemon_version: str) -> Job:
     path = Path(notice.attested.payload["uri"])
     content = hashlib.sha256(path.read_bytes()).hexdigest()
     completed = notice.facts[0]
     claims = artifact_claims(
         uri=path.as_uri(), sha256=content, run_id=completed.run_id, step_id=completed.step_id
     )
-    return claims, content, None
+    return ("claims", "artifact", completed.run_id, claims, content)
 
 
-def _capability(signer: Signer, notice: Attest, chain: Chain) -> Built:
+def _capability(notice: Attest, daemon_version: str) -> Job:
     _, grant = notice.facts
     p = grant.payload
     claims = capability_token_claims(
@@ -169,33 +159,31 @@ def _capability(signer: Signer, notice: Attest, chain: Chain) -> Built:
         step_id=grant.step_id, attempt=p["attempt"], issued_at=p["issued_at"],
         expires_at=p["expires_at"],
     )  # fmt: skip
-    return claims, None, None
+    return ("claims", "capability_token", grant.run_id, claims, None)
 
 
-def _run(signer: Signer, notice: Attest, chain: Chain) -> Built:
+def _run(notice: Attest, daemon_version: str) -> Job:
     events = notice.facts
     p = notice.attested.payload
     usage = [e.payload.get("usage") or {} for e in events if e.kind == "step_completed"]
     submitted = events[0].payload if events and events[0].kind == "run_submitted" else {}
-    claims = run_claims(
-        run_id=notice.attested.run_id,
-        status=p["outcome"].removeprefix("run_").upper(),
-        spec_hash=p["spec_hash"],
-        seed=submitted.get("seed"),
-        step_count=int(submitted.get("steps", 0)),
-        tokens_in=sum(int(u.get("tokens_in", 0)) for u in usage),
-        tokens_out=sum(int(u.get("tokens_out", 0)) for u in usage),
-        cost=sum(float(u.get("cost", 0.0)) for u in usage),
-        daemon_version=signer.daemon_version,
-        previous=chain.previous,
-        chain_length=chain.index,
-        parent_run_id=submitted.get("parent_run_id") or None,
-        branch_step=submitted.get("branch_step") or None,
-    )
-    return claims, json_digest(run_outputs(events)), chain.previous
+    claims = {
+        "run_id": notice.attested.run_id,
+        "status": p["outcome"].removeprefix("run_").upper(),
+        "spec_hash": p["spec_hash"],
+        "seed": submitted.get("seed"),
+        "step_count": int(submitted.get("steps", 0)),
+        "tokens_in": sum(int(u.get("tokens_in", 0)) for u in usage),
+        "tokens_out": sum(int(u.get("tokens_out", 0)) for u in usage),
+        "cost": sum(float(u.get("cost", 0.0)) for u in usage),
+        "daemon_version": daemon_version,
+        "parent_run_id": submitted.get("parent_run_id") or None,
+        "branch_step": submitted.get("branch_step") or None,
+    }
+    return ("run", notice.attested.run_id, claims, run_outputs(events))
 
 
-_BUILDERS: dict[str, Callable[[Signer, Attest, Chain], Built]] = {
+_JOBS: dict[str, Callable[[Attest, str], Job]] = {
     "step": _step,
     "tool": _tool,
     "artifact": _artifact,
@@ -204,4 +192,4 @@ _BUILDERS: dict[str, Callable[[Signer, Attest, Chain], Built]] = {
 }
 
 
-__all__ = ["Chain", "Draft", "Signer", "json_digest", "run_outputs", "sha256_hex"]
+__all__ = ["Chain", "Meta", "Signer", "job_of", "json_digest", "run_outputs", "sha256_hex"]

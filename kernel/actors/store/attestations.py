@@ -3,36 +3,17 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import duckdb
-from foundry.kernel.core.attest_records import AttestationRecord
+from foundry.kernel.actors.store.tables import WRITERS
+from foundry.kernel.core.attest_records import AttestationRow, stored_record
 
 
 def _records(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> list[Any]:
-    cursor = con.execute(f"SELECT * FROM attestations {where}", params)
-    names = [d[0] for d in cursor.description or ()]
-    out = []
-    for row in cursor.fetchall():
-        r = dict(zip(names, row, strict=True))
-        out.append(
-            AttestationRecord(
-                attestation_id=r["attestation_id"],
-                run_id=r["run_id"],
-                step_id=r["step_id"],
-                kind=r["kind"],
-                subject=json.loads(r["subject"]),
-                predicate_type=r["predicate_type"],
-                claims=json.loads(r["claims"]),
-                artifact_hash=r["artifact_hash"],
-                envelope=r["envelope"],
-                previous=r["previous"],
-                created_at=r["created_at"],
-                seq=r["seq"],
-            )  # fmt: skip
-        )
-    return out
+    columns = ", ".join(WRITERS[AttestationRow].columns)
+    rows = con.execute(f"SELECT {columns} FROM attestation_statements {where}", params)
+    return [stored_record(row) for row in rows.fetchall()]
 
 
 def load_attestations(con: duckdb.DuckDBPyConnection, ids: tuple[str, ...]) -> list[Any]:
@@ -58,7 +39,7 @@ def load_unattested(con: duckdb.DuckDBPyConnection) -> list[str]:
     between the two commits), oldest first."""
     rows = con.execute(
         "SELECT e.run_id, min(e.occurred_at) AS first FROM run_events e "
-        "ANTI JOIN attestations a ON a.attestation_id = e.payload->>'attestation_id' "
+        "ANTI JOIN attestation_statements a ON a.attestation_id = e.payload->>'attestation_id' "
         "WHERE e.kind = 'attested' GROUP BY e.run_id ORDER BY first"
     ).fetchall()
     return [r[0] for r in rows]

@@ -1,0 +1,119 @@
+"""Drafting and signing a batch of attestations from plain facts: :func:`draft_batch`.
+
+The signing process runs this (``signing_process.py``), off the daemon's interpreter lock; the
+daemon runs the same function on a worker thread when it has no signing process, so both make
+the same bytes. It imports only ``foundry.kernel.core.attest`` and ``attest_records`` (standard
+library), which the signing process loads without the rest of ``foundry.kernel``.
+
+A job is a tuple of plain values (``statements.job_of`` makes them from the notices):
+
+- ``("step", run_id, step_id, block, attempt, usage, inputs, seed, model, output)`` — the
+  facts of a step attestation; its input and output hashes, claims, and its place in the run's
+  hash chain are made here;
+- ``("run", run_id, claims, outputs)`` — a run attestation: ``claims`` are ``run_claims``'s
+  arguments but the chain's (``previous``, ``chain_length``), which come from the batch's chain
+  heads; its artifact hash is ``json_digest`` of ``outputs`` (each step's output);
+- ``("claims", kind, run_id, claims, artifact_hash)`` — any other kind, its claims made by the
+  daemon (``artifact_hash`` None: the subject's digest).
+
+``heads`` maps a run to its chain head before the batch, ``(index, previous digest)``; the
+batch's step attestations advance it, a run attestation closes it. Each job's result is
+``(statement, signature, artifact_hash, previous)`` — the canonical statement (the DSSE payload,
+as text), its Ed25519 signature over the PAE (base64), the attested hash, and the chain's
+previous digest (a step's or run's; None otherwise): what the ``attestation_statements`` row
+holds — or, for a job whose facts cannot be attested, the reason (a str).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from base64 import b64encode
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from foundry.kernel.core.attest import run_claims, step_claims
+from foundry.kernel.core.attest_records import Unsigned, json_digest, unsigned
+
+Job = tuple[Any, ...]
+Heads = dict[str, tuple[int, str | None]]
+Signed = tuple[str, str, str, str | None]  # statement, signature, artifact hash, previous
+Result = Signed | str  # or why the job's facts cannot be attested
+
+
+def draft_batch(
+    heads: Mapping[str, tuple[int, str | None]],
+    jobs: Sequence[Job],
+    sign: Callable[[bytes], bytes],
+) -> tuple[list[Result], Heads]:
+    """Each job's result, in order, and the chain heads after the batch (of the runs in
+    ``heads`` or the jobs that the batch did not close)."""
+    chains: Heads = dict(heads)
+    results: list[Result] = []
+    for job in jobs:
+        try:
+            results.append(_draft(job, chains, sign))
+        except Exception as exc:  # one job's bad facts must not stop the others
+            results.append(f"{type(exc).__name__}: {exc}")
+    return results, chains
+
+
+def dumps(value: Any) -> bytes:
+    """Pickle (protocol 5) of a batch or its results: JSON values, bytes and tuples only (a
+    mapping of another type as a dict); anything else raises ``pickle.PicklingError``."""
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=5).dump(value)
+    return buffer.getvalue()
+
+
+def loads(data: bytes) -> Any:
+    """:func:`dumps`'s value back; a pickle naming any class but ``dict`` is refused
+    (``pickle.UnpicklingError``): the two processes never make each other build objects."""
+    return _Unpickler(io.BytesIO(data)).load()
+
+
+class _Pickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        # Called only for what is not a str, int, float, bool, None, bytes, dict, list, tuple.
+        if obj is dict:  # the callable of a mapping's reduction below
+            return NotImplemented
+        if isinstance(obj, Mapping):
+            return dict, (dict(obj),)
+        raise pickle.PicklingError(f"{type(obj).__name__} is not a JSON value")
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("builtins", "dict"):
+            return dict
+        raise pickle.UnpicklingError(f"a batch may not hold {module}.{name}")
+
+
+def _draft(job: Job, chains: Heads, sign: Callable[[bytes], bytes]) -> Result:
+    kind = job[0]
+    if kind == "step":
+        _, run_id, step_id, block, attempt, usage, inputs, seed, model, output = job
+        index, previous = chains.get(run_id, (0, None))
+        claims = step_claims(
+            run_id=run_id, step_id=step_id, block=block, attempt=attempt,
+            tokens_in=int(usage.get("tokens_in", 0)), tokens_out=int(usage.get("tokens_out", 0)),
+            cost=float(usage.get("cost", 0.0)), input_hash=json_digest(inputs), seed=seed,
+            model=model, previous=previous, index=index, output_hash=json_digest(output),
+        )  # fmt: skip
+        statement = unsigned("step", claims)
+        chains[run_id] = (index + 1, statement.digest)
+        return (*_signed(statement, sign), claims["output_hash"], previous)
+    if kind == "run":
+        _, run_id, given, outputs = job
+        index, previous = chains.pop(run_id, (0, None))
+        claims = run_claims(**given, previous=previous, chain_length=index)
+        statement = unsigned("run", claims)
+        return (*_signed(statement, sign), json_digest(outputs), previous)
+    _, kind, _, claims, artifact_hash = job
+    statement = unsigned(kind, claims)
+    digest = artifact_hash or statement.subject["digest"]["sha256"]
+    return (*_signed(statement, sign), digest, None)
+
+
+def _signed(statement: Unsigned, sign: Callable[[bytes], bytes]) -> tuple[str, str]:
+    return statement.payload.decode(), b64encode(sign(statement.pae)).decode()
