@@ -321,3 +321,39 @@ def test_the_space_ahead_grows_in_doubling_steps(tmp_path):
     grown = zip(steps, steps[1:], strict=False)
     assert all(b - a >= a - SEGMENT_HEADER.size // 2 for a, b in grown)
     assert [r.seq for r in reopen(tmp_path)[1]] == list(range(1, 201))
+
+
+# --- the journal thread ----------------------------------------------------------------------
+
+
+async def test_the_journal_thread_returns_outcomes_in_order_and_raises_failures():
+    import threading
+
+    import trio
+    from foundry.kernel.actors.store.journal import JournalThread
+
+    thread = JournalThread("test-journal")
+    thread.start()
+    names: list[str] = []
+
+    def job(value):
+        names.append(threading.current_thread().name)
+        return value
+
+    def failing():
+        raise OSError(28, "No space left on device")
+
+    try:
+        thread.submit(lambda: job(1))
+        thread.submit(failing)
+        thread.submit(lambda: job(3))
+        assert await thread.result() == 1
+        with pytest.raises(OSError, match="No space"):
+            await thread.result()
+        assert await thread.result() == 3
+        with trio.CancelScope() as scope:
+            scope.cancel()  # a write in progress is never abandoned: the wait is shielded
+            assert await thread.run(lambda: job(4)) == 4
+        assert names == ["test-journal"] * 3
+    finally:
+        await trio.to_thread.run_sync(thread.stop)

@@ -34,7 +34,7 @@ from foundry.kernel.actors.store.messages import (
     StoreMessage,
 )
 from foundry.kernel.actors.tap.messages import TapMessage
-from foundry.kernel.blocks.api import Block, BlockContext
+from foundry.kernel.blocks.api import Block, BlockContext, BlockKind
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.dag import parse_dag
@@ -452,3 +452,144 @@ async def test_appends_wait_for_room_in_a_full_store_mailbox_and_keep_their_orde
     events = store.events(run_id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert h.kinds(run_id).count("step_completed") == 7
+
+
+# --- the durable path: leases, completions and their commits -----------------------------------
+
+
+class Mutating(Block):
+    """A mutator: notes, as it runs, which of its run's events the store has committed."""
+
+    name = "mutating"
+    kind = BlockKind.MUTATOR
+
+    def __init__(self, store: CommittingStore, **options: Any) -> None:
+        super().__init__(**options)
+        self.store = store
+        self.ran: list[tuple[str, int]] = []  # (step id, lease seq committed when it ran)
+
+    async def run(self, ctx: BlockContext) -> Any:
+        leases = [e for e in self.store.committed if e.kind == "step_leased"]
+        mine = [e.seq for e in leases if e.step_id == ctx.step_id]
+        self.ran.append((ctx.step_id, mine[-1] if mine else 0))
+        return {"n": ctx.payload.get("n", 0)}
+
+
+class CommittingStore(FakeStore):
+    """Takes what waits in its mailbox in one go (as the store's receiver does), notes each such
+    batch, and commits — acknowledges — a batch only one scheduling pass later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[Append]] = []
+        self.committed: list[RunEventRecord] = []
+        self.barriers: list[set[str]] = []  # the steps completed in the store at each Barrier
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[StoreMessage]) -> None:
+        async with inbox:
+            while True:
+                try:
+                    messages = [await inbox.receive()]
+                except trio.EndOfChannel:
+                    return
+                while True:
+                    try:
+                        messages.append(inbox.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                self.batches.append([m for m in messages if isinstance(m, Append)])
+                await trio.lowlevel.checkpoint()  # the commit takes a while
+                for message in messages:
+                    if isinstance(message, Append):
+                        self.committed.extend(
+                            r for r in message.records if isinstance(r, RunEventRecord)
+                        )
+                    elif isinstance(message, Barrier):
+                        done = {e.step_id for e in self.committed if e.kind == "step_completed"}
+                        self.barriers.append(done)
+                    self.answer(message)
+
+
+def chain_of(step_type: str, count: int) -> list[dict[str, Any]]:
+    steps = [{"id": "s0", "type": step_type, "inputs": {"n": 0}}]
+    for i in range(1, count):
+        inputs = {"n": i, "prev": f"${{steps.s{i - 1}.output.n}}"}
+        steps.append({"id": f"s{i}", "type": step_type, "inputs": inputs})
+    return steps
+
+
+async def test_a_mutator_runs_only_once_its_lease_is_committed(tmp_path, autojump_clock):
+    store = CommittingStore()
+    block = Mutating(store)
+    async with running_scheduler(tmp_path, [block], store=store) as h:
+        run_id = await h.submit(chain_of("mutating", 6))
+        await store.until(run_id, *TERMINAL_KINDS)
+    leases = {e.step_id: e.seq for e in store.events(run_id, "step_leased")}
+    assert block.ran == [(f"s{i}", leases[f"s{i}"]) for i in range(6)]
+
+
+async def test_a_steps_completion_reaches_the_store_with_the_next_steps_lease(
+    tmp_path, autojump_clock
+):
+    """On a chain of mutators the completion of a step and the lease of the next arrive in the
+    store's mailbox together (one commit for both): the completion first, as an append of its
+    own (no acknowledgement: nobody waits for it), the lease with its acknowledgement."""
+    store = CommittingStore()
+    async with running_scheduler(tmp_path, [Mutating(store)], store=store) as h:
+        run_id = await h.submit(chain_of("mutating", 5))
+        await store.until(run_id, *TERMINAL_KINDS)
+    for i in range(1, 5):
+        [batch] = [b for b in store.batches if any(_leases(a, f"s{i}") for a in b)]
+        kinds = [[(r.kind, r.step_id) for r in a.records] for a in batch]
+        assert kinds == [[("step_completed", f"s{i - 1}")], [("step_leased", f"s{i}")]]
+        assert batch[0].ack is None
+        assert batch[1].ack is not None
+    events = store.events(run_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+def _leases(append: Append, step_id: str) -> bool:
+    return any(getattr(r, "kind", "") == "step_leased" and r.step_id == step_id
+               for r in append.records)  # fmt: skip
+
+
+async def test_an_observers_lease_is_not_waited_for(tmp_path, autojump_clock):
+    """Nobody waits for an observer's lease (it runs ahead of its commit): its append asks for
+    no acknowledgement, so the store may commit it with the step's completion."""
+    store = CommittingStore()
+    async with running_scheduler(tmp_path, [Flaky(0)], store=store) as h:
+        run_id = await h.submit([step("a", "flaky"), step("b", "flaky", after=("a",))])
+        await store.until(run_id, *TERMINAL_KINDS)
+    leases = [a for b in store.batches for a in b if _leases(a, "a") or _leases(a, "b")]
+    assert len(leases) == 2
+    assert all(a.ack is None for a in leases)
+    assert h.kinds(run_id).count("step_completed") == 2
+
+
+async def test_getrun_shows_no_completion_the_store_has_not_taken(tmp_path, autojump_clock):
+    """A completion the scheduler holds back for the next lease goes to the store before
+    GetRun's Barrier: what GetRun shows is committed."""
+    store = CommittingStore()
+    views: list[RunView] = []
+    async with running_scheduler(tmp_path, [Mutating(store)], store=store) as h:
+        run_id = await h.submit(chain_of("mutating", 8))
+        while not any(e.kind in TERMINAL_KINDS for e in store.events(run_id)):
+            views.append(await h.get(run_id))
+    assert len(views) == len(store.barriers)
+    assert len(views) > 3
+    for view, committed in zip(views, store.barriers, strict=True):
+        shown = {s.step_id for s in view.steps if s.status == "succeeded"}
+        assert shown <= committed
+
+
+async def test_resume_answers_once_committed_and_the_run_goes_on(tmp_path, autojump_clock):
+    store = CommittingStore()
+    async with running_scheduler(tmp_path, [Flaky(0)], store=store) as h:
+        run_id = await h.submit([step("a", "flaky"), step("b", "flaky", after=("a",))], ("b",))
+        await store.until(run_id, "run_paused")
+        status, step_id = await ask(h.inbox, lambda r: ResumeRun(run_id, r))
+        assert (status, step_id) == ("RUNNING", "b")
+        assert "run_resumed" in [e.kind for e in store.committed]  # told only once committed
+        await store.until(run_id, *TERMINAL_KINDS)
+    assert h.kinds(run_id)[-4:] == ["run_resumed", "step_leased", "step_completed",
+                                    "run_succeeded"]  # fmt: skip

@@ -6,10 +6,16 @@ has side effects (a mutator block) starts only after its lease is durable; side-
 run ahead of the commit and are simply redone after a crash. On start, every run without a
 terminal event is picked up again: completed steps keep their outputs, an interrupted step is
 leased again with ``attempt + 1``.
+
+A run's driver leases the steps that became ready itself (when a concurrency slot is free) and
+appends their leases in one pass behind the completion that made them ready, which the finished
+step left for it: on a chain the completion and the next lease reach the store together and share
+a group commit, and the next step's task starts while that commit is under way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -61,6 +67,7 @@ from foundry.kernel.core.dag import StepSpec, UnresolvedReference, check_dag_env
 from foundry.kernel.core.ids import Clock, compact_json, rfc3339
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.planner import (
+    Lease,
     Next,
     attempt_limit,
     attempt_number,
@@ -125,6 +132,8 @@ class Scheduler:
         self._runs: OrderedDict[str, RunState] = OrderedDict()
         self._idempotency: dict[str, str] = {}
         self._durable: dict[str, trio.Event] = {}  # runs whose submission is being committed
+        # Completed steps' events (and attestor notices) not appended yet, by run: see _complete
+        self._held: dict[str, tuple[list[Any], list[Attest]]] = {}
         self._wakeups: dict[str, trio.Event] = {}  # paused runs waiting for ResumeRun
         # Running steps' scopes, run id -> step id -> (scope, is a mutator): CancelRun's handles.
         self._running: dict[str, dict[str, tuple[trio.CancelScope, bool]]] = {}
@@ -247,6 +256,19 @@ class Scheduler:
         if run.status == "PENDING":
             await self._record(run, "run_started")
         recover(run)  # leased before a crash: lease again with attempt + 1
+        try:
+            if not await self._drive_steps(run):
+                return
+        finally:
+            self._flush_nowait(run)  # cancelled: what finished still goes to the store
+        try:
+            await self._end(run)
+        finally:
+            self._ended.pop(run.run_id, trio.Event()).set()
+
+    async def _drive_steps(self, run: RunState) -> bool:
+        """Start steps as they become ready until the run is over (True) or stops waiting
+        (False: the daemon is stopping)."""
         busy: set[str] = set()
         candidates: set[str] | None = None  # None: look at every step
         done_send, done_receive = trio.open_memory_channel[str](len(run.steps) + 1)
@@ -255,6 +277,7 @@ class Scheduler:
                 if may_start(run, self._stopping.is_set() or run.canceling):
                     await self._start_ready(run, busy, steps, done_send, candidates)
                     candidates = set()
+                await self._flush(run)  # completions no lease took along
                 wait = next_wait(run, bool(busy), self._stopping.is_set())
                 if run.canceling and wait is not Next.STEP:
                     break  # cancelled: what was running has ended
@@ -265,16 +288,13 @@ class Scheduler:
                         candidates.update(run.dag.dependents.get(finished, ()))
                 elif wait is Next.RESUME:
                     if not await self._until_resumed(run):
-                        return  # the daemon is stopping; the run stays paused in its log
+                        return False  # the daemon is stopping; the run stays paused in its log
                     candidates = None
                 elif wait is Next.STOP:
-                    return  # the daemon is stopping: no new steps; the next start goes on
+                    return False  # the daemon is stopping: no new steps; the next start goes on
                 else:
                     break
-        try:
-            await self._end(run)
-        finally:
-            self._ended.pop(run.run_id, trio.Event()).set()
+        return True
 
     async def _end(self, run: RunState) -> None:
         end = run_ending(run)
@@ -305,11 +325,35 @@ class Scheduler:
         done: trio.MemorySendChannel[str],
         candidates: set[str] | None,
     ) -> None:
-        """Lease what the planner says is ready; pause where it says a breakpoint holds."""
+        """Lease what the planner says is ready; pause where it says a breakpoint holds.
+
+        A step with a free concurrency slot is leased here, its lease appended with the others'
+        in one write, before its task starts (the task's start then overlaps the commit a
+        mutator waits for; on a chain the lease joins its predecessor's completion in the
+        store's next group). A step without a slot, or whose lease fails, leases in its task."""
         plan = starts(run, busy, candidates)
+        records: list[Any] = []
+        notices: list[Attest] = []
+        leased: list[tuple[StepState, _Leased]] = []
         for step in plan.steps:
             busy.add(step.spec.id)
-            steps.start_soon(self._run_step, run, step, done)
+            ready = self._lease_now(run, step)
+            if ready is None:
+                steps.start_soon(self._run_step, run, step, done)
+            else:
+                records.extend(ready.records)
+                notices.extend(ready.notices)
+                leased.append((step, ready))
+        if leased:
+            try:
+                durable = await self._append_leases(records, [ready for _, ready in leased])
+            except BaseException:
+                for _, ready in leased:
+                    self._limiter.release_on_behalf_of(ready.slot)
+                raise
+            await self._notify(notices)
+            for step, ready in leased:
+                steps.start_soon(self._run_step, run, step, done, (ready, durable))
         if plan.pause_at:
             await self._record(run, "run_paused", plan.pause_at)
 
@@ -322,15 +366,29 @@ class Scheduler:
         return True
 
     async def _run_step(
-        self, run: RunState, step: StepState, done: trio.MemorySendChannel[str]
+        self,
+        run: RunState,
+        step: StepState,
+        done: trio.MemorySendChannel[str],
+        first: tuple[_Leased, Pending[None] | None] | None = None,
     ) -> None:
+        """Run a step's attempts; ``first``: its first attempt, leased by the driver with a
+        concurrency slot held for it (released here)."""
         running = self._running.setdefault(run.run_id, {})
         try:
             with trio.CancelScope() as scope:  # CancelRun's handle on this step
                 running[step.spec.id] = (scope, self._is_mutator(step.spec))
                 while not run.canceling:
-                    async with self._limiter:
-                        delay = await self._attempt(run, step)
+                    if first is not None:
+                        ready, durable = first
+                        first = None
+                        try:
+                            delay = await self._execute(run, step, ready, durable)
+                        finally:
+                            self._limiter.release_on_behalf_of(ready.slot)
+                    else:
+                        async with self._limiter:
+                            delay = await self._attempt(run, step)
                     # A step backing off holds no concurrency slot. When the daemon stops, it
                     # stops waiting: the next start leases it again.
                     if delay is None or run.canceling or not await self._backoff(delay):
@@ -338,6 +396,8 @@ class Scheduler:
             if run.canceling and not step.finished:
                 await self._record(run, "step_canceled", step.spec.id, attempt=step.attempt)
         finally:
+            if first is not None:  # cancelled before its first attempt began
+                self._limiter.release_on_behalf_of(first[0].slot)
             running.pop(step.spec.id, None)
             if not running:
                 self._running.pop(run.run_id, None)
@@ -370,6 +430,46 @@ class Scheduler:
             failure = step_error(str(exc), attempt)
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=failure)
             return None
+        ready = self._leased(run, step, block, leased)
+        durable = await self._append_leases(ready.records, [ready])
+        await self._notify(ready.notices)
+        return await self._execute(run, step, ready, durable)
+
+    async def _append_leases(
+        self, records: list[Any], leased: list[_Leased]
+    ) -> Pending[None] | None:
+        """Append leases; what to wait on for their commit when a mutator is among them (None
+        when not: nobody waits, so the store lets the group linger and an observer's lease
+        usually commits with its completion)."""
+        if any(ready.block.kind is BlockKind.MUTATOR for ready in leased):
+            return await self._append(records)
+        await self._send_store(Append(tuple(records), tuple(records)))
+        return None
+
+    def _lease_now(self, run: RunState, step: StepState) -> _Leased | None:
+        """The driver's lease of a ready step, holding a concurrency slot for it (borrowed by
+        its ``slot``); None when no slot is free, its block is gone or its inputs do not
+        resolve (its task then leases it, or fails it, itself)."""
+        block = self._registry.by_name.get(step.spec.type)
+        if block is None:
+            return None
+        try:
+            leased = lease(run, step)
+        except (UnresolvedReference, TypeError, ValueError):
+            return None
+        slot = object()
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(slot)
+        except trio.WouldBlock:
+            return None
+        ready = self._leased(run, step, block, leased)
+        ready.slot = slot
+        return ready
+
+    def _leased(self, run: RunState, step: StepState, block: Any, leased: Lease) -> _Leased:
+        """Make the events of a lease: the lease, and for a tool step its capability token
+        and that token's attestation."""
+        spec = step.spec
         limit = attempt_limit(spec, block.timeout)
         span = new_span_id()  # the attempt's, a child of the run's span
         lease_event = run.make_event(
@@ -379,12 +479,21 @@ class Scheduler:
         notices: list[Attest] = []
         grant = None
         if spec.type == TOOL_STEP:
-            grant = self._grant(run, spec.id, attempt, lease_event, limit)
+            grant = self._grant(run, spec.id, leased.attempt, lease_event, limit)
             records.append(grant)
             self._attested(run, "capability_token", spec.id, (lease_event, grant), records, notices)
-        durable = await self._append(records)
-        await self._notify(notices)
+        return _Leased(block, leased, limit, span, lease_event, grant, records, notices)
+
+    async def _execute(
+        self, run: RunState, step: StepState, ready: _Leased, durable: Pending[None] | None
+    ) -> float | None:
+        """Run a leased attempt (a mutator once ``durable``, its lease's commit, is through);
+        record how it ended. None when the step is finished, else the backoff before the
+        next attempt."""
+        spec, block, leased, span = step.spec, ready.block, ready.leased, ready.span
+        attempt, limit, lease_event, grant = leased.attempt, ready.limit, ready.lease, ready.grant
         if block.kind is BlockKind.MUTATOR:
+            assert durable is not None
             await durable.wait()  # side effects only once the lease is durable
         ctx = BlockContext(
             payload=json.loads(leased.inputs_json),
@@ -503,7 +612,12 @@ class Scheduler:
             self._attested(run, "tool", step_id, (lease_event, grant, completed), records, notices)
         for path in completed.payload["artifacts"]:
             self._attested(run, "artifact", step_id, (completed,), records, notices, uri=path)
-        await self._record_all(records, notices)
+        # Held for the driver, which appends it just before its next steps' leases (one pass
+        # of the store's receiver for both): whatever else this run appends first takes it
+        # along ahead of itself (_send_store), so the run's events reach the store in order.
+        held_records, held_notices = self._held.setdefault(run.run_id, ([], []))
+        held_records.extend(records)
+        held_notices.extend(notices)
 
     async def _record_all(self, records: list[Any], notices: list[Attest]) -> None:
         """Append events made and applied already; then hand their notices to the attestor."""
@@ -544,7 +658,16 @@ class Scheduler:
     async def _send_store(self, append: Append) -> None:
         """Into the store's mailbox without a scheduling pass while it has room (``send``
         always takes one: twice a step on a chain, where the store waits for exactly these);
-        waits for room when it is full."""
+        waits for room when it is full. The run's held completions go first, as an append of
+        their own (a failed commit of theirs fails nothing else), then their notices."""
+        held = self._held.pop(_run_of(append), None) if self._held else None
+        if held is not None:
+            await self._put(Append(tuple(held[0]), tuple(held[0])))
+        await self._put(append)
+        if held is not None:
+            await self._notify(held[1])
+
+    async def _put(self, append: Append) -> None:
         try:
             try:
                 self._store.send_nowait(append)
@@ -552,6 +675,23 @@ class Scheduler:
                 await self._store.send(append)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise Unavailable("the daemon is shutting down") from None
+
+    async def _flush(self, run: RunState) -> None:
+        """Append the run's held completions now (nothing else of the run is appended yet)."""
+        held = self._held.pop(run.run_id, None)
+        if held is not None:
+            await self._record_all(*held)
+
+    def _flush_nowait(self, run: RunState) -> None:
+        """The held completions of a driver being cancelled, if the mailbox has room."""
+        held = self._held.pop(run.run_id, None)
+        if held is not None:
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError,
+                                     trio.ClosedResourceError):  # fmt: skip
+                self._store.send_nowait(Append(tuple(held[0]), tuple(held[0])))
+                for notice in held[1]:
+                    if self._attestor is not None:
+                        self._attestor.send_nowait(notice)
 
     def _retire(self, run: RunState) -> None:
         self._runs.move_to_end(run.run_id)
@@ -685,6 +825,7 @@ class Scheduler:
             run = self._runs.get(message.run_id)
             if run is not None:
                 view = run_view(run)
+                await self._flush(run)
                 await ask(self._store, Barrier)  # all it shows is durable
             else:
                 view = run_view(await self._load(message.run_id))
@@ -717,6 +858,29 @@ class Scheduler:
             message.reply.fail(exc)
         else:
             message.reply.send(TapOpened(tuple(history)))
+
+
+class _Leased:
+    """An attempt leased, not yet run: its block, lease, time limit and span, the events (and
+    attestor notices) its lease made, and the borrower of the concurrency slot the driver took
+    for it (None: its task holds one)."""
+
+    __slots__ = ("block", "grant", "lease", "leased", "limit", "notices", "records", "slot", "span")
+
+    def __init__(
+        self,
+        block: Any,
+        leased: Lease,
+        limit: float | None,
+        span: str,
+        lease: RunEventRecord,
+        grant: RunEventRecord | None,
+        records: list[Any],
+        notices: list[Attest],
+    ) -> None:
+        self.block, self.leased, self.limit, self.span = block, leased, limit, span
+        self.lease, self.grant, self.records, self.notices = lease, grant, records, notices
+        self.slot: object | None = None
 
 
 def run_view(run: RunState) -> RunView:
@@ -786,6 +950,11 @@ def _run_ended(run: RunState, ended: datetime) -> RunEnded:
         sub.trace_id, sub.span_id, "", run.run_id, run.status, run.error, sub.created_at, ended,
         len(run.steps), tuple(sorted(sub.labels.items())),
     )  # fmt: skip
+
+
+def _run_of(append: Append) -> str:
+    """The run an append of the scheduler's is about (each holds records of one run)."""
+    return getattr(append.records[0], "run_id", "") if append.records else ""
 
 
 def _traced(submission: RunSubmission) -> RunSubmission:

@@ -1,9 +1,9 @@
-"""One long-lived thread for the store's journal appends.
+"""One long-lived thread for work off the trio thread (the store's analysts' queries).
 
 ``trio.to_thread.run_sync`` costs the trio thread ~140 µs a call on this machine (a capacity
 limiter, a context copy, the thread cache's handoff); a thread of our own fed by a queue, which
-reschedules the waiting task through the trio token, costs ~70 µs — and the journal takes one
-call per group commit, on the path of every acknowledgement.
+reschedules the waiting task through the trio token, costs ~70 µs. (The journal's appends have a
+thread of their own that answers through an eventfd: ``journal.JournalThread``.)
 """
 
 from __future__ import annotations
