@@ -2,8 +2,8 @@
 benchmarks run.
 
 The attestor's signing key is loaded (or created) first: a key others may read refuses the start.
-Actors start in dependency order (tap broker, store, attestor, telemetry when ``[otel] endpoint``
-is set, engine, scheduler, replay, gate), each through
+Actors start in dependency order (tap broker, telemetry when ``[otel] endpoint`` is set, store,
+attestor, engine, scheduler, replay, gate), each through
 ``nursery.start`` so it is ready before the next; leaving the context closes the mailboxes the
 edge holds, each actor finishes or checkpoints its work in flight within its grace period, and
 the store, whose mailbox the others hold, flushes and closes last. ``$FOUNDRY_HOME`` is locked
@@ -82,7 +82,7 @@ async def open_kernel(
                 ):  # fmt: skip
                     mailbox.close()  # each finishes its work in flight; the store closes last
                 if mailboxes.telemetry is not None:
-                    mailboxes.telemetry.close()  # it ends when the engine's and scheduler's do
+                    mailboxes.telemetry.close()  # it ends once its senders' outboxes close
 
 
 @contextlib.contextmanager
@@ -123,13 +123,18 @@ async def _start_actors(
     home, grace = config.home, config.shutdown_grace
 
     await nursery.start(TapBroker(tap_receive, buffer=config.tap.subscriber_buffer).run)
+    telemetry = await _start_telemetry(config, nursery)  # None unless [otel] endpoint is set
+
+    def spans() -> SpanOutbox:
+        return SpanOutbox(telemetry.clone() if telemetry is not None else None)
+
     store = Store(home, store_receive, tap_send.clone(), max_batch=config.store.max_batch_rows,
                   retain_days=config.store.retain_days,
                   retention_interval=config.store.retention_interval,
                   memory_limit=config.store.memory_limit,
                   materialize_delay=config.store.materialize_delay,
                   segment_bytes=config.store.journal_segment_bytes,
-                  hold_for_test=hold_store)  # fmt: skip
+                  hold_for_test=hold_store, spans=spans())  # fmt: skip
     failed = await nursery.start(store.run)
     if failed:
         log.warning("marked %d unfinished workflow(s) failed: daemon restarted", len(failed))
@@ -138,11 +143,6 @@ async def _start_actors(
     await nursery.start(Attestor(key_pair, attest_receive, store_send.clone()).run)
     # Notices go to the attestor only when [attest] enabled; it serves GetAttestations either way.
     notices = attest_send.clone if config.attest.enabled else lambda: None
-    telemetry = await _start_telemetry(config, nursery)  # None unless [otel] endpoint is set
-
-    def spans() -> SpanOutbox:
-        return SpanOutbox(telemetry.clone() if telemetry is not None else None)
-
     engine = Engine(registry, engine_receive, store_send.clone(), home=home,
                     config=config.engine, shutdown_grace=grace, spans=spans())  # fmt: skip
     await nursery.start(engine.run)

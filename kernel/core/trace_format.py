@@ -48,13 +48,25 @@ def frame(path: str, trace: str | TraceRows) -> bytes:
 
 def frames(blob: bytes) -> Iterable[tuple[str, bytes]]:
     """The files in a blob of frames: path and contents."""
+    for kind, path, data in _framed(blob):
+        yield path.decode(), _contents(kind, data)
+
+
+def framed_rows(blob: bytes) -> Iterable[TraceRows | None]:
+    """Each frame's trace rows, None for a file framed as text (OpenTelemetry export reads the
+    archivist's frames: the rows are marshalled already)."""
+    for kind, _, data in _framed(blob):
+        yield marshal.loads(data) if kind == ROWS else None
+
+
+def _framed(blob: bytes) -> Iterable[tuple[int, bytes, bytes]]:
     offset = 0
     while offset < len(blob):
         kind, path_length, data_length = _HEADER.unpack_from(blob, offset)
         offset += _HEADER.size
-        path = blob[offset : offset + path_length].decode()
+        path = blob[offset : offset + path_length]
         offset += path_length
-        yield path, _contents(kind, blob[offset : offset + data_length])
+        yield kind, path, blob[offset : offset + data_length]
         offset += data_length
 
 

@@ -33,6 +33,7 @@ from foundry.kernel.actors.telemetry.messages import (
     SpanRecord,
     StepAttemptEnded,
     TelemetryMessage,
+    TracesStored,
     frame,
     read_frames,
     span_record,
@@ -44,6 +45,7 @@ from foundry.kernel.config import Config
 from foundry.kernel.core.ids import occurred_stamp, rfc3339
 from foundry.kernel.core.records import Event, ExecutionRecord, trace_rows
 from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.core.trace_format import frame as frame_file
 from foundry.kernel.edge import otel
 from foundry.kernel.edge.otel import Batch, Export, add_span, open_transport, resource
 from foundry.kernel.errors import ConfigError
@@ -331,6 +333,30 @@ def test_a_workflow_goes_as_its_trace_rows_and_makes_the_same_spans(ended):
     [read] = read_frames(io.BytesIO(frame([item])))
     assert list(span_records(read)) == list(records_of(ended)) == list(records_of(rowed))
     assert list(records_of(ended)) == list(span_records(wire_items(ended)))  # the fields' path
+
+
+def test_a_commits_trace_frames_go_as_they_are_and_make_each_workflows_spans():
+    """What the store frames for its archivist when it commits workflows goes to the exporter as
+    it is (one item for the commit), and makes the spans each workflow's fields make; a file
+    framed as text (a chain a restart ended) makes none."""
+    chains = [with_rows(chain()), with_rows(mixed()), with_rows(stamped())]
+    blob = b"".join(
+        [frame_file(f"/home/traces/{i}.json", c.trace) for i, c in enumerate(chains[:2])]
+        + [frame_file("/home/traces/restarted.json", '{"events": []}')]
+        + [frame_file("/home/traces/2.json", chains[2].trace)]
+    )
+    ends = (
+        *(c.completed_at.timestamp() for c in chains[:2]),
+        0.0,
+        chains[2].completed_at.timestamp(),
+    )
+    stored = TracesStored(blob, ends)
+    [item] = wire_items(stored)
+    assert item[0] is blob  # as it is: nothing built on the trio thread
+    [read] = read_frames(io.BytesIO(frame([item])))
+    expected = [span for c in chains for span in records_of(replace(c, trace=None))]
+    assert list(span_records(read)) == list(records_of(stored)) == expected
+    assert len(expected) == sum(1 + len(c.events) - 1 + len(c.executions) for c in chains)
 
 
 def test_a_chain_with_large_payloads_goes_as_its_fields_without_them():

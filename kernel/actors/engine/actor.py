@@ -78,7 +78,14 @@ from foundry.kernel.core.ids import (
     rfc3339,
 )
 from foundry.kernel.core.json_input import quoted
-from foundry.kernel.core.records import Event, ExecutionRecord, own_copy, storable
+from foundry.kernel.core.records import (
+    Event,
+    decoded,
+    new_event,
+    new_execution,
+    own_copy,
+    storable,
+)
 from foundry.kernel.core.status_query import pick_workflows
 from foundry.kernel.core.throttle import Action
 from foundry.kernel.core.trace_format import parse, render
@@ -112,6 +119,7 @@ class Engine:
         """``spans``: where finished chains go for OpenTelemetry export (None: nowhere)."""
         self._registry, self._inbox, self._store = registry, inbox, store
         self._home, self._config, self._grace = home, config, shutdown_grace
+        self._artifacts = f"{home}/artifacts"  # each execution's folder is under it
         self._spans = spans or SpanOutbox()
         self._clock = Clock()
         self._inflight: dict[str, Workflow] = {}
@@ -157,7 +165,7 @@ class Engine:
         stamp = occurred_stamp(now)
         root_id = event_id_of_json(message.event_type, message.project, stamp, payload_json)
         span = message.span or new_root()  # a root starts a trace unless the Emit brought one
-        root = Event(
+        root = new_event(
             root_id, message.event_type, message.project, now, now, message.throttle,
             root_id, message.payload, payload_json, stamp=stamp, trace_id=span.trace_id,
             span_id=span.span_id, parent_span_id=span.parent_span_id,
@@ -244,9 +252,9 @@ class Engine:
                 self._forget(workflow)
                 return
             log.error("could not store the end of workflow %s: %s", workflow.id, exc)
+            if self._spans.on:  # else the store sent its trace file's rows (TracesStored)
+                self._spans.offer(_chain_ended(workflow))
         workflow.state = workflow.final_state()
-        if self._spans.on:  # the chain is stored: its spans may go out
-            self._spans.offer(_chain_ended(workflow))
         self._retire(workflow)
 
     def _forget(self, workflow: Workflow) -> None:
@@ -321,7 +329,7 @@ class Engine:
         self._record(workflow, turn, outcome, span)
 
     def _artifact_dir(self, workflow: Workflow, event: Event, block: Block) -> str:
-        return f"{self._home}/artifacts/{workflow.id}/{event.id}/{_slug(block.name)}"
+        return f"{self._artifacts}/{workflow.id}/{event.id}/{_slug(block.name)}"
 
     def _record(self, workflow: Workflow, turn: Turn, outcome: Outcome, span: str) -> None:
         """Record a block's execution (span ``span``) and the events it emitted, which the walk
@@ -333,7 +341,7 @@ class Engine:
         )
         completed = self._clock.now()
         error = error or outcome.error
-        record = ExecutionRecord(
+        record = new_execution(
             workflow_id=workflow.id,
             block_name=block.name,
             trigger=event,
@@ -386,7 +394,7 @@ class Engine:
             raise _NotUtf8(repr(emission.event_type))
         # NaN, infinities and lone surrogates (the store would refuse them) raise ValueError.
         payload_json = payload_json_of(emission.payload)
-        return Event(
+        return new_event(
             id=event_id_of_json(emission.event_type, parent.project, stamp, payload_json),
             event_type=emission.event_type,
             project=parent.project,
@@ -394,7 +402,7 @@ class Engine:
             recorded_at=now,
             throttle=parent.throttle,
             workflow_id=parent.workflow_id,
-            payload=json.loads(payload_json),  # a copy the block can no longer change
+            payload=decoded(emission.payload, payload_json),  # the block can no longer change it
             payload_json=payload_json,
             depth=parent.depth + 1,
             parent_id=parent.id,

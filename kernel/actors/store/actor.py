@@ -2,7 +2,7 @@
 
 Writes are durable once they are in the journal (``journal.py``): the store group-commits —
 it takes every Append waiting in its mailbox, turns their records into table rows, appends them
-as one checksummed journal record and ``fdatasync``s it on a worker thread — and only then
+as one checksummed journal record and ``fdatasync``s it on its journal thread — and only then
 answers their acks and hands their ``publish`` items to the tap broker, so nobody hears of a
 write before it is durable. The trace files of the chains that finished go to the trace
 archivist (``archivist.py``).
@@ -44,7 +44,7 @@ from foundry.analytics.schema import ddl
 from foundry.kernel.actors.mailbox import Reply, refuse, reply_pair
 from foundry.kernel.actors.store import retention
 from foundry.kernel.actors.store.archivist import Archivist, FileWriter, frame
-from foundry.kernel.actors.store.journal import SEGMENT_BYTES, Journal, encode
+from foundry.kernel.actors.store.journal import SEGMENT_BYTES, Journal, JournalThread, encode
 from foundry.kernel.actors.store.messages import (
     Append,
     Barrier,
@@ -62,11 +62,13 @@ from foundry.kernel.actors.store.tables import (
     TableWriter,
     Unstorable,
     apply,
+    check_encoded,
     merge,
     table_rows,
 )
 from foundry.kernel.actors.store.writer import WriterThread
 from foundry.kernel.actors.tap.messages import Publish
+from foundry.kernel.actors.telemetry.messages import SpanOutbox, TracesStored
 from foundry.kernel.core.records import FinishedChain
 from foundry.kernel.errors import ConfigError, DeadlineExceeded, InvalidArgument, Unavailable
 
@@ -145,15 +147,20 @@ class Store:
         segment_bytes: int = SEGMENT_BYTES,
         hold_for_test: Callable[[str], None] | None = None,
         cache_bytes: int = CACHE_BYTES,
+        spans: SpanOutbox | None = None,
     ) -> None:
         """``hold_for_test`` is for tests only: called on the worker thread as each commit
         (``"commit"``: the journal append), each materialization (``"materialize"``) and each
         query, inside its transaction (``"read"``), begins, so a test can block there to hold
         that work up. The daemon passes None.
 
+        ``spans`` (OpenTelemetry export on) gets the trace files of each commit
+        (``TracesStored``): the workflows' spans come of them.
+
         ``retain_days`` > 0 archives and prunes finished work older than that (``retention.py``)
         at start and every ``retention_interval`` seconds; 0 keeps everything."""
         self.home = home
+        self._spans = spans or SpanOutbox()
         self.path = home / "foundry.duckdb"
         self._inbox, self._tap, self._max_batch = inbox, tap, max_batch
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -176,6 +183,8 @@ class Store:
         self._commits = self._reads = 0
         self._queries: trio.Nursery | None = None
         self._pending: list[Write] = []  # writes waiting for the next group commit
+        self._inflight: list[Write] | None = None  # the group whose journal append is queued
+        self._idle = False  # the commit loop waits for writes (or lingers): none in flight
         self._work, self._room = trio.Event(), trio.Event()
         self._ended = False  # the mailbox has closed: commit what is queued, then stop
         self._memory_limit = memory_limit  # DuckDB's, its block cache included ([store])
@@ -184,7 +193,7 @@ class Store:
         self._retain_days, self._retention_interval = retain_days, retention_interval
         self._retention = trio.Lock()  # one pass at a time
         self._journal = Journal(home / "journal", segment_bytes=segment_bytes)
-        self._writer = WriterThread("foundry-journal")
+        self._writer = JournalThread("foundry-journal")
         self._materialize_delay = materialize_delay
         self._backlog: list[tuple[int, list[TableRows]]] = []  # journaled, not yet in DuckDB
         self._backlog_rows = 0
@@ -225,7 +234,7 @@ class Store:
         """Two tasks: one takes the mailbox as it comes (queries start at once, writes queue),
         the other commits the queued writes group after group. A commit in progress delays no
         query, and a query no commit."""
-        async with self._tap, trio.open_nursery() as nursery:
+        async with self._tap, self._spans, trio.open_nursery() as nursery:
             self._queries = nursery  # queries in flight finish before the store closes
             nursery.start_soon(self._commit_loop)
             nursery.start_soon(self._materialize_loop)
@@ -248,6 +257,8 @@ class Store:
                     pass
                 except trio.EndOfChannel:
                     break
+                if self._idle and any(map(_awaited, self._pending)):
+                    self._start_commit()  # at once: no pass of the loop to wake the committer
                 while len(self._pending) > self._max_batch:
                     # a full group waits: the rest stays in the (bounded) mailbox meanwhile
                     self._room = trio.Event()
@@ -284,21 +295,41 @@ class Store:
 
     async def _commit_groups(self) -> None:
         while True:
-            if not self._pending:
+            if self._inflight is None and not self._pending:
                 if self._ended:
                     return
+                self._idle = True  # the receiver may start the next commit itself
                 await self._work.wait()
                 self._work = trio.Event()
-                if not self._pending:
-                    continue
-                await self._linger()  # an idle store lets near-simultaneous writes join
+                if self._inflight is None:
+                    if not self._pending:
+                        continue
+                    await self._linger()  # an idle store lets near-simultaneous writes join
             # What came in during the last commit goes at once: no scheduler pass to wait for
             # (behind a busy gRPC loop, each costs milliseconds).
-            batch = self._pending[: self._max_batch + 1]
-            del self._pending[: len(batch)]
-            self._room.set()
+            if self._inflight is None:
+                self._start_commit()
+            batch, self._inflight = self._inflight, None
+            assert batch is not None
             await self._handle(batch)
             del batch  # not held while waiting: a large write would stay resident
+
+    def _start_commit(self) -> None:
+        """Take the next group and hand its journal append to the journal thread; the commit
+        loop finishes it (``_handle``). Called by the commit loop, or by the receiver when the
+        loop is idle and a write someone waits for has come."""
+        batch = self._pending[: self._max_batch + 1]
+        del self._pending[: len(batch)]
+        self._room.set()
+        appends = [m for m in batch if isinstance(m, Append)]
+        if appends:
+            self._writer.submit(self._journal_job(appends))
+        self._inflight, self._idle = batch, False
+        self._work.set()
+
+    def _journal_job(self, appends: list[Append]) -> Callable[[], Any]:
+        groups = [a.records for a in appends]
+        return lambda: self._journal_write(groups)
 
     async def _linger(self) -> None:
         """Let appends that are about to come join this commit (the receiver queues them) —
@@ -308,7 +339,7 @@ class Store:
         commit)."""
         until = trio.current_time() + LINGER_SECONDS
         for _ in range(LINGER_CHECKPOINTS):
-            if any(map(_awaited, self._pending)):
+            if self._inflight is not None or any(map(_awaited, self._pending)):
                 return
             await trio.lowlevel.checkpoint()
             if trio.current_time() >= until or len(self._pending) > self._max_batch:
@@ -317,7 +348,7 @@ class Store:
     async def _handle(self, batch: list[Write]) -> None:
         appends = [m for m in batch if isinstance(m, Append)]
         if appends:
-            await self._commit(appends)
+            await self._commit(appends, submitted=True)
         for message in batch:
             if isinstance(message, Prune):
                 await self._prune(message)
@@ -325,10 +356,12 @@ class Store:
             if isinstance(message, Barrier):
                 message.reply.send(None)  # every write before it is through its commit
 
-    async def _commit(self, appends: list[Append]) -> None:
+    async def _commit(self, appends: list[Append], *, submitted: bool = False) -> None:
+        """Finish the commit of ``appends`` (``submitted``: its journal job is queued already)."""
         try:
-            groups = [a.records for a in appends]
-            seq, tables, traces = await self._writer.run(lambda: self._journal_write(groups))
+            if not submitted:
+                self._writer.submit(self._journal_job(appends))
+            seq, tables, traces = await self._writer.result()
         except Exception as exc:
             if len(appends) > 1:
                 # One bad append must not fail the others grouped with it: commit each alone.
@@ -363,6 +396,8 @@ class Store:
             except trio.WouldBlock:
                 await self._tap.send(Publish(tuple(published)))
         await self._archivist.send(traces)
+        if traces and self._spans.on:
+            self._spans.offer(TracesStored(traces, _trace_ends(appends)))
         weight = len(traces) + sum(len(getattr(i, "payload_json", "")) for i in published)
         if weight >= LARGE_COMMIT_BYTES:
             self._release_memory_soon()
@@ -791,11 +826,12 @@ class Store:
         if self._hold_for_test is not None:
             self._hold_for_test("commit")
         records = [r for records in groups for r in records]
-        tables = table_rows(records)  # refuses what DuckDB would, before anything is told
+        tables = table_rows(records, check=False)
         traces = self._traces(records)
         if not tables:
             return self._journal.last_seq, tables, traces  # an Append may carry only answers
         payload = encode(tables)
+        check_encoded(tables, payload)  # refuses what DuckDB would, before anything is told
         seq = self._journal.append(payload)
         return seq, tables, traces
 
@@ -933,6 +969,16 @@ def _awaited(write: Write) -> bool:
     if isinstance(write, Append):
         return write.ack is not None or bool(write.answers)
     return True  # a Barrier or a retention pass
+
+
+def _trace_ends(appends: Sequence[Append]) -> tuple[float, ...]:
+    """The end of each chain whose trace file a commit frames, in ``_traces``'s order."""
+    return tuple(
+        r.completed_at.timestamp()
+        for a in appends
+        for r in a.records
+        if isinstance(r, FinishedChain) and r.trace is not None
+    )
 
 
 def _client_error(exc: Exception, what: str) -> Exception:

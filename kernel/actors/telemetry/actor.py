@@ -1,14 +1,15 @@
 """The telemetry actor: spans out of the daemon, to an OpenTelemetry collector.
 
-Started by the supervisor only when ``[otel] endpoint`` is set. The engine and the scheduler
-offer it what ended (a chain, a step attempt, a run: ``messages``) and never wait for it; it
-turns those into compact records (``spans``, pure: a workflow's are the rows the engine made for
-its trace file, as they are) and writes them, a batch of messages per frame, to the exporter
+Started by the supervisor only when ``[otel] endpoint`` is set. The engine, the scheduler and
+the store offer it what ended (a chain, a step attempt, a run, a commit's trace files:
+``messages``) and never wait for it; it turns those into compact records (``spans``, pure: a
+commit's workflows are the trace files' frames the store made for its archivist, as they are)
+and writes them, a batch of messages per frame, to the exporter
 process (``python -m foundry.kernel.edge.otel``), where they become OTLP spans and go out through
 the OpenTelemetry SDK's exporter, off this process's GIL. A slow exporter fills the pipe, then
 this mailbox, and then senders drop and count: nothing here can slow the engine.
 
-Stop: once every sender's outbox is closed (the engine's and the scheduler's, as they finish),
+Stop: once every sender's outbox is closed (the engine's, the scheduler's and the store's),
 the exporter's stdin closes; it flushes for up to ``FLUSH_SECONDS`` and exits (or is killed).
 """
 

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, cast
 
 import trio
 from foundry.kernel.core.records import Event, ExecutionRecord
-from foundry.kernel.core.trace_format import TraceRows, text_bytes
+from foundry.kernel.core.trace_format import TraceRows, framed_rows, text_bytes
 
 log = logging.getLogger("foundry.telemetry")
 
@@ -59,6 +59,18 @@ class ChainEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class TracesStored:
+    """Trace files a commit made durable, as the store frames them for its archivist
+    (``core.trace_format``): the workflows of that commit, one message for them all. Their rows
+    are marshalled already, so the trio thread sends them on as they are; the exporter process
+    makes each workflow's spans (``framed_spans``). A file framed as text (a chain a restart
+    ended) has no rows and no spans."""
+
+    frames: bytes
+    completed: tuple[float, ...]  # each frame's chain end, POSIX seconds
+
+
+@dataclass(frozen=True, slots=True)
 class StepAttemptEnded:
     """One attempt of a FleetForge step, finished either way: a span under its run's."""
 
@@ -93,18 +105,20 @@ class RunEnded:
     labels: tuple[tuple[str, str], ...] = ()
 
 
-TelemetryMessage = SpanEnded | ChainEnded | StepAttemptEnded | RunEnded
+TelemetryMessage = SpanEnded | ChainEnded | TracesStored | StepAttemptEnded | RunEnded
 
 # --- the exporter process's input (kernel/edge/otel.py) -------------------------------------------
 # Frames on its stdin: a 4-byte big-endian length, then a ``marshal``-ed list of items (plain
 # tuples, as cheap to make and write as anything; the same interpreter reads them). An item is a
-# span record (11 fields), a workflow's trace rows (2: ``RowsRecord``) or a chain record (6). The
-# trace rows are the ones the engine made for the chain's trace file (``core.records.trace_rows``)
-# and the chain's end: the trio thread sends them as they are — nothing to build, a tuple it
-# already holds to marshal — and the exporter process turns them into the chain's spans
-# (``rows_spans``). A chain with more than ``ROWS_BYTES`` of payloads and block texts in its rows,
-# or an event no block sinks (no rows), goes as a chain record instead: its fields as they are at
-# hand, times as POSIX seconds, no payloads (``chain_spans``).
+# span record (11 fields), a workflow's trace rows (2: ``RowsRecord``), a commit's framed trace
+# files (2: ``FramesRecord``, the first is bytes) or a chain record (6). Trace rows are the ones
+# the engine made for the chain's trace file (``core.records.trace_rows``) with the chain's end;
+# the store frames them for its archivist when it commits the chain, and those frames go to the
+# exporter as they are (``TracesStored``): nothing is built per chain on the trio thread, and the
+# exporter process turns each into the chain's spans (``rows_spans``). An event no block sinks
+# (no rows), or a chain the store could not commit, goes as a chain record instead: its fields as
+# they are at hand, times as POSIX seconds, no payloads (``chain_spans``), or, when the engine
+# has its rows and they are small, as a ``RowsRecord``.
 
 SpanRecord = tuple[
     str, str, str, str, str, int, int, bool, str, tuple[str, ...], tuple[AttributeValue, ...]
@@ -120,7 +134,8 @@ ExecutionFields = tuple[
 ChainRecord = tuple[tuple[EventFields, ...], tuple[ExecutionFields, ...], bool, str, str, float]
 # events (the root first), executions, is a workflow, state, error, completed at
 RowsRecord = tuple[TraceRows, float]  # a workflow's trace rows, its completion (POSIX seconds)
-WireItem = SpanRecord | ChainRecord | RowsRecord
+FramesRecord = tuple[bytes, tuple[float, ...]]  # a commit's trace frames, each chain's end
+WireItem = SpanRecord | ChainRecord | RowsRecord | FramesRecord
 FRAME_HEADER = 4
 CHAIN_FIELDS = 6
 ROWS_FIELDS = 2
@@ -197,11 +212,22 @@ def span_records(items: Iterable[WireItem]) -> Iterator[SpanRecord]:
     """The spans of a frame's items (the exporter process's side)."""
     for item in items:
         if len(item) == ROWS_FIELDS:
-            yield from rows_spans(cast(RowsRecord, item))
+            if isinstance(item[0], bytes):
+                yield from framed_spans(item)  # narrowed: only a FramesRecord starts so
+            else:
+                yield from rows_spans(cast(RowsRecord, item))
         elif len(item) == CHAIN_FIELDS:
             yield from chain_spans(cast(ChainRecord, item))
         else:
             yield cast(SpanRecord, item)
+
+
+def framed_spans(item: FramesRecord) -> Iterator[SpanRecord]:
+    """The spans of the workflows a commit's trace frames hold (text frames have none)."""
+    blob, completed = item
+    for rows, end in zip(framed_rows(blob), completed, strict=True):
+        if rows is not None:
+            yield from rows_spans((rows, end))
 
 
 def rows_spans(item: RowsRecord) -> Iterator[SpanRecord]:

@@ -25,6 +25,7 @@ from foundry.kernel.actors.telemetry.messages import (
     SpanRecord,
     StepAttemptEnded,
     TelemetryMessage,
+    TracesStored,
     WireItem,
     chain_item,
     span_record,
@@ -128,6 +129,8 @@ def wire_items(message: TelemetryMessage) -> Iterator[WireItem]:
     trace rows or its fields (the exporter makes its spans), any other span as its record."""
     if isinstance(message, ChainEnded):
         yield chain_item(message)
+    elif isinstance(message, TracesStored):
+        yield message.frames, message.completed
     else:
         yield from records_of(message)
 
@@ -136,6 +139,8 @@ def records_of(message: TelemetryMessage) -> Iterator[SpanRecord]:
     """Whatever a sender told the actor, as the span records the exporter process exports."""
     if isinstance(message, ChainEnded):
         yield from span_records((chain_item(message),))
+    elif isinstance(message, TracesStored):
+        yield from span_records(((message.frames, message.completed),))
     elif isinstance(message, SpanEnded):
         yield span_record(message)
     elif isinstance(message, StepAttemptEnded):
