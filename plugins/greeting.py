@@ -32,8 +32,7 @@ class DeliverGreeting(Block):
 
     async def run(self, ctx: BlockContext) -> dict[str, Any]:
         greeting = str(ctx.payload.get("greeting", ""))
-        path = ctx.artifact_path("greeting.txt")
-        path.write_text(greeting + "\n")
+        path = await ctx.write_artifact("greeting.txt", greeting + "\n")
         ctx.summary = f"delivered {quoted(greeting)}"
         ctx.emit("greeting_delivered", {"greeting": greeting, "delivered_to": str(path)})
         return {"delivered_to": str(path)}

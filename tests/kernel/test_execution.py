@@ -1,7 +1,9 @@
 """execute(): one block once, with timeout and retries; pure trio, so the autojump clock is safe."""
 
+import threading
 from pathlib import Path
 
+import pytest
 import trio
 from foundry.kernel.blocks.api import Block, BlockContext, block
 from foundry.kernel.blocks.execution import execute
@@ -158,3 +160,40 @@ async def test_each_attempt_gets_a_fresh_context(tmp_path):
     assert [c.attempt for c in made] == [1, 2]
     assert made[0] is not made[1]
     assert outcome.context is made[1]
+
+
+async def test_write_artifact_writes_off_the_trio_thread_and_lists_only_what_it_wrote(tmp_path):
+    """write_artifact makes the folder and writes on a worker thread; the trace lists the files
+    it wrote (not a scan of the folder), by the name a scan would give them."""
+    folder = tmp_path / "art" / "evt1" / "deliver"
+    ctx = BlockContext(payload={}, artifact_dir=folder)
+    trio_thread = threading.get_ident()
+    writers: list[int] = []
+    real = Path.write_bytes
+
+    def spy(path: Path, data: bytes) -> int:
+        writers.append(threading.get_ident())
+        return real(path, data)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "write_bytes", spy)
+        text = await ctx.write_artifact("greeting.txt", "Hello, Zoë!\n")
+        raw = await ctx.write_artifact("sub/../raw.bin", b"\x00\xff")
+    assert len(writers) == 2
+    assert trio_thread not in writers
+    assert text.read_text(encoding="utf-8") == "Hello, Zoë!\n"
+    assert raw.read_bytes() == b"\x00\xff"
+    (folder / "stray.txt").write_text("not written through the context")
+    assert ctx.listed_artifacts() == [str(folder / "greeting.txt"), str(folder / "raw.bin")]
+    ctx.artifact_path("later.txt").write_text("x")  # anything may be written now: a scan
+    assert ctx.listed_artifacts() == sorted(
+        str(folder / name) for name in ("greeting.txt", "later.txt", "raw.bin", "stray.txt")
+    )
+
+
+async def test_write_artifact_refuses_a_name_that_leaves_the_folder(tmp_path):
+    ctx = BlockContext(payload={}, artifact_dir=tmp_path / "art")
+    with pytest.raises(ValueError, match="leaves the artifact folder"):
+        await ctx.write_artifact("../escape.txt", "x")
+    assert not (tmp_path / "escape.txt").exists()
+    assert ctx.listed_artifacts() == []

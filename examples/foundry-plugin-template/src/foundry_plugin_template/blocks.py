@@ -37,8 +37,8 @@ class SaveTally(Block):
     timeout = 10
 
     async def run(self, ctx: BlockContext) -> dict[str, Any]:
-        path = ctx.artifact_path("tally.json")  # listed in the trace's audit_artifacts
-        path.write_text(json.dumps(dict(ctx.payload), sort_keys=True))
+        # on a worker thread, and listed in the trace's audit_artifacts
+        path = await ctx.write_artifact("tally.json", json.dumps(dict(ctx.payload), sort_keys=True))
         ctx.summary = f"saved {ctx.payload.get('words')} words"
         ctx.emit("tally_saved", {"path": str(path)})
         return {"path": str(path)}
