@@ -144,13 +144,14 @@ def _wrapped(message: Any, name: str) -> Any:
 
 def _diffs(diffs: Any) -> Diffs:
     """The columns of the ChangeDiffs: one pass of upb reads, a row per diff, transposed in C
-    (no :class:`Diff` object per diff)."""
-    return Diffs.of_rows(
+    (no :class:`Diff` object per diff). ``risk_tags[:]`` copies upb's list in C; ``tuple()``
+    of upb's container iterates it in Python, which cost half of this pass."""
+    return Diffs.of_rows([
         (d.path, d.lines_added, d.lines_deleted,
          d.novelty_score.value if d.HasField("novelty_score") else None,
-         tuple(d.risk_tags), d.component)
+         tuple(d.risk_tags[:]), d.component)
         for d in diffs
-    )  # fmt: skip
+    ])  # fmt: skip
 
 
 def _from_upb(
