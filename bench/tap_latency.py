@@ -2,7 +2,8 @@
 
 The daemon (``foundry serve`` on 127.0.0.1:0, FOUNDRY_HOME in a temporary directory) declares one
 step type, ``tick``: a shell observer that sleeps 5 ms (``sh -c "sleep 0.005; echo {}"``), so a
-chain of ticks produces a steady stream of events (the lease and the completion of each step).
+chain of ticks produces a steady stream of events (the lease, the completion and the
+attestation of each step).
 
 A run of a 100-tick chain is submitted with a breakpoint on its first step. Once it is paused,
 this process (grpclib, 10 tappers per HTTP/2 connection) opens 100 TapRun streams; each reads the
@@ -248,8 +249,9 @@ def _check(run_id: str, run: Any, records: Sequence[Tapper], steps: int) -> None
     succeeded = run.status == api.RunStatus.SUCCEEDED and statuses == {"succeeded"}
     if not succeeded or len(run.steps) != steps:
         raise AssertionError(f"run {run_id}: {run.status.name}, step statuses {statuses}")
-    # submitted, started, paused, resumed, leased + completed per step, succeeded
-    expected = 2 * steps + 5
+    # submitted, started, paused, resumed, leased + completed + attested per step, the run's
+    # attested, succeeded ([attest] is on by default: a step's attestation is an event of its run)
+    expected = 3 * steps + 6
     for index, record in enumerate(records):
         seqs = record.history + record.live
         if seqs != list(range(1, expected + 1)) or record.last_kind != "run_succeeded":
