@@ -245,9 +245,9 @@ async def test_the_writer_thread_does_not_hold_a_write_once_it_is_done():
     import weakref
 
     import trio
-    from foundry.kernel.actors.store.writer import WriterThread
+    from foundry.kernel.actors.store.writer import JobThread
 
-    writer = WriterThread("test-writer")
+    writer = JobThread("test-writer")
     writer.start()
     try:
         records = _Records(["x" * 1000])
@@ -330,9 +330,9 @@ async def test_the_journal_thread_returns_outcomes_in_order_and_raises_failures(
     import threading
 
     import trio
-    from foundry.kernel.actors.store.journal import JournalThread
+    from foundry.kernel.actors.store.writer import JobThread
 
-    thread = JournalThread("test-journal")
+    thread = JobThread("test-journal")
     thread.start()
     names: list[str] = []
 

@@ -44,7 +44,7 @@ from foundry.analytics.schema import ddl
 from foundry.kernel.actors.mailbox import Reply, refuse, reply_pair
 from foundry.kernel.actors.store import retention
 from foundry.kernel.actors.store.archivist import Archivist, FileWriter, frame
-from foundry.kernel.actors.store.journal import SEGMENT_BYTES, Journal, JournalThread, encode
+from foundry.kernel.actors.store.journal import SEGMENT_BYTES, Journal, encode
 from foundry.kernel.actors.store.messages import (
     Append,
     Barrier,
@@ -66,7 +66,7 @@ from foundry.kernel.actors.store.tables import (
     merge,
     table_rows,
 )
-from foundry.kernel.actors.store.writer import WriterThread
+from foundry.kernel.actors.store.writer import JobThread
 from foundry.kernel.actors.tap.messages import Publish
 from foundry.kernel.actors.telemetry.messages import SpanOutbox, TracesStored
 from foundry.kernel.core.records import FinishedChain
@@ -172,7 +172,7 @@ class Store:
         # takes only the CPU that commits, Emits and the loop leave (DuckDB runs a query on the
         # calling thread, and on others only where it has more than one, on larger machines).
         self._user_threads = [
-            WriterThread(f"foundry-query-{i}", idle_priority=True) for i in range(USER_READERS)
+            JobThread(f"foundry-query-{i}", idle_priority=True) for i in range(USER_READERS)
         ]
         self._appenders: dict[str, Any] = {}  # by table
         self._db_applied = 0  # the high-water mark DuckDB holds (worker thread's view)
@@ -193,7 +193,7 @@ class Store:
         self._retain_days, self._retention_interval = retain_days, retention_interval
         self._retention = trio.Lock()  # one pass at a time
         self._journal = Journal(home / "journal", segment_bytes=segment_bytes)
-        self._writer = JournalThread("foundry-journal")
+        self._writer = JobThread("foundry-journal")
         self._materialize_delay = materialize_delay
         self._backlog: list[tuple[int, list[TableRows]]] = []  # journaled, not yet in DuckDB
         self._backlog_rows = 0

@@ -30,7 +30,7 @@ sequence, or bytes other than zeros after an older segment's records — it is c
 acknowledged data, and the journal refuses to open with one line
 naming the file and byte (:class:`JournalCorrupt`) instead of skipping it.
 
-The store appends on a thread of its own, :class:`JournalThread`, which hands each outcome back
+The store appends on a thread of its own (``writer.JobThread``), which hands each outcome back
 through an eventfd the committing trio task waits on.
 """
 
@@ -42,19 +42,14 @@ import io
 import logging
 import os
 import pickle
-import queue
 import struct
-import sys
 import threading
 import zlib
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import outcome
-import trio
 from foundry.kernel.errors import ConfigError
 
 log = logging.getLogger("foundry.store")
@@ -343,65 +338,6 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-class JournalThread:
-    """The thread that appends to the journal: jobs go in order through a queue; each outcome
-    comes back through an eventfd (a pipe where there is none) that the one waiting trio task
-    watches with ``wait_readable``. Trio's own way back (``run_sync_soon``) wakes its
-    entry-queue task, which then reschedules the waiter: one more pass of the loop per group
-    commit, measured at ~20-30 µs on this machine, on the path of every acknowledgement.
-
-    Jobs may be queued while earlier ones run; :meth:`result` returns their outcomes in order.
-    Only one task may wait in :meth:`result` at a time."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
-        self._done: deque[outcome.Outcome[Any]] = deque()
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        if hasattr(os, "eventfd"):
-            self._read_fd = self._write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        else:  # not Linux
-            self._read_fd, self._write_fd = os.pipe()
-            os.set_blocking(self._read_fd, False)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, job: Callable[[], Any]) -> None:
-        """Queue ``job`` (never blocks); its outcome comes from a later :meth:`result`."""
-        self._jobs.put(job)
-
-    async def result(self) -> Any:
-        """The value of the oldest job not yet collected, once it has run (or its exception).
-        Not cancellable: a write in progress is never abandoned."""
-        with trio.CancelScope(shield=True):
-            while not self._done:
-                await trio.lowlevel.wait_readable(self._read_fd)
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._read_fd, 8)
-        return self._done.popleft().unwrap()
-
-    async def run(self, job: Callable[[], Any]) -> Any:
-        """Run ``job`` and wait for it (nothing else may be waiting in :meth:`result`)."""
-        self.submit(job)
-        return await self.result()
-
-    def stop(self) -> None:
-        """Finish the jobs queued, then end the thread (blocking: call it off the trio thread)."""
-        if self._thread.is_alive():
-            self._jobs.put(None)
-            self._thread.join()
-        for fd in {self._read_fd, self._write_fd}:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def _serve(self) -> None:
-        signal = (1).to_bytes(8, sys.byteorder) if self._read_fd == self._write_fd else b"x"
-        while (job := self._jobs.get()) is not None:
-            self._done.append(outcome.capture(job))
-            del job  # a write's records are not held until the next one comes
-            os.write(self._write_fd, signal)
 
 
 def _decoded(path: Path, offset: int, seq: int, payload: bytes) -> tuple[Rows, ...]:
