@@ -30,6 +30,7 @@ import io
 import pickle
 from base64 import b64encode
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from foundry.kernel.core.attest import run_claims, step_claims
@@ -75,6 +76,8 @@ def loads(data: bytes) -> Any:
 class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         # Called only for what is not a str, int, float, bool, None, bytes, dict, list, tuple.
+        if type(obj) is MappingProxyType:  # a recorded fact's payload: before the slow ABC check
+            return dict, (dict(obj),)
         if obj is dict:  # the callable of a mapping's reduction below
             return NotImplemented
         if isinstance(obj, Mapping):

@@ -2,9 +2,9 @@
 lock.
 
 The attestor starts it (``python -I signing_process.py KEY_FILE``: that file imports only the
-standard library, ``cryptography`` and our three modules that draft statements) and hands it a
-batch of jobs — plain facts (``drafting.py``), one frame per batch, in one write to a pipe
-widened to hold a batch — on its stdin; it answers with each job's canonical statement and its
+standard library, ``cryptography``, PyNaCl and our three modules that draft statements) and
+hands it a batch of jobs — plain facts (``drafting.py``), one frame per batch, in one write to a
+pipe widened to hold a batch — on its stdin; it answers with each job's canonical statement and its
 signature, in order, on its stdout. Drafting a step attestation (two JSON hashes, the claims,
 the statement, its digest) cost the trio thread ~25 µs and its signature ~35 µs more; here a
 batch costs the daemon a pickle, a pipe write and a read, and the work is done on the other
@@ -37,7 +37,8 @@ import trio
 from foundry.kernel.actors.attestor.drafting import Heads, Job, Result, dumps, loads
 
 PUBLIC = 32  # bytes of a raw Ed25519 public key
-PIPE_BYTES = 1 << 20  # its stdin: a batch goes in one write (Linux's default maximum)
+# Its stdin and stdout: a batch, and its answer, go in one write each (Linux's default maximum).
+PIPE_BYTES = 1 << 20
 START_SECONDS = 30.0  # for the process to show its public key
 SIGN_SECONDS = 30.0  # for a batch's drafts and signatures (512 steps take ~30 ms)
 EXIT_SECONDS = 5.0  # a signer that does not end this long after its stdin closed is killed
@@ -69,10 +70,10 @@ class SignerProcess:
             stdout=subprocess.PIPE,
             start_new_session=True,  # its stop is ours: closing stdin, not a terminal's Ctrl-C
         )
-        assert process.stdin is not None
-        if isinstance(process.stdin, trio.lowlevel.FdStream):
-            with contextlib.suppress(AttributeError, OSError):  # not Linux, or a lower limit
-                fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        for pipe in (process.stdin, process.stdout):  # a batch, and its answer, in one go
+            if isinstance(pipe, trio.lowlevel.FdStream):
+                with contextlib.suppress(AttributeError, OSError):  # not Linux, or a lower limit
+                    fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         return cls(process, public_raw)
 
     @property
@@ -114,7 +115,7 @@ class SignerProcess:
 
     async def _read(self, size: int) -> bytes:
         while len(self._buffer) < size:
-            chunk = await self._stdout.receive_some(max(size - len(self._buffer), 1 << 16))
+            chunk = await self._stdout.receive_some(max(size - len(self._buffer), PIPE_BYTES))
             if not chunk:
                 code = self._process.poll()
                 raise SignerFailed(f"the signing process ended (exit status {code})")
