@@ -12,13 +12,16 @@ file, attestor with a fresh key pair, scheduler), without gRPC. Two figures:
   event, the attestation row in the group commit (journal, then DuckDB). Also reported: the
   signing process's share, and a step's statement + Ed25519 signature alone
   (``drafting.draft_batch``, what the signing process does per attestation), in a loop.
-- **per-step overhead**: wall time per step of that chain, submit → durable ``run_succeeded``
-  and (enabled) every attestation committed, enabled ÷ disabled − 1. Both variants alternate
-  within one run of the benchmark. Each run ends with a read of the store, which waits for
-  DuckDB to hold every row the run wrote: ``GetAttestations`` of the run's attestation
-  (enabled), ``LoadRunAttestations`` of the run (disabled). Without the second, the disabled
-  run left its rows for DuckDB to take in during the next (enabled) run, whose own read then
-  waited for both.
+- **per-step overhead**: what attestation adds to the 1,000-step run benchmark
+  (``bench.run_overhead``) as that benchmark measures a run: submit → the durable
+  ``run_succeeded`` reaching a tap subscriber, enabled ÷ disabled − 1. Both variants alternate
+  within one run of the benchmark, on one store (so DuckDB's growth and its checkpoints, which
+  attestation rows hasten, fall on both). Reported beside it, **to every attestation
+  readable**: the same ratio to the moment ``GetAttestations`` of the run's attestation answers
+  (every step attestation signed, committed and in DuckDB: the attestor signs after the facts,
+  so this trails ``run_succeeded`` by its last batch); the disabled run ends with the same
+  catch-up of DuckDB (``LoadRunAttestations`` of the run), else its rows would be left for
+  DuckDB to take in during the next (enabled) run.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from foundry.kernel.actors.attestor import keys
 from foundry.kernel.actors.attestor.actor import BATCH, Attestor
 from foundry.kernel.actors.attestor.drafting import draft_batch
 from foundry.kernel.actors.attestor.messages import AttestorMessage, GetAttestations
+from foundry.kernel.actors.attestor.signing_process import signer
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.scheduler.actor import Scheduler
 from foundry.kernel.actors.scheduler.messages import SchedulerMessage, SubmitRun
@@ -46,6 +50,7 @@ from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.attest_records import run_attestation_id
 from foundry.kernel.core.runs import RunEventRecord
+from foundry.kernel.daemon import tune_collector
 
 from . import Figure, Options, Report, progress, scratch_dir
 from .run_overhead import BLOCKS, chain_dag
@@ -85,6 +90,10 @@ def _children_cpu() -> float:
     return total
 
 
+# wall s to all readable, daemon CPU s, attestations, signing CPU s, wall s to run_succeeded
+Sample = tuple[float, float, int, float, float]
+
+
 async def _run(
     scheduler: trio.MemorySendChannel[SchedulerMessage],
     attestor: trio.MemorySendChannel[AttestorMessage],
@@ -92,13 +101,13 @@ async def _run(
     runs: trio.MemoryReceiveChannel[Any],
     dag_json: str,
     attested: bool,
-) -> tuple[float, float, int, float]:
-    """(wall seconds, CPU seconds, attestations, signing process CPU seconds) of one run, until
-    everything is committed and in DuckDB."""
+) -> Sample:
+    """(wall seconds until everything is committed and in DuckDB, CPU seconds, attestations,
+    signing process CPU seconds, wall seconds until the durable run_succeeded) of one run."""
     signing = _children_cpu()
     cpu, started = _cpu(), time.perf_counter()
     run_id = await ask(scheduler, lambda r: SubmitRun(dag_json, {}, 7, {}, (), "", r))
-    run_attestation, count = "", 0
+    run_attestation, count, succeeded = "", 0, 0.0
     while True:
         batch = await receive_batch(runs)
         ended = False
@@ -114,7 +123,7 @@ async def _run(
                 raise RuntimeError(f"run failed: {item.payload}")
             ended = ended or item.kind == "run_succeeded"
         if ended:
-            SUCCEEDED.append(time.perf_counter() - started)
+            succeeded = time.perf_counter() - started
             break
     if attested:
         assert run_attestation == run_attestation_id(run_id, 2 * STEPS_OF[dag_json] + count + 2)
@@ -122,14 +131,10 @@ async def _run(
     else:
         await ask(store, lambda r: LoadRunAttestations(run_id, r))  # DuckDB has the run too
     wall, cpu = time.perf_counter() - started, _cpu() - cpu
-    return wall, cpu, count, _children_cpu() - signing
+    return wall, cpu, count, _children_cpu() - signing, succeeded
 
 
 STEPS_OF: dict[str, int] = {}
-SUCCEEDED: list[float] = []  # seconds to the durable run_succeeded, per run
-
-
-Sample = tuple[float, float, int, float]  # wall s, daemon CPU s, attestations, signing CPU s
 
 
 async def _session(home: Path, steps: int, reps: int) -> dict[str, list[Sample]]:
@@ -177,13 +182,13 @@ async def _session(home: Path, steps: int, reps: int) -> dict[str, list[Sample]]
 def _sign_loop(home: Path, n: int) -> float:
     """CPU µs per step attestation drafted and signed (``drafting.draft_batch``: hashes, claims,
     statement, Ed25519), in batches of ``attestor.actor.BATCH``, as the signing process does."""
-    pair = keys.load_or_create(home)
+    sign, _ = signer(keys.load_or_create(home).private)  # libsodium's, as the process signs
     usage = {"tokens_in": 0, "tokens_out": 0, "cost": 0.0}
     jobs = [("step", "run_b", f"s{i}", "noop", 1, usage, {"n": i, "prev": i - 1}, 5, None,
              {"n": i}) for i in range(n)]  # fmt: skip
     cpu = _cpu(resource.RUSAGE_THREAD)
     for start in range(0, n, BATCH):
-        draft_batch({}, jobs[start : start + BATCH], pair.private.sign)
+        draft_batch({}, jobs[start : start + BATCH], sign)
     return (_cpu(resource.RUSAGE_THREAD) - cpu) * 1e6 / n
 
 
@@ -191,32 +196,45 @@ def run(options: Options) -> Report:
     report = Report(NAME, TITLE)
     steps = QUICK_STEPS if options.quick else STEPS
     home = scratch_dir() / "home"
+    tune_collector()  # as the daemon does
     results = trio.run(_session, home, steps, options.repetitions)
     on, off = results["on"], results["off"]
-    overheads = [(a[0] / b[0] - 1) * 100 for a, b in zip(on, off, strict=True)]
+    overheads = [(a[4] / b[4] - 1) * 100 for a, b in zip(on, off, strict=True)]
+    readable = [(a[0] / b[0] - 1) * 100 for a, b in zip(on, off, strict=True)]
     cpu_each = [
         (a[1] + a[3] - b[1] - b[3]) * 1000 / max(a[2], 1) for a, b in zip(on, off, strict=True)
     ]
     signing_each = [a[3] * 1e6 / max(a[2], 1) for a in on]
-    progress(options, f"{NAME}: to run_succeeded {[round(s, 3) for s in SUCCEEDED]}")
-    progress(options, f"{NAME}: on {[round(s[0], 3) for s in on]} s, off "
+    progress(options, f"{NAME}: to run_succeeded, on {[round(s[4], 3) for s in on]} s, off "
+             f"{[round(s[4], 3) for s in off]} s")  # fmt: skip
+    progress(options, f"{NAME}: to all readable, on {[round(s[0], 3) for s in on]} s, off "
              f"{[round(s[0], 3) for s in off]} s")  # fmt: skip
-    report.figures.append(
-        Figure(
-            "per step, attest on",
-            "ms",
-            [s[0] * 1000 / steps for s in on],
-            note=f"{steps}-step chain of no-op observers, submit → all committed",
-        )  # fmt: skip
-    )
-    report.figures.append(Figure("per step, attest off", "ms", [s[0] * 1000 / steps for s in off]))
+    note = f"{steps}-step chain of no-op observers"
+    report.figures.append(Figure("per step, attest on", "ms", [s[4] * 1000 / steps for s in on],
+                                 note=f"{note}, submit → durable run_succeeded"))  # fmt: skip
+    report.figures.append(Figure("per step, attest off", "ms", [s[4] * 1000 / steps for s in off]))
     report.figures.append(
         Figure(
             "per-step overhead",
             "%",
             overheads,
             ceiling=TARGET_OVERHEAD,
-            note="wall time per step, on ÷ off − 1, alternating in one process",
+            note="the run benchmark's measure (to run_succeeded), on ÷ off − 1, alternating",
+        )  # fmt: skip
+    )
+    report.figures.append(
+        Figure("per step to every attestation readable, on", "ms",
+               [s[0] * 1000 / steps for s in on], note=f"{note}, submit → GetAttestations")
+    )  # fmt: skip
+    report.figures.append(
+        Figure("per step to DuckDB caught up, off", "ms", [s[0] * 1000 / steps for s in off])
+    )
+    report.figures.append(
+        Figure(
+            "per-step overhead to every attestation readable",
+            "%",
+            readable,
+            note="on ÷ off − 1: signed, committed and in DuckDB (trails run_succeeded)",
         )  # fmt: skip
     )
     report.figures.append(
@@ -246,9 +264,10 @@ def run(options: Options) -> Report:
             note="drafting.draft_batch of step jobs (the signing process's work), CPU per step",
         )  # fmt: skip
     )
-    median_off = statistics.median(s[0] for s in off) * 1000 / steps
+    median_off = statistics.median(s[4] for s in off) * 1000 / steps
     report.notes.append(
-        f"attestation adds {statistics.median(overheads):.1f}% per step "
-        f"({median_off:.3f} ms/step without it); target < {TARGET_OVERHEAD:g}%"
+        f"attestation adds {statistics.median(overheads):.1f}% per step to run_succeeded "
+        f"({median_off:.3f} ms/step without it; target < {TARGET_OVERHEAD:g}%), "
+        f"{statistics.median(readable):.1f}% to every attestation readable"
     )
     return report
