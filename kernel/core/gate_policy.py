@@ -22,13 +22,14 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import reduce
-from operator import add
+from itertools import compress, repeat
+from operator import add, contains
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar, overload, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, overload, runtime_checkable
 
 from foundry.kernel.errors import ConfigError
 
@@ -90,23 +91,146 @@ class Diff:
 DiffRow = tuple[str, int, int, float | None, tuple[str, ...], str]
 
 
-@dataclass(frozen=True, slots=True)
+T = TypeVar("T")
+
+
+class LazyColumn(Sequence[T]):
+    """A column of the diffs read only when a rule looks at it: the edge reads some columns
+    of a thousand diffs in one C call, others only a diff at a time, which the built-in rules
+    mostly never need (line counts, components; a diff's own tags unless some tag is high risk,
+    :func:`distinct_tags`; which diffs have a score unless one is above the follow-up
+    threshold, :func:`scores_given`)."""
+
+    __slots__ = ("_count", "_load", "_values", "scores", "tags")
+
+    def __init__(
+        self,
+        count: int,
+        load: Callable[[], Iterable[T]],
+        *,
+        tags: Iterable[str] | None = None,
+        scores: tuple[float, ...] | None = None,
+    ) -> None:
+        """``load``: the values of the ``count`` diffs, in order (called once, when first
+        needed). Known without it: ``tags`` (a risk-tags column), every tag of every diff, in
+        any order; ``scores`` (a novelty column), the scores given, in order."""
+        self._count = count
+        self._load: Callable[[], Iterable[T]] | None = load
+        self._values: tuple[T, ...] = ()
+        self.tags = None if tags is None else frozenset(tags)
+        self.scores = scores
+
+    @property
+    def values(self) -> tuple[T, ...]:
+        if self._load is not None:
+            values = tuple(self._load())
+            if len(values) != self._count:
+                raise ValueError("LazyColumn: not one value per diff")
+            self._values, self._load = values, None
+        return self._values
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[T, ...]: ...
+    def __getitem__(self, index: int | slice) -> T | tuple[T, ...]:
+        return self.values[index]
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.values)
+
+    def __eq__(self, other: object) -> bool:
+        return self.values == (other.values if isinstance(other, LazyColumn) else other)
+
+    def __hash__(self) -> int:
+        return hash(self.values)
+
+    def __repr__(self) -> str:
+        return repr(self.values)
+
+
+def scores_given(diffs: Diffs) -> Sequence[float]:
+    """The diffs' novelty scores that are not None, in order, without reading a
+    :class:`LazyColumn` per diff."""
+    column = diffs._novelty_scores
+    if isinstance(column, LazyColumn) and column.scores is not None:
+        return column.scores
+    return [s for s in column if s is not None]
+
+
+def distinct_tags(diffs: Diffs) -> frozenset[str]:
+    """Every risk tag of the diffs, without reading a :class:`LazyColumn` per diff."""
+    column = diffs._risk_tags
+    if isinstance(column, LazyColumn) and column.tags is not None:
+        return column.tags
+    return frozenset(tag for tags in set(column) for tag in tags)
+
+
+_COLUMNS = ("paths", "lines_added", "lines_deleted", "novelty_scores", "risk_tags", "components")
+
+
 class Diffs(Sequence[Diff]):
     """A request's diffs, stored as one tuple per field: a request has a thousand, and the
     rules read a field of every diff at a time (paths, scores, tags), so columns spare the
     edge a :class:`Diff` object per diff and the rules an attribute lookup per diff. It is a
-    sequence of :class:`Diff` (made on access) for plugin rules and tests."""
+    sequence of :class:`Diff` (made on access) for plugin rules and tests. Immutable.
 
-    paths: tuple[str, ...] = ()
-    lines_added: tuple[int, ...] = ()
-    lines_deleted: tuple[int, ...] = ()
-    novelty_scores: tuple[float | None, ...] = ()
-    risk_tags: tuple[tuple[str, ...], ...] = ()
-    components: tuple[str, ...] = ()
+    The gRPC edge may hand over a column as a :class:`LazyColumn`: it reads as a tuple like
+    every column, made when first read; the built-in rules read what they need of it without
+    (:func:`scores_given`, :func:`distinct_tags`)."""
 
-    def __post_init__(self) -> None:
-        if len(set(map(len, self._columns()))) > 1:
+    __slots__ = tuple(f"_{name}" for name in _COLUMNS)
+    _paths: Sequence[str]
+    _lines_added: Sequence[int]
+    _lines_deleted: Sequence[int]
+    _novelty_scores: Sequence[float | None]
+    _risk_tags: Sequence[tuple[str, ...]]
+    _components: Sequence[str]
+
+    def __init__(
+        self,
+        paths: Sequence[str] = (),
+        lines_added: Sequence[int] = (),
+        lines_deleted: Sequence[int] = (),
+        novelty_scores: Sequence[float | None] = (),
+        risk_tags: Sequence[tuple[str, ...]] = (),
+        components: Sequence[str] = (),
+    ) -> None:
+        columns = (paths, lines_added, lines_deleted, novelty_scores, risk_tags, components)
+        if len(set(map(len, columns))) > 1:
             raise ValueError("Diffs: every column must have one value per diff")
+        for name, column in zip(_COLUMNS, columns, strict=True):
+            object.__setattr__(self, f"_{name}", column)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Diffs are immutable: cannot set {name}")
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return _read(self._paths)
+
+    @property
+    def lines_added(self) -> tuple[int, ...]:
+        return _read(self._lines_added)
+
+    @property
+    def lines_deleted(self) -> tuple[int, ...]:
+        return _read(self._lines_deleted)
+
+    @property
+    def novelty_scores(self) -> tuple[float | None, ...]:
+        return _read(self._novelty_scores)
+
+    @property
+    def risk_tags(self) -> tuple[tuple[str, ...], ...]:
+        return _read(self._risk_tags)
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return _read(self._components)
 
     @classmethod
     def of(cls, diffs: Iterable[Diff]) -> Diffs:
@@ -128,7 +252,7 @@ class Diffs(Sequence[Diff]):
                 self.risk_tags, self.components)  # fmt: skip
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self._paths)
 
     @overload
     def __getitem__(self, index: int) -> Diff: ...
@@ -141,6 +265,30 @@ class Diffs(Sequence[Diff]):
 
     def __iter__(self) -> Iterator[Diff]:
         return map(Diff, *self._columns())
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Diffs)
+        return self._columns() == other._columns()
+
+    def __hash__(self) -> int:
+        return hash(self._columns())
+
+    def __repr__(self) -> str:
+        columns = ", ".join(f"{n}={c!r}" for n, c in zip(_COLUMNS, self._columns(), strict=True))
+        return f"Diffs({columns})"
+
+    def __reduce__(self) -> tuple[type[Diffs], tuple[tuple[Any, ...], ...]]:
+        return Diffs, self._columns()
+
+
+def _read(column: Sequence[T]) -> tuple[T, ...]:
+    """A stored column as it reads: a LazyColumn's values (read now if not yet); any other
+    column as given (a tuple, unless a caller built Diffs of another sequence)."""
+    if isinstance(column, LazyColumn):
+        return column.values
+    return cast(tuple[T, ...], column)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,10 +475,10 @@ def _glob_regex(pattern: str) -> str:
     return regex
 
 
-def _literal_hint(patterns: Sequence[str]) -> re.Pattern[str] | None:
-    """A search for any pattern's longest literal part (text between ``*`` and ``?``), which
-    every path it matches contains; None when some pattern has none or has a ``[set]`` (no
-    shortcut then). A leading ``**/`` may match nothing, so its literal is taken without it."""
+def _literals(patterns: Sequence[str]) -> tuple[str, ...] | None:
+    """Each pattern's longest literal part (text between ``*`` and ``?``), which every path it
+    matches contains; None when some pattern has none or has a ``[set]`` (no shortcut then). A
+    leading ``**/`` may match nothing, so its literal is taken without it."""
     literals = []
     for pattern in patterns:
         if "[" in pattern:
@@ -339,8 +487,13 @@ def _literal_hint(patterns: Sequence[str]) -> re.Pattern[str] | None:
         longest = max(parts, key=len)
         if not longest:
             return None
-        literals.append(re.escape(longest))
-    return re.compile("|".join(sorted(set(literals)))) if literals else None
+        literals.append(longest)
+    return tuple(sorted(set(literals))) if literals else None
+
+
+def _literal_hint(literals: Sequence[str] | None) -> re.Pattern[str] | None:
+    """A search for any of ``literals``."""
+    return re.compile("|".join(map(re.escape, literals))) if literals else None
 
 
 @dataclass(frozen=True)
@@ -363,6 +516,7 @@ class GatePolicy:
     effects: Mapping[str, Effect] = field(default_factory=lambda: _EMPTY)
     _path_regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _path_hint: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    _path_literals: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _tags: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -393,7 +547,9 @@ class GatePolicy:
         # One alternation of named groups: a match's lastgroup says which pattern matched.
         path_regex = re.compile("|".join(compiled)) if compiled else _NEVER
         object.__setattr__(self, "_path_regex", path_regex)
-        object.__setattr__(self, "_path_hint", _literal_hint(self.high_risk_paths))
+        literals = _literals(self.high_risk_paths)
+        object.__setattr__(self, "_path_hint", _literal_hint(literals))
+        object.__setattr__(self, "_path_literals", literals or ())
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any] | None) -> GatePolicy:
@@ -586,8 +742,30 @@ def _path_matches(paths: Sequence[str], policy: GatePolicy) -> list[re.Match[str
     match, hint = policy._path_regex.match, policy._path_hint
     if hint is None:
         return [match(p.removeprefix("./")) for p in paths]
-    search = hint.search
-    return [match(p.removeprefix("./")) if search(p) else None for p in paths]
+    hinted = _hinted(paths, policy._path_literals)
+    if hinted is None:
+        search = hint.search
+        return [match(p.removeprefix("./")) if search(p) else None for p in paths]
+    found: list[re.Match[str] | None] = [None] * len(paths)
+    for i in hinted:
+        found[i] = match(paths[i].removeprefix("./"))
+    return found
+
+
+def _hinted(paths: Sequence[str], literals: Sequence[str]) -> set[int] | None:
+    """The indexes of the paths holding one of the hint's ``literals``. Each literal is first
+    counted over the joined paths in one C pass; most are in no path, and only the others are
+    looked for path by path (``contains`` mapped in C, not a regex search per path). None when
+    many paths hold one (a search per path is as cheap then)."""
+    joined = "\0".join(paths)
+    hinted: set[int] = set()
+    for literal in literals:
+        found = joined.count(literal)
+        if found > len(paths) // 8:
+            return None
+        if found:  # a literal holding the separator may count where no path holds it
+            hinted.update(compress(range(len(paths)), map(contains, paths, repeat(literal))))
+    return hinted
 
 
 def _risky(diffs: Diffs, policy: GatePolicy) -> list[tuple[int, re.Match[str] | None]]:
@@ -596,6 +774,8 @@ def _risky(diffs: Diffs, policy: GatePolicy) -> list[tuple[int, re.Match[str] | 
     once."""
     found = _path_matches(diffs.paths, policy)
     tags = policy._tags
+    if tags.isdisjoint(map(str.lower, distinct_tags(diffs))):
+        return [(i, f) for i, f in enumerate(found) if f is not None]
     risky_tags = {t for t in set(diffs.risk_tags) if t and not tags.isdisjoint(map(str.lower, t))}
     if not risky_tags:
         return [(i, f) for i, f in enumerate(found) if f is not None]
@@ -617,8 +797,8 @@ class NoveltyRule:
     def evaluate(self, request: GateRequest, policy: GatePolicy) -> RuleResult:
         # Whole-column passes with comprehensions and builtins: a request has a thousand diffs.
         diffs = request.diffs
-        novelty = diffs.novelty_scores
-        scores = [s if s == s else 1.0 for s in novelty if s is not None]
+        given = scores_given(diffs)
+        scores = [s if s == s else 1.0 for s in given]
         top = max([0.0, *scores])  # NaN counted as 1.0; max keeps the first of equals
         total = reduce(add, scores, 0.0)  # in order (Python 3.12's sum() compensates)
         scored = len(scores)
@@ -628,6 +808,8 @@ class NoveltyRule:
         follow_up = policy.novelty_follow_up
         shown: dict[tuple[float, float], tuple[str, str]] = {}
         paths = diffs.paths
+        above = [s for s in given if not s <= follow_up]  # which diffs, only if any
+        novelty = diffs.novelty_scores if above else ()
         for i, score in [
             (i, s) for i, s in enumerate(novelty) if s is not None and not s <= follow_up
         ]:
@@ -638,7 +820,9 @@ class NoveltyRule:
             effects.append(policy.high_risk)
             shown_policy = policy.high_risk.value
             risk_text = policy._risk_text
-            tags = diffs.risk_tags
+            # No high-risk tag anywhere: a diff's own tags add nothing to its reason.
+            some_tags = not policy._tags.isdisjoint(map(str.lower, distinct_tags(diffs)))
+            tags = diffs.risk_tags if some_tags else ((),) * len(paths)
             reasons.extend(
                 f"{paths[i]} is high risk ({risk_text(tags[i], found)}; policy: {shown_policy})"
                 for i, found in risky[:HIGH_RISK_REASONS]

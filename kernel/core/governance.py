@@ -44,16 +44,22 @@ TERMINAL_RUN_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELED"})
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _frozen(value: Any) -> Any:
     """A JSON value that cannot be changed in place (objects read-only, arrays tuples)."""
+    # Scalars, most values, skip the abstract-class checks (as in ``thawed``): a gate
+    # decision's scorecard and follow-ups hold a few hundred.
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, Mapping):
-        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+        return MappingProxyType(
+            {k: v if type(v) in _SCALARS else _frozen(v) for k, v in value.items()}
+        )
     if isinstance(value, list | tuple):
-        return tuple(_frozen(v) for v in value)
+        return tuple([v if type(v) in _SCALARS else _frozen(v) for v in value])
     return value
-
-
-_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def thawed(value: Any) -> Any:

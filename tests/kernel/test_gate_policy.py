@@ -2,6 +2,7 @@
 evidence, advisory rules, effect precedence, reason texts and the [gate] table's validation."""
 
 import math
+import pickle
 
 import pytest
 from foundry.kernel.core.gate_policy import (
@@ -23,11 +24,14 @@ from foundry.kernel.core.gate_policy import (
     Followup,
     GatePolicy,
     GateRequest,
+    LazyColumn,
     Metric,
     NoveltySummary,
     Rule,
     RuleResult,
     decide,
+    distinct_tags,
+    scores_given,
     tokens_of,
 )
 from foundry.kernel.errors import ConfigError
@@ -871,3 +875,94 @@ def test_a_large_request_is_decided_linearly():
     assert decision.effect is Effect.DENY
     assert len(decision.reasons) == 500 + 100
     assert len(decision.scorecard.evals.failing_metrics) == 100
+
+
+def _lazy(values, **known):
+    """A LazyColumn of ``values`` that counts its loads."""
+    loads = []
+
+    def load():
+        loads.append(1)
+        return values
+
+    return LazyColumn(len(values), load, **known), loads
+
+
+def _columns(count, **columns):
+    """Diffs of ``count`` diffs: ``columns``, the others of default values."""
+    defaults = Diffs.of([Diff(f"f{i}") for i in range(count)])
+    return Diffs(**{name: columns.get(name, getattr(defaults, name)) for name in (
+        "paths", "lines_added", "lines_deleted", "novelty_scores", "risk_tags", "components"
+    )})  # fmt: skip
+
+
+def test_a_lazy_column_loads_once_and_behaves_as_its_tuple():
+    column, loads = _lazy([("ui",), ()], tags=["ui"])
+    assert len(column) == 2
+    assert not loads
+    diffs = _columns(2, risk_tags=column)
+    assert distinct_tags(diffs) == {"ui"}
+    assert len(diffs) == 2
+    assert "risk_tags=(('x',),)" in repr(_columns(1, risk_tags=(("x",),)))
+    assert not loads
+    assert column == (("ui",), ())
+    assert column[0] == ("ui",)
+    assert column[1:] == ((),)
+    assert hash(column) == hash((("ui",), ()))
+    assert list(column) == [("ui",), ()]
+    assert loads == [1]
+    assert diffs.risk_tags == (("ui",), ())  # read as a tuple
+    assert type(diffs.risk_tags) is tuple
+    assert distinct_tags(_columns(2, risk_tags=(("a", "b"), ("b",)))) == {"a", "b"}
+    scores, _ = _lazy([0.5, None, 0.25], scores=(0.5, 0.25))
+    assert scores_given(_columns(3, novelty_scores=scores)) == (0.5, 0.25)
+    assert scores_given(_columns(2, novelty_scores=(0.5, None))) == [0.5]
+    with pytest.raises(AttributeError, match="immutable"):
+        diffs.paths = ()  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(diffs)) == diffs
+    short = LazyColumn(3, lambda: [1, 2])
+    with pytest.raises(ValueError, match="one value per diff"):
+        list(short)
+
+
+@pytest.mark.parametrize("novelty", [0.5, 0.8, 0.95, math.nan])
+@pytest.mark.parametrize("tag", ["ui", "AUTH"])
+def test_lazy_columns_decide_as_tuples_and_load_only_when_needed(novelty, tag):
+    diffs = [Diff(f"src/f{i}.py", 0, i, None if i % 2 else novelty * (i % 3 == 0 or 0.5),
+                  (tag,) if i % 4 == 0 else (), "") for i in range(12)]  # fmt: skip
+    eager = Diffs.of(diffs)
+    tags, tag_loads = _lazy(eager.risk_tags, tags=[t for d in diffs for t in d.risk_tags])
+    given = tuple(s for s in eager.novelty_scores if s is not None)
+    scores, score_loads = _lazy(eager.novelty_scores, scores=given)
+    lines, line_loads = _lazy(eager.lines_added)
+    lazy = Diffs(eager.paths, lines, eager.lines_deleted, scores, tags, eager.components)
+    policy = GatePolicy()
+    assert decide(GateRequest("chg", diffs=lazy), policy) == decide(
+        GateRequest("chg", diffs=eager), policy
+    )
+    assert not line_loads
+    assert bool(tag_loads) == (tag == "AUTH")  # a high-risk tag: each diff's own tags
+    assert bool(score_loads) == (not max(given) <= policy.novelty_follow_up)
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        [f"src/app/f{i}.py" for i in range(40)] + ["src/auth/x.py", "./infra/main.tf"],
+        ["a/auth", "/x.py", "db/0001.sql", "\0/auth/\0", "lib/security/k.py", "q.sqx"]
+        + [f"p{i}.py" for i in range(60)],
+        [f"services/auth/migrations/{i}.sql" for i in range(40)],  # many: a search per path
+        ["./.github/workflows/ci.yml", "x.sq", "l", "infra", "infra/"],
+        [],
+    ],
+)
+def test_paths_searched_joined_match_as_one_by_one(paths):
+    from foundry.kernel.core.gate_policy import _path_matches
+
+    def spans(found):
+        return [None if m is None else (m.lastgroup, m.group()) for m in found]
+
+    others = (("**/auth/**", "*.sq?"), ("**/auth/**", "x/[ab]/**"))
+    for policy in (POLICY, *(GatePolicy(high_risk_paths=p) for p in others)):
+        expected = [policy.match_path(p) for p in paths]
+        assert spans(_path_matches(paths, policy)) == spans(expected)

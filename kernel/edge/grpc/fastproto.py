@@ -26,16 +26,13 @@ from typing import Any
 
 import betterproto2
 from foundry.kernel.core.gate_policy import (
-    DIRECTION_BY_NUMBER,
     Budget,
     Coverage,
     CoverageComponent,
-    Diffs,
     GateRequest,
-    Metric,
 )
 from foundry.kernel.core.governance import StoredGate, thawed
-from foundry.kernel.edge.grpc import governance
+from foundry.kernel.edge.grpc import gate_columns, governance
 from foundry.kernel.edge.grpc.internals import Encoded
 from foundry.kernel.edge.grpc.message_check import MAX_ID_LENGTH, WrongField, check_request
 from foundry.kernel.edge.grpc.reflection import descriptor_pool_of_protos
@@ -77,16 +74,22 @@ class UpbRequest:
 
     message: Any
     structs: api.CheckChangeGateRequest
+    canonical: bytes  # ``message`` serialized (``gate_columns`` reads its diffs from these)
 
 
 def decode_request(data: bytes) -> UpbRequest | api.CheckChangeGateRequest:
     """The request: upb's when the bytes are plain, else betterproto2's (unchecked: the codec
-    checks it, and names the wrong field). Raises :class:`WrongField` for a bad id or Struct."""
-    message = _plain("CheckChangeGateRequest", PACKAGE, data)
-    if message is None:
+    checks it, and names the wrong field). Raises :class:`WrongField` for a bad id or Struct.
+    The canonical bytes come with the check of :func:`_plain` (see :func:`_canonical`)."""
+    try:
+        message = upb_class("CheckChangeGateRequest").FromString(data)
+    except DecodeError:
+        message = None
+    canonical = None if message is None else _canonical(message)
+    if canonical is None:
         return api.CheckChangeGateRequest().parse(data)
     _check_ids(message)
-    return UpbRequest(message, _structs(message))
+    return UpbRequest(message, _structs(message), canonical)
 
 
 def _has_unknown_fields(message: Message) -> bool:
@@ -95,6 +98,16 @@ def _has_unknown_fields(message: Message) -> bool:
     size = message.ByteSize()
     message.DiscardUnknownFields()
     return bool(message.ByteSize() != size)
+
+
+def _canonical(message: Message) -> bytes | None:
+    """``message`` serialized without what upb set aside, or None when it set anything aside
+    (as :func:`_has_unknown_fields`, from two serializations rather than two sizes: the second
+    is the bytes ``gate_columns`` reads the diffs from)."""
+    size = len(message.SerializeToString())
+    message.DiscardUnknownFields()
+    canonical: bytes = message.SerializeToString()
+    return canonical if len(canonical) == size else None
 
 
 def _check_ids(message: Any) -> None:
@@ -120,7 +133,7 @@ def gate_request(message: Any, json_object: JsonObject) -> GateRequest:
         raise TypeError(f"not a CheckChangeGateRequest: {type(message).__name__}")
     structs = message.structs
     return _from_upb(
-        message.message,
+        message,
         telemetry=json_object(structs.telemetry, "telemetry") or {},
         metadata=json_object(structs.metadata, "metadata") or {},
     )
@@ -142,21 +155,10 @@ def _wrapped(message: Any, name: str) -> Any:
     return getattr(message, name).value if message.HasField(name) else None
 
 
-def _diffs(diffs: Any) -> Diffs:
-    """The columns of the ChangeDiffs: one pass of upb reads, a row per diff, transposed in C
-    (no :class:`Diff` object per diff). ``risk_tags[:]`` copies upb's list in C; ``tuple()``
-    of upb's container iterates it in Python, which cost half of this pass."""
-    return Diffs.of_rows([
-        (d.path, d.lines_added, d.lines_deleted,
-         d.novelty_score.value if d.HasField("novelty_score") else None,
-         tuple(d.risk_tags[:]), d.component)
-        for d in diffs
-    ])  # fmt: skip
-
-
 def _from_upb(
-    message: Any, telemetry: Mapping[str, Any], metadata: Mapping[str, Any]
+    request: UpbRequest, telemetry: Mapping[str, Any], metadata: Mapping[str, Any]
 ) -> GateRequest:
+    message = request.message
     coverage = None
     if message.HasField("coverage"):
         c = message.coverage
@@ -170,23 +172,13 @@ def _from_upb(
                 for x in c.components
             ),
         )
+    diffs, evals = gate_columns.columns_of(message, request.canonical)
     return GateRequest(
         change_id=message.change_id,
         revision=message.revision,
-        diffs=_diffs(message.diffs),
+        diffs=diffs,
         coverage=coverage,
-        evals=tuple(
-            Metric(
-                m.name,
-                m.slug,
-                m.score,
-                _wrapped(m, "threshold"),
-                DIRECTION_BY_NUMBER.get(m.direction)
-                or governance.direction(m.direction, f"evals[{i}].direction"),  # raises
-                _wrapped(m, "weight"),
-            )
-            for i, m in enumerate(message.evals)
-        ),
+        evals=evals,
         budgets=tuple(Budget(b.name, b.actual, _wrapped(b, "limit")) for b in message.budgets),
         telemetry=telemetry,
         metadata=metadata,
