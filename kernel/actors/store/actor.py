@@ -185,7 +185,8 @@ class Store:
         self._pending: list[Write] = []  # writes waiting for the next group commit
         self._inflight: list[Write] | None = None  # the group whose journal append is queued
         self._idle = False  # the commit loop waits for writes (or lingers): none in flight
-        self._work, self._room = trio.Event(), trio.Event()
+        self._waiting = False  # the idle commit loop waits in the journal thread's wait()
+        self._room = trio.Event()
         self._ended = False  # the mailbox has closed: commit what is queued, then stop
         self._memory_limit = memory_limit  # DuckDB's, its block cache included ([store])
         self._background: trio.Nursery | None = None
@@ -259,18 +260,19 @@ class Store:
                     break
                 if self._idle and any(map(_awaited, self._pending)):
                     self._start_commit()  # at once: no pass of the loop to wake the committer
+                elif self._pending:
+                    self._wake_committer()
                 while len(self._pending) > self._max_batch:
                     # a full group waits: the rest stays in the (bounded) mailbox meanwhile
                     self._room = trio.Event()
                     await self._room.wait()
         self._ended = True
-        self._work.set()
+        self._wake_committer()
 
     def _take(self, message: StoreMessage) -> None:
         """Queue a write; start a query; answer GetStats; refuse anything else."""
         if isinstance(message, Append | Barrier):
             self._pending.append(message)
-            self._work.set()
         elif isinstance(message, RunRetention):
             assert self._queries is not None
             self._queries.start_soon(self._retain_now, message.reply)
@@ -299,8 +301,7 @@ class Store:
                 if self._ended:
                     return
                 self._idle = True  # the receiver may start the next commit itself
-                await self._work.wait()
-                self._work = trio.Event()
+                await self._idle_wait()
                 if self._inflight is None:
                     if not self._pending:
                         continue
@@ -314,6 +315,22 @@ class Store:
             await self._handle(batch)
             del batch  # not held while waiting: a large write would stay resident
 
+    async def _idle_wait(self) -> None:
+        """Wait for writes: the journal thread's signal, which comes when a commit the receiver
+        started is through (the loop then finishes it at once: no pass of its own in between),
+        or when the receiver wakes it (:meth:`_wake_committer`)."""
+        self._waiting = True
+        try:
+            await self._writer.wait()
+        finally:
+            self._waiting = False
+
+    def _wake_committer(self) -> None:
+        """Have the idle commit loop look at what is queued (once per wait)."""
+        if self._waiting:
+            self._waiting = False
+            self._writer.wake()
+
     def _start_commit(self) -> None:
         """Take the next group and hand its journal append to the journal thread; the commit
         loop finishes it (``_handle``). Called by the commit loop, or by the receiver when the
@@ -323,9 +340,10 @@ class Store:
         self._room.set()
         appends = [m for m in batch if isinstance(m, Append)]
         if appends:
-            self._writer.submit(self._journal_job(appends))
+            self._writer.submit(self._journal_job(appends))  # its end wakes the idle loop
+        else:
+            self._wake_committer()
         self._inflight, self._idle = batch, False
-        self._work.set()
 
     def _journal_job(self, appends: list[Append]) -> Callable[[], Any]:
         groups = [a.records for a in appends]
@@ -582,7 +600,7 @@ class Store:
                 return RetentionReport(cutoff, {})
             reply, pending = reply_pair()
             self._pending.append(Prune(cutoff, pass_id, staged, reply))
-            self._work.set()
+            self._wake_committer()
             pruned = await pending.wait()
             if pruned is None:
                 log.warning("retention: rows changed while being archived; next pass retries")
@@ -746,6 +764,10 @@ class Store:
         self._writer.stop()
         for thread in self._user_threads:
             thread.stop()
+        try:
+            self._journal.release(self._db_applied, keep_current=False)  # all of it, if applied
+        except OSError:  # the segments stay: the next start deletes what DuckDB has
+            log.exception("could not delete the journal's applied segments")
         self._journal.close()
         for cursor in [*self._cursors, *self._user_cursors]:
             cursor.close()
@@ -855,7 +877,9 @@ class Store:
             self._apply_or_set_aside([(r.seq, list(r.tables)) for r in chunk])
         if recovered:
             log.info("replayed %d journal records into the database", len(recovered))
-        self._journal.release(self._db_applied)
+        # A start begins a new segment when DuckDB has the journal in full (the next crash's
+        # recovery then reads only what this run of the daemon wrote).
+        self._journal.release(self._db_applied, keep_current=False)
         self._applied = self._journaled = self._journal.last_seq
 
     def _checkpoint(self) -> None:
