@@ -75,12 +75,41 @@ def test_segments_rotate_and_are_deleted_once_applied(tmp_path):
     second = int(files[1].stem)
     assert journal.release(second - 1) == 1  # the first segment only: all of it applied
     assert segments(tmp_path) == files[1:]
-    journal.release(20)  # everything: the current segment goes too
-    assert segments(tmp_path) == []
-    assert journal.append(encode(rows(0))) == 21  # a new segment, named by its first record
+    journal.release(20)  # everything: the older segments go, the current one stays
+    assert segments(tmp_path) == files[-1:]
+    assert journal.append(encode(rows(0))) == 21  # appended to it: no new file
     journal.close()
-    assert [f.name for f in segments(tmp_path)] == [f"{21:020d}.journal"]
+    assert segments(tmp_path) == files[-1:]
     assert [r.seq for r in reopen(tmp_path, applied=20)[1]] == [21]
+
+
+def test_released_in_full_at_start_or_stop_the_next_append_starts_a_segment(tmp_path):
+    write(tmp_path, 5)
+    journal, _ = reopen(tmp_path, applied=5)
+    assert journal.release(5) == 0  # kept, to be appended to
+    assert journal.release(5, keep_current=False) == 1
+    assert segments(tmp_path) == []
+    assert journal.append(encode(rows(0))) == 6  # a new segment, named by its first record
+    journal.close()
+    assert [f.name for f in segments(tmp_path)] == [f"{6:020d}.journal"]
+    assert [r.seq for r in reopen(tmp_path, applied=5)[1]] == [6]
+
+
+def test_the_current_segment_stays_when_caught_up_so_appends_start_no_file(tmp_path):
+    """Releasing everything applied keeps the segment appends go to: the next append writes into
+    its zeros (no new file, no directory sync, no new space written ahead)."""
+    journal = Journal(tmp_path)
+    journal.recover(0)
+    for n in range(1, 6):
+        assert journal.append(encode(rows(n))) == n
+        assert journal.release(n) == 0
+    [path] = segments(tmp_path)
+    size = path.stat().st_size
+    assert journal.append(encode(rows(6))) == 6
+    journal.close()
+    assert segments(tmp_path) == [path]
+    assert path.stat().st_size == size
+    assert [r.seq for r in reopen(tmp_path, applied=5)[1]] == [6]
 
 
 def records_end(path):
@@ -355,5 +384,56 @@ async def test_the_journal_thread_returns_outcomes_in_order_and_raises_failures(
             scope.cancel()  # a write in progress is never abandoned: the wait is shielded
             assert await thread.run(lambda: job(4)) == 4
         assert names == ["test-journal"] * 3
+    finally:
+        await trio.to_thread.run_sync(thread.stop)
+
+
+async def test_the_journal_thread_wakes_a_waiter_when_a_job_ends_or_when_woken():
+    """The store's idle commit loop waits in ``wait``: a commit the receiver hands the thread
+    wakes it when it is done; ``wake`` wakes it with no job."""
+    import threading
+
+    import trio
+    from foundry.kernel.actors.store.writer import JobThread
+
+    thread = JobThread("test-journal")
+    thread.start()
+    gate = threading.Event()
+    try:
+        with trio.fail_after(10):
+            thread.wake()
+            await thread.wait()  # woken, no job
+            thread.submit(lambda: gate.wait(10) and 7)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(thread.wait)
+                await trio.testing.wait_all_tasks_blocked()
+                gate.set()  # the job ends: the waiter returns
+            assert await thread.result() == 7
+    finally:
+        await trio.to_thread.run_sync(thread.stop)
+
+
+async def test_a_cancelled_result_waits_for_its_job_and_the_next_checkpoint_is_cancelled():
+    import threading
+
+    import trio
+    from foundry.kernel.actors.store.writer import JobThread
+
+    thread = JobThread("test-journal")
+    thread.start()
+    gate = threading.Event()
+    got = []
+    try:
+        with trio.fail_after(10):
+            thread.submit(lambda: gate.wait(10) and 1)
+            with trio.CancelScope() as scope:
+                threading.Timer(0.05, gate.set).start()
+                scope.cancel()
+                got.append(await thread.result())  # not abandoned: the job's outcome
+                await trio.lowlevel.checkpoint()
+                got.append("not cancelled")
+            assert scope.cancelled_caught
+            assert got == [1]
+            assert await thread.run(lambda: 2) == 2  # outcomes stay in order
     finally:
         await trio.to_thread.run_sync(thread.stop)

@@ -13,8 +13,12 @@ A record is one group commit: its payload is the rows of every write in the grou
 (:func:`encode`). Sequence numbers are consecutive across segments. :meth:`Journal.append` writes a
 record with one ``os.pwritev`` and makes it durable with one ``fdatasync``; only then is anything
 told. A new segment is started once the current one passes ``segment_bytes`` (its file and the
-directory entry made durable first), and segments are deleted once DuckDB has every record in them
-(:meth:`Journal.release`).
+directory entry made durable first), and older segments are deleted once DuckDB has every record
+in them (:meth:`Journal.release`). The current segment stays when DuckDB has caught up with it:
+deleting it would make the next append start a new file (its creation, header, zeros and
+directory entry synced, then its space grown again from 64 KiB, each step a change of the file's
+size whose sync waits for whatever else the filesystem commits — DuckDB's own writes: measured
+0.3–57 ms each).
 
 A segment's space is written ahead as zeros (64 KiB, then doubling up to 1 MiB at a time, made
 durable with the file's size): an append overwrites zeros in place, so its ``fdatasync``
@@ -60,9 +64,8 @@ SEGMENT_HEADER = struct.Struct("<4sHH")
 RECORD_HEADER = struct.Struct("<IIQ")  # payload length, CRC-32, seq
 SUFFIX = ".journal"
 SEGMENT_BYTES = 64 << 20
-# Zeros written ahead of the appends: a new segment gets PREALLOCATE_FIRST bytes (the store
-# deletes its current segment whenever DuckDB has caught up, so at a low write rate a segment
-# often lives for a few appends), then each step doubles the space, up to PREALLOCATE at a time.
+# Zeros written ahead of the appends: a new segment gets PREALLOCATE_FIRST bytes (a daemon that
+# writes little never fills more), then each step doubles the space, up to PREALLOCATE at a time.
 PREALLOCATE_FIRST = 64 << 10
 PREALLOCATE = 1 << 20
 
@@ -312,20 +315,23 @@ class Journal:
         self._fd, self._size, self._allocated = fd, SEGMENT_HEADER.size, allocated
         self._segments.append(first_seq)
 
-    def release(self, applied: int) -> int:
-        """Delete segments whose records DuckDB has (``applied``), all of them when the current
-        one is among them; returns how many were deleted."""
+    def release(self, applied: int, *, keep_current: bool = True) -> int:
+        """Delete segments whose records DuckDB has (``applied``), except the one appends go to
+        (it stays, to be appended to) unless ``keep_current`` is False (at start and at a clean
+        stop: the next append starts a new one); returns how many were deleted."""
         with self._lock:
-            return self._release(applied)
+            return self._release(applied, keep_current)
 
-    def _release(self, applied: int) -> int:
+    def _release(self, applied: int, keep_current: bool) -> int:
         removed = 0
         while self._segments:
             following = self._segments[1] if len(self._segments) > 1 else self.last_seq + 1
             if following - 1 > applied:
                 break
             if len(self._segments) == 1:
-                self._close_segment()  # the next append starts a new segment
+                if keep_current and self._fd >= 0:
+                    break
+                self._close_segment()
             (self.directory / _segment_name(self._segments.pop(0))).unlink(missing_ok=True)
             removed += 1
         return removed
