@@ -222,3 +222,20 @@ async def test_a_stream_sink_wakes_its_handler_which_frames_the_whole_backlog_in
     assert all(set(batch) >= {5, 6, 7} for batch in batches if 5 in batch)
     assert b"".join(sent) == bytes(range(10))
     assert len(sent) == len(batches)
+
+
+def test_the_buffer_count_matches_trios_statistics():
+    """``buffered`` reads trio's private buffer (cheaper than ``statistics()``, once per item
+    delivered); it must say what ``statistics()`` says, and the fallback is ``statistics()``."""
+    from foundry.kernel.actors.tap import buffered
+
+    assert buffered.buffered is buffered._private  # this trio keeps its buffer where expected
+    send, receive = trio.open_memory_channel[int](4)
+    for n in range(4):
+        for count in (buffered.buffered, buffered._statistics):
+            assert count(send) == n == send.statistics().current_buffer_used
+        send.send_nowait(n)
+    receive.receive_nowait()
+    assert buffered.buffered(send) == 3 == buffered._statistics(send)
+    send.close()
+    receive.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 from foundry.kernel.actors.mailbox import refuse
+from foundry.kernel.actors.tap.buffered import buffered
 from foundry.kernel.actors.tap.messages import (
     CloseAll,
     Overflow,
@@ -37,7 +38,7 @@ class ChannelSink:
 
     def offer(self, item: Any, capacity: int) -> bool:
         try:
-            if self.send.statistics().current_buffer_used >= capacity:
+            if buffered(self.send) >= capacity:
                 self.send.send_nowait(Overflow(capacity))  # the slot kept for the notice
                 self.send.close()
                 return False
