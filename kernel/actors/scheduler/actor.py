@@ -355,7 +355,9 @@ class Scheduler:
             for step, ready in leased:
                 steps.start_soon(self._run_step, run, step, done, (ready, durable))
         if plan.pause_at:
-            await self._record(run, "run_paused", plan.pause_at)
+            # Committed at once, not left to linger for company: nothing else of this run comes
+            # until a ResumeRun, and its tappers wait for it (and the completion it takes along).
+            await self._record_durable(run, "run_paused", plan.pause_at)
 
     async def _until_resumed(self, run: RunState) -> bool:
         """Wait for ResumeRun; False when the daemon stops first."""
