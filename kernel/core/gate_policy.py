@@ -768,15 +768,22 @@ def _hinted(paths: Sequence[str], literals: Sequence[str]) -> set[int] | None:
     return hinted
 
 
+def _any_risky_tag(diffs: Diffs, policy: GatePolicy) -> bool:
+    """Some diff carries a high-risk tag (from the distinct tags: no per-diff read)."""
+    return not policy._tags.isdisjoint(map(str.lower, distinct_tags(diffs)))
+
+
 def _risky(diffs: Diffs, policy: GatePolicy) -> list[tuple[int, re.Match[str] | None]]:
     """The high-risk diffs, in order, each as its index and its path match (None: only a tag is
     risky). Diffs mostly repeat a few tag lists: each distinct one is lowercased and checked
     once."""
     found = _path_matches(diffs.paths, policy)
     tags = policy._tags
-    if tags.isdisjoint(map(str.lower, distinct_tags(diffs))):
-        return [(i, f) for i, f in enumerate(found) if f is not None]
-    risky_tags = {t for t in set(diffs.risk_tags) if t and not tags.isdisjoint(map(str.lower, t))}
+    risky_tags = (
+        {t for t in set(diffs.risk_tags) if t and not tags.isdisjoint(map(str.lower, t))}
+        if _any_risky_tag(diffs, policy)
+        else set()
+    )
     if not risky_tags:
         return [(i, f) for i, f in enumerate(found) if f is not None]
     return [
@@ -821,8 +828,7 @@ class NoveltyRule:
             shown_policy = policy.high_risk.value
             risk_text = policy._risk_text
             # No high-risk tag anywhere: a diff's own tags add nothing to its reason.
-            some_tags = not policy._tags.isdisjoint(map(str.lower, distinct_tags(diffs)))
-            tags = diffs.risk_tags if some_tags else ((),) * len(paths)
+            tags = diffs.risk_tags if _any_risky_tag(diffs, policy) else ((),) * len(paths)
             reasons.extend(
                 f"{paths[i]} is high risk ({risk_text(tags[i], found)}; policy: {shown_policy})"
                 for i, found in risky[:HIGH_RISK_REASONS]
