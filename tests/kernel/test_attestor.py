@@ -546,3 +546,33 @@ async def test_a_notice_whose_facts_cannot_be_attested_is_logged_and_the_rest_st
     assert c.previous == attestation_digest(a.envelope)
     assert f"could not attest the step of run run_new ({ids[1]})" in caplog.text
     assert "attempt" in caplog.text
+
+
+async def test_a_lone_notice_is_signed_after_one_look_and_a_stream_lingers(autojump_clock):
+    """A batch waits for more notices only while they keep coming: one look (``POLL``) for a
+    notice that trickles in alone (a gate decision, a slow step), up to ``LINGER`` for a stream."""
+    from types import SimpleNamespace
+
+    import trio
+    from foundry.kernel.actors.attestor.actor import BATCH, LINGER, POLL, Attestor
+
+    send, receive = trio.open_memory_channel[object](BATCH)
+    take = Attestor._take.__get__(SimpleNamespace(_inbox=receive))
+    await send.send(_step_notice("run_a", "a", 2))
+    started = trio.current_time()
+    assert len(await take()) == 1
+    assert trio.current_time() - started == pytest.approx(POLL)
+
+    async def stream() -> None:
+        for seq in range(100):
+            await send.send(_step_notice("run_b", f"s{seq}", 3 * seq + 2))
+            await trio.sleep(POLL / 2)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream)
+        await trio.sleep(0)
+        started = trio.current_time()
+        batch = await take()
+        assert trio.current_time() - started >= LINGER
+        assert len(batch) >= LINGER / POLL  # about two a look, one batch
+        nursery.cancel_scope.cancel()

@@ -143,14 +143,17 @@ class Attestor:
         """The next batch: what is waiting, plus what comes within ``LINGER`` seconds (up to
         ``BATCH``) — one pipe write to the signing process signs many, and one append stores
         them. It looks for more every ``POLL`` seconds, not at each notice (a wake-up of this
-        task per step cost more than the rest of its work on it). A query does not linger, nor
-        a run's own notice (the last of its run: whoever waits for the run waits for it)."""
+        task per step cost more than the rest of its work on it), and stops at a look that
+        finds nothing new: notices that trickle (a gate decision, slow steps) are not worth ten
+        wake-ups each. A query does not linger, nor a run's own notice (the last of its run:
+        whoever waits for the run waits for it)."""
         batch = await take_batch(self._inbox, BATCH)
         if not batch or any(_urgent(m) for m in batch):
             return batch
         deadline = trio.current_time() + LINGER
         while len(batch) < BATCH and trio.current_time() < deadline:
             await trio.sleep(POLL)
+            before = len(batch)
             for _ in range(BATCH - len(batch)):
                 try:
                     message = self._inbox.receive_nowait()
@@ -161,6 +164,8 @@ class Attestor:
                 batch.append(message)
                 if _urgent(message):
                     return batch
+            if len(batch) == before:
+                break
         return batch
 
     # --- attesting ------------------------------------------------------------------------------
