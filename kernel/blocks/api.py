@@ -214,6 +214,14 @@ class BlockContext:
             return sorted(set(self.artifacts_written))
         return sorted(str(p) for p in self.artifact_dir.rglob("*") if p.is_file())
 
+    async def collect_artifacts(self) -> list[str]:
+        """:meth:`listed_artifacts`, with the folder's scan (when there is one) on a worker
+        thread: a command may leave thousands of files, and the trio thread runs every other
+        chain meanwhile."""
+        if not self.artifacts_touched:
+            return sorted(set(self.artifacts_written))
+        return await trio.to_thread.run_sync(self.listed_artifacts, limiter=_artifact_writers())
+
 
 ARTIFACT_WRITERS = 4  # threads writing artifacts at once; more only contend for the GIL
 _ARTIFACT_LIMITER = trio.lowlevel.RunVar[trio.CapacityLimiter]("artifact_writers")

@@ -64,7 +64,8 @@ async def execute(
         output, error, timed_out = await _attempt(block, action, ctx)
         if not error:
             break
-    return _outcome(ctx, output, error, attempt, started, timed_out)
+    artifacts = await ctx.collect_artifacts()
+    return _outcome(ctx, output, error, attempt, started, timed_out, artifacts)
 
 
 def runs_now(block: Block, action: Action) -> bool:
@@ -83,11 +84,17 @@ def execute_now(block: Block, action: Action, ctx: BlockContext) -> Outcome | No
         return None
     except Exception as exc:  # a block's failure is data for its trace, never the kernel's
         output, error = None, f"{type(exc).__name__}: {exc}"
-    return _outcome(ctx, output, error, 1, started, False)
+    return _outcome(ctx, output, error, 1, started, False, ctx.listed_artifacts())
 
 
 def _outcome(
-    ctx: BlockContext, output: Any, error: str, attempts: int, started: float, timed_out: bool
+    ctx: BlockContext,
+    output: Any,
+    error: str,
+    attempts: int,
+    started: float,
+    timed_out: bool,
+    artifacts: list[str],
 ) -> Outcome:
     return Outcome(
         success=not error,
@@ -100,7 +107,7 @@ def _outcome(
         raw_output=ctx.raw_output,
         exit_code=ctx.exit_code,
         ran_command=ctx.ran_command,
-        artifacts=tuple(ctx.listed_artifacts()),
+        artifacts=tuple(artifacts),
         attempts=attempts,
         duration_ms=round((time.perf_counter() - started) * 1000),
         timed_out=timed_out,

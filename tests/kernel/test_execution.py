@@ -197,3 +197,27 @@ async def test_write_artifact_refuses_a_name_that_leaves_the_folder(tmp_path):
         await ctx.write_artifact("../escape.txt", "x")
     assert not (tmp_path / "escape.txt").exists()
     assert ctx.listed_artifacts() == []
+
+
+async def test_the_artifact_folder_is_scanned_off_the_trio_thread(tmp_path):
+    """After ``run_command`` (or ``artifact_path``) anything may be in the folder: an async
+    execution lists it on a worker thread, a synchronous one (``execute_now``) where it runs."""
+    folder = tmp_path / "art"
+    ctx = BlockContext(payload={}, artifact_dir=folder)
+    assert await ctx.collect_artifacts() == []
+    ctx.artifact_path("a/deep.txt").parent.mkdir(parents=True)
+    for name in ("a/deep.txt", "b.txt"):
+        (folder / name).write_text("x")
+    scanners: list[int] = []
+    real = Path.rglob
+
+    def spy(self, pattern):
+        scanners.append(threading.get_ident())
+        return real(self, pattern)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "rglob", spy)
+        listed = await ctx.collect_artifacts()
+    assert listed == [str(folder / "a" / "deep.txt"), str(folder / "b.txt")]
+    assert scanners
+    assert threading.get_ident() not in scanners

@@ -520,13 +520,15 @@ class Scheduler:
             now = self._clock.now()
             self._spans.offer(_attempt_ended(run, ctx, spec.type, lease_event, now, output, error))
         if not error:
+            with trio.CancelScope(shield=True):  # what the step did is recorded, as ever
+                artifacts = await ctx.collect_artifacts()
             completed = run.make_event(
                 "step_completed", self._clock.now(), spec.id,
                 attempt=attempt, output=output, duration_ms=_ms_since(started), span_id=span,
                 usage={"tokens_in": ctx.usage.tokens_in, "tokens_out": ctx.usage.tokens_out,
                        "cost": ctx.usage.cost},
                 raw_output=ctx.raw_output[-65536:], exit_code=ctx.exit_code,
-                artifacts=ctx.listed_artifacts(),
+                artifacts=artifacts,
             )  # fmt: skip
             await self._complete(run, lease_event, grant, completed)
             return None
