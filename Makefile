@@ -41,8 +41,12 @@ $(CHROMIUM_STAMP): | $(BIN)/python
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
 	touch $(CHROMIUM_STAMP)
 
+# Two workers (pytest-xdist), each taking whole test files: a file's tests share its module-scoped
+# daemon, and most of a test's time is a daemon's start or a wait, which the other worker fills.
+# `make test TEST_WORKERS=0` runs the suite in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) $(CHROMIUM_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Regenerate the committed betterproto2 code from the .proto sources.
 proto: $(STAMP)
