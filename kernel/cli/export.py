@@ -19,15 +19,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import duckdb
-from foundry.analytics.parquet import (
-    DATED,
-    ExportError,
-    check_target,
-    counts_text,
-    since_selections,
-    write_parquet,
-)
 from foundry.kernel.cli.common import journal_behind
 from foundry.kernel.config import Config, default_home
 from foundry.kernel.edge.grpc.client import open_channel
@@ -58,6 +49,9 @@ def _date(text: str) -> str:
 
 
 def cmd_export_parquet(args: argparse.Namespace) -> int:
+    # DuckDB and the Parquet writer here, not at the top: every other command would import them.
+    import duckdb
+    from foundry.analytics.parquet import ExportError, counts_text
     from foundry.kernel.cli.main import CommandFailed
 
     target = Path(args.directory).expanduser().absolute()
@@ -104,6 +98,9 @@ def _home(args: argparse.Namespace) -> Path:
 def export_offline(home: Path, target: Path, since: str | None) -> dict[str, int]:
     """The daemon is stopped: read ``home``'s database read-only (not upgraded: an older database
     exports the tables it has) and write the export here."""
+    import duckdb
+    from foundry.analytics.parquet import DATED, check_target, since_selections, write_parquet
+
     path = home / "foundry.duckdb"
     if not path.is_file():
         raise ConfigError(f"no database at {path}")

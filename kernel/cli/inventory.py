@@ -13,7 +13,6 @@ from typing import Any
 
 from foundry.kernel.cli.output import note
 from foundry.kernel.config import Config
-from foundry.kernel.edge.grpc.admin_service import block_source, declared_sources
 from foundry.kernel.edge.grpc.client import connect
 from foundry.proto import admin_api
 from grpclib import GRPCError
@@ -112,7 +111,10 @@ async def _daemon_tools(admin: Any) -> Rows:
 
 
 def _config_blocks(config: Config) -> Rows:
+    # Here, not at the top: the daemon's side of the admin service is ~0.3 s of imports that
+    # every other command would pay for.
     from foundry.kernel.blocks.registry import load_config_blocks
+    from foundry.kernel.edge.grpc.admin_service import block_source, declared_sources
 
     declared = declared_sources(config)
     return [

@@ -17,16 +17,17 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from foundry.analytics import sandbox
-from foundry.analytics import saved_questions as questions
 from foundry.kernel.cli.common import journal_behind
 from foundry.kernel.config import Config, default_home
 from foundry.kernel.edge.grpc.client import open_channel
 from foundry.kernel.errors import ConfigError
 from foundry.proto import analytics_api as api
 from grpclib import GRPCError
+
+if TYPE_CHECKING:
+    from foundry.analytics import sandbox
 
 MAX_CELL = 60  # characters of a value in the table view
 
@@ -117,6 +118,9 @@ async def _remote(args: argparse.Namespace, params: dict[str, str]) -> Answer:
 
 def _offline(args: argparse.Namespace, params: dict[str, str]) -> Answer:
     """The daemon is stopped: open the file read-only, sandboxed, and run the query here."""
+    # The sandbox (and DuckDB) here, not at the top: only the offline path needs them.
+    from foundry.analytics import sandbox
+    from foundry.analytics import saved_questions as questions
     from foundry.kernel.cli.main import CommandFailed
 
     config = Config.load(args.config) if args.config else Config()
@@ -158,6 +162,7 @@ def run_file(
     """One sandboxed query on the database file opened read-only, external access off;
     interrupted after ``timeout`` seconds (TimeoutError)."""
     import duckdb
+    from foundry.analytics import sandbox
 
     try:
         con = duckdb.connect(str(path), read_only=True, config={"enable_external_access": False})
@@ -187,21 +192,19 @@ def _list(args: argparse.Namespace) -> int:
             channel.close()
         return list(reply.questions)
 
+    found: list[Any]
     try:
         found = asyncio.run(remote())
-        listed: list[dict[str, Any]] = [
-            {"name": q.name, "title": q.title, "description": q.description,
-             "params": [{"name": p.name, "default": p.default, "description": p.description}
-                        for p in q.params]}
-            for q in found
-        ]  # fmt: skip
-    except OSError:
-        listed = [
-            {"name": q.name, "title": q.title, "description": q.description,
-             "params": [{"name": p.name, "default": p.default, "description": p.description}
-                        for p in q.params]}
-            for q in questions.list_questions()
-        ]  # fmt: skip
+    except OSError:  # no daemon: the same questions, from this installation
+        from foundry.analytics import saved_questions
+
+        found = list(saved_questions.list_questions())
+    listed = [
+        {"name": q.name, "title": q.title, "description": q.description,
+         "params": [{"name": p.name, "default": p.default, "description": p.description}
+                    for p in q.params]}
+        for q in found
+    ]  # fmt: skip
     if args.json:
         print(json.dumps(listed, indent=2))
         return 0

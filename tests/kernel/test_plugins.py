@@ -1,6 +1,7 @@
 """Loading blocks with pluggy: built-ins, foundry.toml modules, declared blocks, loud failures."""
 
 import importlib
+import subprocess
 import sys
 import textwrap
 import types
@@ -264,6 +265,47 @@ def test_star_import_gives_the_block_api():
 
     assert namespace["Block"] is Block
     assert set(foundry.kernel.__all__) <= set(namespace)
+
+
+def test_each_public_name_is_its_home_module_s_object_and_typed_alike():
+    """``foundry.kernel`` imports its names when first asked (PEP 562): each is the object of
+    the module it lives in, and the imports type checkers read (``if TYPE_CHECKING``) name the
+    same set as ``__all__``."""
+    import ast
+
+    homes = foundry.kernel._HOME_OF  # type: ignore[attr-defined]
+    assert set(homes) == set(foundry.kernel.__all__)
+    for name, module in homes.items():
+        real = {"BUILTIN_GATE_RULES": "BUILTIN_RULES"}.get(name, name)
+        assert getattr(foundry.kernel, name) is getattr(importlib.import_module(module), real)
+    tree = ast.parse(Path(foundry.kernel.__file__).read_text())
+    checked = next(n for n in tree.body if isinstance(n, ast.If))
+    typed = {
+        (alias.asname or alias.name, node.module)
+        for node in checked.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert typed == set(homes.items())
+    with pytest.raises(AttributeError, match="no attribute 'Blok'"):
+        foundry.kernel.Blok  # noqa: B018
+
+
+def test_importing_the_kernel_or_the_cli_leaves_the_daemon_s_weight_behind():
+    """``import foundry.kernel`` (which every ``foundry.kernel.*`` import runs) and the CLI's
+    entry point import neither the plugin API's trio and httpx, nor DuckDB, nor the daemon's
+    side of the admin service: a CLI command starts in about half the time."""
+    script = (
+        "import sys\n"
+        "import foundry.kernel\n"
+        "assert not {'trio', 'httpx'} & set(sys.modules), 'foundry.kernel'\n"
+        "import foundry.kernel.cli.main\n"
+        "heavy = {'duckdb', 'httpx', 'foundry.kernel.edge.grpc.admin_service',\n"
+        "         'foundry.kernel.blocks.api'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 async def test_register_tools_in_a_module_contributes_a_tool_for_the_tool_step(
