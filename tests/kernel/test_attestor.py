@@ -570,7 +570,7 @@ async def test_a_lone_notice_is_signed_after_one_look_and_a_stream_lingers(autoj
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stream)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         started = trio.current_time()
         batch = await take()
         assert trio.current_time() - started >= LINGER
