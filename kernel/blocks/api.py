@@ -219,7 +219,7 @@ class BlockContext:
         thread: a command may leave thousands of files, and the trio thread runs every other
         chain meanwhile."""
         if not self.artifacts_touched:
-            return sorted(set(self.artifacts_written))
+            return self.listed_artifacts()  # no scan: the names write_artifact kept
         return await trio.to_thread.run_sync(self.listed_artifacts, limiter=_artifact_writers())
 
 
