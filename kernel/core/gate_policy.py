@@ -699,71 +699,75 @@ HIGH_RISK_REASONS = 20
 
 
 def _novel(
-    path: str,
-    score: float,
+    candidates: Iterable[tuple[str, float]],
     policy: GatePolicy,
     effects: list[Effect],
     reasons: list[str],
     followups: list[Followup],
-    shown: dict[tuple[float, float], tuple[str, str]],
 ) -> None:
-    """The reason and follow-up of the diff of ``path`` scored above ``novelty_follow_up`` (or
-    NaN). ``shown``: :func:`_pair` of the (score, threshold) pairs met so far in this request
-    (many diffs share a score; a score here is above a threshold >= 0, so never -0.0)."""
+    """The reasons and follow-ups of the diffs (path, score) scored above ``novelty_follow_up``
+    (or NaN), and at most one effect of each kind. One loop with its lookups hoisted: the
+    hostile benchmark request has ~700 such diffs. Many diffs share a score, so each (score,
+    threshold) pair is formatted once (:func:`_pair`; a score here is above a threshold >= 0,
+    so never -0.0)."""
     maximum, follow_up = policy.max_novelty, policy.novelty_follow_up
-    note = ""
-    if score != score:  # NaN: unknown, so as novel as can be
-        score, note = 1.0, " (not a number, counted as 1.00)"
-    if not score > follow_up:  # a NaN counted as 1.0 is not above a novelty_follow_up of 1.0
-        return
-    denies = score > maximum
-    key = (score, maximum if denies else follow_up)
-    pair = shown.get(key)
-    if pair is None:
-        pair = shown[key] = _pair(*key)
-    text, limit = pair
-    if denies:
-        effects.append(Effect.DENY)
-        reasons.append(f"novelty {text} of {path} is above the maximum {limit}{note}")
-        followups.append(Followup(
-            "reduce-novelty", f"Split or justify the change to {path} ({text} > {limit})",
-        ))  # fmt: skip
-    else:
-        effects.append(Effect.FOLLOW_UP)
-        reasons.append(f"novelty {text} of {path} is above the follow-up threshold {limit}")
-        followups.append(Followup(
-            "review-novelty",
-            f"Have an owner review the novel change to {path} ({text} > {limit})",
-        ))  # fmt: skip
+    shown: dict[tuple[float, float], tuple[str, str]] = {}
+    add_reason, add_followup, followup = reasons.append, followups.append, Followup
+    denied = followed = False
+    for path, given in candidates:
+        score, note = given, ""
+        if score != score:  # NaN: unknown, so as novel as can be
+            score, note = 1.0, " (not a number, counted as 1.00)"
+        if not score > follow_up:  # a NaN counted as 1.0 is not above a follow-up of 1.0
+            continue
+        denies = score > maximum
+        key = (score, maximum if denies else follow_up)
+        pair = shown.get(key)
+        if pair is None:
+            pair = shown[key] = _pair(*key)
+        text, limit = pair
+        if denies:
+            denied = True
+            add_reason(f"novelty {text} of {path} is above the maximum {limit}{note}")
+            add_followup(followup(
+                "reduce-novelty", f"Split or justify the change to {path} ({text} > {limit})",
+            ))  # fmt: skip
+        else:
+            followed = True
+            add_reason(f"novelty {text} of {path} is above the follow-up threshold {limit}")
+            add_followup(followup(
+                "review-novelty",
+                f"Have an owner review the novel change to {path} ({text} > {limit})",
+            ))  # fmt: skip
+    effects.extend([Effect.DENY] * denied + [Effect.FOLLOW_UP] * followed)
 
 
 def _path_matches(paths: Sequence[str], policy: GatePolicy) -> list[re.Match[str] | None]:
-    """:meth:`GatePolicy.match_path` of each path, inlined: it runs once per diff."""
-    match, hint = policy._path_regex.match, policy._path_hint
-    if hint is None:
+    """:meth:`GatePolicy.match_path` of each path, inlined: it runs once per diff. Only the
+    paths holding a literal of the hint can match; when most do, matching every path costs
+    less than picking them out."""
+    match = policy._path_regex.match
+    if policy._path_hint is None:
         return [match(p.removeprefix("./")) for p in paths]
     hinted = _hinted(paths, policy._path_literals)
-    if hinted is None:
-        search = hint.search
-        return [match(p.removeprefix("./")) if search(p) else None for p in paths]
+    if len(hinted) * 4 >= len(paths) * 3:
+        return [match(p.removeprefix("./")) for p in paths]
     found: list[re.Match[str] | None] = [None] * len(paths)
     for i in hinted:
         found[i] = match(paths[i].removeprefix("./"))
     return found
 
 
-def _hinted(paths: Sequence[str], literals: Sequence[str]) -> set[int] | None:
+def _hinted(paths: Sequence[str], literals: Sequence[str]) -> set[int]:
     """The indexes of the paths holding one of the hint's ``literals``. Each literal is first
     counted over the joined paths in one C pass; most are in no path, and only the others are
-    looked for path by path (``contains`` mapped in C, not a regex search per path). None when
-    many paths hold one (a search per path is as cheap then)."""
+    looked for path by path (``contains`` mapped in C, not a regex search per path)."""
     joined = "\0".join(paths)
     hinted: set[int] = set()
     for literal in literals:
-        found = joined.count(literal)
-        if found > len(paths) // 8:
-            return None
-        if found:  # a literal holding the separator may count where no path holds it
+        if len(hinted) == len(paths):
+            break
+        if joined.count(literal):  # a literal holding the separator may count where none is
             hinted.update(compress(range(len(paths)), map(contains, paths, repeat(literal))))
     return hinted
 
@@ -813,14 +817,13 @@ class NoveltyRule:
         reasons: list[str] = []
         followups: list[Followup] = []
         follow_up = policy.novelty_follow_up
-        shown: dict[tuple[float, float], tuple[str, str]] = {}
         paths = diffs.paths
         above = [s for s in given if not s <= follow_up]  # which diffs, only if any
         novelty = diffs.novelty_scores if above else ()
-        for i, score in [
-            (i, s) for i, s in enumerate(novelty) if s is not None and not s <= follow_up
-        ]:
-            _novel(paths[i], score, policy, effects, reasons, followups, shown)
+        candidates = [
+            (paths[i], s) for i, s in enumerate(novelty) if s is not None and not s <= follow_up
+        ]
+        _novel(candidates, policy, effects, reasons, followups)
         risky = _risky(diffs, policy)
         high_risk = [paths[i] for i, _ in risky]
         if risky:
