@@ -21,12 +21,16 @@ well, with the p50, the p99 and the daemon's CPU per call.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import Figure, Options, Report, progress
+from . import Figure, Options, Report, progress, python_env, stop_process
 from .fleet_daemon import percentile
 
 NAME = "gate_check"
@@ -82,39 +86,75 @@ def run(options: Options) -> Report:
         "CPU p50 is the calling thread's CPU time (time.thread_time): on a loaded machine the "
         "wall-clock figures include time the process waited for a core."
     )
-    rpc_p50, rpc_p99, rpc_cpu = _rpc(requests["typical"], options)
+    rpc = _rpc(requests["typical"], options)
     report.figures += [
-        Figure("CheckChangeGate RPC p50, typical", "ms", rpc_p50, ceiling=CEILING_MS),
-        Figure("CheckChangeGate RPC p99, typical", "ms", rpc_p99),
-        Figure("CheckChangeGate daemon CPU per call, typical", "ms", rpc_cpu),
-    ]
+        Figure("CheckChangeGate RPC p50, typical", "ms", rpc["p50"], ceiling=CEILING_MS),
+        Figure("CheckChangeGate RPC p99, typical", "ms", rpc["p99"]),
+        Figure("CheckChangeGate daemon CPU per call, typical", "ms", rpc["cpu"]),
+        Figure("CheckChangeGate floor p50, typical", "ms", rpc["floor"],
+               note="bench/gate_floor.py: upb parse, decide(), one fdatasync; nothing else"),
+        Figure("CheckChangeGate RPC p50 / floor p50", "x", rpc["ratio"]),
+    ]  # fmt: skip
     report.notes.append(
         "The RPC figures include the decision's durable commit (the reply waits for it) and "
         "the daemon's decoding of the ~49 KB request (upb) and encoding of the reply; the "
         "client encodes with upb too. Daemon CPU per call: the daemon process's user + system "
         "time over the calls (warm-up included), divided by their number."
     )
+    report.notes.append(
+        "The floor is the same stack doing strictly less than a correct daemon (no checks, "
+        "conversion, store, attestation): what grpclib inside trio through trio-asyncio costs "
+        "this request on this machine, measured just before the daemon in each repetition. "
+        f"A floor p50 near or above {CEILING_MS:g} ms means the target is out of this "
+        "architecture's reach here, whatever the daemon does."
+    )
     return report
 
 
-def _rpc(request: Any, options: Options) -> tuple[list[float], list[float], list[float]]:
-    """Wall p50 and p99 of the calls, and the daemon's CPU per call, per repetition."""
+def _rpc(request: Any, options: Options) -> dict[str, list[float]]:
+    """Per repetition: the daemon's p50 and p99 and its CPU per call, the floor server's p50
+    (``gate_floor``), and the daemon's p50 over the floor's — the two measured one after the
+    other with the same client and request, floor first."""
     import asyncio
 
     from .fleet_daemon import daemon
 
     calls = QUICK_RPC_CALLS if options.quick else RPC_CALLS
-    p50s, p99s, cpus = [], [], []
-    with daemon("") as server:
-        data = bytes(to_proto(request))
+    found: dict[str, list[float]] = {"p50": [], "p99": [], "cpu": [], "floor": [], "ratio": []}
+    data = bytes(to_proto(request))
+    with daemon("") as server, _floor_server() as floor_address:
         for rep in range(options.repetitions):
-            progress(options, f"repetition {rep + 1}: {calls} CheckChangeGate calls")
+            progress(options, f"repetition {rep + 1}: {calls} CheckChangeGate calls to each")
+            floor = percentile(asyncio.run(_call(floor_address, data, calls)), 0.50)
             cpu_before = _process_cpu(server.process.pid)
             times = asyncio.run(_call(server.address, data, calls))
-            cpus.append((_process_cpu(server.process.pid) - cpu_before) / (calls + WARM_UP) * 1000)
-            p50s.append(percentile(times, 0.50))
-            p99s.append(percentile(times, 0.99))
-    return p50s, p99s, cpus
+            found["cpu"].append(
+                (_process_cpu(server.process.pid) - cpu_before) / (calls + WARM_UP) * 1000
+            )
+            found["p50"].append(percentile(times, 0.50))
+            found["p99"].append(percentile(times, 0.99))
+            found["floor"].append(floor)
+            found["ratio"].append(found["p50"][-1] / floor)
+    return found
+
+
+@contextlib.contextmanager
+def _floor_server() -> Iterator[str]:
+    """``python -m bench.gate_floor`` on 127.0.0.1:0; its address."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.gate_floor"], stdout=subprocess.PIPE, text=True,
+        env=python_env(), start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        address = process.stdout.readline().strip()
+        if ":" not in address:
+            raise RuntimeError(f"the floor server did not start (exit {process.poll()})")
+        yield address
+    finally:
+        stop_process(process)
+        if process.stdout:
+            process.stdout.close()
 
 
 def _process_cpu(pid: int) -> float:
