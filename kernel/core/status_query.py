@@ -6,11 +6,12 @@ every finished one after a restart) from the database. Pure: the engine gathers,
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from foundry.kernel.core.chain import WorkflowView
+from foundry.kernel.core.chain import Workflow, WorkflowView
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.errors import InvalidArgument
 
@@ -70,6 +71,63 @@ def pick_workflows(
                 continue
         picked.append(view)
     return picked
+
+
+def live_candidates(
+    inflight: Iterable[Workflow], recent: Iterable[Workflow], query: StatusQuery
+) -> list[Workflow]:
+    """The workflows the engine holds that :func:`pick_workflows` can pick: those that match,
+    and of them the newest ``query.limit`` — without a limit, every in-flight one and the newest
+    :data:`DEFAULT_LIMIT` finished ones. Status makes views of these alone, not of the thousand
+    finished workflows the engine keeps (each view formats its times: ~20 µs apiece)."""
+    running, finished = _matching(inflight, query), _matching(recent, query)
+    if query.limit:
+        return _newest(running + finished, query.limit)
+    return running + _newest(finished, DEFAULT_LIMIT)
+
+
+# Not known yet what the database holds that the engine does not: ask it.
+UNKNOWN = datetime.max.replace(tzinfo=UTC)
+
+
+def store_adds_nothing(
+    recent: Iterable[Workflow], query: StatusQuery, unheld_newest: datetime | None
+) -> bool:
+    """Whether the database's newest finished workflows can add nothing to what the engine
+    holds, so Status need not ask it. ``unheld_newest``: the latest start of a finished
+    workflow stored and not held (stored before the engine started, or dropped from its recent
+    ones) — None when there is none, :data:`UNKNOWN` before that is known. The newest
+    ``query.finished_limit`` matching ones the engine holds, all started after it, are newer
+    than every one it does not hold: none of those can be picked."""
+    if unheld_newest is None:
+        return True
+    newest = _newest(_matching(recent, query), query.finished_limit)
+    return len(newest) == query.finished_limit and all(
+        w.root.occurred_at > unheld_newest for w in newest
+    )
+
+
+def later(first: datetime | None, second: datetime | None) -> datetime | None:
+    """The later of two optional instants (None: neither is)."""
+    if first is None or second is None:
+        return first or second
+    return max(first, second)
+
+
+def _matching(workflows: Iterable[Workflow], query: StatusQuery) -> list[Workflow]:
+    project, state = query.project, query.state
+    return [
+        w
+        for w in workflows
+        if (not project or w.root.project == project) and (not state or w.state == state)
+    ]
+
+
+def _newest(workflows: list[Workflow], count: int) -> list[Workflow]:
+    """The newest ``count`` by start (the root's time), as :func:`pick_workflows` orders them."""
+    if len(workflows) <= count:
+        return workflows
+    return heapq.nlargest(count, workflows, key=lambda w: (w.root.occurred_at, w.id))
 
 
 def _matches(view: WorkflowView, query: StatusQuery) -> bool:

@@ -8,11 +8,14 @@ from datetime import datetime
 import pytest
 import trio
 import trio.testing
+from foundry.kernel.actors.engine.messages import GetStatus
+from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.tap.messages import Overflow
 from foundry.kernel.blocks.api import Block, BlockKind, block
 from foundry.kernel.blocks.registry import load_blocks
 from foundry.kernel.config import EngineConfig
 from foundry.kernel.core.ids import compact_json, is_event_id, occurred_stamp
+from foundry.kernel.core.status_query import StatusQuery
 from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.core.tracecontext import is_trace_id
 from foundry.kernel.errors import NotFound
@@ -854,3 +857,32 @@ async def until_finished(k, workflow_id):
         if view.state in ("completed", "failed"):
             return view
         await trio.sleep(0.002)
+
+
+async def test_status_lists_what_the_database_holds_beyond_the_engines_memory(tmp_path):
+    """Status asks the database only when it may hold newer finished workflows than the engine:
+    after a restart (what the last daemon finished) and after the engine dropped some from its
+    recent ones. Either way the list is whole, newest first."""
+
+    @block("Work", sinks=["go"])
+    def work(ctx):
+        pass
+
+    async def run(k, first: int, count: int) -> list[str]:
+        emitted = [(await k.emit("go", {"n": first + n})).workflow_id for n in range(count)]
+        for workflow_id in emitted:
+            await k.finished(workflow_id)
+        return emitted
+
+    small = EngineConfig(recent_workflows=2)
+    async with running_kernel(tmp_path, [work], engine=small) as k:
+        before = await run(k, 0, 4)  # two are dropped from memory
+        first_listing = await k.status()
+    async with running_kernel(tmp_path, [work]) as k:  # holds all it finishes
+        after = await run(k, 10, 3)
+        second_listing = await k.status()
+        only_one = await ask(k.engine, lambda r: GetStatus("", r, StatusQuery(limit=1)))
+
+    assert [v.workflow_id for v in first_listing] == before[::-1]
+    assert [v.workflow_id for v in second_listing] == (before + after)[::-1]
+    assert [v.workflow_id for v in only_one] == after[-1:]

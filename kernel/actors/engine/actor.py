@@ -25,6 +25,7 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from foundry.kernel.actors.mailbox import (
 )
 from foundry.kernel.actors.store.messages import (
     Append,
+    LoadNewestWorkflowStart,
     LoadRecentWorkflows,
     LoadTrace,
     LoadWorkflow,
@@ -86,7 +88,13 @@ from foundry.kernel.core.records import (
     own_copy,
     storable,
 )
-from foundry.kernel.core.status_query import pick_workflows
+from foundry.kernel.core.status_query import (
+    UNKNOWN,
+    later,
+    live_candidates,
+    pick_workflows,
+    store_adds_nothing,
+)
 from foundry.kernel.core.throttle import Action
 from foundry.kernel.core.trace_format import parse, render
 from foundry.kernel.core.tracecontext import new_root, new_span_id
@@ -124,6 +132,10 @@ class Engine:
         self._clock = Clock()
         self._inflight: dict[str, Workflow] = {}
         self._recent: OrderedDict[str, Workflow] = OrderedDict()
+        # The latest start of a finished workflow stored and not in _recent: stored before this
+        # engine started (asked once, at start) or dropped from _recent (core.status_query).
+        self._stored_before: datetime | None = UNKNOWN
+        self._dropped: datetime | None = None
         self._nursery: trio.Nursery | None = None
         # The store's answers to a chain's last Append: (workflow, whether it held the root).
         self._notify, self._notices = trio.open_memory_channel[Any](math.inf)
@@ -133,6 +145,7 @@ class Engine:
         async with self._inbox, self._store, self._spans, trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._take_notices)
+            nursery.start_soon(self._learn_stored_before)
             task_status.started()
             while batch := await take_batch(self._inbox, MAILBOX_BATCH):
                 for message in batch:
@@ -267,7 +280,8 @@ class Engine:
         workflow.retire(RECENT_TRACE_BYTES)  # what is stored need not be held here too
         self._recent[workflow.id] = workflow
         while len(self._recent) > self._config.recent_workflows:
-            self._recent.popitem(last=False)
+            _, dropped = self._recent.popitem(last=False)
+            self._dropped = later(self._dropped, dropped.root.occurred_at)
         self._stop_notices_when_idle()
 
     def _stop_notices_when_idle(self) -> None:
@@ -442,7 +456,12 @@ class Engine:
 
     def _on_status(self, message: GetStatus) -> None:
         if not message.workflow_id:
-            live = [w.view() for w in (*self._inflight.values(), *self._recent.values())]
+            query, recent = message.query, self._recent.values()
+            live = [w.view() for w in live_candidates(self._inflight.values(), recent, query)]
+            unheld = later(self._stored_before, self._dropped)
+            if not query.wants_finished or store_adds_nothing(recent, query, unheld):
+                message.reply.send(pick_workflows(live, (), query))
+                return
             assert self._nursery is not None
             self._nursery.start_soon(self._status_list, message, live)
             return
@@ -456,20 +475,26 @@ class Engine:
     async def _status_list(self, message: GetStatus, live: list[WorkflowView]) -> None:
         """What the engine holds, and the finished workflows the database holds (all of them
         after a restart), filtered, newest first (``core.status_query``)."""
-        query, stored = message.query, []
+        query = message.query
         try:
-            if query.wants_finished:
-                rows: list[Any] = await ask(
-                    self._store,
-                    lambda r: LoadRecentWorkflows(
-                        query.project, query.state, query.finished_limit, r
-                    ),
-                )
-                stored = [_stored_view(*row) for row in rows]
+            rows: list[Any] = await ask(
+                self._store,
+                lambda r: LoadRecentWorkflows(query.project, query.state, query.finished_limit, r),
+            )
+            stored = [_stored_view(*row) for row in rows]
         except Exception as exc:
             message.reply.fail(exc)
             return
         message.reply.send(pick_workflows(live, stored, query))
+
+    async def _learn_stored_before(self) -> None:
+        """What the database held when the engine started (until known, Status asks it)."""
+        try:
+            found = await ask(self._store, LoadNewestWorkflowStart)
+        except Exception as exc:  # the store is stopping, or failed: Status keeps asking it
+            log.warning("could not read the newest stored workflow: %s", exc)
+            return
+        self._stored_before = found
 
     async def _status_from_store(self, message: GetStatus) -> None:
         try:

@@ -123,6 +123,14 @@ class LoadRecentWorkflows:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadNewestWorkflowStart:
+    """The latest start of a finished workflow stored (as ``LoadRecentWorkflows`` lists them:
+    with a block execution), None when there is none."""
+
+    reply: Reply[datetime | None]
+
+
+@dataclass(frozen=True, slots=True)
 class LoadIdempotencyKeys:
     """Idempotency key → run id, for every run submitted with one."""
 
@@ -225,6 +233,7 @@ StoreQuery = (
     | LoadUnfinishedRuns
     | LoadRunSummaries
     | LoadRecentWorkflows
+    | LoadNewestWorkflowStart
     | LoadIdempotencyKeys
     | CountRows
     | LoadEvalScenarios

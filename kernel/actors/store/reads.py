@@ -20,6 +20,7 @@ from foundry.kernel.actors.store.messages import (
     LoadEvalScenarios,
     LoadGateDecisions,
     LoadIdempotencyKeys,
+    LoadNewestWorkflowStart,
     LoadRecentWorkflows,
     LoadRun,
     LoadRunAttestations,
@@ -173,6 +174,15 @@ def load_recent_workflows(
     return [(row, blocks[row["workflow_id"]]) for row in rows]
 
 
+def newest_workflow_start(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """The latest ``started_at`` of the workflows :func:`load_recent_workflows` can list."""
+    row = con.execute("SELECT max(started_at) FROM workflows WHERE block_count > 0").fetchone()
+    found = row[0] if row else None
+    if not isinstance(found, datetime):
+        return None
+    return found.astimezone(UTC) if found.tzinfo else found.replace(tzinfo=UTC)
+
+
 def recover_unfinished(
     con: duckdb.DuckDBPyConnection, write: Callable[[Sequence[Any]], None]
 ) -> list[str]:
@@ -243,6 +253,7 @@ QUERIES: dict[type, Handler] = {
     LoadUnfinishedRuns: lambda con, m: runs.load_unfinished_runs(con),
     LoadRunSummaries: lambda con, m: runs.list_runs(con, m.query),
     LoadRecentWorkflows: lambda con, m: load_recent_workflows(con, m.project, m.state, m.limit),
+    LoadNewestWorkflowStart: lambda con, m: newest_workflow_start(con),
     LoadIdempotencyKeys: lambda con, m: runs.load_idempotency_keys(con),
     CountRows: lambda con, m: count_rows(con),
     ExportParquet: lambda con, m: retention.export_parquet(con, m.directory, m.since),
