@@ -77,3 +77,40 @@ def test_emit_responses_encode_to_betterproto2s_bytes(event_id: str, workflow_id
     reply = api.EmitResponse(event_id=event_id, workflow_id=workflow_id)
     assert CODEC.encode(reply, api.EmitResponse) == bytes(reply)
     assert server.FAST_ENCODERS[api.EmitResponse] is fastproto.encode_emit_response
+
+
+_TEXT = st.text(max_size=40)
+_BLOCKS = st.builds(
+    api.TaskBlockStatus, name=_TEXT, state=_TEXT, started_at=_TEXT, completed_at=_TEXT,
+    throttled=st.booleans(),
+)  # fmt: skip
+_WORKFLOWS = st.builds(
+    api.WorkflowStatus, workflow_id=_TEXT, workflow_type=_TEXT, project=_TEXT, state=_TEXT,
+    started_at=_TEXT, completed_at=_TEXT, task_blocks=st.lists(_BLOCKS, max_size=4),
+    trace_id=_TEXT, error=_TEXT,
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(workflows=st.lists(_WORKFLOWS, max_size=6))
+def test_status_responses_encode_to_betterproto2s_bytes(workflows: list[api.WorkflowStatus]):
+    reply = api.StatusResponse(workflows=workflows)
+    assert CODEC.encode(reply, api.StatusResponse) == bytes(reply)
+    assert server.FAST_ENCODERS[api.StatusResponse] is fastproto.encode_status_response
+
+
+def test_the_status_encoder_writes_every_field_the_messages_have():
+    """Every field of both messages set (a field added to either and not to the encoder is
+    missing from its bytes)."""
+    fields = {
+        message: set(message._betterproto.meta_by_field_name)  # type: ignore[attr-defined]
+        for message in (api.WorkflowStatus, api.TaskBlockStatus)
+    }
+    block = api.TaskBlockStatus(
+        **{f: True if f == "throttled" else f for f in fields[api.TaskBlockStatus]}
+    )
+    workflow = api.WorkflowStatus(
+        **{f: [block] if f == "task_blocks" else f for f in fields[api.WorkflowStatus]}
+    )
+    reply = api.StatusResponse(workflows=[workflow, workflow])
+    assert fastproto.encode_status_response(reply) == bytes(reply)
