@@ -102,6 +102,9 @@ class Workflow:
     # The depth-first walk still to do (the top is next), and the trace once the chain ended.
     agenda: list[Visit] = field(default_factory=list)
     trace: TraceRows | None = None
+    # Once retired the workflow no longer changes: its Status view is made once, when first asked.
+    retired: bool = False
+    retired_view: WorkflowView | None = None
 
     @property
     def id(self) -> str:
@@ -120,6 +123,14 @@ class Workflow:
         return "failed" if self.error else "completed"
 
     def view(self) -> WorkflowView:
+        if self.retired_view is not None:
+            return self.retired_view
+        view = self._view()
+        if self.retired:
+            self.retired_view = view
+        return view
+
+    def _view(self) -> WorkflowView:
         return WorkflowView(
             workflow_id=self.id,
             workflow_type=self.root.event_type,
@@ -140,7 +151,7 @@ class Workflow:
         over ``trace_bytes`` (Trace then reads the file, else the database). One large payload
         is not held until ``recent_workflows`` more chains have ended."""
         self.events, self.executions, self.unsent, self.unpublished = [], [], [], []
-        self.agenda, self.last_commit = [], None
+        self.agenda, self.last_commit, self.retired = [], None, True
         if len(self.root.payload_json) > SMALL_PAYLOAD:  # small ones cost less to keep than drop
             self.root = replace(self.root, payload={}, payload_json="")
         if self.trace is not None and text_bytes(self.trace) > trace_bytes:

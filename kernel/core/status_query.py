@@ -79,32 +79,44 @@ def live_candidates(
     """The workflows the engine holds that :func:`pick_workflows` can pick: those that match,
     and of them the newest ``query.limit`` — without a limit, every in-flight one and the newest
     :data:`DEFAULT_LIMIT` finished ones. Status makes views of these alone, not of the thousand
-    finished workflows the engine keeps (each view formats its times: ~20 µs apiece)."""
-    running, finished = _matching(inflight, query), _matching(recent, query)
-    if query.limit:
-        return _newest(running + finished, query.limit)
-    return running + _newest(finished, DEFAULT_LIMIT)
+    finished workflows the engine keeps."""
+    return status_candidates(inflight, recent, query, None)[0]
+
+
+def store_adds_nothing(
+    recent: Iterable[Workflow], query: StatusQuery, unheld_newest: datetime | None
+) -> bool:
+    """Whether Status need not ask the database (:func:`status_candidates`)."""
+    return status_candidates((), recent, query, unheld_newest)[1]
 
 
 # Not known yet what the database holds that the engine does not: ask it.
 UNKNOWN = datetime.max.replace(tzinfo=UTC)
 
 
-def store_adds_nothing(
-    recent: Iterable[Workflow], query: StatusQuery, unheld_newest: datetime | None
-) -> bool:
-    """Whether the database's newest finished workflows can add nothing to what the engine
-    holds, so Status need not ask it. ``unheld_newest``: the latest start of a finished
-    workflow stored and not held (stored before the engine started, or dropped from its recent
-    ones) — None when there is none, :data:`UNKNOWN` before that is known. The newest
-    ``query.finished_limit`` matching ones the engine holds, all started after it, are newer
-    than every one it does not hold: none of those can be picked."""
-    if unheld_newest is None:
-        return True
-    newest = _newest(_matching(recent, query), query.finished_limit)
-    return len(newest) == query.finished_limit and all(
-        w.root.occurred_at > unheld_newest for w in newest
+def status_candidates(
+    inflight: Iterable[Workflow],
+    recent: Iterable[Workflow],
+    query: StatusQuery,
+    unheld_newest: datetime | None,
+) -> tuple[list[Workflow], bool]:
+    """:func:`live_candidates`, and whether the database's newest finished workflows can add
+    nothing to them, so Status need not ask it — from one pass over the recent ones.
+
+    ``unheld_newest``: the latest start of a finished workflow stored and not held (stored
+    before the engine started, or dropped from its recent ones) — None when there is none,
+    :data:`UNKNOWN` before that is known. When the newest ``query.finished_limit`` matching
+    finished ones the engine holds all started after it, every one it does not hold is older
+    than those: none of them can be picked."""
+    running, finished = _matching(inflight, query), _matching(recent, query)
+    newest = _newest(finished, query.finished_limit)
+    nothing_more = unheld_newest is None or (
+        len(newest) == query.finished_limit
+        and all(w.root.occurred_at > unheld_newest for w in newest)
     )
+    if query.limit:
+        return _newest(running + newest, query.limit), nothing_more
+    return running + newest, nothing_more
 
 
 def later(first: datetime | None, second: datetime | None) -> datetime | None:
@@ -116,6 +128,8 @@ def later(first: datetime | None, second: datetime | None) -> datetime | None:
 
 def _matching(workflows: Iterable[Workflow], query: StatusQuery) -> list[Workflow]:
     project, state = query.project, query.state
+    if not project and not state:
+        return list(workflows)
     return [
         w
         for w in workflows

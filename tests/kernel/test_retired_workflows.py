@@ -39,6 +39,15 @@ def test_a_retired_workflow_drops_its_events_and_a_large_trace_but_keeps_its_sta
     assert workflow.root.payload_json == ""
     assert workflow.trace is None  # Trace reads the file (or the database) instead
     assert workflow.view() == before
+    assert workflow.view() is workflow.view()  # made once: a retired workflow no longer changes
+
+
+def test_an_unretired_workflows_view_follows_it():
+    workflow = _workflow({"name": "Ada"})
+    workflow.state = "running"
+    running = workflow.view()
+    workflow.state = "completed"
+    assert (running.state, workflow.view().state) == ("running", "completed")
 
 
 def test_a_retired_workflow_keeps_a_small_trace_for_trace():

@@ -91,9 +91,8 @@ from foundry.kernel.core.records import (
 from foundry.kernel.core.status_query import (
     UNKNOWN,
     later,
-    live_candidates,
     pick_workflows,
-    store_adds_nothing,
+    status_candidates,
 )
 from foundry.kernel.core.throttle import Action
 from foundry.kernel.core.trace_format import parse, render
@@ -456,10 +455,12 @@ class Engine:
 
     def _on_status(self, message: GetStatus) -> None:
         if not message.workflow_id:
-            query, recent = message.query, self._recent.values()
-            live = [w.view() for w in live_candidates(self._inflight.values(), recent, query)]
-            unheld = later(self._stored_before, self._dropped)
-            if not query.wants_finished or store_adds_nothing(recent, query, unheld):
+            query, unheld = message.query, later(self._stored_before, self._dropped)
+            held, complete = status_candidates(
+                self._inflight.values(), self._recent.values(), query, unheld
+            )
+            live = [w.view() for w in held]
+            if complete or not query.wants_finished:
                 message.reply.send(pick_workflows(live, (), query))
                 return
             assert self._nursery is not None
