@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS: tuple[str, ...] = (
     "engine_throughput", "emit_rpc", "emit_connect", "run_overhead", "tap_latency", "time_travel",
     "hostile_input", "gate_check", "eval_run", "analytics_ingest", "analytics_query", "attest",
-    "otel_overhead", "memory_soak",
+    "otel_overhead", "memory_soak", "status_poll",
 )  # fmt: skip
 
 
