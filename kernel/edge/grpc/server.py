@@ -31,7 +31,7 @@ import betterproto2
 import trio
 import trio_asyncio
 from foundry.kernel import errors
-from foundry.kernel.edge.grpc import fastproto
+from foundry.kernel.edge.grpc import fastproto, upb_encode
 from foundry.kernel.edge.grpc.bridge import ask_actor
 from foundry.kernel.edge.grpc.health import HEALTH_PATH_PREFIX, ServingHealth
 from foundry.kernel.edge.grpc.internals import (
@@ -132,7 +132,9 @@ class RequestCodec(ProtoCodec):
         fast = FAST_ENCODERS.get(type(message))
         if fast is not None:
             return fast(message)
-        data: bytes = super().encode(message, message_type)
+        if isinstance(message, betterproto2.Message):
+            return upb_encode.encode(message)
+        data: bytes = super().encode(message, message_type)  # health's, reflection's (upb)
         return data
 
     def decode(self, data: bytes, message_type: Any) -> Any:
