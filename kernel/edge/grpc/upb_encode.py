@@ -28,13 +28,14 @@ from foundry.kernel.edge.grpc.reflection import descriptor_pool_of_protos
 from google.protobuf import message_factory
 
 GENERATED = "foundry.proto.generated."  # betterproto2's modules: this, then the proto package
+TIMESTAMP = "google.protobuf.Timestamp"
 
 
 @dataclass(frozen=True, slots=True)
 class _Field:
     attribute: str  # betterproto2's name for it
     name: str  # upb's (the proto field's)
-    kind: str  # "scalar", "message", "repeated", "repeated_message", "map", "map_message"
+    kind: str  # "scalar", "message", "timestamp", "repeated", "repeated_message", "map", …
     unwrap: Callable[[], Any] | None  # the wrapper's class (its from_wrapped), if wrapped
     default: Any  # a scalar's default (None when optional or in a oneof: then always written)
 
@@ -70,6 +71,8 @@ def _fill(out: Any, message: betterproto2.Message) -> None:
             target = getattr(out, field.name)
             target.SetInParent()  # a message that is set is written, even empty
             _fill(target, field.unwrap().from_wrapped(value) if field.unwrap else value)
+        elif kind == "timestamp":  # held as a datetime: upb converts it (in C)
+            getattr(out, field.name).FromDatetime(value)
         elif not value:
             continue  # an empty list or map is the default
         elif kind == "repeated":
@@ -102,6 +105,8 @@ def _plan(cls: type, descriptor: Any) -> tuple[_Field, ...]:
             kind = "map_message" if value_type.message_type is not None else "map"
         elif meta.repeated:
             kind = "repeated_message" if is_message else "repeated"
+        elif is_message and meta.unwrap and described.message_type.full_name == TIMESTAMP:
+            kind = "timestamp"
         else:
             kind = "message" if is_message else "scalar"
         default = metadata.default_gen[attribute]() if kind == "scalar" else None
