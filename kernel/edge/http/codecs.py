@@ -18,6 +18,7 @@ from typing import Any
 import betterproto2
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
+from foundry.kernel.edge.grpc import upb_encode
 from foundry.kernel.edge.grpc.internals import Encoded
 from foundry.kernel.edge.grpc.message_check import (
     WrongField,
@@ -81,6 +82,8 @@ class BinaryCodec(_CheckedCodec):
         if isinstance(message, Encoded):
             return message.data
         with _reply_errors():
+            if isinstance(message, betterproto2.Message):
+                return upb_encode.encode(message)  # the same message, written in C
             return bytes(message)
 
     def _parse(self, data: bytes | bytearray, kind: type[betterproto2.Message]) -> Any:
