@@ -73,23 +73,6 @@ def pick_workflows(
     return picked
 
 
-def live_candidates(
-    inflight: Iterable[Workflow], recent: Iterable[Workflow], query: StatusQuery
-) -> list[Workflow]:
-    """The workflows the engine holds that :func:`pick_workflows` can pick: those that match,
-    and of them the newest ``query.limit`` — without a limit, every in-flight one and the newest
-    :data:`DEFAULT_LIMIT` finished ones. Status makes views of these alone, not of the thousand
-    finished workflows the engine keeps."""
-    return status_candidates(inflight, recent, query, None)[0]
-
-
-def store_adds_nothing(
-    recent: Iterable[Workflow], query: StatusQuery, unheld_newest: datetime | None
-) -> bool:
-    """Whether Status need not ask the database (:func:`status_candidates`)."""
-    return status_candidates((), recent, query, unheld_newest)[1]
-
-
 # Not known yet what the database holds that the engine does not: ask it.
 UNKNOWN = datetime.max.replace(tzinfo=UTC)
 
@@ -100,8 +83,11 @@ def status_candidates(
     query: StatusQuery,
     unheld_newest: datetime | None,
 ) -> tuple[list[Workflow], bool]:
-    """:func:`live_candidates`, and whether the database's newest finished workflows can add
-    nothing to them, so Status need not ask it — from one pass over the recent ones.
+    """The workflows the engine holds that :func:`pick_workflows` can pick — those that match,
+    and of them the newest ``query.limit``; without a limit, every in-flight one and the newest
+    :data:`DEFAULT_LIMIT` finished ones — and whether the database's newest finished workflows
+    can add nothing to them, so Status need not ask it. Status makes views of these alone, not
+    of the thousand finished workflows the engine keeps.
 
     ``unheld_newest``: the latest start of a finished workflow stored and not held (stored
     before the engine started, or dropped from its recent ones) — None when there is none,

@@ -1,7 +1,8 @@
-"""Status's picking (``core.status_query``): the engine makes views of ``live_candidates`` only,
-and asks the database nothing when ``store_adds_nothing`` — and what ``pick_workflows`` picks is
-what it picked from views of every workflow the engine holds and every one the database holds,
-for any filters, limit and mix of in-flight, recent and stored workflows."""
+"""Status's picking (``core.status_query``): the engine makes views of the candidates of
+``status_candidates`` only, and asks the database nothing when it says the database can add
+nothing — and what ``pick_workflows`` picks is what it picked from views of every workflow the
+engine holds and every one the database holds, for any filters, limit and mix of in-flight,
+recent and stored workflows."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from foundry.kernel.core.status_query import (
     UNKNOWN,
     StatusQuery,
     later,
-    live_candidates,
     pick_workflows,
-    store_adds_nothing,
+    status_candidates,
 )
 from foundry.kernel.core.throttle import Throttle
 from hypothesis import given, settings
@@ -70,22 +70,27 @@ def test_views_of_the_candidates_pick_what_views_of_everything_picked(
     ]
     stored = [w.view() for w in finished + not_held]
     everything = pick_workflows([w.view() for w in held], stored, query)
-    candidates = [w.view() for w in live_candidates(running, finished, query)]
-    assert pick_workflows(candidates, stored, query) == everything
     unheld_newest = max((w.root.occurred_at for w in not_held), default=None)
-    if store_adds_nothing(finished, query, unheld_newest):
+    held, complete = status_candidates(running, finished, query, unheld_newest)
+    candidates = [w.view() for w in held]
+    assert pick_workflows(candidates, stored, query) == everything
+    if complete:
         assert pick_workflows(candidates, (), query) == everything
-    assert not store_adds_nothing(finished, query, UNKNOWN)
+    assert not status_candidates(running, finished, query, UNKNOWN)[1]
+
+
+def _complete(finished, query, unheld_newest):
+    return status_candidates((), finished, query, unheld_newest)[1]
 
 
 def test_the_store_is_skipped_when_the_engine_holds_the_newest_finished():
     finished = [_workflow(n, n, "a", "completed") for n in range(DEFAULT_LIMIT)]
     before = START - timedelta(seconds=1)
-    assert store_adds_nothing([], StatusQuery(), None)  # nothing stored that is not held
-    assert store_adds_nothing(finished, StatusQuery(), before)
-    assert not store_adds_nothing(finished[1:], StatusQuery(), before)  # one short
-    assert not store_adds_nothing(finished, StatusQuery(), START)  # as old as the oldest held
-    assert store_adds_nothing(finished, StatusQuery(limit=5), START + timedelta(seconds=94))
+    assert _complete([], StatusQuery(), None)  # nothing stored that is not held
+    assert _complete(finished, StatusQuery(), before)
+    assert not _complete(finished[1:], StatusQuery(), before)  # one short
+    assert not _complete(finished, StatusQuery(), START)  # as old as the oldest held
+    assert _complete(finished, StatusQuery(limit=5), START + timedelta(seconds=94))
     assert later(None, before) == before
     assert later(START, before) == START
     assert later(None, None) is None
@@ -94,8 +99,8 @@ def test_the_store_is_skipped_when_the_engine_holds_the_newest_finished():
 def test_without_a_limit_every_in_flight_workflow_and_the_newest_finished_are_candidates():
     running = [_workflow(n, n, "a", "running") for n in range(300)]
     finished = [_workflow(1_000 + n, n, "a", "completed") for n in range(1_000)]
-    candidates = live_candidates(running, finished, StatusQuery())
+    candidates, _ = status_candidates(running, finished, StatusQuery(), None)
     assert candidates[:300] == running
     assert sorted(w.id for w in candidates[300:]) == sorted(w.id for w in finished[-DEFAULT_LIMIT:])
-    limited = live_candidates(running, finished, StatusQuery(limit=10))
+    limited, _ = status_candidates(running, finished, StatusQuery(limit=10), None)
     assert {w.id for w in limited} == {w.id for w in finished[-10:]}  # the newest ten
