@@ -7,8 +7,10 @@ into the upb message of the same type (found by field number in the committed de
 ``reflection.py``) and upb writes the bytes. The values are betterproto2's, with its rules for
 what is written: a field that is None is not; a field equal to its default is not, unless it is
 optional or in a oneof (its default is then None); a message field that is set is, even empty; a
-wrapped type (Timestamp, DoubleValue …, held unwrapped as a datetime or a float) is wrapped back
-by betterproto2's own ``from_wrapped``; fields betterproto2 kept as unknown are merged back.
+wrapped type (DoubleValue …, held unwrapped as a float) is wrapped back by betterproto2's own
+``from_wrapped``, a Timestamp (held as a datetime) by the same arithmetic as its
+``from_datetime``, written straight into upb's fields; fields betterproto2 kept as unknown are
+merged back.
 
 This reads betterproto2's private per-class metadata (``_betterproto``: each field's number,
 type, map and unwrap information, and default), so it is quarantined here; ``tests/kernel/edge/
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -29,6 +32,7 @@ from google.protobuf import message_factory
 
 GENERATED = "foundry.proto.generated."  # betterproto2's modules: this, then the proto package
 TIMESTAMP = "google.protobuf.Timestamp"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +75,9 @@ def _fill(out: Any, message: betterproto2.Message) -> None:
             target = getattr(out, field.name)
             target.SetInParent()  # a message that is set is written, even empty
             _fill(target, field.unwrap().from_wrapped(value) if field.unwrap else value)
-        elif kind == "timestamp":  # held as a datetime: upb converts it (in C)
-            getattr(out, field.name).FromDatetime(value)
+        elif kind == "timestamp":  # held as a datetime
+            target = getattr(out, field.name)
+            target.seconds, target.nanos = _seconds_and_nanos(value)
         elif not value:
             continue  # an empty list or map is the default
         elif kind == "repeated":
@@ -90,6 +95,17 @@ def _fill(out: Any, message: betterproto2.Message) -> None:
     unknown = message._unknown_fields
     if unknown:
         out.MergeFromString(unknown)
+
+
+def _seconds_and_nanos(instant: datetime) -> tuple[int, int]:
+    """A Timestamp's fields for ``instant``, as betterproto2's ``Timestamp.from_datetime``
+    makes them (whole microseconds from the epoch, floored; a naive instant is refused)."""
+    if instant.tzinfo is None:
+        raise ValueError("datetime must be timezone aware")
+    offset = instant - EPOCH
+    micros = (offset.days * 86_400 + offset.seconds) * 1_000_000 + offset.microseconds
+    seconds, micros = divmod(micros, 1_000_000)
+    return seconds, micros * 1000
 
 
 @cache

@@ -7,6 +7,7 @@ what a handler's reply is."""
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 import betterproto2
@@ -153,3 +154,16 @@ def test_fields_betterproto2_kept_as_unknown_are_written_back():
     encoded = upb_encode.encode(reply)
     assert encoded.endswith(unknown)
     assert _same(encoded, bytes(reply), type(reply))
+
+
+@given(instant=st.datetimes(timezones=st.just(UTC)))
+def test_a_timestamp_is_written_as_betterproto2_wraps_it(instant):
+    from foundry.proto.generated.google.protobuf import Timestamp
+
+    wrapped = Timestamp.from_datetime(instant)
+    assert upb_encode._seconds_and_nanos(instant) == (wrapped.seconds, wrapped.nanos)
+
+
+def test_a_naive_timestamp_is_refused_as_betterproto2_refuses_it():
+    with pytest.raises(ValueError, match="timezone aware"):
+        upb_encode._seconds_and_nanos(datetime(2026, 1, 1))  # noqa: DTZ001
