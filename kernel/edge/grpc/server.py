@@ -110,7 +110,6 @@ FAST_DECODERS: dict[type, Callable[[bytes], Any]] = {
 }
 FAST_ENCODERS: dict[type, Callable[[Any], bytes]] = {
     foundry_api.EmitResponse: fastproto.encode_emit_response,
-    foundry_api.StatusResponse: fastproto.encode_status_response,
 }
 
 
