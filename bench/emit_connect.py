@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from . import Figure, Options, Report, progress, python_env, scratch_dir, stop_process
+from .fleet_daemon import process_cpu
 
 NAME = "emit_connect"
 TITLE = "Emit over Connect JSON (HTTP/1.1 keep-alive) vs over gRPC, same daemon"
@@ -121,7 +121,7 @@ def _measure(
     protocol: str, address: str, duration: float, workdir: Path, pid: int
 ) -> tuple[float, float]:
     """(Emits per second, the daemon's CPU milliseconds per Emit, warm-up included)."""
-    cpu_before = _cpu_seconds(pid)
+    cpu_before = process_cpu(pid)
     done = subprocess.run(
         [sys.executable, "-m", "bench.emit_connect", "client", "--protocol", protocol,
          "--addr", address, "--duration", str(duration)],
@@ -129,16 +129,10 @@ def _measure(
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"the {protocol} client failed: {done.stderr[-2000:]}")
-    cpu_seconds = _cpu_seconds(pid) - cpu_before
+    cpu_seconds = process_cpu(pid) - cpu_before
     result = json.loads(done.stdout)
     rate = float(result["count"]) / float(result["seconds"])
     return rate, 1000 * cpu_seconds / max(1, int(result["total"]))
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the load generator (its own process) --------------------------------------------------------

@@ -78,6 +78,40 @@ def daemon(config: str, *, label: str = "foundry") -> Iterator[Daemon]:
 # --- client helpers (asyncio, grpclib) -----------------------------------------------------------
 
 
+def raw_codec() -> Any:
+    """A grpclib client codec that hands each reply over undecoded."""
+    from grpclib.encoding.proto import ProtoCodec
+
+    class RawReplies(ProtoCodec):
+        def decode(self, data: bytes, message_type: Any) -> Any:
+            return data
+
+    return RawReplies()
+
+
+async def timed_raw_calls(
+    address: str, path: str, request: Any, reply_class: type, calls: int, *, warm_up: int = 0
+) -> tuple[list[float], bytes]:
+    """``calls`` unary calls of ``request`` to ``path`` one after the other (after ``warm_up``
+    more), replies left undecoded: each call's milliseconds, and the last reply's bytes."""
+    from grpclib.client import Channel, UnaryUnaryMethod
+
+    host, _, port = address.rpartition(":")
+    channel = Channel(host, int(port), codec=raw_codec())
+    method: Any = UnaryUnaryMethod(channel, path, type(request), reply_class)
+    times, reply = [], b""
+    try:
+        for _ in range(warm_up):
+            await method(request, timeout=START_TIMEOUT)
+        for _ in range(calls):
+            started = time.perf_counter()
+            reply = await method(request, timeout=START_TIMEOUT)
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        channel.close()
+    return times, reply
+
+
 def run_spec(
     dag_json: str, *, breakpoints: Sequence[str] = (), seed: int = 7, inputs: Any = None
 ) -> Any:

@@ -27,11 +27,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from . import Figure, Options, Report, progress, python_env, stop_process
-from .fleet_daemon import percentile
+from .fleet_daemon import percentile, process_cpu
 
 NAME = "gate_check"
 TITLE = "Change gate: decide() in-process and CheckChangeGate over gRPC, 1,000 diffs, 100 metrics"
@@ -126,10 +125,10 @@ def _rpc(request: Any, options: Options) -> dict[str, list[float]]:
         for rep in range(options.repetitions):
             progress(options, f"repetition {rep + 1}: {calls} CheckChangeGate calls to each")
             floor = percentile(asyncio.run(_call(floor_address, data, calls)), 0.50)
-            cpu_before = _process_cpu(server.process.pid)
+            cpu_before = process_cpu(server.process.pid)
             times = asyncio.run(_call(server.address, data, calls))
             found["cpu"].append(
-                (_process_cpu(server.process.pid) - cpu_before) / (calls + WARM_UP) * 1000
+                (process_cpu(server.process.pid) - cpu_before) / (calls + WARM_UP) * 1000
             )
             found["p50"].append(percentile(times, 0.50))
             found["p99"].append(percentile(times, 0.99))
@@ -155,14 +154,6 @@ def _floor_server() -> Iterator[str]:
         stop_process(process)
         if process.stdout:
             process.stdout.close()
-
-
-def _process_cpu(pid: int) -> float:
-    """A process's CPU time so far (user + system), in seconds (Linux ``/proc``)."""
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _call(address: str, data: bytes, calls: int) -> list[float]:

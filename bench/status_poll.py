@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
-from typing import Any
 
 from . import REPO, Figure, Options, Report, progress, python_env
 
@@ -33,9 +31,10 @@ PATH = "/foundry.Foundry/Status"
 
 
 def run(options: Options) -> Report:
+    from foundry.proto import foundry_api as api
+
     from .emit_rpc import CONFIG, GREET, _wait_idle
-    from .fleet_daemon import daemon, percentile
-    from .gate_check import _process_cpu
+    from .fleet_daemon import daemon, percentile, process_cpu, timed_raw_calls
 
     report = Report(NAME, TITLE)
     calls = QUICK_CALLS if options.quick else CALLS
@@ -47,10 +46,17 @@ def run(options: Options) -> Report:
         _wait_idle(server.address)
         for rep in range(options.repetitions):
             progress(options, f"repetition {rep + 1}: {calls} Status calls")
-            before = _process_cpu(server.process.pid)
-            times, listed = asyncio.run(_calls(server.address, calls))
-            cpus.append((_process_cpu(server.process.pid) - before) / (calls + WARM_UP) * 1000)
+            before = process_cpu(server.process.pid)
+            times, reply = asyncio.run(
+                timed_raw_calls(
+                    server.address, PATH, api.StatusRequest(), api.StatusResponse, calls,
+                    warm_up=WARM_UP,
+                )
+            )  # fmt: skip
+            used = process_cpu(server.process.pid) - before
+            cpus.append(used / (calls + WARM_UP) * 1000)
             p50s.append(percentile(times, 0.50))
+            listed = len(api.StatusResponse.parse(reply).workflows)
     note = f"{listed} workflows listed (every one in flight, the newest 100 finished)"
     report.figures += [
         Figure("Status p50, no filter", "ms", p50s, note=note),
@@ -72,28 +78,3 @@ def _load(address: str, event: tuple[str, str], seconds: float) -> None:
         argv, capture_output=True, text=True, env=python_env(), cwd=REPO, check=True,
         timeout=seconds + 120,
     )  # fmt: skip
-
-
-async def _calls(address: str, calls: int) -> tuple[list[float], int]:
-    """Status ``calls`` times (after a warm-up): each call's milliseconds, and how many
-    workflows the last reply listed (the one reply decoded)."""
-    from foundry.proto import foundry_api as api
-    from grpclib.client import Channel, UnaryUnaryMethod
-
-    from .time_travel import _raw_codec
-
-    host, _, port = address.rpartition(":")
-    channel = Channel(host, int(port), codec=_raw_codec())  # replies as bytes
-    method: Any = UnaryUnaryMethod(channel, PATH, api.StatusRequest, api.StatusResponse)
-    request = api.StatusRequest()
-    times = []
-    try:
-        for _ in range(WARM_UP):
-            await method(request)
-        for _ in range(calls):
-            started = time.perf_counter()
-            reply = await method(request)
-            times.append((time.perf_counter() - started) * 1000)
-    finally:
-        channel.close()
-    return times, len(api.StatusResponse.parse(reply).workflows)

@@ -35,6 +35,7 @@ from .fleet_daemon import (
     payload_of,
     percentile,
     process_cpu,
+    raw_codec,
     run_spec,
 )
 
@@ -97,17 +98,6 @@ class Sample:
     daemon_cpu: float  # cores the daemon used meanwhile
 
 
-def _raw_codec() -> Any:
-    """A grpclib client codec that hands each reply over undecoded."""
-    from grpclib.encoding.proto import ProtoCodec
-
-    class RawReplies(ProtoCodec):
-        def decode(self, data: bytes, message_type: Any) -> Any:
-            return data
-
-    return RawReplies()
-
-
 @contextlib.asynccontextmanager
 async def _tap_streams(
     library: str, address: str, tappers: int
@@ -120,7 +110,7 @@ async def _tap_streams(
         from grpclib.client import Channel
 
         host, _, port = address.rpartition(":")
-        codec = _raw_codec()
+        codec = raw_codec()
         channels = [Channel(host, int(port), codec=codec) for _ in range(count)]
         stubs = [api.RuntimeServiceStub(c) for c in channels]
 

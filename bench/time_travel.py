@@ -27,7 +27,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import Figure, Options, Report, progress
-from .fleet_daemon import daemon, dag_json, payload_of, percentile, run_spec
+from .fleet_daemon import (
+    daemon,
+    dag_json,
+    payload_of,
+    percentile,
+    raw_codec,
+    run_spec,
+    timed_raw_calls,
+)
 
 NAME = "time_travel"
 TITLE = "Time travel: pause → patch → resume cycle, and a branch from step 500 of 1,000 (daemon)"
@@ -153,16 +161,6 @@ def _daemon_seconds(run: Any) -> float:
     return float((run.updated_at - run.created_at).total_seconds())
 
 
-def _raw_codec() -> Any:
-    from grpclib.encoding.proto import ProtoCodec
-
-    class RawReplies(ProtoCodec):
-        def decode(self, data: bytes, message_type: Any) -> Any:
-            return data
-
-    return RawReplies()
-
-
 async def _until_terminal(address: str, run_id: str) -> float:
     """Follow a run on TapRun until its terminal event; the perf_counter() of its arrival.
 
@@ -173,7 +171,7 @@ async def _until_terminal(address: str, run_id: str) -> float:
     from grpclib.client import Channel
 
     host, _, port = address.rpartition(":")
-    channel = Channel(host, int(port), codec=_raw_codec())
+    channel = Channel(host, int(port), codec=raw_codec())
     try:
         stub = api.RuntimeServiceStub(channel)
         stream = stub.tap_run(api.TapRunRequest(run_id=run_id), timeout=TIMEOUT)
@@ -231,21 +229,10 @@ async def _get_run_ms(address: str, run_id: str, calls: int = 5) -> float:
     """The median time of GetRun of a finished run, its reply undecoded (a client's parse of a
     thousand steps in pure Python would be the measurement otherwise)."""
     from foundry.proto import runtime_api as api
-    from grpclib.client import Channel, UnaryUnaryMethod
 
-    host, _, port = address.rpartition(":")
-    channel = Channel(host, int(port), codec=_raw_codec())
     path = "/fleetforge.runtime.v1.RuntimeService/GetRun"
-    method: Any = UnaryUnaryMethod(channel, path, api.GetRunRequest, api.GetRunResponse)
     request = api.GetRunRequest(run_id=run_id)
-    times = []
-    try:
-        for _ in range(calls):
-            started = time.perf_counter()
-            await method(request, timeout=TIMEOUT)
-            times.append((time.perf_counter() - started) * 1000)
-    finally:
-        channel.close()
+    times, _ = await timed_raw_calls(address, path, request, api.GetRunResponse, calls)
     return statistics.median(times)
 
 
