@@ -1,5 +1,6 @@
 """execute(): one block once, with timeout and retries; pure trio, so the autojump clock is safe."""
 
+import os
 import threading
 from pathlib import Path
 
@@ -169,17 +170,24 @@ async def test_write_artifact_writes_off_the_trio_thread_and_lists_only_what_it_
     ctx = BlockContext(payload={}, artifact_dir=folder)
     trio_thread = threading.get_ident()
     writers: list[int] = []
-    real = Path.write_bytes
+    real_open, real_write_bytes = os.open, Path.write_bytes
 
-    def spy(path: Path, data: bytes) -> int:
+    def open_spy(path, flags, *args, **kwargs):  # a plain name's write
+        if str(path).startswith(str(folder)):
+            writers.append(threading.get_ident())
+        return real_open(path, flags, *args, **kwargs)
+
+    def write_bytes_spy(path: Path, data: bytes) -> int:  # any other name's
         writers.append(threading.get_ident())
-        return real(path, data)
+        return real_write_bytes(path, data)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Path, "write_bytes", spy)
+        patch.setattr(os, "open", open_spy)
+        patch.setattr(Path, "write_bytes", write_bytes_spy)
         text = await ctx.write_artifact("greeting.txt", "Hello, Zoë!\n")
         raw = await ctx.write_artifact("sub/../raw.bin", b"\x00\xff")
     assert len(writers) == 2
+    assert text == folder / "greeting.txt"
     assert trio_thread not in writers
     assert text.read_text(encoding="utf-8") == "Hello, Zoë!\n"
     assert raw.read_bytes() == b"\x00\xff"
@@ -197,6 +205,42 @@ async def test_write_artifact_refuses_a_name_that_leaves_the_folder(tmp_path):
         await ctx.write_artifact("../escape.txt", "x")
     assert not (tmp_path / "escape.txt").exists()
     assert ctx.listed_artifacts() == []
+
+
+async def test_write_artifact_refuses_a_link_out_of_the_folder_and_follows_one_within(tmp_path):
+    """A plain name that is a symbolic link already (a command may have left one) is resolved:
+    a link out of the folder is refused, nothing written outside; one within is written
+    through, and listed by the name a scan of the folder gives."""
+    folder = tmp_path / "art"
+    folder.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("untouched")
+    (folder / "out.txt").symlink_to(outside)
+    (folder / "inside.txt").write_text("old")
+    (folder / "in.txt").symlink_to(folder / "inside.txt")
+    ctx = BlockContext(payload={}, artifact_dir=folder)
+
+    with pytest.raises(ValueError, match="leaves the artifact folder"):
+        await ctx.write_artifact("out.txt", "x")
+    written = await ctx.write_artifact("in.txt", "new")
+
+    assert outside.read_text() == "untouched"
+    assert written == folder / "inside.txt"
+    assert (folder / "inside.txt").read_text() == "new"
+    assert ctx.listed_artifacts() == [str(folder / "inside.txt")]
+
+
+async def test_write_artifact_replaces_a_file_and_refuses_a_folder_by_that_name(tmp_path):
+    folder = tmp_path / "a" / "b" / "c"  # made, parents too, on the first write
+    ctx = BlockContext(payload={}, artifact_dir=folder)
+    await ctx.write_artifact("note.txt", "a much longer first text")
+    await ctx.write_artifact("note.txt", b"short")
+    (folder / "dir").mkdir()
+
+    with pytest.raises(IsADirectoryError):
+        await ctx.write_artifact("dir", "x")
+    assert (folder / "note.txt").read_bytes() == b"short"
+    assert ctx.listed_artifacts() == [str(folder / "note.txt")]
 
 
 async def test_the_artifact_folder_is_scanned_off_the_trio_thread(tmp_path):
