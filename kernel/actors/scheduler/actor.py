@@ -520,8 +520,11 @@ class Scheduler:
             now = self._clock.now()
             self._spans.offer(_attempt_ended(run, ctx, spec.type, lease_event, now, output, error))
         if not error:
-            with trio.CancelScope(shield=True):  # what the step did is recorded, as ever
-                artifacts = await ctx.collect_artifacts()
+            if ctx.artifacts_touched:  # a scan, on a worker thread
+                with trio.CancelScope(shield=True):  # what the step did is recorded, as ever
+                    artifacts = await ctx.collect_artifacts()
+            else:  # the names write_artifact kept: no await, so no shielded scope (~15 µs)
+                artifacts = ctx.listed_artifacts()
             completed = run.make_event(
                 "step_completed", self._clock.now(), spec.id,
                 attempt=attempt, output=output, duration_ms=_ms_since(started), span_id=span,
