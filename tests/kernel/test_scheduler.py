@@ -34,7 +34,7 @@ from foundry.kernel.actors.store.messages import (
     StoreMessage,
 )
 from foundry.kernel.actors.tap.messages import TapMessage
-from foundry.kernel.blocks.api import Block, BlockContext, BlockKind
+from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, block
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.dag import parse_dag
@@ -546,6 +546,39 @@ async def test_a_steps_completion_reaches_the_store_with_the_next_steps_lease(
         assert batch[1].ack is not None
     events = store.events(run_id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_a_chain_of_plain_functions_lets_the_rest_of_the_daemon_run_between_steps(tmp_path):
+    """A chain's driver runs each step itself, and a plain function's step never yields: the
+    driver does, between steps, so the rest of the daemon (an RPC, another run) gets turns all
+    along the chain."""
+    turns = 0
+    seen: list[int] = []
+
+    @block("plain", kind=BlockKind.OBSERVER, timeout=None)
+    def plain(ctx: BlockContext) -> dict[str, Any]:
+        seen.append(turns)
+        return {"n": ctx.inputs["n"]}
+
+    async def bystander() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    async with (
+        running_scheduler(tmp_path, [plain], store_mailbox=1_024) as h,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(bystander)
+        run_id = await h.submit(chain_of("plain", 40))
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+        nursery.cancel_scope.cancel()
+    assert done.kind == "run_succeeded"
+    assert len(seen) == 40
+    # trio runs a batch of ready tasks in either order: a step may come before the bystander's
+    # turn in the same batch, never two steps in a row without one
+    assert all(seen[i + 2] > seen[i] for i in range(len(seen) - 2))
 
 
 def _leases(append: Append, step_id: str) -> bool:
