@@ -247,8 +247,8 @@ def _write_plain_file(folder: str, name: str, content: bytes) -> str | None:
     name is a symbolic link already (or the system cannot refuse one): the caller resolves it.
 
     A plain name cannot leave the folder unless it is a link, and ``O_NOFOLLOW`` refuses a link,
-    so no ``realpath`` is needed: a third of the CPU of a greeting's delivery (two ``realpath``
-    walk every folder up to ``/``)."""
+    so no ``realpath`` is needed (two of them walked every folder up to ``/``: ~280 against
+    ~120 µs of CPU an artifact, measured here)."""
     if not _NO_FOLLOW:
         return None
     os.makedirs(folder, exist_ok=True)
