@@ -259,12 +259,8 @@ def _write_plain_file(folder: str, name: str, content: bytes) -> str | None:
         if exc.errno == errno.ELOOP:
             return None
         raise
-    try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
+    with open(fd, "wb") as file:  # closes fd, whatever happens
+        file.write(content)
     return path
 
 
