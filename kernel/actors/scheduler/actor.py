@@ -282,10 +282,11 @@ class Scheduler:
                         # not as a task (a spawn, a first step and a hand-back cost the trio
                         # thread ~50 µs a step), then straight to the next lease, which takes
                         # this step's completion along.
-                        await self._run_step(run, alone[0], done_send, alone[1])
-                        finished = done_receive.receive_nowait()
-                        busy.discard(finished)
-                        candidates.update(run.dag.dependents.get(finished, ()))
+                        step, first = alone
+                        await self._run_step(run, step, done_send, first)
+                        done_receive.receive_nowait()  # its own id, sent as it ended
+                        busy.discard(step.spec.id)
+                        candidates.update(run.dag.dependents.get(step.spec.id, ()))
                         # A step of a synchronous block may never have yielded: the rest of the
                         # daemon gets its turn between steps, as when a task ran each.
                         await trio.lowlevel.checkpoint()
