@@ -1,4 +1,4 @@
-"""Time travel against the real daemon: the pause → patch → resume cycle, and branching.
+r"""Time travel against the real daemon: the pause → patch → resume cycle, and branching.
 
 The daemon is ``foundry serve`` on 127.0.0.1:0 with FOUNDRY_HOME in a temporary directory and
 the built-in blocks; every step is a ``transform`` (a pure observer that returns its ``value``).
@@ -8,7 +8,11 @@ The client is this process (grpclib, asyncio).
 it delivers ``run_paused`` at a step, the client sends PatchStep (``inputs_patch`` replacing the
 step's value, and a note) and then ResumeRun, and waits for that step's ``step_completed`` on the
 stream, whose output must be the patched value. The cycle is measured from sending PatchStep to
-receiving step_completed; the two RPCs' latencies are reported on their own.
+receiving step_completed; the two RPCs' latencies are reported on their own. Each repetition runs
+the cycle four ways, interleaved: this client and one on grpcio's C core
+(``time_travel_floor.pause_patch_resume_grpcio``), each against the daemon and against the
+floor — plain grpclib doing only the wire and three ``fdatasync`` calls a cycle
+(``bench/time_travel_floor.py``). The cycle's ratio to the floor is the daemon's own share.
 
 (b) A 1,000-step chain (each step references the previous one's output) runs to success; then
 CreateBranchRun from its step 500. The RPC answers once the branch is durable with its 500 reused
@@ -36,6 +40,7 @@ from .fleet_daemon import (
     run_spec,
     timed_raw_calls,
 )
+from .time_travel_floor import floor_server, pause_patch_resume_grpcio
 
 NAME = "time_travel"
 TITLE = "Time travel: pause → patch → resume cycle, and a branch from step 500 of 1,000 (daemon)"
@@ -43,6 +48,8 @@ TITLE = "Time travel: pause → patch → resume cycle, and a branch from step 5
 PAUSE_STEPS = 30
 CYCLE_TARGET_MS = 5.0  # pause → patch → resume → finish, over gRPC (issue 17)
 QUICK_PAUSE_STEPS = 10
+# Each repetition runs the cycle four ways, interleaved: client library / server.
+CYCLE_SERIES = ("grpclib/foundry", "grpclib/floor", "grpcio/foundry", "grpcio/floor")
 BRANCH_STEPS = 1_000
 QUICK_BRANCH_STEPS = 200
 TIMEOUT = 60.0
@@ -243,23 +250,39 @@ def run(options: Options) -> Report:
     report = Report(NAME, TITLE)
     pause_steps = QUICK_PAUSE_STEPS if options.quick else PAUSE_STEPS
     branch_steps = QUICK_BRANCH_STEPS if options.quick else BRANCH_STEPS
-    cycles: list[CycleSample] = []
+    cycles: dict[str, list[CycleSample]] = {key: [] for key in CYCLE_SERIES}
     branches: list[BranchSample] = []
-    with daemon(CONFIG) as server:
-        asyncio.run(_pause_patch_resume(server.address, 3))  # warm-up
+    with daemon(CONFIG) as server, floor_server() as floor:
+
+        def cycle(key: str, steps: int) -> CycleSample:
+            client, target = key.split("/")
+            address = server.address if target == "foundry" else floor
+            if client == "grpcio":
+                return asyncio.run(
+                    pause_patch_resume_grpcio(address, steps, chain(steps, digits=2))
+                )
+            return asyncio.run(_pause_patch_resume(address, steps))
+
+        for key in CYCLE_SERIES:  # warm-up
+            cycle(key, 3)
         asyncio.run(_branch(server.address, 20))
         for rep in range(options.repetitions):
-            cycle = asyncio.run(_pause_patch_resume(server.address, pause_steps))
-            cycles.append(cycle)
+            for key in CYCLE_SERIES:  # interleaved: the host's speed that minute falls on all four
+                cycles[key].append(cycle(key, pause_steps))
             branch = asyncio.run(_branch(server.address, branch_steps))
             branches.append(branch)
+            ours, plain = cycles["grpclib/foundry"][-1], cycles["grpclib/floor"][-1]
             progress(
                 options,
                 f"{NAME} rep {rep + 1}/{options.repetitions}: cycle p50 "
-                f"{percentile(cycle.cycles_ms, 0.5):.1f} ms, p90 "
-                f"{percentile(cycle.cycles_ms, 0.9):.1f} ms (patch "
-                f"{percentile(cycle.patch_ms, 0.5):.1f} ms, resume "
-                f"{percentile(cycle.resume_ms, 0.5):.1f} ms); {branch_steps}-step source "
+                f"{percentile(ours.cycles_ms, 0.5):.1f} ms, p90 "
+                f"{percentile(ours.cycles_ms, 0.9):.1f} ms (patch "
+                f"{percentile(ours.patch_ms, 0.5):.1f} ms, resume "
+                f"{percentile(ours.resume_ms, 0.5):.1f} ms; floor "
+                f"{percentile(plain.cycles_ms, 0.5):.1f} ms; grpcio client "
+                f"{percentile(cycles['grpcio/foundry'][-1].cycles_ms, 0.5):.1f} ms, floor "
+                f"{percentile(cycles['grpcio/floor'][-1].cycles_ms, 0.5):.1f} ms); "
+                f"{branch_steps}-step source "
                 f"{branch.source_s:.2f} s (daemon {branch.source_daemon_s:.2f} s), "
                 f"CreateBranchRun {branch.rpc_ms:.1f} ms, branch done after "
                 f"{branch.branch_s:.2f} s (daemon {branch.branch_daemon_s:.2f} s)",
@@ -268,8 +291,8 @@ def run(options: Options) -> Report:
     def median_ms(field: str) -> float:
         return statistics.median(getattr(b, field) for b in branches) * 1000
 
-    def per_rep(field: str, fraction: float) -> list[float]:
-        return [percentile(getattr(c, field), fraction) for c in cycles]
+    def per_rep(field: str, fraction: float, key: str = "grpclib/foundry") -> list[float]:
+        return [percentile(getattr(c, field), fraction) for c in cycles[key]]
 
     cycle_p50 = Figure(
         "pause→patch→resume cycle p50",
@@ -284,6 +307,20 @@ def run(options: Options) -> Report:
         Figure("pause→patch→resume cycle p90", "ms", per_rep("cycles_ms", 0.9)),
         Figure("PatchStep RPC p50", "ms", per_rep("patch_ms", 0.5), note="durable step_patched"),
         Figure("ResumeRun RPC p50", "ms", per_rep("resume_ms", 0.5), note="durable run_resumed"),
+        Figure(
+            "floor: cycle p50",
+            "ms",
+            per_rep("cycles_ms", 0.5, "grpclib/floor"),
+            note="the same client against plain grpclib doing only the wire and 3 fdatasyncs "
+            "(bench/time_travel_floor.py), interleaved with the daemon's",
+        ),
+        Figure(
+            "cycle p50, grpcio client",
+            "ms",
+            per_rep("cycles_ms", 0.5, "grpcio/foundry"),
+            note="the same cycle from grpcio's C core (upb messages): less client CPU in it",
+        ),
+        Figure("floor: cycle p50, grpcio client", "ms", per_rep("cycles_ms", 0.5, "grpcio/floor")),
         Figure(
             f"CreateBranchRun RPC ({reused} reused)",
             "ms",
@@ -322,6 +359,12 @@ def run(options: Options) -> Report:
             "created_at → updated_at",
         ),
     ]
+    report.ratio("cycle / floor", "pause→patch→resume cycle p50", "floor: cycle p50")
+    report.ratio(
+        "cycle / floor, grpcio client",
+        "cycle p50, grpcio client",
+        "floor: cycle p50, grpcio client",
+    )
     report.notes.append(
         f"target: a cycle <= {CYCLE_TARGET_MS:g} ms over gRPC (issue 17); every step is a "
         "built-in transform; each "
