@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import shutil
 import threading
 import time
@@ -641,32 +642,32 @@ async def test_a_store_stopping_while_the_database_fails_leaves_its_writes_to_th
         assert (await ask(store, CountRows)).events == 1
 
 
-def journal_threads(monkeypatch):
-    """The names of the threads each journal append ran on, in order."""
-    from foundry.kernel.actors.store.journal import Journal
-
+def sync_threads(monkeypatch):
+    """The names of the threads each ``fdatasync`` of this process ran on, in order."""
     names = []
-    append = Journal.append
+    fdatasync = os.fdatasync
 
-    def recorded(self, payload):
+    def recorded(fd):
         names.append(threading.current_thread().name)
-        return append(self, payload)
+        return fdatasync(fd)
 
-    monkeypatch.setattr(Journal, "append", recorded)
+    monkeypatch.setattr(os, "fdatasync", recorded)
     return names
 
 
 async def test_the_journal_appends_and_syncs_off_the_trio_thread(tmp_path, monkeypatch):
     """The fdatasync is the one blocking call of a commit: it never runs on the daemon's loop,
-    however idle the loop is or however small the group."""
-    threads = journal_threads(monkeypatch)
+    however idle the loop is or however small the group — on the journal thread, or in the
+    writer process (``journal_writer.py``), whose syncs this process never makes."""
+    threads = sync_threads(monkeypatch)
     tap_send, _tap_receive = trio.open_memory_channel(100)
     store_send, store_receive = trio.open_memory_channel(100)
     with trio.fail_after(GUARD_SECONDS):
         async with trio.open_nursery() as nursery:
             await nursery.start(Store(tmp_path, store_receive, tap_send).run)
-            await post_now(store_send, [make_event(1)]).wait()
-            await post_now(store_send, [make_event(n) for n in range(2, 60)]).wait()
+            await post_now(store_send, [make_event(1)]).wait()  # a new segment
+            await post_now(store_send, [make_event(2)]).wait()  # the writer process
+            await post_now(store_send, [make_event(n) for n in range(3, 60)]).wait()
             store_send.close()
     assert committed_events(tmp_path) == 59
     assert len(threads) >= 2

@@ -2,7 +2,8 @@
 
 Writes are durable once they are in the journal (``journal.py``): the store group-commits —
 it takes every Append waiting in its mailbox, turns their records into table rows, appends them
-as one checksummed journal record and ``fdatasync``s it on its journal thread — and only then
+as one checksummed journal record and ``fdatasync``s it on its journal thread, or (a small group
+someone waits for) in its writer process (``journal_writer.py``) — and only then
 answers their acks and hands their ``publish`` items to the tap broker, so nobody hears of a
 write before it is durable. The trace files of the chains that finished go to the trace
 archivist (``archivist.py``).
@@ -27,6 +28,7 @@ import ctypes.util
 import itertools
 import logging
 import math
+import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -44,7 +46,8 @@ from foundry.analytics.schema import ddl
 from foundry.kernel.actors.mailbox import Reply, refuse, reply_pair
 from foundry.kernel.actors.store import retention
 from foundry.kernel.actors.store.archivist import Archivist, FileWriter, frame
-from foundry.kernel.actors.store.journal import SEGMENT_BYTES, Journal, encode
+from foundry.kernel.actors.store.journal import SEGMENT_BYTES, Journal, PreparedAppend, encode
+from foundry.kernel.actors.store.journal_writer import WriterGone, WriterProcess, hold_writer_lock
 from foundry.kernel.actors.store.messages import (
     Append,
     Barrier,
@@ -80,6 +83,11 @@ log = logging.getLogger("foundry.store")
 # can also be long (the engine running many chains inline): the wait ends after LINGER_SECONDS.
 LINGER_CHECKPOINTS = 8
 LINGER_SECONDS = 0.001
+# A group someone waits for, of at most this many records, is encoded on the trio thread and
+# appended by the writer process (``journal_writer.py``); a larger one on the journal thread
+# (encoding it here would hold the trio thread: at 64, the engine benchmark's CPU per chain grew
+# ~10%; a PatchStep, or a mutator's lease with the completion before it, is 1-3 records).
+WRITER_PROCESS_RECORDS = 8
 
 # A journaled write waits at most this long for DuckDB when no query asks for it (the analytics
 # lag of an idle reader); batches this many rows or more go at once.
@@ -125,6 +133,17 @@ class Prune:
 
 
 Write = Append | Barrier | Prune
+
+
+@dataclass(frozen=True, slots=True)
+class _Handed:
+    """A group the trio thread encoded and handed the writer process (``prepared`` None: it
+    had no rows to journal)."""
+
+    prepared: PreparedAppend | None
+    tables: list[TableRows]
+    traces: bytes
+    payload: bytes
 
 
 def trace_path(home: Path, chain: FinishedChain) -> str:
@@ -195,6 +214,9 @@ class Store:
         self._retention = trio.Lock()  # one pass at a time
         self._journal = Journal(home / "journal", segment_bytes=segment_bytes)
         self._writer = JobThread("foundry-journal")
+        self._writer_lock = -1  # journal/writer.lock, held while this store (or its child) lives
+        self._writer_process: WriterProcess | None = None  # None: the thread appends all
+        self._handed: _Handed | None = None  # the group the trio thread handed the writer process
         self._materialize_delay = materialize_delay
         self._backlog: list[tuple[int, list[TableRows]]] = []  # journaled, not yet in DuckDB
         self._backlog_rows = 0
@@ -212,6 +234,7 @@ class Store:
     ) -> None:
         recovered = await trio.to_thread.run_sync(self._open)
         self._writer.start()
+        self._writer_process = await self._start_writer_process()
         for thread in self._user_threads:
             thread.start()
         try:
@@ -223,6 +246,8 @@ class Store:
                     await self._serve()
                 finally:
                     self._archivist.close()  # it writes what it was given, then stops
+                    if self._writer_process is not None:
+                        await self._writer_process.close()
                     if self._release is not None:
                         self._release.cancel()
                     if self._reconnecting is not None:
@@ -339,11 +364,78 @@ class Store:
         del self._pending[: len(batch)]
         self._room.set()
         appends = [m for m in batch if isinstance(m, Append)]
-        if appends:
+        if appends and not self._hand_to_writer_process(appends):
             self._writer.submit(self._journal_job(appends))  # its end wakes the idle loop
         else:
             self._wake_committer()
         self._inflight, self._idle = batch, False
+
+    async def _start_writer_process(self) -> WriterProcess | None:
+        try:
+            return await WriterProcess.start(self._writer_lock)
+        except OSError:
+            log.exception("no writer process: the journal thread appends every write")
+            return None
+
+    def _hand_to_writer_process(self, appends: list[Append]) -> bool:
+        """Encode a small group someone waits for here and hand its record to the writer
+        process (no wait); False: the journal thread appends it — a group nobody waits for
+        (the engine's: its encoding stays off the trio thread, and the thread's handoffs cost
+        no one a wait), a large group, a new segment or zeros to write first, no writer
+        process, a test holding commits."""
+        if self._writer_process is None or self._hold_for_test is not None:
+            return False
+        if not any(map(_awaited, appends)):
+            return False
+        records = [r for a in appends for r in a.records]
+        if len(records) > WRITER_PROCESS_RECORDS:
+            return False
+        try:
+            tables = table_rows(records, check=False)
+            traces = self._traces(records)
+            payload = encode(tables) if tables else b""
+            check_encoded(tables, payload)  # refuses what DuckDB would, before anything is told
+        except Exception as exc:  # the journal thread raises it again, for _commit to handle
+            log.debug("an append the journal thread will refuse: %s", exc)
+            return False
+        prepared = self._journal.prepare(payload) if tables else None
+        if tables and prepared is None:
+            return False
+        try:
+            if prepared is not None and not self._writer_process.send(prepared):
+                return False
+        except WriterGone as exc:
+            self._lose_writer_process(exc)
+            return False
+        self._handed = _Handed(prepared, tables, traces, payload)
+        return True
+
+    async def _journal_result(self) -> tuple[int, list[TableRows], bytes]:
+        """The outcome of the group in flight: from the writer process, or the journal
+        thread's job."""
+        handed, self._handed = self._handed, None
+        if handed is None:
+            result: tuple[int, list[TableRows], bytes] = await self._writer.result()
+            return result
+        if handed.prepared is None:  # no rows: nothing to journal
+            return self._journal.last_seq, handed.tables, handed.traces
+        assert self._writer_process is not None
+        try:
+            await self._writer_process.acknowledged()
+        except WriterGone as exc:
+            # The record may be on disk or not: the thread writes it again, the same bytes at
+            # the same offset (nothing moved on since).
+            self._lose_writer_process(exc)
+            payload = handed.payload
+            seq = await self._writer.run(lambda: self._journal.append(payload))
+            return seq, handed.tables, handed.traces
+        return self._journal.appended(handed.prepared), handed.tables, handed.traces
+
+    def _lose_writer_process(self, why: Exception) -> None:
+        log.warning("%s: the journal thread appends every write from now on", why)
+        process, self._writer_process = self._writer_process, None
+        if process is not None and self._background is not None:
+            self._background.start_soon(process.close)
 
     def _journal_job(self, appends: list[Append]) -> Callable[[], Any]:
         groups = [a.records for a in appends]
@@ -379,7 +471,7 @@ class Store:
         try:
             if not submitted:
                 self._writer.submit(self._journal_job(appends))
-            seq, tables, traces = await self._writer.result()
+            seq, tables, traces = await self._journal_result()
         except Exception as exc:
             if len(appends) > 1:
                 # One bad append must not fail the others grouped with it: commit each alone.
@@ -688,9 +780,20 @@ class Store:
         refresh_archive_views(self._con, self.home)
         retention.settle_staged(self._con, self.home)  # a pass a stopped daemon left half-done
         sandbox.lock_instance(self._con, self.home)  # the SQL sandbox; no SET works after this
-        self._replay_journal()
-        self._open_cursors()
-        return recover_unfinished(self._con, self._write_recovered)
+        # Before reading the journal: the writer process of a daemon that died has ended.
+        self._writer_lock = hold_writer_lock(self._journal.directory)
+        try:
+            self._replay_journal()
+            self._open_cursors()
+            return recover_unfinished(self._con, self._write_recovered)
+        except BaseException:
+            self._unlock_writer()  # a store that did not start holds nothing
+            raise
+
+    def _unlock_writer(self) -> None:
+        if self._writer_lock >= 0:
+            os.close(self._writer_lock)  # unlocks it (the writer process has ended)
+            self._writer_lock = -1
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(str(self.path))
@@ -769,6 +872,7 @@ class Store:
         except OSError:  # the segments stay: the next start deletes what DuckDB has
             log.exception("could not delete the journal's applied segments")
         self._journal.close()
+        self._unlock_writer()
         for cursor in [*self._cursors, *self._user_cursors]:
             cursor.close()
         self._cursors.clear()

@@ -35,7 +35,9 @@ acknowledged data, and the journal refuses to open with one line
 naming the file and byte (:class:`JournalCorrupt`) instead of skipping it.
 
 The store appends on a thread of its own (``writer.JobThread``), which hands each outcome back
-through an eventfd the committing trio task waits on.
+through an eventfd the committing trio task waits on — or, for a small write someone waits for,
+has its writer process (``journal_writer.py``) write and sync the record that
+:meth:`~Journal.prepare` placed, then records it with :meth:`~Journal.appended`.
 """
 
 from __future__ import annotations
@@ -81,6 +83,19 @@ class JournalCorrupt(ConfigError):
 class Recovered:
     seq: int
     tables: tuple[Rows, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAppend:
+    """The next record, to be written by someone else (``journal_writer.py``): its bytes go to
+    ``offset`` of the segment open as ``fd`` (``segment``: which one, counting from 1)."""
+
+    seq: int
+    offset: int
+    header: bytes
+    payload: bytes
+    fd: int
+    segment: int
 
 
 def encode(tables: Sequence[Rows]) -> bytes:
@@ -141,6 +156,7 @@ class Journal:
         self._size = 0  # bytes of the current segment's header and records
         self._allocated = 0  # bytes of its file: the records, then zeros
         self.last_seq = 0  # of the last durable record
+        self._generation = 0  # counts the segments opened for appending
         self._lock = threading.Lock()
 
     # --- recovery ---------------------------------------------------------------------------
@@ -250,6 +266,7 @@ class Journal:
     def _reopen(self, path: Path, end: int) -> None:
         """Append to ``path`` from byte ``end`` (its records' end; zeros, if any, follow)."""
         self._fd = os.open(path, os.O_WRONLY)
+        self._generation += 1
         self._size = end
         self._allocated = max(end, os.fstat(self._fd).st_size)
 
@@ -279,6 +296,35 @@ class Journal:
         self._size += length
         self.last_seq = seq
         return seq
+
+    def prepare(self, payload: bytes) -> PreparedAppend | None:
+        """The next append, for another writer: None unless it fits the space written ahead
+        in the current segment (no new segment, no zeros to write first) and no release is
+        under way — then :meth:`append` it. Nothing changes until :meth:`appended`."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            length = RECORD_HEADER.size + len(payload)
+            if self._fd < 0 or self._size >= self._segment_bytes:
+                return None
+            if self._size + length > self._allocated:
+                return None
+            seq = self.last_seq + 1
+            header = RECORD_HEADER.pack(len(payload), _checksum(seq, payload), seq)
+            return PreparedAppend(seq, self._size, header, payload, self._fd, self._generation)
+        finally:
+            self._lock.release()
+
+    def appended(self, prepared: PreparedAppend) -> int:
+        """``prepared`` is written and synced: it is the last record now; returns its seq.
+        Without the lock (a release may hold it for a while, and this runs on the trio
+        thread): only the one append in flight changes where appends go, and a release that
+        reads the last seq a moment early keeps a segment a while longer."""
+        if prepared.seq != self.last_seq + 1 or prepared.offset != self._size:
+            raise RuntimeError(f"journal: record {prepared.seq} is not the next one")
+        self._size += len(prepared.header) + len(prepared.payload)
+        self.last_seq = prepared.seq
+        return prepared.seq
 
     def _preallocate(self, needed: int) -> None:
         """Write zeros up to ``needed`` bytes and a step beyond, durably (the file's new size
@@ -313,6 +359,7 @@ class Journal:
         os.fsync(fd)
         _fsync_directory(self.directory)  # the new file's name is durable too
         self._fd, self._size, self._allocated = fd, SEGMENT_HEADER.size, allocated
+        self._generation += 1
         self._segments.append(first_seq)
 
     def release(self, applied: int, *, keep_current: bool = True) -> int:
