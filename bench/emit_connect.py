@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from . import Figure, Options, Report, progress, python_env, scratch_dir, stop_process
-from .fleet_daemon import process_cpu
+from .fleet_daemon import first_line, process_cpu
 
 NAME = "emit_connect"
 TITLE = "Emit over Connect JSON (HTTP/1.1 keep-alive) vs over gRPC, same daemon"
@@ -101,11 +101,7 @@ def _daemon(workdir: Path) -> Iterator[tuple[int, str, str]]:
         env=python_env(FOUNDRY_HOME=str(workdir / "home")), start_new_session=True,
     )  # fmt: skip
     try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        line = ""
-        while time.monotonic() < deadline and process.poll() is None and not line:
-            line = process.stdout.readline().strip()
+        line = first_line(process, START_TIMEOUT)
         grpc_address, _, http_address = line.partition(" ")
         if not http_address:
             raise RuntimeError(f"the daemon did not start: {(workdir / 'foundry.log').read_text()}")

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import REPO, Figure, Options, Report, progress, python_env, scratch_dir, stop_process
+from .fleet_daemon import first_line, serve_until_stopped
 
 NAME = "emit_rpc"
 TITLE = "Emit RPC throughput: foundry daemon vs plain grpclib (pipelined client)"
@@ -82,18 +83,7 @@ async def _plain_server() -> None:
             event_id = f"evt_{self.count:024x}"
             return api.EmitResponse(event_id=event_id, workflow_id="")
 
-    server = Server([PlainFoundry()])
-    await server.start("127.0.0.1", 0)
-    assert server._server is not None
-    host, port = server._server.sockets[0].getsockname()[:2]
-    print(f"{host}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
-    await server.wait_closed()
+    await serve_until_stopped(Server([PlainFoundry()]))
 
 
 # --- the load generator (a subprocess) ----------------------------------------------------------
@@ -222,13 +212,7 @@ def _start(label: str, argv: Sequence[str], env: dict[str, str], workdir: Path) 
         list(argv), stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=workdir,
         start_new_session=True,  # a Ctrl-C at the terminal reaches only the orchestrator
     )  # fmt: skip
-    assert process.stdout is not None
-    deadline = time.monotonic() + START_TIMEOUT
-    line = ""
-    while time.monotonic() < deadline and process.poll() is None:
-        line = process.stdout.readline().strip()
-        if line:
-            break
+    line = first_line(process, START_TIMEOUT)
     server = Server(label, process, line.split(" ")[0], log, log_path)  # gRPC, then HTTP
     if not line or ":" not in line:
         stop_process(process, grace=5)

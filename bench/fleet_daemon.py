@@ -1,11 +1,13 @@
 """Shared by the FleetForge benchmarks on a real daemon (``tap_latency``, ``time_travel``).
 
 Not a benchmark itself (it is not in ``BENCHMARKS``): a daemon in a temporary FOUNDRY_HOME on
-127.0.0.1:0, a few asyncio client helpers, percentiles, and a verdict line for ceilings.
+127.0.0.1:0, the plain grpclib peer servers some benchmarks measure beside it (started, served,
+stopped), a few asyncio client helpers, percentiles, and a verdict line for ceilings.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -58,11 +60,7 @@ def daemon(config: str, *, label: str = "foundry") -> Iterator[Daemon]:
         )  # fmt: skip
         server = Daemon(process, "", home, log, log_path)
         try:
-            assert process.stdout is not None
-            deadline = time.monotonic() + START_TIMEOUT
-            line = ""
-            while time.monotonic() < deadline and process.poll() is None and not line:
-                line = process.stdout.readline().strip()
+            line = first_line(process)
             if not line or ":" not in line:
                 raise RuntimeError(f"{label} did not start:\n{server.tail()}")
             server.address = line.split(" ")[0]  # the gRPC address (the HTTP one follows)
@@ -73,6 +71,52 @@ def daemon(config: str, *, label: str = "foundry") -> Iterator[Daemon]:
                 process.stdout.close()
             if code not in (0, -signal.SIGTERM):
                 print(f"warning: {label} exited with {code}:\n{server.tail()}", file=sys.stderr)
+
+
+def first_line(process: subprocess.Popen[str], timeout: float = START_TIMEOUT) -> str:
+    """The first line a starting server prints on stdout (its address), stripped; "" if it
+    exits, or ``timeout`` seconds pass, first."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    line = ""
+    while time.monotonic() < deadline and process.poll() is None and not line:
+        line = process.stdout.readline().strip()
+    return line
+
+
+@contextlib.contextmanager
+def plain_server(module: str, *args: str) -> Iterator[str]:
+    """``python -m MODULE ARGS``, a benchmark's plain peer server that prints its address
+    (:func:`serve_until_stopped`), stopped at the end; its address."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *args], stdout=subprocess.PIPE, text=True,
+        env=python_env(), start_new_session=True,  # a terminal's Ctrl-C: the orchestrator's
+    )  # fmt: skip
+    try:
+        address = first_line(process)
+        if ":" not in address:
+            raise RuntimeError(f"{module} did not start (exit status {process.poll()})")
+        yield address
+    finally:
+        stop_process(process)
+        if process.stdout:
+            process.stdout.close()
+
+
+async def serve_until_stopped(server: Any) -> None:
+    """Start a grpclib ``server`` on 127.0.0.1:0 in this asyncio loop, print its address, and
+    serve until SIGINT or SIGTERM."""
+    await server.start("127.0.0.1", 0)
+    assert server._server is not None
+    host, port = server._server.sockets[0].getsockname()[:2]
+    print(f"{host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
 
 
 # --- client helpers (asyncio, grpclib) -----------------------------------------------------------

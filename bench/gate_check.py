@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import random
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
-from . import Figure, Options, Report, progress, python_env, stop_process
-from .fleet_daemon import percentile, process_cpu
+from . import Figure, Options, Report, progress
+from .fleet_daemon import percentile, plain_server, process_cpu
 
 NAME = "gate_check"
 TITLE = "Change gate: decide() in-process and CheckChangeGate over gRPC, 1,000 diffs, 100 metrics"
@@ -137,23 +134,9 @@ def _rpc(request: Any, options: Options) -> dict[str, list[float]]:
     return found
 
 
-@contextlib.contextmanager
-def _floor_server() -> Iterator[str]:
+def _floor_server() -> contextlib.AbstractContextManager[str]:
     """``python -m bench.gate_floor`` on 127.0.0.1:0; its address."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.gate_floor"], stdout=subprocess.PIPE, text=True,
-        env=python_env(), start_new_session=True,
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        address = process.stdout.readline().strip()
-        if ":" not in address:
-            raise RuntimeError(f"the floor server did not start (exit {process.poll()})")
-        yield address
-    finally:
-        stop_process(process)
-        if process.stdout:
-            process.stdout.close()
+    return plain_server("bench.gate_floor")
 
 
 async def _call(address: str, data: bytes, calls: int) -> list[float]:

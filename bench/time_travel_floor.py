@@ -28,17 +28,15 @@ import contextlib
 import datetime
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import python_env, scratch_dir, stop_process
-from .fleet_daemon import START_TIMEOUT, run_spec
+from . import scratch_dir
+from .fleet_daemon import plain_server, run_spec, serve_until_stopped
 
 RUNTIME = "/fleetforge.runtime.v1.RuntimeService/"
 TIMEOUT = 60.0
@@ -155,7 +153,8 @@ def _service(journal: int) -> Any:
 
 
 async def serve(journal_dir: Path) -> None:
-    """Serve on 127.0.0.1:0, print the address, stop at SIGINT/SIGTERM."""
+    """Serve on 127.0.0.1:0, print the address, stop at SIGINT/SIGTERM (the journal in
+    ``journal_dir``)."""
     from grpclib.encoding.proto import ProtoCodec
     from grpclib.server import Server
 
@@ -169,43 +168,15 @@ async def serve(journal_dir: Path) -> None:
             return data
 
     journal = os.open(journal_dir / "journal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    server = Server([_service(journal)], codec=EncodedEvents())
-    await server.start("127.0.0.1", 0)
-    assert server._server is not None
-    host, port = server._server.sockets[0].getsockname()[:2]
-    print(f"{host}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
-    await server.wait_closed()
-    os.close(journal)
-
-
-@contextlib.contextmanager
-def floor_server() -> Iterator[str]:
-    """This module's server in a subprocess, its journal in a :func:`scratch_dir`; its address."""
-    workdir = scratch_dir()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.time_travel_floor", str(workdir)],
-        stdout=subprocess.PIPE, text=True, cwd=workdir, env=python_env(),
-        start_new_session=True,  # a Ctrl-C at the terminal reaches only the orchestrator
-    )  # fmt: skip
     try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        line = ""
-        while time.monotonic() < deadline and process.poll() is None and not line:
-            line = process.stdout.readline().strip()
-        if ":" not in line:
-            raise RuntimeError(f"the floor server did not start (exit status {process.poll()})")
-        yield line
+        await serve_until_stopped(Server([_service(journal)], codec=EncodedEvents()))
     finally:
-        stop_process(process)
-        if process.stdout:
-            process.stdout.close()
+        os.close(journal)
+
+
+def floor_server() -> contextlib.AbstractContextManager[str]:
+    """This module's server in a subprocess, its journal in a :func:`scratch_dir`; its address."""
+    return plain_server("bench.time_travel_floor", str(scratch_dir()))
 
 
 # --- the cycle on grpcio -------------------------------------------------------------------------
