@@ -13,6 +13,7 @@ import time
 
 import pytest
 import trio
+from foundry.kernel.actors.store import actor as store_actor
 from foundry.kernel.actors.store import journal_writer
 from foundry.kernel.actors.store.journal import (
     Journal,
@@ -26,6 +27,7 @@ from foundry.kernel.actors.store.journal_writer import (
     WriterProcess,
     hold_writer_lock,
 )
+from foundry.kernel.core.ids import compact_json
 
 from .harness import GUARD_SECONDS
 from .test_journal import rows
@@ -250,3 +252,29 @@ async def test_a_store_that_refuses_its_journal_leaves_the_writer_lock_free(tmp_
         async with running_store(tmp_path):
             pass
     os.close(hold_writer_lock(journal, timeout=0.2))
+
+
+async def test_a_small_group_too_large_for_a_message_is_appended_by_the_thread_encoded_once(
+    tmp_path, monkeypatch
+):
+    by_thread, by_child = [], []
+    append, appended = Journal.append, Journal.appended
+    monkeypatch.setattr(Journal, "append", lambda self, p: by_thread.append(p) or append(self, p))
+    monkeypatch.setattr(
+        Journal, "appended", lambda self, p: by_child.append(p) or appended(self, p)
+    )
+    encoded = []
+    encode_rows = store_actor.encode
+    monkeypatch.setattr(store_actor, "encode", lambda t: encoded.append(t) or encode_rows(t))
+    big = {"text": "x" * (journal_writer.MAX_BYTES + 1)}
+    large = dataclasses.replace(make_event(2), payload=big, payload_json=compact_json(big))
+    async with running_store(tmp_path, materialize_delay=3600) as store:
+        await post_now(store, [make_event(1)]).wait()  # a new segment: the thread
+        await post_now(store, [large]).wait()
+        journaled = pending_records(tmp_path / "journal", 0)
+        assert [r.seq for r in journaled] == [1, 2]
+    assert by_child == []
+    assert len(by_thread) == 2
+    assert len(by_thread[1]) > journal_writer.MAX_BYTES
+    assert len(encoded) == 2  # each group once, on the trio thread
+    assert committed_events(tmp_path) == 2

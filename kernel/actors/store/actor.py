@@ -364,8 +364,9 @@ class Store:
         del self._pending[: len(batch)]
         self._room.set()
         appends = [m for m in batch if isinstance(m, Append)]
-        if appends and not self._hand_to_writer_process(appends):
-            self._writer.submit(self._journal_job(appends))  # its end wakes the idle loop
+        job = self._hand_to_writer_process(appends) if appends else None
+        if job is not None:
+            self._writer.submit(job)  # its end wakes the idle loop
         else:
             self._wake_committer()
         self._inflight, self._idle = batch, False
@@ -377,38 +378,34 @@ class Store:
             log.exception("no writer process: the journal thread appends every write")
             return None
 
-    def _hand_to_writer_process(self, appends: list[Append]) -> bool:
+    def _hand_to_writer_process(self, appends: list[Append]) -> Callable[[], Any] | None:
         """Encode a small group someone waits for here and hand its record to the writer
-        process (no wait); False: the journal thread appends it — a group nobody waits for
-        (the engine's: its encoding stays off the trio thread, and the thread's handoffs cost
-        no one a wait), a large group, a new segment or zeros to write first, no writer
-        process, a test holding commits."""
+        process (no wait): None. Else the journal thread's job for it — a group nobody waits
+        for (the engine's: its encoding stays off the trio thread, and the thread's handoffs
+        cost no one a wait), a large group, a record too large for a message, a new segment or
+        zeros to write first, no writer process, a test holding commits."""
         if self._writer_process is None or self._hold_for_test is not None:
-            return False
-        if not any(map(_awaited, appends)):
-            return False
+            return self._journal_job(appends)
         records = [r for a in appends for r in a.records]
-        if len(records) > WRITER_PROCESS_RECORDS:
-            return False
+        if len(records) > WRITER_PROCESS_RECORDS or not any(map(_awaited, appends)):
+            return self._journal_job(appends)
         try:
             tables = table_rows(records, check=False)
             traces = self._traces(records)
             payload = encode(tables) if tables else b""
             check_encoded(tables, payload)  # refuses what DuckDB would, before anything is told
-        except Exception as exc:  # the journal thread raises it again, for _commit to handle
-            log.debug("an append the journal thread will refuse: %s", exc)
-            return False
+        except Exception:  # the journal thread's job raises it again, for _commit to handle
+            return self._journal_job(appends)
         prepared = self._journal.prepare(payload) if tables else None
-        if tables and prepared is None:
-            return False
         try:
-            if prepared is not None and not self._writer_process.send(prepared):
-                return False
+            handed = not tables or (prepared is not None and self._writer_process.send(prepared))
         except WriterGone as exc:
             self._lose_writer_process(exc)
-            return False
+            handed = False
+        if not handed:
+            return lambda: (self._journal.append(payload), tables, traces)  # encoded once
         self._handed = _Handed(prepared, tables, traces, payload)
-        return True
+        return None
 
     async def _journal_result(self) -> tuple[int, list[TableRows], bytes]:
         """The outcome of the group in flight: from the writer process, or the journal
