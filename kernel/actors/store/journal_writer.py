@@ -5,7 +5,10 @@ append and one ``fdatasync``. On the journal thread that append crossed the inte
 three times: the thread waited for the busy trio thread to let it start, to let it go on after
 ``fdatasync`` returned, and the trio thread then heard of it at its next pass. Measured here on
 the pause → patch → resume cycle: ~0.4 ms from handing an append over to its write starting,
-~0.6 ms from its end to the store going on, against ~0.3 ms of ``fdatasync``. A child process
+~0.6 ms from its end to the store going on, against ~0.3 ms of ``fdatasync``. Behind a trio
+thread that never idles (a loaded daemon) each of those waits is a switch interval (5 ms): a
+mutator chain beside a task that keeps the loop busy took 26–401 ms a step through the thread,
+3–8 ms through the child (``bench/run_overhead.py``, ``chain_mut_busy``). A child process
 has an interpreter lock of its own: the trio thread encodes a small group itself, sends the
 record to the child (one ``sendmsg``, no wait) and goes on with other work while the child writes
 and syncs it; the child's answer wakes the commit loop like any socket.
@@ -47,7 +50,7 @@ LOCK_NAME = "writer.lock"
 # the socket's buffer; encoding a larger group would hold the trio thread too long anyway).
 MAX_BYTES = 64 << 10
 LOCK_SECONDS = 10.0  # for the writer process of a daemon that died to end
-EXIT_SECONDS = 5.0  # an writer process that does not end this long after its socket closed
+EXIT_SECONDS = 5.0  # a writer process that does not end this long after its socket closed
 
 
 class WriterGone(Exception):
@@ -56,7 +59,7 @@ class WriterGone(Exception):
 
 def hold_writer_lock(directory: Path, timeout: float = LOCK_SECONDS) -> int:
     """Open and lock ``directory/writer.lock`` (exclusive), waiting up to ``timeout`` seconds
-    for an writer process left by a daemon that died; the open descriptor (blocking: call it
+    for a writer process left by a daemon that died; the open descriptor (blocking: call it
     off the trio thread). Raises TimeoutError naming the file."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / LOCK_NAME
