@@ -24,6 +24,7 @@ from foundry.kernel.actors.store.journal import (
     pending_records,
 )
 from foundry.kernel.actors.store.journal_writer import (
+    WriterLocked,
     WriterProcess,
     hold_writer_lock,
 )
@@ -116,7 +117,7 @@ def test_the_writer_lock_waits_for_a_writer_left_behind_then_names_its_file(tmp_
     try:
         fcntl.flock(other, fcntl.LOCK_EX)
         started = time.monotonic()
-        with pytest.raises(TimeoutError, match=r"writer\.lock: still locked"):
+        with pytest.raises(WriterLocked, match=r"writer\.lock: still locked .* after 0\.3 s"):
             hold_writer_lock(tmp_path, timeout=0.3)
         assert time.monotonic() - started >= 0.3
     finally:
@@ -148,7 +149,7 @@ def test_the_writer_process_ends_with_a_daemon_killed_and_frees_the_lock(tmp_pat
     try:
         assert daemon.stdout is not None
         child = int(daemon.stdout.readline())
-        with pytest.raises(TimeoutError):
+        with pytest.raises(WriterLocked):
             hold_writer_lock(tmp_path, timeout=0.2)  # the daemon and its child hold it
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(10)

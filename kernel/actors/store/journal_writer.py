@@ -41,6 +41,7 @@ from pathlib import Path
 import trio
 from foundry.kernel.actors.store.journal import PreparedAppend
 from foundry.kernel.actors.store.writer_process import APPEND, HEAD, REPLY, SEGMENT
+from foundry.kernel.errors import ConfigError
 
 log = logging.getLogger("foundry.store")
 
@@ -53,6 +54,10 @@ LOCK_SECONDS = 10.0  # for the writer process of a daemon that died to end
 EXIT_SECONDS = 5.0  # a writer process that does not end this long after its socket closed
 
 
+class WriterLocked(ConfigError):
+    """The journal's writer lock is held by a writer that did not end."""
+
+
 class WriterGone(Exception):
     """The writer process ended or broke its protocol: the journal thread appends instead."""
 
@@ -60,7 +65,8 @@ class WriterGone(Exception):
 def hold_writer_lock(directory: Path, timeout: float = LOCK_SECONDS) -> int:
     """Open and lock ``directory/writer.lock`` (exclusive), waiting up to ``timeout`` seconds
     for a writer process left by a daemon that died; the open descriptor (blocking: call it
-    off the trio thread). Raises TimeoutError naming the file."""
+    off the trio thread). Raises :class:`WriterLocked` naming the file (the daemon refuses to
+    start with that one line)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -72,7 +78,10 @@ def hold_writer_lock(directory: Path, timeout: float = LOCK_SECONDS) -> int:
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 os.close(fd)
-                raise TimeoutError(f"{path}: still locked by another journal writer") from None
+                raise WriterLocked(
+                    f"{path}: still locked by another journal writer after {timeout:g} s (a "
+                    "writer process of a daemon on this home that has not ended: stop it)"
+                ) from None
             time.sleep(0.01)
 
 
