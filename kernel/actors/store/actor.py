@@ -364,7 +364,7 @@ class Store:
         del self._pending[: len(batch)]
         self._room.set()
         appends = [m for m in batch if isinstance(m, Append)]
-        job = self._hand_to_writer_process(appends) if appends else None
+        job = self._hand_off(appends) if appends else None
         if job is not None:
             self._writer.submit(job)  # its end wakes the idle loop
         else:
@@ -378,22 +378,23 @@ class Store:
             log.exception("no writer process: the journal thread appends every write")
             return None
 
-    def _hand_to_writer_process(self, appends: list[Append]) -> Callable[[], Any] | None:
-        """Encode a small group someone waits for here and hand its record to the writer
-        process (no wait): None. Else the journal thread's job for it — a group nobody waits
-        for (the engine's: its encoding stays off the trio thread, and the thread's handoffs
-        cost no one a wait), a large group, a record too large for a message, a new segment or
-        zeros to write first, no writer process, a test holding commits."""
-        if self._writer_process is None or self._hold_for_test is not None:
-            return self._journal_job(appends)
+    def _hand_off(self, appends: list[Append]) -> Callable[[], Any] | None:
+        """The journal thread's job for a group's append — or None: a small group someone
+        waits for, encoded here and handed to the writer process (no wait). The thread takes
+        a group nobody waits for (the engine's: its encoding stays off the trio thread, and
+        the thread's handoffs cost no one a wait), a large group, a record too large for a
+        message, a new segment or zeros to write first; all of them without a writer process,
+        or while a test holds commits."""
         records = [r for a in appends for r in a.records]
-        if len(records) > WRITER_PROCESS_RECORDS or not any(map(_awaited, appends)):
+        if (
+            self._writer_process is None
+            or self._hold_for_test is not None
+            or len(records) > WRITER_PROCESS_RECORDS
+            or not any(map(_awaited, appends))
+        ):
             return self._journal_job(appends)
         try:
-            tables = table_rows(records, check=False)
-            traces = self._traces(records)
-            payload = encode(tables) if tables else b""
-            check_encoded(tables, payload)  # refuses what DuckDB would, before anything is told
+            tables, traces, payload = self._encoded(records)
         except Exception:  # the journal thread's job raises it again, for _commit to handle
             return self._journal_job(appends)
         prepared = self._journal.prepare(payload) if tables else None
@@ -403,9 +404,15 @@ class Store:
             self._lose_writer_process(exc)
             handed = False
         if not handed:
-            return lambda: (self._journal.append(payload), tables, traces)  # encoded once
+            return self._append_job(payload, tables, traces)  # encoded once
         self._handed = _Handed(prepared, tables, traces, payload)
         return None
+
+    def _append_job(
+        self, payload: bytes, tables: list[TableRows], traces: bytes
+    ) -> Callable[[], tuple[int, list[TableRows], bytes]]:
+        """The journal thread's job for a record encoded already."""
+        return lambda: (self._journal.append(payload), tables, traces)
 
     async def _journal_result(self) -> tuple[int, list[TableRows], bytes]:
         """The outcome of the group in flight: from the writer process, or the journal
@@ -423,9 +430,9 @@ class Store:
             # The record may be on disk or not: the thread writes it again, the same bytes at
             # the same offset (nothing moved on since).
             self._lose_writer_process(exc)
-            payload = handed.payload
-            seq = await self._writer.run(lambda: self._journal.append(payload))
-            return seq, handed.tables, handed.traces
+            again = self._append_job(handed.payload, handed.tables, handed.traces)
+            result = await self._writer.run(again)
+            return result
         return self._journal.appended(handed.prepared), handed.tables, handed.traces
 
     def _lose_writer_process(self, why: Exception) -> None:
@@ -948,15 +955,20 @@ class Store:
         trace files of the chains that finished)."""
         if self._hold_for_test is not None:
             self._hold_for_test("commit")
-        records = [r for records in groups for r in records]
-        tables = table_rows(records, check=False)
-        traces = self._traces(records)
+        tables, traces, payload = self._encoded([r for records in groups for r in records])
         if not tables:
             return self._journal.last_seq, tables, traces  # an Append may carry only answers
-        payload = encode(tables)
-        check_encoded(tables, payload)  # refuses what DuckDB would, before anything is told
-        seq = self._journal.append(payload)
-        return seq, tables, traces
+        return self._journal.append(payload), tables, traces
+
+    def _encoded(self, records: Sequence[Any]) -> tuple[list[TableRows], bytes, bytes]:
+        """A group's rows, the framed trace files of its finished chains, and the journal
+        record's payload (b"" without rows); raises what DuckDB would refuse, before anything
+        is told."""
+        tables = table_rows(records, check=False)
+        traces = self._traces(records)
+        payload = encode(tables) if tables else b""
+        check_encoded(tables, payload)
+        return tables, traces, payload
 
     def _traces(self, records: Sequence[Any]) -> bytes:
         return b"".join(
