@@ -147,8 +147,8 @@ TABLES: dict[str, str] = {
         )""",
     # Signed attestations (README.md, "Attestations"): append-only, one row per attestation, as
     # signed — the statement and its signature; the `attestations` view below decodes them.
-    # Run-linked ones are announced by an `attested` run event (seq) and chained per run
-    # (previous = the prior one's digest).
+    # Run-linked ones are announced by a run event (seq: a step's `step_completed`, else an
+    # `attested` event) and chained per run (previous = the prior one's digest).
     "attestation_statements": """
         CREATE TABLE IF NOT EXISTS attestation_statements (
             attestation_id  VARCHAR NOT NULL,
@@ -161,7 +161,7 @@ TABLES: dict[str, str] = {
             artifact_hash   VARCHAR,            -- sha256 hex of what is attested
             previous        VARCHAR,            -- the run's previous step attestation (chain)
             created_at      TIMESTAMPTZ NOT NULL,
-            seq             INTEGER NOT NULL    -- the run's `attested` event (0 for custom)
+            seq             INTEGER NOT NULL    -- the run event announcing it (0: custom)
         )""",
     # The store's journal (README.md, "Architecture"): the last journal record whose rows are in
     # this database, committed with them. One row.

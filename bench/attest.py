@@ -8,8 +8,9 @@ file, attestor with a fresh key pair, scheduler), without gRPC. Two figures:
   (``bench.run_overhead``'s) run with ``[attest] enabled = true`` and the same chain with
   attestation off, in the same process, divided by the attestations made (a step attestation
   per step, plus the run's). It includes everything attestation adds: a notice's job (trio
-  thread), drafting and signing the statement (the signing process), the ``attested`` run
-  event, the attestation row in the group commit (journal, then DuckDB). Also reported: the
+  thread), drafting and signing the statement (the signing process), its announcement (the
+  attestation id a step's ``step_completed`` carries; the run's ``attested`` event), the
+  attestation row in the group commit (journal, then DuckDB). Also reported: the
   signing process's share, and a step's statement + Ed25519 signature alone
   (``drafting.draft_batch``, what the signing process does per attestation), in a loop.
 - **per-step overhead**: what attestation adds to the 1,000-step run benchmark
@@ -48,7 +49,7 @@ from foundry.kernel.actors.tap.actor import TapBroker, receive_batch
 from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
-from foundry.kernel.core.attest_records import run_attestation_id
+from foundry.kernel.core.attest_records import announced, run_attestation_id
 from foundry.kernel.core.runs import RunEventRecord
 from foundry.kernel.daemon import tune_collector
 
@@ -110,7 +111,7 @@ async def _run(
     signing = _children_cpu()
     cpu, started = _cpu(), time.perf_counter()
     run_id = await ask(scheduler, lambda r: SubmitRun(dag_json, {}, 7, {}, (), "", r))
-    run_attestation, count, succeeded = "", 0, 0.0
+    run_attestation, run_seq, count, succeeded = "", 0, 0, 0.0
     while True:
         batch = await receive_batch(runs)
         ended = False
@@ -118,10 +119,11 @@ async def _run(
             assert isinstance(item, RunEventRecord)
             if item.run_id != run_id:
                 continue
-            if item.kind == "attested":
+            announcement = announced(item.kind, item.payload)
+            if announcement is not None:
                 count += 1
-                if item.payload["kind"] == "run":
-                    run_attestation = item.payload["attestation_id"]
+                if announcement[1] == "run":
+                    run_attestation, run_seq = announcement[0], item.seq
             if item.kind == "run_failed":
                 raise RuntimeError(f"run failed: {item.payload}")
             ended = ended or item.kind == "run_succeeded"
@@ -129,7 +131,13 @@ async def _run(
             succeeded = time.perf_counter() - started
             break
     if attested:
-        assert run_attestation == run_attestation_id(run_id, 2 * STEPS_OF[dag_json] + count + 2)
+        # submitted, started, a lease and a completion (announcing its attestation) a step
+        assert count == STEPS_OF[dag_json] + 1
+        assert (
+            run_attestation
+            == run_attestation_id(run_id, 2 * STEPS_OF[dag_json] + 3)
+            == (run_attestation_id(run_id, run_seq))
+        )
         await ask(attestor, lambda r: GetAttestations((run_attestation,), r))
     else:
         await ask(store, lambda r: LoadRunAttestations(run_id, r))  # DuckDB has the run too

@@ -8,10 +8,10 @@ It keeps each run in a dict and does, per cycle, the least a durable runtime mus
 - PatchStep: append a record, ``fdatasync``, answer; the ``step_patched`` event on the stream;
 - ResumeRun: the same with ``run_resumed``; then the step "runs" (its value merged with the
   patch) and its lease and completion are appended and synced together (``fdatasync``) before
-  ``step_leased``, ``step_completed``, ``attested`` and ``run_paused`` (or ``run_succeeded``)
-  go on the stream.
+  ``step_leased``, ``step_completed`` (announcing the step's attestation, as the daemon's does)
+  and ``run_paused`` (or ``run_succeeded``) go on the stream.
 
-So three syncs (``fdatasync``) and the six events the daemon sends per cycle, with payloads of the
+So three syncs (``fdatasync``) and the five events the daemon sends per cycle, with payloads of the
 daemon's shape (a client decodes as much), encoded by upb as the daemon encodes them. No DAG,
 no scheduler, no store, no signature: nothing is checked. ``time_travel`` runs the same client
 against it and the daemon in one session, so the cycle's ratio to this floor is the daemon's own
@@ -138,10 +138,7 @@ def _service(journal: int) -> Any:
                 run_id, "step_completed", step_id, attempt=1, exit_code=0, artifacts=[],
                 raw_output="", duration_ms=0.05, span_id=span, output=output,
                 usage={"cost": 0.0, "tokens_out": 0, "tokens_in": 0},
-            )  # fmt: skip
-            self.tell(
-                run_id, "attested", step_id, block="transform", kind="step",
-                attestation_id=f"att_{run.seq:024x}", of=[run.seq - 2, run.seq - 1],
+                attestation_id=f"att_{run.seq:024x}", block="transform",
             )  # fmt: skip
             run.index += 1
             if run.index < len(run.steps):

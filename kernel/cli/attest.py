@@ -2,12 +2,12 @@
 
 ``verify`` checks an attestation's DSSE signature against the public key (``--pubkey FILE``, else
 ``$FOUNDRY_HOME/keys/attestor.pub``) and its key id, the in-toto statement's shape, for a run
-attestation the run's hash chain (the run's step attestations, fetched by the ids its
-``attested`` run events name), and — where the subject is still stored — that what is stored now
-digests to what was signed: a step's or tool call's output (GetRun), a run's step outputs, an
-artifact file on this machine. A FILE holds one envelope (JSON) or ``attest export`` lines, each
-checked, and the chain of every run attestation among them; a FILE needs no daemon. Exit 0 when
-everything holds, 1 with the reasons when not.
+attestation the run's hash chain (the run's step attestations, fetched by the ids the run events
+announcing them name: ``step_completed``, ``attested``), and — where the subject is still stored
+— that what is stored now digests to what was signed: a step's or tool call's output (GetRun), a
+run's step outputs, an artifact file on this machine. A FILE holds one envelope (JSON) or
+``attest export`` lines, each checked, and the chain of every run attestation among them; a FILE
+needs no daemon. Exit 0 when everything holds, 1 with the reasons when not.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from foundry.kernel.actors.attestor.keys import (
 from foundry.kernel.cli.output import message_dict, stamp
 from foundry.kernel.config import default_home
 from foundry.kernel.core.attest import key_id, sha256_hex, verify_chain, verify_envelope
-from foundry.kernel.core.attest_records import json_digest
+from foundry.kernel.core.attest_records import announced, json_digest
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import runtime_api as api
 
@@ -113,16 +113,18 @@ async def fetch(runtime: Any, ids: Sequence[str]) -> list[api.Attestation]:
 
 
 async def run_attestation_ids(runtime: Any, run_id: str) -> list[tuple[str, str, str]]:
-    """(id, kind, step id) of a finished run's attestations, from its ``attested`` events."""
+    """(id, kind, step id) of a finished run's attestations, from the events announcing them
+    (``core.attest_records.announced``), in order."""
     run = (await runtime.get_run(api.GetRunRequest(run_id=run_id))).run
     if run is None or run.status not in TERMINAL:
         status = run.status.name if run is not None else "unknown"
         raise FoundryError(f"run {run_id} is {status.lower()}: export a finished run")
     found = []
     async for event in runtime.tap_run(api.TapRunRequest(run_id=run_id)):
-        if event.kind == "attested" and event.payload is not None:
-            p = event.payload.to_dict()
-            found.append((str(p["attestation_id"]), str(p["kind"]), event.step_id))
+        if event.kind in ("attested", "step_completed") and event.payload is not None:
+            announcement = announced(event.kind, event.payload.to_dict())
+            if announcement is not None:
+                found.append((str(announcement[0]), str(announcement[1]), event.step_id))
     return found
 
 

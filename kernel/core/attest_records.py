@@ -1,11 +1,11 @@
 """Attestations as recorded facts: the ``attestations`` row (:class:`AttestationRecord`) and the
 ids. Standard library only. (The statements, envelopes and their checks are ``core/attest.py``.)
 
-Ids are derived, never drawn: an attestation of a run is named after the ``attested`` run event
-that announces it (``run_id`` and that event's ``seq``), one of a gate decision or an eval result
-after that record's id. So a daemon that re-attests after a crash (``attested`` event durable,
-attestation not yet) makes the same id — and, its statement being built only from the run's log,
-the same envelope.
+Ids are derived, never drawn: an attestation of a run is named after the run event that
+announces it (``run_id`` and that event's ``seq``: :func:`announced`), one of a gate decision or
+an eval result after that record's id. So a daemon that re-attests after a crash (announcing
+event durable, attestation not yet) makes the same id — and, its statement being built only from
+the run's log, the same envelope.
 """
 
 from __future__ import annotations
@@ -302,8 +302,23 @@ def signed_envelope(
 
 
 def run_attestation_id(run_id: str, seq: int) -> str:
-    """The id of the attestation announced by the run event ``seq`` (``attested``) of a run."""
+    """The id of the attestation announced by the run event ``seq`` of a run."""
     return "att_" + hashlib.sha256(f"{run_id}\n{seq}".encode()).hexdigest()[:24]
+
+
+def announced(kind: str, payload: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """(attestation id, subject kind) of the attestation a run event (its ``kind`` and
+    ``payload``) announces, or None. A step's is announced by its ``step_completed`` itself
+    (``attestation_id`` in its payload: no event of its own on a step's path); a tool call's, an
+    artifact's, a capability token's and the run's by an ``attested`` event (``kind`` in its
+    payload). One event announces at most one attestation, so its seq names it."""
+    if payload is None:
+        return None
+    if kind == "attested":
+        return payload["attestation_id"], payload["kind"]
+    if kind == "step_completed" and "attestation_id" in payload:
+        return payload["attestation_id"], "step"
+    return None
 
 
 def custom_attestation_id(label: str, record_id: str) -> str:

@@ -68,15 +68,11 @@ def _notices() -> list[Attest]:
         leased = _event(seq, "step_leased", step_id, attempt=1, inputs={"x": 1}, seed=3, model="")
         usage = {"tokens_in": 1, "tokens_out": 2, "cost": 0.5}
         done = _event(
-            seq + 1, "step_completed", step_id, attempt=1, output=output, usage=usage, artifacts=[]
-        )
-        attestation_id = run_attestation_id("run_x", seq + 2)
-        note = _event(
-            seq + 2, "attested", step_id, kind="step", block="noop",
-            attestation_id=attestation_id, of=[seq, seq + 1],
+            seq + 1, "step_completed", step_id, attempt=1, output=output, usage=usage,
+            artifacts=[], attestation_id=run_attestation_id("run_x", seq + 1), block="noop",
         )  # fmt: skip
-        events += [leased, done, note]
-        notices.append(Attest(note, (leased, done)))
+        events += [leased, done]
+        notices.append(Attest(done, (leased, done)))  # the completion announces it
     run_note = _event(
         len(events) + 1, "attested", kind="run", outcome="run_succeeded",
         spec_hash="0" * 64, attestation_id=run_attestation_id("run_x", 99),
@@ -420,16 +416,23 @@ class FakeStore:
                 raise AssertionError(message)
 
 
-def _step_notice(run_id: str, step_id: str, seq: int) -> Attest:
+def _step_notice(run_id: str, step_id: str, seq: int, *, legacy: bool = False) -> Attest:
+    """A step attestation's notice, announced by its ``step_completed`` (or, ``legacy``, by an
+    ``attested`` event after it: a log an earlier release wrote)."""
+
     def event(seq: int, name: str, /, **payload: object) -> RunEventRecord:
         return RunEventRecord(run_id, seq, step_id, name, payload, AT)
 
     leased = event(seq, "step_leased", attempt=1, inputs={"x": 1}, seed=3, model="")
     usage = {"tokens_in": 1, "tokens_out": 2, "cost": 0.5}
-    done = event(seq + 1, "step_completed", attempt=1, output={"n": seq}, usage=usage)
-    note = event(seq + 2, "attested", kind="step", block="noop", of=[seq, seq + 1],
-                 attestation_id=run_attestation_id(run_id, seq + 2))  # fmt: skip
-    return Attest(note, (leased, done))
+    if legacy:
+        done = event(seq + 1, "step_completed", attempt=1, output={"n": seq}, usage=usage)
+        note = event(seq + 2, "attested", kind="step", block="noop", of=[seq, seq + 1],
+                     attestation_id=run_attestation_id(run_id, seq + 2))  # fmt: skip
+        return Attest(note, (leased, done))
+    done = event(seq + 1, "step_completed", attempt=1, output={"n": seq}, usage=usage,
+                 attestation_id=run_attestation_id(run_id, seq + 1), block="noop")  # fmt: skip
+    return Attest(done, (leased, done))
 
 
 async def test_only_runs_unfinished_at_start_have_their_chain_looked_up(tmp_path):
@@ -495,7 +498,7 @@ async def test_a_notice_of_an_event_re_attested_at_start_is_attested_once(tmp_pa
 
     pair = keys.load_or_create(tmp_path)
     first, second = _step_notice("run_new", "a", 2), _step_notice("run_new", "b", 5)
-    store = FakeStore((), {}, {"run_new": [*first.facts, first.attested]})
+    store = FakeStore((), {}, {"run_new": list(first.facts)})
     store_send, store_receive = trio.open_memory_channel[object](16)
     inbox_send, inbox_receive = trio.open_memory_channel[object](16)
     async with trio.open_nursery() as nursery:
@@ -509,6 +512,37 @@ async def test_a_notice_of_an_event_re_attested_at_start_is_attested_once(tmp_pa
     assert [r.attestation_id for r in store.appended] == list(ids)  # each once
     assert (a.claims["index"], b.claims["index"]) == (0, 1)
     assert b.previous == attestation_digest(a.envelope)
+
+
+async def test_what_a_stopped_daemon_announced_is_re_attested_in_the_logs_order(tmp_path):
+    """A log holding announced attestations the store lacks — a step's announced by its
+    completion, and one by an ``attested`` event as an earlier release wrote it — is re-attested
+    at start from the log alone: the same ids, one chain in the log's order, envelopes equal to
+    what the live notices make."""
+    import trio
+    from foundry.kernel.actors.attestor.actor import Attestor
+
+    pair = keys.load_or_create(tmp_path)
+    old = _step_notice("run_gone", "a", 2, legacy=True)  # seqs 2-4
+    new = _step_notice("run_gone", "b", 5)  # seqs 5-6
+    log = [RunEventRecord("run_gone", 1, "", "run_started", {}, AT), *old.facts, old.attested,
+           *new.facts]  # fmt: skip
+    store = FakeStore((), {}, {"run_gone": log})
+    store_send, store_receive = trio.open_memory_channel[object](16)
+    inbox_send, inbox_receive = trio.open_memory_channel[object](16)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.serve, store_receive)
+        await nursery.start(Attestor(pair, inbox_receive, store_send).run)  # type: ignore[arg-type]
+        inbox_send.close()
+    ids = [n.attested.payload["attestation_id"] for n in (old, new)]
+    assert ids == [run_attestation_id("run_gone", 4), run_attestation_id("run_gone", 6)]
+    assert [r.attestation_id for r in store.appended] == ids
+    a, b = store.appended
+    assert (a.claims["index"], b.claims["index"]) == (0, 1)
+    assert b.previous == attestation_digest(a.envelope)
+    signer = Signer(pair.private.sign, key_id(pair.public_raw), "1.0")
+    chain = Chain()
+    assert [signer.record(n, chain).envelope for n in (old, new)] == [a.envelope, b.envelope]
 
 
 async def test_a_notice_whose_facts_cannot_be_attested_is_logged_and_the_rest_stored(

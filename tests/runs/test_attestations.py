@@ -16,7 +16,13 @@ from typing import Any
 
 import duckdb
 import pytest
-from foundry.kernel.core.attest_records import EVAL_RESULT, GATE_DECISION, custom_attestation_id
+from foundry.kernel.core.attest_records import (
+    EVAL_RESULT,
+    GATE_DECISION,
+    announced,
+    custom_attestation_id,
+    run_attestation_id,
+)
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
 from grpclib.const import Status
@@ -72,7 +78,16 @@ def daemon(shared_daemon, tmp_path_factory) -> Daemon:
 
 
 def attested(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**e["payload"], "step_id": e["step_id"]} for e in of_kind(events, "attested")]
+    """Each announced attestation, in order: its announcing event's payload, with its id, kind
+    and step id."""
+    found = []
+    for e in events:
+        announcement = announced(e["kind"], e["payload"])
+        if announcement is not None:
+            attestation_id, kind = announcement
+            found.append({**e["payload"], "attestation_id": attestation_id, "kind": kind,
+                          "step_id": e["step_id"], "seq": int(e["payload"]["seq"])})  # fmt: skip
+    return found
 
 
 def get(daemon: Daemon, ids: list[str]) -> list[api.Attestation]:
@@ -96,6 +111,16 @@ def test_every_subject_kind_is_attested_found_in_order_and_verifies(daemon):
         "note",
         "outline",
     ]
+    # a step's attestation rides on its completion: no event of its own, its id the completion's
+    completions = of_kind(events, "step_completed")
+    seqs = [int(e["payload"]["seq"]) for e in completions]
+    assert [n["seq"] for n in notes if n["kind"] == "step"] == seqs
+    for completion, seq in zip(completions, seqs, strict=True):
+        assert completion["payload"]["attestation_id"] == run_attestation_id(run_id, seq)
+        assert completion["payload"]["block"]
+    assert {e["payload"]["kind"] for e in of_kind(events, "attested")} == {
+        "artifact", "capability_token", "run", "tool"
+    }  # fmt: skip
     assert events[-1]["kind"] == "run_succeeded"  # the run's attestation is announced before
     (granted,) = of_kind(events, "capability_granted", "count")
     token = granted["payload"]

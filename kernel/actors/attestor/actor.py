@@ -19,11 +19,12 @@ start goes on: up to ``OPEN_RUNS_SECONDS``, else every run is looked up) can hav
 earlier daemon began: for those it loads the head from the store on their first notice; every
 other run's chain starts empty, without a query.
 
-A daemon stopped between a fact's commit and its attestation's leaves an ``attested`` run event
-without its attestation; on start the attestor re-attests those from the stored run log: the
-same id, the same envelope (a notice of this daemon's for one of them, already waiting, is
-skipped). ``GetAttestations`` is answered after every notice sent before it has been
-committed, so an id seen on TapRun is always found.
+A daemon stopped between a fact's commit and its attestation's leaves an announcement (a
+``step_completed``'s ``attestation_id``, an ``attested`` run event) without its attestation; on
+start the attestor re-attests those from the stored run log: the same id, the same envelope (a
+notice of this daemon's for one of them, already waiting, is skipped). ``GetAttestations`` is
+answered after every notice sent before it has been committed, so an id seen on TapRun is always
+found.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from foundry.kernel.actors.store.messages import (
     StoreMessage,
 )
 from foundry.kernel.core.attest import PAYLOAD_TYPE, attestation_digest, key_id, pae
-from foundry.kernel.core.attest_records import AttestationRecord
+from foundry.kernel.core.attest_records import AttestationRecord, announced
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.run_control import MAX_PAGE_SIZE, RunListQuery, RunSummary
 from foundry.kernel.core.runs import RunEventRecord
@@ -211,7 +212,7 @@ class Attestor:
             self.signed += len(records)
 
     def _seen(self, notice: Attest | AttestCustom) -> bool:
-        """A notice of an ``attested`` event re-attested from the log at start (once)."""
+        """A notice of an announcement re-attested from the log at start (once)."""
         if not isinstance(notice, Attest):
             return False
         attestation_id = notice.attested.payload["attestation_id"]
@@ -229,7 +230,11 @@ class Attestor:
             if n % CHUNK == CHUNK - 1:
                 await trio.lowlevel.checkpoint()
             kind = notice.attested.payload.get("kind") if isinstance(notice, Attest) else None
-            if isinstance(notice, Attest) and kind in ("artifact", "run"):
+            if (
+                isinstance(notice, Attest)
+                and notice.attested.kind == "attested"
+                and kind in ("artifact", "run")
+            ):
                 made.append(notice)
             else:
                 made.append(self._job(notice))
@@ -312,10 +317,10 @@ class Attestor:
             return None
 
     async def _recover(self) -> None:
-        """Re-attest what a stopped daemon announced (``attested`` events) but never stored.
-        The log may already hold this daemon's first ``attested`` events too, whose notices
-        wait in the mailbox: those are re-attested here from the log (the same envelopes), and
-        their notices skipped (``_recovered``)."""
+        """Re-attest what a stopped daemon announced (``core.attest_records.announced``) but
+        never stored. The log may already hold this daemon's first announcements too, whose
+        notices wait in the mailbox: those are re-attested here from the log (the same
+        envelopes), and their notices skipped (``_recovered``)."""
         try:
             runs: list[str] = await ask(self._store, LoadUnattested)
             for run_id in runs:
@@ -332,10 +337,13 @@ class Attestor:
         by_seq = {e.seq: e for e in events}
         notices: list[Attest | AttestCustom] = []
         for event in events:
-            if event.kind != "attested" or event.payload["attestation_id"] in have:
+            found = announced(event.kind, event.payload)
+            if found is None or found[0] in have:
                 continue
-            if event.payload["kind"] == "run":
+            if found[1] == "run":
                 facts = tuple(e for e in events if e.seq < event.seq)
+            elif event.kind == "step_completed":
+                facts = (_lease_of(event, events), event)
             else:
                 facts = tuple(by_seq[s] for s in event.payload.get("of", ()))
             notices.append(Attest(event, facts))
@@ -374,11 +382,27 @@ class Attestor:
             message.reply.send([known[i] for i in ids])
 
 
+def _lease_of(completed: RunEventRecord, events: list[RunEventRecord]) -> RunEventRecord:
+    """The ``step_leased`` of a completed attempt: its step's last lease before it."""
+    for event in reversed(events):
+        if (
+            event.seq < completed.seq
+            and event.kind == "step_leased"
+            and (event.step_id == completed.step_id)
+        ):
+            return event
+    raise LookupError(f"no lease of step {completed.step_id!r} before seq {completed.seq}")
+
+
 def _urgent(message: AttestorMessage) -> bool:
     """A query, or a run's own notice: signed at once."""
     if isinstance(message, GetAttestations):
         return True
-    return isinstance(message, Attest) and message.attested.payload.get("kind") == "run"
+    return (
+        isinstance(message, Attest)
+        and message.attested.kind == "attested"
+        and message.attested.payload["kind"] == "run"
+    )
 
 
 def _describe(notice: Any) -> str:
@@ -387,4 +411,5 @@ def _describe(notice: Any) -> str:
     if isinstance(notice, AttestCustom):
         return f"{notice.label} {notice.record_id}"
     a = notice.attested
-    return f"the {a.payload.get('kind')} of run {a.run_id} step {a.step_id or '-'} (seq {a.seq})"
+    kind = (announced(a.kind, a.payload) or ("", a.kind))[1]
+    return f"the {kind} of run {a.run_id} step {a.step_id or '-'} (seq {a.seq})"

@@ -20,12 +20,14 @@ from foundry.kernel.core.runs import RunEventRecord
 
 @dataclass(frozen=True, slots=True)
 class Attest:
-    """Attest what the run event ``attested`` (kind ``attested``) announces.
+    """Attest what the run event ``attested`` announces (``core.attest_records.announced``): a
+    step's ``step_completed``, or an ``attested`` event for the other kinds.
 
     ``facts`` are the run events it covers, in order: for a step ``(step_leased,
     step_completed)``, a tool ``(step_leased, capability_granted, step_completed)``, an artifact
     ``(step_completed,)``, a capability token ``(step_leased, capability_granted)``, a run every
-    event before ``attested`` (its payload's ``of`` lists the seqs, except for a run).
+    event before ``attested`` (an ``attested`` event's payload's ``of`` lists the seqs, except
+    for a run).
     """
 
     attested: RunEventRecord

@@ -32,6 +32,7 @@ from foundry.kernel.core.attest import (
 from foundry.kernel.core.attest_records import (
     AttestationRecord,
     AttestationRow,
+    announced,
     custom_attestation_id,
     json_digest,
     stored_record,
@@ -77,9 +78,12 @@ def job_of(notice: Attest | AttestCustom, daemon_version: str) -> tuple[Job, Met
         meta = Meta(attestation_id, notice.run_id, "", "custom", notice.issued_at, 0)
         return ("claims", "custom", notice.run_id, claims, None), meta
     attested = notice.attested
-    kind = attested.payload["kind"]
-    meta = Meta(attested.payload["attestation_id"], attested.run_id, attested.step_id, kind,
-                attested.occurred_at, attested.seq)  # fmt: skip
+    found = announced(attested.kind, attested.payload)
+    if found is None:
+        raise AttestationError(f"run event {attested.seq} ({attested.kind}) announces nothing")
+    attestation_id, kind = found
+    meta = Meta(attestation_id, attested.run_id, attested.step_id, kind, attested.occurred_at,
+                attested.seq)  # fmt: skip
     return _JOBS[kind](notice, daemon_version), meta
 
 

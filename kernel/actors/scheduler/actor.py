@@ -551,7 +551,7 @@ class Scheduler:
                 usage={"tokens_in": ctx.usage.tokens_in, "tokens_out": ctx.usage.tokens_out,
                        "cost": ctx.usage.cost},
                 raw_output=ctx.raw_output[-65536:], exit_code=ctx.exit_code,
-                artifacts=artifacts,
+                artifacts=artifacts, **self._step_announcement(run, spec.type),
             )  # fmt: skip
             await self._complete(run, lease_event, grant, completed)
             return None
@@ -590,6 +590,16 @@ class Scheduler:
             attempt=attempt, lease_seq=lease_event.seq, issued_at=rfc3339(issued),
             expires_at=rfc3339(expires),
         )  # fmt: skip
+
+    def _step_announcement(self, run: RunState, block: str) -> dict[str, str]:
+        """What a step's ``step_completed`` carries to announce its step's attestation (nothing
+        without an attestor): the id its seq (the run's next) names, and the block that ran.
+        One event fewer a step than an ``attested`` of its own: a row in the journal and in
+        DuckDB and a tap delivery a step (~7% of a no-op step, measured)."""
+        if self._attestor is None:
+            return {}
+        return {"attestation_id": run_attestation_id(run.run_id, len(run.events) + 1),
+                "block": block}  # fmt: skip
 
     def _attested(
         self,
@@ -631,10 +641,8 @@ class Scheduler:
         records: list[Any] = [completed]
         notices: list[Attest] = []
         step_id = completed.step_id
-        block = run.steps[step_id].spec.type
-        self._attested(
-            run, "step", step_id, (lease_event, completed), records, notices, block=block
-        )
+        if self._attestor is not None:  # the completion announces its step's attestation
+            notices.append(Attest(completed, (lease_event, completed)))
         if grant is not None:
             self._attested(run, "tool", step_id, (lease_event, grant, completed), records, notices)
         for path in completed.payload["artifacts"]:

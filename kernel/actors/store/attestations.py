@@ -27,7 +27,8 @@ def load_attestations(con: duckdb.DuckDBPyConnection, ids: tuple[str, ...]) -> l
 
 
 def load_run_attestations(con: duckdb.DuckDBPyConnection, run_id: str) -> list[Any]:
-    """A run's attestations in the order of its ``attested`` events (its hash chain's order)."""
+    """A run's attestations in the order of the run events that announced them (its hash
+    chain's order)."""
     seen: dict[str, Any] = {}
     for a in _records(con, "WHERE run_id = ? ORDER BY seq, created_at", [run_id]):
         seen.setdefault(a.attestation_id, a)
@@ -35,11 +36,13 @@ def load_run_attestations(con: duckdb.DuckDBPyConnection, run_id: str) -> list[A
 
 
 def load_unattested(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Runs with an ``attested`` event whose attestation was never stored (a daemon stopped
-    between the two commits), oldest first."""
+    """Runs with an announced attestation (``core.attest_records.announced``: an ``attested``
+    event, a ``step_completed`` with an ``attestation_id``) that was never stored (a daemon
+    stopped between the two commits), oldest first."""
     rows = con.execute(
         "SELECT e.run_id, min(e.occurred_at) AS first FROM run_events e "
         "ANTI JOIN attestation_statements a ON a.attestation_id = e.payload->>'attestation_id' "
-        "WHERE e.kind = 'attested' GROUP BY e.run_id ORDER BY first"
+        "WHERE (e.kind = 'attested' OR (e.kind = 'step_completed' "
+        "AND e.payload->>'attestation_id' IS NOT NULL)) GROUP BY e.run_id ORDER BY first"
     ).fetchall()
     return [r[0] for r in rows]

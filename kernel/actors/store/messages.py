@@ -186,7 +186,7 @@ class LoadAttestations:
 
 @dataclass(frozen=True, slots=True)
 class LoadRunAttestations:
-    """A run's attestations in the order of its hash chain (its ``attested`` events)."""
+    """A run's attestations in the order of its hash chain (of the events announcing them)."""
 
     run_id: str
     reply: Reply[list[AttestationRecord]]
@@ -194,7 +194,7 @@ class LoadRunAttestations:
 
 @dataclass(frozen=True, slots=True)
 class LoadUnattested:
-    """Runs with an ``attested`` event whose attestation is not stored (after a crash)."""
+    """Runs with an announced attestation that is not stored (after a crash)."""
 
     reply: Reply[list[str]]
 

@@ -129,6 +129,8 @@ class RunView {
     const payload = event.payload || {};
     const st = this.state.get(event.stepId);
     const counted = (payload.seq || 0) <= this.snapshotSeq; // already in the snapshot's states
+    // a step's attestation is announced by its completion; the other kinds by an `attested` event
+    if (kind === "step_completed" && payload.attestation_id) this.attested.push({ id: payload.attestation_id, kind: "step", stepId: event.stepId });
     if (kind in STEP_STATE && st) {
       st.status = counted && st.snapshotStatus ? st.snapshotStatus : STEP_STATE[kind];
       const outcome = STEP_STATE[kind];
