@@ -130,6 +130,10 @@ def test_every_subject_kind_is_attested_found_in_order_and_verifies(daemon):
     assert token["expires_at"] > token["issued_at"]
 
     ids = [n["attestation_id"] for n in notes]
+    # GetRun lists them too, in the same (chain) order, the run's own last
+    detail = daemon.call(lambda _, rt: rt.get_run(api.GetRunRequest(run_id=run_id))).run
+    assert list(detail.attestation_ids) == ids
+    assert ids[-1] == by_kind["run"]["attestation_id"]
     found = get(daemon, list(reversed(ids)))  # request order, not storage order
     assert [a.attestation_id for a in found] == list(reversed(ids))
     kinds = {a.attestation_id: _which(a) for a in found}
@@ -282,6 +286,9 @@ def test_a_step_output_changed_in_the_database_is_reported(make_daemon):
             [json.dumps(changed), run_id],
         )
     daemon.start()
+    # a run rebuilt from the stored log lists the same ids
+    detail = daemon.call(lambda _, rt: rt.get_run(api.GetRunRequest(run_id=run_id))).run
+    assert list(detail.attestation_ids) == [n["attestation_id"] for n in notes]
     step = daemon.cli("attest", "verify", step_id)
     assert step.returncode == 1, step.stdout
     assert "count" in step.stdout
@@ -316,7 +323,10 @@ def test_attest_enabled_false_attests_nothing(make_daemon):
     run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
     events = tap(daemon, run_id)
     assert not of_kind(events, "attested")
+    assert not attested(events)  # no completion announces one either
     assert of_kind(events, "capability_granted")  # tokens are granted either way
+    detail = daemon.call(lambda _, rt: rt.get_run(api.GetRunRequest(run_id=run_id))).run
+    assert not detail.attestation_ids
 
 
 def test_artifact_paths_are_files_the_step_wrote(daemon):

@@ -937,6 +937,7 @@ def run_view(run: RunState) -> RunView:
         paused_step=run.paused_step if run.status == "PAUSED_AT_STEP" else "",
         trace_id=sub.trace_id,
         span_id=sub.span_id,
+        attestation_ids=tuple(run.attestation_ids),
     )
 
 

@@ -62,6 +62,7 @@ class RunView:
     paused_step: str = ""  # the step a paused run waits before
     trace_id: str = ""  # W3C: the run's trace
     span_id: str = ""  # the run's span, parent of its step attempts' spans
+    attestation_ids: tuple[str, ...] = ()  # announced so far, in chain order
 
 
 @dataclass(frozen=True, slots=True)

@@ -452,6 +452,7 @@ def run_detail(view: RunView) -> api.RunDetail:
         branch_step=view.branch_step,
         trace_id=view.trace_id,
         span_id=view.span_id,
+        attestation_ids=list(view.attestation_ids),
     )
 
 

@@ -1296,6 +1296,13 @@ class RunDetail(betterproto2.Message):
 
     span_id: "str" = betterproto2.field(131, betterproto2.TYPE_STRING)
 
+    attestation_ids: "list[str]" = betterproto2.field(132, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Additive: the ids of the run's attestations (GetAttestations), in the order of the run
+    events that announced them (its hash chain's): each completed step's, each tool call's,
+    artifact's and capability token's, and, once it has ended, the run's own last.
+    """
+
 
 default_message_pool.register_message("fleetforge.runtime.v1", "RunDetail", RunDetail)
 
