@@ -229,12 +229,7 @@ class Attestor:
         for n, notice in enumerate(notices):
             if n % CHUNK == CHUNK - 1:
                 await trio.lowlevel.checkpoint()
-            kind = notice.attested.payload.get("kind") if isinstance(notice, Attest) else None
-            if (
-                isinstance(notice, Attest)
-                and notice.attested.kind == "attested"
-                and kind in ("artifact", "run")
-            ):
+            if isinstance(notice, Attest) and _walks_or_reads(notice):
                 made.append(notice)
             else:
                 made.append(self._job(notice))
@@ -382,16 +377,19 @@ class Attestor:
             message.reply.send([known[i] for i in ids])
 
 
+def _walks_or_reads(notice: Attest) -> bool:
+    """A run's notice (its job walks the whole run) or an artifact's (it reads the file)."""
+    found = announced(notice.attested.kind, notice.attested.payload)
+    return found is not None and found[1] in ("artifact", "run")
+
+
 def _lease_of(completed: RunEventRecord, events: list[RunEventRecord]) -> RunEventRecord:
     """The ``step_leased`` of a completed attempt: its step's last lease before it."""
+    step_id = completed.step_id
     for event in reversed(events):
-        if (
-            event.seq < completed.seq
-            and event.kind == "step_leased"
-            and (event.step_id == completed.step_id)
-        ):
+        if event.seq < completed.seq and event.kind == "step_leased" and event.step_id == step_id:
             return event
-    raise LookupError(f"no lease of step {completed.step_id!r} before seq {completed.seq}")
+    raise LookupError(f"no lease of step {step_id!r} before seq {completed.seq}")
 
 
 def _urgent(message: AttestorMessage) -> bool:

@@ -20,8 +20,8 @@ from foundry.kernel.core.runs import RunEventRecord
 
 @dataclass(frozen=True, slots=True)
 class Attest:
-    """Attest what the run event ``attested`` announces (``core.attest_records.announced``): a
-    step's ``step_completed``, or an ``attested`` event for the other kinds.
+    """Attest what a run event announces (``core.attest_records.announced``), held in the field
+    ``attested``: a step's ``step_completed``, or an ``attested`` event for the other kinds.
 
     ``facts`` are the run events it covers, in order: for a step ``(step_leased,
     step_completed)``, a tool ``(step_leased, capability_granted, step_completed)``, an artifact
