@@ -8,7 +8,6 @@ End to end (a daemon, a receiver): tests/e2e/test_otel_export.py.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import logging
 import random
@@ -21,7 +20,6 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import trio
-from foundry.kernel.actors.telemetry.actor import PIPE_BYTES, _widen
 from foundry.kernel.actors.telemetry.messages import (
     CHAIN_FIELDS,
     ROWS_BYTES,
@@ -403,22 +401,6 @@ def test_the_exporter_runs_at_the_lowest_cpu_priority():
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, timeout=60)  # fmt: skip
     assert found.stdout.split() == ["True", "19"]
-
-
-async def test_the_exporters_pipe_takes_a_frame_in_one_write():
-    process = await trio.lowlevel.open_process(["cat"], stdin=subprocess.PIPE,
-                                               stdout=subprocess.DEVNULL)  # fmt: skip
-    try:
-        assert process.stdin is not None
-        _widen(process.stdin)
-        assert isinstance(process.stdin, trio.lowlevel.FdStream)
-        size = fcntl.fcntl(process.stdin.fileno(), fcntl.F_GETPIPE_SZ)
-        assert size == PIPE_BYTES
-        await process.stdin.aclose()
-    finally:
-        with trio.CancelScope(shield=True):
-            process.kill()
-            await process.wait()
 
 
 def encoded(*messages: TelemetryMessage, service: str = "foundry") -> ExportTraceServiceRequest:

@@ -24,8 +24,6 @@ stdin's end (the daemon stopping, or dying) ends it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import pickle
 import struct
 import subprocess
@@ -35,10 +33,9 @@ from pathlib import Path
 
 import trio
 from foundry.kernel.actors.attestor.drafting import Heads, Job, Result, dumps, loads
+from foundry.kernel.actors.pipes import PIPE_BYTES, widen
 
 PUBLIC = 32  # bytes of a raw Ed25519 public key
-# Its stdin and stdout: a batch, and its answer, go in one write each (Linux's default maximum).
-PIPE_BYTES = 1 << 20
 START_SECONDS = 30.0  # for the process to show its public key
 SIGN_SECONDS = 30.0  # for a batch's drafts and signatures (512 steps take ~30 ms)
 EXIT_SECONDS = 5.0  # a signer that does not end this long after its stdin closed is killed
@@ -71,9 +68,7 @@ class SignerProcess:
             start_new_session=True,  # its stop is ours: closing stdin, not a terminal's Ctrl-C
         )
         for pipe in (process.stdin, process.stdout):  # a batch, and its answer, in one go
-            if isinstance(pipe, trio.lowlevel.FdStream):
-                with contextlib.suppress(AttributeError, OSError):  # not Linux, or a lower limit
-                    fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            widen(pipe)
         return cls(process, public_raw)
 
     @property

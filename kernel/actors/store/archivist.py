@@ -19,6 +19,7 @@ import sys
 
 import trio
 from foundry.kernel.actors.mailbox import take_batch
+from foundry.kernel.actors.pipes import widen
 from foundry.kernel.core import trace_format
 from foundry.kernel.core.trace_format import FileWriter, frame
 
@@ -35,11 +36,13 @@ class Archivist:
         self._fallback = FileWriter()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        process: trio.Process | None = await trio.lowlevel.open_process(
+        started = await trio.lowlevel.open_process(
             [sys.executable, "-I", trace_format.__file__],
             stdin=subprocess.PIPE,
             start_new_session=True,  # a terminal's Ctrl-C is for the daemon, who drains first
         )
+        widen(started.stdin)  # a batch of commits' files is one write, not one per 64 KiB
+        process: trio.Process | None = started
         task_status.started()
         try:
             async with self._pending:

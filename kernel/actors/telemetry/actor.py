@@ -15,8 +15,6 @@ the exporter's stdin closes; it flushes for up to ``FLUSH_SECONDS`` and exits (o
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import subprocess
@@ -24,6 +22,7 @@ import sys
 
 import trio
 from foundry.kernel.actors.mailbox import take_batch
+from foundry.kernel.actors.pipes import widen
 from foundry.kernel.actors.telemetry.messages import TelemetryMessage, WireItem, frame
 from foundry.kernel.actors.telemetry.spans import wire_items
 from foundry.kernel.config import OtelConfig
@@ -36,7 +35,6 @@ FLUSH_SECONDS = 2.0  # the exporter's (kernel/edge/otel.py)
 EXIT_SECONDS = FLUSH_SECONDS + 3.0  # then it is killed
 MAILBOX_BATCH = 512  # messages per frame at most
 GATHER_SECONDS = 0.05  # how long the first message of a frame waits for others
-PIPE_BYTES = 1 << 20  # the exporter's stdin: a frame goes in one write (Linux's default maximum)
 
 
 class Telemetry:
@@ -55,7 +53,7 @@ class Telemetry:
         )
         assert process.stdin is not None
         assert process.stdout is not None
-        _widen(process.stdin)
+        widen(process.stdin)  # a frame is one write, not one per 64 KiB and a wait for each
         log.info("exporting spans to %s (%s)", self._config.endpoint, self._config.protocol)
         task_status.started()
         try:
@@ -111,14 +109,6 @@ def _items(batch: list[TelemetryMessage]) -> list[WireItem]:
         except Exception:  # a bug in one span must not stop the export of the others
             log.exception("could not make spans of a %s", type(message).__name__)
     return items
-
-
-def _widen(pipe: trio.abc.SendStream) -> None:
-    """A pipe of ``PIPE_BYTES``: a frame is one write, not a write per 64 KiB and a wait for
-    the exporter (at the lowest priority) to read each."""
-    if isinstance(pipe, trio.lowlevel.FdStream):
-        with contextlib.suppress(AttributeError, OSError):  # not Linux, or a lower limit
-            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 async def _relay_log(stream: trio.abc.ReceiveStream) -> None:
