@@ -595,7 +595,8 @@ class Scheduler:
         """What a step's ``step_completed`` carries to announce its step's attestation (nothing
         without an attestor): the id its seq (the run's next) names, and the block that ran.
         One event fewer a step than an ``attested`` of its own: a row in the journal and in
-        DuckDB and a tap delivery a step (~7% of a no-op step, measured)."""
+        DuckDB and a tap delivery a step (~6% of a no-op step, with an attestor that signed
+        nothing)."""
         if self._attestor is None:
             return {}
         return {"attestation_id": run_attestation_id(run.run_id, len(run.events) + 1),
