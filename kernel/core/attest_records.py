@@ -15,7 +15,7 @@ import functools
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from types import MappingProxyType
@@ -319,6 +319,19 @@ def announced(kind: str, payload: Mapping[str, Any] | None) -> tuple[str, str] |
     if kind == "step_completed" and "attestation_id" in payload:
         return payload["attestation_id"], "step"
     return None
+
+
+def announced_ids(events: Iterable[Any]) -> tuple[str, ...]:
+    """The ids of the attestations run events (``kind``, ``payload``) announce, in their order:
+    a run's hash chain's."""
+    return tuple(
+        found[0]
+        for e in events
+        if e.kind in _ANNOUNCING and (found := announced(e.kind, e.payload)) is not None
+    )
+
+
+_ANNOUNCING = frozenset(("attested", "step_completed"))
 
 
 def custom_attestation_id(label: str, record_id: str) -> str:

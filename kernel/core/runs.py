@@ -96,8 +96,6 @@ class RunState:
     paused_step: str = ""
     failed: list[str] = field(default_factory=list)  # steps that failed, in order
     canceling: bool = False  # CancelRun asked: nothing new starts, the run ends CANCELED
-    # Its attestations' ids in the order of the events announcing them (attest_records.announced)
-    attestation_ids: list[str] = field(default_factory=list)
 
     @classmethod
     def new(cls, submission: RunSubmission, dag: Dag) -> RunState:
@@ -216,12 +214,6 @@ def _completed(run: RunState, event: RunEventRecord) -> None:
     step, p = run.steps[event.step_id], event.payload
     step.status, step.completed_at = "succeeded", event.occurred_at
     step.output, step.usage, step.error = p["output"], p["usage"], None
-    if "attestation_id" in p:  # the step's attestation, announced by its completion
-        run.attestation_ids.append(p["attestation_id"])
-
-
-def _attested(run: RunState, event: RunEventRecord) -> None:
-    run.attestation_ids.append(event.payload["attestation_id"])
 
 
 def _failed(run: RunState, event: RunEventRecord) -> None:
@@ -299,5 +291,4 @@ _APPLY = {
     "run_resumed": _resumed,
     "step_patched": _patched,
     "step_reused": _reused,
-    "attested": _attested,
 }

@@ -62,7 +62,7 @@ from foundry.kernel.blocks.api import BlockContext, BlockKind
 from foundry.kernel.blocks.execution import attempt_once
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
-from foundry.kernel.core.attest_records import json_digest, run_attestation_id
+from foundry.kernel.core.attest_records import announced_ids, json_digest, run_attestation_id
 from foundry.kernel.core.dag import StepSpec, UnresolvedReference, check_dag_env, parse_dag
 from foundry.kernel.core.ids import Clock, compact_json, rfc3339
 from foundry.kernel.core.json_input import quoted
@@ -938,7 +938,7 @@ def run_view(run: RunState) -> RunView:
         paused_step=run.paused_step if run.status == "PAUSED_AT_STEP" else "",
         trace_id=sub.trace_id,
         span_id=sub.span_id,
-        attestation_ids=tuple(run.attestation_ids),
+        attestation_ids=announced_ids(run.events),
     )
 
 
