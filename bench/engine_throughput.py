@@ -10,7 +10,10 @@ as an RPC handler does, then sends the next), so hundreds of chains are in fligh
 when the store reports every workflow row committed *and* every trace file is on disk (each poll
 looks only for the files not seen yet: listing thousands of files every 5 ms cost as much CPU as
 the engine's own work); then, off the clock, the rows (workflows, events, block executions) and
-trace files are counted exactly.
+trace files are counted exactly. Reported beside: the rate to the last workflow row committed, and
+how long the trace files took after it — the trace writer's file creation, which on this machine's
+ext4 costs ~1 ms a file for seconds after thousands were deleted (an earlier benchmark's scratch
+directory) and ~40 µs otherwise, so that wait tells a slow disk from a slow engine.
 A warm-up run sizes the repetitions to about three seconds each. CPU time (whole process and the
 trio thread alone) is reported too: on a shared machine it is steadier than wall-clock rates.
 """
@@ -178,6 +181,7 @@ async def _measure(home: Path, chains: int, producers: int) -> Mapping[str, floa
                     producing.start_soon(producer)
             emitted = time.perf_counter()
             await _until(lambda: _count_workflows(probe), chains)
+            committed = time.perf_counter()
             # Every workflow row is committed; the archivist writes trace files after the
             # journal commit, from a child process: the clock stops once they are all there too.
             files = _TraceFiles(home, workflow_ids)
@@ -205,6 +209,8 @@ async def _measure(home: Path, chains: int, producers: int) -> Mapping[str, floa
     elapsed = finished - started
     result["elapsed"] = elapsed
     result["emit_phase"] = emitted - started
+    result["durable_events_per_s"] = chains * (1 + EMITTED_PER_CHAIN) / (committed - started)
+    result["trace_wait_ms"] = (finished - committed) * 1000
     result["events_per_s"] = chains * (1 + EMITTED_PER_CHAIN) / elapsed
     result["chains_per_s"] = chains / elapsed
     result["executions_per_s"] = chains * BLOCKS_PER_CHAIN / elapsed
@@ -243,7 +249,8 @@ def run(options: Options) -> Report:
             f"{sample['elapsed']:.2f} s, {sample['events_per_s']:,.0f} events/s, "
             f"{sample['cpu_us_per_chain']:,.0f} us CPU/chain "
             f"({sample['cpu_utilisation']:.0%} of a core; emits accepted after "
-            f"{sample['emit_phase']:.2f} s)",
+            f"{sample['emit_phase']:.2f} s, trace files all on disk "
+            f"{sample['trace_wait_ms']:,.0f} ms after the last commit)",
         )
     report.figures = [
         Figure(
@@ -253,6 +260,19 @@ def run(options: Options) -> Report:
             target=EVENTS_TARGET,
         ),
         Figure("chains/s (durable + traced)", "chains/s", [s["chains_per_s"] for s in samples]),
+        Figure(
+            "events/s to durable",
+            "events/s",
+            [s["durable_events_per_s"] for s in samples],
+            note="to the last workflow row committed, before the trace files are all written",
+        ),
+        Figure(
+            "wait for trace files after the last commit",
+            "ms",
+            [s["trace_wait_ms"] for s in samples],
+            note="the trace writer's file creation (ext4 here: ~1 ms a file for seconds after "
+            "thousands were deleted, ~40 µs otherwise)",
+        ),
         Figure("block executions/s", "execs/s", [s["executions_per_s"] for s in samples]),
         Figure(
             "events per CPU-second",
