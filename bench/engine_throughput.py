@@ -26,6 +26,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import trio
 from foundry.kernel.actors.engine.actor import Engine
@@ -252,47 +253,26 @@ def run(options: Options) -> Report:
             f"{sample['emit_phase']:.2f} s, trace files all on disk "
             f"{sample['trace_wait_ms']:,.0f} ms after the last commit)",
         )
+
+    def figure(name: str, unit: str, key: str, **extra: Any) -> Figure:
+        return Figure(name, unit, [s[key] for s in samples], **extra)
+
     report.figures = [
-        Figure(
-            "events/s (roots + emitted)",
-            "events/s",
-            [s["events_per_s"] for s in samples],
-            target=EVENTS_TARGET,
-        ),
-        Figure("chains/s (durable + traced)", "chains/s", [s["chains_per_s"] for s in samples]),
-        Figure(
-            "events/s to durable",
-            "events/s",
-            [s["durable_events_per_s"] for s in samples],
-            note="to the last workflow row committed, before the trace files are all written",
-        ),
-        Figure(
-            "wait for trace files after the last commit",
-            "ms",
-            [s["trace_wait_ms"] for s in samples],
-            note="the trace writer's file creation (ext4 here: ~1 ms a file for seconds after "
-            "thousands were deleted, ~40 µs otherwise)",
-        ),
-        Figure("block executions/s", "execs/s", [s["executions_per_s"] for s in samples]),
-        Figure(
-            "events per CPU-second",
-            "events",
-            [s["events_per_cpu_s"] for s in samples],
-            note="events/s if the process had a whole core; less sensitive to a busy machine",
-        ),
-        Figure(
-            "CPU per chain, whole process",
-            "us",
-            [s["cpu_us_per_chain"] for s in samples],
-            note="lower is better; all threads (trio + store worker thread)",
-        ),
-        Figure(
-            "CPU per chain, trio thread",
-            "us",
-            [s["trio_thread_cpu_us_per_chain"] for s in samples],
-            note="lower is better; engine, store actor, tap broker, producers",
-        ),
-    ]
+        figure("events/s (roots + emitted)", "events/s", "events_per_s", target=EVENTS_TARGET),
+        figure("chains/s (durable + traced)", "chains/s", "chains_per_s"),
+        figure("events/s to durable", "events/s", "durable_events_per_s",
+               note="to the last workflow row committed, before the trace files are all written"),
+        figure("wait for trace files after the last commit", "ms", "trace_wait_ms",
+               note="the trace writer's file creation (ext4 here: ~1 ms a file for seconds after "
+               "thousands were deleted, ~40 µs otherwise)"),
+        figure("block executions/s", "execs/s", "executions_per_s"),
+        figure("events per CPU-second", "events", "events_per_cpu_s",
+               note="events/s if the process had a whole core; less sensitive to a busy machine"),
+        figure("CPU per chain, whole process", "us", "cpu_us_per_chain",
+               note="lower is better; all threads (trio + store worker thread)"),
+        figure("CPU per chain, trio thread", "us", "trio_thread_cpu_us_per_chain",
+               note="lower is better; engine, store actor, tap broker, producers"),
+    ]  # fmt: skip
     utilisation = statistics.median(s["cpu_utilisation"] for s in samples)
     report.notes.append(
         f"{chains} chains per repetition, {PRODUCERS} concurrent producers, "
