@@ -286,6 +286,8 @@ def test_the_run_page_shows_live_state_changes_of_a_running_dag(page, daemon):
     expect(panel).to_contain_text('"napped": true')
     expect(panel).to_contain_text("Seed")
     expect(page.locator("#attestation-status")).to_contain_text("signed")
+    # three steps' attestations (announced by their completions) and the run's
+    expect(page.locator("#attestation-status")).to_contain_text("4 of 4 signed")
 
 
 def test_retries_and_a_failure_on_the_timeline_and_in_the_step_panel(page, daemon):
