@@ -307,7 +307,7 @@ def json_log_daemon(tmp_path):
     with log.open("w") as stderr:
         daemon.process = subprocess.Popen(
             [sys.executable, "-m", "foundry.kernel.cli", "serve", "--config", str(config),
-             "--listen", "127.0.0.1:0", "--log-format", "json"],
+             "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log-format", "json"],
             stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path,
             env={**os.environ, "FOUNDRY_HOME": str(daemon.home)},
         )  # fmt: skip
