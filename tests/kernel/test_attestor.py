@@ -482,6 +482,91 @@ async def test_only_runs_unfinished_at_start_have_their_chain_looked_up(tmp_path
     assert store_send._closed  # type: ignore[attr-defined]
 
 
+async def test_a_signing_process_that_answers_a_bad_signature_is_replaced_by_the_daemon(
+    tmp_path,
+):
+    """The check of each batch's last signature runs on the attestor's checker thread (off the
+    trio thread); a batch whose signature fails it is signed again in the daemon, so only good
+    signatures are stored, and the thread ends with the attestor."""
+    import base64
+
+    import trio
+    from cryptography.exceptions import InvalidSignature
+    from foundry.kernel.actors.attestor.actor import Attestor
+    from foundry.kernel.actors.attestor.messages import GetAttestations
+    from foundry.kernel.actors.mailbox import ask
+
+    pair = keys.load_or_create(tmp_path)
+    store = FakeStore((), {})
+    store_send, store_receive = trio.open_memory_channel[object](16)
+    inbox_send, inbox_receive = trio.open_memory_channel[object](16)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.serve, store_receive)
+        attestor = Attestor(pair, inbox_receive, store_send)  # type: ignore[arg-type]
+        await nursery.start(attestor.run)
+        process, checker = attestor._process, attestor._checker
+        assert process is not None
+        assert checker is not None
+        honest = process.draft
+
+        async def tampered(heads, jobs):  # type: ignore[no-untyped-def]
+            results, after = await honest(heads, jobs)
+            statement, signature, *rest = results[-1]
+            raw = bytearray(base64.b64decode(signature))
+            raw[0] ^= 1
+            results[-1] = (statement, base64.b64encode(bytes(raw)).decode(), *rest)
+            return results, after
+
+        process.draft = tampered  # type: ignore[method-assign]
+        notices = [_step_notice("run_t", "a", 2), _step_notice("run_t", "b", 5)]
+        for notice in notices:
+            await inbox_send.send(notice)
+        ids = tuple(n.attested.payload["attestation_id"] for n in notices)
+        records = await ask(inbox_send, lambda r: GetAttestations(ids, r))  # type: ignore[arg-type]
+        assert attestor._process is None  # replaced: the daemon signs from now on
+        assert [r.claims["index"] for r in records] == [0, 1]  # the chain as if signed once
+        for record in records:
+            envelope = json.loads(record.envelope)
+            payload = base64.b64decode(envelope["payload"])
+            try:
+                pair.public.verify(base64.b64decode(envelope["signatures"][0]["sig"]),
+                                   pae_of(payload))  # fmt: skip
+            except InvalidSignature:  # pragma: no cover - the failure this test looks for
+                pytest.fail(f"{record.attestation_id}: the bad signature was stored")
+        inbox_send.close()
+    assert not checker._thread.is_alive()
+
+
+async def test_a_signing_process_answer_is_read_whole_however_the_pipe_splits_it():
+    """``SignerProcess._read``: frames split across chunks, or several in one chunk, come out
+    whole and in order; an ended stream fails."""
+    import trio
+    from foundry.kernel.actors.attestor.signer import SignerFailed, SignerProcess
+
+    class Chunks:
+        def __init__(self, *chunks: bytes) -> None:
+            self.chunks = list(chunks)
+
+        async def receive_some(self, max_bytes: int) -> bytes:
+            await trio.lowlevel.checkpoint()
+            return self.chunks.pop(0) if self.chunks else b""
+
+    class Ended:
+        def poll(self) -> int:
+            return 3
+
+    process = SignerProcess.__new__(SignerProcess)
+    process._pending, process._process = b"", Ended()  # type: ignore[assignment]
+    body = bytes(range(256)) * 8
+    process._stdout = Chunks(b"\x00\x00", b"\x08\x00" + body[:100], body[100:] + b"ab", b"cd")  # type: ignore[assignment]
+    assert await process._read(4) == b"\x00\x00\x08\x00"
+    assert await process._read(len(body)) == body
+    assert await process._read(3) == b"abc"
+    assert await process._read(1) == b"d"
+    with pytest.raises(SignerFailed, match="exit status 3"):
+        await process._read(1)
+
+
 def pae_of(payload: bytes) -> bytes:
     from foundry.kernel.core.attest import PAYLOAD_TYPE, pae
 

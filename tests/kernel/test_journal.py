@@ -274,7 +274,7 @@ async def test_the_writer_thread_does_not_hold_a_write_once_it_is_done():
     import weakref
 
     import trio
-    from foundry.kernel.actors.store.writer import JobThread
+    from foundry.kernel.actors.threads import JobThread
 
     writer = JobThread("test-writer")
     writer.start()
@@ -359,7 +359,7 @@ async def test_the_journal_thread_returns_outcomes_in_order_and_raises_failures(
     import threading
 
     import trio
-    from foundry.kernel.actors.store.writer import JobThread
+    from foundry.kernel.actors.threads import JobThread
 
     thread = JobThread("test-journal")
     thread.start()
@@ -394,7 +394,7 @@ async def test_the_journal_thread_wakes_a_waiter_when_a_job_ends_or_when_woken()
     import threading
 
     import trio
-    from foundry.kernel.actors.store.writer import JobThread
+    from foundry.kernel.actors.threads import JobThread
 
     thread = JobThread("test-journal")
     thread.start()
@@ -417,7 +417,7 @@ async def test_a_cancelled_result_waits_for_its_job_and_the_next_checkpoint_is_c
     import threading
 
     import trio
-    from foundry.kernel.actors.store.writer import JobThread
+    from foundry.kernel.actors.threads import JobThread
 
     thread = JobThread("test-journal")
     thread.start()

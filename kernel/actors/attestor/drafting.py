@@ -63,7 +63,9 @@ def dumps(value: Any) -> bytes:
     """Pickle (protocol 5) of a batch or its results: JSON values, bytes and tuples only (a
     mapping of another type as a dict); anything else raises ``pickle.PicklingError``."""
     buffer = io.BytesIO()
-    _Pickler(buffer, protocol=5).dump(value)
+    pickler = _Pickler(buffer, protocol=5)
+    pickler.fast = True  # no memo: the values are trees (JSON), each object written once anyway
+    pickler.dump(value)
     return buffer.getvalue()
 
 

@@ -54,7 +54,7 @@ class SignerProcess:
         assert process.stdin is not None
         assert process.stdout is not None
         self._process, self._stdin, self._stdout = process, process.stdin, process.stdout
-        self._buffer = bytearray()
+        self._pending = b""  # read past the last frame
         self._public_raw: bytes | None = public_raw  # None once the process has shown it
 
     @classmethod
@@ -109,15 +109,24 @@ class SignerProcess:
         return results, after
 
     async def _read(self, size: int) -> bytes:
-        while len(self._buffer) < size:
-            chunk = await self._stdout.receive_some(max(size - len(self._buffer), PIPE_BYTES))
+        """The next ``size`` bytes of its stdout. An answer (~1.2 KB a step attestation) is
+        copied once at most: it usually comes in one chunk, with its length in front."""
+        chunks: list[bytes | bytearray] = [self._pending]
+        have = len(chunks[0])
+        while have < size:
+            chunk = await self._stdout.receive_some(max(size - have, PIPE_BYTES))
             if not chunk:
                 code = self._process.poll()
                 raise SignerFailed(f"the signing process ended (exit status {code})")
-            self._buffer += chunk
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
+            chunks.append(chunk)
+            have += len(chunk)
+        parts = [chunk for chunk in chunks if chunk]
+        data = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)  # bytes: not copied
+        if have == size:
+            self._pending = b""
+            return data
+        self._pending = data[size:]
+        return data[:size]
 
     async def close(self) -> None:
         """Close its stdin (it ends), wait for it (killed after ``EXIT_SECONDS``)."""

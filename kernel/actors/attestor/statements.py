@@ -78,6 +78,15 @@ def job_of(notice: Attest | AttestCustom, daemon_version: str) -> tuple[Job, Met
         meta = Meta(attestation_id, notice.run_id, "", "custom", notice.issued_at, 0)
         return ("claims", "custom", notice.run_id, claims, None), meta
     attested = notice.attested
+    if attested.kind == "step_completed" and "attestation_id" in attested.payload:
+        return _step(notice), Meta(
+            attested.payload["attestation_id"],
+            attested.run_id,
+            attested.step_id,
+            "step",
+            attested.occurred_at,
+            attested.seq,
+        )
     found = announced(attested.kind, attested.payload)
     if found is None:
         raise AttestationError(f"run event {attested.seq} ({attested.kind}) announces nothing")
@@ -124,7 +133,7 @@ def full_record(stored: AttestationRow) -> AttestationRecord:
     return stored_record(stored.row)
 
 
-def _step(notice: Attest, daemon_version: str) -> Job:
+def _step(notice: Attest, daemon_version: str = "") -> Job:
     leased, completed = notice.facts
     lp, cp = leased.payload, completed.payload
     return (

@@ -69,9 +69,9 @@ from foundry.kernel.actors.store.tables import (
     merge,
     table_rows,
 )
-from foundry.kernel.actors.store.writer import JobThread
 from foundry.kernel.actors.tap.messages import Publish
 from foundry.kernel.actors.telemetry.messages import SpanOutbox, TracesStored
+from foundry.kernel.actors.threads import JobThread
 from foundry.kernel.core.records import FinishedChain
 from foundry.kernel.errors import ConfigError, DeadlineExceeded, InvalidArgument, Unavailable
 

@@ -34,10 +34,10 @@ sequence, or bytes other than zeros after an older segment's records — it is c
 acknowledged data, and the journal refuses to open with one line
 naming the file and byte (:class:`JournalCorrupt`) instead of skipping it.
 
-The store appends on a thread of its own (``writer.JobThread``), which hands each outcome back
-through an eventfd the committing trio task waits on — or, for a small write someone waits for,
-has its writer process (``journal_writer.py``) write and sync the record that
-:meth:`~Journal.prepare` placed, then records it with :meth:`~Journal.appended`.
+The store appends on a thread of its own (``actors/threads.JobThread``), which hands each
+outcome back through an eventfd the committing trio task waits on — or, for a small write
+someone waits for, has its writer process (``journal_writer.py``) write and sync the record
+that :meth:`~Journal.prepare` placed, then records it with :meth:`~Journal.appended`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Long-lived threads for the store's work off the trio thread: the journal's appends and the
-analysts' queries.
+"""Long-lived threads for work off the trio thread: the store's journal appends and analysts'
+queries, the attestor's check of its signing process's signatures.
 
 ``trio.to_thread.run_sync`` costs the trio thread ~140 µs a call on this machine (a capacity
 limiter, a context copy, the thread cache's handoff). A thread of our own takes its jobs from a
@@ -26,7 +26,8 @@ import trio
 class JobThread:
     """One thread running jobs in order. Jobs may be queued (:meth:`submit`) while earlier ones
     run; :meth:`result` returns their outcomes in order, and only one task may wait in it at a
-    time (the store gives each thread one user: the commit loop, or a query that borrowed it).
+    time (each thread has one user: the store's commit loop, or a query that borrowed it, or the
+    attestor).
 
     ``idle_priority``: the thread runs only when a core would otherwise be idle (analysts'
     queries: the daemon's loop, its journal and its clients come first on a busy machine)."""
