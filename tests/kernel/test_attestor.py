@@ -3,6 +3,7 @@ alone (the same facts always make the same envelope)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -436,48 +437,26 @@ def _step_notice(run_id: str, step_id: str, seq: int, *, legacy: bool = False) -
 
 
 async def test_only_runs_unfinished_at_start_have_their_chain_looked_up(tmp_path):
-    import trio
-    from cryptography.exceptions import InvalidSignature
-    from foundry.kernel.actors.attestor.actor import Attestor
-    from foundry.kernel.actors.attestor.messages import GetAttestations
-    from foundry.kernel.actors.mailbox import ask
 
     pair = keys.load_or_create(tmp_path)
     signer = Signer(pair.private.sign, key_id(pair.public_raw), "1.0")
     earlier = signer.record(_step_notice("run_old", "a", 2), Chain())  # an earlier daemon's
     store = FakeStore(("run_old",), {"run_old": [earlier]})
-    store_send, store_receive = trio.open_memory_channel[object](16)
-    inbox_send, inbox_receive = trio.open_memory_channel[object](16)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(store.serve, store_receive)
-        attestor = Attestor(pair, inbox_receive, store_send)  # type: ignore[arg-type]
-        await nursery.start(attestor.run)
+    async with _running(pair, store) as (attestor, inbox_send, store_send):
         assert attestor._process is not None  # signing in a process of its own
-
-        async def attest(*notices: Attest) -> list[object]:
-            for notice in notices:
-                await inbox_send.send(notice)
-            ids = tuple(n.attested.payload["attestation_id"] for n in notices)
-            return await ask(inbox_send, lambda r: GetAttestations(ids, r))  # type: ignore[arg-type]
-
-        old, new = await attest(_step_notice("run_old", "b", 5), _step_notice("run_new", "a", 2))
+        old, new = await _attest(
+            inbox_send, _step_notice("run_old", "b", 5), _step_notice("run_new", "a", 2)
+        )
         assert store.looked_up == ["run_old"]  # run_new began in this daemon: no query
         assert (old.claims["index"], old.previous) == (1, attestation_digest(earlier.envelope))
         assert (new.claims["index"], new.previous) == (0, None)
 
         os.kill(attestor._process.pid, 9)  # the signing process dies: the daemon signs
-        (later,) = await attest(_step_notice("run_new", "b", 5))
+        (later,) = await _attest(inbox_send, _step_notice("run_new", "b", 5))
         assert attestor._process is None
         assert later.claims["index"] == 1
         assert store.looked_up == ["run_old"]
-        for record in (old, new, later):
-            envelope = json.loads(record.envelope)
-            payload = __import__("base64").b64decode(envelope["payload"])
-            signature = __import__("base64").b64decode(envelope["signatures"][0]["sig"])
-            try:
-                pair.public.verify(signature, pae_of(payload))
-            except InvalidSignature:  # pragma: no cover - the failure this test looks for
-                pytest.fail(f"{record.attestation_id}: signature does not verify")
+        _assert_signed(pair, [old, new, later])
         inbox_send.close()
     assert store_send._closed  # type: ignore[attr-defined]
 
@@ -490,20 +469,8 @@ async def test_a_signing_process_that_answers_a_bad_signature_is_replaced_by_the
     signatures are stored, and the thread ends with the attestor."""
     import base64
 
-    import trio
-    from cryptography.exceptions import InvalidSignature
-    from foundry.kernel.actors.attestor.actor import Attestor
-    from foundry.kernel.actors.attestor.messages import GetAttestations
-    from foundry.kernel.actors.mailbox import ask
-
     pair = keys.load_or_create(tmp_path)
-    store = FakeStore((), {})
-    store_send, store_receive = trio.open_memory_channel[object](16)
-    inbox_send, inbox_receive = trio.open_memory_channel[object](16)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(store.serve, store_receive)
-        attestor = Attestor(pair, inbox_receive, store_send)  # type: ignore[arg-type]
-        await nursery.start(attestor.run)
+    async with _running(pair, FakeStore((), {})) as (attestor, inbox_send, _):
         process, checker = attestor._process, attestor._checker
         assert process is not None
         assert checker is not None
@@ -518,21 +485,12 @@ async def test_a_signing_process_that_answers_a_bad_signature_is_replaced_by_the
             return results, after
 
         process.draft = tampered  # type: ignore[method-assign]
-        notices = [_step_notice("run_t", "a", 2), _step_notice("run_t", "b", 5)]
-        for notice in notices:
-            await inbox_send.send(notice)
-        ids = tuple(n.attested.payload["attestation_id"] for n in notices)
-        records = await ask(inbox_send, lambda r: GetAttestations(ids, r))  # type: ignore[arg-type]
+        records = await _attest(
+            inbox_send, _step_notice("run_t", "a", 2), _step_notice("run_t", "b", 5)
+        )
         assert attestor._process is None  # replaced: the daemon signs from now on
         assert [r.claims["index"] for r in records] == [0, 1]  # the chain as if signed once
-        for record in records:
-            envelope = json.loads(record.envelope)
-            payload = base64.b64decode(envelope["payload"])
-            try:
-                pair.public.verify(base64.b64decode(envelope["signatures"][0]["sig"]),
-                                   pae_of(payload))  # fmt: skip
-            except InvalidSignature:  # pragma: no cover - the failure this test looks for
-                pytest.fail(f"{record.attestation_id}: the bad signature was stored")
+        _assert_signed(pair, records)
         inbox_send.close()
     assert not checker._thread.is_alive()
 
@@ -565,6 +523,48 @@ async def test_a_signing_process_answer_is_read_whole_however_the_pipe_splits_it
     assert await process._read(1) == b"d"
     with pytest.raises(SignerFailed, match="exit status 3"):
         await process._read(1)
+
+
+@contextlib.asynccontextmanager
+async def _running(pair, store):  # type: ignore[no-untyped-def]
+    """An attestor (with its signing process) over ``store``: (attestor, its inbox, its store
+    channel); the nursery ends with it."""
+    import trio
+    from foundry.kernel.actors.attestor.actor import Attestor
+
+    store_send, store_receive = trio.open_memory_channel[object](16)
+    inbox_send, inbox_receive = trio.open_memory_channel[object](16)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.serve, store_receive)
+        attestor = Attestor(pair, inbox_receive, store_send)  # type: ignore[arg-type]
+        await nursery.start(attestor.run)
+        yield attestor, inbox_send, store_send
+
+
+async def _attest(inbox_send, *notices: Attest) -> list:  # type: ignore[no-untyped-def]
+    """Send the notices, then ask for their attestations (answered once they are stored)."""
+    from foundry.kernel.actors.attestor.messages import GetAttestations
+    from foundry.kernel.actors.mailbox import ask
+
+    for notice in notices:
+        await inbox_send.send(notice)
+    ids = tuple(n.attested.payload["attestation_id"] for n in notices)
+    return await ask(inbox_send, lambda r: GetAttestations(ids, r))  # type: ignore[no-any-return]
+
+
+def _assert_signed(pair, records) -> None:  # type: ignore[no-untyped-def]
+    """Each record's envelope carries a signature of its payload by ``pair``'s key."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+
+    for record in records:
+        envelope = json.loads(record.envelope)
+        payload = base64.b64decode(envelope["payload"])
+        try:
+            pair.public.verify(base64.b64decode(envelope["signatures"][0]["sig"]), pae_of(payload))
+        except InvalidSignature:  # pragma: no cover - the failure these tests look for
+            pytest.fail(f"{record.attestation_id}: signature does not verify")
 
 
 def pae_of(payload: bytes) -> bytes:
