@@ -245,14 +245,14 @@ class Attestor:
         for n, notice in enumerate(notices):
             if n % CHUNK == CHUNK - 1:
                 await trio.lowlevel.checkpoint()
-            if type(notice) is Attest and _walks_or_reads(notice):
+            if isinstance(notice, Attest) and _walks_or_reads(notice):
                 made.append(notice)
                 later = True
             else:
                 made.append(self._job(notice))
         if later:
             made = await trio.to_thread.run_sync(
-                lambda: [self._job(m) if type(m) is Attest else m for m in made]
+                lambda: [self._job(m) if isinstance(m, Attest) else m for m in made]
             )
         jobs, metas = [], []
         for m in made:

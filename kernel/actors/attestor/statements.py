@@ -79,7 +79,8 @@ def job_of(notice: Attest | AttestCustom, daemon_version: str) -> tuple[Job, Met
         return ("claims", "custom", notice.run_id, claims, None), meta
     attested = notice.attested
     if attested.kind == "step_completed" and "attestation_id" in attested.payload:
-        return _step(notice), Meta(
+        # a step's, as ``announced`` reads it: most notices, made without its tuple and lookup
+        return _step(notice, daemon_version), Meta(
             attested.payload["attestation_id"],
             attested.run_id,
             attested.step_id,
@@ -133,7 +134,7 @@ def full_record(stored: AttestationRow) -> AttestationRecord:
     return stored_record(stored.row)
 
 
-def _step(notice: Attest, daemon_version: str = "") -> Job:
+def _step(notice: Attest, daemon_version: str) -> Job:
     leased, completed = notice.facts
     lp, cp = leased.payload, completed.payload
     return (
