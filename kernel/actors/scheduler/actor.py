@@ -288,8 +288,11 @@ class Scheduler:
                         busy.discard(step.spec.id)
                         candidates.update(run.dag.dependents.get(step.spec.id, ()))
                         # A step of a synchronous block may never have yielded: the rest of the
-                        # daemon gets its turn between steps, as when a task ran each.
-                        await trio.lowlevel.checkpoint()
+                        # daemon gets its turn between steps, as when a task ran each. A
+                        # mutator's has, waiting for its lease's commit; the next lease goes
+                        # at once, so what the others do now overlaps its commit's fdatasync.
+                        if not self._is_mutator(step.spec):
+                            await trio.lowlevel.checkpoint()
                         continue
                 await self._flush(run)  # completions no lease took along
                 wait = next_wait(run, bool(busy), self._stopping.is_set())
