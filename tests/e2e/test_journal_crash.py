@@ -356,10 +356,13 @@ def test_reads_see_every_acknowledged_write_while_duckdb_lags(group_daemons, tmp
     daemon = group_daemons("lag", config).start()
 
     def chain() -> api.EmitResponse:
-        """A finished greeting chain, journaled (the journal file shows it; no query asked)."""
+        """A finished greeting chain, journaled (the journal file shows it; no query asked),
+        and its commit acknowledged: the journal file shows the row a moment before the store
+        tells the engine, which until then answers Status and Trace as for a running chain."""
         reply = emit(daemon, "greet_requested", project="lag", payload={"name": "Ada"})
         wait_until(lambda: journaled(daemon.home, "workflows", reply.workflow_id, "completed"),
                    what="the chain's workflow row in the journal")  # fmt: skip
+        assert finished(daemon, reply.workflow_id).state == "completed"
         return reply
 
     first = chain()
