@@ -366,19 +366,16 @@ class AttestationRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class AttestationRow:
-    """An attestation as the attestor hands it to the store: its ``attestations`` row, in the
-    table's column order (``store/tables.py``), made without decoding what it signed."""
+class AttestationRows:
+    """A batch of attestations as the attestor hands them to the store, one record for the
+    batch: their ``attestation_statements`` rows, in the table's column order
+    (``store/tables.py``), made without decoding what was signed."""
 
-    row: tuple[Any, ...]
-
-    @property
-    def attestation_id(self) -> str:
-        return str(self.row[0])
+    rows: tuple[tuple[Any, ...], ...]
 
 
 def stored_record(row: Sequence[Any]) -> AttestationRecord:
-    """The record of an ``attestation_statements`` row (:class:`AttestationRow`'s order): the
+    """The record of an ``attestation_statements`` row (:class:`AttestationRows`' order): the
     statement decoded, the envelope made of it, its key id and signature (base64)."""
     (attestation_id, run_id, step_id, kind, statement, keyid, signature, artifact_hash,
      previous, created_at, seq) = row  # fmt: skip

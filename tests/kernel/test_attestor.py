@@ -409,8 +409,8 @@ class FakeStore:
                 found = {a.attestation_id: a for a in self.appended}  # type: ignore[attr-defined]
                 message.reply.send([found[i] for i in message.attestation_ids if i in found])
             elif isinstance(message, m.Append):
-                # Decoded as the store reads them back.
-                self.appended.extend(stored_record(r.row) for r in message.records)
+                # A batch a record, decoded as the store reads them back.
+                self.appended.extend(stored_record(row) for r in message.records for row in r.rows)
                 assert message.ack is not None
                 message.ack.send(None)
             else:

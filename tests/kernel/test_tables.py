@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from foundry.kernel.actors.store.journal import encode
-from foundry.kernel.actors.store.tables import Unstorable, check_encoded, table_rows
+from foundry.kernel.actors.store.tables import Unstorable, check_encoded, rows_in, table_rows
 from foundry.kernel.core.ids import event_id, payload_json_of
 from foundry.kernel.core.records import Event, FinishedChain
 from foundry.kernel.core.throttle import Throttle
@@ -86,3 +86,18 @@ def test_bytes_that_only_look_like_a_surrogate_fall_back_to_the_exact_check():
     tables = table_rows([chain], check=False)
     assert b"\xed\xa0\x80" in encode(tables)
     check_encoded(tables, encode(tables))  # no error
+
+
+def test_a_batch_of_attestations_is_one_record_of_many_rows():
+    """The attestor hands the store a batch as one record: each of its rows lands in the
+    table, in order, after the rows of records before it; and it weighs its rows."""
+    from foundry.kernel.core.attest_records import AttestationRows
+
+    def row(n: int) -> tuple[object, ...]:
+        return (f"att_{n}", "run_a", f"s{n}", "step", "{}", "k", "sig", "h", None, T0, n)
+
+    batch = AttestationRows((row(1), row(2), row(3)))
+    tables = table_rows([batch, AttestationRows((row(4),)), event(1)])
+    assert tables[0] == ("attestation_statements", [row(1), row(2), row(3), row(4)])
+    assert tables[1][0] == "events"
+    assert [rows_in(r) for r in (batch, event(1))] == [3, 1]

@@ -60,7 +60,7 @@ from foundry.kernel.actors.store.messages import (
 )
 from foundry.kernel.actors.threads import JobThread
 from foundry.kernel.core.attest import PAYLOAD_TYPE, attestation_digest, key_id, pae
-from foundry.kernel.core.attest_records import AttestationRecord, announced
+from foundry.kernel.core.attest_records import AttestationRecord, AttestationRows, announced
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.run_control import MAX_PAGE_SIZE, RunListQuery, RunSummary
 from foundry.kernel.core.runs import RunEventRecord
@@ -203,7 +203,7 @@ class Attestor:
                 self._chains[run_id] = Chain(*after[run_id])
             else:
                 self._chains.pop(run_id, None)  # its run attestation closed it
-        records = []
+        rows = []
         keyid = self.keyid
         for n, (meta, result) in enumerate(zip(metas, results, strict=True)):
             if n % CHUNK == CHUNK - 1:
@@ -211,10 +211,11 @@ class Attestor:
             if isinstance(result, str):
                 log.error("could not attest %s: %s", _describe(meta), result)
                 continue
-            records.append(attestation_row(meta, result, keyid))
-        if records:
-            self._committed = await post(self._store, lambda r: Append(tuple(records), ack=r))
-            self.signed += len(records)
+            rows.append(attestation_row(meta, result, keyid))
+        if rows:
+            batch = AttestationRows(tuple(rows))  # one record: one row function call in all
+            self._committed = await post(self._store, lambda r: Append((batch,), ack=r))
+            self.signed += len(rows)
 
     async def _chain(self, run_id: str) -> Chain:
         """The chain of a run first seen in this daemon's notices: empty for a run it started,

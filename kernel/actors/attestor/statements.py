@@ -31,7 +31,6 @@ from foundry.kernel.core.attest import (
 )
 from foundry.kernel.core.attest_records import (
     AttestationRecord,
-    AttestationRow,
     announced,
     custom_attestation_id,
     json_digest,
@@ -97,15 +96,15 @@ def job_of(notice: Attest | AttestCustom, daemon_version: str) -> tuple[Job, Met
     return _JOBS[kind](notice, daemon_version), meta
 
 
-def attestation_row(meta: Meta, result: Signed, keyid: str) -> AttestationRow:
+def attestation_row(meta: Meta, result: Signed, keyid: str) -> tuple[Any, ...]:
     """The ``attestation_statements`` row of a signed draft (``drafting.draft_batch``'s
     result): the statement as signed, the key id, the signature (base64)."""
     statement, signature, artifact_hash, previous = result
     attestation_id, run_id, step_id, kind, issued_at, seq = meta
-    return AttestationRow((
+    return (
         attestation_id, run_id, step_id, kind, statement, keyid, signature, artifact_hash,
         previous, issued_at, seq,
-    ))  # fmt: skip
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -126,12 +125,7 @@ class Signer:
             raise AttestationError(result)
         if chain is not None and meta.kind == "step":
             chain.index, chain.previous = heads[meta.run_id]
-        return full_record(attestation_row(meta, result, self.keyid))
-
-
-def full_record(stored: AttestationRow) -> AttestationRecord:
-    """The record of a row, decoded as the store reads it back (with its JSON texts)."""
-    return stored_record(stored.row)
+        return stored_record(attestation_row(meta, result, self.keyid))
 
 
 def _step(notice: Attest, daemon_version: str) -> Job:

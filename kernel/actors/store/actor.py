@@ -67,6 +67,7 @@ from foundry.kernel.actors.store.tables import (
     apply,
     check_encoded,
     merge,
+    rows_in,
     table_rows,
 )
 from foundry.kernel.actors.tap.messages import Publish
@@ -83,7 +84,7 @@ log = logging.getLogger("foundry.store")
 # can also be long (the engine running many chains inline): the wait ends after LINGER_SECONDS.
 LINGER_CHECKPOINTS = 8
 LINGER_SECONDS = 0.001
-# A group someone waits for, of at most this many records, is encoded on the trio thread and
+# A group someone waits for, of at most this many rows, is encoded on the trio thread and
 # appended by the writer process (``journal_writer.py``); a larger one on the journal thread
 # (encoding it here would hold the trio thread: at 64, the engine benchmark's CPU per chain grew
 # ~10%; a PatchStep, or a mutator's lease with the completion before it, is 1-3 records).
@@ -391,6 +392,7 @@ class Store:
             or self._hold_for_test is not None
             or len(records) > WRITER_PROCESS_RECORDS
             or not any(map(_awaited, appends))
+            or sum(map(rows_in, records)) > WRITER_PROCESS_RECORDS  # the attestor's batch
         ):
             return self._journal_job(appends)
         try:

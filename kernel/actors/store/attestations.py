@@ -7,11 +7,11 @@ from typing import Any
 
 import duckdb
 from foundry.kernel.actors.store.tables import WRITERS
-from foundry.kernel.core.attest_records import AttestationRow, stored_record
+from foundry.kernel.core.attest_records import AttestationRows, stored_record
 
 
 def _records(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> list[Any]:
-    columns = ", ".join(WRITERS[AttestationRow].columns)
+    columns = ", ".join(WRITERS[AttestationRows].columns)
     rows = con.execute(f"SELECT {columns} FROM attestation_statements {where}", params)
     return [stored_record(row) for row in rows.fetchall()]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import duckdb
 from foundry.analytics.schema import TABLES
-from foundry.kernel.core.attest_records import AttestationRecord, AttestationRow
+from foundry.kernel.core.attest_records import AttestationRecord, AttestationRows
 from foundry.kernel.core.governance import (
     EvalResultRecord,
     EvalScenarioRecord,
@@ -39,6 +39,9 @@ class TableWriter:
     # A column whose rows are replaced: before a commit appends, rows with the same values in it
     # are deleted, in the same transaction (DuckDB's appender cannot upsert).
     replaces: str = ""
+    # A record of many rows (``rows`` of it, made already): one record, not one per row, on the
+    # way from the attestor through the store's mailbox, its group and the journal.
+    rows: Callable[[Any], Sequence[tuple[Any, ...]]] | None = None
 
     def appender(self, con: duckdb.DuckDBPyConnection) -> Any:
         """An appender for this table on ``con`` (keep it: it is reused for every commit)."""
@@ -150,8 +153,12 @@ def _signed(envelope: str) -> tuple[str, str, str]:
     return payload, signature["keyid"], signature["sig"]
 
 
-def _made_row(a: AttestationRow) -> tuple[Any, ...]:
-    return a.row  # the attestor's, made in the table's column order
+def _made_rows(a: AttestationRows) -> Sequence[tuple[Any, ...]]:
+    return a.rows  # the attestor's, made in the table's column order
+
+
+def _one_row(record: Any) -> tuple[Any, ...]:
+    raise TypeError(f"{type(record).__name__} holds many rows: see TableWriter.rows")
 
 
 def _legacy_attestations(rows: list[tuple[Any, ...]]) -> TableRows:
@@ -310,7 +317,9 @@ WRITERS: dict[type, TableWriter] = {
     AttestationRecord: TableWriter(
         "attestation_statements", _ATTESTATION_COLUMNS, _attestation_row
     ),
-    AttestationRow: TableWriter("attestation_statements", _ATTESTATION_COLUMNS, _made_row),
+    AttestationRows: TableWriter(
+        "attestation_statements", _ATTESTATION_COLUMNS, _one_row, rows=_made_rows
+    ),
 }
 
 
@@ -341,11 +350,21 @@ def table_rows(records: Iterable[Any], *, check: bool = True) -> list[TableRows]
         rows = by_kind.get(kind)
         if rows is None:
             rows = by_kind[kind] = []
-        rows.append(WRITERS[kind].row(record))
+        writer = WRITERS[kind]
+        if writer.rows is None:
+            rows.append(writer.row(record))
+        else:
+            rows.extend(writer.rows(record))
     if check:
         for kind, rows in by_kind.items():
             _check_text(WRITERS[kind], rows)
     return [(WRITERS[kind].table, rows) for kind, rows in by_kind.items()]
+
+
+def rows_in(record: Any) -> int:
+    """How many rows ``record`` makes (one, unless its writer makes many)."""
+    writer = WRITERS.get(type(record))
+    return 1 if writer is None or writer.rows is None else len(writer.rows(record))
 
 
 def check_encoded(tables: Sequence[TableRows], encoded: bytes) -> None:
