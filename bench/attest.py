@@ -49,6 +49,7 @@ from foundry.kernel.actors.tap.actor import TapBroker, receive_batch
 from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
+from foundry.kernel.core.attest import key_id
 from foundry.kernel.core.attest_records import announced, run_attestation_id
 from foundry.kernel.core.runs import RunEventRecord
 from foundry.kernel.daemon import tune_collector
@@ -192,13 +193,13 @@ async def _session(home: Path, steps: int, pairs: int) -> dict[str, list[Sample]
 def _sign_loop(home: Path, n: int) -> float:
     """CPU µs per step attestation drafted and signed (``drafting.draft_batch``: hashes, claims,
     statement, Ed25519), in batches of ``attestor.actor.BATCH``, as the signing process does."""
-    sign, _ = signer(keys.load_or_create(home).private)  # libsodium's, as the process signs
+    sign, public = signer(keys.load_or_create(home).private)  # libsodium's, as the process signs
     usage = {"tokens_in": 0, "tokens_out": 0, "cost": 0.0}
     jobs = [("step", "run_b", f"s{i}", "noop", 1, usage, {"n": i, "prev": i - 1}, 5, None,
              {"n": i}) for i in range(n)]  # fmt: skip
     cpu = _cpu(resource.RUSAGE_THREAD)
     for start in range(0, n, BATCH):
-        draft_batch({}, jobs[start : start + BATCH], sign)
+        draft_batch({}, jobs[start : start + BATCH], sign, key_id(public))
     return (_cpu(resource.RUSAGE_THREAD) - cpu) * 1e6 / n
 
 

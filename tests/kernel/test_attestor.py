@@ -295,7 +295,8 @@ async def test_the_signing_process_drafts_and_signs_as_the_daemon_would(tmp_path
         jobs = _jobs(600)
         heads = {"run_p": (3, "a" * 64)}
         drafted = await process.draft(heads, jobs)
-        expected = draft_batch(heads, jobs, pair.private.sign)  # Ed25519: deterministic
+        keyid = key_id(pair.public_raw)
+        expected = draft_batch(heads, jobs, pair.private.sign, keyid)  # Ed25519: deterministic
         assert drafted == expected
         results, after = expected
         assert after == {}  # the run's attestation closed its chain
@@ -305,15 +306,17 @@ async def test_the_signing_process_drafts_and_signs_as_the_daemon_would(tmp_path
         assert not isinstance(first, str)
         assert json.loads(first[0])["predicate"]["previous"] == "a" * 64
         assert json.loads(first[0])["predicate"]["index"] == 3
-        assert first[2] == json_digest({"n": 0})  # the output's hash, 0.0 as 0
-        pair.public.verify(__import__("base64").b64decode(first[1]), pae_of(first[0].encode()))
+        assert first[1] == keyid
+        assert first[3] == json_digest({"n": 0})  # the output's hash, 0.0 as 0
+        pair.public.verify(__import__("base64").b64decode(first[2]), pae_of(first[0].encode()))
         # A frozen mapping goes as a dict; a value that is not JSON is not sent at all.
         frozen = ("claims", "custom", "", MappingProxyType({"label": "l", "claims": {}}), None)
-        assert await process.draft({}, [frozen]) == draft_batch({}, [frozen], pair.private.sign)
+        sign = pair.private.sign
+        assert await process.draft({}, [frozen]) == draft_batch({}, [frozen], sign, keyid)
         assert await process.draft({}, [("claims", "custom", "", {"x": AT}, None)]) is None
         odd = [("claims", "custom", "", {"x": {1, 2}}, None)]  # a set: pickled, then refused
-        assert await process.draft({}, odd) == draft_batch({}, odd, pair.private.sign)
-        assert await process.draft({}, _jobs(1)) == draft_batch({}, _jobs(1), pair.private.sign)
+        assert await process.draft({}, odd) == draft_batch({}, odd, sign, keyid)
+        assert await process.draft({}, _jobs(1)) == draft_batch({}, _jobs(1), sign, keyid)
     finally:
         await process.close()
 
@@ -478,10 +481,10 @@ async def test_a_signing_process_that_answers_a_bad_signature_is_replaced_by_the
 
         async def tampered(heads, jobs):  # type: ignore[no-untyped-def]
             results, after = await honest(heads, jobs)
-            statement, signature, *rest = results[-1]
+            statement, keyid, signature, *rest = results[-1]
             raw = bytearray(base64.b64decode(signature))
             raw[0] ^= 1
-            results[-1] = (statement, base64.b64encode(bytes(raw)).decode(), *rest)
+            results[-1] = (statement, keyid, base64.b64encode(bytes(raw)).decode(), *rest)
             return results, after
 
         process.draft = tampered  # type: ignore[method-assign]
@@ -711,13 +714,13 @@ def test_the_check_of_a_signing_process_answer_refuses_any_signature_but_the_key
     store_send, _ = trio.open_memory_channel(1)
     _, inbox = trio.open_memory_channel(1)
     attestor = Attestor(pair, inbox, store_send)
-    results, _ = draft_batch({}, _jobs(2), pair.private.sign)
-    statement, signature, *rest = results[-1]
+    results, _ = draft_batch({}, _jobs(2), pair.private.sign, key_id(pair.public_raw))
+    statement, keyid, signature, *rest = results[-1]
     raw = base64.b64decode(signature)
 
     def answer(signature: bytes | str) -> list:
         text = signature if isinstance(signature, str) else base64.b64encode(signature).decode()
-        return [results[0], (statement, text, *rest)]
+        return [results[0], (statement, keyid, text, *rest)]
 
     assert attestor._good(results)
     assert attestor._good([*results, "a job's error"])  # the last *signature* is checked
@@ -725,5 +728,5 @@ def test_the_check_of_a_signing_process_answer_refuses_any_signature_but_the_key
     assert not attestor._good(answer(other.private.sign(b"anything")))
     assert not attestor._good(answer(raw[:63]))
     assert not attestor._good(answer("not base64!"))
-    altered = (statement.replace('"', "'", 1), signature, *rest)
+    altered = (statement.replace('"', "'", 1), keyid, signature, *rest)
     assert not attestor._good([results[0], altered])

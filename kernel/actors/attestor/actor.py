@@ -35,6 +35,7 @@ import functools
 import logging
 from base64 import b64decode
 from importlib.metadata import PackageNotFoundError, version
+from operator import add
 from typing import Any
 
 import trio
@@ -47,7 +48,14 @@ from foundry.kernel.actors.attestor.messages import (
     GetAttestations,
 )
 from foundry.kernel.actors.attestor.signer import SignerFailed, SignerProcess
-from foundry.kernel.actors.attestor.statements import Chain, Meta, Signer, attestation_row, job_of
+from foundry.kernel.actors.attestor.statements import (
+    ROW_HEAD,
+    ROW_TAIL,
+    Chain,
+    Meta,
+    Signer,
+    job_of,
+)
 from foundry.kernel.actors.mailbox import Pending, ask, post, refuse, take_batch
 from foundry.kernel.actors.store.messages import (
     Append,
@@ -203,17 +211,17 @@ class Attestor:
                 self._chains[run_id] = Chain(*after[run_id])
             else:
                 self._chains.pop(run_id, None)  # its run attestation closed it
-        rows = []
-        keyid = self.keyid
-        for n, (meta, result) in enumerate(zip(metas, results, strict=True)):
-            if n % CHUNK == CHUNK - 1:
-                await trio.lowlevel.checkpoint()
-            if isinstance(result, str):
-                log.error("could not attest %s: %s", _describe(meta), result)
-                continue
-            rows.append(attestation_row(meta, result, keyid))
-        if rows:
-            batch = AttestationRows(tuple(rows))  # one record: one row function call in all
+        if str in set(map(type, results)):  # a job whose facts could not be attested (rare)
+            for meta, result in zip(metas, results, strict=True):
+                if isinstance(result, str):
+                    log.error("could not attest %s: %s", _describe(meta), result)
+            kept = [(m, r) for m, r in zip(metas, results, strict=True) if not isinstance(r, str)]
+            metas, results = [m for m, _ in kept], [r for _, r in kept]
+        if results:
+            # Each row is its meta's head + the result + its meta's tail, joined in C (a batch of
+            # hundreds without a Python call per row), and the batch is one record.
+            rows = tuple(map(add, map(add, map(ROW_HEAD, metas), results), map(ROW_TAIL, metas)))
+            batch = AttestationRows(rows)
             self._committed = await post(self._store, lambda r: Append((batch,), ack=r))
             self.signed += len(rows)
 
@@ -283,8 +291,8 @@ class Attestor:
                 log.error("%s: signing in the daemon from now on", exc)
                 process, self._process = self._process, None
                 await process.close()
-        sign = self._signer.sign
-        return await trio.to_thread.run_sync(lambda: draft_batch(heads, jobs, sign))
+        sign, keyid = self._signer.sign, self.keyid
+        return await trio.to_thread.run_sync(lambda: draft_batch(heads, jobs, sign, keyid))
 
     async def _checked(self, results: list[Result]) -> bool:
         """:meth:`_good`, on the checker thread: ~190 µs a batch (~650,000 instructions, 4,300
@@ -300,7 +308,7 @@ class Attestor:
         for result in reversed(results):
             if not isinstance(result, str):
                 try:
-                    signature = b64decode(result[1], validate=True)
+                    signature = b64decode(result[2], validate=True)
                     if len(signature) != SIGNATURE:
                         return False
                     crypto_sign_open(

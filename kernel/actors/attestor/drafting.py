@@ -18,10 +18,12 @@ A job is a tuple of plain values (``statements.job_of`` makes them from the noti
 
 ``heads`` maps a run to its chain head before the batch, ``(index, previous digest)``; the
 batch's step attestations advance it, a run attestation closes it. Each job's result is
-``(statement, signature, artifact_hash, previous)`` — the canonical statement (the DSSE payload,
-as text), its Ed25519 signature over the PAE (base64), the attested hash, and the chain's
-previous digest (a step's or run's; None otherwise): what the ``attestation_statements`` row
-holds — or, for a job whose facts cannot be attested, the reason (a str).
+``(statement, keyid, signature, artifact_hash, previous)`` — the canonical statement (the DSSE
+payload, as text), the signing key's id, its Ed25519 signature over the PAE (base64), the
+attested hash, and the chain's previous digest (a step's or run's; None otherwise): the middle
+columns of the ``attestation_statements`` row, in order (the daemon adds the ids before and the
+time and seq after, without a Python call per row) — or, for a job whose facts cannot be
+attested, the reason (a str).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from foundry.kernel.core.attest_records import Unsigned, json_digest, unsigned
 
 Job = tuple[Any, ...]
 Heads = dict[str, tuple[int, str | None]]
-Signed = tuple[str, str, str, str | None]  # statement, signature, artifact hash, previous
+Signed = tuple[str, str, str, str, str | None]  # statement, keyid, signature, hash, previous
 Result = Signed | str  # or why the job's facts cannot be attested
 
 
@@ -46,14 +48,15 @@ def draft_batch(
     heads: Mapping[str, tuple[int, str | None]],
     jobs: Sequence[Job],
     sign: Callable[[bytes], bytes],
+    keyid: str,
 ) -> tuple[list[Result], Heads]:
     """Each job's result, in order, and the chain heads after the batch (of the runs in
-    ``heads`` or the jobs that the batch did not close)."""
+    ``heads`` or the jobs that the batch did not close); ``keyid`` is ``sign``'s key's."""
     chains: Heads = dict(heads)
     results: list[Result] = []
     for job in jobs:
         try:
-            results.append(_draft(job, chains, sign))
+            results.append(_draft(job, chains, sign, keyid))
         except Exception as exc:  # one job's bad facts must not stop the others
             results.append(f"{type(exc).__name__}: {exc}")
     return results, chains
@@ -94,7 +97,7 @@ class _Unpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"a batch may not hold {module}.{name}")
 
 
-def _draft(job: Job, chains: Heads, sign: Callable[[bytes], bytes]) -> Result:
+def _draft(job: Job, chains: Heads, sign: Callable[[bytes], bytes], keyid: str) -> Result:
     kind = job[0]
     if kind == "step":
         _, run_id, step_id, block, attempt, usage, inputs, seed, model, output = job
@@ -107,18 +110,20 @@ def _draft(job: Job, chains: Heads, sign: Callable[[bytes], bytes]) -> Result:
         )  # fmt: skip
         statement = unsigned("step", claims)
         chains[run_id] = (index + 1, statement.digest)
-        return (*_signed(statement, sign), claims["output_hash"], previous)
+        return (*_signed(statement, sign, keyid), claims["output_hash"], previous)
     if kind == "run":
         _, run_id, given, outputs = job
         index, previous = chains.pop(run_id, (0, None))
         claims = run_claims(**given, previous=previous, chain_length=index)
         statement = unsigned("run", claims)
-        return (*_signed(statement, sign), json_digest(outputs), previous)
+        return (*_signed(statement, sign, keyid), json_digest(outputs), previous)
     _, kind, _, claims, artifact_hash = job
     statement = unsigned(kind, claims)
     digest = artifact_hash or statement.subject["digest"]["sha256"]
-    return (*_signed(statement, sign), digest, None)
+    return (*_signed(statement, sign, keyid), digest, None)
 
 
-def _signed(statement: Unsigned, sign: Callable[[bytes], bytes]) -> tuple[str, str]:
-    return statement.payload.decode(), b64encode(sign(statement.pae)).decode()
+def _signed(
+    statement: Unsigned, sign: Callable[[bytes], bytes], keyid: str
+) -> tuple[str, str, str]:
+    return statement.payload.decode(), keyid, b64encode(sign(statement.pae)).decode()

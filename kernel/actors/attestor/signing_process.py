@@ -13,8 +13,9 @@ It reads the private key from its file, refusing (exit 2, one line on stderr) a 
 read or a folder others may write, as the daemon does at start. Then it writes the raw public
 key (32 bytes) to stdout, and for each request on stdin — ``length`` (4 bytes, big-endian), then
 that many bytes: ``drafting.dumps((heads, jobs))`` — it drafts and signs the batch
-(``drafting.draft_batch``) and answers ``length`` and ``drafting.dumps((results, heads))``, or
-``dumps(None)`` for a request it cannot read. stdin's end ends it.
+(``drafting.draft_batch``, with its key's id) and answers ``length`` and
+``drafting.dumps((results, heads))``, or ``dumps(None)`` for a request it cannot read. stdin's
+end ends it.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def serve(key_file: Path) -> None:
     sign, public = signer(load(key_file))
     module = drafting()
     draft_batch, dumps, loads = module.draft_batch, module.dumps, module.loads
+    from foundry.kernel.core.attest import key_id  # loaded with drafting's, under its packages
+
+    keyid = key_id(public)
     read, write, flush = sys.stdin.buffer.read, sys.stdout.buffer.write, sys.stdout.buffer.flush
     write(public)
     flush()
@@ -97,7 +101,7 @@ def serve(key_file: Path) -> None:
         except Exception:  # never expected: the daemon drafts this batch itself
             answer = dumps(None)
         else:
-            answer = dumps(draft_batch(heads, jobs, sign))
+            answer = dumps(draft_batch(heads, jobs, sign, keyid))
         write(HEAD.pack(len(answer)) + answer)
         flush()
 

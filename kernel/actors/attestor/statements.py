@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -96,15 +97,18 @@ def job_of(notice: Attest | AttestCustom, daemon_version: str) -> tuple[Job, Met
     return _JOBS[kind](notice, daemon_version), meta
 
 
-def attestation_row(meta: Meta, result: Signed, keyid: str) -> tuple[Any, ...]:
+# A row of ``attestation_statements`` is a meta's head, a signed draft (``drafting``: the
+# statement as signed, the key id, the signature, the attested hash, the previous digest) and
+# the meta's tail: these pick the head and the tail, in C.
+ROW_HEAD = itemgetter(0, 1, 2, 3)  # attestation_id, run_id, step_id, kind
+ROW_TAIL = itemgetter(4, 5)  # issued_at (created_at), seq
+
+
+def attestation_row(meta: Meta, result: Signed) -> tuple[Any, ...]:
     """The ``attestation_statements`` row of a signed draft (``drafting.draft_batch``'s
-    result): the statement as signed, the key id, the signature (base64)."""
-    statement, signature, artifact_hash, previous = result
-    attestation_id, run_id, step_id, kind, issued_at, seq = meta
-    return (
-        attestation_id, run_id, step_id, kind, statement, keyid, signature, artifact_hash,
-        previous, issued_at, seq,
-    )  # fmt: skip
+    result), one at a time (the attestor joins a batch's in C, the same way)."""
+    row: tuple[Any, ...] = ROW_HEAD(meta) + result + ROW_TAIL(meta)
+    return row
 
 
 @dataclass(frozen=True)
@@ -120,12 +124,12 @@ class Signer:
         """The signed record of a notice; a step attestation advances ``chain``."""
         job, meta = job_of(notice, self.daemon_version)
         head = (chain.index, chain.previous) if chain is not None else (0, None)
-        (result,), heads = draft_batch({meta.run_id: head}, [job], self.sign)
+        (result,), heads = draft_batch({meta.run_id: head}, [job], self.sign, self.keyid)
         if isinstance(result, str):
             raise AttestationError(result)
         if chain is not None and meta.kind == "step":
             chain.index, chain.previous = heads[meta.run_id]
-        return stored_record(attestation_row(meta, result, self.keyid))
+        return stored_record(attestation_row(meta, result))
 
 
 def _step(notice: Attest, daemon_version: str) -> Job:
