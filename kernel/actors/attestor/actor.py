@@ -212,10 +212,12 @@ class Attestor:
             else:
                 self._chains.pop(run_id, None)  # its run attestation closed it
         if str in set(map(type, results)):  # a job whose facts could not be attested (rare)
+            kept = []
             for meta, result in zip(metas, results, strict=True):
                 if isinstance(result, str):
                     log.error("could not attest %s: %s", _describe(meta), result)
-            kept = [(m, r) for m, r in zip(metas, results, strict=True) if not isinstance(r, str)]
+                else:
+                    kept.append((meta, result))
             metas, results = [m for m, _ in kept], [r for _, r in kept]
         if results:
             # Each row is its meta's head + the result + its meta's tail, joined in C (a batch of

@@ -47,10 +47,6 @@ class TableWriter:
         """An appender for this table on ``con`` (keep it: it is reused for every commit)."""
         return con.appender(self.table, columns=list(self.columns))
 
-    def append(self, appender: Any, records: Sequence[Any]) -> None:
-        """Buffer the records' rows; the caller flushes them inside its transaction."""
-        appender.append_rows([self.row(r) for r in records])
-
     def delete_replaced(self, con: duckdb.DuckDBPyConnection, rows: Sequence[Any]) -> None:
         """Inside the caller's transaction: delete the rows ``rows`` replace (if any)."""
         if self.replaces:
