@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from foundry.kernel.actors.threads import in_thread
 from foundry.kernel.blocks.children import stop_process_group
 from foundry.kernel.core.envpolicy import child_environment
 from foundry.kernel.core.throttle import Action, Throttle
@@ -146,9 +147,8 @@ class BlockContext:
         folder and list it in the trace; its path. The folder's creation and the write run on a
         worker thread: a new folder and file cost a few hundred microseconds of system calls,
         during which the trio thread would run no other chain."""
-        path, listed = await trio.to_thread.run_sync(
-            self._write_artifact, name, data, limiter=_artifact_writers()
-        )
+        writers = _artifact_writers()
+        path, listed = await in_thread(self._write_artifact, name, data, limiter=writers)
         self.artifacts_written.append(listed)
         return path
 
@@ -226,7 +226,7 @@ class BlockContext:
         chain meanwhile."""
         if not self.artifacts_touched:
             return self.listed_artifacts()  # no scan: the names write_artifact kept
-        return await trio.to_thread.run_sync(self.listed_artifacts, limiter=_artifact_writers())
+        return await in_thread(self.listed_artifacts, limiter=_artifact_writers())
 
 
 def _plain_file_name(name: str) -> bool:

@@ -599,6 +599,24 @@ async def test_an_observers_lease_is_not_waited_for(tmp_path, autojump_clock):
     assert h.kinds(run_id).count("step_completed") == 2
 
 
+async def test_a_runs_end_is_appended_as_awaited_and_its_steps_are_not(tmp_path, autojump_clock):
+    """Whoever watches a run waits for its end, with no reply in the append: it is marked
+    ``awaited`` (the store commits it at once, hurried past a busy loop); an observer's
+    lease and completion are not."""
+    store = CommittingStore()
+    async with running_scheduler(tmp_path, [Flaky(0)], store=store) as h:
+        run_id = await h.submit([step("a", "flaky"), step("b", "flaky", after=("a",))])
+        await store.until(run_id, *TERMINAL_KINDS)
+    appends = [a for b in store.batches for a in b]
+    ends = [a for a in appends if any(getattr(r, "kind", "") in TERMINAL_KINDS for r in a.records)]
+    assert len(ends) == 1
+    assert ends[0].awaited
+    assert ends[0].records[-1].kind == "run_succeeded"
+    steps_only = [a for a in appends if a is not ends[0]]
+    assert steps_only
+    assert not any(a.awaited for a in steps_only)
+
+
 async def test_getrun_shows_no_completion_the_store_has_not_taken(tmp_path, autojump_clock):
     """A completion the scheduler holds back for the next lease goes to the store before
     GetRun's Barrier: what GetRun shows is committed."""

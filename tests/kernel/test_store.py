@@ -672,3 +672,34 @@ async def test_the_journal_appends_and_syncs_off_the_trio_thread(tmp_path, monke
     assert committed_events(tmp_path) == 59
     assert len(threads) >= 2
     assert set(threads) == {"foundry-journal"}
+
+
+async def test_writes_someone_waits_for_commit_while_the_loop_never_idles(tmp_path):
+    """Behind a task that computes and yields, again and again (a loaded daemon), the journal
+    thread still gets the interpreter lock for groups someone waits for — large ones (the
+    thread's: without a short switch interval meanwhile, twenty of them took until the loop
+    gave up), and a run's end, which its watchers wait for with no reply (``awaited``)."""
+    from .test_threads import keep_busy
+
+    tap_send, tap_receive = trio.open_memory_channel(100)
+    store_send, store_receive = trio.open_memory_channel(100)
+    busy_until = time.monotonic() + GUARD_SECONDS
+    done = trio.Event()
+    with trio.fail_after(2 * GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(Store(tmp_path, store_receive, tap_send).run)
+            await post_now(store_send, [make_event(0)]).wait()  # the segment, before the load
+            nursery.start_soon(keep_busy, done, busy_until)
+            for group in range(20):  # each to the journal thread: its encoding, write, sync
+                large = [make_event(n) for n in range(1 + 40 * group, 41 + 40 * group)]
+                await post_now(store_send, large).wait()
+            end = make_event(801)
+            store_send.send_nowait(Append((end,), (end,), awaited=True))
+            published = []
+            while end not in published:
+                published.extend((await tap_receive.receive()).items)
+            still_busy = time.monotonic() < busy_until
+            done.set()
+            store_send.close()
+    assert still_busy, "the commits waited for the busy loop to give up"
+    assert committed_events(tmp_path) == 802

@@ -301,7 +301,8 @@ class Attestor:
         a step attestation of a 150-step batch) the trio thread spent on it, and a gate
         decision is a batch of its own. libsodium lets go of the interpreter lock meanwhile."""
         assert self._checker is not None
-        good: bool = await self._checker.run(functools.partial(self._good, results))
+        check = functools.partial(self._good, results)
+        good: bool = await self._checker.run(check, waited=False)  # hurried only if starved
         return good
 
     def _good(self, results: list[Result]) -> bool:

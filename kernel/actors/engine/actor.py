@@ -58,6 +58,7 @@ from foundry.kernel.actors.store.messages import (
     StoreMessage,
 )
 from foundry.kernel.actors.telemetry.messages import ChainEnded, SpanOutbox
+from foundry.kernel.actors.threads import in_thread
 from foundry.kernel.blocks.api import Block, BlockContext, Emission, Usage
 from foundry.kernel.blocks.execution import Outcome, execute, execute_now
 from foundry.kernel.blocks.registry import BlockRegistry
@@ -521,7 +522,7 @@ class Engine:
     async def _trace_from_disk(self, message: GetTrace) -> None:
         """The trace file; else (the daemon died before the archivist wrote it) the database."""
         try:
-            document = await trio.to_thread.run_sync(_read_trace, self._home, message.event_id)
+            document = await in_thread(_read_trace, self._home, message.event_id)
             if document is None:
                 document = await ask(self._store, lambda r: LoadTrace(message.event_id, r))
         except Exception as exc:

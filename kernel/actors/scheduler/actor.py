@@ -329,7 +329,7 @@ class Scheduler:
                 outcome=end.kind, spec_hash=json_digest(spec),
             )  # fmt: skip
         records.append(run.make_event(end.kind, self._clock.now(), end.step_id, **end.payload()))
-        await self._record_all(records, notices)
+        await self._record_all(records, notices, awaited=True)  # the run's watchers wait
         if self._spans.on:
             self._spans.offer(_run_ended(run, records[-1].occurred_at))
         self._retire(run)
@@ -658,9 +658,11 @@ class Scheduler:
         held_records.extend(records)
         held_notices.extend(notices)
 
-    async def _record_all(self, records: list[Any], notices: list[Attest]) -> None:
+    async def _record_all(
+        self, records: list[Any], notices: list[Attest], *, awaited: bool = False
+    ) -> None:
         """Append events made and applied already; then hand their notices to the attestor."""
-        await self._send_store(Append(tuple(records), tuple(records)))
+        await self._send_store(Append(tuple(records), tuple(records), awaited=awaited))
         await self._notify(notices)
 
     async def _notify(self, notices: list[Attest]) -> None:

@@ -72,7 +72,7 @@ from foundry.kernel.actors.store.tables import (
 )
 from foundry.kernel.actors.tap.messages import Publish
 from foundry.kernel.actors.telemetry.messages import SpanOutbox, TracesStored
-from foundry.kernel.actors.threads import JobThread
+from foundry.kernel.actors.threads import JobThread, in_thread, waited_for
 from foundry.kernel.core.records import FinishedChain
 from foundry.kernel.errors import ConfigError, DeadlineExceeded, InvalidArgument, Unavailable
 
@@ -366,8 +366,8 @@ class Store:
         self._room.set()
         appends = [m for m in batch if isinstance(m, Append)]
         job = self._hand_off(appends) if appends else None
-        if job is not None:
-            self._writer.submit(job)  # its end wakes the idle loop
+        if job is not None:  # its end wakes the idle loop
+            self._writer.submit(job, waited=any(map(_awaited, appends)))
         else:
             self._wake_committer()
         self._inflight, self._idle = batch, False
@@ -476,7 +476,7 @@ class Store:
         """Finish the commit of ``appends`` (``submitted``: its journal job is queued already)."""
         try:
             if not submitted:
-                self._writer.submit(self._journal_job(appends))
+                self._writer.submit(self._journal_job(appends), waited=any(map(_awaited, appends)))
             seq, tables, traces = await self._journal_result()
         except Exception as exc:
             if len(appends) > 1:
@@ -568,7 +568,10 @@ class Store:
         ``limit`` seconds (the log says why the materializer is stuck). A ``read`` fails at once
         while a failed reopen leaves the database closed: DuckDB does not catch up meanwhile."""
         target = self._journaled
-        with trio.move_on_after(math.inf if limit is None else limit):
+        if self._applied >= target and not (read and self._reconnecting is not None):
+            return
+        # The materializer's thread is waited for now (``threads.waited_for``).
+        with trio.move_on_after(math.inf if limit is None else limit), waited_for():
             while True:
                 if read and self._reconnecting is not None:
                     self._require_open()
@@ -725,7 +728,7 @@ class Store:
     async def _query(self, message: StoreQuery) -> None:
         try:
             await self._readable()
-            result = await trio.to_thread.run_sync(self._run_query, message, limiter=self._readers)
+            result = await in_thread(self._run_query, message, limiter=self._readers)
         except Exception as exc:
             if isinstance(exc, duckdb.Error):
                 log.exception("query %s failed", type(message).__name__)
@@ -755,7 +758,11 @@ class Store:
                 assert self._queries is not None
                 self._queries.start_soon(expire)
                 try:
-                    result = await thread.run(lambda: self._run_user_query(cursor, message))
+                    result = await thread.run(
+                        lambda: self._run_user_query(cursor, message),
+                        waited=False,
+                        hurry_after=None,  # idle priority: the daemon's own work comes first
+                    )
                 except duckdb.InterruptException:
                     if not expired:
                         raise
@@ -1106,7 +1113,7 @@ def _locked(con: duckdb.DuckDBPyConnection) -> bool:
 def _awaited(write: Write) -> bool:
     """Someone waits for this write's commit."""
     if isinstance(write, Append):
-        return write.ack is not None or bool(write.answers)
+        return write.awaited or write.ack is not None or bool(write.answers)
     return True  # a Barrier or a retention pass
 
 
