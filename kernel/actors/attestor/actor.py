@@ -66,7 +66,7 @@ from foundry.kernel.actors.store.messages import (
     LoadUnattested,
     StoreMessage,
 )
-from foundry.kernel.actors.threads import JobThread
+from foundry.kernel.actors.threads import JobThread, in_thread
 from foundry.kernel.core.attest import PAYLOAD_TYPE, attestation_digest, key_id, pae
 from foundry.kernel.core.attest_records import AttestationRecord, AttestationRows, announced
 from foundry.kernel.core.json_input import quoted
@@ -262,7 +262,7 @@ class Attestor:
             else:
                 made.append(self._job(notice))
         if later:
-            made = await trio.to_thread.run_sync(
+            made = await in_thread(  # GetAttestations may wait for them
                 lambda: [self._job(m) if isinstance(m, Attest) else m for m in made]
             )
         jobs, metas = [], []
@@ -294,7 +294,7 @@ class Attestor:
                 process, self._process = self._process, None
                 await process.close()
         sign, keyid = self._signer.sign, self.keyid
-        return await trio.to_thread.run_sync(lambda: draft_batch(heads, jobs, sign, keyid))
+        return await in_thread(lambda: draft_batch(heads, jobs, sign, keyid))
 
     async def _checked(self, results: list[Result]) -> bool:
         """:meth:`_good`, on the checker thread: ~190 µs a batch (~650,000 instructions, 4,300
