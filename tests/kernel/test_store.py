@@ -703,3 +703,35 @@ async def test_writes_someone_waits_for_commit_while_the_loop_never_idles(tmp_pa
             store_send.close()
     assert still_busy, "the commits waited for the busy loop to give up"
     assert committed_events(tmp_path) == 802
+
+
+async def test_duckdb_catches_up_after_a_commit_someone_waits_for(tmp_path):
+    """A commit someone waits for, on the journal thread, goes before DuckDB's catching up:
+    both hold the interpreter lock for most of their work. The materializer waits for that one
+    commit (never more: commits never stop) — unless a read wants DuckDB meanwhile."""
+    gate, held = threading.Event(), threading.Event()
+    order: list[str] = []
+    holding = [False]
+
+    def hold(work):
+        if work == "commit" and holding[0]:
+            held.set()
+            gate.wait(GUARD_SECONDS)
+        if work in ("commit", "materialize"):
+            order.append(work)
+
+    async with running_store(tmp_path, hold_for_test=hold, materialize_delay=0.05) as store:
+        store.send_nowait(Append((make_event(1),), ()))  # nobody waits for it
+        await ask(store, Barrier)  # journaled: DuckDB's delay runs from here
+        holding[0] = True
+        ack = post_now(store, [make_event(2)])
+        await trio.to_thread.run_sync(held.wait)
+        await trio.sleep(0.2)  # four delays: DuckDB would have caught up with the first
+        assert order == ["commit"]  # the first's group (and the Barrier): not DuckDB yet
+        # A read wants DuckDB: it does not wait for the held commit.
+        assert (await ask(store, CountRows)).events == 1
+        assert order == ["commit", "materialize"]
+        gate.set()
+        await ack.wait()
+        assert (await ask(store, CountRows)).events == 2
+    assert order[:3] == ["commit", "materialize", "commit"]

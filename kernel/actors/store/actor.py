@@ -218,6 +218,10 @@ class Store:
         self._writer_lock = -1  # journal/writer.lock, held while this store (or its child) lives
         self._writer_process: WriterProcess | None = None  # None: the thread appends all
         self._handed: _Handed | None = None  # the group the trio thread handed the writer process
+        # Set once a group someone waits for, on the journal thread, is through (or a read
+        # wants DuckDB): DuckDB's catching up waits for it — both hold the interpreter lock for
+        # most of their work, and the write's waiter comes first.
+        self._commit_first: trio.Event | None = None
         self._materialize_delay = materialize_delay
         self._backlog: list[tuple[int, list[TableRows]]] = []  # journaled, not yet in DuckDB
         self._backlog_rows = 0
@@ -367,7 +371,10 @@ class Store:
         appends = [m for m in batch if isinstance(m, Append)]
         job = self._hand_off(appends) if appends else None
         if job is not None:  # its end wakes the idle loop
-            self._writer.submit(job, waited=any(map(_awaited, appends)))
+            waited = any(map(_awaited, appends))
+            self._writer.submit(job, waited=waited)
+            if waited:
+                self._commit_first = trio.Event()
         else:
             self._wake_committer()
         self._inflight, self._idle = batch, False
@@ -477,7 +484,10 @@ class Store:
         try:
             if not submitted:
                 self._writer.submit(self._journal_job(appends), waited=any(map(_awaited, appends)))
-            seq, tables, traces = await self._journal_result()
+            try:
+                seq, tables, traces = await self._journal_result()
+            finally:
+                self._let_duckdb_go()
         except Exception as exc:
             if len(appends) > 1:
                 # One bad append must not fail the others grouped with it: commit each alone.
@@ -532,6 +542,8 @@ class Store:
                 with trio.move_on_after(self._materialize_delay):
                     await self._hurry.wait()  # more rows join this batch meanwhile
             self._hurry = trio.Event()
+            if self._commit_first is not None:  # one commit at most: commits never stop
+                await self._commit_first.wait()
             await self._materialize()
 
     async def _materialize(self) -> None:
@@ -579,8 +591,14 @@ class Store:
                     return
                 caught = self._caught
                 self._hurry.set()
+                self._let_duckdb_go()  # a read (or memory) comes before a commit's waiter
                 await caught.wait()
         raise Unavailable("the store's database is behind its journal; the daemon log says why")
+
+    def _let_duckdb_go(self) -> None:
+        if self._commit_first is not None:
+            self._commit_first.set()
+            self._commit_first = None
 
     async def _readable(self) -> None:
         await self._caught_up(read=True)
