@@ -374,6 +374,18 @@ class AttestationRows:
     rows: tuple[tuple[Any, ...], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class DerivedAttestationRows:
+    """As :class:`AttestationRows`, for attestations of a run's facts (its steps, tool calls,
+    artifacts, capability tokens, the run): what they sign is journaled, and a start re-attests
+    any a stopped daemon announced but DuckDB lacks (the same envelopes: signing is
+    deterministic) — so they are not journaled themselves, only written to DuckDB with, or
+    after, the facts they attest. A gate decision's or an eval result's is an
+    :class:`AttestationRows`: nothing announces it to re-attest."""
+
+    rows: tuple[tuple[Any, ...], ...]
+
+
 def stored_record(row: Sequence[Any]) -> AttestationRecord:
     """The record of an ``attestation_statements`` row (:class:`AttestationRows`' order): the
     statement decoded, the envelope made of it, its key id and signature (base64)."""

@@ -20,7 +20,6 @@ from foundry.kernel.actors.store.journal import (
     RECORD_HEADER,
     SEGMENT_HEADER,
     Recovered,
-    decode,
     pending_records,
 )
 from foundry.kernel.edge.grpc.client import open_channel
@@ -162,29 +161,6 @@ def sql(daemon: Daemon, query: str) -> list[list[Any]]:
     return [json.loads(row) for row in reply.rows_json]
 
 
-def cut_trailing_records(home: Path, only_table: str) -> list[Recovered]:
-    """Cut off the journal's last records while they hold rows of ``only_table`` alone, as if
-    the daemon had died just before committing them; returns them. (Of the last segment only:
-    it may be left with its header alone, as a rotation just before a kill leaves it.)"""
-    last = segments(home)[-1]
-    data = last.read_bytes()
-    records: list[tuple[int, Recovered]] = []  # each record's offset, and the record
-    offset = SEGMENT_HEADER.size
-    # the records end where the zeros written ahead begin (no header is all zeros)
-    while offset < len(data) and any(data[offset : offset + RECORD_HEADER.size]):
-        length, _, seq = RECORD_HEADER.unpack_from(data, offset)
-        start = offset + RECORD_HEADER.size
-        records.append((offset, Recovered(seq, decode(data[start : start + length]))))
-        offset = start + length
-    cut = len(records)
-    while cut > 0 and {table for table, _ in records[cut - 1][1].tables} == {only_table}:
-        cut -= 1
-    if cut < len(records):
-        with last.open("r+b") as file:
-            file.truncate(records[cut][0])
-    return [record for _, record in records[cut:]]
-
-
 def records_end(path: Path) -> int:
     """Where a segment's records end: the zeros written ahead of the appends begin there."""
     data = path.read_bytes()
@@ -192,15 +168,3 @@ def records_end(path: Path) -> int:
     while offset < len(data) and any(data[offset : offset + RECORD_HEADER.size]):
         offset += RECORD_HEADER.size + RECORD_HEADER.unpack_from(data, offset)[0]
     return offset
-
-
-def journal_holds(home: Path, text: str) -> bool:
-    """Whether some journal segment's bytes hold ``text`` (no decoding: for a live journal)."""
-    needle = text.encode()
-    for path in segments(home):
-        try:
-            if needle in path.read_bytes():
-                return True
-        except FileNotFoundError:  # deleted once applied
-            continue
-    return False

@@ -389,6 +389,7 @@ class FakeStore:
         self.open_runs, self.stored, self.logs = open_runs, stored, logs or {}
         self.looked_up: list[str] = []
         self.appended: list[object] = []
+        self.kinds_by_record: list[tuple[str, set[str]]] = []  # each record's type, row kinds
 
     async def serve(self, inbox) -> None:  # type: ignore[no-untyped-def]
         from foundry.kernel.actors.store import messages as m
@@ -414,6 +415,9 @@ class FakeStore:
             elif isinstance(message, m.Append):
                 # A batch a record, decoded as the store reads them back.
                 self.appended.extend(stored_record(row) for r in message.records for row in r.rows)
+                self.kinds_by_record.extend(
+                    (type(r).__name__, {row[3] for row in r.rows}) for r in message.records
+                )
                 assert message.ack is not None
                 message.ack.send(None)
             else:
@@ -730,3 +734,36 @@ def test_the_check_of_a_signing_process_answer_refuses_any_signature_but_the_key
     assert not attestor._good(answer("not base64!"))
     altered = (statement.replace('"', "'", 1), keyid, signature, *rest)
     assert not attestor._good([results[0], altered])
+
+
+async def test_a_runs_attestations_are_rows_duckdb_alone_gets_and_custom_ones_are_journaled(
+    tmp_path,
+):
+    """A batch of a step's notice and a gate decision's: the step's row goes to the store as a
+    ``DerivedAttestationRows`` (not journaled: a start makes it again from the run's log), the
+    gate decision's as an ``AttestationRows`` (journaled: nothing announces it to re-attest)."""
+    import trio
+    from foundry.kernel.actors.attestor.actor import Attestor
+    from foundry.kernel.actors.attestor.messages import AttestCustom, GetAttestations
+    from foundry.kernel.actors.mailbox import ask
+    from foundry.kernel.core.attest_records import custom_attestation_id
+
+    pair = keys.load_or_create(tmp_path)
+    step = _step_notice("run_new", "a", 2)
+    gate = AttestCustom("gate_decision", "g1", "", {"effect": "allow"}, AT)
+    ids = (step.attested.payload["attestation_id"], custom_attestation_id("gate_decision", "g1"))
+    store = FakeStore((), {})
+    store_send, store_receive = trio.open_memory_channel[object](16)
+    inbox_send, inbox_receive = trio.open_memory_channel[object](16)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.serve, store_receive)
+        await nursery.start(Attestor(pair, inbox_receive, store_send).run)  # type: ignore[arg-type]
+        inbox_send.send_nowait(step)
+        inbox_send.send_nowait(gate)  # one batch
+        found = await ask(inbox_send, lambda r: GetAttestations(ids, r))  # type: ignore[arg-type]
+        inbox_send.close()
+    assert [a.attestation_id for a in found] == list(ids)
+    assert sorted(store.kinds_by_record) == [
+        ("AttestationRows", {"custom"}),
+        ("DerivedAttestationRows", {"step"}),
+    ]

@@ -21,6 +21,7 @@ from foundry.kernel.actors.store.messages import (
     Barrier,
     CountRows,
     GetStats,
+    LoadAttestations,
     LoadIdempotencyKeys,
     LoadRun,
     LoadRunEvents,
@@ -34,6 +35,7 @@ from foundry.kernel.actors.tap.actor import TapBroker
 from foundry.kernel.actors.tap.messages import Publish, Subscribe
 from foundry.kernel.blocks.api import block
 from foundry.kernel.config import EngineConfig
+from foundry.kernel.core.attest_records import DerivedAttestationRows
 from foundry.kernel.core.ids import compact_json, event_id
 from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
@@ -735,3 +737,54 @@ async def test_duckdb_catches_up_after_a_commit_someone_waits_for(tmp_path):
         await ack.wait()
         assert (await ask(store, CountRows)).events == 2
     assert order[:3] == ["commit", "materialize", "commit"]
+
+
+def attestation_row(n, home):
+    """A signed ``attestation_statements`` row (its column order), as the attestor makes it."""
+    from foundry.kernel.actors.attestor import keys
+    from foundry.kernel.actors.attestor.messages import AttestCustom
+    from foundry.kernel.actors.attestor.statements import Signer
+    from foundry.kernel.actors.store.tables import WRITERS
+    from foundry.kernel.core.attest import key_id
+    from foundry.kernel.core.attest_records import AttestationRecord
+
+    pair = keys.load_or_create(home)
+    signer = Signer(pair.private.sign, key_id(pair.public_raw), "1.0")
+    record = signer.record(AttestCustom("eval_result", f"r{n}", "run_1", {"n": n}, T0), None)
+    return WRITERS[AttestationRecord].row(record)
+
+
+async def test_a_runs_attestation_rows_reach_duckdb_after_their_facts_never_the_journal(
+    tmp_path,
+):
+    """Rows a start would make again from journaled facts (``DerivedAttestationRows``) go to
+    DuckDB alone, in their group's order; a read waits for them as for journaled rows — even
+    when nothing else was journaled with them."""
+    fact, keys_home = make_event(1), tmp_path / "keys-home"
+    first, second = attestation_row(1, keys_home), attestation_row(2, keys_home)
+    async with running_store(tmp_path, materialize_delay=60) as store:
+        await post_now(store, [fact, DerivedAttestationRows((first,))]).wait()
+        await post_now(store, [DerivedAttestationRows((second,))]).wait()
+        found = await ask(store, lambda r: LoadAttestations((second[0],), r))
+        assert [a.attestation_id for a in found] == [second[0]]
+        assert (await ask(store, CountRows)).events == 1
+    journaled_tables = {
+        table for record in pending_records(tmp_path / "journal", 0) for table, _ in record.tables
+    }
+    assert "attestation_statements" not in journaled_tables
+    assert database_rows(tmp_path, "SELECT count(*) FROM attestation_statements") == 2
+
+
+async def test_an_attestation_row_duckdb_refuses_loses_nothing_else(tmp_path, caplog):
+    """A run's attestation row DuckDB refuses is logged and dropped (a start makes it again):
+    the facts committed with it, and the rows beside it in other groups, still land."""
+    fact, keys_home = make_event(1), tmp_path / "keys-home"
+    refused = DerivedAttestationRows(((None, *attestation_row(1, keys_home)[1:]),))  # NOT NULL
+    kept = attestation_row(2, keys_home)
+    async with running_store(tmp_path, materialize_delay=60) as store:
+        await post_now(store, [fact, refused]).wait()
+        await post_now(store, [DerivedAttestationRows((kept,))]).wait()
+        assert (await ask(store, CountRows)).events == 1
+    assert caplog.text.count("the database refused a row of attestation_statements") == 1
+    assert database_rows(tmp_path, "SELECT count(*) FROM events") == 1
+    assert database_rows(tmp_path, "SELECT attestation_id FROM attestation_statements") == kept[0]

@@ -10,7 +10,9 @@ and a run's, which walks the whole run, on a worker thread), has its signing pro
 sign the batch (``signer.py``, ``drafting.py``: one pipe write a batch, the statements and
 signatures made on the other core, off this process's interpreter lock; without one — it could
 not start, died or answered a bad signature — the same function on a worker thread), and appends
-the rows in one group commit — after their facts, which were queued in the store first. The
+the rows in one group commit — after their facts, which were queued in the store first; a run's
+attestations as rows DuckDB alone gets (``DerivedAttestationRows``: a start makes them again from
+the journaled facts), a gate decision's or an eval result's journaled. The
 trio thread never drafts, signs or verifies: the last signature of each batch the process answers
 is checked on the attestor's checker thread (``_checked``).
 
@@ -68,7 +70,12 @@ from foundry.kernel.actors.store.messages import (
 )
 from foundry.kernel.actors.threads import JobThread, in_thread
 from foundry.kernel.core.attest import PAYLOAD_TYPE, attestation_digest, key_id, pae
-from foundry.kernel.core.attest_records import AttestationRecord, AttestationRows, announced
+from foundry.kernel.core.attest_records import (
+    AttestationRecord,
+    AttestationRows,
+    DerivedAttestationRows,
+    announced,
+)
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.run_control import MAX_PAGE_SIZE, RunListQuery, RunSummary
 from foundry.kernel.core.runs import RunEventRecord
@@ -223,8 +230,8 @@ class Attestor:
             # Each row is its meta's head + the result + its meta's tail, joined in C (a batch of
             # hundreds without a Python call per row), and the batch is one record.
             rows = tuple(map(add, map(add, map(ROW_HEAD, metas), results), map(ROW_TAIL, metas)))
-            batch = AttestationRows(rows)
-            self._committed = await post(self._store, lambda r: Append((batch,), ack=r))
+            batch = _records_of(rows, metas)
+            self._committed = await post(self._store, lambda r: Append(batch, ack=r))
             self.signed += len(rows)
 
     async def _chain(self, run_id: str) -> Chain:
@@ -415,6 +422,20 @@ class Attestor:
             refuse(message, exc, log)
         else:
             message.reply.send([known[i] for i in ids])
+
+
+def _records_of(rows: tuple[Any, ...], metas: list[Meta]) -> tuple[Any, ...]:
+    """A batch's rows as the store takes them: a run's attestations as rows DuckDB alone gets
+    (a start re-attests them from the journaled facts: ``DerivedAttestationRows``), a gate
+    decision's or an eval result's journaled (nothing would re-attest them)."""
+    custom = [m.kind == "custom" for m in metas]
+    if not any(custom):
+        return (DerivedAttestationRows(rows),)
+    if all(custom):
+        return (AttestationRows(rows),)
+    journaled = tuple(row for row, c in zip(rows, custom, strict=True) if c)
+    derived = tuple(row for row, c in zip(rows, custom, strict=True) if not c)
+    return (AttestationRows(journaled), DerivedAttestationRows(derived))
 
 
 def _walks_or_reads(notice: Attest) -> bool:

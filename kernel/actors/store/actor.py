@@ -66,6 +66,7 @@ from foundry.kernel.actors.store.tables import (
     Unstorable,
     apply,
     check_encoded,
+    journal_rows,
     merge,
     rows_in,
     table_rows,
@@ -143,8 +144,13 @@ class _Handed:
 
     prepared: PreparedAppend | None
     tables: list[TableRows]
+    derived: list[TableRows]
     traces: bytes
     payload: bytes
+
+
+# A group's commit: its journal seq, its journaled rows, its rows only DuckDB gets, its traces.
+Committed = tuple[int, list[TableRows], list[TableRows], bytes]
 
 
 def trace_path(home: Path, chain: FinishedChain) -> str:
@@ -224,6 +230,10 @@ class Store:
         self._commit_first: trio.Event | None = None
         self._materialize_delay = materialize_delay
         self._backlog: list[tuple[int, list[TableRows]]] = []  # journaled, not yet in DuckDB
+        # Rows only DuckDB gets (``TableWriter.journaled``), committed after their facts: the
+        # groups of them made and the groups DuckDB has (``_caught_up`` waits for both counts).
+        self._derived: list[TableRows] = []
+        self._derived_made = self._derived_applied = 0
         self._backlog_rows = 0
         self._journaled = self._applied = 0  # seq of the last record journaled / in DuckDB
         self._caught = trio.Event()  # set (and replaced) each time DuckDB catches up some
@@ -403,7 +413,7 @@ class Store:
         ):
             return self._journal_job(appends)
         try:
-            tables, traces, payload = self._encoded(records)
+            tables, derived, traces, payload = self._encoded(records)
         except Exception:  # the journal thread's job raises it again, for _commit to handle
             return self._journal_job(appends)
         prepared = self._journal.prepare(payload) if tables else None
@@ -413,25 +423,25 @@ class Store:
             self._lose_writer_process(exc)
             handed = False
         if not handed:
-            return self._append_job(payload, tables, traces)  # encoded once
-        self._handed = _Handed(prepared, tables, traces, payload)
+            return self._append_job(payload, tables, derived, traces)  # encoded once
+        self._handed = _Handed(prepared, tables, derived, traces, payload)
         return None
 
     def _append_job(
-        self, payload: bytes, tables: list[TableRows], traces: bytes
-    ) -> Callable[[], tuple[int, list[TableRows], bytes]]:
+        self, payload: bytes, tables: list[TableRows], derived: list[TableRows], traces: bytes
+    ) -> Callable[[], Committed]:
         """The journal thread's job for a record encoded already."""
-        return lambda: (self._journal.append(payload), tables, traces)
+        return lambda: (self._journal.append(payload), tables, derived, traces)
 
-    async def _journal_result(self) -> tuple[int, list[TableRows], bytes]:
+    async def _journal_result(self) -> Committed:
         """The outcome of the group in flight: from the writer process, or the journal
         thread's job."""
         handed, self._handed = self._handed, None
         if handed is None:
-            result: tuple[int, list[TableRows], bytes] = await self._writer.result()
+            result: Committed = await self._writer.result()
             return result
         if handed.prepared is None:  # no rows: nothing to journal
-            return self._journal.last_seq, handed.tables, handed.traces
+            return self._journal.last_seq, handed.tables, handed.derived, handed.traces
         assert self._writer_process is not None
         try:
             await self._writer_process.acknowledged()
@@ -439,10 +449,11 @@ class Store:
             # The record may be on disk or not: the thread writes it again, the same bytes at
             # the same offset (nothing moved on since).
             self._lose_writer_process(exc)
-            again = self._append_job(handed.payload, handed.tables, handed.traces)
+            again = self._append_job(handed.payload, handed.tables, handed.derived, handed.traces)
             result = await self._writer.run(again)
             return result
-        return self._journal.appended(handed.prepared), handed.tables, handed.traces
+        seq = self._journal.appended(handed.prepared)
+        return seq, handed.tables, handed.derived, handed.traces
 
     def _lose_writer_process(self, why: Exception) -> None:
         log.warning("%s: the journal thread appends every write from now on", why)
@@ -485,7 +496,7 @@ class Store:
             if not submitted:
                 self._writer.submit(self._journal_job(appends), waited=any(map(_awaited, appends)))
             try:
-                seq, tables, traces = await self._journal_result()
+                seq, tables, derived, traces = await self._journal_result()
             finally:
                 self._let_duckdb_go()
         except Exception as exc:
@@ -508,8 +519,13 @@ class Store:
             self._backlog.append((seq, tables))
             self._backlog_rows += sum(len(rows) for _, rows in tables)
             self._backlog_ready.set()
-            if self._backlog_rows >= MATERIALIZE_ROWS:
-                self._hurry.set()
+        if derived:  # after the facts they attest: in this group, or journaled before it
+            self._derived.extend(derived)
+            self._derived_made += 1
+            self._backlog_rows += sum(len(rows) for _, rows in derived)
+            self._backlog_ready.set()
+        if self._backlog_rows >= MATERIALIZE_ROWS:
+            self._hurry.set()
         published = [item for a in appends for item in a.publish]
         for append in appends:
             if append.ack:
@@ -533,8 +549,8 @@ class Store:
     # --- materializing: DuckDB catches up with the journal ---------------------------------
 
     async def _materialize_loop(self) -> None:
-        while self._backlog or self._committing:
-            if not self._backlog:
+        while self._backlog or self._derived or self._committing:
+            if not (self._backlog or self._derived):
                 await self._backlog_ready.wait()
                 self._backlog_ready = trio.Event()
                 continue
@@ -550,15 +566,16 @@ class Store:
         while self._con is None:  # a reopen failed: _reconnect_loop opens it again
             if not self._committing:  # stopping: the next start applies them from the journal
                 log.error("stopping with %d journal records the database lacks", len(self._backlog))
-                self._backlog, self._backlog_rows = [], 0
+                self._backlog, self._derived, self._backlog_rows = [], [], 0
                 return
             with trio.move_on_after(REOPEN_RETRY_SECONDS):
                 await self._reopened.wait()
         batch, self._backlog, self._backlog_rows = self._backlog, [], 0
+        derived, self._derived, made = self._derived, [], self._derived_made
         for attempt in itertools.count(1):
             try:
                 async with self._database:
-                    await trio.to_thread.run_sync(self._apply_logged, batch)
+                    await trio.to_thread.run_sync(self._apply_logged, batch, derived)
                 break
             except Exception:
                 log.exception("could not bring the database up to the journal; retrying in 1 s")
@@ -567,7 +584,9 @@ class Store:
                     log.error("stopping with %d journal records the database lacks", len(batch))
                     return
                 await trio.sleep(1.0)  # the records stay in the journal and in memory
-        self._applied = batch[-1][0]
+        if batch:
+            self._applied = batch[-1][0]
+        self._derived_applied = made
         self._caught.set()
         self._caught = trio.Event()
         if self._cache_full and self._committing:
@@ -579,21 +598,24 @@ class Store:
         """Return once DuckDB has every write journaled before this call; Unavailable after
         ``limit`` seconds (the log says why the materializer is stuck). A ``read`` fails at once
         while a failed reopen leaves the database closed: DuckDB does not catch up meanwhile."""
-        target = self._journaled
-        if self._applied >= target and not (read and self._reconnecting is not None):
+        target, derived = self._journaled, self._derived_made
+        if self._caught_with(target, derived) and not (read and self._reconnecting is not None):
             return
         # The materializer's thread is waited for now (``threads.waited_for``).
         with trio.move_on_after(math.inf if limit is None else limit), waited_for():
             while True:
                 if read and self._reconnecting is not None:
                     self._require_open()
-                if self._applied >= target:
+                if self._caught_with(target, derived):
                     return
                 caught = self._caught
                 self._hurry.set()
                 self._let_duckdb_go()  # a read (or memory) comes before a commit's waiter
                 await caught.wait()
         raise Unavailable("the store's database is behind its journal; the daemon log says why")
+
+    def _caught_with(self, journaled: int, derived: int) -> bool:
+        return self._applied >= journaled and self._derived_applied >= derived
 
     def _let_duckdb_go(self) -> None:
         if self._commit_first is not None:
@@ -975,27 +997,29 @@ class Store:
 
     # --- the journal and the materialized view ---------------------------------------------
 
-    def _journal_write(
-        self, groups: Sequence[tuple[Any, ...]]
-    ) -> tuple[int, list[TableRows], bytes]:
-        """Journal the records of a group (durable on return): (its seq, its rows, the framed
-        trace files of the chains that finished)."""
+    def _journal_write(self, groups: Sequence[tuple[Any, ...]]) -> Committed:
+        """Journal the records of a group (durable on return): (its seq, its journaled rows,
+        its rows only DuckDB gets, the framed trace files of the chains that finished)."""
         if self._hold_for_test is not None:
             self._hold_for_test("commit")
-        tables, traces, payload = self._encoded([r for records in groups for r in records])
-        if not tables:
-            return self._journal.last_seq, tables, traces  # an Append may carry only answers
-        return self._journal.append(payload), tables, traces
+        records = [r for records in groups for r in records]
+        tables, derived, traces, payload = self._encoded(records)
+        if not tables:  # an Append may carry only answers, or only rows DuckDB alone gets
+            return self._journal.last_seq, tables, derived, traces
+        return self._journal.append(payload), tables, derived, traces
 
-    def _encoded(self, records: Sequence[Any]) -> tuple[list[TableRows], bytes, bytes]:
-        """A group's rows, the framed trace files of its finished chains, and the journal
-        record's payload (b"" without rows); raises what DuckDB would refuse, before anything
-        is told."""
-        tables = table_rows(records, check=False)
+    def _encoded(
+        self, records: Sequence[Any]
+    ) -> tuple[list[TableRows], list[TableRows], bytes, bytes]:
+        """A group's rows to journal, its rows only DuckDB gets (``TableWriter.journaled``), the
+        framed trace files of its finished chains, and the journal record's payload (b""
+        without rows); raises what DuckDB would refuse of the journaled ones, before anything
+        is told (DuckDB refusing the others loses nothing: see ``_apply_derived``)."""
+        tables, derived = journal_rows(records)
         traces = self._traces(records)
         payload = encode(tables) if tables else b""
         check_encoded(tables, payload)
-        return tables, traces, payload
+        return tables, derived, traces, payload
 
     def _traces(self, records: Sequence[Any]) -> bytes:
         return b"".join(
@@ -1030,10 +1054,19 @@ class Store:
         except duckdb.Error as exc:  # a transaction in the way: the automatic one comes later
             log.info("no checkpoint after a large write: %s", sandbox.cut(str(exc)))
 
-    def _apply_logged(self, batch: list[tuple[int, list[TableRows]]]) -> None:
+    def _apply_logged(
+        self, batch: list[tuple[int, list[TableRows]]], derived: Sequence[TableRows] = ()
+    ) -> None:
         if self._hold_for_test is not None:
             self._hold_for_test("materialize")
-        self._apply_or_set_aside(batch)
+        if derived:
+            try:
+                self._apply(batch, derived)  # one transaction, as ever
+            except Exception:
+                self._apply_or_set_aside(batch)  # then each on its own: a refusal stays local
+                self._apply_derived(derived)
+        else:
+            self._apply_or_set_aside(batch)
         self._journal.release(self._db_applied)
         if self._cache_bytes and not self._cache_full:
             self._cache_full = self._buffer_bytes() > self._cache_bytes
@@ -1059,12 +1092,34 @@ class Store:
                 raise
             self._set_aside(*batch[0], exc)
 
-    def _apply(self, batch: Sequence[tuple[int, Sequence[TableRows]]]) -> None:
-        """One transaction: the rows of the records DuckDB lacks, and the new high-water mark."""
+    def _apply(
+        self,
+        batch: Sequence[tuple[int, Sequence[TableRows]]],
+        derived: Sequence[TableRows] = (),
+    ) -> None:
+        """One transaction: the rows of the records DuckDB lacks, and the new high-water mark;
+        then ``derived`` (rows after their facts, which are in ``batch`` or in DuckDB)."""
         batch = [item for item in batch if item[0] > self._db_applied]
-        if batch:
-            tables = merge(tables for _, tables in batch)
-            self._transaction(tables, applied=batch[-1][0])
+        if batch or derived:
+            tables = merge([*(tables for _, tables in batch), derived])
+            self._transaction(tables, applied=batch[-1][0] if batch else None)
+
+    def _apply_derived(self, derived: Sequence[TableRows]) -> None:
+        """Rows only DuckDB gets, each group's on its own, and a refused group's row by row: a
+        row DuckDB refuses is logged and dropped — the next start makes it again from its
+        journaled facts (and logs again if it is refused again)."""
+        for table, rows in derived:
+            try:
+                self._transaction([(table, rows)])
+                continue
+            except _REFUSED_ROWS:
+                pass
+            for row in rows:
+                try:
+                    self._transaction([(table, [row])])
+                except _REFUSED_ROWS as exc:
+                    log.error("the database refused a row of %s (%s); the next start makes it "
+                              "again", table, exc)  # fmt: skip
 
     def _set_aside(self, seq: int, tables: Sequence[TableRows], exc: Exception) -> None:
         rejected = self.home / "journal" / "rejected"

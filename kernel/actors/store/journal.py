@@ -9,7 +9,8 @@ then records, back to back::
 
     u32 payload length  u32 CRC-32 of (seq bytes + payload)  u64 seq   payload
 
-A record is one group commit: its payload is the rows of every write in the group
+A record is one group commit: its payload is the rows of every write in the group (but a run's
+attestations, which a start makes again from the facts: ``TableWriter.journaled``)
 (:func:`encode`). Sequence numbers are consecutive across segments. :meth:`Journal.append` writes a
 record with one ``os.pwritev`` and makes it durable with one ``fdatasync``; only then is anything
 told. A new segment is started once the current one passes ``segment_bytes`` (its file and the

@@ -18,7 +18,11 @@ from typing import Any
 
 import duckdb
 from foundry.analytics.schema import TABLES
-from foundry.kernel.core.attest_records import AttestationRecord, AttestationRows
+from foundry.kernel.core.attest_records import (
+    AttestationRecord,
+    AttestationRows,
+    DerivedAttestationRows,
+)
 from foundry.kernel.core.governance import (
     EvalResultRecord,
     EvalScenarioRecord,
@@ -42,6 +46,9 @@ class TableWriter:
     # A record of many rows (``rows`` of it, made already): one record, not one per row, on the
     # way from the attestor through the store's mailbox, its group and the journal.
     rows: Callable[[Any], Sequence[tuple[Any, ...]]] | None = None
+    # False: rows re-made from journaled facts if a daemon stops before DuckDB has them (a run's
+    # attestations): kept out of the journal, written to DuckDB after their facts.
+    journaled: bool = True
 
     def appender(self, con: duckdb.DuckDBPyConnection) -> Any:
         """An appender for this table on ``con`` (keep it: it is reused for every commit)."""
@@ -149,7 +156,7 @@ def _signed(envelope: str) -> tuple[str, str, str]:
     return payload, signature["keyid"], signature["sig"]
 
 
-def _made_rows(a: AttestationRows) -> Sequence[tuple[Any, ...]]:
+def _made_rows(a: AttestationRows | DerivedAttestationRows) -> Sequence[tuple[Any, ...]]:
     return a.rows  # the attestor's, made in the table's column order
 
 
@@ -316,6 +323,9 @@ WRITERS: dict[type, TableWriter] = {
     AttestationRows: TableWriter(
         "attestation_statements", _ATTESTATION_COLUMNS, _one_row, rows=_made_rows
     ),
+    DerivedAttestationRows: TableWriter(
+        "attestation_statements", _ATTESTATION_COLUMNS, _one_row, rows=_made_rows, journaled=False
+    ),
 }
 
 
@@ -340,6 +350,25 @@ def table_rows(records: Iterable[Any], *, check: bool = True) -> list[TableRows]
     for a record type no table holds, and :class:`Unstorable` for text DuckDB refuses — checked
     here because a journaled write is acknowledged before DuckDB sees it. ``check=False``: the
     caller checks the rows' encoded form instead (:func:`check_encoded`), before telling anyone."""
+    by_kind = _rows_by_kind(records)
+    if check:
+        for kind, rows in by_kind.items():
+            _check_text(WRITERS[kind], rows)
+    return [(WRITERS[kind].table, rows) for kind, rows in by_kind.items()]
+
+
+def journal_rows(records: Iterable[Any]) -> tuple[list[TableRows], list[TableRows]]:
+    """:func:`table_rows` (unchecked), as (the rows to journal, the rows only DuckDB gets:
+    re-made from journaled facts after a stop, see ``TableWriter.journaled``)."""
+    journaled: list[TableRows] = []
+    derived: list[TableRows] = []
+    for kind, rows in _rows_by_kind(records).items():
+        writer = WRITERS[kind]
+        (journaled if writer.journaled else derived).append((writer.table, rows))
+    return journaled, derived
+
+
+def _rows_by_kind(records: Iterable[Any]) -> dict[type, list[tuple[Any, ...]]]:
     by_kind: dict[type, list[tuple[Any, ...]]] = {}
     for record in records:
         kind = type(record)
@@ -351,10 +380,7 @@ def table_rows(records: Iterable[Any], *, check: bool = True) -> list[TableRows]
             rows.append(writer.row(record))
         else:
             rows.extend(writer.rows(record))
-    if check:
-        for kind, rows in by_kind.items():
-            _check_text(WRITERS[kind], rows)
-    return [(WRITERS[kind].table, rows) for kind, rows in by_kind.items()]
+    return by_kind
 
 
 def rows_in(record: Any) -> int:
