@@ -595,7 +595,8 @@ class Store:
     async def _caught_up(
         self, limit: float | None = CATCH_UP_SECONDS, *, read: bool = False
     ) -> None:
-        """Return once DuckDB has every write journaled before this call; Unavailable after
+        """Return once DuckDB has every write journaled before this call (and the rows only
+        DuckDB gets, committed before it: ``TableWriter.journaled``); Unavailable after
         ``limit`` seconds (the log says why the materializer is stuck). A ``read`` fails at once
         while a failed reopen leaves the database closed: DuckDB does not catch up meanwhile."""
         target, derived = self._journaled, self._derived_made
