@@ -7,6 +7,7 @@ import time
 
 import pytest
 import trio
+import trio.testing
 from foundry.kernel.actors.threads import (
     WAITED_SWITCH_INTERVAL,
     JobThread,
@@ -83,12 +84,12 @@ async def test_a_job_nobody_waited_for_is_hurried_once_it_is_late():
                 thread.submit(gate.wait)
 
                 async def collect() -> None:
-                    got.append(await thread.result(hurry_after=0.02))
+                    got.append(await thread.result(hurry_after=0.5))
 
                 nursery.start_soon(collect)
-                await trio.sleep(0.005)
+                await trio.testing.wait_all_tasks_blocked()  # collecting, its timer running
                 assert sys.getswitchinterval() == usual  # not late yet
-                await trio.sleep(0.1)  # late now (0.02 s)
+                await trio.sleep(0.6)  # late now
                 assert hurried()
                 gate.set()
         assert got == [True]
