@@ -156,11 +156,15 @@ class JobThread:
         done, with no pass of the loop in between."""
         os.write(self._write_fd, self._signal)
 
+    def _oldest_not_waited_for(self) -> bool:
+        """The oldest job not collected is nobody's wait (yet)."""
+        return bool(self._waited) and not self._waited[0]
+
     async def _signalled(self, hurry_after: float | None = None) -> None:
-        if hurry_after is not None and self._waited and not self._waited[0]:
+        if hurry_after is not None and self._oldest_not_waited_for():
             with trio.move_on_after(hurry_after):
                 await trio.lowlevel.wait_readable(self._read_fd)
-            if not self._done and self._waited and not self._waited[0]:
+            if not self._done and self._oldest_not_waited_for():
                 self._waited[0] = True  # late: hurried until collected
                 _waited.begin()
                 return

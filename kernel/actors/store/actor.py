@@ -517,15 +517,14 @@ class Store:
         if tables:
             self._journaled = seq
             self._backlog.append((seq, tables))
-            self._backlog_rows += sum(len(rows) for _, rows in tables)
-            self._backlog_ready.set()
         if derived:  # after the facts they attest: in this group, or journaled before it
             self._derived.extend(derived)
             self._derived_made += 1
-            self._backlog_rows += sum(len(rows) for _, rows in derived)
+        if tables or derived:
+            self._backlog_rows += sum(len(rows) for _, rows in (*tables, *derived))
             self._backlog_ready.set()
-        if self._backlog_rows >= MATERIALIZE_ROWS:
-            self._hurry.set()
+            if self._backlog_rows >= MATERIALIZE_ROWS:
+                self._hurry.set()
         published = [item for a in appends for item in a.publish]
         for append in appends:
             if append.ack:
@@ -600,10 +599,7 @@ class Store:
         ``limit`` seconds (the log says why the materializer is stuck). A ``read`` fails at once
         while a failed reopen leaves the database closed: DuckDB does not catch up meanwhile."""
         target, derived = self._journaled, self._derived_made
-        if self._caught_with(target, derived) and not (read and self._reconnecting is not None):
-            return
-        # The materializer's thread is waited for now (``threads.waited_for``).
-        with trio.move_on_after(math.inf if limit is None else limit), waited_for():
+        with trio.move_on_after(math.inf if limit is None else limit):
             while True:
                 if read and self._reconnecting is not None:
                     self._require_open()
@@ -612,7 +608,8 @@ class Store:
                 caught = self._caught
                 self._hurry.set()
                 self._let_duckdb_go()  # a read (or memory) comes before a commit's waiter
-                await caught.wait()
+                with waited_for():  # the materializer's thread is waited for now
+                    await caught.wait()
         raise Unavailable("the store's database is behind its journal; the daemon log says why")
 
     def _caught_with(self, journaled: int, derived: int) -> bool:
