@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from foundry.kernel.core.dag import StepSpec, resolve, step_seed
+from foundry.kernel.core.dag import StepSpec, resolve, step_seeds
 from foundry.kernel.core.ids import compact_json
 from foundry.kernel.core.runs import RunState, StepState
 
@@ -100,9 +100,9 @@ def lease(run: RunState, step: StepState) -> Lease:
     step's inputs cannot be resolved into JSON (the step fails)."""
     spec = step.spec
     inputs = resolve(spec.inputs, run.submission.inputs, run.outputs())
-    return Lease(
-        attempt_number(step), compact_json(inputs), step_seed(run.submission.seed, spec.id)
-    )
+    if not run.seeds:  # the run's first lease: every step's seed, in one go
+        run.seeds = step_seeds(run.submission.seed, run.dag.steps)
+    return Lease(attempt_number(step), compact_json(inputs), run.seeds[spec.id])
 
 
 def attempt_limit(spec: StepSpec, block_timeout: float | None) -> float | None:

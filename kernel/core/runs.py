@@ -96,6 +96,8 @@ class RunState:
     paused_step: str = ""
     failed: list[str] = field(default_factory=list)  # steps that failed, in order
     canceling: bool = False  # CancelRun asked: nothing new starts, the run ends CANCELED
+    # Each step's seed (``dag.step_seed``), by step id: made at the run's first lease.
+    seeds: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def new(cls, submission: RunSubmission, dag: Dag) -> RunState:

@@ -14,6 +14,7 @@ from foundry.kernel.core.dag import (
     references,
     resolve,
     step_seed,
+    step_seeds,
     upstream_of,
 )
 from foundry.kernel.errors import InvalidArgument
@@ -357,6 +358,15 @@ def test_step_seed_is_stable_and_differs_per_step_and_run_seed():
     assert len(seeds) == 200
     assert step_seed(42, "draft") != step_seed(43, "draft")
     assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_step_seeds_of_a_dag_are_each_steps_step_seed():
+    dag = parse_dag(
+        json.dumps({"steps": [{"id": f"s{i}", "type": "noop"} for i in range(70)]}), None
+    )
+    seeds = step_seeds(9, dag.steps)
+    assert list(seeds) == [f"s{i}" for i in range(70)]
+    assert all(seed == step_seed(9, step_id) for step_id, seed in seeds.items())
 
 
 def test_step_seed_is_a_pure_function_of_its_arguments():
