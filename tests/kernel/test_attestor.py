@@ -22,7 +22,13 @@ from foundry.kernel.core.attest import (
     key_id,
     verify_chain,
 )
-from foundry.kernel.core.attest_records import canonical, json_digest, run_attestation_id
+from foundry.kernel.core.attest_records import (
+    ID_BLOCK,
+    canonical,
+    json_digest,
+    more_attestation_ids,
+    run_attestation_id,
+)
 from foundry.kernel.core.runs import RunEventRecord
 from foundry.kernel.errors import ConfigError
 from hypothesis import given
@@ -767,3 +773,14 @@ async def test_a_runs_attestations_are_rows_duckdb_alone_gets_and_custom_ones_ar
         ("AttestationRows", {"custom"}),
         ("DerivedAttestationRows", {"step"}),
     ]
+
+
+def test_attestation_ids_made_in_blocks_are_each_seqs_id():
+    ids: list[str] = []
+    assert more_attestation_ids("run_b", ids, 1) is ids
+    assert len(ids) == ID_BLOCK  # a block at least, made in one go
+    more_attestation_ids("run_b", ids, 3 * ID_BLOCK + 5)  # far past the end: up to it
+    assert len(ids) == 3 * ID_BLOCK + 5
+    assert ids == [run_attestation_id("run_b", seq) for seq in range(1, len(ids) + 1)]
+    with pytest.raises(ValueError, match="seq"):
+        more_attestation_ids("run_b", [], 0)
