@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -256,3 +257,34 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - started
+
+
+def median_interval(
+    samples: Sequence[float], confidence: float = 0.9, resamples: int = 2_000, seed: int = 0
+) -> tuple[float, float]:
+    """A bootstrap interval of the median of ``samples``: the medians of ``resamples`` draws
+    (with replacement, as many as there are samples), their ``(1 - confidence) / 2`` and
+    ``(1 + confidence) / 2`` quantiles. Seeded: the same samples give the same interval. On a
+    host whose speed swings from run to run, it says whether a median differs from a target
+    by more than the run's own scatter."""
+    if not samples:
+        raise ValueError("median_interval: no samples")
+    draw = random.Random(seed)
+    medians = sorted(
+        statistics.median(draw.choices(samples, k=len(samples))) for _ in range(resamples)
+    )
+    tail = (1 - confidence) / 2
+    low = medians[int(tail * (resamples - 1))]
+    high = medians[int((1 - tail) * (resamples - 1) + 0.5)]
+    return low, high
+
+
+def against_ceiling(interval: tuple[float, float], ceiling: float) -> str:
+    """Whether a median's interval (:func:`median_interval`) lies under ``ceiling``, over it,
+    or across it."""
+    low, high = interval
+    if high <= ceiling:
+        return "met beyond the run's scatter"
+    if low > ceiling:
+        return "not met beyond the run's scatter"
+    return "within the run's scatter of the target: this run cannot tell"

@@ -54,7 +54,15 @@ from foundry.kernel.core.attest_records import announced, run_attestation_id
 from foundry.kernel.core.runs import RunEventRecord
 from foundry.kernel.daemon import tune_collector
 
-from . import Figure, Options, Report, progress, scratch_dir
+from . import (
+    Figure,
+    Options,
+    Report,
+    against_ceiling,
+    median_interval,
+    progress,
+    scratch_dir,
+)
 from .run_overhead import BLOCKS, chain_dag
 
 NAME = "attest"
@@ -277,9 +285,12 @@ def run(options: Options) -> Report:
         )  # fmt: skip
     )
     median_off = statistics.median(s[4] for s in off) * 1000 / steps
+    interval = median_interval(overheads)
     report.notes.append(
         f"attestation adds {statistics.median(overheads):.1f}% per step to run_succeeded "
-        f"({median_off:.3f} ms/step without it; target < {TARGET_OVERHEAD:g}%), "
+        f"({median_off:.3f} ms/step without it; target < {TARGET_OVERHEAD:g}%; 90% bootstrap "
+        f"interval of the median over the {len(overheads)} pairs {interval[0]:.1f} to "
+        f"{interval[1]:.1f}%: {against_ceiling(interval, TARGET_OVERHEAD)}), "
         f"{statistics.median(readable):.1f}% to every attestation readable"
     )
     return report

@@ -45,6 +45,7 @@ from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, block
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.runs import RunEventRecord
+from foundry.kernel.daemon import tune_collector
 
 from . import Figure, Options, Report, fsync_samples_ms, progress, scratch_dir
 from .fleet_daemon import ceiling_met
@@ -332,6 +333,7 @@ def _shapes(quick: bool) -> tuple[list[Shape], list[Shape]]:
 
 def run(options: Options) -> Report:
     report = Report(NAME, TITLE)
+    tune_collector()  # as the daemon does (run alone, this benchmark kept Python's defaults)
     default, wide = _shapes(options.quick)
     shapes = {s.key: s for s in [*default, *wide]}
     samples: dict[str, list[Mapping[str, float]]] = {key: [] for key in shapes}
