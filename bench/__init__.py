@@ -281,10 +281,11 @@ def median_interval(
 
 def against_ceiling(interval: tuple[float, float], ceiling: float) -> str:
     """Whether a median's interval (:func:`median_interval`) lies under ``ceiling``, over it,
-    or across it."""
+    or across it — for the run it comes from: on a host whose speed drifts, another run's
+    interval can lie elsewhere (compare runs too)."""
     low, high = interval
     if high <= ceiling:
-        return "met beyond the run's scatter"
+        return "under the target beyond this run's scatter"
     if low > ceiling:
-        return "not met beyond the run's scatter"
-    return "within the run's scatter of the target: this run cannot tell"
+        return "over the target beyond this run's scatter"
+    return "this run's scatter spans the target"

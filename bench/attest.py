@@ -23,6 +23,11 @@ file, attestor with a fresh key pair, scheduler), without gRPC. Two figures:
   attestor signs after the facts, so this trails ``run_succeeded`` by its last batch); the
   disabled run ends with the same catch-up of DuckDB (``LoadRunAttestations`` of the run), else
   its rows would be left for DuckDB to take in during the next (enabled) run.
+
+The note gives a 90% bootstrap interval of the median overhead over the run's pairs
+(``bench.median_interval``) and whether it lies under the target, over it or across it. It speaks
+for that run: on this 2-core host, runs a minute apart can differ by more than one run's interval
+(the host's speed drifts), so compare several runs.
 """
 
 from __future__ import annotations

@@ -38,9 +38,9 @@ def test_a_wider_confidence_never_narrows_the_interval():
 @pytest.mark.parametrize(
     ("interval", "verdict"),
     [
-        ((4.0, 9.5), "met beyond the run's scatter"),
-        ((10.5, 14.0), "not met beyond the run's scatter"),
-        ((8.0, 12.0), "within the run's scatter of the target: this run cannot tell"),
+        ((4.0, 9.5), "under the target beyond this run's scatter"),
+        ((10.5, 14.0), "over the target beyond this run's scatter"),
+        ((8.0, 12.0), "this run's scatter spans the target"),
     ],
 )
 def test_against_a_ceiling(interval, verdict):
