@@ -250,6 +250,24 @@ def test_a_datetime_read_back_from_duckdb_is_journaled_as_the_same_instant():
     assert all(value.tzinfo is UTC for value in row)
 
 
+def test_a_utc_datetime_is_journaled_as_the_standard_pickle_writes_it():
+    """The shortcut for ``datetime.UTC`` (no generic reduction of it) changes no byte: a journal
+    written before it reads the same, and so does one written after it by an older daemon."""
+    rows = [
+        (
+            "run_events",
+            [
+                ("run_a", 1, "s", "step_leased", "{}", AT),
+                ("run_a", 2, "", "x", "{}", AT.replace(second=7)),
+            ],
+        )
+    ]
+    assert encode(rows) == pickle.dumps(rows, protocol=5)
+    [(_, decoded)] = decode(encode(rows))
+    assert [row[5] for row in decoded] == [AT, AT.replace(second=7)]
+    assert all(row[5].tzinfo is UTC for row in decoded)
+
+
 def test_an_intact_record_of_unreadable_rows_refuses_to_open_in_one_line(tmp_path):
     journal = Journal(tmp_path)
     journal.recover(0)

@@ -109,11 +109,19 @@ def encode(tables: Sequence[Rows]) -> bytes:
     return buffer.getvalue()
 
 
+# ``datetime.UTC`` as ``timezone.__reduce_ex__`` gives it, without the generic reduction's call of
+# ``copyreg._slotnames`` (Python, once a record: a static type cannot cache its answer) — the
+# same bytes.
+_UTC_REDUCED = (datetime.timezone, (datetime.timedelta(0),))
+
+
 class _RowsPickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         """A datetime read back from DuckDB carries a ``zoneinfo.ZoneInfo``, which pickles
         through ``getattr``: store the same instant with ``datetime.timezone.utc``. (Only called
         for objects that are not plain ints, strs, lists, ...: cheap.)"""
+        if obj is datetime.UTC:
+            return _UTC_REDUCED
         zone = obj.tzinfo if type(obj) is datetime.datetime else None
         if zone is not None and type(zone) is not datetime.timezone:
             return obj.astimezone(datetime.UTC).__reduce_ex__(5)
