@@ -644,3 +644,31 @@ async def test_resume_answers_once_committed_and_the_run_goes_on(tmp_path, autoj
         await store.until(run_id, *TERMINAL_KINDS)
     assert h.kinds(run_id)[-4:] == ["run_resumed", "step_leased", "step_completed",
                                     "run_succeeded"]  # fmt: skip
+
+
+# --- a step's artifact folder ----------------------------------------------------------------
+
+
+class Folders(Block):
+    """Notes the artifact folder each step sees."""
+
+    name = "folders"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.seen: dict[str, Any] = {}
+
+    async def run(self, ctx: BlockContext) -> Any:
+        self.seen[ctx.step_id] = ctx.artifact_dir
+        return {}
+
+
+async def test_a_step_sees_its_own_artifact_folder_as_a_path(tmp_path, autojump_clock):
+    block = Folders()
+    async with running_scheduler(tmp_path, [block]) as h:
+        run_id = await h.submit([step("a.1", "folders"), step("b", "folders", after=("a.1",))])
+        await h.store.until(run_id, *TERMINAL_KINDS)
+    assert block.seen == {
+        step_id: tmp_path / "artifacts" / "runs" / run_id / step_id for step_id in ("a.1", "b")
+    }
+    assert all(type(folder) is type(tmp_path) for folder in block.seen.values())
