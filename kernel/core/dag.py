@@ -328,7 +328,7 @@ def step_seed(run_seed: int, step_id: str) -> int:
 
 
 def step_seeds(run_seed: int, steps: Iterable[StepSpec]) -> dict[str, int]:
-    """Every step's :func:`step_seed`, by step id. Made in one go when a run is set up: one at a
-    time, each lease's hash cost ~7 µs of the trio thread in place (OpenSSL's code and state
-    out of the caches between steps), ~1 µs in a loop."""
+    """Every step's :func:`step_seed`, by step id. The planner makes them in one go at a run's
+    first lease: one at a time, each lease's hash cost ~7 µs of the trio thread in place
+    (OpenSSL's code and state out of the caches between steps), ~1 µs in a loop."""
     return {spec.id: step_seed(run_seed, spec.id) for spec in steps}
