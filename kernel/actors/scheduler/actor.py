@@ -376,7 +376,8 @@ class Scheduler:
                 for _, ready in leased:
                     self._limiter.release_on_behalf_of(ready.slot)
                 raise
-            await self._notify(notices)
+            if notices:
+                await self._notify(notices)
             if len(leased) == 1 and len(busy) == 1 and not plan.pause_at:
                 step, ready = leased[0]
                 return step, (ready, durable)  # the run's only running step: the driver's
@@ -463,7 +464,8 @@ class Scheduler:
             return None
         ready = self._leased(run, step, block, leased)
         durable = await self._append_leases(ready.records, [ready])
-        await self._notify(ready.notices)
+        if ready.notices:  # a tool step's capability token (a coroutine a step cost ~1.5 µs)
+            await self._notify(ready.notices)
         return await self._execute(run, step, ready, durable)
 
     async def _append_leases(
@@ -679,11 +681,11 @@ class Scheduler:
     ) -> None:
         """Append events made and applied already; then hand their notices to the attestor."""
         await self._send_store(Append(tuple(records), tuple(records), awaited=awaited))
-        await self._notify(notices)
+        if notices:
+            await self._notify(notices)
 
     async def _notify(self, notices: list[Attest]) -> None:
-        if not notices:
-            return
+        """Hand ``notices`` (not empty: callers look first, no coroutine for none) over."""
         assert self._attestor is not None
         try:
             for notice in notices:
@@ -721,7 +723,7 @@ class Scheduler:
         if held is not None:
             await self._put(Append(tuple(held[0]), tuple(held[0])))
         await self._put(append)
-        if held is not None:
+        if held is not None and held[1]:
             await self._notify(held[1])
 
     async def _put(self, append: Append) -> None:
