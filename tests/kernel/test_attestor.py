@@ -23,10 +23,9 @@ from foundry.kernel.core.attest import (
     verify_chain,
 )
 from foundry.kernel.core.attest_records import (
-    ID_BLOCK,
     canonical,
+    custom_attestation_id,
     json_digest,
-    more_attestation_ids,
     run_attestation_id,
 )
 from foundry.kernel.core.runs import RunEventRecord
@@ -752,7 +751,6 @@ async def test_a_runs_attestations_are_rows_duckdb_alone_gets_and_custom_ones_ar
     from foundry.kernel.actors.attestor.actor import Attestor
     from foundry.kernel.actors.attestor.messages import AttestCustom, GetAttestations
     from foundry.kernel.actors.mailbox import ask
-    from foundry.kernel.core.attest_records import custom_attestation_id
 
     pair = keys.load_or_create(tmp_path)
     step = _step_notice("run_new", "a", 2)
@@ -775,12 +773,12 @@ async def test_a_runs_attestations_are_rows_duckdb_alone_gets_and_custom_ones_ar
     ]
 
 
-def test_attestation_ids_made_in_blocks_are_each_seqs_id():
-    ids: list[str] = []
-    assert more_attestation_ids("run_b", ids, 1) is ids
-    assert len(ids) == ID_BLOCK  # a block at least, made in one go
-    more_attestation_ids("run_b", ids, 3 * ID_BLOCK + 5)  # far past the end: up to it
-    assert len(ids) == 3 * ID_BLOCK + 5
-    assert ids == [run_attestation_id("run_b", seq) for seq in range(1, len(ids) + 1)]
-    with pytest.raises(ValueError, match="seq"):
-        more_attestation_ids("run_b", [], 0)
+def test_run_attestation_ids_are_distinct_for_distinct_run_and_seq():
+    pairs = [("run_a", 12), ("run_a_1", 2), ("run_a", 1), ("run_b", 12), ("run_a1", 2)]
+    ids = [run_attestation_id(run_id, seq) for run_id, seq in pairs]
+    assert len(set(ids)) == len(pairs)
+    assert ids[0] == run_attestation_id("run_a", 12)  # derived: the same pair, the same id
+    # never a custom attestation's (att_ + 24 hex, no underscore after the prefix)
+    custom = custom_attestation_id("gate_decision", "run_a_12")
+    assert "_" not in custom.removeprefix("att_")
+    assert custom not in ids

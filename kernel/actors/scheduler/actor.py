@@ -62,7 +62,7 @@ from foundry.kernel.blocks.api import BlockContext, BlockKind
 from foundry.kernel.blocks.execution import attempt_once
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
-from foundry.kernel.core.attest_records import announced_ids, json_digest, more_attestation_ids
+from foundry.kernel.core.attest_records import announced_ids, json_digest, run_attestation_id
 from foundry.kernel.core.dag import StepSpec, UnresolvedReference, check_dag_env, parse_dag
 from foundry.kernel.core.ids import Clock, compact_json, rfc3339
 from foundry.kernel.core.json_input import quoted
@@ -133,8 +133,6 @@ class Scheduler:
         self._clock = Clock()
         self._limiter = trio.CapacityLimiter(config.max_concurrent_steps)
         self._runs: OrderedDict[str, RunState] = OrderedDict()
-        # The attestation ids of the live runs (with an attestor), by seq − 1, made in blocks.
-        self._attestation_ids: dict[str, list[str]] = {}
         self._idempotency: dict[str, str] = {}
         self._durable: dict[str, trio.Event] = {}  # runs whose submission is being committed
         # Completed steps' events (and attestor notices) not appended yet, by run: see _complete
@@ -238,7 +236,6 @@ class Scheduler:
             await (await self._append([submission, submitted])).wait()
         except Exception as exc:
             self._runs.pop(run.run_id, None)
-            self._attestation_ids.pop(run.run_id, None)
             self._idempotency.pop(submission.idempotency_key, None)
             message.reply.fail(exc)
             return
@@ -610,16 +607,10 @@ class Scheduler:
         nothing)."""
         if self._attestor is None:
             return {}
-        seq = len(run.events) + 1
-        ids = self._attestation_ids.get(run.run_id)
-        if ids is None or seq > len(ids):  # a lookup a step, no call: more_attestation_ids
-            ids = self._attestation_ids_to(run, seq)
-        return {"attestation_id": ids[seq - 1], "block": block}
-
-    def _attestation_ids_to(self, run: RunState, seq: int) -> list[str]:
-        """The run's attestation ids (by seq − 1) up to ``seq`` at least."""
-        ids = self._attestation_ids.setdefault(run.run_id, [])
-        return ids if seq <= len(ids) else more_attestation_ids(run.run_id, ids, seq)
+        return {
+            "attestation_id": run_attestation_id(run.run_id, len(run.events) + 1),
+            "block": block,
+        }
 
     def _attested(
         self,
@@ -638,7 +629,7 @@ class Scheduler:
             return
         seq = len(run.events) + 1
         payload: dict[str, Any] = {
-            "attestation_id": self._attestation_ids_to(run, seq)[seq - 1],
+            "attestation_id": run_attestation_id(run.run_id, seq),
             "kind": kind,
             **extra,
         }
@@ -753,7 +744,6 @@ class Scheduler:
                         self._attestor.send_nowait(notice)
 
     def _retire(self, run: RunState) -> None:
-        self._attestation_ids.pop(run.run_id, None)  # a finished run announces nothing more
         self._runs.move_to_end(run.run_id)
         finished = [rid for rid, r in self._runs.items() if r.terminal]
         for run_id in finished[: max(0, len(finished) - self._config.recent_runs)]:
