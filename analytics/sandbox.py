@@ -22,7 +22,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,11 +70,15 @@ class QueryResult:
     rows_wire: bytes | None = None
 
 
-def lock_instance(con: duckdb.DuckDBPyConnection, home: Path) -> None:
-    """Lock down the store's DuckDB instance: its own folders only, no other file access, no
-    extension loading, and no setting may change afterwards. Instance-wide; cannot be undone."""
-    archive = home / "archive"
-    allowed = sorted({f"{archive}/", f"{archive.resolve()}/"})
+def lock_instance(
+    con: duckdb.DuckDBPyConnection, home: Path, *, readable: Sequence[Path] = ()
+) -> None:
+    """Lock down the store's DuckDB instance: its own folders only (the archive, and the
+    ``readable`` ones: the attestation spool, which the store's own statements read), no other
+    file access, no extension loading, and no setting may change afterwards. Instance-wide;
+    cannot be undone. (An analyst's query reads no file at all: ``check_sql``.)"""
+    folders = (home / "archive", *readable)
+    allowed = sorted({f"{path}/" for folder in folders for path in (folder, folder.resolve())})
     con.execute("SET allowed_directories = $dirs", {"dirs": allowed})
     # One core stays with the daemon's loop: a heavy query gets DuckDB's threads on the others.
     con.execute(f"SET threads = {max(1, (os.cpu_count() or 2) - 1)}")

@@ -55,7 +55,7 @@ from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.attest import key_id
-from foundry.kernel.core.attest_records import announced, run_attestation_id
+from foundry.kernel.core.attest_records import SPOOL, announced, run_attestation_id
 from foundry.kernel.core.runs import RunEventRecord
 from foundry.kernel.daemon import tune_collector
 
@@ -168,7 +168,8 @@ async def _session(home: Path, steps: int, pairs: int) -> dict[str, list[Sample]
     async with trio.open_nursery() as nursery:
         await nursery.start(TapBroker(tap_receive, buffer=TAP_BUFFER).run)
         await nursery.start(Store(home, store_receive, tap_send.clone()).run)
-        await nursery.start(Attestor(pair, attest_receive, store_send.clone()).run)
+        attestor = Attestor(pair, attest_receive, store_send.clone(), spool=home / SPOOL)
+        await nursery.start(attestor.run)
         inboxes = {}
         for variant in ("on", "off"):
             send, receive = trio.open_memory_channel[SchedulerMessage](MAILBOX_SIZE)

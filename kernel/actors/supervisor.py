@@ -40,6 +40,7 @@ from foundry.kernel.actors.telemetry.actor import Telemetry
 from foundry.kernel.actors.telemetry.messages import SpanOutbox, TelemetryMessage
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import Config
+from foundry.kernel.core.attest_records import SPOOL
 from foundry.kernel.core.drift import Tolerance
 from foundry.kernel.errors import ConfigError
 
@@ -140,7 +141,8 @@ async def _start_actors(
         log.warning("marked %d unfinished workflow(s) failed: daemon restarted", len(failed))
     if recovered is not None:
         recovered.extend(failed or ())
-    await nursery.start(Attestor(key_pair, attest_receive, store_send.clone()).run)
+    attestor = Attestor(key_pair, attest_receive, store_send.clone(), spool=home / SPOOL)
+    await nursery.start(attestor.run)
     # Notices go to the attestor only when [attest] enabled; it serves GetAttestations either way.
     notices = attest_send.clone if config.attest.enabled else lambda: None
     engine = Engine(registry, engine_receive, store_send.clone(), home=home,

@@ -390,6 +390,27 @@ class DerivedAttestationRows:
     rows: tuple[tuple[Any, ...], ...]
 
 
+SPOOL = "spool/attestations"  # under the daemon's home: files of SpooledAttestationRows
+# The columns of ``attestation_statements``, in the order of its rows (``AttestationRows``).
+ATTESTATION_COLUMNS = (
+    "attestation_id", "run_id", "step_id", "kind", "statement", "keyid", "signature",
+    "artifact_hash", "previous", "created_at", "seq",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledAttestationRows:
+    """As :class:`DerivedAttestationRows`, written to a file by the signing process instead of
+    coming back through the daemon: ``path`` (in the home's :data:`SPOOL`) holds ``rows`` rows
+    of ``attestation_statements``, a JSON object a line, its keys the table's columns
+    (``created_at`` in ISO 8601 with its offset). DuckDB reads the file itself, in the
+    transaction that stores the rows; the store deletes it after. Not journaled, like the
+    rows it carries: a start makes them again from the facts (and clears the spool)."""
+
+    path: str
+    rows: int
+
+
 def stored_record(row: Sequence[Any]) -> AttestationRecord:
     """The record of an ``attestation_statements`` row (:class:`AttestationRows`' order): the
     statement decoded, the envelope made of it, its key id and signature (base64)."""

@@ -17,6 +17,7 @@ from foundry.analytics.sandbox import QueryRefused, check_sql
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.store.actor import Store
 from foundry.kernel.actors.store.messages import Append, LoadRun, RunUserQuery
+from foundry.kernel.core.attest_records import SPOOL
 from foundry.kernel.core.governance import (
     EvalResultRecord,
     EvalScenarioRecord,
@@ -155,6 +156,15 @@ async def test_the_instance_refuses_file_access_even_past_the_check(tmp_path):
             with pytest.raises(duckdb.InvalidInputException, match="locked"):
                 await run_sql(tmp_path, sql)
         assert not outside.exists()
+        # The attestation spool is the one other folder it reads (the store's own statements:
+        # an analyst's SQL reads no file at all, layer 1); not the folders beside it.
+        spool = tmp_path / SPOOL
+        spool.mkdir(parents=True)
+        (spool / "1.jsonl").write_text('{"a": 1}\n')
+        (spool.parent / "2.jsonl").write_text('{"a": 2}\n')
+        assert await run_sql(tmp_path, f"SELECT a FROM read_json('{spool}/1.jsonl')") == [(1,)]
+        with pytest.raises(duckdb.PermissionException):
+            await run_sql(tmp_path, f"SELECT a FROM read_json('{spool.parent}/2.jsonl')")
         # The store's own writes still work under the lock: an append, then a checkpoint.
         await ask(store, lambda r: Append((_event("e_after_lock"),), ack=r))
         assert await rows(store, "SELECT event_id FROM events") == [["e_after_lock"]]

@@ -302,7 +302,7 @@ async def test_the_signing_process_drafts_and_signs_as_the_daemon_would(tmp_path
         drafted = await process.draft(heads, jobs)
         keyid = key_id(pair.public_raw)
         expected = draft_batch(heads, jobs, pair.private.sign, keyid)  # Ed25519: deterministic
-        assert drafted == expected
+        assert drafted == (*expected, False)  # no spool file named: the rows come back
         results, after = expected
         assert after == {}  # the run's attestation closed its chain
         assert isinstance(results[-2], str)  # that job alone
@@ -317,11 +317,11 @@ async def test_the_signing_process_drafts_and_signs_as_the_daemon_would(tmp_path
         # A frozen mapping goes as a dict; a value that is not JSON is not sent at all.
         frozen = ("claims", "custom", "", MappingProxyType({"label": "l", "claims": {}}), None)
         sign = pair.private.sign
-        assert await process.draft({}, [frozen]) == draft_batch({}, [frozen], sign, keyid)
+        assert await process.draft({}, [frozen]) == (*draft_batch({}, [frozen], sign, keyid), False)
         assert await process.draft({}, [("claims", "custom", "", {"x": AT}, None)]) is None
         odd = [("claims", "custom", "", {"x": {1, 2}}, None)]  # a set: pickled, then refused
-        assert await process.draft({}, odd) == draft_batch({}, odd, sign, keyid)
-        assert await process.draft({}, _jobs(1)) == draft_batch({}, _jobs(1), sign, keyid)
+        assert await process.draft({}, odd) == (*draft_batch({}, odd, sign, keyid), False)
+        assert await process.draft({}, _jobs(1)) == (*draft_batch({}, _jobs(1), sign, keyid), False)
     finally:
         await process.close()
 
@@ -488,13 +488,13 @@ async def test_a_signing_process_that_answers_a_bad_signature_is_replaced_by_the
         assert checker is not None
         honest = process.draft
 
-        async def tampered(heads, jobs):  # type: ignore[no-untyped-def]
-            results, after = await honest(heads, jobs)
+        async def tampered(heads, jobs, to_spool=None):  # type: ignore[no-untyped-def]
+            results, after, spooled = await honest(heads, jobs, to_spool)
             statement, keyid, signature, *rest = results[-1]
             raw = bytearray(base64.b64decode(signature))
             raw[0] ^= 1
             results[-1] = (statement, keyid, base64.b64encode(bytes(raw)).decode(), *rest)
-            return results, after
+            return results, after, spooled
 
         process.draft = tampered  # type: ignore[method-assign]
         records = await _attest(
@@ -538,7 +538,7 @@ async def test_a_signing_process_answer_is_read_whole_however_the_pipe_splits_it
 
 
 @contextlib.asynccontextmanager
-async def _running(pair, store):  # type: ignore[no-untyped-def]
+async def _running(pair, store, spool=None):  # type: ignore[no-untyped-def]
     """An attestor (with its signing process) over ``store``: (attestor, its inbox, its store
     channel); the nursery ends with it."""
     import trio
@@ -548,7 +548,7 @@ async def _running(pair, store):  # type: ignore[no-untyped-def]
     inbox_send, inbox_receive = trio.open_memory_channel[object](16)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store.serve, store_receive)
-        attestor = Attestor(pair, inbox_receive, store_send)  # type: ignore[arg-type]
+        attestor = Attestor(pair, inbox_receive, store_send, spool=spool)  # type: ignore[arg-type]
         await nursery.start(attestor.run)
         yield attestor, inbox_send, store_send
 
@@ -782,3 +782,85 @@ def test_run_attestation_ids_are_distinct_for_distinct_run_and_seq():
     custom = custom_attestation_id("gate_decision", "run_a_12")
     assert "_" not in custom.removeprefix("att_")
     assert custom not in ids
+
+
+def _spool_batch() -> tuple[list[object], list[object]]:
+    """Jobs and metas of a batch: two steps (one announced the old way), a step whose facts
+    cannot be attested, and the run's attestation."""
+    from foundry.kernel.actors.attestor.statements import job_of
+
+    notices = [_step_notice("run_x", "a", 2), _step_notice("run_x", "b", 4, legacy=True)]
+    leased, done = _step_notice("run_x", "c", 7).facts
+    bad = RunEventRecord(done.run_id, done.seq, done.step_id, done.kind,
+                         {**done.payload, "attempt": -1}, AT)  # fmt: skip
+    notices += [Attest(bad, (leased, bad)), _notices()[-1]]
+    made = [job_of(n, "1.0") for n in notices]
+    return [job for job, _ in made], [meta for _, meta in made]
+
+
+def test_a_spooled_batch_is_the_rows_the_attestor_would_append(tmp_path):
+    """``drafting.spool`` writes what the attestor would have made rows of itself: read back by
+    DuckDB as the store reads it, the same rows; the answer is None a row but the last (whose
+    signature the attestor checks), and the reason of the job that could not be attested."""
+    import duckdb
+    from foundry.analytics.schema import TABLES
+    from foundry.kernel.actors.attestor.drafting import draft_batch, spool
+    from foundry.kernel.actors.attestor.statements import attestation_row
+    from foundry.kernel.actors.store.tables import WRITERS, insert_spooled
+    from foundry.kernel.core.attest_records import SpooledAttestationRows
+
+    pair = keys.load_or_create(tmp_path)
+    jobs, metas = _spool_batch()
+    results, _ = draft_batch({}, jobs, pair.private.sign, key_id(pair.public_raw))
+    others = [(*m[:4], m[4].isoformat(), m[5]) for m in metas if m[3] != "step"]
+    path = tmp_path / "batch.jsonl"
+    answer = spool(str(path), others, jobs, results)
+    assert answer[:2] == [None, None]
+    assert isinstance(answer[2], str)  # the attempt < 0
+    assert answer[3] == results[3]  # the last row's, for its signature check
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    expected = [attestation_row(m, r) for m, r in zip(metas, results, strict=True)
+                if not isinstance(r, str)]  # fmt: skip
+    con = duckdb.connect()
+    con.execute(TABLES["attestation_statements"])
+    insert_spooled(con, WRITERS[SpooledAttestationRows], [str(path)])
+    assert con.execute("SELECT * FROM attestation_statements ORDER BY seq").fetchall() == expected
+    with pytest.raises(FileExistsError):  # a file is never written twice
+        spool(str(path), others, jobs, results)
+
+
+async def test_the_signing_process_spools_a_batch_or_sends_its_rows_back(tmp_path):
+    """Given a spool file, the signing process writes the rows there and answers Nones (but the
+    last row's result); a file it cannot write (its folder is gone) gets the rows sent back."""
+    from foundry.kernel.actors.attestor.drafting import draft_batch
+    from foundry.kernel.actors.attestor.signer import SignerProcess
+
+    pair = keys.load_or_create(tmp_path)
+    jobs, metas = _spool_batch()
+    expected, after = draft_batch({}, jobs, pair.private.sign, key_id(pair.public_raw))
+    others = [(*m[:4], m[4].isoformat(), m[5]) for m in metas if m[3] != "step"]
+    process = await SignerProcess.start(pair.path, pair.public_raw)
+    try:
+        path = tmp_path / "spool.jsonl"
+        answer = await process.draft({}, jobs, (str(path), others))
+        assert answer == ([None, None, expected[2], expected[3]], after, True)
+        assert len(path.read_text().splitlines()) == 3
+        missing = str(tmp_path / "gone" / "spool.jsonl")
+        assert await process.draft({}, jobs, (missing, others)) == (expected, after, False)
+    finally:
+        await process.close()
+
+
+async def test_the_attestor_clears_its_spool_at_start(tmp_path):
+    """Files a stopped daemon left in the spool are of rows DuckDB has, or that the start makes
+    again: the attestor starts with an empty, owner-only spool."""
+
+    pair = keys.load_or_create(tmp_path)
+    spool = tmp_path / "spool" / "attestations"
+    spool.mkdir(parents=True)
+    (spool / "000000000001.jsonl").write_text("{}\n")
+    async with _running(pair, FakeStore((), {}), spool=spool) as (attestor, inbox_send, _):
+        assert attestor._process is not None
+        assert list(spool.iterdir()) == []
+        assert oct(spool.stat().st_mode & 0o777) == oct(0o700)
+        inbox_send.close()

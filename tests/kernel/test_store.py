@@ -35,7 +35,7 @@ from foundry.kernel.actors.tap.actor import TapBroker
 from foundry.kernel.actors.tap.messages import Publish, Subscribe
 from foundry.kernel.blocks.api import block
 from foundry.kernel.config import EngineConfig
-from foundry.kernel.core.attest_records import DerivedAttestationRows
+from foundry.kernel.core.attest_records import DerivedAttestationRows, SpooledAttestationRows
 from foundry.kernel.core.ids import compact_json, event_id
 from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
@@ -788,3 +788,68 @@ async def test_an_attestation_row_duckdb_refuses_loses_nothing_else(tmp_path, ca
     assert caplog.text.count("the database refused a row of attestation_statements") == 1
     assert database_rows(tmp_path, "SELECT count(*) FROM events") == 1
     assert database_rows(tmp_path, "SELECT attestation_id FROM attestation_statements") == kept[0]
+
+
+def spool_file(home, rows, name="1.jsonl"):
+    """A spool file of ``rows`` (``attestation_statements`` order) as the signing process
+    writes one (``drafting.spool``: a JSON object a line, ``created_at`` in ISO 8601)."""
+    from foundry.kernel.core.attest_records import ATTESTATION_COLUMNS, SPOOL
+
+    folder = home / SPOOL
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    lines = []
+    for row in rows:
+        values = (*row[:9], row[9].isoformat(), row[10])
+        lines.append(json.dumps(dict(zip(ATTESTATION_COLUMNS, values, strict=True))))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def test_spooled_attestation_rows_are_read_by_duckdb_and_their_file_deleted(tmp_path):
+    """A batch's rows in a spool file (``SpooledAttestationRows``): DuckDB reads the file in the
+    transaction that stores them, after the facts of the same group; the file is deleted once
+    they are committed, and the rows are the ones the attestor would have appended itself."""
+    fact, keys_home = make_event(1), tmp_path / "keys-home"
+    rows = [attestation_row(n, keys_home) for n in (1, 2, 3)]
+    path = spool_file(tmp_path, rows)
+    async with running_store(tmp_path, materialize_delay=60) as store:
+        await post_now(store, [fact, SpooledAttestationRows(str(path), 3)]).wait()
+        found = await ask(store, lambda r: LoadAttestations((rows[2][0], rows[0][0]), r))
+        assert [a.attestation_id for a in found] == [rows[2][0], rows[0][0]]
+    assert not path.exists()
+    con = duckdb.connect(str(tmp_path / "foundry.duckdb"))
+    try:
+        stored = con.execute("SELECT * FROM attestation_statements ORDER BY attestation_id")
+        assert stored.fetchall() == sorted(rows)  # each value as appended: text, time, seq
+    finally:
+        con.close()
+    journaled_tables = {
+        table for record in pending_records(tmp_path / "journal", 0) for table, _ in record.tables
+    }
+    assert not journaled_tables & {"attestation_statements", "attestation_statements (spooled)"}
+
+
+async def test_a_spool_file_duckdb_refuses_or_that_is_gone_loses_nothing_else(tmp_path, caplog):
+    """A spool file DuckDB cannot read (a torn line) is logged, deleted and its rows dropped — a
+    start makes them again from the facts — and one that is gone is logged and skipped; the
+    facts committed with them and the other files' rows still land."""
+    fact, keys_home = make_event(1), tmp_path / "keys-home"
+    torn = spool_file(tmp_path, [attestation_row(1, keys_home)], "torn.jsonl")
+    torn.write_text(torn.read_text()[:-40])
+    kept_row = attestation_row(2, keys_home)
+    kept = spool_file(tmp_path, [kept_row], "kept.jsonl")
+    gone = str(tmp_path / "spool" / "attestations" / "gone.jsonl")
+    async with running_store(tmp_path, materialize_delay=60) as store:
+        await post_now(store, [fact, SpooledAttestationRows(str(torn), 1)]).wait()
+        await post_now(store, [SpooledAttestationRows(gone, 1)]).wait()
+        await post_now(store, [SpooledAttestationRows(str(kept), 1)]).wait()
+        assert (await ask(store, CountRows)).events == 1
+    assert "the database refused a row of attestation_statements (spooled)" in caplog.text
+    assert f"the spooled attestation rows {gone} are gone" in caplog.text
+    assert not torn.exists()
+    assert not kept.exists()
+    assert database_rows(tmp_path, "SELECT count(*) FROM events") == 1
+    assert (
+        database_rows(tmp_path, "SELECT attestation_id FROM attestation_statements") == kept_row[0]
+    )

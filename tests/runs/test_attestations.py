@@ -19,6 +19,7 @@ import pytest
 from foundry.kernel.core.attest_records import (
     EVAL_RESULT,
     GATE_DECISION,
+    SPOOL,
     announced,
     custom_attestation_id,
     run_attestation_id,
@@ -136,6 +137,8 @@ def test_every_subject_kind_is_attested_found_in_order_and_verifies(daemon):
     assert ids[-1] == by_kind["run"]["attestation_id"]
     found = get(daemon, list(reversed(ids)))  # request order, not storage order
     assert [a.attestation_id for a in found] == list(reversed(ids))
+    # the signing process wrote their rows to files DuckDB read; none is left once it has them
+    assert list((daemon.home / SPOOL).iterdir()) == []
     kinds = {a.attestation_id: _which(a) for a in found}
     assert kinds[by_kind["run"]["attestation_id"]] == ("run", {"runId": run_id})
     assert kinds[by_kind["capability_token"]["attestation_id"]] == (

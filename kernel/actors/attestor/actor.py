@@ -11,10 +11,12 @@ sign the batch (``signer.py``, ``drafting.py``: one pipe write a batch, the stat
 signatures made on the other core, off this process's interpreter lock; without one — it could
 not start, died or answered a bad signature — the same function on a worker thread), and appends
 the rows in one group commit — after their facts, which were queued in the store first; a run's
-attestations as rows DuckDB alone gets (``DerivedAttestationRows``: a start makes them again from
-the journaled facts), a gate decision's or an eval result's journaled. The
-trio thread never drafts, signs or verifies: the last signature of each batch the process answers
-is checked on the attestor's checker thread (``_checked``).
+attestations as rows DuckDB alone gets (a start makes them again from the journaled facts),
+written by the signing process to a file of the spool that DuckDB reads itself
+(``SpooledAttestationRows``: their statements never come back through the daemon), or sent back
+and appended (``DerivedAttestationRows``: without a signing process); a gate decision's or an
+eval result's journaled. The trio thread never drafts, signs or verifies: the last signature of
+each batch the process answers is checked on the attestor's checker thread (``_checked``).
 
 A run's step attestations are chained (``core/attest.py``): the attestor keeps each live run's
 chain head. Only a run unfinished when the attestor started (listed once, before the daemon's
@@ -35,13 +37,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from base64 import b64decode
 from importlib.metadata import PackageNotFoundError, version
 from operator import add
+from pathlib import Path
 from typing import Any
 
 import trio
-from foundry.kernel.actors.attestor.drafting import Heads, Job, Result, draft_batch
+from foundry.kernel.actors.attestor.drafting import Heads, Job, Result, Spool, draft_batch
 from foundry.kernel.actors.attestor.keys import KeyPair
 from foundry.kernel.actors.attestor.messages import (
     Attest,
@@ -57,6 +61,7 @@ from foundry.kernel.actors.attestor.statements import (
     Meta,
     Signer,
     job_of,
+    step_job,
 )
 from foundry.kernel.actors.mailbox import Pending, ask, post, refuse, take_batch
 from foundry.kernel.actors.store.messages import (
@@ -74,6 +79,7 @@ from foundry.kernel.core.attest_records import (
     AttestationRecord,
     AttestationRows,
     DerivedAttestationRows,
+    SpooledAttestationRows,
     announced,
 )
 from foundry.kernel.core.json_input import quoted
@@ -109,8 +115,13 @@ class Attestor:
         keys: KeyPair,
         inbox: trio.MemoryReceiveChannel[AttestorMessage],
         store: trio.MemorySendChannel[StoreMessage],
+        *,
+        spool: Path | None = None,
     ) -> None:
+        """``spool``: the folder where the signing process writes a batch's rows for DuckDB to
+        read (``SpooledAttestationRows``); None: the rows come back through the pipe."""
         self._inbox, self._store = inbox, store
+        self._spool, self._spooled = spool, 0  # the folder, the files named in it so far
         self.keyid = key_id(keys.public_raw)
         self._signer = Signer(keys.private.sign, self.keyid, daemon_version())
         self._key_file, self._public_raw = keys.path, keys.public_raw
@@ -145,6 +156,8 @@ class Attestor:
     async def _start_signer(self) -> None:
         if self._key_file is None:  # a key pair made in memory (tests): sign in the daemon
             return
+        if self._spool is not None:
+            await in_thread(functools.partial(_cleared, self._spool))
         try:
             self._process = await SignerProcess.start(self._key_file, self._public_raw)
         except OSError as exc:
@@ -212,7 +225,8 @@ class Attestor:
             if meta.kind in _CHAINED and meta.run_id not in heads:
                 chain = self._chains.get(meta.run_id) or await self._chain(meta.run_id)
                 heads[meta.run_id] = (chain.index, chain.previous)
-        results, after = await self._draft(heads, jobs)
+        to_spool = self._to_spool(metas)
+        results, after, spooled = await self._draft(heads, jobs, to_spool)
         for run_id in heads:
             if run_id in after:
                 self._chains[run_id] = Chain(*after[run_id])
@@ -226,13 +240,33 @@ class Attestor:
                 else:
                     kept.append((meta, result))
             metas, results = [m for m, _ in kept], [r for _, r in kept]
-        if results:
+        if spooled:
+            assert to_spool is not None
+            if results:  # the rows are in the file: the store has DuckDB read it
+                spool = SpooledAttestationRows(to_spool[0], len(results))
+                self._committed = await post(self._store, lambda r: Append((spool,), ack=r))
+                self.signed += len(results)
+        elif results:
             # Each row is its meta's head + the result + its meta's tail, joined in C (a batch of
             # hundreds without a Python call per row), and the batch is one record.
             rows = tuple(map(add, map(add, map(ROW_HEAD, metas), results), map(ROW_TAIL, metas)))
             batch = _records_of(rows, metas)
             self._committed = await post(self._store, lambda r: Append(batch, ack=r))
             self.signed += len(rows)
+
+    def _to_spool(self, metas: list[Meta]) -> Spool | None:
+        """The spool file for a batch's rows and each row's meta, if the signing process is to
+        write them (``signer.py``): a batch of a run's attestations (a gate decision's or eval
+        result's rows are journaled: they come back)."""
+        if self._spool is None or self._process is None:
+            return None
+        # a step job carries its row's meta (``statements.step_job``); the others' go along
+        others = [m for m in metas if m[3] != "step"]
+        if any(m[3] == "custom" for m in others):
+            return None
+        self._spooled += 1
+        path = f"{self._spool}/{self._spooled:012d}.jsonl"
+        return path, [(*m[:4], m[4].isoformat(), m[5]) for m in others]
 
     async def _chain(self, run_id: str) -> Chain:
         """The chain of a run first seen in this daemon's notices: empty for a run it started,
@@ -260,24 +294,27 @@ class Attestor:
         artifact's (it reads the file) and a run's (it walks the whole run)."""
         made: list[tuple[Job, Meta] | Attest | None] = []
         later = False
-        for n, notice in enumerate(notices):
-            if n % CHUNK == CHUNK - 1:
+        for start in range(0, len(notices), CHUNK):
+            if start:
                 await trio.lowlevel.checkpoint()
-            if isinstance(notice, Attest) and _walks_or_reads(notice):
-                made.append(notice)
-                later = True
-            else:
-                made.append(self._job(notice))
+            for notice in notices[start : start + CHUNK]:
+                try:
+                    found = step_job(notice)  # most notices: a step's, made without a lookup
+                except Exception:
+                    found = None  # ``_job`` makes it again, and logs why it cannot
+                if found is not None:
+                    made.append(found)
+                elif isinstance(notice, Attest) and _walks_or_reads(notice):
+                    made.append(notice)
+                    later = True
+                else:
+                    made.append(self._job(notice))
         if later:
             made = await in_thread(  # GetAttestations may wait for them
                 lambda: [self._job(m) if isinstance(m, Attest) else m for m in made]
             )
-        jobs, metas = [], []
-        for m in made:
-            if isinstance(m, tuple):
-                jobs.append(m[0])
-                metas.append(m[1])
-        return jobs, metas
+        pairs = [m for m in made if type(m) is tuple]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
 
     def _job(self, notice: Attest | AttestCustom) -> tuple[Job, Meta] | None:
         try:
@@ -286,12 +323,15 @@ class Attestor:
             log.exception("could not attest %s", _describe(notice))
             return None
 
-    async def _draft(self, heads: Heads, jobs: list[Job]) -> tuple[list[Result], Heads]:
-        """``drafting.draft_batch`` of the jobs: by the signing process, or — without one, or
-        for a batch it cannot take — on a worker thread. The trio thread never signs."""
+    async def _draft(
+        self, heads: Heads, jobs: list[Job], to_spool: Spool | None = None
+    ) -> tuple[list[Result | None], Heads, bool]:
+        """``drafting.draft_batch`` of the jobs: by the signing process (which writes the rows to
+        ``to_spool``'s file if it can: then the third value is True), or — without one, or for a
+        batch it cannot take — on a worker thread. The trio thread never signs."""
         if self._process is not None:
             try:
-                drafted = await self._process.draft(heads, jobs)
+                drafted = await self._process.draft(heads, jobs, to_spool)
                 if drafted is not None and not await self._checked(drafted[0]):
                     raise SignerFailed("the signing process answered a bad signature")
                 if drafted is not None:
@@ -301,9 +341,10 @@ class Attestor:
                 process, self._process = self._process, None
                 await process.close()
         sign, keyid = self._signer.sign, self.keyid
-        return await in_thread(lambda: draft_batch(heads, jobs, sign, keyid))
+        results, after = await in_thread(lambda: draft_batch(heads, jobs, sign, keyid))
+        return list(results), after, False
 
-    async def _checked(self, results: list[Result]) -> bool:
+    async def _checked(self, results: list[Result | None]) -> bool:
         """:meth:`_good`, on the checker thread: ~190 µs a batch (~650,000 instructions, 4,300
         a step attestation of a 150-step batch) the trio thread spent on it, and a gate
         decision is a batch of its own. libsodium lets go of the interpreter lock meanwhile."""
@@ -312,11 +353,11 @@ class Attestor:
         good: bool = await self._checker.run(check, waited=False)  # hurried only if starved
         return good
 
-    def _good(self, results: list[Result]) -> bool:
+    def _good(self, results: list[Result | None]) -> bool:
         """The last signature of a batch verifies with the daemon's key — by libsodium, in
         ~120 µs where OpenSSL's (``cryptography``) took ~270."""
         for result in reversed(results):
-            if not isinstance(result, str):
+            if isinstance(result, tuple):
                 try:
                     signature = b64decode(result[2], validate=True)
                     if len(signature) != SIGNATURE:
@@ -436,6 +477,16 @@ def _records_of(rows: tuple[Any, ...], metas: list[Meta]) -> tuple[Any, ...]:
     journaled = tuple(row for row, c in zip(rows, custom, strict=True) if c)
     derived = tuple(row for row, c in zip(rows, custom, strict=True) if not c)
     return (AttestationRows(journaled), DerivedAttestationRows(derived))
+
+
+def _cleared(spool: Path) -> None:
+    """An empty spool folder, owner-only: the files a stopped daemon left are of rows DuckDB has
+    (their commit came before their deletion) or that this start makes again (``_recover``)."""
+    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    spool.chmod(0o700)  # made by an older daemon, or by hand: its files are owner-only too
+    for entry in os.scandir(spool):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
 
 
 def _walks_or_reads(notice: Attest) -> bool:

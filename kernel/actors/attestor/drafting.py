@@ -7,9 +7,10 @@ library), which the signing process loads without the rest of ``foundry.kernel``
 
 A job is a tuple of plain values (``statements.job_of`` makes them from the notices):
 
-- ``("step", run_id, step_id, block, attempt, usage, inputs, seed, model, output)`` — the
-  facts of a step attestation; its input and output hashes, claims, and its place in the run's
-  hash chain are made here;
+- ``("step", run_id, step_id, block, attempt, usage, inputs, seed, model, output,
+  attestation_id, created_at, seq)`` — the facts of a step attestation (its input and output
+  hashes, claims, and its place in the run's hash chain are made here), and its row's own (the
+  last three: only :func:`spool` reads them);
 - ``("run", run_id, claims, outputs)`` — a run attestation: ``claims`` are ``run_claims``'s
   arguments but the chain's (``previous``, ``chain_length``), which come from the batch's chain
   heads; its artifact hash is ``json_digest`` of ``outputs`` (each step's output);
@@ -29,6 +30,8 @@ attested, the reason (a str).
 from __future__ import annotations
 
 import io
+import json
+import os
 import pickle
 from base64 import b64encode
 from collections.abc import Callable, Mapping, Sequence
@@ -36,12 +39,18 @@ from types import MappingProxyType
 from typing import Any
 
 from foundry.kernel.core.attest import run_claims, step_claims
-from foundry.kernel.core.attest_records import Unsigned, json_digest, unsigned
+from foundry.kernel.core.attest_records import (
+    ATTESTATION_COLUMNS,
+    Unsigned,
+    json_digest,
+    unsigned,
+)
 
 Job = tuple[Any, ...]
 Heads = dict[str, tuple[int, str | None]]
 Signed = tuple[str, str, str, str, str | None]  # statement, keyid, signature, hash, previous
 Result = Signed | str  # or why the job's facts cannot be attested
+Spool = tuple[str, list[tuple[Any, ...]]]  # a spool file's path, the row metas ``spool`` takes
 
 
 def draft_batch(
@@ -60,6 +69,38 @@ def draft_batch(
         except Exception as exc:  # one job's bad facts must not stop the others
             results.append(f"{type(exc).__name__}: {exc}")
     return results, chains
+
+
+def spool(
+    path: str, metas: Sequence[Sequence[Any]], jobs: Sequence[Job], results: list[Result]
+) -> list[Result | None]:
+    """Write the ``attestation_statements`` rows of ``results`` to the new file ``path`` (JSON
+    lines, owner-only; none if no job could be attested). A step job carries its row's meta
+    (its last three values: attestation id, ``created_at`` in ISO 8601, seq); ``metas`` holds
+    the others', in order (attestation id, run id, step id, kind, ``created_at``, seq). Returns
+    what the daemon gets back instead of the rows: None for a row written, but the last row's
+    result (whose signature the daemon checks), and the reason of each job that could not be
+    attested."""
+    lines: list[str] = []
+    answer: list[Result | None] = []
+    others = iter(metas)
+    last = -1
+    for n, (job, result) in enumerate(zip(jobs, results, strict=True)):
+        meta = (job[10], job[1], job[2], "step", *job[11:13]) if job[0] == "step" else next(others)
+        if isinstance(result, str):
+            answer.append(result)
+            continue
+        attestation_id, run_id, step_id, kind, created_at, seq = meta
+        row = (attestation_id, run_id, step_id, kind, *result, created_at, seq)
+        lines.append(json.dumps(dict(zip(ATTESTATION_COLUMNS, row, strict=True))))
+        answer.append(None)
+        last = n
+    if lines:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write("\n".join(lines) + "\n")
+        answer[last] = results[last]
+    return answer
 
 
 def dumps(value: Any) -> bytes:
@@ -100,7 +141,7 @@ class _Unpickler(pickle.Unpickler):
 def _draft(job: Job, chains: Heads, sign: Callable[[bytes], bytes], keyid: str) -> Result:
     kind = job[0]
     if kind == "step":
-        _, run_id, step_id, block, attempt, usage, inputs, seed, model, output = job
+        _, run_id, step_id, block, attempt, usage, inputs, seed, model, output = job[:10]
         index, previous = chains.get(run_id, (0, None))
         claims = step_claims(
             run_id=run_id, step_id=step_id, block=block, attempt=attempt,

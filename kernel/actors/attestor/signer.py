@@ -15,9 +15,17 @@ once took 147 ms.)
 The private key never crosses the pipe: the process reads it from its file, refusing it (exit 2)
 if others may read it, as the daemon does at start. Its first answer is the raw public key, which
 must be the daemon's before any signature is trusted (the attestor also verifies each batch's
-last signature). Frames, both ways: ``length`` (4 bytes, big-endian), then that many bytes of
-``drafting.dumps`` — ``(heads, jobs)`` one way, ``(results, heads)`` (or None: a batch it could
-not read) the other. Neither side unpickles anything but JSON values, bytes and tuples.
+last signature). Frames, both ways:
+``length`` (4 bytes, big-endian), then that many bytes of ``drafting.dumps`` — ``(heads, jobs,
+to_spool)`` one way, ``(results, heads, spooled)`` (or None: a batch it could not read) the
+other. Neither side unpickles anything but JSON values, bytes and tuples.
+
+A batch of a run's attestations (no gate decision's or eval result's: those are journaled)
+names a file of the daemon's spool (``to_spool``: its path and each job's row meta): the process
+writes the rows there itself, and answers only a None for each (but the last, whose signature the
+attestor checks) — the ~1 KB a row of statement and signature no longer comes back through the
+pipe, is not unpickled, nor made a row on the trio thread (~3 µs a step attestation there): DuckDB
+reads the file (``store/tables.py``, ``insert_spooled``).
 
 stdin's end (the daemon stopping, or dying) ends it.
 """
@@ -32,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import trio
-from foundry.kernel.actors.attestor.drafting import Heads, Job, Result, dumps, loads
+from foundry.kernel.actors.attestor.drafting import Heads, Job, Result, Spool, dumps, loads
 from foundry.kernel.actors.pipes import PIPE_BYTES, widen
 
 PUBLIC = 32  # bytes of a raw Ed25519 public key
@@ -75,11 +83,14 @@ class SignerProcess:
     def pid(self) -> int:
         return self._process.pid
 
-    async def draft(self, heads: Heads, jobs: Sequence[Job]) -> tuple[list[Result], Heads] | None:
+    async def draft(
+        self, heads: Heads, jobs: Sequence[Job], to_spool: Spool | None = None
+    ) -> tuple[list[Result | None], Heads, bool] | None:
         """``drafting.draft_batch(heads, jobs, sign)``, made by the process (SignerFailed when it
-        is gone); None when it could not read the batch."""
+        is gone), and whether its rows went to ``to_spool``'s file (``drafting.spool``: then
+        its results are as that leaves them); None when it could not read the batch."""
         try:
-            request = dumps((heads, list(jobs)))
+            request = dumps((heads, list(jobs), to_spool))
         except pickle.PicklingError:
             return None  # a value that is not JSON: the caller drafts this batch itself
         try:
@@ -101,12 +112,12 @@ class SignerProcess:
             value = loads(answer)
             if value is None:
                 return None
-            results, after = value
+            results, after, spooled = value
         except Exception as exc:
             raise SignerFailed(f"the signing process answered nonsense ({exc})") from None
         if not isinstance(results, list) or len(results) != len(jobs):
             raise SignerFailed("the signing process answered another number of results")
-        return results, after
+        return results, after, spooled is True
 
     async def _read(self, size: int) -> bytes:
         """The next ``size`` bytes of its stdout. An answer (~1.2 KB a step attestation) is

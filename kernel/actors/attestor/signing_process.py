@@ -12,10 +12,11 @@ measured here; ``cryptography`` pays for an OpenSSL context per signature).
 It reads the private key from its file, refusing (exit 2, one line on stderr) a key others may
 read or a folder others may write, as the daemon does at start. Then it writes the raw public
 key (32 bytes) to stdout, and for each request on stdin — ``length`` (4 bytes, big-endian), then
-that many bytes: ``drafting.dumps((heads, jobs))`` — it drafts and signs the batch
-(``drafting.draft_batch``, with its key's id) and answers ``length`` and
-``drafting.dumps((results, heads))``, or ``dumps(None)`` for a request it cannot read. stdin's
-end ends it.
+that many bytes: ``drafting.dumps((heads, jobs, to_spool))`` — it drafts and signs the batch
+(``drafting.draft_batch``, with its key's id), writes the rows to the daemon's spool file if
+``to_spool`` names one (``(path, metas)``: ``drafting.spool``), and answers ``length`` and
+``drafting.dumps((results, heads, spooled))``, or ``dumps(None)`` for a request it cannot read.
+stdin's end ends it.
 """
 
 from __future__ import annotations
@@ -80,6 +81,22 @@ def drafting() -> Any:
     return module
 
 
+def spooled(
+    spool: Callable[..., list[Any]], to_spool: Any, jobs: list[Any], results: list[Any], after: Any
+) -> tuple[list[Any], Any, bool]:
+    """The answer to a batch: its results (as ``drafting.spool`` left them, if the rows went
+    to the daemon's spool file), its chain heads after, and whether they went. A spool file that
+    cannot be written (a full disk; a batch it cannot spool) sends the rows back instead."""
+    if to_spool is None:
+        return results, after, False
+    path, metas = to_spool
+    try:
+        return spool(path, metas, jobs, results), after, True
+    except Exception as exc:
+        print(f"foundry signer: could not write {path} ({exc}): the rows go back", file=sys.stderr)
+        return results, after, False
+
+
 def serve(key_file: Path) -> None:
     sign, public = signer(load(key_file))
     module = drafting()
@@ -97,11 +114,12 @@ def serve(key_file: Path) -> None:
         if len(request) != length:
             raise EOFError  # the daemon died mid-frame
         try:
-            heads, jobs = loads(request)
+            heads, jobs, to_spool = loads(request)
         except Exception:  # never expected: the daemon drafts this batch itself
             answer = dumps(None)
         else:
-            answer = dumps(draft_batch(heads, jobs, sign, keyid))
+            results, after = draft_batch(heads, jobs, sign, keyid)
+            answer = dumps(spooled(module.spool, to_spool, jobs, results, after))
         write(HEAD.pack(len(answer)) + answer)
         flush()
 

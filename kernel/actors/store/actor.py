@@ -23,6 +23,7 @@ Emit and no ack.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import itertools
@@ -69,11 +70,13 @@ from foundry.kernel.actors.store.tables import (
     journal_rows,
     merge,
     rows_in,
+    spooled_paths,
     table_rows,
 )
 from foundry.kernel.actors.tap.messages import Publish
 from foundry.kernel.actors.telemetry.messages import SpanOutbox, TracesStored
 from foundry.kernel.actors.threads import JobThread, in_thread, waited_for
+from foundry.kernel.core.attest_records import SPOOL
 from foundry.kernel.core.records import FinishedChain
 from foundry.kernel.errors import ConfigError, DeadlineExceeded, InvalidArgument, Unavailable
 
@@ -830,7 +833,7 @@ class Store:
             self._con.execute(statement)
         refresh_archive_views(self._con, self.home)
         retention.settle_staged(self._con, self.home)  # a pass a stopped daemon left half-done
-        sandbox.lock_instance(self._con, self.home)  # the SQL sandbox; no SET works after this
+        sandbox.lock_instance(self._con, self.home, readable=(self.home / SPOOL,))  # no SET after
         # Before reading the journal: the writer process of a daemon that died has ended.
         self._writer_lock = hold_writer_lock(self._journal.directory)
         try:
@@ -895,7 +898,7 @@ class Store:
         con = self._connect()
         try:
             if not _locked(con):
-                sandbox.lock_instance(con, self.home)
+                sandbox.lock_instance(con, self.home, readable=(self.home / SPOOL,))
         except BaseException:
             con.close()
             raise
@@ -1118,6 +1121,7 @@ class Store:
                 except _REFUSED_ROWS as exc:
                     log.error("the database refused a row of %s (%s); the next start makes it "
                               "again", table, exc)  # fmt: skip
+                    _delete_spooled([(table, [row])])  # a file of rows: the start makes them
 
     def _set_aside(self, seq: int, tables: Sequence[TableRows], exc: Exception) -> None:
         rejected = self.home / "journal" / "rejected"
@@ -1137,6 +1141,7 @@ class Store:
             if applied is not None:
                 con.execute("UPDATE journal_applied SET seq = ?", [applied])
             con.execute("COMMIT")
+            _delete_spooled(tables)
         except BaseException:
             for appender in self._appenders.values():
                 appender.clear()  # rows a failed append_rows kept must not reach the next commit
@@ -1173,6 +1178,13 @@ _REFUSED_ROWS = (
     TypeError,
     ValueError,
 )
+
+
+def _delete_spooled(tables: Sequence[TableRows]) -> None:
+    """Delete the files of spooled rows (``tables.spooled_paths``) DuckDB is done with."""
+    for path in spooled_paths(tables):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _locked(con: duckdb.DuckDBPyConnection) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,9 +21,11 @@ from typing import Any
 import duckdb
 from foundry.analytics.schema import TABLES
 from foundry.kernel.core.attest_records import (
+    ATTESTATION_COLUMNS,
     AttestationRecord,
     AttestationRows,
     DerivedAttestationRows,
+    SpooledAttestationRows,
 )
 from foundry.kernel.core.governance import (
     EvalResultRecord,
@@ -33,6 +37,8 @@ from foundry.kernel.core.governance import (
 from foundry.kernel.core.ids import compact_json
 from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
+
+log = logging.getLogger("foundry.store")
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ class TableWriter:
     # False: rows re-made from journaled facts if a daemon stops before DuckDB has them (a run's
     # attestations): kept out of the journal, written to DuckDB after their facts.
     journaled: bool = True
+    # A table's rows in files (``table`` is then a name of the writer's own; ``rows`` of a record
+    # is one row, its file's path): DuckDB reads each file into this table (``insert_spooled``).
+    spooled_into: str = ""
 
     def appender(self, con: duckdb.DuckDBPyConnection) -> Any:
         """An appender for this table on ``con`` (keep it: it is reused for every commit)."""
@@ -160,6 +169,10 @@ def _made_rows(a: AttestationRows | DerivedAttestationRows) -> Sequence[tuple[An
     return a.rows  # the attestor's, made in the table's column order
 
 
+def _spooled_file(a: SpooledAttestationRows) -> Sequence[tuple[Any, ...]]:
+    return ((a.path,),)
+
+
 def _one_row(record: Any) -> tuple[Any, ...]:
     raise TypeError(f"{type(record).__name__} holds many rows: see TableWriter.rows")
 
@@ -170,21 +183,6 @@ def _legacy_attestations(rows: list[tuple[Any, ...]]) -> TableRows:
     return "attestation_statements", [
         (*row[:4], *_signed(row[8]), row[7], *row[9:]) for row in rows
     ]
-
-
-_ATTESTATION_COLUMNS = (
-    "attestation_id",
-    "run_id",
-    "step_id",
-    "kind",
-    "statement",
-    "keyid",
-    "signature",
-    "artifact_hash",
-    "previous",
-    "created_at",
-    "seq",
-)
 
 
 WRITERS: dict[type, TableWriter] = {
@@ -317,15 +315,21 @@ WRITERS: dict[type, TableWriter] = {
         ("followup_id", "gate_id", "actor", "outcome", "note", "details", "recorded_at"),
         _followup_row,
     ),
-    AttestationRecord: TableWriter(
-        "attestation_statements", _ATTESTATION_COLUMNS, _attestation_row
-    ),
+    AttestationRecord: TableWriter("attestation_statements", ATTESTATION_COLUMNS, _attestation_row),
     AttestationRows: TableWriter(
-        "attestation_statements", _ATTESTATION_COLUMNS, _one_row, rows=_made_rows
+        "attestation_statements", ATTESTATION_COLUMNS, _one_row, rows=_made_rows
     ),
     DerivedAttestationRows: TableWriter(
-        "attestation_statements", _ATTESTATION_COLUMNS, _one_row, rows=_made_rows, journaled=False
+        "attestation_statements", ATTESTATION_COLUMNS, _one_row, rows=_made_rows, journaled=False
     ),
+    SpooledAttestationRows: TableWriter(
+        "attestation_statements (spooled)",
+        ATTESTATION_COLUMNS,
+        _one_row,
+        rows=_spooled_file,
+        journaled=False,
+        spooled_into="attestation_statements",
+    ),  # fmt: skip
 }
 
 
@@ -435,6 +439,9 @@ def apply(
     """Write ``tables`` inside the caller's transaction, one appender flush per table."""
     for table, rows in tables:
         writer = WRITERS_BY_TABLE[table]
+        if writer.spooled_into:
+            insert_spooled(con, writer, [path for (path,) in rows])
+            continue
         writer.delete_replaced(con, rows)
         table_appender = appender(writer)
         for start in range(0, len(rows), APPEND_CHUNK):
@@ -442,6 +449,39 @@ def apply(
             # back between them instead of waiting out a whole batch.
             table_appender.append_rows(rows[start : start + APPEND_CHUNK])
         table_appender.flush()
+
+
+def insert_spooled(con: duckdb.DuckDBPyConnection, writer: TableWriter, paths: list[str]) -> None:
+    """Inside the caller's transaction: DuckDB reads each spooled file (JSON lines) into
+    ``writer.spooled_into`` — in C++, off the interpreter lock: the rows never become Python
+    objects in the daemon. A file gone (never expected: the store deletes them only after
+    their commit) is skipped and logged; its rows are made again at the next start."""
+    for path in paths:
+        if not os.path.exists(path):
+            log.error("the spooled attestation rows %s are gone: the next start makes them again",
+                      path)  # fmt: skip
+            continue
+        con.execute(_SPOOL_INSERTS[writer.table], [path])
+
+
+def spooled_paths(tables: Sequence[TableRows]) -> list[str]:
+    """The files of ``tables``' spooled rows (to delete once their rows are committed)."""
+    return [
+        path for table, rows in tables if WRITERS_BY_TABLE[table].spooled_into for (path,) in rows
+    ]
+
+
+def _spool_insert(writer: TableWriter) -> str:
+    types = dict(re.findall(r"^\s*(\w+)\s+(\w+)", TABLES[writer.spooled_into], re.MULTILINE))
+    columns = ", ".join(writer.columns)
+    typed = ", ".join(f"'{c}': '{types[c]}'" for c in writer.columns)
+    return (
+        f"INSERT INTO {writer.spooled_into} ({columns}) SELECT {columns} FROM read_json(?, "
+        f"format = 'newline_delimited', columns = {{{typed}}})"
+    )
+
+
+_SPOOL_INSERTS = {w.table: _spool_insert(w) for w in WRITERS.values() if w.spooled_into}
 
 
 # A UTF-16 surrogate escape in JSON text: DuckDB's JSON type refuses an unpaired one.
@@ -459,6 +499,7 @@ def _json_columns(table: str) -> frozenset[str]:
 _JSON_COLUMNS = {
     w.table: tuple(i for i, c in enumerate(w.columns) if c in _json_columns(w.table))
     for w in WRITERS.values()
+    if not w.spooled_into
 }
 
 
