@@ -160,11 +160,11 @@ async def test_the_instance_refuses_file_access_even_past_the_check(tmp_path):
         # an analyst's SQL reads no file at all, layer 1); not the folders beside it.
         spool = tmp_path / SPOOL
         spool.mkdir(parents=True)
-        (spool / "1.jsonl").write_text('{"a": 1}\n')
-        (spool.parent / "2.jsonl").write_text('{"a": 2}\n')
-        assert await run_sql(tmp_path, f"SELECT a FROM read_json('{spool}/1.jsonl')") == [(1,)]
+        (spool / "1.csv").write_text("a\n1\n")
+        (spool.parent / "2.csv").write_text("a\n2\n")
+        assert await run_sql(tmp_path, f"SELECT a FROM read_csv('{spool}/1.csv')") == [(1,)]
         with pytest.raises(duckdb.PermissionException):
-            await run_sql(tmp_path, f"SELECT a FROM read_json('{spool.parent}/2.jsonl')")
+            await run_sql(tmp_path, f"SELECT a FROM read_csv('{spool.parent}/2.csv')")
         # The store's own writes still work under the lock: an append, then a checkpoint.
         await ask(store, lambda r: Append((_event("e_after_lock"),), ack=r))
         assert await rows(store, "SELECT event_id FROM events") == [["e_after_lock"]]

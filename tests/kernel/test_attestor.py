@@ -4,6 +4,7 @@ alone (the same facts always make the same envelope)."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import math
 import os
@@ -785,11 +786,12 @@ def test_run_attestation_ids_are_distinct_for_distinct_run_and_seq():
 
 
 def _spool_batch() -> tuple[list[object], list[object]]:
-    """Jobs and metas of a batch: two steps (one announced the old way), a step whose facts
-    cannot be attested, and the run's attestation."""
+    """Jobs and metas of a batch: two steps (one announced the old way, one with an id that
+    needs quoting in CSV), a step whose facts cannot be attested, and the run's attestation."""
     from foundry.kernel.actors.attestor.statements import job_of
 
-    notices = [_step_notice("run_x", "a", 2), _step_notice("run_x", "b", 4, legacy=True)]
+    awkward = 'q"\\ü\U0001f600\x01,\r\n"'
+    notices = [_step_notice("run_x", awkward, 2), _step_notice("run_x", "b", 4, legacy=True)]
     leased, done = _step_notice("run_x", "c", 7).facts
     bad = RunEventRecord(done.run_id, done.seq, done.step_id, done.kind,
                          {**done.payload, "attempt": -1}, AT)  # fmt: skip
@@ -813,7 +815,7 @@ def test_a_spooled_batch_is_the_rows_the_attestor_would_append(tmp_path):
     jobs, metas = _spool_batch()
     results, _ = draft_batch({}, jobs, pair.private.sign, key_id(pair.public_raw))
     others = [(*m[:4], m[4].isoformat(), m[5]) for m in metas if m[3] != "step"]
-    path = tmp_path / "batch.jsonl"
+    path = tmp_path / "batch.csv"
     answer = spool(str(path), others, jobs, results)
     assert answer[:2] == [None, None]
     assert isinstance(answer[2], str)  # the attempt < 0
@@ -841,11 +843,12 @@ async def test_the_signing_process_spools_a_batch_or_sends_its_rows_back(tmp_pat
     others = [(*m[:4], m[4].isoformat(), m[5]) for m in metas if m[3] != "step"]
     process = await SignerProcess.start(pair.path, pair.public_raw)
     try:
-        path = tmp_path / "spool.jsonl"
+        path = tmp_path / "spool.csv"
         answer = await process.draft({}, jobs, (str(path), others))
         assert answer == ([None, None, expected[2], expected[3]], after, True)
-        assert len(path.read_text().splitlines()) == 3
-        missing = str(tmp_path / "gone" / "spool.jsonl")
+        with path.open(newline="") as rows:
+            assert len(list(csv.reader(rows))) == 3  # a row a line, but for quoted line ends
+        missing = str(tmp_path / "gone" / "spool.csv")
         assert await process.draft({}, jobs, (missing, others)) == (expected, after, False)
     finally:
         await process.close()
@@ -858,7 +861,7 @@ async def test_the_attestor_clears_its_spool_at_start(tmp_path):
     pair = keys.load_or_create(tmp_path)
     spool = tmp_path / "spool" / "attestations"
     spool.mkdir(parents=True)
-    (spool / "000000000001.jsonl").write_text("{}\n")
+    (spool / "000000000001.csv").write_text("x\n")
     async with _running(pair, FakeStore((), {}), spool=spool) as (attestor, inbox_send, _):
         assert attestor._process is not None
         assert list(spool.iterdir()) == []

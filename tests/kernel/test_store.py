@@ -790,19 +790,16 @@ async def test_an_attestation_row_duckdb_refuses_loses_nothing_else(tmp_path, ca
     assert database_rows(tmp_path, "SELECT attestation_id FROM attestation_statements") == kept[0]
 
 
-def spool_file(home, rows, name="1.jsonl"):
+def spool_file(home, rows, name="1.csv"):
     """A spool file of ``rows`` (``attestation_statements`` order) as the signing process
-    writes one (``drafting.spool``: a JSON object a line, ``created_at`` in ISO 8601)."""
-    from foundry.kernel.core.attest_records import ATTESTATION_COLUMNS, SPOOL
+    writes one (``drafting.spool``)."""
+    from foundry.kernel.actors.attestor.drafting import _csv_line
+    from foundry.kernel.core.attest_records import SPOOL
 
     folder = home / SPOOL
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    lines = []
-    for row in rows:
-        values = (*row[:9], row[9].isoformat(), row[10])
-        lines.append(json.dumps(dict(zip(ATTESTATION_COLUMNS, values, strict=True))))
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("".join(_csv_line(*row[:9], row[9].isoformat(), row[10]) for row in rows))
     return path
 
 
@@ -835,11 +832,11 @@ async def test_a_spool_file_duckdb_refuses_or_that_is_gone_loses_nothing_else(tm
     start makes them again from the facts — and one that is gone is logged and skipped; the
     facts committed with them and the other files' rows still land."""
     fact, keys_home = make_event(1), tmp_path / "keys-home"
-    torn = spool_file(tmp_path, [attestation_row(1, keys_home)], "torn.jsonl")
+    torn = spool_file(tmp_path, [attestation_row(1, keys_home)], "torn.csv")
     torn.write_text(torn.read_text()[:-40])
     kept_row = attestation_row(2, keys_home)
-    kept = spool_file(tmp_path, [kept_row], "kept.jsonl")
-    gone = str(tmp_path / "spool" / "attestations" / "gone.jsonl")
+    kept = spool_file(tmp_path, [kept_row], "kept.csv")
+    gone = str(tmp_path / "spool" / "attestations" / "gone.csv")
     async with running_store(tmp_path, materialize_delay=60) as store:
         await post_now(store, [fact, SpooledAttestationRows(str(torn), 1)]).wait()
         await post_now(store, [SpooledAttestationRows(gone, 1)]).wait()

@@ -265,7 +265,7 @@ class Attestor:
         if any(m[3] == "custom" for m in others):
             return None
         self._spooled += 1
-        path = f"{self._spool}/{self._spooled:012d}.jsonl"
+        path = f"{self._spool}/{self._spooled:012d}.csv"
         return path, [(*m[:4], m[4].isoformat(), m[5]) for m in others]
 
     async def _chain(self, run_id: str) -> Chain:

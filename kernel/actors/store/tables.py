@@ -452,7 +452,7 @@ def apply(
 
 
 def insert_spooled(con: duckdb.DuckDBPyConnection, writer: TableWriter, paths: list[str]) -> None:
-    """Inside the caller's transaction: DuckDB reads each spooled file (JSON lines) into
+    """Inside the caller's transaction: DuckDB reads each spooled file (CSV) into
     ``writer.spooled_into`` — in C++, off the interpreter lock: the rows never become Python
     objects in the daemon. A file gone (never expected: the store deletes them only after
     their commit) is skipped and logged; its rows are made again at the next start."""
@@ -475,9 +475,11 @@ def _spool_insert(writer: TableWriter) -> str:
     types = dict(re.findall(r"^\s*(\w+)\s+(\w+)", TABLES[writer.spooled_into], re.MULTILINE))
     columns = ", ".join(writer.columns)
     typed = ", ".join(f"'{c}': '{types[c]}'" for c in writer.columns)
+    # drafting.spool's CSV: every text quoted (an empty one is ''), NULL unquoted and empty
     return (
-        f"INSERT INTO {writer.spooled_into} ({columns}) SELECT {columns} FROM read_json(?, "
-        f"format = 'newline_delimited', columns = {{{typed}}})"
+        f"INSERT INTO {writer.spooled_into} ({columns}) SELECT {columns} FROM read_csv(?, "
+        "header = false, delim = ',', quote = '\"', escape = '\"', new_line = '\\n', "
+        f"allow_quoted_nulls = false, auto_detect = false, columns = {{{typed}}})"
     )
 
 
