@@ -84,7 +84,10 @@ def spool(
         if isinstance(result, str):
             answer.append(result)
             continue
-        lines.append(_csv_line(*meta[:4], *result, *meta[4:]))
+        attestation_id, run_id, step_id, kind, created_at, seq = meta
+        statement, keyid, signature, digest, previous = result
+        lines.append(_csv_line(attestation_id, run_id, step_id, kind, statement, keyid,
+                               signature, digest, previous, created_at, seq))  # fmt: skip
         answer.append(None)
         last = n
     if lines:
