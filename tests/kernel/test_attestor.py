@@ -867,3 +867,18 @@ async def test_the_attestor_clears_its_spool_at_start(tmp_path):
         assert list(spool.iterdir()) == []
         assert oct(spool.stat().st_mode & 0o777) == oct(0o700)
         inbox_send.close()
+
+
+async def test_a_spool_that_cannot_be_made_leaves_the_rows_coming_back(tmp_path, caplog):
+    """A spool folder the attestor cannot make (a file in its way) is logged, and batches are
+    signed and stored as without one."""
+    pair = keys.load_or_create(tmp_path)
+    (tmp_path / "spool").write_text("in the way")
+    store = FakeStore((), {})
+    async with _running(pair, store, spool=tmp_path / "spool" / "attestations") as running:
+        attestor, inbox_send, _ = running
+        assert attestor._spool is None
+        (found,) = await _attest(inbox_send, _step_notice("run_new", "a", 2))
+        assert found.kind == "step"
+        inbox_send.close()
+    assert "could not prepare the attestation spool" in caplog.text

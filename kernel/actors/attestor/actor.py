@@ -157,7 +157,12 @@ class Attestor:
         if self._key_file is None:  # a key pair made in memory (tests): sign in the daemon
             return
         if self._spool is not None:
-            await in_thread(functools.partial(_cleared, self._spool))
+            try:
+                await in_thread(functools.partial(_cleared, self._spool))
+            except OSError as exc:
+                log.error("could not prepare the attestation spool %s (%s): a batch's rows come "
+                          "back from the signing process instead", self._spool, exc)  # fmt: skip
+                self._spool = None
         try:
             self._process = await SignerProcess.start(self._key_file, self._public_raw)
         except OSError as exc:
