@@ -391,11 +391,6 @@ class DerivedAttestationRows:
 
 
 SPOOL = "spool/attestations"  # under the daemon's home: files of SpooledAttestationRows
-# The columns of ``attestation_statements``, in the order of its rows (``AttestationRows``).
-ATTESTATION_COLUMNS = (
-    "attestation_id", "run_id", "step_id", "kind", "statement", "keyid", "signature",
-    "artifact_hash", "previous", "created_at", "seq",
-)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

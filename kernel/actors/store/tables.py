@@ -21,7 +21,6 @@ from typing import Any
 import duckdb
 from foundry.analytics.schema import TABLES
 from foundry.kernel.core.attest_records import (
-    ATTESTATION_COLUMNS,
     AttestationRecord,
     AttestationRows,
     DerivedAttestationRows,
@@ -185,6 +184,21 @@ def _legacy_attestations(rows: list[tuple[Any, ...]]) -> TableRows:
     ]
 
 
+# drafting.spool writes a spooled file's fields in this order too
+_ATTESTATION_COLUMNS = (
+    "attestation_id",
+    "run_id",
+    "step_id",
+    "kind",
+    "statement",
+    "keyid",
+    "signature",
+    "artifact_hash",
+    "previous",
+    "created_at",
+    "seq",
+)
+
 WRITERS: dict[type, TableWriter] = {
     Event: TableWriter(
         "events",
@@ -315,16 +329,18 @@ WRITERS: dict[type, TableWriter] = {
         ("followup_id", "gate_id", "actor", "outcome", "note", "details", "recorded_at"),
         _followup_row,
     ),
-    AttestationRecord: TableWriter("attestation_statements", ATTESTATION_COLUMNS, _attestation_row),
+    AttestationRecord: TableWriter(
+        "attestation_statements", _ATTESTATION_COLUMNS, _attestation_row
+    ),
     AttestationRows: TableWriter(
-        "attestation_statements", ATTESTATION_COLUMNS, _one_row, rows=_made_rows
+        "attestation_statements", _ATTESTATION_COLUMNS, _one_row, rows=_made_rows
     ),
     DerivedAttestationRows: TableWriter(
-        "attestation_statements", ATTESTATION_COLUMNS, _one_row, rows=_made_rows, journaled=False
+        "attestation_statements", _ATTESTATION_COLUMNS, _one_row, rows=_made_rows, journaled=False
     ),
     SpooledAttestationRows: TableWriter(
         "attestation_statements (spooled)",
-        ATTESTATION_COLUMNS,
+        _ATTESTATION_COLUMNS,
         _one_row,
         rows=_spooled_file,
         journaled=False,
