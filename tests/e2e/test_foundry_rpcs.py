@@ -254,7 +254,9 @@ def test_trace_of_the_greeting_chain_fills_every_field(daemon):
     ]
     [artifact] = deliver.audit_artifacts
     assert Path(artifact).name == "greeting.txt"
-    assert Path(artifact).is_relative_to(daemon.home / "artifacts" / reply.workflow_id)
+    # the execution's folder: artifacts/WORKFLOW/TRIGGER_EVENT.BLOCK-SLUG
+    execution_folder = f"{deliver.trigger_event_id}.deliver-greeting"
+    assert Path(artifact).parent == daemon.home / "artifacts" / reply.workflow_id / execution_folder
     assert Path(artifact).read_text() == "Hello, Ada!\n"
     assert json.loads(delivered.payload_json)["delivered_to"] == artifact
 

@@ -343,7 +343,10 @@ class Engine:
         self._record(workflow, turn, outcome, span)
 
     def _artifact_dir(self, workflow: Workflow, event: Event, block: Block) -> str:
-        return f"{self._artifacts}/{workflow.id}/{event.id}/{_slug(block.name)}"
+        """``artifacts/WORKFLOW/EVENT.BLOCK``: an execution's folder one level under its
+        workflow's, not two — each new folder is a ``mkdir`` of ~100-250 µs of CPU here, and
+        the greeting chain made three a chain."""
+        return f"{self._artifacts}/{workflow.id}/{event.id}.{_slug(block.name)}"
 
     def _record(self, workflow: Workflow, turn: Turn, outcome: Outcome, span: str) -> None:
         """Record a block's execution (span ``span``) and the events it emitted, which the walk
