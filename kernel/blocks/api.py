@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from foundry.kernel.actors.threads import in_thread
+from foundry.kernel.actors.threads import ThreadPool
 from foundry.kernel.blocks.children import stop_process_group
 from foundry.kernel.core.envpolicy import child_environment
 from foundry.kernel.core.throttle import Action, Throttle
@@ -147,8 +147,7 @@ class BlockContext:
         folder and list it in the trace; its path. The folder's creation and the write run on a
         worker thread: a new folder and file cost a few hundred microseconds of system calls,
         during which the trio thread would run no other chain."""
-        writers = _artifact_writers()
-        path, listed = await in_thread(self._write_artifact, name, data, limiter=writers)
+        path, listed = await ARTIFACT_THREADS.run(self._write_artifact, name, data)
         self.artifacts_written.append(listed)
         return path
 
@@ -226,7 +225,7 @@ class BlockContext:
         chain meanwhile."""
         if not self.artifacts_touched:
             return self.listed_artifacts()  # no scan: the names write_artifact kept
-        return await in_thread(self.listed_artifacts, limiter=_artifact_writers())
+        return await ARTIFACT_THREADS.run(self.listed_artifacts)
 
 
 def _plain_file_name(name: str) -> bool:
@@ -264,18 +263,9 @@ def _write_plain_file(folder: str, name: str, content: bytes) -> str | None:
     return path
 
 
-ARTIFACT_WRITERS = 4  # threads writing artifacts at once; more only contend for the GIL
-_ARTIFACT_LIMITER = trio.lowlevel.RunVar[trio.CapacityLimiter]("artifact_writers")
-
-
-def _artifact_writers() -> trio.CapacityLimiter:
-    """This trio run's limiter of artifact-writing threads (trio's default allows 40)."""
-    try:
-        return _ARTIFACT_LIMITER.get()
-    except LookupError:
-        limiter = trio.CapacityLimiter(ARTIFACT_WRITERS)
-        _ARTIFACT_LIMITER.set(limiter)
-        return limiter
+# Threads writing artifacts at once (more only contend for the interpreter lock), shared by every
+# execution of the process.
+ARTIFACT_THREADS = ThreadPool("foundry-artifacts", 4)
 
 
 class NeedsAwait(Exception):

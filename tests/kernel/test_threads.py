@@ -11,6 +11,7 @@ import trio.testing
 from foundry.kernel.actors.threads import (
     WAITED_SWITCH_INTERVAL,
     JobThread,
+    ThreadPool,
     in_thread,
     waited_for,
 )
@@ -139,3 +140,123 @@ async def test_a_stopped_thread_leaves_no_hurry_behind():
     assert hurried()
     await trio.to_thread.run_sync(thread.stop)
     assert sys.getswitchinterval() == usual
+
+
+# --- the pool of threads for executions' files ----------------------------------------------
+
+
+async def test_the_pool_answers_each_of_many_waiters_with_its_own_value_or_exception():
+    pool = ThreadPool("test-pool", 3)
+    answers: dict[int, object] = {}
+
+    def job(n: int) -> int:
+        time.sleep(0.001)
+        if n % 7 == 0:
+            raise ValueError(f"job {n}")
+        return n * n
+
+    async def ask(n: int) -> None:
+        try:
+            answers[n] = await pool.run(job, n)
+        except ValueError as exc:
+            answers[n] = str(exc)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(60):
+            nursery.start_soon(ask, n)
+    assert answers == {n: f"job {n}" if n % 7 == 0 else n * n for n in range(60)}
+    assert 1 <= pool.threads <= 3
+
+
+async def test_the_pool_runs_at_most_its_size_at_once_and_hurries_while_waited_for():
+    pool = ThreadPool("test-pool-size", 2)
+    running, most, lock = 0, 0, threading.Lock()
+    seen_hurried: list[bool] = []
+
+    def job() -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        seen_hurried.append(hurried())
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+
+    usual = sys.getswitchinterval()
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(pool.run, job)
+    assert most == 2
+    assert seen_hurried == [True] * 8
+    assert sys.getswitchinterval() == usual
+
+
+async def test_a_pool_job_is_not_abandoned_when_its_caller_is_cancelled():
+    """As with trio.to_thread.run_sync: the job runs to its end; the cancellation comes after."""
+    pool = ThreadPool("test-pool-cancel", 1)
+    started, release = threading.Event(), threading.Event()
+    finished: list[str] = []
+    answered: list[str] = []
+
+    def job() -> str:
+        started.set()
+        release.wait(GUARD_SECONDS)
+        finished.append("done")
+        return "done"
+
+    scope = trio.CancelScope()
+
+    async def cancel_once_started() -> None:
+        await trio.to_thread.run_sync(started.wait, GUARD_SECONDS)
+        scope.cancel()
+        await trio.sleep(0.05)  # the job still runs: nothing came back yet
+        assert finished == []
+        release.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cancel_once_started)
+        with scope:
+            answered.append(await pool.run(job))
+            await trio.lowlevel.checkpoint()  # where the cancellation comes
+    assert scope.cancelled_caught
+    assert finished == answered == ["done"]
+
+
+def test_two_trio_runs_share_a_pool_and_each_gets_its_own_answers():
+    pool = ThreadPool("test-pool-runs", 2)
+    results: dict[str, list[int]] = {}
+
+    def one_run(name: str, offset: int) -> None:
+        async def main() -> None:
+            got: list[int] = []
+            async with trio.open_nursery() as nursery:
+                for n in range(20):
+
+                    async def ask(n: int = n) -> None:
+                        got.append(await pool.run(lambda: offset + n))
+
+                    nursery.start_soon(ask)
+            results[name] = sorted(got)
+
+        trio.run(main)
+
+    threads = [threading.Thread(target=one_run, args=(f"run{i}", 100 * i)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(GUARD_SECONDS)
+    assert results == {f"run{i}": [100 * i + n for n in range(20)] for i in range(2)}
+
+
+async def test_idle_pool_threads_end_and_new_work_starts_them_again():
+    pool = ThreadPool("test-pool-idle", 2, idle_seconds=0.05)
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(pool.run, time.sleep, 0.01)
+    assert pool.threads == 2
+    with trio.fail_after(GUARD_SECONDS):
+        while pool.threads:  # noqa: ASYNC110 - the threads end on their own: nothing to wait on
+            await trio.sleep(0.02)
+    assert await pool.run(lambda: "again") == "again"
+    assert pool.threads == 1
