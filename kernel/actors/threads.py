@@ -99,11 +99,12 @@ class ThreadPool:
     job); a job of this pool ~5 µs (measured: 30 tasks each running no-op jobs, 4 threads). On a
     busy loop the difference is latency too: each of those steps waits for the loop's turn, and
     the greeting chain's artifact writes, 96 Emits in flight, waited 2.5 s (p50) behind
-    ``run_sync`` against 33 ms in this pool. The waiting task is parked, the job queued; a thread that
-    finishes a job hands it back in one ``run_sync_soon`` for all the jobs finished meanwhile
-    (per trio run: each has its own token), which reschedules every waiter at once. Jobs run
-    without the caller's context variables. Threads start on demand and end after
-    ``idle_seconds`` without work."""
+    ``run_sync`` against 33 ms in this pool.
+
+    The waiting task is parked, the job queued; a thread that finishes a job hands it back in
+    one ``run_sync_soon`` for all the jobs finished meanwhile (per trio run: each has its own
+    token), which reschedules every waiter at once. Jobs run without the caller's context
+    variables. Threads start on demand and end after ``idle_seconds`` without work."""
 
     def __init__(self, name: str, size: int, *, idle_seconds: float = 10.0) -> None:
         self._name = name
