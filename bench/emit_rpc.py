@@ -14,7 +14,12 @@ Beside throughput, each server's CPU time per Emit (user + system, all its threa
 changes within minutes, CPU time per call compares the servers where RPC/s cannot.
 ``bench_ping`` is sunk by no block: the pure Emit path, root durably stored before the reply.
 ``greet_requested`` starts the built-in greeting chain, which then runs in the background; the
-daemon is left to go idle before the next measurement.
+daemon is left to go idle before the next measurement. The Emit rate counts Emits accepted in the
+window, whether their chains ran in it or were left for later; *greeting chains through* counts
+them over the window and the wait until every chain finished: what the daemon sustains. (Before
+the artifact writes had a thread pool of their own, chains fell seconds behind their Emits —
+4.7 s of chains after a 2.5 s window, in an A/B — and the Emit rate was 1.5x the rate chains got
+through.)
 
 This module is also the entry point of its own subprocesses::
 
