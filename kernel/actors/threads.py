@@ -134,7 +134,7 @@ class ThreadPool:
                 self._free += 1
             self._free -= 1
         if start:
-            threading.Thread(target=self._serve, name=self._name, daemon=True).start()
+            self._start_thread()
         task, token = trio.lowlevel.current_task(), trio.lowlevel.current_trio_token()
         _waited.begin()
         try:
@@ -143,6 +143,20 @@ class ThreadPool:
             return value
         finally:
             _waited.end()
+
+    def _start_thread(self) -> None:
+        """A thread more, its place claimed already; given back if the system refuses one (the
+        job then waits for a thread alive, or fails here when there is none)."""
+        try:
+            threading.Thread(target=self._serve, name=self._name, daemon=True).start()
+        except RuntimeError:
+            with self._lock:
+                self._threads -= 1
+                none_alive = self._threads == 0
+                if not none_alive:
+                    self._free -= 1  # the job queues for a thread alive
+            if none_alive:
+                raise
 
     def _serve(self) -> None:
         while True:

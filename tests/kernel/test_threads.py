@@ -260,3 +260,19 @@ async def test_idle_pool_threads_end_and_new_work_starts_them_again():
             await trio.sleep(0.02)
     assert await pool.run(lambda: "again") == "again"
     assert pool.threads == 1
+
+
+async def test_a_pool_that_cannot_start_a_thread_fails_the_job_and_stays_usable(monkeypatch):
+    pool = ThreadPool("test-pool-refused", 2)
+    real_start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(RuntimeError, match="start new thread"):
+        await pool.run(lambda: "never")
+    assert pool.threads == 0
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    assert await pool.run(lambda: "then") == "then"
+    assert pool.threads == 1
