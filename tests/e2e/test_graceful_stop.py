@@ -15,7 +15,9 @@ from grpclib.const import Status
 from tests.helpers import wait_until
 from tests.runs.helpers import dag, submit, wait_done
 
-SLOW_STEP_SECONDS = 2.0
+# Long enough that new calls are turned away before the call in flight ends, even on a loaded
+# 2-core CI machine (at 2 s, one run in many saw the reply first).
+SLOW_STEP_SECONDS = 5.0
 
 CONFIG = f"""
 [daemon]
@@ -53,7 +55,7 @@ def test_a_call_in_flight_at_sigterm_completes_ok_and_the_daemon_exits_0(make_da
     assert run.status == api.RunStatus.SUCCEEDED
     assert lines(marker) == 1
 
-    # ReplayRun re-executes the observer step live: the call is in flight for ~2 s.
+    # ReplayRun re-executes the observer step live: the call is in flight for ~5 s.
     outcome: dict[str, Any] = {}
 
     def replay() -> None:
