@@ -177,7 +177,8 @@ class ThreadPool:
                 finished.append((task, result))
                 first = len(finished) == 1
             if first:  # the rest finished before it is delivered go along
-                token.run_sync_soon(self._deliver, token)
+                with contextlib.suppress(trio.RunFinishedError):  # nobody left to tell
+                    token.run_sync_soon(self._deliver, token)
 
     def _deliver(self, token: trio.lowlevel.TrioToken) -> None:
         with self._lock:
