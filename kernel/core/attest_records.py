@@ -398,9 +398,9 @@ class SpooledAttestationRows:
     """As :class:`DerivedAttestationRows`, written to a file by the signing process instead of
     coming back through the daemon: ``path`` (in the home's :data:`SPOOL`) holds ``rows`` rows
     of ``attestation_statements``, as CSV (``drafting.spool``: ``created_at`` in ISO 8601 with
-    its offset). DuckDB reads the file itself, in the
-    transaction that stores the rows; the store deletes it after. Not journaled, like the
-    rows it carries: a start makes them again from the facts (and clears the spool)."""
+    its offset). DuckDB reads the file itself, in the transaction that stores the rows; the
+    store deletes it after. Not journaled, like the rows it carries: a start makes them again
+    from the facts (and clears the spool)."""
 
     path: str
     rows: int

@@ -266,12 +266,12 @@ class Attestor:
         if self._spool is None or self._process is None:
             return None
         # a step job carries its row's meta (``statements.step_job``); the others' go along
-        others = [m for m in metas if m[3] != "step"]
-        if any(m[3] == "custom" for m in others):
+        others = [m for m in metas if m.kind != "step"]
+        if any(m.kind == "custom" for m in others):
             return None
         self._spooled += 1
         path = f"{self._spool}/{self._spooled:012d}.csv"
-        return path, [(*m[:4], m[4].isoformat(), m[5]) for m in others]
+        return path, [(*m[:4], m.issued_at.isoformat(), m.seq) for m in others]
 
     async def _chain(self, run_id: str) -> Chain:
         """The chain of a run first seen in this daemon's notices: empty for a run it started,
