@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import outcome
 import trio
+from setproctitle import setthreadtitle
 
 T = TypeVar("T")
 
@@ -159,6 +160,7 @@ class ThreadPool:
                 raise
 
     def _serve(self) -> None:
+        name_os_thread(self._name)
         while True:
             try:
                 task, token, function, args = self._jobs.get(timeout=self._idle_seconds)
@@ -306,6 +308,7 @@ class JobThread:
                 os.close(fd)
 
     def _serve(self) -> None:
+        name_os_thread(self._thread.name)
         if self._idle_priority:
             lowest_thread_priority()
         signal = self._signal
@@ -313,6 +316,13 @@ class JobThread:
             self._done.append(outcome.capture(job))
             del job  # a write's records are not held until the next one comes
             os.write(self._write_fd, signal)
+
+
+def name_os_thread(name: str) -> None:
+    """Name the calling thread for the OS as well (``top -H``, ``ps -L``, ``/proc/PID/task/*/comm``,
+    py-spy), which otherwise shows every thread as ``python``: ``name`` without its
+    ``foundry-`` prefix, cut to the 15 bytes Linux keeps. Trio names its own worker threads."""
+    setthreadtitle(name.removeprefix("foundry-")[:15])
 
 
 def lowest_thread_priority() -> None:

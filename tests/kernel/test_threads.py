@@ -276,3 +276,26 @@ async def test_a_pool_that_cannot_start_a_thread_fails_the_job_and_stays_usable(
     monkeypatch.setattr(threading.Thread, "start", real_start)
     assert await pool.run(lambda: "then") == "then"
     assert pool.threads == 1
+
+
+def os_thread_name() -> str:
+    """The calling thread's name as the OS keeps it."""
+    with open(f"/proc/self/task/{threading.get_native_id()}/comm") as comm:
+        return comm.read().strip()
+
+
+async def os_name_in_job_thread(name: str) -> str:
+    thread = JobThread(name)
+    thread.start()
+    try:
+        found: str = await thread.run(os_thread_name)
+        return found
+    finally:
+        await trio.to_thread.run_sync(thread.stop)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+async def test_the_os_sees_each_thread_by_its_name_without_the_foundry_prefix():
+    assert await os_name_in_job_thread("foundry-journal") == "journal"
+    assert await os_name_in_job_thread("a-name-longer-than-fifteen") == "a-name-longer-t"  # cut
+    assert await ThreadPool("foundry-artifacts", 1).run(os_thread_name) == "artifacts"
