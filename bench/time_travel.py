@@ -13,6 +13,9 @@ the cycle four ways, interleaved: this client and one on grpcio's C core
 (``time_travel_floor.pause_patch_resume_grpcio``), each against the daemon and against the
 floor — plain grpclib doing only the wire and three ``fdatasync`` calls a cycle
 (``bench/time_travel_floor.py``). The cycle's ratio to the floor is the daemon's own share.
+Then the same cycle deep in a long run: a 1,000-step chain with breakpoints on its last 30 steps;
+its ratio to the 30-step chain's cycle shows what PatchStep and ResumeRun do per step of the run
+(ideally nothing: 1.0).
 
 (b) A 1,000-step chain (each step references the previous one's output) runs to success; then
 CreateBranchRun from its step 500. The RPC answers once the branch is durable with its 500 reused
@@ -48,6 +51,11 @@ TITLE = "Time travel: pause → patch → resume cycle, and a branch from step 5
 PAUSE_STEPS = 30
 CYCLE_TARGET_MS = 5.0  # pause → patch → resume → finish, over gRPC (issue 17)
 QUICK_PAUSE_STEPS = 10
+# The cycle deep in a long run: the last DEEP_PAUSED steps of a DEEP_STEPS-step chain. Whatever a
+# PatchStep or a ResumeRun does per step of the run shows here, against the short chain's cycle.
+DEEP_STEPS = 1_000
+DEEP_PAUSED = 30  # as many cycles as the short chain has
+QUICK_DEEP_STEPS = 200
 # Each repetition runs the cycle four ways, interleaved: client library / server.
 CYCLE_SERIES = ("grpclib/foundry", "grpclib/floor", "grpcio/foundry", "grpcio/floor")
 BRANCH_STEPS = 1_000
@@ -99,26 +107,32 @@ async def _next(queue: asyncio.Queue[tuple[float, Any]], kind: str) -> tuple[flo
             return arrived, event
 
 
-async def _pause_patch_resume(address: str, steps: int) -> CycleSample:
+async def _pause_patch_resume(address: str, steps: int, paused: int | None = None) -> CycleSample:
+    """The cycle at every step of a ``steps``-step chain, or at its last ``paused`` steps."""
     from foundry.kernel.edge.grpc.client import connect
     from foundry.proto import runtime_api as api
     from foundry.proto.generated.google.protobuf import Struct
 
-    ids = [f"s{i:02d}" for i in range(steps)]
+    digits = 2 if steps <= 100 else 4
+    ids = [f"s{i:0{digits}d}" for i in range(steps)][-(paused or steps) :]
+    first = steps - len(ids)
     sample = CycleSample([], [], [])
     async with connect(address) as (_, runtime):
-        spec = run_spec(chain(steps, digits=2), breakpoints=ids)
+        spec = run_spec(chain(steps, digits=digits), breakpoints=ids)
         run_id = (await runtime.submit_run(api.SubmitRunRequest(spec=spec), timeout=30)).run_id
         queue: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
         stream = runtime.tap_run(api.TapRunRequest(run_id=run_id), timeout=TIMEOUT * 2)
         follower = asyncio.create_task(_follow(stream, queue))
         try:
-            for index, step_id in enumerate(ids):
-                _, paused = await _next(queue, "run_paused")
-                if paused.step_id != step_id:
-                    raise AssertionError(f"paused at {paused.step_id!r}, expected {step_id!r}")
+            for index, step_id in enumerate(ids, start=first):
+                _, pause = await _next(queue, "run_paused")
+                if pause.step_id != step_id:
+                    raise AssertionError(f"paused at {pause.step_id!r}, expected {step_id!r}")
                 patch = {"n": 1000 + index, "patched": True}  # a JSON merge patch of value
-                patched = {**patch, **({"prev": 1000 + index - 1} if index else {})}
+                # the step before's output n: patched too, or (the first paused step of a
+                # long run) as its own value left it
+                previous = 1000 + index - 1 if index > first else index - 1
+                patched = {**patch, **({"prev": previous} if index else {})}
                 started = time.perf_counter()
                 await runtime.patch_step(
                     api.PatchStepRequest(
@@ -250,7 +264,9 @@ def run(options: Options) -> Report:
     report = Report(NAME, TITLE)
     pause_steps = QUICK_PAUSE_STEPS if options.quick else PAUSE_STEPS
     branch_steps = QUICK_BRANCH_STEPS if options.quick else BRANCH_STEPS
+    deep_steps = QUICK_DEEP_STEPS if options.quick else DEEP_STEPS
     cycles: dict[str, list[CycleSample]] = {key: [] for key in CYCLE_SERIES}
+    deep: list[CycleSample] = []
     branches: list[BranchSample] = []
     with daemon(CONFIG) as server, floor_server() as floor:
 
@@ -269,6 +285,7 @@ def run(options: Options) -> Report:
         for rep in range(options.repetitions):
             for key in CYCLE_SERIES:  # interleaved: the host's speed that minute falls on all four
                 cycles[key].append(cycle(key, pause_steps))
+            deep.append(asyncio.run(_pause_patch_resume(server.address, deep_steps, DEEP_PAUSED)))
             branch = asyncio.run(_branch(server.address, branch_steps))
             branches.append(branch)
             ours, plain = cycles["grpclib/foundry"][-1], cycles["grpclib/floor"][-1]
@@ -322,6 +339,13 @@ def run(options: Options) -> Report:
         ),
         Figure("floor: cycle p50, grpcio client", "ms", per_rep("cycles_ms", 0.5, "grpcio/floor")),
         Figure(
+            f"cycle p50, last {DEEP_PAUSED} steps of {deep_steps:,}",
+            "ms",
+            [percentile(c.cycles_ms, 0.5) for c in deep],
+            note=f"the same cycle deep in a {deep_steps:,}-step chain: what the RPCs do per step "
+            "of the run shows here",
+        ),
+        Figure(
             f"CreateBranchRun RPC ({reused} reused)",
             "ms",
             [b.rpc_ms for b in branches],
@@ -364,6 +388,11 @@ def run(options: Options) -> Report:
         "cycle / floor, grpcio client",
         "cycle p50, grpcio client",
         "floor: cycle p50, grpcio client",
+    )
+    report.ratio(
+        "long run's cycle / short run's",
+        f"cycle p50, last {DEEP_PAUSED} steps of {deep_steps:,}",
+        "pause→patch→resume cycle p50",
     )
     report.notes.append(
         f"target: a cycle <= {CYCLE_TARGET_MS:g} ms over gRPC (issue 17); every step is a "

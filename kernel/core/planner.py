@@ -19,10 +19,13 @@ from foundry.kernel.core.runs import RunState, StepState
 @dataclass(frozen=True, slots=True)
 class Starts:
     """Ready steps to lease now, in DAG order, and the first ready step a breakpoint holds back
-    ("" when none does: the run goes on)."""
+    ("" when none does: the run goes on). ``held``: the ready steps not started because of that
+    breakpoint (it and those after it), the only ones a ResumeRun needs to look at again, with
+    the dependents of steps that finish meanwhile — not every step of a long run, per resume."""
 
     steps: tuple[StepState, ...]
     pause_at: str = ""
+    held: tuple[str, ...] = ()
 
 
 class Next(Enum):
@@ -43,12 +46,12 @@ def starts(run: RunState, busy: set[str], candidates: Iterable[str] | None = Non
     """Every ready step in DAG order, stopping before the first one with a breakpoint (steps
     already running finish; nothing new starts until ResumeRun). ``candidates`` narrows the
     search (the dependents of a step that just finished; None: every step)."""
-    found: list[StepState] = []
-    for step in run.ready(busy, candidates):
+    ready = run.ready(busy, candidates)
+    for index, step in enumerate(ready):
         if run.stops_at(step):
-            return Starts(tuple(found), step.spec.id)
-        found.append(step)
-    return Starts(tuple(found))
+            held = tuple(s.spec.id for s in ready[index:])
+            return Starts(tuple(ready[:index]), step.spec.id, held)
+    return Starts(tuple(ready))
 
 
 def next_wait(run: RunState, busy: bool, stopping: bool) -> Next:

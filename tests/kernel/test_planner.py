@@ -84,6 +84,18 @@ def test_a_breakpoint_holds_back_its_step_and_every_ready_step_after_it():
     plan = starts(run, set())
     assert ids(plan) == ["a"]
     assert plan.pause_at == "b"
+    assert plan.held == ("b", "c")
+
+
+def test_after_a_resume_the_held_steps_are_all_the_candidates_needed():
+    run = started(make_run([step("a"), step("b"), step("c"), step("d", after=["a"])],
+                           breakpoints=["b"]))  # fmt: skip
+    plan = starts(run, set())
+    run.make_event("run_paused", T0, "b")
+    complete(run, "a")  # finished while paused: its dependents join the candidates
+    run.make_event("run_resumed", T0, "b")
+    candidates = {*plan.held, *run.dag.dependents["a"]}
+    assert ids(starts(run, set(), candidates)) == ids(starts(run, set())) == ["b", "c", "d"]
 
 
 def test_a_released_breakpoint_no_longer_holds():

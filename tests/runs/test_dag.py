@@ -280,10 +280,13 @@ def test_references_lists_every_path():
 
 
 def test_patch_references_must_point_upstream():
-    dag = parse(step("a"), step("b", depends_on=["a"]), step("c"))
+    dag = parse(step("a"), step("b", depends_on=["a"]), step("c"), step("d", depends_on=["b"]))
     check_patch_references(dag, "b", {"x": "${steps.a.output.v}", "y": "${inputs.k}"})
+    check_patch_references(dag, "d", {"x": "${steps.b.output.v}", "y": "${steps.a.output.w}"})
     with pytest.raises(InvalidArgument, match="step 'b'.*inputs_patch"):
         check_patch_references(dag, "b", {"x": "${steps.c.output.v}"})
+    with pytest.raises(InvalidArgument, match=r"step 'd'.*\$\{steps\.c\.output\.v\}"):
+        check_patch_references(dag, "d", {"x": "${steps.a.output.v}", "y": "${steps.c.output.v}"})
     with pytest.raises(InvalidArgument, match="inputs_patch"):
         check_patch_references(dag, "b", {"x": "${nonsense}"})
 

@@ -69,6 +69,7 @@ from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.planner import (
     Lease,
     Next,
+    Starts,
     attempt_limit,
     attempt_number,
     lease,
@@ -278,8 +279,9 @@ class Scheduler:
         async with trio.open_nursery() as steps:
             while True:
                 if may_start(run, self._stopping.is_set() or run.canceling):
-                    alone = await self._start_ready(run, busy, steps, done_send, candidates)
-                    candidates = set()
+                    plan = starts(run, busy, candidates)
+                    alone = await self._start_ready(run, plan, busy, steps, done_send)
+                    candidates = set(plan.held)  # a resume looks again at what a pause held
                     if alone is not None:
                         # Nothing else of this run can become ready before it ends: run here,
                         # not as a task (a spawn, a first step and a hand-back cost the trio
@@ -309,7 +311,6 @@ class Scheduler:
                 elif wait is Next.RESUME:
                     if not await self._until_resumed(run):
                         return False  # the daemon is stopping; the run stays paused in its log
-                    candidates = None
                 elif wait is Next.STOP:
                     return False  # the daemon is stopping: no new steps; the next start goes on
                 else:
@@ -340,10 +341,10 @@ class Scheduler:
     async def _start_ready(
         self,
         run: RunState,
+        plan: Starts,
         busy: set[str],
         steps: trio.Nursery,
         done: trio.MemorySendChannel[str],
-        candidates: set[str] | None,
     ) -> tuple[StepState, tuple[_Leased, Pending[None] | None]] | None:
         """Lease what the planner says is ready; pause where it says a breakpoint holds. The
         run's only step to run, when that is all there is (a chain's next), is not started but
@@ -353,7 +354,6 @@ class Scheduler:
         in one write, before its task starts (the task's start then overlaps the commit a
         mutator waits for; on a chain the lease joins its predecessor's completion in the
         store's next group). A step without a slot, or whose lease fails, leases in its task."""
-        plan = starts(run, busy, candidates)
         records: list[Any] = []
         notices: list[Attest] = []
         leased: list[tuple[StepState, _Leased]] = []
