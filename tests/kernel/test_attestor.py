@@ -13,6 +13,7 @@ import sys
 from datetime import UTC, datetime
 
 import pytest
+import trio
 from foundry.kernel.actors.attestor import keys
 from foundry.kernel.actors.attestor.messages import Attest
 from foundry.kernel.actors.attestor.statements import Chain, Signer
@@ -396,10 +397,12 @@ class FakeStore:
         self.looked_up: list[str] = []
         self.appended: list[object] = []
         self.kinds_by_record: list[tuple[str, set[str]]] = []  # each record's type, row kinds
+        self.spooled_lines: list[int] = []  # each spooled batch's rows
+        self.first_append = trio.Event()
 
     async def serve(self, inbox) -> None:  # type: ignore[no-untyped-def]
         from foundry.kernel.actors.store import messages as m
-        from foundry.kernel.core.attest_records import stored_record
+        from foundry.kernel.core.attest_records import SpooledAttestationRows, stored_record
         from foundry.kernel.core.run_control import RunSummary
 
         async for message in inbox:
@@ -419,13 +422,19 @@ class FakeStore:
                 found = {a.attestation_id: a for a in self.appended}  # type: ignore[attr-defined]
                 message.reply.send([found[i] for i in message.attestation_ids if i in found])
             elif isinstance(message, m.Append):
-                # A batch a record, decoded as the store reads them back.
-                self.appended.extend(stored_record(row) for r in message.records for row in r.rows)
-                self.kinds_by_record.extend(
-                    (type(r).__name__, {row[3] for row in r.rows}) for r in message.records
-                )
+                # A batch a record, decoded as the store reads them back (a spooled batch: its
+                # file's lines counted, as DuckDB would read them)
+                for r in message.records:
+                    if isinstance(r, SpooledAttestationRows):
+                        lines = (await trio.Path(r.path).read_text()).splitlines()
+                        self.spooled_lines.append(len(lines))
+                        self.kinds_by_record.append((type(r).__name__, {"step"}))
+                        continue
+                    self.appended.extend(stored_record(row) for row in r.rows)
+                    self.kinds_by_record.append((type(r).__name__, {row[3] for row in r.rows}))
                 assert message.ack is not None
                 message.ack.send(None)
+                self.first_append.set()
             else:
                 raise AssertionError(message)
 
@@ -882,3 +891,33 @@ async def test_a_spool_that_cannot_be_made_leaves_the_rows_coming_back(tmp_path,
         assert found.kind == "step"
         inbox_send.close()
     assert "could not prepare the attestation spool" in caplog.text
+
+
+async def test_a_large_batch_is_spooled_and_a_small_one_comes_back(tmp_path):
+    """A batch of ``SPOOL_ROWS`` step attestations is written by the signing process to a spool
+    file DuckDB reads; a batch of one comes back and goes to the store as rows (a file and its
+    read cost ~1 ms however few its rows: a run patched step by step attests one at a time)."""
+    import trio
+    from foundry.kernel.actors.attestor.actor import SPOOL_ROWS, Attestor
+
+    pair = keys.load_or_create(tmp_path / "keys")
+    store = FakeStore((), {})
+    store_send, store_receive = trio.open_memory_channel[object](16)
+    inbox_send, inbox_receive = trio.open_memory_channel[object](SPOOL_ROWS + 1)
+    for i in range(SPOOL_ROWS):  # waiting before the attestor starts: one batch
+        inbox_send.send_nowait(_step_notice("run_new", f"s{i}", 2 * i + 2))
+    attestor = Attestor(pair, inbox_receive, store_send, spool=tmp_path / "spool")  # type: ignore[arg-type]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.serve, store_receive)
+            await nursery.start(attestor.run)
+            await store.first_append.wait()
+            await inbox_send.send(_step_notice("run_new", "last", 2 * SPOOL_ROWS + 2))
+            inbox_send.close()  # the attestor signs what it has, then ends
+    assert store.kinds_by_record == [
+        ("SpooledAttestationRows", {"step"}),
+        ("DerivedAttestationRows", {"step"}),
+    ]
+    assert store.spooled_lines == [SPOOL_ROWS]
+    (last,) = store.appended
+    assert last.claims["index"] == SPOOL_ROWS  # the chain went on across the two batches

@@ -377,32 +377,38 @@ command = ["sh", "-c", "sleep 0.02; printf '{\\"n\\":%s}' $FOUNDRY_INPUT_N"]
 """
 
 
+FAN = 200  # observers that finish together: their attestations are one batch, spooled
+
+
 def test_a_daemon_killed_with_attestations_on_their_way_makes_them_again_at_start(make_daemon):
-    """kill -9 while a run's attestations are signed but not in DuckDB (their rows in the
-    spool: DuckDB is given them only every 30 s here): the next start clears the spool,
+    """kill -9 while a run's attestations are signed but not in DuckDB (DuckDB is given them
+    only every 30 s here): a fan of observers' in the spool (a large batch), a chain of slow
+    mutators' in the store's memory (batches of one or two). The next start clears the spool,
     re-attests every announced attestation from the stored log and resumes the run; then every
     id the run announced is found, each verifies, and the run's hash chain holds."""
     daemon = make_daemon(SLOW_NOTE)
-    steps = [{"id": "s000", "type": "slow_note", "inputs": {"n": 0}}] + [
+    fan = [{"id": f"f{i:03d}", "type": "transform", "inputs": {"value": i}} for i in range(FAN)]
+    steps = [{"id": "s000", "type": "slow_note", "depends_on": [f["id"] for f in fan],
+              "inputs": {"n": 0}}] + [
         {"id": f"s{i:03d}", "type": "slow_note", "depends_on": [f"s{i - 1:03d}"],
          "inputs": {"n": i}}
         for i in range(1, 60)
     ]  # fmt: skip
-    run_id = submit(daemon, dag(*steps))
+    run_id = submit(daemon, dag(*fan, *steps))
     wait_for(
-        daemon, run_id, lambda r: sum(s.status == "succeeded" for s in r.steps) >= 20,
-        timeout=60, what="20 steps done",
+        daemon, run_id, lambda r: sum(s.status == "succeeded" for s in r.steps) >= FAN + 20,
+        timeout=60, what="the fan and 20 chained steps done",
     )  # fmt: skip
     spooled = list((daemon.home / SPOOL).iterdir())
     daemon.kill()
-    assert spooled, "no attestation was on its way to DuckDB at the kill: nothing tested"
+    assert spooled, "no attestation was in the spool at the kill: nothing tested"
 
     daemon.start()
     assert wait_done(daemon, run_id, timeout=60).status == api.RunStatus.SUCCEEDED
     assert "re-attested" in daemon.stderr()
     ids = [n["attestation_id"] for n in attested(tap(daemon, run_id))]
-    assert len(ids) == 61  # a step attestation each, and the run's
+    assert len(ids) == FAN + 61  # a step attestation each, and the run's
     assert [a.attestation_id for a in get(daemon, ids)] == ids
-    done = cli(daemon, "verify", ids[-1])  # the run's: its chain of 60 step attestations
+    done = cli(daemon, "verify", ids[-1])  # the run's: its chain of 260 step attestations
     assert done.returncode == 0, done.stdout + done.stderr
     assert list((daemon.home / SPOOL).iterdir()) == []

@@ -96,6 +96,7 @@ MAX_IDS = 1_000  # per GetAttestations
 LINGER = 0.05  # seconds a batch of notices waits for more before it is signed
 POLL = 0.005  # seconds between its looks for more
 CHUNK = 32  # notices made jobs (or rows) on the trio thread between its other tasks' turns
+SPOOL_ROWS = 128  # a batch's rows go to a spool file from this many on (``_to_spool``)
 OPEN = ("PENDING", "RUNNING", "PAUSED_AT_STEP")  # the statuses of a run not finished
 OPEN_RUNS_SECONDS = 1.0  # the daemon's start waits this long at most for their list
 SIGNATURE = 64  # bytes of an Ed25519 signature
@@ -261,9 +262,12 @@ class Attestor:
 
     def _to_spool(self, metas: list[Meta]) -> Spool | None:
         """The spool file for a batch's rows and each row's meta, if the signing process is to
-        write them (``signer.py``): a batch of a run's attestations (a gate decision's or eval
-        result's rows are journaled: they come back)."""
-        if self._spool is None or self._process is None:
+        write them (``signer.py``): a batch of a run's attestations of ``SPOOL_ROWS`` or more (a
+        gate decision's or eval result's rows are journaled: they come back). A smaller batch's
+        rows come back too: a file costs its creation and deletion and DuckDB's ``read_csv``
+        ~1 ms however few its rows, while the rows that come back join the materializer's batch
+        (~10 µs a row) — a run paused and patched step by step attests one step at a time."""
+        if self._spool is None or self._process is None or len(metas) < SPOOL_ROWS:
             return None
         # a step job carries its row's meta (``statements.step_job``); the others' go along
         others = [m for m in metas if m.kind != "step"]
