@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import trio
 import trio.lowlevel
 from foundry.kernel.actors.mailbox import ask
@@ -672,3 +673,49 @@ async def test_a_step_sees_its_own_artifact_folder_as_a_path(tmp_path, autojump_
         step_id: tmp_path / "artifacts" / "runs" / run_id / step_id for step_id in ("a.1", "b")
     }
     assert all(type(folder) is type(tmp_path) for folder in block.seen.values())
+
+
+# --- large DAGs ----------------------------------------------------------------------------------
+
+
+def sleepy_chain(count: int, prefix: str) -> list[dict[str, Any]]:
+    """A chain of ``count`` sleepy steps (the first held by the breakpoint the test sets)."""
+    return [
+        step(f"{prefix}{i:05d}", after=(f"{prefix}{i - 1:05d}",) if i else (), inputs={"s": 0})
+        for i in range(count)
+    ]
+
+
+async def test_a_large_dag_is_parsed_off_the_loop_while_a_small_one_is_answered(tmp_path):
+    """A DAG of PARSE_OFF_LOOP_BYTES or more is parsed and checked on a worker thread: a small
+    run submitted after it is accepted first (parsed on the loop, it waited for the large one's
+    ~0.3 s); a duplicate of the large one, sent meanwhile, gets the same run; and a large DAG
+    with an error is refused as a small one is."""
+    from foundry.kernel.actors.scheduler.actor import PARSE_OFF_LOOP_BYTES
+    from foundry.kernel.errors import InvalidArgument
+
+    big = json.dumps({"steps": sleepy_chain(20_000, "b")})
+    assert len(big) >= PARSE_OFF_LOOP_BYTES
+    answered: list[tuple[str, str]] = []
+    with trio.fail_after(60):
+        async with running_scheduler(tmp_path, [Sleepy()]) as h:
+
+            async def submit(name: str, dag_json: str, breakpoint: str, key: str = "") -> None:
+                run_id = await ask(
+                    h.inbox, lambda r: SubmitRun(dag_json, {}, 7, {}, (breakpoint,), key, r)
+                )
+                answered.append((name, run_id))
+
+            small = json.dumps({"steps": sleepy_chain(3, "s")})
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(submit, "big", big, "b00000", "same-key")
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(submit, "again", big, "b00000", "same-key")
+                nursery.start_soon(submit, "small", small, "s00000")
+            assert [name for name, _ in answered] == ["small", "big", "again"]
+            assert answered[1][1] == answered[2][1]  # the duplicate's run is the first's
+            assert (await h.get(answered[1][1])).status == "PAUSED_AT_STEP"
+
+            broken = big.replace('"b19999"', '"b19998"', 1)  # a step id twice
+            with pytest.raises(InvalidArgument, match="b19998"):
+                await ask(h.inbox, lambda r: SubmitRun(broken, {}, 7, {}, (), "", r))
