@@ -11,7 +11,7 @@ from foundry.analytics.sandbox import QueryRefused, QueryResult
 from foundry.kernel.actors.messages import Mailboxes
 from foundry.kernel.actors.store.messages import ExportParquet, RunUserQuery
 from foundry.kernel.config import AnalyticsConfig
-from foundry.kernel.edge.grpc.internals import Encoded
+from foundry.kernel.edge.grpc.internals import Encoded, varint
 from foundry.kernel.edge.grpc.server import ask
 from foundry.proto import analytics_api as api
 from grpclib import GRPCError
@@ -105,22 +105,11 @@ def encode_rows(rows: tuple[str, ...]) -> bytes:
     try:
         prefixes = list(map(_ROW_PREFIXES.__getitem__, map(len, data)))
     except IndexError:  # a row of 16 KiB or more
-        prefixes = [ROWS_TAG + _varint(len(d)) for d in data]
+        prefixes = [ROWS_TAG + varint(len(d)) for d in data]
     return b"".join(itertools.chain.from_iterable(zip(prefixes, data, strict=True)))
 
 
-def _varint(value: int) -> bytes:
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_ROW_PREFIXES = [ROWS_TAG + _varint(n) for n in range(1 << 14)]  # tag + length, by length
+_ROW_PREFIXES = [ROWS_TAG + varint(n) for n in range(1 << 14)]  # tag + length, by length
 
 
 def _invalid(message: str) -> GRPCError:

@@ -134,6 +134,18 @@ class Encoded:
         self.data = data
 
 
+def varint(value: int) -> bytes:
+    """A protobuf varint (a length, or a tag), for a field written around bytes encoded already."""
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def grpc_messages(messages: Sequence[bytes]) -> bytes:
     """Serialized messages as gRPC length-prefixed messages (uncompressed), back to back."""
     return b"".join(b"\x00" + len(m).to_bytes(4, "big") + m for m in messages)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 from foundry.kernel.actors.attestor.messages import GetAttestations
@@ -40,9 +41,9 @@ from foundry.kernel.core.json_input import check_json_value
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.core.run_control import RunSummary, run_list_query
 from foundry.kernel.core.runs import TERMINAL_KINDS, RunEventRecord
-from foundry.kernel.edge.grpc import attestations, fastproto, governance
-from foundry.kernel.edge.grpc.bridge import StreamSink
-from foundry.kernel.edge.grpc.internals import send_frames
+from foundry.kernel.edge.grpc import attestations, fastproto, governance, upb_encode
+from foundry.kernel.edge.grpc.bridge import StreamSink, let_others_run
+from foundry.kernel.edge.grpc.internals import Encoded, send_frames, varint
 from foundry.kernel.edge.grpc.server import ask
 from foundry.kernel.errors import InvalidArgument
 from foundry.proto import runtime_api as api
@@ -52,6 +53,8 @@ from grpclib.const import Handler, Status
 from grpclib.server import Stream
 
 T = TypeVar("T")
+RUN_CHUNK = 128  # steps of a large GetRun reply serialized between the loop's other work
+RUN_TAG = b"\x0a"  # GetRunResponse.run: field 1, length-delimited
 
 RUN_STATUS = {
     name: api.RunStatus[name]
@@ -91,7 +94,9 @@ class RuntimeService(api.RuntimeServiceBase):
     async def get_run(self, message: api.GetRunRequest) -> api.GetRunResponse:
         _require(message.run_id, "run_id")
         view: RunView = await self._ask(lambda r: GetRun(message.run_id, r))
-        return api.GetRunResponse(run=run_detail(view))
+        if len(view.steps) <= RUN_CHUNK:
+            return api.GetRunResponse(run=run_detail(view))
+        return Encoded(await encoded_run(view))  # type: ignore[return-value]
 
     async def tap_run(self, message: api.TapRunRequest) -> AsyncIterator[api.RunEvent]:
         """The object-API form, for the HTTP edge (Connect, gRPC-Web, WebSocket): the same
@@ -430,6 +435,32 @@ def _span_of(payload: Any) -> str:
 
 def json_value(value: Any) -> Value:
     return Value.from_dict(value)
+
+
+async def encoded_run(view: RunView) -> bytes:
+    """GetRun's reply for a large run, serialized ``RUN_CHUNK`` steps (and attestation ids) at a
+    time, with the loop's other work between chunks: made in one go, a reply cost the loop
+    ~25 µs a step — 250 ms for a run of 10,000 steps, when no other client, run or chain got a
+    turn. The same bytes as in one go: the fields in their numbers' order, a repeated field's
+    entries one after another (``view`` is a snapshot: nothing in it changes meanwhile)."""
+    scalars = replace(view, steps=(), attestation_ids=())
+    head, tail = run_detail(scalars), run_detail(scalars)
+    head.paused_step = head.error = head.parent_run_id = head.branch_step = ""  # fields >= 120
+    head.trace_id = head.span_id = ""
+    tail.run_id, tail.status, tail.spec = "", api.RunStatus.UNSPECIFIED, None  # fields <= 5
+    tail.created_at = tail.updated_at = None
+    parts = [upb_encode.encode(head)]
+    for start in range(0, len(view.steps), RUN_CHUNK):
+        await let_others_run()
+        steps = view.steps[start : start + RUN_CHUNK]
+        chunk = api.RunDetail(steps=[step_summary(s, view.span_id) for s in steps])
+        parts.append(upb_encode.encode(chunk))
+    parts.append(upb_encode.encode(tail))
+    for start in range(0, len(view.attestation_ids), RUN_CHUNK * 8):
+        ids = view.attestation_ids[start : start + RUN_CHUNK * 8]
+        parts.append(upb_encode.encode(api.RunDetail(attestation_ids=list(ids))))
+    run = b"".join(parts)
+    return RUN_TAG + varint(len(run)) + run
 
 
 def run_detail(view: RunView) -> api.RunDetail:

@@ -1,0 +1,93 @@
+"""GetRun's reply for a large run, serialized a chunk of steps at a time between the loop's other
+work (``runtime_service.encoded_run``): the same bytes as the reply made in one go, from either
+edge's world."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import trio
+import trio_asyncio
+from foundry.kernel.actors.scheduler.messages import RunView, StepView
+from foundry.kernel.edge.grpc import upb_encode
+from foundry.kernel.edge.grpc.runtime_service import RUN_CHUNK, encoded_run, run_detail
+from foundry.proto import runtime_api as api
+
+T0 = datetime(2026, 12, 4, 20, 0, tzinfo=UTC)
+OUTPUTS = [None, 3, 2.5, "text", True, [1, "a", None], {"n": 1, "deep": {"list": [{"x": False}]}}]
+
+
+def step(i: int) -> StepView:
+    done = i % 5 != 4
+    return StepView(
+        step_id=f"s{i:05d}", idx=i, type="transform", status="succeeded" if done else "pending",
+        attempt=1 if done else 0, leased_at=T0 + timedelta(microseconds=i) if done else None,
+        completed_at=T0 + timedelta(seconds=1, microseconds=i) if done else None,
+        output=OUTPUTS[i % len(OUTPUTS)] if done else None,
+        error={"message": "no"} if i % 11 == 0 else None, inputs={"value": i}, seed=i, model="",
+        usage={}, span_id=f"{i:016x}" if done else "",
+    )  # fmt: skip
+
+
+def view(steps: int, *, ids: int, **fields: str) -> RunView:
+    return RunView(
+        run_id="run_0123", status="PAUSED_AT_STEP", dag_json='{"steps": []}',
+        inputs={"topic": "trio", "n": [1, 2]}, seed=7, labels={"team": "a"},
+        breakpoints=("s00003",), created_at=T0, updated_at=T0 + timedelta(seconds=9),
+        steps=tuple(step(i) for i in range(steps)),
+        attestation_ids=tuple(f"att_run_0123_{i}" for i in range(ids)), **fields,
+    )  # fmt: skip
+
+
+async def from_asyncio(run: RunView) -> bytes:
+    """``encoded_run`` from an asyncio task on trio-asyncio's loop, as a gRPC handler calls it."""
+    async with trio_asyncio.open_loop():
+        encoded: bytes = await trio_asyncio.aio_as_trio(encoded_run)(run)
+        return encoded
+
+
+def in_one_go(run: RunView) -> bytes:
+    return upb_encode.encode(api.GetRunResponse(run=run_detail(run)))
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        view(RUN_CHUNK + 1, ids=0),
+        view(
+            RUN_CHUNK * 3 + 7,
+            ids=RUN_CHUNK * 8 * 2 + 3,
+            paused_step="s00003",
+            error="e",
+            parent_run_id="run_src",
+            branch_step="s00002",
+            trace_id="ab" * 16,
+            span_id="cd" * 8,
+        ),  # fmt: skip
+    ],
+    ids=["steps only", "every field"],
+)
+def test_a_large_reply_in_chunks_is_the_reply_in_one_go(run):
+    expected = in_one_go(run)
+    assert trio.run(encoded_run, run) == expected  # the HTTP edge's world
+    assert trio.run(from_asyncio, run) == expected  # grpclib's
+    reply = api.GetRunResponse.parse(expected)
+    assert [s.step_id for s in reply.run.steps] == [s.step_id for s in run.steps]
+
+
+async def test_the_chunks_let_other_tasks_run_between_them():
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await trio.lowlevel.checkpoint()
+        await encoded_run(view(RUN_CHUNK * 4, ids=0))
+        nursery.cancel_scope.cancel()
+    assert turns >= 4
