@@ -116,6 +116,21 @@ def test_submit_get_and_tap_a_run_in_json(daemon):
     assert [s["stepId"] for s in run["steps"]] == ["a", "b"]
 
 
+def test_a_large_runs_reply_made_in_chunks_reads_the_same_in_json(daemon):
+    """GetRun of more than 128 steps is serialized a chunk at a time (``encoded_run``): over
+    Connect JSON every step is there, in order, with its output."""
+    steps = [{"id": f"s{i:03d}", "type": "transform", "inputs": {"value": {"n": i}}}
+             for i in range(300)]  # fmt: skip
+    dag = json.dumps({"steps": steps})
+    run_id = post_json(daemon, SUBMIT, {"spec": {"dagJson": dag}}).json()["runId"]
+    messages, _ = connect_stream_json(daemon, TAP, {"runId": run_id})
+    assert messages[-1]["kind"] == "run_succeeded"
+    run = post_json(daemon, GET_RUN, {"runId": run_id}).json()["run"]
+    assert [s["stepId"] for s in run["steps"]] == [s["id"] for s in steps]
+    assert [s["output"] for s in run["steps"]] == [{"n": i} for i in range(300)]
+    assert len(run["attestationIds"]) == 301  # a step attestation each, and the run's
+
+
 def test_whole_numbers_and_int64_strings_are_proto3_json(daemon):
     """JSON writes a whole double as 5 and may send a 64-bit integer as "42": both are taken,
     as proto3 JSON says; a string that is not a number is still refused, naming the field."""
