@@ -2,7 +2,8 @@
 holds up while a client keeps sending huge ids and over-limit messages — or 4 MB run specs (a
 DAG of ~38,000 steps, the largest a request may be, with one step id twice at its end: parsed
 and checked in full, then refused) — or GetRun of a finished run of 5,000 steps, asked again and
-again — against the same Emits with no such client (same run)."""
+again, or TapRun of it from its first event — against the same Emits with no such client (same
+run)."""
 
 from __future__ import annotations
 
@@ -42,8 +43,10 @@ def run(options: Options) -> Report:
         Figure("Emit p99, while huge ids and 8 MB messages arrive", "ms", samples["attack"]),
         Figure("Emit p99, while 4 MB run specs arrive", "ms", samples["specs"]),
         Figure(f"Emit p99, while GetRun of {steps:,} steps repeats", "ms", samples["get_run"]),
+        Figure(f"Emit p99, while TapRun of {steps:,} steps repeats", "ms", samples["tap_run"]),
     ]
-    for label, figure in zip(("attack", "4 MB specs", "GetRun"), report.figures[2:], strict=True):
+    labels = ("attack", "4 MB specs", "GetRun", "TapRun")
+    for label, figure in zip(labels, report.figures[2:], strict=True):
         report.ratio(f"Emit p99 under {label} / quiet", figure.name, quiet)
     return report
 
@@ -74,6 +77,7 @@ async def _measure(address: str, emits: int, large_run: str) -> dict[str, float]
             "attack": await p99_while(lambda stop: _attack(address, stop)),
             "specs": await p99_while(lambda stop: _submit_large_specs(address, stop)),
             "get_run": await p99_while(lambda stop: _get_run_again(address, large_run, stop)),
+            "tap_run": await p99_while(lambda stop: _tap_run_again(address, large_run, stop)),
         }
 
 
@@ -89,6 +93,14 @@ async def _finished_run(address: str, steps: int) -> str:
         run_id: str = (await runtime.submit_run(api.SubmitRunRequest(spec=spec))).run_id
     await _until_terminal(address, run_id)
     return run_id
+
+
+async def _tap_run_again(address: str, run_id: str, stop: asyncio.Event) -> None:
+    """TapRun of ``run_id`` (finished: its whole history) until ``stop``, events undecoded."""
+    from .time_travel import _until_terminal
+
+    while not stop.is_set():
+        await _until_terminal(address, run_id)
 
 
 async def _get_run_again(address: str, run_id: str, stop: asyncio.Event) -> None:

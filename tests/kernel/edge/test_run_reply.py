@@ -1,6 +1,6 @@
-"""GetRun's reply for a large run, serialized a chunk of steps at a time between the loop's other
-work (``runtime_service.encoded_run``): the same bytes as the reply made in one go, from either
-edge's world."""
+"""A large run's replies with the loop's other work between their parts: GetRun's serialized a
+chunk of steps at a time (``runtime_service.encoded_run``: the same bytes as the reply made in
+one go, from either edge's world), and TapRun's history framed a batch at a time."""
 
 from __future__ import annotations
 
@@ -91,3 +91,41 @@ async def test_the_chunks_let_other_tasks_run_between_them():
         await encoded_run(view(RUN_CHUNK * 4, ids=0))
         nursery.cancel_scope.cancel()
     assert turns >= 4
+
+
+async def test_a_long_tap_history_is_framed_in_batches_with_other_tasks_between():
+    """TapRun of a finished run: its history in batches of HISTORY_BATCH, each event once, in
+    order, through the terminal one — and the loop's other tasks run between batches."""
+    from foundry.kernel.actors.messages import Mailboxes
+    from foundry.kernel.actors.scheduler.messages import OpenTap, TapOpened
+    from foundry.kernel.core.runs import RunEventRecord
+    from foundry.kernel.edge.grpc.runtime_service import HISTORY_BATCH, RuntimeService
+
+    events = [RunEventRecord("run_0123", seq, "", "step_completed", {}, T0)
+              for seq in range(1, HISTORY_BATCH * 3)]  # fmt: skip
+    events.append(RunEventRecord("run_0123", len(events) + 1, "", "run_succeeded", {}, T0))
+    scheduler, inbox = trio.open_memory_channel[object](1)
+    unused = trio.open_memory_channel[object](0)[0]
+    service = RuntimeService(Mailboxes(unused, unused, scheduler, unused, unused, unused, unused))  # type: ignore[arg-type]
+    turns: list[int] = []
+    batches: list[list[int]] = []
+
+    async def scheduler_answers() -> None:
+        message = await inbox.receive()
+        assert isinstance(message, OpenTap)
+        message.reply.send(TapOpened(tuple(events)))
+
+    async def other() -> None:
+        while True:
+            turns.append(len(batches))
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(scheduler_answers)
+        nursery.start_soon(other)
+        async for batch in service.tap_batches("run_0123", lambda e: e.seq):
+            batches.append(batch)
+        nursery.cancel_scope.cancel()
+    assert [len(b) for b in batches] == [HISTORY_BATCH] * 3
+    assert [seq for b in batches for seq in b] == [e.seq for e in events]
+    assert {1, 2} <= set(turns)  # the other task ran between the first and the last batch
