@@ -2,8 +2,9 @@
 holds up while a client keeps sending huge ids and over-limit messages — or 4 MB run specs (a
 DAG of ~38,000 steps, the largest a request may be, with one step id twice at its end: parsed
 and checked in full, then refused) — or GetRun of a finished run of 5,000 steps, asked again and
-again, or TapRun of it from its first event — against the same Emits with no such client (same
-run)."""
+again, TapRun of it from its first event or ReplayRun of it — against the same Emits with no
+such client (same run). Replies to those are taken undecoded (a client's parse of thousands of
+steps in pure Python would be the measurement otherwise)."""
 
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ def run(options: Options) -> Report:
         Figure("Emit p99, while 4 MB run specs arrive", "ms", samples["specs"]),
         Figure(f"Emit p99, while GetRun of {steps:,} steps repeats", "ms", samples["get_run"]),
         Figure(f"Emit p99, while TapRun of {steps:,} steps repeats", "ms", samples["tap_run"]),
+        Figure(f"Emit p99, while ReplayRun of {steps:,} steps repeats", "ms", samples["replay"]),
     ]
-    labels = ("attack", "4 MB specs", "GetRun", "TapRun")
+    labels = ("attack", "4 MB specs", "GetRun", "TapRun", "ReplayRun")
     for label, figure in zip(labels, report.figures[2:], strict=True):
         report.ratio(f"Emit p99 under {label} / quiet", figure.name, quiet)
     return report
@@ -78,6 +80,7 @@ async def _measure(address: str, emits: int, large_run: str) -> dict[str, float]
             "specs": await p99_while(lambda stop: _submit_large_specs(address, stop)),
             "get_run": await p99_while(lambda stop: _get_run_again(address, large_run, stop)),
             "tap_run": await p99_while(lambda stop: _tap_run_again(address, large_run, stop)),
+            "replay": await p99_while(lambda stop: _replay_again(address, large_run, stop)),
         }
 
 
@@ -104,17 +107,29 @@ async def _tap_run_again(address: str, run_id: str, stop: asyncio.Event) -> None
 
 
 async def _get_run_again(address: str, run_id: str, stop: asyncio.Event) -> None:
-    """GetRun of ``run_id`` until ``stop``, each reply left undecoded (a client's parse would
-    be the bottleneck otherwise)."""
+    """GetRun of ``run_id`` until ``stop``, each reply left undecoded."""
+    from foundry.proto import runtime_api as api
+
+    await _call_again(address, "GetRun", api.GetRunRequest(run_id=run_id), stop)
+
+
+async def _replay_again(address: str, run_id: str, stop: asyncio.Event) -> None:
+    """ReplayRun (FULL: every observer step re-executed) of ``run_id`` until ``stop``."""
+    from foundry.proto import runtime_api as api
+
+    await _call_again(address, "ReplayRun", api.ReplayRunRequest(run_id=run_id), stop)
+
+
+async def _call_again(address: str, method: str, request: Any, stop: asyncio.Event) -> None:
+    """A RuntimeService call until ``stop``, each reply left undecoded."""
     from foundry.proto import runtime_api as api
 
     from .fleet_daemon import timed_raw_calls
 
-    path = "/fleetforge.runtime.v1.RuntimeService/GetRun"
+    path = f"/fleetforge.runtime.v1.RuntimeService/{method}"
+    reply = getattr(api, f"{method}Response")
     while not stop.is_set():
-        await timed_raw_calls(
-            address, path, api.GetRunRequest(run_id=run_id), api.GetRunResponse, 1
-        )
+        await timed_raw_calls(address, path, request, reply, 1)
 
 
 def large_spec_dag(limit: int = 4 * 1024 * 1024 - 4096) -> str:

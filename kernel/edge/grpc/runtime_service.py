@@ -20,7 +20,7 @@ from foundry.kernel.actors.gate.messages import (
     SyncEvalPack,
 )
 from foundry.kernel.actors.messages import Mailboxes
-from foundry.kernel.actors.replay.messages import Replay, ReplayResult
+from foundry.kernel.actors.replay.messages import Replay, ReplayedStep, ReplayResult
 from foundry.kernel.actors.scheduler.messages import (
     BranchRun,
     CancelRun,
@@ -235,7 +235,9 @@ class RuntimeService(api.RuntimeServiceBase):
         if mode is None:
             raise GRPCError(Status.INVALID_ARGUMENT, f"mode: unknown value {message.mode}")
         result: ReplayResult = await self._ask_replay(lambda r: Replay(message.run_id, mode, r))
-        return replay_response(result)
+        if len(result.steps) <= RUN_CHUNK:
+            return replay_response(result)
+        return Encoded(await encoded_replay(result))  # type: ignore[return-value]
 
     # --- governance: eval packs and change gates (the gate actor) -------------------------------
 
@@ -525,21 +527,35 @@ def replay_response(result: ReplayResult) -> api.ReplayRunResponse:
         strategy=api.ReplayStrategy.LIVE
         if result.strategy == "live"
         else api.ReplayStrategy.MOCKED,
-        steps=[
-            api.ReplayStep(
-                step_id=step.step_id,
-                snapshot=json_value(step.snapshot),
-                drift=api.ReplayStepDrift(
-                    recorded=json_value(step.drift.recorded),
-                    current=json_value(step.drift.current),
-                    token_delta=step.drift.token_delta,
-                    cost_delta=step.drift.cost_delta,
-                    within_tolerance=step.drift.within_tolerance,
-                ),
-            )
-            for step in result.steps
-        ],
+        steps=[replay_step(step) for step in result.steps],
     )
+
+
+def replay_step(step: ReplayedStep) -> api.ReplayStep:
+    return api.ReplayStep(
+        step_id=step.step_id,
+        snapshot=json_value(step.snapshot),
+        drift=api.ReplayStepDrift(
+            recorded=json_value(step.drift.recorded),
+            current=json_value(step.drift.current),
+            token_delta=step.drift.token_delta,
+            cost_delta=step.drift.cost_delta,
+            within_tolerance=step.drift.within_tolerance,
+        ),
+    )
+
+
+async def encoded_replay(result: ReplayResult) -> bytes:
+    """ReplayRun's reply for many steps, serialized ``RUN_CHUNK`` steps at a time with the
+    loop's other work between chunks (steps are its last field: the same bytes as in one go).
+    In one go, the reply of a 2,000-step replay (each step's snapshot and drift as Structs)
+    held the loop ~0.8 s."""
+    parts = [upb_encode.encode(replay_response(replace(result, steps=())))]
+    for start in range(0, len(result.steps), RUN_CHUNK):
+        await let_others_run()
+        steps = result.steps[start : start + RUN_CHUNK]
+        parts.append(upb_encode.encode(api.ReplayRunResponse(steps=list(map(replay_step, steps)))))
+    return b"".join(parts)
 
 
 def _struct(mapping: Any) -> Struct:

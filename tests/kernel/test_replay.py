@@ -1,0 +1,78 @@
+"""The replay actor over a stored run, with a fake store: a long replay lets the rest of the
+daemon run between its steps."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import trio
+from foundry.kernel.actors.mailbox import ask
+from foundry.kernel.actors.replay.actor import Replayer
+from foundry.kernel.actors.replay.messages import Replay
+from foundry.kernel.actors.store.messages import LoadRun
+from foundry.kernel.blocks.api import BlockContext, BlockKind, block
+from foundry.kernel.blocks.registry import BlockRegistry
+from foundry.kernel.core.dag import parse_dag
+from foundry.kernel.core.drift import Tolerance
+from foundry.kernel.core.runs import RunState, RunSubmission
+
+T0 = datetime(2026, 12, 4, tzinfo=UTC)
+STEPS = 300
+TURNS: list[int] = [0]  # the other task's turns so far
+SEEN: list[int] = []  # TURNS at each step's run
+
+
+@block("double", kind=BlockKind.OBSERVER)
+def _double(ctx: BlockContext) -> dict[str, int]:
+    SEEN.append(TURNS[0])
+    return {"n": 2 * ctx.payload["n"]}
+
+
+def finished_run() -> tuple[RunSubmission, list]:
+    """A chain of ``double`` steps that succeeded, as the store would answer LoadRun."""
+    steps = [{"id": f"s{i:03d}", "type": "double", "inputs": {"n": i}} for i in range(STEPS)]
+    dag_json = json.dumps({"steps": steps})
+    submission = RunSubmission("run_1", dag_json, {}, 7, {}, (), "", T0)
+    run = RunState.new(submission, parse_dag(dag_json, None))
+    run.make_event("run_started", T0)
+    for i in range(STEPS):
+        step_id = f"s{i:03d}"
+        run.make_event("step_leased", T0, step_id, attempt=1, inputs={"n": i}, seed=1, model="",
+                       env={})  # fmt: skip
+        run.make_event("step_completed", T0, step_id, attempt=1, output={"n": 2 * i}, usage={})
+    run.make_event("run_succeeded", T0)
+    return submission, list(run.events)
+
+
+async def test_a_long_replay_lets_other_tasks_run_between_its_steps(tmp_path):
+    store_send, store_inbox = trio.open_memory_channel[object](1)
+    inbox_send, inbox = trio.open_memory_channel[Replay](1)
+    replayer = Replayer(BlockRegistry([_double]), inbox, store_send, home=tmp_path,  # type: ignore[arg-type]
+                        tolerance=Tolerance())  # fmt: skip
+    SEEN.clear()
+
+    async def store() -> None:
+        async for message in store_inbox:
+            assert isinstance(message, LoadRun)
+            message.reply.send(finished_run())
+
+    async def other() -> None:
+        while True:
+            TURNS[0] += 1
+            await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store)
+            await nursery.start(replayer.run)
+            nursery.start_soon(other)
+            result = await ask(inbox_send, lambda r: Replay("run_1", "full", r))
+            nursery.cancel_scope.cancel()
+    assert result.all_within_tolerance
+    assert result.strategy == "live"
+    assert [s.step_id for s in result.steps] == [f"s{i:03d}" for i in range(STEPS)]
+    assert len(SEEN) == STEPS
+    # trio runs a batch's tasks in either order: the other task's turn falls between two
+    # steps at least every other step (none at all when a replay never yields)
+    assert SEEN[-1] - SEEN[0] >= STEPS // 2
