@@ -447,21 +447,15 @@ async def encoded_run(view: RunView) -> bytes:
     """GetRun's reply for a large run, serialized ``RUN_CHUNK`` steps (and attestation ids) at a
     time, with the loop's other work between chunks: made in one go, a reply cost the loop
     ~25 µs a step — 250 ms for a run of 10,000 steps, when no other client, run or chain got a
-    turn. The same bytes as in one go: the fields in their numbers' order, a repeated field's
-    entries one after another (``view`` is a snapshot: nothing in it changes meanwhile)."""
-    scalars = replace(view, steps=(), attestation_ids=())
-    head, tail = run_detail(scalars), run_detail(scalars)
-    head.paused_step = head.error = head.parent_run_id = head.branch_step = ""  # fields >= 120
-    head.trace_id = head.span_id = ""
-    tail.run_id, tail.status, tail.spec = "", api.RunStatus.UNSPECIFIED, None  # fields <= 5
-    tail.created_at = tail.updated_at = None
-    parts = [upb_encode.encode(head)]
+    turn. The same message as in one go: the run's other fields first, then a repeated field's
+    entries one chunk after another (protobuf takes fields in any order; ``view`` is a snapshot:
+    nothing in it changes meanwhile)."""
+    parts = [upb_encode.encode(run_detail(replace(view, steps=(), attestation_ids=())))]
     for start in range(0, len(view.steps), RUN_CHUNK):
         await let_others_run()
         steps = view.steps[start : start + RUN_CHUNK]
         chunk = api.RunDetail(steps=[step_summary(s, view.span_id) for s in steps])
         parts.append(upb_encode.encode(chunk))
-    parts.append(upb_encode.encode(tail))
     for start in range(0, len(view.attestation_ids), RUN_CHUNK * 8):
         ids = view.attestation_ids[start : start + RUN_CHUNK * 8]
         parts.append(upb_encode.encode(api.RunDetail(attestation_ids=list(ids))))
@@ -547,7 +541,7 @@ def replay_step(step: ReplayedStep) -> api.ReplayStep:
 
 async def encoded_replay(result: ReplayResult) -> bytes:
     """ReplayRun's reply for many steps, serialized ``RUN_CHUNK`` steps at a time with the
-    loop's other work between chunks (steps are its last field: the same bytes as in one go).
+    loop's other work between chunks (the same message as in one go, as for :func:`encoded_run`).
     In one go, the reply of a 2,000-step replay (each step's snapshot and drift as Structs)
     held the loop ~0.8 s."""
     parts = [upb_encode.encode(replay_response(replace(result, steps=())))]
