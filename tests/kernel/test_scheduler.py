@@ -719,3 +719,32 @@ async def test_a_large_dag_is_parsed_off_the_loop_while_a_small_one_is_answered(
             broken = big.replace('"b19999"', '"b19998"', 1)  # a step id twice
             with pytest.raises(InvalidArgument, match="b19998"):
                 await ask(h.inbox, lambda r: SubmitRun(broken, {}, 7, {}, (), "", r))
+
+
+async def test_a_duplicate_of_a_large_dag_that_fails_hears_so_and_the_key_is_free_again(tmp_path):
+    """A duplicate sent while a large DAG is being parsed waits for it; when the DAG is refused,
+    the duplicate hears the first submission failed, and the key is taken by the next one."""
+    from foundry.kernel.errors import InvalidArgument
+
+    steps = sleepy_chain(20_000, "b")
+    steps[-1]["id"] = steps[-2]["id"]  # a step id twice: refused after the whole parse
+    broken = json.dumps({"steps": steps})
+    outcomes: list[str] = []
+    with trio.fail_after(60):
+        async with running_scheduler(tmp_path, [Sleepy()]) as h:
+
+            async def submit(dag_json: str) -> None:
+                try:
+                    await ask(h.inbox, lambda r: SubmitRun(dag_json, {}, 7, {}, (), "key-1", r))
+                except (InvalidArgument, Unavailable) as exc:
+                    outcomes.append(type(exc).__name__)
+                else:
+                    outcomes.append("accepted")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(submit, broken)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(submit, broken)
+            assert sorted(outcomes) == ["InvalidArgument", "Unavailable"]
+            await submit(json.dumps({"steps": sleepy_chain(2, "s")}))
+            assert outcomes[-1] == "accepted"
