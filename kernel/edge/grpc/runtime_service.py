@@ -5,9 +5,10 @@ built yet answer UNIMPLEMENTED (the generated base does that)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import replace
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from foundry.kernel.actors.attestor.messages import GetAttestations
@@ -42,7 +43,7 @@ from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.core.run_control import RunSummary, run_list_query
 from foundry.kernel.core.runs import TERMINAL_KINDS, RunEventRecord
 from foundry.kernel.edge.grpc import attestations, fastproto, governance, upb_encode
-from foundry.kernel.edge.grpc.bridge import StreamSink, let_others_run
+from foundry.kernel.edge.grpc.bridge import StreamSink, let_others_run, on_trio
 from foundry.kernel.edge.grpc.internals import Encoded, send_frames, varint
 from foundry.kernel.edge.grpc.server import ask
 from foundry.kernel.errors import InvalidArgument
@@ -96,6 +97,12 @@ class RuntimeService(api.RuntimeServiceBase):
         view: RunView = await self._ask(lambda r: GetRun(message.run_id, r))
         if len(view.steps) <= RUN_CHUNK:
             return api.GetRunResponse(run=run_detail(view))
+        if on_trio():  # the HTTP edge, whose codec writes JSON or binary from the message
+            detail = run_detail(replace(view, steps=()))
+            detail.steps = await in_chunks(
+                view.steps, partial(step_summary, run_span_id=view.span_id)
+            )
+            return api.GetRunResponse(run=detail)
         return Encoded(await encoded_run(view))  # type: ignore[return-value]
 
     async def tap_run(self, message: api.TapRunRequest) -> AsyncIterator[api.RunEvent]:
@@ -237,6 +244,10 @@ class RuntimeService(api.RuntimeServiceBase):
         result: ReplayResult = await self._ask_replay(lambda r: Replay(message.run_id, mode, r))
         if len(result.steps) <= RUN_CHUNK:
             return replay_response(result)
+        if on_trio():  # the HTTP edge (as in get_run)
+            reply = replay_response(replace(result, steps=()))
+            reply.steps = await in_chunks(result.steps, replay_step)
+            return reply
         return Encoded(await encoded_replay(result))  # type: ignore[return-value]
 
     # --- governance: eval packs and change gates (the gate actor) -------------------------------
@@ -441,6 +452,18 @@ def _span_of(payload: Any) -> str:
 
 def json_value(value: Any) -> Value:
     return Value.from_dict(value)
+
+
+async def in_chunks(items: Sequence[Any], make: Callable[[Any], T]) -> list[T]:
+    """``make`` of each item, ``RUN_CHUNK`` at a time with the loop's other work between chunks:
+    a large reply's parts for the HTTP edge, whose codec then writes the message (JSON or
+    binary) in one go — a reply of bytes would make its JSON codec parse them back first (a
+    1,000-step run's GetRun over Connect JSON: 186 → 312 ms)."""
+    made: list[T] = []
+    for start in range(0, len(items), RUN_CHUNK):
+        await let_others_run()
+        made.extend(map(make, items[start : start + RUN_CHUNK]))
+    return made
 
 
 async def encoded_run(view: RunView) -> bytes:

@@ -162,3 +162,41 @@ def test_a_long_replays_reply_in_chunks_is_the_reply_in_one_go():
     expected = upb_message("ReplayRunResponse", upb_encode.encode(replay_response(result)))
     assert upb_message("ReplayRunResponse", trio.run(encoded_replay, result)) == expected
     assert [s.step_id for s in expected.steps] == [s.step_id for s in steps]
+
+
+def test_get_run_of_a_large_run_answers_each_edge_in_its_form():
+    """gRPC (asyncio) gets the reply's bytes, made in chunks; the HTTP edge (trio) a message
+    built in chunks, which its codec writes as JSON or binary: both the one-go reply."""
+    from foundry.kernel.actors.messages import Mailboxes
+    from foundry.kernel.actors.scheduler.messages import GetRun
+    from foundry.kernel.edge.grpc.internals import Encoded
+    from foundry.kernel.edge.grpc.runtime_service import RuntimeService
+
+    run = view(RUN_CHUNK * 2 + 1, ids=5, span_id="cd" * 8)
+    expected = upb_message("GetRunResponse", in_one_go(run))
+
+    async def answered(from_asyncio: bool) -> object:
+        scheduler, inbox = trio.open_memory_channel[object](1)
+        unused = trio.open_memory_channel[object](0)[0]
+        mail = Mailboxes(unused, unused, scheduler, unused, unused, unused, unused)  # type: ignore[arg-type]
+        service = RuntimeService(mail)
+        request = api.GetRunRequest(run_id=run.run_id)
+        async with trio.open_nursery() as nursery:
+
+            async def scheduler_answers() -> None:
+                message = await inbox.receive()
+                assert isinstance(message, GetRun)
+                message.reply.send(run)
+
+            nursery.start_soon(scheduler_answers)
+            if not from_asyncio:
+                return await service.get_run(request)
+            async with trio_asyncio.open_loop():
+                return await trio_asyncio.aio_as_trio(service.get_run)(request)
+
+    grpc_reply = trio.run(answered, True)
+    assert isinstance(grpc_reply, Encoded)
+    assert upb_message("GetRunResponse", grpc_reply.data) == expected
+    http_reply = trio.run(answered, False)
+    assert isinstance(http_reply, api.GetRunResponse)
+    assert upb_message("GetRunResponse", upb_encode.encode(http_reply)) == expected
