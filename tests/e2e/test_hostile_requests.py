@@ -79,6 +79,33 @@ def test_a_field_sent_with_the_wrong_wire_type_is_invalid_argument(
     assert_serving(daemon)
 
 
+# An Emit of the greeting cut inside payload_json's trailing spaces: what is left still parses
+# as JSON, so betterproto2 alone handed the daemon a request it acted on (the chain ran).
+CUT_EMIT = bytes(
+    api.EmitRequest(event_type="greet_requested", project="cut-short",
+                    payload_json='{"name": "Ada"}' + " " * 8)
+)[:-4]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (FOUNDRY + "Emit", CUT_EMIT),
+        (FOUNDRY + "Status", b"\x0a\x10abc"),  # workflow_id: 16 bytes said, 3 sent
+        (FOUNDRY + "Status", b"\xff\xff\xff"),  # a tag that never ends: was a full listing
+        (FOUNDRY + "Trace", b"\x0a\x10abc"),
+        (RUNTIME + "GetRun", b"\x0a\x20run_"),
+    ],
+)
+def test_a_request_cut_short_is_invalid_argument_and_not_acted_on(daemon, channel, path, body):
+    code, details = call(channel, path, body)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "not a whole protobuf message" in details
+    workflows = daemon.call(lambda f, _: f.status(api.StatusRequest(project="cut-short")))
+    assert not workflows.workflows  # the cut Emit started nothing
+    assert_serving(daemon)
+
+
 def submit_dag(channel, dag_json: str) -> tuple[grpc.StatusCode, str]:
     request = rt.SubmitRunRequest(spec=rt.RunSpec(dag_json=dag_json))
     return call(channel, RUNTIME + "SubmitRun", bytes(request))

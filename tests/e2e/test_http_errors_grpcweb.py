@@ -4,6 +4,7 @@ right Connect code or gRPC status naming the field, never a 500 — and the daem
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from tests.e2e.http_helpers import (
 )
 
 EMIT = "/foundry.Foundry/Emit"
+STATUS = "/foundry.Foundry/Status"
 TAP = "/fleetforge.runtime.v1.RuntimeService/TapRun"
 SUBMIT = "/fleetforge.runtime.v1.RuntimeService/SubmitRun"
 LIMIT = 64 * 1024
@@ -155,6 +157,22 @@ def test_bad_binary_is_invalid_argument_naming_the_field(daemon):
     garbage = httpx.post(url(daemon, EMIT), content=b"\xff\xff\xff",
                          headers={"content-type": "application/proto"})  # fmt: skip
     assert connect_error(garbage)[1] == "invalid_argument"
+
+
+def test_binary_cut_short_is_invalid_argument_over_connect_and_grpc_web(daemon):
+    whole = bytes(foundry_api.StatusRequest(workflow_id="evt_" + "0" * 24))
+    cut = whole[:-3]  # the id's length says 28 bytes; 25 come
+    response = httpx.post(url(daemon, STATUS), content=cut,
+                          headers={"content-type": "application/proto"})  # fmt: skip
+    status, code, message = connect_error(response)
+    assert (status, code) == (400, "invalid_argument")
+    assert "not a whole protobuf message" in message
+    _, trailers = grpc_web_call(daemon, STATUS, envelope(cut))
+    assert trailers["grpc-status"] == "3", trailers  # INVALID_ARGUMENT
+    assert "not a whole protobuf message" in unquote(trailers["grpc-message"])  # percent-encoded
+    found = httpx.post(url(daemon, STATUS), content=whole,
+                       headers={"content-type": "application/proto"})  # fmt: skip
+    assert found.status_code == 404  # the whole request is read and answered: no such workflow
 
 
 def test_streaming_errors_end_the_stream_with_the_code(daemon):

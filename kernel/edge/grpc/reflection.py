@@ -27,21 +27,28 @@ GRPCLIB_PROTOS = (health_pb2, reflection_pb2, reflection_v1alpha_pb2)
 
 
 @cache
-def descriptor_pool_of_protos() -> descriptor_pool.DescriptorPool:
-    """The project's file descriptors (and their imports), plus health and reflection."""
+def file_descriptors() -> tuple[descriptor_pb2.FileDescriptorProto, ...]:
+    """The project's file descriptors (and their imports), plus health and reflection, each
+    after the files it imports."""
     try:
         data = resources.files("foundry.proto").joinpath(DESCRIPTOR_SET).read_bytes()
     except OSError as exc:
         raise ConfigError(
             f"foundry.proto/{DESCRIPTOR_SET} is missing ({exc.strerror}): run `make proto`"
         ) from None
-    files = descriptor_pb2.FileDescriptorSet.FromString(data).file
+    files = list(descriptor_pb2.FileDescriptorSet.FromString(data).file)  # as protoc orders them
     files.extend(
         descriptor_pb2.FileDescriptorProto.FromString(m.DESCRIPTOR.serialized_pb)
         for m in GRPCLIB_PROTOS
     )
+    return tuple(files)
+
+
+@cache
+def descriptor_pool_of_protos() -> descriptor_pool.DescriptorPool:
+    """:func:`file_descriptors` in a pool of their own."""
     pool = descriptor_pool.DescriptorPool()
-    for file in files:  # protoc writes a file after the files it imports
+    for file in file_descriptors():
         pool.Add(file)
     return pool
 

@@ -33,6 +33,7 @@ import trio_asyncio
 from foundry.kernel import errors
 from foundry.kernel.edge.grpc import fastproto, upb_encode
 from foundry.kernel.edge.grpc.bridge import ask_actor
+from foundry.kernel.edge.grpc.framing import check_framing
 from foundry.kernel.edge.grpc.health import HEALTH_PATH_PREFIX, ServingHealth
 from foundry.kernel.edge.grpc.internals import (
     Encoded,
@@ -114,8 +115,9 @@ FAST_ENCODERS: dict[type, Callable[[Any], bytes]] = {
 
 
 class RequestCodec(ProtoCodec):
-    """Protobuf, checked: a request that does not parse (say, invalid UTF-8 in a string) or whose
-    fields have the wrong wire type is the client's error, INVALID_ARGUMENT naming the field —
+    """Protobuf, checked: a request that does not parse (say, invalid UTF-8 in a string, or bytes
+    cut short: ``framing.py``) or whose fields have the wrong wire type is the client's error,
+    INVALID_ARGUMENT naming the field (the request, for bytes that are no message at all) —
     grpclib would answer UNKNOWN, and betterproto2 would hand the kernel an ``int`` for a string.
     A request over ``max_message_bytes`` is refused (``internals.install_message_limit`` refuses
     it before reading it; this is the check if that could not be installed). A reply already
@@ -145,6 +147,7 @@ class RequestCodec(ProtoCodec):
             message = fast(data) if fast is not None else super().decode(data, message_type)
             if isinstance(message, betterproto2.Message):  # not health's, reflection's, upb's
                 check_request(message)
+                check_framing(data, message_type)  # betterproto2 takes a request cut short
         except WrongField as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, f"request: {exc}") from None
         except Exception as exc:

@@ -55,11 +55,16 @@ def encode(message: betterproto2.Message) -> bytes:
 @cache
 def upb_class_of(cls: type) -> Any:
     """The upb class of a betterproto2 message class (its proto name from its module)."""
+    pool = descriptor_pool_of_protos()
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(proto_name_of(cls)))
+
+
+def proto_name_of(cls: type) -> str:
+    """The full proto name of a betterproto2 message class (a top-level message's)."""
     module = cls.__module__
     if not module.startswith(GENERATED):
         raise TypeError(f"not a generated message class: {cls.__module__}.{cls.__name__}")
-    name = f"{module.removeprefix(GENERATED)}.{cls.__name__}"
-    return message_factory.GetMessageClass(descriptor_pool_of_protos().FindMessageTypeByName(name))
+    return f"{module.removeprefix(GENERATED)}.{cls.__name__}"
 
 
 def _fill(out: Any, message: betterproto2.Message) -> None:

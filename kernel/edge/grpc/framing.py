@@ -1,0 +1,75 @@
+"""Whether a request's bytes are protobuf at all: :func:`check_framing`.
+
+betterproto2's parser reads a length-delimited field with ``BytesIO.read``, which returns fewer
+bytes than the length says without complaint: a request cut short decodes to a shorter string
+(or a message missing its tail), a cut varint to whatever was read, and the kernel would act on
+it — an Emit of half a payload, a Status of a prefix of an id. upb refuses such bytes, but it
+also refuses invalid UTF-8 in a string, which the codecs must answer naming the field (as
+betterproto2's path and ``message_check`` do). So the check parses with upb against a copy of
+the schema in which every string field is ``bytes`` (and every map entry a plain message: a
+bytes key is no map key; the wire format is the same): upb then refuses exactly the bytes that
+are not a message of the type — a field running past the end, a malformed tag, varint or group,
+or nesting deeper than upb's 100 messages (``message_check.MAX_NESTING``, 64, refuses less
+first, naming the field). A field of the wrong wire type is no framing error: upb keeps it
+aside, and ``message_check`` names it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from foundry.kernel.edge.grpc.message_check import WrongField
+from foundry.kernel.edge.grpc.reflection import file_descriptors
+from foundry.kernel.edge.grpc.upb_encode import proto_name_of
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+
+NOT_PROTOBUF = (
+    "the bytes are not a whole protobuf message (a field runs past the end, or a tag, varint "
+    "or group is malformed)"
+)
+_STRING = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
+_BYTES = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+
+
+def check_framing(data: bytes | bytearray, kind: type) -> None:
+    """Raise :class:`WrongField` unless ``data`` is wire format for the betterproto2 message
+    class ``kind`` (whatever its strings hold)."""
+    try:
+        _lenient_class(proto_name_of(kind)).FromString(bytes(data))
+    except DecodeError:
+        raise WrongField(NOT_PROTOBUF) from None
+
+
+@cache
+def _lenient_class(name: str) -> Any:
+    return message_factory.GetMessageClass(_lenient_pool().FindMessageTypeByName(name))
+
+
+@cache
+def _lenient_pool() -> descriptor_pool.DescriptorPool:
+    pool = descriptor_pool.DescriptorPool()
+    for file in file_descriptors():
+        lenient = descriptor_pb2.FileDescriptorProto()
+        lenient.CopyFrom(file)
+        for message in lenient.message_type:
+            _strings_as_bytes(message)
+        for extension in lenient.extension:
+            _field_as_bytes(extension)
+        pool.Add(lenient)
+    return pool
+
+
+def _strings_as_bytes(message: descriptor_pb2.DescriptorProto) -> None:
+    message.options.ClearField("map_entry")
+    for field in (*message.field, *message.extension):
+        _field_as_bytes(field)
+    for nested in message.nested_type:
+        _strings_as_bytes(nested)
+
+
+def _field_as_bytes(field: descriptor_pb2.FieldDescriptorProto) -> None:
+    if field.type == _STRING:
+        field.type = _BYTES
+        field.ClearField("default_value")  # a string's default is text; a bytes one, escaped
