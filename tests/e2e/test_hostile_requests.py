@@ -14,6 +14,7 @@ import grpc
 import pytest
 from foundry.proto import foundry_api as api
 from foundry.proto import runtime_api as rt
+from foundry.proto.generated.google.protobuf import Struct, Value
 
 from tests.e2e.helpers import emit, status
 from tests.grpcio_client import raw_call, raw_channel
@@ -104,6 +105,59 @@ def test_a_request_cut_short_is_invalid_argument_and_not_acted_on(daemon, channe
     workflows = daemon.call(lambda f, _: f.status(api.StatusRequest(project="cut-short")))
     assert not workflows.workflows  # the cut Emit started nothing
     assert_serving(daemon)
+
+
+NO_KIND = Struct(fields={"x": Value()})  # a Value that is none of its kinds: an empty message
+DAG = json.dumps({"steps": [{"id": "a", "type": "transform", "inputs": {"value": 1}}]})
+
+
+@pytest.mark.parametrize(
+    ("path", "request_", "field"),
+    [
+        (RUNTIME + "SubmitRun", rt.SubmitRunRequest(spec=rt.RunSpec(dag_json=DAG, inputs=NO_KIND)),
+         "spec.inputs.fields['x']"),
+        (RUNTIME + "PatchStep", rt.PatchStepRequest(run_id="r", step_id="a", env=NO_KIND),
+         "env.fields['x']"),
+        (RUNTIME + "CreateBranchRun",
+         rt.CreateBranchRunRequest(run_id="r", from_step="a", labels_patch=NO_KIND),
+         "labels_patch.fields['x']"),
+        (RUNTIME + "SyncEvalPack",
+         rt.SyncEvalPackRequest(pack="p", scenarios=[
+             rt.EvalScenarioDefinition(slug="s", run_spec=NO_KIND)]),
+         "scenarios[0].run_spec.fields['x']"),
+        (RUNTIME + "CheckChangeGate", rt.CheckChangeGateRequest(change_id="c", telemetry=NO_KIND),
+         "telemetry.fields['x']"),
+        (RUNTIME + "RecordGateFollowup",
+         rt.RecordGateFollowupRequest(gate_id="g", outcome=1, details=NO_KIND),
+         "details.fields['x']"),
+    ],
+)  # fmt: skip
+def test_a_struct_value_of_no_kind_is_invalid_argument_naming_it(
+    daemon, channel, path, request_, field
+):
+    """Whole protobuf, but no JSON: betterproto2's ``to_dict`` raised on it (INTERNAL)."""
+    code, details = call(channel, path, bytes(request_))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert f"{field}: a google.protobuf.Value with no kind set" in details
+    entry_without_value = bytes(rt.PatchStepRequest(run_id="r", step_id="a")) + bytes.fromhex(
+        "1a050a030a0178"  # inputs_patch: a map entry with key "x" and no value
+    )
+    code, details = call(channel, RUNTIME + "PatchStep", entry_without_value)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "inputs_patch.fields['x']: a google.protobuf.Value with no kind" in details
+    assert_serving(daemon)
+
+
+def test_a_field_deep_in_a_struct_is_named_with_the_reason_kept(daemon, channel):
+    value: object = 1
+    for _ in range(40):  # 80 messages deep: past the 64 a request may nest
+        value = {"x": value}
+    request_ = rt.SubmitRunRequest(spec=rt.RunSpec(dag_json=DAG, inputs=Struct.from_dict(value)))
+    code, details = call(channel, RUNTIME + "SubmitRun", bytes(request_))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert details.startswith("request: spec.inputs.fields['x'].struct_value")
+    assert details.endswith(": nested deeper than 64"), details  # the middle of the path cut
+    assert len(details) < 400
 
 
 def submit_dag(channel, dag_json: str) -> tuple[grpc.StatusCode, str]:

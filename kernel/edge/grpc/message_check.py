@@ -17,9 +17,14 @@ from functools import cache
 from typing import Any
 
 import betterproto2
+from foundry.proto.generated.google.protobuf import Value
 
 MAX_ID_LENGTH = 256
 MAX_NESTING = 64  # messages within messages (a Struct's Values count)
+# A field's path deep in a Struct runs to ~1,600 characters, and error messages are cut at 400:
+# past MAX_MESSAGE, its middle goes, so the reason (at the end) reaches the client.
+MAX_MESSAGE = 300
+PATH_HEAD, PATH_TAIL = 120, 100
 
 _SCALAR: dict[str, type | tuple[type, ...]] = {
     betterproto2.TYPE_STRING: str,
@@ -42,12 +47,27 @@ _UNWRAPPED_SPECIAL: dict[str, type] = {
 }
 
 
+# A Struct's value that is none of its kinds (valid on the wire: an empty message, or a map entry
+# without its value) has no JSON form: betterproto2's ``to_dict`` raises on it.
+NO_KIND = (
+    "a google.protobuf.Value with no kind set (null_value, number_value, string_value, "
+    "bool_value, struct_value or list_value)"
+)
+
+
 class WrongField(ValueError):
     """A decoded field whose value is not what its declaration says; ``str`` names it."""
 
 
 def check_request(message: Any) -> None:
-    _check_message(message, "", 0)
+    try:
+        _check_message(message, "", 0)
+    except WrongField as exc:
+        text = str(exc)
+        if len(text) <= MAX_MESSAGE:
+            raise
+        path, reason = text.rsplit(": ", 1)  # no reason holds ": "; a key may
+        raise WrongField(f"{path[:PATH_HEAD]} … {path[-PATH_TAIL:]}: {reason}") from None
 
 
 @cache
@@ -59,6 +79,8 @@ def _check_message(message: Any, where: str, depth: int) -> None:
     if depth > MAX_NESTING:
         raise WrongField(f"{where.rstrip('.') or 'request'}: nested deeper than {MAX_NESTING}")
     kind: Any = type(message)  # a class is hashable; typeshed's type[Any] says otherwise
+    if kind is Value and betterproto2.which_one_of(message, "kind")[0] == "":
+        raise WrongField(f"{where.rstrip('.') or 'request'}: {NO_KIND}")
     for name, meta in _fields(kind):
         value = getattr(message, name)
         path = where + name
@@ -81,6 +103,8 @@ def _check_map(value: Any, meta: betterproto2.FieldMetadata, path: str, depth: i
     key_meta, value_meta = meta.map_meta
     for key, item in value.items():
         _check_single(key, key_meta, f"{path} key", depth, "")
+        if item is None and value_meta.proto_type == betterproto2.TYPE_MESSAGE:
+            raise WrongField(f"{path}[{str(key)[:40]!r}]: {NO_KIND}")  # an entry without one
         _check_single(item, value_meta, f"{path}[{str(key)[:40]!r}]", depth, "")
 
 

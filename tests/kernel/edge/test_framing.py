@@ -113,8 +113,9 @@ def test_a_prefix_is_taken_exactly_when_it_ends_at_a_field(cut: int):
     if cut in _field_ends(PATCH):
         assert bytes(GRPC.decode(prefix, runtime_api.PatchStepRequest)) == prefix
     else:
-        with pytest.raises(GRPCError, match="not a (whole protobuf message|valid PatchStep)"):
-            GRPC.decode(prefix, runtime_api.PatchStepRequest)  # (a lone tag: betterproto2's own)
+        with pytest.raises(GRPCError) as refused:  # cut short, or (cut at a field) incomplete
+            GRPC.decode(prefix, runtime_api.PatchStepRequest)
+        assert refused.value.status == Status.INVALID_ARGUMENT
 
 
 def _field_ends(data: bytes) -> set[int]:
