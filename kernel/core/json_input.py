@@ -14,7 +14,9 @@ from typing import Any
 from foundry.kernel.core.upstream_json import parse_number
 from foundry.kernel.errors import InvalidArgument
 
-MAX_DEPTH = 128  # as the public Foundry daemon (serde_json's recursion limit)
+# As the public Foundry daemon: serde_json's recursion budget starts at 128 and a document fails
+# when entering a container brings it to 0, so 127 levels of arrays and objects is the most.
+MAX_DEPTH = 127
 QUOTE_LIMIT = 100
 
 

@@ -54,6 +54,9 @@ BAD_EMITS = {
     "overflowing number": (bad('{"a": 1e999}'), "payload_json"),
     "lone surrogate": (bad('{"a": "\\ud800"}'), "payload_json"),
     "nested too deep": (bad('{"a":' * DEEP + "1" + "}" * DEEP), "payload_json"),
+    "nested past serde_json's limit": (bad('{"a":' * 128 + "1" + "}" * 128), "payload_json"),
+    "only spaces": (bad("   "), "payload_json"),  # not empty, so not absent: and not JSON
+    "a Unicode space": (bad("\u00a0"), "payload_json"),  # no JSON whitespace at all
 }
 
 

@@ -168,7 +168,7 @@ def submit_dag(channel, dag_json: str) -> tuple[grpc.StatusCode, str]:
 @pytest.mark.parametrize(
     ("dag_json", "needle"),
     [
-        ('{"steps":' + "[" * 1000 + "]" * 1000 + "}", "nested deeper than 128"),
+        ('{"steps":' + "[" * 1000 + "]" * 1000 + "}", "nested deeper than 127"),
         ('{"steps":[{"id":"a","type":"transform","inputs":{"x":NaN}}]}', "NaN"),
         ('{"steps":[{"id":"a","type":"transform","inputs":{"x":1e999}}]}', "finite"),
         ('{"steps":[{"id":"a\\n","type":"transform"}]}', "id"),

@@ -291,14 +291,14 @@ def test_numbers_beyond_a_double_are_refused(token):
         parse_json_object(f'{{"n":{token}}}', "payload_json", upstream_numbers=True)
 
 
-def test_payload_depth_limit_is_128_levels():
+def test_payload_depth_limit_is_serde_jsons_127_levels():
     def nested(levels: int) -> str:
         return '{"a":' * levels + "1" + "}" * levels
 
-    assert parse_json_object(nested(128), "payload_json", upstream_numbers=True)
-    with pytest.raises(InvalidArgument, match="payload_json: nested deeper than 128 levels"):
-        parse_json_object(nested(129), "payload_json", upstream_numbers=True)
-    with pytest.raises(InvalidArgument, match="payload_json: nested deeper than 128 levels"):
+    assert parse_json_object(nested(127), "payload_json", upstream_numbers=True)
+    with pytest.raises(InvalidArgument, match="payload_json: nested deeper than 127 levels"):
+        parse_json_object(nested(128), "payload_json", upstream_numbers=True)  # serde: refused
+    with pytest.raises(InvalidArgument, match="payload_json: nested deeper than 127 levels"):
         parse_json_object("[" * 100_000, "payload_json", upstream_numbers=True)
 
 

@@ -116,7 +116,10 @@ def parse_emit(message: api.EmitRequest) -> Any:
 
 
 def parse_payload(payload_json: str) -> Mapping[str, Any]:
-    if not payload_json.strip():
+    """The payload: ``{}`` when none is given (the field is optional), else a JSON object. Text
+    of only spaces is not JSON (serde_json refuses it, as upstream would), nor are the Unicode
+    spaces ``str.strip`` would have taken."""
+    if not payload_json:
         return {}
     # Numbers read as upstream's serde_json reads them, so the event id is the one it computes.
     return parse_json_object(payload_json, "payload_json", upstream_numbers=True)
