@@ -91,7 +91,7 @@ def _event(row: EventRow) -> str:
      held, span_id, parent_span) = row  # fmt: skip
     return (
         f'{{"id":"{id_}","event_type":{_text(type_)},"project":{_text(project)},'
-        f'"occurred_at":"{occurred}","recorded_at":"{recorded}","throttle":"{throttle}",'
+        f'"occurred_at":"{zulu(occurred)}","recorded_at":"{zulu(recorded)}","throttle":"{throttle}",'
         f'"trace_id":"{trace_id}","payload":{payload},"parent_id":{_optional(parent)},'
         f'"emitted_by":{_optional(by)},"depth":{depth},"throttled":{_TRUTH[held]},'
         f'"span_id":"{span_id}","parent_span_id":{_optional(parent_span)}}}'
@@ -111,9 +111,21 @@ def _execution(row: ExecutionRow) -> str:
         f'"exit_code":{_NULL if exit_code is None else exit_code},'
         f'"trigger_payload":{trigger_payload},"emitted_payloads":[{",".join(emitted_payloads)}],'
         f'"audit_artifacts":[{",".join(map(_text, artifacts))}],"state":"{state}",'
-        f'"throttled":{_TRUTH[throttled]},"attempts":{attempts},"started_at":"{started}",'
-        f'"completed_at":"{completed}","span_id":"{span_id}","parent_span_id":"{parent_span}"}}'
+        f'"throttled":{_TRUTH[throttled]},"attempts":{attempts},"started_at":"{zulu(started)}",'
+        f'"completed_at":"{zulu(completed)}","span_id":"{span_id}",'
+        f'"parent_span_id":"{parent_span}"}}'
     )
+
+
+def zulu(stamp: str) -> str:
+    """A UTC time as upstream's trace files write it: ``…Z``, where our stamps (and the text an
+    event id hashes) end ``+00:00`` — the same digits either way (chrono's AutoSi)."""
+    return stamp[:-6] + "Z" if stamp.endswith("+00:00") else stamp
+
+
+def id_stamp(stamp: str) -> str:
+    """A trace file's ``…Z`` time as its event id hashed it, ``…+00:00`` (:func:`zulu` undone)."""
+    return stamp[:-1] + "+00:00" if stamp.endswith("Z") else stamp
 
 
 _TRUTH = {True: "true", False: "false"}
@@ -156,7 +168,8 @@ def readable(document: Any) -> dict[str, Any]:
     """A trace document — ours, or one the public Foundry daemon wrote (``null`` raw output and
     exit code for a block that ran no command, ``Z`` timestamps, pretty-printed, without our extra
     keys, with keys we do not know) — with every field the Trace RPC reads present and typed:
-    ``None`` raw output and exit code become ``""`` and 0, missing extra keys their defaults.
+    ``None`` raw output and exit code become ``""`` and 0, missing extra keys their defaults, an
+    event's times the ``+00:00`` form its id hashed (:func:`id_stamp`).
     Raises :class:`Unreadable` naming what is wrong."""
     if not isinstance(document, dict):
         raise Unreadable("a trace is a JSON object")
@@ -176,6 +189,9 @@ def _event_in(event: Any) -> dict[str, Any]:
         clean[key] = _str(event, key)
     for key in ("recorded_at", "trace_id", "span_id", "parent_span_id"):
         clean[key] = _str(event, key, default="")
+    # shown as the event's id hashed it, whoever wrote the file (ours and upstream's say Z)
+    clean["occurred_at"] = id_stamp(clean["occurred_at"])
+    clean["recorded_at"] = id_stamp(clean["recorded_at"])
     if event.get("throttle", "full") not in THROTTLES:
         raise Unreadable(f"throttle: unknown value {str(event.get('throttle'))[:40]!r}")
     clean["throttle"] = event.get("throttle", "full")

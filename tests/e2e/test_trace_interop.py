@@ -148,12 +148,12 @@ def test_an_upstream_trace_file_is_read_through_trace(daemon, stubs, pb, render)
     assert reply.found
     [event] = reply.events
     assert (event.event_id, event.event_type, event.project) == (ROOT, "greet_requested", "up")
-    assert event.occurred_at == "2026-11-28T07:03:52.123Z"  # as the file has it
+    assert event.occurred_at == "2026-11-28T07:03:52.123+00:00"  # the file's "Z", as id-hashed
     assert event.throttle == pb.THROTTLE_FULL
     assert event.payload_json == '{"name":"Zoë"}'
     assert event.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert event.span_id == "00f067aa0ba902b7"
-    assert (event.recorded_at, event.throttled) == ("2026-11-28T07:03:52.123Z", False)
+    assert (event.recorded_at, event.throttled) == ("2026-11-28T07:03:52.123+00:00", False)
     [x] = reply.block_executions
     assert (x.block_name, x.trigger_event_id, x.success, x.summary) == (
         "Compose Greeting",
@@ -306,7 +306,7 @@ def test_our_ids_are_recomputable_from_our_files_and_trace(daemon, stubs, pb):
     )
     assert upstream_id("greet_requested", "acme", root.occurred_at, expected) == reply.event_id
     for event, on_disk in zip(traced.events, document["events"], strict=True):
-        assert event.occurred_at == on_disk["occurred_at"]
+        assert on_disk["occurred_at"] == event.occurred_at.removesuffix("+00:00") + "Z"
         assert (
             upstream_id(event.event_type, event.project, event.occurred_at, event.payload_json)
             == event.event_id

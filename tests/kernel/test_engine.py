@@ -17,6 +17,7 @@ from foundry.kernel.config import EngineConfig
 from foundry.kernel.core.ids import compact_json, is_event_id, occurred_stamp
 from foundry.kernel.core.status_query import StatusQuery
 from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.core.trace_format import id_stamp
 from foundry.kernel.core.tracecontext import is_trace_id
 from foundry.kernel.errors import NotFound
 
@@ -294,11 +295,12 @@ async def test_every_event_id_follows_the_recipe(tmp_path):
     assert emitted.event_id == emitted.workflow_id
     assert emitted.event_id == trace["events"][0]["id"]
     for event in trace["events"]:
-        occurred = datetime.fromisoformat(event["occurred_at"])
-        assert event["occurred_at"] == occurred_stamp(occurred)  # UTC, +00:00, chrono AutoSi
-        assert event["occurred_at"].endswith("+00:00")
+        assert event["occurred_at"].endswith("Z")  # the trace file's form, as upstream's
+        stamp = id_stamp(event["occurred_at"])  # the text its id hashed: the same digits
+        assert stamp == occurred_stamp(datetime.fromisoformat(stamp))  # UTC, chrono AutoSi
+        assert stamp.endswith("+00:00")
         material = (  # upstream's: raw UTF-8 ("é", not "\\u00e9"); see tests/kernel/test_ids.py
-            event["event_type"] + event["project"] + event["occurred_at"]
+            event["event_type"] + event["project"] + stamp
             + json.dumps(event["payload"], separators=(",", ":"), sort_keys=True,
                          ensure_ascii=False)
         )  # fmt: skip

@@ -18,6 +18,7 @@ from foundry.kernel.core.trace_format import (
     parse,
     readable,
     render,
+    zulu,
 )
 
 T0 = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
@@ -65,11 +66,13 @@ def test_rendered_rows_are_the_trace_document():
     first, second = document["events"]
     assert first == {
         "id": root.id, "event_type": AWKWARD, "project": "proj é",
-        "occurred_at": rfc3339(T0), "recorded_at": rfc3339(T0), "throttle": "audit_only",
+        "occurred_at": zulu(rfc3339(T0)), "recorded_at": zulu(rfc3339(T0)),
+        "throttle": "audit_only",
         "trace_id": TRACE, "payload": root.payload, "parent_id": None, "emitted_by": None,
         "depth": 0, "throttled": False, "span_id": "00f067aa0ba902b7", "parent_span_id": None,
     }  # fmt: skip
-    assert second["recorded_at"] == rfc3339(child.recorded_at)  # not the same as occurred_at
+    assert second["recorded_at"] == zulu(rfc3339(child.recorded_at))  # not its occurred_at
+    assert first["occurred_at"].endswith("Z")  # as upstream's files: 2026-11-22T09:30:00Z
     assert (second["trace_id"], second["parent_span_id"]) == (TRACE, "53995c3f42cd8ad8")
     assert (second["parent_id"], second["emitted_by"], second["throttled"]) == (
         root.id,
@@ -82,8 +85,8 @@ def test_rendered_rows_are_the_trace_document():
         "summary": AWKWARD, "emitted_event_ids": [child.id], "duration_ms": 3,
         "raw_output": AWKWARD, "exit_code": -2, "trigger_payload": root.payload,
         "emitted_payloads": [{}], "audit_artifacts": [f"/a/{AWKWARD}"], "state": "completed",
-        "throttled": True, "attempts": 2, "started_at": rfc3339(T0),
-        "completed_at": rfc3339(execution.completed_at), "span_id": "53995c3f42cd8ad8",
+        "throttled": True, "attempts": 2, "started_at": zulu(rfc3339(T0)),
+        "completed_at": zulu(rfc3339(execution.completed_at)), "span_id": "53995c3f42cd8ad8",
         "parent_span_id": "00f067aa0ba902b7",
     }  # fmt: skip
 
@@ -145,7 +148,8 @@ def test_an_upstream_file_reads_with_every_field_typed():
     assert parsed == UPSTREAM  # as written: the Trace RPC reads it through readable()
     document = readable(parsed)
     [event] = document["events"]
-    assert event["occurred_at"] == "2026-11-28T07:03:52.123Z"
+    # the form its id hashed (the Trace RPC shows that), from the file's "…52.123Z"
+    assert (event["occurred_at"], event["recorded_at"]) == ("2026-11-28T07:03:52.123+00:00",) * 2
     assert (event["parent_span_id"], event["throttled"]) == ("", False)
     [x] = document["block_executions"]
     assert (x["raw_output"], x["exit_code"], x["duration_ms"]) == ("", 0, 3)
