@@ -412,9 +412,17 @@ def test_watch_streams_roots_and_emitted_events_filtered_by_project(daemon):
             )
             seen_alpha = await alpha.collect(_chain_of(root.event_id, 3))
             seen_all += await everyone.collect(_chain_of(root.event_id, 3))
-            return beta, root, seen_alpha, seen_all
+            lone = await foundry.emit(  # no block sinks it: no workflow
+                api.EmitRequest(event_type="nobody_sinks", project="alpha", payload_json="{}")
+            )
+            [seen_lone] = await alpha.collect(
+                lambda seen: any(e.event_id == lone.event_id for e in seen)
+            )
+            return beta, root, seen_alpha, seen_all, lone, seen_lone
 
-    beta, root, seen_alpha, seen_all = daemon.call(scenario)
+    beta, root, seen_alpha, seen_all, lone, seen_lone = daemon.call(scenario)
+    # An event no block sinks is in no workflow on Watch, as Emit answered (Status has none).
+    assert (lone.workflow_id, seen_lone.workflow_id) == ("", "")
 
     assert {e.project for e in seen_alpha} == {"alpha"}
     assert [e.event_type for e in seen_alpha] == [

@@ -18,6 +18,7 @@ task of its own from that block on.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -189,7 +190,9 @@ class Engine:
         try:
             if not workflow.is_workflow:
                 finished = workflow.finished(now)
-                await self._send(Append((root, finished), (root,), answers=(answer,)))
+                # Watch shows it in no workflow, as Emit answered (its chain id stays stored)
+                shown = dataclasses.replace(root, workflow_id="")
+                await self._send(Append((root, finished), (shown,), answers=(answer,)))
                 if self._spans.on:  # (no notice comes back for an event no block sinks)
                     self._spans.offer(_chain_ended(workflow))
                 return
