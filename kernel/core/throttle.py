@@ -25,11 +25,19 @@ class Decision:
     action: Action
     deliver: bool  # are the block's emissions delivered downstream?
     state: str  # the state the execution ends in when it succeeds
+    summary: str = ""  # the execution's summary when the block gives none (a throttle's word)
 
 
 _RUN = Decision(Action.RUN, deliver=True, state="completed")
-_AUDIT = Decision(Action.AUDIT, deliver=False, state="completed")
-_SIMULATE = Decision(Action.SIMULATE, deliver=True, state="skipped")
+_AUDIT = Decision(
+    Action.AUDIT, deliver=False, state="completed",
+    summary="audited under AUDIT_ONLY: a mutator, run without side effects; what it would emit "
+    "is recorded, not delivered",
+)  # fmt: skip
+_SIMULATE = Decision(
+    Action.SIMULATE, deliver=True, state="skipped",
+    summary="skipped under DRY_RUN: a mutator; only the events it simulates are delivered",
+)  # fmt: skip
 
 
 def decide(throttle: Throttle, is_mutator: bool) -> Decision:

@@ -357,6 +357,7 @@ def test_throttles_decide_whether_a_mutator_touches_the_world(daemon, tmp_path):
     assert audit.throttled
     assert audit.raw_output == ""
     assert list(audit.emitted_event_ids) == []
+    assert audit.summary.startswith("audited under AUDIT_ONLY")  # its audit said nothing itself
 
     # DRY_RUN: skipped; the simulated event it offers is delivered.
     assert not markers[api.Throttle.DRY_RUN].exists()
@@ -365,6 +366,7 @@ def test_throttles_decide_whether_a_mutator_touches_the_world(daemon, tmp_path):
     dry = block(chains[api.Throttle.DRY_RUN], "Touch Marker")
     assert dry.state == "skipped"
     assert dry.raw_output == ""
+    assert dry.summary.startswith("skipped under DRY_RUN")
     [simulated] = [json.loads(p) for p in dry.emitted_payload_jsons]
     assert simulated["simulated"] is True
     assert all(e.throttle is api.Throttle.DRY_RUN for e in chains[api.Throttle.DRY_RUN].events)

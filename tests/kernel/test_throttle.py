@@ -27,3 +27,10 @@ def test_only_full_lets_a_mutator_act():
     acting = [t for t in Throttle if decide(t, is_mutator=True).action is Action.RUN]
 
     assert acting == [Throttle.FULL]
+
+
+def test_a_throttled_mutator_has_a_summary_of_what_happened_when_it_gives_none():
+    assert decide(Throttle.FULL, is_mutator=True).summary == ""  # the block's own, or its output
+    assert decide(Throttle.AUDIT_ONLY, is_mutator=True).summary.startswith("audited under")
+    assert decide(Throttle.DRY_RUN, is_mutator=True).summary.startswith("skipped under DRY_RUN")
+    assert decide(Throttle.DRY_RUN, is_mutator=False).summary == ""  # an observer just runs

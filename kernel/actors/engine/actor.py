@@ -367,7 +367,9 @@ class Engine:
             trigger=event,
             state=decision.state if not error else "failed",
             success=not error,
-            summary=storable(outcome.summary if not error or outcome.error else error),
+            summary=storable(
+                (outcome.summary or decision.summary) if not error or outcome.error else error
+            ),
             emitted=children,
             started_at=slot.started_at or completed,
             completed_at=completed,
