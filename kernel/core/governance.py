@@ -29,6 +29,7 @@ from foundry.kernel.core.gate_policy import (
     Scorecard,
 )
 from foundry.kernel.core.json_input import check_json_value, quoted
+from foundry.kernel.core.run_control import check_labels
 from foundry.kernel.errors import InvalidArgument
 
 MAX_SCENARIOS = 1_000  # per SyncEvalPack
@@ -241,8 +242,9 @@ def parse_run_spec(
         raise InvalidArgument(f"{where}.inputs: expected an object")
     seed = _seed(fields.get("seed", 0), f"{where}.seed")
     labels = fields.get("labels", {})
-    if not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values()):
+    if not isinstance(labels, Mapping):
         raise InvalidArgument(f"{where}.labels: expected an object of strings")
+    check_labels(labels, f"{where}.labels")
     breakpoints = fields.get("breakpoints", [])
     if not isinstance(breakpoints, list | tuple) or not all(
         isinstance(b, str) for b in breakpoints

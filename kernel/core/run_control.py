@@ -81,6 +81,18 @@ def check_resumable(run: RunState) -> str:
     return run.paused_step
 
 
+def check_labels(labels: Mapping[str, Any], field: str, *, removals: bool = False) -> None:
+    """A run's labels (or, ``removals``, a patch of them, where null removes one): each key
+    non-empty (ListRuns could not ask for it) and each value a string. InvalidArgument naming
+    the label."""
+    for key, value in labels.items():
+        if not key:
+            raise InvalidArgument(f"{field}: a label needs a key (got an empty one)")
+        if not isinstance(value, str) and not (removals and value is None):
+            got = "null" if value is None else type(value).__name__
+            raise InvalidArgument(f"{field}[{quoted(key)}]: a label's value is a string, got {got}")
+
+
 def branch_submission(
     source: RunState,
     *,
@@ -104,12 +116,13 @@ def branch_submission(
         new_seed = secrets.randbits(SEED_BITS)
     else:
         new_seed = sub.seed
+    check_labels(labels_patch, "labels_patch", removals=True)
     labels = dict(sub.labels)
     for key, value in labels_patch.items():
         if value is None:
             labels.pop(key, None)
         else:
-            labels[key] = value if isinstance(value, str) else json.dumps(value)
+            labels[key] = value
     return RunSubmission(
         run_id=run_id,
         dag_json=sub.dag_json,

@@ -88,7 +88,12 @@ def test_parse_run_spec_accepts_the_proto3_json_forms():
     [
         (None, "run_spec: a RunSpec"),
         ({"dag_json": 5}, "run_spec.dag_json: a DAG"),
-        ({"dag_json": DAG, "labels": {"a": 1}}, "run_spec.labels"),
+        (
+            {"dag_json": DAG, "labels": {"a": 1}},
+            "run_spec.labels['a']: a label's value is a string",
+        ),
+        ({"dag_json": DAG, "labels": {"": "v"}}, "run_spec.labels: a label needs a key"),
+        ({"dag_json": DAG, "labels": ["a"]}, "run_spec.labels: expected an object of strings"),
         ({"dag_json": DAG, "inputs": [1]}, "run_spec.inputs"),
         ({"dag_json": DAG, "seed": True}, "run_spec.seed"),
         ({"dag_json": DAG, "seed": 2**64}, "run_spec.seed: out of the int64 range"),

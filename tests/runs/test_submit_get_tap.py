@@ -155,6 +155,12 @@ def test_invalid_dag_is_invalid_argument_naming_the_step(daemon):
         )
     no_spec = rpc_error(daemon, lambda rt: rt.submit_run(api.SubmitRunRequest()))
     assert_error(no_spec, Status.INVALID_ARGUMENT, "dag_json")
+    empty_key = api.SubmitRunRequest(spec=api.RunSpec(dag_json=RESEARCH, labels={"": "v"}))
+    assert_error(  # ListRuns could not ask for it
+        rpc_error(daemon, lambda rt: rt.submit_run(empty_key)),
+        Status.INVALID_ARGUMENT,
+        "spec.labels: a label needs a key",
+    )
     bad_breakpoint = api.SubmitRunRequest(spec=spec(RESEARCH, breakpoints=["ghost"]))
     assert_error(
         rpc_error(daemon, lambda rt: rt.submit_run(bad_breakpoint)),

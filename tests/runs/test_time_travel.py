@@ -522,6 +522,11 @@ def test_branch_seed_modes(daemon, source):
     for field in ("inputs_patch", "labels_patch"):
         error = branch_error(**{field: Struct.from_dict({"x": float("inf")})})
         assert_error(error, Status.INVALID_ARGUMENT, field, "finite")
+    # A label is text (null removes it), as SubmitRun's and an eval pack's: not a number made text.
+    error = branch_error(labels_patch=Struct.from_dict({"stage": 5}))
+    assert_error(error, Status.INVALID_ARGUMENT, "labels_patch['stage']", "a string, got int")
+    error = branch_error(labels_patch=Struct.from_dict({"": "x"}))
+    assert_error(error, Status.INVALID_ARGUMENT, "labels_patch", "needs a key")
 
 
 def test_branch_patches_inputs_and_labels(daemon, source):

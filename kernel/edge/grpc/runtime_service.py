@@ -40,7 +40,7 @@ from foundry.kernel.actors.tap.messages import Overflow
 from foundry.kernel.core.governance import ScenarioInput
 from foundry.kernel.core.json_input import check_json_value
 from foundry.kernel.core.numbers import restore_ints
-from foundry.kernel.core.run_control import RunSummary, run_list_query
+from foundry.kernel.core.run_control import RunSummary, check_labels, run_list_query
 from foundry.kernel.core.runs import TERMINAL_KINDS, RunEventRecord
 from foundry.kernel.edge.grpc import attestations, fastproto, governance, upb_encode
 from foundry.kernel.edge.grpc.bridge import StreamSink, let_others_run, on_trio
@@ -84,6 +84,7 @@ class RuntimeService(api.RuntimeServiceBase):
         if spec is None or not spec.dag_json:
             raise GRPCError(Status.INVALID_ARGUMENT, "spec.dag_json: a DAG is required")
         inputs = _json_object(spec.inputs, "spec.inputs") or {}
+        check_labels(spec.labels, "spec.labels")
         run_id = await self._ask(
             lambda r: SubmitRun(
                 spec.dag_json, inputs, spec.seed, dict(spec.labels), tuple(spec.breakpoints),
