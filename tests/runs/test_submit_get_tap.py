@@ -229,6 +229,33 @@ def test_independent_steps_run_concurrently_up_to_the_limit(daemon):
     assert span < sum(b - a for a, b in intervals)  # not one after another
 
 
+def test_a_run_is_pending_while_other_runs_hold_every_slot(daemon):
+    """RUN_STATUS_PENDING: submitted, waiting for a concurrency slot; it starts at its turn. A
+    pending run can be cancelled at once, without waiting for a slot."""
+    holder = submit(daemon, dag(*(
+        {"id": f"h{i}", "type": "sleeper", "inputs": {"seconds": 1.5}}
+        for i in range(MAX_CONCURRENT)
+    )))  # fmt: skip
+    wait_for(daemon, holder, lambda r: all(s.status == "running" for s in r.steps))
+    waiting = submit(daemon, dag({"id": "a", "type": "transform", "inputs": {"value": 1}}))
+    canceled = submit(daemon, dag({"id": "a", "type": "transform", "inputs": {"value": 2}}))
+    assert get_run(daemon, waiting).status == api.RunStatus.PENDING
+    listed = daemon.call(
+        lambda _, rt: rt.list_runs(api.ListRunsRequest(statuses=[api.RunStatus.PENDING]))
+    )
+    assert {waiting, canceled} <= {r.run_id for r in listed.runs}
+
+    started = time.monotonic()
+    daemon.call(lambda _, rt: rt.cancel_run(api.CancelRunRequest(run_id=canceled)))
+    assert time.monotonic() - started < 1.0  # not after the holder's steps
+    assert get_run(daemon, canceled).status == api.RunStatus.CANCELED
+    assert "run_started" not in kinds(tap(daemon, canceled))
+
+    assert wait_done(daemon, waiting).status == api.RunStatus.SUCCEEDED
+    assert kinds(tap(daemon, waiting))[:2] == ["run_submitted", "run_started"]
+    assert wait_done(daemon, holder).status == api.RunStatus.SUCCEEDED
+
+
 def test_two_independent_steps_overlap(daemon):
     run = run_and_wait(
         daemon,

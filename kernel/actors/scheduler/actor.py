@@ -297,7 +297,9 @@ class Scheduler:
 
     async def _drive(self, run: RunState) -> None:
         if run.status == "PENDING":
-            await self._record(run, "run_started")
+            await self._until_a_slot(run)
+            if not run.canceling and not self._stopping.is_set():
+                await self._record(run, "run_started")
         recover(run)  # leased before a crash: lease again with attempt + 1
         try:
             if not await self._drive_steps(run):
@@ -308,6 +310,25 @@ class Scheduler:
             await self._end(run)
         finally:
             self._ended.pop(run.run_id, trio.Event()).set()
+
+    async def _until_a_slot(self, run: RunState) -> None:
+        """A run is PENDING while other runs' steps hold every concurrency slot: it starts at
+        its turn for one (the limiter serves its waiters first come, first served), or once
+        CancelRun or the daemon's stop wakes it. No wait while a slot is free."""
+        if self._limiter.available_tokens > 0:
+            return
+        wakeup = self._wakeups.setdefault(run.run_id, trio.Event())
+        async with trio.open_nursery() as waiting:
+            waiting.start_soon(self._turn_for_a_slot, waiting.cancel_scope)
+            await wakeup.wait()
+            waiting.cancel_scope.cancel()
+        if self._wakeups.get(run.run_id) is wakeup:
+            del self._wakeups[run.run_id]
+
+    async def _turn_for_a_slot(self, done: trio.CancelScope) -> None:
+        async with self._limiter:
+            pass  # the run's own steps take slots as ever (in turn with the other waiters)
+        done.cancel()
 
     async def _drive_steps(self, run: RunState) -> bool:
         """Start steps as they become ready until the run is over (True) or stops waiting
