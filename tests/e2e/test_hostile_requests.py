@@ -7,10 +7,13 @@ them: wrong protobuf wire types, deep or non-finite JSON, huge ids and messages.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 
 import grpc
+import h2.config
+import h2.connection
 import pytest
 from foundry.proto import foundry_api as api
 from foundry.proto import runtime_api as rt
@@ -234,3 +237,40 @@ def _rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize(
+    "header", [("x-note", "caf\u00e9"), (":path", "/foundry.Foundry/St\u00e9")]
+)
+def test_a_header_that_is_not_ascii_closes_its_connection_not_the_daemon(daemon, header):
+    """h2 refuses the bytes from inside asyncio's ``data_received``; trio-asyncio raised that in
+    the daemon's nursery, which stopped it (with or without a token: before any check)."""
+    config = h2.config.H2Configuration(
+        client_side=True, header_encoding="utf-8", validate_outbound_headers=False
+    )
+    connection = h2.connection.H2Connection(config)
+    connection.initiate_connection()
+    headers = dict(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/foundry.Foundry/Status"),
+            (":authority", "x"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
+    headers.update([header])  # fmt: skip
+    connection.send_headers(1, list(headers.items()))
+    connection.send_data(1, b"\x00\x00\x00\x00\x00", end_stream=True)
+    host, port = daemon.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(connection.data_to_send())
+        try:
+            while sock.recv(65536):  # the daemon closes the connection
+                pass
+        except ConnectionResetError:
+            pass
+    time.sleep(0.2)  # the error would stop the daemon on its loop's next pass
+    assert_serving(daemon)
+    assert "the connection is closed" in daemon.stderr()
