@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import uuid
 
@@ -97,3 +98,28 @@ def test_bad_requests_are_closed_with_a_code_and_a_reason(daemon, path, options,
     assert messages == []
     assert closed_code == code
     assert needle in reason
+
+
+def test_an_upgrade_with_a_header_that_is_not_ascii_closes_its_connection_alone(daemon):
+    """wsproto decodes ``Sec-WebSocket-Protocol`` as ASCII while hypercorn handles the upgrade,
+    before the app (and its token check): the error stopped the whole listener, and the daemon.
+    Now it ends that connection (``hypercorn_guard``)."""
+    host, port = daemon.http_address.rsplit(":", 1)
+    request = (
+        b"GET /ws/watch HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Protocol: caf\xc3\xa9\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        try:
+            while sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+    assert daemon.process.poll() is None, daemon.stderr()[-2000:]
+    reply = httpx.post(
+        url(daemon, EMIT), json={"eventType": "greet_requested", "payloadJson": "{}"}
+    )
+    assert reply.status_code == 200, reply.text
+    assert "an HTTP connection failed and is closed: UnicodeDecodeError" in daemon.stderr()

@@ -20,6 +20,7 @@ import trio
 from foundry.kernel.edge.grpc.server import bind
 from foundry.kernel.edge.http.app import HttpApp
 from foundry.kernel.edge.http.cors import OriginPolicy
+from foundry.kernel.edge.http.hypercorn_guard import contain_connection_errors
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
@@ -108,6 +109,7 @@ async def open_http_server(
     ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[HttpServer]:
     """Serve ``services`` on ``sock`` until the block ends (then whatever runs is cancelled)."""
+    contain_connection_errors()  # one connection's error ends it, not the listener
     app = HttpApp(
         services,
         max_message_bytes=max_message_bytes,

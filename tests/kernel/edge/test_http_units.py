@@ -18,6 +18,7 @@ from foundry.kernel.edge.http import jsonfast
 from foundry.kernel.edge.http.codecs import JsonCodec
 from foundry.kernel.edge.http.cors import OriginPolicy, parse_origin_entry
 from foundry.kernel.edge.http.errors import CODE_OF, connect_error
+from foundry.kernel.edge.http.hypercorn_guard import contain_connection_errors
 from foundry.kernel.edge.http.internals import connect_error_body, pick_loop_by_sniffio
 from foundry.proto import analytics_api, foundry_api, runtime_api
 from grpclib.const import Status
@@ -42,6 +43,33 @@ async def test_connectrpc_uses_trio_in_trio_tasks_under_trio_asyncio():
             return _server_async._current_loop()
 
         assert not isinstance(await trio_asyncio.aio_as_trio(from_asyncio)(), TrioLoop)
+
+
+async def test_hypercorn_serves_a_connection_by_tcp_server_run_and_its_error_stays_there(caplog):
+    """``hypercorn_guard.contain_connection_errors`` still wraps what hypercorn awaits per
+    connection (``TCPServer.__await__`` → ``run``): an error escaping it is logged and closes
+    that connection's stream instead of leaving the listener's nursery."""
+    from hypercorn.trio.tcp_server import TCPServer
+
+    contain_connection_errors()
+    closed = []
+
+    class Stream:  # no SSL: ``run`` asks for its socket's addresses, which fail oddly here
+        class socket:  # noqa: N801 - the attribute hypercorn reads
+            family = 2
+
+            @staticmethod
+            def getpeername():
+                raise LookupError("a connection's own failure")
+
+        async def aclose(self):
+            closed.append(True)
+
+    server = TCPServer.__new__(TCPServer)
+    server.stream = Stream()
+    await server  # would raise LookupError through serve_listeners
+    assert closed
+    assert "an HTTP connection failed and is closed: LookupError" in caplog.text
 
 
 @pytest.mark.parametrize(

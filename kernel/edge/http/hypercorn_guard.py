@@ -1,0 +1,48 @@
+"""The one private part of hypercorn we reach into (pinned ``>=0.18,<0.19``; the canary is in
+``tests/kernel/edge/test_http_units.py``): what one connection's error does.
+
+hypercorn's trio worker serves each connection with ``TCPServer.run`` under
+``trio.serve_listeners``, and an exception escaping it — not an ``OSError`` — leaves that
+nursery, ending the listener and with it the daemon. A client can cause one: wsproto decodes a
+WebSocket upgrade's ``Sec-WebSocket-Protocol`` as ASCII, in the upgrade's handling, before the
+app (and its token check) sees the request, so one header byte stopped the daemon.
+:func:`contain_connection_errors` makes such an error end its connection alone, logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+log = logging.getLogger("foundry.http")
+
+
+def contain_connection_errors() -> None:
+    """``TCPServer.run`` wrapped: an ``Exception`` escaping one connection is logged (one line)
+    and closes that connection; cancellation and the rest pass as ever. Idempotent."""
+    from hypercorn.trio.tcp_server import TCPServer
+
+    run = TCPServer.run
+    if getattr(run, "contained", False):
+        return
+
+    async def contained(self: Any) -> None:
+        try:
+            await run(self)
+        except Exception as exc:  # (an ExceptionGroup of the connection's tasks too)
+            cause = _first_leaf(exc)
+            log.warning("an HTTP connection failed and is closed: %s: %s",
+                        type(cause).__name__, str(cause)[:200])  # fmt: skip
+            with contextlib.suppress(Exception):
+                await self.stream.aclose()
+
+    contained.contained = True  # type: ignore[attr-defined]
+    TCPServer.run = contained  # type: ignore[method-assign]
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """What a group of the connection's task errors holds (its first), else ``exc``."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
