@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import grpc
 import h2.config
 import h2.connection
+import h2.events
 import pytest
 from foundry.proto import foundry_api as api
 from foundry.proto import runtime_api as rt
@@ -274,3 +275,34 @@ def test_a_header_that_is_not_ascii_closes_its_connection_not_the_daemon(daemon,
     time.sleep(0.2)  # the error would stop the daemon on its loop's next pass
     assert_serving(daemon)
     assert "the connection is closed" in daemon.stderr()
+
+
+def test_a_length_prefix_past_the_end_of_the_stream_is_invalid_argument(daemon):
+    """grpclib asserts when the stream ends before the prefix's length (answered INTERNAL)."""
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    connection.send_headers(
+        1,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/foundry.Foundry/Emit"),
+            (":authority", "x"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ],
+    )
+    connection.send_data(1, b"\x00\x00\x00\x00\x10\x0a\x01a", end_stream=True)  # 16 said, 3 sent
+    host, port = daemon.address.rsplit(":", 1)
+    trailers: dict[str, str] = {}
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(connection.data_to_send())
+        while "grpc-status" not in trailers:
+            data = sock.recv(65536)
+            assert data, "closed without an answer"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    trailers.update((k.decode(), v.decode()) for k, v in event.headers)
+    assert trailers["grpc-status"] == "3", trailers  # INVALID_ARGUMENT
+    assert "cut short" in trailers["grpc-message"]
+    assert_serving(daemon)

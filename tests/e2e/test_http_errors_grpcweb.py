@@ -196,3 +196,39 @@ def test_the_daemon_still_answers_after_all_that(daemon):
         )
     assert reply.event_id.startswith("evt_")
     assert "Traceback" not in daemon.stderr()
+
+
+QUERY = "/foundry.analytics.v1.Analytics/Query"
+EXPORT = "/foundry.analytics.v1.Analytics/ExportParquet"
+GET_RUN = "/fleetforge.runtime.v1.RuntimeService/GetRun"
+LIST_EVENTS = "/foundry.admin.v1.Admin/ListEvents"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        # proto3 JSON puts any integer in any integer field: each stopped or wronged the daemon
+        (QUERY, '{"sql": "select 1", "timeoutMs": -1}', "timeout_ms: -1 is out of the uint32"),
+        (SUBMIT, '{"spec": {"dagJson": "{}", "seed": "99999999999999999999"}}', "spec.seed"),
+        (QUERY, '{"sql": "select 1", "maxRows": 99999999999999999999}', "max_rows"),
+        (EMIT, '{"eventType": "x", "throttle": true}', "throttle"),
+        # a lone surrogate (only an escape makes one): an id's hash or a store query failed on it
+        (EMIT, '{"eventType": "\\ud800"}', "eventType: text must be valid Unicode"),
+        (GET_RUN, '{"runId": "run_\\udc00"}', "runId: text must be valid Unicode"),
+        (QUERY, '{"sql": "select \'\\ud800\'"}', "sql: text must be valid Unicode"),
+        (SUBMIT, '{"spec": {"dagJson": "{}", "inputs": [1]}}', "spec: a value of the wrong JSON"),
+        (EXPORT, '{"directory": "/tmp/a\\u0000b"}', "directory: a path cannot hold a NUL"),
+    ],
+)
+def test_json_a_client_got_wrong_is_invalid_argument_naming_it(daemon, path, body, field):
+    response = httpx.post(url(daemon, path), content=body,
+                          headers={"content-type": "application/json"})  # fmt: skip
+    status, code, message = connect_error(response)
+    assert (status, code) == (400, "invalid_argument"), message
+    assert field in message
+    assert daemon.process.poll() is None, daemon.stderr()[-2000:]
+
+
+def test_a_since_further_back_than_time_goes_lists_everything(daemon):
+    response = httpx.post(url(daemon, LIST_EVENTS), json={"since": "99999999d"})
+    assert response.status_code == 200, response.text  # an OverflowError answered 500

@@ -112,7 +112,10 @@ def parse_since(text: str, now: datetime) -> datetime:
         return datetime(1970, 1, 1, tzinfo=UTC)
     if _is_durations(text):
         seconds = sum(float(n) * UNIT_SECONDS[u] for n, u in DURATION.findall(text))
-        return now - timedelta(seconds=seconds)
+        try:
+            return now - timedelta(seconds=seconds)
+        except OverflowError:  # further back than datetime goes: everything stored
+            return datetime(1970, 1, 1, tzinfo=UTC)
     try:
         instant = datetime.fromisoformat(text)
     except ValueError:

@@ -89,6 +89,8 @@ class AnalyticsService(api.AnalyticsBase):
             raise _invalid("directory: an absolute path is required")
         if len(directory) > 4096:
             raise _invalid("directory: longer than 4096 characters")
+        if "\x00" in directory:
+            raise _invalid("directory: a path cannot hold a NUL character")
         rows: dict[str, int] = await ask(
             self._mail.store, lambda r: ExportParquet(directory, since, r)
         )

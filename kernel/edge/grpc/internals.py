@@ -96,6 +96,16 @@ def recv_message_is_replaceable() -> str | None:
     return None
 
 
+async def _received(stream: Any, size: int) -> bytes:
+    """``size`` bytes of the request stream: grpclib asserts (an AssertionError, answered
+    INTERNAL) when the stream ends first — a client's length prefix larger than what it sent."""
+    try:
+        data: bytes = await stream.recv_data(size)
+    except AssertionError:
+        raise GRPCError(Status.INVALID_ARGUMENT, "request: the message was cut short") from None
+    return data
+
+
 def install_message_limit(limit: int) -> bool:
     """Refuse (RESOURCE_EXHAUSTED) any received message longer than ``limit`` bytes from its
     prefix. False: grpclib changed, and only the codec's check (after the read) applies."""
@@ -105,7 +115,7 @@ def install_message_limit(limit: int) -> bool:
         return False
 
     async def recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
-        prefix = await stream.recv_data(5)
+        prefix = await _received(stream, 5)
         if not prefix:
             return None
         if prefix[0]:
@@ -113,7 +123,7 @@ def install_message_limit(limit: int) -> bool:
         length = int.from_bytes(prefix[1:5], "big")
         if length > limit:
             raise message_limit_error(length, limit)
-        data = await stream.recv_data(length)
+        data = await _received(stream, length)
         if len(data) != length:
             raise GRPCError(Status.INVALID_ARGUMENT, "request: the message was cut short")
         return codec.decode(data, message_type)

@@ -125,15 +125,38 @@ def _check_single(
     expected = _SCALAR.get(kind)
     if value is None and (meta.optional or meta.group):
         return
-    bad_int = kind in _INT_TYPES and isinstance(value, bool)
+    bad_int = kind in _BOOL_REFUSED and isinstance(value, bool)
     if expected is None or not isinstance(value, expected) or bad_int:
         raise WrongField(f"{path}: expected {kind}, got a {_wire_kind(value)}")
+    bounds = _RANGES.get(kind)
+    if bounds is not None:
+        _check_range(value, bounds, path, kind)
     too_long = isinstance(value, str) and len(value) > MAX_ID_LENGTH
     if kind == betterproto2.TYPE_STRING and too_long and _is_id(name):
         raise WrongField(f"{path}: longer than {MAX_ID_LENGTH} characters")
 
 
+def _check_range(value: Any, bounds: tuple[int, int], path: str, kind: str) -> None:
+    """An integer (an enum's number too) within its type's range. proto3 JSON reads any integer
+    into any integer field (binary cannot carry one out of range): a seed past int64 was
+    acknowledged, then refused by the store's columns, and lost."""
+    low, high = bounds
+    if not low <= value <= high:
+        raise WrongField(f"{path}: {int(value)} is out of the {kind} range ({low} to {high})")
+
+
 _INT_TYPES = frozenset(k for k, v in _SCALAR.items() if v is int)
+_BOOL_REFUSED = _INT_TYPES | {betterproto2.TYPE_ENUM}  # ``true`` is no number, nor an enum value
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+_RANGES: dict[str, tuple[int, int]] = {
+    **dict.fromkeys((betterproto2.TYPE_INT32, betterproto2.TYPE_SINT32, betterproto2.TYPE_SFIXED32,
+                     betterproto2.TYPE_ENUM), _INT32),
+    **dict.fromkeys((betterproto2.TYPE_UINT32, betterproto2.TYPE_FIXED32), (0, 2**32 - 1)),
+    **dict.fromkeys((betterproto2.TYPE_INT64, betterproto2.TYPE_SINT64, betterproto2.TYPE_SFIXED64),
+                    _INT64),
+    **dict.fromkeys((betterproto2.TYPE_UINT64, betterproto2.TYPE_FIXED64), (0, 2**64 - 1)),
+}  # fmt: skip
 
 
 def _is_id(name: str) -> bool:

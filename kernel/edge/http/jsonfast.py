@@ -111,8 +111,10 @@ def from_dict(kind: Any, document: dict[str, Any]) -> Any:
     if table is None:
         try:
             return kind.from_dict(document, ignore_unknown_fields=True)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise WrongField(f"{_failing_key(kind, document)}: {str(exc)[:100]}") from None
+        except (ValueError, TypeError, AttributeError, AssertionError) as exc:
+            # (betterproto2 asserts on a Struct given a list or a string: no words of its own)
+            reason = str(exc)[:100] or "a value of the wrong JSON type"
+            raise WrongField(f"{_failing_key(kind, document)}: {reason}") from None
     values = {}
     for key, value in document.items():
         entry = table.get(key)
@@ -129,7 +131,7 @@ def _failing_key(kind: Any, document: dict[str, Any]) -> str:
     for key, value in document.items():
         try:
             kind.from_dict({key: value}, ignore_unknown_fields=True)
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, AssertionError):
             return str(key)[:40]
     return "request"
 
@@ -163,7 +165,7 @@ def _enum_reader(kind: Any) -> Callable[[Any], Any]:
         if isinstance(value, str):
             number = renamed.get(value)
             return kind(number) if number is not None else kind.from_string(value)
-        if isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool):  # ``true`` is no enum value
             return kind(value)
         raise ValueError("Enum value must be a string or an Enum instance")
 
