@@ -8,15 +8,20 @@ import base64
 import binascii
 import json
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from foundry.kernel.core.dag import SEED_BITS, check_patch_references, check_step_env
+from foundry.kernel.core.dag import (
+    SEED_BITS,
+    EnvAllowance,
+    check_patch_references,
+    check_step_env,
+)
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.planner import Ending, ending
-from foundry.kernel.core.runs import RunState, RunSubmission, merge_patch
+from foundry.kernel.core.runs import RunState, RunSubmission, merge_patch, patched_spec
 from foundry.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 
 
@@ -44,10 +49,12 @@ def patch_payload(
     env: Mapping[str, Any] | None,
     model: str | None,
     note: str,
-    allowed_env: Collection[str] = frozenset(),
+    env_allowance: EnvAllowance = lambda _: frozenset(),
 ) -> dict[str, Any]:
-    """Check a PatchStep and return the ``step_patched`` event payload. ``allowed_env``: the
-    names the step's block lets a run set."""
+    """Check a PatchStep and return the ``step_patched`` event payload. ``env_allowance``: the
+    names a step's block lets a run set — asked of the step as patched, with its whole env: a
+    patch of the inputs that picks another block (a shell step's ``command``) must not keep an
+    env the old one allowed and the new one does not."""
     step = run.steps.get(step_id)
     if step is None:
         raise NotFound(f"step_id: no step {quoted(step_id)} in run {run.run_id}")
@@ -59,10 +66,11 @@ def patch_payload(
     if step.status != "pending":
         raise FailedPrecondition(f"step {step_id!r} is {step.status}; only steps that have not "
                                  "run yet can be patched")  # fmt: skip
-    if env:
-        check_step_env(step_id, env, allowed_env)
+    patched = patched_spec(step.spec, inputs_patch, env, model)
+    if patched.env:
+        check_step_env(step_id, patched.env, env_allowance(patched))
     if inputs_patch:
-        check_patch_references(run.dag, step_id, merge_patch(step.spec.inputs, inputs_patch))
+        check_patch_references(run.dag, step_id, patched.inputs)
     return {
         "inputs_patch": dict(inputs_patch or {}),
         "env": dict(env or {}),

@@ -261,12 +261,22 @@ def _resumed(run: RunState, event: RunEventRecord) -> None:
 
 def _patched(run: RunState, event: RunEventRecord) -> None:
     step, p = run.steps[event.step_id], event.payload
-    spec = step.spec
-    step.spec = replace(
+    step.spec = patched_spec(step.spec, p.get("inputs_patch"), p.get("env"), p.get("model"))
+
+
+def patched_spec(
+    spec: StepSpec,
+    inputs_patch: Mapping[str, Any] | None,
+    env: Mapping[str, Any] | None,
+    model: str | None,
+) -> StepSpec:
+    """A step as a PatchStep leaves it: its inputs merge-patched, its env added to, its model
+    replaced (when one is given)."""
+    return replace(
         spec,
-        inputs=merge_patch(spec.inputs, p.get("inputs_patch") or {}),
-        env={**spec.env, **(p.get("env") or {})},
-        model=p["model"] if p.get("model") is not None else spec.model,
+        inputs=merge_patch(spec.inputs, dict(inputs_patch or {})),
+        env={**spec.env, **(env or {})},
+        model=model if model is not None else spec.model,
     )
 
 

@@ -88,3 +88,21 @@ def test_patching_a_forbidden_or_unallowed_env_name_is_refused(daemon):
         request = api.PatchStepRequest(run_id=run_id, step_id="s", env=Struct.from_dict(env))
         error = rpc_error(daemon, lambda rt, r=request: rt.patch_step(r))
         assert_error(error, Status.INVALID_ARGUMENT, "step 's'", needle)
+
+
+def test_a_patch_that_picks_another_block_keeps_no_env_the_new_one_refuses(daemon):
+    """A shell step's ``command`` names its block, so a patch of its inputs can pick another:
+    the step's env, whole, must then be what the new block allows (it ran with it before)."""
+    step = {"id": "s", "type": "shell", "inputs": {"command": "showenv"}, "env": {"TONE": "x"}}
+    run_id = submit(daemon, dag(step), breakpoints=["s"])
+    wait_status(daemon, run_id, api.RunStatus.PAUSED_AT_STEP)
+    swap = api.PatchStepRequest(
+        run_id=run_id, step_id="s", inputs_patch=Struct.from_dict({"command": "echo"})
+    )
+    error = rpc_error(daemon, lambda rt: rt.patch_step(swap))
+    assert_error(error, Status.INVALID_ARGUMENT, "step 's'", "env.TONE")
+    # a patch within the block's allowance is fine
+    back = api.PatchStepRequest(run_id=run_id, step_id="s",
+                                inputs_patch=Struct.from_dict({"command": "showenv"}),
+                                env=Struct.from_dict({"TONE": "calm"}))  # fmt: skip
+    assert daemon.call(lambda _, rt: rt.patch_step(back)).step_id == "s"

@@ -845,11 +845,9 @@ class Scheduler:
 
     async def _patch(self, message: PatchStep) -> str:
         run = await self._target(message.run_id)
-        step = run.steps.get(message.step_id)
-        allowed = self._env_allowed(step.spec) if step is not None else frozenset()
         payload = patch_payload(
             run, message.step_id, message.inputs_patch, message.env, message.model, message.note,
-            allowed,
+            self._env_allowed,
         )  # fmt: skip
         await (await self._record_durable(run, "step_patched", message.step_id, **payload)).wait()
         return message.step_id
