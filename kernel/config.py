@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any, TypedDict
 
 from foundry.kernel.core.gate_policy import GatePolicy
+from foundry.kernel.core.planner import MAX_RUN_BYTES, MAX_STEP_BYTES
 from foundry.kernel.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -64,6 +65,9 @@ class TapConfig:
 class SchedulerConfig:
     max_concurrent_steps: int = 16
     recent_runs: int = 1_000
+    # JSON bytes of a step's resolved inputs and of its output; of all a run's step outputs
+    max_step_bytes: int = MAX_STEP_BYTES
+    max_run_bytes: int = MAX_RUN_BYTES
 
 
 @dataclass(frozen=True)

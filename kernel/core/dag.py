@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import Any
 
 from foundry.kernel.core.envpolicy import env_violation
+from foundry.kernel.core.ids import compact_json
 from foundry.kernel.core.json_input import parse_json, quoted
 from foundry.kernel.errors import InvalidArgument
 
@@ -314,6 +315,11 @@ class UnresolvedReference(ValueError):
     """A reference names a key the run's inputs or an upstream output does not have."""
 
 
+class StepTooLarge(ValueError):
+    """A step's resolved inputs or its output over ``[scheduler] max_step_bytes`` of JSON, or
+    a run's outputs over ``max_run_bytes``: the step fails."""
+
+
 def resolve(value: Any, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
     """Substitute every reference in ``value`` (see the module doc)."""
     if isinstance(value, str):
@@ -328,6 +334,38 @@ def resolve(value: Any, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -
     if isinstance(value, list):
         return [resolve(v, inputs, outputs) for v in value]
     return value
+
+
+def resolve_bounded(
+    value: Any, inputs: Mapping[str, Any], outputs: Mapping[str, Any], limit: int
+) -> Any:
+    """:func:`resolve`, refusing (StepTooLarge) once the JSON of the values its references
+    substitute passes ``limit`` bytes — before more is made: inputs that name a large output
+    twice, step after step, double at each step (a 12 KB DAG once made a 160 MB input)."""
+    spent = 0
+
+    def lookup(path: list[str]) -> Any:
+        nonlocal spent
+        found = _lookup(path, inputs, outputs)
+        spent += len(found) if isinstance(found, str) else len(compact_json(found))
+        if spent > limit:
+            raise StepTooLarge(f"inputs: their references substitute over {limit:,} bytes of "
+                               "JSON, the step limit ([scheduler] max_step_bytes)")  # fmt: skip
+        return found
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, str):
+            whole = REFERENCE.fullmatch(item)
+            if whole:
+                return lookup(whole.group(1).strip().split("."))
+            return REFERENCE.sub(lambda m: _text(lookup(m.group(1).strip().split("."))), item)
+        if isinstance(item, dict):
+            return {k: walk(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [walk(v) for v in item]
+        return item
+
+    return walk(value)
 
 
 def _lookup(path: list[str], inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from foundry.kernel.core.dag import StepSpec, resolve, step_seeds
+from foundry.kernel.core.dag import (
+    StepSpec,
+    StepTooLarge,
+    references,
+    resolve,
+    resolve_bounded,
+    step_seeds,
+)
 from foundry.kernel.core.ids import compact_json
 from foundry.kernel.core.runs import RunState, StepState
 
@@ -98,14 +105,73 @@ def attempt_number(step: StepState) -> int:
     return step.attempt + 1
 
 
-def lease(run: RunState, step: StepState) -> Lease:
-    """The next attempt's lease. Raises UnresolvedReference, TypeError or ValueError when the
-    step's inputs cannot be resolved into JSON (the step fails)."""
+MAX_STEP_BYTES = 4 * 1024 * 1024  # ``[scheduler] max_step_bytes``' default
+MAX_RUN_BYTES = 256 * 1024 * 1024  # ``[scheduler] max_run_bytes``' default
+
+
+def lease(run: RunState, step: StepState, max_bytes: int = MAX_STEP_BYTES) -> Lease:
+    """The next attempt's lease. Raises UnresolvedReference, TypeError or ValueError (among
+    them StepTooLarge: resolved inputs of more than ``max_bytes`` of JSON) when the step's
+    inputs cannot be resolved into JSON (the step fails). Inputs whose references could
+    substitute more than that are resolved with a running count, which stops them early."""
     spec = step.spec
-    inputs = resolve(spec.inputs, run.submission.inputs, run.outputs())
+    run_inputs, outputs = run.submission.inputs, run.outputs()
+    if reference_bound(run, spec) > max_bytes:
+        inputs = resolve_bounded(spec.inputs, run_inputs, outputs, max_bytes)
+    else:
+        inputs = resolve(spec.inputs, run_inputs, outputs)
+    text = compact_json(inputs)
+    if len(text) > max_bytes:
+        raise StepTooLarge(f"inputs: {len(text):,} bytes of JSON once resolved, over the step "
+                           f"limit of {max_bytes:,} ([scheduler] max_step_bytes)")  # fmt: skip
     if not run.seeds:  # the run's first lease: every step's seed, in one go
         run.seeds = step_seeds(run.submission.seed, run.dag.steps)
-    return Lease(attempt_number(step), compact_json(inputs), run.seeds[spec.id])
+    return Lease(attempt_number(step), text, run.seeds[spec.id])
+
+
+def reference_bound(run: RunState, spec: StepSpec) -> int:
+    """At most what a step's references substitute, in JSON bytes: each reference counted as
+    the whole output it names (or all of the run's inputs), as often as it appears."""
+    found = run.step_references.get(spec.id)
+    if found is None:
+        found = run.step_references[spec.id] = references(spec.inputs)
+    total = 0
+    for path in found:
+        total += output_bytes(run, path[1]) if path[0] == "steps" else _inputs_bytes(run)
+    return total
+
+
+def output_bytes(run: RunState, step_id: str) -> int:
+    """The JSON bytes of a finished step's output (measured once)."""
+    size = run.output_sizes.get(step_id)
+    if size is None:
+        size = run.output_sizes[step_id] = len(compact_json(run.steps[step_id].output))
+    return size
+
+
+def _inputs_bytes(run: RunState) -> int:
+    if run.inputs_size is None:
+        run.inputs_size = len(compact_json(run.submission.inputs))
+    return run.inputs_size
+
+
+def output_refused(
+    run: RunState, size: int, max_step: int = MAX_STEP_BYTES, max_run: int = MAX_RUN_BYTES
+) -> str:
+    """Why a step's output of ``size`` JSON bytes is refused (its step fails), or ""."""
+    if size > max_step:
+        return (f"output: {size:,} bytes of JSON, over the step limit of {max_step:,} "
+                "([scheduler] max_step_bytes)")  # fmt: skip
+    if run.output_total + size > max_run:
+        return (f"output: the run's step outputs would pass {max_run:,} bytes of JSON "
+                "([scheduler] max_run_bytes)")  # fmt: skip
+    return ""
+
+
+def note_output(run: RunState, step_id: str, size: int) -> None:
+    """A completed step's output size, counted toward its run's."""
+    run.output_sizes[step_id] = size
+    run.output_total += size
 
 
 def attempt_limit(spec: StepSpec, block_timeout: float | None) -> float | None:

@@ -98,6 +98,13 @@ class RunState:
     canceling: bool = False  # CancelRun asked: nothing new starts, the run ends CANCELED
     # Each step's seed (``dag.step_seed``), by step id: made at the run's first lease.
     seeds: dict[str, int] = field(default_factory=dict)
+    # JSON bytes of each finished step's output (noted as it completes, else measured when a
+    # lease asks: ``planner.output_bytes``), and of them all; each step's references, as its
+    # inputs (patched or not) say (``planner.references_of``).
+    output_sizes: dict[str, int] = field(default_factory=dict)
+    output_total: int = 0
+    inputs_size: int | None = None  # the run's inputs', measured when a reference needs it
+    step_references: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
 
     @classmethod
     def new(cls, submission: RunSubmission, dag: Dag) -> RunState:
@@ -262,6 +269,7 @@ def _resumed(run: RunState, event: RunEventRecord) -> None:
 def _patched(run: RunState, event: RunEventRecord) -> None:
     step, p = run.steps[event.step_id], event.payload
     step.spec = patched_spec(step.spec, p.get("inputs_patch"), p.get("env"), p.get("model"))
+    run.step_references.pop(event.step_id, None)  # its inputs say otherwise now
 
 
 def patched_spec(

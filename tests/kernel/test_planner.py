@@ -4,7 +4,13 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from foundry.kernel.core.dag import UnresolvedReference, parse_dag, step_seed
+from foundry.kernel.core.dag import (
+    StepTooLarge,
+    UnresolvedReference,
+    parse_dag,
+    resolve_bounded,
+    step_seed,
+)
 from foundry.kernel.core.planner import (
     Ending,
     Next,
@@ -13,7 +19,10 @@ from foundry.kernel.core.planner import (
     lease,
     may_start,
     next_wait,
+    note_output,
+    output_refused,
     recover,
+    reference_bound,
     retry_delay,
     starts,
     step_error,
@@ -170,6 +179,58 @@ def test_a_lease_with_an_unresolvable_reference_raises():
     run = started(make_run([step("a", inputs={"x": "${inputs.missing}"})]))
     with pytest.raises(UnresolvedReference):
         lease(run, run.steps["a"])
+
+
+def _doubling(steps: int) -> list[dict]:
+    """Each step's input names the step before's whole output twice: sizes double."""
+    chain = [step("s0", inputs={"v": "${inputs.x}"})]
+    for i in range(1, steps):
+        refs = [f"${{steps.s{i - 1}.output}}"] * 2
+        chain.append(step(f"s{i}", after=[f"s{i - 1}"], inputs={"v": refs}))
+    return chain
+
+
+def test_inputs_that_would_resolve_past_the_step_limit_fail_before_they_are_made():
+    run = started(make_run(_doubling(4), inputs={"x": "A" * 1_000}))
+    complete(run, "s0", {"v": "A" * 1_000})
+    assert reference_bound(run, run.steps["s1"].spec) == 2 * len('{"v":"' + "A" * 1_000 + '"}')
+    assert len(lease(run, run.steps["s1"], max_bytes=5_000).inputs_json) < 5_000  # fits
+    with pytest.raises(StepTooLarge, match=r"inputs: .* over 1,500 bytes .*max_step_bytes"):
+        lease(run, run.steps["s1"], max_bytes=1_500)  # refused by the running count
+    # A reference to a small part of a large output is counted as what it substitutes.
+    big = started(make_run([step("a"), step("b", after=["a"], inputs={
+        "x": ["${steps.a.output.small}"] * 3})]))  # fmt: skip
+    complete(big, "a", {"small": 1, "large": "L" * 10_000})
+    assert reference_bound(big, big.steps["b"].spec) > 30_000  # the bound: whole outputs
+    assert json.loads(lease(big, big.steps["b"], max_bytes=100).inputs_json) == {"x": [1, 1, 1]}
+
+
+def test_resolve_bounded_stops_once_the_substitutions_pass_the_limit():
+    outputs = {"a": {"v": "x" * 1_000}}
+    with pytest.raises(StepTooLarge):  # 10 substitutions in: the 990 others are never made
+        resolve_bounded(["${steps.a.output}"] * 1_000, {}, outputs, 10_000)
+    with pytest.raises(StepTooLarge):  # embedded in one string, the same
+        resolve_bounded("${steps.a.output} " * 1_000, {}, outputs, 10_000)
+    assert resolve_bounded(["${steps.a.output.v}"] * 3, {}, outputs, 10_000) == ["x" * 1_000] * 3
+
+
+def test_a_patched_steps_references_are_counted_anew():
+    run = started(make_run([step("a"), step("b", after=["a"], inputs={"x": 1})]))
+    complete(run, "a", {"v": "x" * 100})
+    assert reference_bound(run, run.steps["b"].spec) == 0
+    run.make_event("step_patched", T0, "b", inputs_patch={"x": "${steps.a.output}"}, env={},
+                   model=None)  # fmt: skip
+    assert reference_bound(run, run.steps["b"].spec) == len('{"v":"' + "x" * 100 + '"}')
+
+
+def test_an_output_past_the_step_or_the_run_limit_is_refused():
+    run = started(make_run([step("a"), step("b")]))
+    assert output_refused(run, 10, max_step=10, max_run=25) == ""
+    assert "over the step limit of 10" in output_refused(run, 11, max_step=10, max_run=25)
+    note_output(run, "a", 10)
+    note_output(run, "b", 10)
+    assert run.output_total == 20
+    assert "max_run_bytes" in output_refused(run, 6, max_step=10, max_run=25)
 
 
 def test_the_step_timeout_wins_over_the_blocks():

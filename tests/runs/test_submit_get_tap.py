@@ -256,6 +256,26 @@ def test_a_run_is_pending_while_other_runs_hold_every_slot(daemon):
     assert wait_done(daemon, holder).status == api.RunStatus.SUCCEEDED
 
 
+def test_inputs_that_double_step_after_step_fail_the_run_at_the_step_limit(daemon):
+    """A 12 KB DAG whose steps each name the step before's output twice made a 160 MB input by
+    its ninth step: the daemon used 3.4 GB and could not start again on its journal. Each step's
+    inputs and output are now at most ``[scheduler] max_step_bytes`` (4 MiB) of JSON."""
+    steps = [{"id": "s0", "type": "transform", "inputs": {"value": "${inputs.x}" * 64}}]
+    steps += [
+        {"id": f"s{i}", "type": "transform",
+         "inputs": {"value": f"${{steps.s{i - 1}.output}}" * 2}}
+        for i in range(1, 9)
+    ]  # fmt: skip
+    run = run_and_wait(daemon, json.dumps({"steps": steps}), inputs={"x": "A" * 10_000})
+    assert run.status == api.RunStatus.FAILED
+    failed = [s for s in run.steps if s.status == "failed"]
+    assert [s.step_id for s in failed] == ["s3"]  # 640 KB, 1.3 MB, 2.6 MB, then 5.1 MB: refused
+    assert "max_step_bytes" in value(failed[0].error)["message"]
+    assert {s.status for s in run.steps[4:]} == {"skipped"}
+    # The daemon serves on, its database caught up with the run (nothing too large to apply).
+    assert run_and_wait(daemon, RESEARCH, inputs={"topic": "x"}).status == api.RunStatus.SUCCEEDED
+
+
 def test_two_independent_steps_overlap(daemon):
     run = run_and_wait(
         daemon,

@@ -76,6 +76,8 @@ from foundry.kernel.core.planner import (
     lease,
     may_start,
     next_wait,
+    note_output,
+    output_refused,
     recover,
     retry_delay,
     starts,
@@ -514,7 +516,7 @@ class Scheduler:
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=gone)
             return None
         try:
-            leased = lease(run, step)
+            leased = lease(run, step, self._config.max_step_bytes)
         except (UnresolvedReference, TypeError, ValueError) as exc:
             failure = step_error(str(exc), attempt)
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=failure)
@@ -544,7 +546,7 @@ class Scheduler:
         if block is None:
             return None
         try:
-            leased = lease(run, step)
+            leased = lease(run, step, self._config.max_step_bytes)
         except (UnresolvedReference, TypeError, ValueError):
             return None
         slot = object()
@@ -599,11 +601,18 @@ class Scheduler:
         )
         started = time.perf_counter()
         output, error, timed_out = await attempt_once(block, Action.RUN, ctx, limit)
+        size = 0
         if not error:
             try:
-                output = json.loads(compact_json(output))  # frozen before it is recorded
+                text = compact_json(output)
+                output = json.loads(text)  # frozen before it is recorded
             except (TypeError, ValueError) as exc:
                 error = f"the step's output is not JSON: {exc}"
+            else:
+                size = len(text)
+                error = output_refused(
+                    run, size, self._config.max_step_bytes, self._config.max_run_bytes
+                )
         if self._spans.on:
             now = self._clock.now()
             self._spans.offer(_attempt_ended(run, ctx, spec.type, lease_event, now, output, error))
@@ -621,6 +630,7 @@ class Scheduler:
                 raw_output=ctx.raw_output[-65536:], exit_code=ctx.exit_code,
                 artifacts=artifacts, **self._step_announcement(run, spec.type),
             )  # fmt: skip
+            note_output(run, spec.id, size)
             await self._complete(run, lease_event, grant, completed)
             return None
         failure = step_error(error, attempt, timed_out)
