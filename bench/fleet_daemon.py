@@ -32,6 +32,7 @@ class Daemon:
     home: Path
     log: IO[str]
     log_path: Path
+    http_address: str = ""  # the HTTP listener's (Connect, gRPC-Web)
 
     def tail(self) -> str:
         self.log.flush()
@@ -63,7 +64,7 @@ def daemon(config: str, *, label: str = "foundry") -> Iterator[Daemon]:
             line = first_line(process)
             if not line or ":" not in line:
                 raise RuntimeError(f"{label} did not start:\n{server.tail()}")
-            server.address = line.split(" ")[0]  # the gRPC address (the HTTP one follows)
+            server.address, _, server.http_address = line.partition(" ")  # gRPC, then HTTP
             yield server
         finally:
             code = stop_process(process)

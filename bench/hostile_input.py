@@ -2,9 +2,10 @@
 holds up while a client keeps sending huge ids and over-limit messages — or 4 MB run specs (a
 DAG of ~38,000 steps, the largest a request may be, with one step id twice at its end: parsed
 and checked in full, then refused) — or GetRun of a finished run of 5,000 steps, asked again and
-again, TapRun of it from its first event or ReplayRun of it — against the same Emits with no
-such client (same run). Replies to those are taken undecoded (a client's parse of thousands of
-steps in pure Python would be the measurement otherwise)."""
+again (over gRPC, or over Connect JSON: the reply's JSON written on a worker thread), TapRun of
+it from its first event or ReplayRun of it — against the same Emits with no such client (same
+run). Replies to those are taken undecoded (a client's parse of thousands of steps in pure Python
+would be the measurement otherwise)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def run(options: Options) -> Report:
         large_run = asyncio.run(_finished_run(server.address, steps))
         for rep in range(options.repetitions):
             progress(options, f"repetition {rep + 1}: {emits} emits, quiet then under attack")
-            for key, value in asyncio.run(_measure(server.address, emits, large_run)).items():
+            measured = _measure(server.address, server.http_address, emits, large_run)
+            for key, value in asyncio.run(measured).items():
                 samples.setdefault(key, []).append(value)
     quiet = "Emit p99, no hostile client"
     report.figures += [
@@ -44,16 +46,21 @@ def run(options: Options) -> Report:
         Figure("Emit p99, while huge ids and 8 MB messages arrive", "ms", samples["attack"]),
         Figure("Emit p99, while 4 MB run specs arrive", "ms", samples["specs"]),
         Figure(f"Emit p99, while GetRun of {steps:,} steps repeats", "ms", samples["get_run"]),
+        Figure(
+            f"Emit p99, while Connect JSON GetRun of {steps:,} steps repeats",
+            "ms",
+            samples["json_get_run"],
+        ),
         Figure(f"Emit p99, while TapRun of {steps:,} steps repeats", "ms", samples["tap_run"]),
         Figure(f"Emit p99, while ReplayRun of {steps:,} steps repeats", "ms", samples["replay"]),
     ]
-    labels = ("attack", "4 MB specs", "GetRun", "TapRun", "ReplayRun")
+    labels = ("attack", "4 MB specs", "GetRun", "Connect JSON GetRun", "TapRun", "ReplayRun")
     for label, figure in zip(labels, report.figures[2:], strict=True):
         report.ratio(f"Emit p99 under {label} / quiet", figure.name, quiet)
     return report
 
 
-async def _measure(address: str, emits: int, large_run: str) -> dict[str, float]:
+async def _measure(address: str, http_address: str, emits: int, large_run: str) -> dict[str, float]:
     from foundry.kernel.edge.grpc.client import connect
     from foundry.proto import foundry_api as api
     from grpclib import GRPCError
@@ -79,6 +86,9 @@ async def _measure(address: str, emits: int, large_run: str) -> dict[str, float]
             "attack": await p99_while(lambda stop: _attack(address, stop)),
             "specs": await p99_while(lambda stop: _submit_large_specs(address, stop)),
             "get_run": await p99_while(lambda stop: _get_run_again(address, large_run, stop)),
+            "json_get_run": await p99_while(
+                lambda stop: _json_get_run_again(http_address, large_run, stop)
+            ),
             "tap_run": await p99_while(lambda stop: _tap_run_again(address, large_run, stop)),
             "replay": await p99_while(lambda stop: _replay_again(address, large_run, stop)),
         }
@@ -111,6 +121,18 @@ async def _get_run_again(address: str, run_id: str, stop: asyncio.Event) -> None
     from foundry.proto import runtime_api as api
 
     await _call_again(address, "GetRun", api.GetRunRequest(run_id=run_id), stop)
+
+
+async def _json_get_run_again(http_address: str, run_id: str, stop: asyncio.Event) -> None:
+    """GetRun of ``run_id`` over Connect JSON (httpx) until ``stop``, each reply undecoded."""
+    import httpx
+
+    url = f"http://{http_address}/fleetforge.runtime.v1.RuntimeService/GetRun"
+    async with httpx.AsyncClient(timeout=120) as client:
+        while not stop.is_set():
+            reply = await client.post(url, json={"runId": run_id})
+            if reply.status_code != 200:
+                raise AssertionError(f"Connect JSON GetRun answered {reply.status_code}")
 
 
 async def _replay_again(address: str, run_id: str, stop: asyncio.Event) -> None:

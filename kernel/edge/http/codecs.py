@@ -32,6 +32,13 @@ from foundry.kernel.edge.http import jsonfast
 log = logging.getLogger("foundry.http")
 
 
+class JsonEncoded(Encoded):
+    """A reply already written as proto3 JSON (``routes.json_reply``): the JSON codec sends it
+    as it is."""
+
+    __slots__ = ()
+
+
 class TypedEncoded(Encoded):
     """A serialized reply and its message type (the JSON codec needs the type)."""
 
@@ -107,6 +114,8 @@ class JsonCodec(_CheckedCodec):
         return "json"
 
     def encode(self, message: Any) -> bytes:
+        if isinstance(message, JsonEncoded):
+            return message.data
         with _reply_errors():
             if isinstance(message, TypedEncoded):
                 message = message.kind().parse(message.data)

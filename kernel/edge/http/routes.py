@@ -14,12 +14,14 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
 from connectrpc.request import RequestContext
 from connectrpc.server import Endpoint
 from foundry.kernel.edge.grpc.internals import Encoded
-from foundry.kernel.edge.http.codecs import TypedEncoded
+from foundry.kernel.edge.http.codecs import JsonEncoded, TypedEncoded, to_json
 from foundry.kernel.edge.http.errors import connect_error
+from foundry.proto import foundry_api, runtime_api
 from grpclib.const import Cardinality
 
 STREAM_TYPES = {
@@ -94,12 +96,35 @@ def _unary(
 def _ignoring_context(
     call: Callable[[Any], Awaitable[Any]],
 ) -> Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]]:
-    """connectrpc's handler signature; no handler reads the request context."""
+    """connectrpc's handler signature; no handler reads the request context — but a reply that
+    may be large, to a JSON request, is written as JSON on a worker thread (:func:`json_reply`)."""
 
     async def with_context(request: Any, ctx: RequestContext[Any, Any]) -> Any:
-        return await call(request)
+        reply = await call(request)
+        if isinstance(reply, LARGE_REPLIES) and "json" in ctx.request_headers.get(
+            "content-type", ""
+        ):
+            return await json_reply(reply)
+        return reply
 
     return with_context
+
+
+# Replies that grow with what is stored (a run's steps, workflows, rows): proto3 JSON of a
+# 35,000-step GetRun (7.5 MB) took the trio thread ~5 s, every other call waiting meanwhile.
+LARGE_REPLIES = (
+    runtime_api.GetRunResponse,
+    runtime_api.ReplayRunResponse,
+    runtime_api.ListRunsResponse,
+    foundry_api.StatusResponse,
+)
+
+
+async def json_reply(reply: Any) -> JsonEncoded:
+    """``reply`` as the JSON codec writes it, made on a worker thread: the loop serves on
+    (between the interpreter's switches) while it is made."""
+    message = reply.kind().parse(reply.data) if isinstance(reply, TypedEncoded) else reply
+    return JsonEncoded(await trio.to_thread.run_sync(lambda: to_json(message).encode()))
 
 
 def _streaming(

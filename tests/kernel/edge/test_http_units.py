@@ -197,3 +197,17 @@ async def test_a_closed_mailbox_is_unavailable_from_trio_too():
     receive.close()
     with pytest.raises(errors.Unavailable):
         await ask_actor(send, lambda r: r)
+
+
+async def test_a_large_reply_written_as_json_on_a_thread_is_what_the_codec_writes():
+    """``routes.json_reply``: the JSON codec sends it as it is, the same bytes it would write."""
+    from foundry.kernel.edge.http.routes import LARGE_REPLIES, json_reply
+
+    steps = [runtime_api.StepSummary(step_id=f"s{i}", status="succeeded", attempt=1)
+             for i in range(300)]  # fmt: skip
+    reply = runtime_api.GetRunResponse(run=runtime_api.RunDetail(run_id="run_x", steps=steps))
+    assert isinstance(reply, LARGE_REPLIES)
+    codec = JsonCodec(1 << 20)
+    written = await json_reply(reply)
+    assert codec.encode(written) == codec.encode(reply)
+    assert json.loads(written.data)["run"]["steps"][299]["stepId"] == "s299"
