@@ -29,8 +29,13 @@ _FORBIDDEN_NAMES = frozenset(
         "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH", "EDITOR", "VISUAL", "PAGER", "GIT_SSH",
         "GIT_SSH_COMMAND", "GIT_EXEC_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "OPENSSL_CONF",
         "LESSOPEN", "LESSCLOSE", "TERMINFO", "XDG_CONFIG_HOME",
+        # where a child's connections go and whom it trusts there (a proxy sees all of it)
+        "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "FTP_PROXY", "NO_PROXY", "CURL_CA_BUNDLE",
+        "REQUESTS_CA_BUNDLE", "SSLKEYLOGFILE",
     }
 )  # fmt: skip
+# A program another runs for a password (SSH_ASKPASS, GIT_ASKPASS, SUDO_ASKPASS …)
+_FORBIDDEN_SUFFIXES = ("_ASKPASS",)
 _FORBIDDEN_PREFIXES = (
     "LD_", "BASH_", "BASH_FUNC_", "PYTHON", "DYLD_", "MALLOC_", "PERL", "RUBY", "NODE_",
     "LUA_", "TCL", "GIT_CONFIG", "FOUNDRY_", "TRACEPARENT",
@@ -42,7 +47,11 @@ def forbidden_reason(name: str) -> str:
     if not _NAME.fullmatch(name):
         return "not a valid variable name (letters, digits and _, not starting with a digit)"
     upper = name.upper()
-    if upper in _FORBIDDEN_NAMES or upper.startswith(_FORBIDDEN_PREFIXES):
+    if (
+        upper in _FORBIDDEN_NAMES
+        or upper.startswith(_FORBIDDEN_PREFIXES)
+        or upper.endswith(_FORBIDDEN_SUFFIXES)
+    ):
         return "changes how programs are found, loaded or run, so a run may never set it"
     return ""
 

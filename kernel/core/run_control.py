@@ -89,6 +89,9 @@ def check_resumable(run: RunState) -> str:
     return run.paused_step
 
 
+MAX_LABEL_KEY = 256  # as an id (``message_check.MAX_ID_LENGTH``)
+
+
 def check_labels(labels: Mapping[str, Any], field: str, *, removals: bool = False) -> None:
     """A run's labels (or, ``removals``, a patch of them, where null removes one): each key
     non-empty (ListRuns could not ask for it) and each value a string. InvalidArgument naming
@@ -96,6 +99,8 @@ def check_labels(labels: Mapping[str, Any], field: str, *, removals: bool = Fals
     for key, value in labels.items():
         if not key:
             raise InvalidArgument(f"{field}: a label needs a key (got an empty one)")
+        if len(key) > MAX_LABEL_KEY:
+            raise InvalidArgument(f"{field}: a label's key is at most {MAX_LABEL_KEY} characters")
         if not isinstance(value, str) and not (removals and value is None):
             got = "null" if value is None else type(value).__name__
             raise InvalidArgument(f"{field}[{quoted(key)}]: a label's value is a string, got {got}")

@@ -13,7 +13,10 @@ from foundry.kernel.core.envpolicy import (
     "name",
     ["PATH", "path", "LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_ENV", "BASH_FUNC_echo%%", "ENV",
      "IFS", "PYTHONPATH", "PYTHONSTARTUP", "PERL5OPT", "NODE_OPTIONS", "FOUNDRY_PAYLOAD",
-     "GLIBC_TUNABLES", "1X", "A-B", "", "A" * 200],
+     "GLIBC_TUNABLES", "1X", "A-B", "", "A" * 200,
+     # a program run for a password, and where a child's traffic goes (found by a review)
+     "SSH_ASKPASS", "GIT_ASKPASS", "sudo_askpass", "https_proxy", "HTTP_PROXY", "ALL_PROXY",
+     "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSLKEYLOGFILE"],
 )  # fmt: skip
 def test_names_that_change_how_programs_run_are_forbidden(name):
     assert forbidden_reason(name)

@@ -93,6 +93,7 @@ def test_parse_run_spec_accepts_the_proto3_json_forms():
             "run_spec.labels['a']: a label's value is a string",
         ),
         ({"dag_json": DAG, "labels": {"": "v"}}, "run_spec.labels: a label needs a key"),
+        ({"dag_json": DAG, "labels": {"k" * 300: "v"}}, "run_spec.labels: a label's key is at"),
         ({"dag_json": DAG, "labels": ["a"]}, "run_spec.labels: expected an object of strings"),
         ({"dag_json": DAG, "inputs": [1]}, "run_spec.inputs"),
         ({"dag_json": DAG, "seed": True}, "run_spec.seed"),
