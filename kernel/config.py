@@ -20,11 +20,9 @@ from foundry.kernel.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_HTTP_LISTEN = "127.0.0.1:50052"
-DEFAULT_CORS_ORIGINS = tuple(  # pages served from this machine, on any port
-    f"{scheme}://{host}:*"
-    for host in ("localhost", "127.0.0.1", "[::1]")
-    for scheme in ("http", "https")
-)
+# Browser origins besides the daemon's own pages (``edge/http/cors.py``): none by default, so a
+# page of another local server cannot drive the daemon through the browser.
+DEFAULT_CORS_ORIGINS: tuple[str, ...] = ()
 GRPC_EXPORTER = "opentelemetry.exporter.otlp.proto.grpc"  # the foundry[otel-grpc] extra
 
 

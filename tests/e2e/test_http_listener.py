@@ -110,24 +110,29 @@ def preflight(daemon, origin):
     })  # fmt: skip
 
 
-def test_cors_allows_localhost_origins_by_default(make_daemon):
+def test_cors_allows_only_the_daemons_own_pages_by_default(make_daemon):
+    """Its dashboard's origin, by any loopback name; not a page of another local server (a dev
+    server, a notebook: whatever script it runs could drive the daemon through the browser)."""
     daemon = make_daemon()
-    for origin in ("http://localhost:5173", "https://127.0.0.1:8443", "http://[::1]:3000"):
+    port = daemon.http_address.rsplit(":", 1)[1]
+    own = [f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"]
+    for origin in own:
         allowed = preflight(daemon, origin)
         assert allowed.status_code == 204
         assert allowed.headers["access-control-allow-origin"] == origin
         assert "POST" in allowed.headers["access-control-allow-methods"]
         assert "connect-protocol-version" in allowed.headers["access-control-allow-headers"]
-    refused = preflight(daemon, "https://evil.example")
-    assert refused.status_code == 403
-    assert "access-control-allow-origin" not in refused.headers
-    call = httpx.post(url(daemon, EMIT), json={"eventType": "x"},
-                      headers={"origin": "http://localhost:5173"})  # fmt: skip
+    other_ports = ("http://localhost:5173", "http://127.0.0.1:8888", f"https://127.0.0.1:{port}")
+    for origin in ("https://evil.example", f"http://rebound.example:{port}", *other_ports):
+        refused = preflight(daemon, origin)
+        assert refused.status_code == 403, origin
+        assert "access-control-allow-origin" not in refused.headers
+    call = httpx.post(url(daemon, EMIT), json={"eventType": "x"}, headers={"origin": own[1]})
     assert call.status_code == 200
-    assert call.headers["access-control-allow-origin"] == "http://localhost:5173"
+    assert call.headers["access-control-allow-origin"] == own[1]
     assert "grpc-status" in call.headers["access-control-expose-headers"].lower()
     foreign = httpx.post(url(daemon, EMIT), json={"eventType": "x"},
-                         headers={"origin": "https://evil.example"})  # fmt: skip
+                         headers={"origin": "http://localhost:5173"})  # fmt: skip
     assert foreign.status_code == 403
     assert foreign.json()["code"] == "permission_denied"
 
@@ -196,7 +201,7 @@ def test_a_token_is_required_on_rpcs_and_streams_but_not_on_preflights(make_daem
     right = httpx.post(url(daemon, EMIT), json=body,
                        headers={"authorization": "Bearer s3cret-token"})  # fmt: skip
     assert right.status_code == 200
-    assert preflight(daemon, "http://localhost:5173").status_code == 204
+    assert preflight(daemon, f"http://{daemon.http_address}").status_code == 204
 
     async def close_code(**options):
         uri = f"ws://{daemon.http_address}/ws/runs/run_nope/tap"

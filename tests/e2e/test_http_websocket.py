@@ -68,7 +68,7 @@ def test_watch_over_websocket_sees_live_events_of_its_project(daemon):
 
     async def first_two():
         async with connect(ws_url(daemon, f"/ws/watch?project={project}"),
-                           origin="http://localhost:5173") as socket:  # fmt: skip
+                           origin=f"http://{daemon.http_address}") as socket:  # fmt: skip
             return [json.loads(await asyncio.wait_for(socket.recv(), 30)) for _ in range(2)]
 
     emitter = threading.Thread(target=emit_until_stopped, daemon=True)

@@ -1,8 +1,11 @@
-"""Which browser origins may call the daemon (``[http] cors_origins``).
+"""Which browser origins may call the daemon: its own pages, and ``[http] cors_origins``.
 
 An entry is ``*`` (any origin), or ``scheme://host`` with an optional ``:port`` or ``:*`` (any
-port, or none). The default (``config.DEFAULT_CORS_ORIGINS``) allows pages served from this
-machine only.
+port, or none). The default list is empty: only the daemon's own pages (its dashboard) may call —
+:func:`own_origins`, the listener's scheme and port under its host's name and, for a loopback
+listener, every loopback name. An allowed page on another port of this machine (any local dev
+server, notebook or app, and whatever script it runs) could otherwise drive the daemon through
+the browser: submit runs, cancel them, export files.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ class _Pattern:
 
 
 class OriginPolicy:
-    def __init__(self, entries: tuple[str, ...]) -> None:
+    def __init__(self, entries: tuple[str, ...], own: tuple[str, ...] = ()) -> None:
+        """``entries``: ``[http] cors_origins``; ``own``: the daemon's own origins (exact)."""
         self.any = "*" in entries
-        self._patterns = tuple(parse_origin_entry(e) for e in entries if e != "*")
+        self._patterns = tuple(parse_origin_entry(e) for e in (*entries, *own) if e != "*")
 
     def allows(self, origin: str) -> bool:
         if self.any:
@@ -64,3 +68,22 @@ def _parse_origin(origin: str) -> tuple[str, str, int] | None:
         return None
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return parts.scheme, host.lower(), port or DEFAULT_PORTS[parts.scheme]
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def own_origins(host: str, port: int, *, secure: bool) -> tuple[str, ...]:
+    """The origins of the pages the daemon's HTTP listener on ``host:port`` serves itself: that
+    host's (a bracketed IPv6 literal included), and every loopback name's when it listens on
+    one. A listener on every address (``0.0.0.0``, ``::``) is reached by names it cannot know:
+    those go in ``[http] cors_origins``."""
+    scheme = "https" if secure else "http"
+    names = [] if host in ("0.0.0.0", "::", "[::]", "") else [host.lower()]
+    if host in ("0.0.0.0", "::", "[::]", "") or host.strip("[]") in (
+        "localhost",
+        "127.0.0.1",
+        "::1",
+    ):
+        names += LOOPBACK_NAMES  # the machine's own browser reaches it by any of them
+    return tuple(dict.fromkeys(f"{scheme}://{name}:{port}" for name in names))

@@ -19,7 +19,7 @@ from typing import Any
 import trio
 from foundry.kernel.edge.grpc.server import bind
 from foundry.kernel.edge.http.app import HttpApp
-from foundry.kernel.edge.http.cors import OriginPolicy
+from foundry.kernel.edge.http.cors import OriginPolicy, own_origins
 from foundry.kernel.edge.http.hypercorn_guard import contain_connection_errors
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
@@ -110,14 +110,15 @@ async def open_http_server(
 ) -> AsyncIterator[HttpServer]:
     """Serve ``services`` on ``sock`` until the block ends (then whatever runs is cancelled)."""
     contain_connection_errors()  # one connection's error ends it, not the listener
+    bound = sock.getsockname()
+    host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    own = own_origins(host, bound[1], secure=ssl_context is not None)
     app = HttpApp(
         services,
         max_message_bytes=max_message_bytes,
-        origins=OriginPolicy(cors_origins),
+        origins=OriginPolicy(cors_origins, own),
         token_check=token_check(token),
     )
-    bound = sock.getsockname()
-    host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     server = HttpServer(app, f"{host}:{bound[1]}")
     config = _Config(ssl_context)
     config.graceful_timeout = grace

@@ -16,7 +16,7 @@ from foundry.kernel.actors.tap.messages import Overflow, Publish, Subscribe
 from foundry.kernel.edge.grpc.bridge import QueueSink, StreamSink, ask_actor
 from foundry.kernel.edge.http import jsonfast
 from foundry.kernel.edge.http.codecs import JsonCodec
-from foundry.kernel.edge.http.cors import OriginPolicy, parse_origin_entry
+from foundry.kernel.edge.http.cors import OriginPolicy, own_origins, parse_origin_entry
 from foundry.kernel.edge.http.errors import CODE_OF, connect_error
 from foundry.kernel.edge.http.hypercorn_guard import contain_connection_errors
 from foundry.kernel.edge.http.internals import connect_error_body, pick_loop_by_sniffio
@@ -139,6 +139,20 @@ def test_the_json_codec_names_the_field_of_a_wrong_type():
 
 
 # --- origins and errors -------------------------------------------------------------------------
+
+
+def test_the_daemons_own_origins_are_its_listeners_by_every_name_a_local_browser_uses():
+    loopback = own_origins("127.0.0.1", 50052, secure=False)
+    assert set(loopback) == {
+        "http://127.0.0.1:50052", "http://localhost:50052", "http://[::1]:50052"}  # fmt: skip
+    assert own_origins("[::1]", 8443, secure=True)[0] == "https://[::1]:8443"
+    assert set(own_origins("0.0.0.0", 80, secure=False)) == {  # every address: the loopback names
+        "http://localhost:80", "http://127.0.0.1:80", "http://[::1]:80"}  # fmt: skip
+    assert own_origins("10.0.0.5", 50052, secure=True) == ("https://10.0.0.5:50052",)
+    policy = OriginPolicy((), loopback)
+    assert policy.allows("http://localhost:50052")
+    assert not policy.allows("http://localhost:5173")  # another local server's page
+    assert not policy.allows("http://rebound.example:50052")  # a name rebound to 127.0.0.1
 
 
 def test_origin_patterns():
