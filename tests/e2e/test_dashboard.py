@@ -474,25 +474,30 @@ def test_evals_gates_and_sql(browser_page, daemon):
     expect(page.locator("#sql-result .error-box")).to_contain_text("invalid_argument")
 
 
+TOKEN = "s3/cr+t=="
+
+
 def test_the_token_is_sent_on_calls_and_streams(browser, make_daemon):
-    daemon = make_daemon("[daemon]\ntoken_env = 'DASH_TOKEN'\n", env={"DASH_TOKEN": "s3cret"},
+    """A base64 token's "/", "+" and "=" cannot be in a WebSocket subprotocol: the page sends
+    it encoded ("bearer64."), and the live list (a WebSocket stream) still fills."""
+    daemon = make_daemon("[daemon]\ntoken_env = 'DASH_TOKEN'\n", env={"DASH_TOKEN": TOKEN},
                          name="token")  # fmt: skip
     context = browser.new_context()
     page = context.new_page()
     try:
         open_page(page, daemon, "#/workflows")
         expect(page.locator("#notice")).to_contain_text("unauthenticated")
-        page.fill("#token", "s3cret")
+        page.fill("#token", TOKEN)
         page.click("#token-form button")
         expect(page.locator("#notice")).to_be_hidden()
         emitted = httpx.post(
             f"http://{daemon.http_address}/{FOUNDRY}/Emit",
-            headers={"Authorization": "Bearer s3cret"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
             json={"eventType": "greet_requested", "project": "tok"},
         ).json()
         row = page.locator(f'#workflow-rows tr[data-workflow="{emitted["workflowId"]}"]')
         expect(row).to_be_visible(timeout=10_000)
-        assert page.evaluate("sessionStorage.getItem('foundry.token')") == "s3cret"
+        assert page.evaluate("sessionStorage.getItem('foundry.token')") == TOKEN
     finally:
         context.close()
 

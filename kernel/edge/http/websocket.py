@@ -16,6 +16,7 @@ the subprotocols ``["foundry", "bearer.<token>"]``.
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
@@ -42,6 +43,7 @@ TAP_PATH = re.compile(r"/ws/runs/([^/]+)/tap")
 MAX_REASON = 123  # bytes of a close frame's reason (RFC 6455)
 SUBPROTOCOL = "foundry"  # chosen when offered: new WebSocket(url, ["foundry", "bearer.TOKEN"])
 BEARER = "bearer."
+BEARER64 = "bearer64."  # then base64url of the token's UTF-8, unpadded (the dashboard's api.js)
 
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_ERROR, CLOSE_TRY_LATER = (
     1000, 1001, 1008, 1011, 1013,
@@ -141,13 +143,27 @@ class WebSocketStreams:
 
     def _authorized(self, headers: dict[str, str], scope: Scope) -> bool:
         """The ``Authorization`` header, or — browsers cannot set headers on a WebSocket — an
-        offered subprotocol ``bearer.<token>``."""
+        offered subprotocol ``bearer.<token>``, or ``bearer64.<base64url of the token>`` for a
+        token a subprotocol cannot carry as it is (a base64 one's ``/``, ``+``, ``=``)."""
         assert self._token_check is not None
         if self._token_check(headers.get("authorization")):
             return True
         offered = scope.get("subprotocols") or []
-        tokens = [p[len(BEARER) :] for p in offered if p.startswith(BEARER)]
-        return any(self._token_check(f"Bearer {token}") for token in tokens)
+        tokens = [_offered_token(p) for p in offered]
+        return any(self._token_check(f"Bearer {token}") for token in tokens if token)
+
+
+def _offered_token(protocol: str) -> str:
+    """The token an offered subprotocol carries ("" for none, or one that does not decode)."""
+    if protocol.startswith(BEARER):
+        return protocol[len(BEARER) :]
+    if protocol.startswith(BEARER64):
+        encoded = protocol[len(BEARER64) :]
+        try:
+            return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+        except (ValueError, UnicodeDecodeError):
+            return ""
+    return ""
 
 
 def services_request_type(services: Iterable[Any], path: str) -> Any:

@@ -41,11 +41,22 @@ export async function call(service, method, request = {}) {
   return document;
 }
 
+// A subprotocol is an HTTP token: a bearer token with other characters (a base64 one's "/", "+"
+// or "=") goes as base64url of its UTF-8 bytes, "bearer64.…" (the browser refuses it otherwise).
+const TOKEN_CHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+function bearerProtocol(bearer) {
+  if (TOKEN_CHARS.test(bearer)) return `bearer.${bearer}`;
+  let binary = "";
+  for (const byte of new TextEncoder().encode(bearer)) binary += String.fromCharCode(byte);
+  return "bearer64." + btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
 // A WebSocket stream of JSON messages; onClose gets (code, reason). Returns a close function.
 export function stream(path, onMessage, onClose = () => {}) {
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
   const bearer = token.get();
-  const socket = new WebSocket(scheme + location.host + path, bearer ? ["foundry", `bearer.${bearer}`] : ["foundry"]);
+  const socket = new WebSocket(scheme + location.host + path, bearer ? ["foundry", bearerProtocol(bearer)] : ["foundry"]);
   let closedByUs = false;
   socket.onmessage = (message) => onMessage(JSON.parse(message.data));
   socket.onclose = (event) => { if (!closedByUs) onClose(event.code, event.reason); };
