@@ -100,7 +100,7 @@ class RunState:
     seeds: dict[str, int] = field(default_factory=dict)
     # JSON bytes of each finished step's output (noted as it completes, else measured when a
     # lease asks: ``planner.output_bytes``), and of them all; each step's references, as its
-    # inputs (patched or not) say (``planner.references_of``).
+    # inputs (patched or not) say (``planner.reference_bound``).
     output_sizes: dict[str, int] = field(default_factory=dict)
     output_total: int = 0
     inputs_size: int | None = None  # the run's inputs', measured when a reference needs it

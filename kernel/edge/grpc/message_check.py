@@ -66,8 +66,8 @@ def check_request(message: Any) -> None:
         text = str(exc)
         if len(text) <= MAX_MESSAGE:
             raise
-        path, reason = text.rsplit(": ", 1)  # no reason holds ": "; a key may
-        raise WrongField(f"{path[:PATH_HEAD]} … {path[-PATH_TAIL:]}: {reason}") from None
+        path, _, reason = text.rpartition(": ")  # no reason holds ": "; a key may
+        raise WrongField(f"{path[:PATH_HEAD]} … {path[-PATH_TAIL:]}: {reason}"[:400]) from None
 
 
 @cache

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from foundry.kernel.edge.security import is_loopback
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -70,20 +72,17 @@ def _parse_origin(origin: str) -> tuple[str, str, int] | None:
     return parts.scheme, host.lower(), port or DEFAULT_PORTS[parts.scheme]
 
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+WILDCARD_HOSTS = ("0.0.0.0", "[::]", "")  # a listener on every address
 
 
 def own_origins(host: str, port: int, *, secure: bool) -> tuple[str, ...]:
     """The origins of the pages the daemon's HTTP listener on ``host:port`` serves itself: that
-    host's (a bracketed IPv6 literal included), and every loopback name's when it listens on
-    one. A listener on every address (``0.0.0.0``, ``::``) is reached by names it cannot know:
+    host's (an IPv6 literal in brackets), and every loopback name's when it listens on one or
+    on every address. Other names a listener on every address is reached by cannot be known:
     those go in ``[http] cors_origins``."""
     scheme = "https" if secure else "http"
-    names = [] if host in ("0.0.0.0", "::", "[::]", "") else [host.lower()]
-    if host in ("0.0.0.0", "::", "[::]", "") or host.strip("[]") in (
-        "localhost",
-        "127.0.0.1",
-        "::1",
-    ):
-        names += LOOPBACK_NAMES  # the machine's own browser reaches it by any of them
+    wildcard = host in WILDCARD_HOSTS
+    names = [] if wildcard else [host.lower()]
+    if wildcard or is_loopback(host):
+        names += ("localhost", "127.0.0.1", "[::1]")  # the machine's own browser uses any
     return tuple(dict.fromkeys(f"{scheme}://{name}:{port}" for name in names))

@@ -123,8 +123,7 @@ LARGE_REPLIES = (
 async def json_reply(reply: Any) -> JsonEncoded:
     """``reply`` as the JSON codec writes it, made on a worker thread: the loop serves on
     (between the interpreter's switches) while it is made."""
-    message = reply.kind().parse(reply.data) if isinstance(reply, TypedEncoded) else reply
-    return JsonEncoded(await trio.to_thread.run_sync(lambda: to_json(message).encode()))
+    return JsonEncoded(await trio.to_thread.run_sync(lambda: to_json(reply).encode()))
 
 
 def _streaming(
