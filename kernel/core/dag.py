@@ -322,18 +322,7 @@ class StepTooLarge(ValueError):
 
 def resolve(value: Any, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
     """Substitute every reference in ``value`` (see the module doc)."""
-    if isinstance(value, str):
-        whole = REFERENCE.fullmatch(value)
-        if whole:
-            return _lookup(whole.group(1).strip().split("."), inputs, outputs)
-        return REFERENCE.sub(
-            lambda m: _text(_lookup(m.group(1).strip().split("."), inputs, outputs)), value
-        )
-    if isinstance(value, dict):
-        return {k: resolve(v, inputs, outputs) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve(v, inputs, outputs) for v in value]
-    return value
+    return _substituted(value, lambda path: _lookup(path, inputs, outputs))
 
 
 def resolve_bounded(
@@ -353,19 +342,22 @@ def resolve_bounded(
                                "JSON, the step limit ([scheduler] max_step_bytes)")  # fmt: skip
         return found
 
-    def walk(item: Any) -> Any:
-        if isinstance(item, str):
-            whole = REFERENCE.fullmatch(item)
-            if whole:
-                return lookup(whole.group(1).strip().split("."))
-            return REFERENCE.sub(lambda m: _text(lookup(m.group(1).strip().split("."))), item)
-        if isinstance(item, dict):
-            return {k: walk(v) for k, v in item.items()}
-        if isinstance(item, list):
-            return [walk(v) for v in item]
-        return item
+    return _substituted(value, lookup)
 
-    return walk(value)
+
+def _substituted(value: Any, lookup: Callable[[list[str]], Any]) -> Any:
+    """``value`` with each reference replaced by what ``lookup`` finds at its path: a whole
+    string that is one reference by the value itself, else by its text."""
+    if isinstance(value, str):
+        whole = REFERENCE.fullmatch(value)
+        if whole:
+            return lookup(whole.group(1).strip().split("."))
+        return REFERENCE.sub(lambda m: _text(lookup(m.group(1).strip().split("."))), value)
+    if isinstance(value, dict):
+        return {k: _substituted(v, lookup) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substituted(v, lookup) for v in value]
+    return value
 
 
 def _lookup(path: list[str], inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
