@@ -21,12 +21,15 @@ from typing import Any
 from foundry.kernel.core.dag import EnvAllowance, check_dag_env, parse_dag
 from foundry.kernel.core.gate_policy import (
     BudgetSummary,
+    Coverage,
     CoverageSummary,
     Decision,
+    Diffs,
     EvalSummary,
     GateRequest,
     NoveltySummary,
     Scorecard,
+    scores_given,
 )
 from foundry.kernel.core.json_input import check_json_value, quoted
 from foundry.kernel.core.run_control import check_labels
@@ -357,6 +360,35 @@ def check_gate_request(request: GateRequest) -> None:
     _check_names([b.name for b in request.budgets], "budgets[{}].name", MAX_NAME)
     check_json_value(thawed(request.telemetry), "telemetry")
     check_json_value(thawed(request.metadata), "metadata")
+    _check_novelty(request.diffs)
+    if request.coverage is not None:
+        _check_coverage(request.coverage)
+
+
+def _check_novelty(diffs: Diffs) -> None:
+    """Novelty scores are fractions, as ``[gate] max_novelty`` is: a score given on another
+    scale (a percentage) would be compared with the policy's fractions and decide wrongly."""
+    scores = scores_given(diffs)
+    in_range = not scores or (min(scores) >= 0.0 and max(scores) <= 1.0)
+    if in_range and not any(map(math.isnan, scores)):  # min and max skip some NaNs
+        return
+    for index, diff in enumerate(diffs):
+        _check_fraction(diff.novelty_score, f"diffs[{index}].novelty_score")
+
+
+def _check_coverage(coverage: Coverage) -> None:
+    """Coverage ratios are fractions: a percentage (85 for 85%) would pass any required ratio."""
+    _check_fraction(coverage.overall_ratio, "coverage.overall_ratio")
+    _check_fraction(coverage.minimum_ratio, "coverage.minimum_ratio")
+    for index, component in enumerate(coverage.components):
+        where = f"coverage.components[{index}]"
+        _check_fraction(component.coverage_ratio, f"{where}.coverage_ratio")
+        _check_fraction(component.required_ratio, f"{where}.required_ratio")
+
+
+def _check_fraction(value: float | None, field: str) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:  # NaN fails too
+        raise InvalidArgument(f"{field}: {value!r} is not a fraction between 0 and 1")
 
 
 def _check_names(names: Sequence[Any], field: str, limit: int) -> None:

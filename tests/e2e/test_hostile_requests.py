@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -149,6 +150,36 @@ def test_a_struct_value_of_no_kind_is_invalid_argument_naming_it(
     code, details = call(channel, RUNTIME + "PatchStep", entry_without_value)
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
     assert "inputs_patch.fields['x']: a google.protobuf.Value with no kind" in details
+    assert_serving(daemon)
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (rt.CheckChangeGateRequest(change_id="c", coverage=rt.CoverageReport(
+            overall_ratio=0.9, components=[rt.CoverageComponent(name="a", coverage_ratio=85.0,
+                                                                required_ratio=0.9)])),
+         "coverage.components[0].coverage_ratio: 85.0 is not a fraction between 0 and 1"),
+        (rt.CheckChangeGateRequest(change_id="c", coverage=rt.CoverageReport(
+            overall_ratio=float("nan"))), "coverage.overall_ratio: nan"),
+        (rt.CheckChangeGateRequest(change_id="c", diffs=[
+            rt.ChangeDiff(path="a.py", novelty_score=0.5), rt.ChangeDiff(path="b.py"),
+            rt.ChangeDiff(path="c.py", novelty_score=-2.0)]), "diffs[2].novelty_score: -2.0"),
+    ],
+)  # fmt: skip
+def test_a_ratio_that_is_not_a_fraction_is_refused_and_nothing_is_decided(
+    daemon, channel, request_, field
+):
+    """85 given for 85% would pass a required ratio of 0.9: refused, not decided on."""
+    change_id = f"not-a-fraction-{uuid.uuid4().hex}"
+    request_.change_id = change_id
+    code, details = call(channel, RUNTIME + "CheckChangeGate", bytes(request_))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert field in details
+    listing = channel.unary_unary(RUNTIME + "ListChangeGates")(
+        bytes(rt.ListChangeGatesRequest(change_id=change_id)), timeout=20
+    )
+    assert rt.ListChangeGatesResponse.parse(listing).decisions == []
     assert_serving(daemon)
 
 

@@ -27,6 +27,7 @@ from foundry.kernel.core.evals import judge
 from foundry.kernel.core.gate_policy import (
     Budget,
     Coverage,
+    CoverageComponent,
     Diff,
     Effect,
     GatePolicy,
@@ -231,6 +232,39 @@ def test_check_gate_request_accepts_names_at_their_limits():
             diffs=(Diff("x" * 4096), Diff(" a ")),
             evals=(Metric("m" * 200),),
             budgets=(Budget("b" * 200),),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"coverage": Coverage(85.0)}, "coverage.overall_ratio: 85.0 is not a fraction"),
+        ({"coverage": Coverage(0.9, -0.1)}, "coverage.minimum_ratio: -0.1 is not a fraction"),
+        ({"coverage": Coverage(float("nan"))}, "coverage.overall_ratio: nan is not a fraction"),
+        ({"coverage": Coverage(0.9, 0.8, (CoverageComponent("a", 0.5, 0.6),
+                                          CoverageComponent("b", 92.0, 0.9)))},
+         "coverage.components[1].coverage_ratio: 92.0 is not a fraction between 0 and 1"),
+        ({"coverage": Coverage(components=(CoverageComponent("a", None, 80.0),))},
+         "coverage.components[0].required_ratio: 80.0"),
+        ({"diffs": (Diff("a", novelty_score=0.2), Diff("b"), Diff("c", novelty_score=1.5))},
+         "diffs[2].novelty_score: 1.5 is not a fraction"),
+        ({"diffs": (Diff("a", novelty_score=float("inf")),)}, "diffs[0].novelty_score: inf"),
+        ({"diffs": (Diff("a", novelty_score=float("nan")),)}, "diffs[0].novelty_score: nan"),
+    ],
+)  # fmt: skip
+def test_ratios_and_novelty_scores_must_be_fractions(fields, message):
+    """A percentage given for a ratio (85 for 85%) would pass any required ratio."""
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        check_gate_request(GateRequest("chg", **fields))
+
+
+def test_fractions_at_their_bounds_and_absent_ones_are_accepted():
+    check_gate_request(
+        GateRequest(
+            "chg",
+            diffs=(Diff("a", novelty_score=0.0), Diff("b"), Diff("c", novelty_score=1.0)),
+            coverage=Coverage(1.0, 0.0, (CoverageComponent("a"), CoverageComponent("b", 0, 1))),
         )
     )
 
