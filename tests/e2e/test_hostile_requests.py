@@ -271,6 +271,44 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+def _h2_unary(daemon, path: str, extra: list[tuple[str, str]]) -> dict[str, str]:
+    """The response headers and trailers of one unary gRPC call sent by h2 as given."""
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    connection.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", path),
+                                (":authority", "x"), ("content-type", "application/grpc"),
+                                ("te", "trailers"), *extra])  # fmt: skip
+    connection.send_data(1, b"\x00\x00\x00\x00\x00", end_stream=True)
+    answer: dict[str, str] = {}
+    host, port = daemon.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(connection.data_to_send())
+        while not answer.get("ended"):
+            data = sock.recv(65536)
+            assert data, "the daemon closed the connection before answering"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    answer.update((k.decode(), v.decode()) for k, v in event.headers)
+                if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    answer["ended"] = "yes"
+            sock.sendall(connection.data_to_send())
+    return answer
+
+
+@pytest.mark.parametrize("timeout", ["0n", "1n", "1u"])
+def test_a_deadline_passed_before_the_call_began_is_deadline_exceeded(daemon, timeout):
+    """grpclib answered UNKNOWN and logged a traceback ("Timeout occurred") for each."""
+    before = daemon.stderr().count("Traceback")
+    for path in ("/foundry.Foundry/Status", RUNTIME + "ListRuns"):
+        answer = _h2_unary(daemon, path, [("grpc-timeout", timeout)])
+        assert answer.get("grpc-status") == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]), answer
+    answer = _h2_unary(daemon, "/foundry.Foundry/Status", [("grpc-timeout", "30S")])
+    assert answer.get("grpc-status") == "0", answer
+    time.sleep(0.2)
+    assert daemon.stderr().count("Traceback") == before, daemon.stderr()[-2000:]
+    assert_serving(daemon)
+
+
 @pytest.mark.parametrize(
     "header", [("x-note", "caf\u00e9"), (":path", "/foundry.Foundry/St\u00e9")]
 )

@@ -8,9 +8,11 @@ import asyncio
 import inspect
 
 import grpclib
+import grpclib.metadata
 import grpclib.protocol
 import grpclib.server
 import grpclib.stream
+import grpclib.utils
 import h2.connection
 import pytest
 import trio_asyncio
@@ -372,6 +374,36 @@ def test_answer_unknown_methods_falls_back_when_the_mapping_is_gone():
         pass
 
     assert internals.answer_unknown_methods(NoMapping()) is False  # type: ignore[arg-type]
+
+
+# --- a deadline already passed ------------------------------------------------------------------
+
+
+def test_grpclib_still_makes_a_deadline_wrapper_it_checks_for_cancellation():
+    reason = internals.expired_deadlines_are_answerable()
+    assert reason is None, (
+        f"{GRPCLIB}: {reason}; internals.answer_expired_deadlines falls back: a call whose "
+        "deadline passed before it began is UNKNOWN, with a traceback in the log"
+    )
+
+
+def test_a_deadline_passed_before_the_call_began_is_deadline_exceeded(monkeypatch):
+    monkeypatch.setattr(grpclib.server, "DeadlineWrapper", grpclib.server.DeadlineWrapper)
+    assert internals.answer_expired_deadlines() is True
+    assert internals.answer_expired_deadlines() is True  # once: not a subclass of a subclass
+    wrapper = grpclib.server.DeadlineWrapper()
+    assert type(wrapper).__mro__[1] is grpclib.utils.DeadlineWrapper
+    with (
+        pytest.raises(asyncio.TimeoutError),
+        wrapper.start(grpclib.metadata.Deadline.from_timeout(0.0)),
+    ):
+        pass
+    assert wrapper.cancelled is True  # grpclib's request_handler then answers DEADLINE_EXCEEDED
+
+
+def test_answer_expired_deadlines_falls_back_when_grpclib_changed(monkeypatch):
+    monkeypatch.delattr(grpclib.server, "DeadlineWrapper")
+    assert internals.answer_expired_deadlines() is False
 
 
 # --- one socket write per loop turn ---------------------------------------------------------------

@@ -37,6 +37,13 @@ disappeared, if an upgrade moves any of it):
   server a mapping whose ``get`` returns, for an unknown path, a handler that raises
   UNIMPLEMENTED: the answer then goes through grpclib's normal trailers-only response, with its
   ``content-type`` (and through the auth check first). Fallback: grpclib's bare answer.
+- ``grpclib.server.DeadlineWrapper`` (:func:`answer_expired_deadlines`): a request whose deadline
+  has already passed when its handling starts (``grpc-timeout: 0n``, ``1n``, or a deadline spent
+  in transit) makes ``DeadlineWrapper.start`` raise a ``TimeoutError`` before the wrapper is marked
+  cancelled, so grpclib logs it with a traceback as an unexpected "Timeout occurred" and answers
+  UNKNOWN. The server module gets a subclass whose ``start`` marks it cancelled first: grpclib's
+  own branch for a deadline then answers DEADLINE_EXCEEDED, logged at INFO. Fallback: UNKNOWN,
+  and a traceback per such request.
 
 Nothing else under ``kernel/edge`` reads a private attribute of grpclib, h2 or trio-asyncio.
 """
@@ -413,6 +420,48 @@ def answer_unknown_methods(server: grpclib.server.Server) -> bool:
         _fallback(f"{reason} (grpclib {grpclib.__version__}): unknown methods lack content-type")
         return False
     server._mapping = UnknownMethods(server._mapping)
+    return True
+
+
+# --- a deadline already passed ------------------------------------------------------------------
+
+
+def expired_deadlines_are_answerable() -> str | None:
+    """None, or what changed so that :func:`answer_expired_deadlines` would not work."""
+    wrapper = getattr(grpclib.server, "DeadlineWrapper", None)
+    if wrapper is None or not hasattr(wrapper, "start"):
+        return "grpclib.server no longer imports DeadlineWrapper with a start method"
+    try:
+        import inspect
+
+        source = inspect.getsource(grpclib.server.request_handler)
+    except (OSError, TypeError, AttributeError):
+        return "grpclib.server.request_handler cannot be read"
+    if "DeadlineWrapper()" not in source or "wrapper.cancelled" not in source:
+        return "grpclib.server.request_handler no longer makes a DeadlineWrapper it checks"
+    return None
+
+
+def answer_expired_deadlines() -> bool:
+    """A call whose deadline passed before its handling began gets DEADLINE_EXCEEDED (grpclib's
+    answer to a deadline), not UNKNOWN and a logged traceback. False: grpclib changed."""
+    reason = expired_deadlines_are_answerable()
+    if reason is not None:
+        _fallback(f"{reason} (grpclib {grpclib.__version__}): a passed deadline is UNKNOWN")
+        return False
+    original = grpclib.server.DeadlineWrapper  # type: ignore[attr-defined]  # not re-exported
+    if getattr(original, "_answers_expired", False):
+        return True
+
+    class ExpiredDeadlines(original):  # type: ignore[misc,valid-type]
+        _answers_expired = True
+
+        def start(self, deadline: Any) -> Any:
+            if not deadline.time_remaining():
+                self.cancelled = True  # what ``cancel`` would have said, had a timer fired
+            return super().start(deadline)
+
+    grpclib.server.DeadlineWrapper = ExpiredDeadlines  # type: ignore[attr-defined]
     return True
 
 

@@ -37,6 +37,7 @@ from foundry.kernel.edge.grpc.framing import check_framing
 from foundry.kernel.edge.grpc.health import HEALTH_PATH_PREFIX, ServingHealth
 from foundry.kernel.edge.grpc.internals import (
     Encoded,
+    answer_expired_deadlines,
     answer_unknown_methods,
     bound_closed_streams,
     coalesce_writes,
@@ -288,6 +289,7 @@ async def start_server(
     install_message_limit(max_message_bytes)
     bound_closed_streams()  # h2 remembers 65,536 per connection (~9.5 MB) by default
     coalesce_writes()  # one socket write per loop turn, not three per unary reply
+    answer_expired_deadlines()  # DEADLINE_EXCEEDED, not UNKNOWN and a traceback
     calls = Calls()
     guarded = [GuardedService(h, calls) for h in handlers]
     health = ServingHealth(guarded)
