@@ -218,6 +218,14 @@ LIST_EVENTS = "/foundry.admin.v1.Admin/ListEvents"
         (QUERY, '{"sql": "select \'\\ud800\'"}', "sql: text must be valid Unicode"),
         (SUBMIT, '{"spec": {"dagJson": "{}", "inputs": [1]}}', "spec: a value of the wrong JSON"),
         (EXPORT, '{"directory": "/tmp/a\\u0000b"}', "directory: a path cannot hold a NUL"),
+        # a fraction in an integer field: betterproto2 made it the integer below, acted on
+        (SUBMIT, '{"spec": {"dagJson": "{}", "seed": 7.5}}', "spec.seed: 7.5 is not an integer"),
+        (
+            "/fleetforge.runtime.v1.RuntimeService/CheckChangeGate",
+            '{"changeId": "c", "diffs": [{"path": "a", "linesAdded": 2}, '
+            '{"path": "b", "linesDeleted": 0.5}]}',
+            "diffs[1].lines_deleted: 0.5 is not an integer",
+        ),
     ],
 )
 def test_json_a_client_got_wrong_is_invalid_argument_naming_it(daemon, path, body, field):

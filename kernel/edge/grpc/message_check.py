@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import enum
 import re
+import typing
 from functools import cache
 from typing import Any
 
@@ -238,3 +239,95 @@ def _scalar(value: Any, kind: str) -> Any:
 
 
 _DECIMAL = re.compile(r"-?[0-9]{1,20}")
+
+
+# --- proto3 JSON: an integer field given a fraction ---------------------------------------------
+
+
+def refuse_fractions(kind: Any, document: Any) -> None:
+    """Raise :class:`WrongField` for a number with a fraction (``1.5``) given to an integer
+    field anywhere in a proto3 JSON ``document`` of message class ``kind``. betterproto2's
+    ``from_dict`` turns it into ``int(1.5)``, 1, where proto3 JSON refuses it. Only the paths
+    that can hold an integer are walked (:func:`_integer_paths`)."""
+    _refuse_fractions(kind, document, "", 0)
+
+
+def _refuse_fractions(kind: Any, document: Any, where: str, depth: int) -> None:
+    if not isinstance(document, dict) or depth > MAX_NESTING:
+        return  # not an object: from_dict and check_request name what is wrong with it
+    for key, (name, nested, shape) in _integer_paths(kind).items():
+        value = document.get(key)
+        if value is None:
+            continue
+        path = where + name
+        if shape == "map":
+            items = value.items() if isinstance(value, dict) else ()
+            for item_key, item in items:
+                _refuse_in(item, nested, f"{path}[{str(item_key)[:40]!r}]", depth)
+        elif shape == "repeated":
+            for index, item in enumerate(value if isinstance(value, list) else ()):
+                _refuse_in(item, nested, f"{path}[{index}]", depth)
+        else:
+            _refuse_in(value, nested, path, depth)
+
+
+def _refuse_in(value: Any, nested: Any, path: str, depth: int) -> None:
+    if nested is not None:
+        _refuse_fractions(nested, value, path + ".", depth + 1)
+    elif isinstance(value, float) and not value.is_integer():
+        raise WrongField(f"{path}: {value!r} is not an integer")
+
+
+_MAPPED = dict[str, tuple[str, Any, str]]  # JSON key → (field name, message class or None, shape)
+
+
+@cache
+def _integer_paths(kind: Any) -> _MAPPED:
+    """The fields of message class ``kind`` that are, or lead to, integers (scalars, integer
+    wrappers, messages holding some), under both the JSON and the proto name of each."""
+    _building.add(kind)
+    try:
+        hints = typing.get_type_hints(kind)
+        paths: _MAPPED = {}
+        for field in dataclasses.fields(kind):
+            meta = betterproto2.FieldMetadata.get(field)
+            found = _leads_to_integers(meta, hints[field.name])
+            if found is not None:
+                camel = str(betterproto2.Casing.CAMEL(field.name)).rstrip("_")
+                paths[camel] = paths[field.name] = (field.name, found[0], found[1])
+        return paths
+    finally:
+        _building.discard(kind)
+
+
+_building: set[Any] = set()  # classes whose paths are being made (a recursive message)
+
+
+def _leads_to_integers(meta: betterproto2.FieldMetadata, hint: Any) -> tuple[Any, str] | None:
+    """(the message class to walk into, or None for an integer itself; the field's shape), or
+    None when the field can hold no integer."""
+    if meta.proto_type == betterproto2.TYPE_MAP:
+        if meta.map_meta is None:
+            return None
+        inner = _leads_to_integers(meta.map_meta[1], typing.get_args(hint)[1])
+        return None if inner is None else (inner[0], "map")
+    shape = "repeated" if meta.repeated else "single"
+    if meta.proto_type in _INT_TYPES:
+        return None, shape
+    if meta.proto_type != betterproto2.TYPE_MESSAGE:
+        return None
+    if meta.unwrap is not None:
+        wrapper = meta.unwrap()
+        if wrapper.__name__ in _UNWRAPPED_SPECIAL:
+            return None
+        [(_, inner_meta)] = _fields(wrapper)
+        return (None, shape) if inner_meta.proto_type in _INT_TYPES else None
+    nested = next(
+        (arg for arg in (*typing.get_args(hint), hint) if isinstance(arg, type) and
+         issubclass(arg, betterproto2.Message)), None,
+    )  # fmt: skip
+    if nested is None or nested.__module__.endswith("google.protobuf"):
+        return None  # Struct, Value, ListValue: JSON of their own, without integers
+    if nested in _building or _integer_paths(nested):
+        return nested, shape
+    return None

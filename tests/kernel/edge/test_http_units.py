@@ -4,6 +4,7 @@ origins, the error table, and the bridge asked from trio tasks (the HTTP edge's 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -225,3 +226,38 @@ async def test_a_large_reply_written_as_json_on_a_thread_is_what_the_codec_write
     written = await json_reply(reply)
     assert codec.encode(written) == codec.encode(reply)
     assert json.loads(written.data)["run"]["steps"][299]["stepId"] == "s299"
+
+
+@pytest.mark.parametrize(
+    ("kind", "document", "message"),
+    [
+        (runtime_api.SubmitRunRequest, {"spec": {"seed": 2.5}}, "spec.seed: 2.5 is not an integer"),
+        (runtime_api.CreateBranchRunRequest, {"seed": 1e-3}, "seed: 0.001 is not an integer"),
+        (runtime_api.CheckChangeGateRequest,
+         {"diffs": [{"path": "a"}, {"path": "b", "lines_added": 3.25}]},
+         "diffs[1].lines_added: 3.25 is not an integer"),
+    ],
+)  # fmt: skip
+def test_json_with_a_fraction_in_an_integer_field_is_refused_naming_it(kind, document, message):
+    """betterproto2's from_dict reads 2.5 into an integer field as 2."""
+    with pytest.raises(ConnectError, match=re.escape(message)) as caught:
+        JsonCodec(1 << 20).decode(json.dumps(document).encode(), kind)
+    assert caught.value.code == Code.INVALID_ARGUMENT
+
+
+def test_whole_numbers_and_fractions_where_they_belong_are_read():
+    document = {
+        "spec": {"seed": 7.0, "inputs": {"ratio": 0.5, "n": 2}},
+        "labels": {},
+    }
+    request = JsonCodec(1 << 20).decode(json.dumps(document).encode(), runtime_api.SubmitRunRequest)
+    assert request.spec.seed == 7
+    assert isinstance(request.spec.seed, int)
+    gate = JsonCodec(1 << 20).decode(
+        json.dumps({"changeId": "c", "diffs": [{"path": "a", "noveltyScore": 0.25,
+                                                "linesAdded": 4.0}],
+                    "telemetry": {"fields": 1.5}}).encode(),
+        runtime_api.CheckChangeGateRequest,
+    )  # fmt: skip
+    assert gate.diffs[0].lines_added == 4
+    assert gate.diffs[0].novelty_score == 0.25
