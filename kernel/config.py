@@ -137,6 +137,7 @@ class Config:
     home: Path = field(default_factory=lambda: default_home())
     shutdown_grace: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024  # as gRPC's default
+    max_connections: int = 1_024  # per listener (edge/connections.py)
     # Auth and TLS on both listeners (README.md, "Authentication and TLS"): the name of the
     # environment variable holding the bearer token ("" = no token), and a PEM cert/key pair.
     token_env: str = ""
@@ -211,6 +212,7 @@ class Config:
             max_message_bytes=int(
                 reader.positive(daemon, "daemon", "max_message_bytes", 4 * 1024 * 1024)
             ),
+            max_connections=reader.whole(daemon, "daemon", "max_connections", 1_024),
             **reader.security(daemon, base),
             **{name: reader.section(data, name, kind) for name, kind in SECTIONS.items()},
             plugin_modules=tuple(reader.strings(plugins, "plugins", "modules")),
@@ -235,7 +237,8 @@ def _file_path(value: str, base: Path | None) -> str:
 
 
 DAEMON_KEYS = {
-    "listen", "home", "shutdown_grace", "max_message_bytes", "token_env", "tls_cert", "tls_key",
+    "listen", "home", "shutdown_grace", "max_message_bytes", "max_connections", "token_env",
+    "tls_cert", "tls_key",
 }  # fmt: skip
 
 SECTIONS: dict[str, type] = {
@@ -328,6 +331,12 @@ class _Reader:
                 raise self.fail(f"[{where}].{key}[{index}]", f"no such directory: {str(path)!r}")
             found.append(path.resolve())
         return tuple(found)
+
+    def whole(self, table: Mapping[str, Any], where: str, key: str, default: int) -> int:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise self.fail(f"[{where}].{key}", f"expected a positive integer, got {value!r}")
+        return value
 
     def positive(self, table: Mapping[str, Any], where: str, key: str, default: float) -> float:
         value = table.get(key, default)

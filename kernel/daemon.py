@@ -28,6 +28,7 @@ from foundry.kernel.actors.supervisor import open_kernel
 from foundry.kernel.actors.tap.messages import CloseAll
 from foundry.kernel.blocks.registry import BlockRegistry, load_config_blocks
 from foundry.kernel.config import Config, parse_listen
+from foundry.kernel.edge.connections import connection_budget
 from foundry.kernel.edge.grpc.admin_service import AdminService
 from foundry.kernel.edge.grpc.analytics_service import AnalyticsService
 from foundry.kernel.edge.grpc.foundry_service import FoundryService
@@ -133,14 +134,16 @@ async def _serve(
             AnalyticsService(mailboxes, config.analytics),
             AdminService(mailboxes, config, registry, address),
         ]
+        max_connections = connection_budget(config.max_connections)
         server = await start_server(
             services,
             sock,
             max_message_bytes=config.max_message_bytes,
             ssl_context=security.ssl_context,
             token=security.token,
+            max_connections=max_connections,
         )
-        async with _open_http(config, http_sock, services, security) as http:
+        async with _open_http(config, http_sock, services, security, max_connections) as http:
             if http is not None:
                 address = f"{address} {http.address}"  # the ready line: gRPC, then HTTP
             log.info("serving %d blocks on %s, home %s", len(registry), address, config.home)
@@ -158,7 +161,11 @@ async def _serve(
 
 @asynccontextmanager
 async def _open_http(
-    config: Config, sock: socket.socket | None, services: list[Any], security: EdgeSecurity
+    config: Config,
+    sock: socket.socket | None,
+    services: list[Any],
+    security: EdgeSecurity,
+    max_connections: int,
 ) -> AsyncIterator[HttpServer | None]:
     if sock is None:
         yield None
@@ -173,6 +180,7 @@ async def _open_http(
         grace=config.shutdown_grace,
         token=security.token,
         ssl_context=security.ssl_context,
+        max_connections=max_connections,
     ) as http:
         yield http
 

@@ -70,6 +70,7 @@ def test_values_are_read(tmp_path):
             listen = "0.0.0.0:6000"
             home = "state"
             shutdown_grace = 2.5
+            max_connections = 64
             [engine]
             max_chain_depth = 4
             [tap]
@@ -83,6 +84,7 @@ def test_values_are_read(tmp_path):
     assert config.listen == "0.0.0.0:6000"
     assert config.home == tmp_path / "state"  # relative to the config file
     assert config.shutdown_grace == 2.5
+    assert config.max_connections == 64
     assert config.engine == EngineConfig(max_chain_depth=4)
     assert config.tap.subscriber_buffer == 8
     assert config.plugin_modules == ("a.b", "c")
@@ -120,6 +122,9 @@ def test_an_unknown_key_is_named(tmp_path, body, key):
         ("[engine]\nmax_chain_events = true\n", "[engine].max_chain_events"),
         ("[tap]\nsubscriber_buffer = 1.5\n", "[tap].subscriber_buffer"),
         ("[daemon]\nshutdown_grace = -1\n", "[daemon].shutdown_grace"),
+        ("[daemon]\nmax_connections = 0\n", "[daemon].max_connections"),
+        ("[daemon]\nmax_connections = 2.5\n", "[daemon].max_connections"),
+        ("[daemon]\nmax_connections = true\n", "[daemon].max_connections"),
         ('[daemon]\nhome = ""\n', "[daemon].home"),
         ('[plugins]\nmodules = "mine"\n', "[plugins].modules"),
         ("[plugins]\nmodules = [1]\n", "[plugins].modules"),

@@ -31,6 +31,7 @@ import betterproto2
 import trio
 import trio_asyncio
 from foundry.kernel import errors
+from foundry.kernel.edge.connections import DEFAULT_MAX_CONNECTIONS, ConnectionCap
 from foundry.kernel.edge.grpc import fastproto, upb_encode
 from foundry.kernel.edge.grpc.bridge import ask_actor
 from foundry.kernel.edge.grpc.framing import check_framing
@@ -40,6 +41,7 @@ from foundry.kernel.edge.grpc.internals import (
     answer_expired_deadlines,
     answer_unknown_methods,
     bound_closed_streams,
+    cap_connections,
     coalesce_writes,
     install_message_limit,
     message_limit_error,
@@ -285,6 +287,7 @@ async def start_server(
     max_message_bytes: int,
     ssl_context: ssl.SSLContext | None = None,
     token: str | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> GrpcServer:
     install_message_limit(max_message_bytes)
     bound_closed_streams()  # h2 remembers 65,536 per connection (~9.5 MB) by default
@@ -297,6 +300,7 @@ async def start_server(
         with_reflection([*guarded, health.service]), codec=RequestCodec(max_message_bytes)
     )
     answer_unknown_methods(server)
+    cap_connections(server, ConnectionCap(max_connections, "gRPC"))
     if token is not None:
         listen(server, RecvRequest, require_token(token))
     await trio_asyncio.aio_as_trio(server.start)(sock=sock, ssl=ssl_context)

@@ -1,12 +1,15 @@
 """The one private part of hypercorn we reach into (pinned ``>=0.18,<0.19``; the canary is in
-``tests/kernel/edge/test_http_units.py``): what one connection's error does.
+``tests/kernel/edge/test_http_units.py``): how one connection is served — what its error does,
+and whether the listener is at its cap of connections.
 
 hypercorn's trio worker serves each connection with ``TCPServer.run`` under
 ``trio.serve_listeners``, and an exception escaping it — not an ``OSError`` — leaves that
 nursery, ending the listener and with it the daemon. A client can cause one: wsproto decodes a
 WebSocket upgrade's ``Sec-WebSocket-Protocol`` as ASCII, in the upgrade's handling, before the
 app (and its token check) sees the request, so one header byte stopped the daemon.
-:func:`contain_connection_errors` makes such an error end its connection alone, logged.
+:func:`contain_connection_errors` makes such an error end its connection alone, logged. The
+same wrapper closes a connection at once while the listener holds its cap of them
+(:func:`cap_connections`, ``edge/connections.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from typing import Any
+
+from foundry.kernel.edge.connections import ConnectionCap
 
 log = logging.getLogger("foundry.http")
 
@@ -28,6 +33,11 @@ def contain_connection_errors() -> None:
         return
 
     async def contained(self: Any) -> None:
+        cap: ConnectionCap | None = getattr(getattr(self, "config", None), CAP_ATTRIBUTE, None)
+        if cap is not None and not cap.admit():
+            with contextlib.suppress(Exception):
+                await self.stream.aclose()
+            return
         try:
             await run(self)
         except Exception as exc:  # (an ExceptionGroup of the connection's tasks too)
@@ -36,9 +46,21 @@ def contain_connection_errors() -> None:
                         type(cause).__name__, str(cause)[:200])  # fmt: skip
             with contextlib.suppress(Exception):
                 await self.stream.aclose()
+        finally:
+            if cap is not None:
+                cap.release()
 
     contained.contained = True  # type: ignore[attr-defined]
     TCPServer.run = contained  # type: ignore[method-assign]
+
+
+CAP_ATTRIBUTE = "foundry_connection_cap"
+
+
+def cap_connections(config: Any, cap: ConnectionCap) -> None:
+    """Hold the listener served with hypercorn ``config`` to ``cap`` (once
+    :func:`contain_connection_errors` is installed: its wrapper reads the cap)."""
+    setattr(config, CAP_ATTRIBUTE, cap)
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

@@ -17,10 +17,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+from foundry.kernel.edge.connections import DEFAULT_MAX_CONNECTIONS, ConnectionCap
 from foundry.kernel.edge.grpc.server import bind
 from foundry.kernel.edge.http.app import HttpApp
 from foundry.kernel.edge.http.cors import OriginPolicy, own_origins
-from foundry.kernel.edge.http.hypercorn_guard import contain_connection_errors
+from foundry.kernel.edge.http.hypercorn_guard import cap_connections, contain_connection_errors
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
@@ -107,6 +108,7 @@ async def open_http_server(
     grace: float,
     token: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> AsyncIterator[HttpServer]:
     """Serve ``services`` on ``sock`` until the block ends (then whatever runs is cancelled)."""
     contain_connection_errors()  # one connection's error ends it, not the listener
@@ -127,6 +129,7 @@ async def open_http_server(
     config.accesslog = None
     config.include_server_header = False  # no version banner, and less to write per reply
     config.errorlog = log
+    cap_connections(config, ConnectionCap(max_connections, "HTTP"))
     secure = ssl_context is not None
     sockets = Sockets(
         secure_sockets=[sock] if secure else [], insecure_sockets=[] if secure else [sock],

@@ -3,6 +3,7 @@ origins, the error table, and the bridge asked from trio tasks (the HTTP edge's 
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from dataclasses import dataclass
@@ -14,12 +15,13 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from foundry.kernel import errors
 from foundry.kernel.actors.tap.messages import Overflow, Publish, Subscribe
+from foundry.kernel.edge.connections import ConnectionCap
 from foundry.kernel.edge.grpc.bridge import QueueSink, StreamSink, ask_actor
 from foundry.kernel.edge.http import jsonfast
 from foundry.kernel.edge.http.codecs import JsonCodec
 from foundry.kernel.edge.http.cors import OriginPolicy, own_origins, parse_origin_entry
 from foundry.kernel.edge.http.errors import CODE_OF, connect_error
-from foundry.kernel.edge.http.hypercorn_guard import contain_connection_errors
+from foundry.kernel.edge.http.hypercorn_guard import cap_connections, contain_connection_errors
 from foundry.kernel.edge.http.internals import connect_error_body, pick_loop_by_sniffio
 from foundry.proto import analytics_api, foundry_api, runtime_api
 from grpclib.const import Status
@@ -71,6 +73,31 @@ async def test_hypercorn_serves_a_connection_by_tcp_server_run_and_its_error_sta
     await server  # would raise LookupError through serve_listeners
     assert closed
     assert "an HTTP connection failed and is closed: LookupError" in caplog.text
+
+
+async def test_a_hypercorn_listener_at_its_cap_closes_the_next_connection_unserved():
+    """``TCPServer`` still keeps its hypercorn config as ``config``: the wrapper reads the cap
+    from it (``hypercorn_guard.cap_connections``) and closes a connection over it at once."""
+    from hypercorn.config import Config
+    from hypercorn.trio.tcp_server import TCPServer
+
+    contain_connection_errors()
+    assert "self.config = config" in inspect.getsource(TCPServer.__init__)
+    config = Config()
+    cap = ConnectionCap(1, "HTTP")
+    cap_connections(config, cap)
+    assert cap.admit()  # the one connection it may hold
+    closed = []
+
+    class Stream:
+        async def aclose(self):
+            closed.append(True)
+
+    server = TCPServer.__new__(TCPServer)
+    server.config, server.stream = config, Stream()
+    await server  # not served: hypercorn would have read the stream's socket
+    assert closed == [True]
+    assert (cap.live, cap.refused) == (1, 1)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,76 @@
+"""How many connections each listener holds at once (``[daemon] max_connections``).
+
+Every connection is a file descriptor, and so is every journal segment, DuckDB file, artifact
+and child-process pipe the daemon opens. Without a cap, a client that opens connections until
+``accept`` fails with EMFILE left the daemon unable to open its own files, and asyncio and
+hypercorn logged a traceback for each failed ``accept`` (60 MB of log a minute, measured). A
+listener at its cap accepts a connection and closes it at once — the client sees the connection
+end (gRPC: UNAVAILABLE) — and logs one line a burst.
+
+At start (:func:`connection_budget`) the soft limit on open files is raised as far as the caps
+need (up to the hard limit), and the cap is lowered, with a log line, if both listeners at the
+cap would leave fewer than ``RESERVED_FDS`` descriptors for the daemon's own files.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+
+log = logging.getLogger("foundry.daemon")
+
+DEFAULT_MAX_CONNECTIONS = 1_024  # per listener
+RESERVED_FDS = 512  # the daemon's own files: DuckDB, journal, spool, artifacts, child pipes
+MINIMUM_CAP = 16
+LISTENERS = 2  # gRPC and HTTP
+WARN_EVERY = 10.0  # seconds between two "at its cap" lines of a listener
+
+
+class ConnectionCap:
+    """The live connections of one listener, against its cap. Not thread-safe: each listener
+    counts on its event loop (the trio thread)."""
+
+    def __init__(self, limit: int, listener: str) -> None:
+        self.limit, self.listener = limit, listener
+        self.live = 0
+        self.refused = 0
+        self._warned_at = -WARN_EVERY
+
+    def admit(self) -> bool:
+        """Count a new connection in; False (and counted as refused) when at the cap."""
+        if self.live >= self.limit:
+            self.refused += 1
+            now = time.monotonic()
+            if now - self._warned_at >= WARN_EVERY:
+                self._warned_at = now
+                log.warning("the %s listener holds %d connections, its cap ([daemon] "
+                            "max_connections): new ones are closed at once (%d so far)",
+                            self.listener, self.live, self.refused)  # fmt: skip
+            return False
+        self.live += 1
+        return True
+
+    def release(self) -> None:
+        self.live -= 1
+
+
+def connection_budget(requested: int) -> int:
+    """The cap each listener gets: ``requested``, unless the open-files limit (its soft limit
+    raised first, up to the hard one) leaves too few descriptors beside ``LISTENERS`` × it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = LISTENERS * requested + RESERVED_FDS
+        target = wanted if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted))
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError):
+                pass
+    fits = max(MINIMUM_CAP, (soft - RESERVED_FDS) // LISTENERS)
+    if requested > fits:
+        log.warning("[daemon] max_connections %d lowered to %d: the open-files limit is %d "
+                    "(ulimit -n)", requested, fits, soft)  # fmt: skip
+        return fits
+    return requested
