@@ -162,7 +162,7 @@ def output_refused(
     if size > max_step:
         return (f"output: {size:,} bytes of JSON, over the step limit of {max_step:,} "
                 "([scheduler] max_step_bytes)")  # fmt: skip
-    if run.output_total + size > max_run:
+    if output_total(run) + size > max_run:
         return (f"output: the run's step outputs would pass {max_run:,} bytes of JSON "
                 "([scheduler] max_run_bytes)")  # fmt: skip
     return ""
@@ -171,7 +171,20 @@ def output_refused(
 def note_output(run: RunState, step_id: str, size: int) -> None:
     """A completed step's output size, counted toward its run's."""
     run.output_sizes[step_id] = size
-    run.output_total += size
+    run.output_total = output_total(run) + size
+
+
+def output_total(run: RunState) -> int:
+    """The JSON bytes of the run's step outputs so far: counted once for a run whose outputs
+    were not noted as they came (rebuilt from its log, or a branch's reused steps), so a daemon
+    restart or a branch does not reset the run's budget ([scheduler] max_run_bytes)."""
+    if run.output_total is None:
+        finished = ("succeeded", "reused")
+        run.output_total = sum(
+            output_bytes(run, step.spec.id) for step in run.steps.values()
+            if step.status in finished
+        )  # fmt: skip
+    return run.output_total
 
 
 def attempt_limit(spec: StepSpec, block_timeout: float | None) -> float | None:

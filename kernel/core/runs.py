@@ -102,7 +102,9 @@ class RunState:
     # lease asks: ``planner.output_bytes``), and of them all; each step's references, as its
     # inputs (patched or not) say (``planner.reference_bound``).
     output_sizes: dict[str, int] = field(default_factory=dict)
-    output_total: int = 0
+    # None: not counted yet (a run rebuilt from its log, a branch's reused steps), counted from
+    # its steps' outputs when a completion asks (``planner.output_total``)
+    output_total: int | None = 0
     inputs_size: int | None = None  # the run's inputs', measured when a reference needs it
     step_references: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
 

@@ -233,6 +233,20 @@ def test_an_output_past_the_step_or_the_run_limit_is_refused():
     assert "max_run_bytes" in output_refused(run, 6, max_step=10, max_run=25)
 
 
+def test_a_rebuilt_runs_outputs_so_far_count_toward_its_limit():
+    """A run rebuilt from its log (a restart) or a branch's reused steps: their outputs count
+    once a completion asks, so a restart does not reset the run's budget."""
+    run = started(make_run([step("a"), step("b"), step("c")]))
+    complete(run, "a", {"v": "x" * 10})  # 18 bytes of JSON
+    run.make_event("step_reused", T0, "b", output="yy", attempt=1, usage={}, inputs={}, seed=1,
+                   model="")  # fmt: skip
+    run.output_total = None  # as the scheduler's rebuild leaves it
+    assert output_refused(run, 6, max_step=100, max_run=28) == ""  # 18 + 4 + 6
+    assert "max_run_bytes" in output_refused(run, 7, max_step=100, max_run=28)
+    note_output(run, "c", 6)
+    assert run.output_total == 28
+
+
 def test_the_step_timeout_wins_over_the_blocks():
     run = make_run([step("a", timeout=3), step("b")])
     assert attempt_limit(run.steps["a"].spec, 60.0) == 3

@@ -152,6 +152,29 @@ def test_a_paused_run_survives_a_restart_and_resumes_after_it(make_daemon, how):
     assert json.loads(run.spec.dag_json) == json.loads(PAUSABLE)
 
 
+def test_a_restart_does_not_reset_a_runs_output_budget(make_daemon):
+    """[scheduler] max_run_bytes counts every output of the run: the outputs a daemon made
+    before its restart too (they were forgotten: the budget began again at zero)."""
+    daemon = make_daemon("[scheduler]\nmax_run_bytes = 3000\n")
+    big = "B" * 1200
+    spec = dag(
+        {"id": "first", "type": "transform", "inputs": {"v": "${inputs.big}"}},
+        {"id": "second", "type": "transform", "depends_on": ["first"],
+         "inputs": {"v": "${inputs.big}"}},
+        {"id": "third", "type": "transform", "depends_on": ["second"],
+         "inputs": {"v": "${inputs.big}"}},
+    )  # fmt: skip
+    run_id = submit(daemon, spec, inputs={"big": big}, breakpoints=["third"])
+    wait_status(daemon, run_id, api.RunStatus.PAUSED_AT_STEP)
+    daemon.kill()
+    daemon.start()
+    daemon.call(lambda _, rt: rt.resume_run(api.ResumeRunRequest(run_id=run_id)))
+    run = wait_done(daemon, run_id)
+    assert run.status == api.RunStatus.FAILED  # 3 × ~1,210 bytes: the third passes 3,000
+    assert [s.status for s in run.steps] == ["succeeded", "succeeded", "failed"]
+    assert "max_run_bytes" in value(run.steps[2].error)["message"]
+
+
 def test_a_graceful_stop_starts_no_new_steps_and_the_next_start_goes_on(make_daemon):
     daemon = make_daemon("[daemon]\nshutdown_grace = 30\n")
     count = 8

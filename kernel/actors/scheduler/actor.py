@@ -823,6 +823,7 @@ class Scheduler:
         run = RunState.new(submission, parse_dag(submission.dag_json, None))
         for event in events:
             run.apply(event)
+        run.output_total = None  # its outputs so far count: measured if a step completes
         return run
 
     # --- breakpoints, patch, resume, branch -----------------------------------------------------
@@ -894,6 +895,7 @@ class Scheduler:
         for reused in reusable_steps(source, message.from_step):
             step_id = reused.pop("step_id")
             records.append(run.make_event("step_reused", self._clock.now(), step_id, **reused))
+        run.output_total = None  # the reused outputs count toward the branch's own
         await (await self._append(records)).wait()
         self._runs[run.run_id] = run  # only once durable: a failed commit leaves nothing behind
         assert self._nursery is not None
