@@ -7,6 +7,13 @@ hypercorn logged a traceback for each failed ``accept`` (60 MB of log a minute, 
 listener at its cap accepts a connection and closes it at once — the client sees the connection
 end (gRPC: UNAVAILABLE) — and logs one line a burst.
 
+The gRPC listener counts at its socket (:func:`capped_listener`): asyncio accepts with the
+listening socket's ``accept``, which here refuses a connection over the cap (closed before any
+TLS handshake or HTTP/2 byte) and hands out sockets whose ``close`` counts their end — below
+TLS, so a handshake that never finishes still ends its count (counted above TLS, it never did,
+and each port scan used a place up for good). hypercorn's listener counts per connection it
+serves (``http/hypercorn_guard.py``), its TLS handshake included.
+
 At start (:func:`connection_budget`) the soft limit on open files is raised as far as the caps
 need (up to the hard limit), and the cap is lowered, with a log line, if both listeners at the
 cap would leave fewer than ``RESERVED_FDS`` descriptors for the daemon's own files.
@@ -15,8 +22,11 @@ cap would leave fewer than ``RESERVED_FDS`` descriptors for the daemon's own fil
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import socket
 import time
+from typing import Any
 
 log = logging.getLogger("foundry.daemon")
 
@@ -53,6 +63,43 @@ class ConnectionCap:
 
     def release(self) -> None:
         self.live -= 1
+
+
+class _CappedListener(socket.socket):
+    """A listening socket whose ``accept`` counts connections against a cap (see the module)."""
+
+    _cap: ConnectionCap
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        fd, address = self._accept()  # type: ignore[attr-defined]  # socket.socket's own
+        if not self._cap.admit():
+            os.close(fd)
+            # asyncio's accept loop takes this as "nothing more to accept" for this wake-up
+            raise ConnectionAbortedError("over the listener's cap ([daemon] max_connections)")
+        conn = _CountedSocket(self.family, self.type, self.proto, fileno=fd)
+        conn._cap = self._cap
+        return conn, address
+
+
+class _CountedSocket(socket.socket):
+    """An accepted connection: its first ``close`` ends its count."""
+
+    _cap: ConnectionCap | None = None
+
+    def close(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
+        super().close()
+
+
+def capped_listener(sock: socket.socket, cap: ConnectionCap) -> socket.socket:
+    """``sock`` (a bound, listening socket, left detached: use only what this returns) as one
+    whose accepted connections are counted against ``cap``."""
+    listener = _CappedListener(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    listener._cap = cap
+    listener.setblocking(False)
+    return listener
 
 
 def connection_budget(requested: int) -> int:

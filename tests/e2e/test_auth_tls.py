@@ -10,8 +10,10 @@ import asyncio
 import datetime
 import ipaddress
 import os
+import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -363,3 +365,21 @@ def test_https_with_the_test_ca_and_the_token(tls_daemon, tls):
     assert http_status(base, {}, verify=context).status_code == 401
     with pytest.raises(httpx.ConnectError):
         http_status(base, {"authorization": f"Bearer {TOKEN}"})  # the system roots: untrusted
+
+
+def test_handshakes_that_never_finish_do_not_use_up_the_connection_cap(shared_daemon, tls):
+    """``[daemon] max_connections`` counted above TLS: a connection closed before its handshake
+    finished (a port scan, a load balancer's TCP check) kept its place for good, and after
+    ``max_connections`` of them every client was refused until a restart."""
+    cert, key = tls
+    config = tls_config(cert, key, token=True) + "max_connections = 2\n"
+    daemon = shared_daemon(config, env={TOKEN_ENV: TOKEN}, name="tls-capped")
+    host, port = daemon.address.rsplit(":", 1)
+    for garbage in (b"", b"GET / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x00") * 3:
+        with socket.create_connection((host, int(port)), timeout=5) as probe:
+            probe.sendall(garbage)
+    time.sleep(0.5)  # their ends reach the daemon
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    auth = [("authorization", f"Bearer {TOKEN}")]
+    for _ in range(3):  # each call a connection of its own: the places came free
+        assert grpcio_status(daemon.address, auth, credentials) == grpc.StatusCode.OK

@@ -39,16 +39,11 @@ disappeared, if an upgrade moves any of it):
   ``content-type`` (and through the auth check first). Fallback: grpclib's bare answer.
 - ``grpclib.server.DeadlineWrapper`` (:func:`answer_expired_deadlines`): a request whose deadline
   has already passed when its handling starts (``grpc-timeout: 0n``, ``1n``, or a deadline spent
-  in transit) makes ``DeadlineWrapper.start`` raise a ``TimeoutError`` before the wrapper is marked
-  cancelled, so grpclib logs it with a traceback as an unexpected "Timeout occurred" and answers
-  UNKNOWN. The server module gets a subclass whose ``start`` marks it cancelled first: grpclib's
-  own branch for a deadline then answers DEADLINE_EXCEEDED, logged at INFO. Fallback: UNKNOWN,
-  and a traceback per such request.
-- ``grpclib.server.Server._protocol_factory`` (:func:`cap_connections`): asyncio makes each
-  accepted connection's protocol with it. The server gets, as an instance attribute before it
-  starts, a factory that counts connections against ``[daemon] max_connections``
-  (``edge/connections.py``) and, at the cap, returns a protocol that closes its connection at
-  once. Fallback: no cap on the gRPC listener.
+  in transit) makes ``DeadlineWrapper.start`` raise a ``TimeoutError`` as it is entered, before
+  the wrapper is marked cancelled, so grpclib logs it with a traceback as an unexpected "Timeout
+  occurred" and answers UNKNOWN. The server module gets a subclass whose ``start`` marks it
+  cancelled when that entry raises: grpclib's own branch for a deadline then answers
+  DEADLINE_EXCEEDED, logged at INFO. Fallback: UNKNOWN, and a traceback per such request.
 
 Nothing else under ``kernel/edge`` reads a private attribute of grpclib, h2 or trio-asyncio.
 """
@@ -56,9 +51,10 @@ Nothing else under ``kernel/edge`` reads a private attribute of grpclib, h2 or t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpclib
@@ -66,7 +62,6 @@ import grpclib.protocol
 import grpclib.server
 import grpclib.stream
 import trio
-from foundry.kernel.edge.connections import ConnectionCap
 from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
 
@@ -462,64 +457,20 @@ def answer_expired_deadlines() -> bool:
     class ExpiredDeadlines(original):  # type: ignore[misc,valid-type]
         _answers_expired = True
 
-        def start(self, deadline: Any) -> Any:
-            if not deadline.time_remaining():
+        @contextlib.contextmanager
+        def start(self, deadline: Any) -> Iterator[None]:
+            inner = super().start(deadline)
+            try:  # grpclib's own check of the time left is made here, as it is entered
+                inner.__enter__()
+            except TimeoutError:
                 self.cancelled = True  # what ``cancel`` would have said, had a timer fired
-            return super().start(deadline)
+                raise
+            try:
+                yield
+            finally:
+                inner.__exit__(None, None, None)  # its timer cancelled
 
     grpclib.server.DeadlineWrapper = ExpiredDeadlines  # type: ignore[attr-defined]
-    return True
-
-
-# --- connections, against a cap ------------------------------------------------------------------
-
-
-class _Refused(asyncio.Protocol):
-    """A connection over the listener's cap: closed as soon as it is made."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
-
-
-def connections_are_cappable(server: grpclib.server.Server) -> str | None:
-    """None, or what changed so that :func:`cap_connections` would not work."""
-    factory = getattr(server, "_protocol_factory", None)
-    if factory is None or not callable(factory):
-        return "grpclib.server.Server has no _protocol_factory"
-    try:
-        import inspect
-
-        start = inspect.getsource(grpclib.server.Server.start)
-    except (OSError, TypeError, AttributeError):
-        return "grpclib.server.Server.start cannot be read"
-    if "self._protocol_factory" not in start:
-        return "grpclib.server.Server.start no longer serves with self._protocol_factory"
-    return None
-
-
-def cap_connections(server: grpclib.server.Server, cap: ConnectionCap) -> bool:
-    """Before ``server.start``: hold at most ``cap.limit`` connections at once; one more is
-    closed as soon as it is accepted. False: grpclib changed, and nothing is capped."""
-    reason = connections_are_cappable(server)
-    if reason is not None:
-        _fallback(f"{reason} (grpclib {grpclib.__version__}): gRPC connections are not capped")
-        return False
-    make = server._protocol_factory
-
-    def capped() -> asyncio.Protocol:
-        if not cap.admit():
-            return _Refused()
-        protocol = make()
-        lost = protocol.connection_lost
-
-        def connection_lost(exc: BaseException | None) -> None:
-            cap.release()
-            lost(exc)
-
-        protocol.connection_lost = connection_lost  # type: ignore[method-assign]
-        return protocol
-
-    server._protocol_factory = capped  # type: ignore[method-assign,assignment]
     return True
 
 

@@ -14,7 +14,7 @@ import datetime
 import enum
 import re
 import typing
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import betterproto2
@@ -253,12 +253,13 @@ def refuse_fractions(kind: Any, document: Any) -> None:
 
 
 def _refuse_fractions(kind: Any, document: Any, where: str, depth: int) -> None:
-    if not isinstance(document, dict) or depth > MAX_NESTING:
+    if not isinstance(document, dict) or depth > MAX_NESTING or not _integer_paths(kind):
         return  # not an object: from_dict and check_request name what is wrong with it
-    for key, (name, nested, shape) in _integer_paths(kind).items():
-        value = document.get(key)
-        if value is None:
+    for key, value in document.items():
+        found = _integer_path(kind, key) if type(key) is str else None
+        if found is None or value is None:
             continue
+        name, nested, shape = found
         path = where + name
         if shape == "map":
             items = value.items() if isinstance(value, dict) else ()
@@ -278,13 +279,20 @@ def _refuse_in(value: Any, nested: Any, path: str, depth: int) -> None:
         raise WrongField(f"{path}: {value!r} is not an integer")
 
 
-_MAPPED = dict[str, tuple[str, Any, str]]  # JSON key → (field name, message class or None, shape)
+_MAPPED = dict[str, tuple[str, Any, str]]  # field name → (field name, message class or None, shape)
+
+
+@lru_cache(maxsize=4_096)
+def _integer_path(kind: Any, key: str) -> tuple[str, Any, str] | None:
+    """The integer path a JSON key of ``kind`` names, read as betterproto2's ``from_dict``
+    reads keys (``safe_snake_case``: ``seed``, ``Seed``, ``SEED`` are one field)."""
+    return _integer_paths(kind).get(betterproto2.casing.safe_snake_case(key))
 
 
 @cache
 def _integer_paths(kind: Any) -> _MAPPED:
     """The fields of message class ``kind`` that are, or lead to, integers (scalars, integer
-    wrappers, messages holding some), under both the JSON and the proto name of each."""
+    wrappers, messages holding some), by name."""
     _building.add(kind)
     try:
         hints = typing.get_type_hints(kind)
@@ -293,8 +301,7 @@ def _integer_paths(kind: Any) -> _MAPPED:
             meta = betterproto2.FieldMetadata.get(field)
             found = _leads_to_integers(meta, hints[field.name])
             if found is not None:
-                camel = str(betterproto2.Casing.CAMEL(field.name)).rstrip("_")
-                paths[camel] = paths[field.name] = (field.name, found[0], found[1])
+                paths[field.name] = (field.name, found[0], found[1])
         return paths
     finally:
         _building.discard(kind)

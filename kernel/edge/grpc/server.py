@@ -31,7 +31,11 @@ import betterproto2
 import trio
 import trio_asyncio
 from foundry.kernel import errors
-from foundry.kernel.edge.connections import DEFAULT_MAX_CONNECTIONS, ConnectionCap
+from foundry.kernel.edge.connections import (
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionCap,
+    capped_listener,
+)
 from foundry.kernel.edge.grpc import fastproto, upb_encode
 from foundry.kernel.edge.grpc.bridge import ask_actor
 from foundry.kernel.edge.grpc.framing import check_framing
@@ -41,7 +45,6 @@ from foundry.kernel.edge.grpc.internals import (
     answer_expired_deadlines,
     answer_unknown_methods,
     bound_closed_streams,
-    cap_connections,
     coalesce_writes,
     install_message_limit,
     message_limit_error,
@@ -53,6 +56,7 @@ from foundry.kernel.edge.security import token_matches
 from foundry.proto import foundry_api
 from foundry.proto import runtime_api as api
 from grpclib import GRPCError
+from grpclib.config import Configuration
 from grpclib.const import Handler, Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.events import RecvRequest, listen
@@ -280,6 +284,27 @@ def require_token(token: str) -> Callable[[RecvRequest], Coroutine[Any, Any, Non
     return check
 
 
+IDLE_PROBE_SECONDS = 60.0  # an HTTP/2 PING to every connection this often, calls or none
+PROBE_ANSWER_SECONDS = 20.0  # a connection whose peer does not answer it is closed
+
+
+def probing_idle_connections(
+    every: float = IDLE_PROBE_SECONDS, answer_within: float = PROBE_ANSWER_SECONDS
+) -> Configuration:
+    """grpclib's keepalive, for idle connections too: each connection is sent an HTTP/2 PING
+    ``every`` seconds, and closed if its peer does not answer within ``answer_within`` — a
+    socket that never speaks HTTP/2 (a port scan, a stalled client) no longer holds a place of
+    ``[daemon] max_connections`` for good. Every HTTP/2 client answers PINGs by itself. (By
+    default grpclib pings only connections with calls open, every two hours.)"""
+    return Configuration(
+        _keepalive_time=every,
+        _keepalive_timeout=answer_within,
+        _keepalive_permit_without_calls=True,
+        _http2_max_pings_without_data=0,  # no limit: an idle connection stays probed
+        _http2_min_sent_ping_interval_without_data=every / 2,
+    )
+
+
 async def start_server(
     handlers: Sequence[Any],
     sock: socket.socket,
@@ -297,11 +322,13 @@ async def start_server(
     guarded = [GuardedService(h, calls) for h in handlers]
     health = ServingHealth(guarded)
     server = Server(
-        with_reflection([*guarded, health.service]), codec=RequestCodec(max_message_bytes)
+        with_reflection([*guarded, health.service]),
+        codec=RequestCodec(max_message_bytes),
+        config=probing_idle_connections(),
     )
     answer_unknown_methods(server)
-    cap_connections(server, ConnectionCap(max_connections, "gRPC"))
     if token is not None:
         listen(server, RecvRequest, require_token(token))
-    await trio_asyncio.aio_as_trio(server.start)(sock=sock, ssl=ssl_context)
+    listener = capped_listener(sock, ConnectionCap(max_connections, "gRPC"))
+    await trio_asyncio.aio_as_trio(server.start)(sock=listener, ssl=ssl_context)
     return GrpcServer(server, calls, health)

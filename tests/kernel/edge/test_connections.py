@@ -3,12 +3,20 @@ open-files limit allows."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
+import ssl
+from typing import Any
 
 import pytest
 from foundry.kernel.edge import connections
-from foundry.kernel.edge.connections import ConnectionCap, connection_budget
+from foundry.kernel.edge.connections import ConnectionCap, capped_listener, connection_budget
+from foundry.kernel.edge.grpc.server import RequestCodec, bind, probing_idle_connections
+from grpclib.client import Channel
+from grpclib.server import Server
+
+from tests.e2e.test_auth_tls import make_certificate
 
 
 def test_a_cap_admits_up_to_its_limit_and_again_once_one_ends(caplog):
@@ -44,3 +52,96 @@ def test_the_budget_lowers_the_cap_to_what_the_hard_limit_leaves(monkeypatch, ca
 def test_the_budget_never_goes_under_its_minimum(monkeypatch, soft):
     monkeypatch.setattr(resource, "getrlimit", lambda _: (soft, soft))
     assert connection_budget(1_024) == connections.MINIMUM_CAP
+
+
+# --- the gRPC listener's socket, with a real grpclib server ----------------------------------
+
+
+async def _serve_and_probe(cap: ConnectionCap, ssl_context: Any, probes: list[str]) -> list[bool]:
+    """A grpclib server on a capped listener; each probe connects and either holds its
+    connection ("hold") or sends garbage or nothing and closes it ("garbage", "close"). Returns
+    for each probe whether the server closed it within 0.3 s."""
+    server = Server([], codec=RequestCodec(1 << 20))
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    await server.start(sock=capped_listener(sock, cap), ssl=ssl_context)
+    held, closed = [], []
+    try:
+        for probe in probes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if probe == "garbage":
+                writer.write(b"GET / HTTP/1.0\r\n\r\n" * 8)
+            if probe != "hold":
+                writer.close()
+                closed.append(False)
+                continue
+            try:
+                closed.append(await asyncio.wait_for(reader.read(1 << 16), 0.3) == b"")
+            except TimeoutError:
+                closed.append(False)
+            held.append(writer)
+        for writer in held:
+            writer.close()
+        await asyncio.sleep(0.3)  # their ends reach the server
+    finally:
+        server.close()
+        await server.wait_closed()
+    return closed
+
+
+def test_the_grpc_listener_closes_connections_over_its_cap_and_counts_ends():
+    cap = ConnectionCap(2, "gRPC")
+    closed = asyncio.run(_serve_and_probe(cap, None, ["hold", "hold", "hold", "close"]))
+    assert closed[:3] == [False, False, True]
+    assert (cap.live, cap.refused) == (0, 2)
+
+
+def test_a_tls_handshake_that_never_finishes_ends_its_count(tmp_path):
+    """Counted above TLS, a connection closed before its handshake finished (a port scan, a
+    TCP health check) kept its place for good: after ``limit`` of them the listener refused
+    everyone. Over the cap, a connection is closed before any handshake."""
+    cert, key = make_certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    cap = ConnectionCap(2, "gRPC")
+    probes = ["close", "garbage"] * 3 + ["hold", "hold", "hold"]
+    closed = asyncio.run(_serve_and_probe(cap, context, probes))
+    assert closed[-3:] == [False, False, True]  # the third held one: over the cap, at once
+    assert cap.live == 0
+    assert cap.refused == 1
+
+
+async def _silent_and_speaking(every: float, answer_within: float) -> tuple[bool, int]:
+    """Whether a socket that never speaks HTTP/2 was closed by the server within a few probe
+    periods, and the cap's count then (a grpclib client's idle connection stays open)."""
+    cap = ConnectionCap(8, "gRPC")
+    server = Server(
+        [], codec=RequestCodec(1 << 20), config=probing_idle_connections(every, answer_within)
+    )
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    await server.start(sock=capped_listener(sock, cap))
+    channel = Channel("127.0.0.1", port)
+    try:
+        await channel.__connect__()  # an HTTP/2 connection, idle: no call
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        deadline = asyncio.get_running_loop().time() + 5 * (every + answer_within)
+        silent_closed = False
+        while not silent_closed and asyncio.get_running_loop().time() < deadline:
+            try:
+                silent_closed = await asyncio.wait_for(reader.read(1 << 16), 0.1) == b""
+            except TimeoutError:
+                continue
+        writer.close()
+        await asyncio.sleep(0.1)
+        return silent_closed, cap.live
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_a_socket_that_never_answers_a_ping_is_closed_and_a_client_that_does_stays():
+    silent_closed, live = asyncio.run(_silent_and_speaking(0.2, 0.3))
+    assert silent_closed  # its place in the cap comes free
+    assert live == 1  # the client's idle connection answered every ping: still open

@@ -260,6 +260,10 @@ async def test_a_large_reply_written_as_json_on_a_thread_is_what_the_codec_write
     [
         (runtime_api.SubmitRunRequest, {"spec": {"seed": 2.5}}, "spec.seed: 2.5 is not an integer"),
         (runtime_api.CreateBranchRunRequest, {"seed": 1e-3}, "seed: 0.001 is not an integer"),
+        # every spelling betterproto2's from_dict reads as the field (safe_snake_case)
+        (runtime_api.SubmitRunRequest, {"Spec": {"SEED": 7.5}}, "spec.seed: 7.5 is not an integer"),
+        (runtime_api.CheckChangeGateRequest, {"diffs": [{"path": "b", "Lines_Deleted": 0.5}]},
+         "diffs[0].lines_deleted: 0.5"),
         (runtime_api.CheckChangeGateRequest,
          {"diffs": [{"path": "a"}, {"path": "b", "lines_added": 3.25}]},
          "diffs[1].lines_added: 3.25 is not an integer"),
