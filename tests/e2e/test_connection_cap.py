@@ -5,12 +5,15 @@ and logged a traceback per failed ``accept``."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import grpc
+import httpx
 import pytest
 from foundry.proto import foundry_api as api
 
@@ -87,3 +90,24 @@ def test_a_listener_at_its_cap_closes_one_more_connection_and_serves_on(daemon, 
     cap_line = f"the {'gRPC' if listener == 'grpc' else 'HTTP'} listener holds {CAP} connections"
     assert daemon.stderr().count(cap_line) == 1, daemon.stderr()[-2000:]
     assert "Traceback" not in daemon.stderr()
+
+
+def test_a_stream_its_client_abandoned_ends_and_frees_its_place(make_daemon):
+    """A Connect Watch on a project nobody emits to, its client gone: it waited for the next
+    event for good, holding its connection; ``CAP`` of them shut the HTTP listener."""
+    daemon = make_daemon(f"[daemon]\nmax_connections = {CAP}\n")
+    body = json.dumps({"project": f"nobody-{uuid.uuid4().hex}"}).encode()
+    envelope = b"\x00" + len(body).to_bytes(4, "big") + body
+    request = (
+        b"POST /foundry.Foundry/Watch HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/connect+json\r\n"
+        + f"Content-Length: {len(envelope)}\r\n\r\n".encode() + envelope
+    )  # fmt: skip
+    for _ in range(3 * CAP):
+        with _connect(daemon.http_address, request):
+            time.sleep(0.05)  # the call is under way when its client goes
+    time.sleep(0.5)
+    reply = httpx.post(f"http://{daemon.http_address}/foundry.Foundry/Emit",
+                       json={"eventType": "after_abandoned_watches", "project": "capped"},
+                       timeout=10)  # fmt: skip
+    assert reply.status_code == 200, reply.text

@@ -76,6 +76,7 @@ class HttpApp:
         codecs: dict[str, JsonCodec | BinaryCodec] = {"proto": binary, "json": json_codec}
         self._fast = UnaryFastPath(routes.unary, codecs, max_message_bytes)
         self._routes = connect_routes
+        self._streaming = frozenset(connect_routes) - frozenset(routes.unary)
         self._prefixes = paths_by_service(connect_routes)
         self._limit = max_message_bytes
         self._origins = origins
@@ -132,8 +133,25 @@ class HttpApp:
             return
         if self._fast.takes(scope["path"], headers):
             await self._fast(scope["path"], headers, receive, send)
+        elif scope["path"] in self._streaming:
+            await self._stream(scope, receive, send)
         else:
             await self._rpcs(scope, receive, _with_length(send))
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A server-streaming call, ended when its client goes away: connectrpc only notes the
+        disconnect between messages, and a Watch or TapRun with nothing to send waits for the
+        next event — for good, on a project nobody emits to — holding its connection, a place of
+        ``[daemon] max_connections`` and its memory."""
+        with trio.CancelScope() as call:
+
+            async def watched() -> MutableMapping[str, Any]:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    call.cancel()
+                return message
+
+            await self._rpcs(scope, watched, _with_length(send))
 
     def _refusal(
         self, scope: Scope, headers: Mapping[str, str]
