@@ -47,8 +47,15 @@ FILE_FUNCTIONS = frozenset({
     "read_ndjson_auto", "read_ndjson_objects", "read_text", "read_blob", "glob", "sniff_csv",
     "read_xlsx", "iceberg_scan", "delta_scan", "sqlite_scan", "sqlite_attach", "postgres_scan",
     "mysql_scan", "query", "query_table", "checkpoint", "force_checkpoint",
+    # run other SQL or actions given as text, or change the database's own state
+    "json_execute_serialized_sql", "json_deserialize_sql", "truncate_duckdb_logs",
 })  # fmt: skip
-FILE_PREFIXES = ("read_", "parquet_", "iceberg_", "delta_", "sqlite_", "postgres_", "mysql_")
+FILE_PREFIXES = (
+    "read_", "parquet_", "iceberg_", "delta_", "sqlite_", "postgres_", "mysql_",
+    # destroy_external_resource('checkpoint', …) ran a CHECKPOINT, ('query', …) SQL given as text
+    "create_external_resource", "destroy_external_resource", "register_external_resource",
+    "deregister_external_resource", "enable_", "disable_",
+)  # fmt: skip
 
 
 class QueryRefused(ValueError):

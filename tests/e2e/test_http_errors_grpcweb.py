@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from urllib.parse import unquote
 
+import grpc
 import httpx
 import pytest
 from connectrpc.code import Code
@@ -21,6 +22,7 @@ from tests.e2e.http_helpers import (
     method_info,
     url,
 )
+from tests.grpcio_client import raw_call, raw_channel
 
 EMIT = "/foundry.Foundry/Emit"
 STATUS = "/foundry.Foundry/Status"
@@ -218,6 +220,14 @@ LIST_EVENTS = "/foundry.admin.v1.Admin/ListEvents"
         (QUERY, '{"sql": "select \'\\ud800\'"}', "sql: text must be valid Unicode"),
         (SUBMIT, '{"spec": {"dagJson": "{}", "inputs": [1]}}', "spec: a value of the wrong JSON"),
         (EXPORT, '{"directory": "/tmp/a\\u0000b"}', "directory: a path cannot hold a NUL"),
+        (
+            LIST_EVENTS,
+            '{"since": "9999-12-31T23:59:59-14:00"}',
+            "since: '9999-12-31T23:59:59-14:00' is out",
+        ),
+        # forms date.fromisoformat takes and DuckDB refuses: 503 and a traceback
+        (EXPORT, '{"directory": "/tmp/x", "since": "20260105"}', "since: expected YYYY-MM-DD"),
+        (EXPORT, '{"directory": "/tmp/x", "since": "2026-W01-1"}', "since: expected YYYY-MM-DD"),
         # a fraction in an integer field: betterproto2 made it the integer below, acted on
         (SUBMIT, '{"spec": {"dagJson": "{}", "seed": 7.5}}', "spec.seed: 7.5 is not an integer"),
         (
@@ -240,3 +250,17 @@ def test_json_a_client_got_wrong_is_invalid_argument_naming_it(daemon, path, bod
 def test_a_since_further_back_than_time_goes_lists_everything(daemon):
     response = httpx.post(url(daemon, LIST_EVENTS), json={"since": "99999999d"})
     assert response.status_code == 200, response.text  # an OverflowError answered 500
+
+
+def test_grpc_over_http_1_1_is_refused_in_one_answer_and_over_h2c_is_served(daemon):
+    """gRPC needs trailers, which HTTP/1.1 lacks: connectrpc answered UNKNOWN and logged a
+    traceback of 17 lines for each such call. h2c on the same port serves gRPC as ever."""
+    before = daemon.stderr().count("Traceback")
+    response = httpx.post(url(daemon, "/foundry.Foundry/Status"), content=b"\x00" * 5,
+                          headers={"content-type": "application/grpc"})  # fmt: skip
+    assert response.headers["grpc-status"] == "12", response.headers
+    assert "needs HTTP/2" in unquote(response.headers["grpc-message"])
+    with raw_channel(daemon.http_address) as channel:  # grpcio: h2c, prior knowledge
+        code, _ = raw_call(channel, "/foundry.Foundry/Status", b"", 10)
+    assert code == grpc.StatusCode.OK
+    assert daemon.stderr().count("Traceback") == before

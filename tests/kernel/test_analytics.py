@@ -95,6 +95,11 @@ REFUSED = {
     "CHECKPOINT": "CALL statements are not allowed",
     "SELECT * FROM checkpoint()": "function checkpoint() is not allowed",
     "SELECT * FROM query('SELECT 1')": "function query() is not allowed",
+    # a CHECKPOINT, and SQL given as text, run by another function's name
+    "SELECT * FROM destroy_external_resource('checkpoint', 'x')": "destroy_external_resource()",
+    "SELECT * FROM destroy_external_resource('query', 'SELECT 1')": "destroy_external_resource()",
+    "SELECT truncate_duckdb_logs()": "function truncate_duckdb_logs() is not allowed",
+    "SELECT json_execute_serialized_sql('{}')": "function json_execute_serialized_sql() is not",
     "BEGIN": "TRANSACTION statements are not allowed",
     "SELECT 1; SELECT 2": "expected exactly one SQL statement, got 2",
     "SELECT 1; DROP TABLE events": "expected exactly one SQL statement, got 2",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -170,6 +171,9 @@ def remove_trace_files(home: Path, pruned: list[tuple[str, datetime]]) -> None:
             day.rmdir()  # only when empty
 
 
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 def export_parquet(
     cursor: duckdb.DuckDBPyConnection, directory: str, since: str | None
 ) -> dict[str, int]:
@@ -179,8 +183,10 @@ def export_parquet(
     if not target.is_absolute():
         raise InvalidArgument(f"directory: must be an absolute path, got {directory[:100]!r}")
     if since is not None:
-        try:
-            date.fromisoformat(since)
+        try:  # date.fromisoformat alone also takes 20260105 and 2026-W01-1, which DuckDB refuses
+            if not _ISO_DATE.fullmatch(since):
+                raise ValueError(since)
+            since = date.fromisoformat(since).isoformat()
         except ValueError:
             raise InvalidArgument(f"since: expected YYYY-MM-DD, got {since[:100]!r}") from None
     tables = list(EXPORTED)

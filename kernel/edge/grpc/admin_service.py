@@ -123,7 +123,12 @@ def parse_since(text: str, now: datetime) -> datetime:
             f"since: {text[:100]!r} is neither a duration (90s, 15m, 2h, 1d) nor an RFC 3339 "
             "time (2026-01-02T03:04:05Z)"
         ) from None
-    return instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
+    if instant.tzinfo is None:
+        return instant.replace(tzinfo=UTC)
+    try:
+        return instant.astimezone(UTC)
+    except OverflowError:  # past the year 9999 or before the year 1 once in UTC
+        raise _invalid(f"since: {text[:100]!r} is out of the range of times") from None
 
 
 def _is_durations(text: str) -> bool:

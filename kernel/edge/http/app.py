@@ -167,6 +167,13 @@ class HttpApp:
             return 404, "unimplemented", f"unknown {what}: {path[:100]!r}", []
         if scope["method"] != "POST":
             return 405, "unimplemented", "RPCs are called with POST", [(b"allow", b"POST")]
+        kind = headers.get("content-type", "")
+        grpc = kind.startswith("application/grpc") and not kind.startswith("application/grpc-web")
+        if grpc and "http.response.trailers" not in scope.get("extensions", {}):
+            # gRPC needs trailers, which HTTP/1.1 has not: connectrpc answered UNKNOWN and
+            # logged a traceback for each such call
+            return 415, "unimplemented", "gRPC needs HTTP/2 (h2c here, or the gRPC port); " \
+                "over HTTP/1.1 use Connect or gRPC-Web", []  # fmt: skip
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self._limit:
             message = (f"request: {int(length)} bytes is over the {self._limit}-byte message "
