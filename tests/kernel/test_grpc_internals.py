@@ -5,6 +5,8 @@ and what disappeared), each function takes its fast path today, and each fallbac
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import inspect
 import time
 from typing import Any
@@ -15,6 +17,7 @@ import grpclib.protocol
 import grpclib.server
 import grpclib.stream
 import grpclib.utils
+import h2.config
 import h2.connection
 import pytest
 import trio_asyncio
@@ -427,6 +430,59 @@ def test_a_deadline_that_passes_between_start_and_entry_is_deadline_exceeded_too
 def test_answer_expired_deadlines_falls_back_when_grpclib_changed(monkeypatch):
     monkeypatch.delattr(grpclib.server, "DeadlineWrapper")
     assert internals.answer_expired_deadlines() is False
+
+
+# --- streams reset before their task started ------------------------------------------------------
+
+
+def test_grpclib_handlers_still_keep_each_streams_task_where_we_hook_in():
+    reason = internals.reset_streams_are_releasable()
+    assert reason is None, (
+        f"{GRPCLIB}: {reason}; internals.release_reset_streams falls back: a stream reset "
+        "before its task ran stays in memory until its connection closes"
+    )
+
+
+async def kept_after_resets(count: int) -> int:
+    """The grpclib streams still alive after one connection's ``count`` requests, each reset
+    (RST_STREAM) as soon as it was sent, the connection still open."""
+    server = Server([Tapper()], codec=RequestCodec(1 << 20))
+    sock = bind("127.0.0.1", 0)
+    await server.start(sock=sock)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    for stream_id in range(1, 2 * count, 2):
+        client.send_headers(stream_id, [(":method", "POST"), (":scheme", "http"),
+                                        (":path", TAP_RUN), (":authority", "x"),
+                                        ("content-type", "application/grpc"),
+                                        ("te", "trailers")])  # fmt: skip
+        client.send_data(stream_id, b"\x00\x00\x00\x00\x00", end_stream=True)
+        client.reset_stream(stream_id)
+        writer.write(client.data_to_send())
+    await writer.drain()
+    for _ in range(20):  # the server reads them all and answers what it answers
+        await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            client.receive_data(await asyncio.wait_for(reader.read(1 << 20), 0.05))
+    gc.collect()
+    kept = sum(isinstance(o, grpclib.protocol.Stream) for o in gc.get_objects())
+    writer.close()
+    server.close()
+    await server.wait_closed()
+    return kept
+
+
+def test_streams_reset_before_their_task_ran_are_released(monkeypatch):
+    monkeypatch.setattr(grpclib.server.Handler, "accept", grpclib.server.Handler.accept)
+    monkeypatch.setattr(grpclib.server.Handler, "cancel", grpclib.server.Handler.cancel)
+    monkeypatch.delattr(grpclib.server.Handler, "_releases_reset", raising=False)
+    leaked = asyncio.run(kept_after_resets(300))
+    assert leaked > 200  # grpclib alone keeps them: the canary for the mend below
+    assert internals.reset_streams_are_releasable() is None
+    assert internals.release_reset_streams() is True
+    assert internals.release_reset_streams() is True  # idempotent
+    assert asyncio.run(kept_after_resets(300)) < 20
 
 
 # --- one socket write per loop turn ---------------------------------------------------------------

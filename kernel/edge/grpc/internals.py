@@ -44,6 +44,12 @@ disappeared, if an upgrade moves any of it):
   occurred" and answers UNKNOWN. The server module gets a subclass whose ``start`` marks it
   cancelled when that entry raises: grpclib's own branch for a deadline then answers
   DEADLINE_EXCEEDED, logged at INFO. Fallback: UNKNOWN, and a traceback per such request.
+- ``grpclib.server.Handler.accept`` / ``cancel`` (:func:`release_reset_streams`): a stream the
+  client resets (RST_STREAM) right after its request is cancelled before its task starts, so
+  ``request_handler``'s ``finally: release_stream()`` never runs and the connection keeps the
+  stream (~7 KB) for as long as it lives: one client resetting streams in a loop grew the daemon
+  by ~6 MB a second. ``accept`` hands the handler a release that runs once, and ``cancel`` has
+  it run when the cancelled task is done. Fallback: the leak.
 
 Nothing else under ``kernel/edge`` reads a private attribute of grpclib, h2 or trio-asyncio.
 """
@@ -471,6 +477,61 @@ def answer_expired_deadlines() -> bool:
                 inner.__exit__(None, None, None)  # its timer cancelled
 
     grpclib.server.DeadlineWrapper = ExpiredDeadlines  # type: ignore[attr-defined]
+    return True
+
+
+# --- streams reset before their task started ----------------------------------------------------
+
+
+def reset_streams_are_releasable() -> str | None:
+    """None, or what changed so that :func:`release_reset_streams` would not work."""
+    handler = getattr(grpclib.server, "Handler", None)
+    if handler is None or not hasattr(handler, "accept") or not hasattr(handler, "cancel"):
+        return "grpclib.server.Handler has no accept and cancel"
+    try:
+        import inspect
+
+        accept = inspect.getsource(handler.accept)
+        cancel = inspect.getsource(handler.cancel)
+    except (OSError, TypeError):
+        return "grpclib.server.Handler cannot be read"
+    if "self._tasks[stream]" not in accept or "self._tasks.pop(stream)" not in cancel:
+        return "grpclib.server.Handler no longer keeps each stream's task in _tasks"
+    return None
+
+
+def release_reset_streams() -> bool:
+    """A stream cancelled before its task ran is released all the same. Idempotent. False:
+    grpclib changed, and such streams stay until their connection closes."""
+    if getattr(getattr(grpclib.server, "Handler", None), "_releases_reset", False):
+        return True
+    reason = reset_streams_are_releasable()
+    if reason is not None:
+        _fallback(f"{reason} (grpclib {grpclib.__version__}): reset streams are kept")
+        return False
+    handler = grpclib.server.Handler
+    accept, cancel = handler.accept, handler.cancel
+
+    def accepting(self: Any, stream: Any, headers: Any, release_stream: Any) -> None:
+        pending = [release_stream]
+
+        def release_once() -> None:
+            if pending:
+                pending.pop()()
+
+        stream.foundry_release = release_once
+        accept(self, stream, headers, release_once)
+
+    def cancelling(self: Any, stream: Any) -> None:
+        task = self._tasks.get(stream)
+        cancel(self, stream)
+        release = getattr(stream, "foundry_release", None)
+        if task is not None and release is not None:
+            task.add_done_callback(lambda _: release())
+
+    handler.accept = accepting  # type: ignore[method-assign]
+    handler.cancel = cancelling  # type: ignore[method-assign]
+    handler._releases_reset = True  # type: ignore[attr-defined]
     return True
 
 

@@ -48,6 +48,7 @@ from foundry.kernel.edge.grpc.internals import (
     coalesce_writes,
     install_message_limit,
     message_limit_error,
+    release_reset_streams,
     stop_listening,
 )
 from foundry.kernel.edge.grpc.message_check import WrongField, check_request
@@ -318,6 +319,7 @@ async def start_server(
     bound_closed_streams()  # h2 remembers 65,536 per connection (~9.5 MB) by default
     coalesce_writes()  # one socket write per loop turn, not three per unary reply
     answer_expired_deadlines()  # DEADLINE_EXCEEDED, not UNKNOWN and a traceback
+    release_reset_streams()  # a stream reset before its task ran is not kept
     calls = Calls()
     guarded = [GuardedService(h, calls) for h in handlers]
     health = ServingHealth(guarded)
