@@ -4,9 +4,13 @@ right Connect code or gRPC status naming the field, never a 500 — and the daem
 from __future__ import annotations
 
 import json
+import socket
+import time
 from urllib.parse import unquote
 
 import grpc
+import h2.config
+import h2.connection
 import httpx
 import pytest
 from connectrpc.code import Code
@@ -264,3 +268,30 @@ def test_grpc_over_http_1_1_is_refused_in_one_answer_and_over_h2c_is_served(daem
         code, _ = raw_call(channel, "/foundry.Foundry/Status", b"", 10)
     assert code == grpc.StatusCode.OK
     assert daemon.stderr().count("Traceback") == before
+
+
+def test_a_client_gone_mid_call_leaves_no_traceback(daemon):
+    """connectrpc raises what it could not answer; hypercorn logged each such call with a
+    60-line traceback ("Error in ASGI Framework"): HTTP/2 resets made ~100,000 lines."""
+    host, port = daemon.http_address.rsplit(":", 1)
+    body = b'{"eventId": "evt_gone"}'
+    request = (b"POST /foundry.Foundry/Trace HTTP/1.1\r\nHost: x\r\n"
+               b"Content-Type: application/json\r\n"
+               + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+    for _ in range(20):
+        with socket.create_connection((host, int(port)), timeout=5) as gone:
+            gone.sendall(request)
+    for _ in range(20):  # over h2c: the stream reset as soon as it is sent
+        with socket.create_connection((host, int(port)), timeout=5) as gone:
+            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            client.initiate_connection()
+            client.send_headers(1, [(":method", "POST"), (":path", "/foundry.Foundry/Trace"),
+                                    (":scheme", "http"), (":authority", "x"),
+                                    ("content-type", "application/json")])  # fmt: skip
+            client.send_data(1, body, end_stream=True)
+            client.reset_stream(1)
+            gone.sendall(client.data_to_send())
+            time.sleep(0.02)
+    time.sleep(0.5)
+    assert "Error in ASGI Framework" not in daemon.stderr()
+    assert daemon.process.poll() is None

@@ -13,11 +13,14 @@ and ``/dashboard/…`` are the browser dashboard's static files (``dashboard/``)
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
 import trio
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
 from connectrpc.server import ConnectASGIApplication
 from foundry.kernel.edge.http import dashboard
 from foundry.kernel.edge.http.codecs import BinaryCodec, JsonCodec
@@ -30,6 +33,8 @@ from foundry.kernel.edge.http.websocket import WebSocketStreams
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+log = logging.getLogger("foundry.http")
 
 ALLOWED_METHODS = "POST, GET, OPTIONS"
 EXPOSED_HEADERS = (
@@ -131,12 +136,19 @@ class HttpApp:
             status, code, message, extra = refusal
             await _error(send, status, code, message, headers, extra)
             return
-        if self._fast.takes(scope["path"], headers):
-            await self._fast(scope["path"], headers, receive, send)
-        elif scope["path"] in self._streaming:
-            await self._stream(scope, receive, send)
-        else:
-            await self._rpcs(scope, receive, _with_length(send))
+        try:
+            if self._fast.takes(scope["path"], headers):
+                await self._fast(scope["path"], headers, receive, send)
+            elif scope["path"] in self._streaming:
+                await self._stream(scope, receive, send)
+            else:
+                await self._rpcs(scope, receive, _with_length(send))
+        except ConnectError as exc:
+            if exc.code is not Code.CANCELED:
+                raise
+            # connectrpc raises what it could not answer: a client gone mid-call. hypercorn
+            # logged each with a 60-line traceback (resetting streams made ~100,000 lines).
+            log.debug("%s: the client went away (%s)", scope["path"][:100], exc.message)
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A server-streaming call, ended when its client goes away: connectrpc only notes the
