@@ -202,13 +202,15 @@ def run_query(
             result = cursor.execute(sql, dict(params)) if params else cursor.execute(sql)
             description = result.description or []
             fetched = result.fetchmany(max_rows + 1) if description else []
+            columns = tuple((str(d[0]), str(d[1])) for d in description)
+            json_columns = [i for i, (_, kind) in enumerate(columns) if kind == "JSON"]
+            rows = tuple(_row_json(row, json_columns) for row in fetched[:max_rows])
         except duckdb.InterruptException:
             raise
         except duckdb.Error as exc:
             raise QueryFailed(cut(str(exc))) from None
-        columns = tuple((str(d[0]), str(d[1])) for d in description)
-        json_columns = [i for i, (_, kind) in enumerate(columns) if kind == "JSON"]
-        rows = tuple(_row_json(row, json_columns) for row in fetched[:max_rows])
+        except (OverflowError, ValueError) as exc:  # a value Python cannot hold: 10^8 years
+            raise QueryFailed(cut(f"a value of the result cannot be read: {exc}")) from None
     finally:
         cursor.execute("ROLLBACK")
     elapsed = (time.perf_counter() - started) * 1000

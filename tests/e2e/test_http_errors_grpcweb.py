@@ -229,6 +229,8 @@ LIST_EVENTS = "/foundry.admin.v1.Admin/ListEvents"
             '{"since": "9999-12-31T23:59:59-14:00"}',
             "since: '9999-12-31T23:59:59-14:00' is out",
         ),
+        # a value Python cannot hold (DuckDB's INTERVAL goes further than timedelta): was 500
+        (QUERY, '{"sql": "SELECT INTERVAL 100000000 YEAR AS i, [1] AS l"}', "cannot be read"),
         # forms date.fromisoformat takes and DuckDB refuses: 503 and a traceback
         (EXPORT, '{"directory": "/tmp/x", "since": "20260105"}', "since: expected YYYY-MM-DD"),
         (EXPORT, '{"directory": "/tmp/x", "since": "2026-W01-1"}', "since: expected YYYY-MM-DD"),
