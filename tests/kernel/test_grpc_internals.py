@@ -5,7 +5,6 @@ and what disappeared), each function takes its fast path today, and each fallbac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import inspect
 import time
@@ -19,6 +18,7 @@ import grpclib.stream
 import grpclib.utils
 import h2.config
 import h2.connection
+import h2.events
 import pytest
 import trio_asyncio
 from foundry.kernel.edge.grpc import internals
@@ -443,30 +443,46 @@ def test_grpclib_handlers_still_keep_each_streams_task_where_we_hook_in():
     )
 
 
+ORDINARY = 20
+
+
 async def kept_after_resets(count: int) -> int:
-    """The grpclib streams still alive after one connection's ``count`` requests, each reset
-    (RST_STREAM) as soon as it was sent, the connection still open."""
+    """How many streams the server's connection still holds after ``count`` requests on it,
+    each reset (RST_STREAM) as soon as it was sent, the connection still open — measured once
+    ``ORDINARY`` ordinary calls sent after them were answered (the server read them all)."""
     server = Server([Tapper()], codec=RequestCodec(1 << 20))
     sock = bind("127.0.0.1", 0)
     await server.start(sock=sock)
     reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
     client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     client.initiate_connection()
-    for stream_id in range(1, 2 * count, 2):
-        client.send_headers(stream_id, [(":method", "POST"), (":scheme", "http"),
-                                        (":path", TAP_RUN), (":authority", "x"),
-                                        ("content-type", "application/grpc"),
-                                        ("te", "trailers")])  # fmt: skip
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", TAP_RUN),
+        (":authority", "x"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    reset = range(1, 2 * count, 2)
+    ordinary = set(range(2 * count + 1, 2 * (count + ORDINARY), 2))
+    for stream_id in [*reset, *sorted(ordinary)]:
+        client.send_headers(stream_id, headers)
         client.send_data(stream_id, b"\x00\x00\x00\x00\x00", end_stream=True)
-        client.reset_stream(stream_id)
+        if stream_id not in ordinary:
+            client.reset_stream(stream_id)
         writer.write(client.data_to_send())
     await writer.drain()
-    for _ in range(20):  # the server reads them all and answers what it answers
-        await asyncio.sleep(0.05)
-        with contextlib.suppress(TimeoutError):
-            client.receive_data(await asyncio.wait_for(reader.read(1 << 20), 0.05))
-    gc.collect()
-    kept = sum(isinstance(o, grpclib.protocol.Stream) for o in gc.get_objects())
+    async with asyncio.timeout(20):
+        while ordinary:
+            for event in client.receive_data(await reader.read(1 << 20)):
+                if isinstance(event, h2.events.StreamEnded):
+                    ordinary.discard(event.stream_id)
+            writer.write(client.data_to_send())
+    await asyncio.sleep(0.1)  # the cancelled tasks' callbacks
+    kept = sum(
+        len(o.streams) for o in gc.get_objects() if isinstance(o, grpclib.protocol.EventsProcessor)
+    )  # the server's connection's (the client here is h2 alone)
     writer.close()
     server.close()
     await server.wait_closed()
@@ -482,7 +498,7 @@ def test_streams_reset_before_their_task_ran_are_released(monkeypatch):
     assert internals.reset_streams_are_releasable() is None
     assert internals.release_reset_streams() is True
     assert internals.release_reset_streams() is True  # idempotent
-    assert asyncio.run(kept_after_resets(300)) < 20
+    assert asyncio.run(kept_after_resets(300)) == 0
 
 
 # --- one socket write per loop turn ---------------------------------------------------------------
