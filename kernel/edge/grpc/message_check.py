@@ -256,7 +256,8 @@ def _refuse_fractions(kind: Any, document: Any, where: str, depth: int) -> None:
     if not isinstance(document, dict) or depth > MAX_NESTING or not _integer_paths(kind):
         return  # not an object: from_dict and check_request name what is wrong with it
     for key, value in document.items():
-        found = _integer_path(kind, key) if type(key) is str else None
+        # (a key longer than any field name's spelling names no field, and is not cached)
+        found = _integer_path(kind, key) if type(key) is str and len(key) <= 128 else None
         if found is None or value is None:
             continue
         name, nested, shape = found
