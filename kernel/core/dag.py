@@ -373,8 +373,13 @@ def _lookup(path: list[str], inputs: Mapping[str, Any], outputs: Mapping[str, An
         elif isinstance(current, list) and key.isdigit() and int(key) < len(current):
             current = current[int(key)]
         else:
-            raise UnresolvedReference(f"${{{'.'.join(path)}}}: no {key!r} there")
+            raise UnresolvedReference(f"${{{_shown('.'.join(path))}}}: no {_shown(key)!r} there")
     return current
+
+
+def _shown(text: str, keep: int = 100) -> str:
+    """A reference's text for an error message: its middle cut past ``2 * keep`` characters."""
+    return text if len(text) <= 2 * keep else f"{text[:keep]}…{text[-keep:]}"
 
 
 def _text(value: Any) -> str:

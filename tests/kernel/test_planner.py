@@ -247,6 +247,16 @@ def test_a_rebuilt_runs_outputs_so_far_count_toward_its_limit():
     assert run.output_total == 28
 
 
+def test_a_long_step_error_keeps_its_ends_and_loses_its_middle():
+    error = step_error("head " + "x" * 100_000 + " tail", attempt=2)
+    message = error["message"]
+    assert len(message) < 2_100
+    assert message.startswith("head xxx")
+    assert message.endswith("xxx tail")
+    assert "(98,010 characters cut)" in message
+    assert step_error("short")["message"] == "short"
+
+
 def test_the_step_timeout_wins_over_the_blocks():
     run = make_run([step("a", timeout=3), step("b")])
     assert attempt_limit(run.steps["a"].spec, 60.0) == 3

@@ -256,6 +256,24 @@ def test_a_run_is_pending_while_other_runs_hold_every_slot(daemon):
     assert wait_done(daemon, holder).status == api.RunStatus.SUCCEEDED
 
 
+def test_a_megabyte_reference_path_fails_its_step_with_a_short_error(daemon):
+    """The unresolved path went whole into the step's error: a 1 MB error, three times in
+    GetRun (step, run, event) and once in the log."""
+    path = "x." * 500_000 + "y"
+    spec_json = dag(
+        {"id": "a", "type": "transform", "inputs": {"v": 1}},
+        {"id": "b", "type": "transform", "depends_on": ["a"],
+         "inputs": {"v": "${steps.a.output." + path + "}"}},
+    )  # fmt: skip
+    run = run_and_wait(daemon, spec_json)
+    assert run.status == api.RunStatus.FAILED
+    message = value(run.steps[1].error)["message"]
+    assert "no 'x' there" in message
+    assert len(message) < 2_100
+    assert len(run.error) < 4_200
+    assert len(bytes(run)) < len(spec_json) + 20_000  # the spec itself, and little more
+
+
 def test_inputs_that_double_step_after_step_fail_the_run_at_the_step_limit(daemon):
     """A 12 KB DAG whose steps each name the step before's output twice made a 160 MB input by
     its ninth step: the daemon used 3.4 GB and could not start again on its journal. Each step's
