@@ -61,6 +61,16 @@ def archive_dir(home: Path) -> Path:
     return home / "archive"
 
 
+def inside(target: Path, folder: Path) -> bool:
+    """Whether ``target`` is ``folder`` or under it, both resolved (symlinks followed): an export
+    into the daemon's home lands among its own files — its archive, where the next start reads
+    the rows as archived ones (counted twice), or its attestation spool."""
+    try:
+        return target.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a symlink loop: not the home
+        return False
+
+
 def check_target(target: Path, tables: Sequence[str]) -> None:
     """Refuse to mix an export into an earlier one: each table's folder must be absent or
     empty (appending would duplicate rows)."""

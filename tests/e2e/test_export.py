@@ -43,6 +43,11 @@ def test_export_through_the_daemon_then_offline(make_daemon, tmp_path):
     assert "directly (read-only)" in offline.stderr
     assert "wrote" in offline.stdout
     assert read_back(tmp_path / "offline", "events") == (3, 1)
+    into_home = daemon.cli("export", "parquet", str(daemon.home / "archive" / "x"), "--home",
+                           str(daemon.home))  # fmt: skip
+    assert into_home.returncode == 1
+    assert "is inside the daemon's home" in into_home.stderr
+    assert not (daemon.home / "archive" / "x").exists()
 
 
 def test_a_newer_database_refuses_the_start_in_one_line(make_daemon, tmp_path):

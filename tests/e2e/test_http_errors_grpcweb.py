@@ -297,3 +297,15 @@ def test_a_client_gone_mid_call_leaves_no_traceback(daemon):
     time.sleep(0.5)
     assert "Error in ASGI Framework" not in daemon.stderr()
     assert daemon.process.poll() is None
+
+
+@pytest.mark.parametrize("inner", ["archive", "spool/attestations", "."])
+def test_an_export_into_the_daemons_home_is_refused(daemon, inner):
+    """Into ``archive/`` the next start read the exported rows as archived ones (counted twice);
+    into the attestation spool, every later start could not prepare its spool."""
+    target = daemon.home / inner / "export"
+    response = httpx.post(url(daemon, EXPORT), json={"directory": str(target)})
+    status, code, message = connect_error(response)
+    assert (status, code) == (400, "invalid_argument"), message
+    assert "is inside the daemon's home" in message
+    assert not target.exists()

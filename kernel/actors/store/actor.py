@@ -42,7 +42,7 @@ import duckdb
 import trio
 from foundry.analytics import sandbox
 from foundry.analytics.migrations import SchemaTooNew, migrate
-from foundry.analytics.parquet import refresh_archive_views
+from foundry.analytics.parquet import inside, refresh_archive_views
 from foundry.analytics.schema import ddl
 from foundry.kernel.actors.mailbox import Reply, refuse, reply_pair
 from foundry.kernel.actors.store import retention
@@ -52,6 +52,7 @@ from foundry.kernel.actors.store.journal_writer import WriterGone, WriterProcess
 from foundry.kernel.actors.store.messages import (
     Append,
     Barrier,
+    ExportParquet,
     GetStats,
     RetentionReport,
     RunRetention,
@@ -768,6 +769,11 @@ class Store:
 
     async def _query(self, message: StoreQuery) -> None:
         try:
+            if isinstance(message, ExportParquet) and inside(Path(message.directory), self.home):
+                raise InvalidArgument(
+                    f"directory: {message.directory[:100]!r} is inside the daemon's home "
+                    f"({self.home}); export somewhere else"
+                )
             await self._readable()
             result = await in_thread(self._run_query, message, limiter=self._readers)
         except Exception as exc:
