@@ -25,7 +25,7 @@ from typing import Any
 
 from foundry.kernel.core.envpolicy import env_violation
 from foundry.kernel.core.ids import compact_json
-from foundry.kernel.core.json_input import parse_json, quoted
+from foundry.kernel.core.json_input import cut_middle, parse_json, quoted
 from foundry.kernel.errors import InvalidArgument
 
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
@@ -373,13 +373,9 @@ def _lookup(path: list[str], inputs: Mapping[str, Any], outputs: Mapping[str, An
         elif isinstance(current, list) and key.isdigit() and int(key) < len(current):
             current = current[int(key)]
         else:
-            raise UnresolvedReference(f"${{{_shown('.'.join(path))}}}: no {_shown(key)!r} there")
+            shown = cut_middle(".".join(path), 200)
+            raise UnresolvedReference(f"${{{shown}}}: no {quoted(key)} there")
     return current
-
-
-def _shown(text: str, keep: int = 100) -> str:
-    """A reference's text for an error message: its middle cut past ``2 * keep`` characters."""
-    return text if len(text) <= 2 * keep else f"{text[:keep]}…{text[-keep:]}"
 
 
 def _text(value: Any) -> str:

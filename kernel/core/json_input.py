@@ -26,6 +26,15 @@ def quoted(text: object, limit: int = QUOTE_LIMIT) -> str:
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
+def cut_middle(text: str, limit: int) -> str:
+    """``text`` for a message, its middle cut past ``limit`` characters: both ends say most (a
+    path's start and the key that failed; an error's cause and its last words)."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} … ({len(text) - 2 * half:,} characters cut) … {text[-half:]}"
+
+
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON (numbers must be finite)")
 

@@ -20,6 +20,7 @@ from foundry.kernel.core.dag import (
     step_seeds,
 )
 from foundry.kernel.core.ids import compact_json
+from foundry.kernel.core.json_input import cut_middle
 from foundry.kernel.core.runs import RunState, StepState
 
 
@@ -212,11 +213,8 @@ MAX_ERROR_CHARS = 2_000  # of a step's recorded error message: its middle goes p
 def step_error(message: str, attempt: int = 0, timed_out: bool = False) -> dict[str, Any]:
     """A step's recorded error. A message past ``MAX_ERROR_CHARS`` loses its middle: a reference
     path of 1 MB made a 1 MB error, in GetRun three times over and in the log."""
-    if len(message) > MAX_ERROR_CHARS:
-        half = MAX_ERROR_CHARS // 2
-        cut = len(message) - 2 * half
-        message = f"{message[:half]} … ({cut:,} characters cut) … {message[-half:]}"
-    return {"message": message, "attempt": attempt, "timed_out": timed_out}
+    return {"message": cut_middle(message, MAX_ERROR_CHARS), "attempt": attempt,
+            "timed_out": timed_out}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
