@@ -31,6 +31,8 @@ import duckdb
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_ROWS = 10_000
+# As a gRPC client's default receive limit (grpcio's is 4 MiB): a larger reply would fail there.
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 MAX_ERROR = 300
 
 # Statement types that only read. SHOW, DESCRIBE, SUMMARIZE, VALUES, FROM-first and WITH all parse
@@ -70,7 +72,7 @@ class QueryFailed(ValueError):
 class QueryResult:
     columns: tuple[tuple[str, str], ...]  # (name, DuckDB type)
     rows: tuple[str, ...]  # each a JSON array of the row's values, in column order
-    truncated: bool  # more rows than max_rows
+    truncated: bool  # more rows than max_rows, or more bytes than max_bytes
     elapsed_ms: float
     # The rows in a caller's wire form, when it asked for one (the store builds it on its worker
     # thread, so a large answer is not encoded on the daemon's loop).
@@ -180,9 +182,12 @@ def run_query(
     sql: str,
     params: Mapping[str, str],
     max_rows: int,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> QueryResult:
     """Check and run one user query on ``cursor`` in a read-only transaction; at most
-    ``max_rows`` rows come back. The caller enforces the time limit (``cursor.interrupt()``)."""
+    ``max_rows`` rows, of at most ``max_bytes`` of JSON text together, come back (a first row
+    larger than that is QueryFailed). The caller enforces the time limit
+    (``cursor.interrupt()``)."""
     started = time.perf_counter()
     wanted = check_sql(cursor, sql)
     unknown = sorted(set(params) - wanted)
@@ -193,28 +198,61 @@ def run_query(
         raise QueryRefused(f"missing parameter(s): {', '.join('$' + m for m in missing)}")
     cursor.execute("BEGIN TRANSACTION READ ONLY")
     try:
-        fast = _run_as_json(cursor, sql, params, max_rows)
+        fast = _run_as_json(cursor, sql, params, max_rows, max_bytes)
         if fast is not None:
             columns, rows, truncated = fast
-            elapsed = (time.perf_counter() - started) * 1000
-            return QueryResult(columns, rows, truncated, round(elapsed, 3))
-        try:
-            result = cursor.execute(sql, dict(params)) if params else cursor.execute(sql)
-            description = result.description or []
-            fetched = result.fetchmany(max_rows + 1) if description else []
-            columns = tuple((str(d[0]), str(d[1])) for d in description)
-            json_columns = [i for i, (_, kind) in enumerate(columns) if kind == "JSON"]
-            rows = tuple(_row_json(row, json_columns) for row in fetched[:max_rows])
-        except duckdb.InterruptException:
-            raise
-        except duckdb.Error as exc:
-            raise QueryFailed(cut(str(exc))) from None
-        except (OverflowError, ValueError) as exc:  # a value Python cannot hold: 10^8 years
-            raise QueryFailed(cut(f"a value of the result cannot be read: {exc}")) from None
+        else:
+            columns, rows, truncated = _run_as_written(cursor, sql, params, max_rows, max_bytes)
     finally:
         cursor.execute("ROLLBACK")
     elapsed = (time.perf_counter() - started) * 1000
-    return QueryResult(columns, rows, len(fetched) > max_rows, round(elapsed, 3))
+    return QueryResult(columns, rows, truncated, round(elapsed, 3))
+
+
+def _run_as_written(
+    cursor: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: Mapping[str, str],
+    max_rows: int,
+    max_bytes: int,
+) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool]:
+    """The query's rows converted by Python, fetched in batches until ``max_rows`` or
+    ``max_bytes`` is reached (a huge result is never all held as Python objects)."""
+    rows: list[str] = []
+    used = 0
+    truncated = False
+    try:
+        result = cursor.execute(sql, dict(params)) if params else cursor.execute(sql)
+        description = result.description or []
+        columns = tuple((str(d[0]), str(d[1])) for d in description)
+        json_columns = [i for i, (_, kind) in enumerate(columns) if kind == "JSON"]
+        while description and not truncated:
+            batch = result.fetchmany(min(1_000, max_rows + 1 - len(rows)))
+            if not batch:
+                break
+            for row in batch:
+                text = _row_json(row, json_columns)
+                used += len(text.encode()) + 1
+                if len(rows) == max_rows or used > max_bytes:
+                    truncated = True
+                    break
+                rows.append(text)
+    except duckdb.InterruptException:
+        raise
+    except duckdb.Error as exc:
+        raise QueryFailed(cut(str(exc))) from None
+    except (OverflowError, ValueError) as exc:  # a value Python cannot hold: 10^8 years
+        raise QueryFailed(cut(f"a value of the result cannot be read: {exc}")) from None
+    if truncated and not rows and used > max_bytes:
+        raise QueryFailed(too_large(used - 1, max_bytes))
+    return columns, tuple(rows), truncated
+
+
+def too_large(size: int, max_bytes: int) -> str:
+    return (
+        f"the result's first row is {size} bytes of JSON, more than the {max_bytes}-byte "
+        "limit of a reply ([analytics] max_reply_bytes)"
+    )
 
 
 # Rows of these types are rendered as JSON by DuckDB itself (:func:`_run_as_json`), exactly as
@@ -256,7 +294,11 @@ _UTC = frozenset(("UTC", "Etc/UTC"))
 
 
 def _run_as_json(
-    cursor: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, str], max_rows: int
+    cursor: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: Mapping[str, str],
+    max_rows: int,
+    max_bytes: int,
 ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool] | None:
     """Run a query whose columns all have a type in ``_AS_JSON`` with DuckDB rendering each row's
     JSON text; ``None`` when it does not apply (then the caller runs the query as written)."""
@@ -287,10 +329,17 @@ def _run_as_json(
     wrapped = f"SELECT '[' || {row} || ']' FROM ({text}\n) AS q({names}) LIMIT {max_rows + 1}"
     # DuckDB joins the rows into one text (a row's JSON never holds a raw newline): the worker
     # thread then converts one value, not a Python str per row, so it holds the interpreter lock
-    # against the daemon's loop for a fraction of the time
+    # against the daemon's loop for a fraction of the time. Only the rows that fit in
+    # ``max_bytes`` are joined: a row of 500 MB never reaches Python.
+    numbered = f"SELECT r, row_number() OVER () AS i FROM ({wrapped}) AS w(r)"
+    measured = (
+        "SELECT r, i, sum(strlen(r) + 1) OVER (ORDER BY i ROWS UNBOUNDED PRECEDING) AS used "
+        f"FROM ({numbered})"
+    )
     joined = (
-        "SELECT string_agg(r, chr(10) ORDER BY i) FROM "
-        f"(SELECT r, row_number() OVER () AS i FROM ({wrapped}) AS w(r))"
+        f"SELECT string_agg(r, chr(10) ORDER BY i) FILTER (WHERE used <= {max_bytes}), "
+        f"count(*) FILTER (WHERE used > {max_bytes}), max(strlen(r)) FILTER (WHERE i = 1) "
+        f"FROM ({measured})"
     )
     try:
         found = cursor.execute(joined, dict(params)).fetchone()
@@ -302,8 +351,12 @@ def _run_as_json(
         cursor.execute("ROLLBACK")
         cursor.execute("BEGIN TRANSACTION READ ONLY")
         return None
-    rows = found[0].split("\n") if found and found[0] is not None else []
-    return columns, tuple(rows[:max_rows]), len(rows) > max_rows
+    assert found is not None  # an aggregate has one row
+    text, past_limit, first_size = found
+    rows = text.split("\n") if text is not None else []
+    if past_limit and not rows:
+        raise QueryFailed(too_large(first_size, max_bytes))
+    return columns, tuple(rows[:max_rows]), past_limit > 0 or len(rows) > max_rows
 
 
 def _row_json(row: tuple[Any, ...], json_columns: list[int]) -> str:

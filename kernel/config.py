@@ -113,6 +113,7 @@ class AnalyticsConfig:
 
     query_timeout: float = 10.0  # seconds a query may run before it is interrupted
     max_rows: int = 10_000  # rows a query returns at most (the reply says truncated)
+    max_reply_bytes: int = 4 * 1024 * 1024  # JSON text of a reply's rows, at most (as max_rows)
 
 
 OTEL_PROTOCOLS = ("http/protobuf", "grpc")

@@ -145,7 +145,7 @@ def _offline(args: argparse.Namespace, params: dict[str, str]) -> Answer:
     limits = config.analytics
     max_rows = min(args.max_rows or limits.max_rows, limits.max_rows)
     try:
-        result = run_file(path, sql, params, max_rows, limits.query_timeout)
+        result = run_file(path, sql, params, max_rows, limits.query_timeout, limits.max_reply_bytes)
     except (sandbox.QueryRefused, sandbox.QueryFailed) as exc:
         raise CommandFailed(f"INVALID_ARGUMENT: {exc}") from None
     except TimeoutError as exc:
@@ -157,7 +157,12 @@ def _offline(args: argparse.Namespace, params: dict[str, str]) -> Answer:
 
 
 def run_file(
-    path: Path, sql: str, params: Mapping[str, str], max_rows: int, timeout: float
+    path: Path,
+    sql: str,
+    params: Mapping[str, str],
+    max_rows: int,
+    timeout: float,
+    max_bytes: int,
 ) -> sandbox.QueryResult:
     """One sandboxed query on the database file opened read-only, external access off;
     interrupted after ``timeout`` seconds (TimeoutError)."""
@@ -173,7 +178,7 @@ def run_file(
     timer = threading.Timer(timeout, con.interrupt)
     timer.start()
     try:
-        return sandbox.run_query(con, sql, params, max_rows)
+        return sandbox.run_query(con, sql, params, max_rows, max_bytes)
     except duckdb.InterruptException:
         raise TimeoutError(f"the query ran out of its time limit ({timeout:g} s)") from None
     finally:

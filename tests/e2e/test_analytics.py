@@ -17,11 +17,14 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
+from tests.e2e.http_helpers import url
 from tests.helpers import DEADLINE
 
 PROTO = Path(__file__).resolve().parents[2] / "proto" / "foundry" / "analytics" / "v1"
+QUERY = "/foundry.analytics.v1.Analytics/Query"
 HEAVY = (
     "SELECT count(*) FROM range(100000) a, range(100000) b "
     "WHERE (a.range * 7 + b.range * 13) % 1000003 = 17"
@@ -112,6 +115,27 @@ def test_grpcio_calls_query_and_list_saved_questions(analytics_daemon, grpcio_cl
                 analytics.Query(request, timeout=DEADLINE)
             assert failed.value.code().name == code, failed.value.details()
             assert text in failed.value.details()
+
+
+def test_a_reply_stops_at_the_byte_limit_over_grpc_and_connect_json(analytics_daemon, stubs):
+    """The default 4 MiB of rows' JSON (a gRPC client's default receive limit): four rows of
+    1 MB fit, the fifth does not; a first row larger than that is refused by name."""
+    sql = "SELECT repeat('x', 1000000) AS s FROM range(10)"
+    channel, pb2, analytics = _stub(analytics_daemon, stubs)
+    with channel:
+        reply = analytics.Query(pb2.QueryRequest(sql=sql), timeout=DEADLINE)
+        assert len(reply.rows_json) == 4
+        assert reply.truncated
+        with pytest.raises(grpc.RpcError) as refused:
+            analytics.Query(pb2.QueryRequest(sql="SELECT repeat('x', 20000000)"), timeout=60)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "[analytics] max_reply_bytes" in refused.value.details()
+    # Connect JSON: the reply is written as JSON on a worker thread, the same rows
+    answer = httpx.post(url(analytics_daemon, QUERY), json={"sql": sql}, timeout=DEADLINE)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [json.loads(row) for row in body["rowsJson"]] == [["x" * 1_000_000]] * 4
+    assert body["truncated"] is True
 
 
 def test_emit_stays_fast_while_a_heavy_query_runs(analytics_daemon, grpcio_client, stubs):

@@ -215,6 +215,45 @@ async def test_the_row_limit_truncates(tmp_path):
         assert not whole.truncated
 
 
+@pytest.mark.parametrize(
+    "rendered_by",
+    [
+        pytest.param("SELECT repeat('x', 300) AS s FROM range(100)", id="duckdb"),
+        # a LIST column is converted by Python (the query as written), fetched in batches
+        pytest.param("SELECT [repeat('x', 300)] AS s FROM range(100)", id="python"),
+    ],
+)
+async def test_the_reply_byte_limit_truncates(tmp_path, rendered_by):
+    async with running_store(tmp_path) as store:
+        limited = await ask(
+            store, lambda r: RunUserQuery(rendered_by, {}, 1_000, 5.0, r, None, 1_000)
+        )
+        # each row is ~305 bytes of JSON and a separator: three fit in 1,000 bytes, not four
+        assert len(limited.rows) == 3
+        assert limited.truncated
+        assert sum(len(row.encode()) + 1 for row in limited.rows) <= 1_000
+        whole = await ask(
+            store, lambda r: RunUserQuery(rendered_by, {}, 1_000, 5.0, r, None, 10**6)
+        )
+        assert len(whole.rows) == 100
+        assert not whole.truncated
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT repeat('x', 200000000) AS s",  # 200 MB of JSON: refused, never sent
+        "SELECT [repeat('x', 5000)] AS s FROM range(3)",
+    ],
+)
+async def test_a_first_row_larger_than_the_reply_limit_is_refused_by_name(tmp_path, sql):
+    async with running_store(tmp_path) as store:
+        with pytest.raises(InvalidArgument, match=r"max_reply_bytes") as refused:
+            await ask(store, lambda r: RunUserQuery(sql, {}, 10, 30.0, r, None, 4_096))
+        assert "4096-byte limit" in str(refused.value)
+        assert await rows(store, "SELECT 42") == [[42]]
+
+
 async def test_duckdb_errors_are_invalid_argument_cut_short(tmp_path):
     async with running_store(tmp_path) as store:
         with pytest.raises(InvalidArgument, match="nope") as bad:

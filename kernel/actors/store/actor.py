@@ -986,7 +986,9 @@ class Store:
     def _run_user_query(self, cursor: duckdb.DuckDBPyConnection, message: RunUserQuery) -> Any:
         healthy = False
         try:
-            result = sandbox.run_query(cursor, message.sql, message.params, message.max_rows)
+            result = sandbox.run_query(
+                cursor, message.sql, message.params, message.max_rows, message.max_bytes
+            )
             healthy = True
             if message.encode_rows is not None:
                 return replace(result, rows_wire=message.encode_rows(result.rows))

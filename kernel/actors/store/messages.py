@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from foundry.analytics.sandbox import QueryResult
+from foundry.analytics.sandbox import DEFAULT_MAX_BYTES, QueryResult
 from foundry.kernel.actors.mailbox import Reply
 from foundry.kernel.core.attest_records import AttestationRecord
 from foundry.kernel.core.governance import StoredGate, StoredScenario
@@ -252,7 +252,8 @@ StoreQuery = (
 class RunUserQuery:
     """An analyst's SQL (``foundry.analytics.sandbox``): checked, then run on a read cursor of its
     own (not one of the store's query cursors) in a read-only transaction, interrupted after
-    ``timeout`` seconds (DeadlineExceeded); at most ``max_rows`` rows. Refused SQL and DuckDB's
+    ``timeout`` seconds (DeadlineExceeded); at most ``max_rows`` rows and ``max_bytes`` of
+    their JSON text. Refused SQL and DuckDB's
     errors are InvalidArgument. With ``encode_rows``, the answer's ``rows_wire`` holds the rows
     encoded by it, on the worker thread (an edge's wire form, kept off the daemon's loop)."""
 
@@ -262,6 +263,7 @@ class RunUserQuery:
     timeout: float
     reply: Reply[QueryResult]
     encode_rows: Callable[[tuple[str, ...]], bytes] | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
 
 
 StoreMessage = Append | Barrier | GetStats | RunRetention | StoreQuery | RunUserQuery

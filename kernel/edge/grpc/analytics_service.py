@@ -49,8 +49,10 @@ class AnalyticsService(api.AnalyticsBase):
         timeout = self._config.query_timeout
         if message.timeout_ms:
             timeout = min(message.timeout_ms / 1000, timeout)
+        limit = self._config.max_reply_bytes
         result: QueryResult = await ask(
-            self._mail.store, lambda r: RunUserQuery(sql, params, max_rows, timeout, r, encode_rows)
+            self._mail.store,
+            lambda r: RunUserQuery(sql, params, max_rows, timeout, r, encode_rows, limit),
         )
         head = api.QueryResponse(
             columns=[api.Column(name=n, type=t) for n, t in result.columns],

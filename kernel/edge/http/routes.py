@@ -117,13 +117,19 @@ LARGE_REPLIES = (
     runtime_api.ReplayRunResponse,
     runtime_api.ListRunsResponse,
     foundry_api.StatusResponse,
+    TypedEncoded,  # a reply the service encoded itself because it can be large (Query's rows)
 )
 
 
 async def json_reply(reply: Any) -> JsonEncoded:
     """``reply`` as the JSON codec writes it, made on a worker thread: the loop serves on
     (between the interpreter's switches) while it is made."""
-    return JsonEncoded(await trio.to_thread.run_sync(lambda: to_json(reply).encode()))
+
+    def write() -> bytes:
+        message = reply.kind().parse(reply.data) if isinstance(reply, TypedEncoded) else reply
+        return to_json(message).encode()
+
+    return JsonEncoded(await trio.to_thread.run_sync(write))
 
 
 def _streaming(

@@ -154,7 +154,7 @@ class QueryResponse(betterproto2.Message):
 
     truncated: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
     """
-    there were more rows than max_rows
+    more rows than max_rows, or than [analytics] max_reply_bytes allows
     """
 
     elapsed_ms: "float" = betterproto2.field(4, betterproto2.TYPE_DOUBLE)
