@@ -90,8 +90,17 @@ def test_watch_over_websocket_sees_live_events_of_its_project(daemon):
         ("/ws/watch?projcet=x", {}, 1008, "unknown parameter 'projcet'"),
         ("/ws/runs/run_nope/tap", {}, 1008, "not_found"),
         ("/ws/watch", {"origin": "https://evil.example"}, 1008, "permission_denied"),
+        ("/ws/runs/" + "r" * 5000 + "/tap", {}, 1008, "run_id: longer than 256 characters"),
+        ("/ws/watch?project=" + "p" * 5000, {}, 1008, "project: longer than 256 characters"),
     ],
-    ids=["unknown path", "misspelt parameter", "unknown run", "foreign origin"],
+    ids=[
+        "unknown path",
+        "misspelt parameter",
+        "unknown run",
+        "foreign origin",
+        "long run id",
+        "long project",
+    ],
 )
 def test_bad_requests_are_closed_with_a_code_and_a_reason(daemon, path, options, code, needle):
     messages, closed_code, reason = asyncio.run(read_all(ws_url(daemon, path), **options))

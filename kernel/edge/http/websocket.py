@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, unquote
 
 import trio
 from connectrpc.code import Code
+from foundry.kernel.edge.grpc.message_check import WrongField, check_request
 from foundry.kernel.edge.http.codecs import to_json
 from foundry.kernel.edge.http.cors import OriginPolicy
 from foundry.kernel.edge.http.errors import connect_error
@@ -129,12 +130,12 @@ class WebSocketStreams:
                 raise Refused(Code.INVALID_ARGUMENT, f"unknown parameter {sorted(unknown)[0]!r}"
                               " (expected: project)")  # fmt: skip
             project = query.get("project", [""])[-1]
-            stream = self._watch(self._watch_type(project=project))
+            stream = self._watch(_checked(self._watch_type(project=project)))
             return stream, (CLOSE_GOING_AWAY, "the daemon is stopping")
         tap = TAP_PATH.fullmatch(path)
         if tap is not None:
             run_id = unquote(tap.group(1))
-            stream = self._tap(self._tap_type(run_id=run_id))
+            stream = self._tap(_checked(self._tap_type(run_id=run_id)))
             return stream, (CLOSE_NORMAL, "the run finished")
         raise Refused(
             Code.NOT_FOUND,
@@ -151,6 +152,15 @@ class WebSocketStreams:
         offered = scope.get("subprotocols") or []
         tokens = [_offered_token(p) for p in offered]
         return any(self._token_check(f"Bearer {token}") for token in tokens if token)
+
+
+def _checked(request: Any) -> Any:
+    """The request as the other edges check theirs (an id past 256 characters is refused)."""
+    try:
+        check_request(request)
+    except WrongField as exc:
+        raise Refused(Code.INVALID_ARGUMENT, f"request: {exc}") from None
+    return request
 
 
 def _offered_token(protocol: str) -> str:
