@@ -11,17 +11,20 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 import grpc
 import h2.config
 import h2.connection
 import h2.events
+import httpx
 import pytest
 from foundry.proto import foundry_api as api
 from foundry.proto import runtime_api as rt
 from foundry.proto.generated.google.protobuf import Struct, Value
 
 from tests.e2e.helpers import emit, status
+from tests.e2e.http_helpers import envelopes, grpc_web_call, url
 from tests.grpcio_client import raw_call, raw_channel
 
 FOUNDRY = "/foundry.Foundry/"
@@ -271,16 +274,23 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def _h2_unary(daemon, path: str, extra: list[tuple[str, str]]) -> dict[str, str]:
-    """The response headers and trailers of one unary gRPC call sent by h2 as given."""
+def _h2_unary(
+    daemon,
+    path: str,
+    extra: list[tuple[str, str]],
+    body: bytes = b"\x00\x00\x00\x00\x00",
+    address: str | None = None,
+) -> dict[str, str]:
+    """The response headers and trailers of one unary gRPC call sent by h2 as given (to the gRPC
+    port unless ``address`` says otherwise)."""
     connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     connection.initiate_connection()
     connection.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", path),
                                 (":authority", "x"), ("content-type", "application/grpc"),
                                 ("te", "trailers"), *extra])  # fmt: skip
-    connection.send_data(1, b"\x00\x00\x00\x00\x00", end_stream=True)
+    connection.send_data(1, body, end_stream=True)
     answer: dict[str, str] = {}
-    host, port = daemon.address.rsplit(":", 1)
+    host, port = (address or daemon.address).rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(connection.data_to_send())
         while not answer.get("ended"):
@@ -374,4 +384,25 @@ def test_a_length_prefix_past_the_end_of_the_stream_is_invalid_argument(daemon):
                     trailers.update((k.decode(), v.decode()) for k, v in event.headers)
     assert trailers["grpc-status"] == "3", trailers  # INVALID_ARGUMENT
     assert "cut short" in trailers["grpc-message"]
+    assert_serving(daemon)
+
+
+COMPRESSED_EMPTY = b"\x01\x00\x00\x00\x00"  # an envelope flagged compressed, no encoding named
+
+
+def test_a_message_flagged_compressed_without_an_encoding_is_unimplemented_everywhere(daemon):
+    """grpclib answers it UNIMPLEMENTED; connectrpc answered INTERNAL (a server fault, to a
+    client) over gRPC-Web, Connect streams and h2c gRPC."""
+    for address in (daemon.address, daemon.http_address):
+        answer = _h2_unary(daemon, "/foundry.Foundry/Status", [], COMPRESSED_EMPTY, address)
+        assert answer["grpc-status"] == "12", (address, answer)
+        assert "compressed requests are not supported" in unquote(answer["grpc-message"])
+    _, trailers = grpc_web_call(daemon, "/foundry.Foundry/Status", COMPRESSED_EMPTY)
+    assert trailers["grpc-status"] == "12", trailers
+    tap = httpx.post(url(daemon, "/fleetforge.runtime.v1.RuntimeService/TapRun"),
+                     content=COMPRESSED_EMPTY,
+                     headers={"content-type": "application/connect+proto"})  # fmt: skip
+    ((flags, end),) = envelopes(tap.content)
+    assert (tap.status_code, flags) == (200, 2)
+    assert json.loads(end)["error"]["code"] == "unimplemented"
     assert_serving(daemon)

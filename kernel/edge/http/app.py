@@ -5,9 +5,10 @@ gRPC-Web (``connectrpc``) for the RPCs — plain unary Connect calls of Emit by 
 Requests answered here, before connectrpc sees them: CORS preflights; a disallowed ``Origin``
 (403); a missing or wrong token (401, ``unauthenticated``); a call while the daemon stops (503,
 ``unavailable``); a body whose declared length is over ``[daemon] max_message_bytes``
-(``resource_exhausted``); a path that names no RPC (404, ``unimplemented``); an RPC as GET (405:
-no RPC here is declared free of side effects, and a GET could be forged by any web page). ``/``
-and ``/dashboard/…`` are the browser dashboard's static files (``dashboard/``), read with GET.
+(``resource_exhausted``); an enveloped message flagged compressed with no encoding named
+(``unimplemented``, as the gRPC port answers it); a path that names no RPC (404,
+``unimplemented``); an RPC as GET (405: no RPC here is declared free of side effects, and a GET
+could be forged by any web page). ``/`` and ``/dashboard/…`` are the browser dashboard's static files (``dashboard/``), read with GET.
 """
 
 from __future__ import annotations
@@ -136,6 +137,13 @@ class HttpApp:
             status, code, message, extra = refusal
             await _error(send, status, code, message, headers, extra)
             return
+        if _is_enveloped(headers) and not _declared_encoding(headers):
+            receive, first = await _peek(receive)
+            if first & COMPRESSED:
+                # connectrpc answered INTERNAL; the gRPC port answers this (grpclib) UNIMPLEMENTED
+                await _error(send, 415, "unimplemented", "compressed requests are not supported "
+                             "without a declared encoding", headers)  # fmt: skip
+                return
         try:
             if self._fast.takes(scope["path"], headers):
                 await self._fast(scope["path"], headers, receive, send)
@@ -251,6 +259,41 @@ def _with_length(send: Send) -> Send:
     return length_send
 
 
+COMPRESSED = 0x01  # an envelope's flag: its message is compressed
+END_STREAM = 0x02  # a Connect stream's last envelope: its end (and error)
+
+
+def _is_enveloped(headers: Mapping[str, str]) -> bool:
+    """Connect streaming, gRPC-Web and gRPC frame messages in envelopes (flags, length)."""
+    return headers.get("content-type", "").startswith(("application/connect+", "application/grpc"))
+
+
+def _declared_encoding(headers: Mapping[str, str]) -> bool:
+    encoding = headers.get("connect-content-encoding") or headers.get("grpc-encoding") or ""
+    return encoding not in ("", "identity")
+
+
+async def _peek(receive: Receive) -> tuple[Receive, int]:
+    """The body's first byte (0 if it is empty), and a ``receive`` that hands the messages read
+    to find it out again first."""
+    read: list[MutableMapping[str, Any]] = []
+    first = 0
+    while True:
+        message = await receive()
+        read.append(message)
+        body = message.get("body", b"")
+        if body:
+            first = body[0]
+            break
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            break
+
+    async def replayed() -> MutableMapping[str, Any]:
+        return read.pop(0) if read else await receive()
+
+    return replayed, first
+
+
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
 
@@ -267,7 +310,8 @@ async def _error(
     headers: Mapping[str, str],
     extra: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
-    """A Connect error (JSON body); a gRPC-Web caller gets its status in headers too."""
+    """A Connect error (JSON body); a gRPC-Web caller gets its status in headers too, and a
+    Connect stream its end-of-stream message (its clients read the code from there)."""
     content_type = headers.get("content-type", "")
     response = [*extra]
     if content_type.startswith("application/grpc"):  # gRPC-Web: a trailers-only response
@@ -275,6 +319,12 @@ async def _error(
                      (b"grpc-status", str(GRPC_STATUS.get(code, 2)).encode()),
                      (b"grpc-message", _percent(message).encode())]  # fmt: skip
         await _respond(send, 401 if status == 401 else 200, response, b"")
+        return
+    if content_type.startswith("application/connect+"):
+        end = json.dumps({"error": {"code": code, "message": message}}).encode()
+        response.append((b"content-type", content_type.encode("latin-1")))
+        body = END_STREAM.to_bytes(1, "big") + len(end).to_bytes(4, "big") + end
+        await _respond(send, 401 if status == 401 else 200, response, body)
         return
     body = json.dumps({"code": code, "message": message}).encode()
     response.append((b"content-type", b"application/json"))
