@@ -8,7 +8,8 @@ Requests answered here, before connectrpc sees them: CORS preflights; a disallow
 (``resource_exhausted``); an enveloped message flagged compressed with no encoding named
 (``unimplemented``, as the gRPC port answers it); a path that names no RPC (404,
 ``unimplemented``); an RPC as GET (405: no RPC here is declared free of side effects, and a GET
-could be forged by any web page). ``/`` and ``/dashboard/…`` are the browser dashboard's static files (``dashboard/``), read with GET.
+could be forged by any web page). ``/`` and ``/dashboard/…`` are the browser dashboard's static
+files (``dashboard/``), read with GET.
 """
 
 from __future__ import annotations
