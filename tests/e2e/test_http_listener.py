@@ -7,9 +7,11 @@ import asyncio
 import json
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import pytest
@@ -19,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.daemon import write_config
 from tests.e2e.helpers import foundry_cli
 from tests.e2e.http_helpers import envelope, url
+from tests.helpers import wait_until
 
 EMIT = "/foundry.Foundry/Emit"
 WATCH = "/foundry.Foundry/Watch"
@@ -174,8 +177,6 @@ def test_a_stop_ends_open_streams_and_exits_zero(make_daemon):
     ws = threading.Thread(target=lambda: outcome.update(ws=asyncio.run(websocket_watch())))
     ws.start()
     assert opened.wait(10)
-    import time
-
     time.sleep(0.5)  # the Connect watch subscribed too
     assert daemon.stop(timeout=60) == 0
     ws.join(30)
@@ -184,6 +185,33 @@ def test_a_stop_ends_open_streams_and_exits_zero(make_daemon):
     status, body = outcome["connect"]
     assert status == 200
     assert body.endswith(b"{}")  # the end-of-stream frame, no error
+
+
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "closed"])
+def test_a_stream_whose_client_went_away_gives_its_place_back_at_once(make_daemon, reset):
+    """Two Connect Watches on a listener capped at two connections, their clients gone — by a
+    reset (RST) or a close (FIN): the next call is served. After a reset, hypercorn held each
+    connection for its keep-alive time (60 s), and the listener refused every client."""
+    daemon = make_daemon("[daemon]\nmax_connections = 2\n")
+    host, port = daemon.http_address.rsplit(":", 1)
+    body = envelope(json.dumps({"project": "nobody"}).encode())
+    request = (f"POST {WATCH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/connect+json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+    for _ in range(2):
+        with socket.create_connection((host, int(port)), timeout=5) as watcher:
+            watcher.sendall(request)
+            time.sleep(0.5)  # the Watch is open (its reply starts with its first event)
+            if reset:
+                watcher.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    wait_until(lambda: _status_code(daemon) == 200, what=lambda: daemon.stderr()[-2000:],
+               timeout=5)  # fmt: skip
+
+
+def _status_code(daemon) -> int | None:
+    try:
+        return httpx.post(url(daemon, "/foundry.Foundry/Status"), json={}, timeout=5).status_code
+    except httpx.TransportError:  # closed at once: the listener is at its cap
+        return None
 
 
 # --- the bearer token on the HTTP listener -------------------------------------------------------

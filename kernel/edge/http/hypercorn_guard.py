@@ -9,7 +9,8 @@ WebSocket upgrade's ``Sec-WebSocket-Protocol`` as ASCII, in the upgrade's handli
 app (and its token check) sees the request, so one header byte stopped the daemon.
 :func:`contain_connection_errors` makes such an error end its connection alone, logged. The
 same wrapper closes a connection at once while the listener holds its cap of them
-(:func:`cap_connections`, ``edge/connections.py``).
+(:func:`cap_connections`, ``edge/connections.py``), and has a connection reset (RST) read as its
+end, as a FIN does (:class:`_ResetAsEnd`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import logging
 from typing import Any
 
+import trio
 from foundry.kernel.edge.connections import ConnectionCap
 
 log = logging.getLogger("foundry.http")
@@ -38,6 +40,7 @@ def contain_connection_errors() -> None:
             with contextlib.suppress(Exception):
                 await self.stream.aclose()
             return
+        self.stream = _ResetAsEnd(self.stream)
         try:
             await run(self)
         except Exception as exc:  # (an ExceptionGroup of the connection's tasks too)
@@ -52,6 +55,27 @@ def contain_connection_errors() -> None:
 
     contained.contained = True  # type: ignore[attr-defined]
     TCPServer.run = contained  # type: ignore[method-assign]
+
+
+class _ResetAsEnd:
+    """A connection's stream whose reset reads as its end (``b""``), as a FIN does. hypercorn
+    tells h11 of an end it reads, not of a reset: h11 then took the connection for a live
+    keep-alive one once its response ended, and held it ``[http]``'s keep-alive time (60 s)
+    with its place of ``[daemon] max_connections`` — a client resetting Watch streams shut the
+    HTTP listener for a minute."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data: bytes | bytearray = await self._stream.receive_some(max_bytes)
+        except trio.BrokenResourceError:
+            return b""
+        return data
 
 
 CAP_ATTRIBUTE = "foundry_connection_cap"

@@ -21,7 +21,11 @@ from foundry.kernel.edge.http import jsonfast
 from foundry.kernel.edge.http.codecs import JsonCodec
 from foundry.kernel.edge.http.cors import OriginPolicy, own_origins, parse_origin_entry
 from foundry.kernel.edge.http.errors import CODE_OF, connect_error
-from foundry.kernel.edge.http.hypercorn_guard import cap_connections, contain_connection_errors
+from foundry.kernel.edge.http.hypercorn_guard import (
+    _ResetAsEnd,
+    cap_connections,
+    contain_connection_errors,
+)
 from foundry.kernel.edge.http.internals import connect_error_body, pick_loop_by_sniffio
 from foundry.proto import analytics_api, foundry_api, runtime_api
 from grpclib.const import Status
@@ -98,6 +102,30 @@ async def test_a_hypercorn_listener_at_its_cap_closes_the_next_connection_unserv
     await server  # not served: hypercorn would have read the stream's socket
     assert closed == [True]
     assert (cap.live, cap.refused) == (1, 1)
+
+
+async def test_hypercorn_reads_a_connection_through_its_stream_and_a_reset_reads_as_its_end():
+    """``TCPServer`` still reads by ``self.stream.receive_some`` and still takes a reset for
+    a plain stop (no end for h11): the wrapper's stream (``_ResetAsEnd``) reads it as ``b""``."""
+    from hypercorn.trio.tcp_server import TCPServer
+
+    read = inspect.getsource(TCPServer._read_data)
+    assert "self.stream.receive_some" in read
+    assert "trio.BrokenResourceError" in read
+
+    class Reset:
+        received = b"before"
+
+        async def receive_some(self, max_bytes=None):
+            if self.received:
+                data, self.received = self.received, b""
+                return data
+            raise trio.BrokenResourceError("[Errno 104] Connection reset by peer")
+
+    stream = _ResetAsEnd(Reset())
+    assert await stream.receive_some(10) == b"before"
+    assert await stream.receive_some(10) == b""
+    assert stream.received == b""  # the rest is the wrapped stream's
 
 
 @pytest.mark.parametrize(
