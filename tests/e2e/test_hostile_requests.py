@@ -6,6 +6,7 @@ them: wrong protobuf wire types, deep or non-finite JSON, huge ids and messages.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -19,6 +20,8 @@ import h2.connection
 import h2.events
 import httpx
 import pytest
+from foundry.kernel.edge.grpc.client import connect
+from foundry.proto import admin_api
 from foundry.proto import foundry_api as api
 from foundry.proto import runtime_api as rt
 from foundry.proto.generated.google.protobuf import Struct, Value
@@ -406,3 +409,42 @@ def test_a_message_flagged_compressed_without_an_encoding_is_unimplemented_every
     assert (tap.status_code, flags) == (200, 2)
     assert json.loads(end)["error"]["code"] == "unimplemented"
     assert_serving(daemon)
+
+
+EMIT_PROBE = bytes(api.EmitRequest(event_type="unary_probe", project="unary-probe"))
+
+
+def _framed(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "needle"),
+    [
+        (b"", "12", "unary request has zero messages"),
+        (_framed(EMIT_PROBE) * 2, "12", "unary request has multiple messages"),
+        (_framed(EMIT_PROBE) + b"\x00\x00", "3", ""),  # bytes after the message: cut short
+    ],
+    ids=["no message", "two messages", "a torn second message"],
+)
+def test_a_unary_call_takes_exactly_one_message_on_both_ports(daemon, body, code, needle):
+    """The generated handler asserted on no message (INTERNAL, a traceback logged), and acted
+    on the first of two messages, ignoring the rest; connectrpc refuses both, in these words."""
+    before = daemon.stderr().count("Traceback")
+    for address in (daemon.address, daemon.http_address):
+        answer = _h2_unary(daemon, FOUNDRY + "Emit", [], body, address)
+        assert answer["grpc-status"] == code, (address, answer)
+        assert needle in unquote(answer.get("grpc-message", ""))
+    assert daemon.stderr().count("Traceback") == before
+    assert _stored_events(daemon, "unary-probe") == []  # the first of two was not acted on
+
+
+def _stored_events(daemon, project: str) -> list[str]:
+    async def go() -> list[str]:
+        async with connect(daemon.address) as (foundry, _):
+            reply = await admin_api.AdminStub(foundry.channel).list_events(
+                admin_api.ListEventsRequest(project=project)
+            )
+        return [event.event_id for event in reply.events]
+
+    return asyncio.run(go())

@@ -58,7 +58,7 @@ from foundry.proto import foundry_api
 from foundry.proto import runtime_api as api
 from grpclib import GRPCError
 from grpclib.config import Configuration
-from grpclib.const import Handler, Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.events import RecvRequest, listen
 from grpclib.server import Server
@@ -211,16 +211,26 @@ class GuardedService:
 
     def __mapping__(self) -> dict[str, Handler]:
         return {
-            path: Handler(_guard(h.func, self._calls), h.cardinality, h.request_type, h.reply_type)
+            path: Handler(
+                _guard(h.func, self._calls, h.cardinality in UNARY_REQUESTS),
+                h.cardinality,
+                h.request_type,
+                h.reply_type,
+            )
             for path, h in self._service.__mapping__().items()
         }
 
 
+UNARY_REQUESTS = (Cardinality.UNARY_UNARY, Cardinality.UNARY_STREAM)
+
+
 def _guard(
-    func: Callable[[Any], Awaitable[None]], calls: Calls
+    func: Callable[[Any], Awaitable[None]], calls: Calls, unary_request: bool
 ) -> Callable[[Any], Awaitable[None]]:
     async def guarded(stream: Any) -> None:
         calls.enter()
+        if unary_request:
+            stream.recv_message = _one_request(stream.recv_message)
         try:
             await func(stream)
         except GRPCError as exc:
@@ -229,6 +239,23 @@ def _guard(
             raise to_grpc_error(exc) from None
 
     return guarded
+
+
+def _one_request(receive: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+    """A unary call's ``recv_message``: its one message, once the client has ended its side
+    (grpc-java waits for that too). Without one, the generated handler asserted (INTERNAL, and
+    a traceback); a second message, or bytes after the first, were ignored, the first acted on.
+    Refused as the HTTP port's connectrpc refuses them, in its words."""
+
+    async def the_request() -> Any:
+        message = await receive()
+        if message is None:
+            raise GRPCError(Status.UNIMPLEMENTED, "unary request has zero messages")
+        if await receive() is not None:
+            raise GRPCError(Status.UNIMPLEMENTED, "unary request has multiple messages")
+        return message
+
+    return the_request
 
 
 MAX_ERROR_MESSAGE = 400
