@@ -68,6 +68,10 @@ class QueryFailed(ValueError):
     """DuckDB refused the query while binding or running it (a bad column, a bad cast)."""
 
 
+class QueryTooLarge(QueryFailed):
+    """DuckDB ran out of its memory (``[store] memory_limit``) making the result."""
+
+
 @dataclass(frozen=True, slots=True)
 class QueryResult:
     columns: tuple[tuple[str, str], ...]  # (name, DuckDB type)
@@ -185,9 +189,9 @@ def run_query(
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> QueryResult:
     """Check and run one user query on ``cursor`` in a read-only transaction; at most
-    ``max_rows`` rows, of at most ``max_bytes`` of JSON text together, come back (a first row
-    larger than that is QueryFailed). The caller enforces the time limit
-    (``cursor.interrupt()``)."""
+    ``max_rows`` rows come back, and a reply of at most ``max_bytes`` as protobuf
+    (:func:`row_budget`; a first row that does not fit is QueryFailed, a result DuckDB runs out
+    of memory for QueryTooLarge). The caller enforces the time limit (``cursor.interrupt()``)."""
     started = time.perf_counter()
     wanted = check_sql(cursor, sql)
     unknown = sorted(set(params) - wanted)
@@ -198,15 +202,154 @@ def run_query(
         raise QueryRefused(f"missing parameter(s): {', '.join('$' + m for m in missing)}")
     cursor.execute("BEGIN TRANSACTION READ ONLY")
     try:
-        fast = _run_as_json(cursor, sql, params, max_rows, max_bytes)
-        if fast is not None:
-            columns, rows, truncated = fast
-        else:
-            columns, rows, truncated = _run_as_written(cursor, sql, params, max_rows, max_bytes)
+        columns, rows, truncated = _run(cursor, sql, params, max_rows, max_bytes)
     finally:
         cursor.execute("ROLLBACK")
     elapsed = (time.perf_counter() - started) * 1000
     return QueryResult(columns, rows, truncated, round(elapsed, 3))
+
+
+Columns = tuple[tuple[str, str], ...]
+Rows = tuple[tuple[str, ...], bool]  # the rows' JSON, and whether there were more
+
+# What a reply costs besides its rows' JSON, as protobuf (``QueryResponse``): a row's tag and
+# its length (at most 6 bytes), a column's tags and lengths, and the other fields.
+ROW_FRAMING = 6
+COLUMN_FRAMING = 12
+REPLY_FRAMING = 32
+
+
+def row_budget(columns: Columns, max_bytes: int) -> int:
+    """The bytes a reply of ``max_bytes`` leaves for its rows: each row counts its JSON and
+    ``ROW_FRAMING``. QueryFailed when the columns alone take it all."""
+    head = REPLY_FRAMING + sum(
+        len(n.encode()) + len(t.encode()) + COLUMN_FRAMING for n, t in columns
+    )
+    if head >= max_bytes:
+        raise QueryFailed(
+            f"the result's columns alone are {head} bytes, more than the {max_bytes}-byte limit "
+            "of a reply ([analytics] max_reply_bytes)"
+        )
+    return max_bytes - head
+
+
+class _FirstRowTooLarge(Exception):
+    """The first row does not fit: its JSON is ``size`` bytes (at least, if not ``exact``)."""
+
+    def __init__(self, size: int, exact: bool = True) -> None:
+        super().__init__(size)
+        self.size, self.exact = size, exact
+
+
+class _AsWritten(Exception):
+    """DuckDB refused a wrapped run: the statement runs as written, and reports its own error."""
+
+
+def _run(
+    cursor: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: Mapping[str, str],
+    max_rows: int,
+    max_bytes: int,
+) -> tuple[Columns, tuple[str, ...], bool]:
+    """A SELECT is run wrapped, so that DuckDB stops at ``max_rows`` and drops the rows past the
+    byte budget before they reach Python: rendered as JSON by DuckDB where every column's type
+    allows it (:func:`_run_as_json`), else converted by Python (:func:`_run_bounded`). Anything
+    else (EXPLAIN), or a wrapped run DuckDB refuses, runs as written (:func:`_run_as_written`)."""
+    try:
+        try:
+            wrapped = _run_wrapped(cursor, sql, params, max_rows, max_bytes)
+            if wrapped is not None:
+                return wrapped
+        except _AsWritten:
+            pass
+        return _run_as_written(cursor, sql, params, max_rows, max_bytes)
+    except _FirstRowTooLarge as exc:
+        raise QueryFailed(_too_large(exc, max_bytes)) from None
+
+
+def _run_wrapped(
+    cursor: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: Mapping[str, str],
+    max_rows: int,
+    max_bytes: int,
+) -> tuple[Columns, tuple[str, ...], bool] | None:
+    text = _select_text(cursor, sql)
+    columns = _described(cursor, text, params) if text is not None else None
+    if text is None or not columns:
+        return None
+    budget = row_budget(columns, max_bytes)
+    rows = _run_as_json(cursor, text, params, columns, max_rows, budget)
+    if rows is None:
+        rows = _run_bounded(cursor, text, params, columns, max_rows, budget)
+    return columns, *rows
+
+
+def _too_large(first: _FirstRowTooLarge, max_bytes: int) -> str:
+    size = f"{first.size} bytes" if first.exact else f"at least {first.size} bytes"
+    return (
+        f"the result's first row is {size} of JSON, more than fits the {max_bytes}-byte limit "
+        "of a reply ([analytics] max_reply_bytes)"
+    )
+
+
+def _select_text(cursor: duckdb.DuckDBPyConnection, sql: str) -> str | None:
+    statements = _parse(cursor, sql)
+    if len(statements) != 1 or statements[0].type.name != "SELECT":
+        return None
+    return str(statements[0].query).rstrip().rstrip(";")
+
+
+def _described(
+    cursor: duckdb.DuckDBPyConnection, text: str, params: Mapping[str, str]
+) -> Columns | None:
+    try:
+        described = cursor.execute(f"DESCRIBE {text}", dict(params)).fetchall()
+    except duckdb.InterruptException:
+        raise
+    except duckdb.Error:
+        return None
+    return tuple((str(row[0]), str(row[1])) for row in described)
+
+
+def _wrapped_run(
+    cursor: duckdb.DuckDBPyConnection, query: str, params: Mapping[str, str]
+) -> duckdb.DuckDBPyConnection:
+    """``query`` run (its result on ``cursor``); _AsWritten when DuckDB refuses it — then the
+    statement runs as written, reporting its own error, in a transaction of its own (DuckDB
+    aborted this one). Out of memory is the answer: the result is too large to send anyway."""
+    try:
+        return cursor.execute(query, dict(params))
+    except duckdb.InterruptException:
+        raise
+    except duckdb.OutOfMemoryException as exc:
+        raise QueryTooLarge(cut(f"the result is too large to make: {exc}")) from None
+    except duckdb.Error:
+        cursor.execute("ROLLBACK")
+        cursor.execute("BEGIN TRANSACTION READ ONLY")
+        raise _AsWritten from None
+
+
+def _run_bounded(
+    cursor: duckdb.DuckDBPyConnection,
+    text: str,
+    params: Mapping[str, str],
+    columns: Columns,
+    max_rows: int,
+    budget: int,
+) -> Rows:
+    """Rows converted by Python, of a query DuckDB stops at ``max_rows`` and at the budget by a
+    lower bound of the rows' size (``_guessed``): the rows that may be sent, and a few more."""
+    # the rows within the budget, and the first past it, its values left out: its guess says
+    # there was more
+    values = ", ".join(f"CASE WHEN guess <= {budget} THEN c{i} END" for i in range(len(columns)))
+    kept = (
+        f"SELECT {values}, guess FROM ({_guessed(text, columns, max_rows)}) "
+        f"WHERE guess - own <= {budget}"
+    )
+    result = _wrapped_run(cursor, kept, params)
+    return _converted(result, columns, max_rows, budget, guessed=True)
 
 
 def _run_as_written(
@@ -215,44 +358,72 @@ def _run_as_written(
     params: Mapping[str, str],
     max_rows: int,
     max_bytes: int,
-) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool]:
-    """The query's rows converted by Python, fetched in batches until ``max_rows`` or
-    ``max_bytes`` is reached (a huge result is never all held as Python objects)."""
-    rows: list[str] = []
-    used = 0
-    truncated = False
+) -> tuple[Columns, tuple[str, ...], bool]:
+    """The statement as written (EXPLAIN, or a query DuckDB refused to run wrapped: its own
+    error is reported), its rows converted by Python, a few at a time."""
     try:
         result = cursor.execute(sql, dict(params)) if params else cursor.execute(sql)
-        description = result.description or []
-        columns = tuple((str(d[0]), str(d[1])) for d in description)
-        json_columns = [i for i, (_, kind) in enumerate(columns) if kind == "JSON"]
-        while description and not truncated:
-            batch = result.fetchmany(min(1_000, max_rows + 1 - len(rows)))
-            if not batch:
-                break
+    except duckdb.InterruptException:
+        raise
+    except duckdb.OutOfMemoryException as exc:
+        raise QueryTooLarge(cut(f"the result is too large to make: {exc}")) from None
+    except duckdb.Error as exc:
+        raise QueryFailed(cut(str(exc))) from None
+    columns = tuple((str(d[0]), str(d[1])) for d in result.description or [])
+    if not columns:
+        return columns, (), False
+    budget = row_budget(columns, max_bytes)
+    return columns, *_converted(result, columns, max_rows, budget)
+
+
+# Rows converted by Python per fetch (DuckDB converts a whole vector of 2,048 rows anyway: the
+# rows that reach this fetch are bounded by the query, ``_guessed``).
+FETCH = 1_000
+
+
+def _converted(
+    result: duckdb.DuckDBPyConnection,
+    columns: Columns,
+    max_rows: int,
+    budget: int,
+    *,
+    guessed: bool = False,
+) -> Rows:
+    """The rows' JSON within ``max_rows`` and ``budget``, and whether there were more;
+    _FirstRowTooLarge when not even the first fits. ``guessed``: each row ends with the lower
+    bound of the bytes so far (``_guessed``), past the budget on a last row of no values."""
+    json_columns = [i for i, (_, kind) in enumerate(columns) if kind == "JSON"]
+    rows: list[str] = []
+    used = 0
+    try:
+        while batch := result.fetchmany(FETCH):
             for row in batch:
+                if len(rows) == max_rows:
+                    return tuple(rows), True
+                if guessed:
+                    guess = row[-1]
+                    if guess > budget:
+                        if not rows:
+                            raise _FirstRowTooLarge(guess - ROW_FRAMING, exact=False)
+                        return tuple(rows), True
+                    row = row[:-1]
                 text = _row_json(row, json_columns)
-                used += len(text.encode()) + 1
-                if len(rows) == max_rows or used > max_bytes:
-                    truncated = True
-                    break
+                size = len(text.encode())
+                used += size + ROW_FRAMING
+                if used > budget:
+                    if not rows:
+                        raise _FirstRowTooLarge(size)
+                    return tuple(rows), True
                 rows.append(text)
     except duckdb.InterruptException:
         raise
+    except duckdb.OutOfMemoryException as exc:
+        raise QueryTooLarge(cut(f"the result is too large to make: {exc}")) from None
     except duckdb.Error as exc:
         raise QueryFailed(cut(str(exc))) from None
     except (OverflowError, ValueError) as exc:  # a value Python cannot hold: 10^8 years
         raise QueryFailed(cut(f"a value of the result cannot be read: {exc}")) from None
-    if truncated and not rows and used > max_bytes:
-        raise QueryFailed(too_large(used - 1, max_bytes))
-    return columns, tuple(rows), truncated
-
-
-def too_large(size: int, max_bytes: int) -> str:
-    return (
-        f"the result's first row is {size} bytes of JSON, more than the {max_bytes}-byte "
-        "limit of a reply ([analytics] max_reply_bytes)"
-    )
+    return tuple(rows), False
 
 
 # Rows of these types are rendered as JSON by DuckDB itself (:func:`_run_as_json`), exactly as
@@ -295,68 +466,145 @@ _UTC = frozenset(("UTC", "Etc/UTC"))
 
 def _run_as_json(
     cursor: duckdb.DuckDBPyConnection,
-    sql: str,
+    text: str,
     params: Mapping[str, str],
+    columns: Columns,
     max_rows: int,
-    max_bytes: int,
-) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool] | None:
+    budget: int,
+) -> Rows | None:
     """Run a query whose columns all have a type in ``_AS_JSON`` with DuckDB rendering each row's
-    JSON text; ``None`` when it does not apply (then the caller runs the query as written)."""
-    statements = _parse(cursor, sql)
-    if len(statements) != 1 or statements[0].type.name != "SELECT":
-        return None
-    text = str(statements[0].query).rstrip().rstrip(";")
+    JSON text; ``None`` when it does not apply (then the caller runs it another way)."""
     try:
-        described = cursor.execute(f"DESCRIBE {text}", dict(params)).fetchall()
         zone = cursor.execute("SELECT current_setting('TimeZone')").fetchone()
     except duckdb.InterruptException:
         raise
     except duckdb.Error:
         return None
     renderers = _AS_JSON | _AS_JSON_UTC if zone and zone[0] in _UTC else _AS_JSON
-    columns = tuple((str(row[0]), str(row[1])) for row in described)
     parts = []
     for i, (_, kind) in enumerate(columns):
         template = renderers.get(kind.split("(")[0] if kind.startswith("DECIMAL(") else kind)
         if template is None:
             return None
         parts.append(f"coalesce({template.format(c=f'q.c{i}')}, 'null')")
-    if not parts:
-        return None
-    names = ", ".join(f"c{i}" for i in range(len(columns)))
     row = " || ',' || ".join(parts)
-    # the limit: DuckDB renders (and holds) only the rows that can be sent, not the whole result
-    wrapped = f"SELECT '[' || {row} || ']' FROM ({text}\n) AS q({names}) LIMIT {max_rows + 1}"
-    # DuckDB joins the rows into one text (a row's JSON never holds a raw newline): the worker
-    # thread then converts one value, not a Python str per row, so it holds the interpreter lock
-    # against the daemon's loop for a fraction of the time. Only the rows that fit in
-    # ``max_bytes`` are joined: a row of 500 MB never reaches Python.
-    numbered = f"SELECT r, row_number() OVER () AS i FROM ({wrapped}) AS w(r)"
+    # DuckDB renders only the rows that may be sent (``_guessed``: up to max_rows + 1, within
+    # the budget by a lower bound of their size, none made for that), measures them exactly as
+    # they stream by, and joins those within the budget into one text (a row's JSON never holds
+    # a raw newline): the worker thread then converts one value, not a Python str per row, so it
+    # holds the interpreter lock against the daemon's loop for a fraction of the time.
+    rendered = (
+        f"SELECT i, own, CASE WHEN guess <= {budget} THEN '[' || {row} || ']' END AS r "
+        f"FROM ({_guessed(text, columns, max_rows)}) AS q"
+    )
     measured = (
-        "SELECT r, i, sum(strlen(r) + 1) OVER (ORDER BY i ROWS UNBOUNDED PRECEDING) AS used "
-        f"FROM ({numbered})"
+        f"SELECT r, i, own, sum(strlen(r) + {ROW_FRAMING}) OVER (ROWS UNBOUNDED PRECEDING) "
+        f"AS used FROM ({rendered})"
     )
     joined = (
-        f"SELECT string_agg(r, chr(10) ORDER BY i) FILTER (WHERE used <= {max_bytes}), "
-        f"count(*) FILTER (WHERE used > {max_bytes}), max(strlen(r)) FILTER (WHERE i = 1) "
-        f"FROM ({measured})"
+        f"SELECT string_agg(r, chr(10) ORDER BY i) FILTER (WHERE used <= {budget}), "
+        f"count(*) FILTER (WHERE r IS NULL OR used > {budget}), "
+        f"max(strlen(r)) FILTER (WHERE i = 1), max(own) FILTER (WHERE i = 1) FROM ({measured})"
     )
-    try:
-        found = cursor.execute(joined, dict(params)).fetchone()
-    except duckdb.InterruptException:
-        raise
-    except duckdb.Error:
-        # the caller runs the query as written, and reports its own error: in a transaction
-        # of its own, as DuckDB aborted this one
-        cursor.execute("ROLLBACK")
-        cursor.execute("BEGIN TRANSACTION READ ONLY")
-        return None
+    found = _wrapped_run(cursor, joined, params).fetchone()
     assert found is not None  # an aggregate has one row
-    text, past_limit, first_size = found
-    rows = text.split("\n") if text is not None else []
-    if past_limit and not rows:
-        raise QueryFailed(too_large(first_size, max_bytes))
-    return columns, tuple(rows[:max_rows]), past_limit > 0 or len(rows) > max_rows
+    joined_rows, past_budget, first_size, first_guess = found
+    rows = joined_rows.split("\n") if joined_rows is not None else []
+    if past_budget and not rows:
+        if first_size is None:  # not even rendered: its lower bound is past the budget
+            raise _FirstRowTooLarge(first_guess - ROW_FRAMING, exact=False)
+        raise _FirstRowTooLarge(first_size)
+    return tuple(rows[:max_rows]), past_budget > 0 or len(rows) > max_rows
+
+
+def _guessed(text: str, columns: Columns, max_rows: int) -> str:
+    """The query's first ``max_rows + 1`` rows, columns ``c0``, ``c1`` …, numbered ``i`` from 1,
+    with ``own``, a lower bound of the bytes of the row's JSON and framing (strings', blobs' and
+    lists' lengths, :func:`_lower_bound`, none of it made), and ``guess``, of the rows' so far."""
+    names = ", ".join(f"c{i}" for i in range(len(columns)))
+    bound = " + ".join(_lower_bound(f"c{i}", kind) for i, (_, kind) in enumerate(columns))
+    numbered = (
+        f"SELECT {names}, row_number() OVER () AS i, {bound} + {len(columns) + 1 + ROW_FRAMING} "
+        f"AS own FROM ({text}\n) AS q({names}) LIMIT {max_rows + 1}"
+    )
+    return (
+        f"SELECT {names}, i, own, sum(own) OVER (ROWS UNBOUNDED PRECEDING) AS guess "
+        f"FROM ({numbered})"
+    )
+
+
+def _lower_bound(value: str, kind: str, depth: int = 0) -> str:
+    """SQL for the least bytes a value's JSON takes (a comma after it is counted apart): a
+    string's length and quotes, a JSON text's length, a blob's length, a list's items and
+    commas, a struct's fields and their names; one byte for any other value (a map, say)."""
+    if kind == "VARCHAR":
+        return f"coalesce(strlen({value}) + 2, 4)"
+    if kind == "JSON":
+        return f"coalesce(strlen({value}), 4)"
+    if kind == "BLOB":
+        return f"coalesce(octet_length({value}), 4)"
+    if depth >= MAX_BOUND_DEPTH:
+        return "1"
+    if kind.endswith("[]"):
+        item = f"x{depth}"
+        items = (
+            f"list_transform({value}, lambda {item}: {_lower_bound(item, kind[:-2], depth + 1)})"
+        )
+        return f"coalesce(list_sum({items}) + len({value}) + 1, 4)"
+    fields = struct_fields(kind)
+    if fields:
+        parts = [
+            _lower_bound(f"struct_extract({value}, {_sql_text(name)})", field, depth + 1)
+            + f" + {len(name.encode()) + 4}"
+            for name, field in fields
+        ]
+        return f"coalesce({' + '.join(parts)} + 1, 4)"
+    return "1"
+
+
+MAX_BOUND_DEPTH = 4  # lists and structs bounded by their parts this deep, by 1 byte below
+
+
+def struct_fields(kind: str) -> list[tuple[str, str]]:
+    """The (name, type) fields of DuckDB's name of a STRUCT type (``STRUCT(a VARCHAR, "b c"
+    INTEGER[])``); [] for any other type."""
+    if not (kind.startswith("STRUCT(") and kind.endswith(")")):
+        return []
+    parts, depth, quoted, start = [], 0, False, 0
+    body = kind[len("STRUCT(") : -1]
+    for i, char in enumerate(body):
+        if char == '"':
+            quoted = not quoted  # a doubled quote inside a name toggles twice
+        elif not quoted and char in "()":
+            depth += 1 if char == "(" else -1
+        elif not quoted and char == "," and depth == 0:
+            parts.append(body[start:i].strip())
+            start = i + 1
+    parts.append(body[start:].strip())
+    fields = []
+    for part in parts:
+        if part.startswith('"'):
+            end = _closing_quote(part)
+            name, rest = part[1:end].replace('""', '"'), part[end + 1 :]
+        else:
+            name, _, rest = part.partition(" ")
+        fields.append((name, rest.strip()))
+    return fields
+
+
+def _closing_quote(part: str) -> int:
+    i = 1
+    while i < len(part):
+        if part[i] == '"':
+            if part[i + 1 : i + 2] != '"':
+                return i
+            i += 1
+        i += 1
+    return len(part)
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _row_json(row: tuple[Any, ...], json_columns: list[int]) -> str:

@@ -36,7 +36,8 @@ class Unavailable(FoundryError):
 
 
 class ResourceExhausted(FoundryError):
-    """A subscriber fell behind its bounded buffer and was cut off."""
+    """A subscriber fell behind its bounded buffer and was cut off; a query's result was more
+    than DuckDB's memory could make."""
 
 
 class DeadlineExceeded(FoundryError):

@@ -146,6 +146,8 @@ def _offline(args: argparse.Namespace, params: dict[str, str]) -> Answer:
     max_rows = min(args.max_rows or limits.max_rows, limits.max_rows)
     try:
         result = run_file(path, sql, params, max_rows, limits.query_timeout, limits.max_reply_bytes)
+    except sandbox.QueryTooLarge as exc:
+        raise CommandFailed(f"RESOURCE_EXHAUSTED: {exc}") from None
     except (sandbox.QueryRefused, sandbox.QueryFailed) as exc:
         raise CommandFailed(f"INVALID_ARGUMENT: {exc}") from None
     except TimeoutError as exc:

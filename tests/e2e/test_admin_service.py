@@ -4,6 +4,7 @@ it loaded (with where each came from), and stored events with their filters."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 
@@ -127,3 +128,20 @@ def test_hostile_filters_are_plain_values_not_sql(daemon):
     with pytest.raises(GRPCError) as caught:
         admin(daemon, lambda a: a.list_events(huge))
     assert caught.value.status is Status.INVALID_ARGUMENT
+
+
+def test_events_past_the_reply_limit_leave_out_the_oldest(make_daemon):
+    """ListEvents' reply is bounded (6 × max_message_bytes + 1 MiB here: 1.1 MB): 100 events of
+    15 KB do not fit, and the newest are kept, the oldest left out, ``truncated`` set. (Its
+    rows came oldest first under the byte limit: the newest were dropped, unsaid.)"""
+    small = make_daemon(
+        "[daemon]\nmax_message_bytes = 16384\n[analytics]\nmax_reply_bytes = 65536\n"
+    )
+    for n in range(100):
+        emit(small, "nobody_listens", project="admin-big", payload={"n": n, "pad": "x" * 15_000})
+    listed = admin(small, lambda a: a.list_events(api.ListEventsRequest(project="admin-big",
+                                                                         limit=100)))  # fmt: skip
+    numbers = [json.loads(e.payload_json)["n"] for e in listed.events]
+    assert 50 < len(numbers) < 100
+    assert numbers == list(range(100 - len(numbers), 100))  # the newest, oldest first
+    assert listed.truncated

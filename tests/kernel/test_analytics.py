@@ -4,6 +4,8 @@ saved question on known data committed through the store's own Append."""
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -13,7 +15,7 @@ import duckdb
 import pytest
 import trio
 from foundry.analytics import saved_questions as questions
-from foundry.analytics.sandbox import QueryRefused, check_sql
+from foundry.analytics.sandbox import DEFAULT_MAX_BYTES, QueryRefused, check_sql, struct_fields
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.store.actor import Store
 from foundry.kernel.actors.store.messages import Append, LoadRun, RunUserQuery
@@ -26,7 +28,9 @@ from foundry.kernel.core.governance import (
 from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
 from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.edge.grpc.analytics_service import encode_rows
 from foundry.kernel.errors import DeadlineExceeded, InvalidArgument
+from foundry.proto import analytics_api
 
 from .harness import GUARD_SECONDS, run_sql
 
@@ -252,6 +256,64 @@ async def test_a_first_row_larger_than_the_reply_limit_is_refused_by_name(tmp_pa
             await ask(store, lambda r: RunUserQuery(sql, {}, 10, 30.0, r, None, 4_096))
         assert "4096-byte limit" in str(refused.value)
         assert await rows(store, "SELECT 42") == [[42]]
+
+
+MEMORY_PROBE = """
+import resource, sys, duckdb
+from foundry.analytics import sandbox
+con = duckdb.connect(config={"memory_limit": "256MB"})
+result = sandbox.run_query(con.cursor(), sys.argv[1], {}, 10_000)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+print(len(result.rows), result.truncated, peak)
+"""
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        pytest.param("SELECT repeat('x', 1000000) AS s FROM range(3000)", id="strings"),
+        pytest.param("SELECT [repeat('x', 1000000)] AS s FROM range(3000)", id="lists"),
+        pytest.param("SELECT {'a': repeat('x', 1000000)} AS s FROM range(3000)", id="structs"),
+    ],
+)
+def test_rows_past_the_reply_limit_are_never_made(sql):
+    """3,000 rows of 1 MB: four fit in 4 MiB. DuckDB renders (or Python converts) a vector of
+    2,048 rows at a time: unbounded, a process peaked at 2.2 GB (strings) to 3.9 GB (structs).
+    A process of its own, so its peak memory is this query's."""
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, sql], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    rows, truncated, peak_mb = done.stdout.split()
+    assert (rows, truncated) == ("4", "True")
+    assert int(peak_mb) < 600, peak_mb
+
+
+def test_struct_fields_are_read_from_duckdbs_type_names():
+    con = duckdb.connect()
+    kind = con.execute(
+        """SELECT {'a b': 1, 'c"d': [1], 'x,y(': {'f': 'g'}, e: NULL} AS s"""
+    ).description[0][1]
+    assert struct_fields(str(kind)) == [
+        ("a b", "INTEGER"), ('c"d', "INTEGER[]"), ("x,y(", "STRUCT(f VARCHAR)"), ("e", '"NULL"'),
+    ]  # fmt: skip
+    assert struct_fields("VARCHAR[]") == []
+
+
+async def test_a_reply_fits_a_grpc_clients_limit_with_its_framing_and_columns(tmp_path):
+    """Each row counts its protobuf framing, and the columns their names: 10,000 rows of 418
+    bytes (4,180,000 of JSON) made a reply over 4 MiB."""
+    async with running_store(tmp_path) as store:
+        sql = "SELECT repeat('x', 414) AS s FROM range(10000)"
+        reply = await ask(store, lambda r: RunUserQuery(sql, {}, 10_000, 5.0, r, encode_rows))
+        assert reply.truncated
+        head = bytes(analytics_api.QueryResponse(columns=[analytics_api.Column("s", "VARCHAR")],
+                     truncated=True, elapsed_ms=reply.elapsed_ms))  # fmt: skip
+        assert len(head + reply.rows_wire) <= DEFAULT_MAX_BYTES
+        wide = '"' + "n" * 5_000 + '"'
+        columns = ", ".join(f'1 AS {wide[:-1]}{i}"' for i in range(1_000))
+        with pytest.raises(InvalidArgument, match=r"columns alone are \d+ bytes"):
+            await query(store, f"SELECT {columns} WHERE false")
 
 
 async def test_duckdb_errors_are_invalid_argument_cut_short(tmp_path):

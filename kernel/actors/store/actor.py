@@ -79,7 +79,13 @@ from foundry.kernel.actors.telemetry.messages import SpanOutbox, TracesStored
 from foundry.kernel.actors.threads import JobThread, in_thread, waited_for
 from foundry.kernel.core.attest_records import SPOOL
 from foundry.kernel.core.records import FinishedChain
-from foundry.kernel.errors import ConfigError, DeadlineExceeded, InvalidArgument, Unavailable
+from foundry.kernel.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 
 log = logging.getLogger("foundry.store")
 
@@ -993,6 +999,9 @@ class Store:
             if message.encode_rows is not None:
                 return replace(result, rows_wire=message.encode_rows(result.rows))
             return result
+        except sandbox.QueryTooLarge as exc:
+            healthy = True  # the sandbox rolled its transaction back
+            raise ResourceExhausted(str(exc)) from None
         except (sandbox.QueryRefused, sandbox.QueryFailed) as exc:
             healthy = True  # the sandbox rolled its transaction back
             raise InvalidArgument(str(exc)) from None

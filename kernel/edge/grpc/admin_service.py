@@ -31,20 +31,22 @@ DEFAULT_EVENTS = 100
 MAX_EVENTS = 1000
 EVENTS_TIMEOUT = 10.0  # seconds
 
-# The newest matching events, returned oldest first. Times as epoch microseconds: exact, and
-# formatted here in the daemon's one style (RFC 3339 UTC).
+# The newest matching events, newest first (a reply's byte limit keeps the newest; they are
+# returned oldest first). Times as epoch microseconds: exact, and formatted here in the daemon's
+# one style (RFC 3339 UTC).
 RECENT_EVENTS_SQL = """
-SELECT * FROM (
-    SELECT event_id, event_type, project, epoch_us(occurred_at) AS occurred_us, workflow_id,
-           throttle, throttled, CAST(payload AS VARCHAR) AS payload, coalesce(emitted_by, '')
-    FROM events
-    WHERE occurred_at >= $since::TIMESTAMPTZ
-      AND ($project = '' OR project = $project)
-      AND ($workflow_id = '' OR workflow_id = $workflow_id)
-    ORDER BY occurred_at DESC, depth DESC
-    LIMIT $limit::INTEGER
-) ORDER BY occurred_us, event_id
+SELECT event_id, event_type, project, epoch_us(occurred_at) AS occurred_us, workflow_id,
+       throttle, throttled, CAST(payload AS VARCHAR) AS payload, coalesce(emitted_by, '')
+FROM events
+WHERE occurred_at >= $since::TIMESTAMPTZ
+  AND ($project = '' OR project = $project)
+  AND ($workflow_id = '' OR workflow_id = $workflow_id)
+ORDER BY occurred_us DESC, depth DESC, event_id DESC
+LIMIT $limit::INTEGER
 """
+# A reply holds at least the newest event, whatever its payload: a payload is at most
+# ``max_message_bytes``, and its JSON at most six times that (a control character is \u00XX).
+JSON_GROWTH = 6
 
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -55,6 +57,9 @@ class AdminService(api.AdminBase):
         self, mailboxes: Mailboxes, config: Config, registry: BlockRegistry, listen: str
     ) -> None:
         self._mail = mailboxes
+        self._reply_bytes = max(
+            config.analytics.max_reply_bytes, JSON_GROWTH * config.max_message_bytes + (1 << 20)
+        )
         self._started_at = rfc3339(datetime.now(UTC))
         self._version = api.GetVersionResponse(
             version=distribution_version(),
@@ -88,12 +93,14 @@ class AdminService(api.AdminBase):
         }
         result: QueryResult = await ask(
             self._mail.store,
-            lambda r: RunUserQuery(RECENT_EVENTS_SQL, params, limit + 1, EVENTS_TIMEOUT, r),
+            lambda r: RunUserQuery(
+                RECENT_EVENTS_SQL, params, limit + 1, EVENTS_TIMEOUT, r, None, self._reply_bytes
+            ),
         )
-        rows = [json.loads(row) for row in result.rows]
-        truncated = len(rows) > limit
+        rows = [json.loads(row) for row in result.rows[:limit]]
+        truncated = result.truncated or len(result.rows) > limit
         return api.ListEventsResponse(
-            events=[_event(row) for row in rows[-limit:]], truncated=truncated
+            events=[_event(row) for row in reversed(rows)], truncated=truncated
         )
 
 
