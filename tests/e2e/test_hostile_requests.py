@@ -408,6 +408,16 @@ def test_a_message_flagged_compressed_without_an_encoding_is_unimplemented_every
     ((flags, end),) = envelopes(tap.content)
     assert (tap.status_code, flags) == (200, 2)
     assert json.loads(end)["error"]["code"] == "unimplemented"
+    # another protocol's encoding header names no encoding for this one
+    tap = httpx.post(url(daemon, "/fleetforge.runtime.v1.RuntimeService/TapRun"),
+                     content=COMPRESSED_EMPTY,
+                     headers={"content-type": "application/connect+proto",
+                              "grpc-encoding": "gzip"})  # fmt: skip
+    assert json.loads(envelopes(tap.content)[0][1])["error"]["code"] == "unimplemented"
+    # gRPC-Web-text's body is base64 ("AAAA…"): its first byte is no envelope's flags
+    text = httpx.post(url(daemon, "/foundry.Foundry/Status"), content=b"AAAAAAA=",
+                      headers={"content-type": "application/grpc-web-text"})  # fmt: skip
+    assert "compressed" not in unquote(text.headers.get("grpc-message", "")) + text.text
     assert_serving(daemon)
 
 

@@ -272,6 +272,18 @@ def test_grpc_over_http_1_1_is_refused_in_one_answer_and_over_h2c_is_served(daem
     assert daemon.stderr().count("Traceback") == before
 
 
+def test_a_refusal_reaches_grpcio_over_h2c_as_its_status(daemon):
+    """A call refused before connectrpc sees it (here: a foreign origin) answers gRPC with its
+    status in trailers: grpcio read the headers-then-empty-DATA answer as UNKNOWN ("Stream
+    removed")."""
+    with raw_channel(daemon.http_address) as channel:
+        method = channel.unary_unary(STATUS, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as refused:
+            method(b"", timeout=10, metadata=[("origin", "https://evil.example")])
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "https://evil.example" in refused.value.details()
+
+
 def test_a_client_gone_mid_call_leaves_no_traceback(daemon):
     """connectrpc raises what it could not answer; hypercorn logged each such call with a
     60-line traceback ("Error in ASGI Framework"): HTTP/2 resets made ~100,000 lines."""

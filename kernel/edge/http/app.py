@@ -123,6 +123,7 @@ class HttpApp:
             await dashboard.serve(scope, send)
             return
         headers = _headers(scope)
+        trailers = "http.response.trailers" in scope.get("extensions", {})
         origin = headers.get("origin")
         if scope["method"] == "OPTIONS":
             await self._preflight(origin, headers, send)
@@ -130,20 +131,22 @@ class HttpApp:
         if origin is not None:
             if not self._origins.allows(origin):
                 await _error(send, 403, "permission_denied", f"origin {origin[:100]!r} is "
-                             "not allowed ([http] cors_origins)", headers)  # fmt: skip
+                             "not allowed ([http] cors_origins)", headers,
+                             trailers=trailers)  # fmt: skip
                 return
             send = _with_cors(send, origin)
         refusal = self._refusal(scope, headers)
         if refusal is not None:
             status, code, message, extra = refusal
-            await _error(send, status, code, message, headers, extra)
+            await _error(send, status, code, message, headers, extra, trailers=trailers)
             return
         if _is_enveloped(headers) and not _declared_encoding(headers):
             receive, first = await _peek(receive)
             if first & COMPRESSED:
                 # connectrpc answered INTERNAL; the gRPC port answers this (grpclib) UNIMPLEMENTED
-                await _error(send, 415, "unimplemented", "compressed requests are not supported "
-                             "without a declared encoding", headers)  # fmt: skip
+                await _error(send, 415, "unimplemented", "compressed requests are not "
+                             "supported without a declared encoding", headers,
+                             trailers=trailers)  # fmt: skip
                 return
         try:
             if self._fast.takes(scope["path"], headers):
@@ -265,12 +268,20 @@ END_STREAM = 0x02  # a Connect stream's last envelope: its end (and error)
 
 
 def _is_enveloped(headers: Mapping[str, str]) -> bool:
-    """Connect streaming, gRPC-Web and gRPC frame messages in envelopes (flags, length)."""
-    return headers.get("content-type", "").startswith(("application/connect+", "application/grpc"))
+    """Connect streaming, gRPC-Web and gRPC frame messages in envelopes (flags, length);
+    gRPC-Web-text's body is base64 (which connectrpc does not take)."""
+    kind = headers.get("content-type", "")
+    return kind.startswith(("application/connect+", "application/grpc")) and (
+        not kind.startswith("application/grpc-web-text")
+    )
 
 
 def _declared_encoding(headers: Mapping[str, str]) -> bool:
-    encoding = headers.get("connect-content-encoding") or headers.get("grpc-encoding") or ""
+    """A compression named in the request's own protocol's header."""
+    if headers.get("content-type", "").startswith("application/connect+"):
+        encoding = headers.get("connect-content-encoding", "")
+    else:
+        encoding = headers.get("grpc-encoding", "")
     return encoding not in ("", "identity")
 
 
@@ -310,16 +321,25 @@ async def _error(
     message: str,
     headers: Mapping[str, str],
     extra: Iterable[tuple[bytes, bytes]] = (),
+    *,
+    trailers: bool = False,
 ) -> None:
-    """A Connect error (JSON body); a gRPC-Web caller gets its status in headers too, and a
-    Connect stream its end-of-stream message (its clients read the code from there)."""
+    """A Connect error (JSON body); a gRPC-Web caller gets its status in headers too, a gRPC
+    caller in trailers (when the connection has them: ``trailers``), and a Connect stream in
+    its end-of-stream message (its clients read the code from there)."""
     content_type = headers.get("content-type", "")
     response = [*extra]
-    if content_type.startswith("application/grpc"):  # gRPC-Web: a trailers-only response
-        response += [(b"content-type", content_type.encode("latin-1")),
-                     (b"grpc-status", str(GRPC_STATUS.get(code, 2)).encode()),
-                     (b"grpc-message", _percent(message).encode())]  # fmt: skip
-        await _respond(send, 401 if status == 401 else 200, response, b"")
+    if content_type.startswith("application/grpc"):
+        grpc_status = [(b"grpc-status", str(GRPC_STATUS.get(code, 2)).encode()),
+                       (b"grpc-message", _percent(message).encode())]  # fmt: skip
+        response.append((b"content-type", content_type.encode("latin-1")))
+        if trailers and not content_type.startswith("application/grpc-web"):
+            # gRPC over h2c: the status in trailers (grpcio took it in headers followed by an
+            # empty DATA frame for a reset stream: UNKNOWN, "Stream removed")
+            await _respond_with_trailers(send, response, grpc_status)
+            return
+        # gRPC-Web (and gRPC over HTTP/1.1, refused): a trailers-only response
+        await _respond(send, 401 if status == 401 else 200, response + grpc_status, b"")
         return
     if content_type.startswith("application/connect+"):
         end = json.dumps({"error": {"code": code, "message": message}}).encode()
@@ -338,6 +358,15 @@ def _percent(text: str) -> str:
 
 
 GRPC_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+async def _respond_with_trailers(
+    send: Send, headers: list[tuple[bytes, bytes]], trailers: list[tuple[bytes, bytes]]
+) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": headers,
+                "trailers": True})  # fmt: skip
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
 
 
 async def _respond(
