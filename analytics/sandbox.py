@@ -360,7 +360,7 @@ def _run_as_written(
     max_bytes: int,
 ) -> tuple[Columns, tuple[str, ...], bool]:
     """The statement as written (EXPLAIN, or a query DuckDB refused to run wrapped: its own
-    error is reported), its rows converted by Python, a few at a time."""
+    error is reported), its rows converted by Python in batches."""
     try:
         result = cursor.execute(sql, dict(params)) if params else cursor.execute(sql)
     except duckdb.InterruptException:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -104,13 +103,22 @@ class AssertionType(Protocol):
 # --- judging ------------------------------------------------------------------------------------
 
 
+Search = Callable[[str, str], "str | None"]
+"""``search(pattern, text)``: the text of the pattern's first match in ``text``, or None;
+ValueError (its reason) for a pattern it cannot take. The ``regex`` assertion's engine, given by
+the caller: one whose time is linear in the text (RE2), as a pattern is the caller's input."""
+
+
 def judge(
     run: RunFacts,
     expected: Any,
     extra_types: Mapping[str, AssertionType] | None = None,
+    *,
+    search: Search,
 ) -> Judgement:
     """Check every assertion in ``expected`` against ``run``; see README.md for the vocabulary."""
     extras = dict(extra_types or {})
+    builtins = {**_BUILTINS, "regex": (frozenset({STEP}), _regex_with(search))}
     errors = [f"assertion type {k!r} clashes with a built-in" for k in extras if k in _RESERVED]
     results: list[AssertionResult] = []
     if not isinstance(expected, Mapping):
@@ -118,9 +126,9 @@ def judge(
     else:
         for key in sorted(expected):
             if key == "steps":
-                results.extend(_judge_steps(run, expected[key], extras))
+                results.extend(_judge_steps(run, expected[key], extras, builtins))
             else:
-                results.append(_check(key, expected[key], run, None, extras))
+                results.append(_check(key, expected[key], run, None, extras, builtins))
         if not results:
             errors.append("expected has no assertions")
     errors.extend(r.message for r in results if r.error)
@@ -142,7 +150,10 @@ def judge(
 
 
 def _judge_steps(
-    run: RunFacts, steps: Any, extras: Mapping[str, AssertionType]
+    run: RunFacts,
+    steps: Any,
+    extras: Mapping[str, AssertionType],
+    builtins: Mapping[str, tuple[frozenset[str], Check]],
 ) -> list[AssertionResult]:
     if not isinstance(steps, Mapping):
         return [_error("steps", steps, None, f"steps must be an object, got {_kind(steps)}")]
@@ -156,16 +167,23 @@ def _judge_steps(
             msg = f"steps.{step_id}: the run has no step {step_id!r}"
             results.extend(_error(key, checks[key], step_id, msg) for key in sorted(checks))
         else:
-            results.extend(_check(k, checks[k], run, step_id, extras) for k in sorted(checks))
+            results.extend(
+                _check(k, checks[k], run, step_id, extras, builtins) for k in sorted(checks)
+            )
     return results
 
 
 def _check(
-    key: str, value: Any, run: RunFacts, step_id: str | None, extras: Mapping[str, AssertionType]
+    key: str,
+    value: Any,
+    run: RunFacts,
+    step_id: str | None,
+    extras: Mapping[str, AssertionType],
+    builtins: Mapping[str, tuple[frozenset[str], Check]],
 ) -> AssertionResult:
     scope = RUN if step_id is None else STEP
     where = "" if step_id is None else f"steps.{step_id}."
-    builtin = _BUILTINS.get(key)
+    builtin = builtins.get(key)
     if builtin is not None:
         scopes, check = builtin
         if scope not in scopes:
@@ -235,20 +253,27 @@ def _contains(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult
     return _result("contains", found, _clip(text), value, step_id, msg)
 
 
-def _regex(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
-    if not isinstance(value, str):
-        return _error("regex", value, step_id, _bad("regex", step_id, "a string", value))
-    if len(value) > MAX_PATTERN_LENGTH:
-        msg = f"steps.{step_id}.regex: pattern longer than {MAX_PATTERN_LENGTH} characters"
-        return _error("regex", _clip(value), step_id, msg)
-    try:
-        pattern = re.compile(value)
-    except (re.error, RecursionError, OverflowError, ValueError) as exc:
-        return _error("regex", value, step_id, f"steps.{step_id}.regex: invalid {value!r}: {exc}")
-    text = output_text(_step(run, step_id).output)
-    match = pattern.search(text)
-    msg = f"matched {_clip(match.group(0))!r}" if match else f"no match for {value!r}"
-    return _result("regex", match is not None, _clip(text), value, step_id, msg)
+def _no_search(pattern: str, text: str) -> str | None:
+    raise ValueError("no pattern engine was given")
+
+
+def _regex_with(search: Search) -> Check:
+    def regex(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
+        if not isinstance(value, str):
+            return _error("regex", value, step_id, _bad("regex", step_id, "a string", value))
+        if len(value) > MAX_PATTERN_LENGTH:
+            msg = f"steps.{step_id}.regex: pattern longer than {MAX_PATTERN_LENGTH} characters"
+            return _error("regex", _clip(value), step_id, msg)
+        text = output_text(_step(run, step_id).output)
+        try:
+            match = search(value, text)
+        except ValueError as exc:
+            msg = f"steps.{step_id}.regex: invalid {value!r}: {exc}"
+            return _error("regex", value, step_id, msg)
+        msg = f"matched {_clip(match)!r}" if match is not None else f"no match for {value!r}"
+        return _result("regex", match is not None, _clip(text), value, step_id, msg)
+
+    return regex
 
 
 def _is_json(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
@@ -311,7 +336,7 @@ _BUILTINS: dict[str, tuple[frozenset[str], Check]] = {
     "equals": (frozenset({STEP}), _equals),
     "subset": (frozenset({STEP}), _subset),
     "contains": (frozenset({STEP}), _contains),
-    "regex": (frozenset({STEP}), _regex),
+    "regex": (frozenset({STEP}), _regex_with(_no_search)),  # judge() gives its caller's engine
     "is_json": (frozenset({STEP}), _is_json),
     "max_tokens": (BOTH, _bound("max_tokens", _tokens)),
     "max_cost": (BOTH, _bound("max_cost", _cost)),

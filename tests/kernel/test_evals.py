@@ -3,10 +3,12 @@ the extension point, repeat statistics and baseline regressions."""
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from foundry.kernel.actors.gate.patterns import re2_search
 from foundry.kernel.core.evals import (
     BUILTIN_ASSERTIONS,
     MAX_PATTERN_LENGTH,
@@ -15,14 +17,20 @@ from foundry.kernel.core.evals import (
     RunFacts,
     ScenarioStats,
     StepFacts,
-    judge,
     merge_assertion_types,
     output_text,
     regression,
     run_latency_ms,
     summarize,
 )
+from foundry.kernel.core.evals import judge as judge_with
 from foundry.kernel.errors import InvalidArgument
+
+
+def judge(*args, **kwargs):
+    """``core.evals.judge`` with the daemon's regex engine (RE2)."""
+    return judge_with(*args, search=re2_search, **kwargs)
+
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -194,6 +202,23 @@ def test_an_invalid_regex_is_an_error_naming_it():
     j = errs(step("draft", regex="(unclosed"), naming="(unclosed")
     assert only(j).error
     assert not only(j).passed
+
+
+def test_a_regex_takes_linear_time_whatever_the_pattern():
+    """Python's engine backtracks: ``^(a+)+$`` against 40 a's and a "!" never ended, holding
+    the daemon's loop (and its interpreter lock). RE2 answers at once."""
+    text = "a" * 100_000 + "!"
+    facts = RunFacts("run_x", "SUCCEEDED", (StepFacts("s", "succeeded", output=text),))
+    started = time.perf_counter()
+    j = judge(facts, {"steps": {"s": {"regex": "^(a+)+$"}}})
+    assert time.perf_counter() - started < 1.0
+    assert j.outcome == "failed"
+
+
+def test_a_pattern_re2_cannot_take_is_an_error_naming_its_reason(capfd):
+    j = errs(step("draft", regex=r"(a)\1"), naming="invalid escape sequence")
+    assert "RE2 syntax" in only(j).message
+    assert capfd.readouterr().err == ""  # RE2's own log of it is off: the reply says it
 
 
 def test_a_regex_longer_than_the_bound_is_an_error():

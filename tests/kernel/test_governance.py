@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from foundry.kernel import BUILTIN_GATE_RULES, ConfigError, InvalidArgument
 from foundry.kernel.actors.gate.actor import new_id, run_facts
+from foundry.kernel.actors.gate.patterns import re2_search
 from foundry.kernel.actors.scheduler.messages import RunView, StepView
 from foundry.kernel.blocks.registry import (
     DEFAULT_PLUGINS,
@@ -23,7 +24,7 @@ from foundry.kernel.blocks.registry import (
     load_config_blocks,
 )
 from foundry.kernel.config import Config
-from foundry.kernel.core.evals import judge
+from foundry.kernel.core.evals import judge as judge_with
 from foundry.kernel.core.gate_policy import (
     Budget,
     Coverage,
@@ -50,6 +51,12 @@ from foundry.kernel.core.governance import (
 )
 from foundry.kernel.edge.grpc import governance as convert
 from foundry.proto import runtime_api as api
+
+
+def judge(*args, **kwargs):
+    """``core.evals.judge`` with the daemon's regex engine (RE2)."""
+    return judge_with(*args, search=re2_search, **kwargs)
+
 
 DAG = json.dumps({"steps": [{"id": "a", "type": "transform", "inputs": {"value": 1}}]})
 ENV_DAG = json.dumps({"steps": [{"id": "e", "type": "transform", "env": {"TONE": "x"}}]})

@@ -4,6 +4,7 @@ socket (grpclib client; one call through the independent grpcio client)."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -191,6 +192,24 @@ def test_record_eval_result_judges_a_finished_run_and_lists_history_newest_first
     assert [r.result_id for r in scenarios["good"].history] == [later.result_id, passed.result_id]
     assert [r.commit for r in scenarios["good"].history] == ["c2", "c1"]
     assert [r.outcome for r in scenarios["bad"].history] == ["failed"]
+
+
+def test_a_backtracking_regex_is_judged_at_once_and_the_daemon_serves_on(daemon):
+    """``^(a+)+$`` against 40 a's and a "!": Python's engine never finished, holding the daemon's
+    loop (every RPC stalled; SIGTERM went unheard). RE2 judges it in linear time."""
+    pack = unique("redos")
+    sync(daemon, pack, scenario("s", expected={"steps": {"answer": {"regex": "^(a+)+$"}}}),
+         scenario("bad", expected={"steps": {"answer": {"regex": "(a)\\1"}}}))  # fmt: skip
+    run_id = submit(daemon, dag({"id": "answer", "type": "transform",
+                                 "inputs": {"value": "a" * 40 + "!"}}))  # fmt: skip
+    wait_done(daemon, run_id)
+    started = time.monotonic()
+    assert record(daemon, pack, "s", run_id).outcome == "failed"
+    assert time.monotonic() - started < 5
+    refused = record(daemon, pack, "bad", run_id)
+    assert refused.outcome == "error"
+    assert "RE2 syntax" in json.dumps(refused.metrics.to_dict())
+    assert "re2.cc" not in daemon.stderr()  # the reason is in the reply, not the log
 
 
 def test_record_eval_result_unknown_scenario_or_run_is_not_found(daemon):

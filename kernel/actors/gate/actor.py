@@ -29,6 +29,7 @@ from foundry.kernel.actors.gate.messages import (
     RecordGateFollowup,
     SyncEvalPack,
 )
+from foundry.kernel.actors.gate.patterns import re2_search
 from foundry.kernel.actors.mailbox import ask, refuse
 from foundry.kernel.actors.scheduler.messages import GetRun, RunView, SchedulerMessage
 from foundry.kernel.actors.store.messages import (
@@ -199,7 +200,9 @@ class Gate:
                 f"run {message.run_id} is {view.status.lower()}; record the result of a "
                 "finished run"
             )
-        judgement = judge(run_facts(view), scenario.expected, self._registry.assertion_types)
+        judgement = judge(
+            run_facts(view), scenario.expected, self._registry.assertion_types, search=re2_search
+        )
         result = EvalResultRecord(
             result_id=new_id("evr"),
             scenario_id=scenario.scenario_id,
