@@ -20,6 +20,7 @@ import decimal
 import json
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -523,9 +524,12 @@ def _guessed(text: str, columns: Columns, max_rows: int) -> str:
     lists' lengths, :func:`_lower_bound`, none of it made), and ``guess``, of the rows' so far."""
     names = ", ".join(f"c{i}" for i in range(len(columns)))
     bound = " + ".join(_lower_bound(f"c{i}", kind) for i, (_, kind) in enumerate(columns))
+    # the limit right on the query, as written: DuckDB then makes no row past it (a window
+    # between them made whole vectors of 2,048 rows, and a later row's failed cast failed all)
+    limited = f"SELECT * FROM ({text}\n) AS q({names}) LIMIT {max_rows + 1}"
     numbered = (
         f"SELECT {names}, row_number() OVER () AS i, {bound} + {len(columns) + 1 + ROW_FRAMING} "
-        f"AS own FROM ({text}\n) AS q({names}) LIMIT {max_rows + 1}"
+        f"AS own FROM ({limited})"
     )
     return (
         f"SELECT {names}, i, own, sum(own) OVER (ROWS UNBOUNDED PRECEDING) AS guess "
@@ -534,23 +538,24 @@ def _guessed(text: str, columns: Columns, max_rows: int) -> str:
 
 
 def _lower_bound(value: str, kind: str, depth: int = 0) -> str:
-    """SQL for the least bytes a value's JSON takes (a comma after it is counted apart): a
-    string's length and quotes, a JSON text's length, a blob's length, a list's items and
-    commas, a struct's fields and their names; one byte for any other value (a map, say)."""
+    """SQL for the least bytes a value's JSON takes, as this module writes it (a comma after it
+    is counted apart): a string's length and quotes, a blob's length, a list's (or array's)
+    items and commas, a struct's fields and their names, ``null``'s 4; one byte for any other
+    value (a JSON text, which may be written shorter than it is stored; a map; a union)."""
     if kind == "VARCHAR":
         return f"coalesce(strlen({value}) + 2, 4)"
-    if kind == "JSON":
-        return f"coalesce(strlen({value}), 4)"
     if kind == "BLOB":
         return f"coalesce(octet_length({value}), 4)"
     if depth >= MAX_BOUND_DEPTH:
         return "1"
-    if kind.endswith("[]"):
+    item_kind = _item_kind(kind)
+    if item_kind is not None:
         item = f"x{depth}"
         items = (
-            f"list_transform({value}, lambda {item}: {_lower_bound(item, kind[:-2], depth + 1)})"
+            f"list_transform({value}, lambda {item}: {_lower_bound(item, item_kind, depth + 1)})"
         )
-        return f"coalesce(list_sum({items}) + len({value}) + 1, 4)"
+        total = f"coalesce(list_sum({items}), 0) + len({value}) + 1"
+        return f"CASE WHEN {value} IS NULL THEN 4 ELSE {total} END"
     fields = struct_fields(kind)
     if fields:
         parts = [
@@ -558,11 +563,17 @@ def _lower_bound(value: str, kind: str, depth: int = 0) -> str:
             + f" + {len(name.encode()) + 4}"
             for name, field in fields
         ]
-        return f"coalesce({' + '.join(parts)} + 1, 4)"
+        return f"CASE WHEN {value} IS NULL THEN 4 ELSE {' + '.join(parts)} + 1 END"
     return "1"
 
 
 MAX_BOUND_DEPTH = 4  # lists and structs bounded by their parts this deep, by 1 byte below
+_ARRAY = re.compile(r"(.*)\[\d*\]")  # a list (T[]) or a fixed-size array (T[3]) of T
+
+
+def _item_kind(kind: str) -> str | None:
+    found = _ARRAY.fullmatch(kind)
+    return found.group(1) if found is not None else None
 
 
 def struct_fields(kind: str) -> list[tuple[str, str]]:
@@ -570,14 +581,14 @@ def struct_fields(kind: str) -> list[tuple[str, str]]:
     INTEGER[])``); [] for any other type."""
     if not (kind.startswith("STRUCT(") and kind.endswith(")")):
         return []
-    parts, depth, quoted, start = [], 0, False, 0
+    parts, depth, quote, start = [], 0, "", 0
     body = kind[len("STRUCT(") : -1]
     for i, char in enumerate(body):
-        if char == '"':
-            quoted = not quoted  # a doubled quote inside a name toggles twice
-        elif not quoted and char in "()":
+        if char in "\"'" and quote in ("", char):
+            quote = "" if quote else char  # a doubled quote inside toggles twice
+        elif not quote and char in "()":
             depth += 1 if char == "(" else -1
-        elif not quoted and char == "," and depth == 0:
+        elif not quote and char == "," and depth == 0:
             parts.append(body[start:i].strip())
             start = i + 1
     parts.append(body[start:].strip())

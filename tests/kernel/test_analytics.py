@@ -289,6 +289,31 @@ def test_rows_past_the_reply_limit_are_never_made(sql):
     assert int(peak_mb) < 600, peak_mb
 
 
+@pytest.mark.parametrize(
+    ("sql", "rows"),
+    [
+        # stored with \\u escapes (6 bytes a character), written as 2 bytes: it fits
+        pytest.param(
+            """SELECT CAST('"' || repeat('\\u00e9', 1000) || '"' AS JSON) AS j""", 1, id="json"
+        ),  # fmt: skip
+        pytest.param(
+            "SELECT CASE WHEN range < 0 THEN {'a': 'x'} END AS s FROM range(150)",
+            150,
+            id="null structs",
+        ),  # fmt: skip
+        pytest.param("SELECT []::INTEGER[] AS l FROM range(220)", 220, id="empty lists"),
+    ],
+)
+async def test_the_size_bound_never_drops_a_row_that_fits(tmp_path, sql, rows):
+    """The lower bound that keeps DuckDB from making rows past the limit is never above the
+    JSON written: a JSON text counted as stored was refused; a NULL struct counted ~60 bytes,
+    an empty list 4 (``[]`` and ``null`` are 2 and 4)."""
+    async with running_store(tmp_path) as store:
+        reply = await ask(store, lambda r: RunUserQuery(sql, {}, 1_000, 5.0, r, None, 2_500))
+        assert len(reply.rows) == rows
+        assert not reply.truncated
+
+
 def test_struct_fields_are_read_from_duckdbs_type_names():
     con = duckdb.connect()
     kind = con.execute(

@@ -123,7 +123,10 @@ class HttpApp:
             await dashboard.serve(scope, send)
             return
         headers = _headers(scope)
-        trailers = "http.response.trailers" in scope.get("extensions", {})
+        # trailers go out only to a request that said it takes them (hypercorn drops them else)
+        trailers = "http.response.trailers" in scope.get("extensions", {}) and (
+            headers.get("te") == "trailers"
+        )
         origin = headers.get("origin")
         if scope["method"] == "OPTIONS":
             await self._preflight(origin, headers, send)

@@ -62,10 +62,13 @@ class _ResetAsEnd:
     tells h11 of an end it reads, not of a reset: h11 then took the connection for a live
     keep-alive one once its response ended, and held it ``[http]``'s keep-alive time (60 s)
     with its place of ``[daemon] max_connections`` — a client resetting Watch streams shut the
-    HTTP listener for a minute."""
+    HTTP listener for a minute. Once reset, sending fails at once as hypercorn expects of a
+    broken stream (the 400 it sends for a request cut short would otherwise hit the send still
+    in progress, and log the connection as failed)."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
+        self._reset = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -74,8 +77,14 @@ class _ResetAsEnd:
         try:
             data: bytes | bytearray = await self._stream.receive_some(max_bytes)
         except trio.BrokenResourceError:
+            self._reset = True
             return b""
         return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._reset:
+            raise trio.BrokenResourceError("the connection was reset")
+        await self._stream.send_all(data)
 
 
 CAP_ATTRIBUTE = "foundry_connection_cap"
