@@ -29,11 +29,27 @@ class Drift:
     within_tolerance: bool
 
 
+# Characters of each text difflib compares: its time grows with the product of their lengths
+# (a replayed output of megabytes held the daemon's loop for seconds).
+COMPARED = 20_000
+
+
 def similarity(recorded: Any, current: Any) -> float:
-    """1.0 for equal JSON values, else the difflib ratio of their compact JSON texts."""
+    """1.0 for equal JSON values, else the difflib ratio of their compact JSON texts — of a
+    text longer than ``COMPARED``, its first and last ``COMPARED // 2`` characters, the ratio
+    then held under what the texts' lengths allow (``2·shorter / both``) and under 1."""
     if recorded == current:
         return 1.0
-    return difflib.SequenceMatcher(None, compact_json(recorded), compact_json(current)).ratio()
+    a, b = compact_json(recorded), compact_json(current)
+    if len(a) <= COMPARED and len(b) <= COMPARED:
+        return difflib.SequenceMatcher(None, a, b).ratio()
+    ratio = difflib.SequenceMatcher(None, _ends(a), _ends(b)).ratio()
+    return min(ratio, 2 * min(len(a), len(b)) / (len(a) + len(b)), 1 - 1 / (len(a) + len(b)))
+
+
+def _ends(text: str) -> str:
+    half = COMPARED // 2
+    return text if len(text) <= COMPARED else text[:half] + text[-half:]
 
 
 def drift(

@@ -26,6 +26,7 @@ from foundry.kernel.core.dag import parse_dag
 from foundry.kernel.core.drift import Tolerance, drift
 from foundry.kernel.core.ids import compact_json
 from foundry.kernel.core.json_input import quoted
+from foundry.kernel.core.planner import step_error
 from foundry.kernel.core.runs import RunEventRecord, RunState, RunSubmission, StepState
 from foundry.kernel.core.throttle import Action
 from foundry.kernel.errors import FailedPrecondition, NotFound
@@ -97,7 +98,9 @@ class Replayer:
                 env=dict(step.env or step.spec.env),
             )  # fmt: skip
             output, error, _ = await attempt_once(block, Action.RUN, ctx, step.spec.timeout)
-            current = {"error": error} if error else _json(output)
+            # an error is cut as the recorded one was: a 3.4 MB error against its recorded
+            # 2,000 characters held the daemon's loop in difflib for 12 s
+            current = {"error": step_error(error)["message"]} if error else _json(output)
             usage = {"tokens_in": ctx.usage.tokens_in, "tokens_out": ctx.usage.tokens_out,
                      "cost": ctx.usage.cost}  # fmt: skip
         return ReplayedStep(
