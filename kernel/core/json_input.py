@@ -9,6 +9,7 @@ or holds text that is not valid Unicode (lone surrogates).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from foundry.kernel.core.upstream_json import parse_number
@@ -105,3 +106,31 @@ def _kind(value: Any) -> str:
     return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
         type(value), "a number"
     )
+
+
+# A UTF-16 surrogate escape in JSON text (``\ud800``): DuckDB's JSON type refuses an unpaired one,
+# and so does anything that reads the text as UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_ESCAPES = re.compile(r"(\\+)u([dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def unpaired_surrogate_escape(json_text: str) -> bool:
+    """Does JSON text hold a ``\\uD800``-``\\uDFFF`` escape that is not a high one followed at
+    once by a low one (a lone surrogate: an emoji cut in half)? ~50 ns without any escape."""
+    if "\\u" not in json_text or _SURROGATE_ESCAPE.search(json_text) is None:
+        return False
+    escapes = [
+        (match.start(), match.end(), int(match.group(2), 16))
+        for match in _ESCAPES.finditer(json_text)
+        if len(match.group(1)) % 2 == 1  # an odd run of backslashes: an escape, not a "\\"
+    ]
+    index = 0
+    while index < len(escapes):
+        _, end, unit = escapes[index]
+        if unit >= 0xDC00:
+            return True  # a low surrogate with no high one before it
+        following = escapes[index + 1] if index + 1 < len(escapes) else None
+        if following is None or following[0] != end or following[2] < 0xDC00:
+            return True
+        index += 2
+    return False

@@ -524,6 +524,26 @@ def test_twenty_concurrent_tappers_see_the_identical_sequence(daemon):
     assert kinds(first).count("step_completed") == 6
 
 
+def test_an_output_holding_a_lone_surrogate_fails_its_step_and_survives_a_restart(
+    make_daemon, fake_http
+):
+    """An LLM answer with an emoji cut in two (a lone surrogate): the store refused the step's
+    completion after the run was told SUCCEEDED, and a restart found the step running. Now the
+    attempt fails with the reason, and the stored run says the same after a restart."""
+    fake_http.answer("half-emoji", "cut \ud83e", prompt_tokens=2, completion_tokens=1)
+    daemon = make_daemon()
+    spec = dag({"id": "ask", "type": "llm", "model": "openai:half-emoji",
+                "inputs": {"messages": [{"role": "user", "content": "hi"}]}})  # fmt: skip
+    run = run_and_wait(daemon, spec)
+    assert run.status == api.RunStatus.FAILED
+    assert "lone surrogate" in value(run.steps[0].error)["message"]
+    assert "Unstorable" not in daemon.stderr()
+    daemon.stop()
+    daemon.start()
+    again = get_run(daemon, run.run_id)
+    assert (again.status, again.steps[0].status) == (api.RunStatus.FAILED, "failed")
+
+
 def test_llm_openai_provider_against_a_fake_endpoint(daemon, fake_http):
     fake_http.answer("fake-model", "a fake answer", prompt_tokens=12, completion_tokens=4)
     run = run_and_wait(

@@ -66,7 +66,7 @@ from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.attest_records import announced_ids, json_digest, run_attestation_id
 from foundry.kernel.core.dag import StepSpec, UnresolvedReference, check_dag_env, parse_dag
 from foundry.kernel.core.ids import Clock, compact_json, rfc3339
-from foundry.kernel.core.json_input import quoted
+from foundry.kernel.core.json_input import quoted, unpaired_surrogate_escape
 from foundry.kernel.core.planner import (
     Lease,
     Next,
@@ -100,6 +100,12 @@ from foundry.kernel.core.tracecontext import new_root, new_span_id
 from foundry.kernel.errors import InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("foundry.scheduler")
+# A step's output the store cannot hold: the attempt fails (its retries may do better), where its
+# completion was acknowledged, then refused by the store, and the run lost it at the next start.
+LONE_SURROGATE = (
+    "the step's output is not valid Unicode: it holds a lone surrogate (half of a character "
+    "outside the Basic Multilingual Plane: an emoji cut in two)"
+)
 
 TOOL_STEP = "tool"  # the step type whose attempts are granted a capability token
 TOKEN_SECONDS = 86_400.0  # a token's life when its attempt has no time limit
@@ -613,6 +619,8 @@ class Scheduler:
                 error = output_refused(
                     run, size, self._config.max_step_bytes, self._config.max_run_bytes
                 )
+                if not error and unpaired_surrogate_escape(text):  # the store would refuse it
+                    error = LONE_SURROGATE
         if self._spans.on:
             now = self._clock.now()
             self._spans.offer(_attempt_ended(run, ctx, spec.type, lease_event, now, output, error))

@@ -34,6 +34,7 @@ from foundry.kernel.core.governance import (
     json_text,
 )
 from foundry.kernel.core.ids import compact_json
+from foundry.kernel.core.json_input import unpaired_surrogate_escape
 from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
 
@@ -502,12 +503,9 @@ def _spool_insert(writer: TableWriter) -> str:
 _SPOOL_INSERTS = {w.table: _spool_insert(w) for w in WRITERS.values() if w.spooled_into}
 
 
-# A UTF-16 surrogate escape in JSON text: DuckDB's JSON type refuses an unpaired one.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # A surrogate's UTF-8 form (as pickle's "surrogatepass" writes it): ED, then these two.
 _SURROGATE_SECOND = frozenset(bytes([b]) for b in range(0xA0, 0xC0))
 _TRAILING = frozenset(bytes([b]) for b in range(0x80, 0xC0))
-_ESCAPES = re.compile(r"(\\+)u([dD][89a-fA-F][0-9a-fA-F]{2})")
 
 
 def _json_columns(table: str) -> frozenset[str]:
@@ -529,9 +527,7 @@ def _check_text(writer: TableWriter, rows: list[tuple[Any, ...]]) -> None:
                 raise Unstorable(f"{writer.table}: text with a lone surrogate: {value[:80]!r}")
         for column in json_columns:
             text = row[column]
-            if "\\u" not in text:  # no escape at all (most): a search costs ~5x more
-                continue
-            if _SURROGATE_ESCAPE.search(text) is not None and not _paired_escapes(text):
+            if unpaired_surrogate_escape(text):
                 raise Unstorable(
                     f"{writer.table}.{writer.columns[column]}: JSON with an unpaired surrogate "
                     f"escape: {text[:80]!r}"
@@ -545,24 +541,4 @@ def _encodable(text: str) -> bool:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate character
         return False
-    return True
-
-
-def _paired_escapes(text: str) -> bool:
-    """Every ``\\uD800``-``\\uDFFF`` escape (an odd run of backslashes before the u) is a high
-    one followed at once by a low one."""
-    escapes = [
-        (match.start(), match.end(), int(match.group(2), 16))
-        for match in _ESCAPES.finditer(text)
-        if len(match.group(1)) % 2 == 1
-    ]
-    index = 0
-    while index < len(escapes):
-        _, end, unit = escapes[index]
-        if unit >= 0xDC00:
-            return False  # a low surrogate with no high one before it
-        following = escapes[index + 1] if index + 1 < len(escapes) else None
-        if following is None or following[0] != end or following[2] < 0xDC00:
-            return False
-        index += 2
     return True
