@@ -32,13 +32,25 @@ _FORBIDDEN_NAMES = frozenset(
         # where a child's connections go and whom it trusts there (a proxy sees all of it)
         "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "FTP_PROXY", "NO_PROXY", "CURL_CA_BUNDLE",
         "REQUESTS_CA_BUNDLE", "SSLKEYLOGFILE",
+        # options or start-up files a common tool reads, which name a program to run
+        # (tar --checkpoint-action=exec, make's flags, curl's and wget's config, zsh's rc files,
+        # an editor's init commands, go's -toolexec, a build's compiler)
+        "TAR_OPTIONS", "MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS", "CURL_HOME", "WGETRC", "ZDOTDIR",
+        "TERMINFO_DIRS", "INPUTRC", "BROWSER", "FCEDIT", "MANPAGER", "LESSKEY", "LESSKEYIN",
+        "VIMINIT", "EXINIT", "MYVIMRC", "EMACSLOADPATH", "GOFLAGS", "GOROOT", "GOTOOLCHAIN",
+        "CC", "CXX", "CPP", "LD", "AR", "KUBECONFIG", "AWS_CONFIG_FILE", "BOTO_CONFIG",
+        "GNUPGHOME", "SSH_AUTH_SOCK", "HISTFILE",
     }
 )  # fmt: skip
-# A program another runs for a password (SSH_ASKPASS, GIT_ASKPASS, SUDO_ASKPASS …)
-_FORBIDDEN_SUFFIXES = ("_ASKPASS",)
+# A program another runs for a password (SSH_ASKPASS, GIT_ASKPASS, SUDO_ASKPASS …), to page or
+# to edit (GIT_PAGER, SYSTEMD_PAGER, SUDO_EDITOR …)
+_FORBIDDEN_SUFFIXES = ("_ASKPASS", "_PAGER", "_EDITOR")
 _FORBIDDEN_PREFIXES = (
     "LD_", "BASH_", "BASH_FUNC_", "PYTHON", "DYLD_", "MALLOC_", "PERL", "RUBY", "NODE_",
-    "LUA_", "TCL", "GIT_CONFIG", "FOUNDRY_", "TRACEPARENT",
+    "LUA_", "TCL", "FOUNDRY_", "TRACEPARENT",
+    # git runs programs named in dozens of its variables (GIT_EXTERNAL_DIFF, GIT_PROXY_COMMAND,
+    # GIT_CONFIG_* …); npm, pip, cargo and docker read config that runs or fetches code
+    "GIT_", "OPENSSL_", "NPM_CONFIG_", "PIP_", "CARGO_", "DOCKER_",
 )  # fmt: skip
 
 

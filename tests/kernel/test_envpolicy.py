@@ -16,7 +16,12 @@ from foundry.kernel.core.envpolicy import (
      "GLIBC_TUNABLES", "1X", "A-B", "", "A" * 200,
      # a program run for a password, and where a child's traffic goes (found by a review)
      "SSH_ASKPASS", "GIT_ASKPASS", "sudo_askpass", "https_proxy", "HTTP_PROXY", "ALL_PROXY",
-     "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSLKEYLOGFILE"],
+     "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSLKEYLOGFILE",
+     # options and start-up files that name a program to run (found by a hostile-input hunt:
+     # GIT_EXTERNAL_DIFF and TAR_OPTIONS ran commands under allow_env = ["*"])
+     "GIT_EXTERNAL_DIFF", "GIT_PROXY_COMMAND", "git_config_count", "TAR_OPTIONS", "MAKEFLAGS",
+     "SYSTEMD_PAGER", "SUDO_EDITOR", "npm_config_script_shell", "PIP_INDEX_URL", "GOFLAGS",
+     "CC", "ZDOTDIR", "OPENSSL_ENGINES", "DOCKER_HOST", "KUBECONFIG", "WGETRC"],
 )  # fmt: skip
 def test_names_that_change_how_programs_run_are_forbidden(name):
     assert forbidden_reason(name)
