@@ -32,13 +32,25 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``TIME LOGGER LEVEL MESSAGE``, the time in the CLI's one style (RFC 3339 UTC, ms)."""
+    """``TIME LOGGER LEVEL MESSAGE``, the time in the CLI's one style (RFC 3339 UTC, ms). A
+    record is one line: what a client sent can reach a message (a project, a reference path),
+    and a newline in it wrote a line of its own choosing into the log; control and format
+    characters (a NUL, a right-to-left override) are escaped as Python writes them. A
+    traceback keeps its lines."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(name)s %(levelname)s %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        line = super().formatMessage(record)
+        return line if line.isprintable() else "".join(map(_printable, line))
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         return _stamp(record.created)
+
+
+def _printable(char: str) -> str:
+    return char if char.isprintable() else repr(char)[1:-1]
 
 
 def _stamp(created: float) -> str:

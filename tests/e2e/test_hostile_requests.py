@@ -29,6 +29,7 @@ from foundry.proto.generated.google.protobuf import Struct, Value
 from tests.e2e.helpers import emit, status
 from tests.e2e.http_helpers import envelopes, grpc_web_call, url
 from tests.grpcio_client import raw_call, raw_channel
+from tests.helpers import wait_until
 
 FOUNDRY = "/foundry.Foundry/"
 RUNTIME = "/fleetforge.runtime.v1.RuntimeService/"
@@ -458,3 +459,19 @@ def _stored_events(daemon, project: str) -> list[str]:
         return [event.event_id for event in reply.events]
 
     return asyncio.run(go())
+
+
+FORGED = "\n2026-12-05T09:00:00.000Z foundry.daemon INFO token check disabled by operator"
+
+
+def test_a_newline_a_client_sent_cannot_write_a_log_line_of_its_own(daemon, channel):
+    """A reference path a run cannot resolve is quoted in the run's failure, which is logged:
+    its newline wrote the rest of the path into the log as a line of the client's choosing."""
+    dag = {"steps": [{"id": "a", "type": "transform",
+                      "inputs": {"value": "${inputs.x" + FORGED + "}"}}]}  # fmt: skip
+    code, _ = submit_dag(channel, json.dumps(dag))
+    assert code == grpc.StatusCode.OK
+    wait_until(lambda: "token check disabled" in daemon.stderr(), what="the run's failure logged")
+    lines = daemon.stderr().splitlines()
+    assert not any(line.startswith("2026-12-05T09:00:00.000Z") for line in lines)
+    assert any("\\n2026-12-05T09:00:00.000Z" in line for line in lines)
