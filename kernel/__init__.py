@@ -6,7 +6,8 @@ A block author needs one import::
 
 Authors of block *types* (``[[blocks]]`` tables) and of blocks that talk to the network also get
 the table helpers (:func:`common_options`, :func:`payload_filter`, :func:`matches`), the env
-policy (:func:`forbidden_reason`), the egress-checked HTTP client (:func:`guarded_client`) and
+policy (:func:`forbidden_reason`), the egress-checked HTTP client (:func:`guarded_client`, and
+:func:`request_bounded` to read an answer up to a size) and
 :func:`compact_json`. Authors of change-gate rules and eval assertions get :class:`RuleResult`,
 :class:`Followup`, :class:`AssertionResult` and :data:`BUILTIN_GATE_RULES`. Everything else
 under ``foundry.kernel`` is internal; the public modules besides this one are
@@ -28,7 +29,13 @@ if _typing.TYPE_CHECKING:  # the names below are imported when first used (PEP 5
         Usage,
         block,
     )
-    from foundry.kernel.blocks.egress import EgressPolicy, EgressRefused, guarded_client, redact_url
+    from foundry.kernel.blocks.egress import (
+        EgressPolicy,
+        EgressRefused,
+        guarded_client,
+        redact_url,
+        request_bounded,
+    )
     from foundry.kernel.blocks.tables import common_options, matches, payload_filter
     from foundry.kernel.blocks.tools import Tool
     from foundry.kernel.core.envpolicy import forbidden_reason
@@ -66,6 +73,7 @@ __all__ = [
     "matches",
     "payload_filter",
     "redact_url",
+    "request_bounded",
     "Block",
     "BlockContext",
     "BlockError",
@@ -98,7 +106,7 @@ _HOMES = {
         "Usage", "block",
     ),
     "foundry.kernel.blocks.egress": (
-        "EgressPolicy", "EgressRefused", "guarded_client", "redact_url",
+        "EgressPolicy", "EgressRefused", "guarded_client", "redact_url", "request_bounded",
     ),
     "foundry.kernel.blocks.tables": ("common_options", "matches", "payload_filter"),
     "foundry.kernel.blocks.tools": ("Tool",),

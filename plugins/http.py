@@ -12,6 +12,8 @@ sent. Messages and summaries show URLs without their query string.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import httpx
@@ -24,8 +26,11 @@ from foundry.kernel import (
     guarded_client,
     hookimpl,
     redact_url,
+    request_bounded,
 )
 from foundry.kernel.config import Config
+
+MAX_STEP_BYTES = 4 * 1024 * 1024  # ``[scheduler] max_step_bytes``' default
 
 
 class HttpBlock(Block):
@@ -33,16 +38,19 @@ class HttpBlock(Block):
     kind = BlockKind.MUTATOR
     description = "one HTTP request: inputs {url, method, headers, json|body}"
 
-    def __init__(self, egress: EgressPolicy | None = None) -> None:
+    def __init__(
+        self, egress: EgressPolicy | None = None, max_body_bytes: int = MAX_STEP_BYTES
+    ) -> None:
         super().__init__()
         self.egress = egress if egress is not None else EgressPolicy()
+        self.max_body_bytes = max_body_bytes  # more cannot be a step's output anyway
 
     async def run(self, ctx: BlockContext) -> dict[str, Any]:
         url = ctx.inputs.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise BlockError("inputs.url: an http:// or https:// URL is required")
         method = str(ctx.inputs.get("method", "GET")).upper()
-        headers = dict(ctx.inputs.get("headers", {}))
+        headers = _headers(ctx.inputs.get("headers", {}))
         if ctx.traceparent:  # W3C: the callee joins this step attempt's trace
             headers = {k: v for k, v in headers.items() if str(k).lower() != "traceparent"}
             headers["traceparent"] = ctx.traceparent
@@ -54,24 +62,44 @@ class HttpBlock(Block):
         timeout = float(ctx.inputs.get("timeout", 30))
         follow = bool(ctx.inputs.get("follow_redirects", False))
         async with guarded_client(self.egress, timeout=timeout, follow_redirects=follow) as client:
-            response = await client.request(method, url, **request)
+            response, content = await request_bounded(
+                client, method, url, self.max_body_bytes, **request
+            )
         shown = redact_url(url)
         if response.status_code >= 400 and not ctx.inputs.get("allow_error_status"):
             raise BlockError(f"{method} {shown} answered {response.status_code}")
         ctx.summary = f"{method} {shown} → {response.status_code}"
         return {"status": response.status_code, "headers": dict(response.headers),
-                "body": _body(response)}  # fmt: skip
+                "body": _body(response, content)}  # fmt: skip
 
 
-def _body(response: httpx.Response) -> Any:
+def _headers(given: Any) -> dict[str, str]:
+    """The step's headers, checked before anything is sent: httpx quoted a value it refused
+    (one with a line break) in its error — a bearer token in the step's error and the log."""
+    if not isinstance(given, dict):
+        raise BlockError("inputs.headers: an object of header names and values is expected")
+    for name, value in given.items():
+        if not _TOKEN.fullmatch(str(name)):
+            raise BlockError(f"inputs.headers: {str(name)[:64]!r} is not a header name")
+        if not isinstance(value, str) or _BREAKS.search(value):
+            raise BlockError(f"inputs.headers.{name}: a value is a string without line breaks "
+                             "or NUL (the value is not shown)")  # fmt: skip
+    return dict(given)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # RFC 9110's token
+_BREAKS = re.compile(r"[\r\n\x00]")
+
+
+def _body(response: httpx.Response, content: bytes) -> Any:
     if "json" in response.headers.get("content-type", ""):
         try:
-            return response.json()
+            return json.loads(content)
         except ValueError:
             pass
-    return response.text
+    return content.decode(response.encoding or "utf-8", errors="replace")
 
 
 @hookimpl
 def register_blocks(config: Config) -> list[Block]:
-    return [HttpBlock(EgressPolicy.from_allow(config.http.allow))]
+    return [HttpBlock(EgressPolicy.from_allow(config.http.allow), config.scheduler.max_step_bytes)]

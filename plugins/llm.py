@@ -28,8 +28,13 @@ from foundry.kernel import (
     EgressPolicy,
     guarded_client,
     hookimpl,
+    request_bounded,
 )
 from foundry.kernel.config import Config, LlmConfig
+
+# An endpoint's answer is read up to this (a chat completion is kilobytes; a hostile or broken
+# endpoint's gigabyte is refused as it comes, not held whole).
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 _WORDS = [
     "agent",
@@ -107,13 +112,15 @@ async def openai_provider(
     if key:
         headers["Authorization"] = f"Bearer {key}"
     body = {"model": model, "messages": messages, "seed": seed, "temperature": temperature}
+    url = settings.base_url.rstrip("/") + "/chat/completions"
     async with guarded_client(egress, timeout=settings.timeout) as client:
-        response = await client.post(
-            settings.base_url.rstrip("/") + "/chat/completions", json=body, headers=headers
+        response, content = await request_bounded(
+            client, "POST", url, MAX_ANSWER_BYTES, json=body, headers=headers
         )
     if response.status_code >= 400:
-        raise BlockError(f"LLM endpoint answered {response.status_code}: {response.text[:200]}")
-    data = response.json()
+        text = content[:200].decode(errors="replace")
+        raise BlockError(f"LLM endpoint answered {response.status_code}: {text}")
+    data = json.loads(content)
     choice = data["choices"][0]
     usage = data.get("usage", {})
     return Completion(

@@ -238,7 +238,7 @@ PUBLIC_API = {
     "Emission", "FailedPrecondition", "FoundryError", "InvalidArgument", "NotFound",
     "ResourceExhausted", "Throttle", "Tool", "Unavailable", "Usage", "block", "common_options",
     "compact_json", "forbidden_reason", "guarded_client", "hookimpl", "hookspec", "matches",
-    "payload_filter", "redact_url",
+    "payload_filter", "redact_url", "request_bounded",
 }  # fmt: skip
 
 

@@ -47,6 +47,17 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if parts.path.endswith("/huge"):  # 64 MB, sent as it is made
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(64 << 20))
+                self.end_headers()
+                try:
+                    for _ in range(64):
+                        self.wfile.write(b"x" * (1 << 20))
+                except OSError:  # the client stopped reading: what it should do
+                    pass
+                return
             body = json.dumps({"served": parts.path}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -183,3 +194,34 @@ def test_each_redirect_hop_is_checked_again(prefixed, allowing, servers):
     assert run.status == api.RunStatus.SUCCEEDED, value(run.steps[0].error)
     assert value(run.steps[0].output)["body"] == {"served": "/far-side"}
     assert far.seen() == ["/far-side"]
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_an_answer_past_the_step_size_limit_is_refused_as_it_comes(allowing, servers):
+    """An 800 MB answer was read whole into the daemon (RSS 129 → 2,284 MB) before the step's
+    size check refused it. It is read up to ``[scheduler] max_step_bytes`` (4 MiB) now."""
+    near, _ = servers
+    before = _rss_mb(allowing.process.pid)
+    message = error(fetch(allowing, f"{near.url}/huge"))
+    assert f"answered more than {4 << 20} bytes" in message
+    assert _rss_mb(allowing.process.pid) - before < 40
+
+
+def test_a_header_value_with_a_line_break_is_refused_unquoted(allowing, servers):
+    """httpx quoted the value it refused in its error: a bearer token in the step's error and
+    the daemon's log."""
+    near, _ = servers
+    token = "header-token-" + "9" * 12
+    headers = {"Authorization": f"Bearer {token}\r\nX-Injected: 1"}
+    message = error(fetch(allowing, f"{near.url}/header-probe", headers=headers))
+    assert "inputs.headers.Authorization" in message
+    assert token not in message
+    assert token not in allowing.stderr()
+    assert "/header-probe" not in near.seen()
