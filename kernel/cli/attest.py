@@ -200,13 +200,17 @@ def _report(args: argparse.Namespace, problems: list[str], target: str) -> int:
 
 
 def _read_envelopes(path: Path) -> list[str]:
-    text = path.read_text()
+    """The envelopes of a file: one JSON envelope (or ``{"envelope": …}``, as ``attest get``
+    writes it), or JSON lines. Bytes that are not UTF-8 stay in, replaced: the envelope they are
+    in then fails its checks by name, as any other malformed one does."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
     try:
         whole = json.loads(text)
     except ValueError:
         whole = None
     if isinstance(whole, dict):
-        return [json.dumps(whole)] if "payload" in whole else [json.dumps(whole["envelope"])]
+        inner = whole.get("envelope") if "payload" not in whole else None
+        return [json.dumps(inner if isinstance(inner, dict) else whole)]
     return [line for line in text.splitlines() if line.strip()]
 
 
@@ -215,10 +219,16 @@ def _statement(envelope: str) -> dict[str, Any]:
 
     try:
         parsed = json.loads(envelope)
-        statement: dict[str, Any] = json.loads(base64.b64decode(parsed["payload"]))
-        return statement
+        statement = json.loads(base64.b64decode(parsed["payload"]))
     except (ValueError, KeyError, TypeError):
         return {}
+    return statement if isinstance(statement, dict) else {}
+
+
+def _run_of(statement: dict[str, Any]) -> Any:
+    """The ``run_id`` of a statement's predicate (None when it has none, or no object)."""
+    predicate = statement.get("predicate")
+    return predicate.get("run_id") if isinstance(predicate, dict) else None
 
 
 def verify_lines(
@@ -236,10 +246,10 @@ def verify_lines(
     for n, (env, kind) in enumerate(zip(envelopes, kinds, strict=True), 1):
         if kind != "run":
             continue
-        run_id = statements[n - 1].get("predicate", {}).get("run_id")
+        run_id = _run_of(statements[n - 1])
         steps = [
             e for e, k, s in zip(envelopes, kinds, statements, strict=True)
-            if k == "step" and s.get("predicate", {}).get("run_id") == run_id
+            if k == "step" and _run_of(s) == run_id
         ]  # fmt: skip
         problems.extend(f"chain of run {run_id}: {e}" for e in verify_chain(steps, env))
     return problems
