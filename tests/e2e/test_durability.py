@@ -9,8 +9,10 @@ import time
 import grpc
 import pytest
 from foundry.proto import foundry_api as api
+from grpclib import GRPCError
 
 from tests.e2e.helpers import emit, finished, kill_pid_file, status, trace, traced
+from tests.e2e.journal_helpers import sql
 from tests.grpcio_client import StreamReader
 from tests.helpers import wait_until
 
@@ -185,3 +187,33 @@ def _last_item(reader):
         item = reader.get(timeout=15)
         if item is None or isinstance(item, grpc.RpcError):
             return item
+
+
+def test_large_payloads_past_duckdbs_memory_limit_neither_stop_the_store_nor_its_restart(
+    make_daemon,
+):
+    """DuckDB's checkpoint holds a row group's large values at once: past ``[store]
+    memory_limit`` it failed for good — queries hung, a traceback a second, and the database
+    did not open again until the limit was raised by hand (about 400 Emits of 1 MB under
+    256 MB; 64 MB here). The store reopens it without the limit, and a start checkpoints
+    before setting it."""
+    config = '[store]\nmemory_limit = "64MB"\n'
+    daemon = make_daemon(config)
+    payload = {"pad": "x" * 1_000_000}
+    for _ in range(120):
+        emit(daemon, "large_payload", project="big", payload=payload)
+
+    def stored() -> int:
+        try:
+            return int(sql(daemon, "SELECT count(*) FROM events WHERE project = 'big'")[0][0])
+        except GRPCError:  # the database is being opened again
+            return -1
+
+    assert wait_until(lambda: stored() == 120, what="DuckDB caught up", timeout=60)
+    if "DuckDB failed" in daemon.stderr():  # the checkpoint failed: the store said so once
+        assert "reopening the database without [store] memory_limit" in daemon.stderr()
+    assert daemon.stop() == 0
+    daemon.start()
+    assert stored() == 120
+    emit(daemon, "large_payload", project="big", payload={"pad": "y"})
+    assert wait_until(lambda: stored() == 121, what="a write after the restart", timeout=30)

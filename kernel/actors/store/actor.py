@@ -248,6 +248,7 @@ class Store:
         self._journaled = self._applied = 0  # seq of the last record journaled / in DuckDB
         self._caught = trio.Event()  # set (and replaced) each time DuckDB catches up some
         self._reopened = trio.Event()  # set when a database a reopen left closed opens again
+        self._fatal_reopens = 0  # reopens after DuckDB invalidated the database
         self._reconnecting: trio.CancelScope | None = None  # _reconnect_loop's
         self._hurry = trio.Event()  # someone waits: materialize now
         self._backlog_ready = trio.Event()
@@ -257,7 +258,7 @@ class Store:
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        recovered = await trio.to_thread.run_sync(self._open)
+        recovered = await trio.to_thread.run_sync(self._open_within_memory)
         self._writer.start()
         self._writer_process = await self._start_writer_process()
         for thread in self._user_threads:
@@ -586,6 +587,8 @@ class Store:
                 async with self._database:
                     await trio.to_thread.run_sync(self._apply_logged, batch, derived)
                 break
+            except duckdb.FatalException as exc:
+                await self._recover_from_fatal(exc)  # then the batch again, on the new one
             except Exception:
                 log.exception("could not bring the database up to the journal; retrying in 1 s")
                 if not self._committing and attempt >= STOPPING_ATTEMPTS:
@@ -668,6 +671,52 @@ class Store:
             finally:
                 for limiter, borrower in slots:
                     limiter.release_on_behalf_of(borrower)
+
+    async def _recover_from_fatal(self, exc: duckdb.FatalException) -> None:
+        """DuckDB invalidated the database (a checkpoint that could not fit in its memory
+        limit: a row group's large values are held at once): every call on it fails from then
+        on. Open it again, without ``[store] memory_limit`` from now on — the same row group
+        would fail the next checkpoint too — and go on; the journal has every write."""
+        if self._memory_limit:
+            log.error(
+                "DuckDB failed (%s): reopening the database without [store] memory_limit = %s "
+                "(DuckDB's own limit, 80%% of RAM, from now on; raise the setting to keep a "
+                "limit)", sandbox.cut(str(exc)), self._memory_limit,
+            )  # fmt: skip
+            self._memory_limit = None
+        else:
+            log.error("DuckDB failed (%s): reopening the database", sandbox.cut(str(exc)))
+        await trio.sleep(REOPEN_RETRY_SECONDS if self._fatal_reopens else 0)
+        self._fatal_reopens += 1
+        slots = [(limiter, object()) for limiter, n in ((self._readers, READERS),
+                 (self._user_readers, USER_READERS)) for _ in range(n)]  # fmt: skip
+        for limiter, borrower in slots:  # no query runs on the old connection meanwhile
+            await limiter.acquire_on_behalf_of(borrower)
+        try:
+            async with self._database:
+                await trio.to_thread.run_sync(self._reopen_invalidated)
+        except Exception as exc:
+            log.error("could not open the database again (%s); retrying", sandbox.cut(str(exc)))
+        finally:
+            for limiter, borrower in slots:
+                limiter.release_on_behalf_of(borrower)
+
+    def _reopen_invalidated(self) -> None:
+        """Close every handle on an invalidated database (its calls fail: ignored), open it
+        again and read its high-water mark: what the failed commit made durable is not applied
+        twice."""
+        for handle in [*self._cursors, *self._user_cursors, self._con]:
+            with contextlib.suppress(Exception):
+                if handle is not None:
+                    handle.close()
+        self._cursors.clear()
+        self._user_cursors.clear()
+        self._appenders.clear()
+        self._con = None
+        self._reconnect()
+        assert self._con is not None
+        row = self._con.execute("SELECT max(seq) FROM journal_applied").fetchone()
+        self._db_applied = int(row[0]) if row and row[0] is not None else self._db_applied
 
     async def _reconnect_loop(self, scope: trio.CancelScope) -> None:
         """Open the database again until DuckDB lets us (see :meth:`_reconnect`)."""
@@ -856,6 +905,30 @@ class Store:
             self._unlock_writer()  # a store that did not start holds nothing
             raise
 
+    def _open_within_memory(self) -> list[str]:
+        """:meth:`_open`; if DuckDB cannot within ``[store] memory_limit`` (a scan or a
+        checkpoint holds a row group's large values at once: ~250 payloads of 1 MB under
+        256 MB), again without the limit — the database stays usable, and the log says so."""
+        try:
+            return self._open()
+        except (duckdb.OutOfMemoryException, duckdb.FatalException) as exc:
+            if not self._memory_limit:
+                raise
+            log.error(
+                "DuckDB could not open the database within [store] memory_limit = %s (%s): "
+                "opening it without the limit (DuckDB's own, 80%% of RAM); raise the setting "
+                "to keep one", self._memory_limit, sandbox.cut(str(exc)),
+            )  # fmt: skip
+            self._memory_limit = None
+            for handle in [*self._cursors, *self._user_cursors, self._con]:
+                with contextlib.suppress(Exception):
+                    if handle is not None:
+                        handle.close()
+            self._cursors.clear()
+            self._user_cursors.clear()
+            self._con = None
+            return self._open()
+
     def _unlock_writer(self) -> None:
         if self._writer_lock >= 0:
             os.close(self._writer_lock)  # unlocks it (the writer process has ended)
@@ -865,6 +938,11 @@ class Store:
         con = duckdb.connect(str(self.path))
         if _locked(con):  # a connection of another kept the instance open: its settings stay
             return con
+        # The write-ahead log DuckDB replayed is checkpointed before the memory limit is set,
+        # within DuckDB's own (80% of RAM): a checkpoint holds a row group's large values at
+        # once, and under [store] memory_limit it could fail for good — the database did not
+        # open again until the limit was raised by hand (~400 payloads of 1 MB did it).
+        con.execute("CHECKPOINT")
         # Settings are instance-wide, and locked later: every cursor inherits the global zone.
         con.execute("SET GLOBAL TimeZone='UTC'")
         if self._memory_limit:  # validated by the config: a size such as 256MB
