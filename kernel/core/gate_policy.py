@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import posixpath
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -538,7 +539,7 @@ class GatePolicy:
         object.__setattr__(self, "_tags", frozenset(t.lower() for t in self.high_risk_tags))
         compiled = []
         for index, pattern in enumerate(self.high_risk_paths):
-            regex = _glob_regex(pattern)
+            regex = _glob_regex(pattern.lower())  # paths are matched lower-cased (_normalized)
             try:
                 re.compile(regex)
             except re.error as exc:
@@ -547,7 +548,7 @@ class GatePolicy:
         # One alternation of named groups: a match's lastgroup says which pattern matched.
         path_regex = re.compile("|".join(compiled)) if compiled else _NEVER
         object.__setattr__(self, "_path_regex", path_regex)
-        literals = _literals(self.high_risk_paths)
+        literals = _literals([pattern.lower() for pattern in self.high_risk_paths])
         object.__setattr__(self, "_path_hint", _literal_hint(literals))
         object.__setattr__(self, "_path_literals", literals or ())
 
@@ -603,10 +604,11 @@ class GatePolicy:
         ``lastgroup`` is ``p<index>`` of the pattern. A path without any pattern's longest
         literal part cannot match, and is turned away by one scan for those (a third of the
         cost of the alternation, which tries every pattern at every ``*``)."""
+        (path,) = normalized_paths((path,))
         hint = self._path_hint
         if hint is not None and hint.search(path) is None:
             return None
-        return self._path_regex.match(path.removeprefix("./"))
+        return self._path_regex.match(path)
 
     def _risk_text(self, risk_tags: tuple[str, ...], found: re.Match[str] | None) -> str:
         tags = self._tags
@@ -747,15 +749,46 @@ def _path_matches(paths: Sequence[str], policy: GatePolicy) -> list[re.Match[str
     paths holding a literal of the hint can match; when most do, matching every path costs
     less than picking them out."""
     match = policy._path_regex.match
+    paths = normalized_paths(paths)
     if policy._path_hint is None:
-        return [match(p.removeprefix("./")) for p in paths]
+        return list(map(match, paths))
     hinted = _hinted(paths, policy._path_literals)
     if len(hinted) * 4 >= len(paths) * 3:
-        return [match(p.removeprefix("./")) for p in paths]
+        return list(map(match, paths))
     found: list[re.Match[str] | None] = [None] * len(paths)
     for i in hinted:
-        found[i] = match(paths[i].removeprefix("./"))
+        found[i] = match(paths[i])
     return found
+
+
+# A path a high-risk pattern could miss as written: a ``.`` or ``..`` segment, an empty one, a
+# backslash, a leading ``/`` (over the paths joined by NUL, as :func:`normalized_paths` reads them).
+_UNNORMAL = re.compile(r"(?:^|[/\0])\.\.?(?:[/\0]|$)|//|\\|(?:^|\0)/")
+
+
+def normalized_paths(paths: Sequence[str]) -> list[str]:
+    """Changed paths as the high-risk patterns see them: lower-cased (``src/Auth/x`` is
+    ``src/auth/x``, ``x.SQL`` is ``x.sql``), relative, with their ``.`` and ``..`` segments
+    resolved and backslashes as slashes — ``././infra/x.tf``, ``/infra/x.tf`` and
+    ``src/../infra/x.tf`` were not ``infra/**``. One pass in C over them all when none needs
+    more than lower-casing (most diffs)."""
+    joined = "\0".join(paths).lower()
+    if joined.count("\0") != len(paths) - 1:  # a path holding a NUL: one by one
+        return [_normalized(path.lower()) for path in paths]
+    if _UNNORMAL.search(joined) is None:
+        return joined.split("\0") if paths else []
+    return [_normalized(path) for path in joined.split("\0")]
+
+
+def _normalized(path: str) -> str:
+    if _UNNORMAL.search(path) is None:
+        return path
+    resolved = posixpath.normpath(path.replace("\\", "/")).lstrip("/")
+    while resolved.startswith("../"):
+        resolved = resolved[3:]
+    if resolved in (".", ".."):
+        return ""
+    return resolved + "/" if path.endswith(("/", "\\")) else resolved
 
 
 def _hinted(paths: Sequence[str], literals: Sequence[str]) -> set[int]:

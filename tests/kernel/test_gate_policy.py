@@ -144,6 +144,9 @@ def test_a_nan_novelty_counts_as_fully_novel():
         "db/migrations/0001_init.py", "migrations/0001.py", "schema.sql", "db/schema.sql",
         "infra/main.tf", ".github/workflows/ci.yml", "src/auth/login.py", "auth/token.py",
         "lib/security/keys.py", "./infra/x",
+        # written another way (found by a hostile-input hunt: each was ALLOW)
+        "././infra/x.tf", "/infra/x.tf", "src/../infra/x.tf", "src/Auth/login.py", "db/x.SQL",
+        "INFRA/main.tf", "src\\auth\\login.py", "src//auth/login.py", "../infra/x.tf",
     ],
 )  # fmt: skip
 def test_high_risk_paths_match_the_default_patterns(path):
@@ -155,7 +158,9 @@ def test_high_risk_paths_match_the_default_patterns(path):
 
 
 @pytest.mark.parametrize(
-    "path", ["src/app/main.py", "docs/infra.md", "src/authz.py", "src/sql/readme.md"]
+    "path",
+    ["src/app/main.py", "docs/infra.md", "src/authz.py", "src/sql/readme.md",
+     "infra/../src/app.py", "auth.py"],  # fmt: skip
 )
 def test_ordinary_paths_are_not_high_risk(path):
     assert gate(diffs=(Diff(path),)).scorecard.novelty.high_risk_paths == ()
