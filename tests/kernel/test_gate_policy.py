@@ -159,8 +159,14 @@ def test_high_risk_paths_match_the_default_patterns(path):
 
 @pytest.mark.parametrize(
     "path",
-    ["src/app/main.py", "docs/infra.md", "src/authz.py", "src/sql/readme.md",
-     "infra/../src/app.py", "auth.py"],  # fmt: skip
+    [
+        "src/app/main.py",
+        "docs/infra.md",
+        "src/authz.py",
+        "src/sql/readme.md",
+        "infra/../src/app.py",
+        "auth.py",
+    ],  # fmt: skip
 )
 def test_ordinary_paths_are_not_high_risk(path):
     assert gate(diffs=(Diff(path),)).scorecard.novelty.high_risk_paths == ()
