@@ -274,9 +274,11 @@ def _ip(host: str) -> IPAddress | None:
 
 
 def _normal_path(path: str) -> str:
-    """``path`` with ``.``/``..`` segments resolved, as a server would (``%2e`` and ``%2f``
-    decoded first: a server may decode them)."""
-    for encoded, plain in (("%2e", "."), ("%2E", "."), ("%2f", "/"), ("%2F", "/")):
+    """``path`` with ``.``/``..`` segments resolved, as a server would (``%2e``, ``%2f`` and
+    ``%5c`` decoded first: a server may decode them; and a backslash read as a slash, as some
+    servers do: ``/ok/..\\admin`` is ``/admin``, not under ``/ok``)."""
+    for encoded, plain in (("%2e", "."), ("%2E", "."), ("%2f", "/"), ("%2F", "/"), ("%5c", "/"),
+                           ("%5C", "/"), ("\\", "/")):  # fmt: skip
         path = path.replace(encoded, plain)
     out: list[str] = []
     for segment in path.split("/")[1:]:

@@ -360,6 +360,11 @@ def _substituted(value: Any, lookup: Callable[[list[str]], Any]) -> Any:
     return value
 
 
+# A list index in a reference: ASCII digits (``str.isdigit`` takes ``١`` for 1, and ``²``, or
+# 5,000 digits, reached int() and came back as Python's own error text).
+_INDEX = re.compile(r"[0-9]{1,18}")
+
+
 def _lookup(path: list[str], inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
     if path[0] == "inputs":
         current: Any = inputs
@@ -370,7 +375,7 @@ def _lookup(path: list[str], inputs: Mapping[str, Any], outputs: Mapping[str, An
     for key in rest:
         if isinstance(current, Mapping) and key in current:
             current = current[key]
-        elif isinstance(current, list) and key.isdigit() and int(key) < len(current):
+        elif isinstance(current, list) and _INDEX.fullmatch(key) and int(key) < len(current):
             current = current[int(key)]
         else:
             shown = cut_middle(".".join(path), 200)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -260,9 +261,12 @@ def parse_run_spec(
     return ParsedRunSpec(dag_json, dict(inputs), seed, dict(labels), tuple(breakpoints))
 
 
+_WHOLE = re.compile(r"-?[0-9]{1,20}")  # ASCII digits: isdigit() takes "²", which int() refuses
+
+
 def _seed(value: Any, field: str) -> int:
     """proto3 JSON int64: a whole number, or a string of one (a Struct carries floats)."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidArgument(f"{field}: expected a whole number, got {quoted(value)}")

@@ -179,6 +179,9 @@ def test_allow_by_url_prefix_binds_scheme_host_port_and_path():
         "http://127.0.0.1:8080/v1/../admin",
         "http://127.0.0.1:8080/v1/%2e%2e/admin",
         "http://127.0.0.1:8080/v1%2f..%2fadmin",
+        # a server that reads a backslash as a slash (found by a hostile-input hunt)
+        "http://127.0.0.1:8080/v1/..\\admin",
+        "http://127.0.0.1:8080/v1/..%5cadmin",
         "http://127.0.0.1:8081/v1",
         "https://127.0.0.1:8080/v1",
         "http://127.0.0.2:8080/v1",

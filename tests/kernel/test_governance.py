@@ -106,6 +106,9 @@ def test_parse_run_spec_accepts_the_proto3_json_forms():
         ({"dag_json": DAG, "inputs": [1]}, "run_spec.inputs"),
         ({"dag_json": DAG, "seed": True}, "run_spec.seed"),
         ({"dag_json": DAG, "seed": 2**64}, "run_spec.seed: out of the int64 range"),
+        # str.isdigit takes these; int() refused them with its own text
+        ({"dag_json": DAG, "seed": "\u00b2"}, "run_spec.seed: expected a whole number"),
+        ({"dag_json": DAG, "seed": "9" * 5000}, "run_spec.seed: expected a whole number"),
         ({"dag_json": ENV_DAG}, "run_spec.dag_json: step 'e': env.TONE"),
         ({"dag_json": '{"steps": []}'}, "run_spec.dag_json: steps: a DAG needs at least one"),
     ],

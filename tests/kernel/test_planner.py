@@ -181,6 +181,16 @@ def test_a_lease_with_an_unresolvable_reference_raises():
         lease(run, run.steps["a"])
 
 
+@pytest.mark.parametrize("index", ["\u0661", "\u00b2", "9" * 5_000, "-1", "1e0"])
+def test_a_list_index_is_ascii_digits_and_anything_else_is_named_unresolved(index):
+    """``str.isdigit`` took ``\u0661`` (Arabic-Indic one) for 1; ``\u00b2`` and 5,000 digits
+    reached int() and came back as Python's own error text. Found by a hostile-input hunt."""
+    run = started(make_run([step("a", inputs={"v": "${inputs.x." + index + "}"})],
+                           inputs={"x": [10, 20]}))  # fmt: skip
+    with pytest.raises(UnresolvedReference, match="no .* there"):
+        lease(run, run.steps["a"])
+
+
 def _doubling(steps: int) -> list[dict]:
     """Each step's input names the step before's whole output twice: sizes double."""
     chain = [step("s0", inputs={"v": "${inputs.x}"})]
