@@ -604,7 +604,7 @@ class GatePolicy:
         ``lastgroup`` is ``p<index>`` of the pattern. A path without any pattern's longest
         literal part cannot match, and is turned away by one scan for those (a third of the
         cost of the alternation, which tries every pattern at every ``*``)."""
-        (path,) = normalized_paths((path,))
+        path = _normalized(path.lower())
         hint = self._path_hint
         if hint is not None and hint.search(path) is None:
             return None
@@ -761,9 +761,16 @@ def _path_matches(paths: Sequence[str], policy: GatePolicy) -> list[re.Match[str
     return found
 
 
-# A path a high-risk pattern could miss as written: a ``.`` or ``..`` segment, an empty one, a
-# backslash, a leading ``/`` (over the paths joined by NUL, as :func:`normalized_paths` reads them).
-_UNNORMAL = re.compile(r"(?:^|[/\0])\.\.?(?:[/\0]|$)|//|\\|(?:^|\0)/")
+# What may make a path one a high-risk pattern could miss as written: a ``.`` or ``..`` segment,
+# an empty one, a backslash, a leading ``/``. Looked for over the paths joined by NUL (as
+# :func:`normalized_paths` reads them) by five substring searches in C — a regex took 0.64 ms
+# over 1,000 paths, twice ``decide()``'s whole time — then path by path where one hit (a
+# dotfile hits too: ``normpath`` leaves it as it is).
+_SUSPECT = ("/.", "\0.", "//", "\\", "\0/")
+
+
+def _suspect(text: str) -> bool:
+    return text.startswith((".", "/")) or any(part in text for part in _SUSPECT)
 
 
 def normalized_paths(paths: Sequence[str]) -> list[str]:
@@ -775,13 +782,13 @@ def normalized_paths(paths: Sequence[str]) -> list[str]:
     joined = "\0".join(paths).lower()
     if joined.count("\0") != len(paths) - 1:  # a path holding a NUL: one by one
         return [_normalized(path.lower()) for path in paths]
-    if _UNNORMAL.search(joined) is None:
+    if not _suspect(joined):
         return joined.split("\0") if paths else []
     return [_normalized(path) for path in joined.split("\0")]
 
 
 def _normalized(path: str) -> str:
-    if _UNNORMAL.search(path) is None:
+    if not _suspect(path):
         return path
     resolved = posixpath.normpath(path.replace("\\", "/")).lstrip("/")
     while resolved.startswith("../"):
