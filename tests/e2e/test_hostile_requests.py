@@ -29,7 +29,7 @@ from foundry.proto.generated.google.protobuf import Struct, Value
 from tests.e2e.helpers import emit, status
 from tests.e2e.http_helpers import envelopes, grpc_web_call, url
 from tests.grpcio_client import raw_call, raw_channel
-from tests.helpers import wait_until
+from tests.helpers import rss_mb, wait_until
 
 FOUNDRY = "/foundry.Foundry/"
 RUNTIME = "/fleetforge.runtime.v1.RuntimeService/"
@@ -258,7 +258,7 @@ def test_a_message_over_the_limit_is_refused_before_it_is_read(daemon, channel):
     code, details = call(channel, FOUNDRY + "Emit", body)
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
     assert "message limit" in details
-    assert _rss_mb(daemon.process.pid) < 300
+    assert rss_mb(daemon.process.pid) < 300
     assert_serving(daemon)
 
 
@@ -268,14 +268,6 @@ def test_random_bytes_never_answer_internal_or_unknown(daemon, channel):
             code, _ = call(channel, FOUNDRY + method, body)
             assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), method
     assert_serving(daemon)
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status_file:
-        for line in status_file:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def _h2_unary(

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from foundry.proto import runtime_api as api
 
+from tests.helpers import rss_mb
 from tests.runs.helpers import dag, run_and_wait, value
 
 SECRET = "s3cret-token-value"
@@ -196,22 +197,14 @@ def test_each_redirect_hop_is_checked_again(prefixed, allowing, servers):
     assert far.seen() == ["/far-side"]
 
 
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_an_answer_past_the_step_size_limit_is_refused_as_it_comes(allowing, servers):
     """An 800 MB answer was read whole into the daemon (RSS 129 → 2,284 MB) before the step's
     size check refused it. It is read up to ``[scheduler] max_step_bytes`` (4 MiB) now."""
     near, _ = servers
-    before = _rss_mb(allowing.process.pid)
+    before = rss_mb(allowing.process.pid)
     message = error(fetch(allowing, f"{near.url}/huge"))
     assert f"answered more than {4 << 20} bytes" in message
-    assert _rss_mb(allowing.process.pid) - before < 40
+    assert rss_mb(allowing.process.pid) - before < 40
 
 
 def test_a_header_value_with_a_line_break_is_refused_unquoted(allowing, servers):
