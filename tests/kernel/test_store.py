@@ -850,3 +850,63 @@ async def test_a_spool_file_duckdb_refuses_or_that_is_gone_loses_nothing_else(tm
     assert (
         database_rows(tmp_path, "SELECT attestation_id FROM attestation_statements") == kept_row[0]
     )
+
+
+# --- DuckDB invalidated by a checkpoint on large values ---------------------------------------
+
+
+def _large_event(n):
+    event = make_event(n)
+    payload = {"n": n, "pad": "x" * 1_000_000 + str(n)}
+    return dataclasses.replace(
+        event, id=event_id("tick", "p", event.occurred_at, payload), payload=payload,
+        payload_json=compact_json(payload),
+    )  # fmt: skip
+
+
+async def test_a_commit_durable_but_fatal_writes_its_derived_rows_once(tmp_path, monkeypatch):
+    """DuckDB's "Transaction COMMIT succeeded and is durable, but the autocheckpoint failed":
+    the reopened store skipped the journaled rows (the high-water mark) but wrote the rows only
+    DuckDB gets (an attestation's) a second time. The failure is DuckDB's, made to happen here
+    on the first commit holding an attestation."""
+    real, fired = Store._transaction, []
+
+    def transaction(self, tables, *, applied=None):
+        real(self, tables, applied=applied)
+        if not fired and any(table == "attestation_statements" for table, _ in tables):
+            fired.append(True)
+            raise duckdb.FatalException("FATAL Error: Transaction COMMIT succeeded and is "
+                                        "durable, but the autocheckpoint failed")  # fmt: skip
+
+    monkeypatch.setattr(Store, "_transaction", transaction)
+    row = attestation_row(1, tmp_path / "keys")
+    async with running_store(tmp_path, materialize_delay=60) as store:
+        await post_now(store, [make_event(1), DerivedAttestationRows((row,))]).wait()
+        assert (await ask(store, lambda r: CountRows(r))).events == 1
+    assert fired
+    assert database_rows(tmp_path, "SELECT count(*) FROM attestation_statements") == 1
+
+
+async def test_a_read_that_finds_duckdb_invalidated_has_it_reopened_without_a_write(tmp_path):
+    """A checkpoint failed on large values (1 MB payloads under a 64 MB limit) and invalidated
+    the database: reads failed until the next write woke the materializer. A read that meets
+    it wakes the store now, and it opens the database again."""
+    failed_at = None
+    async with running_store(tmp_path, memory_limit="64MB", materialize_delay=60) as store:
+        for n in range(1, 200):
+            await post_now(store, [_large_event(n)]).wait()
+            try:
+                await ask(store, lambda r: CountRows(r))
+            except Unavailable:
+                failed_at = n
+                break
+        assert failed_at is not None, "DuckDB never failed: the test needs a smaller limit"
+        with trio.fail_after(30):  # no write: the failed read alone has it reopened
+            while True:
+                try:
+                    counted = await ask(store, lambda r: CountRows(r))
+                    break
+                except Unavailable:
+                    await trio.sleep(0.2)
+        assert counted.events == failed_at
+    assert database_rows(tmp_path) == failed_at

@@ -249,6 +249,7 @@ class Store:
         self._caught = trio.Event()  # set (and replaced) each time DuckDB catches up some
         self._reopened = trio.Event()  # set when a database a reopen left closed opens again
         self._fatal_reopens = 0  # reopens after DuckDB invalidated the database
+        self._invalid: duckdb.FatalException | None = None  # met, and not reopened yet
         self._reconnecting: trio.CancelScope | None = None  # _reconnect_loop's
         self._hurry = trio.Event()  # someone waits: materialize now
         self._backlog_ready = trio.Event()
@@ -560,6 +561,9 @@ class Store:
 
     async def _materialize_loop(self) -> None:
         while self._backlog or self._derived or self._committing:
+            if self._invalid is not None:  # a read or a checkpoint found DuckDB invalidated
+                await self._recover_from_fatal(self._invalid)
+                continue
             if not (self._backlog or self._derived):
                 await self._backlog_ready.wait()
                 self._backlog_ready = trio.Event()
@@ -588,7 +592,12 @@ class Store:
                     await trio.to_thread.run_sync(self._apply_logged, batch, derived)
                 break
             except duckdb.FatalException as exc:
+                if "COMMIT succeeded" in str(exc):  # durable: the journaled rows are skipped
+                    derived = []  # by the high-water mark; these would be written twice
                 await self._recover_from_fatal(exc)  # then the batch again, on the new one
+                if self._con is None:  # stopping: the next start applies them from the journal
+                    log.error("stopping with %d journal records the database lacks", len(batch))
+                    return
             except Exception:
                 log.exception("could not bring the database up to the journal; retrying in 1 s")
                 if not self._committing and attempt >= STOPPING_ATTEMPTS:
@@ -656,6 +665,7 @@ class Store:
                 limiter.acquire_on_behalf_of_nowait(borrower)
             try:
                 await trio.to_thread.run_sync(self._reopen)
+                self._wake_if_invalid()
             except Exception as exc:
                 log.error(
                     "could not open the database again after releasing its cache (%s): writes "
@@ -675,8 +685,9 @@ class Store:
     async def _recover_from_fatal(self, exc: duckdb.FatalException) -> None:
         """DuckDB invalidated the database (a checkpoint that could not fit in its memory
         limit: a row group's large values are held at once): every call on it fails from then
-        on. Open it again, without ``[store] memory_limit`` from now on — the same row group
-        would fail the next checkpoint too — and go on; the journal has every write."""
+        on. Open it again — without ``[store] memory_limit`` from now on, as the same row group
+        would fail the next checkpoint too — until it opens or the store stops; the journal has
+        every write meanwhile."""
         if self._memory_limit:
             log.error(
                 "DuckDB failed (%s): reopening the database without [store] memory_limit = %s "
@@ -686,20 +697,38 @@ class Store:
             self._memory_limit = None
         else:
             log.error("DuckDB failed (%s): reopening the database", sandbox.cut(str(exc)))
-        await trio.sleep(REOPEN_RETRY_SECONDS if self._fatal_reopens else 0)
-        self._fatal_reopens += 1
-        slots = [(limiter, object()) for limiter, n in ((self._readers, READERS),
-                 (self._user_readers, USER_READERS)) for _ in range(n)]  # fmt: skip
-        for limiter, borrower in slots:  # no query runs on the old connection meanwhile
-            await limiter.acquire_on_behalf_of(borrower)
-        try:
-            async with self._database:
-                await trio.to_thread.run_sync(self._reopen_invalidated)
-        except Exception as exc:
-            log.error("could not open the database again (%s); retrying", sandbox.cut(str(exc)))
-        finally:
-            for limiter, borrower in slots:
-                limiter.release_on_behalf_of(borrower)
+        self._invalid = None
+        while True:
+            if self._fatal_reopens:  # again: not at the pace of a failing loop
+                await trio.sleep(REOPEN_RETRY_SECONDS)
+            self._fatal_reopens += 1
+            slots = [(limiter, object()) for limiter, n in ((self._readers, READERS),
+                     (self._user_readers, USER_READERS)) for _ in range(n)]  # fmt: skip
+            for limiter, borrower in slots:  # no query runs on the old connection meanwhile
+                await limiter.acquire_on_behalf_of(borrower)
+            try:
+                async with self._database:
+                    await trio.to_thread.run_sync(self._reopen_invalidated)
+                return
+            except Exception as failed:
+                log.error("could not open the database again (%s); retrying every %g s",
+                          sandbox.cut(str(failed)), REOPEN_RETRY_SECONDS)  # fmt: skip
+            finally:
+                for limiter, borrower in slots:
+                    limiter.release_on_behalf_of(borrower)
+            if not self._committing:
+                return
+
+    def _wake_if_invalid(self) -> None:
+        if self._invalid is not None:  # found by a worker thread: the materializer reopens it
+            self._backlog_ready.set()
+
+    def _found_invalid(self, exc: BaseException) -> None:
+        """Note that DuckDB invalidated the database (a reader or a checkpoint met it): the
+        materializer opens it again, without waiting for the next write."""
+        if isinstance(exc, duckdb.FatalException) and self._invalid is None:
+            self._invalid = exc
+            self._backlog_ready.set()
 
     def _reopen_invalidated(self) -> None:
         """Close every handle on an invalidated database (its calls fail: ignored), open it
@@ -754,6 +783,7 @@ class Store:
             else:
                 async with self._database:
                     await trio.to_thread.run_sync(self._checkpoint)
+                self._wake_if_invalid()
             await trio.to_thread.run_sync(release_free_heap)
 
     # --- retention (retention.py): stage on a read cursor, prune in the commit sequence -----
@@ -832,6 +862,7 @@ class Store:
             await self._readable()
             result = await in_thread(self._run_query, message, limiter=self._readers)
         except Exception as exc:
+            self._found_invalid(exc)
             if isinstance(exc, duckdb.Error):
                 log.exception("query %s failed", type(message).__name__)
             message.reply.fail(_client_error(exc, f"could not answer {type(message).__name__}"))
@@ -966,6 +997,9 @@ class Store:
         assert self._con is not None
         try:
             self._con.execute("CHECKPOINT")
+        except duckdb.FatalException as exc:  # the materializer reopens it (the caller wakes it)
+            self._invalid = self._invalid or exc
+            return
         except duckdb.Error as exc:  # a transaction in the way: the next batch tries again
             log.info("no checkpoint to reopen the database: %s", sandbox.cut(str(exc)))
             return
@@ -1023,7 +1057,10 @@ class Store:
         self._user_cursors.clear()
         if self._con is not None:
             self._appenders.clear()
-            self._con.execute("CHECKPOINT")
+            try:
+                self._con.execute("CHECKPOINT")
+            except duckdb.Error as exc:  # invalidated: its log is checkpointed at the next start
+                log.error("no checkpoint at the stop: %s", sandbox.cut(str(exc)))
             self._con.close()
             self._con = None
 
@@ -1147,6 +1184,8 @@ class Store:
             return
         try:
             self._con.execute("CHECKPOINT")
+        except duckdb.FatalException as exc:  # the materializer reopens it (the caller wakes it)
+            self._invalid = self._invalid or exc
         except duckdb.Error as exc:  # a transaction in the way: the automatic one comes later
             log.info("no checkpoint after a large write: %s", sandbox.cut(str(exc)))
 
@@ -1158,6 +1197,8 @@ class Store:
         if derived:
             try:
                 self._apply(batch, derived)  # one transaction, as ever
+            except duckdb.FatalException:
+                raise  # the database is gone: the materializer opens it again
             except Exception:
                 self._apply_or_set_aside(batch)  # then each on its own: a refusal stays local
                 self._apply_derived(derived)
@@ -1179,6 +1220,8 @@ class Store:
         cannot stop the rest. Other errors (disk full) propagate: the caller retries."""
         try:
             self._apply(batch)
+        except duckdb.FatalException:
+            raise  # the database is gone, not a record's rows: the materializer reopens it
         except Exception as exc:
             if len(batch) > 1:
                 for item in batch:
