@@ -61,9 +61,9 @@ class HttpBlock(Block):
             request["content"] = str(ctx.inputs["body"]).encode()
         timeout = float(ctx.inputs.get("timeout", 30))
         follow = bool(ctx.inputs.get("follow_redirects", False))
-        async with guarded_client(self.egress, timeout=timeout, follow_redirects=follow) as client:
+        async with guarded_client(self.egress, timeout=timeout) as client:
             response, content = await request_bounded(
-                client, method, url, self.max_body_bytes, **request
+                client, method, url, self.max_body_bytes, follow_redirects=follow, **request
             )
         shown = redact_url(url)
         if response.status_code >= 400 and not ctx.inputs.get("allow_error_status"):

@@ -502,24 +502,48 @@ def guarded_client(
     )
 
 
+MAX_REDIRECTS = 20  # as httpx's own
+
+
 async def request_bounded(
-    client: httpx.AsyncClient, method: str, url: str, limit: int, **request: Any
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    limit: int,
+    *,
+    follow_redirects: bool = False,
+    **request: Any,
 ) -> tuple[httpx.Response, bytes]:
     """``client.request(method, url, **request)``, its body read as it comes (decompressed) and
     refused (BlockError) past ``limit`` bytes: a server's 800 MB answer was read whole into the
-    daemon (RSS 129 → 2,284 MB) before the step's size check refused it."""
-    async with client.stream(method, url, **request) as response:
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in response.aiter_bytes():
-            total += len(chunk)
-            if total > limit:
-                raise BlockError(
-                    f"{method} {redact_url(url)} answered more than {limit} bytes (the body is "
-                    "not read past the step's size limit)"
-                )
-            chunks.append(chunk)
-    return response, b"".join(chunks)
+    daemon (RSS 129 → 2,284 MB) before the step's size check refused it. Redirects are followed
+    here, each hop's body left unread (httpx reads every hop's whole body), each hop checked
+    by the client's transport as any request."""
+    next_request: httpx.Request | None = client.build_request(method, url, **request)
+    for _ in range(MAX_REDIRECTS + 1):
+        assert next_request is not None
+        response = await client.send(next_request, stream=True, follow_redirects=False)
+        try:
+            next_request = response.next_request if follow_redirects else None
+            if next_request is None:
+                return response, await _bounded_body(response, method, url, limit)
+        finally:
+            await response.aclose()
+    raise BlockError(f"{method} {redact_url(url)}: more than {MAX_REDIRECTS} redirects")
+
+
+async def _bounded_body(response: httpx.Response, method: str, url: str, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > limit:
+            raise BlockError(
+                f"{method} {redact_url(url)} answered more than {limit} bytes (the body is not "
+                "read past the step's size limit)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # --- httpx's request log without query strings -------------------------------------------------

@@ -48,6 +48,17 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if parts.path.endswith("/heavy-redirect"):  # a hop whose body is 64 MB
+                self.send_response(302)
+                self.send_header("Location", urllib.parse.parse_qs(parts.query)["to"][0])
+                self.send_header("Content-Length", str(64 << 20))
+                self.end_headers()
+                try:
+                    for _ in range(64):
+                        self.wfile.write(b"x" * (1 << 20))
+                except OSError:  # the client went on without reading it: what it should do
+                    pass
+                return
             if parts.path.endswith("/huge"):  # 64 MB, sent as it is made
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
@@ -218,3 +229,15 @@ def test_a_header_value_with_a_line_break_is_refused_unquoted(allowing, servers)
     assert token not in message
     assert token not in allowing.stderr()
     assert "/header-probe" not in near.seen()
+
+
+def test_a_redirect_hops_body_is_not_read(allowing, servers):
+    """httpx reads every redirect hop's whole body before it follows: a 64 MB hop body went
+    into the daemon, past the size limit. The hops are followed without reading them."""
+    near, _ = servers
+    before = rss_mb(allowing.process.pid)
+    target = urllib.parse.quote(f"{near.url}/landed", safe="")
+    run = fetch(allowing, f"{near.url}/heavy-redirect?to={target}", follow_redirects=True)
+    assert run.status == api.RunStatus.SUCCEEDED, value(run.steps[0].error)
+    assert value(run.steps[0].output)["body"] == {"served": "/landed"}
+    assert rss_mb(allowing.process.pid) - before < 40
