@@ -39,7 +39,18 @@ _FORBIDDEN_NAMES = frozenset(
         "TERMINFO_DIRS", "INPUTRC", "BROWSER", "FCEDIT", "MANPAGER", "LESSKEY", "LESSKEYIN",
         "VIMINIT", "EXINIT", "MYVIMRC", "EMACSLOADPATH", "GOFLAGS", "GOROOT", "GOTOOLCHAIN",
         "CC", "CXX", "CPP", "LD", "AR", "KUBECONFIG", "AWS_CONFIG_FILE", "BOTO_CONFIG",
-        "GNUPGHOME", "SSH_AUTH_SOCK", "HISTFILE",
+        "GNUPGHOME", "SSH_AUTH_SOCK", "HISTFILE", "RUSTC", "RUSTDOC", "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER", "SVN_SSH", "RSYNC_RSH", "CVS_RSH", "HGRCPATH", "HGEDITOR",
+        "PSQLRC", "MAVEN_OPTS", "GRADLE_OPTS", "JAVA_OPTS", "SBT_OPTS", "ANT_OPTS",
+    }
+)  # fmt: skip
+# Harmless names in the families forbidden below, that builds and scripts commonly set: who a
+# commit is by, whether git may prompt, colour, pip's cache.
+_HARMLESS_NAMES = frozenset(
+    {
+        "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_AUTHOR_DATE", "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL", "GIT_COMMITTER_DATE", "GIT_TERMINAL_PROMPT", "CARGO_TERM_COLOR",
+        "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK", "PIP_NO_INPUT", "DOCKER_BUILDKIT",
     }
 )  # fmt: skip
 # A program another runs for a password (SSH_ASKPASS, GIT_ASKPASS, SUDO_ASKPASS …), to page or
@@ -51,6 +62,8 @@ _FORBIDDEN_PREFIXES = (
     # git runs programs named in dozens of its variables (GIT_EXTERNAL_DIFF, GIT_PROXY_COMMAND,
     # GIT_CONFIG_* …); npm, pip, cargo and docker read config that runs or fetches code
     "GIT_", "OPENSSL_", "NPM_CONFIG_", "PIP_", "CARGO_", "DOCKER_",
+    # a build's compiler launcher, .NET's start-up hooks and profiler
+    "CMAKE_", "DOTNET_", "CORECLR_", "COR_",
 )  # fmt: skip
 
 
@@ -59,6 +72,8 @@ def forbidden_reason(name: str) -> str:
     if not _NAME.fullmatch(name):
         return "not a valid variable name (letters, digits and _, not starting with a digit)"
     upper = name.upper()
+    if upper in _HARMLESS_NAMES:
+        return ""
     if (
         upper in _FORBIDDEN_NAMES
         or upper.startswith(_FORBIDDEN_PREFIXES)
