@@ -766,11 +766,16 @@ def _path_matches(paths: Sequence[str], policy: GatePolicy) -> list[re.Match[str
 # :func:`normalized_paths` reads them) by five substring searches in C — a regex took 0.64 ms
 # over 1,000 paths, twice ``decide()``'s whole time — then path by path where one hit (a
 # dotfile hits too: ``normpath`` leaves it as it is).
-_SUSPECT = ("/.", "\0.", "//", "\\", "\0/")
+_SUSPECT = ("/.", "\0.", "//", "\\", "\0/", "./", " /", ".\0", " \0", ":")
 
 
 def _suspect(text: str) -> bool:
-    return text.startswith((".", "/")) or any(part in text for part in _SUSPECT)
+    return (
+        not text.isascii()  # case-folding goes past lower-casing
+        or text.startswith((".", "/"))
+        or text.endswith((".", " "))
+        or any(part in text for part in _SUSPECT)
+    )
 
 
 def normalized_paths(paths: Sequence[str]) -> list[str]:
@@ -788,13 +793,21 @@ def normalized_paths(paths: Sequence[str]) -> list[str]:
 
 
 def _normalized(path: str) -> str:
+    """One path as the patterns see it (lower-cased already): case-folded, backslashes as
+    slashes, a drive letter (``c:``) dropped, ``.``/``..`` resolved, and each segment's
+    trailing dots and spaces dropped as Windows drops them (``infra./x.tf``, ``x.sql.``)."""
     if not _suspect(path):
         return path
-    resolved = posixpath.normpath(path.replace("\\", "/")).lstrip("/")
+    slashed = path.casefold().replace("\\", "/")
+    if len(slashed) > 1 and slashed[1] == ":" and slashed[0].isalpha():
+        slashed = slashed[2:]
+    resolved = posixpath.normpath(slashed).lstrip("/")
     while resolved.startswith("../"):
         resolved = resolved[3:]
     if resolved in (".", ".."):
         return ""
+    segments = [s.rstrip(". ") if s not in (".", "..") else s for s in resolved.split("/")]
+    resolved = "/".join(s for s in segments if s)
     return resolved + "/" if path.endswith(("/", "\\")) else resolved
 
 

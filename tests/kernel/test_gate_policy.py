@@ -147,6 +147,8 @@ def test_a_nan_novelty_counts_as_fully_novel():
         # written another way (found by a hostile-input hunt: each was ALLOW)
         "././infra/x.tf", "/infra/x.tf", "src/../infra/x.tf", "src/Auth/login.py", "db/x.SQL",
         "INFRA/main.tf", "src\\auth\\login.py", "src//auth/login.py", "../infra/x.tf",
+        # as Windows reads them, and a case only case-folding sees (found by review)
+        "infra./x.tf", "db/x.sql.", "db/x.sql ", "C:\\infra\\x.tf", "db/x.\u017fql",
     ],
 )  # fmt: skip
 def test_high_risk_paths_match_the_default_patterns(path):
