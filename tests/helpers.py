@@ -78,10 +78,10 @@ def process_gone(pid: int) -> bool:
     return state == "Z"
 
 
-def rss_mb(pid: int) -> float:
-    """A process's resident memory now, in MB (``/proc``)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (``VmHWM``: its peak so far), in MB (``/proc``)."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
+    raise AssertionError(f"no {field} for process {pid}")

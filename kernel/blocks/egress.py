@@ -23,6 +23,7 @@ import logging
 import socket
 import ssl
 import urllib.parse
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -533,17 +534,35 @@ async def request_bounded(
 
 
 async def _bounded_body(response: httpx.Response, method: str, url: str, limit: int) -> bytes:
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding in _ZLIB_ENCODINGS else None
+    # gzip and deflate inflated here, at most up to the limit: httpx's decoder inflates each
+    # network chunk whole (a 64 KiB chunk can become 64 MB before it is counted)
+    source = response.aiter_raw() if inflate is not None else response.aiter_bytes()
     chunks: list[bytes] = []
     total = 0
-    async for chunk in response.aiter_bytes():
-        total += len(chunk)
-        if total > limit:
-            raise BlockError(
-                f"{method} {redact_url(url)} answered more than {limit} bytes (the body is not "
-                "read past the step's size limit)"
-            )
-        chunks.append(chunk)
+    async for data in source:
+        while data:
+            if inflate is None:
+                chunk, data = data, b""
+            else:
+                try:
+                    chunk = inflate.decompress(data, limit - total + 1)
+                except zlib.error:
+                    raise BlockError(f"{method} {redact_url(url)} answered a {encoding} body "
+                                     "that does not inflate") from None  # fmt: skip
+                data = inflate.unconsumed_tail
+            total += len(chunk)
+            if total > limit:
+                raise BlockError(
+                    f"{method} {redact_url(url)} answered more than {limit} bytes (the body is "
+                    "not read past the step's size limit)"
+                )
+            chunks.append(chunk)
     return b"".join(chunks)
+
+
+_ZLIB_ENCODINGS = ("gzip", "x-gzip", "deflate")
 
 
 # --- httpx's request log without query strings -------------------------------------------------
