@@ -279,9 +279,10 @@ def _decode_token(token: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         created_at, run_id = json.loads(raw)
         when = datetime.fromisoformat(created_at)
-        if not isinstance(run_id, str) or when.tzinfo is None:
+        if not isinstance(run_id, str) or when.tzinfo is None or len(run_id) > MAX_TOKEN:
             raise ValueError(run_id)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        run_id.encode()  # a lone surrogate (a JSON escape) is no run id: the store refused it
+    except (binascii.Error, ValueError, TypeError, UnicodeError):
         raise InvalidArgument(
             f"page_token: {quoted(token)} is not a next_page_token this daemon gave"
         ) from None

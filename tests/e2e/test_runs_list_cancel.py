@@ -6,6 +6,7 @@ mutator given its grace, CANCELED durable across restarts); ``foundry run wait``
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -320,6 +321,9 @@ def test_list_runs_refuses_bad_filters_by_name(make_daemon, tmp_path):
         (api.ListRunsRequest(page_size=5000), "page_size"),
         (api.ListRunsRequest(page_size=-1), "page_size"),
         (api.ListRunsRequest(page_token="not-a-token"), "page_token"),
+        # a forged token whose run id is a lone surrogate (a JSON escape): the store failed to
+        # bind it, UNAVAILABLE and a 31-line traceback a request (found by a hostile-input hunt)
+        (api.ListRunsRequest(page_token=_forged_token("\\ud800")), "page_token"),
         (api.ListRunsRequest(statuses=[api.RunStatus.UNSPECIFIED]), "statuses[0]"),
         (api.ListRunsRequest(labels={"": "x"}), "labels"),
     ]
@@ -327,6 +331,12 @@ def test_list_runs_refuses_bad_filters_by_name(make_daemon, tmp_path):
         error = rpc_error(daemon, lambda rt, request=request: rt.list_runs(request))
         assert_error(error, Status.INVALID_ARGUMENT, field)
     assert list_runs(daemon).runs == []  # and the daemon is fine
+    assert "Traceback" not in daemon.stderr()
+
+
+def _forged_token(run_id_json: str) -> str:
+    raw = f'["2026-01-01T00:00:00+00:00", "{run_id_json}"]'.encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 # --- status filters ------------------------------------------------------------------------------
