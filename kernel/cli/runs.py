@@ -352,17 +352,19 @@ _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _when(text: str) -> datetime:
-    """An argparse type: an ISO 8601 time (UTC unless it names an offset) or an age ("2h")."""
+    """An argparse type: an ISO 8601 time (UTC unless it names an offset) or an age ("2h"), in
+    UTC. One past the range of times is refused here (it was a traceback further on)."""
     age = _AGE.fullmatch(text.strip())
-    if age:
-        return datetime.now(UTC) - timedelta(seconds=float(age[1]) * _AGE_UNITS[age[2]])
     try:
+        if age:
+            return datetime.now(UTC) - timedelta(seconds=float(age[1]) * _AGE_UNITS[age[2]])
         when = datetime.fromisoformat(text)
-    except ValueError:
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+    except (OverflowError, ValueError):
         raise argparse.ArgumentTypeError(
-            f"not a time: {text!r} (ISO 8601 like 2026-01-31T12:00:00, or an age like 2h)"
+            f"not a time, or out of the range of times: {text[:100]!r} (ISO 8601 like "
+            "2026-01-31T12:00:00, or an age like 2h)"
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 async def cmd_list(args: argparse.Namespace, stubs: Any) -> int:

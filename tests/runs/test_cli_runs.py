@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
+import sys
 
 import pytest
 from foundry.kernel.cli.main import main
@@ -318,3 +320,22 @@ def test_replay_with_drift_exits_non_zero_and_shows_the_step(daemon, fake_http):
     assert cells[:3] == ["ask", "NO", "2"]
     # the cells show what changed, not a truncated prefix the two outputs share
     assert row.endswith('{"text": "first"} → {"text": "second"}')
+
+
+@pytest.mark.parametrize(
+    "when",
+    ["99999999999999999999d", "0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59"],
+)
+@pytest.mark.parametrize("flag", ["--since", "--until"])
+def test_run_list_refuses_a_time_out_of_range_in_one_line(tmp_path, flag, when):
+    """These reached the request's timestamp and came back as a 56-line OverflowError
+    traceback (found by a hostile-input hunt); argparse's own error and exit 2 now."""
+    done = subprocess.run(
+        [sys.executable, "-m", "foundry.kernel.cli", "run", "list", flag, when,
+         "--addr", "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "FOUNDRY_HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "out of the range of times" in done.stderr
+    assert "Traceback" not in done.stderr
