@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,3 +49,26 @@ def journal_behind(home: Path) -> str:
         f"{home / 'journal'} holds writes the database has not applied yet (the daemon was "
         "killed?); start the daemon once to apply them — this answer may miss them"
     )
+
+
+# More than any request the daemon takes (``[daemon] max_message_bytes``, 4 MiB by default).
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+
+
+def read_text_file(path: str) -> str:
+    """The text of a file a command sends (``-``: standard input): a regular file, UTF-8, at
+    most ``MAX_INPUT_BYTES`` — ``/dev/zero`` as a DAG file filled 7 GB before the daemon could
+    refuse it. OSError, or ValueError with a one-line reason."""
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+    else:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before opening: a FIFO would block
+            raise ValueError("not a regular file")
+        with open(path, "rb") as file:
+            data = file.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise ValueError(f"larger than {MAX_INPUT_BYTES} bytes, more than any request takes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None

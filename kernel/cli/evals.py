@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import betterproto2
-from foundry.kernel.cli.common import prepared_client, whole_number
+from foundry.kernel.cli.common import prepared_client, read_text_file, whole_number
 from foundry.kernel.cli.output import message_dict, stamp
 from foundry.kernel.core.evals import Regression, ScenarioStats, regression, summarize
 from foundry.kernel.errors import ConfigError, FoundryError
@@ -115,16 +115,20 @@ def load_document(path: str | Path) -> dict[str, Any]:
     """A JSON or TOML file as an object (TOML when the name ends in ``.toml``; ``-`` is JSON on
     stdin; another name is tried as JSON, then TOML). Errors are one-line ConfigErrors."""
     name = str(path)
-    if name == "-":
-        text, suffix = sys.stdin.read(), ".json"
-    else:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"{name}: cannot read: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{name}: not UTF-8 text") from None
-        suffix = Path(path).suffix.lower()
+    try:
+        text = read_text_file(name)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    suffix = ".json" if name == "-" else Path(path).suffix.lower()
+    try:
+        return _document(name, text, suffix)
+    except RecursionError:
+        raise ConfigError(f"{name}: nested too deeply") from None
+
+
+def _document(name: str, text: str, suffix: str) -> dict[str, Any]:
     if suffix == ".toml":
         value: Any = _toml(name, text)
     else:
@@ -248,10 +252,11 @@ def _run_spec(raw: Any, base: Path, at: str) -> dict[str, Any]:
             raise ConfigError(f"{at}: run_spec.dag_file: expected a path")
         dag_path = base / raw["dag_file"]
         try:
-            dag_json = dag_path.read_text()
-        except OSError as exc:
+            dag_json = read_text_file(str(dag_path))
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
             raise ConfigError(
-                f"{at}: run_spec.dag_file: cannot read {dag_path}: {exc.strerror or exc}"
+                f"{at}: run_spec.dag_file: cannot read {dag_path}: {reason}"
             ) from None
         what = f"run_spec.dag_file {dag_path}"
     elif isinstance(raw["dag"], dict):
@@ -266,6 +271,8 @@ def _run_spec(raw: Any, base: Path, at: str) -> dict[str, Any]:
         dag = json.loads(dag_json, parse_constant=_no_constant)
     except ValueError as exc:
         raise ConfigError(f"{at}: {what}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{at}: {what}: nested too deeply") from None
     if not isinstance(dag, dict):
         raise ConfigError(f"{at}: {what}: expected a JSON object, got {_kind(dag)}")
     inputs = raw.get("inputs", {})

@@ -17,7 +17,7 @@ from typing import Any
 
 import betterproto2
 from foundry.kernel.cli.attest import add_attest_commands
-from foundry.kernel.cli.common import whole_number
+from foundry.kernel.cli.common import read_text_file, whole_number
 from foundry.kernel.cli.config_check import add_config_commands
 from foundry.kernel.cli.evals import add_eval_commands
 from foundry.kernel.cli.export import add_export_command
@@ -241,12 +241,9 @@ def _caller_trace() -> tuple[str, str]:
 def read_payload(text: str) -> str:
     """``--payload``: JSON text, ``@FILE`` (the file's content) or ``-`` (standard input)."""
     try:
-        if text == "-":
-            return sys.stdin.read()
-        if text.startswith("@"):
-            with open(text[1:], encoding="utf-8") as file:
-                return file.read()
-    except (OSError, UnicodeDecodeError) as exc:
+        if text == "-" or text.startswith("@"):
+            return read_text_file(text[1:] if text.startswith("@") else "-")
+    except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise CommandFailed(f"--payload: cannot read {text[1:] or 'stdin'}: {reason}") from None
     return text

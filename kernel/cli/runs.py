@@ -10,11 +10,10 @@ import argparse
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import betterproto2
-from foundry.kernel.cli.common import whole_number
+from foundry.kernel.cli.common import read_text_file, whole_number
 from foundry.kernel.cli.output import stamp
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import FoundryError
@@ -147,12 +146,12 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 
 
 def _read_dag(path: str) -> str:
-    import sys
-
     try:
-        return sys.stdin.read() if path == "-" else Path(path).read_text()
+        return read_text_file(path)
     except OSError as exc:
-        raise FoundryError(f"{path}: cannot read: {exc.strerror}") from None
+        raise FoundryError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise FoundryError(f"{path}: {exc}") from None
 
 
 async def cmd_submit(args: argparse.Namespace, stubs: Any) -> int:

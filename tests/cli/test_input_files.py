@@ -1,0 +1,45 @@
+"""Files the CLI reads and sends (a DAG, an eval pack, a gate request): hostile ones get one
+line naming the file and the reason — never a traceback, never an unbounded read. Found by a
+hostile-input hunt: ``/dev/zero`` as a DAG filled 6–7 GB, a file not UTF-8 or nested 100,000
+deep printed a traceback (3,001 lines for deep TOML)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _files(folder):
+    (folder / "latin1.dag.json").write_bytes(b'\xff\xfe{"steps": []}')
+    (folder / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (folder / "deep.toml").write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    (folder / "zero.toml").write_text(
+        'pack = "p"\n[[scenarios]]\nslug = "s"\ntitle = "s"\nexpected = {status = "succeeded"}\n'
+        '[scenarios.run_spec]\ndag_file = "/dev/zero"\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "needle"),
+    [
+        (["run", "submit", "latin1.dag.json"], "latin1.dag.json: not UTF-8 text"),
+        (["run", "submit", "/dev/zero"], "/dev/zero: not a regular file"),
+        (["gate", "check", "deep.json"], "deep.json: nested too deeply"),
+        (["gate", "check", "deep.toml"], "deep.toml: nested too deeply"),
+        (["eval", "sync", "zero.toml"], "cannot read /dev/zero: not a regular file"),
+    ],
+)
+def test_a_hostile_input_file_is_one_line_naming_it(tmp_path, command, needle):
+    _files(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "foundry.kernel.cli", *command, "--addr", "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "FOUNDRY_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert done.returncode in (1, 2), done.stderr
+    assert needle in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
