@@ -730,10 +730,9 @@ class Store:
             self._invalid = exc
             self._backlog_ready.set()
 
-    def _reopen_invalidated(self) -> None:
-        """Close every handle on an invalidated database (its calls fail: ignored), open it
-        again and read its high-water mark: what the failed commit made durable is not applied
-        twice."""
+    def _drop_handles(self) -> None:
+        """Close the connection and its cursors, whatever state DuckDB is in (a call on an
+        invalidated database fails: ignored)."""
         for handle in [*self._cursors, *self._user_cursors, self._con]:
             with contextlib.suppress(Exception):
                 if handle is not None:
@@ -742,6 +741,12 @@ class Store:
         self._user_cursors.clear()
         self._appenders.clear()
         self._con = None
+
+    def _reopen_invalidated(self) -> None:
+        """Close every handle on an invalidated database (its calls fail: ignored), open it
+        again and read its high-water mark: what the failed commit made durable is not applied
+        twice."""
+        self._drop_handles()
         self._reconnect()
         assert self._con is not None
         row = self._con.execute("SELECT max(seq) FROM journal_applied").fetchone()
@@ -951,13 +956,7 @@ class Store:
                 "to keep one", self._memory_limit, sandbox.cut(str(exc)),
             )  # fmt: skip
             self._memory_limit = None
-            for handle in [*self._cursors, *self._user_cursors, self._con]:
-                with contextlib.suppress(Exception):
-                    if handle is not None:
-                        handle.close()
-            self._cursors.clear()
-            self._user_cursors.clear()
-            self._con = None
+            self._drop_handles()
             return self._open()
 
     def _unlock_writer(self) -> None:
