@@ -314,7 +314,14 @@ def _described(
     return tuple((str(row[0]), str(row[1])) for row in described)
 
 
-def _wrapped_run(
+def _failed(exc: duckdb.Error) -> QueryFailed:
+    """DuckDB's error as the caller's: out of memory is QueryTooLarge."""
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return QueryTooLarge(cut(f"the result is too large to make: {exc}"))
+    return QueryFailed(cut(str(exc)))
+
+
+def _execute_wrapped(
     cursor: duckdb.DuckDBPyConnection, query: str, params: Mapping[str, str]
 ) -> duckdb.DuckDBPyConnection:
     """``query`` run (its result on ``cursor``); _AsWritten when DuckDB refuses it — then the
@@ -325,7 +332,7 @@ def _wrapped_run(
     except duckdb.InterruptException:
         raise
     except duckdb.OutOfMemoryException as exc:
-        raise QueryTooLarge(cut(f"the result is too large to make: {exc}")) from None
+        raise _failed(exc) from None
     except duckdb.Error:
         cursor.execute("ROLLBACK")
         cursor.execute("BEGIN TRANSACTION READ ONLY")
@@ -349,7 +356,7 @@ def _run_bounded(
         f"SELECT {values}, guess FROM ({_guessed(text, columns, max_rows)}) "
         f"WHERE guess - own <= {budget}"
     )
-    result = _wrapped_run(cursor, kept, params)
+    result = _execute_wrapped(cursor, kept, params)
     return _converted(result, columns, max_rows, budget, guessed=True)
 
 
@@ -366,10 +373,8 @@ def _run_as_written(
         result = cursor.execute(sql, dict(params)) if params else cursor.execute(sql)
     except duckdb.InterruptException:
         raise
-    except duckdb.OutOfMemoryException as exc:
-        raise QueryTooLarge(cut(f"the result is too large to make: {exc}")) from None
     except duckdb.Error as exc:
-        raise QueryFailed(cut(str(exc))) from None
+        raise _failed(exc) from None
     columns = tuple((str(d[0]), str(d[1])) for d in result.description or [])
     if not columns:
         return columns, (), False
@@ -418,10 +423,8 @@ def _converted(
                 rows.append(text)
     except duckdb.InterruptException:
         raise
-    except duckdb.OutOfMemoryException as exc:
-        raise QueryTooLarge(cut(f"the result is too large to make: {exc}")) from None
     except duckdb.Error as exc:
-        raise QueryFailed(cut(str(exc))) from None
+        raise _failed(exc) from None
     except (OverflowError, ValueError) as exc:  # a value Python cannot hold: 10^8 years
         raise QueryFailed(cut(f"a value of the result cannot be read: {exc}")) from None
     return tuple(rows), False
@@ -507,7 +510,7 @@ def _run_as_json(
         f"count(*) FILTER (WHERE r IS NULL OR used > {budget}), "
         f"max(strlen(r)) FILTER (WHERE i = 1), max(own) FILTER (WHERE i = 1) FROM ({measured})"
     )
-    found = _wrapped_run(cursor, joined, params).fetchone()
+    found = _execute_wrapped(cursor, joined, params).fetchone()
     assert found is not None  # an aggregate has one row
     joined_rows, past_budget, first_size, first_guess = found
     rows = joined_rows.split("\n") if joined_rows is not None else []

@@ -28,9 +28,7 @@ from foundry.kernel import (
     redact_url,
     request_bounded,
 )
-from foundry.kernel.config import Config
-
-MAX_STEP_BYTES = 4 * 1024 * 1024  # ``[scheduler] max_step_bytes``' default
+from foundry.kernel.config import Config, SchedulerConfig
 
 
 class HttpBlock(Block):
@@ -39,7 +37,9 @@ class HttpBlock(Block):
     description = "one HTTP request: inputs {url, method, headers, json|body}"
 
     def __init__(
-        self, egress: EgressPolicy | None = None, max_body_bytes: int = MAX_STEP_BYTES
+        self,
+        egress: EgressPolicy | None = None,
+        max_body_bytes: int = SchedulerConfig.max_step_bytes,
     ) -> None:
         super().__init__()
         self.egress = egress if egress is not None else EgressPolicy()

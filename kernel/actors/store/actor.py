@@ -726,9 +726,9 @@ class Store:
     def _found_invalid(self, exc: BaseException) -> None:
         """Note that DuckDB invalidated the database (a reader or a checkpoint met it): the
         materializer opens it again, without waiting for the next write."""
-        if isinstance(exc, duckdb.FatalException) and self._invalid is None:
-            self._invalid = exc
-            self._backlog_ready.set()
+        if isinstance(exc, duckdb.FatalException):
+            self._invalid = self._invalid or exc
+            self._wake_if_invalid()
 
     def _drop_handles(self) -> None:
         """Close the connection and its cursors, whatever state DuckDB is in (a call on an
