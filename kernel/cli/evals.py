@@ -21,7 +21,8 @@ fields of ``RunSpec``). A bad file is a one-line :class:`ConfigError` naming the
 
 ``eval run`` reads the pack file, syncs it (so results are judged against exactly that file),
 submits every scenario ``--repeat`` times with the idempotency key
-``eval:{pack}:{slug}:{commit}:{i}`` (running the command again reuses the runs), waits, records
+``eval:{pack}:{slug}:{commit}:{i}:{spec}`` (``spec``: 12 hex digits of its spec's SHA-256;
+running the command again on the same pack reuses the runs), waits, records
 each result at ``--commit`` and prints per scenario the statistics of
 ``foundry.kernel.core.evals.summarize``; with ``--baseline`` also those of the results recorded at
 that commit (the scenario's history, one result per run: the latest) and the verdict of
@@ -568,8 +569,15 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def idempotency_key(pack: str, slug: str, commit: str, i: int) -> str:
-    key = f"eval:{pack}:{slug}:{commit}:{i}"
+def idempotency_key(pack: str, slug: str, commit: str, i: int, run_spec: Mapping[str, Any]) -> str:
+    """The key of a scenario's ``i``-th run at ``commit``; it names the spec too (the first 12
+    hex digits of the SHA-256 of its sorted compact JSON): a scenario edited at the same
+    commit gets new runs, where the daemon would refuse its key for another spec."""
+    text = json.dumps(
+        run_spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    key = f"eval:{pack}:{slug}:{commit}:{i}:{digest}"
     if len(key) <= MAX_KEY_LENGTH:
         return key
     return "eval:" + hashlib.sha256(key.encode()).hexdigest()
@@ -590,7 +598,7 @@ async def cmd_run(args: argparse.Namespace, stubs: Any) -> int:
     runs: list[_Run] = []
     for scenario in pack.scenarios:
         for i in range(args.repeat):
-            key = idempotency_key(pack.name, scenario.slug, args.commit, i)
+            key = idempotency_key(pack.name, scenario.slug, args.commit, i, scenario.run_spec)
             request = api.SubmitRunRequest(spec=scenario.spec(), idempotency_key=key)
             try:
                 reply = await runtime.submit_run(request)

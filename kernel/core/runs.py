@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from foundry.kernel.core.dag import Dag, StepSpec
+from foundry.kernel.core.ids import compact_json
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELED"})
 TERMINAL_KINDS = frozenset({"run_succeeded", "run_failed", "run_canceled"})
@@ -54,6 +55,30 @@ class RunSubmission:
     # (``span_id`` in its step events' payloads) is a child of.
     trace_id: str = ""
     span_id: str = ""
+
+
+def spec_difference(
+    first: RunSubmission,
+    dag_json: str,
+    inputs: Mapping[str, Any],
+    seed: int,
+    labels: Mapping[str, str],
+    breakpoints: Iterable[str],
+) -> str:
+    """The first field of a spec sent again under ``first``'s idempotency key that differs from
+    ``first``'s, or "" when it is the same spec: the same DAG text, inputs (as JSON: ``1`` is not
+    ``true``), seed, labels, and set of breakpoints."""
+    if dag_json != first.dag_json:
+        return "dag_json"
+    if compact_json(inputs) != compact_json(first.inputs):
+        return "inputs"
+    if seed != first.seed:
+        return "seed"
+    if dict(labels) != dict(first.labels):
+        return "labels"
+    if set(breakpoints) != set(first.breakpoints):
+        return "breakpoints"
+    return ""
 
 
 @dataclass(slots=True)

@@ -5,6 +5,7 @@ Pure: no daemon. The end-to-end flow is ``tests/e2e/test_cli_governance.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 
@@ -174,12 +175,23 @@ def test_a_bad_pack_file_exits_2_before_calling_the_daemon(tmp_path, capsys):
     assert err.count("\n") == 1
 
 
-def test_idempotency_keys_are_stable_and_bounded():
-    assert idempotency_key("p", "s", "abc", 2) == "eval:p:s:abc:2"
-    long = idempotency_key("p" * 200, "s", "abc", 2)
+def test_idempotency_keys_are_stable_bounded_and_name_the_spec():
+    spec = {"dag_json": "{}", "inputs": {"b": 1, "a": [2]}, "seed": 3, "labels": {},
+            "breakpoints": []}  # fmt: skip
+    digest = hashlib.sha256(
+        b'{"breakpoints":[],"dag_json":"{}","inputs":{"a":[2],"b":1},"labels":{},"seed":3}'
+    ).hexdigest()[:12]
+    assert idempotency_key("p", "s", "abc", 2, spec) == f"eval:p:s:abc:2:{digest}"
+    reordered = {"seed": 3, "inputs": {"a": [2], "b": 1}, "dag_json": "{}", "breakpoints": [],
+                 "labels": {}}  # fmt: skip
+    assert idempotency_key("p", "s", "abc", 2, reordered) == f"eval:p:s:abc:2:{digest}"
+    edited = {**spec, "seed": 4}
+    assert idempotency_key("p", "s", "abc", 2, edited) != idempotency_key("p", "s", "abc", 2, spec)
+    long = idempotency_key("p" * 200, "s", "abc", 2, spec)
     assert len(long) <= 256
-    assert long == idempotency_key("p" * 200, "s", "abc", 2)
-    assert long != idempotency_key("p" * 200, "s", "abc", 3)
+    assert long == idempotency_key("p" * 200, "s", "abc", 2, spec)
+    assert long != idempotency_key("p" * 200, "s", "abc", 3, spec)
+    assert long != idempotency_key("p" * 200, "s", "abc", 2, edited)
 
 
 # --- request files ------------------------------------------------------------------------------

@@ -59,6 +59,29 @@ def run(daemon, *args, timeout=120):
     return done
 
 
+def _run_ids(done):
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    return {(r["slug"], r["index"]): r["run_id"] for r in json.loads(done.stdout)["runs"]}
+
+
+def test_eval_run_again_reuses_its_runs_and_an_edited_scenario_gets_new_ones(daemon, tmp_path):
+    (tmp_path / "outline.dag.json").write_text(json.dumps(OUTLINE))
+    pack = tmp_path / "pack.toml"
+    pack.write_text(PACK.format(pack="governance-reuse", topic="otters"))
+    args = ("eval", "run", str(pack), "--commit", "ccc333", "--repeat", "2", "--json")
+    first = _run_ids(run(daemon, *args))
+    assert len(set(first.values())) == 4
+    assert _run_ids(run(daemon, *args)) == first
+    # the outline's DAG edited, the commit the same: new runs for it, the same for the other
+    edited = {"steps": [{**OUTLINE["steps"][0], "inputs": {"prompt": "Outline ${inputs.topic}"}}]}
+    (tmp_path / "outline.dag.json").write_text(json.dumps(edited))
+    again = _run_ids(run(daemon, *args))
+    assert [again["shape", i] for i in range(2)] == [first["shape", i] for i in range(2)]
+    new = {again["outline", i] for i in range(2)}
+    assert len(new) == 2
+    assert not new & set(first.values())
+
+
 def test_eval_run_then_gate_then_followup(daemon, tmp_path):
     pack_name = "governance-e2e"
     (tmp_path / "outline.dag.json").write_text(json.dumps(OUTLINE))

@@ -27,7 +27,7 @@ from foundry.kernel.core.planner import (
     starts,
     step_error,
 )
-from foundry.kernel.core.runs import RunState, RunSubmission
+from foundry.kernel.core.runs import RunState, RunSubmission, spec_difference
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -315,3 +315,24 @@ def test_a_run_ends_succeeded_or_failed_at_its_first_failed_step():
     end = ending(run)
     assert (end.kind, end.step_id) == ("run_failed", "b")
     assert end.payload() == {"error": "step 'b' failed: late"}
+
+
+def test_spec_difference_names_the_first_field_a_resent_spec_changes():
+    first = RunSubmission(
+        run_id="run_1", dag_json='{"steps": []}', inputs={"n": 1, "s": "x"}, seed=7,
+        labels={"team": "qa"}, breakpoints=("a", "b"), idempotency_key="k", created_at=T0,
+    )  # fmt: skip
+    same = ('{"steps": []}', {"s": "x", "n": 1}, 7, {"team": "qa"}, ["b", "a", "b"])
+    assert spec_difference(first, *same) == ""
+    changes = {
+        "dag_json": (0, '{"steps":[]}'),
+        "inputs": (1, {"n": True, "s": "x"}),  # equal in Python, not in JSON
+        "seed": (2, 8),
+        "labels": (3, {}),
+        "breakpoints": (4, ["a"]),
+    }
+    for field, (index, value) in changes.items():
+        resent = list(same)
+        resent[index] = value
+        assert spec_difference(first, *resent) == field
+    assert spec_difference(first, '{"x": 1}', {}, 0, {}, []) == "dag_json"  # the first wins

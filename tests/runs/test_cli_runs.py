@@ -89,11 +89,16 @@ def test_submit_wait_follows_the_run_and_exits_zero(daemon, research):
     assert run.spec.seed == 42
     assert run.spec.labels == {"team": "qa", "kind": "demo"}
     assert run.spec.inputs.to_dict() == {"topic": "cli"}
-    # the same key: the same run, nothing new runs
-    again = ok(
-        daemon.cli("run", "submit", str(research), "--idempotency-key", "cli-key-1", "--json")
-    )
+    # the same key and spec: the same run, nothing new runs; another spec: one line, exit 1
+    same = ("--inputs", '{"topic": "cli"}', "--seed", "42", "--label", "kind=demo",
+            "--label", "team=qa", "--idempotency-key", "cli-key-1")  # fmt: skip
+    again = ok(daemon.cli("run", "submit", str(research), *same, "--json"))
     assert json.loads(again) == {"run_id": run_id}
+    other = daemon.cli("run", "submit", str(research), *same[2:], "--json")
+    assert other.returncode == 1, (other.stdout, other.stderr)
+    assert other.stderr.count("\n") == 1, other.stderr
+    assert "FAILED_PRECONDITION" in other.stderr
+    assert f"run {run_id} was submitted with this key and another spec (its inputs" in other.stderr
 
 
 def test_submit_json_wait_prints_events_as_json_lines(daemon, research):

@@ -107,18 +107,46 @@ def test_failing_step_fills_error_fails_run_and_skips_dependents(daemon):
     assert events[-1]["kind"] == "run_failed"
 
 
+def _reused_key(daemon, key, dag_json, **options):
+    request = api.SubmitRunRequest(spec=spec(dag_json, **options), idempotency_key=key)
+    return rpc_error(daemon, lambda rt: rt.submit_run(request))
+
+
 def test_idempotency_key_returns_the_same_run_and_runs_it_once(daemon):
     key = "idem-live-1"
-    first = submit(daemon, RESEARCH, key=key, inputs={"topic": "once"})
-    again = submit(daemon, RESEARCH, key=key, inputs={"topic": "different inputs, same key"})
-    assert again == first
+    options = {"inputs": {"topic": "once"}, "seed": 3, "labels": {"a": "1"}}
+    first = submit(daemon, RESEARCH, key=key, **options)
+    assert submit(daemon, RESEARCH, key=key, **options) == first
+    # the key with another spec: refused, naming the run and the field that differs
+    for field, other in [
+        ("dag_json", {"dag_json": RESEARCH + " "}),
+        ("inputs", {"inputs": {"topic": "different inputs, same key"}}),
+        ("inputs", {"inputs": {"topic": "once", "extra": None}}),
+        ("seed", {"seed": 4}),
+        ("labels", {"labels": {}}),
+        ("breakpoints", {"breakpoints": ["count"]}),
+    ]:
+        changed = {"dag_json": RESEARCH, **options, **other}
+        error = _reused_key(daemon, key, changed.pop("dag_json"), **changed)
+        assert_error(error, Status.FAILED_PRECONDITION, "idempotency_key", first, f"its {field} ")
     run = wait_done(daemon, first)
     assert run.spec.inputs.to_dict() == {"topic": "once"}
-    assert submit(daemon, RESEARCH, key=key) == first
+    assert submit(daemon, RESEARCH, key=key, **options) == first
     events = tap(daemon, first)
     assert kinds(events).count("run_submitted") == 1
     assert kinds(events).count("step_leased") == 3
     assert submit(daemon, RESEARCH, key="idem-live-2") != first
+
+
+def test_an_idempotency_keys_breakpoints_are_a_set(daemon):
+    topic = {"topic": "sets"}
+    paused = submit(
+        daemon, RESEARCH, key="idem-breaks", inputs=topic, breakpoints=["report", "count"]
+    )
+    again = ["count", "report", "count"]
+    assert submit(daemon, RESEARCH, key="idem-breaks", inputs=topic, breakpoints=again) == paused
+    daemon.call(lambda _, rt: rt.cancel_run(api.CancelRunRequest(run_id=paused)))
+    assert wait_done(daemon, paused).status == api.RunStatus.CANCELED
 
 
 def test_concurrent_submits_with_one_key_make_one_run(daemon):
@@ -726,7 +754,10 @@ def test_idempotency_survives_restart_and_invalid_submits_store_nothing(make_dae
     napping = submit(daemon, dag({"id": "nap", "type": "sleeper", "inputs": {"seconds": 0.3}}))
     daemon.kill()
     daemon.start()
-    assert submit(daemon, RESEARCH, key=key, inputs={"topic": "other"}) == run_id
+    assert submit(daemon, RESEARCH, key=key, inputs={"topic": "kept"}) == run_id
+    # the first spec is read back from the store: another one is still refused
+    error = _reused_key(daemon, key, RESEARCH, inputs={"topic": "other"})
+    assert_error(error, Status.FAILED_PRECONDITION, run_id, "its inputs differs")
     broken.idempotency_key = "another-key"
     assert_error(rpc_error(daemon, lambda rt: rt.submit_run(broken)), Status.INVALID_ARGUMENT)
     assert get_run(daemon, run_id).to_dict() == finished.to_dict()  # read back from the store

@@ -52,6 +52,7 @@ from foundry.kernel.actors.store.messages import (
     LoadRun,
     LoadRunEvents,
     LoadRunSummaries,
+    LoadSubmission,
     LoadUnfinishedRuns,
     StoredRun,
     StoreMessage,
@@ -94,10 +95,16 @@ from foundry.kernel.core.run_control import (
     run_ending,
     run_page,
 )
-from foundry.kernel.core.runs import RunEventRecord, RunState, RunSubmission, StepState
+from foundry.kernel.core.runs import (
+    RunEventRecord,
+    RunState,
+    RunSubmission,
+    StepState,
+    spec_difference,
+)
 from foundry.kernel.core.throttle import Action
 from foundry.kernel.core.tracecontext import new_root, new_span_id
-from foundry.kernel.errors import InvalidArgument, NotFound, Unavailable
+from foundry.kernel.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("foundry.scheduler")
 # A step's output the store cannot hold: the attempt fails (its retries may do better), where its
@@ -293,13 +300,37 @@ class Scheduler:
         await self._drive(run)
 
     async def _answer_duplicate(self, run_id: str, message: SubmitRun) -> None:
+        """The run a key names — if ``message`` sends the spec it was submitted with: a key
+        reused for another spec would otherwise answer a run that never ran what was sent."""
         pending = self._durable.get(run_id)
         if pending is not None:
             await pending.wait()
-        if message.idempotency_key in self._idempotency:
-            message.reply.send(run_id)
-        else:
+        if message.idempotency_key not in self._idempotency:
             message.reply.fail(Unavailable("the first submission with this key failed; retry"))
+            return
+        try:
+            first = await self._submission_of(run_id)
+        except Exception as exc:
+            message.reply.fail(exc)
+            return
+        differs = spec_difference(first, message.dag_json, message.inputs, message.seed,
+                                  message.labels, message.breakpoints)  # fmt: skip
+        if differs:
+            message.reply.fail(FailedPrecondition(
+                f"idempotency_key: run {run_id} was submitted with this key and another spec "
+                f"(its {differs} differs); send that spec unchanged, or use a new key"
+            ))  # fmt: skip
+        else:
+            message.reply.send(run_id)
+
+    async def _submission_of(self, run_id: str) -> RunSubmission:
+        run = self._runs.get(run_id)
+        if run is not None:
+            return run.submission
+        found: RunSubmission | None = await ask(self._store, lambda r: LoadSubmission(run_id, r))
+        if found is None:  # a key is loaded from the runs it names
+            raise Unavailable(f"run {run_id} of this idempotency key is not stored; retry")
+        return found
 
     # --- driving a run --------------------------------------------------------------------------
 

@@ -92,6 +92,14 @@ class LoadRun:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadSubmission:
+    """A run's submission alone (its ``runs`` row), or None."""
+
+    run_id: str
+    reply: Reply[RunSubmission | None]
+
+
+@dataclass(frozen=True, slots=True)
 class LoadRunEvents:
     """A run's event log in order (empty for an unknown run)."""
 
@@ -233,6 +241,7 @@ StoreQuery = (
     | LoadTrace
     | LoadRun
     | LoadRunEvents
+    | LoadSubmission
     | LoadUnfinishedRuns
     | LoadRunSummaries
     | LoadRecentWorkflows

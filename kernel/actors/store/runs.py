@@ -49,10 +49,15 @@ def load_run_events(con: duckdb.DuckDBPyConnection, run_id: str) -> list[RunEven
 def load_run(
     con: duckdb.DuckDBPyConnection, run_id: str
 ) -> tuple[RunSubmission, list[RunEventRecord]] | None:
-    row = con.execute(f"{_SUBMISSION} WHERE run_id = ?", [run_id]).fetchone()
-    if row is None:
+    submission = load_submission(con, run_id)
+    if submission is None:
         return None
-    return _submission(row), load_run_events(con, run_id)
+    return submission, load_run_events(con, run_id)
+
+
+def load_submission(con: duckdb.DuckDBPyConnection, run_id: str) -> RunSubmission | None:
+    row = con.execute(f"{_SUBMISSION} WHERE run_id = ?", [run_id]).fetchone()
+    return None if row is None else _submission(row)
 
 
 def load_unfinished_runs(
