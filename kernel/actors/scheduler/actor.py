@@ -310,11 +310,11 @@ class Scheduler:
             return
         try:
             first = await self._submission_of(run_id)
+            differs = spec_difference(first, message.dag_json, message.inputs, message.seed,
+                                      message.labels, message.breakpoints)  # fmt: skip
         except Exception as exc:
-            message.reply.fail(exc)
+            refuse(message, exc, log)  # Unavailable as it is; anything else logged
             return
-        differs = spec_difference(first, message.dag_json, message.inputs, message.seed,
-                                  message.labels, message.breakpoints)  # fmt: skip
         if differs:
             message.reply.fail(FailedPrecondition(
                 f"idempotency_key: run {run_id} was submitted with this key and another spec "
