@@ -86,23 +86,30 @@ _STATUS_KINDS = {
 _STATUS_CASE = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in _STATUS_KINDS.items())
 _KINDS = ", ".join(f"'{k}'" for k in _STATUS_KINDS)
 
-# Filters on the runs table narrow first; only the candidates' events are aggregated.
+# Filters on the runs table narrow first; only the candidates' events are aggregated, and only
+# run-level events' payloads are read (small: a step's payload holds its output, and an
+# aggregate's FILTER does not keep DuckDB from reading the payloads it skips — a run's 19 MB of
+# outputs made every ListRuns run out of memory).
 _LIST_RUNS = f"""
 WITH candidates AS (
     SELECT run_id, created_at, labels, parent_run_id, branch_step FROM runs WHERE {{where}}
 ), marks AS (
     SELECT run_id,
-           arg_max(kind, seq) FILTER (WHERE kind IN ({_KINDS})) AS last_kind,
-           arg_max(step_id, seq) FILTER (WHERE kind IN ({_KINDS})) AS last_step,
+           arg_max(kind, seq) AS last_kind,
+           arg_max(step_id, seq) AS last_step,
            arg_max(payload->>'error', seq) FILTER (WHERE kind = 'run_failed') AS error,
            max(CAST(payload->>'steps' AS INTEGER)) FILTER (WHERE kind = 'run_submitted')
-               AS step_count,
-           max(occurred_at) AS updated_at
+               AS step_count
+    FROM run_events
+    WHERE run_id IN (SELECT run_id FROM candidates) AND kind IN ({_KINDS})
+    GROUP BY run_id
+), updates AS (
+    SELECT run_id, max(occurred_at) AS updated_at
     FROM run_events WHERE run_id IN (SELECT run_id FROM candidates) GROUP BY run_id
 ), listed AS (
     SELECT c.*, coalesce(CASE m.last_kind {_STATUS_CASE} END, 'PENDING') AS status,
-           m.last_kind, m.last_step, m.error, m.step_count, m.updated_at
-    FROM candidates c LEFT JOIN marks m USING (run_id)
+           m.last_kind, m.last_step, m.error, m.step_count, u.updated_at
+    FROM candidates c LEFT JOIN marks m USING (run_id) LEFT JOIN updates u USING (run_id)
 )
 SELECT run_id, status, created_at, coalesce(updated_at, created_at), labels, parent_run_id,
        branch_step, coalesce(step_count, 0),
