@@ -165,6 +165,36 @@ def test_a_damaged_record_followed_by_an_intact_one_refuses_to_open(tmp_path):
     assert path.read_bytes() == before  # nothing is cut off or repaired
 
 
+@pytest.mark.parametrize("damaged", [1, 2, 5])
+@pytest.mark.parametrize("length_byte", [0, 1, 3])
+def test_a_damaged_length_followed_by_intact_records_refuses_to_open(
+    tmp_path, damaged, length_byte
+):
+    # a length field's damage declares an end in the middle of nothing: the records after it,
+    # acknowledged, were taken for a torn tail and cut off
+    write(tmp_path, 6)
+    [path] = segments(tmp_path)
+    offset = SEGMENT_HEADER.size
+    data = path.read_bytes()
+    for _ in range(damaged - 1):
+        offset += RECORD_HEADER.size + RECORD_HEADER.unpack_from(data, offset)[0]
+    flip_byte(path, offset + length_byte)
+    before = path.read_bytes()
+    with pytest.raises(JournalCorrupt, match=f"byte {offset} fails its checksum"):
+        reopen(tmp_path)
+    assert path.read_bytes() == before
+
+
+def test_a_torn_last_record_whose_length_is_damaged_is_still_cut_off(tmp_path, caplog):
+    write(tmp_path, 3)
+    [path] = segments(tmp_path)
+    end = records_end(path)
+    overwrite(path, end, RECORD_HEADER.pack(0xFFFF_FF00, 0, 4) + b"x" * 20)
+    assert [r.seq for r in reopen(tmp_path)[1]] == [1, 2, 3]
+    assert path.stat().st_size == end
+    assert "torn record" in caplog.text
+
+
 def test_damage_in_an_older_segment_refuses_to_open_even_at_its_end(tmp_path):
     write(tmp_path, 12, segment_bytes=300)
     first = segments(tmp_path)[0]

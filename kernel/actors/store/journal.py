@@ -239,7 +239,8 @@ class Journal:
         while offset < written:
             record = _record_at(data, offset)
             if record is None:
-                if last and _record_at(data, _declared_end(data, offset)) is None:
+                expected = first + len(seqs)
+                if last and not _intact_after(data, offset, expected):
                     self._truncate_torn(path, offset, data)
                     break
                 raise JournalCorrupt(
@@ -444,6 +445,28 @@ def _written_end(data: bytes) -> int:
 
 def _checksum(seq: int, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(seq.to_bytes(8, "little")))
+
+
+# How many later seqs a damaged record's successors are looked for by: a torn tail has none.
+SUCCESSORS_LOOKED_FOR = 16
+
+
+def _intact_after(data: bytes, offset: int, seq: int) -> bool:
+    """Whether an intact record follows the damaged one at ``offset`` (which should have held
+    ``seq``): at its declared end, or anywhere after it with one of the next seqs — a damaged
+    length field declares an end in the middle of nothing, and the records after it were
+    acknowledged (the last append alone can be torn)."""
+    if _record_at(data, _declared_end(data, offset)) is not None:
+        return True
+    for later in range(seq + 1, seq + 1 + SUCCESSORS_LOOKED_FOR):
+        pattern = later.to_bytes(8, "little")
+        found = data.find(pattern, offset + RECORD_HEADER.size)
+        while found >= 0:
+            record = _record_at(data, found - 8)  # the seq is a header's last 8 bytes
+            if record is not None and record[0] == later:
+                return True
+            found = data.find(pattern, found + 1)
+    return False
 
 
 def _declared_end(data: bytes, offset: int) -> int:
