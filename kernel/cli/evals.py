@@ -559,6 +559,10 @@ def describe_result(result: api.EvalResult, name: str) -> list[str]:
         if a.get("message") and not a.get("passed"):
             lines.append(f"        {a['message']}")
     lines.extend(f"  error: {e}" for e in m.get("errors") or [])
+    for kind in ("assertions", "errors"):
+        total, shown = m.get(f"{kind}_total"), len(m.get(kind) or [])
+        if isinstance(total, int) and total > shown:
+            lines.append(f"  ({total - shown} more {kind}, counted but not recorded)")
     return lines
 
 

@@ -21,6 +21,8 @@ from foundry.kernel.errors import InvalidArgument
 
 MAX_PATTERN_LENGTH = 1000
 CLIP = 500  # recorded texts longer than this are clipped in the record
+RECORDED_ASSERTIONS = 50  # assertion records a result's metrics keep (the rest are counted)
+RECORDED_ERRORS = 20  # error messages a result's metrics keep (the rest are counted)
 NOT_RUN = frozenset({"pending", "skipped"})  # step statuses that do not count as steps taken
 RUN, STEP = "run", "step"
 BOTH = frozenset({RUN, STEP})
@@ -71,7 +73,7 @@ class AssertionResult:
             "error": self.error,
             "recorded": _json_ready(self.recorded),
             "expected": _json_ready(self.expected),
-            "message": self.message,
+            "message": _clip(self.message),
         }
 
 
@@ -392,9 +394,20 @@ def _metrics(
         "tokens": tokens_in + tokens_out,
         "cost": _cost(run, None),
         "steps": steps_taken(run),
-        "assertions": [r.as_dict() for r in results],
-        "errors": list(errors),
+        "assertions": [r.as_dict() for r in _recorded(results)],
+        "assertions_total": len(results),
+        "errors": [_clip(e) for e in errors[:RECORDED_ERRORS]],
+        "errors_total": len(errors),
     }
+
+
+def _recorded(results: list[AssertionResult]) -> list[AssertionResult]:
+    """The assertions a result records: those that did not pass first, then those that did, in
+    order, ``RECORDED_ASSERTIONS`` at most — an ``expected`` naming 5,000 missing steps made
+    1 MB of metrics a result, and ListEvalScenarios (100 results a scenario) 52 MB."""
+    failing = [r for r in results if r.error or not r.passed]
+    passing = [r for r in results if not (r.error or not r.passed)]
+    return (failing + passing)[:RECORDED_ASSERTIONS]
 
 
 # --- repeats and baselines ----------------------------------------------------------------------
@@ -593,7 +606,10 @@ def _delta(current: float | None, baseline: float | None) -> float | None:
 
 
 def _json_ready(value: Any) -> Any:
+    """``value`` as JSON; as its JSON text, clipped, when that is longer than ``CLIP``: an
+    ``expected`` is the pack's, and a record keeps it for every result."""
     try:
-        return json.loads(_text_json(value))
+        text = _text_json(value)
     except (TypeError, ValueError):
-        return repr(value)
+        return _clip(repr(value))
+    return json.loads(text) if len(text) <= CLIP else _clip(text)

@@ -11,7 +11,10 @@ import pytest
 from foundry.kernel.actors.gate.patterns import re2_search
 from foundry.kernel.core.evals import (
     BUILTIN_ASSERTIONS,
+    CLIP,
     MAX_PATTERN_LENGTH,
+    RECORDED_ASSERTIONS,
+    RECORDED_ERRORS,
     AssertionResult,
     Judgement,
     RunFacts,
@@ -358,12 +361,30 @@ def test_metrics_are_json_ready_and_complete():
     assert {k: m[k] for k in ("latency_ms", "tokens_in", "tokens_out", "tokens", "cost", "steps")} \
         == {"latency_ms": 1350.0, "tokens_in": 40, "tokens_out": 60, "tokens": 100, "cost": 0.03,
             "steps": 3}  # fmt: skip
-    assert m["assertions"][0] == {
+    assert m["assertions"][0]["step_id"] == "count"  # what did not pass comes first
+    assert m["assertions"][1] == {
         "name": "status", "step_id": None, "passed": True, "error": False,
         "recorded": "SUCCEEDED", "expected": "succeeded", "message": "status is 'SUCCEEDED'",
     }  # fmt: skip
-    assert m["assertions"][1]["step_id"] == "count"
+    assert m["assertions_total"] == 2
     assert m["errors"] == []
+    assert m["errors_total"] == 0
+
+
+def test_metrics_record_a_bounded_number_of_assertions_and_errors():
+    # 5,000 missing steps: the outcome and score count them all, the record keeps 50 and 20
+    many = {"status": "succeeded", "steps": {f"s{i}": {"equals": "x" * 2000} for i in range(5000)}}
+    j = errs(many, naming="the run has no step 's0'")
+    assert len(j.assertions) == 5001
+    assert j.score == pytest.approx(1 / 5001)
+    m = j.metrics
+    assert m["assertions_total"] == 5001
+    assert m["errors_total"] == 5000
+    assert len(m["assertions"]) == RECORDED_ASSERTIONS
+    assert all(a["error"] for a in m["assertions"])  # errors first: the passed status is cut
+    assert len(m["errors"]) == RECORDED_ERRORS
+    assert len(json.dumps(m)) < 100_000
+    assert all(len(a["expected"]) <= CLIP + 1 for a in m["assertions"])
 
 
 def test_judging_is_deterministic_whatever_the_key_order():
