@@ -339,3 +339,87 @@ def _leads_to_integers(meta: betterproto2.FieldMetadata, hint: Any) -> tuple[Any
     if nested in _building or _integer_paths(nested):
         return nested, shape
     return None
+
+
+# --- proto3 JSON: an array where a list is declared, an object where a message or map is ---------
+
+
+def refuse_wrong_shapes(kind: Any, document: Any) -> None:
+    """Raise :class:`WrongField` for a repeated field given anything but an array, or a map or
+    message field given anything but an object, anywhere in a proto3 JSON ``document`` of
+    message class ``kind`` (null is the field's default). betterproto2's ``from_dict`` iterates
+    what it gets: ``"riskTags": "security"`` became the tags ``s``, ``e``, ``c``, …"""
+    _refuse_shapes(kind, document, "", 0)
+
+
+def _refuse_shapes(kind: Any, document: Any, where: str, depth: int) -> None:
+    if not isinstance(document, dict) or depth > MAX_NESTING:
+        return
+    for key, value in document.items():
+        found = _shaped_field(kind, key) if type(key) is str and len(key) <= 128 else None
+        if found is None or value is None:
+            continue
+        name, shape, nested = found
+        path = where + name
+        if shape == "repeated":
+            if not isinstance(value, list):
+                raise WrongField(f"{path}: expected a JSON array, got {_json_kind(value)}")
+            if nested is not None:
+                for index, item in enumerate(value):
+                    _refuse_message(nested, item, f"{path}[{index}]", depth)
+        elif shape == "map":
+            if not isinstance(value, dict):
+                raise WrongField(f"{path}: expected a JSON object, got {_json_kind(value)}")
+        else:
+            _refuse_message(nested, value, path, depth)
+
+
+def _refuse_message(kind: Any, value: Any, path: str, depth: int) -> None:
+    if not isinstance(value, dict):
+        raise WrongField(f"{path}: expected a JSON object, got {_json_kind(value)}")
+    _refuse_shapes(kind, value, path + ".", depth + 1)
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {str: "a string", bool: "a boolean", int: "a number", float: "a number",
+             list: "an array", dict: "an object"}  # fmt: skip
+    return kinds.get(type(value), "null")
+
+
+@lru_cache(maxsize=4_096)
+def _shaped_field(kind: Any, key: str) -> tuple[str, str, Any] | None:
+    """(field name, "repeated" | "map" | "message", the message class of its values or None)
+    of the field a JSON key of ``kind`` names — a field whose JSON must be an array or an object
+    — or None (read as ``from_dict`` reads keys: ``riskTags``, ``risk_tags`` are one field)."""
+    return _shaped_fields(kind).get(betterproto2.casing.safe_snake_case(key))
+
+
+@cache
+def _shaped_fields(kind: Any) -> dict[str, tuple[str, str, Any]]:
+    hints = typing.get_type_hints(kind)
+    shaped: dict[str, tuple[str, str, Any]] = {}
+    for field in dataclasses.fields(kind):
+        meta = betterproto2.FieldMetadata.get(field)
+        if meta.proto_type == betterproto2.TYPE_MAP:
+            shaped[field.name] = (field.name, "map", None)
+            continue
+        nested = _plain_message(meta, hints[field.name])
+        if meta.repeated:
+            shaped[field.name] = (field.name, "repeated", nested)
+        elif nested is not None:
+            shaped[field.name] = (field.name, "message", nested)
+    return shaped
+
+
+def _plain_message(meta: betterproto2.FieldMetadata, hint: Any) -> Any:
+    """The message class a field holds, when its JSON is an object of its fields: not a
+    wrapper (its JSON is the value), nor a well-known type (JSON of its own)."""
+    if meta.proto_type != betterproto2.TYPE_MESSAGE or meta.unwrap is not None:
+        return None
+    nested = next(
+        (arg for arg in (*typing.get_args(hint), hint) if isinstance(arg, type) and
+         issubclass(arg, betterproto2.Message)), None,
+    )  # fmt: skip
+    if nested is None or nested.__module__.endswith("google.protobuf"):
+        return None
+    return nested

@@ -17,7 +17,11 @@ from functools import cache
 from typing import Any, get_type_hints
 
 import betterproto2
-from foundry.kernel.edge.grpc.message_check import WrongField, refuse_fractions
+from foundry.kernel.edge.grpc.message_check import (
+    WrongField,
+    refuse_fractions,
+    refuse_wrong_shapes,
+)
 
 _SCALARS = frozenset({
     betterproto2.TYPE_STRING, betterproto2.TYPE_BOOL, betterproto2.TYPE_INT32,
@@ -109,6 +113,7 @@ def from_dict(kind: Any, document: dict[str, Any]) -> Any:
     ``check_request`` to name."""
     table = _decoder(kind)
     if table is None:
+        refuse_wrong_shapes(kind, document)  # from_dict iterates a string as a list
         refuse_fractions(kind, document)  # from_dict makes 1.5 the integer 1
         try:
             return kind.from_dict(document, ignore_unknown_fields=True)

@@ -304,6 +304,37 @@ def test_json_with_a_fraction_in_an_integer_field_is_refused_naming_it(kind, doc
     assert caught.value.code == Code.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize(
+    ("kind", "document", "message"),
+    [
+        (runtime_api.CheckChangeGateRequest, {"diffs": [{"path": "x", "riskTags": "security"}]},
+         "diffs[0].risk_tags: expected a JSON array, got a string"),
+        (runtime_api.SubmitRunRequest, {"spec": {"dagJson": "{}", "breakpoints": "a"}},
+         "spec.breakpoints: expected a JSON array, got a string"),
+        (runtime_api.GetAttestationsRequest, {"attestationIds": "att_x"},
+         "attestation_ids: expected a JSON array, got a string"),
+        (runtime_api.CheckChangeGateRequest, {"diffs": "xy"},
+         "diffs: expected a JSON array, got a string"),
+        (runtime_api.CheckChangeGateRequest, {"diffs": [{"path": "a"}, 3]},
+         "diffs[1]: expected a JSON object, got a number"),
+        (runtime_api.SyncEvalPackRequest, {"pack": "p", "scenarios": [None]},
+         "scenarios[0]: expected a JSON object, got null"),
+        (runtime_api.SubmitRunRequest, {"spec": {"dagJson": "{}", "labels": ["a"]}},
+         "spec.labels: expected a JSON object, got an array"),
+        (runtime_api.SubmitRunRequest, {"spec": "{}"},
+         "spec: expected a JSON object, got a string"),
+    ],
+)  # fmt: skip
+def test_json_of_the_wrong_shape_for_a_list_a_map_or_a_message_is_refused_naming_it(
+    kind, document, message
+):
+    """betterproto2's from_dict iterated a string given for a repeated field: a risk tag
+    "security" became the tags "s", "e", "c", … and the gate missed it."""
+    with pytest.raises(ConnectError, match=re.escape(message)) as caught:
+        JsonCodec(1 << 20).decode(json.dumps(document).encode(), kind)
+    assert caught.value.code == Code.INVALID_ARGUMENT
+
+
 def test_whole_numbers_and_fractions_where_they_belong_are_read():
     document = {
         "spec": {"seed": 7.0, "inputs": {"ratio": 0.5, "n": 2}},
