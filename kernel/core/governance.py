@@ -30,6 +30,7 @@ from foundry.kernel.core.gate_policy import (
     GateRequest,
     NoveltySummary,
     Scorecard,
+    distinct_tags,
     scores_given,
 )
 from foundry.kernel.core.json_input import check_json_value, quoted
@@ -362,6 +363,8 @@ def check_gate_request(request: GateRequest) -> None:
     _check_names(request.diffs.paths, "diffs[{}].path", MAX_PATH)
     _check_names([m.name for m in request.evals], "evals[{}].name", MAX_NAME)
     _check_names([b.name for b in request.budgets], "budgets[{}].name", MAX_NAME)
+    _check_lengths(request.diffs.components, "diffs[{}].component")
+    _check_tags(request.diffs)
     check_json_value(thawed(request.telemetry), "telemetry")
     check_json_value(thawed(request.metadata), "metadata")
     _check_novelty(request.diffs)
@@ -384,6 +387,7 @@ def _check_coverage(coverage: Coverage) -> None:
     """Coverage ratios are fractions: a percentage (85 for 85%) would pass any required ratio."""
     _check_fraction(coverage.overall_ratio, "coverage.overall_ratio")
     _check_fraction(coverage.minimum_ratio, "coverage.minimum_ratio")
+    _check_lengths([c.name for c in coverage.components], "coverage.components[{}].name")
     for index, component in enumerate(coverage.components):
         where = f"coverage.components[{index}]"
         _check_fraction(component.coverage_ratio, f"{where}.coverage_ratio")
@@ -406,6 +410,22 @@ def _check_names(names: Sequence[Any], field: str, limit: int) -> None:
     if not fine:
         for index, name in enumerate(names):
             check_name(name, field.format(index), limit=limit)
+
+
+def _check_lengths(names: Sequence[str], field: str, limit: int = MAX_NAME) -> None:
+    """Each of ``names`` (which may be empty) is at most ``limit`` characters: they are echoed
+    in a decision's reasons, follow-ups and scorecard (a 3.5 MB component name made a 10.5 MB
+    decision)."""
+    if max(map(len, names), default=0) > limit:
+        index = next(i for i, name in enumerate(names) if len(name) > limit)
+        raise InvalidArgument(f"{field.format(index)}: longer than {limit} characters")
+
+
+def _check_tags(diffs: Diffs) -> None:
+    """Risk tags: at most ``MAX_NAME`` characters each (looked at once per distinct tag)."""
+    if max(map(len, distinct_tags(diffs)), default=0) > MAX_NAME:
+        for index, tags in enumerate(diffs.risk_tags):
+            _check_lengths(tags, f"diffs[{index}].risk_tags[{{}}]")
 
 
 def _json_ready(value: Any) -> Any:

@@ -226,8 +226,14 @@ BUDGET = Budget("cost", 1.0, 2.0)
         ({"evals": (Metric("m"), Metric("n" * 201))}, "evals[1].name: longer than 200 char"),
         ({"evals": (Metric(""),)}, "evals[0].name: must not be empty"),
         ({"budgets": (BUDGET, BUDGET, Budget(None))}, "budgets[2].name: expected a string"),  # type: ignore[arg-type]
+        ({"diffs": (Diff("a", component="c"), Diff("b", component="c" * 201))},
+         "diffs[1].component: longer than 200 char"),
+        ({"diffs": (Diff("a", risk_tags=("auth",)), Diff("b", risk_tags=("db", "t" * 201)))},
+         "diffs[1].risk_tags[1]: longer than 200 char"),
+        ({"coverage": Coverage(0.9, 0.8, (CoverageComponent("a"), CoverageComponent("n" * 201)))},
+         "coverage.components[1].name: longer than 200 char"),
     ],
-)
+)  # fmt: skip
 def test_check_gate_request_names_the_first_bad_name(fields, message):
     request = GateRequest("chg", **{"diffs": (Diff("x" * 4096),), **fields})
 
@@ -239,9 +245,10 @@ def test_check_gate_request_accepts_names_at_their_limits():
     check_gate_request(
         GateRequest(
             "chg",
-            diffs=(Diff("x" * 4096), Diff(" a ")),
+            diffs=(Diff("x" * 4096, risk_tags=("t" * 200,), component="c" * 200), Diff(" a ")),
             evals=(Metric("m" * 200),),
             budgets=(Budget("b" * 200),),
+            coverage=Coverage(components=(CoverageComponent("n" * 200), CoverageComponent(""))),
         )
     )
 
