@@ -33,7 +33,7 @@ from foundry.kernel.core.gate_policy import (
     distinct_tags,
     scores_given,
 )
-from foundry.kernel.core.json_input import check_json_value, quoted
+from foundry.kernel.core.json_input import STRUCT_DEPTH, check_json_value, quoted
 from foundry.kernel.core.run_control import check_labels
 from foundry.kernel.errors import InvalidArgument
 
@@ -306,8 +306,8 @@ def parse_pack(
         expected = scenario.expected
         if not isinstance(expected, Mapping) or not expected:
             raise InvalidArgument(f"{where}: expected: an object with at least one assertion")
-        check_json_value(dict(expected), f"{where}: expected")
-        check_json_value(dict(scenario.run_spec or {}), f"{where}: run_spec")
+        check_json_value(dict(expected), f"{where}: expected", depth=STRUCT_DEPTH)
+        check_json_value(dict(scenario.run_spec or {}), f"{where}: run_spec", depth=STRUCT_DEPTH)
 
 
 def synced_records(
@@ -365,8 +365,8 @@ def check_gate_request(request: GateRequest) -> None:
     _check_names([b.name for b in request.budgets], "budgets[{}].name", MAX_NAME)
     _check_lengths(request.diffs.components, "diffs[{}].component")
     _check_tags(request.diffs)
-    check_json_value(thawed(request.telemetry), "telemetry")
-    check_json_value(thawed(request.metadata), "metadata")
+    check_json_value(thawed(request.telemetry), "telemetry", depth=STRUCT_DEPTH)
+    check_json_value(thawed(request.metadata), "metadata", depth=STRUCT_DEPTH)
     _check_novelty(request.diffs)
     if request.coverage is not None:
         _check_coverage(request.coverage)

@@ -18,6 +18,12 @@ from foundry.kernel.errors import InvalidArgument
 # As the public Foundry daemon: serde_json's recursion budget starts at 128 and a document fails
 # when entering a container brings it to 0, so 127 levels of arrays and objects is the most.
 MAX_DEPTH = 127
+# JSON that protobuf carries as a Struct or Value (a run's inputs and outputs, patches, eval and
+# gate documents): each level costs a decoder up to three messages (Struct, its map entry, Value),
+# and upb — grpcio's, protobuf-python's — stops at 100 messages: 40 levels of inputs made GetRun
+# and TapRun unreadable to them, inside their envelopes (an event's payload, an eval result's
+# metrics). 24 levels keep the deepest echo under 100.
+STRUCT_DEPTH = 24
 QUOTE_LIMIT = 100
 
 
@@ -65,10 +71,11 @@ def parse_json_object(text: str, field: str, *, upstream_numbers: bool = False) 
     return value
 
 
-def check_json_value(value: Any, field: str, *, walk: bool = True) -> None:
-    """A decoded JSON value (say, from a protobuf Struct) under the limits above."""
+def check_json_value(value: Any, field: str, *, walk: bool = True, depth: int = MAX_DEPTH) -> None:
+    """A decoded JSON value under the limits above, nested at most ``depth`` levels
+    (:data:`STRUCT_DEPTH` for what protobuf carries as a Struct or Value)."""
     if walk:
-        _check_depth(value, field)
+        _check_depth(value, field, depth)
     try:
         json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
     except RecursionError:
@@ -83,7 +90,14 @@ def check_json_value(value: Any, field: str, *, walk: bool = True) -> None:
 _CONTAINERS = (dict, list)  # a tuple: isinstance with ``dict | list`` costs ~3x as much
 
 
-def _check_depth(value: Any, field: str) -> None:
+def check_struct_depth(text: str, value: Any, field: str) -> None:
+    """``value`` (whose compact JSON is ``text``) nested at most :data:`STRUCT_DEPTH` levels;
+    only a text with that many brackets is walked."""
+    if text.count("[") + text.count("{") > STRUCT_DEPTH:
+        _check_depth(value, field, STRUCT_DEPTH)
+
+
+def _check_depth(value: Any, field: str, limit: int = MAX_DEPTH) -> None:
     """Iterative, so a hostile document cannot exhaust the interpreter's stack here. Only dicts
     and lists are descended into (the containers ``json.loads`` makes). Each
     level's containers are found in one comprehension per container, not a generator: a
@@ -93,8 +107,8 @@ def _check_depth(value: Any, field: str) -> None:
     containers = _CONTAINERS
     while level:
         depth += 1
-        if depth > MAX_DEPTH:
-            raise InvalidArgument(f"{field}: nested deeper than {MAX_DEPTH} levels")
+        if depth > limit:
+            raise InvalidArgument(f"{field}: nested deeper than {limit} levels")
         nested: list[Any] = []
         for item in level:
             children = item.values() if isinstance(item, dict) else item

@@ -20,8 +20,9 @@ from foundry.kernel.core.dag import (
     step_seeds,
 )
 from foundry.kernel.core.ids import compact_json
-from foundry.kernel.core.json_input import cut_middle
+from foundry.kernel.core.json_input import check_struct_depth, cut_middle
 from foundry.kernel.core.runs import RunState, StepState
+from foundry.kernel.errors import InvalidArgument
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,10 @@ def lease(run: RunState, step: StepState, max_bytes: int = MAX_STEP_BYTES) -> Le
     if len(text) > max_bytes:
         raise StepTooLarge(f"inputs: {len(text):,} bytes of JSON once resolved, over the step "
                            f"limit of {max_bytes:,} ([scheduler] max_step_bytes)")  # fmt: skip
+    try:  # an output substituted deep inside the inputs: deeper than clients could read
+        check_struct_depth(text, inputs, "inputs (once resolved)")
+    except InvalidArgument as exc:
+        raise ValueError(str(exc)) from None
     if not run.seeds:  # the run's first lease: every step's seed, in one go
         run.seeds = step_seeds(run.submission.seed, run.dag.steps)
     return Lease(attempt_number(step), text, run.seeds[spec.id])

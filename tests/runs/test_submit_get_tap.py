@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from foundry.kernel.core.dag import step_seed
+from foundry.kernel.core.json_input import STRUCT_DEPTH
 from foundry.proto import runtime_api as api
 from grpclib.const import Status
 
@@ -841,3 +842,50 @@ def test_list_runs_reads_no_step_outputs(make_daemon):
         daemon.stop()
         daemon.start()
     assert "LoadRunSummaries" not in daemon.stderr()
+
+
+def _nested(levels: int) -> dict:
+    value: dict = {"leaf": 1}
+    for _ in range(levels - 1):
+        value = {"k": value}
+    return value
+
+
+def test_json_nested_as_deep_as_protobuf_clients_read_and_no_deeper(daemon, grpcio_client):
+    # grpcio (upb) reads at most 100 nested messages, and a JSON level costs up to three: 40
+    # levels of inputs made GetRun and TapRun of an accepted run unreadable to it
+    deepest = submit(daemon, dag({"id": "a", "type": "transform", "inputs": {"value": 1}}),
+                     inputs=_nested(STRUCT_DEPTH))  # fmt: skip
+    wait_done(daemon, deepest)
+    pb = grpcio_client.runtime_pb2
+    with grpcio_client.connect(daemon.address) as (_, runtime):
+        run = runtime.GetRun(pb.GetRunRequest(run_id=deepest), timeout=10).run
+        assert run.status == pb.RUN_STATUS_SUCCEEDED
+        events = list(runtime.TapRun(pb.TapRunRequest(run_id=deepest), timeout=10))
+        assert events[-1].kind == "run_succeeded"
+    error = _reused_key(daemon, "", RESEARCH, inputs=_nested(STRUCT_DEPTH + 1))
+    assert_error(error, Status.INVALID_ARGUMENT, f"spec.inputs: nested deeper than {STRUCT_DEPTH}")
+    # inputs once references are resolved too deep: the step fails, saying why
+    resolved = dag(
+        {"id": "a", "type": "transform", "inputs": {"value": _nested(STRUCT_DEPTH - 1)}},
+        {"id": "b", "type": "transform",
+         "inputs": {"value": {"wrapped": {"more": "${steps.a.output}"}}}},
+    )  # fmt: skip
+    run = wait_done(daemon, submit(daemon, resolved))
+    assert run.status == api.RunStatus.FAILED
+    assert [s.status for s in run.steps] == ["succeeded", "failed"]
+    assert "inputs (once resolved): nested deeper than" in json.dumps(value(run.steps[1].error))
+
+
+def test_a_step_output_nested_too_deeply_fails_the_step(make_daemon):
+    deep = '{"k":' * (STRUCT_DEPTH + 1) + "1" + "}" * (STRUCT_DEPTH + 1)
+    daemon = make_daemon(f"""
+[[blocks]]
+name = "deep"
+type = "shell"
+kind = "observer"
+command = ["printf", '{deep}']
+""")
+    run = wait_done(daemon, submit(daemon, dag({"id": "a", "type": "deep"})))
+    assert run.status == api.RunStatus.FAILED
+    assert f"output: nested deeper than {STRUCT_DEPTH}" in json.dumps(value(run.steps[0].error))

@@ -61,7 +61,7 @@ from foundry.kernel.core.governance import (
     thawed,
 )
 from foundry.kernel.core.ids import Clock, rfc3339
-from foundry.kernel.core.json_input import check_json_value, quoted
+from foundry.kernel.core.json_input import STRUCT_DEPTH, check_json_value, quoted
 from foundry.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger("foundry.gate")
@@ -238,7 +238,7 @@ class Gate:
         if message.note is not None:
             check_name(message.note, "note", required=False, limit=MAX_TEXT)
         details = dict(message.details)
-        check_json_value(details, "details")
+        check_json_value(details, "details", depth=STRUCT_DEPTH)
         found: list[StoredGate] = await ask(
             self._store, lambda r: LoadGateDecisions(message.gate_id, "", 1, r)
         )

@@ -67,7 +67,7 @@ from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.attest_records import announced_ids, json_digest, run_attestation_id
 from foundry.kernel.core.dag import StepSpec, UnresolvedReference, check_dag_env, parse_dag
 from foundry.kernel.core.ids import Clock, compact_json, rfc3339
-from foundry.kernel.core.json_input import quoted, unpaired_surrogate_escape
+from foundry.kernel.core.json_input import check_struct_depth, quoted, unpaired_surrogate_escape
 from foundry.kernel.core.planner import (
     Lease,
     Next,
@@ -652,6 +652,8 @@ class Scheduler:
                 )
                 if not error and unpaired_surrogate_escape(text):  # the store would refuse it
                     error = LONE_SURROGATE
+                if not error:
+                    error = _too_deep(text, output)
         if self._spans.on:
             now = self._clock.now()
             self._spans.offer(_attempt_ended(run, ctx, spec.type, lease_event, now, output, error))
@@ -1121,6 +1123,16 @@ def _traced(submission: RunSubmission) -> RunSubmission:
     """A new run's submission with its trace: a new one, and the run's own span in it."""
     root = new_root()
     return replace(submission, trace_id=root.trace_id, span_id=root.span_id)
+
+
+def _too_deep(text: str, output: Any) -> str:
+    """Why an output (compact JSON ``text``) is nested too deeply for protobuf's clients to
+    read back, or ""."""
+    try:
+        check_struct_depth(text, output, "output")
+    except InvalidArgument as exc:
+        return str(exc)
+    return ""
 
 
 def _ms_since(started: float) -> float:

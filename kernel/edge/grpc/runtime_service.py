@@ -38,7 +38,7 @@ from foundry.kernel.actors.scheduler.messages import (
 )
 from foundry.kernel.actors.tap.messages import Overflow
 from foundry.kernel.core.governance import ScenarioInput
-from foundry.kernel.core.json_input import check_json_value
+from foundry.kernel.core.json_input import STRUCT_DEPTH, check_json_value
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.core.run_control import RunSummary, check_labels, run_list_query
 from foundry.kernel.core.runs import TERMINAL_KINDS, RunEventRecord
@@ -346,7 +346,7 @@ def _json_object(struct: Struct | None, field: str) -> dict[str, Any] | None:
         value: dict[str, Any] = struct.to_dict()
     except RecursionError:
         raise InvalidArgument(f"{field}: nested too deeply") from None
-    check_json_value(value, field)
+    check_json_value(value, field, depth=STRUCT_DEPTH)
     restored: dict[str, Any] = restore_ints(value)
     return restored
 
