@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import stat
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -77,6 +78,31 @@ class LlmConfig:
     timeout: float = 120.0
     price_per_1k_input: float = 0.0005
     price_per_1k_output: float = 0.0015
+
+
+# The largest number a setting takes (seconds, days, tolerances, prices): nan passed every
+# comparison (shutdown_grace = nan failed the stop with a traceback), and retain_days = 1e30
+# overflowed a date at every retention pass.
+MAX_NUMBER = 1e6
+MAX_MESSAGE = 2**31 - 1  # [daemon] max_message_bytes: gRPC's largest message
+
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
+def _config_text(path: Path) -> str:
+    """A config file's text: a regular file (a FIFO would block the start), UTF-8, at most
+    ``MAX_CONFIG_BYTES``; ConfigError naming what it is not."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ConfigError(f"{path}: not a regular file")
+    with path.open("rb") as file:
+        data = file.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 @dataclass(frozen=True)
@@ -180,11 +206,13 @@ class Config:
     @classmethod
     def from_toml(cls, path: Path) -> Config:
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(_config_text(path))
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:  # tomllib recurses per level of arrays and inline tables
+            raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
         return cls.from_mapping(data, source=str(path), base=path.parent)
 
     @classmethod
@@ -211,7 +239,9 @@ class Config:
             home=home,
             shutdown_grace=reader.positive(daemon, "daemon", "shutdown_grace", 10.0),
             max_message_bytes=int(
-                reader.positive(daemon, "daemon", "max_message_bytes", 4 * 1024 * 1024)
+                reader.positive(
+                    daemon, "daemon", "max_message_bytes", 4 * 1024 * 1024, limit=MAX_MESSAGE
+                )
             ),
             max_connections=reader.whole(daemon, "daemon", "max_connections", 1_024),
             **reader.security(daemon, base),
@@ -339,10 +369,21 @@ class _Reader:
             raise self.fail(f"[{where}].{key}", f"expected a positive integer, got {value!r}")
         return value
 
-    def positive(self, table: Mapping[str, Any], where: str, key: str, default: float) -> float:
+    def positive(
+        self,
+        table: Mapping[str, Any],
+        where: str,
+        key: str,
+        default: float,
+        *,
+        limit: float = MAX_NUMBER,
+    ) -> float:
         value = table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise self.fail(f"[{where}].{key}", f"expected a positive number, got {value!r}")
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not 0 < value <= limit:  # nan fails too
+            raise self.fail(
+                f"[{where}].{key}", f"expected a number above 0, at most {limit:g}, got {value!r}"
+            )
         return float(value)
 
     def section(self, data: Mapping[str, Any], name: str, kind: type[Any]) -> Any:
@@ -372,8 +413,8 @@ class _Reader:
             raise self.fail(key, f"expected true or false, got {value!r}")
         if kind is int and (not number or not isinstance(value, int) or value <= 0):
             raise self.fail(key, f"expected a positive integer, got {value!r}")
-        if kind is float and (not number or value < 0):
-            raise self.fail(key, f"expected a non-negative number, got {value!r}")
+        if kind is float and (not number or not 0 <= value <= MAX_NUMBER):  # nan fails too
+            raise self.fail(key, f"expected a number from 0 to {MAX_NUMBER:g}, got {value!r}")
         if kind is str and not isinstance(value, str):
             raise self.fail(key, f"expected a string, got {value!r}")
         if kind is tuple:

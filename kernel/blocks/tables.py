@@ -31,7 +31,7 @@ def common_options(
         "kind": kind,
         "sinks": sinks,
         "timeout": _number(table, "timeout", 60.0),
-        "retries": int(_number(table, "retries", 0, allow_zero=True)),
+        "retries": _retries(table),
         "backoff": _number(table, "backoff", 0.2, allow_zero=True),
         "description": str(table.get("description", "")),
     }
@@ -49,11 +49,25 @@ def matches(when: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
     return all(payload.get(key) == value for key, value in when.items())
 
 
+MAX_SECONDS = 7 * 24 * 3600  # a timeout or backoff: a week at most, as a DAG step's
+MAX_RETRIES = 99  # as a DAG step's retry.max_attempts (100 attempts)
+
+
 def _number(
     table: Mapping[str, Any], key: str, default: float, *, allow_zero: bool = False
 ) -> float:
+    """Seconds: a finite number up to ``MAX_SECONDS`` (``nan`` passed every comparison, and
+    ``1e30`` left a chain waiting silently)."""
     value = table.get(key, default)
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{key}: expected a {'non-negative' if allow_zero else 'positive'} number")
+    if not ok or not 0 <= value <= MAX_SECONDS or (value == 0 and not allow_zero):
+        low = "0" if allow_zero else "more than 0"
+        raise ValueError(f"{key}: expected seconds, from {low} to {MAX_SECONDS}, got {value!r}")
     return float(value)
+
+
+def _retries(table: Mapping[str, Any]) -> int:
+    value = table.get("retries", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+        raise ValueError(f"retries: expected a whole number from 0 to {MAX_RETRIES}, got {value!r}")
+    return value

@@ -1,5 +1,6 @@
 """Config.from_toml → from_mapping: defaults; a refusal names the file, the key, the reason."""
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -133,6 +134,13 @@ def test_an_unknown_key_is_named(tmp_path, body, key):
         ("[store]\njournal_segment_bytes = 0\n", "[store].journal_segment_bytes"),
         ("[store]\nmaterialize_delay = -1\n", "[store].materialize_delay"),
         ('[store]\nmaterialize_delay = "soon"\n', "[store].materialize_delay"),
+        # nan passed every comparison (the stop failed with a traceback); 1e30 days overflowed
+        ("[daemon]\nshutdown_grace = nan\n", "[daemon].shutdown_grace"),
+        ("[daemon]\nshutdown_grace = inf\n", "[daemon].shutdown_grace"),
+        ("[store]\nretain_days = 1e30\n", "[store].retain_days"),
+        ("[store]\nretain_days = nan\n", "[store].retain_days"),
+        ("[analytics]\nquery_timeout = -inf\n", "[analytics].query_timeout"),
+        ("[daemon]\nmax_message_bytes = 1e30\n", "[daemon].max_message_bytes"),
     ],
 )
 def test_a_value_of_the_wrong_type_is_named(tmp_path, body, key):
@@ -208,7 +216,12 @@ def test_a_shell_block_with_a_bad_command_fails_naming_command(tmp_path, command
         ('sinks = "a"', "sinks"),
         ('kind = "destroyer"', "kind"),
         ("timeout = 0", "timeout"),
+        ("timeout = nan", "timeout"),
+        ("timeout = 1e30", "timeout"),
+        ("backoff = inf", "backoff"),
         ("retries = -1", "retries"),
+        ("retries = 1000000000", "retries"),
+        ("retries = 1.5", "retries"),
         ("env = { A = 1 }", "env"),
     ],
 )
@@ -232,3 +245,29 @@ def test_a_shell_command_string_is_split_like_argv(tmp_path):
     registry = load_blocks(declared=config.declared_blocks, entry_points=False)
 
     assert registry.by_name["S"].command == ["printf", "%s done", "two words"]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"a = " + b"[" * 5_000 + b"]" * 5_000 + b"\n", "not valid TOML: nested too deeply"),
+        (b"a = " + b"{b = " * 5_000 + b"1" + b"}" * 5_000 + b"\n",
+         "not valid TOML: nested too deeply"),
+        (b'[daemon]\nhome = "caf\xe9"\n', "not UTF-8 text (byte 20)"),
+    ],
+)  # fmt: skip
+def test_a_config_file_that_is_not_readable_toml_is_one_line_naming_it(tmp_path, data, reason):
+    path = tmp_path / "foundry.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as caught:
+        Config.from_toml(path)
+    assert str(caught.value) == f"{path}: {reason}"
+
+
+def test_a_config_path_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        Config.from_toml(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        Config.from_toml(tmp_path)
