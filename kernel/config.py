@@ -115,6 +115,9 @@ class HttpConfig:
     listen: str = DEFAULT_HTTP_LISTEN  # HOST:PORT (port 0 = any), or "off"
     # Browser origins allowed to call (CORS) and open streams: "*", or scheme://host[:port|:*]
     cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
+    # Seconds a request's body may take to arrive, from its headers: a body trickled a byte at a
+    # time held its connection for good, and a thousand of them the whole listener.
+    body_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -426,6 +429,8 @@ class _Reader:
     def _http_listener(self, values: Mapping[str, Any]) -> None:
         from foundry.kernel.edge.http.cors import parse_origin_entry  # stdlib only
 
+        if values.get("body_timeout", 1.0) <= 0:
+            raise self.fail("[http].body_timeout", "expected seconds, more than 0")
         listen = values.get("listen", DEFAULT_HTTP_LISTEN)
         if listen != "off":
             parse_listen(listen, key=f"{self.source}: [http].listen")

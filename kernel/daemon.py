@@ -177,6 +177,7 @@ async def _open_http(
         sock,
         max_message_bytes=config.max_message_bytes,
         cors_origins=config.http.cors_origins,
+        body_timeout=config.http.body_timeout,
         grace=config.shutdown_grace,
         token=security.token,
         ssl_context=security.ssl_context,

@@ -224,6 +224,58 @@ def test_requests_reset_mid_body_are_not_logged_as_failed_connections(make_daemo
     assert "connection failed" not in daemon.stderr()
 
 
+@pytest.mark.parametrize(
+    ("path", "content_type", "first"),
+    [
+        ("/foundry.Foundry/Status", "application/json", b"{"),  # the unary fast path
+        ("/foundry.Foundry/Emit", "application/proto", b"\n"),  # connectrpc's unary
+        (WATCH, "application/connect+json", b"\0\0\0\0\x64{"),  # a stream: 100 bytes
+    ],
+)
+def test_a_body_trickled_past_body_timeout_is_answered_and_its_connection_closed(
+    make_daemon, path, content_type, first
+):
+    """A body sent a byte at a time never met hypercorn's read timeout: each trickled request
+    held its connection for good, and a thousand of them the listener's every place."""
+    daemon = make_daemon("[daemon]\nmax_connections = 2\n[http]\nbody_timeout = 1.0\n")
+    host, port = daemon.http_address.rsplit(":", 1)
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: 4000\r\n\r\n").encode()  # fmt: skip
+    clients = [socket.create_connection((host, int(port)), timeout=10) for _ in range(2)]
+    try:
+        started = time.monotonic()
+        for client in clients:
+            client.sendall(head + first)
+        answers = [b"", b""]
+        while time.monotonic() - started < 8 and not all(a.endswith(b"\0") for a in answers):
+            for index, client in enumerate(clients):
+                try:
+                    client.sendall(b" ")  # a byte every 0.2 s: every read is quick
+                except OSError:
+                    answers[index] += b"\0"  # closed by the daemon
+            time.sleep(0.2)
+            for index, client in enumerate(clients):
+                client.setblocking(False)
+                try:
+                    while chunk := client.recv(65536):
+                        answers[index] += chunk
+                    answers[index] += b"\0"  # the daemon closed it
+                except (BlockingIOError, ConnectionResetError):
+                    pass
+                client.setblocking(True)
+        elapsed = time.monotonic() - started
+    finally:
+        for client in clients:
+            client.close()
+    for answer in answers:
+        assert answer.endswith(b"\0"), answer  # closed by the daemon
+        assert b"deadline_exceeded" in answer or b"grpc-status" in answer, answer
+        assert b"did not arrive within 1 s ([http] body_timeout)" in answer, answer
+    assert 1.0 <= elapsed < 6
+    assert _status_code(daemon) == 200  # the places are given back
+    assert "Traceback" not in daemon.stderr()
+
+
 def _status_code(daemon) -> int | None:
     try:
         return httpx.post(url(daemon, "/foundry.Foundry/Status"), json={}, timeout=5).status_code

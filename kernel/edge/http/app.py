@@ -68,6 +68,7 @@ class HttpApp:
         max_message_bytes: int,
         origins: OriginPolicy,
         token_check: TokenCheck | None,
+        body_timeout: float = 60.0,
     ) -> None:
         pick_loop_by_sniffio()
         services = list(services)
@@ -88,6 +89,7 @@ class HttpApp:
         self._limit = max_message_bytes
         self._origins = origins
         self._token_check = token_check
+        self._body_timeout = body_timeout
         self._streams = WebSocketStreams(services, origins, token_check)
         self.accepting = True
         self.active = 0
@@ -143,6 +145,21 @@ class HttpApp:
             status, code, message, extra = refusal
             await _error(send, status, code, message, headers, extra, trailers=trailers)
             return
+        try:
+            await self._call(scope, headers, _body_within(receive, self._body_timeout), send,
+                             trailers)  # fmt: skip
+        except _BodyTooSlow as exc:
+            # answered (hypercorn then closes a connection whose request did not end)
+            await _error(send, 408, "deadline_exceeded", exc.message, headers, trailers=trailers)
+
+    async def _call(
+        self,
+        scope: Scope,
+        headers: Mapping[str, str],
+        receive: Receive,
+        send: Send,
+        trailers: bool,
+    ) -> None:
         if _is_enveloped(headers) and not _declared_encoding(headers):
             receive, first = await _peek(receive)
             if first & COMPRESSED:
@@ -286,6 +303,37 @@ def _declared_encoding(headers: Mapping[str, str]) -> bool:
     else:
         encoding = headers.get("grpc-encoding", "")
     return encoding not in ("", "identity")
+
+
+class _BodyTooSlow(ConnectError):
+    """A request's body did not arrive within ``[http] body_timeout``: DEADLINE_EXCEEDED, as
+    whoever reads the body (connectrpc, the fast path) answers it; if nobody did, the app."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            Code.DEADLINE_EXCEEDED,
+            f"the request body did not arrive within {seconds:g} s ([http] body_timeout)",
+        )
+
+
+def _body_within(receive: Receive, seconds: float) -> Receive:
+    """``receive``, raising :class:`_BodyTooSlow` if the body has not ended ``seconds`` after
+    the headers (hypercorn times out each read, not a body trickled a byte at a time). Once the
+    body has ended, what follows — a disconnect, awaited by a stream — is not bounded."""
+    deadline = trio.current_time() + seconds
+    ended = False
+
+    async def bounded() -> MutableMapping[str, Any]:
+        nonlocal ended
+        if ended:
+            return await receive()
+        with trio.move_on_at(deadline):
+            message = await receive()
+            ended = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+        raise _BodyTooSlow(seconds)
+
+    return bounded
 
 
 async def _peek(receive: Receive) -> tuple[Receive, int]:

@@ -106,6 +106,7 @@ async def open_http_server(
     max_message_bytes: int,
     cors_origins: tuple[str, ...],
     grace: float,
+    body_timeout: float = 60.0,
     token: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -120,6 +121,7 @@ async def open_http_server(
         max_message_bytes=max_message_bytes,
         origins=OriginPolicy(cors_origins, own),
         token_check=token_check(token),
+        body_timeout=body_timeout,
     )
     server = HttpServer(app, f"{host}:{bound[1]}")
     config = _Config(ssl_context)
