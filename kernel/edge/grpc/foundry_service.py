@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from typing import Any
 
 from foundry.kernel.actors.engine.messages import (
@@ -29,7 +30,8 @@ from foundry.kernel.edge.grpc.bridge import QueueSink
 from foundry.kernel.edge.grpc.server import ask
 from foundry.proto import foundry_api as api
 from grpclib import GRPCError
-from grpclib.const import Status
+from grpclib.const import Handler, Status
+from grpclib.server import Stream
 
 THROTTLE_FROM_WIRE = {
     api.Throttle.FULL: Throttle.FULL,
@@ -61,7 +63,7 @@ class FoundryService(api.FoundryBase):
             return api.TraceResponse(found=False)
         return trace_response(document)
 
-    async def watch(self, message: api.WatchRequest) -> AsyncIterator[api.WatchResponse]:
+    async def watch(self, message: api.WatchRequest) -> AsyncGenerator[api.WatchResponse, None]:
         project = message.project or None
         sink = QueueSink()
         await ask(self._mail.tap, lambda r: Subscribe("events", project, r, sink))
@@ -90,8 +92,30 @@ class FoundryService(api.FoundryBase):
         finally:
             sink.close()
 
+    async def _serve_watch(self, stream: Stream[api.WatchRequest, api.WatchResponse]) -> None:
+        """grpclib's route for Watch: :meth:`watch`, closed however the call ends. The
+        generated route iterates it without closing it: a watcher that stopped reading and then
+        went away left it suspended at a ``yield``, its subscription taking events until 10,000
+        were buffered, held for good (~1 GB a watcher of 1 MB events)."""
+        request = await stream.recv_message()
+        assert request is not None
+        async with aclosing(self.watch(request)) as responses:
+            async for response in responses:
+                await stream.send_message(response)
+
+    def __mapping__(self) -> dict[str, Handler]:
+        mapping: dict[str, Handler] = super().__mapping__()
+        watch = mapping[WATCH]
+        mapping[WATCH] = Handler(
+            self._serve_watch, watch.cardinality, watch.request_type, watch.reply_type
+        )
+        return mapping
+
     async def _ask_engine(self, build: Any) -> Any:
         return await ask(self._mail.engine, build)
+
+
+WATCH = "/foundry.Foundry/Watch"
 
 
 def parse_emit(message: api.EmitRequest) -> Any:
