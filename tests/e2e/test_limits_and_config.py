@@ -11,8 +11,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from foundry.proto import foundry_api as api
+from grpclib.const import Status
 
 from tests.e2e.helpers import emit, finished, foundry_cli, status, traced
+from tests.helpers import grpc_error
 
 PING_PONG = """
 [engine]
@@ -53,6 +56,35 @@ def test_a_relay_loop_is_stopped_by_the_event_budget(make_daemon):
     assert workflow.state == "failed"
     assert "event limit 20" in workflow.error
     assert len(traced(daemon, reply.event_id).events) <= 21
+
+
+FAN = "".join(
+    f'[[blocks]]\nname = "Copy {i}"\ntype = "relay"\nsinks = ["big"]\nemits = "copied"\n\n'
+    for i in range(12)
+)
+
+
+def test_a_trace_too_large_to_answer_is_resource_exhausted_and_the_daemon_stays_quick(
+    make_daemon,
+):
+    """A 5,000-event fan-out of 20 KB payloads made a 305 MB Trace reply: 1 GB of memory and
+    14 s during which no other call was answered. Here 12 copies of a 1 MB payload (each in its
+    event, its block's trigger and its emitted payloads: ~37 MB of JSON)."""
+    daemon = make_daemon(FAN)
+    reply = emit(daemon, "big", payload={"blob": "x" * 1_000_000})
+    assert finished(daemon, reply.workflow_id).state == "completed"
+    small = emit(daemon, "small", payload={"n": 1})  # sunk by nothing: a trace of one event
+    for _ in range(2):  # from the engine's memory, then from the trace file after a restart
+        error = grpc_error(daemon, lambda f, _: f.trace(api.TraceRequest(event_id=reply.event_id)))
+        assert error.status == Status.RESOURCE_EXHAUSTED, error
+        assert f"the trace of {reply.event_id} is " in error.message
+        assert "over the 25,165,824 Trace answers" in error.message
+        assert "ListEvents" in error.message
+        assert status(daemon, reply.workflow_id)[0].state == "completed"
+        daemon.stop()
+        daemon.start()
+    assert traced(daemon, small.event_id).events[0].payload_json == '{"n":1}'
+    assert "Traceback" not in daemon.stderr()
 
 
 def test_status_lists_workflows_out_of_the_engines_memory_from_the_database(make_daemon):

@@ -97,7 +97,7 @@ from foundry.kernel.core.status_query import (
     status_candidates,
 )
 from foundry.kernel.core.throttle import Action
-from foundry.kernel.core.trace_format import parse, render
+from foundry.kernel.core.trace_format import TraceRows, check_trace_size, parse, render
 from foundry.kernel.core.tracecontext import new_root, new_span_id
 from foundry.kernel.errors import ChainLimitExceeded, NotFound, Unavailable
 
@@ -518,14 +518,23 @@ class Engine:
             message.reply.send([_stored_view(*found)])
 
     def _on_trace(self, message: GetTrace) -> None:
+        assert self._nursery is not None
         workflow = self._recent.get(message.event_id)
         if workflow is not None and workflow.trace is not None:  # else too large to keep
-            message.reply.send(json.loads(render(workflow.trace)))
+            self._nursery.start_soon(self._trace_in_memory, message, workflow.trace)
         elif message.event_id in self._inflight or not is_event_id(message.event_id):
             message.reply.send(None)
         else:
-            assert self._nursery is not None
             self._nursery.start_soon(self._trace_from_disk, message)
+
+    async def _trace_in_memory(self, message: GetTrace, rows: TraceRows) -> None:
+        """A recent chain's trace, made on a worker thread (a large one held the loop)."""
+        try:
+            document = await in_thread(_rendered_trace, rows, message.event_id)
+        except Exception as exc:
+            message.reply.fail(exc)
+        else:
+            message.reply.send(document)
 
     async def _trace_from_disk(self, message: GetTrace) -> None:
         """The trace file; else (the daemon died before the archivist wrote it) the database."""
@@ -587,10 +596,17 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "block"
 
 
+def _rendered_trace(rows: TraceRows, event_id: str) -> Any:
+    text = render(rows)
+    check_trace_size(len(text), event_id)
+    return json.loads(text)
+
+
 def _read_trace(home: Path, event_id: str) -> Mapping[str, Any] | None:
     """The chain's trace file; None when there is none, or only one a crash cut short."""
     for path in sorted((home / "traces").glob(f"*/{event_id}.json"), reverse=True):
         try:
+            check_trace_size(path.stat().st_size, event_id)
             data = path.read_bytes()
         except OSError:  # unreadable (say, a folder by that name): the database has the chain
             return None

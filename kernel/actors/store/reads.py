@@ -36,6 +36,7 @@ from foundry.kernel.actors.store.messages import (
 from foundry.kernel.core.ids import occurred_stamp, rfc3339
 from foundry.kernel.core.records import FinishedChain
 from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.core.trace_format import check_trace_size
 
 RESTARTED = "daemon restarted before the workflow finished"
 
@@ -114,6 +115,7 @@ def load_trace(con: duckdb.DuckDBPyConnection, workflow_id: str) -> dict[str, An
     if not rows:
         return None
     row = rows[0]
+    check_trace_size(_trace_size(con, workflow_id), workflow_id)
     events, executions = load_chain(con, workflow_id)
     total = row["completed_at"] - row["started_at"]
     return {
@@ -124,6 +126,20 @@ def load_trace(con: duckdb.DuckDBPyConnection, workflow_id: str) -> dict[str, An
         "state": row["state"],
         "error": row["error"],
     }
+
+
+def _trace_size(con: duckdb.DuckDBPyConnection, workflow_id: str) -> int:
+    """About the JSON bytes of a chain's trace: its events' payloads, each again as its
+    emitter's emitted payload and as the trigger of each block it ran, and the blocks' texts."""
+    found = con.execute(
+        "SELECT (SELECT coalesce(sum(length(payload)), 0) * 2 FROM events WHERE workflow_id = ?)"
+        " + (SELECT coalesce(sum(length(e.payload)), 0) FROM block_executions x"
+        "    JOIN events e ON e.event_id = x.trigger_event_id WHERE x.workflow_id = ?)"
+        " + (SELECT coalesce(sum(length(coalesce(raw_output, '')) + length(summary)), 0)"
+        "    FROM block_executions WHERE workflow_id = ?)",
+        [workflow_id] * 3,
+    ).fetchone()
+    return int(found[0]) if found else 0
 
 
 def load_workflow(

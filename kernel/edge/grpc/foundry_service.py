@@ -26,7 +26,7 @@ from foundry.kernel.core.tracecontext import (
     is_span_id,
     is_trace_id,
 )
-from foundry.kernel.edge.grpc.bridge import QueueSink
+from foundry.kernel.edge.grpc.bridge import CHUNK, QueueSink, in_chunks
 from foundry.kernel.edge.grpc.server import ask
 from foundry.proto import foundry_api as api
 from grpclib import GRPCError
@@ -61,7 +61,18 @@ class FoundryService(api.FoundryBase):
         document = await self._ask_engine(lambda r: GetTrace(message.event_id, r))
         if document is None:
             return api.TraceResponse(found=False)
-        return trace_response(document)
+        document = readable(document)  # nulls of a block that ran no command: "" and 0
+        events, executions = document["events"], document["block_executions"]
+        reply = api.TraceResponse(
+            found=True, total_duration_ms=_whole_ms(document.get("total_duration_ms"))
+        )
+        if len(events) + len(executions) <= CHUNK:
+            reply.events = [_trace_event(e) for e in events]
+            reply.block_executions = [_trace_execution(x) for x in executions]
+        else:  # a chain of thousands of events: made between the loop's other work
+            reply.events = await in_chunks(events, _trace_event)
+            reply.block_executions = await in_chunks(executions, _trace_execution)
+        return reply
 
     async def watch(self, message: api.WatchRequest) -> AsyncGenerator[api.WatchResponse, None]:
         project = message.project or None
@@ -176,44 +187,46 @@ def trace_response(document: Mapping[str, Any]) -> api.TraceResponse:
     document = readable(document)  # nulls of a block that ran no command: "" and 0
     return api.TraceResponse(
         found=True,
-        events=[
-            api.TraceEvent(
-                event_id=e["id"],
-                event_type=e["event_type"],
-                project=e["project"],
-                occurred_at=e["occurred_at"],
-                throttle=api.Throttle(THROTTLE_TO_WIRE[e["throttle"]]),
-                trace_id=_trace_id(e.get("trace_id")),
-                span_id=_span_id(e.get("span_id")),
-                parent_span_id=_span_id(e.get("parent_span_id")),
-                payload_json=payload_json_of(e["payload"]),  # the bytes its id hashed
-                recorded_at=e.get("recorded_at", ""),
-                throttled=bool(e.get("throttled", False)),
-            )
-            for e in document["events"]
-        ],
-        block_executions=[
-            api.TraceBlockExecution(
-                block_name=x["block_name"],
-                trigger_event_id=x["trigger_event_id"],
-                success=x["success"],
-                summary=x["summary"],
-                emitted_event_ids=list(x["emitted_event_ids"]),
-                duration_ms=int(x["duration_ms"]),
-                raw_output=x["raw_output"],
-                exit_code=int(x["exit_code"]),
-                trigger_payload_json=payload_json_of(x["trigger_payload"]),
-                emitted_payload_jsons=[payload_json_of(p) for p in x["emitted_payloads"]],
-                audit_artifacts=list(x["audit_artifacts"]),
-                span_id=_span_id(x.get("span_id")),
-                parent_span_id=_span_id(x.get("parent_span_id")),
-                state=x.get("state", ""),
-                throttled=bool(x.get("throttled", False)),
-                attempts=int(x.get("attempts", 1)),
-            )
-            for x in document["block_executions"]
-        ],
+        events=[_trace_event(e) for e in document["events"]],
+        block_executions=[_trace_execution(x) for x in document["block_executions"]],
         total_duration_ms=_whole_ms(document.get("total_duration_ms")),
+    )
+
+
+def _trace_event(e: Mapping[str, Any]) -> api.TraceEvent:
+    return api.TraceEvent(
+        event_id=e["id"],
+        event_type=e["event_type"],
+        project=e["project"],
+        occurred_at=e["occurred_at"],
+        throttle=api.Throttle(THROTTLE_TO_WIRE[e["throttle"]]),
+        trace_id=_trace_id(e.get("trace_id")),
+        span_id=_span_id(e.get("span_id")),
+        parent_span_id=_span_id(e.get("parent_span_id")),
+        payload_json=payload_json_of(e["payload"]),  # the bytes its id hashed
+        recorded_at=e.get("recorded_at", ""),
+        throttled=bool(e.get("throttled", False)),
+    )
+
+
+def _trace_execution(x: Mapping[str, Any]) -> api.TraceBlockExecution:
+    return api.TraceBlockExecution(
+        block_name=x["block_name"],
+        trigger_event_id=x["trigger_event_id"],
+        success=x["success"],
+        summary=x["summary"],
+        emitted_event_ids=list(x["emitted_event_ids"]),
+        duration_ms=int(x["duration_ms"]),
+        raw_output=x["raw_output"],
+        exit_code=int(x["exit_code"]),
+        trigger_payload_json=payload_json_of(x["trigger_payload"]),
+        emitted_payload_jsons=[payload_json_of(p) for p in x["emitted_payloads"]],
+        audit_artifacts=list(x["audit_artifacts"]),
+        span_id=_span_id(x.get("span_id")),
+        parent_span_id=_span_id(x.get("parent_span_id")),
+        state=x.get("state", ""),
+        throttled=bool(x.get("throttled", False)),
+        attempts=int(x.get("attempts", 1)),
     )
 
 

@@ -5,7 +5,7 @@ built yet answer UNIMPLEMENTED (the generated base does that)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import replace
 from functools import partial
@@ -43,7 +43,7 @@ from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.core.run_control import RunSummary, check_labels, run_list_query
 from foundry.kernel.core.runs import TERMINAL_KINDS, RunEventRecord
 from foundry.kernel.edge.grpc import attestations, fastproto, governance, upb_encode
-from foundry.kernel.edge.grpc.bridge import StreamSink, let_others_run, on_trio
+from foundry.kernel.edge.grpc.bridge import StreamSink, in_chunks, let_others_run, on_trio
 from foundry.kernel.edge.grpc.internals import Encoded, send_frames, varint
 from foundry.kernel.edge.grpc.server import ask
 from foundry.kernel.errors import InvalidArgument
@@ -453,18 +453,6 @@ def _span_of(payload: Any) -> str:
 
 def json_value(value: Any) -> Value:
     return Value.from_dict(value)
-
-
-async def in_chunks(items: Sequence[Any], make: Callable[[Any], T]) -> list[T]:
-    """``make`` of each item, ``RUN_CHUNK`` at a time with the loop's other work between chunks:
-    a large reply's parts for the HTTP edge, whose codec then writes the message (JSON or
-    binary) in one go — a reply of bytes would make its JSON codec parse them back first (a
-    1,000-step run's GetRun over Connect JSON: 186 → 312 ms)."""
-    made: list[T] = []
-    for start in range(0, len(items), RUN_CHUNK):
-        await let_others_run()
-        made.extend(map(make, items[start : start + RUN_CHUNK]))
-    return made
 
 
 async def encoded_run(view: RunView) -> bytes:
