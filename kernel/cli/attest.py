@@ -28,6 +28,7 @@ from foundry.kernel.actors.attestor.keys import (
     load_public_pem,
     public_raw,
 )
+from foundry.kernel.cli.common import read_text_file
 from foundry.kernel.cli.output import message_dict, stamp
 from foundry.kernel.config import default_home
 from foundry.kernel.core.attest import key_id, sha256_hex, verify_chain, verify_envelope
@@ -73,10 +74,13 @@ def _public_key(path: str | None) -> tuple[Ed25519PublicKey, str, str]:
     """(key, PEM, key id) from ``path`` or ``$FOUNDRY_HOME/keys/attestor.pub``."""
     file = Path(path) if path else keys_dir(default_home()) / PUBLIC_KEY
     try:
-        pem = file.read_text()
-        key = load_public_pem(pem)
+        pem = read_text_file(str(file))  # a FIFO blocked, /dev/zero filled the memory
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read the public key: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{file}: cannot read the public key: {exc}") from None
+    try:
+        key = load_public_pem(pem)
     except ValueError as exc:
         raise ConfigError(f"{file}: not an Ed25519 public key PEM: {exc}") from None
     return key, pem, key_id(public_raw(key))
@@ -173,9 +177,12 @@ def _verify_handler(client: Any) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         key, _, kid = _public_key(args.pubkey)
         verify = _verifier(key)
-        if Path(args.target).is_file():
-            problems = verify_lines(_read_envelopes(Path(args.target)), verify, kid)
+        target = Path(args.target)
+        if target.is_file():
+            problems = verify_lines(_read_envelopes(target), verify, kid)
             return _report(args, problems, args.target)
+        if target.exists():  # a FIFO, a folder, a device: not taken for an attestation id
+            raise ConfigError(f"{args.target}: not a regular file")
 
         async def by_id(_: argparse.Namespace, stubs: Any) -> int:
             problems = await verify_stored(stubs[1], args.target, verify, kid)
@@ -199,11 +206,18 @@ def _report(args: argparse.Namespace, problems: list[str], target: str) -> int:
     return 1 if problems else 0
 
 
+MAX_EXPORT_BYTES = 1 << 30  # an export of a run of ~400,000 steps
+
+
 def _read_envelopes(path: Path) -> list[str]:
     """The envelopes of a file: one JSON envelope (or ``{"envelope": …}``, as ``attest get``
     writes it), or JSON lines. Bytes that are not UTF-8 stay in, replaced: the envelope they are
     in then fails its checks by name, as any other malformed one does."""
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    with path.open("rb") as file:
+        data = file.read(MAX_EXPORT_BYTES + 1)
+    if len(data) > MAX_EXPORT_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_EXPORT_BYTES} bytes")
+    text = data.decode("utf-8", errors="replace")
     try:
         whole = json.loads(text)
     except ValueError:

@@ -56,6 +56,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         return 130
+    except UnicodeEncodeError:
+        # bytes of argv that are not UTF-8 (surrogate escapes): they reach the wire only as text
+        bad = next((a for a in (sys.argv[1:] if argv is None else argv) if not _utf8(a)), None)
+        if bad is None:
+            raise
+        print(f"foundry: argument {ascii(bad)[:100]} is not valid UTF-8 text", file=sys.stderr)
+        return 2
+    except RecursionError:  # JSON given inline (--inputs, --labels, --details) nested that deep
+        print("foundry: the JSON given is nested too deeply", file=sys.stderr)
+        return 2
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _stdout_closed() -> int:

@@ -53,3 +53,37 @@ def test_a_hostile_file_is_invalid_with_reasons_not_a_traceback(tmp_path, conten
     report = json.loads(done.stdout)
     assert report["valid"] is False
     assert report["problems"]
+
+
+def _verify(tmp_path, target: str, pubkey: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "foundry.kernel.cli", "attest", "verify", target,
+         "--pubkey", pubkey],
+        capture_output=True, text=True, timeout=20,
+        env={**os.environ, "FOUNDRY_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "/dev/zero", "deep"])
+def test_files_that_are_not_keys_or_envelopes_are_one_line(tmp_path, kind):
+    """A FIFO blocked for good, /dev/zero filled the memory, a folder was taken for an
+    attestation id ("cannot reach the daemon"), JSON nested 100,000 deep a traceback."""
+    pubkey = tmp_path / "key.pem"
+    pubkey.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    odd = tmp_path / "odd"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    elif kind == "folder":
+        odd.mkdir()
+    elif kind == "deep":
+        odd.write_text("[" * 100_000 + "]" * 100_000)
+    path = "/dev/zero" if kind == "/dev/zero" else str(odd)
+    for done in (_verify(tmp_path, "att_x", path), _verify(tmp_path, path, str(pubkey))):
+        if kind == "deep" and "att_x" in done.args:
+            continue  # a deep file as the key is no PEM, a case of its own
+        assert done.returncode in (1, 2), done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stderr.count("\n") <= 1, done.stderr
+        if kind != "deep":
+            assert "not a regular file" in done.stderr, done.stderr

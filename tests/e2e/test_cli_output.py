@@ -399,3 +399,33 @@ def test_run_get_header_has_labels_breakpoints_pause_and_totals(daemon, tmp_path
     final = wait_until(succeeded, what="the run succeeded").splitlines()
     assert not any("paused before" in x for x in final)
     assert not any("{'" in x or "': " in x for x in final), final  # no Python reprs
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "w\udcff"),  # bytes that are not UTF-8 (os.fsencode gives back b"w\xff")
+        ("emit", "x\udcff", "--project", "p"),
+        ("emit", "x", "--project", "p\udcff"),
+        ("run", "get", "run_\udcff"),
+        ("trace", "evt_\udcff"),
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_one_line(daemon, args):
+    done = daemon.cli(*args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "is not valid UTF-8 text" in done.stderr
+    assert "\\udcff" in done.stderr
+
+
+def test_inline_json_nested_too_deeply_is_one_line(daemon, tmp_path):
+    dag = tmp_path / "dag.json"
+    dag.write_text('{"steps": [{"id": "a", "type": "transform", "inputs": {"value": 1}}]}')
+    deep = "[" * 5_000 + "]" * 5_000
+    for args in (("run", "submit", str(dag), "--inputs", deep),
+                 ("run", "submit", str(dag), "--inputs", '{"a": ' + deep + "}")):  # fmt: skip
+        done = daemon.cli(*args)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert "nested too deeply" in done.stderr
