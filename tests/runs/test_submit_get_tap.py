@@ -889,3 +889,24 @@ command = ["printf", '{deep}']
     run = wait_done(daemon, submit(daemon, dag({"id": "a", "type": "deep"})))
     assert run.status == api.RunStatus.FAILED
     assert f"output: nested deeper than {STRUCT_DEPTH}" in json.dumps(value(run.steps[0].error))
+
+
+def test_cancel_leases_nothing_more_and_names_only_the_steps_that_were_running(daemon):
+    """12 independent steps, 2 slots: the tasks waiting for a slot were counted as running
+    (canceled_steps listed them, each got a step_canceled without ever having a lease), and a
+    slot freed while the cancel was being made durable leased one more step."""
+    sleepers = [{"id": f"s{i}", "type": "sleeper", "inputs": {"seconds": 1}} for i in range(12)]
+    run_id = submit(daemon, dag(*sleepers))
+    wait_for(daemon, run_id, lambda run: sum(s.status == "running" for s in run.steps) == 2)
+    reply = daemon.call(lambda _, rt: rt.cancel_run(api.CancelRunRequest(run_id=run_id)))
+    run = wait_done(daemon, run_id)
+    assert run.status == api.RunStatus.CANCELED
+    events = tap(daemon, run_id)
+    leased = [e["step_id"] for e in events if e["kind"] == "step_leased"]
+    asked = kinds(events).index("cancel_requested")
+    assert "step_leased" not in kinds(events)[asked:]
+    assert sorted(reply.canceled_steps) == sorted(leased)
+    assert sorted(e["step_id"] for e in events if e["kind"] == "step_canceled") == sorted(leased)
+    statuses = {s.step_id: s.status for s in run.steps}
+    assert {statuses[i] for i in leased} == {"canceled"}
+    assert {v for k, v in statuses.items() if k not in leased} == {"skipped"}

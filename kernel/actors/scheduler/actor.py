@@ -521,7 +521,8 @@ class Scheduler:
                     # stops waiting: the next start leases it again.
                     if delay is None or run.canceling or not await self._backoff(delay):
                         break
-            if run.canceling and not step.finished:
+            if run.canceling and not step.finished and _leased_ever(step):
+                # (a step that never had a lease — it waited for a slot — ends "skipped")
                 await self._record(run, "step_canceled", step.spec.id, attempt=step.attempt)
         finally:
             if first is not None:  # cancelled before its first attempt began
@@ -545,6 +546,8 @@ class Scheduler:
     async def _attempt(self, run: RunState, step: StepState) -> float | None:
         """Lease and run one attempt; None when the step is finished (either way), else the
         backoff before the next attempt (the planner's)."""
+        if run.canceling:  # a slot came free while the cancel was being made durable
+            return None
         spec = step.spec
         attempt = attempt_number(step)
         block = self._registry.by_name.get(spec.type)
@@ -956,7 +959,10 @@ class Scheduler:
             reason = message.reason or "cancelled by CancelRun"
             await (await self._record_durable(run, "cancel_requested", reason=reason)).wait()
         running = self._running.get(run.run_id, {})
-        canceled = tuple(running)  # (steps leave the table as they end)
+        # the steps running (a step's task is in the table while it waits for a slot, too)
+        canceled = tuple(
+            i for i in running if _leased_ever(run.steps[i]) and not run.steps[i].finished
+        )
         for scope, mutator in list(running.values()):
             if mutator:
                 scope.deadline = min(scope.deadline, trio.current_time() + self._grace)
@@ -1123,6 +1129,11 @@ def _traced(submission: RunSubmission) -> RunSubmission:
     """A new run's submission with its trace: a new one, and the run's own span in it."""
     root = new_root()
     return replace(submission, trace_id=root.trace_id, span_id=root.span_id)
+
+
+def _leased_ever(step: StepState) -> bool:
+    """Whether a step has had a lease (an attempt began), in this run's log."""
+    return step.attempt > 0
 
 
 def _too_deep(text: str, output: Any) -> str:
