@@ -994,8 +994,10 @@ class Scheduler:
                 view = run_view(run)
                 await self._flush(run)
                 await ask(self._store, Barrier)  # all it shows is durable
-            else:
-                view = run_view(await self._load(message.run_id))
+            else:  # a run of its own, not the scheduler's: its view may be made off the loop
+                loaded = await self._load(message.run_id)
+                big = len(loaded.submission.dag_json) >= PARSE_OFF_LOOP_BYTES
+                view = await in_thread(run_view, loaded) if big else run_view(loaded)
         except Exception as exc:
             message.reply.fail(exc)
         else:
@@ -1005,7 +1007,11 @@ class Scheduler:
         found: StoredRun | None = await ask(self._store, lambda r: LoadRun(run_id, r))
         if found is None:
             raise NotFound(f"run_id: no run {quoted(run_id)}")
-        return self._rebuild(*found)
+        submission, events = found
+        if len(submission.dag_json) >= PARSE_OFF_LOOP_BYTES:
+            # a stored run of 20,000 steps took ~1 s to rebuild: no other client got a turn
+            return await in_thread(self._rebuild, submission, events)
+        return self._rebuild(submission, events)
 
     def _on_open_tap(self, message: OpenTap) -> None:
         assert self._nursery is not None
