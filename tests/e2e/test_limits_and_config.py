@@ -239,3 +239,48 @@ def test_sigterm_right_after_the_ready_line_is_graceful(tmp_path):
         finally:
             _reap(process)
         assert code == 0, f"try {attempt + 1}: exit code {code}"
+
+
+def _damage(home, case):
+    if case == "journal is a file":
+        (home / "journal").write_text("x")
+    elif case == "writer lock is a folder":
+        (home / "journal").mkdir()
+        (home / "journal" / "writer.lock").mkdir()
+    elif case == "keys is a file":
+        (home / "keys").write_text("x")
+    elif case == "database is a folder":
+        (home / "foundry.duckdb").mkdir()
+    elif case == "database is random bytes":
+        (home / "foundry.duckdb").write_bytes(os.urandom(300_000))
+    elif case == "the signing key is gone, its public key kept":
+        (home / "keys").mkdir(mode=0o700)
+        (home / "keys" / "attestor.pub").write_text("-----BEGIN PUBLIC KEY-----\n")
+
+
+HOME_DAMAGE = {
+    "journal is a file": "journal: the store cannot use it",
+    "writer lock is a folder": "writer.lock: the store cannot use it",
+    "keys is a file": "keys: cannot be the keys folder",
+    "database is a folder": "foundry.duckdb: DuckDB cannot open it",
+    "database is random bytes": "foundry.duckdb: DuckDB cannot open it",
+    "the signing key is gone, its public key kept": "the key that signed earlier attestations",
+}
+
+
+@pytest.mark.parametrize("case", HOME_DAMAGE)
+def test_a_damaged_home_is_refused_at_start_with_one_line(tmp_path, case):
+    """Each printed a 64- to 102-line traceback; a lost signing key was silently replaced, and
+    its public key with it (every earlier attestation then failed to verify)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    _damage(home, case)
+    config = tmp_path / "f.toml"
+    config.write_text("")
+    done = serve(config, home)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert HOME_DAMAGE[case] in done.stderr
+    if case.startswith("the signing key"):
+        assert (home / "keys" / "attestor.pub").read_text() == "-----BEGIN PUBLIC KEY-----\n"

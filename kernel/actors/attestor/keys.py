@@ -63,10 +63,20 @@ def check_permissions(folder: Path) -> None:
 def load_or_create(home: Path) -> KeyPair:
     """The key pair of ``$FOUNDRY_HOME/keys/``, created on first start."""
     folder = keys_dir(home)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{folder}: cannot be the keys folder: {exc.strerror}") from None
     check_permissions(folder)
     key_path = folder / PRIVATE_KEY
     if not key_path.exists():
+        if (folder / PUBLIC_KEY).exists():
+            # a new pair would overwrite the public key every earlier attestation verifies with
+            raise ConfigError(
+                f"{key_path}: missing, while {folder / PUBLIC_KEY} is there: the key that signed "
+                "earlier attestations is gone. Restore it, or move the public key aside to "
+                "start with a new pair (keep it to verify what the old key signed)"
+            )
         _create(folder)
     try:
         private = serialization.load_pem_private_key(key_path.read_bytes(), password=None)

@@ -259,7 +259,10 @@ class Store:
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        recovered = await trio.to_thread.run_sync(self._open_within_memory)
+        try:
+            recovered = await trio.to_thread.run_sync(self._open_within_memory)
+        except (OSError, duckdb.IOException) as exc:
+            raise ConfigError(_unopenable(self.path, exc)) from None
         self._writer.start()
         self._writer_process = await self._start_writer_process()
         for thread in self._user_threads:
@@ -1315,6 +1318,16 @@ _REFUSED_ROWS = (
     TypeError,
     ValueError,
 )
+
+
+def _unopenable(database: Path, exc: OSError | duckdb.IOException) -> str:
+    """One line for a home the store cannot open (a folder where a file belongs, a file where a
+    folder does, a database file DuckDB cannot read): it printed a 100-line traceback."""
+    if isinstance(exc, OSError):
+        where = exc.filename or database.parent
+        return f"{where}: the store cannot use it: {exc.strerror or exc}; move it aside"
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{database}: DuckDB cannot open it ({sandbox.cut(reason)}); restore it or move it aside"
 
 
 def _delete_spooled(tables: Sequence[TableRows]) -> None:
