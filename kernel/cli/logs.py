@@ -42,11 +42,16 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
-        line = super().formatMessage(record)
-        return line if line.isprintable() else "".join(map(_printable, line))
+        return printable(super().formatMessage(record))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         return _stamp(record.created)
+
+
+def printable(text: str) -> str:
+    """``text`` with its control and format characters (a newline, ESC, NUL, a right-to-left
+    override) escaped as Python writes them: text a client stored, shown on a terminal."""
+    return text if text.isprintable() else "".join(map(_printable, text))
 
 
 def _printable(char: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from foundry.kernel.cli.common import journal_behind
+from foundry.kernel.cli.logs import printable
 from foundry.kernel.config import Config, default_home
 from foundry.kernel.edge.grpc.client import open_channel
 from foundry.kernel.errors import ConfigError
@@ -247,6 +248,7 @@ def _print(answer: Answer, args: argparse.Namespace) -> None:
 
 
 def table(names: list[str], rows: list[list[Any]]) -> str:
+    names = [printable(name) for name in names]
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(n), *(len(r[i]) for r in cells)]) for i, n in enumerate(names)]
     line = "  ".join("-" * w for w in widths)
@@ -275,5 +277,6 @@ def _text(value: Any, *, csv: bool = False) -> str:
 
 
 def _cell(value: Any) -> str:
-    text = _text(value).replace("\n", "\\n")
+    # escaped: a stored "\x1b[31m…" wrote its escape sequence to the analyst's terminal
+    text = printable(_text(value))
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"

@@ -11,6 +11,7 @@ import pytest
 from foundry.kernel.cli.live import execution_label, trace_lines
 from foundry.kernel.cli.logs import DisconnectsAreDebug, JsonFormatter
 from foundry.kernel.cli.output import duration, message_dict, short_json, stamp
+from foundry.kernel.cli.sql import table
 from foundry.kernel.edge.grpc.admin_service import parse_since
 from foundry.proto import foundry_api as api
 from grpclib import GRPCError
@@ -185,3 +186,15 @@ def test_text_log_lines_use_the_one_timestamp_style():
     record.created = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC).timestamp()
     line = TextFormatter().format(record)
     assert line == "2026-01-02T03:04:05.678Z foundry.engine INFO serving 7 blocks"
+
+
+def test_sql_tables_escape_what_a_terminal_would_obey():
+    """A stored "\\x1b[31m…" (or a column alias of one) wrote its escape sequence to the
+    analyst's terminal; trace, status and emit --wait escaped it already."""
+    shown = table(["n\x1b]0;t\x07"], [["x\x1b[31mred\nnext\x00\u202e"], [7]])
+    assert shown.isprintable() is False  # only the table's own newlines
+    lines = shown.split("\n")
+    assert all(line.isprintable() for line in lines)
+    assert lines[0].rstrip() == "n\\x1b]0;t\\x07"
+    assert lines[2].rstrip() == "x\\x1b[31mred\\nnext\\x00\\u202e"
+    assert lines[3].strip() == "7"
