@@ -228,11 +228,19 @@ def _coerced(value: Any, meta: betterproto2.FieldMetadata, depth: int) -> Any:
     return _scalar(value, kind)
 
 
+_JSON_FLOAT = re.compile(
+    r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|NaN|-?Infinity", re.ASCII
+)
+
+
 def _scalar(value: Any, kind: str) -> Any:
     if isinstance(value, bool):
         return value
-    if kind in (betterproto2.TYPE_DOUBLE, betterproto2.TYPE_FLOAT) and isinstance(value, int):
-        return float(value)
+    if kind in (betterproto2.TYPE_DOUBLE, betterproto2.TYPE_FLOAT):
+        if isinstance(value, int):
+            return float(value)
+        if isinstance(value, str) and len(value) <= 400 and _JSON_FLOAT.fullmatch(value):
+            return float(value)  # proto3 JSON: "0.5", "1e-3", "NaN", "Infinity", "-Infinity"
     if kind in _INT_TYPES and isinstance(value, str) and _DECIMAL.fullmatch(value):
         return int(value)
     return value

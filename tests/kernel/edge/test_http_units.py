@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -351,3 +352,22 @@ def test_whole_numbers_and_fractions_where_they_belong_are_read():
     )  # fmt: skip
     assert gate.diffs[0].lines_added == 4
     assert gate.diffs[0].novelty_score == 0.25
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("0.5", 0.5), ("1e-3", 0.001), ("-0", -0.0), ("Infinity", math.inf), ("-Infinity", -math.inf)],
+)
+def test_a_double_wrapper_takes_proto3_jsons_string_forms(text, number):
+    """proto3 JSON writes a double as a number or a string ("0.5", "NaN", "Infinity"): the
+    wrappers (novelty scores, ratios, thresholds) refused the strings, in wire-format words."""
+    document = {"changeId": "c", "diffs": [{"path": "a", "noveltyScore": text}],
+                "coverage": {"overallRatio": text}}  # fmt: skip
+    message = JsonCodec(1 << 20).decode(
+        json.dumps(document).encode(), runtime_api.CheckChangeGateRequest
+    )
+    assert message.diffs[0].novelty_score == number
+    assert message.coverage.overall_ratio == number
+    nan = {"changeId": "c", "coverage": {"overallRatio": "NaN"}}
+    read = JsonCodec(1 << 20).decode(json.dumps(nan).encode(), runtime_api.CheckChangeGateRequest)
+    assert math.isnan(read.coverage.overall_ratio)  # then refused by the gate's own check
