@@ -97,6 +97,10 @@ class StepState:
     usage: Mapping[str, float] = field(default_factory=dict)
     failures: int = 0  # attempts that failed (a crash mid-attempt is not the step's failure)
     span_id: str = ""  # W3C: the latest attempt's span
+    # How many of its dependencies, in order, are known to have succeeded (success is final):
+    # ``ready`` resumes from here, where it walked every dependency of every dependent on each
+    # completion — cubic in a DAG whose steps each depend on all earlier ones (900 steps: 19 s).
+    deps_met: int = 0
 
     @property
     def finished(self) -> bool:
@@ -174,11 +178,16 @@ class RunState:
         found = [
             step
             for step in candidates
-            if step.status == "pending"
-            and step.spec.id not in busy
-            and all(self.steps[d].succeeded for d in step.spec.depends_on)
+            if step.status == "pending" and step.spec.id not in busy and self._deps_met(step)
         ]
         return sorted(found, key=lambda s: s.spec.idx) if among is not None else found
+
+    def _deps_met(self, step: StepState) -> bool:
+        deps, met = step.spec.depends_on, step.deps_met
+        while met < len(deps) and self.steps[deps[met]].succeeded:
+            met += 1
+        step.deps_met = met
+        return met == len(deps)
 
     def interrupted(self) -> list[StepState]:
         """Steps leased but never finished: a killed daemon was running them."""
