@@ -9,7 +9,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from foundry.kernel.config import Config
+from foundry.kernel.config import Config, parse_listen
 
 
 def add_config_commands(commands: Any) -> None:
@@ -38,6 +38,7 @@ def check(config: Config) -> dict[str, Any]:
     from foundry.kernel.blocks.registry import load_config_blocks
 
     registry = load_config_blocks(config)
+    _check_listeners(config)
     kinds = Counter(b.kind.value for b in registry)
     return {
         "config": config.source,
@@ -53,6 +54,20 @@ def check(config: Config) -> dict[str, Any]:
         "tools": sorted(registry.tools),
         "gate_rules": [r.name for r in registry.gate_rules],
     }
+
+
+def _check_listeners(config: Config) -> None:
+    """As ``serve`` checks them before listening: the token, TLS files, and no address beyond
+    this machine without a token (``config check`` passed ``listen = "0.0.0.0:1"``)."""
+    from foundry.kernel.edge.security import edge_security, refuse_open_bind
+
+    key = f"{config.source}: [daemon].listen"
+    host, _ = parse_listen(config.listen, key=key)
+    security = edge_security(config, host, key)
+    if config.http.listen != "off":
+        http_key = f"{config.source}: [http].listen"
+        http_host, _ = parse_listen(config.http.listen, key=http_key)
+        refuse_open_bind(http_host, http_key, security.token)
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:

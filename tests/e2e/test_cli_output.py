@@ -271,6 +271,10 @@ def test_config_check_summarises_a_good_config():
         ('[plugins]\nmodules = ["no_such_module_here"]\n', ["no_such_module_here"]),
         ('[[blocks]]\nname = "x"\ntype = "nope"\n', ["bad.toml", "[[blocks]]", "nope"]),
         ("not toml = = =\n", ["bad.toml", "not valid TOML"]),
+        # as serve refuses them (config check passed them)
+        ('[daemon]\nlisten = "0.0.0.0:1"\n', ["[daemon].listen", "not a loopback address"]),
+        ('[http]\nlisten = "0.0.0.0:2"\n', ["[http].listen", "not a loopback address"]),
+        ('[daemon]\ntoken_env = "FOUNDRY_NO_SUCH_VARIABLE"\n', ["unset or empty"]),
     ],
 )
 def test_config_check_refuses_a_bad_config_with_exit_2(tmp_path, text, words):
