@@ -145,9 +145,10 @@ def check_dag_env(dag: Dag, allowance: EnvAllowance) -> None:
 def parse_dag(dag_json: str, known_types: Collection[str] | None) -> Dag:
     """Parse and validate; every error is InvalidArgument naming the step and the field.
 
-    ``known_types`` None skips the step-type check (reading back a stored run).
+    ``known_types`` None skips the step-type check and the duplicate-key check (reading back a
+    stored run: one accepted before keys had to be unique still reads).
     """
-    document = parse_json(dag_json, "spec.dag_json")
+    document = parse_json(dag_json, "spec.dag_json", unique_keys=known_types is not None)
     if not isinstance(document, dict) or not isinstance(document.get("steps"), list):
         raise InvalidArgument('spec.dag_json: expected an object with a "steps" array')
     if not document["steps"]:

@@ -46,13 +46,23 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON (numbers must be finite)")
 
 
-def parse_json(text: str, field: str, *, upstream_numbers: bool = False) -> Any:
+def parse_json(
+    text: str, field: str, *, upstream_numbers: bool = False, unique_keys: bool = False
+) -> Any:
     """Parse ``text`` under the limits above. ``upstream_numbers`` reads numbers as the public
     Foundry daemon's serde_json does (``-0`` and integers beyond i64/u64 become floats; see
-    ``upstream_json.parse_number``): an event payload, so its id is the one upstream computes."""
+    ``upstream_json.parse_number``): an event payload, so its id is the one upstream computes.
+    ``unique_keys``: an object naming a key twice is refused (a DAG whose step says
+    ``"id": "a", "id": "b"`` reads as one thing to a reviewer and ran as the other)."""
     number = parse_number if upstream_numbers else None
+    pairs = _unique_pairs if unique_keys else None
     try:
-        value = json.loads(text, parse_constant=_not_json, parse_int=number, parse_float=number)
+        value = json.loads(
+            text, parse_constant=_not_json, parse_int=number, parse_float=number,
+            object_pairs_hook=pairs,
+        )  # fmt: skip
+    except _DuplicateKey as exc:
+        raise InvalidArgument(f"{field}: an object names the key {quoted(exc.key)} twice") from None
     except RecursionError:
         raise InvalidArgument(f"{field}: nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
@@ -61,6 +71,23 @@ def parse_json(text: str, field: str, *, upstream_numbers: bool = False) -> Any:
     deep = text.count("[") + text.count("{") > MAX_DEPTH
     check_json_value(value, field, walk=deep)
     return value
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return found
 
 
 def parse_json_object(text: str, field: str, *, upstream_numbers: bool = False) -> dict[str, Any]:

@@ -73,6 +73,20 @@ def test_duplicate_ids():
     rejects(doc(step("a"), step("b"), step("a")), "step 'a'", "id", "duplicate")
 
 
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('{"steps": [{"id": "a", "id": "b", "type": "transform"}]}', "'id'"),
+        ('{"steps": [], "steps": [{"id": "a", "type": "transform"}]}', "'steps'"),
+        ('{"steps": [{"id": "a", "type": "transform", "inputs": {"x": 1, "x": 2}}]}', "'x'"),
+    ],
+)
+def test_a_key_named_twice_is_refused_but_a_stored_dag_still_reads(text, key):
+    """The last one won: a DAG that reads as step "a" to its reviewer ran as step "b"."""
+    rejects(text, "spec.dag_json", key, "twice")
+    assert parse_dag(text, None).steps  # read back from the store (accepted before this rule)
+
+
 def test_unknown_field():
     rejects(doc(step("a", promt="typo")), "step 'a'", "promt", "unknown field")
 
