@@ -85,6 +85,7 @@ class LlmConfig:
 # overflowed a date at every retention pass.
 MAX_NUMBER = 1e6
 MAX_MESSAGE = 2**31 - 1  # [daemon] max_message_bytes: gRPC's largest message
+MAX_RETAIN_DAYS = 36_500  # a century
 
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
@@ -403,6 +404,12 @@ class _Reader:
             self._http_listener(values)
         if kind is OtelConfig:
             self._otel(values)
+        if kind is StoreConfig and values.get("retain_days", 0.0) > MAX_RETAIN_DAYS:
+            # a cutoff before year 1 overflowed at every retention pass
+            raise self.fail(
+                "[store].retain_days", f"expected days from 0 to {MAX_RETAIN_DAYS:,}, "
+                f"got {values['retain_days']!r}",
+            )  # fmt: skip
         if kind is StoreConfig and not _MEMORY_SIZE.fullmatch(values.get("memory_limit", "0B")):
             raise self.fail(
                 "[store].memory_limit",

@@ -68,6 +68,7 @@ def _number(
 
 def _retries(table: Mapping[str, Any]) -> int:
     value = table.get("retries", 0)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not 0 <= value <= MAX_RETRIES or value != int(value):
         raise ValueError(f"retries: expected a whole number from 0 to {MAX_RETRIES}, got {value!r}")
-    return value
+    return int(value)  # (3.0 was read as 3 before this check: it still is)

@@ -63,8 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"foundry: argument {ascii(bad)[:100]} is not valid UTF-8 text", file=sys.stderr)
         return 2
-    except RecursionError:  # JSON given inline (--inputs, --labels, --details) nested that deep
-        print("foundry: the JSON given is nested too deeply", file=sys.stderr)
+    except RecursionError:  # JSON in an argument (--inputs, --details), a file, or a reply
+        print("foundry: JSON nested too deeply to read", file=sys.stderr)
         return 2
 
 

@@ -138,6 +138,7 @@ def test_an_unknown_key_is_named(tmp_path, body, key):
         ("[daemon]\nshutdown_grace = nan\n", "[daemon].shutdown_grace"),
         ("[daemon]\nshutdown_grace = inf\n", "[daemon].shutdown_grace"),
         ("[store]\nretain_days = 1e30\n", "[store].retain_days"),
+        ("[store]\nretain_days = 800000\n", "[store].retain_days"),  # before year 1
         ("[store]\nretain_days = nan\n", "[store].retain_days"),
         ("[analytics]\nquery_timeout = -inf\n", "[analytics].query_timeout"),
         ("[daemon]\nmax_message_bytes = 1e30\n", "[daemon].max_message_bytes"),
@@ -222,6 +223,7 @@ def test_a_shell_block_with_a_bad_command_fails_naming_command(tmp_path, command
         ("retries = -1", "retries"),
         ("retries = 1000000000", "retries"),
         ("retries = 1.5", "retries"),
+        ("retries = nan", "retries"),
         ("env = { A = 1 }", "env"),
     ],
 )
@@ -271,3 +273,13 @@ def test_a_config_path_that_is_not_a_regular_file_is_refused_without_blocking(tm
         Config.from_toml(fifo)
     with pytest.raises(ConfigError, match="not a regular file"):
         Config.from_toml(tmp_path)
+
+
+def test_a_whole_number_of_retries_written_as_a_float_still_loads(tmp_path):
+    body = (
+        '[[blocks]]\nname = "S"\ntype = "shell"\nsinks = ["a"]\ncommand = ["true"]\nretries = 3.0\n'
+    )
+    config = Config.from_toml(write(tmp_path, body))
+    [block] = [b for b in load_blocks(declared=config.declared_blocks, entry_points=False)
+               if b.name == "S"]  # fmt: skip
+    assert block.retries == 3

@@ -12,8 +12,10 @@ import pytest
 from foundry.kernel.core.dag import step_seed
 from foundry.kernel.core.json_input import STRUCT_DEPTH
 from foundry.proto import runtime_api as api
+from grpclib import GRPCError
 from grpclib.const import Status
 
+from tests.helpers import wait_until
 from tests.runs.helpers import (
     RESEARCH,
     assert_error,
@@ -910,3 +912,28 @@ def test_cancel_leases_nothing_more_and_names_only_the_steps_that_were_running(d
     statuses = {s.step_id: s.status for s in run.steps}
     assert {statuses[i] for i in leased} == {"canceled"}
     assert {v for k, v in statuses.items() if k not in leased} == {"skipped"}
+
+
+def test_a_key_whose_run_retention_deleted_starts_a_new_run(make_daemon):
+    """The key stayed in the scheduler's table after retention deleted its run: every resend
+    was UNAVAILABLE "retry", for good (a restart, which loads no such key, made a new run)."""
+    daemon = make_daemon(
+        "[store]\nretain_days = 0.00001\nretention_interval = 1\n[scheduler]\nrecent_runs = 1\n"
+    )
+    one = dag({"id": "a", "type": "transform", "inputs": {"value": 1}})
+    first = submit(daemon, one, key="kept-a-moment")
+    wait_done(daemon, first)
+    wait_done(daemon, submit(daemon, one, key="another"))  # pushes the first out of memory
+
+    def deleted() -> bool:
+        try:
+            get_run(daemon, first)
+        except GRPCError as exc:
+            return exc.status == Status.NOT_FOUND
+        return False
+
+    wait_until(deleted, what="retention to delete the first run", timeout=20)
+    again = submit(daemon, one, key="kept-a-moment")
+    assert again != first
+    assert wait_done(daemon, again).status == api.RunStatus.SUCCEEDED
+    assert submit(daemon, one, key="kept-a-moment") == again

@@ -310,6 +310,11 @@ class Scheduler:
             return
         try:
             first = await self._submission_of(run_id)
+            if first is None:  # its run was deleted by retention: the key is free again
+                if self._idempotency.get(message.idempotency_key) == run_id:
+                    del self._idempotency[message.idempotency_key]
+                self._on_submit(message)  # as after a restart, which loads no such key
+                return
             differs = spec_difference(first, message.dag_json, message.inputs, message.seed,
                                       message.labels, message.breakpoints)  # fmt: skip
         except Exception as exc:
@@ -323,13 +328,12 @@ class Scheduler:
         else:
             message.reply.send(run_id)
 
-    async def _submission_of(self, run_id: str) -> RunSubmission:
+    async def _submission_of(self, run_id: str) -> RunSubmission | None:
+        """The submission of a key's run; None once retention has deleted it."""
         run = self._runs.get(run_id)
         if run is not None:
             return run.submission
         found: RunSubmission | None = await ask(self._store, lambda r: LoadSubmission(run_id, r))
-        if found is None:  # a key is loaded from the runs it names
-            raise Unavailable(f"run {run_id} of this idempotency key is not stored; retry")
         return found
 
     # --- driving a run --------------------------------------------------------------------------

@@ -1327,7 +1327,8 @@ def _unopenable(database: Path, exc: OSError | duckdb.IOException) -> str:
         where = exc.filename or database.parent
         return f"{where}: the store cannot use it: {exc.strerror or exc}; move it aside"
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"{database}: DuckDB cannot open it ({sandbox.cut(reason)}); restore it or move it aside"
+    return (f"{database}: DuckDB cannot open it ({sandbox.cut(reason)}); if the file is "
+            "damaged, restore it, or move it aside")  # fmt: skip
 
 
 def _delete_spooled(tables: Sequence[TableRows]) -> None:
