@@ -659,8 +659,10 @@ class Scheduler:
                 )
                 if not error and unpaired_surrogate_escape(text):  # the store would refuse it
                     error = LONE_SURROGATE
-                if not error:
+                if not error and len(text) < PARSE_OFF_LOOP_BYTES:
                     error = _too_deep(text, output)
+                elif not error:  # a walk of a large output's every container: off the loop
+                    error = await in_thread(_too_deep, text, output)
         if self._spans.on:
             now = self._clock.now()
             self._spans.offer(_attempt_ended(run, ctx, spec.type, lease_event, now, output, error))
