@@ -25,7 +25,13 @@ from typing import Any
 
 from foundry.kernel.core.envpolicy import env_violation
 from foundry.kernel.core.ids import compact_json
-from foundry.kernel.core.json_input import cut_middle, parse_json, quoted
+from foundry.kernel.core.json_input import (
+    STRUCT_DEPTH,
+    check_depth,
+    cut_middle,
+    parse_json,
+    quoted,
+)
 from foundry.kernel.errors import InvalidArgument
 
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
@@ -151,6 +157,8 @@ def parse_dag(dag_json: str, known_types: Collection[str] | None) -> Dag:
     document = parse_json(dag_json, "spec.dag_json", unique_keys=known_types is not None)
     if not isinstance(document, dict) or not isinstance(document.get("steps"), list):
         raise InvalidArgument('spec.dag_json: expected an object with a "steps" array')
+    if known_types is not None and dag_json.count("{") + dag_json.count("[") > INPUTS_AT:
+        _check_inputs_depth(document)
     if not document["steps"]:
         raise InvalidArgument("spec.dag_json: steps: a DAG needs at least one step")
     fields = [_step_fields(raw, idx, known_types) for idx, raw in enumerate(document["steps"])]
@@ -210,6 +218,23 @@ def _step_fields(raw: Any, idx: int, known_types: Collection[str] | None) -> _St
     if timeout is not None:
         timeout = _parse_timeout(timeout, f"step {step_id!r}")
     return step_id, idx, kind, inputs, depends_on, retry, timeout, model, env
+
+
+INPUTS_AT = STRUCT_DEPTH + 3  # a step's inputs are the 4th level of its DAG: {steps: [{inputs}]}
+
+
+def _check_inputs_depth(document: dict[str, Any]) -> None:
+    """A step's inputs nested at most ``STRUCT_DEPTH`` levels, as its lease's must be: deeper
+    ones could never be leased, and a patch recorded them as the inputs it replaced (a
+    ``step_patched`` that grpcio could not read, for good)."""
+    try:
+        check_depth(document, "spec.dag_json", INPUTS_AT)
+    except InvalidArgument:
+        for raw in document["steps"]:
+            inputs = raw.get("inputs") if isinstance(raw, dict) else None
+            if isinstance(inputs, dict):
+                check_depth(inputs, f"step {quoted(raw.get('id'))}: inputs", STRUCT_DEPTH)
+        raise
 
 
 def _parse_retry(raw: Any, where: str) -> Retry | None:

@@ -307,7 +307,9 @@ def parse_pack(
         if not isinstance(expected, Mapping) or not expected:
             raise InvalidArgument(f"{where}: expected: an object with at least one assertion")
         check_json_value(dict(expected), f"{where}: expected", depth=STRUCT_DEPTH)
-        check_json_value(dict(scenario.run_spec or {}), f"{where}: run_spec", depth=STRUCT_DEPTH)
+        check_json_value(  # its inputs one level down: as deep as SubmitRun takes them
+            dict(scenario.run_spec or {}), f"{where}: run_spec", depth=STRUCT_DEPTH + 1
+        )
 
 
 def synced_records(

@@ -117,6 +117,11 @@ def check_json_value(value: Any, field: str, *, walk: bool = True, depth: int = 
 _CONTAINERS = (dict, list)  # a tuple: isinstance with ``dict | list`` costs ~3x as much
 
 
+def check_depth(value: Any, field: str, limit: int) -> None:
+    """``value`` nested at most ``limit`` levels (InvalidArgument naming ``field``)."""
+    _check_depth(value, field, limit)
+
+
 def check_struct_depth(text: str, value: Any, field: str) -> None:
     """``value`` (whose compact JSON is ``text``) nested at most :data:`STRUCT_DEPTH` levels;
     only a text with that many brackets is walked."""

@@ -139,6 +139,21 @@ def test_parse_pack_names_the_scenario_and_field():
     parse_pack("p", [good("a"), good("b")], TYPES, no_env)  # fine
 
 
+def test_a_scenarios_inputs_are_as_deep_as_submit_run_takes_them():
+    def nested(levels):
+        value = {"leaf": 1}
+        for _ in range(levels - 1):
+            value = {"k": value}
+        return value
+
+    def spec(levels):
+        return ScenarioInput("x", run_spec={"dag_json": DAG, "inputs": nested(levels)},
+                             expected={"status": "succeeded"})  # fmt: skip
+
+    parse_pack("p", [spec(24)], TYPES, no_env)  # run_spec is one level more: still taken
+    assert "scenario 'x': run_spec: nested deeper than 25 levels" in pack_error(spec(25))
+
+
 def test_synced_records_keep_ids_and_created_at_and_skip_unchanged_scenarios():
     ids = iter(["scn_1", "scn_2", "scn_3"])
     first_ids, rows = synced_records("p", [good("a"), good("b")], {}, NOW, lambda: next(ids))

@@ -17,6 +17,7 @@ from foundry.kernel.core.dag import (
     step_seeds,
     upstream_of,
 )
+from foundry.kernel.core.json_input import STRUCT_DEPTH
 from foundry.kernel.errors import InvalidArgument
 
 TYPES = {"llm", "transform", "tool", "http"}
@@ -404,3 +405,19 @@ def test_a_chain_deeper_than_the_recursion_limit_parses_and_a_long_cycle_is_name
     chain[0] = {"id": "s0", "type": "t", "depends_on": ["s2999"]}
     with pytest.raises(InvalidArgument, match="depends_on: cycle"):
         parse_dag(json.dumps({"steps": chain}), None)
+
+
+def test_a_steps_inputs_nested_deeper_than_protobuf_clients_read_are_refused_at_submit():
+    """They could never be leased, and a patch recorded them as the inputs it replaced: a
+    ``step_patched`` that grpcio could not read back, for good. A stored run still reads."""
+
+    def nested(levels: int) -> dict[str, Any]:
+        value: dict[str, Any] = {"leaf": 1}
+        for _ in range(levels - 1):
+            value = {"k": value}
+        return value
+
+    assert parse_dag(doc(step("a", inputs=nested(STRUCT_DEPTH))), TYPES).steps
+    deep = doc(step("a"), step("b", inputs=nested(STRUCT_DEPTH + 1)))
+    rejects(deep, "step 'b': inputs: nested deeper than 24")
+    assert parse_dag(deep, None).steps

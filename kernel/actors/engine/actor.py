@@ -598,7 +598,7 @@ def _slug(name: str) -> str:
 
 def _rendered_trace(rows: TraceRows, event_id: str) -> Any:
     text = render(rows)
-    check_trace_size(len(text), event_id)
+    check_trace_size(len(text.encode()), event_id)  # bytes, as a trace file's size is
     return json.loads(text)
 
 

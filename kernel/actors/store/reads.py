@@ -129,13 +129,14 @@ def load_trace(con: duckdb.DuckDBPyConnection, workflow_id: str) -> dict[str, An
 
 
 def _trace_size(con: duckdb.DuckDBPyConnection, workflow_id: str) -> int:
-    """About the JSON bytes of a chain's trace: its events' payloads, each again as its
-    emitter's emitted payload and as the trigger of each block it ran, and the blocks' texts."""
+    """About the JSON bytes of a chain's trace (UTF-8: ``strlen``; ``length`` counts
+    characters): its events' payloads, each again as its emitter's emitted payload and as the
+    trigger of each block it ran, and the blocks' texts."""
     found = con.execute(
-        "SELECT (SELECT coalesce(sum(length(payload)), 0) * 2 FROM events WHERE workflow_id = ?)"
-        " + (SELECT coalesce(sum(length(e.payload)), 0) FROM block_executions x"
+        "SELECT (SELECT coalesce(sum(strlen(payload)), 0) * 2 FROM events WHERE workflow_id = ?)"
+        " + (SELECT coalesce(sum(strlen(e.payload)), 0) FROM block_executions x"
         "    JOIN events e ON e.event_id = x.trigger_event_id WHERE x.workflow_id = ?)"
-        " + (SELECT coalesce(sum(length(coalesce(raw_output, '')) + length(summary)), 0)"
+        " + (SELECT coalesce(sum(strlen(coalesce(raw_output, '')) + strlen(summary)), 0)"
         "    FROM block_executions WHERE workflow_id = ?)",
         [workflow_id] * 3,
     ).fetchone()
