@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -312,3 +313,62 @@ def test_a_token_is_required_on_rpcs_and_streams_but_not_on_preflights(make_daem
     assert (code, reason.split(":")[0]) == (1008, "unauthenticated")
     code, reason = asyncio.run(close_code(subprotocols=["foundry", "bearer.s3cret-token"]))
     assert reason.startswith("not_found")  # past the token check: the run is unknown
+
+
+def test_a_stream_answered_before_its_body_ends_leaves_the_connections_other_streams(
+    make_daemon,
+):
+    """HTTP/2: a 404 (or a body timeout) answered while the client still uploads; the DATA it
+    sends next found no stream in hypercorn's table, and the KeyError closed the connection,
+    the page's Watch on it too."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    daemon = make_daemon()
+    host, port = daemon.http_address.rsplit(":", 1)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+
+        def post(stream_id: int, path: str, content_type: str) -> None:
+            conn.send_headers(stream_id, [(":method", "POST"), (":path", path),
+                                          (":scheme", "http"), (":authority", "x"),
+                                          ("content-type", content_type)])  # fmt: skip
+
+        post(1, WATCH, "application/connect+json")
+        conn.send_data(1, envelope(json.dumps({"project": "h2-sibling"}).encode()), end_stream=True)
+        post(3, "/foundry.Foundry/NoSuchMethod", "application/json")
+        conn.send_data(3, b"{")
+        sock.sendall(conn.data_to_send())
+        answered, events, ended = False, b"", False
+        deadline = time.monotonic() + 8
+        sent_after = 0
+        while time.monotonic() < deadline and b"h2_sibling_seen" not in events:
+            if answered and sent_after < 5:  # still uploading after the 404, as clients do
+                with contextlib.suppress(Exception):
+                    conn.send_data(3, b" ")
+                sent_after += 1
+                if sent_after == 5:
+                    foundry_cli("emit", "h2_sibling_seen", "--project", "h2-sibling",
+                                "--addr", daemon.address)  # fmt: skip
+            sock.sendall(conn.data_to_send())
+            sock.settimeout(0.3)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            assert data, "the daemon closed the connection"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == 3:
+                    answered = True
+                if isinstance(event, h2.events.DataReceived) and event.stream_id == 1:
+                    events += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                if isinstance(event, h2.events.StreamEnded) and event.stream_id == 1:
+                    ended = True
+            sock.sendall(conn.data_to_send())
+    assert answered
+    assert not ended
+    assert b"h2_sibling_seen" in events  # the Watch on the same connection still delivers
+    assert "connection failed" not in daemon.stderr()

@@ -10,7 +10,8 @@ app (and its token check) sees the request, so one header byte stopped the daemo
 :func:`contain_connection_errors` makes such an error end its connection alone, logged. The
 same wrapper closes a connection at once while the listener holds its cap of them
 (:func:`cap_connections`, ``edge/connections.py``), and has a connection reset (RST) read as its
-end, as a FIN does (:class:`_ResetAsEnd`).
+end, as a FIN does (:class:`_ResetAsEnd`). And an HTTP/2 connection's table of streams answers
+for a stream already closed (:func:`ignore_data_of_closed_streams`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,40 @@ def contain_connection_errors() -> None:
 
     contained.contained = True  # type: ignore[attr-defined]
     TCPServer.run = contained  # type: ignore[method-assign]
+
+
+def ignore_data_of_closed_streams() -> None:
+    """hypercorn's HTTP/2 protocol finds a DATA frame's stream with ``streams[id]``: a stream
+    answered and closed before its body ended (a 404, a body timeout) is gone from the table,
+    and the KeyError ended the whole connection — every other stream on it (a page's Watch).
+    Its StreamEnded handling ignores that KeyError already; this gives DATA the same: the
+    table answers a stream it no longer holds with one that takes nothing (h2 still returns the
+    data's flow-control credit to the connection). Idempotent."""
+    from hypercorn.protocol.h2 import H2Protocol
+
+    init = H2Protocol.__init__
+    if getattr(init, "closed_streams_ignored", False):
+        return
+
+    def with_gone_streams(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.streams = _GoneStreams(self.streams)
+
+    with_gone_streams.closed_streams_ignored = True  # type: ignore[attr-defined]
+    H2Protocol.__init__ = with_gone_streams  # type: ignore[method-assign]
+
+
+class _GoneStream:
+    async def handle(self, event: Any) -> None:
+        return None  # the stream was answered and closed: what its client still sends is moot
+
+
+class _GoneStreams(dict[int, Any]):
+    def __missing__(self, stream_id: int) -> Any:
+        return _GONE
+
+
+_GONE = _GoneStream()
 
 
 class _ResetAsEnd:

@@ -21,7 +21,11 @@ from foundry.kernel.edge.connections import DEFAULT_MAX_CONNECTIONS, ConnectionC
 from foundry.kernel.edge.grpc.server import bind
 from foundry.kernel.edge.http.app import HttpApp
 from foundry.kernel.edge.http.cors import OriginPolicy, own_origins
-from foundry.kernel.edge.http.hypercorn_guard import cap_connections, contain_connection_errors
+from foundry.kernel.edge.http.hypercorn_guard import (
+    cap_connections,
+    contain_connection_errors,
+    ignore_data_of_closed_streams,
+)
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
@@ -113,6 +117,7 @@ async def open_http_server(
 ) -> AsyncIterator[HttpServer]:
     """Serve ``services`` on ``sock`` until the block ends (then whatever runs is cancelled)."""
     contain_connection_errors()  # one connection's error ends it, not the listener
+    ignore_data_of_closed_streams()  # a stream answered early: its late DATA ends nothing
     bound = sock.getsockname()
     host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     own = own_origins(host, bound[1], secure=ssl_context is not None)

@@ -26,6 +26,7 @@ from foundry.kernel.edge.http.hypercorn_guard import (
     _ResetAsEnd,
     cap_connections,
     contain_connection_errors,
+    ignore_data_of_closed_streams,
 )
 from foundry.kernel.edge.http.internals import connect_error_body, pick_loop_by_sniffio
 from foundry.proto import analytics_api, foundry_api, runtime_api
@@ -127,6 +128,21 @@ async def test_hypercorn_reads_a_connection_through_its_stream_and_a_reset_reads
     assert await stream.receive_some(10) == b"before"
     assert await stream.receive_some(10) == b""
     assert stream.received == b""  # the rest is the wrapped stream's
+
+
+def test_hypercorn_h2_still_finds_a_data_frames_stream_in_its_streams_table():
+    """The canary of ``ignore_data_of_closed_streams``: hypercorn's HTTP/2 protocol keeps its
+    streams in ``self.streams`` (a dict it makes in ``__init__``) and hands a DATA frame to
+    ``self.streams[event.stream_id]``; once patched, a stream it no longer holds takes nothing."""
+    from hypercorn.protocol.h2 import H2Protocol
+
+    assert "self.streams: dict" in inspect.getsource(H2Protocol.__init__)
+    events = inspect.getsource(H2Protocol._handle_events)
+    assert "h2.events.DataReceived" in events
+    assert "await self.streams[event.stream_id].handle(" in events
+    ignore_data_of_closed_streams()
+    ignore_data_of_closed_streams()  # idempotent
+    assert getattr(H2Protocol.__init__, "closed_streams_ignored", False)
 
 
 @pytest.mark.parametrize(
