@@ -27,7 +27,7 @@ from foundry.kernel.core.tracecontext import (
     is_trace_id,
 )
 from foundry.kernel.edge.grpc.bridge import CHUNK, QueueSink, in_chunks
-from foundry.kernel.edge.grpc.server import ask
+from foundry.kernel.edge.grpc.server import ask, served_by
 from foundry.proto import foundry_api as api
 from grpclib import GRPCError
 from grpclib.const import Handler, Status
@@ -115,12 +115,7 @@ class FoundryService(api.FoundryBase):
                 await stream.send_message(response)
 
     def __mapping__(self) -> dict[str, Handler]:
-        mapping: dict[str, Handler] = super().__mapping__()
-        watch = mapping[WATCH]
-        mapping[WATCH] = Handler(
-            self._serve_watch, watch.cardinality, watch.request_type, watch.reply_type
-        )
-        return mapping
+        return served_by(super().__mapping__(), WATCH, self._serve_watch)
 
     async def _ask_engine(self, build: Any) -> Any:
         return await ask(self._mail.engine, build)

@@ -45,7 +45,7 @@ from foundry.kernel.core.runs import TERMINAL_KINDS, RunEventRecord
 from foundry.kernel.edge.grpc import attestations, fastproto, governance, upb_encode
 from foundry.kernel.edge.grpc.bridge import StreamSink, in_chunks, let_others_run, on_trio
 from foundry.kernel.edge.grpc.internals import Encoded, send_frames, varint
-from foundry.kernel.edge.grpc.server import ask
+from foundry.kernel.edge.grpc.server import ask, served_by
 from foundry.kernel.errors import InvalidArgument
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct, Value
@@ -164,12 +164,7 @@ class RuntimeService(api.RuntimeServiceBase):
             sink.close()
 
     def __mapping__(self) -> dict[str, Handler]:
-        mapping: dict[str, Handler] = super().__mapping__()
-        tap = mapping[TAP_RUN]
-        mapping[TAP_RUN] = Handler(
-            self._serve_tap, tap.cardinality, tap.request_type, tap.reply_type
-        )
-        return mapping
+        return served_by(super().__mapping__(), TAP_RUN, self._serve_tap)
 
     async def update_breakpoints(
         self, message: api.UpdateBreakpointsRequest

@@ -224,6 +224,17 @@ class GuardedService:
 UNARY_REQUESTS = (Cardinality.UNARY_UNARY, Cardinality.UNARY_STREAM)
 
 
+def served_by(
+    mapping: dict[str, Handler], path: str, serve: Callable[[Any], Awaitable[None]]
+) -> dict[str, Handler]:
+    """``mapping`` with the method ``path`` served by ``serve`` (a route of the service's own
+    in place of the generated one; cardinality and message types kept)."""
+    generated = mapping[path]
+    mapping[path] = Handler(serve, generated.cardinality, generated.request_type,
+                            generated.reply_type)  # fmt: skip
+    return mapping
+
+
 def _guard(
     func: Callable[[Any], Awaitable[None]], calls: Calls, unary_request: bool
 ) -> Callable[[Any], Awaitable[None]]:
