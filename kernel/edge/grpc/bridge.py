@@ -261,6 +261,7 @@ async def in_chunks(items: Sequence[Any], make: Callable[[Any], T]) -> list[T]:
     1,000-step run's GetRun over Connect JSON: 186 → 312 ms)."""
     made: list[T] = []
     for start in range(0, len(items), CHUNK):
-        await let_others_run()
+        if start:  # (a reply of one chunk costs no trip through the loop)
+            await let_others_run()
         made.extend(map(make, items[start : start + CHUNK]))
     return made

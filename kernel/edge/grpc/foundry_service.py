@@ -26,7 +26,7 @@ from foundry.kernel.core.tracecontext import (
     is_span_id,
     is_trace_id,
 )
-from foundry.kernel.edge.grpc.bridge import CHUNK, QueueSink, in_chunks
+from foundry.kernel.edge.grpc.bridge import QueueSink, in_chunks
 from foundry.kernel.edge.grpc.server import ask, served_by
 from foundry.proto import foundry_api as api
 from grpclib import GRPCError
@@ -66,12 +66,9 @@ class FoundryService(api.FoundryBase):
         reply = api.TraceResponse(
             found=True, total_duration_ms=_whole_ms(document.get("total_duration_ms"))
         )
-        if len(events) + len(executions) <= CHUNK:
-            reply.events = [_trace_event(e) for e in events]
-            reply.block_executions = [_trace_execution(x) for x in executions]
-        else:  # a chain of thousands of events: made between the loop's other work
-            reply.events = await in_chunks(events, _trace_event)
-            reply.block_executions = await in_chunks(executions, _trace_execution)
+        # a chain of thousands of events is made between the loop's other work
+        reply.events = await in_chunks(events, _trace_event)
+        reply.block_executions = await in_chunks(executions, _trace_execution)
         return reply
 
     async def watch(self, message: api.WatchRequest) -> AsyncGenerator[api.WatchResponse, None]:
@@ -178,16 +175,6 @@ def _workflow_status(view: WorkflowView) -> api.WorkflowStatus:
     )
 
 
-def trace_response(document: Mapping[str, Any]) -> api.TraceResponse:
-    document = readable(document)  # nulls of a block that ran no command: "" and 0
-    return api.TraceResponse(
-        found=True,
-        events=[_trace_event(e) for e in document["events"]],
-        block_executions=[_trace_execution(x) for x in document["block_executions"]],
-        total_duration_ms=_whole_ms(document.get("total_duration_ms")),
-    )
-
-
 def _trace_event(e: Mapping[str, Any]) -> api.TraceEvent:
     return api.TraceEvent(
         event_id=e["id"],
@@ -243,4 +230,4 @@ def _whole_ms(value: Any) -> int:
     return int(value) if 0 <= value < 2**63 else 0
 
 
-__all__ = ["FoundryService", "Mailboxes", "THROTTLE_TO_WIRE", "trace_response"]
+__all__ = ["FoundryService", "Mailboxes", "THROTTLE_TO_WIRE"]
