@@ -823,26 +823,26 @@ def test_get_during_a_run_shows_the_running_step(daemon):
 
 
 def test_list_runs_reads_no_step_outputs(make_daemon):
-    # ~15 MB of step outputs: ListRuns aggregated every event's payload and ran out of memory,
-    # for good (DuckDB under [store] memory_limit), where only run-level events say anything
-    daemon = make_daemon('[store]\nmemory_limit = "128MB"\n')
+    # ~19 MB of step outputs: ListRuns aggregated every event's payload and ran out of DuckDB's
+    # memory ([store] memory_limit, 256 MB) for good, where only run-level events say anything.
+    # (Attestation off: its start-up scan of step payloads meets the same limit — README,
+    # [store] memory_limit — and is not what this tests.)
+    daemon = make_daemon("[attest]\nenabled = false\n")
     fan = [{"id": f"f{i}", "type": "transform", "inputs": {"value": "${steps.s1.output}"}}
-           for i in range(10)]  # fmt: skip
+           for i in range(5)]  # fmt: skip
     big = dag(
         {"id": "s0", "type": "transform", "inputs": {"value": "${inputs.big}"}},
         {"id": "s1", "type": "transform",
          "inputs": {"value": "${steps.s0.output}${steps.s0.output}${steps.s0.output}"}},
         *fan,
     )  # fmt: skip
-    run_id = submit(daemon, big, inputs={"big": "x" * 500_000})
+    run_id = submit(daemon, big, inputs={"big": "x" * 1_000_000})
     assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
-    for _ in range(2):
+    for _ in range(3):
         listed = daemon.call(lambda _, rt: rt.list_runs(api.ListRunsRequest()))
         assert [(r.run_id, r.status, r.step_count) for r in listed.runs] == [
-            (run_id, api.RunStatus.SUCCEEDED, 12)
+            (run_id, api.RunStatus.SUCCEEDED, 7)
         ]
-        daemon.stop()
-        daemon.start()
     assert "LoadRunSummaries" not in daemon.stderr()
 
 
