@@ -25,7 +25,9 @@ from foundry.kernel.actors.store.messages import (
     LoadIdempotencyKeys,
     LoadRun,
     LoadRunEvents,
+    LoadRunSummaries,
     LoadTrace,
+    LoadUnattested,
     LoadUnfinishedRuns,
     LoadWorkflow,
     RowCounts,
@@ -38,6 +40,7 @@ from foundry.kernel.config import EngineConfig
 from foundry.kernel.core.attest_records import DerivedAttestationRows, SpooledAttestationRows
 from foundry.kernel.core.ids import compact_json, event_id
 from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
+from foundry.kernel.core.run_control import RunListQuery
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
 from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.errors import InvalidArgument, Unavailable
@@ -910,3 +913,80 @@ async def test_a_read_that_finds_duckdb_invalidated_has_it_reopened_without_a_wr
                     await trio.sleep(0.2)
         assert counted.events == failed_at
     assert database_rows(tmp_path) == failed_at
+
+
+def _large(event, n):
+    """``event`` with a payload of ~3 MB (its own digits: a row DuckDB does not share)."""
+    payload = {"n": n, "blob": str(n % 10) * 3_000_000}
+    return dataclasses.replace(event, payload=payload, payload_json=compact_json(payload))
+
+
+def _finished(root, events):
+    return FinishedChain(
+        workflow_id=root.id, workflow_type=root.event_type, project=root.project,
+        throttle=root.throttle, state="completed", error="", started_at=root.occurred_at,
+        completed_at=root.occurred_at + timedelta(milliseconds=5), event_count=len(events),
+        block_count=1, trace=None,
+    )  # fmt: skip
+
+
+async def test_small_runs_and_chains_read_back_beside_large_payloads_within_memory_limit(
+    tmp_path, caplog
+):
+    # 90 MB of payloads in the same 2,048-row vectors as a small run's and a small chain's rows.
+    # A query that returned the column it filters on read the whole vector: GetRun of the small
+    # run, its ListRuns, Trace of the small chain, the attestor's start-up look and the store's
+    # recovery of unfinished chains each ran out of a 64 MB limit (the default is 256 MB).
+    big_root = make_event(100)
+    big_chain = [_large(big_root, 100)]
+    small_root = make_event(0, event_type="deploy_requested")
+    small_child = make_event(1, parent=small_root)
+    left_root = make_event(2, event_type="left_unfinished")
+    big_run, _ = make_run(7, finished=True)
+    small_run, small_events = make_run(8)
+    big_events = [RunEventRecord(big_run.run_id, 1, "", "run_submitted", {"steps": 30}, T0)]
+    for i in range(30):
+        payload = {"output": str(i % 10) * 3_000_000, "attestation_id": f"att_{i}"}
+        big_events.append(RunEventRecord(big_run.run_id, i + 2, f"s{i}", "step_completed",
+                                         payload, T0))  # fmt: skip
+        if i < 10:
+            child = _large(make_event(101 + i, parent=big_root), 101 + i)
+            big_chain.append(child)
+    records = [big_run, small_run, big_chain[0], small_root, left_root, small_child]
+    for n, event in enumerate(big_events):
+        records.append(event)
+        if n == 5:
+            records += small_events
+        if n < len(big_chain) - 1:
+            records.append(big_chain[n + 1])
+    records += [
+        _finished(big_root, big_chain), _finished(small_root, [small_root, small_child]),
+        make_execution(small_root, [small_child]),
+        RunEventRecord(big_run.run_id, 32, "", "run_succeeded", {}, T0),
+    ]  # fmt: skip
+    async with running_store(tmp_path) as store:  # written without a limit
+        await post_now(store, records).wait()
+
+    with trio.fail_after(GUARD_SECONDS):
+        store, store_receive = trio.open_memory_channel(10)
+        tap_send, _tap_receive = trio.open_memory_channel(10)
+        async with trio.open_nursery() as nursery:
+            started = Store(tmp_path, store_receive, tap_send, memory_limit="64MB").run
+            recovered = await nursery.start(started)  # the unfinished chain
+            events = await ask(store, lambda r: LoadRunEvents(small_run.run_id, r))
+            run = await ask(store, lambda r: LoadRun(small_run.run_id, r))
+            unfinished = await ask(store, LoadUnfinishedRuns)
+            listed = await ask(store, lambda r: LoadRunSummaries(RunListQuery(()), r))
+            unattested = await ask(store, LoadUnattested)
+            trace = await ask(store, lambda r: LoadTrace(small_root.id, r))
+            store.close()
+    assert recovered == [left_root.id]
+    assert events == small_events
+    assert run == (small_run, small_events)
+    assert unfinished == [(small_run, small_events)]
+    assert [(s.run_id, s.status, s.step_count) for s in listed] == [
+        (small_run.run_id, "RUNNING", 0), (big_run.run_id, "SUCCEEDED", 30)
+    ]  # fmt: skip
+    assert unattested == [big_run.run_id]  # its announced steps have no attestation stored
+    assert [e["id"] for e in trace["events"]] == [small_root.id, small_child.id]
+    assert "memory_limit" not in caplog.text  # no query had to go beyond it

@@ -822,12 +822,11 @@ def test_get_during_a_run_shows_the_running_step(daemon):
     assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
 
 
-def test_list_runs_reads_no_step_outputs(make_daemon):
-    # ~19 MB of step outputs: ListRuns aggregated every event's payload and ran out of DuckDB's
-    # memory ([store] memory_limit, 256 MB) for good, where only run-level events say anything.
-    # (Attestation off: its start-up scan of step payloads meets the same limit — README,
-    # [store] memory_limit — and is not what this tests.)
-    daemon = make_daemon("[attest]\nenabled = false\n")
+def test_list_runs_reads_no_step_outputs_and_restarts_beside_them(make_daemon):
+    # ~19 MB of step outputs a run: ListRuns aggregated every event's payload and ran out of
+    # DuckDB's memory ([store] memory_limit, 256 MB) for good, where only run-level events say
+    # anything; after a restart, so did the attestor's start-up look at step payloads.
+    daemon = make_daemon("")
     fan = [{"id": f"f{i}", "type": "transform", "inputs": {"value": "${steps.s1.output}"}}
            for i in range(5)]  # fmt: skip
     big = dag(
@@ -836,14 +835,17 @@ def test_list_runs_reads_no_step_outputs(make_daemon):
          "inputs": {"value": "${steps.s0.output}${steps.s0.output}${steps.s0.output}"}},
         *fan,
     )  # fmt: skip
-    run_id = submit(daemon, big, inputs={"big": "x" * 1_000_000})
-    assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
-    for _ in range(3):
+    run_ids = [submit(daemon, big, inputs={"big": str(n) * 1_000_000}) for n in range(2)]
+    for run_id in run_ids:
+        assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
+    for restart in range(3):
+        if restart:
+            daemon = daemon.restart()
         listed = daemon.call(lambda _, rt: rt.list_runs(api.ListRunsRequest()))
         assert [(r.run_id, r.status, r.step_count) for r in listed.runs] == [
-            (run_id, api.RunStatus.SUCCEEDED, 7)
+            (run_id, api.RunStatus.SUCCEEDED, 7) for run_id in reversed(run_ids)
         ]
-    assert "LoadRunSummaries" not in daemon.stderr()
+    assert "Traceback" not in daemon.stderr(), daemon.stderr()
 
 
 def _nested(levels: int) -> dict:

@@ -35,14 +35,51 @@ def load_run_attestations(con: duckdb.DuckDBPyConnection, run_id: str) -> list[A
     return list(seen.values())
 
 
+# A stored attestation names the run event announcing it (its seq): the announcements none names.
+_UNNAMED = (
+    "SELECT e.rowid, e.run_id, e.occurred_at, e.kind = 'attested' FROM run_events e "
+    "ANTI JOIN attestation_statements a ON a.run_id = e.run_id AND a.seq = e.seq "
+    "WHERE e.kind IN ('attested', 'step_completed')"
+)
+# Whether completions announce an attestation (without the attestor, they do not). Run in a
+# range of rowids with kind equal: DuckDB then reads the payloads of only the rows the range
+# keeps. Not a parse of the JSON, which held a vector's payloads at once: a few runs of MB-sized
+# step outputs made this start-up query run out of [store] memory_limit. A test of the text
+# stands in for the key: a run it names wrongly (an output mentioning it) is only read again,
+# and the attestor re-attests exactly what ``announced`` finds.
+_ANNOUNCING = (
+    "SELECT rowid, contains(payload, '\"attestation_id\"') FROM run_events "
+    "WHERE rowid BETWEEN ? AND ? AND kind = 'step_completed'"
+)
+SPAN = 64  # rowids a look at completions' payloads covers: at most this many payloads at once
+
+
 def load_unattested(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Runs with an announced attestation (``core.attest_records.announced``: an ``attested``
-    event, a ``step_completed`` with an ``attestation_id``) that was never stored (a daemon
-    stopped between the two commits), oldest first."""
-    rows = con.execute(
-        "SELECT e.run_id, min(e.occurred_at) AS first FROM run_events e "
-        "ANTI JOIN attestation_statements a ON a.attestation_id = e.payload->>'attestation_id' "
-        "WHERE (e.kind = 'attested' OR (e.kind = 'step_completed' "
-        "AND e.payload->>'attestation_id' IS NOT NULL)) GROUP BY e.run_id ORDER BY first"
-    ).fetchall()
-    return [r[0] for r in rows]
+    """Runs that may have an announced attestation (``core.attest_records.announced``: an
+    ``attested`` event, a ``step_completed`` with an ``attestation_id``) that was never stored
+    (a daemon stopped between the two commits), oldest first."""
+    # (the store runs a query's statements in one snapshot: the rowids stay valid)
+    first: dict[str, Any] = {}
+    completions: dict[int, tuple[str, Any]] = {}
+    for rowid, run_id, occurred_at, attested in con.execute(_UNNAMED).fetchall():
+        if attested:
+            first[run_id] = min(first.get(run_id, occurred_at), occurred_at)
+        else:
+            completions[rowid] = (run_id, occurred_at)
+    for lo, hi in _spans(sorted(completions)):
+        for rowid, announcing in con.execute(_ANNOUNCING, [lo, hi]).fetchall():
+            if announcing and rowid in completions:
+                run_id, occurred_at = completions[rowid]
+                first[run_id] = min(first.get(run_id, occurred_at), occurred_at)
+    return sorted(first, key=lambda run_id: first[run_id])
+
+
+def _spans(rowids: list[int]) -> list[tuple[int, int]]:
+    """Sorted rowids as ranges of at most ``SPAN`` rowids each, covering every one."""
+    spans: list[tuple[int, int]] = []
+    for rowid in rowids:
+        if spans and rowid - spans[-1][0] < SPAN:
+            spans[-1] = (spans[-1][0], rowid)
+        else:
+            spans.append((rowid, rowid))
+    return spans

@@ -7,7 +7,7 @@ of committed data) and the message; the store runs it on a worker thread, beside
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,10 +39,15 @@ from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.core.trace_format import check_trace_size
 
 RESTARTED = "daemon restarted before the workflow finished"
+# A chain's rows with the workflow id asked for, not the column: a scan that returns the column
+# it filters on reads every row of its vector (``runs._SUBMISSION`` says why that matters).
+_ASKED = "* REPLACE (CAST($id AS VARCHAR) AS workflow_id)"
 
 
-def _dicts(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-    cursor = con.execute(sql, list(params))
+def _dicts(
+    con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    cursor = con.execute(sql, params if isinstance(params, Mapping) else list(params))
     names = [d[0] for d in cursor.description or ()]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
@@ -94,7 +99,9 @@ def load_chain(con: duckdb.DuckDBPyConnection, workflow_id: str) -> tuple[list[A
     events = [
         _event_trace(r)
         for r in _dicts(
-            con, "SELECT * FROM events WHERE workflow_id = ? ORDER BY recorded_at", [workflow_id]
+            con,
+            f"SELECT {_ASKED} FROM events WHERE workflow_id = $id ORDER BY recorded_at",
+            {"id": workflow_id},
         )
     ]
     payloads = {e["id"]: e["payload"] for e in events}
@@ -102,8 +109,8 @@ def load_chain(con: duckdb.DuckDBPyConnection, workflow_id: str) -> tuple[list[A
         _execution_trace(r, payloads)
         for r in _dicts(
             con,
-            "SELECT * FROM block_executions WHERE workflow_id = ? ORDER BY completed_at",
-            [workflow_id],
+            f"SELECT {_ASKED} FROM block_executions WHERE workflow_id = $id ORDER BY completed_at",
+            {"id": workflow_id},
         )
     ]
     return events, executions
@@ -207,8 +214,8 @@ def recover_unfinished(
     """Mark every chain a killed daemon left unfinished as failed, with its trace written."""
     roots = _dicts(
         con,
-        "SELECT e.* FROM events e ANTI JOIN workflows w ON w.workflow_id = e.event_id "
-        "WHERE e.depth = 0",
+        "SELECT e.* REPLACE (0 AS depth) FROM events e "
+        "ANTI JOIN workflows w ON w.workflow_id = e.event_id WHERE e.depth = 0",
         [],
     )
     now = datetime.now(UTC)

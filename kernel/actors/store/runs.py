@@ -9,9 +9,15 @@ import duckdb
 from foundry.kernel.core.run_control import RunListQuery, RunSummary
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
 
+# A query that filters on a column reads, from DuckDB 2.0's scan, only the kept rows' other
+# columns — unless it also returns that column: then it reads every row of a 2,048-row vector,
+# and a neighbour's MB-sized payloads ran a small run's GetRun out of [store] memory_limit. So
+# these queries return the value asked for, not the column (``? AS run_id``; ``SELECT *
+# REPLACE``) — tests/kernel/test_store.py holds them to it under a small limit.
 _SUBMISSION = (
-    "SELECT run_id, dag_json, inputs, seed, labels, breakpoints, idempotency_key, created_at, "
-    "parent_run_id, branch_step, note, trace_id, span_id FROM runs"
+    "SELECT CAST($run_id AS VARCHAR), dag_json, inputs, seed, labels, breakpoints, "
+    "idempotency_key, created_at, parent_run_id, branch_step, note, trace_id, span_id "
+    "FROM runs WHERE run_id = $run_id"
 )
 
 
@@ -39,9 +45,9 @@ def _event(row: tuple[Any, ...]) -> RunEventRecord:
 
 def load_run_events(con: duckdb.DuckDBPyConnection, run_id: str) -> list[RunEventRecord]:
     rows = con.execute(
-        "SELECT run_id, seq, step_id, kind, payload, occurred_at FROM run_events "
-        "WHERE run_id = ? ORDER BY seq",
-        [run_id],
+        "SELECT CAST($run_id AS VARCHAR), seq, step_id, kind, payload, occurred_at "
+        "FROM run_events WHERE run_id = $run_id ORDER BY seq",
+        {"run_id": run_id},
     ).fetchall()
     return [_event(r) for r in rows]
 
@@ -56,7 +62,7 @@ def load_run(
 
 
 def load_submission(con: duckdb.DuckDBPyConnection, run_id: str) -> RunSubmission | None:
-    row = con.execute(f"{_SUBMISSION} WHERE run_id = ?", [run_id]).fetchone()
+    row = con.execute(_SUBMISSION, {"run_id": run_id}).fetchone()
     return None if row is None else _submission(row)
 
 
@@ -84,24 +90,35 @@ _STATUS_KINDS = {
     "run_canceled": "CANCELED",
 }  # fmt: skip
 _STATUS_CASE = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in _STATUS_KINDS.items())
-_KINDS = ", ".join(f"'{k}'" for k in _STATUS_KINDS)
 
 # Filters on the runs table narrow first; only the candidates' events are aggregated, and only
-# run-level events' payloads are read (small: a step's payload holds its output, and an
-# aggregate's FILTER does not keep DuckDB from reading the payloads it skips — a run's 19 MB of
-# outputs made every ListRuns run out of memory).
+# run-level events' payloads are read (small: a step's payload holds its output — a run's 19 MB
+# of outputs made every ListRuns run out of memory). DuckDB's scan reads the payloads of only the
+# rows its pushed-down filters keep, and only while it does not also return the filtered column:
+# a scan that returned kind, or filtered it with an IN list, read every payload of a vector (135
+# MB for 76 MB of step payloads, against 1 MB). So each run-level kind whose payload counts is a
+# scan of its own, by equality, and the scan returning kind reads no payload.
+_READ_KINDS = ("run_submitted", "run_failed")  # the run-level kinds whose payloads count
+_OTHER_KINDS = ", ".join(f"'{k}'" for k in _STATUS_KINDS if k not in _READ_KINDS)
 _LIST_RUNS = f"""
 WITH candidates AS (
     SELECT run_id, created_at, labels, parent_run_id, branch_step FROM runs WHERE {{where}}
+), run_level AS (
+    SELECT run_id, seq, step_id, 'run_submitted' AS kind, NULL AS error,
+           CAST(payload->>'steps' AS INTEGER) AS steps
+    FROM run_events WHERE kind = 'run_submitted'
+    UNION ALL
+    SELECT run_id, seq, step_id, 'run_failed', payload->>'error', NULL
+    FROM run_events WHERE kind = 'run_failed'
+    UNION ALL
+    SELECT run_id, seq, step_id, kind, NULL, NULL FROM run_events WHERE kind IN ({_OTHER_KINDS})
 ), marks AS (
     SELECT run_id,
            arg_max(kind, seq) AS last_kind,
            arg_max(step_id, seq) AS last_step,
-           arg_max(payload->>'error', seq) FILTER (WHERE kind = 'run_failed') AS error,
-           max(CAST(payload->>'steps' AS INTEGER)) FILTER (WHERE kind = 'run_submitted')
-               AS step_count
-    FROM run_events
-    WHERE run_id IN (SELECT run_id FROM candidates) AND kind IN ({_KINDS})
+           arg_max(error, seq) FILTER (WHERE kind = 'run_failed') AS error,
+           max(steps) AS step_count
+    FROM run_level WHERE run_id IN (SELECT run_id FROM candidates)
     GROUP BY run_id
 ), updates AS (
     SELECT run_id, max(occurred_at) AS updated_at
