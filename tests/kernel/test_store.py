@@ -13,8 +13,16 @@ import duckdb
 import pytest
 import trio
 import trio.testing
+from foundry.analytics.migrations import migrate
 from foundry.kernel.actors.mailbox import ask, reply_pair
 from foundry.kernel.actors.store.actor import READERS, Store
+from foundry.kernel.actors.store.attestations import (
+    LOOK_BYTES,
+    MAX_SPAN,
+    MIN_SPAN,
+    load_unattested,
+    next_span,
+)
 from foundry.kernel.actors.store.journal import pending_records
 from foundry.kernel.actors.store.messages import (
     Append,
@@ -37,7 +45,11 @@ from foundry.kernel.actors.tap.actor import TapBroker
 from foundry.kernel.actors.tap.messages import Publish, Subscribe
 from foundry.kernel.blocks.api import block
 from foundry.kernel.config import EngineConfig
-from foundry.kernel.core.attest_records import DerivedAttestationRows, SpooledAttestationRows
+from foundry.kernel.core.attest_records import (
+    DerivedAttestationRows,
+    SpooledAttestationRows,
+    run_attestation_id,
+)
 from foundry.kernel.core.ids import compact_json, event_id
 from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
 from foundry.kernel.core.run_control import RunListQuery
@@ -946,7 +958,8 @@ async def test_small_runs_and_chains_read_back_beside_large_payloads_within_memo
     small_run, small_events = make_run(8)
     big_events = [RunEventRecord(big_run.run_id, 1, "", "run_submitted", {"steps": 30}, T0)]
     for i in range(30):
-        payload = {"output": str(i % 10) * 3_000_000, "attestation_id": f"att_{i}"}
+        announced = run_attestation_id(big_run.run_id, i + 2)
+        payload = {"output": str(i % 10) * 3_000_000, "attestation_id": announced}
         big_events.append(RunEventRecord(big_run.run_id, i + 2, f"s{i}", "step_completed",
                                          payload, T0))  # fmt: skip
         if i < 10:
@@ -990,3 +1003,42 @@ async def test_small_runs_and_chains_read_back_beside_large_payloads_within_memo
     assert unattested == [big_run.run_id]  # its announced steps have no attestation stored
     assert [e["id"] for e in trace["events"]] == [small_root.id, small_child.id]
     assert "memory_limit" not in caplog.text  # no query had to go beyond it
+
+
+class _Counted:
+    """A DuckDB connection that counts its statements."""
+
+    def __init__(self, con):
+        self.con, self.statements = con, 0
+
+    def execute(self, *args):
+        self.statements += 1
+        return self.con.execute(*args)
+
+
+def test_the_start_up_look_for_unattested_steps_reads_a_long_history_in_few_looks(tmp_path):
+    # 6,000 completions of runs made without the attestor (one with an output that names the
+    # key), and one announcement a stopped daemon left unattested. A look a 64 rowids took 7 s
+    # for 80,000 such completions; the looks now grow with the payloads' size.
+    con = duckdb.connect(str(tmp_path / "f.duckdb"))
+    migrate(con, tmp_path)
+    rows = []
+    for run in range(300):
+        for seq in range(1, 21):
+            output = {"attestation_id": "mine"} if run == 7 else {"n": seq}
+            rows.append((f"run_{run}", seq, f"s{seq}", "step_completed",
+                         compact_json({"attempt": 1, "output": output}), T0))  # fmt: skip
+    left = {"attempt": 1, "attestation_id": run_attestation_id("run_x", 2), "output": 1}
+    rows.append(("run_x", 2, "s", "step_completed", compact_json(left), T0))
+    con.executemany("INSERT INTO run_events VALUES (?, ?, ?, ?, ?, ?)", rows)
+    counted = _Counted(con)
+    assert load_unattested(counted) == ["run_x"]
+    assert counted.statements <= 12
+
+
+def test_a_look_covers_about_look_bytes_of_payloads():
+    assert next_span(MIN_SPAN, 0, 0) == 4 * MIN_SPAN  # nothing read: grow
+    assert next_span(64, 64, 64 * 100) == 256  # small payloads: at most fourfold a look
+    assert next_span(MAX_SPAN, 2_000, 2_000) == MAX_SPAN
+    assert next_span(64, 64, 64 * 3_000_000) == MIN_SPAN  # 3 MB payloads: the fewest rowids
+    assert next_span(1_024, 1_024, LOOK_BYTES * 2) == 512  # twice the bytes: half the span

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 import duckdb
@@ -41,23 +42,27 @@ _UNNAMED = (
     "ANTI JOIN attestation_statements a ON a.run_id = e.run_id AND a.seq = e.seq "
     "WHERE e.kind IN ('attested', 'step_completed')"
 )
-# Whether completions announce an attestation (without the attestor, they do not). Run in a
-# range of rowids with kind equal: DuckDB then reads the payloads of only the rows the range
-# keeps. Not a parse of the JSON, which held a vector's payloads at once: a few runs of MB-sized
-# step outputs made this start-up query run out of [store] memory_limit. A test of the text
-# stands in for the key: a run it names wrongly (an output mentioning it) is only read again,
-# and the attestor re-attests exactly what ``announced`` finds.
+# Which completions announce their attestation (without the attestor, none does), and their
+# payloads' sizes. Run in a range of rowids with kind equal: DuckDB then reads the payloads of
+# only the rows the range keeps. Not a parse of the JSON, which held a vector's payloads at once:
+# a few runs of MB-sized step outputs made this start-up query run out of [store] memory_limit.
+# The text looked for is the announcement itself (the id its run and seq name, as the store
+# writes JSON: compact): an output holding it as text is escaped.
 _ANNOUNCING = (
-    "SELECT rowid, contains(payload, '\"attestation_id\"') FROM run_events "
-    "WHERE rowid BETWEEN ? AND ? AND kind = 'step_completed'"
+    "SELECT rowid, contains(payload, '\"attestation_id\":\"att_' || run_id || '_' || seq || "
+    "'\"'), strlen(payload) FROM run_events WHERE rowid BETWEEN ? AND ? AND kind = 'step_completed'"
 )
-SPAN = 64  # rowids a look at completions' payloads covers: at most this many payloads at once
+# A look covers from MIN_SPAN to MAX_SPAN rowids, sized from the last one's payloads to read
+# about LOOK_BYTES at once: few looks over a long history of small payloads (one a rowid took
+# seconds for 80,000 completions without attestations), little memory over large ones.
+MIN_SPAN, MAX_SPAN = 8, 16_384
+LOOK_BYTES = 8 << 20
 
 
 def load_unattested(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Runs that may have an announced attestation (``core.attest_records.announced``: an
-    ``attested`` event, a ``step_completed`` with an ``attestation_id``) that was never stored
-    (a daemon stopped between the two commits), oldest first."""
+    """Runs with an announced attestation (``core.attest_records.announced``: an ``attested``
+    event, a ``step_completed`` with an ``attestation_id``) that was never stored (a daemon
+    stopped between the two commits), oldest first."""
     # (the store runs a query's statements in one snapshot: the rowids stay valid)
     first: dict[str, Any] = {}
     completions: dict[int, tuple[str, Any]] = {}
@@ -66,20 +71,24 @@ def load_unattested(con: duckdb.DuckDBPyConnection) -> list[str]:
             first[run_id] = min(first.get(run_id, occurred_at), occurred_at)
         else:
             completions[rowid] = (run_id, occurred_at)
-    for lo, hi in _spans(sorted(completions)):
-        for rowid, announcing in con.execute(_ANNOUNCING, [lo, hi]).fetchall():
+    unchecked, span = sorted(completions), MIN_SPAN
+    while unchecked:
+        lo = unchecked[0]
+        rows = con.execute(_ANNOUNCING, [lo, lo + span - 1]).fetchall()
+        for rowid, announcing, _ in rows:
             if announcing and rowid in completions:
                 run_id, occurred_at = completions[rowid]
                 first[run_id] = min(first.get(run_id, occurred_at), occurred_at)
+        unchecked = unchecked[bisect.bisect_left(unchecked, lo + span) :]
+        span = next_span(span, len(rows), sum(r[2] for r in rows))
     return sorted(first, key=lambda run_id: first[run_id])
 
 
-def _spans(rowids: list[int]) -> list[tuple[int, int]]:
-    """Sorted rowids as ranges of at most ``SPAN`` rowids each, covering every one."""
-    spans: list[tuple[int, int]] = []
-    for rowid in rowids:
-        if spans and rowid - spans[-1][0] < SPAN:
-            spans[-1] = (spans[-1][0], rowid)
-        else:
-            spans.append((rowid, rowid))
-    return spans
+def next_span(span: int, rows: int, size: int) -> int:
+    """The rowids the next look covers, after one of ``span`` rowids read ``rows`` payloads of
+    ``size`` bytes: about ``LOOK_BYTES`` of payloads at their rows' average size, growing at
+    most fourfold a look (the sizes ahead are a guess)."""
+    if rows == 0:
+        return min(span * 4, MAX_SPAN)
+    wanted = LOOK_BYTES * span // max(size, 1)
+    return max(MIN_SPAN, min(wanted, span * 4, MAX_SPAN))
