@@ -64,6 +64,7 @@ class TapConfig:
 class SchedulerConfig:
     max_concurrent_steps: int = 16
     recent_runs: int = 1_000
+    recent_run_bytes: int = 128 * 1024 * 1024  # JSON bytes of the outputs of the runs kept
     # JSON bytes of a step's resolved inputs and of its output; of all a run's step outputs
     max_step_bytes: int = MAX_STEP_BYTES
     max_run_bytes: int = MAX_RUN_BYTES

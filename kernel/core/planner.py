@@ -6,7 +6,7 @@ these return — and records what they decide as run events."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -191,6 +191,21 @@ def output_total(run: RunState) -> int:
             if step.status in finished
         )  # fmt: skip
     return run.output_total
+
+
+def forgotten(finished: Sequence[tuple[str, int]], keep_runs: int, keep_bytes: int) -> list[str]:
+    """Which finished runs (id, output bytes; oldest first) leave memory: the oldest, until at
+    most ``keep_runs`` are left and their outputs come to at most ``keep_bytes`` — but never
+    the newest (it was just finished: its client is likely to read it now). Their logs stay in
+    the store, which GetRun reads them from."""
+    total = sum(size for _, size in finished)
+    dropped: list[str] = []
+    for run_id, size in finished[:-1]:
+        if len(finished) - len(dropped) <= keep_runs and total <= keep_bytes:
+            break
+        dropped.append(run_id)
+        total -= size
+    return dropped
 
 
 def attempt_limit(spec: StepSpec, block_timeout: float | None) -> float | None:

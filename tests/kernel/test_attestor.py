@@ -31,7 +31,7 @@ from foundry.kernel.core.attest_records import (
     run_attestation_id,
 )
 from foundry.kernel.core.runs import RunEventRecord
-from foundry.kernel.errors import ConfigError
+from foundry.kernel.errors import ConfigError, Unavailable
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -399,6 +399,7 @@ class FakeStore:
         self.kinds_by_record: list[tuple[str, set[str]]] = []  # each record's type, row kinds
         self.spooled_lines: list[int] = []  # each spooled batch's rows
         self.first_append = trio.Event()
+        self.failed_lookups = 0  # lookups of chains to fail, first
 
     async def serve(self, inbox) -> None:  # type: ignore[no-untyped-def]
         from foundry.kernel.actors.store import messages as m
@@ -417,6 +418,10 @@ class FakeStore:
                 message.reply.send(list(self.logs.get(message.run_id, [])))
             elif isinstance(message, m.LoadRunAttestations):
                 self.looked_up.append(message.run_id)
+                if self.failed_lookups:  # DuckDB reopening: the store answers UNAVAILABLE
+                    self.failed_lookups -= 1
+                    message.reply.fail(Unavailable("the store could not answer"))
+                    continue
                 message.reply.send(list(self.stored.get(message.run_id, [])))
             elif isinstance(message, m.LoadAttestations):
                 found = {a.attestation_id: a for a in self.appended}  # type: ignore[attr-defined]
@@ -481,6 +486,28 @@ async def test_only_runs_unfinished_at_start_have_their_chain_looked_up(tmp_path
         _assert_signed(pair, [old, new, later])
         inbox_send.close()
     assert store_send._closed  # type: ignore[attr-defined]
+
+
+async def test_a_chain_the_store_cannot_answer_yet_is_asked_again_not_the_daemon_ended(
+    tmp_path, caplog
+):
+    # DuckDB reopening after a failed checkpoint answered a chain lookup UNAVAILABLE: the
+    # attestor ended, and the whole daemon with it (exit 1)
+    pair = keys.load_or_create(tmp_path)
+    signer = Signer(pair.private.sign, key_id(pair.public_raw), "1.0")
+    earlier = signer.record(_step_notice("run_old", "a", 2), Chain())
+    store = FakeStore(("run_old",), {"run_old": [earlier]})
+    store.failed_lookups = 2
+    async with _running(pair, store) as (_, inbox_send, _):
+        (record,) = await _attest(inbox_send, _step_notice("run_old", "b", 5))
+        assert store.looked_up == ["run_old"] * 3
+        assert (record.claims["index"], record.previous) == (
+            1,
+            attestation_digest(earlier.envelope),
+        )
+        _assert_signed(pair, [record])
+        inbox_send.close()
+    assert caplog.text.count("could not attest 1 fact(s) yet") == 2
 
 
 async def test_a_signing_process_that_answers_a_bad_signature_is_replaced_by_the_daemon(

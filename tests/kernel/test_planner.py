@@ -16,6 +16,7 @@ from foundry.kernel.core.planner import (
     Next,
     attempt_limit,
     ending,
+    forgotten,
     lease,
     may_start,
     next_wait,
@@ -365,3 +366,13 @@ def test_ready_looks_at_each_dependency_about_once_however_dense_the_dag():
     assert order == [f"s{i}" for i in range(n)]
     edges = n * (n - 1) // 2
     assert _CountedSteps.looked_up <= 3 * edges  # cubic: ~n**3 / 6 = 288,000 here
+
+
+def test_finished_runs_are_forgotten_oldest_first_by_count_and_by_bytes_never_the_newest():
+    runs = [("a", 10), ("b", 50), ("c", 5), ("d", 20)]
+    assert forgotten(runs, keep_runs=10, keep_bytes=1_000) == []
+    assert forgotten(runs, keep_runs=2, keep_bytes=1_000) == ["a", "b"]
+    assert forgotten(runs, keep_runs=10, keep_bytes=30) == ["a", "b"]  # c + d: 25 bytes
+    assert forgotten(runs, keep_runs=10, keep_bytes=24) == ["a", "b", "c"]
+    assert forgotten(runs, keep_runs=10, keep_bytes=1) == ["a", "b", "c"]  # d stays
+    assert forgotten([], keep_runs=1, keep_bytes=1) == []

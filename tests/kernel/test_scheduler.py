@@ -55,6 +55,7 @@ class FakeStore:
     def __init__(self, unfinished: list[StoredRun] | None = None) -> None:
         self.records: list[Any] = []
         self.unfinished = unfinished or []
+        self.loaded: list[str] = []  # runs GetRun read from the store (not in memory)
         self._appended = trio.Event()
 
     async def run(self, inbox: trio.MemoryReceiveChannel[StoreMessage]) -> None:
@@ -77,6 +78,7 @@ class FakeStore:
         elif isinstance(message, LoadRunEvents):
             message.reply.send(self.events(message.run_id))
         elif isinstance(message, LoadRun):
+            self.loaded.append(message.run_id)
             message.reply.send(self._stored(message.run_id))
         else:  # a message this fake does not know: the asker hears so, the test fails loudly
             message.reply.fail(Unavailable(f"FakeStore cannot answer {type(message).__name__}"))
@@ -170,6 +172,7 @@ async def running_scheduler(
     grace: float = 5.0,
     store: FakeStore | None = None,
     store_mailbox: int = 64,
+    config: SchedulerConfig | None = None,
 ) -> AsyncIterator[Harness]:
     """A Scheduler on memory channels, a FakeStore for its store; leaving the block closes its
     mailbox, as the daemon does when it stops (steps in flight get ``grace`` seconds)."""
@@ -179,7 +182,7 @@ async def running_scheduler(
     tap_send, tap_inbox = trio.open_memory_channel[TapMessage](64)
     scheduler = Scheduler(
         BlockRegistry(blocks), inbox, store_send, tap_send, home=tmp_path,
-        config=SchedulerConfig(max_concurrent_steps=limit), shutdown_grace=grace,
+        config=config or SchedulerConfig(max_concurrent_steps=limit), shutdown_grace=grace,
     )  # fmt: skip
     with tap_inbox, trio.fail_after(3600):  # virtual seconds: bounds a hung test
         async with trio.open_nursery() as nursery:
@@ -193,6 +196,25 @@ async def running_scheduler(
 
 def step(step_id: str, step_type: str = "sleepy", *, after: tuple[str, ...] = (), **extra: Any):
     return {"id": step_id, "type": step_type, "depends_on": list(after), **extra}
+
+
+# --- runs kept in memory ----------------------------------------------------------------------
+
+
+async def test_finished_runs_leave_memory_once_their_outputs_pass_recent_run_bytes(
+    tmp_path, autojump_clock
+):
+    # each run's output is {"step":"a"}: 12 bytes; 25 keep two runs, the newest always stays
+    config = SchedulerConfig(recent_run_bytes=25)
+    async with running_scheduler(tmp_path, [Sleepy()], config=config) as h:
+        run_ids = []
+        for _ in range(3):
+            run_ids.append(await h.submit([step("a")]))
+            await h.store.until(run_ids[-1], "run_succeeded")
+        views = [await h.get(run_id) for run_id in run_ids]
+        assert h.store.loaded == run_ids[:1]  # the oldest was read back from the store
+        assert [v.status for v in views] == ["SUCCEEDED"] * 3
+        assert views[0].steps[0].output == {"step": "a"}
 
 
 # --- concurrency ------------------------------------------------------------------------------

@@ -1003,6 +1003,22 @@ async def test_small_runs_and_chains_read_back_beside_large_payloads_within_memo
     assert unattested == [big_run.run_id]  # its announced steps have no attestation stored
     assert [e["id"] for e in trace["events"]] == [small_root.id, small_child.id]
     assert "memory_limit" not in caplog.text  # no query had to go beyond it
+    # Long strings stored as they are: DuckDB's ZSTD decompressed a whole vector's payloads to
+    # read one row (~0.5 s and ~800 MB for a small run's GetRun, outside the memory limit).
+    con = duckdb.connect(str(tmp_path / "foundry.duckdb"), read_only=True)
+    try:
+        compressions = [
+            (table, compression)
+            for table in ("run_events", "events")
+            for (compression,) in con.execute(
+                f"SELECT DISTINCT compression FROM pragma_storage_info('{table}') "
+                "WHERE column_name = 'payload' AND segment_type = 'JSON'"
+            ).fetchall()
+        ]
+    finally:
+        con.close()
+    assert {table for table, _ in compressions} == {"run_events", "events"}
+    assert all(c != "ZSTD" for _, c in compressions), compressions
 
 
 class _Counted:

@@ -85,7 +85,7 @@ from foundry.kernel.core.attest_records import (
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.run_control import MAX_PAGE_SIZE, RunListQuery, RunSummary
 from foundry.kernel.core.runs import RunEventRecord
-from foundry.kernel.errors import InvalidArgument, NotFound
+from foundry.kernel.errors import InvalidArgument, NotFound, Unavailable
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
@@ -100,6 +100,7 @@ SPOOL_ROWS = 128  # a batch's rows go to a spool file from this many on (``_to_s
 OPEN = ("PENDING", "RUNNING", "PAUSED_AT_STEP")  # the statuses of a run not finished
 OPEN_RUNS_SECONDS = 1.0  # the daemon's start waits this long at most for their list
 SIGNATURE = 64  # bytes of an Ed25519 signature
+RETRY_FIRST, RETRY_LAST = 0.1, 5.0  # seconds between tries of a batch the store held up
 _CHAINED = frozenset(("step", "run"))  # the kinds of a run's hash chain
 
 
@@ -179,12 +180,32 @@ class Attestor:
                 if isinstance(message, Attest | AttestCustom):
                     notices.append(message)
                 elif isinstance(message, GetAttestations):
-                    await self._sign_and_append(notices)  # earlier notices first
+                    await self._attest(notices)  # earlier notices first
                     notices = []
                     nursery.start_soon(self._get, message, self._committed)
                 else:
                     refuse(message, KeyError(type(message)), log)
-            await self._sign_and_append(notices)
+            await self._attest(notices)
+
+    async def _attest(self, notices: list[Attest | AttestCustom]) -> None:
+        """:meth:`_sign_and_append`, again while the store cannot answer the chain heads it
+        needs (DuckDB reopening after a failed checkpoint: it took the daemon down); a batch
+        that fails otherwise is logged and left to the next start, which re-attests from the
+        log what was announced and not stored."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                await self._sign_and_append(notices)
+                return
+            except Unavailable as exc:
+                log.warning("could not attest %d fact(s) yet (%s); again in %g s",
+                            len(notices), exc, delay)  # fmt: skip
+            except Exception:
+                log.exception("could not attest %d fact(s); the next start re-attests them",
+                              len(notices))  # fmt: skip
+                return
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_LAST)
 
     async def _take(self) -> list[AttestorMessage]:
         """The next batch: what is waiting, plus what comes within ``LINGER`` seconds (up to

@@ -74,11 +74,13 @@ from foundry.kernel.core.planner import (
     Starts,
     attempt_limit,
     attempt_number,
+    forgotten,
     lease,
     may_start,
     next_wait,
     note_output,
     output_refused,
+    output_total,
     recover,
     retry_delay,
     starts,
@@ -864,9 +866,13 @@ class Scheduler:
                         self._attestor.send_nowait(notice)
 
     def _retire(self, run: RunState) -> None:
+        """Keep a finished run in memory among the recent ones (``[scheduler] recent_runs``, and
+        ``recent_run_bytes`` of their outputs: a run holds its outputs, and about as much again
+        in the inputs they were resolved into — 1,000 runs of MB-sized outputs held GBs)."""
         self._runs.move_to_end(run.run_id)
-        finished = [rid for rid, r in self._runs.items() if r.terminal]
-        for run_id in finished[: max(0, len(finished) - self._config.recent_runs)]:
+        finished = [(rid, output_total(r)) for rid, r in self._runs.items() if r.terminal]
+        config = self._config
+        for run_id in forgotten(finished, config.recent_runs, config.recent_run_bytes):
             del self._runs[run_id]
 
     def _rebuild(self, submission: RunSubmission, events: Sequence[Any]) -> RunState:

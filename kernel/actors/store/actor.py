@@ -115,6 +115,7 @@ CATCH_UP_SECONDS = 30.0
 STOPPING_ATTEMPTS = 3
 
 # Queries at once, each on its own cursor and worker thread (commits use the default limiter).
+DISABLED_COMPRESSION = "zstd"  # not used for new segments (``_connect``)
 READERS = 4
 # Analysts' queries at once (RunUserQuery), on cursors of their own: a heavy one holds up neither
 # the store's own queries nor its commits.
@@ -971,6 +972,13 @@ class Store:
         con = duckdb.connect(str(self.path))
         if _locked(con):  # a connection of another kept the instance open: its settings stay
             return con
+        # DuckDB compresses long strings (an average of 4 KiB up: payloads, outputs) with ZSTD a
+        # whole vector at a time, so reading one row decompressed up to 2,048 rows' payloads:
+        # after a restart, GetRun of a one-step run beside 20 runs of MB-sized outputs took
+        # 0.5 s and ~800 MB outside [store] memory_limit, and with incompressible outputs every
+        # run read failed. Stored as they are, long strings are read one row at a time (1 ms).
+        # Segments written before stay as they were.
+        con.execute(f"SET GLOBAL disabled_compression_methods = '{DISABLED_COMPRESSION}'")
         # The write-ahead log DuckDB replayed is checkpointed before the memory limit is set,
         # within DuckDB's own (80% of RAM): a checkpoint holds a row group's large values at
         # once, and under [store] memory_limit it could fail for good — the database did not
