@@ -55,7 +55,7 @@ from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
 from foundry.kernel.core.run_control import RunListQuery
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
 from foundry.kernel.core.throttle import Throttle
-from foundry.kernel.errors import InvalidArgument, Unavailable
+from foundry.kernel.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 from .harness import GUARD_SECONDS, run_sql, running_kernel
 
@@ -1058,3 +1058,21 @@ def test_a_look_covers_about_look_bytes_of_payloads():
     assert next_span(MAX_SPAN, 2_000, 2_000) == MAX_SPAN
     assert next_span(64, 64, 64 * 3_000_000) == MIN_SPAN  # 3 MB payloads: the fewest rowids
     assert next_span(1_024, 1_024, LOOK_BYTES * 2) == 512  # twice the bytes: half the span
+
+
+async def test_a_query_out_of_the_memory_limit_is_resource_exhausted_in_one_log_line(
+    tmp_path, caplog
+):
+    # 30 MB of one run's payloads read at once under an 8 MB limit: a load clients can cause,
+    # not a fault (concurrent TapRuns of a large run logged a traceback each)
+    run, _ = make_run(1, finished=True)
+    events = [RunEventRecord(run.run_id, i + 1, f"s{i}", "step_completed",
+                             {"output": str(i) * 3_000_000}, T0) for i in range(10)]  # fmt: skip
+    async with running_store(tmp_path) as store:
+        await post_now(store, [run, *events]).wait()
+    async with running_store(tmp_path, memory_limit="8MB") as store:
+        with pytest.raises(ResourceExhausted, match="ran out of its memory limit answering"):
+            await ask(store, lambda r: LoadRunEvents(run.run_id, r))
+        assert await ask(store, lambda r: LoadRun("run_9", r)) is None  # and it goes on
+    assert "ran out of [store] memory_limit" in caplog.text
+    assert "Traceback" not in caplog.text

@@ -85,7 +85,7 @@ from foundry.kernel.core.attest_records import (
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.run_control import MAX_PAGE_SIZE, RunListQuery, RunSummary
 from foundry.kernel.core.runs import RunEventRecord
-from foundry.kernel.errors import InvalidArgument, NotFound, Unavailable
+from foundry.kernel.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
@@ -197,7 +197,7 @@ class Attestor:
             try:
                 await self._sign_and_append(notices)
                 return
-            except Unavailable as exc:
+            except (Unavailable, ResourceExhausted) as exc:
                 log.warning("could not attest %d fact(s) yet (%s); again in %g s",
                             len(notices), exc, delay)  # fmt: skip
             except Exception:

@@ -870,6 +870,13 @@ class Store:
                 )
             await self._readable()
             result = await in_thread(self._run_query, message, limiter=self._readers)
+        except duckdb.OutOfMemoryException as exc:  # load, not a fault: one line, no traceback
+            log.error("query %s ran out of [store] memory_limit: %s", type(message).__name__,
+                      sandbox.cut(str(exc)))  # fmt: skip
+            message.reply.fail(ResourceExhausted(
+                f"the store ran out of its memory limit answering {type(message).__name__} "
+                "(queries at once, or large values); try again"
+            ))  # fmt: skip
         except Exception as exc:
             self._found_invalid(exc)
             if isinstance(exc, duckdb.Error):
