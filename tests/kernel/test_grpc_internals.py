@@ -504,6 +504,62 @@ def test_streams_reset_before_their_task_ran_are_released(monkeypatch):
     assert asyncio.run(kept_after_resets(300)) == 0
 
 
+# --- a closed connection's tasks and bodies -------------------------------------------------------
+
+
+def test_grpclib_handlers_still_keep_their_tasks_where_we_let_go_of_them():
+    reason = internals.finished_tasks_are_forgettable()
+    assert reason is None, (
+        f"{GRPCLIB}: {reason}; internals.forget_finished_tasks falls back: a closed "
+        "connection's tasks, and their streams' buffered bodies, stay in memory"
+    )
+
+
+async def buffered_after_close(streams: int) -> int:
+    """Bytes of request bodies the server still holds (reachable or not: the collector is not
+    run) once a connection that sent ``streams`` requests, each with half its message, closed."""
+    server = Server([Tapper()], codec=RequestCodec(1 << 20))
+    sock = bind("127.0.0.1", 0)
+    await server.start(sock=sock)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", TAP_RUN), (":authority", "x"),
+               ("content-type", "application/grpc"), ("te", "trailers")]  # fmt: skip
+    for stream_id in range(1, 2 * streams, 2):
+        client.send_headers(stream_id, headers)
+        # 1,500 bytes of a 3,000-byte message (40 fit the connection's first window)
+        client.send_data(stream_id, b"\x00\x00\x00\x0b\xb8" + b"x" * 1_500)
+    writer.write(client.data_to_send())
+    await writer.drain()
+    await asyncio.sleep(0.3)  # the server reads it all
+    writer.close()
+    await asyncio.sleep(0.3)  # it sees the connection lost, cancels the tasks
+    held = sum(
+        sum(len(chunk.data) for chunk in o._acked) + o._unacked.qsize()
+        for o in gc.get_objects()
+        if isinstance(o, grpclib.protocol.Buffer)
+    )
+    server.close()
+    await server.wait_closed()
+    return held
+
+
+def test_a_closed_connections_unfinished_bodies_are_let_go(monkeypatch):
+    # 200 streams of ~4 MiB bodies left unfinished, their connection reset, kept ~900 MB
+    for name in ("close", "cancel"):
+        monkeypatch.setattr(grpclib.server.Handler, name, inspect.unwrap(
+            getattr(grpclib.server.Handler, name)))  # fmt: skip
+    monkeypatch.delattr(grpclib.server.Handler, "_forgets_finished", raising=False)
+    monkeypatch.delattr(grpclib.server.Handler, "_releases_reset", raising=False)
+    gc.collect()
+    assert asyncio.run(buffered_after_close(40)) >= 40 * 1_500  # grpclib alone: the canary
+    gc.collect()
+    assert internals.forget_finished_tasks() is True
+    assert internals.forget_finished_tasks() is True  # idempotent
+    assert asyncio.run(buffered_after_close(40)) == 0
+
+
 # --- one socket write per loop turn ---------------------------------------------------------------
 
 

@@ -50,6 +50,11 @@ disappeared, if an upgrade moves any of it):
   stream (~7 KB) for as long as it lives: one client resetting streams in a loop grew the daemon
   by ~6 MB a second. ``accept`` hands the handler a release that runs once, and ``cancel`` has
   it run when the cancelled task is done. Fallback: the leak.
+- ``grpclib.server.Handler.close`` / ``cancel``, ``_tasks`` and ``_cancelled``
+  (:func:`forget_finished_tasks`): a closed connection's handler kept its requests' tasks, and
+  through their frames each stream's buffered body, for good. The handler now drops its tasks
+  at close and each cancelled task once it is done, and what each stream buffered of its body
+  (``protocol.Buffer._acked`` / ``_unacked``) at close. Fallback: the leak.
 
 Nothing else under ``kernel/edge`` reads a private attribute of grpclib, h2 or trio-asyncio.
 """
@@ -57,7 +62,9 @@ Nothing else under ``kernel/edge`` reads a private attribute of grpclib, h2 or t
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import heapq
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -491,9 +498,9 @@ def reset_streams_are_releasable() -> str | None:
     try:
         import inspect
 
-        accept = inspect.getsource(handler.accept)
-        cancel = inspect.getsource(handler.cancel)
-    except (OSError, TypeError):
+        accept = inspect.getsource(inspect.unwrap(handler.accept))
+        cancel = inspect.getsource(inspect.unwrap(handler.cancel))
+    except (OSError, TypeError, ValueError):
         return "grpclib.server.Handler cannot be read"
     if "self._tasks[stream]" not in accept or "self._tasks.pop(stream)" not in cancel:
         return "grpclib.server.Handler no longer keeps each stream's task in _tasks"
@@ -529,10 +536,91 @@ def release_reset_streams() -> bool:
         if task is not None and release is not None:
             task.add_done_callback(lambda _: release())
 
-    handler.accept = accepting  # type: ignore[method-assign]
-    handler.cancel = cancelling  # type: ignore[method-assign]
+    handler.accept = functools.wraps(accept)(accepting)  # type: ignore[method-assign]
+    handler.cancel = functools.wraps(cancel)(cancelling)  # type: ignore[method-assign]
     handler._releases_reset = True  # type: ignore[attr-defined]
     return True
+
+
+# --- the tasks of a closed connection ------------------------------------------------------------
+
+
+def finished_tasks_are_forgettable() -> str | None:
+    """None, or what changed so that :func:`forget_finished_tasks` would not work."""
+    handler = getattr(grpclib.server, "Handler", None)
+    if handler is None or not hasattr(handler, "close") or not hasattr(handler, "cancel"):
+        return "grpclib.server.Handler has no close and cancel"
+    try:
+        import inspect
+
+        close = inspect.getsource(inspect.unwrap(handler.close))
+        cancel = inspect.getsource(inspect.unwrap(handler.cancel))
+    except (OSError, TypeError, ValueError):
+        return "grpclib.server.Handler cannot be read"
+    if "self._cancelled.update(self._tasks.values())" not in close:
+        return "grpclib.server.Handler.close no longer moves its tasks to _cancelled"
+    if "self._cancelled.add(task)" not in cancel:
+        return "grpclib.server.Handler.cancel no longer keeps the task in _cancelled"
+    return None
+
+
+def forget_finished_tasks() -> bool:
+    """A handler (one a connection) lets go of its requests' tasks once they are done. Without
+    this a closed connection's handler kept every task it had — in ``_tasks`` for good, and
+    in ``_cancelled`` until a next request on the same connection, which never comes — and
+    with each task's frames its stream's buffered body: 200 streams of ~4 MiB bodies left
+    unfinished, their connection reset, kept ~900 MB for good. Idempotent. False: grpclib
+    changed, and they stay."""
+    handler = getattr(grpclib.server, "Handler", None)
+    if getattr(handler, "_forgets_finished", False):
+        return True
+    reason = finished_tasks_are_forgettable()
+    if reason is not None:
+        _fallback(f"{reason} (grpclib {grpclib.__version__}): a closed connection's tasks stay")
+        return False
+    assert handler is not None
+    close, cancel = handler.close, handler.cancel
+
+    def closing(self: Any) -> None:
+        for stream in self._tasks:
+            _drop_body(stream)
+        close(self)
+        self._tasks.clear()  # all cancelled, in _cancelled now: each leaves it once done
+        for task in list(self._cancelled):
+            _forget_when_done(self._cancelled, task)
+
+    def cancelling(self: Any, stream: Any) -> None:
+        task = self._tasks.get(stream)
+        cancel(self, stream)
+        if task is not None:
+            _forget_when_done(self._cancelled, task)
+
+    handler.close = functools.wraps(close)(closing)
+    handler.cancel = functools.wraps(cancel)(cancelling)
+    handler._forgets_finished = True
+    return True
+
+
+def _drop_body(stream: Any) -> None:
+    """Let go of what a stream of a closed connection buffered of its request body (its task,
+    cancelled, reads no more of it): freed now, not when the collector next finds the task's
+    reference cycles — which, with the daemon's thresholds, an idle daemon never does."""
+    buffer: Any = getattr(stream, "buffer", None)
+    acked, unacked = getattr(buffer, "_acked", None), getattr(buffer, "_unacked", None)
+    if isinstance(acked, collections.deque):
+        acked.clear()
+        buffer._acked_size = 0
+    if isinstance(unacked, asyncio.Queue):
+        with contextlib.suppress(asyncio.QueueEmpty):
+            while True:
+                unacked.get_nowait()
+
+
+def _forget_when_done(tasks: set[Any], task: Any) -> None:
+    if task.done():
+        tasks.discard(task)
+    else:
+        task.add_done_callback(tasks.discard)
 
 
 # --- memory: closed HTTP/2 streams, cancelled asyncio timers --------------------------------------

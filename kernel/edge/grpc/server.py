@@ -46,6 +46,7 @@ from foundry.kernel.edge.grpc.internals import (
     answer_unknown_methods,
     bound_closed_streams,
     coalesce_writes,
+    forget_finished_tasks,
     install_message_limit,
     message_limit_error,
     release_reset_streams,
@@ -358,6 +359,7 @@ async def start_server(
     coalesce_writes()  # one socket write per loop turn, not three per unary reply
     answer_expired_deadlines()  # DEADLINE_EXCEEDED, not UNKNOWN and a traceback
     release_reset_streams()  # a stream reset before its task ran is not kept
+    forget_finished_tasks()  # nor a closed connection's tasks, with their streams' bodies
     calls = Calls()
     guarded = [GuardedService(h, calls) for h in handlers]
     health = ServingHealth(guarded)
