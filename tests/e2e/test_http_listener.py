@@ -372,3 +372,44 @@ def test_a_stream_answered_before_its_body_ends_leaves_the_connections_other_str
     assert not ended
     assert b"h2_sibling_seen" in events  # the Watch on the same connection still delivers
     assert "connection failed" not in daemon.stderr()
+
+
+def test_connections_lost_mid_request_give_back_their_places(make_daemon):
+    """HTTP/2 connections reset while their requests' bodies were unfinished: the apps, told
+    of the disconnect, waited for good to send their answers (hypercorn left the streams' send
+    buffers as they were), so each connection kept its requests' memory and its place under
+    ``[daemon] max_connections`` — with 3 places, three such resets shut the listener."""
+    import h2.config
+    import h2.connection
+
+    daemon = make_daemon("[daemon]\nmax_connections = 3\n")
+    host, port = daemon.http_address.rsplit(":", 1)
+    for _ in range(3):  # twice the places, in rounds of as many as there are
+        socks = []
+        for _ in range(3):
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            for stream_id in (1, 3):
+                conn.send_headers(stream_id, [
+                    (":method", "POST"), (":path", "/foundry.Foundry/Emit"), (":scheme", "http"),
+                    (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers"),
+                ])  # fmt: skip
+                conn.send_data(stream_id, b"\x00\x00\x00\x10\x00" + b"\x0a" * 2_000)  # of 4,096
+            sock.sendall(conn.data_to_send())
+            socks.append(sock)
+        time.sleep(0.5)  # read by the daemon
+        for sock in socks:  # reset (RST), as a client that died
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        time.sleep(0.5)
+
+    def answered() -> bool:
+        try:
+            reply = httpx.post(url(daemon, "/foundry.Foundry/Status"), json={}, timeout=5)
+        except httpx.TransportError:
+            return False
+        return reply.status_code == 200
+
+    wait_until(answered, what="a Status answered on the HTTP listener", timeout=15)
+    assert "Traceback" not in daemon.stderr()

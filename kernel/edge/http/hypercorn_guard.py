@@ -11,12 +11,14 @@ app (and its token check) sees the request, so one header byte stopped the daemo
 same wrapper closes a connection at once while the listener holds its cap of them
 (:func:`cap_connections`, ``edge/connections.py``), and has a connection reset (RST) read as its
 end, as a FIN does (:class:`_ResetAsEnd`). And an HTTP/2 connection's table of streams answers
-for a stream already closed (:func:`ignore_data_of_closed_streams`).
+for a stream already closed (:func:`ignore_data_of_closed_streams`), and a closed
+connection's streams let go (:func:`release_streams_of_closed_connections`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -54,8 +56,56 @@ def contain_connection_errors() -> None:
             if cap is not None:
                 cap.release()
 
+    contained = functools.wraps(run)(contained)
     contained.contained = True  # type: ignore[attr-defined]
     TCPServer.run = contained  # type: ignore[method-assign]
+
+
+def release_streams_of_closed_connections() -> None:
+    """Two waits of hypercorn's that outlived their connection, holding its requests' memory
+    and its place under ``[daemon] max_connections`` (200 streams of ~4 MiB bodies, reset
+    mid-upload: ~800 MB a round, for good; with 3 places, three such resets shut the listener):
+
+    - On a closed HTTP/2 connection, hypercorn tells each stream's app of the disconnect but
+      leaves the stream's send buffer as it is, its "empty" event unset: an app answering the
+      disconnect (connectrpc sends its CANCELED trailers) waited in the buffer's ``drain`` for
+      good — no send loop runs any more. The buffers are now closed with the connection: what
+      an app sends then is dropped, as hypercorn does for a buffer closed under a send.
+    - Once its reads have ended, the connection's task still waited out its keep-alive timer
+      (60 s), which each app that ended restarted. The timer now ends at once after the reads.
+
+    Idempotent."""
+    from hypercorn.events import Closed
+    from hypercorn.protocol.h2 import H2Protocol
+    from hypercorn.trio.tcp_server import TCPServer
+
+    handle = H2Protocol.handle
+    if getattr(handle, "buffers_released", False):
+        return
+    read, idle = TCPServer._read_data, TCPServer._idle_timeout
+
+    async def handling(self: Any, event: Any) -> None:
+        await handle(self, event)
+        if isinstance(event, Closed):
+            for buffer in list(self.stream_buffers.values()):
+                await buffer.close()
+
+    async def reading(self: Any) -> None:
+        try:
+            await read(self)
+        finally:
+            self.foundry_reads_ended = True
+            await self.idle_task.stop()
+
+    async def idle_timeout(self: Any) -> None:
+        if not getattr(self, "foundry_reads_ended", False):
+            await idle(self)
+
+    handling = functools.wraps(handle)(handling)
+    handling.buffers_released = True  # type: ignore[attr-defined]
+    H2Protocol.handle = handling  # type: ignore[method-assign]
+    TCPServer._read_data = functools.wraps(read)(reading)  # type: ignore[method-assign]
+    TCPServer._idle_timeout = functools.wraps(idle)(idle_timeout)  # type: ignore[method-assign]
 
 
 def ignore_data_of_closed_streams() -> None:
@@ -75,6 +125,7 @@ def ignore_data_of_closed_streams() -> None:
         init(self, *args, **kwargs)
         self.streams = _GoneStreams(self.streams)
 
+    with_gone_streams = functools.wraps(init)(with_gone_streams)
     with_gone_streams.closed_streams_ignored = True  # type: ignore[attr-defined]
     H2Protocol.__init__ = with_gone_streams  # type: ignore[method-assign]
 

@@ -25,6 +25,7 @@ from foundry.kernel.edge.http.hypercorn_guard import (
     cap_connections,
     contain_connection_errors,
     ignore_data_of_closed_streams,
+    release_streams_of_closed_connections,
 )
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
@@ -118,6 +119,7 @@ async def open_http_server(
     """Serve ``services`` on ``sock`` until the block ends (then whatever runs is cancelled)."""
     contain_connection_errors()  # one connection's error ends it, not the listener
     ignore_data_of_closed_streams()  # a stream answered early: its late DATA ends nothing
+    release_streams_of_closed_connections()  # an app answering a disconnect does not wait
     bound = sock.getsockname()
     host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     own = own_origins(host, bound[1], secure=ssl_context is not None)

@@ -27,6 +27,7 @@ from foundry.kernel.edge.http.hypercorn_guard import (
     cap_connections,
     contain_connection_errors,
     ignore_data_of_closed_streams,
+    release_streams_of_closed_connections,
 )
 from foundry.kernel.edge.http.internals import connect_error_body, pick_loop_by_sniffio
 from foundry.proto import analytics_api, foundry_api, runtime_api
@@ -136,13 +137,32 @@ def test_hypercorn_h2_still_finds_a_data_frames_stream_in_its_streams_table():
     ``self.streams[event.stream_id]``; once patched, a stream it no longer holds takes nothing."""
     from hypercorn.protocol.h2 import H2Protocol
 
-    assert "self.streams: dict" in inspect.getsource(H2Protocol.__init__)
+    assert "self.streams: dict" in inspect.getsource(inspect.unwrap(H2Protocol.__init__))
     events = inspect.getsource(H2Protocol._handle_events)
     assert "h2.events.DataReceived" in events
     assert "await self.streams[event.stream_id].handle(" in events
     ignore_data_of_closed_streams()
     ignore_data_of_closed_streams()  # idempotent
     assert getattr(H2Protocol.__init__, "closed_streams_ignored", False)
+
+
+def test_hypercorn_still_keeps_what_release_streams_of_closed_connections_lets_go():
+    """The canary of ``release_streams_of_closed_connections``: hypercorn's HTTP/2 protocol
+    keeps each stream's send buffer in ``stream_buffers`` (closed with ``close``, awaited by a
+    send through ``drain``), handles a lost connection as ``Closed``; its TCP server reads in
+    ``_read_data`` and keeps its keep-alive timer as ``idle_task`` running ``_idle_timeout``."""
+    from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
+    from hypercorn.trio.tcp_server import TCPServer
+
+    assert "self.stream_buffers: dict" in inspect.getsource(inspect.unwrap(H2Protocol.__init__))
+    assert "isinstance(event, Closed)" in inspect.getsource(inspect.unwrap(H2Protocol.handle))
+    assert {"close", "drain"} <= set(vars(StreamBuffer))
+    run = inspect.getsource(inspect.unwrap(TCPServer.run))
+    assert "await self._read_data()" in run
+    assert "self.idle_task.restart(self._task_group, self._idle_timeout)" in run
+    release_streams_of_closed_connections()
+    release_streams_of_closed_connections()  # idempotent
+    assert getattr(H2Protocol.handle, "buffers_released", False)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,50 @@
+"""The daemon's full collections when it has grown (``daemon.collect_when_grown``)."""
+
+import gc
+import weakref
+
+import trio
+from foundry.kernel import daemon
+from foundry.kernel.daemon import GARBAGE_GROWTH, collection_due, resident_bytes
+
+
+def test_a_collection_is_due_once_the_process_grew_by_garbage_growth():
+    base = 500 << 20
+    assert not collection_due(base, base)
+    assert not collection_due(base + GARBAGE_GROWTH - 1, base)
+    assert collection_due(base + GARBAGE_GROWTH, base)
+    assert not collection_due(base - (10 << 20), base)  # smaller: nothing to look for
+
+
+def test_resident_bytes_counts_what_the_process_touches():
+    before = resident_bytes()
+    block = bytearray(b"x" * (64 << 20))
+    assert resident_bytes() - before >= 48 << 20
+    del block
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.itself = self
+        self.body = bytearray(b"b" * (32 << 20))  # a request body an exception's frame holds
+
+
+async def test_garbage_in_reference_cycles_is_collected_once_the_process_grew(monkeypatch):
+    # the daemon's thresholds scan old objects every ~500,000 net allocations: an idle daemon
+    # kept a cycle's buffers for good
+    monkeypatch.setattr(daemon, "GARBAGE_CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(daemon, "GARBAGE_GROWTH", 16 << 20)
+    collected = trio.Event()
+    gc.disable()  # only the daemon's collection may find it
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(daemon.collect_when_grown)
+            await trio.sleep(0.2)  # its first look: the size before the garbage
+            cycle = _Cycle()
+            weakref.finalize(cycle, collected.set)
+            del cycle
+            with trio.fail_after(10):
+                await collected.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.enable()
