@@ -22,6 +22,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -66,16 +67,31 @@ def tune_collector() -> None:
 # request abandoned mid-body leaves its body in an exception's traceback, itself in a cycle
 # (200 such ~4 MiB bodies: ~800 MB kept until a collection). So the daemon runs a full
 # collection, and hands the freed heap back, whenever it has grown by GARBAGE_GROWTH since the
-# last one: growth that is not garbage costs a collection per GARBAGE_GROWTH (~0.1 s).
+# last one, or at most every GARBAGE_RECHECK_SECONDS while it stays that far above its low
+# point (streams that held memory, then were abandoned, left garbage without growth).
 GARBAGE_CHECK_SECONDS = 2.0
+GARBAGE_RECHECK_SECONDS = 30.0
 GARBAGE_GROWTH = 128 * 1024 * 1024  # resident bytes
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def collection_due(resident: int, after_last: int) -> bool:
-    """Whether the process, ``resident`` bytes now, has grown enough since ``after_last`` (its
-    size after the last collection, or its low point since) to look for garbage."""
-    return resident - after_last >= GARBAGE_GROWTH
+@dataclass(frozen=True, slots=True)
+class HeapSizes:
+    """Resident bytes after the last full collection (or the low point since), and the lowest
+    after any; seconds since the last."""
+
+    after_last: int
+    low_point: int
+    since_last: float
+
+
+def collection_due(resident: int, sizes: HeapSizes) -> bool:
+    """Whether the process, ``resident`` bytes now, may hold enough garbage to look for."""
+    if resident - sizes.after_last >= GARBAGE_GROWTH:
+        return True
+    return sizes.since_last >= GARBAGE_RECHECK_SECONDS and (
+        resident - sizes.low_point >= GARBAGE_GROWTH
+    )
 
 
 def resident_bytes() -> int:
@@ -90,16 +106,19 @@ def resident_bytes() -> int:
 async def collect_when_grown() -> None:
     """Run a full collection whenever :func:`collection_due` (checked every
     ``GARBAGE_CHECK_SECONDS``), then release the freed heap (off the trio thread)."""
-    after_last = resident_bytes()
+    after_last = low_point = resident_bytes()
+    last = trio.current_time()
     while True:
         await trio.sleep(GARBAGE_CHECK_SECONDS)
         resident = resident_bytes()
-        if not collection_due(resident, after_last):
+        sizes = HeapSizes(after_last, low_point, trio.current_time() - last)
+        if not collection_due(resident, sizes):
             after_last = min(after_last, resident)
             continue
         found = gc.collect()
         await trio.to_thread.run_sync(release_free_heap)
-        after_last = resident_bytes()
+        after_last, last = resident_bytes(), trio.current_time()
+        low_point = min(low_point, after_last)
         log.debug("collected %d objects: %d MB resident before, %d MB after", found,
                   resident >> 20, after_last >> 20)  # fmt: skip
 

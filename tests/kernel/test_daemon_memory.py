@@ -5,15 +5,32 @@ import weakref
 
 import trio
 from foundry.kernel import daemon
-from foundry.kernel.daemon import GARBAGE_GROWTH, collection_due, resident_bytes
+from foundry.kernel.daemon import (
+    GARBAGE_GROWTH,
+    GARBAGE_RECHECK_SECONDS,
+    HeapSizes,
+    collection_due,
+    resident_bytes,
+)
 
 
 def test_a_collection_is_due_once_the_process_grew_by_garbage_growth():
     base = 500 << 20
-    assert not collection_due(base, base)
-    assert not collection_due(base + GARBAGE_GROWTH - 1, base)
-    assert collection_due(base + GARBAGE_GROWTH, base)
-    assert not collection_due(base - (10 << 20), base)  # smaller: nothing to look for
+    sizes = HeapSizes(after_last=base, low_point=base, since_last=1.0)
+    assert not collection_due(base, sizes)
+    assert not collection_due(base + GARBAGE_GROWTH - 1, sizes)
+    assert collection_due(base + GARBAGE_GROWTH, sizes)
+    assert not collection_due(base - (10 << 20), sizes)  # smaller: nothing to look for
+
+
+def test_a_process_staying_far_above_its_low_point_is_looked_at_again_now_and_then():
+    # taps that held memory, then were abandoned: garbage, and no growth since the last look
+    high, low = 2_000 << 20, 200 << 20
+    recent = HeapSizes(after_last=high, low_point=low, since_last=5.0)
+    assert not collection_due(high, recent)
+    later = HeapSizes(after_last=high, low_point=low, since_last=GARBAGE_RECHECK_SECONDS)
+    assert collection_due(high, later)
+    assert not collection_due(low + (10 << 20), later)  # near its low point: not worth it
 
 
 def test_resident_bytes_counts_what_the_process_touches():
