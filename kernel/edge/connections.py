@@ -26,7 +26,10 @@ import os
 import resource
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
+
+import h2.events
 
 log = logging.getLogger("foundry.daemon")
 
@@ -121,3 +124,60 @@ def connection_budget(requested: int) -> int:
                     "(ulimit -n)", requested, fits, soft)  # fmt: skip
         return fits
     return requested
+
+
+# --- control frame floods ------------------------------------------------------------------------
+
+# HTTP/2 control frames a connection may send: a burst, then a rate. Each costs the daemon work
+# on its one thread (a PING or SETTINGS an answer too): four connections flooding them slowed
+# every other client's calls from 3 ms to 1-4 s (CVE-2019-9512, -9515). Clients send a few a
+# minute (keepalive PINGs, a SETTINGS at start), grpc-core's window probes a few a round trip.
+CONTROL_BURST = 2_000
+CONTROL_RATE = 200.0  # a second
+
+
+def control_frames(events: Sequence[Any]) -> int:
+    """How many of h2's ``events`` a peer's control frame made (PING, SETTINGS, PRIORITY)."""
+    return sum(1 for event in events if isinstance(event, _CONTROL_EVENTS))
+
+
+class ControlFrames:
+    """A connection's budget of control frames (a token bucket: ``CONTROL_BURST`` at once,
+    ``CONTROL_RATE`` a second after)."""
+
+    __slots__ = ("_at", "_tokens")
+
+    def __init__(self, now: float) -> None:
+        self._tokens, self._at = float(CONTROL_BURST), now
+
+    def spend(self, frames: int, now: float) -> bool:
+        """Take ``frames`` at ``now`` (seconds); False once the peer has sent more than its
+        budget: a flood, whose connection is closed."""
+        self._tokens = min(CONTROL_BURST, self._tokens + (now - self._at) * CONTROL_RATE)
+        self._at = now
+        self._tokens -= frames
+        return self._tokens >= 0
+
+
+class FloodWarnings:
+    """One log line a ``WARN_EVERY`` seconds for the connections closed for a flood."""
+
+    def __init__(self, listener: str) -> None:
+        self._listener, self._closed, self._warned = listener, 0, -WARN_EVERY
+
+    def closed(self) -> None:
+        self._closed += 1
+        now = time.monotonic()
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            log.warning("the %s listener closed a connection that flooded it with HTTP/2 "
+                        "control frames (PING, SETTINGS, PRIORITY): %d so far", self._listener,
+                        self._closed)  # fmt: skip
+
+
+_CONTROL_EVENTS = (
+    h2.events.PingReceived,
+    h2.events.PingAckReceived,
+    h2.events.RemoteSettingsChanged,
+    h2.events.PriorityUpdated,
+)

@@ -413,3 +413,45 @@ def test_connections_lost_mid_request_give_back_their_places(make_daemon):
 
     wait_until(answered, what="a Status answered on the HTTP listener", timeout=15)
     assert "Traceback" not in daemon.stderr()
+
+
+@pytest.mark.parametrize("listener", ["grpc", "http"])
+def test_a_connection_flooding_control_frames_is_closed_and_others_are_served(
+    make_daemon, listener
+):
+    """PING and SETTINGS frames sent as fast as a socket takes them, their answers never read:
+    four such connections slowed every client of both listeners from 3 ms to 1-4 s."""
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+
+    daemon = make_daemon()
+    address = daemon.address if listener == "grpc" else daemon.http_address
+    host, port = address.rsplit(":", 1)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(conn.data_to_send())
+        ping = struct.pack(">I", 8)[1:] + b"\x06\x00" + struct.pack(">I", 0) + b"12345678"
+        closed_at = None
+        for sent in range(1, 21):
+            try:
+                sock.sendall(ping * 500)
+            except OSError:
+                closed_at = sent * 500
+                break
+        received = b""
+        sock.settimeout(5)
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+    events = conn.receive_data(received) if received else []
+    goaway = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert goaway or closed_at, "the flood was served to its end"
+    if goaway:
+        assert goaway[-1].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    reply = httpx.post(url(daemon, "/foundry.Foundry/Status"), json={}, timeout=10)
+    assert reply.status_code == 200
+    assert "flooded it with HTTP/2 control frames" in daemon.stderr()
+    assert "Traceback" not in daemon.stderr()

@@ -560,6 +560,19 @@ def test_a_closed_connections_unfinished_bodies_are_let_go(monkeypatch):
     assert asyncio.run(buffered_after_close(40)) == 0
 
 
+# --- control frame floods ------------------------------------------------------------------------
+
+
+def test_grpclib_still_feeds_h2_where_we_count_control_frames():
+    reason = internals.control_frames_are_countable()
+    assert reason is None, (
+        f"{GRPCLIB}: {reason}; internals.limit_control_frames falls back: a connection "
+        "flooding PING and SETTINGS frames is served, slowing every other client"
+    )
+    assert internals.limit_control_frames() is True
+    assert internals.limit_control_frames() is True  # idempotent
+
+
 # --- one socket write per loop turn ---------------------------------------------------------------
 
 

@@ -55,6 +55,9 @@ disappeared, if an upgrade moves any of it):
   through their frames each stream's buffered body, for good. The handler now drops its tasks
   at close and each cancelled task once it is done, and what each stream buffered of its body
   (``protocol.Buffer._acked`` / ``_unacked``) at close. Fallback: the leak.
+- ``grpclib.protocol.Connection.feed`` (:func:`limit_control_frames`): the events h2 makes of a
+  connection's bytes, counted for its control frames; a flood raises h2's ``ProtocolError``,
+  which ``H2Protocol.data_received`` answers by closing the connection. Fallback: served.
 
 Nothing else under ``kernel/edge`` reads a private attribute of grpclib, h2 or trio-asyncio.
 """
@@ -67,6 +70,7 @@ import contextlib
 import functools
 import heapq
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -74,9 +78,12 @@ import grpclib
 import grpclib.protocol
 import grpclib.server
 import grpclib.stream
+import h2.exceptions
 import trio
+from foundry.kernel.edge.connections import ControlFrames, FloodWarnings, control_frames
 from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
+from h2.errors import ErrorCodes
 
 log = logging.getLogger("foundry.grpc")
 
@@ -621,6 +628,68 @@ def _forget_when_done(tasks: set[Any], task: Any) -> None:
         tasks.discard(task)
     else:
         task.add_done_callback(tasks.discard)
+
+
+# --- control frame floods -------------------------------------------------------------------------
+
+
+class ControlFlood(h2.exceptions.ProtocolError):
+    """A peer sent more PING, SETTINGS and PRIORITY frames than its budget."""
+
+
+FLOOD_WARNINGS = FloodWarnings("gRPC")
+
+
+def control_frames_are_countable() -> str | None:
+    """None, or what changed so that :func:`limit_control_frames` would not work."""
+    connection = getattr(grpclib.protocol, "Connection", None)
+    if connection is None or not hasattr(connection, "feed"):
+        return "grpclib.protocol.Connection has no feed"
+    try:
+        import inspect
+
+        feed = inspect.getsource(inspect.unwrap(connection.feed))
+        received = inspect.getsource(grpclib.protocol.H2Protocol.data_received)
+    except (OSError, TypeError, ValueError, AttributeError):
+        return "grpclib.protocol cannot be read"
+    if "self._connection.receive_data(data)" not in feed:
+        return "grpclib.protocol.Connection.feed no longer hands h2 the bytes"
+    if "except ProtocolError" not in received:
+        return "grpclib's H2Protocol.data_received no longer closes on h2's ProtocolError"
+    return None
+
+
+def limit_control_frames() -> bool:
+    """A gRPC connection that floods the daemon with control frames
+    (``connections.ControlFrames``) is sent GOAWAY (ENHANCE_YOUR_CALM) and closed: its
+    ``feed`` raises an h2 ``ProtocolError``, which grpclib's ``data_received`` answers by
+    closing the connection. Idempotent. False: grpclib changed, and floods are served."""
+    connection = getattr(grpclib.protocol, "Connection", None)
+    if getattr(connection, "_limits_control_frames", False):
+        return True
+    reason = control_frames_are_countable()
+    if reason is not None:
+        _fallback(f"{reason} (grpclib {grpclib.__version__}): control frame floods are served")
+        return False
+    assert connection is not None
+    feed = connection.feed
+
+    def feeding(self: Any, data: bytes) -> Any:
+        events = feed(self, data)
+        frames = control_frames(events)
+        if frames:
+            budget = self.__dict__.setdefault("foundry_control", ControlFrames(time.monotonic()))
+            if not budget.spend(frames, time.monotonic()):
+                self._connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
+                with contextlib.suppress(Exception):
+                    self.flush()
+                FLOOD_WARNINGS.closed()
+                raise ControlFlood("too many control frames")
+        return events
+
+    connection.feed = functools.wraps(feed)(feeding)
+    connection._limits_control_frames = True
+    return True
 
 
 # --- memory: closed HTTP/2 streams, cancelled asyncio timers --------------------------------------

@@ -48,6 +48,7 @@ from foundry.kernel.edge.grpc.internals import (
     coalesce_writes,
     forget_finished_tasks,
     install_message_limit,
+    limit_control_frames,
     message_limit_error,
     release_reset_streams,
     stop_listening,
@@ -360,6 +361,7 @@ async def start_server(
     answer_expired_deadlines()  # DEADLINE_EXCEEDED, not UNKNOWN and a traceback
     release_reset_streams()  # a stream reset before its task ran is not kept
     forget_finished_tasks()  # nor a closed connection's tasks, with their streams' bodies
+    limit_control_frames()  # a connection flooding PING/SETTINGS/PRIORITY frames is closed
     calls = Calls()
     guarded = [GuardedService(h, calls) for h in handlers]
     health = ServingHealth(guarded)

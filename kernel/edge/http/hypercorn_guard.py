@@ -12,7 +12,8 @@ same wrapper closes a connection at once while the listener holds its cap of the
 (:func:`cap_connections`, ``edge/connections.py``), and has a connection reset (RST) read as its
 end, as a FIN does (:class:`_ResetAsEnd`). And an HTTP/2 connection's table of streams answers
 for a stream already closed (:func:`ignore_data_of_closed_streams`), and a closed
-connection's streams let go (:func:`release_streams_of_closed_connections`).
+connection's streams let go (:func:`release_streams_of_closed_connections`), and one that floods
+control frames closed (:func:`limit_control_frames`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from typing import Any
 
 import trio
-from foundry.kernel.edge.connections import ConnectionCap
+from foundry.kernel.edge.connections import (
+    ConnectionCap,
+    ControlFrames,
+    FloodWarnings,
+    control_frames,
+)
 
 log = logging.getLogger("foundry.http")
 
@@ -106,6 +113,38 @@ def release_streams_of_closed_connections() -> None:
     H2Protocol.handle = handling  # type: ignore[method-assign]
     TCPServer._read_data = functools.wraps(read)(reading)  # type: ignore[method-assign]
     TCPServer._idle_timeout = functools.wraps(idle)(idle_timeout)  # type: ignore[method-assign]
+
+
+FLOOD_WARNINGS = FloodWarnings("HTTP")
+
+
+def limit_control_frames() -> None:
+    """An HTTP/2 connection that floods the daemon with control frames
+    (``connections.ControlFrames``) is sent GOAWAY (ENHANCE_YOUR_CALM) and closed, before its
+    events are handled: hypercorn's protocol hands them to ``_handle_events``. Idempotent."""
+    from h2.errors import ErrorCodes
+    from hypercorn.events import Closed
+    from hypercorn.protocol.h2 import H2Protocol
+
+    handle_events = H2Protocol._handle_events
+    if getattr(handle_events, "control_frames_limited", False):
+        return
+
+    async def handling_events(self: Any, events: list[Any]) -> None:
+        frames = control_frames(events)
+        if frames:
+            budget = self.__dict__.setdefault("foundry_control", ControlFrames(time.monotonic()))
+            if not budget.spend(frames, time.monotonic()):
+                FLOOD_WARNINGS.closed()
+                self.connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
+                await self._flush()
+                await self.send(Closed())
+                return
+        await handle_events(self, events)
+
+    handling_events = functools.wraps(handle_events)(handling_events)
+    handling_events.control_frames_limited = True  # type: ignore[attr-defined]
+    H2Protocol._handle_events = handling_events  # type: ignore[method-assign]
 
 
 def ignore_data_of_closed_streams() -> None:

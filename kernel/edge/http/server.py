@@ -25,6 +25,7 @@ from foundry.kernel.edge.http.hypercorn_guard import (
     cap_connections,
     contain_connection_errors,
     ignore_data_of_closed_streams,
+    limit_control_frames,
     release_streams_of_closed_connections,
 )
 from hypercorn.config import Config as HypercornConfig
@@ -120,6 +121,7 @@ async def open_http_server(
     contain_connection_errors()  # one connection's error ends it, not the listener
     ignore_data_of_closed_streams()  # a stream answered early: its late DATA ends nothing
     release_streams_of_closed_connections()  # an app answering a disconnect does not wait
+    limit_control_frames()  # a connection flooding PING/SETTINGS/PRIORITY frames is closed
     bound = sock.getsockname()
     host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     own = own_origins(host, bound[1], secure=ssl_context is not None)

@@ -145,3 +145,35 @@ def test_a_socket_that_never_answers_a_ping_is_closed_and_a_client_that_does_sta
     silent_closed, live = asyncio.run(_silent_and_speaking(0.2, 0.3))
     assert silent_closed  # its place in the cap comes free
     assert live == 1  # the client's idle connection answered every ping: still open
+
+
+# --- control frame floods ------------------------------------------------------------------------
+
+
+def test_a_connections_control_frames_are_a_burst_then_a_rate():
+    budget = connections.ControlFrames(now=0.0)
+    assert budget.spend(connections.CONTROL_BURST, 0.0)  # the whole burst at once
+    assert not budget.spend(1, 0.0)  # one more: a flood
+    budget = connections.ControlFrames(now=0.0)
+    assert budget.spend(connections.CONTROL_BURST, 0.0)
+    assert budget.spend(int(connections.CONTROL_RATE), 1.0)  # a second's worth a second
+    # keepalive PINGs for an hour: never near it
+    steady = connections.ControlFrames(now=0.0)
+    assert all(steady.spend(1, float(t)) for t in range(0, 3_600, 10))
+
+
+def test_control_frames_are_pings_settings_and_priorities_not_data():
+    import h2.config
+    import h2.connection
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()  # a SETTINGS
+    client.ping(b"12345678")
+    client.prioritize(1, weight=32)
+    client.send_headers(3, [(":method", "POST"), (":path", "/x"), (":scheme", "http"),
+                            (":authority", "x")])  # fmt: skip
+    client.send_data(3, b"body", end_stream=True)
+    events = server.receive_data(client.data_to_send())
+    assert len(events) > 3  # the request, its data and its end too
+    assert connections.control_frames(events) == 3

@@ -27,6 +27,7 @@ from foundry.kernel.edge.http.hypercorn_guard import (
     cap_connections,
     contain_connection_errors,
     ignore_data_of_closed_streams,
+    limit_control_frames,
     release_streams_of_closed_connections,
 )
 from foundry.kernel.edge.http.internals import connect_error_body, pick_loop_by_sniffio
@@ -163,6 +164,20 @@ def test_hypercorn_still_keeps_what_release_streams_of_closed_connections_lets_g
     release_streams_of_closed_connections()
     release_streams_of_closed_connections()  # idempotent
     assert getattr(H2Protocol.handle, "buffers_released", False)
+
+
+def test_hypercorn_still_hands_a_connections_h2_events_to_handle_events():
+    """The canary of ``hypercorn_guard.limit_control_frames``: what h2 makes of the bytes
+    hypercorn reads goes to ``_handle_events`` in one list, where the control frames are
+    counted before anything of them is handled."""
+    from hypercorn.protocol.h2 import H2Protocol
+
+    handle = inspect.getsource(inspect.unwrap(H2Protocol.handle))
+    assert "events = self.connection.receive_data(event.data)" in handle
+    assert "await self._handle_events(events)" in handle
+    limit_control_frames()
+    limit_control_frames()  # idempotent
+    assert getattr(H2Protocol._handle_events, "control_frames_limited", False)
 
 
 @pytest.mark.parametrize(
