@@ -125,6 +125,7 @@ class RunState:
     paused_step: str = ""
     failed: list[str] = field(default_factory=list)  # steps that failed, in order
     canceling: bool = False  # CancelRun asked: nothing new starts, the run ends CANCELED
+    ended: bool = False  # its last events are in the store's mailbox (the scheduler's ``_retire``)
     # Each step's seed (``dag.step_seed``), by step id: made at the run's first lease.
     seeds: dict[str, int] = field(default_factory=dict)
     # JSON bytes of each finished step's output (noted as it completes, else measured when a

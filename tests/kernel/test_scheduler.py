@@ -18,6 +18,7 @@ from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.scheduler.actor import Scheduler
 from foundry.kernel.actors.scheduler.messages import (
     GetRun,
+    OpenTap,
     ResumeRun,
     RunView,
     SchedulerMessage,
@@ -34,7 +35,7 @@ from foundry.kernel.actors.store.messages import (
     StoredRun,
     StoreMessage,
 )
-from foundry.kernel.actors.tap.messages import TapMessage
+from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
 from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, block
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
@@ -56,6 +57,7 @@ class FakeStore:
         self.records: list[Any] = []
         self.unfinished = unfinished or []
         self.loaded: list[str] = []  # runs GetRun read from the store (not in memory)
+        self.histories: list[str] = []  # runs whose log a TapRun read from the store
         self._appended = trio.Event()
 
     async def run(self, inbox: trio.MemoryReceiveChannel[StoreMessage]) -> None:
@@ -76,6 +78,7 @@ class FakeStore:
             answers = {Barrier: None, LoadIdempotencyKeys: {}, LoadUnfinishedRuns: self.unfinished}
             message.reply.send(answers[type(message)])
         elif isinstance(message, LoadRunEvents):
+            self.histories.append(message.run_id)
             message.reply.send(self.events(message.run_id))
         elif isinstance(message, LoadRun):
             self.loaded.append(message.run_id)
@@ -187,11 +190,19 @@ async def running_scheduler(
     with tap_inbox, trio.fail_after(3600):  # virtual seconds: bounds a hung test
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store.run, store_inbox)
+            nursery.start_soon(_subscribing, tap_inbox)
             resumed = await nursery.start(scheduler.run)
             try:
                 yield Harness(inbox_send, store, resumed)
             finally:
                 inbox_send.close()
+
+
+async def _subscribing(inbox: trio.MemoryReceiveChannel[TapMessage]) -> None:
+    """A tap broker that takes every subscription (and publishes nothing)."""
+    async for message in inbox:
+        if isinstance(message, Subscribe):
+            message.reply.send(None)
 
 
 def step(step_id: str, step_type: str = "sleepy", *, after: tuple[str, ...] = (), **extra: Any):
@@ -215,6 +226,34 @@ async def test_finished_runs_leave_memory_once_their_outputs_pass_recent_run_byt
         assert h.store.loaded == run_ids[:1]  # the oldest was read back from the store
         assert [v.status for v in views] == ["SUCCEEDED"] * 3
         assert views[0].steps[0].output == {"step": "a"}
+
+
+async def test_a_tap_of_a_run_that_ended_in_memory_reads_no_log_from_the_store(
+    tmp_path, autojump_clock
+):
+    # every tap of a finished run parsed its whole log from DuckDB again: 30 taps of a run of
+    # 20 MB of outputs held 2.4 GB; a run still in memory gives its own records, once durable
+    config = SchedulerConfig(recent_run_bytes=25)
+    async with running_scheduler(tmp_path, [Sleepy()], config=config) as h:
+        run_ids = []
+        for _ in range(3):
+            run_ids.append(await h.submit([step("a")]))
+            await h.store.until(run_ids[-1], "run_succeeded")
+        for run_id in run_ids:
+            opened = await ask(h.inbox, lambda r, i=run_id: OpenTap(i, _NoSink(), r))
+            assert list(opened.history) == h.store.events(run_id)
+        assert h.store.histories == run_ids[:1]  # the one no longer in memory
+        running = await h.submit([step("a", inputs={"s": 60})])
+        opened = await ask(h.inbox, lambda r: OpenTap(running, _NoSink(), r))
+        assert h.store.histories == [*run_ids[:1], running]  # not ended: its durable log
+
+
+class _NoSink:
+    def offer(self, item: Any) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
 
 
 # --- concurrency ------------------------------------------------------------------------------
