@@ -170,6 +170,7 @@ class Config:
     shutdown_grace: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024  # as gRPC's default
     max_connections: int = 1_024  # per listener (edge/connections.py)
+    body_timeout: float = 60.0  # seconds a gRPC request's message may take to arrive
     # Auth and TLS on both listeners (README.md, "Authentication and TLS"): the name of the
     # environment variable holding the bearer token ("" = no token), and a PEM cert/key pair.
     token_env: str = ""
@@ -249,6 +250,7 @@ class Config:
                 )
             ),
             max_connections=reader.whole(daemon, "daemon", "max_connections", 1_024),
+            body_timeout=reader.positive(daemon, "daemon", "body_timeout", 60.0),
             **reader.security(daemon, base),
             **{name: reader.section(data, name, kind) for name, kind in SECTIONS.items()},
             plugin_modules=tuple(reader.strings(plugins, "plugins", "modules")),
@@ -273,8 +275,8 @@ def _file_path(value: str, base: Path | None) -> str:
 
 
 DAEMON_KEYS = {
-    "listen", "home", "shutdown_grace", "max_message_bytes", "max_connections", "token_env",
-    "tls_cert", "tls_key",
+    "listen", "home", "shutdown_grace", "max_message_bytes", "max_connections", "body_timeout",
+    "token_env", "tls_cert", "tls_key",
 }  # fmt: skip
 
 SECTIONS: dict[str, type] = {

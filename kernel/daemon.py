@@ -67,7 +67,7 @@ def tune_collector() -> None:
 # request abandoned mid-body leaves its body in an exception's traceback, itself in a cycle
 # (200 such ~4 MiB bodies: ~800 MB kept until a collection). So the daemon runs a full
 # collection, and hands the freed heap back, whenever it has grown by GARBAGE_GROWTH since the
-# last one, or at most every GARBAGE_RECHECK_SECONDS while it stays that far above its low
+# last one, or once GARBAGE_RECHECK_SECONDS after that while it stays as far above its low
 # point (streams that held memory, then were abandoned, left garbage without growth).
 GARBAGE_CHECK_SECONDS = 2.0
 GARBAGE_RECHECK_SECONDS = 30.0
@@ -115,10 +115,13 @@ async def collect_when_grown() -> None:
         if not collection_due(resident, sizes):
             after_last = min(after_last, resident)
             continue
+        rechecked = resident - after_last < GARBAGE_GROWTH  # due by time, not by growth
         found = gc.collect()
         await trio.to_thread.run_sync(release_free_heap)
         after_last, last = resident_bytes(), trio.current_time()
-        low_point = min(low_point, after_last)
+        # after a look again by time, what is left is the new normal: no look again until the
+        # process grows further (a daemon whose DuckDB cache holds 256 MB looked every 30 s)
+        low_point = after_last if rechecked else min(low_point, after_last)
         log.debug("collected %d objects: %d MB resident before, %d MB after", found,
                   resident >> 20, after_last >> 20)  # fmt: skip
 
@@ -207,6 +210,7 @@ async def _serve(
             ssl_context=security.ssl_context,
             token=security.token,
             max_connections=max_connections,
+            body_timeout=config.body_timeout,
         )
         async with _open_http(config, http_sock, services, security, max_connections) as http:
             if http is not None:

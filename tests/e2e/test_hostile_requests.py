@@ -467,3 +467,42 @@ def test_a_newline_a_client_sent_cannot_write_a_log_line_of_its_own(daemon, chan
     lines = daemon.stderr().splitlines()
     assert not any(line.startswith("2026-12-05T09:00:00.000Z") for line in lines)
     assert any("\\n2026-12-05T09:00:00.000Z" in line for line in lines)
+
+
+def test_a_request_message_that_stops_arriving_is_deadline_exceeded_on_the_grpc_port(
+    make_daemon,
+):
+    """A client that answers PINGs but sends only part of its message held the stream, and
+    what it had sent, for good: the gRPC port had no body timeout."""
+    import time
+
+    daemon = make_daemon("[daemon]\nbody_timeout = 1.0\n")
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/foundry.Foundry/Emit"),
+        (":authority", "x"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    connection.send_headers(1, headers)
+    connection.send_data(1, b"\x00\x00\x00\x00\x10\x0a\x01a")  # 16 bytes said, 3 sent, no end
+    host, port = daemon.address.rsplit(":", 1)
+    trailers: dict[str, str] = {}
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(connection.data_to_send())
+        while "grpc-status" not in trailers:
+            data = sock.recv(65536)
+            assert data, "closed without an answer"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    trailers.update((k.decode(), v.decode()) for k, v in event.headers)
+            sock.sendall(connection.data_to_send())  # PING answers: a live client
+    assert trailers["grpc-status"] == "4", trailers  # DEADLINE_EXCEEDED
+    assert "did not arrive within 1 s ([daemon] body_timeout)" in trailers["grpc-message"]
+    assert 1.0 <= time.monotonic() - started < 5
+    assert_serving(daemon)
+    assert "Traceback" not in daemon.stderr()

@@ -31,7 +31,7 @@ from foundry.kernel.core.attest_records import (
     run_attestation_id,
 )
 from foundry.kernel.core.runs import RunEventRecord
-from foundry.kernel.errors import ConfigError, Unavailable
+from foundry.kernel.errors import ConfigError, NotFound, Unavailable
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -508,6 +508,28 @@ async def test_a_chain_the_store_cannot_answer_yet_is_asked_again_not_the_daemon
         _assert_signed(pair, [record])
         inbox_send.close()
     assert caplog.text.count("could not attest 1 fact(s) yet") == 2
+
+
+async def test_a_chain_the_store_never_answers_is_given_up_and_the_stop_not_held(
+    tmp_path, caplog, monkeypatch
+):
+    from foundry.kernel.actors.attestor import actor
+
+    monkeypatch.setattr(actor, "RETRY_FOR", 1.0)
+    pair = keys.load_or_create(tmp_path)
+    signer = Signer(pair.private.sign, key_id(pair.public_raw), "1.0")
+    earlier = signer.record(_step_notice("run_old", "a", 2), Chain())
+    store = FakeStore(("run_old",), {"run_old": [earlier]})
+    store.failed_lookups = 10**6  # DuckDB failed for good
+    with trio.fail_after(20):
+        async with _running(pair, store) as (_, inbox_send, _):
+            with pytest.raises(NotFound):  # answered: nothing of it was stored
+                await _attest(inbox_send, _step_notice("run_old", "b", 5))
+            assert "the next start re-attests them" in caplog.text
+            monkeypatch.setattr(actor, "RETRY_FOR", 3_600.0)
+            await inbox_send.send(_step_notice("run_old", "c", 8))
+            await trio.sleep(0.5)  # retrying
+            inbox_send.close()  # the daemon stops: the attestor ends, not its tries
 
 
 async def test_a_signing_process_that_answers_a_bad_signature_is_replaced_by_the_daemon(

@@ -126,6 +126,8 @@ def test_an_unknown_key_is_named(tmp_path, body, key):
         ("[daemon]\nmax_connections = 0\n", "[daemon].max_connections"),
         ("[daemon]\nmax_connections = 2.5\n", "[daemon].max_connections"),
         ("[daemon]\nmax_connections = true\n", "[daemon].max_connections"),
+        ("[daemon]\nbody_timeout = 0\n", "[daemon].body_timeout"),
+        ('[daemon]\nbody_timeout = "1m"\n', "[daemon].body_timeout"),
         ('[daemon]\nhome = ""\n', "[daemon].home"),
         ('[plugins]\nmodules = "mine"\n', "[plugins].modules"),
         ("[plugins]\nmodules = [1]\n", "[plugins].modules"),

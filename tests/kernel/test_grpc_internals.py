@@ -560,6 +560,25 @@ def test_a_closed_connections_unfinished_bodies_are_let_go(monkeypatch):
     assert asyncio.run(buffered_after_close(40)) == 0
 
 
+def test_a_stream_reset_after_its_handler_closed_is_ignored():
+    # the handler's tasks are let go at close; a reset arriving after (grpclib's Server.close
+    # closes handlers, not their transports) popped a task no longer there: a KeyError
+    async def closed_then_reset() -> None:
+        codec = RequestCodec(1 << 20)
+        handler = grpclib.server.Handler({}, codec, None, None)  # type: ignore[arg-type]
+        stream = object()
+        task = asyncio.get_running_loop().create_task(asyncio.sleep(10))
+        handler._tasks[stream] = task  # type: ignore[index]
+        handler.close()
+        handler.cancel(stream)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert task.cancelled()
+        assert not handler._tasks
+
+    assert internals.forget_finished_tasks() is True
+    asyncio.run(closed_then_reset())
+
+
 # --- control frame floods ------------------------------------------------------------------------
 
 

@@ -101,6 +101,7 @@ OPEN = ("PENDING", "RUNNING", "PAUSED_AT_STEP")  # the statuses of a run not fin
 OPEN_RUNS_SECONDS = 1.0  # the daemon's start waits this long at most for their list
 SIGNATURE = 64  # bytes of an Ed25519 signature
 RETRY_FIRST, RETRY_LAST = 0.1, 5.0  # seconds between tries of a batch the store held up
+RETRY_FOR = 30.0  # seconds of such tries, at most
 _CHAINED = frozenset(("step", "run"))  # the kinds of a run's hash chain
 
 
@@ -189,15 +190,20 @@ class Attestor:
 
     async def _attest(self, notices: list[Attest | AttestCustom]) -> None:
         """:meth:`_sign_and_append`, again while the store cannot answer the chain heads it
-        needs (DuckDB reopening after a failed checkpoint: it took the daemon down); a batch
-        that fails otherwise is logged and left to the next start, which re-attests from the
-        log what was announced and not stored."""
-        delay = RETRY_FIRST
+        needs (DuckDB reopening after a failed checkpoint: it took the daemon down) — for up to
+        ``RETRY_FOR`` seconds, and not once the daemon is stopping. A batch that fails for good
+        is logged and left to the next start, which re-attests from the log what was announced
+        and not stored."""
+        delay, deadline = RETRY_FIRST, trio.current_time() + RETRY_FOR
         while True:
             try:
                 await self._sign_and_append(notices)
                 return
             except (Unavailable, ResourceExhausted) as exc:
+                if trio.current_time() + delay > deadline or self._stopping():
+                    log.error("could not attest %d fact(s) (%s); the next start re-attests "
+                              "them", len(notices), exc)  # fmt: skip
+                    return
                 log.warning("could not attest %d fact(s) yet (%s); again in %g s",
                             len(notices), exc, delay)  # fmt: skip
             except Exception:
@@ -206,6 +212,10 @@ class Attestor:
                 return
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_LAST)
+
+    def _stopping(self) -> bool:
+        """The scheduler and the gate actor closed their ends of the inbox: the daemon stops."""
+        return self._inbox.statistics().open_send_channels == 0
 
     async def _take(self) -> list[AttestorMessage]:
         """The next batch: what is waiting, plus what comes within ``LINGER`` seconds (up to

@@ -134,15 +134,18 @@ async def _received(stream: Any, size: int) -> bytes:
     return data
 
 
-def install_message_limit(limit: int) -> bool:
+def install_message_limit(limit: int, body_timeout: float | None = None) -> bool:
     """Refuse (RESOURCE_EXHAUSTED) any received message longer than ``limit`` bytes from its
-    prefix. False: grpclib changed, and only the codec's check (after the read) applies."""
+    prefix, and (DEADLINE_EXCEEDED) one that takes more than ``body_timeout`` seconds to arrive:
+    a client answering PINGs held its stream, and up to a message's bytes, for good while it
+    trickled the body or stopped sending. False: grpclib changed, and only the codec's check
+    (after the read) applies."""
     reason = recv_message_is_replaceable()
     if reason is not None:
         _fallback(f"{reason} (grpclib {grpclib.__version__})")
         return False
 
-    async def recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
+    async def message(stream: Any, codec: Any, message_type: Any) -> Any:
         prefix = await _received(stream, 5)
         if not prefix:
             return None
@@ -155,6 +158,19 @@ def install_message_limit(limit: int) -> bool:
         if len(data) != length:
             raise GRPCError(Status.INVALID_ARGUMENT, "request: the message was cut short")
         return codec.decode(data, message_type)
+
+    async def recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
+        if body_timeout is None:
+            return await message(stream, codec, message_type)
+        try:
+            async with asyncio.timeout(body_timeout):
+                return await message(stream, codec, message_type)
+        except TimeoutError:
+            raise GRPCError(
+                Status.DEADLINE_EXCEEDED,
+                f"the request message did not arrive within {body_timeout:g} s "
+                "([daemon] body_timeout)",
+            ) from None
 
     grpclib.server.recv_message = recv_message  # type: ignore[attr-defined]  # not re-exported
     return True
@@ -598,9 +614,10 @@ def forget_finished_tasks() -> bool:
 
     def cancelling(self: Any, stream: Any) -> None:
         task = self._tasks.get(stream)
+        if task is None:  # a reset after the handler closed: its task is cancelled already
+            return
         cancel(self, stream)
-        if task is not None:
-            _forget_when_done(self._cancelled, task)
+        _forget_when_done(self._cancelled, task)
 
     handler.close = functools.wraps(close)(closing)
     handler.cancel = functools.wraps(cancel)(cancelling)

@@ -354,8 +354,9 @@ async def start_server(
     ssl_context: ssl.SSLContext | None = None,
     token: str | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    body_timeout: float | None = None,
 ) -> GrpcServer:
-    install_message_limit(max_message_bytes)
+    install_message_limit(max_message_bytes, body_timeout)
     bound_closed_streams()  # h2 remembers 65,536 per connection (~9.5 MB) by default
     coalesce_writes()  # one socket write per loop turn, not three per unary reply
     answer_expired_deadlines()  # DEADLINE_EXCEEDED, not UNKNOWN and a traceback

@@ -165,6 +165,7 @@ def test_a_connections_control_frames_are_a_burst_then_a_rate():
 def test_control_frames_are_pings_settings_and_priorities_not_data():
     import h2.config
     import h2.connection
+    import h2.events
 
     client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
@@ -174,6 +175,10 @@ def test_control_frames_are_pings_settings_and_priorities_not_data():
     client.send_headers(3, [(":method", "POST"), (":path", "/x"), (":scheme", "http"),
                             (":authority", "x")])  # fmt: skip
     client.send_data(3, b"body", end_stream=True)
+    # a request whose HEADERS carry a priority, as browsers send every request: not a control
+    client.send_headers(5, [(":method", "GET"), (":path", "/y"), (":scheme", "http"),
+                            (":authority", "x")], end_stream=True, priority_weight=200)  # fmt: skip
     events = server.receive_data(client.data_to_send())
-    assert len(events) > 3  # the request, its data and its end too
+    assert any(isinstance(e, h2.events.PriorityUpdated) and e.stream_id == 5 for e in events)
+    assert len(events) > 3  # the requests, a body and their ends too
     assert connections.control_frames(events) == 3
