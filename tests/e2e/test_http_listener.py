@@ -455,3 +455,19 @@ def test_a_connection_flooding_control_frames_is_closed_and_others_are_served(
     assert reply.status_code == 200
     assert "flooded it with HTTP/2 control frames" in daemon.stderr()
     assert "Traceback" not in daemon.stderr()
+
+
+def test_a_watch_outlives_a_thousand_calls_on_its_http2_connection(make_daemon, grpcio_client):
+    """hypercorn ends an HTTP/2 connection after 1,000 requests (its keep_alive_max_requests):
+    a grpcio channel to the HTTP listener that made them lost its live Watch (UNAVAILABLE)."""
+    daemon = make_daemon()
+    pb = grpcio_client.foundry_pb2
+    with grpcio_client.connect(daemon.http_address) as (foundry, _):
+        watch = foundry.Watch(pb.WatchRequest(project="keep-alive"), timeout=60)
+        foundry.Emit(pb.EmitRequest(event_type="first", project="keep-alive"), timeout=10)
+        assert next(watch).event_type == "first"
+        for _ in range(1_100):
+            foundry.Status(pb.StatusRequest(), timeout=10)
+        foundry.Emit(pb.EmitRequest(event_type="after", project="keep-alive"), timeout=10)
+        assert next(watch).event_type == "after"
+        watch.cancel()

@@ -147,6 +147,31 @@ def limit_control_frames() -> None:
     H2Protocol._handle_events = handling_events  # type: ignore[method-assign]
 
 
+CLOSED_STREAMS = 4_096  # as the gRPC listener's connections (``grpc/internals.py``)
+
+
+def remember_fewer_closed_streams(limit: int = CLOSED_STREAMS) -> None:
+    """h2 remembers how a connection's last 65,536 closed streams ended (~145 bytes each: 9.5
+    MB a connection once it has served that many). hypercorn ended each HTTP/2 connection after
+    1,000 requests, which bounded it — and failed the calls in flight on it, a live Watch among
+    them; the daemon lifts that cap (``server.py``), so a connection's h2 remembers ``limit``
+    instead: its table, empty when the protocol is made, is replaced. Idempotent."""
+    from h2.utilities import SizeLimitDict
+    from hypercorn.protocol.h2 import H2Protocol
+
+    init = H2Protocol.__init__
+    if getattr(init, "closed_streams_bounded", False):
+        return
+
+    def bounded(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.connection._closed_streams = SizeLimitDict(size_limit=limit)
+
+    bounded = functools.wraps(init)(bounded)
+    bounded.closed_streams_bounded = True  # type: ignore[attr-defined]
+    H2Protocol.__init__ = bounded  # type: ignore[method-assign]
+
+
 def ignore_data_of_closed_streams() -> None:
     """hypercorn's HTTP/2 protocol finds a DATA frame's stream with ``streams[id]``: a stream
     answered and closed before its body ended (a 404, a body timeout) is gone from the table,

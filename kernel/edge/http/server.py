@@ -27,6 +27,7 @@ from foundry.kernel.edge.http.hypercorn_guard import (
     ignore_data_of_closed_streams,
     limit_control_frames,
     release_streams_of_closed_connections,
+    remember_fewer_closed_streams,
 )
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
@@ -36,6 +37,10 @@ from hypercorn.utils import wrap_app
 log = logging.getLogger("foundry.http")
 
 KEEP_ALIVE_SECONDS = 60  # browsers and HTTP/1.1 clients reuse a connection between calls
+# hypercorn ends a connection after 1,000 requests by default, failing the calls in flight on an
+# HTTP/2 one (a grpcio channel's live Watch): not in practice (h2's memory of closed streams,
+# which the cap bounded, is bounded by ``hypercorn_guard.remember_fewer_closed_streams``)
+KEEP_ALIVE_REQUESTS = 2**31 - 1
 WEBSOCKET_MAX_MESSAGE = 64 * 1024  # clients send nothing the streams read
 
 
@@ -122,6 +127,7 @@ async def open_http_server(
     ignore_data_of_closed_streams()  # a stream answered early: its late DATA ends nothing
     release_streams_of_closed_connections()  # an app answering a disconnect does not wait
     limit_control_frames()  # a connection flooding PING/SETTINGS/PRIORITY frames is closed
+    remember_fewer_closed_streams()  # h2's memory of a connection's closed streams, bounded
     bound = sock.getsockname()
     host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     own = own_origins(host, bound[1], secure=ssl_context is not None)
@@ -136,6 +142,7 @@ async def open_http_server(
     config = _Config(ssl_context)
     config.graceful_timeout = grace
     config.keep_alive_timeout = KEEP_ALIVE_SECONDS
+    config.keep_alive_max_requests = KEEP_ALIVE_REQUESTS
     config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE
     config.accesslog = None
     config.include_server_header = False  # no version banner, and less to write per reply

@@ -29,6 +29,7 @@ from foundry.kernel.edge.http.hypercorn_guard import (
     ignore_data_of_closed_streams,
     limit_control_frames,
     release_streams_of_closed_connections,
+    remember_fewer_closed_streams,
 )
 from foundry.kernel.edge.http.internals import connect_error_body, pick_loop_by_sniffio
 from foundry.proto import analytics_api, foundry_api, runtime_api
@@ -178,6 +179,27 @@ def test_hypercorn_still_hands_a_connections_h2_events_to_handle_events():
     limit_control_frames()
     limit_control_frames()  # idempotent
     assert getattr(H2Protocol._handle_events, "control_frames_limited", False)
+
+
+def test_hypercorn_connections_remember_a_bounded_number_of_closed_streams():
+    """The canary of ``remember_fewer_closed_streams``: h2 keeps how closed streams ended in
+    ``_closed_streams``, a ``SizeLimitDict`` sized at construction from MAX_CLOSED_STREAMS,
+    and hypercorn's protocol makes its connection in ``__init__``."""
+    import h2.connection
+    from h2.utilities import SizeLimitDict
+    from hypercorn.protocol.h2 import H2Protocol
+
+    assert "SizeLimitDict(" in inspect.getsource(h2.connection.H2Connection.__init__)
+    assert "self.connection = h2.connection.H2Connection(" in inspect.getsource(
+        inspect.unwrap(H2Protocol.__init__)
+    )
+    remember_fewer_closed_streams()
+    remember_fewer_closed_streams()  # idempotent
+    assert getattr(H2Protocol.__init__, "closed_streams_bounded", False)
+    table = SizeLimitDict(size_limit=3)
+    for stream_id in range(1, 20, 2):
+        table[stream_id] = None
+    assert list(table) == [15, 17, 19]
 
 
 @pytest.mark.parametrize(
