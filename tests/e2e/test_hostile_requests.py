@@ -368,16 +368,7 @@ def test_a_length_prefix_past_the_end_of_the_stream_is_invalid_argument(daemon):
         ],
     )
     connection.send_data(1, b"\x00\x00\x00\x00\x10\x0a\x01a", end_stream=True)  # 16 said, 3 sent
-    host, port = daemon.address.rsplit(":", 1)
-    trailers: dict[str, str] = {}
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(connection.data_to_send())
-        while "grpc-status" not in trailers:
-            data = sock.recv(65536)
-            assert data, "closed without an answer"
-            for event in connection.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
-                    trailers.update((k.decode(), v.decode()) for k, v in event.headers)
+    trailers = _grpc_trailers(daemon, connection)
     assert trailers["grpc-status"] == "3", trailers  # INVALID_ARGUMENT
     assert "cut short" in trailers["grpc-message"]
     assert_serving(daemon)
@@ -489,9 +480,20 @@ def test_a_request_message_that_stops_arriving_is_deadline_exceeded_on_the_grpc_
     ]
     connection.send_headers(1, headers)
     connection.send_data(1, b"\x00\x00\x00\x00\x10\x0a\x01a")  # 16 bytes said, 3 sent, no end
+    started = time.monotonic()
+    trailers = _grpc_trailers(daemon, connection)
+    assert trailers["grpc-status"] == "4", trailers  # DEADLINE_EXCEEDED
+    assert "did not arrive within 1 s ([daemon] body_timeout)" in trailers["grpc-message"]
+    assert 1.0 <= time.monotonic() - started < 5
+    assert_serving(daemon)
+    assert "Traceback" not in daemon.stderr()
+
+
+def _grpc_trailers(daemon, connection: h2.connection.H2Connection) -> dict[str, str]:
+    """What ``connection`` has to send, sent to the gRPC port; the headers and trailers of the
+    answer to its stream, read as a live client does (its PINGs answered)."""
     host, port = daemon.address.rsplit(":", 1)
     trailers: dict[str, str] = {}
-    started = time.monotonic()
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(connection.data_to_send())
         while "grpc-status" not in trailers:
@@ -500,9 +502,5 @@ def test_a_request_message_that_stops_arriving_is_deadline_exceeded_on_the_grpc_
             for event in connection.receive_data(data):
                 if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
                     trailers.update((k.decode(), v.decode()) for k, v in event.headers)
-            sock.sendall(connection.data_to_send())  # PING answers: a live client
-    assert trailers["grpc-status"] == "4", trailers  # DEADLINE_EXCEEDED
-    assert "did not arrive within 1 s ([daemon] body_timeout)" in trailers["grpc-message"]
-    assert 1.0 <= time.monotonic() - started < 5
-    assert_serving(daemon)
-    assert "Traceback" not in daemon.stderr()
+            sock.sendall(connection.data_to_send())
+    return trailers

@@ -218,10 +218,7 @@ async def test_finished_runs_leave_memory_once_their_outputs_pass_recent_run_byt
     # each run's output is {"step":"a"}: 12 bytes; 25 keep two runs, the newest always stays
     config = SchedulerConfig(recent_run_bytes=25)
     async with running_scheduler(tmp_path, [Sleepy()], config=config) as h:
-        run_ids = []
-        for _ in range(3):
-            run_ids.append(await h.submit([step("a")]))
-            await h.store.until(run_ids[-1], "run_succeeded")
+        run_ids = await _finished_runs(h, 3)
         views = [await h.get(run_id) for run_id in run_ids]
         assert h.store.loaded == run_ids[:1]  # the oldest was read back from the store
         assert [v.status for v in views] == ["SUCCEEDED"] * 3
@@ -233,12 +230,9 @@ async def test_a_tap_of_a_run_that_ended_in_memory_reads_no_log_from_the_store(
 ):
     # every tap of a finished run parsed its whole log from DuckDB again: 30 taps of a run of
     # 20 MB of outputs held 2.4 GB; a run still in memory gives its own records, once durable
-    config = SchedulerConfig(recent_run_bytes=25)
+    config = SchedulerConfig(recent_run_bytes=25)  # two of them kept in memory
     async with running_scheduler(tmp_path, [Sleepy()], config=config) as h:
-        run_ids = []
-        for _ in range(3):
-            run_ids.append(await h.submit([step("a")]))
-            await h.store.until(run_ids[-1], "run_succeeded")
+        run_ids = await _finished_runs(h, 3)
         for run_id in run_ids:
             opened = await ask(h.inbox, lambda r, i=run_id: OpenTap(i, _NoSink(), r))
             assert list(opened.history) == h.store.events(run_id)
@@ -246,6 +240,15 @@ async def test_a_tap_of_a_run_that_ended_in_memory_reads_no_log_from_the_store(
         running = await h.submit([step("a", inputs={"s": 60})])
         opened = await ask(h.inbox, lambda r: OpenTap(running, _NoSink(), r))
         assert h.store.histories == [*run_ids[:1], running]  # not ended: its durable log
+
+
+async def _finished_runs(h: Harness, count: int) -> list[str]:
+    """``count`` one-step runs, one after the other, each to its end."""
+    run_ids = []
+    for _ in range(count):
+        run_ids.append(await h.submit([step("a")]))
+        await h.store.until(run_ids[-1], "run_succeeded")
+    return run_ids
 
 
 class _NoSink:

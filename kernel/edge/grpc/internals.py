@@ -513,18 +513,26 @@ def answer_expired_deadlines() -> bool:
 # --- streams reset before their task started ----------------------------------------------------
 
 
-def reset_streams_are_releasable() -> str | None:
-    """None, or what changed so that :func:`release_reset_streams` would not work."""
+def _handler_sources(*names: str) -> list[str] | str:
+    """The source of grpclib's own ``Handler`` methods (under our wrappers), or what is
+    missing."""
     handler = getattr(grpclib.server, "Handler", None)
-    if handler is None or not hasattr(handler, "accept") or not hasattr(handler, "cancel"):
-        return "grpclib.server.Handler has no accept and cancel"
+    if handler is None or not all(hasattr(handler, name) for name in names):
+        return f"grpclib.server.Handler has no {' and '.join(names)}"
     try:
         import inspect
 
-        accept = inspect.getsource(inspect.unwrap(handler.accept))
-        cancel = inspect.getsource(inspect.unwrap(handler.cancel))
+        return [inspect.getsource(inspect.unwrap(getattr(handler, name))) for name in names]
     except (OSError, TypeError, ValueError):
         return "grpclib.server.Handler cannot be read"
+
+
+def reset_streams_are_releasable() -> str | None:
+    """None, or what changed so that :func:`release_reset_streams` would not work."""
+    sources = _handler_sources("accept", "cancel")
+    if isinstance(sources, str):
+        return sources
+    accept, cancel = sources
     if "self._tasks[stream]" not in accept or "self._tasks.pop(stream)" not in cancel:
         return "grpclib.server.Handler no longer keeps each stream's task in _tasks"
     return None
@@ -570,16 +578,10 @@ def release_reset_streams() -> bool:
 
 def finished_tasks_are_forgettable() -> str | None:
     """None, or what changed so that :func:`forget_finished_tasks` would not work."""
-    handler = getattr(grpclib.server, "Handler", None)
-    if handler is None or not hasattr(handler, "close") or not hasattr(handler, "cancel"):
-        return "grpclib.server.Handler has no close and cancel"
-    try:
-        import inspect
-
-        close = inspect.getsource(inspect.unwrap(handler.close))
-        cancel = inspect.getsource(inspect.unwrap(handler.cancel))
-    except (OSError, TypeError, ValueError):
-        return "grpclib.server.Handler cannot be read"
+    sources = _handler_sources("close", "cancel")
+    if isinstance(sources, str):
+        return sources
+    close, cancel = sources
     if "self._cancelled.update(self._tasks.values())" not in close:
         return "grpclib.server.Handler.close no longer moves its tasks to _cancelled"
     if "self._cancelled.add(task)" not in cancel:
