@@ -16,14 +16,9 @@ import trio.testing
 from foundry.analytics.migrations import migrate
 from foundry.kernel.actors.mailbox import ask, reply_pair
 from foundry.kernel.actors.store.actor import READERS, Store
-from foundry.kernel.actors.store.attestations import (
-    LOOK_BYTES,
-    MAX_SPAN,
-    MIN_SPAN,
-    load_unattested,
-    next_span,
-)
+from foundry.kernel.actors.store.attestations import load_unattested
 from foundry.kernel.actors.store.journal import pending_records
+from foundry.kernel.actors.store.looks import LOOK_BYTES, MAX_SPAN, MIN_SPAN, next_span
 from foundry.kernel.actors.store.messages import (
     Append,
     Barrier,
@@ -1076,3 +1071,19 @@ async def test_a_query_out_of_the_memory_limit_is_resource_exhausted_in_one_log_
         assert await ask(store, lambda r: LoadRun("run_9", r)) is None  # and it goes on
     assert "ran out of [store] memory_limit" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+async def test_a_run_larger_than_the_memory_limit_reads_back_in_looks(tmp_path):
+    # 400 steps of 100 KB outputs: read at once, DuckDB held a vector's 2,048 rows (here all
+    # 40 MB) and every GetRun, TapRun and attest export of the run failed, for good
+    run, _ = make_run(1, finished=True)
+    events = [RunEventRecord(run.run_id, i + 1, f"s{i}", "step_completed",
+                             {"output": f"{i:05d}" * 20_000}, T0) for i in range(400)]  # fmt: skip
+    async with running_store(tmp_path) as store:
+        await post_now(store, [run, *events]).wait()
+    async with running_store(tmp_path, memory_limit="24MB") as store:
+        stored, read = await ask(store, lambda r: LoadRun(run.run_id, r))
+    assert stored == run
+    assert [(e.seq, e.payload["output"][:5]) for e in read] == [
+        (i + 1, f"{i:05d}") for i in range(400)
+    ]

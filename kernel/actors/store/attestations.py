@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import bisect
 from typing import Any
 
 import duckdb
+from foundry.kernel.actors.store.looks import in_looks
 from foundry.kernel.actors.store.tables import WRITERS
 from foundry.kernel.core.attest_records import AttestationRows, stored_record
 
@@ -43,27 +43,21 @@ _UNNAMED = (
     "WHERE e.kind IN ('attested', 'step_completed')"
 )
 # Which completions announce their attestation (without the attestor, none does), and their
-# payloads' sizes. Run in a range of rowids with kind equal: DuckDB then reads the payloads of
-# only the rows the range keeps. Not a parse of the JSON, which held a vector's payloads at once:
-# a few runs of MB-sized step outputs made this start-up query run out of [store] memory_limit.
-# The text looked for is the announcement itself (the id its run and seq name, as the store
-# writes JSON: compact): an output holding it as text is escaped.
+# payloads' sizes, in looks (``looks.py``; not a parse of the JSON, which held a vector's payloads
+# at once: a few runs of MB-sized step outputs made this start-up query run out of
+# [store] memory_limit). The text looked for is the announcement itself (the id its run and seq
+# name, as the store writes JSON: compact): an output holding it as text is escaped.
 _ANNOUNCING = (
     "SELECT rowid, contains(payload, '\"attestation_id\":\"att_' || run_id || '_' || seq || "
-    "'\"'), strlen(payload) FROM run_events WHERE rowid BETWEEN ? AND ? AND kind = 'step_completed'"
+    "'\"'), strlen(payload) FROM run_events "
+    "WHERE rowid BETWEEN $lo AND $hi AND kind = 'step_completed'"
 )
-# A look covers from MIN_SPAN to MAX_SPAN rowids, sized from the last one's payloads to read
-# about LOOK_BYTES at once: few looks over a long history of small payloads (one a rowid took
-# seconds for 80,000 completions without attestations), little memory over large ones.
-MIN_SPAN, MAX_SPAN = 8, 16_384
-LOOK_BYTES = 8 << 20
 
 
 def load_unattested(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Runs with an announced attestation (``core.attest_records.announced``: an ``attested``
     event, a ``step_completed`` with an ``attestation_id``) that was never stored (a daemon
     stopped between the two commits), oldest first."""
-    # (the store runs a query's statements in one snapshot: the rowids stay valid)
     first: dict[str, Any] = {}
     completions: dict[int, tuple[str, Any]] = {}
     for rowid, run_id, occurred_at, attested in con.execute(_UNNAMED).fetchall():
@@ -71,24 +65,8 @@ def load_unattested(con: duckdb.DuckDBPyConnection) -> list[str]:
             first[run_id] = min(first.get(run_id, occurred_at), occurred_at)
         else:
             completions[rowid] = (run_id, occurred_at)
-    unchecked, span = sorted(completions), MIN_SPAN
-    while unchecked:
-        lo = unchecked[0]
-        rows = con.execute(_ANNOUNCING, [lo, lo + span - 1]).fetchall()
-        for rowid, announcing, _ in rows:
-            if announcing and rowid in completions:
-                run_id, occurred_at = completions[rowid]
-                first[run_id] = min(first.get(run_id, occurred_at), occurred_at)
-        unchecked = unchecked[bisect.bisect_left(unchecked, lo + span) :]
-        span = next_span(span, len(rows), sum(r[2] for r in rows))
+    for rowid, announcing, _ in in_looks(con, _ANNOUNCING, {}, sorted(completions)):
+        if announcing and rowid in completions:
+            run_id, occurred_at = completions[rowid]
+            first[run_id] = min(first.get(run_id, occurred_at), occurred_at)
     return sorted(first, key=lambda run_id: first[run_id])
-
-
-def next_span(span: int, rows: int, size: int) -> int:
-    """The rowids the next look covers, after one of ``span`` rowids read ``rows`` payloads of
-    ``size`` bytes: about ``LOOK_BYTES`` of payloads at their rows' average size, growing at
-    most fourfold a look (the sizes ahead are a guess)."""
-    if rows == 0:
-        return min(span * 4, MAX_SPAN)
-    wanted = LOOK_BYTES * span // max(size, 1)
-    return max(MIN_SPAN, min(wanted, span * 4, MAX_SPAN))
