@@ -336,6 +336,29 @@ async def test_trio_tasks_ask_actors_and_read_sinks_without_an_asyncio_hop():
             tap.close()
 
 
+@dataclass(frozen=True)
+class Sized:
+    payload_json: str
+
+
+async def test_a_watch_that_does_not_read_is_cut_off_by_the_bytes_waiting_not_only_their_count():
+    # one Watch that never read held every event's payload: 100 events of 3.5 MB, 1.6 GB
+    from foundry.kernel.edge.grpc.bridge import BATCH_BYTES, SINK_BYTES
+
+    queue = QueueSink()
+    event = Sized("x" * (4 << 20))
+    offered = [queue.offer(event, capacity=10_000) for _ in range(SINK_BYTES // (4 << 20) + 1)]
+    assert offered == [True] * (SINK_BYTES // (4 << 20)) + [False]
+    batch = await queue.batch()
+    assert len(batch) == BATCH_BYTES // (4 << 20)  # a batch: about BATCH_BYTES of payloads
+    while more := await queue.batch():
+        batch = more
+    assert isinstance(batch[-1], Overflow)
+    one = QueueSink()
+    assert one.offer(Sized("y" * (SINK_BYTES + 1)), capacity=10)  # alone, any size passes
+    assert [len(i.payload_json) for i in await one.batch()] == [SINK_BYTES + 1]
+
+
 async def test_a_closed_mailbox_is_unavailable_from_trio_too():
     send, receive = trio.open_memory_channel(1)
     receive.close()
