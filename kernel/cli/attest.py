@@ -250,6 +250,8 @@ def verify_lines(
 ) -> list[str]:
     """Each envelope's signature and shape; then the chain of each run attestation among them
     (its run's step attestations in the order given)."""
+    if not envelopes:  # an export that failed writes nothing: nothing is not valid
+        return ["no envelope in it: nothing to verify"]
     problems: list[str] = []
     kinds: list[str | None] = []
     for n, env in enumerate(envelopes, 1):

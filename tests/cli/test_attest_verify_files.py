@@ -28,6 +28,9 @@ def _envelope(kind: str, predicate: object) -> str:
     "content",
     [
         pytest.param(b'{"not": "an envelope"}', id="an object without an envelope"),
+        # an export that failed wrote nothing: "valid", exit 0, with nothing verified
+        pytest.param(b"", id="an empty file"),
+        pytest.param(b"\n  \n", id="blank lines"),
         pytest.param(b"\xff\xfe\x00 not utf-8\n", id="bytes that are not UTF-8"),
         pytest.param(_envelope("run", [1, 2]).encode(), id="a run predicate that is a list"),
         pytest.param(
