@@ -2,8 +2,8 @@
 
 The command is an argv list (or a string split like a shell would, but never run by one). The
 payload — or a DAG step's inputs — reaches the program as compact JSON on stdin, in
-``FOUNDRY_PAYLOAD``, and as ``FOUNDRY_INPUT_<KEY>`` for each top-level scalar; it is never
-interpolated into a command line.
+``FOUNDRY_PAYLOAD``, and as ``FOUNDRY_INPUT_<KEY>`` for each top-level scalar (a value over
+64 KiB only on stdin); it is never interpolated into a command line.
 
 As a DAG step, ``{"type": "shell", "inputs": {"command": "NAME", ...}}`` runs the ``[[blocks]]``
 shell block called NAME with the step's inputs as its payload — so a run can only ever start the
@@ -79,9 +79,18 @@ class ShellBlock(Block):
             ctx.emit(self.emits, {**ctx.payload, "simulated": True})
 
 
+# Linux refuses to start a program one of whose environment strings passes 128 KiB (E2BIG,
+# "Argument list too long": a step with a 300 KB input failed every attempt), or whose whole
+# environment and arguments pass ~2 MB. A value past ENV_VALUE_BYTES is left out (the payload is
+# always on stdin), and the inputs once they would pass ENV_INPUT_BYTES together.
+ENV_VALUE_BYTES = 64 * 1024
+ENV_INPUT_BYTES = 512 * 1024
+
+
 def _payload_env(ctx: BlockContext) -> dict[str, str]:
+    payload = compact_json(dict(ctx.payload))
     env = {
-        "FOUNDRY_PAYLOAD": compact_json(dict(ctx.payload)),
+        **({"FOUNDRY_PAYLOAD": payload} if _fits(payload) else {}),
         "FOUNDRY_EVENT_TYPE": ctx.event_type,
         "FOUNDRY_EVENT_ID": ctx.event_id,
         "FOUNDRY_PROJECT": ctx.project,
@@ -90,11 +99,19 @@ def _payload_env(ctx: BlockContext) -> dict[str, str]:
         "FOUNDRY_STEP_ID": ctx.step_id,
         "FOUNDRY_ARTIFACT_DIR": str(ctx.artifact_dir),
     }
+    total = 0
     for key, value in ctx.payload.items():
         if isinstance(value, str | int | float | bool) and not isinstance(value, dict):
             name = re.sub(r"[^A-Za-z0-9]", "_", str(key)).upper()
-            env[f"FOUNDRY_INPUT_{name}"] = value if isinstance(value, str) else json.dumps(value)
+            text = value if isinstance(value, str) else json.dumps(value)
+            total += len(text.encode("utf-8", "surrogatepass"))
+            if _fits(text) and total <= ENV_INPUT_BYTES:
+                env[f"FOUNDRY_INPUT_{name}"] = text
     return env
+
+
+def _fits(text: str) -> bool:
+    return len(text.encode("utf-8", "surrogatepass")) <= ENV_VALUE_BYTES
 
 
 def _parse_output(text: str) -> Any:

@@ -64,6 +64,21 @@ async def test_the_payload_arrives_on_stdin_and_in_env_and_stdout_json_is_emitte
     assert [e["event_type"] for e in trace["events"]] == ["go", "inspected"]
 
 
+async def test_a_payload_too_large_for_the_environment_arrives_on_stdin_alone(tmp_path):
+    # Linux refuses an environment string over 128 KiB (E2BIG): a 300 KB input failed the
+    # step on every attempt with "Argument list too long"
+    probe = ("import json, os, sys; print(json.dumps({'stdin': len(sys.stdin.read()), "
+             "'env': sorted(k for k in os.environ if k.startswith('FOUNDRY_INPUT_') "
+             "or k == 'FOUNDRY_PAYLOAD')}))")  # fmt: skip
+    registry = shell_registry(command=[sys.executable, "-c", probe], emits="probed")
+    payload = {"big": "x" * 300_000, "small": "y", "also": "z" * 70_000}
+    _, x = await run_once(tmp_path, registry, payload)
+    assert x["success"] is True, x
+    [got] = x["emitted_payloads"]
+    assert got["stdin"] == len(json.dumps(payload, separators=(",", ":")))
+    assert got["env"] == ["FOUNDRY_INPUT_SMALL"]  # the payload and the large inputs left out
+
+
 async def test_a_hostile_payload_is_never_interpreted(tmp_path):
     marks = [tmp_path / f"pwned{i}" for i in range(4)]
     hostile = {
