@@ -77,8 +77,9 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 @dataclass(frozen=True, slots=True)
 class HeapSizes:
-    """Resident bytes after the last full collection (or the low point since), and the lowest
-    after any; seconds since the last."""
+    """Resident bytes after the last full collection (or the low point since); the low point a
+    look again by time compares with (the lowest after a collection, raised to what such a look
+    left: the new normal); seconds since the last collection."""
 
     after_last: int
     low_point: int
