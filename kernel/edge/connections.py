@@ -140,14 +140,15 @@ def control_frames(events: Sequence[Any]) -> int:
     """How many of h2's ``events`` a peer's control frame made (PING, SETTINGS, PRIORITY) — not
     the priority a request's HEADERS carries (h2 makes it an event too; browsers set it on
     every request)."""
+    control = [event for event in events if isinstance(event, _CONTROL_EVENTS)]
+    if not any(isinstance(event, h2.events.PriorityUpdated) for event in control):
+        return len(control)  # (most feeds: no request priority to tell apart)
     requested = {
         id(event.priority_updated)
         for event in events
         if isinstance(event, h2.events.RequestReceived) and event.priority_updated is not None
     }
-    return sum(
-        1 for event in events if isinstance(event, _CONTROL_EVENTS) and id(event) not in requested
-    )
+    return sum(1 for event in control if id(event) not in requested)
 
 
 class ControlFrames:

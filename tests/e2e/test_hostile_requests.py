@@ -352,21 +352,21 @@ def test_a_header_that_is_not_ascii_closes_its_connection_not_the_daemon(daemon,
     assert "the connection is closed" in daemon.stderr()
 
 
+EMIT_HEADERS = [
+    (":method", "POST"),
+    (":scheme", "http"),
+    (":path", "/foundry.Foundry/Emit"),
+    (":authority", "x"),
+    ("content-type", "application/grpc"),
+    ("te", "trailers"),
+]
+
+
 def test_a_length_prefix_past_the_end_of_the_stream_is_invalid_argument(daemon):
     """grpclib asserts when the stream ends before the prefix's length (answered INTERNAL)."""
     connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     connection.initiate_connection()
-    connection.send_headers(
-        1,
-        [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/foundry.Foundry/Emit"),
-            (":authority", "x"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ],
-    )
+    connection.send_headers(1, EMIT_HEADERS)
     connection.send_data(1, b"\x00\x00\x00\x00\x10\x0a\x01a", end_stream=True)  # 16 said, 3 sent
     trailers = _grpc_trailers(daemon, connection)
     assert trailers["grpc-status"] == "3", trailers  # INVALID_ARGUMENT
@@ -470,15 +470,7 @@ def test_a_request_message_that_stops_arriving_is_deadline_exceeded_on_the_grpc_
     daemon = make_daemon("[daemon]\nbody_timeout = 1.0\n")
     connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     connection.initiate_connection()
-    headers = [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", "/foundry.Foundry/Emit"),
-        (":authority", "x"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]
-    connection.send_headers(1, headers)
+    connection.send_headers(1, EMIT_HEADERS)
     connection.send_data(1, b"\x00\x00\x00\x00\x10\x0a\x01a")  # 16 bytes said, 3 sent, no end
     started = time.monotonic()
     trailers = _grpc_trailers(daemon, connection)

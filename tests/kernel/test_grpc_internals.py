@@ -444,6 +444,20 @@ def test_grpclib_handlers_still_keep_each_streams_task_where_we_hook_in():
 
 
 ORDINARY = 20
+TAP_HEADERS = [(":method", "POST"), (":scheme", "http"), (":path", TAP_RUN), (":authority", "x"),
+               ("content-type", "application/grpc"), ("te", "trailers")]  # fmt: skip
+
+
+async def _tapper_and_h2_client() -> tuple[Any, Any, Any, Any]:
+    """A grpclib server of :class:`Tapper` on 127.0.0.1, and an h2 client connected to it:
+    (server, reader, writer, h2 connection)."""
+    server = Server([Tapper()], codec=RequestCodec(1 << 20))
+    sock = bind("127.0.0.1", 0)
+    await server.start(sock=sock)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    return server, reader, writer, client
 
 
 async def kept_after_resets(count: int) -> int:
@@ -451,24 +465,11 @@ async def kept_after_resets(count: int) -> int:
     each reset (RST_STREAM) as soon as it was sent, the connection still open — measured once
     ``ORDINARY`` ordinary calls sent after them were answered (the server read them all)."""
     earlier = [o for o in gc.get_objects() if isinstance(o, grpclib.protocol.EventsProcessor)]
-    server = Server([Tapper()], codec=RequestCodec(1 << 20))
-    sock = bind("127.0.0.1", 0)
-    await server.start(sock=sock)
-    reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
-    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    client.initiate_connection()
-    headers = [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", TAP_RUN),
-        (":authority", "x"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]
+    server, reader, writer, client = await _tapper_and_h2_client()
     reset = range(1, 2 * count, 2)
     ordinary = set(range(2 * count + 1, 2 * (count + ORDINARY), 2))
     for stream_id in [*reset, *sorted(ordinary)]:
-        client.send_headers(stream_id, headers)
+        client.send_headers(stream_id, TAP_HEADERS)
         client.send_data(stream_id, b"\x00\x00\x00\x00\x00", end_stream=True)
         if stream_id not in ordinary:
             client.reset_stream(stream_id)
@@ -518,16 +519,9 @@ def test_grpclib_handlers_still_keep_their_tasks_where_we_let_go_of_them():
 async def buffered_after_close(streams: int) -> int:
     """Bytes of request bodies the server still holds (reachable or not: the collector is not
     run) once a connection that sent ``streams`` requests, each with half its message, closed."""
-    server = Server([Tapper()], codec=RequestCodec(1 << 20))
-    sock = bind("127.0.0.1", 0)
-    await server.start(sock=sock)
-    reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
-    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    client.initiate_connection()
-    headers = [(":method", "POST"), (":scheme", "http"), (":path", TAP_RUN), (":authority", "x"),
-               ("content-type", "application/grpc"), ("te", "trailers")]  # fmt: skip
+    server, _, writer, client = await _tapper_and_h2_client()
     for stream_id in range(1, 2 * streams, 2):
-        client.send_headers(stream_id, headers)
+        client.send_headers(stream_id, TAP_HEADERS)
         # 1,500 bytes of a 3,000-byte message (40 fit the connection's first window)
         client.send_data(stream_id, b"\x00\x00\x00\x0b\xb8" + b"x" * 1_500)
     writer.write(client.data_to_send())
