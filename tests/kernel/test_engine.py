@@ -679,6 +679,29 @@ async def test_finished_workflows_outlive_the_recent_list(tmp_path):
     assert from_disk == json.loads(json.dumps(first_trace, default=str))
 
 
+async def test_a_trace_rebuilt_from_the_database_is_the_trace_file(tmp_path):
+    # Trace of a chain evicted from memory whose file is not written yet (the archivist is
+    # behind) comes from the database: the same document, ``Z`` times included (it was
+    # ``+00:00`` there, so Trace's answer depended on the archivist's pace).
+    @block("Only", sinks=["go"])
+    def only(ctx):
+        ctx.emit("gone", {"n": ctx.payload["n"]})
+
+    async with running_kernel(tmp_path, [only], engine=EngineConfig(recent_workflows=1)) as k:
+        first = await k.emit("go", {"n": 1})
+        await k.finished(first.workflow_id)
+        second = await k.emit("go", {"n": 2})
+        await k.finished(second.workflow_id)
+        while not (paths := list((tmp_path / "traces").glob(f"*/{first.workflow_id}.json"))):
+            await trio.sleep(0.005)  # the archivist writes it after the commit
+        from_file = await k.trace(first.workflow_id)
+        paths[0].unlink()
+        from_database = await k.trace(first.workflow_id)
+
+    assert from_file is not None and from_database == from_file
+    assert from_database["events"][0]["occurred_at"].endswith("Z")
+
+
 async def test_a_trace_file_a_crash_cut_short_is_read_from_the_database(tmp_path):
     @block("Only", sinks=["go"])
     def only(ctx):

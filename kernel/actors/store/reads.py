@@ -36,7 +36,7 @@ from foundry.kernel.actors.store.messages import (
 from foundry.kernel.core.ids import occurred_stamp, rfc3339
 from foundry.kernel.core.records import FinishedChain
 from foundry.kernel.core.throttle import Throttle
-from foundry.kernel.core.trace_format import check_trace_size
+from foundry.kernel.core.trace_format import check_trace_size, zulu
 
 RESTARTED = "daemon restarted before the workflow finished"
 # A chain's rows with the workflow id asked for, not the column: a scan that returns the column
@@ -57,8 +57,9 @@ def _event_trace(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["event_id"],
         "event_type": row["event_type"],
         "project": row["project"],
-        "occurred_at": occurred_stamp(row["occurred_at"]),  # as hashed into its id
-        "recorded_at": rfc3339(row["recorded_at"]),
+        # as hashed into its id, written as the trace file writes it (``zulu``)
+        "occurred_at": zulu(occurred_stamp(row["occurred_at"])),
+        "recorded_at": zulu(rfc3339(row["recorded_at"])),
         "throttle": row["throttle"],
         "trace_id": row["trace_id"] or "",
         "payload": json.loads(row["payload"]),
@@ -87,8 +88,8 @@ def _execution_trace(row: dict[str, Any], payloads: dict[str, Any]) -> dict[str,
         "state": row["state"],
         "throttled": row["throttled"],
         "attempts": row["attempts"],
-        "started_at": rfc3339(row["started_at"]),
-        "completed_at": rfc3339(row["completed_at"]),
+        "started_at": zulu(rfc3339(row["started_at"])),
+        "completed_at": zulu(rfc3339(row["completed_at"])),
         "span_id": row["span_id"] or "",
         "parent_span_id": row["parent_span_id"] or "",
     }
