@@ -502,6 +502,42 @@ def test_the_token_is_sent_on_calls_and_streams(browser, make_daemon):
         context.close()
 
 
+def test_an_answer_to_the_page_before_the_token_does_not_bring_its_error_back(
+    browser, make_daemon
+):
+    """The Status asked before the token was set is answered after it (held here, as a slow
+    answer would be): the page mounted again with the token must not show that stale
+    "unauthenticated" (it stayed until the next route change)."""
+    daemon = make_daemon("[daemon]\ntoken_env = 'DASH_TOKEN'\n", env={"DASH_TOKEN": TOKEN},
+                         name="stale")  # fmt: skip
+    context = browser.new_context()
+    page = context.new_page()
+    held: list[Any] = []
+
+    def hold_the_first(route: Any) -> None:
+        if held or route.request.headers.get("authorization"):
+            route.continue_()
+        else:
+            held.append(route)
+
+    try:
+        page.route(f"**/{FOUNDRY}/Status", hold_the_first)
+        open_page(page, daemon, "#/workflows")
+        page.wait_for_function("() => document.getElementById('workflows') !== null")
+        deadline = time.monotonic() + 10
+        while not held and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+        assert held, "the page never asked for Status"
+        page.fill("#token", TOKEN)
+        page.click("#token-form button")
+        expect(page.locator("#workflow-rows")).to_be_attached()
+        held[0].continue_()  # now answered: unauthenticated, to the page left behind
+        page.wait_for_timeout(300)
+        expect(page.locator("#notice")).to_be_hidden()
+    finally:
+        context.close()
+
+
 # --- performance ----------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ export function mountList(root) {
   let stopWatch = () => {};
   let alive = true;
 
+  let failed = false; // the notice shows this list's last error: the next good answer clears it
   async function refresh() {
     clearTimeout(timer);
     try {
@@ -30,8 +31,14 @@ export function mountList(root) {
       await learnThrottles(throttles, (reply.workflows || []).map((w) => w.workflowId));
       if (!alive) return;
       render(reply.workflows || []);
+      if (failed) notice("");
+      failed = false;
     } catch (error) {
+      // An answer to a page left behind (e.g. asked before the token was set) says nothing of
+      // this one.
+      if (!alive) return;
       notice(error.message);
+      failed = true;
     }
     if (alive) timer = setTimeout(refresh, POLL_MS);
   }
