@@ -12,6 +12,7 @@ from typing import Any
 import trio
 from foundry.kernel.blocks.api import Block, BlockContext, Emission, NeedsAwait, Usage
 from foundry.kernel.core.chain import runs_now as _runs_now
+from foundry.kernel.core.failures import described
 from foundry.kernel.core.throttle import Action
 
 
@@ -82,8 +83,8 @@ def execute_now(block: Block, action: Action, ctx: BlockContext) -> Outcome | No
         output, error = block.call(action, ctx), ""
     except NeedsAwait:
         return None
-    except Exception as exc:  # a block's failure is data for its trace, never the kernel's
-        output, error = None, f"{type(exc).__name__}: {exc}"
+    except BaseException as exc:  # a block's failure (SystemExit too) is data for its trace
+        output, error = None, described(exc)
     return _outcome(ctx, output, error, 1, started, False, ctx.listed_artifacts())
 
 
@@ -96,6 +97,8 @@ def _outcome(
     timed_out: bool,
     artifacts: list[str],
 ) -> Outcome:
+    if not error and not isinstance(ctx.summary, str):  # the store and the trace take text
+        error = f"ctx.summary must be a str, not {type(ctx.summary).__name__}"
     return Outcome(
         success=not error,
         output=output,
@@ -132,16 +135,27 @@ async def _attempt(
         # cancel scope (a tenth of the engine's time per execution).
         try:
             return await _dispatch(block, action, ctx), "", False
-        except Exception as exc:
-            return None, f"{type(exc).__name__}: {exc}", False
+        except BaseException as exc:
+            if cancellation(exc):
+                raise
+            return None, described(exc), False
     deadline = math.inf if limit is None else trio.current_time() + limit
     # A bare CancelScope: trio.fail_after is a generator context manager, several times the cost.
     try:
         with trio.CancelScope(deadline=deadline):
             return await _dispatch(block, action, ctx), "", False
-    except Exception as exc:  # a block's failure is data for its trace, never the kernel's
-        return None, f"{type(exc).__name__}: {exc}", False
+    except BaseException as exc:  # a block's failure (SystemExit too) is data for its trace
+        if cancellation(exc):  # the run's or the daemon's, not the block's deadline: it goes on
+            raise
+        return None, described(exc), False
     return None, f"timed out after {limit:g}s", True  # only reached when the deadline cancelled
+
+
+def cancellation(exc: BaseException) -> bool:
+    """``exc`` is trio cancelling the caller (alone or in a group from a block's nursery)."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.Cancelled) is not None
 
 
 async def _dispatch(block: Block, action: Action, ctx: BlockContext) -> Any:

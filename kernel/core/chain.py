@@ -16,6 +16,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Protocol
 
+from foundry.kernel.core.failures import described
 from foundry.kernel.core.ids import rfc3339
 from foundry.kernel.core.records import (
     Event,
@@ -257,8 +258,8 @@ def reached(blocks: Iterable[Walker], payload: Mapping[str, Any]) -> list[tuple[
         try:
             if block.accepts(payload):
                 found.append((block, ""))
-        except Exception as exc:
-            found.append((block, f"accepts() raised {type(exc).__name__}: {exc}"))
+        except BaseException as exc:  # SystemExit too: a plugin's, not the engine's
+            found.append((block, f"accepts() raised {described(exc)}"))
     return found
 
 

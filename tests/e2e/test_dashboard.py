@@ -502,9 +502,7 @@ def test_the_token_is_sent_on_calls_and_streams(browser, make_daemon):
         context.close()
 
 
-def test_an_answer_to_the_page_before_the_token_does_not_bring_its_error_back(
-    browser, make_daemon
-):
+def test_an_answer_to_the_page_before_the_token_does_not_bring_its_error_back(browser, make_daemon):
     """The Status asked before the token was set is answered after it (held here, as a slow
     answer would be): the page mounted again with the token must not show that stale
     "unauthenticated" (it stayed until the next route change)."""

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import sys
 import threading
 from datetime import datetime
 
@@ -679,6 +680,14 @@ async def test_finished_workflows_outlive_the_recent_list(tmp_path):
     assert from_disk == json.loads(json.dumps(first_trace, default=str))
 
 
+async def _trace_files(home, workflow_id):
+    """The chain's trace file, once the archivist has written it."""
+    while True:
+        if paths := list((home / "traces").glob(f"*/{workflow_id}.json")):
+            return paths
+        await trio.sleep(0.005)  # noqa: ASYNC110 - a file, not an event, is waited for
+
+
 async def test_a_trace_rebuilt_from_the_database_is_the_trace_file(tmp_path):
     # Trace of a chain evicted from memory whose file is not written yet (the archivist is
     # behind) comes from the database: the same document, ``Z`` times included (it was
@@ -692,13 +701,14 @@ async def test_a_trace_rebuilt_from_the_database_is_the_trace_file(tmp_path):
         await k.finished(first.workflow_id)
         second = await k.emit("go", {"n": 2})
         await k.finished(second.workflow_id)
-        while not (paths := list((tmp_path / "traces").glob(f"*/{first.workflow_id}.json"))):
-            await trio.sleep(0.005)  # the archivist writes it after the commit
+        with trio.fail_after(10):  # the archivist writes it after the commit
+            paths = await _trace_files(tmp_path, first.workflow_id)
         from_file = await k.trace(first.workflow_id)
         paths[0].unlink()
         from_database = await k.trace(first.workflow_id)
 
-    assert from_file is not None and from_database == from_file
+    assert from_file is not None
+    assert from_database == from_file
     assert from_database["events"][0]["occurred_at"].endswith("Z")
 
 
@@ -786,6 +796,151 @@ async def test_an_emission_that_is_not_strict_json_fails_the_block(tmp_path, bad
     assert x["success"] is False
     assert "not JSON" in x["summary"]
     assert stored == [("go",)]
+    assert trace["state"] == "failed"
+
+
+class _Boom(BaseException):
+    """A plugin's own BaseException (not an Exception)."""
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def _exits() -> None:
+    sys.exit(3)
+
+
+def _interrupts() -> None:
+    raise KeyboardInterrupt
+
+
+def _booms() -> None:
+    raise _Boom("boom")
+
+
+def _unprintable() -> None:
+    raise _Unprintable
+
+
+@pytest.mark.parametrize(
+    ("raise_it", "said"),
+    [
+        (_exits, "SystemExit: 3"),
+        (_interrupts, "KeyboardInterrupt"),
+        (_booms, "_Boom: boom"),
+        (_unprintable, "_Unprintable: <str() raised RuntimeError>"),
+    ],
+    ids=["sys.exit", "KeyboardInterrupt", "own-BaseException", "str-raises"],
+)
+@pytest.mark.parametrize("kind", ["sync", "async", "accepts"])
+async def test_whatever_a_block_raises_fails_its_execution_not_the_engine(
+    tmp_path, raise_it, said, kind
+):
+    # sys.exit() in one plugin block took the whole daemon down (only Exception was caught).
+    def accepts(payload):
+        raise_it()
+
+    if kind == "sync":
+
+        @block("Bad", sinks=["go"])
+        def bad(ctx):
+            raise_it()
+
+    elif kind == "async":
+
+        @block("Bad", sinks=["go"])
+        async def bad(ctx):
+            await trio.lowlevel.checkpoint()
+            raise_it()
+
+    else:
+
+        @block("Bad", sinks=["go"], accepts=accepts)
+        def bad(ctx):
+            pass
+
+    @block("Sibling", sinks=["go"])
+    def sibling(ctx):
+        pass
+
+    async with running_kernel(tmp_path, [bad, sibling]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+        [view] = await k.status(emitted.workflow_id)
+        again = await k.emit("go")  # the engine is still there
+        await k.finished(again.workflow_id)
+
+    [x] = executions(trace, "Bad")
+    assert x["success"] is False
+    assert said in x["summary"]
+    assert [(b.name, b.state) for b in view.task_blocks] == [
+        ("Bad", "failed"), ("Sibling", "completed")
+    ]  # fmt: skip
+    assert trace["state"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("emit", "said"),
+    [
+        (lambda ctx: ctx.emit("out", {"v": 10**400}), "not JSON: OverflowError"),
+        (lambda ctx: setattr(ctx, "summary", {"a": 1}), "ctx.summary must be a str, not dict"),
+    ],
+    ids=["int-too-large", "summary-not-text"],
+)
+async def test_a_block_result_the_store_cannot_take_fails_that_block_and_its_siblings_run(
+    tmp_path, emit, said
+):
+    # These stopped the whole chain ("stopped: OverflowError ..."), naming no block, the
+    # sibling skipped and the block left "running".
+    @block("Odd", sinks=["go"])
+    def odd(ctx):
+        emit(ctx)
+
+    @block("Sibling", sinks=["go"])
+    def sibling(ctx):
+        pass
+
+    async with running_kernel(tmp_path, [odd, sibling]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+        [view] = await k.status(emitted.workflow_id)
+
+    [x] = executions(trace, "Odd")
+    assert x["success"] is False
+    assert said in x["summary"]
+    assert [(b.name, b.state) for b in view.task_blocks] == [
+        ("Odd", "failed"), ("Sibling", "completed")
+    ]  # fmt: skip
+    assert "Odd" in view.error
+
+
+async def test_a_block_emitting_past_the_event_budget_stores_none_of_them(tmp_path):
+    # The budget was checked once every emission was made an event and queued: a block that
+    # emitted 30,000 with a budget of 10,000 had all 30,000 stored.
+    @block("Flood", sinks=["go"])
+    def flood(ctx):
+        for i in range(500):
+            ctx.emit("drop", {"i": i})
+
+    @block("Catch", sinks=["drop"])
+    def catch(ctx):
+        raise AssertionError("must not run")
+
+    async with running_kernel(
+        tmp_path, [flood, catch], engine=EngineConfig(max_chain_events=50)
+    ) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+        stored = await k.query(
+            "SELECT count(*) FROM events WHERE workflow_id = ?", emitted.event_id
+        )
+
+    [x] = executions(trace, "Flood")
+    assert x["success"] is False
+    assert "emitted 500 events, past the chain event limit 50" in x["summary"]
+    assert stored == [(1,)]
     assert trace["state"] == "failed"
 
 

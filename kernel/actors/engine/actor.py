@@ -73,6 +73,7 @@ from foundry.kernel.core.chain import (
     descend,
     next_turn,
 )
+from foundry.kernel.core.failures import described
 from foundry.kernel.core.ids import (
     Clock,
     event_id_of_json,
@@ -357,8 +358,9 @@ class Engine:
         visit, block, _, slot, plan = turn
         event, decision = visit.event, plan.decision
         children, error = self._children(
-            event, block, outcome, throttled=not decision.deliver, span=span
-        )
+            event, block, outcome, throttled=not decision.deliver, span=span,
+            room=self._config.max_chain_events - len(workflow.events),
+        )  # fmt: skip
         completed = self._clock.now()
         error = error or outcome.error
         record = new_execution(
@@ -396,15 +398,29 @@ class Engine:
         descend(workflow, children)
 
     def _children(
-        self, parent: Event, block: Block, outcome: Outcome, *, throttled: bool, span: str
+        self,
+        parent: Event,
+        block: Block,
+        outcome: Outcome,
+        *,
+        throttled: bool,
+        span: str,
+        room: int,
     ) -> tuple[tuple[Event, ...], str]:
+        """The events a block emitted, or none and why (``room``: what is left of the chain's
+        event budget)."""
+        emissions = outcome.emissions
+        if len(emissions) > room:  # none of them is stored: a runaway block filled disks
+            return (), (
+                f"emitted {len(emissions)} events, past the chain event limit "
+                f"{self._config.max_chain_events}"
+            )
         try:
-            emissions = outcome.emissions
             return tuple(self._child(parent, block, e, throttled, span) for e in emissions), ""
         except _NotUtf8 as exc:
             return (), f"emitted an event type that is not UTF-8: {exc}"
-        except (TypeError, ValueError) as exc:
-            return (), f"emitted a payload that is not JSON: {exc}"
+        except Exception as exc:  # e.g. an int too large for JSON, nesting too deep
+            return (), f"emitted a payload that is not JSON: {described(exc)}"
 
     def _child(
         self, parent: Event, block: Block, emission: Emission, throttled: bool, span: str

@@ -1,0 +1,19 @@
+"""What a plugin's failure says, for its trace: a block's exception is data, never the kernel's.
+
+A block may raise anything — ``SystemExit``, ``KeyboardInterrupt``, a ``BaseException`` of its
+own, or an exception whose ``__str__`` raises in turn. The kernel catches all of it where it calls
+plugin code (``blocks/execution.py``, ``core/chain.reached``) and records this text instead: one
+such block took the whole daemon down, and a DAG step that did so took every restart down too
+(an unfinished run goes on at the next start).
+"""
+
+from __future__ import annotations
+
+
+def described(exc: BaseException) -> str:
+    """``Type: message`` of ``exc``, whatever its ``__str__`` does."""
+    try:
+        text = str(exc)
+    except Exception as broken:  # its __str__ raised: the type still says something
+        text = f"<str() raised {type(broken).__name__}>"
+    return f"{type(exc).__name__}: {text}"
