@@ -5,7 +5,8 @@ A block author needs one import::
     from foundry.kernel import Block, BlockContext, BlockKind, block, hookimpl
 
 Authors of block *types* (``[[blocks]]`` tables) and of blocks that talk to the network also get
-the table helpers (:func:`common_options`, :func:`payload_filter`, :func:`matches`), the env
+the table helpers (:func:`common_options`, :func:`payload_filter`, :func:`matches`,
+:func:`json_table`), the env
 policy (:func:`forbidden_reason`), the egress-checked HTTP client (:func:`guarded_client`, and
 :func:`request_bounded` to read an answer up to a size) and
 :func:`compact_json`. Authors of change-gate rules and eval assertions get :class:`RuleResult`,
@@ -36,7 +37,12 @@ if _typing.TYPE_CHECKING:  # the names below are imported when first used (PEP 5
         redact_url,
         request_bounded,
     )
-    from foundry.kernel.blocks.tables import common_options, matches, payload_filter
+    from foundry.kernel.blocks.tables import (
+        common_options,
+        json_table,
+        matches,
+        payload_filter,
+    )
     from foundry.kernel.blocks.tools import Tool
     from foundry.kernel.core.envpolicy import forbidden_reason
     from foundry.kernel.core.evals import AssertionResult
@@ -70,6 +76,7 @@ __all__ = [
     "compact_json",
     "forbidden_reason",
     "guarded_client",
+    "json_table",
     "matches",
     "payload_filter",
     "redact_url",
@@ -108,7 +115,7 @@ _HOMES = {
     "foundry.kernel.blocks.egress": (
         "EgressPolicy", "EgressRefused", "guarded_client", "redact_url", "request_bounded",
     ),
-    "foundry.kernel.blocks.tables": ("common_options", "matches", "payload_filter"),
+    "foundry.kernel.blocks.tables": ("common_options", "json_table", "matches", "payload_filter"),
     "foundry.kernel.blocks.tools": ("Tool",),
     "foundry.kernel.core.envpolicy": ("forbidden_reason",),
     "foundry.kernel.core.evals": ("AssertionResult",),

@@ -22,6 +22,7 @@ from foundry.kernel import (
     BlockKind,
     common_options,
     hookimpl,
+    json_table,
     matches,
     payload_filter,
 )
@@ -55,7 +56,9 @@ def relay_block_from_table(table: Mapping[str, Any]) -> RelayBlock:
     extra = table.get("set", {})
     if not isinstance(extra, Mapping):
         raise ValueError("set: expected a table")
-    return RelayBlock(emits=emits, extra=extra, when=payload_filter(table), **options)
+    return RelayBlock(
+        emits=emits, extra=json_table(extra, "set"), when=payload_filter(table), **options
+    )
 
 
 @hookimpl

@@ -16,6 +16,7 @@ import json
 import re
 import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from foundry.kernel import (
@@ -102,11 +103,14 @@ def _payload_env(ctx: BlockContext) -> dict[str, str]:
     total = 0
     for key, value in ctx.payload.items():
         if isinstance(value, str | int | float | bool) and not isinstance(value, dict):
-            name = re.sub(r"[^A-Za-z0-9]", "_", str(key)).upper()
+            name = f"FOUNDRY_INPUT_{re.sub(r'[^A-Za-z0-9]', '_', str(key)).upper()}"
             text = value if isinstance(value, str) else json.dumps(value)
-            total += len(text.encode("utf-8", "surrogatepass"))
+            # "NAME=value\0" is what the program's environment holds of it
+            total += len(name) + len(text.encode("utf-8", "surrogatepass")) + 2
+            if "\0" in text:  # an environment cannot hold it (every attempt failed): stdin only
+                continue
             if _fits(text) and total <= ENV_INPUT_BYTES:
-                env[f"FOUNDRY_INPUT_{name}"] = text
+                env[name] = text
     return env
 
 
@@ -128,23 +132,51 @@ def shell_block_from_table(table: Mapping[str, Any]) -> ShellBlock:
         command = shlex.split(command)
     if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
         raise ValueError("command: expected a non-empty list of strings (argv) or a string")
-    env = table.get("env", {})
-    if not isinstance(env, Mapping) or not all(isinstance(v, str) for v in env.values()):
-        raise ValueError("env: expected a table of string values")
+    if any("\0" in argument for argument in command):
+        raise ValueError("command: an argument holds a NUL character")
     emits = table.get("emits", "")
     if not isinstance(emits, str):
         raise ValueError("emits: expected an event type")
+    simulate = table.get("simulate", False)
+    if not isinstance(simulate, bool):  # "no" was read as true
+        raise ValueError(f"simulate: expected true or false, got {simulate!r}")
     return ShellBlock(
         command=command,
         emits=emits,
-        env=env,
+        env=_env(table),
         pass_env=_names(table, "pass_env"),
         allow_env=_allowed_env(table),
-        cwd=table.get("cwd"),
-        simulate=bool(table.get("simulate", False)),
+        cwd=_cwd(table),
+        simulate=simulate,
         when=payload_filter(table),
         **options,
     )
+
+
+def _env(table: Mapping[str, Any]) -> dict[str, str]:
+    """``env``: names and values a program's environment can hold (each was refused at every
+    run: a name holding ``=``, a NUL anywhere)."""
+    env = table.get("env", {})
+    if not isinstance(env, Mapping) or not all(isinstance(v, str) for v in env.values()):
+        raise ValueError("env: expected a table of string values")
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"env: {name[:100]!r} is not an environment variable name")
+        if "\0" in value:
+            raise ValueError(f"env.{name}: the value holds a NUL character")
+    return dict(env)
+
+
+def _cwd(table: Mapping[str, Any]) -> str | None:
+    """``cwd``: an existing directory, or none (the daemon's)."""
+    cwd = table.get("cwd")
+    if cwd is None:
+        return None
+    if not isinstance(cwd, str) or not cwd or "\0" in cwd:
+        raise ValueError(f"cwd: expected a directory path, got {cwd!r}")
+    if not Path(cwd).is_dir():
+        raise ValueError(f"cwd: no such directory: {cwd!r}")
+    return cwd
 
 
 def _names(table: Mapping[str, Any], key: str) -> list[str]:

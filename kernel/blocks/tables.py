@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,11 +43,50 @@ def payload_filter(table: Mapping[str, Any]) -> dict[str, Any]:
     when = table.get("when", {})
     if not isinstance(when, Mapping):
         raise ValueError("when: expected a table of payload key = value")
-    return dict(when)
+    return json_table(when, "when")
+
+
+def json_table(table: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """``table`` when all of it is JSON a payload can hold, else ValueError naming the key: TOML
+    also has dates and times, ``nan`` and ``inf`` — a relay setting one failed every run it
+    reached ("not JSON serializable"), and a filter on ``nan`` never matched."""
+    for name, value in table.items():
+        _json_value(value, f"{key}.{name}")
+    return dict(table)
+
+
+def _json_value(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {value!r} is not a JSON number")
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            _json_value(item, f"{where}.{name}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _json_value(item, f"{where}[{index}]")
+    elif not isinstance(value, str | int | float | bool):  # a TOML date, time or datetime
+        raise ValueError(f"{where}: a {type(value).__name__} is not a JSON value (quote it)")
 
 
 def matches(when: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
-    return all(payload.get(key) == value for key, value in when.items())
+    """Every key of ``when`` is in ``payload`` with an equal JSON value (``true`` is not ``1``,
+    nor ``0`` ``false``: Python's ``==`` said they were)."""
+    return all(key in payload and same_json(payload[key], value) for key, value in when.items())
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` are the same JSON value (``1`` and ``1.0`` are; ``1`` and ``true`` not)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(map(same_json, a, b))
+    return a is None and b is None
 
 
 MAX_SECONDS = 7 * 24 * 3600  # a timeout or backoff: a week at most, as a DAG step's

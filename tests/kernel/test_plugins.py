@@ -1,11 +1,13 @@
 """Loading blocks with pluggy: built-ins, foundry.toml modules, declared blocks, loud failures."""
 
 import importlib
+import re
 import subprocess
 import sys
 import textwrap
 import types
 import uuid
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import foundry.kernel
@@ -61,6 +63,24 @@ def test_declared_blocks_come_after_every_plugin_block():
 
     assert names[:2] == BUILT_IN_FIRST
     assert names[-2:] == ["Escalate", "Archive"]
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ({"set": {"when": datetime(1979, 5, 27, 7, 32, tzinfo=UTC)}},
+         "set.when: a datetime is not a JSON value (quote it)"),
+        ({"set": {"v": float("inf")}}, "set.v: inf is not a JSON number"),
+        ({"set": {"deep": {"list": [1, float("nan")]}}}, "set.deep.list[1]: nan is not a JSON"),
+        ({"when": {"day": date(2026, 1, 2)}}, "when.day: a date is not a JSON value"),
+    ],
+    ids=["set-datetime", "set-inf", "set-nested-nan", "when-date"],
+)  # fmt: skip
+def test_a_relay_setting_what_json_cannot_hold_is_refused_at_start(table, said):
+    # "Object of type datetime is not JSON serializable" failed every run the relay reached
+    declared = [{"name": "Relay", "type": "relay", "sinks": ["a"], "emits": "b", **table}]
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_blocks(declared=declared, entry_points=False)
 
 
 def test_register_blocks_in_a_module_named_in_the_config_contributes_blocks(plugin_module):
@@ -237,7 +257,8 @@ PUBLIC_API = {
     "ChainLimitExceeded", "CommandResult", "ConfigError", "EgressPolicy", "EgressRefused",
     "Emission", "FailedPrecondition", "FoundryError", "InvalidArgument", "NotFound",
     "ResourceExhausted", "Throttle", "Tool", "Unavailable", "Usage", "block", "common_options",
-    "compact_json", "forbidden_reason", "guarded_client", "hookimpl", "hookspec", "matches",
+    "compact_json", "forbidden_reason", "guarded_client", "hookimpl", "hookspec", "json_table",
+    "matches",
     "payload_filter", "redact_url", "request_bounded",
 }  # fmt: skip
 

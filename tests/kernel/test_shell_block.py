@@ -1,6 +1,7 @@
 """The shell block type, run by the real engine: the payload reaches the program as data only."""
 
 import json
+import re
 import sys
 
 import pytest
@@ -194,3 +195,51 @@ async def test_a_when_filter_picks_payloads(tmp_path):
 def test_a_shell_block_needs_a_command():
     with pytest.raises(ConfigError, match=r"'Sh'.*command"):
         shell_registry()
+
+
+async def test_a_value_an_environment_cannot_hold_arrives_on_stdin_alone(tmp_path):
+    # A NUL in any payload string failed every shell block it reached ("embedded null byte"),
+    # and 20,000 keys with short values passed the 512 KiB budget only counted by their names
+    probe = (
+        "import json, os, sys; print(json.dumps({'stdin': len(sys.stdin.read()), "
+        "'env': sorted(k for k in os.environ if k.startswith('FOUNDRY_INPUT_'))}))"
+    )
+    registry = shell_registry(command=[sys.executable, "-c", probe], emits="probed")
+    many = {f"key_{i:05d}_{'k' * 90}": "" for i in range(20_000)}
+    payload = {"nul": "a\0b", "fine": "c", **many}
+    _, x = await run_once(tmp_path, registry, payload)
+    assert x["success"] is True, x["summary"]
+    [got] = x["emitted_payloads"]
+    assert got["stdin"] == len(json.dumps(payload, separators=(",", ":")))
+    assert "FOUNDRY_INPUT_NUL" not in got["env"]
+    assert "FOUNDRY_INPUT_FINE" in got["env"]
+    assert 1_000 < len(got["env"]) < 6_000  # the names count towards the 512 KiB
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ({"cwd": 5}, "cwd: expected a directory path"),
+        ({"cwd": "/no/such/folder"}, "cwd: no such directory"),
+        ({"env": {"A=B": "x"}}, "env: 'A=B' is not an environment variable name"),
+        ({"env": {"X": "a\0b"}}, "env.X: the value holds a NUL character"),
+        ({"simulate": "no"}, "simulate: expected true or false, got 'no'"),
+        ({"command": ["tr\0ue"]}, "command: an argument holds a NUL character"),
+        ({"when": {"v": float("nan")}}, "when.v: nan is not a JSON number"),
+    ],
+    ids=["cwd-number", "cwd-missing", "env-name", "env-nul", "simulate-text", "argv-nul", "nan"],
+)
+def test_a_shell_block_option_no_run_could_use_is_refused_at_start(table, said):
+    # each of these passed `config check` and `serve`, then failed every run
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        shell_registry(**{"command": ["true"], **table})
+
+
+def test_when_compares_as_json_does():
+    registry = shell_registry(command=["true"], when={"flag": True, "n": 0})
+    sh = registry.by_name["Sh"]
+    assert sh.accepts({"flag": True, "n": 0})
+    assert sh.accepts({"flag": True, "n": 0.0})  # one JSON number
+    assert not sh.accepts({"flag": 1, "n": 0})  # true is not 1
+    assert not sh.accepts({"flag": True, "n": False})  # nor 0 false
+    assert not sh.accepts({"flag": True})
