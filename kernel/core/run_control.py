@@ -86,6 +86,8 @@ def check_resumable(run: RunState) -> str:
     """The step a ResumeRun releases."""
     if run.status != "PAUSED_AT_STEP":
         raise FailedPrecondition(f"run {run.run_id} is {run.status.lower()}, not paused")
+    if run.canceling:  # its cancel is durable: it ends, whoever asks to resume it
+        raise FailedPrecondition(f"run {run.run_id} is being cancelled, not paused")
     return run.paused_step
 
 
@@ -120,6 +122,7 @@ def branch_submission(
 ) -> RunSubmission:
     if from_step not in source.steps:
         raise NotFound(f"from_step: no step {quoted(from_step)} in run {source.run_id}")
+    check_settled_upstream(source, from_step)
     sub = source.submission
     if seed_mode == "custom":
         if seed is None:
@@ -149,6 +152,19 @@ def branch_submission(
         branch_step=from_step,
         note=note,
     )
+
+
+def check_settled_upstream(source: RunState, from_step: str) -> None:
+    """A branch reuses what the source's steps outside ``from_step``'s downstream did: none of
+    them may be running still — the branch would run it again (a mutator's side effect twice)
+    instead of reusing its output."""
+    rerun = source.dag.downstream_of(from_step)
+    for spec in source.dag.steps:
+        if spec.id not in rerun and source.steps[spec.id].status in ("running", "retrying"):
+            raise FailedPrecondition(
+                f"step {quoted(spec.id)} of run {source.run_id} is still running: branch from "
+                f"{quoted(from_step)} once it has finished (the branch reuses its output)"
+            )
 
 
 def reusable_steps(source: RunState, from_step: str) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import trio.lowlevel
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.scheduler.actor import Scheduler
 from foundry.kernel.actors.scheduler.messages import (
+    CancelRun,
     GetRun,
     OpenTap,
     ResumeRun,
@@ -41,7 +42,7 @@ from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.dag import parse_dag
 from foundry.kernel.core.runs import TERMINAL_KINDS, RunEventRecord, RunState, RunSubmission
-from foundry.kernel.errors import Unavailable
+from foundry.kernel.errors import FailedPrecondition, Unavailable
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -664,10 +665,11 @@ async def test_an_observers_lease_is_not_waited_for(tmp_path, autojump_clock):
     assert h.kinds(run_id).count("step_completed") == 2
 
 
-async def test_a_runs_end_is_appended_as_awaited_and_its_steps_are_not(tmp_path, autojump_clock):
-    """Whoever watches a run waits for its end, with no reply in the append: it is marked
-    ``awaited`` (the store commits it at once, hurried past a busy loop); an observer's
-    lease and completion are not."""
+async def test_a_runs_end_is_waited_for_and_its_steps_are_not(tmp_path, autojump_clock):
+    """The driver waits for the commit of a run's end (CancelRun answers once it is over, and
+    its caller may read the run from the store next): the append has an acknowledgement (the
+    store commits it at once, hurried past a busy loop); an observer's lease and completion
+    have none."""
     store = CommittingStore()
     async with running_scheduler(tmp_path, [Flaky(0)], store=store) as h:
         run_id = await h.submit([step("a", "flaky"), step("b", "flaky", after=("a",))])
@@ -675,11 +677,76 @@ async def test_a_runs_end_is_appended_as_awaited_and_its_steps_are_not(tmp_path,
     appends = [a for b in store.batches for a in b]
     ends = [a for a in appends if any(getattr(r, "kind", "") in TERMINAL_KINDS for r in a.records)]
     assert len(ends) == 1
-    assert ends[0].awaited
+    assert ends[0].ack is not None
     assert ends[0].records[-1].kind == "run_succeeded"
-    steps_only = [a for a in appends if a is not ends[0]]
-    assert steps_only
-    assert not any(a.awaited for a in steps_only)
+    steps_only = [a for a in appends if _leases(a, "a") or _leases(a, "b")]
+    assert len(steps_only) == 2
+    assert not any(a.awaited or a.ack for a in steps_only)
+
+
+class SlowEnds(CommittingStore):
+    """Commits a run's end only once ``release`` is set (as a slow disk would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = trio.Event()
+
+    def answer(self, message: Any) -> None:
+        ends = isinstance(message, Append) and any(
+            getattr(r, "kind", "") in TERMINAL_KINDS for r in message.records
+        )
+        if not ends:
+            super().answer(message)
+            return
+        self.records.extend(message.records)  # in the mailbox, not yet durable
+        self._appended.set()
+        self._appended = trio.Event()
+
+        async def later() -> None:
+            await self.release.wait()
+            self.committed.extend(message.records)
+            assert message.ack is not None
+            message.ack.send(None)
+
+        trio.lowlevel.spawn_system_task(later)
+
+
+async def test_cancel_answers_once_the_runs_end_is_committed(tmp_path, autojump_clock):
+    # CancelRun answered CANCELED while run_canceled was still on its way to the store: a
+    # ReplayRun sent right after read the run as paused and refused it.
+    store = SlowEnds()
+    async with running_scheduler(tmp_path, [Flaky(0)], store=store) as h:
+        run_id = await h.submit([step("a", "flaky"), step("b", "flaky", after=("a",))], ("b",))
+        await store.until(run_id, "run_paused")
+        answered: list[Any] = []
+
+        async def cancel() -> None:
+            answered.append(await ask(h.inbox, lambda r: CancelRun(run_id, "enough", r)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancel)
+            await store.until(run_id, "run_canceled")
+            await trio.sleep(1)  # virtual: the driver has long been waiting for the commit
+            assert answered == []
+            store.release.set()
+    assert answered == [("CANCELED", ())]
+    assert [e.kind for e in store.committed][-1] == "run_canceled"
+
+
+async def test_a_run_being_cancelled_cannot_be_resumed(tmp_path, autojump_clock):
+    # ResumeRun racing CancelRun was acknowledged ("resumed b") after cancel_requested was
+    # durable, and b never ran
+    store = SlowEnds()
+    async with running_scheduler(tmp_path, [Flaky(0)], store=store) as h:
+        run_id = await h.submit([step("a", "flaky"), step("b", "flaky", after=("a",))], ("b",))
+        await store.until(run_id, "run_paused")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, h.inbox, lambda r: CancelRun(run_id, "enough", r))
+            await store.until(run_id, "cancel_requested")
+            with pytest.raises(FailedPrecondition, match="is being cancelled, not paused"):
+                await ask(h.inbox, lambda r: ResumeRun(run_id, r))
+            store.release.set()
+    assert "run_resumed" not in h.kinds(run_id)
 
 
 async def test_getrun_shows_no_completion_the_store_has_not_taken(tmp_path, autojump_clock):

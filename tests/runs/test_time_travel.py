@@ -555,6 +555,24 @@ def test_branch_from_the_first_step_reruns_everything_downstream(daemon, source)
     assert outputs(run) == outputs(src)
 
 
+def test_a_branch_waits_for_no_running_step_it_would_reuse(daemon):
+    # Branching from y while its upstream m was still running ran m again in the branch
+    # (a mutator's side effect twice) instead of reusing its output
+    source = submit(daemon, dag(
+        {"id": "m", "type": "sleeper", "inputs": {"seconds": 1.5}},
+        {"id": "y", "type": "transform", "depends_on": ["m"], "inputs": {"v": 1}},
+    ))  # fmt: skip
+    wait_for(daemon, source, lambda r: steps(r)["m"].status == "running", what="m running")
+
+    request = api.CreateBranchRunRequest(run_id=source, from_step="y")
+    error = rpc_error(daemon, lambda rt: rt.create_branch_run(request))
+    assert_error(error, Status.FAILED_PRECONDITION, f"step 'm' of run {source} is still running")
+
+    assert wait_done(daemon, source).status == api.RunStatus.SUCCEEDED
+    run = wait_done(daemon, branch(daemon, source, "y"))  # once m has finished: reused
+    assert steps(run)["m"].status == "reused"
+
+
 def test_branch_of_a_failed_run_reuses_only_succeeded_steps(daemon, tmp_path):
     counter = tmp_path / "n"
     src = run_and_wait(

@@ -438,7 +438,15 @@ class Scheduler:
                 outcome=end.kind, spec_hash=json_digest(spec),
             )  # fmt: skip
         records.append(run.make_event(end.kind, self._clock.now(), end.step_id, **end.payload()))
-        await self._record_all(records, notices, awaited=True)  # the run's watchers wait
+        durable = await self._append(records)
+        if notices:
+            await self._notify(notices)
+        # Whoever hears the run has ended (CancelRun's reply) may read it from the store next:
+        # a ReplayRun right after CancelRun found it still paused.
+        try:
+            await durable.wait()
+        except Exception as exc:  # the journal refused it (a full disk): the next start ends it
+            log.error("the end of run %s is not stored: %s", run.run_id, exc)
         if self._spans.on:
             self._spans.offer(_run_ended(run, records[-1].occurred_at))
         self._retire(run)
