@@ -161,6 +161,35 @@ def test_a_struct_value_of_no_kind_is_invalid_argument_naming_it(
 
 
 @pytest.mark.parametrize(
+    ("path", "head", "field"),
+    [
+        (RUNTIME + "SubmitRun", lambda s: _ld(1, _ld(1, DAG.encode()) + _ld(2, s)),
+         "spec.inputs.fields['x'].null_value"),
+        (RUNTIME + "CheckChangeGate", lambda s: _ld(1, b"c") + _ld(7, s),
+         "telemetry.fields['x'].null_value"),
+        (RUNTIME + "CreateBranchRun", lambda s: _ld(1, b"r") + _ld(2, b"a") + _ld(6, s),
+         "labels_patch.fields['x'].null_value"),
+    ],
+)  # fmt: skip
+def test_a_null_value_out_of_its_enum_is_invalid_argument_naming_it(
+    daemon, channel, path, head, field
+):
+    """``null_value: 5`` (NullValue has only 0) is whole protobuf: ``to_dict`` raised on it, and
+    every road answered INTERNAL with a traceback in the log."""
+    struct = _ld(1, _ld(1, b"x") + _ld(2, b"\x08\x05"))  # fields["x"] = Value{null_value: 5}
+    code, details = call(channel, path, head(struct))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert f"{field}: NullValue has one value, NULL_VALUE (0), got 5" in details
+    assert_serving(daemon)
+
+
+def _ld(field: int, data: bytes) -> bytes:
+    """A length-delimited field (short: a one-byte length)."""
+    assert len(data) < 128
+    return bytes([field << 3 | 2, len(data)]) + data
+
+
+@pytest.mark.parametrize(
     ("request_", "field"),
     [
         (rt.CheckChangeGateRequest(change_id="c", coverage=rt.CoverageReport(

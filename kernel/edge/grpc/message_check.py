@@ -80,8 +80,8 @@ def _check_message(message: Any, where: str, depth: int) -> None:
     if depth > MAX_NESTING:
         raise WrongField(f"{where.rstrip('.') or 'request'}: nested deeper than {MAX_NESTING}")
     kind: Any = type(message)  # a class is hashable; typeshed's type[Any] says otherwise
-    if kind is Value and betterproto2.which_one_of(message, "kind")[0] == "":
-        raise WrongField(f"{where.rstrip('.') or 'request'}: {NO_KIND}")
+    if kind is Value:
+        _check_value_kind(message, where)
     for name, meta in _fields(kind):
         value = getattr(message, name)
         path = where + name
@@ -96,6 +96,18 @@ def _check_message(message: Any, where: str, depth: int) -> None:
                 _check_single(item, meta, f"{path}[{index}]", depth, name)
         else:
             _check_single(value, meta, path, depth, name)
+
+
+def _check_value_kind(message: Value, where: str) -> None:
+    """A Struct's value has one kind, and a ``null_value`` is NullValue's one member: another
+    number (valid on the wire) made ``to_dict`` raise, and the request was answered INTERNAL."""
+    kind, value = betterproto2.which_one_of(message, "kind")
+    if kind == "":
+        raise WrongField(f"{where.rstrip('.') or 'request'}: {NO_KIND}")
+    if kind == "null_value" and value != 0:
+        raise WrongField(
+            f"{where}null_value: NullValue has one value, NULL_VALUE (0), got {int(value)}"
+        )
 
 
 def _check_map(value: Any, meta: betterproto2.FieldMetadata, path: str, depth: int) -> None:

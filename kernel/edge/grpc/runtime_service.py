@@ -341,6 +341,8 @@ def _json_object(struct: Struct | None, field: str) -> dict[str, Any] | None:
         value: dict[str, Any] = struct.to_dict()
     except RecursionError:
         raise InvalidArgument(f"{field}: nested too deeply") from None
+    except ValueError as exc:  # a value no JSON has (``check_request`` looks for them first)
+        raise InvalidArgument(f"{field}: not a JSON object ({exc})") from None
     check_json_value(value, field, depth=STRUCT_DEPTH)
     restored: dict[str, Any] = restore_ints(value)
     return restored
