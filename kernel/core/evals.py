@@ -505,7 +505,17 @@ def regression(
 
 # --- helpers ------------------------------------------------------------------------------------
 
-_text_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode
+def _mapping_as_dict(value: Any) -> Any:
+    """A frozen mapping (a pack's ``expected`` is one) as the object it is: the encoder took
+    only dicts, and an ``expected`` object was stored as ``mappingproxy({...})``."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+_text_json = json.JSONEncoder(
+    separators=(",", ":"), sort_keys=True, ensure_ascii=False, default=_mapping_as_dict
+).encode
 
 
 def _step(run: RunFacts, step_id: str | None) -> StepFacts:

@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 
 import pytest
 from foundry.kernel.actors.gate.patterns import re2_search
@@ -246,6 +247,16 @@ def test_long_texts_are_clipped_in_the_record():
     r = only(fails(step("s", contains="y"), run))
     assert len(r.recorded) == 501
     assert r.recorded.endswith("…")
+
+
+def test_an_object_expected_is_recorded_as_json_however_frozen():
+    # a pack's expected values are frozen (mapping proxies, tuples): an object was recorded as
+    # "mappingproxy({...})", which no client could compare with the recorded output
+    frozen = MappingProxyType({"topic": "owls", "l": (1, MappingProxyType({"x": 2}))})
+    run = make_run(steps=(StepFacts("s", "succeeded", {"topic": "otters"}),))
+    r = only(fails(MappingProxyType({"steps": MappingProxyType({"s": {"equals": frozen}})}), run))
+    assert r.as_dict()["expected"] == {"topic": "owls", "l": [1, {"x": 2}]}
+    assert r.as_dict()["recorded"] == {"topic": "otters"}
 
 
 # --- budgets: tokens, cost, latency -------------------------------------------------------------
