@@ -505,6 +505,7 @@ def regression(
 
 # --- helpers ------------------------------------------------------------------------------------
 
+
 def _mapping_as_dict(value: Any) -> Any:
     """A frozen mapping (a pack's ``expected`` is one) as the object it is: the encoder took
     only dicts, and an ``expected`` object was stored as ``mappingproxy({...})``."""

@@ -348,10 +348,14 @@ def synced_records(
 
 def gate_limit(limit: int) -> int:
     """ListChangeGates' limit: 0 means :data:`DEFAULT_GATE_LIMIT`; at most
-    :data:`MAX_GATE_LIMIT`."""
-    if limit < 0:
-        raise InvalidArgument("limit: must not be negative")
-    return DEFAULT_GATE_LIMIT if limit == 0 else min(limit, MAX_GATE_LIMIT)
+    :data:`MAX_GATE_LIMIT` (more is refused, as Status's limit and ListRuns' page size are: a
+    client asking for 5,000 was answered 1,000 and could not tell)."""
+    if not 0 <= limit <= MAX_GATE_LIMIT:
+        raise InvalidArgument(
+            f"limit: must be from 0 (the default, {DEFAULT_GATE_LIMIT}) to {MAX_GATE_LIMIT}, "
+            f"got {limit}"
+        )
+    return limit or DEFAULT_GATE_LIMIT
 
 
 # --- change gates -------------------------------------------------------------------------------

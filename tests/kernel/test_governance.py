@@ -222,10 +222,13 @@ def test_new_ids_sort_by_time():
 # --- change gates -------------------------------------------------------------------------------
 
 
-def test_gate_limit_defaults_and_caps():
+def test_gate_limit_defaults_and_refuses_past_its_cap():
     assert gate_limit(0) == DEFAULT_GATE_LIMIT == 50
     assert gate_limit(7) == 7
-    assert gate_limit(10**9) == MAX_GATE_LIMIT
+    assert gate_limit(MAX_GATE_LIMIT) == MAX_GATE_LIMIT == 1000
+    for limit in (MAX_GATE_LIMIT + 1, 2**32 - 1, -1):  # was silently cut to 1,000
+        with pytest.raises(InvalidArgument, match=f"limit: must be from 0 .* to 1000, got {limit}"):
+            gate_limit(limit)
 
 
 BUDGET = Budget("cost", 1.0, 2.0)
