@@ -142,7 +142,12 @@ class Workflow:
             error=self.error,
             # Until its root is durable a workflow has not started, as far as anyone may know:
             # blocks that ran ahead of that commit are not shown.
-            task_blocks=tuple(s.view() for s in self.slots) if self.state != "pending" else (),
+            # In the order they started (the ones still pending after them, in walk order): the
+            # order the database gives after a restart too — walk order put a block the first
+            # event reached before one its emission reached, which had run first.
+            task_blocks=tuple(s.view() for s in _by_start(self.slots))
+            if self.state != "pending"
+            else (),
             trace_id=self.root.trace_id,
         )
 
@@ -311,6 +316,19 @@ def check_limits(
             f"chain event limit {max_events} exceeded after block {block_name!r} on "
             f"{event.event_type}"
         )
+
+
+def _by_start(slots: list[BlockSlot]) -> list[BlockSlot]:
+    started = [s for s in slots if s.started_at is not None]
+    if len(started) < 2:  # the common chain: nothing to sort
+        return slots
+    started.sort(key=_started_at)  # stable: ties keep their walk order
+    return started + [s for s in slots if s.started_at is None]
+
+
+def _started_at(slot: BlockSlot) -> datetime:
+    assert slot.started_at is not None
+    return slot.started_at
 
 
 def _stamp(instant: datetime | None) -> str:

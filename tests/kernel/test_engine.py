@@ -549,6 +549,38 @@ async def test_status_shows_running_then_completed_and_trace_waits_for_the_end(t
     assert trace["state"] == "completed"
 
 
+async def test_status_lists_blocks_in_the_order_they_ran_from_memory_and_from_the_database(
+    tmp_path,
+):
+    # From memory they came in walk order (Mut, Obs on go, Obs on mutated), from the database
+    # by start (Obs on mutated ran first, depth first): a client pairing them by position got
+    # two answers for one workflow
+    @block("Mut", sinks=["go"])
+    def mut(ctx):
+        ctx.emit("mutated", {})
+
+    @block("Obs", sinks=["go", "mutated"])
+    def obs(ctx):
+        return ctx.event_type
+
+    async with running_kernel(tmp_path, [mut, obs], engine=EngineConfig(recent_workflows=1)) as k:
+        first = await k.emit("go")
+        await k.finished(first.workflow_id)
+        [in_memory] = await k.status(first.workflow_id)
+        second = await k.emit("go")
+        await k.finished(second.workflow_id)
+        [stored] = await k.status(first.workflow_id)  # evicted: read from the database
+
+    def runs(view):
+        return [(b.name, b.started_at) for b in view.task_blocks]
+
+    assert runs(in_memory) == runs(stored)
+    assert [b.started_at for b in stored.task_blocks] == sorted(
+        b.started_at for b in stored.task_blocks
+    )
+    assert len(stored.task_blocks) == 3
+
+
 async def test_status_shows_pending_until_the_root_is_durable(tmp_path):
     @block("Any", sinks=["go"])
     def any_block(ctx):
