@@ -296,8 +296,17 @@ def _refuse_fractions(kind: Any, document: Any, where: str, depth: int) -> None:
 def _refuse_in(value: Any, nested: Any, path: str, depth: int) -> None:
     if nested is not None:
         _refuse_fractions(nested, value, path + ".", depth + 1)
+    elif isinstance(value, bool):  # from_dict made ``true`` the seed 1
+        raise WrongField(f"{path}: {str(value).lower()} is not an integer")
     elif isinstance(value, float) and not value.is_integer():
         raise WrongField(f"{path}: {value!r} is not an integer")
+    elif isinstance(value, str) and not _INTEGER_TEXT.fullmatch(value):
+        # from_dict's int() took " 12", "+12" and other scripts' digits, and answered "1e3"
+        # with Python's own words, naming the message instead of the field
+        raise WrongField(f"{path}: {value[:40]!r} is not an integer (decimal digits, as a string)")
+
+
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,20}", re.ASCII)
 
 
 _MAPPED = dict[str, tuple[str, Any, str]]  # field name → (field name, message class or None, shape)

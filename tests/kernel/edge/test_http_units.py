@@ -392,6 +392,14 @@ async def test_a_large_reply_written_as_json_on_a_thread_is_what_the_codec_write
         (runtime_api.CheckChangeGateRequest,
          {"diffs": [{"path": "a"}, {"path": "b", "lines_added": 3.25}]},
          "diffs[1].lines_added: 3.25 is not an integer"),
+        # from_dict's int() made true the seed 1, took " 12", "+12" and other scripts' digits,
+        # and answered "1e3" with "request: spec: invalid literal for int()"
+        (runtime_api.SubmitRunRequest, {"spec": {"seed": True}}, "spec.seed: true is not an"),
+        (runtime_api.SubmitRunRequest, {"spec": {"seed": " 12"}}, "spec.seed: ' 12' is not an"),
+        (runtime_api.SubmitRunRequest, {"spec": {"seed": "+12"}}, "spec.seed: '+12' is not an"),
+        (runtime_api.SubmitRunRequest, {"spec": {"seed": "\u0661\u0662"}}, "spec.seed: '١٢'"),
+        (runtime_api.SubmitRunRequest, {"spec": {"seed": "1e3"}}, "spec.seed: '1e3' is not an"),
+        (runtime_api.CreateBranchRunRequest, {"seed": False}, "seed: false is not an integer"),
     ],
 )  # fmt: skip
 def test_json_with_a_fraction_in_an_integer_field_is_refused_naming_it(kind, document, message):
@@ -399,6 +407,14 @@ def test_json_with_a_fraction_in_an_integer_field_is_refused_naming_it(kind, doc
     with pytest.raises(ConnectError, match=re.escape(message)) as caught:
         JsonCodec(1 << 20).decode(json.dumps(document).encode(), kind)
     assert caught.value.code == Code.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("seed", [12, "12", "-12", 1e3, "9223372036854775807"])
+def test_json_integers_as_numbers_or_decimal_strings_are_read(seed):
+    request = JsonCodec(1 << 20).decode(
+        json.dumps({"spec": {"dagJson": "{}", "seed": seed}}).encode(), runtime_api.SubmitRunRequest
+    )
+    assert request.spec.seed == (int(seed) if isinstance(seed, str) else int(float(seed)))
 
 
 @pytest.mark.parametrize(
