@@ -47,7 +47,9 @@ class HttpBlock(Block):
 
     async def run(self, ctx: BlockContext) -> dict[str, Any]:
         url = ctx.inputs.get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        # a scheme is case-insensitive (RFC 3986): HTTP://… is an http URL, as the egress check
+        # (which lowercases it) reads it
+        if not isinstance(url, str) or not url[:8].lower().startswith(("http://", "https://")):
             raise BlockError("inputs.url: an http:// or https:// URL is required")
         method = str(ctx.inputs.get("method", "GET")).upper()
         headers = _headers(ctx.inputs.get("headers", {}))

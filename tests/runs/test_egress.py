@@ -172,6 +172,16 @@ def test_an_allowed_address_is_reached_and_logged_without_its_query(allowing, se
     assert SECRET not in log
 
 
+def test_a_scheme_in_capitals_is_the_same_url_and_the_same_check(denying, allowing, servers):
+    # "HTTP://…" was refused as not an http URL (a scheme is case-insensitive, RFC 3986)
+    near, _ = servers
+    shouted = "HTTP://" + near.url.removeprefix("http://")
+    run = fetch(allowing, f"{shouted}/json")
+    assert run.status == api.RunStatus.SUCCEEDED, value(run.steps[0].error)
+    assert value(run.steps[0].output)["body"] == {"served": "/json"}
+    assert "egress to 127.0.0.1 refused: loopback" in error(fetch(denying, f"{shouted}/json"))
+
+
 def test_a_hostname_resolving_to_loopback_is_refused_unless_allowed(denying, prefixed, servers):
     near, _ = servers
     before = near.seen()
