@@ -948,6 +948,25 @@ async def test_a_block_result_the_store_cannot_take_fails_that_block_and_its_sib
     assert "Odd" in view.error
 
 
+async def test_an_emission_larger_than_a_client_may_emit_fails_its_block(tmp_path):
+    # a 6 MB emission ended every default gRPC client's Watch (4 MiB messages)
+    @block("Big", sinks=["go"])
+    def big(ctx):
+        ctx.emit("small", {"n": 1})
+        ctx.emit("huge", {"blob": "é" * 600})  # 600 characters, 1,200 bytes
+
+    limits = EngineConfig(max_event_bytes=1_000)
+    async with running_kernel(tmp_path, [big], engine=limits) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+
+    [x] = executions(trace, "Big")
+    assert x["success"] is False
+    said = "emitted a 'huge' payload of 1,211 bytes of JSON, past [engine] max_event_bytes (1,000)"
+    assert said in x["summary"]
+    assert [e["event_type"] for e in trace["events"]] == ["go"]  # neither emission is stored
+
+
 async def test_a_block_emitting_past_the_event_budget_stores_none_of_them(tmp_path):
     # The budget was checked once every emission was made an event and queued: a block that
     # emitted 30,000 with a budget of 10,000 had all 30,000 stored.

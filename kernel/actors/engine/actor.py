@@ -419,6 +419,8 @@ class Engine:
             return tuple(self._child(parent, block, e, throttled, span) for e in emissions), ""
         except _NotUtf8 as exc:
             return (), f"emitted an event type that is not UTF-8: {exc}"
+        except _TooLarge as exc:
+            return (), str(exc)
         except Exception as exc:  # e.g. an int too large for JSON, nesting too deep
             return (), f"emitted a payload that is not JSON: {described(exc)}"
 
@@ -432,6 +434,18 @@ class Engine:
             raise _NotUtf8(repr(emission.event_type))
         # NaN, infinities and lone surrogates (the store would refuse them) raise ValueError.
         payload_json = payload_json_of(emission.payload)
+        limit = self._config.max_event_bytes
+        if (
+            len(payload_json) * 4 > limit
+            and (  # 4 bytes a character at most: else it fits
+                size := len(payload_json.encode("utf-8", "surrogatepass"))
+            )
+            > limit
+        ):
+            raise _TooLarge(
+                f"emitted a {emission.event_type[:100]!r} payload of {size:,} bytes of JSON, "
+                f"past [engine] max_event_bytes ({limit:,})"
+            )
         return new_event(
             id=event_id_of_json(emission.event_type, parent.project, stamp, payload_json),
             event_type=emission.event_type,
@@ -574,6 +588,10 @@ def _log_failure(workflow: Workflow, error: str) -> None:
 
 
 class _NotUtf8(Exception):
+    pass
+
+
+class _TooLarge(Exception):
     pass
 
 
