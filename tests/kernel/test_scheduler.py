@@ -332,6 +332,47 @@ async def test_the_blocks_retries_apply_without_a_policy_then_the_run_fails(
     assert sleepy.started == []
 
 
+class Fails(Block):
+    """Fails every attempt after ``seconds``, noting each attempt's number."""
+
+    def __init__(self, name: str, seconds: float, **options: Any) -> None:
+        super().__init__(**options)
+        self.name, self.seconds = name, seconds
+        self.attempts: list[int] = []
+
+    async def run(self, ctx: BlockContext) -> Any:
+        self.attempts.append(ctx.attempt)
+        await trio.sleep(self.seconds)
+        raise RuntimeError("broken")
+
+
+@pytest.mark.parametrize(
+    ("f_takes", "t_takes", "f_attempts"),
+    [(1.0, 0.5, [1]), (0.0, 0.5, [1]), (0.0, 3.0, [1, 2])],
+    ids=["as-it-fails", "during-its-backoff", "after-a-retry"],
+)
+async def test_a_step_is_not_retried_once_another_step_failed_the_run(
+    tmp_path, autojump_clock, f_takes, t_takes, f_attempts
+):
+    # after t failed the run, the scheduler still leased f's next attempt (a mutator's retry is
+    # a side effect of a run already lost)
+    f, t = Fails("f_block", f_takes), Fails("t_block", t_takes)
+    async with running_scheduler(tmp_path, [f, t]) as h:
+        run_id = await h.submit([
+            step("f", "f_block", retry={"max_attempts": 5, "backoff": 2.0}),
+            step("t", "t_block"),
+        ])  # fmt: skip
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+        view = await h.get(run_id)
+    assert (done.kind, done.step_id) == ("run_failed", "t")
+    assert f.attempts == f_attempts
+    assert {s.step_id: s.status for s in view.steps} == {"f": "failed", "t": "failed"}
+    [final] = [e for e in h.store.events(run_id, "step_failed") if e.step_id == "f"]
+    assert final.payload["error"]["message"] == (
+        "RuntimeError: broken (not retried: step 't' failed the run)"
+    )
+
+
 async def test_an_attempt_over_the_steps_timeout_fails_timed_out(tmp_path, autojump_clock):
     async with running_scheduler(tmp_path, [Sleepy(timeout=1000)]) as h:
         t0 = trio.current_time()

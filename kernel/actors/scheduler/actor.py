@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -535,6 +535,12 @@ class Scheduler:
                     # stops waiting: the next start leases it again.
                     if delay is None or run.canceling or not await self._backoff(delay):
                         break
+                    if run.failed and not run.canceling:  # another step failed the run meanwhile
+                        error = _not_retried(run, step.error)
+                        await self._record(
+                            run, "step_failed", step.spec.id, attempt=step.attempt, error=error
+                        )
+                        break
             if run.canceling and not step.finished and _leased_ever(step):
                 # (a step that never had a lease — it waited for a slot — ends "skipped")
                 await self._record(run, "step_canceled", step.spec.id, attempt=step.attempt)
@@ -695,6 +701,9 @@ class Scheduler:
             return None
         failure = step_error(error, attempt, timed_out)
         delay = retry_delay(spec, step.failures, block.retries, block.backoff)
+        if delay is not None and run.failed:  # the run fails anyway: no attempt more
+            failure = _not_retried(run, failure)
+            delay = None
         if delay is None:
             await self._record(
                 run, "step_failed", spec.id, attempt=attempt, error=failure, span_id=span
@@ -1166,6 +1175,16 @@ def _traced(submission: RunSubmission) -> RunSubmission:
     """A new run's submission with its trace: a new one, and the run's own span in it."""
     root = new_root()
     return replace(submission, trace_id=root.trace_id, span_id=root.span_id)
+
+
+def _not_retried(run: RunState, failure: Any) -> dict[str, Any]:
+    """A retrying step's failure, final: another step has failed the run, so no attempt more is
+    made (a mutator's would be a side effect of a run already lost)."""
+    error = dict(failure) if isinstance(failure, Mapping) else {"message": str(failure)}
+    error["message"] = (
+        f"{error.get('message', '')} (not retried: step {run.failed[0]!r} failed the run)"
+    )
+    return error
 
 
 def _leased_ever(step: StepState) -> bool:
