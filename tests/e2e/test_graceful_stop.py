@@ -8,10 +8,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import grpc
 from foundry.proto import runtime_api as api
 from grpclib import GRPCError
 from grpclib.const import Status
 
+from tests.grpcio_client import StreamReader
 from tests.helpers import wait_until
 from tests.runs.helpers import dag, submit, wait_done
 
@@ -85,3 +87,38 @@ def test_a_call_in_flight_at_sigterm_completes_ok_and_the_daemon_exits_0(make_da
     assert [s.step_id for s in reply.steps] == ["s"]
     assert reply.strategy == api.ReplayStrategy.LIVE
     assert code == 0, daemon.stderr()[-2000:]
+
+
+def test_streams_open_at_sigterm_end_unavailable_not_ok(make_daemon, grpcio_client):
+    """A Watch, and a TapRun of a run that has not ended, ended OK when the daemon stopped: a
+    client could not tell that from the end of a run or of its own watch, so it did not
+    reconnect. They end UNAVAILABLE, saying why."""
+    daemon = make_daemon(CONFIG)
+    paused = submit(daemon, dag({"id": "s", "type": "transform", "inputs": {"v": 1}}),
+                    breakpoints=("s",))  # fmt: skip
+    wait_until(lambda: _status(daemon, paused) == api.RunStatus.PAUSED_AT_STEP, what="a pause")
+    fpb, rpb = grpcio_client.foundry_pb2, grpcio_client.runtime_pb2
+    with grpcio_client.connect(daemon.address) as (foundry, runtime):
+        watch = StreamReader(foundry.Watch(fpb.WatchRequest()))
+        watch.sync(foundry, fpb)
+        tap = StreamReader(runtime.TapRun(rpb.TapRunRequest(run_id=paused)))
+        assert tap.get(timeout=10).kind == "run_submitted"
+        daemon.process.send_signal(signal.SIGTERM)
+        ends = [_last(watch), _last(tap)]
+    assert daemon.process.wait(60) == 0
+    for end, said in zip(ends, ("watch again", "tap the run again"), strict=True):
+        assert isinstance(end, grpc.RpcError), end
+        assert end.code() == grpc.StatusCode.UNAVAILABLE, end
+        assert f"the daemon is shutting down; {said} once it is back" in end.details()
+
+
+def _status(daemon: Any, run_id: str) -> Any:
+    return daemon.call(lambda _, rt: rt.get_run(api.GetRunRequest(run_id=run_id))).run.status
+
+
+def _last(stream: Any) -> Any:
+    """What ends a grpcio stream (its last item: an RpcError, or None for OK)."""
+    while True:
+        item = stream.get(timeout=30)
+        if item is None or not hasattr(item, "event_type") and not hasattr(item, "kind"):
+            return item

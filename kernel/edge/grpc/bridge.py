@@ -255,10 +255,11 @@ class StreamSink:
             self._closed = True
             self._wakeup.wake()
 
-    async def take(self) -> tuple[list[Any], Literal["more", "end"] | Overflow]:
+    async def take(self) -> tuple[list[Any], Literal["more", "end", "closed"] | Overflow]:
         """Wait for the backlog: the messages to send, then whether more may follow ("more"),
-        the stream is complete ("end"), or the subscriber fell behind (an :class:`Overflow`;
-        nothing to send)."""
+        the stream is complete ("end"), the broker closed the subscription before that
+        ("closed": the daemon is stopping), or the subscriber fell behind (an
+        :class:`Overflow`; nothing to send)."""
         while True:
             if self._overflow is not None:
                 return [], self._overflow
@@ -266,10 +267,12 @@ class StreamSink:
                 items, self._pending = self._pending, []
                 messages, self._complete = self._framer(items)
                 if messages or self._complete:
-                    return messages, "end" if self._complete or self._closed else "more"
+                    return messages, "end" if self._complete else "more"
                 continue
-            if self._complete or self._closed:
+            if self._complete:
                 return [], "end"
+            if self._closed:
+                return [], "closed"
             await self._wakeup.wait()
 
 

@@ -98,6 +98,9 @@ class FoundryService(api.FoundryBase):
                         workflow_id=item.workflow_id,
                         occurred_at=item.stamp or rfc3339(item.occurred_at),
                     )
+            # The broker closed the subscription: the daemon is stopping. A stream that ended OK
+            # could not be told from one its client meant to end.
+            raise GRPCError(Status.UNAVAILABLE, STOPPING)
         finally:
             sink.close()
 
@@ -120,6 +123,7 @@ class FoundryService(api.FoundryBase):
 
 
 WATCH = "/foundry.Foundry/Watch"
+STOPPING = "the daemon is shutting down; watch again once it is back"
 
 
 def parse_emit(message: api.EmitRequest) -> Any:

@@ -157,6 +157,11 @@ class RuntimeService(api.RuntimeServiceBase):
                         f"tapper fell behind by more than {state.buffered} events and was "
                         "cut off; tap again to resume from the run's first event",
                     )
+                if state == "closed":  # before the run's end: a stream ended OK would say it ended
+                    raise GRPCError(
+                        Status.UNAVAILABLE,
+                        "the daemon is shutting down; tap the run again once it is back",
+                    )
                 yield messages
                 if state == "end":
                     return
