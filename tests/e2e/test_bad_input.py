@@ -100,7 +100,7 @@ def test_a_request_that_does_not_parse_is_invalid_argument(daemon, earlier):
         # event_type: invalid UTF-8
         code, details = raw_call(channel, "/foundry.Foundry/Emit", b"\x0a\x03\xff\xfe\xfd")
     assert code is grpc.StatusCode.INVALID_ARGUMENT
-    assert details.startswith("request: not a valid EmitRequest")
+    assert details.startswith("request: event_type: not valid UTF-8")
     assert_unharmed(daemon, earlier)
 
 

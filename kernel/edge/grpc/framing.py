@@ -73,3 +73,66 @@ def _field_as_bytes(field: descriptor_pb2.FieldDescriptorProto) -> None:
     if field.type == _STRING:
         field.type = _BYTES
         field.ClearField("default_value")  # a string's default is text; a bytes one, escaped
+
+
+def utf8_culprit(data: bytes | bytearray, kind: type) -> str | None:
+    """The path of a string field whose bytes are not UTF-8 in a request of the betterproto2
+    message class ``kind`` (its parser says only ``UnicodeDecodeError``, naming no field), or
+    None. Read with the lenient schema (strings as bytes), each field looked up in the real
+    one."""
+    name = proto_name_of(kind)
+    try:
+        message = _lenient_class(name).FromString(bytes(data))
+    except DecodeError:
+        return None
+    return _culprit(message, _strict_pool().FindMessageTypeByName(name), "", 0)
+
+
+def _culprit(message: Any, schema: Any, where: str, depth: int) -> str | None:
+    if depth > _MAX_DEPTH:
+        return None
+    for field, value in message.ListFields():
+        real = schema.fields_by_number.get(field.number)
+        if real is None:
+            continue
+        repeated = _repeated(real)
+        for index, item in enumerate(value if repeated else (value,)):
+            path = f"{where}{real.name}[{index}]" if repeated else f"{where}{real.name}"
+            if real.type == _STRING:
+                try:
+                    item.decode("utf-8")
+                except UnicodeDecodeError:
+                    return path
+            elif real.message_type is not None:
+                found = _culprit(item, real.message_type, path + ".", depth + 1)
+                if found is not None:
+                    return found
+    return None
+
+
+_MAX_DEPTH = 100  # upb's own nesting limit: a message it parsed is no deeper
+
+
+def _repeated(field: Any) -> bool:
+    """(``is_repeated`` is protobuf 5.29's; ``label`` is gone from upb's descriptors in 7)"""
+    found = getattr(field, "is_repeated", None)
+    return bool(found) if found is not None else field.label == field.LABEL_REPEATED
+
+
+@cache
+def _strict_pool() -> descriptor_pool.DescriptorPool:
+    pool = descriptor_pool.DescriptorPool()
+    for file in file_descriptors():
+        pool.Add(file)
+    return pool
+
+
+def not_valid(data: bytes | bytearray | None, kind: type, exc: Exception) -> str:
+    """The INVALID_ARGUMENT message of a request ``kind``'s parser refused (``data``: its
+    protobuf bytes, None for JSON): a string field's bad UTF-8 is named."""
+    if isinstance(exc, UnicodeDecodeError) and data is not None:
+        path = utf8_culprit(data, kind)
+        if path is not None:
+            return f"request: {path}: not valid UTF-8 (byte {exc.start} of the field)"
+    name = getattr(kind, "__name__", "message")
+    return f"request: not a valid {name}: {type(exc).__name__}: {str(exc)[:100]}"

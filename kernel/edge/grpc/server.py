@@ -38,7 +38,7 @@ from foundry.kernel.edge.connections import (
 )
 from foundry.kernel.edge.grpc import fastproto, upb_encode
 from foundry.kernel.edge.grpc.bridge import ask_actor
-from foundry.kernel.edge.grpc.framing import check_framing
+from foundry.kernel.edge.grpc.framing import check_framing, not_valid
 from foundry.kernel.edge.grpc.health import HEALTH_PATH_PREFIX, ServingHealth
 from foundry.kernel.edge.grpc.internals import (
     Encoded,
@@ -151,7 +151,6 @@ class RequestCodec(ProtoCodec):
     def decode(self, data: bytes, message_type: Any) -> Any:
         if len(data) > self._limit:
             raise message_limit_error(len(data), self._limit)
-        name = getattr(message_type, "__name__", "message")
         try:
             fast = FAST_DECODERS.get(message_type)
             message = fast(data) if fast is not None else super().decode(data, message_type)
@@ -161,9 +160,7 @@ class RequestCodec(ProtoCodec):
         except WrongField as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, f"request: {exc}") from None
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {str(exc)[:100]}"
-            message_text = f"request: not a valid {name}: {reason}"
-            raise GRPCError(Status.INVALID_ARGUMENT, message_text) from None
+            raise GRPCError(Status.INVALID_ARGUMENT, not_valid(data, message_type, exc)) from None
         return message
 
 

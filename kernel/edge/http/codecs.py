@@ -20,7 +20,7 @@ import betterproto2
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from foundry.kernel.edge.grpc import upb_encode
-from foundry.kernel.edge.grpc.framing import check_framing
+from foundry.kernel.edge.grpc.framing import check_framing, not_valid
 from foundry.kernel.edge.grpc.internals import Encoded
 from foundry.kernel.edge.grpc.message_check import (
     WrongField,
@@ -58,6 +58,8 @@ def size_error(length: int, limit: int) -> ConnectError:
 
 
 class _CheckedCodec:
+    protobuf = False  # its requests are protobuf bytes (else JSON text)
+
     def __init__(self, max_message_bytes: int) -> None:
         self._limit = max_message_bytes
 
@@ -77,16 +79,17 @@ class _CheckedCodec:
         except WrongField as exc:
             raise ConnectError(Code.INVALID_ARGUMENT, f"request: {exc}") from None
         except Exception as exc:  # RecursionError included: a hostile document
-            name = getattr(message_class, "__name__", "message")
-            reason = f"{type(exc).__name__}: {str(exc)[:100]}"
+            protobuf = data if self.protobuf else None
             raise ConnectError(
-                Code.INVALID_ARGUMENT, f"request: not a valid {name}: {reason}"
+                Code.INVALID_ARGUMENT, not_valid(protobuf, message_class, exc)
             ) from None
         return message
 
 
 class BinaryCodec(_CheckedCodec):
     """``application/proto`` (Connect) and ``application/grpc-web`` (gRPC-Web)."""
+
+    protobuf = True
 
     def name(self) -> str:
         return "proto"

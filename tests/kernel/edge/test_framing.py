@@ -4,6 +4,7 @@ service, behind both codecs."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -96,8 +97,17 @@ def test_a_request_cut_short_is_refused_by_both_codecs(kind: Any, data: bytes):
 def test_bad_utf_8_and_wrong_wire_types_are_still_named_not_called_unframed():
     bad_text = b"\x0a\x02\xff\xfe"  # event_type: two bytes, not UTF-8
     check_framing(bad_text, foundry_api.EmitRequest)  # framed: the codec names the field
-    with pytest.raises(GRPCError, match="not a valid EmitRequest: UnicodeDecodeError"):
+    with pytest.raises(GRPCError, match=r"request: event_type: not valid UTF-8 \(byte 0 of"):
         GRPC.decode(bad_text, foundry_api.EmitRequest)
+    # deep in a message, in a repeated field, in a map: named too (betterproto2 named none)
+    deep = runtime_api.SubmitRunRequest(spec=runtime_api.RunSpec(
+        dag_json="{}", breakpoints=["a", "BAD"], labels={"team": "BAD"}))  # fmt: skip
+    for field, spelled in (("breakpoints[1]", b"*\x03BAD"), ("labels[0].value", b"\x12\x03BAD")):
+        data = bytes(deep).replace(spelled, spelled[:2] + b"\xc3\x28\xff", 1)
+        with pytest.raises(GRPCError, match=re.escape(f"request: spec.{field}: not valid UTF-8")):
+            GRPC.decode(data, runtime_api.SubmitRunRequest)
+        with pytest.raises(Exception, match=re.escape(f"request: spec.{field}: not valid UTF-8")):
+            HTTP.decode(data, runtime_api.SubmitRunRequest)
     varint_text = b"\x08\x05"  # event_type sent as a varint
     check_framing(varint_text, foundry_api.EmitRequest)
     with pytest.raises(GRPCError, match="event_type: expected string"):
