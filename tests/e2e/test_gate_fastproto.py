@@ -87,7 +87,7 @@ def test_the_decision_made_over_grpc_is_the_one_stored(daemon):
         (b"\x08\x05", "change_id"),
         (bytes(api.CheckChangeGateRequest(change_id="c")) + b"\x1a\x02\x08\x01", "diffs[0].path"),
         (bytes(api.CheckChangeGateRequest(change_id="c" * 300)), "change_id"),
-        (b"\x0a\x03\xff\xfe\xfd", "not a valid CheckChangeGateRequest"),
+        (b"\x0a\x03\xff\xfe\xfd", "change_id: not valid UTF-8"),
     ],
 )
 def test_a_malformed_request_is_invalid_argument_naming_the_field(daemon, body, field):

@@ -153,7 +153,8 @@ def test_cors_origins_from_the_config(make_daemon):
 
 def test_a_stop_ends_open_streams_and_exits_zero(make_daemon):
     """SIGTERM with a Connect Watch and a WebSocket Watch open: both end (the WebSocket with
-    1001), and the daemon exits 0."""
+    1001, the Connect stream with ``unavailable`` in its end-of-stream frame: an end a client
+    can tell from its own), and the daemon exits 0."""
     daemon = make_daemon()
     outcome: dict[str, object] = {}
     opened = threading.Event()
@@ -185,7 +186,10 @@ def test_a_stop_ends_open_streams_and_exits_zero(make_daemon):
     assert outcome["ws"] == 1001
     status, body = outcome["connect"]
     assert status == 200
-    assert body.endswith(b"{}")  # the end-of-stream frame, no error
+    end = json.loads(body[5:])  # the end-of-stream frame (flag 2), the only frame
+    assert body[0] == 2
+    assert end["error"]["code"] == "unavailable"
+    assert "the daemon is shutting down; watch again" in end["error"]["message"]
 
 
 @pytest.mark.parametrize("reset", [True, False], ids=["reset", "closed"])
