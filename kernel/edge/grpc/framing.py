@@ -1,4 +1,5 @@
-"""Whether a request's bytes are protobuf at all: :func:`check_framing`.
+"""Whether a request's bytes are protobuf at all (:func:`check_framing`), and what they mean as
+protobuf says (:func:`canonical`, for betterproto2's parser).
 
 betterproto2's parser reads a length-delimited field with ``BytesIO.read``, which returns fewer
 bytes than the length says without complaint: a request cut short decodes to a shorter string
@@ -19,7 +20,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from foundry.kernel.edge.grpc.message_check import WrongField
+from foundry.kernel.edge.grpc.message_check import WrongField, check_request
 from foundry.kernel.edge.grpc.reflection import file_descriptors
 from foundry.kernel.edge.grpc.upb_encode import proto_name_of
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -40,6 +41,32 @@ def check_framing(data: bytes | bytearray, kind: type) -> None:
         _lenient_class(proto_name_of(kind)).FromString(bytes(data))
     except DecodeError:
         raise WrongField(NOT_PROTOBUF) from None
+
+
+def canonical(data: bytes | bytearray, kind: type) -> bytes:
+    """``data`` as upb writes the message back (each field once, in field order): what protobuf
+    says the bytes mean, for betterproto2's parser, which does not do it all — a message field
+    sent twice is merged (it kept the second alone: a SubmitRunRequest sent in two parts lost
+    its ``dag_json``), a oneof's last member wins (it raised "more than one field set in
+    oneof"). Raises :class:`WrongField` as :func:`check_framing` does (upb parsed it already:
+    the check costs nothing more)."""
+    try:
+        message = _lenient_class(proto_name_of(kind)).FromString(bytes(data))
+    except DecodeError:
+        _name_a_field(data, kind)  # nested too deeply for upb, say: the field is named
+        raise WrongField(NOT_PROTOBUF) from None
+    encoded: bytes = message.SerializeToString()
+    return encoded
+
+
+def _name_a_field(data: bytes | bytearray, kind: type) -> None:
+    """Raise :class:`WrongField` naming a field of ``data`` that ``check_request`` refuses,
+    if betterproto2 can read the bytes at all."""
+    try:
+        parsed = kind().parse(bytes(data))
+    except Exception:
+        return
+    check_request(parsed)
 
 
 @cache

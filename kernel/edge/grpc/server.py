@@ -38,7 +38,7 @@ from foundry.kernel.edge.connections import (
 )
 from foundry.kernel.edge.grpc import fastproto, upb_encode
 from foundry.kernel.edge.grpc.bridge import ask_actor
-from foundry.kernel.edge.grpc.framing import check_framing, not_valid
+from foundry.kernel.edge.grpc.framing import canonical, check_framing, not_valid
 from foundry.kernel.edge.grpc.health import HEALTH_PATH_PREFIX, ServingHealth
 from foundry.kernel.edge.grpc.internals import (
     Encoded,
@@ -153,10 +153,20 @@ class RequestCodec(ProtoCodec):
             raise message_limit_error(len(data), self._limit)
         try:
             fast = FAST_DECODERS.get(message_type)
-            message = fast(data) if fast is not None else super().decode(data, message_type)
-            if isinstance(message, betterproto2.Message):  # not health's, reflection's, upb's
+            if fast is not None:
+                try:
+                    message = fast(data)
+                except Exception:
+                    check_framing(data, message_type)  # bytes that are no message: said so
+                    raise
+                if isinstance(message, betterproto2.Message):
+                    check_request(message)
+                    check_framing(data, message_type)  # betterproto2 takes a request cut short
+            elif isinstance(message_type, type) and issubclass(message_type, betterproto2.Message):
+                message = super().decode(canonical(data, message_type), message_type)
                 check_request(message)
-                check_framing(data, message_type)  # betterproto2 takes a request cut short
+            else:  # health's, reflection's (upb)
+                message = super().decode(data, message_type)
         except WrongField as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, f"request: {exc}") from None
         except Exception as exc:

@@ -20,7 +20,7 @@ import betterproto2
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from foundry.kernel.edge.grpc import upb_encode
-from foundry.kernel.edge.grpc.framing import check_framing, not_valid
+from foundry.kernel.edge.grpc.framing import canonical, not_valid
 from foundry.kernel.edge.grpc.internals import Encoded
 from foundry.kernel.edge.grpc.message_check import (
     WrongField,
@@ -66,16 +66,12 @@ class _CheckedCodec:
     def _parse(self, data: bytes | bytearray, kind: type[betterproto2.Message]) -> Any:
         raise NotImplementedError
 
-    def _check_bytes(self, data: bytes | bytearray, kind: type[betterproto2.Message]) -> None:
-        """Checks of the bytes themselves, once the message is type-checked (binary's)."""
-
     def decode(self, data: bytes | bytearray, message_class: type[Any]) -> Any:
         if len(data) > self._limit:
             raise size_error(len(data), self._limit)
         try:
             message = self._parse(data, message_class)
-            check_request(message)  # first: a field of the wrong type is named
-            self._check_bytes(data, message_class)
+            check_request(message)
         except WrongField as exc:
             raise ConnectError(Code.INVALID_ARGUMENT, f"request: {exc}") from None
         except Exception as exc:  # RecursionError included: a hostile document
@@ -103,10 +99,7 @@ class BinaryCodec(_CheckedCodec):
             return bytes(message)
 
     def _parse(self, data: bytes | bytearray, kind: type[betterproto2.Message]) -> Any:
-        return kind().parse(bytes(data))
-
-    def _check_bytes(self, data: bytes | bytearray, kind: type[betterproto2.Message]) -> None:
-        check_framing(data, kind)  # betterproto2 takes a request cut short
+        return kind().parse(canonical(data, kind))  # framed, merged as protobuf says
 
 
 class JsonCodec(_CheckedCodec):

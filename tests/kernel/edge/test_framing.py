@@ -144,3 +144,20 @@ def _field_ends(data: bytes) -> set[int]:
         at += length
         ends.add(at)
     return ends
+
+
+def test_a_message_field_sent_twice_is_merged_and_a_oneofs_last_member_wins():
+    """Valid protobuf betterproto2 read wrong: the concatenation of two messages is their merge
+    (its parser kept the second ``spec`` alone: "spec.dag_json: a DAG is required"), and a
+    oneof sent twice keeps its last member (it raised "more than one field set in oneof")."""
+    first = runtime_api.SubmitRunRequest(spec=runtime_api.RunSpec(dag_json='{"steps": []}'))
+    second = runtime_api.SubmitRunRequest(spec=runtime_api.RunSpec(seed=42))
+    value = b"\x1a\x01a" + b"\x20\x01"  # Value: string_value "a", then bool_value true
+    both = b"\x0a\x0a\x0a\x01x\x12\x05" + value  # Struct: fields["x"] = that Value
+    two_members = bytes(runtime_api.SubmitRunRequest(spec=runtime_api.RunSpec(dag_json="{}")))
+    two_members += b"\x0a" + bytes([len(both) + 2]) + b"\x12" + bytes([len(both)]) + both
+    for codec in (GRPC, HTTP):
+        merged = codec.decode(bytes(first) + bytes(second), runtime_api.SubmitRunRequest)
+        assert (merged.spec.dag_json, merged.spec.seed) == ('{"steps": []}', 42)
+        last = codec.decode(two_members, runtime_api.SubmitRunRequest)
+        assert last.spec.inputs.fields["x"].bool_value is True
