@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import marshal
 import os
+import re
 import struct
 import sys
 from collections.abc import Iterable
@@ -141,8 +142,30 @@ def zulu(stamp: str) -> str:
 
 
 def id_stamp(stamp: str) -> str:
-    """A trace file's ``…Z`` time as its event id hashed it, ``…+00:00`` (:func:`zulu` undone)."""
-    return stamp[:-1] + "+00:00" if stamp.endswith("Z") else stamp
+    """A trace file's UTC time in the form an event id hashes (chrono's AutoSi, ``+00:00``):
+    :func:`zulu` undone, and a fraction written otherwise (``.1``, ``.000``, ``.123000``,
+    ``.1234567``: JavaScript's ``toISOString`` writes ``.000Z``) given 0, 3, 6 or 9 digits as
+    chrono would. Any other text is kept as it is."""
+    found = _UTC_STAMP.fullmatch(stamp)
+    if found is None:
+        return stamp
+    second, fraction = found.group(1), found.group(2) or ""
+    nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
+    if nanos == 0:
+        digits = ""
+    elif nanos % 1_000_000 == 0:
+        digits = f".{nanos // 1_000_000:03d}"
+    elif nanos % 1_000 == 0:
+        digits = f".{nanos // 1_000:06d}"
+    else:
+        digits = f".{nanos:09d}"
+    return f"{second}{digits}+00:00"
+
+
+_UTC_STAMP = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,12}))?(?:Z|\+00:00)",
+    re.ASCII,
+)
 
 
 _TRUTH = {True: "true", False: "false"}

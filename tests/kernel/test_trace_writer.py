@@ -15,6 +15,7 @@ from foundry.kernel.core.trace_format import (
     Unreadable,
     frame,
     frames,
+    id_stamp,
     parse,
     readable,
     render,
@@ -220,3 +221,24 @@ def test_null_numbers_and_texts_of_an_execution_read_as_none_given():
 )
 def test_parse_answers_none_for_anything_that_is_not_a_trace(data):
     assert parse(data) is None
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [
+        ("2026-11-28T07:03:52Z", "2026-11-28T07:03:52+00:00"),
+        ("2026-11-28T07:03:52.123Z", "2026-11-28T07:03:52.123+00:00"),
+        ("2026-11-28T07:03:52.123456+00:00", "2026-11-28T07:03:52.123456+00:00"),
+        # written by another hand: shown as chrono's AutoSi would have written them (they
+        # were shown as written, Z made +00:00, whatever the README promised)
+        ("2026-11-28T07:03:52.1Z", "2026-11-28T07:03:52.100+00:00"),
+        ("2026-11-28T07:03:52.000Z", "2026-11-28T07:03:52+00:00"),  # JavaScript's toISOString
+        ("2026-11-28T07:03:52.123000Z", "2026-11-28T07:03:52.123+00:00"),
+        ("2026-11-28T07:03:52.000100Z", "2026-11-28T07:03:52.000100+00:00"),
+        ("2026-11-28T07:03:52.1234567Z", "2026-11-28T07:03:52.123456700+00:00"),
+        ("2026-11-28T08:03:52+01:00", "2026-11-28T08:03:52+01:00"),  # not UTC: as written
+        ("yesterday", "yesterday"),
+    ],
+)
+def test_a_trace_files_times_are_shown_in_the_form_event_ids_hash(written, shown):
+    assert id_stamp(written) == shown
