@@ -421,7 +421,8 @@ class Engine:
             return (), f"emitted an event type that is not UTF-8: {exc}"
         except _TooLarge as exc:
             return (), str(exc)
-        except Exception as exc:  # e.g. an int too large for JSON, nesting too deep
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            # a non-JSON value, an int too large for a JSON number, nesting too deep
             return (), f"emitted a payload that is not JSON: {described(exc)}"
 
     def _child(
