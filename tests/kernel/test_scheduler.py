@@ -358,13 +358,17 @@ async def test_a_step_is_not_retried_once_another_step_failed_the_run(
     # a side effect of a run already lost)
     f, t = Fails("f_block", f_takes), Fails("t_block", t_takes)
     async with running_scheduler(tmp_path, [f, t]) as h:
+        started = trio.current_time()
         run_id = await h.submit([
             step("f", "f_block", retry={"max_attempts": 5, "backoff": 2.0}),
             step("t", "t_block"),
         ])  # fmt: skip
         done = await h.store.until(run_id, *TERMINAL_KINDS)
+        took = trio.current_time() - started
         view = await h.get(run_id)
     assert (done.kind, done.step_id) == ("run_failed", "t")
+    # as t fails, not once f's backoff (2 s, then 4 s) is over: the run was lost then
+    assert took < max(f_takes, t_takes) + 0.1
     assert f.attempts == f_attempts
     assert {s.step_id: s.status for s in view.steps} == {"f": "failed", "t": "failed"}
     [final] = [e for e in h.store.events(run_id, "step_failed") if e.step_id == "f"]
@@ -722,21 +726,29 @@ async def test_a_runs_end_is_waited_for_and_its_steps_are_not(tmp_path, autojump
     assert ends[0].records[-1].kind == "run_succeeded"
     steps_only = [a for a in appends if _leases(a, "a") or _leases(a, "b")]
     assert len(steps_only) == 2
-    assert not any(a.awaited or a.ack for a in steps_only)
+    assert not any(a.ack or a.answers for a in steps_only)
 
 
-class SlowEnds(CommittingStore):
-    """Commits a run's end only once ``release`` is set (as a slow disk would)."""
+class Holding(CommittingStore):
+    """Commits an append holding an event of one of ``kinds`` only once ``release`` is set (as
+    a slow disk would)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *kinds: str) -> None:
         super().__init__()
+        self.kinds = kinds
         self.release = trio.Event()
+        self._later: trio.Nursery | None = None
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[StoreMessage]) -> None:
+        async with trio.open_nursery() as self._later:  # the held commits, once released
+            await super().run(inbox)
+            self.release.set()  # the scheduler is gone: nothing waits for them any more
 
     def answer(self, message: Any) -> None:
-        ends = isinstance(message, Append) and any(
-            getattr(r, "kind", "") in TERMINAL_KINDS for r in message.records
+        held = isinstance(message, Append) and any(
+            getattr(r, "kind", "") in self.kinds for r in message.records
         )
-        if not ends:
+        if not held:
             super().answer(message)
             return
         self.records.extend(message.records)  # in the mailbox, not yet durable
@@ -749,13 +761,14 @@ class SlowEnds(CommittingStore):
             assert message.ack is not None
             message.ack.send(None)
 
-        trio.lowlevel.spawn_system_task(later)
+        assert self._later is not None
+        self._later.start_soon(later)
 
 
 async def test_cancel_answers_once_the_runs_end_is_committed(tmp_path, autojump_clock):
     # CancelRun answered CANCELED while run_canceled was still on its way to the store: a
     # ReplayRun sent right after read the run as paused and refused it.
-    store = SlowEnds()
+    store = Holding(*TERMINAL_KINDS)
     async with running_scheduler(tmp_path, [Flaky(0)], store=store) as h:
         run_id = await h.submit([step("a", "flaky"), step("b", "flaky", after=("a",))], ("b",))
         await store.until(run_id, "run_paused")
@@ -777,7 +790,7 @@ async def test_cancel_answers_once_the_runs_end_is_committed(tmp_path, autojump_
 async def test_a_run_being_cancelled_cannot_be_resumed(tmp_path, autojump_clock):
     # ResumeRun racing CancelRun was acknowledged ("resumed b") after cancel_requested was
     # durable, and b never ran
-    store = SlowEnds()
+    store = Holding("cancel_requested")  # CancelRun waits for it: the run stays paused
     async with running_scheduler(tmp_path, [Flaky(0)], store=store) as h:
         run_id = await h.submit([step("a", "flaky"), step("b", "flaky", after=("a",))], ("b",))
         await store.until(run_id, "run_paused")

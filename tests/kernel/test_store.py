@@ -690,7 +690,7 @@ async def test_writes_someone_waits_for_commit_while_the_loop_never_idles(tmp_pa
     """Behind a task that computes and yields, again and again (a loaded daemon), the journal
     thread still gets the interpreter lock for groups someone waits for — large ones (the
     thread's: without a short switch interval meanwhile, twenty of them took until the loop
-    gave up), and a run's end, which its watchers wait for with no reply (``awaited``)."""
+    gave up), and a run's end, which its driver waits for."""
     from .test_threads import keep_busy
 
     tap_send, tap_receive = trio.open_memory_channel(100)
@@ -706,7 +706,7 @@ async def test_writes_someone_waits_for_commit_while_the_loop_never_idles(tmp_pa
                 large = [make_event(n) for n in range(1 + 40 * group, 41 + 40 * group)]
                 await post_now(store_send, large).wait()
             end = make_event(801)
-            store_send.send_nowait(Append((end,), (end,), awaited=True))
+            post_now(store_send, [end], [end])
             published = []
             while end not in published:
                 published.extend((await tap_receive.receive()).items)

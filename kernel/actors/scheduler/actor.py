@@ -160,6 +160,8 @@ class Scheduler:
         # Completed steps' events (and attestor notices) not appended yet, by run: see _complete
         self._held: dict[str, tuple[list[Any], list[Attest]]] = {}
         self._wakeups: dict[str, trio.Event] = {}  # paused runs waiting for ResumeRun
+        # runs with a step backing off before its next attempt: woken once the run is lost
+        self._backoffs: dict[str, trio.Event] = {}
         # Running steps' scopes, run id -> step id -> (scope, is a mutator): CancelRun's handles.
         self._running: dict[str, dict[str, tuple[trio.CancelScope, bool]]] = {}
         self._ended: dict[str, trio.Event] = {}  # runs a CancelRun waits to see end
@@ -203,7 +205,7 @@ class Scheduler:
             # step starts), then the next start leases them again. Paused runs have nothing in
             # flight: they stop waiting for a ResumeRun that can no longer come.
             self._stopping.set()
-            for wakeup in self._wakeups.values():
+            for wakeup in (*self._wakeups.values(), *self._backoffs.values()):
                 wakeup.set()
             nursery.cancel_scope.deadline = trio.current_time() + self._grace
 
@@ -533,13 +535,16 @@ class Scheduler:
                             delay = await self._attempt(run, step)
                     # A step backing off holds no concurrency slot. When the daemon stops, it
                     # stops waiting: the next start leases it again.
-                    if delay is None or run.canceling or not await self._backoff(delay):
+                    if delay is None or run.canceling:
                         break
+                    await self._backoff(run, delay)
                     if run.failed and not run.canceling:  # another step failed the run meanwhile
                         error = _not_retried(run, step.error)
                         await self._record(
                             run, "step_failed", step.spec.id, attempt=step.attempt, error=error
                         )
+                        break
+                    if self._stopping.is_set():
                         break
             if run.canceling and not step.finished and _leased_ever(step):
                 # (a step that never had a lease — it waited for a slot — ends "skipped")
@@ -556,12 +561,14 @@ class Scheduler:
         block = self._registry.by_name.get(spec.type)
         return block is not None and block.kind is BlockKind.MUTATOR
 
-    async def _backoff(self, delay: float) -> bool:
-        """Sleep ``delay`` seconds; False if the daemon starts stopping first."""
+    async def _backoff(self, run: RunState, delay: float) -> None:
+        """Sleep ``delay`` seconds, or until the daemon starts stopping or another step fails
+        the run (no attempt more is made then: the run ended at once, not a backoff later)."""
+        woken = self._backoffs.setdefault(run.run_id, trio.Event())
+        if run.failed:
+            woken.set()
         with trio.move_on_after(delay):
-            await self._stopping.wait()
-            return False
-        return True
+            await woken.wait()
 
     async def _attempt(self, run: RunState, step: StepState) -> float | None:
         """Lease and run one attempt; None when the step is finished (either way), else the
@@ -806,11 +813,9 @@ class Scheduler:
         held_records.extend(records)
         held_notices.extend(notices)
 
-    async def _record_all(
-        self, records: list[Any], notices: list[Attest], *, awaited: bool = False
-    ) -> None:
+    async def _record_all(self, records: list[Any], notices: list[Attest]) -> None:
         """Append events made and applied already; then hand their notices to the attestor."""
-        await self._send_store(Append(tuple(records), tuple(records), awaited=awaited))
+        await self._send_store(Append(tuple(records), tuple(records)))
         if notices:
             await self._notify(notices)
 
@@ -829,6 +834,8 @@ class Scheduler:
     async def _record(self, run: RunState, kind: str, step_id: str = "", **payload: Any) -> None:
         """Make, apply and append an event; its commit comes with the next group commit."""
         event = run.make_event(kind, self._clock.now(), step_id, **payload)
+        if kind == "step_failed" and run.run_id in self._backoffs:  # the run is lost
+            self._backoffs[run.run_id].set()
         await self._send_store(Append((event,), (event,)))
 
     async def _record_durable(
@@ -887,6 +894,7 @@ class Scheduler:
         ``recent_run_bytes`` of their outputs: a run holds its outputs, and about as much again
         in the inputs they were resolved into — 1,000 runs of MB-sized outputs held GBs)."""
         run.ended = True
+        self._backoffs.pop(run.run_id, None)
         self._runs.move_to_end(run.run_id)
         finished = [(rid, output_total(r)) for rid, r in self._runs.items() if r.terminal]
         config = self._config

@@ -1362,7 +1362,7 @@ def _locked(con: duckdb.DuckDBPyConnection) -> bool:
 def _awaited(write: Write) -> bool:
     """Someone waits for this write's commit."""
     if isinstance(write, Append):
-        return write.awaited or write.ack is not None or bool(write.answers)
+        return write.ack is not None or bool(write.answers)
     return True  # a Barrier or a retention pass
 
 

@@ -32,16 +32,14 @@ class Append:
 
     ``publish`` items go to the tap broker once the commit is durable; ``ack`` is answered then,
     and so is each ``(reply, value)`` of ``answers`` — say, an Emit's reply, which the root's
-    commit answers without the engine waiting for it. A failed commit fails them all.
-    ``awaited``: someone waits for its commit with no reply here (a run's end: whoever watches
-    the run) — it is committed at once, as a write with an ack is.
+    commit answers without the engine waiting for it. A failed commit fails them all. A write
+    with either is waited for: it is committed at once.
     """
 
     records: tuple[Any, ...]
     publish: tuple[Any, ...] = ()
     ack: Reply[None] | None = None
     answers: tuple[tuple[Reply[Any], Any], ...] = ()
-    awaited: bool = False
 
 
 @dataclass(frozen=True, slots=True)
