@@ -32,9 +32,10 @@ class EngineConfig:
     max_chain_depth: int = 32
     max_chain_events: int = 10_000
     recent_workflows: int = 1_000
-    # JSON bytes of a payload a block emits, at most: as large as a client's Emit may be (a
-    # 6 MB emission ended every default gRPC client's Watch with RESOURCE_EXHAUSTED)
-    max_event_bytes: int = 4 * 1024 * 1024
+    # JSON bytes of a payload a block emits, at most: a 6 MB emission ended every default gRPC
+    # client's Watch with RESOURCE_EXHAUSTED. 4 MiB (their limit) less room for the rest of a
+    # WatchResponse (ids, type, project, times: a few hundred bytes).
+    max_event_bytes: int = 4 * 1024 * 1024 - 64 * 1024
 
 
 @dataclass(frozen=True)

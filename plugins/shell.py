@@ -168,13 +168,14 @@ def _env(table: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _cwd(table: Mapping[str, Any]) -> str | None:
-    """``cwd``: an existing directory, or none (the daemon's)."""
+    """``cwd``: a directory path, or none (the daemon's). An absolute one must exist; a relative
+    one is the daemon's working directory's (``config check``, run elsewhere, cannot tell)."""
     cwd = table.get("cwd")
     if cwd is None:
         return None
     if not isinstance(cwd, str) or not cwd or "\0" in cwd:
         raise ValueError(f"cwd: expected a directory path, got {cwd!r}")
-    if not Path(cwd).is_dir():
+    if Path(cwd).is_absolute() and not Path(cwd).is_dir():
         raise ValueError(f"cwd: no such directory: {cwd!r}")
     return cwd
 

@@ -529,8 +529,10 @@ def test_an_answer_to_the_page_before_the_token_does_not_bring_its_error_back(br
         page.fill("#token", TOKEN)
         page.click("#token-form button")
         expect(page.locator("#workflow-rows")).to_be_attached()
-        held[0].continue_()  # now answered: unauthenticated, to the page left behind
-        page.wait_for_timeout(300)
+        with page.expect_response(lambda r: r.url.endswith("/Status") and r.status == 401):
+            held[0].continue_()  # now answered: unauthenticated, to the page left behind
+        # the page has read it: its handlers ran a task or two after the response arrived
+        page.evaluate("() => new Promise((done) => setTimeout(() => setTimeout(done, 50), 0))")
         expect(page.locator("#notice")).to_be_hidden()
     finally:
         context.close()

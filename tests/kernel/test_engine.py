@@ -21,6 +21,7 @@ from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.core.trace_format import id_stamp
 from foundry.kernel.core.tracecontext import is_trace_id
 from foundry.kernel.errors import NotFound
+from foundry.proto import foundry_api
 
 from .harness import GUARD_SECONDS, run_sql, running_kernel
 
@@ -965,6 +966,18 @@ async def test_an_emission_larger_than_a_client_may_emit_fails_its_block(tmp_pat
     said = "emitted a 'huge' payload of 1,211 bytes of JSON, past [engine] max_event_bytes (1,000)"
     assert said in x["summary"]
     assert [e["event_type"] for e in trace["events"]] == ["go"]  # neither emission is stored
+
+
+def test_an_emission_at_the_limit_fits_a_default_clients_watch_message():
+    # the limit applied to the payload alone let a WatchResponse pass 4 MiB by 183 bytes
+    longest = "x" * 256  # ids, types and projects are at most 256 characters
+    response = foundry_api.WatchResponse(
+        event_id=longest, event_type=longest, project=longest, workflow_id=longest,
+        payload_json="x" * EngineConfig().max_event_bytes, trace_id="0" * 32,
+        span_id="0" * 16, parent_span_id="0" * 16, occurred_at="2026-12-05T10:00:00.123456+00:00",
+        throttle=foundry_api.Throttle.DRY_RUN, throttled=True,
+    )  # fmt: skip
+    assert len(bytes(response)) <= 4 * 1024 * 1024
 
 
 async def test_a_block_emitting_past_the_event_budget_stores_none_of_them(tmp_path):

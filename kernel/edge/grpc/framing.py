@@ -102,11 +102,11 @@ def _field_as_bytes(field: descriptor_pb2.FieldDescriptorProto) -> None:
         field.ClearField("default_value")  # a string's default is text; a bytes one, escaped
 
 
-def utf8_culprit(data: bytes | bytearray, kind: type) -> str | None:
+def utf8_culprit(data: bytes | bytearray, kind: type) -> tuple[str, int] | None:
     """The path of a string field whose bytes are not UTF-8 in a request of the betterproto2
-    message class ``kind`` (its parser says only ``UnicodeDecodeError``, naming no field), or
-    None. Read with the lenient schema (strings as bytes), each field looked up in the real
-    one."""
+    message class ``kind`` (its parser says only ``UnicodeDecodeError``, naming no field), and
+    the offset of the first bad byte in it; or None. Read with the lenient schema (strings as
+    bytes), each field looked up in the real one."""
     name = proto_name_of(kind)
     try:
         message = _lenient_class(name).FromString(bytes(data))
@@ -115,7 +115,7 @@ def utf8_culprit(data: bytes | bytearray, kind: type) -> str | None:
     return _culprit(message, _strict_pool().FindMessageTypeByName(name), "", 0)
 
 
-def _culprit(message: Any, schema: Any, where: str, depth: int) -> str | None:
+def _culprit(message: Any, schema: Any, where: str, depth: int) -> tuple[str, int] | None:
     if depth > _MAX_DEPTH:
         return None
     for field, value in message.ListFields():
@@ -128,8 +128,8 @@ def _culprit(message: Any, schema: Any, where: str, depth: int) -> str | None:
             if real.type == _STRING:
                 try:
                     item.decode("utf-8")
-                except UnicodeDecodeError:
-                    return path
+                except UnicodeDecodeError as exc:
+                    return path, exc.start
             elif real.message_type is not None:
                 found = _culprit(item, real.message_type, path + ".", depth + 1)
                 if found is not None:
@@ -158,8 +158,8 @@ def not_valid(data: bytes | bytearray | None, kind: type, exc: Exception) -> str
     """The INVALID_ARGUMENT message of a request ``kind``'s parser refused (``data``: its
     protobuf bytes, None for JSON): a string field's bad UTF-8 is named."""
     if isinstance(exc, UnicodeDecodeError) and data is not None:
-        path = utf8_culprit(data, kind)
-        if path is not None:
-            return f"request: {path}: not valid UTF-8 (byte {exc.start} of the field)"
+        found = utf8_culprit(data, kind)
+        if found is not None:
+            return f"request: {found[0]}: not valid UTF-8 (byte {found[1]} of the field)"
     name = getattr(kind, "__name__", "message")
     return f"request: not a valid {name}: {type(exc).__name__}: {str(exc)[:100]}"

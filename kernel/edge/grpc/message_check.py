@@ -258,17 +258,19 @@ def _scalar(value: Any, kind: str) -> Any:
     return value
 
 
-_DECIMAL = re.compile(r"-?[0-9]{1,20}")
+_DECIMAL = re.compile(r"-?[0-9]{1,20}", re.ASCII)
 
 
 # --- proto3 JSON: an integer field given a fraction ---------------------------------------------
 
 
 def refuse_fractions(kind: Any, document: Any) -> None:
-    """Raise :class:`WrongField` for a number with a fraction (``1.5``) given to an integer
-    field anywhere in a proto3 JSON ``document`` of message class ``kind``. betterproto2's
-    ``from_dict`` turns it into ``int(1.5)``, 1, where proto3 JSON refuses it. Only the paths
-    that can hold an integer are walked (:func:`_integer_paths`)."""
+    """Raise :class:`WrongField` for anything but an integer — a number with a fraction
+    (``1.5``), ``true``, a string other than decimal digits — given to an integer field anywhere
+    in a proto3 JSON ``document`` of message class ``kind``. betterproto2's ``from_dict`` turns
+    them into ``int(value)`` (1.5 and ``true`` into 1, ``" 12"`` into 12), where proto3 JSON
+    refuses them. Only the paths that can hold an integer are walked
+    (:func:`_integer_paths`)."""
     _refuse_fractions(kind, document, "", 0)
 
 
@@ -300,13 +302,10 @@ def _refuse_in(value: Any, nested: Any, path: str, depth: int) -> None:
         raise WrongField(f"{path}: {str(value).lower()} is not an integer")
     elif isinstance(value, float) and not value.is_integer():
         raise WrongField(f"{path}: {value!r} is not an integer")
-    elif isinstance(value, str) and not _INTEGER_TEXT.fullmatch(value):
+    elif isinstance(value, str) and not _DECIMAL.fullmatch(value):
         # from_dict's int() took " 12", "+12" and other scripts' digits, and answered "1e3"
         # with Python's own words, naming the message instead of the field
         raise WrongField(f"{path}: {value[:40]!r} is not an integer (decimal digits, as a string)")
-
-
-_INTEGER_TEXT = re.compile(r"-?[0-9]{1,20}", re.ASCII)
 
 
 _MAPPED = dict[str, tuple[str, Any, str]]  # field name → (field name, message class or None, shape)

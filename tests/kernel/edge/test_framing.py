@@ -99,6 +99,11 @@ def test_bad_utf_8_and_wrong_wire_types_are_still_named_not_called_unframed():
     check_framing(bad_text, foundry_api.EmitRequest)  # framed: the codec names the field
     with pytest.raises(GRPCError, match=r"request: event_type: not valid UTF-8 \(byte 0 of"):
         GRPC.decode(bad_text, foundry_api.EmitRequest)
+    # two bad fields: the offset is the named one's (project bad at byte 1 comes first on the
+    # wire, event_type, bad at byte 3, first in field order)
+    two = b"\x12\x02a\xff" + b"\x0a\x04abc\xff"
+    with pytest.raises(GRPCError, match=r"event_type: not valid UTF-8 \(byte 3 of the field"):
+        GRPC.decode(two, foundry_api.EmitRequest)
     # deep in a message, in a repeated field, in a map: named too (betterproto2 named none)
     deep = runtime_api.SubmitRunRequest(spec=runtime_api.RunSpec(
         dag_json="{}", breakpoints=["a", "BAD"], labels={"team": "BAD"}))  # fmt: skip

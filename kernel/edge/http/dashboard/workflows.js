@@ -21,7 +21,7 @@ export function mountList(root) {
   let stopWatch = () => {};
   let alive = true;
 
-  let failed = false; // the notice shows this list's last error: the next good answer clears it
+  let failed = ""; // this list's last error: the next good answer clears it, if still shown
   async function refresh() {
     clearTimeout(timer);
     try {
@@ -31,14 +31,15 @@ export function mountList(root) {
       await learnThrottles(throttles, (reply.workflows || []).map((w) => w.workflowId));
       if (!alive) return;
       render(reply.workflows || []);
-      if (failed) notice("");
-      failed = false;
+      // (not another part's notice, such as "live updates stopped", shown since)
+      if (failed && document.getElementById("notice").textContent === failed) notice("");
+      failed = "";
     } catch (error) {
       // An answer to a page left behind (e.g. asked before the token was set) says nothing of
       // this one.
       if (!alive) return;
       notice(error.message);
-      failed = true;
+      failed = error.message;
     }
     if (alive) timer = setTimeout(refresh, POLL_MS);
   }
