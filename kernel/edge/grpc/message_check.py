@@ -105,9 +105,8 @@ def _check_value_kind(message: Value, where: str) -> None:
     if kind == "":
         raise WrongField(f"{where.rstrip('.') or 'request'}: {NO_KIND}")
     if kind == "null_value" and value != 0:
-        raise WrongField(
-            f"{where}null_value: NullValue has one value, NULL_VALUE (0), got {int(value)}"
-        )
+        got = int(value) if isinstance(value, int) else value  # an enum member or its number
+        raise WrongField(f"{where}null_value: NullValue has one value, NULL_VALUE (0), got {got}")
 
 
 def _check_map(value: Any, meta: betterproto2.FieldMetadata, path: str, depth: int) -> None:
