@@ -2,6 +2,7 @@
 (the statement check, and the locked DuckDB instance under it), the time and row limits, and every
 saved question on known data committed through the store's own Append."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -194,6 +195,36 @@ async def test_a_query_past_its_time_limit_is_interrupted(tmp_path):
         assert time.monotonic() - started < 3
         for _ in range(3):  # the cursor was replaced: every user cursor still works
             assert await rows(store, "SELECT 42") == [[42]]
+
+
+async def test_a_limit_that_passes_between_the_sandboxs_statements_still_holds(tmp_path):
+    # A 1-5 ms limit often passed while the sandbox was between its own statements (its
+    # checks, DESCRIBE, then the query): that one interrupt was lost, and the query ran on with
+    # no limit at all (18 s; two such held both analysts' cursors for 139 s)
+    async with running_store(tmp_path) as store:
+        for limit in (0.001, 0.002, 0.003, 0.004, 0.005, 0.008, 0.012, 0.02):
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceeded, match="time limit"):
+                await query(store, HEAVY, limit=limit)
+            assert time.monotonic() - started < 3, limit
+        assert await rows(store, "SELECT 42") == [[42]]
+
+
+async def test_a_querys_limit_counts_its_wait_for_a_turn(tmp_path):
+    # a query queued behind the two analysts' cursors had its limit start only once it ran
+    async with running_store(tmp_path) as store, trio.open_nursery() as nursery:
+        for _ in range(2):  # both cursors busy for 2 s
+            nursery.start_soon(_ignore_deadline, store, 2.0)
+        await trio.sleep(0.2)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match=r"waited out its time limit \(0.5 s\)"):
+            await query(store, "SELECT 42", limit=0.5)
+        assert time.monotonic() - started < 1.5
+
+
+async def _ignore_deadline(store, limit):
+    with contextlib.suppress(DeadlineExceeded):
+        await query(store, HEAVY, limit=limit)
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")

@@ -120,6 +120,7 @@ READERS = 4
 # Analysts' queries at once (RunUserQuery), on cursors of their own: a heavy one holds up neither
 # the store's own queries nor its commits.
 USER_READERS = 2
+INTERRUPT_AGAIN = 0.05  # seconds between a late query's interrupts (``_user_query_now``)
 
 # After a commit of this many bytes of traces and payloads, the heap's free pages go back to the
 # OS RELEASE_DELAY seconds later (once the engine, the tap and the archivist have let go of them).
@@ -888,39 +889,24 @@ class Store:
             self._reads += 1
 
     async def _user_query(self, message: RunUserQuery) -> None:
-        """Run an analyst's SQL on a cursor of its own; a trio timer interrupts it at the limit."""
+        """Run an analyst's SQL on a cursor of its own; a trio timer interrupts it at the limit,
+        which counts from the query's arrival (its wait for a turn included)."""
+        deadline = trio.current_time() + message.timeout
         try:
             await self._readable()
-            async with self._user_readers:
-                self._require_open()
-                cursor, thread = self._user_cursors.pop(), self._user_threads.pop()
-                expired = False
-                timer = trio.CancelScope()
-
-                async def expire() -> None:
-                    nonlocal expired
-                    with timer:
-                        await trio.sleep(message.timeout)
-                        expired = True
-                        cursor.interrupt()
-
-                assert self._queries is not None
-                self._queries.start_soon(expire)
-                try:
-                    result = await thread.run(
-                        lambda: self._run_user_query(cursor, message),
-                        waited=False,
-                        hurry_after=None,  # idle priority: the daemon's own work comes first
-                    )
-                except duckdb.InterruptException:
-                    if not expired:
-                        raise
-                    raise DeadlineExceeded(
-                        f"the query ran out of its time limit ({message.timeout:g} s)"
-                    ) from None
-                finally:
-                    timer.cancel()
-                    self._user_threads.append(thread)
+            acquired = False
+            with trio.move_on_at(deadline):
+                await self._user_readers.acquire()
+                acquired = True
+            if not acquired:
+                raise DeadlineExceeded(
+                    f"the query waited out its time limit ({message.timeout:g} s) for a turn: "
+                    f"{USER_READERS} others were running"
+                )
+            try:
+                result = await self._user_query_now(message, deadline)
+            finally:
+                self._user_readers.release()
         except Exception as exc:
             if isinstance(exc, duckdb.Error):
                 log.exception("an analytics query failed")
@@ -929,6 +915,42 @@ class Store:
             message.reply.send(result)
         finally:
             self._reads += 1
+
+    async def _user_query_now(self, message: RunUserQuery, deadline: float) -> Any:
+        self._require_open()
+        cursor, thread = self._user_cursors.pop(), self._user_threads.pop()
+        expired = False
+        timer = trio.CancelScope()
+
+        async def expire() -> None:
+            nonlocal expired
+            with timer:
+                await trio.sleep_until(deadline)
+                expired = True
+                # An interrupt that comes between the sandbox's statements (its checks,
+                # DESCRIBE, the query) finds nothing running and is lost: the next one then ran
+                # with no limit at all (139 s of a 1 ms one). Again until the job has ended.
+                while True:
+                    cursor.interrupt()
+                    await trio.sleep(INTERRUPT_AGAIN)
+
+        assert self._queries is not None
+        self._queries.start_soon(expire)
+        try:
+            return await thread.run(
+                lambda: self._run_user_query(cursor, message),
+                waited=False,
+                hurry_after=None,  # idle priority: the daemon's own work comes first
+            )
+        except duckdb.InterruptException:
+            if not expired:
+                raise
+            raise DeadlineExceeded(
+                f"the query ran out of its time limit ({message.timeout:g} s)"
+            ) from None
+        finally:
+            timer.cancel()
+            self._user_threads.append(thread)
 
     # --- on the worker thread --------------------------------------------------------------
 
