@@ -1,0 +1,27 @@
+"""``foundry sql`` with the daemon stopped: its time limit holds however short (the same lost
+interrupt the daemon's store had: one that came between the sandbox's statements let the query
+run unbounded)."""
+
+from __future__ import annotations
+
+import time
+
+import duckdb
+import pytest
+from foundry.kernel.cli.sql import run_file
+
+HEAVY = (
+    "SELECT count(*) FROM range(100000) a, range(100000) b "
+    "WHERE (a.range * 7 + b.range * 13) % 1000003 = 17"
+)
+
+
+def test_a_time_limit_that_passes_between_the_sandboxs_statements_still_holds(tmp_path):
+    path = tmp_path / "foundry.duckdb"
+    duckdb.connect(str(path)).close()
+    for limit in (0.001, 0.002, 0.003, 0.005, 0.01, 0.3):
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="time limit"):
+            run_file(path, HEAVY, {}, 10, limit, 1 << 20)
+        assert time.monotonic() - started < 3, limit
+    assert run_file(path, "SELECT 42 AS n", {}, 10, 5.0, 1 << 20).rows
