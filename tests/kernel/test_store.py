@@ -26,6 +26,7 @@ from foundry.kernel.actors.store.messages import (
     GetStats,
     LoadAttestations,
     LoadIdempotencyKeys,
+    LoadRecentEvents,
     LoadRun,
     LoadRunEvents,
     LoadRunSummaries,
@@ -1053,6 +1054,45 @@ def test_a_look_covers_about_look_bytes_of_payloads():
     assert next_span(MAX_SPAN, 2_000, 2_000) == MAX_SPAN
     assert next_span(64, 64, 64 * 3_000_000) == MIN_SPAN  # 3 MB payloads: the fewest rowids
     assert next_span(1_024, 1_024, LOOK_BYTES * 2) == 512  # twice the bytes: half the span
+
+
+async def test_recent_events_with_large_payloads_are_read_newest_first_within_memory_limit(
+    tmp_path, caplog
+):
+    # ListEvents (foundry watch --since, trace --follow) read every payload it considered at
+    # once: six 3 MB events ran out of the 256 MB limit, and the backlog failed for good
+    big = [_large(make_event(n, project="big"), n) for n in range(12)]  # 12 × 3 MB
+    small = [make_event(100 + n, project="small") for n in range(5)]
+    async with running_store(tmp_path) as store:  # written without a limit
+        await post_now(store, [*big[:6], *small, *big[6:]]).wait()
+
+    since = T0 - timedelta(days=1)
+    with trio.fail_after(GUARD_SECONDS):
+        store, store_receive = trio.open_memory_channel(10)
+        tap_send, _tap_receive = trio.open_memory_channel(10)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(Store(tmp_path, store_receive, tap_send, memory_limit="64MB").run)
+            every, cut = await ask(
+                store, lambda r: LoadRecentEvents(since, "", "", 100, 30 << 20, r)
+            )
+            some, more = await ask(
+                store, lambda r: LoadRecentEvents(since, "big", "", 100, 8 << 20, r)
+            )
+            two, older = await ask(
+                store, lambda r: LoadRecentEvents(since, "small", "", 2, 1 << 20, r)
+            )
+            store.close()
+    newest_first = [e.id for e in sorted([*big, *small], key=lambda e: e.occurred_at, reverse=True)]
+    assert [row[0] for row in every] == newest_first[: len(every)]
+    assert 10 <= len(every) < 17  # 30 MB hold 9 or 10 of the 3 MB payloads (and the small)
+    assert cut
+    assert [row[0] for row in some] == [e.id for e in reversed(big)][:2]  # 8 MB: two of them
+    assert more
+    assert [row[0] for row in two] == [small[4].id, small[3].id]
+    assert older  # a limit below what exists says so too
+    assert json.loads(two[0][7]) == small[4].payload
+    assert (two[0][2], two[0][4]) == ("small", small[4].workflow_id)
+    assert "memory_limit" not in caplog.text
 
 
 async def test_a_query_out_of_the_memory_limit_is_resource_exhausted_in_one_log_line(

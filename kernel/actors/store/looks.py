@@ -12,7 +12,7 @@ read about ``LOOK_BYTES`` at once.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -24,17 +24,31 @@ LOOK_BYTES = 8 << 20
 
 
 def in_looks(
-    con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], rowids: Sequence[int]
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: dict[str, Any],
+    rowids: Sequence[int],
+    *,
+    newest_first: bool = False,
+    enough: Callable[[], bool] = lambda: False,
 ) -> Iterator[tuple[Any, ...]]:
     """The rows of ``sql`` — which keeps rowids from ``$lo`` to ``$hi`` and returns the size of
-    its large value last — over the sorted ``rowids``, look after look (the store's query runs
-    in one snapshot: the rowids stay valid)."""
+    its large value last — over the sorted ``rowids``, look after look, from the lowest rowid
+    (``newest_first``: from the highest; within a look, in the query's order), until
+    ``enough()`` says so before a look. The store's query runs in one snapshot: the rowids stay
+    valid."""
     unread, span = list(rowids), MIN_SPAN  # the values' sizes are not known yet
-    while unread:
-        lo = unread[0]
-        rows = con.execute(sql, {**params, "lo": lo, "hi": lo + span - 1}).fetchall()
+    while unread and not enough():
+        if newest_first:
+            hi = unread[-1]
+            lo = hi - span + 1
+            unread = unread[: bisect.bisect_left(unread, lo)]
+        else:
+            lo = unread[0]
+            hi = lo + span - 1
+            unread = unread[bisect.bisect_right(unread, hi) :]
+        rows = con.execute(sql, {**params, "lo": lo, "hi": hi}).fetchall()
         yield from rows
-        unread = unread[bisect.bisect_left(unread, lo + span) :]
         span = next_span(span, len(rows), sum(row[-1] or 0 for row in rows))
 
 

@@ -121,6 +121,22 @@ class LoadRunSummaries:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadRecentEvents:
+    """The newest stored events since ``since`` (of ``project``, of ``workflow_id``, each when
+    set), newest first: at most ``limit`` of them, and of those as many as ``max_bytes`` of
+    payload hold (the newest always). The reply: their rows (event id, type, project,
+    microseconds since the epoch it occurred, workflow id, throttle, throttled, payload,
+    emitted by) and whether older ones were left out."""
+
+    since: datetime
+    project: str
+    workflow_id: str
+    limit: int
+    max_bytes: int
+    reply: Reply[tuple[list[tuple[Any, ...]], bool]]
+
+
+@dataclass(frozen=True, slots=True)
 class LoadRecentWorkflows:
     """Finished workflows newest first (with their block executions), of ``project`` and in
     ``state`` when set, at most ``limit``."""
@@ -243,6 +259,7 @@ StoreQuery = (
     | LoadUnfinishedRuns
     | LoadRunSummaries
     | LoadRecentWorkflows
+    | LoadRecentEvents
     | LoadNewestWorkflowStart
     | LoadIdempotencyKeys
     | CountRows

@@ -13,6 +13,7 @@ from typing import Any
 
 import duckdb
 from foundry.kernel.actors.store import attestations, governance, retention, runs
+from foundry.kernel.actors.store.looks import in_looks
 from foundry.kernel.actors.store.messages import (
     CountRows,
     ExportParquet,
@@ -21,6 +22,7 @@ from foundry.kernel.actors.store.messages import (
     LoadGateDecisions,
     LoadIdempotencyKeys,
     LoadNewestWorkflowStart,
+    LoadRecentEvents,
     LoadRecentWorkflows,
     LoadRun,
     LoadRunAttestations,
@@ -171,6 +173,72 @@ def load_workflow(
     return rows[0], blocks
 
 
+def load_recent_events(
+    con: duckdb.DuckDBPyConnection, asked: LoadRecentEvents
+) -> tuple[list[tuple[Any, ...]], bool]:
+    """:class:`LoadRecentEvents`: which events, newest first, without their payloads; then
+    their rows in looks (``looks.py``), newest first, until the payloads read pass what the
+    reply holds. In one query, the payloads of all the events considered were held at once:
+    six 3 MB events ran out of ``[store] memory_limit``, and ``foundry watch --since`` failed
+    there for good."""
+    params = {"since": asked.since, "project": asked.project, "workflow_id": asked.workflow_id}
+    found = con.execute(_RECENT_EVENTS, {**params, "limit": asked.limit + 1}).fetchall()
+    order = [event_id for _, event_id in found[: asked.limit]]
+    wanted = set(order)
+    sql = _recent_look(bool(asked.project), bool(asked.workflow_id))
+    looked = {k: v for k, v in params.items() if k != "since" and v}
+    fetched: dict[str, tuple[Any, ...]] = {}
+    held = 0
+
+    def enough() -> bool:  # the reply holds no more: the older ones stay unread
+        return held > asked.max_bytes and len(fetched) > 1
+
+    rowids = sorted(r for r, _ in found)
+    for row in in_looks(con, sql, looked, rowids, newest_first=True, enough=enough):
+        if row[0] in wanted:
+            fetched[row[0]] = row[:-1]
+            held += (row[-1] or 0) + EVENT_OVERHEAD
+    rows: list[tuple[Any, ...]] = []
+    size = 0
+    for event_id in order:
+        row = fetched.get(event_id)
+        if row is None:
+            break
+        size += len(row[7]) + EVENT_OVERHEAD
+        if rows and size > asked.max_bytes:
+            break
+        rows.append(row)
+    return rows, len(rows) < len(found)
+
+
+# The newest events of a Recent-events question, found without reading a payload (a scan that
+# returned a column it filters on would read every payload of its vectors).
+_RECENT_EVENTS = """
+SELECT rowid, event_id FROM events
+WHERE occurred_at >= $since
+  AND ($project = '' OR project = $project)
+  AND ($workflow_id = '' OR workflow_id = $workflow_id)
+ORDER BY occurred_at DESC, depth DESC, event_id DESC
+LIMIT $limit
+"""
+EVENT_OVERHEAD = 256  # bytes a listed event takes beside its payload (ids, type, project, times)
+
+
+def _recent_look(by_project: bool, by_workflow: bool) -> str:
+    """A look's rows (``in_looks``): a filtered column is given back as its parameter, not read
+    (returning a column it filters on makes a scan read every payload of its vectors)."""
+    project = "CAST($project AS VARCHAR)" if by_project else "project"
+    workflow = "CAST($workflow_id AS VARCHAR)" if by_workflow else "workflow_id"
+    where = ["rowid BETWEEN $lo AND $hi"]
+    where += ["project = $project"] if by_project else []
+    where += ["workflow_id = $workflow_id"] if by_workflow else []
+    return (
+        f"SELECT event_id, event_type, {project}, epoch_us(occurred_at), {workflow}, throttle, "
+        f"throttled, CAST(payload AS VARCHAR), coalesce(emitted_by, ''), strlen(payload) "
+        f"FROM events WHERE {' AND '.join(where)}"
+    )
+
+
 def load_recent_workflows(
     con: duckdb.DuckDBPyConnection, project: str, state: str, limit: int
 ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
@@ -280,6 +348,7 @@ QUERIES: dict[type, Handler] = {
     LoadUnfinishedRuns: lambda con, m: runs.load_unfinished_runs(con),
     LoadRunSummaries: lambda con, m: runs.list_runs(con, m.query),
     LoadRecentWorkflows: lambda con, m: load_recent_workflows(con, m.project, m.state, m.limit),
+    LoadRecentEvents: lambda con, m: load_recent_events(con, m),
     LoadNewestWorkflowStart: lambda con, m: newest_workflow_start(con),
     LoadIdempotencyKeys: lambda con, m: runs.load_idempotency_keys(con),
     CountRows: lambda con, m: count_rows(con),

@@ -8,15 +8,13 @@ questions are), with this module's one fixed, parameterized statement.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from typing import Any
 
-from foundry.analytics.sandbox import QueryResult
 from foundry.kernel.actors.messages import Mailboxes
-from foundry.kernel.actors.store.messages import RunUserQuery
+from foundry.kernel.actors.store.messages import LoadRecentEvents
 from foundry.kernel.blocks.api import Block
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.blocks.tools import Tool
@@ -29,23 +27,9 @@ from grpclib.const import Status
 
 DEFAULT_EVENTS = 100
 MAX_EVENTS = 1000
-EVENTS_TIMEOUT = 10.0  # seconds
-
-# The newest matching events, newest first (a reply's byte limit keeps the newest; they are
-# returned oldest first). Times as epoch microseconds: exact, and formatted here in the daemon's
-# one style (RFC 3339 UTC).
-RECENT_EVENTS_SQL = """
-SELECT event_id, event_type, project, epoch_us(occurred_at) AS occurred_us, workflow_id,
-       throttle, throttled, CAST(payload AS VARCHAR) AS payload, coalesce(emitted_by, '')
-FROM events
-WHERE occurred_at >= $since::TIMESTAMPTZ
-  AND ($project = '' OR project = $project)
-  AND ($workflow_id = '' OR workflow_id = $workflow_id)
-ORDER BY occurred_us DESC, depth DESC, event_id DESC
-LIMIT $limit::INTEGER
-"""
 # A reply holds at least the newest event, whatever its payload: a payload is at most
-# ``max_message_bytes``, and its JSON at most six times that (a control character is \u00XX).
+# ``max_message_bytes``; the budget (as when the events were read as JSON rows, where a control
+# character took six bytes) leaves room for many.
 JSON_GROWTH = 6
 
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -85,20 +69,12 @@ class AdminService(api.AdminBase):
         if len(message.project) > 256 or len(message.workflow_id) > 256:
             raise _invalid("project/workflow_id: longer than 256 characters")
         limit = min(message.limit or DEFAULT_EVENTS, MAX_EVENTS)
-        params = {
-            "since": rfc3339(since),
-            "project": message.project,
-            "workflow_id": message.workflow_id,
-            "limit": str(limit + 1),  # one more: was the answer cut short?
-        }
-        result: QueryResult = await ask(
+        rows, truncated = await ask(
             self._mail.store,
-            lambda r: RunUserQuery(
-                RECENT_EVENTS_SQL, params, limit + 1, EVENTS_TIMEOUT, r, None, self._reply_bytes
+            lambda r: LoadRecentEvents(
+                since, message.project, message.workflow_id, limit, self._reply_bytes, r
             ),
         )
-        rows = [json.loads(row) for row in result.rows[:limit]]
-        truncated = result.truncated or len(result.rows) > limit
         return api.ListEventsResponse(
             events=[_event(row) for row in reversed(rows)], truncated=truncated
         )
