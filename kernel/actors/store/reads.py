@@ -201,13 +201,13 @@ def load_recent_events(
     rows: list[tuple[Any, ...]] = []
     size = 0
     for event_id in order:
-        row = fetched.get(event_id)
-        if row is None:
+        kept = fetched.get(event_id)
+        if kept is None:
             break
-        size += len(row[7]) + EVENT_OVERHEAD
+        size += len(kept[7]) + EVENT_OVERHEAD
         if rows and size > asked.max_bytes:
             break
-        rows.append(row)
+        rows.append(kept)
     return rows, len(rows) < len(found)
 
 
