@@ -260,6 +260,21 @@ def test_export_verifies_offline_and_a_removed_or_swapped_step_breaks_the_chain(
     assert "signature" in bad.stdout
 
 
+def test_a_run_of_more_attestations_than_a_request_takes_exports_and_verifies(daemon):
+    # 1,000 steps make 1,001 attestations: export and verify asked GetAttestations for all at
+    # once and failed with "attestation_ids: at most 1000 per request"
+    steps = [{"id": "s0", "type": "transform", "inputs": {"value": 0}}]
+    steps += [{"id": f"s{i}", "type": "transform", "inputs": {"value": f"${{steps.s{i - 1}.output}}"}}
+              for i in range(1, 1_000)]  # fmt: skip
+    run_id = run_and_wait(daemon, json.dumps({"steps": steps})).run_id
+    exported = cli(daemon, "export", run_id)
+    assert exported.returncode == 0, exported.stderr
+    assert len(exported.stdout.splitlines()) == 1_001
+    [run_attestation] = [a for a in attested(tap(daemon, run_id)) if a["kind"] == "run"]
+    verified = cli(daemon, "verify", run_attestation["attestation_id"])
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
 def _payload(envelope: str) -> str:
     import base64
 
