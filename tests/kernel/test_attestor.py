@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -62,6 +63,21 @@ def test_a_loose_key_or_folder_is_refused_naming_the_file_and_mode(tmp_path, tar
     assert str(tmp_path / target) in message
     assert needle in message
     assert "\n" not in message
+
+
+def test_a_signing_key_replaced_in_place_is_refused_not_its_public_key_overwritten(tmp_path):
+    # a valid 0600 key copied over attestor.key was taken silently, and attestor.pub, which
+    # every earlier attestation verifies with, rewritten to the new key
+    first = keys.load_or_create(tmp_path)
+    other = keys.load_or_create(tmp_path / "elsewhere")
+    folder = tmp_path / "keys"
+    shutil.copyfile(tmp_path / "elsewhere" / "keys" / "attestor.key", folder / "attestor.key")
+    with pytest.raises(ConfigError, match="the signing key was replaced") as refused:
+        keys.load_or_create(tmp_path)
+    assert str(folder / "attestor.key") in str(refused.value)
+    assert (folder / "attestor.pub").read_text() == first.public_pem  # kept
+    (folder / "attestor.pub").rename(folder / "old.pub")  # a rotation, made explicit
+    assert keys.load_or_create(tmp_path).public_raw == other.public_raw
 
 
 def _event(seq: int, name: str, step_id: str = "", /, **payload: object) -> RunEventRecord:

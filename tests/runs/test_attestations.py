@@ -264,8 +264,9 @@ def test_a_run_of_more_attestations_than_a_request_takes_exports_and_verifies(da
     # 1,000 steps make 1,001 attestations: export and verify asked GetAttestations for all at
     # once and failed with "attestation_ids: at most 1000 per request"
     steps = [{"id": "s0", "type": "transform", "inputs": {"value": 0}}]
-    steps += [{"id": f"s{i}", "type": "transform", "inputs": {"value": f"${{steps.s{i - 1}.output}}"}}
-              for i in range(1, 1_000)]  # fmt: skip
+    for i in range(1, 1_000):
+        previous = f"${{steps.s{i - 1}.output}}"
+        steps.append({"id": f"s{i}", "type": "transform", "inputs": {"value": previous}})
     run_id = run_and_wait(daemon, json.dumps({"steps": steps})).run_id
     exported = cli(daemon, "export", run_id)
     assert exported.returncode == 0, exported.stderr

@@ -87,9 +87,26 @@ def load_or_create(home: Path) -> KeyPair:
     public = private.public_key()
     pem = public_pem(public)
     pub_path = folder / PUBLIC_KEY
+    _refuse_another_key(pub_path, public_raw(public), key_path)
     if not pub_path.exists() or pub_path.read_text() != pem:
         pub_path.write_text(pem)  # (re)written from the private key: it cannot disagree
     return KeyPair(private, public, pem, public_raw(public), key_path)
+
+
+def _refuse_another_key(pub_path: Path, raw: bytes, key_path: Path) -> None:
+    """ConfigError when ``pub_path`` holds another key than the signing key's: a signing key
+    replaced in place (a copy from another home) silently overwrote the public key every
+    earlier attestation verifies with. A rotation is explicit: move the old public key aside."""
+    try:
+        kept = public_raw(load_public_pem(pub_path.read_bytes()))
+    except (OSError, ValueError):
+        return  # none, or unreadable: made again from the signing key
+    if kept != raw:
+        raise ConfigError(
+            f"{key_path}: not the key of {pub_path} (it signed earlier attestations): the "
+            "signing key was replaced. Restore it, or move the public key aside to rotate "
+            "(keep it to verify what the old key signed)"
+        )
 
 
 def _create(folder: Path) -> None:
