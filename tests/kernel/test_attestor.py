@@ -438,7 +438,8 @@ class FakeStore:
                     self.failed_lookups -= 1
                     message.reply.fail(Unavailable("the store could not answer"))
                     continue
-                message.reply.send(list(self.stored.get(message.run_id, [])))
+                appended = [a for a in self.appended if a.run_id == message.run_id]  # type: ignore[attr-defined]
+                message.reply.send([*self.stored.get(message.run_id, []), *appended])
             elif isinstance(message, m.LoadAttestations):
                 found = {a.attestation_id: a for a in self.appended}  # type: ignore[attr-defined]
                 message.reply.send([found[i] for i in message.attestation_ids if i in found])
@@ -715,6 +716,37 @@ async def test_what_a_stopped_daemon_announced_is_re_attested_in_the_logs_order(
     signer = Signer(pair.private.sign, key_id(pair.public_raw), "1.0")
     chain = Chain()
     assert [signer.record(n, chain).envelope for n in (old, new)] == [a.envelope, b.envelope]
+
+
+async def test_rows_lost_in_the_middle_of_a_chain_are_made_again_byte_for_byte(tmp_path):
+    """Two gaps in a run's stored chain (b, and d): each is re-attested from the head just
+    before it, so the envelopes are the lost ones, byte for byte. (From the chain's last head,
+    b was made with index 5 and the last digest: another envelope under the same id, and the
+    whole chain failed verification.)"""
+    import trio
+    from foundry.kernel.actors.attestor.actor import Attestor
+
+    pair = keys.load_or_create(tmp_path)
+    signer = Signer(pair.private.sign, key_id(pair.public_raw), "1.0")
+    notices = [_step_notice("run_holes", s, 2 * n + 2) for n, s in enumerate("abcdef")]
+    chain = Chain()
+    original = [signer.record(n, chain) for n in notices]  # what the earlier daemon stored
+    kept = [r for r in original if r.step_id not in ("b", "d")]
+    log = [RunEventRecord("run_holes", 1, "", "run_started", {}, AT)]
+    log += [e for n in notices for e in n.facts]
+    store = FakeStore((), {"run_holes": kept}, {"run_holes": log})
+    store_send, store_receive = trio.open_memory_channel[object](16)
+    inbox_send, inbox_receive = trio.open_memory_channel[object](16)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.serve, store_receive)
+        await nursery.start(Attestor(pair, inbox_receive, store_send).run)  # type: ignore[arg-type]
+        inbox_send.close()
+    made = {r.step_id: r for r in store.appended}  # type: ignore[attr-defined]
+    assert sorted(made) == ["b", "d"]
+    lost = {r.step_id: r for r in original}
+    assert made["b"].envelope == lost["b"].envelope
+    assert made["d"].envelope == lost["d"].envelope
+    assert (made["b"].claims["index"], made["d"].claims["index"]) == (1, 3)
 
 
 async def test_a_notice_whose_facts_cannot_be_attested_is_logged_and_the_rest_stored(

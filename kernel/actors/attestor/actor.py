@@ -34,6 +34,7 @@ found.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import logging
@@ -458,7 +459,8 @@ class Attestor:
         )
         have = {a.attestation_id for a in stored}
         by_seq = {e.seq: e for e in events}
-        notices: list[Attest | AttestCustom] = []
+        chained: list[Attest] = []  # a run's step attestations and its run attestation
+        others: list[Attest | AttestCustom] = []
         for event in events:
             found = announced(event.kind, event.payload)
             if found is None or found[0] in have:
@@ -469,9 +471,18 @@ class Attestor:
                 facts = (_lease_of(event, events), event)
             else:
                 facts = tuple(by_seq[s] for s in event.payload.get("of", ()))
-            notices.append(Attest(event, facts))
-        self._chains[run_id] = await self._stored_chain(run_id)
-        await self._sign_and_append(notices)
+            (chained if found[1] in _CHAINED else others).append(Attest(event, facts))
+        # Each gap in the chain from the head just before it: a lost row in the middle of a run
+        # was made again from the chain's last head (index 799 for step 248), so the same id
+        # got other bytes and the whole chain failed verification.
+        for gap in _gaps(chained, stored):
+            self._chains[run_id] = _chain_before(gap[0].attested.seq, stored)
+            await self._sign_and_append(list(gap))
+            if self._committed is not None:
+                await self._committed.wait()
+            stored = await ask(self._store, lambda r: LoadRunAttestations(run_id, r))
+        await self._sign_and_append(others)
+        notices = [*chained, *others]
         self._recovered.update(
             n.attested.payload["attestation_id"] for n in notices if isinstance(n, Attest)
         )
@@ -503,6 +514,31 @@ class Attestor:
             refuse(message, exc, log)
         else:
             message.reply.send([known[i] for i in ids])
+
+
+def _gaps(missing: list[Attest], stored: list[AttestationRecord]) -> list[list[Attest]]:
+    """``missing`` (in order) cut where a stored attestation of the chain comes between two."""
+    kept = sorted(a.seq for a in stored if a.kind in _CHAINED)
+    gaps: list[list[Attest]] = []
+    for notice in missing:
+        seq = notice.attested.seq
+        if gaps and bisect.bisect_left(kept, seq) == bisect.bisect_left(
+            kept, gaps[-1][-1].attested.seq
+        ):
+            gaps[-1].append(notice)
+        else:
+            gaps.append([notice])
+    return gaps
+
+
+def _chain_before(seq: int, stored: list[AttestationRecord]) -> Chain:
+    """The chain's head just before the attestation announced at ``seq``: the stored step
+    attestations before it, the digest of the last (signing is deterministic: one made again
+    has the bytes, so the digest, of the one lost)."""
+    steps = sorted((a for a in stored if a.kind == "step" and a.seq < seq), key=lambda a: a.seq)
+    if not steps:
+        return Chain()
+    return Chain(len(steps), attestation_digest(steps[-1].envelope))
 
 
 def _records_of(rows: tuple[Any, ...], metas: list[Meta]) -> tuple[Any, ...]:
