@@ -136,13 +136,18 @@ def load_blocks(
 def load_config_blocks(config: Config, *, entry_points: bool = True) -> BlockRegistry:
     """The configuration's blocks and governance plugins; the ``[gate]`` policy's rule names
     are checked against the registered rules here (a ConfigError naming the file)."""
-    registry = load_blocks(
-        config.plugin_modules,
-        config.declared_blocks,
-        entry_points=entry_points,
-        config=config,
-        paths=config.plugin_paths,
-    )
+    try:
+        registry = load_blocks(
+            config.plugin_modules,
+            config.declared_blocks,
+            entry_points=entry_points,
+            config=config,
+            paths=config.plugin_paths,
+        )
+    except ConfigError as exc:  # one line naming the file, as every other config error
+        text = str(exc)
+        named = text if text.startswith(config.source) else f"{config.source}: {text}"
+        raise ConfigError(named) from None
     try:
         config.gate_policy().check_rules(registry.gate_rules)
     except ConfigError as exc:

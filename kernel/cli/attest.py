@@ -33,6 +33,7 @@ from foundry.kernel.cli.output import message_dict, stamp
 from foundry.kernel.config import default_home
 from foundry.kernel.core.attest import key_id, sha256_hex, verify_chain, verify_envelope
 from foundry.kernel.core.attest_records import announced, json_digest
+from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import runtime_api as api
 
@@ -158,16 +159,19 @@ async def cmd_get(args: argparse.Namespace, stubs: Any) -> int:
         return 0
     for a in found:
         print(f"{a.attestation_id}  {_kind(a):<16} issued {stamp(a.issued_at)}")
-        subject = a.subject.to_dict() if a.subject is not None else {}
+        subject = restore_ints(a.subject.to_dict()) if a.subject is not None else {}
         print(f"    subject       {json.dumps(subject)}")
         print(f"    artifact_hash {a.artifact_hash}")
-        claims = a.claims.to_dict() if a.claims is not None else {}
+        # a Struct carries every number as a double: 1, not 1.0 (as the rest of the CLI shows)
+        claims = restore_ints(a.claims.to_dict()) if a.claims is not None else {}
         print(f"    claims        {json.dumps(claims, sort_keys=True)}")
     return 0
 
 
 def _as_dict(a: api.Attestation) -> dict[str, Any]:
     data = message_dict(a)  # 64-bit integers as JSON numbers
+    for key in ("subject", "claims"):  # a Struct's numbers are doubles: 1, not 1.0
+        data[key] = restore_ints(data[key])
     data["envelope"] = json.loads(a.signature or "null")
     return data
 

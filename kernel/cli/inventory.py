@@ -43,7 +43,7 @@ def cmd_blocks(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         sinks = ", ".join(row["sinks"]) or "(step type only)"
-        about = f" — {row['description']}" if row["description"] else ""
+        about = _about(row["description"])
         print(f"{row['name']:<28} {row['kind']:<9} sinks: {sinks}  [{row['source']}]{about}")
     return 0
 
@@ -56,9 +56,16 @@ def cmd_tools(args: argparse.Namespace) -> int:
     if not rows:
         print("no tools registered")
     for row in rows:
-        about = f" — {row['description']}" if row["description"] else ""
+        about = _about(row["description"])
         print(f"{row['name']:<28} [{row['source']}]{about}")
     return 0
+
+
+def _about(description: str) -> str:
+    """A description's first line (a block's docstring runs on: one line a block, as the README
+    shows them; ``--json`` has the whole text)."""
+    lines = description.strip().splitlines()
+    return f" — {lines[0].strip()}" if lines else ""
 
 
 def _daemon_or_config(

@@ -198,3 +198,12 @@ def test_sql_tables_escape_what_a_terminal_would_obey():
     assert lines[0].rstrip() == "n\\x1b]0;t\\x07"
     assert lines[2].rstrip() == "x\\x1b[31mred\\nnext\\x00\\u202e"
     assert lines[3].strip() == "7"
+
+
+def test_blocks_and_tools_show_a_descriptions_first_line():
+    # a block's docstring ran on: `foundry blocks` was no longer a line a block
+    from foundry.kernel.cli.inventory import _about
+
+    assert _about("Tally the words.\n\n    As a DAG step (``type``) ...\n") == " — Tally the words."
+    assert _about("  one line  ") == " — one line"
+    assert _about("") == ""

@@ -443,7 +443,7 @@ def test_without_plugins_paths_the_module_beside_the_config_is_not_found(
 ):
     _, config_file = _module_beside_a_config(tmp_path, "", paths="")
 
-    with pytest.raises(ConfigError, match=r"\[plugins\]\.modules: cannot import"):
+    with pytest.raises(ConfigError, match=r"foundry\.toml: \[plugins\]\.modules: cannot import"):
         load_config_blocks(Config.from_toml(config_file), entry_points=False)
 
 

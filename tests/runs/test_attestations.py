@@ -196,6 +196,21 @@ def test_gate_decisions_and_eval_results_are_custom_attestations(daemon):
         assert cli(daemon, "verify", attestation_id).returncode == 0
 
 
+def test_attest_get_shows_whole_numbers_as_integers(daemon):
+    # a Struct carries numbers as doubles: the claims showed "attempt": 1.0, "seed": 86…83.0
+    run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
+    [step] = [a for a in attested(tap(daemon, run_id)) if a["kind"] == "step"][:1]
+    shown = cli(daemon, "get", step["attestation_id"], "--json")
+    assert shown.returncode == 0, shown.stderr
+    [got] = json.loads(shown.stdout)
+    assert got["claims"]["attempt"] == 1
+    assert isinstance(got["claims"]["attempt"], int)
+    assert isinstance(got["claims"]["seed"], int)
+    text = cli(daemon, "get", step["attestation_id"])
+    assert '"attempt": 1,' in text.stdout
+    assert '"attempt": 1.0' not in text.stdout
+
+
 def test_get_attestations_refuses_an_empty_list_and_names_unknown_ids(daemon):
     empty = rpc_error(daemon, lambda rt: rt.get_attestations(api.GetAttestationsRequest()))
     assert_error(empty, Status.INVALID_ARGUMENT, "attestation_ids")
