@@ -358,6 +358,7 @@ async def _check_run(
         step = _statement(env).get("predicate", {})
         if step:
             problems += _output_problems(stored, step, "step")
+    problems += await _check_reused(runtime, run_id, stored, verify, kid)
     outputs = {k: v[0] for k, v in stored.items() if v[2] in ("succeeded", "reused")}
     if found.artifact_hash and json_digest(outputs) != found.artifact_hash:
         problems.append(
@@ -365,6 +366,63 @@ async def _check_run(
             f"not the attested {found.artifact_hash}"
         )
     return problems
+
+
+REUSE_HOPS = 64  # branches of branches followed back to the run that executed a step
+
+
+async def _check_reused(
+    runtime: Any,
+    run_id: str,
+    stored: dict[str, tuple[Any, int, str]],
+    verify: Callable[[bytes, bytes], bool],
+    kid: str,
+) -> list[str]:
+    """A branch's reused steps, each against the step attestation of the run that executed it
+    (the source's, or its source's): a branch attests only what it ran, and a reused output
+    changed in the database was covered by an unsigned column alone."""
+    problems: list[str] = []
+    for step_id, source in (await _reused_from(runtime, run_id)).items():
+        signed = await _executed_attestation(runtime, source, step_id)
+        if signed is None:
+            problems.append(f"step {step_id!r}: reused from run {source}, which has no "
+                            "attestation of it")  # fmt: skip
+            continue
+        checked = verify_envelope(signed.signature or "", verify, kid)
+        if checked.errors or checked.statement is None:
+            problems += [f"step {step_id!r} (reused from {source}): {e}" for e in checked.errors]
+            continue
+        claims = checked.statement.get("predicate", {})
+        problems += [
+            f"{p} (reused from run {source})" for p in _output_problems(stored, claims, "step")
+        ]
+    return problems
+
+
+async def _reused_from(runtime: Any, run_id: str) -> dict[str, str]:
+    """Each step a run reused, and the run it was reused from (``step_reused``)."""
+    found: dict[str, str] = {}
+    async for event in runtime.tap_run(api.TapRunRequest(run_id=run_id)):
+        if event.kind == "step_reused" and event.payload is not None:
+            found[event.step_id] = str(event.payload.to_dict().get("source_run_id", ""))
+    return found
+
+
+async def _executed_attestation(
+    runtime: Any, source: str, step_id: str, hops: int = REUSE_HOPS
+) -> api.Attestation | None:
+    """The step attestation of ``step_id`` by the run that ran it: ``source``, or the run it
+    reused the step from in turn (at most ``hops`` branches back)."""
+    for _ in range(hops):
+        listed = await run_attestation_ids(runtime, source)
+        ids = [i for i, kind, step in listed if kind == "step" and step == step_id]
+        if ids:
+            (found,) = await fetch(runtime, ids[-1:])  # the attempt that completed it
+            return found
+        source = (await _reused_from(runtime, source)).get(step_id, "")
+        if not source:
+            return None
+    return None
 
 
 def _check_file(claims: dict[str, Any]) -> list[str]:

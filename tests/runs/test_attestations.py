@@ -333,6 +333,39 @@ def test_a_step_output_changed_in_the_database_is_reported(make_daemon):
     assert "count" in run.stdout
 
 
+def test_a_reused_output_changed_in_a_branch_is_reported(make_daemon):
+    # A branch attests only the steps it ran: its reused outputs were covered by the run
+    # attestation's artifact_hash column alone, unsigned — changed together with it in the
+    # database, verify said valid
+    daemon = make_daemon()
+    source = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
+    request = api.CreateBranchRunRequest(run_id=source, from_step="report")
+    branch = daemon.call(lambda _, rt: rt.create_branch_run(request)).run_id
+    assert wait_done(daemon, branch).status == api.RunStatus.SUCCEEDED
+    [run_attestation] = [
+        n["attestation_id"] for n in attested(tap(daemon, branch)) if n["kind"] == "run"
+    ]
+    assert daemon.cli("attest", "verify", run_attestation).returncode == 0
+    assert daemon.stop() == 0
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        (payload,) = con.execute(
+            "SELECT payload FROM run_events WHERE run_id = ? AND step_id = 'count' "
+            "AND kind = 'step_reused'",
+            [branch],
+        ).fetchone()
+        changed = {**json.loads(payload), "output": {"words": 7777}}
+        con.execute(
+            "UPDATE run_events SET payload = ? WHERE run_id = ? AND step_id = 'count' "
+            "AND kind = 'step_reused'",
+            [json.dumps(changed), branch],
+        )
+    daemon.start()
+    verified = daemon.cli("attest", "verify", run_attestation)
+    assert verified.returncode == 1, verified.stdout
+    assert "step 'count': the stored output digests to" in verified.stdout
+    assert f"(reused from run {source})" in verified.stdout
+
+
 def test_a_signing_key_others_may_read_refuses_the_start(make_daemon):
     daemon = make_daemon()
     assert daemon.stop() == 0
