@@ -19,12 +19,13 @@ to ``schema.py`` but never changes an existing one.)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-from foundry.analytics.parquet import refresh_archive_views
+from foundry.analytics.parquet import archive_dir, refresh_archive_views
 
 VERSION_TABLE = """
     CREATE TABLE IF NOT EXISTS schema_version (
@@ -303,6 +304,39 @@ def _v6(con: duckdb.DuckDBPyConnection, home: Path) -> None:
         _statements(*V6_MOVE)(con, home)
 
 
+# Version 7: the archive's Parquet files a version-3 retention pass wrote have the columns of
+# then: an events/block_executions ``trace_id`` that is the workflow id, no W3C trace context.
+# Version 4 renamed the live tables' columns only, so ``archived_events`` mixed the two meanings
+# in one column (and ``SELECT * FROM events UNION ALL SELECT * FROM archived_events`` failed).
+# Each such file is rewritten with the live columns (a file at a time, replaced atomically: a
+# step that fails leaves each file old or new, and runs again at the next start).
+V7_TABLES = ("events", "block_executions")
+
+
+def _v7(con: duckdb.DuckDBPyConnection, home: Path) -> None:
+    for table in V7_TABLES:
+        folder = archive_dir(home) / table
+        for path in sorted(folder.glob("*/*.parquet")) if folder.is_dir() else ():
+            quoted = str(path).replace("'", "''")
+            columns = {
+                name for (name, *_) in con.execute(
+                    f"DESCRIBE SELECT * FROM read_parquet('{quoted}', hive_partitioning = false)"
+                ).fetchall()
+            }  # fmt: skip
+            if "workflow_id" in columns or "trace_id" not in columns:
+                continue  # written by version 4 or later
+            staged = path.with_name(path.name + ".v7")
+            con.execute(
+                f"COPY (SELECT * EXCLUDE (trace_id), trace_id AS workflow_id, "
+                f"NULL::VARCHAR AS trace_id, NULL::VARCHAR AS span_id, "
+                f"NULL::VARCHAR AS parent_span_id FROM read_parquet('{quoted}', "
+                f"hive_partitioning = false)) TO '{str(staged).replace(chr(39), chr(39) * 2)}' "
+                "(FORMAT parquet)"
+            )
+            os.replace(staged, path)
+    refresh_archive_views(con, home)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "trace and run tables (the first release)", _statements(*V1)),
     Migration(
@@ -324,6 +358,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "attestations: stored as signed (statement, keyid, signature) in attestation_statements;"
         " attestations is a view with the old columns",
         _v6,
+    ),
+    Migration(
+        7,
+        "archive: events/block_executions Parquet files of version 3 rewritten with the live"
+        " columns (trace_id -> workflow_id; W3C trace_id, span_id, parent_span_id)",
+        _v7,
     ),
 )
 LATEST = MIGRATIONS[-1].version

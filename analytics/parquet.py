@@ -167,9 +167,10 @@ def has_files(folder: Path) -> bool:
     return False
 
 
-def archive_view_ddl(home: Path) -> dict[str, str]:
+def archive_view_ddl(con: duckdb.DuckDBPyConnection, home: Path) -> dict[str, str]:
     """``archived_<table>`` for each archived table: the archive's rows with the live table's
-    columns (the hive ``date`` left out), so ``SELECT … FROM events UNION ALL SELECT … FROM
+    columns, in its order (the hive ``date`` left out; a column no file has, as files written
+    before it was added, NULL), so ``SELECT * FROM events UNION ALL SELECT * FROM
     archived_events`` is the whole history. With no archive files yet the view is empty (a
     ``read_parquet`` of nothing cannot be bound); the store recreates the views at start and after
     every retention pass."""
@@ -178,18 +179,34 @@ def archive_view_ddl(home: Path) -> dict[str, str]:
         folder = archive_dir(home) / table
         if has_files(folder):
             glob = parquet_glob(folder).replace("'", "''")
-            body = (
-                f"SELECT * EXCLUDE (date) FROM read_parquet('{glob}', hive_partitioning = true, "
-                "union_by_name = true)"
+            source = f"read_parquet('{glob}', hive_partitioning = true, union_by_name = true)"
+            present = {
+                name for (name, *_) in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+            }
+            columns = ", ".join(
+                f'"{name}"' if name in present else f'NULL::{kind} AS "{name}"'
+                for name, kind in _live_columns(con, table)
             )
+            body = f"SELECT {columns} FROM {source}"
         else:
             body = f"SELECT * FROM {table} WHERE false"
         views[table] = f"CREATE OR REPLACE VIEW archived_{table} AS {body}"
     return views
 
 
+def _live_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
+    return [
+        (name, kind)
+        for name, kind in con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+            [table],
+        ).fetchall()
+    ]
+
+
 def refresh_archive_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
-    for statement in archive_view_ddl(home).values():
+    for statement in archive_view_ddl(con, home).values():
         con.execute(statement)
 
 

@@ -5,7 +5,7 @@ Times are TIMESTAMPTZ in UTC; payloads and outputs are JSON.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 6  # = migrations.LATEST; analytics/migrations.py upgrades older databases
+SCHEMA_VERSION = 7  # = migrations.LATEST; analytics/migrations.py upgrades older databases
 
 TABLES: dict[str, str] = {
     "events": """

@@ -180,7 +180,7 @@ async def test_a_first_release_database_is_upgraded_in_place_and_keeps_its_rows(
     assert rows(db, "SELECT workflow_id FROM workflows") == [("evt_1",)]
     assert rows(db, "SELECT run_id, status FROM run_status") == [("run_1", "PENDING")]
     assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [
-        (1,), (2,), (3,), (4,), (5,), (6,)
+        (1,), (2,), (3,), (4,), (5,), (6,), (7,)
     ]  # fmt: skip
     assert rows(db, "SELECT count(*) FROM in_flight_workflows") == [(0,)]
     # version 4: the chain column is workflow_id; rows from before have no W3C trace context
@@ -197,9 +197,45 @@ async def test_migrations_are_applied_once(tmp_path):
             pass
     db = tmp_path / "foundry.duckdb"
     assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [
-        (1,), (2,), (3,), (4,), (5,), (6,)
+        (1,), (2,), (3,), (4,), (5,), (6,), (7,)
     ]  # fmt: skip
-    assert migrations.LATEST == 6
+    assert migrations.LATEST == 7
+
+
+async def test_an_archive_a_version_3_retention_wrote_reads_with_the_live_columns(tmp_path):
+    """Version 4 renamed events.trace_id (the workflow id) to workflow_id in the live tables
+    only: archived_events kept the old columns, the README's UNION ALL failed, and a newer
+    pass's files would have mixed workflow ids and W3C trace ids in one column."""
+    con = duckdb.connect(str(tmp_path / "foundry.duckdb"))
+    con.execute(migrations.VERSION_TABLE)
+    for migration in migrations.MIGRATIONS[:3]:
+        migration.step(con, tmp_path)
+        con.execute("INSERT INTO schema_version VALUES (?, now(), ?)",
+                    [migration.version, migration.description])  # fmt: skip
+    old = "evt_aaaaaaaaaaaaaaaaaaaaaaaa"
+    con.execute(
+        f"INSERT INTO events VALUES ('{old}', '{old}', 'greet_requested', 'demo', "
+        "TIMESTAMPTZ '2025-01-01 00:00:00+00', TIMESTAMPTZ '2025-01-01 00:00:00+00', 'full', 0, "
+        """NULL, NULL, false, '{"name": "old"}')"""
+    )
+    (tmp_path / "archive").mkdir()
+    con.execute(  # as a version-3 retention pass wrote it
+        "COPY (SELECT *, strftime(occurred_at, '%Y-%m-%d') AS date FROM events) TO "
+        f"'{tmp_path}/archive/events' (FORMAT parquet, PARTITION_BY (date), "
+        "FILENAME_PATTERN 'r3_{uuid}')"
+    )
+    con.execute("DELETE FROM events")
+    con.close()
+    async with store(tmp_path):
+        pass
+    db = tmp_path / "foundry.duckdb"
+    assert rows(db, "SELECT event_id, workflow_id, trace_id FROM archived_events") == [
+        (old, old, None)
+    ]
+    live = rows(db, "SELECT column_name FROM (DESCRIBE events)")
+    assert rows(db, "SELECT column_name FROM (DESCRIBE archived_events)") == live
+    assert rows(db, "SELECT count(*) FROM (SELECT * FROM events UNION ALL "
+                    "SELECT * FROM archived_events)") == [(1,)]  # fmt: skip
 
 
 V5_ATTESTATIONS = """
