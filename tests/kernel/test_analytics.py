@@ -210,6 +210,20 @@ async def test_a_limit_that_passes_between_the_sandboxs_statements_still_holds(t
         assert await rows(store, "SELECT 42") == [[42]]
 
 
+async def test_interrupts_after_a_query_ended_touch_no_cursor(tmp_path, monkeypatch):
+    # the timer went on interrupting until the query's task stopped it: an interrupted query
+    # had closed its cursor by then on its thread, and that interrupt raised in the store's
+    # nursery (the store went down), or hit the cursor of the next query
+    from foundry.kernel.actors.store import actor
+
+    monkeypatch.setattr(actor, "INTERRUPT_AGAIN", 0.0001)
+    async with running_store(tmp_path) as store:
+        for limit in (0.01, 0.02, 0.03) * 10:
+            with pytest.raises(DeadlineExceeded):
+                await query(store, HEAVY, limit=limit)
+            assert await rows(store, "SELECT 42") == [[42]]
+
+
 async def test_a_querys_limit_counts_its_wait_for_a_turn(tmp_path):
     # a query queued behind the two analysts' cursors had its limit start only once it ran
     async with running_store(tmp_path) as store, trio.open_nursery() as nursery:

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -900,8 +901,8 @@ class Store:
                 acquired = True
             if not acquired:
                 raise DeadlineExceeded(
-                    f"the query waited out its time limit ({message.timeout:g} s) for a turn: "
-                    f"{USER_READERS} others were running"
+                    f"the query waited out its time limit ({message.timeout:g} s) for one of "
+                    f"the {USER_READERS} analysts' cursors"
                 )
             try:
                 result = await self._user_query_now(message, deadline)
@@ -921,6 +922,7 @@ class Store:
         cursor, thread = self._user_cursors.pop(), self._user_threads.pop()
         expired = False
         timer = trio.CancelScope()
+        interrupter = _Interrupter(cursor)
 
         async def expire() -> None:
             nonlocal expired
@@ -931,14 +933,14 @@ class Store:
                 # DESCRIBE, the query) finds nothing running and is lost: the next one then ran
                 # with no limit at all (139 s of a 1 ms one). Again until the job has ended.
                 while True:
-                    cursor.interrupt()
+                    interrupter.interrupt()
                     await trio.sleep(INTERRUPT_AGAIN)
 
         assert self._queries is not None
         self._queries.start_soon(expire)
         try:
             return await thread.run(
-                lambda: self._run_user_query(cursor, message),
+                lambda: self._run_user_query(cursor, message, interrupter),
                 waited=False,
                 hurry_after=None,  # idle priority: the daemon's own work comes first
             )
@@ -1143,7 +1145,9 @@ class Store:
                 assert self._con is not None
                 self._cursors.append(self._con.cursor())
 
-    def _run_user_query(self, cursor: duckdb.DuckDBPyConnection, message: RunUserQuery) -> Any:
+    def _run_user_query(
+        self, cursor: duckdb.DuckDBPyConnection, message: RunUserQuery, interrupter: _Interrupter
+    ) -> Any:
         healthy = False
         try:
             result = sandbox.run_query(
@@ -1160,6 +1164,7 @@ class Store:
             healthy = True  # the sandbox rolled its transaction back
             raise InvalidArgument(str(exc)) from None
         finally:
+            interrupter.finish()  # before the cursor is closed, or is the next query's
             if healthy:
                 self._user_cursors.append(cursor)
             else:  # interrupted or broken: a fresh cursor, never one left mid-transaction
@@ -1355,6 +1360,25 @@ _REFUSED_ROWS = (
     TypeError,
     ValueError,
 )
+
+
+class _Interrupter:
+    """Interrupts a query's cursor from the trio thread until its job says it is done, never
+    after: the job then closes the cursor (an interrupt of a closed one raised in the store's
+    nursery and took the store down) or hands it to the next query."""
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        self._cursor, self._lock, self._done = cursor, threading.Lock(), False
+
+    def interrupt(self) -> None:
+        with self._lock:
+            if not self._done:
+                with contextlib.suppress(duckdb.Error):
+                    self._cursor.interrupt()
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
 
 
 def _unopenable(database: Path, exc: OSError | duckdb.IOException) -> str:
