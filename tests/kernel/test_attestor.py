@@ -734,15 +734,20 @@ async def test_rows_lost_in_the_middle_of_a_chain_are_made_again_byte_for_byte(t
     kept = [r for r in original if r.step_id not in ("b", "d")]
     log = [RunEventRecord("run_holes", 1, "", "run_started", {}, AT)]
     log += [e for n in notices for e in n.facts]
-    store = FakeStore((), {"run_holes": kept}, {"run_holes": log})
+    store = FakeStore(("run_holes",), {"run_holes": kept}, {"run_holes": log})
     store_send, store_receive = trio.open_memory_channel[object](16)
     inbox_send, inbox_receive = trio.open_memory_channel[object](16)
+    after = _step_notice("run_holes", "g", 14)  # the run goes on after the restart
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store.serve, store_receive)
         await nursery.start(Attestor(pair, inbox_receive, store_send).run)  # type: ignore[arg-type]
+        await inbox_send.send(after)
         inbox_send.close()
     made = {r.step_id: r for r in store.appended}  # type: ignore[attr-defined]
-    assert sorted(made) == ["b", "d"]
+    assert sorted(made) == ["b", "d", "g"]
+    # it goes on from the whole chain's head (f), not from the last gap mended (d)
+    assert made["g"].claims["index"] == 6
+    assert made["g"].previous == attestation_digest(original[-1].envelope)
     lost = {r.step_id: r for r in original}
     assert made["b"].envelope == lost["b"].envelope
     assert made["d"].envelope == lost["d"].envelope

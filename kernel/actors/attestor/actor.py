@@ -38,6 +38,7 @@ import bisect
 import contextlib
 import functools
 import logging
+import math
 import os
 from base64 import b64decode
 from importlib.metadata import PackageNotFoundError, version
@@ -481,6 +482,12 @@ class Attestor:
             if self._committed is not None:
                 await self._committed.wait()
             stored = await ask(self._store, lambda r: LoadRunAttestations(run_id, r))
+        # An unfinished run goes on from the head of its whole chain, not of the last gap mended
+        # (its next step got an index and a previous digest a stored row has already).
+        if any(a.kind == "run" for a in stored):
+            self._chains.pop(run_id, None)  # closed
+        else:
+            self._chains[run_id] = _chain_before(math.inf, stored)
         await self._sign_and_append(others)
         notices = [*chained, *others]
         self._recovered.update(
@@ -531,7 +538,7 @@ def _gaps(missing: list[Attest], stored: list[AttestationRecord]) -> list[list[A
     return gaps
 
 
-def _chain_before(seq: int, stored: list[AttestationRecord]) -> Chain:
+def _chain_before(seq: float, stored: list[AttestationRecord]) -> Chain:
     """The chain's head just before the attestation announced at ``seq``: the stored step
     attestations before it, the digest of the last (signing is deterministic: one made again
     has the bytes, so the digest, of the one lost)."""
