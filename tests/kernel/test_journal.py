@@ -485,3 +485,30 @@ async def test_a_cancelled_result_waits_for_its_job_and_the_next_checkpoint_is_c
             assert await thread.run(lambda: 2) == 2  # outcomes stay in order
     finally:
         await trio.to_thread.run_sync(thread.stop)
+
+
+def test_a_segment_that_could_not_be_started_is_started_again_once_there_is_room(
+    tmp_path, monkeypatch
+):
+    # A full disk while a new segment's header and zeros were written left its empty file:
+    # every later append failed on it (File exists) until a restart.
+    from foundry.kernel.actors.store import journal as journal_module
+
+    journal = Journal(tmp_path, segment_bytes=4096)
+    assert journal.recover(0) == []
+    full = {"on": True}
+    write_all = journal_module._write_all
+
+    def disk(fd, data, offset):
+        if full["on"]:
+            raise OSError(28, "No space left on device")
+        write_all(fd, data, offset)
+
+    monkeypatch.setattr(journal_module, "_write_all", disk)
+    with pytest.raises(OSError, match="No space left"):
+        journal.append(encode(rows(1)))
+    assert segments(tmp_path) == []  # nothing left behind
+    full["on"] = False  # room again
+    assert journal.append(encode(rows(1))) == 1
+    journal.close()
+    assert [r.seq for r in reopen(tmp_path)[1]] == [1]

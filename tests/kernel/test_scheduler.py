@@ -659,6 +659,37 @@ async def test_a_steps_completion_reaches_the_store_with_the_next_steps_lease(
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
 
 
+class FullDisk(CommittingStore):
+    """Fails every append of a lease, as a store whose journal's disk is full."""
+
+    def answer(self, message: Any) -> None:
+        leases = isinstance(message, Append) and any(
+            getattr(r, "kind", "") == "step_leased" for r in message.records
+        )
+        if leases and message.ack is not None:
+            message.ack.fail(OSError(28, "No space left on device"))
+            return
+        super().answer(message)
+
+
+async def test_a_lease_the_store_cannot_commit_stops_its_run_not_the_scheduler(
+    tmp_path, autojump_clock, caplog
+):
+    # the failed commit went up the run's driver and ended the whole daemon
+    store = FullDisk()
+    block = Mutating(store)
+    async with running_scheduler(tmp_path, [block], store=store) as h:
+        run_id = await h.submit(chain_of("mutating", 3))
+        await trio.sleep(1)
+        view = await h.get(run_id)  # the scheduler still answers
+        again = await h.submit(chain_of("mutating", 2))
+        await trio.sleep(1)
+        assert (await h.get(again)).status == "RUNNING"
+    assert block.ran == []  # no side effect without its durable lease
+    assert view.status == "RUNNING"  # unfinished: the next start goes on with it
+    assert f"run {run_id} stops until the next start: [Errno 28] No space left" in caplog.text
+
+
 async def test_a_chain_of_plain_functions_lets_the_rest_of_the_daemon_run_between_steps(tmp_path):
     """A chain's driver runs each step itself, and a plain function's step never yields: the
     driver does, between steps, so the rest of the daemon (an RPC, another run) gets turns all

@@ -242,3 +242,42 @@ def test_parse_answers_none_for_anything_that_is_not_a_trace(data):
 )
 def test_a_trace_files_times_are_shown_in_the_form_event_ids_hash(written, shown):
     assert id_stamp(written) == shown
+
+
+async def test_an_archivist_that_cannot_write_its_files_goes_on(tmp_path, monkeypatch, caplog):
+    # Its child gone and the disk full, the thread's write raised in the store's nursery and
+    # took the daemon down; the traces are in the database, which Trace reads then.
+    import types
+
+    import trio
+    from foundry.kernel.actors.store import archivist as archivist_module
+
+    gone = tmp_path / "gone.py"
+    gone.write_text("import sys\nsys.stdin.close()\n")  # a child that ends at once
+    script = types.SimpleNamespace(__file__=str(gone))
+    monkeypatch.setattr(archivist_module, "trace_format", script)
+    archivist = archivist_module.Archivist()
+    tried: list[bytes] = []
+    second = trio.Event()
+
+    def full_once(blob: bytes) -> None:
+        tried.append(blob)
+        if len(tried) == 1:
+            raise OSError(28, "No space left on device")
+        trio.from_thread.run_sync(second.set)
+
+    monkeypatch.setattr(archivist._fallback, "write_all", full_once)
+    first = frame(str(tmp_path / "a.json"), "{}")
+    later = frame(str(tmp_path / "b.json"), "{}")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(archivist.run)
+        await trio.sleep(0.2)  # the child has ended
+        await archivist.send(first)
+        with trio.fail_after(5):
+            while not tried:  # noqa: ASYNC110 - a thread's call, not an event, is waited for
+                await trio.sleep(0.01)
+            await archivist.send(later)  # the archivist goes on
+            await second.wait()
+        nursery.cancel_scope.cancel()
+    assert "could not write trace files ([Errno 28] No space left on device)" in caplog.text
+    assert tried == [first, later]

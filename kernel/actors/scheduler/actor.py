@@ -351,6 +351,12 @@ class Scheduler:
         try:
             if not await self._drive_steps(run):
                 return
+        except Exception as exc:  # a write the store could not commit (a full disk, say)
+            # The run stops here, unfinished: the next start goes on with it. (It took the
+            # whole daemon down.)
+            log.error("run %s stops until the next start: %s", run.run_id, _first_cause(exc))
+            self._ended.pop(run.run_id, trio.Event()).set()  # a CancelRun waits no more
+            return
         finally:
             self._flush_nowait(run)  # cancelled: what finished still goes to the store
         try:
@@ -1183,6 +1189,13 @@ def _traced(submission: RunSubmission) -> RunSubmission:
     """A new run's submission with its trace: a new one, and the run's own span in it."""
     root = new_root()
     return replace(submission, trace_id=root.trace_id, span_id=root.span_id)
+
+
+def _first_cause(exc: BaseException) -> BaseException:
+    """The first exception a task group's holds (its own text says only how many it holds)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _not_retried(run: RunState, failure: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ The child runs ``core/trace_format.py`` as a script.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -24,6 +25,8 @@ from foundry.kernel.core import trace_format
 from foundry.kernel.core.trace_format import FileWriter, frame
 
 __all__ = ["Archivist", "FileWriter", "frame"]
+
+log = logging.getLogger("foundry.store")
 
 
 class Archivist:
@@ -77,7 +80,11 @@ class Archivist:
                 return process
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-        await trio.to_thread.run_sync(self._fallback.write_all, blob)
+        try:
+            await trio.to_thread.run_sync(self._fallback.write_all, blob)
+        except OSError as exc:  # a full disk: the trace is in the database, Trace reads it there
+            log.error("could not write trace files (%s): Trace reads those chains from the "
+                      "database", exc)  # fmt: skip
         return None
 
 

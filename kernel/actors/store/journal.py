@@ -365,9 +365,16 @@ class Journal:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         header = SEGMENT_HEADER.pack(MAGIC, VERSION, 0)
         allocated = len(header) + min(PREALLOCATE_FIRST, self._segment_bytes)
-        _write_all(fd, header + bytes(allocated - len(header)), 0)
-        os.fsync(fd)
-        _fsync_directory(self.directory)  # the new file's name is durable too
+        try:
+            _write_all(fd, header + bytes(allocated - len(header)), 0)
+            os.fsync(fd)
+            _fsync_directory(self.directory)  # the new file's name is durable too
+        except OSError:
+            # (a full disk) no record is in it: gone, so that the next append can make it again
+            # — left, every later append failed on it (File exists) until a restart
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
         self._fd, self._size, self._allocated = fd, SEGMENT_HEADER.size, allocated
         self._generation += 1
         self._segments.append(first_seq)
