@@ -512,3 +512,15 @@ def test_a_segment_that_could_not_be_started_is_started_again_once_there_is_room
     assert journal.append(encode(rows(1))) == 1
     journal.close()
     assert [r.seq for r in reopen(tmp_path)[1]] == [1]
+
+
+def test_a_last_segment_cut_inside_a_record_refuses_the_start(tmp_path):
+    # Cut to a few bytes into its first record, the segment lost 274 acknowledged records and
+    # the start said only "dropped 258 bytes of a torn record … never acknowledged": an append
+    # writes into zeros made durable before it, so a torn one always has zeros after it.
+    write(tmp_path, 20)
+    [segment] = segments(tmp_path)
+    with open(segment, "r+b") as file:
+        file.truncate(SEGMENT_HEADER.size + RECORD_HEADER.size + 3)
+    with pytest.raises(JournalCorrupt, match="ends inside the record at byte 8: it was cut"):
+        reopen(tmp_path)

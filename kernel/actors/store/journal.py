@@ -28,11 +28,13 @@ own journal, which other writers on the disk share (measured here: ~0.1 ms inste
 The records end where the zeros begin: the rest of the segment is all zeros.
 
 Recovery (:meth:`Journal.recover`) reads the segments in order and returns the records DuckDB
-lacks. A record that fails its length or checksum at the very end of the last segment is a torn
-append: it was never acknowledged (the ack waits for the ``fdatasync``), so it is cut off and
-logged. Anywhere else — in an older segment, or followed by an intact record, or a gap in the
-sequence, or bytes other than zeros after an older segment's records — it is corruption of
-acknowledged data, and the journal refuses to open with one line
+lacks. A record that fails its length or checksum at the very end of the last segment, zeros
+after it, is a torn append: it was never acknowledged (the ack waits for the ``fdatasync``), so
+it is cut off and logged. A last segment that ends inside a record, no zeros after it, was cut
+(an append writes into zeros written ahead and made durable before it). That, or a damaged record
+anywhere else — in an older segment, or followed by an intact record, or a gap in the sequence,
+or bytes other than zeros after an older segment's records — is corruption of acknowledged
+data, and the journal refuses to open with one line
 naming the file and byte (:class:`JournalCorrupt`) instead of skipping it.
 
 The store appends on a thread of its own (``actors/threads.JobThread``), which hands each
@@ -241,6 +243,13 @@ class Journal:
             if record is None:
                 expected = first + len(seqs)
                 if last and not _intact_after(data, offset, expected):
+                    if data[-1:] not in (b"", b"\0"):  # no zeros written ahead after it
+                        raise JournalCorrupt(
+                            f"{path}: the file ends inside the record at byte {offset}: it was "
+                            "cut (an append never reaches the end of the zeros written ahead "
+                            "of it), and acknowledged records may be gone (restore the file, "
+                            "or move the journal aside to start without it)"
+                        )
                     self._truncate_torn(path, offset, data)
                     break
                 raise JournalCorrupt(
