@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from foundry.kernel.core.attest_records import announced, json_digest
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import runtime_api as api
+from grpclib import GRPCError
+from grpclib.const import Status
 
 TERMINAL = {api.RunStatus.SUCCEEDED, api.RunStatus.FAILED, api.RunStatus.CANCELED}
 
@@ -379,14 +382,20 @@ async def _check_reused(
     kid: str,
 ) -> list[str]:
     """A branch's reused steps, each against the step attestation of the run that executed it
-    (the source's, or its source's): a branch attests only what it ran, and a reused output
-    changed in the database was covered by an unsigned column alone."""
+    (its parent's, or its parent's parent's: a branch reuses from the run it branched): a branch
+    attests only what it ran, and a reused output changed in the database was covered by an
+    unsigned column alone. One GetRun and one look at the attestations of each run on the way,
+    whatever its state (a paused parent's steps are attested as they complete). A run no longer
+    stored, or attested by nothing, leaves a note on stderr: not checked, not invalid."""
+    reused = [step for step, (_, _, status) in stored.items() if status == "reused"]
+    if not reused:
+        return []
+    runs = _Ancestry(runtime)
     problems: list[str] = []
-    for step_id, source in (await _reused_from(runtime, run_id)).items():
-        signed = await _executed_attestation(runtime, source, step_id)
+    for step_id in reused:
+        signed, source, why = await runs.executed_attestation(run_id, step_id)
         if signed is None:
-            problems.append(f"step {step_id!r}: reused from run {source}, which has no "
-                            "attestation of it")  # fmt: skip
+            print(f"note: step {step_id!r} of run {run_id}: not checked ({why})", file=sys.stderr)
             continue
         checked = verify_envelope(signed.signature or "", verify, kid)
         if checked.errors or checked.statement is None:
@@ -399,30 +408,60 @@ async def _check_reused(
     return problems
 
 
-async def _reused_from(runtime: Any, run_id: str) -> dict[str, str]:
-    """Each step a run reused, and the run it was reused from (``step_reused``)."""
-    found: dict[str, str] = {}
-    async for event in runtime.tap_run(api.TapRunRequest(run_id=run_id)):
-        if event.kind == "step_reused" and event.payload is not None:
-            found[event.step_id] = str(event.payload.to_dict().get("source_run_id", ""))
-    return found
+class _Ancestry:
+    """The runs a branch descends from, each read once: its parent, its status of each step,
+    and its step attestations by step."""
+
+    def __init__(self, runtime: Any) -> None:
+        self._runtime = runtime
+        self._runs: dict[str, Any] = {}
+        self._steps: dict[str, dict[str, api.Attestation]] = {}
+
+    async def executed_attestation(
+        self, run_id: str, step_id: str
+    ) -> tuple[api.Attestation | None, str, str]:
+        """(the step attestation of ``step_id`` by the run that executed it, that run, or why
+        there is none)."""
+        current = run_id
+        for _ in range(REUSE_HOPS):
+            run = await self._run(current)
+            source = run.parent_run_id if run is not None else ""
+            if not source:
+                return None, "", f"run {current} has no parent to have reused it from"
+            parent = await self._run(source)
+            if parent is None:
+                return None, source, f"run {source}, which it was reused from, is not stored"
+            status = next((s.status for s in parent.steps if s.step_id == step_id), "")
+            if status != "reused":
+                found = (await self._attested_steps(source, parent)).get(step_id)
+                why = "" if found is not None else f"run {source} has no attestation of it"
+                return found, source, why
+            current = source
+        return None, current, f"more than {REUSE_HOPS} branches back"
+
+    async def _run(self, run_id: str) -> Any:
+        if run_id not in self._runs:
+            try:
+                reply = await self._runtime.get_run(api.GetRunRequest(run_id=run_id))
+                self._runs[run_id] = reply.run
+            except GRPCError as exc:
+                if exc.status != Status.NOT_FOUND:
+                    raise
+                self._runs[run_id] = None  # archived by retention, say
+        return self._runs[run_id]
+
+    async def _attested_steps(self, run_id: str, run: Any) -> dict[str, api.Attestation]:
+        if run_id not in self._steps:
+            found = await fetch(self._runtime, list(run.attestation_ids))
+            self._steps[run_id] = {
+                str(_subject_step(a)): a for a in found if _kind(a) == "step"
+            }  # the last attempt's: the one that completed the step
+        return self._steps[run_id]
 
 
-async def _executed_attestation(
-    runtime: Any, source: str, step_id: str, hops: int = REUSE_HOPS
-) -> api.Attestation | None:
-    """The step attestation of ``step_id`` by the run that ran it: ``source``, or the run it
-    reused the step from in turn (at most ``hops`` branches back)."""
-    for _ in range(hops):
-        listed = await run_attestation_ids(runtime, source)
-        ids = [i for i, kind, step in listed if kind == "step" and step == step_id]
-        if ids:
-            (found,) = await fetch(runtime, ids[-1:])  # the attempt that completed it
-            return found
-        source = (await _reused_from(runtime, source)).get(step_id, "")
-        if not source:
-            return None
-    return None
+def _subject_step(a: api.Attestation) -> str:
+    claims = a.claims.to_dict() if a.claims is not None else {}
+    return str(claims.get("step_id", ""))
 
 
 def _check_file(claims: dict[str, Any]) -> list[str]:

@@ -41,6 +41,7 @@ from tests.runs.helpers import (
     tap,
     wait_done,
     wait_for,
+    wait_status,
 )
 
 TOPIC = {"topic": "otters"}
@@ -364,6 +365,22 @@ def test_a_reused_output_changed_in_a_branch_is_reported(make_daemon):
     assert verified.returncode == 1, verified.stdout
     assert "step 'count': the stored output digests to" in verified.stdout
     assert f"(reused from run {source})" in verified.stdout
+
+
+def test_a_branch_of_a_paused_run_verifies(daemon):
+    # the reused steps are checked against the paused source's step attestations: verify asked
+    # for the source's attestations as of a finished run, and said "export a finished run"
+    source = submit(daemon, RESEARCH, inputs=TOPIC, breakpoints=("report",))
+    wait_status(daemon, source, api.RunStatus.PAUSED_AT_STEP)
+    request = api.CreateBranchRunRequest(run_id=source, from_step="report")
+    branch = daemon.call(lambda _, rt: rt.create_branch_run(request)).run_id
+    assert wait_done(daemon, branch).status == api.RunStatus.SUCCEEDED
+    [run_attestation] = [
+        n["attestation_id"] for n in attested(tap(daemon, branch)) if n["kind"] == "run"
+    ]
+    verified = daemon.cli("attest", "verify", run_attestation)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "not checked" not in verified.stderr
 
 
 def test_a_signing_key_others_may_read_refuses_the_start(make_daemon):
