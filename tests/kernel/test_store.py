@@ -1095,6 +1095,21 @@ async def test_recent_events_with_large_payloads_are_read_newest_first_within_me
     assert "memory_limit" not in caplog.text
 
 
+async def test_recent_events_stored_out_of_time_order_are_still_the_newest(tmp_path):
+    # a clock stepped back stores newer events at lower rowids: the looks from the highest
+    # rowid filled the budget with older ones, and the reply came back empty ("truncated")
+    big = [_large(make_event(n, project="big"), n) for n in range(12)]  # 12 × 3 MB
+    async with running_store(tmp_path) as store:
+        await post_now(store, list(reversed(big))).wait()  # the newest stored first
+        since = T0 - timedelta(days=1)
+        rows, cut = await ask(store, lambda r: LoadRecentEvents(since, "big", "", 100, 8 << 20, r))
+        three, more = await ask(store, lambda r: LoadRecentEvents(since, "", "", 3, 1 << 30, r))
+    assert [row[0] for row in rows] == [big[11].id, big[10].id]
+    assert cut
+    assert [row[0] for row in three] == [big[11].id, big[10].id, big[9].id]
+    assert more
+
+
 async def test_a_query_out_of_the_memory_limit_is_resource_exhausted_in_one_log_line(
     tmp_path, caplog
 ):

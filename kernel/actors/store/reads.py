@@ -183,31 +183,44 @@ def load_recent_events(
     there for good."""
     params = {"since": asked.since, "project": asked.project, "workflow_id": asked.workflow_id}
     found = con.execute(_RECENT_EVENTS, {**params, "limit": asked.limit + 1}).fetchall()
-    order = [event_id for _, event_id in found[: asked.limit]]
-    wanted = set(order)
+    order = [event_id for _, event_id in found[: asked.limit]]  # newest first, by time
+    rowid_of = {event_id: rowid for rowid, event_id in found}
     sql = _recent_look(bool(asked.project), bool(asked.workflow_id))
     looked = {k: v for k, v in params.items() if k != "since" and v}
-    fetched: dict[str, tuple[Any, ...]] = {}
-    held = 0
+    fetched: dict[str, tuple[tuple[Any, ...], int]] = {}  # event id: (row, payload bytes)
 
-    def enough() -> bool:  # the reply holds no more: the older ones stay unread
-        return held > asked.max_bytes and len(fetched) > 1
+    def reply() -> tuple[list[tuple[Any, ...]], bool]:
+        """The newest events, by time, that the reply holds, and whether it holds all of them
+        fetched so far and no more is needed (the newest always)."""
+        rows: list[tuple[Any, ...]] = []
+        size = 0
+        for event_id in order:
+            if event_id not in fetched:
+                return rows, False
+            row, payload_bytes = fetched[event_id]
+            size += payload_bytes + EVENT_OVERHEAD
+            if rows and size > asked.max_bytes:
+                return rows, True
+            rows.append(row)
+        return rows, True
 
-    rowids = sorted(r for r, _ in found)
-    for row in in_looks(con, sql, looked, rowids, newest_first=True, enough=enough):
-        if row[0] in wanted:
-            fetched[row[0]] = row[:-1]
-            held += (row[-1] or 0) + EVENT_OVERHEAD
-    rows: list[tuple[Any, ...]] = []
-    size = 0
-    for event_id in order:
-        kept = fetched.get(event_id)
-        if kept is None:
+    # Looks from the highest rowid: storage order is time order but for a clock stepped back.
+    rowids = sorted(rowid_of[event_id] for event_id in order)
+    for row in in_looks(con, sql, looked, rowids, newest_first=True, enough=lambda: reply()[1]):
+        if row[0] in rowid_of:
+            fetched[row[0]] = (row[:-1], row[-1] or 0)
+    rows, _ = reply()
+    for event_id in order[len(rows) :]:  # stored out of time order: each read by its rowid
+        if event_id not in fetched:
+            rowid = rowid_of[event_id]
+            one = con.execute(sql, {**looked, "lo": rowid, "hi": rowid}).fetchone()
+            if one is None:
+                break
+            fetched[event_id] = (one[:-1], one[-1] or 0)
+        rows, full = reply()
+        if full:
             break
-        size += len(kept[7]) + EVENT_OVERHEAD
-        if rows and size > asked.max_bytes:
-            break
-        rows.append(kept)
+    rows, _ = reply()
     return rows, len(rows) < len(found)
 
 
