@@ -41,6 +41,8 @@ from grpclib import GRPCError
 from grpclib.const import Status
 
 TERMINAL = {api.RunStatus.SUCCEEDED, api.RunStatus.FAILED, api.RunStatus.CANCELED}
+PER_REQUEST = 1_000  # ids a GetAttestations takes (the attestor's MAX_IDS)
+REUSE_HOPS = 64  # branches of branches followed back to the run that executed a step
 
 
 def add_attest_commands(commands: Any) -> None:
@@ -125,9 +127,6 @@ async def fetch(runtime: Any, ids: Sequence[str]) -> list[api.Attestation]:
         reply = await runtime.get_attestations(api.GetAttestationsRequest(attestation_ids=part))
         found.extend(reply.attestations)
     return found
-
-
-PER_REQUEST = 1_000  # ids a GetAttestations takes (the attestor's MAX_IDS)
 
 
 async def run_attestation_ids(runtime: Any, run_id: str) -> list[tuple[str, str, str]]:
@@ -369,9 +368,6 @@ async def _check_run(
             f"not the attested {found.artifact_hash}"
         )
     return problems
-
-
-REUSE_HOPS = 64  # branches of branches followed back to the run that executed a step
 
 
 async def _check_reused(

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from foundry.analytics import sandbox
 
 MAX_CELL = 60  # characters of a value in the table view
+INTERRUPT_AGAIN = 0.05  # seconds between a late query's interrupts
 
 
 @dataclass(frozen=True)
@@ -198,9 +199,6 @@ def run_file(
         done.set()
         timer.join()
         con.close()
-
-
-INTERRUPT_AGAIN = 0.05  # seconds between a late query's interrupts
 
 
 def _list(args: argparse.Namespace) -> int:
