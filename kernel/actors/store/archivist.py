@@ -79,7 +79,8 @@ class Archivist:
                 await process.stdin.send_all(blob)
                 return process
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+                with trio.CancelScope(shield=True):  # it ended: no zombie, no pipe left open
+                    await _stop(process, grace=5)
         try:
             await trio.to_thread.run_sync(self._fallback.write_all, blob)
         except OSError as exc:  # a full disk: the trace is in the database, Trace reads it there
@@ -91,11 +92,12 @@ class Archivist:
 FEED_BATCH = 64  # commits' files joined into one write to the child
 
 
-async def _stop(process: trio.Process) -> None:
-    """Let the child write everything it was sent, then exit."""
+async def _stop(process: trio.Process, grace: float = 30.0) -> None:
+    """Let the child write everything it was sent, then exit (killed after ``grace`` s)."""
     if process.stdin is not None:
         await process.stdin.aclose()
-    with trio.move_on_after(30):
+    with trio.move_on_after(grace):
         await process.wait()
     if process.returncode is None:
         process.kill()
+        await process.wait()
