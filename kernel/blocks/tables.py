@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from foundry.kernel.blocks.api import BlockKind
+from foundry.kernel.core.json_input import toml_not_json
 
 COMMON_KEYS = frozenset(
     {"name", "type", "kind", "sinks", "timeout", "retries", "backoff", "when", "description"}
@@ -50,22 +50,10 @@ def json_table(table: Mapping[str, Any], key: str) -> dict[str, Any]:
     """``table`` when all of it is JSON a payload can hold, else ValueError naming the key: TOML
     also has dates and times, ``nan`` and ``inf`` — a relay setting one failed every run it
     reached ("not JSON serializable"), and a filter on ``nan`` never matched."""
-    for name, value in table.items():
-        _json_value(value, f"{key}.{name}")
+    problem = toml_not_json(dict(table), key)
+    if problem is not None:
+        raise ValueError(problem)
     return dict(table)
-
-
-def _json_value(value: Any, where: str) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where}: {value!r} is not a JSON number")
-    if isinstance(value, Mapping):
-        for name, item in value.items():
-            _json_value(item, f"{where}.{name}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _json_value(item, f"{where}[{index}]")
-    elif not isinstance(value, str | int | float | bool):  # a TOML date, time or datetime
-        raise ValueError(f"{where}: a {type(value).__name__} is not a JSON value (quote it)")
 
 
 def matches(when: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:

@@ -48,6 +48,7 @@ import betterproto2
 from foundry.kernel.cli.common import prepared_client, read_text_file, whole_number
 from foundry.kernel.cli.output import message_dict, stamp
 from foundry.kernel.core.evals import Regression, ScenarioStats, regression, summarize
+from foundry.kernel.core.json_input import toml_not_json
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
@@ -301,16 +302,9 @@ def _known(table: Mapping[str, Any], keys: Iterable[str], where: str) -> None:
 
 def _check_json(value: Any, where: str) -> None:
     """Refuse what a protobuf Struct cannot carry: TOML dates and times, NaN and infinities."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_json(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_json(item, f"{where}[{i}]")
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}: {value} is not a finite number")
-    elif value is not None and not isinstance(value, str | int | float | bool):
-        raise ConfigError(f"{where}: {type(value).__name__} values are not JSON")
+    problem = toml_not_json(value, where)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def _kind(value: Any) -> str:

@@ -9,6 +9,7 @@ or holds text that is not valid Unicode (lone surrogates).
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -180,3 +181,23 @@ def unpaired_surrogate_escape(json_text: str) -> bool:
             return True
         index += 2
     return False
+
+
+def toml_not_json(value: Any, where: str) -> str | None:
+    """What in a value read from TOML no JSON can hold — a date or a time, NaN or an infinity —
+    named by its path under ``where``; None when all of it is JSON."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = toml_not_json(item, f"{where}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = toml_not_json(item, f"{where}[{index}]")
+            if found is not None:
+                return found
+    elif isinstance(value, float) and not math.isfinite(value):
+        return f"{where}: {value} is not a finite number"
+    elif value is not None and not isinstance(value, str | int | float | bool):
+        return f"{where}: {type(value).__name__} values are not JSON (quote it)"
+    return None

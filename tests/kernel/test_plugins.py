@@ -69,10 +69,10 @@ def test_declared_blocks_come_after_every_plugin_block():
     ("table", "said"),
     [
         ({"set": {"when": datetime(1979, 5, 27, 7, 32, tzinfo=UTC)}},
-         "set.when: a datetime is not a JSON value (quote it)"),
-        ({"set": {"v": float("inf")}}, "set.v: inf is not a JSON number"),
-        ({"set": {"deep": {"list": [1, float("nan")]}}}, "set.deep.list[1]: nan is not a JSON"),
-        ({"when": {"day": date(2026, 1, 2)}}, "when.day: a date is not a JSON value"),
+         "set.when: datetime values are not JSON (quote it)"),
+        ({"set": {"v": float("inf")}}, "set.v: inf is not a finite number"),
+        ({"set": {"deep": {"list": [1, float("nan")]}}}, "set.deep.list[1]: nan is not a finite"),
+        ({"when": {"day": date(2026, 1, 2)}}, "when.day: date values are not JSON"),
     ],
     ids=["set-datetime", "set-inf", "set-nested-nan", "when-date"],
 )  # fmt: skip

@@ -225,7 +225,7 @@ async def test_a_value_an_environment_cannot_hold_arrives_on_stdin_alone(tmp_pat
         ({"env": {"X": "a\0b"}}, "env.X: the value holds a NUL character"),
         ({"simulate": "no"}, "simulate: expected true or false, got 'no'"),
         ({"command": ["tr\0ue"]}, "command: an argument holds a NUL character"),
-        ({"when": {"v": float("nan")}}, "when.v: nan is not a JSON number"),
+        ({"when": {"v": float("nan")}}, "when.v: nan is not a finite number"),
     ],
     ids=["cwd-number", "cwd-missing", "env-name", "env-nul", "simulate-text", "argv-nul", "nan"],
 )

@@ -21,7 +21,7 @@ from functools import cache
 from typing import Any
 
 from foundry.kernel.edge.grpc.message_check import WrongField, check_request
-from foundry.kernel.edge.grpc.reflection import file_descriptors
+from foundry.kernel.edge.grpc.reflection import descriptor_pool_of_protos, file_descriptors
 from foundry.kernel.edge.grpc.upb_encode import proto_name_of
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
@@ -112,7 +112,7 @@ def utf8_culprit(data: bytes | bytearray, kind: type) -> tuple[str, int] | None:
         message = _lenient_class(name).FromString(bytes(data))
     except DecodeError:
         return None
-    return _culprit(message, _strict_pool().FindMessageTypeByName(name), "", 0)
+    return _culprit(message, descriptor_pool_of_protos().FindMessageTypeByName(name), "", 0)
 
 
 def _culprit(message: Any, schema: Any, where: str, depth: int) -> tuple[str, int] | None:
@@ -144,14 +144,6 @@ def _repeated(field: Any) -> bool:
     """(``is_repeated`` is protobuf 5.29's; ``label`` is gone from upb's descriptors in 7)"""
     found = getattr(field, "is_repeated", None)
     return bool(found) if found is not None else field.label == field.LABEL_REPEATED
-
-
-@cache
-def _strict_pool() -> descriptor_pool.DescriptorPool:
-    pool = descriptor_pool.DescriptorPool()
-    for file in file_descriptors():
-        pool.Add(file)
-    return pool
 
 
 def not_valid(data: bytes | bytearray | None, kind: type, exc: Exception) -> str:
