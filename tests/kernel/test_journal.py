@@ -524,3 +524,20 @@ def test_a_last_segment_cut_inside_a_record_refuses_the_start(tmp_path):
         file.truncate(SEGMENT_HEADER.size + RECORD_HEADER.size + 3)
     with pytest.raises(JournalCorrupt, match="ends inside the record at byte 8: it was cut"):
         reopen(tmp_path)
+
+
+def test_an_append_to_a_segment_deleted_under_the_daemon_fails(tmp_path):
+    # `rm -rf journal/` under a running daemon: every append after it was acknowledged, into a
+    # file no start would read again (864 acknowledged Emits lost at the next start)
+    journal = Journal(tmp_path, segment_bytes=1 << 20)
+    assert journal.recover(0) == []
+    assert journal.append(encode(rows(1))) == 1
+    [segment] = segments(tmp_path)
+    segment.unlink()
+    with pytest.raises(OSError, match="deleted from .* under the running daemon"):
+        journal.append(encode(rows(2)))
+    prepared = journal.prepare(encode(rows(2)))  # the writer process's road
+    assert prepared is not None
+    with pytest.raises(OSError, match="no write is acknowledged until it is restarted"):
+        journal.appended(prepared)
+    journal.close()

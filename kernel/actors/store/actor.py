@@ -201,6 +201,8 @@ class Store:
         self.home = home
         self._spans = spans or SpanOutbox()
         self.path = home / "foundry.duckdb"
+        self._database_file: tuple[int, int] | None = None  # (device, inode) when opened
+        self._told_replaced = False
         self._inbox, self._tap, self._max_batch = inbox, tap, max_batch
         self._con: duckdb.DuckDBPyConnection | None = None
         self._cursors: list[duckdb.DuckDBPyConnection] = []  # idle read cursors
@@ -1001,6 +1003,7 @@ class Store:
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(str(self.path))
+        self._database_file = _identity(self.path)
         if _locked(con):  # a connection of another kept the instance open: its settings stay
             return con
         # DuckDB compresses long strings (an average of 4 KiB up: payloads, outputs) with ZSTD a
@@ -1087,7 +1090,7 @@ class Store:
         for thread in self._user_threads:
             thread.stop()
         try:
-            self._journal.release(self._db_applied, keep_current=False)  # all of it, if applied
+            self._release_journal(keep_current=False)  # all of it, if applied
         except OSError:  # the segments stay: the next start deletes what DuckDB has
             log.exception("could not delete the journal's applied segments")
         self._journal.close()
@@ -1248,9 +1251,19 @@ class Store:
                 self._apply_derived(derived)
         else:
             self._apply_or_set_aside(batch)
-        self._journal.release(self._db_applied)
+        self._release_journal()
         if self._cache_bytes and not self._cache_full:
             self._cache_full = self._buffer_bytes() > self._cache_bytes
+
+    def _release_journal(self, *, keep_current: bool = True) -> None:
+        """Delete the journal's segments DuckDB has — unless its file was deleted or replaced
+        under the daemon: what it has now no start reads, so the journal keeps every record."""
+        if _identity(self.path) == self._database_file:
+            self._journal.release(self._db_applied, keep_current=keep_current)
+        elif not self._told_replaced:
+            self._told_replaced = True
+            log.error("%s was deleted or replaced under the running daemon: the journal keeps "
+                      "every record from now on; restart the daemon", self.path)  # fmt: skip
 
     def _buffer_bytes(self) -> int:
         """DuckDB's buffer memory: cached blocks, rows not yet checkpointed, running queries."""
@@ -1360,6 +1373,15 @@ _REFUSED_ROWS = (
     TypeError,
     ValueError,
 )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``, None when there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 class _Interrupter:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import io
 import logging
 import os
@@ -312,6 +313,7 @@ class Journal:
         except OSError:
             self._undo_partial_write(length)
             raise
+        _still_linked(self._fd, self.directory)
         self._size += length
         self.last_seq = seq
         return seq
@@ -341,6 +343,7 @@ class Journal:
         reads the last seq a moment early keeps a segment a while longer."""
         if prepared.seq != self.last_seq + 1 or prepared.offset != self._size:
             raise RuntimeError(f"journal: record {prepared.seq} is not the next one")
+        _still_linked(prepared.fd, self.directory)
         self._size += len(prepared.header) + len(prepared.payload)
         self.last_seq = prepared.seq
         return prepared.seq
@@ -451,6 +454,18 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
+
+
+def _still_linked(fd: int, directory: Path) -> None:
+    """OSError unless the segment open as ``fd`` still has a name: one deleted under a running
+    daemon (``rm -rf journal/``) took every append after it, acknowledged, into a file no start
+    would read again."""
+    if os.fstat(fd).st_nlink == 0:
+        raise OSError(
+            errno.ENOENT,
+            f"the journal segment being written was deleted from {directory} under the "
+            "running daemon: no write is acknowledged until it is restarted",
+        )
 
 
 def _written_end(data: bytes) -> int:
