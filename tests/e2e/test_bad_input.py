@@ -57,6 +57,12 @@ BAD_EMITS = {
     "nested past serde_json's limit": (bad('{"a":' * 128 + "1" + "}" * 128), "payload_json"),
     "only spaces": (bad("   "), "payload_json"),  # not empty, so not absent: and not JSON
     "a Unicode space": (bad("\u00a0"), "payload_json"),  # no JSON whitespace at all
+    # A shell block gets both in its environment, which cannot hold a NUL.
+    "NUL in event_type": (bad("{}", event_type="greet\0requested"), "event_type"),
+    "NUL in project": (
+        api.EmitRequest(event_type="x", project="a\0b", payload_json="{}"),
+        "project",
+    ),
 }
 
 

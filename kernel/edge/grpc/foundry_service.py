@@ -132,6 +132,9 @@ def parse_emit(message: api.EmitRequest) -> Any:
     engine's Emit message (plain values: no message object goes to the engine)."""
     if not message.event_type:
         raise GRPCError(Status.INVALID_ARGUMENT, "event_type: must not be empty")
+    for name, text in (("event_type", message.event_type), ("project", message.project)):
+        if "\0" in text:  # a shell block gets both in its environment, which cannot hold one
+            raise GRPCError(Status.INVALID_ARGUMENT, f"{name}: holds a NUL character")
     try:
         throttle = THROTTLE_FROM_WIRE[api.Throttle(message.throttle)]
     except (ValueError, KeyError):
