@@ -14,7 +14,8 @@ alone, ~10-12 µs with the HTTP export, where the SDK's ``ReadableSpan`` and its
 ~150 µs; ~18-21 µs a span beside a busy daemon). Batches of up to ``BATCH_SIZE`` spans, at least
 every ``SCHEDULE_DELAY`` seconds, go to the SDK's OTLP/HTTP or OTLP/gRPC exporter, which sends
 them (headers, TLS, compression, retries, as its ``OTEL_EXPORTER_OTLP_*`` variables say). At most
-``queue_size`` spans wait for export: more are dropped and counted. A failed export (a dead
+``queue_size`` spans wait for export: more are dropped and counted (text cut to ``TEXT_CHARS``
+keeps that a bound in bytes). A failed export (a dead
 collector: each one gives up after ``timeout`` seconds) loses its batch. The first loss of either
 kind is logged once, as a warning; the totals when the daemon stops. stdin's end (the daemon
 stopping, or dying) flushes what is queued for up to ``FLUSH_SECONDS``, then exits.
@@ -71,6 +72,10 @@ LOCKED_SPANS = 32  # spans added under one taking of the queue's lock (each taki
 ENCODED_ATTRIBUTES = 4_096  # attributes kept encoded for reuse (``_add_attributes``)
 _ENCODED: dict[tuple[str, type, AttributeValue], bytes] = {}
 HOLDERS = 256  # attribute names with a holder kept for encoding their values (``_encoded``)
+# A span's name and each text attribute (its name and its value) are cut to this many characters:
+# what waits for export is bounded in bytes, not only in spans (an event type or a label may be
+# megabytes long; ``queue_size`` of them waiting took gigabytes).
+TEXT_CHARS = 1_024
 _HOLDERS: dict[str, tuple[Span, AnyValue]] = {}
 
 
@@ -116,7 +121,7 @@ def _add_span(spans: Any, record: SpanRecord) -> None:
     if len(trace) != 16 or len(own) != 8 or len(parent) not in (0, 8):
         raise ValueError(f"span {name!r} has no valid trace context")
     span = spans.add(
-        trace_id=trace, span_id=own, parent_span_id=parent, name=name,
+        trace_id=trace, span_id=own, parent_span_id=parent, name=name[:TEXT_CHARS],
         kind=KINDS.get(kind, Span.SPAN_KIND_INTERNAL), start_time_unix_nano=start,
         end_time_unix_nano=end, flags=FLAGS,
     )  # fmt: skip
@@ -152,6 +157,11 @@ def _add_attributes(span: Any, names: tuple[str, ...], values: tuple[AttributeVa
 
 
 def _encoded_once(name: str, kind: type, value: AttributeValue) -> bytes:
+    text = isinstance(value, str)
+    if len(name) > TEXT_CHARS or (text and len(value) > TEXT_CHARS):  # type: ignore[arg-type]
+        # Cut, and not kept for reuse: as a key, the long text would be kept whole. (Rare:
+        # the common attributes never come here, so the check costs them nothing.)
+        return _encoded(name[:TEXT_CHARS], value[:TEXT_CHARS] if text else value)  # type: ignore[index]
     piece = _encoded(name, value)
     if kind is not float:  # -0.0 == 0.0; and NaN would never be found
         if len(_ENCODED) >= ENCODED_ATTRIBUTES:

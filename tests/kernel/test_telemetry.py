@@ -755,3 +755,20 @@ def test_canary_the_private_exporter_parts_otel_py_relies_on_are_there():
     assert callable(getattr(http, "_client").export)  # noqa: B009 - named for the canary
     for name in ("_translate_data", "_count_data", "_export"):
         assert callable(getattr(GrpcExporter, name, None)), name
+
+
+def test_long_names_and_texts_are_cut_so_waiting_spans_stay_small():
+    huge = "e" * 3_000_000  # an event type or a label: megabytes, as a client may send
+    attributes = ((f"foundry.run.label.{huge}", huge), ("foundry.event.type", huge),
+                  ("foundry.block.attempts", 2))  # fmt: skip
+    ended = SpanEnded(TRACE, ROOT, "", f"block {huge}", "internal", 1, 2, True, attributes, "")
+    batch = Batch(resource("foundry"))
+    add_span(batch.spans, span_record(ended))
+    [span] = batch.spans
+    assert span.ByteSize() < 5 * otel.TEXT_CHARS
+    assert span.name == f"block {huge}"[: otel.TEXT_CHARS]
+    found = otlp_attributes(span)
+    assert found[f"foundry.run.label.{huge}"[: otel.TEXT_CHARS]] == huge[: otel.TEXT_CHARS]
+    assert found["foundry.event.type"] == huge[: otel.TEXT_CHARS]
+    assert found["foundry.block.attempts"] == 2
+    assert all(len(value) <= otel.TEXT_CHARS for value in otel._ENCODED.values())
