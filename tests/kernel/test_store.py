@@ -17,7 +17,7 @@ from foundry.analytics.migrations import migrate
 from foundry.kernel.actors.mailbox import ask, reply_pair
 from foundry.kernel.actors.store.actor import READERS, Store
 from foundry.kernel.actors.store.attestations import load_unattested
-from foundry.kernel.actors.store.journal import pending_records
+from foundry.kernel.actors.store.journal import JournalCorrupt, pending_records
 from foundry.kernel.actors.store.looks import LOOK_BYTES, MAX_SPAN, MIN_SPAN, next_span
 from foundry.kernel.actors.store.messages import (
     Append,
@@ -1110,20 +1110,55 @@ async def test_recent_events_stored_out_of_time_order_are_still_the_newest(tmp_p
     assert more
 
 
+# cache_bytes=1: the store closes and opens the database again after every batch, as it does
+# routinely once DuckDB's cache is full
+MOVED_OPTIONS = {"segment_bytes": 4096, "materialize_delay": 0.01, "cache_bytes": 1}
+
+
 async def test_a_database_deleted_under_the_store_keeps_the_journal_whole(tmp_path, caplog):
     # the materializer went on writing into the deleted file and releasing the journal's
-    # segments: the next start found records 1..789 missing, every acknowledged write gone
-    async with running_store(tmp_path, segment_bytes=4096, materialize_delay=0.01) as store:
+    # segments: the next start found records 1..789 missing, every acknowledged write gone;
+    # and a reopen made a new empty file, on which every batch failed and reads hung
+    async with running_store(tmp_path, **MOVED_OPTIONS) as store:
         for n in range(40):
             await post_now(store, [make_event(n)]).wait()
         await ask(store, CountRows)  # DuckDB has them: their segments are released
         (tmp_path / "foundry.duckdb").unlink()
         for n in range(40, 80):
             await post_now(store, [make_event(n)]).wait()
-        await ask(store, CountRows)
+            await trio.sleep(0.02)  # a batch each: each would reopen the file
+        assert (await ask(store, CountRows)).events == 80  # still the file it opened
     assert "foundry.duckdb was deleted or replaced under the running daemon" in caplog.text
+    assert "CatalogException" not in caplog.text
     kept = pending_records(tmp_path / "journal", 0)
     assert {r.seq for r in kept} >= set(range(41, 81))  # every record since the deletion
+
+
+async def test_a_database_replaced_under_the_store_stays_replaced_through_reopens(tmp_path, caplog):
+    # a reopen took the replacement for the file opened first: releases went on, and the
+    # next start had 49 of 80 acknowledged events without a word
+    async with running_store(tmp_path, **MOVED_OPTIONS) as store:
+        for n in range(10):
+            await post_now(store, [make_event(n)]).wait()
+        await ask(store, CountRows)
+    shutil.copy(tmp_path / "foundry.duckdb", tmp_path / "copy.duckdb")
+    async with running_store(tmp_path, **MOVED_OPTIONS) as store:
+        for n in range(10, 40):
+            await post_now(store, [make_event(n)]).wait()
+        await ask(store, CountRows)
+        os.replace(tmp_path / "copy.duckdb", tmp_path / "foundry.duckdb")
+        for n in range(40, 80):
+            await post_now(store, [make_event(n)]).wait()
+            await trio.sleep(0.02)
+        assert (await ask(store, CountRows)).events == 80
+    assert "foundry.duckdb was deleted or replaced under the running daemon" in caplog.text
+    kept = pending_records(tmp_path / "journal", 0)
+    assert {r.seq for r in kept} >= set(range(41, 81))
+    # what only the replaced file held is gone with it: the start says so, it does not start
+    with pytest.raises(BaseExceptionGroup) as refused:
+        async with running_store(tmp_path, **MOVED_OPTIONS):
+            pass
+    assert refused.group_contains(JournalCorrupt, match="has only up to 10; records 11..")
 
 
 async def test_a_query_out_of_the_memory_limit_is_resource_exhausted_in_one_log_line(

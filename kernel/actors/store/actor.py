@@ -1003,7 +1003,8 @@ class Store:
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(str(self.path))
-        self._database_file = _identity(self.path)
+        if self._database_file is None:  # the first open's: a reopen must find that file again
+            self._database_file = _identity(self.path)
         if _locked(con):  # a connection of another kept the instance open: its settings stay
             return con
         # DuckDB compresses long strings (an average of 4 KiB up: payloads, outputs) with ZSTD a
@@ -1039,6 +1040,9 @@ class Store:
         """Checkpoint, close and reopen the database (no query runs): DuckDB frees its buffers,
         the blocks it kept cached included, when its last connection closes."""
         assert self._con is not None
+        if self._database_moved():  # reopened, it would be another file, or a new empty one
+            self._cache_full = False
+            return
         try:
             self._con.execute("CHECKPOINT")
         except duckdb.FatalException as exc:  # the materializer reopens it (the caller wakes it)
@@ -1063,6 +1067,8 @@ class Store:
         so and retries; ``_con`` stays None until then."""
         if self._hold_for_test is not None:
             self._hold_for_test("reconnect")
+        if self._database_moved():
+            raise Unavailable(f"{self.path} was deleted or replaced: not opened again")
         con = self._connect()
         try:
             if not _locked(con):
@@ -1258,12 +1264,23 @@ class Store:
     def _release_journal(self, *, keep_current: bool = True) -> None:
         """Delete the journal's segments DuckDB has — unless its file was deleted or replaced
         under the daemon: what it has now no start reads, so the journal keeps every record."""
-        if _identity(self.path) == self._database_file:
+        if not self._database_moved():
             self._journal.release(self._db_applied, keep_current=keep_current)
-        elif not self._told_replaced:
+
+    def _database_moved(self) -> bool:
+        """Whether the database file the store opened is no longer at its path (deleted, or
+        another file put there); the first time, says so in the log."""
+        if _identity(self.path) == self._database_file:
+            return False
+        if not self._told_replaced:
             self._told_replaced = True
-            log.error("%s was deleted or replaced under the running daemon: the journal keeps "
-                      "every record from now on; restart the daemon", self.path)  # fmt: skip
+            log.error(
+                "%s was deleted or replaced under the running daemon: the journal keeps every "
+                "record from now on. Stop the daemon and put a copy of the file back: the next "
+                "start applies from the journal what the copy lacks (or refuses, naming the "
+                "records neither has)", self.path,
+            )  # fmt: skip
+        return True
 
     def _buffer_bytes(self) -> int:
         """DuckDB's buffer memory: cached blocks, rows not yet checkpointed, running queries."""
