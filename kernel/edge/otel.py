@@ -14,11 +14,12 @@ alone, ~10-12 µs with the HTTP export, where the SDK's ``ReadableSpan`` and its
 ~150 µs; ~18-21 µs a span beside a busy daemon). Batches of up to ``BATCH_SIZE`` spans, at least
 every ``SCHEDULE_DELAY`` seconds, go to the SDK's OTLP/HTTP or OTLP/gRPC exporter, which sends
 them (headers, TLS, compression, retries, as its ``OTEL_EXPORTER_OTLP_*`` variables say). At most
-``queue_size`` spans wait for export: more are dropped and counted (text cut to ``TEXT_CHARS``
-keeps that a bound in bytes). A failed export (a dead
-collector: each one gives up after ``timeout`` seconds) loses its batch. The first loss of either
-kind is logged once, as a warning; the totals when the daemon stops. stdin's end (the daemon
-stopping, or dying) flushes what is queued for up to ``FLUSH_SECONDS``, then exits.
+``queue_size`` spans wait for export: more are dropped and counted (text cut to ``TEXT_CHARS``,
+and a span's attributes to ``SPAN_TEXT_CHARS`` of it, keep that a bound in bytes). A failed
+export (a dead collector: each one gives up after ``timeout`` seconds) loses its batch. The
+first loss of either kind is logged once, as a warning; the totals when the daemon stops.
+stdin's end (the daemon stopping, or dying) flushes what is queued for up to ``FLUSH_SECONDS``,
+then exits.
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ HOLDERS = 256  # attribute names with a holder kept for encoding their values (`
 # what waits for export is bounded in bytes, not only in spans (an event type or a label may be
 # megabytes long; ``queue_size`` of them waiting took gigabytes).
 TEXT_CHARS = 1_024
+# And a span's attributes, past the first FEW_ATTRIBUTES (only a run's labels go past), stop
+# where their text reaches SPAN_TEXT_CHARS: the rest are counted as dropped, as OTLP has it.
+FEW_ATTRIBUTES = 16
+SPAN_TEXT_CHARS = 16_384
 _HOLDERS: dict[str, tuple[Span, AnyValue]] = {}
 
 
@@ -128,7 +133,22 @@ def _add_span(spans: Any, record: SpanRecord) -> None:
     if not ok:
         span.status.code = STATUS_ERROR
         span.status.message = error
+    if len(names) > FEW_ATTRIBUTES:
+        kept = _attributes_within_budget(names, values)
+        span.dropped_attributes_count = len(names) - kept
+        names, values = names[:kept], values[:kept]
     _add_attributes(span, names, values)
+
+
+def _attributes_within_budget(names: tuple[str, ...], values: tuple[AttributeValue, ...]) -> int:
+    """How many of the attributes, from the first, fit in ``SPAN_TEXT_CHARS`` (as cut)."""
+    used = 0
+    for count, (name, value) in enumerate(zip(names, values, strict=True)):
+        text = len(value) if isinstance(value, str) else 8
+        used += min(len(name), TEXT_CHARS) + min(text, TEXT_CHARS)
+        if count >= FEW_ATTRIBUTES and used > SPAN_TEXT_CHARS:
+            return count
+    return len(names)
 
 
 def _utf8(record: SpanRecord) -> SpanRecord:

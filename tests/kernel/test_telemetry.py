@@ -771,4 +771,29 @@ def test_long_names_and_texts_are_cut_so_waiting_spans_stay_small():
     assert found[f"foundry.run.label.{huge}"[: otel.TEXT_CHARS]] == huge[: otel.TEXT_CHARS]
     assert found["foundry.event.type"] == huge[: otel.TEXT_CHARS]
     assert found["foundry.block.attempts"] == 2
-    assert all(len(value) <= otel.TEXT_CHARS for value in otel._ENCODED.values())
+    assert not any(huge in name or huge == value for name, _, value in otel._ENCODED)  # not kept
+
+
+def test_a_span_of_many_long_labels_keeps_those_that_fit_and_counts_the_rest():
+    labels = tuple((f"foundry.run.label.{n:04}", "v" * 1_024) for n in range(3_500))
+    attributes = (("foundry.run.id", "r1"), *labels)  # 3,500 labels fit in one CreateRun
+    ended = SpanEnded(TRACE, ROOT, "", "run", "internal", 1, 2, True, attributes, "")
+    batch = Batch(resource("foundry"))
+    add_span(batch.spans, span_record(ended))
+    [span] = batch.spans
+    kept = len(span.attributes)
+    assert kept == otel.FEW_ATTRIBUTES  # the first always go; past them, the budget is spent
+    assert span.dropped_attributes_count == len(attributes) - kept
+    assert span.ByteSize() < 2 * otel.SPAN_TEXT_CHARS
+    assert otlp_attributes(span)["foundry.run.id"] == "r1"  # the first ones are kept
+
+
+def test_many_short_labels_go_until_their_text_reaches_the_spans_budget():
+    attributes = tuple((f"foundry.run.label.{n:04}", "v" * 100) for n in range(2_000))
+    ended = SpanEnded(TRACE, ROOT, "", "run", "internal", 1, 2, True, attributes, "")
+    batch = Batch(resource("foundry"))
+    add_span(batch.spans, span_record(ended))
+    [span] = batch.spans
+    per_label = len(attributes[0][0]) + 100
+    assert len(span.attributes) == otel.SPAN_TEXT_CHARS // per_label
+    assert span.dropped_attributes_count == 2_000 - len(span.attributes)
