@@ -53,6 +53,8 @@ def relay_block_from_table(table: Mapping[str, Any]) -> RelayBlock:
     emits = table.get("emits")
     if not isinstance(emits, str) or not emits:
         raise ValueError("emits: a non-empty event type is required")
+    if "\0" in emits:  # every run would fail to emit it (no environment can hold one)
+        raise ValueError("emits: the event type holds a NUL character")
     extra = table.get("set", {})
     if not isinstance(extra, Mapping):
         raise ValueError("set: expected a table")

@@ -137,6 +137,8 @@ def shell_block_from_table(table: Mapping[str, Any]) -> ShellBlock:
     emits = table.get("emits", "")
     if not isinstance(emits, str):
         raise ValueError("emits: expected an event type")
+    if "\0" in emits:  # every run would fail to emit it (no environment can hold one)
+        raise ValueError("emits: the event type holds a NUL character")
     simulate = table.get("simulate", False)
     if not isinstance(simulate, bool):  # "no" was read as true
         raise ValueError(f"simulate: expected true or false, got {simulate!r}")

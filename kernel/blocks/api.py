@@ -128,8 +128,9 @@ class BlockContext:
 
     def emit(self, event_type: str, payload: Mapping[str, Any] | None = None) -> None:
         """Ask for an event. The throttle decides whether it is delivered downstream."""
-        if not isinstance(event_type, str) or not event_type:
-            raise ValueError("emit: event_type must be a non-empty string")
+        if not isinstance(event_type, str) or not event_type or "\0" in event_type:
+            # no NUL: a shell block gets the type in its environment, which cannot hold one
+            raise ValueError("emit: event_type must be a non-empty string without NUL")
         self.emissions.append(Emission(event_type, dict(payload or {})))
 
     def record_usage(self, tokens_in: int = 0, tokens_out: int = 0, cost: float = 0.0) -> None:

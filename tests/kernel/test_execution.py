@@ -265,3 +265,11 @@ async def test_the_artifact_folder_is_scanned_off_the_trio_thread(tmp_path):
     assert listed == [str(folder / "a" / "deep.txt"), str(folder / "b.txt")]
     assert scanners
     assert threading.get_ident() not in scanners
+
+
+@pytest.mark.parametrize("event_type", ["", "greet\0requested", 7])
+def test_an_emission_of_no_usable_event_type_is_refused(tmp_path, event_type):
+    ctx = BlockContext(payload={}, artifact_dir=tmp_path / "art")
+    with pytest.raises(ValueError, match="emit: event_type must be a non-empty string"):
+        ctx.emit(event_type)
+    assert ctx.emissions == []

@@ -73,8 +73,9 @@ def test_declared_blocks_come_after_every_plugin_block():
         ({"set": {"v": float("inf")}}, "set.v: inf is not a finite number"),
         ({"set": {"deep": {"list": [1, float("nan")]}}}, "set.deep.list[1]: nan is not a finite"),
         ({"when": {"day": date(2026, 1, 2)}}, "when.day: date values are not JSON"),
+        ({"emits": "a\0b"}, "emits: the event type holds a NUL character"),
     ],
-    ids=["set-datetime", "set-inf", "set-nested-nan", "when-date"],
+    ids=["set-datetime", "set-inf", "set-nested-nan", "when-date", "emits-nul"],
 )  # fmt: skip
 def test_a_relay_setting_what_json_cannot_hold_is_refused_at_start(table, said):
     # "Object of type datetime is not JSON serializable" failed every run the relay reached
