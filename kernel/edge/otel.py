@@ -78,7 +78,8 @@ HOLDERS = 256  # attribute names with a holder kept for encoding their values (`
 # megabytes long; ``queue_size`` of them waiting took gigabytes).
 TEXT_CHARS = 1_024
 # And a span's attributes, past the first FEW_ATTRIBUTES (only a run's labels go past), stop
-# where their text reaches SPAN_TEXT_CHARS: the rest are counted as dropped, as OTLP has it.
+# at the first whose text goes past SPAN_TEXT_CHARS: the rest are counted as dropped, as OTLP
+# has it.
 FEW_ATTRIBUTES = 16
 SPAN_TEXT_CHARS = 16_384
 _HOLDERS: dict[str, tuple[Span, AnyValue]] = {}
