@@ -445,14 +445,20 @@ def test_a_connection_flooding_control_frames_is_closed_and_others_are_served(
             except OSError:
                 closed_at = sent * 500
                 break
-        received = b""
-        sock.settimeout(5)
-        with contextlib.suppress(OSError):
+        received, reset = b"", False
+        sock.settimeout(15)  # a loaded host: the daemon may be seconds behind the flood
+        try:
             while chunk := sock.recv(1 << 16):
                 received += chunk
+        except ConnectionResetError:
+            # closed with our unread frames in its buffer: the kernel resets, and the GOAWAY
+            # sent before may be lost with it (seen on a loaded 2-core host)
+            reset = True
+        except OSError:
+            pass
     events = conn.receive_data(received) if received else []
     goaway = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
-    assert goaway or closed_at, "the flood was served to its end"
+    assert goaway or closed_at or reset, f"served to its end: {len(received)} bytes, {events}"[:500]
     if goaway:
         assert goaway[-1].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
     reply = httpx.post(url(daemon, "/foundry.Foundry/Status"), json={}, timeout=10)
