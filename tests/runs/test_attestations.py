@@ -309,18 +309,7 @@ def test_a_step_output_changed_in_the_database_is_reported(make_daemon):
     run_attestation = next(n["attestation_id"] for n in notes if n["kind"] == "run")
     assert daemon.cli("attest", "verify", run_attestation).returncode == 0
     assert daemon.stop() == 0
-    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
-        (payload,) = con.execute(
-            "SELECT payload FROM run_events WHERE run_id = ? AND step_id = 'count' "
-            "AND kind = 'step_completed'",
-            [run_id],
-        ).fetchone()
-        changed = {**json.loads(payload), "output": {"words": 999}}
-        con.execute(
-            "UPDATE run_events SET payload = ? WHERE run_id = ? AND step_id = 'count' "
-            "AND kind = 'step_completed'",
-            [json.dumps(changed), run_id],
-        )
+    change_stored_output(daemon, run_id, "step_completed", {"words": 999})
     daemon.start()
     # a run rebuilt from the stored log lists the same ids
     detail = daemon.call(lambda _, rt: rt.get_run(api.GetRunRequest(run_id=run_id))).run
@@ -348,18 +337,7 @@ def test_a_reused_output_changed_in_a_branch_is_reported(make_daemon):
     ]
     assert daemon.cli("attest", "verify", run_attestation).returncode == 0
     assert daemon.stop() == 0
-    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
-        (payload,) = con.execute(
-            "SELECT payload FROM run_events WHERE run_id = ? AND step_id = 'count' "
-            "AND kind = 'step_reused'",
-            [branch],
-        ).fetchone()
-        changed = {**json.loads(payload), "output": {"words": 7777}}
-        con.execute(
-            "UPDATE run_events SET payload = ? WHERE run_id = ? AND step_id = 'count' "
-            "AND kind = 'step_reused'",
-            [json.dumps(changed), branch],
-        )
+    change_stored_output(daemon, branch, "step_reused", {"words": 7777})
     daemon.start()
     verified = daemon.cli("attest", "verify", run_attestation)
     assert verified.returncode == 1, verified.stdout
@@ -493,3 +471,17 @@ def test_a_daemon_killed_with_attestations_on_their_way_makes_them_again_at_star
     done = cli(daemon, "verify", ids[-1])  # the run's: its chain of 260 step attestations
     assert done.returncode == 0, done.stdout + done.stderr
     assert list((daemon.home / SPOOL).iterdir()) == []
+
+
+def change_stored_output(daemon, run_id, kind, output):
+    """Rewrite the stored output of the run's step "count" (its ``kind`` event) in the
+    database, as someone with the file could: the daemon is stopped."""
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        where = "WHERE run_id = ? AND step_id = 'count' AND kind = ?"
+        (payload,) = con.execute(
+            f"SELECT payload FROM run_events {where}", [run_id, kind]
+        ).fetchone()
+        changed = {**json.loads(payload), "output": output}
+        con.execute(
+            f"UPDATE run_events SET payload = ? {where}", [json.dumps(changed), run_id, kind]
+        )
