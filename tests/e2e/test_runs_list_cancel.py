@@ -187,6 +187,11 @@ def test_a_cancel_recorded_before_a_crash_ends_the_run_at_the_next_start(make_da
     daemon.start()
     run = wait_done(daemon, run_id)
     assert run.status == api.RunStatus.CANCELED
+    # It had started: canceled, as without the crash (not "skipped", never started)
+    assert {k: s.status for k, s in steps(run).items()} == {"change": "canceled",
+                                                              "then": "skipped"}  # fmt: skip
+    ended = [e for e in tap(daemon, run_id) if e["kind"] == "step_canceled"]
+    assert [(e["step_id"], e["payload"]["attempt"]) for e in ended] == [("change", 1)]
     assert len(marker(tmp_path, "careful")) == 1  # the mutator was not run again
     assert marker(tmp_path, "after") == []
 

@@ -347,7 +347,13 @@ class Scheduler:
             await self._until_a_slot(run)
             if not run.canceling and not self._stopping.is_set():
                 await self._record(run, "run_started")
-        recover(run)  # leased before a crash: lease again with attempt + 1
+        if run.canceling:
+            # Leased when the daemon stopped mid-cancel: the cancel ended them (they started;
+            # whether they finished is not known), as it ends a step running now.
+            for step in run.interrupted():
+                await self._record(run, "step_canceled", step.spec.id, attempt=step.attempt)
+        else:
+            recover(run)  # leased before a crash: lease again with attempt + 1
         try:
             if not await self._drive_steps(run):
                 return
