@@ -231,6 +231,8 @@ def parse_run_spec(
         name = _SPEC_KEYS.get(key)
         if name is None:
             raise InvalidArgument(f"{where}.{str(key)[:100]}: unknown field")
+        if name in fields:  # under both its JSON names: what is checked must be what is stored
+            raise InvalidArgument(f"{where}.{name}: given twice (as dag_json and dagJson)")
         fields[name] = value
     dag_json = fields.get("dag_json")
     if not isinstance(dag_json, str) or not dag_json:

@@ -111,6 +111,9 @@ def test_parse_run_spec_accepts_the_proto3_json_forms():
         ({"dag_json": DAG, "seed": "9" * 5000}, "run_spec.seed: expected a whole number"),
         ({"dag_json": ENV_DAG}, "run_spec.dag_json: step 'e': env.TONE"),
         ({"dag_json": '{"steps": []}'}, "run_spec.dag_json: steps: a DAG needs at least one"),
+        # both JSON names: one would be checked, both stored
+        ({"dag_json": "{not json", "dagJson": DAG}, "run_spec.dag_json: given twice"),
+        ({"dagJson": "{not json", "dag_json": DAG}, "run_spec.dag_json: given twice"),
     ],
 )
 def test_parse_run_spec_names_the_field(spec, needle):

@@ -124,6 +124,7 @@ def test_sync_eval_pack_refuses_a_duplicate_slug_and_stores_nothing(daemon):
         ({"dag_json": OK_DAG, "seed": 1.5}, ["run_spec.seed"]),
         ({"dag_json": OK_DAG, "breakpoints": ["nope"]}, ["run_spec.breakpoints", "'nope'"]),
         ({"dag_json": OK_DAG, "colour": "red"}, ["run_spec.colour", "unknown field"]),
+        ({"dag_json": "{not json", "dagJson": OK_DAG}, ["run_spec.dag_json", "given twice"]),
         (
             {"dag_json": dag({"id": "e", "type": "envecho", "env": {"PATH": "/tmp"}})},
             ["run_spec.dag_json", "'e'", "PATH"],
