@@ -321,3 +321,35 @@ def test_an_export_into_the_daemons_home_is_refused(daemon, inner):
     assert (status, code) == (400, "invalid_argument"), message
     assert "is inside the daemon's home" in message
     assert not target.exists()
+
+
+def _raw_post(daemon, path: str, content_type: str, body: bytes, extra: bytes) -> bytes:
+    """One HTTP/1.1 request as bytes (``extra``: header lines a client library would refuse)."""
+    host, port = daemon.http_address.rsplit(":", 1)
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: "
+            f"{content_type}\r\nContent-Length: {len(body)}\r\n").encode()  # fmt: skip
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + extra + b"\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "body", "answer"),
+    [
+        (STATUS, "application/json", b'{"project": "latin1"}', b"content-type: application/json"),
+        (STATUS, "application/grpc-web+proto", envelope(b""), b"grpc-status: 0"),
+        (EMIT, "application/json", b'{"eventType": "x", "project": "latin1"}', b'"eventId"'),
+    ],
+)
+def test_a_header_value_that_is_not_utf8_is_read_as_latin1_by_every_road(
+    daemon, path, content_type, body, answer
+):
+    # HTTP allows such bytes (obs-text) and a browser's fetch() sends them: connectrpc decoded
+    # values as strict UTF-8 and answered 500 "unknown", logging a traceback a request.
+    reply = _raw_post(daemon, path, content_type, body, b"X-Note: caf\xe9\r\n")
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+    assert answer in reply, reply[:600]
+    assert "Error in ASGI" not in daemon.stderr()

@@ -132,3 +132,26 @@ def test_an_upgrade_with_a_header_that_is_not_ascii_closes_its_connection_alone(
     )
     assert reply.status_code == 200, reply.text
     assert "an HTTP connection failed and is closed: UnicodeDecodeError" in daemon.stderr()
+
+
+def test_an_upgrade_with_extensions_wsproto_cannot_read_is_answered_400(daemon):
+    """hypercorn's accept raised from wsproto's extension parsing: no answer, and a traceback in
+    the log for each such upgrade. Now the handshake is answered 400, naming the header."""
+    host, port = daemon.http_address.rsplit(":", 1)
+    request = (
+        b"GET /ws/watch HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=abc\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), daemon.stderr()[-3000:]
+    assert b"bad Sec-WebSocket-Extensions" in answer
+    assert "Error in ASGI" not in daemon.stderr()
+    # a good upgrade still works
+    messages, code, _ = asyncio.run(read_all(ws_url(daemon, "/ws/tap/run_unknown")))
+    assert messages == []
+    assert code == 1008

@@ -172,9 +172,9 @@ class HttpApp:
             if self._fast.takes(scope["path"], headers):
                 await self._fast(scope["path"], headers, receive, send)
             elif scope["path"] in self._streaming:
-                await self._stream(scope, receive, send)
+                await self._stream(_utf8_headers(scope), receive, send)
             else:
-                await self._rpcs(scope, receive, _with_length(send))
+                await self._rpcs(_utf8_headers(scope), receive, _with_length(send))
         except ConnectError as exc:
             if exc.code is not Code.CANCELED:
                 raise
@@ -355,6 +355,24 @@ async def _peek(receive: Receive) -> tuple[Receive, int]:
         return read.pop(0) if read else await receive()
 
     return replayed, first
+
+
+def _utf8_headers(scope: Scope) -> Scope:
+    """``scope`` with each header value that is not UTF-8 re-encoded as the Latin-1 text it is
+    (HTTP allows such bytes, and ``_headers`` reads them so): connectrpc decodes values as strict
+    UTF-8, and a browser's ``X-Note: caf\xe9`` was a 500 with a traceback in the log."""
+    headers = scope.get("headers", ())
+    if all(value.isascii() for _, value in headers):
+        return scope
+    return {**scope, "headers": [(name, _as_utf8(value)) for name, value in headers]}
+
+
+def _as_utf8(value: bytes) -> bytes:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return value.decode("latin-1").encode()
+    return value
 
 
 def _headers(scope: Scope) -> dict[str, str]:

@@ -31,6 +31,9 @@ from foundry.kernel.edge.http.codecs import to_json
 from foundry.kernel.edge.http.cors import OriginPolicy
 from foundry.kernel.edge.http.errors import connect_error
 from foundry.kernel.edge.http.routes import python_name
+from wsproto.extensions import PerMessageDeflate
+from wsproto.handshake import server_extensions_handshake
+from wsproto.utilities import split_comma_header
 
 log = logging.getLogger("foundry.http")
 
@@ -103,6 +106,10 @@ class WebSocketStreams:
         accept: dict[str, Any] = {"type": "websocket.accept"}
         if SUBPROTOCOL in offered:  # a browser that offered protocols needs one chosen
             accept["subprotocol"] = SUBPROTOCOL
+        unreadable = _unreadable_extensions(scope)
+        if unreadable is not None:
+            await _deny(send, f"bad Sec-WebSocket-Extensions: {unreadable[:100]}")
+            return
         await send(accept)
         try:
             stream, end = self._open(scope, accepting())
@@ -207,6 +214,31 @@ async def _pump(
                 error.message  # fmt: skip
         await _close(send, code, reason_code, reason)
         nursery.cancel_scope.cancel()
+
+
+def _unreadable_extensions(scope: Scope) -> str | None:
+    """Why hypercorn's accept would fail on the client's ``Sec-WebSocket-Extensions`` (wsproto's
+    own check, as hypercorn runs it: its last such header, permessage-deflate offered), or None.
+    That failure left the upgrade unanswered and a traceback in the log, and it comes after
+    hypercorn has marked the stream connected: too late to answer 400."""
+    offers = None
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"sec-websocket-extensions":
+            offers = value
+    if offers is None:
+        return None
+    try:
+        server_extensions_handshake(split_comma_header(offers), [PerMessageDeflate()])
+    except (ValueError, UnicodeDecodeError) as exc:
+        return str(exc)
+    return None
+
+
+async def _deny(send: Send, reason: str) -> None:
+    """Answer the upgrade 400 with ``reason``, before it is accepted."""
+    await send({"type": "websocket.http.response.start", "status": 400,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})  # fmt: skip
+    await send({"type": "websocket.http.response.body", "body": reason.encode()})
 
 
 async def _close(send: Send, code: int, connect_code: Code | None, message: str) -> None:
