@@ -152,10 +152,15 @@ async def _attempt(
 
 
 def cancellation(exc: BaseException) -> bool:
-    """``exc`` is trio cancelling the caller (alone or in a group from a block's nursery)."""
-    if isinstance(exc, trio.Cancelled):
-        return True
-    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.Cancelled) is not None
+    """``exc`` is trio cancelling the caller (alone or in a group from a block's nursery). A
+    Cancelled a block raises while nothing cancels its caller (one it caught under a timeout of
+    its own and raised again later, say) is the block's failure: passed on, it ended the engine's
+    task without a word (every Emit then UNAVAILABLE) or a run's step without its completion."""
+    if not isinstance(exc, trio.Cancelled) and not (
+        isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.Cancelled) is not None
+    ):
+        return False
+    return trio.current_effective_deadline() == -math.inf
 
 
 async def _dispatch(block: Block, action: Action, ctx: BlockContext) -> Any:

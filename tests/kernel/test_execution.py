@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import trio
 from foundry.kernel.blocks.api import Block, BlockContext, block
-from foundry.kernel.blocks.execution import execute
+from foundry.kernel.blocks.execution import Outcome, execute
 from foundry.kernel.core.throttle import Action
 
 
@@ -273,3 +273,71 @@ def test_an_emission_of_no_usable_event_type_is_refused(tmp_path, event_type):
     with pytest.raises(ValueError, match="emit: event_type must be a non-empty string"):
         ctx.emit(event_type)
     assert ctx.emissions == []
+
+
+async def _kept_cancelled() -> trio.Cancelled:
+    """A Cancelled caught under a timeout of the block's own, kept past its scope."""
+    kept = None
+    with trio.move_on_after(0.01):
+        try:
+            await trio.sleep(1)
+        except trio.Cancelled as exc:
+            kept = exc
+            raise
+    assert kept is not None
+    return kept
+
+
+@block("Keeps a Cancelled", timeout=10)
+async def raises_a_kept_cancelled(ctx):
+    raise await _kept_cancelled()
+
+
+@block("Groups a Cancelled", timeout=10)
+async def raises_a_group_with_a_kept_cancelled(ctx):
+    raise BaseExceptionGroup("both", [ValueError("bad"), await _kept_cancelled()])
+
+
+async def executed(raising: Block, tmp_path: Path) -> Outcome:
+    """execute's outcome; a test fails on what it raises (a Cancelled reaching pytest-trio's
+    nursery would end the test quietly, as passed)."""
+    try:
+        return await execute(raising, Action.RUN, contexts(tmp_path))
+    except BaseException as exc:
+        pytest.fail(f"execute raised {exc!r}")
+
+
+@pytest.mark.parametrize(
+    ("raising", "needle"),
+    [(raises_a_kept_cancelled, "Cancelled"), (raises_a_group_with_a_kept_cancelled, "both")],
+)
+async def test_a_cancelled_a_block_raises_while_nothing_cancels_it_is_its_failure(
+    tmp_path, raising, needle
+):
+    # Passed on as trio's own, it ended the engine's task (every Emit UNAVAILABLE afterwards)
+    outcome = await executed(raising, tmp_path)
+    assert not outcome.success
+    assert needle in outcome.error
+    assert not outcome.timed_out
+
+
+async def test_a_sync_block_raising_a_kept_cancelled_fails_too(tmp_path):
+    saved = await _kept_cancelled()
+
+    @block("Sync keeps a Cancelled")
+    def sync_raiser(ctx):
+        raise saved
+
+    outcome = await executed(sync_raiser, tmp_path)
+    assert not outcome.success
+    assert "Cancelled" in outcome.error
+
+
+async def test_the_callers_cancellation_still_goes_through(tmp_path):
+    @block("Waits", timeout=60)
+    async def waits(ctx):
+        await trio.sleep(3600)
+
+    with trio.move_on_after(0.05) as scope:
+        await execute(waits, Action.RUN, contexts(tmp_path))
+    assert scope.cancelled_caught
