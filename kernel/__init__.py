@@ -29,6 +29,7 @@ if _typing.TYPE_CHECKING:  # the names below are imported when first used (PEP 5
         Emission,
         Usage,
         block,
+        event_type_fault,
     )
     from foundry.kernel.blocks.egress import (
         EgressPolicy,
@@ -100,6 +101,7 @@ __all__ = [
     "Unavailable",
     "Usage",
     "block",
+    "event_type_fault",
     "hookimpl",
     "hookspec",
 ]
@@ -110,7 +112,7 @@ __all__ = [
 _HOMES = {
     "foundry.kernel.blocks.api": (
         "Block", "BlockContext", "BlockFactory", "BlockKind", "CommandResult", "Emission",
-        "Usage", "block",
+        "Usage", "block", "event_type_fault",
     ),
     "foundry.kernel.blocks.egress": (
         "EgressPolicy", "EgressRefused", "guarded_client", "redact_url", "request_bounded",

@@ -21,6 +21,7 @@ from foundry.kernel import (
     BlockContext,
     BlockKind,
     common_options,
+    event_type_fault,
     hookimpl,
     json_table,
     matches,
@@ -55,6 +56,8 @@ def relay_block_from_table(table: Mapping[str, Any]) -> RelayBlock:
         raise ValueError("emits: a non-empty event type is required")
     if "\0" in emits:  # every run would fail to emit it (no environment can hold one)
         raise ValueError("emits: the event type holds a NUL character")
+    if emits and event_type_fault(emits):  # too long, say: every run would fail to emit it
+        raise ValueError(f"emits: the event type {event_type_fault(emits)}")
     extra = table.get("set", {})
     if not isinstance(extra, Mapping):
         raise ValueError("set: expected a table")

@@ -26,6 +26,7 @@ from foundry.kernel import (
     BlockKind,
     common_options,
     compact_json,
+    event_type_fault,
     forbidden_reason,
     hookimpl,
     matches,
@@ -139,6 +140,8 @@ def shell_block_from_table(table: Mapping[str, Any]) -> ShellBlock:
         raise ValueError("emits: expected an event type")
     if "\0" in emits:  # every run would fail to emit it (no environment can hold one)
         raise ValueError("emits: the event type holds a NUL character")
+    if emits and event_type_fault(emits):  # too long, say: every run would fail to emit it
+        raise ValueError(f"emits: the event type {event_type_fault(emits)}")
     simulate = table.get("simulate", False)
     if not isinstance(simulate, bool):  # "no" was read as true
         raise ValueError(f"simulate: expected true or false, got {simulate!r}")

@@ -21,6 +21,7 @@ import trio
 from foundry.kernel.actors.threads import ThreadPool
 from foundry.kernel.blocks.children import stop_process_group
 from foundry.kernel.core.envpolicy import child_environment
+from foundry.kernel.core.ids import MAX_ID_LENGTH
 from foundry.kernel.core.throttle import Action, Throttle
 from foundry.kernel.core.tracecontext import traceparent
 
@@ -54,6 +55,17 @@ class Emission:
 
     event_type: str
     payload: Mapping[str, Any]
+
+
+def event_type_fault(event_type: object) -> str:
+    """Why a block may not emit ``event_type`` ("" when it may): a non-empty string of at most
+    ``MAX_ID_LENGTH`` characters, as an Emit's, without NUL (a shell block gets the type in its
+    environment, which cannot hold one)."""
+    if not isinstance(event_type, str) or not event_type or "\0" in event_type:
+        return "must be a non-empty string without NUL"
+    if len(event_type) > MAX_ID_LENGTH:
+        return f"is longer than {MAX_ID_LENGTH} characters"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -128,9 +140,9 @@ class BlockContext:
 
     def emit(self, event_type: str, payload: Mapping[str, Any] | None = None) -> None:
         """Ask for an event. The throttle decides whether it is delivered downstream."""
-        if not isinstance(event_type, str) or not event_type or "\0" in event_type:
-            # no NUL: a shell block gets the type in its environment, which cannot hold one
-            raise ValueError("emit: event_type must be a non-empty string without NUL")
+        fault = event_type_fault(event_type)
+        if fault:
+            raise ValueError(f"emit: event_type {fault}")
         self.emissions.append(Emission(event_type, dict(payload or {})))
 
     def record_usage(self, tokens_in: int = 0, tokens_out: int = 0, cost: float = 0.0) -> None:
@@ -217,7 +229,8 @@ class BlockContext:
         wrote, or, once ``artifact_path`` or ``run_command`` let anything be written there,
         every file the folder holds."""
         if not self.artifacts_touched or not self.artifact_dir.is_dir():
-            return sorted(set(self.artifacts_written))
+            # (a path that is not a str, set by the block itself, fails its execution)
+            return sorted({path for path in self.artifacts_written if type(path) is str})
         return sorted(str(p) for p in self.artifact_dir.rglob("*") if p.is_file())
 
     async def collect_artifacts(self) -> list[str]:

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from foundry.kernel.blocks.api import Block, BlockContext, Emission, NeedsAwait, Usage
+from foundry.kernel.blocks.api import (
+    Block,
+    BlockContext,
+    Emission,
+    NeedsAwait,
+    Usage,
+    event_type_fault,
+)
 from foundry.kernel.core.chain import runs_now as _runs_now
 from foundry.kernel.core.failures import described
 from foundry.kernel.core.throttle import Action
@@ -97,8 +104,8 @@ def _outcome(
     timed_out: bool,
     artifacts: list[str],
 ) -> Outcome:
-    if not error and not isinstance(ctx.summary, str):  # the store and the trace take text
-        error = f"ctx.summary must be a str, not {type(ctx.summary).__name__}"
+    if not error:
+        error = reported_fault(ctx)
     return Outcome(
         success=not error,
         output=output,
@@ -116,6 +123,31 @@ def _outcome(
         timed_out=timed_out,
         context=ctx,
     )
+
+
+def reported_fault(ctx: BlockContext) -> str:
+    """Why what a block set on its context cannot be recorded ("" when it can): the store and
+    the trace take text, a whole exit code, artifact paths and emissions of a usable event type
+    (bytes from a subprocess as ``raw_output`` broke the chain's trace; an ``Emission`` of an int
+    type failed its workflow without recording the execution)."""
+    if not isinstance(ctx.summary, str):
+        return f"ctx.summary must be a str, not {type(ctx.summary).__name__}"
+    if not isinstance(ctx.raw_output, str):
+        return f"ctx.raw_output must be a str, not {type(ctx.raw_output).__name__}"
+    if type(ctx.exit_code) is not int:
+        return f"ctx.exit_code must be an int, not {type(ctx.exit_code).__name__}"
+    written = ctx.artifacts_written
+    if type(written) is not list or not all(isinstance(path, str) for path in written):
+        return "ctx.artifacts_written must be a list of str paths"
+    if type(ctx.emissions) is not list:
+        return f"ctx.emissions must be a list, not {type(ctx.emissions).__name__}"
+    for emission in ctx.emissions:
+        if type(emission) is not Emission or not isinstance(emission.payload, Mapping):
+            return "ctx.emissions must hold what ctx.emit() makes (Emission, a mapping payload)"
+        fault = event_type_fault(emission.event_type)
+        if fault:
+            return f"an emission's event type {fault}"
+    return ""
 
 
 async def attempt_once(

@@ -3,19 +3,23 @@ blocks declared as ``[[blocks]]`` tables."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pluggy
 from foundry.kernel import hookspecs
 from foundry.kernel.blocks.api import Block, BlockFactory
+from foundry.kernel.blocks.tables import MAX_RETRIES, MAX_SECONDS
 from foundry.kernel.blocks.tools import Tool
 from foundry.kernel.config import Config
 from foundry.kernel.core.evals import AssertionType, merge_assertion_types
+from foundry.kernel.core.failures import described
 from foundry.kernel.core.gate_policy import BUILTIN_RULES, Rule
+from foundry.kernel.core.ids import MAX_ID_LENGTH
 from foundry.kernel.errors import ConfigError, InvalidArgument
 
 ENTRY_POINT_GROUP = "foundry"
@@ -49,6 +53,10 @@ def build_plugin_manager(
             module = importlib.import_module(name)
         except ImportError as exc:
             raise ConfigError(f"[plugins].modules: cannot import {name!r}: {exc}") from None
+        except (Exception, SystemExit) as exc:  # its own code failed (a SyntaxError, sys.exit())
+            raise ConfigError(
+                f"[plugins].modules: importing {name!r} failed: {described(exc)}"
+            ) from None
         if not pm.is_registered(module):
             pm.register(module, name=name)
     try:
@@ -89,6 +97,9 @@ class BlockRegistry:
         for block in blocks:
             if not isinstance(block, Block):
                 raise ConfigError(f"a plugin returned {block!r}, which is not a Block")
+            fault = block_fault(block)
+            if fault:
+                raise ConfigError(f"block {str(block.name)[:100]!r}: {fault}")
             if block.name in self.by_name:
                 raise ConfigError(f"two blocks are named {block.name!r}; block names are unique")
             self.by_name[block.name] = block
@@ -109,6 +120,32 @@ class BlockRegistry:
         return len(self.by_name)
 
 
+def block_fault(block: Block) -> str:
+    """Why a plugin's block cannot run ("" when it can): its name is what traces, Status and
+    the store show (an int name failed every Status listing its workflow was in), and its
+    retries, backoff and timeout drive its attempts (``retries = -1`` made no attempt at all and
+    failed its workflow with an UnboundLocalError)."""
+    name = block.name
+    if not isinstance(name, str) or not name.strip() or "\0" in name:
+        return "name: expected a non-empty string without NUL"
+    if len(name) > MAX_ID_LENGTH:
+        return f"name: longer than {MAX_ID_LENGTH} characters"
+    retries = block.retries
+    if type(retries) is not int or not 0 <= retries <= MAX_RETRIES:
+        return f"retries: expected a whole number from 0 to {MAX_RETRIES}, got {retries!r}"
+    if not _seconds(block.backoff):
+        return f"backoff: expected seconds, from 0 to {MAX_SECONDS}, got {block.backoff!r}"
+    if block.timeout is not None and not (_seconds(block.timeout) and block.timeout > 0):
+        return f"timeout: expected seconds, from more than 0 to {MAX_SECONDS}, or None, got " \
+            f"{block.timeout!r}"  # fmt: skip
+    return ""
+
+
+def _seconds(value: object) -> bool:
+    """A finite number of seconds from 0 to ``MAX_SECONDS``, as a declared block's."""
+    return type(value) in (int, float) and 0 <= value <= MAX_SECONDS  # type: ignore[operator]
+
+
 def load_blocks(
     modules: Sequence[str] = (),
     declared: Sequence[Mapping[str, Any]] = (),
@@ -118,19 +155,38 @@ def load_blocks(
     paths: Sequence[Path] = (),
 ) -> BlockRegistry:
     pm = build_plugin_manager(modules, entry_points=entry_points, paths=paths)
-    tools = _tools(pm)
-    # pluggy calls the most recently registered plugin first; blocks run in registration order.
-    results = pm.hook.register_blocks(config=config or Config(), tools=tools)
-    contributed = [b for result in reversed(results) for b in result]
-    factories: dict[str, BlockFactory] = {}
-    for result in reversed(pm.hook.register_block_types()):
-        factories.update(result)
+    with _hook_failures():
+        tools = _tools(pm)
+        # pluggy calls the most recently registered plugin first; blocks run in registration
+        # order.
+        results = pm.hook.register_blocks(config=config or Config(), tools=tools)
+        contributed = [b for result in reversed(results) for b in result]
+        factories: dict[str, BlockFactory] = {}
+        for result in reversed(pm.hook.register_block_types()):
+            factories.update(result)
+        gate_rules, assertion_types = _gate_rules(pm), _assertion_types(pm)
     return BlockRegistry(
         [*contributed, *(_declared_block(t, factories) for t in declared)],
-        gate_rules=_gate_rules(pm),
-        assertion_types=_assertion_types(pm),
+        gate_rules=gate_rules,
+        assertion_types=assertion_types,
         tools=tools,
     )
+
+
+@contextlib.contextmanager
+def _hook_failures() -> Iterator[None]:
+    """A plugin hook that raised, or answered what is not the hook's (a None, a non-Tool): one
+    line naming it, as every other configuration error, not a traceback."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (Exception, SystemExit) as exc:
+        frame = exc.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        where = f" ({frame.tb_frame.f_code.co_filename}:{frame.tb_lineno})" if frame else ""
+        raise ConfigError(f"a plugin's hook failed{where}: {described(exc)}") from None
 
 
 def load_config_blocks(config: Config, *, entry_points: bool = True) -> BlockRegistry:
@@ -187,6 +243,8 @@ def _tools(pm: Any) -> dict[str, Tool]:
     tools: dict[str, Tool] = {}
     for result in reversed(pm.hook.register_tools()):
         for tool in result:
+            if not isinstance(tool, Tool):
+                raise ConfigError(f"register_tools: {str(tool)[:100]!r} is not a Tool")
             if tool.name in tools:
                 raise ConfigError(f"two tools are named {tool.name!r}; tool names are unique")
             tools[tool.name] = tool

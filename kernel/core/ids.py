@@ -92,6 +92,10 @@ def is_event_id(text: str) -> bool:
     return len(text) == 28 and text.startswith("evt_") and all(c in _HEX for c in text[4:])
 
 
+# Ids, event types and projects: at most this many characters, from a client (``edge/grpc/
+# message_check.py``) or a block's emission (a 20 MB type cut every default-client watcher off).
+MAX_ID_LENGTH = 256
+
 _HEX = frozenset("0123456789abcdef")
 
 

@@ -12,7 +12,7 @@ import trio.testing
 from foundry.kernel.actors.engine.messages import GetStatus
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.tap.messages import Overflow
-from foundry.kernel.blocks.api import Block, BlockKind, block
+from foundry.kernel.blocks.api import Block, BlockKind, Emission, block
 from foundry.kernel.blocks.registry import load_blocks
 from foundry.kernel.config import EngineConfig
 from foundry.kernel.core.ids import compact_json, is_event_id, occurred_stamp
@@ -919,8 +919,22 @@ async def test_whatever_a_block_raises_fails_its_execution_not_the_engine(
     [
         (lambda ctx: ctx.emit("out", {"v": 10**400}), "not JSON: OverflowError"),
         (lambda ctx: setattr(ctx, "summary", {"a": 1}), "ctx.summary must be a str, not dict"),
+        # these broke the chain's trace, or failed the workflow without recording the execution
+        (lambda ctx: setattr(ctx, "raw_output", b"out"), "ctx.raw_output must be a str, not bytes"),
+        (lambda ctx: setattr(ctx, "exit_code", 1.5), "ctx.exit_code must be an int, not float"),
+        (lambda ctx: ctx.artifacts_written.append(7), "ctx.artifacts_written must be a list"),
+        (lambda ctx: ctx.emissions.append(Emission(7, {})), "emission's event type must be a"),
+        (lambda ctx: ctx.emissions.append(Emission("t" * 257, {})), "longer than 256 characters"),
     ],
-    ids=["int-too-large", "summary-not-text"],
+    ids=[
+        "int-too-large",
+        "summary-not-text",
+        "raw-bytes",
+        "exit-float",
+        "artifact-int",
+        "emission-int-type",
+        "emission-long-type",
+    ],  # fmt: skip
 )
 async def test_a_block_result_the_store_cannot_take_fails_that_block_and_its_siblings_run(
     tmp_path, emit, said
@@ -1130,3 +1144,31 @@ async def test_status_lists_what_the_database_holds_beyond_the_engines_memory(tm
     assert [v.workflow_id for v in first_listing] == before[::-1]
     assert [v.workflow_id for v in second_listing] == (before + after)[::-1]
     assert [v.workflow_id for v in only_one] == after[-1:]
+
+
+async def test_a_payload_filter_cannot_change_what_the_next_blocks_receive(tmp_path):
+    # accepts() got the event's own payload: its changes reached the next block (not the store)
+    received = []
+
+    class Meddler(Block):
+        name, sinks = "Meddler", ("go",)
+
+        def accepts(self, payload):
+            payload.pop("secret")  # type: ignore[attr-defined]
+            return True
+
+        async def run(self, ctx):
+            return None
+
+    @block("Reader", sinks=["go"])
+    def reader(ctx):
+        received.append(dict(ctx.payload))
+
+    async with running_kernel(tmp_path, [Meddler(), reader]) as k:
+        emitted = await k.emit("go", {"id": 1, "secret": "s3"})
+        trace = await k.finished(emitted.workflow_id)
+
+    assert received == [{"id": 1, "secret": "s3"}]
+    [x] = executions(trace, "Meddler")
+    assert x["success"] is False
+    assert "accepts() raised AttributeError: 'mappingproxy' object" in x["summary"]

@@ -341,3 +341,12 @@ async def test_the_callers_cancellation_still_goes_through(tmp_path):
     with trio.move_on_after(0.05) as scope:
         await execute(waits, Action.RUN, contexts(tmp_path))
     assert scope.cancelled_caught
+
+
+def test_an_emission_of_a_type_longer_than_an_emits_is_refused(tmp_path):
+    # a block's 20 MB event type cut every default-client watcher off (an Emit's is 256 at most)
+    ctx = BlockContext(payload={}, artifact_dir=tmp_path / "art")
+    ctx.emit("t" * 256)
+    with pytest.raises(ValueError, match="emit: event_type is longer than 256 characters"):
+        ctx.emit("t" * 257)
+    assert [e.event_type for e in ctx.emissions] == ["t" * 256]

@@ -74,8 +74,9 @@ def test_declared_blocks_come_after_every_plugin_block():
         ({"set": {"deep": {"list": [1, float("nan")]}}}, "set.deep.list[1]: nan is not a finite"),
         ({"when": {"day": date(2026, 1, 2)}}, "when.day: date values are not JSON"),
         ({"emits": "a\0b"}, "emits: the event type holds a NUL character"),
+        ({"emits": "e" * 257}, "emits: the event type is longer than 256 characters"),
     ],
-    ids=["set-datetime", "set-inf", "set-nested-nan", "when-date", "emits-nul"],
+    ids=["set-datetime", "set-inf", "set-nested-nan", "when-date", "emits-nul", "emits-long"],
 )  # fmt: skip
 def test_a_relay_setting_what_json_cannot_hold_is_refused_at_start(table, said):
     # "Object of type datetime is not JSON serializable" failed every run the relay reached
@@ -182,6 +183,59 @@ def test_a_module_that_cannot_be_imported_is_named():
         load_blocks(["no_such_module_xyz"], entry_points=False)
 
 
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("raise RuntimeError('MY_TOKEN is not set')", "failed: RuntimeError: MY_TOKEN is not set"),
+        ("def broken(:\n    pass", "failed: SyntaxError"),
+        ("import sys\nsys.exit(3)", "failed: SystemExit: 3"),
+    ],
+    ids=["raises", "syntax", "exits"],
+)
+def test_a_module_whose_own_code_fails_at_import_is_one_line(plugin_module, source, said):
+    # only ImportError was caught: a traceback and exit 1 (sys.exit(3): exit 3, nothing said)
+    name = plugin_module(source)
+    with pytest.raises(ConfigError, match=rf"\[plugins\]\.modules: importing {name!r} {said}"):
+        load_blocks([name], entry_points=False)
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("def register_blocks():\n    raise KeyError('region')", "KeyError: 'region'"),
+        ("def register_tools():\n    return ['not a tool']", "'not a tool' is not a Tool"),
+        ("def register_block_types():\n    return 5", "a plugin's hook failed ("),
+    ],
+    ids=["raises", "not-a-tool", "not-a-mapping"],
+)
+def test_a_hook_that_fails_is_one_line_naming_it(plugin_module, source, said):
+    name = plugin_module("from foundry.kernel import hookimpl\n\n@hookimpl\n" + source)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_blocks([name], entry_points=False)
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"name": 42}, "name: expected a non-empty string"),
+        ({"name": " "}, "name: expected a non-empty string"),
+        ({"name": "n" * 257}, "name: longer than 256 characters"),
+        ({"retries": -1}, "retries: expected a whole number from 0 to 99, got -1"),
+        ({"retries": 2.5}, "retries: expected a whole number"),
+        ({"timeout": float("nan")}, "timeout: expected seconds"),
+        ({"timeout": 0}, "timeout: expected seconds"),
+        ({"backoff": float("inf")}, "backoff: expected seconds"),
+    ],
+)
+def test_a_block_that_cannot_run_is_refused_at_load(options, said):
+    # an int name failed every Status listing its workflow was in; retries -1 made no attempt
+    odd = block("Odd", sinks=["a"])(lambda ctx: None)
+    for key, value in options.items():
+        setattr(odd, key, value)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        BlockRegistry([odd])
+
+
 def test_a_plugin_returning_something_that_is_not_a_block_fails(plugin_module):
     name = plugin_module(
         """
@@ -258,8 +312,8 @@ PUBLIC_API = {
     "ChainLimitExceeded", "CommandResult", "ConfigError", "EgressPolicy", "EgressRefused",
     "Emission", "FailedPrecondition", "FoundryError", "InvalidArgument", "NotFound",
     "ResourceExhausted", "Throttle", "Tool", "Unavailable", "Usage", "block", "common_options",
-    "compact_json", "forbidden_reason", "guarded_client", "hookimpl", "hookspec", "json_table",
-    "matches",
+    "compact_json", "event_type_fault", "forbidden_reason", "guarded_client", "hookimpl",
+    "hookspec", "json_table", "matches",
     "payload_filter", "redact_url", "request_bounded",
 }  # fmt: skip
 

@@ -964,3 +964,23 @@ async def test_a_duplicate_of_a_large_dag_that_fails_hears_so_and_the_key_is_fre
             assert sorted(outcomes) == ["InvalidArgument", "Unavailable"]
             await submit(json.dumps({"steps": sleepy_chain(2, "s")}))
             assert outcomes[-1] == "accepted"
+
+
+class SetsBytes(Block):
+    """Sets the trace's raw output to bytes, as a block that ran a program its own way might."""
+
+    name = "sets-bytes"
+
+    async def run(self, ctx: BlockContext) -> Any:
+        ctx.raw_output = b"from a subprocess"  # type: ignore[assignment]
+        ctx.ran_command = True
+        return {"ok": True}
+
+
+async def test_a_step_setting_what_cannot_be_recorded_fails_naming_the_field(tmp_path):
+    async with running_scheduler(tmp_path, [SetsBytes()]) as h:
+        run_id = await h.submit([step("a", "sets-bytes")])
+        await h.store.until(run_id, *TERMINAL_KINDS)
+    [failed] = h.store.events(run_id, "step_failed")
+    assert "ctx.raw_output must be a str, not bytes" in failed.payload["error"]["message"]
+    assert h.store.events(run_id, "step_completed") == []

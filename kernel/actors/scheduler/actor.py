@@ -61,7 +61,7 @@ from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
 from foundry.kernel.actors.telemetry.messages import RunEnded, SpanOutbox, StepAttemptEnded
 from foundry.kernel.actors.threads import in_thread
 from foundry.kernel.blocks.api import BlockContext, BlockKind
-from foundry.kernel.blocks.execution import attempt_once
+from foundry.kernel.blocks.execution import attempt_once, reported_fault
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.attest_records import announced_ids, json_digest, run_attestation_id
@@ -681,6 +681,8 @@ class Scheduler:
         started = time.perf_counter()
         output, error, timed_out = await attempt_once(block, Action.RUN, ctx, limit)
         size = 0
+        if not error:
+            error = reported_fault(ctx)
         if not error:
             try:
                 text = compact_json(output)

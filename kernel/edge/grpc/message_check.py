@@ -18,9 +18,9 @@ from functools import cache, lru_cache
 from typing import Any
 
 import betterproto2
+from foundry.kernel.core.ids import MAX_ID_LENGTH
 from foundry.proto.generated.google.protobuf import Value
 
-MAX_ID_LENGTH = 256
 MAX_NESTING = 64  # messages within messages (a Struct's Values count)
 # A field's path deep in a Struct runs to ~1,600 characters, and error messages are cut at 400:
 # past MAX_MESSAGE, its middle goes, so the reason (at the end) reaches the client.
