@@ -15,7 +15,7 @@ import signal
 
 import trio
 
-__all__ = ["KILL_AFTER", "stop_process_group"]
+__all__ = ["KILL_AFTER", "end_process_group", "stop_process_group"]
 
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL to a cancelled child's group
 
@@ -28,6 +28,14 @@ async def stop_process_group(process: trio.Process) -> None:
     with trio.move_on_after(KILL_AFTER):
         await process.wait()
     _signal_group(process.pid, signal.SIGKILL)  # the child's own children, too
+
+
+def end_process_group(pid: int) -> None:
+    """SIGKILL what is left of the group of a child started with ``start_new_session=True``
+    whose call was cancelled after the child itself had exited: ``trio.run_process`` delivers a
+    cancel only while it waits for the child, not while it reads the output a grandchild still
+    holds open (``sh -c "sleep 300 & echo started"`` past its timeout left the sleep running)."""
+    _signal_group(pid, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -350,3 +350,30 @@ def test_an_emission_of_a_type_longer_than_an_emits_is_refused(tmp_path):
     with pytest.raises(ValueError, match="emit: event_type is longer than 256 characters"):
         ctx.emit("t" * 257)
     assert [e.event_type for e in ctx.emissions] == ["t" * 256]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+async def test_a_timed_out_command_whose_own_process_had_exited_takes_its_children_along(
+    tmp_path,
+):
+    # sh exits at once; the sleep it started holds stdout open, so the timeout cancels the read
+    # of the output, not the wait for sh: trio signals no group then, and the sleep ran on
+    marker = tmp_path / "pid"
+
+    @block("Leaves a child", timeout=1)
+    async def leaves_a_child(ctx):
+        await ctx.run_command(["sh", "-c", f"sleep 300 & echo $! > {marker}; echo started"])
+
+    outcome = await executed(leaves_a_child, tmp_path)
+    assert outcome.timed_out
+    child = int(marker.read_text())
+    with trio.fail_after(5):
+        while _alive(child):  # noqa: ASYNC110 - another process, not an event, is waited for
+            await trio.sleep(0.05)
