@@ -86,12 +86,31 @@ async def open_kernel(
                     mailboxes.telemetry.close()  # it ends once its senders' outboxes close
 
 
+# Folders of the home that only a later write creates (the store and the attestor check theirs
+# as they open): the trace files of finished chains, and what blocks and steps write.
+WRITTEN_LATER = ("traces", "artifacts")
+
+
 @contextlib.contextmanager
 def home_lock(home: Path) -> Iterator[None]:
-    """Hold ``$FOUNDRY_HOME/daemon.lock`` (an advisory lock with our pid in it) or refuse."""
-    home.mkdir(parents=True, exist_ok=True)
+    """Hold ``$FOUNDRY_HOME/daemon.lock`` (an advisory lock with our pid in it) or refuse; a
+    home that cannot be made or written (a file, under one, read-only) is one line naming it."""
     path = home / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"FOUNDRY_HOME {home} is not a folder")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"FOUNDRY_HOME {home} cannot be used: {exc.strerror or exc} ({exc.filename or home})"
+        ) from None
+    for name in WRITTEN_LATER:  # else the start succeeds, and every trace or step fails
+        if (home / name).exists() and not (home / name).is_dir():
+            os.close(fd)
+            raise ConfigError(
+                f"{home / name}: not a folder (the daemon writes there); move it aside"
+            )
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

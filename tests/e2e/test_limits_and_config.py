@@ -253,6 +253,8 @@ def _damage(home, case):
         (home / "foundry.duckdb").mkdir()
     elif case == "database is random bytes":
         (home / "foundry.duckdb").write_bytes(os.urandom(300_000))
+    elif case in ("traces is a file", "artifacts is a file"):
+        (home / case.split()[0]).write_text("x")
     elif case == "the signing key is gone, its public key kept":
         (home / "keys").mkdir(mode=0o700)
         (home / "keys" / "attestor.pub").write_text("-----BEGIN PUBLIC KEY-----\n")
@@ -265,7 +267,22 @@ HOME_DAMAGE = {
     "database is a folder": "foundry.duckdb: DuckDB cannot open it",
     "database is random bytes": "foundry.duckdb: DuckDB cannot open it",
     "the signing key is gone, its public key kept": "the key that signed earlier attestations",
+    # the daemon started; then every trace file (a traceback in its log) or step failed
+    "traces is a file": "traces: not a folder (the daemon writes there)",
+    "artifacts is a file": "artifacts: not a folder (the daemon writes there)",
 }
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_home_that_is_not_a_folder_is_refused_at_start_with_one_line(tmp_path, where):
+    (tmp_path / "afile").write_text("x")
+    home = tmp_path / "afile" if where == "a file" else tmp_path / "afile" / "home"
+    config = tmp_path / "f.toml"
+    config.write_text("")
+    done = serve(config, home)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert f"FOUNDRY_HOME {home}" in done.stderr
 
 
 @pytest.mark.parametrize("case", HOME_DAMAGE)
