@@ -876,10 +876,11 @@ def _statement_errors(stmt: Any) -> list[str]:
 
 def verify_chain(
     step_envelopes_in_order: Sequence[str | Mapping[str, Any]],
-    run_envelope: str | Mapping[str, Any],
+    run_envelope: str | Mapping[str, Any] | None,
     *,
     verify: Callable[[bytes, bytes], bool] | None = None,
     expected_keyid: str | None = None,
+    run_id: str | None = None,
 ) -> tuple[str, ...]:
     """Check a run's step attestations form the hash chain the run attestation closes.
 
@@ -897,6 +898,10 @@ def verify_chain(
 
     So a step attestation removed (anywhere), inserted, moved, or altered (its digest changes,
     so the next link — or the run's — no longer matches) is reported.
+
+    ``run_envelope`` None: a chain without its run attestation (a run not finished; an export
+    of its attestations so far), of the run ``run_id``: the links are checked from the first
+    step attestation to the last given; what followed that one cannot be.
     """
     if (verify is None) != (expected_keyid is None):
         raise AttestationError("verify_chain: give verify and expected_keyid together")
@@ -919,12 +924,14 @@ def verify_chain(
         predicate = statement.get("predicate")
         return kind_of(statement), (predicate if isinstance(predicate, dict) else None), digest
 
-    run_kind, run_claims_, _ = opened(run_envelope, "run attestation")
-    run_id = None
-    if run_claims_ is not None:
-        run_id = run_claims_.get("run_id")
-        if run_kind != "run":
-            errors.append("run attestation: not a run attestation")
+    run_claims_ = None
+    if run_envelope is not None:
+        run_kind, run_claims_, _ = opened(run_envelope, "run attestation")
+        run_id = None
+        if run_claims_ is not None:
+            run_id = run_claims_.get("run_id")
+            if run_kind != "run":
+                errors.append("run attestation: not a run attestation")
 
     previous_digest: str | None = None
     for i, env in enumerate(step_envelopes_in_order):

@@ -269,6 +269,19 @@ def test_export_verifies_offline_and_a_removed_or_swapped_step_breaks_the_chain(
     swapped = list(lines)
     swapped[steps[0]], swapped[steps[1]] = swapped[steps[1]], swapped[steps[0]]
     assert verify("swapped.jsonl", swapped).returncode == 1
+    # Without the run attestation (as a run not finished exports), the step attestations' links
+    # are still checked: with one taken out from among them too, it was "valid"
+    runs = [i for i, line in enumerate(lines) if '"run"' in _payload(line)]
+    assert len(runs) == 1
+    open_chain = [line for i, line in enumerate(lines) if i != runs[0]]
+    unfinished = verify("unfinished.jsonl", open_chain)
+    assert unfinished.returncode == 0, unfinished.stdout
+    assert "no run attestation here" in unfinished.stderr
+    stripped = verify(
+        "stripped.jsonl", [ln for i, ln in enumerate(lines) if i not in (runs[0], steps[1])]
+    )
+    assert stripped.returncode == 1, stripped.stdout
+    assert "previous" in stripped.stdout
     forged = json.loads(lines[0])
     forged["signatures"][0]["sig"] = forged["signatures"][0]["sig"][::-1]
     bad = verify("forged.jsonl", [json.dumps(forged)])
