@@ -132,6 +132,8 @@ def test_grpcurl_lists_describes_and_calls_without_a_schema(daemon):
     assert set(OURS + STANDARD) <= set(grpcurl(daemon.address, "list").split())
     described = grpcurl(daemon.address, "describe", "foundry.Foundry.Emit")
     assert "rpc Emit ( .foundry.EmitRequest ) returns ( .foundry.EmitResponse )" in described
+    # with the .proto's comment (the pool's descriptors dropped source_code_info)
+    assert "Fire an event; returns at once with the event id and workflow id." in described
     health = grpcurl("-d", '{"service": "foundry.Foundry"}', daemon.address,
                      "grpc.health.v1.Health/Check")  # fmt: skip
     assert json.loads(health) == {"status": "SERVING"}

@@ -53,10 +53,37 @@ def descriptor_pool_of_protos() -> descriptor_pool.DescriptorPool:
     return pool
 
 
+@cache
+def _sources() -> dict[str, descriptor_pb2.FileDescriptorProto]:
+    """Each file's descriptor as ``make proto`` wrote it, its comments (``source_code_info``)
+    included, by file name."""
+    return {file.name: file for file in file_descriptors()}
+
+
+class FileWithSource:
+    """A pool's file descriptor that copies itself with its comments: grpclib's reflection
+    sends ``CopyToProto``'s result, and a pool's descriptors drop ``source_code_info`` (grpcurl
+    ``describe`` showed no comment)."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+    def CopyToProto(self, proto: descriptor_pb2.FileDescriptorProto) -> None:  # protobuf's name
+        source = _sources().get(self._file.name)
+        if source is None:
+            self._file.CopyToProto(proto)
+        else:
+            proto.CopyFrom(source)
+
+
 class MethodAwarePool:
     """The pool as grpclib's reflection uses it, except that a method's full name (what
     ``grpcurl describe foundry.Foundry.Emit`` asks for) finds its file: upb's
-    ``FindFileContainingSymbol`` knows services and messages but not their methods."""
+    ``FindFileContainingSymbol`` knows services and messages but not their methods. Files come
+    with their comments (``FileWithSource``)."""
 
     def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
         self._pool = pool
@@ -64,7 +91,13 @@ class MethodAwarePool:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
 
+    def FindFileByName(self, name: str) -> Any:  # protobuf's name
+        return FileWithSource(self._pool.FindFileByName(name))
+
     def FindFileContainingSymbol(self, symbol: str) -> Any:  # protobuf's name
+        return FileWithSource(self._file_containing(symbol))
+
+    def _file_containing(self, symbol: str) -> Any:
         try:
             return self._pool.FindFileContainingSymbol(symbol)
         except KeyError:
