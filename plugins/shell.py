@@ -63,13 +63,14 @@ class ShellBlock(Block):
         result = await ctx.run_command(
             self.command,
             stdin=compact_json(dict(ctx.payload)).encode(),
-            env={**self.static_env, **_payload_env(ctx)},
+            env={**_payload_env(ctx), **self.static_env},  # the operator's table has the last word
             cwd=self.cwd,
             pass_env=self.pass_env,
         )
         if result.exit_code != 0:
-            last = result.output.strip().splitlines()[-1:] or [""]
-            raise BlockError(f"{self.command[0]} exited with {result.exit_code}: {last[0][:200]}")
+            last = result.output.strip().splitlines()[-1:]
+            said = f": {last[0][:200]}" if last else ""  # (a silent command left a ": ")
+            raise BlockError(f"{self.command[0]} exited with {result.exit_code}{said}")
         output = _parse_output(result.output)
         if self.emits:
             ctx.emit(self.emits, output if isinstance(output, dict) else {"output": output})

@@ -118,6 +118,23 @@ async def test_a_command_string_is_split_but_never_run_by_a_shell(tmp_path):
     assert not mark.exists()
 
 
+async def test_the_operators_env_outranks_what_the_payload_sets(tmp_path):
+    # a payload key "mode" set FOUNDRY_INPUT_MODE over the operator's own
+    registry = shell_registry(
+        command=[sys.executable, "-c", INSPECT], emits="inspected",
+        env={"FOUNDRY_INPUT_MODE": "safe"},
+    )  # fmt: skip
+    trace, x = await run_once(tmp_path, registry, {"mode": "yolo", "other": "kept"})
+    [got] = x["emitted_payloads"]
+    assert got["inputs"] == {"FOUNDRY_INPUT_MODE": "safe", "FOUNDRY_INPUT_OTHER": "kept"}
+
+
+async def test_a_silent_command_that_fails_says_only_its_exit_code(tmp_path):
+    registry = shell_registry(command=["sh", "-c", "exit 3"])
+    trace, x = await run_once(tmp_path, registry, {})
+    assert x["summary"].endswith("BlockError: sh exited with 3"), x["summary"]
+
+
 async def test_a_nonzero_exit_fails_with_the_code_and_output_captured(tmp_path):
     registry = shell_registry(
         command=["sh", "-c", "echo working; echo 'bad thing happened' >&2; exit 3"],
