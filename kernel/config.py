@@ -397,6 +397,16 @@ class _Reader:
             )
         return float(value)
 
+    def _retain_days(self, value: Any) -> float:
+        """Days from 0 (keep everything) to ``MAX_RETAIN_DAYS``: a cutoff before year 1
+        overflowed at every retention pass. The message quotes the value as written."""
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not 0 <= value <= MAX_RETAIN_DAYS:  # (nan fails the comparison)
+            raise self.fail(
+                "[store].retain_days", f"expected days from 0 to {MAX_RETAIN_DAYS:,}, got {value!r}"
+            )
+        return float(value)
+
     def section(self, data: Mapping[str, Any], name: str, kind: type[Any]) -> Any:
         """A table of scalars typed like the dataclass defaults: integers positive, numbers
         non-negative, strings strings."""
@@ -405,18 +415,15 @@ class _Reader:
         values: dict[str, Any] = {}
         for key, value in table.items():
             default = getattr(defaults, key)
+            if kind is StoreConfig and key == "retain_days":
+                values[key] = self._retain_days(value)
+                continue
             values[key] = self._scalar(f"[{name}].{key}", value, type(default))
         if kind is HttpConfig:
             self._allow_entries(values.get("allow", ()))
             self._http_listener(values)
         if kind is OtelConfig:
             self._otel(values)
-        if kind is StoreConfig and values.get("retain_days", 0.0) > MAX_RETAIN_DAYS:
-            # a cutoff before year 1 overflowed at every retention pass
-            raise self.fail(
-                "[store].retain_days", f"expected days from 0 to {MAX_RETAIN_DAYS:,}, "
-                f"got {values['retain_days']!r}",
-            )  # fmt: skip
         if kind is StoreConfig and not _MEMORY_SIZE.fullmatch(values.get("memory_limit", "0B")):
             raise self.fail(
                 "[store].memory_limit",

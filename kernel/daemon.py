@@ -145,7 +145,13 @@ async def serve(
         registry = load_config_blocks(config)
         listen_key = f"{config.source}: [daemon].listen"
         host, port = parse_listen(config.listen, key=listen_key)
-        security = edge_security(config, host, listen_key)  # token, TLS: refused with one line
+        try:
+            security = edge_security(config, host, listen_key)  # token, TLS: one line
+        except ConfigError as exc:  # naming the file, as every other setting's
+            said = str(exc)
+            raise ConfigError(
+                said if said.startswith(config.source) else f"{config.source}: {said}"
+            ) from None
         try:
             sock = bind(host, port)
         except OSError as exc:

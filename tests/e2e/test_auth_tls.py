@@ -269,6 +269,8 @@ def test_start_is_refused_with_one_line(refusals, case):
     assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
+    if case != "open bind":  # (--listen's, not the file's)
+        assert ".toml: [daemon]." in done.stderr  # the file named, as every other setting's
 
 
 # --- TLS ------------------------------------------------------------------------------------

@@ -285,3 +285,11 @@ def test_a_whole_number_of_retries_written_as_a_float_still_loads(tmp_path):
     [block] = [b for b in load_blocks(declared=config.declared_blocks, entry_points=False)
                if b.name == "S"]  # fmt: skip
     assert block.retries == 3
+
+
+@pytest.mark.parametrize("value", ["-1", "40000", "nan", '"week"', "true"])
+def test_retain_days_is_refused_with_its_own_range_and_the_value_as_written(tmp_path, value):
+    # -1 said "from 0 to 1e+06" (the limit is 36,500); 40000 was quoted back as 40000.0
+    message = refused(tmp_path, f"[store]\nretain_days = {value}\n")
+    assert "[store].retain_days: expected days from 0 to 36,500, got " in message
+    assert not message.endswith(".0")
