@@ -25,6 +25,7 @@ from foundry.kernel import (
     BlockContext,
     BlockError,
     BlockKind,
+    ConfigError,
     EgressPolicy,
     guarded_client,
     hookimpl,
@@ -187,4 +188,8 @@ def _messages(inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 @hookimpl
 def register_blocks(config: Config) -> list[Block]:
+    provider = config.llm.provider
+    if provider not in PROVIDERS:  # else `config check` passed it, and every llm step failed
+        known = ", ".join(sorted(PROVIDERS))
+        raise ConfigError(f"[llm].provider: unknown provider {provider!r} (known: {known})")
     return [LlmBlock(config.llm, EgressPolicy.from_allow(config.http.allow))]

@@ -508,3 +508,12 @@ def test_a_plugins_path_already_on_sys_path_is_not_added_twice(tmp_path, restore
     add_to_sys_path([tmp_path, tmp_path])
 
     assert sys.path.count(str(tmp_path)) == 1
+
+
+def test_an_unknown_llm_provider_is_refused_at_load_naming_the_file(tmp_path):
+    # `config check` passed "openia", and every llm step then failed
+    config_file = tmp_path / "foundry.toml"
+    config_file.write_text('[llm]\nprovider = "openia"\n')
+    said = "foundry.toml: [llm].provider: unknown provider 'openia' (known: mock, openai)"
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_config_blocks(Config.from_toml(config_file), entry_points=False)
