@@ -58,7 +58,8 @@ def channel_uses_tls() -> bool:
 def open_channel(address: str) -> Channel:
     """A grpclib channel to ``address`` (``--addr``), with TLS and the bearer token as the
     environment asks."""
-    host, port = parse_listen(address, key="--addr")
+    from_env = address == os.environ.get("FOUNDRY_ADDR") and address != DEFAULT_LISTEN
+    host, port = parse_listen(address, key="FOUNDRY_ADDR" if from_env else "--addr")
     ca = os.environ.get(CA_ENV, "")
     tls = client_ssl_context(ca or None) if channel_uses_tls() else None
     channel = Channel(host, port, ssl=tls)

@@ -1,0 +1,25 @@
+"""Where a bad daemon address came from is what the CLI's error names."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [(["--addr", "garbage"], {}, "--addr"), ([], {"FOUNDRY_ADDR": "garbage"}, "FOUNDRY_ADDR")],
+)
+def test_a_bad_address_is_named_by_where_it_came_from(tmp_path, args, env, named):
+    environment = {**os.environ, "FOUNDRY_HOME": str(tmp_path), **env}
+    if "FOUNDRY_ADDR" not in env:
+        environment.pop("FOUNDRY_ADDR", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "foundry.kernel.cli", "status", *args],
+        capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"foundry: {named}: expected HOST:PORT, got 'garbage'"
