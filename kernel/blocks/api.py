@@ -10,16 +10,14 @@ from __future__ import annotations
 import errno
 import inspect
 import os
-import subprocess
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import trio
 from foundry.kernel.actors.threads import ThreadPool
-from foundry.kernel.blocks.children import end_process_group, stop_process_group
+from foundry.kernel.blocks.children import run_capturing
 from foundry.kernel.core.envpolicy import child_environment
 from foundry.kernel.core.ids import MAX_ID_LENGTH
 from foundry.kernel.core.throttle import Action, Throttle
@@ -92,16 +90,6 @@ class _LazyPath:
 
     def __set__(self, instance: object, value: Path | str) -> None:
         setattr(instance, self._slot, value)
-
-
-class _Started:
-    """The process ``trio.run_process`` started (its ``task_status``: the protocol
-    ``nursery.start`` uses), so that its group can be ended whatever cancelled the call."""
-
-    process: trio.Process | None = None
-
-    def started(self, value: trio.Process | None = None) -> None:
-        self.process = value
 
 
 @dataclass
@@ -217,29 +205,14 @@ class BlockContext:
             os.environ, passed=pass_env, from_run=self.env, declared=env,
             traceparent=self.traceparent,
         )  # fmt: skip
-        started = _Started()
-        try:
-            done = await trio.run_process(
-                list(argv),
-                stdin=stdin,
-                capture_stdout=True,
-                stderr=subprocess.STDOUT,
-                check=False,
-                env=full_env,
-                cwd=cwd,
-                start_new_session=True,  # a terminal's Ctrl-C is the daemon's (children.py)
-                deliver_cancel=stop_process_group,
-                task_status=started,
-            )
-        except BaseException:
-            if started.process is not None:
-                end_process_group(started.process.pid)
-            raise
-        output = done.stdout.decode(errors="replace")
+        returncode, captured = await run_capturing(
+            argv, stdin=stdin, env=full_env, cwd=cwd
+        )  # a terminal's Ctrl-C is the daemon's (its process group is its own: children.py)
+        output = captured.decode(errors="replace")
         self.raw_output += output
-        self.exit_code = done.returncode
+        self.exit_code = returncode
         self.ran_command = True
-        return CommandResult(done.returncode, output)
+        return CommandResult(returncode, output)
 
     def listed_artifacts(self) -> list[str]:
         """The files this execution wrote to its artifact folder: those ``write_artifact``

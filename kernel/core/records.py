@@ -15,6 +15,9 @@ from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.core.trace_format import EventRow, ExecutionRow, TraceRows
 
 _SCALARS = (str, int, float, bool, type(None))
+# The last this many characters of a command's output are recorded, for a block execution as for
+# a step attempt: a 60 MB output was stored whole, and its chain's Trace refused for good.
+RAW_OUTPUT_CHARS = 65_536
 
 
 _I64_MIN, _U64_MAX = -(2**63), 2**64 - 1

@@ -263,3 +263,12 @@ def test_when_compares_as_json_does():
     assert not sh.accepts({"flag": 1, "n": 0})  # true is not 1
     assert not sh.accepts({"flag": True, "n": False})  # nor 0 false
     assert not sh.accepts({"flag": True})
+
+
+async def test_an_executions_raw_output_keeps_the_last_64_kib(tmp_path):
+    # stored whole, a 60 MB output made its chain's Trace RESOURCE_EXHAUSTED for good
+    many = "head -c 100000 /dev/zero | tr '\\0' a; echo end"
+    registry = shell_registry(command=["sh", "-c", many])
+    trace, x = await run_once(tmp_path, registry, {})
+    assert len(x["raw_output"]) == 65_536
+    assert x["raw_output"].endswith("aaaaend\n")

@@ -84,6 +84,7 @@ from foundry.kernel.core.ids import (
 )
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.records import (
+    RAW_OUTPUT_CHARS,
     Event,
     decoded,
     new_event,
@@ -376,7 +377,7 @@ class Engine:
             started_at=slot.started_at or completed,
             completed_at=completed,
             duration_ms=outcome.duration_ms,
-            raw_output=storable(outcome.raw_output),
+            raw_output=storable(outcome.raw_output[-RAW_OUTPUT_CHARS:]),
             exit_code=outcome.exit_code if -(2**31) <= outcome.exit_code < 2**31 else -1,
             audit_artifacts=tuple(map(storable, outcome.artifacts)),
             attempts=outcome.attempts,

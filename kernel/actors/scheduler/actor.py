@@ -86,6 +86,7 @@ from foundry.kernel.core.planner import (
     starts,
     step_error,
 )
+from foundry.kernel.core.records import RAW_OUTPUT_CHARS
 from foundry.kernel.core.run_control import (
     RunSummary,
     branch_submission,
@@ -714,7 +715,7 @@ class Scheduler:
                 attempt=attempt, output=output, duration_ms=_ms_since(started), span_id=span,
                 usage={"tokens_in": ctx.usage.tokens_in, "tokens_out": ctx.usage.tokens_out,
                        "cost": ctx.usage.cost},
-                raw_output=ctx.raw_output[-65536:], exit_code=ctx.exit_code,
+                raw_output=ctx.raw_output[-RAW_OUTPUT_CHARS:], exit_code=ctx.exit_code,
                 artifacts=artifacts, **self._step_announcement(run, spec.type),
             )  # fmt: skip
             note_output(run, spec.id, size)

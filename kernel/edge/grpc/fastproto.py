@@ -10,7 +10,7 @@ are no generated ``_pb2`` files. The guarantees of ``server.RequestCodec`` hold:
   as an unknown field — the kernel never sees a wrong-typed value. Either case (and a field this
   daemon does not know) takes the betterproto2 path, whose parse and ``check_request`` name the
   field exactly as for every other RPC; a plain request never does;
-- ids stay under ``message_check.MAX_ID_LENGTH``; the Structs (telemetry, metadata) go through
+- ids stay under ``core.ids.MAX_ID_LENGTH``; the Structs (telemetry, metadata) go through
   betterproto2 and ``check_request`` (they are small), so their limits and numbers are the same.
 
 The handler takes either kind (:func:`gate_request`): gRPC hands it a :class:`UpbRequest`, the
@@ -32,9 +32,10 @@ from foundry.kernel.core.gate_policy import (
     GateRequest,
 )
 from foundry.kernel.core.governance import StoredGate, thawed
+from foundry.kernel.core.ids import MAX_ID_LENGTH
 from foundry.kernel.edge.grpc import gate_columns, governance
 from foundry.kernel.edge.grpc.internals import Encoded
-from foundry.kernel.edge.grpc.message_check import MAX_ID_LENGTH, WrongField, check_request
+from foundry.kernel.edge.grpc.message_check import WrongField, check_request
 from foundry.kernel.edge.grpc.reflection import descriptor_pool_of_protos
 from foundry.proto import foundry_api
 from foundry.proto import runtime_api as api
