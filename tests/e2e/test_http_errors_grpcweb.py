@@ -222,7 +222,7 @@ LIST_EVENTS = "/foundry.admin.v1.Admin/ListEvents"
         (EMIT, '{"eventType": "\\ud800"}', "eventType: text must be valid Unicode"),
         (GET_RUN, '{"runId": "run_\\udc00"}', "runId: text must be valid Unicode"),
         (QUERY, '{"sql": "select \'\\ud800\'"}', "sql: text must be valid Unicode"),
-        (SUBMIT, '{"spec": {"dagJson": "{}", "inputs": [1]}}', "spec: a value of the wrong JSON"),
+        (SUBMIT, '{"spec": {"dagJson": "{}", "inputs": [1]}}', "spec.inputs: a value of the wrong"),
         (EXPORT, '{"directory": "/tmp/a\\u0000b"}', "directory: a path cannot hold a NUL"),
         (
             LIST_EVENTS,
@@ -353,3 +353,37 @@ def test_a_header_value_that_is_not_utf8_is_read_as_latin1_by_every_road(
     assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
     assert answer in reply, reply[:600]
     assert "Error in ASGI" not in daemon.stderr()
+
+
+RUNTIME = "/fleetforge.runtime.v1.RuntimeService/"
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "body", "said"),
+    [
+        # not protobuf at all: a field was named ("workflow_id: expected string, got a NoneType")
+        (STATUS, "application/proto", b"\x0f", "not a whole protobuf message"),
+        (STATUS, "application/proto", b"\x0b", "not a whole protobuf message"),
+        # a field under another wire type: "KeyError: 'int64'"
+        (RUNTIME + "SubmitRun", "application/proto", b"\x0a\x09\x19" + b"\xff" * 8,
+         "spec.seed: expected int64, got a 64-bit value"),
+        # past Python's dates: "OverflowError: ..."
+        (RUNTIME + "ListRuns", "application/proto", b"\x22\x0a\x08" + b"\xff" * 8 + b"\x7f",
+         "created_after: seconds 9223372036854775807 is out of range (0001-01-01 to 9999-12-31)"),
+        (RUNTIME + "ListRuns", "application/json",
+         b'{"createdAfter": {"seconds": "99999999999999"}}', "createdAfter: out of range"),
+        # once, and the number cut short (it was written twice, then 301 digits)
+        (RUNTIME + "SubmitRun", "application/json", b'{"spec": {"dagJson": "{}", "seed": 1e300}}',
+         "request: spec.seed: 10000000000000000525… (301 digits) is out of the int64 range"),
+    ],
+    ids=["wire-type-7", "open-group", "fixed64-int64", "timestamp-binary", "timestamp-json",
+         "huge-number"],
+)  # fmt: skip
+def test_a_malformed_request_is_refused_naming_what_is_wrong(
+    daemon, path, content_type, body, said
+):
+    reply = _raw_post(daemon, path, content_type, body, b"")
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:300]
+    message = json.loads(reply.partition(b"\r\n\r\n")[2])["message"]
+    assert said in message
+    assert "Error" not in message  # no Python exception's name

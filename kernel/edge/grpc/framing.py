@@ -23,7 +23,7 @@ from typing import Any
 from foundry.kernel.edge.grpc.message_check import WrongField, check_request
 from foundry.kernel.edge.grpc.reflection import descriptor_pool_of_protos, file_descriptors
 from foundry.kernel.edge.grpc.upb_encode import proto_name_of
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, unknown_fields
 from google.protobuf.message import DecodeError
 
 NOT_PROTOBUF = (
@@ -66,7 +66,14 @@ def _name_a_field(data: bytes | bytearray, kind: type) -> None:
         parsed = kind().parse(bytes(data))
     except Exception:
         return
-    check_request(parsed)
+    try:
+        check_request(parsed)
+    except WrongField as exc:
+        # A field betterproto2 left None: it read no such field, the bytes were not protobuf
+        # (wire type 7, a group never ended): "expected string, got a NoneType" named a field
+        # the client never sent. Not protobuf, then.
+        if not str(exc).endswith("got a NoneType"):
+            raise
 
 
 @cache
@@ -139,6 +146,70 @@ def _culprit(message: Any, schema: Any, where: str, depth: int) -> tuple[str, in
 
 _MAX_DEPTH = 100  # upb's own nesting limit: a message it parsed is no deeper
 
+_WIRE = {0: "a varint", 1: "a 64-bit value", 2: "a length-delimited value", 3: "a group",
+         5: "a 32-bit value"}  # fmt: skip
+# What datetime and timedelta hold (betterproto2 makes them of these messages): 0001-01-01 to
+# 9999-12-31, and 999,999,999 days.
+_TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
+_DURATION_SECONDS = (-86_399_999_913_600, 86_399_999_913_600)
+
+
+def value_culprit(data: bytes | bytearray, kind: type) -> str | None:
+    """What betterproto2 could not read in a request upb parsed, named: a known field sent with
+    another wire type (upb keeps it as unknown; betterproto2 raised ``KeyError: 'int64'``), or a
+    Timestamp or Duration past what Python's dates hold (``OverflowError``); or None."""
+    name = proto_name_of(kind)
+    try:
+        message = _lenient_class(name).FromString(bytes(data))
+    except DecodeError:
+        return None
+    return _value_culprit(message, descriptor_pool_of_protos().FindMessageTypeByName(name), "", 0)
+
+
+def _value_culprit(message: Any, schema: Any, where: str, depth: int) -> str | None:
+    if depth > _MAX_DEPTH:
+        return None
+    for unknown in unknown_fields.UnknownFieldSet(message):
+        field = schema.fields_by_number.get(unknown.field_number)
+        if field is not None:
+            wire = _WIRE.get(unknown.wire_type, f"wire type {unknown.wire_type}")
+            return f"{where}{field.name}: expected {_type_name(field)}, got {wire}"
+    out_of_range = _time_out_of_range(message, schema.full_name)
+    if out_of_range:
+        return f"{where.rstrip('.') or 'request'}: {out_of_range}"
+    for field, value in message.ListFields():
+        real = schema.fields_by_number.get(field.number)
+        if real is None or real.message_type is None:
+            continue
+        repeated = _repeated(real)
+        for index, item in enumerate(value if repeated else (value,)):
+            path = f"{where}{real.name}[{index}]" if repeated else f"{where}{real.name}"
+            found = _value_culprit(item, real.message_type, path + ".", depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _time_out_of_range(message: Any, full_name: str) -> str:
+    if full_name not in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
+        return ""
+    timestamp = full_name == "google.protobuf.Timestamp"
+    low, high = _TIMESTAMP_SECONDS if timestamp else _DURATION_SECONDS
+    if not low <= message.seconds <= high:
+        what = "0001-01-01 to 9999-12-31" if timestamp else "±999,999,999 days"
+        return f"seconds {message.seconds} is out of range ({what})"
+    if not -999_999_999 <= message.nanos <= 999_999_999 or (timestamp and message.nanos < 0):
+        return f"nanos {message.nanos} is out of range (0 to 999,999,999)"
+    return ""
+
+
+def _type_name(field: Any) -> str:
+    if field.message_type is not None:
+        return f"a {field.message_type.full_name} message"
+    names: dict[int, str] = {v: k.removeprefix("TYPE_").lower() for k, v in
+                             descriptor_pb2.FieldDescriptorProto.Type.items()}  # fmt: skip
+    return names.get(field.type, "another type")
+
 
 def _repeated(field: Any) -> bool:
     """(``is_repeated`` is protobuf 5.29's; ``label`` is gone from upb's descriptors in 7)"""
@@ -148,10 +219,15 @@ def _repeated(field: Any) -> bool:
 
 def not_valid(data: bytes | bytearray | None, kind: type, exc: Exception) -> str:
     """The INVALID_ARGUMENT message of a request ``kind``'s parser refused (``data``: its
-    protobuf bytes, None for JSON): a string field's bad UTF-8 is named."""
+    protobuf bytes, None for JSON): a string field's bad UTF-8, a field sent with another wire
+    type than its own, a Timestamp or Duration out of range are named."""
     if isinstance(exc, UnicodeDecodeError) and data is not None:
         found = utf8_culprit(data, kind)
         if found is not None:
             return f"request: {found[0]}: not valid UTF-8 (byte {found[1]} of the field)"
+    if data is not None:
+        wrong = value_culprit(data, kind)
+        if wrong is not None:
+            return f"request: {wrong}"
     name = getattr(kind, "__name__", "message")
     return f"request: not a valid {name}: {type(exc).__name__}: {str(exc)[:100]}"

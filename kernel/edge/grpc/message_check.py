@@ -68,7 +68,9 @@ def check_request(message: Any) -> None:
         if len(text) <= MAX_MESSAGE:
             raise
         path, _, reason = text.rpartition(": ")  # no reason holds ": "; a key may
-        raise WrongField(f"{path[:PATH_HEAD]} … {path[-PATH_TAIL:]}: {reason}"[:400]) from None
+        if len(path) > PATH_HEAD + PATH_TAIL + 3:  # (a short one was written twice)
+            path = f"{path[:PATH_HEAD]} … {path[-PATH_TAIL:]}"
+        raise WrongField(f"{path}: {reason}"[:400]) from None
 
 
 @cache
@@ -154,7 +156,10 @@ def _check_range(value: Any, bounds: tuple[int, int], path: str, kind: str) -> N
     acknowledged, then refused by the store's columns, and lost."""
     low, high = bounds
     if not low <= value <= high:
-        raise WrongField(f"{path}: {int(value)} is out of the {kind} range ({low} to {high})")
+        shown = str(int(value))
+        if len(shown) > 40:  # 1e300 wrote its 301 digits
+            shown = f"{shown[:20]}… ({len(shown.lstrip('-'))} digits)"
+        raise WrongField(f"{path}: {shown} is out of the {kind} range ({low} to {high})")
 
 
 _INT_TYPES = frozenset(k for k, v in _SCALAR.items() if v is int)

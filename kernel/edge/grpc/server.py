@@ -160,8 +160,11 @@ class RequestCodec(ProtoCodec):
                     check_framing(data, message_type)  # bytes that are no message: said so
                     raise
                 if isinstance(message, betterproto2.Message):
+                    # first: betterproto2 takes a request cut short, or bytes that are no
+                    # message at all (a field it left None was named, never sent); what the
+                    # slow road says of them (``canonical``: a field is named where one can be)
+                    canonical(data, message_type)
                     check_request(message)
-                    check_framing(data, message_type)  # betterproto2 takes a request cut short
             elif isinstance(message_type, type) and issubclass(message_type, betterproto2.Message):
                 message = super().decode(canonical(data, message_type), message_type)
                 check_request(message)

@@ -14,7 +14,7 @@ import dataclasses
 import re
 from collections.abc import Callable
 from functools import cache
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import betterproto2
 from foundry.kernel.edge.grpc.message_check import (
@@ -117,9 +117,12 @@ def from_dict(kind: Any, document: dict[str, Any]) -> Any:
         refuse_fractions(kind, document)  # from_dict makes 1.5 the integer 1
         try:
             return kind.from_dict(document, ignore_unknown_fields=True)
-        except (ValueError, TypeError, AttributeError, AssertionError) as exc:
-            # (betterproto2 asserts on a Struct given a list or a string: no words of its own)
+        except _UNREADABLE as exc:
+            # (betterproto2 asserts on a Struct given a list or a string: no words of its own;
+            # a Timestamp past year 9999 overflows Python's dates)
             reason = str(exc)[:100] or "a value of the wrong JSON type"
+            if isinstance(exc, OverflowError):
+                reason = "out of range"
             raise WrongField(f"{_failing_key(kind, document)}: {reason}") from None
     values = {}
     for key, value in document.items():
@@ -132,14 +135,39 @@ def from_dict(kind: Any, document: dict[str, Any]) -> Any:
     return kind(**values)
 
 
-def _failing_key(kind: Any, document: dict[str, Any]) -> str:
-    """The first top-level key betterproto2 cannot read alone (to name it in the error)."""
+_UNREADABLE = (ValueError, TypeError, AttributeError, AssertionError, OverflowError)
+
+
+def _failing_key(kind: Any, document: dict[str, Any], prefix: str = "") -> str:
+    """The path of the first key betterproto2 cannot read alone (to name it in the error), into
+    nested messages (``spec.inputs``, not ``spec``)."""
     for key, value in document.items():
         try:
             kind.from_dict({key: value}, ignore_unknown_fields=True)
-        except (ValueError, TypeError, AttributeError, AssertionError):
-            return str(key)[:40]
-    return "request"
+        except _UNREADABLE:
+            inner = _message_class(kind, str(key))
+            path = prefix + str(key)[:40]
+            if inner is not None and isinstance(value, dict) and len(prefix) < 200:
+                return _failing_key(inner, value, path + ".")
+            return path
+    return prefix.rstrip(".") or "request"
+
+
+def _message_class(kind: Any, key: str) -> Any:
+    """The message class of ``kind``'s singular message field named ``key`` (either case), or
+    None."""
+    if not dataclasses.is_dataclass(kind):
+        return None
+    for field in dataclasses.fields(kind):
+        if key not in (field.name, _json_name(field.name)):
+            continue
+        meta = betterproto2.FieldMetadata.get(field)
+        if meta.proto_type != betterproto2.TYPE_MESSAGE or meta.repeated or meta.unwrap:
+            return None
+        hint = get_type_hints(kind)[field.name]
+        classes = [c for c in (*get_args(hint), hint) if dataclasses.is_dataclass(c)]
+        return classes[0] if classes else None
+    return None
 
 
 def _scalar_reader(proto_type: str) -> Callable[[Any], Any]:
