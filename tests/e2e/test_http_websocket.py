@@ -4,6 +4,7 @@ text frames, a close frame with a code and reason at the end, on an error or a b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -109,23 +110,30 @@ def test_bad_requests_are_closed_with_a_code_and_a_reason(daemon, path, options,
     assert needle in reason
 
 
-def test_an_upgrade_with_a_header_that_is_not_ascii_closes_its_connection_alone(daemon):
-    """wsproto decodes ``Sec-WebSocket-Protocol`` as ASCII while hypercorn handles the upgrade,
-    before the app (and its token check): the error stopped the whole listener, and the daemon.
-    Now it ends that connection (``hypercorn_guard``)."""
+def raw_upgrade(daemon, header: bytes) -> bytes:
+    """A WebSocket upgrade to /ws/watch as bytes, with ``header`` (a line a client library
+    would refuse); what came back before the daemon closed the connection."""
     host, port = daemon.http_address.rsplit(":", 1)
     request = (
         b"GET /ws/watch HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-        b"Sec-WebSocket-Protocol: caf\xc3\xa9\r\n\r\n"
+        + header
+        + b"\r\n"
     )
+    answer = b""
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(request)
-        try:
-            while sock.recv(65536):
-                pass
-        except ConnectionResetError:
-            pass
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    return answer
+
+
+def test_an_upgrade_with_a_header_that_is_not_ascii_closes_its_connection_alone(daemon):
+    """wsproto decodes ``Sec-WebSocket-Protocol`` as ASCII while hypercorn handles the upgrade,
+    before the app (and its token check): the error stopped the whole listener, and the daemon.
+    Now it ends that connection (``hypercorn_guard``)."""
+    raw_upgrade(daemon, b"Sec-WebSocket-Protocol: caf\xc3\xa9\r\n")
     assert daemon.process.poll() is None, daemon.stderr()[-2000:]
     reply = httpx.post(
         url(daemon, EMIT), json={"eventType": "greet_requested", "payloadJson": "{}"}
@@ -137,17 +145,9 @@ def test_an_upgrade_with_a_header_that_is_not_ascii_closes_its_connection_alone(
 def test_an_upgrade_with_extensions_wsproto_cannot_read_is_answered_400(daemon):
     """hypercorn's accept raised from wsproto's extension parsing: no answer, and a traceback in
     the log for each such upgrade. Now the handshake is answered 400, naming the header."""
-    host, port = daemon.http_address.rsplit(":", 1)
-    request = (
-        b"GET /ws/watch HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-        b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=abc\r\n\r\n"
+    answer = raw_upgrade(
+        daemon, b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=abc\r\n"
     )
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
     assert answer.startswith(b"HTTP/1.1 400"), daemon.stderr()[-3000:]
     assert b"bad Sec-WebSocket-Extensions" in answer
     assert "Error in ASGI" not in daemon.stderr()
