@@ -293,8 +293,9 @@ def verify_lines(
             continue
         # No run attestation (a run not finished, or one taken out): its step attestations'
         # links still hold from the first, or a step attestation went missing among them.
-        print(f"note: run {run_id} has no run attestation here: its chain is checked from its "
-              "first step attestation to the last given, not beyond", file=sys.stderr)  # fmt: skip
+        print(f"note: run {run_id} has no run attestation here: the links between its step "
+              "attestations given are checked, not what came before or after them",
+              file=sys.stderr)  # fmt: skip
         steps = [
             e for e, k, s in zip(envelopes, kinds, statements, strict=True)
             if k == "step" and _run_of(s) == run_id

@@ -899,9 +899,11 @@ def verify_chain(
     So a step attestation removed (anywhere), inserted, moved, or altered (its digest changes,
     so the next link — or the run's — no longer matches) is reported.
 
-    ``run_envelope`` None: a chain without its run attestation (a run not finished; an export
-    of its attestations so far), of the run ``run_id``: the links are checked from the first
-    step attestation to the last given; what followed that one cannot be.
+    ``run_envelope`` None: a stretch of a chain without its run attestation (a run not
+    finished, an export of its attestations so far, one step attestation), of the run
+    ``run_id``: the links between the step attestations given are checked — each the index
+    after the one before it and naming its digest, from whatever index the first has (null
+    ``previous`` only when that is 0); what came before the first or after the last cannot be.
     """
     if (verify is None) != (expected_keyid is None):
         raise AttestationError("verify_chain: give verify and expected_keyid together")
@@ -934,9 +936,15 @@ def verify_chain(
                 errors.append("run attestation: not a run attestation")
 
     previous_digest: str | None = None
-    for i, env in enumerate(step_envelopes_in_order):
+    start = 0  # a stretch without its run attestation starts where its first says
+    for n, env in enumerate(step_envelopes_in_order):
+        kind, claims, digest = opened(env, f"step attestation {n + start}")
+        if n == 0 and run_envelope is None and claims is not None:
+            first = claims.get("index")
+            if type(first) is int and first > 0:
+                start, previous_digest = first, claims.get("previous")
+        i = n + start  # the chain's index of this one
         what = f"step attestation {i}"
-        kind, claims, digest = opened(env, what)
         if claims is not None:
             what = f"step attestation {i} ({claims.get('step_id')!r})"
             if kind != "step":

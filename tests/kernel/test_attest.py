@@ -646,6 +646,24 @@ def test_an_intact_chain_verifies():
     ]
 
 
+@pytest.mark.parametrize("given", [(0,), (2,), (1, 2), (0, 1, 2, 3)], ids=str)
+def test_a_stretch_of_a_chain_without_its_run_attestation_verifies(given):
+    # one step attestation, or a run's so far: the links between them (each was "index is 2,
+    # expected 0" when the stretch did not start the chain)
+    steps, _ = build_run()
+    assert verify_chain([steps[i] for i in given], None, run_id="r1") == ()
+
+
+@pytest.mark.parametrize(("given", "said"), [((0, 2), "index is 2, expected 1"),
+                                             ((1, 3), "index is 3, expected 2"),
+                                             ((2, 1), "index is 1, expected 3")])  # fmt: skip
+def test_a_gap_or_a_swap_in_a_stretch_without_its_run_attestation_is_detected(given, said):
+    steps, _ = build_run()
+    errors = verify_chain([steps[i] for i in given], None, run_id="r1")
+    assert any(said in e for e in errors), errors
+    assert any("previous is" in e for e in errors), errors
+
+
 def test_an_empty_chain_verifies():
     steps, run = build_run(0)
     assert steps == []
