@@ -145,13 +145,8 @@ async def serve(
         registry = load_config_blocks(config)
         listen_key = f"{config.source}: [daemon].listen"
         host, port = parse_listen(config.listen, key=listen_key)
-        try:
-            security = edge_security(config, host, listen_key)  # token, TLS: one line
-        except ConfigError as exc:  # naming the file, as every other setting's
-            said = str(exc)
-            raise ConfigError(
-                said if said.startswith(config.source) else f"{config.source}: {said}"
-            ) from None
+        # token, TLS: refused with one line naming the file
+        security = edge_security(config, host, listen_key, config.source)
         try:
             sock = bind(host, port)
         except OSError as exc:

@@ -63,7 +63,7 @@ def _check_listeners(config: Config) -> None:
 
     key = f"{config.source}: [daemon].listen"
     host, _ = parse_listen(config.listen, key=key)
-    security = edge_security(config, host, key)
+    security = edge_security(config, host, key, config.source)
     if config.http.listen != "off":
         http_key = f"{config.source}: [http].listen"
         http_host, _ = parse_listen(config.http.listen, key=http_key)

@@ -133,10 +133,19 @@ class DaemonSecurityConfig(SecurityConfig, Protocol):
     def tls_key(self) -> str: ...
 
 
-def edge_security(config: DaemonSecurityConfig, grpc_host: str, key: str) -> EdgeSecurity:
+def edge_security(
+    config: DaemonSecurityConfig, grpc_host: str, key: str, source: str = ""
+) -> EdgeSecurity:
     """Checked at start, before anything listens: the token variable, the gRPC listener's
-    address (``key`` names it for the error), the certificate and key."""
-    token = load_token(config)
-    refuse_open_bind(grpc_host, key, token)
-    tls = server_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+    address (``key`` names it for the error), the certificate and key. A refusal names
+    ``source`` (the config file), as every other setting's does."""
+    try:
+        token = load_token(config)
+        refuse_open_bind(grpc_host, key, token)
+        tls = server_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+    except ConfigError as exc:
+        said = str(exc)
+        raise ConfigError(
+            said if not source or said.startswith(source) else f"{source}: {said}"
+        ) from None
     return EdgeSecurity(token, tls)

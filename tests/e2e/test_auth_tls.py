@@ -273,6 +273,16 @@ def test_start_is_refused_with_one_line(refusals, case):
         assert ".toml: [daemon]." in done.stderr  # the file named, as every other setting's
 
 
+def test_config_check_names_the_file_of_a_tls_refusal_as_serve_does(tmp_path):
+    _, key = make_certificate(tmp_path, "good")
+    config = tmp_path / "cc.toml"
+    config.write_text(tls_config(tmp_path / "nope.pem", key))
+    done = foundry_cli("config", "check", "--config", str(config),
+                       env={"FOUNDRY_HOME": str(tmp_path / "home")})  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"cc.toml: [daemon].tls_cert: {tmp_path / 'nope.pem'}: no such file" in done.stderr
+
+
 # --- TLS ------------------------------------------------------------------------------------
 
 
