@@ -385,7 +385,8 @@ class DerivedAttestationRows:
     any a stopped daemon announced but DuckDB lacks (the same envelopes: signing is
     deterministic) — so they are not journaled themselves, only written to DuckDB with, or
     after, the facts they attest. A gate decision's or an eval result's is an
-    :class:`AttestationRows`: nothing announces it to re-attest."""
+    :class:`AttestationRows`, journaled: no run event announces it (a start attests a stored
+    record that lacks one: ``attestor.actor._recover_governance``)."""
 
     rows: tuple[tuple[Any, ...], ...]
 

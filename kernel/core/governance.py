@@ -10,6 +10,7 @@ run into :class:`~foundry.kernel.core.evals.RunFacts` for ``judge``, and turns a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -33,6 +34,7 @@ from foundry.kernel.core.gate_policy import (
     distinct_tags,
     scores_given,
 )
+from foundry.kernel.core.ids import rfc3339
 from foundry.kernel.core.json_input import STRUCT_DEPTH, check_json_value, quoted
 from foundry.kernel.core.run_control import check_labels
 from foundry.kernel.errors import InvalidArgument
@@ -66,6 +68,17 @@ def _frozen(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple([v if type(v) in _SCALARS else _frozen(v) for v in value])
     return value
+
+
+def record_claims(record: Any) -> dict[str, Any]:
+    """The claims of a governance record's attestation (a gate decision, an eval result): each
+    field as JSON — times in RFC 3339, frozen values thawed. The gate actor attests a new
+    record with them, and the attestor, at start, one a stopped daemon left unattested."""
+    return {field.name: _claim(getattr(record, field.name)) for field in dataclasses.fields(record)}
+
+
+def _claim(value: Any) -> Any:
+    return rfc3339(value) if isinstance(value, datetime) else thawed(value)
 
 
 def thawed(value: Any) -> Any:

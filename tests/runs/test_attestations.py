@@ -498,3 +498,57 @@ def change_stored_output(daemon, run_id, kind, output):
         con.execute(
             f"UPDATE run_events SET payload = ? {where}", [json.dumps(changed), run_id, kind]
         )
+
+
+def _decide_and_judge(daemon: Daemon) -> tuple[str, str]:
+    """A gate decision and an eval result: the ids of their attestations."""
+    change = f"chg-{uuid.uuid4().hex[:8]}"
+    request = api.CheckChangeGateRequest(change_id=change, revision="r1")
+    decision = daemon.call(lambda _, rt: rt.check_change_gate(request)).decision
+    run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
+    pack = f"pack-{uuid.uuid4().hex[:6]}"
+    scenario = api.EvalScenarioDefinition(
+        slug="s", title="S", run_spec=Struct.from_dict({"dag_json": RESEARCH}),
+        expected=Struct.from_dict({"status": "succeeded"}),
+    )  # fmt: skip
+    daemon.call(
+        lambda _, rt: rt.sync_eval_pack(api.SyncEvalPackRequest(pack=pack, scenarios=[scenario]))
+    )
+    recorded = api.RecordEvalResultRequest(pack=pack, slug="s", run_id=run_id, commit="abc")
+    result = daemon.call(lambda _, rt: rt.record_eval_result(recorded)).result
+    return (
+        custom_attestation_id(GATE_DECISION, decision.gate_id),
+        custom_attestation_id(EVAL_RESULT, result.result_id),
+    )
+
+
+def test_a_gate_decisions_or_eval_results_lost_attestation_is_made_at_start(make_daemon):
+    """Nothing announces these in a run log: a daemon stopped between a record's commit and its
+    attestation's left it unattested for good (kill -9 right after CheckChangeGate's answer).
+    Here the loss is made certain — the rows taken out of a stopped daemon's database — and
+    the next start attests both again, under the same ids, and they verify."""
+    daemon = make_daemon()
+    ids = _decide_and_judge(daemon)
+    assert len(get(daemon, list(ids))) == 2
+    daemon.stop()
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        con.execute("DELETE FROM attestation_statements WHERE kind = 'custom'")
+    daemon.start()
+    assert [a.attestation_id for a in get(daemon, list(ids))] == list(ids)
+    assert "attested 2 gate decision(s) and eval result(s)" in daemon.stderr()
+    for attestation_id in ids:
+        done = cli(daemon, "verify", attestation_id)
+        assert done.returncode == 0, done.stdout + done.stderr
+    daemon.restart()  # once: nothing is left to attest
+    assert daemon.stderr().count("gate decision(s) and eval result(s)") == 1
+
+
+def test_a_gate_decision_acknowledged_just_before_a_kill_is_attested_after_it(make_daemon):
+    daemon = make_daemon()
+    change = f"chg-{uuid.uuid4().hex[:8]}"
+    request = api.CheckChangeGateRequest(change_id=change, revision="r1")
+    decision = daemon.call(lambda _, rt: rt.check_change_gate(request)).decision
+    daemon.kill()  # within the attestor's linger: its attestation was not stored yet
+    daemon.start()
+    [found] = get(daemon, [custom_attestation_id(GATE_DECISION, decision.gate_id)])
+    assert found.claims.to_dict()["claims"]["gate_id"] == decision.gate_id

@@ -73,17 +73,21 @@ from foundry.kernel.actors.store.messages import (
     LoadRunEvents,
     LoadRunSummaries,
     LoadUnattested,
+    LoadUnattestedGovernance,
     StoreMessage,
 )
 from foundry.kernel.actors.threads import JobThread, in_thread
 from foundry.kernel.core.attest import PAYLOAD_TYPE, attestation_digest, key_id, pae
 from foundry.kernel.core.attest_records import (
+    GATE_DECISION,
     AttestationRecord,
     AttestationRows,
     DerivedAttestationRows,
     SpooledAttestationRows,
     announced,
+    custom_attestation_id,
 )
+from foundry.kernel.core.governance import record_claims
 from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.run_control import MAX_PAGE_SIZE, RunListQuery, RunSummary
 from foundry.kernel.core.runs import RunEventRecord
@@ -321,10 +325,12 @@ class Attestor:
         return chain
 
     def _seen(self, notice: Attest | AttestCustom) -> bool:
-        """A notice of an announcement re-attested from the log at start (once)."""
-        if not isinstance(notice, Attest):
-            return False
-        attestation_id = notice.attested.payload["attestation_id"]
+        """A notice of an announcement re-attested from the log at start (once), or of a
+        governance record attested at start."""
+        if isinstance(notice, AttestCustom):
+            attestation_id = custom_attestation_id(notice.label, notice.record_id)
+        else:
+            attestation_id = notice.attested.payload["attestation_id"]
         if attestation_id not in self._recovered:
             return False
         self._recovered.discard(attestation_id)
@@ -452,6 +458,23 @@ class Attestor:
                 await self._recover_run(run_id)
         except Exception:
             log.exception("could not re-attest what the last daemon left unattested")
+        try:
+            await self._recover_governance()
+        except Exception:
+            log.exception("could not re-attest the gate decisions and eval results left")
+
+    async def _recover_governance(self) -> None:
+        """Attest the gate decisions and eval results a stopped daemon committed but never
+        attested (nothing announces them in a run log: they were lost for good)."""
+        found: list[tuple[str, Any]] = await ask(self._store, LoadUnattestedGovernance)
+        notices = [governance_notice(label, record) for label, record in found]
+        if not notices:
+            return
+        await self._sign_and_append(notices)
+        # one of this daemon's, committed before the look, may wait in the mailbox: skipped
+        self._recovered.update(custom_attestation_id(n.label, n.record_id) for n in notices)
+        log.warning("attested %d gate decision(s) and eval result(s) the last daemon left "
+                    "unattested", len(notices))  # fmt: skip
 
     async def _recover_run(self, run_id: str) -> None:
         events: list[RunEventRecord] = await ask(self._store, lambda r: LoadRunEvents(run_id, r))
@@ -536,6 +559,16 @@ def _gaps(missing: list[Attest], stored: list[AttestationRecord]) -> list[list[A
         else:
             gaps.append([notice])
     return gaps
+
+
+def governance_notice(label: str, record: Any) -> AttestCustom:
+    """The notice the gate actor sent for a gate decision or an eval result (``label``), made
+    again from the stored record (issued when the record was made)."""
+    if label == GATE_DECISION:
+        return AttestCustom(label, record.gate_id, "", record_claims(record), record.decided_at)
+    return AttestCustom(
+        label, record.result_id, record.run_id, record_claims(record), record.executed_at
+    )
 
 
 def _chain_before(seq: float, stored: list[AttestationRecord]) -> Chain:

@@ -10,12 +10,10 @@ decisions themselves are pure: ``core.governance`` (validation, records), ``core
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import trio
@@ -57,10 +55,10 @@ from foundry.kernel.core.governance import (
     decision_record,
     gate_limit,
     parse_pack,
+    record_claims,
     synced_records,
-    thawed,
 )
-from foundry.kernel.core.ids import Clock, rfc3339
+from foundry.kernel.core.ids import Clock
 from foundry.kernel.core.json_input import STRUCT_DEPTH, check_json_value, quoted
 from foundry.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -135,10 +133,7 @@ class Gate:
         """Announce a durable decision or result to the attestor (subject custom ``label``)."""
         if self._attestor is None:
             return
-        claims = {
-            f.name: _claim(getattr(record, f.name)) for f in dataclasses.fields(record)
-        }  # fmt: skip
-        notice = AttestCustom(label, record_id, run_id, claims, self._clock.now())
+        notice = AttestCustom(label, record_id, run_id, record_claims(record), self._clock.now())
         try:
             await self._attestor.send(notice)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -263,8 +258,3 @@ class Gate:
             self._store, lambda r: LoadGateDecisions("", message.change_id, limit, r)
         )
         return found
-
-
-def _claim(value: Any) -> Any:
-    """A record's field as JSON: times in RFC 3339, frozen values thawed."""
-    return rfc3339(value) if isinstance(value, datetime) else thawed(value)

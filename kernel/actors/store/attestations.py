@@ -1,14 +1,21 @@
 """The store's attestation queries (``LoadAttestations``, ``LoadRunAttestations``,
-``LoadUnattested``)."""
+``LoadUnattested``, ``LoadUnattestedGovernance``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import duckdb
+from foundry.kernel.actors.store import governance
 from foundry.kernel.actors.store.looks import in_looks
 from foundry.kernel.actors.store.tables import WRITERS
-from foundry.kernel.core.attest_records import AttestationRows, stored_record
+from foundry.kernel.core.attest_records import (
+    EVAL_RESULT,
+    GATE_DECISION,
+    AttestationRows,
+    custom_attestation_id,
+    stored_record,
+)
 
 
 def _records(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> list[Any]:
@@ -70,3 +77,34 @@ def load_unattested(con: duckdb.DuckDBPyConnection) -> list[str]:
             run_id, occurred_at = completions[rowid]
             first[run_id] = min(first.get(run_id, occurred_at), occurred_at)
     return sorted(first, key=lambda run_id: first[run_id])
+
+
+# A governance record's table, id column and time column, by its attestation's label.
+_GOVERNANCE = {
+    GATE_DECISION: ("gate_decisions", "gate_id", "decided_at"),
+    EVAL_RESULT: ("eval_results", "result_id", "executed_at"),
+}
+
+
+def load_unattested_governance(con: duckdb.DuckDBPyConnection) -> list[tuple[str, Any]]:
+    """(label, record) of each gate decision and eval result whose attestation (its id derived
+    from the record's: ``custom_attestation_id``) is not stored — a daemon stopped between the
+    record's commit and its attestation's: nothing announces one, so nothing else would make it
+    again — oldest first."""
+    customs = "SELECT attestation_id FROM attestation_statements WHERE kind = 'custom'"
+    have = {row[0] for row in con.execute(customs).fetchall()}
+    missing: list[tuple[Any, str, str]] = []
+    for label, (table, key, at) in _GOVERNANCE.items():
+        for record_id, when in con.execute(f"SELECT {key}, {at} FROM {table}").fetchall():
+            if custom_attestation_id(label, record_id) not in have:
+                missing.append((when, label, record_id))
+    found: list[tuple[str, Any]] = []
+    for _, label, record_id in sorted(missing):
+        if label == GATE_DECISION:
+            gates = governance.load_gates(con, record_id, "", 1)
+            record: Any = gates[0].decision if gates else None
+        else:
+            record = governance.load_eval_result(con, record_id)
+        if record is not None:
+            found.append((label, record))
+    return found

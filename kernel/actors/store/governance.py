@@ -66,18 +66,25 @@ def load_scenarios(
             [ids, history],
         )
         for r in rows:
-            results.setdefault(r["scenario_id"], []).append(
-                EvalResultRecord(
-                    result_id=r["result_id"],
-                    scenario_id=r["scenario_id"],
-                    run_id=r["run_id"],
-                    commit=r["commit"],
-                    outcome=r["outcome"],
-                    metrics=_json(r["metrics"]),
-                    executed_at=r["executed_at"],
-                )  # fmt: skip
-            )
+            results.setdefault(r["scenario_id"], []).append(_eval_result(r))
     return [StoredScenario(s, tuple(results.get(s.scenario_id, ()))) for s in scenarios]
+
+
+def load_eval_result(con: duckdb.DuckDBPyConnection, result_id: str) -> EvalResultRecord | None:
+    rows = _rows(con, "SELECT * FROM eval_results WHERE result_id = ?", [result_id])
+    return _eval_result(rows[0]) if rows else None
+
+
+def _eval_result(r: dict[str, Any]) -> EvalResultRecord:
+    return EvalResultRecord(
+        result_id=r["result_id"],
+        scenario_id=r["scenario_id"],
+        run_id=r["run_id"],
+        commit=r["commit"],
+        outcome=r["outcome"],
+        metrics=_json(r["metrics"]),
+        executed_at=r["executed_at"],
+    )
 
 
 def load_gates(

@@ -225,6 +225,14 @@ class LoadUnattested:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadUnattestedGovernance:
+    """(label, record) of the gate decisions and eval results whose attestation is not stored
+    (after a crash), oldest first."""
+
+    reply: Reply[list[tuple[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
 class ExportParquet:
     """``foundry export parquet``: write the trace, run, eval and gate tables as date-partitioned
     Parquet under ``directory`` (absolute; each table's folder absent or empty), rows dated on or
@@ -269,6 +277,7 @@ StoreQuery = (
     | LoadAttestations
     | LoadRunAttestations
     | LoadUnattested
+    | LoadUnattestedGovernance
 )
 
 

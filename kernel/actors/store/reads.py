@@ -31,6 +31,7 @@ from foundry.kernel.actors.store.messages import (
     LoadSubmission,
     LoadTrace,
     LoadUnattested,
+    LoadUnattestedGovernance,
     LoadUnfinishedRuns,
     LoadWorkflow,
     RowCounts,
@@ -371,5 +372,6 @@ QUERIES: dict[type, Handler] = {
     LoadAttestations: lambda con, m: attestations.load_attestations(con, m.attestation_ids),
     LoadRunAttestations: lambda con, m: attestations.load_run_attestations(con, m.run_id),
     LoadUnattested: lambda con, m: attestations.load_unattested(con),
+    LoadUnattestedGovernance: lambda con, m: attestations.load_unattested_governance(con),
 }
 """Each query message's handler: ``handler(cursor, message)`` is the reply's value."""
