@@ -467,14 +467,15 @@ class Attestor:
         """Attest the gate decisions and eval results a stopped daemon committed but never
         attested (nothing announces them in a run log: they were lost for good)."""
         found: list[tuple[str, Any]] = await ask(self._store, LoadUnattestedGovernance)
-        notices = [governance_notice(label, record) for label, record in found]
-        if not notices:
+        customs = [governance_notice(label, record) for label, record in found]
+        if not customs:
             return
+        notices: list[Attest | AttestCustom] = list(customs)
         await self._sign_and_append(notices)
         # one of this daemon's, committed before the look, may wait in the mailbox: skipped
-        self._recovered.update(custom_attestation_id(n.label, n.record_id) for n in notices)
+        self._recovered.update(custom_attestation_id(n.label, n.record_id) for n in customs)
         log.warning("attested %d gate decision(s) and eval result(s) the last daemon left "
-                    "unattested", len(notices))  # fmt: skip
+                    "unattested", len(customs))  # fmt: skip
 
     async def _recover_run(self, run_id: str) -> None:
         events: list[RunEventRecord] = await ask(self._store, lambda r: LoadRunEvents(run_id, r))
