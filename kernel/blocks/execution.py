@@ -20,6 +20,7 @@ from foundry.kernel.blocks.api import (
 )
 from foundry.kernel.core.chain import runs_now as _runs_now
 from foundry.kernel.core.failures import described
+from foundry.kernel.core.ids import MAX_ID_LENGTH
 from foundry.kernel.core.throttle import Action
 
 
@@ -104,8 +105,13 @@ def _outcome(
     timed_out: bool,
     artifacts: list[str],
 ) -> Outcome:
-    if not error:
-        error = reported_fault(ctx)
+    raw_output, exit_code = ctx.raw_output, ctx.exit_code
+    fault = reported_fault(ctx)
+    if fault:  # a failed block's own error stays the error; what it set is not recorded as set
+        error = error or fault
+        raw_output = raw_output if isinstance(raw_output, str) else ""
+        exit_code = exit_code if type(exit_code) is int else -1
+        artifacts = [path for path in artifacts if type(path) is str]
     return Outcome(
         success=not error,
         output=output,
@@ -114,8 +120,8 @@ def _outcome(
         error=error,
         emissions=tuple(ctx.emissions) if not error else (),
         usage=ctx.usage,
-        raw_output=ctx.raw_output,
-        exit_code=ctx.exit_code,
+        raw_output=raw_output,
+        exit_code=exit_code,
         ran_command=ctx.ran_command,
         artifacts=tuple(artifacts),
         attempts=attempts,
@@ -130,23 +136,28 @@ def reported_fault(ctx: BlockContext) -> str:
     the trace take text, a whole exit code, artifact paths and emissions of a usable event type
     (bytes from a subprocess as ``raw_output`` broke the chain's trace; an ``Emission`` of an int
     type failed its workflow without recording the execution)."""
-    if not isinstance(ctx.summary, str):
-        return f"ctx.summary must be a str, not {type(ctx.summary).__name__}"
-    if not isinstance(ctx.raw_output, str):
-        return f"ctx.raw_output must be a str, not {type(ctx.raw_output).__name__}"
-    if type(ctx.exit_code) is not int:
-        return f"ctx.exit_code must be an int, not {type(ctx.exit_code).__name__}"
+    # (type() first: this runs for every execution, and isinstance costs more)
+    summary, raw_output, exit_code = ctx.summary, ctx.raw_output, ctx.exit_code
+    if type(summary) is not str and not isinstance(summary, str):
+        return f"ctx.summary must be a str, not {type(summary).__name__}"
+    if type(raw_output) is not str and not isinstance(raw_output, str):
+        return f"ctx.raw_output must be a str, not {type(raw_output).__name__}"
+    if type(exit_code) is not int:
+        return f"ctx.exit_code must be an int, not {type(exit_code).__name__}"
     written = ctx.artifacts_written
-    if type(written) is not list or not all(isinstance(path, str) for path in written):
+    if type(written) is not list or (written and not all(type(p) is str for p in written)):
         return "ctx.artifacts_written must be a list of str paths"
-    if type(ctx.emissions) is not list:
-        return f"ctx.emissions must be a list, not {type(ctx.emissions).__name__}"
-    for emission in ctx.emissions:
-        if type(emission) is not Emission or not isinstance(emission.payload, Mapping):
+    emissions = ctx.emissions
+    if type(emissions) is not list:
+        return f"ctx.emissions must be a list, not {type(emissions).__name__}"
+    for emission in emissions:
+        if type(emission) is not Emission or (
+            type(emission.payload) is not dict and not isinstance(emission.payload, Mapping)
+        ):
             return "ctx.emissions must hold what ctx.emit() makes (Emission, a mapping payload)"
-        fault = event_type_fault(emission.event_type)
-        if fault:
-            return f"an emission's event type {fault}"
+        kind = emission.event_type
+        if type(kind) is not str or not kind or len(kind) > MAX_ID_LENGTH or "\0" in kind:
+            return f"an emission's event type {event_type_fault(kind)}"
     return ""
 
 

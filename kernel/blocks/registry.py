@@ -160,10 +160,10 @@ def load_blocks(
         # pluggy calls the most recently registered plugin first; blocks run in registration
         # order.
         results = pm.hook.register_blocks(config=config or Config(), tools=tools)
-        contributed = [b for result in reversed(results) for b in result]
+        contributed = [b for result in reversed(results) for b in _answer(result, list, "blocks")]
         factories: dict[str, BlockFactory] = {}
         for result in reversed(pm.hook.register_block_types()):
-            factories.update(result)
+            factories.update(_answer(result, dict, "block_types"))
         gate_rules, assertion_types = _gate_rules(pm), _assertion_types(pm)
     return BlockRegistry(
         [*contributed, *(_declared_block(t, factories) for t in declared)],
@@ -182,11 +182,28 @@ def _hook_failures() -> Iterator[None]:
     except ConfigError:
         raise
     except (Exception, SystemExit) as exc:
+        where = ""  # the plugin's line that raised: the deepest frame outside the kernel
         frame = exc.__traceback__
-        while frame is not None and frame.tb_next is not None:
+        while frame is not None:
+            name = frame.tb_frame.f_code.co_filename
+            if not name.startswith((_KERNEL, _PLUGGY)):
+                where = f" ({name}:{frame.tb_lineno})"
             frame = frame.tb_next
-        where = f" ({frame.tb_frame.f_code.co_filename}:{frame.tb_lineno})" if frame else ""
         raise ConfigError(f"a plugin's hook failed{where}: {described(exc)}") from None
+
+
+_KERNEL = str(Path(__file__).resolve().parent.parent)
+_PLUGGY = str(Path(pluggy.__file__).resolve().parent)
+
+
+def _answer(result: Any, kind: type, hook: str) -> Any:
+    """A hook's answer, if it is of the ``kind`` the hook returns (a list, a dict), else a
+    ConfigError naming the hook (``for b in 5`` said only "'int' object is not iterable")."""
+    if isinstance(result, kind | (tuple if kind is list else kind)):
+        return result
+    raise ConfigError(
+        f"register_{hook}: a plugin answered {str(result)[:100]!r}, not a {kind.__name__}"
+    )
 
 
 def load_config_blocks(config: Config, *, entry_points: bool = True) -> BlockRegistry:

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
-from types import MappingProxyType
 from typing import Any, Protocol
 
 from foundry.kernel.core.failures import described
@@ -260,9 +259,9 @@ def reached(blocks: Iterable[Walker], payload: Mapping[str, Any]) -> list[tuple[
     """The blocks an event reaches, in registration order, each with "" or, when its payload
     filter raised, that error: a plugin's bug fails its execution, never the engine."""
     found: list[tuple[Any, str]] = []
-    # read-only: a filter that changed the event's payload changed what later blocks received
-    # (the stored event unchanged); one that tries now raises, failing its own execution
-    view = MappingProxyType(payload) if type(payload) is dict else payload
+    # a copy of the top level (for the event's filters together): a filter that changed the
+    # event's own payload changed what later blocks received (the stored event unchanged)
+    view = dict(payload)
     for block in blocks:
         try:
             if block.accepts(view):

@@ -1170,5 +1170,30 @@ async def test_a_payload_filter_cannot_change_what_the_next_blocks_receive(tmp_p
 
     assert received == [{"id": 1, "secret": "s3"}]
     [x] = executions(trace, "Meddler")
+    assert x["success"] is True
+
+
+async def test_a_failing_block_that_set_what_cannot_be_recorded_fails_alone(tmp_path):
+    # its own error reported, the field not recorded; it stopped the workflow (a TypeError
+    # comparing the exit code) and its sibling never ran
+    @block("Odd", sinks=["go"])
+    def odd(ctx):
+        ctx.exit_code = "3"
+        ctx.raw_output = b"bytes"
+        ctx.ran_command = True
+        raise RuntimeError("broke")
+
+    @block("Sibling", sinks=["go"])
+    def sibling(ctx):
+        pass
+
+    async with running_kernel(tmp_path, [odd, sibling]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+
+    [x] = executions(trace, "Odd")
     assert x["success"] is False
-    assert "accepts() raised AttributeError: 'mappingproxy' object" in x["summary"]
+    assert "RuntimeError: broke" in x["summary"]
+    assert (x["exit_code"], x["raw_output"]) == (-1, "")
+    [s] = executions(trace, "Sibling")
+    assert s["success"] is True

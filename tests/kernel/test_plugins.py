@@ -204,14 +204,17 @@ def test_a_module_whose_own_code_fails_at_import_is_one_line(plugin_module, sour
     [
         ("def register_blocks():\n    raise KeyError('region')", "KeyError: 'region'"),
         ("def register_tools():\n    return ['not a tool']", "'not a tool' is not a Tool"),
-        ("def register_block_types():\n    return 5", "a plugin's hook failed ("),
+        ("def register_block_types():\n    return 5", "register_block_types: a plugin answered"),
+        ("def register_blocks():\n    return 5", "register_blocks: a plugin answered '5', not a"),
     ],
-    ids=["raises", "not-a-tool", "not-a-mapping"],
+    ids=["raises", "not-a-tool", "not-a-mapping", "not-a-list"],
 )
 def test_a_hook_that_fails_is_one_line_naming_it(plugin_module, source, said):
     name = plugin_module("from foundry.kernel import hookimpl\n\n@hookimpl\n" + source)
-    with pytest.raises(ConfigError, match=re.escape(said)):
+    with pytest.raises(ConfigError, match=re.escape(said)) as refused:
         load_blocks([name], entry_points=False)
+    if "raise" in source:  # where: the plugin's own line
+        assert f"{name}.py:5)" in str(refused.value)
 
 
 @pytest.mark.parametrize(
