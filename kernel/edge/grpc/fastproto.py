@@ -34,6 +34,7 @@ from foundry.kernel.core.gate_policy import (
 from foundry.kernel.core.governance import StoredGate, thawed
 from foundry.kernel.core.ids import MAX_ID_LENGTH
 from foundry.kernel.edge.grpc import gate_columns, governance
+from foundry.kernel.edge.grpc.framing import canonical as canonical_bytes
 from foundry.kernel.edge.grpc.internals import Encoded
 from foundry.kernel.edge.grpc.message_check import WrongField, check_request
 from foundry.kernel.edge.grpc.reflection import descriptor_pool_of_protos
@@ -87,8 +88,8 @@ def decode_request(data: bytes) -> UpbRequest | api.CheckChangeGateRequest:
     except DecodeError:
         message = None
     canonical = None if message is None else _canonical(message)
-    if canonical is None:
-        return api.CheckChangeGateRequest().parse(data)
+    if canonical is None:  # (canonical bytes: of unknown fields, betterproto2's parse is N²)
+        return api.CheckChangeGateRequest().parse(canonical_bytes(data, api.CheckChangeGateRequest))
     _check_ids(message)
     return UpbRequest(message, _structs(message), canonical)
 
@@ -198,8 +199,8 @@ def decode_emit_request(data: bytes) -> Any:
     are go betterproto2's way (:func:`_plain`); ids are bounded here as ``check_request`` bounds
     them."""
     message = _plain("EmitRequest", "foundry", data)
-    if message is None:
-        return foundry_api.EmitRequest.parse(data)
+    if message is None:  # (canonical bytes: of unknown fields, betterproto2's parse is N²)
+        return foundry_api.EmitRequest.parse(canonical_bytes(data, foundry_api.EmitRequest))
     for name in EMIT_IDS:
         if len(getattr(message, name)) > MAX_ID_LENGTH:
             raise WrongField(f"{name}: longer than {MAX_ID_LENGTH} characters")

@@ -156,14 +156,13 @@ class RequestCodec(ProtoCodec):
             if fast is not None:
                 try:
                     message = fast(data)
+                except WrongField:
+                    raise  # named already (its fallback is the slow road's ``canonical``)
                 except Exception:
                     check_framing(data, message_type)  # bytes that are no message: said so
                     raise
                 if isinstance(message, betterproto2.Message):
-                    # first: betterproto2 takes a request cut short, or bytes that are no
-                    # message at all (a field it left None was named, never sent); what the
-                    # slow road says of them (``canonical``: a field is named where one can be)
-                    canonical(data, message_type)
+                    # (upb's fallback: betterproto2 parsed the canonical bytes, framing checked)
                     check_request(message)
             elif isinstance(message_type, type) and issubclass(message_type, betterproto2.Message):
                 message = super().decode(canonical(data, message_type), message_type)
