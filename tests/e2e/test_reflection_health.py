@@ -225,6 +225,21 @@ def test_grpcio_gets_unimplemented_for_an_unknown_method_or_service(probe):
         assert path in details
 
 
+def test_metadata_that_is_not_base64_is_left_out_and_the_call_answered(daemon):
+    # grpclib raised decoding it before any answer: the call hung (its stream never released:
+    # 100 of them filled a connection) and each logged a traceback, token or not
+    headers = raw_h2_call(daemon.address, "/foundry.Foundry/Status", (("x-data-bin", "a"),))
+    assert headers["grpc-status"] == "0", headers
+    assert "Server error" not in daemon.stderr()
+
+
+@pytest.mark.parametrize("timeout", ["garbage", "-1S", "1.5S", "1X"])
+def test_a_grpc_timeout_that_is_not_one_is_invalid_argument(daemon, timeout):
+    headers = raw_h2_call(daemon.address, "/foundry.Foundry/Status", (("grpc-timeout", timeout),))
+    assert headers["grpc-status"] == "3", headers  # INVALID_ARGUMENT, not UNKNOWN
+    assert "grpc-timeout" in headers["grpc-message"]
+
+
 @pytest.mark.parametrize("path", ["/foundry.Foundry/NoSuchMethod", "/no.such.Service/Call"])
 def test_an_unknown_path_over_raw_http2_is_unimplemented_with_a_grpc_content_type(daemon, path):
     headers = raw_h2_call(daemon.address, path)
@@ -234,8 +249,9 @@ def test_an_unknown_path_over_raw_http2_is_unimplemented_with_a_grpc_content_typ
     assert "unknown method" in headers["grpc-message"]
 
 
-def raw_h2_call(address: str, path: str) -> dict[str, str]:
-    """One gRPC request in hand-made HTTP/2 frames; the response headers and trailers."""
+def raw_h2_call(address: str, path: str, extra: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
+    """One gRPC request in hand-made HTTP/2 frames (``extra``: headers a client library would
+    refuse to send); the response headers and trailers."""
     host, port = address.rsplit(":", 1)
     config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
     connection = h2.connection.H2Connection(config=config)
@@ -243,7 +259,7 @@ def raw_h2_call(address: str, path: str) -> dict[str, str]:
     stream_id = connection.get_next_available_stream_id()
     connection.send_headers(stream_id, [
         (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", address),
-        ("content-type", "application/grpc"), ("te", "trailers"),
+        ("content-type", "application/grpc"), ("te", "trailers"), *extra,
     ])  # fmt: skip
     connection.send_data(stream_id, b"\x00\x00\x00\x00\x00", end_stream=True)
     headers: dict[str, str] = {}

@@ -381,6 +381,17 @@ def test_answer_unknown_methods_falls_back_when_the_mapping_is_gone():
     assert internals.answer_unknown_methods(NoMapping()) is False  # type: ignore[arg-type]
 
 
+# --- request headers grpclib cannot read ---------------------------------------------------------
+
+
+def test_grpclib_still_reads_metadata_and_deadlines_where_they_are_patched():
+    reason = internals.header_reading_is_patchable()
+    assert reason is None, (
+        f"{GRPCLIB}: {reason}; internals.read_hostile_headers falls back: a -bin metadata value "
+        "that is not base64 hangs its call, and a bad grpc-timeout is UNKNOWN"
+    )
+
+
 # --- a deadline already passed ------------------------------------------------------------------
 
 

@@ -44,6 +44,11 @@ disappeared, if an upgrade moves any of it):
   occurred" and answers UNKNOWN. The server module gets a subclass whose ``start`` marks it
   cancelled when that entry raises: grpclib's own branch for a deadline then answers
   DEADLINE_EXCEEDED, logged at INFO. Fallback: UNKNOWN, and a traceback per such request.
+- ``grpclib.server.decode_metadata`` and ``_abort`` (:func:`read_hostile_headers`): a ``-bin``
+  metadata value that is not base64 raised in ``request_handler`` before any answer (the call
+  hung, its stream was never released, a traceback logged), and a malformed ``grpc-timeout`` was
+  UNKNOWN. The module gets a decode that leaves such values out, and an abort that answers the
+  timeout INVALID_ARGUMENT. Fallback: the hang, and UNKNOWN.
 - ``grpclib.server.Handler.accept`` / ``cancel`` (:func:`release_reset_streams`): a stream the
   client resets (RST_STREAM) right after its request is cancelled before its task starts, so
   ``request_handler``'s ``finally: release_stream()`` never runs and the connection keeps the
@@ -75,6 +80,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpclib
+import grpclib.const
+import grpclib.metadata
 import grpclib.protocol
 import grpclib.server
 import grpclib.stream
@@ -545,6 +552,71 @@ def answer_expired_deadlines() -> bool:
                 inner.__exit__(None, None, None)  # its timer cancelled
 
     grpclib.server.DeadlineWrapper = ExpiredDeadlines  # type: ignore[attr-defined]
+    return True
+
+
+# --- request headers grpclib cannot read -----------------------------------------------------
+
+
+def header_reading_is_patchable() -> str | None:
+    """None, or what changed so that :func:`read_hostile_headers` would not work."""
+    decode = getattr(grpclib.server, "decode_metadata", None)
+    abort = getattr(grpclib.server, "_abort", None)
+    if decode is None or abort is None:
+        return "grpclib.server no longer imports decode_metadata and defines _abort"
+    try:
+        import inspect
+
+        source = inspect.getsource(grpclib.server.request_handler)
+    except (OSError, TypeError, AttributeError):
+        return "grpclib.server.request_handler cannot be read"
+    if "decode_metadata(headers)" not in source or TIMEOUT_REFUSAL not in source:
+        return "grpclib.server.request_handler no longer reads metadata and deadlines so"
+    return None
+
+
+TIMEOUT_REFUSAL = "'Invalid grpc-timeout header'"
+
+
+def read_hostile_headers() -> bool:
+    """A ``-bin`` metadata value that is not base64 is left out (grpclib's decode raised before
+    the call was answered: no answer, the stream never released, a traceback in the log — a
+    client filled a connection's 100 streams with them, token or not); a ``grpc-timeout`` that
+    is not one is INVALID_ARGUMENT, not UNKNOWN. False: grpclib changed."""
+    reason = header_reading_is_patchable()
+    if reason is not None:
+        _fallback(f"{reason} (grpclib {grpclib.__version__}): bad -bin metadata hangs its call")
+        return False
+    decode = grpclib.server.decode_metadata  # type: ignore[attr-defined]  # not re-exported
+    if getattr(decode, "_tolerant", False):
+        return True
+
+    def tolerant(headers: Any) -> Any:
+        try:
+            return decode(headers)
+        except ValueError:  # binascii.Error, UnicodeEncodeError: a -bin value that is not one
+            return decode([(k, v) for k, v in headers if not k.endswith("-bin") or _bin_ok(v)])
+
+    tolerant._tolerant = True  # type: ignore[attr-defined]
+    grpclib.server.decode_metadata = tolerant  # type: ignore[attr-defined]
+    abort = grpclib.server._abort
+
+    async def refuse(
+        stream: Any, h2_status: int, grpc_status: Any = None, message: str | None = None
+    ) -> None:
+        if grpc_status is grpclib.const.Status.UNKNOWN and f"'{message}'" == TIMEOUT_REFUSAL:
+            grpc_status = grpclib.const.Status.INVALID_ARGUMENT
+        await abort(stream, h2_status, grpc_status, message)
+
+    grpclib.server._abort = refuse  # type: ignore[assignment]
+    return True
+
+
+def _bin_ok(value: str) -> bool:
+    try:
+        grpclib.metadata.decode_bin_value(value.encode("ascii"))
+    except ValueError:
+        return False
     return True
 
 

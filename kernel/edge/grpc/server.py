@@ -50,6 +50,7 @@ from foundry.kernel.edge.grpc.internals import (
     install_message_limit,
     limit_control_frames,
     message_limit_error,
+    read_hostile_headers,
     release_reset_streams,
     stop_listening,
 )
@@ -369,6 +370,7 @@ async def start_server(
     bound_closed_streams()  # h2 remembers 65,536 per connection (~9.5 MB) by default
     coalesce_writes()  # one socket write per loop turn, not three per unary reply
     answer_expired_deadlines()  # DEADLINE_EXCEEDED, not UNKNOWN and a traceback
+    read_hostile_headers()  # bad -bin metadata: no hung call; a bad grpc-timeout: not UNKNOWN
     release_reset_streams()  # a stream reset before its task ran is not kept
     forget_finished_tasks()  # nor a closed connection's tasks, with their streams' bodies
     limit_control_frames()  # a connection flooding PING/SETTINGS/PRIORITY frames is closed
