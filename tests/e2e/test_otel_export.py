@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from foundry.proto import foundry_api as api
+from foundry.proto import runtime_api
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -31,7 +32,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from tests.daemon import Daemon, Daemons
 from tests.e2e.helpers import emit, finished, traced
 from tests.helpers import process_gone, wait_until
-from tests.runs.helpers import dag, run_and_wait, steps, value
+from tests.runs.helpers import dag, run_and_wait, steps, submit, value, wait_for
 
 Span = dict[str, Any]
 
@@ -389,3 +390,43 @@ def test_a_bad_otel_table_is_refused_naming_the_key(tmp_path, table, key):
     assert done.returncode == 2
     assert key in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_step_attempt_ended_by_cancel_run_has_its_span(
+    make_daemon: Daemons, collector: Collector
+):
+    # the span went out only once an attempt returned: a cancelled one left the run's trace
+    # with nothing in it but the canceled run
+    daemon = make_daemon(otel_config(collector.endpoint) + """
+[[blocks]]
+name = "sleeper"
+type = "shell"
+kind = "observer"
+command = ["sleep", "30"]
+""")  # fmt: skip
+    run_id = submit(daemon, dag({"id": "s", "type": "sleeper"}))
+    wait_for(daemon, run_id, lambda r: steps(r)["s"].status == "running", what="s to run")
+    reply = daemon.call(lambda _, rt: rt.cancel_run(runtime_api.CancelRunRequest(run_id=run_id)))
+    assert reply.status == runtime_api.RunStatus.CANCELED
+    [top] = wait_until(
+        lambda: [s for s in collector.spans
+                 if s["name"] == "run" and s["attributes"]["foundry.run.id"] == run_id],
+        what="the run's span",
+    )  # fmt: skip
+    spans = collector.wait_for(top["trace_id"], 2)
+    step = spans["step s"]
+    assert step["attributes"]["foundry.step.state"] == "canceled"
+    assert step["status"] == STATUS_ERROR
+    assert step["parent_span_id"] == top["span_id"]
+
+
+def test_an_event_no_block_sinks_names_no_workflow(exporting: Daemon, collector: Collector):
+    # its span said foundry.workflow.id = its own id, a workflow Status does not know
+    reply = emit(exporting, "nobody_sinks_this", payload={})
+    assert reply.workflow_id == ""
+    [span] = wait_until(
+        lambda: [s for s in collector.spans if s["name"] == "event nobody_sinks_this"],
+        what="the event's span",
+    )  # fmt: skip
+    assert span["attributes"].get("foundry.workflow.id", "") == ""
+    assert span["attributes"]["foundry.event.id"] == reply.event_id

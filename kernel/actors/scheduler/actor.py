@@ -680,7 +680,14 @@ class Scheduler:
             span_id=span,
         )
         started = time.perf_counter()
-        output, error, timed_out = await attempt_once(block, Action.RUN, ctx, limit)
+        try:
+            output, error, timed_out = await attempt_once(block, Action.RUN, ctx, limit)
+        except BaseException:  # cancelled (CancelRun, the daemon's stop): its span ends too
+            if self._spans.on:
+                ended = _attempt_ended(run, ctx, spec.type, lease_event, self._clock.now(),
+                                       None, "canceled", canceled=True)  # fmt: skip
+                self._spans.offer(ended)
+            raise
         size = 0
         if not error:
             error = reported_fault(ctx)
@@ -1172,12 +1179,14 @@ def _attempt_ended(
     ended: datetime,
     output: Any,
     error: str,
+    *,
+    canceled: bool = False,
 ) -> StepAttemptEnded:
     usage = ctx.usage
     return StepAttemptEnded(
         run.submission.trace_id, ctx.span_id, run.submission.span_id, run.run_id, lease.step_id,
         step_type, ctx.attempt, error, lease.occurred_at, ended, ctx.model, output,
-        (usage.tokens_in, usage.tokens_out, usage.cost),
+        (usage.tokens_in, usage.tokens_out, usage.cost), canceled,
     )  # fmt: skip
 
 

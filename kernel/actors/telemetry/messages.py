@@ -87,6 +87,7 @@ class StepAttemptEnded:
     model: str  # as the step asked for it ("provider:model" or a bare name), "" if none
     output: Any  # the step's frozen output (an llm step's names its provider and model)
     usage: tuple[int, int, float]  # tokens in, tokens out, cost
+    canceled: bool = False  # ended by a cancel (CancelRun, the daemon's stop), ``error`` says so
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +288,10 @@ def chain_spans(chain: ChainRecord) -> Iterator[SpanRecord]:
     then every other event and every block execution (README, *OpenTelemetry export*)."""
     events, executions, is_workflow, *_ = chain
     root, *emitted = events
-    yield _workflow_span(root, chain) if is_workflow else _event_span(root)
+    if is_workflow:
+        yield _workflow_span(root, chain)
+    else:  # no workflow: its id is no workflow's (Emit answers none, Status knows none)
+        yield _event_span((*root[:4], "", *root[5:]))  # type: ignore[arg-type]
     yield from map(_event_span, emitted)
     yield from map(_execution_span, executions)
 

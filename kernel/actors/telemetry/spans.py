@@ -72,7 +72,7 @@ def step_attempt_span(step: StepAttemptEnded) -> SpanEnded:
         ("foundry.step.id", step.step_id),
         ("foundry.step.type", step.step_type),
         ("foundry.step.attempt", step.attempt),
-        ("foundry.step.state", "failed" if step.error else "succeeded"),
+        ("foundry.step.state", _step_state(step)),
     ]
     name, kind = f"step {step.step_id}", "internal"
     if step.step_type == LLM_STEP:
@@ -91,6 +91,12 @@ def step_attempt_span(step: StepAttemptEnded) -> SpanEnded:
         attributes=tuple(attributes),
         error=storable(step.error[:ERROR_CHARS]),  # an exception's text: UTF-8 for OTLP
     )
+
+
+def _step_state(step: StepAttemptEnded) -> str:
+    if step.canceled:
+        return "canceled"
+    return "failed" if step.error else "succeeded"
 
 
 def llm_names(requested: str, output: Any) -> tuple[str, str]:
