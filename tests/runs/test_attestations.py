@@ -170,22 +170,7 @@ def _which(attestation: api.Attestation) -> tuple[str, dict[str, Any]]:
 
 
 def test_gate_decisions_and_eval_results_are_custom_attestations(daemon):
-    change = f"chg-{uuid.uuid4().hex[:8]}"
-    request = api.CheckChangeGateRequest(change_id=change, revision="r1")
-    decision = daemon.call(lambda _, rt: rt.check_change_gate(request)).decision
-    pack, run_id = (
-        f"pack-{uuid.uuid4().hex[:6]}",
-        run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id,
-    )
-    scenario = api.EvalScenarioDefinition(
-        slug="s", title="S", run_spec=Struct.from_dict({"dag_json": RESEARCH}),
-        expected=Struct.from_dict({"status": "succeeded"}),
-    )  # fmt: skip
-    daemon.call(
-        lambda _, rt: rt.sync_eval_pack(api.SyncEvalPackRequest(pack=pack, scenarios=[scenario]))
-    )
-    recorded = api.RecordEvalResultRequest(pack=pack, slug="s", run_id=run_id, commit="abc")
-    result = daemon.call(lambda _, rt: rt.record_eval_result(recorded)).result
+    decision, result, run_id = decide_and_judge(daemon)
     gate_id = custom_attestation_id(GATE_DECISION, decision.gate_id)
     eval_id = custom_attestation_id(EVAL_RESULT, result.result_id)
     gate, evaluation = get(daemon, [gate_id, eval_id])
@@ -195,6 +180,25 @@ def test_gate_decisions_and_eval_results_are_custom_attestations(daemon):
     assert evaluation.claims.to_dict()["claims"]["run_id"] == run_id
     for attestation_id in (gate_id, eval_id):
         assert cli(daemon, "verify", attestation_id).returncode == 0
+
+
+def decide_and_judge(daemon: Daemon) -> tuple[Any, Any, str]:
+    """A gate decision, and an eval result of a run: (decision, result, run id)."""
+    change = f"chg-{uuid.uuid4().hex[:8]}"
+    request = api.CheckChangeGateRequest(change_id=change, revision="r1")
+    decision = daemon.call(lambda _, rt: rt.check_change_gate(request)).decision
+    run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
+    pack = f"pack-{uuid.uuid4().hex[:6]}"
+    scenario = api.EvalScenarioDefinition(
+        slug="s", title="S", run_spec=Struct.from_dict({"dag_json": RESEARCH}),
+        expected=Struct.from_dict({"status": "succeeded"}),
+    )  # fmt: skip
+    daemon.call(
+        lambda _, rt: rt.sync_eval_pack(api.SyncEvalPackRequest(pack=pack, scenarios=[scenario]))
+    )
+    recorded = api.RecordEvalResultRequest(pack=pack, slug="s", run_id=run_id, commit="abc")
+    result = daemon.call(lambda _, rt: rt.record_eval_result(recorded)).result
+    return decision, result, run_id
 
 
 def test_attest_get_shows_whole_numbers_as_integers(daemon):
@@ -500,35 +504,17 @@ def change_stored_output(daemon, run_id, kind, output):
         )
 
 
-def _decide_and_judge(daemon: Daemon) -> tuple[str, str]:
-    """A gate decision and an eval result: the ids of their attestations."""
-    change = f"chg-{uuid.uuid4().hex[:8]}"
-    request = api.CheckChangeGateRequest(change_id=change, revision="r1")
-    decision = daemon.call(lambda _, rt: rt.check_change_gate(request)).decision
-    run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
-    pack = f"pack-{uuid.uuid4().hex[:6]}"
-    scenario = api.EvalScenarioDefinition(
-        slug="s", title="S", run_spec=Struct.from_dict({"dag_json": RESEARCH}),
-        expected=Struct.from_dict({"status": "succeeded"}),
-    )  # fmt: skip
-    daemon.call(
-        lambda _, rt: rt.sync_eval_pack(api.SyncEvalPackRequest(pack=pack, scenarios=[scenario]))
-    )
-    recorded = api.RecordEvalResultRequest(pack=pack, slug="s", run_id=run_id, commit="abc")
-    result = daemon.call(lambda _, rt: rt.record_eval_result(recorded)).result
-    return (
-        custom_attestation_id(GATE_DECISION, decision.gate_id),
-        custom_attestation_id(EVAL_RESULT, result.result_id),
-    )
-
-
 def test_a_gate_decisions_or_eval_results_lost_attestation_is_made_at_start(make_daemon):
     """Nothing announces these in a run log: a daemon stopped between a record's commit and its
     attestation's left it unattested for good (kill -9 right after CheckChangeGate's answer).
     Here the loss is made certain — the rows taken out of a stopped daemon's database — and
     the next start attests both again, under the same ids, and they verify."""
     daemon = make_daemon()
-    ids = _decide_and_judge(daemon)
+    decision, result, _ = decide_and_judge(daemon)
+    ids = (
+        custom_attestation_id(GATE_DECISION, decision.gate_id),
+        custom_attestation_id(EVAL_RESULT, result.result_id),
+    )
     assert len(get(daemon, list(ids))) == 2
     daemon.stop()
     with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
