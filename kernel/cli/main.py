@@ -44,7 +44,8 @@ class CommandFailed(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(client_options_last(given))
     try:
         result: int = args.handler(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
@@ -66,6 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecursionError:  # JSON in an argument (--inputs, --details), a file, or a reply
         print("foundry: JSON nested too deeply to read", file=sys.stderr)
         return 2
+
+
+def client_options_last(argv: list[str]) -> list[str]:
+    """``foundry --addr H:P status`` read as ``foundry status --addr H:P``: the options every
+    client command takes, given before the command, go after it (argparse said
+    ``invalid choice: 'H:P'``, naming no option)."""
+    moved: list[str] = []
+    while argv and (argv[0] in ("--addr", "--json") or argv[0].startswith("--addr=")):
+        take = 2 if argv[0] == "--addr" else 1
+        moved, argv = moved + argv[:take], argv[take:]
+    return argv + moved
 
 
 def _utf8(text: str) -> bool:

@@ -23,3 +23,19 @@ def test_a_bad_address_is_named_by_where_it_came_from(tmp_path, args, env, named
     )  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.strip() == f"foundry: {named}: expected HOST:PORT, got 'garbage'"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--addr", "127.0.0.1:1", "status"], ["--json", "--addr=127.0.0.1:1", "run", "list"]],
+    ids=["addr", "json-and-addr"],
+)
+def test_client_options_before_the_command_are_taken(tmp_path, args):
+    # argparse said "argument COMMAND: invalid choice: '127.0.0.1:1'", naming no option
+    environment = {**os.environ, "FOUNDRY_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "foundry.kernel.cli", *args],
+        capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "cannot reach the daemon at 127.0.0.1:1" in done.stderr
