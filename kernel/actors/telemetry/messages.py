@@ -291,7 +291,7 @@ def chain_spans(chain: ChainRecord) -> Iterator[SpanRecord]:
     if is_workflow:
         yield _workflow_span(root, chain)
     else:  # no workflow: its id is no workflow's (Emit answers none, Status knows none)
-        yield _event_span((*root[:4], "", *root[5:]))  # type: ignore[arg-type]
+        yield _event_span((*root[:4], "", *root[5:]))
     yield from map(_event_span, emitted)
     yield from map(_execution_span, executions)
 
