@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -39,3 +40,18 @@ def test_client_options_before_the_command_are_taken(tmp_path, args):
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "cannot reach the daemon at 127.0.0.1:1" in done.stderr
+
+
+def test_a_port_that_never_answers_is_given_up_on(monkeypatch, capsys):
+    # it held the command until Ctrl-C (a hung process, a server that is no gRPC one)
+    from foundry.kernel.cli.main import main
+    from foundry.kernel.edge.grpc import client
+
+    monkeypatch.setattr(client, "ANSWER_SECONDS", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        assert main(["status", "--addr", f"127.0.0.1:{port}"]) == 1
+    said = capsys.readouterr().err
+    assert said.strip() == (
+        f"foundry: cannot reach the daemon at 127.0.0.1:{port}: no gRPC answer within 0.5 s"
+    )

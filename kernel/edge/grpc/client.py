@@ -18,9 +18,12 @@ from pathlib import Path
 from foundry.kernel.config import DEFAULT_LISTEN, parse_listen
 from foundry.kernel.edge.security import client_ssl_context
 from foundry.proto import foundry_api, runtime_api
+from grpclib import GRPCError, Status
 from grpclib.client import Channel
 from grpclib.events import SendRequest, listen
 from grpclib.exceptions import StreamTerminatedError
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest
 
 TOKEN_ENV = "FOUNDRY_TOKEN"
 CA_ENV = "FOUNDRY_CA"
@@ -71,6 +74,15 @@ def open_channel(address: str) -> Channel:
             event.metadata["authorization"] = header
 
         listen(channel, SendRequest, authorize)
+    checked = False
+
+    async def answering_first(event: SendRequest) -> None:  # before the first call, not at
+        nonlocal checked  # connect: a command's bad input file is still said first
+        if not checked:
+            checked = True
+            await answering(channel)
+
+    listen(channel, SendRequest, answering_first)
     return channel
 
 
@@ -86,3 +98,19 @@ async def connect(
         raise ConnectionError(f"{exc}{hint}") from None
     finally:
         channel.close()
+
+
+ANSWER_SECONDS = 15.0  # for a daemon to answer its health service
+
+
+async def answering(channel: Channel) -> None:
+    """Fail (ConnectionError) unless the server answers a health check within
+    ``ANSWER_SECONDS``: a port that takes the connection and never answers (a hung process, a
+    server that is no gRPC one) held a command until Ctrl-C. Any answer will do, an error too
+    (the health service needs no token)."""
+    try:
+        await HealthStub(channel).Check(HealthCheckRequest(), timeout=ANSWER_SECONDS)
+    except (TimeoutError, GRPCError) as exc:
+        if isinstance(exc, GRPCError) and exc.status is not Status.DEADLINE_EXCEEDED:
+            return
+        raise ConnectionError(f"no gRPC answer within {ANSWER_SECONDS:g} s") from None
