@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -542,3 +543,29 @@ def test_a_request_of_a_million_unknown_fields_is_answered_and_holds_up_no_one(
     code, details = call(channel, path, bytes(known) + b"\xa0\x06\x01" * 1_300_000)
     assert code is grpc.StatusCode.OK, details
     assert_serving(daemon)
+
+
+def test_a_large_request_is_decoded_off_the_loop_and_holds_up_no_one(daemon, channel):
+    # a Query of 300,000 parameters (2.7 MB): betterproto2's pure-Python parse of its map held
+    # the daemon's loop for seconds, every other call waiting
+    entry = bytes([0x0A, 0x02]) + b"k%d" + bytes([0x12, 0x01]) + b"v"  # key, value
+    entries = b"".join(
+        bytes([0x12, len(e := entry.replace(b"%d", str(i).encode()))]) + e
+        for i in range(300_000)
+    )  # fmt: skip
+    body = bytes([0x0A, 0x08]) + b"SELECT 1" + entries
+    finished: list[str] = []
+
+    def big() -> None:
+        raw_call(channel, "/foundry.analytics.v1.Analytics/Query", body, timeout=60)
+        finished.append("big")
+
+    thread = threading.Thread(target=big)
+    thread.start()
+    try:
+        time.sleep(0.3)  # its bytes are on their way; the small call goes now
+        emit(daemon, "greet_requested", project="hostile", payload={"name": "Ada"})
+        finished.append("small")
+    finally:
+        thread.join(60)
+    assert finished == ["small", "big"]
