@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 import httpx
+import trio
 from foundry.kernel import (
     Block,
     BlockContext,
@@ -61,18 +62,42 @@ class HttpBlock(Block):
             request["json"] = ctx.inputs["json"]
         elif "body" in ctx.inputs:
             request["content"] = str(ctx.inputs["body"]).encode()
-        timeout = float(ctx.inputs.get("timeout", 30))
-        follow = bool(ctx.inputs.get("follow_redirects", False))
-        async with guarded_client(self.egress, timeout=timeout) as client:
-            response, content = await request_bounded(
-                client, method, url, self.max_body_bytes, follow_redirects=follow, **request
-            )
+        timeout = _seconds(ctx.inputs.get("timeout", 30))
+        follow = _flag(ctx.inputs, "follow_redirects")
+        # the whole request within the timeout (httpx's bounds each read: a server sending a
+        # byte a second held the step until the block's own limit)
+        with trio.move_on_after(timeout) as waited:
+            async with guarded_client(self.egress, timeout=timeout) as client:
+                response, content = await request_bounded(
+                    client, method, url, self.max_body_bytes, follow_redirects=follow, **request
+                )
+        if waited.cancelled_caught:
+            raise BlockError(f"{method} {redact_url(url)} took more than inputs.timeout "
+                             f"({timeout:g} s)")  # fmt: skip
         shown = redact_url(url)
-        if response.status_code >= 400 and not ctx.inputs.get("allow_error_status"):
+        if response.status_code >= 400 and not _flag(ctx.inputs, "allow_error_status"):
             raise BlockError(f"{method} {shown} answered {response.status_code}")
         ctx.summary = f"{method} {shown} → {response.status_code}"
         return {"status": response.status_code, "headers": dict(response.headers),
                 "body": _body(response, content)}  # fmt: skip
+
+
+def _seconds(value: Any) -> float:
+    """``inputs.timeout``: seconds, more than 0 and at most a day (NaN, -1 and "abc" failed
+    with Python's or httpx's words)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not 0 < value <= 86_400:  # (NaN fails the comparison)
+        raise BlockError(f"inputs.timeout: expected seconds, more than 0 and at most 86400, "
+                         f"got {value!r:.40}")  # fmt: skip
+    return float(value)
+
+
+def _flag(inputs: Any, name: str) -> bool:
+    """A true/false input (the string "false" was read as true)."""
+    value = inputs.get(name, False)
+    if not isinstance(value, bool):
+        raise BlockError(f"inputs.{name}: expected true or false, got {value!r:.40}")
+    return value
 
 
 def _headers(given: Any) -> dict[str, str]:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from foundry.kernel import (
     Block,
     BlockContext,
@@ -114,22 +115,47 @@ async def openai_provider(
         headers["Authorization"] = f"Bearer {key}"
     body = {"model": model, "messages": messages, "seed": seed, "temperature": temperature}
     url = settings.base_url.rstrip("/") + "/chat/completions"
-    async with guarded_client(egress, timeout=settings.timeout) as client:
-        response, content = await request_bounded(
-            client, "POST", url, MAX_ANSWER_BYTES, json=body, headers=headers
-        )
+    # the whole request within the timeout (httpx's bounds each read: an endpoint sending a
+    # byte a second held the step for minutes)
+    with trio.move_on_after(settings.timeout) as waited:
+        async with guarded_client(egress, timeout=settings.timeout) as client:
+            response, content = await request_bounded(
+                client, "POST", url, MAX_ANSWER_BYTES, json=body, headers=headers
+            )
+    if waited.cancelled_caught:
+        raise BlockError(f"the LLM endpoint took more than [llm] timeout ({settings.timeout:g} s)")
     if response.status_code >= 400:
         text = content[:200].decode(errors="replace")
         raise BlockError(f"LLM endpoint answered {response.status_code}: {text}")
-    data = json.loads(content)
-    choice = data["choices"][0]
-    usage = data.get("usage", {})
-    return Completion(
-        text=choice["message"]["content"],
-        tokens_in=int(usage.get("prompt_tokens", 0)),
-        tokens_out=int(usage.get("completion_tokens", 0)),
-        finish_reason=choice.get("finish_reason") or "stop",
-    )
+    return completion_of(content)
+
+
+def completion_of(content: bytes) -> Completion:
+    """An OpenAI chat completion's text, token counts and finish reason, each checked: what an
+    endpoint answers is not trusted (a negative token count left the run unattested; a missing
+    ``choices`` failed the step with ``KeyError: 'choices'``)."""
+    try:
+        data = json.loads(content)
+        choice = data["choices"][0]
+        text = choice["message"]["content"]
+        usage = data.get("usage") or {}
+        counts = [usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)]
+        reason = choice.get("finish_reason") or "stop"
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise BlockError(
+            f"the LLM endpoint's answer is not a chat completion ({exc!r:.100})"
+        ) from None
+    if not isinstance(text, str) or not isinstance(reason, str):
+        raise BlockError(
+            "the LLM endpoint's answer: message.content and finish_reason must be text"
+        )
+    if not all(type(n) is int and 0 <= n <= MAX_TOKENS for n in counts):
+        raise BlockError(f"the LLM endpoint's answer: usage token counts must be whole numbers "
+                         f"from 0 to {MAX_TOKENS:,}, got {counts!r:.100}")  # fmt: skip
+    return Completion(text=text, tokens_in=counts[0], tokens_out=counts[1], finish_reason=reason)
+
+
+MAX_TOKENS = 2**53  # a token count, at most (JSON's exact integers)
 
 
 PROVIDERS: dict[str, Provider] = {"mock": mock_provider, "openai": openai_provider}

@@ -47,6 +47,9 @@ class Usage:
         )
 
 
+MAX_USAGE = 2**53  # a token count or a cost, at most (JSON's exact integers)
+
+
 @dataclass(frozen=True)
 class Emission:
     """An event a block asked to emit."""
@@ -144,6 +147,14 @@ class BlockContext:
         self.emissions.append(Emission(event_type, dict(payload or {})))
 
     def record_usage(self, tokens_in: int = 0, tokens_out: int = 0, cost: float = 0.0) -> None:
+        """Add to this execution's usage: whole token counts from 0, a finite cost from 0
+        (else ``ValueError``): a negative count left the step and its run unattested."""
+        for name, count in (("tokens_in", tokens_in), ("tokens_out", tokens_out)):
+            if type(count) is not int or not 0 <= count <= MAX_USAGE:
+                raise ValueError(f"record_usage: {name} must be a whole number from 0 to "
+                                 f"{MAX_USAGE}, got {count!r:.40}")  # fmt: skip
+        if type(cost) not in (int, float) or not 0 <= cost <= MAX_USAGE:  # (NaN fails too)
+            raise ValueError(f"record_usage: cost must be a number from 0, got {cost!r:.40}")
         self.usage = self.usage + Usage(tokens_in, tokens_out, cost)
 
     def artifact_path(self, name: str) -> Path:

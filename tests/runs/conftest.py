@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,13 +45,21 @@ class FakeHttp:
             ]
 
     def answer(
-        self, model: str, text: str, prompt_tokens: int = 7, completion_tokens: int = 5
+        self,
+        model: str,
+        text: str,
+        prompt_tokens: int = 7,
+        completion_tokens: int = 5,
+        document: Any = None,
     ) -> None:
+        """What a chat completion for ``model`` answers; ``document``: that JSON instead (an
+        endpoint that answers what a chat completion is not)."""
         with self.lock:
             self.answers[model] = {
                 "text": text,
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
+                "document": document,
             }
 
 
@@ -86,7 +95,18 @@ def _handler(fake: FakeHttp) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             self._record()
-            if self.path.startswith("/status/"):
+            if self.path.startswith("/drip"):  # a byte a second: each read is quick
+                self.send_response(200)
+                self.send_header("Content-Length", "60")
+                self.end_headers()
+                for _ in range(60):
+                    try:
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
+                    time.sleep(1)
+            elif self.path.startswith("/status/"):
                 self._reply(int(self.path.rsplit("/", 1)[1]), {"error": "as asked"})
             else:
                 self._reply(200, {"hello": "world", "path": self.path})
@@ -102,6 +122,9 @@ def _handler(fake: FakeHttp) -> type[BaseHTTPRequestHandler]:
             if answer is None:
                 last = (body.get("messages") or [{}])[-1].get("content", "")
                 answer = {"text": f"echo: {last}", "prompt_tokens": 3, "completion_tokens": 2}
+            if answer.get("document") is not None:
+                self._reply(200, answer["document"])
+                return
             self._reply(
                 200,
                 {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from pathlib import Path
 
 import duckdb
@@ -620,6 +621,54 @@ def test_llm_openai_provider_against_a_fake_endpoint(daemon, fake_http):
     assert usage["tokens_in"] == 12
     assert usage["tokens_out"] == 4
     assert usage["cost"] == pytest.approx((12 * 0.0005 + 4 * 0.0015) / 1000)
+
+
+@pytest.mark.parametrize(
+    ("document", "said"),
+    [
+        # a negative count left the step and its run unattested (the attestor refused it)
+        ({"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": -5}},
+         "usage token counts must be whole numbers from 0"),
+        ({"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 10**30}},
+         "usage token counts must be whole numbers from 0"),
+        ({"oops": True}, "not a chat completion (KeyError('choices'))"),
+        ({"choices": []}, "not a chat completion (IndexError"),
+        ({"choices": [{"message": {"content": {"a": 1}}}]}, "content and finish_reason must be"),
+    ],
+    ids=["negative-tokens", "huge-tokens", "no-choices", "empty-choices", "content-object"],
+)  # fmt: skip
+def test_an_llm_answer_that_is_no_chat_completion_fails_the_step_naming_why(
+    daemon, fake_http, document, said
+):
+    model = f"odd-{uuid.uuid4().hex[:6]}"
+    fake_http.answer(model, "", document=document)
+    run = run_and_wait(daemon, dag({"id": "ask", "type": "llm", "model": f"openai:{model}",
+                                    "inputs": {"prompt": "hi"}}))  # fmt: skip
+    assert run.status == api.RunStatus.FAILED
+    assert said in value(run.steps[0].error)["message"]
+
+
+def test_an_http_steps_timeout_bounds_the_whole_request(daemon, fake_http):
+    # httpx bounds each read: a server sending a byte a second held the step for the block's
+    # own 60 s
+    started = time.monotonic()
+    run = run_and_wait(daemon, dag({"id": "get", "type": "http", "inputs": {
+        "url": f"{fake_http.url}/drip", "timeout": 1}}))  # fmt: skip
+    assert run.status == api.RunStatus.FAILED
+    assert "took more than inputs.timeout (1 s)" in value(run.steps[0].error)["message"]
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("name", "given"),
+    [("follow_redirects", "false"), ("allow_error_status", "no"), ("timeout", "nan")],
+)
+def test_an_http_steps_options_are_read_strictly(daemon, fake_http, name, given):
+    # "false" was read as true (bool() of a string); "nan" failed with Python's words
+    run = run_and_wait(daemon, dag({"id": "get", "type": "http", "inputs": {
+        "url": f"{fake_http.url}/status/404", name: given}}))  # fmt: skip
+    assert run.status == api.RunStatus.FAILED
+    assert f"inputs.{name}: expected" in value(run.steps[0].error)["message"]
 
 
 def test_llm_endpoint_error_fails_the_step(daemon):
