@@ -16,6 +16,7 @@ from tests.runs.helpers import (
     get_run,
     kinds,
     of_kind,
+    run_and_wait,
     steps,
     submit,
     tap,
@@ -241,3 +242,17 @@ def test_a_step_backing_off_does_not_hold_up_a_stop(make_daemon, tmp_path):
         "step_leased",
         "step_completed",
     ]
+
+
+def test_steps_running_at_once_keep_to_the_runs_output_budget(make_daemon):
+    """Outputs of 64 KiB or more are walked on a worker thread: steps finishing together each
+    passed the budget check before any counted its output (5 × 90 KB past a 300 KB limit)."""
+    daemon = make_daemon("[scheduler]\nmax_step_bytes = 100000\nmax_run_bytes = 300000\n")
+    big = "B" * 90_000
+    spec = dag(*({"id": f"r{i}", "type": "transform", "inputs": {"v": "${inputs.big}"}}
+                 for i in range(5)))  # fmt: skip
+    run = run_and_wait(daemon, spec, inputs={"big": big})
+    assert run.status == api.RunStatus.FAILED
+    succeeded = [s for s in run.steps if s.status == "succeeded"]
+    assert len(succeeded) <= 3  # 3 × ~90 KB fit in 300 KB; a fourth does not
+    assert any("max_run_bytes" in value(s.error)["message"] for s in run.steps if s.error)

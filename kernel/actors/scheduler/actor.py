@@ -708,15 +708,22 @@ class Scheduler:
                     error = _too_deep(text, output)
                 elif not error:  # a walk of a large output's every container: off the loop
                     error = await in_thread(_too_deep, text, output)
-        if self._spans.on:
-            now = self._clock.now()
-            self._spans.offer(_attempt_ended(run, ctx, spec.type, lease_event, now, output, error))
+        artifacts: list[str] = []
         if not error:
             if ctx.artifacts_touched:  # a scan, on a worker thread
                 with trio.CancelScope(shield=True):  # what the step did is recorded, as ever
                     artifacts = await ctx.collect_artifacts()
             else:  # the names write_artifact kept: no await, so no shielded scope (~15 µs)
                 artifacts = ctx.listed_artifacts()
+            # again, with no await between it and note_output: steps running at once each
+            # passed the check before any counted its output (450 KB past a 300 KB limit)
+            error = output_refused(
+                run, size, self._config.max_step_bytes, self._config.max_run_bytes
+            )
+        if self._spans.on:
+            now = self._clock.now()
+            self._spans.offer(_attempt_ended(run, ctx, spec.type, lease_event, now, output, error))
+        if not error:
             completed = run.make_event(
                 "step_completed", self._clock.now(), spec.id,
                 attempt=attempt, output=output, duration_ms=_ms_since(started), span_id=span,
