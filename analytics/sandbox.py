@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from foundry.analytics.parquet import glob_escaped
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_ROWS = 10_000
@@ -97,7 +98,9 @@ def lock_instance(
     file access, no extension loading, and no setting may change afterwards. Instance-wide;
     cannot be undone. (An analyst's query reads no file at all: ``check_sql``.)"""
     folders = (home / "archive", *readable)
-    allowed = sorted({f"{path}/" for folder in folders for path in (folder, folder.resolve())})
+    paths = {str(path) for folder in folders for path in (folder, folder.resolve())}
+    # and as the archive views' globs name them (DuckDB checks the pattern's text)
+    allowed = sorted({f"{text}/" for path in paths for text in (path, glob_escaped(path))})
     con.execute("SET allowed_directories = $dirs", {"dirs": allowed})
     # One core stays with the daemon's loop: a heavy query gets DuckDB's threads on the others.
     con.execute(f"SET threads = {max(1, (os.cpu_count() or 2) - 1)}")

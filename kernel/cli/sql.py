@@ -174,9 +174,11 @@ def run_file(
     from foundry.analytics import sandbox
 
     try:
-        con = duckdb.connect(str(path), read_only=True, config={"enable_external_access": False})
+        con = duckdb.connect(str(path), read_only=True)
         con.execute("SET TimeZone = 'UTC'")  # not in the config: ICU loads after it is read
-        con.execute("SET lock_configuration = true")
+        # as the daemon's instance: its archive readable (the archived_* views read it), no other
+        # file, no setting changed after (external access off at connect refused the archive)
+        sandbox.lock_instance(con, path.parent)
     except duckdb.Error as exc:
         raise OSError(sandbox.cut(str(exc))) from None
     done = threading.Event()

@@ -1,6 +1,8 @@
 """Schema migrations, Parquet export and retention, on the store actor and a real DuckDB file."""
 
 import json
+import os
+import sys
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -504,3 +506,26 @@ async def test_a_staged_pass_is_published_or_dropped_at_start(tmp_path):
     assert not (tmp_path / "archive" / ".staging" / "p1").exists()
     assert archived(tmp_path, "workflows") == []
     assert rows(db, "SELECT count(*) FROM workflows") == [(1,)]
+
+
+async def test_the_archive_of_a_home_named_with_glob_characters_reads_online_and_offline(tmp_path):
+    # the views' glob matched no file under "h[1]": a retention pass pruned rows its views then
+    # could not show, and every start failed; `foundry sql` offline refused every archived_*
+    # view (its instance could read no file at all)
+    home = tmp_path / "h[1]"
+    old_done, old_records = chain(OLD, 1)
+    async with store(home) as send:
+        await append(send, old_records)
+    async with store(home, retain_days=30) as send:
+        await ask(send, RunRetention)
+    assert [r[0] for r in archived(home, "workflows")] == [old_done]
+    async with store(home) as send:  # a start rebuilds the views over the files
+        await ask(send, RunRetention)
+    done = await trio.run_process(
+        [sys.executable, "-m", "foundry.kernel.cli", "sql", "--json",
+         "SELECT workflow_id FROM archived_workflows"],
+        capture_stdout=True, capture_stderr=True, check=False, cwd=tmp_path,
+        env={**os.environ, "FOUNDRY_HOME": str(home), "FOUNDRY_ADDR": "127.0.0.1:1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert old_done in done.stdout.decode()
