@@ -18,8 +18,8 @@ from tests.helpers import wait_until
 from tests.runs.helpers import dag, submit, wait_done
 
 # Long enough that new calls are turned away before the call in flight ends, even on a loaded
-# 2-core CI machine (at 2 s, one run in many saw the reply first).
-SLOW_STEP_SECONDS = 5.0
+# 2-core CI machine (at 2 s, one run in many saw the reply first; at 5 s, one CI run did too).
+SLOW_STEP_SECONDS = 10.0
 
 CONFIG = f"""
 [daemon]
