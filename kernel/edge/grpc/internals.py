@@ -141,9 +141,6 @@ async def _received(stream: Any, size: int) -> bytes:
     return data
 
 
-DECODE_OFF_LOOP_BYTES = 256 * 1024  # a request message this large is decoded on a worker thread
-
-
 def install_message_limit(limit: int, body_timeout: float | None = None) -> bool:
     """Refuse (RESOURCE_EXHAUSTED) any received message longer than ``limit`` bytes from its
     prefix, and (DEADLINE_EXCEEDED) one that takes more than ``body_timeout`` seconds to arrive:
@@ -167,10 +164,10 @@ def install_message_limit(limit: int, body_timeout: float | None = None) -> bool
         data = await _received(stream, length)
         if len(data) != length:
             raise GRPCError(Status.INVALID_ARGUMENT, "request: the message was cut short")
-        if length < DECODE_OFF_LOOP_BYTES:
+        off_loop = getattr(codec, "decodes_off_loop", None)
+        if off_loop is None or not off_loop(message_type, length):
             return codec.decode(data, message_type)
-        # betterproto2's parse is pure Python: 400,000 map entries in 3.2 MB held the loop 6 s
-        loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()  # (server.RequestCodec says which: large, slow ones)
         return await loop.run_in_executor(None, codec.decode, data, message_type)
 
     async def recv_message(stream: Any, codec: Any, message_type: Any) -> Any:

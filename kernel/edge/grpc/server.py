@@ -125,6 +125,9 @@ FAST_ENCODERS: dict[type, Callable[[Any], bytes]] = {
 }
 
 
+DECODE_OFF_LOOP_BYTES = 256 * 1024  # a request message betterproto2 parses, from this size on
+
+
 class RequestCodec(ProtoCodec):
     """Protobuf, checked: a request that does not parse (say, invalid UTF-8 in a string, or bytes
     cut short: ``framing.py``) or whose fields have the wrong wire type is the client's error,
@@ -137,6 +140,12 @@ class RequestCodec(ProtoCodec):
 
     def __init__(self, max_message_bytes: int) -> None:
         self._limit = max_message_bytes
+
+    def decodes_off_loop(self, message_type: Any, length: int) -> bool:
+        """Whether a request message is decoded on a worker thread: a large one betterproto2
+        parses (pure Python: 400,000 map entries held the loop 6 s), not one upb decodes (an
+        Emit of 500 KB: a thread's allocations stayed with its arena, ~20 MB more RSS)."""
+        return length >= DECODE_OFF_LOOP_BYTES and message_type not in FAST_DECODERS
 
     def encode(self, message: Any, message_type: Any) -> bytes:
         if isinstance(message, Encoded):
