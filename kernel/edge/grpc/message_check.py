@@ -60,6 +60,10 @@ class WrongField(ValueError):
     """A decoded field whose value is not what its declaration says; ``str`` names it."""
 
 
+class UnreadField(WrongField):
+    """A scalar field left None: betterproto2 read nothing for it (bytes that are no protobuf)."""
+
+
 def check_request(message: Any) -> None:
     try:
         _check_message(message, "", 0)
@@ -70,7 +74,7 @@ def check_request(message: Any) -> None:
         path, _, reason = text.rpartition(": ")  # no reason holds ": "; a key may
         if len(path) > PATH_HEAD + PATH_TAIL + 3:  # (a short one was written twice)
             path = f"{path[:PATH_HEAD]} … {path[-PATH_TAIL:]}"
-        raise WrongField(f"{path}: {reason}"[:400]) from None
+        raise type(exc)(f"{path}: {reason}"[:400]) from None
 
 
 @cache
@@ -141,7 +145,8 @@ def _check_single(
         return
     bad_int = kind in _BOOL_REFUSED and isinstance(value, bool)
     if expected is None or not isinstance(value, expected) or bad_int:
-        raise WrongField(f"{path}: expected {kind}, got a {_wire_kind(value)}")
+        refused = UnreadField if value is None else WrongField
+        raise refused(f"{path}: expected {kind}, got a {_wire_kind(value)}")
     bounds = _RANGES.get(kind)
     if bounds is not None:
         _check_range(value, bounds, path, kind)
