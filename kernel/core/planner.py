@@ -111,11 +111,15 @@ MAX_STEP_BYTES = 4 * 1024 * 1024  # ``[scheduler] max_step_bytes``' default
 MAX_RUN_BYTES = 256 * 1024 * 1024  # ``[scheduler] max_run_bytes``' default
 
 
-def lease(run: RunState, step: StepState, max_bytes: int = MAX_STEP_BYTES) -> Lease:
+def lease(
+    run: RunState, step: StepState, max_bytes: int = MAX_STEP_BYTES, max_run: int = MAX_RUN_BYTES
+) -> Lease:
     """The next attempt's lease. Raises UnresolvedReference, TypeError or ValueError (among
-    them StepTooLarge: resolved inputs of more than ``max_bytes`` of JSON) when the step's
-    inputs cannot be resolved into JSON (the step fails). Inputs whose references could
-    substitute more than that are resolved with a running count, which stops them early."""
+    them StepTooLarge: resolved inputs of more than ``max_bytes`` of JSON, or more than what is
+    left of the run's ``max_run`` — every lease is recorded, and references made a 124 KB
+    request write 62 MB) when the step's inputs cannot be resolved into JSON (the step fails).
+    Inputs whose references could substitute more than that are resolved with a running count,
+    which stops them early."""
     spec = step.spec
     run_inputs, outputs = run.submission.inputs, run.outputs()
     if reference_bound(run, spec) > max_bytes:
@@ -126,6 +130,10 @@ def lease(run: RunState, step: StepState, max_bytes: int = MAX_STEP_BYTES) -> Le
     if len(text) > max_bytes:
         raise StepTooLarge(f"inputs: {len(text):,} bytes of JSON once resolved, over the step "
                            f"limit of {max_bytes:,} ([scheduler] max_step_bytes)")  # fmt: skip
+    if recorded_total(run) + len(text) > max_run:
+        raise StepTooLarge(f"inputs: {len(text):,} bytes of JSON once resolved would take the "
+                           f"run's recorded step inputs and outputs past {max_run:,} bytes "
+                           "([scheduler] max_run_bytes)")  # fmt: skip
     try:  # an output substituted deep inside the inputs: deeper than clients could read
         check_struct_depth(text, inputs, "inputs (once resolved)")
     except InvalidArgument as exc:
@@ -168,9 +176,9 @@ def output_refused(
     if size > max_step:
         return (f"output: {size:,} bytes of JSON, over the step limit of {max_step:,} "
                 "([scheduler] max_step_bytes)")  # fmt: skip
-    if output_total(run) + size > max_run:
-        return (f"output: the run's step outputs would pass {max_run:,} bytes of JSON "
-                "([scheduler] max_run_bytes)")  # fmt: skip
+    if recorded_total(run) + size > max_run:
+        return (f"output: the run's recorded step inputs and outputs would pass {max_run:,} "
+                "bytes of JSON ([scheduler] max_run_bytes)")  # fmt: skip
     return ""
 
 
@@ -178,6 +186,27 @@ def note_output(run: RunState, step_id: str, size: int) -> None:
     """A completed step's output size, counted toward its run's."""
     run.output_sizes[step_id] = size
     run.output_total = output_total(run) + size
+
+
+def note_inputs(run: RunState, size: int) -> None:
+    """A recorded lease's inputs (``size`` JSON bytes), counted toward its run's budget."""
+    run.input_total = input_total(run) + size
+
+
+def input_total(run: RunState) -> int:
+    """The JSON bytes of every lease's inputs the run recorded (each attempt's): counted once
+    from its log for a run rebuilt from it, so a restart does not reset the run's budget."""
+    if run.input_total is None:
+        run.input_total = sum(
+            len(compact_json(event.payload["inputs"]))
+            for event in run.events if event.kind == "step_leased"
+        )  # fmt: skip
+    return run.input_total
+
+
+def recorded_total(run: RunState) -> int:
+    """What counts toward ``[scheduler] max_run_bytes``: the run's step inputs and outputs."""
+    return input_total(run) + output_total(run)
 
 
 def output_total(run: RunState) -> int:

@@ -135,6 +135,8 @@ class RunState:
     # None: not counted yet (a run rebuilt from its log, a branch's reused steps), counted from
     # its steps' outputs when a completion asks (``planner.output_total``)
     output_total: int | None = 0
+    # JSON bytes of its leases' inputs (``planner.input_total``); None: not counted yet
+    input_total: int | None = 0
     inputs_size: int | None = None  # the run's inputs', measured when a reference needs it
     step_references: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
 

@@ -17,9 +17,11 @@ from foundry.kernel.core.planner import (
     attempt_limit,
     ending,
     forgotten,
+    input_total,
     lease,
     may_start,
     next_wait,
+    note_inputs,
     note_output,
     output_refused,
     recover,
@@ -256,6 +258,35 @@ def test_a_rebuilt_runs_outputs_so_far_count_toward_its_limit():
     assert "max_run_bytes" in output_refused(run, 7, max_step=100, max_run=28)
     note_output(run, "c", 6)
     assert run.output_total == 28
+
+
+def test_leased_inputs_count_toward_the_runs_limit():
+    """Every lease is recorded (each attempt's inputs, resolved): a 124 KB request whose 300
+    steps each named a 90 KB input wrote 62 MB, with max_run_bytes counting outputs only."""
+    run = started(make_run([step(f"s{i}", inputs={"v": "${inputs.big}"}) for i in range(3)],
+                           inputs={"big": "B" * 1_000}))  # fmt: skip
+    size = len(lease(run, run.steps["s0"], max_run=5_000).inputs_json)  # {"v":"BB…"}: 1,008
+    note_inputs(run, size)
+    note_inputs(run, size)
+    assert input_total(run) == 2 * size
+    note_output(run, "s0", 2_000)
+    with pytest.raises(StepTooLarge, match=r"inputs: 1,008 bytes .* past 5,000 .*max_run_bytes"):
+        lease(run, run.steps["s2"], max_run=5_000)  # 2,016 + 2,000 + 1,008 > 5,000
+    assert lease(run, run.steps["s2"], max_run=5_024).inputs_json  # exactly at the limit
+    assert "inputs and outputs" in output_refused(run, 1_000, max_step=10_000, max_run=5_000)
+
+
+def test_a_rebuilt_runs_leases_so_far_count_toward_its_limit():
+    """A run rebuilt from its log (a restart): its recorded leases count, so a restart (or a
+    daemon killed at each step) does not reset the run's budget."""
+    run = started(make_run([step("a"), step("b")]))
+    run.make_event("step_leased", T0, "a", attempt=1, inputs={"x": "y" * 20}, seed=1, model="",
+                   env={})  # fmt: skip
+    run.make_event("step_leased", T0, "a", attempt=2, inputs={"x": "y" * 20}, seed=1, model="",
+                   env={})  # fmt: skip
+    run.input_total = None  # as the scheduler's rebuild leaves it
+    assert input_total(run) == 2 * len('{"x":"' + "y" * 20 + '"}')
+    assert "max_run_bytes" in output_refused(run, 1, max_step=100, max_run=input_total(run))
 
 
 def test_a_long_step_error_keeps_its_ends_and_loses_its_middle():

@@ -154,9 +154,9 @@ def test_a_paused_run_survives_a_restart_and_resumes_after_it(make_daemon, how):
 
 
 def test_a_restart_does_not_reset_a_runs_output_budget(make_daemon):
-    """[scheduler] max_run_bytes counts every output of the run: the outputs a daemon made
-    before its restart too (they were forgotten: the budget began again at zero)."""
-    daemon = make_daemon("[scheduler]\nmax_run_bytes = 3000\n")
+    """[scheduler] max_run_bytes counts every input and output the run recorded: those a
+    daemon made before its restart too (they were forgotten: the budget began again at zero)."""
+    daemon = make_daemon("[scheduler]\nmax_run_bytes = 7000\n")
     big = "B" * 1200
     spec = dag(
         {"id": "first", "type": "transform", "inputs": {"v": "${inputs.big}"}},
@@ -171,7 +171,7 @@ def test_a_restart_does_not_reset_a_runs_output_budget(make_daemon):
     daemon.start()
     daemon.call(lambda _, rt: rt.resume_run(api.ResumeRunRequest(run_id=run_id)))
     run = wait_done(daemon, run_id)
-    assert run.status == api.RunStatus.FAILED  # 3 × ~1,210 bytes: the third passes 3,000
+    assert run.status == api.RunStatus.FAILED  # 3 × ~1,210 bytes in, 3 out: past 7,000
     assert [s.status for s in run.steps] == ["succeeded", "succeeded", "failed"]
     assert "max_run_bytes" in value(run.steps[2].error)["message"]
 
@@ -247,14 +247,36 @@ def test_a_step_backing_off_does_not_hold_up_a_stop(make_daemon, tmp_path):
 def test_steps_running_at_once_keep_to_the_runs_output_budget(make_daemon):
     """Outputs of 64 KiB or more are walked on a worker thread: steps finishing together each
     passed the budget check before any counted its output (5 × 90 KB past a 300 KB limit)."""
-    daemon = make_daemon("[scheduler]\nmax_step_bytes = 100000\nmax_run_bytes = 300000\n")
+    # 5 leases of ~90 KB (450 KB) fit; then 3 outputs of ~90 KB do, a fourth does not
+    daemon = make_daemon("[scheduler]\nmax_step_bytes = 100000\nmax_run_bytes = 750000\n")
     big = "B" * 90_000
     spec = dag(*({"id": f"r{i}", "type": "transform", "inputs": {"v": "${inputs.big}"}}
                  for i in range(5)))  # fmt: skip
     run = run_and_wait(daemon, spec, inputs={"big": big})
     assert run.status == api.RunStatus.FAILED
     succeeded = [s for s in run.steps if s.status == "succeeded"]
-    assert len(succeeded) <= 3  # 3 × ~90 KB fit in 300 KB; a fourth does not
+    assert len(succeeded) <= 3
     failed = [value(s.error)["message"] for s in run.steps if s.status == "failed"]
     assert failed
     assert all("max_run_bytes" in message for message in failed)
+
+
+def test_leases_that_name_a_large_input_keep_to_the_runs_budget(make_daemon):
+    """Each lease records its resolved inputs: a 124 KB request whose 300 steps each named a
+    90 KB input wrote 62 MB to the home when max_run_bytes counted outputs only."""
+    daemon = make_daemon("[scheduler]\nmax_run_bytes = 1000000\n")
+    big = "B" * 90_000
+    spec = dag(*({"id": f"r{i:03d}", "type": "transform", "inputs": {"v": "${inputs.big}"},
+                  "depends_on": [f"r{i - 1:03d}"] if i else []}
+                 for i in range(300)))  # fmt: skip
+    run_id = submit(daemon, spec, inputs={"big": big})
+    run = wait_done(daemon, run_id)
+    assert run.status == api.RunStatus.FAILED
+    statuses = [s.status for s in run.steps]
+    # each step: ~90 KB in, ~90 KB out (5 × 180 KB); the sixth's output passes 1,000,000
+    assert statuses[:5] == ["succeeded"] * 5
+    assert statuses[5] == "failed"
+    assert "max_run_bytes" in value(run.steps[5].error)["message"]
+    assert set(statuses[6:]) <= {"skipped", "pending"}
+    leases = of_kind(tap(daemon, run_id), "step_leased")
+    assert len(leases) == 6  # not 300: the seventh would have been refused

@@ -78,6 +78,7 @@ from foundry.kernel.core.planner import (
     lease,
     may_start,
     next_wait,
+    note_inputs,
     note_output,
     output_refused,
     output_total,
@@ -596,7 +597,7 @@ class Scheduler:
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=gone)
             return None
         try:
-            leased = lease(run, step, self._config.max_step_bytes)
+            leased = lease(run, step, self._config.max_step_bytes, self._config.max_run_bytes)
         except (UnresolvedReference, TypeError, ValueError) as exc:
             failure = step_error(str(exc), attempt)
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=failure)
@@ -626,7 +627,7 @@ class Scheduler:
         if block is None:
             return None
         try:
-            leased = lease(run, step, self._config.max_step_bytes)
+            leased = lease(run, step, self._config.max_step_bytes, self._config.max_run_bytes)
         except (UnresolvedReference, TypeError, ValueError):
             return None
         slot = object()
@@ -647,6 +648,7 @@ class Scheduler:
         lease_event = run.make_event(
             "step_leased", self._clock.now(), spec.id, **leased.payload(spec), span_id=span
         )
+        note_inputs(run, len(leased.inputs_json))
         records: list[Any] = [lease_event]
         notices: list[Attest] = []
         grant = None
@@ -935,6 +937,7 @@ class Scheduler:
         for event in events:
             run.apply(event)
         run.output_total = None  # its outputs so far count: measured if a step completes
+        run.input_total = None  # and its leases' inputs: measured at its next lease
         return run
 
     # --- breakpoints, patch, resume, branch -----------------------------------------------------
