@@ -14,6 +14,9 @@ import sys
 import threading
 import time
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 from websockets.asyncio.client import connect
@@ -279,6 +282,46 @@ def test_a_body_trickled_past_body_timeout_is_answered_and_its_connection_closed
     assert 1.0 <= elapsed < 6
     assert _status_code(daemon) == 200  # the places are given back
     assert "Traceback" not in daemon.stderr()
+
+
+def test_a_grpc_web_body_that_never_starts_is_deadline_exceeded(make_daemon):
+    """Its first byte is waited for before connectrpc sees the request: a body that never came
+    was answered grpc-status 2 (UNKNOWN), one that came a byte late 4 (DEADLINE_EXCEEDED)."""
+    daemon = make_daemon("[http]\nbody_timeout = 1.0\n")
+    host, port = daemon.http_address.rsplit(":", 1)
+    head = (b"POST /foundry.Foundry/Status HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/grpc-web+proto\r\nContent-Length: 100\r\n\r\n")  # fmt: skip
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(head)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := client.recv(65536)):
+            answer += chunk
+    assert b"grpc-status: 4\r\n" in answer.lower(), answer
+    assert b"did not arrive within 1 s" in answer, answer
+
+
+def test_a_grpc_h2c_body_that_never_starts_is_deadline_exceeded(make_daemon):
+    """The same for gRPC over h2c on the HTTP listener: its status comes in trailers."""
+    daemon = make_daemon("[http]\nbody_timeout = 1.0\n")
+    host, port = daemon.http_address.rsplit(":", 1)
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    headers = [(":method", "POST"), (":path", "/foundry.Foundry/Status"), (":scheme", "http"),
+               (":authority", daemon.http_address), ("content-type", "application/grpc"),
+               ("te", "trailers")]  # fmt: skip
+    connection.send_headers(1, headers)
+    status: dict[bytes, bytes] = {}
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(connection.data_to_send())
+        ended = False
+        while not ended and (chunk := client.recv(65536)):
+            for event in connection.receive_data(chunk):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    status.update(dict(event.headers))
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+            client.sendall(connection.data_to_send())
+    assert status.get(b"grpc-status") == b"4", status
+    assert b"did not arrive within 1 s" in status.get(b"grpc-message", b""), status
 
 
 def _status_code(daemon) -> int | None:

@@ -379,8 +379,13 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
 
 
-GRPC_STATUS = {"unauthenticated": 16, "unavailable": 14, "unimplemented": 12,
-               "resource_exhausted": 8, "permission_denied": 7}  # fmt: skip
+# Connect's codes as gRPC status numbers (each code is a gRPC code's name in lower case)
+GRPC_STATUS = {
+    "canceled": 1, "unknown": 2, "invalid_argument": 3, "deadline_exceeded": 4, "not_found": 5,
+    "already_exists": 6, "permission_denied": 7, "resource_exhausted": 8,
+    "failed_precondition": 9, "aborted": 10, "out_of_range": 11, "unimplemented": 12,
+    "internal": 13, "unavailable": 14, "data_loss": 15, "unauthenticated": 16,
+}  # fmt: skip
 
 
 async def _error(
