@@ -32,6 +32,9 @@ def new_breakpoints(
     if run.terminal:
         raise FailedPrecondition(f"run {run.run_id} is {run.status.lower()}; breakpoints apply "
                                  "to live runs")  # fmt: skip
+    if run.canceling:  # its cancel is durable: no step of it starts again
+        raise FailedPrecondition(f"run {run.run_id} is being cancelled; breakpoints apply to "
+                                 "live runs")  # fmt: skip
     for field, ids in (("add", add), ("remove", remove)):
         for step_id in ids:
             if step_id not in run.steps:
@@ -63,6 +66,8 @@ def patch_payload(
             f"run {run.run_id} is {run.status.lower()}, not paused: pause it at a breakpoint "
             "before patching"
         )
+    if run.canceling:  # a patch it acknowledged would never apply
+        raise FailedPrecondition(f"run {run.run_id} is being cancelled: its steps will not run")
     if step.status != "pending":
         raise FailedPrecondition(f"step {step_id!r} is {step.status}; only steps that have not "
                                  "run yet can be patched")  # fmt: skip

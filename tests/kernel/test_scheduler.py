@@ -20,6 +20,7 @@ from foundry.kernel.actors.scheduler.messages import (
     CancelRun,
     GetRun,
     OpenTap,
+    PatchStep,
     ResumeRun,
     RunView,
     SchedulerMessage,
@@ -830,8 +831,13 @@ async def test_a_run_being_cancelled_cannot_be_resumed(tmp_path, autojump_clock)
             await store.until(run_id, "cancel_requested")
             with pytest.raises(FailedPrecondition, match="is being cancelled, not paused"):
                 await ask(h.inbox, lambda r: ResumeRun(run_id, r))
+            # nor patched, nor its breakpoints changed: each was acknowledged, never to apply
+            with pytest.raises(FailedPrecondition, match="is being cancelled: its steps will"):
+                await ask(h.inbox, lambda r: PatchStep(run_id, "b", {"x": 1}, None, None, "", r))
+            with pytest.raises(FailedPrecondition, match="is being cancelled; breakpoints"):
+                await ask(h.inbox, lambda r: UpdateBreakpoints(run_id, (), (), True, r))
             store.release.set()
-    assert "run_resumed" not in h.kinds(run_id)
+    assert not {"run_resumed", "step_patched", "breakpoints_updated"} & set(h.kinds(run_id))
 
 
 async def test_getrun_shows_no_completion_the_store_has_not_taken(tmp_path, autojump_clock):
