@@ -590,6 +590,24 @@ def test_a_1000_step_run_is_interactive_and_keeps_up_with_200_events_per_second(
     assert figures["maxQueueAgeMs"] < 500  # the page never falls seconds behind
 
 
+def test_a_long_chain_listed_child_first_is_drawn(page, daemon):
+    """Steps were ranked by a recursive walk up their parents, as deep as the chain: a run of
+    6,000 steps listed child-first overflowed the browser's stack (its page showed an error)."""
+    count = 5_000
+    chain = [transform(f"s{i}", i, **({"depends_on": [f"s{i - 1}"]} if i else {}))
+             for i in range(count)]  # fmt: skip
+    run_id = submit(daemon, chain[::-1], breakpoints=["s0"])
+    wait_status(daemon, run_id, "RUN_STATUS_PAUSED_AT_STEP")
+    open_page(page, daemon, f"#/runs/{run_id}")
+    expect(page.locator("main")).to_have_attribute("data-ready", "1", timeout=30_000)
+    expect(page.locator("svg.dag g.node")).to_have_count(count)
+    first, last = (node(page, step).bounding_box() for step in ("s0", f"s{count - 1}"))
+    assert first is not None
+    assert last is not None
+    assert last["x"] > first["x"]  # the chain runs left to right: a layer a step
+    rpc(daemon, RUNTIME, "CancelRun", {"runId": run_id, "reason": "drawn"})
+
+
 FEED_200_PER_SECOND = """async () => {
   const metrics = foundryDashboard.metrics.run;
   const ingest = foundryDashboard.ingestRunEvent;

@@ -19,34 +19,49 @@ export function dependencies(steps) {
   return deps;
 }
 
+// Each step's rank: the longest path to it from a root, in topological order (Kahn's). A
+// recursive walk up the parents went as deep as the longest chain: a run of 6,000 steps listed
+// child-first overflowed the browser's stack and its page showed only an error.
+export function ranks(steps, deps) {
+  const children = new Map(steps.map((step) => [step.id, []]));
+  const waiting = new Map();
+  for (const step of steps) {
+    const parents = deps.get(step.id) || [];
+    waiting.set(step.id, parents.length);
+    for (const parent of parents) children.get(parent).push(step.id);
+  }
+  const rank = new Map();
+  const ready = steps.filter((step) => waiting.get(step.id) === 0).map((step) => step.id);
+  for (const id of ready) rank.set(id, 0);
+  for (let next = 0; next < ready.length; next++) {
+    const id = ready[next];
+    for (const child of children.get(id)) {
+      rank.set(child, Math.max(rank.get(child) ?? 0, rank.get(id) + 1));
+      waiting.set(child, waiting.get(child) - 1);
+      if (waiting.get(child) === 0) ready.push(child);
+    }
+  }
+  for (const step of steps) if (!rank.has(step.id)) rank.set(step.id, 0); // a cycle: not drawn apart
+  return rank;
+}
+
 export function layout(steps) {
   const deps = dependencies(steps);
-  const rank = new Map();
-  const visit = (id, seen = new Set()) => {
-    if (rank.has(id)) return rank.get(id);
-    if (seen.has(id)) return 0;
-    seen.add(id);
-    let r = 0;
-    for (const parent of deps.get(id) || []) r = Math.max(r, visit(parent, seen) + 1);
-    rank.set(id, r);
-    return r;
-  };
-  // Iterative over a chain of 1,000 would still recurse 1,000 deep: fine for JS engines.
-  for (const step of steps) visit(step.id);
+  const rank = ranks(steps, deps);
   const layers = [];
   for (const step of steps) (layers[rank.get(step.id)] ||= []).push(step.id);
   const position = new Map();
   layers.forEach((layer, x) => {
     if (x > 0) {
       const weight = (id) => {
-        const ps = deps.get(id).map((p) => position.get(p).row);
+        const ps = deps.get(id).map((p) => position.get(p)?.row ?? 0);
         return ps.length ? ps.reduce((a, b) => a + b, 0) / ps.length : 0;
       };
       layer.sort((a, b) => weight(a) - weight(b));
     }
     layer.forEach((id, row) => position.set(id, { layer: x, row }));
   });
-  const rows = Math.max(...layers.map((l) => l.length), 1);
+  const rows = layers.reduce((most, layer) => Math.max(most, layer.length), 1);
   return { deps, position, width: layers.length * (W + GAP_X) + 20, height: rows * (H + GAP_Y) + 20 };
 }
 
