@@ -371,7 +371,7 @@ RUNTIME = "/fleetforge.runtime.v1.RuntimeService/"
         (RUNTIME + "ListRuns", "application/proto", b"\x22\x0a\x08" + b"\xff" * 8 + b"\x7f",
          "created_after: seconds 9223372036854775807 is out of range (0001-01-01 to 9999-12-31)"),
         (RUNTIME + "ListRuns", "application/json",
-         b'{"createdAfter": {"seconds": "99999999999999"}}', "createdAfter: out of range"),
+         b'{"createdAfter": {"seconds": "99999999999999"}}', "created_after: out of range"),
         # once, and the number cut short (it was written twice, then 301 digits)
         (RUNTIME + "SubmitRun", "application/json", b'{"spec": {"dagJson": "{}", "seed": 1e300}}',
          "request: spec.seed: 10000000000000000525… (301 digits) is out of the int64 range"),

@@ -278,8 +278,9 @@ def refuse_fractions(kind: Any, document: Any) -> None:
     (``1.5``), ``true``, a string other than decimal digits — given to an integer field anywhere
     in a proto3 JSON ``document`` of message class ``kind``. betterproto2's ``from_dict`` turns
     them into ``int(value)`` (1.5 and ``true`` into 1, ``" 12"`` into 12), where proto3 JSON
-    refuses them. Only the paths that can hold an integer are walked
-    (:func:`_integer_paths`)."""
+    refuses them. Likewise ``true`` or a string not a proto3 JSON number given to a double
+    field: ``float(value)`` made ``true`` a budget's 1.0 (and a gate DENY). Only the paths that
+    can hold a number are walked (:func:`_integer_paths`)."""
     _refuse_fractions(kind, document, "", 0)
 
 
@@ -305,7 +306,13 @@ def _refuse_fractions(kind: Any, document: Any, where: str, depth: int) -> None:
 
 
 def _refuse_in(value: Any, nested: Any, path: str, depth: int) -> None:
-    if nested is not None:
+    if nested is _DOUBLE:
+        if isinstance(value, bool):
+            raise WrongField(f"{path}: {str(value).lower()} is not a number")
+        if isinstance(value, str) and not (len(value) <= 400 and _JSON_FLOAT.fullmatch(value)):
+            # float() took " 1", "1_000", "inf" and "nan", which proto3 JSON does not
+            raise WrongField(f"{path}: {value[:40]!r} is not a number")
+    elif nested is not None:
         _refuse_fractions(nested, value, path + ".", depth + 1)
     elif isinstance(value, bool):  # from_dict made ``true`` the seed 1
         raise WrongField(f"{path}: {str(value).lower()} is not an integer")
@@ -318,6 +325,8 @@ def _refuse_in(value: Any, nested: Any, path: str, depth: int) -> None:
 
 
 _MAPPED = dict[str, tuple[str, Any, str]]  # field name → (field name, message class or None, shape)
+_DOUBLE = "double"  # in place of a message class: the path ends at a double (or float)
+_FLOAT_TYPES = frozenset((betterproto2.TYPE_DOUBLE, betterproto2.TYPE_FLOAT))
 
 
 @lru_cache(maxsize=4_096)
@@ -349,8 +358,8 @@ _building: set[Any] = set()  # classes whose paths are being made (a recursive m
 
 
 def _leads_to_integers(meta: betterproto2.FieldMetadata, hint: Any) -> tuple[Any, str] | None:
-    """(the message class to walk into, or None for an integer itself; the field's shape), or
-    None when the field can hold no integer."""
+    """(the message class to walk into, None for an integer itself or ``_DOUBLE`` for a
+    double; the field's shape), or None when the field can hold no number."""
     if meta.proto_type == betterproto2.TYPE_MAP:
         if meta.map_meta is None:
             return None
@@ -359,6 +368,8 @@ def _leads_to_integers(meta: betterproto2.FieldMetadata, hint: Any) -> tuple[Any
     shape = "repeated" if meta.repeated else "single"
     if meta.proto_type in _INT_TYPES:
         return None, shape
+    if meta.proto_type in _FLOAT_TYPES:
+        return _DOUBLE, shape
     if meta.proto_type != betterproto2.TYPE_MESSAGE:
         return None
     if meta.unwrap is not None:
@@ -366,6 +377,8 @@ def _leads_to_integers(meta: betterproto2.FieldMetadata, hint: Any) -> tuple[Any
         if wrapper.__name__ in _UNWRAPPED_SPECIAL:
             return None
         [(_, inner_meta)] = _fields(wrapper)
+        if inner_meta.proto_type in _FLOAT_TYPES:
+            return _DOUBLE, shape
         return (None, shape) if inner_meta.proto_type in _INT_TYPES else None
     nested = next(
         (arg for arg in (*typing.get_args(hint), hint) if isinstance(arg, type) and

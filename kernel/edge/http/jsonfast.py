@@ -140,34 +140,57 @@ _UNREADABLE = (ValueError, TypeError, AttributeError, AssertionError, OverflowEr
 
 def _failing_key(kind: Any, document: dict[str, Any], prefix: str = "") -> str:
     """The path of the first key betterproto2 cannot read alone (to name it in the error), into
-    nested messages (``spec.inputs``, not ``spec``)."""
+    nested messages and lists of them (``spec.inputs``, ``evals[1].score``, not ``spec``)."""
     for key, value in document.items():
         try:
             kind.from_dict({key: value}, ignore_unknown_fields=True)
         except _UNREADABLE:
-            inner = _message_class(kind, str(key))
-            path = prefix + str(key)[:40]
-            if inner is not None and isinstance(value, dict) and len(prefix) < 200:
+            inner, repeated = _message_class(kind, str(key))
+            path = prefix + _field_name(kind, str(key))[:40]
+            if inner is None or len(prefix) >= 200:
+                return path
+            if isinstance(value, dict) and not repeated:
                 return _failing_key(inner, value, path + ".")
+            if isinstance(value, list) and repeated:
+                return _failing_item(inner, value, path)
             return path
     return prefix.rstrip(".") or "request"
 
 
-def _message_class(kind: Any, key: str) -> Any:
-    """The message class of ``kind``'s singular message field named ``key`` (either case), or
-    None."""
+def _failing_item(kind: Any, items: list[Any], path: str) -> str:
+    """The path into the first item of a list of messages betterproto2 cannot read."""
+    for index, item in enumerate(items):
+        try:
+            kind.from_dict(item, ignore_unknown_fields=True)
+        except _UNREADABLE:
+            where = f"{path}[{index}]"
+            return _failing_key(kind, item, where + ".") if isinstance(item, dict) else where
+    return path
+
+
+def _field_name(kind: Any, key: str) -> str:
+    """The proto name of the field a JSON key names, as betterproto2 reads keys; else the key."""
+    name = betterproto2.casing.safe_snake_case(key)
+    if dataclasses.is_dataclass(kind) and any(f.name == name for f in dataclasses.fields(kind)):
+        return name
+    return key
+
+
+def _message_class(kind: Any, key: str) -> tuple[Any, bool]:
+    """The message class of ``kind``'s message field named ``key`` (either case), or None; and
+    whether the field is repeated."""
     if not dataclasses.is_dataclass(kind):
-        return None
+        return None, False
     for field in dataclasses.fields(kind):
         if key not in (field.name, _json_name(field.name)):
             continue
         meta = betterproto2.FieldMetadata.get(field)
-        if meta.proto_type != betterproto2.TYPE_MESSAGE or meta.repeated or meta.unwrap:
-            return None
+        if meta.proto_type != betterproto2.TYPE_MESSAGE or meta.unwrap:
+            return None, False
         hint = get_type_hints(kind)[field.name]
         classes = [c for c in (*get_args(hint), hint) if dataclasses.is_dataclass(c)]
-        return classes[0] if classes else None
-    return None
+        return (classes[0] if classes else None), bool(meta.repeated)
+    return None, False
 
 
 def _scalar_reader(proto_type: str) -> Callable[[Any], Any]:

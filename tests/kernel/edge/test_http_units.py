@@ -400,6 +400,15 @@ async def test_a_large_reply_written_as_json_on_a_thread_is_what_the_codec_write
         (runtime_api.SubmitRunRequest, {"spec": {"seed": "\u0661\u0662"}}, "spec.seed: '١٢'"),
         (runtime_api.SubmitRunRequest, {"spec": {"seed": "1e3"}}, "spec.seed: '1e3' is not an"),
         (runtime_api.CreateBranchRunRequest, {"seed": False}, "seed: false is not an integer"),
+        # a double: from_dict's float() made true the budget's 1.0 (a DENY), and took "inf"
+        (runtime_api.CheckChangeGateRequest,
+         {"budgets": [{"name": "cost", "actual": True, "limit": 0.5}]},
+         "budgets[0].actual: true is not a number"),
+        (runtime_api.CheckChangeGateRequest,
+         {"evals": [{"name": "a", "score": 1}, {"name": "b", "score": " 1"}]},
+         "evals[1].score: ' 1' is not a number"),
+        (runtime_api.CheckChangeGateRequest, {"evals": [{"name": "a", "score": "inf"}]},
+         "evals[0].score: 'inf' is not a number"),
     ],
 )  # fmt: skip
 def test_json_with_a_fraction_in_an_integer_field_is_refused_naming_it(kind, document, message):
@@ -407,6 +416,39 @@ def test_json_with_a_fraction_in_an_integer_field_is_refused_naming_it(kind, doc
     with pytest.raises(ConnectError, match=re.escape(message)) as caught:
         JsonCodec(1 << 20).decode(json.dumps(document).encode(), kind)
     assert caught.value.code == Code.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("kind", "document", "message"),
+    [
+        (runtime_api.CheckChangeGateRequest,
+         {"evals": [{"name": "a", "score": 1, "direction": "SIDEWAYS"}]},
+         "request: evals[0].direction: Unknown value SIDEWAYS"),
+        (runtime_api.SyncEvalPackRequest,
+         {"pack": "p", "scenarios": [{"slug": "a"}, {"slug": "b", "runSpec": "x"}]},
+         "request: scenarios[1].run_spec"),
+        (runtime_api.SyncEvalPackRequest, {"pack": "p", "scenarios": ["x"]},
+         "request: scenarios[0]:"),
+    ],
+)  # fmt: skip
+def test_json_a_list_items_field_betterproto2_cannot_read_is_named(kind, document, message):
+    """The path went into nested messages but stopped at a list: ``request: evals: Unknown
+    value SIDEWAYS``, without the item or the field."""
+    with pytest.raises(ConnectError, match=re.escape(message)) as caught:
+        JsonCodec(1 << 20).decode(json.dumps(document).encode(), kind)
+    assert caught.value.code == Code.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("score", "read"),
+    [(0.5, 0.5), (1, 1.0), ("0.25", 0.25), ("-1e-3", -0.001), ("Infinity", math.inf)],
+)
+def test_json_doubles_as_numbers_or_proto3_strings_are_read(score, read):
+    request = JsonCodec(1 << 20).decode(
+        json.dumps({"evals": [{"name": "a", "score": score}]}).encode(),
+        runtime_api.CheckChangeGateRequest,
+    )
+    assert request.evals[0].score == read
 
 
 @pytest.mark.parametrize("seed", [12, "12", "-12", 1e3, "9223372036854775807"])
