@@ -923,6 +923,43 @@ async def test_a_read_that_finds_duckdb_invalidated_has_it_reopened_without_a_wr
     assert database_rows(tmp_path) == failed_at
 
 
+class _CheckpointFails:
+    """A DuckDB connection whose CHECKPOINT fails as on a full disk (the outside world's fault,
+    made to happen here); everything else is the real connection's."""
+
+    def __init__(self, con, closed):
+        self._con, self._closed = con, closed
+
+    def execute(self, sql, *args):
+        if sql == "CHECKPOINT":
+            raise duckdb.IOException("Failed to create checkpoint: No space left on device")
+        return self._con.execute(sql, *args)
+
+    def close(self):
+        self._closed.append(True)
+        self._con.close()
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+def test_a_connection_whose_set_up_fails_is_closed(tmp_path, monkeypatch):
+    """DuckDB keeps one instance a file while any connection to it is open: the connection of
+    a reopen whose CHECKPOINT failed on a full disk (which invalidated the instance) was left
+    open, and every later reopen failed ("database has been invalidated") after space came
+    back, until the daemon was restarted."""
+    real, closed = duckdb.connect, []
+    monkeypatch.setattr(duckdb, "connect", lambda path: _CheckpointFails(real(path), closed))
+    send, receive = trio.open_memory_channel(1)
+    tap_send, _ = trio.open_memory_channel(1)
+    store = Store(tmp_path, receive, tap_send)
+    with pytest.raises(duckdb.IOException, match="No space left"):
+        store._connect()
+    assert closed == [True]
+    monkeypatch.setattr(duckdb, "connect", real)
+    store._connect().close()  # and the file opens again
+
+
 def _large(event, n):
     """``event`` with a payload of ~3 MB (its own digits: a row DuckDB does not share)."""
     payload = {"n": n, "blob": str(n % 10) * 3_000_000}

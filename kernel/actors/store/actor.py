@@ -1003,6 +1003,17 @@ class Store:
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(str(self.path))
+        try:
+            return self._set_up(con)
+        except BaseException:
+            # DuckDB keeps one instance a file while any connection to it is open: a connection
+            # kept after its CHECKPOINT failed on a full disk (which invalidated the instance)
+            # made every reopen fail ("database has been invalidated") once space was back
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+            raise
+
+    def _set_up(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
         if self._database_file is None:  # the first open's: a reopen must find that file again
             self._database_file = _identity(self.path)
         if _locked(con):  # a connection of another kept the instance open: its settings stay
