@@ -1101,7 +1101,7 @@ class BudgetsRule:
                 followups.append(Followup(
                     "reduce-spend", f"Bring {budget.name} within its limit {bound} (now {shown})"
                 ))  # fmt: skip
-            elif limit > 0 and actual >= fraction * limit:
+            elif 0 < limit < math.inf and actual >= fraction * limit:  # inf: never near
                 near.append(budget.name)
                 shown, bound = _pair(actual, limit)
                 used = f"{actual / limit:.0%}"

@@ -29,6 +29,7 @@ from foundry.kernel.core.gate_policy import (
     Diffs,
     EvalSummary,
     GateRequest,
+    Metric,
     NoveltySummary,
     Scorecard,
     distinct_tags,
@@ -384,6 +385,7 @@ def check_gate_request(request: GateRequest) -> None:
     _check_names(request.diffs.paths, "diffs[{}].path", MAX_PATH)
     _check_names([m.name for m in request.evals], "evals[{}].name", MAX_NAME)
     _check_names([b.name for b in request.budgets], "budgets[{}].name", MAX_NAME)
+    _check_weights(request.evals)
     _check_lengths(request.diffs.components, "diffs[{}].component")
     _check_tags(request.diffs)
     check_json_value(thawed(request.telemetry), "telemetry", depth=STRUCT_DEPTH)
@@ -391,6 +393,15 @@ def check_gate_request(request: GateRequest) -> None:
     _check_novelty(request.diffs)
     if request.coverage is not None:
         _check_coverage(request.coverage)
+
+
+def _check_weights(metrics: Sequence[Metric]) -> None:
+    """A weight multiplies its score in score_per_token: a NaN or infinite one was left out of
+    the sum without a word (weight inf: the metric vanished; NaN: a score per token of 0)."""
+    for index, metric in enumerate(metrics):
+        if metric.weight is not None and not math.isfinite(metric.weight):
+            raise InvalidArgument(f"evals[{index}].weight: {metric.weight!r} is not a finite "
+                                  "number")  # fmt: skip
 
 
 def _check_novelty(diffs: Diffs) -> None:

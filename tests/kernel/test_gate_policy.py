@@ -599,6 +599,15 @@ def test_budgets_without_a_limit_are_ignored():
     assert decision.scorecard.budgets == BudgetSummary((), ())
 
 
+def test_an_infinite_limit_is_never_near_nor_breached():
+    """inf ≥ 0.9 × inf: an infinite budget was "near its limit inf (nan% of it)"."""
+    decision = gate(budgets=(Budget("cost", math.inf, math.inf), Budget("time", 1e300, math.inf)))
+
+    assert decision.effect is Effect.ALLOW
+    assert decision.scorecard.budgets == BudgetSummary((), ())
+    assert not any("nan" in reason for reason in decision.reasons)
+
+
 def test_near_limit_is_configurable():
     policy = GatePolicy.from_mapping({"near_limit": 0.5})
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import re
 import sys
 import textwrap
@@ -253,6 +254,10 @@ BUDGET = Budget("cost", 1.0, 2.0)
          "diffs[1].risk_tags[1]: longer than 200 char"),
         ({"coverage": Coverage(0.9, 0.8, (CoverageComponent("a"), CoverageComponent("n" * 201)))},
          "coverage.components[1].name: longer than 200 char"),
+        # left out of score_per_token without a word: weight inf made its metric vanish
+        ({"evals": (Metric("a", weight=2.0), Metric("b", weight=math.inf))},
+         "evals[1].weight: inf is not a finite number"),
+        ({"evals": (Metric("a", weight=math.nan),)}, "evals[0].weight: nan is not a finite"),
     ],
 )  # fmt: skip
 def test_check_gate_request_names_the_first_bad_name(fields, message):
