@@ -7,7 +7,8 @@ such as ``threshold`` are plain numbers or absent) and exits 0 ALLOW, 1 DENY, 2 
 ``--from-evals PACK --commit SHA`` adds one metric per scenario of the pack, from the results
 recorded at that commit (one per run, the latest): ``name = "pass_rate"``, ``slug`` = the
 scenario's slug, ``score`` = the fraction of its runs that passed, ``threshold = 1.0``,
-``higher_is_better``, weight 1 — every recorded run must pass, as ``eval run`` demands. The
+``higher_is_better``, weight 1 — every recorded run must pass, as ``eval run`` demands (a
+metric the file gives with the same name and slug wins). The
 telemetry gets ``eval_pack``, ``eval_commit``, ``eval_runs`` and ``eval_cost`` (Σ of the mean
 cost per scenario), and ``tokens`` (Σ of the mean tokens per scenario: one pass over the pack)
 unless the file already gives tokens. An empty ``revision`` becomes the commit. A scenario
@@ -283,8 +284,10 @@ def merge_evidence(
     telemetry: Mapping[str, Any],
     commit: str,
 ) -> None:
-    """Add the eval metrics to the request's; telemetry keys the file sets win."""
-    request.evals = [*request.evals, *metrics]
+    """Add the eval metrics to the request's; metrics (by name and slug) and telemetry keys
+    the file sets win."""
+    given = {(metric.name, metric.slug) for metric in request.evals}
+    request.evals = [*request.evals, *(m for m in metrics if (m.name, m.slug) not in given)]
     current = request.telemetry.to_dict() if request.telemetry is not None else {}
     added = dict(telemetry)
     if any(key in current for key in TOKEN_KEYS):

@@ -385,7 +385,7 @@ def check_gate_request(request: GateRequest) -> None:
     _check_names(request.diffs.paths, "diffs[{}].path", MAX_PATH)
     _check_names([m.name for m in request.evals], "evals[{}].name", MAX_NAME)
     _check_names([b.name for b in request.budgets], "budgets[{}].name", MAX_NAME)
-    _check_weights(request.evals)
+    _check_metrics(request.evals)
     _check_lengths(request.diffs.components, "diffs[{}].component")
     _check_tags(request.diffs)
     check_json_value(thawed(request.telemetry), "telemetry", depth=STRUCT_DEPTH)
@@ -395,13 +395,19 @@ def check_gate_request(request: GateRequest) -> None:
         _check_coverage(request.coverage)
 
 
-def _check_weights(metrics: Sequence[Metric]) -> None:
-    """A weight multiplies its score in score_per_token: a NaN or infinite one was left out of
-    the sum without a word (weight inf: the metric vanished; NaN: a score per token of 0)."""
+def _check_metrics(metrics: Sequence[Metric]) -> None:
+    """Each metric once (by name and slug: two of them were both failing and passing in one
+    decision), and its weight finite: a weight multiplies its score in score_per_token, and a
+    NaN or infinite one was left out of the sum without a word."""
+    first: dict[tuple[str, str], int] = {}
     for index, metric in enumerate(metrics):
         if metric.weight is not None and not math.isfinite(metric.weight):
             raise InvalidArgument(f"evals[{index}].weight: {metric.weight!r} is not a finite "
                                   "number")  # fmt: skip
+        earlier = first.setdefault((metric.name, metric.slug), index)
+        if earlier != index:
+            raise InvalidArgument(f"evals[{index}]: metric {quoted(metric.label)} is given "
+                                  f"twice (also evals[{earlier}])")  # fmt: skip
 
 
 def _check_novelty(diffs: Diffs) -> None:

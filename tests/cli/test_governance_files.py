@@ -342,11 +342,14 @@ def test_eval_evidence_is_a_pass_rate_metric_per_scenario():
     assert telemetry["tokens"] == 40.0  # 30 (a) + 10 (b): one pass over the pack
     assert telemetry["eval_runs"] == 3
     request = api.CheckChangeGateRequest(
-        change_id="c", evals=[api.EvalMetric(name="x", score=1.0)],
+        change_id="c", evals=[api.EvalMetric(name="x", score=1.0),
+                              api.EvalMetric(name="pass_rate", slug="b", score=0.0)],
         telemetry=Struct.from_dict({"total_tokens": 5}),
     )  # fmt: skip
     merge_evidence(request, metrics, telemetry, "abc")
-    assert [m.name for m in request.evals] == ["x", "pass_rate", "pass_rate"]
+    # the file's own pass_rate of b wins (both were sent: b failed and passed in one decision)
+    assert [(m.name, m.slug, m.score) for m in request.evals] == [
+        ("x", "", 1.0), ("pass_rate", "b", 0.0), ("pass_rate", "a", 1.0)]  # fmt: skip
     assert request.revision == "abc"
     merged = request.telemetry.to_dict()
     assert merged["total_tokens"] == 5

@@ -258,6 +258,8 @@ BUDGET = Budget("cost", 1.0, 2.0)
         ({"evals": (Metric("a", weight=2.0), Metric("b", weight=math.inf))},
          "evals[1].weight: inf is not a finite number"),
         ({"evals": (Metric("a", weight=math.nan),)}, "evals[0].weight: nan is not a finite"),
+        ({"evals": (Metric("p", "s"), Metric("p", "t"), Metric("p", "s"))},
+         "evals[2]: metric 'p (s)' is given twice (also evals[0])"),
     ],
 )  # fmt: skip
 def test_check_gate_request_names_the_first_bad_name(fields, message):
