@@ -123,7 +123,7 @@ def _fits(text: str) -> bool:
 def _parse_output(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (~1,000 levels deep: the block failed, not its text)
         return text.rstrip("\n")
 
 

@@ -272,3 +272,31 @@ async def test_an_executions_raw_output_keeps_the_last_64_kib(tmp_path):
     trace, x = await run_once(tmp_path, registry, {})
     assert len(x["raw_output"]) == 65_536
     assert x["raw_output"].endswith("aaaaend\n")
+
+
+async def test_an_output_nested_past_emits_limit_is_not_emitted(tmp_path):
+    """A program's JSON output 500 levels deep was emitted: Emit refuses past 127."""
+    deep = "[" * 200 + "]" * 200
+    registry = shell_registry(command=["printf", '{"v":' + deep + "}"], emits="deep")
+    trace, x = await run_once(tmp_path, registry, {})
+    assert x["success"] is False
+    assert "nested deeper than 127 levels" in x["summary"], x["summary"]
+    assert [e["event_type"] for e in trace["events"]] == ["go"]
+
+
+async def test_an_output_too_deep_for_json_loads_is_read_as_text(tmp_path):
+    """~1,000 levels deep, json.loads raises RecursionError: the block failed with it."""
+    deep = "[" * 5_000 + "]" * 5_000
+    registry = shell_registry(command=["printf", deep], emits="deep")
+    trace, x = await run_once(tmp_path, registry, {})
+    assert x["success"] is True, x["summary"]
+    [emitted] = x["emitted_payloads"]
+    assert emitted == {"output": deep}
+
+
+async def test_an_output_at_emits_depth_limit_is_emitted(tmp_path):
+    deep = "[" * 126 + "]" * 126  # in {"v": …}: 127 levels
+    registry = shell_registry(command=["printf", '{"v":' + deep + "}"], emits="deep")
+    trace, x = await run_once(tmp_path, registry, {})
+    assert x["success"] is True, x["summary"]
+    assert [e["event_type"] for e in trace["events"]] == ["go", "deep"]

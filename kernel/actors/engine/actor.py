@@ -82,7 +82,7 @@ from foundry.kernel.core.ids import (
     payload_json_of,
     rfc3339,
 )
-from foundry.kernel.core.json_input import quoted
+from foundry.kernel.core.json_input import MAX_DEPTH, check_depth, quoted
 from foundry.kernel.core.records import (
     RAW_OUTPUT_CHARS,
     Event,
@@ -101,7 +101,7 @@ from foundry.kernel.core.status_query import (
 from foundry.kernel.core.throttle import Action
 from foundry.kernel.core.trace_format import TraceRows, check_trace_size, parse, render
 from foundry.kernel.core.tracecontext import new_root, new_span_id
-from foundry.kernel.errors import ChainLimitExceeded, NotFound, Unavailable
+from foundry.kernel.errors import ChainLimitExceeded, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("foundry.engine")
 
@@ -448,6 +448,13 @@ class Engine:
                 f"emitted a {emission.event_type[:100]!r} payload of {size:,} bytes of JSON, "
                 f"past [engine] max_event_bytes ({limit:,})"
             )
+        # Emit's limit too (an event nested deeper than this, no client could send or read)
+        if payload_json.count("[") + payload_json.count("{") > MAX_DEPTH:
+            try:
+                check_depth(json.loads(payload_json), "payload", MAX_DEPTH)
+            except (InvalidArgument, RecursionError):
+                raise _TooLarge(f"emitted a {emission.event_type[:100]!r} payload nested deeper "
+                                f"than {MAX_DEPTH} levels") from None  # fmt: skip
         return new_event(
             id=event_id_of_json(emission.event_type, parent.project, stamp, payload_json),
             event_type=emission.event_type,
