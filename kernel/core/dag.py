@@ -343,7 +343,7 @@ class UnresolvedReference(ValueError):
 
 class StepTooLarge(ValueError):
     """A step's resolved inputs or its output over ``[scheduler] max_step_bytes`` of JSON, or
-    a run's outputs over ``max_run_bytes``: the step fails."""
+    a run's recorded inputs and outputs over ``max_run_bytes``: the step fails."""
 
 
 def resolve(value: Any, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:

@@ -217,8 +217,9 @@ def step(step_id: str, step_type: str = "sleepy", *, after: tuple[str, ...] = ()
 async def test_finished_runs_leave_memory_once_their_outputs_pass_recent_run_bytes(
     tmp_path, autojump_clock
 ):
-    # each run's output is {"step":"a"}: 12 bytes; 25 keep two runs, the newest always stays
-    config = SchedulerConfig(recent_run_bytes=25)
+    # each run's output is {"step":"a"}: 12 bytes, its lease's inputs {}: 2; 30 keep two runs,
+    # the newest always stays
+    config = SchedulerConfig(recent_run_bytes=30)
     async with running_scheduler(tmp_path, [Sleepy()], config=config) as h:
         run_ids = await _finished_runs(h, 3)
         views = [await h.get(run_id) for run_id in run_ids]
@@ -227,12 +228,26 @@ async def test_finished_runs_leave_memory_once_their_outputs_pass_recent_run_byt
         assert views[0].steps[0].output == {"step": "a"}
 
 
+async def test_finished_runs_leases_count_toward_recent_run_bytes(tmp_path, autojump_clock):
+    """A run in memory holds every lease's inputs: runs of small outputs and large inputs
+    counted as their outputs alone, ~0, and recent_run_bytes did not bound them."""
+    config = SchedulerConfig(recent_run_bytes=300)  # ~120 bytes a run: two of them
+    async with running_scheduler(tmp_path, [Sleepy()], config=config) as h:
+        run_ids = []
+        for _ in range(3):
+            run_ids.append(await h.submit([step("a", inputs={"pad": "p" * 100})]))
+            await h.store.until(run_ids[-1], "run_succeeded")
+        for run_id in run_ids:
+            await h.get(run_id)
+        assert h.store.loaded == run_ids[:1]
+
+
 async def test_a_tap_of_a_run_that_ended_in_memory_reads_no_log_from_the_store(
     tmp_path, autojump_clock
 ):
     # every tap of a finished run parsed its whole log from DuckDB again: 30 taps of a run of
     # 20 MB of outputs held 2.4 GB; a run still in memory gives its own records, once durable
-    config = SchedulerConfig(recent_run_bytes=25)  # two of them kept in memory
+    config = SchedulerConfig(recent_run_bytes=30)  # two of them kept in memory
     async with running_scheduler(tmp_path, [Sleepy()], config=config) as h:
         run_ids = await _finished_runs(h, 3)
         for run_id in run_ids:

@@ -81,7 +81,7 @@ from foundry.kernel.core.planner import (
     note_inputs,
     note_output,
     output_refused,
-    output_total,
+    recorded_total,
     recover,
     retry_delay,
     starts,
@@ -927,7 +927,7 @@ class Scheduler:
         run.ended = True
         self._backoffs.pop(run.run_id, None)
         self._runs.move_to_end(run.run_id)
-        finished = [(rid, output_total(r)) for rid, r in self._runs.items() if r.terminal]
+        finished = [(rid, recorded_total(r)) for rid, r in self._runs.items() if r.terminal]
         config = self._config
         for run_id in forgotten(finished, config.recent_runs, config.recent_run_bytes):
             del self._runs[run_id]
