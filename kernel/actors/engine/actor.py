@@ -448,11 +448,12 @@ class Engine:
                 f"emitted a {emission.event_type[:100]!r} payload of {size:,} bytes of JSON, "
                 f"past [engine] max_event_bytes ({limit:,})"
             )
+        payload = decoded(emission.payload, payload_json)  # the block can no longer change it
         # Emit's limit too (an event nested deeper than this, no client could send or read)
         if payload_json.count("[") + payload_json.count("{") > MAX_DEPTH:
             try:
-                check_depth(json.loads(payload_json), "payload", MAX_DEPTH)
-            except (InvalidArgument, RecursionError):
+                check_depth(payload, "payload", MAX_DEPTH)
+            except InvalidArgument:
                 raise _TooLarge(f"emitted a {emission.event_type[:100]!r} payload nested deeper "
                                 f"than {MAX_DEPTH} levels") from None  # fmt: skip
         return new_event(
@@ -463,7 +464,7 @@ class Engine:
             recorded_at=now,
             throttle=parent.throttle,
             workflow_id=parent.workflow_id,
-            payload=decoded(emission.payload, payload_json),  # the block can no longer change it
+            payload=payload,
             payload_json=payload_json,
             depth=parent.depth + 1,
             parent_id=parent.id,
