@@ -122,7 +122,7 @@ def _body(response: httpx.Response, content: bytes) -> Any:
     if "json" in response.headers.get("content-type", ""):
         try:
             return json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):  # (RecursionError: nested ~1,000 levels deep)
             pass
     return content.decode(response.encoding or "utf-8", errors="replace")
 

@@ -141,7 +141,7 @@ def completion_of(content: bytes) -> Completion:
         usage = data.get("usage") or {}
         counts = [usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)]
         reason = choice.get("finish_reason") or "stop"
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as exc:
         raise BlockError(
             f"the LLM endpoint's answer is not a chat completion ({exc!r:.100})"
         ) from None

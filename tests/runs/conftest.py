@@ -63,13 +63,17 @@ class FakeHttp:
             }
 
 
+DEEP_JSON = b"[" * 5_000 + b"]" * 5_000
+
+
 def _handler(fake: FakeHttp) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass
 
         def _reply(self, status: int, document: Any) -> None:
-            body = json.dumps(document).encode()
+            # bytes: sent as they are (JSON Python's own json could not write, say)
+            body = document if isinstance(document, bytes) else json.dumps(document).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -106,6 +110,8 @@ def _handler(fake: FakeHttp) -> type[BaseHTTPRequestHandler]:
                     except OSError:  # the client gave up
                         return
                     time.sleep(1)
+            elif self.path.startswith("/deep"):  # JSON nested 5,000 levels
+                self._reply(200, DEEP_JSON)
             elif self.path.startswith("/status/"):
                 self._reply(int(self.path.rsplit("/", 1)[1]), {"error": "as asked"})
             else:

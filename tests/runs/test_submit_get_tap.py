@@ -17,6 +17,7 @@ from grpclib import GRPCError
 from grpclib.const import Status
 
 from tests.helpers import wait_until
+from tests.runs.conftest import DEEP_JSON
 from tests.runs.helpers import (
     RESEARCH,
     assert_error,
@@ -634,8 +635,11 @@ def test_llm_openai_provider_against_a_fake_endpoint(daemon, fake_http):
         ({"oops": True}, "not a chat completion (KeyError('choices'))"),
         ({"choices": []}, "not a chat completion (IndexError"),
         ({"choices": [{"message": {"content": {"a": 1}}}]}, "content and finish_reason must be"),
+        # json.loads raises RecursionError (not a ValueError): it escaped as itself
+        (b"[" * 5_000 + b"]" * 5_000, "not a chat completion (RecursionError"),
     ],
-    ids=["negative-tokens", "huge-tokens", "no-choices", "empty-choices", "content-object"],
+    ids=["negative-tokens", "huge-tokens", "no-choices", "empty-choices", "content-object",
+         "too-deep"],
 )  # fmt: skip
 def test_an_llm_answer_that_is_no_chat_completion_fails_the_step_naming_why(
     daemon, fake_http, document, said
@@ -646,6 +650,15 @@ def test_an_llm_answer_that_is_no_chat_completion_fails_the_step_naming_why(
                                     "inputs": {"prompt": "hi"}}))  # fmt: skip
     assert run.status == api.RunStatus.FAILED
     assert said in value(run.steps[0].error)["message"]
+
+
+def test_an_http_answer_too_deep_for_json_is_its_text(daemon, fake_http):
+    """json.loads raises RecursionError on JSON nested ~1,000 levels: it failed the step,
+    where JSON that does not parse is the answer's text."""
+    run = run_and_wait(daemon, dag({"id": "get", "type": "http", "inputs": {
+        "url": f"{fake_http.url}/deep"}}))  # fmt: skip
+    assert run.status == api.RunStatus.SUCCEEDED, value(run.steps[0].error)
+    assert value(run.steps[0].output)["body"] == DEEP_JSON.decode()
 
 
 def test_an_http_steps_timeout_bounds_the_whole_request(daemon, fake_http):
