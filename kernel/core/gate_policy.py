@@ -1030,9 +1030,7 @@ class EvalsRule:
         for metric in metrics:
             score = metric.score
             weight = metric.weight
-            product = (1.0 if weight is None else weight) * score
-            if math.isfinite(product):
-                weighted += product
+            weighted += (1.0 if weight is None else weight) * score
             threshold = metric.threshold
             if threshold is None:
                 continue
@@ -1069,9 +1067,10 @@ class EvalsRule:
                     recommended=False,
                 ))  # fmt: skip
         tokens = tokens_of(request.telemetry)
-        summary = EvalSummary(
-            tuple(failing), tuple(attention), weighted / tokens if tokens else None
-        )
+        # None when it cannot be computed: no tokens, or a term not finite (a NaN or infinite
+        # score, a product past a double: leaving one out made the rest read as the whole)
+        per_token = weighted / tokens if tokens and math.isfinite(weighted) else None
+        summary = EvalSummary(tuple(failing), tuple(attention), per_token)
         effect = Effect.DENY if failing else Effect.ALLOW
         return RuleResult(effect, tuple(reasons), tuple(followups), summary)
 

@@ -555,6 +555,18 @@ def test_score_per_token_weights_every_metric():
     assert gate(evals=evals).scorecard.evals.score_per_token is None
 
 
+@pytest.mark.parametrize(
+    "odd", [Metric("b", score=math.inf), Metric("b", score=math.nan, threshold=0.5),
+            Metric("b", score=10.0, weight=1e308)],
+    ids=["infinite-score", "nan-score", "overflowing-product"],
+)  # fmt: skip
+def test_score_per_token_is_none_when_a_term_is_not_finite(odd):
+    """The term was left out, and the rest reported as the whole: 2 / 10 tokens."""
+    evals = (Metric("a", score=2.0), odd)
+    summary = gate(evals=evals, telemetry={"tokens": 10}).scorecard.evals
+    assert summary.score_per_token is None
+
+
 # ------------------------------------------------------------------------- budgets
 
 
