@@ -15,7 +15,8 @@ from collections.abc import Collection, Mapping
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 BASE_NAMES = ("HOME", "LANG", "LC_ALL", "TZ")
-MAX_ENV_VALUE = 32 * 1024
+MAX_ENV_VALUE = 32 * 1024  # UTF-8 bytes of a value (Linux refuses one string past 128 KiB)
+MAX_ENV_BYTES = 256 * 1024  # of a step's whole env, "NAME=value\0" each (execve: ~2 MB in all)
 TRACEPARENT = "TRACEPARENT"  # set by the daemon (the execution's span), never by a run
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -42,6 +43,17 @@ _FORBIDDEN_NAMES = frozenset(
         "GNUPGHOME", "SSH_AUTH_SOCK", "HISTFILE", "RUSTC", "RUSTDOC", "RUSTC_WRAPPER",
         "RUSTC_WORKSPACE_WRAPPER", "SVN_SSH", "RSYNC_RSH", "CVS_RSH", "HGRCPATH", "HGEDITOR",
         "PSQLRC", "MAVEN_OPTS", "GRADLE_OPTS", "JAVA_OPTS", "SBT_OPTS", "ANT_OPTS",
+        # make's program variables (a recipe's $(RM) ran the run's command), a compiler's
+        # flags and search paths (gcc -wrapper, -fplugin, -specs; a header put first), and
+        # more options that name a program (zip -TT, man -P, less's +!, rsync's connect program)
+        "AS", "RM", "FC", "M2C", "PC", "CO", "GET", "LEX", "YACC", "LINT", "MAKEINFO", "TEX",
+        "TEXI2DVI", "WEAVE", "CWEAVE", "TANGLE", "CTANGLE", "MAKE", "MAKEFILES", "OBJC",
+        "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS", "LDLIBS", "ASFLAGS", "FFLAGS", "OBJCFLAGS",
+        "COMPILER_PATH", "GCC_EXEC_PREFIX", "CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH",
+        "OBJC_INCLUDE_PATH", "LIBRARY_PATH", "ZIPOPT", "ZIP", "MANOPT", "LESS",
+        "RSYNC_CONNECT_PROG", "PHPRC", "PHP_INI_SCAN_DIR", "GEM_HOME", "GEM_PATH",
+        "BUNDLE_GEMFILE", "R_PROFILE", "R_PROFILE_USER", "R_ENVIRON", "R_ENVIRON_USER",
+        "AWS_SHARED_CREDENTIALS_FILE",
     }
 )  # fmt: skip
 # Harmless names in the families forbidden below, that builds and scripts commonly set: who a
@@ -89,11 +101,16 @@ def env_violation(env: Mapping[str, object], allowed: Collection[str]) -> tuple[
     ``allowed`` is the block's ``allow_env``; ``"*"`` in it allows every name that is not
     forbidden outright.
     """
+    total = 0
     for name, value in env.items():
         reason = forbidden_reason(name) or _value_reason(value)
         if not reason and name not in allowed and "*" not in allowed:
             shown = ", ".join(sorted(allowed)) or "none"
             reason = f"not allowed for this block (its allow_env: {shown})"
+        if not reason:
+            total += len(name) + _utf8_size(str(value)) + 2
+            if total > MAX_ENV_BYTES:  # no program could start with it: every attempt failed
+                reason = f"the step's env passes {MAX_ENV_BYTES:,} bytes in all here"
         if reason:
             return name, reason
     return None
@@ -102,9 +119,13 @@ def env_violation(env: Mapping[str, object], allowed: Collection[str]) -> tuple[
 def _value_reason(value: object) -> str:
     if not isinstance(value, str):
         return "expected a string value"
-    if len(value) > MAX_ENV_VALUE or "\x00" in value:
-        return f"value must be under {MAX_ENV_VALUE} characters, without NUL"
+    if "\x00" in value or _utf8_size(value) > MAX_ENV_VALUE:
+        return f"value must be at most {MAX_ENV_VALUE:,} bytes of UTF-8, without NUL"
     return ""
+
+
+def _utf8_size(value: str) -> int:
+    return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
 
 
 def child_environment(

@@ -23,7 +23,11 @@ from foundry.kernel.core.envpolicy import (
      "SYSTEMD_PAGER", "SUDO_EDITOR", "npm_config_script_shell", "PIP_INDEX_URL", "GOFLAGS",
      "CC", "ZDOTDIR", "OPENSSL_ENGINES", "DOCKER_HOST", "KUBECONFIG", "WGETRC",
      "RUSTC_WRAPPER", "SVN_SSH", "RSYNC_RSH", "HGEDITOR", "CMAKE_C_COMPILER_LAUNCHER",
-     "DOTNET_STARTUP_HOOKS", "CORECLR_PROFILER_PATH", "PSQLRC", "MAVEN_OPTS"],
+     "DOTNET_STARTUP_HOOKS", "CORECLR_PROFILER_PATH", "PSQLRC", "MAVEN_OPTS",
+     # make's programs and a compiler's flags, zip's options (found by an egress hunt: a
+     # recipe's $(RM), gcc -wrapper from CFLAGS and zip -TT from ZIPOPT ran the run's command)
+     "RM", "AS", "CFLAGS", "CPPFLAGS", "LDFLAGS", "GCC_EXEC_PREFIX", "ZIPOPT", "MANOPT",
+     "LESS", "RSYNC_CONNECT_PROG", "PHPRC"],
 )  # fmt: skip
 def test_names_that_change_how_programs_run_are_forbidden(name):
     assert forbidden_reason(name)
@@ -42,6 +46,20 @@ def test_values_must_be_bounded_strings_without_nul():
     assert env_violation({"A": 1}, {"A"}) == ("A", "expected a string value")
     assert env_violation({"A": "x\x00y"}, {"A"}) is not None
     assert env_violation({"A": "x" * 40_000}, {"A"}) is not None
+
+
+def test_values_and_the_whole_env_are_bounded_in_bytes():
+    """Counted in characters, 32,768 four-byte ones (128 KiB: past Linux's limit for one
+    string) passed, and so did 80 values of 32,000 (2.5 MB): every attempt failed, E2BIG."""
+    assert env_violation({"A": "x" * 32_768}, {"*"}) is None
+    assert env_violation({"A": "\U0001f600" * 8_192}, {"*"}) is None  # 32 KiB of UTF-8
+    name, reason = env_violation({"A": "\U0001f600" * 8_193}, {"*"})  # type: ignore[misc]
+    assert name == "A"
+    assert "at most 32,768 bytes of UTF-8" in reason
+    many = {f"V{i:02d}": "x" * 32_000 for i in range(80)}
+    name, reason = env_violation(many, {"*"})  # type: ignore[misc]
+    assert name == "V08"  # 9 × ~32 KB pass 256 KiB
+    assert "passes 262,144 bytes in all" in reason
 
 
 def test_a_child_starts_from_a_minimal_environment():
