@@ -102,20 +102,32 @@ def _flag(inputs: Any, name: str) -> bool:
 
 def _headers(given: Any) -> dict[str, str]:
     """The step's headers, checked before anything is sent: httpx quoted a value it refused
-    (one with a line break) in its error — a bearer token in the step's error and the log."""
+    (a line break, another control character, a space at an end) in its error — a bearer
+    token in the step's error and the log. The request's framing and its host are the
+    daemon's: a run's Content-Length beside Transfer-Encoding smuggled a second request to a
+    path the allow-list refused, and its Host reached another virtual host."""
     if not isinstance(given, dict):
         raise BlockError("inputs.headers: an object of header names and values is expected")
     for name, value in given.items():
         if not _TOKEN.fullmatch(str(name)):
             raise BlockError(f"inputs.headers: {str(name)[:64]!r} is not a header name")
-        if not isinstance(value, str) or _BREAKS.search(value):
-            raise BlockError(f"inputs.headers.{name}: a value is a string without line breaks "
-                             "or NUL (the value is not shown)")  # fmt: skip
+        if str(name).lower() in _DAEMONS:
+            raise BlockError(f"inputs.headers.{name}: set by the daemon (the request's framing "
+                             "and the URL's host), not by a step")  # fmt: skip
+        if not isinstance(value, str) or not _VALUE.fullmatch(value):
+            raise BlockError(f"inputs.headers.{name}: a value is printable ASCII, without line "
+                             "breaks, other control characters or spaces at its ends (the value "
+                             "is not shown)")  # fmt: skip
     return dict(given)
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # RFC 9110's token
-_BREAKS = re.compile(r"[\r\n\x00]")
+# RFC 9110's field-value (obs-text aside): visible characters, spaces and tabs between them
+_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?)?")
+_DAEMONS = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "keep-alive",
+    "proxy-connection", "trailer", "expect",
+})  # fmt: skip
 
 
 def _body(response: httpx.Response, content: bytes) -> Any:

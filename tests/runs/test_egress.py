@@ -253,6 +253,36 @@ def test_a_header_value_with_a_line_break_is_refused_unquoted(allowing, servers)
     assert "/header-probe" not in near.seen()
 
 
+@pytest.mark.parametrize("ending", ["\x0b", " ", "\t", "\x7f", "\u00e9"])
+def test_a_header_value_httpx_would_refuse_is_refused_unquoted(allowing, servers, ending):
+    """A control character, a space at an end or a non-ASCII letter: httpx (h11) quoted the
+    whole value in its error — a bearer token in the step's error and the log."""
+    near, _ = servers
+    token = "header-token-" + "8" * 12
+    headers = {"Authorization": f"Bearer {token}{ending}"}
+    message = error(fetch(allowing, f"{near.url}/header-probe", headers=headers))
+    assert "inputs.headers.Authorization" in message
+    assert token not in message
+    assert token not in allowing.stderr()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Content-Length": "4", "Transfer-Encoding": "chunked"}, {"Host": "admin.internal"},
+     {"connection": "close"}],
+)  # fmt: skip
+def test_a_step_cannot_set_the_requests_framing_or_host(prefixed, servers, headers):
+    """Content-Length beside Transfer-Encoding smuggled a second request, to a path the
+    allow-list refused, behind an allowed one; Host reached another virtual host."""
+    near, _ = servers
+    smuggled = "POST /admin/secret HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n"
+    run = fetch(prefixed, f"{near.url}/ok/x", method="POST", headers=headers, body=smuggled)
+    message = error(run)
+    assert "set by the daemon" in message
+    assert "/admin/secret" not in near.seen()
+    assert "/ok/x" not in near.seen()  # refused before anything was sent
+
+
 def test_a_redirect_hops_body_is_not_read(allowing, servers):
     """httpx reads every redirect hop's whole body before it follows: a 64 MB hop body went
     into the daemon, past the size limit. The hops are followed without reading them."""
