@@ -248,10 +248,8 @@ class Config:
             listen=listen,
             home=home,
             shutdown_grace=reader.positive(daemon, "daemon", "shutdown_grace", 10.0),
-            max_message_bytes=int(
-                reader.positive(
-                    daemon, "daemon", "max_message_bytes", 4 * 1024 * 1024, limit=MAX_MESSAGE
-                )
+            max_message_bytes=reader.whole(
+                daemon, "daemon", "max_message_bytes", 4 * 1024 * 1024, limit=MAX_MESSAGE
             ),
             max_connections=reader.whole(daemon, "daemon", "max_connections", 1_024),
             body_timeout=reader.positive(daemon, "daemon", "body_timeout", 60.0),
@@ -304,9 +302,15 @@ def default_home() -> Path:
     return Path(os.environ.get("FOUNDRY_HOME") or "~/.foundry").expanduser()
 
 
+# Float settings that must be more than 0, and ratios (at most 1), by their key.
+_ABOVE_ZERO = frozenset({"[llm].timeout", "[analytics].query_timeout", "[otel].timeout"})
+_FRACTIONS = frozenset({"[replay].output_similarity"})
+
+
 def parse_listen(listen: str, *, key: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    # (isdigit() alone took "²", which int() refused with a traceback)
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ConfigError(f"{key}: expected HOST:PORT, got {listen!r}")
     return host.strip("[]"), int(port)
 
@@ -374,10 +378,16 @@ class _Reader:
             found.append(path.resolve())
         return tuple(found)
 
-    def whole(self, table: Mapping[str, Any], where: str, key: str, default: int) -> int:
+    def whole(
+        self, table: Mapping[str, Any], where: str, key: str, default: int, *, limit: int = 0
+    ) -> int:
+        """A positive integer, at most ``limit`` (0: no limit). A fraction is refused: 0.5
+        message bytes passed as a positive number and became 0, and every request was refused."""
         value = table.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise self.fail(f"[{where}].{key}", f"expected a positive integer, got {value!r}")
+        if limit and value > limit:
+            raise self.fail(f"[{where}].{key}", f"expected at most {limit:,}, got {value!r}")
         return value
 
     def positive(
@@ -439,6 +449,10 @@ class _Reader:
             raise self.fail(key, f"expected a positive integer, got {value!r}")
         if kind is float and (not number or not 0 <= value <= MAX_NUMBER):  # nan fails too
             raise self.fail(key, f"expected a number from 0 to {MAX_NUMBER:g}, got {value!r}")
+        if kind is float and key in _ABOVE_ZERO and value == 0:  # every call would time out
+            raise self.fail(key, f"expected seconds, more than 0, got {value!r}")
+        if kind is float and key in _FRACTIONS and value > 1:  # 1 is "the same": always drift
+            raise self.fail(key, f"expected a ratio from 0 to 1, got {value!r}")
         if kind is str and not isinstance(value, str):
             raise self.fail(key, f"expected a string, got {value!r}")
         if kind is tuple:

@@ -25,7 +25,8 @@ def common_options(
     if not isinstance(sinks, list) or not all(isinstance(s, str) and s for s in sinks):
         raise ValueError("sinks: expected a list of event types")
     kind = table.get("kind", default_kind)
-    if kind not in {k.value for k in BlockKind}:
+    # (a list is unhashable: the set's own error named no key)
+    if not isinstance(kind, str) or kind not in {k.value for k in BlockKind}:
         raise ValueError(f"kind: expected 'observer' or 'mutator', got {kind!r}")
     return {
         "name": table["name"],

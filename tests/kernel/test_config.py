@@ -144,6 +144,14 @@ def test_an_unknown_key_is_named(tmp_path, body, key):
         ("[store]\nretain_days = nan\n", "[store].retain_days"),
         ("[analytics]\nquery_timeout = -inf\n", "[analytics].query_timeout"),
         ("[daemon]\nmax_message_bytes = 1e30\n", "[daemon].max_message_bytes"),
+        # accepted, then every request, query or replay went wrong (found by a CLI hunt):
+        # 0.5 bytes became 0; a query or an LLM call of 0 s; a similarity past 1 always drifts
+        ("[daemon]\nmax_message_bytes = 0.5\n", "[daemon].max_message_bytes"),
+        ("[daemon]\nmax_message_bytes = 4194304.5\n", "[daemon].max_message_bytes"),
+        ("[daemon]\nmax_message_bytes = 2147483648\n", "[daemon].max_message_bytes"),
+        ("[analytics]\nquery_timeout = 0\n", "[analytics].query_timeout"),
+        ("[llm]\ntimeout = 0\n", "[llm].timeout"),
+        ("[replay]\noutput_similarity = 5\n", "[replay].output_similarity"),
     ],
 )
 def test_a_value_of_the_wrong_type_is_named(tmp_path, body, key):
@@ -154,7 +162,15 @@ def test_a_value_of_the_wrong_type_is_named(tmp_path, body, key):
 
 
 @pytest.mark.parametrize(
-    "listen", ['"localhost"', '"127.0.0.1:http"', '"[::1]:70000"', '":80"', "80"]
+    "listen",
+    [
+        '"localhost"',
+        '"127.0.0.1:http"',
+        '"[::1]:70000"',
+        '":80"',
+        "80",
+        '"127.0.0.1:\u00b2"',
+    ],  # (isdigit() took "²": int() refused it with a traceback)
 )
 def test_a_bad_listen_address_is_refused(tmp_path, listen):
     message = refused(tmp_path, f"[daemon]\nlisten = {listen}\n")

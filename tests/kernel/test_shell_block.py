@@ -245,9 +245,10 @@ async def test_a_value_an_environment_cannot_hold_arrives_on_stdin_alone(tmp_pat
         ({"when": {"v": float("nan")}}, "when.v: nan is not a finite number"),
         ({"emits": "a\0b"}, "emits: the event type holds a NUL character"),
         ({"emits": "e" * 257}, "emits: the event type is longer than 256 characters"),
+        ({"kind": ["mutator"]}, "kind: expected 'observer' or 'mutator', got ['mutator']"),
     ],
     ids=["cwd-number", "cwd-missing", "env-name", "env-nul", "simulate-text", "argv-nul", "nan",
-         "emits-nul", "emits-long"],
+         "emits-nul", "emits-long", "kind-list"],
 )  # fmt: skip
 def test_a_shell_block_option_no_run_could_use_is_refused_at_start(table, said):
     # each of these passed `config check` and `serve`, then failed every run
