@@ -149,8 +149,9 @@ async def serve(
         security = edge_security(config, host, listen_key, config.source)
         try:
             sock = bind(host, port)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+        except (OSError, UnicodeError) as exc:  # (UnicodeError: a label IDNA cannot encode)
+            reason = getattr(exc, "strerror", None) or exc
+            raise ConfigError(f"cannot listen on {config.listen}: {reason}") from None
         try:
             http_sock = _bind_http(config, security)
         except ConfigError:
@@ -179,8 +180,8 @@ def _bind_http(config: Config, security: EdgeSecurity) -> socket.socket | None:
     refuse_open_bind(host, key, security.token)
     try:
         return bind_http(host, port)
-    except OSError as exc:
-        reason = exc.strerror or exc
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
         raise ConfigError(f"cannot listen on {config.http.listen} (HTTP): {reason}") from None
 
 

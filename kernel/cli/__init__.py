@@ -1,5 +1,1 @@
-"""The ``foundry`` command line."""
-
-from foundry.kernel.cli.main import main
-
-__all__ = ["main"]
+"""The ``foundry`` command line (``entry.main`` is the command; ``main.main`` its work)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from foundry.kernel.cli.common import journal_behind
 from foundry.kernel.config import Config, default_home
-from foundry.kernel.edge.grpc.client import open_channel
+from foundry.kernel.edge.grpc.client import connected
 from foundry.kernel.errors import ConfigError
 from grpclib import GRPCError
 
@@ -82,13 +82,10 @@ def cmd_export_parquet(args: argparse.Namespace) -> int:
 async def _remote(address: str, target: Path, since: str | None) -> dict[str, int]:
     from foundry.proto import analytics_api as api
 
-    channel = open_channel(address)
-    try:
+    async with connected(address) as channel:
         reply = await api.AnalyticsStub(channel).export_parquet(
             api.ExportParquetRequest(directory=str(target), since=since or "")
         )
-    finally:
-        channel.close()
     return dict(reply.rows)
 
 

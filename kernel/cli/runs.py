@@ -18,7 +18,7 @@ from foundry.kernel.cli.output import stamp
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import FoundryError
 from foundry.proto import runtime_api as api
-from foundry.proto.generated.google.protobuf import Struct
+from foundry.proto.generated.google.protobuf import Struct, Timestamp
 
 TERMINAL = {api.RunStatus.SUCCEEDED, api.RunStatus.FAILED, api.RunStatus.CANCELED}
 PAUSED_EXIT = 3  # ``run wait`` / ``submit --wait``: the run paused at a breakpoint
@@ -216,7 +216,9 @@ def _printer(as_json: bool) -> Any:
         if as_json:
             print(json.dumps({"run_id": event.run_id, "step_id": event.step_id,
                               "kind": event.kind, "payload": payload,
-                              "occurred_at": str(event.occurred_at)}), flush=True)  # fmt: skip
+                              # as run get --json writes times (proto3 JSON), not str()'s
+                              "occurred_at": Timestamp.timestamp_to_json(event.occurred_at)}),
+                  flush=True)  # fmt: skip
         else:
             print(_line(event, payload), flush=True)
 

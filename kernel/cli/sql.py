@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from foundry.kernel.cli.common import journal_behind
 from foundry.kernel.cli.logs import printable
 from foundry.kernel.config import Config, default_home
-from foundry.kernel.edge.grpc.client import open_channel
+from foundry.kernel.edge.grpc.client import connected
 from foundry.kernel.errors import ConfigError
 from foundry.proto import analytics_api as api
 from grpclib import GRPCError
@@ -100,16 +100,13 @@ def _params(pairs: list[str]) -> dict[str, str]:
 
 
 async def _remote(args: argparse.Namespace, params: dict[str, str]) -> Answer:
-    channel = open_channel(args.addr)
-    try:
+    async with connected(args.addr) as channel:
         reply = await api.AnalyticsStub(channel).query(
             api.QueryRequest(
                 sql=args.statement, question=args.run or "", params=params,
                 max_rows=args.max_rows or 0,
             )
         )  # fmt: skip
-    finally:
-        channel.close()
     return Answer(
         [(c.name, c.type) for c in reply.columns],
         [json.loads(row) for row in reply.rows_json],
@@ -204,19 +201,20 @@ def run_file(
 
 
 def _list(args: argparse.Namespace) -> int:
+    from foundry.kernel.cli.main import CommandFailed
+
     async def remote() -> list[api.SavedQuestion]:
-        channel = open_channel(args.addr)
-        try:
+        async with connected(args.addr) as channel:
             reply = await api.AnalyticsStub(channel).list_saved_questions(
                 api.ListSavedQuestionsRequest()
             )
-        finally:
-            channel.close()
         return list(reply.questions)
 
     found: list[Any]
     try:
         found = asyncio.run(remote())
+    except GRPCError as exc:  # (a missing token came out as a traceback)
+        raise CommandFailed(f"{exc.status.name}: {exc.message}") from None
     except OSError:  # no daemon: the same questions, from this installation
         from foundry.analytics import saved_questions
 

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -55,3 +56,90 @@ def test_a_port_that_never_answers_is_given_up_on(monkeypatch, capsys):
     assert said.strip() == (
         f"foundry: cannot reach the daemon at 127.0.0.1:{port}: no gRPC answer within 0.5 s"
     )
+
+
+def _foundry(tmp_path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "FOUNDRY_HOME": str(tmp_path), **extra_env}
+    environment.pop("FOUNDRY_ADDR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "foundry.kernel.cli", *args],
+        capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+
+
+LONG_LABEL = "a" * 64 + ".com"  # a DNS label past 63 characters: IDNA refuses to encode it
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["status", "--addr", f"{LONG_LABEL}:1"], "not a host name this machine can look up"),
+        (["sql", "SELECT 1", "--addr", f"{LONG_LABEL}:1"], "not a host name"),
+        (["status", "--addr", "127.0.0.1:\u00b2"], "expected HOST:PORT"),
+    ],
+    ids=["status", "sql", "superscript-port"],
+)
+def test_an_address_no_connection_can_be_made_to_is_one_line(tmp_path, args, said):
+    # getaddrinfo's UnicodeError is no OSError, and isdigit() took "²": tracebacks
+    done = _foundry(tmp_path, *args)
+    assert done.returncode == 1
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_on_a_host_name_that_cannot_be_looked_up_is_one_line(tmp_path):
+    (tmp_path / "token.toml").write_text('[daemon]\ntoken_env = "ADDR_TEST_TOKEN"\n')
+    done = _foundry(tmp_path, "serve", "--config", str(tmp_path / "token.toml"), "--listen",
+                    f"{LONG_LABEL}:0", "--http-listen", "off", ADDR_TEST_TOKEN="t")  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"foundry: cannot listen on {LONG_LABEL}:0")
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [["sql", "SELECT 1"], ["sql", "--list"], ["status"]])
+def test_a_port_that_hangs_up_is_one_line(tmp_path, command):
+    # (a TLS port, or no gRPC server: sql and export called grpclib themselves, and its
+    # StreamTerminatedError came out as a traceback)
+    with socket.create_server(("127.0.0.1", 0)) as hanging_up:
+        port = hanging_up.getsockname()[1]
+        stop = threading.Event()
+
+        def hang_up() -> None:
+            hanging_up.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    client, _ = hanging_up.accept()
+                except TimeoutError:
+                    continue
+                client.recv(1024)
+                client.close()
+
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        try:
+            done = _foundry(tmp_path, *command, "--addr", f"127.0.0.1:{port}")
+        finally:
+            stop.set()
+            thread.join(5)
+    assert "Traceback" not in done.stderr, done.stderr
+    if command != ["sql", "--list"]:  # (--list falls back to this installation's questions)
+        assert done.returncode == 1
+        assert f"cannot reach the daemon at 127.0.0.1:{port}" in done.stderr
+
+
+def test_ctrl_c_while_the_command_imports_ends_it_quietly(tmp_path):
+    # the command's modules take ~0.3 s to import, before main() could catch a KeyboardInterrupt
+    interrupted = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'foundry.kernel.cli.main':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from foundry.kernel.cli.entry import main\n"
+        "sys.exit(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", interrupted], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)  # fmt: skip
+    assert done.returncode == 130
+    assert done.stderr == ""

@@ -5,6 +5,7 @@ output shows integers as integers (``kernel/core/numbers.py``)."""
 from __future__ import annotations
 
 import json
+import re
 
 from foundry.kernel.core.numbers import restore_ints
 from foundry.proto import runtime_api as api
@@ -67,6 +68,9 @@ def test_run_get_json_shows_integers_as_integers(shared_daemon):
     leased = [json.loads(x) for x in tapped.stdout.splitlines() if '"step_leased"' in x][0]
     assert leased["payload"]["inputs"] == {"n": 7, "f": 0.25}
     assert type(leased["payload"]["attempt"]) is int
+    # times as run get --json writes them (str() gave "2026-12-06 01:50:32.357562+00:00")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", leased["occurred_at"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", run["created_at"])
 
 
 def test_the_rule_integral_doubles_within_2_to_the_53_become_ints():

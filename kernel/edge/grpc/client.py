@@ -87,17 +87,28 @@ def open_channel(address: str) -> Channel:
 
 
 @asynccontextmanager
-async def connect(
-    address: str,
-) -> AsyncIterator[tuple[foundry_api.FoundryStub, runtime_api.RuntimeServiceStub]]:
+async def connected(address: str) -> AsyncIterator[Channel]:
+    """:func:`open_channel`, closed after; a connection that cannot be made or is lost is a
+    ``ConnectionError`` saying so, for the command's one line (grpclib's own exceptions, and a
+    host name IDNA cannot encode, came out as tracebacks)."""
     channel = open_channel(address)
     try:
-        yield foundry_api.FoundryStub(channel), runtime_api.RuntimeServiceStub(channel)
+        yield channel
     except StreamTerminatedError as exc:  # e.g. plain text to a TLS port: the server hangs up
         hint = "" if channel_uses_tls() else f" (if it serves TLS, set {CA_ENV})"
         raise ConnectionError(f"{exc}{hint}") from None
+    except UnicodeError as exc:  # getaddrinfo of a label over 63 characters, say
+        raise ConnectionError(f"not a host name this machine can look up ({exc})") from None
     finally:
         channel.close()
+
+
+@asynccontextmanager
+async def connect(
+    address: str,
+) -> AsyncIterator[tuple[foundry_api.FoundryStub, runtime_api.RuntimeServiceStub]]:
+    async with connected(address) as channel:
+        yield foundry_api.FoundryStub(channel), runtime_api.RuntimeServiceStub(channel)
 
 
 ANSWER_SECONDS = 15.0  # for a daemon to answer its health service
