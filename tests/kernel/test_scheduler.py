@@ -275,6 +275,10 @@ class _NoSink:
     def close(self) -> None:
         pass
 
+    @property
+    def closed(self) -> bool:
+        return False
+
 
 # --- concurrency ------------------------------------------------------------------------------
 

@@ -150,7 +150,8 @@ async def test_the_broker_never_blocks_on_a_subscriber():
 
 
 class RecordingSink:
-    """A sink with only the two methods of ``Sink``: the broker may call nothing else."""
+    """A sink with only the two methods of ``Sink`` (and its ``closed``): the broker may call
+    nothing else."""
 
     def __init__(self):
         self.calls = []
@@ -161,6 +162,10 @@ class RecordingSink:
 
     def close(self):
         self.calls.append(("close",))
+
+    @property
+    def closed(self):
+        return False
 
 
 async def test_the_broker_only_offers_items_and_closes_sinks():
@@ -239,3 +244,29 @@ def test_the_buffer_count_matches_trios_statistics():
     assert buffered.buffered(send) == 3 == buffered._statistics(send)
     send.close()
     receive.close()
+
+
+async def test_ended_subscriptions_are_forgotten_though_no_item_of_their_key_comes():
+    """A subscriber was dropped only when an offer to it failed: every TapRun of a finished
+    run, every Watch of a quiet project was held for the daemon's life (~1 KB each), and each
+    publish walked them all."""
+    from foundry.kernel.edge.grpc.bridge import QueueSink
+
+    with trio.fail_after(GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            broker, tap = await started_broker(nursery, buffer=8)
+            live = [QueueSink() for _ in range(10)]
+            for sink in live:
+                await ask(tap, lambda r, s=sink: Subscribe("runs", "live", r, s))
+            for n in range(5_000):
+                ended = QueueSink()
+                await ask(tap, lambda r, s=ended, k=f"run_{n}": Subscribe("runs", k, r, s))
+                ended.close()  # the stream ended: no item of its key ever comes
+                channel = await subscribe(tap, f"quiet_{n}")  # a trio-side subscriber
+                channel.close()
+            assert broker.held("runs") < 200  # at most about twice the live ones, and a floor
+            assert broker.held("events") < 200
+            await tap.send(Publish((Item("live", 1, tap_topic="runs"),)))
+            tap.close()
+    got = [[item.n for item in await sink.batch()] for sink in live]
+    assert got == [[1]] * 10  # the live ones still get theirs

@@ -27,6 +27,8 @@ from foundry.kernel.actors.tap.messages import (
 
 log = logging.getLogger("foundry.tap")
 
+SWEEP_AT_LEAST = 64  # subscribers of a topic before the first sweep
+
 
 class ChannelSink:
     """A trio memory channel as a sink (for trio-side subscribers)."""
@@ -51,6 +53,13 @@ class ChannelSink:
     def close(self) -> None:
         self.send.close()
 
+    @property
+    def closed(self) -> bool:
+        try:
+            return self.send.statistics().open_receive_channels == 0  # its reader is gone
+        except trio.ClosedResourceError:
+            return True
+
 
 @dataclass(slots=True)
 class _Subscriber:
@@ -63,6 +72,10 @@ class TapBroker:
         self._inbox = inbox
         self._buffer = buffer
         self._topics: dict[str, list[_Subscriber]] = {}
+        # A topic's subscribers are swept of those whose stream ended when their number has
+        # doubled since the last sweep: an ended stream was held until an item with its key
+        # came, and a TapRun of a finished run, a Watch of a quiet project never get one.
+        self._sweep_at: dict[str, int] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             Publish: self._publish,
             Subscribe: self._subscribe,
@@ -89,8 +102,16 @@ class TapBroker:
             # One slot is kept for the Overflow notice.
             send, answer = trio.open_memory_channel[Any](self._buffer + 1)
             sink = ChannelSink(send)
-        self._topics.setdefault(message.topic, []).append(_Subscriber(message.key, sink))
+        subscribers = self._topics.setdefault(message.topic, [])
+        if len(subscribers) >= self._sweep_at.get(message.topic, SWEEP_AT_LEAST):
+            subscribers[:] = [sub for sub in subscribers if not sub.sink.closed]
+            self._sweep_at[message.topic] = max(SWEEP_AT_LEAST, 2 * len(subscribers))
+        subscribers.append(_Subscriber(message.key, sink))
         message.reply.send(answer)
+
+    def held(self, topic: str) -> int:
+        """Subscribers of ``topic`` the broker holds (live ones, and ended ones not swept yet)."""
+        return len(self._topics.get(topic, ()))
 
     def _publish(self, message: Publish) -> None:
         """Offer each item to its subscribers; a sink wakes its own reader, which does any

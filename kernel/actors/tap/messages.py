@@ -38,6 +38,12 @@ class Sink(Protocol):
 
     def close(self) -> None: ...
 
+    @property
+    def closed(self) -> bool:
+        """The subscription is over (its reader closed it, or the broker did): the broker
+        forgets it."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:

@@ -194,6 +194,10 @@ class QueueSink:
             self._items.append(_END)
             self._wakeup.wake()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def batch(self, limit: int = 512) -> list[Any]:
         """What is waiting (at least one item, at most ``limit`` and about ``BATCH_BYTES``);
         [] once the subscription ended."""
@@ -254,6 +258,10 @@ class StreamSink:
         if not self._closed:
             self._closed = True
             self._wakeup.wake()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._complete
 
     async def take(self) -> tuple[list[Any], Literal["more", "end", "closed"] | Overflow]:
         """Wait for the backlog: the messages to send, then whether more may follow ("more"),
