@@ -19,6 +19,7 @@ import grpc
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import httpx
 import pytest
 from foundry.kernel.edge.grpc.client import connect
@@ -507,6 +508,31 @@ def test_a_request_message_that_stops_arriving_is_deadline_exceeded_on_the_grpc_
     assert trailers["grpc-status"] == "4", trailers  # DEADLINE_EXCEEDED
     assert "did not arrive within 1 s ([daemon] body_timeout)" in trailers["grpc-message"]
     assert 1.0 <= time.monotonic() - started < 5
+    assert_serving(daemon)
+    assert "Traceback" not in daemon.stderr()
+
+
+def test_a_reply_its_client_reads_none_of_is_given_up_on(make_daemon):
+    """A client that set its window to 0 and answered PINGs held every reply it asked for, for
+    as long as its connection lived: 100 queries of 100 bytes held ~590 MB of the daemon."""
+    from foundry.proto import analytics_api
+
+    daemon = make_daemon("[daemon]\nbody_timeout = 1.0\n")
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.local_settings = h2.settings.Settings(
+        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+    )
+    connection.initiate_connection()
+    query = bytes(analytics_api.QueryRequest(sql="SELECT repeat('x', 100000) AS s FROM range(3)"))
+    headers = [(k, "/foundry.analytics.v1.Analytics/Query" if k == ":path" else v)
+               for k, v in EMIT_HEADERS]  # fmt: skip
+    connection.send_headers(1, headers)
+    connection.send_data(1, b"\x00" + len(query).to_bytes(4, "big") + query, end_stream=True)
+    started = time.monotonic()
+    trailers = _grpc_trailers(daemon, connection)
+    assert trailers["grpc-status"] == "4", trailers  # DEADLINE_EXCEEDED
+    assert "read none of the reply for 1 s ([daemon] body_timeout)" in trailers["grpc-message"]
+    assert 1.0 <= time.monotonic() - started < 6
     assert_serving(daemon)
     assert "Traceback" not in daemon.stderr()
 

@@ -755,3 +755,35 @@ def test_coalesce_writes_falls_back_when_grpclib_changed(monkeypatch):
     monkeypatch.setattr(internals, "writes_are_coalescable", lambda: "simulated")
     assert internals.coalesce_writes() is False
     assert grpclib.server.H2Protocol is before
+
+
+# --- replies a client does not read ------------------------------------------------------------
+
+
+def test_grpclib_streams_still_wait_for_the_window_where_we_hook_in():
+    reason = internals.reply_sends_are_boundable()
+    assert reason is None, (
+        f"{GRPCLIB}: {reason}; internals.bound_unread_replies falls back: a reply its client "
+        "never reads is held as long as the connection"
+    )
+
+
+def test_replies_waiting_to_be_read_are_bounded_in_all(monkeypatch):
+    """Past the budget a large send is refused at once (the stall timeout bounds how long each
+    is held; this, how many at once). Small sends are not counted."""
+    assert internals.bound_unread_replies(60.0) is True
+    assert internals.bound_unread_replies(60.0) is True  # idempotent
+    monkeypatch.setattr(internals, "_SENDING_BYTES", [internals.REPLY_BUDGET])
+
+    class NoStream:  # the budget is checked before grpclib's send_data touches its stream
+        data_sent = 0
+
+    async def send(size: int) -> None:
+        await grpclib.protocol.Stream.send_data(NoStream(), b"x" * size)  # type: ignore[arg-type]
+
+    with pytest.raises(GRPCError) as refused:
+        asyncio.run(send(internals.TRACKED_REPLY))
+    assert refused.value.status is Status.RESOURCE_EXHAUSTED
+    assert "replies its clients have not read" in str(refused.value.message)
+    with pytest.raises(AttributeError):  # a small send goes straight to grpclib's own
+        asyncio.run(send(10))

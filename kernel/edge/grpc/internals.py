@@ -63,6 +63,11 @@ disappeared, if an upgrade moves any of it):
 - ``grpclib.protocol.Connection.feed`` (:func:`limit_control_frames`): the events h2 makes of a
   connection's bytes, counted for its control frames; a flood raises h2's ``ProtocolError``,
   which ``H2Protocol.data_received`` answers by closing the connection. Fallback: served.
+- ``grpclib.protocol.Stream.send_data`` and its ``data_sent`` (:func:`bound_unread_replies`):
+  grpclib waits for the client's flow-control window for as long as the connection lives,
+  holding the reply: a client that never opens it (and answers PINGs) held ~6 MB a 100-byte
+  query. A send of 16 KiB or more that moves no byte for ``[daemon] body_timeout`` is given
+  up on, and such sends are bounded in all. Fallback: they are held.
 
 Nothing else under ``kernel/edge`` reads a private attribute of grpclib, h2 or trio-asyncio.
 """
@@ -223,6 +228,106 @@ async def _expire(body_timeout: float) -> None:
                     task.cancel()
     finally:
         _WATCHER.clear()
+
+
+# --- replies a client does not read ---------------------------------------------------------------
+
+TRACKED_REPLY = 16 * 1024  # bytes of a send from which it is watched (smaller ones fit h2's window)
+REPLY_BUDGET = 256 * 1024 * 1024  # bytes of watched sends in flight, across every connection
+
+
+def reply_sends_are_boundable() -> str | None:
+    """None, or what changed so that :func:`bound_unread_replies` would not work."""
+    stream = getattr(grpclib.protocol, "Stream", None)
+    if stream is None or not callable(getattr(stream, "send_data", None)):
+        return "grpclib.protocol.Stream.send_data is gone"
+    try:
+        import inspect
+
+        source = inspect.getsource(stream.send_data)
+    except (OSError, TypeError):
+        return "grpclib.protocol.Stream.send_data cannot be read"
+    if "self.window_updated.wait()" not in source or "self.data_sent +=" not in source:
+        return "grpclib.protocol.Stream.send_data no longer waits on window_updated"
+    return None
+
+
+def bound_unread_replies(stall_timeout: float) -> bool:
+    """A reply (or a stream's messages) its client reads none of for ``stall_timeout`` seconds
+    is given up on (DEADLINE_EXCEEDED), and replies waiting to be read are bounded in all
+    (RESOURCE_EXHAUSTED past ``REPLY_BUDGET`` bytes): a client that set its window to 0 and answered
+    the daemon's PINGs held every reply it asked for — 100 queries of 100 bytes held ~590 MB.
+    Idempotent. False: grpclib changed, and unread replies are held as long as the connection."""
+    protocol_stream = grpclib.protocol.Stream
+    if getattr(protocol_stream, "_foundry_bounded", False):
+        return True
+    reason = reply_sends_are_boundable()
+    if reason is not None:
+        _fallback(f"{reason} (grpclib {grpclib.__version__}): unread replies are kept")
+        return False
+    original = protocol_stream.send_data
+
+    async def send_data(self: Any, data: bytes, end_stream: bool = False) -> None:
+        task = asyncio.current_task()
+        size = len(data)
+        if size < TRACKED_REPLY or task is None:
+            return await original(self, data, end_stream)
+        if _SENDING_BYTES[0] + size > REPLY_BUDGET:
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, f"the daemon holds over "
+                            f"{REPLY_BUDGET >> 20} MiB of replies its clients have not read yet; "
+                            "try again")  # fmt: skip
+        _SENDING[task] = [self, time.monotonic(), self.data_sent]
+        _SENDING_BYTES[0] += size
+        _watch_sending(stall_timeout)
+        try:
+            return await original(self, data, end_stream)
+        except asyncio.CancelledError:
+            if task not in _STALLED:
+                raise
+            task.uncancel()
+            raise GRPCError(Status.DEADLINE_EXCEEDED, f"the client read none of the reply for "
+                            f"{stall_timeout:g} s ([daemon] body_timeout)") from None  # fmt: skip
+        finally:
+            _SENDING.pop(task, None)
+            _STALLED.discard(task)
+            _SENDING_BYTES[0] -= size
+
+    protocol_stream.send_data = functools.wraps(original)(send_data)  # type: ignore[method-assign]
+    protocol_stream._foundry_bounded = True  # type: ignore[attr-defined]
+    return True
+
+
+# Sends being watched (their task: the h2 stream, when it last moved, its bytes sent then), the
+# ones cancelled for making no progress, and the bytes of them all. One watcher task, as for
+# requests (``_expire``).
+_SENDING: dict[Any, list[Any]] = {}
+_STALLED: set[Any] = set()
+_SENDING_BYTES = [0]
+_SEND_WATCHER: list[Any] = []
+
+
+def _watch_sending(stall_timeout: float) -> None:
+    if not _SEND_WATCHER:
+        _SEND_WATCHER.append(asyncio.get_running_loop().create_task(_stall(stall_timeout)))
+
+
+async def _stall(stall_timeout: float) -> None:
+    """Cancel each send that has moved no byte for ``stall_timeout`` seconds; end once none is
+    being watched."""
+    every = min(1.0, stall_timeout / 4)
+    try:
+        while _SENDING:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for task, watched in list(_SENDING.items()):
+                stream, since, sent = watched
+                if stream.data_sent != sent:  # it moved: its clock starts again
+                    watched[1], watched[2] = now, stream.data_sent
+                elif now - since >= stall_timeout and task not in _STALLED:
+                    _STALLED.add(task)
+                    task.cancel()
+    finally:
+        _SEND_WATCHER.clear()
 
 
 # --- many encoded messages in one write ----------------------------------------------------------

@@ -45,6 +45,7 @@ from foundry.kernel.edge.grpc.internals import (
     answer_expired_deadlines,
     answer_unknown_methods,
     bound_closed_streams,
+    bound_unread_replies,
     coalesce_writes,
     forget_finished_tasks,
     install_message_limit,
@@ -383,6 +384,8 @@ async def start_server(
     release_reset_streams()  # a stream reset before its task ran is not kept
     forget_finished_tasks()  # nor a closed connection's tasks, with their streams' bodies
     limit_control_frames()  # a connection flooding PING/SETTINGS/PRIORITY frames is closed
+    if body_timeout is not None:  # a reply no byte of which is read is given up on
+        bound_unread_replies(body_timeout)
     calls = Calls()
     guarded = [GuardedService(h, calls) for h in handlers]
     health = ServingHealth(guarded)
