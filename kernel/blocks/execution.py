@@ -105,8 +105,8 @@ def _outcome(
     timed_out: bool,
     artifacts: list[str],
 ) -> Outcome:
+    fault = reported_fault(ctx)  # (first: it makes text of a str subclass plain text)
     raw_output, exit_code = ctx.raw_output, ctx.exit_code
-    fault = reported_fault(ctx)
     if fault:  # a failed block's own error stays the error; what it set is not recorded as set
         error = error or fault
         raw_output = raw_output if isinstance(raw_output, str) else ""
@@ -135,13 +135,19 @@ def reported_fault(ctx: BlockContext) -> str:
     """Why what a block set on its context cannot be recorded ("" when it can): the store and
     the trace take text, a whole exit code, artifact paths and emissions of a usable event type
     (bytes from a subprocess as ``raw_output`` broke the chain's trace; an ``Emission`` of an int
-    type failed its workflow without recording the execution)."""
+    type failed its workflow without recording the execution). Text of a ``str`` subclass (a
+    ``StrEnum`` member, say) is made plain text here: the trace's ``marshal`` refuses it, and
+    the chain's whole commit failed with it."""
     # (type() first: this runs for every execution, and isinstance costs more)
     summary, raw_output, exit_code = ctx.summary, ctx.raw_output, ctx.exit_code
-    if type(summary) is not str and not isinstance(summary, str):
-        return f"ctx.summary must be a str, not {type(summary).__name__}"
-    if type(raw_output) is not str and not isinstance(raw_output, str):
-        return f"ctx.raw_output must be a str, not {type(raw_output).__name__}"
+    if type(summary) is not str:
+        if not isinstance(summary, str):
+            return f"ctx.summary must be a str, not {type(summary).__name__}"
+        ctx.summary = str.__str__(summary)
+    if type(raw_output) is not str:
+        if not isinstance(raw_output, str):
+            return f"ctx.raw_output must be a str, not {type(raw_output).__name__}"
+        ctx.raw_output = str.__str__(raw_output)
     if type(exit_code) is not int:
         return f"ctx.exit_code must be an int, not {type(exit_code).__name__}"
     written = ctx.artifacts_written
@@ -150,12 +156,15 @@ def reported_fault(ctx: BlockContext) -> str:
     emissions = ctx.emissions
     if type(emissions) is not list:
         return f"ctx.emissions must be a list, not {type(emissions).__name__}"
-    for emission in emissions:
+    for index, emission in enumerate(emissions):
         if type(emission) is not Emission or (
             type(emission.payload) is not dict and not isinstance(emission.payload, Mapping)
         ):
             return "ctx.emissions must hold what ctx.emit() makes (Emission, a mapping payload)"
         kind = emission.event_type
+        if type(kind) is not str and isinstance(kind, str):
+            kind = str.__str__(kind)
+            emissions[index] = Emission(kind, emission.payload)
         if type(kind) is not str or not kind or len(kind) > MAX_ID_LENGTH or "\0" in kind:
             return f"an emission's event type {event_type_fault(kind)}"
     return ""

@@ -963,6 +963,33 @@ async def test_a_block_result_the_store_cannot_take_fails_that_block_and_its_sib
     assert "Odd" in view.error
 
 
+class _Text(str):
+    def __str__(self) -> str:
+        return "not what was set"
+
+
+async def test_text_of_a_str_subclass_is_recorded_as_plain_text(tmp_path):
+    """marshal (the trace's rows) refuses a str subclass: a block that set one as its summary
+    failed its chain's whole commit (Emit answered INTERNAL; a mutator's run went unrecorded)."""
+
+    @block("Labelled", sinks=["go"])
+    def labelled(ctx):
+        ctx.summary = _Text("labelled")
+        ctx.raw_output = _Text("said")
+        ctx.emit(_Text("out"), {"n": 1})
+
+    async with running_kernel(tmp_path, [labelled]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+        again = await k.trace(emitted.workflow_id)  # read back from the store too
+
+    for got in (trace, again):
+        [x] = executions(got, "Labelled")
+        assert x["success"] is True
+        assert x["summary"] == "labelled"
+        assert [e["event_type"] for e in got["events"]] == ["go", "out"]
+
+
 async def test_an_emission_larger_than_a_client_may_emit_fails_its_block(tmp_path):
     # a 6 MB emission ended every default gRPC client's Watch (4 MiB messages)
     @block("Big", sinks=["go"])
