@@ -1009,3 +1009,53 @@ async def test_a_step_setting_what_cannot_be_recorded_fails_naming_the_field(tmp
     [failed] = h.store.events(run_id, "step_failed")
     assert "ctx.raw_output must be a str, not bytes" in failed.payload["error"]["message"]
     assert h.store.events(run_id, "step_completed") == []
+
+
+class Returns(Block):
+    """Answers the value it was made with."""
+
+    name = "returns"
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
+
+    async def run(self, ctx: BlockContext) -> Any:
+        return self.value
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        # RecursionError escaped the output's check: the run stopped RUNNING, for good (a
+        # CancelRun hung), and again at each start
+        (_nested(5_000), "the step's output is not JSON: nested too deep to write"),
+        # recorded, then no GetRun or TapRun of the run could write it (a Value's double)
+        ({"n": 10**400}, "is past what a double holds"),
+        ({"n": -(10**400)}, "is past what a double holds"),
+    ],
+    ids=["deep", "huge-int", "huge-negative"],
+)
+async def test_an_output_no_client_could_read_fails_its_step(tmp_path, autojump_clock, value, said):
+    async with running_scheduler(tmp_path, [Returns(value)]) as h:
+        run_id = await h.submit([step("a", "returns")])
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+        view = await h.get(run_id)
+    assert (done.kind, done.step_id) == ("run_failed", "a")
+    assert said in done.payload["error"]
+    assert view.steps[0].status == "failed"
+
+
+async def test_a_large_number_a_double_holds_is_an_output(tmp_path, autojump_clock):
+    value = {"n": 10**300, "s": "9" * 400}  # (309 digits in a row in a string: not a number)
+    async with running_scheduler(tmp_path, [Returns(value)]) as h:
+        run_id = await h.submit([step("a", "returns")])
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+    assert done.kind == "run_succeeded"

@@ -67,7 +67,12 @@ from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.attest_records import announced_ids, json_digest, run_attestation_id
 from foundry.kernel.core.dag import StepSpec, UnresolvedReference, check_dag_env, parse_dag
 from foundry.kernel.core.ids import Clock, compact_json, rfc3339
-from foundry.kernel.core.json_input import check_struct_depth, quoted, unpaired_surrogate_escape
+from foundry.kernel.core.json_input import (
+    check_struct_depth,
+    oversized_number,
+    quoted,
+    unpaired_surrogate_escape,
+)
 from foundry.kernel.core.planner import (
     Lease,
     Next,
@@ -697,13 +702,17 @@ class Scheduler:
             try:
                 text = compact_json(output)
                 output = json.loads(text)  # frozen before it is recorded
-            except (TypeError, ValueError) as exc:
-                error = f"the step's output is not JSON: {exc}"
+            except (TypeError, ValueError, RecursionError) as exc:
+                # (RecursionError: nested ~1,000 deep; it left the run RUNNING for good)
+                reason = "nested too deep to write" if isinstance(exc, RecursionError) else exc
+                error = f"the step's output is not JSON: {reason}"
             else:
                 size = len(text)
                 error = output_refused(
                     run, size, self._config.max_step_bytes, self._config.max_run_bytes
                 )
+                if not error and (too_big := oversized_number(text)):
+                    error = f"the step's output is not JSON a client can read: {too_big}"
                 if not error and unpaired_surrogate_escape(text):  # the store would refuse it
                     error = LONE_SURROGATE
                 if not error and len(text) < PARSE_OFF_LOOP_BYTES:
