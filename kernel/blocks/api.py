@@ -323,7 +323,11 @@ class Block:
     ) -> None:
         self.name = name if name is not None else self.name or type(self).__name__
         self.kind = BlockKind(kind) if kind is not None else BlockKind(self.kind)
-        self.sinks = tuple(sinks) if sinks is not None else tuple(self.sinks)
+        given = sinks if sinks is not None else self.sinks
+        if isinstance(given, str):  # ("ticket_scored") without its comma: sinks t, i, c, k, …
+            raise ValueError(f"block {self.name!r}: sinks: expected a list or tuple of event "
+                             f"types, got the string {given!r:.100}")  # fmt: skip
+        self.sinks = tuple(given)
         if timeout is not False:
             self.timeout = None if timeout is None else float(timeout)
         self.retries = retries if retries is not None else self.retries

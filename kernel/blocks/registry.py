@@ -19,7 +19,7 @@ from foundry.kernel.config import Config
 from foundry.kernel.core.evals import AssertionType, merge_assertion_types
 from foundry.kernel.core.failures import described
 from foundry.kernel.core.gate_policy import BUILTIN_RULES, Rule
-from foundry.kernel.core.ids import MAX_ID_LENGTH
+from foundry.kernel.core.ids import MAX_ID_LENGTH, block_slug
 from foundry.kernel.errors import ConfigError, InvalidArgument
 
 ENTRY_POINT_GROUP = "foundry"
@@ -58,12 +58,20 @@ def build_plugin_manager(
                 f"[plugins].modules: importing {name!r} failed: {described(exc)}"
             ) from None
         if not pm.is_registered(module):
-            pm.register(module, name=name)
+            try:
+                pm.register(module, name=name)
+            except pluggy.PluginValidationError as exc:  # a hookimpl the spec does not match
+                raise ConfigError(f"[plugins].modules: {name!r}: {_one_line(exc)}") from None
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise ConfigError(f"plugin {exc.plugin!r}: {exc}") from None
+        raise ConfigError(f"plugin {exc.plugin!r}: {_one_line(exc)}") from None
     return pm
+
+
+def _one_line(exc: BaseException) -> str:
+    """pluggy's words, its lines joined: a configuration error is one line."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def add_to_sys_path(paths: Sequence[Path]) -> None:
@@ -94,6 +102,7 @@ class BlockRegistry:
         self.assertion_types: Mapping[str, AssertionType] = dict(assertion_types or {})
         self.by_name: dict[str, Block] = {}
         self.by_sink: dict[str, list[Block]] = {}
+        slugs: dict[str, str] = {}  # artifact folder name → the block's name
         for block in blocks:
             if not isinstance(block, Block):
                 raise ConfigError(f"a plugin returned {block!r}, which is not a Block")
@@ -102,6 +111,11 @@ class BlockRegistry:
                 raise ConfigError(f"block {str(block.name)[:100]!r}: {fault}")
             if block.name in self.by_name:
                 raise ConfigError(f"two blocks are named {block.name!r}; block names are unique")
+            slug = block_slug(block.name)
+            if slug in slugs:  # their audit artifacts overwrote each other's
+                raise ConfigError(f"blocks {slugs[slug]!r} and {block.name!r} would share the "
+                                  f"artifact folder {slug!r}: rename one")  # fmt: skip
+            slugs[slug] = block.name
             self.by_name[block.name] = block
             for event_type in block.sinks:
                 self.by_sink.setdefault(event_type, []).append(block)
@@ -128,6 +142,9 @@ def block_fault(block: Block) -> str:
     name = block.name
     if not isinstance(name, str) or not name.strip() or "\0" in name:
         return "name: expected a non-empty string without NUL"
+    sinks = block.sinks
+    if isinstance(sinks, str) or not all(isinstance(sink, str) and sink for sink in sinks):
+        return f"sinks: expected a list or tuple of event types, got {sinks!r:.100}"
     if len(name) > MAX_ID_LENGTH:
         return f"name: longer than {MAX_ID_LENGTH} characters"
     retries = block.retries
@@ -163,7 +180,11 @@ def load_blocks(
         contributed = [b for result in reversed(results) for b in _answer(result, list, "blocks")]
         factories: dict[str, BlockFactory] = {}
         for result in reversed(pm.hook.register_block_types()):
-            factories.update(_answer(result, dict, "block_types"))
+            for type_name, factory in _answer(result, dict, "block_types").items():
+                if type_name in factories:  # the last one won: a plugin's "shell" ran its code
+                    raise ConfigError(f"two plugins register a block type named {type_name!r}; "
+                                      "block type names are unique")  # fmt: skip
+                factories[type_name] = factory
         gate_rules, assertion_types = _gate_rules(pm), _assertion_types(pm)
     return BlockRegistry(
         [*contributed, *(_declared_block(t, factories) for t in declared)],
@@ -262,6 +283,14 @@ def _tools(pm: Any) -> dict[str, Tool]:
         for tool in result:
             if not isinstance(tool, Tool):
                 raise ConfigError(f"register_tools: {str(tool)[:100]!r} is not a Tool")
+            # (an int name failed the listing with a TypeError; an empty one or a function
+            # that is none failed only when a step used it)
+            if not isinstance(tool.name, str) or not tool.name.strip() or "\0" in tool.name:
+                raise ConfigError(f"register_tools: a tool's name must be a non-empty string, "
+                                  f"not {tool.name!r:.100}")  # fmt: skip
+            if not callable(tool.fn):
+                raise ConfigError(f"register_tools: tool {tool.name!r}: its function is not "
+                                  "callable")  # fmt: skip
             if tool.name in tools:
                 raise ConfigError(f"two tools are named {tool.name!r}; tool names are unique")
             tools[tool.name] = tool
@@ -280,3 +309,5 @@ def _declared_block(table: Mapping[str, Any], factories: Mapping[str, BlockFacto
         return factory(options)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    except Exception as exc:  # a plugin's factory failed otherwise: one line, not a traceback
+        raise ConfigError(f"{where}: its type's factory failed: {described(exc)}") from None

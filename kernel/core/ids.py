@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -114,3 +116,14 @@ class Clock:
             instant = self._last + timedelta(microseconds=1)
         self._last = instant
         return instant
+
+
+@functools.lru_cache(maxsize=1024)
+def block_slug(name: str) -> str:
+    """A block's name as its artifact folder names it: lower case, each run of characters that
+    are not letters or digits a dash ("block" when nothing is left). Letters of any script stay
+    (a name of only non-Latin letters was "block", and two such blocks shared a folder)."""
+    return _NOT_SLUG.sub("-", name.lower()).strip("-") or "block"
+
+
+_NOT_SLUG = re.compile(r"(?:[^\w]|_)+")

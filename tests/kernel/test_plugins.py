@@ -206,8 +206,29 @@ def test_a_module_whose_own_code_fails_at_import_is_one_line(plugin_module, sour
         ("def register_tools():\n    return ['not a tool']", "'not a tool' is not a Tool"),
         ("def register_block_types():\n    return 5", "register_block_types: a plugin answered"),
         ("def register_blocks():\n    return 5", "register_blocks: a plugin answered '5', not a"),
+        # tracebacks, or accepted and failing only when used (found by a plugin hunt)
+        (
+            "def register_blocks(cfg):\n    return []",
+            "register_blocks(cfg); Argument(s) {'cfg'} are declared in the hookimpl",
+        ),
+        (
+            "def register_tools():\n    from foundry.kernel import Tool\n    return [Tool(5, str)]",
+            "a tool's name must be a non-empty string, not 5",
+        ),
+        (
+            "def register_tools():\n    from foundry.kernel import Tool\n    return [Tool('x', 5)]",
+            "tool 'x': its function is not callable",
+        ),
     ],
-    ids=["raises", "not-a-tool", "not-a-mapping", "not-a-list"],
+    ids=[
+        "raises",
+        "not-a-tool",
+        "not-a-mapping",
+        "not-a-list",
+        "unknown-argument",
+        "tool-int-name",
+        "tool-not-callable",
+    ],
 )
 def test_a_hook_that_fails_is_one_line_naming_it(plugin_module, source, said):
     name = plugin_module("from foundry.kernel import hookimpl\n\n@hookimpl\n" + source)
@@ -228,6 +249,7 @@ def test_a_hook_that_fails_is_one_line_naming_it(plugin_module, source, said):
         ({"timeout": float("nan")}, "timeout: expected seconds"),
         ({"timeout": 0}, "timeout: expected seconds"),
         ({"backoff": float("inf")}, "backoff: expected seconds"),
+        ({"sinks": ("a", 7)}, "sinks: expected a list or tuple of event types"),
     ],
 )
 def test_a_block_that_cannot_run_is_refused_at_load(options, said):
@@ -260,6 +282,60 @@ def test_duplicate_block_names_fail():
 
     with pytest.raises(ConfigError, match="two blocks are named 'Same'"):
         BlockRegistry([first, second])
+
+
+def test_block_names_that_share_an_artifact_folder_fail():
+    """'Save Note' and 'save-note' wrote their audit artifacts to one folder, the second
+    overwriting the first's."""
+    first = block("Save Note", sinks=["a"])(lambda ctx: None)
+    second = block("save-note", sinks=["b"])(lambda ctx: None)
+    with pytest.raises(ConfigError, match="'Save Note' and 'save-note' would share the artifact"):
+        BlockRegistry([first, second])
+    # letters of other scripts are kept: two such names are two folders, not both "block"
+    BlockRegistry([block("書く", sinks=["a"])(lambda ctx: None),
+                   block("読む", sinks=["a"])(lambda ctx: None)])  # fmt: skip
+
+
+def test_sinks_given_as_one_string_fail_at_once():
+    """("ticket_scored") without its comma: the block sank t, i, c, k, … and never ran."""
+    with pytest.raises(ValueError, match="sinks: expected a list or tuple of event types, got "
+                                         "the string 'ticket_scored'"):  # fmt: skip
+        block("Scored", sinks="ticket_scored")(lambda ctx: None)
+
+
+def test_two_plugins_may_not_register_one_block_type(plugin_module):
+    """A plugin's "shell" replaced the built-in one: the operator's declared command never
+    ran, the plugin's code did."""
+    name = plugin_module(
+        """
+        from foundry.kernel import Block, hookimpl
+
+        class NotAShell(Block):
+            async def run(self, ctx):
+                return {}
+
+        @hookimpl
+        def register_block_types():
+            return {"shell": lambda table: NotAShell(table["name"])}
+        """
+    )
+    with pytest.raises(ConfigError, match="two plugins register a block type named 'shell'"):
+        load_blocks([name], entry_points=False)
+
+
+def test_a_block_type_factory_that_fails_is_one_line(plugin_module):
+    name = plugin_module(
+        """
+        from foundry.kernel import hookimpl
+
+        @hookimpl
+        def register_block_types():
+            return {"broken": lambda table: 1 / 0}
+        """
+    )
+    declared = [{"name": "B", "type": "broken", "sinks": ["x"]}]
+    with pytest.raises(ConfigError, match="'B': its type's factory failed: ZeroDivisionError"):
+        load_blocks([name], declared, entry_points=False)
 
 
 def test_a_declared_block_may_not_reuse_a_built_in_name():

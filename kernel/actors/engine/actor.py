@@ -19,11 +19,9 @@ task of its own from that block on.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
-import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -76,6 +74,7 @@ from foundry.kernel.core.chain import (
 from foundry.kernel.core.failures import described
 from foundry.kernel.core.ids import (
     Clock,
+    block_slug,
     event_id_of_json,
     is_event_id,
     occurred_stamp,
@@ -351,7 +350,7 @@ class Engine:
         """``artifacts/WORKFLOW/EVENT.BLOCK``: an execution's folder one level under its
         workflow's, not two — each new folder is a ``mkdir`` of ~100-250 µs of CPU here, and
         the greeting chain made three a chain."""
-        return f"{self._artifacts}/{workflow.id}/{event.id}.{_slug(block.name)}"
+        return f"{self._artifacts}/{workflow.id}/{event.id}.{block_slug(block.name)}"
 
     def _record(self, workflow: Workflow, turn: Turn, outcome: Outcome, span: str) -> None:
         """Record a block's execution (span ``span``) and the events it emitted, which the walk
@@ -633,11 +632,6 @@ def _refused(error: str) -> Outcome:
         success=False, output=None, summary=error, error=error, emissions=(), usage=Usage(),
         raw_output="", exit_code=0, artifacts=(), attempts=0, duration_ms=0,
     )  # fmt: skip
-
-
-@functools.lru_cache(maxsize=1024)
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "block"
 
 
 def _rendered_trace(rows: TraceRows, event_id: str) -> Any:
