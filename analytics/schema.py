@@ -207,7 +207,10 @@ VIEWS: dict[str, str] = {
                arg_max(CAST(payload->'usage'->>'cost' AS DOUBLE), seq)
                    FILTER (WHERE kind = 'step_completed') AS cost,
                arg_max(payload->>'span_id', seq) FILTER (WHERE kind = 'step_leased') AS span_id
-        FROM run_events WHERE step_id <> '' AND kind NOT IN ('attested', 'capability_granted')
+        FROM run_events
+        -- a step's own events: run_failed, run_paused and run_resumed name a step too (a step
+        -- that failed its run read run_failed; one a cancelled pause held got a row)
+        WHERE step_id <> '' AND kind LIKE 'step_%'
         GROUP BY run_id, step_id""",
 }
 

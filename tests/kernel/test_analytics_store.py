@@ -529,3 +529,27 @@ async def test_the_archive_of_a_home_named_with_glob_characters_reads_online_and
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert old_done in done.stdout.decode()
+
+
+async def test_the_steps_view_holds_a_steps_own_events_only(tmp_path):
+    """run_failed, run_paused and run_resumed name a step too: a step that failed its run read
+    last_event run_failed (a filter on step_failed found none), and a step a paused run held,
+    never leased, got a row."""
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    run_id, records = run(at, 1, kinds=("run_submitted", "run_started"))
+    step_events = [
+        ("a", "step_leased", {"attempt": 1}),
+        ("a", "step_failed", {"attempt": 1}),
+        ("a", "run_failed", {}),
+        ("b", "run_paused", {}),
+        ("b", "run_resumed", {}),
+    ]
+    for seq, (step, kind, payload) in enumerate(step_events, start=3):
+        records.append(RunEventRecord(run_id, seq, step, kind, payload, at))
+    async with store(tmp_path) as send:
+        await append(send, records)
+    found = rows(
+        tmp_path / "foundry.duckdb",
+        "SELECT step_id, last_event, attempt FROM steps ORDER BY step_id",
+    )
+    assert found == [("a", "step_failed", 1)]
