@@ -768,22 +768,40 @@ def test_grpclib_streams_still_wait_for_the_window_where_we_hook_in():
     )
 
 
-def test_replies_waiting_to_be_read_are_bounded_in_all(monkeypatch):
-    """Past the budget a large send is refused at once (the stall timeout bounds how long each
-    is held; this, how many at once). Small sends are not counted."""
+def test_replies_waiting_to_be_read_are_bounded_in_all_and_a_connection(monkeypatch):
+    """Past a budget a send that must wait for its client's window is refused at once (the
+    stall timeout bounds how long each is held; these, how many at once). A send that fits
+    the window is not counted."""
     assert internals.bound_unread_replies(60.0) is True
     assert internals.bound_unread_replies(60.0) is True  # idempotent
+
+    class Window:
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+        def local_flow_control_window(self, stream_id: int) -> int:
+            return self.size
+
+    class NoStream:  # the budgets are checked before grpclib's send_data touches the stream
+        data_sent, id, connection = 0, 1, object()
+
+        def __init__(self, window: int) -> None:
+            self._h2_connection = Window(window)
+
+    async def send(size: int, window: int = 0) -> None:
+        await grpclib.protocol.Stream.send_data(NoStream(window), b"x" * size)  # type: ignore[arg-type]
+
     monkeypatch.setattr(internals, "_SENDING_BYTES", [internals.REPLY_BUDGET])
-
-    class NoStream:  # the budget is checked before grpclib's send_data touches its stream
-        data_sent = 0
-
-    async def send(size: int) -> None:
-        await grpclib.protocol.Stream.send_data(NoStream(), b"x" * size)  # type: ignore[arg-type]
-
+    for size in (10, 100_000):  # small replies too: a window of 0 holds them all the same
+        with pytest.raises(GRPCError) as refused:
+            asyncio.run(send(size))
+        assert refused.value.status is Status.RESOURCE_EXHAUSTED
+        assert "wait for their clients to read them" in str(refused.value.message)
+    with pytest.raises(AttributeError):  # what fits the window goes straight to grpclib's own
+        asyncio.run(send(10, window=65_535))
+    monkeypatch.setattr(internals, "_SENDING_BYTES", [0])
+    full = NoStream(0)
+    monkeypatch.setitem(internals._HELD, full.connection, internals.CONNECTION_REPLY_BUDGET)
     with pytest.raises(GRPCError) as refused:
-        asyncio.run(send(internals.TRACKED_REPLY))
+        asyncio.run(grpclib.protocol.Stream.send_data(full, b"x"))  # type: ignore[arg-type]
     assert refused.value.status is Status.RESOURCE_EXHAUSTED
-    assert "replies its clients have not read" in str(refused.value.message)
-    with pytest.raises(AttributeError):  # a small send goes straight to grpclib's own
-        asyncio.run(send(10))

@@ -66,8 +66,8 @@ disappeared, if an upgrade moves any of it):
 - ``grpclib.protocol.Stream.send_data`` and its ``data_sent`` (:func:`bound_unread_replies`):
   grpclib waits for the client's flow-control window for as long as the connection lives,
   holding the reply: a client that never opens it (and answers PINGs) held ~6 MB a 100-byte
-  query. A send of 16 KiB or more that moves no byte for ``[daemon] body_timeout`` is given
-  up on, and such sends are bounded in all. Fallback: they are held.
+  query. A send larger than the window that moves no byte for ``[daemon] body_timeout`` is
+  given up on, and such sends are bounded a connection and in all. Fallback: they are held.
 
 Nothing else under ``kernel/edge`` reads a private attribute of grpclib, h2 or trio-asyncio.
 """
@@ -232,8 +232,8 @@ async def _expire(body_timeout: float) -> None:
 
 # --- replies a client does not read ---------------------------------------------------------------
 
-TRACKED_REPLY = 16 * 1024  # bytes of a send from which it is watched (smaller ones fit h2's window)
-REPLY_BUDGET = 256 * 1024 * 1024  # bytes of watched sends in flight, across every connection
+REPLY_BUDGET = 256 * 1024 * 1024  # bytes of sends waiting for their client, in all
+CONNECTION_REPLY_BUDGET = 16 * 1024 * 1024  # and on one connection
 
 
 def reply_sends_are_boundable() -> str | None:
@@ -247,17 +247,20 @@ def reply_sends_are_boundable() -> str | None:
         source = inspect.getsource(stream.send_data)
     except (OSError, TypeError):
         return "grpclib.protocol.Stream.send_data cannot be read"
-    if "self.window_updated.wait()" not in source or "self.data_sent +=" not in source:
+    needed = ("self.window_updated.wait()", "self.data_sent +=", "local_flow_control_window")
+    if not all(part in source for part in needed):
         return "grpclib.protocol.Stream.send_data no longer waits on window_updated"
     return None
 
 
 def bound_unread_replies(stall_timeout: float) -> bool:
-    """A reply (or a stream's messages) its client reads none of for ``stall_timeout`` seconds
-    is given up on (DEADLINE_EXCEEDED), and replies waiting to be read are bounded in all
-    (RESOURCE_EXHAUSTED past ``REPLY_BUDGET`` bytes): a client that set its window to 0 and answered
-    the daemon's PINGs held every reply it asked for — 100 queries of 100 bytes held ~590 MB.
-    Idempotent. False: grpclib changed, and unread replies are held as long as the connection."""
+    """A send that must wait for its client's flow-control window (the reply is larger than
+    what the client lets the daemon send) and moves no byte for ``stall_timeout`` seconds is
+    given up on (DEADLINE_EXCEEDED); such sends hold at most ``CONNECTION_REPLY_BUDGET`` bytes
+    a connection and ``REPLY_BUDGET`` in all (RESOURCE_EXHAUSTED past them): a client that set
+    its window to 0 and answered the daemon's PINGs held every reply it asked for — 100
+    queries of 100 bytes held ~590 MB. Idempotent (the first call's timeout stays). False:
+    grpclib changed, and unread replies are held as long as the connection."""
     protocol_stream = grpclib.protocol.Stream
     if getattr(protocol_stream, "_foundry_bounded", False):
         return True
@@ -268,29 +271,38 @@ def bound_unread_replies(stall_timeout: float) -> bool:
     original = protocol_stream.send_data
 
     async def send_data(self: Any, data: bytes, end_stream: bool = False) -> None:
-        task = asyncio.current_task()
         size = len(data)
-        if size < TRACKED_REPLY or task is None:
+        task = asyncio.current_task()
+        # (what fits the window goes at once: the common case costs one look at it)
+        if task is None or size <= self._h2_connection.local_flow_control_window(self.id):
             return await original(self, data, end_stream)
-        if _SENDING_BYTES[0] + size > REPLY_BUDGET:
-            raise GRPCError(Status.RESOURCE_EXHAUSTED, f"the daemon holds over "
-                            f"{REPLY_BUDGET >> 20} MiB of replies its clients have not read yet; "
-                            "try again")  # fmt: skip
+        connection = self.connection
+        held = _HELD.get(connection, 0)
+        if held + size > CONNECTION_REPLY_BUDGET or _SENDING_BYTES[0] + size > REPLY_BUDGET:
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, "too many replies wait for their "
+                            "clients to read them; read them, or try again")  # fmt: skip
         _SENDING[task] = [self, time.monotonic(), self.data_sent]
         _SENDING_BYTES[0] += size
+        _HELD[connection] = held + size
         _watch_sending(stall_timeout)
         try:
             return await original(self, data, end_stream)
         except asyncio.CancelledError:
             if task not in _STALLED:
                 raise
-            task.uncancel()
+            if task.uncancel() > 0:  # cancelled for another reason too: that one stands
+                raise
             raise GRPCError(Status.DEADLINE_EXCEEDED, f"the client read none of the reply for "
                             f"{stall_timeout:g} s ([daemon] body_timeout)") from None  # fmt: skip
         finally:
             _SENDING.pop(task, None)
             _STALLED.discard(task)
             _SENDING_BYTES[0] -= size
+            left = _HELD.get(connection, size) - size
+            if left > 0:
+                _HELD[connection] = left
+            else:
+                _HELD.pop(connection, None)
 
     protocol_stream.send_data = functools.wraps(original)(send_data)  # type: ignore[method-assign]
     protocol_stream._foundry_bounded = True  # type: ignore[attr-defined]
@@ -303,6 +315,7 @@ def bound_unread_replies(stall_timeout: float) -> bool:
 _SENDING: dict[Any, list[Any]] = {}
 _STALLED: set[Any] = set()
 _SENDING_BYTES = [0]
+_HELD: dict[Any, int] = {}  # a connection's bytes in such sends
 _SEND_WATCHER: list[Any] = []
 
 
