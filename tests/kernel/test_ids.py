@@ -17,7 +17,7 @@ from foundry.kernel.core.ids import (
     payload_json_of,
     rfc3339,
 )
-from foundry.kernel.core.json_input import parse_json_object
+from foundry.kernel.core.json_input import oversized_number, parse_json_object
 from foundry.kernel.core.upstream_json import format_float, parse_number
 from foundry.kernel.errors import InvalidArgument
 from hypothesis import given
@@ -430,3 +430,11 @@ def test_stamps_of_many_seconds_in_turn():
         assert occurred_stamp(instant) == instant.isoformat(
             timespec="microseconds" if instant.microsecond % 1000 else "milliseconds"
         )
+
+
+def test_a_number_no_double_holds_is_found_and_digits_in_text_are_not():
+    assert oversized_number('{"n":' + "9" * 308 + "}") == ""  # 1e308 > 10**308 - 1: a double
+    assert "past what a double holds" in oversized_number('{"n":' + "9" * 309 + "}")
+    assert "(400 digits)" in oversized_number("[-" + "1" * 400 + "]")
+    assert oversized_number('{"s":"' + "9" * 5_000 + '"}') == ""  # a string of digits
+    assert oversized_number(json.dumps(["9" * 308] * 1_000)) == ""  # long runs, none too long

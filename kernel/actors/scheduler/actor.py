@@ -711,14 +711,12 @@ class Scheduler:
                 error = output_refused(
                     run, size, self._config.max_step_bytes, self._config.max_run_bytes
                 )
-                if not error and (too_big := oversized_number(text)):
-                    error = f"the step's output is not JSON a client can read: {too_big}"
                 if not error and unpaired_surrogate_escape(text):  # the store would refuse it
                     error = LONE_SURROGATE
                 if not error and len(text) < PARSE_OFF_LOOP_BYTES:
-                    error = _too_deep(text, output)
+                    error = _unreadable(text, output)
                 elif not error:  # a walk of a large output's every container: off the loop
-                    error = await in_thread(_too_deep, text, output)
+                    error = await in_thread(_unreadable, text, output)
         artifacts: list[str] = []
         if not error:
             if ctx.artifacts_touched:  # a scan, on a worker thread
@@ -1250,14 +1248,15 @@ def _leased_ever(step: StepState) -> bool:
     return step.attempt > 0
 
 
-def _too_deep(text: str, output: Any) -> str:
-    """Why an output (compact JSON ``text``) is nested too deeply for protobuf's clients to
-    read back, or ""."""
+def _unreadable(text: str, output: Any) -> str:
+    """Why an output (compact JSON ``text``) is one protobuf's clients could not read back —
+    nested too deeply, or holding a number no double holds — or ""."""
     try:
         check_struct_depth(text, output, "output")
     except InvalidArgument as exc:
         return str(exc)
-    return ""
+    too_big = oversized_number(text)
+    return f"the step's output is not JSON a client can read: {too_big}" if too_big else ""
 
 
 def _ms_since(started: float) -> float:
