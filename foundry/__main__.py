@@ -2,6 +2,6 @@
 
 import sys
 
-from foundry.kernel.cli.main import main
+from foundry.kernel.cli.entry import main
 
 sys.exit(main())

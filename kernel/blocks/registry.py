@@ -47,7 +47,14 @@ def build_plugin_manager(
     for name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(name), name=name)
     if entry_points:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        except pluggy.PluginValidationError as exc:
+            raise ConfigError(f"an installed plugin ({ENTRY_POINT_GROUP} entry point): "
+                              f"{_one_line(exc)}") from None  # fmt: skip
+        except (Exception, SystemExit) as exc:  # its own code failed at import
+            raise ConfigError(f"importing an installed plugin ({ENTRY_POINT_GROUP} entry "
+                              f"point) failed: {described(exc)}") from None  # fmt: skip
     for name in modules:
         try:
             module = importlib.import_module(name)
@@ -102,7 +109,7 @@ class BlockRegistry:
         self.assertion_types: Mapping[str, AssertionType] = dict(assertion_types or {})
         self.by_name: dict[str, Block] = {}
         self.by_sink: dict[str, list[Block]] = {}
-        slugs: dict[str, str] = {}  # artifact folder name → the block's name
+        slugs: dict[tuple[str, str], str] = {}  # (event type, artifact slug) → a block's name
         for block in blocks:
             if not isinstance(block, Block):
                 raise ConfigError(f"a plugin returned {block!r}, which is not a Block")
@@ -111,11 +118,14 @@ class BlockRegistry:
                 raise ConfigError(f"block {str(block.name)[:100]!r}: {fault}")
             if block.name in self.by_name:
                 raise ConfigError(f"two blocks are named {block.name!r}; block names are unique")
-            slug = block_slug(block.name)
-            if slug in slugs:  # their audit artifacts overwrote each other's
-                raise ConfigError(f"blocks {slugs[slug]!r} and {block.name!r} would share the "
-                                  f"artifact folder {slug!r}: rename one")  # fmt: skip
-            slugs[slug] = block.name
+            # Two blocks an event reaches whose names make one slug wrote their audit
+            # artifacts to one folder (EVENT_ID.SLUG), the second overwriting the first's.
+            for event_type in block.sinks:
+                other = slugs.setdefault((event_type, block_slug(block.name)), block.name)
+                if other != block.name:
+                    raise ConfigError(f"blocks {other!r} and {block.name!r} both sink "
+                                      f"{event_type!r} and would share an artifact folder "
+                                      f"({block_slug(block.name)!r}): rename one")  # fmt: skip
             self.by_name[block.name] = block
             for event_type in block.sinks:
                 self.by_sink.setdefault(event_type, []).append(block)
@@ -143,7 +153,7 @@ def block_fault(block: Block) -> str:
     if not isinstance(name, str) or not name.strip() or "\0" in name:
         return "name: expected a non-empty string without NUL"
     sinks = block.sinks
-    if isinstance(sinks, str) or not all(isinstance(sink, str) and sink for sink in sinks):
+    if not isinstance(sinks, tuple | list) or not all(isinstance(s, str) and s for s in sinks):
         return f"sinks: expected a list or tuple of event types, got {sinks!r:.100}"
     if len(name) > MAX_ID_LENGTH:
         return f"name: longer than {MAX_ID_LENGTH} characters"

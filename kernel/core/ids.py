@@ -123,7 +123,14 @@ def block_slug(name: str) -> str:
     """A block's name as its artifact folder names it: lower case, each run of characters that
     are not letters or digits a dash ("block" when nothing is left). Letters of any script stay
     (a name of only non-Latin letters was "block", and two such blocks shared a folder)."""
-    return _NOT_SLUG.sub("-", name.lower()).strip("-") or "block"
+    slug = _NOT_SLUG.sub("-", name.lower()).strip("-") or "block"
+    if len(slug.encode()) <= MAX_SLUG_BYTES:
+        return slug
+    # a file name is at most 255 bytes, the event id and its dot included: a long name (or 80
+    # letters of three bytes each) keeps its start and a digest of the whole
+    kept = slug.encode()[: MAX_SLUG_BYTES - 17].decode(errors="ignore").rstrip("-")
+    return f"{kept}-{hashlib.sha256(name.encode(errors='surrogatepass')).hexdigest()[:16]}"
 
 
 _NOT_SLUG = re.compile(r"(?:[^\w]|_)+")
+MAX_SLUG_BYTES = 200

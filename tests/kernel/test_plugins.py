@@ -287,13 +287,25 @@ def test_duplicate_block_names_fail():
 def test_block_names_that_share_an_artifact_folder_fail():
     """'Save Note' and 'save-note' wrote their audit artifacts to one folder, the second
     overwriting the first's."""
-    first = block("Save Note", sinks=["a"])(lambda ctx: None)
+    first = block("Save Note", sinks=["a", "b"])(lambda ctx: None)
     second = block("save-note", sinks=["b"])(lambda ctx: None)
-    with pytest.raises(ConfigError, match="'Save Note' and 'save-note' would share the artifact"):
+    with pytest.raises(ConfigError, match="'Save Note' and 'save-note' both sink 'b' and would"):
         BlockRegistry([first, second])
+    # no event reaches both: their folders never meet (EVENT_ID.SLUG)
+    BlockRegistry([first, block("save-note", sinks=["c"])(lambda ctx: None)])
     # letters of other scripts are kept: two such names are two folders, not both "block"
     BlockRegistry([block("書く", sinks=["a"])(lambda ctx: None),
                    block("読む", sinks=["a"])(lambda ctx: None)])  # fmt: skip
+
+
+def test_a_long_name_makes_a_slug_a_file_name_can_hold():
+    from foundry.kernel.core.ids import block_slug
+
+    for name in ("書" * 80, "n" * 256):
+        slug = block_slug(name)
+        assert len(slug.encode()) <= 200
+        assert slug != block_slug(name[:-1] + "x")  # the digest of the whole name tells them apart
+    assert block_slug("Save Note") == "save-note"  # short names as before
 
 
 def test_sinks_given_as_one_string_fail_at_once():
@@ -321,6 +333,32 @@ def test_two_plugins_may_not_register_one_block_type(plugin_module):
     )
     with pytest.raises(ConfigError, match="two plugins register a block type named 'shell'"):
         load_blocks([name], entry_points=False)
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [("@hookimpl\ndef register_blocks(cfg):\n    return []\n", "Argument(s) {'cfg'} are"),
+     ("from foundry.kernel import block\nodd = block('Odd', sinks='odd_event')(print)\n",
+      "sinks: expected a list or tuple of event types, got the string 'odd_event'")],
+    ids=["hookimpl-mismatch", "sinks-string"],
+)  # fmt: skip
+def test_an_installed_plugin_that_fails_is_one_line(tmp_path, monkeypatch, source, said):
+    """The [plugins] modules' failures were one line; an installed plugin's (an entry point)
+    were a traceback."""
+    name = f"foundry_ep_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text("from foundry.kernel import hookimpl\n" + source)
+    info = tmp_path / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[foundry]\n{name} = {name}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        with pytest.raises(ConfigError, match=re.escape(said)) as refused:
+            load_blocks(entry_points=True)
+        assert "\n" not in str(refused.value)
+    finally:
+        sys.modules.pop(name, None)
 
 
 def test_a_block_type_factory_that_fails_is_one_line(plugin_module):
