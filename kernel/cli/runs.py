@@ -15,6 +15,7 @@ from typing import Any
 import betterproto2
 from foundry.kernel.cli.common import read_text_file, whole_number
 from foundry.kernel.cli.output import stamp
+from foundry.kernel.core.drift import same_json
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import FoundryError
 from foundry.proto import runtime_api as api
@@ -315,9 +316,9 @@ async def cmd_replay(args: argparse.Namespace, stubs: Any) -> int:
     reply = await runtime.replay_run(
         api.ReplayRunRequest(run_id=args.run_id, mode=REPLAY_MODES[args.mode])
     )
-    if args.json:
+    if args.json:  # (the same exit code: a script reading --json may not read the JSON)
         print(json.dumps(_as_json(reply), indent=2))
-        return 0
+        return 0 if reply.all_within_tolerance else 1
     verdict = "all within tolerance" if reply.all_within_tolerance else "DRIFT outside tolerance"
     print(f"replay of {reply.run_id}: {reply.strategy.name.lower()}, {verdict}")
     print(f"  {'step':<20} {'ok':<4} {'Δtokens':>8} {'Δcost':>10}  recorded → current")
@@ -329,7 +330,7 @@ async def cmd_replay(args: argparse.Namespace, stubs: Any) -> int:
             d.recorded.to_dict() if d.recorded else None, d.current.to_dict() if d.current else None
         )
         change = "(same)"
-        if recorded != current:
+        if not same_json(recorded, current):
             change = f"{_short(recorded, 40)} → {_short(current, 40)}"
         print(f"  {step.step_id:<20} {ok:<4} {d.token_delta or 0:>8.0f} {d.cost_delta or 0:>10.6f}"
               f"  {change}")  # fmt: skip
@@ -339,8 +340,9 @@ async def cmd_replay(args: argparse.Namespace, stubs: Any) -> int:
 def _changed(recorded: Any, current: Any) -> tuple[Any, Any]:
     """Two objects shown by the keys where they differ (else the two values): a truncated
     rendering of the whole values could hide the difference."""
-    if isinstance(recorded, dict) and isinstance(current, dict) and recorded != current:
-        keys = [k for k in {**recorded, **current} if recorded.get(k) != current.get(k)]
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        keys = [k for k in {**recorded, **current} if k not in recorded or k not in current
+                or not same_json(recorded[k], current[k])]  # fmt: skip
         return ({k: recorded[k] for k in keys if k in recorded},
                 {k: current[k] for k in keys if k in current})  # fmt: skip
     return recorded, current
@@ -381,9 +383,9 @@ async def cmd_list(args: argparse.Namespace, stubs: Any) -> int:
             page_token=args.page_token,
         )
     )
-    if args.json:
+    if args.json:  # (the same exit code: a script reading --json may not read the JSON)
         print(json.dumps(_as_json(reply), indent=2))
-        return 0
+        return 0 if reply.all_within_tolerance else 1
     if not reply.runs:
         print("no runs match")
     for run in reply.runs:

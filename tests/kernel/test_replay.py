@@ -90,3 +90,67 @@ def test_the_similarity_of_large_outputs_is_quick_and_says_they_differ():
     changed = {"text": "a" * 50_000 + "b" + "a" * 49_999}  # the change is in neither end
     assert 0 < similarity(long, changed) < 1
     assert similarity(long, dict(long)) == 1.0
+
+
+def test_json_true_is_not_the_number_1():
+    """Python's == has True == 1: a replay read {"v": true} against {"v": 1} as the same."""
+    assert similarity({"v": True}, {"v": 1}) < 1.0
+    assert similarity([False], [0.0]) < 1.0
+    assert similarity({"v": 1}, {"v": 1.0}) == 1.0  # a Value carries every number as a double
+    assert similarity({"a": [True, {"b": None}]}, {"a": [True, {"b": None}]}) == 1.0
+
+
+CALLS: list[int] = []
+
+
+@block("attempted", kind=BlockKind.OBSERVER)
+def _attempted(ctx: BlockContext) -> dict[str, int]:
+    CALLS.append(ctx.attempt)
+    if ctx.attempt == 1:
+        raise RuntimeError("the first attempt fails")
+    return {"attempt": ctx.attempt}
+
+
+def branch_with_a_retry() -> tuple[RunSubmission, list]:
+    """A branch: ``r`` reused from its source (never run here), ``t`` succeeded at attempt 2."""
+    steps = [{"id": "r", "type": "attempted"}, {"id": "t", "type": "attempted"}]
+    dag_json = json.dumps({"steps": steps})
+    submission = RunSubmission("run_b", dag_json, {}, 7, {}, (), "", T0)
+    run = RunState.new(submission, parse_dag(dag_json, None))
+    run.make_event("step_reused", T0, "r", output={"n": 4}, attempt=1, usage={}, inputs={},
+                   seed=1, model="")  # fmt: skip
+    run.make_event("run_started", T0)
+    for attempt in (1, 2):
+        run.make_event("step_leased", T0, "t", attempt=attempt, inputs={}, seed=1, model="",
+                       env={})  # fmt: skip
+        if attempt == 1:
+            error = {"message": "RuntimeError: the first attempt fails", "attempt": 1}
+            run.make_event("step_retrying", T0, "t", attempt=1, error=error, delay=0)
+    run.make_event("step_completed", T0, "t", attempt=2, output={"attempt": 2}, usage={})
+    run.make_event("run_succeeded", T0)
+    return submission, list(run.events)
+
+
+async def test_a_reused_step_is_not_run_again_and_a_retried_one_runs_as_its_attempt(tmp_path):
+    """A branch's reused step was run live (it never ran in the branch) and reported as drift;
+    a step that succeeded at attempt 2 was run as attempt 1 and failed."""
+    store_send, store_inbox = trio.open_memory_channel[object](1)
+    inbox_send, inbox = trio.open_memory_channel[Replay](1)
+    replayer = Replayer(BlockRegistry([_attempted]), inbox, store_send, home=tmp_path,  # type: ignore[arg-type]
+                        tolerance=Tolerance())  # fmt: skip
+    CALLS.clear()
+
+    async def store() -> None:
+        async for message in store_inbox:
+            assert isinstance(message, LoadRun)
+            message.reply.send(branch_with_a_retry())
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store)
+            await nursery.start(replayer.run)
+            result = await ask(inbox_send, lambda r: Replay("run_b", "full", r))
+            nursery.cancel_scope.cancel()
+    assert CALLS == [2]  # t alone, as attempt 2
+    assert result.all_within_tolerance
+    assert [(s.step_id, s.live) for s in result.steps] == [("r", False), ("t", True)]

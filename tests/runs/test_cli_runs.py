@@ -325,6 +325,10 @@ def test_replay_with_drift_exits_non_zero_and_shows_the_step(daemon, fake_http):
     assert cells[:3] == ["ask", "NO", "2"]
     # the cells show what changed, not a truncated prefix the two outputs share
     assert row.endswith('{"text": "first"} → {"text": "second"}')
+    # --json exits as the table does (it exited 0: a script never saw the drift)
+    as_json = cli(daemon, "run", "replay", run.run_id, "--mode", "diff", "--json")
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout)["all_within_tolerance"] is False
 
 
 @pytest.mark.parametrize(

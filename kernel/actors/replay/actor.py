@@ -90,12 +90,16 @@ class Replayer:
         recorded = _recorded_value(step)
         block = self._registry.by_name.get(step.spec.type)
         current, usage = recorded, dict(step.usage)
-        runs_live = live and block is not None and block.kind is not BlockKind.MUTATOR
+        # A mutator is never run again, nor a branch's reused step: it did not run in this run
+        # (its recorded output stands, as a mutator's does).
+        runs_live = (live and block is not None and block.kind is not BlockKind.MUTATOR
+                     and step.status != "reused")  # fmt: skip
         if runs_live and block is not None:
             ctx = BlockContext(
                 payload=dict(step.inputs or {}), artifact_dir=scratch / step.spec.id,
                 run_id=run.run_id, step_id=step.spec.id, seed=step.seed, model=step.model,
                 env=dict(step.env or step.spec.env),
+                attempt=max(step.attempt, 1),  # the recorded attempt's number, as it ran
             )  # fmt: skip
             output, error, _ = await attempt_once(block, Action.RUN, ctx, step.spec.timeout)
             # an error is cut as the recorded one was: a 3.4 MB error against its recorded
@@ -129,7 +133,7 @@ def _recorded_value(step: StepState) -> Any:
 def _json(value: Any) -> Any:
     try:
         return json.loads(compact_json(value))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         return {"error": f"the step's output is not JSON: {exc}"}
 
 
