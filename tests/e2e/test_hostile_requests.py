@@ -538,6 +538,60 @@ def test_a_reply_its_client_reads_none_of_is_given_up_on(make_daemon, sql):
     assert "Traceback" not in daemon.stderr()
 
 
+def test_while_a_connections_stalled_replies_pass_its_budget_more_are_refused(make_daemon):
+    """The stall timeout bounds how long each unread reply is held; a connection's stalled
+    replies (no byte read for seconds) are bounded too: past 16 MiB its next reply that must
+    wait is RESOURCE_EXHAUSTED, at once."""
+    from foundry.proto import analytics_api
+
+    daemon = make_daemon("[daemon]\nbody_timeout = 10.0\n")  # stalled after 5 s
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.local_settings = h2.settings.Settings(
+        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+    )
+    connection.initiate_connection()
+    query = bytes(analytics_api.QueryRequest(sql="SELECT repeat('x', 1000000) AS s FROM range(3)"))
+    headers = [(k, "/foundry.analytics.v1.Analytics/Query" if k == ":path" else v)
+               for k, v in EMIT_HEADERS]  # fmt: skip
+
+    def ask(stream_id: int) -> None:
+        connection.send_headers(stream_id, headers)
+        connection.send_data(stream_id, b"\x00" + len(query).to_bytes(4, "big") + query,
+                             end_stream=True)  # fmt: skip
+
+    host, port = daemon.address.rsplit(":", 1)
+    answers: dict[int, dict[str, str]] = {}
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for stream_id in range(1, 13, 2):  # six replies of ~3 MB: 18 MB, none read
+            ask(stream_id)
+        sock.sendall(connection.data_to_send())
+        started = time.monotonic()
+        sock.settimeout(0.5)
+        while time.monotonic() - started < 7:  # past 5 s without a byte read: stalled
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            assert data, "closed"
+            connection.receive_data(data)
+            sock.sendall(connection.data_to_send())  # PINGs answered
+        ask(13)
+        sock.sendall(connection.data_to_send())
+        sock.settimeout(10)
+        while "grpc-status" not in answers.get(13, {}):
+            data = sock.recv(65536)
+            assert data, "closed"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    found = answers.setdefault(event.stream_id, {})
+                    found.update((k.decode(), v.decode()) for k, v in event.headers)
+            sock.sendall(connection.data_to_send())
+    assert answers[13]["grpc-status"] == "8", answers[13]  # RESOURCE_EXHAUSTED
+    assert "read none of them" in unquote(answers[13]["grpc-message"])
+    assert time.monotonic() - started < 10  # at once, not after its own stall
+    assert_serving(daemon)
+
+
 def _grpc_trailers(daemon, connection: h2.connection.H2Connection) -> dict[str, str]:
     """What ``connection`` has to send, sent to the gRPC port; the headers and trailers of the
     answer to its stream, read as a live client does (its PINGs answered)."""

@@ -768,10 +768,10 @@ def test_grpclib_streams_still_wait_for_the_window_where_we_hook_in():
     )
 
 
-def test_replies_waiting_to_be_read_are_bounded_in_all_and_a_connection(monkeypatch):
-    """Past a budget a send that must wait for its client's window is refused at once (the
-    stall timeout bounds how long each is held; these, how many at once). A send that fits
-    the window is not counted."""
+def test_while_stalled_replies_pass_a_budget_a_reply_that_must_wait_is_refused(monkeypatch):
+    """The stall timeout bounds how long a reply is held; the budgets, how many stalled ones
+    at once. Only replies that must wait for the client's window are refused, and only while
+    stalled ones (no byte read for seconds) pass a budget: a client that reads is never."""
     assert internals.bound_unread_replies(60.0) is True
     assert internals.bound_unread_replies(60.0) is True  # idempotent
 
@@ -782,26 +782,32 @@ def test_replies_waiting_to_be_read_are_bounded_in_all_and_a_connection(monkeypa
         def local_flow_control_window(self, stream_id: int) -> int:
             return self.size
 
+    connection = object()
+
     class NoStream:  # the budgets are checked before grpclib's send_data touches the stream
-        data_sent, id, connection = 0, 1, object()
+        data_sent, id = 0, 1
 
         def __init__(self, window: int) -> None:
-            self._h2_connection = Window(window)
+            self._h2_connection, self.connection = Window(window), connection
 
     async def send(size: int, window: int = 0) -> None:
-        await grpclib.protocol.Stream.send_data(NoStream(window), b"x" * size)  # type: ignore[arg-type]
+        stream: Any = NoStream(window)
+        await grpclib.protocol.Stream.send_data(stream, b"x" * size)
 
-    monkeypatch.setattr(internals, "_SENDING_BYTES", [internals.REPLY_BUDGET])
-    for size in (10, 100_000):  # small replies too: a window of 0 holds them all the same
-        with pytest.raises(GRPCError) as refused:
-            asyncio.run(send(size))
-        assert refused.value.status is Status.RESOURCE_EXHAUSTED
-        assert "wait for their clients to read them" in str(refused.value.message)
-    with pytest.raises(AttributeError):  # what fits the window goes straight to grpclib's own
-        asyncio.run(send(10, window=65_535))
-    monkeypatch.setattr(internals, "_SENDING_BYTES", [0])
-    full = NoStream(0)
-    monkeypatch.setitem(internals._HELD, full.connection, internals.CONNECTION_REPLY_BUDGET)
-    with pytest.raises(GRPCError) as refused:
-        asyncio.run(grpclib.protocol.Stream.send_data(full, b"x"))  # type: ignore[arg-type]
-    assert refused.value.status is Status.RESOURCE_EXHAUSTED
+    for stalled, held in ((internals.REPLY_BUDGET + 1, 0),
+                          (0, internals.CONNECTION_REPLY_BUDGET + 1)):  # fmt: skip
+        monkeypatch.setattr(internals, "_STALLED_BYTES", [stalled])
+        monkeypatch.setattr(internals, "_HELD", {connection: held})
+        for size in (10, 100_000):  # small replies too: a window of 0 holds them the same
+            with pytest.raises(GRPCError) as refused:
+                asyncio.run(send(size))
+            assert refused.value.status is Status.RESOURCE_EXHAUSTED
+            assert "wait for clients that read none of them" in str(refused.value.message)
+        with pytest.raises(AttributeError):  # what fits the window goes straight to grpclib
+            asyncio.run(send(10, window=65_535))
+    monkeypatch.setattr(internals, "_STALLED_BYTES", [0])
+    monkeypatch.setattr(internals, "_HELD", {})
+    with pytest.raises(AttributeError):  # under the budgets: any reply may wait, however large
+        asyncio.run(send(internals.REPLY_BUDGET + 1))
+    assert internals._STALLED_BYTES == [0]
+    assert internals._HELD == {}  # what it held is let go when it ends

@@ -1001,3 +1001,18 @@ def test_a_key_whose_run_retention_deleted_starts_a_new_run(make_daemon):
     assert again != first
     assert wait_done(daemon, again).status == api.RunStatus.SUCCEEDED
     assert submit(daemon, one, key="kept-a-moment") == again
+
+
+def test_a_reply_larger_than_a_connections_budget_of_waiting_replies_is_read_whole(daemon):
+    """A reply that must wait for its client's window counts against the connection's budget
+    of unread replies: a 24 MB ReplayRun its client was reading was refused RESOURCE_EXHAUSTED
+    (one reply always may wait, however large)."""
+    big = "x" * 3_000_000
+    spec = dag(*({"id": step, "type": "transform", "inputs": {"value": "${inputs.big}"}}
+                 for step in ("a", "b")))  # fmt: skip
+    run = run_and_wait(daemon, spec, inputs={"big": big})
+    assert run.status == api.RunStatus.SUCCEEDED
+    request = api.ReplayRunRequest(run_id=run.run_id, mode=api.ReplayMode.FULL)
+    reply = daemon.call(lambda _, rt: rt.replay_run(request))
+    assert [s.step_id for s in reply.steps] == ["a", "b"]  # 4 × 3 MB each: snapshot, drift
+    assert reply.all_within_tolerance

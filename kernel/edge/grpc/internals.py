@@ -232,8 +232,9 @@ async def _expire(body_timeout: float) -> None:
 
 # --- replies a client does not read ---------------------------------------------------------------
 
-REPLY_BUDGET = 256 * 1024 * 1024  # bytes of sends waiting for their client, in all
+REPLY_BUDGET = 256 * 1024 * 1024  # bytes of stalled replies, in all, before more are refused
 CONNECTION_REPLY_BUDGET = 16 * 1024 * 1024  # and on one connection
+STALLED_AFTER = 5.0  # seconds without a byte read that make a reply stalled (at most)
 
 
 def reply_sends_are_boundable() -> str | None:
@@ -256,11 +257,14 @@ def reply_sends_are_boundable() -> str | None:
 def bound_unread_replies(stall_timeout: float) -> bool:
     """A send that must wait for its client's flow-control window (the reply is larger than
     what the client lets the daemon send) and moves no byte for ``stall_timeout`` seconds is
-    given up on (DEADLINE_EXCEEDED); such sends hold at most ``CONNECTION_REPLY_BUDGET`` bytes
-    a connection and ``REPLY_BUDGET`` in all (RESOURCE_EXHAUSTED past them): a client that set
-    its window to 0 and answered the daemon's PINGs held every reply it asked for — 100
-    queries of 100 bytes held ~590 MB. Idempotent (the first call's timeout stays). False:
-    grpclib changed, and unread replies are held as long as the connection."""
+    given up on (DEADLINE_EXCEEDED): a client that set its window to 0 and answered the
+    daemon's PINGs held every reply it asked for — 100 queries of 100 bytes held ~590 MB. A
+    reply that moved no byte for ``STALLED_AFTER`` seconds (or half the timeout) is stalled;
+    while a connection's stalled replies pass ``CONNECTION_REPLY_BUDGET`` bytes, or all of
+    them ``REPLY_BUDGET``, a reply that must wait is refused (RESOURCE_EXHAUSTED) — never one
+    of a client that reads: a slow reply moves, and is not stalled. Idempotent (the first
+    call's timeout stays). False: grpclib changed, and unread replies are held as long as the
+    connection."""
     protocol_stream = grpclib.protocol.Stream
     if getattr(protocol_stream, "_foundry_bounded", False):
         return True
@@ -277,13 +281,11 @@ def bound_unread_replies(stall_timeout: float) -> bool:
         if task is None or size <= self._h2_connection.local_flow_control_window(self.id):
             return await original(self, data, end_stream)
         connection = self.connection
-        held = _HELD.get(connection, 0)
-        if held + size > CONNECTION_REPLY_BUDGET or _SENDING_BYTES[0] + size > REPLY_BUDGET:
-            raise GRPCError(Status.RESOURCE_EXHAUSTED, "too many replies wait for their "
-                            "clients to read them; read them, or try again")  # fmt: skip
-        _SENDING[task] = [self, time.monotonic(), self.data_sent]
-        _SENDING_BYTES[0] += size
-        _HELD[connection] = held + size
+        if _HELD.get(connection, 0) > CONNECTION_REPLY_BUDGET or _STALLED_BYTES[0] > REPLY_BUDGET:
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, "too many replies wait for clients "
+                            "that read none of them; try again")  # fmt: skip
+        watched = _Watched(self, connection, size, time.monotonic())
+        _SENDING[task] = watched
         _watch_sending(stall_timeout)
         try:
             return await original(self, data, end_stream)
@@ -297,25 +299,46 @@ def bound_unread_replies(stall_timeout: float) -> bool:
         finally:
             _SENDING.pop(task, None)
             _STALLED.discard(task)
-            _SENDING_BYTES[0] -= size
-            left = _HELD.get(connection, size) - size
-            if left > 0:
-                _HELD[connection] = left
-            else:
-                _HELD.pop(connection, None)
+            watched.moved()
 
     protocol_stream.send_data = functools.wraps(original)(send_data)  # type: ignore[method-assign]
     protocol_stream._foundry_bounded = True  # type: ignore[attr-defined]
     return True
 
 
-# Sends being watched (their task: the h2 stream, when it last moved, its bytes sent then), the
-# ones cancelled for making no progress, and the bytes of them all. One watcher task, as for
-# requests (``_expire``).
-_SENDING: dict[Any, list[Any]] = {}
+class _Watched:
+    """A send waiting for its client: when it last moved, and whether it counts as stalled."""
+
+    __slots__ = ("stream", "connection", "size", "since", "sent", "stalled")
+
+    def __init__(self, stream: Any, connection: Any, size: int, now: float) -> None:
+        self.stream, self.connection, self.size = stream, connection, size
+        self.since, self.sent, self.stalled = now, stream.data_sent, False
+
+    def mark_stalled(self) -> None:
+        if not self.stalled:
+            self.stalled = True
+            _STALLED_BYTES[0] += self.size
+            _HELD[self.connection] = _HELD.get(self.connection, 0) + self.size
+
+    def moved(self) -> None:
+        """It moved (or ended): it no longer counts as stalled."""
+        if self.stalled:
+            self.stalled = False
+            _STALLED_BYTES[0] -= self.size
+            left = _HELD.get(self.connection, self.size) - self.size
+            if left > 0:
+                _HELD[self.connection] = left
+            else:
+                _HELD.pop(self.connection, None)
+
+
+# Sends being watched (by task), the ones cancelled for making no progress, the bytes of the
+# stalled ones in all and by connection. One watcher task, as for requests (``_expire``).
+_SENDING: dict[Any, _Watched] = {}
 _STALLED: set[Any] = set()
-_SENDING_BYTES = [0]
-_HELD: dict[Any, int] = {}  # a connection's bytes in such sends
+_STALLED_BYTES = [0]
+_HELD: dict[Any, int] = {}
 _SEND_WATCHER: list[Any] = []
 
 
@@ -325,20 +348,25 @@ def _watch_sending(stall_timeout: float) -> None:
 
 
 async def _stall(stall_timeout: float) -> None:
-    """Cancel each send that has moved no byte for ``stall_timeout`` seconds; end once none is
-    being watched."""
+    """Look at the watched sends a few times a second: one that moved starts its clock again;
+    one that has not moved for a while is stalled, and past ``stall_timeout`` cancelled. Ends
+    once none is watched."""
     every = min(1.0, stall_timeout / 4)
+    stalled_after = min(STALLED_AFTER, stall_timeout / 2)
     try:
         while _SENDING:
             await asyncio.sleep(every)
             now = time.monotonic()
             for task, watched in list(_SENDING.items()):
-                stream, since, sent = watched
-                if stream.data_sent != sent:  # it moved: its clock starts again
-                    watched[1], watched[2] = now, stream.data_sent
-                elif now - since >= stall_timeout and task not in _STALLED:
+                sent = watched.stream.data_sent
+                if sent != watched.sent:  # it moved: its clock starts again
+                    watched.since, watched.sent = now, sent
+                    watched.moved()
+                elif now - watched.since >= stall_timeout and task not in _STALLED:
                     _STALLED.add(task)
                     task.cancel()
+                elif now - watched.since >= stalled_after:
+                    watched.mark_stalled()
     finally:
         _SEND_WATCHER.clear()
 

@@ -55,6 +55,7 @@ from grpclib.server import Stream
 
 T = TypeVar("T")
 RUN_CHUNK = 128  # steps of a large GetRun reply serialized between the loop's other work
+REPLY_SLICE_BYTES = 1 << 20  # and at most about this many bytes of a ReplayRun reply
 RUN_TAG = b"\x0a"  # GetRunResponse.run: field 1, length-delimited
 
 RUN_STATUS = {
@@ -559,10 +560,16 @@ async def encoded_replay(result: ReplayResult) -> bytes:
     In one go, the reply of a 2,000-step replay (each step's snapshot and drift as Structs)
     held the loop ~0.8 s."""
     parts = [upb_encode.encode(replay_response(replace(result, steps=())))]
+    since = 0  # bytes encoded since the loop's other work last had a turn
     for start in range(0, len(result.steps), RUN_CHUNK):
+        for step in result.steps[start : start + RUN_CHUNK]:
+            if since >= REPLY_SLICE_BYTES:  # steps of MB outputs: ~60 MB went in one go
+                await let_others_run()
+                since = 0
+            parts.append(upb_encode.encode(api.ReplayRunResponse(steps=[replay_step(step)])))
+            since += len(parts[-1])
         await let_others_run()
-        steps = result.steps[start : start + RUN_CHUNK]
-        parts.append(upb_encode.encode(api.ReplayRunResponse(steps=list(map(replay_step, steps)))))
+        since = 0
     return b"".join(parts)
 
 
