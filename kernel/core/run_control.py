@@ -245,6 +245,9 @@ class RunSummary:
     error: str  # why a failed run failed ("" otherwise)
 
 
+MAX_LABEL_FILTERS = 64  # label filters of one ListRuns
+
+
 def run_list_query(
     *,
     statuses: Sequence[str] = (),
@@ -259,6 +262,10 @@ def run_list_query(
     for index, status in enumerate(statuses):
         if status not in RUN_STATUSES:
             raise InvalidArgument(f"statuses[{index}]: unknown run status {quoted(status)}")
+    if len(labels or {}) > MAX_LABEL_FILTERS:  # each a condition of the store's one query:
+        # 50,000 of them held a query slot for a minute, and four every other read
+        raise InvalidArgument(f"labels: at most {MAX_LABEL_FILTERS} label filters, got "
+                              f"{len(labels or {}):,}")  # fmt: skip
     for key in labels or {}:
         if not key:
             raise InvalidArgument("labels: a label filter needs a key")
