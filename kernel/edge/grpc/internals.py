@@ -66,8 +66,9 @@ disappeared, if an upgrade moves any of it):
 - ``grpclib.protocol.Stream.send_data`` and its ``data_sent`` (:func:`bound_unread_replies`):
   grpclib waits for the client's flow-control window for as long as the connection lives,
   holding the reply: a client that never opens it (and answers PINGs) held ~6 MB a 100-byte
-  query. A send larger than the window that moves no byte for ``[daemon] body_timeout`` is
-  given up on, and such sends are bounded a connection and in all. Fallback: they are held.
+  query. A send larger than the window that moves no byte (nor its connection) for
+  ``[daemon] body_timeout`` is given up on, and while stalled ones pass a budget (a connection's,
+  and in all) a send that must wait is refused. Fallback: they are held.
 
 Nothing else under ``kernel/edge`` reads a private attribute of grpclib, h2 or trio-asyncio.
 """
@@ -259,11 +260,13 @@ def bound_unread_replies(stall_timeout: float) -> bool:
     what the client lets the daemon send) and moves no byte for ``stall_timeout`` seconds is
     given up on (DEADLINE_EXCEEDED): a client that set its window to 0 and answered the
     daemon's PINGs held every reply it asked for — 100 queries of 100 bytes held ~590 MB. A
-    reply that moved no byte for ``STALLED_AFTER`` seconds (or half the timeout) is stalled;
-    while a connection's stalled replies pass ``CONNECTION_REPLY_BUDGET`` bytes, or all of
-    them ``REPLY_BUDGET``, a reply that must wait is refused (RESOURCE_EXHAUSTED) — never one
-    of a client that reads: a slow reply moves, and is not stalled. Idempotent (the first
-    call's timeout stays). False: grpclib changed, and unread replies are held as long as the
+    reply moves when a byte of it, or of its connection, is sent (the window is shared: one
+    large reply takes it all, and the calls beside it wait their turn). One that moved no
+    byte for ``STALLED_AFTER`` seconds (or half the timeout) is stalled; while a connection's
+    stalled replies pass ``CONNECTION_REPLY_BUDGET`` bytes left to send, or all of them
+    ``REPLY_BUDGET``, a reply that must wait is refused (RESOURCE_EXHAUSTED): on a connection
+    its client reads, only while others hold that much. Idempotent (the first call's timeout
+    stays). False: grpclib changed, and unread replies are held as long as the
     connection."""
     protocol_stream = grpclib.protocol.Stream
     if getattr(protocol_stream, "_foundry_bounded", False):
@@ -307,30 +310,42 @@ def bound_unread_replies(stall_timeout: float) -> bool:
 
 
 class _Watched:
-    """A send waiting for its client: when it last moved, and whether it counts as stalled."""
+    """A send waiting for its client: when it (or its connection: the window is the
+    connection's too, and grpclib wakes the oldest stream first) last moved, and what it counts
+    as stalled."""
 
-    __slots__ = ("stream", "connection", "size", "since", "sent", "stalled")
+    __slots__ = ("stream", "connection", "size", "began", "since", "sent", "shared", "stalled")
 
     def __init__(self, stream: Any, connection: Any, size: int, now: float) -> None:
-        self.stream, self.connection, self.size = stream, connection, size
-        self.since, self.sent, self.stalled = now, stream.data_sent, False
+        self.stream, self.connection, self.size, self.since = stream, connection, size, now
+        self.began = self.sent = stream.data_sent
+        self.shared = getattr(connection, "data_sent", 0)
+        self.stalled = 0  # bytes it counts as stalled (what it had left to send then)
+
+    def look(self, now: float) -> float:
+        """Seconds since it last moved."""
+        sent, shared = self.stream.data_sent, getattr(self.connection, "data_sent", 0)
+        if sent != self.sent or shared != self.shared:
+            self.since, self.sent, self.shared = now, sent, shared
+            self.moved()
+        return now - self.since
 
     def mark_stalled(self) -> None:
         if not self.stalled:
-            self.stalled = True
-            _STALLED_BYTES[0] += self.size
-            _HELD[self.connection] = _HELD.get(self.connection, 0) + self.size
+            self.stalled = max(self.size - (self.sent - self.began), 1)
+            _STALLED_BYTES[0] += self.stalled
+            _HELD[self.connection] = _HELD.get(self.connection, 0) + self.stalled
 
     def moved(self) -> None:
         """It moved (or ended): it no longer counts as stalled."""
         if self.stalled:
-            self.stalled = False
-            _STALLED_BYTES[0] -= self.size
-            left = _HELD.get(self.connection, self.size) - self.size
+            _STALLED_BYTES[0] -= self.stalled
+            left = _HELD.get(self.connection, self.stalled) - self.stalled
             if left > 0:
                 _HELD[self.connection] = left
             else:
                 _HELD.pop(self.connection, None)
+            self.stalled = 0
 
 
 # Sends being watched (by task), the ones cancelled for making no progress, the bytes of the
@@ -358,14 +373,11 @@ async def _stall(stall_timeout: float) -> None:
             await asyncio.sleep(every)
             now = time.monotonic()
             for task, watched in list(_SENDING.items()):
-                sent = watched.stream.data_sent
-                if sent != watched.sent:  # it moved: its clock starts again
-                    watched.since, watched.sent = now, sent
-                    watched.moved()
-                elif now - watched.since >= stall_timeout and task not in _STALLED:
+                still = watched.look(now)  # (a move starts its clock again)
+                if still >= stall_timeout and task not in _STALLED:
                     _STALLED.add(task)
                     task.cancel()
-                elif now - watched.since >= stalled_after:
+                elif still >= stalled_after:
                     watched.mark_stalled()
     finally:
         _SEND_WATCHER.clear()
