@@ -249,7 +249,8 @@ def reply_sends_are_boundable() -> str | None:
         source = inspect.getsource(stream.send_data)
     except (OSError, TypeError):
         return "grpclib.protocol.Stream.send_data cannot be read"
-    needed = ("self.window_updated.wait()", "self.data_sent +=", "local_flow_control_window")
+    needed = ("self.window_updated.wait()", "self.data_sent +=", "self.connection.data_sent +=",
+              "local_flow_control_window")  # fmt: skip
     if not all(part in source for part in needed):
         return "grpclib.protocol.Stream.send_data no longer waits on window_updated"
     return None
