@@ -98,6 +98,8 @@ async def connected(address: str) -> AsyncIterator[Channel]:
         hint = "" if channel_uses_tls() else f" (if it serves TLS, set {CA_ENV})"
         raise ConnectionError(f"{exc}{hint}") from None
     except UnicodeError as exc:  # getaddrinfo of a label over 63 characters, say
+        if type(exc) is not UnicodeError:  # (text that is not UTF-8, say: main names it)
+            raise
         raise ConnectionError(f"not a host name this machine can look up ({exc})") from None
     finally:
         channel.close()
