@@ -516,19 +516,9 @@ def test_a_request_message_that_stops_arriving_is_deadline_exceeded_on_the_grpc_
 def test_a_reply_its_client_reads_none_of_is_given_up_on(make_daemon, sql):
     """A client that set its window to 0 and answered PINGs held every reply it asked for, for
     as long as its connection lived: 100 queries of 100 bytes held ~590 MB of the daemon."""
-    from foundry.proto import analytics_api
-
     daemon = make_daemon("[daemon]\nbody_timeout = 1.0\n")
-    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    connection.local_settings = h2.settings.Settings(
-        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
-    )
-    connection.initiate_connection()
-    query = bytes(analytics_api.QueryRequest(sql=sql))
-    headers = [(k, "/foundry.analytics.v1.Analytics/Query" if k == ":path" else v)
-               for k, v in EMIT_HEADERS]  # fmt: skip
-    connection.send_headers(1, headers)
-    connection.send_data(1, b"\x00" + len(query).to_bytes(4, "big") + query, end_stream=True)
+    connection = _reading_nothing()
+    _query(connection, 1, sql)
     started = time.monotonic()
     trailers = _grpc_trailers(daemon, connection)
     assert trailers["grpc-status"] == "4", trailers  # DEADLINE_EXCEEDED
@@ -542,22 +532,11 @@ def test_while_a_connections_stalled_replies_pass_its_budget_more_are_refused(ma
     """The stall timeout bounds how long each unread reply is held; a connection's stalled
     replies (no byte read for seconds) are bounded too: past 16 MiB its next reply that must
     wait is RESOURCE_EXHAUSTED, at once."""
-    from foundry.proto import analytics_api
-
     daemon = make_daemon("[daemon]\nbody_timeout = 10.0\n")  # stalled after 5 s
-    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    connection.local_settings = h2.settings.Settings(
-        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
-    )
-    connection.initiate_connection()
-    query = bytes(analytics_api.QueryRequest(sql="SELECT repeat('x', 1000000) AS s FROM range(3)"))
-    headers = [(k, "/foundry.analytics.v1.Analytics/Query" if k == ":path" else v)
-               for k, v in EMIT_HEADERS]  # fmt: skip
+    connection = _reading_nothing()
 
     def ask(stream_id: int) -> None:
-        connection.send_headers(stream_id, headers)
-        connection.send_data(stream_id, b"\x00" + len(query).to_bytes(4, "big") + query,
-                             end_stream=True)  # fmt: skip
+        _query(connection, stream_id, "SELECT repeat('x', 1000000) AS s FROM range(3)")
 
     host, port = daemon.address.rsplit(":", 1)
     answers: dict[int, dict[str, str]] = {}
@@ -590,6 +569,28 @@ def test_while_a_connections_stalled_replies_pass_its_budget_more_are_refused(ma
     assert "read none of them" in unquote(answers[13]["grpc-message"])
     assert time.monotonic() - started < 10  # at once, not after its own stall
     assert_serving(daemon)
+
+
+def _reading_nothing() -> h2.connection.H2Connection:
+    """An h2 client connection whose streams' window is 0: the daemon can send it no DATA."""
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.local_settings = h2.settings.Settings(
+        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+    )
+    connection.initiate_connection()
+    return connection
+
+
+def _query(connection: h2.connection.H2Connection, stream_id: int, sql: str) -> None:
+    """An Analytics Query on ``stream_id``, sent whole."""
+    from foundry.proto import analytics_api
+
+    query = bytes(analytics_api.QueryRequest(sql=sql))
+    headers = [(k, "/foundry.analytics.v1.Analytics/Query" if k == ":path" else v)
+               for k, v in EMIT_HEADERS]  # fmt: skip
+    connection.send_headers(stream_id, headers)
+    connection.send_data(stream_id, b"\x00" + len(query).to_bytes(4, "big") + query,
+                         end_stream=True)  # fmt: skip
 
 
 def _grpc_trailers(daemon, connection: h2.connection.H2Connection) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import trio
 from foundry.kernel.actors.mailbox import ask
@@ -46,30 +47,41 @@ def finished_run() -> tuple[RunSubmission, list]:
     return submission, list(run.events)
 
 
-async def test_a_long_replay_lets_other_tasks_run_between_its_steps(tmp_path):
+async def replayed(
+    tmp_path: Any, blocks: list[Any], stored: Any, run_id: str, *, beside: Any = None
+) -> Any:
+    """A FULL replay of ``run_id`` by the real replay actor over a fake store answering
+    ``stored`` (a run as LoadRun gives it), ``beside`` (a task) running meanwhile."""
     store_send, store_inbox = trio.open_memory_channel[object](1)
     inbox_send, inbox = trio.open_memory_channel[Replay](1)
-    replayer = Replayer(BlockRegistry([_double]), inbox, store_send, home=tmp_path,  # type: ignore[arg-type]
+    replayer = Replayer(BlockRegistry(blocks), inbox, store_send, home=tmp_path,  # type: ignore[arg-type]
                         tolerance=Tolerance())  # fmt: skip
-    SEEN.clear()
 
     async def store() -> None:
         async for message in store_inbox:
             assert isinstance(message, LoadRun)
-            message.reply.send(finished_run())
+            message.reply.send(stored)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store)
+            await nursery.start(replayer.run)
+            if beside is not None:
+                nursery.start_soon(beside)
+            result = await ask(inbox_send, lambda r: Replay(run_id, "full", r))
+            nursery.cancel_scope.cancel()
+    return result
+
+
+async def test_a_long_replay_lets_other_tasks_run_between_its_steps(tmp_path):
+    SEEN.clear()
 
     async def other() -> None:
         while True:
             TURNS[0] += 1
             await trio.lowlevel.checkpoint()
 
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(store)
-            await nursery.start(replayer.run)
-            nursery.start_soon(other)
-            result = await ask(inbox_send, lambda r: Replay("run_1", "full", r))
-            nursery.cancel_scope.cancel()
+    result = await replayed(tmp_path, [_double], finished_run(), "run_1", beside=other)
     assert result.all_within_tolerance
     assert result.strategy == "live"
     assert [s.step_id for s in result.steps] == [f"s{i:03d}" for i in range(STEPS)]
@@ -134,23 +146,8 @@ def branch_with_a_retry() -> tuple[RunSubmission, list]:
 async def test_a_reused_step_is_not_run_again_and_a_retried_one_runs_as_its_attempt(tmp_path):
     """A branch's reused step was run live (it never ran in the branch) and reported as drift;
     a step that succeeded at attempt 2 was run as attempt 1 and failed."""
-    store_send, store_inbox = trio.open_memory_channel[object](1)
-    inbox_send, inbox = trio.open_memory_channel[Replay](1)
-    replayer = Replayer(BlockRegistry([_attempted]), inbox, store_send, home=tmp_path,  # type: ignore[arg-type]
-                        tolerance=Tolerance())  # fmt: skip
     CALLS.clear()
-
-    async def store() -> None:
-        async for message in store_inbox:
-            assert isinstance(message, LoadRun)
-            message.reply.send(branch_with_a_retry())
-
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(store)
-            await nursery.start(replayer.run)
-            result = await ask(inbox_send, lambda r: Replay("run_b", "full", r))
-            nursery.cancel_scope.cancel()
+    result = await replayed(tmp_path, [_attempted], branch_with_a_retry(), "run_b")
     assert CALLS == [2]  # t alone, as attempt 2
     assert result.all_within_tolerance
     assert [(s.step_id, s.live) for s in result.steps] == [("r", False), ("t", True)]
