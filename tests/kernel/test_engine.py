@@ -1045,6 +1045,8 @@ async def test_a_block_emitting_past_the_event_budget_stores_none_of_them(tmp_pa
     [x] = executions(trace, "Flood")
     assert x["success"] is False
     assert "emitted 500 events, past the chain event limit 50" in x["summary"]
+    # (50 emitted of 50 read like an off-by-one: the root counts)
+    assert "the chain holds 1 already, its root included, room for 49" in x["summary"]
     assert stored == [(1,)]
     assert trace["state"] == "failed"
 

@@ -1,6 +1,7 @@
 """The store actor on a real DuckDB file: group commit, durable before acks and Watch, recovery."""
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -1230,3 +1231,30 @@ async def test_a_run_larger_than_the_memory_limit_reads_back_in_looks(tmp_path):
     assert [(e.seq, e.payload["output"][:5]) for e in read] == [
         (i + 1, f"{i:05d}") for i in range(400)
     ]
+
+
+async def test_a_trace_read_from_the_database_keeps_to_the_trace_limit(tmp_path, monkeypatch):
+    """Its size was estimated from payloads and block texts only: 85,000 small events read as
+    1.7 MB, and their 38 MB trace was answered whole, where the trace file answered
+    RESOURCE_EXHAUSTED. Here: 60 events of ~10-byte payloads against a 10,000-byte limit."""
+    from foundry.kernel.actors.store import reads
+
+    monkeypatch.setattr(reads, "check_trace_size", functools.partial(_limited, 10_000))
+    root = make_event(0, event_type="burst")
+    children = [make_event(n, parent=root, event_type="drop") for n in range(1, 60)]
+    chain = FinishedChain(
+        workflow_id=root.id, workflow_type=root.event_type, project=root.project,
+        throttle=root.throttle, state="completed", error="", started_at=root.occurred_at,
+        completed_at=root.occurred_at + timedelta(milliseconds=5), event_count=60,
+        block_count=1, trace=None,
+    )  # fmt: skip
+    async with running_store(tmp_path) as store:
+        await post_now(store, [root, *children, make_execution(root, children), chain]).wait()
+        with pytest.raises(ResourceExhausted, match=r"over the 10,000"):
+            await ask(store, lambda r: LoadTrace(root.id, r))
+
+
+def _limited(limit: int, size: int, event_id: str) -> None:
+    """``trace_format.check_trace_size`` with another limit."""
+    if size > limit:
+        raise ResourceExhausted(f"the trace of {event_id} is {size:,} bytes, over the {limit:,}")

@@ -411,9 +411,10 @@ class Engine:
         event budget)."""
         emissions = outcome.emissions
         if len(emissions) > room:  # none of them is stored: a runaway block filled disks
+            limit = self._config.max_chain_events
             return (), (
-                f"emitted {len(emissions)} events, past the chain event limit "
-                f"{self._config.max_chain_events}"
+                f"emitted {len(emissions)} events, past the chain event limit {limit}: the "
+                f"chain holds {limit - room} already, its root included, room for {room}"
             )
         try:
             return tuple(self._child(parent, block, e, throttled, span) for e in emissions), ""

@@ -139,15 +139,25 @@ def load_trace(con: duckdb.DuckDBPyConnection, workflow_id: str) -> dict[str, An
     }
 
 
+# JSON bytes a trace spends on each event and each block execution besides their texts (ids,
+# types, times, trace context: ~400 and more each), and on each emitted event's id in its
+# emitter's list, at the least. Payloads alone made 85,000 small events read as 1.7 MB: their
+# 38 MB trace was answered whole from the database, where its file answered RESOURCE_EXHAUSTED.
+TRACE_EVENT_BYTES, TRACE_EXECUTION_BYTES, TRACE_ID_BYTES = 300, 300, 30
+
+
 def _trace_size(con: duckdb.DuckDBPyConnection, workflow_id: str) -> int:
-    """About the JSON bytes of a chain's trace (UTF-8: ``strlen``; ``length`` counts
+    """At least the JSON bytes of a chain's trace (UTF-8: ``strlen``; ``length`` counts
     characters): its events' payloads, each again as its emitter's emitted payload and as the
-    trigger of each block it ran, and the blocks' texts."""
+    trigger of each block it ran, the blocks' texts, and each event's and execution's fields."""
     found = con.execute(
-        "SELECT (SELECT coalesce(sum(strlen(payload)), 0) * 2 FROM events WHERE workflow_id = ?)"
+        "SELECT (SELECT coalesce(sum(strlen(payload)), 0) * 2"
+        f"          + count(*) * {TRACE_EVENT_BYTES + TRACE_ID_BYTES}"
+        "        FROM events WHERE workflow_id = ?)"
         " + (SELECT coalesce(sum(strlen(e.payload)), 0) FROM block_executions x"
         "    JOIN events e ON e.event_id = x.trigger_event_id WHERE x.workflow_id = ?)"
         " + (SELECT coalesce(sum(strlen(coalesce(raw_output, '')) + strlen(summary)), 0)"
+        f"          + count(*) * {TRACE_EXECUTION_BYTES}"
         "    FROM block_executions WHERE workflow_id = ?)",
         [workflow_id] * 3,
     ).fetchone()
