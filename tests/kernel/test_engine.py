@@ -432,9 +432,19 @@ async def test_a_self_emitting_loop_hits_the_depth_limit_and_stops(tmp_path):
         stored = await k.query(
             "SELECT count(*) FROM events WHERE workflow_id = ?", emitted.event_id
         )
+        stored_later = await k.query(
+            "SELECT state FROM block_executions WHERE workflow_id = ? AND block_name = 'Later' "
+            "ORDER BY started_at", emitted.event_id,
+        )  # fmt: skip
 
     assert view.state == "failed"
     assert "chain depth limit 3" in view.error
+    # Later on each tick: the chain stopped before its turn. Status showed them skipped;
+    # Trace, the trace file and the store had no record of it (Status lost it once read back)
+    later_states = [x["state"] for x in executions(trace, "Later")]
+    assert later_states == ["skipped"] * 4  # depth-first: each tick's Loop went deeper first
+    assert [b.state for b in view.task_blocks if b.name == "Later"] == later_states
+    assert [state for (state,) in stored_later] == later_states
     assert trace["state"] == "failed"
     assert "depth limit" in trace["error"]
     # depths 0..3 each ran Loop once; the event at depth 4 was recorded but not processed

@@ -242,9 +242,7 @@ class Engine:
     def _ending(self, workflow: Workflow, *answers: Answer, with_root: bool) -> Append:
         """The chain's last Append: what it has not sent yet, and its end (workflow row, trace).
         Its commit answers ``answers`` and notifies the engine."""
-        for slot in workflow.slots:
-            if slot.state == "pending":
-                slot.state = "skipped"  # the chain stopped before this block's turn
+        self._skip_the_rest(workflow)
         workflow.agenda.clear()
         finished = workflow.finished(self._clock.now())
         if finished.state == "failed":  # one line per failed workflow (README, "The daemon log")
@@ -253,6 +251,30 @@ class Engine:
         records, publish = (*workflow.unsent, finished), tuple(workflow.unpublished)
         workflow.unsent, workflow.unpublished = [], []
         return Append(records, publish, answers=(*answers, (notice, None)))
+
+    def _skip_the_rest(self, workflow: Workflow) -> None:
+        """Record, as skipped, each block the chain stopped before (a limit, a failure): Status
+        showed them, but Trace, the trace file and the stored executions did not, so Status
+        lost them once it read the chain from the store."""
+        now = self._clock.now()
+        for visit in workflow.agenda:
+            for slot in visit.slots:
+                if slot.state != "pending":
+                    continue
+                slot.state, slot.completed_at = "skipped", now
+                record = new_execution(
+                    workflow_id=workflow.id, block_name=slot.name, trigger=visit.event,
+                    state="skipped", success=False,
+                    summary="not run: the chain stopped before this block's turn",
+                    emitted=(), started_at=now, completed_at=now, duration_ms=0, raw_output="",
+                    exit_code=0, audit_artifacts=(), attempts=0, throttled=False,
+                    ran_command=False, span_id=new_span_id(),
+                )  # fmt: skip
+                workflow.executions.append(record)
+                workflow.unsent.append(record)
+        for slot in workflow.slots:  # (one whose visit is gone: none expected)
+            if slot.state == "pending":
+                slot.state = "skipped"
 
     async def _take_notices(self) -> None:
         async with self._notices:
