@@ -383,6 +383,33 @@ def test_a_header_that_is_not_ascii_closes_its_connection_not_the_daemon(daemon,
     assert "the connection is closed" in daemon.stderr()
 
 
+@pytest.mark.parametrize("frame_type", [0xFF, 0x0C])  # unknown; ORIGIN (RFC 8336)
+def test_a_frame_of_an_unknown_type_is_ignored(daemon, frame_type):
+    """RFC 9113 §5.5: grpclib had no handler for h2's UnknownFrameReceived: the connection was
+    dropped and a traceback logged, each time (no token needed: ~1 MB of log a second)."""
+    logged = len(daemon.stderr())
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    opening = connection.data_to_send()  # the preface and SETTINGS
+    unknown = (4).to_bytes(3, "big") + bytes([frame_type, 0]) + (0).to_bytes(4, "big") + b"abcd"
+    status = [(k, "/foundry.Foundry/Status" if k == ":path" else v) for k, v in EMIT_HEADERS]
+    connection.send_headers(1, status)
+    connection.send_data(1, b"\x00\x00\x00\x00\x00", end_stream=True)
+    host, port = daemon.address.rsplit(":", 1)
+    trailers: dict[str, str] = {}
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(opening + unknown + connection.data_to_send())
+        while "grpc-status" not in trailers:
+            data = sock.recv(65536)
+            assert data, "the connection was dropped"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    trailers.update((k.decode(), v.decode()) for k, v in event.headers)
+            sock.sendall(connection.data_to_send())
+    assert trailers["grpc-status"] == "0", trailers
+    assert "Traceback" not in daemon.stderr()[logged:]
+
+
 EMIT_HEADERS = [
     (":method", "POST"),
     (":scheme", "http"),

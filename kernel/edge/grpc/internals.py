@@ -62,7 +62,8 @@ disappeared, if an upgrade moves any of it):
   (``protocol.Buffer._acked`` / ``_unacked``) at close. Fallback: the leak.
 - ``grpclib.protocol.Connection.feed`` (:func:`limit_control_frames`): the events h2 makes of a
   connection's bytes, counted for its control frames; a flood raises h2's ``ProtocolError``,
-  which ``H2Protocol.data_received`` answers by closing the connection. Fallback: served.
+  which ``H2Protocol.data_received`` answers by closing the connection. Frames of a type h2 does
+  not know are left out (grpclib raised on them). Fallback: served.
 - ``grpclib.protocol.Stream.send_data`` and its ``data_sent`` (:func:`bound_unread_replies`):
   grpclib waits for the client's flow-control window for as long as the connection lives,
   holding the reply: a client that never opens it (and answers PINGs) held ~6 MB a 100-byte
@@ -97,6 +98,7 @@ from foundry.kernel.edge.connections import ControlFrames, FloodWarnings, contro
 from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
 from h2.errors import ErrorCodes
+from h2.events import UnknownFrameReceived
 
 log = logging.getLogger("foundry.grpc")
 
@@ -968,6 +970,11 @@ def limit_control_frames() -> bool:
 
     def feeding(self: Any, data: bytes) -> Any:
         events = feed(self, data)
+        if any(type(event) is UnknownFrameReceived for event in events):
+            # RFC 9113 §5.5: an unknown frame type is ignored. grpclib has no handler for it:
+            # the connection was dropped, with a traceback in the log each time (no token
+            # needed, before any call: a client wrote ~1 MB of log a second)
+            events = [event for event in events if type(event) is not UnknownFrameReceived]
         frames = control_frames(events)
         if frames:
             budget = self.__dict__.setdefault("foundry_control", ControlFrames(time.monotonic()))
