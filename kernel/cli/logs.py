@@ -28,7 +28,9 @@ class JsonFormatter(logging.Formatter):
                 document[key] = value
         if record.exc_info:
             document["exception"] = "".join(traceback.format_exception(*record.exc_info))
-        return json.dumps(document, default=str, ensure_ascii=False)
+        # ASCII: a client's text (a project name) can hold U+2028, NEL, a C1 control or a
+        # right-to-left override, which a reader splits lines on or a terminal obeys
+        return json.dumps(document, default=str)
 
 
 class TextFormatter(logging.Formatter):

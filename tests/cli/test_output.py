@@ -117,6 +117,17 @@ def test_json_log_lines_carry_the_extra_fields():
     assert "msg" not in document
 
 
+def test_json_log_lines_hold_no_character_a_reader_takes_for_a_line_break_or_obeys():
+    """U+2028, NEL, a C1 CSI or a right-to-left override from a client's project name went out
+    raw: str.splitlines() read 7 records as 37 lines, and a terminal obeyed the rest."""
+    odd = "p\u2028q\u0085r\u009b31ms\u202et\x7fu é"
+    record = _record(logging.WARNING, "workflow %s failed", odd, project=odd)
+    line = JsonFormatter().format(record)
+    assert line.isascii()
+    assert len(line.splitlines()) == 1
+    assert json.loads(line)["project"] == odd  # the same text, escaped
+
+
 def test_json_log_lines_include_the_traceback():
     try:
         raise ValueError("inside")

@@ -324,6 +324,30 @@ def test_a_grpc_h2c_body_that_never_starts_is_deadline_exceeded(make_daemon):
     assert b"did not arrive within 1 s" in status.get(b"grpc-message", b""), status
 
 
+def test_a_frame_sent_behind_a_websocket_upgrade_logs_no_traceback(make_daemon):
+    """Bytes right behind the upgrade request, in one segment, were read as HTTP: the app's
+    accept raised h11's error and the server logged 'Error in ASGI Framework' with a traceback,
+    a connection, no token needed (~2.5 KB of log each)."""
+    daemon = make_daemon()
+    host, port = daemon.http_address.rsplit(":", 1)
+    upgrade = (b"GET /ws/watch HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+               b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")  # fmt: skip
+    logged = len(daemon.stderr())
+    for _ in range(20):
+        with socket.create_connection((host, int(port)), timeout=5) as client:
+            client.sendall(upgrade + b"\x81\x02hi")  # an unmasked text frame, at once
+            with contextlib.suppress(OSError):
+                while client.recv(65536):
+                    pass
+    time.sleep(0.5)
+    said = daemon.stderr()[logged:]
+    assert "Traceback" not in said
+    assert "Error in ASGI Framework" not in said
+    assert len(said.splitlines()) <= 20  # at most a line a connection
+    assert _status_code(daemon) == 200
+
+
 def _status_code(daemon) -> int | None:
     try:
         return httpx.post(url(daemon, "/foundry.Foundry/Status"), json={}, timeout=5).status_code

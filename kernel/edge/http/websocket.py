@@ -110,7 +110,13 @@ class WebSocketStreams:
         if unreadable is not None:
             await _deny(send, f"bad Sec-WebSocket-Extensions: {unreadable[:100]}")
             return
-        await send(accept)
+        try:
+            await send(accept)
+        except Exception as exc:  # noqa: BLE001 - the server's: the connection is no WebSocket
+            # Bytes sent right behind the upgrade were read as HTTP (hypercorn answered 400):
+            # the accept raised h11's error, and the server logged a traceback a connection
+            log.debug("a WebSocket upgrade could not be accepted: %s", exc)
+            return
         try:
             stream, end = self._open(scope, accepting())
         except Refused as refused:
