@@ -811,3 +811,32 @@ def test_while_stalled_replies_pass_a_budget_a_reply_that_must_wait_is_refused(m
         asyncio.run(send(internals.REPLY_BUDGET + 1))
     assert internals._STALLED_BYTES == [0]
     assert internals._HELD == {}  # what it held is let go when it ends
+
+
+def test_a_reply_moves_with_its_connection_only_while_its_own_window_is_open():
+    """The window is shared: a reply whose own window is open waits its turn while a large one
+    takes the connection's (it moves with its connection). One whose own window stays 0 is not
+    read, however much of the connection's other streams the client reads."""
+
+    class H2Stream:
+        outbound_flow_control_window = 0
+
+    class Connection:
+        data_sent = 0
+
+    class Stream:
+        data_sent, id = 0, 1
+
+        def __init__(self) -> None:
+            self._h2_connection = type("H2", (), {"streams": {1: H2Stream()}})()
+
+    connection, stream = Connection(), Stream()
+    watched = internals._Watched(stream, connection, 100_000, now=0.0)
+    connection.data_sent = 5_000  # the client reads other streams
+    assert watched.look(10.0) == 10.0  # this one's own window is 0: it has not moved
+    stream._h2_connection.streams[1].outbound_flow_control_window = 65_535
+    connection.data_sent = 9_000
+    assert watched.look(12.0) == 0.0  # its turn will come: it moves with its connection
+    stream.data_sent = 100
+    assert watched.look(20.0) == 0.0  # it sent bytes of its own
+    assert watched.look(25.0) == 5.0

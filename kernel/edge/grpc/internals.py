@@ -326,12 +326,23 @@ class _Watched:
         self.stalled = 0  # bytes it counts as stalled (what it had left to send then)
 
     def look(self, now: float) -> float:
-        """Seconds since it last moved."""
+        """Seconds since it last moved: a byte of it was sent, or of its connection while its
+        own window is open (it waits its turn for the connection's). A stream whose own window
+        stays 0 is one its client does not read, whatever it reads of the others."""
         sent, shared = self.stream.data_sent, getattr(self.connection, "data_sent", 0)
-        if sent != self.sent or shared != self.shared:
-            self.since, self.sent, self.shared = now, sent, shared
+        if sent != self.sent or (shared != self.shared and self._own_window() > 0):
+            self.since, self.sent = now, sent
             self.moved()
+        self.shared = shared
         return now - self.since
+
+    def _own_window(self) -> int:
+        """The stream's own flow-control window (h2's), 0 when it cannot be read."""
+        try:
+            h2_stream = self.stream._h2_connection.streams[self.stream.id]
+            return int(h2_stream.outbound_flow_control_window)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return 0
 
     def mark_stalled(self) -> None:
         if not self.stalled:
