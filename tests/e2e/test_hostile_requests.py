@@ -550,7 +550,7 @@ def test_a_reply_its_client_reads_none_of_is_given_up_on(make_daemon, sql):
     trailers = _grpc_trailers(daemon, connection)
     assert trailers["grpc-status"] == "4", trailers  # DEADLINE_EXCEEDED
     assert "read none of the reply for 1 s ([daemon] body_timeout)" in trailers["grpc-message"]
-    assert 1.0 <= time.monotonic() - started < 6
+    assert 1.0 <= time.monotonic() - started < 20  # (its query runs first: slow when loaded)
     assert_serving(daemon)
     assert "Traceback" not in daemon.stderr()
 
@@ -567,34 +567,41 @@ def test_while_a_connections_stalled_replies_pass_its_budget_more_are_refused(ma
 
     host, port = daemon.address.rsplit(":", 1)
     answers: dict[int, dict[str, str]] = {}
+    refused: tuple[int, float] | None = None  # the stream refused, how long after it was asked
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         for stream_id in range(1, 13, 2):  # six replies of ~3 MB: 18 MB, none read
             ask(stream_id)
         sock.sendall(connection.data_to_send())
         started = time.monotonic()
-        sock.settimeout(0.5)
-        while time.monotonic() - started < 7:  # past 5 s without a byte read: stalled
+        sock.settimeout(0.25)
+        asked: dict[int, float] = {}
+        next_id = 13
+        while refused is None and time.monotonic() - started < 60:
+            # past 5 s without a byte read they are stalled: then ask again, a second apart
+            if (
+                time.monotonic() - started > 5
+                and time.monotonic() - max(asked.values(), default=0) > 1
+            ):
+                ask(next_id)
+                asked[next_id] = time.monotonic()
+                next_id += 2
             try:
                 data = sock.recv(65536)
             except TimeoutError:
-                continue
-            assert data, "closed"
-            connection.receive_data(data)
-            sock.sendall(connection.data_to_send())  # PINGs answered
-        ask(13)
-        sock.sendall(connection.data_to_send())
-        sock.settimeout(10)
-        while "grpc-status" not in answers.get(13, {}):
-            data = sock.recv(65536)
-            assert data, "closed"
-            for event in connection.receive_data(data):
+                data = None
+            if data == b"":
+                break  # closed
+            for event in connection.receive_data(data or b""):
                 if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
                     found = answers.setdefault(event.stream_id, {})
                     found.update((k.decode(), v.decode()) for k, v in event.headers)
-            sock.sendall(connection.data_to_send())
-    assert answers[13]["grpc-status"] == "8", answers[13]  # RESOURCE_EXHAUSTED
-    assert "read none of them" in unquote(answers[13]["grpc-message"])
-    assert time.monotonic() - started < 10  # at once, not after its own stall
+                    if found.get("grpc-status") == "8" and event.stream_id in asked:
+                        refused = event.stream_id, time.monotonic() - asked[event.stream_id]
+            sock.sendall(connection.data_to_send())  # PINGs answered, requests sent
+    assert refused is not None, answers
+    stream_id, waited = refused
+    assert "read none of them" in unquote(answers[stream_id]["grpc-message"])
+    assert waited < 5  # at once, not after a stall of its own
     assert_serving(daemon)
 
 
