@@ -213,6 +213,13 @@ def merge_assertion_types(
     merged: dict[str, AssertionType] = {}
     for contribution in contributions:
         for key, kind in (contribution or {}).items():
+            # (a key that is no string, or a type without check(), failed only when a pack
+            # used it)
+            if not isinstance(key, str) or not key:
+                raise InvalidArgument(f"an eval assertion type's key must be a non-empty "
+                                      f"string, not {key!r:.100}")  # fmt: skip
+            if not callable(getattr(kind, "check", None)):
+                raise InvalidArgument(f"eval assertion type {key!r} has no check() method")
             if key in _RESERVED or key in merged:
                 raise InvalidArgument(f"eval assertion type {key!r} is already defined")
             merged[key] = kind

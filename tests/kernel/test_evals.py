@@ -3,6 +3,7 @@ the extension point, repeat statistics and baseline regressions."""
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -476,6 +477,17 @@ def test_merge_assertion_types_refuses_clashes():
             merge_assertion_types([{key: RunLabel()}])
     assert "regex" in BUILTIN_ASSERTIONS
     assert "steps" not in BUILTIN_ASSERTIONS
+
+
+@pytest.mark.parametrize(
+    ("contribution", "said"),
+    [({"odd": object()}, "'odd' has no check() method"), ({7: RunLabel()}, "not 7"),
+     ({"": RunLabel()}, "non-empty string")],
+)  # fmt: skip
+def test_merge_assertion_types_refuses_what_cannot_judge(contribution, said):
+    """Accepted at start, these failed only when a pack used them."""
+    with pytest.raises(InvalidArgument, match=re.escape(said)):
+        merge_assertion_types([contribution])
 
 
 # --- repeat statistics --------------------------------------------------------------------------
