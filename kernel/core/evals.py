@@ -218,10 +218,10 @@ def merge_assertion_types(
             if not isinstance(key, str) or not key:
                 raise InvalidArgument(f"an eval assertion type's key must be a non-empty "
                                       f"string, not {key!r:.100}")  # fmt: skip
-            if not callable(getattr(kind, "check", None)):
-                raise InvalidArgument(f"eval assertion type {key!r} has no check() method")
             if key in _RESERVED or key in merged:
                 raise InvalidArgument(f"eval assertion type {key!r} is already defined")
+            if not callable(getattr(kind, "check", None)):
+                raise InvalidArgument(f"eval assertion type {key!r} has no check() method")
             merged[key] = kind
     return merged
 
