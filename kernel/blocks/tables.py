@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from foundry.kernel.blocks.api import BlockKind
-from foundry.kernel.core.json_input import toml_not_json
+from foundry.kernel.core.json_input import same_json, toml_not_json
 
 COMMON_KEYS = frozenset(
     {"name", "type", "kind", "sinks", "timeout", "retries", "backoff", "when", "description"}
@@ -61,21 +61,6 @@ def matches(when: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
     """Every key of ``when`` is in ``payload`` with an equal JSON value (``true`` is not ``1``,
     nor ``0`` ``false``: Python's ``==`` said they were)."""
     return all(key in payload and same_json(payload[key], value) for key, value in when.items())
-
-
-def same_json(a: Any, b: Any) -> bool:
-    """``a`` and ``b`` are the same JSON value (``1`` and ``1.0`` are; ``1`` and ``true`` not)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
-    if isinstance(a, str) or isinstance(b, str):
-        return isinstance(a, str) and isinstance(b, str) and a == b
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(map(same_json, a, b))
-    return a is None and b is None
 
 
 MAX_SECONDS = 7 * 24 * 3600  # a timeout or backoff: a week at most, as a DAG step's

@@ -15,7 +15,7 @@ from typing import Any
 import betterproto2
 from foundry.kernel.cli.common import read_text_file, whole_number
 from foundry.kernel.cli.output import stamp
-from foundry.kernel.core.drift import same_json
+from foundry.kernel.core.json_input import same_json
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import FoundryError
 from foundry.proto import runtime_api as api

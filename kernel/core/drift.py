@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from foundry.kernel.core.ids import compact_json
+from foundry.kernel.core.json_input import same_json
 
 
 @dataclass(frozen=True)
@@ -45,23 +46,6 @@ def similarity(recorded: Any, current: Any) -> float:
         return difflib.SequenceMatcher(None, a, b).ratio()
     ratio = difflib.SequenceMatcher(None, _ends(a), _ends(b)).ratio()
     return min(ratio, 2 * min(len(a), len(b)) / (len(a) + len(b)), 1 - 1 / (len(a) + len(b)))
-
-
-def same_json(a: Any, b: Any) -> bool:
-    """Equal as JSON values: Python's ``==`` has ``True == 1`` and ``False == 0.0``, which JSON
-    tells apart (a replay read ``{"v": true}`` against ``{"v": 1}`` as the same output). Numbers
-    compare as numbers (``1 == 1.0``: a protobuf Value carries every number as a double)."""
-    if type(a) is bool or type(b) is bool:
-        return type(a) is type(b) and a == b
-    if isinstance(a, dict):
-        return (
-            isinstance(b, dict)
-            and a.keys() == b.keys()
-            and all(same_json(value, b[key]) for key, value in a.items())
-        )
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(map(same_json, a, b))
-    return not isinstance(b, dict | list) and bool(a == b)
 
 
 def _ends(text: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from foundry.kernel.core.upstream_json import parse_number
@@ -230,3 +231,19 @@ def toml_not_json(value: Any, where: str) -> str | None:
     elif value is not None and not isinstance(value, str | int | float | bool):
         return f"{where}: {type(value).__name__} values are not JSON (quote it)"
     return None
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` are the same JSON value (``1`` and ``1.0`` are; ``1`` and ``true`` not:
+    Python's ``==`` says they are). A block's ``when`` and a replay's drift compare so."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(map(same_json, a, b))
+    return a is None and b is None
