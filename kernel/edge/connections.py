@@ -22,11 +22,12 @@ cap would leave fewer than ``RESERVED_FDS`` descriptors for the daemon's own fil
 from __future__ import annotations
 
 import logging
+import math
 import os
 import resource
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import h2.events
@@ -169,20 +170,50 @@ class ControlFrames:
         return self._tokens >= 0
 
 
+class RecurringWarning:
+    """A warning a client can cause once a connection, logged at most once a ``every`` seconds
+    per ``key`` (say, an error's type) with how many were held back since (a log line each was
+    one more way to fill the disk: a client opening bad connections in a loop wrote one per
+    connection)."""
+
+    KEYS = 32  # distinct keys kept apart; any further key shares one period
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        every: float = WARN_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log, self._every, self._clock = logger, every, clock
+        self._last: dict[str, tuple[float, int]] = {}  # key: (logged at, held back since)
+
+    def warning(self, message: str, *args: Any, key: str = "") -> None:
+        if key not in self._last and len(self._last) >= self.KEYS:
+            key = ""
+        now = self._clock()
+        warned, held = self._last.get(key, (-math.inf, 0))
+        if now - warned < self._every:
+            self._last[key] = (warned, held + 1)
+            return
+        if held:
+            message += " (and %d more like it in the last %.0f s)"
+            args = (*args, held, now - warned)
+        self._last[key] = (now, 0)
+        self._log.warning(message, *args)
+
+
 class FloodWarnings:
     """One log line a ``WARN_EVERY`` seconds for the connections closed for a flood."""
 
     def __init__(self, listener: str) -> None:
-        self._listener, self._closed, self._warned = listener, 0, -WARN_EVERY
+        self._listener, self._closed = listener, 0
+        self._warning = RecurringWarning(log)
 
     def closed(self) -> None:
         self._closed += 1
-        now = time.monotonic()
-        if now - self._warned >= WARN_EVERY:
-            self._warned = now
-            log.warning("the %s listener closed a connection that flooded it with HTTP/2 "
-                        "control frames (PING, SETTINGS, PRIORITY): %d so far", self._listener,
-                        self._closed)  # fmt: skip
+        self._warning.warning("the %s listener closed a connection that flooded it with HTTP/2 "
+                              "control frames (PING, SETTINGS, PRIORITY): %d so far",
+                              self._listener, self._closed)  # fmt: skip
 
 
 _CONTROL_EVENTS = (

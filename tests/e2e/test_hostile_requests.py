@@ -7,6 +7,7 @@ them: wrong protobuf wire types, deep or non-finite JSON, huge ids and messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -381,6 +382,27 @@ def test_a_header_that_is_not_ascii_closes_its_connection_not_the_daemon(daemon,
     time.sleep(0.2)  # the error would stop the daemon on its loop's next pass
     assert_serving(daemon)
     assert "the connection is closed" in daemon.stderr()
+
+
+def test_connections_refused_for_their_bytes_are_a_log_line_a_period_not_one_each(daemon):
+    """A client sending a header that is not ASCII on connection after connection wrote a
+    warning each (a disk's worth of log at the client's pace): now one a period, with a count."""
+    connection = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    )
+    connection.initiate_connection()
+    connection.config.validate_outbound_headers = False
+    connection.send_headers(1, [*EMIT_HEADERS, ("x-note", "caf\u00e9")], end_stream=True)
+    opening = connection.data_to_send()
+    host, port = daemon.address.rsplit(":", 1)
+    for _ in range(40):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(opening)
+            with contextlib.suppress(ConnectionResetError):
+                while sock.recv(65536):
+                    pass
+    assert_serving(daemon)
+    assert daemon.stderr().count("the connection is closed") == 1, daemon.stderr()[-3000:]
 
 
 @pytest.mark.parametrize("frame_type", [0xFF, 0x0C])  # unknown; ORIGIN (RFC 8336)

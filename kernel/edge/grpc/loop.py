@@ -18,9 +18,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import trio_asyncio
+from foundry.kernel.edge.connections import RecurringWarning
 from foundry.kernel.edge.grpc.internals import batch_ready_callbacks, drop_cancelled_timers
 
 log = logging.getLogger("foundry.grpc")
+REFUSED_BYTES = RecurringWarning(log)  # a client's to cause, once a connection
 
 
 @contextlib.asynccontextmanager
@@ -39,6 +41,6 @@ def log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> 
     exception = context.get("exception")
     message = context.get("message") or "error in the gRPC loop"
     if isinstance(exception, UnicodeError):  # a client's bytes h2 refused: no traceback
-        log.warning("%s: %s (the connection is closed)", message, exception)
+        REFUSED_BYTES.warning("%s: %s (the connection is closed)", message, exception)
         return
     log.error("%s", message, exc_info=exception)

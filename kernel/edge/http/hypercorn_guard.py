@@ -29,10 +29,12 @@ from foundry.kernel.edge.connections import (
     ConnectionCap,
     ControlFrames,
     FloodWarnings,
+    RecurringWarning,
     control_frames,
 )
 
 log = logging.getLogger("foundry.http")
+CONNECTION_FAILED = RecurringWarning(log)  # a client's to cause, once a connection
 
 
 def contain_connection_errors() -> None:
@@ -55,8 +57,9 @@ def contain_connection_errors() -> None:
             await run(self)
         except Exception as exc:  # (an ExceptionGroup of the connection's tasks too)
             cause = _first_leaf(exc)
-            log.warning("an HTTP connection failed and is closed: %s: %s",
-                        type(cause).__name__, str(cause)[:200])  # fmt: skip
+            kind = type(cause).__name__
+            CONNECTION_FAILED.warning("an HTTP connection failed and is closed: %s: %s", kind,
+                                      str(cause)[:200], key=kind)  # fmt: skip
             with contextlib.suppress(Exception):
                 await self.stream.aclose()
         finally:

@@ -182,3 +182,31 @@ def test_control_frames_are_pings_settings_and_priorities_not_data():
     assert any(isinstance(e, h2.events.PriorityUpdated) and e.stream_id == 5 for e in events)
     assert len(events) > 3  # the requests, a body and their ends too
     assert connections.control_frames(events) == 3
+
+
+def test_a_recurring_warning_is_one_line_a_period_with_how_many_were_held_back(caplog):
+    now = [100.0]
+    warning = connections.RecurringWarning(logging.getLogger("t"), every=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING):
+        for n in range(500):
+            now[0] += 0.001
+            warning.warning("bad connection %d", n)
+        assert [r.getMessage() for r in caplog.records] == ["bad connection 0"]
+        now[0] += 10.0
+        warning.warning("bad connection %d", 500)
+        warning.warning("bad connection %d", 501)
+    assert [r.getMessage() for r in caplog.records][1:] == [
+        "bad connection 500 (and 499 more like it in the last 10 s)"
+    ]
+
+
+def test_a_recurring_warning_holds_back_per_key_and_shares_a_period_past_its_keys(caplog):
+    warning = connections.RecurringWarning(logging.getLogger("t"), every=10.0, clock=lambda: 5.0)
+    with caplog.at_level(logging.WARNING):
+        for key in ("LookupError", "UnicodeDecodeError", "LookupError"):
+            warning.warning("failed: %s", key, key=key)
+        for n in range(warning.KEYS + 5):
+            warning.warning("failed: %s", n, key=f"k{n}")
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged[:2] == ["failed: LookupError", "failed: UnicodeDecodeError"]
+    assert len(logged) == warning.KEYS + 1  # 30 more keys, then one line for all the rest

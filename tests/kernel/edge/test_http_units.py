@@ -18,7 +18,7 @@ from foundry.kernel import errors
 from foundry.kernel.actors.tap.messages import Overflow, Publish, Subscribe
 from foundry.kernel.edge.connections import ConnectionCap
 from foundry.kernel.edge.grpc.bridge import QueueSink, StreamSink, ask_actor
-from foundry.kernel.edge.http import jsonfast
+from foundry.kernel.edge.http import hypercorn_guard, jsonfast
 from foundry.kernel.edge.http.codecs import JsonCodec
 from foundry.kernel.edge.http.cors import OriginPolicy, own_origins, parse_origin_entry
 from foundry.kernel.edge.http.errors import CODE_OF, connect_error
@@ -57,13 +57,17 @@ async def test_connectrpc_uses_trio_in_trio_tasks_under_trio_asyncio():
         assert not isinstance(await trio_asyncio.aio_as_trio(from_asyncio)(), TrioLoop)
 
 
-async def test_hypercorn_serves_a_connection_by_tcp_server_run_and_its_error_stays_there(caplog):
+async def test_hypercorn_serves_a_connection_by_tcp_server_run_and_its_error_stays_there(
+    caplog, monkeypatch
+):
     """``hypercorn_guard.contain_connection_errors`` still wraps what hypercorn awaits per
     connection (``TCPServer.__await__`` → ``run``): an error escaping it is logged and closes
     that connection's stream instead of leaving the listener's nursery."""
     from hypercorn.trio.tcp_server import TCPServer
 
     contain_connection_errors()
+    fresh = hypercorn_guard.RecurringWarning(hypercorn_guard.log)  # no earlier test's period
+    monkeypatch.setattr(hypercorn_guard, "CONNECTION_FAILED", fresh)
     closed = []
 
     class Stream:  # no SSL: ``run`` asks for its socket's addresses, which fail oddly here
