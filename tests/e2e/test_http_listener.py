@@ -549,3 +549,61 @@ def test_a_watch_outlives_a_thousand_calls_on_its_http2_connection(make_daemon, 
         foundry.Emit(pb.EmitRequest(event_type="after", project="keep-alive"), timeout=10)
         assert next(watch).event_type == "after"
         watch.cancel()
+
+
+RUNTIME = "/fleetforge.runtime.v1.RuntimeService"
+
+
+def _finished_run_with_a_large_output(daemon) -> tuple[str, int]:
+    """A run whose Connect JSON GetRun is several MB; (its id, that reply's size)."""
+    dag = {"steps": [{"id": "a", "type": "transform", "inputs": {"value": "x" * 3_000_000}}]}
+    submitted = httpx.post(
+        url(daemon, f"{RUNTIME}/SubmitRun"), json={"spec": {"dagJson": json.dumps(dag)}}, timeout=30
+    )
+    assert submitted.status_code == 200, submitted.text
+    run_id = submitted.json()["runId"]
+
+    def finished() -> httpx.Response | None:
+        reply = httpx.post(url(daemon, f"{RUNTIME}/GetRun"), json={"runId": run_id}, timeout=30)
+        return reply if reply.json()["run"]["status"] == "RUN_STATUS_SUCCEEDED" else None
+
+    reply = wait_until(finished, what="the run to finish", timeout=30)
+    return run_id, len(reply.content)
+
+
+def test_a_reply_its_client_reads_none_of_is_given_up_after_body_timeout(make_daemon):
+    """hypercorn waited for ever to send a reply: a client that asked for a large one and read
+    none of it held the whole reply in the daemon (40 sockets asking a 51 MB GetRun: 2.1 GB)
+    for as long as it kept the connection. Now, with no progress for ``[http] body_timeout``,
+    the connection is closed; a client that reads is served meanwhile."""
+    daemon = make_daemon("[http]\nbody_timeout = 2.0\n")
+    run_id, size = _finished_run_with_a_large_output(daemon)
+    assert size > 4_000_000
+    host, port = daemon.http_address.rsplit(":", 1)
+    body = json.dumps({"runId": run_id}).encode()
+    request = (f"POST {RUNTIME}/GetRun HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+    clients = []
+    for _ in range(3):
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect((host, int(port)))
+        client.sendall(request)
+        clients.append(client)
+    try:
+        time.sleep(1.0)
+        assert _status_code(daemon) == 200  # a client that reads is served meanwhile
+        given_up = "read none of a reply for 2 s ([http] body_timeout)"
+        wait_until(lambda: given_up in daemon.stderr(), what="a send given up", timeout=15)
+        for client in clients:
+            received = b""
+            client.settimeout(10)
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := client.recv(1 << 20):
+                    received += chunk
+            assert 0 < len(received) < size, len(received)  # cut short: the daemon closed it
+    finally:
+        for client in clients:
+            client.close()
+    assert _status_code(daemon) == 200
+    assert "Traceback" not in daemon.stderr()

@@ -10,7 +10,8 @@ app (and its token check) sees the request, so one header byte stopped the daemo
 :func:`contain_connection_errors` makes such an error end its connection alone, logged. The
 same wrapper closes a connection at once while the listener holds its cap of them
 (:func:`cap_connections`, ``edge/connections.py``), and has a connection reset (RST) read as its
-end, as a FIN does (:class:`_ResetAsEnd`). And an HTTP/2 connection's table of streams answers
+end, as a FIN does (:class:`_ResetAsEnd`), and bounds its sends to a client that reads none of
+them (:func:`watch_sends`, ``send_watch.py``). And an HTTP/2 connection's table of streams answers
 for a stream already closed (:func:`ignore_data_of_closed_streams`), and a closed
 connection's streams let go (:func:`release_streams_of_closed_connections`), and one that floods
 control frames closed (:func:`limit_control_frames`).
@@ -32,6 +33,7 @@ from foundry.kernel.edge.connections import (
     RecurringWarning,
     control_frames,
 )
+from foundry.kernel.edge.http.send_watch import SendGivenUp, SendWatch
 
 log = logging.getLogger("foundry.http")
 CONNECTION_FAILED = RecurringWarning(log)  # a client's to cause, once a connection
@@ -47,12 +49,13 @@ def contain_connection_errors() -> None:
         return
 
     async def contained(self: Any) -> None:
-        cap: ConnectionCap | None = getattr(getattr(self, "config", None), CAP_ATTRIBUTE, None)
+        config = getattr(self, "config", None)
+        cap: ConnectionCap | None = getattr(config, CAP_ATTRIBUTE, None)
         if cap is not None and not cap.admit():
             with contextlib.suppress(Exception):
                 await self.stream.aclose()
             return
-        self.stream = _ResetAsEnd(self.stream)
+        self.stream = _ResetAsEnd(self.stream, getattr(config, WATCH_ATTRIBUTE, None))
         try:
             await run(self)
         except Exception as exc:  # (an ExceptionGroup of the connection's tasks too)
@@ -219,8 +222,8 @@ class _ResetAsEnd:
     broken stream (the 400 it sends for a request cut short would otherwise hit the send still
     in progress, and log the connection as failed)."""
 
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
+    def __init__(self, stream: Any, watch: SendWatch | None = None) -> None:
+        self._stream, self._watch = stream, watch
         self._reset = False
 
     def __getattr__(self, name: str) -> Any:
@@ -237,7 +240,27 @@ class _ResetAsEnd:
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._reset:
             raise trio.BrokenResourceError("the connection was reset")
-        await self._stream.send_all(data)
+        if self._watch is None:
+            await self._stream.send_all(data)
+            return
+        try:
+            await self._watch.send(self._stream, data)
+        except SendGivenUp:
+            # Broken mid-piece: nothing more goes out on it, and hypercorn's HTTP/1.1 protocol
+            # would keep the connection open, its reads waiting on a client that sends nothing.
+            self._reset = True
+            await trio.aclose_forcefully(self._stream)
+            raise
+
+
+WATCH_ATTRIBUTE = "foundry_send_watch"
+
+
+def watch_sends(config: Any, watch: SendWatch) -> None:
+    """Have ``watch`` bound what the listener served with hypercorn ``config`` sends to clients
+    that do not read (``send_watch.py``; once :func:`contain_connection_errors` is installed:
+    its wrapper hands the connection's stream the watch)."""
+    setattr(config, WATCH_ATTRIBUTE, watch)
 
 
 CAP_ATTRIBUTE = "foundry_connection_cap"

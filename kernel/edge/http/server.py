@@ -28,7 +28,9 @@ from foundry.kernel.edge.http.hypercorn_guard import (
     limit_control_frames,
     release_streams_of_closed_connections,
     remember_fewer_closed_streams,
+    watch_sends,
 )
+from foundry.kernel.edge.http.send_watch import SendWatch
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
@@ -148,6 +150,8 @@ async def open_http_server(
     config.include_server_header = False  # no version banner, and less to write per reply
     config.errorlog = log
     cap_connections(config, ConnectionCap(max_connections, "HTTP"))
+    watch = SendWatch(body_timeout)  # replies to clients that read none of them
+    watch_sends(config, watch)
     secure = ssl_context is not None
     sockets = Sockets(
         secure_sockets=[sock] if secure else [], insecure_sockets=[] if secure else [sock],
@@ -155,7 +159,9 @@ async def open_http_server(
     )  # fmt: skip
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.run, config, sockets)
+        nursery.start_soon(watch.run)
         try:
             yield server
         finally:
             await server.close()
+            nursery.cancel_scope.cancel()  # the watch: nothing is sent any more

@@ -1,0 +1,74 @@
+"""``SendWatch``: sends to clients that read none of them are given up (``send_watch.py``). The
+stream is a stand-in for a socket whose peer reads at a pace the test sets; the clock is trio's
+autojump clock, so the timeouts cost no wall time."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import trio
+from foundry.kernel.edge.http.send_watch import PIECE, SendGivenUp, SendWatch
+
+
+class Peer:
+    """A socket's far end: takes each piece after ``delay`` seconds (inf: never)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay, self.received = delay, 0
+
+    async def send_all(self, data: bytes | memoryview) -> None:
+        await trio.sleep(self.delay) if math.isfinite(self.delay) else await trio.sleep_forever()
+        self.received += len(data)
+
+
+async def _send(watch: SendWatch, peer: Peer, size: int, outcome: dict[str, object]) -> None:
+    started = trio.current_time()
+    try:
+        await watch.send(peer, b"x" * size)
+        outcome["result"] = "sent"
+    except SendGivenUp as exc:
+        outcome["result"] = str(exc)
+    outcome["seconds"] = trio.current_time() - started
+
+
+async def test_a_send_that_moves_nothing_for_the_stall_timeout_is_given_up(autojump_clock):
+    watch, peer, outcome = SendWatch(10.0), Peer(math.inf), {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run)
+        await _send(watch, peer, 100, outcome)
+        nursery.cancel_scope.cancel()
+    assert outcome["result"] == "the client read none of a reply for 10 s ([http] body_timeout)"
+    assert 10.0 <= outcome["seconds"] <= 11.0  # type: ignore[operator]
+    assert watch.given_up == 1
+
+
+async def test_a_slow_reader_that_keeps_moving_gets_its_whole_reply(autojump_clock):
+    """Each piece takes 6 s, the whole reply 60 s, against a stall timeout of 10: it moves, so
+    it is never given up, however long it takes."""
+    watch, peer, outcome = SendWatch(10.0), Peer(6.0), {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run)
+        await _send(watch, peer, 10 * PIECE, outcome)
+        nursery.cancel_scope.cancel()
+    assert outcome["result"] == "sent"
+    assert peer.received == 10 * PIECE
+    assert outcome["seconds"] == pytest.approx(60.0)
+
+
+async def test_over_the_budget_the_largest_stalled_send_is_given_up_first(autojump_clock):
+    watch = SendWatch(60.0, budget=5 * PIECE)
+    large, small, reading = {}, {}, {}  # type: ignore[var-annotated]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run)
+        async with trio.open_nursery() as sends:
+            sends.start_soon(_send, watch, Peer(math.inf), 4 * PIECE, large)
+            sends.start_soon(_send, watch, Peer(math.inf), 2 * PIECE, small)
+            sends.start_soon(_send, watch, Peer(1.0), 40 * PIECE, reading)
+        nursery.cancel_scope.cancel()
+    assert "while unread replies held over" in large["result"]
+    assert large["seconds"] <= 7.0  # stalled after 5 s, given up at the next look
+    # under the budget once the large one was gone: held until the stall timeout
+    assert small["result"] == "the client read none of a reply for 60 s ([http] body_timeout)"
+    assert 60.0 <= small["seconds"] <= 61.0
+    assert reading["result"] == "sent"  # a client that reads is never the one closed
