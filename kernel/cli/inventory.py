@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from foundry.kernel.cli.output import note
+from foundry.kernel.cli.output import note, plain
 from foundry.kernel.config import Config
 from foundry.kernel.edge.grpc.client import connect
 from foundry.proto import admin_api
@@ -65,7 +65,7 @@ def _about(description: str) -> str:
     """A description's first line (a block's docstring runs on: one line a block, as the README
     shows them; ``--json`` has the whole text)."""
     lines = description.strip().splitlines()
-    return f" — {lines[0].strip()}" if lines else ""
+    return f" — {plain(lines[0].strip())}" if lines else ""
 
 
 def _daemon_or_config(

@@ -25,7 +25,7 @@ from foundry.kernel.cli.follow import add_wait_options, wait_and_print
 from foundry.kernel.cli.gates import add_gate_commands
 from foundry.kernel.cli.inventory import add_inventory_commands
 from foundry.kernel.cli.live import add_live_commands
-from foundry.kernel.cli.output import print_json, stamp
+from foundry.kernel.cli.output import plain, print_json, stamp
 from foundry.kernel.cli.runs import add_run_commands
 from foundry.kernel.cli.sql import add_sql_command
 from foundry.kernel.config import Config, parse_listen
@@ -98,7 +98,7 @@ def _stdout_closed() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="foundry", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="foundry", description=plain(__doc__.splitlines()[0]))
     parser.add_argument("--version", action="version", version=f"foundry {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -89,3 +89,9 @@ def print_json(value: Any, *, indent: int | None = 2) -> None:
 def note(text: str) -> None:
     """A line for the person at the terminal (stderr: stdout stays the command's output)."""
     print(text, file=sys.stderr, flush=True)
+
+
+def plain(text: str) -> str:
+    """A docstring's line for a terminal: its reST literals (````x````) as Markdown's (```x```),
+    as the README writes them."""
+    return text.replace("``", "`")

@@ -96,6 +96,10 @@ def test_blocks_lists_the_repo_formation():
     assert human.returncode == 0
     task_lines = [x for x in human.stdout.splitlines() if "(step type only)" not in x]
     assert [x.split("  ")[0].strip() for x in task_lines] == list(blocks)
+    # docstrings' reST literals read as the README writes them
+    assert "— Compose a greeting for `payload.name`." in human.stdout
+    assert "``" not in human.stdout
+    assert "``" not in foundry_cli("--help").stdout
 
 
 def test_watch_prints_events_live_until_stopped(daemon):
