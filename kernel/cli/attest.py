@@ -63,7 +63,8 @@ def add_attest_commands(commands: Any) -> None:
 
     verify = verbs.add_parser("verify", help="check an attestation (id) or envelopes (file)")
     verify.add_argument("target", metavar="ID|FILE")
-    verify.add_argument("--pubkey", help="public key PEM (default: $FOUNDRY_HOME/keys/attestor.pub)")
+    default_key = "$FOUNDRY_HOME/keys/attestor.pub"
+    verify.add_argument("--pubkey", help=f"public key PEM (default: {default_key})")
     _client_options(verify)
     verify.set_defaults(handler=_verify_handler(_client))
 
