@@ -38,6 +38,7 @@ from foundry.kernel.actors.tap.actor import TapBroker
 from foundry.kernel.actors.tap.messages import CloseAll, TapMessage
 from foundry.kernel.actors.telemetry.actor import Telemetry
 from foundry.kernel.actors.telemetry.messages import SpanOutbox, TelemetryMessage
+from foundry.kernel.blocks.children import commands_recorded_in
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import Config
 from foundry.kernel.core.attest_records import SPOOL
@@ -64,7 +65,8 @@ async def open_kernel(
     start (a killed daemon left them unfinished); ``hold_store`` is the store's test hook
     (``Store.hold_for_test``), for tests that hold a commit or a read.
     """
-    with home_lock(config.home):
+    # (the last daemon's commands still running are killed before any step is leased again)
+    with home_lock(config.home), commands_recorded_in(config.home / COMMANDS):
         key_pair = keys.load_or_create(config.home)  # refuses a signing key others may read
         async with trio.open_nursery() as nursery:
             mailboxes = await _start_actors(
@@ -89,6 +91,7 @@ async def open_kernel(
 # Folders of the home that only a later write creates (the store and the attestor check theirs
 # as they open): the trace files of finished chains, and what blocks and steps write.
 WRITTEN_LATER = ("traces", "artifacts")
+COMMANDS = "commands"  # the running commands' process groups (``blocks/children.py``)
 
 
 @contextlib.contextmanager

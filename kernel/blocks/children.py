@@ -5,21 +5,35 @@ group, it would die of the SIGINT meant for the daemon (``sh exited with -2``) b
 could drain. In a session of its own, only the daemon is signalled, and the daemon decides: a
 child is cancelled (step cancelled, timeout, shutdown past its grace) by signalling its whole
 group, so what the command started dies with it.
+
+A daemon killed outright (``kill -9``, the OOM killer) signals nothing: its commands' groups ran
+on, and the next start leased their steps again — a mutator's command ran twice at once, the
+killed daemon's attempt beside the new one, and CancelRun reached only the new one. So each
+running command is recorded in a folder of the home (:func:`commands_recorded_in`: a file per
+group, named by its id, holding the boot and the leader's start time), and a start kills the
+groups the last daemon left there before anything is leased again (:func:`stop_left_behind`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
 
-__all__ = ["KILL_AFTER", "MAX_OUTPUT", "run_capturing", "stop_process_group"]
+__all__ = [
+    "KILL_AFTER", "MAX_OUTPUT", "commands_recorded_in", "run_capturing", "stop_left_behind",
+    "stop_process_group",
+]  # fmt: skip
+
+log = logging.getLogger("foundry.blocks")
 
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL to a cancelled child's group
 # A command's output kept in memory, at most: its first bytes, then (past them) its last
@@ -46,8 +60,12 @@ async def run_capturing(
                 stderr=subprocess.STDOUT, check=False, start_new_session=True,
                 deliver_cancel=stop_process_group, **options,
             ))  # fmt: skip
-            assert process.stdout is not None
-            output = await read_kept(process.stdout, limit)
+            record = _record(process.pid)
+            try:
+                assert process.stdout is not None
+                output = await read_kept(process.stdout, limit)
+            finally:
+                _forget(record)
     except BaseException as exc:
         if process is not None:
             _signal_group(process.pid, signal.SIGKILL)  # what is left of it
@@ -57,6 +75,98 @@ async def run_capturing(
         raise
     assert process.returncode is not None
     return process.returncode, output
+
+
+# --- commands a killed daemon left running ------------------------------------------------------
+
+_RECORDED_IN: list[Path] = []  # the folder of the daemon's running commands, while it runs
+
+
+@contextlib.contextmanager
+def commands_recorded_in(folder: Path) -> Iterator[None]:
+    """Stop what the last daemon on this home left running (:func:`stop_left_behind`), then
+    record each command this one runs in ``folder`` for as long as the block lasts. Only one
+    daemon holds a home (its lock), so every group recorded there at a start is a dead one's."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    stop_left_behind(folder)
+    _RECORDED_IN.append(folder)
+    try:
+        yield
+    finally:
+        _RECORDED_IN.remove(folder)
+
+
+def stop_left_behind(folder: Path) -> int:
+    """SIGKILL each command group recorded in ``folder`` that still runs, forget every record;
+    how many groups were killed. A group is the recorded one if its leader runs with the
+    recorded start time, or (the leader gone) if members of it still run: Linux hands out no
+    pid that is a live group's id, so its id cannot have been reused meanwhile. A record of
+    another boot, or whose id a new process holds now, is forgotten untouched."""
+    boot, killed = _boot_id(), []
+    for record in sorted(folder.iterdir()):
+        pgid, recorded_boot, started = _read_record(record)
+        with contextlib.suppress(OSError):
+            record.unlink()
+        if pgid <= 1 or not boot or recorded_boot != boot:
+            continue
+        leader = _start_time(pgid)
+        if leader is not None and leader != started:
+            continue  # the id is another process's now
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+            killed.append(pgid)
+    if killed:
+        log.warning("killed %d command(s) the last daemon left running when it was killed "
+                    "(process groups %s): their steps run again", len(killed),
+                    ", ".join(map(str, killed)))  # fmt: skip
+    return len(killed)
+
+
+def _read_record(record: Path) -> tuple[int, str, str]:
+    """(group id, boot id, leader's start time) of a record; (0, "", "") if unreadable."""
+    try:
+        boot, started = record.read_text().split()
+        return int(record.name), boot, started
+    except (OSError, ValueError):
+        return 0, "", ""
+
+
+def _record(pid: int) -> Path | None:
+    """Record a command's group (its pid is the group's id) in the daemon's folder, if any."""
+    if not _RECORDED_IN:
+        return None
+    record = _RECORDED_IN[-1] / str(pid)
+    try:
+        record.write_text(f"{_boot_id() or '-'} {_start_time(pid) or '-'}\n")
+    except OSError as exc:  # a full disk: the command runs, unrecorded
+        log.warning("could not record command %d in %s: %s", pid, record.parent, exc)
+        return None
+    return record
+
+
+def _forget(record: Path | None) -> None:
+    if record is not None:
+        with contextlib.suppress(OSError):
+            record.unlink()
+
+
+def _boot_id() -> str:
+    """This boot's id (Linux); "" where there is none: then nothing is ever killed."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks after boot, /proc/PID/stat's 22nd field), None when
+    no such process runs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # (the name may hold spaces and parentheses)
+    return fields[19] if len(fields) > 19 else None
 
 
 def _sole(exc: BaseException) -> BaseException:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,51 @@ def test_a_cancel_recorded_before_a_crash_ends_the_run_at_the_next_start(make_da
     assert [(e["step_id"], e["payload"]["attempt"]) for e in ended] == [("change", 1)]
     assert len(marker(tmp_path, "careful")) == 1  # the mutator was not run again
     assert marker(tmp_path, "after") == []
+
+
+def running(pid: int) -> bool:
+    """The process runs (a zombie, dead but not reaped by whoever adopted it, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def test_a_killed_daemons_command_is_killed_at_the_next_start_before_its_step_runs_again(
+    make_daemon, tmp_path
+):
+    """``kill -9`` signals none of the daemon's children: a mutator's command (in a process
+    group of its own) ran on beside the attempt the next start leased — its side effect twice
+    at once — and CancelRun reached only the new one. A start now kills what the killed daemon
+    left running first."""
+    daemon = start(make_daemon, tmp_path, grace=1.0, mutator=60.0)
+    run_id = submit(daemon, dag({"id": "change", "type": "careful"}))
+    [first] = wait_until(lambda: marker(tmp_path, "careful"), what="the mutator to start")
+    second = 0
+    try:
+        daemon.kill()
+        time.sleep(0.5)
+        assert running(int(first))  # nothing stopped it
+        daemon.start()
+        wait_until(lambda: not running(int(first)), what="the left command killed", timeout=10)
+        assert "killed 1 command(s) the last daemon left running" in daemon.stderr()
+        pids = wait_until(
+            lambda: m if len(m := marker(tmp_path, "careful")) == 2 else None,
+            what="the step's second attempt",
+        )
+        second = int(pids[1])
+        events = history(
+            daemon, run_id, lambda ev: [e["kind"] for e in ev].count("step_leased") > 1
+        )
+        leases = [e["payload"]["attempt"] for e in events if e["kind"] == "step_leased"]
+        assert leases == [1, 2]
+        assert not running(int(first))  # one attempt runs, the new one
+        assert list((daemon.home / "commands").iterdir()) == [daemon.home / "commands" / pids[1]]
+    finally:
+        for pid in (int(first), second):
+            if pid and running(pid):
+                os.killpg(pid, 9)
 
 
 def test_cancelling_a_finished_or_unknown_run_is_refused(make_daemon, tmp_path):

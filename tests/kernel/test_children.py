@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-from foundry.kernel.blocks.children import OUTPUT_TAIL, read_kept, run_capturing
+from foundry.kernel.blocks.children import (
+    OUTPUT_TAIL,
+    _boot_id,
+    _start_time,
+    commands_recorded_in,
+    read_kept,
+    run_capturing,
+    stop_left_behind,
+)
+
+from tests.helpers import wait_until
 
 
 async def _kept(data: bytes, limit: int) -> bytes:
@@ -59,3 +73,85 @@ async def test_stdin_larger_than_a_pipe_is_fed_while_the_output_is_read():
     code, output = await run_capturing(["cat"], stdin=data)
     assert code == 0
     assert output == data
+
+
+# --- commands a killed daemon left running --------------------------------------------------------
+
+
+def _group(script: str) -> subprocess.Popen[bytes]:
+    """A process group of its own, as a block's command runs (its pid is the group's id)."""
+    return subprocess.Popen(["sh", "-c", script], start_new_session=True)
+
+
+def _gone(process: subprocess.Popen[bytes]) -> bool:
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def _members(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                if int(fields[2]) == pgid and fields[0] not in "ZX":
+                    found.append(int(entry.name))
+    return found
+
+
+async def test_a_running_command_is_recorded_in_the_folder_until_it_ends(tmp_path):
+    folder, seen = tmp_path / "commands", []
+    with commands_recorded_in(folder):
+        script = f"ls {folder} > {tmp_path / 'seen'}; cat /proc/$$/stat"
+        code, output = await run_capturing(["sh", "-c", script], stdin=b"")
+        seen = (tmp_path / "seen").read_text().split()
+        assert code == 0
+        pid = int(output.split()[0])
+        assert seen == [str(pid)]  # its record, named by its group, while it ran
+        assert list(folder.iterdir()) == []  # and gone once it ended
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_the_recorded_group_is_killed_and_its_record_forgotten(tmp_path):
+    leader = _group("sleep 60 & wait")
+    try:
+        wait_until(lambda: len(_members(leader.pid)) == 2, what="the group's two processes")
+        (tmp_path / str(leader.pid)).write_text(f"{_boot_id()} {_start_time(leader.pid)}\n")
+        assert stop_left_behind(tmp_path) == 1
+        assert _gone(leader)
+        wait_until(lambda: _members(leader.pid) == [], what="the whole group gone")
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, 9)
+
+
+def test_a_group_whose_leader_died_is_killed_by_its_members(tmp_path):
+    leader = _group("sleep 60 & echo $! > member")
+    try:
+        leader.wait(5)  # the leader ends; its member runs on, in its group
+        wait_until(lambda: _members(leader.pid), what="the member")
+        (tmp_path / str(leader.pid)).write_text(f"{_boot_id()} 12345\n")
+        assert stop_left_behind(tmp_path) == 1
+        wait_until(lambda: _members(leader.pid) == [], what="the member killed")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, 9)
+
+
+@pytest.mark.parametrize("record", ["another-boot {start}", "{boot} 1", "not a record", ""])
+def test_a_record_of_another_boot_or_process_or_unreadable_kills_nothing(tmp_path, record):
+    leader = _group("sleep 60")
+    try:
+        text = record.format(boot=_boot_id(), start=_start_time(leader.pid))
+        (tmp_path / str(leader.pid)).write_text(text)
+        assert stop_left_behind(tmp_path) == 0
+        assert leader.poll() is None  # still running
+        assert list(tmp_path.iterdir()) == []  # forgotten all the same
+    finally:
+        leader.kill()
+        leader.wait(5)
