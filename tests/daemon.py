@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from foundry.kernel.blocks.children import stop_left_behind
 from foundry.kernel.edge.grpc.client import connect
 
 T = TypeVar("T")
@@ -108,6 +109,9 @@ class Daemon:
             self.process.kill()
             self.process.wait(10)
             self._closed()
+        commands = self.home / "commands"  # what its blocks ran, which a kill leaves running
+        if commands.is_dir():
+            stop_left_behind(commands)
 
 
 def _first_line(stream: Any, timeout: float) -> str:

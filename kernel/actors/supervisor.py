@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -66,12 +67,13 @@ async def open_kernel(
     (``Store.hold_for_test``), for tests that hold a commit or a read.
     """
     # (the last daemon's commands still running are killed before any step is leased again)
-    with home_lock(config.home), commands_recorded_in(config.home / COMMANDS):
+    with home_lock(config.home) as stops, commands_recorded_in(config.home / COMMANDS):
         key_pair = keys.load_or_create(config.home)  # refuses a signing key others may read
         async with trio.open_nursery() as nursery:
             mailboxes = await _start_actors(
-                config, registry, nursery, key_pair, recovered=recovered, hold_store=hold_store
-            )
+                config, registry, nursery, key_pair, recovered=recovered, hold_store=hold_store,
+                after_crash=stops.crashed,
+            )  # fmt: skip
             try:
                 yield mailboxes
             finally:
@@ -94,10 +96,24 @@ WRITTEN_LATER = ("traces", "artifacts")
 COMMANDS = "commands"  # the running commands' process groups (``blocks/children.py``)
 
 
+STOPPED = b"stopped\n"  # daemon.lock's text once its daemon stopped cleanly (else: its pid)
+
+
+@dataclass(frozen=True)
+class Stops:
+    """How the last daemon on the home ended: ``crashed`` unless it wrote ``STOPPED`` (a new
+    home: not crashed) — killed (``kill -9``, the OOM killer) or dead of a signal, it ran none
+    of its exit path."""
+
+    crashed: bool
+
+
 @contextlib.contextmanager
-def home_lock(home: Path) -> Iterator[None]:
+def home_lock(home: Path) -> Iterator[Stops]:
     """Hold ``$FOUNDRY_HOME/daemon.lock`` (an advisory lock with our pid in it) or refuse; a
-    home that cannot be made or written (a file, under one, read-only) is one line naming it."""
+    home that cannot be made or written (a file, under one, read-only) is one line naming it.
+    Once the block ends, however (a stop, a second Ctrl-C, an error), the file says so: the
+    next start tells a daemon killed outright from one that stopped by it (``Stops``)."""
     path = home / LOCK_FILE
     if home.exists() and not home.is_dir():
         raise ConfigError(f"FOUNDRY_HOME {home} is not a folder")
@@ -120,9 +136,14 @@ def home_lock(home: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise ConfigError(f"{home} is in use by pid {holder}") from None
+        last = os.pread(fd, 64, 0)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        try:
+            yield Stops(crashed=last not in (b"", STOPPED))
+        finally:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, STOPPED, 0)
     finally:
         os.close(fd)  # closing releases the lock
 
@@ -135,6 +156,7 @@ async def _start_actors(
     *,
     recovered: list[str] | None,
     hold_store: Callable[[str], None] | None,
+    after_crash: bool = False,
 ) -> Mailboxes:
     tap_send, tap_receive = trio.open_memory_channel[TapMessage](MAILBOX_SIZE)
     store_send, store_receive = trio.open_memory_channel[StoreMessage](MAILBOX_SIZE)
@@ -172,7 +194,7 @@ async def _start_actors(
     await nursery.start(engine.run)
     scheduler = Scheduler(registry, scheduler_receive, store_send.clone(), tap_send.clone(),
                           home=home, config=config.scheduler, shutdown_grace=grace,
-                          attestor=notices(), spans=spans())  # fmt: skip
+                          attestor=notices(), spans=spans(), after_crash=after_crash)  # fmt: skip
     resumed = await nursery.start(scheduler.run)
     if resumed:
         log.warning("picked up %d unfinished run(s) where they stopped", resumed)

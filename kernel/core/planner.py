@@ -78,6 +78,25 @@ def unfinished(run: RunState) -> bool:
     return any(not step.finished for step in run.steps.values())
 
 
+CRASHES_IN_A_ROW = 3  # attempts of a step a crash of the daemon interrupted before it fails
+
+
+def crash_looped(step: StepState) -> bool:
+    """Has a crash of the daemon interrupted the step's last ``CRASHES_IN_A_ROW`` attempts? A
+    step whose command takes the daemon down (the OOM killer, a ``kill -9`` of its parent)
+    would do so again at every start: it fails instead of being leased again."""
+    return step.crashes >= CRASHES_IN_A_ROW
+
+
+def crash_error(step: StepState) -> dict[str, Any]:
+    return step_error(
+        f"a crash of the daemon (it did not stop cleanly) interrupted its last {step.crashes} "
+        "attempts in a row: not leased again, as a step that takes the daemon down would at "
+        "every start",
+        step.attempt,
+    )
+
+
 def recover(run: RunState) -> list[str]:
     """After a restart: steps leased but never finished go back to pending, to be leased again
     with ``attempt + 1`` (their ids, in DAG order)."""

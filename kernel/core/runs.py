@@ -96,6 +96,7 @@ class StepState:
     error: Any = None
     usage: Mapping[str, float] = field(default_factory=dict)
     failures: int = 0  # attempts that failed (a crash mid-attempt is not the step's failure)
+    crashes: int = 0  # its last attempts in a row that a crash of the daemon interrupted
     span_id: str = ""  # W3C: the latest attempt's span
     # How many of its dependencies, in order, are known to have succeeded (success is final):
     # ``ready`` resumes from here, where it walked every dependency of every dependent on each
@@ -256,17 +257,28 @@ def _retrying(run: RunState, event: RunEventRecord) -> None:
     step = run.steps[event.step_id]
     step.status, step.error = "retrying", event.payload["error"]
     step.failures += 1
+    step.crashes = 0
+
+
+def _interrupted(run: RunState, event: RunEventRecord) -> None:
+    """A stopped daemon left the attempt leased: the step is to be leased again (or failed, after
+    too many crashes in a row: ``planner.crash_looped``)."""
+    step = run.steps[event.step_id]
+    step.status = "pending"
+    step.crashes = step.crashes + 1 if event.payload.get("crashed") else 0
 
 
 def _completed(run: RunState, event: RunEventRecord) -> None:
     step, p = run.steps[event.step_id], event.payload
     step.status, step.completed_at = "succeeded", event.occurred_at
     step.output, step.usage, step.error = p["output"], p["usage"], None
+    step.crashes = 0
 
 
 def _failed(run: RunState, event: RunEventRecord) -> None:
     step = run.steps[event.step_id]
     step.status, step.completed_at, step.error = "failed", event.occurred_at, event.payload["error"]
+    step.crashes = 0
     run.failed.append(step.spec.id)
 
 
@@ -338,6 +350,7 @@ _APPLY = {
     "run_started": _started,
     "step_leased": _leased,
     "step_retrying": _retrying,
+    "step_interrupted": _interrupted,
     "step_completed": _completed,
     "step_failed": _failed,
     "run_succeeded": _succeeded,

@@ -76,6 +76,14 @@ name = "broken"
 type = "shell"
 kind = "observer"
 command = ["sh", "-c", 'echo nope; exit 3']
+
+[[blocks]]
+name = "fatal"
+type = "shell"
+kind = "mutator"
+command = ["sh", "-c", 'echo "$$" >> "$MARKER.fatal"; sleep 1; kill -9 "$PPID"; sleep 60']
+pass_env = ["MARKER"]
+timeout = 120
 """
 
 
@@ -240,6 +248,52 @@ def test_a_killed_daemons_command_is_killed_at_the_next_start_before_its_step_ru
         for pid in (int(first), second):
             if pid and running(pid):
                 os.killpg(pid, 9)
+
+
+def test_a_step_that_kills_the_daemon_fails_after_three_crashes_instead_of_looping(
+    make_daemon, tmp_path
+):
+    """Each start leased the interrupted step again: one whose command takes the daemon down
+    (here ``kill -9`` of its parent; the OOM killer alike) did so at every start, for ever. Each
+    interrupted attempt is now recorded (``step_interrupted``, ``crashed`` when the daemon was
+    killed outright), and the third crash in a row fails the step."""
+    daemon = start(make_daemon, tmp_path)
+    run_id = submit(daemon, dag({"id": "boom", "type": "fatal"}))
+    for attempt in (1, 2, 3):
+        assert daemon.process is not None
+        daemon.process.wait(30)  # the step's command killed it
+        daemon.kill()
+        assert len(marker(tmp_path, "fatal")) == attempt
+        daemon.start()
+    run = wait_done(daemon, run_id)
+    assert run.status == api.RunStatus.FAILED
+    assert steps(run)["boom"].status == "failed"
+    assert "interrupted its last 3 attempts in a row" in run.error
+    events = tap(daemon, run_id)
+    interrupted = [(e["payload"]["attempt"], e["payload"]["crashed"]) for e in events
+                   if e["kind"] == "step_interrupted"]  # fmt: skip
+    assert interrupted == [(1, True), (2, True), (3, True)]
+    assert [e["kind"] for e in events].count("step_leased") == 3
+    assert len(marker(tmp_path, "fatal")) == 3  # not a fourth time
+    daemon.restart()
+    assert wait_done(daemon, run_id).status == api.RunStatus.FAILED
+
+
+def test_an_attempt_a_clean_stop_interrupted_is_leased_again_and_not_counted_a_crash(
+    make_daemon, tmp_path
+):
+    daemon = start(make_daemon, tmp_path, grace=0.5)
+    run_id = submit(daemon, dag({"id": "work", "type": "slow"}))
+    [first] = wait_until(lambda: marker(tmp_path, "slow"), what="the slow step to start")
+    daemon.restart()  # SIGTERM: the grace runs out, the command is killed
+    wait_until(lambda: len(marker(tmp_path, "slow")) == 2, what="the step leased again")
+    events = history(daemon, run_id, lambda ev: [e["kind"] for e in ev].count("step_leased") > 1)
+    interrupted = [(e["payload"]["attempt"], e["payload"]["crashed"]) for e in events
+                   if e["kind"] == "step_interrupted"]  # fmt: skip
+    assert interrupted == [(1, False)]
+    assert not running(int(first))
+    cancelled = daemon.call(lambda _, rt: rt.cancel_run(api.CancelRunRequest(run_id=run_id)))
+    assert cancelled.status == api.RunStatus.CANCELED
 
 
 def test_cancelling_a_finished_or_unknown_run_is_refused(make_daemon, tmp_path):

@@ -15,6 +15,7 @@ from foundry.kernel.core.planner import (
     Ending,
     Next,
     attempt_limit,
+    crash_looped,
     ending,
     forgotten,
     input_total,
@@ -335,6 +336,36 @@ def test_recovery_re_leases_interrupted_steps_with_the_next_attempt():
     assert lease(run, run.steps["b"]).attempt == 3
     assert run.steps["c"].failures == 1  # a retrying step keeps the failures it had
     assert recover(run) == []
+
+
+def interrupted(run, step_id, attempt, crashed):
+    run.make_event("step_interrupted", T0, step_id, attempt=attempt, crashed=crashed)
+
+
+def test_only_crashes_in_a_row_make_a_step_crash_looped():
+    run = started(make_run([step("a")]))
+    a = run.steps["a"]
+    for attempt, crashed in ((1, True), (2, True), (3, False), (4, True), (5, True)):
+        lease_event(run, "a", attempt=attempt)
+        interrupted(run, "a", attempt, crashed)
+        assert a.status == "pending"  # to be leased again
+        assert not crash_looped(a)  # a clean stop between them starts the count again
+    assert a.crashes == 2
+    lease_event(run, "a", attempt=6)
+    interrupted(run, "a", 6, True)
+    assert crash_looped(a)
+
+
+@pytest.mark.parametrize("outcome", ["step_retrying", "step_completed", "step_failed"])
+def test_an_attempt_that_ended_starts_the_count_of_crashes_again(outcome):
+    run = started(make_run([step("a")]))
+    for attempt in (1, 2):
+        lease_event(run, "a", attempt=attempt)
+        interrupted(run, "a", attempt, True)
+    lease_event(run, "a", attempt=3)
+    payload = {"output": {}, "usage": {}} if outcome == "step_completed" else {}
+    run.make_event(outcome, T0, "a", error=step_error("x", 3), delay=1.0, **payload)
+    assert run.steps["a"].crashes == 0
 
 
 def test_a_run_ends_succeeded_or_failed_at_its_first_failed_step():

@@ -79,6 +79,8 @@ from foundry.kernel.core.planner import (
     Starts,
     attempt_limit,
     attempt_number,
+    crash_error,
+    crash_looped,
     forgotten,
     lease,
     may_start,
@@ -147,10 +149,14 @@ class Scheduler:
         shutdown_grace: float,
         attestor: trio.MemorySendChannel[AttestorMessage] | None = None,
         spans: SpanOutbox | None = None,
+        after_crash: bool = False,
     ) -> None:
         """``attestor``: where completed steps, runs, tool calls, artifacts and capability tokens
         are announced for attestation (None: nothing is attested). ``spans``: where ended step
-        attempts and runs go for OpenTelemetry export (None: nowhere)."""
+        attempts and runs go for OpenTelemetry export (None: nowhere). ``after_crash``: the
+        last daemon on the home was killed outright (``supervisor.Stops``): the attempts it
+        left leased count towards ``planner.crash_looped``."""
+        self._after_crash = after_crash
         self._spans = spans or SpanOutbox()
         self._registry, self._inbox, self._store, self._tap = registry, inbox, store, tap
         self._attestor = attestor
@@ -360,7 +366,7 @@ class Scheduler:
             for step in run.interrupted():
                 await self._record(run, "step_canceled", step.spec.id, attempt=step.attempt)
         else:
-            recover(run)  # leased before a crash: lease again with attempt + 1
+            await self._recover(run)
         try:
             if not await self._drive_steps(run):
                 return
@@ -376,6 +382,23 @@ class Scheduler:
             await self._end(run)
         finally:
             self._ended.pop(run.run_id, trio.Event()).set()
+
+    async def _recover(self, run: RunState) -> None:
+        """The attempts a stopped daemon left leased: each recorded ``step_interrupted``
+        (``crashed``: that daemon was killed outright), its step leased again with ``attempt +
+        1`` — or failed, when crashes interrupted its last attempts one after another
+        (``crash_looped``). A step backing off between attempts just goes on."""
+        for step in run.interrupted():
+            if step.status != "running":
+                continue
+            await self._record(run, "step_interrupted", step.spec.id, attempt=step.attempt,
+                               crashed=self._after_crash)  # fmt: skip
+            if crash_looped(step):
+                error = crash_error(step)
+                log.warning("run %s step %s: %s", run.run_id, step.spec.id, error["message"])
+                await self._record(run, "step_failed", step.spec.id, attempt=step.attempt,
+                                   error=error)  # fmt: skip
+        recover(run)
 
     async def _until_a_slot(self, run: RunState) -> None:
         """A run is PENDING while other runs' steps hold every concurrency slot: it starts at
