@@ -278,7 +278,8 @@ def _completed(run: RunState, event: RunEventRecord) -> None:
 def _failed(run: RunState, event: RunEventRecord) -> None:
     step = run.steps[event.step_id]
     step.status, step.completed_at, step.error = "failed", event.occurred_at, event.payload["error"]
-    step.crashes = 0
+    # (a step whose inputs could not be resolved fails its first attempt before any lease)
+    step.attempt, step.crashes = event.payload.get("attempt", step.attempt), 0
     run.failed.append(step.spec.id)
 
 

@@ -438,3 +438,11 @@ def test_finished_runs_are_forgotten_oldest_first_by_count_and_by_bytes_never_th
     assert forgotten(runs, keep_runs=10, keep_bytes=24) == ["a", "b", "c"]
     assert forgotten(runs, keep_runs=10, keep_bytes=1) == ["a", "b", "c"]  # d stays
     assert forgotten([], keep_runs=1, keep_bytes=1) == []
+
+
+def test_a_step_that_fails_before_its_lease_has_the_attempt_its_failure_names():
+    """Inputs that cannot be resolved fail the first attempt before any lease: GetRun said
+    attempt 0 beside its error's attempt 1 (and the steps view's 1)."""
+    run = started(make_run([step("a")]))
+    run.make_event("step_failed", T0, "a", attempt=1, error=step_error("unresolved", 1))
+    assert run.steps["a"].attempt == run.steps["a"].error["attempt"] == 1
