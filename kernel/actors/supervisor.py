@@ -92,8 +92,8 @@ async def open_kernel(
 
 # Folders of the home that only a later write creates (the store and the attestor check theirs
 # as they open): the trace files of finished chains, and what blocks and steps write.
-WRITTEN_LATER = ("traces", "artifacts")
 COMMANDS = "commands"  # the running commands' process groups (``blocks/children.py``)
+WRITTEN_LATER = ("traces", "artifacts", COMMANDS)
 
 
 STOPPED = b"stopped\n"  # daemon.lock's text once its daemon stopped cleanly (else: its pid)
@@ -134,7 +134,8 @@ def home_lock(home: Path) -> Iterator[Stops]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            holder = holder if holder.isdigit() else "unknown"  # (not written yet, or "stopped")
             raise ConfigError(f"{home} is in use by pid {holder}") from None
         last = os.pread(fd, 64, 0)
         os.ftruncate(fd, 0)

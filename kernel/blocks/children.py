@@ -53,6 +53,7 @@ async def run_capturing(
     open (``sh -c "sleep 300 & echo started"``: trio delivers a cancel only while it waits for
     the command, and the sleep ran on)."""
     process: trio.Process | None = None
+    record: Path | None = None  # (forgotten once the command is reaped, not when its output ends)
     try:
         async with trio.open_nursery() as nursery:
             process = await nursery.start(partial(
@@ -61,11 +62,8 @@ async def run_capturing(
                 deliver_cancel=stop_process_group, **options,
             ))  # fmt: skip
             record = _record(process.pid)
-            try:
-                assert process.stdout is not None
-                output = await read_kept(process.stdout, limit)
-            finally:
-                _forget(record)
+            assert process.stdout is not None
+            output = await read_kept(process.stdout, limit)
     except BaseException as exc:
         if process is not None:
             _signal_group(process.pid, signal.SIGKILL)  # what is left of it
@@ -73,6 +71,8 @@ async def run_capturing(
         if sole is not exc:
             raise sole from None  # the nursery's group of one: FileNotFoundError, as before
         raise
+    finally:
+        _forget(record)
     assert process.returncode is not None
     return process.returncode, output
 
@@ -101,14 +101,15 @@ def stop_left_behind(folder: Path) -> int:
     how many groups were killed. A group is the recorded one if its leader runs with the
     recorded start time, or (the leader gone) if members of it still run: Linux hands out no
     pid that is a live group's id, so its id cannot have been reused meanwhile. A record of
-    another boot, or whose id a new process holds now, is forgotten untouched."""
+    another boot or pid namespace, of the daemon's own group, or whose id a new process holds
+    now, is forgotten untouched."""
     boot, killed = _boot_id(), []
     for record in sorted(folder.iterdir()):
         pgid, recorded_boot, started = _read_record(record)
         with contextlib.suppress(OSError):
             record.unlink()
-        if pgid <= 1 or not boot or recorded_boot != boot:
-            continue
+        if pgid <= 1 or not boot or recorded_boot != boot or pgid == os.getpgrp():
+            continue  # (a command that exec'd a daemon on this home: that is us now)
         leader = _start_time(pgid)
         if leader is not None and leader != started:
             continue  # the id is another process's now
@@ -151,9 +152,12 @@ def _forget(record: Path | None) -> None:
 
 
 def _boot_id() -> str:
-    """This boot's id (Linux); "" where there is none: then nothing is ever killed."""
+    """This boot's id and pid namespace (Linux: the host and its containers share the boot's,
+    and a group id means something only in its namespace); "" where there is none: then
+    nothing is ever killed."""
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
     except OSError:
         return ""
 

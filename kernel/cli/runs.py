@@ -240,6 +240,9 @@ def _line(event: Any, payload: dict[str, Any]) -> str:
         detail = f"attempt {int(payload.get('attempt', 0))}"
     elif event.kind == "step_completed":
         detail = f"{_short(payload.get('output'))}  ({payload.get('duration_ms', 0):.0f} ms)"
+    elif event.kind == "step_interrupted":
+        why = "the daemon was killed" if payload.get("crashed") else "the daemon stopped"
+        detail = f"attempt {int(payload.get('attempt', 0))}: {why}"
     elif event.kind in ("step_failed", "step_retrying"):
         detail = str((payload.get("error") or {}).get("message", ""))
     elif event.kind == "run_failed":

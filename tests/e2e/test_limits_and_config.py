@@ -253,7 +253,7 @@ def _damage(home, case):
         (home / "foundry.duckdb").mkdir()
     elif case == "database is random bytes":
         (home / "foundry.duckdb").write_bytes(os.urandom(300_000))
-    elif case in ("traces is a file", "artifacts is a file"):
+    elif case in ("traces is a file", "artifacts is a file", "commands is a file"):
         (home / case.split()[0]).write_text("x")
     elif case == "the signing key is gone, its public key kept":
         (home / "keys").mkdir(mode=0o700)
@@ -270,6 +270,7 @@ HOME_DAMAGE = {
     # the daemon started; then every trace file (a traceback in its log) or step failed
     "traces is a file": "traces: not a folder (the daemon writes there)",
     "artifacts is a file": "artifacts: not a folder (the daemon writes there)",
+    "commands is a file": "commands: not a folder (the daemon writes there)",
 }
 
 

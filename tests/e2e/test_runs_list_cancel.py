@@ -275,6 +275,8 @@ def test_a_step_that_kills_the_daemon_fails_after_three_crashes_instead_of_loopi
     assert interrupted == [(1, True), (2, True), (3, True)]
     assert [e["kind"] for e in events].count("step_leased") == 3
     assert len(marker(tmp_path, "fatal")) == 3  # not a fourth time
+    shown = cli(daemon, "run", "tap", run_id).stdout
+    assert "step_interrupted boom  attempt 3: the daemon was killed" in shown
     daemon.restart()
     assert wait_done(daemon, run_id).status == api.RunStatus.FAILED
 

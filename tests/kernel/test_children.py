@@ -78,9 +78,11 @@ async def test_stdin_larger_than_a_pipe_is_fed_while_the_output_is_read():
 # --- commands a killed daemon left running --------------------------------------------------------
 
 
-def _group(script: str) -> subprocess.Popen[bytes]:
-    """A process group of its own, as a block's command runs (its pid is the group's id)."""
-    return subprocess.Popen(["sh", "-c", script], start_new_session=True)
+def _group(script: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """A process group of its own, as a block's command runs (its pid is the group's id), in a
+    folder of the test's beside the records."""
+    (tmp_path / "cwd").mkdir(exist_ok=True)
+    return subprocess.Popen(["sh", "-c", script], start_new_session=True, cwd=tmp_path / "cwd")
 
 
 def _gone(process: subprocess.Popen[bytes]) -> bool:
@@ -117,26 +119,30 @@ async def test_a_running_command_is_recorded_in_the_folder_until_it_ends(tmp_pat
 
 
 def test_the_recorded_group_is_killed_and_its_record_forgotten(tmp_path):
-    leader = _group("sleep 60 & wait")
+    records = tmp_path / "records"
+    records.mkdir()
+    leader = _group("sleep 60 & wait", tmp_path)
     try:
         wait_until(lambda: len(_members(leader.pid)) == 2, what="the group's two processes")
-        (tmp_path / str(leader.pid)).write_text(f"{_boot_id()} {_start_time(leader.pid)}\n")
-        assert stop_left_behind(tmp_path) == 1
+        (records / str(leader.pid)).write_text(f"{_boot_id()} {_start_time(leader.pid)}\n")
+        assert stop_left_behind(records) == 1
         assert _gone(leader)
         wait_until(lambda: _members(leader.pid) == [], what="the whole group gone")
-        assert list(tmp_path.iterdir()) == []
+        assert list(records.iterdir()) == []
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(leader.pid, 9)
 
 
 def test_a_group_whose_leader_died_is_killed_by_its_members(tmp_path):
-    leader = _group("sleep 60 & echo $! > member")
+    records = tmp_path / "records"
+    records.mkdir()
+    leader = _group("sleep 60 & echo $! > member", tmp_path)
     try:
         leader.wait(5)  # the leader ends; its member runs on, in its group
         wait_until(lambda: _members(leader.pid), what="the member")
-        (tmp_path / str(leader.pid)).write_text(f"{_boot_id()} 12345\n")
-        assert stop_left_behind(tmp_path) == 1
+        (records / str(leader.pid)).write_text(f"{_boot_id()} 12345\n")
+        assert stop_left_behind(records) == 1
         wait_until(lambda: _members(leader.pid) == [], what="the member killed")
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -145,13 +151,15 @@ def test_a_group_whose_leader_died_is_killed_by_its_members(tmp_path):
 
 @pytest.mark.parametrize("record", ["another-boot {start}", "{boot} 1", "not a record", ""])
 def test_a_record_of_another_boot_or_process_or_unreadable_kills_nothing(tmp_path, record):
-    leader = _group("sleep 60")
+    records = tmp_path / "records"
+    records.mkdir()
+    leader = _group("sleep 60", tmp_path)
     try:
         text = record.format(boot=_boot_id(), start=_start_time(leader.pid))
-        (tmp_path / str(leader.pid)).write_text(text)
-        assert stop_left_behind(tmp_path) == 0
+        (records / str(leader.pid)).write_text(text)
+        assert stop_left_behind(records) == 0
         assert leader.poll() is None  # still running
-        assert list(tmp_path.iterdir()) == []  # forgotten all the same
+        assert list(records.iterdir()) == []  # forgotten all the same
     finally:
-        leader.kill()
+        os.killpg(leader.pid, 9)  # (sh may have forked its sleep rather than exec'd it)
         leader.wait(5)

@@ -391,8 +391,11 @@ class Scheduler:
         for step in run.interrupted():
             if step.status != "running":
                 continue
-            await self._record(run, "step_interrupted", step.spec.id, attempt=step.attempt,
-                               crashed=self._after_crash)  # fmt: skip
+            # Durable before the step runs again: an observer starts ahead of its lease's
+            # commit, and one that kills the daemon at once would never have its crash counted.
+            await (await self._record_durable(run, "step_interrupted", step.spec.id,
+                                              attempt=step.attempt, crashed=self._after_crash)
+                   ).wait()  # fmt: skip
             if crash_looped(step):
                 error = crash_error(step)
                 log.warning("run %s step %s: %s", run.run_id, step.spec.id, error["message"])

@@ -11,7 +11,7 @@ A send goes out in pieces of ``PIECE`` bytes; each piece sent is progress. A sen
 progress for ``stall_timeout`` seconds (``[http] body_timeout``) is given up: the connection is
 closed. One with none for ``STALLED_AFTER`` seconds is stalled, and what it has left counts;
 while the stalled sends hold more than ``REPLY_BUDGET`` bytes in all, the largest is given up
-first — its client read nothing for seconds, so a client that reads is never the one closed.
+first — its client read less than a piece for seconds.
 What a WebSocket or a server stream pushes to a client that stopped reading ends the same way.
 """
 

@@ -10,6 +10,7 @@ const FINAL = new Set(["RUN_STATUS_SUCCEEDED", "RUN_STATUS_FAILED", "RUN_STATUS_
 const STEP_STATE = {
   step_leased: "running", step_retrying: "retrying", step_completed: "succeeded",
   step_failed: "failed", step_reused: "reused", step_canceled: "canceled",
+  step_interrupted: "pending", // a stopped daemon's attempt: leased again (or failed) next
 };
 const RUN_STATE = {
   run_started: "RUN_STATUS_RUNNING", run_paused: "RUN_STATUS_PAUSED_AT_STEP", run_resumed: "RUN_STATUS_RUNNING",
@@ -133,7 +134,7 @@ class RunView {
     if (kind === "step_completed" && payload.attestation_id) this.attested.push({ id: payload.attestation_id, kind: "step", stepId: event.stepId });
     if (kind in STEP_STATE && st) {
       st.status = counted && st.snapshotStatus ? st.snapshotStatus : STEP_STATE[kind];
-      const outcome = STEP_STATE[kind];
+      const outcome = kind === "step_interrupted" ? "canceled" : STEP_STATE[kind]; // its bar ends
       const attempt = this.attempt(st, payload.attempt || 1);
       if (kind === "step_leased") Object.assign(attempt, { start: event.occurredAt, inputs: payload.inputs, seed: payload.seed, model: payload.model, env: payload.env });
       else if (kind === "step_reused") Object.assign(attempt, { start: event.occurredAt, end: event.occurredAt, outcome: "reused", inputs: payload.inputs, seed: payload.seed, model: payload.model, output: payload.output, usage: payload.usage, source: payload.source_run_id });
