@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,31 @@ def test_a_record_of_another_boot_or_process_or_unreadable_kills_nothing(tmp_pat
     finally:
         os.killpg(leader.pid, 9)  # (sh may have forked its sleep rather than exec'd it)
         leader.wait(5)
+
+
+async def test_a_command_stays_recorded_after_its_output_ends_until_it_is_reaped(tmp_path):
+    """``exec >log 2>&1``, common in scripts, ends the output at once: the record was dropped
+    then, and a kill of the daemon left that command running, unrecorded."""
+    folder = tmp_path / "commands"
+    with commands_recorded_in(folder):
+        async with trio.open_nursery() as nursery:
+            script = "echo hi; exec >/dev/null 2>&1; sleep 1"
+            nursery.start_soon(partial(run_capturing, ["sh", "-c", script], stdin=b""))
+            await trio.sleep(0.5)
+            assert len(list(folder.iterdir())) == 1
+        assert list(folder.iterdir()) == []
+
+
+def test_a_start_never_kills_its_own_group(tmp_path):
+    """A mutator that restarts the daemon (``kill -9 $PPID; exec foundry serve``) leaves its
+    record naming the group the new daemon runs in."""
+    own = os.getpgrp()
+    (tmp_path / str(own)).write_text(f"{_boot_id()} {_start_time(own)}\n")
+    assert stop_left_behind(tmp_path) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_record_names_the_boot_and_the_pid_namespace():
+    boot, _, namespace = _boot_id().partition("/")
+    assert boot == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert namespace == os.readlink("/proc/self/ns/pid")
