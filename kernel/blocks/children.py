@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import signal
+import stat
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -123,10 +124,20 @@ def stop_left_behind(folder: Path) -> int:
     return len(killed)
 
 
+RECORD_BYTES = 256  # a record's size, at most: what is larger is not one
+
+
 def _read_record(record: Path) -> tuple[int, str, str]:
-    """(group id, boot id, leader's start time) of a record; (0, "", "") if unreadable."""
+    """(group id, boot id, leader's start time) of a record; (0, "", "") for anything else (a
+    folder, a FIFO: not waited on, a link: not followed, a large file: not read whole)."""
     try:
-        boot, started = record.read_text().split()
+        fd = os.open(record, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return 0, "", ""
+            boot, started = os.read(fd, RECORD_BYTES + 1).decode().split()
+        finally:
+            os.close(fd)
         return int(record.name), boot, started
     except (OSError, ValueError):
         return 0, "", ""
@@ -173,10 +184,10 @@ def _start_time(pid: int) -> str | None:
     no such process runs."""
     try:
         with open(f"/proc/{pid}/stat") as file:
-            stat = file.read()
+            line = file.read()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # (the name may hold spaces and parentheses)
+    fields = line[line.rindex(")") + 2 :].split()  # (the name may hold spaces and parentheses)
     return fields[19] if len(fields) > 19 else None
 
 

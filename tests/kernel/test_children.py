@@ -192,3 +192,16 @@ def test_a_record_names_the_boot_and_the_pid_namespace():
     boot, _, namespace = _boot_id().partition("/")
     assert boot == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert namespace == os.readlink("/proc/self/ns/pid")
+
+
+def test_what_is_not_a_record_is_neither_waited_on_nor_read_whole(tmp_path):
+    """A FIFO (a start waited on it for ever), a folder, a link, a large file, a name that is
+    not a number: all skipped; the start goes on."""
+    os.mkfifo(tmp_path / "123")
+    (tmp_path / "456").mkdir()
+    (tmp_path / "789").symlink_to("/proc/self/stat")
+    (tmp_path / "1011").write_text(f"{_boot_id()} 1 " + "x" * 10_000_000)
+    (tmp_path / "abc").write_text(f"{_boot_id()} 1\n")
+    (tmp_path / "1").write_text(f"{_boot_id()} {_start_time(1)}\n")  # init: never
+    assert stop_left_behind(tmp_path) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["456"]
