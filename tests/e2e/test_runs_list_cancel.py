@@ -7,6 +7,7 @@ mutator given its grace, CANCELED durable across restarts); ``foundry run wait``
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -84,6 +85,13 @@ kind = "mutator"
 command = ["sh", "-c", 'echo "$$" >> "$MARKER.fatal"; sleep 1; kill -9 "$PPID"; sleep 60']
 pass_env = ["MARKER"]
 timeout = 120
+
+[[blocks]]
+name = "fatal_at_once"
+type = "shell"
+kind = "observer"
+command = ["sh", "-c", 'echo "$$" >> "$MARKER.at_once"; kill -9 "$PPID"']
+pass_env = ["MARKER"]
 """
 
 
@@ -279,6 +287,31 @@ def test_a_step_that_kills_the_daemon_fails_after_three_crashes_instead_of_loopi
     assert "step_interrupted boom  attempt 3: the daemon was killed" in shown
     daemon.restart()
     assert wait_done(daemon, run_id).status == api.RunStatus.FAILED
+
+
+def test_an_observer_that_kills_the_daemon_at_once_is_counted_too(make_daemon, tmp_path):
+    """An observer runs ahead of its lease's commit: one that killed the daemon at once left no
+    lease, so no start counted a crash, and the loop never ended. After a crash, the leases of
+    the runs it left are durable before their steps run."""
+    daemon = start(make_daemon, tmp_path)
+    run_id = submit(daemon, dag({"id": "boom", "type": "fatal_at_once"}))
+    for _ in range(8):  # the daemon may die before it says it serves
+        if daemon.process is not None:
+            daemon.process.wait(30)
+            daemon.kill()
+        try:
+            daemon.start()
+        except RuntimeError:
+            continue
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            assert daemon.process is not None
+            daemon.process.wait(3)
+            continue
+        break
+    run = wait_done(daemon, run_id)
+    assert run.status == api.RunStatus.FAILED
+    assert "interrupted its last 3 attempts in a row" in run.error
+    assert 3 <= len(marker(tmp_path, "at_once")) <= 4
 
 
 def test_an_attempt_a_clean_stop_interrupted_is_leased_again_and_not_counted_a_crash(

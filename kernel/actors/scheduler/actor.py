@@ -157,6 +157,10 @@ class Scheduler:
         last daemon on the home was killed outright (``supervisor.Stops``): the attempts it
         left leased count towards ``planner.crash_looped``."""
         self._after_crash = after_crash
+        # Runs a crashed daemon left unfinished: every lease of theirs is durable before its
+        # step runs, observers' too — an observer that kills the daemon at once, its lease not
+        # yet committed, would leave nothing for the next start to count (``_recover``).
+        self._cautious: set[str] = set()
         self._spans = spans or SpanOutbox()
         self._registry, self._inbox, self._store, self._tap = registry, inbox, store, tap
         self._attestor = attestor
@@ -207,6 +211,8 @@ class Scheduler:
             for submission, events in unfinished:
                 run = self._rebuild(submission, events)
                 self._runs[run.run_id] = run
+                if self._after_crash:
+                    self._cautious.add(run.run_id)
                 nursery.start_soon(self._drive, run)
             task_status.started(len(unfinished))
             async for message in self._inbox:
@@ -382,6 +388,7 @@ class Scheduler:
             await self._end(run)
         finally:
             self._ended.pop(run.run_id, trio.Event()).set()
+            self._cautious.discard(run.run_id)
 
     async def _recover(self, run: RunState) -> None:
         """The attempts a stopped daemon left leased: each recorded ``step_interrupted``
@@ -528,7 +535,7 @@ class Scheduler:
                 leased.append((step, ready))
         if leased:
             try:
-                durable = await self._append_leases(records, [ready for _, ready in leased])
+                durable = await self._append_leases(run, records, [r for _, r in leased])
             except BaseException:
                 for _, ready in leased:
                     self._limiter.release_on_behalf_of(ready.slot)
@@ -634,18 +641,18 @@ class Scheduler:
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=failure)
             return None
         ready = self._leased(run, step, block, leased)
-        durable = await self._append_leases(ready.records, [ready])
+        durable = await self._append_leases(run, ready.records, [ready])
         if ready.notices:  # a tool step's capability token (a coroutine a step cost ~1.5 µs)
             await self._notify(ready.notices)
         return await self._execute(run, step, ready, durable)
 
     async def _append_leases(
-        self, records: list[Any], leased: list[_Leased]
+        self, run: RunState, records: list[Any], leased: list[_Leased]
     ) -> Pending[None] | None:
-        """Append leases; what to wait on for their commit when a mutator is among them (None
-        when not: nobody waits, so the store lets the group linger and an observer's lease
-        usually commits with its completion)."""
-        if any(ready.block.kind is BlockKind.MUTATOR for ready in leased):
+        """Append leases; what to wait on for their commit when a mutator is among them, or the
+        run is cautious (None when not: nobody waits, so the store lets the group linger and
+        an observer's lease usually commits with its completion)."""
+        if run.run_id in self._cautious or any(r.block.kind is BlockKind.MUTATOR for r in leased):
             return await self._append(records)
         await self._send_store(Append(tuple(records), tuple(records)))
         return None
@@ -697,7 +704,7 @@ class Scheduler:
         next attempt."""
         spec, block, leased, span = step.spec, ready.block, ready.leased, ready.span
         attempt, limit, lease_event, grant = leased.attempt, ready.limit, ready.lease, ready.grant
-        if block.kind is BlockKind.MUTATOR:
+        if block.kind is BlockKind.MUTATOR or run.run_id in self._cautious:
             assert durable is not None
             await durable.wait()  # side effects only once the lease is durable
         ctx = BlockContext(
