@@ -13,9 +13,8 @@ same wrapper closes a connection at once while the listener holds its cap of the
 end, as a FIN does (:class:`_ResetAsEnd`), and bounds its sends to a client that reads none of
 them (:func:`watch_sends`, ``send_watch.py``). And an HTTP/2 connection's table of streams answers
 for a stream already closed (:func:`ignore_data_of_closed_streams`), and a closed
-connection's streams let go (:func:`release_streams_of_closed_connections`), one that floods
-control frames closed (:func:`limit_control_frames`), and a stream's reply its client opens no
-window for bounded (:func:`bound_http2_stream_replies`).
+connection's streams let go (:func:`release_streams_of_closed_connections`), and one that floods
+control frames closed (:func:`limit_control_frames`).
 """
 
 from __future__ import annotations
@@ -262,53 +261,6 @@ def watch_sends(config: Any, watch: SendWatch) -> None:
     that do not read (``send_watch.py``; once :func:`contain_connection_errors` is installed:
     its wrapper hands the connection's stream the watch)."""
     setattr(config, WATCH_ATTRIBUTE, watch)
-
-
-def bound_http2_stream_replies() -> None:
-    """An HTTP/2 stream's reply waits in hypercorn's buffer for the client's flow-control
-    window: a client that kept its windows at 0 held every reply it asked for, a whole
-    ``GetRun`` a stream, for as long as it kept the connection (the socket moved, so the
-    connection's own watch saw nothing). What a stream's reply puts into its buffer is now
-    watched as a send (``send_watch.py``) whose progress is what the buffer hands the
-    connection: given up, the stream is reset (CANCEL) and its buffer emptied; what the app
-    still sends for it is dropped, as for a stream closed under it. Idempotent."""
-    from h2.errors import ErrorCodes
-    from hypercorn.protocol.events import Body, Data, EndBody, EndData, Trailers
-    from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
-
-    send, pop = H2Protocol.stream_send, StreamBuffer.pop
-    if getattr(send, "replies_bounded", False):
-        return
-    waits = (Body, Data, EndBody, EndData, Trailers)
-
-    async def popping(self: Any, max_length: int) -> bytes:
-        data: bytes = await pop(self, max_length)
-        sending = self.__dict__.get("foundry_sending")
-        if data and sending is not None:
-            sending[0].moved(sending[1], len(self.buffer))
-        return data
-
-    async def stream_send(self: Any, event: Any) -> None:
-        watch: SendWatch | None = getattr(self.config, WATCH_ATTRIBUTE, None)
-        buffer = self.stream_buffers.get(getattr(event, "stream_id", None))
-        if watch is None or buffer is None or not isinstance(event, waits):
-            await send(self, event)
-            return
-        with watch.watching(len(buffer.buffer) + len(getattr(event, "data", b""))) as sending:
-            buffer.foundry_sending = (watch, sending)
-            await send(self, event)
-        buffer.foundry_sending = None
-        if sending.scope.cancelled_caught:
-            watch.gave_up(sending, "reset an HTTP/2 stream")
-            with contextlib.suppress(Exception):  # (the stream may have ended meanwhile)
-                self.connection.reset_stream(event.stream_id, error_code=ErrorCodes.CANCEL)
-                await self._flush()
-            await buffer.close()
-
-    stream_send = functools.wraps(send)(stream_send)
-    stream_send.replies_bounded = True  # type: ignore[attr-defined]
-    H2Protocol.stream_send = stream_send  # type: ignore[method-assign]
-    StreamBuffer.pop = functools.wraps(pop)(popping)  # type: ignore[method-assign]
 
 
 CAP_ATTRIBUTE = "foundry_connection_cap"

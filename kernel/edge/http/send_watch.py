@@ -17,10 +17,9 @@ What a WebSocket or a server stream pushes to a client that stopped reading ends
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -70,33 +69,20 @@ class SendWatch:
         """``stream.send_all(data)``, piece by piece, unless it is given up (SendGivenUp: the
         stream is then broken, in the middle of a piece)."""
         size = len(data)
-        with self.watching(size) as sending:
-            if size <= PIECE:  # the common case: one piece, no slicing
-                await stream.send_all(data)
-            else:
-                await self._in_pieces(stream, data, sending)
-        if sending.scope.cancelled_caught:
-            self.gave_up(sending, "closed an HTTP connection")
-            raise SendGivenUp(f"the client {sending.reason}")
-
-    @contextlib.contextmanager
-    def watching(self, size: int) -> Iterator[_Sending]:
-        """Watch what runs in the block as one send of ``size`` bytes, its progress told by
-        :meth:`moved`: given up, the block is cancelled (``sending.scope.cancelled_caught``)."""
         sending = _Sending(size, self._clock())
         self._sending.add(sending)
         try:
             with sending.scope:
-                yield sending
+                if size <= PIECE:  # the common case: one piece, no slicing
+                    await stream.send_all(data)
+                else:
+                    await self._in_pieces(stream, data, sending)
         finally:
             self._sending.discard(sending)
-
-    def moved(self, sending: _Sending, left: int) -> None:
-        sending.left, sending.since = left, self._clock()
-
-    def gave_up(self, sending: _Sending, what: str) -> None:
-        self.given_up += 1
-        GIVEN_UP.warning("%s whose client %s", what, sending.reason)
+        if sending.scope.cancelled_caught:
+            self.given_up += 1
+            GIVEN_UP.warning("closed an HTTP connection whose client %s", sending.reason)
+            raise SendGivenUp(f"the client {sending.reason}")
 
     async def _in_pieces(
         self, stream: Any, data: bytes | bytearray | memoryview, sending: _Sending
@@ -105,7 +91,7 @@ class SendWatch:
         with memoryview(data) as view:
             for start in range(0, size, PIECE):
                 await stream.send_all(view[start : start + PIECE])
-                self.moved(sending, max(size - start - PIECE, 0))
+                sending.left, sending.since = max(size - start - PIECE, 0), self._clock()
 
     def look(self) -> None:
         """Give up the sends stalled too long, then the largest stalled ones while they hold

@@ -529,19 +529,3 @@ def test_a_double_wrapper_takes_proto3_jsons_string_forms(text, number):
     nan = {"changeId": "c", "coverage": {"overallRatio": "NaN"}}
     read = JsonCodec(1 << 20).decode(json.dumps(nan).encode(), runtime_api.CheckChangeGateRequest)
     assert math.isnan(read.coverage.overall_ratio)  # then refused by the gate's own check
-
-
-def test_hypercorn_h2_still_buffers_a_streams_reply_where_the_bound_watches_it():
-    """``hypercorn_guard.bound_http2_stream_replies`` wraps ``H2Protocol.stream_send`` and
-    ``StreamBuffer.pop``: a stream's body is pushed to ``stream_buffers[id]`` and waits there
-    for the window; what ``pop`` hands the connection is its progress."""
-    from foundry.kernel.edge.http.hypercorn_guard import bound_http2_stream_replies
-    from hypercorn.protocol import h2 as hypercorn_h2
-
-    bound_http2_stream_replies()
-    send = inspect.getsource(inspect.unwrap(hypercorn_h2.H2Protocol.stream_send))
-    assert "self.stream_buffers[event.stream_id].push(event.data)" in send
-    assert "self.stream_buffers[event.stream_id].drain()" in send
-    pop = inspect.getsource(inspect.unwrap(hypercorn_h2.StreamBuffer.pop))
-    assert "del self.buffer[:length]" in pop
-    assert getattr(hypercorn_h2.H2Protocol.stream_send, "replies_bounded", False)
