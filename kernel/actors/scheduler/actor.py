@@ -395,19 +395,25 @@ class Scheduler:
         (``crashed``: that daemon was killed outright), its step leased again with ``attempt +
         1`` — or failed, when crashes interrupted its last attempts one after another
         (``crash_looped``). A step backing off between attempts just goes on."""
-        for step in run.interrupted():
-            if step.status != "running":
-                continue
-            # Durable before the step runs again: an observer starts ahead of its lease's
-            # commit, and one that kills the daemon at once would never have its crash counted.
-            await (await self._record_durable(run, "step_interrupted", step.spec.id,
-                                              attempt=step.attempt, crashed=self._after_crash)
-                   ).wait()  # fmt: skip
+        durable: Pending[None] | None = None
+        for step in [s for s in run.interrupted() if s.status == "running"]:
+            durable = await self._record_durable(
+                run,
+                "step_interrupted",
+                step.spec.id,
+                attempt=step.attempt,
+                crashed=self._after_crash,
+            )
             if crash_looped(step):
                 error = crash_error(step)
                 log.warning("run %s step %s: %s", run.run_id, step.spec.id, error["message"])
                 await self._record(run, "step_failed", step.spec.id, attempt=step.attempt,
                                    error=error)  # fmt: skip
+        # Durable before any step runs again (one commit for them all: the store commits in
+        # order): an observer starts ahead of its lease's commit, and one that kills the daemon
+        # at once would never have its crash counted.
+        if durable is not None:
+            await durable.wait()
         recover(run)
 
     async def _until_a_slot(self, run: RunState) -> None:
