@@ -820,13 +820,16 @@ async def test_spooled_attestation_rows_are_read_by_duckdb_and_their_file_delete
     transaction that stores them, after the facts of the same group; the file is deleted once
     they are committed, and the rows are the ones the attestor would have appended itself."""
     fact, keys_home = make_event(1), tmp_path / "keys-home"
-    rows = [attestation_row(n, keys_home) for n in (1, 2, 3)]
-    path = spool_file(tmp_path, rows)
+    rows = [attestation_row(n, keys_home) for n in (1, 2, 3, 4)]
+    path, other = spool_file(tmp_path, rows[:3]), spool_file(tmp_path, rows[3:], "2.csv")
     async with running_store(tmp_path, materialize_delay=60) as store:
         await post_now(store, [fact, SpooledAttestationRows(str(path), 3)]).wait()
-        found = await ask(store, lambda r: LoadAttestations((rows[2][0], rows[0][0]), r))
-        assert [a.attestation_id for a in found] == [rows[2][0], rows[0][0]]
+        await post_now(store, [SpooledAttestationRows(str(other), 1)]).wait()
+        # one materialization, both files (read by one statement: ``insert_spooled``)
+        found = await ask(store, lambda r: LoadAttestations((rows[2][0], rows[3][0]), r))
+        assert [a.attestation_id for a in found] == [rows[2][0], rows[3][0]]
     assert not path.exists()
+    assert not other.exists()
     con = duckdb.connect(str(tmp_path / "foundry.duckdb"))
     try:
         stored = con.execute("SELECT * FROM attestation_statements ORDER BY attestation_id")
