@@ -16,7 +16,9 @@ import time
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import h2.settings
 import httpx
 import pytest
 from websockets.asyncio.client import connect
@@ -607,3 +609,167 @@ def test_a_reply_its_client_reads_none_of_is_given_up_after_body_timeout(make_da
             client.close()
     assert _status_code(daemon) == 200
     assert "Traceback" not in daemon.stderr()
+
+
+class _H2Client:
+    """A raw HTTP/2 client over a socket, its streams' flow-control windows at 0 until it opens
+    them (``open``): it reads its socket all along, as a client holding replies back would."""
+
+    def __init__(self, daemon) -> None:
+        host, port = daemon.http_address.rsplit(":", 1)
+        self.authority = daemon.http_address
+        self.connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.connection.local_settings = h2.settings.Settings(
+            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+        )
+        self.connection.initiate_connection()
+        self.socket = socket.create_connection((host, int(port)), timeout=10)
+        self.received: dict[int, int] = {}
+        self.reset: dict[int, int] = {}  # stream id: error code
+        self.ended: set[int] = set()
+
+    def post(self, path: str, payload: bytes, content_type: str = "application/json") -> int:
+        stream_id = self.connection.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":path", path), (":scheme", "http"),
+                   (":authority", self.authority), ("content-type", content_type)]  # fmt: skip
+        self.connection.send_headers(stream_id, headers)
+        self.connection.send_data(stream_id, payload, end_stream=True)
+        self.received[stream_id] = 0
+        return stream_id
+
+    def open(self, stream_id: int, size: int) -> None:
+        """Open the stream's window (and the connection's) by ``size`` bytes."""
+        self.connection.increment_flow_control_window(size, stream_id=stream_id)
+        self.connection.increment_flow_control_window(size)
+
+    def pump(self, seconds: float) -> None:
+        """Send what is due, then read and take what comes for ``seconds``."""
+        self.socket.sendall(self.connection.data_to_send())
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.socket.settimeout(left)
+            try:
+                data = self.socket.recv(1 << 20)
+            except TimeoutError:
+                break
+            assert data, "the daemon closed the connection"
+            for event in self.connection.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    self.received[event.stream_id] += len(event.data)
+                elif isinstance(event, h2.events.StreamReset):
+                    self.reset[event.stream_id] = event.error_code
+                elif isinstance(event, h2.events.StreamEnded):
+                    self.ended.add(event.stream_id)
+            self.socket.sendall(self.connection.data_to_send())
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def _status_over(client: _H2Client) -> bool:
+    """A Status call on the client's connection, its window open, is answered whole."""
+    stream_id = client.post("/foundry.Foundry/Status", b"{}")
+    client.open(stream_id, 1 << 20)
+    deadline = time.monotonic() + 10
+    while stream_id not in client.ended and time.monotonic() < deadline:
+        client.pump(0.2)
+    return stream_id in client.ended and client.received[stream_id] > 0
+
+
+def test_an_http2_stream_whose_client_opens_no_window_is_reset_after_body_timeout(make_daemon):
+    """A reply waits in hypercorn's buffer of its stream for the client's flow-control window: a
+    client that kept its windows at 0 (and read its socket, so the connection's own watch saw
+    it move) held a whole GetRun a stream for as long as it kept the connection. Now the stream
+    is reset (CANCEL) once it moved nothing for ``[http] body_timeout``; the connection and its
+    other streams go on."""
+    daemon = make_daemon("[http]\nbody_timeout = 2.0\n")
+    run_id, size = _finished_run_with_a_large_output(daemon)
+    client = _H2Client(daemon)
+    try:
+        stream_id = client.post(f"{RUNTIME}/GetRun", json.dumps({"runId": run_id}).encode())
+        started = time.monotonic()
+        while stream_id not in client.reset and time.monotonic() - started < 15:
+            client.pump(0.2)
+        assert client.reset.get(stream_id) == h2.errors.ErrorCodes.CANCEL
+        assert 1.5 < time.monotonic() - started < 6
+        assert client.received[stream_id] == 0  # it never had a window for any of it
+        assert _status_over(client)  # the connection serves on
+    finally:
+        client.close()
+    assert "reset an HTTP/2 stream whose client read none of a reply for 2 s" in daemon.stderr()
+    assert "Traceback" not in daemon.stderr()
+
+
+def test_an_http2_window_opened_a_byte_at_a_time_does_not_hold_a_reply(make_daemon):
+    """A window update of one byte now and then moves the reply, but not a piece (64 KiB) in
+    ``[http] body_timeout``: the stream is reset as if it moved nothing."""
+    daemon = make_daemon("[http]\nbody_timeout = 2.0\n")
+    run_id, _ = _finished_run_with_a_large_output(daemon)
+    client = _H2Client(daemon)
+    try:
+        stream_id = client.post(f"{RUNTIME}/GetRun", json.dumps({"runId": run_id}).encode())
+        started = time.monotonic()
+        while stream_id not in client.reset and time.monotonic() - started < 15:
+            client.open(stream_id, 1)
+            client.pump(0.1)
+        assert client.reset.get(stream_id) == h2.errors.ErrorCodes.CANCEL
+        assert time.monotonic() - started < 6
+        assert 0 < client.received[stream_id] < 200  # it moved, a byte at a time
+    finally:
+        client.close()
+
+
+def test_an_http2_reader_that_keeps_opening_its_window_gets_its_whole_reply(make_daemon):
+    """Slow but moving: 64 KiB a second against a body timeout of 2 s, never reset."""
+    daemon = make_daemon("[http]\nbody_timeout = 2.0\n")
+    dag = {"steps": [{"id": "a", "type": "transform", "inputs": {"value": "x" * 300_000}}]}
+    submitted = httpx.post(url(daemon, f"{RUNTIME}/SubmitRun"),
+                           json={"spec": {"dagJson": json.dumps(dag)}}, timeout=30)  # fmt: skip
+    run_id = submitted.json()["runId"]
+    wait_until(lambda: httpx.post(url(daemon, f"{RUNTIME}/GetRun"), json={"runId": run_id},
+                                  timeout=30).json()["run"]["status"] == "RUN_STATUS_SUCCEEDED",
+               what="the run to finish", timeout=30)  # fmt: skip
+    client = _H2Client(daemon)
+    try:
+        stream_id = client.post(f"{RUNTIME}/GetRun", json.dumps({"runId": run_id}).encode())
+        started = time.monotonic()
+        while stream_id not in client.ended and time.monotonic() - started < 30:
+            assert stream_id not in client.reset
+            client.open(stream_id, 16_384)
+            client.pump(0.25)
+        assert stream_id in client.ended
+        assert client.received[stream_id] > 600_000  # the output, twice (inputs and output)
+    finally:
+        client.close()
+    assert "reset an HTTP/2 stream" not in daemon.stderr()
+
+
+def test_an_http2_watch_whose_client_opens_no_window_is_reset_and_let_go(make_daemon):
+    """A streamed reply (a Connect Watch) waits the same way, its task and subscription held:
+    reset after ``[http] body_timeout``. Over a thousand such streams on one connection, each
+    given up, and the connection still serves: a given-up stream's buffer and its node of the
+    connection's priority tree (which holds 1,000) are let go."""
+    daemon = make_daemon("[http]\nbody_timeout = 1.0\n")
+    client = _H2Client(daemon)
+    watch = envelope(json.dumps({"project": "held"}).encode())
+    try:
+        streams = [client.post(WATCH, watch, "application/connect+json") for _ in range(3)]
+        client.pump(0.5)
+        foundry_cli("emit", "held_event", "--project", "held", "--addr", daemon.address)
+        started = time.monotonic()
+        while not all(s in client.reset for s in streams) and time.monotonic() - started < 10:
+            client.pump(0.2)
+        assert all(client.reset.get(s) == h2.errors.ErrorCodes.CANCEL for s in streams)
+        given_up = 3
+        while given_up < 1_050:  # 100 at a time: hypercorn's concurrent streams
+            batch = [client.post("/foundry.Foundry/Status", b"{}") for _ in range(100)]
+            deadline = time.monotonic() + 15
+            while not all(s in client.reset for s in batch) and time.monotonic() < deadline:
+                client.pump(0.2)
+            assert all(s in client.reset for s in batch), len(client.reset)
+            given_up += len(batch)
+        assert _status_over(client)
+    finally:
+        client.close()
+    assert "Traceback" not in daemon.stderr()
+    assert "connection failed" not in daemon.stderr()

@@ -13,8 +13,9 @@ same wrapper closes a connection at once while the listener holds its cap of the
 end, as a FIN does (:class:`_ResetAsEnd`), and bounds its sends to a client that reads none of
 them (:func:`watch_sends`, ``send_watch.py``). And an HTTP/2 connection's table of streams answers
 for a stream already closed (:func:`ignore_data_of_closed_streams`), and a closed
-connection's streams let go (:func:`release_streams_of_closed_connections`), and one that floods
-control frames closed (:func:`limit_control_frames`).
+connection's streams let go (:func:`release_streams_of_closed_connections`), one that floods
+control frames closed (:func:`limit_control_frames`), and a stream's reply its client opens no
+flow-control window for bounded (:func:`bound_http2_streams`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from foundry.kernel.edge.connections import (
     RecurringWarning,
     control_frames,
 )
-from foundry.kernel.edge.http.send_watch import SendGivenUp, SendWatch
+from foundry.kernel.edge.http.send_watch import PIECE, SendGivenUp, SendWatch
 
 log = logging.getLogger("foundry.http")
 CONNECTION_FAILED = RecurringWarning(log)  # a client's to cause, once a connection
@@ -261,6 +262,116 @@ def watch_sends(config: Any, watch: SendWatch) -> None:
     that do not read (``send_watch.py``; once :func:`contain_connection_errors` is installed:
     its wrapper hands the connection's stream the watch)."""
     setattr(config, WATCH_ATTRIBUTE, watch)
+
+
+def bound_http2_streams() -> None:
+    """An HTTP/2 stream's reply waits in hypercorn's buffer of the stream (``StreamBuffer``:
+    its app's send waits there while it holds 32 KiB) for the client's flow-control window: a
+    client that kept its windows at 0, or opened them a byte at a time, held each reply it
+    asked for — a whole ``GetRun`` a stream, a Watch's task and its subscription — for as long
+    as it kept the connection, its socket moving all the while (so the connection's watch saw
+    nothing). Now each buffer is watched (``send_watch.py``) while it holds bytes: it moves
+    when it empties or has handed the connection ``PIECE`` bytes more. Given up, its stream
+    is reset (CANCEL) as if its client had reset it — its app told, its buffer emptied and
+    let go with its place in the connection's priority tree. Idempotent."""
+    from hypercorn.protocol.events import Body, Data, EndBody, EndData, Trailers
+    from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
+
+    send, push, pop, close = (
+        H2Protocol.stream_send, StreamBuffer.push, StreamBuffer.pop, StreamBuffer.close
+    )  # fmt: skip
+    if getattr(send, "streams_bounded", False):
+        return
+    buffered = (Body, Data, EndBody, EndData, Trailers)
+
+    async def stream_send(self: Any, event: Any) -> None:
+        if isinstance(event, buffered):
+            buffer = self.stream_buffers.get(event.stream_id)
+            if buffer is not None and "foundry_held" not in buffer.__dict__:
+                watch: SendWatch | None = getattr(self.config, WATCH_ATTRIBUTE, None)
+                if watch is not None:
+                    buffer.foundry_held = _HeldReply(watch, buffer, self, event.stream_id)
+        await send(self, event)
+
+    async def pushing(self: Any, data: bytes) -> None:
+        held: _HeldReply | None = self.__dict__.get("foundry_held")
+        if held is not None and data and not held.watched and not self._complete:
+            held.hold()
+        await push(self, data)
+
+    async def popping(self: Any, max_length: int) -> bytes:
+        data: bytes = await pop(self, max_length)
+        held: _HeldReply | None = self.__dict__.get("foundry_held")
+        if held is not None and data:
+            held.moved(len(data), len(self.buffer))
+        return data
+
+    async def closing(self: Any) -> None:
+        held: _HeldReply | None = self.__dict__.get("foundry_held")
+        if held is not None:
+            held.release()
+        await close(self)
+
+    stream_send = functools.wraps(send)(stream_send)
+    stream_send.streams_bounded = True  # type: ignore[attr-defined]
+    H2Protocol.stream_send = stream_send  # type: ignore[method-assign]
+    StreamBuffer.push = functools.wraps(push)(pushing)  # type: ignore[method-assign]
+    StreamBuffer.pop = functools.wraps(pop)(popping)  # type: ignore[method-assign]
+    StreamBuffer.close = functools.wraps(close)(closing)  # type: ignore[method-assign]
+
+
+class _HeldReply:
+    """An HTTP/2 stream's buffer, as :class:`SendWatch` watches it while it holds bytes."""
+
+    __slots__ = ("_watch", "_buffer", "_protocol", "_stream_id", "since", "watched", "_moved")
+
+    def __init__(self, watch: SendWatch, buffer: Any, protocol: Any, stream_id: int) -> None:
+        self._watch, self._buffer = watch, buffer
+        self._protocol, self._stream_id = protocol, stream_id
+        self.since, self.watched, self._moved = 0.0, False, 0
+
+    @property
+    def left(self) -> int:
+        return len(self._buffer.buffer)
+
+    def hold(self) -> None:
+        self.watched, self._moved = True, 0
+        self._watch.hold(self)
+
+    def release(self) -> None:
+        if self.watched:
+            self.watched = False
+            self._watch.release(self)
+
+    def moved(self, size: int, left: int) -> None:
+        """``size`` bytes went to the connection, ``left`` wait: a window opened a byte at a
+        time moves it only once it adds up to a piece."""
+        if not left:
+            self.release()
+            return
+        self._moved += size
+        if self._moved >= PIECE:
+            self.since, self._moved = self._watch.now(), 0
+
+    def give_up(self, reason: str) -> None:
+        self.release()
+        self._watch.soon(lambda: self._reset(reason))
+
+    async def _reset(self, reason: str) -> None:
+        """As hypercorn handles a client's reset of the stream, and the RST_STREAM sent."""
+        from h2.errors import ErrorCodes
+        from h2.exceptions import ProtocolError
+
+        protocol, stream_id = self._protocol, self._stream_id
+        if protocol.stream_buffers.get(stream_id) is not self._buffer:
+            return  # it ended meanwhile
+        self._watch.gave_up("reset an HTTP/2 stream", reason)
+        with contextlib.suppress(ProtocolError):  # closed by the client meanwhile
+            protocol.connection.reset_stream(stream_id, error_code=ErrorCodes.CANCEL)
+        await protocol._close_stream(stream_id)  # its app is told its client is gone
+        await self._buffer.close()  # what the app waits on ends; what it still sends is dropped
+        await protocol._window_updated(stream_id)  # the send task lets go of buffer and node
+        await protocol._flush()
 
 
 CAP_ATTRIBUTE = "foundry_connection_cap"

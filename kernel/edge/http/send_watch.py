@@ -13,14 +13,19 @@ closed. One with none for ``STALLED_AFTER`` seconds is stalled, and what it has 
 while the stalled sends hold more than ``REPLY_BUDGET`` bytes in all, the largest is given up
 first — its client read less than a piece for seconds.
 What a WebSocket or a server stream pushes to a client that stopped reading ends the same way.
+
+Other waits for a client are watched alike (:meth:`SendWatch.hold`): an HTTP/2 stream's reply
+held back by the stream's flow-control window (``hypercorn_guard.bound_http2_streams``), the
+socket moving all the while. Each says what it has left and since when it last moved, and how
+it is given up: in a task of the watch's own (:meth:`SendWatch.soon`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import trio
 from foundry.kernel.edge.connections import RecurringWarning
@@ -31,10 +36,22 @@ PIECE = 65_536  # bytes handed to the socket at once: each one sent is progress
 STALLED_AFTER = 5.0  # seconds without progress that make a send stalled (at most)
 REPLY_BUDGET = 256 * 1024 * 1024  # bytes the stalled sends may hold in all (as gRPC's)
 GIVEN_UP = RecurringWarning(log)
+GIVE_UP_FAILED = RecurringWarning(log)
 
 
 class SendGivenUp(trio.BrokenResourceError):
     """The client read too little of a reply for too long: its connection is closed."""
+
+
+class Waiting(Protocol):
+    """A wait for a client the watch looks at: bytes it has left, and when it last moved."""
+
+    since: float
+
+    @property
+    def left(self) -> int: ...
+
+    def give_up(self, reason: str) -> None: ...
 
 
 class _Sending:
@@ -62,7 +79,8 @@ class SendWatch:
     ) -> None:
         self.stall_timeout, self.budget, self._clock = stall_timeout, budget, clock
         self.stalled_after = min(STALLED_AFTER, stall_timeout / 2)
-        self._sending: set[_Sending] = set()
+        self._sending: set[Waiting] = set()
+        self._nursery: trio.Nursery | None = None  # :meth:`run`'s, for :meth:`soon`
         self.given_up = 0  # sends given up since start
 
     async def send(self, stream: Any, data: bytes | bytearray | memoryview) -> None:
@@ -80,9 +98,29 @@ class SendWatch:
         finally:
             self._sending.discard(sending)
         if sending.scope.cancelled_caught:
-            self.given_up += 1
-            GIVEN_UP.warning("closed an HTTP connection whose client %s", sending.reason)
+            self.gave_up("closed an HTTP connection", sending.reason)
             raise SendGivenUp(f"the client {sending.reason}")
+
+    def hold(self, waiting: Waiting) -> None:
+        """Watch ``waiting`` (again) until :meth:`release`: it moves by its own account."""
+        waiting.since = self._clock()
+        self._sending.add(waiting)
+
+    def release(self, waiting: Waiting) -> None:
+        self._sending.discard(waiting)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def gave_up(self, what: str, reason: str) -> None:
+        self.given_up += 1
+        GIVEN_UP.warning("%s whose client %s", what, reason)
+
+    def soon(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job`` (a give-up's awaits) in a task of :meth:`run`'s; an error it raises is
+        logged. Dropped when the watch does not run (the listener is closing)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(_logged, job)
 
     async def _in_pieces(
         self, stream: Any, data: bytes | bytearray | memoryview, sending: _Sending
@@ -97,10 +135,11 @@ class SendWatch:
         """Give up the sends stalled too long, then the largest stalled ones while they hold
         more than the budget."""
         now = self._clock()
-        stalled: list[_Sending] = []
-        for sending in self._sending:
+        stalled: list[Waiting] = []
+        for sending in list(self._sending):  # a given-up wait lets go of its place in it
             still = now - sending.since
             if still >= self.stall_timeout:
+                self._sending.discard(sending)  # given up once
                 sending.give_up(f"read none of a reply for {self.stall_timeout:g} s "
                                 "([http] body_timeout)")  # fmt: skip
             elif still >= self.stalled_after:
@@ -110,12 +149,26 @@ class SendWatch:
             if held <= self.budget:
                 break
             held -= sending.left
+            self._sending.discard(sending)
             sending.give_up(f"read none of a reply for {self.stalled_after:g} s while "
                             f"unread replies held over {self.budget >> 20} MiB")  # fmt: skip
 
     async def run(self) -> None:
         """Look a few times a second, for ever."""
         every = min(1.0, self.stall_timeout / 4) if math.isfinite(self.stall_timeout) else 1.0
-        while True:
-            await trio.sleep(every)
-            self.look()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                while True:
+                    await trio.sleep(every)
+                    self.look()
+            finally:
+                self._nursery = None
+
+
+async def _logged(job: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await job()
+    except Exception as exc:  # a give-up must not end the watch, nor the listener with it
+        GIVE_UP_FAILED.warning("could not give up a reply: %s: %s", type(exc).__name__, exc,
+                               key=type(exc).__name__)  # fmt: skip

@@ -22,6 +22,7 @@ from foundry.kernel.edge.grpc.server import bind
 from foundry.kernel.edge.http.app import HttpApp
 from foundry.kernel.edge.http.cors import OriginPolicy, own_origins
 from foundry.kernel.edge.http.hypercorn_guard import (
+    bound_http2_streams,
     cap_connections,
     contain_connection_errors,
     ignore_data_of_closed_streams,
@@ -130,6 +131,7 @@ async def open_http_server(
     release_streams_of_closed_connections()  # an app answering a disconnect does not wait
     limit_control_frames()  # a connection flooding PING/SETTINGS/PRIORITY frames is closed
     remember_fewer_closed_streams()  # h2's memory of a connection's closed streams, bounded
+    bound_http2_streams()  # a stream's reply its client opens no flow-control window for
     bound = sock.getsockname()
     host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     own = own_origins(host, bound[1], secure=ssl_context is not None)

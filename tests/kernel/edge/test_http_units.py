@@ -24,6 +24,7 @@ from foundry.kernel.edge.http.cors import OriginPolicy, own_origins, parse_origi
 from foundry.kernel.edge.http.errors import CODE_OF, connect_error
 from foundry.kernel.edge.http.hypercorn_guard import (
     _ResetAsEnd,
+    bound_http2_streams,
     cap_connections,
     contain_connection_errors,
     ignore_data_of_closed_streams,
@@ -169,6 +170,31 @@ def test_hypercorn_still_keeps_what_release_streams_of_closed_connections_lets_g
     release_streams_of_closed_connections()
     release_streams_of_closed_connections()  # idempotent
     assert getattr(H2Protocol.handle, "buffers_released", False)
+
+
+def test_hypercorn_h2_still_buffers_a_streams_reply_where_bound_http2_streams_watches_it():
+    """The canary of ``bound_http2_streams``: a stream's reply goes through ``stream_send``
+    into its ``StreamBuffer`` (``push``, waiting there while it holds two frames), the send
+    task takes it out with ``pop`` as the window allows, and ends a stream whose window
+    lookup fails (a reset stream) by closing its buffer and removing it and its priority
+    node; a client's reset is handled by ``_close_stream`` and ``_window_updated``."""
+    from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
+
+    send = inspect.getsource(inspect.unwrap(H2Protocol.stream_send))
+    assert "await self.stream_buffers[event.stream_id].push(event.data)" in send
+    assert "await self.stream_buffers[event.stream_id].drain()" in send
+    assert "del self.buffer[:length]" in inspect.getsource(inspect.unwrap(StreamBuffer.pop))
+    assert "await self._paused.wait()" in inspect.getsource(inspect.unwrap(StreamBuffer.push))
+    sending = inspect.getsource(H2Protocol._send_data)
+    assert "self.connection.local_flow_control_window(stream_id)" in sending
+    assert "h2.exceptions.StreamClosedError" in sending
+    assert "self.priority.remove_stream(stream_id)" in sending
+    handling = inspect.getsource(H2Protocol._handle_events)
+    assert "await self._close_stream(event.stream_id)" in handling
+    assert "await self._window_updated(event.stream_id)" in handling
+    bound_http2_streams()
+    bound_http2_streams()  # idempotent
+    assert getattr(H2Protocol.stream_send, "streams_bounded", False)
 
 
 def test_hypercorn_still_hands_a_connections_h2_events_to_handle_events():

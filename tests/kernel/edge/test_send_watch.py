@@ -72,3 +72,46 @@ async def test_over_the_budget_the_largest_stalled_send_is_given_up_first(autoju
     assert small["result"] == "the client read none of a reply for 60 s ([http] body_timeout)"
     assert 60.0 <= small["seconds"] <= 61.0
     assert reading["result"] == "sent"  # a client that reads is never the one closed
+
+
+class _Held:
+    """A wait that moves by its own account (as an HTTP/2 stream's buffer does)."""
+
+    def __init__(self, left: int) -> None:
+        self.left, self.since, self.reasons = left, 0.0, []  # type: list[str]
+
+    def give_up(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+async def test_a_held_wait_is_given_up_once_and_its_give_up_runs_in_the_watch(
+    autojump_clock, caplog
+):
+    """:meth:`SendWatch.hold`: a wait given up is let go of (given up once); what its give-up
+    runs in :meth:`SendWatch.soon` may fail — logged, and the watch goes on looking."""
+    watch = SendWatch(10.0)
+    stalled, moving = _Held(100), _Held(100)
+    ran: list[str] = []
+
+    async def failing() -> None:
+        ran.append("failing")
+        raise RuntimeError("the connection went away")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run)
+        await trio.lowlevel.checkpoint()
+        watch.hold(stalled)
+        watch.hold(moving)
+        for _ in range(15):
+            await trio.sleep(1.0)
+            moving.since = trio.current_time()
+        watch.release(moving)  # done: no longer looked at
+        watch.soon(failing)
+        await trio.sleep(1.0)
+        watch.hold(_Held(1))  # looked at after the failure: the watch still runs
+        await trio.sleep(11.0)
+        nursery.cancel_scope.cancel()
+    assert stalled.reasons == ["read none of a reply for 10 s ([http] body_timeout)"]
+    assert moving.reasons == []
+    assert ran == ["failing"]
+    assert "could not give up a reply: RuntimeError: the connection went away" in caplog.text
