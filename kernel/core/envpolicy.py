@@ -55,6 +55,20 @@ _FORBIDDEN_NAMES = frozenset(
         "RSYNC_CONNECT_PROG", "PHPRC", "PHP_INI_SCAN_DIR", "GEM_HOME", "GEM_PATH",
         "BUNDLE_GEMFILE", "R_PROFILE", "R_PROFILE_USER", "R_ENVIRON", "R_ENVIRON_USER",
         "AWS_SHARED_CREDENTIALS_FILE",
+        # every other variable GNU make's built-in rules put into a recipe's command line
+        # ($(TARGET_ARCH) ran "; touch …" through a .c file's implicit rule), and make's own
+        "TARGET_ARCH", "TARGET_MACH", "LOADLIBES", "OUTPUT_OPTION", "SCCS_OUTPUT_OPTION",
+        "YFLAGS", "LFLAGS", "PFLAGS", "RFLAGS", "COFLAGS", "GFLAGS", "LINTFLAGS", "M2FLAGS",
+        "MODFLAGS", "DEFFLAGS", "MAKEINFO_FLAGS", "TEXI2DVI_FLAGS", "MAKE_COMMAND",
+        "MAKEOVERRIDES", "MAKESHELL",
+        # autoconf's site script and shell, other tools of a build (binutils, pkg-config's
+        # flags, setuptools' linker), a compiler launcher's program, rustc's and cgo's flags
+        # (-C linker=…, -fplugin), and where go fetches code and tools from
+        "CONFIG_SITE", "CONFIG_SHELL", "NM", "STRIP", "RANLIB", "OBJCOPY", "OBJDUMP", "READELF",
+        "ADDR2LINE", "ELFEDIT", "PKG_CONFIG", "PKG_CONFIG_PATH", "PKG_CONFIG_LIBDIR",
+        "PKG_CONFIG_SYSROOT_DIR", "LDSHARED", "LDCXXSHARED", "LIBS", "RUSTFLAGS",
+        "RUSTDOCFLAGS", "GOENV", "GOPATH", "GOBIN", "GOPROXY", "GOSUMDB", "GONOSUMDB",
+        "GONOSUMCHECK", "GONOPROXY", "GOPRIVATE", "GOINSECURE", "GOEXPERIMENT", "GOCACHEPROG",
     }
 )  # fmt: skip
 # Harmless names in the families forbidden below, that builds and scripts commonly set: who a
@@ -77,6 +91,8 @@ _FORBIDDEN_PREFIXES = (
     "GIT_", "OPENSSL_", "NPM_CONFIG_", "PIP_", "CARGO_", "DOCKER_",
     # a build's compiler launcher, .NET's start-up hooks and profiler
     "CMAKE_", "DOTNET_", "CORECLR_", "COR_",
+    # ccache's and distcc's (CCACHE_PREFIX runs a program), cgo's compiler and flags
+    "CCACHE_", "DISTCC_", "CGO_",
 )  # fmt: skip
 
 

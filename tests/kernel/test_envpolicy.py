@@ -1,5 +1,7 @@
 """The env policy: what a run may set for a step, and what a child process starts from."""
 
+import shutil
+
 import pytest
 from foundry.kernel.core.envpolicy import (
     SAFE_PATH,
@@ -27,11 +29,36 @@ from foundry.kernel.core.envpolicy import (
      # make's programs and a compiler's flags, zip's options (found by an egress hunt: a
      # recipe's $(RM), gcc -wrapper from CFLAGS and zip -TT from ZIPOPT ran the run's command)
      "RM", "AS", "CFLAGS", "CPPFLAGS", "LDFLAGS", "GCC_EXEC_PREFIX", "ZIPOPT", "MANOPT",
-     "LESS", "RSYNC_CONNECT_PROG", "PHPRC"],
+     "LESS", "RSYNC_CONNECT_PROG", "PHPRC",
+     # the rest of make's built-in rules' variables, a build's other tools and flags (found by
+     # a plugin-security hunt: TARGET_ARCH and LOADLIBES ran "; touch …" through a .c rule)
+     "TARGET_ARCH", "LOADLIBES", "OUTPUT_OPTION", "YFLAGS", "CONFIG_SITE", "CONFIG_SHELL",
+     "RUSTFLAGS", "CGO_LDFLAGS", "GOPROXY", "PKG_CONFIG", "STRIP", "CCACHE_PREFIX"],
 )  # fmt: skip
 def test_names_that_change_how_programs_run_are_forbidden(name):
     assert forbidden_reason(name)
     assert env_violation({name: "x"}, {"*"}) is not None
+
+
+def _make_recipe_variables() -> set[str]:
+    """The variables GNU make's built-in rules and variables reference (``$(NAME)``)."""
+    import re
+    import subprocess
+
+    database = subprocess.run(["make", "-p", "-f", "/dev/null"], capture_output=True,
+                              text=True, check=False).stdout  # fmt: skip
+    return set(re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", database))
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_every_variable_of_makes_built_in_rules_is_forbidden():
+    """make imports the environment as variables, and its built-in rules put them into a
+    recipe's command line: a run that sets any of them runs a command of its own through a
+    declared block that runs make."""
+    names = _make_recipe_variables()
+    assert {"CC", "TARGET_ARCH", "LOADLIBES"} <= names  # the database was read
+    allowed = sorted(n for n in names if not forbidden_reason(n))
+    assert allowed == []
 
 
 def test_a_name_must_be_allowed_by_the_block():
