@@ -29,10 +29,11 @@ from foundry.kernel.actors.attestor.keys import (
     load_public_pem,
     public_raw,
 )
+from foundry.kernel.blocks.api import artifact_sha256
 from foundry.kernel.cli.common import read_text_file
 from foundry.kernel.cli.output import message_dict, stamp
 from foundry.kernel.config import default_home
-from foundry.kernel.core.attest import key_id, sha256_hex, verify_chain, verify_envelope
+from foundry.kernel.core.attest import key_id, verify_chain, verify_envelope
 from foundry.kernel.core.attest_records import announced, json_digest
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import ConfigError, FoundryError
@@ -485,7 +486,10 @@ def _check_file(claims: dict[str, Any]) -> list[str]:
     path = Path(unquote(uri.path))
     if uri.scheme != "file" or not path.is_file():
         return []  # not on this machine: the signature is all that can be checked
-    digest = sha256_hex(path.read_bytes())
+    try:
+        digest = artifact_sha256(path)
+    except OSError as exc:
+        return [f"artifact {path}: cannot be read as a regular file ({exc.strerror or exc})"]
     if digest != claims.get("sha256"):
         return [f"artifact {path}: its content digests to {digest}, not the attested one"]
     return []

@@ -1,5 +1,6 @@
 """execute(): one block once, with timeout and retries; pure trio, so the autojump clock is safe."""
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -228,6 +229,41 @@ async def test_write_artifact_refuses_a_link_out_of_the_folder_and_follows_one_w
     assert written == folder / "inside.txt"
     assert (folder / "inside.txt").read_text() == "new"
     assert ctx.listed_artifacts() == [str(folder / "inside.txt")]
+
+
+def test_a_scan_of_the_folder_lists_regular_files_only_never_a_link_or_a_pipe(tmp_path):
+    """A command's folder is scanned: a link it left (one to /proc/self/environ had the daemon
+    read its own environment and sign its digest), a named pipe or a link to a folder is not
+    an artifact; its files, in subfolders too, are."""
+    folder = tmp_path / "art"
+    (folder / "sub").mkdir(parents=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret")
+    (folder / "kept.txt").write_text("a")
+    (folder / "sub" / "deep.txt").write_text("b")
+    (folder / "environ").symlink_to("/proc/self/environ")
+    (folder / "outside.txt").symlink_to(outside)
+    (folder / "inside.txt").symlink_to(folder / "kept.txt")
+    (folder / "linked").symlink_to(tmp_path)
+    os.mkfifo(folder / "pipe")
+    ctx = BlockContext(payload={}, artifact_dir=folder)
+    ctx.artifact_path("later.txt")  # anything may be written now: a scan
+    assert ctx.listed_artifacts() == [str(folder / "kept.txt"), str(folder / "sub" / "deep.txt")]
+
+
+def test_an_artifact_is_hashed_as_the_file_itself_never_through_a_link_or_a_pipe(tmp_path):
+    """``artifact_sha256``: what was listed may have been swapped since (a command's child
+    still running): a link is not followed, a pipe not waited on, a file read in pieces."""
+    from foundry.kernel.blocks.api import ARTIFACT_READ, artifact_sha256
+
+    content = os.urandom(ARTIFACT_READ * 2 + 7)
+    (tmp_path / "big.bin").write_bytes(content)
+    assert artifact_sha256(tmp_path / "big.bin") == hashlib.sha256(content).hexdigest()
+    (tmp_path / "link").symlink_to(tmp_path / "big.bin")
+    os.mkfifo(tmp_path / "pipe")
+    for name in ("link", "pipe"):
+        with pytest.raises(OSError):
+            artifact_sha256(tmp_path / name)
 
 
 async def test_write_artifact_replaces_a_file_and_refuses_a_folder_by_that_name(tmp_path):

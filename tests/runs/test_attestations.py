@@ -56,9 +56,19 @@ def write_note(ctx: BlockContext) -> dict:
     return {"written": True}
 
 
+@block("leave_links", kind=BlockKind.OBSERVER)
+def leave_links(ctx: BlockContext) -> dict:
+    import os
+
+    ctx.artifact_path("kept.txt").write_text("kept")
+    os.symlink("/proc/self/environ", ctx.artifact_path("environ"))
+    os.symlink(ctx.inputs["outside"], ctx.artifact_path("outside.txt"))
+    return {"written": True}
+
+
 @hookimpl
 def register_blocks():
-    return [write_note]
+    return [write_note, leave_links]
 """
 
 EVERY_KIND = dag(
@@ -414,6 +424,21 @@ def test_artifact_paths_are_files_the_step_wrote(daemon):
     wait_done(daemon, run_id)
     (artifact,) = [n for n in attested(tap(daemon, run_id)) if n["kind"] == "artifact"]
     assert Path(artifact["uri"]).read_text()
+
+
+def test_links_a_step_leaves_are_not_artifacts_nor_attested(daemon, tmp_path):
+    """Links in a step's artifact folder (found by a plugin-security hunt: one to
+    /proc/self/environ had the daemon read its own environment and sign its digest, one to a
+    file outside the folder signed that file) are not listed, read or attested."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the run's")
+    run_id = submit(daemon, dag({"id": "links", "type": "leave_links",
+                                 "inputs": {"outside": str(outside)}}))  # fmt: skip
+    wait_done(daemon, run_id)
+    (completed,) = of_kind(tap(daemon, run_id), "step_completed")
+    assert [Path(p).name for p in completed["payload"]["artifacts"]] == ["kept.txt"]
+    artifacts = [n for n in attested(tap(daemon, run_id)) if n["kind"] == "artifact"]
+    assert [Path(a["uri"]).name for a in artifacts] == ["kept.txt"]
 
 
 def _signers(pid: int) -> list[int]:

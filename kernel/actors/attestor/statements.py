@@ -12,7 +12,6 @@ through GetRun (protobuf doubles) gets the digest the attestor signed.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +21,7 @@ from typing import Any, NamedTuple
 
 from foundry.kernel.actors.attestor.drafting import Job, Signed, draft_batch
 from foundry.kernel.actors.attestor.messages import Attest, AttestCustom
+from foundry.kernel.blocks.api import artifact_sha256
 from foundry.kernel.core.attest import (
     AttestationError,
     artifact_claims,
@@ -182,7 +182,7 @@ def _tool(notice: Attest, daemon_version: str) -> Job:
 
 def _artifact(notice: Attest, daemon_version: str) -> Job:
     path = Path(notice.attested.payload["uri"])
-    content = hashlib.sha256(path.read_bytes()).hexdigest()
+    content = artifact_sha256(path)  # the file itself, never what a link put there names
     completed = notice.facts[0]
     claims = artifact_claims(
         uri=path.as_uri(), sha256=content, run_id=completed.run_id, step_id=completed.step_id
