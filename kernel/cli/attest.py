@@ -33,7 +33,12 @@ from foundry.kernel.blocks.api import artifact_sha256
 from foundry.kernel.cli.common import read_text_file
 from foundry.kernel.cli.output import message_dict, stamp
 from foundry.kernel.config import default_home
-from foundry.kernel.core.attest import key_id, verify_chain, verify_envelope
+from foundry.kernel.core.attest import (
+    dsse_b64decode,
+    key_id,
+    verify_chain,
+    verify_envelope,
+)
 from foundry.kernel.core.attest_records import announced, json_digest
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import ConfigError, FoundryError
@@ -196,10 +201,10 @@ def _verify_handler(client: Any) -> Callable[[argparse.Namespace], int]:
         key, _, kid = _public_key(args.pubkey)
         verify = _verifier(key)
         target = Path(args.target)
-        if target.is_file():
+        if _is_file(target):
             problems = verify_lines(_read_envelopes(target), verify, kid)
             return _report(args, problems, args.target)
-        if target.exists():  # a FIFO, a folder, a device: not taken for an attestation id
+        if _exists(target):  # a FIFO, a folder, a device: not taken for an attestation id
             raise ConfigError(f"{args.target}: not a regular file")
 
         async def by_id(_: argparse.Namespace, stubs: Any) -> int:
@@ -210,6 +215,22 @@ def _verify_handler(client: Any) -> Callable[[argparse.Namespace], int]:
         return result
 
     return handler
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for what cannot be a path here (a long attestation id: a
+    name over 255 bytes raised ENAMETOOLONG)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _report(args: argparse.Namespace, problems: list[str], target: str) -> int:
@@ -238,7 +259,7 @@ def _read_envelopes(path: Path) -> list[str]:
     text = data.decode("utf-8", errors="replace")
     try:
         whole = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # lines, or one of them too deep: checked by name
         whole = None
     if isinstance(whole, dict):
         inner = whole.get("envelope") if "payload" not in whole else None
@@ -247,20 +268,23 @@ def _read_envelopes(path: Path) -> list[str]:
 
 
 def _statement(envelope: str) -> dict[str, Any]:
-    import base64
-
+    """The statement an envelope carries, read as ``verify_envelope`` reads it (standard or
+    URL-safe base64); {} when there is none to read."""
     try:
         parsed = json.loads(envelope)
-        statement = json.loads(base64.b64decode(parsed["payload"]))
-    except (ValueError, KeyError, TypeError):
+        payload = dsse_b64decode(parsed["payload"]) if isinstance(parsed, dict) else None
+        statement = json.loads(payload) if payload is not None else None
+    except (ValueError, KeyError, TypeError, RecursionError):
         return {}
     return statement if isinstance(statement, dict) else {}
 
 
-def _run_of(statement: dict[str, Any]) -> Any:
-    """The ``run_id`` of a statement's predicate (None when it has none, or no object)."""
+def _run_of(statement: dict[str, Any]) -> str | None:
+    """The ``run_id`` of a statement's predicate (None when it has none that is text: a forged
+    one may hold a list)."""
     predicate = statement.get("predicate")
-    return predicate.get("run_id") if isinstance(predicate, dict) else None
+    run_id = predicate.get("run_id") if isinstance(predicate, dict) else None
+    return run_id if isinstance(run_id, str) else None
 
 
 def verify_lines(
@@ -318,12 +342,42 @@ async def verify_stored(
     if result.statement is None:
         return problems
     kind, claims = result.kind, result.statement.get("predicate", {})
+    problems += _identity_problems(found, kind, claims)
+    if problems:  # another attestation's statement: its output or chain says nothing of this
+        return problems
     if kind == "run":
         problems += await _check_run(runtime, found, claims, verify, kid)
     elif kind in ("step", "tool"):
         problems += await _check_output(runtime, claims, kind)
     elif kind == "artifact":
         problems += _check_file(claims)
+    return problems
+
+
+_OF_A_RUN = ("run", "step", "tool", "artifact", "capability_token")  # ids att_<run>_<seq>
+
+
+def _identity_problems(found: api.Attestation, kind: str | None, claims: Any) -> list[str]:
+    """What the signed statement says it is of, against what the attestation is stored as: its
+    id (``att_<run id>_<seq>`` for a run's) and its subject. A statement signed for one run,
+    copied into another run's row, verified as valid."""
+    if not isinstance(claims, dict) or kind is None:
+        return []
+    problems: list[str] = []
+    run_id, stored = claims.get("run_id"), found.attestation_id
+    if kind in _OF_A_RUN and isinstance(run_id, str):
+        rest = stored.removeprefix(f"att_{run_id}_")
+        if rest == stored or not rest.isdigit():
+            problems.append(f"its signed statement is of run {run_id}, which its id {stored} "
+                            "does not name: another attestation's statement")  # fmt: skip
+    subject = found.subject.step if found.subject is not None else None
+    if kind == "step" and subject is not None and claims.get("step_id") != subject.step_id:
+        problems.append(f"its signed statement is of step {claims.get('step_id')}, but it is "
+                        f"stored as the attestation of step {subject.step_id}")  # fmt: skip
+    stored_kind = _kind(found)
+    if stored_kind != "?" and stored_kind != kind:
+        problems.append(f"its signed statement is a {kind} attestation, but it is stored as a "
+                        f"{stored_kind} one")  # fmt: skip
     return problems
 
 

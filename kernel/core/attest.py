@@ -673,7 +673,7 @@ def _b64(data: bytes) -> str:
     return base64.standard_b64encode(data).decode("ascii")
 
 
-def _unb64(text: object) -> bytes | None:
+def dsse_b64decode(text: object) -> bytes | None:
     """Standard or URL-safe base64 (DSSE accepts both), padded; None if it is neither."""
     if not isinstance(text, str):
         return None
@@ -777,9 +777,9 @@ def _open(env: str | Mapping[str, Any]) -> _Opened:
                 or not isinstance(sig.get("sig"), str)
             ):
                 errors.append(f"signatures[{n}]: must be {{'keyid': str, 'sig': str}}")
-            elif _unb64(sig["sig"]) is None:
+            elif dsse_b64decode(sig["sig"]) is None:
                 errors.append(f"signatures[{n}].sig: not base64")
-    payload = _unb64(parsed.get("payload"))
+    payload = dsse_b64decode(parsed.get("payload"))
     if payload is None:
         errors.append("payload: missing or not base64")
         return _Opened(parsed, None, None, tuple(errors))
@@ -815,7 +815,7 @@ def _signature_errors(
         return [f"signatures: none by key {expected_keyid!r}"]
     message = pae(str(env.get("payloadType")), payload)
     for sig in mine:
-        raw = _unb64(sig.get("sig"))
+        raw = dsse_b64decode(sig.get("sig"))
         if raw is None:
             continue
         try:

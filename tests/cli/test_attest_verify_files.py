@@ -13,7 +13,14 @@ import sys
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from foundry.kernel.core.attest import PREDICATE_TYPES
+from foundry.kernel.core.attest import (
+    PREDICATE_TYPES,
+    attestation_digest,
+    envelope,
+    key_id,
+    statement_for,
+    step_claims,
+)
 
 
 def _envelope(kind: str, predicate: object) -> str:
@@ -36,6 +43,14 @@ def _envelope(kind: str, predicate: object) -> str:
         pytest.param(
             _envelope("step", "text").encode() + b"\n" + _envelope("run", {}).encode(),
             id="a step predicate that is a string",
+        ),  # fmt: skip
+        # a run id that is no text was a set's key: a traceback (found by an attestation hunt)
+        pytest.param(_envelope("step", {"run_id": ["a"]}).encode(), id="a list for a run id"),
+        pytest.param(
+            _envelope("step", {"run_id": {"a": 1}}).encode()
+            + b"\n"
+            + _envelope("run", {"run_id": {"a": 1}}).encode(),
+            id="an object for a run id",
         ),  # fmt: skip
     ],
 )
@@ -90,3 +105,79 @@ def test_files_that_are_not_keys_or_envelopes_are_one_line(tmp_path, kind):
         assert done.stderr.count("\n") <= 1, done.stderr
         if kind != "deep":
             assert "not a regular file" in done.stderr, done.stderr
+
+
+def _key_files(tmp_path):
+    """A private key's signing function, and its public key's PEM file."""
+    private = Ed25519PrivateKey.generate()
+    pubkey = tmp_path / "key.pem"
+    pubkey.write_bytes(private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    raw = private.public_key().public_bytes(serialization.Encoding.Raw,
+                                            serialization.PublicFormat.Raw)  # fmt: skip
+    return private.sign, key_id(raw), pubkey
+
+
+def _chain(sign, keyid: str, steps: int) -> list[dict[str, object]]:
+    """A run's first ``steps`` step attestations, chained, as the daemon signs them (the
+    third's model makes base64's "+" and "/")."""
+    made: list[dict[str, object]] = []
+    previous = None
+    for index in range(steps):
+        claims = step_claims(
+            run_id="run_a", step_id=f"s{index}", block="noop", attempt=1, tokens_in=0,
+            tokens_out=0, cost=0.0, input_hash="0" * 64, seed=index,
+            model="~~~>>>???" if index == 2 else None,
+            previous=previous, index=index, output_hash="1" * 64,
+        )  # fmt: skip
+        made.append(envelope(statement_for("step", claims), keyid, sign))
+        previous = attestation_digest(made[-1])
+    return made
+
+
+def test_an_export_in_url_safe_base64_verifies(tmp_path):
+    """DSSE takes URL-safe base64 too: a genuine chain re-encoded so was INVALID ("index is 1,
+    expected 0"): the chain's reader decoded the payload as standard base64, silently dropping
+    its ``-`` and ``_``, and lost the step (found by an attestation hunt)."""
+    sign, keyid, pubkey = _key_files(tmp_path)
+    chain = _chain(sign, keyid, 6)
+    lines = []
+    for env in chain:
+        payload = base64.b64decode(env["payload"])  # type: ignore[arg-type]
+        (signature,) = env["signatures"]  # type: ignore[misc]
+        lines.append(json.dumps({
+            "payloadType": env["payloadType"],
+            "payload": base64.urlsafe_b64encode(payload).decode(),
+            "signatures": [{"keyid": keyid, "sig": base64.urlsafe_b64encode(
+                base64.b64decode(signature["sig"])).decode()}],
+        }))  # fmt: skip
+    assert set("-_") & set(json.loads(lines[2])["payload"])  # a link in the middle
+    target = tmp_path / "export.jsonl"
+    target.write_text("\n".join(lines) + "\n")
+    done = _verify(tmp_path, str(target), str(pubkey))
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.startswith("valid")
+
+
+def test_a_line_nested_too_deep_is_one_invalid_envelope_among_the_others(tmp_path):
+    """A line of JSON nested 100,000 deep ended the whole check (exit 2) with nothing said of
+    the envelopes beside it; it is one invalid envelope, named."""
+    sign, keyid, pubkey = _key_files(tmp_path)
+    (genuine,) = _chain(sign, keyid, 1)
+    target = tmp_path / "export.jsonl"
+    target.write_text(json.dumps(genuine) + "\n" + "[" * 100_000 + "\n")
+    done = _verify(tmp_path, str(target), str(pubkey))
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "envelope 2:" in done.stdout
+    assert "envelope 1:" not in done.stdout
+
+
+def test_an_id_too_long_for_a_file_name_is_taken_for_an_id(tmp_path):
+    """``Path.is_file`` of a 300-byte name raised ENAMETOOLONG: a traceback before any
+    daemon was asked. It is an attestation id (here no daemon answers: one line)."""
+    _, _, pubkey = _key_files(tmp_path)
+    done = _verify(tmp_path, "att_" + "x" * 300, str(pubkey))
+    assert done.returncode in (1, 2), done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("\n") <= 1, done.stderr

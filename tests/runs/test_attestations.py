@@ -350,6 +350,34 @@ def test_a_step_output_changed_in_the_database_is_reported(make_daemon):
     assert "count" in run.stdout
 
 
+def test_another_runs_statement_copied_into_an_attestation_is_reported(make_daemon):
+    """A step attestation's row given another run's genuinely signed statement (found by an
+    attestation hunt: ``attest verify ID`` said valid, checking the output of the run the
+    statement names): the id names one run, the signed statement another."""
+    daemon = make_daemon()
+    first, second = (run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id for _ in range(2))
+
+    def step_attestation(run_id: str) -> str:
+        return next(n["attestation_id"] for n in attested(tap(daemon, run_id))
+                    if (n["step_id"], n["kind"]) == ("count", "step"))  # fmt: skip
+
+    target, source = step_attestation(first), step_attestation(second)
+    assert daemon.cli("attest", "verify", target).returncode == 0
+    assert daemon.stop() == 0
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        row = con.execute("SELECT statement, signature FROM attestation_statements WHERE "
+                          "attestation_id = ?", [source]).fetchone()  # fmt: skip
+        assert row is not None
+        con.execute("UPDATE attestation_statements SET statement = ?, signature = ? WHERE "
+                    "attestation_id = ?", [*row, target])  # fmt: skip
+    daemon.start()
+    verified = daemon.cli("attest", "verify", target)
+    assert verified.returncode == 1, verified.stdout
+    assert f"its signed statement is of run {second}, which its id {target} does not name" in (
+        verified.stdout
+    )
+
+
 def test_a_reused_output_changed_in_a_branch_is_reported(make_daemon):
     # A branch attests only the steps it ran: its reused outputs were covered by the run
     # attestation's artifact_hash column alone, unsigned — changed together with it in the
