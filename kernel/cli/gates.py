@@ -19,10 +19,12 @@ not turned into a score.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from foundry.kernel.cli.common import prepared_client, whole_number
 from foundry.kernel.cli.evals import list_scenarios, load_document, results_at, stats_of
 from foundry.kernel.cli.output import message_dict, stamp
 from foundry.kernel.errors import ConfigError, FoundryError
+from foundry.proto import analytics_api
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
 
@@ -239,6 +242,45 @@ class _Reader:
 
 # --- metrics from recorded eval results ---------------------------------------------------------
 
+# Every result of the pack at the commit: ListEvalScenarios' history holds each scenario's
+# newest 100 at any commit, and a commit's older results fell out of it (a failed run among
+# them: the gate allowed).
+RESULTS_AT_SQL = """
+SELECT r.result_id, r.scenario_id, r.run_id, r.outcome, r.metrics,  -- JSON: an object
+       epoch_us(r.executed_at) AS executed_us
+FROM eval_results r JOIN eval_scenarios s USING (scenario_id)
+WHERE s.pack = $pack AND r.commit = $commit
+ORDER BY r.executed_at, r.result_id
+"""
+
+
+async def results_recorded_at(
+    channel: Any, pack: str, commit: str
+) -> dict[str, list[api.EvalResult]]:
+    """Each scenario's results at ``commit`` (by scenario id), through the Analytics service
+    (which answers once its database holds every acknowledged record)."""
+    analytics = analytics_api.AnalyticsStub(channel)
+    reply = await analytics.query(
+        analytics_api.QueryRequest(sql=RESULTS_AT_SQL, params={"pack": pack, "commit": commit})
+    )
+    if reply.truncated:
+        raise FoundryError(f"--from-evals: more results at commit {commit!r} in pack {pack!r} "
+                           "than one query returns ([analytics] max_rows)")  # fmt: skip
+    found: dict[str, list[api.EvalResult]] = {}
+    for line in reply.rows_json:
+        result_id, scenario_id, run_id, outcome, metrics, executed_us = json.loads(line)
+        found.setdefault(scenario_id, []).append(api.EvalResult(
+            result_id=result_id, run_id=run_id, scenario_id=scenario_id, outcome=outcome,
+            commit=commit, metrics=Struct.from_dict(metrics),
+            executed_at=datetime.fromtimestamp(executed_us / 1e6, UTC),
+        ))  # fmt: skip
+    return found
+
+
+def with_history(scenario: api.EvalScenario, history: list[api.EvalResult]) -> api.EvalScenario:
+    """``scenario`` with ``history`` for its own."""
+    return dataclasses.replace(scenario, history=history)
+
 
 def eval_evidence(
     scenarios: list[api.EvalScenario], pack: str, commit: str
@@ -379,6 +421,8 @@ async def cmd_check(args: argparse.Namespace, stubs: Any) -> int:
     request: api.CheckChangeGateRequest = args.request
     if args.from_evals:
         scenarios = await list_scenarios(runtime, args.from_evals)
+        recorded = await results_recorded_at(runtime.channel, args.from_evals, args.commit)
+        scenarios = [with_history(s, recorded.get(s.scenario_id, [])) for s in scenarios]
         metrics, telemetry = eval_evidence(scenarios, args.from_evals, args.commit)
         merge_evidence(request, metrics, telemetry, args.commit)
     reply = await runtime.check_change_gate(request)

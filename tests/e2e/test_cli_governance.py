@@ -210,3 +210,38 @@ def test_errors_are_one_line(daemon, tmp_path):
     done = run(daemon, "gate", "followup", "gate_missing", "--outcome", "deferred")
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1
+
+
+def test_gate_from_evals_counts_every_result_at_the_commit_not_the_newest_hundred(daemon, tmp_path):
+    """ListEvalScenarios' history holds a scenario's newest 100 results at any commit: a failed
+    run at commit A, followed by 100 results at B, fell out of it, and the gate allowed A at a
+    pass rate of 1.0 (found by a governance hunt); one more, and A had "no results"."""
+    from foundry.proto import runtime_api as api
+    from foundry.proto.generated.google.protobuf import Struct
+
+    from tests.runs.helpers import run_and_wait
+
+    ok_dag = json.dumps({"steps": [{"id": "a", "type": "transform",
+                                    "inputs": {"merge": [{"x": 1}]}}]})  # fmt: skip
+    bad_dag = json.dumps({"steps": [{"id": "t", "type": "tool",
+                                     "inputs": {"tool": "no_such_tool", "args": {}}}]})  # fmt: skip
+    definition = api.EvalScenarioDefinition(
+        slug="s", run_spec=Struct.from_dict({"dag_json": ok_dag}),
+        expected=Struct.from_dict({"status": "succeeded"}),
+    )  # fmt: skip
+    daemon.call(lambda _, rt: rt.sync_eval_pack(
+        api.SyncEvalPackRequest(pack="window", scenarios=[definition])))  # fmt: skip
+    ok, bad = (run_and_wait(daemon, dag).run_id for dag in (ok_dag, bad_dag))
+
+    async def record(runtime, runs_and_commits):  # type: ignore[no-untyped-def]
+        for run_id, commit in runs_and_commits:
+            await runtime.record_eval_result(api.RecordEvalResultRequest(
+                pack="window", slug="s", run_id=run_id, commit=commit))  # fmt: skip
+
+    daemon.call(lambda _, rt: record(rt, [(bad, "A"), (ok, "A"), *[(ok, "B")] * 101]))
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"change_id": "chg-window", "coverage": {"overall_ratio": 0.95}}))
+    done = run(daemon, "gate", "check", str(request), "--from-evals", "window", "--commit", "A")
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stdout.startswith("DENY")
+    assert "pass_rate (s) scored 0.50" in done.stdout
