@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import h2.config
 import h2.connection
@@ -676,22 +677,35 @@ def _status_over(client: _H2Client) -> bool:
     return stream_id in client.ended and client.received[stream_id] > 0
 
 
+def _a_large_get_run_over_h2(make_daemon):  # type: ignore[no-untyped-def]
+    """A daemon with ``[http] body_timeout = 2``, an HTTP/2 client with its windows at 0, and
+    the stream of its GetRun of a run of several MB."""
+    daemon = make_daemon("[http]\nbody_timeout = 2.0\n")
+    run_id, _ = _finished_run_with_a_large_output(daemon)
+    client = _H2Client(daemon)
+    return daemon, client, client.post(f"{RUNTIME}/GetRun", json.dumps({"runId": run_id}).encode())
+
+
+def _until_reset(client: _H2Client, stream_id: int, each: Callable[[], None]) -> float:
+    """Seconds until the stream is reset (15 at most), ``each`` done every 0.1 s meanwhile."""
+    started = time.monotonic()
+    while stream_id not in client.reset and time.monotonic() - started < 15:
+        each()
+        client.pump(0.1)
+    return time.monotonic() - started
+
+
 def test_an_http2_stream_whose_client_opens_no_window_is_reset_after_body_timeout(make_daemon):
     """A reply waits in hypercorn's buffer of its stream for the client's flow-control window: a
     client that kept its windows at 0 (and read its socket, so the connection's own watch saw
     it move) held a whole GetRun a stream for as long as it kept the connection. Now the stream
     is reset (CANCEL) once it moved nothing for ``[http] body_timeout``; the connection and its
     other streams go on."""
-    daemon = make_daemon("[http]\nbody_timeout = 2.0\n")
-    run_id, size = _finished_run_with_a_large_output(daemon)
-    client = _H2Client(daemon)
+    daemon, client, stream_id = _a_large_get_run_over_h2(make_daemon)
     try:
-        stream_id = client.post(f"{RUNTIME}/GetRun", json.dumps({"runId": run_id}).encode())
-        started = time.monotonic()
-        while stream_id not in client.reset and time.monotonic() - started < 15:
-            client.pump(0.2)
+        seconds = _until_reset(client, stream_id, lambda: None)
         assert client.reset.get(stream_id) == h2.errors.ErrorCodes.CANCEL
-        assert 1.5 < time.monotonic() - started < 6
+        assert 1.5 < seconds < 6
         assert client.received[stream_id] == 0  # it never had a window for any of it
         assert _status_over(client)  # the connection serves on
     finally:
@@ -703,17 +717,11 @@ def test_an_http2_stream_whose_client_opens_no_window_is_reset_after_body_timeou
 def test_an_http2_window_opened_a_byte_at_a_time_does_not_hold_a_reply(make_daemon):
     """A window update of one byte now and then moves the reply, but not a piece (64 KiB) in
     ``[http] body_timeout``: the stream is reset as if it moved nothing."""
-    daemon = make_daemon("[http]\nbody_timeout = 2.0\n")
-    run_id, _ = _finished_run_with_a_large_output(daemon)
-    client = _H2Client(daemon)
+    _, client, stream_id = _a_large_get_run_over_h2(make_daemon)
     try:
-        stream_id = client.post(f"{RUNTIME}/GetRun", json.dumps({"runId": run_id}).encode())
-        started = time.monotonic()
-        while stream_id not in client.reset and time.monotonic() - started < 15:
-            client.open(stream_id, 1)
-            client.pump(0.1)
+        seconds = _until_reset(client, stream_id, lambda: client.open(stream_id, 1))
         assert client.reset.get(stream_id) == h2.errors.ErrorCodes.CANCEL
-        assert time.monotonic() - started < 6
+        assert seconds < 6
         assert 0 < client.received[stream_id] < 200  # it moved, a byte at a time
     finally:
         client.close()
