@@ -71,6 +71,12 @@ def patch_payload(
     if step.status != "pending":
         raise FailedPrecondition(f"step {step_id!r} is {step.status}; only steps that have not "
                                  "run yet can be patched")  # fmt: skip
+    if step.attempt:  # pending again: a stopped daemon left the attempt (step_interrupted)
+        raise FailedPrecondition(
+            f"step {step_id!r} ran: attempt {step.attempt} was interrupted when the daemon "
+            "stopped, and is leased again as it was; only steps that have not run yet can be "
+            "patched"
+        )
     patched = patched_spec(step.spec, inputs_patch, env, model)
     if patched.env:
         check_step_env(step_id, patched.env, env_allowance(patched))

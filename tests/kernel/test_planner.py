@@ -446,3 +446,19 @@ def test_a_step_that_fails_before_its_lease_has_the_attempt_its_failure_names():
     run = started(make_run([step("a")]))
     run.make_event("step_failed", T0, "a", attempt=1, error=step_error("unresolved", 1))
     assert run.steps["a"].attempt == run.steps["a"].error["attempt"] == 1
+
+
+def test_a_step_a_stopped_daemon_interrupted_cannot_be_patched():
+    """Pending again after ``step_interrupted``, but it ran (a mutator's side effect may be
+    done): a patch let its next attempt repeat it with other inputs than the recorded ones
+    (found by a time-travel hunt). A step that never ran can be."""
+    from foundry.kernel.core.run_control import patch_payload
+    from foundry.kernel.errors import FailedPrecondition
+
+    run = started(make_run([step("a"), step("b")], breakpoints=["b"]))
+    lease_event(run, "a")
+    interrupted(run, "a", 1, True)
+    run.status = "PAUSED_AT_STEP"  # as a breakpoint leaves it
+    with pytest.raises(FailedPrecondition, match="step 'a' ran: attempt 1 was interrupted"):
+        patch_payload(run, "a", {"x": 1}, None, None, "")
+    assert patch_payload(run, "b", {"x": 1}, None, None, "")["inputs_patch"] == {"x": 1}

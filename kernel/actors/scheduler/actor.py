@@ -1088,7 +1088,9 @@ class Scheduler:
         if wakeup is not None:
             wakeup.set()  # a paused run stops waiting for ResumeRun
         await ended.wait()
-        return run.status, canceled
+        # a mutator that finished within its grace was not cancelled: it ran, and succeeded
+        # or failed (it was listed as cancelled, its side effect done)
+        return run.status, tuple(i for i in canceled if run.steps[i].status == "canceled")
 
     async def _list(self, message: ListRuns) -> tuple[list[RunSummary], str]:
         await ask(self._store, Barrier)  # every event made so far is in the answer
