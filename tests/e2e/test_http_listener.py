@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -629,11 +630,13 @@ class _H2Client:
         self.reset: dict[int, int] = {}  # stream id: error code
         self.ended: set[int] = set()
 
-    def post(self, path: str, payload: bytes, content_type: str = "application/json") -> int:
+    def post(
+        self, path: str, payload: bytes, content_type: str = "application/json", **priority: Any
+    ) -> int:
         stream_id = self.connection.get_next_available_stream_id()
         headers = [(":method", "POST"), (":path", path), (":scheme", "http"),
                    (":authority", self.authority), ("content-type", content_type)]  # fmt: skip
-        self.connection.send_headers(stream_id, headers)
+        self.connection.send_headers(stream_id, headers, **priority)
         self.connection.send_data(stream_id, payload, end_stream=True)
         self.received[stream_id] = 0
         return stream_id
@@ -643,17 +646,19 @@ class _H2Client:
         self.connection.increment_flow_control_window(size, stream_id=stream_id)
         self.connection.increment_flow_control_window(size)
 
-    def pump(self, seconds: float) -> None:
-        """Send what is due, then read and take what comes for ``seconds``."""
+    def pump(self, seconds: float, read: int = 1 << 20, pause: float = 0.0) -> None:
+        """Send what is due, then read and take what comes for ``seconds``, ``read`` bytes at
+        a time, ``pause`` seconds after each."""
         self.socket.sendall(self.connection.data_to_send())
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             self.socket.settimeout(left)
             try:
-                data = self.socket.recv(1 << 20)
+                data = self.socket.recv(read)
             except TimeoutError:
                 break
             assert data, "the daemon closed the connection"
+            time.sleep(pause)
             for event in self.connection.receive_data(data):
                 if isinstance(event, h2.events.DataReceived):
                     self.received[event.stream_id] += len(event.data)
@@ -747,6 +752,34 @@ def test_an_http2_reader_that_keeps_opening_its_window_gets_its_whole_reply(make
             client.pump(0.25)
         assert stream_id in client.ended
         assert client.received[stream_id] > 600_000  # the output, twice (inputs and output)
+    finally:
+        client.close()
+    assert "reset an HTTP/2 stream" not in daemon.stderr()
+
+
+def test_an_http2_stream_waiting_its_turn_behind_another_is_not_reset(make_daemon):
+    """Its window open, a stream the client made depend on another (as a browser orders its
+    streams) waits while the connection sends the other: it moves with its connection (found by
+    a review: such a stream was reset after ``[http] body_timeout``, its client reading all
+    along). Over a connection read at ~200 KB/s, behind a GetRun of several MB."""
+    daemon = make_daemon("[http]\nbody_timeout = 2.0\n")
+    run_id, size = _finished_run_with_a_large_output(daemon)
+    client = _H2Client(daemon)
+    body = json.dumps({"runId": run_id}).encode()
+    try:
+        first = client.post(f"{RUNTIME}/GetRun", body)
+        client.open(first, size)
+        client.pump(0.5, read=4096, pause=0.02)
+        second = client.post("/foundry.Foundry/Status", b"{}", priority_depends_on=first,
+                             priority_exclusive=True, priority_weight=16)  # fmt: skip
+        client.open(second, 1 << 20)
+        started = time.monotonic()
+        while time.monotonic() - started < 6:  # three body timeouts
+            client.pump(0.1, read=4096, pause=0.02)
+        assert second not in client.reset
+        assert first not in client.reset
+        assert client.received[second] == 0  # still behind the first: the test's premise
+        assert client.received[first] < size
     finally:
         client.close()
     assert "reset an HTTP/2 stream" not in daemon.stderr()

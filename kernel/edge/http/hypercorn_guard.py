@@ -271,7 +271,10 @@ def bound_http2_streams() -> None:
     asked for — a whole ``GetRun`` a stream, a Watch's task and its subscription — for as long
     as it kept the connection, its socket moving all the while (so the connection's watch saw
     nothing). Now each buffer is watched (``send_watch.py``) while it holds bytes: it moves
-    when it empties or has handed the connection ``PIECE`` bytes more. Given up, its stream
+    when it empties or has handed the connection ``PIECE`` bytes more — or, while its own
+    window would let it send, when the connection sent as much of its other streams (it waits
+    its turn: behind a stream the client put first, as a browser orders its streams, or for
+    the connection's window). Given up, its stream
     is reset (CANCEL) as if its client had reset it — its app told, its buffer emptied and
     let go with its place in the connection's priority tree. Idempotent."""
     from hypercorn.protocol.events import Body, Data, EndBody, EndData, Trailers
@@ -304,6 +307,7 @@ def bound_http2_streams() -> None:
         held: _HeldReply | None = self.__dict__.get("foundry_held")
         if held is not None and data:
             held.moved(len(data), len(self.buffer))
+            held.carry_others(len(data))
         return data
 
     async def closing(self: Any) -> None:
@@ -318,6 +322,9 @@ def bound_http2_streams() -> None:
     StreamBuffer.push = functools.wraps(push)(pushing)  # type: ignore[method-assign]
     StreamBuffer.pop = functools.wraps(pop)(popping)  # type: ignore[method-assign]
     StreamBuffer.close = functools.wraps(close)(closing)  # type: ignore[method-assign]
+
+
+FRAME = 16_384  # bytes of an HTTP/2 DATA frame (the default largest)
 
 
 class _HeldReply:
@@ -337,11 +344,13 @@ class _HeldReply:
     def hold(self) -> None:
         self.watched, self._moved = True, 0
         self._watch.hold(self)
+        self._protocol.__dict__.setdefault("foundry_held", set()).add(self)
 
     def release(self) -> None:
         if self.watched:
             self.watched = False
             self._watch.release(self)
+            self._protocol.__dict__.get("foundry_held", set()).discard(self)
 
     def moved(self, size: int, left: int) -> None:
         """``size`` bytes went to the connection, ``left`` wait: a window opened a byte at a
@@ -349,6 +358,26 @@ class _HeldReply:
         if not left:
             self.release()
             return
+        self._progress(size)
+
+    def carry_others(self, size: int) -> None:
+        """The connection sent ``size`` bytes of this stream: the others waiting their turn
+        (behind it in the client's priorities, or for the connection's window) move with it."""
+        for other in list(self._protocol.__dict__.get("foundry_held", ())):
+            if other is not self:
+                other._carried(size)
+
+    def _carried(self, size: int) -> None:
+        """Moved with the connection, if this stream's own window lets it send a frame (or all
+        it holds) when its turn comes: one opened a byte at a time is its client's holding."""
+        try:
+            window = self._protocol.connection.local_flow_control_window(self._stream_id)
+        except Exception:  # (h2's errors: the stream ended meanwhile)
+            return
+        if window >= min(self.left, FRAME):
+            self._progress(size)
+
+    def _progress(self, size: int) -> None:
         self._moved += size
         if self._moved >= PIECE:
             self.since, self._moved = self._watch.now(), 0
