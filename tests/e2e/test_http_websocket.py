@@ -7,8 +7,11 @@ import asyncio
 import contextlib
 import json
 import socket
+import struct
 import threading
 import uuid
+import zlib
+from pathlib import Path
 
 import httpx
 import pytest
@@ -155,3 +158,69 @@ def test_an_upgrade_with_extensions_wsproto_cannot_read_is_answered_400(daemon):
     messages, code, _ = asyncio.run(read_all(ws_url(daemon, "/ws/tap/run_unknown")))
     assert messages == []
     assert code == 1008
+
+
+def _frame(payload: bytes, opcode: int, fin: bool, rsv1: bool = False) -> bytes:
+    """A masked client frame (mask 0: the payload as is), its length in 8 bytes."""
+    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    return struct.pack(">BBQ", first, 0x80 | 127, len(payload)) + b"\0\0\0\0" + payload
+
+
+def _resident_mib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) // 1024
+
+
+def _upgraded(daemon, extensions: bytes = b"") -> tuple[socket.socket, bytes]:
+    host, port = daemon.http_address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"GET /ws/watch HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: "
+                 b"Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n" + extensions + b"\r\n")  # fmt: skip
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    return sock, head
+
+
+def test_a_message_past_the_size_is_closed_1009_and_nothing_more_of_it_kept(daemon):
+    """hypercorn answered a message over the 64 KiB cap with 1009 but kept every fragment the
+    client sent after it (found by a framing hunt: 500 MiB sent, ~500 MiB held). Now the
+    connection ends after the 1009, and 40 MiB more change nothing."""
+    before = _resident_mib(daemon.process.pid)
+    sock, head = _upgraded(daemon)
+    assert head.startswith(b"HTTP/1.1 101")
+    closed, received = False, b""
+    with sock:
+        sock.sendall(_frame(b"a" * (1 << 20), 1, False))
+        with contextlib.suppress(OSError):
+            for _ in range(40):
+                sock.sendall(_frame(b"a" * (1 << 20), 0, False))
+        sock.settimeout(5)
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                received += chunk
+            closed = True
+    assert b"\x88\x02\x03\xf1" in received  # a close frame, code 1009
+    assert closed  # the daemon ended the connection
+    assert _resident_mib(daemon.process.pid) - before < 30
+    assert "Traceback" not in daemon.stderr()
+
+
+def test_no_compression_is_agreed_to(daemon):
+    """permessage-deflate inflated a frame without bound (65 KB frames of 64 MiB each took the
+    daemon to 3.7 GB, found by a framing hunt): the upgrade agrees to no extension, and a
+    compressed frame (RSV1) ends the connection, unread."""
+    sock, head = _upgraded(daemon, b"Sec-WebSocket-Extensions: permessage-deflate\r\n")
+    with sock:
+        assert head.startswith(b"HTTP/1.1 101")
+        assert b"sec-websocket-extensions" not in head.lower()
+        sock.sendall(_frame(zlib.compress(b"{}")[2:-4], 1, True, rsv1=True))
+        sock.settimeout(5)
+        received, ended = b"", False
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                received += chunk
+            ended = True
+    assert ended  # a protocol error: the connection ends, no message read
+    assert "Traceback" not in daemon.stderr()

@@ -15,7 +15,8 @@ them (:func:`watch_sends`, ``send_watch.py``). And an HTTP/2 connection's table 
 for a stream already closed (:func:`ignore_data_of_closed_streams`), and a closed
 connection's streams let go (:func:`release_streams_of_closed_connections`), one that floods
 control frames closed (:func:`limit_control_frames`), and a stream's reply its client opens no
-flow-control window for bounded (:func:`bound_http2_streams`).
+flow-control window for bounded (:func:`bound_http2_streams`), as a WebSocket's messages are
+(:func:`bound_websocket_messages`).
 """
 
 from __future__ import annotations
@@ -262,6 +263,51 @@ def watch_sends(config: Any, watch: SendWatch) -> None:
     that do not read (``send_watch.py``; once :func:`contain_connection_errors` is installed:
     its wrapper hands the connection's stream the watch)."""
     setattr(config, WATCH_ATTRIBUTE, watch)
+
+
+def bound_websocket_messages() -> None:
+    """A WebSocket's messages held to ``websocket_max_message_size`` (the daemon's 64 KiB):
+    hypercorn wrote each fragment before it checked the size, answered an oversized message
+    with a close (1009) but went on keeping every fragment the client sent after it until the
+    client left (500 MiB sent: ~500 MiB held), and negotiated permessage-deflate, whose
+    inflating of a frame is unbounded (65 KB frames inflating to 64 MiB each took the daemon
+    to 3.7 GB, its loop blocked for seconds). Now a fragment that would pass the size is not
+    kept, the close is followed by the stream's end (its connection's, on HTTP/1.1), and no
+    compression is agreed to (the daemon's messages are small events). Idempotent."""
+    from hypercorn.protocol.events import StreamClosed
+    from hypercorn.protocol.ws_stream import (
+        FrameTooLargeError,
+        Handshake,
+        WebsocketBuffer,
+        WSStream,
+    )
+
+    init, extend = Handshake.__init__, WebsocketBuffer.extend
+    handle_events = WSStream._handle_events
+    if getattr(extend, "messages_bounded", False):
+        return
+
+    def without_compression(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.extensions = None  # offered or not, none is accepted (the app checks the header)
+
+    def extending(self: Any, event: Any) -> None:
+        if self.length + len(event.data) > self.max_length:
+            self.value, self.length = None, self.max_length + 1  # over: nothing more is kept
+            raise FrameTooLargeError()
+        extend(self, event)
+
+    async def handling_events(self: Any) -> None:
+        await handle_events(self)
+        if self.buffer.length > self.buffer.max_length and not self.closed:
+            await self.send(StreamClosed(stream_id=self.stream_id))  # after its 1009
+
+    extending = functools.wraps(extend)(extending)
+    extending.messages_bounded = True  # type: ignore[attr-defined]
+    Handshake.__init__ = functools.wraps(init)(without_compression)  # type: ignore[method-assign]
+    WebsocketBuffer.extend = extending  # type: ignore[method-assign]
+    handling_events = functools.wraps(handle_events)(handling_events)
+    WSStream._handle_events = handling_events  # type: ignore[method-assign]
 
 
 def bound_http2_streams() -> None:

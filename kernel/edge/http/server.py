@@ -23,6 +23,7 @@ from foundry.kernel.edge.http.app import HttpApp
 from foundry.kernel.edge.http.cors import OriginPolicy, own_origins
 from foundry.kernel.edge.http.hypercorn_guard import (
     bound_http2_streams,
+    bound_websocket_messages,
     cap_connections,
     contain_connection_errors,
     ignore_data_of_closed_streams,
@@ -132,6 +133,7 @@ async def open_http_server(
     limit_control_frames()  # a connection flooding PING/SETTINGS/PRIORITY frames is closed
     remember_fewer_closed_streams()  # h2's memory of a connection's closed streams, bounded
     bound_http2_streams()  # a stream's reply its client opens no flow-control window for
+    bound_websocket_messages()  # a message past the size is not kept, nor inflated
     bound = sock.getsockname()
     host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     own = own_origins(host, bound[1], secure=ssl_context is not None)

@@ -25,6 +25,7 @@ from foundry.kernel.edge.http.errors import CODE_OF, connect_error
 from foundry.kernel.edge.http.hypercorn_guard import (
     _ResetAsEnd,
     bound_http2_streams,
+    bound_websocket_messages,
     cap_connections,
     contain_connection_errors,
     ignore_data_of_closed_streams,
@@ -195,6 +196,26 @@ def test_hypercorn_h2_still_buffers_a_streams_reply_where_bound_http2_streams_wa
     bound_http2_streams()
     bound_http2_streams()  # idempotent
     assert getattr(H2Protocol.stream_send, "streams_bounded", False)
+
+
+def test_hypercorn_websockets_still_buffer_and_negotiate_where_the_bound_watches():
+    """The canary of ``bound_websocket_messages``: a WebSocket's message gathers in a
+    ``WebsocketBuffer`` (``extend``: ``value``, ``length``, ``max_length``), an oversized one
+    is ``FrameTooLargeError`` in ``WSStream._handle_events``, and the handshake accepts the
+    extensions its ``extensions`` holds."""
+    from hypercorn.protocol.ws_stream import Handshake, WebsocketBuffer, WSStream
+
+    extend = inspect.getsource(inspect.unwrap(WebsocketBuffer.extend))
+    assert "self.length += self.value.write(event.data)" in extend
+    assert "raise FrameTooLargeError()" in extend
+    handling = inspect.getsource(inspect.unwrap(WSStream._handle_events))
+    assert "self.buffer.extend(event)" in handling
+    assert "except FrameTooLargeError:" in handling
+    accept = inspect.getsource(Handshake.accept)
+    assert "if self.extensions is not None:" in accept
+    bound_websocket_messages()
+    bound_websocket_messages()  # idempotent
+    assert getattr(WebsocketBuffer.extend, "messages_bounded", False)
 
 
 def test_hypercorn_still_hands_a_connections_h2_events_to_handle_events():
