@@ -72,12 +72,14 @@ _FORBIDDEN_NAMES = frozenset(
     }
 )  # fmt: skip
 # Harmless names in the families forbidden below, that builds and scripts commonly set: who a
-# commit is by, whether git may prompt, colour, pip's cache.
+# commit is by, whether git may prompt, colour, pip's cache, whether go builds with cgo (a
+# static build), whether ccache caches (not where: a folder of cached objects it would link).
 _HARMLESS_NAMES = frozenset(
     {
         "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_AUTHOR_DATE", "GIT_COMMITTER_NAME",
         "GIT_COMMITTER_EMAIL", "GIT_COMMITTER_DATE", "GIT_TERMINAL_PROMPT", "CARGO_TERM_COLOR",
         "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK", "PIP_NO_INPUT", "DOCKER_BUILDKIT",
+        "CGO_ENABLED", "CCACHE_DISABLE",
     }
 )  # fmt: skip
 # A program another runs for a password (SSH_ASKPASS, GIT_ASKPASS, SUDO_ASKPASS …), to page or

@@ -33,7 +33,7 @@ from foundry.kernel.core.envpolicy import (
      # the rest of make's built-in rules' variables, a build's other tools and flags (found by
      # a plugin-security hunt: TARGET_ARCH and LOADLIBES ran "; touch …" through a .c rule)
      "TARGET_ARCH", "LOADLIBES", "OUTPUT_OPTION", "YFLAGS", "CONFIG_SITE", "CONFIG_SHELL",
-     "RUSTFLAGS", "CGO_LDFLAGS", "GOPROXY", "PKG_CONFIG", "STRIP", "CCACHE_PREFIX"],
+     "RUSTFLAGS", "CGO_LDFLAGS", "GOPROXY", "PKG_CONFIG", "STRIP", "CCACHE_PREFIX", "CCACHE_DIR"],
 )  # fmt: skip
 def test_names_that_change_how_programs_run_are_forbidden(name):
     assert forbidden_reason(name)
@@ -59,6 +59,14 @@ def test_every_variable_of_makes_built_in_rules_is_forbidden():
     assert {"CC", "TARGET_ARCH", "LOADLIBES"} <= names  # the database was read
     allowed = sorted(n for n in names if not forbidden_reason(n))
     assert allowed == []
+
+
+@pytest.mark.parametrize("name", ["CGO_ENABLED", "CCACHE_DISABLE", "GIT_AUTHOR_NAME"])
+def test_harmless_names_of_forbidden_families_stay_allowed(name):
+    """Builds commonly set these (CGO_ENABLED=0 for a static go build): the families' prefixes
+    (``CGO_``, ``CCACHE_``, ``GIT_``) do not take them (found by a review)."""
+    assert forbidden_reason(name) == ""
+    assert env_violation({name: "0"}, {"*"}) is None
 
 
 def test_a_name_must_be_allowed_by_the_block():
