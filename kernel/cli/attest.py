@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -342,7 +343,7 @@ async def verify_stored(
     if result.statement is None:
         return problems
     kind, claims = result.kind, result.statement.get("predicate", {})
-    problems += _identity_problems(found, kind, claims)
+    problems += await _identity_problems(runtime, found, kind, claims)
     if problems:  # another attestation's statement: its output or chain says nothing of this
         return problems
     if kind == "run":
@@ -357,19 +358,20 @@ async def verify_stored(
 _OF_A_RUN = ("run", "step", "tool", "artifact", "capability_token")  # ids att_<run>_<seq>
 
 
-def _identity_problems(found: api.Attestation, kind: str | None, claims: Any) -> list[str]:
+async def _identity_problems(
+    runtime: Any, found: api.Attestation, kind: str | None, claims: Any
+) -> list[str]:
     """What the signed statement says it is of, against what the attestation is stored as: its
-    id (``att_<run id>_<seq>`` for a run's) and its subject. A statement signed for one run,
-    copied into another run's row, verified as valid."""
+    id (``att_<run id>_<seq>`` for a run's; an id of before, a hash, must be one the run
+    announced) and its subject. A statement signed for one run, copied into another run's row,
+    verified as valid."""
     if not isinstance(claims, dict) or kind is None:
         return []
     problems: list[str] = []
     run_id, stored = claims.get("run_id"), found.attestation_id
-    if kind in _OF_A_RUN and isinstance(run_id, str):
-        rest = stored.removeprefix(f"att_{run_id}_")
-        if rest == stored or not rest.isdigit():
-            problems.append(f"its signed statement is of run {run_id}, which its id {stored} "
-                            "does not name: another attestation's statement")  # fmt: skip
+    if kind in _OF_A_RUN and isinstance(run_id, str) and not await _names(runtime, run_id, stored):
+        problems.append(f"its signed statement is of run {run_id}, which its id {stored} "
+                        "does not name: another attestation's statement")  # fmt: skip
     subject = found.subject.step if found.subject is not None else None
     if kind == "step" and subject is not None and claims.get("step_id") != subject.step_id:
         problems.append(f"its signed statement is of step {claims.get('step_id')}, but it is "
@@ -379,6 +381,26 @@ def _identity_problems(found: api.Attestation, kind: str | None, claims: Any) ->
         problems.append(f"its signed statement is a {kind} attestation, but it is stored as a "
                         f"{stored_kind} one")  # fmt: skip
     return problems
+
+
+_HASHED_ID = re.compile(r"att_[0-9a-f]{24}")  # a run's attestation id of before bf0f4f7
+
+
+async def _names(runtime: Any, run_id: str, attestation_id: str) -> bool:
+    """Whether ``attestation_id`` is one of run ``run_id``'s: ``att_<run id>_<seq>``, or, for
+    an id a daemon of before made (a hash of the run id and the seq), one the run announces."""
+    rest = attestation_id.removeprefix(f"att_{run_id}_")
+    if rest != attestation_id and rest.isdigit():
+        return True
+    if not _HASHED_ID.fullmatch(attestation_id):
+        return False
+    try:
+        run = (await runtime.get_run(api.GetRunRequest(run_id=run_id))).run
+    except GRPCError as exc:
+        if exc.status is Status.NOT_FOUND:
+            return False
+        raise
+    return run is not None and attestation_id in run.attestation_ids
 
 
 async def _outputs(runtime: Any, run_id: str) -> dict[str, tuple[Any, int, str]]:

@@ -4,6 +4,7 @@ permissions, a stored output changed behind the daemon's back, a broken chain, t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -376,6 +377,31 @@ def test_another_runs_statement_copied_into_an_attestation_is_reported(make_daem
     assert f"its signed statement is of run {second}, which its id {target} does not name" in (
         verified.stdout
     )
+
+
+def test_an_attestation_id_of_before_verifies_by_the_run_that_announced_it(make_daemon):
+    """A daemon of before named a run's attestations by a hash (``att_`` + 24 hex of the run id
+    and seq), and a migration kept those ids: they are not ``att_<run>_<seq>``, and verify
+    called every one another attestation's statement (found by a review). Such an id verifies
+    when the run the statement names announces it."""
+    daemon = make_daemon()
+    run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
+    note = next(n for n in attested(tap(daemon, run_id)) if (n["step_id"], n["kind"]) ==
+                ("count", "step"))  # fmt: skip
+    current = note["attestation_id"]
+    seq = int(current.rsplit("_", 1)[1])
+    legacy = "att_" + hashlib.sha256(f"{run_id}\n{seq}".encode()).hexdigest()[:24]
+    assert daemon.stop() == 0
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        con.execute("UPDATE attestation_statements SET attestation_id = ? WHERE "
+                    "attestation_id = ?", [legacy, current])  # fmt: skip
+        con.execute("UPDATE run_events SET payload = replace(CAST(payload AS VARCHAR), ?, ?) "
+                    "WHERE run_id = ? AND seq = ?", [current, legacy, run_id, seq])  # fmt: skip
+    daemon.start()
+    detail = daemon.call(lambda _, rt: rt.get_run(api.GetRunRequest(run_id=run_id))).run
+    assert legacy in detail.attestation_ids
+    verified = daemon.cli("attest", "verify", legacy)
+    assert verified.returncode == 0, verified.stdout
 
 
 def test_a_reused_output_changed_in_a_branch_is_reported(make_daemon):
