@@ -244,9 +244,12 @@ class _Reader:
 
 # Every result of the pack at the commit: ListEvalScenarios' history holds each scenario's
 # newest 100 at any commit, and a commit's older results fell out of it (a failed run among
-# them: the gate allowed).
+# them: the gate allowed). Only the metrics a pass rate and the telemetry use: a result's
+# assertions and errors (up to ~75 KB) held a reply to a few dozen results.
 RESULTS_AT_SQL = """
-SELECT r.result_id, r.scenario_id, r.run_id, r.outcome, r.metrics,  -- JSON: an object
+SELECT r.result_id, r.scenario_id, r.run_id, r.outcome,
+       json_object('score', r.metrics->'score', 'latency_ms', r.metrics->'latency_ms',
+                   'tokens', r.metrics->'tokens', 'cost', r.metrics->'cost') AS metrics,
        epoch_us(r.executed_at) AS executed_us
 FROM eval_results r JOIN eval_scenarios s USING (scenario_id)
 WHERE s.pack = $pack AND r.commit = $commit
@@ -265,16 +268,22 @@ async def results_recorded_at(
     )
     if reply.truncated:
         raise FoundryError(f"--from-evals: more results at commit {commit!r} in pack {pack!r} "
-                           "than one query returns ([analytics] max_rows)")  # fmt: skip
+                           "than one query returns ([analytics] max_rows, "
+                           "max_reply_bytes)")  # fmt: skip
     found: dict[str, list[api.EvalResult]] = {}
     for line in reply.rows_json:
         result_id, scenario_id, run_id, outcome, metrics, executed_us = json.loads(line)
         found.setdefault(scenario_id, []).append(api.EvalResult(
             result_id=result_id, run_id=run_id, scenario_id=scenario_id, outcome=outcome,
-            commit=commit, metrics=Struct.from_dict(metrics),
+            commit=commit, metrics=Struct.from_dict(_present(metrics)),
             executed_at=datetime.fromtimestamp(executed_us / 1e6, UTC),
         ))  # fmt: skip
     return found
+
+
+def _present(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics a result has (the query names each: those it lacks come back null)."""
+    return {name: value for name, value in metrics.items() if value is not None}
 
 
 def with_history(scenario: api.EvalScenario, history: list[api.EvalResult]) -> api.EvalScenario:
