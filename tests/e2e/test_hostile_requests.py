@@ -457,17 +457,22 @@ def test_a_length_prefix_past_the_end_of_the_stream_is_invalid_argument(daemon):
 COMPRESSED_EMPTY = b"\x01\x00\x00\x00\x00"  # an envelope flagged compressed, no encoding named
 
 
-def test_a_message_flagged_compressed_without_an_encoding_is_unimplemented_everywhere(daemon):
+@pytest.mark.parametrize(
+    "body", [COMPRESSED_EMPTY, b"\x00\x00\x00\x00\x00" + COMPRESSED_EMPTY],
+    ids=["the first envelope", "a later envelope"],
+)  # fmt: skip
+def test_a_message_flagged_compressed_without_an_encoding_is_unimplemented_everywhere(daemon, body):
     """grpclib answers it UNIMPLEMENTED; connectrpc answered INTERNAL (a server fault, to a
-    client) over gRPC-Web, Connect streams and h2c gRPC."""
+    client) over gRPC-Web, Connect streams and h2c gRPC — for a later envelope's flag too (found
+    by a framing hunt)."""
     for address in (daemon.address, daemon.http_address):
-        answer = _h2_unary(daemon, "/foundry.Foundry/Status", [], COMPRESSED_EMPTY, address)
+        answer = _h2_unary(daemon, "/foundry.Foundry/Status", [], body, address)
         assert answer["grpc-status"] == "12", (address, answer)
         assert "compressed requests are not supported" in unquote(answer["grpc-message"])
-    _, trailers = grpc_web_call(daemon, "/foundry.Foundry/Status", COMPRESSED_EMPTY)
+    _, trailers = grpc_web_call(daemon, "/foundry.Foundry/Status", body)
     assert trailers["grpc-status"] == "12", trailers
     tap = httpx.post(url(daemon, "/fleetforge.runtime.v1.RuntimeService/TapRun"),
-                     content=COMPRESSED_EMPTY,
+                     content=body,
                      headers={"content-type": "application/connect+proto"})  # fmt: skip
     ((flags, end),) = envelopes(tap.content)
     assert (tap.status_code, flags) == (200, 2)

@@ -164,10 +164,10 @@ class HttpApp:
             receive, first = await _peek(receive)
             if first & COMPRESSED:
                 # connectrpc answered INTERNAL; the gRPC port answers this (grpclib) UNIMPLEMENTED
-                await _error(send, 415, "unimplemented", "compressed requests are not "
-                             "supported without a declared encoding", headers,
+                await _error(send, 415, "unimplemented", UNDECLARED_COMPRESSION, headers,
                              trailers=trailers)  # fmt: skip
                 return
+            receive = _no_compressed_envelopes(receive)  # a later one's flag: the same answer
         try:
             if self._fast.takes(scope["path"], headers):
                 await self._fast(scope["path"], headers, receive, send)
@@ -284,6 +284,7 @@ def _with_length(send: Send) -> Send:
 
 
 COMPRESSED = 0x01  # an envelope's flag: its message is compressed
+ENVELOPE_HEADER = 5  # bytes before an envelope's message: its flags, its length (big-endian)
 END_STREAM = 0x02  # a Connect stream's last envelope: its end (and error)
 
 
@@ -355,6 +356,38 @@ async def _peek(receive: Receive) -> tuple[Receive, int]:
         return read.pop(0) if read else await receive()
 
     return replayed, first
+
+
+UNDECLARED_COMPRESSION = "compressed requests are not supported without a declared encoding"
+
+
+def _no_compressed_envelopes(receive: Receive) -> Receive:
+    """``receive``, reading the envelopes' headers as the body goes by: one flagged compressed
+    (no encoding declared) raises UNIMPLEMENTED, as the first envelope's flag is answered —
+    connectrpc answered a later one's INTERNAL."""
+    header = bytearray()  # of the envelope being read
+    skip = 0  # bytes of the current envelope's message still to pass
+
+    async def checked() -> MutableMapping[str, Any]:
+        nonlocal skip
+        message = await receive()
+        body = memoryview(message.get("body", b""))
+        while body:
+            if skip:
+                taken = min(skip, len(body))
+                skip, body = skip - taken, body[taken:]
+                continue
+            taken = min(ENVELOPE_HEADER - len(header), len(body))
+            header.extend(body[:taken])
+            body = body[taken:]
+            if len(header) == ENVELOPE_HEADER:
+                if header[0] & COMPRESSED:
+                    raise ConnectError(Code.UNIMPLEMENTED, UNDECLARED_COMPRESSION)
+                skip = int.from_bytes(header[1:], "big")
+                header.clear()
+        return message
+
+    return checked
 
 
 def _utf8_headers(scope: Scope) -> Scope:
