@@ -343,9 +343,9 @@ async def verify_stored(
     if result.statement is None:
         return problems
     kind, claims = result.kind, result.statement.get("predicate", {})
-    problems += await _identity_problems(runtime, found, kind, claims)
-    if problems:  # another attestation's statement: its output or chain says nothing of this
-        return problems
+    identity = await _identity_problems(runtime, found, kind, claims)
+    if identity:  # another attestation's statement: its output or chain says nothing of this
+        return problems + identity
     if kind == "run":
         problems += await _check_run(runtime, found, claims, verify, kid)
     elif kind in ("step", "tool"):
