@@ -267,6 +267,21 @@ def test_the_run_list_shows_status_labels_and_parent(page, daemon):
     expect(branch_row).to_contain_text("@ a")
 
 
+def test_hostile_labels_neither_turn_text_around_nor_widen_the_list(page, daemon):
+    """Found by a dashboard hunt: a label ending in U+202E (right-to-left override) showed the
+    text after it reversed, and one label of 20,000 letters made the run list 238,000 px wide,
+    every run's later columns off-screen. The override is shown as its escape; a label wraps."""
+    run_id = submit(daemon, [transform("a", 1)],
+                    labels={"dir": "abc\u202e", "long": "W" * 20_000})  # fmt: skip
+    wait_status(daemon, run_id, "RUN_STATUS_SUCCEEDED")
+    open_page(page, daemon, "#/runs")
+    row = page.locator(f'#run-rows tr[data-run="{run_id}"]')
+    expect(row).to_contain_text("dir=abc\\u202e")
+    assert "\u202e" not in row.inner_text()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 1400, width  # the viewport's
+
+
 def test_the_run_page_shows_live_state_changes_of_a_running_dag(page, daemon):
     steps = [{"id": "first", "type": "nap"},
              {"id": "second", "type": "nap", "depends_on": ["first"]},

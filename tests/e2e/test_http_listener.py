@@ -785,6 +785,30 @@ def test_an_http2_stream_waiting_its_turn_behind_another_is_not_reset(make_daemo
     assert "reset an HTTP/2 stream" not in daemon.stderr()
 
 
+def test_http2_streams_waiting_on_a_trickled_connection_window_share_its_progress(make_daemon):
+    """Ten GetRuns of several MB on one connection, every stream's window open, the
+    connection's fed 16 KiB every 0.25 s: each stream waits its turn, and the connection's
+    64 KiB/s, shared, moves none of them 64 KiB per ``[http] body_timeout`` — they are reset
+    but the one left last (found by a review: credited in full to every stream, a trickle held
+    70 replies, 6 MB each, none stalled)."""
+    daemon = make_daemon("[http]\nbody_timeout = 2.0\n")
+    run_id, _ = _finished_run_with_a_large_output(daemon)
+    client = _H2Client(daemon)
+    body = json.dumps({"runId": run_id}).encode()
+    try:
+        client.connection.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        streams = [client.post(f"{RUNTIME}/GetRun", body) for _ in range(10)]
+        started = time.monotonic()
+        while len(client.reset) < len(streams) - 1 and time.monotonic() - started < 15:
+            client.connection.increment_flow_control_window(16_384)
+            client.pump(0.25)
+        # the last one left has the connection's 64 KiB/s to itself: a slow reader, not held
+        assert len(client.reset) >= len(streams) - 1, client.reset
+    finally:
+        client.close()
+    assert "reset an HTTP/2 stream" in daemon.stderr()
+
+
 def test_an_http2_watch_whose_client_opens_no_window_is_reset_and_let_go(make_daemon):
     """A streamed reply (a Connect Watch) waits the same way, its task and subscription held:
     reset after ``[http] body_timeout``. Over a thousand such streams on one connection, each

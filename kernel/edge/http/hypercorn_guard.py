@@ -318,9 +318,9 @@ def bound_http2_streams() -> None:
     as it kept the connection, its socket moving all the while (so the connection's watch saw
     nothing). Now each buffer is watched (``send_watch.py``) while it holds bytes: it moves
     when it empties or has handed the connection ``PIECE`` bytes more — or, while its own
-    window would let it send, when the connection sent as much of its other streams (it waits
-    its turn: behind a stream the client put first, as a browser orders its streams, or for
-    the connection's window). Given up, its stream
+    window would let it send, when the connection sent as much of its other streams for each
+    stream so waiting (it waits its turn: behind a stream the client put first, as a browser
+    orders its streams, or for the connection's window). Given up, its stream
     is reset (CANCEL) as if its client had reset it — its app told, its buffer emptied and
     let go with its place in the connection's priority tree. Idempotent."""
     from hypercorn.protocol.events import Body, Data, EndBody, EndData, Trailers
@@ -408,20 +408,22 @@ class _HeldReply:
 
     def carry_others(self, size: int) -> None:
         """The connection sent ``size`` bytes of this stream: the others waiting their turn
-        (behind it in the client's priorities, or for the connection's window) move with it."""
-        for other in list(self._protocol.__dict__.get("foundry_held", ())):
-            if other is not self:
-                other._carried(size)
+        (behind it in the client's priorities, or for the connection's window) move with it,
+        sharing them — a client that reads little holds few replies (each of 70 streams moved
+        by every 16 KiB its connection sent held 6 MB each, none stalled, at 17 KiB/s)."""
+        held = self._protocol.__dict__.get("foundry_held", ())
+        waiting = [other for other in held if other is not self and other._waits_its_turn()]
+        for other in waiting:
+            other._progress(size // len(waiting))
 
-    def _carried(self, size: int) -> None:
-        """Moved with the connection, if this stream's own window lets it send a frame (or all
-        it holds) when its turn comes: one opened a byte at a time is its client's holding."""
+    def _waits_its_turn(self) -> bool:
+        """This stream's own window lets it send a frame (or all it holds) when its turn comes:
+        one opened a byte at a time is its client's holding."""
         try:
             window = self._protocol.connection.local_flow_control_window(self._stream_id)
         except Exception:  # (h2's errors: the stream ended meanwhile)
-            return
-        if window >= min(self.left, FRAME):
-            self._progress(size)
+            return False
+        return bool(window >= min(self.left, FRAME))
 
     def _progress(self, size: int) -> None:
         self._moved += size

@@ -2,6 +2,7 @@
 // mount(root, ...params) and returns a function that stops its streams and timers.
 
 import { token } from "./api.js";
+import { shown } from "./util.js";
 import * as workflows from "./workflows.js";
 import * as runs from "./runs.js";
 import * as run from "./run.js";
@@ -46,7 +47,7 @@ function route() {
 
 export function notice(text, tone = "bad") {
   const box = document.getElementById("notice");
-  box.textContent = text;
+  box.textContent = shown(text);
   box.className = `notice tone-${tone}`;
   box.hidden = !text;
 }

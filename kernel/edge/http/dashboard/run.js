@@ -2,7 +2,7 @@
 // and time travel — breakpoints, patch, resume, branch, replay with its drift view.
 
 import { call, stream, RUNTIME, ANALYTICS } from "./api.js";
-import { h, append, badge, time, duration, pre, errorBox, frameBatcher, table } from "./util.js";
+import { h, append, badge, time, duration, pre, errorBox, frameBatcher, table, shown } from "./util.js";
 import { drawDag, setNodeState } from "./dag.js";
 import { notice } from "./app.js";
 
@@ -456,7 +456,7 @@ function jsonField(id, label, initial, extraCheck = () => true) {
       field.removeAttribute("aria-invalid");
       return true;
     } catch (error) {
-      message.textContent = `${label.split(" (")[0]}: ${error.message}`;
+      message.textContent = shown(`${label.split(" (")[0]}: ${error.message}`);
       field.setAttribute("aria-invalid", "true");
       parsed = undefined;
       return false;

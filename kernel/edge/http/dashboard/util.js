@@ -16,9 +16,17 @@ export function h(tag, attrs = {}, ...children) {
 export function append(element, children) {
   for (const child of children.flat()) {
     if (child === undefined || child === null || child === false) continue;
-    element.append(child instanceof Node ? child : String(child));
+    element.append(child instanceof Node ? child : shown(String(child)));
   }
   return element;
+}
+
+// Text as shown: a direction override, embedding or isolate in recorded data (U+202A-202E,
+// U+2066-2069) is written as its escape, so it cannot turn around the text after it (a change
+// id ending in U+202E showed its revision and time reversed).
+const DIRECTION_CONTROLS = /[\u202a-\u202e\u2066-\u2069]/g;
+export function shown(text) {
+  return text.replace(DIRECTION_CONTROLS, (c) => `\\u${c.charCodeAt(0).toString(16)}`);
 }
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -29,7 +37,7 @@ export function s(tag, attrs = {}, ...children) {
     if (key.startsWith("on")) element.addEventListener(key.slice(2), value);
     else element.setAttribute(key, value);
   }
-  for (const child of children.flat()) if (child != null) element.append(child instanceof Node ? child : String(child));
+  for (const child of children.flat()) if (child != null) element.append(child instanceof Node ? child : shown(String(child)));
   return element;
 }
 
