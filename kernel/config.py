@@ -11,6 +11,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypedDict
@@ -191,6 +192,12 @@ class Config:
     attest: AttestConfig = AttestConfig()
     otel: OtelConfig = OtelConfig()
     plugin_modules: tuple[str, ...] = ()
+    # What set the home, the listen address and the HTTP one, as an error about them names it
+    # ("" for listen: the file's key): a home set in the file was blamed on FOUNDRY_HOME, a
+    # --listen flag on the file.
+    home_from: str = "FOUNDRY_HOME"
+    listen_from: str = ""
+    http_listen_from: str = ""
     # [plugins] paths: folders (resolved against the config file's folder) put on sys.path
     # before the [plugins] modules are imported, so a module beside the config needs no PYTHONPATH.
     plugin_paths: tuple[Path, ...] = ()
@@ -247,6 +254,7 @@ class Config:
             source=source,
             listen=listen,
             home=home,
+            home_from="FOUNDRY_HOME" if home_value is None else f"{source}: [daemon].home",
             shutdown_grace=reader.positive(daemon, "daemon", "shutdown_grace", 10.0),
             max_message_bytes=reader.whole(
                 daemon, "daemon", "max_message_bytes", 4 * 1024 * 1024, limit=MAX_MESSAGE
@@ -296,6 +304,7 @@ SECTIONS: dict[str, type] = {
 
 
 _MEMORY_SIZE = re.compile(r"\s*\d+(\.\d+)?\s*([KMGT]i?)?B\s*", re.IGNORECASE)  # as DuckDB reads it
+MAX_MEMORY_BYTES = 2**63  # DuckDB refuses a memory_limit past 2**64 - 1 bytes
 
 
 def default_home() -> Path:
@@ -343,6 +352,8 @@ class _Reader:
         value = table[key]
         if not isinstance(value, str) or not value:
             raise self.fail(f"[{where}].{key}", f"expected a non-empty string, got {value!r}")
+        if "\x00" in value:  # TOML's \u0000: a path with one was a traceback at start
+            raise self.fail(f"[{where}].{key}", "must not hold a NUL character")
         return value
 
     def strings(self, table: Mapping[str, Any], where: str, key: str) -> list[str]:
@@ -357,6 +368,8 @@ class _Reader:
 
         def text(key: str) -> str:
             value: str = self._scalar(f"[daemon].{key}", daemon.get(key, ""), str)
+            if "\x00" in value:
+                raise self.fail(f"[daemon].{key}", "must not hold a NUL character")
             return value
 
         cert, key = _file_path(text("tls_cert"), base), _file_path(text("tls_key"), base)
@@ -434,12 +447,23 @@ class _Reader:
             self._http_listener(values)
         if kind is OtelConfig:
             self._otel(values)
-        if kind is StoreConfig and not _MEMORY_SIZE.fullmatch(values.get("memory_limit", "0B")):
-            raise self.fail(
-                "[store].memory_limit",
-                f'expected a size such as "256MB" or "1GiB", got {values["memory_limit"]!r}',
-            )
+        if kind is StoreConfig:
+            self._memory_limit(values.get("memory_limit", "0B"))
         return kind(**values)
+
+    def _memory_limit(self, text: str) -> None:
+        """A size as DuckDB reads it, and one it takes: past 2**64 bytes it refused the setting
+        at the daemon's start, in a traceback, where ``config check`` had said OK."""
+        found = _MEMORY_SIZE.fullmatch(text)
+        if not found:
+            raise self.fail(
+                "[store].memory_limit", f'expected a size such as "256MB" or "1GiB", got {text!r}'
+            )
+        unit = (found.group(2) or "").upper()
+        size = Decimal(text.strip().split()[0].rstrip("KMGTIBkmgtib"))  # exact, not a float
+        scale = (1024 if unit.endswith("I") else 1000) ** " KMGT".index(unit[:1] or " ")
+        if size * scale >= MAX_MEMORY_BYTES:
+            raise self.fail("[store].memory_limit", f"at most 8 EiB (DuckDB's), got {text!r}")
 
     def _scalar(self, key: str, value: Any, kind: type) -> Any:
         number = isinstance(value, int | float) and not isinstance(value, bool)
@@ -501,7 +525,10 @@ class _Reader:
             raise self.fail("[otel].service_name", "expected a non-empty string")
         if not endpoint:
             return
-        url = urllib.parse.urlsplit(endpoint)
+        try:
+            url = urllib.parse.urlsplit(endpoint)
+        except ValueError as exc:  # an unclosed "[" of an IPv6 host: a traceback in four commands
+            raise self.fail("[otel].endpoint", f"not a valid URL: {exc}") from None
         try:
             url.port  # noqa: B018 (raises on a port out of range)
         except ValueError:

@@ -143,7 +143,7 @@ async def serve(
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         registry = load_config_blocks(config)
-        listen_key = f"{config.source}: [daemon].listen"
+        listen_key = config.listen_from or f"{config.source}: [daemon].listen"
         host, port = parse_listen(config.listen, key=listen_key)
         # token, TLS: refused with one line naming the file
         security = edge_security(config, host, listen_key, config.source)
@@ -175,7 +175,7 @@ def _bind_http(config: Config, security: EdgeSecurity) -> socket.socket | None:
     # refused config or an HTTP-less daemon need not wait for.
     from foundry.kernel.edge.http.server import bind_http
 
-    key = f"{config.source}: [http].listen"
+    key = config.http_listen_from or f"{config.source}: [http].listen"
     host, port = parse_listen(config.http.listen, key=key)
     refuse_open_bind(host, key, security.token)
     try:

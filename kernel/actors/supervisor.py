@@ -67,7 +67,8 @@ async def open_kernel(
     (``Store.hold_for_test``), for tests that hold a commit or a read.
     """
     # (the last daemon's commands still running are killed before any step is leased again)
-    with home_lock(config.home) as stops, commands_recorded_in(config.home / COMMANDS):
+    home = config.home
+    with home_lock(home, config.home_from) as stops, commands_recorded_in(home / COMMANDS):
         key_pair = keys.load_or_create(config.home)  # refuses a signing key others may read
         async with trio.open_nursery() as nursery:
             mailboxes = await _start_actors(
@@ -109,21 +110,21 @@ class Stops:
 
 
 @contextlib.contextmanager
-def home_lock(home: Path) -> Iterator[Stops]:
+def home_lock(home: Path, named: str = "FOUNDRY_HOME") -> Iterator[Stops]:
     """Hold ``$FOUNDRY_HOME/daemon.lock`` (an advisory lock with our pid in it) or refuse; a
     home that cannot be made or written (a file, under one, read-only) is one line naming it.
     Once the block ends, however (a stop, a second Ctrl-C, an error), the file says so: the
     next start tells a daemon killed outright from one that stopped by it (``Stops``)."""
     path = home / LOCK_FILE
     if home.exists() and not home.is_dir():
-        raise ConfigError(f"FOUNDRY_HOME {home} is not a folder")
+        raise ConfigError(f"{named} {home} is not a folder")
     try:
         home.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise ConfigError(
-            f"FOUNDRY_HOME {home} cannot be used: {exc.strerror or exc} ({exc.filename or home})"
-        ) from None
+    except (OSError, ValueError) as exc:  # (ValueError: a NUL in FOUNDRY_HOME)
+        reason = getattr(exc, "strerror", None) or exc
+        where = getattr(exc, "filename", None) or home
+        raise ConfigError(f"{named} {home} cannot be used: {reason} ({where})") from None
     for name in WRITTEN_LATER:  # else the start succeeds, and every trace or step fails
         if (home / name).exists() and not (home / name).is_dir():
             os.close(fd)

@@ -169,11 +169,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = Config.load(args.config)
     if args.listen:
         parse_listen(args.listen, key="--listen")
-        config = _replace(config, listen=args.listen)
+        config = _replace(config, listen=args.listen, listen_from="--listen")
     if args.http_listen:
         if args.http_listen != "off":
             parse_listen(args.http_listen, key="--http-listen")
-        config = _replace(config, http=_replace(config.http, listen=args.http_listen))
+        config = _replace(config, http=_replace(config.http, listen=args.http_listen),
+                          http_listen_from="--http-listen")  # fmt: skip
     configure_logging(args.log_format)
     run(config, on_ready=lambda address: print(address, flush=True))
     return 0

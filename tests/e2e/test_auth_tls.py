@@ -223,7 +223,7 @@ def refusal_cases(folder: Path) -> dict[str, tuple[str, str, dict[str, str], str
     cert, key = make_certificate(folder, "good")
     _, other_key = make_certificate(folder, "other")
     return {
-        "open bind": ("", "0.0.0.0:0", {}, "[daemon].listen: 0.0.0.0 is not a loopback"),
+        "open bind": ("", "0.0.0.0:0", {}, "--listen: 0.0.0.0 is not a loopback"),
         "empty token variable": (AUTH, "127.0.0.1:0", {TOKEN_ENV: ""}, f"names {TOKEN_ENV}"),
         "unset token variable": (AUTH, "127.0.0.1:0", {}, f"names {TOKEN_ENV}"),
         "missing cert": (tls_config(folder / "nope.pem", key), "127.0.0.1:0", {},

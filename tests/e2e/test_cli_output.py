@@ -289,6 +289,25 @@ def test_config_check_refuses_a_bad_config_with_exit_2(tmp_path, text, words):
         assert word in line
 
 
+def test_serve_names_what_set_a_home_or_an_address_it_refuses(tmp_path):
+    """Found by an operator hunt: a home the file set (a file, not a folder) was blamed on
+    FOUNDRY_HOME, and a --http-listen flag's open address on the file's [http].listen."""
+    not_a_folder = tmp_path / "notadir"
+    not_a_folder.write_text("x")
+    path = tmp_path / "home.toml"
+    path.write_text(f'[daemon]\nhome = "{not_a_folder}"\n')
+    env = {"FOUNDRY_HOME": str(tmp_path / "env-home")}
+    done = foundry_cli("serve", "--config", str(path), "--listen", "127.0.0.1:0",
+                       "--http-listen", "off", env=env)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"{path}: [daemon].home {not_a_folder} is not a folder" in done.stderr
+    path.write_text("")
+    done = foundry_cli("serve", "--config", str(path), "--listen", "127.0.0.1:0",
+                       "--http-listen", "0.0.0.0:0", env=env)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "--http-listen: 0.0.0.0 is not a loopback address" in done.stderr
+
+
 # --- the daemon log ------------------------------------------------------------------------------
 
 LOG_CONFIG = (

@@ -178,6 +178,29 @@ def test_a_bad_listen_address_is_refused(tmp_path, listen):
     assert "[daemon].listen" in message
 
 
+@pytest.mark.parametrize(
+    ("body", "key", "reason"),
+    [
+        # found by an operator hunt: each was a traceback at start (config check said OK)
+        ('[store]\nmemory_limit = "18446744073709551616B"\n', "[store].memory_limit", "8 EiB"),
+        ('[store]\nmemory_limit = "99999999999999999999TB"\n', "[store].memory_limit", "8 EiB"),
+        ('[daemon]\nhome = "a\\u0000b"\n', "[daemon].home", "NUL"),
+        ('[daemon]\ntls_cert = "a\\u0000b"\ntls_key = "k"\n', "[daemon].tls_cert", "NUL"),
+        ('[otel]\nendpoint = "http://[::1"\n', "[otel].endpoint", "not a valid URL"),
+    ],
+)
+def test_values_that_failed_only_at_start_are_refused_naming_their_key(tmp_path, body, key, reason):
+    message = refused(tmp_path, body)
+    assert f"{key}: " in message
+    assert reason in message
+
+
+def test_sizes_up_to_duckdbs_largest_memory_limit_load(tmp_path):
+    for size in ("9223372036854775807B", "1.5 GB", "8388607TiB"):
+        path = write(tmp_path, f'[store]\nmemory_limit = "{size}"\n')
+        assert Config.from_toml(path).store.memory_limit == size
+
+
 def test_invalid_toml_names_the_file(tmp_path):
     message = refused(tmp_path, "[engine\nmax_chain_depth = 3\n", name="broken.toml")
 
