@@ -794,32 +794,34 @@ async def test_a_notice_whose_facts_cannot_be_attested_is_logged_and_the_rest_st
 
 
 async def test_a_lone_notice_is_signed_after_one_look_and_a_stream_lingers(autojump_clock):
-    """A batch waits for more notices only while they keep coming: one look (``POLL``) for a
-    notice that trickles in alone (a gate decision, a slow step), up to ``LINGER`` for a stream."""
+    """A batch waits for more notices only while they keep coming: one look (``FIRST_LOOK``)
+    for a notice that trickles in alone (a gate decision, a slow step), up to ``LINGER`` for a
+    stream, looking every ``POLL`` seconds after the first."""
     from types import SimpleNamespace
 
     import trio
-    from foundry.kernel.actors.attestor.actor import BATCH, LINGER, POLL, Attestor
+    from foundry.kernel.actors.attestor.actor import BATCH, FIRST_LOOK, LINGER, POLL, Attestor
 
     send, receive = trio.open_memory_channel[object](BATCH)
     take = Attestor._take.__get__(SimpleNamespace(_inbox=receive))
     await send.send(_step_notice("run_a", "a", 2))
     started = trio.current_time()
     assert len(await take()) == 1
-    assert trio.current_time() - started == pytest.approx(POLL)
+    assert trio.current_time() - started == pytest.approx(FIRST_LOOK)
 
     async def stream() -> None:
-        for seq in range(100):
+        for seq in range(200):
             await send.send(_step_notice("run_b", f"s{seq}", 3 * seq + 2))
-            await trio.sleep(POLL / 2)
+            await trio.sleep(FIRST_LOOK / 2)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stream)
         await trio.lowlevel.checkpoint()
         started = trio.current_time()
         batch = await take()
-        assert trio.current_time() - started >= LINGER
-        assert len(batch) >= LINGER / POLL  # about two a look, one batch
+        assert trio.current_time() - started == pytest.approx(LINGER)  # not past it
+        assert len(batch) >= LINGER / (FIRST_LOOK / 2)  # every notice of the stream, one batch
+        assert POLL > FIRST_LOOK
         nursery.cancel_scope.cancel()
 
 

@@ -100,7 +100,8 @@ log = logging.getLogger("foundry.attestor")
 BATCH = 512  # notices signed per request to the signing process and committed per append
 MAX_IDS = 1_000  # per GetAttestations
 LINGER = 0.05  # seconds a batch of notices waits for more before it is signed
-POLL = 0.005  # seconds between its looks for more
+FIRST_LOOK = 0.005  # seconds before its first look for more (a lone notice waits this long)
+POLL = 0.02  # seconds between its later looks, while notices keep coming
 CHUNK = 32  # notices made jobs (or rows) on the trio thread between its other tasks' turns
 SPOOL_ROWS = 128  # a batch's rows go to a spool file from this many on (``_to_spool``)
 OPEN = ("PENDING", "RUNNING", "PAUSED_AT_STEP")  # the statuses of a run not finished
@@ -226,7 +227,9 @@ class Attestor:
     async def _take(self) -> list[AttestorMessage]:
         """The next batch: what is waiting, plus what comes within ``LINGER`` seconds (up to
         ``BATCH``) — one pipe write to the signing process signs many, and one append stores
-        them. It looks for more every ``POLL`` seconds, not at each notice (a wake-up of this
+        them. It looks for more after ``FIRST_LOOK`` seconds, then every ``POLL`` seconds
+        while more keep coming (looks every 5 ms cost the trio thread ~7 µs a step more than
+        every 20 ms, in A/B pairs of the attest benchmark), not at each notice (a wake-up of this
         task per step cost more than the rest of its work on it), and stops at a look that
         finds nothing new: notices that trickle (a gate decision, slow steps) are not worth ten
         wake-ups each. A query does not linger, nor a run's own notice (the last of its run:
@@ -235,8 +238,10 @@ class Attestor:
         if not batch or any(_urgent(m) for m in batch):
             return batch
         deadline = trio.current_time() + LINGER
-        while len(batch) < BATCH and trio.current_time() < deadline:
-            await trio.sleep(POLL)
+        wait = FIRST_LOOK
+        while len(batch) < BATCH and (left := deadline - trio.current_time()) > 0:
+            await trio.sleep(min(wait, left))
+            wait = POLL
             before = len(batch)
             for _ in range(BATCH - len(batch)):
                 try:
