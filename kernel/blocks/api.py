@@ -8,10 +8,8 @@ blocks from a ``register_blocks`` hook implementation.
 from __future__ import annotations
 
 import errno
-import hashlib
 import inspect
 import os
-import stat
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -20,6 +18,7 @@ from typing import Any
 
 from foundry.kernel.actors.threads import ThreadPool
 from foundry.kernel.blocks.children import run_capturing
+from foundry.kernel.blocks.files import regular_file
 from foundry.kernel.core.envpolicy import child_environment
 from foundry.kernel.core.ids import MAX_ID_LENGTH
 from foundry.kernel.core.throttle import Action, Throttle
@@ -236,7 +235,7 @@ class BlockContext:
             return sorted({path for path in self.artifacts_written if type(path) is str})
         # Regular files only, never a symbolic link: a command that unpacked a link to
         # /proc/self/environ had the daemon read its own environment and sign its digest.
-        return sorted(str(p) for p in self.artifact_dir.rglob("*") if _regular_file(p))
+        return sorted(str(p) for p in self.artifact_dir.rglob("*") if regular_file(p))
 
     async def collect_artifacts(self) -> list[str]:
         """:meth:`listed_artifacts`, with the folder's scan (when there is one) on a worker
@@ -245,32 +244,6 @@ class BlockContext:
         if not self.artifacts_touched:
             return self.listed_artifacts()  # no scan: the names write_artifact kept
         return await ARTIFACT_THREADS.run(self.listed_artifacts)
-
-
-def _regular_file(path: Path) -> bool:
-    """A regular file itself (``lstat``: not a link to one, nor a pipe or a device)."""
-    try:
-        return stat.S_ISREG(path.lstat().st_mode)
-    except OSError:
-        return False  # gone meanwhile
-
-
-ARTIFACT_READ = 1 << 20  # bytes read at once when an artifact is hashed
-
-
-def artifact_sha256(path: str | Path) -> str:
-    """sha256 (hex) of the regular file at ``path``, read without following a link to it and
-    without blocking on a pipe put in its place (OSError then), a piece at a time: what a
-    command left in its artifact folder may have been swapped since it was listed."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | _NO_FOLLOW
-    fd = os.open(path, flags)
-    with open(fd, "rb") as file:  # closes fd, whatever happens
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        digest = hashlib.sha256()
-        while chunk := file.read(ARTIFACT_READ):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _plain_file_name(name: str) -> bool:

@@ -30,7 +30,7 @@ from foundry.kernel.actors.attestor.keys import (
     load_public_pem,
     public_raw,
 )
-from foundry.kernel.blocks.api import artifact_sha256
+from foundry.kernel.blocks.files import artifact_sha256
 from foundry.kernel.cli.common import read_text_file
 from foundry.kernel.cli.output import message_dict, stamp
 from foundry.kernel.config import default_home

@@ -254,7 +254,7 @@ def test_a_scan_of_the_folder_lists_regular_files_only_never_a_link_or_a_pipe(tm
 def test_an_artifact_is_hashed_as_the_file_itself_never_through_a_link_or_a_pipe(tmp_path):
     """``artifact_sha256``: what was listed may have been swapped since (a command's child
     still running): a link is not followed, a pipe not waited on, a file read in pieces."""
-    from foundry.kernel.blocks.api import ARTIFACT_READ, artifact_sha256
+    from foundry.kernel.blocks.files import ARTIFACT_READ, artifact_sha256
 
     content = os.urandom(ARTIFACT_READ * 2 + 7)
     (tmp_path / "big.bin").write_bytes(content)

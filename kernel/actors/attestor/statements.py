@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from foundry.kernel.actors.attestor.drafting import Job, Signed, draft_batch
 from foundry.kernel.actors.attestor.messages import Attest, AttestCustom
-from foundry.kernel.blocks.api import artifact_sha256
+from foundry.kernel.blocks.files import artifact_sha256
 from foundry.kernel.core.attest import (
     AttestationError,
     artifact_claims,
