@@ -254,7 +254,7 @@ class Config:
             source=source,
             listen=listen,
             home=home,
-            home_from="FOUNDRY_HOME" if home_value is None else f"{source}: [daemon].home",
+            home_from=f"{source}: [daemon].home" if home_value is not None else _home_origin(),
             shutdown_grace=reader.positive(daemon, "daemon", "shutdown_grace", 10.0),
             max_message_bytes=reader.whole(
                 daemon, "daemon", "max_message_bytes", 4 * 1024 * 1024, limit=MAX_MESSAGE
@@ -303,12 +303,18 @@ SECTIONS: dict[str, type] = {
 }
 
 
-_MEMORY_SIZE = re.compile(r"\s*\d+(\.\d+)?\s*([KMGT]i?)?B\s*", re.IGNORECASE)  # as DuckDB reads it
-MAX_MEMORY_BYTES = 2**63  # DuckDB refuses a memory_limit past 2**64 - 1 bytes
+# A size as DuckDB reads it (ASCII digits: it refused "１０GB" at the daemon's start)
+_MEMORY_SIZE = re.compile(r"\s*\d+(\.\d+)?\s*([KMGT]i?)?B\s*", re.IGNORECASE | re.ASCII)
+MAX_MEMORY_BYTES = 2**64 - 1  # DuckDB's largest memory_limit
 
 
 def default_home() -> Path:
     return Path(os.environ.get("FOUNDRY_HOME") or "~/.foundry").expanduser()
+
+
+def _home_origin() -> str:
+    """What set :func:`default_home`'s folder, as an error about it names it."""
+    return "FOUNDRY_HOME" if os.environ.get("FOUNDRY_HOME") else "the default home"
 
 
 # Float settings that must be more than 0, and ratios (at most 1), by their key.
@@ -462,8 +468,10 @@ class _Reader:
         unit = (found.group(2) or "").upper()
         size = Decimal(text.strip().split()[0].rstrip("KMGTIBkmgtib"))  # exact, not a float
         scale = (1024 if unit.endswith("I") else 1000) ** " KMGT".index(unit[:1] or " ")
-        if size * scale >= MAX_MEMORY_BYTES:
-            raise self.fail("[store].memory_limit", f"at most 8 EiB (DuckDB's), got {text!r}")
+        # (digits counted first: a million of them overflowed Decimal's multiplication)
+        if size.adjusted() > 30 or size * scale > MAX_MEMORY_BYTES:
+            largest = "at most 2**64 - 1 bytes (DuckDB's largest)"
+            raise self.fail("[store].memory_limit", f"{largest}, got {text[:40]!r}")
 
     def _scalar(self, key: str, value: Any, kind: type) -> Any:
         number = isinstance(value, int | float) and not isinstance(value, bool)

@@ -301,6 +301,15 @@ def test_serve_names_what_set_a_home_or_an_address_it_refuses(tmp_path):
                        "--http-listen", "off", env=env)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert f"{path}: [daemon].home {not_a_folder} is not a folder" in done.stderr
+    (tmp_path / ".foundry").write_text("x")  # the default home, FOUNDRY_HOME unset
+    path.write_text("")
+    unset = {k: v for k, v in os.environ.items() if k != "FOUNDRY_HOME"}
+    done = subprocess.run([sys.executable, "-m", "foundry.kernel.cli", "serve", "--config",
+                           str(path), "--listen", "127.0.0.1:0", "--http-listen", "off"],
+                          capture_output=True, text=True, timeout=30,
+                          env={**unset, "HOME": str(tmp_path)})  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"the default home {tmp_path / '.foundry'} is not a folder" in done.stderr
     path.write_text("")
     done = foundry_cli("serve", "--config", str(path), "--listen", "127.0.0.1:0",
                        "--http-listen", "0.0.0.0:0", env=env)  # fmt: skip
