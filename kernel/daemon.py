@@ -141,8 +141,10 @@ async def serve(
     ``blocks.api.BlockContext.run_command``), so the first one drains exactly like SIGTERM; a
     second signal at any point of the stop cancels everything at once.
     """
+    # Plugins load before the signals are taken: a stop meanwhile (an import that hangs) ends
+    # the process as it would any program's (it was held until the daemon was ready).
+    registry = load_config_blocks(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        registry = load_config_blocks(config)
         listen_key = config.listen_from or f"{config.source}: [daemon].listen"
         host, port = parse_listen(config.listen, key=listen_key)
         # token, TLS: refused with one line naming the file

@@ -241,13 +241,16 @@ def load_config_blocks(config: Config, *, entry_points: bool = True) -> BlockReg
     """The configuration's blocks and governance plugins; the ``[gate]`` policy's rule names
     are checked against the registered rules here (a ConfigError naming the file)."""
     try:
-        registry = load_blocks(
-            config.plugin_modules,
-            config.declared_blocks,
-            entry_points=entry_points,
-            config=config,
-            paths=config.plugin_paths,
-        )
+        # What a plugin prints while it loads goes to stderr: it came before the daemon's ready
+        # line, which whoever started it reads as its address, and broke --json answers.
+        with contextlib.redirect_stdout(sys.stderr):
+            registry = load_blocks(
+                config.plugin_modules,
+                config.declared_blocks,
+                entry_points=entry_points,
+                config=config,
+                paths=config.plugin_paths,
+            )
     except ConfigError as exc:  # one line naming the file, as every other config error
         text = str(exc)
         named = text if text.startswith(config.source) else f"{config.source}: {text}"

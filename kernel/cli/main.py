@@ -177,7 +177,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           http_listen_from="--http-listen")  # fmt: skip
     configure_logging(args.log_format)
     run(config, on_ready=lambda address: print(address, flush=True))
+    _leave_left_threads()
     return 0
+
+
+def _leave_left_threads() -> None:
+    """Exit now if threads a block started still run: the interpreter waited for them at
+    exit, and a daemon told to stop (everything stored and closed) never ended."""
+    import threading
+
+    left = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    if not left:
+        return
+    names = ", ".join(sorted({t.name for t in left})[:5])
+    logging.getLogger("foundry.daemon").warning(
+        "exiting without %d thread(s) a block left running (%s)", len(left), names
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _version() -> str:

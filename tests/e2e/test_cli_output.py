@@ -20,6 +20,7 @@ from foundry.proto import runtime_api
 from tests.daemon import REPO, Daemon
 from tests.e2e.helpers import closed_port, emit, finished, foundry_cli, trace
 from tests.helpers import DEADLINE, wait_until
+from tests.runs.helpers import wait_done
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 
@@ -461,3 +462,74 @@ def test_inline_json_nested_too_deeply_is_one_line(daemon, tmp_path):
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1, done.stderr
         assert "nested too deeply" in done.stderr
+
+
+# --- misbehaving plugins (found by a plugin hunt) -------------------------------------------------
+
+NOISY_PLUGIN = """
+import threading
+import time
+
+from foundry.kernel import BlockContext, BlockKind, block, hookimpl
+
+print("HELLO FROM A PLUGIN")
+
+
+@block("leave_a_thread", kind=BlockKind.OBSERVER)
+def leave_a_thread(ctx: BlockContext) -> dict:
+    threading.Thread(target=lambda: time.sleep(3600), name="left-behind").start()
+    return {"left": True}
+
+
+@hookimpl
+def register_blocks():
+    print("HELLO FROM A HOOK")
+    return [leave_a_thread]
+"""
+
+
+def test_a_plugin_that_prints_and_leaves_a_thread_neither_hides_the_ready_line_nor_the_stop(
+    make_daemon, tmp_path
+):
+    """A plugin's print came before the ready line (read as the daemon's address: the start
+    failed) and broke ``config check --json``; a thread a block left running kept the stopped
+    daemon's process alive for ever (the interpreter waited for it at exit)."""
+    (tmp_path / "noisy_plugin.py").write_text(NOISY_PLUGIN)
+    text = f'[plugins]\npaths = ["{tmp_path}"]\nmodules = ["noisy_plugin"]\n'
+    daemon = make_daemon(text)  # its first stdout line must be the addresses
+    assert "HELLO FROM A PLUGIN" in daemon.stderr()
+    submitted = daemon.call(lambda _, rt: rt.submit_run(runtime_api.SubmitRunRequest(
+        spec=runtime_api.RunSpec(dag_json=json.dumps({"steps": [
+            {"id": "a", "type": "leave_a_thread"}]})))))  # fmt: skip
+    assert wait_done(daemon, submitted.run_id).status == runtime_api.RunStatus.SUCCEEDED
+    started = time.monotonic()
+    assert daemon.stop(timeout=20) == 0
+    assert time.monotonic() - started < 15
+    assert "exiting without 1 thread(s) a block left running (left-behind)" in daemon.stderr()
+    config = tmp_path / "noisy.toml"
+    config.write_text(text)
+    done = foundry_cli("config", "check", "--config", str(config), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ok"] is True
+
+
+def test_a_stop_while_a_plugin_loads_ends_the_start(tmp_path):
+    """Signals were taken before plugins loaded, and acted on only once the daemon was ready: a
+    plugin import that hung could be stopped by SIGKILL alone."""
+    (tmp_path / "slow_plugin.py").write_text("import time\ntime.sleep(600)\n")
+    config = tmp_path / "slow.toml"
+    config.write_text(f'[plugins]\npaths = ["{tmp_path}"]\nmodules = ["slow_plugin"]\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "foundry.kernel.cli", "serve", "--config", str(config),
+         "--listen", "127.0.0.1:0", "--http-listen", "off"],
+        env={**os.environ, "FOUNDRY_HOME": str(tmp_path / "home")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(3)  # importing the plugin
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+    finally:
+        process.kill()
+        process.wait(10)
+    assert process.returncode == -signal.SIGTERM
