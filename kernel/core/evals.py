@@ -212,6 +212,10 @@ def merge_assertion_types(
     built-in raises :class:`InvalidArgument` naming it."""
     merged: dict[str, AssertionType] = {}
     for contribution in contributions:
+        if contribution is not None and not isinstance(contribution, Mapping):
+            # (its .items() failed: "a plugin's hook failed: AttributeError", naming neither)
+            raise InvalidArgument("register_eval_assertions: a plugin answered "
+                                  f"{type(contribution).__name__}, not a dict")  # fmt: skip
         for key, kind in (contribution or {}).items():
             # (a key that is no string, or a type without check(), failed only when a pack
             # used it)

@@ -482,7 +482,9 @@ def test_merge_assertion_types_refuses_clashes():
 @pytest.mark.parametrize(
     ("contribution", "said"),
     [({"odd": object()}, "'odd' has no check() method"), ({7: RunLabel()}, "not 7"),
-     ({"": RunLabel()}, "non-empty string")],
+     ({"": RunLabel()}, "non-empty string"),
+     # (found by a plugin hunt: "a plugin's hook failed: AttributeError: 'list' object …")
+     ([("min_words", RunLabel())], "register_eval_assertions: a plugin answered list, not a dict")],
 )  # fmt: skip
 def test_merge_assertion_types_refuses_what_cannot_judge(contribution, said):
     """Accepted at start, these failed only when a pack used them."""
