@@ -135,7 +135,8 @@ async def serve(
 ) -> None:
     """Run the daemon until SIGINT/SIGTERM (or ``stop`` is set).
 
-    The signal receiver spans everything, startup and the whole shutdown included: trio turns a
+    The signal receiver spans everything once the plugins have loaded (a stop while they load
+    ends the process as any program's), the rest of startup and the whole shutdown: trio turns a
     SIGINT that no receiver takes into KeyboardInterrupt (a traceback, and no drain). A terminal's
     Ctrl-C reaches only the daemon (children run in sessions of their own, see
     ``blocks.api.BlockContext.run_command``), so the first one drains exactly like SIGTERM; a

@@ -181,22 +181,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _leave_left_threads() -> None:
-    """Exit now if threads a block started still run: the interpreter waited for them at
-    exit, and a daemon told to stop (everything stored and closed) never ended."""
-    import threading
+EXIT_GRACE = 5.0  # seconds the interpreter's exit may wait for threads a block left
 
-    left = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
-    if not left:
-        return
-    names = ", ".join(sorted({t.name for t in left})[:5])
-    logging.getLogger("foundry.daemon").warning(
-        "exiting without %d thread(s) a block left running (%s)", len(left), names
-    )
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+
+def _leave_left_threads(grace: float = EXIT_GRACE) -> None:
+    """After a stop the interpreter's exit waits for every thread that is not a daemon one (a
+    pool's idle workers are woken and joined, its queued work done, atexit handlers run): one a
+    block left running for ever kept the stopped daemon's process alive. A watchdog ends the
+    process once that exit has taken ``grace`` seconds."""
+    import threading
+    import time
+
+    def watchdog() -> None:
+        time.sleep(grace)
+        main = threading.main_thread()
+        left = [t for t in threading.enumerate() if not t.daemon and t is not main]
+        names = ", ".join(sorted({t.name for t in left})[:5])
+        logging.getLogger("foundry.daemon").warning(
+            "exiting without %d thread(s) a block left running (%s)", len(left), names
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    threading.Thread(target=watchdog, name="foundry-exit-watchdog", daemon=True).start()
 
 
 def _version() -> str:

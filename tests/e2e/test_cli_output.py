@@ -467,17 +467,30 @@ def test_inline_json_nested_too_deeply_is_one_line(daemon, tmp_path):
 # --- misbehaving plugins (found by a plugin hunt) -------------------------------------------------
 
 NOISY_PLUGIN = """
+import atexit
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from foundry.kernel import BlockContext, BlockKind, block, hookimpl
 
 print("HELLO FROM A PLUGIN")
+HERE = Path(__file__).parent
+POOL = ThreadPoolExecutor(1)
+atexit.register(lambda: (HERE / "atexit-ran").write_text("yes"))
+
+
+def _slow_write() -> None:
+    time.sleep(1)
+    (HERE / "pool-work-done").write_text("yes")
 
 
 @block("leave_a_thread", kind=BlockKind.OBSERVER)
 def leave_a_thread(ctx: BlockContext) -> dict:
-    threading.Thread(target=lambda: time.sleep(3600), name="left-behind").start()
+    POOL.submit(_slow_write)  # a pool's queued work: done at exit, as ever
+    if ctx.inputs.get("forever"):
+        threading.Thread(target=lambda: time.sleep(3600), name="left-behind").start()
     return {"left": True}
 
 
@@ -496,16 +509,24 @@ def test_a_plugin_that_prints_and_leaves_a_thread_neither_hides_the_ready_line_n
     daemon's process alive for ever (the interpreter waited for it at exit)."""
     (tmp_path / "noisy_plugin.py").write_text(NOISY_PLUGIN)
     text = f'[plugins]\npaths = ["{tmp_path}"]\nmodules = ["noisy_plugin"]\n'
-    daemon = make_daemon(text)  # its first stdout line must be the addresses
-    assert "HELLO FROM A PLUGIN" in daemon.stderr()
-    submitted = daemon.call(lambda _, rt: rt.submit_run(runtime_api.SubmitRunRequest(
-        spec=runtime_api.RunSpec(dag_json=json.dumps({"steps": [
-            {"id": "a", "type": "leave_a_thread"}]})))))  # fmt: skip
-    assert wait_done(daemon, submitted.run_id).status == runtime_api.RunStatus.SUCCEEDED
-    started = time.monotonic()
-    assert daemon.stop(timeout=20) == 0
-    assert time.monotonic() - started < 15
-    assert "exiting without 1 thread(s) a block left running (left-behind)" in daemon.stderr()
+    for forever in (False, True):
+        daemon = make_daemon(text, name=f"forever-{forever}")  # its first line: the addresses
+        assert "HELLO FROM A PLUGIN" in daemon.stderr()
+        step = {"id": "a", "type": "leave_a_thread", "inputs": {"forever": forever}}
+        dag_json = json.dumps({"steps": [step]})
+        submitted = daemon.call(lambda _, rt, dag_json=dag_json: rt.submit_run(
+            runtime_api.SubmitRunRequest(spec=runtime_api.RunSpec(dag_json=dag_json))))  # fmt: skip
+        assert wait_done(daemon, submitted.run_id).status == runtime_api.RunStatus.SUCCEEDED
+        for name in ("atexit-ran", "pool-work-done"):
+            (tmp_path / name).unlink(missing_ok=True)
+        started = time.monotonic()
+        assert daemon.stop(timeout=20) == 0
+        assert time.monotonic() - started < 15
+        # a pool's work and the atexit handlers run as ever (a review: exiting at once lost them)
+        assert (tmp_path / "pool-work-done").exists()
+        assert (tmp_path / "atexit-ran").exists() != forever  # the watchdog ends a stuck exit
+        left = "exiting without 1 thread(s) a block left running (left-behind)"
+        assert (left in daemon.stderr()) == forever
     config = tmp_path / "noisy.toml"
     config.write_text(text)
     done = foundry_cli("config", "check", "--config", str(config), "--json")
