@@ -181,12 +181,18 @@ VIEWS: dict[str, str] = {
     "run_status": """
         CREATE OR REPLACE VIEW run_status AS
         SELECT r.run_id, r.created_at, r.labels, r.parent_run_id,
-               coalesce(arg_max(CASE e.kind
+               CASE WHEN arg_max(e.kind, e.seq) FILTER (WHERE e.kind LIKE 'run_%'
+                                                        OR e.kind = 'cancel_requested')
+                             = 'cancel_requested'
+                         AND arg_max(e.kind, e.seq) FILTER (WHERE e.kind LIKE 'run_%')
+                             = 'run_paused'
+                    THEN 'RUNNING'  -- a paused run being cancelled waits no more
+                    ELSE coalesce(arg_max(CASE e.kind
                    WHEN 'run_submitted' THEN 'PENDING' WHEN 'run_started' THEN 'RUNNING'
                    WHEN 'run_resumed' THEN 'RUNNING' WHEN 'run_paused' THEN 'PAUSED_AT_STEP'
                    WHEN 'run_succeeded' THEN 'SUCCEEDED' WHEN 'run_failed' THEN 'FAILED'
                    WHEN 'run_canceled' THEN 'CANCELED' END, e.seq)
-                   FILTER (WHERE e.kind LIKE 'run_%'), 'PENDING') AS status,
+                   FILTER (WHERE e.kind LIKE 'run_%'), 'PENDING') END AS status,
                max(e.occurred_at) AS updated_at
         FROM runs r LEFT JOIN run_events e USING (run_id)
         GROUP BY ALL""",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import inspect
 import os
+import signal
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from foundry.kernel.actors.threads import ThreadPool
-from foundry.kernel.blocks.children import run_capturing
+from foundry.kernel.blocks.children import Capture, run_capturing
 from foundry.kernel.blocks.files import regular_file
 from foundry.kernel.core.envpolicy import child_environment
 from foundry.kernel.core.ids import MAX_ID_LENGTH
@@ -217,9 +218,19 @@ class BlockContext:
             os.environ, passed=pass_env, from_run=self.env, declared=env,
             traceparent=self.traceparent,
         )  # fmt: skip
-        returncode, captured = await run_capturing(
-            argv, stdin=stdin, env=full_env, cwd=cwd
-        )  # a terminal's Ctrl-C is the daemon's (its process group is its own: children.py)
+        capture = Capture()
+        try:
+            returncode, captured = await run_capturing(
+                argv, stdin=stdin, env=full_env, cwd=cwd, capture=capture
+            )  # a terminal's Ctrl-C is the daemon's (its process group is its own: children.py)
+        except BaseException:
+            if capture.started:  # cut short (its block's timeout): what it wrote is the trace's
+                killed = capture.returncode
+                self._ran(capture.output(), -signal.SIGKILL if killed is None else killed)
+            raise
+        return self._ran(captured, returncode)
+
+    def _ran(self, captured: bytes, returncode: int) -> CommandResult:
         output = captured.decode(errors="replace")
         self.raw_output += output
         self.exit_code = returncode

@@ -30,8 +30,8 @@ from typing import Any
 import trio
 
 __all__ = [
-    "KILL_AFTER", "MAX_OUTPUT", "commands_recorded_in", "run_capturing", "stop_left_behind",
-    "stop_process_group",
+    "KILL_AFTER", "MAX_OUTPUT", "Capture", "commands_recorded_in", "run_capturing",
+    "stop_left_behind", "stop_process_group",
 ]  # fmt: skip
 
 log = logging.getLogger("foundry.blocks")
@@ -46,15 +46,23 @@ READ_BYTES = 64 * 1024
 
 
 async def run_capturing(
-    argv: Sequence[str], *, stdin: bytes, limit: int = MAX_OUTPUT, **options: Any
+    argv: Sequence[str],
+    *,
+    stdin: bytes,
+    limit: int = MAX_OUTPUT,
+    capture: Capture | None = None,
+    **options: Any,
 ) -> tuple[int, bytes]:
     """Run ``argv`` in a process group of its own, stdout and stderr together; its exit code
-    and output (:func:`read_kept`). A cancel stops the group (:func:`stop_process_group`) —
-    even once the command itself has exited, when what it started still holds its output
-    open (``sh -c "sleep 300 & echo started"``: trio delivers a cancel only while it waits for
-    the command, and the sleep ran on)."""
+    and output (:class:`Capture`: at most ``limit`` bytes kept). A cancel stops the group
+    (:func:`stop_process_group`) — even once the command itself has exited, when what it
+    started still holds its output open (``sh -c "sleep 300 & echo started"``: trio delivers a
+    cancel only while it waits for the command, and the sleep ran on). ``capture`` (if given)
+    fills as the output comes, and holds the exit code once the command is reaped: after a
+    cancel (a block's timeout) it still has what the command wrote until then."""
     process: trio.Process | None = None
     record: str | None = None  # (forgotten once the command is reaped, not when its output ends)
+    capture = capture if capture is not None else Capture(limit)
     try:
         async with trio.open_nursery() as nursery:
             process = await nursery.start(functools.partial(
@@ -62,12 +70,14 @@ async def run_capturing(
                 stderr=subprocess.STDOUT, check=False, start_new_session=True,
                 deliver_cancel=stop_process_group, **options,
             ))  # fmt: skip
+            capture.started = True
             record = _record(process.pid)
             assert process.stdout is not None
-            output = await read_kept(process.stdout, limit)
+            await capture.read(process.stdout)
     except BaseException as exc:
         if process is not None:
             _signal_group(process.pid, signal.SIGKILL)  # what is left of it
+            capture.returncode = process.returncode
         sole = _sole(exc)
         if sole is not exc:
             raise sole from None  # the nursery's group of one: FileNotFoundError, as before
@@ -75,7 +85,8 @@ async def run_capturing(
     finally:
         _forget(record)
     assert process.returncode is not None
-    return process.returncode, output
+    capture.returncode = process.returncode
+    return process.returncode, capture.output()
 
 
 # --- commands a killed daemon left running ------------------------------------------------------
@@ -201,28 +212,49 @@ def _sole(exc: BaseException) -> BaseException:
     return exc
 
 
+class Capture:
+    """A command's output as it comes: all of it up to ``limit`` bytes; past them, its first
+    ``limit - OUTPUT_TAIL`` bytes, a line saying how many were dropped, and its last
+    ``OUTPUT_TAIL`` (read and dropped as they come, so that the command can go on to its end).
+    Readable at any time: a command cancelled part way (its block's timeout) keeps what it
+    wrote until then, which is what its trace needs most."""
+
+    def __init__(self, limit: int = MAX_OUTPUT) -> None:
+        self.limit = limit
+        self.started = False  # the command was started (its program found and run)
+        self.returncode: int | None = None  # once it is reaped
+        self._head, self._tail, self._total = bytearray(), bytearray(), 0
+
+    async def read(self, stream: trio.abc.ReceiveStream) -> None:
+        """Keep ``stream``'s bytes, to its end."""
+        keep_head = max(self.limit - OUTPUT_TAIL, 0)
+        head, tail = self._head, self._tail
+        while chunk := await stream.receive_some(READ_BYTES):
+            self._total += len(chunk)
+            if self._total <= self.limit:
+                head += chunk
+                continue
+            if len(head) > keep_head:  # just went past the limit: the head's end starts the tail
+                tail += head[keep_head:]
+                del head[keep_head:]
+            tail += chunk
+            if len(tail) > OUTPUT_TAIL:
+                del tail[: len(tail) - OUTPUT_TAIL]
+
+    def output(self) -> bytes:
+        """What was kept, so far."""
+        if self._total <= self.limit:
+            return bytes(self._head)
+        dropped = self._total - len(self._head) - len(self._tail)
+        note = f"\n[foundry: {dropped:,} bytes of output dropped: kept {self.limit:,} at most]\n"
+        return bytes(self._head) + note.encode() + bytes(self._tail)
+
+
 async def read_kept(stream: trio.abc.ReceiveStream, limit: int) -> bytes:
-    """All of ``stream`` up to ``limit`` bytes; past them, its first ``limit - OUTPUT_TAIL``
-    bytes, a line saying how many were dropped, and its last ``OUTPUT_TAIL`` (read and
-    dropped as they come, so that the command can go on to its end)."""
-    head, tail, total = bytearray(), bytearray(), 0
-    keep_head = max(limit - OUTPUT_TAIL, 0)
-    while chunk := await stream.receive_some(READ_BYTES):
-        total += len(chunk)
-        if total <= limit:
-            head += chunk
-            continue
-        if len(head) > keep_head:  # just went past the limit: the head's end starts the tail
-            tail += head[keep_head:]
-            del head[keep_head:]
-        tail += chunk
-        if len(tail) > OUTPUT_TAIL:
-            del tail[: len(tail) - OUTPUT_TAIL]
-    if total <= limit:
-        return bytes(head)
-    dropped = total - len(head) - len(tail)
-    note = f"\n[foundry: {dropped:,} bytes of output dropped: kept {limit:,} at most]\n"
-    return bytes(head) + note.encode() + bytes(tail)
+    """All of ``stream``, as :class:`Capture` keeps it."""
+    capture = Capture(limit)
+    await capture.read(stream)
+    return capture.output()
 
 
 async def stop_process_group(process: trio.Process) -> None:

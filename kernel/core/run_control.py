@@ -61,13 +61,13 @@ def patch_payload(
     step = run.steps.get(step_id)
     if step is None:
         raise NotFound(f"step_id: no step {quoted(step_id)} in run {run.run_id}")
+    if run.canceling and not run.terminal:  # a patch it acknowledged would never apply
+        raise FailedPrecondition(f"run {run.run_id} is being cancelled: its steps will not run")
     if run.status != "PAUSED_AT_STEP":
         raise FailedPrecondition(
             f"run {run.run_id} is {run.status.lower()}, not paused: pause it at a breakpoint "
             "before patching"
         )
-    if run.canceling:  # a patch it acknowledged would never apply
-        raise FailedPrecondition(f"run {run.run_id} is being cancelled: its steps will not run")
     if step.status != "pending":
         raise FailedPrecondition(f"step {step_id!r} is {step.status}; only steps that have not "
                                  "run yet can be patched")  # fmt: skip
@@ -95,10 +95,10 @@ def patch_payload(
 
 def check_resumable(run: RunState) -> str:
     """The step a ResumeRun releases."""
+    if run.canceling and not run.terminal:  # its cancel is durable: it ends, whoever asks to resume it
+        raise FailedPrecondition(f"run {run.run_id} is being cancelled, not paused")
     if run.status != "PAUSED_AT_STEP":
         raise FailedPrecondition(f"run {run.run_id} is {run.status.lower()}, not paused")
-    if run.canceling:  # its cancel is durable: it ends, whoever asks to resume it
-        raise FailedPrecondition(f"run {run.run_id} is being cancelled, not paused")
     return run.paused_step
 
 

@@ -293,6 +293,8 @@ def _run_failed(run: RunState, event: RunEventRecord) -> None:
 
 def _cancel_requested(run: RunState, event: RunEventRecord) -> None:
     run.canceling = True
+    if run.status == "PAUSED_AT_STEP":  # it waits for ResumeRun no more: it is ending
+        run.status, run.paused_step = "RUNNING", ""
 
 
 def _step_canceled(run: RunState, event: RunEventRecord) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -181,6 +182,40 @@ def test_a_running_mutator_gets_its_grace_and_the_run_still_ends_canceled(make_d
     assert marker(tmp_path, "after") == []
 
 
+def test_a_paused_run_being_cancelled_is_running_everywhere_until_it_ends(make_daemon, tmp_path):
+    daemon = start(make_daemon, tmp_path, grace=30.0, mutator=6.0)
+    run_id = submit(daemon, dag(
+        {"id": "change", "type": "careful"},
+        {"id": "first", "type": "after"},
+        {"id": "held", "type": "after", "depends_on": ["first"]},
+    ), breakpoints=["held"])  # fmt: skip
+    wait_until(lambda: marker(tmp_path, "careful"), what="the mutator to start")
+    wait_status(daemon, run_id, api.RunStatus.PAUSED_AT_STEP)
+
+    cancel = threading.Thread(target=lambda: daemon.call(
+        lambda _, rt: rt.cancel_run(api.CancelRunRequest(run_id=run_id))
+    ))  # fmt: skip
+    cancel.start()
+    try:
+        # its cancel_requested is in, its mutator in its grace: no longer paused, not ended
+        run = wait_until(lambda: (r := get_run(daemon, run_id)).status
+                         != api.RunStatus.PAUSED_AT_STEP and r, what="the cancel to be in")
+        assert (run.status, run.paused_step) == (api.RunStatus.RUNNING, "")
+        running = list_runs(daemon, statuses=[api.RunStatus.RUNNING])
+        assert run_id in [r.run_id for r in running.runs]
+        paused = list_runs(daemon, statuses=[api.RunStatus.PAUSED_AT_STEP])
+        assert run_id not in [r.run_id for r in paused.runs]
+        analytics = cli(daemon, "sql", f"SELECT status FROM run_status WHERE run_id = '{run_id}'",
+                        "--json")  # fmt: skip
+        assert json.loads(analytics.stdout)["rows"] == [["RUNNING"]], analytics.stderr
+        refused = rpc_error(daemon, lambda rt: rt.resume_run(api.ResumeRunRequest(run_id=run_id)))
+        assert refused.status == Status.FAILED_PRECONDITION
+        assert "being cancelled" in refused.message
+    finally:
+        cancel.join(timeout=60)
+    assert get_run(daemon, run_id).status == api.RunStatus.CANCELED
+
+
 def test_a_cancel_recorded_before_a_crash_ends_the_run_at_the_next_start(make_daemon, tmp_path):
     # A long mutator: the CancelRun waits out its grace, and the daemon is killed meanwhile.
     daemon = start(make_daemon, tmp_path, grace=60.0, mutator=60.0)
@@ -234,6 +269,8 @@ def test_a_killed_daemons_command_is_killed_at_the_next_start_before_its_step_ru
     daemon = start(make_daemon, tmp_path, grace=1.0, mutator=60.0)
     run_id = submit(daemon, dag({"id": "change", "type": "careful"}))
     [first] = wait_until(lambda: marker(tmp_path, "careful"), what="the mutator to start")
+    # (its record is written just after it starts: a loaded host can run its first line first)
+    wait_until(lambda: (daemon.home / "commands" / first).exists(), what="its record")
     second = 0
     try:
         daemon.kill()

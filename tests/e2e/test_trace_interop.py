@@ -61,6 +61,15 @@ type = "shell"
 kind = "observer"
 sinks = ["greeting_delivered"]
 command = ["sh", "-c", "echo shelled"]
+
+[[blocks]]
+name = "Slow Shell"
+type = "shell"
+kind = "observer"
+sinks = ["slow_requested"]
+command = ["sh", "-c", "echo partial; echo err-partial 1>&2; exec sleep 30"]
+emits = "never"
+timeout = 1
 """
 
 
@@ -282,6 +291,23 @@ def test_our_files_write_null_for_blocks_that_ran_no_command(daemon, stubs, pb):
         0,
     )
     assert by_name["Echo Shell"].raw_output == "shelled\n"
+
+
+def test_a_command_its_timeout_cut_short_keeps_its_output_and_exit_code(daemon, stubs, pb):
+    foundry, _ = stubs
+    reply = foundry.Emit(pb.EmitRequest(event_type="slow_requested", project="acme"), timeout=15)
+    finished(daemon, reply.workflow_id)
+
+    _, document = our_file(daemon, reply.workflow_id)
+
+    (execution,) = document["block_executions"]
+    assert execution["success"] is False
+    assert execution["summary"] == "timed out after 1s"
+    # it ran a command: what it wrote before the timeout, and the signal that stopped it
+    assert execution["raw_output"] == "partial\nerr-partial\n"
+    assert execution["exit_code"] == -15
+    (traced,) = trace(stubs, pb, reply.workflow_id).block_executions
+    assert (traced.raw_output, traced.exit_code) == ("partial\nerr-partial\n", -15)
 
 
 def test_our_ids_are_recomputable_from_our_files_and_trace(daemon, stubs, pb):

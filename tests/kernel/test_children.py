@@ -14,6 +14,7 @@ import trio
 import trio.testing
 from foundry.kernel.blocks.children import (
     OUTPUT_TAIL,
+    Capture,
     _boot_id,
     _start_time,
     commands_recorded_in,
@@ -51,6 +52,25 @@ async def test_past_the_limit_the_head_a_note_and_the_tail_are_kept():
     assert kept.endswith(b" bytes of output dropped: kept 300,000 at most]\n" + b"t" * OUTPUT_TAIL)
     dropped = len(data) - head - OUTPUT_TAIL
     assert f"[foundry: {dropped:,} bytes of output dropped".encode() in kept
+
+
+async def test_a_command_cut_short_keeps_what_it_wrote_and_how_it_ended():
+    capture = Capture()
+    script = "echo partial; echo err-partial 1>&2; exec sleep 30"
+    with trio.move_on_after(1.0) as scope:  # as a block's timeout cancels its command
+        await run_capturing(["sh", "-c", script], stdin=b"", capture=capture)
+    assert scope.cancelled_caught
+    assert capture.started
+    assert capture.output() == b"partial\nerr-partial\n"
+    assert capture.returncode == -15  # the SIGTERM its group was sent
+
+
+async def test_a_program_that_cannot_start_leaves_its_capture_unstarted():
+    capture = Capture()
+    with pytest.raises(FileNotFoundError):
+        await run_capturing(["/no/such/program"], stdin=b"", capture=capture)
+    assert not capture.started
+    assert capture.returncode is None
 
 
 async def test_a_command_writing_past_the_limit_runs_to_its_end_within_it():

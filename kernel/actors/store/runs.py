@@ -91,7 +91,8 @@ def load_idempotency_keys(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     return dict(rows.fetchall())
 
 
-# A run's status is its last run-level event's (cancel_requested leaves it RUNNING until the end).
+# A run's status is its last run-level event's; a cancel_requested leaves it as it was until the
+# run_canceled, but a paused run is RUNNING again (it stops waiting for ResumeRun: core/runs.py).
 _STATUS_KINDS = {
     "run_submitted": "PENDING", "run_started": "RUNNING", "run_resumed": "RUNNING",
     "run_paused": "PAUSED_AT_STEP", "run_succeeded": "SUCCEEDED", "run_failed": "FAILED",
@@ -107,7 +108,9 @@ _STATUS_CASE = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in _STATUS_KINDS.items
 # MB for 76 MB of step payloads, against 1 MB). So each run-level kind whose payload counts is a
 # scan of its own, by equality, and the scan returning kind reads no payload.
 _READ_KINDS = ("run_submitted", "run_failed")  # the run-level kinds whose payloads count
-_OTHER_KINDS = ", ".join(f"'{k}'" for k in _STATUS_KINDS if k not in _READ_KINDS)
+_OTHER_KINDS = ", ".join(
+    [f"'{k}'" for k in _STATUS_KINDS if k not in _READ_KINDS] + ["'cancel_requested'"]
+)
 _LIST_RUNS = f"""
 WITH candidates AS (
     SELECT run_id, created_at, labels, parent_run_id, branch_step FROM runs WHERE {{where}}
@@ -123,6 +126,7 @@ WITH candidates AS (
 ), marks AS (
     SELECT run_id,
            arg_max(kind, seq) AS last_kind,
+           arg_max(kind, seq) FILTER (WHERE kind <> 'cancel_requested') AS status_kind,
            arg_max(step_id, seq) AS last_step,
            arg_max(error, seq) FILTER (WHERE kind = 'run_failed') AS error,
            max(steps) AS step_count
@@ -132,7 +136,9 @@ WITH candidates AS (
     SELECT run_id, max(occurred_at) AS updated_at
     FROM run_events WHERE run_id IN (SELECT run_id FROM candidates) GROUP BY run_id
 ), listed AS (
-    SELECT c.*, coalesce(CASE m.last_kind {_STATUS_CASE} END, 'PENDING') AS status,
+    SELECT c.*, CASE WHEN m.last_kind = 'cancel_requested' AND m.status_kind = 'run_paused'
+                     THEN 'RUNNING'
+                     ELSE coalesce(CASE m.status_kind {_STATUS_CASE} END, 'PENDING') END AS status,
            m.last_kind, m.last_step, m.error, m.step_count, u.updated_at
     FROM candidates c LEFT JOIN marks m USING (run_id) LEFT JOIN updates u USING (run_id)
 )
