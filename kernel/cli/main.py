@@ -25,7 +25,7 @@ from foundry.kernel.cli.follow import add_wait_options, wait_and_print
 from foundry.kernel.cli.gates import add_gate_commands
 from foundry.kernel.cli.inventory import add_inventory_commands
 from foundry.kernel.cli.live import add_live_commands
-from foundry.kernel.cli.output import plain, print_json, stamp
+from foundry.kernel.cli.output import plain, print_json, stamp, terminal_safe
 from foundry.kernel.cli.runs import add_run_commands
 from foundry.kernel.cli.sql import add_sql_command
 from foundry.kernel.config import Config, parse_listen
@@ -46,6 +46,16 @@ class CommandFailed(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(client_options_last(given))
+    if args.handler is cmd_serve:  # the daemon's own output: its address line, its log
+        return _run(args, given)
+    # Text for a person (not a --json or --csv document sent down a pipe) shows the control
+    # characters client-stored text holds as escapes.
+    document = getattr(args, "json", False) or getattr(args, "csv", False)
+    with terminal_safe(stdout=not document or sys.stdout.isatty()):
+        return _run(args, given)
+
+
+def _run(args: argparse.Namespace, given: list[str]) -> int:
     try:
         result: int = args.handler(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
@@ -59,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except UnicodeEncodeError:
         # bytes of argv that are not UTF-8 (surrogate escapes): they reach the wire only as text
-        bad = next((a for a in (sys.argv[1:] if argv is None else argv) if not _utf8(a)), None)
+        bad = next((a for a in given if not _utf8(a)), None)
         if bad is None:
             raise
         print(f"foundry: argument {ascii(bad)[:100]} is not valid UTF-8 text", file=sys.stderr)

@@ -4,10 +4,13 @@ milliseconds and ``Z``, ``2026-12-02T00:50:27.123Z``), durations, JSON values in
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import betterproto2
 
@@ -95,3 +98,69 @@ def plain(text: str) -> str:
     """A docstring's line for a terminal: its reST literals (````x````) as Markdown's (```x```),
     as the README writes them."""
     return text.replace("``", "`")
+
+
+# --- text a client stored, on a terminal ---------------------------------------------------------
+
+_KEPT = "\n\t"  # the only characters that are not printable and still written as they are
+
+
+class TerminalSafe(io.TextIOBase):
+    """A text stream whose control and format characters (ESC, BEL, a carriage return, C1
+    controls, a right-to-left override; newlines and tabs aside) are written as JSON escapes
+    (``\\u001b``): what the CLI prints holds text any client stored — an event's project, a
+    block's summary and output, a run's labels — and a stored ``"\\x1b]0;…\\x07\\x1b[2J"`` set
+    the reader's window title and cleared the screen. The escape reads the same inside a JSON
+    string, so a ``--json`` document stays one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if not text.isprintable() and not text.translate(_NEWLINES).isprintable():
+            text = "".join(map(_safe, text))
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._stream.encoding
+
+
+_NEWLINES = dict.fromkeys(map(ord, _KEPT))
+
+
+def _safe(char: str) -> str:
+    if char.isprintable() or char in _KEPT:
+        return char
+    code = ord(char)
+    if code > 0xFFFF:  # as JSON writes it: a surrogate pair
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+@contextlib.contextmanager
+def terminal_safe(*, stdout: bool) -> Iterator[None]:
+    """Escape what a command writes to stderr (always: it is for a person) and, if ``stdout``,
+    to stdout, while the block runs."""
+    saved = sys.stdout, sys.stderr
+    sys.stderr = TerminalSafe(saved[1])
+    if stdout:
+        sys.stdout = TerminalSafe(saved[0])
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved

@@ -38,6 +38,13 @@ type = "shell"
 kind = "mutator"
 sinks = ["touch_requested"]
 command = ["sh", "-c", "echo touched"]
+
+[[blocks]]
+name = "Paint Terminal"
+type = "shell"
+kind = "observer"
+sinks = ["paint_requested"]
+command = ["printf", 'out\\033[2Jput\\rover\\n']
 """
 
 
@@ -77,6 +84,69 @@ def test_trace_header_has_state_total_and_labels_skipped_blocks(daemon):
     assert block.startswith("block  skipped Touch Marker on ")
     [event] = [x for x in rest if x.startswith("event  ")]
     assert re.match(rf"^event  {STAMP}  {root.workflow_id}  touch_requested", event)
+
+
+# A project a client chose: it sets the window title, rings, clears the screen, turns text red,
+# and reverses what follows.
+HOSTILE_PROJECT = "p\x1b]0;pwned\x07\x1b[2J\x1b[31mRED\u202e"
+CONTROLS = ("\x1b", "\x07", "\r", "\u202e")
+
+
+@pytest.mark.parametrize("command", ["trace", "status"])
+def test_text_a_client_stored_reaches_the_terminal_escaped(daemon, command):
+    root = emit(daemon, "paint_requested", project=HOSTILE_PROJECT)
+    finished(daemon, root.workflow_id)
+
+    done = cli(daemon, command, root.workflow_id)
+
+    assert done.returncode == 0, done.stderr
+    assert not any(c in done.stdout for c in CONTROLS), repr(done.stdout)
+    assert "\\u001b]0;pwned\\u0007\\u001b[2J\\u001b[31mRED\\u202e" in done.stdout
+    if command == "trace":  # the command's own output, escaped too
+        assert "       | out\\u001b[2Jput" in done.stdout.splitlines()  # (\r: a line of its own)
+
+
+def test_a_json_document_down_a_pipe_is_exact_and_on_a_terminal_escaped_and_still_json(daemon):
+    root = emit(daemon, "paint_requested", project=HOSTILE_PROJECT)
+    finished(daemon, root.workflow_id)
+
+    piped = cli(daemon, "trace", root.workflow_id, "--json")
+    assert json.loads(piped.stdout)["events"][0]["project"] == HOSTILE_PROJECT
+
+    shown = _on_a_terminal(daemon, "trace", root.workflow_id, "--json")
+    assert not any(c in shown for c in CONTROLS), repr(shown)
+    assert json.loads(shown)["events"][0]["project"] == HOSTILE_PROJECT
+
+
+def _on_a_terminal(daemon: Daemon, *args: str) -> str:
+    """What the CLI writes to stdout when it is a terminal (a pseudo-terminal's other end)."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "FOUNDRY_ADDR": daemon.address, "FOUNDRY_HOME": str(daemon.home)}
+    chunks = []
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "foundry.kernel.cli", *args], stdout=terminal,
+            stderr=subprocess.PIPE, env=env,
+        ) as process:  # fmt: skip
+            os.close(terminal)
+            terminal = -1
+            while True:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # EIO: the terminal's last writer closed it
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            _, errors = process.communicate(timeout=DEADLINE)
+            assert process.returncode == 0, errors
+    finally:
+        os.close(controller)
+        if terminal != -1:
+            os.close(terminal)
+    return b"".join(chunks).decode().replace("\r\n", "\n")  # the terminal's own line ends
 
 
 def runtime_dry_run():
