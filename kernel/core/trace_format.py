@@ -17,7 +17,8 @@ import re
 import struct
 import sys
 from collections.abc import Iterable
-from json.encoder import encode_basestring_ascii
+from datetime import UTC, datetime
+from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any, BinaryIO
 
 from foundry.kernel.errors import ResourceExhausted
@@ -110,9 +111,9 @@ def _event(row: EventRow) -> str:
     return (
         f'{{"id":"{id_}","event_type":{_text(type_)},"project":{_text(project)},'
         f'"occurred_at":"{zulu(occurred)}","recorded_at":"{zulu(recorded)}","throttle":"{throttle}",'
-        f'"trace_id":"{trace_id}","payload":{payload},"parent_id":{_optional(parent)},'
-        f'"emitted_by":{_optional(by)},"depth":{depth},"throttled":{_TRUTH[held]},'
-        f'"span_id":"{span_id}","parent_span_id":{_optional(parent_span)}}}'
+        f'"trace_id":"{trace_id}","span_id":"{span_id}","payload":{payload},'
+        f'"parent_id":{_optional(parent)},"emitted_by":{_optional(by)},"depth":{depth},'
+        f'"throttled":{_TRUTH[held]},"parent_span_id":{_optional(parent_span)}}}'
     )
 
 
@@ -142,15 +143,34 @@ def zulu(stamp: str) -> str:
 
 
 def id_stamp(stamp: str) -> str:
-    """A trace file's UTC time in the form an event id hashes (chrono's AutoSi, ``+00:00``):
+    """A trace file's time in the form an event id hashes (chrono's AutoSi in UTC, ``+00:00``):
     :func:`zulu` undone, and a fraction written otherwise (``.1``, ``.000``, ``.123000``,
     ``.1234567``: JavaScript's ``toISOString`` writes ``.000Z``) given 0, 3, 6 or 9 digits as
-    chrono would. Any other text is kept as it is."""
-    found = _UTC_STAMP.fullmatch(stamp)
+    chrono would; a time at another offset (RFC 3339 allows it, and a lowercase ``t`` or
+    ``z``) is that instant in UTC. Text that is no such time makes the file unreadable."""
+    found = _UTC_STAMP.fullmatch(stamp.upper())
     if found is None:
-        return stamp
+        return _at_another_offset(stamp)
     second, fraction = found.group(1), found.group(2) or ""
-    nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
+    try:
+        datetime.fromisoformat(second)  # a month 13, a 30 February
+    except ValueError:
+        raise Unreadable(f"not a time: {stamp[:40]!r}") from None
+    return _auto_si(second, int(fraction[:9].ljust(9, "0")) if fraction else 0)
+
+
+def _at_another_offset(stamp: str) -> str:
+    try:
+        moment = datetime.fromisoformat(stamp.upper())
+    except ValueError:
+        raise Unreadable(f"not a time: {stamp[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise Unreadable(f"not an RFC 3339 time (a date, a time and an offset): {stamp[:40]!r}")
+    utc = moment.astimezone(UTC)
+    return _auto_si(utc.strftime("%Y-%m-%dT%H:%M:%S"), utc.microsecond * 1000)
+
+
+def _auto_si(second: str, nanos: int) -> str:
     if nanos == 0:
         digits = ""
     elif nanos % 1_000_000 == 0:
@@ -170,7 +190,18 @@ _UTC_STAMP = re.compile(
 
 _TRUTH = {True: "true", False: "false"}
 _NULL = "null"  # raw_output and exit_code of a block that ran no command, as upstream writes them
-_text = encode_basestring_ascii  # a JSON string literal, as json.dumps writes it
+
+
+def _text(text: str) -> str:
+    """A JSON string literal as upstream's serde_json writes it: UTF-8 as it is (a CJK output
+    escaped took 6 bytes a character, not 3), control characters escaped. A lone surrogate (a
+    block's own summary can hold one; UTF-8 cannot) is escaped too, ``\\udcff``."""
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return encode_basestring(text)
+    return encode_basestring_ascii(text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _optional(text: str) -> str:
@@ -231,7 +262,7 @@ def _event_in(event: Any) -> dict[str, Any]:
         clean[key] = _str(event, key, default="")
     # shown as the event's id hashed it, whoever wrote the file (ours and upstream's say Z)
     clean["occurred_at"] = id_stamp(clean["occurred_at"])
-    clean["recorded_at"] = id_stamp(clean["recorded_at"])
+    clean["recorded_at"] = id_stamp(clean["recorded_at"]) if clean["recorded_at"] else ""
     if event.get("throttle", "full") not in THROTTLES:
         raise Unreadable(f"throttle: unknown value {str(event.get('throttle'))[:40]!r}")
     clean["throttle"] = event.get("throttle", "full")

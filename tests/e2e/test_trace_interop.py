@@ -198,6 +198,16 @@ def test_upstream_files_without_extra_keys_or_with_unknown_ones_are_read(daemon,
     )
 
 
+def at_time(document: dict, occurred_at: str) -> dict:
+    document["events"][0]["occurred_at"] = occurred_at
+    return document
+
+
+def test_a_time_at_another_offset_is_shown_as_the_instant_in_utc(daemon, stubs, pb):
+    drop(daemon, ROOT, json.dumps(at_time(upstream_file(ROOT), "2026-11-28t09:03:52.123+02:00")))
+    assert trace(stubs, pb, ROOT).events[0].occurred_at == "2026-11-28T07:03:52.123+00:00"
+
+
 @pytest.mark.parametrize(
     "corrupt",
     [
@@ -219,6 +229,8 @@ def test_upstream_files_without_extra_keys_or_with_unknown_ones_are_read(daemon,
             {**upstream_file("X"), "events": [{"id": "e", "throttle": "sideways"}]}
         ).encode(),
         json.dumps({**upstream_file("X"), "events": ["not an object"]}).encode(),
+        json.dumps(at_time(upstream_file("X"), "2026-13-45T07:03:52Z")).encode(),  # no such day
+        json.dumps(at_time(upstream_file("X"), "yesterday")).encode(),
         b'{"events": [], "block_executions": [], "x": NaN}',
         b'{"events": [], "block_executions": [], "x": 1e400}',
         b'{"events": [], "block_executions": [], "x": "\\ud800"}',

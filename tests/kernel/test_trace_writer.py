@@ -92,6 +92,25 @@ def test_rendered_rows_are_the_trace_document():
     }  # fmt: skip
 
 
+UPSTREAM_EVENT_KEYS = ["id", "event_type", "project", "occurred_at", "recorded_at", "throttle",
+                       "trace_id", "span_id", "payload"]  # /work/shared/interop's sample, in order
+
+
+def test_rendered_text_is_written_as_upstream_writes_it():
+    root, child, execution = awkward_chain()
+    execution = dataclasses.replace(execution, summary="雪\udcff", raw_output="雪" * 1000)
+    rows = trace_rows([root, child], [execution], 3, workflow_id=root.id, state="done", error="")
+
+    text = render(rows)
+    data = text.encode()  # a lone surrogate (a block's own summary) does not stop the file
+
+    assert '"project":"proj é"' in text  # UTF-8 as it is, as serde_json writes it
+    assert data.count("雪".encode()) == 1000  # the output's, 3 bytes each
+    assert '"summary":"\\u96ea\\udcff"' in text  # the one string UTF-8 cannot hold: escaped
+    first = json.loads(data)["events"][0]
+    assert [k for k in first if k in UPSTREAM_EVENT_KEYS] == UPSTREAM_EVENT_KEYS
+
+
 def test_frames_carry_rows_or_text_and_the_writer_renders_them(tmp_path):
     root, child, execution = awkward_chain()
     rows = trace_rows([root, child], [execution], 3, workflow_id=root.id, state="ok", error="")
@@ -236,12 +255,26 @@ def test_parse_answers_none_for_anything_that_is_not_a_trace(data):
         ("2026-11-28T07:03:52.123000Z", "2026-11-28T07:03:52.123+00:00"),
         ("2026-11-28T07:03:52.000100Z", "2026-11-28T07:03:52.000100+00:00"),
         ("2026-11-28T07:03:52.1234567Z", "2026-11-28T07:03:52.123456700+00:00"),
-        ("2026-11-28T08:03:52+01:00", "2026-11-28T08:03:52+01:00"),  # not UTC: as written
-        ("yesterday", "yesterday"),
+        # another offset, lowercase letters (RFC 3339 allows both): the instant, in UTC (they
+        # were shown as written)
+        ("2026-11-28T08:03:52+01:00", "2026-11-28T07:03:52+00:00"),
+        ("2026-11-28T09:03:52.1234567+02:00", "2026-11-28T07:03:52.123456+00:00"),
+        ("2026-11-28t07:03:52.123z", "2026-11-28T07:03:52.123+00:00"),
+        ("2026-11-28 07:03:52-00:30", "2026-11-28T07:33:52+00:00"),
     ],
 )
 def test_a_trace_files_times_are_shown_in_the_form_event_ids_hash(written, shown):
     assert id_stamp(written) == shown
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["yesterday", "2026-13-45T07:03:52Z", "2026-02-30T00:00:00Z", "2026-11-28T07:03:52",
+     "2026-11-28", ""],
+)  # fmt: skip
+def test_a_trace_file_time_that_is_none_makes_the_file_unreadable(written):
+    with pytest.raises(Unreadable, match="time"):
+        id_stamp(written)
 
 
 async def test_an_archivist_that_cannot_write_its_files_goes_on(tmp_path, monkeypatch, caplog):
