@@ -95,7 +95,7 @@ def patch_payload(
 
 def check_resumable(run: RunState) -> str:
     """The step a ResumeRun releases."""
-    if run.canceling and not run.terminal:  # its cancel is durable: it ends, whoever asks to resume it
+    if run.canceling and not run.terminal:  # durable: it ends, whoever asks to resume it
         raise FailedPrecondition(f"run {run.run_id} is being cancelled, not paused")
     if run.status != "PAUSED_AT_STEP":
         raise FailedPrecondition(f"run {run.run_id} is {run.status.lower()}, not paused")

@@ -198,8 +198,10 @@ def test_a_paused_run_being_cancelled_is_running_everywhere_until_it_ends(make_d
     cancel.start()
     try:
         # its cancel_requested is in, its mutator in its grace: no longer paused, not ended
-        run = wait_until(lambda: (r := get_run(daemon, run_id)).status
-                         != api.RunStatus.PAUSED_AT_STEP and r, what="the cancel to be in")
+        run = wait_until(
+            lambda: (r := get_run(daemon, run_id)).status != api.RunStatus.PAUSED_AT_STEP and r,
+            what="the cancel to be in",
+        )
         assert (run.status, run.paused_step) == (api.RunStatus.RUNNING, "")
         running = list_runs(daemon, statuses=[api.RunStatus.RUNNING])
         assert run_id in [r.run_id for r in running.runs]

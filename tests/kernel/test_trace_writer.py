@@ -92,8 +92,17 @@ def test_rendered_rows_are_the_trace_document():
     }  # fmt: skip
 
 
-UPSTREAM_EVENT_KEYS = ["id", "event_type", "project", "occurred_at", "recorded_at", "throttle",
-                       "trace_id", "span_id", "payload"]  # /work/shared/interop's sample, in order
+UPSTREAM_EVENT_KEYS = [
+    "id",
+    "event_type",
+    "project",
+    "occurred_at",
+    "recorded_at",
+    "throttle",
+    "trace_id",
+    "span_id",
+    "payload",
+]  # /work/shared/interop's sample, in order
 
 
 def test_rendered_text_is_written_as_upstream_writes_it():
