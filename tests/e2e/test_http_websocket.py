@@ -207,6 +207,21 @@ def test_a_message_past_the_size_is_closed_1009_and_nothing_more_of_it_kept(daem
     assert "Traceback" not in daemon.stderr()
 
 
+def test_the_size_of_a_text_message_is_its_utf8_bytes(daemon):
+    """30,000 three-byte characters: under the 64 KiB cap in characters (hypercorn's count, so
+    a text message could hold four times the cap), 90,000 bytes over it in UTF-8."""
+    sock, head = _upgraded(daemon)
+    with sock:
+        assert head.startswith(b"HTTP/1.1 101")
+        sock.sendall(_frame(("雪" * 30_000).encode(), 1, True))
+        sock.settimeout(5)
+        received = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert b"\x88\x02\x03\xf1" in received  # a close frame, code 1009
+
+
 def test_no_compression_is_agreed_to(daemon):
     """permessage-deflate inflated a frame without bound (65 KB frames of 64 MiB each took the
     daemon to 3.7 GB, found by a framing hunt): the upgrade agrees to no extension, and a

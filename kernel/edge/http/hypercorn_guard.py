@@ -267,13 +267,14 @@ def watch_sends(config: Any, watch: SendWatch) -> None:
 
 def bound_websocket_messages() -> None:
     """A WebSocket's messages held to ``websocket_max_message_size`` (the daemon's 64 KiB):
-    hypercorn wrote each fragment before it checked the size, answered an oversized message
-    with a close (1009) but went on keeping every fragment the client sent after it until the
-    client left (500 MiB sent: ~500 MiB held), and negotiated permessage-deflate, whose
-    inflating of a frame is unbounded (65 KB frames inflating to 64 MiB each took the daemon
-    to 3.7 GB, its loop blocked for seconds). Now a fragment that would pass the size is not
-    kept, the close is followed by the stream's end (its connection's, on HTTP/1.1), and no
-    compression is agreed to (the daemon's messages are small events). Idempotent."""
+    hypercorn wrote each fragment before it checked the size, counted a text message's
+    characters (not its bytes), answered an oversized message with a close (1009) but went on
+    keeping every fragment the client sent after it until the client left (500 MiB sent: ~500
+    MiB held), and negotiated permessage-deflate, whose inflating of a frame is unbounded (65
+    KB frames inflating to 64 MiB each took the daemon to 3.7 GB, its loop blocked for
+    seconds). Now a fragment that would pass the size (in UTF-8 bytes) is not kept, the close
+    is followed by the stream's end (its connection's, on HTTP/1.1), and no compression is
+    agreed to (the daemon's messages are small events). Idempotent."""
     from hypercorn.protocol.events import StreamClosed
     from hypercorn.protocol.ws_stream import (
         FrameTooLargeError,
@@ -292,10 +293,16 @@ def bound_websocket_messages() -> None:
         self.extensions = None  # offered or not, none is accepted (the app checks the header)
 
     def extending(self: Any, event: Any) -> None:
-        if self.length + len(event.data) > self.max_length:
+        # In bytes, as the cap says: hypercorn counts a text message's characters (64 Ki
+        # four-byte characters were 256 KiB held)
+        data = event.data
+        size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())
+        held = self.held_bytes if self.value is not None else 0  # a new message starts at 0
+        if held + size > self.max_length:
             self.value, self.length = None, self.max_length + 1  # over: nothing more is kept
             raise FrameTooLargeError()
         extend(self, event)
+        self.held_bytes = held + size
 
     async def handling_events(self: Any) -> None:
         await handle_events(self)

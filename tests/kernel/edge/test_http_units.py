@@ -218,6 +218,20 @@ def test_hypercorn_websockets_still_buffer_and_negotiate_where_the_bound_watches
     assert getattr(WebsocketBuffer.extend, "messages_bounded", False)
 
 
+def test_a_websocket_text_message_is_bounded_in_its_utf8_bytes():
+    from hypercorn.protocol.ws_stream import FrameTooLargeError, WebsocketBuffer
+    from wsproto.events import TextMessage
+
+    bound_websocket_messages()
+    buffer = WebsocketBuffer(max_length=12)
+    buffer.extend(TextMessage(data="雪雪", message_finished=False))  # 6 bytes, 2 characters
+    with pytest.raises(FrameTooLargeError):
+        buffer.extend(TextMessage(data="雪雪s", message_finished=True))  # 13 bytes, 5 characters
+    buffer.clear()
+    buffer.extend(TextMessage(data="雪雪雪雪", message_finished=True))  # a new message: 12 bytes
+    assert buffer.to_message()["text"] == "雪雪雪雪"
+
+
 def test_hypercorn_still_hands_a_connections_h2_events_to_handle_events():
     """The canary of ``hypercorn_guard.limit_control_frames``: what h2 makes of the bytes
     hypercorn reads goes to ``_handle_events`` in one list, where the control frames are
