@@ -46,7 +46,7 @@ from typing import Any
 
 import betterproto2
 from foundry.kernel.cli.common import prepared_client, read_text_file, whole_number
-from foundry.kernel.cli.output import message_dict, stamp
+from foundry.kernel.cli.output import message_dict, stamp, write_control
 from foundry.kernel.core.evals import Regression, ScenarioStats, regression, summarize
 from foundry.kernel.core.json_input import toml_not_json
 from foundry.kernel.errors import ConfigError, FoundryError
@@ -681,11 +681,13 @@ async def _wait(runtime: Any, runs: list[_Run], pack: str, seconds: float) -> No
         elapsed = time.monotonic() - started
         line = f"eval {pack}: {done}/{len(runs)} runs finished ({elapsed:.1f}s)"
         if done == len(runs):
-            print(("\r" if tty else "") + line + " " * max(0, len(shown) - len(line)),
-                  file=sys.stderr, flush=True)  # fmt: skip
+            if tty:
+                write_control(sys.stderr, "\r")
+            print(line + " " * max(0, len(shown) - len(line)), file=sys.stderr, flush=True)
             return
         if tty and line != shown:
-            print("\r" + line, end="", file=sys.stderr, flush=True)
+            write_control(sys.stderr, "\r")
+            print(line, end="", file=sys.stderr, flush=True)
             shown = line
         if elapsed > seconds:
             if tty:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
+from unicodedata import category
 
 import betterproto2
 
@@ -102,7 +103,11 @@ def plain(text: str) -> str:
 
 # --- text a client stored, on a terminal ---------------------------------------------------------
 
-_KEPT = "\n\t"  # the only characters that are not printable and still written as they are
+_KEPT = "\n\t"  # control characters written as they are
+# Unicode's control, format (a right-to-left override, a zero-width joiner), line and paragraph
+# separator and surrogate categories: what a terminal may act on, or cannot show. Spaces
+# (U+00A0, U+3000), private-use and unassigned characters are text.
+_ESCAPED = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
 
 
 class TerminalSafe(io.TextIOBase):
@@ -111,15 +116,20 @@ class TerminalSafe(io.TextIOBase):
     (``\\u001b``): what the CLI prints holds text any client stored — an event's project, a
     block's summary and output, a run's labels — and a stored ``"\\x1b]0;…\\x07\\x1b[2J"`` set
     the reader's window title and cleared the screen. The escape reads the same inside a JSON
-    string, so a ``--json`` document stays one."""
+    string, so a ``--json`` document stays one. The CLI's own controls (a progress line's
+    ``\\r``) go through :meth:`write_control`."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
         self._stream = stream
 
     def write(self, text: str) -> int:
-        if not text.isprintable() and not text.translate(_NEWLINES).isprintable():
+        if not text.isprintable() and not text.translate(_UNTOUCHED).isprintable():
             text = "".join(map(_safe, text))
+        return self._stream.write(text)
+
+    def write_control(self, text: str) -> int:
+        """Write the CLI's own ``text`` as it is."""
         return self._stream.write(text)
 
     def flush(self) -> None:
@@ -139,17 +149,25 @@ class TerminalSafe(io.TextIOBase):
         return self._stream.encoding
 
 
-_NEWLINES = dict.fromkeys(map(ord, _KEPT))
+_UNTOUCHED = dict.fromkeys(map(ord, _KEPT))
 
 
 def _safe(char: str) -> str:
-    if char.isprintable() or char in _KEPT:
+    if char.isprintable() or char in _KEPT or category(char) not in _ESCAPED:
         return char
     code = ord(char)
     if code > 0xFFFF:  # as JSON writes it: a surrogate pair
         code -= 0x10000
         return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
     return f"\\u{code:04x}"
+
+
+def write_control(stream: TextIO, text: str) -> None:
+    """The CLI's own control characters (a progress line's ``\\r``), not escaped."""
+    if isinstance(stream, TerminalSafe):
+        stream.write_control(text)
+    else:
+        stream.write(text)
 
 
 @contextlib.contextmanager

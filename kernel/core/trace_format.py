@@ -146,28 +146,26 @@ def id_stamp(stamp: str) -> str:
     """A trace file's time in the form an event id hashes (chrono's AutoSi in UTC, ``+00:00``):
     :func:`zulu` undone, and a fraction written otherwise (``.1``, ``.000``, ``.123000``,
     ``.1234567``: JavaScript's ``toISOString`` writes ``.000Z``) given 0, 3, 6 or 9 digits as
-    chrono would; a time at another offset (RFC 3339 allows it, and a lowercase ``t`` or
-    ``z``) is that instant in UTC. Text that is no such time makes the file unreadable."""
-    found = _UTC_STAMP.fullmatch(stamp.upper())
+    chrono would. A time at another offset (RFC 3339 allows it, a lowercase ``t`` or ``z``
+    too, and a space for the ``T``) is that instant in UTC, its digits kept; a leap second
+    (``:60``) stays one. Text that is no RFC 3339 time makes the file unreadable."""
+    found = _RFC3339.fullmatch(stamp)
     if found is None:
-        return _at_another_offset(stamp)
-    second, fraction = found.group(1), found.group(2) or ""
-    try:
-        datetime.fromisoformat(second)  # a month 13, a 30 February
+        raise Unreadable(f"not an RFC 3339 time: {stamp[:40]!r}")
+    date, minute, second, fraction, offset = found.groups()
+    leap = second == "60"
+    utc_offset = "+00:00" if offset in ("Z", "z") else offset
+    try:  # a month 13, a 30 February, an offset of 24 hours
+        moment = datetime.fromisoformat(f"{date}T{minute}:{'59' if leap else second}{utc_offset}")
     except ValueError:
         raise Unreadable(f"not a time: {stamp[:40]!r}") from None
-    return _auto_si(second, int(fraction[:9].ljust(9, "0")) if fraction else 0)
-
-
-def _at_another_offset(stamp: str) -> str:
-    try:
-        moment = datetime.fromisoformat(stamp.upper())
-    except ValueError:
-        raise Unreadable(f"not a time: {stamp[:40]!r}") from None
-    if moment.tzinfo is None:
-        raise Unreadable(f"not an RFC 3339 time (a date, a time and an offset): {stamp[:40]!r}")
-    utc = moment.astimezone(UTC)
-    return _auto_si(utc.strftime("%Y-%m-%dT%H:%M:%S"), utc.microsecond * 1000)
+    if utc_offset != "+00:00":
+        try:
+            moment = moment.astimezone(UTC)
+        except OverflowError:  # before year 1 in UTC
+            raise Unreadable(f"not a time: {stamp[:40]!r}") from None
+    nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
+    return _auto_si(moment.isoformat()[:17] + ("60" if leap else second), nanos)
 
 
 def _auto_si(second: str, nanos: int) -> str:
@@ -182,8 +180,9 @@ def _auto_si(second: str, nanos: int) -> str:
     return f"{second}{digits}+00:00"
 
 
-_UTC_STAMP = re.compile(
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,12}))?(?:Z|\+00:00)",
+_RFC3339 = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}):([0-9]{2})(?:\.([0-9]{1,12}))?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})",
     re.ASCII,
 )
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from foundry.kernel.cli.live import execution_label, trace_lines
 from foundry.kernel.cli.logs import DisconnectsAreDebug, JsonFormatter
-from foundry.kernel.cli.output import duration, message_dict, short_json, stamp
+from foundry.kernel.cli.output import (
+    TerminalSafe,
+    duration,
+    message_dict,
+    short_json,
+    stamp,
+    write_control,
+)
 from foundry.kernel.cli.sql import table
 from foundry.kernel.edge.grpc.admin_service import parse_since
 from foundry.proto import foundry_api as api
@@ -218,3 +226,46 @@ def test_blocks_and_tools_show_a_descriptions_first_line():
     assert _about("Tally the words.\n\n    As a DAG step (``type``) ...\n") == " — Tally the words."
     assert _about("  one line  ") == " — one line"
     assert _about("") == ""
+
+
+def test_a_terminal_sees_controls_escaped_and_text_as_it_is():
+    shown = io.StringIO()
+    terminal = TerminalSafe(shown)
+    terminal.write("Résumé\u00a0: 10\u202f000 € 日本語\u3000テキスト \ue000\n")  # spaces: text
+    terminal.write("\x1b[2J \x07 \r \x85 \u202e \u200b \u2028 \U000e0001 \udcff\ttab\n")
+    write_control(terminal, "\r")  # the CLI's own: a progress line rewrites itself
+    terminal.write("progress")
+    assert shown.getvalue() == (
+        "Résumé\u00a0: 10\u202f000 € 日本語\u3000テキスト \ue000\n"
+        "\\u001b[2J \\u0007 \\u000d \\u0085 \\u202e \\u200b \\u2028 \\udb40\\udc01 \\udcff\ttab\n"
+        "\rprogress"
+    )
+    assert json.loads('"' + "\\udb40\\udc01 \\u202e" + '"') == "\U000e0001 \u202e"  # JSON's escapes
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_eval_progress_rewrites_its_line_on_a_terminal(monkeypatch):
+    import asyncio
+    from types import SimpleNamespace
+
+    from foundry.kernel.cli import evals
+    from foundry.proto import runtime_api
+
+    asks = iter([runtime_api.RunStatus.RUNNING] * 2 + [runtime_api.RunStatus.SUCCEEDED] * 9)
+
+    class Runtime:
+        async def get_run(self, request):
+            return SimpleNamespace(run=SimpleNamespace(status=next(asks)))
+
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", TerminalSafe(terminal))
+    asyncio.run(evals._wait(Runtime(), [evals._Run(slug="s", index=0, run_id="r1")], "p", 30))
+    shown = terminal.getvalue()
+    assert shown.count("\r") == 3  # each line goes back to its start: the CLI's own \r
+    assert "\\u000d" not in shown
+    assert shown.endswith("\n")
+    assert "eval p: 1/1 runs finished" in shown.split("\r")[-1]

@@ -267,7 +267,10 @@ def test_parse_answers_none_for_anything_that_is_not_a_trace(data):
         # another offset, lowercase letters (RFC 3339 allows both): the instant, in UTC (they
         # were shown as written)
         ("2026-11-28T08:03:52+01:00", "2026-11-28T07:03:52+00:00"),
-        ("2026-11-28T09:03:52.1234567+02:00", "2026-11-28T07:03:52.123456+00:00"),
+        ("2026-11-28T09:03:52.1234567+02:00", "2026-11-28T07:03:52.123456700+00:00"),
+        ("2026-12-02T01:50:27.123456789+01:00", "2026-12-02T00:50:27.123456789+00:00"),
+        ("2016-12-31T23:59:60Z", "2016-12-31T23:59:60+00:00"),  # a leap second, as chrono's
+        ("2017-01-01T00:59:60+01:00", "2016-12-31T23:59:60+00:00"),
         ("2026-11-28t07:03:52.123z", "2026-11-28T07:03:52.123+00:00"),
         ("2026-11-28 07:03:52-00:30", "2026-11-28T07:33:52+00:00"),
     ],
@@ -279,7 +282,8 @@ def test_a_trace_files_times_are_shown_in_the_form_event_ids_hash(written, shown
 @pytest.mark.parametrize(
     "written",
     ["yesterday", "2026-13-45T07:03:52Z", "2026-02-30T00:00:00Z", "2026-11-28T07:03:52",
-     "2026-11-28", ""],
+     "2026-11-28", "", "20261202T015027+01:00", "2026-12-02T01:50+01:00",
+     "2026-11-28T07:03:52+24:00", "0001-01-01T00:00:00+01:00"],
 )  # fmt: skip
 def test_a_trace_file_time_that_is_none_makes_the_file_unreadable(written):
     with pytest.raises(Unreadable, match="time"):
