@@ -109,8 +109,25 @@ def lock_instance(
 
 
 def cut(message: str, limit: int = MAX_ERROR) -> str:
-    message = " ".join(message.split())
+    """DuckDB's message on one line, at most ``limit`` characters, and what it quotes of the
+    query (a name in quotes, a literal, its ``LINE 1:`` echo) at most ``QUOTED`` of each: a
+    3,000-character column name came back 264 characters long."""
+    message = _QUOTED.sub(_shortened, " ".join(message.split()))
     return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+QUOTED = 60
+# a quoted span (DuckDB quotes names "…" and literals '…'), a word, or the statement it echoes
+_QUOTED = re.compile(
+    rf'"[^"]{{{QUOTED - 1},}}"|\'[^\']{{{QUOTED - 1},}}\'|\S{{{QUOTED + 1},}}'
+    rf"|(?<=LINE \d: ).{{{QUOTED + 1},}}"
+)
+
+
+def _shortened(found: re.Match[str]) -> str:
+    text = found.group()
+    end = text[-1] if text[0] in "\"'" and text[-1] == text[0] else ""
+    return text[: QUOTED - 3 - len(end)] + "..." + end
 
 
 def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> set[str]:

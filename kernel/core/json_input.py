@@ -35,6 +35,12 @@ def quoted(text: object, limit: int = QUOTE_LIMIT) -> str:
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
+def shown(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """Caller input for an error message as it is (a key, a reference), at most ``limit``
+    characters of it."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def cut_middle(text: str, limit: int) -> str:
     """``text`` for a message, its middle cut past ``limit`` characters: both ends say most (a
     path's start and the key that failed; an error's cause and its last words)."""

@@ -23,6 +23,7 @@ from foundry.analytics.sandbox import (
     QueryRefused,
     _reads_files,
     check_sql,
+    cut,
     struct_fields,
 )
 from foundry.kernel.actors.mailbox import ask
@@ -614,3 +615,17 @@ def test_a_saved_question_refuses_an_unknown_parameter():
         questions.load("spend").bind({"nope": "1"})
     with pytest.raises(KeyError, match="no saved question"):
         questions.load("nope")
+
+
+@pytest.mark.parametrize(
+    "sql", ["SELECT " + "K" * 3000 + " FROM t", "SELECT '" + "K" * 3000 + "'::INT"]
+)
+def test_duckdbs_message_quotes_at_most_60_characters_of_the_query_at_a_time(sql):
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (a INT)")
+    with pytest.raises(duckdb.Error) as caught:
+        con.execute(sql)
+    message = cut(str(caught.value))
+    assert "K" * 61 not in message
+    assert "K" * 40 in message  # what it names, still recognisable
+    assert message.startswith(("Binder Error", "Conversion Error")), message

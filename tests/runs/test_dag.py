@@ -421,3 +421,29 @@ def test_a_steps_inputs_nested_deeper_than_protobuf_clients_read_are_refused_at_
     deep = doc(step("a"), step("b", inputs=nested(STRUCT_DEPTH + 1)))
     rejects(deep, "step 'b': inputs: nested deeper than 24")
     assert parse_dag(deep, None).steps
+
+
+LONG = "K" * 3_000
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"id": "a", "type": "transform", LONG: 1},  # an unknown field
+        {"id": "a", "type": "transform", "inputs": {"x": "${steps." + LONG + ".output}"}},
+        {"id": "a", "type": "transform", "inputs": {"x": "${nope." + LONG + "}"}},
+        {"id": "a" * 128, "type": "transform", "oops": 1},
+    ],
+)
+def test_a_message_quotes_at_most_about_100_characters_of_the_callers_text(step):
+    message = rejects(doc(step))
+    assert len(message) < 250, message
+    assert "K" * 101 not in message
+    assert "a" * 101 not in message
+
+
+def test_a_long_cycle_is_cut_in_its_middle():
+    ids = [f"s{i:03d}_{'x' * 100}" for i in range(20)]
+    steps = [{"id": i, "type": "transform", "depends_on": [ids[n - 1]]} for n, i in enumerate(ids)]
+    message = rejects(doc(*steps), "depends_on: cycle", "characters cut")
+    assert len(message) < 300, message
