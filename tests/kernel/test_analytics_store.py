@@ -508,6 +508,57 @@ async def test_a_staged_pass_is_published_or_dropped_at_start(tmp_path):
     assert rows(db, "SELECT count(*) FROM workflows") == [(1,)]
 
 
+async def test_archive_files_that_cannot_be_moved_stay_staged_until_they_can(tmp_path):
+    """The delete committed, the files could not be moved into the archive (a full disk, a
+    file in the way): the staging, then the rows' only copy, was thrown away with them."""
+    old_run, old_run_records = run(OLD, 1)
+    async with store(tmp_path) as send:  # retention off
+        await append(send, old_run_records)
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "run_events").write_text("in the way")
+    async with store(tmp_path, retain_days=30) as send:
+        await ask(send, RunRetention)
+    db = tmp_path / "foundry.duckdb"
+    assert rows(db, "SELECT count(*) FROM runs") == [(0,)]  # pruned: the pass is recorded
+    staged = list((tmp_path / "archive" / ".staging").rglob("*.parquet"))
+    assert {p.parent.parent.name for p in staged} >= {"run_events"}  # kept, not discarded
+
+    (tmp_path / "archive" / "run_events").unlink()
+    async with store(tmp_path, retain_days=30) as send:  # the next pass (or start) moves them
+        await ask(send, RunRetention)
+    assert [r[0] for r in archived(tmp_path, "runs")] == [old_run]
+    assert sorted(r[1] for r in archived(tmp_path, "run_events")) == [1, 2, 3]
+    assert not list((tmp_path / "archive" / ".staging").rglob("*.parquet"))
+
+
+async def test_a_pass_a_killed_daemon_recorded_is_readable_through_the_views_at_start(tmp_path):
+    """Killed between the delete's commit and the files' move: the start moves them, and the
+    archive's views (made before the move, over no file) showed none of them."""
+    from foundry.kernel.actors.store import retention
+
+    old_run, old_run_records = run(OLD, 1)
+    async with store(tmp_path) as send:
+        await append(send, old_run_records)
+    db = tmp_path / "foundry.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        cutoff = NOW - timedelta(days=30)
+        con.execute("BEGIN TRANSACTION")
+        staged = retention.stage(con, tmp_path, cutoff, "p1")
+        con.execute("COMMIT")
+        real_publish = retention.publish
+        retention.publish = lambda home, pass_id: None  # the kill: nothing moved
+        try:
+            retention.prune(con, tmp_path, cutoff, "p1", staged)
+        finally:
+            retention.publish = real_publish
+    assert (tmp_path / "archive" / ".staging" / "p1").is_dir()
+    async with store(tmp_path):
+        pass
+    assert [r[0] for r in archived(tmp_path, "runs")] == [old_run]
+    assert len(archived(tmp_path, "run_events")) == 3
+
+
 async def test_the_archive_of_a_home_named_with_glob_characters_reads_online_and_offline(tmp_path):
     # the views' glob matched no file under "h[1]": a retention pass pruned rows its views then
     # could not show, and every start failed; `foundry sql` offline refused every archived_*

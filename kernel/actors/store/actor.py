@@ -965,8 +965,8 @@ class Store:
         self._upgrade_schema()
         for statement in ddl():
             self._con.execute(statement)
-        refresh_archive_views(self._con, self.home)
         retention.settle_staged(self._con, self.home)  # a pass a stopped daemon left half-done
+        refresh_archive_views(self._con, self.home)  # after: over the files it published
         sandbox.lock_instance(self._con, self.home, readable=(self.home / SPOOL,))  # no SET after
         # Before reading the journal: the writer process of a daemon that died has ended.
         self._writer_lock = hold_writer_lock(self._journal.directory)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,6 +42,8 @@ from foundry.analytics.parquet import (
 )
 from foundry.analytics.parquet import DATED as EXPORTED
 from foundry.kernel.errors import FailedPrecondition, InvalidArgument
+
+log = logging.getLogger("foundry.store")
 
 OLD_WORKFLOWS = "SELECT workflow_id FROM workflows WHERE completed_at < ?"
 OLD_RUNS = (
@@ -83,7 +86,10 @@ def prune(
 ) -> list[tuple[str, datetime]] | None:
     """Step 2 and 3, in the commit sequence: delete what was staged and publish the files.
     Returns the pruned workflows (id, started_at) for their trace files, or None when the rows
-    changed since they were staged (the staging is thrown away; the next pass tries again)."""
+    changed since they were staged (the staging is thrown away; the next pass tries again).
+    Once the delete is committed the staged files are the rows' only copy: a failure to move
+    them (a full disk, a folder in the way) leaves them staged, for the next pass or start."""
+    publish_recorded(con, home)  # a pass before this one could not move its files
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(
@@ -118,9 +124,29 @@ def prune(
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    publish(home, pass_id)
-    refresh_archive_views(con, home)
+    try:
+        publish(home, pass_id)
+        refresh_archive_views(con, home)
+    except (OSError, duckdb.Error) as exc:
+        log.error("retention: the archived rows of pass %s stay staged in %s (%s); the next "
+                  "pass or start moves them into the archive", pass_id,
+                  staging_dir(home, pass_id), exc)  # fmt: skip
     return [(str(w), started) for w, started in pruned]
+
+
+def publish_recorded(con: duckdb.DuckDBPyConnection, home: Path) -> None:
+    """Move the staged files of every pass recorded (its delete committed) into the archive."""
+    root = archive_dir(home) / ".staging"
+    if not root.is_dir():
+        return
+    recorded = {p for (p,) in con.execute("SELECT pass_id FROM retention_passes").fetchall()}
+    published = False
+    for name in sorted(os.listdir(root)):
+        if name in recorded:
+            publish(home, name)
+            published = True
+    if published:
+        refresh_archive_views(con, home)
 
 
 def publish(home: Path, pass_id: str) -> None:
@@ -144,7 +170,8 @@ def discard(home: Path, pass_id: str) -> None:
 
 
 def settle_staged(con: duckdb.DuckDBPyConnection, home: Path) -> None:
-    """At start: publish the staged passes a stopped daemon had recorded, drop the others."""
+    """At start, before the archive's views are made: publish the staged passes a stopped
+    daemon had recorded, drop the others."""
     root = archive_dir(home) / ".staging"
     if not root.is_dir():
         return
