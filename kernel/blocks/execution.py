@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 from foundry.kernel.blocks.api import (
+    MAX_USAGE,
     Block,
     BlockContext,
     Emission,
@@ -131,6 +132,26 @@ def _outcome(
     )
 
 
+_NO_USAGE = BlockContext.__dataclass_fields__["usage"].default  # every context's until it costs
+
+
+def usage_fault(usage: object) -> str:
+    """Why a block's own ``ctx.usage`` cannot be recorded ("" when it can): as
+    ``record_usage`` takes them (an int as ctx.usage left its run running, forever; a NaN cost
+    lost the step's completion)."""
+    if type(usage) is not Usage:
+        kind = type(usage).__name__
+        return f"ctx.usage must be a Usage (ctx.record_usage adds to it), not {kind}"
+    for name in ("tokens_in", "tokens_out"):
+        count = getattr(usage, name)
+        if type(count) is not int or not 0 <= count <= MAX_USAGE:
+            return f"ctx.usage.{name} must be a whole number from 0 to {MAX_USAGE}"
+    cost = usage.cost
+    if type(cost) not in (int, float) or not 0 <= cost <= MAX_USAGE:  # (NaN fails too)
+        return f"ctx.usage.cost must be a number from 0 to {MAX_USAGE}"
+    return ""
+
+
 def reported_fault(ctx: BlockContext) -> str:
     """Why what a block set on its context cannot be recorded ("" when it can): the store and
     the trace take text, a whole exit code, artifact paths and emissions of a usable event type
@@ -150,6 +171,9 @@ def reported_fault(ctx: BlockContext) -> str:
         ctx.raw_output = str.__str__(raw_output)
     if type(exit_code) is not int:
         return f"ctx.exit_code must be an int, not {type(exit_code).__name__}"
+    usage = ctx.usage
+    if usage is not _NO_USAGE and usage_fault(usage):
+        return usage_fault(usage)
     written = ctx.artifacts_written
     if type(written) is not list or (written and not all(type(p) is str for p in written)):
         return "ctx.artifacts_written must be a list of str paths"

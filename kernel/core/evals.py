@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from foundry.kernel.core.failures import described
 from foundry.kernel.errors import InvalidArgument
 
 MAX_PATTERN_LENGTH = 1000
@@ -198,11 +199,29 @@ def _check(
         return _error(key, value, step_id, f"{where}{key}: not a {scope}-level assertion")
     try:
         result = extra.check(value, run, step_id)
-    except Exception as exc:  # an extension's bug makes this assertion an error, not the daemon's
-        return _error(key, value, step_id, f"{where}{key}: {type(exc).__name__}: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - an extension's bug (a BaseException of its
+        # own too: it took the daemon down) makes this assertion an error, not the daemon's
+        return _error(key, value, step_id, f"{where}{key}: {_clip(described(exc))}")
     if not isinstance(result, AssertionResult):
         return _error(key, value, step_id, f"{where}{key}: check returned {_kind(result)}")
+    problem = _malformed(result)
+    if problem:
+        return _error(key, value, step_id, f"{where}{key}: check returned {problem}")
     return result
+
+
+def _malformed(result: AssertionResult) -> str:
+    """What is wrong with an extension's answer ("" for nothing): ``passed="no"`` counted as a
+    pass; an int message, NaN recorded, failed the whole RecordEvalResult."""
+    if type(result.passed) is not bool or type(result.error) is not bool:
+        return "an AssertionResult whose passed and error are not true or false"
+    if type(result.message) is not str or type(result.name) is not str:
+        return "an AssertionResult whose name and message are not text"
+    try:
+        _strict_json(result.recorded)
+    except (TypeError, ValueError, RecursionError):
+        return "an AssertionResult whose recorded value is not JSON (NaN, infinite, an object)"
+    return ""
 
 
 def merge_assertion_types(
@@ -528,6 +547,7 @@ def _mapping_as_dict(value: Any) -> Any:
 _text_json = json.JSONEncoder(
     separators=(",", ":"), sort_keys=True, ensure_ascii=False, default=_mapping_as_dict
 ).encode
+_strict_json = json.JSONEncoder(allow_nan=False, default=_mapping_as_dict).encode
 
 
 def _step(run: RunFacts, step_id: str | None) -> StepFacts:

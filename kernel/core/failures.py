@@ -14,6 +14,6 @@ def described(exc: BaseException) -> str:
     """``Type: message`` of ``exc``, whatever its ``__str__`` does."""
     try:
         text = str(exc)
-    except Exception as broken:  # its __str__ raised: the type still says something
+    except BaseException as broken:  # noqa: BLE001 - its __str__ raised: the type still says
         text = f"<str() raised {type(broken).__name__}>"
     return f"{type(exc).__name__}: {text}"

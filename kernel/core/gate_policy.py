@@ -32,6 +32,7 @@ from operator import add, contains
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar, cast, overload, runtime_checkable
 
+from foundry.kernel.core.failures import described
 from foundry.kernel.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
@@ -1198,14 +1199,55 @@ def _part(parts: Mapping[str, object], slot: str, kind: type[_P]) -> _P | None:
 
 def _evaluate(rule: Rule, name: str, request: GateRequest, policy: GatePolicy) -> RuleResult:
     try:
-        result = rule.evaluate(request, policy)
-        if not isinstance(result, RuleResult):
-            raise TypeError(f"evaluate returned {type(result).__name__}, not a RuleResult")
-        Effect(result.effect)
-    except Exception as exc:  # a plugin rule's bug must not let a change through
+        return _well_formed(rule.evaluate(request, policy))
+    except BaseException as exc:  # noqa: BLE001 - whatever a plugin rule raises (a BaseException
+        # of its own too: it took the daemon down) must not let a change through
         return RuleResult(
             Effect.DENY,
-            (f"rule {name} failed ({type(exc).__name__}: {exc}), so the gate denies",),
+            (f"rule {name} failed ({described(exc)[:MAX_FAILURE]}), so the gate denies",),
             (Followup("fix-gate-rule", f"Fix the gate rule {name}"),),
         )
-    return result
+
+
+MAX_FAILURE = 300  # characters of a failed rule's exception in its reason
+MAX_PART_DEPTH = 64  # levels of a plugin rule's scorecard part
+
+
+def _well_formed(result: object) -> RuleResult:
+    """A plugin rule's answer as the decision takes it, else TypeError: ``reasons`` text
+    (a str alone read as its characters), ``followups`` :class:`Followup` s, its scorecard
+    part plain data (one that held itself failed the decision's record after it was stored)."""
+    if not isinstance(result, RuleResult):
+        raise TypeError(f"evaluate returned {type(result).__name__}, not a RuleResult")
+    effect = Effect(result.effect)
+    reasons, followups = result.reasons, result.followups
+    if not isinstance(reasons, tuple | list) or not all(type(r) is str for r in reasons):
+        raise TypeError("RuleResult.reasons must be a tuple of str")
+    if not isinstance(followups, tuple | list) or not all(map(_is_followup, followups)):
+        raise TypeError("RuleResult.followups must be a tuple of Followup")
+    if type(result.scorecard) not in _SLOTS:
+        _check_plain(result.scorecard, MAX_PART_DEPTH)
+    return RuleResult(effect, tuple(reasons), tuple(followups), result.scorecard)
+
+
+def _is_followup(item: object) -> bool:
+    return (
+        isinstance(item, Followup)
+        and type(item.slug) is str
+        and type(item.description) is str
+        and type(item.recommended) is bool
+    )
+
+
+def _check_plain(value: object, depth: int) -> None:
+    if depth == 0:
+        raise TypeError(f"RuleResult.scorecard nests deeper than {MAX_PART_DEPTH} levels")
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _check_plain(item, depth - 1)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _check_plain(item, depth - 1)
+    elif hasattr(value, "__dataclass_fields__"):
+        for name in value.__dataclass_fields__:
+            _check_plain(getattr(value, name), depth - 1)

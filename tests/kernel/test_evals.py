@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 from foundry.kernel.actors.gate.patterns import re2_search
@@ -457,6 +458,45 @@ def test_an_extension_scope_is_enforced():
 
 def test_an_extension_that_raises_is_an_error_not_a_crash():
     errs({"broken": 1}, extra_types=EXTRAS, naming="broken: RuntimeError: plugin bug")
+
+
+class _Abort(BaseException):
+    """A plugin's own BaseException: it took the daemon down."""
+
+
+@dataclass(frozen=True)
+class Answering:
+    """Answers ``result`` (a function of the step id), or raises ``raised``."""
+
+    result: Any = None
+    raised: BaseException | None = None
+    name: str = "odd"
+
+    def check(self, expected, facts, step_id):
+        if self.raised is not None:
+            raise self.raised
+        return self.result
+
+
+@pytest.mark.parametrize(
+    ("raised", "naming"),
+    [(_Abort("stop"), "odd: _Abort: stop"), (KeyboardInterrupt(), "odd: KeyboardInterrupt")],
+)
+def test_whatever_an_extension_raises_is_an_error_not_a_crash(raised, naming):
+    errs({"odd": 1}, extra_types={"odd": Answering(raised=raised)}, naming=naming)
+
+
+@pytest.mark.parametrize(
+    ("result", "naming"),
+    [
+        (AssertionResult("odd", "no", 1, 1), "passed and error are not true or false"),  # a pass
+        (AssertionResult("odd", True, 1, 1, message=5), "name and message are not text"),
+        (AssertionResult("odd", True, math.nan, 1), "recorded value is not JSON"),
+        (AssertionResult("odd", True, object(), 1), "recorded value is not JSON"),
+    ],
+)
+def test_an_extensions_malformed_answer_is_an_error(result, naming):
+    errs({"odd": 1}, extra_types={"odd": Answering(result=result)}, naming=naming)
 
 
 def test_without_the_extension_its_key_is_unknown():

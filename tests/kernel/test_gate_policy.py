@@ -746,6 +746,82 @@ def test_a_rule_that_raises_denies():
     assert decision.reasons == ("rule broken failed (KeyError: 'boom'), so the gate denies",)
 
 
+class _Abort(BaseException):
+    """A plugin's own BaseException: it took the daemon down."""
+
+
+class _BadText(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+@pytest.mark.parametrize(
+    ("raised", "shown"),
+    [
+        (_Abort("stop"), "_Abort: stop"),
+        (KeyboardInterrupt(), "KeyboardInterrupt: "),
+        (SystemExit(3), "SystemExit: 3"),
+        (_BadText(), "_BadText: <str() raised ValueError>"),
+    ],
+)
+def test_whatever_a_rule_raises_denies(raised, shown):
+    class Broken:
+        name = "broken"
+
+        def evaluate(self, request, policy):
+            raise raised
+
+    decision = decide(request(), POLICY, (*BUILTIN_RULES, Broken()))
+
+    assert decision.effect is Effect.DENY
+    assert decision.reasons == (f"rule broken failed ({shown}), so the gate denies",)
+
+
+_LOOP: dict = {}
+_LOOP["self"] = _LOOP
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (None, "not a RuleResult"),
+        ("allow", "not a RuleResult"),
+        (RuleResult(effect="maybe"), "maybe"),
+        (RuleResult("allow", reasons="abc"), "reasons must be a tuple of str"),  # not a, b, c
+        (RuleResult("allow", reasons=(1, None)), "reasons must be a tuple of str"),
+        (RuleResult("allow", followups=("x",)), "followups must be a tuple of Followup"),
+        (RuleResult("allow", followups=(Followup("s", 5),)), "followups must be a tuple"),
+        (RuleResult("allow", scorecard=_LOOP), "scorecard nests deeper than 64 levels"),
+    ],
+)
+def test_a_rule_answering_badly_denies_naming_what_is_wrong(answer, why):
+    class Bad:
+        name = "bad"
+
+        def evaluate(self, request, policy):
+            return answer
+
+    decision = decide(request(), POLICY, (Bad(),))
+
+    assert decision.effect is Effect.DENY
+    assert decision.reasons[0].startswith("rule bad failed")
+    assert why in decision.reasons[0]
+
+
+def test_a_rules_reasons_and_followups_given_as_lists_are_taken():
+    class Listing:
+        name = "listing"
+
+        def evaluate(self, request, policy):
+            return RuleResult("follow_up", ["look"], [Followup("look", "Look")])
+
+    decision = decide(request(), POLICY, (Listing(),))
+
+    assert decision.effect is Effect.FOLLOW_UP
+    assert decision.reasons == ("look",)
+    assert decision.followups == (Followup("look", "Look"),)
+
+
 @pytest.mark.parametrize("answer", [None, "allow", RuleResult(effect="maybe")])
 def test_a_rule_answering_badly_denies(answer):
     class Bad:

@@ -5,6 +5,7 @@ recovery — virtual time only, no real sleeps, no shell, no database."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from foundry.kernel.actors.store.messages import (
     StoreMessage,
 )
 from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
-from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, block
+from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, Usage, block
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.dag import parse_dag
@@ -1009,6 +1010,38 @@ async def test_a_step_setting_what_cannot_be_recorded_fails_naming_the_field(tmp
     [failed] = h.store.events(run_id, "step_failed")
     assert "ctx.raw_output must be a str, not bytes" in failed.payload["error"]["message"]
     assert h.store.events(run_id, "step_completed") == []
+
+
+class SetsUsage(Block):
+    """Sets its own ``ctx.usage`` (not through ``record_usage``) to what it was made with."""
+
+    name = "sets-usage"
+
+    def __init__(self, usage: Any) -> None:
+        self.usage = usage
+
+    async def run(self, ctx: BlockContext) -> Any:
+        ctx.usage = self.usage
+        return {"ok": True}
+
+
+@pytest.mark.parametrize(
+    ("usage", "said"),
+    [
+        (5, "ctx.usage must be a Usage (ctx.record_usage adds to it), not int"),  # ran forever
+        (Usage(0, 0, math.nan), "ctx.usage.cost must be a number from 0"),  # lost its completion
+        (Usage(-1, 0, 0.0), "ctx.usage.tokens_in must be a whole number from 0"),
+    ],
+)
+async def test_a_step_setting_a_usage_that_cannot_be_recorded_fails_naming_it(
+    tmp_path, usage, said
+):
+    async with running_scheduler(tmp_path, [SetsUsage(usage)]) as h:
+        run_id = await h.submit([step("a", "sets-usage")])
+        await h.store.until(run_id, *TERMINAL_KINDS)
+    [failed] = h.store.events(run_id, "step_failed")
+    assert said in failed.payload["error"]["message"]
+    assert [e.kind for e in h.store.events(run_id)][-1] == "run_failed"
 
 
 class Returns(Block):
