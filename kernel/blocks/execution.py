@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -250,10 +251,18 @@ async def _dispatch(block: Block, action: Action, ctx: BlockContext) -> Any:
 
 
 def _summarize(output: Any) -> str:
+    """A block's answer as its summary: text as it is, JSON values as compact JSON (as the CLI
+    shows JSON everywhere: they were Python reprs, ``{'score': 1}``), anything else its repr."""
     if output is None:
         return ""
     try:
-        text = output if isinstance(output, str) else repr(output)
-    except Exception as exc:  # a plugin's broken __repr__ must not stop its chain
-        text = f"<{type(output).__name__}: repr() raised {type(exc).__name__}>"
+        text = output if isinstance(output, str) else _compact(output)
+    except Exception:  # not JSON (an object, a loop): its repr
+        try:
+            text = repr(output)
+        except Exception as exc:  # a plugin's broken __repr__ must not stop its chain
+            text = f"<{type(output).__name__}: repr() raised {type(exc).__name__}>"
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode

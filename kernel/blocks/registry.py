@@ -210,9 +210,9 @@ def _hook_failures() -> Iterator[None]:
     line naming it, as every other configuration error, not a traceback."""
     try:
         yield
-    except ConfigError:
+    except (ConfigError, KeyboardInterrupt):  # (a Ctrl-C while plugins load stops the start)
         raise
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, a plugin's own BaseException
         where = ""  # the plugin's line that raised: the deepest frame outside the kernel
         frame = exc.__traceback__
         while frame is not None:
@@ -305,9 +305,16 @@ def _tools(pm: Any) -> dict[str, Tool]:
                 raise ConfigError(f"register_tools: tool {tool.name!r}: its function is not "
                                   "callable")  # fmt: skip
             if tool.name in tools:
-                raise ConfigError(f"two tools are named {tool.name!r}; tool names are unique")
+                first, second = _module_of(tools[tool.name]), _module_of(tool)
+                raise ConfigError(f"two tools are named {tool.name!r} ({first} and {second}); "
+                                  "tool names are unique")  # fmt: skip
             tools[tool.name] = tool
     return tools
+
+
+def _module_of(tool: Tool) -> str:
+    module = getattr(tool.fn, "__module__", None)
+    return module if isinstance(module, str) else "an unknown module"
 
 
 def _declared_block(table: Mapping[str, Any], factories: Mapping[str, BlockFactory]) -> Block:

@@ -1115,6 +1115,26 @@ async def test_an_output_whose_repr_raises_is_summarized_and_the_chain_goes_on(t
     assert trace["state"] == "completed"
 
 
+@pytest.mark.parametrize(
+    ("output", "summary"),
+    [
+        ({"score": 1, "note": "é"}, '{"score":1,"note":"é"}'),  # was {'score': 1, ...}
+        ([1, None, True], "[1,null,true]"),
+        (("a", 1.5), '["a",1.5]'),
+        ({1}, "{1}"),  # not JSON: its repr
+    ],
+)
+async def test_a_blocks_answer_is_summarized_as_compact_json(tmp_path, output, summary):
+    @block("Answer", sinks=["go"])
+    def answer(ctx):
+        return output
+
+    async with running_kernel(tmp_path, [answer]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+    assert executions(trace, "Answer")[0]["summary"] == summary
+
+
 async def test_while_the_database_refuses_writes_acked_chains_wait_in_the_journal(tmp_path):
     """DuckDB failing (here: a table gone) does not fail a write: the journal has made it
     durable, the materializer retries, and the rows land once the database recovers."""

@@ -219,6 +219,15 @@ def test_a_module_whose_own_code_fails_at_import_is_one_line(plugin_module, sour
             "def register_tools():\n    from foundry.kernel import Tool\n    return [Tool('x', 5)]",
             "tool 'x': its function is not callable",
         ),
+        (  # a 43-line traceback
+            "def register_blocks():\n    raise type('Abort', (BaseException,), {})('no')",
+            "Abort: no",
+        ),
+        (
+            "def register_tools():\n    from foundry.kernel import Tool\n"
+            "    return [Tool('word_count', len)]",
+            "two tools are named 'word_count' (foundry.plugins.tool and builtins)",
+        ),
     ],
     ids=[
         "raises",
@@ -228,6 +237,8 @@ def test_a_module_whose_own_code_fails_at_import_is_one_line(plugin_module, sour
         "unknown-argument",
         "tool-int-name",
         "tool-not-callable",
+        "raises-base-exception",
+        "tool-named-as-a-built-in",
     ],
 )
 def test_a_hook_that_fails_is_one_line_naming_it(plugin_module, source, said):
