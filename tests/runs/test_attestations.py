@@ -27,6 +27,7 @@ from foundry.kernel.core.attest_records import (
 )
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
+from grpclib import GRPCError
 from grpclib.const import Status
 
 from tests.daemon import Daemon
@@ -349,6 +350,32 @@ def test_a_step_output_changed_in_the_database_is_reported(make_daemon):
     run = daemon.cli("attest", "verify", run_attestation)
     assert run.returncode == 1
     assert "count" in run.stdout
+
+
+def test_the_attestations_of_a_run_retention_archived_verify_with_a_note(make_daemon):
+    """Retention moves a finished run out of the live tables and keeps its attestations: their
+    verify said ``NOT_FOUND: run_id: no run …`` and exit 1, as if invalid."""
+    daemon = make_daemon("[store]\nretain_days = 0.0001\nretention_interval = 1\n")  # 8.64 s
+    run_id = run_and_wait(daemon, RESEARCH, inputs=TOPIC).run_id
+    by_kind = {n["kind"]: n["attestation_id"] for n in attested(tap(daemon, run_id))}
+    assert {"step", "tool", "run"} <= by_kind.keys()
+
+    def archived() -> bool:
+        sql = f"SELECT count(*) FROM runs WHERE run_id = '{run_id}'"
+        return json.loads(daemon.cli("sql", sql, "--json").stdout)["rows"] == [[0]]
+
+    wait_until(archived, what="retention to archive the run", timeout=40, interval=0.5)
+    daemon.restart()  # (until then the scheduler answers GetRun from its recent runs)
+    with pytest.raises(GRPCError) as gone:
+        daemon.call(lambda _, rt: rt.get_run(api.GetRunRequest(run_id=run_id)))
+    assert gone.value.status == Status.NOT_FOUND
+    for kind in ("step", "tool", "run"):
+        done = cli(daemon, "verify", by_kind[kind])
+        assert done.returncode == 0, (kind, done.stdout, done.stderr)
+        assert f"note: run {run_id} is not stored any more" in done.stderr
+    exported = cli(daemon, "export", run_id)
+    assert exported.returncode == 1
+    assert f"no run {run_id} is stored (retention archives finished runs)" in exported.stderr
 
 
 def test_another_runs_statement_copied_into_an_attestation_is_reported(make_daemon):
