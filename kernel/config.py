@@ -545,7 +545,12 @@ class _Reader:
             raise self.fail(
                 "[otel].endpoint", "no credentials in the URL: set OTEL_EXPORTER_OTLP_HEADERS"
             )
-        if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+        if url.query or url.fragment:  # (not quoted: a query may hold a token)
+            raise self.fail(
+                "[otel].endpoint",
+                "no query or fragment in the URL: set OTEL_EXPORTER_OTLP_HEADERS for a token",
+            )
+        if url.scheme not in ("http", "https") or not url.hostname:
             raise self.fail(
                 "[otel].endpoint", f"expected an http:// or https:// URL, got {endpoint[:100]!r}"
             )

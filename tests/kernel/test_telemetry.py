@@ -742,6 +742,14 @@ def test_a_bad_otel_table_names_its_key(table, key):
         Config.from_mapping({"otel": table})
 
 
+@pytest.mark.parametrize("endpoint", ["http://c:4318?token=SECRETQ", "https://c:4318/#SECRETQ"])
+def test_an_otel_endpoint_with_a_query_is_refused_for_that_and_not_quoted(endpoint):
+    with pytest.raises(ConfigError) as refused:
+        Config.from_mapping({"otel": {"endpoint": endpoint}})
+    assert "no query or fragment in the URL" in str(refused.value)
+    assert "SECRETQ" not in str(refused.value)  # the log is no place for a token
+
+
 def test_canary_the_private_exporter_parts_otel_py_relies_on_are_there():
     """kernel/edge/otel.py hands the SDK's exporters requests it built: through the HTTP
     exporter's ``_client`` and the gRPC one's ``_translate_data``/``_count_data``/``_export``.
