@@ -45,6 +45,10 @@ class RelayBlock(Block):
         ctx.summary = f"relayed as {self.emits}"
         return payload
 
+    async def audit(self, ctx: BlockContext) -> None:
+        """What it would emit (a relay has no side effect): recorded, not delivered."""
+        ctx.emit(self.emits, {**ctx.payload, **self.extra})
+
     async def simulate(self, ctx: BlockContext) -> None:
         ctx.emit(self.emits, {**ctx.payload, **self.extra, "simulated": True})
 

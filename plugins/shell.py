@@ -111,7 +111,8 @@ def _payload_env(ctx: BlockContext) -> dict[str, str]:
             total += len(name) + len(text.encode("utf-8", "surrogatepass")) + 2
             if "\0" in text:  # an environment cannot hold it (every attempt failed): stdin only
                 continue
-            if _fits(text) and total <= ENV_INPUT_BYTES:
+            # (the whole "NAME=value" is one string: a 140 KB key stopped every start)
+            if _fits(f"{name}={text}") and total <= ENV_INPUT_BYTES:
                 env[name] = text
     return env
 
@@ -121,10 +122,14 @@ def _fits(text: str) -> bool:
 
 
 def _parse_output(text: str) -> Any:
+    """stdout as JSON, else as text: JSON the daemon stores (``NaN``, ``1e400`` and a lone
+    surrogate's escape are text: Python's reader took them, and the block failed to emit)."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
     except (ValueError, RecursionError):  # (~1,000 levels deep: the block failed, not its text)
         return text.rstrip("\n")
+    return value
 
 
 def shell_block_from_table(table: Mapping[str, Any]) -> ShellBlock:

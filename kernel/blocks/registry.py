@@ -127,7 +127,7 @@ class BlockRegistry:
                                       f"{event_type!r} and would share an artifact folder "
                                       f"({block_slug(block.name)!r}): rename one")  # fmt: skip
             self.by_name[block.name] = block
-            for event_type in block.sinks:
+            for event_type in dict.fromkeys(block.sinks):  # (a subclass's own tuple, too)
                 self.by_sink.setdefault(event_type, []).append(block)
 
     def sinking(self, event_type: str, payload: Mapping[str, Any]) -> list[Block]:

@@ -26,6 +26,10 @@ class Decision:
     deliver: bool  # are the block's emissions delivered downstream?
     state: str  # the state the execution ends in when it succeeds
     summary: str = ""  # the execution's summary when the block gives none (a throttle's word)
+    quiet_summary: str = ""  # the same, when the block emitted nothing (else ``summary``)
+
+    def summary_of(self, emitted: bool) -> str:
+        return self.summary if emitted or not self.quiet_summary else self.quiet_summary
 
 
 _RUN = Decision(Action.RUN, deliver=True, state="completed")
@@ -33,6 +37,7 @@ _AUDIT = Decision(
     Action.AUDIT, deliver=False, state="completed",
     summary="audited under AUDIT_ONLY: a mutator, run without side effects; what it would emit "
     "is recorded, not delivered",
+    quiet_summary="audited under AUDIT_ONLY: a mutator, not run; it told nothing it would emit",
 )  # fmt: skip
 _SIMULATE = Decision(
     Action.SIMULATE, deliver=True, state="skipped",

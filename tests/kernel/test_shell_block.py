@@ -301,3 +301,60 @@ async def test_an_output_at_emits_depth_limit_is_emitted(tmp_path):
     trace, x = await run_once(tmp_path, registry, {})
     assert x["success"] is True, x["summary"]
     assert [e["event_type"] for e in trace["events"]] == ["go", "deep"]
+
+
+async def test_a_key_too_long_for_the_environment_arrives_on_stdin_alone(tmp_path):
+    # "FOUNDRY_INPUT_<140,000 Ks>=v" is one environment string past Linux's 128 KiB: the value's
+    # size alone was checked, and every start failed "Argument list too long"
+    probe = (
+        "import os, sys; sys.stdin.read(); "
+        "print(sorted(len(k) for k in os.environ if k.startswith('FOUNDRY_INPUT_')))"
+    )
+    registry = shell_registry(command=[sys.executable, "-c", probe])
+    _, x = await run_once(tmp_path, registry, {"k" * 140_000: "v", "short": "s"})
+    assert x["success"] is True, x["summary"]
+    assert x["raw_output"].strip() == str([len("FOUNDRY_INPUT_SHORT")])
+
+
+@pytest.mark.parametrize("stdout", ['{"x": NaN}', '{"x": 1e400}', "Infinity", '{"x": "\\ud800"}'])
+async def test_output_that_is_no_json_the_daemon_stores_is_emitted_as_text(tmp_path, stdout):
+    # Python's reader takes NaN, 1e400 (as inf) and a lone surrogate's escape: the block then
+    # failed to emit them, where README says such stdout is emitted as {"output": text}
+    registry = shell_registry(command=["printf", "%s", stdout], emits="said")
+    _, x = await run_once(tmp_path, registry, {})
+    assert x["success"] is True, x["summary"]
+    assert x["emitted_payloads"] == [{"output": stdout}]
+
+
+async def test_an_audited_shell_mutator_says_it_told_nothing_it_would_emit(tmp_path):
+    registry = shell_registry(command=["echo", "{}"], emits="done")
+    _, audited = await run_once(tmp_path, registry, {"k": 1}, Throttle.AUDIT_ONLY)
+    assert audited["emitted_payloads"] == []
+    assert audited["summary"] == (
+        "audited under AUDIT_ONLY: a mutator, not run; it told nothing it would emit"
+    )  # it said "what it would emit is recorded": nothing was
+
+
+async def test_a_sink_listed_twice_runs_its_block_once_an_event(tmp_path):
+    mark = tmp_path / "runs"
+    registry = shell_registry(
+        command=["sh", "-c", f"echo ran >> {mark}"], sinks=["go", "go"], kind="observer"
+    )
+    assert registry.by_name["Sh"].sinks == ("go",)
+    trace, _ = await run_once(tmp_path / "home", registry, {})
+    assert len(trace["block_executions"]) == 1
+    assert mark.read_text() == "ran\n"
+
+
+async def test_an_audited_relay_mutator_records_what_it_would_emit(tmp_path):
+    registry = load_blocks(
+        declared=[{"name": "Sh", "type": "relay", "kind": "mutator", "sinks": ["go"],
+                   "emits": "relayed", "set": {"via": "relay"}}],
+        entry_points=False,
+    )  # fmt: skip
+    trace, x = await run_once(tmp_path, registry, {"k": 1}, Throttle.AUDIT_ONLY)
+    assert x["emitted_payloads"] == [{"k": 1, "via": "relay"}]  # recorded, as the summary says
+    assert x["summary"].startswith("audited under AUDIT_ONLY")
+    assert "recorded, not delivered" in x["summary"]
+    [relayed] = [e for e in trace["events"] if e["event_type"] == "relayed"]
+    assert relayed["throttled"] is True

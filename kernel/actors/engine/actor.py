@@ -392,7 +392,9 @@ class Engine:
             state=decision.state if not error else "failed",
             success=not error,
             summary=storable(
-                (outcome.summary or decision.summary) if not error or outcome.error else error
+                (outcome.summary or decision.summary_of(bool(children)))
+                if not error or outcome.error
+                else error
             ),
             emitted=children,
             started_at=slot.started_at or completed,
