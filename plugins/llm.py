@@ -124,7 +124,10 @@ async def openai_provider(
             )
     if waited.cancelled_caught:
         raise BlockError(f"the LLM endpoint took more than [llm] timeout ({settings.timeout:g} s)")
-    if response.status_code >= 400:
+    if 300 <= response.status_code < 400:  # (its body was read as a completion)
+        raise BlockError(f"LLM endpoint answered {response.status_code}: a redirect, which is "
+                         "not followed (set [llm] base_url to where it leads)")  # fmt: skip
+    if not 200 <= response.status_code < 300:
         text = content[:200].decode(errors="replace")
         raise BlockError(f"LLM endpoint answered {response.status_code}: {text}")
     return completion_of(content)

@@ -217,10 +217,6 @@ def _malformed(result: AssertionResult) -> str:
         return "an AssertionResult whose passed and error are not true or false"
     if type(result.message) is not str or type(result.name) is not str:
         return "an AssertionResult whose name and message are not text"
-    try:
-        _strict_json(result.recorded)
-    except (TypeError, ValueError, RecursionError):
-        return "an AssertionResult whose recorded value is not JSON (NaN, infinite, an object)"
     return ""
 
 
@@ -547,7 +543,12 @@ def _mapping_as_dict(value: Any) -> Any:
 _text_json = json.JSONEncoder(
     separators=(",", ":"), sort_keys=True, ensure_ascii=False, default=_mapping_as_dict
 ).encode
-_strict_json = json.JSONEncoder(allow_nan=False, default=_mapping_as_dict).encode
+# NaN and the infinities are no JSON a record holds: their repr, as any other value that is not
+# (an extension's NaN recorded failed the whole RecordEvalResult)
+_strict_json = json.JSONEncoder(
+    separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False,
+    default=_mapping_as_dict,
+).encode  # fmt: skip
 
 
 def _step(run: RunFacts, step_id: str | None) -> StepFacts:
@@ -651,7 +652,7 @@ def _json_ready(value: Any) -> Any:
     """``value`` as JSON; as its JSON text, clipped, when that is longer than ``CLIP``: an
     ``expected`` is the pack's, and a record keeps it for every result."""
     try:
-        text = _text_json(value)
-    except (TypeError, ValueError):
+        text = _strict_json(value)
+    except (TypeError, ValueError, RecursionError):
         return _clip(repr(value))
     return json.loads(text) if len(text) <= CLIP else _clip(text)

@@ -6,7 +6,8 @@ these return — and records what they decide as run events."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -275,6 +276,13 @@ def retry_delay(
     return float(backoff * 2**failures)
 
 
+# A step's output the store cannot hold: the attempt fails (its retries may do better), where its
+# completion was acknowledged, then refused by the store, and the run lost it at the next start.
+LONE_SURROGATE = (
+    "the step's output is not valid Unicode: it holds a lone surrogate (half of a character "
+    "outside the Basic Multilingual Plane: an emoji cut in two)"
+)
+
 MAX_ERROR_CHARS = 2_000  # of a step's recorded error message: its middle goes past it
 
 
@@ -283,6 +291,23 @@ def step_error(message: str, attempt: int = 0, timed_out: bool = False) -> dict[
     path of 1 MB made a 1 MB error, in GetRun three times over and in the log."""
     return {"message": cut_middle(message, MAX_ERROR_CHARS), "attempt": attempt,
             "timed_out": timed_out}  # fmt: skip
+
+
+def not_retried(error: Mapping[str, Any], failed_step: str) -> dict[str, Any]:
+    """A retrying step's error, final: ``failed_step`` has failed the run, so no attempt more is
+    made (a mutator's would be a side effect of a run already lost)."""
+    return {**error, "message": f"{error.get('message', '')}{_NOT_RETRIED.format(failed_step)}"}
+
+
+def as_it_failed(message: str) -> str:
+    """A recorded error message without what :func:`not_retried` added: what the step's block
+    said (a replay compares it with what the block says now: it drifted, by that note alone)."""
+    found = _NOT_RETRIED_AT_END.search(message)
+    return message[: found.start()] if found else message
+
+
+_NOT_RETRIED = " (not retried: step {!r} failed the run)"
+_NOT_RETRIED_AT_END = re.compile(r" \(not retried: step '[^']*' failed the run\)\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -523,11 +523,18 @@ async def test_archive_files_that_cannot_be_moved_stay_staged_until_they_can(tmp
     staged = list((tmp_path / "archive" / ".staging").rglob("*.parquet"))
     assert {p.parent.parent.name for p in staged} >= {"run_events"}  # kept, not discarded
 
+    newer_run, newer_records = run(OLD, 2)
+    async with store(tmp_path, retain_days=30) as send:  # still in the way: passes go on
+        await append(send, newer_records)
+        report = await ask(send, RunRetention)
+    assert report.archived == {"workflows": 0, "events": 0, "block_executions": 0, "runs": 1,
+                               "run_events": 3}  # fmt: skip
+
     (tmp_path / "archive" / "run_events").unlink()
     async with store(tmp_path, retain_days=30) as send:  # the next pass (or start) moves them
         await ask(send, RunRetention)
-    assert [r[0] for r in archived(tmp_path, "runs")] == [old_run]
-    assert sorted(r[1] for r in archived(tmp_path, "run_events")) == [1, 2, 3]
+    assert sorted(r[0] for r in archived(tmp_path, "runs")) == sorted([old_run, newer_run])
+    assert sorted(r[1] for r in archived(tmp_path, "run_events")) == [1, 1, 2, 2, 3, 3]
     assert not list((tmp_path / "archive" / ".staging").rglob("*.parquet"))
 
 

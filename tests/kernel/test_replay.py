@@ -151,3 +151,56 @@ async def test_a_reused_step_is_not_run_again_and_a_retried_one_runs_as_its_atte
     assert CALLS == [2]  # t alone, as attempt 2
     assert result.all_within_tolerance
     assert [(s.step_id, s.live) for s in result.steps] == [("r", False), ("t", True)]
+
+
+@block("answers", kind=BlockKind.OBSERVER)
+def _answers(ctx: BlockContext) -> Any:
+    what = ctx.payload["what"]
+    if what == "fail":
+        raise RuntimeError("the endpoint took too long")
+    if what == "surrogate":
+        return {"text": "\ud800 x"}
+    ctx.usage = 5  # type: ignore[assignment]
+    return {"ok": True}
+
+
+def one_step_run(what: str, stored: dict[str, Any], *, failed: bool = False) -> tuple:
+    dag_json = json.dumps({"steps": [{"id": "a", "type": "answers", "inputs": {"what": what}}]})
+    submission = RunSubmission("run_r", dag_json, {}, 7, {}, (), "", T0)
+    run = RunState.new(submission, parse_dag(dag_json, None))
+    run.make_event("run_started", T0)
+    run.make_event("step_leased", T0, "a", attempt=1, inputs={"what": what}, seed=1, model="",
+                   env={})  # fmt: skip
+    if failed:
+        run.make_event("step_failed", T0, "a", attempt=1, error=stored)
+        run.make_event("run_failed", T0, "a", error="x")
+    else:
+        run.make_event("step_completed", T0, "a", attempt=1, output=stored, usage={})
+        run.make_event("run_succeeded", T0)
+    return submission, list(run.events)
+
+
+async def test_a_step_the_run_did_not_retry_replays_without_drift_for_that_note(tmp_path):
+    # the scheduler adds "(not retried: …)" to the error it records: the block's own error,
+    # the same now, was reported as drift
+    error = {"message": "RuntimeError: the endpoint took too long (not retried: step 'b' "
+             "failed the run)", "attempt": 1, "timed_out": False}  # fmt: skip
+    result = await replayed(tmp_path, [_answers], one_step_run("fail", error, failed=True),
+                            "run_r")  # fmt: skip
+    assert result.all_within_tolerance, result.steps[0].drift
+
+
+async def test_a_replayed_output_the_store_could_not_hold_is_the_error_it_would_be(tmp_path):
+    # a lone surrogate in a replayed answer made the reply INTERNAL
+    result = await replayed(tmp_path, [_answers], one_step_run("surrogate", {"text": "x"}),
+                            "run_r")  # fmt: skip
+    [step] = result.steps
+    assert "lone surrogate" in json.dumps(step.drift.current)
+    assert not result.all_within_tolerance
+
+
+async def test_a_replayed_usage_the_scheduler_would_refuse_fails_the_step(tmp_path):
+    result = await replayed(tmp_path, [_answers], one_step_run("bad-usage", {"ok": True}),
+                            "run_r")  # fmt: skip
+    [step] = result.steps
+    assert "ctx.usage must be a Usage" in json.dumps(step.drift.current)

@@ -39,6 +39,7 @@ from foundry.kernel.actors.store.messages import (
     StoreMessage,
 )
 from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
+from foundry.kernel.actors.telemetry.messages import SpanOutbox
 from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, Usage, block
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
@@ -179,18 +180,23 @@ async def running_scheduler(
     store: FakeStore | None = None,
     store_mailbox: int = 64,
     config: SchedulerConfig | None = None,
+    spans: bool = False,
 ) -> AsyncIterator[Harness]:
     """A Scheduler on memory channels, a FakeStore for its store; leaving the block closes its
-    mailbox, as the daemon does when it stops (steps in flight get ``grace`` seconds)."""
+    mailbox, as the daemon does when it stops (steps in flight get ``grace`` seconds).
+    ``spans``: it makes the spans of steps too (OpenTelemetry export on), into a channel read
+    by no one."""
     store = store or FakeStore()
     inbox_send, inbox = trio.open_memory_channel[SchedulerMessage](64)
     store_send, store_inbox = trio.open_memory_channel[StoreMessage](store_mailbox)
     tap_send, tap_inbox = trio.open_memory_channel[TapMessage](64)
+    span_send, span_inbox = trio.open_memory_channel[Any](10_000)
     scheduler = Scheduler(
         BlockRegistry(blocks), inbox, store_send, tap_send, home=tmp_path,
         config=config or SchedulerConfig(max_concurrent_steps=limit), shutdown_grace=grace,
+        spans=SpanOutbox(span_send) if spans else None,
     )  # fmt: skip
-    with tap_inbox, trio.fail_after(3600):  # virtual seconds: bounds a hung test
+    with tap_inbox, span_inbox, trio.fail_after(3600):  # virtual seconds: bounds a hung test
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store.run, store_inbox)
             nursery.start_soon(_subscribing, tap_inbox)
@@ -1033,10 +1039,11 @@ class SetsUsage(Block):
         (Usage(-1, 0, 0.0), "ctx.usage.tokens_in must be a whole number from 0"),
     ],
 )
+@pytest.mark.parametrize("spans", [False, True], ids=["spans-off", "spans-on"])
 async def test_a_step_setting_a_usage_that_cannot_be_recorded_fails_naming_it(
-    tmp_path, usage, said
+    tmp_path, usage, said, spans
 ):
-    async with running_scheduler(tmp_path, [SetsUsage(usage)]) as h:
+    async with running_scheduler(tmp_path, [SetsUsage(usage)], spans=spans) as h:
         run_id = await h.submit([step("a", "sets-usage")])
         await h.store.until(run_id, *TERMINAL_KINDS)
     [failed] = h.store.events(run_id, "step_failed")

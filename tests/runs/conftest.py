@@ -51,12 +51,14 @@ class FakeHttp:
         prompt_tokens: int = 7,
         completion_tokens: int = 5,
         document: Any = None,
+        status: int = 200,
     ) -> None:
         """What a chat completion for ``model`` answers; ``document``: that JSON instead (an
-        endpoint that answers what a chat completion is not)."""
+        endpoint that answers what a chat completion is not), with ``status``."""
         with self.lock:
             self.answers[model] = {
                 "text": text,
+                "status": status,
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "document": document,
@@ -129,7 +131,7 @@ def _handler(fake: FakeHttp) -> type[BaseHTTPRequestHandler]:
                 last = (body.get("messages") or [{}])[-1].get("content", "")
                 answer = {"text": f"echo: {last}", "prompt_tokens": 3, "completion_tokens": 2}
             if answer.get("document") is not None:
-                self._reply(200, answer["document"])
+                self._reply(answer.get("status", 200), answer["document"])
                 return
             self._reply(
                 200,

@@ -652,6 +652,21 @@ def test_an_llm_answer_that_is_no_chat_completion_fails_the_step_naming_why(
     assert said in value(run.steps[0].error)["message"]
 
 
+def test_an_llm_endpoints_redirect_is_named_not_read_as_a_completion(daemon, fake_http):
+    # not followed, as ever, but its body was read as a completion: a JSONDecodeError said,
+    # and a redirect with a completion's body was taken as the answer
+    model = f"moved-{uuid.uuid4().hex[:6]}"
+    completion = {"choices": [{"message": {"content": "from a redirect"}}]}
+    fake_http.answer(model, "", document=completion, status=307)
+    run = run_and_wait(daemon, dag({"id": "ask", "type": "llm", "model": f"openai:{model}",
+                                    "inputs": {"prompt": "hi"}}))  # fmt: skip
+    assert run.status == api.RunStatus.FAILED
+    assert (
+        "LLM endpoint answered 307: a redirect, which is not followed"
+        in value(run.steps[0].error)["message"]
+    )
+
+
 def test_an_http_answer_too_deep_for_json_is_its_text(daemon, fake_http):
     """json.loads raises RecursionError on JSON nested ~1,000 levels: it failed the step,
     where JSON that does not parse is the answer's text."""

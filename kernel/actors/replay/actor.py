@@ -19,14 +19,14 @@ from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.replay.messages import Replay, ReplayedStep, ReplayResult
 from foundry.kernel.actors.store.messages import LoadRun, StoredRun, StoreMessage
 from foundry.kernel.actors.threads import in_thread
-from foundry.kernel.blocks.api import BlockContext, BlockKind
-from foundry.kernel.blocks.execution import attempt_once
+from foundry.kernel.blocks.api import BlockContext, BlockKind, Usage
+from foundry.kernel.blocks.execution import attempt_once, usage_fault
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.core.dag import parse_dag
 from foundry.kernel.core.drift import Tolerance, drift
 from foundry.kernel.core.ids import compact_json
-from foundry.kernel.core.json_input import quoted
-from foundry.kernel.core.planner import step_error
+from foundry.kernel.core.json_input import quoted, unpaired_surrogate_escape
+from foundry.kernel.core.planner import LONE_SURROGATE, as_it_failed, step_error
 from foundry.kernel.core.runs import RunEventRecord, RunState, RunSubmission, StepState
 from foundry.kernel.core.throttle import Action
 from foundry.kernel.errors import FailedPrecondition, NotFound
@@ -102,11 +102,13 @@ class Replayer:
                 attempt=max(step.attempt, 1),  # the recorded attempt's number, as it ran
             )  # fmt: skip
             output, error, _ = await attempt_once(block, Action.RUN, ctx, step.spec.timeout)
+            error = error or usage_fault(ctx.usage)  # as the scheduler fails such an attempt
             # an error is cut as the recorded one was: a 3.4 MB error against its recorded
             # 2,000 characters held the daemon's loop in difflib for 12 s
             current = {"error": step_error(error)["message"]} if error else _json(output)
-            usage = {"tokens_in": ctx.usage.tokens_in, "tokens_out": ctx.usage.tokens_out,
-                     "cost": ctx.usage.cost}  # fmt: skip
+            spent = ctx.usage if not usage_fault(ctx.usage) else Usage()
+            usage = {"tokens_in": spent.tokens_in, "tokens_out": spent.tokens_out,
+                     "cost": spent.cost}  # fmt: skip
         # (compact JSON of both outputs and difflib: ~50 ms a step of MB outputs, off the loop)
         found = await in_thread(drift, recorded, current, step.usage, usage, self._tolerance)
         return ReplayedStep(step_id=step.spec.id, snapshot=_snapshot(step), drift=found,
@@ -125,14 +127,20 @@ def _recorded_value(step: StepState) -> Any:
     if step.succeeded:
         return step.output
     message = step.error.get("message", "") if isinstance(step.error, dict) else step.error
-    return {"error": message}
+    return {"error": as_it_failed(message) if isinstance(message, str) else message}
 
 
 def _json(value: Any) -> Any:
+    """The output as the scheduler would record it, else the error it would record instead (a
+    lone surrogate the reply could not encode was INTERNAL)."""
     try:
-        return json.loads(compact_json(value))
+        text = compact_json(value)
+        value = json.loads(text)
     except (TypeError, ValueError, RecursionError) as exc:
         return {"error": f"the step's output is not JSON: {exc}"}
+    if unpaired_surrogate_escape(text):
+        return {"error": LONE_SURROGATE}
+    return value
 
 
 def _snapshot(step: StepState) -> dict[str, Any]:

@@ -60,8 +60,8 @@ from foundry.kernel.actors.store.messages import (
 from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
 from foundry.kernel.actors.telemetry.messages import RunEnded, SpanOutbox, StepAttemptEnded
 from foundry.kernel.actors.threads import in_thread
-from foundry.kernel.blocks.api import BlockContext, BlockKind
-from foundry.kernel.blocks.execution import attempt_once, reported_fault
+from foundry.kernel.blocks.api import BlockContext, BlockKind, Usage
+from foundry.kernel.blocks.execution import attempt_once, reported_fault, usage_fault
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.attest_records import announced_ids, json_digest, run_attestation_id
@@ -74,6 +74,7 @@ from foundry.kernel.core.json_input import (
     unpaired_surrogate_escape,
 )
 from foundry.kernel.core.planner import (
+    LONE_SURROGATE,
     Lease,
     Next,
     Starts,
@@ -85,6 +86,7 @@ from foundry.kernel.core.planner import (
     lease,
     may_start,
     next_wait,
+    not_retried,
     note_inputs,
     note_output,
     output_refused,
@@ -118,13 +120,6 @@ from foundry.kernel.core.tracecontext import new_root, new_span_id
 from foundry.kernel.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("foundry.scheduler")
-# A step's output the store cannot hold: the attempt fails (its retries may do better), where its
-# completion was acknowledged, then refused by the store, and the run lost it at the next start.
-LONE_SURROGATE = (
-    "the step's output is not valid Unicode: it holds a lone surrogate (half of a character "
-    "outside the Basic Multilingual Plane: an emoji cut in two)"
-)
-
 TOOL_STEP = "tool"  # the step type whose attempts are granted a capability token
 TOKEN_SECONDS = 86_400.0  # a token's life when its attempt has no time limit
 
@@ -1240,7 +1235,7 @@ def _attempt_ended(
     *,
     canceled: bool = False,
 ) -> StepAttemptEnded:
-    usage = ctx.usage
+    usage = ctx.usage if not usage_fault(ctx.usage) else Usage()  # (its failure says why)
     return StepAttemptEnded(
         run.submission.trace_id, ctx.span_id, run.submission.span_id, run.run_id, lease.step_id,
         step_type, ctx.attempt, error, lease.occurred_at, ended, ctx.model, output,
@@ -1275,13 +1270,8 @@ def _first_cause(exc: BaseException) -> BaseException:
 
 
 def _not_retried(run: RunState, failure: Any) -> dict[str, Any]:
-    """A retrying step's failure, final: another step has failed the run, so no attempt more is
-    made (a mutator's would be a side effect of a run already lost)."""
     error = dict(failure) if isinstance(failure, Mapping) else {"message": str(failure)}
-    error["message"] = (
-        f"{error.get('message', '')} (not retried: step {run.failed[0]!r} failed the run)"
-    )
-    return error
+    return not_retried(error, run.failed[0])
 
 
 def _leased_ever(step: StepState) -> bool:

@@ -89,7 +89,11 @@ def prune(
     changed since they were staged (the staging is thrown away; the next pass tries again).
     Once the delete is committed the staged files are the rows' only copy: a failure to move
     them (a full disk, a folder in the way) leaves them staged, for the next pass or start."""
-    publish_recorded(con, home)  # a pass before this one could not move its files
+    try:
+        publish_recorded(con, home)  # a pass before this one could not move its files
+    except (OSError, duckdb.Error) as exc:  # still: they stay staged; this pass goes on
+        log.error("retention: the staged files of an earlier pass still cannot be moved into "
+                  "the archive (%s)", exc)  # fmt: skip
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(
@@ -179,10 +183,14 @@ def settle_staged(con: duckdb.DuckDBPyConnection, home: Path) -> None:
     with os.scandir(root) as entries:
         names = [entry.name for entry in entries]
     for name in names:
-        if name in recorded:
-            publish(home, name)
-        else:
+        if name not in recorded:
             discard(home, name)
+            continue
+        try:
+            publish(home, name)
+        except OSError as exc:  # the rows' only copy: kept staged, for the next pass
+            log.error("retention: the archived rows of pass %s stay staged in %s (%s)", name,
+                      staging_dir(home, name), exc)  # fmt: skip
 
 
 def remove_trace_files(home: Path, pruned: list[tuple[str, datetime]]) -> None:

@@ -295,6 +295,8 @@ def bound_websocket_messages() -> None:
     def extending(self: Any, event: Any) -> None:
         # In bytes, as the cap says: hypercorn counts a text message's characters (64 Ki
         # four-byte characters were 256 KiB held)
+        if self.length > self.max_length:  # over already: nothing more, until its clear()
+            raise FrameTooLargeError()
         data = event.data
         size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())
         held = self.held_bytes if self.value is not None else 0  # a new message starts at 0

@@ -227,6 +227,9 @@ def test_a_websocket_text_message_is_bounded_in_its_utf8_bytes():
     buffer.extend(TextMessage(data="雪雪", message_finished=False))  # 6 bytes, 2 characters
     with pytest.raises(FrameTooLargeError):
         buffer.extend(TextMessage(data="雪雪s", message_finished=True))  # 13 bytes, 5 characters
+    with pytest.raises(FrameTooLargeError):  # over: nothing more of it is kept
+        buffer.extend(TextMessage(data="s", message_finished=False))
+    assert buffer.value is None
     buffer.clear()
     buffer.extend(TextMessage(data="雪雪雪雪", message_finished=True))  # a new message: 12 bytes
     assert buffer.to_message()["text"] == "雪雪雪雪"
