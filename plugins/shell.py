@@ -125,10 +125,18 @@ def _parse_output(text: str) -> Any:
     """stdout as JSON, else as text: JSON the daemon stores (``NaN``, ``1e400`` and a lone
     surrogate's escape are text: Python's reader took them, and the block failed to emit)."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_int=_whole)
         json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
-    except (ValueError, RecursionError):  # (~1,000 levels deep: the block failed, not its text)
-        return text.rstrip("\n")
+    except (ValueError, OverflowError, RecursionError):  # (~1,000 levels deep: the block
+        return text.rstrip("\n")  # failed, not its text)
+    return value
+
+
+def _whole(digits: str) -> int:
+    """A JSON integer a payload holds: within a double's range (an event's numbers are
+    serde_json's: a larger one failed the emission, ``OverflowError``)."""
+    value = int(digits)
+    float(value)  # OverflowError past ~1.8e308
     return value
 
 

@@ -341,7 +341,9 @@ class Block:
         if isinstance(given, str):  # ("ticket_scored") without its comma: sinks t, i, c, k, …
             raise ValueError(f"block {self.name!r}: sinks: expected a list or tuple of event "
                              f"types, got the string {given!r:.100}")  # fmt: skip
-        self.sinks = tuple(dict.fromkeys(given))  # a sink listed twice ran it twice an event
+        self.sinks = tuple(given)
+        if all(type(s) is str for s in self.sinks):  # (others: block_fault names them)
+            self.sinks = tuple(dict.fromkeys(self.sinks))  # one listed twice ran it twice
         if timeout is not False:
             self.timeout = None if timeout is None else float(timeout)
         self.retries = retries if retries is not None else self.retries

@@ -269,3 +269,14 @@ def test_eval_progress_rewrites_its_line_on_a_terminal(monkeypatch):
     assert "\\u000d" not in shown
     assert shown.endswith("\n")
     assert "eval p: 1/1 runs finished" in shown.split("\r")[-1]
+
+
+def test_an_attestation_id_of_before_is_checked_against_its_runs_seqs_offline():
+    import hashlib
+
+    from foundry.kernel.cli.attest import _hashed_from
+
+    # an older daemon's id: sha256("RUN\nSEQ")[:24]; its run archived, GetRun cannot list it
+    made = "att_" + hashlib.sha256(b"run_a\n7").hexdigest()[:24]
+    assert _hashed_from("run_a", made)
+    assert not _hashed_from("run_b", made)  # another run's statement copied into its row

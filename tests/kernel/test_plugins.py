@@ -249,6 +249,13 @@ def test_a_hook_that_fails_is_one_line_naming_it(plugin_module, source, said):
         assert f"{name}.py:5)" in str(refused.value)
 
 
+def test_a_block_made_with_sinks_that_are_no_event_types_is_refused_naming_them():
+    # they were made unique first: "unhashable type: 'list'", naming nothing
+    odd = block("Odd", sinks=["a", ["b"]])(lambda ctx: None)
+    with pytest.raises(ConfigError, match="sinks: expected a list or tuple of event types"):
+        BlockRegistry([odd])
+
+
 @pytest.mark.parametrize(
     ("options", "said"),
     [

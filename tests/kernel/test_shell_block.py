@@ -316,7 +316,10 @@ async def test_a_key_too_long_for_the_environment_arrives_on_stdin_alone(tmp_pat
     assert x["raw_output"].strip() == str([len("FOUNDRY_INPUT_SHORT")])
 
 
-@pytest.mark.parametrize("stdout", ['{"x": NaN}', '{"x": 1e400}', "Infinity", '{"x": "\\ud800"}'])
+@pytest.mark.parametrize(
+    "stdout",
+    ['{"x": NaN}', '{"x": 1e400}', "Infinity", '{"x": "\\ud800"}', '{"n": 1' + "0" * 400 + "}"],
+)
 async def test_output_that_is_no_json_the_daemon_stores_is_emitted_as_text(tmp_path, stdout):
     # Python's reader takes NaN, 1e400 (as inf) and a lone surrogate's escape: the block then
     # failed to emit them, where README says such stdout is emitted as {"output": text}
