@@ -1261,3 +1261,32 @@ def _limited(limit: int, size: int, event_id: str) -> None:
     """``trace_format.check_trace_size`` with another limit."""
     if size > limit:
         raise ResourceExhausted(f"the trace of {event_id} is {size:,} bytes, over the {limit:,}")
+
+
+def test_a_failure_like_the_last_logs_its_traceback_once_a_minute_then_a_count(caplog, monkeypatch):
+    # a full disk logged a 25-line traceback for every write that failed: 1,073 in a minute
+    from foundry.kernel.actors.store import actor
+
+    now = [1000.0]
+    monkeypatch.setattr(actor.time, "monotonic", lambda: now[0])
+    failures = actor._FailureLog()
+    full = OSError(28, "No space left on device")
+    with caplog.at_level("ERROR", logger="foundry.store"):
+        for _ in range(500):
+            failures.failed(full)
+        failures.failed(ValueError("another kind"))  # another kind: its own traceback
+        now[0] += 61
+        failures.failed(full)
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 3
+    assert "499 more like it in the last 61 s" in caplog.text
+
+
+def test_an_answer_for_a_write_the_disk_refused_says_why():
+    from foundry.kernel.actors.store import actor
+
+    error = actor._client_error(OSError(28, "No space left on device"), "could not commit a write")
+    assert str(error) == (
+        "the store could not commit a write: No space left on device; the daemon log has the "
+        "details"
+    )

@@ -32,6 +32,7 @@ import math
 import os
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -260,6 +261,7 @@ class Store:
         self._backlog_ready = trio.Event()
         self._committing = True  # the commit loop runs: more backlog may come
         self._database = trio.Lock()  # the write connection: materializer or retention
+        self._failures = _FailureLog()
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -268,6 +270,11 @@ class Store:
             recovered = await trio.to_thread.run_sync(self._open_within_memory)
         except (OSError, duckdb.IOException) as exc:
             raise ConfigError(_unopenable(self.path, exc)) from None
+        except duckdb.Error as exc:  # a full disk: its WAL or checkpoint could not be written
+            if _NO_SPACE not in str(exc):
+                raise
+            raise ConfigError(f"{self.path}: DuckDB cannot write it: {_NO_SPACE}; free some "
+                              "space, then start again") from None  # fmt: skip
         self._writer.start()
         self._writer_process = await self._start_writer_process()
         for thread in self._user_threads:
@@ -520,12 +527,13 @@ class Store:
             finally:
                 self._let_duckdb_go()
         except Exception as exc:
-            if len(appends) > 1:
-                # One bad append must not fail the others grouped with it: commit each alone.
+            if len(appends) > 1 and not isinstance(exc, OSError):
+                # One bad append must not fail the others grouped with it: commit each alone
+                # (not when the journal cannot write at all: a full disk, each failed again).
                 for append in appends:
                     await self._commit([append])
                 return
-            log.exception("commit of an append failed")
+            self._failures.failed(exc)
             error = _client_error(exc, "could not commit a write")
             for append in appends:
                 if append.ack:
@@ -606,8 +614,11 @@ class Store:
                 if self._con is None:  # stopping: the next start applies them from the journal
                     log.error("stopping with %d journal records the database lacks", len(batch))
                     return
-            except Exception:
-                log.exception("could not bring the database up to the journal; retrying in 1 s")
+            except Exception as exc:
+                # the traceback once, then a line each retry (a full disk: 70 lines a second)
+                log.error("could not bring the database up to the journal (attempt %d: %s); "
+                          "retrying in 1 s", attempt, sandbox.cut(str(exc)),
+                          exc_info=exc if attempt == 1 else None)  # fmt: skip
                 if not self._committing and attempt >= STOPPING_ATTEMPTS:
                     # stopping: the records stay in the journal, and the next start applies them
                     log.error("stopping with %d journal records the database lacks", len(batch))
@@ -985,7 +996,7 @@ class Store:
         try:
             return self._open()
         except (duckdb.OutOfMemoryException, duckdb.FatalException) as exc:
-            if not self._memory_limit:
+            if not self._memory_limit or _NO_SPACE in str(exc):  # (a full disk: not memory)
                 raise
             log.error(
                 "DuckDB could not open the database within [store] memory_limit = %s (%s): "
@@ -1431,6 +1442,9 @@ class _Interrupter:
             self._done = True
 
 
+_NO_SPACE = os.strerror(28)  # ENOSPC's words, as DuckDB's messages hold them
+
+
 def _unopenable(database: Path, exc: OSError | duckdb.IOException) -> str:
     """One line for a home the store cannot open (a folder where a file belongs, a file where a
     folder does, a database file DuckDB cannot read): it printed a 100-line traceback."""
@@ -1475,11 +1489,39 @@ def _trace_ends(appends: Sequence[Append]) -> tuple[float, ...]:
 def _client_error(exc: Exception, what: str) -> Exception:
     """What the asker gets for a failure: a database error becomes Unavailable with a short
     message (the traceback is in the log, once); anything else goes as it is."""
+    if isinstance(exc, OSError) and exc.strerror:  # "No space left on device": the reason
+        error = Unavailable(f"the store {what}: {exc.strerror}; the daemon log has the details")
+        error.__cause__ = exc
+        return error
     if isinstance(exc, duckdb.Error | Unstorable | OSError):
         error = Unavailable(f"the store {what}; the daemon log has the details")
         error.__cause__ = exc
         return error
     return exc
+
+
+class _FailureLog:
+    """One traceback for a kind of commit failure (its type and errno) in ``QUIET_SECONDS``,
+    then a line with how many more there were: a full disk logged a 25-line traceback for every
+    write that failed (1,073 in a minute), each append of a failed group again."""
+
+    QUIET_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[type, int | None], tuple[float, int]] = {}
+
+    def failed(self, exc: BaseException) -> None:
+        key = (type(exc), getattr(exc, "errno", None))
+        now = time.monotonic()
+        since, more = self._last.get(key, (-math.inf, 0))
+        if now - since < self.QUIET_SECONDS:
+            self._last[key] = (since, more + 1)
+            return
+        self._last[key] = (now, 0)
+        if more:
+            log.error("commit of an append failed (%d more like it in the last %.0f s): %s",
+                      more, now - since, exc)  # fmt: skip
+        log.error("commit of an append failed", exc_info=exc)
 
 
 def _glibc() -> ctypes.CDLL | None:
