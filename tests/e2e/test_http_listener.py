@@ -820,11 +820,12 @@ def test_http2_streams_waiting_on_a_trickled_connection_window_share_its_progres
         client.connection.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
         streams = [client.post(f"{RUNTIME}/GetRun", body) for _ in range(10)]
         started = time.monotonic()
-        while len(client.reset) < len(streams) - 1 and time.monotonic() - started < 15:
+        while len(client.reset) < len(streams) - 2 and time.monotonic() - started < 15:
             client.connection.increment_flow_control_window(16_384)
             client.pump(0.25)
-        # the last one left has the connection's 64 KiB/s to itself: a slow reader, not held
-        assert len(client.reset) >= len(streams) - 1, client.reset
+        # the last one left has the connection's 64 KiB/s to itself: a slow reader, not held;
+        # the two last share it, 64 KiB per body_timeout each: at the bound, either way
+        assert len(client.reset) >= len(streams) - 2, client.reset
     finally:
         client.close()
     assert "reset an HTTP/2 stream" in daemon.stderr()
