@@ -15,6 +15,7 @@ was committed stays; unfinished runs go on at the next start).
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -317,7 +318,39 @@ def run(config: Config, **options: Any) -> None:
         _, other = group.split(KeyboardInterrupt)
         if other is None:  # interrupted before the signal receiver was up: no traceback
             raise KeyboardInterrupt from None
+        if _no_space(group):
+            raise _full_disk(config) from None
         raise
+    except Exception as exc:
+        if _no_space(exc):
+            raise _full_disk(config) from None
+        raise
+
+
+def _full_disk(config: Config) -> ConfigError:
+    return ConfigError(
+        f"{config.home}: {_NO_SPACE} (a lock, the keys, the database or the "
+        "journal could not be written); free some space, then start again"
+    )
+
+
+_NO_SPACE = os.strerror(errno.ENOSPC)
+
+
+def _no_space(exc: BaseException, depth: int = 0) -> bool:
+    """Whether a full disk is behind ``exc``: an ENOSPC in it, its group, its cause or the
+    error it replaced (DuckDB's "cannot rollback" hides the write that failed), or DuckDB's
+    words for one — a start on a full disk was a traceback of 68 to 124 lines."""
+    if depth > 20:
+        return False
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if _NO_SPACE in str(exc):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_no_space(e, depth + 1) for e in exc.exceptions)
+    inner = exc.__cause__ or exc.__context__
+    return inner is not None and _no_space(inner, depth + 1)
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:

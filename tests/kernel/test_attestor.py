@@ -1027,3 +1027,23 @@ async def test_a_large_batch_is_spooled_and_a_small_one_comes_back(tmp_path):
     assert store.spooled_lines == [SPOOL_ROWS]
     (last,) = store.appended
     assert last.claims["index"] == SPOOL_ROWS  # the chain went on across the two batches
+
+
+def test_a_key_a_full_disk_cut_short_is_not_left_for_the_next_start(tmp_path, monkeypatch):
+    # an empty attestor.key was left, and every later start refused to load it
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keys.os, "write", full)
+    with pytest.raises(OSError, match="No space"):
+        keys.load_or_create(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == []
+    monkeypatch.setattr(keys.os, "write", real_write)
+    pair = keys.load_or_create(tmp_path)  # space again: made, and loads
+    assert keys.load_or_create(tmp_path).public_raw == pair.public_raw
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
+        keys.PRIVATE_KEY,
+        keys.PUBLIC_KEY,
+    ]

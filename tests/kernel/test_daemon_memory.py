@@ -65,3 +65,21 @@ async def test_garbage_in_reference_cycles_is_collected_once_the_process_grew(mo
             nursery.cancel_scope.cancel()
     finally:
         gc.enable()
+
+
+def test_a_full_disk_behind_a_failed_start_is_found_wherever_it_hides():
+    # a start on a full disk was a traceback of 68 to 124 lines: an OSError from the home's
+    # lock or the keys, or DuckDB's "cannot rollback" that replaced the write that failed
+    def replaced() -> BaseException:
+        try:
+            try:
+                raise OSError(28, "No space left on device")
+            except OSError:
+                raise RuntimeError("cannot rollback - no transaction is active")  # noqa: B904
+        except RuntimeError as exc:
+            return exc
+
+    assert daemon._no_space(OSError(28, "No space left on device"))
+    assert daemon._no_space(BaseExceptionGroup("g", [ValueError("x"), replaced()]))
+    assert daemon._no_space(RuntimeError('Could not write file "f.wal": No space left on device'))
+    assert not daemon._no_space(BaseExceptionGroup("g", [ValueError("x"), OSError(13, "no")]))

@@ -1277,9 +1277,28 @@ def test_a_failure_like_the_last_logs_its_traceback_once_a_minute_then_a_count(c
         failures.failed(ValueError("another kind"))  # another kind: its own traceback
         now[0] += 61
         failures.failed(full)
+        for _ in range(3):
+            failures.failed(full)
+        failures.succeeded()  # a commit went through: what no line said yet is counted
+        failures.succeeded()  # (once)
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 3
     assert "499 more like it in the last 61 s" in caplog.text
+    assert caplog.text.count("3 more commit(s) of an append failed before commits worked") == 1
+
+
+def test_the_first_error_behind_duckdbs_cannot_rollback_is_the_one_named():
+    from foundry.kernel.actors.store import actor
+
+    def rollback_after_a_full_disk() -> None:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise RuntimeError("cannot rollback - no transaction is active") from None
+
+    with pytest.raises(RuntimeError) as raised:
+        rollback_after_a_full_disk()
+    assert "No space left on device" in str(actor._first_error(raised.value))
 
 
 def test_an_answer_for_a_write_the_disk_refused_says_why():
@@ -1290,3 +1309,6 @@ def test_an_answer_for_a_write_the_disk_refused_says_why():
         "the store could not commit a write: No space left on device; the daemon log has the "
         "details"
     )
+    # words of the daemon's own (a path) stay in the log
+    own = actor._client_error(OSError(2, "segment deleted from /home/x/journal"), "could not")
+    assert str(own) == "the store could not; the daemon log has the details"

@@ -117,13 +117,23 @@ def _create(folder: Path) -> None:
         serialization.NoEncryption(),
     )
     path = folder / PRIVATE_KEY
-    # O_EXCL: never reuse a file someone else made; 0o600 from the first byte (umask only narrows).
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written whole under another name, then linked into place: a full disk left an empty key
+    # file, which every later start refused to load. 0o600 from the first byte (umask only
+    # narrows); the link, as O_EXCL did, never replaces a key someone else made meanwhile.
+    staged = folder / f"{PRIVATE_KEY}.new"
+    staged.unlink(missing_ok=True)  # a start that failed before left it
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, pem)
-        os.fsync(fd)
+        try:
+            written = 0
+            while written < len(pem):
+                written += os.write(fd, pem[written:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(staged, path)
     finally:
-        os.close(fd)
+        staged.unlink(missing_ok=True)
     (folder / PUBLIC_KEY).write_text(public_pem(private.public_key()))
 
 

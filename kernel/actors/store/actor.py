@@ -542,6 +542,8 @@ class Store:
                     reply.fail(error)
             return
         self._commits += 1
+        if self._failures.unreported:
+            self._failures.succeeded()
         if tables:
             self._journaled = seq
             self._backlog.append((seq, tables))
@@ -617,7 +619,7 @@ class Store:
             except Exception as exc:
                 # the traceback once, then a line each retry (a full disk: 70 lines a second)
                 log.error("could not bring the database up to the journal (attempt %d: %s); "
-                          "retrying in 1 s", attempt, sandbox.cut(str(exc)),
+                          "retrying in 1 s", attempt, sandbox.cut(str(_first_error(exc))),
                           exc_info=exc if attempt == 1 else None)  # fmt: skip
                 if not self._committing and attempt >= STOPPING_ATTEMPTS:
                     # stopping: the records stay in the journal, and the next start applies them
@@ -1489,7 +1491,8 @@ def _trace_ends(appends: Sequence[Append]) -> tuple[float, ...]:
 def _client_error(exc: Exception, what: str) -> Exception:
     """What the asker gets for a failure: a database error becomes Unavailable with a short
     message (the traceback is in the log, once); anything else goes as it is."""
-    if isinstance(exc, OSError) and exc.strerror:  # "No space left on device": the reason
+    if isinstance(exc, OSError) and exc.errno and exc.strerror == os.strerror(exc.errno):
+        # the system's words alone ("No space left on device"): no path of the daemon's
         error = Unavailable(f"the store {what}: {exc.strerror}; the daemon log has the details")
         error.__cause__ = exc
         return error
@@ -1497,6 +1500,16 @@ def _client_error(exc: Exception, what: str) -> Exception:
         error = Unavailable(f"the store {what}; the daemon log has the details")
         error.__cause__ = exc
         return error
+    return exc
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The error that started it: DuckDB's "cannot rollback" replaced the write that failed (a
+    full disk) as the exception raised."""
+    for _ in range(20):
+        if exc.__context__ is None:
+            break
+        exc = exc.__context__
     return exc
 
 
@@ -1508,20 +1521,31 @@ class _FailureLog:
     QUIET_SECONDS = 60.0
 
     def __init__(self) -> None:
-        self._last: dict[tuple[type, int | None], tuple[float, int]] = {}
+        self._last: dict[tuple[type, int | None, str], tuple[float, int]] = {}
+        self.unreported = 0  # failures logged by no line of their own yet
 
     def failed(self, exc: BaseException) -> None:
-        key = (type(exc), getattr(exc, "errno", None))
+        key = (type(exc), getattr(exc, "errno", None), str(exc)[:200])
         now = time.monotonic()
         since, more = self._last.get(key, (-math.inf, 0))
         if now - since < self.QUIET_SECONDS:
             self._last[key] = (since, more + 1)
+            self.unreported += 1
             return
         self._last[key] = (now, 0)
+        self.unreported -= more
         if more:
             log.error("commit of an append failed (%d more like it in the last %.0f s): %s",
                       more, now - since, exc)  # fmt: skip
         log.error("commit of an append failed", exc_info=exc)
+
+    def succeeded(self) -> None:
+        """A commit went through: say how many failed since the last line (if any did)."""
+        if self.unreported:
+            log.error("%d more commit(s) of an append failed before commits worked again",
+                      self.unreported)  # fmt: skip
+        self._last.clear()
+        self.unreported = 0
 
 
 def _glibc() -> ctypes.CDLL | None:
