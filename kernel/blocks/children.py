@@ -120,7 +120,7 @@ def stop_left_behind(folder: Path) -> int:
         pgid, recorded_boot, started = _read_record(record)
         with contextlib.suppress(OSError):
             record.unlink()
-        if pgid <= 1 or not boot or recorded_boot != boot or pgid == os.getpgrp():
+        if pgid <= 1 or not _this_boot(recorded_boot, boot) or pgid == os.getpgrp():
             continue  # (a command that exec'd a daemon on this home: that is us now)
         leader = _start_time(pgid)
         if leader is not None and leader != started:
@@ -179,6 +179,16 @@ def _forget(record: str | None) -> None:
 
 
 @functools.cache  # (neither changes while the daemon runs; read once, not per command)
+def _this_boot(recorded: str, boot: str) -> bool:
+    """Whether a record's boot is this one: its boot id and pid namespace, or (a record of a
+    daemon of before 12627bc, its boot id alone) its boot id — the leader's start time still
+    has to match. Such records were forgotten untouched: an upgrade left a killed daemon's
+    mutator command running beside the step's next attempt."""
+    if not boot:
+        return False
+    return recorded == boot or ("/" not in recorded and recorded == boot.split("/", 1)[0])
+
+
 def _boot_id() -> str:
     """This boot's id and pid namespace (Linux: the host and its containers share the boot's,
     and a group id means something only in its namespace); "" where there is none: then

@@ -155,6 +155,25 @@ def test_the_recorded_group_is_killed_and_its_record_forgotten(tmp_path):
             os.killpg(leader.pid, 9)
 
 
+def test_a_record_of_a_daemon_of_before_is_read_as_this_boots(tmp_path):
+    # "BOOT START", with no pid namespace: an upgrade read it as another boot's and left the
+    # killed daemon's command running beside the step's next attempt
+    records = tmp_path / "records"
+    records.mkdir()
+    leader = _group("sleep 60 & wait", tmp_path)
+    try:
+        wait_until(lambda: len(_members(leader.pid)) == 2, what="the group's two processes")
+        boot = _boot_id().partition("/")[0]
+        (records / str(leader.pid)).write_text(f"{boot} {_start_time(leader.pid)}\n")
+        (records / "2").write_text(f"not-{boot} 1\n")  # another boot's: forgotten untouched
+        assert stop_left_behind(records) == 1
+        assert _gone(leader)
+        assert list(records.iterdir()) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, 9)
+
+
 def test_a_group_whose_leader_died_is_killed_by_its_members(tmp_path):
     records = tmp_path / "records"
     records.mkdir()
