@@ -178,7 +178,6 @@ def _forget(record: str | None) -> None:
             os.unlink(record)
 
 
-@functools.cache  # (neither changes while the daemon runs; read once, not per command)
 def _this_boot(recorded: str, boot: str) -> bool:
     """Whether a record's boot is this one: its boot id and pid namespace, or (a record of a
     daemon of before 12627bc, its boot id alone) its boot id — the leader's start time still
@@ -189,6 +188,7 @@ def _this_boot(recorded: str, boot: str) -> bool:
     return recorded == boot or ("/" not in recorded and recorded == boot.split("/", 1)[0])
 
 
+@functools.cache  # (neither changes while the daemon runs; read once, not per command)
 def _boot_id() -> str:
     """This boot's id and pid namespace (Linux: the host and its containers share the boot's,
     and a group id means something only in its namespace); "" where there is none: then

@@ -467,18 +467,38 @@ def _check_tags(diffs: Diffs) -> None:
 
 
 def _json_ready(value: Any) -> Any:
-    """A JSON-safe copy (NaN and infinities as None; anything else not JSON as its repr)."""
+    """A JSON-safe copy (NaN and infinities as None; anything else not JSON as its repr, and
+    text UTF-8 cannot hold escaped): a plugin rule's scorecard part is the plugin's, and one
+    whose repr raised answered CheckChangeGate INTERNAL."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if value is None or isinstance(value, str | bool | int):
+    if isinstance(value, str):
+        return _utf8_text(value)
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {_utf8_text(_text_of(k, str)): _json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple | frozenset | set):
         return [_json_ready(v) for v in value]
     if hasattr(value, "__dataclass_fields__"):
         return {name: _json_ready(getattr(value, name)) for name in value.__dataclass_fields__}
-    return repr(value)
+    return _utf8_text(_text_of(value, repr))
+
+
+def _text_of(value: Any, show: Callable[[Any], str]) -> str:
+    try:
+        return show(value)
+    except Exception as exc:  # a plugin's own __str__ or __repr__
+        return f"<{type(value).__name__}: {show.__name__}() raised {type(exc).__name__}>"
+
+
+def _utf8_text(text: str) -> str:
+    """``text``, a lone surrogate in it escaped (``\\udcff``): UTF-8 cannot hold one."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def scorecard_json(scorecard: Scorecard) -> dict[str, Any]:

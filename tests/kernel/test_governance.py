@@ -369,6 +369,36 @@ def test_a_plugin_rule_part_that_is_not_json_is_kept_as_text():
     assert json.dumps(dict(record.scorecard), default=list)
 
 
+class _NoText:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr boom")
+
+    __str__ = __repr__
+
+    def __hash__(self) -> int:
+        return 1
+
+
+def test_a_plugin_rule_part_whose_text_fails_or_cannot_be_utf8_is_kept_as_text():
+    # its repr raised after the rule was judged: CheckChangeGate answered INTERNAL
+    class Odd:
+        name = "odd"
+
+        def evaluate(self, request, policy):
+            from foundry.kernel import RuleResult
+
+            part = {"bad": _NoText(), _NoText(): 1, "half": "a\udcffb"}
+            return RuleResult("allow", scorecard=part)
+
+    decision = decide(GateRequest(change_id="c"), GatePolicy(), [*BUILTIN_GATE_RULES, Odd()])
+    record = decision_record("g", GateRequest(change_id="c"), decision, NOW)
+    extra = record.scorecard["extra"]["odd"]
+    assert extra["bad"] == "<_NoText: repr() raised RuntimeError>"
+    assert extra["<_NoText: str() raised RuntimeError>"] == 1
+    assert extra["half"] == "a\\udcffb"
+    json.dumps(dict(record.scorecard), default=list).encode()  # a record the store takes
+
+
 # --- config -------------------------------------------------------------------------------------
 
 
