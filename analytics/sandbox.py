@@ -235,10 +235,18 @@ def run_query(
     of memory for QueryTooLarge). The caller enforces the time limit (``cursor.interrupt()``)."""
     started = time.perf_counter()
     wanted = check_sql(cursor, sql)
-    unknown = sorted(set(params) - wanted)
+    # DuckDB's names ignore case: $a and $A are one parameter, bound to whichever came last
+    by_name: dict[str, str] = {}
+    for name in params:
+        other = by_name.setdefault(name.lower(), name)
+        if other != name:
+            raise QueryRefused(f"parameters {other} and {name} name one parameter: DuckDB's "
+                               "parameter names ignore case")  # fmt: skip
+    named = {w.lower(): w for w in wanted}
+    unknown = sorted(k for k in params if k.lower() not in named)
     if unknown:
         raise QueryRefused(f"unknown parameter(s) {', '.join(unknown)}: the SQL has no such $name")
-    missing = sorted(wanted - set(params))
+    missing = sorted(w for n, w in named.items() if n not in by_name)
     if missing:
         raise QueryRefused(f"missing parameter(s): {', '.join('$' + m for m in missing)}")
     cursor.execute("BEGIN TRANSACTION READ ONLY")
@@ -469,6 +477,8 @@ def _converted(
         raise _failed(exc) from None
     except (OverflowError, ValueError) as exc:  # a value Python cannot hold: 10^8 years
         raise QueryFailed(cut(f"a value of the result cannot be read: {exc}")) from None
+    except RecursionError:  # a JSON value ~1,000 levels deep: it answered INTERNAL
+        raise QueryFailed("a JSON value of the result is nested too deeply to answer") from None
     return tuple(rows), False
 
 

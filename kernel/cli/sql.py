@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import io
 import json
 import sys
 import threading
@@ -249,10 +250,15 @@ def _print(answer: Answer, args: argparse.Namespace) -> None:
         }
         print(json.dumps(document, indent=2))
     elif args.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(names)
-        for row in answer.rows:
-            writer.writerow([_text(v, csv=True) for v in row])
+        # "\r\n" as the writer's line end, so a value holding a carriage return is quoted (with
+        # "\n" alone it was not, and a reader split its row in two); "\n" written in its place
+        line = io.StringIO()
+        writer = csv.writer(line, lineterminator="\r\n")
+        for row in [names, *([_text(v, csv=True) for v in row] for row in answer.rows)]:
+            writer.writerow(row)
+            sys.stdout.write(line.getvalue()[:-2] + "\n")
+            line.seek(0)
+            line.truncate()
     else:
         print(table(names, answer.rows))
         print(f"({len(answer.rows)} row{'s' if len(answer.rows) != 1 else ''}, "

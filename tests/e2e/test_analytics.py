@@ -192,6 +192,11 @@ def test_foundry_sql_online_then_offline(make_daemon):
 
     as_csv = daemon.cli("sql", sql, "--csv", check=True).stdout
     assert list(csv.reader(io.StringIO(as_csv))) == [["project", "n"], ["p1", "1"], ["p2", "1"]]
+    assert as_csv.endswith("p2,1\n")  # one "\n" a row
+    # a carriage return in a value is quoted: unquoted, a reader split its row in two
+    crlf = daemon.cli("sql", "SELECT 'a' || chr(13) || 'b' AS v, 2 AS n", "--csv", check=True)
+    # (read as text, the capture makes the "\r" a "\n": the value is still one, quoted)
+    assert list(csv.reader(io.StringIO(crlf.stdout, newline=""))) == [["v", "n"], ["a\nb", "2"]]
 
     limited = daemon.cli("sql", "FROM range(10)", "--max-rows", "3", "--json", check=True)
     assert json.loads(limited.stdout)["truncated"] is True

@@ -629,3 +629,20 @@ def test_duckdbs_message_quotes_at_most_60_characters_of_the_query_at_a_time(sql
     assert "K" * 61 not in message
     assert "K" * 40 in message  # what it names, still recognisable
     assert message.startswith(("Binder Error", "Conversion Error")), message
+
+
+async def test_parameters_whose_names_differ_in_case_alone_are_one_and_so_refused(tmp_path):
+    # DuckDB's names ignore case: $a and $A took one value, whichever came last
+    async with running_store(tmp_path) as store:
+        with pytest.raises(InvalidArgument, match="parameters a and A name one parameter"):
+            await query(store, "SELECT $a AS x, $A AS y", {"a": "1", "A": "2"})
+        assert await rows(store, "SELECT $a AS x, $A AS y", {"A": "2"}) == [["2", "2"]]
+
+
+async def test_a_json_value_too_deep_to_answer_is_said_so(tmp_path):
+    # json.loads raised RecursionError: INTERNAL
+    async with running_store(tmp_path) as store:
+        deep = "SELECT (repeat('[', 1000) || repeat(']', 1000))::JSON AS j"
+        with pytest.raises(InvalidArgument, match="nested too deeply to answer"):
+            await query(store, deep)
+        assert await rows(store, "SELECT 1 AS one") == [[1]]
