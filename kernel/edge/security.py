@@ -48,7 +48,19 @@ def load_token(config: SecurityConfig) -> str | None:
         raise ConfigError(
             f"[daemon].token_env names {name}, which is unset or empty: set it to the token"
         )
+    if not token_is_text(token):  # (never quoted: it is a secret)
+        raise ConfigError(f"[daemon].token_env names {name}, whose value is no token: "
+                          f"{TOKEN_RULE}")  # fmt: skip
     return token
+
+
+TOKEN_RULE = "printable ASCII without spaces (what a gRPC header can carry)"
+
+
+def token_is_text(token: str) -> bool:
+    """Whether ``token`` can travel in an ``authorization`` header of every edge: a non-ASCII
+    one no gRPC client could send (and the CLI printed it in a traceback)."""
+    return token.isascii() and token.isprintable() and " " not in token
 
 
 def is_loopback(host: str) -> bool:
@@ -85,7 +97,8 @@ def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
         if "KEY_VALUES_MISMATCH" in reason:
             raise ConfigError(f"[daemon].tls_key: {key} does not match {cert}") from None
         raise ConfigError(
-            f"[daemon].tls_cert: cannot load {cert} with key {key} as PEM ({exc.reason})"
+            f"[daemon].tls_cert: cannot load {cert} with key {key} as PEM "
+            f"({exc.reason or exc.strerror or exc})"
         ) from None
     return context
 

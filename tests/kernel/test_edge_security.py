@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from foundry.kernel.config import Config
@@ -77,6 +78,32 @@ def test_load_token_refuses_a_named_variable_that_is_unset_or_empty(monkeypatch,
         monkeypatch.setenv("FOUNDRY_TEST_SECURITY_TOKEN", value)
     with pytest.raises(ConfigError, match="names FOUNDRY_TEST_SECURITY_TOKEN, which is unset"):
         security.load_token(Keys(token_env="FOUNDRY_TEST_SECURITY_TOKEN"))
+
+
+@pytest.mark.parametrize("value", ["sécret-SECRET", "two SECRET", "SECRET\tx", "SECRET\x07"])
+def test_a_token_no_header_can_carry_is_refused_and_never_quoted(monkeypatch, value):
+    # no gRPC client could send a non-ASCII one; the CLI printed it in a 60-line traceback
+    from foundry.kernel.edge.grpc import client
+
+    monkeypatch.setenv("FOUNDRY_TEST_SECURITY_TOKEN", value)
+    with pytest.raises(ConfigError, match="whose value is no token") as refused:
+        security.load_token(Keys(token_env="FOUNDRY_TEST_SECURITY_TOKEN"))
+    assert "SECRET" not in str(refused.value)
+    monkeypatch.chdir(Path(__file__).parent)  # no ./foundry.toml naming another variable
+    monkeypatch.setenv("FOUNDRY_TOKEN", value)
+    with pytest.raises(ConfigError, match="FOUNDRY_TOKEN: the token is no token") as refused:
+        client.client_token()
+    assert "SECRET" not in str(refused.value)
+
+
+def test_a_certificate_file_without_a_certificate_is_refused_with_a_reason(tmp_path):
+    cert, key = make_certificate(tmp_path)
+    empty = tmp_path / "empty.pem"
+    empty.write_text("")
+    for wrong in (key, empty):  # it said "(None)"
+        with pytest.raises(ConfigError, match="tls_cert: cannot load") as refused:
+            security.server_ssl_context(str(wrong), str(key))
+        assert "(None)" not in str(refused.value)
 
 
 def test_the_server_context_is_tls_12_plus_with_h2_first(tmp_path):

@@ -16,7 +16,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from foundry.kernel.config import DEFAULT_LISTEN, parse_listen
-from foundry.kernel.edge.security import client_ssl_context
+from foundry.kernel.edge.security import TOKEN_RULE, client_ssl_context, token_is_text
+from foundry.kernel.errors import ConfigError
 from foundry.proto import foundry_api, runtime_api
 from grpclib import GRPCError, Status
 from grpclib.client import Channel
@@ -38,6 +39,8 @@ def client_token() -> str | None:
     """The token to send: from the daemon's ``token_env`` variable, else ``FOUNDRY_TOKEN``."""
     for name in (_configured_token_env(), TOKEN_ENV):
         token = os.environ.get(name, "").strip() if name else ""
+        if token and not token_is_text(token):  # (never quoted: it is a secret)
+            raise ConfigError(f"{name}: the token is no token: {TOKEN_RULE}")
         if token:
             return token
     return None
