@@ -21,7 +21,7 @@ from foundry.kernel.blocks.api import (
     event_type_fault,
 )
 from foundry.kernel.core.chain import runs_now as _runs_now
-from foundry.kernel.core.failures import described
+from foundry.kernel.core.failures import described, text_of
 from foundry.kernel.core.ids import MAX_ID_LENGTH
 from foundry.kernel.core.throttle import Action
 
@@ -172,9 +172,8 @@ def reported_fault(ctx: BlockContext) -> str:
         ctx.raw_output = str.__str__(raw_output)
     if type(exit_code) is not int:
         return f"ctx.exit_code must be an int, not {type(exit_code).__name__}"
-    usage = ctx.usage
-    if usage is not _NO_USAGE and usage_fault(usage):
-        return usage_fault(usage)
+    if ctx.usage is not _NO_USAGE and (fault := usage_fault(ctx.usage)):
+        return fault
     written = ctx.artifacts_written
     if type(written) is not list or (written and not all(type(p) is str for p in written)):
         return "ctx.artifacts_written must be a list of str paths"
@@ -257,11 +256,8 @@ def _summarize(output: Any) -> str:
         return ""
     try:
         text = output if isinstance(output, str) else _compact(output)
-    except Exception:  # not JSON (an object, a loop): its repr
-        try:
-            text = repr(output)
-        except Exception as exc:  # a plugin's broken __repr__ must not stop its chain
-            text = f"<{type(output).__name__}: repr() raised {type(exc).__name__}>"
+    except Exception:  # not JSON (an object, a loop): its repr (a broken one stops no chain)
+        text = text_of(output)
     return text if len(text) <= 200 else text[:197] + "..."
 
 

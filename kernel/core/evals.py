@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from foundry.kernel.core.failures import described
+from foundry.kernel.core.failures import described, text_of
 from foundry.kernel.errors import InvalidArgument
 
 MAX_PATTERN_LENGTH = 1000
@@ -648,19 +648,11 @@ def _delta(current: float | None, baseline: float | None) -> float | None:
     return None if current is None or baseline is None else current - baseline
 
 
-def _repr(value: Any) -> str:
-    """``repr(value)``, whatever a plugin's ``__repr__`` does (or a list too deep for it)."""
-    try:
-        return repr(value)
-    except Exception as exc:  # (RecursionError too)
-        return f"<{type(value).__name__}: repr() raised {type(exc).__name__}>"
-
-
 def _json_ready(value: Any) -> Any:
     """``value`` as JSON; as its JSON text, clipped, when that is longer than ``CLIP``: an
     ``expected`` is the pack's, and a record keeps it for every result."""
     try:
         text = _strict_json(value)
     except (TypeError, ValueError, RecursionError):
-        return _clip(_repr(value))
+        return _clip(text_of(value))
     return json.loads(text) if len(text) <= CLIP else _clip(text)

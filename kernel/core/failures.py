@@ -9,6 +9,9 @@ such block took the whole daemon down, and a DAG step that did so took every res
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 
 def described(exc: BaseException) -> str:
     """``Type: message`` of ``exc``, whatever its ``__str__`` does."""
@@ -17,3 +20,12 @@ def described(exc: BaseException) -> str:
     except BaseException as broken:  # noqa: BLE001 - its __str__ raised: the type still says
         text = f"<str() raised {type(broken).__name__}>"
     return f"{type(exc).__name__}: {text}"
+
+
+def text_of(value: Any, show: Callable[[Any], str] = repr) -> str:
+    """``show(value)`` (``repr`` or ``str``), whatever a plugin's ``__repr__``/``__str__`` does
+    (or a value nested too deep for it): ``<Type: repr() raised Error>`` then."""
+    try:
+        return show(value)
+    except Exception as exc:  # (RecursionError too)
+        return f"<{type(value).__name__}: {show.__name__}() raised {type(exc).__name__}>"

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from foundry.kernel.core.dag import EnvAllowance, check_dag_env, parse_dag
+from foundry.kernel.core.failures import text_of
 from foundry.kernel.core.gate_policy import (
     BudgetSummary,
     Coverage,
@@ -477,19 +478,12 @@ def _json_ready(value: Any) -> Any:
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, Mapping):
-        return {_utf8_text(_text_of(k, str)): _json_ready(v) for k, v in value.items()}
+        return {_utf8_text(text_of(k, str)): _json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple | frozenset | set):
         return [_json_ready(v) for v in value]
     if hasattr(value, "__dataclass_fields__"):
         return {name: _json_ready(getattr(value, name)) for name in value.__dataclass_fields__}
-    return _utf8_text(_text_of(value, repr))
-
-
-def _text_of(value: Any, show: Callable[[Any], str]) -> str:
-    try:
-        return show(value)
-    except Exception as exc:  # a plugin's own __str__ or __repr__
-        return f"<{type(value).__name__}: {show.__name__}() raised {type(exc).__name__}>"
+    return _utf8_text(text_of(value))
 
 
 def _utf8_text(text: str) -> str:

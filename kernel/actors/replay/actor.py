@@ -102,11 +102,12 @@ class Replayer:
                 attempt=max(step.attempt, 1),  # the recorded attempt's number, as it ran
             )  # fmt: skip
             output, error, _ = await attempt_once(block, Action.RUN, ctx, step.spec.timeout)
-            error = error or usage_fault(ctx.usage)  # as the scheduler fails such an attempt
+            fault = usage_fault(ctx.usage)
+            error = error or fault  # as the scheduler fails such an attempt
             # an error is cut as the recorded one was: a 3.4 MB error against its recorded
             # 2,000 characters held the daemon's loop in difflib for 12 s
             current = {"error": step_error(error)["message"]} if error else _json(output)
-            spent = ctx.usage if not usage_fault(ctx.usage) else Usage()
+            spent = ctx.usage if not fault else Usage()
             usage = {"tokens_in": spent.tokens_in, "tokens_out": spent.tokens_out,
                      "cost": spent.cost}  # fmt: skip
         # (compact JSON of both outputs and difflib: ~50 ms a step of MB outputs, off the loop)
