@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 import os
 import ssl
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +36,18 @@ def token_matches(header_value: str | None, token: str) -> bool:
     if scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
+def sole_value(values: Sequence[str]) -> str | None:
+    """The one value of a credential header; None when there is none — or more than one: edges
+    and the proxies in front of them differ in which copy they read (grpclib the first, an ASGI
+    dict the last), so two copies authenticate nobody, on every edge alike."""
+    return values[0] if len(values) == 1 else None
+
+
+def credential(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """An HTTP request's one ``Authorization`` value (:func:`sole_value`), of its raw headers."""
+    return sole_value([v.decode("latin-1") for k, v in headers if k == b"authorization"])
 
 
 def load_token(config: SecurityConfig) -> str | None:

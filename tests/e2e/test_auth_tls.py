@@ -395,3 +395,45 @@ def test_handshakes_that_never_finish_do_not_use_up_the_connection_cap(shared_da
     auth = [("authorization", f"Bearer {TOKEN}")]
     for _ in range(3):  # each call a connection of its own: the places came free
         assert grpcio_status(daemon.address, auth, credentials) == grpc.StatusCode.OK
+
+
+# --- two Authorization headers: no edge picks one ----------------------------------------------
+
+RIGHT, WRONG = f"Bearer {TOKEN}", f"Bearer {TOKEN}-wrong"
+
+
+@pytest.mark.parametrize("values", [(RIGHT, WRONG), (WRONG, RIGHT), (RIGHT, RIGHT)])
+def test_two_authorization_headers_are_refused_by_every_edge(auth_daemon, values):
+    """grpclib read the first copy and the HTTP edge the last, so one request was let in by one
+    edge and refused by the other (and a proxy reading the other copy decides otherwise again)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    headers = [("authorization", value) for value in values]
+    with grpc.insecure_channel(auth_daemon.address) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary(STATUS)(b"", metadata=headers, timeout=DEADLINE)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "sent more than once" in refused.value.details()
+
+    with httpx.Client(base_url=f"http://{auth_daemon.http_address}", timeout=DEADLINE) as client:
+        answer = client.post(CONNECT_STATUS, json={},
+                             headers=[("content-type", "application/json"), *headers])  # fmt: skip
+    assert answer.status_code == 401
+    assert answer.json()["code"] == "unauthenticated"
+    assert "once" in answer.json()["message"]
+
+    async def close_reason() -> str:
+        uri = f"ws://{auth_daemon.http_address}/ws/runs/run_nope/tap"
+        async with connect(uri, additional_headers=headers) as socket:
+            try:
+                await asyncio.wait_for(socket.recv(), DEADLINE)
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None
+                return closed.rcvd.reason
+        return "open"
+
+    assert asyncio.run(close_reason()).startswith("unauthenticated")
+    assert grpcio_status(auth_daemon.address, headers[:1]) == (  # the daemon serves on
+        grpc.StatusCode.OK if values[0] == RIGHT else grpc.StatusCode.UNAUTHENTICATED
+    )

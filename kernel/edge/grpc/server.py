@@ -57,7 +57,7 @@ from foundry.kernel.edge.grpc.internals import (
 )
 from foundry.kernel.edge.grpc.message_check import WrongField, check_request
 from foundry.kernel.edge.grpc.reflection import with_reflection
-from foundry.kernel.edge.security import token_matches
+from foundry.kernel.edge.security import sole_value, token_matches
 from foundry.proto import foundry_api
 from foundry.proto import runtime_api as api
 from grpclib import GRPCError
@@ -334,10 +334,10 @@ def require_token(token: str) -> Callable[[RecvRequest], Coroutine[Any, Any, Non
     async def check(event: RecvRequest) -> None:
         if event.method_name.startswith(HEALTH_PATH_PREFIX):
             return
-        value = event.metadata.get("authorization")
-        presented = value if isinstance(value, str) else None
-        if not token_matches(presented, token):
-            problem = "is missing" if presented is None else "does not match"
+        values = [v for v in event.metadata.getall("authorization", ()) if isinstance(v, str)]
+        if not token_matches(sole_value(values), token):
+            problem = ("is missing" if not values else "is sent more than once" if len(values) > 1
+                       else "does not match")  # fmt: skip
             raise GRPCError(
                 Status.UNAUTHENTICATED, f"the bearer token {problem} (authorization metadata)"
             )

@@ -31,6 +31,7 @@ from foundry.kernel.edge.http.internals import pick_loop_by_sniffio
 from foundry.kernel.edge.http.routes import endpoints, paths_by_service
 from foundry.kernel.edge.http.unary import UnaryFastPath
 from foundry.kernel.edge.http.websocket import WebSocketStreams
+from foundry.kernel.edge.security import credential
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -200,9 +201,11 @@ class HttpApp:
     def _refusal(
         self, scope: Scope, headers: Mapping[str, str]
     ) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
-        if self._token_check is not None and not self._token_check(headers.get("authorization")):
-            return 401, "unauthenticated", "a bearer token is required (Authorization: Bearer " \
-                "<token>)", [(b"www-authenticate", b"Bearer")]  # fmt: skip
+        if self._token_check is not None and not self._token_check(credential(scope["headers"])):
+            required = "a bearer token is required (Authorization: Bearer <token>"
+            if len([k for k, _ in scope["headers"] if k == b"authorization"]) > 1:
+                required += ", once"
+            return 401, "unauthenticated", required + ")", [(b"www-authenticate", b"Bearer")]
         if not self.accepting:
             return 503, "unavailable", "the daemon is shutting down", []
         path = scope["path"]

@@ -31,6 +31,7 @@ from foundry.kernel.edge.http.codecs import to_json
 from foundry.kernel.edge.http.cors import OriginPolicy
 from foundry.kernel.edge.http.errors import connect_error
 from foundry.kernel.edge.http.routes import python_name
+from foundry.kernel.edge.security import credential
 from wsproto.extensions import PerMessageDeflate
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import split_comma_header
@@ -160,8 +161,8 @@ class WebSocketStreams:
         offered subprotocol ``bearer.<token>``, or ``bearer64.<base64url of the token>`` for a
         token a subprotocol cannot carry as it is (a base64 one's ``/``, ``+``, ``=``)."""
         assert self._token_check is not None
-        if self._token_check(headers.get("authorization")):
-            return True
+        if "authorization" in headers:  # the header (once: ``security.credential``) it is
+            return self._token_check(credential(scope["headers"]))
         offered = scope.get("subprotocols") or []
         tokens = [_offered_token(p) for p in offered]
         return any(self._token_check(f"Bearer {token}") for token in tokens if token)
