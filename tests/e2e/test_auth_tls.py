@@ -410,9 +410,11 @@ def test_two_authorization_headers_are_refused_by_every_edge(auth_daemon, values
     from websockets.exceptions import ConnectionClosed
 
     headers = [("authorization", value) for value in values]
-    with grpc.insecure_channel(auth_daemon.address) as channel:
-        with pytest.raises(grpc.RpcError) as refused:
-            channel.unary_unary(STATUS)(b"", metadata=headers, timeout=DEADLINE)
+    with (
+        grpc.insecure_channel(auth_daemon.address) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        channel.unary_unary(STATUS)(b"", metadata=headers, timeout=DEADLINE)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "sent more than once" in refused.value.details()
 
@@ -429,8 +431,7 @@ def test_two_authorization_headers_are_refused_by_every_edge(auth_daemon, values
             try:
                 await asyncio.wait_for(socket.recv(), DEADLINE)
             except ConnectionClosed as closed:
-                assert closed.rcvd is not None
-                return closed.rcvd.reason
+                return closed.rcvd.reason if closed.rcvd is not None else "no close frame"
         return "open"
 
     assert asyncio.run(close_reason()).startswith("unauthenticated")

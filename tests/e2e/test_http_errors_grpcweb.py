@@ -133,7 +133,9 @@ def test_oversize_bodies_are_resource_exhausted(daemon):
     payload = {"eventType": "x", "payloadJson": "x" * (LIMIT + 10)}
     response = httpx.post(url(daemon, EMIT), json=payload)
     status, code, message = connect_error(response)
-    assert code == "resource_exhausted"
+    # Connect's HTTP status for the code, with a length or without (it was 413, then 429)
+    assert (status, code) == (429, "resource_exhausted")
+    assert f"{len(json.dumps(payload).replace(' ', ''))} bytes is over" in message
     assert "max_message_bytes" in message
 
     def chunked():  # no content-length: refused while reading
@@ -141,7 +143,10 @@ def test_oversize_bodies_are_resource_exhausted(daemon):
 
     response = httpx.post(url(daemon, EMIT), content=chunked(),
                           headers={"content-type": "application/json"})  # fmt: skip
-    assert connect_error(response)[1] == "resource_exhausted"
+    status, code, message = connect_error(response)
+    assert (status, code) == (429, "resource_exhausted")
+    assert "more than" in message  # not its size
+    assert "(the rest was not read)" in message
 
 
 def test_unsupported_content_type_and_get_are_refused(daemon):
@@ -192,6 +197,23 @@ def test_streaming_errors_end_the_stream_with_the_code(daemon):
                          headers={"content-type": "application/connect+json"})  # fmt: skip
     ((flags, end),) = envelopes(unknown.content)
     assert json.loads(end)["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("kind", ["application/connect+json", "Application/Connect+JSON"])
+def test_a_media_type_in_any_case_gets_its_protocols_answers(daemon, kind):
+    """Media types are case-insensitive (connectrpc takes either): the edge's own checks took
+    the upper-case one for no Connect stream — a compressed flag without an encoding got
+    connectrpc's INTERNAL, an unknown method a unary JSON 404 instead of the stream's end."""
+    compressed = httpx.post(url(daemon, TAP), content=envelope(b'{"runId": "r"}', flags=1),
+                            headers={"content-type": kind})  # fmt: skip
+    ((flags, end),) = envelopes(compressed.content)
+    assert (compressed.status_code, flags) == (200, 2)
+    assert json.loads(end)["error"]["code"] == "unimplemented"
+    assert "declared encoding" in json.loads(end)["error"]["message"]
+    unknown = httpx.post(url(daemon, "/fleetforge.runtime.v1.RuntimeService/Nope"),
+                         content=envelope(b"{}"), headers={"content-type": kind})  # fmt: skip
+    ((flags, end),) = envelopes(unknown.content)
+    assert json.loads(end)["error"]["code"] == "unimplemented"
 
 
 def test_the_daemon_still_answers_after_all_that(daemon):

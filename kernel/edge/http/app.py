@@ -225,7 +225,7 @@ class HttpApp:
         if length.isdigit() and int(length) > self._limit:
             message = (f"request: {int(length)} bytes is over the {self._limit}-byte message "
                        "limit ([daemon] max_message_bytes)")  # fmt: skip
-            return 413, "resource_exhausted", message, []
+            return 429, "resource_exhausted", message, []  # Connect's status for the code
         return None
 
     async def _preflight(self, origin: str | None, headers: Mapping[str, str], send: Send) -> None:
@@ -412,7 +412,13 @@ def _as_utf8(value: bytes) -> bytes:
 
 
 def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+    """The request's headers by name; its media type in lower case (media types are
+    case-insensitive, and connectrpc takes ``Application/Connect+JSON``: the checks here saw
+    another protocol's request in it, and answered as for one)."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+    if "content-type" in headers:
+        headers["content-type"] = headers["content-type"].lower()
+    return headers
 
 
 # Connect's codes as gRPC status numbers (each code is a gRPC code's name in lower case)

@@ -49,11 +49,13 @@ class TypedEncoded(Encoded):
         self.kind = kind
 
 
-def size_error(length: int, limit: int) -> ConnectError:
+def size_error(length: int, limit: int, *, whole: bool = True) -> ConnectError:
+    """RESOURCE_EXHAUSTED for a request over the limit: ``length`` its size, or (not
+    ``whole``) what was read of a body without a length when it passed the limit."""
+    size = f"{length} bytes" if whole else f"more than {length} bytes (the rest was not read)"
     return ConnectError(
         Code.RESOURCE_EXHAUSTED,
-        f"request: {length} bytes is over the {limit}-byte message limit "
-        "([daemon] max_message_bytes)",
+        f"request: {size} is over the {limit}-byte message limit ([daemon] max_message_bytes)",
     )
 
 

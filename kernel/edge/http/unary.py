@@ -83,7 +83,7 @@ class UnaryFastPath:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._limit:
-                raise size_error(size, self._limit)
+                raise size_error(size, self._limit, whole=False)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
