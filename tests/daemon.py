@@ -35,13 +35,15 @@ class Daemon:
         self.http_address = ""  # the HTTP listener's (Connect, gRPC-Web, WebSocket)
         self.stderr_path = home.parent / f"{home.name}-stderr.log"
 
-    def start(self, timeout: float = 30.0) -> Daemon:
+    def start(self, timeout: float = 30.0, *, same_ports: bool = False) -> Daemon:
+        """Start it (``same_ports``: on the addresses it had, as clients that reconnect need)."""
         env = {**os.environ, "FOUNDRY_HOME": str(self.home), **self.extra_env}
         env.pop("FOUNDRY_ADDR", None)
         self.stderr_file = self.stderr_path.open("a")
+        grpc, http = (self.address, self.http_address) if same_ports else ("127.0.0.1:0",) * 2
         self.process = subprocess.Popen(
             [sys.executable, "-m", "foundry.kernel.cli", "serve", "--config", str(self.config),
-             "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
+             "--listen", grpc, "--http-listen", http],
             stdout=subprocess.PIPE, stderr=self.stderr_file, text=True, env=env,
             cwd=self.home.parent,
         )  # fmt: skip
@@ -78,10 +80,10 @@ class Daemon:
         self.stderr_file.close()
         self.process = None
 
-    def restart(self) -> Daemon:
+    def restart(self, *, same_ports: bool = False) -> Daemon:
         if self.process is not None:
             self.stop()
-        return self.start()
+        return self.start(same_ports=same_ports)
 
     def call(self, fn: Callable[[Any, Any], Awaitable[T]]) -> T:
         """Run ``fn(foundry_stub, runtime_stub)`` with a grpclib client (asyncio)."""

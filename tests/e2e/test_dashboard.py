@@ -282,6 +282,33 @@ def test_hostile_labels_neither_turn_text_around_nor_widen_the_list(page, daemon
     assert width <= 1400, width  # the viewport's
 
 
+def test_long_words_wrap_in_every_list_and_step_ids_fit_their_nodes(page, daemon):
+    """Found by a dashboard hunt: a 256-letter project (the longest Emit takes) made the
+    workflow list 3,342 px wide and its page 2,227; an error quoting a long path widened the
+    run list; and a step id of 15 letters ran under its node's state word."""
+    project = "P" * 256
+    workflow = emit(daemon, project, "THROTTLE_FULL", {"name": "wide"})
+    steps = [transform("summarize_findings", 1), transform("W" * 40, 2)]
+    run_id = submit(daemon, steps)
+    wait_status(daemon, run_id, "RUN_STATUS_SUCCEEDED")
+    for route in ("#/workflows", f"#/workflows/{workflow['workflowId']}", "#/runs"):
+        open_page(page, daemon, route)
+        expect(page.locator("main")).to_contain_text("P" * 40 if "workflows" in route else run_id)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 1400, (route, width)
+    open_page(page, daemon, f"#/runs/{run_id}")
+    for step in ("summarize_findings", "W" * 40):
+        label = node(page, step).locator("text.label").bounding_box()
+        state = node(page, step).locator("text.state").bounding_box()
+        assert label is not None
+        assert state is not None
+        assert state["y"] >= label["y"] + label["height"] - 1  # its own line, below the id
+        clipped = (
+            node(page, step).locator("text.label").evaluate("t => t.getAttribute('clip-path')")
+        )
+        assert clipped == "url(#dag-node-clip)"  # a wide id stops at the node's edge
+
+
 def test_the_run_page_shows_live_state_changes_of_a_running_dag(page, daemon):
     steps = [{"id": "first", "type": "nap"},
              {"id": "second", "type": "nap", "depends_on": ["first"]},
@@ -303,6 +330,45 @@ def test_the_run_page_shows_live_state_changes_of_a_running_dag(page, daemon):
     expect(page.locator("#attestation-status")).to_contain_text("signed")
     # three steps' attestations (announced by their completions) and the run's
     expect(page.locator("#attestation-status")).to_contain_text("4 of 4 signed")
+
+
+def test_the_pages_are_live_again_after_the_daemon_restarts(browser, shared_daemon):
+    """The run page's TapRun and the list's Watch closed with the daemon (1001) and were never
+    opened again: the run page showed a run the restarted daemon finished as running for good,
+    and the list, polled only, said nothing of it once Status answered again."""
+    daemon = shared_daemon(BLOCKS, name="restarted")
+    steps = [{"id": "first", "type": "nap"},
+             {"id": "second", "type": "nap", "depends_on": ["first"]},
+             {"id": "third", "type": "nap", "depends_on": ["second"]}]  # fmt: skip
+    run_id = submit(daemon, steps)
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        run_page, list_page = context.new_page(), context.new_page()
+        consoles = [Console(run_page), Console(list_page)]
+        for console in consoles:  # while the daemon is away, the pages' calls fail
+            console.expect_refusal("/Status")
+        open_page(run_page, daemon, f"#/runs/{run_id}")
+        open_page(list_page, daemon, "#/workflows")
+        expect(node(run_page, "first")).to_have_attribute("data-state", "running",
+                                                          timeout=10_000)  # fmt: skip
+        daemon.restart(same_ports=True)
+        expect(run_page.locator("#run-status [data-status]")).to_have_attribute(
+            "data-status", "succeeded", timeout=30_000
+        )
+        for step in ("first", "second", "third"):
+            expect(node(run_page, step)).to_have_attribute("data-state", "succeeded")
+        expect(run_page.locator("#notice")).to_be_hidden()  # "live updates stopped" is gone
+        # the list's Watch is open again, and the page says nothing is wrong only then
+        list_page.wait_for_function("window.foundryDashboard.metrics.watchReopened >= 1")
+        expect(list_page.locator("#notice")).to_be_hidden()
+        workflow = emit(daemon, "after-restart", "THROTTLE_FULL", {"name": "again"})
+        row = list_page.locator(f'tr[data-workflow="{workflow["workflowId"]}"]')
+        expect(row).to_be_visible(timeout=10_000)
+    finally:
+        context.close()
+    for console in consoles:
+        unexpected = [e for e in console.errors if "WebSocket" not in e]  # the restart's
+        assert unexpected == [], "a page logged errors"
 
 
 def test_retries_and_a_failure_on_the_timeline_and_in_the_step_panel(page, daemon):

@@ -52,13 +52,43 @@ function bearerProtocol(bearer) {
   return "bearer64." + btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
-// A WebSocket stream of JSON messages; onClose gets (code, reason). Returns a close function.
-export function stream(path, onMessage, onClose = () => {}) {
+// A WebSocket stream of JSON messages; onClose gets (code, reason), onOpen nothing. Returns a
+// close function.
+export function stream(path, onMessage, onClose = () => {}, onOpen = () => {}) {
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
   const bearer = token.get();
   const socket = new WebSocket(scheme + location.host + path, bearer ? ["foundry", bearerProtocol(bearer)] : ["foundry"]);
   let closedByUs = false;
+  socket.onopen = () => onOpen();
   socket.onmessage = (message) => onMessage(JSON.parse(message.data));
   socket.onclose = (event) => { if (!closedByUs) onClose(event.code, event.reason); };
   return () => { closedByUs = true; socket.close(1000); };
+}
+
+const RETRY_FIRST_MS = 1000, RETRY_LAST_MS = 10000;
+const REFUSED = 1008; // the daemon's close for a bad request, an unknown run, a wrong token
+
+// A stream that opens again after a close nobody asked for (the daemon stopped or restarted,
+// the network dropped): after 1 s, then twice as long each time, up to 10 s. onLost(code,
+// reason, seconds) says it is away, onBack() that it is open again after that; onEnd(code,
+// reason) ends it: a normal close (1000: a run's tap after its last event) or a refusal.
+export function liveStream(path, onMessage, { onLost = () => {}, onBack = () => {}, onEnd = () => {} } = {}) {
+  let close = () => {}, timer = 0, delay = RETRY_FIRST_MS, away = false, stopped = false;
+  const open = () => {
+    close = stream(path, onMessage, (code, reason) => {
+      if (stopped) return;
+      if (code === 1000 || code === REFUSED) { onEnd(code, reason); return; }
+      away = true;
+      onLost(code, reason, delay / 1000);
+      timer = setTimeout(open, delay);
+      delay = Math.min(delay * 2, RETRY_LAST_MS);
+    }, () => {
+      if (!away) return;
+      away = false;
+      delay = RETRY_FIRST_MS;
+      onBack();
+    });
+  };
+  open();
+  return () => { stopped = true; clearTimeout(timer); close(); };
 }

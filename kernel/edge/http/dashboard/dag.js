@@ -4,7 +4,9 @@
 
 import { s } from "./util.js";
 
-const W = 150, H = 30, GAP_X = 60, GAP_Y = 14;
+// Two lines a node: its id (cut to the node's width), its state below (an id of 15 letters
+// ran under the state word when they shared a line).
+const W = 150, H = 40, GAP_X = 60, GAP_Y = 14;
 
 // The dependencies of each step: depends_on plus ${steps.ID...} references in its inputs.
 export function dependencies(steps) {
@@ -85,14 +87,16 @@ export function drawDag(steps, onSelect) {
     const node = s("g", { class: "node", transform: `translate(${a.x},${a.y})`, "data-step": step.id, "data-state": "pending", tabindex: "0", role: "button", "aria-label": `step ${step.id}` },
       s("title", {}, `${step.id} (${step.type})`),
       s("rect", { width: W, height: H, rx: 6 }),
-      s("text", { x: 10, y: 19, class: "label" }, label),
-      s("text", { x: W - 8, y: 19, class: "state", "text-anchor": "end" }, "pending"));
+      s("text", { x: 10, y: 17, class: "label", "clip-path": "url(#dag-node-clip)" }, label),
+      s("text", { x: 10, y: 32, class: "state" }, "pending"));
     node.addEventListener("click", () => onSelect(step.id));
     node.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") onSelect(step.id); });
     nodes.append(node);
     byId.set(step.id, node);
   }
-  const svg = s("svg", { class: "dag", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "the run's steps and their dependencies" }, edges, nodes);
+  // wide letters (an id of 18 W's) are clipped at the node's edge, not drawn into the next one
+  const clip = s("defs", {}, s("clipPath", { id: "dag-node-clip" }, s("rect", { width: W - 8, height: H })));
+  const svg = s("svg", { class: "dag", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "the run's steps and their dependencies" }, clip, edges, nodes);
   return { svg, nodes: byId };
 }
 

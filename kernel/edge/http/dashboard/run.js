@@ -1,7 +1,7 @@
 // One run: the DAG (live over the TapRun WebSocket), a timeline of step attempts, the step panel,
 // and time travel — breakpoints, patch, resume, branch, replay with its drift view.
 
-import { call, stream, RUNTIME, ANALYTICS } from "./api.js";
+import { call, liveStream, RUNTIME, ANALYTICS } from "./api.js";
 import { h, append, badge, time, duration, pre, errorBox, frameBatcher, table, shown } from "./util.js";
 import { drawDag, setNodeState } from "./dag.js";
 import { notice } from "./app.js";
@@ -32,6 +32,7 @@ class RunView {
     this.breakpoints = new Set();
     this.attested = [];
     this.selected = "";
+    this.foldedSeq = 0; // the last run event folded in (TapRun sends them in seq order)
     this.alive = true;
     this.metrics = window.foundryDashboard.metrics.run = {};
     this.ingest = frameBatcher((events) => this.applyBatch(events), this.metrics);
@@ -59,9 +60,19 @@ class RunView {
     }
     this.metrics.readyMs = performance.now();
     this.root.dataset.ready = "1";
-    this.stopTap = stream(`/ws/runs/${encodeURIComponent(this.runId)}/tap`, this.ingest, (code, reason) => {
-      if (code === 1000) this.metrics.tapEnded = true; // after the run's terminal event
-      else if (this.alive) notice(`live updates stopped (${code} ${reason})`, "warn");
+    // Back after a restart, TapRun replays the run from its first event: applyBatch skips the
+    // ones folded already (by seq), so only what happened meanwhile changes the page.
+    let lost = "";
+    this.stopTap = liveStream(`/ws/runs/${encodeURIComponent(this.runId)}/tap`, this.ingest, {
+      onLost: (code, reason, seconds) => {
+        lost = `live updates stopped (${code} ${reason}); trying again in ${seconds} s`;
+        if (this.alive) notice(lost, "warn");
+      },
+      onBack: () => { if (this.alive && document.getElementById("notice").textContent === lost) notice(""); },
+      onEnd: (code, reason) => {
+        if (code === 1000) this.metrics.tapEnded = true; // after the run's terminal event
+        else if (this.alive) notice(`live updates stopped (${code} ${reason})`, "warn");
+      },
     });
   }
 
@@ -111,6 +122,9 @@ class RunView {
     const touched = new Set();
     let runChanged = false;
     for (const event of events) {
+      const seq = event.payload?.seq || 0;
+      if (seq && seq <= this.foldedSeq) continue; // replayed by a tap opened again
+      if (seq) this.foldedSeq = seq;
       const changed = this.fold(event);
       if (changed === "run") runChanged = true;
       else if (changed) touched.add(changed);

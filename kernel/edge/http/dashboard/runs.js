@@ -6,17 +6,19 @@ import { notice } from "./app.js";
 
 const STATUSES = ["", "PENDING", "RUNNING", "PAUSED_AT_STEP", "SUCCEEDED", "FAILED", "CANCELED"];
 const POLL_MS = 2000;
+const SHOWN = 200; // the newest runs the list shows (the filters find the others)
 
 export function mount(root) {
   const status = h("select", { id: "run-status" }, STATUSES.map((s) => h("option", { value: s }, s ? s.toLowerCase().replaceAll("_", " ") : "any status")));
   const label = h("input", { id: "run-label", placeholder: "key=value" });
   const body = h("tbody", { id: "run-rows" });
+  const count = h("span", { class: "muted", id: "run-count" });
   let alive = true;
   let timer = 0;
 
   async function refresh() {
     clearTimeout(timer);
-    const request = { pageSize: 200 };
+    const request = { pageSize: SHOWN };
     if (status.value) request.statuses = [`RUN_STATUS_${status.value}`];
     const [key, ...rest] = label.value.trim().split("=");
     if (key) request.labels = { [key]: rest.join("=") };
@@ -24,6 +26,9 @@ export function mount(root) {
       const reply = await call(RUNTIME, "ListRuns", request);
       if (!alive) return;
       body.replaceChildren(...(reply.runs || []).map(row));
+      count.textContent = reply.nextPageToken
+        ? `the newest ${SHOWN} runs (filter by status or label for others)`
+        : `${(reply.runs || []).length} run${(reply.runs || []).length === 1 ? "" : "s"}`;
       notice("");
     } catch (error) {
       if (alive) notice(error.code === "unimplemented" ? "This daemon has no ListRuns RPC: open a run by its id (#/runs/RUN_ID)." : error.message);
@@ -37,7 +42,7 @@ export function mount(root) {
     h("input", { name: "runid", placeholder: "run id", required: true }), h("button", {}, "Open"));
   root.append(
     h("div", { class: "page-head" }, h("h1", {}, "Runs"), open),
-    h("div", { class: "filters" }, h("label", {}, "Status ", status), h("label", {}, "Label ", label)),
+    h("div", { class: "filters" }, h("label", {}, "Status ", status), h("label", {}, "Label ", label), count),
     table(["Run", "Status", "Labels", "Parent", "Steps", "Created", "Duration"], [body], { id: "runs" }),
   );
   refresh();

@@ -1,13 +1,14 @@
 // Workflows: the live list (Status, refreshed on every Watch event and every few seconds) and one
 // workflow's chain as a tree of events and block executions (Trace; Status while it runs).
 
-import { call, stream, FOUNDRY, ANALYTICS } from "./api.js";
+import { call, liveStream, FOUNDRY, ANALYTICS } from "./api.js";
 import { h, badge, time, between, duration, pre, errorBox, table } from "./util.js";
 import { notice } from "./app.js";
 
 const STATES = ["", "pending", "running", "completed", "failed"];
 const THROTTLES = { THROTTLE_FULL: "full", THROTTLE_AUDIT_ONLY: "audit_only", THROTTLE_DRY_RUN: "dry_run" };
 const POLL_MS = 3000;
+const SHOWN = 200; // the newest workflows the list shows (the filters find the others)
 
 export function mountList(root) {
   const params = new URLSearchParams(sessionStorage.getItem("foundry.workflowFilter") || "");
@@ -22,17 +23,19 @@ export function mountList(root) {
   let alive = true;
 
   let failed = ""; // this list's last error: the next good answer clears it, if still shown
+  let lost = ""; // while the Watch stream is away: what the notice says of it (else "")
   async function refresh() {
     clearTimeout(timer);
     try {
-      const request = { project: project.value.trim(), state: state.value, limit: 200 };
+      const request = { project: project.value.trim(), state: state.value, limit: SHOWN };
       const reply = await call(FOUNDRY, "Status", request);
       if (!alive) return;
       await learnThrottles(throttles, (reply.workflows || []).map((w) => w.workflowId));
       if (!alive) return;
       render(reply.workflows || []);
       // (not another part's notice, such as "live updates stopped", shown since)
-      if (failed && document.getElementById("notice").textContent === failed) notice("");
+      // (the Watch's own notice again if it is still away: the list is polled, not live)
+      if (failed && document.getElementById("notice").textContent === failed) notice(lost, "warn");
       failed = "";
     } catch (error) {
       // An answer to a page left behind (e.g. asked before the token was set) says nothing of
@@ -46,7 +49,9 @@ export function mountList(root) {
 
   function render(list) {
     list.sort((a, b) => (b.startedAt || "").localeCompare(a.startedAt || ""));
-    count.textContent = `${list.length} workflow${list.length === 1 ? "" : "s"}`;
+    count.textContent = list.length >= SHOWN
+      ? `the newest ${list.length} workflows (filter by project or state for others)`
+      : `${list.length} workflow${list.length === 1 ? "" : "s"}`;
     body.replaceChildren(...list.map((w) => h("tr", { "data-workflow": w.workflowId },
       h("td", {}, h("a", { href: `#/workflows/${w.workflowId}` }, w.workflowId)),
       h("td", {}, badge(w.state)),
@@ -62,12 +67,27 @@ export function mountList(root) {
   function watch() {
     stopWatch();
     const query = project.value.trim() ? `?project=${encodeURIComponent(project.value.trim())}` : "";
-    stopWatch = stream(`/ws/watch${query}`, (event) => {
+    lost = "";
+    stopWatch = liveStream(`/ws/watch${query}`, (event) => {
       if (event.workflowId === event.eventId) throttles.set(event.workflowId, THROTTLES[event.throttle] || "full");
       // Many events arrive in bursts: refresh once after the burst, not once per event.
       clearTimeout(pending);
       pending = setTimeout(refresh, 150);
-    }, (code, reason) => alive && notice(`live updates stopped (${code} ${reason}); the list still refreshes every ${POLL_MS / 1000} s`, "warn"));
+    }, {
+      onLost: (code, reason, seconds) => {
+        lost = `live updates stopped (${code} ${reason}); the list still refreshes every ${POLL_MS / 1000} s, and the stream is tried again in ${seconds} s`;
+        if (alive) notice(lost, "warn");
+      },
+      onBack: () => {
+        if (!alive) return;
+        if (document.getElementById("notice").textContent === lost) notice("");
+        lost = "";
+        const metrics = window.foundryDashboard.metrics;
+        metrics.watchReopened = (metrics.watchReopened || 0) + 1;
+        refresh(); // what happened while it was away
+      },
+      onEnd: (code, reason) => alive && notice(`live updates stopped (${code} ${reason}); the list still refreshes every ${POLL_MS / 1000} s`, "warn"),
+    });
   }
 
   function filtersChanged() {
