@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -1016,6 +1017,28 @@ def test_a_key_whose_run_retention_deleted_starts_a_new_run(make_daemon):
     assert again != first
     assert wait_done(daemon, again).status == api.RunStatus.SUCCEEDED
     assert submit(daemon, one, key="kept-a-moment") == again
+
+
+def test_runs_ending_together_past_recent_runs_leave_memory_without_stopping_the_daemon(
+    make_daemon,
+):
+    """A run whose end was on its way to the store counted as finished already: another run's
+    retirement forgot it (the oldest), and its own then raised KeyError, which stopped the
+    daemon (30 one-step runs at once with ``recent_runs = 1``, 2 times in 2)."""
+    daemon = make_daemon("[scheduler]\nrecent_runs = 1\n")
+    one = dag({"id": "t", "type": "transform", "inputs": {"value": 1}})
+
+    async def submit_all(_: Any, runtime: Any) -> list[str]:
+        requests = [api.SubmitRunRequest(spec=spec(one, seed=seed)) for seed in range(30)]
+        replies = await asyncio.gather(*(runtime.submit_run(r) for r in requests))
+        return [reply.run_id for reply in replies]
+
+    for _ in range(3):
+        for run_id in daemon.call(submit_all):
+            assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
+        assert daemon.process is not None
+        assert daemon.process.poll() is None, daemon.stderr()[-2000:]
+    assert "KeyError" not in daemon.stderr()
 
 
 def test_a_reply_larger_than_a_connections_budget_of_waiting_replies_is_read_whole(daemon):

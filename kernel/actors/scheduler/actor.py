@@ -968,7 +968,10 @@ class Scheduler:
         run.ended = True
         self._backoffs.pop(run.run_id, None)
         self._runs.move_to_end(run.run_id)
-        finished = [(rid, recorded_total(r)) for rid, r in self._runs.items() if r.terminal]
+        # Retired runs only: one whose end is still on its way to the store (``_end`` awaits
+        # it) is terminal already, and forgetting it then left its own retirement a KeyError
+        # that stopped the daemon.
+        finished = [(rid, recorded_total(r)) for rid, r in self._runs.items() if r.ended]
         config = self._config
         for run_id in forgotten(finished, config.recent_runs, config.recent_run_bytes):
             del self._runs[run_id]
