@@ -52,6 +52,18 @@ _PRIVATE = tuple(
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# IANA's special-purpose blocks that are not globally reachable, listed here: ``ipaddress``'
+# own tables depend on the interpreter's patch release (3.11.7 counts 192.0.0.8, fec0::1 and
+# 3fff::1 as global; later releases do not).
+_NOT_GLOBAL = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "198.18.0.0/15", "198.51.100.0/24",
+        "203.0.113.0/24", "240.0.0.0/4", "255.255.255.255/32",
+        "::/128", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32",
+        "3fff::/20", "5f00::/16", "fec0::/10",
+    )
+)  # fmt: skip
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -84,9 +96,13 @@ def address_refusal(ip: IPAddress) -> str | None:
         return "multicast address"
     if any(ip in net for net in _PRIVATE if net.version == ip.version):
         return "private address"
-    if ip.is_reserved or ip.is_private or not ip.is_global:
+    if ip.is_reserved or ip.is_private or not ip.is_global or _listed(ip, _NOT_GLOBAL):
         return "reserved address"  # documentation, benchmarking, future use, broadcast, …
     return None
+
+
+def _listed(ip: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    return any(ip in net for net in networks if net.version == ip.version)
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -534,11 +550,14 @@ async def request_bounded(
 
 
 async def _bounded_body(response: httpx.Response, method: str, url: str, limit: int) -> bytes:
-    encoding = response.headers.get("content-encoding", "").strip().lower()
-    inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding in _ZLIB_ENCODINGS else None
-    # gzip and deflate inflated here, at most up to the limit: httpx's decoder inflates each
-    # network chunk whole (a 64 KiB chunk can become 64 MB before it is counted)
-    source = response.aiter_raw() if inflate is not None else response.aiter_bytes()
+    """The body, gzip or deflate inflated here, at most up to the limit: httpx's decoder
+    inflates each network chunk whole (a 64 KiB chunk can become 64 MB before it is counted),
+    and it took every encoding but a lone ``gzip``/``deflate`` — ``gzip, gzip`` made a 980-byte
+    answer 512 MB in the daemon. One such layer is inflated; more are refused; any other
+    coding (httpx knows none but those) is left as it came."""
+    encoding = _zlib_layer(response.headers.get("content-encoding", ""), method, url)
+    inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding else None
+    source = response.aiter_raw()
     chunks: list[bytes] = []
     total = 0
     async for data in source:
@@ -563,6 +582,17 @@ async def _bounded_body(response: httpx.Response, method: str, url: str, limit: 
 
 
 _ZLIB_ENCODINGS = ("gzip", "x-gzip", "deflate")
+
+
+def _zlib_layer(header: str, method: str, url: str) -> str:
+    """The one gzip/deflate coding a ``Content-Encoding`` names ("" for none); BlockError for
+    two or more (each could multiply the body a thousandfold)."""
+    layers = [c for c in (c.strip().lower() for c in header.split(",")) if c in _ZLIB_ENCODINGS]
+    if len(layers) > 1:
+        raise BlockError(f"{method} {redact_url(url)} answered a body compressed "
+                         f"{len(layers)} times ({header.strip()[:100]!r}): one gzip or deflate "
+                         "layer is inflated, no more")  # fmt: skip
+    return layers[0] if layers else ""
 
 
 # --- httpx's request log without query strings -------------------------------------------------

@@ -54,6 +54,14 @@ REFUSED = {
     "::ffff:100.64.0.1": "carrier-grade NAT",
     "64:ff9b::7f00:1": "loopback",  # NAT64 of 127.0.0.1
     "2002:a00:1::": "private",  # 6to4 of 10.0.0.1
+    # IANA's non-global blocks Python 3.11.7's own tables count as global (a hunt sent a step's
+    # request to 192.0.0.8, and one to fec0::1)
+    "192.0.0.8": "reserved",  # IETF protocol assignments
+    "192.0.0.255": "reserved",
+    "fec0::1": "reserved",  # site-local
+    "feff::1": "reserved",
+    "3fff::1": "reserved",  # documentation (RFC 9637)
+    "5f00::1": "reserved",  # SRv6 SIDs
 }
 PUBLIC = ["93.184.216.34", "8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"]
 

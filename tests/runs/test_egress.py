@@ -49,13 +49,16 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            if parts.path.endswith(("/gzip-bomb", "/gzip-json")):
-                plain = (b"x" * (64 << 20) if parts.path.endswith("bomb")
+            if parts.path.endswith(("/gzip-bomb", "/gzip-json", "/gzip-twice")):
+                plain = (b"x" * (64 << 20) if not parts.path.endswith("json")
                          else json.dumps({"zipped": True}).encode())  # fmt: skip
                 body = gzip.compress(plain, compresslevel=9)
+                coding = parts.query or "gzip"  # ?gzip,%20identity: the header as it comes
+                if parts.path.endswith("twice"):  # 64 MB in ~400 bytes
+                    body, coding = gzip.compress(body, compresslevel=9), "gzip, gzip"
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Encoding", urllib.parse.unquote(coding))
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -304,4 +307,20 @@ def test_a_gzip_answer_is_inflated_only_up_to_the_limit(allowing, servers):
     assert f"answered more than {4 << 20} bytes" in message
     assert rss_mb(allowing.process.pid, "VmHWM") - peak < 32
     run = fetch(allowing, f"{near.url}/gzip-json")
+    assert value(run.steps[0].output)["body"] == {"zipped": True}
+
+
+def test_a_body_compressed_twice_is_refused_without_inflating_it(allowing, servers):
+    """httpx inflated any Content-Encoding but a lone gzip or deflate (``gzip, gzip``,
+    ``gzip, identity``) whole: a 980-byte answer became 512 MB in the daemon before the size
+    check. One gzip layer is inflated up to the limit whatever else the header lists; two are
+    refused."""
+    near, _ = servers
+    peak = rss_mb(allowing.process.pid, "VmHWM")
+    message = error(fetch(allowing, f"{near.url}/gzip-twice"))
+    assert "compressed 2 times ('gzip, gzip')" in message
+    message = error(fetch(allowing, f"{near.url}/gzip-bomb?gzip,%20identity"))
+    assert f"answered more than {4 << 20} bytes" in message
+    assert rss_mb(allowing.process.pid, "VmHWM") - peak < 32
+    run = fetch(allowing, f"{near.url}/gzip-json?identity,%20GZIP")
     assert value(run.steps[0].output)["body"] == {"zipped": True}
