@@ -537,10 +537,7 @@ class _Reader:
             url = urllib.parse.urlsplit(endpoint)
         except ValueError as exc:  # an unclosed "[" of an IPv6 host: a traceback in four commands
             raise self.fail("[otel].endpoint", f"not a valid URL: {exc}") from None
-        try:
-            url.port  # noqa: B018 (raises on a port out of range)
-        except ValueError:
-            url = url._replace(netloc="")
+        # (credentials and a query first: the later errors quote the URL)
         if url.username is not None or url.password is not None:
             raise self.fail(
                 "[otel].endpoint", "no credentials in the URL: set OTEL_EXPORTER_OTLP_HEADERS"
@@ -550,6 +547,15 @@ class _Reader:
                 "[otel].endpoint",
                 "no query or fragment in the URL: set OTEL_EXPORTER_OTLP_HEADERS for a token",
             )
+        if any(c.isspace() or not c.isprintable() for c in endpoint):  # "…:4318\n": every
+            raise self.fail(  # span was lost, the host "contains invalid characters"
+                "[otel].endpoint",
+                f"no spaces or control characters in the URL, got {endpoint[:100]!r}",
+            )
+        try:
+            url.port  # noqa: B018 (raises on a port out of range)
+        except ValueError:
+            url = url._replace(netloc="")
         if url.scheme not in ("http", "https") or not url.hostname:
             raise self.fail(
                 "[otel].endpoint", f"expected an http:// or https:// URL, got {endpoint[:100]!r}"

@@ -271,7 +271,7 @@ def _grpc_transport(endpoint: str, timeout: float) -> Transport:
         def send(self, request: ExportTraceServiceRequest) -> bool:
             return self._export(request) is SpanExportResult.SUCCESS
 
-    return GrpcTransport(endpoint=endpoint, insecure=endpoint.startswith("http:"),
+    return GrpcTransport(endpoint=endpoint, insecure=endpoint.lower().startswith("http:"),
                          timeout=timeout)  # fmt: skip
 
 
@@ -390,8 +390,22 @@ class Export:
         log.info("OpenTelemetry export: %d span(s) exported, %d lost", self.exported, lost)
 
 
+class _HeaderTextHidden(logging.Filter):
+    """The SDK logs an ``OTEL_EXPORTER_OTLP_HEADERS`` entry it cannot parse whole — a token
+    with it: said without its text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Header format invalid"):
+            record.msg = ("OTEL_EXPORTER_OTLP_HEADERS has an entry that is not name=value with "
+                          "the value URL-encoded (%20 for a space): it is not sent (its text is "
+                          "not logged: it may hold a secret)")  # fmt: skip
+            record.args = ()
+        return True
+
+
 def serve(settings: Mapping[str, Any]) -> None:
     """Export the spans on stdin until it ends."""
+    logging.getLogger("opentelemetry.util.re").addFilter(_HeaderTextHidden())
     transport = open_transport(settings)
     found = resource(settings["service_name"])
     export = Export(transport, settings["endpoint"], int(settings["queue_size"]), found)

@@ -9,12 +9,15 @@ nothing but one warning.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -284,7 +287,10 @@ def test_foundry_emit_joins_the_trace_in_traceparent(exporting: Daemon, collecto
     assert {s["trace_id"] for s in spans.values()} == {trace_id}
 
 
-def test_otlp_over_grpc_exports_the_same_spans(make_daemon: Daemons):
+@pytest.mark.parametrize("scheme", ["http", "HTTP"])
+def test_otlp_over_grpc_exports_the_same_spans(make_daemon: Daemons, scheme: str):
+    """(``HTTP://``, which the config check takes as ``http://``, made the exporter speak TLS
+    to a plain-text collector: every span was lost.)"""
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
@@ -302,7 +308,7 @@ def test_otlp_over_grpc_exports_the_same_spans(make_daemon: Daemons):
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        daemon = make_daemon(otel_config(f"http://127.0.0.1:{port}", protocol="grpc"))
+        daemon = make_daemon(otel_config(f"{scheme}://127.0.0.1:{port}", protocol="grpc"))
         reply = emit(daemon, "greet_requested", payload={"name": "Ada"})
         finished(daemon, reply.workflow_id)
         [root, *_] = traced(daemon, reply.event_id).events
@@ -333,6 +339,21 @@ def test_a_dead_collector_never_slows_the_daemon_and_is_warned_about_once(
     assert "span(s) exported, " in daemon.stderr()  # the totals, when it stopped
 
 
+def test_a_headers_variable_it_cannot_parse_is_said_without_its_secret(
+    make_daemon: Daemons, collector: Collector
+):
+    """The SDK logged the entry it could not parse whole, into the daemon's log — the token in
+    it too."""
+    secret = "s3cr3t-TOKEN"
+    headers = {"OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer {secret};x"}
+    daemon = make_daemon(otel_config(collector.endpoint), env=headers)
+    reply = emit(daemon, "greet_requested", payload={"name": "Ada"})
+    finished(daemon, reply.workflow_id)
+    assert daemon.stop() == 0
+    assert "OTEL_EXPORTER_OTLP_HEADERS has an entry that is not name=value" in daemon.stderr()
+    assert secret not in daemon.stderr()
+
+
 def test_a_stop_flushes_what_is_queued(exporting: Daemon, collector: Collector):
     reply = emit(exporting, "greet_requested", payload={"name": "Ada"})
     finished(exporting, reply.workflow_id)
@@ -358,6 +379,30 @@ def test_a_killed_daemon_leaves_no_exporter_behind(exporting: Daemon, collector:
     wait_until(lambda: process_gone(exporters[0]), what="the exporter process to exit")
     # its last log line found no reader: dropped, not a traceback in the daemon's log
     assert "Traceback" not in exporting.stderr()
+
+
+def test_a_stop_is_not_held_by_an_exporter_that_reads_nothing(exporting: Daemon):
+    """An exporter that takes nothing in (stopped here; starved of CPU or stuck elsewhere) held
+    the daemon's write of a full pipe, and so its stop, for good: it is given 2 s from the
+    stop, then killed, and the spans left are counted in one line."""
+    assert exporting.process is not None
+    [exporter] = [
+        pid for pid in _children(exporting.process.pid)
+        if "foundry.kernel.edge.otel" in Path(f"/proc/{pid}/cmdline").read_text()
+    ]  # fmt: skip
+    os.kill(exporter, signal.SIGSTOP)
+    try:
+        big = {"name": "n", "pad": "z" * 100_000}  # the trace frames carry it: 6 MB in all
+        for reply in [emit(exporting, "greet_requested", payload=big) for _ in range(60)]:
+            finished(exporting, reply.workflow_id)
+        started = time.monotonic()
+        assert exporting.stop(timeout=30) == 0
+        assert time.monotonic() - started < 10  # [daemon] shutdown_grace, at most
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(exporter, signal.SIGKILL)
+    assert "took nothing for 2 s after the stop began: killed" in exporting.stderr()
+    wait_until(lambda: process_gone(exporter), what="the exporter process to exit")
 
 
 def test_without_an_endpoint_nothing_is_exported(daemon: Daemon):

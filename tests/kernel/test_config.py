@@ -203,6 +203,26 @@ def test_values_that_failed_only_at_start_are_refused_naming_their_key(tmp_path,
     assert reason in message
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "reason"),
+    [
+        ("http://user:s3cret@collector.example:99999", "no credentials in the URL"),
+        ("http://:s3cret@collector.example:4318", "no credentials in the URL"),
+        ("http://127.0.0.1:4318\\n", "no spaces or control characters"),
+        ("http://127.0.0.1:4318\\t", "no spaces or control characters"),
+        ("http://127.0.0.1:99999", "expected an http:// or https:// URL"),
+    ],
+)
+def test_an_otel_endpoint_is_refused_for_what_it_holds_and_a_secret_never_quoted(
+    tmp_path, endpoint, reason
+):
+    """A bad port hid the credentials from their check: the next error quoted the URL, the
+    password too. A newline passed the check, and every span was lost at run time."""
+    message = refused(tmp_path, f'[otel]\nendpoint = "{endpoint}"\n')
+    assert f"[otel].endpoint: {reason}" in message
+    assert "s3cret" not in message
+
+
 def test_sizes_up_to_duckdbs_largest_memory_limit_load(tmp_path):
     for size in ("18446744073709551615B", "1.5 GB", "10 gib", "16383TiB", "0B"):
         path = write(tmp_path, f'[store]\nmemory_limit = "{size}"\n')

@@ -35,6 +35,7 @@ FLUSH_SECONDS = 2.0  # the exporter's (kernel/edge/otel.py)
 EXIT_SECONDS = FLUSH_SECONDS + 3.0  # then it is killed
 MAILBOX_BATCH = 512  # messages per frame at most
 GATHER_SECONDS = 0.05  # how long the first message of a frame waits for others
+STOP_POLL_SECONDS = 0.2  # how often the forwarder looks whether the daemon is stopping
 
 
 class Telemetry:
@@ -60,7 +61,8 @@ class Telemetry:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_relay_log, process.stdout)
                 async with self._inbox, process.stdin:
-                    await self._forward(process.stdin)
+                    if not await self._forward_until_stuck(process.stdin):
+                        process.kill()  # it takes nothing in: no flush to wait for either
                 await _stop(process)  # it flushes, logs its totals and exits: its log ends
         except BaseException:
             process.kill()  # cancelled (a second signal stops at once) or failed: no flush
@@ -68,6 +70,32 @@ class Telemetry:
         finally:
             with trio.CancelScope(shield=True):
                 await process.wait()
+
+    async def _forward_until_stuck(self, exporter: trio.abc.SendStream) -> bool:
+        """:meth:`_forward`, bounded once the daemon stops (every sender closed its end): a
+        write to an exporter that reads nothing (stopped, starved of CPU) held the stop for
+        good. It gets ``FLUSH_SECONDS`` from then to take what is queued; False if it did not
+        (what was left is dropped, said in one line)."""
+        async with trio.open_nursery() as nursery:
+            forwarding = trio.CancelScope()
+
+            async def bound_at_stop() -> None:
+                # (no event tells when the last sender's clone closes: its count does)
+                while self._inbox.statistics().open_send_channels:  # noqa: ASYNC110
+                    await trio.sleep(STOP_POLL_SECONDS)
+                forwarding.deadline = trio.current_time() + FLUSH_SECONDS
+
+            nursery.start_soon(bound_at_stop)
+            with forwarding:
+                await self._forward(exporter)
+            nursery.cancel_scope.cancel()
+        if not forwarding.cancelled_caught:
+            return True
+        left = sum(1 for _ in _drained(self._inbox))
+        log.warning("the OpenTelemetry exporter took nothing for %.0f s after the stop began: "
+                    "killed, %d message(s) of spans not exported", FLUSH_SECONDS,
+                    left + 1)  # fmt: skip
+        return False
 
     async def _forward(self, exporter: trio.abc.SendStream) -> None:
         while batch := await take_batch(self._inbox, MAILBOX_BATCH):
@@ -87,6 +115,11 @@ class Telemetry:
                     pass  # senders never wait on us, exporter or not
                 return
             self.written += len(items)
+
+
+def _drained(inbox: trio.MemoryReceiveChannel[TelemetryMessage]) -> list[TelemetryMessage]:
+    """What is left in a closed inbox."""
+    return _waiting(inbox, sys.maxsize)
 
 
 def _waiting(
