@@ -71,7 +71,7 @@ class ShellBlock(Block):
             last = result.output.strip().splitlines()[-1:]
             said = f": {last[0][:200]}" if last else ""  # (a silent command left a ": ")
             raise BlockError(f"{self.command[0]} exited with {result.exit_code}{said}")
-        output = _parse_output(result.output)
+        output = _parse_output(result.stdout)  # (a warning on stderr is not its answer)
         if self.emits:
             ctx.emit(self.emits, output if isinstance(output, dict) else {"output": output})
         ctx.summary = f"{self.command[0]} exited 0"

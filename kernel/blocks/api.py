@@ -7,6 +7,7 @@ blocks from a ``register_blocks`` hook implementation.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import inspect
 import os
@@ -74,7 +75,8 @@ def event_type_fault(event_type: object) -> str:
 @dataclass(frozen=True)
 class CommandResult:
     exit_code: int
-    output: str
+    output: str  # stdout and stderr together, as they came (the trace's raw output)
+    stdout: str = ""  # stdout alone: what a command answers (its warnings go to stderr)
 
 
 class _LazyPath:
@@ -218,17 +220,18 @@ class BlockContext:
             os.environ, passed=pass_env, from_run=self.env, declared=env,
             traceparent=self.traceparent,
         )  # fmt: skip
-        capture = Capture()
+        capture, stdout = Capture(), Capture()
         try:
             returncode, captured = await run_capturing(
-                argv, stdin=stdin, env=full_env, cwd=cwd, capture=capture
+                argv, stdin=stdin, env=full_env, cwd=cwd, capture=capture, stdout=stdout
             )  # a terminal's Ctrl-C is the daemon's (its process group is its own: children.py)
         except BaseException:
             if capture.started:  # cut short (its block's timeout): what it wrote is the trace's
                 killed = capture.returncode
                 self._ran(capture.output(), -signal.SIGKILL if killed is None else killed)
             raise
-        return self._ran(captured, returncode)
+        result = self._ran(captured, returncode)
+        return dataclasses.replace(result, stdout=stdout.output().decode(errors="replace"))
 
     def _ran(self, captured: bytes, returncode: int) -> CommandResult:
         output = captured.decode(errors="replace")

@@ -51,6 +51,7 @@ async def run_capturing(
     stdin: bytes,
     limit: int = MAX_OUTPUT,
     capture: Capture | None = None,
+    stdout: Capture | None = None,
     **options: Any,
 ) -> tuple[int, bytes]:
     """Run ``argv`` in a process group of its own, stdout and stderr together; its exit code
@@ -59,7 +60,9 @@ async def run_capturing(
     started still holds its output open (``sh -c "sleep 300 & echo started"``: trio delivers a
     cancel only while it waits for the command, and the sleep ran on). ``capture`` (if given)
     fills as the output comes, and holds the exit code once the command is reaped: after a
-    cancel (a block's timeout) it still has what the command wrote until then."""
+    cancel (a block's timeout) it still has what the command wrote until then. ``stdout``
+    (if given) gets stdout alone as well: the two are read from pipes of their own then, each
+    piece into the output as it comes."""
     process: trio.Process | None = None
     record: str | None = None  # (forgotten once the command is reaped, not when its output ends)
     capture = capture if capture is not None else Capture(limit)
@@ -67,13 +70,15 @@ async def run_capturing(
         async with trio.open_nursery() as nursery:
             process = await nursery.start(functools.partial(
                 trio.run_process, list(argv), stdin=stdin, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, check=False, start_new_session=True,
-                deliver_cancel=stop_process_group, **options,
+                stderr=subprocess.STDOUT if stdout is None else subprocess.PIPE, check=False,
+                start_new_session=True, deliver_cancel=stop_process_group, **options,
             ))  # fmt: skip
             capture.started = True
             record = _record(process.pid)
             assert process.stdout is not None
-            await capture.read(process.stdout)
+            if process.stderr is not None:
+                nursery.start_soon(capture.read, process.stderr)
+            await capture.read(process.stdout, stdout)
     except BaseException as exc:
         if process is not None:
             _signal_group(process.pid, signal.SIGKILL)  # what is left of it
@@ -235,21 +240,26 @@ class Capture:
         self.returncode: int | None = None  # once it is reaped
         self._head, self._tail, self._total = bytearray(), bytearray(), 0
 
-    async def read(self, stream: trio.abc.ReceiveStream) -> None:
-        """Keep ``stream``'s bytes, to its end."""
+    async def read(self, stream: trio.abc.ReceiveStream, also: Capture | None = None) -> None:
+        """Keep ``stream``'s bytes, to its end (and give them to ``also`` too)."""
+        while chunk := await stream.receive_some(READ_BYTES):
+            self.keep(chunk)
+            if also is not None:
+                also.keep(chunk)
+
+    def keep(self, chunk: bytes) -> None:
         keep_head = max(self.limit - OUTPUT_TAIL, 0)
         head, tail = self._head, self._tail
-        while chunk := await stream.receive_some(READ_BYTES):
-            self._total += len(chunk)
-            if self._total <= self.limit:
-                head += chunk
-                continue
-            if len(head) > keep_head:  # just went past the limit: the head's end starts the tail
-                tail += head[keep_head:]
-                del head[keep_head:]
-            tail += chunk
-            if len(tail) > OUTPUT_TAIL:
-                del tail[: len(tail) - OUTPUT_TAIL]
+        self._total += len(chunk)
+        if self._total <= self.limit:
+            head += chunk
+            return
+        if len(head) > keep_head:  # just went past the limit: the head's end starts the tail
+            tail += head[keep_head:]
+            del head[keep_head:]
+        tail += chunk
+        if len(tail) > OUTPUT_TAIL:
+            del tail[: len(tail) - OUTPUT_TAIL]
 
     def output(self) -> bytes:
         """What was kept, so far."""

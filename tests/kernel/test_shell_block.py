@@ -146,7 +146,8 @@ async def test_a_nonzero_exit_fails_with_the_code_and_output_captured(tmp_path):
     assert x["success"] is False
     assert x["state"] == "failed"
     assert x["exit_code"] == 3
-    assert x["raw_output"] == "working\nbad thing happened\n"
+    # stdout and stderr from pipes of their own, each piece as it is read: in either order
+    assert sorted(x["raw_output"].splitlines()) == ["bad thing happened", "working"]
     assert "exited with 3" in x["summary"]
     assert "bad thing happened" in x["summary"]
     assert x["emitted_event_ids"] == []
@@ -165,6 +166,16 @@ async def test_a_failing_command_is_retried(tmp_path):
     assert x["success"] is True
     assert x["attempts"] == 2
     assert counter.read_text().strip() == "2"
+
+
+async def test_stdout_alone_is_the_answer_and_stderr_is_in_the_raw_output(tmp_path):
+    """stdout and stderr together were parsed: a warning on stderr made a command's JSON
+    answer the text ``{"output": "{...}\\nwarning: ..."}`` (and a DAG step's output too)."""
+    script = "echo '{\"ok\": 1}'; echo 'warning: something' >&2"
+    registry = shell_registry(command=["sh", "-c", script], emits="json_done")
+    _, x = await run_once(tmp_path, registry, {})
+    assert x["emitted_payloads"] == [{"ok": 1}]
+    assert sorted(x["raw_output"].splitlines()) == ["warning: something", '{"ok": 1}']
 
 
 async def test_plain_text_and_non_object_json_are_wrapped_as_output(tmp_path):
