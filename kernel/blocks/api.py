@@ -148,7 +148,12 @@ class BlockContext:
         fault = event_type_fault(event_type)
         if fault:
             raise ValueError(f"emit: event_type {fault}")
-        self.emissions.append(Emission(event_type, dict(payload or {})))
+        if payload is None:
+            payload = {}
+        elif not isinstance(payload, Mapping):  # (0, "", [] became {}; [("a", 1)] {"a": 1})
+            raise TypeError(f"emit: payload must be a JSON object (a mapping), not "
+                            f"{type(payload).__name__}")  # fmt: skip
+        self.emissions.append(Emission(event_type, dict(payload)))
 
     def record_usage(self, tokens_in: int = 0, tokens_out: int = 0, cost: float = 0.0) -> None:
         """Add to this execution's usage: whole token counts from 0, a finite cost from 0

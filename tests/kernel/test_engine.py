@@ -5,6 +5,7 @@ import json
 import sys
 import threading
 from datetime import datetime
+from typing import Any
 
 import pytest
 import trio
@@ -12,7 +13,7 @@ import trio.testing
 from foundry.kernel.actors.engine.messages import GetStatus
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.tap.messages import Overflow
-from foundry.kernel.blocks.api import Block, BlockKind, Emission, block
+from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, Emission, block
 from foundry.kernel.blocks.registry import load_blocks
 from foundry.kernel.config import EngineConfig
 from foundry.kernel.core.ids import compact_json, is_event_id, occurred_stamp
@@ -1017,6 +1018,39 @@ async def test_an_emission_larger_than_a_client_may_emit_fails_its_block(tmp_pat
     said = "emitted a 'huge' payload of 1,211 bytes of JSON, past [engine] max_event_bytes (1,000)"
     assert said in x["summary"]
     assert [e["event_type"] for e in trace["events"]] == ["go"]  # neither emission is stored
+
+
+async def test_an_emission_too_deep_to_encode_fails_naming_the_depth_limit(tmp_path):
+    """One ~1,000 levels deep failed as "not JSON: RecursionError: maximum recursion depth
+    exceeded while encoding a JSON object" (128 levels named the limit)."""
+
+    def nested(levels: int) -> dict[str, Any]:
+        payload: dict[str, Any] = {}
+        for _ in range(levels):
+            payload = {"a": payload}
+        return payload
+
+    @block("Deep", sinks=["go"])
+    def deep(ctx):
+        ctx.emit("deep_child", nested(ctx.payload["levels"]))
+
+    async with running_kernel(tmp_path, [deep]) as k:
+        for levels in (128, 1_200, 50_000):
+            emitted = await k.emit("go", {"levels": levels})
+            [x] = executions(await k.finished(emitted.workflow_id), "Deep")
+            assert "payload nested deeper than 127 levels" in x["summary"], (levels, x["summary"])
+
+
+def test_a_payload_that_is_not_an_object_is_refused_by_emit(tmp_path):
+    """0, "", [] and False were emitted as {}, [("a", 1)] as {"a": 1}, and [1, 2] failed as
+    "cannot convert dictionary update sequence element #0 to a sequence"."""
+    ctx = BlockContext(payload={}, artifact_dir=tmp_path / "art")
+    for payload in (0, "", [], False, [("a", 1)], [1, 2], "hello"):
+        with pytest.raises(TypeError, match="emit: payload must be a JSON object"):
+            ctx.emit("child", payload)  # type: ignore[arg-type]
+    ctx.emit("child")
+    ctx.emit("child", {"a": 1})
+    assert [e.payload for e in ctx.emissions] == [{}, {"a": 1}]
 
 
 def test_an_emission_at_the_limit_fits_a_default_clients_watch_message():

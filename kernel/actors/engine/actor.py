@@ -459,7 +459,11 @@ class Engine:
         if storable(emission.event_type) != emission.event_type:
             raise _NotUtf8(repr(emission.event_type))
         # NaN, infinities and lone surrogates (the store would refuse them) raise ValueError.
-        payload_json = payload_json_of(emission.payload)
+        try:
+            payload_json = payload_json_of(emission.payload)
+        except RecursionError:  # ~1,000 levels: past the depth limit checked below, by far
+            raise _TooLarge(f"emitted a {emission.event_type[:100]!r} payload nested deeper "
+                            f"than {MAX_DEPTH} levels") from None  # fmt: skip
         limit = self._config.max_event_bytes
         if (
             len(payload_json) * 4 > limit
