@@ -65,9 +65,12 @@ class CloseAll:
 
 @dataclass(frozen=True, slots=True)
 class Overflow:
-    """The last item a subscriber gets when it fell behind and was cut off."""
+    """The last item a subscriber gets when it fell behind and was cut off: more than
+    ``buffered`` items behind, or (``payload_bytes`` not 0) holding more than that many bytes
+    of payloads waiting."""
 
     buffered: int
+    payload_bytes: int = 0
 
 
 TapMessage = Publish | Subscribe | CloseAll

@@ -180,7 +180,8 @@ class QueueSink:
             return False
         size = payload_bytes(item)
         if len(self._items) >= capacity or (self._items and self._bytes + size > SINK_BYTES):
-            self._items.append(Overflow(capacity))
+            too_large = len(self._items) < capacity
+            self._items.append(Overflow(capacity, SINK_BYTES if too_large else 0))
             self.close()
             return False
         self._items.append(item)

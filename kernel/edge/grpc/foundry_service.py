@@ -26,7 +26,7 @@ from foundry.kernel.core.tracecontext import (
     is_span_id,
     is_trace_id,
 )
-from foundry.kernel.edge.grpc.bridge import SINK_BYTES, QueueSink, in_chunks
+from foundry.kernel.edge.grpc.bridge import QueueSink, in_chunks
 from foundry.kernel.edge.grpc.server import ask, served_by
 from foundry.proto import foundry_api as api
 from grpclib import GRPCError
@@ -79,11 +79,13 @@ class FoundryService(api.FoundryBase):
             while batch := await sink.batch():
                 for item in batch:
                     if isinstance(item, Overflow):
+                        behind = (f"{item.payload_bytes >> 20} MB of payloads waiting"
+                                  if item.payload_bytes
+                                  else f"{item.buffered} events")  # fmt: skip
                         raise GRPCError(
                             Status.RESOURCE_EXHAUSTED,
-                            f"watcher fell behind by more than {item.buffered} events or "
-                            f"{SINK_BYTES >> 20} MB of payloads and was cut off; reconnect, and "
-                            "use Trace to fill the gap",
+                            f"watcher fell behind by more than {behind} and was cut off; "
+                            "reconnect, and use Trace to fill the gap",
                         )
                     yield api.WatchResponse(
                         event_id=item.id,

@@ -421,7 +421,10 @@ async def test_a_watch_that_does_not_read_is_cut_off_by_the_bytes_waiting_not_on
     assert len(batch) == BATCH_BYTES // (4 << 20)  # a batch: about BATCH_BYTES of payloads
     while more := await queue.batch():
         batch = more
-    assert isinstance(batch[-1], Overflow)
+    assert batch[-1] == Overflow(10_000, SINK_BYTES)  # what it passed: the bytes, not the count
+    counted = QueueSink()
+    assert [counted.offer(Sized("x"), capacity=2) for _ in range(3)] == [True, True, False]
+    assert (await counted.batch())[-1] == Overflow(2, 0)
     one = QueueSink()
     assert one.offer(Sized("y" * (SINK_BYTES + 1)), capacity=10)  # alone, any size passes
     assert [len(i.payload_json) for i in await one.batch()] == [SINK_BYTES + 1]
