@@ -305,6 +305,7 @@ SECTIONS: dict[str, type] = {
 
 # A size as DuckDB reads it (ASCII digits: it refused "１０GB" at the daemon's start)
 _MEMORY_SIZE = re.compile(r"\s*\d+(\.\d+)?\s*([KMGT]i?)?B\s*", re.IGNORECASE | re.ASCII)
+MIN_MEMORY_BYTES = 16_000_000
 MAX_MEMORY_BYTES = 2**64 - 1  # DuckDB's largest memory_limit
 
 
@@ -454,7 +455,8 @@ class _Reader:
         if kind is OtelConfig:
             self._otel(values)
         if kind is StoreConfig:
-            self._memory_limit(values.get("memory_limit", "0B"))
+            if "memory_limit" in values:
+                self._memory_limit(values["memory_limit"])
         return kind(**values)
 
     def _memory_limit(self, text: str) -> None:
@@ -472,6 +474,10 @@ class _Reader:
         if size.adjusted() > 30 or size * scale > MAX_MEMORY_BYTES:
             largest = "at most 2**64 - 1 bytes (DuckDB's largest)"
             raise self.fail("[store].memory_limit", f"{largest}, got {text[:40]!r}")
+        if size * scale < MIN_MEMORY_BYTES:  # 1MB: the store fell behind its journal for good;
+            raise self.fail(  # 0B-100KB: DuckDB refused it, and ran with 80% of RAM instead
+                "[store].memory_limit", f'at least "16MB" (DuckDB works in no less), got {text!r}'
+            )
 
     def _scalar(self, key: str, value: Any, kind: type) -> Any:
         number = isinstance(value, int | float) and not isinstance(value, bool)

@@ -195,6 +195,11 @@ def test_a_bad_listen_address_is_refused(tmp_path, listen):
         ('[daemon]\nhome = "a\\u0000b"\n', "[daemon].home", "NUL"),
         ('[daemon]\ntls_cert = "a\\u0000b"\ntls_key = "k"\n', "[daemon].tls_cert", "NUL"),
         ('[otel]\nendpoint = "http://[::1"\n', "[otel].endpoint", "not a valid URL"),
+        # (a hunt: "1MB" left the store behind its journal for good, and "0B" to "100KB" were
+        # refused by DuckDB at start, which then ran with 80% of RAM)
+        ('[store]\nmemory_limit = "1MB"\n', "[store].memory_limit", 'at least "16MB"'),
+        ('[store]\nmemory_limit = "0B"\n', "[store].memory_limit", 'at least "16MB"'),
+        ('[store]\nmemory_limit = "15.9 MB"\n', "[store].memory_limit", 'at least "16MB"'),
     ],
 )
 def test_values_that_failed_only_at_start_are_refused_naming_their_key(tmp_path, body, key, reason):
@@ -224,7 +229,7 @@ def test_an_otel_endpoint_is_refused_for_what_it_holds_and_a_secret_never_quoted
 
 
 def test_sizes_up_to_duckdbs_largest_memory_limit_load(tmp_path):
-    for size in ("18446744073709551615B", "1.5 GB", "10 gib", "16383TiB", "0B"):
+    for size in ("18446744073709551615B", "1.5 GB", "10 gib", "16383TiB", "16MB"):
         path = write(tmp_path, f'[store]\nmemory_limit = "{size}"\n')
         assert Config.from_toml(path).store.memory_limit == size
 
