@@ -217,8 +217,16 @@ def _messages(inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 @hookimpl
 def register_blocks(config: Config) -> list[Block]:
-    provider = config.llm.provider
+    provider, model = config.llm.provider, config.llm.model
+    known = ", ".join(sorted(PROVIDERS))
     if provider not in PROVIDERS:  # else `config check` passed it, and every llm step failed
-        known = ", ".join(sorted(PROVIDERS))
         raise ConfigError(f"[llm].provider: unknown provider {provider!r} (known: {known})")
+    prefix, named, _ = model.partition(":")  # as ``LlmBlock._model`` reads it
+    if named and prefix not in PROVIDERS:  # (the same: every llm step naming no model failed)
+        raise ConfigError(f"[llm].model: unknown provider {prefix[:40]!r} before its ':' "
+                          f"(known: {known}; a name with a colon of its own is written "
+                          f"PROVIDER:NAME, e.g. openai:{model[:40]})")  # fmt: skip
+    if (prefix if named else provider) == "openai" and not config.llm.base_url:
+        raise ConfigError("[llm].base_url: not set, and the default model is the openai "
+                          "provider's: set its endpoint (…/v1)")  # fmt: skip
     return [LlmBlock(config.llm, EgressPolicy.from_allow(config.http.allow))]

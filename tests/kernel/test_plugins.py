@@ -652,3 +652,31 @@ def test_an_unknown_llm_provider_is_refused_at_load_naming_the_file(tmp_path):
     said = "foundry.toml: [llm].provider: unknown provider 'openia' (known: mock, openai)"
     with pytest.raises(ConfigError, match=re.escape(said)):
         load_config_blocks(Config.from_toml(config_file), entry_points=False)
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ('model = "nosuch:gpt"', "[llm].model: unknown provider 'nosuch' before its ':'"),
+        ('model = "llama3:8b"', "e.g. openai:llama3:8b"),
+        ('provider = "openai"', "[llm].base_url: not set"),
+        ('model = "openai:gpt-4o"', "[llm].base_url: not set"),
+    ],
+)
+def test_a_default_model_no_llm_step_could_use_is_refused_at_load(tmp_path, table, said):
+    """`config check` passed these, and every llm step that named no model then failed."""
+    config_file = tmp_path / "foundry.toml"
+    config_file.write_text(f"[llm]\n{table}\n")
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_config_blocks(Config.from_toml(config_file), entry_points=False)
+
+
+@pytest.mark.parametrize(
+    "table", ['model = "mock:mock-small"', 'provider = "openai"\nbase_url = "http://x.test/v1"',
+              'model = "openai:gpt-4o"\nbase_url = "http://x.test/v1"'],
+)  # fmt: skip
+def test_a_default_model_an_llm_step_can_use_loads(tmp_path, table):
+    config_file = tmp_path / "foundry.toml"
+    config_file.write_text(f"[llm]\n{table}\n")
+    registry = load_config_blocks(Config.from_toml(config_file), entry_points=False)
+    assert [b.name for b in registry if b.name == "llm"] == ["llm"]
