@@ -106,8 +106,8 @@ def _config_text(path: Path) -> str:
         data = file.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        return data.decode("utf-8")
+    try:  # (a byte-order mark, as Notepad's "UTF-8 with BOM" writes: "Invalid statement")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
@@ -454,9 +454,8 @@ class _Reader:
             self._http_listener(values)
         if kind is OtelConfig:
             self._otel(values)
-        if kind is StoreConfig:
-            if "memory_limit" in values:
-                self._memory_limit(values["memory_limit"])
+        if kind is StoreConfig and "memory_limit" in values:
+            self._memory_limit(values["memory_limit"])
         return kind(**values)
 
     def _memory_limit(self, text: str) -> None:

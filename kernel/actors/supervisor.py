@@ -109,6 +109,21 @@ class Stops:
     crashed: bool
 
 
+def check_home(home: Path, named: str = "FOUNDRY_HOME") -> None:
+    """Refuse, in one line, a home the daemon could not make or use: a file, one under a file,
+    one holding a file where the daemon makes a folder (``config check`` said OK to those)."""
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"{named} {home} is not a folder")
+    above = next((p for p in home.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ConfigError(f"{named} {home} cannot be used: {above} is not a folder")
+    for name in WRITTEN_LATER:  # else the start succeeds, and every trace or step fails
+        if (home / name).exists() and not (home / name).is_dir():
+            raise ConfigError(
+                f"{home / name}: not a folder (the daemon writes there); move it aside"
+            )
+
+
 @contextlib.contextmanager
 def home_lock(home: Path, named: str = "FOUNDRY_HOME") -> Iterator[Stops]:
     """Hold ``$FOUNDRY_HOME/daemon.lock`` (an advisory lock with our pid in it) or refuse; a
@@ -116,8 +131,7 @@ def home_lock(home: Path, named: str = "FOUNDRY_HOME") -> Iterator[Stops]:
     Once the block ends, however (a stop, a second Ctrl-C, an error), the file says so: the
     next start tells a daemon killed outright from one that stopped by it (``Stops``)."""
     path = home / LOCK_FILE
-    if home.exists() and not home.is_dir():
-        raise ConfigError(f"{named} {home} is not a folder")
+    check_home(home, named)
     try:
         home.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -125,12 +139,11 @@ def home_lock(home: Path, named: str = "FOUNDRY_HOME") -> Iterator[Stops]:
         reason = getattr(exc, "strerror", None) or exc
         where = getattr(exc, "filename", None) or home
         raise ConfigError(f"{named} {home} cannot be used: {reason} ({where})") from None
-    for name in WRITTEN_LATER:  # else the start succeeds, and every trace or step fails
-        if (home / name).exists() and not (home / name).is_dir():
-            os.close(fd)
-            raise ConfigError(
-                f"{home / name}: not a folder (the daemon writes there); move it aside"
-            )
+    try:
+        check_home(home, named)  # (again: made meanwhile)
+    except ConfigError:
+        os.close(fd)
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -35,10 +35,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def check(config: Config) -> dict[str, Any]:
     """Load what ``serve`` would load; a summary of it (a ConfigError when it would not start)."""
+    from foundry.kernel.actors.supervisor import check_home
     from foundry.kernel.blocks.registry import load_config_blocks
 
     registry = load_config_blocks(config)
     _check_listeners(config)
+    check_home(config.home, config.home_from)  # as ``serve`` does, without making it
     kinds = Counter(b.kind.value for b in registry)
     return {
         "config": config.source,

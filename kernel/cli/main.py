@@ -177,10 +177,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from foundry.kernel.daemon import run
 
     config = Config.load(args.config)
-    if args.listen:
+    if args.listen is not None:  # ("": refused, not the file's)
         parse_listen(args.listen, key="--listen")
         config = _replace(config, listen=args.listen, listen_from="--listen")
-    if args.http_listen:
+    if args.http_listen is not None:
         if args.http_listen != "off":
             parse_listen(args.http_listen, key="--http-listen")
         config = _replace(config, http=_replace(config.http, listen=args.http_listen),

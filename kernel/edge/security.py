@@ -167,11 +167,11 @@ def edge_security(
     ``source`` (the config file), as every other setting's does."""
     try:
         token = load_token(config)
-        refuse_open_bind(grpc_host, key, token)
         tls = server_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
     except ConfigError as exc:
         said = str(exc)
         raise ConfigError(
             said if not source or said.startswith(source) else f"{source}: {said}"
         ) from None
+    refuse_open_bind(grpc_host, key, token)  # (``key`` says where: a file's key, or --listen)
     return EdgeSecurity(token, tls)

@@ -271,6 +271,8 @@ def test_start_is_refused_with_one_line(refusals, case):
     assert "Traceback" not in done.stderr
     if case != "open bind":  # (--listen's, not the file's)
         assert ".toml: [daemon]." in done.stderr  # the file named, as every other setting's
+    else:  # the flag's: the file said nothing of it (it was blamed all the same)
+        assert ".toml" not in done.stderr
 
 
 def test_config_check_names_the_file_of_a_tls_refusal_as_serve_does(tmp_path):

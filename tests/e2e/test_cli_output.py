@@ -386,6 +386,28 @@ def test_serve_names_what_set_a_home_or_an_address_it_refuses(tmp_path):
                        "--http-listen", "0.0.0.0:0", env=env)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "--http-listen: 0.0.0.0 is not a loopback address" in done.stderr
+    for flag in ("--listen", "--http-listen"):  # an empty one was ignored: the file's was used
+        other = "--http-listen" if flag == "--listen" else "--listen"
+        done = foundry_cli("serve", "--config", str(path), flag, "", other,
+                           "127.0.0.1:0" if other == "--listen" else "off", env=env)  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert f"{flag}: expected HOST:PORT, got ''" in done.stderr
+
+
+def test_config_check_refuses_a_home_serve_refuses(tmp_path):
+    """config check said OK to a home that is a file, or under one; serve refused both."""
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    path = tmp_path / "home.toml"
+    for home, said in ((a_file, f"[daemon].home {a_file} is not a folder"),
+                       (a_file / "sub", f"cannot be used: {a_file} is not a folder")):  # fmt: skip
+        path.write_text(f'[daemon]\nhome = "{home}"\n')
+        for command in (("config", "check"),
+                        ("serve", "--listen", "127.0.0.1:0", "--http-listen", "off")):  # fmt: skip
+            done = foundry_cli(*command, "--config", str(path))
+            assert done.returncode == 2, (command, done.stderr)
+            assert said in done.stderr, (command, done.stderr)
+        assert not (a_file.parent / "sub").exists()  # config check makes nothing
 
 
 # --- the daemon log ------------------------------------------------------------------------------

@@ -234,6 +234,13 @@ def test_sizes_up_to_duckdbs_largest_memory_limit_load(tmp_path):
         assert Config.from_toml(path).store.memory_limit == size
 
 
+def test_a_file_saved_with_a_byte_order_mark_loads(tmp_path):
+    """Notepad's "UTF-8 with BOM" was refused as "not valid TOML: Invalid statement"."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf[engine]\nmax_chain_depth = 3\n")
+    assert Config.from_toml(path).engine.max_chain_depth == 3
+
+
 def test_invalid_toml_names_the_file(tmp_path):
     message = refused(tmp_path, "[engine\nmax_chain_depth = 3\n", name="broken.toml")
 
