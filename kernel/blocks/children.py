@@ -130,6 +130,8 @@ def stop_left_behind(folder: Path) -> int:
         leader = _start_time(pgid)
         if leader is not None and leader != started:
             continue  # the id is another process's now
+        if not _runs_in_group(pgid):  # exited, maybe not reaped yet: it ran to its end
+            continue  # (it was said to be killed, its step "run again" after it had finished)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
             killed.append(pgid)
@@ -203,6 +205,23 @@ def _boot_id() -> str:
         return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
     except OSError:
         return ""
+
+
+def _runs_in_group(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (one that exited and waits to be reaped,
+    a zombie, does not)."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as file:
+                line = file.read()
+        except OSError:  # (it ended meanwhile)
+            continue
+        fields = line[line.rindex(")") + 2 :].split()  # state, ppid, pgrp, …
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _start_time(pid: int) -> str | None:

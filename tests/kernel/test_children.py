@@ -189,6 +189,21 @@ def test_a_group_whose_leader_died_is_killed_by_its_members(tmp_path):
             os.killpg(leader.pid, 9)
 
 
+def test_a_recorded_group_that_exited_unreaped_is_not_said_killed(tmp_path):
+    """A command that ran to its end just before the daemon was killed waited, a zombie, for
+    init to reap it: the start said it killed it and that its step ran again."""
+    records = tmp_path / "records"
+    records.mkdir()
+    leader = _group("true", tmp_path)  # its parent (this test) does not reap it yet
+    try:
+        wait_until(lambda: _members(leader.pid) == [], what="the command to exit, unreaped")
+        (records / str(leader.pid)).write_text(f"{_boot_id()} {_start_time(leader.pid)}\n")
+        assert stop_left_behind(records) == 0
+        assert list(records.iterdir()) == []
+    finally:
+        leader.wait(5)
+
+
 @pytest.mark.parametrize("record", ["another-boot {start}", "{boot} 1", "not a record", ""])
 def test_a_record_of_another_boot_or_process_or_unreadable_kills_nothing(tmp_path, record):
     records = tmp_path / "records"
