@@ -319,6 +319,34 @@ def test_otlp_over_grpc_exports_the_same_spans(make_daemon: Daemons, scheme: str
         server.stop(grace=None)
 
 
+def test_a_tls_mismatch_over_grpc_is_one_warning_not_a_line_per_handshake(make_daemon: Daemons):
+    """gRPC's C core wrote each failed handshake to the daemon's stderr, unformatted (ten lines
+    in 12 s), beside the one warning."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
+        trace_service_pb2_grpc.TraceServiceServicer(), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")  # plain text; the daemon speaks TLS to it
+    server.start()
+    try:
+        config = otel_config(f"https://127.0.0.1:{port}", protocol="grpc", timeout=1.0)
+        daemon = make_daemon(config, env={"GRPC_VERBOSITY": ""})  # as a shell without it
+        for _ in range(3):
+            reply = emit(daemon, "greet_requested", payload={"name": "Ada"})
+            finished(daemon, reply.workflow_id)
+        wait_until(lambda: "is losing spans" in daemon.stderr(), what="the export warning")
+        assert daemon.stop() == 0
+    finally:
+        server.stop(grace=None)
+    assert "ssl_transport_security" not in daemon.stderr()
+    assert "Handshake failed" not in daemon.stderr()
+
+
 def test_a_dead_collector_never_slows_the_daemon_and_is_warned_about_once(
     make_daemon: Daemons,
 ):

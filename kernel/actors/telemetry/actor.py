@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -51,6 +52,9 @@ class Telemetry:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,  # its log lines, for ours
             start_new_session=True,  # its stop is ours: closing stdin, not a terminal's Ctrl-C
+            # gRPC's C core writes to stderr (the daemon's log) a line per failed handshake,
+            # unformatted: ten in 12 s for a TLS mismatch. The exporter's one warning says it.
+            env={**os.environ, "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY") or "NONE"},
         )
         assert process.stdin is not None
         assert process.stdout is not None
