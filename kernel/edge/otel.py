@@ -31,11 +31,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any, Protocol
 
+import requests
 from foundry.kernel.actors.telemetry.messages import (
     AttributeValue,
     SpanRecord,
@@ -243,6 +245,35 @@ class HttpTransport(OTLPSpanExporter):
         return bool(self._client.export(request.SerializeToString()).success)
 
 
+REPLY_BYTES = 64 * 1024  # of a collector's answer, at most: only its status counts
+CREDENTIAL_PROVIDER = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER"
+
+
+class BoundedSession(requests.Session):
+    """A collector's answer read at most ``REPLY_BYTES``, and only within the request's
+    ``timeout`` in all: requests read it whole (a 200 MB answer took this process to 450 MB)
+    and gave ``timeout`` to each read alone (an answer trickled a byte a second held the
+    export, and every span after it, for good)."""
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        started, limit = time.monotonic(), float(kwargs.get("timeout") or 10.0)
+        kwargs["stream"] = True
+        response = super().request(method, url, *args, **kwargs)
+        kept = bytearray()
+        try:
+            while len(kept) < REPLY_BYTES and time.monotonic() - started < limit:
+                chunk = response.raw.read1(REPLY_BYTES - len(kept), decode_content=False)
+                if not chunk:
+                    break
+                kept += chunk
+        except Exception:  # noqa: BLE001, S110 (a reset or a read timeout: the status stands)
+            pass
+        finally:
+            response.close()
+        response._content = bytes(kept)  # what ``.content``/``.text`` read (requests' own)
+        return response
+
+
 def open_transport(settings: Mapping[str, Any]) -> Transport:
     """The OTLP exporter of ``[otel]``: HTTP/protobuf (``/v1/traces`` under the endpoint, as
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` is read), or gRPC. Headers come from the standard
@@ -252,7 +283,9 @@ def open_transport(settings: Mapping[str, Any]) -> Transport:
         return _grpc_transport(endpoint, timeout)
     if not endpoint.rstrip("/").endswith(HTTP_PATH):
         endpoint = endpoint.rstrip("/") + HTTP_PATH
-    return HttpTransport(endpoint=endpoint, timeout=timeout)
+    # (a credential provider the operator names brings its own session: the SDK's way)
+    session = None if os.environ.get(CREDENTIAL_PROVIDER) else BoundedSession()
+    return HttpTransport(endpoint=endpoint, timeout=timeout, session=session)
 
 
 def _grpc_transport(endpoint: str, timeout: float) -> Transport:

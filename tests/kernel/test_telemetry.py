@@ -805,3 +805,48 @@ def test_many_short_labels_go_until_their_text_reaches_the_spans_budget():
     per_label = len(attributes[0][0]) + 100
     assert len(span.attributes) == otel.SPAN_TEXT_CHARS // per_label
     assert span.dropped_attributes_count == 2_000 - len(span.attributes)
+
+
+def test_a_collectors_answer_is_read_bounded_in_bytes_and_in_time():
+    """requests read a collector's answer whole (200 MB: the exporter at 450 MB) and gave the
+    timeout to each read alone (an answer trickled a byte a second held the export for good)."""
+    import time as clock
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Answering(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            huge = self.path == "/huge"
+            self.send_response(200)
+            self.send_header("Content-Length", str(200 << 20 if huge else 1_000))
+            self.end_headers()
+            try:
+                if huge:
+                    for _ in range(200):
+                        self.wfile.write(b"x" * (1 << 20))
+                else:
+                    for _ in range(1_000):  # a byte every 0.1 s: 100 s in all
+                        self.wfile.write(b"y")
+                        self.wfile.flush()
+                        clock.sleep(0.1)
+            except OSError:  # the exporter went on without the rest: as it should
+                pass
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answering)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with otel.BoundedSession() as session:
+            started = clock.monotonic()
+            big = session.post(f"{base}/huge", data=b"spans", timeout=5.0)
+            assert (big.status_code, len(big.content)) == (200, otel.REPLY_BYTES)
+            slow = session.post(f"{base}/slow", data=b"spans", timeout=1.0)
+            assert slow.status_code == 200
+            assert 0 < len(slow.content) < 30
+            assert clock.monotonic() - started < 4
+    finally:
+        server.shutdown()
+        server.server_close()
