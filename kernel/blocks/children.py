@@ -266,7 +266,7 @@ class Capture:
             if also is not None:
                 also.keep(chunk)
 
-    def keep(self, chunk: bytes) -> None:
+    def keep(self, chunk: bytes | bytearray) -> None:
         keep_head = max(self.limit - OUTPUT_TAIL, 0)
         head, tail = self._head, self._tail
         self._total += len(chunk)

@@ -255,7 +255,7 @@ class BoundedSession(requests.Session):
     and gave ``timeout`` to each read alone (an answer trickled a byte a second held the
     export, and every span after it, for good)."""
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+    def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:
         started, limit = time.monotonic(), float(kwargs.get("timeout") or 10.0)
         kwargs["stream"] = True
         response = super().request(method, url, *args, **kwargs)
