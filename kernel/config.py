@@ -542,8 +542,9 @@ class _Reader:
             url = urllib.parse.urlsplit(endpoint)
         except ValueError as exc:  # an unclosed "[" of an IPv6 host: a traceback in four commands
             raise self.fail("[otel].endpoint", f"not a valid URL: {exc}") from None
-        # (credentials and a query first: the later errors quote the URL)
-        if url.username is not None or url.password is not None:
+        # (credentials and a query first: the later errors quote the URL; an "@" anywhere,
+        # as "user:secret@host:4318" without a scheme leaves urlsplit no user to find)
+        if url.username is not None or url.password is not None or "@" in endpoint:
             raise self.fail(
                 "[otel].endpoint", "no credentials in the URL: set OTEL_EXPORTER_OTLP_HEADERS"
             )

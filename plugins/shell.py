@@ -68,7 +68,9 @@ class ShellBlock(Block):
             pass_env=self.pass_env,
         )
         if result.exit_code != 0:
-            last = result.output.strip().splitlines()[-1:]
+            # stderr's last line says why, as a rule (the two are read apart: the output's
+            # last line could be stdout's, "sh exited with 3: working")
+            last = (result.stderr.strip() or result.output.strip()).splitlines()[-1:]
             said = f": {last[0][:200]}" if last else ""  # (a silent command left a ": ")
             raise BlockError(f"{self.command[0]} exited with {result.exit_code}{said}")
         output = _parse_output(result.stdout)  # (a warning on stderr is not its answer)

@@ -77,6 +77,7 @@ class CommandResult:
     exit_code: int
     output: str  # stdout and stderr together, as they came (the trace's raw output)
     stdout: str = ""  # stdout alone: what a command answers (its warnings go to stderr)
+    stderr: str = ""  # stderr alone: where a failing command says why
 
 
 class _LazyPath:
@@ -225,10 +226,16 @@ class BlockContext:
             os.environ, passed=pass_env, from_run=self.env, declared=env,
             traceparent=self.traceparent,
         )  # fmt: skip
-        capture, stdout = Capture(), Capture()
+        capture, stdout, stderr = Capture(), Capture(), Capture()
         try:
             returncode, captured = await run_capturing(
-                argv, stdin=stdin, env=full_env, cwd=cwd, capture=capture, stdout=stdout
+                argv,
+                stdin=stdin,
+                env=full_env,
+                cwd=cwd,
+                capture=capture,
+                stdout=stdout,
+                stderr=stderr,
             )  # a terminal's Ctrl-C is the daemon's (its process group is its own: children.py)
         except BaseException:
             if capture.started:  # cut short (its block's timeout): what it wrote is the trace's
@@ -236,7 +243,8 @@ class BlockContext:
                 self._ran(capture.output(), -signal.SIGKILL if killed is None else killed)
             raise
         result = self._ran(captured, returncode)
-        return dataclasses.replace(result, stdout=stdout.output().decode(errors="replace"))
+        return dataclasses.replace(result, stdout=stdout.output().decode(errors="replace"),
+                                   stderr=stderr.output().decode(errors="replace"))  # fmt: skip
 
     def _ran(self, captured: bytes, returncode: int) -> CommandResult:
         output = captured.decode(errors="replace")

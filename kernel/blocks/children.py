@@ -52,6 +52,7 @@ async def run_capturing(
     limit: int = MAX_OUTPUT,
     capture: Capture | None = None,
     stdout: Capture | None = None,
+    stderr: Capture | None = None,
     **options: Any,
 ) -> tuple[int, bytes]:
     """Run ``argv`` in a process group of its own, stdout and stderr together; its exit code
@@ -61,8 +62,8 @@ async def run_capturing(
     cancel only while it waits for the command, and the sleep ran on). ``capture`` (if given)
     fills as the output comes, and holds the exit code once the command is reaped: after a
     cancel (a block's timeout) it still has what the command wrote until then. ``stdout``
-    (if given) gets stdout alone as well: the two are read from pipes of their own then, each
-    piece into the output as it comes."""
+    and ``stderr`` (if given) get each alone as well: the two are read from pipes of their own
+    then, each piece into the output as it comes (two written at once in either order)."""
     process: trio.Process | None = None
     record: str | None = None  # (forgotten once the command is reaped, not when its output ends)
     capture = capture if capture is not None else Capture(limit)
@@ -70,14 +71,15 @@ async def run_capturing(
         async with trio.open_nursery() as nursery:
             process = await nursery.start(functools.partial(
                 trio.run_process, list(argv), stdin=stdin, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT if stdout is None else subprocess.PIPE, check=False,
+                stderr=subprocess.STDOUT if stdout is stderr is None else subprocess.PIPE,
+                check=False,
                 start_new_session=True, deliver_cancel=stop_process_group, **options,
             ))  # fmt: skip
             capture.started = True
             record = _record(process.pid)
             assert process.stdout is not None
             if process.stderr is not None:
-                nursery.start_soon(capture.read, process.stderr)
+                nursery.start_soon(capture.read, process.stderr, stderr)
             await capture.read(process.stdout, stdout)
     except BaseException as exc:
         if process is not None:

@@ -429,9 +429,8 @@ class _HeaderTextHidden(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if str(record.msg).startswith("Header format invalid"):
-            record.msg = ("OTEL_EXPORTER_OTLP_HEADERS has an entry that is not name=value with "
-                          "the value URL-encoded (%20 for a space): it is not sent (its text is "
-                          "not logged: it may hold a secret)")  # fmt: skip
+            record.msg = ("OTEL_EXPORTER_OTLP_HEADERS has an entry that is not name=value: it "
+                          "is not sent (its text is not logged: it may hold a secret)")  # fmt: skip
             record.args = ()
         return True
 

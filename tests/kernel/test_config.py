@@ -213,6 +213,8 @@ def test_values_that_failed_only_at_start_are_refused_naming_their_key(tmp_path,
     [
         ("http://user:s3cret@collector.example:99999", "no credentials in the URL"),
         ("http://:s3cret@collector.example:4318", "no credentials in the URL"),
+        ("admin:s3cret@collector:4318", "no credentials in the URL"),  # no scheme
+        ("http:/admin:s3cret@collector:4318", "no credentials in the URL"),
         ("http://127.0.0.1:4318\\n", "no spaces or control characters"),
         ("http://127.0.0.1:4318\\t", "no spaces or control characters"),
         ("http://127.0.0.1:99999", "expected an http:// or https:// URL"),

@@ -49,13 +49,19 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            if parts.path.endswith(("/gzip-bomb", "/gzip-json", "/gzip-twice")):
+            if parts.path.endswith(("/gzip-bomb", "/gzip-json", "/gzip-twice")) or (
+                parts.path.startswith(("/gzip-trailing", "/gzip-members"))
+            ):
                 plain = (b"x" * (64 << 20) if not parts.path.endswith("json")
                          else json.dumps({"zipped": True}).encode())  # fmt: skip
                 body = gzip.compress(plain, compresslevel=9)
                 coding = parts.query or "gzip"  # ?gzip,%20identity: the header as it comes
                 if parts.path.endswith("twice"):  # 64 MB in ~400 bytes
                     body, coding = gzip.compress(body, compresslevel=9), "gzip, gzip"
+                if parts.path.endswith("json") and "trailing" in parts.path:  # then 20 MB
+                    body += bytes(20 << 20)
+                if parts.path.endswith("json") and "members" in parts.path:  # two: {..}{..}
+                    body += gzip.compress(b" ")
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Encoding", urllib.parse.unquote(coding))
@@ -323,4 +329,17 @@ def test_a_body_compressed_twice_is_refused_without_inflating_it(allowing, serve
     assert f"answered more than {4 << 20} bytes" in message
     assert rss_mb(allowing.process.pid, "VmHWM") - peak < 32
     run = fetch(allowing, f"{near.url}/gzip-json?identity,%20GZIP")
+    assert value(run.steps[0].output)["body"] == {"zipped": True}
+
+
+def test_bytes_past_a_gzip_bodys_end_are_not_read_on_without_limit(allowing, servers):
+    """Past the end of its gzip member, a body's bytes went uncounted (20 MB of zeros after
+    32 bytes of gzip were read whole; 300 MB took 434 s and 633 MB): they are the next member
+    (inflated, and counted), or refused as not inflating."""
+    near, _ = servers
+    peak = rss_mb(allowing.process.pid, "VmHWM")
+    message = error(fetch(allowing, f"{near.url}/gzip-trailing-json"))
+    assert "answered a gzip body that does not inflate" in message
+    assert rss_mb(allowing.process.pid, "VmHWM") - peak < 32
+    run = fetch(allowing, f"{near.url}/gzip-members-json")  # '{"zipped": true}' then ' '
     assert value(run.steps[0].output)["body"] == {"zipped": True}

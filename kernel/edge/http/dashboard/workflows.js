@@ -67,6 +67,8 @@ export function mountList(root) {
   function watch() {
     stopWatch();
     const query = project.value.trim() ? `?project=${encodeURIComponent(project.value.trim())}` : "";
+    // a stream opened anew (a filter changed) starts live: the old one's warning goes with it
+    if (lost && document.getElementById("notice").textContent === lost) notice("");
     lost = "";
     stopWatch = liveStream(`/ws/watch${query}`, (event) => {
       if (event.workflowId === event.eventId) throttles.set(event.workflowId, THROTTLES[event.throttle] || "full");
