@@ -304,9 +304,10 @@ def _reference_deps(
         if head == "steps" and len(path) >= 3 and path[2] == "output" and all(path):
             if path[1] not in step_ids or path[1] == step_id:
                 text = "${" + ".".join(path) + "}"
+                what = ("the step itself: a step cannot use its own output" if path[1] == step_id
+                        else f"unknown step {quoted(path[1])}")  # fmt: skip
                 raise InvalidArgument(
-                    f"step {quoted(step_id)}: inputs: reference {shown(text)} names unknown step "
-                    f"{quoted(path[1])}"
+                    f"step {quoted(step_id)}: inputs: reference {shown(text)} names {what}"
                 )
             deps.setdefault(path[1])
             continue
@@ -336,8 +337,9 @@ def _check_acyclic(steps: list[StepSpec]) -> None:
                 pending.pop()
             elif state.get(dep) == 1:
                 cycle = " → ".join([*path[path.index(dep) :], dep])
-                raise InvalidArgument(
-                    f"step {quoted(dep)}: depends_on: cycle {cut_middle(cycle, QUOTE_LIMIT)}"
+                raise InvalidArgument(  # (either may close it: the message names both)
+                    f"step {quoted(dep)}: depends_on and inputs' ${{steps.…}} references: "
+                    f"cycle {cut_middle(cycle, QUOTE_LIMIT)}"
                 )
             elif dep not in state:
                 state[dep] = 1

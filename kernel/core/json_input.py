@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,7 +104,10 @@ def parse_json(
     except RecursionError:
         raise InvalidArgument(f"{field}: nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
-        raise InvalidArgument(f"{field}: not valid JSON: {str(exc)[:200]}") from None
+        said = str(exc)
+        if "integer string conversion" in said:  # (Python's own advice, meant for its caller)
+            said = f"a number of more than {sys.get_int_max_str_digits()} digits"
+        raise InvalidArgument(f"{field}: not valid JSON: {said[:200]}") from None
     # Only a document with that many brackets can be too deep: skip the walk for the rest.
     deep = text.count("[") + text.count("{") > MAX_DEPTH
     check_json_value(value, field, walk=deep)

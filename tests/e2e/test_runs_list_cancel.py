@@ -430,6 +430,22 @@ def test_run_wait_exits_3_with_a_resume_hint_at_a_breakpoint_then_0_once_done(
 # --- ListRuns ------------------------------------------------------------------------------------
 
 
+def test_64_label_filters_over_runs_of_many_labels_answer(make_daemon, tmp_path):
+    """Each filter parsed a run's labels again: 64 of them over two runs of 50,000 labels ran
+    out of [store] memory_limit, and every such ListRuns after was RESOURCE_EXHAUSTED."""
+    daemon = start(make_daemon, tmp_path)
+    many = {f"k{i}": "v" for i in range(50_000)}
+    runs = [submit(daemon, dag({"id": "a", "type": "after"}), labels=many) for _ in range(2)]
+    other = submit(daemon, dag({"id": "a", "type": "after"}), labels={"k1": "v", "x": "y"})
+    wanted = {f"k{i}": "v" for i in range(64)}
+    found = list_runs(daemon, labels=wanted)
+    assert [r.run_id for r in found.runs] == runs[::-1]
+    both = list_runs(daemon, labels={"k1": "v", "x": "y"})  # every filter must match
+    assert [r.run_id for r in both.runs] == [other]
+    assert list_runs(daemon, labels={"k1": "v", "x": "no"}).runs == []
+    assert list_runs(daemon, labels={"nope": ""}).runs == []  # absent is not ""
+
+
 def test_list_runs_filters_newest_first_and_pages(make_daemon, tmp_path):
     daemon = start(make_daemon, tmp_path)
     before = datetime.now(UTC) - timedelta(seconds=1)

@@ -395,6 +395,22 @@ def test_step_seed_is_a_pure_function_of_its_arguments():
     assert step_seed(7, "outline") == int.from_bytes(digest[:8], "big") & (2**53 - 1)
 
 
+def test_a_self_reference_a_reference_cycle_and_a_huge_integer_are_said_plainly():
+    """A hunt's finds: a step referencing its own output was said to name an "unknown step"
+    (it exists); a cycle of references alone blamed depends_on, which the steps had none of;
+    a 5,001-digit integer passed Python's advice on (use sys.set_int_max_str_digits())."""
+    own = step("a", inputs={"v": "${steps.a.output}"})
+    rejects(doc(own), "reference ${steps.a.output} names the step itself")
+    pair = [step("a", inputs={"v": "${steps.b.output}"}),
+            step("b", inputs={"v": "${steps.a.output}"})]  # fmt: skip
+    rejects(doc(*pair), "depends_on and inputs' ${steps.…} references: cycle")
+    with pytest.raises(InvalidArgument) as caught:
+        parse_dag('{"steps": [{"id": "a", "type": "transform", "inputs": {"v": '
+                  + "9" * 5001 + "}}]}", None)  # fmt: skip
+    assert "a number of more than 4300 digits" in str(caught.value)
+    assert "set_int_max_str_digits" not in str(caught.value)
+
+
 def test_a_chain_deeper_than_the_recursion_limit_parses_and_a_long_cycle_is_named():
     """Found by the fuzz test: the cycle check was recursive, so 1,000 chained steps answered
     INTERNAL (RecursionError)."""
@@ -403,7 +419,7 @@ def test_a_chain_deeper_than_the_recursion_limit_parses_and_a_long_cycle_is_name
     ]
     assert len(parse_dag(json.dumps({"steps": chain}), None).steps) == 3000
     chain[0] = {"id": "s0", "type": "t", "depends_on": ["s2999"]}
-    with pytest.raises(InvalidArgument, match="depends_on: cycle"):
+    with pytest.raises(InvalidArgument, match="references: cycle s0 → "):
         parse_dag(json.dumps({"steps": chain}), None)
 
 
@@ -445,5 +461,5 @@ def test_a_message_quotes_at_most_about_100_characters_of_the_callers_text(step)
 def test_a_long_cycle_is_cut_in_its_middle():
     ids = [f"s{i:03d}_{'x' * 100}" for i in range(20)]
     steps = [{"id": i, "type": "transform", "depends_on": [ids[n - 1]]} for n, i in enumerate(ids)]
-    message = rejects(doc(*steps), "depends_on: cycle", "characters cut")
+    message = rejects(doc(*steps), "references: cycle", "characters cut")
     assert len(message) < 300, message

@@ -154,9 +154,11 @@ def list_runs(con: duckdb.DuckDBPyConnection, query: RunListQuery) -> list[RunSu
     """Runs matching ``query``, newest first: up to ``page_size + 1`` of them."""
     where: list[str] = ["TRUE"]
     params: list[Any] = []
-    for key, value in query.labels:
-        where.append("json_extract_string(labels, ?) = ?")
-        params += [_json_pointer(key), value]
+    if query.labels:  # every label filter from one parse of a run's labels: a parse per filter
+        # ran out of memory_limit over two runs of 50,000 labels, for every later ListRuns
+        where.append("json_extract_string(labels, ?::VARCHAR[]) = ?::VARCHAR[]")
+        params += [[_json_pointer(key) for key, _ in query.labels],
+                   [value for _, value in query.labels]]  # fmt: skip
     if query.parent_run_id:
         where.append("parent_run_id = ?")
         params.append(query.parent_run_id)
