@@ -275,3 +275,28 @@ def test_watch_over_grpcio(grpcio_client, stubs):
     assert {e.workflow_id for e in seen} == {reply.workflow_id}
     assert [e.throttle for e in seen] == [pb.THROTTLE_AUDIT_ONLY] * 3
     assert [e.throttled for e in seen] == [False, False, True]
+
+
+def test_a_call_with_too_much_metadata_is_refused_alone(grpcio_client, stubs):
+    """h2 refused a header list past 64 KiB by closing the connection: the call got UNAVAILABLE
+    "Socket closed", and so did a Watch open beside it on the same channel."""
+    foundry, _ = stubs
+    pb = grpcio_client.foundry_pb2
+    reader = StreamReader(foundry.Watch(pb.WatchRequest(project="wire-metadata")))
+    try:
+        reader.sync(foundry, pb, "wire-metadata")
+        for metadata in ([("x-big", "a" * 70_000)], [(f"x-{i}", "v" * 20) for i in range(2_000)]):
+            with pytest.raises(grpc.RpcError) as refused:
+                foundry.Status(pb.StatusRequest(limit=1), metadata=metadata, timeout=DEADLINE)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "request metadata:" in refused.value.details()
+            assert "65,536-byte limit" in refused.value.details()
+        reply = foundry.Emit(pb.EmitRequest(event_type="after_metadata", project="wire-metadata"))
+        deadline = time.monotonic() + DEADLINE
+        while True:  # the Watch on the same connection lives on
+            item = reader.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert not isinstance(item, grpc.RpcError | None), item
+            if item.event_id == reply.event_id:
+                break
+    finally:
+        reader.close()

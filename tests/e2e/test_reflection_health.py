@@ -238,6 +238,8 @@ def test_a_grpc_timeout_that_is_not_one_is_invalid_argument(daemon, timeout):
     headers = raw_h2_call(daemon.address, "/foundry.Foundry/Status", (("grpc-timeout", timeout),))
     assert headers["grpc-status"] == "3", headers  # INVALID_ARGUMENT, not UNKNOWN
     assert "grpc-timeout" in headers["grpc-message"]
+    # a gRPC answer (clients said "missing content-type" instead of the status without one)
+    assert headers["content-type"] == "application/grpc+proto"
 
 
 @pytest.mark.parametrize("path", ["/foundry.Foundry/NoSuchMethod", "/no.such.Service/Call"])

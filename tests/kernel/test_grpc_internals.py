@@ -388,7 +388,7 @@ def test_grpclib_still_reads_metadata_and_deadlines_where_they_are_patched():
     reason = internals.header_reading_is_patchable()
     assert reason is None, (
         f"{GRPCLIB}: {reason}; internals.read_hostile_headers falls back: a -bin metadata value "
-        "that is not base64 hangs its call, and a bad grpc-timeout is UNKNOWN"
+        "that is not base64 hangs its call, and a bad grpc-timeout is UNKNOWN, no content-type"
     )
 
 

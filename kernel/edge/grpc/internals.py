@@ -781,7 +781,16 @@ def read_hostile_headers() -> bool:
         stream: Any, h2_status: int, grpc_status: Any = None, message: str | None = None
     ) -> None:
         if grpc_status is grpclib.const.Status.UNKNOWN and f"'{message}'" == TIMEOUT_REFUSAL:
-            grpc_status = grpclib.const.Status.INVALID_ARGUMENT
+            # with a content-type, which grpclib's answer lacks: grpcio, Go and Connect clients
+            # said "missing content-type" instead of this status
+            status = str(grpclib.const.Status.INVALID_ARGUMENT.value)
+            await stream.send_headers([(":status", str(h2_status)),
+                                       ("content-type", "application/grpc+proto"),
+                                       ("grpc-status", status), ("grpc-message", message)],
+                                      end_stream=True)  # fmt: skip
+            if stream.closable:
+                stream.reset_nowait()
+            return
         await abort(stream, h2_status, grpc_status, message)
 
     grpclib.server._abort = refuse  # type: ignore[assignment]
@@ -1005,6 +1014,7 @@ def limit_control_frames() -> bool:
 # --- memory: closed HTTP/2 streams, cancelled asyncio timers --------------------------------------
 
 CLOSED_STREAMS = 4_096
+DECODED_HEADER_BYTES = 1 << 20  # a header list past this still closes its connection
 
 
 def _h2_connection_class() -> Any:
@@ -1018,6 +1028,8 @@ def closed_streams_are_boundable() -> str | None:
         return "grpclib.protocol no longer imports H2Connection"
     if not isinstance(getattr(h2_class, "MAX_CLOSED_STREAMS", None), int):
         return "h2's H2Connection.MAX_CLOSED_STREAMS is gone"
+    if not isinstance(getattr(h2_class, "DEFAULT_MAX_HEADER_LIST_SIZE", None), int):
+        return "h2's H2Connection.DEFAULT_MAX_HEADER_LIST_SIZE is gone"
     return None
 
 
@@ -1037,8 +1049,11 @@ def bound_closed_streams(limit: int = CLOSED_STREAMS) -> bool:
     bounded: Any = type(
         "BoundedH2Connection",
         (base,),
-        {"MAX_CLOSED_STREAMS": limit, "__bounded_base__": base},
-    )
+        {"MAX_CLOSED_STREAMS": limit, "__bounded_base__": base,
+         # headers decoded up to this (h2's 64 KiB refused past it by closing the connection,
+         # every other call on it too: a RecvRequest listener refuses one call's instead)
+         "DEFAULT_MAX_HEADER_LIST_SIZE": DECODED_HEADER_BYTES},
+    )  # fmt: skip
     grpclib.protocol.H2Connection = bounded  # type: ignore[attr-defined]  # not re-exported
     return True
 

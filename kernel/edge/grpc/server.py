@@ -327,6 +327,19 @@ class GrpcServer:
         await trio_asyncio.aio_as_trio(self.server.wait_closed)()
 
 
+MAX_METADATA_BYTES = 64 * 1024  # a call's metadata, as HTTP/2 counts it (32 bytes a field)
+
+
+async def refuse_large_metadata(event: RecvRequest) -> None:
+    """RESOURCE_EXHAUSTED for a call whose metadata passes ``MAX_METADATA_BYTES`` — that call
+    alone: h2 refused such a header list by closing the connection, its other calls too (a
+    Watch beside a Status with one 70 KB value)."""
+    size = sum(len(k) + len(v) + 32 for k, v in event.metadata.items())
+    if size > MAX_METADATA_BYTES:
+        raise GRPCError(Status.RESOURCE_EXHAUSTED, f"request metadata: {size:,} bytes, over "
+                        f"the {MAX_METADATA_BYTES:,}-byte limit")  # fmt: skip
+
+
 def require_token(token: str) -> Callable[[RecvRequest], Coroutine[Any, Any, None]]:
     """A ``RecvRequest`` listener refusing (UNAUTHENTICATED) a call without ``authorization:
     Bearer <token>``, before its handler runs; health checks stay open for probes."""
@@ -395,6 +408,7 @@ async def start_server(
         config=probing_idle_connections(),
     )
     answer_unknown_methods(server)
+    listen(server, RecvRequest, refuse_large_metadata)
     if token is not None:
         listen(server, RecvRequest, require_token(token))
     listener = capped_listener(sock, ConnectionCap(max_connections, "gRPC"))
