@@ -25,7 +25,7 @@ from foundry.kernel.cli.follow import add_wait_options, wait_and_print
 from foundry.kernel.cli.gates import add_gate_commands
 from foundry.kernel.cli.inventory import add_inventory_commands
 from foundry.kernel.cli.live import add_live_commands
-from foundry.kernel.cli.output import plain, print_json, stamp, terminal_safe
+from foundry.kernel.cli.output import OutputFailed, plain, print_json, stamp, terminal_safe
 from foundry.kernel.cli.runs import add_run_commands
 from foundry.kernel.cli.sql import add_sql_command
 from foundry.kernel.config import Config, parse_listen
@@ -45,7 +45,8 @@ class CommandFailed(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(client_options_last(given))
+    with terminal_safe(stdout=False):  # argparse quotes a bad argument raw in its error
+        args = build_parser().parse_args(client_options_last(given))
     if args.handler is cmd_serve:  # the daemon's own output: its address line, its log
         return _run(args, given)
     # Text for a person (not a --json or --csv document sent down a pipe) shows the control
@@ -62,6 +63,9 @@ def _run(args: argparse.Namespace, given: list[str]) -> int:
         return result
     except BrokenPipeError:
         return _stdout_closed()
+    except OutputFailed as exc:
+        print(f"foundry: cannot write the output: {exc}", file=sys.stderr)
+        return 1
     except (ConfigError, CommandFailed) as exc:
         print(f"foundry: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
@@ -261,6 +265,8 @@ def _client(command: ClientCommand) -> Callable[[argparse.Namespace], int]:
             raise  # our reader went away (main handles it), not the daemon
         except (ConnectionError, OSError) as exc:
             raise CommandFailed(f"cannot reach the daemon at {args.addr}: {exc}") from None
+        except ConfigError:
+            raise  # a bad --addr: exit 2, as every command says it
         except FoundryError as exc:
             raise CommandFailed(str(exc)) from None
 

@@ -170,14 +170,52 @@ def write_control(stream: TextIO, text: str) -> None:
         stream.write(text)
 
 
+class OutputFailed(Exception):
+    """Writing the command's output failed (a full disk): not the daemon's doing, so no
+    OSError for the client commands' "cannot reach the daemon" to take."""
+
+
+class _WriteErrors(io.TextIOBase):
+    """stdout, whose write errors (but a closed pipe's, which ``main`` takes as the reader's
+    going) are :class:`OutputFailed`: ``foundry status > /dev/full`` said it could not reach
+    the daemon, and ``foundry sql`` ended in a traceback."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputFailed(exc.strerror or str(exc)) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputFailed(exc.strerror or str(exc)) from None
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
 @contextlib.contextmanager
-def terminal_safe(*, stdout: bool) -> Iterator[None]:
-    """Escape what a command writes to stderr (always: it is for a person) and, if ``stdout``,
-    to stdout, while the block runs."""
+def terminal_safe(*, stdout: bool, stderr: bool = True) -> Iterator[None]:
+    """Escape what a command writes to stderr (it is for a person) and, if ``stdout``, to
+    stdout, while the block runs; stdout's write errors are :class:`OutputFailed`."""
     saved = sys.stdout, sys.stderr
-    sys.stderr = TerminalSafe(saved[1])
-    if stdout:
-        sys.stdout = TerminalSafe(saved[0])
+    if stderr:
+        sys.stderr = TerminalSafe(saved[1])
+    guarded = _WriteErrors(saved[0])
+    sys.stdout = TerminalSafe(guarded) if stdout else guarded  # type: ignore[arg-type]
     try:
         yield
     finally:

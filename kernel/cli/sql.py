@@ -75,7 +75,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     if args.list:
         return _list(args)
     if bool(args.run) == bool(args.statement):
-        raise ConfigError("foundry sql: give a statement or --run NAME (or --list)")
+        raise ConfigError("sql: give a statement or --run NAME (or --list)")
     try:
         answer = asyncio.run(_remote(args, params))
     except ConnectionRefusedError:

@@ -256,6 +256,40 @@ def test_piping_into_head_through_a_shell(daemon):
         assert "Traceback" not in done.stderr
 
 
+def test_output_that_cannot_be_written_is_said_so_not_blamed_on_the_daemon(daemon):
+    """``foundry status > /dev/full`` said it could not reach the daemon (it had answered), and
+    ``foundry sql``, ``blocks`` and ``config check`` ended in a traceback."""
+    env = {**os.environ, "FOUNDRY_ADDR": daemon.address, "FOUNDRY_HOME": str(daemon.home)}
+    cmd = f"{sys.executable} -m foundry.kernel.cli"
+    for args in ("status", "run list", "sql 'select 1'", "blocks", "status --json"):
+        done = subprocess.run(["bash", "-c", f"{cmd} {args} > /dev/full"], capture_output=True,
+                              text=True, env=env, timeout=60)  # fmt: skip
+        assert done.returncode == 1, (args, done.stderr)
+        said = "foundry: cannot write the output: No space left on device\n"
+        assert done.stderr.endswith(said), (args, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert "cannot reach" not in done.stderr
+
+
+def test_a_bad_argument_is_quoted_without_its_control_characters():
+    """argparse quoted it raw: an ESC in an argument (an id a script took from the daemon) set
+    the terminal's title and cleared its screen."""
+    done = foundry_cli("status", "--\x1b]0;PWNED\x07\x1b[2Jx")
+    assert done.returncode == 2
+    assert "unrecognized arguments" in done.stderr
+    assert "\x1b" not in done.stderr
+    assert "\x07" not in done.stderr
+    assert "\\u001b]0;PWNED" in done.stderr
+
+
+def test_a_bad_address_is_exit_2_for_every_command():
+    """``--addr garbage`` exited 1 from status and run list, 2 from sql and blocks."""
+    for args in (("status",), ("run", "list"), ("sql", "select 1")):
+        done = foundry_cli(*args, "--addr", "garbage", env={"FOUNDRY_HOME": "/nonexistent"})
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr == "foundry: --addr: expected HOST:PORT, got 'garbage'\n", args
+
+
 # --- --version, python -m foundry ---------------------------------------------------------------
 
 
