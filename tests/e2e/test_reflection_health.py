@@ -149,6 +149,10 @@ def test_grpcio_health_check_is_serving_for_the_server_and_each_service(probe):
     health = probe["health"]
     assert {name: health[name] for name in ["", *OURS]} == dict.fromkeys(["", *OURS], "SERVING")
     assert health["no.such.Service"] == "NOT_FOUND"
+    # every service reflection lists, the health and reflection services too (NOT_FOUND)
+    listed = list(probe["services"])
+    assert {name: health[name] for name in listed} == dict.fromkeys(listed, "SERVING")
+    assert {"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} <= set(listed)
 
 
 SLOW_STEP_SECONDS = 3.0

@@ -13,6 +13,7 @@ from typing import Any
 
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
+from grpclib.reflection.service import ServerReflection
 
 HEALTH_PATH_PREFIX = "/grpc.health.v1.Health/"
 
@@ -23,7 +24,10 @@ class ServingHealth:
     def __init__(self, services: Sequence[Any]) -> None:
         self._status = ServiceStatus()
         self._status.set(True)
-        self.service = Health({service: [self._status] for service in services})
+        # the health and reflection services answer for themselves too (reflection lists them:
+        # a Check of their names was NOT_FOUND); instances here only name them
+        named = [*services, Health(), *ServerReflection.extend([])]
+        self.service = Health({service: [self._status] for service in named})
 
     def not_serving(self) -> None:
         self._status.set(False)
