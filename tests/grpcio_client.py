@@ -39,9 +39,10 @@ class Grpcio:
     runtime_pb2_grpc: ModuleType
 
     @contextmanager
-    def connect(self, address: str) -> Iterator[tuple[Any, Any]]:
-        """``(FoundryStub, RuntimeServiceStub)`` on one insecure channel, closed afterwards."""
-        channel = grpc.insecure_channel(address)
+    def connect(self, address: str, **options: Any) -> Iterator[tuple[Any, Any]]:
+        """``(FoundryStub, RuntimeServiceStub)`` on one insecure channel (grpcio's ``options``,
+        e.g. ``compression``), closed afterwards."""
+        channel = grpc.insecure_channel(address, **options)
         try:
             grpc.channel_ready_future(channel).result(timeout=10)
             yield (

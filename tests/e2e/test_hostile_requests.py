@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import socket
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import unquote
 
 import grpc
@@ -451,6 +454,36 @@ def test_a_length_prefix_past_the_end_of_the_stream_is_invalid_argument(daemon):
     trailers = _grpc_trailers(daemon, connection)
     assert trailers["grpc-status"] == "3", trailers  # INVALID_ARGUMENT
     assert "cut short" in trailers["grpc-message"]
+    assert_serving(daemon)
+
+
+def _compressed(message: bytes, compress: Any = gzip.compress) -> bytes:
+    packed = compress(message)
+    return b"\x01" + len(packed).to_bytes(4, "big") + packed
+
+
+def test_a_gzip_or_deflate_request_is_inflated_on_the_grpc_port(daemon, grpcio_client):
+    """grpclib read no grpc-encoding: a grpcio channel made with compression=gzip (which
+    compresses larger messages only) had its 5 KB Emit refused UNIMPLEMENTED, its small ones
+    not. A bomb is inflated up to the message limit only; an unknown encoding is UNIMPLEMENTED."""
+    pb = grpcio_client.foundry_pb2
+    for compression in (grpc.Compression.Gzip, grpc.Compression.Deflate):
+        with grpcio_client.connect(daemon.address, compression=compression) as (foundry, _):
+            payload = json.dumps({"pad": "z" * 5_000})
+            reply = foundry.Emit(pb.EmitRequest(event_type="zipped", project="zip",
+                                                payload_json=payload), timeout=30)  # fmt: skip
+            assert reply.event_id.startswith("evt_")
+    request = bytes(api.StatusRequest(limit=1))
+    for encoding, body, status_code, said in (
+        ("gzip", _compressed(request), "0", ""),
+        ("deflate", _compressed(request, zlib.compress), "0", ""),
+        ("gzip", _compressed(bytes(8 << 20)), "8", "inflated, over the message limit"),
+        ("gzip", b"\x01\x00\x00\x00\x03abc", "3", "does not inflate"),
+        ("br", _compressed(request), "12", "gzip or deflate"),
+    ):
+        answer = _h2_unary(daemon, "/foundry.Foundry/Status", [("grpc-encoding", encoding)], body)
+        assert answer["grpc-status"] == status_code, (encoding, answer)
+        assert said in unquote(answer.get("grpc-message", "")), (encoding, answer)
     assert_serving(daemon)
 
 

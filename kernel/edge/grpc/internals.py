@@ -79,10 +79,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import functools
 import heapq
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -111,6 +113,43 @@ def _fallback(what: str) -> None:
     if what not in _warned:
         _warned.add(what)
         log.warning("grpc internals: %s; using the public path (see internals.py)", what)
+
+
+# The request's grpc-encoding, read with its headers (``read_hostile_headers``' decode, in the
+# call's own task) for its messages: grpclib reads none (a grpcio channel made with
+# ``compression=gzip`` compresses larger messages only, and those were UNIMPLEMENTED).
+_ENCODING: contextvars.ContextVar[str] = contextvars.ContextVar("grpc_encoding", default="")
+_WBITS = {"gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+
+
+def _inflater(flags: int) -> Any:
+    """None for an uncompressed message; a decompressor for one the call's ``grpc-encoding``
+    names (gzip, deflate); UNIMPLEMENTED for any other."""
+    if not flags:
+        return None
+    wbits = _WBITS.get(_ENCODING.get())
+    if wbits is None:
+        raise GRPCError(Status.UNIMPLEMENTED, "compressed requests are not supported but as "
+                        "grpc-encoding gzip or deflate")  # fmt: skip
+    return zlib.decompressobj(wbits)
+
+
+def _inflated(inflate: Any, data: bytes, limit: int) -> bytes:
+    """``data`` inflated, at most ``limit`` bytes of it (a bomb is not made whole first)."""
+    try:
+        out: bytes = inflate.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise GRPCError(Status.INVALID_ARGUMENT, f"request: the message does not inflate "
+                        f"({_ENCODING.get()}: {exc})") from None  # fmt: skip
+    if len(out) > limit:
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"request: more than {limit} bytes inflated, over the message limit "
+            "([daemon] max_message_bytes)",
+        )
+    if not inflate.eof or inflate.unused_data:
+        raise GRPCError(Status.INVALID_ARGUMENT, "request: the compressed message is not whole")
+    return out
 
 
 def message_limit_error(length: int, limit: int) -> GRPCError:
@@ -164,14 +203,15 @@ def install_message_limit(limit: int, body_timeout: float | None = None) -> bool
         prefix = await _received(stream, 5)
         if not prefix:
             return None
-        if prefix[0]:
-            raise GRPCError(Status.UNIMPLEMENTED, "compressed requests are not supported")
+        inflate = _inflater(prefix[0])
         length = int.from_bytes(prefix[1:5], "big")
         if length > limit:
             raise message_limit_error(length, limit)
         data = await _received(stream, length)
         if len(data) != length:
             raise GRPCError(Status.INVALID_ARGUMENT, "request: the message was cut short")
+        if inflate is not None:
+            data = _inflated(inflate, data, limit)
         off_loop = getattr(codec, "decodes_off_loop", None)
         if off_loop is None or not off_loop(message_type, length):
             return codec.decode(data, message_type)
@@ -768,6 +808,7 @@ def read_hostile_headers() -> bool:
         return True
 
     def tolerant(headers: Any) -> Any:
+        _ENCODING.set(next((v for k, v in headers if k == "grpc-encoding"), ""))
         try:
             return decode(headers)
         except ValueError:  # binascii.Error, UnicodeEncodeError: a -bin value that is not one
