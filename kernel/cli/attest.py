@@ -389,7 +389,51 @@ async def _identity_problems(
     if stored_kind != "?" and stored_kind != kind:
         problems.append(f"its signed statement is a {kind} attestation, but it is stored as a "
                         f"{stored_kind} one")  # fmt: skip
+    if kind in _OF_A_STEP and isinstance(run_id, str):  # their subjects name no step
+        problems += await _announcement_problems(runtime, run_id, stored, kind, claims)
     return problems
+
+
+_OF_A_STEP = ("tool", "artifact", "capability_token")
+
+
+async def _announcement_problems(
+    runtime: Any, run_id: str, attestation_id: str, kind: str, claims: dict[str, Any]
+) -> list[str]:
+    """A tool call's, an artifact's or a capability token's statement against the run event
+    that announced its attestation (the id's seq): its step, and an artifact's file. Another
+    step's statement of the same kind, copied into the row, verified as valid."""
+    event = await _announcing_event(runtime, run_id, attestation_id)
+    if event is None:  # an id of before (no seq), or a run not stored any more
+        return []
+    if claims.get("step_id") != event.step_id:
+        return [f"its signed statement is of step {claims.get('step_id')}, but it is stored as "
+                f"the {kind} attestation of step {event.step_id}"]  # fmt: skip
+    uri = event.payload.to_dict().get("uri") if event.payload is not None else None
+    if kind == "artifact" and isinstance(uri, str) and Path(uri).as_uri() != claims.get("uri"):
+        return [f"its signed statement is of file {claims.get('uri')}, but it is stored as the "
+                f"attestation of {Path(uri).as_uri()}"]  # fmt: skip
+    return []
+
+
+async def _announcing_event(runtime: Any, run_id: str, attestation_id: str) -> Any:
+    """The run event whose seq ``att_<run id>_<seq>`` names (TapRun sends them in seq order,
+    a running run's too: read up to it); None without a seq, or for a run not stored."""
+    rest = attestation_id.removeprefix(f"att_{run_id}_")
+    if rest == attestation_id or not rest.isdigit():
+        return None
+    wanted = int(rest)
+    try:
+        async for event in runtime.tap_run(api.TapRunRequest(run_id=run_id)):
+            seq = event.payload.to_dict().get("seq") if event.payload is not None else None
+            if seq == wanted:
+                return event
+            if isinstance(seq, int | float) and seq > wanted:
+                return None
+    except GRPCError as exc:
+        if exc.status is not Status.NOT_FOUND:
+            raise
+    return None
 
 
 _HASHED_ID = re.compile(r"att_[0-9a-f]{24}")  # a run's attestation id of before bf0f4f7

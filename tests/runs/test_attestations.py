@@ -406,6 +406,46 @@ def test_another_runs_statement_copied_into_an_attestation_is_reported(make_daem
     )
 
 
+def test_another_steps_statement_of_the_same_kind_copied_into_a_row_is_reported(
+    make_daemon, tmp_path
+):
+    """A tool call's, capability token's or artifact's row given another step's genuinely
+    signed statement of the same run verified as valid (found by an attestation audit): their
+    subjects name no step, and only step attestations had theirs compared."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "attest_note_block.py").write_text(ARTIFACT_PLUGIN)
+    env = {"PYTHONPATH": os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")])}
+    daemon = make_daemon('[plugins]\nmodules = ["attest_note_block"]\n', env=env)
+    steps = dag(
+        {"id": "count", "type": "tool", "inputs": {"tool": "word_count", "args": {"text": "a"}}},
+        {"id": "count2", "type": "tool", "inputs": {"tool": "word_count", "args": {"text": "b c"}}},
+        {"id": "note", "type": "write_note", "inputs": {"text": "one"}},
+        {"id": "note2", "type": "write_note", "inputs": {"text": "two"}},
+    )
+    run_id = run_and_wait(daemon, steps).run_id
+    ids = {(n["step_id"], n["kind"]): n["attestation_id"] for n in attested(tap(daemon, run_id))}
+    pairs = [(ids[("count", k)], ids[("count2", k)]) for k in ("tool", "capability_token")]
+    pairs.append((ids[("note", "artifact")], ids[("note2", "artifact")]))
+    for _, target in pairs:
+        assert daemon.cli("attest", "verify", target).returncode == 0
+    assert daemon.stop() == 0
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        for source, target in pairs:
+            row = con.execute("SELECT statement, signature FROM attestation_statements WHERE "
+                              "attestation_id = ?", [source]).fetchone()  # fmt: skip
+            assert row is not None
+            con.execute("UPDATE attestation_statements SET statement = ?, signature = ? WHERE "
+                        "attestation_id = ?", [*row, target])  # fmt: skip
+    daemon.start()
+    for (_, target), (of, stored) in zip(pairs, [("count", "count2")] * 2 + [("note", "note2")],
+                                         strict=True):  # fmt: skip
+        verified = daemon.cli("attest", "verify", target)
+        assert verified.returncode == 1, verified.stdout
+        assert f"its signed statement is of step {of}, but it is stored as the" in verified.stdout
+        assert f"attestation of step {stored}" in verified.stdout
+
+
 def test_an_attestation_id_of_before_verifies_by_the_run_that_announced_it(make_daemon):
     """A daemon of before named a run's attestations by a hash (``att_`` + 24 hex of the run id
     and seq), and a migration kept those ids: they are not ``att_<run>_<seq>``, and verify
