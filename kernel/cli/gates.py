@@ -32,6 +32,7 @@ import betterproto2
 from foundry.kernel.cli.common import prepared_client, whole_number
 from foundry.kernel.cli.evals import list_scenarios, load_document, results_at, stats_of
 from foundry.kernel.cli.output import message_dict, stamp
+from foundry.kernel.core.json_input import toml_not_json
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import analytics_api
 from foundry.proto import runtime_api as api
@@ -142,9 +143,13 @@ class _Reader:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(f"{at}{key}", "expected a number")
-        if not math.isfinite(value):
+        try:  # (an int past a double's range: OverflowError, a traceback)
+            number = float(value)
+        except OverflowError:
+            raise self.fail(f"{at}{key}", "expected a finite number") from None
+        if not math.isfinite(number):
             raise self.fail(f"{at}{key}", "expected a finite number")
-        return float(value)
+        return number
 
     def count(self, table: Mapping[str, Any], key: str, at: str) -> int:
         value = table.get(key, 0)
@@ -174,6 +179,9 @@ class _Reader:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise self.fail(f"{at}{key}", f"not JSON: {exc}") from None
+        problem = toml_not_json(value, f"{at}{key}")  # (a 401-digit int: a traceback)
+        if problem is not None:
+            raise ConfigError(f"{self.name}: {problem}")
         return value
 
     def diff(self, raw: Any, where: str) -> api.ChangeDiff:

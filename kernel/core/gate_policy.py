@@ -19,6 +19,7 @@ Every reason is a sentence that states the measured value and the threshold it w
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 import posixpath
@@ -1136,7 +1137,8 @@ def decide(
     """Run every rule and combine: DENY if a blocking rule denies, else FOLLOW_UP if a blocking
     rule asks for one, else ALLOW. ``[gate.effects]`` caps a rule's effect; a rule in
     ``[gate].advisory`` is reported ("advisory: " reasons, follow-ups not recommended) but its
-    effect is ignored. A rule that raises or answers badly denies (fail closed)."""
+    effect is ignored. A rule that raises or answers badly denies (fail closed) — as far as its
+    cap lets it, and not at all if advisory: its reason then says so, not that the gate denies."""
     effect = Effect.ALLOW
     reasons: list[str] = []
     followups: list[Followup] = []
@@ -1145,12 +1147,14 @@ def decide(
     extra: dict[str, object] = {}
     for rule in rules:
         name = getattr(rule, "name", type(rule).__name__)
+        result, failed = _evaluate(rule, name, request, policy)
         advisory = name in policy.advisory
-        result = _evaluate(rule, name, request, policy)
         rule_effect = Effect(result.effect)
         cap = policy.effects.get(name)
         if cap is not None and _SEVERITY[rule_effect] > _SEVERITY[cap]:
             rule_effect = cap
+        if failed and (advisory or rule_effect is not Effect.DENY):
+            result = _failure_said(result, rule_effect, advisory)
         outcomes.append(RuleOutcome(name, rule_effect, advisory))
         if advisory:
             reasons.extend(f"advisory: {reason}" for reason in result.reasons)
@@ -1197,16 +1201,28 @@ def _part(parts: Mapping[str, object], slot: str, kind: type[_P]) -> _P | None:
     return part if isinstance(part, kind) else None
 
 
-def _evaluate(rule: Rule, name: str, request: GateRequest, policy: GatePolicy) -> RuleResult:
+def _evaluate(
+    rule: Rule, name: str, request: GateRequest, policy: GatePolicy
+) -> tuple[RuleResult, bool]:
+    """The rule's result, and whether it failed (raised, or answered what is no result)."""
     try:
-        return _well_formed(rule.evaluate(request, policy))
+        return _well_formed(rule.evaluate(request, policy)), False
     except BaseException as exc:  # noqa: BLE001 - whatever a plugin rule raises (a BaseException
         # of its own too: it took the daemon down) must not let a change through
         return RuleResult(
             Effect.DENY,
             (f"rule {name} failed ({described(exc)[:MAX_FAILURE]}), so the gate denies",),
             (Followup("fix-gate-rule", f"Fix the gate rule {name}"),),
-        )
+        ), True
+
+
+def _failure_said(result: RuleResult, effect: Effect, advisory: bool) -> RuleResult:
+    """A failed rule's result whose deny its cap lowered or its being advisory set aside:
+    its reason said "so the gate denies" over an ALLOW (found by a governance hunt)."""
+    failed = result.reasons[0].removesuffix(", so the gate denies")
+    said = (f"{failed}: advisory, so it does not block" if advisory else
+            f"{failed}: capped at {effect.value} by [gate.effects]")  # fmt: skip
+    return dataclasses.replace(result, reasons=(said,))
 
 
 MAX_FAILURE = 300  # characters of a failed rule's exception in its reason

@@ -238,9 +238,21 @@ def toml_not_json(value: Any, where: str) -> str | None:
                 return found
     elif isinstance(value, float) and not math.isfinite(value):
         return f"{where}: {value} is not a finite number"
+    elif isinstance(value, int) and not isinstance(value, bool) and not _fits_double(value):
+        return f"{where}: an integer of {len(str(abs(value)))} digits is past what a double holds"
     elif value is not None and not isinstance(value, str | int | float | bool):
         return f"{where}: {type(value).__name__} values are not JSON (quote it)"
     return None
+
+
+def _fits_double(value: int) -> bool:
+    """Whether a JSON number a protobuf Struct carries (a double) can hold ``value``: a
+    401-digit one ended the CLI's eval and gate commands in a traceback."""
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def same_json(a: Any, b: Any) -> bool:

@@ -212,6 +212,29 @@ def test_errors_are_one_line(daemon, tmp_path):
     assert done.stderr.count("\n") == 1
 
 
+def test_an_integer_no_double_holds_is_a_one_line_error_naming_its_key(daemon, tmp_path):
+    """A 401-digit integer in a pack's expected, a gate request's score or its telemetry ended
+    the command in a traceback (OverflowError; struct.error building the request)."""
+    huge = "1" + "0" * 400
+    dag = json.dumps({"steps": [{"id": "a", "type": "transform", "inputs": {"value": 1}}]})
+    files = {
+        "pack.json": f'{{"pack": "big", "scenarios": [{{"slug": "a", "run_spec": {{"dag": {dag}}},'
+                     f' "expected": {{"steps_count": {huge}}}}}]}}',
+        "score.json": f'{{"change_id": "c", "evals": [{{"name": "m", "score": {huge}}}]}}',
+        "tokens.json": f'{{"change_id": "c", "telemetry": {{"tokens": {huge}}}}}',
+    }  # fmt: skip
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    for command, name, key in (("eval sync", "pack.json", "steps_count"),
+                               ("gate check", "score.json", "evals[0].score"),
+                               ("gate check", "tokens.json", "telemetry.tokens")):  # fmt: skip
+        done = run(daemon, *command.split(), str(tmp_path / name))
+        assert done.returncode == 2, (name, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert key in done.stderr, done.stderr
+
+
 def test_gate_from_evals_counts_every_result_at_the_commit_not_the_newest_hundred(daemon, tmp_path):
     """ListEvalScenarios' history holds a scenario's newest 100 results at any commit: a failed
     run at commit A, followed by 100 results at B, fell out of it, and the gate allowed A at a

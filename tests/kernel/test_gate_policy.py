@@ -1,6 +1,7 @@
 """The change-gate policy (kernel/core/gate_policy.py): rules at their boundaries, missing
 evidence, advisory rules, effect precedence, reason texts and the [gate] table's validation."""
 
+import dataclasses
 import math
 import pickle
 
@@ -746,6 +747,34 @@ def test_a_rule_that_raises_denies():
     assert decision.reasons == ("rule broken failed (KeyError: 'boom'), so the gate denies",)
 
 
+@pytest.mark.parametrize(
+    ("policy", "effect", "said"),
+    [
+        (dataclasses.replace(POLICY, effects={"broken": Effect.ALLOW}), Effect.ALLOW,
+         "rule broken failed (KeyError: 'boom'): capped at allow by [gate.effects]"),
+        (dataclasses.replace(POLICY, effects={"broken": Effect.FOLLOW_UP}), Effect.FOLLOW_UP,
+         "rule broken failed (KeyError: 'boom'): capped at follow_up by [gate.effects]"),
+        (dataclasses.replace(POLICY, effects={"broken": Effect.DENY}), Effect.DENY,
+         "rule broken failed (KeyError: 'boom'), so the gate denies"),
+    ],
+    ids=["capped at allow", "capped at follow_up", "capped at deny"],
+)  # fmt: skip
+def test_a_failed_rule_says_what_its_cap_left_of_its_deny(policy, effect, said):
+    """Its reason said "so the gate denies" while its cap made the decision ALLOW (found by a
+    governance hunt): the cap stands, as for any effect of the rule, and the reason says it."""
+
+    class Broken:
+        name = "broken"
+
+        def evaluate(self, request, policy):
+            raise KeyError("boom")
+
+    decision = decide(request(), policy, (*BUILTIN_RULES, Broken()))
+
+    assert decision.effect is effect
+    assert decision.reasons == (said,)
+
+
 class _Abort(BaseException):
     """A plugin's own BaseException: it took the daemon down."""
 
@@ -848,6 +877,7 @@ def test_a_broken_advisory_rule_does_not_block():
 
     assert decision.effect is Effect.ALLOW
     assert decision.reasons[0].startswith("advisory: rule broken failed")
+    assert decision.reasons[0].endswith(": advisory, so it does not block")  # (not "denies")
 
 
 def test_plugin_scorecard_parts_go_to_extra():
