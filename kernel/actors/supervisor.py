@@ -112,13 +112,14 @@ class Stops:
 def check_home(home: Path, named: str = "FOUNDRY_HOME") -> None:
     """Refuse, in one line, a home the daemon could not make or use: a file, one under a file,
     one holding a file where the daemon makes a folder (``config check`` said OK to those)."""
-    if home.exists() and not home.is_dir():
+    # (lexists: a link to nothing is there, and no folder: exists() said nothing was)
+    if os.path.lexists(home) and not home.is_dir():
         raise ConfigError(f"{named} {home} is not a folder")
-    above = next((p for p in home.parents if p.exists()), None)
+    above = next((p for p in home.parents if os.path.lexists(p)), None)
     if above is not None and not above.is_dir():
         raise ConfigError(f"{named} {home} cannot be used: {above} is not a folder")
     for name in WRITTEN_LATER:  # else the start succeeds, and every trace or step fails
-        if (home / name).exists() and not (home / name).is_dir():
+        if os.path.lexists(home / name) and not (home / name).is_dir():
             raise ConfigError(
                 f"{home / name}: not a folder (the daemon writes there); move it aside"
             )

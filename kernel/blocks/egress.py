@@ -559,29 +559,32 @@ async def _bounded_body(response: httpx.Response, method: str, url: str, limit: 
     inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding else None
     source = response.aiter_raw()
     chunks: list[bytes] = []
-    total = 0
+    total = received = 0
+    too_much = BlockError(f"{method} {redact_url(url)} answered more than {limit} bytes (the "
+                          "body is not read past the step's size limit)")  # fmt: skip
     async for data in source:
+        received += len(data)  # as it came: bytes past a gzip body's end inflate to nothing,
+        if received > limit:  # and were read on without end (300 MB: 434 s and 633 MB)
+            raise too_much
         while data:
             if inflate is None:
                 chunk, data = data, b""
+            elif inflate.eof and not data.strip(b"\0"):
+                break  # zeros past the last member: padding, as gzip itself reads them
             else:
+                if inflate.eof:  # the next member (or refused as not inflating)
+                    inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)
                 try:
                     chunk = inflate.decompress(data, limit - total + 1)
                 except zlib.error:
                     raise BlockError(f"{method} {redact_url(url)} answered a {encoding} body "
                                      "that does not inflate") from None  # fmt: skip
-                data = inflate.unconsumed_tail
-                if inflate.eof and (data := inflate.unused_data):  # bytes past its end: the
-                    # next gzip member's, or refused as not inflating (they were read on,
-                    # uncounted, without end: 300 MB of zeros took 434 s and 633 MB)
-                    inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)
+                data = inflate.unused_data if inflate.eof else inflate.unconsumed_tail
             total += len(chunk)
             if total > limit:
-                raise BlockError(
-                    f"{method} {redact_url(url)} answered more than {limit} bytes (the body is "
-                    "not read past the step's size limit)"
-                )
-            chunks.append(chunk)
+                raise too_much
+            if chunk:
+                chunks.append(chunk)
     return b"".join(chunks)
 
 

@@ -45,7 +45,7 @@ class CommandFailed(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
-    with terminal_safe(stdout=False):  # argparse quotes a bad argument raw in its error
+    with terminal_safe(stdout=False, guard=False):  # argparse quotes a bad argument raw
         args = build_parser().parse_args(client_options_last(given))
     if args.handler is cmd_serve:  # the daemon's own output: its address line, its log
         return _run(args, given)

@@ -208,14 +208,14 @@ class _WriteErrors(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def terminal_safe(*, stdout: bool, stderr: bool = True) -> Iterator[None]:
+def terminal_safe(*, stdout: bool, guard: bool = True) -> Iterator[None]:
     """Escape what a command writes to stderr (it is for a person) and, if ``stdout``, to
-    stdout, while the block runs; stdout's write errors are :class:`OutputFailed`."""
+    stdout, while the block runs; if ``guard``, stdout's write errors are :class:`OutputFailed`
+    (argparse's own output, ``--help``, is not guarded: it drops a write error itself)."""
     saved = sys.stdout, sys.stderr
-    if stderr:
-        sys.stderr = TerminalSafe(saved[1])
-    guarded = _WriteErrors(saved[0])
-    sys.stdout = TerminalSafe(guarded) if stdout else guarded  # type: ignore[arg-type]
+    sys.stderr = TerminalSafe(saved[1])
+    guarded: TextIO = _WriteErrors(saved[0]) if guard else saved[0]  # type: ignore[assignment]
+    sys.stdout = TerminalSafe(guarded) if stdout else guarded
     try:
         yield
     finally:

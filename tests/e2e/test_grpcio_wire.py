@@ -285,7 +285,11 @@ def test_a_call_with_too_much_metadata_is_refused_alone(grpcio_client, stubs):
     reader = StreamReader(foundry.Watch(pb.WatchRequest(project="wire-metadata")))
     try:
         reader.sync(foundry, pb, "wire-metadata")
-        for metadata in ([("x-big", "a" * 70_000)], [(f"x-{i}", "v" * 20) for i in range(2_000)]):
+        for metadata in (
+            [("x-big", "a" * 70_000)],
+            [(f"x-{i}", "v" * 20) for i in range(2_000)],
+            [("x-big-bin", bytes(60_000))],
+        ):  # 80,000 bytes as sent (base64)
             with pytest.raises(grpc.RpcError) as refused:
                 foundry.Status(pb.StatusRequest(limit=1), metadata=metadata, timeout=DEADLINE)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -50,7 +50,9 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 return
             if parts.path.endswith(("/gzip-bomb", "/gzip-json", "/gzip-twice")) or (
-                parts.path.startswith(("/gzip-trailing", "/gzip-members"))
+                parts.path.startswith(
+                    ("/gzip-trailing", "/gzip-members", "/gzip-padded", "/gzip-empty")
+                )
             ):
                 plain = (b"x" * (64 << 20) if not parts.path.endswith("json")
                          else json.dumps({"zipped": True}).encode())  # fmt: skip
@@ -62,6 +64,10 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                     body += bytes(20 << 20)
                 if parts.path.endswith("json") and "members" in parts.path:  # two: {..}{..}
                     body += gzip.compress(b" ")
+                if parts.path.endswith("json") and "padded" in parts.path:  # zeros: padding
+                    body += bytes(512)
+                if parts.path.endswith("json") and "empty" in parts.path:  # 5 MB, nothing in
+                    body += gzip.compress(b"") * 250_000
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Encoding", urllib.parse.unquote(coding))
@@ -338,8 +344,10 @@ def test_bytes_past_a_gzip_bodys_end_are_not_read_on_without_limit(allowing, ser
     (inflated, and counted), or refused as not inflating."""
     near, _ = servers
     peak = rss_mb(allowing.process.pid, "VmHWM")
-    message = error(fetch(allowing, f"{near.url}/gzip-trailing-json"))
-    assert "answered a gzip body that does not inflate" in message
+    for path in ("/gzip-trailing-json", "/gzip-empty-json"):  # 20 MB of zeros; 4 MB of
+        message = error(fetch(allowing, f"{near.url}{path}"))  # empty members
+        assert f"answered more than {4 << 20} bytes" in message, (path, message)
     assert rss_mb(allowing.process.pid, "VmHWM") - peak < 32
-    run = fetch(allowing, f"{near.url}/gzip-members-json")  # '{"zipped": true}' then ' '
-    assert value(run.steps[0].output)["body"] == {"zipped": True}
+    for path in ("/gzip-members-json", "/gzip-padded-json"):  # another member; zero padding
+        run = fetch(allowing, f"{near.url}{path}")
+        assert value(run.steps[0].output)["body"] == {"zipped": True}, path

@@ -120,6 +120,14 @@ def _fallback(what: str) -> None:
 # ``compression=gzip`` compresses larger messages only, and those were UNIMPLEMENTED).
 _ENCODING: contextvars.ContextVar[str] = contextvars.ContextVar("grpc_encoding", default="")
 _WBITS = {"gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+# And the size of its header list as HTTP/2 counts it (a -bin value as sent: base64).
+_HEADER_BYTES: contextvars.ContextVar[int] = contextvars.ContextVar("header_bytes", default=0)
+
+
+def request_header_bytes() -> int:
+    """The current call's header list as HTTP/2 counts it (32 bytes a field more than its name
+    and value); 0 where the headers were not read here (grpclib changed)."""
+    return _HEADER_BYTES.get()
 
 
 def _inflater(flags: int) -> Any:
@@ -809,6 +817,7 @@ def read_hostile_headers() -> bool:
 
     def tolerant(headers: Any) -> Any:
         _ENCODING.set(next((v for k, v in headers if k == "grpc-encoding"), ""))
+        _HEADER_BYTES.set(sum(len(k) + len(v) + 32 for k, v in headers))
         try:
             return decode(headers)
         except ValueError:  # binascii.Error, UnicodeEncodeError: a -bin value that is not one

@@ -53,6 +53,7 @@ from foundry.kernel.edge.grpc.internals import (
     message_limit_error,
     read_hostile_headers,
     release_reset_streams,
+    request_header_bytes,
     stop_listening,
 )
 from foundry.kernel.edge.grpc.message_check import WrongField, check_request
@@ -334,7 +335,7 @@ async def refuse_large_metadata(event: RecvRequest) -> None:
     """RESOURCE_EXHAUSTED for a call whose metadata passes ``MAX_METADATA_BYTES`` — that call
     alone: h2 refused such a header list by closing the connection, its other calls too (a
     Watch beside a Status with one 70 KB value)."""
-    size = sum(len(k) + len(v) + 32 for k, v in event.metadata.items())
+    size = request_header_bytes() or sum(len(k) + len(v) + 32 for k, v in event.metadata.items())
     if size > MAX_METADATA_BYTES:
         raise GRPCError(Status.RESOURCE_EXHAUSTED, f"request metadata: {size:,} bytes, over "
                         f"the {MAX_METADATA_BYTES:,}-byte limit")  # fmt: skip
