@@ -52,7 +52,10 @@ class HttpBlock(Block):
         # (which lowercases it) reads it
         if not isinstance(url, str) or not url[:8].lower().startswith(("http://", "https://")):
             raise BlockError("inputs.url: an http:// or https:// URL is required")
-        method = str(ctx.inputs.get("method", "GET")).upper()
+        method = ctx.inputs.get("method", "GET")
+        if not isinstance(method, str) or not _METHOD.fullmatch(method):  # (5 went on the wire)
+            raise BlockError("inputs.method: expected an HTTP method such as GET or POST")
+        method = method.upper()
         headers = _headers(ctx.inputs.get("headers", {}))
         if ctx.traceparent:  # W3C: the callee joins this step attempt's trace
             headers = {k: v for k, v in headers.items() if str(k).lower() != "traceparent"}
@@ -61,7 +64,10 @@ class HttpBlock(Block):
         if "json" in ctx.inputs:
             request["json"] = ctx.inputs["json"]
         elif "body" in ctx.inputs:
-            request["content"] = str(ctx.inputs["body"]).encode()
+            body = ctx.inputs["body"]
+            if not isinstance(body, str):  # ({"a": 1} went as its Python repr)
+                raise BlockError("inputs.body: expected a string (send JSON with inputs.json)")
+            request["content"] = body.encode()
         timeout = _seconds(ctx.inputs.get("timeout", 30))
         follow = _flag(ctx.inputs, "follow_redirects")
         # the whole request within the timeout (httpx's bounds each read: a server sending a
@@ -142,3 +148,6 @@ def _body(response: httpx.Response, content: bytes) -> Any:
 @hookimpl
 def register_blocks(config: Config) -> list[Block]:
     return [HttpBlock(EgressPolicy.from_allow(config.http.allow), config.scheduler.max_step_bytes)]
+
+
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")  # an HTTP token (RFC 9110)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -184,7 +185,13 @@ class LlmBlock(Block):
         provider = PROVIDERS.get(provider_name)
         if provider is None:
             raise BlockError(f"model: unknown provider {provider_name!r} (known: mock, openai)")
-        temperature = float(ctx.inputs.get("temperature", 0.0))
+        temperature = ctx.inputs.get("temperature", 0.0)
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, int | float)
+            or not (math.isfinite(temperature))
+        ):  # ("hot" was "could not convert string to float")
+            raise BlockError("inputs.temperature: expected a finite number")
         reply = await provider(
             self.settings, self.egress, model, messages, ctx.seed, temperature, ctx.traceparent
         )
@@ -209,9 +216,14 @@ class LlmBlock(Block):
 
 def _messages(inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
     if isinstance(inputs.get("messages"), list):
-        return [dict(m) for m in inputs["messages"]]
+        messages = inputs["messages"]
+        if not all(isinstance(m, Mapping) and isinstance(m.get("role"), str) for m in messages):
+            raise BlockError("inputs.messages: expected a list of objects with a role")
+        return [dict(m) for m in messages]
     if "prompt" in inputs:
-        return [{"role": "user", "content": str(inputs["prompt"])}]
+        prompt = inputs["prompt"]  # (an object went as its Python repr: as its JSON now)
+        text = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
+        return [{"role": "user", "content": text}]
     raise BlockError("inputs: an llm step needs 'prompt' or 'messages'")
 
 

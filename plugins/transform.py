@@ -34,9 +34,16 @@ def transform(inputs: Mapping[str, Any]) -> Any:
             return [v for part in arg for v in part]
         raise BlockError("inputs.concat: expected a list of strings or a list of lists")
     if op == "pick":
-        if not isinstance(arg, Mapping) or not isinstance(arg.get("from"), Mapping):
-            raise BlockError("inputs.pick: expected {from: object, keys: [...]}")
-        return {k: arg["from"][k] for k in arg.get("keys", []) if k in arg["from"]}
+        keys = arg.get("keys", []) if isinstance(arg, Mapping) else None
+        if (
+            not isinstance(arg, Mapping)
+            or not isinstance(arg.get("from"), Mapping)
+            or not isinstance(keys, list)
+            or not all(isinstance(k, str) for k in keys)
+        ):
+            # ("ab" picked a and b; 5 was a TypeError)
+            raise BlockError("inputs.pick: expected {from: object, keys: [strings]}")
+        return {k: arg["from"][k] for k in keys if k in arg["from"]}
     return dict(inputs)
 
 

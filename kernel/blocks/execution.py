@@ -219,12 +219,16 @@ async def _attempt(
     # A bare CancelScope: trio.fail_after is a generator context manager, several times the cost.
     try:
         with trio.CancelScope(deadline=deadline):
-            return await _dispatch(block, action, ctx), "", False
+            output = await _dispatch(block, action, ctx)
+            # past its deadline without a checkpoint (a sync function a tool block calls): its
+            # late answer is no success (it succeeded, after its capability token expired)
+            if trio.current_time() < deadline:
+                return output, "", False
     except BaseException as exc:  # a block's failure (SystemExit too) is data for its trace
         if cancellation(exc):  # the run's or the daemon's, not the block's deadline: it goes on
             raise
         return None, described(exc), False
-    return None, f"timed out after {limit:g}s", True  # only reached when the deadline cancelled
+    return None, f"timed out after {limit:g}s", True  # the deadline cancelled it, or passed
 
 
 def cancellation(exc: BaseException) -> bool:

@@ -271,6 +271,16 @@ def test_output_that_cannot_be_written_is_said_so_not_blamed_on_the_daemon(daemo
         assert "cannot reach" not in done.stderr
 
 
+def test_help_and_version_to_a_full_disk_end_quietly():
+    """(The guard that names a failed write caught argparse's own output too: a traceback.)"""
+    cmd = f"{sys.executable} -m foundry.kernel.cli"
+    for args in ("--help", "--version", "run --help"):
+        done = subprocess.run(["bash", "-c", f"{cmd} {args} > /dev/full"], capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
 def test_a_bad_argument_is_quoted_without_its_control_characters():
     """argparse quoted it raw: an ESC in an argument (an id a script took from the daemon) set
     the terminal's title and cleared its screen."""

@@ -414,3 +414,25 @@ async def test_a_timed_out_command_whose_own_process_had_exited_takes_its_childr
     with trio.fail_after(5):
         while _alive(child):  # noqa: ASYNC110 - another process, not an event, is waited for
             await trio.sleep(0.05)
+
+
+async def test_an_async_block_that_overruns_its_deadline_without_a_checkpoint_timed_out(tmp_path):
+    """A tool block calling a plain function (time.sleep(1.5) under a 0.5 s timeout) never let
+    its deadline fire: it succeeded, and was attested, after its capability token expired."""
+    import time
+
+    class Stubborn(Block):
+        name = "Stubborn"
+
+        async def run(self, ctx):
+            time.sleep(0.3)  # noqa: ASYNC251 (the point: a function that never yields)
+            return {"late": True}
+
+    outcome = await execute(Stubborn(timeout=0.1), Action.RUN, contexts(tmp_path))
+
+    assert not outcome.success
+    assert outcome.error == "timed out after 0.1s"
+    assert outcome.output is None
+    on_time = await execute(Stubborn(timeout=5), Action.RUN, contexts(tmp_path))
+    assert on_time.success
+    assert on_time.output == {"late": True}

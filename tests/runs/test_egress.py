@@ -351,3 +351,18 @@ def test_bytes_past_a_gzip_bodys_end_are_not_read_on_without_limit(allowing, ser
     for path in ("/gzip-members-json", "/gzip-padded-json"):  # another member; zero padding
         run = fetch(allowing, f"{near.url}{path}")
         assert value(run.steps[0].output)["body"] == {"zipped": True}, path
+
+
+def test_a_body_or_method_that_is_not_text_is_refused_naming_its_input(allowing, servers):
+    """An object body went as its Python repr ({'a': 1}), null as "None", and a method of 5
+    onto the request line; a method with a space was "Illegal method characters" (a hunt)."""
+    near, _ = servers
+    before = len(near.seen())
+    body, method = "inputs.body: expected a string", "inputs.method: expected an HTTP method"
+    for inputs, said in (({"body": {"a": 1}}, body), ({"body": None}, body),
+                         ({"method": 5}, method), ({"method": "PO ST"}, method),
+                         ({"method": ["get"]}, method)):  # fmt: skip
+        assert said in error(fetch(allowing, f"{near.url}/json", **inputs)), inputs
+    assert len(near.seen()) == before  # none was sent
+    sent = error(fetch(allowing, f"{near.url}/json", method="post", body='{"a": 1}'))
+    assert sent.startswith(f"BlockError: POST {near.url}/json answered 501")  # (no do_POST)

@@ -1054,3 +1054,25 @@ def test_a_reply_larger_than_a_connections_budget_of_waiting_replies_is_read_who
     reply = daemon.call(lambda _, rt: rt.replay_run(request))
     assert [s.step_id for s in reply.steps] == ["a", "b"]  # 4 × 3 MB each: snapshot, drift
     assert reply.all_within_tolerance
+
+
+@pytest.mark.parametrize(
+    ("step", "said"),
+    [
+        ({"type": "transform", "inputs": {"pick": {"from": {"a": 1}, "keys": "ab"}}},
+         "inputs.pick: expected {from: object, keys: [strings]}"),
+        ({"type": "transform", "inputs": {"pick": {"from": {"a": 1}, "keys": 5}}},
+         "inputs.pick: expected {from: object, keys: [strings]}"),
+        ({"type": "llm", "model": "mock:small", "inputs": {"prompt": "x", "temperature": "hot"}},
+         "inputs.temperature: expected a finite number"),
+        ({"type": "llm", "model": "mock:small", "inputs": {"messages": ["hello"]}},
+         "inputs.messages: expected a list of objects with a role"),
+    ],
+    ids=["pick keys a string", "pick keys a number", "temperature a word", "messages strings"],
+)  # fmt: skip
+def test_step_inputs_of_the_wrong_shape_fail_naming_them(daemon, step, said):
+    """ "ab" picked a and b; 5 was "'int' object is not iterable"; "hot" was "could not convert
+    string to float"; ["hello"] was "dictionary update sequence element #0" (a hunt)."""
+    run = run_and_wait(daemon, dag({"id": "s", **step}))
+    assert run.status == api.RunStatus.FAILED
+    assert said in value(run.steps[0].error)["message"]

@@ -221,7 +221,7 @@ def install_message_limit(limit: int, body_timeout: float | None = None) -> bool
         if inflate is not None:
             data = _inflated(inflate, data, limit)
         off_loop = getattr(codec, "decodes_off_loop", None)
-        if off_loop is None or not off_loop(message_type, length):
+        if off_loop is None or not off_loop(message_type, len(data)):  # inflated, if it was
             return codec.decode(data, message_type)
         loop = asyncio.get_running_loop()  # (server.RequestCodec says which: large, slow ones)
         return await loop.run_in_executor(None, codec.decode, data, message_type)
