@@ -1080,8 +1080,10 @@ def _nested(levels: int) -> dict[str, Any]:
         # recorded, then no GetRun or TapRun of the run could write it (a Value's double)
         ({"n": 10**400}, "is past what a double holds"),
         ({"n": -(10**400)}, "is past what a double holds"),
+        # ("'<' not supported between instances of 'str' and 'int'", a hunt found)
+        ({1: "a", "1": "b"}, "an object's keys are strings and numbers both"),
     ],
-    ids=["deep", "huge-int", "huge-negative"],
+    ids=["deep", "huge-int", "huge-negative", "mixed-keys"],
 )
 async def test_an_output_no_client_could_read_fails_its_step(tmp_path, autojump_clock, value, said):
     async with running_scheduler(tmp_path, [Returns(value)]) as h:

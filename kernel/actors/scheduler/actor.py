@@ -738,7 +738,11 @@ class Scheduler:
                 output = json.loads(text)  # frozen before it is recorded
             except (TypeError, ValueError, RecursionError) as exc:
                 # (RecursionError: nested ~1,000 deep; it left the run RUNNING for good)
-                reason = "nested too deep to write" if isinstance(exc, RecursionError) else exc
+                reason: object = exc
+                if isinstance(exc, RecursionError):
+                    reason = "nested too deep to write"
+                elif "not supported between instances" in str(exc):  # sorting mixed keys
+                    reason = "an object's keys are strings and numbers both (make them strings)"
                 error = f"the step's output is not JSON: {reason}"
             else:
                 size = len(text)
