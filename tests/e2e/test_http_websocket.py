@@ -239,3 +239,87 @@ def test_no_compression_is_agreed_to(daemon):
             ended = True
     assert ended  # a protocol error: the connection ends, no message read
     assert "Traceback" not in daemon.stderr()
+
+
+def _masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client's WebSocket frame, masked (with zeros: the payload as it is)."""
+    size = len(payload)
+    head = struct.pack("!BB", 0x80 | opcode, 0x80 | size) if size < 126 else (
+        struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size) if size < 65536
+        else struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size))  # fmt: skip
+    return head + b"\0\0\0\0" + payload
+
+
+def test_a_websocket_over_http2_is_ended_after_the_clients_close(daemon):
+    """RFC 8441 (every browser's WebSocket on an HTTP/2 connection): the daemon echoed the
+    client's close but never ended the stream, nor after a 1009 — 100 of them used up the
+    connection's streams, and its next request was a GOAWAY (found by a WebSocket hunt)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    host, port = daemon.http_address.rsplit(":", 1)
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(connection.data_to_send())
+
+        def events_until(wanted: type, stream_id: int) -> list[object]:
+            seen: list[object] = []
+            while not any(isinstance(e, wanted) and getattr(e, "stream_id", 0) == stream_id
+                          for e in seen):  # fmt: skip
+                data = sock.recv(65536)
+                assert data, f"the connection closed: {seen}"
+                for event in connection.receive_data(data):
+                    seen.append(event)
+                    if isinstance(event, h2.events.DataReceived):
+                        connection.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    assert not isinstance(event, h2.events.ConnectionTerminated), seen
+                sock.sendall(connection.data_to_send())
+            return seen
+
+        events_until(h2.events.RemoteSettingsChanged, 0)
+        for closing in (_masked_frame(8, struct.pack("!H", 1000) + b"bye"),  # a close
+                        _masked_frame(1, b"a" * 70_000)):  # past 64 KiB: 1009  # fmt: skip
+            stream_id = connection.get_next_available_stream_id()
+            connection.send_headers(stream_id, [
+                (":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                (":path", "/ws/watch"), (":authority", daemon.http_address),
+                ("sec-websocket-version", "13")])  # fmt: skip
+            sock.sendall(connection.data_to_send())
+            events_until(h2.events.ResponseReceived, stream_id)
+            left = closing
+            while left:  # frames of 16 KiB at most, within the windows the daemon opens
+                room = min(connection.local_flow_control_window(stream_id), 16_000, len(left))
+                if room == 0:
+                    for event in connection.receive_data(sock.recv(65536)):
+                        assert not isinstance(event, h2.events.ConnectionTerminated), event
+                    continue
+                connection.send_data(stream_id, left[:room])
+                sock.sendall(connection.data_to_send())
+                left = left[room:]
+            if closing[0] & 0x0F == 8:
+                connection.end_stream(stream_id)  # the client's side ends, as a browser's
+                sock.sendall(connection.data_to_send())
+            events_until(h2.events.StreamEnded, stream_id)  # the daemon's side ends too
+
+
+def test_a_taps_run_id_is_decoded_once_and_a_parameter_refused(daemon):
+    """The path, decoded already, was decoded again ("run%255fx" asked for run_x), and a tap
+    took any query string while the watch stream refused one it did not know."""
+
+    async def close_reason(path: str) -> str:
+        async with connect(ws_url(daemon, path)) as socket_:
+            try:
+                await asyncio.wait_for(socket_.recv(), 30)
+            except ConnectionClosed as closed:
+                return closed.rcvd.reason if closed.rcvd is not None else "no close frame"
+        return "open"
+
+    reason = asyncio.run(close_reason("/ws/runs/run%255fx/tap"))
+    assert reason.startswith("not_found"), reason
+    assert "run%5fx" in reason
+    reason = asyncio.run(close_reason("/ws/runs/run_x/tap?x=1"))
+    assert reason.startswith("invalid_argument: unknown parameter 'x'"), reason

@@ -979,6 +979,29 @@ def _finished(root, events):
     )  # fmt: skip
 
 
+async def test_a_small_chains_trace_size_is_read_within_memory_limit_beside_large_events(
+    tmp_path,
+):
+    """A trace's size joined each execution's trigger with every stored event, its payload read:
+    under 64 MB beside 100 events of 1 MB it ran out of memory (and Traces at once failed
+    under the default 256 MB; found by a resource hunt). Only the chain's events are read."""
+    from foundry.kernel.actors.store import reads
+
+    big = [_large_event(200 + n) for n in range(100)]  # each a workflow of its own, no block
+    root = make_event(0, event_type="deploy_requested")
+    child = make_event(1, parent=root)
+    records = [*big, root, child, _finished(root, [root, child]), make_execution(root, [child])]
+    async with running_store(tmp_path) as store:  # written without a limit
+        await post_now(store, records).wait()
+    con = duckdb.connect(str(tmp_path / "foundry.duckdb"), read_only=True)
+    try:
+        con.execute("SET memory_limit = '64MB'")
+        size = reads._trace_size(con, root.id)
+    finally:
+        con.close()
+    assert size >= len(root.payload_json) + len(child.payload_json)
+
+
 async def test_small_runs_and_chains_read_back_beside_large_payloads_within_memory_limit(
     tmp_path, caplog
 ):

@@ -155,12 +155,13 @@ def _trace_size(con: duckdb.DuckDBPyConnection, workflow_id: str) -> int:
         f"          + count(*) * {TRACE_EVENT_BYTES + TRACE_ID_BYTES}"
         "        FROM events WHERE workflow_id = ?)"
         " + (SELECT coalesce(sum(strlen(e.payload)), 0) FROM block_executions x"
-        "    JOIN events e ON e.event_id = x.trigger_event_id WHERE x.workflow_id = ?)"
+        "    JOIN (SELECT event_id, payload FROM events WHERE workflow_id = ?) e"
+        "    ON e.event_id = x.trigger_event_id WHERE x.workflow_id = ?)"
         " + (SELECT coalesce(sum(strlen(coalesce(raw_output, '')) + strlen(summary)), 0)"
         f"          + count(*) * {TRACE_EXECUTION_BYTES}"
         "    FROM block_executions WHERE workflow_id = ?)",
-        [workflow_id] * 3,
-    ).fetchone()
+        [workflow_id] * 4,  # (a trigger is its chain's: every event's payload was scanned,
+    ).fetchone()  # and two Traces at once ran out of memory_limit beside 100 MB of others)
     return int(found[0]) if found else 0
 
 

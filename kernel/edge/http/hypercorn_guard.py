@@ -273,9 +273,10 @@ def bound_websocket_messages() -> None:
     MiB held), and negotiated permessage-deflate, whose inflating of a frame is unbounded (65
     KB frames inflating to 64 MiB each took the daemon to 3.7 GB, its loop blocked for
     seconds). Now a fragment that would pass the size (in UTF-8 bytes) is not kept, the close
-    is followed by the stream's end (its connection's, on HTTP/1.1), and no compression is
-    agreed to (the daemon's messages are small events). Idempotent."""
-    from hypercorn.protocol.events import StreamClosed
+    is followed by the stream's end (its connection's, on HTTP/1.1) — a close the client began
+    too —, and no compression is agreed to (the daemon's messages are small events).
+    Idempotent."""
+    from hypercorn.protocol.events import EndData, StreamClosed
     from hypercorn.protocol.ws_stream import (
         FrameTooLargeError,
         Handshake,
@@ -307,9 +308,23 @@ def bound_websocket_messages() -> None:
         self.held_bytes = held + size
 
     async def handling_events(self: Any) -> None:
-        await handle_events(self)
-        if self.buffer.length > self.buffer.max_length and not self.closed:
-            await self.send(StreamClosed(stream_id=self.stream_id))  # after its 1009
+        send = self.send
+
+        async def ending_first(event: Any) -> None:
+            # A stream closed on the client's close (or after a 1009) is ended first: over
+            # HTTP/2 it stayed open in the connection's state (only the app let go), and 100
+            # such closes used up the connection's streams (GOAWAY). (HTTP/1.1: no-op.)
+            if isinstance(event, StreamClosed):
+                await send(EndData(stream_id=self.stream_id))
+            await send(event)
+
+        self.send = ending_first
+        try:
+            await handle_events(self)
+            if self.buffer.length > self.buffer.max_length and not self.closed:
+                await self.send(StreamClosed(stream_id=self.stream_id))  # after its 1009
+        finally:
+            self.send = send
 
     extending = functools.wraps(extend)(extending)
     extending.messages_bounded = True  # type: ignore[attr-defined]

@@ -146,9 +146,13 @@ class WebSocketStreams:
             project = query.get("project", [""])[-1]
             stream = self._watch(_checked(self._watch_type(project=project)))
             return stream, (CLOSE_GOING_AWAY, "the daemon is stopping")
-        tap = TAP_PATH.fullmatch(path)
+        raw = scope.get("raw_path")  # (path is decoded once already: "%255f" was "_")
+        tap = TAP_PATH.fullmatch(raw.decode("latin-1") if isinstance(raw, bytes) else path)
         if tap is not None:
-            run_id = unquote(tap.group(1))
+            if query:  # (the tap takes none: they went unnoticed)
+                raise Refused(Code.INVALID_ARGUMENT, f"unknown parameter {sorted(query)[0]!r} "
+                              "(a run's tap takes none)")  # fmt: skip
+            run_id = unquote(tap.group(1)) if isinstance(raw, bytes) else tap.group(1)
             stream = self._tap(_checked(self._tap_type(run_id=run_id)))
             return stream, (CLOSE_NORMAL, "the run finished")
         raise Refused(
