@@ -9,6 +9,7 @@ import json
 import socket
 import struct
 import threading
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -323,3 +324,48 @@ def test_a_taps_run_id_is_decoded_once_and_a_parameter_refused(daemon):
     assert "run%5fx" in reason
     reason = asyncio.run(close_reason("/ws/runs/run_x/tap?x=1"))
     assert reason.startswith("invalid_argument: unknown parameter 'x'"), reason
+
+
+def test_a_websocket_closed_at_window_0_over_http2_holds_no_other_stream(daemon):
+    """The end of a closed WebSocket's stream waited, on the task reading the connection, for
+    a reply its client had opened no window for: every other stream of the connection stopped
+    for body_timeout (60 s), and a daemon stop waited its grace (found by a review)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+    host, port = daemon.http_address.rsplit(":", 1)
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    connection.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(connection.data_to_send())
+
+        def until(wanted: type, stream_id: int) -> None:
+            seen: list[object] = []
+            while not any(isinstance(e, wanted) and getattr(e, "stream_id", 0) == stream_id
+                          for e in seen):  # fmt: skip
+                data = sock.recv(65536)  # (10 s at most: a socket.timeout fails the test)
+                assert data, f"the connection closed: {seen}"
+                seen += connection.receive_data(data)
+                sock.sendall(connection.data_to_send())
+
+        until(h2.events.RemoteSettingsChanged, 0)
+        socket_id = connection.get_next_available_stream_id()
+        connection.send_headers(socket_id, [
+            (":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+            (":path", "/ws/watch"), (":authority", daemon.http_address),
+            ("sec-websocket-version", "13")])  # fmt: skip
+        sock.sendall(connection.data_to_send())
+        until(h2.events.ResponseReceived, socket_id)
+        connection.send_data(socket_id, _masked_frame(8, struct.pack("!H", 1000) + b"bye"))
+        sock.sendall(connection.data_to_send())
+        time.sleep(0.5)  # the close is taken, its answer waits for a window never opened
+        page = connection.get_next_available_stream_id()
+        connection.send_headers(page, [(":method", "GET"), (":scheme", "http"),
+                                       (":path", "/dashboard/"),
+                                       (":authority", daemon.http_address)],
+                                end_stream=True)  # fmt: skip
+        sock.sendall(connection.data_to_send())
+        until(h2.events.ResponseReceived, page)  # its headers need no window

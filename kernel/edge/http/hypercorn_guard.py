@@ -311,11 +311,13 @@ def bound_websocket_messages() -> None:
         send = self.send
 
         async def ending_first(event: Any) -> None:
-            # A stream closed on the client's close (or after a 1009) is ended first: over
+            # A stream closed on the client's close (or after a 1009) is ended too: over
             # HTTP/2 it stayed open in the connection's state (only the app let go), and 100
-            # such closes used up the connection's streams (GOAWAY). (HTTP/1.1: no-op.)
+            # such closes used up the connection's streams (GOAWAY). (HTTP/1.1: no-op.) Not
+            # awaited here: hypercorn's end waits for the stream's buffer to empty, and this is
+            # the task reading the connection — a client at window 0 held all its streams.
             if isinstance(event, StreamClosed):
-                await send(EndData(stream_id=self.stream_id))
+                self.task_group.spawn(send, EndData(stream_id=self.stream_id))
             await send(event)
 
         self.send = ending_first
