@@ -216,6 +216,16 @@ def test_a_media_type_in_any_case_gets_its_protocols_answers(daemon, kind):
     assert json.loads(end)["error"]["code"] == "unimplemented"
 
 
+@pytest.mark.parametrize("kind", ["Application/Grpc-Web+Proto", "APPLICATION/GRPC-WEB"])
+def test_a_grpc_web_media_type_in_any_case_is_answered(daemon, kind):
+    """(connectrpc compares gRPC-Web's case-sensitively: a bare 415, found by a review.)"""
+    messages, trailers = grpc_web_call(daemon, STATUS,
+                                       envelope(bytes(foundry_api.StatusRequest(limit=1))),
+                                       content_type=kind)  # fmt: skip
+    assert trailers["grpc-status"] == "0", trailers
+    assert len(messages) == 1
+
+
 def test_the_daemon_still_answers_after_all_that(daemon):
     with connect_client(daemon) as client:
         reply = client.execute_unary(

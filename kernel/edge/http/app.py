@@ -398,9 +398,16 @@ def _utf8_headers(scope: Scope) -> Scope:
     (HTTP allows such bytes, and ``_headers`` reads them so): connectrpc decodes values as strict
     UTF-8, and a browser's ``X-Note: caf\xe9`` was a 500 with a traceback in the log."""
     headers = scope.get("headers", ())
-    if all(value.isascii() for _, value in headers):
+    if all(value.isascii() for _, value in headers) and not any(
+        name == b"content-type" and not value.islower() for name, value in headers
+    ):
         return scope
-    return {**scope, "headers": [(name, _as_utf8(value)) for name, value in headers]}
+    # (and the media type in lower case, as ``_headers`` reads it: connectrpc compares
+    # gRPC-Web's case-sensitively, and answered Application/Grpc-Web+Proto a bare 415)
+    return {**scope, "headers": [
+        (name, value.lower() if name == b"content-type" else _as_utf8(value))
+        for name, value in headers
+    ]}  # fmt: skip
 
 
 def _as_utf8(value: bytes) -> bytes:
