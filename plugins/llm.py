@@ -215,9 +215,13 @@ class LlmBlock(Block):
 
 
 def _messages(inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
-    if isinstance(inputs.get("messages"), list):
+    if "messages" in inputs:  # (a string was "needs 'prompt' or 'messages'"; [] was sent)
         messages = inputs["messages"]
-        if not all(isinstance(m, Mapping) and isinstance(m.get("role"), str) for m in messages):
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, Mapping) and isinstance(m.get("role"), str) for m in messages)
+        ):
             raise BlockError("inputs.messages: expected a list of objects with a role")
         return [dict(m) for m in messages]
     if "prompt" in inputs:

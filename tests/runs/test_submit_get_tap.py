@@ -1067,8 +1067,13 @@ def test_a_reply_larger_than_a_connections_budget_of_waiting_replies_is_read_who
          "inputs.temperature: expected a finite number"),
         ({"type": "llm", "model": "mock:small", "inputs": {"messages": ["hello"]}},
          "inputs.messages: expected a list of objects with a role"),
+        ({"type": "llm", "model": "mock:small", "inputs": {"messages": "hi", "prompt": "x"}},
+         "inputs.messages: expected a list of objects with a role"),
+        ({"type": "llm", "model": "mock:small", "inputs": {"messages": []}},
+         "inputs.messages: expected a list of objects with a role"),
     ],
-    ids=["pick keys a string", "pick keys a number", "temperature a word", "messages strings"],
+    ids=["pick keys a string", "pick keys a number", "temperature a word", "messages strings",
+         "messages a string", "messages empty"],
 )  # fmt: skip
 def test_step_inputs_of_the_wrong_shape_fail_naming_them(daemon, step, said):
     """ "ab" picked a and b; 5 was "'int' object is not iterable"; "hot" was "could not convert
