@@ -289,9 +289,13 @@ def bound_websocket_messages() -> None:
     if getattr(extend, "messages_bounded", False):
         return
 
-    def without_compression(self: Any, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        self.extensions = None  # offered or not, none is accepted (the app checks the header)
+    def without_compression(self: Any, headers: Any, *args: Any, **kwargs: Any) -> None:
+        # Offered or not, none is accepted (the app checks the header and answers a bad one
+        # 400): not parsed here, where a byte that is not ASCII dropped the connection unanswered.
+        kept = [(name, value) for name, value in headers
+                if name.lower() != b"sec-websocket-extensions"]  # fmt: skip
+        init(self, kept, *args, **kwargs)
+        self.extensions = None
 
     def extending(self: Any, event: Any) -> None:
         # In bytes, as the cap says: hypercorn counts a text message's characters (64 Ki
