@@ -185,26 +185,28 @@ class _WriteErrors(io.TextIOBase):
         self._stream = stream
 
     def write(self, text: str) -> int:
-        try:
+        with _output_failed():
             return self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputFailed(exc.strerror or str(exc)) from None
 
     def flush(self) -> None:
-        try:
+        with _output_failed():
             self._stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputFailed(exc.strerror or str(exc)) from None
 
     def fileno(self) -> int:
         return self._stream.fileno()
 
     def isatty(self) -> bool:
         return self._stream.isatty()
+
+
+@contextlib.contextmanager
+def _output_failed() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputFailed(exc.strerror or str(exc)) from None
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ Every reason is a sentence that states the measured value and the threshold it w
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import math
 import posixpath
@@ -1147,14 +1146,20 @@ def decide(
     extra: dict[str, object] = {}
     for rule in rules:
         name = getattr(rule, "name", type(rule).__name__)
-        result, failed = _evaluate(rule, name, request, policy)
+        result, failure = _evaluate(rule, name, request, policy)
         advisory = name in policy.advisory
         rule_effect = Effect(result.effect)
         cap = policy.effects.get(name)
         if cap is not None and _SEVERITY[rule_effect] > _SEVERITY[cap]:
             rule_effect = cap
-        if failed and (advisory or rule_effect is not Effect.DENY):
-            result = _failure_said(result, rule_effect, advisory)
+        if failure and (advisory or rule_effect is not Effect.DENY):
+            # (not "so the gate denies" over an ALLOW: found by a governance hunt)
+            result = _failed(
+                name,
+                f"{failure}: advisory, so it does not block"
+                if advisory
+                else f"{failure}: capped at {rule_effect.value} by [gate.effects]",
+            )
         outcomes.append(RuleOutcome(name, rule_effect, advisory))
         if advisory:
             reasons.extend(f"advisory: {reason}" for reason in result.reasons)
@@ -1203,26 +1208,20 @@ def _part(parts: Mapping[str, object], slot: str, kind: type[_P]) -> _P | None:
 
 def _evaluate(
     rule: Rule, name: str, request: GateRequest, policy: GatePolicy
-) -> tuple[RuleResult, bool]:
-    """The rule's result, and whether it failed (raised, or answered what is no result)."""
+) -> tuple[RuleResult, str]:
+    """The rule's result, and, if it failed (raised, or answered what is no result), how."""
     try:
-        return _well_formed(rule.evaluate(request, policy)), False
+        return _well_formed(rule.evaluate(request, policy)), ""
     except BaseException as exc:  # noqa: BLE001 - whatever a plugin rule raises (a BaseException
         # of its own too: it took the daemon down) must not let a change through
-        return RuleResult(
-            Effect.DENY,
-            (f"rule {name} failed ({described(exc)[:MAX_FAILURE]}), so the gate denies",),
-            (Followup("fix-gate-rule", f"Fix the gate rule {name}"),),
-        ), True
+        failure = f"rule {name} failed ({described(exc)[:MAX_FAILURE]})"
+        return _failed(name, f"{failure}, so the gate denies"), failure
 
 
-def _failure_said(result: RuleResult, effect: Effect, advisory: bool) -> RuleResult:
-    """A failed rule's result whose deny its cap lowered or its being advisory set aside:
-    its reason said "so the gate denies" over an ALLOW (found by a governance hunt)."""
-    failed = result.reasons[0].removesuffix(", so the gate denies")
-    said = (f"{failed}: advisory, so it does not block" if advisory else
-            f"{failed}: capped at {effect.value} by [gate.effects]")  # fmt: skip
-    return dataclasses.replace(result, reasons=(said,))
+def _failed(name: str, reason: str) -> RuleResult:
+    return RuleResult(
+        Effect.DENY, (reason,), (Followup("fix-gate-rule", f"Fix the gate rule {name}"),)
+    )
 
 
 MAX_FAILURE = 300  # characters of a failed rule's exception in its reason

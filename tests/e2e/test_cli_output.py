@@ -443,20 +443,13 @@ def test_config_check_refuses_a_home_serve_refuses(tmp_path):
     a_file = tmp_path / "afile"
     a_file.write_text("x")
     path = tmp_path / "home.toml"
-    for home, said in ((a_file, f"[daemon].home {a_file} is not a folder"),
-                       (a_file / "sub", f"cannot be used: {a_file} is not a folder")):  # fmt: skip
-        path.write_text(f'[daemon]\nhome = "{home}"\n')
-        for command in (("config", "check"),
-                        ("serve", "--listen", "127.0.0.1:0", "--http-listen", "off")):  # fmt: skip
-            done = foundry_cli(*command, "--config", str(path))
-            assert done.returncode == 2, (command, done.stderr)
-            assert said in done.stderr, (command, done.stderr)
-        assert not (a_file.parent / "sub").exists()  # config check makes nothing
     nowhere = tmp_path / "nowhere"  # links to nothing: exists() said nothing was there
     (tmp_path / "dangling").symlink_to(nowhere)
     (tmp_path / "home2").mkdir()
     (tmp_path / "home2" / "commands").symlink_to(nowhere)
-    for home, said in ((tmp_path / "dangling", "is not a folder"),
+    for home, said in ((a_file, f"[daemon].home {a_file} is not a folder"),
+                       (a_file / "sub", f"cannot be used: {a_file} is not a folder"),
+                       (tmp_path / "dangling", "is not a folder"),
                        (tmp_path / "home2", "commands: not a folder")):  # fmt: skip
         path.write_text(f'[daemon]\nhome = "{home}"\n')
         for command in (("config", "check"),
@@ -465,6 +458,7 @@ def test_config_check_refuses_a_home_serve_refuses(tmp_path):
             assert done.returncode == 2, (command, done.stderr)
             assert said in done.stderr, (command, done.stderr)
             assert "Traceback" not in done.stderr
+    assert not (a_file.parent / "sub").exists()  # config check makes nothing
 
 
 # --- the daemon log ------------------------------------------------------------------------------
