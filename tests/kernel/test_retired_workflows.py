@@ -3,13 +3,20 @@ payload is not held in memory until ``recent_workflows`` more chains have ended.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from datetime import UTC, datetime
 
+import pytest
+from foundry.kernel.actors.engine.actor import read_trace_file
 from foundry.kernel.blocks.registry import load_blocks
 from foundry.kernel.core.chain import Workflow
 from foundry.kernel.core.ids import compact_json
 from foundry.kernel.core.records import Event
 from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.core.trace_format import MAX_TRACE_BYTES
+from foundry.kernel.errors import ResourceExhausted
 
 from .harness import running_kernel
 
@@ -78,3 +85,29 @@ async def test_trace_and_status_of_a_chain_too_large_to_keep_still_answer(tmp_pa
         ("Compose Greeting", "completed"),
         ("Deliver Greeting", "completed"),
     ]
+
+
+def test_a_trace_file_that_grows_past_the_limit_while_read_is_refused(tmp_path):
+    """A large trace's file is written after its chain retired, in place: a Trace between the
+    file's size and its read measured it part-written and answered it whole (CI failure)."""
+    day = tmp_path / "traces" / "2026-12-06"
+    day.mkdir(parents=True)
+    event_id = "evt_" + "1" * 24
+    fifo = day / f"{event_id}.json"
+    os.mkfifo(fifo)  # its size reads 0 however much is written through it
+    padding = "x" * (MAX_TRACE_BYTES + 1_000)
+    document = f'{{"events":[],"block_executions":[],"padding":"{padding}"}}'.encode()
+
+    def write() -> None:
+        with contextlib.suppress(BrokenPipeError), fifo.open("wb") as pipe:
+            pipe.write(document)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        with pytest.raises(ResourceExhausted, match=f"the trace of {event_id} is 25,16"):
+            read_trace_file(tmp_path, event_id)
+    finally:
+        with contextlib.suppress(OSError):  # a writer still waiting for a reader
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join()

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -98,7 +99,13 @@ from foundry.kernel.core.status_query import (
     status_candidates,
 )
 from foundry.kernel.core.throttle import Action
-from foundry.kernel.core.trace_format import TraceRows, check_trace_size, parse, render
+from foundry.kernel.core.trace_format import (
+    MAX_TRACE_BYTES,
+    TraceRows,
+    check_trace_size,
+    parse,
+    render,
+)
 from foundry.kernel.core.tracecontext import new_root, new_span_id
 from foundry.kernel.errors import ChainLimitExceeded, InvalidArgument, NotFound, Unavailable
 
@@ -607,7 +614,7 @@ class Engine:
     async def _trace_from_disk(self, message: GetTrace) -> None:
         """The trace file; else (the daemon died before the archivist wrote it) the database."""
         try:
-            document = await in_thread(_read_trace, self._home, message.event_id)
+            document = await in_thread(read_trace_file, self._home, message.event_id)
             if document is None:
                 document = await ask(self._store, lambda r: LoadTrace(message.event_id, r))
         except Exception as exc:
@@ -669,12 +676,17 @@ def _rendered_trace(rows: TraceRows, event_id: str) -> Any:
     return json.loads(text)
 
 
-def _read_trace(home: Path, event_id: str) -> Mapping[str, Any] | None:
+def read_trace_file(home: Path, event_id: str) -> Mapping[str, Any] | None:
     """The chain's trace file; None when there is none, or only one a crash cut short."""
     for path in sorted((home / "traces").glob(f"*/{event_id}.json"), reverse=True):
         try:
-            check_trace_size(path.stat().st_size, event_id)
-            data = path.read_bytes()
+            with path.open("rb") as file:
+                check_trace_size(os.fstat(file.fileno()).st_size, event_id)
+                # A large trace is written after its chain retired: the file may grow while
+                # it is read, past the size it had when it was measured.
+                data = file.read(MAX_TRACE_BYTES + 1)
+                if len(data) > MAX_TRACE_BYTES:
+                    check_trace_size(max(len(data), os.fstat(file.fileno()).st_size), event_id)
         except OSError:  # unreadable (say, a folder by that name): the database has the chain
             return None
         # Ours or the public daemon's; torn (the archivist died writing it) or corrupt is None.
