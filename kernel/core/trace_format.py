@@ -341,8 +341,9 @@ class FileWriter:
     """Writes each file in place, making each folder once.
 
     Not through a temporary file and a rename: on ext4 that rename costs 6x the write (280 vs
-    47 µs measured), and nobody reads a file while it is written — Trace answers from memory
-    while a workflow is recent. A file torn by a crash is read as missing (the database has it).
+    47 µs measured). Trace answers a recent workflow's small trace from memory; a part-written
+    file (a large trace being written, or one torn by a crash) is no trace to :func:`parse`, and
+    Trace reads the database instead.
     """
 
     def __init__(self) -> None:
