@@ -26,8 +26,11 @@ from foundry.kernel.core.tracecontext import (
     is_span_id,
     is_trace_id,
 )
-from foundry.kernel.edge.grpc.bridge import QueueSink, in_chunks
+from foundry.kernel.edge.grpc.bridge import QueueSink, in_chunks, payload_bytes
+from foundry.kernel.edge.grpc.internals import send_frames
 from foundry.kernel.edge.grpc.server import ask, served_by
+from foundry.kernel.edge.grpc.upb_encode import encode
+from foundry.kernel.edge.shared_replies import PROTO, SHARED_REPLIES
 from foundry.proto import foundry_api as api
 from grpclib import GRPCError
 from grpclib.const import Handler, Status
@@ -87,19 +90,7 @@ class FoundryService(api.FoundryBase):
                             f"watcher fell behind by more than {behind} and was cut off; "
                             "reconnect, and use Trace to fill the gap",
                         )
-                    yield api.WatchResponse(
-                        event_id=item.id,
-                        event_type=item.event_type,
-                        project=item.project,
-                        payload_json=item.payload_json,
-                        trace_id=item.trace_id,
-                        span_id=item.span_id,
-                        parent_span_id=item.parent_span_id,
-                        throttle=api.Throttle(THROTTLE_TO_WIRE[item.throttle.value]),
-                        throttled=item.throttled,
-                        workflow_id=item.workflow_id,
-                        occurred_at=item.stamp or rfc3339(item.occurred_at),
-                    )
+                    yield SHARED_REPLIES.reply(item, payload_bytes(item), watch_response)
             # The broker closed the subscription: the daemon is stopping. A stream that ended OK
             # could not be told from one its client meant to end.
             raise GRPCError(Status.UNAVAILABLE, STOPPING)
@@ -113,15 +104,33 @@ class FoundryService(api.FoundryBase):
         were buffered, held for good (~1 GB a watcher of 1 MB events)."""
         request = await stream.recv_message()
         assert request is not None
+        await stream.send_initial_metadata()
         async with aclosing(self.watch(request)) as responses:
-            async for response in responses:
-                await stream.send_message(response)
+            async for response in responses:  # encoded once for all its watchers
+                await send_frames(stream, [SHARED_REPLIES.encoded(response, PROTO, encode)])
 
     def __mapping__(self) -> dict[str, Handler]:
         return served_by(super().__mapping__(), WATCH, self._serve_watch)
 
     async def _ask_engine(self, build: Any) -> Any:
         return await ask(self._mail.engine, build)
+
+
+def watch_response(item: Any) -> api.WatchResponse:
+    """An event as Watch sends it."""
+    return api.WatchResponse(
+        event_id=item.id,
+        event_type=item.event_type,
+        project=item.project,
+        payload_json=item.payload_json,
+        trace_id=item.trace_id,
+        span_id=item.span_id,
+        parent_span_id=item.parent_span_id,
+        throttle=api.Throttle(THROTTLE_TO_WIRE[item.throttle.value]),
+        throttled=item.throttled,
+        workflow_id=item.workflow_id,
+        occurred_at=item.stamp or rfc3339(item.occurred_at),
+    )
 
 
 WATCH = "/foundry.Foundry/Watch"

@@ -469,6 +469,9 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+UNCOPIED_BYTES = 65_536  # a message this large goes out without a copy of it behind its prefix
+
+
 def grpc_messages(messages: Sequence[bytes]) -> bytes:
     """Serialized messages as gRPC length-prefixed messages (uncompressed), back to back."""
     return b"".join(b"\x00" + len(m).to_bytes(4, "big") + m for m in messages)
@@ -488,7 +491,12 @@ async def send_frames(stream: grpclib.server.Stream[Any, Any], messages: Sequenc
         return
     send_data = raw_send_data(stream)
     if send_data is not None:
-        await send_data(grpc_messages(messages))
+        if len(messages) == 1 and len(messages[0]) >= UNCOPIED_BYTES:
+            # its prefix apart: the message is shared (every watcher of an event), not copied
+            await send_data(b"\x00" + len(messages[0]).to_bytes(4, "big"))
+            await send_data(messages[0])
+        else:
+            await send_data(grpc_messages(messages))
         return
     _fallback(f"grpclib {grpclib.__version__}: Stream._stream.send_data is gone")
     for message in messages:

@@ -28,6 +28,7 @@ from foundry.kernel.edge.grpc.message_check import (
     coerce_json_numbers,
 )
 from foundry.kernel.edge.http import jsonfast
+from foundry.kernel.edge.shared_replies import JSON_UTF8, PROTO, SHARED_REPLIES
 
 log = logging.getLogger("foundry.http")
 
@@ -96,8 +97,8 @@ class BinaryCodec(_CheckedCodec):
         if isinstance(message, Encoded):
             return message.data
         with _reply_errors():
-            if isinstance(message, betterproto2.Message):
-                return upb_encode.encode(message)  # the same message, written in C
+            if isinstance(message, betterproto2.Message):  # (upb: the same message, in C)
+                return SHARED_REPLIES.encoded(message, PROTO, upb_encode.encode)
             return bytes(message)
 
     def _parse(self, data: bytes | bytearray, kind: type[betterproto2.Message]) -> Any:
@@ -117,7 +118,7 @@ class JsonCodec(_CheckedCodec):
         with _reply_errors():
             if isinstance(message, TypedEncoded):
                 message = message.kind().parse(message.data)
-            return to_json(message).encode()
+            return SHARED_REPLIES.encoded(message, JSON_UTF8, _to_json_bytes)
 
     def _parse(self, data: bytes | bytearray, kind: type[betterproto2.Message]) -> Any:
         if not bytes(data).strip():
@@ -167,6 +168,10 @@ def _reply_errors() -> Iterator[None]:
         raise ConnectError(
             Code.INTERNAL, "internal error; the daemon log has the details"
         ) from None
+
+
+def _to_json_bytes(message: betterproto2.Message) -> bytes:
+    return to_json(message).encode()
 
 
 def to_json(message: betterproto2.Message) -> str:
