@@ -32,6 +32,7 @@ from foundry.kernel.edge.http.cors import OriginPolicy
 from foundry.kernel.edge.http.errors import connect_error
 from foundry.kernel.edge.http.routes import python_name
 from foundry.kernel.edge.security import credential
+from foundry.kernel.edge.shared_replies import JSON, SHARED_REPLIES
 from wsproto.extensions import PerMessageDeflate
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import split_comma_header
@@ -124,7 +125,7 @@ class WebSocketStreams:
             await _close(send, CLOSE_CODE.get(refused.code, CLOSE_POLICY), refused.code,
                          refused.message)  # fmt: skip
             return
-        await _pump(stream, end, receive, send)
+        await pump(stream, end, receive, send)
 
     def _open(self, scope: Scope, accepting: bool) -> tuple[AsyncIterator[Any], tuple[int, str]]:
         """The stream the path names and how its end is announced, or :class:`Refused`."""
@@ -202,7 +203,7 @@ def services_request_type(services: Iterable[Any], path: str) -> Any:
     raise LookupError(path)
 
 
-async def _pump(
+async def pump(
     stream: AsyncIterator[Any], end: tuple[int, str], receive: Receive, send: Send
 ) -> None:
     """Send the stream's messages until it ends, fails, or the client goes."""
@@ -218,7 +219,12 @@ async def _pump(
         try:
             async with aclosing(stream) as messages:  # type: ignore[type-var]
                 async for message in messages:
-                    await send({"type": "websocket.send", "text": to_json(message)})
+                    # A send given up (its client read nothing) returns as if sent: without
+                    # this turn, the messages already waiting were all made and sent to no one
+                    # before the disconnect was heard (200 such watchers held the loop 20 s).
+                    await trio.lowlevel.checkpoint()
+                    text = SHARED_REPLIES.encoded(message, JSON, to_json)  # once per event
+                    await send({"type": "websocket.send", "text": text})
         except Exception as exc:
             error = connect_error(exc)
             code, reason_code, reason = CLOSE_CODE.get(error.code, CLOSE_ERROR), error.code, \

@@ -18,7 +18,7 @@ from foundry.kernel import errors
 from foundry.kernel.actors.tap.messages import Overflow, Publish, Subscribe
 from foundry.kernel.edge.connections import ConnectionCap
 from foundry.kernel.edge.grpc.bridge import QueueSink, StreamSink, ask_actor
-from foundry.kernel.edge.http import hypercorn_guard, jsonfast
+from foundry.kernel.edge.http import hypercorn_guard, jsonfast, websocket
 from foundry.kernel.edge.http.codecs import JsonCodec
 from foundry.kernel.edge.http.cors import OriginPolicy, own_origins, parse_origin_entry
 from foundry.kernel.edge.http.errors import CODE_OF, connect_error
@@ -596,3 +596,28 @@ def test_a_double_wrapper_takes_proto3_jsons_string_forms(text, number):
     nan = {"changeId": "c", "coverage": {"overallRatio": "NaN"}}
     read = JsonCodec(1 << 20).decode(json.dumps(nan).encode(), runtime_api.CheckChangeGateRequest)
     assert math.isnan(read.coverage.overall_ratio)  # then refused by the gate's own check
+
+
+async def test_a_websocket_pump_stops_making_messages_once_its_client_is_gone():
+    """hypercorn returns from a send it gave up (its client read nothing) as if it were sent,
+    and tells of the disconnect on ``receive``: the pump made every message already waiting —
+    200 watchers of 4 MB events held the loop 20 s — before it heard."""
+    made, sent = [], []
+    gone = trio.Event()
+
+    async def messages():
+        for n in range(100):  # waiting already: no checkpoint between them
+            made.append(n)
+            yield foundry_api.WatchResponse(event_id=f"evt_{n}")
+
+    async def receive():
+        await gone.wait()
+        return {"type": "websocket.disconnect", "code": 1006}
+
+    async def send(message):
+        sent.append(message)
+        gone.set()  # the first send is given up; what follows goes nowhere
+
+    with trio.fail_after(GUARD_SECONDS):
+        await websocket.pump(messages(), (1001, "stopping"), receive, send)
+    assert len(made) <= 2, f"{len(made)} messages made for a client that was gone"
