@@ -137,7 +137,7 @@ def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> set[str]:
     if len(statements) != 1:
         raise QueryRefused(f"expected exactly one SQL statement, got {len(statements)}")
     statement = statements[0]
-    kind = statement.type.name
+    kind = _kind(statement)
     if kind not in READ_ONLY:
         raise QueryRefused(
             f"{kind} statements are not allowed: only SELECT, WITH, VALUES, SHOW, DESCRIBE, "
@@ -156,16 +156,33 @@ def _parse(con: duckdb.DuckDBPyConnection, sql: str) -> list[Any]:
         raise QueryRefused(cut(str(exc))) from None
 
 
+def _kind(statement: Any) -> str:
+    """The statement's type; a type DuckDB's Python enum does not know (``UPDATE EXTENSIONS``:
+    ``ValueError``) is none that is allowed."""
+    try:
+        return str(statement.type.name)
+    except ValueError:
+        return "this kind of"
+
+
 def _explained(con: duckdb.DuckDBPyConnection, text: str) -> str:
-    """The statement an EXPLAIN [ANALYZE] explains, which must itself be a SELECT."""
-    tokens = duckdb.tokenize(text)
+    """The statement an ``EXPLAIN [ANALYZE]`` or ``EXPLAIN (options)`` explains, which must
+    itself be a SELECT (EXPLAIN ANALYZE runs it)."""
+    tokens = [t for t in duckdb.tokenize(text) if t[1] != duckdb.token_type.comment]
     skip = 1
-    if len(tokens) > 1 and text[tokens[1][0] :].upper().startswith("ANALYZE"):
-        skip = 2  # EXPLAIN ANALYZE runs the statement: it must be a read too
+    if len(tokens) > 1 and text[tokens[1][0] :].upper().startswith(("ANALYZE", "ANALYSE")):
+        skip = 2
+    elif len(tokens) > 1 and text[tokens[1][0]] == "(":
+        depth = 0
+        for skip, (start, _) in enumerate(tokens[1:], 1):  # noqa: B007 - skip is kept
+            depth += {"(": 1, ")": -1}.get(text[start], 0)
+            if depth == 0:
+                break
+        skip += 1  # past the closing parenthesis
     inner = text[tokens[skip][0] :] if len(tokens) > skip else ""
     statements = _parse(con, inner)
-    if len(statements) != 1 or statements[0].type.name != "SELECT":
-        kind = statements[0].type.name if statements else "an empty"
+    if len(statements) != 1 or _kind(statements[0]) != "SELECT":
+        kind = _kind(statements[0]) if statements else "an empty"
         raise QueryRefused(f"EXPLAIN of {kind} statement is not allowed: only of a query")
     return str(statements[0].query)
 
@@ -509,13 +526,17 @@ _AS_JSON = {
     "UUID": "CAST(to_json(CAST({c} AS VARCHAR)) AS VARCHAR)",
     "DATE": "'\"' || CASE WHEN isfinite({c}) THEN strftime({c}, '%Y-%m-%d') "
     "ELSE CAST({c} AS VARCHAR) END || '\"'",
-    "TIMESTAMP": "'\"' || strftime({c}, CASE WHEN epoch_us({c}) % 1000000 = 0 "
-    "THEN '%Y-%m-%dT%H:%M:%S' ELSE '%Y-%m-%dT%H:%M:%S.%f' END) || '\"'",
+    # (a format strftime takes for a TIMESTAMP must be a constant: a CASE of formats was refused,
+    # and every query with such a column ran unbounded, as written)
+    "TIMESTAMP": "'\"' || CASE WHEN NOT isfinite({c}) THEN CAST({c} AS VARCHAR) "
+    "WHEN epoch_us({c}) % 1000000 = 0 THEN strftime({c}, '%Y-%m-%dT%H:%M:%S') "
+    "ELSE strftime({c}, '%Y-%m-%dT%H:%M:%S.%f') END || '\"'",
 }
 # With the session in UTC, Python's datetime for a TIMESTAMPTZ is in UTC too.
 _AS_JSON_UTC = {
-    "TIMESTAMP WITH TIME ZONE": "'\"' || strftime({c}, CASE WHEN epoch_us({c}) % 1000000 = 0 "
-    "THEN '%Y-%m-%dT%H:%M:%S+00:00' ELSE '%Y-%m-%dT%H:%M:%S.%f+00:00' END) || '\"'",
+    "TIMESTAMP WITH TIME ZONE": "'\"' || CASE WHEN NOT isfinite({c}) THEN CAST({c} AS VARCHAR) "
+    "WHEN epoch_us({c}) % 1000000 = 0 THEN strftime({c}, '%Y-%m-%dT%H:%M:%S+00:00') "
+    "ELSE strftime({c}, '%Y-%m-%dT%H:%M:%S.%f+00:00') END || '\"'",
 }
 _UTC = frozenset(("UTC", "Etc/UTC"))
 
@@ -685,19 +706,27 @@ class _Raw(str):
     """A JSON column's text, decoded into the row (it is already JSON)."""
 
 
+# DuckDB's Python client reads an infinite TIMESTAMP as the last or first datetime Python has
+# (as DuckDB renders them, they are "infinity"; a real one is to the microsecond that extreme).
+# A DATE's are left as dates: 9999-12-31 and 0001-01-01 are days people write.
+_INFINITE = {dt.datetime.max: "infinity", dt.datetime.min: "-infinity"}
+
+
 def _plain(value: Any) -> Any:
     """A DuckDB value as JSON: numbers stay numbers (integers beyond 2^53 and non-finite floats
     become strings), times are ISO 8601, lists and structs nest, blobs are base64."""
     if value is None or isinstance(value, bool | str) and not isinstance(value, _Raw):
         return value
-    if isinstance(value, _Raw):
-        return json.loads(value)
+    if isinstance(value, _Raw):  # DuckDB's JSON may hold NaN, Infinity, integers past 2^53
+        return _plain(json.loads(value))
     if isinstance(value, int):
         return value if abs(value) <= 2**53 else str(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, decimal.Decimal):
         return float(value) if value.is_finite() else str(value)
+    if isinstance(value, dt.datetime) and value.replace(tzinfo=None) in _INFINITE:
+        return _INFINITE[value.replace(tzinfo=None)]
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):

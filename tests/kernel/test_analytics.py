@@ -119,6 +119,10 @@ REFUSED = {
     "SELECT 1; DROP TABLE events": "expected exactly one SQL statement, got 2",
     "EXPLAIN ANALYZE COPY events TO '/tmp/x'": "EXPLAIN of COPY statement is not allowed",
     "-- nothing": "expected exactly one SQL statement, got 0",
+    # a statement type DuckDB's Python enum does not know (ValueError: INTERNAL, a traceback)
+    "UPDATE EXTENSIONS": "this kind of statements are not allowed",
+    "EXPLAIN (ANALYZE) DELETE FROM events": "EXPLAIN of DELETE statement is not allowed",
+    "EXPLAIN /**/ ANALYZE DELETE FROM events": "EXPLAIN of DELETE statement is not allowed",
     # DuckDB's table macros that scan what their argument names (histogram_values runs
     # query_table): the archive's files are readable by the instance itself
     "FROM histogram('archive/*.csv', a)": "table function histogram() is not allowed",
@@ -139,7 +143,10 @@ def test_the_statement_check_refuses(sql):
     "sql",
     ["SELECT 1", "WITH x AS (SELECT 1 AS a) SELECT a FROM x", "VALUES (1, 2)", "FROM range(3)",
      "SHOW TABLES", "DESCRIBE SELECT 1", "SUMMARIZE SELECT 1 AS a", "EXPLAIN SELECT 1",
-     "EXPLAIN ANALYZE SELECT 1", "SELECT $a::INTEGER", "SELECT histogram(a) FROM range(3) t(a)"],
+     "EXPLAIN ANALYZE SELECT 1", "SELECT $a::INTEGER", "SELECT histogram(a) FROM range(3) t(a)",
+     # options in parentheses, comments between the words (the statement was cut mid-way)
+     "EXPLAIN (FORMAT JSON) SELECT 1", "EXPLAIN (ANALYZE, FORMAT JSON) SELECT 1",
+     "EXPLAIN/**/ANALYZE SELECT 1", "EXPLAIN -- why\nANALYZE SELECT 1"],
 )  # fmt: skip
 def test_the_statement_check_allows_reads(sql):
     with duckdb.connect() as con:
@@ -356,6 +363,11 @@ print(len(result.rows), result.truncated, peak // 1024)
         pytest.param("SELECT repeat('x', 1000000) AS s FROM range(3000)", id="strings"),
         pytest.param("SELECT [repeat('x', 1000000)] AS s FROM range(3000)", id="lists"),
         pytest.param("SELECT {'a': repeat('x', 1000000)} AS s FROM range(3000)", id="structs"),
+        # strftime refused the TIMESTAMP renderer's format: every such query ran as written
+        pytest.param(
+            "SELECT TIMESTAMP '2024-01-01' AS t, repeat('x', 1000000) AS s FROM range(3000)",
+            id="timestamps",
+        ),
     ],
 )
 def test_rows_past_the_reply_limit_are_never_made(sql):
@@ -473,6 +485,39 @@ async def test_values_come_back_as_json(tmp_path):
         ["2025-03-01T12:00:00+00:00", "2025-03-01", {"a": [1]}, [1, 2], {"k": "v"}, None, 1.5,
          "9007199254740993", "nan", True]
     ]  # fmt: skip
+
+
+async def test_non_finite_and_large_numbers_in_json_values_and_infinite_times_are_json(tmp_path):
+    """JSON a query makes may hold NaN, Infinity and integers past 2^53: they were written as
+    they were (no JSON parser reads ``NaN``). An infinite timestamp read as year 9999."""
+    async with running_store(tmp_path) as store:
+        got = await rows(
+            store,
+            "SELECT json_object('a', 'nan'::DOUBLE, 'b', '-inf'::DOUBLE, 'c', 9007199254740993)"
+            " AS j, 'infinity'::TIMESTAMP AS t, '-infinity'::TIMESTAMP AS m, "
+            "TIMESTAMP '2024-01-01 01:02:03.5' AS f",
+        )
+    assert got == [
+        [{"a": "nan", "b": "-inf", "c": "9007199254740993"}, "infinity", "-infinity",
+         "2024-01-01T01:02:03.500000"]
+    ]  # fmt: skip
+
+
+async def test_a_timestamp_column_is_rendered_by_duckdb_as_the_others(tmp_path):
+    async with running_store(tmp_path) as store:
+        got = await rows(
+            store,
+            "SELECT 'infinity'::TIMESTAMP AS t, TIMESTAMP '2024-01-01' AS u, "
+            "'-infinity'::TIMESTAMPTZ AS z",
+        )
+    assert got == [["infinity", "2024-01-01T00:00:00", "-infinity"]]
+
+
+async def test_an_explain_with_options_runs(tmp_path):
+    async with running_store(tmp_path) as store:
+        [[plan_type, plan]] = await rows(store, "EXPLAIN (FORMAT JSON) SELECT 1")
+    assert plan_type == "physical_plan"
+    assert "PROJECTION" in json.dumps(plan)
 
 
 # --- saved questions on known data ----------------------------------------------------------------
