@@ -34,9 +34,11 @@ _encode = json.JSONEncoder(
 ).encode
 _quote = json.encoder.encode_basestring
 # Where Python's text can differ from serde_json's: a float repr writes in exponent form (a digit
-# then "e"; its decimal forms are serde_json's already), or a 19-digit run that may be an integer
-# out of range. Strings that happen to match only cost the slower walk.
-_MAY_DIFFER = re.compile(r"[0-9][eE]|[0-9]{19}").search
+# then "e"; its decimal forms are serde_json's already), a 19-digit run that may be an integer
+# out of range, or a key that may have been a number, a bool or None (a block's emission may
+# have them: the encoder sorts those by value — 1, 2, 10 — serde_json by text, "1", "10", "2").
+# Strings that happen to match only cost the slower walk.
+_MAY_DIFFER = re.compile(r'[0-9](?:[eE]|[0-9]{18})|"(?:[-0-9][^"]*|true|false|null)":').search
 
 
 def dumps(value: Any) -> str:
@@ -45,8 +47,11 @@ def dumps(value: Any) -> str:
     Raises ValueError for NaN, infinities, lone surrogates or nesting too deep to encode,
     TypeError for values that are not JSON.
     """
-    text = _encode(value)
-    if _MAY_DIFFER(text) is not None:
+    try:
+        text = _encode(value)
+    except TypeError:  # keys of mixed types, unsortable by value (or no JSON: the walk says)
+        text = None
+    if text is None or _MAY_DIFFER(text) is not None:
         parts: list[str] = []
         try:
             _write(value, parts)

@@ -208,6 +208,12 @@ def test_occurred_at_is_chronos_autosi_form(micros, stamp):
         ({"t": True, "f": False}, '{"f":false,"t":true}'),  # bools are not integers
         ({}, "{}"),
         ({"l": [1, 2.5, "x", None, [], {}]}, '{"l":[1,2.5,"x",null,[],{}]}'),
+        # a block's emission may have keys that are not str: sorted by their text's bytes (the
+        # encoder sorted them by value, 1 2 10, and refused a mix of kinds)
+        ({10: "c", 2: "b", 1: "a"}, '{"1":"a","10":"c","2":"b"}'),
+        ({"n": {10: 1, 2: 2}, "b": "x"}, '{"b":"x","n":{"10":1,"2":2}}'),
+        ({2: "x", "a": "y", True: "t", None: "n"}, '{"2":"x","a":"y","null":"n","true":"t"}'),
+        ({-1: 1, 1.5: 2}, '{"-1":1,"1.5":2}'),
     ],
 )
 def test_payload_json_is_serde_jsons_compact_output(value, text):
@@ -392,6 +398,15 @@ def test_the_fast_path_writes_what_the_walk_writes(numbers):
     """Python's own encoder is used when its text cannot differ from serde_json's: it must agree
     with the number-by-number form everywhere."""
     assert payload_json_of({"n": numbers}) == '{"n":[' + ",".join(map(_number, numbers)) + "]}"
+
+
+@given(st.dictionaries(st.integers(-1000, 10**6) | st.text(max_size=4), st.integers(0, 9)))
+def test_keys_are_sorted_by_their_texts_bytes_whatever_their_kind(payload):
+    """As serde_json sorts the keys of an object it read (and its text is the event id's)."""
+    written = payload_json_of(payload)
+    keys = [str(k) for k in payload]
+    if len(set(keys)) == len(keys):
+        assert list(json.loads(written)) == sorted(keys, key=str.encode)
 
 
 def _number(value: float | int) -> str:
