@@ -52,7 +52,9 @@ def build_plugin_manager(
         except pluggy.PluginValidationError as exc:
             raise ConfigError(f"an installed plugin ({ENTRY_POINT_GROUP} entry point): "
                               f"{_one_line(exc)}") from None  # fmt: skip
-        except (Exception, SystemExit) as exc:  # its own code failed at import
+        except KeyboardInterrupt:  # Ctrl-C while it loads: the operator's stop
+            raise
+        except BaseException as exc:  # its own code failed at import  # noqa: BLE001
             raise ConfigError(f"importing an installed plugin ({ENTRY_POINT_GROUP} entry "
                               f"point) failed: {described(exc)}") from None  # fmt: skip
     for name in modules:
@@ -60,7 +62,10 @@ def build_plugin_manager(
             module = importlib.import_module(name)
         except ImportError as exc:
             raise ConfigError(f"[plugins].modules: cannot import {name!r}: {exc}") from None
-        except (Exception, SystemExit) as exc:  # its own code failed (a SyntaxError, sys.exit())
+        except KeyboardInterrupt:
+            raise
+        # its own code failed (a SyntaxError, sys.exit(), a BaseException of its own)
+        except BaseException as exc:  # noqa: BLE001
             raise ConfigError(
                 f"[plugins].modules: importing {name!r} failed: {described(exc)}"
             ) from None

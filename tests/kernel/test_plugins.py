@@ -189,13 +189,21 @@ def test_a_module_that_cannot_be_imported_is_named():
         ("raise RuntimeError('MY_TOKEN is not set')", "failed: RuntimeError: MY_TOKEN is not set"),
         ("def broken(:\n    pass", "failed: SyntaxError"),
         ("import sys\nsys.exit(3)", "failed: SystemExit: 3"),
+        ("class Odd(BaseException):\n    pass\nraise Odd('mine')", "failed: Odd: mine"),
+        ("raise GeneratorExit('early')", "failed: GeneratorExit: early"),
     ],
-    ids=["raises", "syntax", "exits"],
+    ids=["raises", "syntax", "exits", "base exception", "generator exit"],
 )
 def test_a_module_whose_own_code_fails_at_import_is_one_line(plugin_module, source, said):
     # only ImportError was caught: a traceback and exit 1 (sys.exit(3): exit 3, nothing said)
     name = plugin_module(source)
     with pytest.raises(ConfigError, match=rf"\[plugins\]\.modules: importing {name!r} {said}"):
+        load_blocks([name], entry_points=False)
+
+
+def test_a_ctrl_c_while_a_module_imports_stops_the_load(plugin_module):
+    name = plugin_module("raise KeyboardInterrupt")
+    with pytest.raises(KeyboardInterrupt):
         load_blocks([name], entry_points=False)
 
 
