@@ -10,7 +10,8 @@ seconds to finish before the servers cancel the rest; then the engine's, schedul
 replay's mailboxes close (their work in flight gets ``shutdown_grace`` seconds), and the store
 flushes and closes the database.
 A second signal at any point of that cancels the work still in flight and stops at once (what
-was committed stays; unfinished runs go on at the next start).
+was committed stays; unfinished runs go on at the next start); work that does not end when
+cancelled is left: the process exits ``HARD_STOP_SECONDS`` after that signal.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import logging
 import os
 import signal
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -147,6 +150,7 @@ async def serve(
     # the process as it would any program's (it was held until the daemon was ready).
     registry = load_config_blocks(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        exit_after_a_second_signal(signal.SIGINT, signal.SIGTERM)
         listen_key = config.listen_from or f"{config.source}: [daemon].listen"
         host, port = parse_listen(config.listen, key=listen_key)
         # token, TLS: refused with one line naming the file
@@ -260,6 +264,44 @@ async def _open_http(
         max_connections=max_connections,
     ) as http:
         yield http
+
+
+# Seconds a second signal gives the work in flight to end once cancelled, before the process
+# exits without it: a block that shields itself from cancellation, or a sync block that never
+# returns (the loop then never even hears the signals), kept the daemon up after two SIGTERMs.
+# What the daemon acknowledged is durable already (it survives kill -9).
+HARD_STOP_SECONDS = 5.0
+
+
+def exit_after_a_second_signal(*signums: int) -> None:
+    """Count the signals trio's handlers take (they run in Python's own handler, between two
+    bytecodes of whatever the main thread runs, loop or no loop): the second starts a thread
+    that ends the process :data:`HARD_STOP_SECONDS` later if it has not ended by then. trio
+    puts its own handlers' predecessors back when its receiver closes, so this goes with it."""
+    seen = 0
+
+    def counting(taken_by: Any) -> Callable[[int, Any], None]:
+        def handler(signum: int, frame: Any) -> None:
+            nonlocal seen
+            seen += 1
+            if seen == 2:
+                threading.Thread(target=_exit_later, name="foundry-hard-stop", daemon=True).start()
+            taken_by(signum, frame)
+
+        return handler
+
+    for signum in signums:
+        taken_by = signal.getsignal(signum)
+        if callable(taken_by):
+            signal.signal(signum, counting(taken_by))
+
+
+def _exit_later() -> None:
+    time.sleep(HARD_STOP_SECONDS)
+    log.error("still running %.0f s after a second signal (a block does not end when cancelled): "
+              "exiting now", HARD_STOP_SECONDS)  # fmt: skip
+    logging.shutdown()
+    os._exit(1)
 
 
 async def _stop_at_once_when_signalled(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import json
 import logging
 import os
@@ -177,6 +179,16 @@ def _client_options(parser: argparse.ArgumentParser, *, remote: bool = True) -> 
 # --- serve and blocks (local) -------------------------------------------------------------------
 
 
+def _announce(addresses: str) -> None:
+    """The ready line, stdout's only one: what plugins print from then on goes to stderr, as
+    what they print while they load does. A caller reads stdout for the ready line alone, and a
+    block printing 1 MB to a pipe no one read held the daemon's loop in ``write`` for good."""
+    print(addresses, flush=True)
+    # (no such file descriptors, say under a test's capture: as they are)
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from foundry.kernel.daemon import run
 
@@ -190,7 +202,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = _replace(config, http=_replace(config.http, listen=args.http_listen),
                           http_listen_from="--http-listen")  # fmt: skip
     configure_logging(args.log_format)
-    run(config, on_ready=lambda address: print(address, flush=True))
+    run(config, on_ready=_announce)
     _leave_left_threads()
     return 0
 

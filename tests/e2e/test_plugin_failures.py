@@ -5,8 +5,11 @@ daemon down; as a DAG step it took every restart down too (an unfinished run goe
 from __future__ import annotations
 
 import json
+import signal
 import textwrap
+import time
 
+import pytest
 from foundry.proto import runtime_api
 
 from tests.e2e.helpers import block, emit, finished, traced
@@ -68,3 +71,55 @@ def test_a_block_that_exits_fails_its_chain_and_a_step_that_does_fails_its_run(
     assert "Boom: boom" in value(step.error)["message"]
     assert after.status == runtime_api.RunStatus.FAILED
     assert finished(daemon, emit(daemon, "greet_requested").workflow_id).state == "completed"
+
+
+UNRULY = """
+import sys
+
+import trio
+from foundry.kernel import block, hookimpl
+
+
+@block("Prints", sinks=["print_requested"])
+def prints(ctx):
+    print("p" * 1_000_000)  # more than a pipe holds
+    return "printed"
+
+
+@block("Shields", sinks=["shield_requested"], timeout=1)
+async def shields(ctx):
+    with trio.CancelScope(shield=True):
+        await trio.sleep_forever()
+
+
+@hookimpl
+def register_blocks():
+    return [prints, shields]
+"""
+
+
+@pytest.fixture
+def unruly(make_daemon, tmp_path):
+    (tmp_path / "unruly_plugin.py").write_text(textwrap.dedent(UNRULY))
+    return make_daemon('[plugins]\npaths = ["."]\nmodules = ["unruly_plugin"]\n')
+
+
+def test_what_a_block_prints_goes_to_stderr_not_to_the_ready_lines_pipe(unruly):
+    """The harness reads stdout for the ready line alone, as callers do: a block printing 1 MB
+    held the daemon's loop in write() to the full pipe, and no call was answered again."""
+    reply = emit(unruly, "print_requested")
+    assert finished(unruly, reply.workflow_id).state == "completed"
+    assert "p" * 1_000 in unruly.stderr()
+
+
+def test_a_second_signal_ends_a_daemon_whose_block_ignores_cancellation(unruly):
+    """A block shielded from cancellation outlived its timeout and both signals: only SIGKILL
+    ended the daemon. The second signal now ends the process a few seconds later."""
+    emit(unruly, "shield_requested")
+    time.sleep(0.5)  # the block runs
+    process = unruly.process
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) != 0
+    assert "a second signal (a block does not end when cancelled): exiting now" in unruly.stderr()
