@@ -251,10 +251,10 @@ async def test_published_items_reach_watchers_only_after_their_commit(tmp_path):
 
 
 @asynccontextmanager
-async def running_store(home, **options):
+async def running_store(home, guard=GUARD_SECONDS, **options):
     store_send, store_receive = trio.open_memory_channel(1_000)
     tap_send, _tap_receive = trio.open_memory_channel(1_000)
-    with trio.fail_after(GUARD_SECONDS):
+    with trio.fail_after(guard):
         async with trio.open_nursery() as nursery:
             try:
                 await nursery.start(Store(home, store_receive, tap_send, **options).run)
@@ -907,7 +907,10 @@ async def test_a_read_that_finds_duckdb_invalidated_has_it_reopened_without_a_wr
     the database: reads failed until the next write woke the materializer. A read that meets
     it wakes the store now, and it opens the database again."""
     failed_at = None
-    async with running_store(tmp_path, memory_limit="64MB", materialize_delay=60) as store:
+    # ~70 events of 1 MB before DuckDB fails: 3.5 s alone, 10 s beside a loaded suite
+    async with running_store(
+        tmp_path, guard=90, memory_limit="64MB", materialize_delay=60
+    ) as store:
         for n in range(1, 200):
             await post_now(store, [_large_event(n)]).wait()
             try:

@@ -620,4 +620,6 @@ async def test_a_websocket_pump_stops_making_messages_once_its_client_is_gone():
 
     with trio.fail_after(GUARD_SECONDS):
         await websocket.pump(messages(), (1001, "stopping"), receive, send)
-    assert len(made) <= 2, f"{len(made)} messages made for a client that was gone"
+    # the one sent, and one or two more (trio runs the pump and the disconnect's task, both
+    # ready at once, in a random order)
+    assert len(made) <= 3, f"{len(made)} messages made for a client that was gone"
