@@ -4,8 +4,9 @@ A Watch event goes to every watcher of its project, on either listener. Each wat
 reply and encoded it: 200 watchers that read nothing, sent 4 MB events, held 200 JSON texts and
 200 encodings of each (1.7 GB after the second event) and kept the daemon's thread busy 4-5 s per
 event — no other call was answered meanwhile. Now every watcher of an event is handed the same
-message (:meth:`SharedReplies.reply`), and a codec that encodes a message it was handed before
-reuses that encoding (:meth:`SharedReplies.encoded`): one text per event, the sends sharing it.
+message (:meth:`SharedReplies.reply`, by the event's id), and a codec that encodes a message it
+was handed before reuses that encoding (:meth:`SharedReplies.encoded`): one text per event, the
+sends sharing it.
 
 The recent ones are held, while their sizes are under a budget; a watcher so far behind that its
 event is gone makes its own again. A message no one registered is encoded as before (a dict
@@ -15,10 +16,9 @@ lookup more). Everything here runs on the daemon's one event-loop thread.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-ITEM = TypeVar("ITEM")
 MESSAGE = TypeVar("MESSAGE")
 FORM = TypeVar("FORM")
 
@@ -32,32 +32,34 @@ MAX_ENTRIES = 4096
 
 
 class _Entry:
-    __slots__ = ("item", "message", "size", "forms")
+    __slots__ = ("key", "message", "size", "forms")
 
-    def __init__(self, item: Any, message: Any) -> None:
-        self.item, self.message, self.size = item, message, 0
+    def __init__(self, key: Hashable, message: Any) -> None:
+        self.key, self.message, self.size = key, message, 0
         self.forms: dict[str, Any] = {}
 
 
 class SharedReplies:
-    """The replies made of recent items, by the items' identity, and their encodings."""
+    """The replies made of recent items, by a key naming each item (an event's id), and their
+    encodings. Only the replies are held, not the items (an event's parsed payload can be
+    several times its text)."""
 
     def __init__(self, budget: int = BUDGET_BYTES, entries: int = MAX_ENTRIES) -> None:
         self._budget, self._entries = budget, entries
-        self._by_item: OrderedDict[int, _Entry] = OrderedDict()
+        self._by_key: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._by_message: dict[int, _Entry] = {}
         self._bytes = 0
 
-    def reply(self, item: ITEM, size: int, make: Callable[[ITEM], MESSAGE]) -> MESSAGE:
-        """``make(item)``, the same message for the same item while it is held. ``size``:
-        what the item holds (its payload's bytes)."""
-        entry = self._by_item.get(id(item))
-        if entry is not None and entry.item is item:  # (held: its id is not another's yet)
+    def reply(self, key: Hashable, size: int, make: Callable[[], MESSAGE]) -> MESSAGE:
+        """``make()``, the same message for the same ``key`` while it is held. ``size``: what
+        the message holds (its payload's bytes)."""
+        entry = self._by_key.get(key)
+        if entry is not None:
             return entry.message  # type: ignore[no-any-return]
-        message = make(item)
-        entry = _Entry(item, message)
-        self._by_item[id(item)] = entry
-        self._by_message[id(message)] = entry
+        message = make()
+        entry = _Entry(key, message)
+        self._by_key[key] = entry
+        self._by_message[id(message)] = entry  # (held by the entry: its id is no other's)
         self._grow(entry, size)
         return message
 
@@ -77,19 +79,19 @@ class SharedReplies:
         return self._bytes
 
     def __len__(self) -> int:
-        return len(self._by_item)
+        return len(self._by_key)
 
     def _grow(self, entry: _Entry, size: int) -> None:
         entry.size += size
         self._bytes += size
-        while self._by_item and (self._bytes > self._budget or len(self._by_item) > self._entries):
-            oldest = next(iter(self._by_item.values()))
-            if oldest is entry and len(self._by_item) == 1:
+        while self._by_key and (self._bytes > self._budget or len(self._by_key) > self._entries):
+            oldest = next(iter(self._by_key.values()))
+            if oldest is entry and len(self._by_key) == 1:
                 break  # one reply over the budget is kept while it is the newest
             self._drop(oldest)
 
     def _drop(self, entry: _Entry) -> None:
-        del self._by_item[id(entry.item)]
+        del self._by_key[entry.key]
         del self._by_message[id(entry.message)]
         self._bytes -= entry.size
 

@@ -22,7 +22,7 @@ import pytest
 from foundry.proto import foundry_api as api
 from grpclib.client import Channel
 from grpclib.config import Configuration
-from grpclib.const import Status
+from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from tests.e2e.helpers import PROBE, Watcher, emit, finished
@@ -206,3 +206,51 @@ def test_watchers_that_read_nothing_share_one_encoding_of_each_event(make_daemon
     grown = daemon.call(scenario)
     assert grown < 120, f"the daemon grew {grown:.0f} MB for {WATCHERS} watchers of 2 MB events"
     assert finished(daemon, emit(daemon, "greet_requested").workflow_id).state == "completed"
+
+
+def test_a_large_watch_reply_over_the_stalled_budget_is_refused_whole(make_daemon):
+    """A large event goes out as its 5-byte prefix, then the message shared by its watchers:
+    the stalled-reply budget refused the message after its prefix had gone, and the client read
+    a broken stream (a prefix announcing 3 MB, then nothing) instead of RESOURCE_EXHAUSTED."""
+    daemon = make_daemon("[daemon]\nbody_timeout = 8.0\n")  # stalled after 4 s
+    payload = json.dumps({"blob": "x" * 3_000_000})
+
+    async def scenario(foundry, _):
+        host, port = daemon.address.rsplit(":", 1)
+        config = Configuration(
+            http2_connection_window_size=256 << 20, http2_stream_window_size=SMALLEST_WINDOW
+        )
+        channel = Channel(host, int(port), config=config)
+        try:
+
+            async def opened():
+                call = channel.request(
+                    "/foundry.Foundry/Watch", Cardinality.UNARY_STREAM, api.WatchRequest,
+                    api.WatchResponse,
+                )  # fmt: skip
+                stream = await call.__aenter__()
+                await stream.send_message(api.WatchRequest(project="budget"), end=True)
+                return stream
+
+            stalled = [await opened() for _ in range(8)]  # read nothing: 8 x 3 MB > 16 MB
+            await asyncio.sleep(1.0)  # subscribed
+            await foundry.emit(
+                api.EmitRequest(event_type="big_e", project="budget", payload_json=payload)
+            )
+            await asyncio.sleep(5.0)  # their sends stall (given up at 8 s)
+            late = await opened()
+            await asyncio.sleep(1.0)
+            await foundry.emit(
+                api.EmitRequest(event_type="big_e", project="budget", payload_json=payload)
+            )
+            assert await asyncio.wait_for(late.recv_message(), 20) is None  # no message
+            with pytest.raises(GRPCError) as refused:
+                await late.recv_trailing_metadata()
+            assert len(stalled) == 8
+            return refused.value
+        finally:
+            channel.close()
+
+    error = daemon.call(scenario)
+    assert error.status == Status.RESOURCE_EXHAUSTED, error
+    assert "too many replies wait for clients" in error.message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
+from functools import partial
 from typing import Any
 
 from foundry.kernel.actors.engine.messages import (
@@ -90,7 +91,9 @@ class FoundryService(api.FoundryBase):
                             f"watcher fell behind by more than {behind} and was cut off; "
                             "reconnect, and use Trace to fill the gap",
                         )
-                    yield SHARED_REPLIES.reply(item, payload_bytes(item), watch_response)
+                    # (an event's id names it: its text, time and project are hashed)
+                    key, make = (item.id, item.workflow_id), partial(watch_response, item)
+                    yield SHARED_REPLIES.reply(key, payload_bytes(item), make)
             # The broker closed the subscription: the daemon is stopping. A stream that ended OK
             # could not be told from one its client meant to end.
             raise GRPCError(Status.UNAVAILABLE, STOPPING)

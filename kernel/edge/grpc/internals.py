@@ -335,9 +335,7 @@ def bound_unread_replies(stall_timeout: float) -> bool:
         if task is None or size <= self._h2_connection.local_flow_control_window(self.id):
             return await original(self, data, end_stream)
         connection = self.connection
-        if _HELD.get(connection, 0) > CONNECTION_REPLY_BUDGET or _STALLED_BYTES[0] > REPLY_BUDGET:
-            raise GRPCError(Status.RESOURCE_EXHAUSTED, "too many replies wait for clients "
-                            "that read none of them; try again")  # fmt: skip
+        refuse_when_over_budget(connection)
         watched = _Watched(self, connection, size, time.monotonic())
         _SENDING[task] = watched
         _watch_sending(stall_timeout)
@@ -358,6 +356,14 @@ def bound_unread_replies(stall_timeout: float) -> bool:
     protocol_stream.send_data = functools.wraps(original)(send_data)  # type: ignore[method-assign]
     protocol_stream._foundry_bounded = True  # type: ignore[attr-defined]
     return True
+
+
+def refuse_when_over_budget(connection: Any) -> None:
+    """RESOURCE_EXHAUSTED for a reply that must wait for its client while the stalled ones pass
+    their budgets (:func:`bound_unread_replies`)."""
+    if _HELD.get(connection, 0) > CONNECTION_REPLY_BUDGET or _STALLED_BYTES[0] > REPLY_BUDGET:
+        raise GRPCError(Status.RESOURCE_EXHAUSTED, "too many replies wait for clients that read "
+                        "none of them; try again")  # fmt: skip
 
 
 class _Watched:
@@ -492,7 +498,11 @@ async def send_frames(stream: grpclib.server.Stream[Any, Any], messages: Sequenc
     send_data = raw_send_data(stream)
     if send_data is not None:
         if len(messages) == 1 and len(messages[0]) >= UNCOPIED_BYTES:
-            # its prefix apart: the message is shared (every watcher of an event), not copied
+            # its prefix apart: the message is shared (every watcher of an event), not copied.
+            # A refusal comes before the prefix is sent (a prefix alone broke the stream).
+            h2_stream = send_data.__self__
+            if len(messages[0]) > h2_stream._h2_connection.local_flow_control_window(h2_stream.id):
+                refuse_when_over_budget(h2_stream.connection)
             await send_data(b"\x00" + len(messages[0]).to_bytes(4, "big"))
             await send_data(messages[0])
         else:

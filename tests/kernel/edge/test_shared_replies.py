@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 from foundry.kernel.edge.shared_replies import JSON, PROTO, SharedReplies
-
-
-class Item:
-    def __init__(self, text: str) -> None:
-        self.text = text
 
 
 class Counted:
@@ -21,16 +19,34 @@ class Counted:
         return "encoded " + message[0]
 
 
-def test_the_same_item_gets_the_same_reply_encoded_once_per_form():
-    shared, item = SharedReplies(), Item("a" * 100)
-    first = shared.reply(item, 100, lambda i: [i.text])
-    assert shared.reply(item, 100, lambda i: [i.text]) is first
+def test_the_same_key_gets_the_same_reply_encoded_once_per_form():
+    shared = SharedReplies()
+    first = shared.reply("evt_a", 100, lambda: ["a" * 100])
+    assert shared.reply("evt_a", 100, lambda: ["other"]) is first
     to_proto, to_json = Counted(), Counted()
     for _ in range(50):  # fifty watchers
         assert shared.encoded(first, PROTO, to_proto) == "encoded " + "a" * 100
         shared.encoded(first, JSON, to_json)
     assert (to_proto.calls, to_json.calls) == (1, 1)
     assert shared.held_bytes == 100 + 2 * len("encoded " + "a" * 100)
+
+
+def test_only_the_reply_is_held_not_what_it_was_made_of():
+    """An event's parsed payload can be several times its text: the memo held 4x its budget."""
+
+    class Item:
+        pass
+
+    def made_of(shared: SharedReplies) -> weakref.ref[Item]:
+        item = Item()
+        shared.reply("evt_a", 10, lambda: ["made of", type(item).__name__])
+        return weakref.ref(item)
+
+    shared = SharedReplies()
+    gone = made_of(shared)
+    gc.collect()
+    assert gone() is None
+    assert len(shared) == 1
 
 
 def test_a_message_no_one_registered_is_encoded_each_time():
@@ -44,12 +60,11 @@ def test_a_message_no_one_registered_is_encoded_each_time():
 
 def test_the_oldest_replies_go_past_the_budget_and_are_made_again():
     shared = SharedReplies(budget=1_000, entries=100)
-    items = [Item(str(n)) for n in range(5)]
-    replies = [shared.reply(item, 300, lambda i: [i.text]) for item in items]
+    replies = [shared.reply(n, 300, lambda n=n: [str(n)]) for n in range(5)]
     assert len(shared) == 3  # 900 bytes: the two oldest went
     assert shared.held_bytes == 900
-    assert shared.reply(items[4], 300, lambda i: [i.text]) is replies[4]
-    again = shared.reply(items[0], 300, lambda i: [i.text])
+    assert shared.reply(4, 300, lambda: ["4"]) is replies[4]
+    again = shared.reply(0, 300, lambda: ["0"])
     assert again is not replies[0]
     assert again == replies[0]
     encode = Counted()  # an encoding of a reply that went is made, not kept
@@ -61,13 +76,12 @@ def test_the_oldest_replies_go_past_the_budget_and_are_made_again():
 def test_the_count_of_replies_is_bounded_and_one_over_the_budget_is_kept_while_newest():
     shared = SharedReplies(budget=1_000, entries=2)
     for n in range(4):
-        shared.reply(Item(str(n)), 1, lambda i: [i.text])
+        shared.reply(n, 1, lambda n=n: [str(n)])
     assert len(shared) == 2
-    huge = Item("huge")
-    reply = shared.reply(huge, 5_000, lambda i: [i.text])
+    reply = shared.reply("huge", 5_000, lambda: ["huge"])
     assert len(shared) == 1
     assert shared.held_bytes == 5_000
-    assert shared.reply(huge, 5_000, lambda i: [i.text]) is reply
-    shared.reply(Item("next"), 1, lambda i: [i.text])
+    assert shared.reply("huge", 5_000, lambda: ["other"]) is reply
+    shared.reply("next", 1, lambda: ["next"])
     assert len(shared) == 1
     assert shared.held_bytes == 1
