@@ -16,11 +16,11 @@ lookup more). Everything here runs on the daemon's one event-loop thread.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sized
 from typing import Any, TypeVar
 
 MESSAGE = TypeVar("MESSAGE")
-FORM = TypeVar("FORM")
+FORM = TypeVar("FORM", bound=Sized)
 
 # The forms: protobuf bytes, proto3 JSON text (a WebSocket's), the same as UTF-8 (Connect's)
 PROTO, JSON, JSON_UTF8 = "proto", "json", "json-utf8"
@@ -72,7 +72,7 @@ class SharedReplies:
         if done is None:
             done = entry.forms[form] = encode(message)
             self._grow(entry, len(done))
-        return done  # type: ignore[no-any-return]
+        return done
 
     @property
     def held_bytes(self) -> int:

@@ -500,8 +500,9 @@ async def send_frames(stream: grpclib.server.Stream[Any, Any], messages: Sequenc
         if len(messages) == 1 and len(messages[0]) >= UNCOPIED_BYTES:
             # its prefix apart: the message is shared (every watcher of an event), not copied.
             # A refusal comes before the prefix is sent (a prefix alone broke the stream).
-            h2_stream = send_data.__self__
-            if len(messages[0]) > h2_stream._h2_connection.local_flow_control_window(h2_stream.id):
+            h2_stream: Any = getattr(send_data, "__self__", None)
+            window = h2_stream._h2_connection.local_flow_control_window if h2_stream else None
+            if window is not None and len(messages[0]) > window(h2_stream.id):
                 refuse_when_over_budget(h2_stream.connection)
             await send_data(b"\x00" + len(messages[0]).to_bytes(4, "big"))
             await send_data(messages[0])
