@@ -172,7 +172,7 @@ def _explained(con: duckdb.DuckDBPyConnection, text: str) -> str:
     skip = 1
     if len(tokens) > 1 and text[tokens[1][0] :].upper().startswith(("ANALYZE", "ANALYSE")):
         skip = 2
-    elif len(tokens) > 1 and text[tokens[1][0]] == "(":
+    elif len(tokens) > 2 and text[tokens[1][0]] == "(" and not _starts_a_query(text, tokens[2]):
         depth = 0
         for skip, (start, _) in enumerate(tokens[1:], 1):  # noqa: B007 - skip is kept
             depth += {"(": 1, ")": -1}.get(text[start], 0)
@@ -185,6 +185,16 @@ def _explained(con: duckdb.DuckDBPyConnection, text: str) -> str:
         kind = _kind(statements[0]) if statements else "an empty"
         raise QueryRefused(f"EXPLAIN of {kind} statement is not allowed: only of a query")
     return str(statements[0].query)
+
+
+def _starts_a_query(text: str, token: tuple[int, Any]) -> bool:
+    """Whether ``token`` opens a query (``EXPLAIN (SELECT 1)``), not an option's name
+    (``EXPLAIN (FORMAT JSON) …``)."""
+    word = text[token[0] :].lstrip("(").split(None, 1)
+    return text[token[0]] == "(" or bool(word) and word[0].upper() in _QUERY_WORDS
+
+
+_QUERY_WORDS = frozenset(("SELECT", "WITH", "VALUES", "FROM", "TABLE", "SUMMARIZE", "DESCRIBE"))
 
 
 def _check_tree(con: duckdb.DuckDBPyConnection, text: str) -> set[str]:
@@ -706,12 +716,6 @@ class _Raw(str):
     """A JSON column's text, decoded into the row (it is already JSON)."""
 
 
-# DuckDB's Python client reads an infinite TIMESTAMP as the last or first datetime Python has
-# (as DuckDB renders them, they are "infinity"; a real one is to the microsecond that extreme).
-# A DATE's are left as dates: 9999-12-31 and 0001-01-01 are days people write.
-_INFINITE = {dt.datetime.max: "infinity", dt.datetime.min: "-infinity"}
-
-
 def _plain(value: Any) -> Any:
     """A DuckDB value as JSON: numbers stay numbers (integers beyond 2^53 and non-finite floats
     become strings), times are ISO 8601, lists and structs nest, blobs are base64."""
@@ -725,8 +729,6 @@ def _plain(value: Any) -> Any:
         return value if math.isfinite(value) else str(value)
     if isinstance(value, decimal.Decimal):
         return float(value) if value.is_finite() else str(value)
-    if isinstance(value, dt.datetime) and value.replace(tzinfo=None) in _INFINITE:
-        return _INFINITE[value.replace(tzinfo=None)]
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):

@@ -16,6 +16,7 @@ cancelled is left: the process exits ``HARD_STOP_SECONDS`` after that signal.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import logging
@@ -297,10 +298,14 @@ def exit_after_a_second_signal(*signums: int) -> None:
 
 
 def _exit_later() -> None:
+    """Not through logging: its handlers' lock, or a stderr pipe no one reads (where blocks'
+    prints go too), would hold this thread as they hold the rest."""
     time.sleep(HARD_STOP_SECONDS)
-    log.error("still running %.0f s after a second signal (a block does not end when cancelled): "
-              "exiting now", HARD_STOP_SECONDS)  # fmt: skip
-    logging.shutdown()
+    line = (f"foundry: still running {HARD_STOP_SECONDS:.0f} s after a second signal (a block "
+            "does not end when cancelled): exiting now\n")  # fmt: skip
+    with contextlib.suppress(OSError):
+        os.set_blocking(2, False)
+        os.write(2, line.encode())
     os._exit(1)
 
 

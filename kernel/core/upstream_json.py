@@ -89,6 +89,8 @@ def _write_object(value: Mapping[Any, Any], parts: list[str]) -> None:
     items = sorted(((_key(k), v) for k, v in value.items()), key=lambda kv: kv[0].encode())
     parts.append("{")
     for index, (key, item) in enumerate(items):
+        if index and key == items[index - 1][0]:  # 1 and "1": which one would a reader keep?
+            raise ValueError(f"two keys are written {_quote(key)[:60]}")
         parts.append("," if index else "")
         parts.append(_quote(key))
         parts.append(":")
@@ -102,8 +104,12 @@ def _key(key: Any) -> str:
         return key
     if key is None or isinstance(key, bool):
         return {None: "null", True: "true", False: "false"}[key]
-    if isinstance(key, int | float):
-        return float.__repr__(key) if isinstance(key, float) else int.__repr__(key)
+    if isinstance(key, float):
+        if not math.isfinite(key):
+            raise ValueError("Out of range float values are not JSON compliant")
+        return float.__repr__(key)
+    if isinstance(key, int):
+        return int.__repr__(key)
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 

@@ -5,7 +5,10 @@ daemon down; as a DAG step it took every restart down too (an unfinished run goe
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 
@@ -122,4 +125,42 @@ def test_a_second_signal_ends_a_daemon_whose_block_ignores_cancellation(unruly):
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) != 0
-    assert "a second signal (a block does not end when cancelled): exiting now" in unruly.stderr()
+    assert "after a second signal (a block does not end when cancelled): exiting now" in (
+        unruly.stderr()
+    )
+
+
+def test_a_second_signal_ends_the_daemon_when_no_one_reads_its_stderr(unruly):
+    """Started with stderr a pipe no one reads (stdout read for the ready line alone, as callers
+    do): a block's 1 MB print fills it, and the exit's own log line blocked on it for good."""
+    unruly.stop()
+    env = {**os.environ, "FOUNDRY_HOME": str(unruly.home)}
+    env.pop("FOUNDRY_ADDR", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "foundry.kernel.cli", "serve", "--config", str(unruly.config),
+         "--listen", "127.0.0.1:0", "--http-listen", "off"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=unruly.home.parent,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        address = process.stdout.readline().decode().strip()
+        # its 1 MB fills the pipe: the loop blocks writing it, and the Emit is never answered
+        emitting = subprocess.Popen(
+            [sys.executable, "-m", "foundry.kernel.cli", "emit", "print_requested",
+             "--project", "p", "--addr", address],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(2.0)
+        emitting.kill()
+        emitting.wait(10)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()

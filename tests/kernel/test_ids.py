@@ -317,6 +317,18 @@ def test_non_object_payloads_are_refused(text, kind):
         parse_json_object(text, "payload_json", upstream_numbers=True)
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [{1: "a", "1": "b"}, {True: 1, "true": 2}, {math.nan: 1, "a": 2}, {math.inf: 1}],
+    ids=["1 and '1'", "True and 'true'", "nan key", "inf key"],
+)
+def test_a_payload_whose_keys_write_alike_or_are_no_number_is_refused(payload):
+    """Written, two keys would be one text (which would a reader keep? its id would not be the
+    id of the payload read back); NaN is no JSON."""
+    with pytest.raises(ValueError, match="two keys are written|Out of range float"):
+        payload_json_of(payload)
+
+
 def test_payloads_upstream_cannot_hold_are_refused():
     with pytest.raises(ValueError, match="surrogates not allowed"):
         payload_json_of({"s": "\ud800"})  # a lone surrogate has no UTF-8 form
