@@ -407,9 +407,15 @@ RUNTIME = "/fleetforge.runtime.v1.RuntimeService/"
         # once, and the number cut short (it was written twice, then 301 digits)
         (RUNTIME + "SubmitRun", "application/json", b'{"spec": {"dagJson": "{}", "seed": 1e300}}',
          "request: spec.seed: 10000000000000000525… (301 digits) is out of the int64 range"),
+        # a wrapped int64 (Int64Value) was not held to its range: the branch was acknowledged,
+        # its rows refused by the store, and other runs' rows of the same commit with them
+        (RUNTIME + "CreateBranchRun", "application/json",
+         b'{"runId": "run_x", "fromStep": "a", "seedMode": "BRANCH_SEED_MODE_CUSTOM", '
+         b'"seed": "9223372036854775808"}',
+         "request: seed: 9223372036854775808 is out of the Int64Value range"),
     ],
     ids=["wire-type-7", "open-group", "fixed64-int64", "timestamp-binary", "timestamp-json",
-         "huge-number"],
+         "huge-number", "wrapped-int64"],
 )  # fmt: skip
 def test_a_malformed_request_is_refused_naming_what_is_wrong(
     daemon, path, content_type, body, said

@@ -199,6 +199,9 @@ def _check_unwrapped(value: Any, wrapper: type, path: str) -> None:
         ok = isinstance(value, expected_scalar) and not (
             inner.proto_type in _INT_TYPES and isinstance(value, bool)
         )
+        bounds = _RANGES.get(inner.proto_type) if ok else None
+        if bounds is not None:  # CreateBranchRun's seed: 2^63 was stored nowhere (JSON)
+            _check_range(value, bounds, path, wrapper.__name__)
     else:
         ok = isinstance(value, expected)
     if not ok:
