@@ -18,7 +18,7 @@ from foundry.analytics.migrations import migrate
 from foundry.kernel.actors.mailbox import ask, reply_pair
 from foundry.kernel.actors.store.actor import READERS, Store
 from foundry.kernel.actors.store.attestations import load_unattested
-from foundry.kernel.actors.store.journal import JournalCorrupt, pending_records
+from foundry.kernel.actors.store.journal import JournalCorrupt, decode, pending_records
 from foundry.kernel.actors.store.looks import LOOK_BYTES, MAX_SPAN, MIN_SPAN, next_span
 from foundry.kernel.actors.store.messages import (
     Append,
@@ -637,8 +637,25 @@ async def test_rows_the_database_refuses_are_set_aside_and_the_rest_still_land(t
         assert (await ask(store, CountRows)).events == 2  # the store carries on
     [aside] = (tmp_path / "journal" / "rejected").iterdir()
     assert aside.name == f"{2:020d}.rows"
-    assert "journal record 2: the database refused its rows" in caplog.text
+    assert "journal record 2: the database refused 1 of its rows" in caplog.text
     assert database_rows(tmp_path, "SELECT seq FROM journal_applied") == 3
+
+
+async def test_a_refused_row_takes_no_other_row_of_its_record_with_it(tmp_path, caplog):
+    """A record holds every append of its group commit: one run's refused row set aside all
+    of them (another run that had finished came back half done after a restart)."""
+    good, neighbour, later = make_event(1), make_event(2), make_event(4)
+    refused = dataclasses.replace(make_event(3), event_type=None)
+    async with running_store(tmp_path, materialize_delay=60) as store:
+        await post_now(store, [good]).wait()
+        await post_now(store, [neighbour, refused]).wait()  # one record, one bad row
+        await post_now(store, [later]).wait()
+        assert (await ask(store, CountRows)).events == 3
+    assert "journal record 2: the database refused 1 of its rows" in caplog.text
+    [aside] = (tmp_path / "journal" / "rejected").iterdir()
+    [(table, rows)] = decode(aside.read_bytes())
+    assert (table, len(rows)) == ("events", 1)
+    assert database_rows(tmp_path, "SELECT count(*) FROM events") == 3
 
 
 async def test_a_store_stopping_while_the_database_fails_leaves_its_writes_to_the_journal(

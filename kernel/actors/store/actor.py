@@ -114,6 +114,7 @@ REPLAY_BATCH = 256
 # How long a query waits for DuckDB to catch up with the journal before it gives up.
 CATCH_UP_SECONDS = 30.0
 # Tries a stopping store gives a failing database before it leaves the journal to the next start.
+REOPEN_AFTER_FAILURES = 10  # failed attempts at one batch (one a second) before a new connection
 STOPPING_ATTEMPTS = 3
 
 # Queries at once, each on its own cursor and worker thread (commits use the default limiter).
@@ -626,6 +627,15 @@ class Store:
                     log.error("stopping with %d journal records the database lacks", len(batch))
                     return
                 await trio.sleep(1.0)  # the records stay in the journal and in memory
+                if attempt % REOPEN_AFTER_FAILURES == 0:
+                    # A connection that met a full disk can keep failing once there is room
+                    # again (DuckDB fixed its temp space at what was free then, none: "failed to
+                    # offload" for good, until a restart). A new one starts afresh.
+                    await self._recover_from_fatal(exc, keep_limit=True)
+                    if self._con is None:
+                        log.error("stopping with %d journal records the database lacks",
+                                  len(batch))  # fmt: skip
+                        return
         if batch:
             self._applied = batch[-1][0]
         self._derived_applied = made
@@ -703,13 +713,17 @@ class Store:
                 for limiter, borrower in slots:
                     limiter.release_on_behalf_of(borrower)
 
-    async def _recover_from_fatal(self, exc: duckdb.FatalException) -> None:
+    async def _recover_from_fatal(self, exc: Exception, *, keep_limit: bool = False) -> None:
         """DuckDB invalidated the database (a checkpoint that could not fit in its memory
         limit: a row group's large values are held at once): every call on it fails from then
         on. Open it again — without ``[store] memory_limit`` from now on, as the same row group
         would fail the next checkpoint too — until it opens or the store stops; the journal has
-        every write meanwhile."""
-        if self._memory_limit:
+        every write meanwhile. ``keep_limit``: a connection that failed on and on, reopened as
+        it was."""
+        if keep_limit:
+            log.error("DuckDB keeps failing (%s): opening the database again",
+                      sandbox.cut(str(_first_error(exc))))  # fmt: skip
+        elif self._memory_limit:
             log.error(
                 "DuckDB failed (%s): reopening the database without [store] memory_limit = %s "
                 "(DuckDB's own limit, 80%% of RAM, from now on; raise the setting to keep a "
@@ -1327,7 +1341,21 @@ class Store:
                 return
             if not isinstance(exc, _REFUSED_ROWS):
                 raise
-            self._set_aside(*batch[0], exc)
+            self._apply_row_by_row(*batch[0], exc)
+
+    def _apply_row_by_row(self, seq: int, tables: Sequence[TableRows], exc: Exception) -> None:
+        """A record DuckDB refuses, its rows one at a time: only those it refuses are set aside.
+        A record holds every append of its group commit — one run's bad row took another run's
+        rows with it (a run that had finished came back half done, its steps run again)."""
+        refused: list[TableRows] = []
+        for table, rows in tables:
+            for row in rows:
+                try:
+                    self._transaction([(table, [row])])
+                except _REFUSED_ROWS as row_exc:
+                    refused.append((table, [row]))
+                    exc = row_exc
+        self._set_aside(seq, refused, exc)
 
     def _apply(
         self,
@@ -1364,8 +1392,9 @@ class Store:
         rejected.mkdir(mode=0o700, exist_ok=True)
         path = rejected / f"{seq:020d}.rows"
         path.write_bytes(encode(tables))
-        log.error("journal record %d: the database refused its rows (%s); kept in %s", seq,
-                  exc, path)  # fmt: skip
+        count = sum(len(rows) for _, rows in tables)
+        log.error("journal record %d: the database refused %d of its rows (%s); kept in %s", seq,
+                  count, exc, path)  # fmt: skip
         self._transaction([], applied=seq)
 
     def _transaction(self, tables: Sequence[TableRows], *, applied: int | None = None) -> None:
