@@ -39,6 +39,17 @@ def whole_number(text: str, *, maximum: int = 2**32 - 1) -> int:
     return value
 
 
+def int64(text: str) -> int:
+    """An argparse type: a whole number a seed (int64) holds."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be from {-(2**63)} to {2**63 - 1} (int64)")
+    return value
+
+
 def journal_behind(home: Path) -> str:
     """A warning when the store's journal holds writes the database file lacks (a daemon killed
     before it applied them: the next start does), else ''."""

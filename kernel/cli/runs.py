@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import betterproto2
-from foundry.kernel.cli.common import read_text_file, whole_number
+from foundry.kernel.cli.common import int64, read_text_file, whole_number
 from foundry.kernel.cli.output import stamp
 from foundry.kernel.core.json_input import same_json
 from foundry.kernel.core.numbers import restore_ints
@@ -33,7 +33,7 @@ def add_run_commands(commands: Any, client: Any, client_options: Any) -> None:
     submit = verbs.add_parser("submit", help="submit a DAG (a JSON file, or - for stdin)")
     submit.add_argument("dag_file")
     submit.add_argument("--inputs", default="{}", help="run inputs, a JSON object")
-    submit.add_argument("--seed", type=int, default=0)
+    submit.add_argument("--seed", type=int64, default=0)
     submit.add_argument("--label", action="append", default=[], metavar="K=V")
     submit.add_argument("--breakpoint", action="append", default=[], metavar="STEP")
     submit.add_argument("--idempotency-key", default="")
@@ -112,7 +112,7 @@ def add_run_commands(commands: Any, client: Any, client_options: Any) -> None:
     branch.add_argument("run_id")
     branch.add_argument("--from", dest="from_step", required=True, metavar="STEP")
     branch.add_argument("--seed-mode", choices=("same", "new", "custom"), default="same")
-    branch.add_argument("--seed", type=int)
+    branch.add_argument("--seed", type=int64)
     branch.add_argument("--inputs", default="{}", help="JSON merge patch for the run's inputs")
     branch.add_argument("--labels", default="{}", help="JSON object of label changes")
     branch.add_argument("--note", default="")

@@ -43,3 +43,24 @@ def test_a_hostile_input_file_is_one_line_naming_it(tmp_path, command, needle):
     assert needle in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["run", "branch", "run_x", "--from", "a", "--seed-mode", "custom", "--seed",
+      "9223372036854775808"],
+     ["run", "submit", "-", "--seed", "-9223372036854775809"]],
+    ids=["branch past int64", "submit below int64"],
+)  # fmt: skip
+def test_a_seed_no_int64_holds_is_a_usage_error(tmp_path, args):
+    """It was sent wrapped around (2^63 recorded as -2^63), or ended in a traceback."""
+    environment = {**os.environ, "FOUNDRY_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "foundry.kernel.cli", *args, "--addr", "127.0.0.1:1"],
+        capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=60, input="",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "argument --seed: must be from -9223372036854775808 to 9223372036854775807" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
