@@ -16,6 +16,7 @@ import trio
 import trio.testing
 from foundry.analytics.migrations import migrate
 from foundry.kernel.actors.mailbox import ask, reply_pair
+from foundry.kernel.actors.store import actor as store_actor
 from foundry.kernel.actors.store.actor import READERS, Store
 from foundry.kernel.actors.store.attestations import load_unattested
 from foundry.kernel.actors.store.journal import JournalCorrupt, decode, pending_records
@@ -656,6 +657,29 @@ async def test_a_refused_row_takes_no_other_row_of_its_record_with_it(tmp_path, 
     [(table, rows)] = decode(aside.read_bytes())
     assert (table, len(rows)) == ("events", 1)
     assert database_rows(tmp_path, "SELECT count(*) FROM events") == 3
+
+
+async def test_a_refused_records_rows_are_applied_once_when_its_pass_is_cut_short(
+    tmp_path, monkeypatch
+):
+    """Its rows were committed one at a time, its mark only at the end: a full disk (or a kill)
+    in the middle of the pass, and the retry applied the rows committed so far again."""
+    calls, real_apply = [0], store_actor.apply
+
+    def full_disk_once(con, appender, tables):
+        calls[0] += 1
+        if calls[0] == 6:  # after the batch, the record, and a few of its rows were tried
+            raise duckdb.IOException("No space left on device")
+        return real_apply(con, appender, tables)
+
+    monkeypatch.setattr(store_actor, "apply", full_disk_once)
+    good = [make_event(n) for n in range(1, 41)]
+    refused = dataclasses.replace(make_event(41), event_type=None)
+    async with running_store(tmp_path, materialize_delay=60) as store:
+        await post_now(store, [*good, refused]).wait()
+        assert (await ask(store, CountRows)).events == 40
+    assert calls[0] > 6
+    assert database_rows(tmp_path, "SELECT count(*) FROM events") == 40
 
 
 async def test_a_store_stopping_while_the_database_fails_leaves_its_writes_to_the_journal(

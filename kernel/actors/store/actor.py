@@ -1344,18 +1344,59 @@ class Store:
             self._apply_row_by_row(*batch[0], exc)
 
     def _apply_row_by_row(self, seq: int, tables: Sequence[TableRows], exc: Exception) -> None:
-        """A record DuckDB refuses, its rows one at a time: only those it refuses are set aside.
-        A record holds every append of its group commit — one run's bad row took another run's
-        rows with it (a run that had finished came back half done, its steps run again)."""
+        """A record DuckDB refuses: only its refused rows are set aside, the rest applied. A
+        record holds its whole group commit — one run's bad row took other runs' rows with it
+        (a run that had finished came back half done, its steps run again). The refused rows
+        are found by trying halves of each table's rows, each try rolled back (a bad row among
+        20,000 is ~30 tries, not 20,000 commits); then the rest and the record's mark commit in
+        one transaction, so a pass cut short (a kill) leaves nothing to apply twice."""
+        kept: list[TableRows] = []
         refused: list[TableRows] = []
         for table, rows in tables:
-            for row in rows:
-                try:
-                    self._transaction([(table, [row])])
-                except _REFUSED_ROWS as row_exc:
-                    refused.append((table, [row]))
-                    exc = row_exc
-        self._set_aside(seq, refused, exc)
+            good, bad, exc = self._sorted_rows(table, list(rows), exc)
+            if good:
+                kept.append((table, good))
+            if bad:
+                refused.append((table, bad))
+        if refused:
+            self._set_aside(seq, refused, exc)  # the file first: a kill then redoes this pass
+            try:
+                self._transaction(kept, applied=seq)
+                return
+            except _REFUSED_ROWS as whole:  # the rows each taken, but not together
+                exc = whole
+        self._set_aside(seq, tables, exc)  # the record as a whole, as it is refused
+        self._transaction([], applied=seq)
+
+    def _sorted_rows(
+        self, table: str, rows: list[Any], exc: Exception
+    ) -> tuple[list[Any], list[Any], Exception]:
+        """(rows DuckDB takes, rows it refuses, the last refusal) of one table's rows."""
+        refusal = self._tried(table, rows)
+        if refusal is None:
+            return rows, [], exc
+        if len(rows) == 1:
+            return [], rows, refusal
+        middle = len(rows) // 2
+        good_a, bad_a, exc = self._sorted_rows(table, rows[:middle], refusal)
+        good_b, bad_b, exc = self._sorted_rows(table, rows[middle:], exc)
+        return good_a + good_b, bad_a + bad_b, exc
+
+    def _tried(self, table: str, rows: list[Any]) -> Exception | None:
+        """Whether DuckDB takes ``rows`` (None) or refuses them (its error), rolled back."""
+        con = self._con
+        assert con is not None
+        con.execute("BEGIN TRANSACTION")
+        try:
+            apply(con, self._appender, [(table, rows)])
+        except _REFUSED_ROWS as refusal:
+            return refusal
+        finally:
+            for appender in self._appenders.values():
+                appender.clear()
+            self._appenders.clear()
+            con.execute("ROLLBACK")
+        return None
 
     def _apply(
         self,
@@ -1395,7 +1436,6 @@ class Store:
         count = sum(len(rows) for _, rows in tables)
         log.error("journal record %d: the database refused %d of its rows (%s); kept in %s", seq,
                   count, exc, path)  # fmt: skip
-        self._transaction([], applied=seq)
 
     def _transaction(self, tables: Sequence[TableRows], *, applied: int | None = None) -> None:
         con = self._con
