@@ -413,9 +413,14 @@ RUNTIME = "/fleetforge.runtime.v1.RuntimeService/"
          b'{"runId": "run_x", "fromStep": "a", "seedMode": "BRANCH_SEED_MODE_CUSTOM", '
          b'"seed": "9223372036854775808"}',
          "request: seed: 9223372036854775808 is out of the Int64Value range"),
+        # and its object form, {"value": …}, went unchecked: 1.5 was the seed 1
+        (RUNTIME + "CreateBranchRun", "application/json",
+         b'{"runId": "run_x", "fromStep": "a", "seedMode": "BRANCH_SEED_MODE_CUSTOM", '
+         b'"seed": {"value": 1.5}}',
+         "request: seed: expected a number, got an object"),
     ],
     ids=["wire-type-7", "open-group", "fixed64-int64", "timestamp-binary", "timestamp-json",
-         "huge-number", "wrapped-int64"],
+         "huge-number", "wrapped-int64", "wrapper-object"],
 )  # fmt: skip
 def test_a_malformed_request_is_refused_naming_what_is_wrong(
     daemon, path, content_type, body, said

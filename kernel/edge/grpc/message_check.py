@@ -309,6 +309,10 @@ def _refuse_fractions(kind: Any, document: Any, where: str, depth: int) -> None:
 
 
 def _refuse_in(value: Any, nested: Any, path: str, depth: int) -> None:
+    if (nested is None or nested is _DOUBLE) and isinstance(value, dict):
+        # proto3 JSON writes a wrapper (Int64Value, DoubleValue) as its value; from_dict also
+        # took {"value": …}, unchecked: {"value": 1.5} was the seed 1, {"value": true} a limit
+        raise WrongField(f"{path}: expected a number, got an object")
     if nested is _DOUBLE:
         if isinstance(value, bool):
             raise WrongField(f"{path}: {str(value).lower()} is not a number")
