@@ -48,6 +48,7 @@ from foundry.kernel.core.attest_records import (
     SpooledAttestationRows,
     run_attestation_id,
 )
+from foundry.kernel.core.governance import EvalScenarioRecord
 from foundry.kernel.core.ids import compact_json, event_id
 from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
 from foundry.kernel.core.run_control import RunListQuery
@@ -657,6 +658,27 @@ async def test_a_refused_row_takes_no_other_row_of_its_record_with_it(tmp_path, 
     [(table, rows)] = decode(aside.read_bytes())
     assert (table, len(rows)) == ("events", 1)
     assert database_rows(tmp_path, "SELECT count(*) FROM events") == 3
+
+
+async def test_a_refused_records_replaced_rows_keep_their_last_version(tmp_path):
+    """A scenario written twice in one group commit beside a refused row: both versions were
+    applied, broke the scenarios' unique key, and the whole record was set aside."""
+
+    def scenario(title: str, seconds: int) -> EvalScenarioRecord:
+        at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+        return EvalScenarioRecord(scenario_id="scn_1", pack="pk", slug="s", title=title,
+                                  description="", run_spec={"dag_json": "{}"}, expected={},
+                                  created_at=at, updated_at=at)  # fmt: skip
+
+    refused = dataclasses.replace(make_event(1), event_type=None)
+    async with running_store(tmp_path, materialize_delay=60) as store:
+        waits = [post_now(store, [scenario("first", 0)]), post_now(store, [scenario("second", 1)]),
+                 post_now(store, [refused])]  # fmt: skip
+        for pending in waits:
+            await pending.wait()
+        await ask(store, CountRows)
+    rows = database_rows(tmp_path, "SELECT list(title) FROM eval_scenarios")
+    assert rows == ["second"]
 
 
 async def test_a_refused_records_rows_are_applied_once_when_its_pass_is_cut_short(

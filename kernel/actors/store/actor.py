@@ -1352,7 +1352,8 @@ class Store:
         one transaction, so a pass cut short (a kill) leaves nothing to apply twice."""
         kept: list[TableRows] = []
         refused: list[TableRows] = []
-        for table, rows in tables:
+        # as a batch is applied: an old journal's tables renamed, a replaced table's last rows
+        for table, rows in merge([tables]):
             good, bad, exc = self._sorted_rows(table, list(rows), exc)
             if good:
                 kept.append((table, good))
