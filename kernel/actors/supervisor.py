@@ -195,7 +195,8 @@ async def _start_actors(
                   memory_limit=config.store.memory_limit,
                   materialize_delay=config.store.materialize_delay,
                   segment_bytes=config.store.journal_segment_bytes,
-                  hold_for_test=hold_store, spans=spans())  # fmt: skip
+                  hold_for_test=hold_store, spans=spans(),
+                  pruned_to=(engine_send, scheduler_send))  # fmt: skip
     failed = await nursery.start(store.run)
     if failed:
         log.warning("marked %d unfinished workflow(s) failed: daemon restarted", len(failed))

@@ -13,11 +13,13 @@ import duckdb
 import pytest
 from foundry.kernel.core.dag import step_seed
 from foundry.kernel.core.json_input import STRUCT_DEPTH
+from foundry.proto import foundry_api
 from foundry.proto import runtime_api as api
 from grpclib import GRPCError
 from grpclib.const import Status
 
-from tests.helpers import wait_until
+from tests.e2e.helpers import emit, finished, trace
+from tests.helpers import grpc_error, wait_until
 from tests.runs.conftest import DEEP_JSON
 from tests.runs.helpers import (
     RESEARCH,
@@ -1017,6 +1019,34 @@ def test_a_key_whose_run_retention_deleted_starts_a_new_run(make_daemon):
     assert again != first
     assert wait_done(daemon, again).status == api.RunStatus.SUCCEEDED
     assert submit(daemon, one, key="kept-a-moment") == again
+
+
+def test_a_run_retention_archived_is_forgotten_though_it_was_in_memory(make_daemon):
+    """Retention told no one what it archived: a run still among the recent ones in memory
+    kept answering GetRun and its idempotency key (nothing new ran) until a restart, and a
+    recent chain kept answering Trace and Status."""
+    daemon = make_daemon("[store]\nretain_days = 0.00001\nretention_interval = 1\n")
+    one = dag({"id": "a", "type": "transform", "inputs": {"value": 1}})
+    first = submit(daemon, one, key="kept-a-moment")
+    wait_done(daemon, first)
+    chain = emit(daemon, "greet_requested")
+    assert finished(daemon, chain.workflow_id).state == "completed"
+
+    def deleted() -> bool:
+        try:
+            get_run(daemon, first)
+        except GRPCError as exc:
+            return exc.status == Status.NOT_FOUND
+        return False
+
+    wait_until(deleted, what="retention to archive the run", timeout=20)
+    again = submit(daemon, one, key="kept-a-moment")
+    assert again != first
+    assert wait_done(daemon, again).status == api.RunStatus.SUCCEEDED
+    assert not trace(daemon, chain.event_id).found  # the README: Trace then answers not found
+    error = grpc_error(daemon, lambda f, _: f.status(
+        foundry_api.StatusRequest(workflow_id=chain.workflow_id)))  # fmt: skip
+    assert error.status == Status.NOT_FOUND
 
 
 def test_runs_ending_together_past_recent_runs_leave_memory_without_stopping_the_daemon(

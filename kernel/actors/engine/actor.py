@@ -55,6 +55,7 @@ from foundry.kernel.actors.store.messages import (
     LoadRecentWorkflows,
     LoadTrace,
     LoadWorkflow,
+    Pruned,
     StoreMessage,
 )
 from foundry.kernel.actors.telemetry.messages import ChainEnded, SpanOutbox
@@ -176,8 +177,18 @@ class Engine:
             self._on_status(message)
         elif isinstance(message, GetTrace):
             self._on_trace(message)
+        elif isinstance(message, Pruned):
+            self._forget_pruned(message.workflow_ids)
         else:
             raise KeyError(type(message))
+
+    def _forget_pruned(self, workflow_ids: tuple[str, ...]) -> None:
+        """Retention archived them: Trace and Status by id answered from memory as if they were
+        still live (the README: Trace then answers not found)."""
+        for workflow_id in workflow_ids:
+            dropped = self._recent.pop(workflow_id, None)
+            if dropped is not None:  # Status lists read the store from its time on
+                self._dropped = later(self._dropped, dropped.root.occurred_at)
 
     # --- Emit ---------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from foundry.kernel.actors.mailbox import Reply
+from foundry.kernel.actors.store.messages import Pruned
 from foundry.kernel.core.chain import BlockView as BlockView  # re-exported: views are replies
 from foundry.kernel.core.chain import WorkflowView as WorkflowView
 from foundry.kernel.core.status_query import StatusQuery
@@ -51,4 +52,4 @@ class GetTrace:
     reply: Reply[Mapping[str, Any] | None]
 
 
-EngineMessage = Emit | GetStatus | GetTrace
+EngineMessage = Emit | GetStatus | GetTrace | Pruned

@@ -54,6 +54,7 @@ from foundry.kernel.actors.store.messages import (
     LoadRunSummaries,
     LoadSubmission,
     LoadUnfinishedRuns,
+    Pruned,
     StoredRun,
     StoreMessage,
 )
@@ -189,6 +190,7 @@ class Scheduler:
             BranchRun: self._spawn(self._branch),
             CancelRun: self._spawn(self._cancel),
             ListRuns: self._spawn(self._list),
+            Pruned: self._forget_pruned,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -345,6 +347,16 @@ class Scheduler:
             ))  # fmt: skip
         else:
             message.reply.send(run_id)
+
+    def _forget_pruned(self, message: Pruned) -> None:
+        """Retention archived these finished runs: their idempotency keys start new runs, and
+        GetRun answers NOT_FOUND (both answered from memory as if the runs were live)."""
+        pruned = set(message.run_ids)
+        for run_id in pruned:
+            run = self._runs.get(run_id)
+            if run is not None and run.ended:
+                del self._runs[run_id]
+        self._idempotency = {k: v for k, v in self._idempotency.items() if v not in pruned}
 
     async def _submission_of(self, run_id: str) -> RunSubmission | None:
         """The submission of a key's run; None once retention has deleted it."""

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from foundry.kernel.actors.mailbox import Reply
+from foundry.kernel.actors.store.messages import Pruned
 from foundry.kernel.actors.tap.messages import Sink
 from foundry.kernel.core.run_control import RunListQuery, RunSummary
 from foundry.kernel.core.runs import RunEventRecord
@@ -154,4 +155,5 @@ SchedulerMessage = (
     | BranchRun
     | CancelRun
     | ListRuns
+    | Pruned
 )

@@ -56,6 +56,7 @@ from foundry.kernel.actors.store.messages import (
     Barrier,
     ExportParquet,
     GetStats,
+    Pruned,
     RetentionReport,
     RunRetention,
     RunUserQuery,
@@ -146,7 +147,7 @@ class Prune:
     cutoff: datetime
     pass_id: str
     staged: dict[str, int]
-    reply: Reply[list[tuple[str, datetime]] | None]
+    reply: Reply[tuple[list[tuple[str, datetime]], tuple[str, ...]] | None]
 
 
 Write = Append | Barrier | Prune
@@ -189,6 +190,7 @@ class Store:
         hold_for_test: Callable[[str], None] | None = None,
         cache_bytes: int = CACHE_BYTES,
         spans: SpanOutbox | None = None,
+        pruned_to: Sequence[trio.MemorySendChannel[Any]] = (),
     ) -> None:
         """``hold_for_test`` is for tests only: called on the worker thread as each commit
         (``"commit"``: the journal append), each materialization (``"materialize"``) and each
@@ -201,6 +203,7 @@ class Store:
         ``retain_days`` > 0 archives and prunes finished work older than that (``retention.py``)
         at start and every ``retention_interval`` seconds; 0 keeps everything."""
         self.home = home
+        self._pruned_to = tuple(pruned_to)  # the engine's and scheduler's mailboxes: Pruned
         self._spans = spans or SpanOutbox()
         self.path = home / "foundry.duckdb"
         self._database_file: tuple[int, int] | None = None  # (device, inode) when opened
@@ -873,8 +876,16 @@ class Store:
             if pruned is None:
                 log.warning("retention: rows changed while being archived; next pass retries")
                 return RetentionReport(cutoff, {})
-            await trio.to_thread.run_sync(retention.remove_trace_files, self.home, pruned)
+            workflows, runs = pruned
+            await trio.to_thread.run_sync(retention.remove_trace_files, self.home, workflows)
+            await self._tell_pruned(Pruned(tuple(w for w, _ in workflows), runs))
             return RetentionReport(cutoff, staged)
+
+    async def _tell_pruned(self, pruned: Pruned) -> None:
+        """The engine and the scheduler forget what they held of the pruned rows."""
+        for mailbox in self._pruned_to:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await mailbox.send(pruned)  # (stopping: nothing to forget)
 
     async def _prune(self, prune: Prune) -> None:
         try:

@@ -253,6 +253,16 @@ class RunRetention:
 
 
 @dataclass(frozen=True, slots=True)
+class Pruned:
+    """The store's notice to the engine and the scheduler: retention moved these finished
+    workflows and runs to the archive. What they held of them in memory answered as if they
+    were still live (a run's idempotency key, Trace, Status, GetRun) until a restart."""
+
+    workflow_ids: tuple[str, ...]
+    run_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RetentionReport:
     cutoff: datetime | None  # None: retention is off (``retain_days`` = 0)
     archived: dict[str, int]  # rows moved to the archive, per table (empty: nothing was old)

@@ -83,9 +83,10 @@ def prune(
     cutoff: datetime,
     pass_id: str,
     staged: Mapping[str, int],
-) -> list[tuple[str, datetime]] | None:
+) -> tuple[list[tuple[str, datetime]], tuple[str, ...]] | None:
     """Step 2 and 3, in the commit sequence: delete what was staged and publish the files.
-    Returns the pruned workflows (id, started_at) for their trace files, or None when the rows
+    Returns the pruned workflows (id, started_at) for their trace files and the pruned runs'
+    ids, or None when the rows
     changed since they were staged (the staging is thrown away; the next pass tries again).
     Once the delete is committed the staged files are the rows' only copy: a failure to move
     them (a full disk, a folder in the way) leaves them staged, for the next pass or start."""
@@ -113,6 +114,7 @@ def prune(
                 shutil.rmtree(staging_dir(home, pass_id), ignore_errors=True)
                 return None
         pruned = con.execute("SELECT workflow_id, started_at FROM prune_workflows").fetchall()
+        runs = tuple(r for (r,) in con.execute("SELECT run_id FROM prune_runs").fetchall())
         # children first: the workflow and run keys come from the temp tables, not the views
         for table in ("events", "block_executions", "workflows", "run_events", "runs"):
             key = SCOPES[table][0]
@@ -135,7 +137,7 @@ def prune(
         log.error("retention: the archived rows of pass %s stay staged in %s (%s); the next "
                   "pass or start moves them into the archive", pass_id,
                   staging_dir(home, pass_id), exc)  # fmt: skip
-    return [(str(w), started) for w, started in pruned]
+    return [(str(w), started) for w, started in pruned], runs
 
 
 def publish_recorded(con: duckdb.DuckDBPyConnection, home: Path) -> None:
