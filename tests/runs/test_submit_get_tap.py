@@ -16,10 +16,12 @@ from foundry.kernel.core.json_input import STRUCT_DEPTH
 from foundry.proto import foundry_api
 from foundry.proto import runtime_api as api
 from grpclib import GRPCError
-from grpclib.const import Status
+from grpclib.client import Channel
+from grpclib.config import Configuration
+from grpclib.const import Cardinality, Status
 
 from tests.e2e.helpers import emit, finished, trace
-from tests.helpers import grpc_error, wait_until
+from tests.helpers import grpc_error, rss_mb, wait_until
 from tests.runs.conftest import DEEP_JSON
 from tests.runs.helpers import (
     RESEARCH,
@@ -1111,3 +1113,44 @@ def test_step_inputs_of_the_wrong_shape_fail_naming_them(daemon, step, said):
     run = run_and_wait(daemon, dag({"id": "s", **step}))
     assert run.status == api.RunStatus.FAILED
     assert said in value(run.steps[0].error)["message"]
+
+
+TAPPERS = 30
+
+
+def test_tappers_that_read_nothing_share_each_large_event(make_daemon):
+    """A tap's history went out in batches joined into one copy for each tapper: 50 tappers
+    reading nothing of a run of 2 MB outputs held 2 GB (~40 MB each) until they closed."""
+    daemon = make_daemon()
+    steps = [{"id": f"s{i}", "type": "transform", "inputs": {"value": "${inputs.big}"}}
+             for i in range(5)]  # fmt: skip
+    run_id = submit(daemon, dag(*steps), inputs={"big": "x" * 2_000_000})
+    assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED  # ~20 MB of events
+
+    async def scenario(_, runtime):
+        host, port = daemon.address.rsplit(":", 1)
+        window = 2**16 - 1
+        config = Configuration(http2_connection_window_size=window,
+                               http2_stream_window_size=window)  # fmt: skip
+        channels = [Channel(host, int(port), config=config) for _ in range(3)]
+        try:
+            await runtime.get_run(api.GetRunRequest(run_id=run_id))
+            await asyncio.sleep(1.0)
+            before = rss_mb(daemon.process.pid)
+            calls = []
+            for i in range(TAPPERS):  # each reads nothing: its sends wait at its window
+                call = channels[i % 3].request(
+                    "/fleetforge.runtime.v1.RuntimeService/TapRun", Cardinality.UNARY_STREAM,
+                    api.TapRunRequest, api.RunEvent,
+                )  # fmt: skip
+                stream = await call.__aenter__()
+                await stream.send_message(api.TapRunRequest(run_id=run_id), end=True)
+                calls.append(stream)
+            await asyncio.sleep(2.0)
+            return rss_mb(daemon.process.pid) - before
+        finally:
+            for channel in channels:
+                channel.close()
+
+    grown = daemon.call(scenario)
+    assert grown < 150, f"the daemon grew {grown:.0f} MB for {TAPPERS} tappers of ~20 MB"

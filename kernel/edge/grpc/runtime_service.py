@@ -358,6 +358,8 @@ TAP_RUN = "/fleetforge.runtime.v1.RuntimeService/TapRun"
 HISTORY_BATCH = 256
 _ENCODED: OrderedDict[tuple[str, int], bytes] = OrderedDict()
 _ENCODED_KEPT = 8_192
+_ENCODED_BYTES = 64 << 20  # and at most this many bytes of them (2 MB outputs: 16 GB else)
+_encoded_bytes = [0]
 
 
 def _through_terminal(batch: list[RunEventRecord]) -> list[RunEventRecord]:
@@ -392,13 +394,17 @@ class TapFramer(Generic[T]):
 
 
 def encoded_run_event(event: RunEventRecord) -> bytes:
-    """A RunEvent serialized once, however many tappers receive it (a small LRU)."""
+    """A RunEvent serialized once, however many tappers receive it (a small LRU, bounded by
+    count and bytes)."""
     key = (event.run_id, event.seq)
     data = _ENCODED.get(key)
     if data is None:
         data = _ENCODED[key] = serialized_run_event(event)
-        if len(_ENCODED) > _ENCODED_KEPT:
-            _ENCODED.popitem(last=False)
+        _encoded_bytes[0] += len(data)
+        while len(_ENCODED) > 1 and (
+            len(_ENCODED) > _ENCODED_KEPT or _encoded_bytes[0] > _ENCODED_BYTES
+        ):
+            _encoded_bytes[0] -= len(_ENCODED.popitem(last=False)[1])
     return data
 
 
