@@ -46,6 +46,7 @@ from foundry.kernel.edge.grpc import attestations, fastproto, governance, upb_en
 from foundry.kernel.edge.grpc.bridge import StreamSink, in_chunks, let_others_run, on_trio
 from foundry.kernel.edge.grpc.internals import Encoded, send_frames, varint
 from foundry.kernel.edge.grpc.server import ask, served_by
+from foundry.kernel.edge.shared_replies import SHARED_REPLIES
 from foundry.kernel.errors import InvalidArgument
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct, Value
@@ -110,7 +111,7 @@ class RuntimeService(api.RuntimeServiceBase):
     async def tap_run(self, message: api.TapRunRequest) -> AsyncIterator[api.RunEvent]:
         """The object-API form, for the HTTP edge (Connect, gRPC-Web, WebSocket): the same
         stream as :meth:`_serve_tap`, as messages. grpclib's route is :meth:`_serve_tap`."""
-        async with aclosing(self.tap_batches(message.run_id, run_event)) as batches:
+        async with aclosing(self.tap_batches(message.run_id, shared_run_event)) as batches:
             async for batch in batches:
                 for event in batch:
                     yield event
@@ -391,6 +392,12 @@ class TapFramer(Generic[T]):
         self.last = batch[-1].seq
         frame = self.frame
         return [frame(e) for e in batch], bool(ended)
+
+
+def shared_run_event(event: RunEventRecord) -> api.RunEvent:
+    """:func:`run_event`, one message for every tapper of the HTTP edge: its JSON or protobuf
+    is made once (``edge/shared_replies``), not once a tapper."""
+    return SHARED_REPLIES.reply(("run", event.run_id, event.seq), 0, partial(run_event, event))
 
 
 def encoded_run_event(event: RunEventRecord) -> bytes:
