@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
+import socket
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 import pytest
 from foundry.kernel.core.dag import step_seed
 from foundry.kernel.core.json_input import STRUCT_DEPTH
@@ -1154,3 +1160,71 @@ def test_tappers_that_read_nothing_share_each_large_event(make_daemon):
 
     grown = daemon.call(scenario)
     assert grown < 150, f"the daemon grew {grown:.0f} MB for {TAPPERS} tappers of ~20 MB"
+
+
+def _h2_tap_connection(address: str, stream_window: int) -> tuple[socket.socket, Any]:
+    """A raw HTTP/2 client: its streams' windows ``stream_window``, the connection's the most."""
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window})
+    client.increment_flow_control_window(2**31 - 1 - 65_535)
+    sock.sendall(client.data_to_send())
+    return sock, client
+
+
+def _pump_h2(sock: socket.socket, client: Any, seconds: float, data: dict, ended: dict) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not select.select([sock], [], [], 0.1)[0]:
+            continue
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        for event in client.receive_data(chunk):
+            if isinstance(event, h2.events.DataReceived):
+                data.setdefault(event.stream_id, bytearray()).extend(event.data)
+            elif isinstance(event, h2.events.TrailersReceived):
+                ended[event.stream_id] = dict(event.headers)
+        sock.sendall(client.data_to_send())
+
+
+def test_a_tap_refused_over_the_stalled_budget_is_refused_between_whole_messages(make_daemon):
+    """A batch's small messages and a large one's prefix went out in one write that used the
+    window the check had counted for the large one: the budget then refused its body after its
+    prefix — the client read a prefix promising 2 MB, then trailers (r22)."""
+    daemon = make_daemon()
+    steps = [{"id": f"s{i}", "type": "transform", "inputs": {"value": "${inputs.big}"}}
+             for i in range(5)]  # fmt: skip
+    run_id = submit(daemon, dag(*steps), inputs={"big": "x" * 2_000_000})
+    detail = wait_done(daemon, run_id)
+    assert detail.status == api.RunStatus.SUCCEEDED
+    body = bytes(api.TapRunRequest(run_id=run_id))
+    request = b"\x00" + len(body).to_bytes(4, "big") + body
+    headers = [(":method", "POST"), (":scheme", "http"), (":authority", daemon.address),
+               (":path", "/fleetforge.runtime.v1.RuntimeService/TapRun"),
+               ("content-type", "application/grpc"), ("te", "trailers")]  # fmt: skip
+    sock, client = _h2_tap_connection(daemon.address, 1_000)
+    try:
+        for _ in range(9):  # read nothing: ~18 MB waits, stalled after 5 s (> 16 MB a connection)
+            stream_id = client.get_next_available_stream_id()
+            client.send_headers(stream_id, headers)
+            client.send_data(stream_id, request, end_stream=True)
+        sock.sendall(client.data_to_send())
+        data: dict = {}
+        ended: dict = {}
+        _pump_h2(sock, client, 7.0, data, ended)
+        late = client.get_next_available_stream_id()  # its window: the first large message's
+        client.send_headers(late, headers)
+        client.increment_flow_control_window(2_000_241 - 1_000, stream_id=late)
+        client.send_data(late, request, end_stream=True)
+        sock.sendall(client.data_to_send())
+        _pump_h2(sock, client, 5.0, data, ended)
+    finally:
+        sock.close()
+    got, at = bytes(data.get(late, b"")), 0
+    while at + 5 <= len(got):  # whole messages only
+        at += 5 + int.from_bytes(got[at + 1 : at + 5], "big")
+    assert at == len(got), f"a message cut short: {len(got)} bytes, the last one's end at {at}"
+    assert ended[late][b"grpc-status"] == b"8"

@@ -335,7 +335,8 @@ def bound_unread_replies(stall_timeout: float) -> bool:
         if task is None or size <= self._h2_connection.local_flow_control_window(self.id):
             return await original(self, data, end_stream)
         connection = self.connection
-        refuse_when_over_budget(connection)
+        if task not in _PREFIXED:  # (a message whose prefix went out is sent, or given up)
+            refuse_when_over_budget(connection)
         watched = _Watched(self, connection, size, time.monotonic())
         _SENDING[task] = watched
         _watch_sending(stall_timeout)
@@ -509,13 +510,24 @@ async def send_frames(stream: grpclib.server.Stream[Any, Any], messages: Sequenc
         if len(message) < UNCOPIED_BYTES:
             small.append(message)
             continue
-        _refuse_a_wait_over_budget(send_data, len(message))  # before its prefix goes out
-        prefix = b"\x00" + len(message).to_bytes(4, "big")
-        await send_data(grpc_messages(small) + prefix if small else prefix)
-        small = []
-        await send_data(message)
+        if small:
+            await send_data(grpc_messages(small))
+            small = []
+        # A refusal comes before the prefix goes out (a prefix alone broke the stream); once
+        # it is out, the message is sent, or given up with the stream (body_timeout).
+        _refuse_a_wait_over_budget(send_data, 5 + len(message))
+        await send_data(b"\x00" + len(message).to_bytes(4, "big"))
+        task = asyncio.current_task()
+        _PREFIXED.add(task)
+        try:
+            await send_data(message)
+        finally:
+            _PREFIXED.discard(task)
     if small:
         await send_data(grpc_messages(small))
+
+
+_PREFIXED: set[asyncio.Task[Any] | None] = set()  # sends of a message whose prefix went out
 
 
 def _refuse_a_wait_over_budget(send_data: Callable[..., Any], size: int) -> None:
