@@ -190,7 +190,7 @@ def _explained(con: duckdb.DuckDBPyConnection, text: str) -> str:
 def _starts_a_query(text: str, token: tuple[int, Any]) -> bool:
     """Whether ``token`` opens a query (``EXPLAIN (SELECT 1)``), not an option's name
     (``EXPLAIN (FORMAT JSON) …``)."""
-    word = text[token[0] :].lstrip("(").split(None, 1)
+    word = text[token[0] :].split(None, 1)
     return text[token[0]] == "(" or bool(word) and word[0].upper() in _QUERY_WORDS
 
 

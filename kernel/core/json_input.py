@@ -68,13 +68,15 @@ def oversized_number(text: str) -> str:
     if not _LONG_DIGITS.search(text):
         return ""
     try:
-        json.loads(text, parse_int=_double_int)
+        json.loads(text, parse_int=double_int)
     except OverflowError as exc:
         return str(exc)
     return ""
 
 
-def _double_int(digits: str) -> int:
+def double_int(digits: str) -> int:
+    """A JSON integer's digits as an int (``parse_int``): OverflowError for one no double
+    holds, as upstream's serde_json refuses it."""
     number = int(digits)
     try:
         float(number)

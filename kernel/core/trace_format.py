@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any, BinaryIO
 
+from foundry.kernel.core.json_input import double_int
 from foundry.kernel.errors import ResourceExhausted
 
 _HEADER = struct.Struct(">BII")  # kind, path length, data length
@@ -221,7 +222,7 @@ def parse(data: bytes | str) -> dict[str, Any] | None:
     accepts it; None when it is not a trace (the caller reads the database instead). Never
     raises for any content."""
     try:
-        document = json.loads(data, parse_constant=_not_json, parse_int=_double_int)
+        document = json.loads(data, parse_constant=_not_json, parse_int=double_int)
         # What the response could not carry: NaN, lone surrogates, nesting the encoder refuses.
         json.dumps(document, ensure_ascii=False, allow_nan=False).encode()
         readable(document)
@@ -233,14 +234,6 @@ def parse(data: bytes | str) -> dict[str, Any] | None:
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
-
-
-def _double_int(digits: str) -> int:
-    """An integer a payload may hold: upstream's serde_json refuses one no double holds (a
-    400-digit one made every Trace of its file INTERNAL, where the event id is computed)."""
-    number = int(digits)
-    float(number)  # OverflowError past ±1.8e308
-    return number
 
 
 def readable(document: Any) -> dict[str, Any]:

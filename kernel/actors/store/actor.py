@@ -1352,9 +1352,9 @@ class Store:
                 return
             if not isinstance(exc, _REFUSED_ROWS):
                 raise
-            self._apply_row_by_row(*batch[0], exc)
+            self._set_aside_refused(*batch[0], exc)
 
-    def _apply_row_by_row(self, seq: int, tables: Sequence[TableRows], exc: Exception) -> None:
+    def _set_aside_refused(self, seq: int, tables: Sequence[TableRows], exc: Exception) -> None:
         """A record DuckDB refuses: only its refused rows are set aside, the rest applied. A
         record holds its whole group commit — one run's bad row took other runs' rows with it
         (a run that had finished came back half done, its steps run again). The refused rows
