@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from grpclib import GRPCError
+from grpclib.client import Channel
+from grpclib.config import Configuration
 from hypothesis import strategies as st
 
 if TYPE_CHECKING:
@@ -17,6 +19,17 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 DEADLINE = 15.0  # seconds any single wait may take before the test fails
+SMALLEST_WINDOW = 2**16 - 1  # HTTP/2's smallest window: a reader of nothing stalls a send there
+
+
+def slow_channel(address: str, *, connection_window: int = SMALLEST_WINDOW) -> Channel:
+    """A grpclib channel to ``address`` whose streams' windows are the smallest HTTP/2 allows:
+    the daemon's sends to a stream its client does not read wait there."""
+    host, port = address.rsplit(":", 1)
+    config = Configuration(
+        http2_connection_window_size=connection_window, http2_stream_window_size=SMALLEST_WINDOW
+    )
+    return Channel(host, int(port), config=config)
 
 
 def wait_until(

@@ -20,18 +20,15 @@ import time
 
 import pytest
 from foundry.proto import foundry_api as api
-from grpclib.client import Channel
-from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from tests.e2e.helpers import PROBE, Watcher, emit, finished
-from tests.helpers import rss_mb
+from tests.helpers import rss_mb, slow_channel
 
 BUFFER = 4
 FLOOD = 150  # ~64 get through: 64 KiB of window, one in hand, the buffer of 4
 PAD = "x" * 1000
-SMALLEST_WINDOW = 2**16 - 1
 
 
 @pytest.fixture
@@ -41,13 +38,9 @@ def daemon(make_daemon):
 
 def test_a_watcher_that_falls_behind_is_cut_off_and_the_daemon_keeps_serving(daemon):
     async def scenario(foundry, _):
-        host, port = daemon.address.rsplit(":", 1)
-        config = Configuration(
-            http2_connection_window_size=SMALLEST_WINDOW, http2_stream_window_size=SMALLEST_WINDOW
-        )
-        slow_channel = Channel(host, int(port), config=config)
+        slow = slow_channel(daemon.address)
         try:
-            stream = api.FoundryStub(slow_channel).watch(api.WatchRequest(project="flood"))
+            stream = api.FoundryStub(slow).watch(api.WatchRequest(project="flood"))
             # Live once a probe arrives; after that, the slow watcher reads nothing for a while.
             first = asyncio.ensure_future(anext(stream))
             while not first.done():
@@ -78,7 +71,7 @@ def test_a_watcher_that_falls_behind_is_cut_off_and_the_daemon_keeps_serving(dae
                 await read_to_the_end()
             return flood, received, caught.value
         finally:
-            slow_channel.close()
+            slow.close()
 
     flood, received, error = daemon.call(scenario)
 
@@ -172,11 +165,7 @@ def test_watchers_that_read_nothing_share_one_encoding_of_each_event(make_daemon
         emit(daemon, "shared_e", project="warm", payload=blob)
 
     async def scenario(foundry, _):
-        host, port = daemon.address.rsplit(":", 1)
-        config = Configuration(
-            http2_connection_window_size=SMALLEST_WINDOW, http2_stream_window_size=SMALLEST_WINDOW
-        )
-        channels = [Channel(host, int(port), config=config) for _ in range(4)]
+        channels = [slow_channel(daemon.address) for _ in range(4)]
         try:
             streams = [
                 api.FoundryStub(channels[i % 4]).watch(api.WatchRequest(project="shared"))
@@ -216,11 +205,7 @@ def test_a_large_watch_reply_over_the_stalled_budget_is_refused_whole(make_daemo
     payload = json.dumps({"blob": "x" * 3_000_000})
 
     async def scenario(foundry, _):
-        host, port = daemon.address.rsplit(":", 1)
-        config = Configuration(
-            http2_connection_window_size=256 << 20, http2_stream_window_size=SMALLEST_WINDOW
-        )
-        channel = Channel(host, int(port), config=config)
+        channel = slow_channel(daemon.address, connection_window=256 << 20)
         try:
 
             async def opened():

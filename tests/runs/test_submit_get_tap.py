@@ -22,12 +22,10 @@ from foundry.kernel.core.json_input import STRUCT_DEPTH
 from foundry.proto import foundry_api
 from foundry.proto import runtime_api as api
 from grpclib import GRPCError
-from grpclib.client import Channel
-from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 
 from tests.e2e.helpers import emit, finished, trace
-from tests.helpers import grpc_error, rss_mb, wait_until
+from tests.helpers import grpc_error, rss_mb, slow_channel, wait_until
 from tests.runs.conftest import DEEP_JSON
 from tests.runs.helpers import (
     RESEARCH,
@@ -1015,18 +1013,24 @@ def test_a_key_whose_run_retention_deleted_starts_a_new_run(make_daemon):
     wait_done(daemon, first)
     wait_done(daemon, submit(daemon, one, key="another"))  # pushes the first out of memory
 
-    def deleted() -> bool:
-        try:
-            get_run(daemon, first)
-        except GRPCError as exc:
-            return exc.status == Status.NOT_FOUND
-        return False
-
-    wait_until(deleted, what="retention to delete the first run", timeout=20)
+    _wait_archived(daemon, first)
     again = submit(daemon, one, key="kept-a-moment")
     assert again != first
     assert wait_done(daemon, again).status == api.RunStatus.SUCCEEDED
     assert submit(daemon, one, key="kept-a-moment") == again
+
+
+def _wait_archived(daemon: Any, run_id: str) -> None:
+    """Until GetRun of ``run_id`` is NOT_FOUND: retention archived it."""
+
+    def archived() -> bool:
+        try:
+            get_run(daemon, run_id)
+        except GRPCError as exc:
+            return exc.status == Status.NOT_FOUND
+        return False
+
+    wait_until(archived, what=f"retention to archive {run_id}", timeout=20)
 
 
 def test_a_run_retention_archived_is_forgotten_though_it_was_in_memory(make_daemon):
@@ -1040,14 +1044,7 @@ def test_a_run_retention_archived_is_forgotten_though_it_was_in_memory(make_daem
     chain = emit(daemon, "greet_requested")
     assert finished(daemon, chain.workflow_id).state == "completed"
 
-    def deleted() -> bool:
-        try:
-            get_run(daemon, first)
-        except GRPCError as exc:
-            return exc.status == Status.NOT_FOUND
-        return False
-
-    wait_until(deleted, what="retention to archive the run", timeout=20)
+    _wait_archived(daemon, first)
     again = submit(daemon, one, key="kept-a-moment")
     assert again != first
     assert wait_done(daemon, again).status == api.RunStatus.SUCCEEDED
@@ -1134,11 +1131,7 @@ def test_tappers_that_read_nothing_share_each_large_event(make_daemon):
     assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED  # ~20 MB of events
 
     async def scenario(_, runtime):
-        host, port = daemon.address.rsplit(":", 1)
-        window = 2**16 - 1
-        config = Configuration(http2_connection_window_size=window,
-                               http2_stream_window_size=window)  # fmt: skip
-        channels = [Channel(host, int(port), config=config) for _ in range(3)]
+        channels = [slow_channel(daemon.address) for _ in range(3)]
         try:
             await runtime.get_run(api.GetRunRequest(run_id=run_id))
             await asyncio.sleep(1.0)
