@@ -41,7 +41,13 @@ from foundry.kernel.core.attest import (
     verify_chain,
     verify_envelope,
 )
-from foundry.kernel.core.attest_records import announced, json_digest
+from foundry.kernel.core.attest_records import (
+    EVAL_RESULT,
+    GATE_DECISION,
+    announced,
+    custom_attestation_id,
+    json_digest,
+)
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import runtime_api as api
@@ -391,7 +397,27 @@ async def _identity_problems(
                         f"{stored_kind} one")  # fmt: skip
     if kind in _OF_A_STEP and isinstance(run_id, str):  # their subjects name no step
         problems += await _announcement_problems(runtime, run_id, stored, kind, claims)
+    if kind == "custom":
+        problems += _record_problems(stored, claims)
     return problems
+
+
+_RECORD_IDS = {GATE_DECISION: "gate_id", EVAL_RESULT: "result_id"}  # a custom label's record id
+
+
+def _record_problems(stored: str, predicate: dict[str, Any]) -> list[str]:
+    """A gate decision's or an eval result's statement against the id it is stored under, the
+    hash of its label and record id (``custom_attestation_id``): another decision's genuinely
+    signed statement, copied into a DENY's row, verified as valid (a hunt)."""
+    label, claims = predicate.get("label"), predicate.get("claims")
+    field = _RECORD_IDS.get(label) if isinstance(label, str) else None
+    if field is None or not isinstance(claims, dict):
+        return []
+    record_id = claims.get(field)
+    if isinstance(record_id, str) and custom_attestation_id(label, record_id) == stored:
+        return []
+    return [f"its signed statement is of {label} {record_id}, whose attestation id is not "
+            f"{stored}: another attestation's statement"]  # fmt: skip
 
 
 _OF_A_STEP = ("tool", "artifact", "capability_token")

@@ -446,6 +446,37 @@ def test_another_steps_statement_of_the_same_kind_copied_into_a_row_is_reported(
         assert f"attestation of step {stored}" in verified.stdout
 
 
+def test_another_decisions_statement_copied_into_a_gate_or_eval_row_is_reported(make_daemon):
+    """A gate decision's row given another decision's genuinely signed statement (a DENY's an
+    ALLOW's) verified as valid (a hunt): a custom attestation's id is the hash of its label and
+    record id, and nothing compared them. The same for an eval result's."""
+    daemon = make_daemon()
+    (decision, result, _), (other_decision, other, _) = (decide_and_judge(daemon) for _ in "ab")
+    pairs = [
+        (custom_attestation_id(GATE_DECISION, other_decision.gate_id),
+         custom_attestation_id(GATE_DECISION, decision.gate_id),
+         f"gate_decision {other_decision.gate_id}"),
+        (custom_attestation_id(EVAL_RESULT, other.result_id),
+         custom_attestation_id(EVAL_RESULT, result.result_id), f"eval_result {other.result_id}"),
+    ]  # fmt: skip
+    assert daemon.stop() == 0
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        for source, target, _ in pairs:
+            row = con.execute("SELECT statement, signature FROM attestation_statements WHERE "
+                              "attestation_id = ?", [source]).fetchone()  # fmt: skip
+            assert row is not None
+            con.execute("UPDATE attestation_statements SET statement = ?, signature = ? WHERE "
+                        "attestation_id = ?", [*row, target])  # fmt: skip
+    daemon.start()
+    for source, target, said in pairs:
+        assert cli(daemon, "verify", source).returncode == 0
+        verified = cli(daemon, "verify", target)
+        assert verified.returncode == 1, verified.stdout
+        assert f"its signed statement is of {said}, whose attestation id is not {target}" in (
+            verified.stdout
+        )
+
+
 def test_an_attestation_id_of_before_verifies_by_the_run_that_announced_it(make_daemon):
     """A daemon of before named a run's attestations by a hash (``att_`` + 24 hex of the run id
     and seq), and a migration kept those ids: they are not ``att_<run>_<seq>``, and verify
