@@ -34,6 +34,7 @@ from grpclib.server import Server
 GRPCLIB = f"grpclib {grpclib.__version__}"
 TRIO_ASYNCIO = f"trio-asyncio {trio_asyncio.__version__}"
 TAP_RUN = "/fleetforge.runtime.v1.RuntimeService/TapRun"
+GET_RUN = "/fleetforge.runtime.v1.RuntimeService/GetRun"
 
 
 # --- what is touched is still there ------------------------------------------------------------
@@ -69,6 +70,17 @@ def test_grpclib_server_streams_still_hold_the_http2_stream_and_its_send_data():
     assert params[:2] == ["self", "data"], (
         f"{GRPCLIB}: grpclib.protocol.Stream.send_data(data, ...) changed to {params}"
     )
+
+
+def test_grpclib_still_marks_a_unary_reply_sent_in_send_message_done():
+    said = (
+        f"{GRPCLIB}: grpclib.server.Stream no longer records a sent message in "
+        "_send_message_done; internals.send_frames cannot answer a unary call (GetRun)"
+    )
+    assert "self._send_message_done = True" in inspect.getsource(
+        grpclib.server.Stream.send_message
+    ), said
+    assert "_send_message_done" in inspect.getsource(grpclib.server.Stream.__aexit__), said
 
 
 def test_trio_asyncio_still_runs_its_loop_one_callback_at_a_time_in_main_loop_one():
@@ -141,6 +153,40 @@ def test_send_frames_writes_many_messages_at_once():
     tapper = Tapper()
     assert asyncio.run(tap(tapper, api.TapRunRequest(run_id="r"))) == ["k0", "k1", "k2"]
     assert tapper.fast_path, f"{GRPCLIB}: send_frames took its fallback"
+
+
+class RunGetter:
+    """GetRun answered with :func:`internals.send_frames` of one serialized reply."""
+
+    async def serve(self, stream: grpclib.server.Stream) -> None:
+        request = await stream.recv_message()
+        await stream.send_initial_metadata()
+        reply = api.GetRunResponse(run=api.RunDetail(run_id=request.run_id))
+        await internals.send_frames(stream, [bytes(reply)])
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {GET_RUN: Handler(self.serve, Cardinality.UNARY_UNARY, api.GetRunRequest,
+                                 api.GetRunResponse)}  # fmt: skip
+
+
+async def get_run(run_id: str) -> str:
+    server = Server([RunGetter()], codec=RequestCodec(1 << 20))
+    sock = bind("127.0.0.1", 0)
+    await server.start(sock=sock)
+    channel = Channel("127.0.0.1", sock.getsockname()[1])
+    try:
+        reply = await api.RuntimeServiceStub(channel).get_run(api.GetRunRequest(run_id=run_id))
+        return reply.run.run_id
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_send_frames_answers_a_unary_call():
+    """grpclib ended a unary call whose reply went out through send_frames UNKNOWN ("requires
+    a single message to be sent"), its reply already sent."""
+    assert asyncio.run(get_run("run_1")) == "run_1"
 
 
 def test_send_frames_falls_back_to_send_message_per_message(monkeypatch):

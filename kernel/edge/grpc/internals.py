@@ -11,8 +11,9 @@ disappeared, if an upgrade moves any of it):
   prefix, before its body is read (HTTP/2 flow control then keeps the peer from sending more than
   one stream window). Fallback: the codec refuses it after reading (``server.RequestCodec``).
 - ``grpclib.server.Stream._stream.send_data`` (:func:`send_frames`): many already-encoded
-  messages in one HTTP/2 write — what grpclib's own ``send_message`` calls, once per message.
-  Fallback: ``Stream.send_message`` per message (the codec passes :class:`Encoded` through).
+  messages in one HTTP/2 write — what grpclib's own ``send_message`` calls, once per message —
+  then what ``send_message`` records of them (``_send_message_done``: a unary reply's end checks
+  it). Fallback: ``Stream.send_message`` per message (the codec passes :class:`Encoded` through).
 - ``trio_asyncio._base.BaseTrioEventLoop._main_loop_one`` (:func:`batch_ready_callbacks`):
   trio-asyncio runs one asyncio callback per trio scheduler pass; grpclib handles a request in
   dozens of callbacks. We run the callbacks already queued, up to a batch, before yielding to
@@ -525,6 +526,18 @@ async def send_frames(stream: grpclib.server.Stream[Any, Any], messages: Sequenc
             _PREFIXED.discard(task)
     if small:
         await send_data(grpc_messages(small))
+    _count_sent(stream, len(messages))
+
+
+def _count_sent(stream: grpclib.server.Stream[Any, Any], count: int) -> None:
+    """Record the messages as grpclib's ``send_message`` records its own: a unary reply's end
+    checks ``_send_message_done`` (else it answers UNKNOWN, "requires a single message")."""
+    stream._send_message_done = True
+    stream._messages_sent = getattr(stream, "_messages_sent", 0) + count
+    connection = getattr(getattr(stream, "_stream", None), "connection", None)
+    if connection is not None and hasattr(connection, "messages_sent"):
+        connection.messages_sent += count
+        connection.last_message_sent = time.monotonic()
 
 
 _PREFIXED: set[asyncio.Task[Any] | None] = set()  # sends of a message whose prefix went out

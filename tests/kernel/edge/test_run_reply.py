@@ -5,6 +5,8 @@ batch at a time."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +16,7 @@ import trio_asyncio
 from foundry.kernel.actors.scheduler.messages import RunView, StepView
 from foundry.kernel.edge.grpc import upb_encode
 from foundry.kernel.edge.grpc.fastproto import upb_class
+from foundry.kernel.edge.grpc.run_replies import SharedRunReplies
 from foundry.kernel.edge.grpc.runtime_service import RUN_CHUNK, encoded_run, run_detail
 from foundry.proto import runtime_api as api
 
@@ -164,12 +167,11 @@ def test_a_long_replays_reply_in_chunks_is_the_reply_in_one_go():
     assert [s.step_id for s in expected.steps] == [s.step_id for s in steps]
 
 
-def test_get_run_of_a_large_run_answers_each_edge_in_its_form():
-    """gRPC (asyncio) gets the reply's bytes, made in chunks; the HTTP edge (trio) a message
-    built in chunks, which its codec writes as JSON or binary: both the one-go reply."""
+def test_get_run_of_a_large_run_is_the_message_in_one_go_from_either_world():
+    """The object form (the HTTP edge's, whose codec writes JSON or binary; grpclib's route
+    sends ``encoded_run``'s bytes), built in chunks, from trio or asyncio."""
     from foundry.kernel.actors.messages import Mailboxes
     from foundry.kernel.actors.scheduler.messages import GetRun
-    from foundry.kernel.edge.grpc.internals import Encoded
     from foundry.kernel.edge.grpc.runtime_service import RuntimeService
 
     run = view(RUN_CHUNK * 2 + 1, ids=5, span_id="cd" * 8)
@@ -194,9 +196,92 @@ def test_get_run_of_a_large_run_answers_each_edge_in_its_form():
             async with trio_asyncio.open_loop():
                 return await trio_asyncio.aio_as_trio(service.get_run)(request)
 
-    grpc_reply = trio.run(answered, True)
-    assert isinstance(grpc_reply, Encoded)
-    assert upb_message("GetRunResponse", grpc_reply.data) == expected
-    http_reply = trio.run(answered, False)
-    assert isinstance(http_reply, api.GetRunResponse)
-    assert upb_message("GetRunResponse", upb_encode.encode(http_reply)) == expected
+    for from_asyncio in (True, False):
+        reply = trio.run(answered, from_asyncio)
+        assert isinstance(reply, api.GetRunResponse)
+        assert upb_message("GetRunResponse", upb_encode.encode(reply)) == expected
+
+
+# --- an ended run's reply, encoded once for all its callers (``run_replies``) -------------------
+
+
+def test_a_small_reply_is_the_reply_in_one_go():
+    run = view(3, ids=2)
+    assert trio.run(encoded_run, run) == in_one_go(run)
+
+
+class Encoder:
+    """Counts its encodings; each waits for ``release`` (a caller stalled mid-encoding)."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self, run: RunView) -> bytes:
+        self.made += 1
+        await self.release.wait()
+        return f"{run.run_id}:{run.status}:{len(run.steps)}:{self.made}".encode()
+
+
+async def callers(replies: SharedRunReplies, run: RunView, n: int, encode: Encoder) -> list[Any]:
+    tasks = [asyncio.ensure_future(replies.reply(run, encode)) for _ in range(n)]
+    await asyncio.sleep(0)
+    encode.release.set()
+    return list(await asyncio.gather(*tasks))
+
+
+def test_concurrent_callers_of_an_ended_run_share_one_encoding():
+    replies, encode = SharedRunReplies(), Encoder()
+    got = asyncio.run(callers(replies, replace(view(3, ids=0), status="SUCCEEDED"), 20, encode))
+    assert encode.made == 1
+    assert all(reply is got[0] for reply in got)
+    assert got[0].data == b"run_0123:SUCCEEDED:3:1"
+
+
+def test_a_run_not_ended_is_encoded_for_each_caller():
+    replies, encode = SharedRunReplies(), Encoder()
+    got = asyncio.run(callers(replies, view(3, ids=0), 5, encode))  # paused
+    assert encode.made == 5
+    assert len({id(reply) for reply in got}) == 5
+
+
+def test_a_cancelled_maker_leaves_the_encoding_to_a_waiting_caller():
+    async def scenario() -> tuple[bytes, int]:
+        replies, encode = SharedRunReplies(), Encoder()
+        run = replace(view(3, ids=0), status="FAILED")
+        maker = asyncio.ensure_future(replies.reply(run, encode))
+        await asyncio.sleep(0)
+        waiter = asyncio.ensure_future(replies.reply(run, encode))
+        await asyncio.sleep(0)
+        maker.cancel()  # its client went away mid-encoding
+        await asyncio.sleep(0)
+        encode.release.set()
+        reply = await asyncio.wait_for(waiter, 5)
+        return reply.data, encode.made
+
+    assert asyncio.run(scenario()) == (b"run_0123:FAILED:3:2", 2)
+
+
+def test_a_reply_over_the_kept_bytes_is_shared_only_while_in_use():
+    async def scenario() -> tuple[bool, int, int]:
+        replies, encode = SharedRunReplies(kept_bytes=10), Encoder()
+        encode.release.set()
+        run = replace(view(3, ids=0), status="CANCELED")
+        held = await replies.reply(run, encode)  # a caller still sending it
+        shared = await replies.reply(run, encode) is held
+        del held
+        await replies.reply(run, encode)
+        return shared, encode.made, replies.kept_bytes
+
+    assert asyncio.run(scenario()) == (True, 2, 0)
+
+
+def test_an_ended_run_changed_since_is_encoded_again():
+    async def scenario() -> list[bytes]:
+        replies, encode = SharedRunReplies(), Encoder()
+        encode.release.set()
+        run = replace(view(3, ids=0), status="SUCCEEDED")
+        later = replace(run, updated_at=run.updated_at + timedelta(seconds=1))
+        return [(await replies.reply(r, encode)).data for r in (run, run, later)]
+
+    assert asyncio.run(scenario()) == [b"run_0123:SUCCEEDED:3:1"] * 2 + [b"run_0123:SUCCEEDED:3:2"]
