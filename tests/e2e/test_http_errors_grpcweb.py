@@ -149,6 +149,38 @@ def test_oversize_bodies_are_resource_exhausted(daemon):
     assert "(the rest was not read)" in message
 
 
+def padded_status_request(size: int) -> bytes:
+    """A StatusRequest of exactly ``size`` bytes: an unknown field's bytes (skipped) pad it."""
+    tag = b"\xc2\x3e"  # field 999, length-delimited
+    for width in (1, 2, 3):  # the length's varint width
+        body = size - len(tag) - width
+        data = tag + varint(body) + b"p" * body
+        if len(data) == size:
+            return data
+    raise AssertionError(size)
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(out + bytes((value,)))
+
+
+def test_an_enveloped_message_of_exactly_the_limit_is_read(daemon):
+    """A gRPC-Web or Connect stream's body is its message behind a 5-byte prefix: a message of
+    exactly max_message_bytes was refused by its Content-Length (a hunt), as Connect unary and
+    the gRPC port read it."""
+    _, trailers = grpc_web_call(daemon, STATUS, envelope(padded_status_request(LIMIT)))
+    assert trailers["grpc-status"] == "0", trailers
+    _, trailers = grpc_web_call(daemon, STATUS, envelope(padded_status_request(LIMIT + 1)))
+    assert trailers["grpc-status"] == "8", trailers
+    assert f"{LIMIT + 1} bytes is over the {LIMIT}-byte message limit" in unquote(
+        trailers["grpc-message"]
+    )
+
+
 def test_unsupported_content_type_and_get_are_refused(daemon):
     response = httpx.post(url(daemon, EMIT), content=b"x", headers={"content-type": "text/plain"})
     assert response.status_code == 415

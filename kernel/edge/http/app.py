@@ -222,9 +222,13 @@ class HttpApp:
             return 415, "unimplemented", "gRPC needs HTTP/2 (h2c here, or the gRPC port); " \
                 "over HTTP/1.1 use Connect or gRPC-Web", []  # fmt: skip
         length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self._limit:
-            message = (f"request: {int(length)} bytes is over the {self._limit}-byte message "
-                       "limit ([daemon] max_message_bytes)")  # fmt: skip
+        # an enveloped body (gRPC, gRPC-Web, a Connect stream's) is its one message behind a
+        # 5-byte prefix: a message of exactly the limit was refused there, not on Connect unary
+        enveloped = kind.startswith(("application/grpc", "application/connect+"))
+        envelope = ENVELOPE_HEADER if enveloped else 0
+        if length.isdigit() and int(length) - envelope > self._limit:
+            message = (f"request: {int(length) - envelope} bytes is over the {self._limit}-byte "
+                       "message limit ([daemon] max_message_bytes)")  # fmt: skip
             return 429, "resource_exhausted", message, []  # Connect's status for the code
         return None
 
