@@ -181,6 +181,32 @@ def test_an_enveloped_message_of_exactly_the_limit_is_read(daemon):
     )
 
 
+@pytest.mark.parametrize(
+    ("header", "said"),
+    [
+        ("connect-timeout-ms: abc", "connect-timeout-ms: expected a number of at most 10 digits"),
+        ("connect-timeout-ms: 12345678901", "got '12345678901'"),
+        ("connect-protocol-version: 2", "connect-protocol-version must be '1': got '2'"),
+    ],
+)
+def test_a_connect_streams_bad_header_is_its_end_of_stream_error(daemon, header, said):
+    """A stream's client reads a 200 and its end-of-stream message (Connect protocol,
+    Streaming-Response): these came as a unary call's 400 with a JSON body (a hunt), which a
+    client reads as INTERNAL."""
+    name, value = header.split(": ")
+    response = httpx.post(
+        url(daemon, TAP), content=envelope(b'{"runId": "run_nope"}'),
+        headers={"content-type": "application/connect+json", name: value},
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/connect+json"
+    [(flags, end)] = envelopes(response.content)
+    assert flags == 0x02
+    error = json.loads(end)["error"]
+    assert error["code"] == "invalid_argument"
+    assert said in error["message"]
+
+
 def test_unsupported_content_type_and_get_are_refused(daemon):
     response = httpx.post(url(daemon, EMIT), content=b"x", headers={"content-type": "text/plain"})
     assert response.status_code == 415

@@ -221,11 +221,12 @@ class HttpApp:
             # logged a traceback for each such call
             return 415, "unimplemented", "gRPC needs HTTP/2 (h2c here, or the gRPC port); " \
                 "over HTTP/1.1 use Connect or gRPC-Web", []  # fmt: skip
+        if kind.startswith("application/connect+") and (problem := stream_header_problem(headers)):
+            return 400, "invalid_argument", problem, []  # in its end-of-stream message (200)
         length = headers.get("content-length", "")
         # an enveloped body (gRPC, gRPC-Web, a Connect stream's) is its one message behind a
         # 5-byte prefix: a message of exactly the limit was refused there, not on Connect unary
-        enveloped = kind.startswith(("application/grpc", "application/connect+"))
-        envelope = ENVELOPE_HEADER if enveloped else 0
+        envelope = ENVELOPE_HEADER if _is_enveloped(headers) else 0
         if length.isdigit() and int(length) - envelope > self._limit:
             message = (f"request: {int(length) - envelope} bytes is over the {self._limit}-byte "
                        "message limit ([daemon] max_message_bytes)")  # fmt: skip
@@ -439,6 +440,19 @@ GRPC_STATUS = {
     "failed_precondition": 9, "aborted": 10, "out_of_range": 11, "unimplemented": 12,
     "internal": 13, "unavailable": 14, "data_loss": 15, "unauthenticated": 16,
 }  # fmt: skip
+
+
+def stream_header_problem(headers: Mapping[str, str]) -> str | None:
+    """What is wrong with a Connect stream's own headers, checked before connectrpc's: it
+    answers them as a unary call's error (HTTP 400, a JSON body), where a stream's client reads
+    only a 200 with an end-of-stream message (the Connect protocol, Streaming-Response)."""
+    timeout = headers.get("connect-timeout-ms")
+    if timeout is not None and not (timeout.isascii() and timeout.isdigit() and len(timeout) <= 10):
+        return f"connect-timeout-ms: expected a number of at most 10 digits, got {timeout[:24]!r}"
+    version = headers.get("connect-protocol-version")
+    if version is not None and version != "1":
+        return f"connect-protocol-version must be '1': got {version[:24]!r}"
+    return None
 
 
 async def _error(
