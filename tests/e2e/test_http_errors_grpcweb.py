@@ -207,6 +207,21 @@ def test_a_connect_streams_bad_header_is_its_end_of_stream_error(daemon, header,
     assert said in error["message"]
 
 
+def test_an_unknown_grpc_encoding_is_unimplemented_naming_the_accepted_ones(daemon):
+    """gRPC's compression rule: UNIMPLEMENTED, with a grpc-accept-encoding header (gRPC-Web
+    named them only in its message: a hunt)."""
+    response = httpx.post(
+        url(daemon, STATUS), content=envelope(bytes(foundry_api.StatusRequest())),
+        headers={"content-type": "application/grpc-web+proto", "grpc-encoding": "br"},
+    )  # fmt: skip
+    assert response.headers["grpc-status"] == "12"
+    assert "unknown compression: 'br'" in unquote(response.headers["grpc-message"])
+    accepted = {e.strip() for e in response.headers["grpc-accept-encoding"].split(",")}
+    assert "gzip" in accepted
+    _, trailers = grpc_web_call(daemon, STATUS, envelope(bytes(foundry_api.StatusRequest())))
+    assert trailers["grpc-status"] == "0"
+
+
 def test_unsupported_content_type_and_get_are_refused(daemon):
     response = httpx.post(url(daemon, EMIT), content=b"x", headers={"content-type": "text/plain"})
     assert response.status_code == 415

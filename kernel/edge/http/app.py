@@ -221,6 +221,15 @@ class HttpApp:
             # logged a traceback for each such call
             return 415, "unimplemented", "gRPC needs HTTP/2 (h2c here, or the gRPC port); " \
                 "over HTTP/1.1 use Connect or gRPC-Web", []  # fmt: skip
+        encoding = headers.get("grpc-encoding", "identity")
+        if (
+            kind.startswith("application/grpc")
+            and _is_enveloped(headers)
+            and (encoding not in GRPC_ENCODINGS)
+        ):
+            # gRPC's compression rule: UNIMPLEMENTED, naming the accepted ones in a header
+            return 501, "unimplemented", f"unknown compression: {encoding[:24]!r}: supported " \
+                "encodings are gzip", [(b"grpc-accept-encoding", b"gzip, identity")]  # fmt: skip
         if kind.startswith("application/connect+") and (problem := stream_header_problem(headers)):
             return 400, "invalid_argument", problem, []  # in its end-of-stream message (200)
         length = headers.get("content-length", "")
@@ -292,6 +301,7 @@ def _with_length(send: Send) -> Send:
 
 
 COMPRESSED = 0x01  # an envelope's flag: its message is compressed
+GRPC_ENCODINGS = ("identity", "gzip")  # connectrpc's (its default compressions)
 ENVELOPE_HEADER = 5  # bytes before an envelope's message: its flags, its length (big-endian)
 END_STREAM = 0x02  # a Connect stream's last envelope: its end (and error)
 
