@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -38,6 +39,9 @@ from itertools import islice
 from typing import Any, Protocol
 
 import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
 from foundry.kernel.actors.telemetry.messages import (
     AttributeValue,
     SpanRecord,
@@ -249,16 +253,82 @@ REPLY_BYTES = 64 * 1024  # of a collector's answer, at most: only its status cou
 CREDENTIAL_PROVIDER = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER"
 
 
+_REQUEST = threading.local()  # the sending thread's request: its ``deadline`` (monotonic)
+
+
+def _shut(connection: Any, timer: Any) -> None:
+    """End a connection's blocked read: its socket shut down (from the deadline's timer)."""
+    timer.fired = True
+    with contextlib.suppress(AttributeError, OSError):
+        connection.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Deadlined:
+    """A urllib3 connection whose status line and headers are read within the request's
+    deadline: urllib3 gives its timeout to each read, and an answer whose headers came a byte
+    a second never ended (the sender thread waited for good, every later span lost)."""
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        deadline = getattr(_REQUEST, "deadline", None)
+        if deadline is None:
+            return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+        timer = threading.Timer(max(deadline - time.monotonic(), 0.0), _shut)
+        timer.args, timer.daemon, timer.fired = (self, timer), True, False  # type: ignore[attr-defined]
+        timer.start()
+        try:
+            response = super().getresponse(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            timer.cancel()
+        if timer.fired:  # http.client took the headers cut short for whole ones: a 200
+            response.close()
+            self.close()
+            raise TimeoutError("the collector's answer did not come within the timeout")
+        return response
+
+
+class _DeadlinedHTTP(_Deadlined, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _DeadlinedHTTPS(_Deadlined, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _DeadlinedPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _DeadlinedHTTP
+
+
+class _DeadlinedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _DeadlinedHTTPS
+
+
+class _DeadlinedAdapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {  # urllib3's hook for its pools' classes
+            "http": _DeadlinedPool, "https": _DeadlinedHTTPSPool,
+        }  # fmt: skip
+
+
 class BoundedSession(requests.Session):
     """A collector's answer read at most ``REPLY_BYTES``, and only within the request's
-    ``timeout`` in all: requests read it whole (a 200 MB answer took this process to 450 MB)
-    and gave ``timeout`` to each read alone (an answer trickled a byte a second held the
-    export, and every span after it, for good)."""
+    ``timeout`` in all, its headers (``_Deadlined``) and its body: requests read it whole (a
+    200 MB answer took this process to 450 MB) and gave ``timeout`` to each read alone (an
+    answer trickled a byte a second held the export, and every span after it, for good)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for prefix in ("http://", "https://"):
+            self.mount(prefix, _DeadlinedAdapter())
 
     def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:
         started, limit = time.monotonic(), float(kwargs.get("timeout") or 10.0)
         kwargs["stream"] = True
-        response = super().request(method, url, *args, **kwargs)
+        _REQUEST.deadline = started + limit
+        try:
+            response = super().request(method, url, *args, **kwargs)
+        finally:
+            _REQUEST.deadline = None
         kept = bytearray()
         try:
             while len(kept) < REPLY_BYTES and time.monotonic() - started < limit:

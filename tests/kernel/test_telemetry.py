@@ -8,6 +8,7 @@ End to end (a daemon, a receiver): tests/e2e/test_otel_export.py.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import random
@@ -19,6 +20,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+import requests
 import trio
 from foundry.kernel.actors.telemetry.messages import (
     CHAIN_FIELDS,
@@ -809,7 +811,8 @@ def test_many_short_labels_go_until_their_text_reaches_the_spans_budget():
 
 def test_a_collectors_answer_is_read_bounded_in_bytes_and_in_time():
     """requests read a collector's answer whole (200 MB: the exporter at 450 MB) and gave the
-    timeout to each read alone (an answer trickled a byte a second held the export for good)."""
+    timeout to each read alone (an answer trickled a byte a second held the export for good:
+    its body, then — a hunt — its headers)."""
     import time as clock
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -817,6 +820,14 @@ def test_a_collectors_answer_is_read_bounded_in_bytes_and_in_time():
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             self.rfile.read(int(self.headers["Content-Length"]))
             huge = self.path == "/huge"
+            if self.path == "/slow-headers":  # its status line, then a header a byte at a time
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                with contextlib.suppress(OSError):
+                    for _ in range(1_000):
+                        self.wfile.write(b"z")
+                        self.wfile.flush()
+                        clock.sleep(0.1)
+                return
             self.send_response(200)
             self.send_header("Content-Length", str(200 << 20 if huge else 1_000))
             self.end_headers()
@@ -847,6 +858,10 @@ def test_a_collectors_answer_is_read_bounded_in_bytes_and_in_time():
             assert slow.status_code == 200
             assert 0 < len(slow.content) < 30
             assert clock.monotonic() - started < 4
+            started = clock.monotonic()  # the headers too: urllib3 read them for good
+            with pytest.raises(requests.RequestException):  # not the 200 it began
+                session.post(f"{base}/slow-headers", data=b"spans", timeout=1.0)
+            assert clock.monotonic() - started < 3
     finally:
         server.shutdown()
         server.server_close()
