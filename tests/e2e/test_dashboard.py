@@ -463,7 +463,7 @@ def test_branch_from_a_step(page, daemon):
     expect(page.locator("#run-status [data-status]")).to_have_attribute("data-status", "succeeded")
     node(page, "b").click()
     page.select_option("#branch-seed-mode", "CUSTOM")
-    page.fill("#branch-seed", "42")
+    page.fill("#branch-seed", "9007199254740993")  # past 2^53: a JSON number rounded it
     page.fill("#branch-inputs", '{"topic": "beavers"}')
     page.fill("#branch-note", "what about beavers")
     page.click("#branch-submit")
@@ -478,7 +478,7 @@ def test_branch_from_a_step(page, daemon):
     branch = get_run(daemon, branch_id)
     assert branch["parentRunId"] == run_id
     assert branch["branchStep"] == "b"
-    assert branch["spec"]["seed"] == "42"
+    assert branch["spec"]["seed"] == "9007199254740993"
     assert step_output(branch, "b") == "beavers"
     assert step_output(branch, "a") == "otters"  # reused, not re-run
 
@@ -655,6 +655,11 @@ def test_a_1000_step_run_is_interactive_and_keeps_up_with_200_events_per_second(
         "data-status", "succeeded", timeout=30_000
     )
     page.wait_for_function("() => foundryDashboard.metrics.run.tapEnded === true", timeout=60_000)
+    # 1,000 step attestations and the run's: asked for 1,000 at a time (the first 1,000 only
+    # were, the rest shown unsigned), once the tap's history reached the end (at its first run
+    # event, when few were announced yet, the run showed unsigned for seconds)
+    status = page.locator("#attestation-status")
+    expect(status).to_contain_text("1001 of 1001 signed; the run itself is attested")
     replayed = page.evaluate("foundryDashboard.metrics.run")
     print(f"\n1,000-step run page: drawn and answering {ready_ms:.0f} ms after navigation "
           f"start (snapshot {replayed['snapshotMs']:.0f} ms, drawing "
@@ -677,6 +682,32 @@ def test_a_1000_step_run_is_interactive_and_keeps_up_with_200_events_per_second(
     assert figures["applied"] == figures["sent"]
     assert figures["backlogAfterMs"] == 0
     assert figures["maxQueueAgeMs"] < 500  # the page never falls seconds behind
+
+
+def test_a_finished_runs_attestations_are_shown_once_all_are_announced(page, daemon):
+    """The page asked for them at the first run event of the tap's history, when only the
+    first few were announced: a signed run showed "unsigned 130 of 136" until the rest came.
+    (A history of more than one batch of the tap's, 256 events.)"""
+    run_id = submit(daemon, wide_dag(10, 20))
+    wait_status(daemon, run_id, "RUN_STATUS_SUCCEEDED")
+    open_page(page, daemon, f"#/runs/{run_id}")
+    first = page.wait_for_selector("#attestation-status", timeout=30_000)
+    assert first is not None
+    assert "signed 201 of 201 signed; the run itself is attested" in first.text_content()
+
+
+def test_a_reference_with_spaces_inside_its_braces_is_an_edge(page, daemon):
+    """The daemon reads ``${ steps.a.output }`` as a dependency on a; the graph drew no edge."""
+    steps = [transform("a", 1), transform("b", "${ steps.a.output }"),
+             transform("c", "${steps.b.output}")]  # fmt: skip
+    run_id = submit(daemon, steps)
+    wait_status(daemon, run_id, "RUN_STATUS_SUCCEEDED")
+    open_page(page, daemon, f"#/runs/{run_id}")
+    expect(page.locator("main")).to_have_attribute("data-ready", "1")
+    boxes = [node(page, step).bounding_box() for step in ("a", "b", "c")]
+    assert all(box is not None for box in boxes)
+    xs = [box["x"] for box in boxes if box is not None]
+    assert xs[0] < xs[1] < xs[2], xs  # a layer each: a → b → c
 
 
 def test_a_long_chain_listed_child_first_is_drawn(page, daemon):

@@ -14,11 +14,28 @@ export function dependencies(steps) {
   const deps = new Map();
   for (const step of steps) {
     const found = new Set(step.depends_on || []);
-    const text = JSON.stringify(step.inputs ?? null);
-    for (const match of text.matchAll(/\$\{steps\.([^.}]+)\./g)) if (ids.has(match[1])) found.add(match[1]);
+    for (const text of strings(step.inputs)) {
+      // as the daemon reads one (core/dag.py): what is between ${ and }, trimmed, split on dots
+      for (const match of text.matchAll(/\$\{([^}]*)\}/g)) {
+        const path = match[1].trim().split(".");
+        if (path[0] === "steps" && path[2] === "output" && ids.has(path[1])) found.add(path[1]);
+      }
+    }
     deps.set(step.id, [...found].filter((id) => ids.has(id)));
   }
   return deps;
+}
+
+// Every string in a JSON value (a walk with a stack: inputs can nest deeply).
+function strings(value) {
+  const found = [];
+  const todo = [value];
+  while (todo.length) {
+    const item = todo.pop();
+    if (typeof item === "string") found.push(item);
+    else if (item && typeof item === "object") for (const child of Object.values(item)) todo.push(child);
+  }
+  return found;
 }
 
 // Each step's rank: the longest path to it from a root, in topological order (Kahn's). A

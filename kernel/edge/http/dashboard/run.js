@@ -12,6 +12,8 @@ const STEP_STATE = {
   step_failed: "failed", step_reused: "reused", step_canceled: "canceled",
   step_interrupted: "pending", // a stopped daemon's attempt: leased again (or failed) next
 };
+const ENDS = new Set(["run_succeeded", "run_failed", "run_canceled"]); // a run's terminal events
+const ATTESTATIONS_PER_CALL = 1000; // GetAttestations' most ids
 const RUN_STATE = {
   run_started: "RUN_STATUS_RUNNING", run_paused: "RUN_STATUS_PAUSED_AT_STEP", run_resumed: "RUN_STATUS_RUNNING",
   run_succeeded: "RUN_STATUS_SUCCEEDED", run_failed: "RUN_STATUS_FAILED", run_canceled: "RUN_STATUS_CANCELED",
@@ -120,11 +122,12 @@ class RunView {
   // --- live updates: fold events into the state, then touch only the nodes that changed ------
   applyBatch(events) {
     const touched = new Set();
-    let runChanged = false;
+    let runChanged = false, ended = false;
     for (const event of events) {
       const seq = event.payload?.seq || 0;
       if (seq && seq <= this.foldedSeq) continue; // replayed by a tap opened again
       if (seq) this.foldedSeq = seq;
+      if (ENDS.has(event.kind)) ended = true;
       const changed = this.fold(event);
       if (changed === "run") runChanged = true;
       else if (changed) touched.add(changed);
@@ -136,7 +139,9 @@ class RunView {
     this.renderNodes(touched);
     if (this.selected && touched.has(this.selected)) this.renderPanel();
     this.scheduleTimeline();
-    if (runChanged && FINAL.has(this.status)) this.finished();
+    // Its terminal event, not any run event of a finished run's history replayed by the tap:
+    // then only its first attestations were announced, and the run showed as unsigned.
+    if (ended) this.finished();
   }
 
   fold(event) {
@@ -312,7 +317,7 @@ class RunView {
 
   branchForm(id) {
     const mode = h("select", { id: "branch-seed-mode" }, ["SAME", "NEW", "CUSTOM"].map((m) => h("option", { value: m }, m.toLowerCase())));
-    const seed = h("input", { id: "branch-seed", type: "number", placeholder: "seed (custom)" });
+    const seed = h("input", { id: "branch-seed", type: "text", inputmode: "numeric", placeholder: "seed (custom)" });
     const inputs = jsonField("branch-inputs", "Run inputs patch (JSON)", "{}");
     const note = h("input", { id: "branch-note", placeholder: "why" });
     const submit = h("button", { id: "branch-submit", class: "primary", type: "submit" }, `Branch from ${id}`);
@@ -322,8 +327,13 @@ class RunView {
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
       const request = { runId: this.runId, fromStep: id, seedMode: `BRANCH_SEED_MODE_${mode.value}`, inputsPatch: inputs.value(), note: note.value };
-      // The seed as a JSON number (exact up to 2^53, which derived seeds stay within).
-      if (mode.value === "CUSTOM") request.seed = Number(seed.value);
+      // The seed as its digits (proto3 JSON's int64 string): a number past 2^53 was rounded,
+      // and a run's own seed can be any int64.
+      if (mode.value === "CUSTOM") {
+        const digits = seed.value.trim();
+        if (!/^-?[0-9]+$/.test(digits)) { notice("seed: a custom seed is a whole number"); return; }
+        request.seed = digits;
+      }
       try {
         const reply = await call(RUNTIME, "CreateBranchRun", request);
         location.hash = `#/runs/${reply.runId}`;
@@ -441,9 +451,15 @@ class RunView {
       this.attestations.replaceChildren(h("h2", {}, "Attestations"), h("p", { class: "muted" }, "None recorded for this run ([attest] enabled = false, or nothing attested)."));
       return;
     }
+    const announced = [...this.attested];
     try {
-      const reply = await call(RUNTIME, "GetAttestations", { attestationIds: ids.slice(0, 1000) });
-      this.attestations.replaceChildren(attestationView(reply.attestations || [], this.attested));
+      const found = [];
+      for (let start = 0; start < ids.length; start += ATTESTATIONS_PER_CALL) {
+        const part = ids.slice(start, start + ATTESTATIONS_PER_CALL);
+        const reply = await call(RUNTIME, "GetAttestations", { attestationIds: part });
+        found.push(...(reply.attestations || []));
+      }
+      this.attestations.replaceChildren(attestationView(found, announced));
     } catch (error) {
       this.attestations.replaceChildren(h("h2", {}, "Attestations"), errorBox(error));
     }
