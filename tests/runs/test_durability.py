@@ -212,6 +212,24 @@ def test_a_graceful_stop_starts_no_new_steps_and_the_next_start_goes_on(make_dae
     assert kinds(events).count("run_succeeded") == 1
 
 
+def test_a_mutator_backing_off_is_cancelled_at_once(make_daemon, tmp_path):
+    """CancelRun gave a mutator waiting to retry the grace of a running one (a hunt): it runs
+    nothing, yet the cancel waited the grace (or the backoff) out."""
+    daemon = make_daemon("[daemon]\nshutdown_grace = 30\n")
+    flaky = {"id": "flaky", "type": "flaky", "retry": {"max_attempts": 3, "backoff": 20},
+             "inputs": {"counter": str(tmp_path / "calls"), "until": 3}}  # fmt: skip
+    run_id = submit(daemon, dag(flaky))
+    wait_for(daemon, run_id, lambda r: r.steps[0].status == "retrying", what="backing off")
+    started = time.monotonic()
+    request = api.CancelRunRequest(run_id=run_id, reason="no more")
+    answer = daemon.call(lambda _, rt: rt.cancel_run(request))
+    assert time.monotonic() - started < 5  # neither the 20 s backoff nor the 30 s grace
+    assert answer.status == api.RunStatus.CANCELED
+    run = get_run(daemon, run_id)
+    assert (run.steps[0].status, run.steps[0].attempt) == ("canceled", 1)
+    assert kinds(tap(daemon, run_id), "flaky") == ["step_leased", "step_retrying", "step_canceled"]
+
+
 def test_a_step_backing_off_does_not_hold_up_a_stop(make_daemon, tmp_path):
     daemon = make_daemon("[daemon]\nshutdown_grace = 30\n")
     counter = tmp_path / "calls"

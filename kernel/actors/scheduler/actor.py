@@ -1098,6 +1098,9 @@ class Scheduler:
                 scope.deadline = min(scope.deadline, trio.current_time() + self._grace)
             else:
                 scope.cancel()
+        backoff = self._backoffs.get(run.run_id)
+        if backoff is not None:  # a step waiting to retry runs nothing: it ends now, grace or not
+            backoff.set()
         wakeup = self._wakeups.pop(run.run_id, None)
         if wakeup is not None:
             wakeup.set()  # a paused run stops waiting for ResumeRun
