@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from foundry.kernel.edge.grpc.client import ConnectionLost
+
 
 def prepared_client(
     command: Any, prepare: Callable[[argparse.Namespace], None] | None = None
@@ -83,3 +85,10 @@ def read_text_file(path: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("not UTF-8 text") from None
+
+
+def daemon_unreachable(address: str, exc: OSError) -> str:
+    """A client command's one line for a connection to the daemon that failed or was lost."""
+    if isinstance(exc, ConnectionLost):
+        return f"lost the connection to the daemon at {address}: {exc}"
+    return f"cannot reach the daemon at {address}: {exc}"

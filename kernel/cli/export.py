@@ -19,7 +19,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from foundry.kernel.cli.common import journal_behind
+from foundry.kernel.cli.common import daemon_unreachable, journal_behind
 from foundry.kernel.config import Config, default_home
 from foundry.kernel.edge.grpc.client import connected
 from foundry.kernel.errors import ConfigError
@@ -71,7 +71,7 @@ def cmd_export_parquet(args: argparse.Namespace) -> int:
     except GRPCError as exc:
         raise CommandFailed(f"{exc.status.name}: {exc.message}") from None
     except OSError as exc:
-        raise CommandFailed(f"cannot reach the daemon at {args.addr}: {exc}") from None
+        raise CommandFailed(daemon_unreachable(args.addr, exc)) from None
     if args.json:
         print(json.dumps({"directory": str(target), "rows": counts}))
     else:

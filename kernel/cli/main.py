@@ -19,7 +19,7 @@ from typing import Any
 
 import betterproto2
 from foundry.kernel.cli.attest import add_attest_commands
-from foundry.kernel.cli.common import read_text_file, whole_number
+from foundry.kernel.cli.common import daemon_unreachable, read_text_file, whole_number
 from foundry.kernel.cli.config_check import add_config_commands
 from foundry.kernel.cli.evals import add_eval_commands
 from foundry.kernel.cli.export import add_export_command
@@ -276,7 +276,7 @@ def _client(command: ClientCommand) -> Callable[[argparse.Namespace], int]:
         except BrokenPipeError:
             raise  # our reader went away (main handles it), not the daemon
         except (ConnectionError, OSError) as exc:
-            raise CommandFailed(f"cannot reach the daemon at {args.addr}: {exc}") from None
+            raise CommandFailed(daemon_unreachable(args.addr, exc)) from None
         except ConfigError:
             raise  # a bad --addr: exit 2, as every command says it
         except FoundryError as exc:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foundry.kernel.cli.common import journal_behind
+from foundry.kernel.cli.common import daemon_unreachable, journal_behind
 from foundry.kernel.cli.logs import printable
 from foundry.kernel.config import Config, default_home
 from foundry.kernel.edge.grpc.client import connected
@@ -83,7 +83,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     except GRPCError as exc:
         raise CommandFailed(f"{exc.status.name}: {exc.message}") from None
     except OSError as exc:
-        raise CommandFailed(f"cannot reach the daemon at {args.addr}: {exc}") from None
+        raise CommandFailed(daemon_unreachable(args.addr, exc)) from None
     _print(answer, args)
     if answer.truncated and not args.json:
         print(f"(truncated: more than {len(answer.rows)} rows)", file=sys.stderr)

@@ -237,3 +237,27 @@ def test_watch_without_a_daemon_does_not_claim_to_watch():
     assert done.returncode == 1
     [line] = done.stderr.splitlines()
     assert line.startswith(f"foundry: cannot reach the daemon at 127.0.0.1:{port}")
+
+
+def test_a_daemon_killed_under_a_watcher_is_a_lost_connection_not_a_tls_hint(make_daemon):
+    """A daemon killed mid-watch was "cannot reach the daemon …: Connection lost (if it serves
+    TLS, set FOUNDRY_CA)" (a hunt): it had answered on that connection, in plain text."""
+    daemon = make_daemon()
+    with cli(daemon, "watch", "--project", "live-kill") as watch:
+        assert watch.next_err().startswith("watching")
+        deadline = time.monotonic() + DEADLINE
+        while True:  # subscribed once it prints an event
+            assert time.monotonic() < deadline, "foundry watch printed nothing"
+            emit(daemon, "probe", project="live-kill")
+            try:
+                watch.next_out(timeout=0.5)
+                break
+            except queue.Empty:
+                continue
+        daemon.kill()
+        code = watch.process.wait(30)
+        _, err = watch.rest()
+    assert code == 1
+    [line] = [x for x in err if x.startswith("foundry:")]
+    assert line.startswith(f"foundry: lost the connection to the daemon at {daemon.address}"), line
+    assert "TLS" not in line

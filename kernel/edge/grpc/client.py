@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -84,9 +85,18 @@ def open_channel(address: str) -> Channel:
         if not checked:
             checked = True
             await answering(channel)
+            _ANSWERED.add(channel)
 
     listen(channel, SendRequest, answering_first)
     return channel
+
+
+class ConnectionLost(ConnectionError):
+    """The daemon answered on this connection, then the connection ended (not one that never
+    worked: no TLS hint for it)."""
+
+
+_ANSWERED: weakref.WeakSet[Channel] = weakref.WeakSet()  # channels the daemon has answered on
 
 
 @asynccontextmanager
@@ -97,7 +107,10 @@ async def connected(address: str) -> AsyncIterator[Channel]:
     channel = open_channel(address)
     try:
         yield channel
-    except StreamTerminatedError as exc:  # e.g. plain text to a TLS port: the server hangs up
+    except StreamTerminatedError as exc:
+        if channel in _ANSWERED:  # it answered, then went away (killed, say)
+            raise ConnectionLost(str(exc)) from None
+        # e.g. plain text to a TLS port: the server hangs up
         hint = "" if channel_uses_tls() else f" (if it serves TLS, set {CA_ENV})"
         raise ConnectionError(f"{exc}{hint}") from None
     except UnicodeError as exc:  # getaddrinfo of a label over 63 characters, say
