@@ -314,9 +314,22 @@ def _reference_deps(
         text = "${" + ".".join(path) + "}"
         raise InvalidArgument(
             f"step {quoted(step_id)}: inputs: bad reference {shown(text)} "
-            "(use ${inputs.KEY} or ${steps.ID.output.KEY})"
+            + _reference_hint(path, step_ids)
         )
     return tuple(deps)
+
+
+def _reference_hint(path: tuple[str, ...], step_ids: set[str]) -> str:
+    """How a bad reference is written right: a step whose id has a dot (ids may) is read as
+    its id's first part, so its output cannot be referenced (its order can: depends_on)."""
+    named = ".".join(path[1:]) + "."
+    dotted = sorted(i for i in step_ids if "." in i and named.startswith(i + "."))
+    if path[0] == "steps" and dotted:
+        return (
+            f"(step {quoted(dotted[-1])}: an id with a '.' cannot be referenced, as "
+            "references split on dots: give it an id without one, or use depends_on)"
+        )
+    return "(use ${inputs.KEY} or ${steps.ID.output.KEY})"
 
 
 def _check_acyclic(steps: list[StepSpec]) -> None:

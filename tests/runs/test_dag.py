@@ -170,6 +170,15 @@ def test_reference_to_an_unknown_step():
     rejects(doc(step("b", inputs={"v": "${steps.nope.output.x}"})), "step 'b'", "inputs", "'nope'")
 
 
+def test_a_reference_to_a_step_whose_id_has_a_dot_says_why_it_cannot_be():
+    """Ids may have dots, references split on them: ${steps.a.b.output} was only "bad
+    reference (use ${inputs.KEY} or ${steps.ID.output.KEY})", which it looked like (a hunt)."""
+    rejects(
+        doc(step("a.b"), step("c", inputs={"v": "${steps.a.b.output}"})),
+        "step 'c'", "inputs", "step 'a.b': an id with a '.' cannot be referenced", "depends_on",
+    )  # fmt: skip
+
+
 def test_reference_to_itself():
     rejects(doc(step("b", inputs={"v": "${steps.b.output.x}"})), "step 'b'", "inputs")
 
