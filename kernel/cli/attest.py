@@ -410,9 +410,9 @@ def _record_problems(stored: str, predicate: dict[str, Any]) -> list[str]:
     hash of its label and record id (``custom_attestation_id``): another decision's genuinely
     signed statement, copied into a DENY's row, verified as valid (a hunt)."""
     label, claims = predicate.get("label"), predicate.get("claims")
-    field = _RECORD_IDS.get(label) if isinstance(label, str) else None
-    if field is None or not isinstance(claims, dict):
+    if not isinstance(label, str) or label not in _RECORD_IDS or not isinstance(claims, dict):
         return []
+    field = _RECORD_IDS[label]
     record_id = claims.get(field)
     if isinstance(record_id, str) and custom_attestation_id(label, record_id) == stored:
         return []

@@ -256,11 +256,17 @@ CREDENTIAL_PROVIDER = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER
 _REQUEST = threading.local()  # the sending thread's request: its ``deadline`` (monotonic)
 
 
-def _shut(connection: Any, timer: Any) -> None:
-    """End a connection's blocked read: its socket shut down (from the deadline's timer)."""
-    timer.fired = True
-    with contextlib.suppress(AttributeError, OSError):
-        connection.sock.shutdown(socket.SHUT_RDWR)
+class _Deadline:
+    """Ends a connection's blocked read at the deadline: its socket shut down (from a timer's
+    thread), and says whether it did."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection, self.fired = connection, False
+
+    def fire(self) -> None:
+        self.fired = True
+        with contextlib.suppress(AttributeError, OSError):
+            self.connection.sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Deadlined:
@@ -269,19 +275,21 @@ class _Deadlined:
     a second never ended (the sender thread waited for good, every later span lost)."""
 
     def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        connection: Any = super()
         deadline = getattr(_REQUEST, "deadline", None)
         if deadline is None:
-            return super().getresponse(*args, **kwargs)  # type: ignore[misc]
-        timer = threading.Timer(max(deadline - time.monotonic(), 0.0), _shut)
-        timer.args, timer.daemon, timer.fired = (self, timer), True, False  # type: ignore[attr-defined]
+            return connection.getresponse(*args, **kwargs)
+        watch = _Deadline(self)
+        timer = threading.Timer(max(deadline - time.monotonic(), 0.0), watch.fire)
+        timer.daemon = True
         timer.start()
         try:
-            response = super().getresponse(*args, **kwargs)  # type: ignore[misc]
+            response = connection.getresponse(*args, **kwargs)
         finally:
             timer.cancel()
-        if timer.fired:  # http.client took the headers cut short for whole ones: a 200
+        if watch.fired:  # http.client took the headers cut short for whole ones: a 200
             response.close()
-            self.close()
+            connection.close()
             raise TimeoutError("the collector's answer did not come within the timeout")
         return response
 
