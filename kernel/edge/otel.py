@@ -310,12 +310,26 @@ class _DeadlinedHTTPSPool(urllib3.HTTPSConnectionPool):
     ConnectionCls = _DeadlinedHTTPS
 
 
+_DEFAULT_POOLS = {"http": urllib3.HTTPConnectionPool, "https": urllib3.HTTPSConnectionPool}
+_DEADLINED_POOLS = {"http": _DeadlinedPool, "https": _DeadlinedHTTPSPool}
+
+
 class _DeadlinedAdapter(requests.adapters.HTTPAdapter):
+    """Deadlined connections, direct and through an HTTP proxy (``HTTPS_PROXY``: requests makes
+    a manager of its own for each proxy). A SOCKS proxy's pools are its own: left as they are."""
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {  # urllib3's hook for its pools' classes
-            "http": _DeadlinedPool, "https": _DeadlinedHTTPSPool,
-        }  # fmt: skip
+        _deadlined(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: Any, **proxy_kwargs: Any) -> Any:
+        return _deadlined(super().proxy_manager_for(proxy, **proxy_kwargs))
+
+
+def _deadlined(manager: Any) -> Any:
+    if manager.pool_classes_by_scheme == _DEFAULT_POOLS:  # urllib3's hook for its pools' classes
+        manager.pool_classes_by_scheme = _DEADLINED_POOLS
+    return manager
 
 
 class BoundedSession(requests.Session):

@@ -809,7 +809,7 @@ def test_many_short_labels_go_until_their_text_reaches_the_spans_budget():
     assert span.dropped_attributes_count == 2_000 - len(span.attributes)
 
 
-def test_a_collectors_answer_is_read_bounded_in_bytes_and_in_time():
+def test_a_collectors_answer_is_read_bounded_in_bytes_and_in_time(monkeypatch):
     """requests read a collector's answer whole (200 MB: the exporter at 450 MB) and gave the
     timeout to each read alone (an answer trickled a byte a second held the export for good:
     its body, then — a hunt — its headers)."""
@@ -820,7 +820,7 @@ def test_a_collectors_answer_is_read_bounded_in_bytes_and_in_time():
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             self.rfile.read(int(self.headers["Content-Length"]))
             huge = self.path == "/huge"
-            if self.path == "/slow-headers":  # its status line, then a header a byte at a time
+            if self.path.endswith("/slow-headers"):  # a status line, then a header bytewise
                 self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
                 with contextlib.suppress(OSError):
                     for _ in range(1_000):
@@ -861,6 +861,14 @@ def test_a_collectors_answer_is_read_bounded_in_bytes_and_in_time():
             started = clock.monotonic()  # the headers too: urllib3 read them for good
             with pytest.raises(requests.RequestException):  # not the 200 it began
                 session.post(f"{base}/slow-headers", data=b"spans", timeout=1.0)
+            assert clock.monotonic() - started < 3
+        for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", base)  # requests makes a proxy's connections apart
+        with otel.BoundedSession() as session:
+            started = clock.monotonic()
+            with pytest.raises(requests.RequestException):
+                session.post("http://collector.invalid/slow-headers", data=b"s", timeout=1.0)
             assert clock.monotonic() - started < 3
     finally:
         server.shutdown()

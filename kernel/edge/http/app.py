@@ -221,7 +221,7 @@ class HttpApp:
             # logged a traceback for each such call
             return 415, "unimplemented", "gRPC needs HTTP/2 (h2c here, or the gRPC port); " \
                 "over HTTP/1.1 use Connect or gRPC-Web", []  # fmt: skip
-        encoding = headers.get("grpc-encoding", "identity")
+        encoding = headers.get("grpc-encoding") or "identity"  # (as connectrpc reads it)
         if (
             kind.startswith("application/grpc")
             and _is_enveloped(headers)
