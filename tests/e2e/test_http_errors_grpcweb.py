@@ -220,6 +220,11 @@ def test_an_unknown_grpc_encoding_is_unimplemented_naming_the_accepted_ones(daem
     assert "gzip" in accepted
     _, trailers = grpc_web_call(daemon, STATUS, envelope(bytes(foundry_api.StatusRequest())))
     assert trailers["grpc-status"] == "0"
+    empty = httpx.post(
+        url(daemon, STATUS), content=envelope(bytes(foundry_api.StatusRequest())),
+        headers={"content-type": "application/grpc-web+proto", "grpc-encoding": ""},
+    )  # fmt: skip
+    assert empty.headers.get("grpc-status") != "12", empty.headers  # no encoding named: identity
 
 
 def test_unsupported_content_type_and_get_are_refused(daemon):
