@@ -111,6 +111,47 @@ def test_kill_9_mid_chain_marks_the_workflow_failed_on_restart(make_daemon, tmp_
         kill_pid_file(pid_file)
 
 
+ACT_THEN_WAIT = """
+[[blocks]]
+name = "Act Mutator"
+type = "shell"
+kind = "mutator"
+sinks = ["act"]
+command = ["sh", "-c", "echo acted >> \\"$SIDE\\"; echo '{\\"done\\": true}'"]
+emits = "acted"
+pass_env = ["SIDE"]
+
+[[blocks]]
+name = "Slow Observer"
+type = "shell"
+kind = "observer"
+sinks = ["acted"]
+command = ["sh", "-c", "sleep 30"]
+"""
+
+
+def test_a_mutator_that_acted_is_on_record_when_a_kill_9_follows(make_daemon, tmp_path):
+    """Its execution and what it emitted waited for the chain's end to be sent to the store: a
+    kill -9 while a later block ran lost the record of a side effect done, which is never
+    redone (a hunt). Now they go to the store before the chain waits on the next block."""
+    side = tmp_path / "side.log"
+    daemon = make_daemon(ACT_THEN_WAIT, env={"SIDE": str(side)})
+    event_id = emit(daemon, "act", project="durable").event_id
+
+    def observing():
+        [workflow] = status(daemon, event_id)
+        return {b.name: b.state for b in workflow.task_blocks}.get("Slow Observer") == "running"
+
+    wait_until(observing, what="the slow observer to run")
+    time.sleep(1.0)  # a group commit or more
+    daemon.kill()
+    daemon.start()
+    assert side.read_text() == "acted\n"  # once, not redone
+    chain = trace(daemon, event_id)
+    assert [e.event_type for e in chain.events] == ["act", "acted"]
+    assert [x.block_name for x in chain.block_executions if x.success] == ["Act Mutator"]
+
+
 def test_acknowledged_emits_survive_kill_9(daemon):
     """50 facts acknowledged one by one, then 30 workflows at once, then ``kill -9`` right after
     the last acknowledgement: every fact is traced, every workflow finished or failed."""

@@ -239,12 +239,16 @@ class Engine:
             self._forget(workflow)  # nothing of it was stored; the Emit got the error
             return
         workflow.state = "running"
+        acted = False  # a mutator acted since the last flush
         try:
             while (turn := self._run_inline(workflow)) is not Walk.END:
                 if turn is Walk.YIELD:  # inline turns used up: let others run
                     await trio.lowlevel.checkpoint()
                     continue
+                if acted:  # its record goes before the chain waits on another block: a
+                    await self._flush(workflow)  # mutator is not redone, a crash lost it
                 await self._take_turn(workflow, turn)
+                acted = turn[4].acts and not turn[2]  # its plan acts, it was not refused
                 if len(workflow.unsent) >= FLUSH_AT:
                     await self._flush(workflow)
         except ChainLimitExceeded as exc:
