@@ -168,9 +168,12 @@ def test_emit_stays_fast_while_a_heavy_query_runs(analytics_daemon, grpcio_clien
     assert outcome["code"] == "DEADLINE_EXCEEDED"
     assert 1.8 < outcome["seconds"] < 6
     assert len(latencies) >= 10
-    # Loosely: each under 100 ms (a slow CI machine gets one outlier).
+    # Loosely, as a loaded 2-core machine runs DuckDB's threads, the loop and the client side by
+    # side (two replies of 112 and 349 ms once in 57 runs under load): a loop the query blocked
+    # would answer nothing for its 2 s.
     assert statistics.median(latencies) < 0.1, latencies
-    assert sorted(latencies)[-2] < 0.1, latencies
+    assert sorted(latencies)[-3] < 0.1, latencies
+    assert max(latencies) < 1.0, latencies
 
 
 def test_foundry_sql_online_then_offline(make_daemon):
