@@ -87,6 +87,21 @@ def test_a_trace_too_large_to_answer_is_resource_exhausted_and_the_daemon_stays_
     assert "Traceback" not in daemon.stderr()
 
 
+def test_an_emit_whose_payload_is_stored_past_max_event_bytes_is_invalid_argument(make_daemon):
+    """Stored numbers take serde_json's form: 1e15 is 1000000000000000.0, so a 1.25 MB Emit was
+    stored as a 4.75 MB event, which cut off every default-client watcher (a hunt). A root's
+    payload is held to the limit a block's emission is, as stored."""
+    daemon = make_daemon("[engine]\nmax_event_bytes = 20000\n")
+    numbers = '{"n": [' + ",".join(["1e15"] * 2_000) + "]}"  # ~10 KB sent, ~38 KB stored
+    error = grpc_error(daemon, lambda f, _: f.emit(api.EmitRequest(
+        event_type="numbers", project="limits", payload_json=numbers)))  # fmt: skip
+    assert error.status == Status.INVALID_ARGUMENT, error
+    assert "payload_json: 38,007 bytes of JSON as stored" in error.message
+    assert "max_event_bytes (20,000)" in error.message
+    fits = emit(daemon, "numbers", payload={"n": [1] * 5_000}, project="limits")
+    assert traced(daemon, fits.event_id).events[0].payload_json.startswith('{"n":[1,1')
+
+
 def test_status_lists_workflows_out_of_the_engines_memory_from_the_database(make_daemon):
     daemon = make_daemon("[engine]\nrecent_workflows = 2\n")
     replies = [emit(daemon, "greet_requested", payload={"n": i}) for i in range(3)]

@@ -195,6 +195,13 @@ class Engine:
     async def _on_emit(self, message: Emit) -> None:
         now = self._clock.now()
         payload_json = payload_json_of(message.payload)  # the bytes upstream hashes, stored as is
+        if (size := self._oversized(payload_json)) is not None:
+            message.reply.fail(InvalidArgument(
+                f"payload_json: {size:,} bytes of JSON as stored (numbers in serde_json's form: "
+                f"1e15 is 1000000000000000.0), past [engine] max_event_bytes "
+                f"({self._config.max_event_bytes:,})"
+            ))  # fmt: skip
+            return
         stamp = occurred_stamp(now)
         root_id = event_id_of_json(message.event_type, message.project, stamp, payload_json)
         span = message.span or new_root()  # a root starts a trace unless the Emit brought one
@@ -486,17 +493,10 @@ class Engine:
         except RecursionError:  # ~1,000 levels: past the depth limit checked below, by far
             raise _TooLarge(f"emitted a {emission.event_type[:100]!r} payload nested deeper "
                             f"than {MAX_DEPTH} levels") from None  # fmt: skip
-        limit = self._config.max_event_bytes
-        if (
-            len(payload_json) * 4 > limit
-            and (  # 4 bytes a character at most: else it fits
-                size := len(payload_json.encode("utf-8", "surrogatepass"))
-            )
-            > limit
-        ):
+        if (size := self._oversized(payload_json)) is not None:
             raise _TooLarge(
                 f"emitted a {emission.event_type[:100]!r} payload of {size:,} bytes of JSON, "
-                f"past [engine] max_event_bytes ({limit:,})"
+                f"past [engine] max_event_bytes ({self._config.max_event_bytes:,})"
             )
         payload = decoded(emission.payload, payload_json)  # the block can no longer change it
         # Emit's limit too (an event nested deeper than this, no client could send or read)
@@ -525,6 +525,16 @@ class Engine:
             span_id=new_span_id(),
             parent_span_id=span,
         )
+
+    def _oversized(self, payload_json: str) -> int | None:
+        """The UTF-8 size of a payload's stored JSON past ``max_event_bytes``, else None: a
+        root's as well as an emission's (serde_json's numbers made a 1.25 MB Emit a 4.75 MB
+        event, which cut off every default-client watcher)."""
+        limit = self._config.max_event_bytes
+        if len(payload_json) * 4 <= limit:  # 4 bytes a character at most: it fits
+            return None
+        size = len(payload_json.encode("utf-8", "surrogatepass"))
+        return size if size > limit else None
 
     async def _flush(self, workflow: Workflow, *answers: Answer) -> Pending[None]:
         """Send what the chain recorded since the last flush (observers run ahead of commits)."""
