@@ -6,11 +6,11 @@ A block author needs one import::
 
 Authors of block *types* (``[[blocks]]`` tables) and of blocks that talk to the network also get
 the table helpers (:func:`common_options`, :func:`payload_filter`, :func:`matches`,
-:func:`json_table`), the env
-policy (:func:`forbidden_reason`), the egress-checked HTTP client (:func:`guarded_client`, and
-:func:`request_bounded` to read an answer up to a size) and
-:func:`compact_json`. Authors of change-gate rules and eval assertions get :class:`RuleResult`,
-:class:`Followup`, :class:`AssertionResult` and :data:`BUILTIN_GATE_RULES`. Everything else
+:func:`json_table`), the env policy (:func:`forbidden_reason`), the egress-checked HTTP client
+(:func:`guarded_client`, and :func:`request_bounded` to read an answer up to a size),
+:func:`compact_json` and :func:`payload_number` (JSON numbers read as an event payload's are).
+Authors of change-gate rules and eval assertions get :class:`RuleResult`, :class:`Followup`,
+:class:`AssertionResult` and :data:`BUILTIN_GATE_RULES`. Everything else
 under ``foundry.kernel`` is internal; the public modules besides this one are
 ``foundry.kernel.testing``, ``foundry.kernel.hookspecs``, ``foundry.kernel.config`` and
 ``foundry.kernel.errors``.
@@ -51,6 +51,7 @@ if _typing.TYPE_CHECKING:  # the names below are imported when first used (PEP 5
     from foundry.kernel.core.gate_policy import Followup, RuleResult
     from foundry.kernel.core.ids import compact_json
     from foundry.kernel.core.throttle import Throttle
+    from foundry.kernel.core.upstream_json import payload_number
     from foundry.kernel.errors import (
         AlreadyExists,
         BlockError,
@@ -80,6 +81,7 @@ __all__ = [
     "json_table",
     "matches",
     "payload_filter",
+    "payload_number",
     "redact_url",
     "request_bounded",
     "Block",
@@ -124,6 +126,7 @@ _HOMES = {
     "foundry.kernel.core.gate_policy": ("BUILTIN_GATE_RULES", "Followup", "RuleResult"),
     "foundry.kernel.core.ids": ("compact_json",),
     "foundry.kernel.core.throttle": ("Throttle",),
+    "foundry.kernel.core.upstream_json": ("payload_number",),
     "foundry.kernel.errors": (
         "AlreadyExists", "BlockError", "ChainLimitExceeded", "ConfigError", "FailedPrecondition",
         "FoundryError", "InvalidArgument", "NotFound", "ResourceExhausted", "Unavailable",

@@ -31,6 +31,7 @@ from foundry.kernel import (
     hookimpl,
     matches,
     payload_filter,
+    payload_number,
 )
 
 _SHELL_KEYS = {"command", "emits", "env", "cwd", "simulate", "pass_env", "allow_env"}
@@ -124,21 +125,15 @@ def _fits(text: str) -> bool:
 
 
 def _parse_output(text: str) -> Any:
-    """stdout as JSON, else as text: JSON the daemon stores (``NaN``, ``1e400`` and a lone
-    surrogate's escape are text: Python's reader took them, and the block failed to emit)."""
+    """stdout as JSON, its numbers read as Emit reads a payload's (``payload_number``: ``-0``
+    was 0 here and -0.0 there, so the same JSON made another event), else as text: JSON the
+    daemon stores (``NaN``, ``1e400`` and a lone surrogate's escape are text: Python's reader
+    took them, and the block failed to emit)."""
     try:
-        value = json.loads(text, parse_int=_whole)
+        value = json.loads(text, parse_int=payload_number, parse_float=payload_number)
         json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
     except (ValueError, OverflowError, RecursionError):  # (~1,000 levels deep: the block
         return text.rstrip("\n")  # failed, not its text)
-    return value
-
-
-def _whole(digits: str) -> int:
-    """A JSON integer a payload holds: within a double's range (an event's numbers are
-    serde_json's: a larger one failed the emission, ``OverflowError``)."""
-    value = int(digits)
-    float(value)  # OverflowError past ~1.8e308
     return value
 
 

@@ -152,6 +152,9 @@ def parse_number(token: str) -> int | float:
     return _exponent(token, at, positive, significand, 0)
 
 
+payload_number = parse_number  # its name in the plugin API (``foundry.kernel``)
+
+
 def _integer(positive: bool, significand: int) -> int | float:
     if positive:
         return significand

@@ -457,7 +457,7 @@ PUBLIC_API = {
     "ResourceExhausted", "Throttle", "Tool", "Unavailable", "Usage", "block", "common_options",
     "compact_json", "event_type_fault", "forbidden_reason", "guarded_client", "hookimpl",
     "hookspec", "json_table", "matches",
-    "payload_filter", "redact_url", "request_bounded",
+    "payload_filter", "payload_number", "redact_url", "request_bounded",
 }  # fmt: skip
 
 

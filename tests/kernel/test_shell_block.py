@@ -353,6 +353,21 @@ async def test_output_that_is_no_json_the_daemon_stores_is_emitted_as_text(tmp_p
     assert x["emitted_payloads"] == [{"output": stdout}]
 
 
+async def test_stdouts_numbers_are_read_as_emits_are(tmp_path):
+    """-0 was 0 here and -0.0 through Emit, a number past a u64 an int here and a float there:
+    the same JSON made another payload, so another event id (a hunt)."""
+    from foundry.kernel.core.ids import payload_json_of
+    from foundry.kernel.core.json_input import parse_json_object
+
+    stdout = '{"a": -0, "b": 18446744073709551616, "c": 0.1, "d": -9223372036854775809}'
+    registry = shell_registry(command=["printf", "%s", stdout], emits="said")
+    _, x = await run_once(tmp_path, registry, {})
+    [emitted] = x["emitted_payloads"]
+    emitted_by_emit = parse_json_object(stdout, "payload_json", upstream_numbers=True)
+    assert payload_json_of(emitted) == payload_json_of(emitted_by_emit)
+    assert payload_json_of(emitted).startswith('{"a":-0.0,"b":1.8446744073709552e+19')
+
+
 async def test_an_audited_shell_mutator_says_it_told_nothing_it_would_emit(tmp_path):
     registry = shell_registry(command=["echo", "{}"], emits="done")
     _, audited = await run_once(tmp_path, registry, {"k": 1}, Throttle.AUDIT_ONLY)
