@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from foundry.kernel.edge.grpc.client import ConnectionLost
+from foundry.kernel.edge.grpc.client import CallReset, ConnectionLost
 
 
 def prepared_client(
@@ -91,4 +91,6 @@ def daemon_unreachable(address: str, exc: OSError) -> str:
     """A client command's one line for a connection to the daemon that failed or was lost."""
     if isinstance(exc, ConnectionLost):
         return f"lost the connection to the daemon at {address}: {exc}"
+    if isinstance(exc, CallReset):
+        return f"the daemon at {address} reset the call: {exc}"
     return f"cannot reach the daemon at {address}: {exc}"

@@ -96,6 +96,11 @@ class ConnectionLost(ConnectionError):
     worked: no TLS hint for it)."""
 
 
+class CallReset(ConnectionError):
+    """The daemon, answering on this connection, reset one call (the gRPC port gives up on a
+    reply its client does not read, say)."""
+
+
 _ANSWERED: weakref.WeakSet[Channel] = weakref.WeakSet()  # channels the daemon has answered on
 
 
@@ -108,6 +113,8 @@ async def connected(address: str) -> AsyncIterator[Channel]:
     try:
         yield channel
     except StreamTerminatedError as exc:
+        if channel in _ANSWERED and str(exc).startswith("Stream reset"):
+            raise CallReset(str(exc)) from None  # this call alone: it gave up on a reply, say
         if channel in _ANSWERED:  # it answered, then went away (killed, say)
             raise ConnectionLost(str(exc)) from None
         # e.g. plain text to a TLS port: the server hangs up
