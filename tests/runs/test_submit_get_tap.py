@@ -16,6 +16,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import httpx
 import pytest
 from foundry.kernel.core.dag import step_seed
 from foundry.kernel.core.json_input import STRUCT_DEPTH
@@ -1193,6 +1194,41 @@ def test_getrun_callers_that_read_nothing_share_an_ended_runs_reply(make_daemon)
     assert grown < 100, f"the daemon grew {grown:.0f} MB for {CALLERS} callers of ~10 MB"
     assert again == first
     assert [value(s.output) for s in again.steps] == ["x" * 2_000_000] * 5
+
+
+def test_connect_getrun_callers_that_read_nothing_share_an_ended_runs_json(make_daemon):
+    """Over Connect JSON, each GetRun of an ended run wrote its own JSON text (on a worker
+    thread): 30 callers reading nothing of a 10 MB run held 30 texts (344 MB). One now, shared;
+    a caller that reads gets it whole."""
+    daemon = make_daemon()
+    steps = [{"id": f"s{i}", "type": "transform", "inputs": {"value": "${inputs.big}"}}
+             for i in range(5)]  # fmt: skip
+    run_id = submit(daemon, dag(*steps), inputs={"big": "x" * 2_000_000})
+    assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
+    url = f"http://{daemon.http_address}/fleetforge.runtime.v1.RuntimeService/GetRun"
+    first = httpx.post(url, json={"runId": run_id}, timeout=60).json()
+    time.sleep(1.0)
+    before = rss_mb(daemon.process.pid)
+    body = json.dumps({"runId": run_id}).encode()
+    host, port = daemon.http_address.rsplit(":", 1)
+    callers = []
+    try:
+        for _ in range(CALLERS):  # each reads nothing of its answer
+            caller = socket.create_connection((host, int(port)))
+            caller.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            caller.sendall(b"POST /fleetforge.runtime.v1.RuntimeService/GetRun HTTP/1.1\r\n"
+                           b"Host: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            callers.append(caller)
+        time.sleep(3.0)
+        grown = rss_mb(daemon.process.pid) - before
+        again = httpx.post(url, json={"runId": run_id}, timeout=60).json()
+    finally:
+        for caller in callers:
+            caller.close()
+    assert grown < 100, f"the daemon grew {grown:.0f} MB for {CALLERS} callers of ~10 MB"
+    assert again == first
+    assert [s["output"] for s in again["run"]["steps"]] == ["x" * 2_000_000] * 5
 
 
 def _h2_tap_connection(address: str, stream_window: int) -> tuple[socket.socket, Any]:

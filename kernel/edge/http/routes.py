@@ -21,6 +21,7 @@ from connectrpc.server import Endpoint
 from foundry.kernel.edge.grpc.internals import Encoded
 from foundry.kernel.edge.http.codecs import JsonEncoded, TypedEncoded, to_json
 from foundry.kernel.edge.http.errors import connect_error
+from foundry.kernel.edge.shared_replies import JSON_UTF8, SHARED_REPLIES
 from foundry.proto import foundry_api, runtime_api
 from grpclib.const import Cardinality
 
@@ -123,13 +124,18 @@ LARGE_REPLIES = (
 
 async def json_reply(reply: Any) -> JsonEncoded:
     """``reply`` as the JSON codec writes it, made on a worker thread: the loop serves on
-    (between the interpreter's switches) while it is made."""
+    (between the interpreter's switches) while it is made. A reply many callers share (an ended
+    run's GetRun: ``SHARED_REPLIES``) is written once: 30 Connect callers reading nothing of a
+    10 MB run held 30 texts (344 MB)."""
+    held = SHARED_REPLIES.encoding(reply, JSON_UTF8)
+    if held is not None:
+        return JsonEncoded(held)
 
     def write() -> bytes:
         message = reply.kind().parse(reply.data) if isinstance(reply, TypedEncoded) else reply
         return to_json(message).encode()
 
-    return JsonEncoded(await trio.to_thread.run_sync(write))
+    return JsonEncoded(SHARED_REPLIES.keep(reply, JSON_UTF8, await trio.to_thread.run_sync(write)))
 
 
 def _streaming(
