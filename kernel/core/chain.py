@@ -96,10 +96,11 @@ class Workflow:
     events: list[Event] = field(default_factory=list)
     executions: list[ExecutionRecord] = field(default_factory=list)
     slots: list[BlockSlot] = field(default_factory=list)
-    # Records not yet sent to the store, the events among them for Watch, and the last send.
+    # Records not yet sent to the store, the events among them for Watch, and the engine's
+    # pending answers of the sends whose commit nothing has waited on yet (in order).
     unsent: list[Any] = field(default_factory=list)
     unpublished: list[Event] = field(default_factory=list)
-    last_commit: Any = None  # the engine's pending answer of the chain's last commit
+    commits: list[Any] = field(default_factory=list)
     # The depth-first walk still to do (the top is next), and the trace once the chain ended.
     agenda: list[Visit] = field(default_factory=list)
     trace: TraceRows | None = None
@@ -157,7 +158,7 @@ class Workflow:
         over ``trace_bytes`` (Trace then reads the file, else the database). One large payload
         is not held until ``recent_workflows`` more chains have ended."""
         self.events, self.executions, self.unsent, self.unpublished = [], [], [], []
-        self.agenda, self.last_commit, self.retired = [], None, True
+        self.agenda, self.commits, self.retired = [], [], True
         if len(self.root.payload_json) > SMALL_PAYLOAD:  # small ones cost less to keep than drop
             self.root = replace(self.root, payload={}, payload_json="")
         if self.trace is not None and text_bytes(self.trace) > trace_bytes:

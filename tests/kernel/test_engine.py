@@ -1290,3 +1290,66 @@ async def test_a_failing_block_that_set_what_cannot_be_recorded_fails_alone(tmp_
     assert (x["exit_code"], x["raw_output"]) == (-1, "")
     [s] = executions(trace, "Sibling")
     assert s["success"] is True
+
+
+async def test_a_mutator_never_acts_on_an_event_whose_send_the_store_refused(tmp_path):
+    """A send the store refused mid-chain (an acting mutator's record and what it emitted, sent
+    before the chain waits on its next block) was waited on by nothing: the next mutator's wait
+    was on a later send, which the store took (it commits a failed group's sends one by one),
+    and the mutator acted on an event never stored; the chain ended "completed" (a review).
+    Here the store refuses the send that carries ``acted``: the chain fails, the second
+    mutator does not act."""
+    import math
+
+    from foundry.kernel.actors.engine.actor import Engine
+    from foundry.kernel.actors.engine.messages import Emit
+    from foundry.kernel.actors.store.messages import Append
+    from foundry.kernel.blocks.registry import BlockRegistry
+    from foundry.kernel.errors import Unavailable
+
+    acted: list[str] = []
+
+    @block("Act", sinks=["go"], kind=BlockKind.MUTATOR)
+    async def act(ctx: BlockContext) -> None:
+        acted.append("Act")
+        ctx.emit("acted", {"n": 1})
+
+    @block("Slow", sinks=["acted"], kind=BlockKind.OBSERVER)
+    async def slow(ctx: BlockContext) -> None:
+        await trio.sleep(0.05)
+
+    @block("Second", sinks=["acted"], kind=BlockKind.MUTATOR)
+    async def second(ctx: BlockContext) -> None:
+        acted.append("Second")
+
+    async def refusing_store(inbox: trio.MemoryReceiveChannel[Any]) -> None:
+        async for message in inbox:
+            if not isinstance(message, Append):
+                continue
+            refused = any(getattr(r, "event_type", "") == "acted" for r in message.records)
+            for reply, value in ((message.ack, None), *message.answers):
+                if reply is None:
+                    continue
+                if refused:
+                    reply.fail(Unavailable("could not commit a write (refused)"))
+                else:
+                    reply.send(value)
+
+    engine_send, engine_receive = trio.open_memory_channel[Any](math.inf)
+    store_send, store_receive = trio.open_memory_channel[Any](100)
+    engine = Engine(BlockRegistry([act, slow, second]), engine_receive, store_send,
+                    home=tmp_path, config=EngineConfig(), shutdown_grace=1)  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(refusing_store, store_receive)
+        await nursery.start(engine.run)
+        emitted = await ask(engine_send, lambda r: Emit("go", "p", Throttle.FULL, {}, r))
+        with trio.fail_after(GUARD_SECONDS):
+            while True:
+                [view] = await ask(engine_send, lambda r: GetStatus(emitted.workflow_id, r))
+                if view.state in ("completed", "failed"):
+                    break
+                await trio.sleep(0.01)
+        await engine_send.aclose()
+    assert view.state == "failed"
+    assert "could not commit a write" in view.error
+    assert acted == ["Act"]

@@ -41,7 +41,6 @@ from foundry.kernel.actors.engine.messages import (
 )
 from foundry.kernel.actors.mailbox import (
     NoticeSlot,
-    Pending,
     Reply,
     ask,
     refuse,
@@ -229,7 +228,7 @@ class Engine:
             if self._run_inline(workflow) is Walk.END:
                 await self._send(self._ending(workflow, answer, with_root=True))
                 return
-            workflow.last_commit = await self._flush(workflow, answer)
+            await self._flush(workflow, answer)
         except Unavailable as exc:
             self._inflight.pop(root_id, None)
             message.reply.fail(exc)
@@ -239,9 +238,8 @@ class Engine:
 
     async def _run_rest(self, workflow: Workflow) -> None:
         """The chain from its first block that must be awaited on, in a task of its own."""
-        assert workflow.last_commit is not None
         try:
-            await workflow.last_commit.wait()  # as before any await: the root is durable
+            await self._committed(workflow)  # as before any await: the root is durable
         except Exception:
             self._forget(workflow)  # nothing of it was stored; the Emit got the error
             return
@@ -258,6 +256,7 @@ class Engine:
                 acted = turn[4].acts and not turn[2]  # its plan acts, it was not refused
                 if len(workflow.unsent) >= FLUSH_AT:
                     await self._flush(workflow)
+            await self._committed(workflow)  # a send the store refused fails the chain
         except ChainLimitExceeded as exc:
             workflow.fail(str(exc))
         except Exception as exc:  # e.g. the store refused a record: the chain fails, not the engine
@@ -536,21 +535,27 @@ class Engine:
         size = len(payload_json.encode("utf-8", "surrogatepass"))
         return size if size > limit else None
 
-    async def _flush(self, workflow: Workflow, *answers: Answer) -> Pending[None]:
+    async def _flush(self, workflow: Workflow, *answers: Answer) -> None:
         """Send what the chain recorded since the last flush (observers run ahead of commits)."""
         ack, pending = reply_pair()
         records, publish = tuple(workflow.unsent), tuple(workflow.unpublished)
         workflow.unsent, workflow.unpublished = [], []
         await self._send(Append(records, publish, ack, answers))
-        workflow.last_commit = pending
-        return pending
+        workflow.commits.append(pending)
 
     async def _durable(self, workflow: Workflow) -> None:
-        """Wait until everything the chain recorded so far is committed (commits are in order)."""
+        """Wait until everything the chain recorded so far is committed."""
         if workflow.unsent:
             await self._flush(workflow)
-        if workflow.last_commit is not None:
-            await workflow.last_commit.wait()
+        await self._committed(workflow)
+
+    async def _committed(self, workflow: Workflow) -> None:
+        """Wait for each send of the chain not waited on yet; raise if the store refused one.
+        Each: the store commits a failed group's appends one by one, so a later one can be
+        stored when an earlier one was not (a mutator then acted on an event never stored)."""
+        while workflow.commits:
+            await workflow.commits[0].wait()
+            del workflow.commits[0]
 
     async def _send(self, append: Append) -> None:
         try:
