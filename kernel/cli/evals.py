@@ -48,8 +48,8 @@ import betterproto2
 from foundry.kernel.cli.common import prepared_client, read_text_file, whole_number
 from foundry.kernel.cli.output import message_dict, stamp, write_control
 from foundry.kernel.core.evals import Regression, ScenarioStats, regression, summarize
-from foundry.kernel.core.json_input import toml_not_json
-from foundry.kernel.errors import ConfigError, FoundryError
+from foundry.kernel.core.json_input import MAX_DEPTH, STRUCT_DEPTH, check_depth, toml_not_json
+from foundry.kernel.errors import ConfigError, FoundryError, InvalidArgument
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
 from grpclib import GRPCError
@@ -262,7 +262,7 @@ def _run_spec(raw: Any, base: Path, at: str) -> dict[str, Any]:
             ) from None
         what = f"run_spec.dag_file {dag_path}"
     elif isinstance(raw["dag"], dict):
-        _check_json(raw["dag"], f"{at}: run_spec.dag")
+        _check_json(raw["dag"], f"{at}: run_spec.dag", MAX_DEPTH)  # (sent as its JSON text)
         dag_json = json.dumps(raw["dag"])
         what = "run_spec.dag"
     elif isinstance(raw["dag"], str):
@@ -300,8 +300,14 @@ def _known(table: Mapping[str, Any], keys: Iterable[str], where: str) -> None:
         raise ConfigError(f"{where}{unknown[0]}: unknown key (known: {', '.join(sorted(keys))})")
 
 
-def _check_json(value: Any, where: str) -> None:
-    """Refuse what a protobuf Struct cannot carry: TOML dates and times, NaN and infinities."""
+def _check_json(value: Any, where: str, depth: int = STRUCT_DEPTH) -> None:
+    """Refuse what a protobuf Struct cannot carry: TOML dates and times, NaN and infinities,
+    nesting deeper than the daemon reads (200 levels were "JSON nested too deeply to read",
+    naming neither the file nor the key)."""
+    try:
+        check_depth(value, where, depth)
+    except InvalidArgument as exc:
+        raise ConfigError(str(exc)) from None
     problem = toml_not_json(value, where)
     if problem is not None:
         raise ConfigError(problem)

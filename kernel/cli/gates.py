@@ -32,8 +32,8 @@ import betterproto2
 from foundry.kernel.cli.common import prepared_client, whole_number
 from foundry.kernel.cli.evals import list_scenarios, load_document, results_at, stats_of
 from foundry.kernel.cli.output import message_dict, stamp
-from foundry.kernel.core.json_input import toml_not_json
-from foundry.kernel.errors import ConfigError, FoundryError
+from foundry.kernel.core.json_input import STRUCT_DEPTH, check_depth, toml_not_json
+from foundry.kernel.errors import ConfigError, FoundryError, InvalidArgument
 from foundry.proto import analytics_api
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
@@ -175,6 +175,10 @@ class _Reader:
         value = table.get(key)
         if not isinstance(value, dict):
             raise self.fail(f"{at}{key}", "expected an object")
+        try:  # (200 levels: "JSON nested too deeply to read", naming neither file nor key)
+            check_depth(value, f"{self.name}: {at}{key}", STRUCT_DEPTH)
+        except InvalidArgument as exc:
+            raise ConfigError(str(exc)) from None
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:

@@ -139,6 +139,12 @@ def test_a_json_pack_may_give_the_dag_as_an_object(pack_dir):
          '[[scenarios]]\nslug = "a"\nexpected = {x = 1}\nrun_spec = {dag = "{}"}',
          "scenarios[1].slug: 'a' appears twice"),
         ("pack = [", "not valid TOML"),
+        # 200 levels were "JSON nested too deeply to read", naming neither file nor key
+        ('pack = "p"\n[[scenarios]]\nslug = "a"\nrun_spec = {dag = "{}"}\nexpected = '
+         + "{x = " * 30 + "1" + "}" * 30, "scenario a: expected: nested deeper than 24 levels"),
+        ('pack = "p"\n[[scenarios]]\nslug = "a"\nexpected = {x = 1}\nrun_spec = {dag = "{}", '
+         "inputs = {a = " + "[" * 200 + "]" * 200 + "}}",
+         "scenario a: run_spec.inputs: nested deeper than 24 levels"),
     ],
 )  # fmt: skip
 def test_a_bad_pack_file_is_one_line_naming_the_key(tmp_path, text, message):
@@ -271,6 +277,8 @@ def test_a_toml_request_file(tmp_path):
         ({"telemetry": [1]}, "telemetry: expected an object"),
         ({"change": "x"}, "change: unknown key"),
         ({"change_id": 5}, "change_id: expected a string"),
+        ({"metadata": json.loads('{"k": ' * 200 + "1" + "}" * 200)},
+         "metadata: nested deeper than 24 levels"),
     ],
 )  # fmt: skip
 def test_a_bad_request_file_is_one_line_naming_the_key(tmp_path, patch, message):
