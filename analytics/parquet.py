@@ -73,7 +73,12 @@ def inside(target: Path, folder: Path) -> bool:
 
 def check_target(target: Path, tables: Sequence[str]) -> None:
     """Refuse to mix an export into an earlier one: each table's folder must be absent or
-    empty (appending would duplicate rows)."""
+    empty (appending would duplicate rows). And a path with a backslash: DuckDB's COPY reads it
+    as a separator where Python does not, so ``x\\..\\home\\archive`` passed the check
+    against the daemon's home and wrote into its archive (its rows then counted twice)."""
+    if "\\" in str(target):
+        raise ExportError(f"{target}: a path with a backslash is refused (DuckDB reads it as a "
+                          "separator); give the folder without one")  # fmt: skip
     for table in tables:
         folder = target / table
         if folder.exists() and any(folder.iterdir()):

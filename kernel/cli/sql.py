@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foundry.kernel.cli.common import daemon_unreachable, journal_behind
+from foundry.kernel.cli.common import daemon_unreachable, journal_behind, whole_number
 from foundry.kernel.cli.logs import printable
 from foundry.kernel.config import Config, default_home
 from foundry.kernel.edge.grpc.client import connected
@@ -51,7 +51,8 @@ def add_sql_command(commands: Any) -> None:
         "statement", nargs="?", default="", help="one SELECT/WITH/VALUES/... statement"
     )
     sql.add_argument("--csv", action="store_true", help="CSV output")
-    sql.add_argument("--max-rows", type=_positive, metavar="N", help="most rows to return")
+    # (QueryRequest.max_rows is a uint32: 4294967297 went as 1, silently)
+    sql.add_argument("--max-rows", type=whole_number, metavar="N", help="most rows to return")
     sql.add_argument("--param", action="append", default=[], metavar="K=V",
                      help="a $K parameter's value (repeatable)")  # fmt: skip
     sql.add_argument("--list", action="store_true", help="list the saved questions")
@@ -60,12 +61,6 @@ def add_sql_command(commands: Any) -> None:
     sql.add_argument("--home", help="FOUNDRY_HOME for the offline path")
     _client_options(sql)
     sql.set_defaults(handler=cmd_sql)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

@@ -26,3 +26,14 @@ def test_a_time_limit_that_passes_between_the_sandboxs_statements_still_holds(tm
             run_file(path, HEAVY, {}, 10, limit, 1 << 20)
         assert time.monotonic() - started < 3, limit
     assert run_file(path, "SELECT 42 AS n", {}, 10, 5.0, 1 << 20).rows
+
+
+@pytest.mark.parametrize("rows", ["4294967297", "0", "-1", "x"])
+def test_max_rows_past_what_a_query_request_holds_is_refused(rows, capsys):
+    """QueryRequest.max_rows is a uint32: 4294967297 went to the daemon as 1, silently."""
+    from foundry.kernel.cli.main import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["sql", "SELECT 1", "--max-rows", rows, "--addr", "127.0.0.1:1"])
+    assert caught.value.code == 2
+    assert "--max-rows" in capsys.readouterr().err

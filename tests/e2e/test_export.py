@@ -50,6 +50,26 @@ def test_export_through_the_daemon_then_offline(make_daemon, tmp_path):
     assert not (daemon.home / "archive" / "x").exists()
 
 
+def test_a_folder_with_a_backslash_is_refused_online_and_offline(make_daemon, tmp_path):
+    """DuckDB's COPY reads a backslash as a separator, Python does not: ``x\\..\\HOME\\archive``
+    passed the check against the daemon's home and wrote into its archive, where the next start
+    counted the rows twice (a hunt)."""
+    daemon = make_daemon()
+    daemon.call(lambda f, _r: f.emit(api.EmitRequest(event_type="e", project="p")))
+    (tmp_path / "x").mkdir()
+    sneaky = f"{tmp_path / 'x'}\\..\\{daemon.home.name}\\archive"
+    before = sorted(p.name for p in (daemon.home / "archive").rglob("*"))
+    online = daemon.cli("export", "parquet", sneaky)
+    assert online.returncode == 1
+    assert "FAILED_PRECONDITION" in online.stderr
+    assert "a path with a backslash is refused" in online.stderr
+    daemon.stop()
+    offline = daemon.cli("export", "parquet", sneaky, "--home", str(daemon.home))
+    assert offline.returncode == 1
+    assert "a path with a backslash is refused" in offline.stderr
+    assert sorted(p.name for p in (daemon.home / "archive").rglob("*")) == before
+
+
 def test_a_newer_database_refuses_the_start_in_one_line(make_daemon, tmp_path):
     daemon = make_daemon()
     daemon.stop()

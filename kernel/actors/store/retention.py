@@ -232,5 +232,9 @@ def export_parquet(
         return write_parquet(cursor, target, since_selections(tables, since), prefix="export")
     except ExportError as exc:
         raise FailedPrecondition(str(exc)) from None
-    except OSError as exc:
-        raise FailedPrecondition(f"cannot write {target}: {exc.strerror or exc}") from None
+    except (OSError, duckdb.IOException) as exc:  # a full disk, say: DuckDB's is no OSError
+        said = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise FailedPrecondition(
+            f"cannot write {target}: {said.splitlines()[0][:300]} (the tables written before "
+            "it are left there)"
+        ) from None
