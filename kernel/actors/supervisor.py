@@ -118,6 +118,11 @@ def check_home(home: Path, named: str = "FOUNDRY_HOME") -> None:
     above = next((p for p in home.parents if os.path.lexists(p)), None)
     if above is not None and not above.is_dir():
         raise ConfigError(f"{named} {home} cannot be used: {above} is not a folder")
+    # The folder the daemon writes in first (the home, or where it makes it): ``config check``
+    # said OK to a home on a read-only file system, which ``serve`` then refused.
+    made_in = home if os.path.lexists(home) else above
+    if made_in is not None and not os.access(made_in, os.W_OK | os.X_OK):
+        raise ConfigError(f"{named} {home} cannot be used: {made_in} is not writable")
     for name in WRITTEN_LATER:  # else the start succeeds, and every trace or step fails
         if os.path.lexists(home / name) and not (home / name).is_dir():
             raise ConfigError(

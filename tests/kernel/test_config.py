@@ -374,3 +374,27 @@ def test_retain_days_is_refused_with_its_own_range_and_the_value_as_written(tmp_
     message = refused(tmp_path, f"[store]\nretain_days = {value}\n")
     assert "[store].retain_days: expected days from 0 to 36,500, got " in message
     assert not message.endswith(".0")
+
+
+def test_a_home_that_cannot_be_written_is_refused_as_serve_refuses_it(tmp_path, monkeypatch):
+    """config check said OK to a home on a read-only file system, which serve then refused
+    ("Read-only file system (…/daemon.lock)"): the folder the daemon writes in first — the home,
+    or where it makes it — must be writable. (A read-only mount cannot be made here: the check
+    is os.access, which a read-only file system answers EROFS, even to root.)"""
+    import os
+
+    from foundry.kernel.actors.supervisor import check_home
+
+    home, fresh = tmp_path / "home", tmp_path / "parent" / "home"
+    home.mkdir()
+    (tmp_path / "parent").mkdir()
+    check_home(home)
+    check_home(fresh)
+    read_only = {home, tmp_path / "parent"}
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) not in read_only
+                        and real_access(p, mode))  # fmt: skip
+    for given, where in ((home, home), (fresh, tmp_path / "parent")):
+        with pytest.raises(ConfigError) as caught:
+            check_home(given)
+        assert str(caught.value) == f"FOUNDRY_HOME {given} cannot be used: {where} is not writable"
