@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from foundry.proto import foundry_api
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -372,3 +373,25 @@ def test_a_websocket_closed_at_window_0_over_http2_holds_no_other_stream(daemon)
                                 end_stream=True)  # fmt: skip
         sock.sendall(connection.data_to_send())
         until(h2.events.ResponseReceived, page)  # its headers need no window
+
+
+def test_a_watcher_that_reads_nothing_does_not_hold_the_stop_past_the_grace(make_daemon):
+    """hypercorn shields its sends from cancellation: a watch WebSocket whose client read
+    nothing held the daemon up after SIGTERM for the whole [http] body_timeout (58 s, with a
+    3 s shutdown_grace: a hunt). Once the listener closes, a send without progress for a
+    second is given up."""
+    daemon = make_daemon("[daemon]\nshutdown_grace = 2.0\n")
+    sock, head = _upgraded(daemon)
+    assert head.startswith(b"HTTP/1.1 101")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        blob = json.dumps({"pad": "z" * 30_000})
+        for _ in range(300):  # ~9 MB: far past the socket buffers
+            daemon.call(lambda f, _r: f.emit(foundry_api.EmitRequest(
+                event_type="nobody_listens", project="p", payload_json=blob)))  # fmt: skip
+        started = time.monotonic()
+        assert daemon.stop(timeout=60) == 0
+        took = time.monotonic() - started
+    finally:
+        sock.close()
+    assert took < 10, f"the daemon took {took:.1f} s to stop (shutdown_grace 2 s)"

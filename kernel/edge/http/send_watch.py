@@ -33,6 +33,7 @@ from foundry.kernel.edge.connections import RecurringWarning
 log = logging.getLogger("foundry.http")
 
 PIECE = 65_536  # bytes handed to the socket at once: each one sent is progress
+CLOSING_SECONDS = 1.0  # without progress, once the listener closes: the wait is given up
 STALLED_AFTER = 5.0  # seconds without progress that make a send stalled (at most)
 REPLY_BUDGET = 256 * 1024 * 1024  # bytes the stalled sends may hold in all (as gRPC's)
 GIVEN_UP = RecurringWarning(log)
@@ -81,13 +82,24 @@ class SendWatch:
         self.stalled_after = min(STALLED_AFTER, stall_timeout / 2)
         self._sending: set[Waiting] = set()
         self._nursery: trio.Nursery | None = None  # :meth:`run`'s, for :meth:`soon`
+        self._lead = 0.0  # how long ago a wait that moves now counts as moved (:meth:`closing`)
         self.given_up = 0  # sends given up since start
+
+    def closing(self) -> None:
+        """The listener closes: from now on a wait given up after ``CLOSING_SECONDS`` without
+        progress, not ``stall_timeout``. hypercorn's sends cannot be cancelled (it shields
+        them): a WebSocket client that read nothing held the daemon's stop for the whole
+        ``[http] body_timeout`` (60 s), past its ``shutdown_grace``."""
+        self._lead = max(self.stall_timeout - CLOSING_SECONDS, 0.0)
+        moved = self.now()
+        for waiting in self._sending:
+            waiting.since = min(waiting.since, moved)
 
     async def send(self, stream: Any, data: bytes | bytearray | memoryview) -> None:
         """``stream.send_all(data)``, piece by piece, unless it is given up (SendGivenUp: the
         stream is then broken, in the middle of a piece)."""
         size = len(data)
-        sending = _Sending(size, self._clock())
+        sending = _Sending(size, self.now())
         self._sending.add(sending)
         try:
             with sending.scope:
@@ -103,14 +115,15 @@ class SendWatch:
 
     def hold(self, waiting: Waiting) -> None:
         """Watch ``waiting`` (again) until :meth:`release`: it moves by its own account."""
-        waiting.since = self._clock()
+        waiting.since = self.now()
         self._sending.add(waiting)
 
     def release(self, waiting: Waiting) -> None:
         self._sending.discard(waiting)
 
     def now(self) -> float:
-        return self._clock()
+        """The time a wait that moves now counts as having moved at (earlier once closing)."""
+        return self._clock() - self._lead
 
     def gave_up(self, what: str, reason: str) -> None:
         self.given_up += 1
@@ -129,7 +142,7 @@ class SendWatch:
         with memoryview(data) as view:
             for start in range(0, size, PIECE):
                 await stream.send_all(view[start : start + PIECE])
-                sending.left, sending.since = max(size - start - PIECE, 0), self._clock()
+                sending.left, sending.since = max(size - start - PIECE, 0), self.now()
 
     def look(self) -> None:
         """Give up the sends stalled too long, then the largest stalled ones while they hold
@@ -140,8 +153,11 @@ class SendWatch:
             still = now - sending.since
             if still >= self.stall_timeout:
                 self._sending.discard(sending)  # given up once
-                sending.give_up(f"read none of a reply for {self.stall_timeout:g} s "
-                                "([http] body_timeout)")  # fmt: skip
+                sending.give_up(
+                    f"read none of a reply for {CLOSING_SECONDS:g} s as the listener closed"
+                    if self._lead
+                    else f"read none of a reply for {self.stall_timeout:g} s ([http] body_timeout)"
+                )
             elif still >= self.stalled_after:
                 stalled.append(sending)
         held = sum(s.left for s in stalled)

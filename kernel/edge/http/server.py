@@ -167,5 +167,6 @@ async def open_http_server(
         try:
             yield server
         finally:
+            watch.closing()  # a client reading nothing cannot hold the stop up
             await server.close()
             nursery.cancel_scope.cancel()  # the watch: nothing is sent any more

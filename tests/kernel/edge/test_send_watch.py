@@ -8,7 +8,7 @@ import math
 
 import pytest
 import trio
-from foundry.kernel.edge.http.send_watch import PIECE, SendGivenUp, SendWatch
+from foundry.kernel.edge.http.send_watch import CLOSING_SECONDS, PIECE, SendGivenUp, SendWatch
 
 
 class Peer:
@@ -41,6 +41,33 @@ async def test_a_send_that_moves_nothing_for_the_stall_timeout_is_given_up(autoj
     assert outcome["result"] == "the client read none of a reply for 10 s ([http] body_timeout)"
     assert 10.0 <= outcome["seconds"] <= 11.0  # type: ignore[operator]
     assert watch.given_up == 1
+
+
+async def test_once_the_listener_closes_a_wait_is_given_up_within_a_second_or_two(autojump_clock):
+    """hypercorn shields its sends from cancellation: a WebSocket client reading nothing held
+    the daemon's stop for the whole body_timeout (58 s after SIGTERM, a hunt). Once closing, a
+    send waiting already and one begun after are given up ``CLOSING_SECONDS`` without progress;
+    one that keeps moving is not."""
+    watch, stuck, late, reading = SendWatch(60.0), {}, {}, {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run)
+        nursery.start_soon(_send, watch, Peer(math.inf), 100, stuck)
+        await trio.sleep(5.0)
+        watch.closing()
+        closed_at = trio.current_time()
+        nursery.start_soon(_send, watch, Peer(math.inf), 100, late)
+        nursery.start_soon(_send, watch, Peer(0.5), PIECE * 8, reading)  # a piece every 0.5 s
+        await trio.sleep(10.0)
+        nursery.cancel_scope.cancel()
+    assert (
+        stuck["result"]
+        == late["result"]
+        == (f"the client read none of a reply for {CLOSING_SECONDS:g} s as the listener closed")
+    )
+    assert stuck["seconds"] <= 5.0 + CLOSING_SECONDS + 1.0  # type: ignore[operator]
+    assert late["seconds"] <= CLOSING_SECONDS + 1.0  # type: ignore[operator]
+    assert reading["result"] == "sent"
+    assert trio.current_time() - closed_at >= 10.0
 
 
 async def test_a_slow_reader_that_keeps_moving_gets_its_whole_reply(autojump_clock):
