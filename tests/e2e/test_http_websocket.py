@@ -246,6 +246,35 @@ def test_no_compression_is_agreed_to(daemon):
     assert "Traceback" not in daemon.stderr()
 
 
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (struct.pack("!BB", 0x81, 2) + b"hi", 1002),  # unmasked (RFC 6455 §5.1)
+        (b"\x81\x82\0\0\0\0\xff\xfe", 1007),  # text that is not UTF-8 (§8.1)
+        (_frame(b"x" * 126, 9, True), 1002),  # a ping past 125 bytes (§5.5)
+        (b"\x88\x82\0\0\0\0" + struct.pack("!H", 999), 1002),  # a code no one sends (§7.4)
+        (b"\x80\x81\0\0\0\0x", 1002),  # a continuation of nothing (§5.4)
+    ],
+    ids=["unmasked", "bad utf-8", "long ping", "close code 999", "lone continuation"],
+)
+def test_a_frame_the_daemon_cannot_read_is_answered_with_a_close_saying_why(daemon, frame, code):
+    """The connection ended with no close frame, so the client saw 1006, not what it did wrong
+    (RFC 6455 §7.1.7: a hunt). The close carries wsproto's code and reason."""
+    sock, head = _upgraded(daemon)
+    with sock:
+        assert head.startswith(b"HTTP/1.1 101")
+        sock.sendall(frame)
+        sock.settimeout(5)
+        received = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    close = received.find(b"\x88")
+    assert close >= 0, received[:200]
+    assert struct.unpack("!H", received[close + 2 : close + 4])[0] == code
+    assert "Traceback" not in daemon.stderr()
+
+
 def _masked_frame(opcode: int, payload: bytes) -> bytes:
     """A client's WebSocket frame, masked (with zeros: the payload as it is)."""
     size = len(payload)

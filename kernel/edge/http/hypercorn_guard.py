@@ -283,6 +283,7 @@ def bound_websocket_messages() -> None:
         WebsocketBuffer,
         WSStream,
     )
+    from wsproto.events import CloseConnection
 
     init, extend = Handshake.__init__, WebsocketBuffer.extend
     handle_events = WSStream._handle_events
@@ -313,8 +314,17 @@ def bound_websocket_messages() -> None:
 
     async def handling_events(self: Any) -> None:
         send = self.send
+        connection = getattr(self, "connection", None)  # (made by the handshake's accept)
+        failed = _noting_unreadable_frames(connection) if connection is not None else []
 
         async def ending_first(event: Any) -> None:
+            if isinstance(event, StreamClosed) and failed:
+                # A frame wsproto could not read (unmasked, invalid UTF-8, a bad close code…)
+                # is a close event while the connection is open: hypercorn ended the stream
+                # without a close frame, so the client saw 1006, not why (RFC 6455 §7.1.7).
+                close = failed.pop()
+                reason = close.reason.encode()[:123].decode(errors="ignore")
+                await self._send_wsproto_event(CloseConnection(code=close.code, reason=reason))
             # A stream closed on the client's close (or after a 1009) is ended too: over
             # HTTP/2 it stayed open in the connection's state (only the app let go), and 100
             # such closes used up the connection's streams (GOAWAY). (HTTP/1.1: no-op.) Not
@@ -331,6 +341,8 @@ def bound_websocket_messages() -> None:
                 await self.send(StreamClosed(stream_id=self.stream_id))  # after its 1009
         finally:
             self.send = send
+            if connection is not None:
+                connection.__dict__.pop("events", None)
 
     extending = functools.wraps(extend)(extending)
     extending.messages_bounded = True  # type: ignore[attr-defined]
@@ -338,6 +350,25 @@ def bound_websocket_messages() -> None:
     WebsocketBuffer.extend = extending  # type: ignore[method-assign]
     handling_events = functools.wraps(handle_events)(handling_events)
     WSStream._handle_events = handling_events  # type: ignore[method-assign]
+
+
+def _noting_unreadable_frames(connection: Any) -> list[Any]:
+    """The close events wsproto makes of frames it could not read (its connection still open),
+    noted as ``connection.events`` yields them: the list they go to."""
+    from wsproto.connection import ConnectionState
+    from wsproto.events import CloseConnection
+
+    failed: list[Any] = []
+    events = connection.events
+
+    def noting() -> Any:
+        for event in events():
+            if isinstance(event, CloseConnection) and connection.state is ConnectionState.OPEN:
+                failed.append(event)
+            yield event
+
+    connection.events = noting  # (this call's: the method is the class's again after it)
+    return failed
 
 
 def bound_http2_streams() -> None:

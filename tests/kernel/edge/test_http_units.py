@@ -211,6 +211,10 @@ def test_hypercorn_websockets_still_buffer_and_negotiate_where_the_bound_watches
     handling = inspect.getsource(inspect.unwrap(WSStream._handle_events))
     assert "self.buffer.extend(event)" in handling
     assert "except FrameTooLargeError:" in handling
+    # a frame wsproto cannot read is a close event its connection.events() yields; the close
+    # frame goes out through _send_wsproto_event
+    assert "for event in self.connection.events():" in handling
+    assert "async def _send_wsproto_event(self, event" in inspect.getsource(WSStream)
     accept = inspect.getsource(Handshake.accept)
     assert "if self.extensions is not None:" in accept
     bound_websocket_messages()
