@@ -85,15 +85,30 @@ async def run_capturing(
         if process is not None:
             _signal_group(process.pid, signal.SIGKILL)  # what is left of it
             capture.returncode = process.returncode
-        sole = _sole(exc)
-        if sole is not exc:
-            raise sole from None  # the nursery's group of one: FileNotFoundError, as before
-        raise
+        sole: BaseException | None = _sole(exc)
+        try:
+            if sole is not exc:
+                raise sole from None  # the nursery's group of one: FileNotFoundError, as before
+            raise
+        finally:
+            sole = None  # (its traceback holds this frame: a cycle only a full collection frees)
     finally:
         _forget(record)
+        if process is not None:
+            _close_pipes(process)
     assert process.returncode is not None
     capture.returncode = process.returncode
     return process.returncode, capture.output()
+
+
+def _close_pipes(process: trio.Process) -> None:
+    """Close the command's output pipes now: after a cancel (a block's timeout, CancelRun)
+    they stayed open until a full garbage collection freed the frame holding them — which an
+    idle daemon never ran (2 descriptors a cancelled step: 1,000 cancels, 2,000 open pipes)."""
+    for pipe in (process.stdout, process.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError, trio.ClosedResourceError):
+                pipe.close()  # type: ignore[attr-defined]
 
 
 # --- commands a killed daemon left running ------------------------------------------------------
