@@ -134,6 +134,25 @@ def raw_upgrade(daemon, header: bytes) -> bytes:
     return answer
 
 
+@pytest.mark.parametrize(
+    "key",
+    [b"abc", b"not base64 at all!!", b" ", b"dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: eA=="],
+    ids=["short", "not base64", "blank", "two keys"],
+)
+def test_an_upgrade_without_one_16_byte_key_is_answered_400(daemon, key):
+    """RFC 6455 §4.2.1: the key is a 16-byte nonce in base64; hypercorn upgraded any (a hunt)."""
+    host, port = daemon.http_address.rsplit(":", 1)
+    request = (b"GET /ws/watch HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: "
+               b"Upgrade\r\nSec-WebSocket-Key: " + key
+               + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+    good, _ = _upgraded(daemon)
+    good.close()
+
+
 def test_an_upgrade_with_a_header_that_is_not_ascii_closes_its_connection_alone(daemon):
     """wsproto decodes ``Sec-WebSocket-Protocol`` as ASCII while hypercorn handles the upgrade,
     before the app (and its token check): the error stopped the whole listener, and the daemon.

@@ -21,6 +21,8 @@ flow-control window for bounded (:func:`bound_http2_streams`), as a WebSocket's 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import functools
 import logging
@@ -297,6 +299,11 @@ def bound_websocket_messages() -> None:
                 if name.lower() != b"sec-websocket-extensions"]  # fmt: skip
         init(self, kept, *args, **kwargs)
         self.extensions = None
+        # RFC 6455 §4.2.1: one key, a 16-byte nonce in base64 — hypercorn took any (a key
+        # "abc", or two keys, was upgraded): without one the handshake is answered 400
+        keys = [value for name, value in headers if name.lower() == b"sec-websocket-key"]
+        if len(keys) > 1 or (keys and not _a_websocket_key(keys[0])):
+            self.key = None
 
     def extending(self: Any, event: Any) -> None:
         # In bytes, as the cap says: hypercorn counts a text message's characters (64 Ki
@@ -350,6 +357,13 @@ def bound_websocket_messages() -> None:
     WebsocketBuffer.extend = extending  # type: ignore[method-assign]
     handling_events = functools.wraps(handle_events)(handling_events)
     WSStream._handle_events = handling_events  # type: ignore[method-assign]
+
+
+def _a_websocket_key(value: bytes) -> bool:
+    try:
+        return len(base64.b64decode(value.strip(), validate=True)) == 16
+    except binascii.Error:
+        return False
 
 
 def _noting_unreadable_frames(connection: Any) -> list[Any]:
