@@ -219,7 +219,7 @@ async def _serve(
             services,
             sock,
             max_message_bytes=config.max_message_bytes,
-            ssl_context=security.ssl_context,
+            ssl_context=security.grpc_ssl_context,
             token=security.token,
             max_connections=max_connections,
             body_timeout=config.body_timeout,

@@ -11,13 +11,15 @@ import hmac
 import ipaddress
 import os
 import ssl
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from foundry.kernel.errors import ConfigError
 
-ALPN = ["h2", "http/1.1"]
+ALPN = ["h2", "http/1.1"]  # the HTTP listener's
+GRPC_ALPN = ["h2"]  # the gRPC listener's: it agreed to http/1.1, then spoke HTTP/2 (a hunt)
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
@@ -95,14 +97,14 @@ def refuse_open_bind(host: str, key: str, token: str | None) -> None:
         )
 
 
-def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
-    """TLS 1.2+ with ALPN h2 and http/1.1, from PEM files; one-line errors for a missing or
+def server_ssl_context(cert: str, key: str, alpn: Sequence[str] = ALPN) -> ssl.SSLContext:
+    """TLS 1.2+ with ALPN ``alpn``, from PEM files; one-line errors for a missing or
     unreadable file and for a key that does not match the certificate."""
     for name, path in (("tls_cert", cert), ("tls_key", key)):
         _check_readable(name, path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(ALPN)
+    context.set_alpn_protocols(list(alpn))
     try:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
@@ -131,8 +133,14 @@ def client_ssl_context(ca: str | None, *, source: str = "FOUNDRY_CA") -> ssl.SSL
 
 def _check_readable(name: str, path: str) -> None:
     try:
-        with open(path, "rb") as file:
-            file.read(1)
+        # (not blocking: a FIFO's open waits for a writer, and held the start for good)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise ConfigError(f"{_key(name)}: {path}: not a regular file")
+            os.read(descriptor, 1)
+        finally:
+            os.close(descriptor)
     except FileNotFoundError:
         raise ConfigError(f"{_key(name)}: {path}: no such file") from None
     except OSError as exc:
@@ -148,7 +156,8 @@ class EdgeSecurity:
     """What both listeners enforce: the bearer token (None: no auth) and the TLS context."""
 
     token: str | None = None
-    ssl_context: ssl.SSLContext | None = None
+    ssl_context: ssl.SSLContext | None = None  # the HTTP listener's
+    grpc_ssl_context: ssl.SSLContext | None = None  # the gRPC listener's (ALPN h2 alone)
 
 
 class DaemonSecurityConfig(SecurityConfig, Protocol):
@@ -167,11 +176,14 @@ def edge_security(
     ``source`` (the config file), as every other setting's does."""
     try:
         token = load_token(config)
-        tls = server_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+        tls = grpc_tls = None
+        if config.tls_cert:
+            tls = server_ssl_context(config.tls_cert, config.tls_key)
+            grpc_tls = server_ssl_context(config.tls_cert, config.tls_key, GRPC_ALPN)
     except ConfigError as exc:
         said = str(exc)
         raise ConfigError(
             said if not source or said.startswith(source) else f"{source}: {said}"
         ) from None
     refuse_open_bind(grpc_host, key, token)  # (``key`` says where: a file's key, or --listen)
-    return EdgeSecurity(token, tls)
+    return EdgeSecurity(token, tls, grpc_tls)

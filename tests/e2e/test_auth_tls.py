@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -325,6 +326,23 @@ def test_a_plain_text_client_on_the_tls_port_fails_and_the_daemon_serves_on(tls_
     assert grpcio_status(tls_daemon.address, auth, credentials) == grpc.StatusCode.OK
     assert tls_daemon.process is not None
     assert tls_daemon.process.poll() is None
+
+
+def _negotiated(address: str, ca: Path, offered: list[str]) -> str | None:
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(offered)
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls_socket:  # fmt: skip
+        return tls_socket.selected_alpn_protocol()
+
+
+def test_the_grpc_port_agrees_to_h2_alone_and_the_http_port_to_http11_too(tls_daemon, tls):
+    """One context for both listeners: the gRPC port agreed to http/1.1, then sent HTTP/2
+    frames (curl --http1.1: "Received HTTP/0.9 when not allowed"; a hunt)."""
+    assert _negotiated(tls_daemon.address, tls[0], ["http/1.1"]) is None
+    assert _negotiated(tls_daemon.address, tls[0], ["h2", "http/1.1"]) == "h2"
+    assert _negotiated(tls_daemon.http_address, tls[0], ["http/1.1"]) == "http/1.1"
 
 
 def test_the_cli_talks_to_a_tls_daemon_with_foundry_ca(tls_daemon, tls, tmp_path):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +124,33 @@ def test_a_key_that_does_not_match_is_refused_naming_both_files(tmp_path):
 def test_an_unreadable_key_is_refused(tmp_path):
     cert, _ = make_certificate(tmp_path)
     (tmp_path / "dir.pem").mkdir()  # unreadable even as root, which reads any file
-    with pytest.raises(ConfigError, match=r"^\[daemon\].tls_key: .*dir.pem: cannot read"):
+    with pytest.raises(ConfigError, match=r"^\[daemon\].tls_key: .*dir.pem: not a regular file"):
         security.server_ssl_context(str(cert), str(tmp_path / "dir.pem"))
+
+
+def test_a_fifo_as_a_key_certificate_or_ca_is_refused_not_waited_on(tmp_path):
+    """open() of a FIFO waits for a writer: config check, serve and every CLI command with it
+    as FOUNDRY_CA hung for good (a hunt)."""
+    cert, key = make_certificate(tmp_path)
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"^\[daemon\].tls_key: .*fifo.pem: not a regular file"):
+        security.server_ssl_context(str(cert), str(fifo))
+    with pytest.raises(ConfigError, match=r"^\[daemon\].tls_cert: .*fifo.pem: not a regular"):
+        security.server_ssl_context(str(fifo), str(key))
+    with pytest.raises(ConfigError, match=r"^FOUNDRY_CA: .*fifo.pem: not a regular file"):
+        security.client_ssl_context(str(fifo))
+
+
+def test_the_grpc_listener_offers_h2_alone(tmp_path):
+    """Both listeners shared one context offering h2 and http/1.1: a client asking http/1.1 of
+    the gRPC port got it, then HTTP/2 frames (curl: "Received HTTP/0.9"; a hunt)."""
+    cert, key = make_certificate(tmp_path)
+    given = Config.from_mapping({"daemon": {"tls_cert": str(cert), "tls_key": str(key)}})
+    edge = security.edge_security(given, "127.0.0.1", "[daemon].listen")
+    assert edge.grpc_ssl_context is not None
+    assert edge.ssl_context is not None
+    assert edge.grpc_ssl_context is not edge.ssl_context
 
 
 def test_the_config_keys_resolve_paths_and_come_in_pairs(tmp_path):
