@@ -390,6 +390,12 @@ def test_a_token_is_required_on_rpcs_and_streams_but_not_on_preflights(make_daem
     assert (code, reason.split(":")[0]) == (1008, "unauthenticated")
     code, reason = asyncio.run(close_code(subprotocols=["foundry", "bearer.s3cret-token"]))
     assert reason.startswith("not_found")  # past the token check: the run is unknown
+    # one credential, as one Authorization header: 1,000 offered were 1,000 guesses (a hunt)
+    guesses = [f"bearer.guess{i}" for i in range(50)]
+    code, reason = asyncio.run(
+        close_code(subprotocols=["foundry", *guesses, "bearer.s3cret-token"])
+    )
+    assert (code, reason.split(":")[0]) == (1008, "unauthenticated")
 
 
 def test_a_stream_answered_before_its_body_ends_leaves_the_connections_other_streams(
