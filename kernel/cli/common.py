@@ -93,4 +93,9 @@ def daemon_unreachable(address: str, exc: OSError) -> str:
         return f"lost the connection to the daemon at {address}: {exc}"
     if isinstance(exc, CallReset):
         return f"the daemon at {address} reset the call: {exc}"
-    return f"cannot reach the daemon at {address}: {exc}"
+    # (a TLS connection the daemon closed at its cap is a ConnectionResetError of no words)
+    said = str(exc) or (
+        f"{type(exc).__name__}: closed before any answer (the daemon may be at its "
+        "[daemon] max_connections)"
+    )
+    return f"cannot reach the daemon at {address}: {said}"

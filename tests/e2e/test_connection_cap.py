@@ -79,6 +79,10 @@ def test_a_listener_at_its_cap_closes_one_more_connection_and_serves_on(daemon, 
             assert _closed_by_peer(extra), "a connection over the cap was kept open"
         if listener == "grpc":
             assert _status_call(daemon) == grpc.StatusCode.UNAVAILABLE
+            # the CLI's line names the cap, not only TLS (which this daemon does not serve)
+            said = daemon.cli("status").stderr
+            assert "before any answer" in said, said
+            assert "[daemon] max_connections" in said, said
         assert not _closed_by_peer(socks[0], within=0.5), "a held connection was closed"
         socks.pop().close()
         time.sleep(0.3)  # its end counted

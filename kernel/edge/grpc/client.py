@@ -117,9 +117,11 @@ async def connected(address: str) -> AsyncIterator[Channel]:
             raise CallReset(str(exc)) from None  # this call alone: it gave up on a reply, say
         if channel in _ANSWERED:  # it answered, then went away (killed, say)
             raise ConnectionLost(str(exc)) from None
-        # e.g. plain text to a TLS port: the server hangs up
-        hint = "" if channel_uses_tls() else f" (if it serves TLS, set {CA_ENV})"
-        raise ConnectionError(f"{exc}{hint}") from None
+        # plain text to a TLS port, or a daemon at its cap of connections: it hangs up
+        tls = "" if channel_uses_tls() else f"if it serves TLS, set {CA_ENV}; "
+        raise ConnectionError(
+            f"{exc} before any answer ({tls}or it is at its [daemon] max_connections)"
+        ) from None
     except UnicodeError as exc:  # getaddrinfo of a label over 63 characters, say
         if type(exc) is not UnicodeError:  # (text that is not UTF-8, say: main names it)
             raise

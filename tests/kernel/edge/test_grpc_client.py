@@ -51,3 +51,11 @@ def test_a_call_the_daemon_reset_is_named_so_not_a_lost_connection():
     assert isinstance(error, CallReset), error
     said = daemon_unreachable("127.0.0.1:1", error)
     assert said.startswith("the daemon at 127.0.0.1:1 reset the call: Stream reset"), said
+
+
+def test_a_connection_closed_without_a_word_is_still_a_readable_line():
+    """A TLS connection the daemon closed at its cap is a ConnectionResetError of no words: the
+    line ended at "cannot reach the daemon at H:P: " (a hunt)."""
+    said = daemon_unreachable("127.0.0.1:1", ConnectionResetError())
+    assert said == ("cannot reach the daemon at 127.0.0.1:1: ConnectionResetError: closed before "
+                    "any answer (the daemon may be at its [daemon] max_connections)")  # fmt: skip
