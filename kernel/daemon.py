@@ -138,7 +138,7 @@ async def serve(
     on_ready: Callable[[str], None] = print,
     stop: trio.Event | None = None,
 ) -> None:
-    """Run the daemon until SIGINT/SIGTERM (or ``stop`` is set).
+    """Run the daemon until SIGINT/SIGTERM/SIGHUP (or ``stop`` is set).
 
     The signal receiver spans everything once the plugins have loaded (a stop while they load
     ends the process as any program's), the rest of startup and the whole shutdown: trio turns a
@@ -150,8 +150,10 @@ async def serve(
     # Plugins load before the signals are taken: a stop meanwhile (an import that hangs) ends
     # the process as it would any program's (it was held until the daemon was ready).
     registry = load_config_blocks(config)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        exit_after_a_second_signal(signal.SIGINT, signal.SIGTERM)
+    # (SIGHUP too: its terminal closed, or a supervisor's stop; its default ended the daemon
+    # at once, with no drain and no log line)
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        exit_after_a_second_signal(*STOP_SIGNALS)
         listen_key = config.listen_from or f"{config.source}: [daemon].listen"
         host, port = parse_listen(config.listen, key=listen_key)
         # token, TLS: refused with one line naming the file
@@ -272,6 +274,9 @@ async def _open_http(
 # returns (the loop then never even hears the signals), kept the daemon up after two SIGTERMs.
 # What the daemon acknowledged is durable already (it survives kill -9).
 HARD_STOP_SECONDS = 5.0
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each a graceful stop
 
 
 def exit_after_a_second_signal(*signums: int) -> None:

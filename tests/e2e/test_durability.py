@@ -186,7 +186,9 @@ def test_acknowledged_emits_survive_kill_9(daemon):
         assert trace(daemon, reply.event_id).found
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)  # (SIGHUP's default ended the daemon at once: no drain, no log line, exit -1; a hunt)
 def test_graceful_shutdown_exits_0_and_ends_open_watches(daemon, grpcio_client, sig):
     reply = greet(daemon)
     finished(daemon, reply.workflow_id)
