@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import os
 import ssl
 import stat
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from foundry.kernel.errors import ConfigError
+
+log = logging.getLogger("foundry.daemon")
 
 ALPN = ["h2", "http/1.1"]  # the HTTP listener's
 GRPC_ALPN = ["h2"]  # the gRPC listener's: it agreed to http/1.1, then spoke HTTP/2 (a hunt)
@@ -131,6 +134,18 @@ def client_ssl_context(ca: str | None, *, source: str = "FOUNDRY_CA") -> ssl.SSL
     return context
 
 
+def _warn_if_anyone_reads(key: str) -> None:
+    """One line when the TLS key is readable by every user (a group, as certbot's ``ssl-cert``
+    gives, is the operator's choice): the daemon serves on, as a web server does."""
+    try:
+        mode = stat.S_IMODE(os.stat(key).st_mode)
+    except OSError:
+        return
+    if mode & stat.S_IROTH:
+        log.warning("[daemon].tls_key %s is readable by every user (mode %04o): chmod o-r it",
+                    key, mode)  # fmt: skip
+
+
 def _check_readable(name: str, path: str) -> None:
     try:
         # (not blocking: a FIFO's open waits for a writer, and held the start for good)
@@ -180,6 +195,7 @@ def edge_security(
         if config.tls_cert:
             tls = server_ssl_context(config.tls_cert, config.tls_key)
             grpc_tls = server_ssl_context(config.tls_cert, config.tls_key, GRPC_ALPN)
+            _warn_if_anyone_reads(config.tls_key)
     except ConfigError as exc:
         said = str(exc)
         raise ConfigError(

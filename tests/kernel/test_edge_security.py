@@ -177,3 +177,15 @@ def test_edge_security_checks_everything_at_once(tmp_path, monkeypatch):
     assert security.edge_security(Keys(), "127.0.0.1", "[daemon].listen") == (
         security.EdgeSecurity(None, None)
     )
+
+
+def test_a_tls_key_every_user_can_read_is_one_warning_line(tmp_path, caplog):
+    """Accepted silently at 0644 (a hunt); a group's read (certbot's ssl-cert) is not warned."""
+    cert, key = make_certificate(tmp_path)
+    given = Config.from_mapping({"daemon": {"tls_cert": str(cert), "tls_key": str(key)}})
+    key.chmod(0o640)
+    security.edge_security(given, "127.0.0.1", "[daemon].listen")
+    assert "readable by every user" not in caplog.text
+    key.chmod(0o644)
+    security.edge_security(given, "127.0.0.1", "[daemon].listen")
+    assert f"[daemon].tls_key {key} is readable by every user (mode 0644)" in caplog.text
