@@ -53,20 +53,10 @@ class SharedReplies:
     def reply(self, key: Hashable, size: int, make: Callable[[], MESSAGE]) -> MESSAGE:
         """``make()``, the same message for the same ``key`` while it is held. ``size``: what
         the message holds (its payload's bytes)."""
-        held = self.held(key)
-        return held if held is not None else self.hold(key, size, make())
-
-    def held(self, key: Hashable) -> Any:
-        """The message held for ``key``, or None."""
-        entry = self._by_key.get(key)
-        return None if entry is None else entry.message
-
-    def hold(self, key: Hashable, size: int, message: MESSAGE) -> MESSAGE:
-        """Hold ``message`` for ``key`` (one made meanwhile by another caller is kept, and
-        returned: its encodings are the ones shared)."""
         entry = self._by_key.get(key)
         if entry is not None:
             return entry.message  # type: ignore[no-any-return]
+        message = make()
         entry = _Entry(key, message)
         self._by_key[key] = entry
         self._by_message[id(message)] = entry  # (held by the entry: its id is no other's)
@@ -82,27 +72,6 @@ class SharedReplies:
         if done is None:
             done = entry.forms[form] = encode(message)
             self._grow(entry, len(done))
-        return done
-
-    def encoding(self, message: Any, form: str) -> Any:
-        """The ``form`` encoding held of a message :meth:`reply` or :meth:`hold` made, or None
-        (one made off the loop is kept with :meth:`keep`)."""
-        entry = self._by_message.get(id(message))
-        if entry is None or entry.message is not message:
-            return None
-        return entry.forms.get(form)
-
-    def keep(self, message: Any, form: str, done: FORM) -> FORM:
-        """Keep ``done`` as ``message``'s ``form`` encoding, if the message is held (one kept
-        meanwhile by another caller is returned instead)."""
-        entry = self._by_message.get(id(message))
-        if entry is None or entry.message is not message:
-            return done
-        kept = entry.forms.get(form)
-        if kept is not None:
-            return kept  # type: ignore[no-any-return]
-        entry.forms[form] = done
-        self._grow(entry, len(done))
         return done
 
     @property

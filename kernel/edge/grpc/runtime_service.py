@@ -45,7 +45,7 @@ from foundry.kernel.core.runs import TERMINAL_KINDS, RunEventRecord
 from foundry.kernel.edge.grpc import attestations, fastproto, governance, upb_encode
 from foundry.kernel.edge.grpc.bridge import StreamSink, in_chunks, let_others_run, on_trio
 from foundry.kernel.edge.grpc.internals import Encoded, send_frames, varint
-from foundry.kernel.edge.grpc.run_replies import SharedRunReplies, ended_key
+from foundry.kernel.edge.grpc.run_replies import SharedRunReplies
 from foundry.kernel.edge.grpc.server import ask, served_by
 from foundry.kernel.edge.shared_replies import SHARED_REPLIES
 from foundry.kernel.errors import InvalidArgument
@@ -98,24 +98,15 @@ class RuntimeService(api.RuntimeServiceBase):
 
     async def get_run(self, message: api.GetRunRequest) -> api.GetRunResponse:
         """The object-API form, for the HTTP edge, whose codec writes JSON or binary from the
-        message: an ended run's is one message for all its callers (``SHARED_REPLIES``), so
-        its encodings are made once (30 Connect callers reading nothing of a 10 MB run held
-        30 JSON texts: 344 MB). grpclib's route is :meth:`_serve_get_run`."""
+        message (an ended run's JSON is written once: ``http.routes.json_reply``). grpclib's
+        route is :meth:`_serve_get_run`."""
         _require(message.run_id, "run_id")
         view: RunView = await self._ask(lambda r: GetRun(message.run_id, r))
-        key = ended_key(view)
-        if key is not None and (held := SHARED_REPLIES.held(("GetRun", key))) is not None:
-            return held  # type: ignore[no-any-return]
         if len(view.steps) <= RUN_CHUNK:
-            reply = api.GetRunResponse(run=run_detail(view))
-        else:
-            detail = run_detail(replace(view, steps=()))
-            detail.steps = await in_chunks(
-                view.steps, partial(step_summary, run_span_id=view.span_id)
-            )
-            reply = api.GetRunResponse(run=detail)
-        # (its outputs' text is the scheduler's: the encodings count against the budget)
-        return reply if key is None else SHARED_REPLIES.hold(("GetRun", key), 0, reply)
+            return api.GetRunResponse(run=run_detail(view))
+        detail = run_detail(replace(view, steps=()))
+        detail.steps = await in_chunks(view.steps, partial(step_summary, run_span_id=view.span_id))
+        return api.GetRunResponse(run=detail)
 
     async def tap_run(self, message: api.TapRunRequest) -> AsyncIterator[api.RunEvent]:
         """The object-API form, for the HTTP edge (Connect, gRPC-Web, WebSocket): the same

@@ -627,3 +627,46 @@ async def test_a_websocket_pump_stops_making_messages_once_its_client_is_gone():
     # the one sent, and one or two more (trio runs the pump and the disconnect's task, both
     # ready at once, in a random order)
     assert len(made) <= 3, f"{len(made)} messages made for a client that was gone"
+
+
+# --- an ended run's GetRun JSON, written once (``routes.json_reply``) ----------------------------
+
+
+def _run_reply(status: object, updated: str = "2026-12-06T10:00:00Z", steps: int = 2) -> object:
+    from datetime import datetime
+
+    from foundry.proto import runtime_api
+
+    return runtime_api.GetRunResponse(run=runtime_api.RunDetail(
+        run_id="run_1", status=status, updated_at=datetime.fromisoformat(updated),
+        steps=[runtime_api.StepSummary(step_id=f"s{i}") for i in range(steps)],
+    ))  # fmt: skip
+
+
+async def test_an_ended_runs_getrun_json_is_written_once_and_a_changed_one_again(monkeypatch):
+    from foundry.kernel.edge.http import routes
+    from foundry.proto import runtime_api
+
+    monkeypatch.setattr(routes, "ENDED_RUN_TEXTS", routes.EndedRunTexts())
+    ended = runtime_api.RunStatus.SUCCEEDED
+    first = (await routes.json_reply(_run_reply(ended))).data
+    again = (await routes.json_reply(_run_reply(ended))).data
+    assert again is first  # one text for every caller
+    later = (await routes.json_reply(_run_reply(ended, "2026-12-06T10:00:01Z"))).data
+    assert later != first
+    running = runtime_api.RunStatus.RUNNING
+    assert routes.ended_run_key(_run_reply(running)) is None  # a run that changes: never kept
+    assert routes.ENDED_RUN_TEXTS.held_bytes == len(first) + len(later)
+
+
+def test_the_kept_texts_stay_within_their_budget_but_the_newest():
+    from foundry.kernel.edge.http.routes import EndedRunTexts
+
+    texts = EndedRunTexts(budget=10)
+    assert texts.put("a", b"123456") == b"123456"
+    assert texts.put("a", b"other") == b"123456"  # made meanwhile: the kept one
+    texts.put("b", b"abcdef")
+    assert texts.get("a") is None  # over the budget: the oldest went
+    texts.put("c", b"x" * 50)  # larger than the budget: kept while the newest
+    assert (texts.get("b"), texts.get("c")) == (None, b"x" * 50)
+    assert texts.held_bytes == 50

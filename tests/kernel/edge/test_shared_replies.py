@@ -85,21 +85,3 @@ def test_the_count_of_replies_is_bounded_and_one_over_the_budget_is_kept_while_n
     shared.reply("next", 1, lambda: ["next"])
     assert len(shared) == 1
     assert shared.held_bytes == 1
-
-
-def test_a_reply_made_elsewhere_is_held_and_its_encoding_made_off_the_loop_kept():
-    """GetRun's reply is made in chunks (awaiting) and its JSON on a worker thread: ``hold``
-    and ``keep`` take them, the first one made of each being the one every caller gets."""
-    shared = SharedReplies()
-    first, second = ["a"], ["a"]  # two callers made the same reply at once
-    assert shared.hold("run_a", 0, first) is first
-    assert shared.hold("run_a", 0, second) is first  # the later one gets the held one
-    assert shared.held("run_a") is first
-    assert shared.encoding(first, JSON) is None
-    assert shared.keep(first, JSON, "text 1") == "text 1"
-    assert shared.keep(first, JSON, "text 2") == "text 1"  # made meanwhile: the kept one
-    assert shared.encoding(first, JSON) == "text 1"
-    assert shared.held_bytes == len("text 1")
-    loose = ["not held"]
-    assert shared.keep(loose, JSON, "text") == "text"
-    assert shared.encoding(loose, JSON) is None
