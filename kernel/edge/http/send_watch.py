@@ -158,7 +158,7 @@ class SendWatch:
                     if self._lead
                     else f"read none of a reply for {self.stall_timeout:g} s ([http] body_timeout)"
                 )
-            elif still >= self.stalled_after:
+            elif still >= self.stalled_after + self._lead:  # (closing: moved back by the lead)
                 stalled.append(sending)
         held = sum(s.left for s in stalled)
         for sending in sorted(stalled, key=lambda s: s.left, reverse=True):
