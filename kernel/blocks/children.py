@@ -85,13 +85,13 @@ async def run_capturing(
         if process is not None:
             _signal_group(process.pid, signal.SIGKILL)  # what is left of it
             capture.returncode = process.returncode
-        sole: BaseException | None = _sole(exc)
+        sole = _sole(exc)
         try:
             if sole is not exc:
                 raise sole from None  # the nursery's group of one: FileNotFoundError, as before
             raise
         finally:
-            sole = None  # (its traceback holds this frame: a cycle only a full collection frees)
+            del sole  # (its traceback holds this frame: a cycle only a full collection frees)
     finally:
         _forget(record)
         if process is not None:
