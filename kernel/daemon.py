@@ -150,10 +150,9 @@ async def serve(
     # Plugins load before the signals are taken: a stop meanwhile (an import that hangs) ends
     # the process as it would any program's (it was held until the daemon was ready).
     registry = load_config_blocks(config)
-    # (SIGHUP too: its terminal closed, or a supervisor's stop; its default ended the daemon
-    # at once, with no drain and no log line)
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-        exit_after_a_second_signal(*STOP_SIGNALS)
+    stop_signals = signals_that_stop()
+    with trio.open_signal_receiver(*stop_signals) as signals:
+        exit_after_a_second_signal(*stop_signals)
         listen_key = config.listen_from or f"{config.source}: [daemon].listen"
         host, port = parse_listen(config.listen, key=listen_key)
         # token, TLS: refused with one line naming the file
@@ -276,7 +275,12 @@ async def _open_http(
 HARD_STOP_SECONDS = 5.0
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each a graceful stop
+def signals_that_stop() -> tuple[int, ...]:
+    """SIGINT, SIGTERM, and SIGHUP (its terminal closed: its default ended the daemon at once,
+    with no drain and no log line) — unless the daemon was started ignoring SIGHUP (``nohup``):
+    taking it would end what the operator meant to outlive the terminal."""
+    hangup = () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGINT, signal.SIGTERM, *hangup)
 
 
 def exit_after_a_second_signal(*signums: int) -> None:

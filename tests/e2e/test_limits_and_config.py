@@ -4,6 +4,7 @@ serve`` at once with one readable line."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -210,10 +211,11 @@ def test_the_repo_example_formation_serves(make_daemon):
     assert daemon.stop() == 0
 
 
-def _serve_in(cwd, home):
-    """``foundry serve`` with no ``--config`` in ``cwd``; returns the process and its address."""
+def _serve_in(cwd, home, prefix=()):
+    """``foundry serve`` with no ``--config`` in ``cwd`` (after ``prefix``, a command such as
+    nohup); returns the process and its address."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "foundry.kernel.cli", "serve", "--listen", "127.0.0.1:0",
+        [*prefix, sys.executable, "-m", "foundry.kernel.cli", "serve", "--listen", "127.0.0.1:0",
          "--http-listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=cwd,
         env={**os.environ, "FOUNDRY_HOME": str(home)},
@@ -254,6 +256,30 @@ def test_sigterm_right_after_the_ready_line_is_graceful(tmp_path):
         finally:
             _reap(process)
         assert code == 0, f"try {attempt + 1}: exit code {code}"
+
+
+def test_sighup_stops_the_daemon_gracefully_unless_it_was_started_ignoring_it(tmp_path):
+    """SIGHUP's default ended the daemon at once (no drain, no log line): it stops as SIGTERM
+    does now — but not a daemon started under nohup, which ignores it to outlive its terminal
+    (a review: taking SIGHUP over undid nohup)."""
+    process, address = _serve_in(tmp_path, tmp_path / "home")
+    try:
+        assert address
+        process.send_signal(signal.SIGHUP)
+        assert process.wait(15) == 0
+    finally:
+        _reap(process)
+    process, address = _serve_in(tmp_path, tmp_path / "home-nohup", prefix=("nohup",))
+    try:
+        process.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert process.poll() is None, "a daemon under nohup stopped on SIGHUP"
+        done = foundry_cli("status", "--addr", address)
+        assert done.returncode == 0, done.stderr
+        process.terminate()
+        assert process.wait(15) == 0
+    finally:
+        _reap(process)
 
 
 def _damage(home, case):
