@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +30,7 @@ from foundry.kernel.edge.grpc.message_check import (
 )
 from foundry.kernel.edge.http import jsonfast
 from foundry.kernel.edge.shared_replies import JSON_UTF8, PROTO, SHARED_REPLIES
+from foundry.proto import runtime_api
 
 log = logging.getLogger("foundry.http")
 
@@ -97,6 +99,9 @@ class BinaryCodec(_CheckedCodec):
         if isinstance(message, Encoded):
             return message.data
         with _reply_errors():
+            if (key := ended_run_key(message, PROTO)) is not None:
+                kept = ENDED_RUN_TEXTS.get(key)
+                return kept or ENDED_RUN_TEXTS.put(key, upb_encode.encode(message))
             if isinstance(message, betterproto2.Message):  # (upb: the same message, in C)
                 return SHARED_REPLIES.encoded(message, PROTO, upb_encode.encode)
             return bytes(message)
@@ -177,3 +182,53 @@ def _to_json_bytes(message: betterproto2.Message) -> bytes:
 def to_json(message: betterproto2.Message) -> str:
     """proto3 JSON, as betterproto2's ``to_json`` writes it (``jsonfast`` for simple messages)."""
     return json.dumps(jsonfast.to_dict(message))
+
+
+_ENDED = frozenset((runtime_api.RunStatus.SUCCEEDED, runtime_api.RunStatus.FAILED,
+                    runtime_api.RunStatus.CANCELED))  # fmt: skip
+
+
+def ended_run_key(reply: Any, form: str) -> tuple[Any, ...] | None:
+    """What names an ended run's GetRun reply in ``form`` (anything appended to a run moves
+    its ``updated_at`` and its counts), or None for any other reply."""
+    run = reply.run if isinstance(reply, runtime_api.GetRunResponse) else None
+    if run is None or run.status not in _ENDED:
+        return None
+    return (form, run.run_id, run.status, run.updated_at, len(run.steps),
+            len(run.attestation_ids))  # fmt: skip
+
+
+class EndedRunTexts:
+    """Ended runs' GetRun encodings (JSON, protobuf), the recent ones, within ``budget`` bytes
+    (one larger is kept while it is the newest). Only the encodings: a reply's message, made
+    again for each caller, is freed with its answer (held, its Value trees were ~30x its JSON)."""
+
+    def __init__(self, budget: int = 64 << 20) -> None:
+        self._budget, self._held = budget, 0
+        self._texts: OrderedDict[Any, bytes] = OrderedDict()
+
+    def get(self, key: Any) -> bytes | None:
+        text = self._texts.get(key)
+        if text is not None:
+            self._texts.move_to_end(key)
+        return text
+
+    def put(self, key: Any, text: bytes) -> bytes:
+        """Keep ``text`` for ``key``, or return the one kept meanwhile (made by another caller)."""
+        kept = self._texts.get(key)
+        if kept is not None:
+            return kept
+        self._texts[key] = text
+        self._held += len(text)
+        while len(self._texts) > 1 and self._held > self._budget:
+            self._held -= len(self._texts.popitem(last=False)[1])
+        return text
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held
+
+
+ENDED_RUN_TEXTS = EndedRunTexts()
+"""The process's: an ended run's GetRun is encoded once for all its HTTP callers (30 reading
+nothing of a 10 MB run held 30 copies)."""

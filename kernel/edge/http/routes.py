@@ -9,7 +9,6 @@ method through its generated stream adapter. Errors go through the one table (``
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -20,7 +19,13 @@ from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
 from connectrpc.request import RequestContext
 from connectrpc.server import Endpoint
 from foundry.kernel.edge.grpc.internals import Encoded
-from foundry.kernel.edge.http.codecs import JsonEncoded, TypedEncoded, to_json
+from foundry.kernel.edge.http.codecs import (
+    ENDED_RUN_TEXTS,
+    JsonEncoded,
+    TypedEncoded,
+    ended_run_key,
+    to_json,
+)
 from foundry.kernel.edge.http.errors import connect_error
 from foundry.proto import foundry_api, runtime_api
 from grpclib.const import Cardinality
@@ -127,7 +132,7 @@ async def json_reply(reply: Any) -> JsonEncoded:
     (between the interpreter's switches) while it is made. An ended run's GetRun is written
     once for all its callers (:class:`EndedRunTexts`): 30 Connect callers reading nothing of a
     10 MB run held 30 texts (344 MB)."""
-    key = ended_run_key(reply)
+    key = ended_run_key(reply, "json")
     if key is not None and (text := ENDED_RUN_TEXTS.get(key)) is not None:
         return JsonEncoded(text)
 
@@ -137,53 +142,6 @@ async def json_reply(reply: Any) -> JsonEncoded:
 
     text = await trio.to_thread.run_sync(write)
     return JsonEncoded(text if key is None else ENDED_RUN_TEXTS.put(key, text))
-
-
-_ENDED = frozenset((runtime_api.RunStatus.SUCCEEDED, runtime_api.RunStatus.FAILED,
-                    runtime_api.RunStatus.CANCELED))  # fmt: skip
-
-
-def ended_run_key(reply: Any) -> tuple[Any, ...] | None:
-    """What names an ended run's GetRun reply (anything appended to a run moves its
-    ``updated_at`` and its counts), or None for any other reply."""
-    run = reply.run if isinstance(reply, runtime_api.GetRunResponse) else None
-    if run is None or run.status not in _ENDED:
-        return None
-    return (run.run_id, run.status, run.updated_at, len(run.steps), len(run.attestation_ids))
-
-
-class EndedRunTexts:
-    """Ended runs' GetRun JSON texts, the recent ones, within ``budget`` bytes (one larger is
-    kept while it is the newest). Only the texts: a reply's message, made again for each
-    caller, is freed with its answer (held, its Value trees were ~30x its JSON)."""
-
-    def __init__(self, budget: int = 64 << 20) -> None:
-        self._budget, self._held = budget, 0
-        self._texts: OrderedDict[Any, bytes] = OrderedDict()
-
-    def get(self, key: Any) -> bytes | None:
-        text = self._texts.get(key)
-        if text is not None:
-            self._texts.move_to_end(key)
-        return text
-
-    def put(self, key: Any, text: bytes) -> bytes:
-        """Keep ``text`` for ``key``, or return the one kept meanwhile (made by another caller)."""
-        kept = self._texts.get(key)
-        if kept is not None:
-            return kept
-        self._texts[key] = text
-        self._held += len(text)
-        while len(self._texts) > 1 and self._held > self._budget:
-            self._held -= len(self._texts.popitem(last=False)[1])
-        return text
-
-    @property
-    def held_bytes(self) -> int:
-        return self._held
-
-
-ENDED_RUN_TEXTS = EndedRunTexts()
 
 
 def _streaming(

@@ -644,10 +644,11 @@ def _run_reply(status: object, updated: str = "2026-12-06T10:00:00Z", steps: int
 
 
 async def test_an_ended_runs_getrun_json_is_written_once_and_a_changed_one_again(monkeypatch):
-    from foundry.kernel.edge.http import routes
+    from foundry.kernel.edge.http import codecs, routes
     from foundry.proto import runtime_api
 
-    monkeypatch.setattr(routes, "ENDED_RUN_TEXTS", routes.EndedRunTexts())
+    texts = codecs.EndedRunTexts()
+    monkeypatch.setattr(routes, "ENDED_RUN_TEXTS", texts)
     ended = runtime_api.RunStatus.SUCCEEDED
     first = (await routes.json_reply(_run_reply(ended))).data
     again = (await routes.json_reply(_run_reply(ended))).data
@@ -655,12 +656,27 @@ async def test_an_ended_runs_getrun_json_is_written_once_and_a_changed_one_again
     later = (await routes.json_reply(_run_reply(ended, "2026-12-06T10:00:01Z"))).data
     assert later != first
     running = runtime_api.RunStatus.RUNNING
-    assert routes.ended_run_key(_run_reply(running)) is None  # a run that changes: never kept
-    assert routes.ENDED_RUN_TEXTS.held_bytes == len(first) + len(later)
+    assert routes.ended_run_key(_run_reply(running), "json") is None  # it changes: never kept
+    assert texts.held_bytes == len(first) + len(later)
+
+
+def test_an_ended_runs_getrun_protobuf_is_encoded_once(monkeypatch):
+    """As its JSON: Connect-proto and gRPC-Web callers each encoded their own copy."""
+    from foundry.kernel.edge.http import codecs
+    from foundry.proto import runtime_api
+
+    monkeypatch.setattr(codecs, "ENDED_RUN_TEXTS", codecs.EndedRunTexts())
+    codec = codecs.BinaryCodec(1 << 20)
+    ended = runtime_api.RunStatus.SUCCEEDED
+    first = codec.encode(_run_reply(ended))
+    assert codec.encode(_run_reply(ended)) is first
+    assert runtime_api.GetRunResponse().parse(first).run.run_id == "run_1"
+    running = codec.encode(_run_reply(runtime_api.RunStatus.RUNNING))
+    assert codec.encode(_run_reply(runtime_api.RunStatus.RUNNING)) is not running
 
 
 def test_the_kept_texts_stay_within_their_budget_but_the_newest():
-    from foundry.kernel.edge.http.routes import EndedRunTexts
+    from foundry.kernel.edge.http.codecs import EndedRunTexts
 
     texts = EndedRunTexts(budget=10)
     assert texts.put("a", b"123456") == b"123456"
