@@ -396,6 +396,7 @@ def test_a_token_is_required_on_rpcs_and_streams_but_not_on_preflights(make_daem
         close_code(subprotocols=["foundry", *guesses, "bearer.s3cret-token"])
     )
     assert (code, reason.split(":")[0]) == (1008, "unauthenticated")
+    assert "51 bearer subprotocols were offered: offer the token once" in reason
 
 
 def test_a_stream_answered_before_its_body_ends_leaves_the_connections_other_streams(

@@ -171,7 +171,10 @@ class WebSocketStreams:
         offered = scope.get("subprotocols") or []
         credentials = [p for p in offered if p.startswith((BEARER, BEARER64))]
         # one, as one Authorization header: 1,000 offered in one handshake were 1,000 guesses
-        if len(credentials) != 1:
+        if len(credentials) > 1:
+            raise Refused(Code.UNAUTHENTICATED, f"{len(credentials)} bearer subprotocols were "
+                          "offered: offer the token once")  # fmt: skip
+        if not credentials:
             return False
         token = _offered_token(credentials[0])
         return bool(token) and self._token_check(f"Bearer {token}")
