@@ -131,6 +131,35 @@ def test_a_large_runs_reply_made_in_chunks_reads_the_same_in_json(daemon):
     assert len(run["attestationIds"]) == 301  # a step attestation each, and the run's
 
 
+def test_a_deadline_ending_as_the_reply_goes_out_is_the_reply_or_a_504_never_half(daemon):
+    """An ended run's GetRun is ready at once (its encoding kept): a deadline landing between
+    the response's head and its body sent a 200 with a length and no body, and a traceback in
+    the log (a check of the GetRun route)."""
+    steps = [{"id": f"s{i:03d}", "type": "transform", "inputs": {"value": {"n": i}}}
+             for i in range(300)]  # fmt: skip
+    run_id = post_json(daemon, SUBMIT, {"spec": {"dagJson": json.dumps({"steps": steps})}})
+    run_id = run_id.json()["runId"]
+    messages, _ = connect_stream_json(daemon, TAP, {"runId": run_id})
+    assert messages[-1]["kind"] == "run_succeeded"
+    answers = set()
+    for content_type, body in (("application/json", json.dumps({"runId": run_id}).encode()),
+                               ("application/proto", bytes(runtime_api.GetRunRequest(
+                                   run_id=run_id)))):  # fmt: skip
+        for _ in range(10):
+            with httpx.Client(timeout=30) as client:  # a connection each: HTTP/1.1
+                reply = client.post(url(daemon, GET_RUN), content=body, headers={
+                    "content-type": content_type, "connect-timeout-ms": "3"})  # fmt: skip
+            answers.add(reply.status_code)
+            if reply.status_code == 200 and content_type == "application/json":
+                assert reply.json()["run"]["runId"] == run_id
+            elif reply.status_code == 200:
+                assert runtime_api.GetRunResponse().parse(reply.content).run.run_id == run_id
+            else:
+                assert reply.json()["code"] == "deadline_exceeded"
+    assert answers <= {200, 504}
+    assert "Error in ASGI" not in daemon.stderr()
+
+
 def test_whole_numbers_and_int64_strings_are_proto3_json(daemon):
     """JSON writes a whole double as 5 and may send a 64-bit integer as "42": both are taken,
     as proto3 JSON says; a string that is not a number is still refused, naming the field."""

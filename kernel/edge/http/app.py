@@ -286,15 +286,21 @@ def _with_length(send: Send) -> Send:
             start = message
             return
         if start is not None:
+            head, start = start, None
             one_piece = message["type"] == "http.response.body" and not message.get("more_body")
-            if one_piece and not any(k == b"content-length" for k, _ in start.get("headers", ())):
-                length = str(len(message.get("body", b""))).encode()
-                start = {
-                    **start,
-                    "headers": [*start.get("headers", ()), (b"content-length", length)],
-                }
-            await send(start)
-            start = None
+            if not one_piece:
+                await send(head)
+            else:
+                if not any(k == b"content-length" for k, _ in head.get("headers", ())):
+                    length = str(len(message.get("body", b""))).encode()
+                    head = {**head, "headers": [*head.get("headers", ()),
+                                                (b"content-length", length)]}  # fmt: skip
+                # The head and its body go together: a deadline landing between them sent a
+                # 200 with its length and no body (the send watch still ends a stalled send)
+                with trio.CancelScope(shield=True):
+                    await send(head)
+                    await send(message)
+                return
         await send(message)
 
     return length_send
