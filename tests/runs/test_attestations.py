@@ -378,6 +378,18 @@ def test_the_attestations_of_a_run_retention_archived_verify_with_a_note(make_da
     assert f"no run {run_id} is stored (retention archives finished runs)" in exported.stderr
 
 
+def copy_statements(daemon: Daemon, pairs: list[tuple[str, str]]) -> None:
+    """Into each target's row, the source attestation's genuinely signed statement (the daemon
+    stopped): what someone who can write the database could do."""
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        for source, target in pairs:
+            row = con.execute("SELECT statement, signature FROM attestation_statements WHERE "
+                              "attestation_id = ?", [source]).fetchone()  # fmt: skip
+            assert row is not None
+            con.execute("UPDATE attestation_statements SET statement = ?, signature = ? WHERE "
+                        "attestation_id = ?", [*row, target])  # fmt: skip
+
+
 def test_another_runs_statement_copied_into_an_attestation_is_reported(make_daemon):
     """A step attestation's row given another run's genuinely signed statement (found by an
     attestation hunt: ``attest verify ID`` said valid, checking the output of the run the
@@ -392,12 +404,7 @@ def test_another_runs_statement_copied_into_an_attestation_is_reported(make_daem
     target, source = step_attestation(first), step_attestation(second)
     assert daemon.cli("attest", "verify", target).returncode == 0
     assert daemon.stop() == 0
-    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
-        row = con.execute("SELECT statement, signature FROM attestation_statements WHERE "
-                          "attestation_id = ?", [source]).fetchone()  # fmt: skip
-        assert row is not None
-        con.execute("UPDATE attestation_statements SET statement = ?, signature = ? WHERE "
-                    "attestation_id = ?", [*row, target])  # fmt: skip
+    copy_statements(daemon, [(source, target)])
     daemon.start()
     verified = daemon.cli("attest", "verify", target)
     assert verified.returncode == 1, verified.stdout
@@ -430,13 +437,7 @@ def test_another_steps_statement_of_the_same_kind_copied_into_a_row_is_reported(
     for _, target in pairs:
         assert daemon.cli("attest", "verify", target).returncode == 0
     assert daemon.stop() == 0
-    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
-        for source, target in pairs:
-            row = con.execute("SELECT statement, signature FROM attestation_statements WHERE "
-                              "attestation_id = ?", [source]).fetchone()  # fmt: skip
-            assert row is not None
-            con.execute("UPDATE attestation_statements SET statement = ?, signature = ? WHERE "
-                        "attestation_id = ?", [*row, target])  # fmt: skip
+    copy_statements(daemon, pairs)
     daemon.start()
     for (_, target), (of, stored) in zip(pairs, [("count", "count2")] * 2 + [("note", "note2")],
                                          strict=True):  # fmt: skip
@@ -460,13 +461,7 @@ def test_another_decisions_statement_copied_into_a_gate_or_eval_row_is_reported(
          custom_attestation_id(EVAL_RESULT, result.result_id), f"eval_result {other.result_id}"),
     ]  # fmt: skip
     assert daemon.stop() == 0
-    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
-        for source, target, _ in pairs:
-            row = con.execute("SELECT statement, signature FROM attestation_statements WHERE "
-                              "attestation_id = ?", [source]).fetchone()  # fmt: skip
-            assert row is not None
-            con.execute("UPDATE attestation_statements SET statement = ?, signature = ? WHERE "
-                        "attestation_id = ?", [*row, target])  # fmt: skip
+    copy_statements(daemon, [(source, target) for source, target, _ in pairs])
     daemon.start()
     for source, target, said in pairs:
         assert cli(daemon, "verify", source).returncode == 0

@@ -1122,14 +1122,45 @@ def test_step_inputs_of_the_wrong_shape_fail_naming_them(daemon, step, said):
 TAPPERS = 30
 
 
+def ended_run_of_large_outputs(daemon: Any) -> str:
+    """A succeeded run of 5 steps of 2 MB outputs each (its events ~20 MB, GetRun ~10 MB)."""
+    steps = [{"id": f"s{i}", "type": "transform", "inputs": {"value": "${inputs.big}"}}
+             for i in range(5)]  # fmt: skip
+    run_id = submit(daemon, dag(*steps), inputs={"big": "x" * 2_000_000})
+    assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
+    return run_id
+
+
+async def calls_reading_nothing(
+    channels: list[Any],
+    count: int,
+    method: str,
+    cardinality: Any,
+    request_type: Any,
+    reply_type: Any,
+    request: Any,
+) -> list[Any]:
+    """``count`` calls of a RuntimeService method over ``channels`` (smallest windows) whose
+    clients read nothing: the daemon's sends wait at each window."""
+    streams = []
+    for i in range(count):
+        call = channels[i % len(channels)].request(
+            f"/fleetforge.runtime.v1.RuntimeService/{method}",
+            cardinality,
+            request_type,
+            reply_type,
+        )
+        stream = await call.__aenter__()
+        await stream.send_message(request, end=True)
+        streams.append(stream)
+    return streams
+
+
 def test_tappers_that_read_nothing_share_each_large_event(make_daemon):
     """A tap's history went out in batches joined into one copy for each tapper: 50 tappers
     reading nothing of a run of 2 MB outputs held 2 GB (~40 MB each) until they closed."""
     daemon = make_daemon()
-    steps = [{"id": f"s{i}", "type": "transform", "inputs": {"value": "${inputs.big}"}}
-             for i in range(5)]  # fmt: skip
-    run_id = submit(daemon, dag(*steps), inputs={"big": "x" * 2_000_000})
-    assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED  # ~20 MB of events
+    run_id = ended_run_of_large_outputs(daemon)  # ~20 MB of events
 
     async def scenario(_, runtime):
         channels = [slow_channel(daemon.address) for _ in range(3)]
@@ -1137,16 +1168,11 @@ def test_tappers_that_read_nothing_share_each_large_event(make_daemon):
             await runtime.get_run(api.GetRunRequest(run_id=run_id))
             await asyncio.sleep(1.0)
             before = rss_mb(daemon.process.pid)
-            calls = []
-            for i in range(TAPPERS):  # each reads nothing: its sends wait at its window
-                call = channels[i % 3].request(
-                    "/fleetforge.runtime.v1.RuntimeService/TapRun", Cardinality.UNARY_STREAM,
-                    api.TapRunRequest, api.RunEvent,
-                )  # fmt: skip
-                stream = await call.__aenter__()
-                await stream.send_message(api.TapRunRequest(run_id=run_id), end=True)
-                calls.append(stream)
+            tap = ("TapRun", Cardinality.UNARY_STREAM, api.TapRunRequest, api.RunEvent)
+            held = await calls_reading_nothing(channels, TAPPERS, *tap,
+                                               api.TapRunRequest(run_id=run_id))  # fmt: skip
             await asyncio.sleep(2.0)
+            assert len(held) == TAPPERS
             return rss_mb(daemon.process.pid) - before
         finally:
             for channel in channels:
@@ -1164,10 +1190,7 @@ def test_getrun_callers_that_read_nothing_share_an_ended_runs_reply(make_daemon)
     of 40 MB held 2 GB until their connections gave up. They share one encoding now, and a
     caller that reads gets the same run whole."""
     daemon = make_daemon()
-    steps = [{"id": f"s{i}", "type": "transform", "inputs": {"value": "${inputs.big}"}}
-             for i in range(5)]  # fmt: skip
-    run_id = submit(daemon, dag(*steps), inputs={"big": "x" * 2_000_000})
-    assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED  # a ~10 MB reply
+    run_id = ended_run_of_large_outputs(daemon)  # a ~10 MB reply
 
     async def scenario(_, runtime):
         channels = [slow_channel(daemon.address) for _ in range(3)]
@@ -1175,13 +1198,8 @@ def test_getrun_callers_that_read_nothing_share_an_ended_runs_reply(make_daemon)
             first = (await runtime.get_run(api.GetRunRequest(run_id=run_id))).run
             await asyncio.sleep(1.0)
             before = rss_mb(daemon.process.pid)
-            for i in range(CALLERS):  # each reads nothing: its reply waits at its window
-                call = channels[i % 3].request(
-                    "/fleetforge.runtime.v1.RuntimeService/GetRun", Cardinality.UNARY_UNARY,
-                    api.GetRunRequest, api.GetRunResponse,
-                )  # fmt: skip
-                stream = await call.__aenter__()
-                await stream.send_message(api.GetRunRequest(run_id=run_id), end=True)
+            get = ("GetRun", Cardinality.UNARY_UNARY, api.GetRunRequest, api.GetRunResponse)
+            await calls_reading_nothing(channels, CALLERS, *get, api.GetRunRequest(run_id=run_id))
             await asyncio.sleep(2.0)
             grown = rss_mb(daemon.process.pid) - before
             again = (await runtime.get_run(api.GetRunRequest(run_id=run_id))).run
@@ -1201,10 +1219,7 @@ def test_connect_getrun_callers_that_read_nothing_share_an_ended_runs_json(make_
     thread): 30 callers reading nothing of a 10 MB run held 30 texts (344 MB). One now, shared;
     a caller that reads gets it whole."""
     daemon = make_daemon()
-    steps = [{"id": f"s{i}", "type": "transform", "inputs": {"value": "${inputs.big}"}}
-             for i in range(5)]  # fmt: skip
-    run_id = submit(daemon, dag(*steps), inputs={"big": "x" * 2_000_000})
-    assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
+    run_id = ended_run_of_large_outputs(daemon)
     url = f"http://{daemon.http_address}/fleetforge.runtime.v1.RuntimeService/GetRun"
     first = httpx.post(url, json={"runId": run_id}, timeout=60).json()
     time.sleep(1.0)
@@ -1264,11 +1279,7 @@ def test_a_tap_refused_over_the_stalled_budget_is_refused_between_whole_messages
     window the check had counted for the large one: the budget then refused its body after its
     prefix — the client read a prefix promising 2 MB, then trailers (r22)."""
     daemon = make_daemon()
-    steps = [{"id": f"s{i}", "type": "transform", "inputs": {"value": "${inputs.big}"}}
-             for i in range(5)]  # fmt: skip
-    run_id = submit(daemon, dag(*steps), inputs={"big": "x" * 2_000_000})
-    detail = wait_done(daemon, run_id)
-    assert detail.status == api.RunStatus.SUCCEEDED
+    run_id = ended_run_of_large_outputs(daemon)
     body = bytes(api.TapRunRequest(run_id=run_id))
     request = b"\x00" + len(body).to_bytes(4, "big") + body
     headers = [(":method", "POST"), (":scheme", "http"), (":authority", daemon.address),
