@@ -73,6 +73,9 @@ AIM_MS = 0.3
 # The mutator chain (issue 17): at most this per step, and at most this many fsyncs' worth.
 MUTATOR_TARGET_MS = 0.5
 MUTATOR_FSYNCS = 3.0
+# The pause between a mutator chain's fdatasyncs: the rest of a step (~0.2-0.3 ms of the trio
+# thread's work). The fsync probe is also run at this pace, as well as back to back.
+CHAIN_PACE_SECONDS = 0.00025
 
 
 @block("noop", kind=BlockKind.OBSERVER, timeout=None)
@@ -338,11 +341,13 @@ def run(options: Options) -> Report:
     shapes = {s.key: s for s in [*default, *wide]}
     samples: dict[str, list[Mapping[str, float]]] = {key: [] for key in shapes}
     fsyncs: list[float] = []
+    paced: list[float] = []
     floors: list[float] = []
     for rep in range(options.repetitions):
         # A fresh FOUNDRY_HOME per repetition; the 64-slot scheduler is a session of its own.
         measured = {**_measure(DEFAULT_CONCURRENCY, default), **_measure(WIDE_CONCURRENCY, wide)}
         fsyncs.append(statistics.median(fsync_samples_ms(scratch_dir())))
+        paced.append(statistics.median(fsync_samples_ms(scratch_dir(), pause=CHAIN_PACE_SECONDS)))
         floors.append(durable_round_trip_ms(scratch_dir(), shapes["chain_mut"].steps))
         for key, sample in measured.items():
             samples[key].append(sample)
@@ -401,6 +406,26 @@ def run(options: Options) -> Report:
             per_fsync,
             ceiling=MUTATOR_FSYNCS,
             note="each mutator step waits for its lease's journal append (one fdatasync)",
+        )
+    )
+    report.figures.append(
+        Figure(
+            "fsync at a chain's pace",
+            "ms",
+            paced,
+            note=(
+                f"the same probe with {CHAIN_PACE_SECONDS * 1000:g} ms between one fdatasync and "
+                "the next, as on a mutator chain (this machine's disk answers a flush that "
+                "follows another at once faster)"
+            ),
+        )
+    )
+    report.figures.append(
+        Figure(
+            "chain_mut: per step / fsync at its pace",
+            "x",
+            [r["ms_per_step"] / p for r, p in zip(samples["chain_mut"], paced, strict=True)],
+            note="the same ratio against the fdatasync a chain's pace gets",
         )
     )
     report.figures.append(
