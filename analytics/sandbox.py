@@ -374,7 +374,24 @@ def _select_text(cursor: duckdb.DuckDBPyConnection, sql: str) -> str | None:
     statements = _parse(cursor, sql)
     if len(statements) != 1 or statements[0].type.name != "SELECT":
         return None
-    return str(statements[0].query).rstrip().rstrip(";")
+    return _without_trailing_end(str(statements[0].query))
+
+
+def _without_trailing_end(text: str) -> str:
+    """``text`` cut after its last token that is neither a ``;`` nor a comment: DuckDB keeps
+    empty statements and comments after a statement's ``;`` in its text (``SELECT …; ;``),
+    and such a text cannot be wrapped — it then ran as written, unbounded (3.9 GB)."""
+    encoded = text.encode()  # the tokenizer's positions count bytes
+    tokens = duckdb.tokenize(text)
+    starts = [position for position, _ in tokens] + [len(encoded)]
+    kinds = [kind for _, kind in tokens]
+    end = len(kinds)
+    while end > 0 and (
+        kinds[end - 1] == duckdb.token_type.comment
+        or encoded[starts[end - 1] : starts[end]].strip() == b";"
+    ):
+        end -= 1
+    return encoded[: starts[end]].decode().rstrip() if end < len(kinds) else text.rstrip()
 
 
 def _described(

@@ -369,6 +369,13 @@ print(len(result.rows), result.truncated, peak // 1024)
             "SELECT TIMESTAMP '2024-01-01' AS t, repeat('x', 1000000) AS s FROM range(3000)",
             id="timestamps",
         ),
+        # DuckDB keeps what follows a statement's ";" in its text: it could not be wrapped,
+        # and ran as written (3.9 GB)
+        pytest.param("SELECT repeat('x', 1000000) AS s FROM range(3000); ;", id="empty statement"),
+        pytest.param("SELECT repeat('x', 1000000) AS s FROM range(3000); /* */", id="comment"),
+        pytest.param(
+            "SELECT repeat('x', 1000000) AS s FROM range(3000) -- c\n;", id="line comment"
+        ),
     ],
 )
 def test_rows_past_the_reply_limit_are_never_made(sql):
