@@ -214,14 +214,24 @@ def note_inputs(run: RunState, size: int) -> None:
 
 
 def input_total(run: RunState) -> int:
-    """The JSON bytes of every lease's inputs the run recorded (each attempt's): counted once
-    from its log for a run rebuilt from it, so a restart does not reset the run's budget."""
+    """The JSON bytes of every lease's inputs the run recorded (each attempt's) and of its
+    patches (:func:`patch_bytes`): counted once from its log for a run rebuilt from it, so a
+    restart does not reset the run's budget."""
     if run.input_total is None:
         run.input_total = sum(
-            len(compact_json(event.payload["inputs"]))
-            for event in run.events if event.kind == "step_leased"
+            len(compact_json(event.payload["inputs"])) if event.kind == "step_leased"
+            else patch_bytes(event.payload)
+            for event in run.events if event.kind in ("step_leased", "step_patched")
         )  # fmt: skip
     return run.input_total
+
+
+def patch_bytes(payload: Mapping[str, Any]) -> int:
+    """What a ``step_patched`` event's payload records of inputs, in JSON bytes: the patch, and
+    the step's inputs before it."""
+    return len(compact_json(payload["inputs_patch"])) + len(
+        compact_json(payload["previous"]["inputs"])
+    )
 
 
 def recorded_total(run: RunState) -> int:

@@ -19,8 +19,16 @@ from foundry.kernel.core.dag import (
     check_patch_references,
     check_step_env,
 )
+from foundry.kernel.core.ids import compact_json
 from foundry.kernel.core.json_input import quoted
-from foundry.kernel.core.planner import Ending, ending
+from foundry.kernel.core.planner import (
+    MAX_RUN_BYTES,
+    MAX_STEP_BYTES,
+    Ending,
+    ending,
+    patch_bytes,
+    recorded_total,
+)
 from foundry.kernel.core.runs import RunState, RunSubmission, merge_patch, patched_spec
 from foundry.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -53,11 +61,16 @@ def patch_payload(
     model: str | None,
     note: str,
     env_allowance: EnvAllowance = lambda _: frozenset(),
+    max_step: int = MAX_STEP_BYTES,
+    max_run: int = MAX_RUN_BYTES,
 ) -> dict[str, Any]:
     """Check a PatchStep and return the ``step_patched`` event payload. ``env_allowance``: the
     names a step's block lets a run set — asked of the step as patched, with its whole env: a
     patch of the inputs that picks another block (a shell step's ``command``) must not keep an
-    env the old one allowed and the new one does not."""
+    env the old one allowed and the new one does not. The inputs as patched are held to
+    ``max_step`` JSON bytes, and what the event records (the patch and the inputs before it)
+    counts toward the run's ``max_run`` (:func:`patch_bytes`): patches merged into one step,
+    each recording all before it, grew a run past its limit (313 MB), refused only at resume."""
     step = run.steps.get(step_id)
     if step is None:
         raise NotFound(f"step_id: no step {quoted(step_id)} in run {run.run_id}")
@@ -78,11 +91,16 @@ def patch_payload(
             "patched"
         )
     patched = patched_spec(step.spec, inputs_patch, env, model)
+    size = len(compact_json(patched.inputs)) if inputs_patch else 0
+    if size > max_step:
+        raise InvalidArgument(f"inputs_patch: the step's inputs would be {size:,} bytes of JSON "
+                              f"once patched, over the step limit of {max_step:,} "
+                              "([scheduler] max_step_bytes)")  # fmt: skip
     if patched.env:
         check_step_env(step_id, patched.env, env_allowance(patched))
     if inputs_patch:
         check_patch_references(run.dag, step_id, patched.inputs)
-    return {
+    payload = {
         "inputs_patch": dict(inputs_patch or {}),
         "env": dict(env or {}),
         "model": model,
@@ -91,6 +109,11 @@ def patch_payload(
                      "model": step.spec.model},
         "source": "PatchStep",
     }  # fmt: skip
+    if recorded_total(run) + patch_bytes(payload) > max_run:
+        raise InvalidArgument(f"inputs_patch: recording this patch would take the run's "
+                              f"recorded step inputs and outputs past {max_run:,} bytes of JSON "
+                              "([scheduler] max_run_bytes)")  # fmt: skip
+    return payload
 
 
 def check_resumable(run: RunState) -> str:

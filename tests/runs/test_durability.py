@@ -10,12 +10,16 @@ from datetime import UTC, datetime
 import pytest
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
+from grpclib.const import Status
 
 from tests.runs.helpers import (
+    assert_error,
     dag,
     get_run,
+    history,
     kinds,
     of_kind,
+    rpc_error,
     run_and_wait,
     steps,
     submit,
@@ -174,6 +178,38 @@ def test_a_restart_does_not_reset_a_runs_output_budget(make_daemon):
     assert run.status == api.RunStatus.FAILED  # 3 × ~1,210 bytes in, 3 out: past 7,000
     assert [s.status for s in run.steps] == ["succeeded", "succeeded", "failed"]
     assert "max_run_bytes" in value(run.steps[2].error)["message"]
+
+
+def test_patches_are_held_to_the_step_limit_and_count_toward_the_runs(make_daemon):
+    """Each ``step_patched`` records the patch and the step's inputs before it: patches merged
+    into one paused step grew a run past max_run_bytes (313 MB), refused only at resume."""
+    daemon = make_daemon("[scheduler]\nmax_step_bytes = 2000\nmax_run_bytes = 8000\n")
+    spec = dag(
+        {"id": "a", "type": "transform", "inputs": {"n": 1}},
+        {"id": "b", "type": "transform", "depends_on": ["a"], "inputs": {"n": 2}},
+    )
+    run_id = submit(daemon, spec, breakpoints=["b"])
+    wait_status(daemon, run_id, api.RunStatus.PAUSED_AT_STEP)
+
+    def patched(inputs):
+        request = api.PatchStepRequest(run_id=run_id, step_id="b",
+                                       inputs_patch=Struct.from_dict(inputs))  # fmt: skip
+        return lambda rt: rt.patch_step(request)
+
+    daemon.call(lambda _, rt: patched({"x": "P" * 1500})(rt))  # ~1,520 bytes recorded
+    too_big = rpc_error(daemon, patched({"y": "Q" * 1500}))  # merged: ~3,020 bytes of inputs
+    assert_error(too_big, Status.INVALID_ARGUMENT, "inputs_patch", "max_step_bytes")
+    daemon.call(lambda _, rt: patched({"x": "R" * 1800})(rt))  # + 1,810 and the 1,510 before
+    for _ in range(2):  # + 3,620 more: past 8,000 — counted again from the log after a kill
+        over_run = rpc_error(daemon, patched({"x": "S" * 1800}))
+        assert_error(over_run, Status.INVALID_ARGUMENT, "inputs_patch", "max_run_bytes")
+        daemon.kill()
+        daemon.start()
+    events = history(daemon, run_id, lambda events: bool(of_kind(events, "run_paused")))
+    assert [len(e["payload"]["inputs_patch"]["x"]) for e in of_kind(events, "step_patched")] == [
+        1500,
+        1800,
+    ]
 
 
 def test_a_graceful_stop_starts_no_new_steps_and_the_next_start_goes_on(make_daemon):

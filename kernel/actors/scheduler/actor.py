@@ -91,6 +91,7 @@ from foundry.kernel.core.planner import (
     note_inputs,
     note_output,
     output_refused,
+    patch_bytes,
     recorded_total,
     recover,
     retry_delay,
@@ -1032,8 +1033,9 @@ class Scheduler:
         run = await self._target(message.run_id)
         payload = patch_payload(
             run, message.step_id, message.inputs_patch, message.env, message.model, message.note,
-            self._env_allowed,
+            self._env_allowed, self._config.max_step_bytes, self._config.max_run_bytes,
         )  # fmt: skip
+        note_inputs(run, patch_bytes(payload))  # before the event: its run may count its log
         await (await self._record_durable(run, "step_patched", message.step_id, **payload)).wait()
         return message.step_id
 
