@@ -185,14 +185,17 @@ def test_a_damaged_length_followed_by_intact_records_refuses_to_open(
     assert path.read_bytes() == before
 
 
-def test_a_torn_last_record_whose_length_is_damaged_is_still_cut_off(tmp_path, caplog):
+def test_a_last_record_whose_length_runs_past_the_file_refuses_the_start(tmp_path):
+    # Not a torn append: its length would read shorter (some of its bytes still the zeros
+    # written ahead), never past the zeros. A damaged length: the record may be acknowledged.
     write(tmp_path, 3)
     [path] = segments(tmp_path)
     end = records_end(path)
     overwrite(path, end, RECORD_HEADER.pack(0xFFFF_FF00, 0, 4) + b"x" * 20)
-    assert [r.seq for r in reopen(tmp_path)[1]] == [1, 2, 3]
-    assert path.stat().st_size == end
-    assert "torn record" in caplog.text
+    size = path.stat().st_size
+    with pytest.raises(JournalCorrupt, match=f"inside the record at byte {end}: it was cut, or"):
+        reopen(tmp_path)
+    assert path.stat().st_size == size
 
 
 def test_damage_in_an_older_segment_refuses_to_open_even_at_its_end(tmp_path):
@@ -524,6 +527,41 @@ def test_a_last_segment_cut_inside_a_record_refuses_the_start(tmp_path):
         file.truncate(SEGMENT_HEADER.size + RECORD_HEADER.size + 3)
     with pytest.raises(JournalCorrupt, match="ends inside the record at byte 8: it was cut"):
         reopen(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["header", "payload"])
+def test_a_last_segment_cut_after_a_zero_byte_inside_a_record_refuses_the_start(tmp_path, where):
+    # The cut was told from a torn append by the file's last byte alone: a cut that left a 0
+    # (a length's high byte, a pickle's) dropped the acknowledged record as "never acknowledged".
+    write(tmp_path, 5)
+    [segment] = segments(tmp_path)
+    data = segment.read_bytes()
+    last = SEGMENT_HEADER.size
+    for _ in range(4):
+        last += RECORD_HEADER.size + RECORD_HEADER.unpack_from(data, last)[0]
+    start = last + 1 if where == "header" else last + RECORD_HEADER.size + 1
+    end = last + RECORD_HEADER.size if where == "header" else records_end(segment)
+    cut = next(i + 1 for i in range(start, end) if data[i] == 0)
+    with open(segment, "r+b") as file:
+        file.truncate(cut)
+    with pytest.raises(JournalCorrupt, match=f"ends inside the record at byte {last}: it was cut"):
+        reopen(tmp_path)
+    assert segment.stat().st_size == cut  # left as it is, for the operator
+
+
+@pytest.mark.parametrize("newest", [True, False])
+def test_a_segment_that_is_not_a_regular_file_refuses_the_start(tmp_path, newest):
+    # A FIFO in a segment's place blocked the start for good, saying nothing.
+    write(tmp_path, 6, segment_bytes=200)
+    paths = segments(tmp_path)
+    assert len(paths) >= 3
+    victim = paths[-1] if newest else paths[1]
+    victim.unlink()
+    os.mkfifo(victim)
+    with pytest.raises(JournalCorrupt, match=f"{victim.name}: not a regular file"):
+        reopen(tmp_path)
+    with pytest.raises(JournalCorrupt, match="not a regular file"):
+        pending_records(tmp_path, 0)
 
 
 def test_an_append_to_a_segment_deleted_under_the_daemon_fails(tmp_path):

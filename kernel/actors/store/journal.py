@@ -28,10 +28,11 @@ own journal, which other writers on the disk share (measured here: ~0.1 ms inste
 The records end where the zeros begin: the rest of the segment is all zeros.
 
 Recovery (:meth:`Journal.recover`) reads the segments in order and returns the records DuckDB
-lacks. A record that fails its length or checksum at the very end of the last segment, zeros
-after it, is a torn append: it was never acknowledged (the ack waits for the ``fdatasync``), so
-it is cut off and logged. A last segment that ends inside a record, no zeros after it, was cut
-(an append writes into zeros written ahead and made durable before it). That, or a damaged record
+lacks. A record that fails its checksum at the very end of the last segment, within the file and
+zeros after it, is a torn append: it was never acknowledged (the ack waits for the
+``fdatasync``), so it is cut off and logged. A last segment that ends inside a record, by its
+length, was cut or has that length damaged (an append writes into zeros written ahead and made
+durable before it, and a length torn short reads less, not more). That, or a damaged record
 anywhere else — in an older segment, or followed by an intact record, or a gap in the sequence,
 or bytes other than zeros after an older segment's records — is corruption of acknowledged
 data, and the journal refuses to open with one line
@@ -52,6 +53,7 @@ import io
 import logging
 import os
 import pickle
+import stat
 import struct
 import threading
 import zlib
@@ -226,7 +228,7 @@ class Journal:
         """Check one segment; collect its records after ``applied``; return their seqs and
         where they end (None: the last segment was created but its header never written). A
         torn tail of the last segment is truncated."""
-        data = path.read_bytes()
+        data = _read_segment(path)
         if len(data) < SEGMENT_HEADER.size and last:
             log.warning("journal: %s was created but never written; starting it again", path)
             return None
@@ -244,12 +246,13 @@ class Journal:
             if record is None:
                 expected = first + len(seqs)
                 if last and not _intact_after(data, offset, expected):
-                    if data[-1:] not in (b"", b"\0"):  # no zeros written ahead after it
+                    if not _torn_append(data, offset):
                         raise JournalCorrupt(
                             f"{path}: the file ends inside the record at byte {offset}: it was "
-                            "cut (an append never reaches the end of the zeros written ahead "
-                            "of it), and acknowledged records may be gone (restore the file, "
-                            "or move the journal aside to start without it)"
+                            "cut, or that record's length is damaged (an append never reaches "
+                            "the end of the zeros written ahead of it), and acknowledged records "
+                            "may be gone (restore the file, or move the journal aside to start "
+                            "without it)"
                         )
                     self._truncate_torn(path, offset, data)
                     break
@@ -438,7 +441,7 @@ def pending_records(directory: Path, applied: int) -> list[Recovered]:
     found: list[Recovered] = []
     for path in sorted(directory.glob(f"*{SUFFIX}")):
         try:
-            data = path.read_bytes()
+            data = _read_segment(path)
         except FileNotFoundError:  # deleted once applied
             continue
         offset = SEGMENT_HEADER.size
@@ -466,6 +469,28 @@ def _still_linked(fd: int, directory: Path) -> None:
             f"the journal segment being written was deleted from {directory} under the "
             "running daemon: no write is acknowledged until it is restarted",
         )
+
+
+def _read_segment(path: Path) -> bytes:
+    """A segment's bytes; JournalCorrupt naming it when it is not a regular file (a FIFO put in
+    its place blocked the start for good, saying nothing)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise JournalCorrupt(f"{path}: not a regular file; move it aside")
+        with open(fd, "rb", closefd=False) as file:
+            return file.read()
+    finally:
+        os.close(fd)
+
+
+def _torn_append(data: bytes, offset: int) -> bool:
+    """Whether the damaged last record at ``offset`` can be an append a crash cut short: an
+    append writes into zeros written ahead and made durable, past the end its header declares
+    (a length torn short declares less), so the file goes on beyond it, in zeros. A file that
+    ends sooner was cut (one that ended in a 0 byte passed for torn: acknowledged records were
+    dropped as never acknowledged)."""
+    return data[-1:] == b"\0" and _declared_end(data, offset) < len(data)
 
 
 def _written_end(data: bytes) -> int:
