@@ -260,7 +260,8 @@ def _summarize(output: Any) -> str:
         return ""
     try:
         text = output if isinstance(output, str) else _compact(output)
-    except Exception:  # not JSON (an object, a loop): its repr (a broken one stops no chain)
+    except BaseException:  # noqa: BLE001 - not JSON (an object, a loop; a dict subclass whose
+        # items() raises SystemExit ended the daemon): its repr (a broken one stops no chain)
         text = text_of(output)
     return text if len(text) <= 200 else text[:197] + "..."
 

@@ -27,5 +27,5 @@ def text_of(value: Any, show: Callable[[Any], str] = repr) -> str:
     (or a value nested too deep for it): ``<Type: repr() raised Error>`` then."""
     try:
         return show(value)
-    except Exception as exc:  # (RecursionError too)
+    except BaseException as exc:  # noqa: BLE001 - RecursionError too; a plugin's SystemExit
         return f"<{type(value).__name__}: {show.__name__}() raised {type(exc).__name__}>"

@@ -164,3 +164,65 @@ def test_a_second_signal_ends_the_daemon_when_no_one_reads_its_stderr(unruly):
         for pipe in (process.stdout, process.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+HOSTILE_VALUES = """
+from foundry.kernel import block, hookimpl
+
+
+class ReprExits:  # not JSON, and its repr raises SystemExit
+    def __repr__(self):
+        raise SystemExit("repr")
+
+
+class ItemsInterrupt(dict):  # JSON by its type; reading it raises KeyboardInterrupt
+    def items(self):
+        raise KeyboardInterrupt("items")
+
+
+@block("Answers ReprExits", sinks=["hostile_value"])
+def answers_repr_exits(ctx):
+    return ReprExits()
+
+
+@block("Answers ItemsInterrupt", sinks=["hostile_value"])
+def answers_items_interrupt(ctx):
+    return ItemsInterrupt(a=1)
+
+
+@block("Emits ItemsInterrupt", sinks=["hostile_value"])
+def emits_items_interrupt(ctx):
+    ctx.emit("never_stored", {"nested": ItemsInterrupt(a=1)})  # (the top level is copied)
+    return "emitted"
+
+
+@hookimpl
+def register_blocks():
+    return [answers_repr_exits, answers_items_interrupt, emits_items_interrupt]
+"""
+
+
+def test_a_value_that_raises_systemexit_while_read_fails_only_its_block(make_daemon, tmp_path):
+    """A block's answer (or an emitted payload) whose ``__repr__`` or ``items()`` raised
+    SystemExit or KeyboardInterrupt while the kernel read it ended the daemon — and, as a DAG
+    step's output, every start after it (the run went on at each)."""
+    (tmp_path / "hostile_values.py").write_text(textwrap.dedent(HOSTILE_VALUES))
+    daemon = make_daemon('[plugins]\npaths = ["."]\nmodules = ["hostile_values"]\n')
+
+    reply = emit(daemon, "hostile_value")
+    workflow = finished(daemon, reply.workflow_id)
+    chain = traced(daemon, reply.event_id)
+    run_id = submit(daemon, json.dumps({"steps": [{"id": "a", "type": "Answers ItemsInterrupt"}]}))
+    run = wait_done(daemon, run_id)
+    daemon.restart()
+
+    assert "repr() raised SystemExit" in block(chain, "Answers ReprExits").summary
+    assert block(chain, "Answers ItemsInterrupt").summary  # its repr: the dict's own
+    emits = block(chain, "Emits ItemsInterrupt")
+    assert "could not be read: KeyboardInterrupt: items" in emits.summary
+    assert workflow.state == "failed"
+    assert run.status == runtime_api.RunStatus.FAILED
+    [step] = run.steps
+    assert "not JSON: reading it raised KeyboardInterrupt: items" in value(step.error)["message"]
+    assert wait_done(daemon, run_id).status == runtime_api.RunStatus.FAILED
+    assert finished(daemon, emit(daemon, "greet_requested").workflow_id).state == "completed"

@@ -477,6 +477,11 @@ class Engine:
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             # a non-JSON value, an int too large for a JSON number, nesting too deep
             return (), f"emitted a payload that is not JSON: {described(exc)}"
+        except Exception:
+            raise  # a bug of ours: its chain fails (``_run_inline``)
+        except BaseException as exc:  # noqa: BLE001 - a plugin's value raised SystemExit or
+            # KeyboardInterrupt while read (a dict subclass's items()): it ended the daemon
+            return (), f"emitted a payload that could not be read: {described(exc)}"
 
     def _child(
         self, parent: Event, block: Block, emission: Emission, throttled: bool, span: str

@@ -67,6 +67,7 @@ from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.attest_records import announced_ids, json_digest, run_attestation_id
 from foundry.kernel.core.dag import StepSpec, UnresolvedReference, check_dag_env, parse_dag
+from foundry.kernel.core.failures import described, text_of
 from foundry.kernel.core.ids import Clock, compact_json, rfc3339
 from foundry.kernel.core.json_input import (
     check_struct_depth,
@@ -749,14 +750,8 @@ class Scheduler:
             try:
                 text = compact_json(output)
                 output = json.loads(text)  # frozen before it is recorded
-            except (TypeError, ValueError, RecursionError) as exc:
-                # (RecursionError: nested ~1,000 deep; it left the run RUNNING for good)
-                reason: object = exc
-                if isinstance(exc, RecursionError):
-                    reason = "nested too deep to write"
-                elif "not supported between instances" in str(exc):  # sorting mixed keys
-                    reason = "an object's keys are strings and numbers both (make them strings)"
-                error = f"the step's output is not JSON: {reason}"
+            except BaseException as exc:  # noqa: BLE001 - whatever a plugin's value raises
+                error = f"the step's output is not JSON: {_not_json(exc)}"
             else:
                 size = len(text)
                 error = output_refused(
@@ -1312,6 +1307,20 @@ def _unreadable(text: str, output: Any) -> str:
         return str(exc)
     too_big = oversized_number(text)
     return f"the step's output is not JSON a client can read: {too_big}" if too_big else ""
+
+
+def _not_json(exc: BaseException) -> str:
+    """Why an output could not be written as JSON. A plugin's value may raise anything while it
+    is read (a dict subclass's ``items()`` raised KeyboardInterrupt: it ended the daemon, and
+    each start after it, resuming the run — SIGINT reaches the daemon as a signal, never so)."""
+    if isinstance(exc, RecursionError):  # nested ~1,000 deep: it left the run RUNNING for good
+        return "nested too deep to write"
+    if not isinstance(exc, TypeError | ValueError):
+        return f"reading it raised {described(exc)}"
+    text = text_of(exc, str)
+    if "not supported between instances" in text:  # sorting mixed keys
+        return "an object's keys are strings and numbers both (make them strings)"
+    return text
 
 
 def _ms_since(started: float) -> float:
