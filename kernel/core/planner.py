@@ -64,6 +64,15 @@ def starts(run: RunState, busy: set[str], candidates: Iterable[str] | None = Non
     return Starts(tuple(ready))
 
 
+def restarted_in_pause(run: RunState, busy: set[str], stopping: bool) -> tuple[StepState, ...]:
+    """The steps of a paused run that a stopped daemon left mid-attempt (pending again, an
+    attempt recorded), to lease again now: a pause lets steps already running finish. (They
+    waited for a ResumeRun, and PatchStep refused them as "leased again".)"""
+    if run.status != "PAUSED_AT_STEP" or run.failed or stopping:
+        return ()
+    return tuple(step for step in run.ready(busy) if step.attempt)
+
+
 def next_wait(run: RunState, busy: bool, stopping: bool) -> Next:
     """What the driver waits for next; ``busy``: some of the run's steps are running."""
     if busy:

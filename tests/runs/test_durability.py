@@ -212,6 +212,27 @@ def test_patches_are_held_to_the_step_limit_and_count_toward_the_runs(make_daemo
     ]
 
 
+def test_a_step_a_kill_interrupted_in_a_paused_run_is_leased_again_at_once(make_daemon):
+    """A pause lets steps already running finish: after kill -9, one that was running stayed
+    pending until a ResumeRun, and PatchStep refused it as "leased again as it was"."""
+    daemon = make_daemon()
+    spec = dag(
+        {"id": "a", "type": "transform", "inputs": {"value": 1}},
+        {"id": "long", "type": "sleeper", "depends_on": ["a"], "inputs": {"seconds": 1.5}},
+        {"id": "held", "type": "transform", "depends_on": ["a"], "inputs": {"value": 2}},
+    )
+    run_id = submit(daemon, spec, breakpoints=["held"])
+    wait_for(daemon, run_id, lambda r: steps(r)["long"].status == "running", what="long running")
+    daemon.kill()
+    daemon.start()
+    run = wait_for(daemon, run_id, lambda r: steps(r)["long"].status == "succeeded",
+                   what="long finished, still paused", timeout=30)  # fmt: skip
+    assert run.status == api.RunStatus.PAUSED_AT_STEP
+    assert (steps(run)["long"].attempt, steps(run)["held"].status) == (2, "pending")
+    daemon.call(lambda _, rt: rt.resume_run(api.ResumeRunRequest(run_id=run_id)))
+    assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
+
+
 def test_a_graceful_stop_starts_no_new_steps_and_the_next_start_goes_on(make_daemon):
     daemon = make_daemon("[daemon]\nshutdown_grace = 30\n")
     count = 8

@@ -95,6 +95,7 @@ from foundry.kernel.core.planner import (
     patch_bytes,
     recorded_total,
     recover,
+    restarted_in_pause,
     retry_delay,
     starts,
     step_error,
@@ -452,10 +453,15 @@ class Scheduler:
         done_send, done_receive = trio.open_memory_channel[str](len(run.steps) + 1)
         async with trio.open_nursery() as steps:
             while True:
-                if may_start(run, self._stopping.is_set() or run.canceling):
+                stopping = self._stopping.is_set() or run.canceling
+                plan = None
+                if may_start(run, stopping):
                     plan = starts(run, busy, candidates)
-                    alone = await self._start_ready(run, plan, busy, steps, done_send)
                     candidates = set(plan.held)  # a resume looks again at what a pause held
+                elif again := restarted_in_pause(run, busy, stopping):
+                    plan = Starts(again)  # (what the pause held stays for the resume)
+                if plan is not None:
+                    alone = await self._start_ready(run, plan, busy, steps, done_send)
                     if alone is not None:
                         # Nothing else of this run can become ready before it ends: run here,
                         # not as a task (a spawn, a first step and a hand-back cost the trio
@@ -465,7 +471,8 @@ class Scheduler:
                         await self._run_step(run, step, done_send, first)
                         done_receive.receive_nowait()  # its own id, sent as it ended
                         busy.discard(step.spec.id)
-                        candidates.update(run.dag.dependents.get(step.spec.id, ()))
+                        if candidates is not None:  # (None: a restarted pause's, every step)
+                            candidates.update(run.dag.dependents.get(step.spec.id, ()))
                         # A step of a synchronous block may never have yielded: the rest of the
                         # daemon gets its turn between steps, as when a task ran each. A
                         # mutator's has, waiting for its lease's commit; the next lease goes
