@@ -20,7 +20,12 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from foundry.kernel.edge.grpc.message_check import UnreadField, WrongField, check_request
+from foundry.kernel.edge.grpc.message_check import (
+    MAX_NESTING,
+    UnreadField,
+    WrongField,
+    check_request,
+)
 from foundry.kernel.edge.grpc.reflection import descriptor_pool_of_protos, file_descriptors
 from foundry.kernel.edge.grpc.upb_encode import proto_name_of
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, unknown_fields
@@ -40,6 +45,7 @@ def check_framing(data: bytes | bytearray, kind: type) -> None:
     try:
         _lenient_class(proto_name_of(kind)).FromString(bytes(data))
     except DecodeError:
+        _name_a_deep_field(data, kind)
         raise WrongField(NOT_PROTOBUF) from None
 
 
@@ -54,6 +60,7 @@ def canonical(data: bytes | bytearray, kind: type) -> bytes:
         message = _lenient_class(proto_name_of(kind)).FromString(bytes(data))
     except DecodeError:
         _name_a_field(data, kind)  # nested too deeply for upb, say: the field is named
+        _name_a_deep_field(data, kind)  # too deeply for betterproto2 too
         raise WrongField(NOT_PROTOBUF) from None
     # Unknown fields go: betterproto2 appends each to a bytes object, N² work on the daemon's
     # loop (a 3.9 MB request of 1.3 million held every connection for minutes). A known field
@@ -74,6 +81,64 @@ def canonical(data: bytes | bytearray, kind: type) -> bytes:
 NAMED_UNKNOWN_BYTES = 64 * 1024
 # Messages of a request looked through for it, at most (a 4 MB Struct holds ~100,000).
 NAMED_MESSAGES = 2_000
+
+
+# Fields looked at, at most, for a message nested too deep (a 4 MB request holds ~1 million).
+DEEP_FIELDS_LOOKED_AT = 100_000
+
+
+def _name_a_deep_field(data: bytes | bytearray, kind: type) -> None:
+    """Raise :class:`WrongField` naming a message field nested deeper than ``MAX_NESTING`` in
+    bytes upb refused, if that is why: past its own limit (100) upb says only that it cannot
+    parse them, and betterproto2 ran out of Python's stack (~110 Struct levels) before
+    ``check_request`` could name the field — the request was called not protobuf. The bytes
+    are walked depth first, without recursion; malformed ones are left to the caller."""
+    view = memoryview(bytes(data))
+    schema = descriptor_pool_of_protos().FindMessageTypeByName(proto_name_of(kind))
+    stack: list[tuple[int, int, Any, tuple[str, ...]]] = [(0, len(view), schema, ())]
+    budget = DEEP_FIELDS_LOOKED_AT
+    while stack and budget > 0:
+        pos, end, message, path = stack.pop()
+        while pos < end and (budget := budget - 1) > 0:
+            tag = _varint(view, pos, end)
+            if tag is None:
+                return
+            (number, wire), pos = divmod(tag[0], 8), tag[1]
+            if wire == 2:
+                length = _varint(view, pos, end)
+                if length is None or length[1] + length[0] > end:
+                    return
+                field = message.fields_by_number.get(number)
+                pos = length[1] + length[0]
+                if field is not None and field.message_type is not None:
+                    if len(path) >= MAX_NESTING:
+                        shown = ".".join(path[:2]) + " … " + field.name
+                        raise WrongField(f"{shown}: nested deeper than {MAX_NESTING}")
+                    stack.append((pos, end, message, path))  # its siblings, after it
+                    stack.append((length[1], pos, field.message_type, (*path, field.name)))
+                    break
+            elif wire == 0:
+                skipped = _varint(view, pos, end)
+                if skipped is None:
+                    return
+                pos = skipped[1]
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:
+                return  # a group: none in our protos
+
+
+def _varint(view: memoryview, pos: int, end: int) -> tuple[int, int] | None:
+    """The varint at ``pos`` and where it ends; None when it runs past ``end`` or 10 bytes."""
+    value = shift = 0
+    while pos < end and shift < 70:
+        byte = view[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    return None
 
 
 def _name_a_field(data: bytes | bytearray, kind: type) -> None:

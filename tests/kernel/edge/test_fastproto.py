@@ -188,3 +188,29 @@ def test_the_reply_follows_the_kind_of_the_request():
     assert isinstance(by_upb, Encoded)
     assert api.CheckChangeGateResponse().parse(by_upb.data) == expected
     assert fastproto.reply(api.CheckChangeGateRequest().parse(data), stored) == expected
+
+
+@pytest.mark.parametrize("depth", [400, 5_000])
+def test_a_struct_nested_too_deeply_for_betterproto2_is_still_named(depth):
+    """Past ~110 levels betterproto2 ran out of Python's stack reading the bytes upb had refused
+    (its own limit is 100), and the request was called not protobuf at all."""
+    struct = b""  # built as bytes: betterproto2 could not write it either
+    for _ in range(depth):
+        value = b"\x2a" + _varint(len(struct)) + struct  # Value.struct_value (5)
+        entry = b"\x0a\x01k\x12" + _varint(len(value)) + value  # key (1), value (2)
+        struct = b"\x0a" + _varint(len(entry)) + entry  # Struct.fields (1)
+    telemetry = b"\x3a" + _varint(len(struct)) + struct  # field 7
+    data = bytes(api.CheckChangeGateRequest(change_id="c")) + telemetry
+    assert api.CheckChangeGateRequest.FromString(data[: -len(telemetry)]).change_id == "c"
+    message = _error(data).message or ""
+    assert message.startswith("request: telemetry.fields")
+    assert message.endswith("nested deeper than 64")
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while number >= 0x80:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
