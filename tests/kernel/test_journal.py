@@ -549,6 +549,27 @@ def test_a_last_segment_cut_after_a_zero_byte_inside_a_record_refuses_the_start(
     assert segment.stat().st_size == cut  # left as it is, for the operator
 
 
+def test_a_torn_append_that_filled_the_space_ahead_exactly_is_cut_off(tmp_path, caplog):
+    # No zeros after it (an append fills the space written ahead up to its last byte), its
+    # last page never written: torn, never acknowledged — not a cut file refusing the start.
+    journal = Journal(tmp_path)
+    journal.recover(0)
+    journal.append(encode(rows(1)))
+    room = journal._allocated - journal._size - RECORD_HEADER.size
+    text = "b" * room
+    while len(payload := encode([("events", [(text,)])])) > room:
+        text = text[: len(text) - (len(payload) - room)]
+    assert len(payload) == room
+    [segment] = segments(tmp_path)
+    size = segment.stat().st_size
+    journal.append(payload)
+    journal.close()
+    assert segment.stat().st_size == size  # no zeros written after it
+    overwrite(segment, size - 512, bytes(512))
+    assert [r.seq for r in reopen(tmp_path)[1]] == [1]
+    assert "torn record" in caplog.text
+
+
 @pytest.mark.parametrize("newest", [True, False])
 def test_a_segment_that_is_not_a_regular_file_refuses_the_start(tmp_path, newest):
     # A FIFO in a segment's place blocked the start for good, saying nothing.

@@ -486,11 +486,12 @@ def _read_segment(path: Path) -> bytes:
 
 def _torn_append(data: bytes, offset: int) -> bool:
     """Whether the damaged last record at ``offset`` can be an append a crash cut short: an
-    append writes into zeros written ahead and made durable, past the end its header declares
-    (a length torn short declares less), so the file goes on beyond it, in zeros. A file that
-    ends sooner was cut (one that ended in a 0 byte passed for torn: acknowledged records were
-    dropped as never acknowledged)."""
-    return data[-1:] == b"\0" and _declared_end(data, offset) < len(data)
+    append writes into zeros written ahead and made durable, up to or past the end its header
+    declares (a length torn short declares less), so the file goes on at least that far, its
+    last bytes zeros. A file that ends sooner was cut (one that ended in a 0 byte passed for
+    torn: acknowledged records were dropped as never acknowledged)."""
+    whole_header = len(data) - offset >= RECORD_HEADER.size  # (its space was written ahead)
+    return data[-1:] == b"\0" and whole_header and _declared_end(data, offset) <= len(data)
 
 
 def _written_end(data: bytes) -> int:
