@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import inspect
+import json
 import os
 import signal
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -22,7 +23,7 @@ from foundry.kernel.actors.threads import ThreadPool
 from foundry.kernel.blocks.children import Capture, run_capturing
 from foundry.kernel.blocks.files import regular_file
 from foundry.kernel.core.envpolicy import child_environment
-from foundry.kernel.core.ids import MAX_ID_LENGTH
+from foundry.kernel.core.ids import MAX_ID_LENGTH, payload_json_of
 from foundry.kernel.core.throttle import Action, Throttle
 from foundry.kernel.core.tracecontext import traceparent
 
@@ -59,6 +60,25 @@ class Emission:
 
     event_type: str
     payload: Mapping[str, Any]
+    # The payload as JSON, taken at emit() when it holds more than plain values, and the payload
+    # a copy of it: a block that changed a nested value after emitting (one dict, emitted once
+    # an item) had the change stored in every event (None: none taken; JSON made later).
+    payload_json: str | None = field(default=None, compare=False, repr=False)
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _emitted(event_type: str, payload: Mapping[str, Any]) -> Emission:
+    """What ``emit`` records: the payload as it is now, whatever the block changes later."""
+    copied = dict(payload)
+    if all(type(value) in _PLAIN for value in copied.values()):
+        return Emission(event_type, copied)
+    try:
+        text = payload_json_of(copied)
+    except BaseException:  # noqa: BLE001 - not JSON (or a plugin value raising SystemExit):
+        return Emission(event_type, copied)  # refused when the block has returned, as ever
+    return Emission(event_type, json.loads(text), text)
 
 
 def event_type_fault(event_type: object) -> str:
@@ -154,7 +174,7 @@ class BlockContext:
         elif not isinstance(payload, Mapping):  # (0, "", [] became {}; [("a", 1)] {"a": 1})
             raise TypeError(f"emit: payload must be a JSON object (a mapping), not "
                             f"{type(payload).__name__}")  # fmt: skip
-        self.emissions.append(Emission(event_type, dict(payload)))
+        self.emissions.append(_emitted(event_type, payload))
 
     def record_usage(self, tokens_in: int = 0, tokens_out: int = 0, cost: float = 0.0) -> None:
         """Add to this execution's usage: whole token counts from 0, a finite cost from 0

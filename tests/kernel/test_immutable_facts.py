@@ -87,6 +87,33 @@ async def test_a_block_that_mutates_its_payload_changes_neither_the_event_nor_it
         assert sorted(p["new"] for name, p in seen if name == "Downstream") == ["A", "B"]
 
 
+@pytest.mark.parametrize("inline", [True, False])
+async def test_what_a_block_emits_is_its_payload_when_emitted(tmp_path, inline):
+    """One dict emitted once an item, a nested value changed before each: every stored event
+    held the last item (only the top level was copied at emit)."""
+
+    async def changes_after_emitting(ctx):
+        if not inline:
+            await trio.lowlevel.checkpoint()
+        message = {"batch": "b1", "item": {"i": None}, "seen": []}
+        for i in range(3):
+            message["item"]["i"] = i
+            message["seen"].append(i)
+            ctx.emit("item_ready", message)
+        message["item"]["i"] = "after"
+
+    loop = block("Emits In A Loop", sinks=["go"])(changes_after_emitting)
+    async with running_kernel(tmp_path, [loop]) as k:
+        emitted = await k.emit("go", {})
+        trace = await k.finished(emitted.workflow_id)
+        sql = "SELECT payload FROM events WHERE event_type = 'item_ready'"
+        stored = sorted(json.loads(row[0])["item"]["i"] for row in await k.query(sql))
+
+    items = [e["payload"] for e in trace["events"] if e["event_type"] == "item_ready"]
+    assert sorted(p["item"]["i"] for p in items) == [0, 1, 2] == stored
+    assert sorted(p["seen"] for p in items) == [[0], [0, 1], [0, 1, 2]]
+
+
 # --- the scheduler ------------------------------------------------------------------------------
 
 

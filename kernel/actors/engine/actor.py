@@ -493,7 +493,7 @@ class Engine:
             raise _NotUtf8(repr(emission.event_type))
         # NaN, infinities and lone surrogates (the store would refuse them) raise ValueError.
         try:
-            payload_json = payload_json_of(emission.payload)
+            payload_json = emission.payload_json or payload_json_of(emission.payload)
         except RecursionError:  # ~1,000 levels: past the depth limit checked below, by far
             raise _TooLarge(f"emitted a {emission.event_type[:100]!r} payload nested deeper "
                             f"than {MAX_DEPTH} levels") from None  # fmt: skip
