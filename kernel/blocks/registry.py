@@ -192,10 +192,10 @@ def load_blocks(
         tools = _tools(pm)
         # pluggy calls the most recently registered plugin first; blocks run in registration
         # order.
-        results = pm.hook.register_blocks(config=config or Config(), tools=tools)
-        contributed = [b for result in reversed(results) for b in _answer(result, list, "blocks")]
+        results = _answers(pm, "register_blocks", config=config or Config(), tools=tools)
+        contributed = [b for result in results for b in _answer(result, list, "blocks")]
         factories: dict[str, BlockFactory] = {}
-        for result in reversed(pm.hook.register_block_types()):
+        for result in _answers(pm, "register_block_types"):
             for type_name, factory in _answer(result, dict, "block_types").items():
                 if type_name in factories:  # the last one won: a plugin's "shell" ran its code
                     raise ConfigError(f"two plugins register a block type named {type_name!r}; "
@@ -231,6 +231,21 @@ def _hook_failures() -> Iterator[None]:
 
 _KERNEL = str(Path(__file__).resolve().parent.parent)
 _PLUGGY = str(Path(pluggy.__file__).resolve().parent)
+
+
+def _answers(pm: Any, hook: str, **kwargs: Any) -> list[Any]:
+    """Each plugin's answer to ``hook``, in registration order (pluggy calls the most recently
+    registered plugin first). A ConfigError names a plugin that answered None: pluggy leaves
+    Nones out, so a hook that forgot its ``return`` added nothing, and nothing said so."""
+    caller = getattr(pm.hook, hook)
+    results = list(reversed(caller(**kwargs)))
+    impls = [i for i in caller.get_hookimpls() if not (i.hookwrapper or i.wrapper)]
+    if len(results) < len(impls):  # who: asked again, one at a time (a start that fails)
+        for impl in impls:
+            if impl.function(*(kwargs[name] for name in impl.argnames)) is None:
+                raise ConfigError(f"{hook}: plugin {impl.plugin_name!r} answered None, not "
+                                  "what the hook returns (a missing return?)")  # fmt: skip
+    return results
 
 
 def _answer(result: Any, kind: type, hook: str) -> Any:
@@ -273,7 +288,7 @@ def _gate_rules(pm: Any) -> list[Rule]:
     has a unique string ``name`` and an ``evaluate``."""
     rules: list[Rule] = []
     names: set[str] = set()
-    for result in reversed(pm.hook.register_gate_rules()):
+    for result in _answers(pm, "register_gate_rules"):
         for rule in result or ():
             name = getattr(rule, "name", None)
             if (
@@ -291,14 +306,14 @@ def _gate_rules(pm: Any) -> list[Rule]:
 
 def _assertion_types(pm: Any) -> dict[str, AssertionType]:
     try:
-        return merge_assertion_types(reversed(pm.hook.register_eval_assertions()))
+        return merge_assertion_types(_answers(pm, "register_eval_assertions"))
     except InvalidArgument as exc:
         raise ConfigError(f"register_eval_assertions: {exc}") from None
 
 
 def _tools(pm: Any) -> dict[str, Tool]:
     tools: dict[str, Tool] = {}
-    for result in reversed(pm.hook.register_tools()):
+    for result in _answers(pm, "register_tools"):
         for tool in result:
             if not isinstance(tool, Tool):
                 raise ConfigError(f"register_tools: {str(tool)[:100]!r} is not a Tool")

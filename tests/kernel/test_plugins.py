@@ -236,6 +236,9 @@ def test_a_ctrl_c_while_a_module_imports_stops_the_load(plugin_module):
             "    return [Tool('word_count', len)]",
             "two tools are named 'word_count' (foundry.plugins.tool and builtins)",
         ),
+        # pluggy leaves a None answer out: the plugin's blocks were silently missing
+        ("def register_blocks():\n    []", "register_blocks: plugin 'foundry_test_plugin_"),
+        ("def register_gate_rules():\n    pass", "answered None, not what the hook returns"),
     ],
     ids=[
         "raises",
@@ -247,6 +250,8 @@ def test_a_ctrl_c_while_a_module_imports_stops_the_load(plugin_module):
         "tool-not-callable",
         "raises-base-exception",
         "tool-named-as-a-built-in",
+        "blocks-none",
+        "gate-rules-none",
     ],
 )
 def test_a_hook_that_fails_is_one_line_naming_it(plugin_module, source, said):
