@@ -159,8 +159,11 @@ def block_fault(block: Block) -> str:
     if not isinstance(name, str) or not name.strip() or "\0" in name:
         return "name: expected a non-empty string without NUL"
     sinks = block.sinks
-    if not isinstance(sinks, tuple | list) or not all(isinstance(s, str) and s for s in sinks):
+    if not isinstance(sinks, tuple | list):
         return f"sinks: expected a list or tuple of event types, got {sinks!r:.100}"
+    for sink in sinks:
+        if not isinstance(sink, str) or not sink:  # (the list was blamed for an empty one)
+            return f"sinks: expected event types (non-empty strings), got {sink!r:.100}"
     if len(name) > MAX_ID_LENGTH:
         return f"name: longer than {MAX_ID_LENGTH} characters"
     retries = block.retries

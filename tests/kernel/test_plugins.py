@@ -265,8 +265,11 @@ def test_a_hook_that_fails_is_one_line_naming_it(plugin_module, source, said):
 def test_a_block_made_with_sinks_that_are_no_event_types_is_refused_naming_them():
     # they were made unique first: "unhashable type: 'list'", naming nothing
     odd = block("Odd", sinks=["a", ["b"]])(lambda ctx: None)
-    with pytest.raises(ConfigError, match="sinks: expected a list or tuple of event types"):
+    with pytest.raises(ConfigError, match=r"sinks: expected event types .*, got \['b'\]"):
         BlockRegistry([odd])
+    empty = block("Empty", sinks=["", "x"])(lambda ctx: None)  # the list was blamed
+    with pytest.raises(ConfigError, match="sinks: expected event types .*, got ''"):
+        BlockRegistry([empty])
 
 
 @pytest.mark.parametrize(
@@ -280,7 +283,8 @@ def test_a_block_made_with_sinks_that_are_no_event_types_is_refused_naming_them(
         ({"timeout": float("nan")}, "timeout: expected seconds"),
         ({"timeout": 0}, "timeout: expected seconds"),
         ({"backoff": float("inf")}, "backoff: expected seconds"),
-        ({"sinks": ("a", 7)}, "sinks: expected a list or tuple of event types"),
+        ({"sinks": ("a", 7)}, "sinks: expected event types (non-empty strings), got 7"),
+        ({"sinks": {"a"}}, "sinks: expected a list or tuple of event types"),
     ],
 )
 def test_a_block_that_cannot_run_is_refused_at_load(options, said):
