@@ -36,6 +36,15 @@ DATED: dict[str, str] = {
 
 # Tables retention moves to ``$FOUNDRY_HOME/archive`` (a view ``archived_<table>`` reads each).
 ARCHIVED: tuple[str, ...] = ("events", "block_executions", "workflows", "runs", "run_events")
+# An archived table's rows belong to a workflow or a run: while that is live in the reader's
+# snapshot, the archive's copies are not shown (see ``archive_view_ddl``).
+OWNER: dict[str, tuple[str, str]] = {
+    "events": ("workflows", "workflow_id"),
+    "block_executions": ("workflows", "workflow_id"),
+    "workflows": ("workflows", "workflow_id"),
+    "runs": ("runs", "run_id"),
+    "run_events": ("runs", "run_id"),
+}
 
 FETCH_ROWS = 20_000  # rows per fetchmany (Python objects in flight at once)
 CHUNK_ROWS = 500_000  # rows the in-memory instance holds before it writes them out
@@ -185,7 +194,9 @@ def archive_view_ddl(con: duckdb.DuckDBPyConnection, home: Path) -> dict[str, st
     before it was added, NULL), so ``SELECT * FROM events UNION ALL SELECT * FROM
     archived_events`` is the whole history. With no archive files yet the view is empty (a
     ``read_parquet`` of nothing cannot be bound); the store recreates the views at start and after
-    every retention pass."""
+    every retention pass. Rows whose workflow or run is still live in the reader's snapshot are
+    left out: a query that began before a pass's delete committed, and read the archive once
+    its files had moved in, counted those rows twice."""
     views: dict[str, str] = {}
     for table in ARCHIVED:
         folder = archive_dir(home) / table
@@ -199,7 +210,9 @@ def archive_view_ddl(con: duckdb.DuckDBPyConnection, home: Path) -> dict[str, st
                 f'"{name}"' if name in present else f'NULL::{kind} AS "{name}"'
                 for name, kind in _live_columns(con, table)
             )
-            body = f"SELECT {columns} FROM {source}"
+            owner, key = OWNER[table]
+            live = f"SELECT 1 FROM main.{owner} AS live WHERE live.{key} = archived.{key}"
+            body = f"SELECT {columns} FROM {source} AS archived WHERE NOT EXISTS ({live})"
         else:
             body = f"SELECT * FROM {table} WHERE false"
         views[table] = f"CREATE OR REPLACE VIEW archived_{table} AS {body}"

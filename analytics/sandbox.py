@@ -24,6 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,11 +256,15 @@ def run_query(
     params: Mapping[str, str],
     max_rows: int,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    snapshot_gate: AbstractContextManager[Any] | None = None,
 ) -> QueryResult:
     """Check and run one user query on ``cursor`` in a read-only transaction; at most
     ``max_rows`` rows come back, and a reply of at most ``max_bytes`` as protobuf
     (:func:`row_budget`; a first row that does not fit is QueryFailed, a result DuckDB runs out
-    of memory for QueryTooLarge). The caller enforces the time limit (``cursor.interrupt()``)."""
+    of memory for QueryTooLarge). The caller enforces the time limit (``cursor.interrupt()``).
+    ``snapshot_gate``: held while the transaction takes its snapshot (the daemon's retention
+    holds it from a pass's delete until its files are in the archive: a query whose snapshot
+    came in between found those rows in neither)."""
     started = time.perf_counter()
     wanted = check_sql(cursor, sql)
     # DuckDB's names ignore case: $a and $A are one parameter, bound to whichever came last
@@ -276,7 +281,13 @@ def run_query(
     missing = sorted(w for n, w in named.items() if n not in by_name)
     if missing:
         raise QueryRefused(f"missing parameter(s): {', '.join('$' + m for m in missing)}")
-    cursor.execute("BEGIN TRANSACTION READ ONLY")
+    if snapshot_gate is None:
+        cursor.execute("BEGIN TRANSACTION READ ONLY")
+    else:
+        with snapshot_gate:
+            cursor.execute("BEGIN TRANSACTION READ ONLY")
+            # DuckDB takes the snapshot at the transaction's first read of the database
+            cursor.execute("SELECT count(*) FROM retention_passes").fetchall()
     try:
         columns, rows, truncated = _run(cursor, sql, params, max_rows, max_bytes)
     finally:

@@ -699,3 +699,31 @@ async def test_a_json_value_too_deep_to_answer_is_said_so(tmp_path):
         with pytest.raises(InvalidArgument, match="nested too deeply to answer"):
             await query(store, deep)
         assert await rows(store, "SELECT 1 AS one") == [[1]]
+
+
+def test_a_querys_snapshot_is_taken_under_the_gate_retention_holds(tmp_path):
+    """Retention holds the gate from a pass's delete until its files are in the archive: a
+    query whose snapshot fell in between found the pass's rows in neither place."""
+    from foundry.analytics.sandbox import run_query
+
+    path = str(tmp_path / "db.duckdb")
+    with duckdb.connect(path) as setup:
+        setup.execute("CREATE TABLE retention_passes (pass_id VARCHAR)")
+        setup.execute("CREATE TABLE t (n INTEGER)")
+    con = duckdb.connect(path)
+    gate = threading.Lock()
+    answers: list[object] = []
+    with gate:  # a pass between its commit and its files' move
+        reader = threading.Thread(
+            target=lambda: answers.append(
+                run_query(con.cursor(), "SELECT count(*) FROM t", {}, 10, snapshot_gate=gate)
+            )
+        )
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive()  # waiting for the gate, no snapshot taken yet
+        con.cursor().execute("INSERT INTO t VALUES (1)")  # what the pass commits meanwhile
+    reader.join(10)
+    [result] = answers
+    assert [json.loads(row) for row in result.rows] == [[1]]  # its snapshot: after the pass
+    con.close()

@@ -464,6 +464,20 @@ async def test_retention_archives_old_finished_work_and_prunes_it(tmp_path):
         await ask(send, RunRetention)
     assert len(archived(home, "workflows")) == 2
     assert len(rows(db, "SELECT * FROM retention_passes")) == 2
+    # A reader whose snapshot still has a pass's rows live, once its files are in the archive
+    # (a query begun before the delete committed), counted them twice: they are live only.
+    with duckdb.connect(str(db)) as con:
+        con.execute("INSERT INTO events SELECT * FROM archived_events WHERE workflow_id = ?",
+                    [old_done])  # fmt: skip (first: with its workflow live, none are archived)
+        con.execute("INSERT INTO workflows SELECT * FROM archived_workflows WHERE workflow_id = ?",
+                    [old_done])  # fmt: skip
+        con.execute("INSERT INTO runs SELECT * FROM archived_runs WHERE run_id = ?", [old_run])
+    whole = "SELECT {key} FROM {table} UNION ALL SELECT {key} FROM archived_{table}"
+    for table, key, item in (("workflows", "workflow_id", old_done), ("events", "workflow_id",
+                             old_done), ("runs", "run_id", old_run)):  # fmt: skip
+        history = rows(db, whole.format(key=key, table=table))
+        assert [k for (k,) in history].count(item) == (2 if table == "events" else 1), table
+        assert item not in {k for (k,) in rows(db, f"SELECT {key} FROM archived_{table}")}
 
 
 async def test_retention_runs_at_start(tmp_path):

@@ -239,6 +239,9 @@ class Store:
         self._release: trio.CancelScope | None = None  # a pending release_free_heap
         self._retain_days, self._retention_interval = retain_days, retention_interval
         self._retention = trio.Lock()  # one pass at a time
+        # held from a pass's delete until its files are in the archive, and while a user
+        # query's snapshot is taken (``sandbox.run_query``): no snapshot falls in between
+        self._archive_gate = threading.Lock()
         self._journal = Journal(home / "journal", segment_bytes=segment_bytes)
         self._writer = JobThread("foundry-journal")
         self._writer_lock = -1  # journal/writer.lock, held while this store (or its child) lives
@@ -894,8 +897,9 @@ class Store:
                 con = self._con  # taken under the lock: a reopen (_drop_cache) replaces it
                 assert con is not None
                 pruned = await trio.to_thread.run_sync(
-                    retention.prune, con, self.home, prune.cutoff, prune.pass_id, prune.staged
-                )
+                    retention.prune, con, self.home, prune.cutoff, prune.pass_id, prune.staged,
+                    self._archive_gate,
+                )  # fmt: skip
         except Exception as exc:
             log.exception("retention: the delete failed (the rows stay)")
             await trio.to_thread.run_sync(retention.discard, self.home, prune.pass_id)
@@ -1209,8 +1213,9 @@ class Store:
         healthy = False
         try:
             result = sandbox.run_query(
-                cursor, message.sql, message.params, message.max_rows, message.max_bytes
-            )
+                cursor, message.sql, message.params, message.max_rows, message.max_bytes,
+                self._archive_gate,
+            )  # fmt: skip
             healthy = True
             if message.encode_rows is not None:
                 return replace(result, rows_wire=message.encode_rows(result.rows))

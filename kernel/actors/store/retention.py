@@ -26,8 +26,10 @@ import os
 import re
 import shutil
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 from foundry.analytics.parquet import (
@@ -83,13 +85,16 @@ def prune(
     cutoff: datetime,
     pass_id: str,
     staged: Mapping[str, int],
+    gate: AbstractContextManager[Any] | None = None,
 ) -> tuple[list[tuple[str, datetime]], tuple[str, ...]] | None:
     """Step 2 and 3, in the commit sequence: delete what was staged and publish the files.
     Returns the pruned workflows (id, started_at) for their trace files and the pruned runs'
     ids, or None when the rows
     changed since they were staged (the staging is thrown away; the next pass tries again).
     Once the delete is committed the staged files are the rows' only copy: a failure to move
-    them (a full disk, a folder in the way) leaves them staged, for the next pass or start."""
+    them (a full disk, a folder in the way) leaves them staged, for the next pass or start.
+    ``gate`` is held from the commit until the files are in the archive (``sandbox.run_query``
+    takes a user query's snapshot under it)."""
     try:
         publish_recorded(con, home)  # a pass before this one could not move its files
     except (OSError, duckdb.Error) as exc:  # still: they stay staged; this pass goes on
@@ -126,17 +131,22 @@ def prune(
         )
         con.execute("DROP TABLE prune_workflows")
         con.execute("DROP TABLE prune_runs")
-        con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    try:
-        publish(home, pass_id)
-        refresh_archive_views(con, home)
-    except (OSError, duckdb.Error) as exc:
-        log.error("retention: the archived rows of pass %s stay staged in %s (%s); the next "
-                  "pass or start moves them into the archive", pass_id,
-                  staging_dir(home, pass_id), exc)  # fmt: skip
+    with gate or contextlib.nullcontext():
+        try:
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        try:
+            publish(home, pass_id)
+            refresh_archive_views(con, home)
+        except (OSError, duckdb.Error) as exc:
+            log.error("retention: the archived rows of pass %s stay staged in %s (%s); the "
+                      "next pass or start moves them into the archive", pass_id,
+                      staging_dir(home, pass_id), exc)  # fmt: skip
     return [(str(w), started) for w, started in pruned], runs
 
 
