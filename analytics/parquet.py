@@ -13,6 +13,7 @@ Layout (hive partitioning, dates in UTC): ``DIR/<table>/date=YYYY-MM-DD/<prefix>
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+
+log = logging.getLogger("foundry.store")
 
 # Every exported table and the timestamp its rows are dated (partitioned, ``--since``) by.
 DATED: dict[str, str] = {
@@ -203,9 +206,12 @@ def archive_view_ddl(con: duckdb.DuckDBPyConnection, home: Path) -> dict[str, st
         if has_files(folder):
             glob = parquet_glob(folder).replace("'", "''")
             source = f"read_parquet('{glob}', hive_partitioning = true, union_by_name = true)"
-            present = {
-                name for (name, *_) in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
-            }
+            try:
+                described = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+            except duckdb.Error as exc:  # a file that is no Parquet: the daemon did not start
+                views[table] = _unreadable_view(con, table, folder, exc)
+                continue
+            present = {name for (name, *_) in described}
             columns = ", ".join(
                 f'"{name}"' if name in present else f'NULL::{kind} AS "{name}"'
                 for name, kind in _live_columns(con, table)
@@ -217,6 +223,21 @@ def archive_view_ddl(con: duckdb.DuckDBPyConnection, home: Path) -> dict[str, st
             body = f"SELECT * FROM {table} WHERE false"
         views[table] = f"CREATE OR REPLACE VIEW archived_{table} AS {body}"
     return views
+
+
+def _unreadable_view(
+    con: duckdb.DuckDBPyConnection, table: str, folder: Path, exc: duckdb.Error
+) -> str:
+    """``archived_<table>`` for an archive DuckDB cannot read: every query of it fails, saying
+    why (an ERROR line says so at start too) — not an empty view, which would leave history out
+    without a word, nor a daemon that refuses to start over its analytics."""
+    why = str(exc).splitlines()[0][:300]
+    message = f"the archive in {folder} cannot be read ({why}); move the damaged file aside"
+    log.error("%s", message)
+    columns = ", ".join(f'NULL::{kind} AS "{name}"' for name, kind in _live_columns(con, table))
+    quoted = message.replace("'", "''")
+    body = f"SELECT {columns} FROM (SELECT 1) WHERE error('{quoted}') IS NULL"
+    return f"CREATE OR REPLACE VIEW archived_{table} AS {body}"
 
 
 def _live_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:

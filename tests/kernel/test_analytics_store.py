@@ -467,8 +467,9 @@ async def test_retention_archives_old_finished_work_and_prunes_it(tmp_path):
     # A reader whose snapshot still has a pass's rows live, once its files are in the archive
     # (a query begun before the delete committed), counted them twice: they are live only.
     with duckdb.connect(str(db)) as con:
-        con.execute("INSERT INTO events SELECT * FROM archived_events WHERE workflow_id = ?",
-                    [old_done])  # fmt: skip (first: with its workflow live, none are archived)
+        con.execute(
+            "INSERT INTO events SELECT * FROM archived_events WHERE workflow_id = ?", [old_done]
+        )  # fmt: skip (first: with its workflow live, none are archived)
         con.execute("INSERT INTO workflows SELECT * FROM archived_workflows WHERE workflow_id = ?",
                     [old_done])  # fmt: skip
         con.execute("INSERT INTO runs SELECT * FROM archived_runs WHERE run_id = ?", [old_run])
@@ -478,6 +479,45 @@ async def test_retention_archives_old_finished_work_and_prunes_it(tmp_path):
         history = rows(db, whole.format(key=key, table=table))
         assert [k for (k,) in history].count(item) == (2 if table == "events" else 1), table
         assert item not in {k for (k,) in rows(db, f"SELECT {key} FROM archived_{table}")}
+
+
+async def test_an_unreadable_archive_file_fails_its_view_not_the_start(tmp_path, caplog):
+    """An empty .parquet in the archive (a torn copy, a stray file) stopped the daemon from
+    starting, with a 111-line traceback."""
+    home = tmp_path
+    old_run, old_run_records = run(OLD, 1)
+    old_done, old_records = chain(OLD, 1)
+    async with store(home, retain_days=30) as send:
+        await append(send, old_run_records + old_records)
+        await ask(send, RunRetention)
+    [day] = (home / "archive" / "runs").iterdir()
+    torn = day / "torn.parquet"
+    torn.write_bytes(b"")
+    async with store(home, retain_days=30) as send:
+        await append(send, run(NOW, 2)[1])  # it started, and takes writes
+    assert "cannot be read" in caplog.text
+    with pytest.raises(duckdb.Error, match=r"archive.*runs cannot be read .*move the damaged"):
+        archived(home, "runs")
+    assert [r[0] for r in archived(home, "workflows")] == [old_done]  # the others read
+    torn.unlink()
+    async with store(home, retain_days=30):
+        pass
+    assert [r[0] for r in archived(home, "runs")] == [old_run]
+
+
+async def test_a_pass_that_fails_while_staging_leaves_no_staged_file(tmp_path):
+    """A full disk failed passes midway (events after workflows): every failed pass left its
+    staged files behind until a restart."""
+    from foundry.kernel.actors.store import retention
+
+    async with store(tmp_path) as send:  # retention off
+        await append(send, chain(OLD, 1)[1])
+    with duckdb.connect(str(tmp_path / "foundry.duckdb")) as con:
+        retention.staging_dir(tmp_path, "p1").mkdir(parents=True)
+        (retention.staging_dir(tmp_path, "p1") / "events").write_text("in the way")
+        with pytest.raises(OSError, match="events"):
+            retention.stage(con.cursor(), tmp_path, NOW, "p1")
+    assert not retention.staging_dir(tmp_path, "p1").exists()
 
 
 async def test_retention_runs_at_start(tmp_path):

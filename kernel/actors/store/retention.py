@@ -71,12 +71,17 @@ def staging_dir(home: Path, pass_id: str) -> Path:
 def stage(
     cursor: duckdb.DuckDBPyConnection, home: Path, cutoff: datetime, pass_id: str
 ) -> dict[str, int]:
-    """Step 1, on a read cursor in a transaction: write the rows to archive into staging."""
+    """Step 1, on a read cursor in a transaction: write the rows to archive into staging. A
+    failure (a full disk) leaves no staged file behind: each failed pass's stayed until a restart."""
     selections = [
         Selection(table, f"WHERE {key} IN ({keys})", (cutoff,))
         for table, (key, keys) in SCOPES.items()
     ]
-    return write_parquet(cursor, staging_dir(home, pass_id), selections, prefix=f"r{pass_id}")
+    try:
+        return write_parquet(cursor, staging_dir(home, pass_id), selections, prefix=f"r{pass_id}")
+    except BaseException:
+        discard(home, pass_id)
+        raise
 
 
 def prune(
