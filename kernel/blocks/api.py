@@ -60,10 +60,17 @@ class Emission:
 
     event_type: str
     payload: Mapping[str, Any]
-    # The payload as JSON, taken at emit() when it holds more than plain values, and the payload
-    # a copy of it: a block that changed a nested value after emitting (one dict, emitted once
-    # an item) had the change stored in every event (None: none taken; JSON made later).
-    payload_json: str | None = field(default=None, compare=False, repr=False)
+    # The payload and its JSON, taken at emit() when it holds more than plain values (the
+    # payload then a copy made of that JSON): a block that changed a nested value after
+    # emitting — one dict, emitted once an item — had the change stored in every event. What
+    # is stored and delivered is the JSON, while ``payload`` is still that copy (an emission a
+    # block replaced is read afresh). None: none taken, the JSON is made when the block is done.
+    taken: tuple[Mapping[str, Any], str] | None = field(default=None, compare=False, repr=False)
+
+    def taken_json(self) -> str | None:
+        """The JSON taken at emit(), unless the payload was replaced since."""
+        taken = self.taken
+        return taken[1] if taken is not None and taken[0] is self.payload else None
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -78,7 +85,8 @@ def _emitted(event_type: str, payload: Mapping[str, Any]) -> Emission:
         text = payload_json_of(copied)
     except BaseException:  # noqa: BLE001 - not JSON (or a plugin value raising SystemExit):
         return Emission(event_type, copied)  # refused when the block has returned, as ever
-    return Emission(event_type, json.loads(text), text)
+    snapshot = json.loads(text)
+    return Emission(event_type, snapshot, (snapshot, text))
 
 
 def event_type_fault(event_type: object) -> str:

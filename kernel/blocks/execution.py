@@ -188,7 +188,7 @@ def reported_fault(ctx: BlockContext) -> str:
         kind = emission.event_type
         if type(kind) is not str and isinstance(kind, str):
             kind = str.__str__(kind)
-            emissions[index] = Emission(kind, emission.payload, emission.payload_json)
+            emissions[index] = Emission(kind, emission.payload, emission.taken)
         if type(kind) is not str or not kind or len(kind) > MAX_ID_LENGTH or "\0" in kind:
             return f"an emission's event type {event_type_fault(kind)}"
     return ""

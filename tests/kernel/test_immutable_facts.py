@@ -1,6 +1,7 @@
 """Recorded facts never change: a block that writes into its payload or inputs changes neither
 what was recorded nor what its siblings or downstream steps see."""
 
+import dataclasses
 import json
 from contextlib import asynccontextmanager
 
@@ -101,17 +102,25 @@ async def test_what_a_block_emits_is_its_payload_when_emitted(tmp_path, inline):
             message["seen"].append(i)
             ctx.emit("item_ready", message)
         message["item"]["i"] = "after"
+        # its own emission changed in place: what emit() took stands (stored, hashed and
+        # delivered alike: the delivered one was the changed dict); one replaced is read afresh
+        ctx.emissions[0].payload["item"]["i"] = "in place"
+        ctx.emissions[1] = dataclasses.replace(ctx.emissions[1], payload={"item": {"i": 10}})
 
+    delivered = []
     loop = block("Emits In A Loop", sinks=["go"])(changes_after_emitting)
-    async with running_kernel(tmp_path, [loop]) as k:
+    downstream = block("Gets Items", sinks=["item_ready"])(
+        lambda ctx: delivered.append(ctx.payload["item"]["i"])
+    )
+    async with running_kernel(tmp_path, [loop, downstream]) as k:
         emitted = await k.emit("go", {})
         trace = await k.finished(emitted.workflow_id)
         sql = "SELECT payload FROM events WHERE event_type = 'item_ready'"
         stored = sorted(json.loads(row[0])["item"]["i"] for row in await k.query(sql))
 
     items = [e["payload"] for e in trace["events"] if e["event_type"] == "item_ready"]
-    assert sorted(p["item"]["i"] for p in items) == [0, 1, 2] == stored
-    assert sorted(p["seen"] for p in items) == [[0], [0, 1], [0, 1, 2]]
+    assert sorted(p["item"]["i"] for p in items) == [0, 2, 10] == stored == sorted(delivered)
+    assert sorted(p.get("seen", []) for p in items) == [[], [0], [0, 1, 2]]
 
 
 # --- the scheduler ------------------------------------------------------------------------------

@@ -492,8 +492,9 @@ class Engine:
         if storable(emission.event_type) != emission.event_type:
             raise _NotUtf8(repr(emission.event_type))
         # NaN, infinities and lone surrogates (the store would refuse them) raise ValueError.
+        taken = emission.taken_json()
         try:
-            payload_json = emission.payload_json or payload_json_of(emission.payload)
+            payload_json = taken if taken is not None else payload_json_of(emission.payload)
         except RecursionError:  # ~1,000 levels: past the depth limit checked below, by far
             raise _TooLarge(f"emitted a {emission.event_type[:100]!r} payload nested deeper "
                             f"than {MAX_DEPTH} levels") from None  # fmt: skip
@@ -502,7 +503,8 @@ class Engine:
                 f"emitted a {emission.event_type[:100]!r} payload of {size:,} bytes of JSON, "
                 f"past [engine] max_event_bytes ({self._config.max_event_bytes:,})"
             )
-        payload = decoded(emission.payload, payload_json)  # the block can no longer change it
+        # the block can no longer change it; what emit() took is read back from its JSON
+        payload = decoded(emission.payload, payload_json) if taken is None else json.loads(taken)
         # Emit's limit too (an event nested deeper than this, no client could send or read)
         if payload_json.count("[") + payload_json.count("{") > MAX_DEPTH:
             try:

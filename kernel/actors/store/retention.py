@@ -72,7 +72,8 @@ def stage(
     cursor: duckdb.DuckDBPyConnection, home: Path, cutoff: datetime, pass_id: str
 ) -> dict[str, int]:
     """Step 1, on a read cursor in a transaction: write the rows to archive into staging. A
-    failure (a full disk) leaves no staged file behind: each failed pass's stayed until a restart."""
+    failure (a full disk) leaves no staged file behind (each failed pass's stayed until a
+    restart)."""
     selections = [
         Selection(table, f"WHERE {key} IN ({keys})", (cutoff,))
         for table, (key, keys) in SCOPES.items()
