@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from foundry.kernel.config import default_home
 from foundry.kernel.core.attest import (
     dsse_b64decode,
     key_id,
+    no_duplicate_keys,
     verify_chain,
     verify_envelope,
 )
@@ -265,22 +267,32 @@ MAX_EXPORT_BYTES = 1 << 30  # an export of a run of ~400,000 steps
 
 
 def _read_envelopes(path: Path) -> list[str]:
-    """The envelopes of a file: one JSON envelope (or ``{"envelope": …}``, as ``attest get``
-    writes it), or JSON lines. Bytes that are not UTF-8 stay in, replaced: the envelope they are
-    in then fails its checks by name, as any other malformed one does."""
+    """The envelopes of a file: one JSON envelope, ``{"envelope": …}`` or a list of those (as
+    ``attest get --json`` writes them), or JSON lines. Bytes that are not UTF-8 stay in,
+    replaced: the envelope they are in then fails its checks by name, as any other malformed one
+    does. A duplicate key anywhere makes the file lines, each checked as ``verify_envelope``
+    checks one (a whole file read with the last of two "payload" keys verified the genuine one,
+    while other readers took the first, forged)."""
     with path.open("rb") as file:
         data = file.read(MAX_EXPORT_BYTES + 1)
     if len(data) > MAX_EXPORT_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_EXPORT_BYTES} bytes")
     text = data.decode("utf-8", errors="replace")
     try:
-        whole = json.loads(text)
+        whole = json.loads(text, object_pairs_hook=no_duplicate_keys)
     except (ValueError, RecursionError):  # lines, or one of them too deep: checked by name
         whole = None
-    if isinstance(whole, dict):
-        inner = whole.get("envelope") if "payload" not in whole else None
-        return [json.dumps(inner if isinstance(inner, dict) else whole)]
+    if isinstance(whole, dict | list) and whole:
+        found = [_unwrapped(item) for item in (whole if isinstance(whole, list) else [whole])]
+        return [json.dumps(item) for item in found if item is not None]
     return [line for line in text.splitlines() if line.strip()]
+
+
+def _unwrapped(item: Any) -> Any:
+    """An envelope, from itself or from ``{"envelope": …}``."""
+    if isinstance(item, dict) and "payload" not in item and isinstance(item.get("envelope"), dict):
+        return item["envelope"]
+    return item
 
 
 def _statement(envelope: str) -> dict[str, Any]:
@@ -318,19 +330,18 @@ def verify_lines(
         problems.extend(f"envelope {n}: {e}" for e in result.errors)
         kinds.append(result.kind)
     statements = [_statement(e) for e in envelopes]
-    for n, (env, kind) in enumerate(zip(envelopes, kinds, strict=True), 1):
+    steps_of: dict[str | None, list[str]] = {}  # each run's step attestations, in order, once
+    for env, kind, statement in zip(envelopes, kinds, statements, strict=True):
+        if kind == "step":
+            steps_of.setdefault(_run_of(statement), []).append(env)
+    for env, kind, statement in zip(envelopes, kinds, statements, strict=True):
         if kind != "run":
             continue
-        run_id = _run_of(statements[n - 1])
-        steps = [
-            e for e, k, s in zip(envelopes, kinds, statements, strict=True)
-            if k == "step" and _run_of(s) == run_id
-        ]  # fmt: skip
+        run_id = _run_of(statement)
+        steps = steps_of.get(run_id, [])
         problems.extend(f"chain of run {run_id}: {e}" for e in verify_chain(steps, env))
     closed = {_run_of(s) for s, k in zip(statements, kinds, strict=True) if k == "run"}
-    for run_id in dict.fromkeys(
-        _run_of(s) for s, k in zip(statements, kinds, strict=True) if k == "step"
-    ):
+    for run_id, steps in steps_of.items():
         if run_id in closed or not isinstance(run_id, str):
             continue
         # No run attestation (a run not finished, or one taken out): its step attestations'
@@ -338,10 +349,6 @@ def verify_lines(
         print(f"note: run {run_id} has no run attestation here: the links between its step "
               "attestations given are checked, not what came before or after them",
               file=sys.stderr)  # fmt: skip
-        steps = [
-            e for e, k, s in zip(envelopes, kinds, statements, strict=True)
-            if k == "step" and _run_of(s) == run_id
-        ]  # fmt: skip
         problems.extend(
             f"chain of run {run_id}: {e}" for e in verify_chain(steps, None, run_id=run_id)
         )
@@ -665,8 +672,14 @@ def _subject_step(a: api.Attestation) -> str:
 def _check_file(claims: dict[str, Any]) -> list[str]:
     uri = urlparse(str(claims.get("uri", "")))
     path = Path(unquote(uri.path))
-    if uri.scheme != "file" or not path.is_file():
-        return []  # not on this machine: the signature is all that can be checked
+    if uri.scheme != "file":
+        return []  # not a file: the signature is all that can be checked
+    if not os.path.lexists(path):  # (a deleted file said nothing, and "valid")
+        print(f"note: artifact {path} is not stored any more: its signature is checked, not "
+              "its content", file=sys.stderr)  # fmt: skip
+        return []
+    if not path.is_file():  # a folder or a FIFO in its place passed as valid
+        return [f"artifact {path}: cannot be read as a regular file (not one)"]
     try:
         digest = artifact_sha256(path)
     except OSError as exc:

@@ -54,13 +54,17 @@ def _frozen(value: Any) -> Any:
 
 
 def json_numbers(value: Any) -> Any:
-    """``value`` with integral floats (within ±2**53) as integers, recursively.
+    """``value`` with integral floats (within ±2**53) as integers and integers past ±2**53 as
+    the doubles they round to, recursively.
 
     JSON does not tell ``1.0`` from ``1``, and protobuf's ``Value`` carries every number as a
     double: hashing this form, a client that read an output through GetRun gets the digest the
-    attestor signed."""
+    attestor signed (an integer past 2**53 was hashed exactly, and an untouched output said it
+    was changed)."""
     kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
+    if kind is int:
+        return value if abs(value) <= _EXACT else _as_double(value)
+    if kind is str or kind is bool or value is None:
         return value
     if isinstance(value, float):
         return int(value) if value.is_integer() and abs(value) <= _EXACT else value
@@ -69,6 +73,13 @@ def json_numbers(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_numbers(v) for v in value]
     return value
+
+
+def _as_double(value: int) -> float | int:
+    try:
+        return float(value)
+    except OverflowError:  # past any double: no Value carries it either
+        return value
 
 
 def _not_json(value: Any) -> Any:

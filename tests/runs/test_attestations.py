@@ -303,6 +303,48 @@ def test_export_verifies_offline_and_a_removed_or_swapped_step_breaks_the_chain(
     bad = verify("forged.jsonl", [json.dumps(forged)])
     assert bad.returncode == 1
     assert "signature" in bad.stdout
+    # A file of one envelope with two "payload" keys: the last (genuine) one was verified while
+    # readers keeping the first saw the forged one
+    twice = '{"payload": "e30=", ' + json.dumps(json.loads(lines[0]))[1:]  # "{}" first
+    duplicated = verify("duplicated.json", [twice])
+    assert duplicated.returncode == 1, duplicated.stdout
+    assert "duplicate key 'payload'" in duplicated.stdout
+    # what `attest get --json` writes (a list of attestations, each with its envelope) verifies
+    got = cli(daemon, "get", *(a.attestation_id for a in get(daemon, _ids(daemon, run_id))),
+              "--json")  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    listed = verify("got.json", [got.stdout])
+    assert listed.returncode == 0, listed.stdout
+
+
+def _ids(daemon: Daemon, run_id: str) -> list[str]:
+    detail = daemon.call(lambda _, rt: rt.get_run(api.GetRunRequest(run_id=run_id))).run
+    return list(detail.attestation_ids)
+
+
+def test_an_output_with_an_integer_past_2_53_verifies_by_id(daemon):
+    """A Value carries a double: an integer past 2**53, hashed exactly, read back rounded, and
+    an untouched output "was changed"."""
+    spec = dag({"id": "big", "type": "transform", "inputs": {"merge": [{"v": 12345678901234567}]}})
+    run_id = run_and_wait(daemon, spec).run_id
+    for attestation_id in _ids(daemon, run_id):
+        done = cli(daemon, "verify", attestation_id)
+        assert done.returncode == 0, (attestation_id, done.stdout)
+
+
+def test_an_artifact_gone_is_said_and_one_replaced_by_a_folder_is_invalid(daemon):
+    run_id = submit(daemon, EVERY_KIND)
+    assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
+    [artifact] = [a for a in get(daemon, _ids(daemon, run_id)) if _which(a)[0] == "artifact"]
+    path = Path(_which(artifact)[1]["uri"].removeprefix("file://"))
+    path.unlink()  # "valid", and nothing said
+    gone = cli(daemon, "verify", artifact.attestation_id)
+    assert gone.returncode == 0, gone.stdout
+    assert "is not stored any more" in gone.stderr
+    path.mkdir()  # "valid" too
+    folder = cli(daemon, "verify", artifact.attestation_id)
+    assert folder.returncode == 1, folder.stdout
+    assert "cannot be read as a regular file" in folder.stdout
 
 
 def test_a_run_of_more_attestations_than_a_request_takes_exports_and_verifies(daemon):
