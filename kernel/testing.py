@@ -7,6 +7,7 @@ async def test_compose_greeting(tmp_path):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,13 @@ class BlockRun:
     @property
     def output(self) -> Any:
         return self.outcome.output
+
+
+def _as_stored(emission: Emission) -> Emission:
+    """An emission as the kernel stores and delivers it: what emit() took, when it took its
+    JSON (a payload holding more than plain values), as that JSON reads back."""
+    taken = emission.taken_json()
+    return emission if taken is None else Emission(emission.event_type, json.loads(taken))
 
 
 async def run_block(
@@ -56,7 +64,7 @@ async def run_block(
             attempt=attempt,
         ),  # fmt: skip
     )
-    emitted = list(outcome.emissions)
+    emitted = [_as_stored(e) for e in outcome.emissions]
     return BlockRun(
         outcome=outcome,
         state=decision.state if outcome.success else "failed",

@@ -76,10 +76,13 @@ def json_numbers(value: Any) -> Any:
 
 
 def _as_double(value: int) -> float | int:
+    """The double ``value`` rounds to, written as a double read back is (2**53 + 1 rounds to
+    2**53, an integer again: hashed as a float, it did not match what GetRun gave back)."""
     try:
-        return float(value)
+        double = float(value)
     except OverflowError:  # past any double: no Value carries it either
         return value
+    return int(double) if abs(double) <= _EXACT else double
 
 
 def _not_json(value: Any) -> Any:

@@ -697,3 +697,18 @@ def test_a_default_model_an_llm_step_can_use_loads(tmp_path, table):
     config_file.write_text(f"[llm]\n{table}\n")
     registry = load_config_blocks(Config.from_toml(config_file), entry_points=False)
     assert [b.name for b in registry if b.name == "llm"] == ["llm"]
+
+
+async def test_the_harness_delivers_what_the_kernel_would(tmp_path):
+    """A nested payload changed after emit() — by the block's own dict or in its emission —
+    was shown by ``run_block`` as changed, while the kernel stores what emit() took."""
+
+    @block("Emits Then Changes", sinks=["go"])
+    def emits_then_changes(ctx):
+        message = {"item": {"i": 1}, "tags": (1, 2)}
+        ctx.emit("item_ready", message)
+        message["item"]["i"] = 2
+        ctx.emissions[0].payload["item"]["i"] = 3
+
+    done = await run_block(emits_then_changes, {}, artifact_dir=tmp_path)
+    assert [e.payload for e in done.delivered] == [{"item": {"i": 1}, "tags": [1, 2]}]

@@ -322,10 +322,11 @@ def _ids(daemon: Daemon, run_id: str) -> list[str]:
     return list(detail.attestation_ids)
 
 
-def test_an_output_with_an_integer_past_2_53_verifies_by_id(daemon):
+@pytest.mark.parametrize("big", [12345678901234567, 2**53 + 1, -(2**53 + 1)])
+def test_an_output_with_an_integer_past_2_53_verifies_by_id(daemon, big):
     """A Value carries a double: an integer past 2**53, hashed exactly, read back rounded, and
-    an untouched output "was changed"."""
-    spec = dag({"id": "big", "type": "transform", "inputs": {"merge": [{"v": 12345678901234567}]}})
+    an untouched output "was changed" (2**53 + 1 rounds to an integer again)."""
+    spec = dag({"id": "big", "type": "transform", "inputs": {"merge": [{"v": big}]}})
     run_id = run_and_wait(daemon, spec).run_id
     for attestation_id in _ids(daemon, run_id):
         done = cli(daemon, "verify", attestation_id)
