@@ -724,11 +724,10 @@ def test_a_request_of_a_million_unknown_fields_is_answered_and_holds_up_no_one(
 def test_a_large_request_is_decoded_off_the_loop_and_holds_up_no_one(daemon, channel):
     # a Query of 300,000 parameters (2.7 MB): betterproto2's pure-Python parse of its map held
     # the daemon's loop for seconds, every other call waiting
-    entry = bytes([0x0A, 0x02]) + b"k%d" + bytes([0x12, 0x01]) + b"v"  # key, value
-    entries = b"".join(
-        bytes([0x12, len(e := entry.replace(b"%d", str(i).encode()))]) + e
-        for i in range(300_000)
-    )  # fmt: skip
+    keys = (b"k%d" % i for i in range(300_000))
+    entries = b"".join(  # each entry: its key, its value (the key's length was 2: not protobuf)
+        bytes([0x12, len(e := bytes([0x0A, len(k)]) + k + b"\x12\x01v")]) + e for k in keys
+    )
     body = bytes([0x0A, 0x08]) + b"SELECT 1" + entries
     finished: list[str] = []
 
