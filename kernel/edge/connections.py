@@ -135,6 +135,11 @@ def connection_budget(requested: int) -> int:
 # minute (keepalive PINGs, a SETTINGS at start), grpc-core's window probes a few a round trip.
 CONTROL_BURST = 2_000
 CONTROL_RATE = 200.0  # a second
+# Streams a peer may reset (RST_STREAM) at once, and a second after: each reset stream's task
+# had already been made (HTTP/2 "rapid reset", CVE-2023-44487: three connections opening and
+# resetting streams for 10 s ran a gRPC listener up to 2.5 GB and starved its clients).
+RESET_BURST = 200
+RESET_RATE = 100.0
 
 
 def control_frames(events: Sequence[Any]) -> int:
@@ -152,19 +157,24 @@ def control_frames(events: Sequence[Any]) -> int:
     return sum(1 for event in control if id(event) not in requested)
 
 
+def peer_resets(events: Sequence[Any]) -> int:
+    """How many streams the peer reset (RST_STREAM) among h2's ``events``."""
+    return sum(1 for e in events if type(e) is h2.events.StreamReset and e.remote_reset)
+
+
 class ControlFrames:
-    """A connection's budget of control frames (a token bucket: ``CONTROL_BURST`` at once,
-    ``CONTROL_RATE`` a second after)."""
+    """A connection's budget of control frames (a token bucket: ``burst`` at once, ``rate`` a
+    second after)."""
 
-    __slots__ = ("_at", "_tokens")
+    __slots__ = ("_at", "_burst", "_rate", "_tokens")
 
-    def __init__(self, now: float) -> None:
-        self._tokens, self._at = float(CONTROL_BURST), now
+    def __init__(self, now: float, burst: int = CONTROL_BURST, rate: float = CONTROL_RATE) -> None:
+        self._tokens, self._at, self._burst, self._rate = float(burst), now, burst, rate
 
     def spend(self, frames: int, now: float) -> bool:
         """Take ``frames`` at ``now`` (seconds); False once the peer has sent more than its
         budget: a flood, whose connection is closed."""
-        self._tokens = min(CONTROL_BURST, self._tokens + (now - self._at) * CONTROL_RATE)
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
         self._at = now
         self._tokens -= frames
         return self._tokens >= 0

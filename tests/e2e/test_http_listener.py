@@ -24,13 +24,14 @@ import h2.events
 import h2.settings
 import httpx
 import pytest
+from foundry.proto import foundry_api
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.daemon import write_config
 from tests.e2e.helpers import foundry_cli
 from tests.e2e.http_helpers import envelope, url
-from tests.helpers import wait_until
+from tests.helpers import rss_mb, wait_until
 
 EMIT = "/foundry.Foundry/Emit"
 WATCH = "/foundry.Foundry/Watch"
@@ -867,3 +868,97 @@ def test_an_http2_watch_whose_client_opens_no_window_is_reset_and_let_go(make_da
         client.close()
     assert "Traceback" not in daemon.stderr()
     assert "connection failed" not in daemon.stderr()
+
+
+def _grpc_h2_client(daemon) -> tuple[socket.socket, h2.connection.H2Connection]:
+    host, port = daemon.address.rsplit(":", 1)
+    config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    sock = socket.create_connection((host, int(port)), timeout=15)
+    sock.sendall(conn.data_to_send())
+    return sock, conn
+
+
+STATUS_HEADERS = [
+    (":method", "POST"), (":scheme", "http"), (":authority", "x"),
+    (":path", "/foundry.Foundry/Status"), ("content-type", "application/grpc"), ("te", "trailers"),
+]  # fmt: skip
+
+
+def _events_until_closed(sock: socket.socket, conn: h2.connection.H2Connection) -> list[Any]:
+    received = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    return conn.receive_data(received) if received else []
+
+
+def test_a_grpc_connection_resetting_streams_in_a_loop_is_closed(make_daemon):
+    """HTTP/2 "rapid reset" (CVE-2023-44487): HEADERS then RST_STREAM, 100 streams a write,
+    on three connections for 10 s, ran the daemon up to 2.5 GB and starved gRPC clients 20 s."""
+    daemon = make_daemon()
+    before = rss_mb(daemon.process.pid)
+    sock, conn = _grpc_h2_client(daemon)
+    with sock:
+        stream_id, closed = 1, False
+        for _ in range(100):  # 10,000 streams, as fast as the socket takes them
+            for _ in range(100):
+                conn.send_headers(stream_id, STATUS_HEADERS)
+                conn.reset_stream(stream_id)
+                stream_id += 2
+            try:
+                sock.sendall(conn.data_to_send())
+            except OSError:
+                closed = True
+                break
+        events = [] if closed else _events_until_closed(sock, conn)
+    goaway = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert closed or goaway, "served to its end"
+    if goaway:
+        assert goaway[-1].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert daemon.call(lambda foundry, _: foundry.status(foundry_api.StatusRequest())) is not None
+    assert rss_mb(daemon.process.pid) - before < 150
+    assert "Traceback" not in daemon.stderr()
+
+
+def test_a_grpc_request_without_a_path_is_reset_and_logs_nothing(make_daemon):
+    """grpclib never answered HEADERS without :path, and logged a traceback for each (~575 KB
+    of log a second from one client); 100 of them held every stream of the connection."""
+    daemon = make_daemon()
+    sock, conn = _grpc_h2_client(daemon)
+    with sock:
+        pathless = [h for h in STATUS_HEADERS if h[0] != ":path"]
+        resets: set[int] = set()
+        sock.settimeout(15)
+
+        def read_until(done: Callable[[list[Any]], bool]) -> None:
+            while True:
+                chunk = sock.recv(1 << 16)
+                assert chunk, "closed by the daemon"
+                events = conn.receive_data(chunk)
+                sock.sendall(conn.data_to_send())
+                for event in events:
+                    if isinstance(event, h2.events.StreamReset):
+                        assert event.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+                        resets.add(event.stream_id)
+                if done(events):
+                    return
+
+        for batch in range(4):  # 200 in all: more than a connection's 100 streams
+            ids = range(1 + 100 * batch, 101 + 100 * batch, 2)
+            for stream_id in ids:
+                conn.send_headers(stream_id, pathless, end_stream=True)
+            sock.sendall(conn.data_to_send())
+            read_until(lambda _, ids=ids: set(ids) <= resets)
+        conn.send_headers(401, STATUS_HEADERS)
+        conn.send_data(401, b"\x00\x00\x00\x00\x00", end_stream=True)
+        sock.sendall(conn.data_to_send())
+        read_until(
+            lambda events: any(
+                isinstance(e, h2.events.TrailersReceived) and e.stream_id == 401 for e in events
+            )
+        )
+    assert resets == set(range(1, 400, 2))
+    assert "Traceback" not in daemon.stderr()
+    assert ":path" not in daemon.stderr()

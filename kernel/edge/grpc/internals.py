@@ -97,11 +97,20 @@ import grpclib.server
 import grpclib.stream
 import h2.exceptions
 import trio
-from foundry.kernel.edge.connections import ControlFrames, FloodWarnings, control_frames
+from foundry.kernel.edge.connections import (
+    CONTROL_BURST,
+    CONTROL_RATE,
+    RESET_BURST,
+    RESET_RATE,
+    ControlFrames,
+    FloodWarnings,
+    control_frames,
+    peer_resets,
+)
 from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
 from h2.errors import ErrorCodes
-from h2.events import UnknownFrameReceived
+from h2.events import RequestReceived, UnknownFrameReceived
 
 log = logging.getLogger("foundry.grpc")
 
@@ -1102,20 +1111,45 @@ def limit_control_frames() -> bool:
             # the connection was dropped, with a traceback in the log each time (no token
             # needed, before any call: a client wrote ~1 MB of log a second)
             events = [event for event in events if type(event) is not UnknownFrameReceived]
-        frames = control_frames(events)
-        if frames:
-            budget = self.__dict__.setdefault("foundry_control", ControlFrames(time.monotonic()))
-            if not budget.spend(frames, time.monotonic()):
+        if any(type(event) is RequestReceived for event in events):
+            events = _refuse_pathless(self._connection, events)
+        for key, frames, burst, rate in (
+            ("foundry_control", control_frames(events), CONTROL_BURST, CONTROL_RATE),
+            ("foundry_resets", peer_resets(events), RESET_BURST, RESET_RATE),
+        ):
+            if not frames:
+                continue
+            now = time.monotonic()
+            budget = self.__dict__.setdefault(key, ControlFrames(now, burst, rate))
+            if not budget.spend(frames, now):
                 self._connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
                 with contextlib.suppress(Exception):
                     self.flush()
                 FLOOD_WARNINGS.closed()
-                raise ControlFlood("too many control frames")
+                raise ControlFlood("too many control frames or stream resets")
         return events
 
     connection.feed = functools.wraps(feed)(feeding)
     connection._limits_control_frames = True
     return True
+
+
+def _refuse_pathless(connection: Any, events: list[Any]) -> list[Any]:
+    """A request without ``:path`` or ``:method`` is reset (PROTOCOL_ERROR), and none of its
+    stream's events reach grpclib, which never answered it and logged a traceback each time
+    (a client wrote ~575 KB of log a second; 100 of them held a connection's every stream)."""
+    refused = {
+        event.stream_id
+        for event in events
+        if type(event) is RequestReceived
+        and not {":path", ":method"} <= {name for name, _ in event.headers}
+    }
+    if not refused:
+        return events
+    for stream_id in refused:
+        with contextlib.suppress(Exception):  # (a stream h2 has closed already)
+            connection.reset_stream(stream_id, error_code=ErrorCodes.PROTOCOL_ERROR)
+    return [e for e in events if getattr(e, "stream_id", None) not in refused]
 
 
 # --- memory: closed HTTP/2 streams, cancelled asyncio timers --------------------------------------
