@@ -243,7 +243,7 @@ class Config:
         home_value = daemon.get("home")
         home = default_home()
         if home_value is not None:
-            home = Path(reader.string(daemon, "daemon", "home")).expanduser()
+            home = expanded(reader.string(daemon, "daemon", "home"), "[daemon] home")
             if not home.is_absolute() and base is not None:
                 home = base / home
         listen = daemon.get("listen", DEFAULT_LISTEN)
@@ -280,7 +280,7 @@ def _file_path(value: str, base: Path | None) -> str:
     """A path as written, relative to the config file's folder; "" stays ""."""
     if not value:
         return ""
-    path = Path(value).expanduser()
+    path = expanded(value, "a TLS file's path")
     return str(base / path if base is not None and not path.is_absolute() else path)
 
 
@@ -310,7 +310,16 @@ MAX_MEMORY_BYTES = 2**64 - 1  # DuckDB's largest memory_limit
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("FOUNDRY_HOME") or "~/.foundry").expanduser()
+    return expanded(os.environ.get("FOUNDRY_HOME") or "~/.foundry", "FOUNDRY_HOME")
+
+
+def expanded(value: str, what: str) -> Path:
+    """``value`` as a path, ``~`` and ``~user`` expanded; ConfigError naming ``what`` for a
+    user with no home (``Path.expanduser`` raised RuntimeError: a traceback, every command)."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{what}: {value[:200]!r}: no such user's home to expand") from None
 
 
 def _home_origin() -> str:
@@ -390,7 +399,7 @@ class _Reader:
         """A list of existing directories, each relative to ``base`` (the config's folder)."""
         found = []
         for index, value in enumerate(self.strings(table, where, key)):
-            path = Path(value).expanduser()
+            path = expanded(value, f"[{where}] {key}[{index}]")
             if base is not None and not path.is_absolute():
                 path = base / path
             if not path.is_dir():

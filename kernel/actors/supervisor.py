@@ -94,7 +94,7 @@ async def open_kernel(
 # Folders of the home that only a later write creates (the store and the attestor check theirs
 # as they open): the trace files of finished chains, and what blocks and steps write.
 COMMANDS = "commands"  # the running commands' process groups (``blocks/children.py``)
-WRITTEN_LATER = ("traces", "artifacts", COMMANDS)
+WRITTEN_LATER = ("traces", "artifacts", COMMANDS, "journal")
 
 
 STOPPED = b"stopped\n"  # daemon.lock's text once its daemon stopped cleanly (else: its pid)
@@ -123,11 +123,12 @@ def check_home(home: Path, named: str = "FOUNDRY_HOME") -> None:
     made_in = home if os.path.lexists(home) else above
     if made_in is not None and not os.access(made_in, os.W_OK | os.X_OK):
         raise ConfigError(f"{named} {home} cannot be used: {made_in} is not writable")
-    for name in WRITTEN_LATER:  # else the start succeeds, and every trace or step fails
-        if os.path.lexists(home / name) and not (home / name).is_dir():
-            raise ConfigError(
-                f"{home / name}: not a folder (the daemon writes there); move it aside"
-            )
+    for name in WRITTEN_LATER:  # else the start succeeds, and every trace, step or write fails
+        folder = home / name
+        if os.path.lexists(folder) and not folder.is_dir():
+            raise ConfigError(f"{folder}: not a folder (the daemon writes there); move it aside")
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"{folder}: not writable (the daemon writes there)")
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from foundry.kernel.actors.attestor.keys import (
 from foundry.kernel.blocks.files import artifact_sha256
 from foundry.kernel.cli.common import read_text_file
 from foundry.kernel.cli.output import message_dict, stamp
-from foundry.kernel.config import default_home
+from foundry.kernel.config import default_home, expanded
 from foundry.kernel.core.attest import (
     dsse_b64decode,
     key_id,
@@ -110,7 +110,7 @@ def _public_key(path: str | None) -> tuple[Ed25519PublicKey, str, str]:
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
-    home = Path(args.home).expanduser() if args.home else default_home()
+    home = expanded(args.home, "--home") if args.home else default_home()
     _, pem, kid = _public_key(str(keys_dir(home) / PUBLIC_KEY))
     if args.json:
         print(json.dumps({"public_key_pem": pem, "key_id": kid}))

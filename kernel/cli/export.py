@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from foundry.kernel.cli.common import daemon_unreachable, journal_behind
-from foundry.kernel.config import Config, default_home
+from foundry.kernel.config import Config, default_home, expanded
 from foundry.kernel.edge.grpc.client import connected
 from foundry.kernel.errors import ConfigError
 from grpclib import GRPCError
@@ -54,7 +54,7 @@ def cmd_export_parquet(args: argparse.Namespace) -> int:
     from foundry.analytics.parquet import ExportError, counts_text, inside
     from foundry.kernel.cli.main import CommandFailed
 
-    target = Path(args.directory).expanduser().absolute()
+    target = expanded(args.directory, "DIRECTORY").absolute()
     try:
         counts = asyncio.run(_remote(args.addr, target, args.since))
     except ConnectionRefusedError:
@@ -91,7 +91,7 @@ async def _remote(address: str, target: Path, since: str | None) -> dict[str, in
 
 def _home(args: argparse.Namespace) -> Path:
     if args.home:
-        return Path(args.home).expanduser()
+        return expanded(args.home, "--home")
     return Config.load(args.config).home if args.config else default_home()
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from foundry.kernel.cli.common import daemon_unreachable, journal_behind, whole_number
 from foundry.kernel.cli.logs import printable
-from foundry.kernel.config import Config, default_home
+from foundry.kernel.config import Config, default_home, expanded
 from foundry.kernel.edge.grpc.client import connected
 from foundry.kernel.errors import ConfigError
 from foundry.proto import analytics_api as api
@@ -119,7 +119,7 @@ def _offline(args: argparse.Namespace, params: dict[str, str]) -> Answer:
     from foundry.kernel.cli.main import CommandFailed
 
     config = Config.load(args.config) if args.config else Config()
-    home = Path(args.home).expanduser() if args.home else (
+    home = expanded(args.home, "--home") if args.home else (
         config.home if args.config else default_home()
     )  # fmt: skip
     path = home / "foundry.duckdb"

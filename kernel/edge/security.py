@@ -69,10 +69,14 @@ def load_token(config: SecurityConfig) -> str | None:
     if not token_is_text(token):  # (never quoted: it is a secret)
         raise ConfigError(f"[daemon].token_env names {name}, whose value is no token: "
                           f"{TOKEN_RULE}")  # fmt: skip
+    if len(token) > MAX_TOKEN_CHARS:  # past what the edges take in headers: no client got in
+        raise ConfigError(f"[daemon].token_env names {name}, whose value is {len(token):,} "
+                          f"characters: a token is at most {MAX_TOKEN_CHARS:,}")  # fmt: skip
     return token
 
 
 TOKEN_RULE = "printable ASCII without spaces (what a gRPC header can carry)"
+MAX_TOKEN_CHARS = 4096  # a JWT is ~1-2 KB; gRPC takes 64 KiB of metadata, HTTP 16 KiB of headers
 
 
 def token_is_text(token: str) -> bool:

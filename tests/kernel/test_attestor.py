@@ -50,6 +50,15 @@ def test_keys_are_created_owner_only_once_and_reloaded(tmp_path):
     assert (folder / "attestor.pub").read_text() == first.public_pem
 
 
+def test_a_keys_folder_the_daemon_cannot_write_in_is_one_line_naming_the_file(tmp_path):
+    """(A folder it may not search or write: a traceback, exit 1.) Root writes anywhere: a
+    folder where the key is staged stands in for the refusal."""
+    (tmp_path / "keys").mkdir(mode=0o700)
+    (tmp_path / "keys" / "attestor.key.new").mkdir()
+    with pytest.raises(ConfigError, match=r"attestor\.key\.new: the signing key cannot be used"):
+        keys.load_or_create(tmp_path)
+
+
 @pytest.mark.parametrize(("target", "mode", "needle"), [
     ("keys/attestor.key", 0o644, "0644"), ("keys/attestor.key", 0o640, "0640"),
     ("keys", 0o777, "0777"),
@@ -1037,8 +1046,8 @@ def test_a_key_a_full_disk_cut_short_is_not_left_for_the_next_start(tmp_path, mo
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(keys.os, "write", full)
-    with pytest.raises(OSError, match="No space"):
-        keys.load_or_create(tmp_path)
+    with pytest.raises(ConfigError, match="the signing key cannot be used: No space"):
+        keys.load_or_create(tmp_path)  # one line, as any refused start
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == []
     monkeypatch.setattr(keys.os, "write", real_write)
     pair = keys.load_or_create(tmp_path)  # space again: made, and loads

@@ -1,6 +1,7 @@
 """Config.from_toml → from_mapping: defaults; a refusal names the file, the key, the reason."""
 
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -398,3 +399,28 @@ def test_a_home_that_cannot_be_written_is_refused_as_serve_refuses_it(tmp_path, 
         with pytest.raises(ConfigError) as caught:
             check_home(given)
         assert str(caught.value) == f"FOUNDRY_HOME {given} cannot be used: {where} is not writable"
+    # a folder the daemon writes in later: it started, then every write (journal/) or every
+    # block (artifacts/) failed
+    read_only.clear()
+    for name in ("journal", "artifacts"):
+        (home / name).mkdir()
+        read_only.add(home / name)
+        with pytest.raises(ConfigError, match=f"{home / name}: not writable"):
+            check_home(home)
+        read_only.clear()
+
+
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ('[plugins]\npaths = ["~nosuchuser_foundry/p"]\n', "[plugins] paths[0]"),
+        ('[daemon]\nhome = "~nosuchuser_foundry/h"\n', "[daemon] home"),
+    ],
+)
+def test_a_home_of_a_user_that_does_not_exist_is_refused_naming_the_key(tmp_path, toml, named):
+    """Path.expanduser raised RuntimeError ("Could not determine home directory"): a
+    traceback from every command."""
+    path = tmp_path / "foundry.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=re.escape(named) + ".*no such user's home"):
+        Config.load(path)

@@ -71,6 +71,15 @@ def test_load_token_reads_the_named_variable(monkeypatch):
     assert security.load_token(Keys(token_env="FOUNDRY_TEST_SECURITY_TOKEN")) == TOKEN
 
 
+def test_load_token_refuses_a_token_longer_than_a_client_can_send(monkeypatch):
+    """70,000 characters: the daemon started, and no client got past its header limits."""
+    monkeypatch.setenv("FOUNDRY_TEST_SECURITY_TOKEN", "a" * 70_000)
+    with pytest.raises(ConfigError, match="70,000 characters: a token is at most 4,096"):
+        security.load_token(Keys(token_env="FOUNDRY_TEST_SECURITY_TOKEN"))
+    monkeypatch.setenv("FOUNDRY_TEST_SECURITY_TOKEN", "a" * 4096)
+    assert security.load_token(Keys(token_env="FOUNDRY_TEST_SECURITY_TOKEN")) == "a" * 4096
+
+
 @pytest.mark.parametrize("value", [None, "", "   "])
 def test_load_token_refuses_a_named_variable_that_is_unset_or_empty(monkeypatch, value):
     if value is None:

@@ -67,6 +67,14 @@ def load_or_create(home: Path) -> KeyPair:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"{folder}: cannot be the keys folder: {exc.strerror}") from None
+    try:
+        return _load_or_create(folder)
+    except OSError as exc:  # a folder it may not search or write (a home first used by root)
+        where = exc.filename or folder
+        raise ConfigError(f"{where}: the signing key cannot be used: {exc.strerror}") from None
+
+
+def _load_or_create(folder: Path) -> KeyPair:
     check_permissions(folder)
     key_path = folder / PRIVATE_KEY
     if not key_path.exists():
