@@ -919,6 +919,7 @@ def test_a_grpc_connection_resetting_streams_in_a_loop_is_closed(make_daemon):
         assert goaway[-1].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
     assert daemon.call(lambda foundry, _: foundry.status(foundry_api.StatusRequest())) is not None
     assert rss_mb(daemon.process.pid) - before < 150
+    assert "flooded it with HTTP/2 stream resets" in daemon.stderr()
     assert "Traceback" not in daemon.stderr()
 
 

@@ -1113,9 +1113,9 @@ def limit_control_frames() -> bool:
             events = [event for event in events if type(event) is not UnknownFrameReceived]
         if any(type(event) is RequestReceived for event in events):
             events = _refuse_pathless(self._connection, events)
-        for key, frames, burst, rate in (
-            ("foundry_control", control_frames(events), CONTROL_BURST, CONTROL_RATE),
-            ("foundry_resets", peer_resets(events), RESET_BURST, RESET_RATE),
+        for key, frames, burst, rate, what in (
+            ("foundry_control", control_frames(events), CONTROL_BURST, CONTROL_RATE, None),
+            ("foundry_resets", peer_resets(events), RESET_BURST, RESET_RATE, "stream resets"),
         ):
             if not frames:
                 continue
@@ -1125,8 +1125,8 @@ def limit_control_frames() -> bool:
                 self._connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
                 with contextlib.suppress(Exception):
                     self.flush()
-                FLOOD_WARNINGS.closed()
-                raise ControlFlood("too many control frames or stream resets")
+                FLOOD_WARNINGS.closed(*(what,) if what else ())
+                raise ControlFlood(f"too many {what or 'control frames'}")
         return events
 
     connection.feed = functools.wraps(feed)(feeding)
