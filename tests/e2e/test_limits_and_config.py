@@ -302,7 +302,7 @@ def _damage(home, case):
 
 
 HOME_DAMAGE = {
-    "journal is a file": "journal: the store cannot use it",
+    "journal is a file": "journal: not a folder (the daemon writes there)",
     "writer lock is a folder": "writer.lock: the store cannot use it",
     "keys is a file": "keys: cannot be the keys folder",
     "database is a folder": "foundry.duckdb: DuckDB cannot open it",
