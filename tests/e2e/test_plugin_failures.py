@@ -52,19 +52,28 @@ def register_blocks():
 """
 
 
+def _chain_and_run(make_daemon, tmp_path, plugin, module, event_type, step_type):
+    """A daemon with ``plugin`` as ``module`` beside its config; the workflow and trace of an
+    ``event_type`` Emit, and a one-step run of ``step_type``, finished, and the daemon started
+    again after it (the run is over: the next start has nothing of it to go on with)."""
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(plugin))
+    daemon = make_daemon(f'[plugins]\npaths = ["."]\nmodules = ["{module}"]\n')
+    reply = emit(daemon, event_type)
+    workflow = finished(daemon, reply.workflow_id)
+    chain = traced(daemon, reply.event_id)
+    run_id = submit(daemon, json.dumps({"steps": [{"id": "a", "type": step_type}]}))
+    run = wait_done(daemon, run_id)
+    daemon.restart()
+    return daemon, workflow, chain, run
+
+
 def test_a_block_that_exits_fails_its_chain_and_a_step_that_does_fails_its_run(
     make_daemon, tmp_path
 ):
-    (tmp_path / "exiting_plugin.py").write_text(textwrap.dedent(PLUGIN))  # beside the config
-    daemon = make_daemon('[plugins]\npaths = ["."]\nmodules = ["exiting_plugin"]\n')
-
-    reply = emit(daemon, "exit_requested")
-    workflow = finished(daemon, reply.workflow_id)
-    chain = traced(daemon, reply.event_id)
-    run_id = submit(daemon, json.dumps({"steps": [{"id": "a", "type": "Booms"}]}))
-    run = wait_done(daemon, run_id)
-    daemon.restart()  # the run is over: the next start has nothing of it to go on with
-    after = wait_done(daemon, run_id)
+    daemon, workflow, chain, run = _chain_and_run(
+        make_daemon, tmp_path, PLUGIN, "exiting_plugin", "exit_requested", "Booms"
+    )
+    after = wait_done(daemon, run.run_id)
 
     assert workflow.state == "failed"
     assert "SystemExit: 3" in block(chain, "Exits").summary
@@ -206,15 +215,10 @@ def test_a_value_that_raises_systemexit_while_read_fails_only_its_block(make_dae
     """A block's answer (or an emitted payload) whose ``__repr__`` or ``items()`` raised
     SystemExit or KeyboardInterrupt while the kernel read it ended the daemon — and, as a DAG
     step's output, every start after it (the run went on at each)."""
-    (tmp_path / "hostile_values.py").write_text(textwrap.dedent(HOSTILE_VALUES))
-    daemon = make_daemon('[plugins]\npaths = ["."]\nmodules = ["hostile_values"]\n')
-
-    reply = emit(daemon, "hostile_value")
-    workflow = finished(daemon, reply.workflow_id)
-    chain = traced(daemon, reply.event_id)
-    run_id = submit(daemon, json.dumps({"steps": [{"id": "a", "type": "Answers ItemsInterrupt"}]}))
-    run = wait_done(daemon, run_id)
-    daemon.restart()
+    daemon, workflow, chain, run = _chain_and_run(
+        make_daemon, tmp_path, HOSTILE_VALUES, "hostile_values", "hostile_value",
+        "Answers ItemsInterrupt",
+    )  # fmt: skip
 
     assert "repr() raised SystemExit" in block(chain, "Answers ReprExits").summary
     assert block(chain, "Answers ItemsInterrupt").summary  # its repr: the dict's own
@@ -224,5 +228,5 @@ def test_a_value_that_raises_systemexit_while_read_fails_only_its_block(make_dae
     assert run.status == runtime_api.RunStatus.FAILED
     [step] = run.steps
     assert "not JSON: reading it raised KeyboardInterrupt: items" in value(step.error)["message"]
-    assert wait_done(daemon, run_id).status == runtime_api.RunStatus.FAILED
+    assert wait_done(daemon, run.run_id).status == runtime_api.RunStatus.FAILED
     assert finished(daemon, emit(daemon, "greet_requested").workflow_id).state == "completed"
