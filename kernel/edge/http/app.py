@@ -122,6 +122,12 @@ class HttpApp:
             self.idle.set()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _framed_twice(scope):
+            # RFC 9112 6.1: the server MUST close the connection after answering (h11 reads the
+            # chunks and kept it open: a proxy framing by the length sees another request)
+            await _respond(send, 400, [(b"content-type", b"text/plain; charset=utf-8"),
+                                       (b"connection", b"close")], FRAMED_TWICE)  # fmt: skip
+            return
         if dashboard.is_dashboard_path(scope["path"]):  # public static files, no RPC
             await dashboard.serve(scope, send)
             return
@@ -437,6 +443,17 @@ def _as_utf8(value: bytes) -> bytes:
     except UnicodeDecodeError:
         return value.decode("latin-1").encode()
     return value
+
+
+FRAMED_TWICE = b"a request framed by both Transfer-Encoding and Content-Length is refused\n"
+
+
+def _framed_twice(scope: Scope) -> bool:
+    """An HTTP/1.1 request with both a ``transfer-encoding`` and a ``content-length`` header."""
+    if not scope.get("http_version", "1.1").startswith("1"):
+        return False  # HTTP/2 has no transfer-encoding (h2 refuses the header)
+    names = {name for name, _ in scope.get("headers", ())}
+    return b"transfer-encoding" in names and b"content-length" in names
 
 
 def _headers(scope: Scope) -> dict[str, str]:
