@@ -12,14 +12,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from foundry.kernel.core.json_input import cut_middle
+
+# Characters of an exception's text kept (its middle goes past them): a block raising with a
+# client's 10 MB payload in its message stored it twice (error and summary) per execution.
+MAX_DESCRIBED = 2_000
+
 
 def described(exc: BaseException) -> str:
-    """``Type: message`` of ``exc``, whatever its ``__str__`` does."""
+    """``Type: message`` of ``exc``, whatever its ``__str__`` does, at most ``MAX_DESCRIBED``
+    characters of its message (both ends: the cause and the last words)."""
     try:
         text = str(exc)
     except BaseException as broken:  # noqa: BLE001 - its __str__ raised: the type still says
         text = f"<str() raised {type(broken).__name__}>"
-    return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {cut_middle(text, MAX_DESCRIBED)}"
 
 
 def text_of(value: Any, show: Callable[[Any], str] = repr) -> str:

@@ -436,3 +436,22 @@ async def test_an_async_block_that_overruns_its_deadline_without_a_checkpoint_ti
     on_time = await execute(Stubborn(timeout=5), Action.RUN, contexts(tmp_path))
     assert on_time.success
     assert on_time.output == {"late": True}
+
+
+async def test_a_huge_exception_message_is_recorded_with_its_middle_cut(tmp_path):
+    """A block raising with a client's payload in its message (10 MB) stored it twice per
+    execution, as its error and its summary; now both ends of it, 2,000 characters at most."""
+    message = "cause " + "x" * 10_000_000 + " last words"
+
+    @block("Loud")
+    def loud(ctx: BlockContext) -> None:
+        raise ValueError(message)
+
+    outcome = await execute(loud, Action.RUN, contexts(tmp_path))
+
+    assert not outcome.success
+    assert outcome.error.startswith("ValueError: cause xxx")
+    assert outcome.error.endswith("xxx last words")
+    assert "characters cut" in outcome.error
+    assert len(outcome.error) < 2_100
+    assert outcome.summary == outcome.error
