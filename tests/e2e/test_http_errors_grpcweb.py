@@ -317,6 +317,7 @@ def test_the_daemon_still_answers_after_all_that(daemon):
 QUERY = "/foundry.analytics.v1.Analytics/Query"
 EXPORT = "/foundry.analytics.v1.Analytics/ExportParquet"
 GET_RUN = "/fleetforge.runtime.v1.RuntimeService/GetRun"
+LIST_RUNS = "/fleetforge.runtime.v1.RuntimeService/ListRuns"
 LIST_EVENTS = "/foundry.admin.v1.Admin/ListEvents"
 
 
@@ -352,6 +353,26 @@ LIST_EVENTS = "/foundry.admin.v1.Admin/ListEvents"
             '{"path": "b", "linesDeleted": 0.5}]}',
             "diffs[1].lines_deleted: 0.5 is not an integer",
         ),
+        # a key given twice, or a field in both spellings: the last one was acted on, so a
+        # proxy or a reviewer reading the first saw another request
+        (GET_RUN, '{"runId": "run_a", "runId": "run_b"}', "'runId': a key given twice"),
+        (QUERY, '{"sql": "select 1", "sql": "select 2"}', "'sql': a key given twice"),
+        (GET_RUN, '{"runId": "run_a", "run_id": "run_b"}', "run_id: given twice"),
+        (SUBMIT, '{"spec": {"dagJson": "{}", "dag_json": "{}"}}', "spec.dag_json: given twice"),
+        (EMIT, '{"eventType": "x", "payload": {"k": 1, "k": 2}}', "'k': a key given twice"),
+        # in JSON's words: these said "got a varint", "a fixed-width number", Python's errors
+        (EMIT, '{"eventType": 5}', "event_type: expected string, got a number"),
+        (STATUS, '{"limit": "5x"}', "limit: '5x' is not an integer"),
+        (STATUS, '{"limit": 1.5}', "limit: 1.5 is not an integer"),
+        (STATUS, '{"limit": true}', "limit: true is not an integer"),
+        (LIST_RUNS, '{"createdAfter": 12}', "created_after: a value of the wrong JSON type"),
+        (QUERY, '{"sql": "select 1", "maxRows": []}', "max_rows: a value of the wrong JSON type"),
+        (EMIT, '{"\\ud800": "a", "eventType": "a"}', "request: '\\ud800': text must be valid"),
+        (
+            SUBMIT,
+            '{"spec": {"dagJson": "{}", "inputs": ' + '{"a": ' * 900 + "1" + "}" * 902,
+            "request: JSON nested too deep to read",
+        ),
     ],
 )
 def test_json_a_client_got_wrong_is_invalid_argument_naming_it(daemon, path, body, field):
@@ -361,6 +382,42 @@ def test_json_a_client_got_wrong_is_invalid_argument_naming_it(daemon, path, bod
     assert (status, code) == (400, "invalid_argument"), message
     assert field in message
     assert daemon.process.poll() is None, daemon.stderr()[-2000:]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_a_json_body_not_in_utf8_is_refused(daemon, encoding):
+    """JSON between systems is UTF-8 (RFC 8259), Connect's too: json.loads of bytes read
+    UTF-16 and UTF-32 as well, so another reader of the same body saw other text."""
+    body = '{"eventType": "x", "project": "p"}'.encode(encoding)
+    response = httpx.post(url(daemon, EMIT), content=body,
+                          headers={"content-type": "application/json"})  # fmt: skip
+    status, code, message = connect_error(response)
+    assert (status, code) == (400, "invalid_argument")
+    assert "not UTF-8" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "stream"),
+    [("content-encoding", False), ("connect-protocol-version", False),
+     ("connect-timeout-ms", False), ("connect-content-encoding", True)],
+)  # fmt: skip
+def test_a_huge_protocol_header_is_refused_without_being_quoted(daemon, name, stream):
+    """connectrpc's errors quoted these headers whole: a 60 KB answer to a 60 KB header."""
+    headers = {name: "9" * 60_000}
+    if stream:
+        headers["content-type"] = "application/connect+json"
+        response = httpx.post(url(daemon, TAP), content=envelope(b'{"runId": "run_nope"}'),
+                              headers=headers)  # fmt: skip
+        [(_, end)] = envelopes(response.content)
+        error = json.loads(end)["error"]
+        code, message = error["code"], error["message"]
+    else:
+        response = httpx.post(url(daemon, STATUS), content=b"{}",
+                              headers={"content-type": "application/json", **headers})  # fmt: skip
+        _, code, message = connect_error(response)
+    assert code == "invalid_argument"
+    assert message == f"header {name}: longer than 256 characters"
+    assert len(response.content) < 300
 
 
 def test_a_since_further_back_than_time_goes_lists_everything(daemon):

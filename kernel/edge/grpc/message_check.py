@@ -209,14 +209,20 @@ def _check_unwrapped(value: Any, wrapper: type, path: str) -> None:
 
 
 def _wire_kind(value: Any) -> str:
-    """What a wrong value looks like on the wire, for the error message."""
-    if isinstance(value, bool | int):
-        return "varint"
-    if isinstance(value, bytes | str):
-        return "length-delimited value"
+    """What a wrong value is, for the error message. Only proto3 JSON gets here (binary's wire
+    types are checked as it is framed: ``framing.value_culprit``), so in JSON's words: they
+    were the wire's, "got a varint" for ``"eventType": 5``."""
+    if isinstance(value, bool):
+        return f"boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return "number"
     if isinstance(value, float):
-        return "fixed-width number"
-    return type(value).__name__
+        return f"number with a fraction ({value!r})" if not value.is_integer() else "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bytes):
+        return "bytes value"
+    return {list: "JSON array", dict: "JSON object"}.get(type(value), type(value).__name__)
 
 
 def coerce_json_numbers(message: Any, depth: int = 0) -> None:
@@ -412,6 +418,7 @@ def refuse_wrong_shapes(kind: Any, document: Any) -> None:
 def _refuse_shapes(kind: Any, document: Any, where: str, depth: int) -> None:
     if not isinstance(document, dict) or depth > MAX_NESTING:
         return
+    refuse_both_spellings(kind, document, where)
     for key, value in document.items():
         found = _shaped_field(kind, key) if type(key) is str and len(key) <= 128 else None
         if found is None or value is None:
@@ -420,27 +427,51 @@ def _refuse_shapes(kind: Any, document: Any, where: str, depth: int) -> None:
         path = where + name
         if shape == "repeated":
             if not isinstance(value, list):
-                raise WrongField(f"{path}: expected a JSON array, got {_json_kind(value)}")
+                raise WrongField(f"{path}: expected a JSON array, got {json_kind(value)}")
             if nested is not None:
                 for index, item in enumerate(value):
                     _refuse_message(nested, item, f"{path}[{index}]", depth)
         elif shape == "map":
             if not isinstance(value, dict):
-                raise WrongField(f"{path}: expected a JSON object, got {_json_kind(value)}")
+                raise WrongField(f"{path}: expected a JSON object, got {json_kind(value)}")
         else:
             _refuse_message(nested, value, path, depth)
 
 
 def _refuse_message(kind: Any, value: Any, path: str, depth: int) -> None:
     if not isinstance(value, dict):
-        raise WrongField(f"{path}: expected a JSON object, got {_json_kind(value)}")
+        raise WrongField(f"{path}: expected a JSON object, got {json_kind(value)}")
     _refuse_shapes(kind, value, path + ".", depth + 1)
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     kinds = {str: "a string", bool: "a boolean", int: "a number", float: "a number",
              list: "an array", dict: "an object"}  # fmt: skip
     return kinds.get(type(value), "null")
+
+
+def refuse_both_spellings(kind: Any, document: dict[Any, Any], where: str = "") -> None:
+    """Raise :class:`WrongField` for a field a JSON object names twice, in two spellings
+    (``runId`` and ``run_id``): ``from_dict`` took the last, so a proxy or a reviewer reading the
+    first saw another request than the daemon ran (one key given twice: ``codecs.once_each``)."""
+    if len(document) < 2:
+        return
+    seen: dict[str, str] = {}
+    for key in document:
+        name = _field_named(kind, key) if type(key) is str and len(key) <= 128 else None
+        if name is None:
+            continue
+        if name in seen:
+            raise WrongField(f"{where}{name}: given twice, as {seen[name]!r} and {key!r}")
+        seen[name] = key
+
+
+@lru_cache(maxsize=4_096)
+def _field_named(kind: Any, key: str) -> str | None:
+    """The field of ``kind`` a JSON key names, as ``from_dict`` reads keys; None for none."""
+    name = betterproto2.casing.safe_snake_case(key)
+    fields = getattr(kind, "__dataclass_fields__", {})
+    return name if name in fields else None
 
 
 @lru_cache(maxsize=4_096)

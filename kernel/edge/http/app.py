@@ -220,6 +220,10 @@ class HttpApp:
             return 404, "unimplemented", f"unknown {what}: {path[:100]!r}", []
         if scope["method"] != "POST":
             return 405, "unimplemented", "RPCs are called with POST", [(b"allow", b"POST")]
+        if (long := _long_protocol_header(headers)) is not None:
+            # connectrpc's errors quoted them whole: 60 KB answers to a 60 KB header
+            return 400, "invalid_argument", f"header {long}: longer than " \
+                f"{MAX_PROTOCOL_HEADER} characters", []  # fmt: skip
         kind = headers.get("content-type", "")
         grpc = kind.startswith("application/grpc") and not kind.startswith("application/grpc-web")
         if grpc and "http.response.trailers" not in scope.get("extensions", {}):
@@ -443,6 +447,18 @@ def _as_utf8(value: bytes) -> bytes:
     except UnicodeDecodeError:
         return value.decode("latin-1").encode()
     return value
+
+
+# The protocol's headers an error may quote (their values are a few characters each)
+PROTOCOL_HEADERS = ("content-encoding", "connect-content-encoding", "connect-protocol-version",
+                    "connect-timeout-ms", "grpc-encoding", "grpc-timeout")  # fmt: skip
+MAX_PROTOCOL_HEADER = 256
+
+
+def _long_protocol_header(headers: Mapping[str, str]) -> str | None:
+    """The first of :data:`PROTOCOL_HEADERS` longer than :data:`MAX_PROTOCOL_HEADER`, if any."""
+    return next((name for name in PROTOCOL_HEADERS
+                 if len(headers.get(name, "")) > MAX_PROTOCOL_HEADER), None)  # fmt: skip
 
 
 FRAMED_TWICE = b"a request framed by both Transfer-Encoding and Content-Length is refused\n"

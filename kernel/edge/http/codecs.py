@@ -20,6 +20,7 @@ from typing import Any
 import betterproto2
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
+from foundry.kernel.core.json_input import MAX_DEPTH
 from foundry.kernel.edge.grpc import upb_encode
 from foundry.kernel.edge.grpc.framing import canonical, not_valid
 from foundry.kernel.edge.grpc.internals import Encoded
@@ -79,6 +80,8 @@ class _CheckedCodec:
             check_request(message)
         except WrongField as exc:
             raise ConnectError(Code.INVALID_ARGUMENT, f"request: {exc}") from None
+        except RecursionError:  # Python's words were the answer ("maximum recursion depth")
+            raise ConnectError(Code.INVALID_ARGUMENT, TOO_DEEP) from None
         except Exception as exc:  # RecursionError included: a hostile document
             protobuf = data if self.protobuf else None
             raise ConnectError(
@@ -128,7 +131,11 @@ class JsonCodec(_CheckedCodec):
     def _parse(self, data: bytes | bytearray, kind: type[betterproto2.Message]) -> Any:
         if not bytes(data).strip():
             return kind()  # Connect allows an empty body for an empty message
-        document = json.loads(bytes(data))
+        try:
+            text = bytes(data).decode("utf-8-sig")  # (json.loads of bytes took UTF-16 and 32)
+        except UnicodeDecodeError as exc:
+            raise WrongField(f"not UTF-8 (byte {exc.start}): JSON is sent as UTF-8") from None
+        document = json.loads(text, object_pairs_hook=once_each)
         if not isinstance(document, dict):
             raise WrongField(f"expected a JSON object, got {type(document).__name__}")
         if _ESCAPED_SURROGATE.search(data):  # only a \uD800-\uDFFF escape makes one
@@ -136,6 +143,23 @@ class JsonCodec(_CheckedCodec):
         message = jsonfast.from_dict(kind, document)
         coerce_json_numbers(message)  # 5 for a double, "42" for an int64: proto3 JSON allows both
         return message
+
+
+TOO_DEEP = f"request: JSON nested too deep to read (a value holds at most {MAX_DEPTH} levels)"
+
+
+def once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, :class:`WrongField` for a key it gives twice: ``json.loads``
+    kept the last, so a proxy or a reviewer reading the first saw another request than the
+    daemon ran (the DAG's JSON and attestation envelopes refuse them too)."""
+    document = dict(pairs)
+    if len(document) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise WrongField(f"{ascii(key[:40])}: a key given twice in one JSON object")
+            seen.add(key)
+    return document
 
 
 # A lone surrogate reaches a JSON string only through an escape (UTF-8 cannot carry one); binary
@@ -155,7 +179,8 @@ def _check_unicode(value: Any, path: str) -> None:
                              "surrogate)") from None  # fmt: skip
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_unicode(key, path)  # first: a bad key must not reach the message
+            # first: a bad key must not reach the message (nor, but escaped, this one)
+            _check_unicode(key, f"{path}.{ascii(key[:40])}".lstrip("."))
             _check_unicode(item, f"{path}.{key[:40]}".lstrip("."))
     elif isinstance(value, list):
         for index, item in enumerate(value):

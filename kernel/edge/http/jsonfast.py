@@ -19,6 +19,7 @@ from typing import Any, get_args, get_type_hints
 import betterproto2
 from foundry.kernel.edge.grpc.message_check import (
     WrongField,
+    json_kind,
     refuse_fractions,
     refuse_wrong_shapes,
 )
@@ -118,29 +119,40 @@ def from_dict(kind: Any, document: dict[str, Any]) -> Any:
         try:
             return kind.from_dict(document, ignore_unknown_fields=True)
         except _UNREADABLE as exc:
-            # (betterproto2 asserts on a Struct given a list or a string: no words of its own;
-            # a Timestamp past year 9999 overflows Python's dates)
-            reason = str(exc)[:100] or "a value of the wrong JSON type"
-            if isinstance(exc, OverflowError):
-                reason = "out of range"
-            raise WrongField(f"{_failing_key(kind, document)}: {reason}") from None
+            path, value = _failing_key(kind, document)
+            raise WrongField(f"{path}: {_unreadable(exc, value)}") from None
     values = {}
     for key, value in document.items():
         entry = table.get(key)
-        if entry is not None and value is not None:
+        if entry is not None:
+            if entry[0] in values:
+                raise WrongField(f"{entry[0]}: given twice, in two spellings of its name")
             try:
-                values[entry[0]] = entry[1](value)
+                values[entry[0]] = entry[1](value) if value is not None else None
             except ValueError as exc:
                 raise WrongField(f"{entry[0]}: {str(exc)[:100]}") from None
-    return kind(**values)
+    return kind(**{name: value for name, value in values.items() if value is not None})
+
+
+def _unreadable(exc: Exception, value: Any) -> str:
+    """Why betterproto2 could not read ``value``, in JSON's words: its own were Python's
+    (``'int' object has no attribute 'tzinfo'`` for a Timestamp given a number)."""
+    if isinstance(exc, OverflowError):
+        return "out of range"  # a Timestamp past year 9999 overflows Python's dates
+    if isinstance(exc, ValueError) and str(exc):
+        return str(exc)[:100]
+    if isinstance(value, str):  # a Timestamp, a Duration: their JSON is a string
+        return f"{value[:40]!r} is not a value of this field's type"
+    return f"a value of the wrong JSON type ({json_kind(value)})"
 
 
 _UNREADABLE = (ValueError, TypeError, AttributeError, AssertionError, OverflowError)
 
 
-def _failing_key(kind: Any, document: dict[str, Any], prefix: str = "") -> str:
+def _failing_key(kind: Any, document: dict[str, Any], prefix: str = "") -> tuple[str, Any]:
     """The path of the first key betterproto2 cannot read alone (to name it in the error), into
-    nested messages and lists of them (``spec.inputs``, ``evals[1].score``, not ``spec``)."""
+    nested messages and lists of them (``spec.inputs``, ``evals[1].score``, not ``spec``), and
+    the value found there."""
     for key, value in document.items():
         try:
             kind.from_dict({key: value}, ignore_unknown_fields=True)
@@ -148,24 +160,26 @@ def _failing_key(kind: Any, document: dict[str, Any], prefix: str = "") -> str:
             inner, repeated = _message_class(kind, str(key))
             path = prefix + _field_name(kind, str(key))[:40]
             if inner is None or len(prefix) >= 200:
-                return path
+                return path, value
             if isinstance(value, dict) and not repeated:
                 return _failing_key(inner, value, path + ".")
             if isinstance(value, list) and repeated:
                 return _failing_item(inner, value, path)
-            return path
-    return prefix.rstrip(".") or "request"
+            return path, value
+    return prefix.rstrip(".") or "request", document
 
 
-def _failing_item(kind: Any, items: list[Any], path: str) -> str:
+def _failing_item(kind: Any, items: list[Any], path: str) -> tuple[str, Any]:
     """The path into the first item of a list of messages betterproto2 cannot read."""
     for index, item in enumerate(items):
         try:
             kind.from_dict(item, ignore_unknown_fields=True)
         except _UNREADABLE:
             where = f"{path}[{index}]"
-            return _failing_key(kind, item, where + ".") if isinstance(item, dict) else where
-    return path
+            if isinstance(item, dict):
+                return _failing_key(kind, item, where + ".")
+            return where, item
+    return path, items
 
 
 def _field_name(kind: Any, key: str) -> str:
@@ -204,12 +218,19 @@ def _same(value: Any) -> Any:
 
 
 def _integer(value: Any) -> Any:
-    """proto3 JSON allows an integer as a number or a decimal string."""
+    """proto3 JSON allows an integer as a number or a decimal string (words as
+    ``message_check.refuse_fractions``'s, which the other classes' requests go through)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is not an integer")
     if isinstance(value, str):
-        return int(value) if _DECIMAL.fullmatch(value) else value  # else check_request names it
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+        if _DECIMAL.fullmatch(value):
+            return int(value)
+        raise ValueError(f"{value[:40]!r} is not an integer (decimal digits, as a string)")
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise ValueError(f"{value!r} is not an integer")
+    return value  # an integer (its range checked by check_request), else check_request names it
 
 
 _DECIMAL = re.compile(r"-?[0-9]{1,20}")
