@@ -15,6 +15,8 @@ import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import cached_property
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from foundry.kernel.core.failures import described, text_of
@@ -53,7 +55,13 @@ class RunFacts:
     finished_at: datetime | None = None
 
     def step(self, step_id: str) -> StepFacts | None:
-        return next((s for s in self.steps if s.step_id == step_id), None)
+        return self._by_id.get(step_id)
+
+    @cached_property
+    def _by_id(self) -> Mapping[str, StepFacts]:
+        """The steps by id, made once: a scan per step asked made judging a 12,000-step run
+        take 3 s (quadratic), on the loop every client shares."""
+        return MappingProxyType({s.step_id: s for s in reversed(self.steps)})  # the first wins
 
 
 @dataclass(frozen=True)
