@@ -47,6 +47,8 @@ MAX_TEXT = 10_000  # title, description, note
 MAX_PATH = 4_096  # a changed file's path
 DEFAULT_GATE_LIMIT = 50  # ListChangeGates with limit 0
 MAX_GATE_LIMIT = 1_000
+GATES_REPLY_BYTES = 4 * 1024 * 1024  # ListChangeGates' decisions, about (a gRPC client's default)
+ACKNOWLEDGEMENT_BYTES = 1024 * 1024  # a decision's follow-ups, together (their texts, about)
 HISTORY_LIMIT = 100  # results per scenario in ListEvalScenarios, newest first
 FOLLOWUP_OUTCOMES = ("approved", "needs_changes", "deferred")
 TERMINAL_RUN_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELED"})
@@ -361,6 +363,23 @@ def synced_records(
 
 
 # --- run facts ----------------------------------------------------------------------------------
+
+
+def fitting(sizes: Sequence[int], budget: int) -> int:
+    """How many of ``sizes``, from the first, fit in ``budget`` together (one at least, when
+    there is one: a reply always holds the newest)."""
+    total = 0
+    for count, size in enumerate(sizes):
+        total += size
+        if total > budget:
+            return max(count, 1)
+    return len(sizes)
+
+
+def acknowledgement_size(note: str | None, details: Mapping[str, Any]) -> int:
+    """A follow-up's size as :data:`ACKNOWLEDGEMENT_BYTES` counts it (and the store's reply
+    budget: 100 for its ids, actor, outcome and time, then its note and its details' JSON)."""
+    return 100 + len(note or "") + len(json.dumps(details, separators=(",", ":"), default=str))
 
 
 def gate_limit(limit: int) -> int:

@@ -412,6 +412,38 @@ def test_record_gate_followup_unknown_gate_or_unspecified_outcome_is_refused(dae
     assert gates(daemon, gate.change_id)[0].acknowledgements == []
 
 
+def test_list_change_gates_holds_as_many_decisions_as_fit_in_four_mib(daemon):
+    """1,000 decisions of 2.5 MB each (a hunt) made one 2.5 GB reply, built whole in memory."""
+    change = unique("change")
+    made = [
+        check(daemon, change_id=change, metadata=Struct.from_dict({"blob": "x" * 1_500_000}))
+        for _ in range(3)
+    ]
+    listed = gates(daemon, change, limit=3)
+    assert [g.gate_id for g in listed] == [made[2].gate_id, made[1].gate_id]  # 3.0 of 4 MiB
+    [newest] = gates(daemon, change, limit=1)
+    assert len(newest.metadata.to_dict()["blob"]) == 1_500_000
+
+
+def test_a_decision_keeps_at_most_a_mebibyte_of_follow_ups(daemon):
+    """Each follow-up comes back with its decision in every ListChangeGates that lists it: a
+    decision with follow-ups of 4 MB each, without end, made every such reply as large."""
+    gate = check(daemon, change_id=unique("change"))
+
+    def followup(text: str) -> api.RecordGateFollowupRequest:
+        return api.RecordGateFollowupRequest(gate_id=gate.gate_id, note="n",
+                                             outcome=api.FollowupOutcome.DEFERRED,
+                                             details=Struct.from_dict({"text": text}))  # fmt: skip
+
+    for _ in range(3):
+        daemon.call(lambda _, rt: rt.record_gate_followup(followup("x" * 300_000)))
+    refused = rpc_error(daemon, lambda rt: rt.record_gate_followup(followup("x" * 300_000)))
+    assert_error(refused, Status.RESOURCE_EXHAUSTED, "bytes of follow-ups")
+    assert "1,048,576 a decision keeps" in refused.message
+    daemon.call(lambda _, rt: rt.record_gate_followup(followup("small")))  # what fits is taken
+    assert len(gates(daemon, gate.change_id)[0].acknowledgements) == 4
+
+
 def test_list_change_gates_limit_zero_means_fifty(daemon):
     change = unique("change")
     for _ in range(52):

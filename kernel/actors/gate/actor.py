@@ -42,6 +42,7 @@ from foundry.kernel.core.dag import StepSpec
 from foundry.kernel.core.evals import RunFacts, StepFacts, judge
 from foundry.kernel.core.gate_policy import GatePolicy, decide
 from foundry.kernel.core.governance import (
+    ACKNOWLEDGEMENT_BYTES,
     FOLLOWUP_OUTCOMES,
     HISTORY_LIMIT,
     MAX_TEXT,
@@ -50,6 +51,7 @@ from foundry.kernel.core.governance import (
     GateFollowupRecord,
     StoredGate,
     StoredScenario,
+    acknowledgement_size,
     check_gate_request,
     check_name,
     decision_record,
@@ -60,7 +62,12 @@ from foundry.kernel.core.governance import (
 )
 from foundry.kernel.core.ids import Clock
 from foundry.kernel.core.json_input import STRUCT_DEPTH, check_json_value, quoted
-from foundry.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
+from foundry.kernel.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 
 log = logging.getLogger("foundry.gate")
 
@@ -239,6 +246,15 @@ class Gate:
         )
         if not found:
             raise NotFound(f"gate_id: no gate decision {quoted(message.gate_id)}")
+        held = sum(acknowledgement_size(a.note, a.details) for a in found[0].acknowledgements)
+        size = acknowledgement_size(message.note, details)
+        if held + size > ACKNOWLEDGEMENT_BYTES:
+            # each comes back with the decision, in every ListChangeGates that lists it
+            raise ResourceExhausted(
+                f"gate_id: decision {quoted(message.gate_id)} holds {held:,} bytes of "
+                f"follow-ups; this one's {size:,} would pass the {ACKNOWLEDGEMENT_BYTES:,} a "
+                "decision keeps"
+            )
         record = GateFollowupRecord(
             followup_id=new_id("fup"),
             gate_id=message.gate_id,

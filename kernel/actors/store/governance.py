@@ -8,12 +8,14 @@ from typing import Any
 
 import duckdb
 from foundry.kernel.core.governance import (
+    GATES_REPLY_BYTES,
     EvalResultRecord,
     EvalScenarioRecord,
     GateDecisionRecord,
     GateFollowupRecord,
     StoredGate,
     StoredScenario,
+    fitting,
 )
 
 
@@ -87,19 +89,37 @@ def _eval_result(r: dict[str, Any]) -> EvalResultRecord:
     )
 
 
+# A decision's size, about: its texts and those of its acknowledgements
+_DECISION_SIZE = """
+    len(array_to_string(reasons, ' ')) + len(followups::VARCHAR) + len(scorecard::VARCHAR)
+    + len(metadata::VARCHAR) + len(telemetry::VARCHAR)
+    + coalesce((SELECT sum(len(coalesce(f.note, '')) + len(f.details::VARCHAR) + 100)
+                FROM gate_followups f WHERE f.gate_id = d.gate_id), 0)"""
+
+
 def load_gates(
     con: duckdb.DuckDBPyConnection, gate_id: str, change_id: str, limit: int
 ) -> list[StoredGate]:
+    """At most ``limit`` decisions, newest first, and of those as many as fit in
+    :data:`GATES_REPLY_BYTES` (one at least): 1,000 decisions of 2.5 MB each made one reply
+    of 2.5 GB, built whole in the daemon's memory."""
     if gate_id:
         where, params = " WHERE gate_id = ?", [gate_id]
     elif change_id:
         where, params = " WHERE change_id = ?", [change_id]
     else:
         where, params = "", []
+    sized = con.execute(
+        f"SELECT gate_id, {_DECISION_SIZE} FROM gate_decisions d{where} "
+        "ORDER BY decided_at DESC, gate_id DESC LIMIT ?",
+        [*params, max(limit, 1)],
+    ).fetchall()
+    chosen = [gate for gate, _ in sized[: fitting([size for _, size in sized], GATES_REPLY_BYTES)]]
     rows = _rows(
         con,
-        f"SELECT * FROM gate_decisions{where} ORDER BY decided_at DESC, gate_id DESC LIMIT ?",
-        [*params, max(limit, 1)],
+        "SELECT * FROM gate_decisions WHERE gate_id IN (SELECT unnest(?)) "
+        "ORDER BY decided_at DESC, gate_id DESC",
+        [chosen],
     )
     decisions = [
         GateDecisionRecord(
