@@ -83,6 +83,13 @@ def inside(target: Path, folder: Path) -> bool:
         return False
 
 
+def lands_inside(target: Path, folder: Path) -> bool:
+    """Whether an export to ``target`` writes anywhere :func:`inside` ``folder``: into
+    ``target`` itself, or a table's folder there that is a link into it (``out/events ->
+    HOME/spool/attestations`` put Parquet files in the daemon's attestation spool)."""
+    return inside(target, folder) or any(inside(target / table, folder) for table in DATED)
+
+
 def check_target(target: Path, tables: Sequence[str]) -> None:
     """Refuse to mix an export into an earlier one: each table's folder must be absent or
     empty (appending would duplicate rows). And a path with a backslash: DuckDB's COPY reads it

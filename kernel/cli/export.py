@@ -51,7 +51,7 @@ def _date(text: str) -> str:
 def cmd_export_parquet(args: argparse.Namespace) -> int:
     # DuckDB and the Parquet writer here, not at the top: every other command would import them.
     import duckdb
-    from foundry.analytics.parquet import ExportError, counts_text, inside
+    from foundry.analytics.parquet import ExportError, counts_text, lands_inside
     from foundry.kernel.cli.main import CommandFailed
 
     target = expanded(args.directory, "DIRECTORY").absolute()
@@ -59,7 +59,7 @@ def cmd_export_parquet(args: argparse.Namespace) -> int:
         counts = asyncio.run(_remote(args.addr, target, args.since))
     except ConnectionRefusedError:
         home = _home(args)
-        if inside(target, home):
+        if lands_inside(target, home):
             raise CommandFailed(f"{target} is inside the daemon's home ({home}); export "
                                 "somewhere else") from None  # fmt: skip
         print(f"foundry: no daemon at {args.addr}; exporting {home / 'foundry.duckdb'} directly "

@@ -50,6 +50,28 @@ def test_export_through_the_daemon_then_offline(make_daemon, tmp_path):
     assert not (daemon.home / "archive" / "x").exists()
 
 
+def test_a_table_folder_linked_into_the_home_is_refused_online_and_offline(make_daemon, tmp_path):
+    """Only DIR was checked against the daemon's home: ``DIR/events -> HOME/spool/attestations``
+    (empty at rest) put the export's Parquet files in the attestation spool, which the next
+    start could not clear (a hunt)."""
+    daemon = make_daemon()
+    daemon.call(lambda f, _r: f.emit(api.EmitRequest(event_type="e", project="p")))
+    spool = daemon.home / "spool" / "attestations"
+    spool.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "events").symlink_to(spool)
+
+    online = daemon.cli("export", "parquet", str(tmp_path / "out"))
+    assert online.returncode == 1
+    assert "INVALID_ARGUMENT" in online.stderr
+    assert "inside the daemon's home" in online.stderr
+    daemon.stop()
+    offline = daemon.cli("export", "parquet", str(tmp_path / "out"), "--home", str(daemon.home))
+    assert offline.returncode == 1
+    assert "inside the daemon's home" in offline.stderr
+    assert list(spool.iterdir()) == []
+
+
 def test_a_folder_with_a_backslash_is_refused_online_and_offline(make_daemon, tmp_path):
     """DuckDB's COPY reads a backslash as a separator, Python does not: ``x\\..\\HOME\\archive``
     passed the check against the daemon's home and wrote into its archive, where the next start

@@ -44,7 +44,7 @@ import duckdb
 import trio
 from foundry.analytics import sandbox
 from foundry.analytics.migrations import SchemaTooNew, migrate
-from foundry.analytics.parquet import inside, refresh_archive_views
+from foundry.analytics.parquet import lands_inside, refresh_archive_views
 from foundry.analytics.schema import ddl
 from foundry.kernel.actors.mailbox import Reply, refuse, reply_pair
 from foundry.kernel.actors.store import retention
@@ -909,7 +909,9 @@ class Store:
 
     async def _query(self, message: StoreQuery) -> None:
         try:
-            if isinstance(message, ExportParquet) and inside(Path(message.directory), self.home):
+            if isinstance(message, ExportParquet) and lands_inside(
+                Path(message.directory), self.home
+            ):
                 raise InvalidArgument(
                     f"directory: {message.directory[:100]!r} is inside the daemon's home "
                     f"({self.home}); export somewhere else"
