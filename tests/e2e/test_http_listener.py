@@ -974,8 +974,10 @@ def test_a_request_framed_by_both_length_and_chunks_is_refused_and_its_connectio
     and the connection stayed open for the next request a proxy might have framed otherwise)."""
     daemon = make_daemon()
     host, port = daemon.http_address.rsplit(":", 1)
-    request = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    )
     with socket.create_connection((host, int(port)), timeout=10) as client:
         client.sendall(request.encode())
         answer = b""

@@ -222,7 +222,9 @@ def _wire_kind(value: Any) -> str:
         return "string"
     if isinstance(value, bytes):
         return "bytes value"
-    return {list: "JSON array", dict: "JSON object"}.get(type(value), type(value).__name__)
+    if isinstance(value, list):
+        return "JSON array"
+    return "JSON object" if isinstance(value, dict) else type(value).__name__
 
 
 def coerce_json_numbers(message: Any, depth: int = 0) -> None:
