@@ -28,6 +28,9 @@ DEFAULT_CORS_ORIGINS: tuple[str, ...] = ()
 GRPC_EXPORTER = "opentelemetry.exporter.otlp.proto.grpc"  # the foundry[otel-grpc] extra
 
 
+MIN_HTTP_BODY_TIMEOUT = 0.1  # seconds ([http] body_timeout)
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     max_chain_depth: int = 32
@@ -510,8 +513,10 @@ class _Reader:
     def _http_listener(self, values: Mapping[str, Any]) -> None:
         from foundry.kernel.edge.http.cors import parse_origin_entry  # stdlib only
 
-        if values.get("body_timeout", 1.0) <= 0:
-            raise self.fail("[http].body_timeout", "expected seconds, more than 0")
+        if not values.get("body_timeout", 1.0) >= MIN_HTTP_BODY_TIMEOUT:
+            # its watch of stalled sends wakes every half of it: 1 µs kept a core busy, idle
+            raise self.fail("[http].body_timeout",
+                            f"expected seconds, at least {MIN_HTTP_BODY_TIMEOUT}")  # fmt: skip
         listen = values.get("listen", DEFAULT_HTTP_LISTEN)
         if listen != "off":
             parse_listen(listen, key=f"{self.source}: [http].listen")

@@ -94,6 +94,8 @@ def test_an_http_port_in_use_refuses_the_start_in_one_line(tmp_path):
         ('[http]\nlisten = "nowhere"\n', "[http].listen: expected HOST:PORT"),
         ('[http]\ncors_origins = ["localhost:3000"]\n', "[http].cors_origins[0]"),
         ("[http]\ncors_origins = 7\n", "[http].cors_origins"),
+        # its watch of stalled sends woke every half of it: a core busy while idle
+        ("[http]\nbody_timeout = 0.000001\n", "[http].body_timeout: expected seconds, at least"),
     ],
 )
 def test_bad_http_keys_are_refused_naming_file_and_key(tmp_path, body, needle):
