@@ -378,8 +378,10 @@ def fitting(sizes: Sequence[int], budget: int) -> int:
 
 def acknowledgement_size(note: str | None, details: Mapping[str, Any]) -> int:
     """A follow-up's size as :data:`ACKNOWLEDGEMENT_BYTES` counts it (and the store's reply
-    budget: 100 for its ids, actor, outcome and time, then its note and its details' JSON)."""
-    return 100 + len(note or "") + len(json.dumps(details, separators=(",", ":"), default=str))
+    budget: 100 for its ids, actor, outcome and time, then its note and its details' JSON; a
+    stored one's details are frozen, and measured as the same JSON)."""
+    text = json.dumps(thawed(details), separators=(",", ":"), ensure_ascii=False)
+    return 100 + len((note or "").encode()) + len(text.encode())  # UTF-8 bytes, as stored
 
 
 def gate_limit(limit: int) -> int:

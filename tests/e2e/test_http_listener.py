@@ -967,26 +967,31 @@ def test_a_grpc_request_without_a_path_is_reset_and_logs_nothing(make_daemon):
     assert ":path" not in daemon.stderr()
 
 
-@pytest.mark.parametrize("path", ["/foundry.Foundry/Status", "/dashboard/"])
 def test_a_request_framed_by_both_length_and_chunks_is_refused_and_its_connection_closed(
-    make_daemon, path
+    make_daemon,
 ):
     """RFC 9112 §6.1: a request with both Transfer-Encoding and Content-Length is a smuggling
     attempt's shape; the server MUST close the connection after its answer (h11 read the chunks,
-    and the connection stayed open for the next request a proxy might have framed otherwise)."""
+    and the connection stayed open for the next request a proxy might have framed otherwise).
+    With a request behind it (a review: answered before its body was read, 13 of 30 such
+    answers collided with hypercorn's own to the bytes behind, and were lost to a traceback)."""
     daemon = make_daemon()
     host, port = daemon.http_address.rsplit(":", 1)
-    request = (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
-    )
-    with socket.create_connection((host, int(port)), timeout=10) as client:
-        client.sendall(request.encode())
-        answer = b""
-        while chunk := client.recv(65536):  # to the end: the daemon closes the connection
-            answer += chunk
-    head = answer.split(b"\r\n\r\n", 1)[0].lower()
-    assert head.startswith(b"http/1.1 400"), answer[:200]
-    assert b"connection: close" in head
-    assert b"transfer-encoding" in answer.split(b"\r\n\r\n", 1)[1].lower()  # the reason
+    pipelined = "GET /dashboard/ HTTP/1.1\r\nHost: x\r\n\r\n"  # a smuggled request's place
+    for path in ["/foundry.Foundry/Status", "/dashboard/"] * 10:
+        request = (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        )
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.sendall((request + pipelined).encode())
+            answer = b""
+            while chunk := client.recv(65536):  # to the end: the daemon closes the connection
+                answer += chunk
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 400"), answer[:200]
+        assert b"connection: close" in head
+        assert b"transfer-encoding" in answer.split(b"\r\n\r\n", 1)[1].lower()  # the reason
+        assert answer.count(b"HTTP/1.1 ") == 1  # the pipelined request is not served
     assert _status_code(daemon) == 200
+    assert "Traceback" not in daemon.stderr()

@@ -444,6 +444,22 @@ def test_a_decision_keeps_at_most_a_mebibyte_of_follow_ups(daemon):
     assert len(gates(daemon, gate.change_id)[0].acknowledgements) == 4
 
 
+@pytest.mark.parametrize("text", ["\\" * 300_000, "日" * 200_000], ids=["escapes", "cjk"])
+def test_a_follow_up_is_measured_in_utf8_bytes_alike_sent_and_stored(daemon, text):
+    """A review: a stored follow-up's frozen details were measured by their repr (a backslash
+    counted twice more), and text by its ASCII escapes (``日`` six bytes, not three)."""
+    gate = check(daemon, change_id=unique("change"))
+    request = api.RecordGateFollowupRequest(gate_id=gate.gate_id,
+                                            outcome=api.FollowupOutcome.DEFERRED,
+                                            details=Struct.from_dict({"t": text}))  # fmt: skip
+    daemon.call(lambda _, rt: rt.record_gate_followup(request))  # 600 KB: taken
+    small = api.RecordGateFollowupRequest(gate_id=gate.gate_id,
+                                          outcome=api.FollowupOutcome.APPROVED)  # fmt: skip
+    daemon.call(lambda _, rt: rt.record_gate_followup(small))  # ~600 KB stored, not 1.2 MB
+    refused = rpc_error(daemon, lambda rt: rt.record_gate_followup(request))  # 1.2 MB: not
+    assert_error(refused, Status.RESOURCE_EXHAUSTED, "bytes of follow-ups")
+
+
 def test_list_change_gates_limit_zero_means_fifty(daemon):
     change = unique("change")
     for _ in range(52):

@@ -89,12 +89,16 @@ def _eval_result(r: dict[str, Any]) -> EvalResultRecord:
     )
 
 
-# A decision's size, about: its texts and those of its acknowledgements
-_DECISION_SIZE = """
-    len(array_to_string(reasons, ' ')) + len(followups::VARCHAR) + len(scorecard::VARCHAR)
-    + len(metadata::VARCHAR) + len(telemetry::VARCHAR)
-    + coalesce((SELECT sum(len(coalesce(f.note, '')) + len(f.details::VARCHAR) + 100)
-                FROM gate_followups f WHERE f.gate_id = d.gate_id), 0)"""
+# Sizes (UTF-8 bytes, about) of decisions and of their acknowledgements' texts. Each query is
+# bounded below by the oldest decision's time: DuckDB then skips the row groups before it.
+_DECISION_SIZES = """
+    SELECT gate_id, strlen(array_to_string(reasons, ' ')) + strlen(followups::VARCHAR)
+        + strlen(scorecard::VARCHAR) + strlen(metadata::VARCHAR) + strlen(telemetry::VARCHAR)
+    FROM gate_decisions WHERE decided_at >= ? AND gate_id IN (SELECT unnest(?))"""
+_ACKNOWLEDGEMENT_SIZES = """
+    SELECT gate_id, sum(strlen(coalesce(note, '')) + strlen(details::VARCHAR) + 100)
+    FROM gate_followups WHERE recorded_at >= ? AND gate_id IN (SELECT unnest(?))
+    GROUP BY gate_id"""
 
 
 def load_gates(
@@ -102,24 +106,28 @@ def load_gates(
 ) -> list[StoredGate]:
     """At most ``limit`` decisions, newest first, and of those as many as fit in
     :data:`GATES_REPLY_BYTES` (one at least): 1,000 decisions of 2.5 MB each made one reply
-    of 2.5 GB, built whole in the daemon's memory."""
+    of 2.5 GB, built whole in the daemon's memory. Their sizes are measured for that page
+    alone (measured in the ordering query, every decision of the table was)."""
     if gate_id:
-        where, params = " WHERE gate_id = ?", [gate_id]
+        where, params = "gate_id = ?", [gate_id]
     elif change_id:
-        where, params = " WHERE change_id = ?", [change_id]
+        where, params = "change_id = ?", [change_id]
     else:
-        where, params = "", []
-    sized = con.execute(
-        f"SELECT gate_id, {_DECISION_SIZE} FROM gate_decisions d{where} "
-        "ORDER BY decided_at DESC, gate_id DESC LIMIT ?",
+        where, params = "TRUE", []
+    order = "ORDER BY decided_at DESC, gate_id DESC LIMIT ?"
+    page = con.execute(
+        f"SELECT gate_id, decided_at FROM gate_decisions WHERE {where} {order}",
         [*params, max(limit, 1)],
     ).fetchall()
-    chosen = [gate for gate, _ in sized[: fitting([size for _, size in sized], GATES_REPLY_BYTES)]]
+    if not page:
+        return []
+    if len(page) > 1:  # (one is always listed: no sizes to measure)
+        page = page[: fitting(_page_sizes(con, page), GATES_REPLY_BYTES)]
     rows = _rows(
         con,
-        "SELECT * FROM gate_decisions WHERE gate_id IN (SELECT unnest(?)) "
-        "ORDER BY decided_at DESC, gate_id DESC",
-        [chosen],
+        "SELECT * FROM gate_decisions WHERE decided_at >= ? AND gate_id IN (SELECT unnest(?)) "
+        "ORDER BY decided_at DESC, gate_id DESC",  # the page's (a commit since cannot move it)
+        [page[-1][1], [gate for gate, _ in page]],
     )
     decisions = [
         GateDecisionRecord(
@@ -157,3 +165,13 @@ def load_gates(
                 )  # fmt: skip
             )
     return [StoredGate(d, tuple(acks.get(d.gate_id, ()))) for d in decisions]
+
+
+def _page_sizes(con: duckdb.DuckDBPyConnection, page: list[tuple[str, Any]]) -> list[int]:
+    """The sizes of a page's decisions (``(gate_id, decided_at)``, newest first), each with
+    its acknowledgements."""
+    ids, oldest = [gate for gate, _ in page], page[-1][1]
+    sizes = dict(con.execute(_DECISION_SIZES, [oldest, ids]).fetchall())
+    for gate, size in con.execute(_ACKNOWLEDGEMENT_SIZES, [oldest, ids]).fetchall():
+        sizes[gate] += size
+    return [sizes.get(gate, 0) for gate in ids]

@@ -124,7 +124,10 @@ class HttpApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if _framed_twice(scope):
             # RFC 9112 6.1: the server MUST close the connection after answering (h11 reads the
-            # chunks and kept it open: a proxy framing by the length sees another request)
+            # chunks and kept it open: a proxy framing by the length sees another request).
+            # Its body read first: bytes arriving behind it while the answer went out made
+            # hypercorn answer them at once, and the two answers collided (a traceback, none).
+            await _drained(receive, self._limit, self._body_timeout)
             await _respond(send, 400, [(b"content-type", b"text/plain; charset=utf-8"),
                                        (b"connection", b"close")], FRAMED_TWICE)  # fmt: skip
             return
@@ -462,6 +465,17 @@ def _long_protocol_header(headers: Mapping[str, str]) -> str | None:
 
 
 FRAMED_TWICE = b"a request framed by both Transfer-Encoding and Content-Length is refused\n"
+
+
+async def _drained(receive: Receive, limit: int, seconds: float) -> None:
+    """Read a request's body to its end, for ``seconds`` at most, up to about ``limit`` bytes."""
+    read = 0
+    with trio.move_on_after(seconds):
+        while read <= limit:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
+            read += len(message.get("body", b""))
 
 
 def _framed_twice(scope: Scope) -> bool:
