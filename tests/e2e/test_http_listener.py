@@ -400,6 +400,20 @@ def test_a_token_is_required_on_rpcs_and_streams_but_not_on_preflights(make_daem
     )
     assert (code, reason.split(":")[0]) == (1008, "unauthenticated")
     assert "51 bearer subprotocols were offered: offer the token once" in reason
+    # a second Sec-WebSocket-Protocol header is more of the same list (RFC 9110 5.3): hypercorn
+    # kept the last header alone, and its one token passed (a hunt)
+    host, port = daemon.http_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(b"GET /ws/runs/run_nope/tap HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n"
+                    b"Sec-WebSocket-Protocol: foundry, bearer.guess\r\n"
+                    b"Sec-WebSocket-Protocol: bearer.s3cret-token\r\n\r\n")  # fmt: skip
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := raw.recv(65536):
+                answer += chunk
+    assert b"2 bearer subprotocols were offered" in answer, answer[:300]
 
 
 def test_a_stream_answered_before_its_body_ends_leaves_the_connections_other_streams(

@@ -295,14 +295,13 @@ def bound_websocket_messages() -> None:
     def without_compression(self: Any, headers: Any, *args: Any, **kwargs: Any) -> None:
         # Offered or not, none is accepted (the app checks the header and answers a bad one
         # 400): not parsed here, where a byte that is not ASCII dropped the connection unanswered.
-        kept = [(name, value) for name, value in headers
-                if name.lower() != b"sec-websocket-extensions"]  # fmt: skip
+        kept, readable = _handshake_headers(headers)
         init(self, kept, *args, **kwargs)
         self.extensions = None
         # RFC 6455 §4.2.1: one key, a 16-byte nonce in base64 — hypercorn took any (a key
         # "abc", or two keys, was upgraded): without one the handshake is answered 400
         keys = [value for name, value in headers if name.lower() == b"sec-websocket-key"]
-        if len(keys) > 1 or (keys and not _a_websocket_key(keys[0])):
+        if len(keys) > 1 or (keys and not _a_websocket_key(keys[0])) or not readable:
             self.key = None
 
     def extending(self: Any, event: Any) -> None:
@@ -312,12 +311,15 @@ def bound_websocket_messages() -> None:
             raise FrameTooLargeError()
         data = event.data
         size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())
-        held = self.held_bytes if self.value is not None else 0  # a new message starts at 0
-        if held + size > self.max_length:
+        new = self.value is None  # a new message starts at 0
+        held, pieces = (0, 0) if new else (self.held_bytes, self.fragments)
+        # Fragments bounded too: hypercorn reads a message's fragments without a turn for
+        # anyone else, ~65 µs each, so 30,000 one-byte ones stalled every client for seconds
+        if held + size > self.max_length or pieces >= MAX_FRAGMENTS:
             self.value, self.length = None, self.max_length + 1  # over: nothing more is kept
             raise FrameTooLargeError()
         extend(self, event)
-        self.held_bytes = held + size
+        self.held_bytes, self.fragments = held + size, pieces + 1
 
     async def handling_events(self: Any) -> None:
         send = self.send
@@ -357,6 +359,35 @@ def bound_websocket_messages() -> None:
     WebsocketBuffer.extend = extending  # type: ignore[method-assign]
     handling_events = functools.wraps(handle_events)(handling_events)
     WSStream._handle_events = handling_events  # type: ignore[method-assign]
+
+
+MAX_FRAGMENTS = 256  # of one WebSocket message (64 KiB: 256 bytes each, on average)
+_LISTED = (b"connection", b"sec-websocket-protocol")  # comma lists hypercorn reads as ASCII
+
+
+def _handshake_headers(headers: Any) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """The upgrade's headers as hypercorn's handshake should read them, and whether it can:
+    no extensions (none is agreed to), one subprotocol list (RFC 9110 5.3: a header given twice
+    is one list; hypercorn kept the last, and a second bearer subprotocol in a header of its own
+    passed the one-token rule), and False for a list with a byte that is not ASCII (its decode
+    failed in the handshake: the connection dropped unanswered; now a 400)."""
+    kept: list[tuple[bytes, bytes]] = []
+    protocols: list[bytes] = []
+    readable = True
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"sec-websocket-extensions":
+            continue
+        if lowered in _LISTED and not value.isascii():
+            readable = False
+            continue
+        if lowered == b"sec-websocket-protocol":
+            protocols.append(value)
+            continue
+        kept.append((name, value))
+    if protocols:
+        kept.append((b"sec-websocket-protocol", b", ".join(protocols)))
+    return kept, readable
 
 
 def _a_websocket_key(value: bytes) -> bool:
