@@ -198,6 +198,29 @@ def test_upstream_files_without_extra_keys_or_with_unknown_ones_are_read(daemon,
     )
 
 
+def test_span_ids_a_file_gives_against_emits_rules_are_shown_empty(daemon, stubs, pb):
+    """A file the daemon did not write may hold ids Emit refuses: a span its own parent, span
+    ids without a trace id. Trace answered them as they were (a hunt)."""
+    own_parent = upstream_file(ROOT)
+    event, execution = own_parent["events"][0], own_parent["block_executions"][0]
+    event["parent_span_id"] = event["span_id"]
+    execution["parent_span_id"] = execution["span_id"] = event["span_id"]
+    drop(daemon, ROOT, json.dumps(own_parent))
+    reply = trace(stubs, pb, ROOT)
+    assert reply.events[0].span_id == event["span_id"]
+    assert reply.events[0].parent_span_id == ""
+    assert (reply.block_executions[0].span_id, reply.block_executions[0].parent_span_id) == (
+        event["span_id"], "")  # fmt: skip
+
+    untraced = upstream_file(ROOT)
+    untraced["events"][0]["trace_id"] = "00-" + untraced["events"][0]["trace_id"] + "-01"
+    untraced["events"][0]["parent_span_id"] = "1111111111111111"
+    drop(daemon, ROOT, json.dumps(untraced))
+    reply = trace(stubs, pb, ROOT)
+    e, x = reply.events[0], reply.block_executions[0]
+    assert (e.trace_id, e.span_id, e.parent_span_id, x.span_id, x.parent_span_id) == ("",) * 5
+
+
 def at_time(document: dict, occurred_at: str) -> dict:
     document["events"][0]["occurred_at"] = occurred_at
     return document

@@ -72,7 +72,10 @@ class FoundryService(api.FoundryBase):
         )
         # a chain of thousands of events is made between the loop's other work
         reply.events = await in_chunks(events, _trace_event)
-        reply.block_executions = await in_chunks(executions, _trace_execution)
+        traced = {e.event_id for e in reply.events if e.trace_id}
+        reply.block_executions = await in_chunks(
+            executions, lambda x: _trace_execution(x, x["trigger_event_id"] in traced)
+        )
         return reply
 
     async def watch(self, message: api.WatchRequest) -> AsyncGenerator[api.WatchResponse, None]:
@@ -198,22 +201,26 @@ def _workflow_status(view: WorkflowView) -> api.WorkflowStatus:
 
 
 def _trace_event(e: Mapping[str, Any]) -> api.TraceEvent:
+    trace_id = _trace_id(e.get("trace_id"))
+    span_id, parent_span_id = _spans(e, bool(trace_id))
     return api.TraceEvent(
         event_id=e["id"],
         event_type=e["event_type"],
         project=e["project"],
         occurred_at=e["occurred_at"],
         throttle=api.Throttle(THROTTLE_TO_WIRE[e["throttle"]]),
-        trace_id=_trace_id(e.get("trace_id")),
-        span_id=_span_id(e.get("span_id")),
-        parent_span_id=_span_id(e.get("parent_span_id")),
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent_span_id,
         payload_json=payload_json_of(e["payload"]),  # the bytes its id hashed
         recorded_at=e.get("recorded_at", ""),
         throttled=bool(e.get("throttled", False)),
     )
 
 
-def _trace_execution(x: Mapping[str, Any]) -> api.TraceBlockExecution:
+def _trace_execution(x: Mapping[str, Any], traced: bool) -> api.TraceBlockExecution:
+    """``traced``: its trigger event has a trace id (a span of no trace is shown empty)."""
+    span_id, parent_span_id = _spans(x, traced)
     return api.TraceBlockExecution(
         block_name=x["block_name"],
         trigger_event_id=x["trigger_event_id"],
@@ -226,8 +233,8 @@ def _trace_execution(x: Mapping[str, Any]) -> api.TraceBlockExecution:
         trigger_payload_json=payload_json_of(x["trigger_payload"]),
         emitted_payload_jsons=[payload_json_of(p) for p in x["emitted_payloads"]],
         audit_artifacts=list(x["audit_artifacts"]),
-        span_id=_span_id(x.get("span_id")),
-        parent_span_id=_span_id(x.get("parent_span_id")),
+        span_id=span_id,
+        parent_span_id=parent_span_id,
         state=x.get("state", ""),
         throttled=bool(x.get("throttled", False)),
         attempts=int(x.get("attempts", 1)),
@@ -242,6 +249,17 @@ def _trace_id(value: Any) -> str:
 
 def _span_id(value: Any) -> str:
     return value if isinstance(value, str) and is_span_id(value) else ""
+
+
+def _spans(record: Mapping[str, Any], traced: bool) -> tuple[str, str]:
+    """A trace file's span and parent span ids, held to Emit's rules (a file the daemon did
+    not write, say the public daemon's, may break them): none without a trace id, and no span
+    its own parent."""
+    if not traced:
+        return "", ""
+    span_id = _span_id(record.get("span_id"))
+    parent_span_id = _span_id(record.get("parent_span_id"))
+    return span_id, "" if parent_span_id == span_id else parent_span_id
 
 
 def _whole_ms(value: Any) -> int:
