@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import grpc
 import h2.config
 import h2.connection
 import h2.events
@@ -31,6 +32,7 @@ from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
 
 from tests.daemon import REPO
 from tests.e2e.helpers import EVENT_ID
+from tests.grpcio_client import raw_call, raw_channel
 from tests.helpers import DEADLINE, wait_until
 from tests.runs.helpers import dag, submit, wait_done
 
@@ -288,3 +290,23 @@ def _ended(connection: Any, sock: socket.socket, stream_id: int, headers: dict[s
             ended = ended or event.stream_id == stream_id
     sock.sendall(connection.data_to_send())
     return ended
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/grpc.health.v1.Health/Check", b"\n\x01\xff"),  # a service name that is not UTF-8
+        ("/grpc.health.v1.Health/Check", b"\xff\xff\xff"),  # not protobuf
+        ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", b'"\x02\xff\xfe'),
+    ],
+)
+def test_bytes_health_or_reflection_cannot_read_are_invalid_argument(daemon, path, body):
+    """They were UNKNOWN "Internal Server Error" and a 40-line traceback each (naming the field
+    asked betterproto's schema of upb's classes): health needs no token, so any client could
+    flood the log (a hunt)."""
+    before = daemon.stderr().count("Traceback")
+    with raw_channel(daemon.address) as channel:
+        code, details = raw_call(channel, path, body)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert details.startswith("request: not a valid ")
+    assert daemon.stderr().count("Traceback") == before

@@ -20,6 +20,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+import betterproto2
 from foundry.kernel.edge.grpc.message_check import (
     MAX_NESTING,
     UnreadField,
@@ -311,11 +312,12 @@ def not_valid(data: bytes | bytearray | None, kind: type, exc: Exception) -> str
     """The INVALID_ARGUMENT message of a request ``kind``'s parser refused (``data``: its
     protobuf bytes, None for JSON): a string field's bad UTF-8, a field sent with another wire
     type than its own, a Timestamp or Duration out of range are named."""
-    if isinstance(exc, UnicodeDecodeError) and data is not None:
+    ours = isinstance(kind, type) and issubclass(kind, betterproto2.Message)
+    if isinstance(exc, UnicodeDecodeError) and data is not None and ours:
         found = utf8_culprit(data, kind)
         if found is not None:
             return f"request: {found[0]}: not valid UTF-8 (byte {found[1]} of the field)"
-    if data is not None:
+    if data is not None and ours:  # (not health's or reflection's: upb's classes, no schema here)
         wrong = value_culprit(data, kind)
         if wrong is not None:
             return f"request: {wrong}"
