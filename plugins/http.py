@@ -12,6 +12,7 @@ sent. Messages and summaries show URLs without their query string.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from typing import Any
@@ -26,6 +27,7 @@ from foundry.kernel import (
     EgressPolicy,
     guarded_client,
     hookimpl,
+    payload_number,
     redact_url,
     request_bounded,
 )
@@ -84,8 +86,9 @@ class HttpBlock(Block):
         if response.status_code >= 400 and not _flag(ctx.inputs, "allow_error_status"):
             raise BlockError(f"{method} {shown} answered {response.status_code}")
         ctx.summary = f"{method} {shown} → {response.status_code}"
-        return {"status": response.status_code, "headers": dict(response.headers),
-                "body": _body(response, content)}  # fmt: skip
+        # (up to max_step_bytes of it decoded and parsed: off the daemon's loop)
+        body = await trio.to_thread.run_sync(_body, response.headers, response.encoding, content)
+        return {"status": response.status_code, "headers": dict(response.headers), "body": body}
 
 
 def _seconds(value: Any) -> float:
@@ -136,13 +139,39 @@ _DAEMONS = frozenset({
 })  # fmt: skip
 
 
-def _body(response: httpx.Response, content: bytes) -> Any:
-    if "json" in response.headers.get("content-type", ""):
+def _body(headers: httpx.Headers, encoding: str | None, content: bytes) -> Any:
+    """The response's body as the step's output: JSON the daemon stores, as the shell block
+    reads stdout (``NaN``, ``1e400``: text; Python's reader took them and the step failed,
+    its output "not JSON"), else text in its charset when that is a text encoding made for
+    it, else UTF-8 (``rot13`` and ``hex`` failed the step with Python's words, ``idna`` with
+    its error handling's, and ``punycode``, quadratic, held the daemon's loop for minutes)."""
+    text = content.decode(_charset(encoding), errors="replace")
+    if "json" in headers.get("content-type", ""):
         try:
-            return json.loads(content)
-        except (ValueError, RecursionError):  # (RecursionError: nested ~1,000 levels deep)
-            pass
-    return content.decode(response.encoding or "utf-8", errors="replace")
+            value = json.loads(text, parse_int=payload_number, parse_float=payload_number)
+            json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+        except (ValueError, OverflowError, RecursionError):  # (nested ~1,000 levels deep)
+            return text
+        return value
+    return text
+
+
+def _charset(encoding: str | None) -> str:
+    """``encoding`` when it names a charset of the web's (the WHATWG Encoding Standard's
+    families: Unicode, ISO 8859, the Windows and Mac code pages, KOI8, the CJK ones), else
+    UTF-8, as a browser falls back."""
+    try:
+        name = codecs.lookup(encoding or "utf-8").name
+    except LookupError:
+        return "utf-8"
+    web = name in _WEB_CHARSETS or name.startswith(("iso8859-", "cp", "mac-", "koi8-"))
+    return name if web else "utf-8"
+
+
+_WEB_CHARSETS = frozenset({
+    "utf-8", "utf-16", "utf-16-le", "utf-16-be", "ascii", "latin-1", "gbk", "gb18030", "big5",
+    "big5hkscs", "gb2312", "euc_jp", "iso2022_jp", "shift_jis", "euc_kr", "tis-620",
+})  # fmt: skip
 
 
 @hookimpl
