@@ -182,18 +182,8 @@ def test_a_message_of_too_many_fragments_is_closed_1009(daemon):
     """hypercorn reads a message's fragments without a turn for any other task, ~65 µs each:
     30,000 one-byte fragments a message (30 KB, under the size cap) held every client's Status
     for 2-4 s (a hunt). A message is at most 256 fragments now."""
-    sock, head = _upgraded(daemon)
-    with sock:
-        assert head.startswith(b"HTTP/1.1 101")
-        frames = _short(b"{", 1, False) + _short(b" ", 0, False) * 300 + _short(b"}", 0, True)
-        with contextlib.suppress(OSError):
-            sock.sendall(frames)
-        sock.settimeout(5)
-        received = b""
-        with contextlib.suppress(OSError):
-            while chunk := sock.recv(65536):
-                received += chunk
-    assert b"\x88\x02\x03\xf1" in received  # a close frame, code 1009
+    frames = _short(b"{", 1, False) + _short(b" ", 0, False) * 300 + _short(b"}", 0, True)
+    assert b"\x88\x02\x03\xf1" in _answer_to(daemon, frames)  # a close frame, code 1009
     fine, head = _upgraded(daemon)  # 255 fragments are still a message
     with fine:
         fine.sendall(_short(b"{", 1, False) + _short(b" ", 0, False) * 254 + _short(b"}", 0, True))
@@ -249,6 +239,22 @@ def _upgraded(daemon, extensions: bytes = b"") -> tuple[socket.socket, bytes]:
     return sock, head
 
 
+def _answer_to(daemon, data: bytes) -> bytes:
+    """What the daemon sends on an upgraded ``/ws/watch`` after ``data``, to the connection's
+    end (or 5 s of nothing)."""
+    sock, head = _upgraded(daemon)
+    with sock:
+        assert head.startswith(b"HTTP/1.1 101")
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+        sock.settimeout(5)
+        received = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    return received
+
+
 def test_a_message_past_the_size_is_closed_1009_and_nothing_more_of_it_kept(daemon):
     """hypercorn answered a message over the 64 KiB cap with 1009 but kept every fragment the
     client sent after it (found by a framing hunt: 500 MiB sent, ~500 MiB held). Now the
@@ -276,15 +282,7 @@ def test_a_message_past_the_size_is_closed_1009_and_nothing_more_of_it_kept(daem
 def test_the_size_of_a_text_message_is_its_utf8_bytes(daemon):
     """30,000 three-byte characters: under the 64 KiB cap in characters (hypercorn's count, so
     a text message could hold four times the cap), 90,000 bytes over it in UTF-8."""
-    sock, head = _upgraded(daemon)
-    with sock:
-        assert head.startswith(b"HTTP/1.1 101")
-        sock.sendall(_frame(("雪" * 30_000).encode(), 1, True))
-        sock.settimeout(5)
-        received = b""
-        with contextlib.suppress(OSError):
-            while chunk := sock.recv(65536):
-                received += chunk
+    received = _answer_to(daemon, _frame(("雪" * 30_000).encode(), 1, True))
     assert b"\x88\x02\x03\xf1" in received  # a close frame, code 1009
 
 
@@ -321,15 +319,7 @@ def test_no_compression_is_agreed_to(daemon):
 def test_a_frame_the_daemon_cannot_read_is_answered_with_a_close_saying_why(daemon, frame, code):
     """The connection ended with no close frame, so the client saw 1006, not what it did wrong
     (RFC 6455 §7.1.7: a hunt). The close carries wsproto's code and reason."""
-    sock, head = _upgraded(daemon)
-    with sock:
-        assert head.startswith(b"HTTP/1.1 101")
-        sock.sendall(frame)
-        sock.settimeout(5)
-        received = b""
-        with contextlib.suppress(OSError):
-            while chunk := sock.recv(65536):
-                received += chunk
+    received = _answer_to(daemon, frame)
     close = received.find(b"\x88")
     assert close >= 0, received[:200]
     assert struct.unpack("!H", received[close + 2 : close + 4])[0] == code
