@@ -145,7 +145,7 @@ def _body(headers: httpx.Headers, encoding: str | None, content: bytes) -> Any:
     its output "not JSON"), else text in its charset when that is a text encoding made for
     it, else UTF-8 (``rot13`` and ``hex`` failed the step with Python's words, ``idna`` with
     its error handling's, and ``punycode``, quadratic, held the daemon's loop for minutes)."""
-    text = content.decode(_charset(encoding), errors="replace")
+    text = content.decode(_charset(encoding, content), errors="replace")
     if "json" in headers.get("content-type", ""):
         try:
             value = json.loads(text, parse_int=payload_number, parse_float=payload_number)
@@ -156,10 +156,15 @@ def _body(headers: httpx.Headers, encoding: str | None, content: bytes) -> Any:
     return text
 
 
-def _charset(encoding: str | None) -> str:
-    """``encoding`` when it names a charset of the web's (the WHATWG Encoding Standard's
-    families: Unicode, ISO 8859, the Windows and Mac code pages, KOI8, the CJK ones), else
-    UTF-8, as a browser falls back."""
+def _charset(encoding: str | None, content: bytes) -> str:
+    """The body's byte-order mark's, as a browser sniffs it (json.loads of the bytes did: a
+    UTF-8 BOM before JSON was read as JSON), else ``encoding`` when it names a charset of the
+    web's (the WHATWG Encoding Standard's families: Unicode, ISO 8859, the Windows and Mac code
+    pages, KOI8, the CJK ones), else UTF-8, as a browser falls back."""
+    if content.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if content.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"  # (which reads the mark, and drops it)
     try:
         name = codecs.lookup(encoding or "utf-8").name
     except LookupError:

@@ -239,6 +239,54 @@ def _upgraded(daemon, extensions: bytes = b"") -> tuple[socket.socket, bytes]:
     return sock, head
 
 
+def test_one_frame_arriving_in_many_reads_is_one_fragment(daemon):
+    """A review: each read of a frame was counted a fragment, so one 50 KB frame over a slow
+    link (300 reads) was closed 1009 as "too many fragments"."""
+    sock, head = _upgraded(daemon)
+    with sock:
+        assert head.startswith(b"HTTP/1.1 101")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        payload = b" " * 51_200
+        sock.sendall(struct.pack(">BBH", 0x81, 0x80 | 126, len(payload)) + b"\0\0\0\0")
+        for start in range(0, len(payload), 171):
+            sock.sendall(payload[start : start + 171])
+            time.sleep(0.002)  # a read each
+        sock.settimeout(1)
+        with contextlib.suppress(TimeoutError):
+            assert not sock.recv(65536).startswith(b"\x88")  # no close (a watch sends nothing)
+
+
+def test_an_http2_upgrade_with_a_subprotocol_that_is_not_ascii_is_answered_400(daemon):
+    """RFC 8441's upgrade has no key: the refusal (a key made None) did not stop it, and the
+    header was dropped silently (a review)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    host, port = daemon.http_address.rsplit(":", 1)
+    config = h2.config.H2Configuration(client_side=True, header_encoding=None,
+                                       validate_outbound_headers=False,
+                                       normalize_outbound_headers=False)  # fmt: skip
+    connection = h2.connection.H2Connection(config)
+    connection.initiate_connection()
+    status = None
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(connection.data_to_send())
+        connection.send_headers(1, [
+            (b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"),
+            (b":path", b"/ws/watch"), (b":authority", b"x"), (b"sec-websocket-version", b"13"),
+            (b"sec-websocket-protocol", b"foundry, caf\xe9")])  # fmt: skip
+        sock.sendall(connection.data_to_send())
+        while status is None:
+            data = sock.recv(65536)
+            assert data, "the connection closed unanswered"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[b":status"]
+            sock.sendall(connection.data_to_send())
+    assert status == b"400"
+
+
 def _answer_to(daemon, data: bytes) -> bytes:
     """What the daemon sends on an upgraded ``/ws/watch`` after ``data``, to the connection's
     end (or 5 s of nothing)."""

@@ -303,6 +303,8 @@ def bound_websocket_messages() -> None:
         keys = [value for name, value in headers if name.lower() == b"sec-websocket-key"]
         if len(keys) > 1 or (keys and not _a_websocket_key(keys[0])) or not readable:
             self.key = None
+        if not readable:
+            self.version = None  # (HTTP/2's upgrade has no key: its version is checked)
 
     def extending(self: Any, event: Any) -> None:
         # In bytes, as the cap says: hypercorn counts a text message's characters (64 Ki
@@ -319,7 +321,8 @@ def bound_websocket_messages() -> None:
             self.value, self.length = None, self.max_length + 1  # over: nothing more is kept
             raise FrameTooLargeError()
         extend(self, event)
-        self.held_bytes, self.fragments = held + size, pieces + 1
+        # (a frame arriving in several reads is several events: one fragment)
+        self.held_bytes, self.fragments = held + size, pieces + bool(event.frame_finished)
 
     async def handling_events(self: Any) -> None:
         send = self.send
