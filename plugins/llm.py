@@ -131,6 +131,9 @@ async def openai_provider(
     if not 200 <= response.status_code < 300:
         text = content[:200].decode(errors="replace")
         raise BlockError(f"LLM endpoint answered {response.status_code}: {text}")
+    if "text/event-stream" in response.headers.get("content-type", ""):
+        raise BlockError("the LLM endpoint streamed its answer (text/event-stream); a whole "
+                         "chat completion was asked for")  # fmt: skip
     return completion_of(content)
 
 
@@ -140,11 +143,16 @@ def completion_of(content: bytes) -> Completion:
     ``choices`` failed the step with ``KeyError: 'choices'``)."""
     try:
         data = json.loads(content)
+        if isinstance(data, dict) and "choices" not in data and "error" in data:
+            raise BlockError(f"the LLM endpoint answered an error: {_error_text(data['error'])}")
         choice = data["choices"][0]
         text = choice["message"]["content"]
-        usage = data.get("usage") or {}
-        counts = [usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)]
-        reason = choice.get("finish_reason") or "stop"
+        usage = data.get("usage")
+        if usage is None:  # not sent (some local servers): nothing counted
+            usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        counts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+        reason = choice.get("finish_reason")
+        reason = "stop" if reason is None else reason
     except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as exc:
         raise BlockError(
             f"the LLM endpoint's answer is not a chat completion ({exc!r:.100})"
@@ -157,6 +165,13 @@ def completion_of(content: bytes) -> Completion:
         raise BlockError(f"the LLM endpoint's answer: usage token counts must be whole numbers "
                          f"from 0 to {MAX_TOKENS:,}, got {counts!r:.100}")  # fmt: skip
     return Completion(text=text, tokens_in=counts[0], tokens_out=counts[1], finish_reason=reason)
+
+
+def _error_text(error: object) -> str:
+    """An OpenAI error's message (``{"error": {"message": …}}``), else the error as JSON."""
+    message = error.get("message") if isinstance(error, dict) else None
+    text = message if isinstance(message, str) else json.dumps(error, default=str)
+    return text[:200]
 
 
 MAX_TOKENS = 2**53  # a token count, at most (JSON's exact integers)

@@ -52,9 +52,11 @@ class FakeHttp:
         completion_tokens: int = 5,
         document: Any = None,
         status: int = 200,
+        content_type: str = "application/json",
     ) -> None:
         """What a chat completion for ``model`` answers; ``document``: that JSON instead (an
-        endpoint that answers what a chat completion is not), with ``status``."""
+        endpoint that answers what a chat completion is not), with ``status`` and
+        ``content_type``."""
         with self.lock:
             self.answers[model] = {
                 "text": text,
@@ -62,6 +64,7 @@ class FakeHttp:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "document": document,
+                "content_type": content_type,
             }
 
 
@@ -73,11 +76,11 @@ def _handler(fake: FakeHttp) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass
 
-        def _reply(self, status: int, document: Any) -> None:
+        def _reply(self, status: int, document: Any, kind: str = "application/json") -> None:
             # bytes: sent as they are (JSON Python's own json could not write, say)
             body = document if isinstance(document, bytes) else json.dumps(document).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -131,7 +134,7 @@ def _handler(fake: FakeHttp) -> type[BaseHTTPRequestHandler]:
                 last = (body.get("messages") or [{}])[-1].get("content", "")
                 answer = {"text": f"echo: {last}", "prompt_tokens": 3, "completion_tokens": 2}
             if answer.get("document") is not None:
-                self._reply(answer.get("status", 200), answer["document"])
+                self._reply(answer["status"], answer["document"], answer["content_type"])
                 return
             self._reply(
                 200,

@@ -647,15 +647,27 @@ def test_llm_openai_provider_against_a_fake_endpoint(daemon, fake_http):
         ({"choices": [{"message": {"content": {"a": 1}}}]}, "content and finish_reason must be"),
         # json.loads raises RecursionError (not a ValueError): it escaped as itself
         (b"[" * 5_000 + b"]" * 5_000, "not a chat completion (RecursionError"),
+        # a usage without both counts was counted 0, the run's totals understated (a hunt)
+        ({"choices": [{"message": {"content": "hi"}}], "usage": {"total_tokens": 99}},
+         "usage token counts must be whole numbers from 0"),
+        ({"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 7}},
+         "usage token counts must be whole numbers from 0"),
+        ({"choices": [{"message": {"content": "hi"}, "finish_reason": False}]},
+         "content and finish_reason must be text"),  # it was "stop"
+        ({"error": {"message": "Rate limit reached"}},
+         "the LLM endpoint answered an error: Rate limit reached"),  # KeyError('choices')
+        (b"data: {}\n\n", "streamed its answer (text/event-stream)"),  # JSONDecodeError
     ],
     ids=["negative-tokens", "huge-tokens", "no-choices", "empty-choices", "content-object",
-         "too-deep"],
+         "too-deep", "total-only", "prompt-only", "false-reason", "error-body", "streamed"],
 )  # fmt: skip
 def test_an_llm_answer_that_is_no_chat_completion_fails_the_step_naming_why(
     daemon, fake_http, document, said
 ):
     model = f"odd-{uuid.uuid4().hex[:6]}"
-    fake_http.answer(model, "", document=document)
+    streamed = isinstance(document, bytes) and document.startswith(b"data:")
+    kind = "text/event-stream" if streamed else "application/json"
+    fake_http.answer(model, "", document=document, content_type=kind)
     run = run_and_wait(daemon, dag({"id": "ask", "type": "llm", "model": f"openai:{model}",
                                     "inputs": {"prompt": "hi"}}))  # fmt: skip
     assert run.status == api.RunStatus.FAILED
