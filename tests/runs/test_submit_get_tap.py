@@ -1067,6 +1067,23 @@ def test_a_run_retention_archived_is_forgotten_though_it_was_in_memory(make_daem
     assert error.status == Status.NOT_FOUND
 
 
+def test_trace_files_are_written_after_retention_removed_their_days_folder(make_daemon):
+    """The trace writer made each day's folder once: once retention had emptied and removed it,
+    the writer's process died on the next file and the daemon's own writer failed each after it
+    (no trace files for the rest of the day; a hunt)."""
+    daemon = make_daemon("[store]\nretain_days = 0.00005\nretention_interval = 1\n")  # 4.3 s
+    first = emit(daemon, "greet_requested")
+    assert finished(daemon, first.workflow_id).state == "completed"
+    days = daemon.home / "traces"
+    wait_until(lambda: days.is_dir() and any(days.iterdir()), what="a day's folder")
+    wait_until(lambda: not any(days.iterdir()), what="retention to remove it", timeout=30)
+    later = emit(daemon, "greet_requested")
+    assert finished(daemon, later.workflow_id).state == "completed"
+    wait_until(lambda: any(days.glob(f"*/{later.workflow_id}.json")), what="its trace file")
+    assert "could not write trace files" not in daemon.stderr()
+    assert "Traceback" not in daemon.stderr()
+
+
 def test_runs_ending_together_past_recent_runs_leave_memory_without_stopping_the_daemon(
     make_daemon,
 ):
