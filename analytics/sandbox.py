@@ -558,8 +558,10 @@ _AS_JSON = {
         "CASE WHEN isfinite({c}) THEN CAST(CAST({c} AS DOUBLE) AS VARCHAR) "
         "ELSE '\"' || CAST(CAST({c} AS DOUBLE) AS VARCHAR) || '\"' END",
     ),
-    # float(Decimal) is the correctly rounded double of the decimal text
-    "DECIMAL": "CAST(CAST(CAST({c} AS VARCHAR) AS DOUBLE) AS VARCHAR)",
+    # the decimal's double when that is the decimal itself (its shortest text, as ``_plain``
+    # writes it), else its exact text as a string, as an integer past 2^53 is
+    "DECIMAL": "CASE WHEN TRY_CAST(CAST({c} AS DOUBLE) AS {kind}) = {c} "
+    "THEN CAST(CAST({c} AS DOUBLE) AS VARCHAR) ELSE '\"' || CAST({c} AS VARCHAR) || '\"' END",
     "VARCHAR": "CAST(to_json({c}) AS VARCHAR)",
     "UUID": "CAST(to_json(CAST({c} AS VARCHAR)) AS VARCHAR)",
     "DATE": "'\"' || CASE WHEN isfinite({c}) THEN strftime({c}, '%Y-%m-%d') "
@@ -601,7 +603,7 @@ def _run_as_json(
         template = renderers.get(kind.split("(")[0] if kind.startswith("DECIMAL(") else kind)
         if template is None:
             return None
-        parts.append(f"coalesce({template.format(c=f'q.c{i}')}, 'null')")
+        parts.append(f"coalesce({template.format(c=f'q.c{i}', kind=kind)}, 'null')")
     row = " || ',' || ".join(parts)
     # DuckDB renders only the rows that may be sent (``_guessed``: up to max_rows + 1, within
     # the budget by a lower bound of their size, none made for that), measures them exactly as
@@ -745,8 +747,9 @@ class _Raw(str):
 
 
 def _plain(value: Any) -> Any:
-    """A DuckDB value as JSON: numbers stay numbers (integers beyond 2^53 and non-finite floats
-    become strings), times are ISO 8601, lists and structs nest, blobs are base64."""
+    """A DuckDB value as JSON: numbers stay numbers (integers beyond 2^53, decimals a double
+    cannot hold and non-finite floats become strings), times are ISO 8601, lists and structs
+    nest, blobs are base64."""
     if value is None or isinstance(value, bool | str) and not isinstance(value, _Raw):
         return value
     if isinstance(value, _Raw):  # DuckDB's JSON may hold NaN, Infinity, integers past 2^53
@@ -755,8 +758,10 @@ def _plain(value: Any) -> Any:
         return value if abs(value) <= 2**53 else str(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
-    if isinstance(value, decimal.Decimal):
-        return float(value) if value.is_finite() else str(value)
+    if isinstance(value, decimal.Decimal):  # as a number when a double is it exactly
+        number = float(value)
+        exact = value.is_finite() and decimal.Decimal(repr(number)) == value
+        return number if exact else str(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):

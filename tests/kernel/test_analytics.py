@@ -495,6 +495,22 @@ async def test_values_come_back_as_json(tmp_path):
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("listed", [False, True], ids=["rendered by duckdb", "by python"])
+async def test_a_decimal_a_double_cannot_hold_is_its_exact_text(tmp_path, listed):
+    """They were rounded to a double: 9007199254740993 answered 9007199254740992.0, with no
+    sign (a hunt). A list column has its rows made in Python, the others by DuckDB."""
+    extra = ", [1] AS l" if listed else ""
+    async with running_store(tmp_path) as store:
+        got = await rows(
+            store,
+            "SELECT 9007199254740993::DECIMAL(18,0) AS a, 0.1::DECIMAL(18,1) AS b, "
+            "1234567890123456789012345678.1234567890::DECIMAL(38,10) AS c, "
+            f"-2.50::DECIMAL(5,2) AS d, 12345678901234567890::DECIMAL(38,0) AS e{extra}",
+        )
+    assert got[0][:5] == ["9007199254740993", 0.1, "1234567890123456789012345678.1234567890",
+                          -2.5, "12345678901234567890"]  # fmt: skip
+
+
 async def test_non_finite_and_large_numbers_in_json_values_are_json(tmp_path):
     """JSON a query makes may hold NaN, Infinity and integers past 2^53: they were written as
     they were (no JSON parser reads ``NaN``). (A JSON column: the rows are made in Python, where
