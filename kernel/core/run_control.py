@@ -334,7 +334,10 @@ def _decode_token(token: str) -> tuple[datetime, str]:
         if len(token) > MAX_TOKEN:
             raise ValueError("too long")
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        created_at, run_id = json.loads(raw)
+        decoded = json.loads(raw)
+        if not isinstance(decoded, list):  # (a two-key object unpacked to its keys)
+            raise ValueError(decoded)
+        created_at, run_id = decoded
         when = datetime.fromisoformat(created_at)
         if not isinstance(run_id, str) or when.tzinfo is None or len(run_id) > MAX_TOKEN:
             raise ValueError(run_id)

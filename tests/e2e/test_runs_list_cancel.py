@@ -521,6 +521,15 @@ def test_list_runs_refuses_bad_filters_by_name(make_daemon, tmp_path):
         # a forged token whose run id is a lone surrogate (a JSON escape): the store failed to
         # bind it, UNAVAILABLE and a 31-line traceback a request (found by a hostile-input hunt)
         (api.ListRunsRequest(page_token=_forged_token("\\ud800")), "page_token"),
+        # an object of two keys, not the pair the daemon gives: unpacked to its keys (a hunt)
+        (
+            api.ListRunsRequest(
+                page_token=base64.urlsafe_b64encode(
+                    b'{"2099-01-01T00:00:00+00:00": 0, "run_zzz": 0}'
+                ).decode()
+            ),
+            "page_token",
+        ),
         (api.ListRunsRequest(statuses=[api.RunStatus.UNSPECIFIED]), "statuses[0]"),
         (api.ListRunsRequest(labels={"": "x"}), "labels"),
         # each a condition of one query: 50,000 held a store query slot for a minute
