@@ -558,10 +558,8 @@ _AS_JSON = {
         "CASE WHEN isfinite({c}) THEN CAST(CAST({c} AS DOUBLE) AS VARCHAR) "
         "ELSE '\"' || CAST(CAST({c} AS DOUBLE) AS VARCHAR) || '\"' END",
     ),
-    # the decimal's double when that is the decimal itself (its shortest text, as ``_plain``
-    # writes it), else its exact text as a string, as an integer past 2^53 is
-    "DECIMAL": "CASE WHEN TRY_CAST(CAST({c} AS DOUBLE) AS {kind}) = {c} "
-    "THEN CAST(CAST({c} AS DOUBLE) AS VARCHAR) ELSE '\"' || CAST({c} AS VARCHAR) || '\"' END",
+    # (no DECIMAL: whether a double holds one exactly, DuckDB's casts cannot tell — its
+    # DOUBLE → DECIMAL cast rounds — so ``_plain`` renders them, exact)
     "VARCHAR": "CAST(to_json({c}) AS VARCHAR)",
     "UUID": "CAST(to_json(CAST({c} AS VARCHAR)) AS VARCHAR)",
     "DATE": "'\"' || CASE WHEN isfinite({c}) THEN strftime({c}, '%Y-%m-%d') "
@@ -600,10 +598,10 @@ def _run_as_json(
     renderers = _AS_JSON | _AS_JSON_UTC if zone and zone[0] in _UTC else _AS_JSON
     parts = []
     for i, (_, kind) in enumerate(columns):
-        template = renderers.get(kind.split("(")[0] if kind.startswith("DECIMAL(") else kind)
+        template = renderers.get(kind)
         if template is None:
             return None
-        parts.append(f"coalesce({template.format(c=f'q.c{i}', kind=kind)}, 'null')")
+        parts.append(f"coalesce({template.format(c=f'q.c{i}')}, 'null')")
     row = " || ',' || ".join(parts)
     # DuckDB renders only the rows that may be sent (``_guessed``: up to max_rows + 1, within
     # the budget by a lower bound of their size, none made for that), measures them exactly as
@@ -761,7 +759,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):  # as a number when a double is it exactly
         number = float(value)
         exact = value.is_finite() and decimal.Decimal(repr(number)) == value
-        return number if exact else str(value)
+        return number if exact else format(value, "f")  # (str() wrote "1.2E-7")
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):

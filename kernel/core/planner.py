@@ -22,6 +22,7 @@ from foundry.kernel.core.dag import (
 )
 from foundry.kernel.core.ids import compact_json
 from foundry.kernel.core.json_input import check_struct_depth, cut_middle
+from foundry.kernel.core.records import storable
 from foundry.kernel.core.runs import RunState, StepState
 from foundry.kernel.errors import InvalidArgument
 
@@ -307,8 +308,10 @@ MAX_ERROR_CHARS = 2_000  # of a step's recorded error message: its middle goes p
 
 def step_error(message: str, attempt: int = 0, timed_out: bool = False) -> dict[str, Any]:
     """A step's recorded error. A message past ``MAX_ERROR_CHARS`` loses its middle: a reference
-    path of 1 MB made a 1 MB error, in GetRun three times over and in the log."""
-    return {"message": cut_middle(message, MAX_ERROR_CHARS), "attempt": attempt,
+    path of 1 MB made a 1 MB error, in GetRun three times over and in the log. A lone surrogate
+    is kept escaped (``storable``): an LLM endpoint's error text with one left the run's end
+    unstored, and GetRun INTERNAL."""
+    return {"message": storable(cut_middle(message, MAX_ERROR_CHARS)), "attempt": attempt,
             "timed_out": timed_out}  # fmt: skip
 
 

@@ -657,9 +657,12 @@ def test_llm_openai_provider_against_a_fake_endpoint(daemon, fake_http):
         ({"error": {"message": "Rate limit reached"}},
          "the LLM endpoint answered an error: Rate limit reached"),  # KeyError('choices')
         (b"data: {}\n\n", "streamed its answer (text/event-stream)"),  # JSONDecodeError
+        # a lone surrogate in the error's text: the run's end was not stored (a review)
+        (b'{"error": {"message": "bad \\ud83e half"}}', "answered an error: bad \\ud83e half"),
     ],
     ids=["negative-tokens", "huge-tokens", "no-choices", "empty-choices", "content-object",
-         "too-deep", "total-only", "prompt-only", "false-reason", "error-body", "streamed"],
+         "too-deep", "total-only", "prompt-only", "false-reason", "error-body", "streamed",
+         "lone-surrogate"],
 )  # fmt: skip
 def test_an_llm_answer_that_is_no_chat_completion_fails_the_step_naming_why(
     daemon, fake_http, document, said
