@@ -130,7 +130,9 @@ def _members(pgid: int) -> list[int]:
 async def test_a_running_command_is_recorded_in_the_folder_until_it_ends(tmp_path):
     folder, seen = tmp_path / "commands", []
     with commands_recorded_in(folder):
-        script = f"ls {folder} > {tmp_path / 'seen'}; cat /proc/$$/stat"
+        # (the record is written once the command started: on a busy machine its ls ran first)
+        wait = f"for i in $(seq 500); do [ -e {folder}/$$ ] && break; sleep 0.01; done"
+        script = f"{wait}; ls {folder} > {tmp_path / 'seen'}; cat /proc/$$/stat"
         code, output = await run_capturing(["sh", "-c", script], stdin=b"")
         seen = (tmp_path / "seen").read_text().split()
         assert code == 0
