@@ -563,6 +563,36 @@ def test_evals_gates_and_sql(browser_page, daemon):
     expect(page.locator("#sql-result .error-box")).to_contain_text("invalid_argument")
 
 
+def test_pass_rates_leave_out_a_commit_cut_by_the_history_and_gates_say_how_many(
+    browser_page, daemon
+):
+    """ListEvalScenarios gives a scenario's newest 100 results: a commit whose earlier results
+    fell out of them showed 2/2 passed where it had 2/3. And the 50 decisions the page asks for
+    were shown as if they were all (a hunt)."""
+    page, _ = browser_page
+    scenario = {"slug": "cut", "title": "Cut", "expected": {"steps": {"s": {"equals": "two"}}},
+                "runSpec": {"dagJson": json.dumps({"steps": [transform("s", "two")]})}}  # fmt: skip
+    rpc(daemon, RUNTIME, "SyncEvalPack", {"pack": "window", "scenarios": [scenario]})
+    runs = {}
+    for value in ("one", "two"):
+        runs[value] = submit(daemon, [transform("s", value)])
+        wait_status(daemon, runs[value], "RUN_STATUS_SUCCEEDED")
+    for commit, value, times in (("aaaa", "one", 1), ("aaaa", "two", 2), ("bbbb", "two", 98)):
+        for _ in range(times):
+            request = {"pack": "window", "slug": "cut", "runId": runs[value], "commit": commit}
+            rpc(daemon, RUNTIME, "RecordEvalResult", request)
+    for i in range(51):
+        rpc(daemon, RUNTIME, "CheckChangeGate", {"changeId": f"many-{i}"})
+
+    open_page(page, daemon, "#/governance")
+    card = page.locator('[data-scenario="window/cut"]')
+    expect(card.locator("svg.chart .bar-label")).to_have_text(["100%"])  # bbbb alone
+    expect(card).not_to_contain_text("aaaa")
+    expect(card.locator("[data-cut]")).to_contain_text("the oldest commit among them")
+    expect(page.locator("[data-shown]")).to_contain_text("The newest 50 decisions")
+    expect(page.locator("[data-gate]")).to_have_count(50)
+
+
 TOKEN = "s3/cr+t=="
 
 

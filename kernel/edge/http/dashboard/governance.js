@@ -4,6 +4,9 @@
 import { call, RUNTIME } from "./api.js";
 import { h, s, badge, time, pre, errorBox } from "./util.js";
 
+const HISTORY = 100; // the newest results ListEvalScenarios gives of a scenario (README)
+const GATES = 50; // the newest decisions the page asks for
+
 export function mount(root) {
   const evals = h("section", { id: "evals" }, h("h2", {}, "Eval scenarios"), h("p", { class: "muted" }, "Loading…"));
   const gates = h("section", { id: "gates" }, h("h2", {}, "Change-gate decisions"), h("p", { class: "muted" }, "Loading…"));
@@ -11,7 +14,7 @@ export function mount(root) {
   call(RUNTIME, "ListEvalScenarios", {}).then(
     (reply) => evals.replaceChildren(h("h2", {}, "Eval scenarios"), ...scenarios(reply.scenarios || [])),
     (error) => evals.replaceChildren(h("h2", {}, "Eval scenarios"), errorBox(error)));
-  call(RUNTIME, "ListChangeGates", { limit: 50 }).then(
+  call(RUNTIME, "ListChangeGates", { limit: GATES }).then(
     (reply) => gates.replaceChildren(h("h2", {}, "Change-gate decisions"), ...decisions(reply.decisions || [])),
     (error) => gates.replaceChildren(h("h2", {}, "Change-gate decisions"), errorBox(error)));
 }
@@ -19,15 +22,19 @@ export function mount(root) {
 function scenarios(list) {
   if (!list.length) return [h("p", { class: "muted" }, "No scenarios yet (foundry eval sync PACK_FILE).")];
   return list.map((scenario) => {
-    const perCommit = passRates(scenario.history || []);
+    const history = scenario.history || [];
+    const perCommit = passRates(history);
     return h("article", { class: "card", "data-scenario": `${scenario.pack}/${scenario.slug}` },
       h("h3", {}, `${scenario.pack} / ${scenario.slug}`, " ", h("span", { class: "muted" }, scenario.title || "")),
       perCommit.length ? chart(perCommit) : h("p", { class: "muted" }, "No results recorded."),
-      perCommit.length ? h("p", { class: "small" }, perCommit.map((c) => h("span", { class: "tag" }, `${c.commit.slice(0, 10)}: ${c.passed}/${c.total} passed`))) : null);
+      perCommit.length ? h("p", { class: "small" }, perCommit.map((c) => h("span", { class: "tag" }, `${c.commit.slice(0, 10)}: ${c.passed}/${c.total} passed`))) : null,
+      history.length >= HISTORY ? h("p", { class: "muted small", "data-cut": "" }, `From the newest ${HISTORY} results: the oldest commit among them, whose earlier results are not in them, is left out (the SQL page has every result: eval_results).`) : null);
   });
 }
 
-// Results grouped by commit, commits in the order of their first result.
+// Results grouped by commit, commits in the order of their first result. A full window of
+// results (the newest HISTORY) may hold only the last of its oldest commit's: that commit's
+// rate would be of those alone (2/2 where the commit had 2/3), so it is left out.
 function passRates(history) {
   const commits = new Map();
   const sorted = [...history].sort((a, b) => (a.executedAt || "").localeCompare(b.executedAt || ""));
@@ -37,7 +44,8 @@ function passRates(history) {
     if (result.outcome === "passed") entry.passed += 1;
     commits.set(result.commit, entry);
   }
-  return [...commits.values()].slice(-20);
+  const whole = [...commits.values()].slice(history.length >= HISTORY ? 1 : 0);
+  return whole.slice(-20);
 }
 
 // Pass rate per commit: bars with the rate written above each (readable without colour).
@@ -59,13 +67,16 @@ function chart(points) {
 
 function decisions(list) {
   if (!list.length) return [h("p", { class: "muted" }, "No decisions yet (foundry gate check REQUEST_FILE).")];
-  return list.map((d) => h("article", { class: "card", "data-gate": d.gateId },
+  const shown = h("p", { class: "muted small", "data-shown": "" }, list.length >= GATES
+    ? `The newest ${list.length} decisions (foundry gate list --limit N for more).`
+    : `${list.length} decision${list.length === 1 ? "" : "s"}, newest first.`);
+  return [shown, ...list.map((d) => h("article", { class: "card", "data-gate": d.gateId },
     h("h3", {}, badge((d.effect || "").replace("CHANGE_DECISION_EFFECT_", "")), " ", d.changeId, " ", h("span", { class: "muted" }, d.revision || ""), " ", h("span", { class: "muted small" }, time(d.decidedAt))),
     (d.reasons || []).length ? h("ul", { class: "reasons" }, d.reasons.map((r) => h("li", {}, r))) : null,
     (d.followups || []).length ? h("div", {}, h("h4", {}, "Follow-ups"), h("ul", {}, d.followups.map((f) => h("li", {}, h("code", {}, f.slug), ` ${f.description} `, f.recommended ? h("span", { class: "tag" }, "recommended") : null)))) : null,
     (d.acknowledgements || []).length ? h("div", {}, h("h4", {}, "Acknowledged"), h("ul", {}, d.acknowledgements.map((a) => h("li", {}, badge((a.outcome || "").replace("FOLLOWUP_OUTCOME_", "")), ` by ${a.actor} ${time(a.recordedAt)} ${a.note || ""}`)))) : null,
     scorecard(d.scorecard || {}),
-    h("details", {}, h("summary", {}, "Scorecard as recorded (JSON)"), pre(d.scorecard || {}))));
+    h("details", {}, h("summary", {}, "Scorecard as recorded (JSON)"), pre(d.scorecard || {}))))];
 }
 
 // The scorecard's four parts in words; an empty part says so.
