@@ -34,7 +34,7 @@ from foundry.kernel.actors.attestor.keys import (
 )
 from foundry.kernel.blocks.files import artifact_sha256
 from foundry.kernel.cli.common import read_text_file
-from foundry.kernel.cli.output import message_dict, stamp
+from foundry.kernel.cli.output import message_dict, short_json, stamp
 from foundry.kernel.config import default_home, expanded
 from foundry.kernel.core.attest import (
     dsse_b64decode,
@@ -187,11 +187,11 @@ async def cmd_get(args: argparse.Namespace, stubs: Any) -> int:
     for a in found:
         print(f"{a.attestation_id}  {_kind(a):<16} issued {stamp(a.issued_at)}")
         subject = restore_ints(a.subject.to_dict()) if a.subject is not None else {}
-        print(f"    subject       {json.dumps(subject)}")
+        print(f"    subject       {short_json(subject, 10**9)}")
         print(f"    artifact_hash {a.artifact_hash}")
         # a Struct carries every number as a double: 1, not 1.0 (as the rest of the CLI shows)
         claims = restore_ints(a.claims.to_dict()) if a.claims is not None else {}
-        print(f"    claims        {json.dumps(claims, sort_keys=True)}")
+        print(f"    claims        {short_json(claims, 10**9, sort_keys=True)}")
     return 0
 
 

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from unicodedata import category
 
 import betterproto2
+from foundry.kernel.core.numbers import restore_ints
 
 
 def stamp(value: str | datetime | None) -> str:
@@ -45,28 +46,20 @@ def duration(ms: float) -> str:
     return f"{minutes} min {rest:02d} s"
 
 
-def short_json(value: Any, limit: int = 120) -> str:
-    """A JSON value as compact JSON (never a Python repr), cut at ``limit`` characters."""
-    text = json.dumps(_whole(value), separators=(",", ":"), ensure_ascii=False, default=str)
+def short_json(value: Any, limit: int = 120, *, sort_keys: bool = False) -> str:
+    """A JSON value as compact JSON (never a Python repr), cut at ``limit`` characters; a whole
+    number as one (protobuf Values carry every number as a double: 17, not 17.0)."""
+    text = json.dumps(restore_ints(value), separators=(",", ":"), ensure_ascii=False,
+                      default=str, sort_keys=sort_keys)  # fmt: skip
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _whole(value: Any) -> Any:
-    """protobuf Values carry every number as a double: show 17.0 as 17."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole(v) for v in value]
-    return value
-
-
 def message_dict(message: betterproto2.Message) -> dict[str, Any]:
-    """A message as proto3 JSON with snake_case names, every field present, and 64-bit integers
-    as JSON numbers (proto3 JSON writes them as strings)."""
+    """A message as proto3 JSON with snake_case names, every field present, 64-bit integers as
+    JSON numbers (proto3 JSON writes them as strings) and whole numbers as whole (a Struct's
+    are doubles: 9, not 9.0)."""
     data = message.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True)
-    result: dict[str, Any] = _numbers(message, data)
+    result: dict[str, Any] = restore_ints(_numbers(message, data))
     return result
 
 

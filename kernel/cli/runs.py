@@ -14,7 +14,7 @@ from typing import Any
 
 import betterproto2
 from foundry.kernel.cli.common import int64, read_text_file, whole_number
-from foundry.kernel.cli.output import stamp
+from foundry.kernel.cli.output import message_dict, short_json, stamp
 from foundry.kernel.core.json_input import same_json
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import FoundryError
@@ -227,9 +227,8 @@ def _printer(as_json: bool) -> Any:
 
 
 def _as_json(message: betterproto2.Message) -> Any:
-    """A reply as JSON, integral numbers as ints (Values carry doubles: ``core.numbers``)."""
-    return restore_ints(message.to_dict(casing=betterproto2.Casing.SNAKE,
-                                        include_default_values=True))  # fmt: skip
+    """A reply as JSON: 64-bit integers (a seed) and integral doubles as JSON numbers."""
+    return message_dict(message)
 
 
 def _line(event: Any, payload: dict[str, Any]) -> str:
@@ -251,8 +250,7 @@ def _line(event: Any, payload: dict[str, Any]) -> str:
 
 
 def _short(value: Any, limit: int = 100) -> str:
-    text = json.dumps(restore_ints(value), sort_keys=True)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return short_json(value, limit, sort_keys=True)  # compact, as the other summaries
 
 
 async def cmd_breakpoints(args: argparse.Namespace, stubs: Any) -> int:

@@ -139,6 +139,8 @@ def test_eval_run_then_gate_then_followup(daemon, tmp_path):
     assert any("auth/login.py" in reason for reason in decision["reasons"])
     assert not decision["scorecard"]["evals"]["failing_metrics"]
     assert decision["scorecard"]["evals"]["score_per_token"] is not None
+    # a Struct's numbers are doubles: 2.0 was printed, where the README promises 2 (a hunt)
+    assert type(decision["telemetry"]["eval_runs"]) is int
     gate_id = decision["gate_id"]
 
     # the same as text

@@ -224,8 +224,8 @@ def test_attest_get_shows_whole_numbers_as_integers(daemon):
     assert isinstance(got["claims"]["attempt"], int)
     assert isinstance(got["claims"]["seed"], int)
     text = cli(daemon, "get", step["attestation_id"])
-    assert '"attempt": 1,' in text.stdout
-    assert '"attempt": 1.0' not in text.stdout
+    assert '"attempt":1,' in text.stdout
+    assert '"attempt":1.0' not in text.stdout
 
 
 def test_get_attestations_refuses_an_empty_list_and_names_unknown_ids(daemon):

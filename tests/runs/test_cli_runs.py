@@ -148,13 +148,15 @@ def test_get_and_tap(daemon):
     for step_id in ("outline", "count", "report"):
         assert step_id in text
     words = int(outputs(run)["report"]["words"])
-    assert f'output {{"topic": "get", "words": {words}}}' in text  # numbers shown as integers
+    # numbers shown as integers, the JSON compact as every summary's (a hunt: it was spaced)
+    assert f'output {{"topic":"get","words":{words}}}' in text
     document = json.loads(ok(cli(daemon, "run", "get", run_id, "--json")))
     assert document["run_id"] == run_id
     assert document["status"] == "RUN_STATUS_SUCCEEDED"
     assert [s["step_id"] for s in document["steps"]] == ["outline", "count", "report"]
     assert document["steps"][2]["output"] == outputs(run)["report"]
     assert document["spec"]["inputs"] == {"topic": "get"}
+    assert type(document["spec"]["seed"]) is int  # an int64: proto3 JSON's string was printed
 
     tapped = ok(cli(daemon, "run", "tap", run_id)).splitlines()
     assert "run_submitted" in tapped[0]
@@ -324,7 +326,7 @@ def test_replay_with_drift_exits_non_zero_and_shows_the_step(daemon, fake_http):
     cells = row.split()
     assert cells[:3] == ["ask", "NO", "2"]
     # the cells show what changed, not a truncated prefix the two outputs share
-    assert row.endswith('{"text": "first"} → {"text": "second"}')
+    assert row.endswith('{"text":"first"} → {"text":"second"}')
     # --json exits as the table does (it exited 0: a script never saw the drift)
     as_json = cli(daemon, "run", "replay", run.run_id, "--mode", "diff", "--json")
     assert as_json.returncode == 1
