@@ -114,6 +114,20 @@ def cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return daemon.cli("attest", *args)
 
 
+def test_a_token_of_a_sub_microsecond_time_limit_lives_a_microsecond_and_is_attested(daemon):
+    """A tool step's ``timeout`` of 4e-7 s gave a token expiring as it was granted: its
+    attestation was refused (expires_at not after issued_at), though announced (a hunt)."""
+    tiny = dag({"id": "tiny", "type": "tool", "timeout": 4e-7,
+                "inputs": {"tool": "echo", "args": {"x": 2}}})  # fmt: skip
+    run_id = submit(daemon, tiny)
+    wait_done(daemon, run_id)
+    events = tap(daemon, run_id)
+    (granted,) = of_kind(events, "capability_granted")
+    assert granted["payload"]["expires_at"] > granted["payload"]["issued_at"]
+    [token] = [n["attestation_id"] for n in attested(events) if n["kind"] == "capability_token"]
+    wait_until(lambda: len(get(daemon, [token])) == 1, what="the token's attestation")
+
+
 def test_every_subject_kind_is_attested_found_in_order_and_verifies(daemon):
     run_id = submit(daemon, EVERY_KIND)
     assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED

@@ -135,6 +135,9 @@ def new_run_id() -> str:
     return f"run_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
 
 
+_MICROSECOND = timedelta(microseconds=1)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -828,7 +831,10 @@ class Scheduler:
         inputs = lease_event.payload.get("inputs")
         tool = inputs.get("tool") if isinstance(inputs, dict) else None
         issued = self._clock.now()
-        expires = issued + timedelta(seconds=limit if limit is not None else TOKEN_SECONDS)
+        life = timedelta(seconds=limit if limit is not None else TOKEN_SECONDS)
+        # at least a microsecond: a limit under half of one (4e-7 s) gave a token expired as it
+        # was granted, which its attestation refuses (an announced attestation never made)
+        expires = issued + max(life, _MICROSECOND)
         return run.make_event(
             "capability_granted", issued, step_id,
             token_id=f"cap_{secrets.token_hex(12)}", tool=tool if isinstance(tool, str) else "",
