@@ -541,6 +541,10 @@ def _converted(
 # :func:`_plain` renders them: a large result then costs the worker thread one string per row, not
 # a Python object per value (the conversion holds the interpreter lock, against the daemon's loop).
 _SAFE_INT = 2**53
+# A number's text without the zeros ending its fraction, nor a point left bare; a decimal's
+# text with the zero before its point (DuckDB writes ".5" of a DECIMAL(18,18))
+_TRIMMED = "CASE WHEN contains({t}, '.') THEN rtrim(rtrim({t}, '0'), '.') ELSE {t} END"
+_DECIMAL_TEXT = "regexp_replace(CAST({c} AS VARCHAR), '^(-?)\\.', '\\10.')"
 _AS_JSON = {
     "BOOLEAN": "CASE WHEN {c} THEN 'true' ELSE 'false' END",
     **dict.fromkeys(
@@ -558,8 +562,14 @@ _AS_JSON = {
         "CASE WHEN isfinite({c}) THEN CAST(CAST({c} AS DOUBLE) AS VARCHAR) "
         "ELSE '\"' || CAST(CAST({c} AS DOUBLE) AS VARCHAR) || '\"' END",
     ),
-    # (no DECIMAL: whether a double holds one exactly, DuckDB's casts cannot tell — its
-    # DOUBLE → DECIMAL cast rounds — so ``_plain`` renders them, exact)
+    # A decimal as its double when the double's shortest text is the decimal's (trailing zeros
+    # aside), else as its exact text, a string — the rule ``_plain`` follows (DuckDB's DOUBLE →
+    # DECIMAL cast rounds: comparing through it let lossy values through)
+    # (one of at most 15 digits is a double's exactly, always: DBL_DIG)
+    "DECIMAL(15)": "CAST(CAST({c} AS DOUBLE) AS VARCHAR)",
+    "DECIMAL": "CASE WHEN " + _TRIMMED.format(t=_DECIMAL_TEXT) + " = "
+    + _TRIMMED.format(t="CAST(CAST({c} AS DOUBLE) AS VARCHAR)")
+    + " THEN CAST(CAST({c} AS DOUBLE) AS VARCHAR) ELSE '\"' || " + _DECIMAL_TEXT + " || '\"' END",
     "VARCHAR": "CAST(to_json({c}) AS VARCHAR)",
     "UUID": "CAST(to_json(CAST({c} AS VARCHAR)) AS VARCHAR)",
     "DATE": "'\"' || CASE WHEN isfinite({c}) THEN strftime({c}, '%Y-%m-%d') "
@@ -577,6 +587,15 @@ _AS_JSON_UTC = {
     "ELSE strftime({c}, '%Y-%m-%dT%H:%M:%S.%f+00:00') END || '\"'",
 }
 _UTC = frozenset(("UTC", "Etc/UTC"))
+
+
+def _decimal_kind(kind: str) -> str:
+    """The ``_AS_JSON`` key of a DECIMAL column's type: ``DECIMAL(15)`` for one of at most 15
+    digits, else ``DECIMAL``; any other type its own."""
+    if not kind.startswith("DECIMAL("):
+        return kind
+    digits = kind[len("DECIMAL(") :].split(",")[0]
+    return "DECIMAL(15)" if digits.isdigit() and int(digits) <= 15 else "DECIMAL"
 
 
 def _run_as_json(
@@ -598,7 +617,7 @@ def _run_as_json(
     renderers = _AS_JSON | _AS_JSON_UTC if zone and zone[0] in _UTC else _AS_JSON
     parts = []
     for i, (_, kind) in enumerate(columns):
-        template = renderers.get(kind)
+        template = renderers.get(_decimal_kind(kind))
         if template is None:
             return None
         parts.append(f"coalesce({template.format(c=f'q.c{i}')}, 'null')")
@@ -740,6 +759,12 @@ def _row_json(row: tuple[Any, ...], json_columns: list[int]) -> str:
     return json.dumps([_plain(v) for v in values], separators=(",", ":"), ensure_ascii=False)
 
 
+def _trimmed(text: str) -> str:
+    """A number's text without the zeros ending its fraction, nor a point left bare (as the
+    DECIMAL template's ``_TRIMMED``)."""
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 class _Raw(str):
     """A JSON column's text, decoded into the row (it is already JSON)."""
 
@@ -757,9 +782,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, decimal.Decimal):  # as a number when a double is it exactly
-        number = float(value)
-        exact = value.is_finite() and decimal.Decimal(repr(number)) == value
-        return number if exact else format(value, "f")  # (str() wrote "1.2E-7")
+        number, text = float(value), format(value, "f")  # (str() wrote "1.2E-7")
+        return number if _trimmed(text) == _trimmed(repr(number)) else text
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):

@@ -592,6 +592,18 @@ def test_pass_rates_leave_out_a_commit_cut_by_the_history_and_gates_say_how_many
     expect(page.locator("[data-shown]")).to_contain_text("The newest 50 decisions")
     expect(page.locator("[data-gate]")).to_have_count(50)
 
+    # a full window of one commit alone: counted from these, said so (a review: it was left out,
+    # and the card said "No results recorded.")
+    rpc(daemon, RUNTIME, "SyncEvalPack", {"pack": "single", "scenarios": [scenario]})
+    for _ in range(100):
+        request = {"pack": "single", "slug": "cut", "runId": runs["two"], "commit": "cccc"}
+        rpc(daemon, RUNTIME, "RecordEvalResult", request)
+    page.reload()  # (the same address: a navigation to it would change nothing)
+    single = page.locator('[data-scenario="single/cut"]')
+    expect(single.locator("svg.chart .bar-label")).to_have_text(["100%"])
+    expect(single).to_contain_text("cccc: 100/100 passed (its newest 100)")
+    expect(single).not_to_contain_text("No results recorded")
+
 
 TOKEN = "s3/cr+t=="
 

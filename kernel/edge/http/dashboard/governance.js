@@ -27,8 +27,8 @@ function scenarios(list) {
     return h("article", { class: "card", "data-scenario": `${scenario.pack}/${scenario.slug}` },
       h("h3", {}, `${scenario.pack} / ${scenario.slug}`, " ", h("span", { class: "muted" }, scenario.title || "")),
       perCommit.length ? chart(perCommit) : h("p", { class: "muted" }, "No results recorded."),
-      perCommit.length ? h("p", { class: "small" }, perCommit.map((c) => h("span", { class: "tag" }, `${c.commit.slice(0, 10)}: ${c.passed}/${c.total} passed`))) : null,
-      history.length >= HISTORY ? h("p", { class: "muted small", "data-cut": "" }, `From the newest ${HISTORY} results: the oldest commit among them, whose earlier results are not in them, is left out (the SQL page has every result: eval_results).`) : null);
+      perCommit.length ? h("p", { class: "small" }, perCommit.map((c) => h("span", { class: "tag" }, `${c.commit.slice(0, 10)}: ${c.passed}/${c.total} passed${c.partial ? ` (its newest ${c.total})` : ""}`))) : null,
+      history.length >= HISTORY ? h("p", { class: "muted small", "data-cut": "" }, `From the newest ${HISTORY} results: the oldest commit among them, whose earlier results are not in them, is left out, or (the only one) counted from these alone (the SQL page has every result: eval_results).`) : null);
   });
 }
 
@@ -44,8 +44,10 @@ function passRates(history) {
     if (result.outcome === "passed") entry.passed += 1;
     commits.set(result.commit, entry);
   }
-  const whole = [...commits.values()].slice(history.length >= HISTORY ? 1 : 0);
-  return whole.slice(-20);
+  const all = [...commits.values()];
+  if (history.length < HISTORY) return all.slice(-20);
+  // the window is full: its oldest commit may have results before it
+  return all.length > 1 ? all.slice(1).slice(-20) : [{ ...all[0], partial: true }];
 }
 
 // Pass rate per commit: bars with the rate written above each (readable without colour).
