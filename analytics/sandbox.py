@@ -567,9 +567,13 @@ _AS_JSON = {
     # DECIMAL cast rounds: comparing through it let lossy values through)
     # (one of at most 15 digits is a double's exactly, always: DBL_DIG)
     "DECIMAL(15)": "CAST(CAST({c} AS DOUBLE) AS VARCHAR)",
-    "DECIMAL": "CASE WHEN " + _TRIMMED.format(t=_DECIMAL_TEXT) + " = "
+    "DECIMAL": "CASE WHEN "
+    + _TRIMMED.format(t=_DECIMAL_TEXT)
+    + " = "
     + _TRIMMED.format(t="CAST(CAST({c} AS DOUBLE) AS VARCHAR)")
-    + " THEN CAST(CAST({c} AS DOUBLE) AS VARCHAR) ELSE '\"' || " + _DECIMAL_TEXT + " || '\"' END",
+    + " THEN CAST(CAST({c} AS DOUBLE) AS VARCHAR) ELSE '\"' || "
+    + _DECIMAL_TEXT
+    + " || '\"' END",
     "VARCHAR": "CAST(to_json({c}) AS VARCHAR)",
     "UUID": "CAST(to_json(CAST({c} AS VARCHAR)) AS VARCHAR)",
     "DATE": "'\"' || CASE WHEN isfinite({c}) THEN strftime({c}, '%Y-%m-%d') "
