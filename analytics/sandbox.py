@@ -545,6 +545,7 @@ _SAFE_INT = 2**53
 # text with the zero before its point (DuckDB writes ".5" of a DECIMAL(18,18))
 _TRIMMED = "CASE WHEN contains({t}, '.') THEN rtrim(rtrim({t}, '0'), '.') ELSE {t} END"
 _DECIMAL_TEXT = "regexp_replace(CAST({c} AS VARCHAR), '^(-?)\\.', '\\10.')"
+_DOUBLE_TEXT = "CAST(CAST({c} AS DOUBLE) AS VARCHAR)"
 _AS_JSON = {
     "BOOLEAN": "CASE WHEN {c} THEN 'true' ELSE 'false' END",
     **dict.fromkeys(
@@ -562,18 +563,18 @@ _AS_JSON = {
         "CASE WHEN isfinite({c}) THEN CAST(CAST({c} AS DOUBLE) AS VARCHAR) "
         "ELSE '\"' || CAST(CAST({c} AS DOUBLE) AS VARCHAR) || '\"' END",
     ),
-    # A decimal as its double when the double's shortest text is the decimal's (trailing zeros
-    # aside), else as its exact text, a string — the rule ``_plain`` follows (DuckDB's DOUBLE →
+    # A decimal as its double when that is the decimal exactly (the rule ``_plain`` follows),
+    # else its exact text, a string: one of at most 15 digits always is (DBL_DIG); a wider one
+    # is when the double's shortest text is the decimal's (trailing zeros aside) or, written
+    # with an exponent, reads back as the decimal exactly: a cast of that text to the column's
+    # type is exact when the text has no more fraction digits than the type (DuckDB's DOUBLE →
     # DECIMAL cast rounds: comparing through it let lossy values through)
-    # (one of at most 15 digits is a double's exactly, always: DBL_DIG)
-    "DECIMAL(15)": "CAST(CAST({c} AS DOUBLE) AS VARCHAR)",
-    "DECIMAL": "CASE WHEN "
-    + _TRIMMED.format(t=_DECIMAL_TEXT)
-    + " = "
-    + _TRIMMED.format(t="CAST(CAST({c} AS DOUBLE) AS VARCHAR)")
-    + " THEN CAST(CAST({c} AS DOUBLE) AS VARCHAR) ELSE '\"' || "
-    + _DECIMAL_TEXT
-    + " || '\"' END",
+    "DECIMAL(15)": _DOUBLE_TEXT,
+    "DECIMAL": f"CASE WHEN {_TRIMMED.format(t=_DECIMAL_TEXT)} = {_TRIMMED.format(t=_DOUBLE_TEXT)}"
+    f" OR (contains({_DOUBLE_TEXT}, 'e') AND length(split_part(split_part({_DOUBLE_TEXT}, 'e', 1),"
+    f" '.', 2)) - TRY_CAST(split_part({_DOUBLE_TEXT}, 'e', 2) AS INTEGER) <= {{s}}"
+    f" AND TRY_CAST({_DOUBLE_TEXT} AS DECIMAL({{w}},{{s}})) = {{c}})"
+    f" THEN {_DOUBLE_TEXT} ELSE '\"' || {_DECIMAL_TEXT} || '\"' END",
     "VARCHAR": "CAST(to_json({c}) AS VARCHAR)",
     "UUID": "CAST(to_json(CAST({c} AS VARCHAR)) AS VARCHAR)",
     "DATE": "'\"' || CASE WHEN isfinite({c}) THEN strftime({c}, '%Y-%m-%d') "
@@ -593,13 +594,22 @@ _AS_JSON_UTC = {
 _UTC = frozenset(("UTC", "Etc/UTC"))
 
 
-def _decimal_kind(kind: str) -> str:
-    """The ``_AS_JSON`` key of a DECIMAL column's type: ``DECIMAL(15)`` for one of at most 15
-    digits, else ``DECIMAL``; any other type its own."""
-    if not kind.startswith("DECIMAL("):
-        return kind
-    digits = kind[len("DECIMAL(") :].split(",")[0]
-    return "DECIMAL(15)" if digits.isdigit() and int(digits) <= 15 else "DECIMAL"
+def _decimal_kind(kind: str) -> tuple[str, int, int]:
+    """The ``_AS_JSON`` key of a column's type — ``DECIMAL(15)`` for a DECIMAL of at most 15
+    digits, ``DECIMAL`` for a wider one, any other type itself — and, for a DECIMAL, the width
+    and scale its exponent texts are read back in: one more digit of width where it has none
+    before its point (DuckDB reads ``9.5e-28`` as no DECIMAL(38,38)): a DECIMAL(38,38) has no
+    wider type, and is rendered by ``_plain``."""
+    found = _DECIMAL_TYPE.fullmatch(kind)
+    if found is None:
+        return kind, 0, 0
+    width, scale = int(found[1]), int(found[2])
+    if width == scale == 38:
+        return kind, 0, 0
+    return ("DECIMAL(15)" if width <= 15 else "DECIMAL"), width + (width == scale), scale
+
+
+_DECIMAL_TYPE = re.compile(r"DECIMAL\(([0-9]{1,2}),([0-9]{1,2})\)")
 
 
 def _run_as_json(
@@ -621,10 +631,11 @@ def _run_as_json(
     renderers = _AS_JSON | _AS_JSON_UTC if zone and zone[0] in _UTC else _AS_JSON
     parts = []
     for i, (_, kind) in enumerate(columns):
-        template = renderers.get(_decimal_kind(kind))
+        key, width, scale = _decimal_kind(kind)
+        template = renderers.get(key)
         if template is None:
             return None
-        parts.append(f"coalesce({template.format(c=f'q.c{i}')}, 'null')")
+        parts.append(f"coalesce({template.format(c=f'q.c{i}', w=width, s=scale)}, 'null')")
     row = " || ',' || ".join(parts)
     # DuckDB renders only the rows that may be sent (``_guessed``: up to max_rows + 1, within
     # the budget by a lower bound of their size, none made for that), measures them exactly as
@@ -763,12 +774,6 @@ def _row_json(row: tuple[Any, ...], json_columns: list[int]) -> str:
     return json.dumps([_plain(v) for v in values], separators=(",", ":"), ensure_ascii=False)
 
 
-def _trimmed(text: str) -> str:
-    """A number's text without the zeros ending its fraction, nor a point left bare (as the
-    DECIMAL template's ``_TRIMMED``)."""
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
 class _Raw(str):
     """A JSON column's text, decoded into the row (it is already JSON)."""
 
@@ -786,8 +791,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, decimal.Decimal):  # as a number when a double is it exactly
-        number, text = float(value), format(value, "f")  # (str() wrote "1.2E-7")
-        return number if _trimmed(text) == _trimmed(repr(number)) else text
+        number = float(value)
+        exact = value.is_finite() and decimal.Decimal(repr(number)) == value
+        return number if exact else format(value, "f")  # (str() wrote "1.2E-7")
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):

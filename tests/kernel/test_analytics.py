@@ -519,6 +519,14 @@ async def test_a_decimal_a_double_cannot_hold_is_its_exact_text(tmp_path, listed
         )
     assert got[0][:5] == ["-3679134.6305200256", "603652.7340000001024", 0.3,
                           "0.000000123456789012345678900000", "0.123456789012345678"]  # fmt: skip
+    async with running_store(tmp_path) as store:  # (a review: exact, but written with exponents)
+        got = await rows(
+            store,
+            "SELECT 0.00001::DECIMAL(5,5) AS a, 0.000010::DECIMAL(20,6) AS b, "
+            "10000000000000000::DECIMAL(20,0) AS c, 150000000000000000::DECIMAL(38,2) AS d, "
+            f"0.00000000095::DECIMAL(38,38) AS e, 0.0000000095::DECIMAL(30,30) AS f{extra}",
+        )
+    assert got[0][:6] == [1e-05, 1e-05, 1e16, 1.5e17, 9.5e-10, 9.5e-09]
 
 
 async def test_non_finite_and_large_numbers_in_json_values_are_json(tmp_path):
