@@ -1,7 +1,7 @@
 // Evals and gates: each scenario's pass rate per commit as a chart, and the change-gate
 // decisions with their scorecards, reasons, follow-ups and acknowledgements.
 
-import { call, RUNTIME } from "./api.js";
+import { call, ANALYTICS, RUNTIME } from "./api.js";
 import { h, s, badge, time, pre, errorBox } from "./util.js";
 
 const HISTORY = 100; // the newest results ListEvalScenarios gives of a scenario (README)
@@ -11,34 +11,60 @@ export function mount(root) {
   const evals = h("section", { id: "evals" }, h("h2", {}, "Eval scenarios"), h("p", { class: "muted" }, "Loading…"));
   const gates = h("section", { id: "gates" }, h("h2", {}, "Change-gate decisions"), h("p", { class: "muted" }, "Loading…"));
   root.append(h("div", { class: "page-head" }, h("h1", {}, "Evals & gates")), evals, gates);
-  call(RUNTIME, "ListEvalScenarios", {}).then(
-    (reply) => evals.replaceChildren(h("h2", {}, "Eval scenarios"), ...scenarios(reply.scenarios || [])),
+  Promise.all([call(RUNTIME, "ListEvalScenarios", {}), passCounts()]).then(
+    ([reply, counts]) => evals.replaceChildren(h("h2", {}, "Eval scenarios"), ...scenarios(reply.scenarios || [], counts)),
     (error) => evals.replaceChildren(h("h2", {}, "Eval scenarios"), errorBox(error)));
   call(RUNTIME, "ListChangeGates", { limit: GATES }).then(
     (reply) => gates.replaceChildren(h("h2", {}, "Change-gate decisions"), ...decisions(reply.decisions || [])),
     (error) => gates.replaceChildren(h("h2", {}, "Change-gate decisions"), errorBox(error)));
 }
 
-function scenarios(list) {
+// Every result's outcome counted per scenario and commit, through the Analytics service: a
+// scenario's history (its newest 100 results) can hold part of a commit's alone, and a rate of
+// those was shown as the commit's (2/2 where it had 2/3). Null when the service cannot answer
+// (the page then counts the history, saying which commits it may have cut).
+const COUNTS_SQL = `SELECT s.pack, s.slug, r.commit, count(*) FILTER (WHERE r.outcome = 'passed'),
+  count(*), min(r.executed_at) AS first FROM eval_results r JOIN eval_scenarios s USING (scenario_id)
+  GROUP BY ALL ORDER BY first, r.commit`;
+
+async function passCounts() {
+  try {
+    const reply = await call(ANALYTICS, "Query", { sql: COUNTS_SQL, maxRows: 10000 });
+    if (reply.truncated) return null;
+    const counts = new Map();
+    for (const text of reply.rowsJson || []) {
+      const [pack, slug, commit, passed, total] = JSON.parse(text);
+      const key = `${pack}/${slug}`;
+      if (!counts.has(key)) counts.set(key, []);
+      counts.get(key).push({ commit: commit || "(none)", passed: Number(passed), total: Number(total) });
+    }
+    return counts;
+  } catch {
+    return null;
+  }
+}
+
+function scenarios(list, counts) {
   if (!list.length) return [h("p", { class: "muted" }, "No scenarios yet (foundry eval sync PACK_FILE).")];
   return list.map((scenario) => {
     const history = scenario.history || [];
-    const perCommit = passRates(history);
+    const exact = counts ? counts.get(`${scenario.pack}/${scenario.slug}`) || [] : null;
+    const perCommit = exact ? exact.slice(-20) : passRates(history);
     return h("article", { class: "card", "data-scenario": `${scenario.pack}/${scenario.slug}` },
       h("h3", {}, `${scenario.pack} / ${scenario.slug}`, " ", h("span", { class: "muted" }, scenario.title || "")),
       perCommit.length ? chart(perCommit) : h("p", { class: "muted" }, "No results recorded."),
       perCommit.length ? h("p", { class: "small" }, perCommit.map((c) => h("span", { class: "tag" }, `${c.commit.slice(0, 10)}: ${c.passed}/${c.total} passed${c.partial ? ` (its newest ${c.total})` : ""}`))) : null,
-      history.length >= HISTORY ? h("p", { class: "muted small", "data-cut": "" }, `From the newest ${HISTORY} results: the oldest commit among them, whose earlier results are not in them, is left out, or (the only one) counted from these alone (the SQL page has every result: eval_results).`) : null);
+      !exact && history.length >= HISTORY ? h("p", { class: "muted small", "data-cut": "" }, `From the newest ${HISTORY} results: the oldest commit among them, whose earlier results are not in them, is left out, or (the only one) counted from these alone (the SQL page has every result: eval_results).`) : null);
   });
 }
 
-// Results grouped by commit, commits in the order of their first result. A full window of
-// results (the newest HISTORY) may hold only the last of its oldest commit's: that commit's
-// rate would be of those alone (2/2 where the commit had 2/3), so it is left out.
+// Without the Analytics service: the history's results grouped by commit, commits in the order
+// of their first result (the history comes newest first). A full window of results (the newest
+// HISTORY) may hold only the last of its oldest commit's: that commit's rate would be of those
+// alone, so it is left out (or, the only one, marked partial).
 function passRates(history) {
   const commits = new Map();
-  const sorted = [...history].sort((a, b) => (a.executedAt || "").localeCompare(b.executedAt || ""));
-  for (const result of sorted) {
+  for (const result of [...history].reverse()) {
     const entry = commits.get(result.commit) || { commit: result.commit || "(none)", passed: 0, total: 0 };
     entry.total += 1;
     if (result.outcome === "passed") entry.passed += 1;
