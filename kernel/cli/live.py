@@ -240,9 +240,10 @@ def _print_new_events(events: Iterable[admin_api.Event], shown: set[str], *, as_
             print(json.dumps({"event": message_dict(watch_event(event))}), flush=True)
         else:
             by = f"  ← {event.emitted_by}" if event.emitted_by else ""
+            mark = "  (throttled)" if event.throttled else ""  # as the trace after it says
             payload = short_json(json.loads(event.payload_json or "{}"))
             print(f"{stamp(event.occurred_at)}  event  {event.event_id}  {event.event_type}  "
-                  f"{payload}{by}", flush=True)  # fmt: skip
+                  f"{payload}{by}{mark}", flush=True)  # fmt: skip
 
 
 def _print_block_changes(

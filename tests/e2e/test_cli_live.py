@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from foundry.proto import foundry_api
 
 from tests.e2e.helpers import closed_port, emit, finished, foundry_cli, status
 from tests.helpers import DEADLINE
@@ -229,6 +230,20 @@ def test_trace_follow_of_a_finished_chain_prints_it_and_ends(daemon):
     [trace] = [x["trace"] for x in lines if "trace" in x]
     assert trace["found"] is True
     assert all(isinstance(x["duration_ms"], int) for x in trace["block_executions"])
+
+
+def test_trace_follow_marks_an_emission_withheld_as_the_trace_after_it_does(daemon):
+    """An AUDIT_ONLY mutator's emission is recorded, not delivered: the followed lines showed it
+    as any other event, the trace printed after them "(throttled)" (a README walkthrough)."""
+    root = emit(daemon, "greet_requested", project="live-g", payload={"name": "Bob"},
+                throttle=foundry_api.Throttle.AUDIT_ONLY)  # fmt: skip
+    finished(daemon, root.workflow_id)
+    done = daemon.cli("trace", "--follow", root.workflow_id)
+    assert done.returncode == 0, done.stderr
+    followed = done.stdout.split("\n\n")[0].splitlines()
+    [withheld] = [x for x in followed if "  event  " in x and "greeting_delivered" in x]
+    assert withheld.endswith("(throttled)")
+    assert not any(x.endswith("(throttled)") for x in followed if "greet_requested" in x)
 
 
 def test_watch_without_a_daemon_does_not_claim_to_watch():
