@@ -591,6 +591,22 @@ def test_pass_rates_count_every_result_of_a_commit_and_gates_say_how_many(browse
     expect(card).to_contain_text("bbbb: 74/74 passed")
     expect(card).to_contain_text("cccc: 0/25 passed")
     expect(card.locator("[data-cut]")).to_have_count(0)
+    # two scenarios whose pack and slug join alike ("a/b" + "c", "a" + "b/c"): apart (a review)
+    for pack, slug, commit in (("a/b", "c", "x1"), ("a", "b/c", "y2")):
+        rpc(
+            daemon,
+            RUNTIME,
+            "SyncEvalPack",
+            {"pack": pack, "scenarios": [{**scenario, "slug": slug}]},
+        )
+        request = {"pack": pack, "slug": slug, "runId": runs["two"], "commit": commit}
+        rpc(daemon, RUNTIME, "RecordEvalResult", request)
+    page.reload()
+    cards = page.locator('[data-scenario="a/b/c"]')
+    expect(cards).to_have_count(2)
+    expect(cards.nth(0)).not_to_contain_text("x1: 1/1 passed y2")
+    expect(cards.filter(has_text="x1")).to_have_count(1)
+    expect(cards.filter(has_text="y2")).to_have_count(1)
     expect(page.locator("[data-shown]")).to_contain_text("The newest 50 decisions")
     expect(page.locator("[data-gate]")).to_have_count(50)
 

@@ -29,12 +29,13 @@ const COUNTS_SQL = `SELECT s.pack, s.slug, r.commit, count(*) FILTER (WHERE r.ou
 
 async function passCounts() {
   try {
-    const reply = await call(ANALYTICS, "Query", { sql: COUNTS_SQL, maxRows: 10000 });
+    // (briefly: analysts' queries may hold the store's query slots; the history is the fallback)
+    const reply = await call(ANALYTICS, "Query", { sql: COUNTS_SQL, maxRows: 10000, timeoutMs: 3000 });
     if (reply.truncated) return null;
     const counts = new Map();
     for (const text of reply.rowsJson || []) {
       const [pack, slug, commit, passed, total] = JSON.parse(text);
-      const key = `${pack}/${slug}`;
+      const key = JSON.stringify([pack, slug]); // ("a/b" + "c" and "a" + "b/c" are two)
       if (!counts.has(key)) counts.set(key, []);
       counts.get(key).push({ commit: commit || "(none)", passed: Number(passed), total: Number(total) });
     }
@@ -48,7 +49,7 @@ function scenarios(list, counts) {
   if (!list.length) return [h("p", { class: "muted" }, "No scenarios yet (foundry eval sync PACK_FILE).")];
   return list.map((scenario) => {
     const history = scenario.history || [];
-    const exact = counts ? counts.get(`${scenario.pack}/${scenario.slug}`) || [] : null;
+    const exact = counts ? counts.get(JSON.stringify([scenario.pack, scenario.slug])) || [] : null;
     const perCommit = exact ? exact.slice(-20) : passRates(history);
     return h("article", { class: "card", "data-scenario": `${scenario.pack}/${scenario.slug}` },
       h("h3", {}, `${scenario.pack} / ${scenario.slug}`, " ", h("span", { class: "muted" }, scenario.title || "")),
