@@ -193,7 +193,12 @@ class BlockContext:
                                  f"{MAX_USAGE}, got {count!r:.40}")  # fmt: skip
         if type(cost) not in (int, float) or not 0 <= cost <= MAX_USAGE:  # (NaN fails too)
             raise ValueError(f"record_usage: cost must be a number from 0, got {cost!r:.40}")
-        self.usage = self.usage + Usage(tokens_in, tokens_out, cost)
+        total = self.usage + Usage(tokens_in, tokens_out, cost)
+        # the totals too, here: past the bound, the block failed later naming ctx.usage
+        for name in ("tokens_in", "tokens_out", "cost"):
+            if getattr(total, name) > MAX_USAGE:
+                raise ValueError(f"record_usage: this execution's {name} would pass {MAX_USAGE}")
+        self.usage = total
 
     def artifact_path(self, name: str) -> Path:
         """A path under this execution's artifact folder; files there are listed in the trace.
@@ -218,6 +223,9 @@ class BlockContext:
             if written is not None:
                 return Path(written), written
         path, listed = self._artifact_file(name)
+        # "reports/out.txt": its folder made, within (it failed with FileNotFoundError);
+        # artifact_path leaves that to the block, as ever
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
         return path, listed
 

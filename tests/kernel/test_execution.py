@@ -208,6 +208,24 @@ async def test_write_artifact_refuses_a_name_that_leaves_the_folder(tmp_path):
     assert ctx.listed_artifacts() == []
 
 
+async def test_write_artifact_makes_a_names_folder_within(tmp_path):
+    """``reports/out.txt`` failed with FileNotFoundError (a hunt): its folder is made, within."""
+    ctx = BlockContext(payload={}, artifact_dir=tmp_path / "art")
+    path = await ctx.write_artifact("reports/out.txt", "x")
+    assert path == (tmp_path / "art" / "reports" / "out.txt").resolve()
+    assert path.read_text() == "x"
+    assert ctx.listed_artifacts() == [str(tmp_path / "art" / "reports" / "out.txt")]
+
+
+def test_record_usage_refuses_a_total_past_the_bound_as_it_is_recorded(tmp_path):
+    """2**53 then 1 each passed; the block then failed naming ``ctx.usage`` (a hunt)."""
+    ctx = BlockContext(payload={}, artifact_dir=tmp_path / "art")
+    ctx.record_usage(tokens_in=2**53)
+    with pytest.raises(ValueError, match="record_usage: this execution's tokens_in would pass"):
+        ctx.record_usage(tokens_in=1)
+    assert ctx.usage.tokens_in == 2**53
+
+
 async def test_write_artifact_refuses_a_link_out_of_the_folder_and_follows_one_within(tmp_path):
     """A plain name that is a symbolic link already (a command may have left one) is resolved:
     a link out of the folder is refused, nothing written outside; one within is written
