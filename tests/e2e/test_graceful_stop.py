@@ -40,11 +40,15 @@ def lines(path: Path) -> int:
 
 
 def turned_away(daemon: Any, run_id: str) -> bool:
-    """A new call fails (the listener is closed, or UNAVAILABLE) while the daemon drains."""
+    """A new call fails (the listener is closed, or UNAVAILABLE) while the daemon drains. A
+    connection the kernel queued just before the listener closed is never served: its call
+    waited for the daemon's exit — past the call in flight's reply, one CI run in many — so
+    a call not answered within its deadline counts as turned away too."""
+    request = api.GetRunRequest(run_id=run_id)
     try:
-        daemon.call(lambda _, rt: rt.get_run(api.GetRunRequest(run_id=run_id)))
+        daemon.call(lambda _, rt: rt.get_run(request, timeout=3.0))
     except GRPCError as exc:
-        return exc.status == Status.UNAVAILABLE
+        return exc.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED)
     except Exception:  # refused, or a connection the closed listener had queued was dropped
         return True
     return False
