@@ -186,12 +186,12 @@ async def cmd_get(args: argparse.Namespace, stubs: Any) -> int:
         return 0
     for a in found:
         print(f"{a.attestation_id}  {_kind(a):<16} issued {stamp(a.issued_at)}")
-        subject = restore_ints(a.subject.to_dict()) if a.subject is not None else {}
-        print(f"    subject       {short_json(subject, 10**9)}")
+        # (short_json shows a Struct's whole doubles as whole: 1, not 1.0, as the rest of the CLI)
+        subject = a.subject.to_dict() if a.subject is not None else {}
+        print(f"    subject       {short_json(subject, None)}")
         print(f"    artifact_hash {a.artifact_hash}")
-        # a Struct carries every number as a double: 1, not 1.0 (as the rest of the CLI shows)
-        claims = restore_ints(a.claims.to_dict()) if a.claims is not None else {}
-        print(f"    claims        {short_json(claims, 10**9, sort_keys=True)}")
+        claims = a.claims.to_dict() if a.claims is not None else {}
+        print(f"    claims        {short_json(claims, None, sort_keys=True)}")
     return 0
 
 

@@ -46,12 +46,13 @@ def duration(ms: float) -> str:
     return f"{minutes} min {rest:02d} s"
 
 
-def short_json(value: Any, limit: int = 120, *, sort_keys: bool = False) -> str:
-    """A JSON value as compact JSON (never a Python repr), cut at ``limit`` characters; a whole
-    number as one (protobuf Values carry every number as a double: 17, not 17.0)."""
+def short_json(value: Any, limit: int | None = 120, *, sort_keys: bool = False) -> str:
+    """A JSON value as compact JSON (never a Python repr), cut at ``limit`` characters (None:
+    whole); a whole number as one (protobuf Values carry every number as a double: 17, not
+    17.0)."""
     text = json.dumps(restore_ints(value), separators=(",", ":"), ensure_ascii=False,
                       default=str, sort_keys=sort_keys)  # fmt: skip
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
 def message_dict(message: betterproto2.Message) -> dict[str, Any]:
