@@ -7,14 +7,15 @@ async def test_compose_greeting(tmp_path):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from foundry.kernel.blocks.api import Block, BlockContext, BlockKind, Emission
 from foundry.kernel.blocks.execution import Outcome, execute
+from foundry.kernel.config import EngineConfig
+from foundry.kernel.core.emissions import RawEmission, stored_emissions
 from foundry.kernel.core.throttle import Throttle, decide
 
 
@@ -30,11 +31,19 @@ class BlockRun:
         return self.outcome.output
 
 
-def _as_stored(emission: Emission) -> Emission:
-    """An emission as the kernel stores and delivers it: what emit() took, when it took its
-    JSON (a payload holding more than plain values), as that JSON reads back."""
-    taken = emission.taken_json()
-    return emission if taken is None else Emission(emission.event_type, json.loads(taken))
+def _stored(outcome: Outcome, engine: EngineConfig) -> tuple[Outcome, list[Emission]]:
+    """The outcome and its emissions as the kernel stores and delivers them (the payload each
+    took at emit(), read back from its JSON), or — where the engine would refuse them (see
+    ``core.emissions``) — a failed outcome naming why, and no emissions."""
+    raw = [RawEmission(e.event_type, e.payload, e.taken_json()) for e in outcome.emissions]
+    stored, refusal = stored_emissions(
+        raw, room=engine.max_chain_events - 1, chain_limit=engine.max_chain_events,
+        max_event_bytes=engine.max_event_bytes,
+    )  # fmt: skip
+    if refusal:
+        failed = replace(outcome, success=False, error=refusal, summary=refusal, emissions=())
+        return failed, []
+    return outcome, [Emission(e.event_type, e.payload) for e in stored]
 
 
 async def run_block(
@@ -47,8 +56,10 @@ async def run_block(
     seed: int = 0,
     model: str = "",
     env: Mapping[str, str] | None = None,
+    engine: EngineConfig | None = None,
 ) -> BlockRun:
-    """Run ``block`` on ``payload`` under ``throttle`` (timeouts and retries included)."""
+    """Run ``block`` on ``payload`` under ``throttle`` (timeouts and retries included); what it
+    emits is checked as the engine checks it, under ``engine``'s limits (``[engine]``)."""
     decision = decide(throttle, block.kind is BlockKind.MUTATOR)
     outcome = await execute(
         block,
@@ -64,7 +75,7 @@ async def run_block(
             attempt=attempt,
         ),  # fmt: skip
     )
-    emitted = [_as_stored(e) for e in outcome.emissions]
+    outcome, emitted = _stored(outcome, engine or EngineConfig())
     return BlockRun(
         outcome=outcome,
         state=decision.state if outcome.success else "failed",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import foundry.kernel
 import pytest
-from foundry.kernel import Block, BlockKind, ConfigError, block
+from foundry.kernel import Block, BlockKind, ConfigError, Emission, block
 from foundry.kernel.blocks.registry import (
     DEFAULT_PLUGINS,
     BlockRegistry,
@@ -20,8 +20,10 @@ from foundry.kernel.blocks.registry import (
     load_blocks,
     load_config_blocks,
 )
-from foundry.kernel.config import Config
+from foundry.kernel.config import Config, EngineConfig
 from foundry.kernel.testing import run_block
+
+from tests.kernel.harness import running_kernel
 
 BUILT_IN_FIRST = ["Compose Greeting", "Deliver Greeting"]
 
@@ -712,3 +714,78 @@ async def test_the_harness_delivers_what_the_kernel_would(tmp_path):
 
     done = await run_block(emits_then_changes, {}, artifact_dir=tmp_path)
     assert [e.payload for e in done.delivered] == [{"item": {"i": 1}, "tags": [1, 2]}]
+
+
+async def test_the_harness_delivers_a_payload_as_its_json_reads_back(tmp_path):
+    """An emission appended past emit() was delivered as the block made it: an int key stayed an
+    int, while the kernel stores (and downstream blocks receive) the JSON's text key."""
+
+    @block("Int Keys", sinks=["go"])
+    def int_keys(ctx):
+        ctx.emissions.append(Emission("out", {"v": {1: "one"}}))
+
+    done = await run_block(int_keys, {}, artifact_dir=tmp_path)
+    assert [e.payload for e in done.delivered] == [{"v": {"1": "one"}}]
+
+
+def _nested(levels: int) -> dict:
+    payload: dict = {}
+    for _ in range(levels):
+        payload = {"a": payload}
+    return payload
+
+
+class _Exits(dict):
+    def items(self):  # a plugin's value that ends whoever reads it
+        raise SystemExit(3)
+
+
+@pytest.mark.parametrize(
+    ("emissions", "said"),
+    [
+        ([("out", {"v": float("nan")})], "emitted a payload that is not JSON"),
+        ([("out", {"v": "\ud800"})], "emitted a payload that is not JSON"),
+        ([("out", {"v": object()})], "emitted a payload that is not JSON"),
+        ([("out", {"v": {(1, 2): "tuple key"}})], "emitted a payload that is not JSON"),
+        ([("out", {"v": b"bytes"})], "emitted a payload that is not JSON"),
+        ([("out", {"v": "é" * 800})], "emitted a 'out' payload of 1,608 bytes of JSON"),
+        ([("out", _nested(200))], "emitted a 'out' payload nested deeper than 127 levels"),
+        ([("out", _nested(5_000))], "emitted a 'out' payload nested deeper than 127 levels"),
+        ([("out\udcff", {})], "emitted an event type that is not UTF-8"),
+        ([("out", {"v": _Exits(a=1)})], "emitted a payload that could not be read"),
+        ([("out", {"i": i}) for i in range(50)], "emitted 50 events, past the chain event limit"),
+    ],
+    ids=[
+        "nan",
+        "surrogate",
+        "object",
+        "tuple-key",
+        "bytes",
+        "too-large",
+        "too-deep",
+        "far-too-deep",
+        "type-not-utf8",
+        "exits-when-read",
+        "too-many",
+    ],  # fmt: skip
+)
+async def test_the_harness_refuses_an_emission_as_the_engine_does(tmp_path, emissions, said):
+    """``run_block`` delivered NaN, lone surrogates, non-JSON values, oversized, too deep and
+    too many emissions, all of which the engine refuses, failing the block: a plugin's tests
+    passed for a block that failed every chain in the daemon."""
+
+    @block("Hostile", sinks=["go"])
+    def hostile(ctx):
+        for event_type, payload in emissions:
+            ctx.emissions.append(Emission(event_type, payload))  # past emit()'s own copy
+
+    limits = EngineConfig(max_event_bytes=1_500, max_chain_events=50)
+    harness = await run_block(hostile, {}, artifact_dir=tmp_path / "h", engine=limits)
+    async with running_kernel(tmp_path / "k", [hostile], engine=limits) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+
+    [engine] = [x for x in trace["block_executions"] if x["block_name"] == "Hostile"]
+    assert said in harness.outcome.error, harness.outcome.error
+    assert (harness.state, harness.outcome.success, harness.delivered) == ("failed", False, [])
+    assert (engine["state"], engine["summary"]) == ("failed", harness.outcome.error)

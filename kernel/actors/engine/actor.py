@@ -59,7 +59,7 @@ from foundry.kernel.actors.store.messages import (
 )
 from foundry.kernel.actors.telemetry.messages import ChainEnded, SpanOutbox
 from foundry.kernel.actors.threads import in_thread
-from foundry.kernel.blocks.api import Block, BlockContext, Emission, Usage
+from foundry.kernel.blocks.api import Block, BlockContext, Usage
 from foundry.kernel.blocks.execution import Outcome, execute, execute_now
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import EngineConfig
@@ -72,7 +72,12 @@ from foundry.kernel.core.chain import (
     descend,
     next_turn,
 )
-from foundry.kernel.core.failures import described
+from foundry.kernel.core.emissions import (
+    RawEmission,
+    StoredEmission,
+    oversized,
+    stored_emissions,
+)
 from foundry.kernel.core.ids import (
     Clock,
     block_slug,
@@ -82,11 +87,10 @@ from foundry.kernel.core.ids import (
     payload_json_of,
     rfc3339,
 )
-from foundry.kernel.core.json_input import MAX_DEPTH, check_depth, quoted
+from foundry.kernel.core.json_input import quoted
 from foundry.kernel.core.records import (
     RAW_OUTPUT_CHARS,
     Event,
-    decoded,
     new_event,
     new_execution,
     own_copy,
@@ -194,7 +198,7 @@ class Engine:
     async def _on_emit(self, message: Emit) -> None:
         now = self._clock.now()
         payload_json = payload_json_of(message.payload)  # the bytes upstream hashes, stored as is
-        if (size := self._oversized(payload_json)) is not None:
+        if (size := oversized(payload_json, self._config.max_event_bytes)) is not None:
             message.reply.fail(InvalidArgument(
                 f"payload_json: {size:,} bytes of JSON as stored (numbers in serde_json's form: "
                 f"1e15 is 1000000000000000.0), past [engine] max_event_bytes "
@@ -460,68 +464,30 @@ class Engine:
         room: int,
     ) -> tuple[tuple[Event, ...], str]:
         """The events a block emitted, or none and why (``room``: what is left of the chain's
-        event budget)."""
-        emissions = outcome.emissions
-        if len(emissions) > room:  # none of them is stored: a runaway block filled disks
-            limit = self._config.max_chain_events
-            return (), (
-                f"emitted {len(emissions)} events, past the chain event limit {limit}: the "
-                f"chain holds {limit - room} already, its root included, room for {room}"
-            )
-        try:
-            return tuple(self._child(parent, block, e, throttled, span) for e in emissions), ""
-        except _NotUtf8 as exc:
-            return (), f"emitted an event type that is not UTF-8: {exc}"
-        except _TooLarge as exc:
-            return (), str(exc)
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-            # a non-JSON value, an int too large for a JSON number, nesting too deep
-            return (), f"emitted a payload that is not JSON: {described(exc)}"
-        except Exception:
-            raise  # a bug of ours: its chain fails (``_run_inline``)
-        except BaseException as exc:  # noqa: BLE001 - a plugin's value raised SystemExit or
-            # KeyboardInterrupt while read (a dict subclass's items()): it ended the daemon
-            return (), f"emitted a payload that could not be read: {described(exc)}"
+        event budget; the rule is ``core.emissions``, which ``testing.run_block`` applies too)."""
+        emitted = [RawEmission(e.event_type, e.payload, e.taken_json()) for e in outcome.emissions]
+        stored, error = stored_emissions(
+            emitted, room=room, chain_limit=self._config.max_chain_events,
+            max_event_bytes=self._config.max_event_bytes,
+        )  # fmt: skip
+        return tuple(self._child(parent, block, e, throttled, span) for e in stored), error
 
     def _child(
-        self, parent: Event, block: Block, emission: Emission, throttled: bool, span: str
+        self, parent: Event, block: Block, emission: StoredEmission, throttled: bool, span: str
     ) -> Event:
         """An event a block emitted: in its trigger's trace, a child of the execution's span."""
         now = self._clock.now()
         stamp = occurred_stamp(now)
-        if storable(emission.event_type) != emission.event_type:
-            raise _NotUtf8(repr(emission.event_type))
-        # NaN, infinities and lone surrogates (the store would refuse them) raise ValueError.
-        taken = emission.taken_json()
-        try:
-            payload_json = taken if taken is not None else payload_json_of(emission.payload)
-        except RecursionError:  # ~1,000 levels: past the depth limit checked below, by far
-            raise _TooLarge(f"emitted a {emission.event_type[:100]!r} payload nested deeper "
-                            f"than {MAX_DEPTH} levels") from None  # fmt: skip
-        if (size := self._oversized(payload_json)) is not None:
-            raise _TooLarge(
-                f"emitted a {emission.event_type[:100]!r} payload of {size:,} bytes of JSON, "
-                f"past [engine] max_event_bytes ({self._config.max_event_bytes:,})"
-            )
-        # the block can no longer change it; what emit() took is read back from its JSON
-        payload = decoded(emission.payload, payload_json) if taken is None else json.loads(taken)
-        # Emit's limit too (an event nested deeper than this, no client could send or read)
-        if payload_json.count("[") + payload_json.count("{") > MAX_DEPTH:
-            try:
-                check_depth(payload, "payload", MAX_DEPTH)
-            except InvalidArgument:
-                raise _TooLarge(f"emitted a {emission.event_type[:100]!r} payload nested deeper "
-                                f"than {MAX_DEPTH} levels") from None  # fmt: skip
         return new_event(
-            id=event_id_of_json(emission.event_type, parent.project, stamp, payload_json),
+            id=event_id_of_json(emission.event_type, parent.project, stamp, emission.payload_json),
             event_type=emission.event_type,
             project=parent.project,
             occurred_at=now,
             recorded_at=now,
             throttle=parent.throttle,
             workflow_id=parent.workflow_id,
-            payload=payload,
-            payload_json=payload_json,
+            payload=emission.payload,
+            payload_json=emission.payload_json,
             depth=parent.depth + 1,
             parent_id=parent.id,
             emitted_by=block.name,
@@ -531,16 +497,6 @@ class Engine:
             span_id=new_span_id(),
             parent_span_id=span,
         )
-
-    def _oversized(self, payload_json: str) -> int | None:
-        """The UTF-8 size of a payload's stored JSON past ``max_event_bytes``, else None: a
-        root's as well as an emission's (serde_json's numbers made a 1.25 MB Emit a 4.75 MB
-        event, which cut off every default-client watcher)."""
-        limit = self._config.max_event_bytes
-        if len(payload_json) * 4 <= limit:  # 4 bytes a character at most: it fits
-            return None
-        size = len(payload_json.encode("utf-8", "surrogatepass"))
-        return size if size > limit else None
 
     async def _flush(self, workflow: Workflow, *answers: Answer) -> None:
         """Send what the chain recorded since the last flush (observers run ahead of commits)."""
@@ -667,14 +623,6 @@ def _log_failure(workflow: Workflow, error: str) -> None:
                 workflow.root.event_type, workflow.root.project, reason,
                 extra={"workflow_id": workflow.id, "workflow_type": workflow.root.event_type,
                        "project": workflow.root.project, "error": reason})  # fmt: skip
-
-
-class _NotUtf8(Exception):
-    pass
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _chain_ended(workflow: Workflow) -> ChainEnded:
