@@ -411,6 +411,50 @@ def test_a_killed_daemon_leaves_no_exporter_behind(exporting: Daemon, collector:
     assert "Traceback" not in exporting.stderr()
 
 
+def _exporter_of(daemon: Daemon) -> int:
+    assert daemon.process is not None
+    [exporter] = [
+        pid for pid in _children(daemon.process.pid)
+        if "foundry.kernel.edge.otel" in Path(f"/proc/{pid}/cmdline").read_text()
+    ]  # fmt: skip
+    return exporter
+
+
+def _trace_id_of(daemon: Daemon, name: str) -> str:
+    reply = emit(daemon, "greet_requested", payload={"name": name})
+    finished(daemon, reply.workflow_id)
+    [root] = [e for e in traced(daemon, reply.event_id).events if e.event_id == reply.event_id]
+    return root.trace_id
+
+
+def test_an_exporter_that_dies_is_started_again(exporting: Daemon, collector: Collector):
+    """An exporter killed (a crash, the OOM killer) stopped the export for the rest of the
+    daemon's life, with one line in its log: it is started again a second later."""
+    first = _exporter_of(exporting)
+    collector.wait_for(_trace_id_of(exporting, "before"), 3)
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: process_gone(first), what="the killed exporter to exit")
+    # the daemon notices at its next write, and starts another a second later
+    wait_until(
+        lambda: _trace_id_of(exporting, "meanwhile") and _children_exporting(exporting, first),
+        what="a new exporter process",
+    )
+    collector.wait_for(_trace_id_of(exporting, "after"), 3)
+    assert "the OpenTelemetry exporter stopped (exit code -9): started again in 1 s" in (
+        exporting.stderr()
+    )
+    assert exporting.stop() == 0
+    assert "Traceback" not in exporting.stderr()
+
+
+def _children_exporting(daemon: Daemon, not_pid: int) -> bool:
+    assert daemon.process is not None
+    return any(
+        pid != not_pid and "foundry.kernel.edge.otel" in Path(f"/proc/{pid}/cmdline").read_text()
+        for pid in _children(daemon.process.pid)
+    )
+
+
 def test_a_stop_is_not_held_by_an_exporter_that_reads_nothing(exporting: Daemon):
     """An exporter that takes nothing in (stopped here; starved of CPU or stuck elsewhere) held
     the daemon's write of a full pipe, and so its stop, for good: it is given 2 s from the

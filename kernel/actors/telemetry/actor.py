@@ -9,6 +9,9 @@ process (``python -m foundry.kernel.edge.otel``), where they become OTLP spans a
 the OpenTelemetry SDK's exporter, off this process's GIL. A slow exporter fills the pipe, then
 this mailbox, and then senders drop and count: nothing here can slow the engine.
 
+An exporter that dies is started again (``Telemetry.run``): a crash or the OOM killer stopped
+the export for the rest of the daemon's life, with one line in its log.
+
 Stop: once every sender's outbox is closed (the engine's, the scheduler's and the store's),
 the exporter's stdin closes; it flushes for up to ``FLUSH_SECONDS`` and exits (or is killed).
 """
@@ -37,6 +40,8 @@ EXIT_SECONDS = FLUSH_SECONDS + 3.0  # then it is killed
 MAILBOX_BATCH = 512  # messages per frame at most
 GATHER_SECONDS = 0.05  # how long the first message of a frame waits for others
 STOP_POLL_SECONDS = 0.2  # how often the forwarder looks whether the daemon is stopping
+RESTART_FIRST = 1.0  # seconds from an exporter's death to its restart, doubling while it dies young
+RESTART_MOST = 60.0  # ...to this; an exporter that lived this long starts over at RESTART_FIRST
 
 
 class Telemetry:
@@ -47,6 +52,33 @@ class Telemetry:
         self.written = 0  # span and chain records handed to the exporter
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the exporter until the daemon stops; one that dies (a crash, the OOM killer) is
+        started again, ``RESTART_FIRST`` seconds later, doubling to ``RESTART_MOST`` while they
+        keep dying young — the spans of that wait are dropped, and counted."""
+        process = await self._open()
+        log.info("exporting spans to %s (%s)", self._config.endpoint, self._config.protocol)
+        task_status.started()
+        failures = 0
+        async with self._inbox:
+            while True:
+                started = trio.current_time()
+                if await self._export_with(process):
+                    return
+                lived = trio.current_time() - started
+                failures = 1 if lived >= RESTART_MOST else failures + 1
+                delay = min(RESTART_MOST, RESTART_FIRST * 2 ** (failures - 1))
+                log.error("the OpenTelemetry exporter stopped (exit code %s): started again in "
+                          "%.0f s, spans until then are dropped", process.returncode,
+                          delay)  # fmt: skip
+                dropped, stopping = await _drop_for(self._inbox, delay)
+                if dropped:
+                    log.warning("%d message(s) of spans not exported while the OpenTelemetry "
+                                "exporter was down", dropped)  # fmt: skip
+                if stopping:
+                    return
+                process = await self._open()
+
+    async def _open(self) -> trio.Process:
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", EXPORTER, json.dumps(vars(self._config))],
             stdin=subprocess.PIPE,
@@ -57,15 +89,19 @@ class Telemetry:
             env={**os.environ, "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY") or "NONE"},
         )
         assert process.stdin is not None
-        assert process.stdout is not None
         widen(process.stdin)  # a frame is one write, not one per 64 KiB and a wait for each
-        log.info("exporting spans to %s (%s)", self._config.endpoint, self._config.protocol)
-        task_status.started()
+        return process
+
+    async def _export_with(self, process: trio.Process) -> bool:
+        """Forward to ``process`` until the daemon stops (True) or the exporter dies (False)."""
+        assert process.stdin is not None
+        assert process.stdout is not None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_relay_log, process.stdout)
-                async with self._inbox, process.stdin:
-                    if not await self._forward_until_stuck(process.stdin):
+                async with process.stdin:
+                    ended = await self._forward_until_stuck(process.stdin)
+                    if ended is None:
                         process.kill()  # it takes nothing in: no flush to wait for either
                 await _stop(process)  # it flushes, logs its totals and exits: its log ends
         except BaseException:
@@ -74,12 +110,13 @@ class Telemetry:
         finally:
             with trio.CancelScope(shield=True):
                 await process.wait()
+        return ended is not False
 
-    async def _forward_until_stuck(self, exporter: trio.abc.SendStream) -> bool:
+    async def _forward_until_stuck(self, exporter: trio.abc.SendStream) -> bool | None:
         """:meth:`_forward`, bounded once the daemon stops (every sender closed its end): a
         write to an exporter that reads nothing (stopped, starved of CPU) held the stop for
-        good. It gets ``FLUSH_SECONDS`` from then to take what is queued; False if it did not
-        (what was left is dropped, said in one line)."""
+        good. It gets ``FLUSH_SECONDS`` from then to take what is queued; None if it did not
+        (what was left is dropped, said in one line), else what :meth:`_forward` says."""
         async with trio.open_nursery() as nursery:
             forwarding = trio.CancelScope()
 
@@ -90,18 +127,21 @@ class Telemetry:
                 forwarding.deadline = trio.current_time() + FLUSH_SECONDS
 
             nursery.start_soon(bound_at_stop)
+            ended = False
             with forwarding:
-                await self._forward(exporter)
+                ended = await self._forward(exporter)
             nursery.cancel_scope.cancel()
         if not forwarding.cancelled_caught:
-            return True
+            return ended
         left = sum(1 for _ in _drained(self._inbox))
         log.warning("the OpenTelemetry exporter took nothing for %.0f s after the stop began: "
                     "killed, %d message(s) of spans not exported", FLUSH_SECONDS,
                     left + 1)  # fmt: skip
-        return False
+        return None
 
-    async def _forward(self, exporter: trio.abc.SendStream) -> None:
+    async def _forward(self, exporter: trio.abc.SendStream) -> bool:
+        """Write what comes in to the exporter: True once every sender closed its end (the daemon
+        stops), False if the exporter stopped reading (it exited)."""
         while batch := await take_batch(self._inbox, MAILBOX_BATCH):
             # What comes in the next moment goes in the same frame: one write, one wake-up of
             # this task, for many chains (the exporter batches for seconds anyway).
@@ -114,11 +154,22 @@ class Telemetry:
             try:
                 await exporter.send_all(frame(items))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                log.error("the OpenTelemetry exporter stopped: spans are no longer exported")
-                async for _ in self._inbox:
-                    pass  # senders never wait on us, exporter or not
-                return
+                return False
             self.written += len(items)
+        return True
+
+
+async def _drop_for(
+    inbox: trio.MemoryReceiveChannel[TelemetryMessage], seconds: float
+) -> tuple[int, bool]:
+    """Take and drop what comes in for ``seconds`` (senders never wait on us, exporter or not):
+    how many messages, and whether every sender closed its end meanwhile (the daemon stops)."""
+    dropped = 0
+    with trio.move_on_after(seconds):
+        async for _ in inbox:
+            dropped += 1
+        return dropped, True
+    return dropped, False
 
 
 def _drained(inbox: trio.MemoryReceiveChannel[TelemetryMessage]) -> list[TelemetryMessage]:
