@@ -294,8 +294,13 @@ class BlockContext:
         wrote, or, once ``artifact_path`` or ``run_command`` let anything be written there,
         every file the folder holds."""
         if not self.artifacts_touched or not self.artifact_dir.is_dir():
-            # (a path that is not a str, set by the block itself, fails its execution)
-            return sorted({path for path in self.artifacts_written if type(path) is str})
+            # (a path that is not a str or not in the folder, set by the block itself, fails its
+            # execution; one the block removed since is not listed: nothing is left to attest)
+            folder = os.fspath(self.artifact_dir)
+            return sorted({
+                path for path in self.artifacts_written
+                if type(path) is str and in_artifact_folder(folder, path) and regular_file(path)
+            })  # fmt: skip
         # Regular files only, never a symbolic link: a command that unpacked a link to
         # /proc/self/environ had the daemon read its own environment and sign its digest.
         return sorted(str(p) for p in self.artifact_dir.rglob("*") if regular_file(p))
@@ -307,6 +312,14 @@ class BlockContext:
         if not self.artifacts_touched:
             return self.listed_artifacts()  # no scan: the names write_artifact kept
         return await ARTIFACT_THREADS.run(self.listed_artifacts)
+
+
+def in_artifact_folder(folder: str, path: str) -> bool:
+    """``path`` names a file within ``folder`` as written (no ``..``, no detour)."""
+    return (
+        path.startswith(folder) and path[len(folder) : len(folder) + 1] == os.sep
+        and "\0" not in path and os.path.normpath(path) == path
+    )  # fmt: skip
 
 
 def _plain_file_name(name: str) -> bool:

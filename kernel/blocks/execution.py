@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from foundry.kernel.blocks.api import (
     NeedsAwait,
     Usage,
     event_type_fault,
+    in_artifact_folder,
 )
 from foundry.kernel.core.chain import runs_now as _runs_now
 from foundry.kernel.core.failures import described, text_of
@@ -177,6 +179,12 @@ def reported_fault(ctx: BlockContext) -> str:
     written = ctx.artifacts_written
     if type(written) is not list or (written and not all(type(p) is str for p in written)):
         return "ctx.artifacts_written must be a list of str paths"
+    if written:  # a path of its own choosing had the daemon sign any file's digest as an artifact
+        folder = os.fspath(ctx.artifact_dir)
+        for path in written:
+            if not in_artifact_folder(folder, path):
+                return (f"ctx.artifacts_written holds {path[:200]!r}, not a file in this "
+                        f"execution's artifact folder")  # fmt: skip
     emissions = ctx.emissions
     if type(emissions) is not list:
         return f"ctx.emissions must be a list, not {type(emissions).__name__}"

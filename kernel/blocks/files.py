@@ -13,10 +13,10 @@ ARTIFACT_READ = 1 << 20  # bytes read at once when an artifact is hashed
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-def regular_file(path: Path) -> bool:
+def regular_file(path: str | Path) -> bool:
     """A regular file itself (``lstat``: not a link to one, nor a pipe or a device)."""
     try:
-        return stat.S_ISREG(path.lstat().st_mode)
+        return stat.S_ISREG(os.lstat(path).st_mode)
     except OSError:
         return False  # gone meanwhile
 

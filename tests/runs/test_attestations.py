@@ -68,9 +68,24 @@ def leave_links(ctx: BlockContext) -> dict:
     return {"written": True}
 
 
+@block("write_then_remove", kind=BlockKind.OBSERVER)
+async def write_then_remove(ctx: BlockContext) -> dict:
+    import os
+
+    os.remove(await ctx.write_artifact("scratch.txt", "tmp"))  # it cleans up after itself
+    await ctx.write_artifact("kept.txt", "kept")
+    return {"written": True}
+
+
+@block("claim_artifact", kind=BlockKind.OBSERVER)
+def claim_artifact(ctx: BlockContext) -> dict:
+    ctx.artifacts_written.append(ctx.inputs["path"])
+    return {"written": True}
+
+
 @hookimpl
 def register_blocks():
-    return [write_note, leave_links]
+    return [write_note, leave_links, write_then_remove, claim_artifact]
 """
 
 EVERY_KIND = dag(
@@ -643,6 +658,37 @@ def test_links_a_step_leaves_are_not_artifacts_nor_attested(daemon, tmp_path):
     assert [Path(p).name for p in completed["payload"]["artifacts"]] == ["kept.txt"]
     artifacts = [n for n in attested(tap(daemon, run_id)) if n["kind"] == "artifact"]
     assert [Path(a["uri"]).name for a in artifacts] == ["kept.txt"]
+
+
+def test_an_artifact_the_step_removed_is_not_listed_and_its_run_exports(daemon, tmp_path):
+    """A block that removed a file it wrote had it listed: its artifact attestation, announced,
+    was never made (the file was gone), so the run could never be exported, and every start
+    logged an error re-attesting it (a plugin hunt)."""
+    run_id = submit(daemon, dag({"id": "tidy", "type": "write_then_remove"}))
+    wait_done(daemon, run_id)
+    (completed,) = of_kind(tap(daemon, run_id), "step_completed")
+    assert [Path(p).name for p in completed["payload"]["artifacts"]] == ["kept.txt"]
+    exported = cli(daemon, "export", run_id)
+    assert exported.returncode == 0, exported.stderr
+    envelopes = [json.loads(line) for line in exported.stdout.splitlines() if line.strip()]
+    ids = [n["attestation_id"] for n in attested(tap(daemon, run_id))]
+    assert len(envelopes) == len(ids) == 3  # step, its one artifact, run
+
+
+@pytest.mark.parametrize("path", ["/etc/hostname", "rel.txt", "ARTIFACTS/../../escape.txt"])
+def test_a_path_a_block_lists_outside_its_artifact_folder_fails_the_step(daemon, path):
+    """A path appended to ``ctx.artifacts_written`` was taken as it was: /etc/hostname was
+    signed as the run's artifact, and a relative path announced an attestation never made."""
+    folder = daemon.home / "artifacts" / "runs"
+    run_id = submit(daemon, dag({"id": "claim", "type": "claim_artifact", "inputs": {
+        "path": path.replace("ARTIFACTS", str(folder))}}))  # fmt: skip
+    wait_done(daemon, run_id)
+    events = tap(daemon, run_id)
+    (failed,) = of_kind(events, "step_failed")
+    said = failed["payload"]["error"]["message"]
+    assert said.startswith("ctx.artifacts_written holds '"), said
+    assert said.endswith("', not a file in this execution's artifact folder"), said
+    assert not [n for n in attested(events) if n["kind"] == "artifact"]
 
 
 def _signers(pid: int) -> list[int]:
