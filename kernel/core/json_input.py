@@ -113,7 +113,31 @@ def parse_json(
     # Only a document with that many brackets can be too deep: skip the walk for the rest.
     deep = text.count("[") + text.count("{") > MAX_DEPTH
     check_json_value(value, field, walk=deep)
+    # Of a key named twice, json.loads keeps the last value unchecked by the above; serde_json
+    # refuses the whole text (a lone surrogate or too deep anywhere), and so do we.
+    if "\\u" in text and unpaired_surrogate_escape(text):
+        raise InvalidArgument(f"{field}: text must be valid Unicode (lone surrogate)")
+    if deep and text_depth(text, MAX_DEPTH) > MAX_DEPTH:
+        raise InvalidArgument(f"{field}: nested deeper than {MAX_DEPTH} levels")
     return value
+
+
+# A JSON string (escapes included), and an empty array or object.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_EMPTY_PAIR = re.compile(r"\[\]|\{\}")
+
+
+def text_depth(text: str, limit: int) -> int:
+    """How deep the arrays and objects of valid JSON ``text`` nest, counted up to ``limit`` + 1.
+    Each pass removes the pairs that are empty at its start (``re.sub`` does not look again at
+    what it made), so the passes are the depth — in C, with no Python step per bracket."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    depth = 0
+    while brackets and depth <= limit:
+        brackets = _EMPTY_PAIR.sub("", brackets)
+        depth += 1
+    return depth
 
 
 class _DuplicateKey(ValueError):

@@ -17,7 +17,7 @@ from foundry.kernel.core.ids import (
     payload_json_of,
     rfc3339,
 )
-from foundry.kernel.core.json_input import oversized_number, parse_json_object
+from foundry.kernel.core.json_input import oversized_number, parse_json_object, text_depth
 from foundry.kernel.core.upstream_json import format_float, parse_number
 from foundry.kernel.errors import InvalidArgument
 from hypothesis import given
@@ -306,6 +306,54 @@ def test_payload_depth_limit_is_serde_jsons_127_levels():
         parse_json_object(nested(128), "payload_json", upstream_numbers=True)  # serde: refused
     with pytest.raises(InvalidArgument, match="payload_json: nested deeper than 127 levels"):
         parse_json_object("[" * 100_000, "payload_json", upstream_numbers=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{"a":"\\ud800","a":1}', "text must be valid Unicode (lone surrogate)"),
+        ('{"a":"\\udc00","a":1}', "text must be valid Unicode (lone surrogate)"),
+        ('{"a":{"\\ud800":1},"a":2}', "text must be valid Unicode (lone surrogate)"),
+        ('{"a":' + "[" * 127 + "]" * 127 + ',"a":1}', "nested deeper than 127 levels"),
+        ('{"a":[{"b":' + "[" * 126 + "]" * 126 + '}],"a":1}', "nested deeper than 127 levels"),
+    ],
+    ids=["high", "low", "in-a-key", "too-deep", "too-deep-mixed"],
+)
+def test_a_bad_value_under_a_key_named_twice_is_refused_as_serde_json_does(text, said):
+    """json.loads keeps the last of a key named twice: what the first held was never checked,
+    and Emit stored a payload the public daemon refuses (a conformance audit)."""
+    with pytest.raises(InvalidArgument, match=re.escape(f"payload_json: {said}")):
+        parse_json_object(text, "payload_json", upstream_numbers=True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":"\\\\ud800"}',
+        '{"a":"[[[[","a":1}',
+        '{"a":' + "[" * 126 + "]" * 126 + ',"a":1}',
+        '{"s":"' + "[" * 300 + '"}',
+        '{"a":"\\ud83d\\ude00","a":1}',
+    ],
+    ids=["escaped-backslash", "brackets-in-a-string", "126-deep", "many-in-a-string", "pair"],
+)
+def test_what_serde_json_reads_is_read_whatever_the_duplicate(text):
+    assert isinstance(parse_json_object(text, "payload_json", upstream_numbers=True), dict)
+
+
+@given(st.recursive(st.none() | st.text(alphabet="[]{}\\\"ab", max_size=5),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(alphabet="[{a", max_size=3), inner, max_size=3),
+                    max_leaves=30))  # fmt: skip
+def test_text_depth_is_the_nesting_json_loads_finds(value):
+    def depth(v):
+        if isinstance(v, dict):
+            return 1 + max(map(depth, v.values()), default=0)
+        if isinstance(v, list):
+            return 1 + max(map(depth, v), default=0)
+        return 0
+
+    assert text_depth(json.dumps(value), 1_000) == depth(value)
 
 
 @pytest.mark.parametrize(
