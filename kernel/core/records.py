@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from foundry.kernel.core.ids import rfc3339
+from foundry.kernel.core.ids import occurred_stamp, rfc3339
 from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.core.trace_format import EventRow, ExecutionRow, TraceRows
 
@@ -84,7 +84,9 @@ class Event:
     def trace_row(self) -> EventRow:
         """This event as its trace file shows it (see ``trace_format.render``)."""
         stamp = self.stamp or rfc3339(self.occurred_at)
-        recorded = stamp if self.recorded_at == self.occurred_at else rfc3339(self.recorded_at)
+        recorded = (
+            stamp if self.recorded_at == self.occurred_at else occurred_stamp(self.recorded_at)
+        )
         return (
             self.id, self.event_type, self.project, stamp, recorded, self.throttle.value,
             self.trace_id, self.payload_json, self.parent_id, self.emitted_by, self.depth,
@@ -124,14 +126,16 @@ class ExecutionRecord:
         return self.trigger.span_id
 
     def trace_row(self) -> ExecutionRow:
-        """This execution as its trace file shows it (see ``trace_format.render``)."""
+        """This execution as its trace file shows it (see ``trace_format.render``): its times in
+        the form of every other time there, upstream's (chrono's AutoSi: ``.309Z``, not
+        ``.309000Z``)."""
         return (
             self.block_name, self.trigger.id, self.success, self.summary,
             tuple([e.id for e in self.emitted]), self.duration_ms,
             *((self.raw_output, self.exit_code) if self.ran_command else (None, None)),
             self.trigger.payload_json, tuple([e.payload_json for e in self.emitted]),
             self.audit_artifacts, self.state, self.throttled, self.attempts,
-            rfc3339(self.started_at), rfc3339(self.completed_at), self.span_id,
+            occurred_stamp(self.started_at), occurred_stamp(self.completed_at), self.span_id,
             self.trigger.span_id,
         )  # fmt: skip
 

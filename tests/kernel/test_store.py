@@ -50,10 +50,11 @@ from foundry.kernel.core.attest_records import (
 )
 from foundry.kernel.core.governance import EvalScenarioRecord
 from foundry.kernel.core.ids import compact_json, event_id
-from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
+from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain, trace_rows
 from foundry.kernel.core.run_control import RunListQuery
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
 from foundry.kernel.core.throttle import Throttle
+from foundry.kernel.core.trace_format import render
 from foundry.kernel.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 from .harness import GUARD_SECONDS, run_sql, running_kernel
@@ -327,6 +328,16 @@ async def test_each_query_message_is_answered_from_committed_rows(tmp_path):
     assert [b["block_name"] for b in blocks] == ["Emitter"]
     assert [e["id"] for e in trace["events"]] == [root.id, child.id]
     assert (trace["state"], trace["total_duration_ms"]) == ("completed", 5)
+    # an execution's times as every other time of a trace file: chrono's AutoSi (``.890``, not
+    # ``.890000``), read back from the database as the engine's live rows render them
+    [x] = trace["block_executions"]
+    assert (x["started_at"], x["completed_at"]) == (
+        "2026-03-04T05:06:07.890Z",
+        "2026-03-04T05:06:07.891Z",
+    )
+    live = render(trace_rows([root, child], [make_execution(root, [child])], 5,
+                             workflow_id=root.id, state="completed", error=""))  # fmt: skip
+    assert json.loads(live)["block_executions"] == trace["block_executions"]
     assert (no_workflow, no_trace, no_run) == (None, None, None)
     assert run == (done, done_events)
     assert events == running_events

@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from foundry.kernel.core.ids import compact_json, event_id, rfc3339
+from foundry.kernel.core.ids import compact_json, event_id, occurred_stamp, rfc3339
 from foundry.kernel.core.records import Event, ExecutionRecord, trace_rows
 from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.core.trace_format import (
@@ -72,7 +72,7 @@ def test_rendered_rows_are_the_trace_document():
         "trace_id": TRACE, "payload": root.payload, "parent_id": None, "emitted_by": None,
         "depth": 0, "throttled": False, "span_id": "00f067aa0ba902b7", "parent_span_id": None,
     }  # fmt: skip
-    assert second["recorded_at"] == zulu(rfc3339(child.recorded_at))  # not its occurred_at
+    assert second["recorded_at"] == zulu(occurred_stamp(child.recorded_at))  # not its occurred_at
     assert first["occurred_at"].endswith("Z")  # as upstream's files: 2026-11-22T09:30:00Z
     assert (second["trace_id"], second["parent_span_id"]) == (TRACE, "53995c3f42cd8ad8")
     assert (second["parent_id"], second["emitted_by"], second["throttled"]) == (
@@ -86,8 +86,8 @@ def test_rendered_rows_are_the_trace_document():
         "summary": AWKWARD, "emitted_event_ids": [child.id], "duration_ms": 3,
         "raw_output": AWKWARD, "exit_code": -2, "trigger_payload": root.payload,
         "emitted_payloads": [{}], "audit_artifacts": [f"/a/{AWKWARD}"], "state": "completed",
-        "throttled": True, "attempts": 2, "started_at": zulu(rfc3339(T0)),
-        "completed_at": zulu(rfc3339(execution.completed_at)), "span_id": "53995c3f42cd8ad8",
+        "throttled": True, "attempts": 2, "started_at": zulu(occurred_stamp(T0)),
+        "completed_at": zulu(occurred_stamp(execution.completed_at)), "span_id": "53995c3f42cd8ad8",
         "parent_span_id": "00f067aa0ba902b7",
     }  # fmt: skip
 

@@ -36,7 +36,7 @@ from foundry.kernel.actors.store.messages import (
     LoadWorkflow,
     RowCounts,
 )
-from foundry.kernel.core.ids import occurred_stamp, rfc3339
+from foundry.kernel.core.ids import occurred_stamp
 from foundry.kernel.core.records import FinishedChain
 from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.core.trace_format import check_trace_size, zulu
@@ -62,7 +62,7 @@ def _event_trace(row: dict[str, Any]) -> dict[str, Any]:
         "project": row["project"],
         # as hashed into its id, written as the trace file writes it (``zulu``)
         "occurred_at": zulu(occurred_stamp(row["occurred_at"])),
-        "recorded_at": zulu(rfc3339(row["recorded_at"])),
+        "recorded_at": zulu(occurred_stamp(row["recorded_at"])),
         "throttle": row["throttle"],
         "trace_id": row["trace_id"] or "",
         "payload": json.loads(row["payload"]),
@@ -91,8 +91,8 @@ def _execution_trace(row: dict[str, Any], payloads: dict[str, Any]) -> dict[str,
         "state": row["state"],
         "throttled": row["throttled"],
         "attempts": row["attempts"],
-        "started_at": zulu(rfc3339(row["started_at"])),
-        "completed_at": zulu(rfc3339(row["completed_at"])),
+        "started_at": zulu(occurred_stamp(row["started_at"])),
+        "completed_at": zulu(occurred_stamp(row["completed_at"])),
         "span_id": row["span_id"] or "",
         "parent_span_id": row["parent_span_id"] or "",
     }
