@@ -293,18 +293,21 @@ def _ip(host: str) -> IPAddress | None:
 def _normal_path(path: str) -> str:
     """``path`` with ``.``/``..`` segments resolved, as a server would (``%2e``, ``%2f`` and
     ``%5c`` decoded first: a server may decode them; and a backslash read as a slash, as some
-    servers do: ``/ok/..\\admin`` is ``/admin``, not under ``/ok``)."""
+    servers do: ``/ok/..\\admin`` is ``/admin``, not under ``/ok``; and ``..;x`` as ``..``)."""
     for encoded, plain in (("%2e", "."), ("%2E", "."), ("%2f", "/"), ("%2F", "/"), ("%5c", "/"),
-                           ("%5C", "/"), ("\\", "/")):  # fmt: skip
+                           ("%5C", "/"), ("\\", "/"), ("%3b", ";"), ("%3B", ";")):  # fmt: skip
         path = path.replace(encoded, plain)
     out: list[str] = []
     for segment in path.split("/")[1:]:
-        if segment == "..":
+        # ``..;x`` is ``..`` to a server that drops a segment's ``;`` parameters (Tomcat, Jetty,
+        # Spring: ``/v1/..;/admin`` is ``/admin``), so it is one here too
+        bare = segment.split(";", 1)[0]
+        if bare == "..":
             if out:
                 out.pop()
-        elif segment != ".":
+        elif bare != ".":
             out.append(segment)
-    if path.rsplit("/", 1)[-1] in (".", ".."):
+    if path.rsplit("/", 1)[-1].split(";", 1)[0] in (".", ".."):
         out.append("")
     return "/" + "/".join(out) if path else ""
 

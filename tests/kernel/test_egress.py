@@ -181,6 +181,7 @@ def test_allow_by_url_prefix_binds_scheme_host_port_and_path():
     assert policy.check_url("http://127.0.0.1:8080/v1/chat/completions?x=1").vouched
     assert policy.check_url("https://[::1]/api/x").vouched
     assert policy.check_url("https://[::1]:443/api").vouched
+    assert policy.check_url("http://127.0.0.1:8080/v1/x/..;/y").vouched  # still within /v1
     refused = [
         "http://127.0.0.1:8080/v10",  # not a path segment boundary
         "http://127.0.0.1:8080/admin",
@@ -190,6 +191,12 @@ def test_allow_by_url_prefix_binds_scheme_host_port_and_path():
         # a server that reads a backslash as a slash (found by a hostile-input hunt)
         "http://127.0.0.1:8080/v1/..\\admin",
         "http://127.0.0.1:8080/v1/..%5cadmin",
+        # a server that drops a segment's ;parameters (Tomcat, Jetty: a plugin-security hunt)
+        "http://127.0.0.1:8080/v1/..;/admin",
+        "http://127.0.0.1:8080/v1/..;jsessionid=x/admin",
+        "http://127.0.0.1:8080/v1/%2e%2e;/admin",
+        "http://127.0.0.1:8080/v1/..%3b/admin",
+        "http://127.0.0.1:8080/v1/x/..;/..;/admin",
         "http://127.0.0.1:8081/v1",
         "https://127.0.0.1:8080/v1",
         "http://127.0.0.2:8080/v1",
