@@ -212,6 +212,25 @@ def test_patches_are_held_to_the_step_limit_and_count_toward_the_runs(make_daemo
     ]
 
 
+def test_a_branchs_inputs_are_held_to_the_step_limit(make_daemon):
+    """A branch's inputs (its source's, ``inputs_patch`` merged in) were not held to any limit:
+    branch after branch of 3.5 MB patches made a run of 17.7 MB of inputs, which no default
+    client could read back (a run-steps hunt)."""
+    daemon = make_daemon("[scheduler]\nmax_step_bytes = 2000\n")
+    run_id = run_and_wait(daemon, dag({"id": "a", "type": "transform", "inputs": {"n": 1}}),
+                          inputs={"x": "P" * 1500}).run_id  # fmt: skip
+
+    def branched(inputs):
+        request = api.CreateBranchRunRequest(run_id=run_id, from_step="a",
+                                             inputs_patch=Struct.from_dict(inputs))  # fmt: skip
+        return lambda rt: rt.create_branch_run(request)
+
+    too_big = rpc_error(daemon, branched({"y": "Q" * 1500}))  # merged: ~3,020 bytes of inputs
+    assert_error(too_big, Status.INVALID_ARGUMENT, "inputs_patch", "max_step_bytes")
+    within = daemon.call(lambda _, rt: branched({"x": "R" * 1800})(rt)).run_id  # replaces x
+    assert wait_done(daemon, within).status == api.RunStatus.SUCCEEDED
+
+
 def test_a_step_a_kill_interrupted_in_a_paused_run_is_leased_again_at_once(make_daemon):
     """A pause lets steps already running finish: after kill -9, one that was running stayed
     pending until a ResumeRun, and PatchStep refused it as "leased again as it was"."""

@@ -1069,6 +1069,7 @@ class Scheduler:
             labels_patch=message.labels_patch,
             note=message.note,
             created_at=self._clock.now(),
+            max_inputs_bytes=self._config.max_step_bytes,
         )
         submission = _traced(submission)  # a branch is a run of its own: a trace of its own
         run = RunState.new(submission, source.dag)
