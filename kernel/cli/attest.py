@@ -369,7 +369,7 @@ async def verify_stored(
     if identity:  # another attestation's statement: its output or chain says nothing of this
         return problems + identity
     if kind == "run":
-        problems += await _check_run(runtime, found, claims, verify, kid)
+        problems += await _check_run(runtime, found, result.statement, verify, kid)
     elif kind in ("step", "tool"):
         problems += await _check_output(runtime, claims, kind)
     elif kind == "artifact":
@@ -503,21 +503,31 @@ def _hashed_from(run_id: str, attestation_id: str) -> bool:
     return False
 
 
-async def _outputs(runtime: Any, run_id: str) -> dict[str, tuple[Any, int, str]] | None:
-    """Each step's (output, attempt, status) as stored now; None for a run not stored any more
-    (retention archives finished runs), after a note on stderr saying what is not checked."""
+async def _stored_run(runtime: Any, run_id: str) -> Any | None:
+    """The run as stored now (GetRun); None for a run not stored any more (retention archives
+    finished runs), after a note on stderr saying what is not checked."""
     try:
-        run = (await runtime.get_run(api.GetRunRequest(run_id=run_id))).run
+        return (await runtime.get_run(api.GetRunRequest(run_id=run_id))).run
     except GRPCError as exc:
         if exc.status is not Status.NOT_FOUND:
             raise
         print(f"note: run {run_id} is not stored any more (retention archives finished runs): "
               "what it stores now is not checked, nor its chain", file=sys.stderr)  # fmt: skip
         return None
+
+
+def _outputs_of(run: Any) -> dict[str, tuple[Any, int, str]]:
+    """Each step's (output, attempt, status) as stored now."""
     return {
         s.step_id: (s.output.to_dict() if s.output is not None else None, s.attempt, s.status)
         for s in (run.steps if run is not None else [])
     }
+
+
+async def _outputs(runtime: Any, run_id: str) -> dict[str, tuple[Any, int, str]] | None:
+    """Each step's (output, attempt, status) as stored now; None for a run not stored any more."""
+    run = await _stored_run(runtime, run_id)
+    return None if run is None else _outputs_of(run)
 
 
 async def _check_output(runtime: Any, claims: dict[str, Any], kind: str) -> list[str]:
@@ -549,14 +559,20 @@ def _output_problems(
 async def _check_run(
     runtime: Any,
     found: api.Attestation,
-    claims: dict[str, Any],
+    statement: dict[str, Any],
     verify: Callable[[bytes, bytes], bool],
     kid: str,
 ) -> list[str]:
+    """A run attestation against the run as stored now: its chain of step attestations, each
+    one's output, its claims (status, seed, spec, step count, parent), and the digest of its
+    step outputs it signed (``outputs_hash``; not the unsigned ``artifact_hash`` column beside
+    it: a forged output, with that column rewritten to match, verified)."""
+    claims: dict[str, Any] = statement.get("predicate", {})
     run_id = claims["run_id"]
-    stored = await _outputs(runtime, run_id)  # once: a GetRun a step made a 1,000-step run's
-    if stored is None:  # check take minutes
+    run = await _stored_run(runtime, run_id)  # once: a GetRun a step made a 1,000-step run's
+    if run is None:  # check take minutes
         return []
+    stored = _outputs_of(run)
     listed = await run_attestation_ids(runtime, run_id)
     step_ids = [i for i, kind, _ in listed if kind == "step"]
     steps = await fetch(runtime, step_ids) if step_ids else []
@@ -570,13 +586,44 @@ async def _check_run(
         if step:
             problems += _output_problems(stored, step, "step")
     problems += await _check_reused(runtime, run_id, stored, verify, kid)
+    problems += _claim_problems(run, claims)
     outputs = {k: v[0] for k, v in stored.items() if v[2] in ("succeeded", "reused")}
-    if found.artifact_hash and json_digest(outputs) != found.artifact_hash:
+    signed = claims.get("outputs_hash")
+    if signed is None:  # an attestation made before the claim was: its artifact_hash is unsigned
+        print(f"note: run {run_id}'s attestation signs no outputs_hash (made by a release before "
+              "it did): its stored outputs are checked against its unsigned artifact_hash",
+              file=sys.stderr)  # fmt: skip
+        signed = found.artifact_hash or None
+    if signed is not None and json_digest(outputs) != signed:
         problems.append(
             f"run {run_id}: its stored step outputs digest to {json_digest(outputs)}, "
-            f"not the attested {found.artifact_hash}"
+            f"not the attested {signed}"
         )
     return problems
+
+
+def _claim_problems(run: Any, claims: dict[str, Any]) -> list[str]:
+    """What the run stores now that differs from what its run attestation signed."""
+    spec = run.spec or api.RunSpec()
+    stored = {
+        "status": run.status.name,
+        "seed": spec.seed,
+        "step_count": len(run.steps),
+        "parent_run_id": run.parent_run_id or None,
+        "branch_step": run.branch_step or None,
+    }
+    # The spec hashed with the breakpoints it was submitted with (the run's own may have been
+    # updated since); an attestation older than that claim has no spec check.
+    if isinstance(claims.get("breakpoints"), list):
+        stored["spec_hash"] = json_digest({
+            "dag_json": spec.dag_json, "inputs": spec.inputs.to_dict() if spec.inputs else {},
+            "seed": spec.seed, "labels": dict(spec.labels), "breakpoints": claims["breakpoints"],
+        })  # fmt: skip
+    return [
+        f"run {run.run_id}: stored {key} {value!r}, attested {claims[key]!r}"
+        for key, value in stored.items()
+        if key in claims and value != claims[key]
+    ]
 
 
 async def _check_reused(

@@ -360,6 +360,8 @@ def run_claims(
     chain_length: int,
     parent_run_id: str | None = None,
     branch_step: str | None = None,
+    outputs_hash: str | None = None,
+    breakpoints: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The predicate of a run attestation, issued when the run ends.
 
@@ -372,7 +374,14 @@ def run_claims(
       for ``""``) when it is not a branch;
     - ``daemon_version`` — the version of the daemon that ran it;
     - ``previous`` — the attestation digest of the run's last step attestation (the chain head),
-      null when there is none; ``chain_length`` — the number of step attestations in the chain.
+      null when there is none; ``chain_length`` — the number of step attestations in the chain;
+    - ``outputs_hash`` — ``json_digest`` of ``{step_id: output}`` over its succeeded and reused
+      steps (the ``artifact_hash``), signed: an output no step attestation covers (a failed
+      step rewritten as completed) is covered by this. Absent from attestations made before it
+      was added (their ``artifact_hash`` is unsigned);
+    - ``breakpoints`` — the breakpoints it was submitted with, as ``spec_hash`` hashed them
+      (UpdateBreakpoints changes the run's, not the spec's): with them a verifier recomputes
+      ``spec_hash`` from the stored spec. Absent from attestations made before it was added.
     """
     return {
         "run_id": _text(run_id, "run_id"),
@@ -388,6 +397,8 @@ def run_claims(
         "daemon_version": _text(daemon_version, "daemon_version"),
         "previous": _optional_hex(previous, "previous"),
         "chain_length": _count(chain_length, "chain_length"),
+        **({} if outputs_hash is None else {"outputs_hash": _hex(outputs_hash, "outputs_hash")}),
+        **({} if breakpoints is None else {"breakpoints": _texts(breakpoints, "breakpoints")}),
     }
 
 
@@ -549,6 +560,12 @@ def _text(value: object, field: str) -> str:
 
 def _optional_text(value: object, field: str) -> str | None:
     return None if value is None or value == "" else _text(value, field)
+
+
+def _texts(values: object, field: str) -> list[str]:
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise AttestationError(f"{field}: must be a list of strings, got {values!r}")
+    return [_text(value, f"{field}[{n}]") for n, value in enumerate(values)]
 
 
 def _hex(value: object, field: str) -> str:

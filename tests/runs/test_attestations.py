@@ -23,6 +23,7 @@ from foundry.kernel.core.attest_records import (
     SPOOL,
     announced,
     custom_attestation_id,
+    json_digest,
     run_attestation_id,
 )
 from foundry.proto import runtime_api as api
@@ -422,6 +423,86 @@ def test_a_step_output_changed_in_the_database_is_reported(make_daemon):
     run = daemon.cli("attest", "verify", run_attestation)
     assert run.returncode == 1
     assert "count" in run.stdout
+
+
+FAILS_SECOND = dag(
+    {"id": "a", "type": "transform", "inputs": {"x": 1}},
+    {"id": "bad", "type": "tool", "depends_on": ["a"], "inputs": {"tool": "no_such_tool"}},
+)
+
+
+def test_a_run_rewritten_in_the_database_fails_its_run_attestations_verify(make_daemon):
+    """With the daemon stopped, a failed run's failed step rewritten as completed (a forged
+    output no step attestation covers), the run made succeeded, and the unsigned artifact_hash
+    column set to match: its run attestation verified (an attestation hunt). The run's outputs
+    digest is signed now (``outputs_hash``), and its claims are compared with the stored run."""
+    daemon = make_daemon()
+    run_id = submit(daemon, FAILS_SECOND, inputs={"n": 3}, seed=7)
+    assert wait_done(daemon, run_id).status == api.RunStatus.FAILED
+    (run_attestation,) = [n["attestation_id"] for n in attested(tap(daemon, run_id))
+                          if n["kind"] == "run"]  # fmt: skip
+    assert cli(daemon, "verify", run_attestation).returncode == 0
+    (signed,) = get(daemon, [run_attestation])
+    assert signed.claims.to_dict()["outputs_hash"] == signed.artifact_hash
+    assert daemon.stop() == 0
+    forged = {"a": {"x": 1}, "bad": {"forged": True}}
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        (seq, payload) = con.execute(
+            "SELECT seq, payload FROM run_events WHERE run_id = ? AND kind = 'step_failed'",
+            [run_id],
+        ).fetchone()
+        completed = {"artifacts": [], "attempt": 1, "block": "tool", "duration_ms": 0.1,
+                     "exit_code": 0, "output": forged["bad"], "raw_output": "",
+                     "span_id": json.loads(payload)["span_id"],
+                     "usage": {"cost": 0.0, "tokens_in": 0, "tokens_out": 0}}  # fmt: skip
+        con.execute(
+            "UPDATE run_events SET kind = 'step_completed', payload = ? "
+            "WHERE run_id = ? AND seq = ?",
+            [json.dumps(completed), run_id, seq],
+        )
+        con.execute("UPDATE run_events SET kind = 'run_succeeded', payload = '{}' "
+                    "WHERE run_id = ? AND kind = 'run_failed'", [run_id])  # fmt: skip
+        con.execute("UPDATE attestation_statements SET artifact_hash = ? WHERE attestation_id = ?",
+                    [json_digest(forged), run_attestation])  # fmt: skip
+    daemon.start()
+    done = cli(daemon, "verify", run_attestation)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "stored status 'SUCCEEDED', attested 'FAILED'" in done.stdout
+    assert f"not the attested {signed.artifact_hash}" in done.stdout
+
+
+def test_a_run_attestation_checks_the_stored_spec_whatever_its_breakpoints_became(make_daemon):
+    """The run attestation's spec_hash hashes the spec with the breakpoints it was submitted
+    with, signed beside it (UpdateBreakpoints changes the run's, which GetRun shows): verify
+    recomputes it from the stored spec, so a DAG edited in the database is reported (it was
+    not checked at all: an attestation hunt), while a run whose breakpoints changed verifies."""
+    daemon = make_daemon()
+    spec = dag(
+        {"id": "a", "type": "transform", "inputs": {"x": 1}},
+        {"id": "b", "type": "transform", "depends_on": ["a"], "inputs": {"n": [1, 2.5]}},
+    )
+    run_id = submit(daemon, spec, inputs={"n": 3, "deep": {"k": [1, {"z": 2.5}]}}, seed=7,
+                    breakpoints=["b"], labels={"team": "x"})  # fmt: skip
+    wait_status(daemon, run_id, api.RunStatus.PAUSED_AT_STEP)
+    update = api.UpdateBreakpointsRequest(run_id=run_id, add=["a"], remove=["b"])
+    daemon.call(lambda _, rt: rt.update_breakpoints(update))
+    daemon.call(lambda _, rt: rt.resume_run(api.ResumeRunRequest(run_id=run_id)))
+    assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
+    (run_attestation,) = [n["attestation_id"] for n in attested(tap(daemon, run_id))
+                          if n["kind"] == "run"]  # fmt: skip
+    (signed,) = get(daemon, [run_attestation])
+    assert signed.claims.to_dict()["breakpoints"] == ["b"]
+    done = cli(daemon, "verify", run_attestation)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert daemon.stop() == 0
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        con.execute("UPDATE runs SET dag_json = replace(dag_json, '2.5', '9.5') WHERE run_id = ?",
+                    [run_id])  # fmt: skip
+    daemon.start()
+    done = cli(daemon, "verify", run_attestation)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"run {run_id}: stored spec_hash '" in done.stdout
+    assert f"attested '{signed.claims.to_dict()['spec_hash']}'" in done.stdout
 
 
 def test_the_attestations_of_a_run_retention_archived_verify_with_a_note(make_daemon):

@@ -13,7 +13,8 @@ A job is a tuple of plain values (``statements.job_of`` makes them from the noti
   last three: only :func:`spool` reads them);
 - ``("run", run_id, claims, outputs)`` — a run attestation: ``claims`` are ``run_claims``'s
   arguments but the chain's (``previous``, ``chain_length``), which come from the batch's chain
-  heads; its artifact hash is ``json_digest`` of ``outputs`` (each step's output);
+  heads; its artifact hash is ``json_digest`` of ``outputs`` (each step's output), signed as its
+  ``outputs_hash`` claim;
 - ``("claims", kind, run_id, claims, artifact_hash)`` — any other kind, its claims made by the
   daemon (``artifact_hash`` None: the subject's digest).
 
@@ -169,9 +170,12 @@ def _draft(job: Job, chains: Heads, sign: Callable[[bytes], bytes], keyid: str) 
     if kind == "run":
         _, run_id, given, outputs = job
         index, previous = chains.pop(run_id, (0, None))
-        claims = run_claims(**given, previous=previous, chain_length=index)
+        outputs_hash = json_digest(outputs)
+        claims = run_claims(
+            **given, previous=previous, chain_length=index, outputs_hash=outputs_hash
+        )
         statement = unsigned("run", claims)
-        return (*_signed(statement, sign, keyid), json_digest(outputs), previous)
+        return (*_signed(statement, sign, keyid), outputs_hash, previous)
     _, kind, _, claims, artifact_hash = job
     statement = unsigned(kind, claims)
     digest = artifact_hash or statement.subject["digest"]["sha256"]

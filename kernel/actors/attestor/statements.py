@@ -218,6 +218,8 @@ def _run(notice: Attest, daemon_version: str) -> Job:
         "daemon_version": daemon_version,
         "parent_run_id": submitted.get("parent_run_id") or None,
         "branch_step": submitted.get("branch_step") or None,
+        # (announced since the claim was: a run ended before it has none)
+        **({"breakpoints": p["breakpoints"]} if "breakpoints" in p else {}),
     }
     return ("run", notice.attested.run_id, claims, run_outputs(events))
 

@@ -514,7 +514,7 @@ class Scheduler:
                     "labels": sub.labels, "breakpoints": list(sub.breakpoints)}  # fmt: skip
             self._attested(
                 run, "run", "", tuple(run.events), records, notices,
-                outcome=end.kind, spec_hash=json_digest(spec),
+                outcome=end.kind, spec_hash=json_digest(spec), breakpoints=list(sub.breakpoints),
             )  # fmt: skip
         records.append(run.make_event(end.kind, self._clock.now(), end.step_id, **end.payload()))
         durable = await self._append(records)
