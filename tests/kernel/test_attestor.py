@@ -74,6 +74,59 @@ def test_a_loose_key_or_folder_is_refused_naming_the_file_and_mode(tmp_path, tar
     assert "\n" not in message
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+@pytest.mark.parametrize("target", ["keys/attestor.key", "keys"])
+def test_a_key_or_folder_another_user_owns_is_refused(tmp_path, target):
+    """Its owner could replace the signing key: the start went on (an attestation hunt)."""
+    keys.load_or_create(tmp_path)
+    os.chown(tmp_path / target, 65534, 65534)
+    with pytest.raises(ConfigError, match="owned by uid 65534") as refused:
+        keys.load_or_create(tmp_path)
+    assert str(tmp_path / target) in str(refused.value)
+
+
+def test_a_fifo_in_the_keys_place_is_refused_not_waited_on(tmp_path):
+    """A named pipe (mode 0600) as attestor.key held the start for good, with no word."""
+    keys.load_or_create(tmp_path)
+    key = tmp_path / "keys" / "attestor.key"
+    key.unlink()
+    os.mkfifo(key, 0o600)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        keys.load_or_create(tmp_path)
+
+
+def test_a_key_linked_from_a_folder_anyone_may_write_is_refused(tmp_path):
+    """A link to a 0600 key in a 0777 folder passed: anyone could replace what it names."""
+    made = keys.load_or_create(tmp_path / "made")
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    shutil.copyfile(tmp_path / "made" / "keys" / "attestor.key", loose / "attestor.key")
+    (loose / "attestor.key").chmod(0o600)
+    folder = tmp_path / "home" / "keys"
+    folder.mkdir(parents=True, mode=0o700)
+    (folder / "attestor.key").symlink_to(loose / "attestor.key")
+    with pytest.raises(ConfigError, match="lets others write") as refused:
+        keys.load_or_create(tmp_path / "home")
+    assert str(loose) in str(refused.value)
+    loose.chmod(0o700)  # its real folder owner-only: a linked key is fine
+    assert keys.load_or_create(tmp_path / "home").public_raw == made.public_raw
+
+
+def test_a_damaged_public_key_refuses_the_start_not_made_again(tmp_path):
+    """A damaged attestor.pub was made again from whatever key was beside it: a key put in
+    its place then went unnoticed (the check needs the old public key)."""
+    keys.load_or_create(tmp_path)
+    public = tmp_path / "keys" / "attestor.pub"
+    public.write_text("garbage")
+    with pytest.raises(ConfigError, match="cannot be read as the public key") as refused:
+        keys.load_or_create(tmp_path)
+    assert str(public) in str(refused.value)
+    assert public.read_text() == "garbage"  # kept for its owner to look at
+    public.unlink()  # gone: made again from the signing key, as on the first start
+    assert keys.load_or_create(tmp_path).public_pem == public.read_text()
+
+
 def test_a_signing_key_replaced_in_place_is_refused_not_its_public_key_overwritten(tmp_path):
     # a valid 0600 key copied over attestor.key was taken silently, and attestor.pub, which
     # every earlier attestation verifies with, rewritten to the new key

@@ -3,8 +3,9 @@
 Created on first start: the directory 0700, the private key ``attestor.key`` (PKCS#8 PEM) opened
 with ``O_CREAT | O_EXCL`` and mode 0600 — never readable by anyone else, not even for an instant —
 and the public key ``attestor.pub`` (SubjectPublicKeyInfo PEM). On every start the private key must
-be owner-only (no group/other bits) and the directory not writable by group or others; otherwise
-the daemon refuses to start with one line naming the file and its mode (a ConfigError: exit 2).
+be a regular file, owner-only (no group/other bits) and owned by the daemon's user or root, and
+the directory (and a linked key's real one) not writable by group or others and owned likewise;
+otherwise the daemon refuses to start with one line naming the file (a ConfigError: exit 2).
 The attestor's signing process (``signer.py``) reads the private key from its file itself, with
 the same check: the key never leaves the file but for the processes that sign with it.
 """
@@ -38,26 +39,55 @@ def keys_dir(home: Path) -> Path:
     return home / KEYS_DIR
 
 
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
 def check_permissions(folder: Path) -> None:
-    """Refuse a key file others may read or a key folder others may write (ConfigError)."""
-    mode = _mode(folder)
+    """Refuse a key folder others may write, or one owned by another user (ConfigError); the
+    key file itself is checked as it is read (:func:`read_key_file`)."""
+    _check_folder(folder)
+
+
+def _check_folder(folder: Path) -> None:
+    status = folder.stat()
+    mode = stat.S_IMODE(status.st_mode)
     if mode & 0o022:
         raise ConfigError(
             f"{folder}: mode {mode:04o} lets others write the signing key's folder; "
             f"run chmod 700 {folder}"
         )
-    key = folder / PRIVATE_KEY
-    if key.exists():
-        mode = _mode(key)
+    if not _ours(status.st_uid):
+        raise ConfigError(
+            f"{folder}: owned by uid {status.st_uid}, not by this user ({os.geteuid()}) or root: "
+            "its owner could replace the signing key"
+        )
+
+
+def _ours(uid: int) -> bool:
+    return uid in (os.geteuid(), 0)
+
+
+def read_key_file(key: Path) -> bytes:
+    """The signing key file's bytes, once it is shown to be a regular file (a FIFO in its place
+    held the start for good, with no word) owned by this user or root, owner-only (mode 0600 or
+    narrower) — and, when it is a link, in a real folder that passes the folder's checks too
+    (one to a 0600 file in a folder anyone may write passed)."""
+    fd = os.open(key, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as file:
+        status = os.fstat(file.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise ConfigError(f"{key}: not a regular file; the signing key must be one")
+        mode = stat.S_IMODE(status.st_mode)
         if mode & 0o077:
             raise ConfigError(
                 f"{key}: mode {mode:04o} is looser than 0600; the signing key must be owner-only "
                 f"(run chmod 600 {key})"
             )
+        if not _ours(status.st_uid):
+            raise ConfigError(
+                f"{key}: owned by uid {status.st_uid}, not by this user ({os.geteuid()}) or "
+                "root: the signing key must be"
+            )
+        if key.is_symlink():
+            _check_folder(Path(os.path.realpath(key)).parent)
+        return file.read()
 
 
 def load_or_create(home: Path) -> KeyPair:
@@ -86,19 +116,20 @@ def _load_or_create(folder: Path) -> KeyPair:
                 "start with a new pair (keep it to verify what the old key signed)"
             )
         _create(folder)
+    pem = read_key_file(key_path)
     try:
-        private = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
+        private = serialization.load_pem_private_key(pem, password=None)
+    except ValueError as exc:
         raise ConfigError(f"{key_path}: cannot load the signing key: {exc}") from None
     if not isinstance(private, Ed25519PrivateKey):
         raise ConfigError(f"{key_path}: not an Ed25519 private key")
     public = private.public_key()
-    pem = public_pem(public)
+    public_text = public_pem(public)
     pub_path = folder / PUBLIC_KEY
     _refuse_another_key(pub_path, public_raw(public), key_path)
-    if not pub_path.exists() or pub_path.read_text() != pem:
-        pub_path.write_text(pem)  # (re)written from the private key: it cannot disagree
-    return KeyPair(private, public, pem, public_raw(public), key_path)
+    if not pub_path.exists() or pub_path.read_text() != public_text:
+        pub_path.write_text(public_text)  # (re)written from the private key: it cannot disagree
+    return KeyPair(private, public, public_text, public_raw(public), key_path)
 
 
 def _refuse_another_key(pub_path: Path, raw: bytes, key_path: Path) -> None:
@@ -107,8 +138,16 @@ def _refuse_another_key(pub_path: Path, raw: bytes, key_path: Path) -> None:
     earlier attestation verifies with. A rotation is explicit: move the old public key aside."""
     try:
         kept = public_raw(load_public_pem(pub_path.read_bytes()))
-    except (OSError, ValueError):
-        return  # none, or unreadable: made again from the signing key
+    except FileNotFoundError:
+        return  # none: made from the signing key
+    except (OSError, ValueError) as exc:
+        # Overwritten from the signing key, a damaged file let any key in (the check above
+        # needs the old public key); what was there is the owner's to look at, not ours to lose.
+        reason = exc.strerror if isinstance(exc, OSError) else "not an Ed25519 public key in PEM"
+        raise ConfigError(
+            f"{pub_path}: cannot be read as the public key earlier attestations verify with "
+            f"({reason}). Restore it, or move it aside to make it again from the signing key"
+        ) from None
     if kept != raw:
         raise ConfigError(
             f"{key_path}: not the key of {pub_path} (it signed earlier attestations): the "

@@ -39,11 +39,20 @@ HEAD = struct.Struct(">I")
 
 
 def load(key_file: Path) -> Ed25519PrivateKey:
-    folder_mode = stat.S_IMODE(os.stat(key_file.parent).st_mode)
-    mode = stat.S_IMODE(os.stat(key_file).st_mode)
-    if folder_mode & 0o022 or mode & 0o077:
-        raise SystemExit(f"{key_file}: mode {mode:04o} (folder {folder_mode:04o}) is too loose")
-    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    """The key, checked as the daemon checked it before it started this process (``keys.py``,
+    ``read_key_file``): a regular file, owner-only, in a folder others may not write."""
+    folder_mode = stat.S_IMODE(os.stat(Path(os.path.realpath(key_file)).parent).st_mode)
+    fd = os.open(key_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no wait
+    with os.fdopen(fd, "rb") as file:
+        status = os.fstat(file.fileno())
+        mode = stat.S_IMODE(status.st_mode)
+        if not stat.S_ISREG(status.st_mode) or folder_mode & 0o022 or mode & 0o077:
+            raise SystemExit(
+                f"{key_file}: not a regular owner-only file in a folder only its "
+                f"owner writes (mode {mode:04o}, folder {folder_mode:04o})"
+            )
+        pem = file.read()
+    key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise SystemExit(f"{key_file}: not an Ed25519 private key")
     return key
