@@ -78,7 +78,15 @@ def _stored(emitted: RawEmission, max_event_bytes: int) -> StoredEmission:
             f"past [engine] max_event_bytes ({max_event_bytes:,})"
         )
     # the block can no longer change it; what emit() took is read back from its JSON
-    own = decoded(payload, payload_json) if taken is None else json.loads(taken)
+    if taken is None:
+        own = decoded(payload, payload_json)
+    else:
+        own = json.loads(taken)  # NaN read back fails as not JSON below
+        # An Emission a plugin built with JSON of its own (NaN, keys unsorted, a key twice)
+        # was stored as given: a Trace that failed ever after, an id no one could recompute.
+        if type(own) is not dict or payload_json_of(own) != taken:
+            raise _Refused(f"emitted a {event_type[:100]!r} payload whose JSON emit() did not "
+                           "make (build emissions with ctx.emit)")  # fmt: skip
     # Emit's limit too (an event nested deeper than this, no client could send or read)
     if payload_json.count("[") + payload_json.count("{") > MAX_DEPTH:
         try:

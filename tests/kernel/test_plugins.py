@@ -754,6 +754,10 @@ class _Exits(dict):
         ([("out\udcff", {})], "emitted an event type that is not UTF-8"),
         ([("out", {"v": _Exits(a=1)})], "emitted a payload that could not be read"),
         ([("out", {"i": i}) for i in range(50)], "emitted 50 events, past the chain event limit"),
+        ([("out", "TAKEN:" + '{"a":NaN}')], "emitted a payload that is not JSON"),
+        ([("out", "TAKEN:" + '{"b":1, "a":2}')], "payload whose JSON emit() did not make"),
+        ([("out", "TAKEN:" + '{"a":1,"a":2}')], "payload whose JSON emit() did not make"),
+        ([("out", "TAKEN:" + "[1]")], "payload whose JSON emit() did not make"),
     ],
     ids=[
         "nan",
@@ -767,6 +771,10 @@ class _Exits(dict):
         "type-not-utf8",
         "exits-when-read",
         "too-many",
+        "taken-nan",
+        "taken-unsorted",
+        "taken-twice",
+        "taken-not-an-object",
     ],  # fmt: skip
 )
 async def test_the_harness_refuses_an_emission_as_the_engine_does(tmp_path, emissions, said):
@@ -777,6 +785,11 @@ async def test_the_harness_refuses_an_emission_as_the_engine_does(tmp_path, emis
     @block("Hostile", sinks=["go"])
     def hostile(ctx):
         for event_type, payload in emissions:
+            if isinstance(payload, str):  # an Emission with JSON "taken" of the block's own
+                text = payload.removeprefix("TAKEN:")
+                snapshot = {"forged": True}
+                ctx.emissions.append(Emission(event_type, snapshot, (snapshot, text)))
+                continue
             ctx.emissions.append(Emission(event_type, payload))  # past emit()'s own copy
 
     limits = EngineConfig(max_event_bytes=1_500, max_chain_events=50)
