@@ -584,6 +584,13 @@ _AS_JSON = {
     "TIMESTAMP": "'\"' || CASE WHEN NOT isfinite({c}) THEN CAST({c} AS VARCHAR) "
     "WHEN epoch_us({c}) % 1000000 = 0 THEN strftime({c}, '%Y-%m-%dT%H:%M:%S') "
     "ELSE strftime({c}, '%Y-%m-%dT%H:%M:%S.%f') END || '\"'",
+    # its nanoseconds kept (Python's datetime, 6 digits, cut them off)
+    "TIMESTAMP_NS": "'\"' || CASE WHEN NOT isfinite({c}) THEN CAST({c} AS VARCHAR) "
+    "WHEN epoch_ns({c}) % 1000000000 = 0 THEN strftime({c}, '%Y-%m-%dT%H:%M:%S') "
+    "ELSE strftime({c}, '%Y-%m-%dT%H:%M:%S.%n') END || '\"'",
+    # DuckDB's text ("1 year 2 months 3 days 04:00:00.5"): its months and days are its own
+    # (Python's timedelta made a month 30 days, and the whole a number of seconds)
+    "INTERVAL": "CAST(to_json({c}) AS VARCHAR)",
 }
 # With the session in UTC, Python's datetime for a TIMESTAMPTZ is in UTC too.
 _AS_JSON_UTC = {
@@ -774,6 +781,24 @@ def _row_json(row: tuple[Any, ...], json_columns: list[int]) -> str:
     return json.dumps([_plain(v) for v in values], separators=(",", ":"), ensure_ascii=False)
 
 
+def interval_text(value: dt.timedelta) -> str:
+    """A timedelta as DuckDB writes an INTERVAL of those days and microseconds: ``3 days``,
+    ``01:30:00``, ``-01:30:00``, ``2 days 00:00:01.5`` (an INTERVAL inside a list or struct reaches Python as
+    a timedelta, its months already 30 days each)."""
+    days, rest = value.days, value - dt.timedelta(days=value.days)
+    if days < 0 and rest:  # Python keeps the time positive; DuckDB the sign of the whole
+        days, rest = days + 1, rest - dt.timedelta(days=1)
+    parts = [f"{days} day{'' if abs(days) == 1 else 's'}"] if days else []
+    if rest or not days:
+        micros = abs(rest // dt.timedelta(microseconds=1))
+        seconds, fraction = divmod(micros, 1_000_000)
+        clock = f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if fraction:
+            clock += f".{fraction:06d}".rstrip("0")
+        parts.append(("-" if rest < dt.timedelta(0) else "") + clock)
+    return " ".join(parts)
+
+
 class _Raw(str):
     """A JSON column's text, decoded into the row (it is already JSON)."""
 
@@ -797,7 +822,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
-        return value.total_seconds()
+        return interval_text(value)
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, list | tuple):

@@ -555,6 +555,25 @@ async def test_a_timestamp_column_is_rendered_by_duckdb_as_the_others(tmp_path):
     assert got == [["infinity", "2024-01-01T00:00:00", "-infinity"]]
 
 
+async def test_nanosecond_timestamps_and_intervals_keep_what_duckdb_holds(tmp_path):
+    """A TIMESTAMP_NS lost its last three digits (Python's datetime), and an INTERVAL became a
+    number of seconds, its month 30 days: both are DuckDB's own text now — an interval inside
+    a list (rows Python makes) as DuckDB would write its days and time."""
+    async with running_store(tmp_path) as store:
+        got = await rows(
+            store,
+            "SELECT TIMESTAMP_NS '2026-01-01 00:00:00.123456789' AS n, "
+            "TIMESTAMP_NS '2026-01-01 00:00:01' AS w, INTERVAL '1 year 2 months 3 days' AS i, "
+            "INTERVAL 90 MINUTE AS m, -INTERVAL 1500 MILLISECOND AS s",
+        )
+        nested = await rows(
+            store, "SELECT [INTERVAL 3 DAY, INTERVAL 90 MINUTE, -INTERVAL 1500 MILLISECOND] AS l"
+        )
+    assert got == [["2026-01-01T00:00:00.123456789", "2026-01-01T00:00:01",
+                     "1 year 2 months 3 days", "01:30:00", "-00:00:01.5"]]  # fmt: skip
+    assert nested == [[["3 days", "01:30:00", "-00:00:01.5"]]]
+
+
 async def test_an_explain_with_options_runs(tmp_path):
     async with running_store(tmp_path) as store:
         [[plan_type, plan]] = await rows(store, "EXPLAIN (FORMAT JSON) SELECT 1")
