@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 import urllib.parse
@@ -176,8 +177,12 @@ class EgressPolicy:
         if not host:
             raise EgressRefused("egress refused: the URL has no host")
         port = port if port is not None else _DEFAULT_PORTS[scheme]
-        path = _normal_path(parts.path)
-        vouched = any(p.matches(scheme, host, port, path) for p in self.prefixes)
+        # vouched only if under a prefix however a server reads it: with empty segments kept,
+        # and merged as nginx and Tomcat merge them (``/v1//../admin`` is ``/admin`` there)
+        paths = {_normal_path(parts.path), _normal_path(_MERGED_SLASHES.sub("/", parts.path))}
+        vouched = any(
+            all(p.matches(scheme, host, port, path) for path in paths) for p in self.prefixes
+        )
         literal = _ip(host)
         if literal is not None and not vouched:
             self.check_address(host, literal)
@@ -288,6 +293,9 @@ def _ip(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return None
+
+
+_MERGED_SLASHES = re.compile(r"(?:/|\\|%2[fF]|%5[cC])+")
 
 
 def _normal_path(path: str) -> str:

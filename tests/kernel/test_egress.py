@@ -182,6 +182,7 @@ def test_allow_by_url_prefix_binds_scheme_host_port_and_path():
     assert policy.check_url("https://[::1]/api/x").vouched
     assert policy.check_url("https://[::1]:443/api").vouched
     assert policy.check_url("http://127.0.0.1:8080/v1/x/..;/y").vouched  # still within /v1
+    assert policy.check_url("http://127.0.0.1:8080/v1//x").vouched  # within either way
     refused = [
         "http://127.0.0.1:8080/v10",  # not a path segment boundary
         "http://127.0.0.1:8080/admin",
@@ -197,6 +198,11 @@ def test_allow_by_url_prefix_binds_scheme_host_port_and_path():
         "http://127.0.0.1:8080/v1/%2e%2e;/admin",
         "http://127.0.0.1:8080/v1/..%3b/admin",
         "http://127.0.0.1:8080/v1/x/..;/..;/admin",
+        # a server that merges slashes first (nginx, Tomcat: a review of the fix above)
+        "http://127.0.0.1:8080/v1//../admin",
+        "http://127.0.0.1:8080/v1//..;/admin",
+        "http://127.0.0.1:8080/v1/%2f..;/admin",
+        "http://127.0.0.1:8080/v1/\\/../admin",
         "http://127.0.0.1:8081/v1",
         "https://127.0.0.1:8080/v1",
         "http://127.0.0.2:8080/v1",
