@@ -85,14 +85,17 @@ def test_a_key_or_folder_another_user_owns_is_refused(tmp_path, target):
     assert str(tmp_path / target) in str(refused.value)
 
 
-def test_a_fifo_in_the_keys_place_is_refused_not_waited_on(tmp_path):
-    """A named pipe (mode 0600) as attestor.key held the start for good, with no word."""
+@pytest.mark.parametrize("name", ["attestor.key", "attestor.pub"])
+def test_a_fifo_in_a_keys_place_is_refused_not_waited_on(tmp_path, name):
+    """A named pipe (mode 0600) as attestor.key, or as attestor.pub, held the start for good,
+    with no word."""
     keys.load_or_create(tmp_path)
-    key = tmp_path / "keys" / "attestor.key"
+    key = tmp_path / "keys" / name
     key.unlink()
     os.mkfifo(key, 0o600)
-    with pytest.raises(ConfigError, match="not a regular file"):
+    with pytest.raises(ConfigError, match="not a regular file") as refused:
         keys.load_or_create(tmp_path)
+    assert str(key) in str(refused.value)
 
 
 def test_a_key_linked_from_a_folder_anyone_may_write_is_refused(tmp_path):

@@ -12,6 +12,7 @@ the same check: the key never leaves the file but for the processes that sign wi
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -127,7 +128,7 @@ def _load_or_create(folder: Path) -> KeyPair:
     public_text = public_pem(public)
     pub_path = folder / PUBLIC_KEY
     _refuse_another_key(pub_path, public_raw(public), key_path)
-    if not pub_path.exists() or pub_path.read_text() != public_text:
+    if not pub_path.exists() or _regular_file_bytes(pub_path) != public_text.encode():
         pub_path.write_text(public_text)  # (re)written from the private key: it cannot disagree
     return KeyPair(private, public, public_text, public_raw(public), key_path)
 
@@ -137,7 +138,7 @@ def _refuse_another_key(pub_path: Path, raw: bytes, key_path: Path) -> None:
     replaced in place (a copy from another home) silently overwrote the public key every
     earlier attestation verifies with. A rotation is explicit: move the old public key aside."""
     try:
-        kept = public_raw(load_public_pem(pub_path.read_bytes()))
+        kept = public_raw(load_public_pem(_regular_file_bytes(pub_path)))
     except FileNotFoundError:
         return  # none: made from the signing key
     except (OSError, ValueError) as exc:
@@ -154,6 +155,15 @@ def _refuse_another_key(pub_path: Path, raw: bytes, key_path: Path) -> None:
             "signing key was replaced. Restore it, or move the public key aside to rotate "
             "(keep it to verify what the old key signed)"
         )
+
+
+def _regular_file_bytes(path: Path) -> bytes:
+    """A regular file's bytes; OSError for anything else (a named pipe is not waited on)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return file.read()
 
 
 def _create(folder: Path) -> None:
