@@ -156,8 +156,9 @@ def branch_submission(
     max_inputs_bytes: int,
 ) -> RunSubmission:
     """The submission of a branch of ``source`` from ``from_step``; its inputs (the source's,
-    ``inputs_patch`` merged in) at most ``max_inputs_bytes`` of JSON: patch after patch grew a
-    branch's inputs past what any client could read back (17.7 MB after four branches)."""
+    ``inputs_patch`` merged in), and its labels likewise, at most ``max_inputs_bytes`` of JSON
+    each: patch after patch grew a branch's inputs past what any client could read back (17.7 MB
+    after four branches)."""
     if from_step not in source.steps:
         raise NotFound(f"from_step: no step {quoted(from_step)} in run {source.run_id}")
     check_settled_upstream(source, from_step)
@@ -178,10 +179,13 @@ def branch_submission(
         else:
             labels[key] = value
     inputs = merge_patch(sub.inputs, dict(inputs_patch))
-    if inputs_patch and (size := len(compact_json(inputs))) > max_inputs_bytes:
-        raise InvalidArgument(f"inputs_patch: the branch's inputs would be {size:,} bytes of JSON "
-                              f"once patched, over the step limit of {max_inputs_bytes:,} "
-                              "([scheduler] max_step_bytes)")  # fmt: skip
+    patched = (("inputs", inputs_patch, inputs), ("labels", labels_patch, labels))
+    for field, patch, merged in patched:
+        if patch and (size := len(compact_json(merged))) > max_inputs_bytes:
+            raise InvalidArgument(
+                f"{field}_patch: the branch's {field} would be {size:,} bytes of JSON once "
+                f"patched, over the step limit of {max_inputs_bytes:,} ([scheduler] max_step_bytes)"
+            )
     return RunSubmission(
         run_id=run_id,
         dag_json=sub.dag_json,

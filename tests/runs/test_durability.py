@@ -229,6 +229,10 @@ def test_a_branchs_inputs_are_held_to_the_step_limit(make_daemon):
     assert_error(too_big, Status.INVALID_ARGUMENT, "inputs_patch", "max_step_bytes")
     within = daemon.call(lambda _, rt: branched({"x": "R" * 1800})(rt)).run_id  # replaces x
     assert wait_done(daemon, within).status == api.RunStatus.SUCCEEDED
+    labels = Struct.from_dict({"l": "L" * 2500})
+    labelled = api.CreateBranchRunRequest(run_id=within, from_step="a", labels_patch=labels)
+    too_many = rpc_error(daemon, lambda rt: rt.create_branch_run(labelled))
+    assert_error(too_many, Status.INVALID_ARGUMENT, "labels_patch", "max_step_bytes")
 
 
 def test_a_step_a_kill_interrupted_in_a_paused_run_is_leased_again_at_once(make_daemon):
