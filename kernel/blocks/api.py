@@ -155,6 +155,9 @@ class BlockContext:
     exit_code: int = 0
     artifacts_touched: bool = False  # artifact_path or run_command: the folder is listed
     artifacts_written: list[str] = field(default_factory=list)  # by write_artifact
+    # Of those, the ones write_artifact wrote (checked as it wrote them): any other a block put
+    # there itself is checked where it leads (``resolves_within``).
+    api_written: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
     # Whether this execution ran a program (run_command sets it): when not, its trace shows
     # ``raw_output`` and ``exit_code`` as null, as the public Foundry daemon's does.
     ran_command: bool = False
@@ -214,6 +217,7 @@ class BlockContext:
         during which the trio thread would run no other chain."""
         path, listed = await ARTIFACT_THREADS.run(self._write_artifact, name, data)
         self.artifacts_written.append(listed)
+        self.api_written = self.api_written | {listed}
         return path
 
     def _write_artifact(self, name: str, data: str | bytes) -> tuple[Path, str]:
@@ -296,10 +300,11 @@ class BlockContext:
         if not self.artifacts_touched or not self.artifact_dir.is_dir():
             # (a path that is not a str or not in the folder, set by the block itself, fails its
             # execution; one the block removed since is not listed: nothing is left to attest)
-            folder = os.fspath(self.artifact_dir)
+            folder, checked = os.fspath(self.artifact_dir), self.api_written
             return sorted({
                 path for path in self.artifacts_written
                 if type(path) is str and in_artifact_folder(folder, path) and regular_file(path)
+                and (path in checked or resolves_within(folder, path))
             })  # fmt: skip
         # Regular files only, never a symbolic link: a command that unpacked a link to
         # /proc/self/environ had the daemon read its own environment and sign its digest.
@@ -315,11 +320,17 @@ class BlockContext:
 
 
 def in_artifact_folder(folder: str, path: str) -> bool:
-    """``path`` names a file within ``folder`` as written (no ``..``, no detour)."""
-    return (
-        path.startswith(folder) and path[len(folder) : len(folder) + 1] == os.sep
-        and "\0" not in path and os.path.normpath(path) == path
-    )  # fmt: skip
+    """``path`` names a file within ``folder``, ``..`` segments resolved in both (a home given
+    as ``../home`` is a folder of ``..``: every artifact of it was refused)."""
+    if "\0" in path:
+        return False
+    inside = os.path.normpath(folder) + os.sep
+    return os.path.normpath(path).startswith(inside)
+
+
+def resolves_within(folder: str, path: str) -> bool:
+    """``path``, its links followed (a folder in it a link to ``/etc``), is within ``folder``."""
+    return os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep)
 
 
 def _plain_file_name(name: str) -> bool:

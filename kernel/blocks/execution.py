@@ -21,6 +21,7 @@ from foundry.kernel.blocks.api import (
     Usage,
     event_type_fault,
     in_artifact_folder,
+    resolves_within,
 )
 from foundry.kernel.core.chain import runs_now as _runs_now
 from foundry.kernel.core.failures import described, text_of
@@ -180,9 +181,11 @@ def reported_fault(ctx: BlockContext) -> str:
     if type(written) is not list or (written and not all(type(p) is str for p in written)):
         return "ctx.artifacts_written must be a list of str paths"
     if written:  # a path of its own choosing had the daemon sign any file's digest as an artifact
-        folder = os.fspath(ctx.artifact_dir)
+        folder, checked = os.fspath(ctx.artifact_dir), ctx.api_written
         for path in written:
-            if not in_artifact_folder(folder, path):
+            if not in_artifact_folder(folder, path) or (
+                path not in checked and not resolves_within(folder, path)
+            ):
                 return (f"ctx.artifacts_written holds {path[:200]!r}, not a file in this "
                         f"execution's artifact folder")  # fmt: skip
     emissions = ctx.emissions

@@ -10,6 +10,7 @@ import trio
 from foundry.kernel.blocks.api import Block, BlockContext, block
 from foundry.kernel.blocks.execution import Outcome, execute
 from foundry.kernel.core.throttle import Action
+from foundry.kernel.testing import run_block
 
 
 def contexts(tmp_path: Path, made: list[BlockContext] | None = None):
@@ -473,3 +474,37 @@ async def test_a_huge_exception_message_is_recorded_with_its_middle_cut(tmp_path
     assert "characters cut" in outcome.error
     assert len(outcome.error) < 2_100
     assert outcome.summary == outcome.error
+
+
+async def test_the_artifacts_of_a_folder_named_through_dotdot_are_listed(tmp_path):
+    """A home given as ``../home`` (README allows it) makes every artifact folder's path hold a
+    ``..``: each file write_artifact wrote was refused as outside the folder (a review)."""
+
+    @block("Writes", sinks=["go"])
+    async def writes(ctx):
+        await ctx.write_artifact("note.txt", "x")
+        ctx.artifacts_written.append(str(ctx.artifact_dir / "sub" / ".." / "note.txt"))
+
+    (tmp_path / "cfg").mkdir()
+    done = await run_block(writes, {}, artifact_dir=tmp_path / "cfg" / ".." / "home")
+    assert (done.state, done.outcome.error) == ("completed", "")
+    assert {Path(p).name for p in done.outcome.artifacts} == {"note.txt"}
+
+
+async def test_a_path_a_block_lists_through_a_linked_folder_fails_it(tmp_path):
+    """``artifact_dir/etc`` a link to another folder, and ``artifact_dir/etc/hostname`` listed:
+    the file outside was signed as the step's artifact (a review of the containment check)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "hostname").write_text("not the step's")
+
+    @block("Links", sinks=["go"])
+    def links(ctx):
+        ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
+        (ctx.artifact_dir / "etc").symlink_to(outside)
+        ctx.artifacts_written.append(str(ctx.artifact_dir / "etc" / "hostname"))
+
+    done = await run_block(links, {}, artifact_dir=tmp_path / "art")
+    assert done.state == "failed"
+    assert "not a file in this execution's artifact folder" in done.outcome.error
+    assert done.outcome.artifacts == ()
