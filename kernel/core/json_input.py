@@ -12,7 +12,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from foundry.kernel.core.upstream_json import parse_number
@@ -95,7 +95,10 @@ def parse_json(
     ``unique_keys``: an object naming a key twice is refused (a DAG whose step says
     ``"id": "a", "id": "b"`` reads as one thing to a reviewer and ran as the other)."""
     number = parse_number if upstream_numbers else None
-    pairs = _unique_pairs if unique_keys else None
+    # Only a document with that many brackets can be too deep: skip the walk for the rest.
+    deep = text.count("[") + text.count("{") > MAX_DEPTH
+    named_twice: list[bool] = []  # (a deep document's objects are noted as they are made)
+    pairs = _unique_pairs if unique_keys else _noting_twice(named_twice) if deep else None
     try:
         value = json.loads(
             text, parse_constant=_not_json, parse_int=number, parse_float=number,
@@ -110,16 +113,27 @@ def parse_json(
         if "integer string conversion" in said:  # (Python's own advice, meant for its caller)
             said = f"a number of more than {sys.get_int_max_str_digits()} digits"
         raise InvalidArgument(f"{field}: not valid JSON: {said[:200]}") from None
-    # Only a document with that many brackets can be too deep: skip the walk for the rest.
-    deep = text.count("[") + text.count("{") > MAX_DEPTH
     check_json_value(value, field, walk=deep)
     # Of a key named twice, json.loads keeps the last value unchecked by the above; serde_json
     # refuses the whole text (a lone surrogate or too deep anywhere), and so do we.
     if "\\u" in text and unpaired_surrogate_escape(text):
         raise InvalidArgument(f"{field}: text must be valid Unicode (lone surrogate)")
-    if deep and text_depth(text, MAX_DEPTH) > MAX_DEPTH:
+    if named_twice and text_depth(text, MAX_DEPTH) > MAX_DEPTH:  # (each pass reads the text)
         raise InvalidArgument(f"{field}: nested deeper than {MAX_DEPTH} levels")
     return value
+
+
+def _noting_twice(found: list[bool]) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    """An ``object_pairs_hook`` making each object a dict, noting in ``found`` one that names a
+    key twice (what it dropped the checks of the parsed value never see)."""
+
+    def made(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        value = dict(pairs)
+        if len(value) != len(pairs):
+            found.append(True)
+        return value
+
+    return made
 
 
 # A JSON string (escapes included), and an empty array or object.
