@@ -783,8 +783,8 @@ def _row_json(row: tuple[Any, ...], json_columns: list[int]) -> str:
 
 def interval_text(value: dt.timedelta) -> str:
     """A timedelta as DuckDB writes an INTERVAL of those days and microseconds: ``3 days``,
-    ``01:30:00``, ``-01:30:00``, ``2 days 00:00:01.5`` (an INTERVAL inside a list or struct reaches Python as
-    a timedelta, its months already 30 days each)."""
+    ``01:30:00``, ``-01:30:00``, ``2 days 00:00:01.5`` (an INTERVAL inside a list or struct
+    reaches Python as a timedelta, its months already 30 days each)."""
     days, rest = value.days, value - dt.timedelta(days=value.days)
     if days < 0 and rest:  # Python keeps the time positive; DuckDB the sign of the whole
         days, rest = days + 1, rest - dt.timedelta(days=1)
