@@ -3,10 +3,10 @@
 Those read every message class's type hints again on every call (``typing.get_type_hints``) and
 re-case every name with a regex: about 0.3 ms for an EmitResponse here, most of a Connect JSON
 Emit's codec time. A class whose fields are all strings, booleans, 32-bit integers, enums, lists
-of those, or messages of the same kind gets a field table once (:func:`_encoder`) and is
-converted with it; any other class (64-bit integers, floats, bytes, maps, oneofs, optional
-fields, well-known types such as Struct) goes through betterproto2 unchanged. The output is
-betterproto2's own (``tests/kernel/edge/test_http_units.py`` compares them)."""
+of those, or messages of the same kind gets a field table once (:func:`_fields`) and is
+converted with it (when written, 64-bit integers too); any other class (floats, bytes, maps,
+oneofs, optional fields, well-known types such as Struct) goes through betterproto2 unchanged.
+The output is betterproto2's own (``tests/kernel/edge/test_http_units.py`` compares them)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,15 @@ _SCALARS = frozenset({
     betterproto2.TYPE_UINT32, betterproto2.TYPE_SINT32, betterproto2.TYPE_FIXED32,
     betterproto2.TYPE_SFIXED32,
 })  # fmt: skip
+_WIDE = frozenset({
+    betterproto2.TYPE_INT64, betterproto2.TYPE_UINT64, betterproto2.TYPE_SINT64,
+    betterproto2.TYPE_FIXED64, betterproto2.TYPE_SFIXED64,
+})  # fmt: skip
 _WELL_KNOWN = "google.protobuf"
 
-Field = tuple[str, str, str, str, bool, Any]  # name, JSON name, proto type, kind, repeated, type
+# name, JSON name, proto type, kind, repeated, type (a wrapped type: its wrapper's), optional
+Field = tuple[str, str, str, str, bool, Any, bool]
+_HELD = frozenset({"message", "known", "wrapped"})  # written whenever set, even empty
 
 
 def _json_name(name: str) -> str:
@@ -39,58 +45,91 @@ def _json_name(name: str) -> str:
 
 
 @cache
-def _fields(kind: Any) -> tuple[Field, ...] | None:
-    """The field table of a simple message class, or None."""
+def _fields(kind: Any, wide: bool = False) -> tuple[Field, ...] | None:
+    """The field table of a simple message class, or None. ``wide``, for writing only: also
+    64-bit integers (decimal strings), optional fields, maps of plain keys and values,
+    well-known types (Struct, Value: their own ``to_dict``) and wrapped ones (a Timestamp held
+    as a datetime: wrapped back, as betterproto2 does) — a GetRun of 2,000 steps took 1.4 s of
+    the daemon's loop through betterproto2's ``to_dict``, which reads every class's type hints
+    again at each message."""
     if _WELL_KNOWN in (kind.__module__ or "") or not dataclasses.is_dataclass(kind):
         return None
     hints = get_type_hints(kind)
     fields: list[Field] = []
     for field in dataclasses.fields(kind):
         meta = betterproto2.FieldMetadata.get(field)
-        if meta.optional or meta.group or meta.proto_type == betterproto2.TYPE_MAP:
+        if (meta.optional and not wide) or meta.group:
             return None
-        hint = hints[field.name]
-        inner = hint.__args__[0] if meta.repeated else hint
-        if meta.proto_type == betterproto2.TYPE_MESSAGE:
-            if meta.unwrap is not None or _fields(inner) is None:
+        if meta.proto_type == betterproto2.TYPE_MAP:  # of plain keys and values (labels)
+            if not wide or meta.map_meta is None:
                 return None
-            shape = "message"
+            if any(part.proto_type not in _SCALARS for part in meta.map_meta):
+                return None
+            fields.append((field.name, _json_name(field.name), meta.proto_type, "map", False,
+                           None, False))  # fmt: skip
+            continue
+        hint = hints[field.name]
+        inner = hint.__args__[0] if meta.repeated or meta.optional else hint
+        if meta.proto_type == betterproto2.TYPE_MESSAGE:
+            if meta.unwrap is not None:
+                if not wide:
+                    return None
+                shape, inner = "wrapped", meta.unwrap()
+            elif wide and _WELL_KNOWN in (inner.__module__ or ""):
+                shape = "known"
+            elif _fields(inner, wide) is None:
+                return None
+            else:
+                shape = "message"
         elif meta.proto_type == betterproto2.TYPE_ENUM:
             shape = "enum"
         elif meta.proto_type in _SCALARS:
             shape = "scalar"
+        elif wide and meta.proto_type in _WIDE:
+            shape = "wide"
         else:
             return None
-        repeated = bool(meta.repeated)
-        fields.append((field.name, _json_name(field.name), meta.proto_type, shape, repeated, inner))
+        fields.append((field.name, _json_name(field.name), meta.proto_type, shape,
+                       bool(meta.repeated), inner, bool(meta.optional)))  # fmt: skip
     return tuple(fields)
 
 
 def to_dict(message: Any) -> dict[str, Any]:
     kind: Any = type(message)  # a class is hashable; typeshed's type[Any] says otherwise
-    fields = _fields(kind)
+    # (a Trace of 10,000 events, its int64 and uint64 fields through betterproto2: ~0.65 ms an
+    # event and execution, 7-10 s with the daemon's loop held)
+    fields = _fields(kind, True)
     if fields is None:
         result: dict[str, Any] = message.to_dict()
         return result
     out: dict[str, Any] = {}
-    for name, json_name, _, shape, repeated, _ in fields:
+    for name, json_name, _, shape, repeated, inner, optional in fields:
         value = getattr(message, name)
         if repeated:
             if value:
-                out[json_name] = [_value(v, shape) for v in value]
-        elif shape == "message":
-            if value is not None:
-                out[json_name] = to_dict(value)
+                out[json_name] = [_value(v, shape, inner) for v in value]
+        elif shape == "map":
+            if value:
+                out[json_name] = dict(value)
+        elif optional or shape in _HELD:
+            if value is not None:  # set: written, a default too
+                out[json_name] = _value(value, shape, inner)
         elif value:  # a default (empty, 0, false, the zero enum) is left out
-            out[json_name] = _value(value, shape)
+            out[json_name] = _value(value, shape, inner)
     return out
 
 
-def _value(value: Any, shape: str) -> Any:
+def _value(value: Any, shape: str, inner: Any) -> Any:
+    if shape == "wide":  # proto3 JSON's 64-bit integers are decimal strings
+        return str(value)
     if shape == "enum":  # as betterproto2: the proto name, or the number of an unknown value
         return (value.proto_name or value.name) if getattr(value, "name", "") else int(value)
     if shape == "message":
         return to_dict(value)
+    if shape == "known":
+        return value.to_dict()
+    if shape == "wrapped":
+        return inner.from_wrapped(value).to_dict()
     return value
 
 
@@ -100,10 +139,10 @@ def _decoder(kind: Any) -> dict[str, tuple[str, Callable[[Any], Any]]] | None:
     only; None for any other class."""
     fields = _fields(kind)
     if fields is None or any(repeated or shape == "message"
-                             for _, _, _, shape, repeated, _ in fields):  # fmt: skip
+                             for _, _, _, shape, repeated, _, _ in fields):  # fmt: skip
         return None
     table: dict[str, tuple[str, Callable[[Any], Any]]] = {}
-    for name, json_name, proto_type, shape, _, inner in fields:
+    for name, json_name, proto_type, shape, _, inner, _ in fields:
         convert = _enum_reader(inner) if shape == "enum" else _scalar_reader(proto_type)
         table[json_name] = table[name] = (name, convert)
     return table
