@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +71,7 @@ from foundry.kernel.errors import (
 )
 
 log = logging.getLogger("foundry.gate")
+HELD_GATES = 4_096  # gates whose follow-ups' bytes are kept known (the most recent)
 
 
 def new_id(prefix: str) -> str:
@@ -114,6 +116,12 @@ class Gate:
         self._inbox, self._store, self._scheduler = inbox, store, scheduler
         self._clock = Clock()
         self._sync_lock = trio.Lock()
+        # A gate's follow-ups one at a time (check, then write: two at once both passed the
+        # bound), and the bytes each gate's hold, known once read: each follow-up read and
+        # measured every earlier one of its gate, so filling one took quadratic time (70 ms a
+        # call at 2,000).
+        self._followup_locks: dict[str, trio.Lock] = {}
+        self._held: OrderedDict[str, int] = OrderedDict()
         self._handlers: dict[type, Callable[[Any], Any]] = {
             SyncEvalPack: self._sync,
             ListEvalScenarios: self._list_scenarios,
@@ -241,13 +249,39 @@ class Gate:
             check_name(message.note, "note", required=False, limit=MAX_TEXT)
         details = dict(message.details)
         check_json_value(details, "details", depth=STRUCT_DEPTH)
+        size = acknowledgement_size(message.note, details)
+        lock = self._followup_locks.setdefault(message.gate_id, trio.Lock())
+        try:
+            async with lock:
+                held = await self._held_by(message.gate_id)
+                record = self._followup_record(message, details, held, size)
+                await self._append([record])
+                self._held[message.gate_id] = held + size
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._followup_locks.pop(message.gate_id, None)
+        return record
+
+    async def _held_by(self, gate_id: str) -> int:
+        """The bytes of follow-ups gate ``gate_id`` holds (NotFound: no such gate)."""
+        held = self._held.get(gate_id)
+        if held is not None:
+            self._held.move_to_end(gate_id)
+            return held
         found: list[StoredGate] = await ask(
-            self._store, lambda r: LoadGateDecisions(message.gate_id, "", 1, r)
+            self._store, lambda r: LoadGateDecisions(gate_id, "", 1, r)
         )
         if not found:
-            raise NotFound(f"gate_id: no gate decision {quoted(message.gate_id)}")
+            raise NotFound(f"gate_id: no gate decision {quoted(gate_id)}")
         held = sum(acknowledgement_size(a.note, a.details) for a in found[0].acknowledgements)
-        size = acknowledgement_size(message.note, details)
+        self._held[gate_id] = held
+        if len(self._held) > HELD_GATES:
+            self._held.popitem(last=False)
+        return held
+
+    def _followup_record(
+        self, message: RecordGateFollowup, details: dict[str, Any], held: int, size: int
+    ) -> GateFollowupRecord:
         if held + size > ACKNOWLEDGEMENT_BYTES:
             # each comes back with the decision, in every ListChangeGates that lists it
             raise ResourceExhausted(
@@ -255,7 +289,7 @@ class Gate:
                 f"follow-ups; this one's {size:,} would pass the {ACKNOWLEDGEMENT_BYTES:,} a "
                 "decision keeps"
             )
-        record = GateFollowupRecord(
+        return GateFollowupRecord(
             followup_id=new_id("fup"),
             gate_id=message.gate_id,
             actor=message.actor,
@@ -264,8 +298,6 @@ class Gate:
             details=details,
             recorded_at=self._clock.now(),
         )
-        await self._append([record])
-        return record
 
     async def _list_gates(self, message: ListChangeGates) -> list[StoredGate]:
         check_name(message.change_id, "change_id", required=False)
