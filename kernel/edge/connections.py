@@ -142,13 +142,24 @@ CONTROL_RATE = 200.0  # a second
 # each call whose deadline passes (200 at once cut off a client's other calls).
 RESET_BURST = 2_000
 RESET_RATE = 1_000.0
+# WINDOW_UPDATE frames: a client reading a large reply sends one for each part of its window it
+# has read, so far more than control frames (at 64 KiB windows, ~2,000 a second is 128 MB/s);
+# a flood of them (increment 1, tens of thousands a second) slowed every client to 1-9 s.
+WINDOW_BURST = 10_000
+WINDOW_RATE = 2_000.0
 
 
 def control_frames(events: Sequence[Any]) -> int:
-    """How many of h2's ``events`` a peer's control frame made (PING, SETTINGS, PRIORITY) — not
-    the priority a request's HEADERS carries (h2 makes it an event too; browsers set it on
-    every request)."""
-    control = [event for event in events if isinstance(event, _CONTROL_EVENTS)]
+    """How many of h2's ``events`` a peer's control frame made (PING, SETTINGS, PRIORITY, a
+    frame of a type HTTP/2 does not define, an empty DATA frame that does not end its stream:
+    CVE-2019-9518) — not the priority a request's HEADERS carries (h2 makes it an event too;
+    browsers set it on every request)."""
+    control = [
+        event
+        for event in events
+        if isinstance(event, _CONTROL_EVENTS)
+        or (type(event) is h2.events.DataReceived and not event.data and not event.stream_ended)
+    ]
     if not any(isinstance(event, h2.events.PriorityUpdated) for event in control):
         return len(control)  # (most feeds: no request priority to tell apart)
     requested = {
@@ -162,6 +173,38 @@ def control_frames(events: Sequence[Any]) -> int:
 def peer_resets(events: Sequence[Any]) -> int:
     """How many streams the peer reset (RST_STREAM) among h2's ``events``."""
     return sum(1 for e in events if type(e) is h2.events.StreamReset and e.remote_reset)
+
+
+def window_updates(events: Sequence[Any]) -> int:
+    """How many WINDOW_UPDATE frames the peer sent among h2's ``events``."""
+    return sum(1 for e in events if type(e) is h2.events.WindowUpdated)
+
+
+# (state key, counter, burst, rate, what the warning names)
+_BUDGETS = (
+    ("foundry_control", control_frames, CONTROL_BURST, CONTROL_RATE,
+     "control frames (PING, SETTINGS, PRIORITY, unknown or empty frames)"),
+    ("foundry_resets", peer_resets, RESET_BURST, RESET_RATE, "stream resets"),
+    ("foundry_windows", window_updates, WINDOW_BURST, WINDOW_RATE, "window updates"),
+)  # fmt: skip
+
+
+def flooded(state: dict[str, Any], events: Sequence[Any]) -> str | None:
+    """What the peer flooded a connection with, by ``events`` (h2's, of the bytes just read),
+    spending its budgets kept in ``state`` (the connection object's ``__dict__``); None while
+    it keeps within them. Both listeners close such a connection (GOAWAY ENHANCE_YOUR_CALM):
+    the HTTP one counted only control frames, so a rapid reset (CVE-2023-44487) kept the daemon
+    busy for minutes after its peer had gone."""
+    for key, count, burst, rate, what in _BUDGETS:
+        frames = count(events)
+        if frames:
+            now = time.monotonic()
+            budget = state.get(key)
+            if budget is None:
+                budget = state[key] = ControlFrames(now, burst, rate)
+            if not budget.spend(frames, now):
+                return what
+    return None
 
 
 class ControlFrames:
@@ -221,7 +264,7 @@ class FloodWarnings:
         self._listener, self._closed = listener, 0
         self._warning = RecurringWarning(log)
 
-    def closed(self, what: str = "control frames (PING, SETTINGS, PRIORITY)") -> None:
+    def closed(self, what: str = _BUDGETS[0][4]) -> None:
         self._closed += 1
         self._warning.warning("the %s listener closed a connection that flooded it with HTTP/2 "
                               "%s: %d so far", self._listener, what, self._closed)  # fmt: skip
@@ -232,4 +275,5 @@ _CONTROL_EVENTS = (
     h2.events.PingAckReceived,
     h2.events.RemoteSettingsChanged,
     h2.events.PriorityUpdated,
+    h2.events.UnknownFrameReceived,
 )

@@ -886,8 +886,10 @@ def test_an_http2_watch_whose_client_opens_no_window_is_reset_and_let_go(make_da
     assert "connection failed" not in daemon.stderr()
 
 
-def _grpc_h2_client(daemon) -> tuple[socket.socket, h2.connection.H2Connection]:
-    host, port = daemon.address.rsplit(":", 1)
+def _grpc_h2_client(
+    daemon, listener: str = "grpc"
+) -> tuple[socket.socket, h2.connection.H2Connection]:
+    host, port = (daemon.address if listener == "grpc" else daemon.http_address).rsplit(":", 1)
     config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
     conn = h2.connection.H2Connection(config)
     conn.initiate_connection()
@@ -910,12 +912,15 @@ def _events_until_closed(sock: socket.socket, conn: h2.connection.H2Connection) 
     return conn.receive_data(received) if received else []
 
 
-def test_a_grpc_connection_resetting_streams_in_a_loop_is_closed(make_daemon):
+@pytest.mark.parametrize("listener", ["grpc", "http"])
+def test_a_connection_resetting_streams_in_a_loop_is_closed(make_daemon, listener):
     """HTTP/2 "rapid reset" (CVE-2023-44487): HEADERS then RST_STREAM, 100 streams a write,
-    on three connections for 10 s, ran the daemon up to 2.5 GB and starved gRPC clients 20 s."""
+    on three connections for 10 s, ran the daemon up to 2.5 GB and starved gRPC clients 20 s;
+    the HTTP listener, which counted only control frames, served every reset request, its CPU
+    pegged for minutes after the peer had gone (a wire-level hunt)."""
     daemon = make_daemon()
     before = rss_mb(daemon.process.pid)
-    sock, conn = _grpc_h2_client(daemon)
+    sock, conn = _grpc_h2_client(daemon, listener)
     with sock:
         stream_id, closed = 1, False
         for _ in range(100):  # 10,000 streams, as fast as the socket takes them
@@ -936,6 +941,46 @@ def test_a_grpc_connection_resetting_streams_in_a_loop_is_closed(make_daemon):
     assert daemon.call(lambda foundry, _: foundry.status(foundry_api.StatusRequest())) is not None
     assert rss_mb(daemon.process.pid) - before < 150
     assert "flooded it with HTTP/2 stream resets" in daemon.stderr()
+    assert "Traceback" not in daemon.stderr()
+
+
+# Frames of no answer, each h2's work on the daemon's thread: a WINDOW_UPDATE of increment 1 on
+# the connection, a frame of type 0x42, an empty DATA frame on an open stream (CVE-2019-9518).
+_WINDOW_UPDATE = b"\x00\x00\x04\x08\x00" + struct.pack(">I", 0) + struct.pack(">I", 1)
+_UNKNOWN = b"\x00\x00\x00\x42\x00" + struct.pack(">I", 0)
+_EMPTY_DATA = b"\x00\x00\x00\x00\x00" + struct.pack(">I", 1)
+
+
+@pytest.mark.parametrize("listener", ["grpc", "http"])
+@pytest.mark.parametrize(
+    ("frame", "what"),
+    [(_WINDOW_UPDATE, "window updates"), (_UNKNOWN, "control frames"),
+     (_EMPTY_DATA, "control frames")],
+    ids=["window-update", "unknown-type", "empty-data"],
+)  # fmt: skip
+def test_a_connection_flooding_frames_of_no_answer_is_closed(make_daemon, listener, frame, what):
+    """WINDOW_UPDATE, unknown-type and empty DATA frames were not counted: four connections
+    sending them for 15 s slowed every client of both listeners to 1-12 s (a wire-level hunt)."""
+    daemon = make_daemon()
+    sock, conn = _grpc_h2_client(daemon, listener)
+    with sock:
+        conn.send_headers(1, STATUS_HEADERS)  # stream 1 open: the DATA frames' stream
+        sock.sendall(conn.data_to_send())
+        closed = False
+        for _ in range(60):  # up to 60,000 frames
+            try:
+                sock.sendall(frame * 1_000)
+            except OSError:
+                closed = True
+                break
+        events = [] if closed else _events_until_closed(sock, conn)
+    goaway = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert closed or goaway, "served to its end"
+    if goaway:
+        assert goaway[-1].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert daemon.call(lambda foundry, _: foundry.status(foundry_api.StatusRequest())) is not None
+    wait_until(lambda: f"flooded it with HTTP/2 {what}" in daemon.stderr(),
+               what="the flood's warning")  # fmt: skip
     assert "Traceback" not in daemon.stderr()
 
 

@@ -98,14 +98,8 @@ import grpclib.stream
 import h2.exceptions
 import trio
 from foundry.kernel.edge.connections import (
-    CONTROL_BURST,
-    CONTROL_RATE,
-    RESET_BURST,
-    RESET_RATE,
-    ControlFrames,
     FloodWarnings,
-    control_frames,
-    peer_resets,
+    flooded,
 )
 from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
@@ -1106,6 +1100,13 @@ def limit_control_frames() -> bool:
 
     def feeding(self: Any, data: bytes) -> Any:
         events = feed(self, data)
+        what = flooded(self.__dict__, events)  # (unknown frames counted, then left out)
+        if what is not None:
+            self._connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
+            with contextlib.suppress(Exception):
+                self.flush()
+            FLOOD_WARNINGS.closed(what)
+            raise ControlFlood(f"too many {what}")
         if any(type(event) is UnknownFrameReceived for event in events):
             # RFC 9113 §5.5: an unknown frame type is ignored. grpclib has no handler for it:
             # the connection was dropped, with a traceback in the log each time (no token
@@ -1113,20 +1114,6 @@ def limit_control_frames() -> bool:
             events = [event for event in events if type(event) is not UnknownFrameReceived]
         if any(type(event) is RequestReceived for event in events):
             events = _refuse_pathless(self._connection, events)
-        for key, frames, burst, rate, what in (
-            ("foundry_control", control_frames(events), CONTROL_BURST, CONTROL_RATE, None),
-            ("foundry_resets", peer_resets(events), RESET_BURST, RESET_RATE, "stream resets"),
-        ):
-            if not frames:
-                continue
-            now = time.monotonic()
-            budget = self.__dict__.setdefault(key, ControlFrames(now, burst, rate))
-            if not budget.spend(frames, now):
-                self._connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
-                with contextlib.suppress(Exception):
-                    self.flush()
-                FLOOD_WARNINGS.closed(*(what,) if what else ())
-                raise ControlFlood(f"too many {what or 'control frames'}")
         return events
 
     connection.feed = functools.wraps(feed)(feeding)

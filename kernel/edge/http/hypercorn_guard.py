@@ -26,16 +26,14 @@ import binascii
 import contextlib
 import functools
 import logging
-import time
 from typing import Any
 
 import trio
 from foundry.kernel.edge.connections import (
     ConnectionCap,
-    ControlFrames,
     FloodWarnings,
     RecurringWarning,
-    control_frames,
+    flooded,
 )
 from foundry.kernel.edge.http.send_watch import PIECE, SendGivenUp, SendWatch
 
@@ -141,15 +139,13 @@ def limit_control_frames() -> None:
         return
 
     async def handling_events(self: Any, events: list[Any]) -> None:
-        frames = control_frames(events)
-        if frames:
-            budget = self.__dict__.setdefault("foundry_control", ControlFrames(time.monotonic()))
-            if not budget.spend(frames, time.monotonic()):
-                FLOOD_WARNINGS.closed()
-                self.connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
-                await self._flush()
-                await self.send(Closed())
-                return
+        what = flooded(self.__dict__, events)
+        if what is not None:
+            FLOOD_WARNINGS.closed(what)
+            self.connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
+            await self._flush()
+            await self.send(Closed())
+            return
         await handle_events(self, events)
 
     handling_events = functools.wraps(handle_events)(handling_events)
