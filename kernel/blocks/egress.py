@@ -178,8 +178,10 @@ class EgressPolicy:
             raise EgressRefused("egress refused: the URL has no host")
         port = port if port is not None else _DEFAULT_PORTS[scheme]
         # vouched only if under a prefix however a server reads it: with empty segments kept,
-        # and merged as nginx and Tomcat merge them (``/v1//../admin`` is ``/admin`` there)
-        paths = {_normal_path(parts.path), _normal_path(_MERGED_SLASHES.sub("/", parts.path))}
+        # and merged as nginx and Tomcat merge them (``/v1//../admin`` is ``/admin`` there),
+        # after Tomcat's dropping of ``;parameters`` (``/v1/;/%2e%2e/admin`` is ``/admin``)
+        merged = _MERGED_SLASHES.sub("/", _PATH_PARAMETERS.sub("", parts.path))
+        paths = {_normal_path(parts.path), _normal_path(merged)}
         vouched = any(
             all(p.matches(scheme, host, port, path) for path in paths) for p in self.prefixes
         )
@@ -296,6 +298,7 @@ def _ip(host: str) -> IPAddress | None:
 
 
 _MERGED_SLASHES = re.compile(r"(?:/|\\|%2[fF]|%5[cC])+")
+_PATH_PARAMETERS = re.compile(r"(?:;|%3[bB])[^/]*")
 
 
 def _normal_path(path: str) -> str:

@@ -203,6 +203,9 @@ def test_allow_by_url_prefix_binds_scheme_host_port_and_path():
         "http://127.0.0.1:8080/v1//..;/admin",
         "http://127.0.0.1:8080/v1/%2f..;/admin",
         "http://127.0.0.1:8080/v1/\\/../admin",
+        "http://127.0.0.1:8080/v1/;/%2e%2e/admin",  # ;parameters dropped, then merged
+        "http://127.0.0.1:8080/v1/;x/%2e%2e/admin",
+        "http://127.0.0.1:8080/v1/%3bx/../admin",
         "http://127.0.0.1:8081/v1",
         "https://127.0.0.1:8080/v1",
         "http://127.0.0.2:8080/v1",
