@@ -301,8 +301,9 @@ class BlockContext:
             # (a path that is not a str or not in the folder, set by the block itself, fails its
             # execution; one the block removed since is not listed: nothing is left to attest)
             folder, checked = os.fspath(self.artifact_dir), self.api_written
+            # once a file, however its path was spelled (``dir/./a``, ``dir//a``, ``dir/a``)
             return sorted({
-                path for path in self.artifacts_written
+                os.path.normpath(path) for path in self.artifacts_written
                 if type(path) is str and in_artifact_folder(folder, path) and regular_file(path)
                 and (path in checked or resolves_within(folder, path))
             })  # fmt: skip

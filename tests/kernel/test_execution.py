@@ -508,3 +508,16 @@ async def test_a_path_a_block_lists_through_a_linked_folder_fails_it(tmp_path):
     assert done.state == "failed"
     assert "not a file in this execution's artifact folder" in done.outcome.error
     assert done.outcome.artifacts == ()
+
+
+async def test_a_file_listed_under_several_spellings_is_one_artifact(tmp_path):
+    """``dir/./a`` and ``dir//a`` beside ``dir/a`` were three artifacts, each attested (a
+    review of the ``..`` change)."""
+
+    @block("Spells", sinks=["go"])
+    async def spells(ctx):
+        await ctx.write_artifact("note.txt", "x")
+        ctx.artifacts_written += [f"{ctx.artifact_dir}/./note.txt", f"{ctx.artifact_dir}//note.txt"]
+
+    done = await run_block(spells, {}, artifact_dir=tmp_path / "art")
+    assert done.outcome.artifacts == (str(tmp_path / "art" / "note.txt"),)

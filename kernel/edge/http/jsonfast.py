@@ -4,9 +4,11 @@ Those read every message class's type hints again on every call (``typing.get_ty
 re-case every name with a regex: about 0.3 ms for an EmitResponse here, most of a Connect JSON
 Emit's codec time. A class whose fields are all strings, booleans, 32-bit integers, enums, lists
 of those, or messages of the same kind gets a field table once (:func:`_fields`) and is
-converted with it (when written, 64-bit integers too); any other class (floats, bytes, maps,
-oneofs, optional fields, well-known types such as Struct) goes through betterproto2 unchanged.
-The output is betterproto2's own (``tests/kernel/edge/test_http_units.py`` compares them)."""
+converted with it. Written, so is one with 64-bit integers, optional fields, plain maps,
+well-known types (Struct, Value: their own ``to_dict``) and wrapped ones (a Timestamp); read, any
+such class (and floats, bytes, oneofs) goes through betterproto2 unchanged. The output is
+betterproto2's own (``tests/kernel/edge/test_http_units.py`` and ``test_upb_encode.py`` compare
+them for every reply type)."""
 
 from __future__ import annotations
 
