@@ -135,11 +135,10 @@ def judge(
     if not isinstance(expected, Mapping):
         errors.append(f"expected must be a JSON object, got {_kind(expected)}")
     else:
-        for key in sorted(expected):
-            if key == "steps":
-                results.extend(_judge_steps(run, expected[key], extras, builtins))
-            else:
-                results.append(_check(key, expected[key], run, None, extras, builtins))
+        for key in sorted(k for k in expected if k != "steps"):  # run keys, then steps by id
+            results.append(_check(key, expected[key], run, None, extras, builtins))
+        if "steps" in expected:
+            results.extend(_judge_steps(run, expected["steps"], extras, builtins))
         if not results:
             errors.append("expected has no assertions")
     errors.extend(r.message for r in results if r.error)
@@ -324,7 +323,12 @@ def _is_json(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
     return _result("is_json", parses == value, _clip(text), value, step_id, why)
 
 
-def _bound(name: str, measure: Callable[[RunFacts, str | None], float | None]) -> Check:
+def _bound(
+    name: str, measure: Callable[[RunFacts, str | None], float | None], *, rounding: bool = False
+) -> Check:
+    """``name``: what ``measure`` records ≤ the limit; ``rounding``: up to float rounding (a
+    cost is a sum of floats), else exactly (7 tokens passed a limit of 6.9999999999)."""
+
     def check(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
         if not _is_number(value) or value < 0:
             return _error(name, value, step_id, _bad(name, step_id, "a number >= 0", value))
@@ -333,7 +337,7 @@ def _bound(name: str, measure: Callable[[RunFacts, str | None], float | None]) -
             where = "the run" if step_id is None else f"step {step_id!r}"
             msg = f"{name}: {where} has no timestamps to measure latency from"
             return _error(name, value, step_id, msg)
-        ok = recorded <= value + 1e-9 * max(1.0, abs(value))
+        ok = recorded <= value + (1e-9 * max(1.0, abs(value)) if rounding else 0)
         return _result(name, ok, recorded, value, step_id, f"recorded {recorded} (limit {value})")
 
     return check
@@ -375,7 +379,7 @@ _BUILTINS: dict[str, tuple[frozenset[str], Check]] = {
     "regex": (frozenset({STEP}), _regex_with(_no_search)),  # judge() gives its caller's engine
     "is_json": (frozenset({STEP}), _is_json),
     "max_tokens": (BOTH, _bound("max_tokens", _tokens)),
-    "max_cost": (BOTH, _bound("max_cost", _cost)),
+    "max_cost": (BOTH, _bound("max_cost", _cost, rounding=True)),
     "max_latency_ms": (BOTH, _bound("max_latency_ms", _latency)),
     "steps_count": (frozenset({RUN}), _count("steps_count", lambda r, n: r == n, "expected")),
     "min_steps": (frozenset({RUN}), _count("min_steps", lambda r, n: r >= n, "at least")),
@@ -609,8 +613,8 @@ def _json_diff(expected: Any, actual: Any, path: str, *, subset: bool) -> str | 
                 return diff
         extra = sorted(set(actual) - set(expected))
         return f"at {path}: unexpected key {extra[0]!r}" if extra and not subset else None
-    if isinstance(expected, list):
-        if not isinstance(actual, list) or len(actual) != len(expected):
+    if isinstance(expected, list | tuple):  # (a stored scenario's lists are frozen: tuples)
+        if not isinstance(actual, list | tuple) or len(actual) != len(expected):
             return f"at {path}: expected a list of {len(expected)}, got {_show(actual)}"
         for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
             diff = _json_diff(e, a, f"{path}[{i}]", subset=subset)

@@ -30,6 +30,7 @@ from foundry.kernel.core.evals import (
     summarize,
 )
 from foundry.kernel.core.evals import judge as judge_with
+from foundry.kernel.core.governance import EvalScenarioRecord
 from foundry.kernel.errors import InvalidArgument
 
 
@@ -141,6 +142,39 @@ def test_equals_fails_naming_where_they_differ(value, where):
     assert where in r.message
     assert r.step_id == "count"
     assert r.recorded == RUN.step("count").output
+
+
+def _stored(expected: dict) -> Any:
+    """``expected`` as a stored scenario holds it: frozen (objects read-only, lists tuples)."""
+    record = EvalScenarioRecord("scn_1", "p", "s", "", "", {}, expected, T0, T0)
+    return record.expected
+
+
+@pytest.mark.parametrize(
+    "expected",
+    [
+        step("count", equals={"words": 4, "tags": ["a", {"k": 1, "x": 2}], "ok": True}),
+        step("count", subset={"tags": ["a", {"k": 1}]}),
+    ],
+    ids=["equals", "subset"],
+)
+def test_a_list_in_a_stored_scenarios_expected_is_compared_as_a_list(expected):
+    """A stored scenario's lists are tuples: an ``equals`` or ``subset`` holding a list failed
+    every run, "expected [1,2], got [1,2]" (a semantics hunt)."""
+    passes(_stored(expected))
+
+
+def test_a_run_key_sorting_after_steps_is_judged_before_the_steps():
+    """Run keys, then steps by id, as documented: ``steps_count`` came after the steps."""
+    judged = judge(RUN, {"steps_count": 3, **step("draft", contains="Otters")})
+    assert [a.name for a in judged.assertions] == ["steps_count", "contains"]
+
+
+def test_a_token_bound_is_exact_and_only_cost_allows_float_rounding():
+    """7 tokens passed ``max_tokens: 6.9999999999`` (the slack meant for a sum of costs)."""
+    assert not only(judge(RUN, step("outline", max_tokens=29.9999999999))).passed  # 30 tokens
+    passes(step("outline", max_tokens=30))
+    passes(step("outline", max_cost=0.01 - 1e-12))  # float rounding of a cost
 
 
 def test_equals_null_matches_a_step_without_output():
