@@ -620,14 +620,23 @@ def _zlib_layer(header: str, method: str, url: str) -> str:
 
 
 class _RedactUrls(logging.Filter):
-    """httpx logs every request's full URL at INFO; keep only scheme://host:port/path."""
+    """httpx logs every request's full URL at INFO: a line per ``http`` step and LLM call, and
+    a webhook's token is in its path (Slack, Discord, Telegram). That line is kept only when the
+    daemon logs at DEBUG, naming the origin alone; any other keeps scheme://host:port/path."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        request_line = record.levelno == logging.INFO and str(record.msg).startswith("HTTP Req")
+        if request_line and not logging.getLogger().isEnabledFor(logging.DEBUG):
+            return False
+        redact = _origin if request_line else redact_url
         if isinstance(record.args, tuple):
-            record.args = tuple(
-                redact_url(a) if isinstance(a, httpx.URL) else a for a in record.args
-            )
+            record.args = tuple(redact(a) if isinstance(a, httpx.URL) else a for a in record.args)
         return True
+
+
+def _origin(url: httpx.URL) -> str:
+    """``scheme://host:port`` of a URL (its path, query and credentials left out)."""
+    return redact_url(url.copy_with(path="/")).rstrip("/")
 
 
 def _redact_httpx_log() -> None:

@@ -493,12 +493,12 @@ async def test_httpx_errors_stay_httpx_errors():
 
 async def test_httpx_request_log_has_no_query(caplog):
     net = FakeNet(dns={"api.example": ["93.184.216.34"]})
-    with caplog.at_level(logging.INFO, logger="httpx"):
+    with caplog.at_level(logging.DEBUG):  # (at INFO the request line is not kept at all)
         async with net.client(DENY) as client:
             await client.get("http://api.example/v1/items?token=s3cret")
     messages = [r.getMessage() for r in caplog.records if r.name == "httpx"]
-    assert any("http://api.example/v1/items" in m for m in messages), messages
-    assert not any("s3cret" in m for m in messages)
+    assert any("http://api.example " in m for m in messages), messages
+    assert not any("s3cret" in m or "/v1/items" in m for m in messages)
 
 
 async def test_the_real_resolver_and_backend_refuse_localhost():
@@ -506,3 +506,24 @@ async def test_the_real_resolver_and_backend_refuse_localhost():
     async with guarded_client(DENY, timeout=5) as client:
         with pytest.raises(EgressRefused, match="egress to localhost refused: it resolves to"):
             await client.get("http://localhost:9/")
+
+
+def test_httpx_request_lines_are_kept_only_at_debug_and_name_the_origin(caplog):
+    """A line per http step and LLM call at INFO, a webhook's token in its path (Slack,
+    Discord): an operator hunt found ``…/services/T0001/B0002/WEBHOOKSECRET`` in the log."""
+    import httpx
+
+    log = logging.getLogger("httpx")
+    url = httpx.URL("http://hooks.example:8080/services/T1/B2/WEBHOOKSECRET?token=x")
+    with caplog.at_level(logging.INFO):
+        log.info('HTTP Request: %s %s "%s %d %s"', "POST", url, "HTTP/1.1", 200, "OK")
+        log.warning("retrying %s", url)
+    assert [r.getMessage() for r in caplog.records] == [
+        "retrying http://hooks.example:8080/services/T1/B2/WEBHOOKSECRET"  # (no query)
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        log.info('HTTP Request: %s %s "%s %d %s"', "POST", url, "HTTP/1.1", 200, "OK")
+    assert [r.getMessage() for r in caplog.records] == [
+        'HTTP Request: POST http://hooks.example:8080 "HTTP/1.1 200 OK"'
+    ]
