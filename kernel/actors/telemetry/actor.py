@@ -50,6 +50,7 @@ class Telemetry:
     ) -> None:
         self._inbox, self._config = inbox, config
         self.written = 0  # span and chain records handed to the exporter
+        self._lost = 0  # messages of spans a dying exporter's pipe refused
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the exporter until the daemon stops; one that dies (a crash, the OOM killer) is
@@ -71,6 +72,7 @@ class Telemetry:
                           "%.0f s, spans until then are dropped", process.returncode,
                           delay)  # fmt: skip
                 dropped, stopping = await _drop_for(self._inbox, delay)
+                dropped, self._lost = dropped + self._lost, 0
                 if dropped:
                     log.warning("%d message(s) of spans not exported while the OpenTelemetry "
                                 "exporter was down", dropped)  # fmt: skip
@@ -100,7 +102,7 @@ class Telemetry:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_relay_log, process.stdout)
                 async with process.stdin:
-                    ended = await self._forward_until_stuck(process.stdin)
+                    ended = await self._forward_until_stuck(process)
                     if ended is None:
                         process.kill()  # it takes nothing in: no flush to wait for either
                 await _stop(process)  # it flushes, logs its totals and exits: its log ends
@@ -112,11 +114,14 @@ class Telemetry:
                 await process.wait()
         return ended is not False
 
-    async def _forward_until_stuck(self, exporter: trio.abc.SendStream) -> bool | None:
+    async def _forward_until_stuck(self, process: trio.Process) -> bool | None:
         """:meth:`_forward`, bounded once the daemon stops (every sender closed its end): a
         write to an exporter that reads nothing (stopped, starved of CPU) held the stop for
         good. It gets ``FLUSH_SECONDS`` from then to take what is queued; None if it did not
-        (what was left is dropped, said in one line), else what :meth:`_forward` says."""
+        (what was left is dropped, said in one line), else what :meth:`_forward` says — False
+        as soon as the exporter exits (not at the next write, maybe minutes later)."""
+        assert process.stdin is not None
+        exited = False
         async with trio.open_nursery() as nursery:
             forwarding = trio.CancelScope()
 
@@ -126,11 +131,20 @@ class Telemetry:
                     await trio.sleep(STOP_POLL_SECONDS)
                 forwarding.deadline = trio.current_time() + FLUSH_SECONDS
 
+            async def watch_exit() -> None:
+                nonlocal exited
+                await process.wait()
+                exited = True
+                forwarding.cancel()
+
             nursery.start_soon(bound_at_stop)
+            nursery.start_soon(watch_exit)
             ended = False
             with forwarding:
-                ended = await self._forward(exporter)
+                ended = await self._forward(process.stdin)
             nursery.cancel_scope.cancel()
+        if exited and (ended is not True or forwarding.cancelled_caught):
+            return False  # it died: started again
         if not forwarding.cancelled_caught:
             return ended
         left = sum(1 for _ in _drained(self._inbox))
@@ -147,13 +161,14 @@ class Telemetry:
             # this task, for many chains (the exporter batches for seconds anyway).
             await trio.sleep(GATHER_SECONDS)
             batch += _waiting(self._inbox, MAILBOX_BATCH)
-            items = _items(batch)
+            items, messages = _items(batch), len(batch)
             del batch
             if not items:
                 continue
             try:
                 await exporter.send_all(frame(items))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._lost += messages  # counted with those of the wait for a new exporter
                 return False
             self.written += len(items)
         return True
