@@ -10,6 +10,7 @@ Standard library only, run as a script (not ``-m``), so it starts in millisecond
 
 from __future__ import annotations
 
+import contextlib
 import json
 import marshal
 import os
@@ -374,11 +375,16 @@ class FileWriter:
 
 
 def _serve(stream: BinaryIO) -> None:
+    """The trace-file writer process: write each framed file it is sent. A file it cannot write
+    (a full disk) is left unwritten — the database holds the trace, and Trace reads it there —
+    where the process died, its traceback raw in the daemon's log (not a line of its format)."""
     writer = FileWriter()
     while header := stream.read(_HEADER.size):
         kind, path_length, data_length = _HEADER.unpack(header)
         path = stream.read(path_length).decode()
-        writer.write(path, _contents(kind, stream.read(data_length)))
+        data = stream.read(data_length)
+        with contextlib.suppress(OSError):
+            writer.write(path, _contents(kind, data))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ The child runs ``core/trace_format.py`` as a script.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -37,15 +38,10 @@ class Archivist:
     def __init__(self, backlog: int = 64) -> None:
         self._queue, self._pending = trio.open_memory_channel[bytes](backlog)
         self._fallback = FileWriter()
+        self._restarted = False  # the child was started again once
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        started = await trio.lowlevel.open_process(
-            [sys.executable, "-I", trace_format.__file__],
-            stdin=subprocess.PIPE,
-            start_new_session=True,  # a terminal's Ctrl-C is for the daemon, who drains first
-        )
-        widen(started.stdin)  # a batch of commits' files is one write, not one per 64 KiB
-        process: trio.Process | None = started
+        process: trio.Process | None = await _start()
         task_status.started()
         try:
             async with self._pending:
@@ -73,7 +69,9 @@ class Archivist:
         self._queue.close()
 
     async def _feed(self, process: trio.Process | None, blob: bytes) -> trio.Process | None:
-        """One write to the child; if it has died, the files are written from a thread."""
+        """One write to the child; if it has died, another is started (once: should that one
+        die too, the files are written from a thread from then on — it was so at once, ~150-500
+        files a second, for the rest of the daemon's life)."""
         if process is not None and process.stdin is not None:
             try:
                 await process.stdin.send_all(blob)
@@ -81,6 +79,14 @@ class Archivist:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 with trio.CancelScope(shield=True):  # it ended: no zombie, no pipe left open
                     await _stop(process, grace=5)
+                if not self._restarted:
+                    self._restarted = True
+                    log.warning("the trace file writer exited (code %s): started again",
+                                process.returncode)  # fmt: skip
+                    with contextlib.suppress(OSError):
+                        return await self._feed(await _start(), blob)
+                log.warning("the trace file writer exited again (code %s): trace files are "
+                            "written from a thread", process.returncode)  # fmt: skip
         try:
             await trio.to_thread.run_sync(self._fallback.write_all, blob)
         except OSError as exc:  # a full disk: the trace is in the database, Trace reads it there
@@ -90,6 +96,16 @@ class Archivist:
 
 
 FEED_BATCH = 64  # commits' files joined into one write to the child
+
+
+async def _start() -> trio.Process:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-I", trace_format.__file__],
+        stdin=subprocess.PIPE,
+        start_new_session=True,  # a terminal's Ctrl-C is for the daemon, who drains first
+    )
+    widen(process.stdin)  # a batch of commits' files is one write, not one per 64 KiB
+    return process
 
 
 async def _stop(process: trio.Process, grace: float = 30.0) -> None:
