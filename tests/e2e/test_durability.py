@@ -216,6 +216,10 @@ def test_sigterm_with_a_chain_in_flight_exits_0_after_the_grace_period(make_daem
         started = time.monotonic()
         assert daemon.stop(signal.SIGTERM) == 0
         assert time.monotonic() - started < 10  # shutdown_grace is 0.5 s
+        # said, not left to the next start to find (an operator hunt)
+        assert "chains still running after the 0.5 s shutdown grace were cancelled" in (
+            daemon.stderr()
+        )
         daemon.start()
         [workflow] = status(daemon, reply.workflow_id)
         assert workflow.state == "failed"

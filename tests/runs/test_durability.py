@@ -292,6 +292,17 @@ def test_a_graceful_stop_starts_no_new_steps_and_the_next_start_goes_on(make_dae
     assert kinds(events).count("run_succeeded") == 1
 
 
+def test_a_stop_that_cuts_a_step_short_says_so(make_daemon):
+    """A step still running when the shutdown grace ran out was cancelled without a word (an
+    operator hunt): the next start leases it again, and the stop says it in one warning."""
+    daemon = make_daemon("[daemon]\nshutdown_grace = 0.5\n")
+    run_id = submit(daemon, dag({"id": "long", "type": "sleeper", "inputs": {"seconds": 30}}))
+    wait_for(daemon, run_id, lambda r: r.steps[0].status == "running", what="the step running")
+    assert daemon.stop() == 0
+    assert "leases them again" in daemon.stderr()
+    assert "steps still running after the 0.5 s shutdown grace were cancelled" in daemon.stderr()
+
+
 def test_a_mutator_backing_off_is_cancelled_at_once(make_daemon, tmp_path):
     """CancelRun gave a mutator waiting to retry the grace of a running one (a hunt): it runs
     nothing, yet the cancel waited the grace (or the backoff) out."""

@@ -172,6 +172,9 @@ class Engine:
             self._closing = True
             self._stop_notices_when_idle()
             nursery.cancel_scope.deadline = trio.current_time() + self._grace
+        if nursery.cancel_scope.cancelled_caught:  # (a stop said nothing of what it cut short)
+            log.warning("chains still running after the %g s shutdown grace were cancelled: the "
+                        "next start marks them failed", self._grace)  # fmt: skip
 
     async def _handle(self, message: EngineMessage) -> None:
         if isinstance(message, Emit):

@@ -230,6 +230,9 @@ class Scheduler:
             for wakeup in (*self._wakeups.values(), *self._backoffs.values()):
                 wakeup.set()
             nursery.cancel_scope.deadline = trio.current_time() + self._grace
+        if nursery.cancel_scope.cancelled_caught:  # (a stop said nothing of what it cut short)
+            log.warning("steps still running after the %g s shutdown grace were cancelled: the "
+                        "next start leases them again", self._grace)  # fmt: skip
 
     # --- SubmitRun ----------------------------------------------------------------------------
 
