@@ -327,7 +327,8 @@ def _bound(
     name: str, measure: Callable[[RunFacts, str | None], float | None], *, rounding: bool = False
 ) -> Check:
     """``name``: what ``measure`` records ≤ the limit; ``rounding``: up to float rounding (a
-    cost is a sum of floats), else exactly (7 tokens passed a limit of 6.9999999999)."""
+    cost is a sum of floats, a latency milliseconds of a float: 100.094 ms is
+    100.09400000000001), else exactly (7 tokens passed a limit of 6.9999999999)."""
 
     def check(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
         if not _is_number(value) or value < 0:
@@ -380,7 +381,7 @@ _BUILTINS: dict[str, tuple[frozenset[str], Check]] = {
     "is_json": (frozenset({STEP}), _is_json),
     "max_tokens": (BOTH, _bound("max_tokens", _tokens)),
     "max_cost": (BOTH, _bound("max_cost", _cost, rounding=True)),
-    "max_latency_ms": (BOTH, _bound("max_latency_ms", _latency)),
+    "max_latency_ms": (BOTH, _bound("max_latency_ms", _latency, rounding=True)),
     "steps_count": (frozenset({RUN}), _count("steps_count", lambda r, n: r == n, "expected")),
     "min_steps": (frozenset({RUN}), _count("min_steps", lambda r, n: r >= n, "at least")),
     "max_steps": (frozenset({RUN}), _count("max_steps", lambda r, n: r <= n, "at most")),

@@ -142,11 +142,6 @@ CONTROL_RATE = 200.0  # a second
 # each call whose deadline passes (200 at once cut off a client's other calls).
 RESET_BURST = 2_000
 RESET_RATE = 1_000.0
-# WINDOW_UPDATE frames: a client reading a large reply sends one for each part of its window it
-# has read, so far more than control frames (at 64 KiB windows, ~2,000 a second is 128 MB/s);
-# a flood of them (increment 1, tens of thousands a second) slowed every client to 1-9 s.
-WINDOW_BURST = 10_000
-WINDOW_RATE = 2_000.0
 
 
 def control_frames(events: Sequence[Any]) -> int:
@@ -175,17 +170,11 @@ def peer_resets(events: Sequence[Any]) -> int:
     return sum(1 for e in events if type(e) is h2.events.StreamReset and e.remote_reset)
 
 
-def window_updates(events: Sequence[Any]) -> int:
-    """How many WINDOW_UPDATE frames the peer sent among h2's ``events``."""
-    return sum(1 for e in events if type(e) is h2.events.WindowUpdated)
-
-
 # (state key, counter, burst, rate, what the warning names)
 _BUDGETS = (
     ("foundry_control", control_frames, CONTROL_BURST, CONTROL_RATE,
      "control frames (PING, SETTINGS, PRIORITY, unknown or empty frames)"),
     ("foundry_resets", peer_resets, RESET_BURST, RESET_RATE, "stream resets"),
-    ("foundry_windows", window_updates, WINDOW_BURST, WINDOW_RATE, "window updates"),
 )  # fmt: skip
 
 

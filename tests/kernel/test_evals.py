@@ -170,11 +170,14 @@ def test_a_run_key_sorting_after_steps_is_judged_before_the_steps():
     assert [a.name for a in judged.assertions] == ["steps_count", "contains"]
 
 
-def test_a_token_bound_is_exact_and_only_cost_allows_float_rounding():
-    """7 tokens passed ``max_tokens: 6.9999999999`` (the slack meant for a sum of costs)."""
+def test_a_token_bound_is_exact_and_cost_and_latency_allow_float_rounding():
+    """7 tokens passed ``max_tokens: 6.9999999999`` (the slack meant for a sum of costs); a
+    latency is milliseconds of a float (100.094 ms is 100.09400000000001): a review."""
     assert not only(judge(RUN, step("outline", max_tokens=29.9999999999))).passed  # 30 tokens
     passes(step("outline", max_tokens=30))
     passes(step("outline", max_cost=0.01 - 1e-12))  # float rounding of a cost
+    run = make_run(steps=(StepFacts("s", "succeeded", 1, 0, 0, 0.0, at(0), at(100.094)),))
+    passes(step("s", max_latency_ms=100.094), run)
 
 
 def test_equals_null_matches_a_step_without_output():

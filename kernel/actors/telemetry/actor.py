@@ -51,6 +51,7 @@ class Telemetry:
         self._inbox, self._config = inbox, config
         self.written = 0  # span and chain records handed to the exporter
         self._lost = 0  # messages of spans a dying exporter's pipe refused
+        self._holding = 0  # messages taken from the inbox and not yet written
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the exporter until the daemon stops; one that dies (a crash, the OOM killer) is
@@ -144,6 +145,8 @@ class Telemetry:
                 ended = await self._forward(process.stdin)
             nursery.cancel_scope.cancel()
         if exited and (ended is not True or forwarding.cancelled_caught):
+            self._lost += self._holding  # (taken, and gathering more, as it died)
+            self._holding = 0
             return False  # it died: started again
         if not forwarding.cancelled_caught:
             return ended
@@ -159,17 +162,21 @@ class Telemetry:
         while batch := await take_batch(self._inbox, MAILBOX_BATCH):
             # What comes in the next moment goes in the same frame: one write, one wake-up of
             # this task, for many chains (the exporter batches for seconds anyway).
+            self._holding = len(batch)
             await trio.sleep(GATHER_SECONDS)
             batch += _waiting(self._inbox, MAILBOX_BATCH)
-            items, messages = _items(batch), len(batch)
+            items, self._holding = _items(batch), len(batch)
             del batch
             if not items:
+                self._holding = 0
                 continue
             try:
                 await exporter.send_all(frame(items))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._lost += messages  # counted with those of the wait for a new exporter
+                self._lost += self._holding  # counted with those of the wait for a new exporter
+                self._holding = 0
                 return False
+            self._holding = 0
             self.written += len(items)
         return True
 
