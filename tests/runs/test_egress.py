@@ -185,14 +185,15 @@ def test_loopback_is_refused_by_default_before_anything_is_sent(denying, servers
     assert SECRET not in denying.stderr()
 
 
-def test_an_allowed_address_is_reached_and_logged_without_its_query(allowing, servers):
+def test_an_allowed_address_is_reached_and_its_url_not_logged(allowing, servers):
     near, _ = servers
     run = fetch(allowing, f"{near.url}/json?token={SECRET}")
     assert run.status == api.RunStatus.SUCCEEDED, value(run.steps[0].error)
     assert value(run.steps[0].output)["body"] == {"served": "/json"}
     assert f"/json?token={SECRET}" in near.seen()
     log = allowing.stderr()
-    assert f"GET {near.url}/json " in log  # httpx's request log, query stripped
+    # httpx's line per request is kept at debug level only (a webhook's token is in its path)
+    assert f"{near.url}/json" not in log
     assert SECRET not in log
 
 
