@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -181,7 +180,7 @@ def reported_fault(ctx: BlockContext) -> str:
     if type(written) is not list or (written and not all(type(p) is str for p in written)):
         return "ctx.artifacts_written must be a list of str paths"
     if written:  # a path of its own choosing had the daemon sign any file's digest as an artifact
-        folder, checked = os.fspath(ctx.artifact_dir), ctx.api_written
+        folder, checked = ctx.artifact_folder(), ctx.api_written
         for path in written:
             if not in_artifact_folder(folder, path) or (
                 path not in checked and not resolves_within(folder, path)
