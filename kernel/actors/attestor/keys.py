@@ -15,8 +15,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -70,9 +73,7 @@ def read_key_file(key: Path) -> bytes:
     held the start for good, with no word) owned by this user or root, owner-only (mode 0600 or
     narrower) — and, when it is a link, in a real folder that passes the folder's checks too
     (one to a 0600 file in a folder anyone may write passed)."""
-    fd = os.open(key, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as file:
-        status = os.fstat(file.fileno())
+    with _opened_without_waiting(key) as (file, status):
         if not stat.S_ISREG(status.st_mode):
             raise ConfigError(f"{key}: not a regular file; the signing key must be one")
         mode = stat.S_IMODE(status.st_mode)
@@ -159,11 +160,19 @@ def _refuse_another_key(pub_path: Path, raw: bytes, key_path: Path) -> None:
 
 def _regular_file_bytes(path: Path) -> bytes:
     """A regular file's bytes; OSError for anything else (a named pipe is not waited on)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+    with _opened_without_waiting(path) as (file, status):
+        if not stat.S_ISREG(status.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
         return file.read()
+
+
+@contextmanager
+def _opened_without_waiting(path: Path) -> Iterator[tuple[BinaryIO, os.stat_result]]:
+    """``path`` opened for reading, and what it is: opened non-blocking, so a named pipe in a
+    key's place is seen for what it is (by the caller) instead of waited on for a writer."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as file:
+        yield file, os.fstat(file.fileno())
 
 
 def _create(folder: Path) -> None:
