@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
+from datetime import datetime, timezone
 from functools import cache
 from typing import Any, get_args, get_type_hints
 
@@ -131,8 +132,24 @@ def _value(value: Any, shape: str, inner: Any) -> Any:
     if shape == "known":
         return value.to_dict()
     if shape == "wrapped":
+        if type(value) is datetime and value.tzinfo is not None:
+            return _timestamp_json(value)
         return inner.from_wrapped(value).to_dict()
     return value
+
+
+def _timestamp_json(moment: datetime) -> str:
+    """What betterproto2's Timestamp writes for ``moment`` (RFC 3339 in UTC, 0, 3 or 6 digits
+    of fraction), without making a Timestamp of it and a datetime again (~11 µs a field, two
+    of them an event of a Trace)."""
+    moment = moment.astimezone(timezone.utc)
+    whole = moment.replace(microsecond=0, tzinfo=None).isoformat()
+    micros = moment.microsecond
+    if not micros:
+        return f"{whole}Z"
+    if not micros % 1000:
+        return f"{whole}.{micros // 1000:03d}Z"
+    return f"{whole}.{micros:06d}Z"
 
 
 @cache

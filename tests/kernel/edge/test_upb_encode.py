@@ -7,7 +7,7 @@ what a handler's reply is."""
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import betterproto2
@@ -163,6 +163,25 @@ def test_a_timestamp_is_written_as_betterproto2_wraps_it(instant):
 
     wrapped = Timestamp.from_datetime(instant)
     assert upb_encode._seconds_and_nanos(instant) == (wrapped.seconds, wrapped.nanos)
+
+
+OFFSETS = st.timedeltas(min_value=-timedelta(hours=23, minutes=59),
+                       max_value=timedelta(hours=23, minutes=59)).map(timezone)  # fmt: skip
+# whole seconds and whole milliseconds are written with fewer digits: drawn as often as any µs
+MICROS = st.one_of(st.just(0), st.integers(0, 999).map(lambda ms: ms * 1000),
+                   st.integers(0, 999_999))  # fmt: skip
+
+
+@given(
+    instant=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),  # noqa: DTZ001
+                         timezones=st.one_of(st.just(UTC), OFFSETS)),  # fmt: skip
+    micros=MICROS,
+)
+def test_a_timestamp_is_written_as_json_as_betterproto2_writes_it(instant, micros):
+    from foundry.proto.generated.google.protobuf import Timestamp
+
+    instant = instant.replace(microsecond=micros)
+    assert jsonfast._timestamp_json(instant) == Timestamp.from_datetime(instant).to_dict()
 
 
 def test_a_naive_timestamp_is_refused_as_betterproto2_refuses_it():
