@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import shutil
 import time
@@ -37,10 +38,12 @@ CLOCK = """printf '{"ns": "%s"}' "$(date +%s%N)" """
 HOLD = """for i in $(seq 600); do [ -e "$FOUNDRY_INPUT_GATE" ] && break; sleep 0.05; done
 echo '{}'"""
 BROKEN = "echo 'cannot reach the tracker' >&2; exit 3"
+TURNED = "echo 'err \u202e txet desrever' >&2; exit 3"  # a right-to-left override in its error
 BLOCKS = "\n".join(
     f'[[blocks]]\nname = "{name}"\ntype = "shell"\nkind = "observer"\n'
     f'command = ["sh", "-c", {json.dumps(script)}]\ntimeout = 40\n'
-    for name, script in (("nap", NAP), ("clock", CLOCK), ("hold", HOLD), ("broken", BROKEN))
+    for name, script in (("nap", NAP), ("clock", CLOCK), ("hold", HOLD), ("broken", BROKEN),
+                         ("turned", TURNED))
 )
 # A command block in the greeting chain: its exit code and raw output show in the tree.
 BLOCKS += """
@@ -280,6 +283,21 @@ def test_hostile_labels_neither_turn_text_around_nor_widen_the_list(page, daemon
     assert "\u202e" not in row.inner_text()
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 1400, width  # the viewport's
+
+
+def test_the_timeline_tooltip_does_not_turn_an_error_around(page, daemon):
+    """Found by a dashboard hunt: the timeline's tooltip (the canvas' title) quoted a failed
+    attempt's error as recorded, a U+202E in it reversing the rest, the duration too."""
+    run_id = submit(daemon, [{"id": "turned", "type": "turned"}])
+    wait_status(daemon, run_id, "RUN_STATUS_FAILED")
+    open_page(page, daemon, f"#/runs/{run_id}")
+    expect(page.locator("#timeline")).to_have_attribute("data-attempts", "1")
+    canvas = page.locator("#timeline canvas")
+    canvas.hover(position={"x": 40, "y": 6})  # the first row: its one attempt
+    expect(canvas).to_have_attribute("title", re.compile(r"txet desrever"))
+    title = canvas.get_attribute("title") or ""
+    assert "\\u202e txet" in title  # shown as its escape
+    assert "\u202e" not in title
 
 
 def test_long_words_wrap_in_every_list_and_step_ids_fit_their_nodes(page, daemon):

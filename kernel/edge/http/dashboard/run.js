@@ -428,7 +428,7 @@ class RunView {
     const attempts = this.state.get(step.id).attempts;
     const a = attempts.find((x) => Date.parse(x.start) <= at && (!x.end || Date.parse(x.end) >= at)) || attempts[attempts.length - 1];
     const end = a.end ? Date.parse(a.end) : Date.now();
-    this.canvas.title = `${step.id} attempt ${a.attempt}: ${a.outcome || "running"}${a.error ? ` — ${a.error.message || ""}` : ""} (${duration(end - Date.parse(a.start))})`;
+    this.canvas.title = shown(`${step.id} attempt ${a.attempt}: ${a.outcome || "running"}${a.error ? ` — ${a.error.message || ""}` : ""} (${duration(end - Date.parse(a.start))})`);
   }
 
   // --- replay and drift ---------------------------------------------------------------------
