@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -42,8 +42,13 @@ TURNED = "echo 'err \u202e txet desrever' >&2; exit 3"  # a right-to-left overri
 BLOCKS = "\n".join(
     f'[[blocks]]\nname = "{name}"\ntype = "shell"\nkind = "observer"\n'
     f'command = ["sh", "-c", {json.dumps(script)}]\ntimeout = 40\n'
-    for name, script in (("nap", NAP), ("clock", CLOCK), ("hold", HOLD), ("broken", BROKEN),
-                         ("turned", TURNED))
+    for name, script in (
+        ("nap", NAP),
+        ("clock", CLOCK),
+        ("hold", HOLD),
+        ("broken", BROKEN),
+        ("turned", TURNED),
+    )
 )
 # A command block in the greeting chain: its exit code and raw output show in the tree.
 BLOCKS += """

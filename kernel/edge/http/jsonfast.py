@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any, get_args, get_type_hints
 
@@ -142,7 +142,7 @@ def _timestamp_json(moment: datetime) -> str:
     """What betterproto2's Timestamp writes for ``moment`` (RFC 3339 in UTC, 0, 3 or 6 digits
     of fraction), without making a Timestamp of it and a datetime again (~11 µs a field, two
     of them an event of a Trace)."""
-    moment = moment.astimezone(timezone.utc)
+    moment = moment.astimezone(UTC)
     whole = moment.replace(microsecond=0, tzinfo=None).isoformat()
     micros = moment.microsecond
     if not micros:

@@ -173,8 +173,11 @@ MICROS = st.one_of(st.just(0), st.integers(0, 999).map(lambda ms: ms * 1000),
 
 
 @given(
-    instant=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),  # noqa: DTZ001
-                         timezones=st.one_of(st.just(UTC), OFFSETS)),  # fmt: skip
+    instant=st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),  # noqa: DTZ001
+        timezones=st.one_of(st.just(UTC), OFFSETS),
+    ),  # fmt: skip
     micros=MICROS,
 )
 def test_a_timestamp_is_written_as_json_as_betterproto2_writes_it(instant, micros):
