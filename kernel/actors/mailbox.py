@@ -21,12 +21,34 @@ class Slot(Protocol):
     def put(self, item: Any) -> None: ...
 
 
-class _Slot:
+class Abandonable:
+    """A slot whose asker may say it stopped waiting (:meth:`give_up`, when its call is
+    cancelled), for an actor doing work for that asker alone (:meth:`Reply.wait_asker_gone`).
+    The event is made only when either side needs it: most answers come before anyone asks."""
+
+    __slots__ = ("_gone",)
+
+    def __init__(self) -> None:
+        self._gone: trio.Event | None = None
+
+    def give_up(self) -> None:
+        if self._gone is None:
+            self._gone = trio.Event()
+        self._gone.set()
+
+    async def wait_gone(self) -> None:
+        if self._gone is None:
+            self._gone = trio.Event()
+        await self._gone.wait()
+
+
+class _Slot(Abandonable):
     """One answer and the event that announces it (cheaper than a memory channel per request)."""
 
     __slots__ = ("event", "value")
 
     def __init__(self) -> None:
+        self._gone = None  # (Abandonable's, without a call: one per ask)
         self.event = trio.Event()
         self.value: Any = _EMPTY
 
@@ -71,6 +93,15 @@ class Reply(Generic[T]):
     def fail(self, error: BaseException) -> None:
         self._put(_Failure(error))
 
+    async def wait_asker_gone(self) -> None:
+        """Return once the asker stopped waiting for the answer (its call was cancelled: a
+        client's deadline, a dropped connection); never, for an answer no task waits on. For
+        work done for one asker alone, which it may then stop."""
+        if isinstance(self.slot, Abandonable):
+            await self.slot.wait_gone()
+        else:
+            await trio.sleep_forever()
+
     def abandon(self) -> None:
         """The actor stops without answering: the asker gets Unavailable."""
         self._put(_Failure(Unavailable("the daemon stopped before answering")))
@@ -107,6 +138,10 @@ class Pending(Generic[T]):
         result: T = value
         return result
 
+    def give_up(self) -> None:
+        """Nobody will wait for the answer any more (:meth:`Reply.wait_asker_gone`)."""
+        self._slot.give_up()
+
 
 def reply_pair() -> tuple[Reply[Any], Pending[Any]]:
     slot = _Slot()
@@ -126,7 +161,11 @@ async def post(mailbox: trio.MemorySendChannel[M], build: Callable[[Reply[T]], M
 async def ask(mailbox: trio.MemorySendChannel[M], build: Callable[[Reply[T]], M]) -> T:
     """Send a request and wait for its answer (an error answer is raised here)."""
     pending: Pending[T] = await post(mailbox, build)
-    return await pending.wait()
+    try:
+        return await pending.wait()
+    except trio.Cancelled:
+        pending.give_up()  # (the actor may stop work done for this answer alone)
+        raise
 
 
 async def take_batch(channel: trio.MemoryReceiveChannel[M], limit: int) -> list[M]:

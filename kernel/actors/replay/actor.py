@@ -10,7 +10,9 @@ live, MOCKED when every result came from the recording. A replay writes nothing 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,9 @@ from foundry.kernel.core.runs import RunEventRecord, RunState, RunSubmission, St
 from foundry.kernel.core.throttle import Action
 from foundry.kernel.errors import FailedPrecondition, NotFound
 
+log = logging.getLogger("foundry.replay")
+SCRATCH = "replays"  # under the home: each replay's artifact folders, while it runs
+
 
 class Replayer:
     def __init__(
@@ -41,23 +46,40 @@ class Replayer:
         *,
         home: Path,
         tolerance: Tolerance,
+        shutdown_grace: float = 10.0,
     ) -> None:
         self._registry, self._inbox, self._store = registry, inbox, store
-        self._home, self._tolerance = home, tolerance
+        self._home, self._tolerance, self._grace = home, tolerance, shutdown_grace
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # What earlier replays left (a daemon killed during one): no replay is in progress.
+        await in_thread(shutil.rmtree, self._home / SCRATCH, True)
         async with self._inbox, self._store, trio.open_nursery() as nursery:
             task_status.started()
             async for message in self._inbox:
                 nursery.start_soon(self._answer, message)
+            # Replays in flight get the grace period, as the scheduler's steps do (one whose
+            # steps take minutes held the daemon's stop for as long).
+            nursery.cancel_scope.deadline = trio.current_time() + self._grace
+        if nursery.cancel_scope.cancelled_caught:
+            log.warning("replays still running after the %g s shutdown grace were cancelled",
+                        self._grace)  # fmt: skip
 
     async def _answer(self, message: Replay) -> None:
-        try:
-            result = await self._replay(message.run_id, message.mode)
-        except Exception as exc:
-            message.reply.fail(exc)
-        else:
-            message.reply.send(result)
+        """Replay for the asker, until it stops waiting (a client's deadline: each retry of a
+        call that timed out re-executed every step again, all of them running at once)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_when_gone, message, nursery.cancel_scope)
+            try:
+                result = await self._replay(message.run_id, message.mode)
+            except trio.Cancelled:
+                message.reply.abandon()  # (the daemon stops: the asker, if any, is told)
+                raise
+            except Exception as exc:
+                message.reply.fail(exc)
+            else:
+                message.reply.send(result)
+            nursery.cancel_scope.cancel()
 
     async def _replay(self, run_id: str, mode: str) -> ReplayResult:
         found: StoredRun | None = await ask(self._store, lambda r: LoadRun(run_id, r))
@@ -67,16 +89,20 @@ class Replayer:
         run = await in_thread(_rebuilt, submission, events)  # a long run: ~20 µs a step
         if not run.terminal:
             raise FailedPrecondition(f"run {run_id} is {run.status.lower()}; replay a finished run")
-        scratch = self._home / "replays" / f"{run_id}-{secrets.token_hex(4)}"
+        scratch = self._home / SCRATCH / f"{run_id}-{secrets.token_hex(4)}"
         replayed = []
-        for step in run.steps.values():
-            if step.inputs is not None:
-                replayed.append(
-                    await self._step(run, step, live=mode != "step_only", scratch=scratch)
-                )
-                # A plain function's step never yields: without this, a replay held the
-                # daemon's loop for all its steps in one go.
-                await trio.lowlevel.checkpoint()
+        try:
+            for step in run.steps.values():
+                if step.inputs is not None:
+                    replayed.append(
+                        await self._step(run, step, live=mode != "step_only", scratch=scratch)
+                    )
+                    # A plain function's step never yields: without this, a replay held the
+                    # daemon's loop for all its steps in one go.
+                    await trio.lowlevel.checkpoint()
+        finally:  # what the steps wrote is theirs to compare, not to keep (a folder a replay)
+            with trio.CancelScope(shield=True):
+                await in_thread(shutil.rmtree, scratch, True)
         return ReplayResult(
             run_id=run_id,
             all_within_tolerance=all(r.drift.within_tolerance for r in replayed),
@@ -92,8 +118,10 @@ class Replayer:
         current, usage = recorded, dict(step.usage)
         # A mutator is never run again, nor a branch's reused step: it did not run in this run
         # (its recorded output stands, as a mutator's does).
+        # Nor a cancelled step: it has no result to compare (it was stopped, not ended), and
+        # run again it ran to its timeout, then drifted by "cancelled" alone.
         runs_live = (live and block is not None and block.kind is not BlockKind.MUTATOR
-                     and step.status != "reused")  # fmt: skip
+                     and step.status not in ("reused", "canceled"))  # fmt: skip
         if runs_live and block is not None:
             ctx = BlockContext(
                 payload=dict(step.inputs or {}), artifact_dir=scratch / step.spec.id,
@@ -114,6 +142,11 @@ class Replayer:
         found = await in_thread(drift, recorded, current, step.usage, usage, self._tolerance)
         return ReplayedStep(step_id=step.spec.id, snapshot=_snapshot(step), drift=found,
                             live=runs_live)  # fmt: skip
+
+
+async def _cancel_when_gone(message: Replay, scope: trio.CancelScope) -> None:
+    await message.reply.wait_asker_gone()
+    scope.cancel()
 
 
 def _rebuilt(submission: RunSubmission, events: list[RunEventRecord]) -> RunState:

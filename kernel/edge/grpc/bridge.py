@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 import sniffio
 import trio
 import trio_asyncio
-from foundry.kernel.actors.mailbox import Reply, unwrap
+from foundry.kernel.actors.mailbox import Abandonable, Reply, unwrap
 from foundry.kernel.actors.tap.messages import Overflow
 from foundry.kernel.errors import Unavailable
 
@@ -51,7 +51,7 @@ async def let_others_run() -> None:
         await trio_asyncio.trio_as_aio(trio.lowlevel.checkpoint)()
 
 
-class FutureSlot:
+class FutureSlot(Abandonable):
     """An answer for an asker on the asyncio side (a gRPC handler): resolves its future.
 
     Actors and handlers share one thread under trio-asyncio, so setting the future is safe.
@@ -60,6 +60,7 @@ class FutureSlot:
     __slots__ = ("future",)
 
     def __init__(self, future: asyncio.Future[Any]) -> None:
+        self._gone = None  # (Abandonable's, without a call: one per ask)
         self.future = future
 
     def put(self, item: Any) -> None:
@@ -67,12 +68,13 @@ class FutureSlot:
             self.future.set_result(item)
 
 
-class TrioSlot:
+class TrioSlot(Abandonable):
     """An answer for an asker in a trio task (an HTTP handler): sets its event."""
 
     __slots__ = ("event", "value")
 
     def __init__(self) -> None:
+        self._gone = None  # (Abandonable's, without a call: one per ask)
         self.event = trio.Event()
         self.value: Any = _EMPTY
 
@@ -88,7 +90,8 @@ async def ask_actor(mailbox: trio.MemorySendChannel[M], build: Callable[[Reply[T
     if on_trio():
         return await _ask_from_trio(mailbox, build)
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    message = build(Reply(FutureSlot(future)))
+    slot = FutureSlot(future)
+    message = build(Reply(slot))
     try:
         try:
             mailbox.send_nowait(message)
@@ -96,7 +99,12 @@ async def ask_actor(mailbox: trio.MemorySendChannel[M], build: Callable[[Reply[T
             await trio_asyncio.trio_as_aio(mailbox.send)(message)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         raise Unavailable("the daemon is shutting down") from None
-    result: T = unwrap(await future)
+    try:
+        answer = await future
+    except asyncio.CancelledError:  # the call's deadline, its client gone, the stop's grace
+        slot.give_up()
+        raise
+    result: T = unwrap(answer)
     return result
 
 
@@ -110,7 +118,11 @@ async def _ask_from_trio(mailbox: trio.MemorySendChannel[M], build: Callable[[Re
             await mailbox.send(message)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         raise Unavailable("the daemon is shutting down") from None
-    await slot.event.wait()
+    try:
+        await slot.event.wait()
+    except trio.Cancelled:
+        slot.give_up()
+        raise
     result: T = unwrap(slot.value)
     return result
 

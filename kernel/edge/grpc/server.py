@@ -258,6 +258,12 @@ def served_by(
     return mapping
 
 
+STOPPED_BEFORE_ANSWERING = (
+    "the daemon stopped before answering: the call ran past its shutdown grace; call again "
+    "once it is back"
+)
+
+
 def _guard(
     func: Callable[[Any], Awaitable[None]], calls: Calls, unary_request: bool
 ) -> Callable[[Any], Awaitable[None]]:
@@ -267,6 +273,12 @@ def _guard(
             stream.recv_message = _one_request(stream.recv_message)
         try:
             await func(stream)
+        except asyncio.CancelledError:
+            if calls.accepting:  # its client went (a deadline, a reset): nobody to tell
+                raise
+            # The stop's grace ended before it did (``GrpcServer.close``): said in its
+            # trailers, as a stream cut by the stop is, not a connection lost without a word.
+            raise GRPCError(Status.UNAVAILABLE, STOPPED_BEFORE_ANSWERING) from None
         except GRPCError as exc:
             raise GRPCError(exc.status, bounded_message(exc.message), exc.details) from None
         except Exception as exc:
