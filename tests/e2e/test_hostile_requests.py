@@ -487,6 +487,37 @@ def test_a_gzip_or_deflate_request_is_inflated_on_the_grpc_port(daemon, grpcio_c
     assert_serving(daemon)
 
 
+# A gzip body of 60,000 members (1.2 MB) inflating to a valid message: "{}" and spaces.
+MANY_MEMBERS = gzip.compress(b"{}") + gzip.compress(b" ") * 59_999
+
+
+def test_a_gzip_body_of_many_members_is_refused_on_every_http_protocol(daemon):
+    """Found by an edge hunt: connectrpc copied the rest of the body after each gzip member, so
+    a body of many tiny ones held the daemon's only thread for seconds (minutes at 4 MiB; both
+    ports and SIGTERM waited). They are refused, a client writes one."""
+    said = "more than 16 members"
+    unary = httpx.post(url(daemon, FOUNDRY + "Status"), content=MANY_MEMBERS, timeout=60,
+                       headers={"content-type": "application/json",
+                                "content-encoding": "gzip"})  # fmt: skip
+    assert unary.status_code == 400, unary.text
+    assert unary.json()["code"] == "invalid_argument"
+    assert said in unary.json()["message"]
+    enveloped = b"\x01" + len(MANY_MEMBERS).to_bytes(4, "big") + MANY_MEMBERS
+    tap = httpx.post(url(daemon, RUNTIME + "TapRun"), content=enveloped, timeout=60,
+                     headers={"content-type": "application/connect+json",
+                              "connect-content-encoding": "gzip"})  # fmt: skip
+    error = json.loads(envelopes(tap.content)[-1][1])["error"]
+    assert error["code"] == "invalid_argument", error
+    assert said in error["message"]
+    web = httpx.post(url(daemon, FOUNDRY + "Status"), content=enveloped, timeout=60,
+                     headers={"content-type": "application/grpc-web+json",
+                              "grpc-encoding": "gzip", "x-grpc-web": "1"})  # fmt: skip
+    frames = envelopes(web.content) if "grpc-status" not in web.headers else []
+    trailers = web.headers.get("grpc-status") or frames[-1][1].decode()
+    assert "grpc-status: 3" in trailers or trailers == "3", (web.headers, web.content[:300])
+    assert_serving(daemon)
+
+
 COMPRESSED_EMPTY = b"\x01\x00\x00\x00\x00"  # an envelope flagged compressed, no encoding named
 
 
@@ -516,6 +547,12 @@ def test_a_message_flagged_compressed_without_an_encoding_is_unimplemented_every
                      headers={"content-type": "application/connect+proto",
                               "grpc-encoding": "gzip"})  # fmt: skip
     assert json.loads(envelopes(tap.content)[0][1])["error"]["code"] == "unimplemented"
+    # a codec the daemon has not is 415 whatever the first byte says (found by an edge hunt:
+    # the compressed flag was answered first)
+    for kind in ("application/connect+xml", "application/grpc-web+thrift"):
+        odd = httpx.post(url(daemon, "/foundry.Foundry/Status"), content=COMPRESSED_EMPTY,
+                         headers={"content-type": kind})  # fmt: skip
+        assert odd.status_code == 415, (kind, odd.status_code, odd.text)
     # gRPC-Web-text's body is base64 ("AAAA…"): its first byte is no envelope's flags
     text = httpx.post(url(daemon, "/foundry.Foundry/Status"), content=b"AAAAAAA=",
                       headers={"content-type": "application/grpc-web-text"})  # fmt: skip

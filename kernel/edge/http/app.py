@@ -27,6 +27,7 @@ from connectrpc.server import ConnectASGIApplication
 from foundry.kernel.edge.http import dashboard
 from foundry.kernel.edge.http.codecs import BinaryCodec, JsonCodec
 from foundry.kernel.edge.http.cors import OriginPolicy
+from foundry.kernel.edge.http.gzip_body import BoundedGzip
 from foundry.kernel.edge.http.internals import pick_loop_by_sniffio
 from foundry.kernel.edge.http.routes import endpoints, paths_by_service
 from foundry.kernel.edge.http.unary import UnaryFastPath
@@ -81,6 +82,7 @@ class HttpApp:
             endpoints=lambda _: connect_routes,
             read_max_bytes=max_message_bytes,
             codecs=[binary, json_codec],
+            compressions=[BoundedGzip()],  # (and identity, always)
         )
         codecs: dict[str, JsonCodec | BinaryCodec] = {"proto": binary, "json": json_codec}
         self._fast = UnaryFastPath(routes.unary, codecs, max_message_bytes)
@@ -170,7 +172,7 @@ class HttpApp:
         send: Send,
         trailers: bool,
     ) -> None:
-        if _is_enveloped(headers) and not _declared_encoding(headers):
+        if _is_enveloped(headers) and not _declared_encoding(headers) and _known_codec(headers):
             receive, first = await _peek(receive)
             if first & COMPRESSED:
                 # connectrpc answered INTERNAL; the gRPC port answers this (grpclib) UNIMPLEMENTED
@@ -320,7 +322,7 @@ def _with_length(send: Send) -> Send:
 
 
 COMPRESSED = 0x01  # an envelope's flag: its message is compressed
-GRPC_ENCODINGS = ("identity", "gzip")  # connectrpc's (its default compressions)
+GRPC_ENCODINGS = ("identity", "gzip")  # those connectrpc is given
 ENVELOPE_HEADER = 5  # bytes before an envelope's message: its flags, its length (big-endian)
 END_STREAM = 0x02  # a Connect stream's last envelope: its end (and error)
 
@@ -332,6 +334,14 @@ def _is_enveloped(headers: Mapping[str, str]) -> bool:
     return kind.startswith(("application/connect+", "application/grpc")) and (
         not kind.startswith("application/grpc-web-text")
     )
+
+
+def _known_codec(headers: Mapping[str, str]) -> bool:
+    """The media type names a codec the daemon has (``+proto``, ``+json``, or none: proto);
+    another is connectrpc's to answer 415, whatever its body's first byte says."""
+    kind = headers.get("content-type", "").partition(";")[0].strip()
+    _, plus, codec = kind.partition("+")
+    return not plus or codec in ("proto", "json")
 
 
 def _declared_encoding(headers: Mapping[str, str]) -> bool:
