@@ -234,9 +234,15 @@ def test_a_segment_of_another_format_version_refuses_to_open(tmp_path):
         reopen(tmp_path)
 
 
-def test_a_segment_created_but_never_written_is_started_again(tmp_path):
+@pytest.mark.parametrize(
+    "left", [b"FJ", bytes(65_544)], ids=["killed writing its header", "zeros: a power loss"]
+)
+def test_a_segment_created_but_never_written_is_started_again(tmp_path, left):
+    """Its header is synced before any append: what has no header holds no record. A power
+    loss may leave the size a new segment was given and none of its bytes (XFS, ext4's
+    data=writeback): all zeros refused the start as "not a Foundry journal segment"."""
     write(tmp_path, 2)
-    (tmp_path / f"{3:020d}.journal").write_bytes(b"FJ")  # killed while writing its header
+    (tmp_path / f"{3:020d}.journal").write_bytes(left)
     journal, recovered = reopen(tmp_path)
     assert [r.seq for r in recovered] == [1, 2]
     assert journal.append(encode(rows(3))) == 3

@@ -229,7 +229,8 @@ class Journal:
         where they end (None: the last segment was created but its header never written). A
         torn tail of the last segment is truncated."""
         data = _read_segment(path)
-        if len(data) < SEGMENT_HEADER.size and last:
+        # (all zeros: a power loss kept the size it was given, not its header — synced first)
+        if last and (len(data) < SEGMENT_HEADER.size or not data[0] and data.count(0) == len(data)):
             log.warning("journal: %s was created but never written; starting it again", path)
             return None
         magic, version, _ = SEGMENT_HEADER.unpack_from(data) if len(data) >= 8 else (b"", 0, 0)
