@@ -53,6 +53,7 @@ from foundry.kernel.errors import ConfigError, FoundryError, InvalidArgument
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
 from grpclib import GRPCError
+from grpclib.const import Status
 
 TERMINAL = {api.RunStatus.SUCCEEDED, api.RunStatus.FAILED, api.RunStatus.CANCELED}
 MAX_KEY_LENGTH = 256  # the daemon's limit on an idempotency key
@@ -480,8 +481,7 @@ def _dump(message: betterproto2.Message) -> Any:
 async def cmd_sync(args: argparse.Namespace, stubs: Any) -> int:
     _, runtime = stubs
     pack: Pack = args.pack_def
-    reply = await runtime.sync_eval_pack(pack.request())
-    ids = list(reply.scenario_ids)
+    ids = await _synced(runtime, pack, args.pack_file)
     if args.json:
         slugs = [s.slug for s in pack.scenarios]
         print(json.dumps({"pack": pack.name, "scenario_ids": ids,
@@ -491,6 +491,19 @@ async def cmd_sync(args: argparse.Namespace, stubs: Any) -> int:
         slug = pack.scenarios[i].slug if i < len(pack.scenarios) else ""
         print(f"{scenario_id}  {pack.name}/{slug}".rstrip("/ "))
     return 0
+
+
+async def _synced(runtime: Any, pack: Pack, source: str) -> list[str]:
+    """The pack synced: its scenario ids. What the daemon finds wrong in it (an ``expected``
+    with an assertion type none of its plugins has, a step type it lacks) is a bad file: exit
+    2, as the checks made here before sending it."""
+    try:
+        reply = await runtime.sync_eval_pack(pack.request())
+    except GRPCError as exc:
+        if exc.status is not Status.INVALID_ARGUMENT:
+            raise
+        raise ConfigError(f"{source}: {exc.message}") from None
+    return list(reply.scenario_ids)
 
 
 async def list_scenarios(runtime: Any, pack: str = "") -> list[api.EvalScenario]:
@@ -598,7 +611,7 @@ class _Run:
 async def cmd_run(args: argparse.Namespace, stubs: Any) -> int:
     _, runtime = stubs
     pack: Pack = args.pack_def
-    await runtime.sync_eval_pack(pack.request())
+    await _synced(runtime, pack, args.pack_file)
     runs: list[_Run] = []
     for scenario in pack.scenarios:
         for i in range(args.repeat):

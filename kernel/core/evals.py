@@ -193,17 +193,14 @@ def _check(
 ) -> AssertionResult:
     scope = RUN if step_id is None else STEP
     where = "" if step_id is None else f"steps.{step_id}."
+    problem = _placement_problem(key, value, step_id, extras)
+    if problem:
+        shown = _clip(value) if key == "regex" and isinstance(value, str) else value
+        return _error(key, shown, step_id, problem)
     builtin = builtins.get(key)
     if builtin is not None:
-        scopes, check = builtin
-        if scope not in scopes:
-            return _error(key, value, step_id, f"{where}{key}: not a {scope}-level assertion")
-        return check(value, run, step_id)
-    extra = extras.get(key)
-    if extra is None or key in _RESERVED:
-        return _error(key, value, step_id, f"{where}{key}: unknown assertion type {key!r}")
-    if scope not in getattr(extra, "scopes", BOTH):
-        return _error(key, value, step_id, f"{where}{key}: not a {scope}-level assertion")
+        return builtin[1](value, run, step_id)
+    extra = extras[key]
     try:
         result = extra.check(value, run, step_id)
     except BaseException as exc:  # noqa: BLE001 - an extension's bug (a BaseException of its
@@ -215,6 +212,54 @@ def _check(
     if problem:
         return _error(key, value, step_id, f"{where}{key}: check returned {problem}")
     return result
+
+
+def expected_problems(expected: Any, extras: Mapping[str, AssertionType]) -> list[str]:
+    """What is wrong with ``expected`` whatever run it judges, as :func:`judge` says it: an
+    unknown assertion type, one at the wrong level, a built-in's value of the wrong shape.
+    (Checked when a pack is synced: a typo was found only after a whole run.) Step ids are not
+    checked: the run judged need not come from the scenario's run_spec."""
+    if not isinstance(expected, Mapping):
+        return [f"expected must be a JSON object, got {_kind(expected)}"]
+    problems = [
+        _placement_problem(key, expected[key], None, extras)
+        for key in sorted(k for k in expected if k != "steps")
+    ]
+    steps = expected.get("steps", {})
+    if not isinstance(steps, Mapping):
+        problems.append(f"steps must be an object, got {_kind(steps)}")
+        steps = {}
+    for step_id in sorted(steps):
+        checks = steps[step_id]
+        if not isinstance(checks, Mapping):
+            problems.append(f"steps.{step_id} must be an object, got {_kind(checks)}")
+            continue
+        problems.extend(_placement_problem(k, checks[k], step_id, extras) for k in sorted(checks))
+    return [problem for problem in problems if problem]
+
+
+def _placement_problem(
+    key: str, value: Any, step_id: str | None, extras: Mapping[str, AssertionType]
+) -> str:
+    """Why ``key: value`` cannot be judged at its level ("" when it can)."""
+    scope = RUN if step_id is None else STEP
+    where = "" if step_id is None else f"steps.{step_id}."
+    shape = _SHAPES.get(key)
+    if shape is not None:
+        if scope not in _BUILTINS[key][0]:
+            return f"{where}{key}: not a {scope}-level assertion"
+        wanted, fits = shape
+        if not fits(value):
+            return _bad(key, step_id, wanted, value)
+        if key == "regex" and len(value) > MAX_PATTERN_LENGTH:
+            return f"steps.{step_id}.regex: pattern longer than {MAX_PATTERN_LENGTH} characters"
+        return ""
+    extra = extras.get(key)
+    if extra is None or key in _RESERVED:
+        return f"{where}{key}: unknown assertion type {key!r}"
+    if scope not in getattr(extra, "scopes", BOTH):
+        return f"{where}{key}: not a {scope}-level assertion"
+    return ""
 
 
 def _malformed(result: AssertionResult) -> str:
@@ -259,8 +304,6 @@ Check = Callable[[Any, RunFacts, str | None], AssertionResult]
 
 def _status(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
     recorded = run.status if step_id is None else _step(run, step_id).status
-    if not isinstance(value, str):
-        return _error("status", value, step_id, _bad("status", step_id, "a string", value))
     ok = _norm_status(recorded) == _norm_status(value)
     return _result("status", ok, recorded, value, step_id, f"status is {recorded!r}")
 
@@ -272,16 +315,12 @@ def _equals(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
 
 
 def _subset(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
-    if not isinstance(value, Mapping):
-        return _error("subset", value, step_id, _bad("subset", step_id, "an object", value))
     output = _step(run, step_id).output
     diff = _json_diff(value, output, "$", subset=True)
     return _result("subset", diff is None, output, value, step_id, diff or "output contains it")
 
 
 def _contains(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
-    if not isinstance(value, str):
-        return _error("contains", value, step_id, _bad("contains", step_id, "a string", value))
     text = output_text(_step(run, step_id).output)
     found = value in text
     msg = "text contains it" if found else f"text does not contain {value!r}"
@@ -294,11 +333,6 @@ def _no_search(pattern: str, text: str) -> str | None:
 
 def _regex_with(search: Search) -> Check:
     def regex(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
-        if not isinstance(value, str):
-            return _error("regex", value, step_id, _bad("regex", step_id, "a string", value))
-        if len(value) > MAX_PATTERN_LENGTH:
-            msg = f"steps.{step_id}.regex: pattern longer than {MAX_PATTERN_LENGTH} characters"
-            return _error("regex", _clip(value), step_id, msg)
         text = output_text(_step(run, step_id).output)
         try:
             match = search(value, text)
@@ -312,8 +346,6 @@ def _regex_with(search: Search) -> Check:
 
 
 def _is_json(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
-    if not isinstance(value, bool):
-        return _error("is_json", value, step_id, _bad("is_json", step_id, "true or false", value))
     text = output_text(_step(run, step_id).output)
     try:
         json.loads(text, parse_constant=_refuse_constant)
@@ -331,8 +363,6 @@ def _bound(
     100.09400000000001), else exactly (7 tokens passed a limit of 6.9999999999)."""
 
     def check(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
-        if not _is_number(value) or value < 0:
-            return _error(name, value, step_id, _bad(name, step_id, "a number >= 0", value))
         recorded = measure(run, step_id)
         if recorded is None:
             where = "the run" if step_id is None else f"step {step_id!r}"
@@ -346,8 +376,6 @@ def _bound(
 
 def _count(name: str, holds: Callable[[int, int], bool], relation: str) -> Check:
     def check(value: Any, run: RunFacts, step_id: str | None) -> AssertionResult:
-        if not _is_number(value) or value < 0 or not float(value).is_integer():
-            return _error(name, value, step_id, _bad(name, None, "a whole number >= 0", value))
         recorded = steps_taken(run)
         ok = holds(recorded, int(value))
         return _result(name, ok, recorded, value, None, f"{recorded} steps ({relation} {value})")
@@ -387,6 +415,35 @@ _BUILTINS: dict[str, tuple[frozenset[str], Check]] = {
     "max_steps": (frozenset({RUN}), _count("max_steps", lambda r, n: r <= n, "at most")),
 }
 _RESERVED = frozenset({*_BUILTINS, "steps"})
+
+
+def _string(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _at_least_0(value: Any) -> bool:
+    return _is_number(value) and value >= 0
+
+
+def _whole_at_least_0(value: Any) -> bool:
+    return _at_least_0(value) and float(value).is_integer()
+
+
+# What each built-in's value must be, checked before it judges (and when a pack is synced).
+_SHAPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "status": ("a string", _string),
+    "equals": ("any JSON value", lambda _: True),
+    "subset": ("an object", lambda value: isinstance(value, Mapping)),
+    "contains": ("a string", _string),
+    "regex": ("a string", _string),
+    "is_json": ("true or false", lambda value: isinstance(value, bool)),
+    "max_tokens": ("a number >= 0", _at_least_0),
+    "max_cost": ("a number >= 0", _at_least_0),
+    "max_latency_ms": ("a number >= 0", _at_least_0),
+    "steps_count": ("a whole number >= 0", _whole_at_least_0),
+    "min_steps": ("a whole number >= 0", _whole_at_least_0),
+    "max_steps": ("a whole number >= 0", _whole_at_least_0),
+}
 BUILTIN_ASSERTIONS = frozenset(_BUILTINS)
 
 

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from foundry.kernel.core.dag import EnvAllowance, check_dag_env, parse_dag
+from foundry.kernel.core.evals import AssertionType, expected_problems
 from foundry.kernel.core.failures import text_of
 from foundry.kernel.core.gate_policy import (
     BudgetSummary,
@@ -303,10 +304,12 @@ def parse_pack(
     scenarios: Sequence[ScenarioInput],
     known_types: Collection[str],
     env_allowance: EnvAllowance,
+    assertion_types: Mapping[str, AssertionType] | None = None,
 ) -> None:
     """Validate a whole pack before anything is stored: the pack name, each slug (non-empty,
     unique), title and description lengths, each run_spec (:func:`parse_run_spec`) and each
-    ``expected`` (an object with at least one key). Errors name the scenario and the field."""
+    ``expected`` (an object of assertions judging can use: :func:`evals.expected_problems`,
+    with the plugins' ``assertion_types``). Errors name the scenario and the field."""
     check_name(pack, "pack")
     if not scenarios:
         raise InvalidArgument("scenarios: a pack needs at least one scenario")
@@ -326,6 +329,9 @@ def parse_pack(
         if not isinstance(expected, Mapping) or not expected:
             raise InvalidArgument(f"{where}: expected: an object with at least one assertion")
         check_json_value(dict(expected), f"{where}: expected", depth=STRUCT_DEPTH)
+        if problems := expected_problems(expected, assertion_types or {}):
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise InvalidArgument(f"{where}: expected: {problems[0]}{more}")
         check_json_value(  # its inputs one level down: as deep as SubmitRun takes them
             dict(scenario.run_spec or {}), f"{where}: run_spec", depth=STRUCT_DEPTH + 1
         )

@@ -203,6 +203,17 @@ def test_errors_are_one_line(daemon, tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
     assert "scenario a: expected" in done.stderr
+    # refused by the daemon (it knows its plugins' assertion types): a bad file all the same
+    pack = tmp_path / "typo.json"
+    pack.write_text(json.dumps({"pack": "p", "scenarios": [{
+        "slug": "a", "run_spec": {"dag": {"steps": [{"id": "t", "type": "transform"}]}},
+        "expected": {"stauts": "succeeded"}}]}))  # fmt: skip
+    for command in ("sync", "run"):
+        extra = ("--commit", "c") if command == "run" else ()
+        done = run(daemon, "eval", command, str(pack), *extra)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1
+        assert f"{pack}: scenario 'a': expected: stauts: unknown assertion type" in done.stderr
 
     done = run(daemon, "eval", "record", "no-such-pack", "x", "run_missing", "--commit", "c")
     assert done.returncode == 1

@@ -143,6 +143,42 @@ def test_parse_pack_names_the_scenario_and_field():
     parse_pack("p", [good("a"), good("b")], TYPES, no_env)  # fine
 
 
+def test_an_expected_that_cannot_judge_any_run_is_refused_when_synced():
+    """Found by a CLI hunt: a typo (``stauts``), a negative limit, a status of 5 were stored,
+    and said only when a whole run was judged (an error result, scored 0)."""
+
+    def refused(expected, **extra):
+        scenario = ScenarioInput("x", run_spec={"dag_json": DAG}, expected=expected)
+        with pytest.raises(InvalidArgument) as caught:
+            parse_pack("p", [scenario], TYPES, no_env, extra)
+        return str(caught.value)
+
+    said = refused({"stauts": "succeeded", "max_tokens": -1, "status": 5})
+    assert said.startswith("scenario 'x': expected: max_tokens must be a number >= 0, got -1")
+    assert said.endswith("(and 2 more)")
+    assert "unknown assertion type 'stauts'" in refused({"stauts": "succeeded"})
+    assert "status must be a string, got 5" in refused({"status": 5})
+    assert "steps.a.regex must be a string" in refused({"steps": {"a": {"regex": 5}}})
+    assert "steps.a.min_steps: not a step-level" in refused({"steps": {"a": {"min_steps": 1}}})
+    assert "min_steps must be a whole number" in refused({"min_steps": 1.5})
+    assert "steps must be an object" in refused({"steps": [1]})
+    assert "steps.a must be an object" in refused({"steps": {"a": 1}})
+    assert "pattern longer than 1000" in refused({"steps": {"a": {"regex": "x" * 1001}}})
+
+    class Tone:
+        scopes = frozenset({"step"})
+
+        def check(self, value, run, step_id):  # pragma: no cover - never judged here
+            raise AssertionError
+
+    # a plugin's type is known to the daemon that has the plugin, at its level only
+    assert "unknown assertion type 'tone'" in refused({"steps": {"a": {"tone": "calm"}}})
+    ok = ScenarioInput("x", run_spec={"dag_json": DAG},
+                       expected={"steps": {"zz": {"tone": "calm", "equals": None}}})  # fmt: skip
+    parse_pack("p", [ok], TYPES, no_env, {"tone": Tone()})  # (a step the spec lacks: fine)
+    assert "tone: not a run-level" in refused({"tone": "calm"}, tone=Tone())
+
+
 def test_a_scenarios_inputs_are_as_deep_as_submit_run_takes_them():
     def nested(levels):
         value = {"leaf": 1}
