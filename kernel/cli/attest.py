@@ -224,6 +224,8 @@ def _verify_handler(client: Any) -> Callable[[argparse.Namespace], int]:
             return _report(args, problems, args.target)
         if _exists(target):  # a FIFO, a folder, a device: not taken for an attestation id
             raise ConfigError(f"{args.target}: not a regular file")
+        if "/" in args.target or target.suffix in (".jsonl", ".json"):  # no id is spelled so
+            raise ConfigError(f"{args.target}: no such file")
 
         async def by_id(_: argparse.Namespace, stubs: Any) -> int:
             problems = await verify_stored(stubs[1], args.target, verify, kid)

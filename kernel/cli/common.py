@@ -41,6 +41,22 @@ def whole_number(text: str, *, maximum: int = 2**32 - 1) -> int:
     return value
 
 
+MAX_SECONDS = 10**9  # a wait longer than 31 years is a mistake (and trio's deadlines overflow)
+
+
+def positive_seconds(text: str) -> float:
+    """An ``argparse`` type: a number of seconds, more than 0 and less than ``MAX_SECONDS``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < MAX_SECONDS:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 and less than {MAX_SECONDS:,} seconds"
+        )
+    return value
+
+
 def int64(text: str) -> int:
     """An argparse type: a whole number a seed (int64) holds."""
     try:

@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import math
 import sys
 import time
 import tomllib
@@ -45,7 +44,12 @@ from pathlib import Path
 from typing import Any
 
 import betterproto2
-from foundry.kernel.cli.common import prepared_client, read_text_file, whole_number
+from foundry.kernel.cli.common import (
+    positive_seconds,
+    prepared_client,
+    read_text_file,
+    whole_number,
+)
 from foundry.kernel.cli.output import message_dict, stamp, write_control
 from foundry.kernel.core.evals import Regression, ScenarioStats, regression, summarize
 from foundry.kernel.core.json_input import MAX_DEPTH, STRUCT_DEPTH, check_depth, toml_not_json
@@ -91,7 +95,7 @@ def add_eval_commands(commands: Any) -> None:
     run.add_argument("--commit", required=True, metavar="SHA")
     run.add_argument("--repeat", type=whole_number, default=1, metavar="K")
     run.add_argument("--baseline", metavar="SHA", help="compare with the results at this commit")
-    run.add_argument("--timeout", type=_positive_float, default=600.0, metavar="S",
+    run.add_argument("--timeout", type=positive_seconds, default=600.0, metavar="S",
                      help="seconds to wait for the runs (default 600)")  # fmt: skip
     _client_options(run)
     run.set_defaults(handler=prepared_client(cmd_run, _load_pack))
@@ -99,16 +103,6 @@ def add_eval_commands(commands: Any) -> None:
 
 def _load_pack(args: argparse.Namespace) -> None:
     args.pack_def = load_pack(args.pack_file)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError("must be a number > 0")
-    return value
 
 
 # --- files --------------------------------------------------------------------------------------

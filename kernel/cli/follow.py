@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from foundry.kernel.cli.common import positive_seconds
 from foundry.kernel.cli.output import duration, message_dict, note, print_json, stamp
 from foundry.kernel.errors import FoundryError
 from foundry.proto import foundry_api as api
@@ -117,21 +118,11 @@ def add_wait_options(emit: argparse.ArgumentParser) -> None:
     )
     emit.add_argument(
         "--timeout",
-        type=_seconds,
+        type=positive_seconds,
         default=None,
         metavar="SECONDS",
         help="with --wait: give up waiting after this long (exit 3; the chain goes on)",
     )
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < 10**9:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return value
 
 
 # --- the tree -------------------------------------------------------------------------------------

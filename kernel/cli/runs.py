@@ -17,7 +17,7 @@ from foundry.kernel.cli.common import int64, read_text_file, whole_number
 from foundry.kernel.cli.output import message_dict, short_json, stamp
 from foundry.kernel.core.json_input import same_json
 from foundry.kernel.core.numbers import restore_ints
-from foundry.kernel.errors import FoundryError
+from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct, Timestamp
 
@@ -111,8 +111,9 @@ def add_run_commands(commands: Any, client: Any, client_options: Any) -> None:
     branch = verbs.add_parser("branch", help="a new run from a step of an old one")
     branch.add_argument("run_id")
     branch.add_argument("--from", dest="from_step", required=True, metavar="STEP")
-    branch.add_argument("--seed-mode", choices=("same", "new", "custom"), default="same")
-    branch.add_argument("--seed", type=int64)
+    branch.add_argument("--seed-mode", choices=("same", "new", "custom"),
+                        help="default: custom with --seed, else same")  # fmt: skip
+    branch.add_argument("--seed", type=int64, help="the branch's seed (--seed-mode custom)")
     branch.add_argument("--inputs", default="{}", help="JSON merge patch for the run's inputs")
     branch.add_argument("--labels", default="{}", help="JSON object of label changes")
     branch.add_argument("--note", default="")
@@ -295,13 +296,23 @@ REPLAY_MODES = {"full": api.ReplayMode.FULL, "step_only": api.ReplayMode.STEP_ON
                 "diff": api.ReplayMode.DIFF}  # fmt: skip
 
 
+def _seed_mode(mode: str | None, seed: int | None) -> str:
+    """The branch's seed mode: a ``--seed`` is a custom seed (it was sent with mode SAME, and
+    the daemon kept the source's seed without a word); with another mode it is an error."""
+    if seed is None:
+        return mode or "same"
+    if mode not in (None, "custom"):
+        raise ConfigError(f"--seed: a seed of its own is --seed-mode custom, not {mode}")
+    return "custom"
+
+
 async def cmd_branch(args: argparse.Namespace, stubs: Any) -> int:
     _, runtime = stubs
     reply = await runtime.create_branch_run(
         api.CreateBranchRunRequest(
             run_id=args.run_id,
             from_step=args.from_step,
-            seed_mode=SEED_MODES[args.seed_mode],
+            seed_mode=SEED_MODES[_seed_mode(args.seed_mode, args.seed)],
             seed=args.seed,
             inputs_patch=Struct.from_dict(_object(args.inputs, "--inputs")),
             labels_patch=Struct.from_dict(_object(args.labels, "--labels")),

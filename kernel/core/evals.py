@@ -191,7 +191,6 @@ def _check(
     extras: Mapping[str, AssertionType],
     builtins: Mapping[str, tuple[frozenset[str], Check]],
 ) -> AssertionResult:
-    scope = RUN if step_id is None else STEP
     where = "" if step_id is None else f"steps.{step_id}."
     problem = _placement_problem(key, value, step_id, extras)
     if problem:

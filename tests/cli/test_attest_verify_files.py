@@ -181,3 +181,15 @@ def test_an_id_too_long_for_a_file_name_is_taken_for_an_id(tmp_path):
     assert done.returncode in (1, 2), done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.count("\n") <= 1, done.stderr
+
+
+@pytest.mark.parametrize("missing", ["gone/envelopes.jsonl", "envelopes.jsonl"])
+def test_a_missing_file_is_said_to_be_missing_not_an_unknown_attestation(tmp_path, missing):
+    """Found by a CLI hunt: a path to no file was asked of the daemon as an attestation id
+    ("NOT_FOUND: no attestation '/tmp/…/envelopes.jsonl'", or "cannot reach the daemon")."""
+    _, _, pubkey = _key_files(tmp_path)
+    target = str(tmp_path / missing) if "/" in missing else missing
+    done = _verify(tmp_path, target, str(pubkey))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert f"{target}: no such file" in done.stderr

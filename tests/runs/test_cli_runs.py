@@ -279,6 +279,13 @@ def test_branch_and_replay(daemon):
     )
     assert no_seed.returncode == 1
     assert "INVALID_ARGUMENT" in no_seed.stderr
+    # found by a CLI hunt: a --seed without --seed-mode was sent with mode SAME, and dropped
+    implied = ok(cli(daemon, "run", "branch", source.run_id, "--from", "outline", "--seed", "7"))
+    assert wait_done(daemon, implied.strip()).spec.seed == 7
+    mixed = cli(daemon, "run", "branch", source.run_id, "--from", "outline", "--seed", "7",
+                "--seed-mode", "same")  # fmt: skip
+    assert mixed.returncode == 2
+    assert "--seed: a seed of its own is --seed-mode custom, not same" in mixed.stderr
     nowhere = cli(daemon, "run", "branch", source.run_id, "--from", "nowhere")
     assert nowhere.returncode == 1
     assert "NOT_FOUND" in nowhere.stderr
