@@ -980,6 +980,41 @@ def test_a_connection_flooding_frames_of_no_answer_is_closed(make_daemon, listen
     assert "Traceback" not in daemon.stderr()
 
 
+def _header_block(stream_id: int, block: bytes, frame_size: int = 16_384) -> bytes:
+    """``block`` as a HEADERS frame and CONTINUATION frames of ``frame_size`` bytes."""
+    parts = [block[at : at + frame_size] for at in range(0, len(block), frame_size)] or [b""]
+    frames = []
+    for index, part in enumerate(parts):
+        kind = 0x01 if index == 0 else 0x09  # HEADERS, CONTINUATION
+        flags = (0x04 if index == len(parts) - 1 else 0) | (0x01 if index == 0 else 0)
+        frames.append(struct.pack(">I", len(part))[1:] + bytes([kind, flags])
+                      + struct.pack(">I", stream_id) + part)  # fmt: skip
+    return b"".join(frames)
+
+
+@pytest.mark.parametrize("listener", ["grpc", "http"])
+@pytest.mark.parametrize(
+    "block",
+    [b"\x20" * 1_000_000 + b"\x82", b"\x20\x20\x20\x82\x84\x86"],
+    ids=["a million size updates", "three size updates"],
+)
+def test_a_header_block_hpack_would_spend_seconds_on_is_refused(make_daemon, listener, block):
+    """A HEADERS frame and 62 CONTINUATION frames of one-byte dynamic table size updates
+    (they add nothing to the header list, whose size is capped) held both listeners for 2.5 s
+    of HPACK each, one such block a second kept the daemon saturated (a wire-level hunt)."""
+    daemon = make_daemon()
+    sock, conn = _grpc_h2_client(daemon, listener)
+    with sock:
+        closed = False
+        try:
+            sock.sendall(_header_block(1, block))
+        except OSError:
+            closed = True
+        events = [] if closed else _events_until_closed(sock, conn)
+    _closed_calmly(daemon, closed, events)
+    assert "Traceback" not in daemon.stderr()
+
+
 def test_a_grpc_request_without_a_path_is_reset_and_logs_nothing(make_daemon):
     """grpclib never answered HEADERS without :path, and logged a traceback for each (~575 KB
     of log a second from one client); 100 of them held every stream of the connection."""

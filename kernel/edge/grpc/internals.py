@@ -1083,6 +1083,14 @@ def control_frames_are_countable() -> str | None:
     return None
 
 
+def can_write_now(stream: Any) -> bool:
+    """Whether a server stream's connection takes writes now (its peer reads): grpclib's
+    sends wait for that, for good when the peer reads nothing. False when grpclib changed."""
+    ready = getattr(getattr(getattr(stream, "_stream", None), "connection", None),
+                    "write_ready", None)  # fmt: skip
+    return isinstance(ready, asyncio.Event) and ready.is_set()
+
+
 def limit_control_frames() -> bool:
     """A gRPC connection that floods the daemon with control frames
     (``connections.ControlFrames``) is sent GOAWAY (ENHANCE_YOUR_CALM) and closed: its
@@ -1099,7 +1107,14 @@ def limit_control_frames() -> bool:
     feed = connection.feed
 
     def feeding(self: Any, data: bytes) -> Any:
-        events = feed(self, data)
+        try:
+            events = feed(self, data)
+        except h2.exceptions.ProtocolError:
+            # h2 queued its GOAWAY (``h2_guard``'s refusals say ENHANCE_YOUR_CALM): sent before
+            # grpclib closes, as the HTTP listener sends it, not a close without a word
+            with contextlib.suppress(Exception):
+                self.flush()
+            raise
         what = flooded(self.__dict__, events)  # (unknown frames counted, then left out)
         if what is not None:
             self._connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)

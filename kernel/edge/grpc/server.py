@@ -46,6 +46,7 @@ from foundry.kernel.edge.grpc.internals import (
     answer_unknown_methods,
     bound_closed_streams,
     bound_unread_replies,
+    can_write_now,
     coalesce_writes,
     forget_finished_tasks,
     install_message_limit,
@@ -58,6 +59,7 @@ from foundry.kernel.edge.grpc.internals import (
 )
 from foundry.kernel.edge.grpc.message_check import WrongField, check_request
 from foundry.kernel.edge.grpc.reflection import with_reflection
+from foundry.kernel.edge.h2_guard import limit_header_blocks
 from foundry.kernel.edge.security import sole_value, token_matches
 from foundry.proto import foundry_api
 from foundry.proto import runtime_api as api
@@ -196,6 +198,7 @@ class Calls:
 
     def __init__(self) -> None:
         self.accepting = True
+        self.cut_short = False  # the stop's grace ended: what still runs is cancelled
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweep_at = 64
 
@@ -274,7 +277,9 @@ def _guard(
         try:
             await func(stream)
         except asyncio.CancelledError:
-            if calls.accepting:  # its client went (a deadline, a reset): nobody to tell
+            if not calls.cut_short or not can_write_now(stream):
+                # its client went (a deadline, a reset: nobody to tell), or reads nothing (the
+                # trailers would wait for it, and the stop with them)
                 raise
             # The stop's grace ended before it did (``GrpcServer.close``): said in its
             # trailers, as a stream cut by the stop is, not a connection lost without a word.
@@ -336,6 +341,7 @@ class GrpcServer:
     async def close(self) -> None:
         """Cancel what still runs and close (grpclib's ``close`` and ``wait_closed``)."""
         self.calls.accepting = False
+        self.calls.cut_short = True
         self.server.close()
         await trio_asyncio.aio_as_trio(self.server.wait_closed)()
 
@@ -410,6 +416,7 @@ async def start_server(
     release_reset_streams()  # a stream reset before its task ran is not kept
     forget_finished_tasks()  # nor a closed connection's tasks, with their streams' bodies
     limit_control_frames()  # a connection flooding PING/SETTINGS/PRIORITY frames is closed
+    limit_header_blocks()  # nor a header block HPACK would spend seconds on
     if body_timeout is not None:  # a reply no byte of which is read is given up on
         bound_unread_replies(body_timeout)
     calls = Calls()

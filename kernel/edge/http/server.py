@@ -19,6 +19,7 @@ from typing import Any
 import trio
 from foundry.kernel.edge.connections import DEFAULT_MAX_CONNECTIONS, ConnectionCap
 from foundry.kernel.edge.grpc.server import bind
+from foundry.kernel.edge.h2_guard import limit_header_blocks
 from foundry.kernel.edge.http.app import HttpApp
 from foundry.kernel.edge.http.cors import OriginPolicy, own_origins
 from foundry.kernel.edge.http.hypercorn_guard import (
@@ -131,6 +132,7 @@ async def open_http_server(
     ignore_data_of_closed_streams()  # a stream answered early: its late DATA ends nothing
     release_streams_of_closed_connections()  # an app answering a disconnect does not wait
     limit_control_frames()  # a connection flooding PING/SETTINGS/PRIORITY frames is closed
+    limit_header_blocks()  # nor a header block HPACK would spend seconds on
     remember_fewer_closed_streams()  # h2's memory of a connection's closed streams, bounded
     bound_http2_streams()  # a stream's reply its client opens no flow-control window for
     bound_websocket_messages()  # a message past the size is not kept, nor inflated

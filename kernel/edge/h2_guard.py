@@ -1,0 +1,85 @@
+"""Header blocks bounded before HPACK reads them, on both listeners (h2's internals: here only).
+
+A header block is a HEADERS frame and up to 64 CONTINUATION frames (h2's
+``CONTINUATION_BACKLOG``): 1 MiB at the default frame size. h2 joins them and hpack decodes the
+whole on the daemon's one thread. The decoded header list is capped (64 KiB), but a dynamic
+table size update adds nothing to it: a block of a million one-byte updates held both ports
+for 2.5 s, and a client sending one a second kept the daemon saturated (found by a hunt).
+
+So a block's fragments may add up to ``MAX_HEADER_BLOCK`` bytes — the header list's cap: a
+header encoded takes fewer bytes than the list counts for it (32 more each) — and a block may
+open with at most ``MAX_SIZE_UPDATES`` size updates (RFC 7541 §4.2: the smallest size since the
+last block, then the final one; hpack refuses one anywhere else). Past either, the connection
+is sent GOAWAY (ENHANCE_YOUR_CALM) and closed, as for any h2 protocol error.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+log = logging.getLogger("foundry.daemon")
+
+MAX_HEADER_BLOCK = 64 * 1024
+MAX_SIZE_UPDATES = 2
+
+
+def header_blocks_are_boundable() -> str | None:
+    """None, or what changed in h2 so that :func:`limit_header_blocks` cannot work."""
+    from h2 import frame_buffer
+
+    buffer = getattr(frame_buffer, "FrameBuffer", None)
+    if buffer is None or not callable(getattr(buffer, "_update_header_buffer", None)):
+        return "h2's FrameBuffer._update_header_buffer is gone"
+    if "_headers_buffer" not in buffer().__dict__:
+        return "h2's FrameBuffer no longer keeps _headers_buffer"
+    return None
+
+
+def limit_header_blocks() -> bool:
+    """Bound every connection's header blocks (both listeners use h2's FrameBuffer).
+    Idempotent. False, with a warning, when h2 changed (blocks are then unbounded)."""
+    from h2 import frame_buffer
+    from h2.exceptions import DenialOfServiceError
+    from hyperframe.frame import HeadersFrame, PushPromiseFrame
+
+    reason = header_blocks_are_boundable()
+    if reason is not None:
+        log.warning("%s: header blocks are not bounded", reason)
+        return False
+    update = frame_buffer.FrameBuffer._update_header_buffer
+    if getattr(update, "header_blocks_limited", False):
+        return True
+
+    def updating(self: Any, frame: Any) -> Any:
+        if frame is not None and type(frame) is not HeadersFrame and not self._headers_buffer:
+            return update(self, frame)  # (DATA, and every frame between header blocks)
+        whole = update(self, frame)
+        pending = self._headers_buffer
+        if pending and sum(len(part.data) for part in pending) > MAX_HEADER_BLOCK:
+            raise DenialOfServiceError(f"a header block of more than {MAX_HEADER_BLOCK} bytes")
+        if isinstance(whole, HeadersFrame | PushPromiseFrame):
+            if len(whole.data) > MAX_HEADER_BLOCK:
+                raise DenialOfServiceError(f"a header block of more than {MAX_HEADER_BLOCK} bytes")
+            if _leading_size_updates(whole.data) > MAX_SIZE_UPDATES:
+                raise DenialOfServiceError("a header block of many dynamic table size updates")
+        return whole
+
+    updating = functools.wraps(update)(updating)
+    updating.header_blocks_limited = True  # type: ignore[attr-defined]
+    frame_buffer.FrameBuffer._update_header_buffer = updating  # type: ignore[method-assign]
+    return True
+
+
+def _leading_size_updates(block: bytes) -> int:
+    """How many dynamic table size updates open ``block`` (counted to one past the limit)."""
+    count, at = 0, 0
+    while at < len(block) and block[at] & 0xE0 == 0x20 and count <= MAX_SIZE_UPDATES:
+        count += 1
+        if block[at] & 0x1F == 0x1F:  # a size of 31 or more: continuation bytes follow
+            at += 1
+            while at < len(block) and block[at] & 0x80:
+                at += 1
+        at += 1
+    return count
