@@ -4,7 +4,9 @@ away, and the daemon exits 0 (kernel/daemon.py, edge/grpc/server.py ``GrpcServer
 from __future__ import annotations
 
 import signal
+import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +128,52 @@ def _last(stream: Any) -> Any:
         item = stream.get(timeout=30)
         if item is None or not hasattr(item, "event_type") and not hasattr(item, "kind"):
             return item
+
+
+BIG_CONFIG = """
+[daemon]
+shutdown_grace = 1.0
+
+[[blocks]]
+name = "big"
+type = "shell"
+kind = "observer"
+command = ["python3", "-c", "import json; print(json.dumps({'x': 'a' * 2000000}))"]
+timeout = 60
+"""
+
+
+def test_a_client_that_reads_nothing_does_not_hold_the_stop(make_daemon):
+    """Found by a review: calls cut short by the grace were answered UNAVAILABLE in trailers,
+    and grpclib waited to write them to a client that had stopped reading (its window open,
+    its socket full) — the daemon never exited after SIGTERM."""
+    import h2.config
+    import h2.connection
+    import h2.settings
+
+    daemon = make_daemon(BIG_CONFIG)
+    run = wait_done(daemon, submit(daemon, dag({"id": "s", "type": "big", "inputs": {}})))
+    host, port = daemon.address.rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        conn.increment_flow_control_window(2**31 - 1 - 65_535)
+        body = bytes(api.GetRunRequest(run_id=run.run_id))
+        for _ in range(20):  # 40 MB of replies it never reads
+            stream = conn.get_next_available_stream_id()
+            conn.send_headers(stream, [
+                (":method", "POST"), (":scheme", "http"), (":authority", daemon.address),
+                (":path", "/fleetforge.runtime.v1.RuntimeService/GetRun"),
+                ("content-type", "application/grpc"), ("te", "trailers")])  # fmt: skip
+            conn.send_data(stream, b"\0" + len(body).to_bytes(4, "big") + body, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        time.sleep(2)  # the daemon writes until the socket is full
+        process = daemon.process
+        assert process is not None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0  # held for good before; 1-2 s now
+    assert "call(s) still running after 1.0 s" in daemon.stderr()
+    assert "Failed to handle cancellation" not in daemon.stderr()
