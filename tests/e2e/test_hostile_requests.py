@@ -518,6 +518,73 @@ def test_a_gzip_body_of_many_members_is_refused_on_every_http_protocol(daemon):
     assert_serving(daemon)
 
 
+def _list_runs(daemon: Any, body: bytes, content_type: str) -> httpx.Response:
+    headers = {"content-type": content_type}
+    if content_type.startswith("application/grpc-web"):
+        headers["x-grpc-web"] = "1"
+    return httpx.post(url(daemon, RUNTIME + "ListRuns"), content=body, headers=headers, timeout=60)
+
+
+def _answer(reply: httpx.Response, content_type: str) -> tuple[int, Any]:
+    """A ListRuns answer as (status, the runs' ids, or the error's code and message)."""
+    if content_type == "application/json":
+        document = reply.json()
+        if reply.status_code != 200:
+            return reply.status_code, (document["code"], document["message"])
+        return 200, [run["runId"] for run in document.get("runs", [])]
+    if content_type == "application/proto":
+        if reply.status_code != 200:
+            return reply.status_code, (reply.json()["code"], reply.json()["message"])
+        return 200, [run.run_id for run in rt.ListRunsResponse().parse(reply.content).runs]
+    frames = envelopes(reply.content)
+    trailer = [data for flags, data in frames if flags & 0x80]
+    messages = [data for flags, data in frames if not flags & 0x80]
+    said = unquote(reply.headers.get("grpc-message") or trailer[0].decode())
+    if messages:
+        return 200, [run.run_id for run in rt.ListRunsResponse().parse(messages[0]).runs]
+    return 200, said
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/proto", "application/json", "application/grpc-web+proto"]
+)
+def test_a_large_unary_request_is_answered_as_a_small_one(daemon, content_type):
+    """A unary request of 16 KiB or more is decoded on a worker thread (``large_requests``):
+    a 1 MB ListRuns of packed statuses held both ports 5 s on the daemon's one thread (a
+    wire-level hunt). Its answer, and its refusal, are a small request's."""
+    run_id = emit_and_run(daemon)
+
+    def body(statuses: int, labels: int) -> bytes:
+        padded = {f"k{i:05d}": "v" * 200 for i in range(labels)}
+        request = rt.ListRunsRequest(statuses=[rt.RunStatus.SUCCEEDED] * statuses, labels=padded)
+        if content_type == "application/json":
+            return json.dumps(request.to_dict()).encode()
+        data = bytes(request)
+        return b"\x00" + len(data).to_bytes(4, "big") + data if "grpc" in content_type else data
+
+    small = _answer(_list_runs(daemon, body(1, 0), content_type), content_type)
+    large = _answer(_list_runs(daemon, body(40_000, 0), content_type), content_type)
+    assert len(body(40_000, 0)) > 32 * 1024
+    assert small == large
+    assert small[0] == 200
+    assert run_id in small[1]
+    refused_small = _answer(_list_runs(daemon, body(1, 65), content_type), content_type)
+    refused_large = _answer(_list_runs(daemon, body(1, 400), content_type), content_type)
+    assert refused_small[0] == refused_large[0]
+    assert "at most 64 label" in str(refused_small[1])
+    assert "at most 64 label" in str(refused_large[1])
+    assert_serving(daemon)
+
+
+def emit_and_run(daemon: Any) -> str:
+    """A succeeded run's id."""
+    from tests.runs.helpers import dag, submit, wait_done
+
+    run = wait_done(daemon, submit(daemon, dag({"id": "t", "type": "transform"})))
+    assert run.status == rt.RunStatus.SUCCEEDED
+    return str(run.run_id)
+
+
 COMPRESSED_EMPTY = b"\x01\x00\x00\x00\x00"  # an envelope flagged compressed, no encoding named
 
 

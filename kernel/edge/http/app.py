@@ -29,6 +29,12 @@ from foundry.kernel.edge.http.codecs import BinaryCodec, JsonCodec
 from foundry.kernel.edge.http.cors import OriginPolicy
 from foundry.kernel.edge.http.gzip_body import BoundedGzip
 from foundry.kernel.edge.http.internals import pick_loop_by_sniffio
+from foundry.kernel.edge.http.large_requests import (
+    DECODED,
+    Decoded,
+    decoded_ahead,
+    worth_decoding_ahead,
+)
 from foundry.kernel.edge.http.routes import endpoints, paths_by_service
 from foundry.kernel.edge.http.unary import UnaryFastPath
 from foundry.kernel.edge.http.websocket import WebSocketStreams
@@ -86,6 +92,8 @@ class HttpApp:
         )
         codecs: dict[str, JsonCodec | BinaryCodec] = {"proto": binary, "json": json_codec}
         self._fast = UnaryFastPath(routes.unary, codecs, max_message_bytes)
+        self._unary = routes.unary
+        self._binary, self._json_codec = binary, json_codec
         self._routes = connect_routes
         self._streaming = frozenset(connect_routes) - frozenset(routes.unary)
         self._prefixes = paths_by_service(connect_routes)
@@ -186,13 +194,34 @@ class HttpApp:
             elif scope["path"] in self._streaming:
                 await self._stream(_utf8_headers(scope), receive, send)
             else:
-                await self._rpcs(_utf8_headers(scope), receive, _with_length(send))
+                receive, ahead = await self._decoded_ahead(scope["path"], headers, receive)
+                token = DECODED.set(ahead)
+                try:
+                    await self._rpcs(_utf8_headers(scope), receive, _with_length(send))
+                finally:
+                    DECODED.reset(token)
         except ConnectError as exc:
             if exc.code is not Code.CANCELED:
                 raise
             # connectrpc raises what it could not answer: a client gone mid-call. hypercorn
             # logged each with a 60-line traceback (resetting streams made ~100,000 lines).
             log.debug("%s: the client went away (%s)", scope["path"][:100], exc.message)
+
+    async def _decoded_ahead(
+        self, path: str, headers: Mapping[str, str], receive: Receive
+    ) -> tuple[Receive, Decoded | None]:
+        """A large unary request's message, decoded on a worker thread (``large_requests``)."""
+        route = self._unary.get(path)
+        enveloped = _is_enveloped(headers)
+        kind = headers.get("content-type", "").partition(";")[0].strip()
+        if route is None or not (enveloped or kind in ("application/json", "application/proto")):
+            return receive, None
+        if not _known_codec(headers) or not worth_decoding_ahead(
+            headers, enveloped and _declared_encoding(headers)
+        ):
+            return receive, None
+        codec = self._json_codec if kind.endswith("json") else self._binary
+        return await decoded_ahead(receive, enveloped, codec.decode, route.input, self._limit)
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A server-streaming call, ended when its client goes away: connectrpc only notes the

@@ -30,6 +30,7 @@ from foundry.kernel.edge.grpc.message_check import (
     coerce_json_numbers,
 )
 from foundry.kernel.edge.http import jsonfast
+from foundry.kernel.edge.http.large_requests import DECODED
 from foundry.kernel.edge.shared_replies import JSON_UTF8, PROTO, SHARED_REPLIES
 from foundry.proto import runtime_api
 
@@ -73,6 +74,9 @@ class _CheckedCodec:
         raise NotImplementedError
 
     def decode(self, data: bytes | bytearray, message_class: type[Any]) -> Any:
+        ahead = DECODED.get()
+        if ahead is not None and ahead.answers(data, message_class):
+            return ahead.result()  # decoded on a worker thread (``large_requests``)
         if len(data) > self._limit:
             raise size_error(len(data), self._limit)
         try:

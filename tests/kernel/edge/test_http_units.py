@@ -703,3 +703,48 @@ def test_the_kept_texts_stay_within_their_budget_but_the_newest():
     texts.put("c", b"x" * 50)  # larger than the budget: kept while the newest
     assert (texts.get("b"), texts.get("c")) == (None, b"x" * 50)
     assert texts.held_bytes == 50
+
+
+async def test_a_large_request_is_decoded_once_on_a_worker_thread():
+    """``large_requests``: a unary body of 16 KiB or more is read whole, its message decoded
+    on a worker thread, the body given again as it came, and the codec connectrpc calls answers
+    with that message — or raises what decoding raised — without decoding it again."""
+    import threading
+
+    from foundry.kernel.edge.http.codecs import BinaryCodec
+    from foundry.kernel.edge.http.large_requests import DECODED, decoded_ahead
+    from foundry.proto import runtime_api
+
+    codec = BinaryCodec(4 << 20)
+    where: list[bool] = []
+
+    def decode(data: bytes, kind: type) -> object:
+        where.append(threading.current_thread() is threading.main_thread())
+        return codec.decode(data, kind)
+
+    kind = runtime_api.ListRunsRequest
+    for body, good in ((bytes(kind(statuses=[runtime_api.RunStatus.FAILED] * 40_000)), True),
+                       (b"\x0a\x02" + b"\xff" * 40_000, False)):  # fmt: skip
+        parts = [body[:1_000], body[1_000:]]
+        events = [{"type": "http.request", "body": p, "more_body": i == 0}
+                  for i, p in enumerate(parts)]  # fmt: skip
+
+        async def receive(events: list = events) -> dict:
+            return events.pop(0)
+
+        again, ahead = await decoded_ahead(receive, False, decode, kind, 4 << 20)
+        assert where.pop() is False  # not the trio (main) thread
+        assert await again() == {"type": "http.request", "body": body, "more_body": False}
+        assert ahead is not None
+        token = DECODED.set(ahead)
+        try:
+            if good:
+                assert codec.decode(bytearray(body), kind) is ahead.message
+                assert len(ahead.message.statuses) == 40_000
+            else:
+                with pytest.raises(ConnectError) as refused:
+                    codec.decode(body, kind)
+                assert refused.value is ahead.error
+            assert where == []  # decoded once
+        finally:
+            DECODED.reset(token)

@@ -1,0 +1,124 @@
+"""A large unary request decoded on a worker thread, not on the daemon's one thread.
+
+connectrpc decodes a request where it reads it, synchronously, on the trio thread that serves
+every client of both ports. betterproto2 and the request check cost ~5 µs an element of a
+repeated field: a 1 MB ListRuns of packed statuses held both ports 5 s, a 2.7 MB Query of map
+entries 8 s (a wire-level hunt). The gRPC port decodes such requests on a worker thread
+(``grpc/server.py``: ``DECODE_OFF_LOOP_BYTES``); here, a unary call whose body says it is that
+large is read whole first, its one message decoded on a worker thread, and the body handed to
+connectrpc as it came — whose codec (``codecs._CheckedCodec``) then finds the message decoded
+(:data:`DECODED`, by its bytes) and returns it, or raises what decoding it raised.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+DECODE_OFF_LOOP_BYTES = 16 * 1024  # ~80 ms of the thread at worst (a packed field's bytes)
+ENVELOPE_HEADER = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A message decoded ahead: its bytes, its type, and what decoding them gave."""
+
+    data: bytes
+    kind: type[Any]
+    message: Any = None
+    error: BaseException | None = None
+
+    def answers(self, data: bytes | bytearray | memoryview, kind: type[Any]) -> bool:
+        return kind is self.kind and len(data) == len(self.data) and data == self.data
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.message
+
+
+DECODED: contextvars.ContextVar[Decoded | None] = contextvars.ContextVar("decoded", default=None)
+
+
+def worth_decoding_ahead(headers: Mapping[str, str], compressed: bool) -> bool:
+    """A body of at least ``DECODE_OFF_LOOP_BYTES`` by its ``content-length``, not compressed
+    (connectrpc inflates those: the bytes decoded would not be the bytes sent)."""
+    length = headers.get("content-length", "")
+    return (
+        not compressed
+        and length.isdigit()
+        and int(length) >= DECODE_OFF_LOOP_BYTES
+        and not headers.get("content-encoding")
+    )
+
+
+async def decoded_ahead(
+    receive: Receive,
+    enveloped: bool,
+    decode: Callable[[bytes, type[Any]], Any],
+    kind: type[Any],
+    limit: int,
+) -> tuple[Receive, Decoded | None]:
+    """Read the body whole, decode its message on a worker thread; a ``receive`` that gives the
+    body again, and what decoding gave (None: the client left, or the body is not one plain
+    message — connectrpc says what is wrong with it)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        event = await receive()
+        if event["type"] != "http.request":
+            return _again([], event), None
+        parts.append(event.get("body", b""))
+        size += len(parts[-1])
+        if not event.get("more_body") or size > limit + ENVELOPE_HEADER:
+            break
+    body = b"".join(parts)
+    replay = _again([body], None, more=bool(event.get("more_body")), receive=receive)
+    data = _message_bytes(body) if enveloped else body
+    if data is None or size > limit + ENVELOPE_HEADER:
+        return replay, None
+    try:
+        message = await trio.to_thread.run_sync(decode, data, kind)
+    except Exception as exc:  # (its ConnectError, raised again where connectrpc decodes)
+        return replay, Decoded(data, kind, error=exc)
+    return replay, Decoded(data, kind, message)
+
+
+def _message_bytes(body: bytes) -> bytes | None:
+    """The one uncompressed message of an enveloped body (gRPC, gRPC-Web), else None."""
+    if len(body) < ENVELOPE_HEADER or body[0] != 0:
+        return None
+    length = int.from_bytes(body[1:ENVELOPE_HEADER], "big")
+    if len(body) != ENVELOPE_HEADER + length:
+        return None
+    return body[ENVELOPE_HEADER:]
+
+
+def _again(
+    bodies: list[bytes],
+    ended: MutableMapping[str, Any] | None,
+    *,
+    more: bool = False,
+    receive: Receive | None = None,
+) -> Receive:
+    """A ``receive`` giving ``bodies`` as one request message (then ``ended``, or what
+    ``receive`` gives next)."""
+    pending: list[MutableMapping[str, Any]] = [
+        {"type": "http.request", "body": body, "more_body": more} for body in bodies
+    ]
+    if ended is not None:
+        pending.append(ended)
+
+    async def receiving() -> MutableMapping[str, Any]:
+        if pending:
+            return pending.pop(0)
+        assert receive is not None or ended is not None
+        return await receive() if receive is not None else ended  # type: ignore[return-value]
+
+    return receiving
