@@ -37,6 +37,8 @@ from foundry.kernel.errors import ConfigError, FoundryError, InvalidArgument
 from foundry.proto import analytics_api
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
+from grpclib import GRPCError
+from grpclib.const import Status
 
 EFFECT_EXIT = {
     api.ChangeDecisionEffect.ALLOW: 0,
@@ -446,7 +448,13 @@ async def cmd_check(args: argparse.Namespace, stubs: Any) -> int:
         scenarios = [with_history(s, recorded.get(s.scenario_id, [])) for s in scenarios]
         metrics, telemetry = eval_evidence(scenarios, args.from_evals, args.commit)
         merge_evidence(request, metrics, telemetry, args.commit)
-    reply = await runtime.check_change_gate(request)
+    try:
+        reply = await runtime.check_change_gate(request)
+    except GRPCError as exc:
+        if exc.status is not Status.INVALID_ARGUMENT:
+            raise
+        # what the daemon finds wrong in the request (an empty change_id) is a bad file: exit 2
+        raise ConfigError(f"{args.request_file}: {exc.message}") from None
     decision = reply.decision
     if decision is None:
         raise FoundryError("the daemon answered without a decision")

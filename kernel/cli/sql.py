@@ -67,6 +67,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from foundry.kernel.cli.main import CommandFailed
 
     params = _params(args.param)
+    if args.csv and args.json:
+        raise ConfigError("sql: --csv or --json, not both")
+    if args.list and (args.statement or args.run):
+        raise ConfigError("sql: --list takes no statement and no --run")
     if args.list:
         return _list(args)
     if bool(args.run) == bool(args.statement):

@@ -201,6 +201,13 @@ def test_foundry_sql_online_then_offline(make_daemon):
     # (read as text, the capture makes the "\r" a "\n": the value is still one, quoted)
     assert list(csv.reader(io.StringIO(crlf.stdout, newline=""))) == [["v", "n"], ["a\nb", "2"]]
 
+    # flags that cannot both hold are said, not one of them dropped (found by a CLI hunt)
+    for flags, said in ((("--csv", "--json"), "--csv or --json, not both"),
+                        (("--list",), "--list takes no statement")):  # fmt: skip
+        both = daemon.cli("sql", sql, *flags)
+        assert both.returncode == 2, both.stderr
+        assert said in both.stderr
+
     limited = daemon.cli("sql", "FROM range(10)", "--max-rows", "3", "--json", check=True)
     assert json.loads(limited.stdout)["truncated"] is True
 

@@ -215,6 +215,14 @@ def test_errors_are_one_line(daemon, tmp_path):
         assert done.stderr.count("\n") == 1
         assert f"{pack}: scenario 'a': expected: stauts: unknown assertion type" in done.stderr
 
+    # a request file the daemon refuses (found by a CLI hunt: exit 1, as a failing call)
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    done = run(daemon, "gate", "check", str(empty))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1
+    assert f"{empty}: change_id" in done.stderr
+
     done = run(daemon, "eval", "record", "no-such-pack", "x", "run_missing", "--commit", "c")
     assert done.returncode == 1
     assert done.stderr.startswith("foundry: ")
