@@ -52,6 +52,24 @@ MAILBOX_SIZE = 1_024
 LOCK_FILE = "daemon.lock"
 
 
+def home_holder(home: Path) -> str | None:
+    """The pid of the daemon serving ``home`` now ("unknown" if it has not written it yet),
+    or None when none does (its lock is free)."""
+    try:
+        fd = os.open(home / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: never served, or not ours to read
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return holder if holder.isdigit() else "unknown"
+        return None  # (closing releases the shared lock)
+    finally:
+        os.close(fd)
+
+
 @contextlib.asynccontextmanager
 async def open_kernel(
     config: Config,

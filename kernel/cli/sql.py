@@ -120,6 +120,7 @@ def _offline(args: argparse.Namespace, params: dict[str, str]) -> Answer:
     # The sandbox (and DuckDB) here, not at the top: only the offline path needs them.
     from foundry.analytics import sandbox
     from foundry.analytics import saved_questions as questions
+    from foundry.kernel.actors.supervisor import home_holder
     from foundry.kernel.cli.main import CommandFailed
 
     config = Config.load(args.config) if args.config else Config()
@@ -137,6 +138,11 @@ def _offline(args: argparse.Namespace, params: dict[str, str]) -> Answer:
         sql = question.sql
     if not path.is_file():
         raise CommandFailed(f"the daemon at {args.addr} is not running and there is no {path}")
+    if (holder := home_holder(home)) is not None:  # its journal is its own, DuckDB's lock too
+        raise CommandFailed(
+            f"no daemon at {args.addr}, but {home} is in use by pid {holder}: ask that daemon "
+            "(--addr or FOUNDRY_ADDR: its gRPC address)"
+        )
     print(f"foundry: no daemon at {args.addr}; querying {path} directly (read-only)",
           file=sys.stderr)  # fmt: skip
     if unapplied := journal_behind(home):

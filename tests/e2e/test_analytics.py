@@ -229,6 +229,13 @@ def test_foundry_sql_online_then_offline(make_daemon):
     assert timed_out.returncode == 1
     assert "DEADLINE_EXCEEDED" in timed_out.stderr
 
+    # asked at another address, its home in use by this daemon: said so (found by a CLI hunt:
+    # "the journal holds writes… (the daemon was killed?)", then DuckDB's lock error)
+    elsewhere = daemon.cli("sql", sql, "--addr", "127.0.0.1:9", "--home", str(daemon.home))
+    assert elsewhere.returncode == 1
+    assert f"{daemon.home} is in use by pid {daemon.process.pid}" in elsewhere.stderr
+    assert "killed" not in elsewhere.stderr
+
     assert daemon.stop() == 0
     assert list((daemon.home / "journal").glob("*.journal")) == []  # a clean stop applied all
     before = (daemon.home / "foundry.duckdb").stat().st_mtime_ns
