@@ -93,6 +93,16 @@ class LlmConfig:
 # comparison (shutdown_grace = nan failed the stop with a traceback), and retain_days = 1e30
 # overflowed a date at every retention pass.
 MAX_NUMBER = 1e6
+# An integer setting's largest (2**53: every count, size and interval is far below; 10**26
+# passed, and a limit no value reaches is no limit).
+MAX_INTEGER = 2**53
+
+
+def _past(value: object) -> str:
+    """What the refusal of a whole number past ``MAX_INTEGER`` adds: the largest."""
+    return " (at most 2**53)" if type(value) is int and value > MAX_INTEGER else ""
+
+
 MAX_MESSAGE = 2**31 - 1  # [daemon] max_message_bytes: gRPC's largest message
 MAX_RETAIN_DAYS = 36_500  # a century
 
@@ -416,8 +426,9 @@ class _Reader:
         """A positive integer, at most ``limit`` (0: no limit). A fraction is refused: 0.5
         message bytes passed as a positive number and became 0, and every request was refused."""
         value = table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise self.fail(f"[{where}].{key}", f"expected a positive integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_INTEGER:
+            raise self.fail(f"[{where}].{key}", f"expected a positive integer, got {value!r:.40}"
+                            f"{_past(value)}")  # fmt: skip
         if limit and value > limit:
             raise self.fail(f"[{where}].{key}", f"expected at most {limit:,}, got {value!r}")
         return value
@@ -494,8 +505,10 @@ class _Reader:
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if kind is bool and not isinstance(value, bool):
             raise self.fail(key, f"expected true or false, got {value!r}")
-        if kind is int and (not number or not isinstance(value, int) or value <= 0):
-            raise self.fail(key, f"expected a positive integer, got {value!r}")
+        if kind is int and (
+            not number or not isinstance(value, int) or not 0 < value <= MAX_INTEGER
+        ):
+            raise self.fail(key, f"expected a positive integer, got {value!r:.40}{_past(value)}")
         if kind is float and (not number or not 0 <= value <= MAX_NUMBER):  # nan fails too
             raise self.fail(key, f"expected a number from 0 to {MAX_NUMBER:g}, got {value!r}")
         if kind is float and key in _ABOVE_ZERO and value == 0:  # every call would time out

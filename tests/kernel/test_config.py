@@ -201,6 +201,22 @@ def test_a_bad_listen_address_is_refused(tmp_path, listen):
         ('[store]\nmemory_limit = "1MB"\n', "[store].memory_limit", 'at least "16MB"'),
         ('[store]\nmemory_limit = "0B"\n', "[store].memory_limit", 'at least "16MB"'),
         ('[store]\nmemory_limit = "15.9 MB"\n', "[store].memory_limit", 'at least "16MB"'),
+        # (a CLI hunt: 10**26 passed every integer setting, a limit nothing reaches)
+        (
+            "[daemon]\nmax_connections = 99999999999999999999999999\n",
+            "[daemon].max_connections",
+            "(at most 2**53)",
+        ),
+        (
+            "[store]\nmax_batch_rows = 9007199254740993\n",
+            "[store].max_batch_rows",
+            "(at most 2**53)",
+        ),
+        (
+            "[scheduler]\nmax_concurrent_steps = 99999999999999999999\n",
+            "[scheduler].max_concurrent_steps",
+            "(at most 2**53)",
+        ),
     ],
 )
 def test_values_that_failed_only_at_start_are_refused_naming_their_key(tmp_path, body, key, reason):
