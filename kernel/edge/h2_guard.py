@@ -66,9 +66,9 @@ def limit_header_blocks() -> bool:
                 raise DenialOfServiceError("a header block of many dynamic table size updates")
         return whole
 
-    updating = functools.wraps(update)(updating)
-    updating.header_blocks_limited = True  # type: ignore[attr-defined]
-    frame_buffer.FrameBuffer._update_header_buffer = updating  # type: ignore[method-assign]
+    wrapped: Any = functools.wraps(update)(updating)
+    wrapped.header_blocks_limited = True
+    frame_buffer.FrameBuffer._update_header_buffer = wrapped  # type: ignore[method-assign]
     return True
 
 
