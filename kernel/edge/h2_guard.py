@@ -1,16 +1,16 @@
-"""Header blocks bounded before HPACK reads them, on both listeners (h2's internals: here only).
+"""Header blocks HPACK reads in time bounded by the header list, on both listeners (h2's
+internals: here only).
 
 A header block is a HEADERS frame and up to 64 CONTINUATION frames (h2's
-``CONTINUATION_BACKLOG``): 1 MiB at the default frame size. h2 joins them and hpack decodes the
-whole on the daemon's one thread. The decoded header list is capped (64 KiB), but a dynamic
-table size update adds nothing to it: a block of a million one-byte updates held both ports
-for 2.5 s, and a client sending one a second kept the daemon saturated (found by a hunt).
-
-So a block's fragments may add up to ``MAX_HEADER_BLOCK`` bytes — the header list's cap: a
-header encoded takes fewer bytes than the list counts for it (32 more each) — and a block may
-open with at most ``MAX_SIZE_UPDATES`` size updates (RFC 7541 §4.2: the smallest size since the
-last block, then the final one; hpack refuses one anywhere else). Past either, the connection
-is sent GOAWAY (ENHANCE_YOUR_CALM) and closed, as for any h2 protocol error.
+``CONTINUATION_BACKLOG``): 1 MiB at the default frame size, decoded by hpack on the daemon's
+one thread. What a block decodes to is capped (the header list: 64 KiB on the HTTP port, 1 MiB
+on the gRPC port, whose calls past 64 KiB are refused one by one), and every header adds at
+least 32 bytes to it — but a dynamic table size update adds nothing: a block of a million
+one-byte updates held both ports for 2.5 s, and one such block a second kept the daemon
+saturated (found by a hunt). A block may open with at most ``MAX_SIZE_UPDATES`` of them
+(RFC 7541 §4.2: the smallest size since the last block, then the final one; hpack refuses one
+anywhere else); past that the connection is sent GOAWAY (ENHANCE_YOUR_CALM) and closed, as for
+any h2 protocol error.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 
 log = logging.getLogger("foundry.daemon")
 
-MAX_HEADER_BLOCK = 64 * 1024
 MAX_SIZE_UPDATES = 2
 
 
@@ -56,14 +55,10 @@ def limit_header_blocks() -> bool:
         if frame is not None and type(frame) is not HeadersFrame and not self._headers_buffer:
             return update(self, frame)  # (DATA, and every frame between header blocks)
         whole = update(self, frame)
-        pending = self._headers_buffer
-        if pending and sum(len(part.data) for part in pending) > MAX_HEADER_BLOCK:
-            raise DenialOfServiceError(f"a header block of more than {MAX_HEADER_BLOCK} bytes")
-        if isinstance(whole, HeadersFrame | PushPromiseFrame):
-            if len(whole.data) > MAX_HEADER_BLOCK:
-                raise DenialOfServiceError(f"a header block of more than {MAX_HEADER_BLOCK} bytes")
-            if _leading_size_updates(whole.data) > MAX_SIZE_UPDATES:
-                raise DenialOfServiceError("a header block of many dynamic table size updates")
+        if isinstance(whole, HeadersFrame | PushPromiseFrame) and (
+            _leading_size_updates(whole.data) > MAX_SIZE_UPDATES
+        ):
+            raise DenialOfServiceError("a header block of many dynamic table size updates")
         return whole
 
     wrapped: Any = functools.wraps(update)(updating)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from connectrpc.errors import ConnectError
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
@@ -47,14 +48,14 @@ DECODED: contextvars.ContextVar[Decoded | None] = contextvars.ContextVar("decode
 
 
 def worth_decoding_ahead(headers: Mapping[str, str], compressed: bool) -> bool:
-    """A body of at least ``DECODE_OFF_LOOP_BYTES`` by its ``content-length``, not compressed
-    (connectrpc inflates those: the bytes decoded would not be the bytes sent)."""
-    length = headers.get("content-length", "")
+    """A body not compressed (connectrpc inflates those: the bytes decoded would not be the
+    bytes sent) that may hold ``DECODE_OFF_LOOP_BYTES`` or more: by its ``content-length``, or
+    of no stated length (HTTP/2 needs none: a hostile client leaves it out)."""
+    length = headers.get("content-length")
     return (
         not compressed
-        and length.isdigit()
-        and int(length) >= DECODE_OFF_LOOP_BYTES
         and not headers.get("content-encoding")
+        and (length is None or not length.isdigit() or int(length) >= DECODE_OFF_LOOP_BYTES)
     )
 
 
@@ -71,7 +72,10 @@ async def decoded_ahead(
     parts: list[bytes] = []
     size = 0
     while True:
-        event = await receive()
+        try:
+            event = await receive()
+        except ConnectError as exc:  # the body's deadline, a compressed envelope: connectrpc
+            return _raising(exc), None  # answers it, reading the body, as it always did
         if event["type"] != "http.request":
             return _again([], event), None
         parts.append(event.get("body", b""))
@@ -81,7 +85,7 @@ async def decoded_ahead(
     body = b"".join(parts)
     replay = _again([body], None, more=bool(event.get("more_body")), receive=receive)
     data = _message_bytes(body) if enveloped else body
-    if data is None or size > limit + ENVELOPE_HEADER:
+    if data is None or size > limit + ENVELOPE_HEADER or size < DECODE_OFF_LOOP_BYTES:
         return replay, None
     try:
         message = await trio.to_thread.run_sync(decode, data, kind)
@@ -91,13 +95,19 @@ async def decoded_ahead(
 
 
 def _message_bytes(body: bytes) -> bytes | None:
-    """The one uncompressed message of an enveloped body (gRPC, gRPC-Web), else None."""
+    """The first message of an enveloped body (gRPC, gRPC-Web), whole and not compressed, else
+    None (connectrpc decodes it before it finds a second one: a unary call's error)."""
     if len(body) < ENVELOPE_HEADER or body[0] != 0:
         return None
-    length = int.from_bytes(body[1:ENVELOPE_HEADER], "big")
-    if len(body) != ENVELOPE_HEADER + length:
-        return None
-    return body[ENVELOPE_HEADER:]
+    end = ENVELOPE_HEADER + int.from_bytes(body[1:ENVELOPE_HEADER], "big")
+    return body[ENVELOPE_HEADER:end] if len(body) >= end else None
+
+
+def _raising(error: ConnectError) -> Receive:
+    async def receiving() -> MutableMapping[str, Any]:
+        raise error
+
+    return receiving
 
 
 def _again(

@@ -9,11 +9,7 @@ import h2.errors
 import h2.events
 import hpack
 import pytest
-from foundry.kernel.edge.h2_guard import (
-    MAX_HEADER_BLOCK,
-    header_blocks_are_boundable,
-    limit_header_blocks,
-)
+from foundry.kernel.edge.h2_guard import header_blocks_are_boundable, limit_header_blocks
 from h2.exceptions import DenialOfServiceError
 
 REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/p"), (":authority", "a")]
@@ -46,7 +42,9 @@ def _block(block: bytes, size: int = 16_384) -> bytes:
     )
 
 
-def test_a_request_of_large_headers_within_the_bound_is_read():
+def test_a_request_of_large_headers_is_read():
+    """The header list's own cap decides (the gRPC port refuses a call's metadata past 64 KiB
+    call by call, its other calls going on): a block is not refused for its size."""
     block = hpack.Encoder().encode([*REQUEST, ("x-big", "v" * 40_000)], huffman=False)
     events = _server().receive_data(_block(bytes([0x20, 0x20]) + block))  # two updates: fine
     (request,) = [e for e in events if isinstance(e, h2.events.RequestReceived)]
@@ -56,12 +54,11 @@ def test_a_request_of_large_headers_within_the_bound_is_read():
 @pytest.mark.parametrize(
     "block",
     [
-        hpack.Encoder().encode([*REQUEST, ("x-big", "v" * MAX_HEADER_BLOCK)], huffman=False),
         bytes([0x20] * 3) + hpack.Encoder().encode(REQUEST),
         bytes([0x3F, 0xE1, 0x1F] * 3) + hpack.Encoder().encode(REQUEST),  # sizes of 4,096
         b"\x20" * 1_000_000,
     ],
-    ids=["over the bound", "three size updates", "three long size updates", "a million"],
+    ids=["three size updates", "three long size updates", "a million"],
 )
 def test_a_block_past_the_bounds_closes_the_connection_calmly(block):
     server = _server()
