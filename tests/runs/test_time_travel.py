@@ -244,6 +244,35 @@ def test_a_breakpoint_added_to_a_running_run_pauses_it(daemon):
     assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
 
 
+def test_a_step_waiting_for_a_slot_has_not_started_for_breakpoints(shared_daemon):
+    """Found by a time-travel hunt: with every concurrency slot taken, a ready step waited for
+    one in its task — and then ran, past a breakpoint put on it meanwhile, and while the run
+    was paused before another step. It had not started: it pauses the run, or waits."""
+    single = shared_daemon("[scheduler]\nmax_concurrent_steps = 1\n")
+    nap = {"id": "a", "type": "sleeper", "inputs": {"seconds": 1.0}}
+    run_id = submit(single, dag(nap, {"id": "b", "type": "transform", "inputs": {"v": 1}}))
+    wait_for(single, run_id, lambda r: steps(r)["a"].status == "running", what="a running")
+    assert breakpoints(single, run_id, add=["b"]) == ["b"]
+    run = wait_status(single, run_id, PAUSED)
+    assert run.paused_step == "b"
+    assert steps(run)["b"].status == "pending"
+    resume(single, run_id)
+    assert wait_done(single, run_id).status == api.RunStatus.SUCCEEDED
+
+    # paused before c while b waits for the slot: b does not start until the resume
+    run_id = submit(single, dag(nap, {"id": "b", "type": "transform", "inputs": {"v": 1}},
+                                {"id": "c", "type": "transform", "inputs": {"v": 2}}),
+                    breakpoints=["c"])  # fmt: skip
+    run = wait_status(single, run_id, PAUSED)
+    assert run.paused_step == "c"
+    wait_for(single, run_id, lambda r: steps(r)["a"].status == "succeeded", what="a's end")
+    assert steps(get_run(single, run_id))["b"].status == "pending"
+    resume(single, run_id)
+    done = wait_done(single, run_id)
+    assert done.status == api.RunStatus.SUCCEEDED
+    assert {s.status for s in done.steps} == {"succeeded"}
+
+
 # --- PatchStep and ResumeRun ---------------------------------------------------------------------
 
 PATCHABLE = dag(

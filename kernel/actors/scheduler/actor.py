@@ -493,8 +493,9 @@ class Scheduler:
                 if wait is Next.STEP:
                     finished = await done_receive.receive()
                     busy.discard(finished)
-                    if candidates is not None:
+                    if candidates is not None:  # (itself too: held back, it is still to start)
                         candidates.update(run.dag.dependents.get(finished, ()))
+                        candidates.add(finished)
                 elif wait is Next.RESUME:
                     if not await self._until_resumed(run):
                         return False  # the daemon is stopping; the run stays paused in its log
@@ -654,6 +655,11 @@ class Scheduler:
         """Lease and run one attempt; None when the step is finished (either way), else the
         backoff before the next attempt (the planner's)."""
         if run.canceling:  # a slot came free while the cancel was being made durable
+            return None
+        if not _leased_ever(step) and (run.status == "PAUSED_AT_STEP" or run.stops_at(step)):
+            # It waited for a slot while the run paused, or a breakpoint was put on it: it
+            # has not started, so it does not now (it started, the run paused or not). The
+            # driver looks at it again: it pauses the run, or starts once resumed.
             return None
         spec = step.spec
         attempt = attempt_number(step)
