@@ -117,7 +117,8 @@ def check_patch_references(dag: Dag, step_id: str, inputs: Any) -> None:
         text = "${" + ".".join(path) + "}"
         if path[0] == "inputs" and all(path):
             continue
-        if path[0] == "steps" and len(path) >= 3 and path[2] == "output":
+        # (no empty segment, as a submitted DAG's: ``output..x`` passed, then failed the step)
+        if path[0] == "steps" and len(path) >= 3 and path[2] == "output" and all(path):
             if path[1] in direct:
                 continue
             if upstream is None:

@@ -404,6 +404,9 @@ def test_patch_and_resume_errors(daemon):
     assert_error(
         patch_error("b", inputs={"x": "${bogus}"}), Status.INVALID_ARGUMENT, "inputs_patch"
     )
+    # refused as SubmitRun refuses them (a time-travel hunt: accepted, then the step failed)
+    for empty in ("${steps.a.output..x}", "${steps.a.output.}"):
+        assert_error(patch_error("b", inputs={"x": empty}), Status.INVALID_ARGUMENT, "inputs_patch")
     assert_error(patch_error("b", inputs={"x": float("nan")}), Status.INVALID_ARGUMENT, "finite")
     missing_run = rpc_error(daemon, lambda rt: rt.patch_step(patch_request("run_nope", "b")))
     assert_error(missing_run, Status.NOT_FOUND, "run_nope")
