@@ -305,6 +305,36 @@ def test_the_timeline_tooltip_does_not_turn_an_error_around(page, daemon):
     assert "\u202e" not in title
 
 
+def test_a_workflow_page_goes_on_after_a_failed_call_and_says_not_found(browser_page, daemon):
+    """Found by a dashboard hunt: one failed call (the daemon restarting, a 429) stopped a
+    workflow's page for good, "running" ever after; an unknown (or archived) workflow showed
+    "pending", polled for ever. The page tries again; an unknown one is not_found."""
+    page, console = browser_page
+    console.expect_refusal(f"/{FOUNDRY}/Trace")
+    console.expect_refusal(f"/{FOUNDRY}/Status")
+    emitted = emit(daemon, "again", "THROTTLE_FULL", {"name": "Cy"})
+    failing = [True]
+
+    def once_away(route: Any) -> None:  # the network between the page and the daemon, once
+        if failing:
+            failing.clear()
+            route.fulfill(status=503, content_type="application/json",
+                          body='{"code": "unavailable", "message": "away"}')  # fmt: skip
+        else:
+            route.continue_()
+
+    page.route(f"**/{FOUNDRY}/Trace", once_away)
+    open_page(page, daemon, f"#/workflows/{emitted['workflowId']}")
+    expect(page.locator("main")).to_have_attribute("data-loaded", "final", timeout=15_000)
+    expect(page.locator('#workflow-tree [data-block="Compose Greeting"]')).to_have_count(1)
+    assert not failing  # (it did fail once)
+    page.unroute(f"**/{FOUNDRY}/Trace")
+
+    open_page(page, daemon, "#/workflows/evt_" + "0" * 32)
+    expect(page.locator("#workflow-tree .error-box")).to_contain_text("not_found")
+    expect(page.locator("main")).to_have_attribute("data-loaded", "final")
+
+
 def test_long_words_wrap_in_every_list_and_step_ids_fit_their_nodes(page, daemon):
     """Found by a dashboard hunt: a 256-letter project (the longest Emit takes) made the
     workflow list 3,342 px wide and its page 2,227; an error quoting a long path widened the
@@ -572,8 +602,18 @@ def test_evals_gates_and_sql(browser_page, daemon):
     expect(gate).to_be_visible()
     expect(gate.locator("[data-status]").first).not_to_have_attribute("data-status", "unknown")
     expect(gate).to_contain_text("pass_rate")
+    # its scorecard in words (a dashboard hunt: "[object HTMLElement],…", no <dt> at all)
+    expect(gate.locator("dl.scorecard dt")).to_have_text(["Novelty", "Coverage", "Evals",
+                                                         "Budgets"])  # fmt: skip
+    expect(gate.locator("dl.scorecard")).not_to_contain_text("[object")
 
     open_page(page, daemon, "#/sql")
+    # a saved question with parameters runs with their defaults (a dashboard hunt: sent as
+    # its SQL, "missing parameter(s): $since", for 5 of the 6)
+    page.select_option("#sql-saved", "block_health")
+    page.click("#sql-run")
+    expect(page.locator("#sql-summary")).to_contain_text("row")
+    expect(page.locator("#sql-result .error-box")).to_have_count(0)
     page.fill(
         "#sql-text", "SELECT slug, title FROM eval_scenarios WHERE pack = 'dash' ORDER BY slug"
     )

@@ -118,5 +118,5 @@ function scorecard(card) {
     ["Evals", `failing: ${list(card.evals?.failingMetrics)}; attention: ${list(card.evals?.attentionMetrics)}; score per token ${number(card.evals?.scorePerToken, 4)}`],
     ["Budgets", `breaches: ${list(card.budgets?.breaches)}; near limits: ${list(card.budgets?.nearLimits)}`],
   ];
-  return h("dl", { class: "facts scorecard" }, rows.map(([name, text]) => [h("dt", {}, name), h("dd", {}, text)]));
+  return h("dl", { class: "facts scorecard" }, rows.flatMap(([name, text]) => [h("dt", {}, name), h("dd", {}, text)]));
 }

@@ -140,11 +140,17 @@ export function mountWorkflow(root, workflowId) {
   async function refresh() {
     try {
       const [status, trace] = await Promise.all([
-        call(FOUNDRY, "Status", { workflowId }).catch(() => ({ workflows: [] })),
+        call(FOUNDRY, "Status", { workflowId }).catch((error) => ({ workflows: [], error })),
         call(FOUNDRY, "Trace", { eventId: workflowId }),
       ]);
       if (!alive) return;
       const workflow = (status.workflows || [])[0];
+      if (!workflow && !trace.found && status.error?.code === "not_found") {
+        // unknown, or archived by retention: said as the run page says it, and not polled
+        tree.replaceChildren(errorBox(status.error));
+        root.dataset.loaded = "final";
+        return;
+      }
       renderSummary(summary, workflow, trace);
       if (trace.found) tree.replaceChildren(renderTree(workflowId, trace));
       else if (workflow) tree.replaceChildren(renderInFlight(workflow));
@@ -153,7 +159,10 @@ export function mountWorkflow(root, workflowId) {
       if (!finished || !trace.found) timer = setTimeout(refresh, 700);
       root.dataset.loaded = finished && trace.found ? "final" : "live";
     } catch (error) {
+      if (!alive) return;
+      // (one failed call — the daemon restarting, a 429 — stopped the page for good)
       tree.replaceChildren(errorBox(error));
+      timer = setTimeout(refresh, 2000);
     }
   }
   refresh();
