@@ -498,8 +498,8 @@ async def start_and_stop_store(home):
 
 
 async def test_a_chain_left_unfinished_is_marked_failed_on_the_next_start(tmp_path):
-    root = make_event(0, event_type="deploy_requested")
-    child = make_event(1, parent=root, event_type="deploy_started")
+    root = make_event(0, event_type="deploy_requested", project="Zoë")
+    child = make_event(1, parent=root, event_type="deploy_started", project="Zoë")
     execution = make_execution(root, [child])
 
     with trio.fail_after(GUARD_SECONDS):
@@ -527,6 +527,12 @@ async def test_a_chain_left_unfinished_is_marked_failed_on_the_next_start(tmp_pa
 
     path = tmp_path / "traces" / "2026-03-04" / f"{root.id}.json"
     trace = json.loads(path.read_text())
+    # in the shape of every trace file (an OTel hunt: span_id after ours, "Zo\u00eb")
+    assert '"project":"Zoë"' in path.read_text().replace(" ", "")
+    assert list(trace["events"][0]) == [
+        "id", "event_type", "project", "occurred_at", "recorded_at", "throttle", "trace_id",
+        "span_id", "payload", "parent_id", "emitted_by", "depth", "throttled", "parent_span_id",
+    ]  # fmt: skip
     assert trace["state"] == "failed"
     assert trace["error"] == RESTARTED
     assert [e["id"] for e in trace["events"]] == [root.id, child.id]

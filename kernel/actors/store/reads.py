@@ -65,12 +65,12 @@ def _event_trace(row: dict[str, Any]) -> dict[str, Any]:
         "recorded_at": zulu(occurred_stamp(row["recorded_at"])),
         "throttle": row["throttle"],
         "trace_id": row["trace_id"] or "",
+        "span_id": row["span_id"] or "",  # (where ``trace_format`` writes it: the file's order)
         "payload": json.loads(row["payload"]),
         "parent_id": row["parent_id"],
         "emitted_by": row["emitted_by"],
         "depth": row["depth"],
         "throttled": row["throttled"],
-        "span_id": row["span_id"] or "",
         "parent_span_id": row["parent_span_id"] or None,
     }
 
@@ -338,7 +338,7 @@ def recover_unfinished(
                 completed_at=now,
                 event_count=len(events),
                 block_count=max(len(executions), 1),
-                trace=json.dumps(trace, default=str),
+                trace=json.dumps(trace, default=str, ensure_ascii=False),  # (as every file)
                 trace_id=root["trace_id"] or "",
             )
         )
