@@ -244,7 +244,7 @@ def test_a_breakpoint_added_to_a_running_run_pauses_it(daemon):
     assert wait_done(daemon, run_id).status == api.RunStatus.SUCCEEDED
 
 
-def test_a_step_waiting_for_a_slot_has_not_started_for_breakpoints(shared_daemon):
+def test_a_step_waiting_for_a_slot_has_not_started_for_breakpoints(shared_daemon, tmp_path):
     """Found by a time-travel hunt: with every concurrency slot taken, a ready step waited for
     one in its task — and then ran, past a breakpoint put on it meanwhile, and while the run
     was paused before another step. It had not started: it pauses the run, or waits."""
@@ -271,6 +271,16 @@ def test_a_step_waiting_for_a_slot_has_not_started_for_breakpoints(shared_daemon
     done = wait_done(single, run_id)
     assert done.status == api.RunStatus.SUCCEEDED
     assert {s.status for s in done.steps} == {"succeeded"}
+
+    # (a review) the run failed while the mutator waited for the slot: it does not start
+    log = tmp_path / "log"
+    run_id = submit(single, dag({"id": "x", "type": "tool", "inputs": {"tool": "nope"}},
+                                {"id": "b", "type": "logger",
+                                 "inputs": {"log": str(log), "value": 1}}))  # fmt: skip
+    done = wait_done(single, run_id)
+    assert done.status == api.RunStatus.FAILED
+    assert steps(done)["b"].status == "skipped"
+    assert not log.exists()
 
 
 # --- PatchStep and ResumeRun ---------------------------------------------------------------------

@@ -656,10 +656,14 @@ class Scheduler:
         backoff before the next attempt (the planner's)."""
         if run.canceling:  # a slot came free while the cancel was being made durable
             return None
-        if not _leased_ever(step) and (run.status == "PAUSED_AT_STEP" or run.stops_at(step)):
-            # It waited for a slot while the run paused, or a breakpoint was put on it: it
-            # has not started, so it does not now (it started, the run paused or not). The
-            # driver looks at it again: it pauses the run, or starts once resumed.
+        if not _leased_ever(step) and (
+            run.status == "PAUSED_AT_STEP" or run.stops_at(step) or run.failed
+            or self._stopping.is_set()
+        ):  # fmt: skip
+            # It waited for a slot while the run paused or failed, a breakpoint was put on it,
+            # or the daemon began to stop: it has not started, so it does not now (it did — a
+            # mutator's side effect for a failed run). The driver looks at it again: it pauses
+            # the run, starts once resumed, ends skipped, or the next start leases it.
             return None
         spec = step.spec
         attempt = attempt_number(step)
