@@ -77,13 +77,14 @@ async def decoded_ahead(
         except ConnectError as exc:  # the body's deadline, a compressed envelope: connectrpc
             return _raising(exc), None  # answers it, reading the body, as it always did
         if event["type"] != "http.request":
-            return _again([], event), None
+            return _again(event, receive), None
         parts.append(event.get("body", b""))
         size += len(parts[-1])
         if not event.get("more_body") or size > limit + ENVELOPE_HEADER:
             break
     body = b"".join(parts)
-    replay = _again([body], None, more=bool(event.get("more_body")), receive=receive)
+    whole = {"type": "http.request", "body": body, "more_body": bool(event.get("more_body"))}
+    replay = _again(whole, receive)
     data = _message_bytes(body) if enveloped else body
     if data is None or size > limit + ENVELOPE_HEADER or size < DECODE_OFF_LOOP_BYTES:
         return replay, None
@@ -110,25 +111,11 @@ def _raising(error: ConnectError) -> Receive:
     return receiving
 
 
-def _again(
-    bodies: list[bytes],
-    ended: MutableMapping[str, Any] | None,
-    *,
-    more: bool = False,
-    receive: Receive | None = None,
-) -> Receive:
-    """A ``receive`` giving ``bodies`` as one request message (then ``ended``, or what
-    ``receive`` gives next)."""
-    pending: list[MutableMapping[str, Any]] = [
-        {"type": "http.request", "body": body, "more_body": more} for body in bodies
-    ]
-    if ended is not None:
-        pending.append(ended)
+def _again(first: MutableMapping[str, Any], receive: Receive) -> Receive:
+    """A ``receive`` giving ``first``, then what ``receive`` gives."""
+    pending = [first]
 
     async def receiving() -> MutableMapping[str, Any]:
-        if pending:
-            return pending.pop(0)
-        assert receive is not None or ended is not None
-        return await receive() if receive is not None else ended  # type: ignore[return-value]
+        return pending.pop() if pending else await receive()
 
     return receiving
