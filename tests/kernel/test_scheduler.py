@@ -472,6 +472,31 @@ async def test_steps_ready_before_the_breakpoint_still_start(tmp_path, autojump_
     assert sorted(s for s, _ in sleepy.started) == ["a", "b", "c"]
 
 
+async def test_a_resume_starts_the_held_step_while_another_still_runs(tmp_path, autojump_clock):
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy]) as h:
+        run_id = await h.submit([step("a", inputs={"s": 50}), step("b")], breakpoints=("b",))
+        await h.store.until(run_id, "run_paused")
+        await trio.sleep(10)
+        await ask(h.inbox, lambda r: ResumeRun(run_id, r))
+        resumed_at = trio.current_time()
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+    started = dict(sleepy.started)
+    assert started["b"] - resumed_at < 1  # not once "a" ends, 40 s later
+    assert done.kind == "run_succeeded"
+
+
+async def test_a_paused_run_with_a_step_running_cancels_and_stops_at_once(tmp_path, autojump_clock):
+    async with running_scheduler(tmp_path, [Sleepy()]) as h:
+        run_id = await h.submit([step("a", inputs={"s": 50}), step("b")], breakpoints=("b",))
+        await h.store.until(run_id, "run_paused")
+        t0 = trio.current_time()
+        answer = await ask(h.inbox, lambda r: CancelRun(run_id, "enough", r))
+        assert trio.current_time() - t0 < 1
+        assert answer == ("CANCELED", ("a",))
+    assert h.kinds(run_id)[-1] == "run_canceled"
+
+
 async def test_a_breakpoint_added_to_a_live_run_holds_its_next_step(tmp_path, autojump_clock):
     sleepy = Sleepy()
     async with running_scheduler(tmp_path, [sleepy]) as h:

@@ -491,7 +491,9 @@ class Scheduler:
                 if run.canceling and wait is not Next.STEP:
                     break  # cancelled: what was running has ended
                 if wait is Next.STEP:
-                    finished = await done_receive.receive()
+                    finished = await self._step_end_or_resume(run, done_receive)
+                    if finished is None:
+                        continue  # resumed: what the pause held may start beside the others
                     busy.discard(finished)
                     if candidates is not None:  # (itself too: held back, it is still to start)
                         candidates.update(run.dag.dependents.get(finished, ()))
@@ -581,6 +583,22 @@ class Scheduler:
             # until a ResumeRun, and its tappers wait for it (and the completion it takes along).
             await self._record_durable(run, "run_paused", plan.pause_at)
         return None
+
+    async def _step_end_or_resume(
+        self, run: RunState, done: trio.MemoryReceiveChannel[str]
+    ) -> str | None:
+        """The id of the next of the run's steps to end — or, in a pause, None once the run is
+        resumed (or cancelled, or the daemon stops) first: a held step starts at its ResumeRun,
+        not when a step still running at the pause ends, minutes later maybe."""
+        if run.status != "PAUSED_AT_STEP":
+            return await done.receive()
+        resumed = self._wakeups.setdefault(run.run_id, trio.Event())
+        ended: list[str] = []
+        async with trio.open_nursery() as racing:
+            racing.start_soon(_cancel_when_set, resumed, racing.cancel_scope)
+            ended.append(await done.receive())  # (a cancelled receive takes nothing)
+            racing.cancel_scope.cancel()
+        return ended[0] if ended else None
 
     async def _until_resumed(self, run: RunState) -> bool:
         """Wait for ResumeRun; False when the daemon stops first."""
@@ -1268,6 +1286,11 @@ def _step_view(run: RunState, step: StepState) -> StepView:
         usage=step.usage,
         span_id=step.span_id,
     )
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _attempt_ended(
