@@ -988,6 +988,12 @@ async def test_a_large_dag_is_parsed_off_the_loop_while_a_small_one_is_answered(
             assert [name for name, _ in answered] == ["small", "big", "again"]
             assert answered[1][1] == answered[2][1]  # the duplicate's run is the first's
             assert (await h.get(answered[1][1])).status == "PAUSED_AT_STEP"
+            # ListRuns pages newest first by created_at: stamped as the big one arrived, it
+            # reached the store after a newer run and fell between the pages a client read.
+            stored = [r for r in h.store.records if isinstance(r, RunSubmission)]
+            assert [r.run_id for r in stored] == [answered[0][1], answered[1][1]]
+            assert stored[0].created_at <= stored[1].created_at
+            assert (await h.get(answered[1][1])).created_at == stored[1].created_at
 
             broken = big.replace('"b19999"', '"b19998"', 1)  # a step id twice
             with pytest.raises(InvalidArgument, match="b19998"):

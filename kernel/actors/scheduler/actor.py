@@ -313,6 +313,11 @@ class Scheduler:
         return RunState.new(submission, dag)
 
     async def _start(self, run: RunState, submission: RunSubmission, message: SubmitRun) -> None:
+        # Stamped as it goes to the store, not as it arrived: ListRuns pages newest first by
+        # created_at, and a large DAG stamped at arrival reached the store after newer runs
+        # (its parse took a worker thread ~1 s) — between two pages a client had already read.
+        submission = replace(submission, created_at=self._clock.now())
+        run.submission, run.updated_at = submission, submission.created_at
         submitted = run.make_event(
             "run_submitted", submission.created_at, steps=len(run.dag.steps), seed=submission.seed
         )
