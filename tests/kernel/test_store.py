@@ -721,6 +721,37 @@ async def test_a_refused_records_rows_are_applied_once_when_its_pass_is_cut_shor
     assert database_rows(tmp_path, "SELECT count(*) FROM events") == 40
 
 
+async def test_a_commit_whose_rollback_failed_too_is_retried_at_once_on_the_same_connection(
+    tmp_path, monkeypatch, caplog
+):
+    """An analyst's query took DuckDB's memory: the commit failed, and its ROLLBACK as well.
+    The connection stayed in the failed transaction: each retry's BEGIN failed until the tenth
+    reopened the database (~10 s of reads waiting for acknowledged writes)."""
+    real_apply, real_roll_back, failed = store_actor.apply, store_actor.roll_back, [0]
+
+    def out_of_memory_once(con, appender, tables):
+        failed[0] += 1
+        if failed[0] == 1:
+            raise duckdb.OutOfMemoryException("Out of Memory Error: could not allocate block")
+        return real_apply(con, appender, tables)
+
+    def rollback_out_of_memory_once(con):
+        if failed[0] == 1:  # the transaction stays open and failed, as DuckDB leaves it
+            raise duckdb.OutOfMemoryException("Out of Memory Error: could not allocate block")
+        real_roll_back(con)
+
+    monkeypatch.setattr(store_actor, "apply", out_of_memory_once)
+    monkeypatch.setattr(store_actor, "roll_back", rollback_out_of_memory_once)
+    async with running_store(tmp_path, materialize_delay=60) as store:
+        await post_now(store, [make_event(1), make_event(2)]).wait()
+        t0 = trio.current_time()
+        assert (await ask(store, CountRows)).events == 2
+        assert trio.current_time() - t0 < 5  # the second try, a second on: no reopen
+    assert "opening the database again" not in caplog.text
+    assert "Current transaction is aborted" not in caplog.text
+    assert database_rows(tmp_path, "SELECT count(*) FROM events") == 2
+
+
 async def test_a_store_stopping_while_the_database_fails_leaves_its_writes_to_the_journal(
     tmp_path, caplog
 ):

@@ -221,6 +221,8 @@ class Store:
             JobThread(f"foundry-query-{i}", idle_priority=True) for i in range(USER_READERS)
         ]
         self._appenders: dict[str, Any] = {}  # by table
+        # The connection a failed commit could not roll back (see _transaction), if any.
+        self._aborted_on: duckdb.DuckDBPyConnection | None = None
         self._db_applied = 0  # the high-water mark DuckDB holds (worker thread's view)
         self._archivist = Archivist()
         self._hold_for_test = hold_for_test
@@ -1459,6 +1461,9 @@ class Store:
     def _transaction(self, tables: Sequence[TableRows], *, applied: int | None = None) -> None:
         con = self._con
         assert con is not None
+        if self._aborted_on is con:
+            con.execute("ROLLBACK")
+            self._aborted_on = None
         con.execute("BEGIN TRANSACTION")
         try:
             apply(con, self._appender, tables)
@@ -1470,7 +1475,14 @@ class Store:
             for appender in self._appenders.values():
                 appender.clear()  # rows a failed append_rows kept must not reach the next commit
             self._appenders.clear()  # and the next try gets fresh ones (a table may have moved)
-            con.execute("ROLLBACK")
+            try:
+                roll_back(con)
+            except duckdb.Error:
+                # Out of memory, as the commit was (an analyst's query took DuckDB's memory
+                # limit): the connection stayed in the failed transaction, and every BEGIN
+                # after it failed ("Current transaction is aborted") until the tenth retry
+                # reopened the database, ~10 s on. The next try rolls it back first.
+                self._aborted_on = con
             raise
         if applied is not None:
             self._db_applied = applied
@@ -1491,6 +1503,10 @@ class Store:
         if writer.table not in self._appenders:
             self._appenders[writer.table] = writer.appender(self._con)
         return self._appenders[writer.table]
+
+
+def roll_back(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("ROLLBACK")
 
 
 # Errors that mean DuckDB refuses a record's rows themselves (not its disk or memory).
