@@ -50,6 +50,7 @@ from foundry.kernel.core.attest_records import (
     custom_attestation_id,
     json_digest,
 )
+from foundry.kernel.core.governance import HISTORY_LIMIT, MAX_GATE_LIMIT
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import runtime_api as api
@@ -376,6 +377,8 @@ async def verify_stored(
         problems += await _check_output(runtime, claims, kind)
     elif kind == "artifact":
         problems += _check_file(claims)
+    elif kind == "custom":
+        problems += await _check_record(runtime, claims)
     return problems
 
 
@@ -427,6 +430,68 @@ def _record_problems(stored: str, predicate: dict[str, Any]) -> list[str]:
         return []
     return [f"its signed statement is of {label} {record_id}, whose attestation id is not "
             f"{stored}: another attestation's statement"]  # fmt: skip
+
+
+# What a gate decision's and an eval result's attestation signed that its record as listed now
+# must still say (a DENY edited to ALLOW in the database verified as valid).
+_RECORD_FIELDS = {
+    GATE_DECISION: ("change_id", "revision", "effect", "reasons"),
+    EVAL_RESULT: ("scenario_id", "run_id", "commit", "outcome", "metrics"),
+}
+
+
+async def _check_record(runtime: Any, predicate: dict[str, Any]) -> list[str]:
+    """A gate decision's or an eval result's signed claims against the record as the daemon
+    lists it now (ListChangeGates, ListEvalScenarios' history): each signed field unchanged."""
+    label, claims = predicate.get("label"), predicate.get("claims")
+    if label not in _RECORD_FIELDS or not isinstance(claims, dict):
+        return []
+    record_id = claims.get(_RECORD_IDS[label])
+    if label == GATE_DECISION:
+        stored, complete = await _listed_gate(runtime, claims)
+    else:
+        stored, complete = await _listed_result(runtime, record_id)
+    if stored is None:
+        if complete:
+            return [f"{label} {record_id} is not stored as it was signed: not listed any more"]
+        print(f"note: {label} {record_id} is past what the daemon lists (the newest ones): what "
+              "it stores now is not checked", file=sys.stderr)  # fmt: skip
+        return []
+    return [
+        f"{label} {record_id}: the stored {field} is {short_json(stored[field])}, but its "
+        f"attestation signed {short_json(claims.get(field))} — it was changed"
+        for field in _RECORD_FIELDS[label]
+        if stored[field] != claims.get(field)
+    ]
+
+
+async def _listed_gate(runtime: Any, claims: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """The decision as ListChangeGates lists it now, and whether the list held every decision
+    of its change (then one not in it is not stored as signed)."""
+    request = api.ListChangeGatesRequest(change_id=str(claims.get("change_id", "")),
+                                         limit=MAX_GATE_LIMIT)  # fmt: skip
+    decisions = (await runtime.list_change_gates(request)).decisions
+    for d in decisions:
+        if d.gate_id == claims.get("gate_id"):
+            effect = api.ChangeDecisionEffect(d.effect).name.lower()
+            listed = {"change_id": d.change_id, "revision": d.revision, "effect": effect,
+                      "reasons": list(d.reasons)}  # fmt: skip
+            return listed, True
+    return None, len(decisions) < MAX_GATE_LIMIT
+
+
+async def _listed_result(runtime: Any, result_id: Any) -> tuple[dict[str, Any] | None, bool]:
+    """The eval result as ListEvalScenarios' history lists it now, and whether every history
+    listed was whole (then one not in them is not stored as signed)."""
+    scenarios = (await runtime.list_eval_scenarios(api.ListEvalScenariosRequest())).scenarios
+    for scenario in scenarios:
+        for r in scenario.history:
+            if r.result_id == result_id:
+                metrics = r.metrics.to_dict() if r.metrics is not None else {}
+                listed = {"scenario_id": r.scenario_id, "run_id": r.run_id, "commit": r.commit,
+                          "outcome": r.outcome, "metrics": metrics}  # fmt: skip
+                return listed, True
+    return None, all(len(s.history) < HISTORY_LIMIT for s in scenarios)
 
 
 _OF_A_STEP = ("tool", "artifact", "capability_token")

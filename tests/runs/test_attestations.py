@@ -625,6 +625,48 @@ def test_another_decisions_statement_copied_into_a_gate_or_eval_row_is_reported(
         )
 
 
+def test_a_gate_decision_or_eval_result_changed_or_deleted_in_the_database_is_reported(
+    make_daemon,
+):
+    """A DENY edited to ALLOW in gate_decisions, a failed result edited to passed in
+    eval_results: verify compared the signed statement with the id only, and said valid while
+    ListChangeGates served the forged verdict (a hunt)."""
+    daemon = make_daemon()
+    (decision, result, _), (gone_decision, gone_result, _) = (
+        decide_and_judge(daemon) for _ in "ab"
+    )
+    gate_id, result_id = decision.gate_id, result.result_id
+    for record in (custom_attestation_id(GATE_DECISION, gate_id),
+                   custom_attestation_id(EVAL_RESULT, result_id)):  # fmt: skip
+        assert cli(daemon, "verify", record).returncode == 0
+    signed_effect = api.ChangeDecisionEffect(decision.effect).name.lower()
+    forged_effect = "deny" if signed_effect != "deny" else "allow"
+    assert daemon.stop() == 0
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        con.execute(
+            "UPDATE gate_decisions SET effect = ? WHERE gate_id = ?", [forged_effect, gate_id]
+        )
+        con.execute("UPDATE eval_results SET outcome = 'failed' WHERE result_id = ?", [result_id])
+        con.execute("DELETE FROM gate_decisions WHERE gate_id = ?", [gone_decision.gate_id])
+        con.execute("DELETE FROM eval_results WHERE result_id = ?", [gone_result.result_id])
+    daemon.start()
+    verified = cli(daemon, "verify", custom_attestation_id(GATE_DECISION, gate_id))
+    assert verified.returncode == 1, verified.stdout
+    said = (f'gate_decision {gate_id}: the stored effect is "{forged_effect}", but its '
+            f'attestation signed "{signed_effect}" — it was changed')  # fmt: skip
+    assert said in verified.stdout
+    verified = cli(daemon, "verify", custom_attestation_id(EVAL_RESULT, result_id))
+    assert verified.returncode == 1, verified.stdout
+    assert f'the stored outcome is "failed", but its attestation signed "{result.outcome}"' in (
+        verified.stdout
+    )
+    for label, record_id in ((GATE_DECISION, gone_decision.gate_id),
+                             (EVAL_RESULT, gone_result.result_id)):  # fmt: skip
+        verified = cli(daemon, "verify", custom_attestation_id(label, record_id))
+        assert verified.returncode == 1, verified.stdout
+        assert f"{label} {record_id} is not stored as it was signed: not listed" in verified.stdout
+
+
 def test_an_attestation_id_of_before_verifies_by_the_run_that_announced_it(make_daemon):
     """A daemon of before named a run's attestations by a hash (``att_`` + 24 hex of the run id
     and seq), and a migration kept those ids: they are not ``att_<run>_<seq>``, and verify
