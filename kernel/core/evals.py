@@ -213,11 +213,14 @@ def _check(
     return result
 
 
-def expected_problems(expected: Any, extras: Mapping[str, AssertionType]) -> list[str]:
+def expected_problems(
+    expected: Any, extras: Mapping[str, AssertionType], search: Search | None = None
+) -> list[str]:
     """What is wrong with ``expected`` whatever run it judges, as :func:`judge` says it: an
-    unknown assertion type, one at the wrong level, a built-in's value of the wrong shape.
-    (Checked when a pack is synced: a typo was found only after a whole run.) Step ids are not
-    checked: the run judged need not come from the scenario's run_spec."""
+    unknown assertion type, one at the wrong level, a built-in's value of the wrong shape, a
+    ``steps`` (or a step) with no assertion, and (given ``search``, the engine judging will use)
+    a pattern it refuses. (Checked when a pack is synced: a typo was found only after a whole
+    run.) Step ids are not checked: the run judged need not come from the scenario's run_spec."""
     if not isinstance(expected, Mapping):
         return [f"expected must be a JSON object, got {_kind(expected)}"]
     problems = [
@@ -228,13 +231,30 @@ def expected_problems(expected: Any, extras: Mapping[str, AssertionType]) -> lis
     if not isinstance(steps, Mapping):
         problems.append(f"steps must be an object, got {_kind(steps)}")
         steps = {}
+    elif "steps" in expected and not steps:
+        problems.append("steps: an object with at least one step's assertions, got {}")
     for step_id in sorted(steps):
         checks = steps[step_id]
         if not isinstance(checks, Mapping):
             problems.append(f"steps.{step_id} must be an object, got {_kind(checks)}")
             continue
+        if not checks:
+            problems.append(f"steps.{step_id}: an object with at least one assertion, got {{}}")
+            continue
         problems.extend(_placement_problem(k, checks[k], step_id, extras) for k in sorted(checks))
+        if search is not None and isinstance(checks.get("regex"), str):
+            problems.append(_pattern_problem(checks["regex"], step_id, search))
     return [problem for problem in problems if problem]
+
+
+def _pattern_problem(pattern: str, step_id: str, search: Search) -> str:
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        return ""  # (said by its placement)
+    try:
+        search(pattern, "")
+    except ValueError as exc:
+        return f"steps.{step_id}.regex: {exc}"
+    return ""
 
 
 def _placement_problem(

@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from foundry.kernel.core.dag import EnvAllowance, check_dag_env, parse_dag
-from foundry.kernel.core.evals import AssertionType, expected_problems
+from foundry.kernel.core.evals import AssertionType, Search, expected_problems
 from foundry.kernel.core.failures import text_of
 from foundry.kernel.core.gate_policy import (
     BudgetSummary,
@@ -305,6 +305,7 @@ def parse_pack(
     known_types: Collection[str],
     env_allowance: EnvAllowance,
     assertion_types: Mapping[str, AssertionType] | None = None,
+    search: Search | None = None,
 ) -> None:
     """Validate a whole pack before anything is stored: the pack name, each slug (non-empty,
     unique), title and description lengths, each run_spec (:func:`parse_run_spec`) and each
@@ -329,7 +330,7 @@ def parse_pack(
         if not isinstance(expected, Mapping) or not expected:
             raise InvalidArgument(f"{where}: expected: an object with at least one assertion")
         check_json_value(dict(expected), f"{where}: expected", depth=STRUCT_DEPTH)
-        if problems := expected_problems(expected, assertion_types or {}):
+        if problems := expected_problems(expected, assertion_types or {}, search):
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise InvalidArgument(f"{where}: expected: {problems[0]}{more}")
         check_json_value(  # its inputs one level down: as deep as SubmitRun takes them

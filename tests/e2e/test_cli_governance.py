@@ -214,6 +214,14 @@ def test_errors_are_one_line(daemon, tmp_path):
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1
         assert f"{pack}: scenario 'a': expected: stauts: unknown assertion type" in done.stderr
+    # a pattern the daemon's engine (RE2) refuses: refused at the sync, not judged an error
+    pack.write_text(json.dumps({"pack": "p", "scenarios": [{
+        "slug": "a", "run_spec": {"dag": {"steps": [{"id": "t", "type": "transform"}]}},
+        "expected": {"steps": {"t": {"regex": "(a)\\1"}}}}]}))  # fmt: skip
+    done = run(daemon, "eval", "sync", str(pack))
+    assert done.returncode == 2, done.stderr
+    assert f"{pack}: scenario 'a': expected: steps.t.regex: " in done.stderr
+    assert "(RE2 syntax)" in done.stderr
 
     # a request file the daemon refuses (found by a CLI hunt: exit 1, as a failing call)
     empty = tmp_path / "empty.json"

@@ -179,6 +179,29 @@ def test_an_expected_that_cannot_judge_any_run_is_refused_when_synced():
     assert "tone: not a run-level" in refused({"tone": "calm"}, tone=Tone())
 
 
+def test_an_expected_no_run_can_pass_or_fail_is_refused_when_synced():
+    """Found by an eval audit: a pattern RE2 refuses, an empty ``steps`` or step were stored,
+    and every result judged after was an error scored 0."""
+    from foundry.kernel.actors.gate.patterns import re2_search
+
+    def refused(expected):
+        scenario = ScenarioInput("x", run_spec={"dag_json": DAG}, expected=expected)
+        with pytest.raises(InvalidArgument) as caught:
+            parse_pack("p", [scenario], TYPES, no_env, None, re2_search)
+        return str(caught.value)
+
+    said = refused({"steps": {"a": {"regex": "(unclosed"}}})
+    assert said.startswith("scenario 'x': expected: steps.a.regex: missing ")
+    assert said.endswith("(RE2 syntax)")
+    assert "steps.a.regex:" in refused({"steps": {"a": {"regex": "(a)\\1"}}})  # backreference
+    assert "steps.a.regex:" in refused({"steps": {"a": {"regex": "x(?=1)"}}})  # lookahead
+    assert "steps: an object with at least one step's assertions" in refused({"steps": {}})
+    assert "steps.a: an object with at least one assertion" in refused({"steps": {"a": {}}})
+    fine = {"status": "succeeded", "steps": {"a": {"regex": "^[a-z]+ (world|you)$"}}}
+    parse_pack("p", [ScenarioInput("x", run_spec={"dag_json": DAG}, expected=fine)], TYPES, no_env,
+               None, re2_search)  # fmt: skip
+
+
 def test_a_scenarios_inputs_are_as_deep_as_submit_run_takes_them():
     def nested(levels):
         value = {"leaf": 1}

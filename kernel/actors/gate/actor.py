@@ -179,7 +179,7 @@ class Gate:
 
     async def _sync(self, message: SyncEvalPack) -> list[str]:
         parse_pack(message.pack, message.scenarios, self._registry.by_name.keys(),
-                   self._env_allowed, self._registry.assertion_types)  # fmt: skip
+                   self._env_allowed, self._registry.assertion_types, re2_search)  # fmt: skip
         async with self._sync_lock:  # read, then write: one sync at a time
             existing = {s.scenario.slug: s.scenario for s in await self._scenarios(message.pack)}
             ids, rows = synced_records(
