@@ -486,6 +486,31 @@ async def test_a_resume_starts_the_held_step_while_another_still_runs(tmp_path, 
     assert done.kind == "run_succeeded"
 
 
+async def test_a_resume_before_the_driver_waits_again_still_starts_the_held_step(
+    tmp_path, autojump_clock, monkeypatch
+):
+    # The driver, busy after recording the pause (a full attestor mailbox on a fresh daemon),
+    # found the run running again and waited for the step still running to end: the held step
+    # started ~4 s after its ResumeRun (a hunt, on first runs)
+    real_flush = Scheduler._flush
+
+    async def slow_flush(self: Scheduler, run: RunState) -> None:
+        if run.status == "PAUSED_AT_STEP":
+            await trio.sleep(5)
+        await real_flush(self, run)
+
+    monkeypatch.setattr(Scheduler, "_flush", slow_flush)
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy]) as h:
+        run_id = await h.submit([step("a", inputs={"s": 50}), step("b")], breakpoints=("b",))
+        await h.store.until(run_id, "run_paused")
+        await ask(h.inbox, lambda r: ResumeRun(run_id, r))
+        resumed_at = trio.current_time()
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+    assert dict(sleepy.started)["b"] - resumed_at <= 5  # the driver's 5 s, not a's 50
+    assert done.kind == "run_succeeded"
+
+
 async def test_a_paused_run_with_a_step_running_cancels_and_stops_at_once(tmp_path, autojump_clock):
     async with running_scheduler(tmp_path, [Sleepy()]) as h:
         run_id = await h.submit([step("a", inputs={"s": 50}), step("b")], breakpoints=("b",))

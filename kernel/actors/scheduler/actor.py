@@ -491,12 +491,13 @@ class Scheduler:
                         if not self._is_mutator(step.spec):
                             await trio.lowlevel.checkpoint()
                         continue
+                paused = run.status == "PAUSED_AT_STEP"  # (as planned: a resume may come next)
                 await self._flush(run)  # completions no lease took along
                 wait = next_wait(run, bool(busy), self._stopping.is_set())
                 if run.canceling and wait is not Next.STEP:
                     break  # cancelled: what was running has ended
                 if wait is Next.STEP:
-                    finished = await self._step_end_or_resume(run, done_receive)
+                    finished = await self._step_end_or_resume(run, done_receive, paused)
                     if finished is None:
                         continue  # resumed: what the pause held may start beside the others
                     busy.discard(finished)
@@ -590,13 +591,16 @@ class Scheduler:
         return None
 
     async def _step_end_or_resume(
-        self, run: RunState, done: trio.MemoryReceiveChannel[str]
+        self, run: RunState, done: trio.MemoryReceiveChannel[str], paused: bool
     ) -> str | None:
-        """The id of the next of the run's steps to end — or, in a pause, None once the run is
-        resumed (or cancelled, or the daemon stops) first: a held step starts at its ResumeRun,
-        not when a step still running at the pause ends, minutes later maybe."""
-        if run.status != "PAUSED_AT_STEP":
+        """The id of the next of the run's steps to end — or, in a pause (``paused``: the run
+        was paused as the driver planned), None once the run is resumed (or cancelled, or the
+        daemon stops) first: a held step starts at its ResumeRun, not when a step still running
+        at the pause ends, minutes later maybe."""
+        if not paused:
             return await done.receive()
+        if run.status != "PAUSED_AT_STEP":
+            return None  # resumed since: plan again
         resumed = self._wakeups.setdefault(run.run_id, trio.Event())
         ended: list[str] = []
         async with trio.open_nursery() as racing:
