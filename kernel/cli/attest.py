@@ -34,7 +34,7 @@ from foundry.kernel.actors.attestor.keys import (
 )
 from foundry.kernel.blocks.files import artifact_sha256
 from foundry.kernel.cli.common import read_text_file
-from foundry.kernel.cli.output import message_dict, short_json, stamp
+from foundry.kernel.cli.output import message_dict, reported, short_json, stamp
 from foundry.kernel.config import default_home, expanded
 from foundry.kernel.core.attest import (
     dsse_b64decode,
@@ -255,6 +255,7 @@ def _exists(path: Path) -> bool:
 
 
 def _report(args: argparse.Namespace, problems: list[str], target: str) -> int:
+    code = reported(1 if problems else 0)
     if args.json:
         print(json.dumps({"target": target, "valid": not problems, "problems": problems}))
     elif problems:
@@ -263,7 +264,7 @@ def _report(args: argparse.Namespace, problems: list[str], target: str) -> int:
             print(f"  - {line}")
     else:
         print(f"valid {target}")
-    return 1 if problems else 0
+    return code
 
 
 MAX_EXPORT_BYTES = 1 << 30  # an export of a run of ~400,000 steps

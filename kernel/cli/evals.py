@@ -50,7 +50,7 @@ from foundry.kernel.cli.common import (
     read_text_file,
     whole_number,
 )
-from foundry.kernel.cli.output import message_dict, stamp, write_control
+from foundry.kernel.cli.output import message_dict, reported, stamp, write_control
 from foundry.kernel.core.evals import Regression, ScenarioStats, regression, summarize
 from foundry.kernel.core.json_input import MAX_DEPTH, STRUCT_DEPTH, check_depth, toml_not_json
 from foundry.kernel.errors import ConfigError, FoundryError, InvalidArgument
@@ -543,12 +543,13 @@ async def cmd_record(args: argparse.Namespace, stubs: Any) -> int:
     result = reply.result
     if result is None:
         raise FoundryError("the daemon answered without a result")
+    code = reported(0 if result.outcome == "passed" else 1)
     if args.json:
         print(json.dumps(_dump(result), indent=2))
     else:
         for line in describe_result(result, f"{args.pack}/{args.slug}"):
             print(line)
-    return 0 if result.outcome == "passed" else 1
+    return code
 
 
 def describe_result(result: api.EvalResult, name: str) -> list[str]:
@@ -645,6 +646,7 @@ async def cmd_run(args: argparse.Namespace, stubs: Any) -> int:
         base = stats_of(results_at(history.get(slug, []), args.baseline)) if args.baseline else None
         reports.append(report(slug, current, base))
     ok = not any(r.failed or r.regressed for r in reports)
+    code = reported(0 if ok else 1)
     if args.json:
         print(json.dumps({
             "pack": pack.name, "commit": args.commit, "repeat": args.repeat,
@@ -673,7 +675,7 @@ async def cmd_run(args: argparse.Namespace, stubs: Any) -> int:
             if part
         )
         print(f"{verdict}{': ' + detail if detail else ''}")
-    return 0 if ok else 1
+    return code
 
 
 async def _wait(runtime: Any, runs: list[_Run], pack: str, seconds: float) -> None:

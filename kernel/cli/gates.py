@@ -31,7 +31,7 @@ from typing import Any
 import betterproto2
 from foundry.kernel.cli.common import prepared_client, whole_number
 from foundry.kernel.cli.evals import list_scenarios, load_document, results_at, stats_of
-from foundry.kernel.cli.output import message_dict, stamp
+from foundry.kernel.cli.output import message_dict, reported, stamp
 from foundry.kernel.core.json_input import STRUCT_DEPTH, check_depth, toml_not_json
 from foundry.kernel.errors import ConfigError, FoundryError, InvalidArgument
 from foundry.proto import analytics_api
@@ -458,11 +458,12 @@ async def cmd_check(args: argparse.Namespace, stubs: Any) -> int:
     decision = reply.decision
     if decision is None:
         raise FoundryError("the daemon answered without a decision")
+    code = reported(EFFECT_EXIT.get(decision.effect, 1))
     if args.json:
         print(json.dumps(_dump(decision), indent=2))
     else:
         print("\n".join(format_decision(decision)))
-    return EFFECT_EXIT.get(decision.effect, 1)
+    return code
 
 
 def _prepare_followup(args: argparse.Namespace) -> None:

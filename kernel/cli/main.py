@@ -27,7 +27,14 @@ from foundry.kernel.cli.follow import add_wait_options, wait_and_print
 from foundry.kernel.cli.gates import add_gate_commands
 from foundry.kernel.cli.inventory import add_inventory_commands
 from foundry.kernel.cli.live import add_live_commands
-from foundry.kernel.cli.output import OutputFailed, plain, print_json, stamp, terminal_safe
+from foundry.kernel.cli.output import (
+    OutputFailed,
+    plain,
+    print_json,
+    stamp,
+    terminal_safe,
+    verdict_reported,
+)
 from foundry.kernel.cli.runs import add_run_commands
 from foundry.kernel.cli.sql import add_sql_command
 from foundry.kernel.config import Config, parse_listen
@@ -64,7 +71,8 @@ def _run(args: argparse.Namespace, given: list[str]) -> int:
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
         return result
     except BrokenPipeError:
-        return _stdout_closed()
+        _stdout_closed()
+        return verdict_reported()  # (0 but for a verdict: DENY, INVALID, a failed eval)
     except OutputFailed as exc:
         print(f"foundry: cannot write the output: {exc}", file=sys.stderr)
         return 1
@@ -104,13 +112,12 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _stdout_closed() -> int:
+def _stdout_closed() -> None:
     """The reader of our output went away (``foundry status | head -1``): that is not an error.
     Python would report the broken pipe again when it flushes stdout at exit, so stdout now
     points at devnull (the Python docs' "Note on SIGPIPE")."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

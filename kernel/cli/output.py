@@ -84,6 +84,22 @@ def print_json(value: Any, *, indent: int | None = 2) -> None:
     print(json.dumps(value, indent=indent, ensure_ascii=False), flush=indent is None)
 
 
+# The exit code the output being written reports (``reported``), if a command said one first.
+_VERDICT: list[int] = [0]
+
+
+def reported(code: int) -> int:
+    """Note ``code`` as the verdict a command's output is about to report, and return it: a
+    reader gone mid-output (``| head -1``) then ends the command with it, not 0 (a DENY whose
+    reader closed early counted as a pass in a ``pipefail`` CI step)."""
+    _VERDICT[0] = code
+    return code
+
+
+def verdict_reported() -> int:
+    return _VERDICT[0]
+
+
 def note(text: str) -> None:
     """A line for the person at the terminal (stderr: stdout stays the command's output)."""
     print(text, file=sys.stderr, flush=True)

@@ -193,3 +193,29 @@ def test_a_missing_file_is_said_to_be_missing_not_an_unknown_attestation(tmp_pat
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
     assert f"{target}: no such file" in done.stderr
+
+
+def test_an_invalid_verdict_stands_when_the_reader_of_the_output_is_gone(tmp_path):
+    """``attest verify bad.jsonl | head -0`` exited 0: the closed pipe was taken for the end of
+    the command, and its verdict lost (under ``pipefail``, INVALID counted as valid)."""
+    pubkey = tmp_path / "key.pem"
+    pubkey.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    target = tmp_path / "envelopes.jsonl"
+    target.write_text(_envelope("step", {"run_id": "r"}))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "foundry.kernel.cli", "attest", "verify", str(target),
+         "--pubkey", str(pubkey)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "FOUNDRY_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first line
+    try:
+        code = process.wait(60)
+        err = process.stderr.read()
+    finally:
+        process.stderr.close()
+    assert code == 1, err
+    assert "Traceback" not in err
