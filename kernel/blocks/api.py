@@ -7,6 +7,7 @@ blocks from a ``register_blocks`` hook implementation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import inspect
@@ -125,6 +126,13 @@ class _LazyPath:
         return value
 
     def __set__(self, instance: object, value: Path | str) -> None:
+        if hasattr(instance, self._slot):
+            # A block that pointed its folder elsewhere had the daemon list, and sign, any
+            # folder's files (/etc's) as its artifacts.
+            raise AttributeError(
+                f"ctx.{self._slot[1:]} is the folder the kernel gave this execution: a block "
+                "cannot move it"
+            )
         setattr(instance, self._slot, value)
 
 
@@ -315,7 +323,11 @@ class BlockContext:
             })  # fmt: skip
         # Regular files only, never a symbolic link: a command that unpacked a link to
         # /proc/self/environ had the daemon read its own environment and sign its digest.
-        return sorted(str(p) for p in self.artifact_dir.rglob("*") if regular_file(p))
+        found = sorted(str(p) for p in self.artifact_dir.rglob("*") if regular_file(p))
+        if not found:  # made for a command that wrote nothing: one empty folder a shell step
+            with contextlib.suppress(OSError):
+                self.artifact_dir.rmdir()
+        return found
 
     async def collect_artifacts(self) -> list[str]:
         """:meth:`listed_artifacts`, with the folder's scan (when there is one) on a worker

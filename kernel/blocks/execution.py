@@ -23,8 +23,9 @@ from foundry.kernel.blocks.api import (
     resolves_within,
 )
 from foundry.kernel.core.chain import runs_now as _runs_now
-from foundry.kernel.core.failures import described, text_of
+from foundry.kernel.core.failures import MAX_DESCRIBED, described, text_of
 from foundry.kernel.core.ids import MAX_ID_LENGTH
+from foundry.kernel.core.json_input import cut_middle
 from foundry.kernel.core.throttle import Action
 
 
@@ -135,6 +136,8 @@ def _outcome(
     )
 
 
+# Characters of a block's own summary kept (its middle goes past them), as of an error's.
+MAX_SUMMARY = MAX_DESCRIBED
 _NO_USAGE = BlockContext.__dataclass_fields__["usage"].default  # every context's until it costs
 
 
@@ -167,7 +170,9 @@ def reported_fault(ctx: BlockContext) -> str:
     if type(summary) is not str:
         if not isinstance(summary, str):
             return f"ctx.summary must be a str, not {type(summary).__name__}"
-        ctx.summary = str.__str__(summary)
+        ctx.summary = summary = str.__str__(summary)
+    if len(summary) > MAX_SUMMARY:  # (50 MB of it was stored whole, in the trace file too)
+        ctx.summary = cut_middle(summary, MAX_SUMMARY)
     if type(raw_output) is not str:
         if not isinstance(raw_output, str):
             return f"ctx.raw_output must be a str, not {type(raw_output).__name__}"

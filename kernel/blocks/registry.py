@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -50,13 +51,13 @@ def build_plugin_manager(
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except pluggy.PluginValidationError as exc:
-            raise ConfigError(f"an installed plugin ({ENTRY_POINT_GROUP} entry point): "
+            raise ConfigError(f"an installed plugin ({_failed_entry_point(pm)}): "
                               f"{_one_line(exc)}") from None  # fmt: skip
         except KeyboardInterrupt:  # Ctrl-C while it loads: the operator's stop
             raise
         except BaseException as exc:  # its own code failed at import  # noqa: BLE001
-            raise ConfigError(f"importing an installed plugin ({ENTRY_POINT_GROUP} entry "
-                              f"point) failed: {described(exc)}") from None  # fmt: skip
+            raise ConfigError(f"importing an installed plugin ({_failed_entry_point(pm)}) "
+                              f"failed: {described(exc)}") from None  # fmt: skip
     for name in modules:
         try:
             module = importlib.import_module(name)
@@ -122,7 +123,9 @@ class BlockRegistry:
             if fault:
                 raise ConfigError(f"block {str(block.name)[:100]!r}: {fault}")
             if block.name in self.by_name:
-                raise ConfigError(f"two blocks are named {block.name!r}; block names are unique")
+                first, second = _block_origin(self.by_name[block.name]), _block_origin(block)
+                raise ConfigError(f"two blocks are named {block.name!r} ({first} and {second}); "
+                                  "block names are unique")  # fmt: skip
             # Two blocks an event reaches whose names make one slug wrote their audit
             # artifacts to one folder (EVENT_ID.SLUG), the second overwriting the first's.
             for event_type in block.sinks:
@@ -334,6 +337,30 @@ def _tools(pm: Any) -> dict[str, Tool]:
                                   "tool names are unique")  # fmt: skip
             tools[tool.name] = tool
     return tools
+
+
+def _failed_entry_point(pm: Any) -> str:
+    """The entry point pluggy was loading when it failed: the first of the group it has not
+    registered (it loads them in order, registering each as it goes)."""
+    try:
+        found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except Exception:  # noqa: BLE001 - a broken installation: the group alone is said
+        found = ()
+    for ep in found:
+        if pm.get_plugin(ep.name) is None and not pm.is_blocked(ep.name):
+            dist = getattr(ep.dist, "name", None) or "an unknown distribution"
+            return f"{ENTRY_POINT_GROUP} entry point {ep.name!r} = {ep.value!r} of {dist}"
+    return f"{ENTRY_POINT_GROUP} entry point"
+
+
+def _block_origin(block: Block) -> str:
+    """Where a block comes from, for a message: its function's or class's module (a plugin's),
+    or the daemon's own (a built-in, or one foundry.toml declares)."""
+    made_of = getattr(block, "_fn", None) or type(block)
+    module = getattr(made_of, "__module__", None)
+    if not isinstance(module, str):
+        return "an unknown module"
+    return "the daemon's own or foundry.toml's" if module.startswith("foundry.") else module
 
 
 def _module_of(tool: Tool) -> str:

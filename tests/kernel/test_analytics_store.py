@@ -419,6 +419,12 @@ async def test_retention_archives_old_finished_work_and_prunes_it(tmp_path):
     trace = home / "traces" / OLD.date().isoformat() / f"{old_done}.json"
     trace.parent.mkdir(parents=True)
     trace.write_text("{}")
+    # artifact folders: the pruned ones' move to the archive (artifacts/ grew without bound)
+    folders = {name: home / "artifacts" / name for name in (old_done, new_done)}
+    folders |= {name: home / "artifacts" / "runs" / name for name in (old_run, new_run)}
+    for name, folder in folders.items():
+        (folder / "a.b").mkdir(parents=True)
+        (folder / "a.b" / "out.txt").write_text(name)
 
     async with store(home) as send:  # retention off
         await append(send, old_records + inflight_records + new_records + old_run_records
@@ -455,6 +461,11 @@ async def test_retention_archives_old_finished_work_and_prunes_it(tmp_path):
     assert sorted(r[1] for r in archived(home, "run_events")) == [1, 2, 3]
     assert len(archived(home, "block_executions")) == 1
     assert not trace.exists()
+    for name in (old_done, old_run):
+        assert not folders[name].exists()
+        moved = home / "archive" / folders[name].relative_to(home) / "a.b" / "out.txt"
+        assert moved.read_text() == name
+    assert all(folders[name].is_dir() for name in (new_done, new_run))
     assert not (home / "archive" / ".staging").exists() or not any(
         (home / "archive" / ".staging").iterdir()
     )

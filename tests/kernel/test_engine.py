@@ -936,6 +936,8 @@ async def test_whatever_a_block_raises_fails_its_execution_not_the_engine(
         (lambda ctx: ctx.artifacts_written.append(7), "ctx.artifacts_written must be a list"),
         (lambda ctx: ctx.emissions.append(Emission(7, {})), "emission's event type must be a"),
         (lambda ctx: ctx.emissions.append(Emission("t" * 257, {})), "longer than 256 characters"),
+        # its folder moved: the daemon listed (and signed) any folder's files as its artifacts
+        (lambda ctx: setattr(ctx, "artifact_dir", "/etc"), "ctx.artifact_dir is the folder the"),
     ],
     ids=[
         "int-too-large",
@@ -945,6 +947,7 @@ async def test_whatever_a_block_raises_fails_its_execution_not_the_engine(
         "artifact-int",
         "emission-int-type",
         "emission-long-type",
+        "artifact-folder-moved",
     ],  # fmt: skip
 )
 async def test_a_block_result_the_store_cannot_take_fails_that_block_and_its_siblings_run(
@@ -999,6 +1002,26 @@ async def test_text_of_a_str_subclass_is_recorded_as_plain_text(tmp_path):
         assert x["success"] is True
         assert x["summary"] == "labelled"
         assert [e["event_type"] for e in got["events"]] == ["go", "out"]
+
+
+async def test_a_blocks_own_summary_is_kept_to_its_ends(tmp_path):
+    # a 50 MB summary was stored whole, in the trace file too (Trace: RESOURCE_EXHAUSTED)
+    @block("Wordy", sinks=["go"])
+    def wordy(ctx):
+        ctx.summary = "start " + "x" * 5_000_000 + " end"
+
+    async with running_kernel(tmp_path, [wordy]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+        again = await k.trace(emitted.workflow_id)
+
+    for got in (trace, again):
+        [x] = executions(got, "Wordy")
+        assert x["success"] is True
+        assert len(x["summary"]) < 2_100
+        assert x["summary"].startswith("start xxx")
+        assert x["summary"].endswith("xxx end")
+        assert "(4,998,010 characters cut)" in x["summary"]
 
 
 async def test_an_emission_larger_than_a_client_may_emit_fails_its_block(tmp_path):

@@ -313,12 +313,45 @@ def test_a_plugin_returning_something_that_is_not_a_block_fails(plugin_module):
         load_blocks([name], entry_points=False)
 
 
+def test_an_installed_plugin_failing_at_import_is_named(tmp_path, monkeypatch):
+    # "importing an installed plugin (foundry entry point) failed: RuntimeError: …" named no
+    # entry point, distribution or module (a plugin hunt)
+    module = f"broken_plugin_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text("raise RuntimeError('no config here')\n")
+    dist = tmp_path / "acme_blocks-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-blocks\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[foundry]\nacme = {module}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from foundry.kernel.blocks.registry import build_plugin_manager
+
+    with pytest.raises(ConfigError) as caught:
+        build_plugin_manager(entry_points=True)
+    said = str(caught.value)
+    named = f"(foundry entry point 'acme' = '{module}' of acme-blocks)"
+    assert said == f"importing an installed plugin {named} failed: RuntimeError: no config here"
+
+
 def test_duplicate_block_names_fail():
     first = block("Same", sinks=["a"])(lambda ctx: None)
     second = block("Same", sinks=["b"])(lambda ctx: None)
 
-    with pytest.raises(ConfigError, match="two blocks are named 'Same'"):
+    with pytest.raises(ConfigError, match="two blocks are named 'Same'") as caught:
         BlockRegistry([first, second])
+    assert f"({__name__} and {__name__})" in str(caught.value)  # (a plugin's: its module)
+
+    class Clash(Block):  # a plugin's block named as a built-in: both named (a hunt)
+        name = "Compose Greeting"
+        sinks = ("x",)
+
+        def run(self, ctx):  # pragma: no cover - never run
+            return None
+
+    from foundry.plugins.greeting import compose_greeting
+
+    with pytest.raises(ConfigError) as caught:
+        BlockRegistry([compose_greeting, Clash()])
+    assert f"(the daemon's own or foundry.toml's and {__name__})" in str(caught.value)
 
 
 def test_block_names_that_share_an_artifact_folder_fail():

@@ -883,7 +883,11 @@ class Store:
                 return RetentionReport(cutoff, {})
             workflows, runs = pruned
             await trio.to_thread.run_sync(retention.remove_trace_files, self.home, workflows)
-            await self._tell_pruned(Pruned(tuple(w for w, _ in workflows), runs))
+            pruned_ids = Pruned(tuple(w for w, _ in workflows), runs)
+            await trio.to_thread.run_sync(
+                retention.archive_artifacts, self.home, pruned_ids.workflow_ids, runs
+            )
+            await self._tell_pruned(pruned_ids)
             return RetentionReport(cutoff, staged)
 
     async def _tell_pruned(self, pruned: Pruned) -> None:

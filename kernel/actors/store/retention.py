@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import date, datetime
 from pathlib import Path
@@ -222,6 +222,29 @@ def remove_trace_files(home: Path, pruned: list[tuple[str, datetime]]) -> None:
     for day in days:
         with contextlib.suppress(OSError):
             day.rmdir()  # only when empty
+
+
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def archive_artifacts(home: Path, workflow_ids: Sequence[str], run_ids: Sequence[str]) -> None:
+    """Move the artifact folders of pruned workflows and runs to ``archive/artifacts/`` (best
+    effort): left in ``artifacts/`` they grew it without bound however short ``retain_days``
+    was. Kept, not deleted — a command's files are the only copy — beside the rows' Parquet,
+    where an operator prunes the archive as a whole."""
+    for source, ids in ((home / "artifacts", workflow_ids), (home / "artifacts" / "runs", run_ids)):
+        target = archive_dir(home) / source.relative_to(home)
+        for name in ids:
+            if not _PLAIN_ID.fullmatch(name):  # (ids are ours; one from an edited database: left)
+                continue
+            folder = source / name
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            try:
+                target.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.rename(folder, target / name)
+            except OSError as exc:
+                log.error("retention: artifacts of %s stay in %s (%s)", name, folder, exc)
 
 
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
