@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
+from foundry.kernel.actors.loop_watch import watch_the_loop
 from foundry.kernel.actors.store.actor import release_free_heap
 from foundry.kernel.actors.supervisor import open_kernel
 from foundry.kernel.actors.tap.messages import CloseAll
@@ -170,6 +171,7 @@ async def serve(
         tune_collector()
         async with trio.open_nursery() as nursery:  # the second-signal watcher, the collector
             nursery.start_soon(collect_when_grown)
+            nursery.start_soon(watch_the_loop)
             await _serve(
                 config, registry, (sock, http_sock), security, signals, nursery, on_ready, stop
             )

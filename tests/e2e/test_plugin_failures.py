@@ -87,6 +87,7 @@ def test_a_block_that_exits_fails_its_chain_and_a_step_that_does_fails_its_run(
 
 UNRULY = """
 import sys
+import time
 
 import trio
 from foundry.kernel import block, hookimpl
@@ -104,9 +105,14 @@ async def shields(ctx):
         await trio.sleep_forever()
 
 
+@block("Sleeps", sinks=["sleep_requested"], timeout=10)
+async def sleeps(ctx):
+    time.sleep(3)  # the trio thread's: every call waits
+
+
 @hookimpl
 def register_blocks():
-    return [prints, shields]
+    return [prints, shields, sleeps]
 """
 
 
@@ -230,3 +236,19 @@ def test_a_value_that_raises_systemexit_while_read_fails_only_its_block(make_dae
     assert "not JSON: reading it raised KeyboardInterrupt: items" in value(step.error)["message"]
     assert wait_done(daemon, run.run_id).status == runtime_api.RunStatus.FAILED
     assert finished(daemon, emit(daemon, "greet_requested").workflow_id).state == "completed"
+
+
+def test_a_block_that_holds_the_loop_is_named_in_the_log(unruly):
+    """An async block calling time.sleep held every call of the daemon for as long, and the
+    log said nothing (a plugin hunt): a watcher thread names the line the loop is held at."""
+    reply = emit(unruly, "sleep_requested")
+    assert finished(unruly, reply.workflow_id).state == "completed"
+    deadline = time.monotonic() + 10
+    while "came round again" not in unruly.stderr() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = unruly.stderr()
+    assert "the daemon's loop has not come round for" in log
+    assert "The trio thread is at " in log
+    assert "unruly_plugin.py:" in log
+    assert "(sleeps)" in log
+    assert "the daemon's loop came round again after" in log
