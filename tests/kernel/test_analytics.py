@@ -39,7 +39,7 @@ from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
 from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.edge.grpc.analytics_service import encode_rows
-from foundry.kernel.errors import DeadlineExceeded, InvalidArgument
+from foundry.kernel.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from foundry.proto import analytics_api
 
 from .harness import GUARD_SECONDS, run_sql
@@ -266,6 +266,38 @@ async def test_interrupts_after_a_query_ended_touch_no_cursor(tmp_path, monkeypa
             with pytest.raises(DeadlineExceeded):
                 await query(store, HEAVY, limit=limit)
             assert await rows(store, "SELECT 42") == [[42]]
+
+
+async def test_a_query_whose_asker_is_gone_is_interrupted_and_frees_its_cursor(tmp_path):
+    # two Ctrl-C'd `foundry sql` kept both analysts' cursors busy to their 30 s limits: every
+    # query after them waited out its own
+    async with running_store(tmp_path) as store:
+        for _ in range(2):
+            with trio.move_on_after(0.3):
+                await query(store, HEAVY, limit=30.0)
+        started = time.monotonic()
+        assert await rows(store, "SELECT 42") == [[42]]
+        assert time.monotonic() - started < 3
+
+
+async def test_a_stop_cuts_a_running_query_short(tmp_path):
+    # a stop waited for an analyst's query to its limit (40 s past the shutdown grace)
+    answers: list[BaseException] = []
+
+    async def heavy(store) -> None:
+        try:
+            await query(store, HEAVY, limit=60.0)
+        except Exception as exc:
+            answers.append(exc)
+
+    started = time.monotonic()
+    async with trio.open_nursery() as nursery, running_store(tmp_path) as store:
+        nursery.start_soon(heavy, store)
+        await trio.sleep(0.5)  # it runs
+    assert time.monotonic() - started < 10
+    [answer] = answers
+    assert isinstance(answer, Unavailable)
+    assert "the daemon is stopping" in str(answer)
 
 
 async def test_a_querys_limit_counts_its_wait_for_a_turn(tmp_path):

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -230,6 +230,7 @@ class Store:
         self._cache_full = False  # DuckDB's buffers hold more than cache_bytes: reopen it
         self._commits = self._reads = 0
         self._queries: trio.Nursery | None = None
+        self._closing = trio.Event()  # the mailbox closed: the daemon is stopping
         self._pending: list[Write] = []  # writes waiting for the next group commit
         self._inflight: list[Write] | None = None  # the group whose journal append is queued
         self._idle = False  # the commit loop waits for writes (or lingers): none in flight
@@ -320,6 +321,7 @@ class Store:
             try:
                 await self._receive()
             finally:
+                self._closing.set()  # analysts' queries in flight are cut short
                 passes.cancel()  # a pass already staged still gets its Prune committed
 
     async def _receive(self) -> None:
@@ -979,8 +981,14 @@ class Store:
         async def expire() -> None:
             nonlocal expired
             with timer:
-                await trio.sleep_until(deadline)
-                expired = True
+                # Its deadline, or before: its asker gone (a Ctrl-C'd `foundry sql` kept an
+                # analysts' cursor busy to the deadline), or the store stopping (a stop waited
+                # for the query, 40 s past its grace).
+                with trio.move_on_at(deadline) as waiting:
+                    async with trio.open_nursery() as first:
+                        first.start_soon(_cancel_after, message.reply.wait_asker_gone, first)
+                        first.start_soon(_cancel_after, self._closing.wait, first)
+                expired = waiting.cancelled_caught
                 # An interrupt that comes between the sandbox's statements (its checks,
                 # DESCRIBE, the query) finds nothing running and is lost: the next one then ran
                 # with no limit at all (139 s of a 1 ms one). Again until the job has ended.
@@ -997,6 +1005,8 @@ class Store:
                 hurry_after=None,  # idle priority: the daemon's own work comes first
             )
         except duckdb.InterruptException:
+            if self._closing.is_set() and not expired:
+                raise Unavailable("the daemon is stopping: the query was cut short") from None
             if not expired:
                 raise
             raise DeadlineExceeded(
@@ -1507,6 +1517,11 @@ class Store:
         if writer.table not in self._appenders:
             self._appenders[writer.table] = writer.appender(self._con)
         return self._appenders[writer.table]
+
+
+async def _cancel_after(wait: Callable[[], Awaitable[object]], nursery: trio.Nursery) -> None:
+    await wait()
+    nursery.cancel_scope.cancel()
 
 
 def roll_back(con: duckdb.DuckDBPyConnection) -> None:
