@@ -259,6 +259,9 @@ class Config:
             home = expanded(reader.string(daemon, "daemon", "home"), "[daemon] home")
             if not home.is_absolute() and base is not None:
                 home = base / home
+        # Absolute once, here: a relative one reached a block's FOUNDRY_ARTIFACT_DIR as it was,
+        # which a command with a `cwd` of its own found nowhere.
+        home = Path(os.path.abspath(home))
         listen = daemon.get("listen", DEFAULT_LISTEN)
         if listen != DEFAULT_LISTEN:
             listen = reader.string(daemon, "daemon", "listen")

@@ -63,6 +63,18 @@ def test_load_without_a_file_uses_defaults(monkeypatch, tmp_path):
     assert Config.load(None).engine.max_chain_depth == 5
 
 
+def test_a_relative_home_is_made_absolute_once(monkeypatch, tmp_path):
+    # `serve --config sub/f.toml` with home = "state", or FOUNDRY_HOME=rel: the home stayed
+    # relative, and so did a block's FOUNDRY_ARTIFACT_DIR (a command with a cwd of its own
+    # could not write there)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "f.toml").write_text('[daemon]\nhome = "state"\n')
+    monkeypatch.chdir(tmp_path)
+    assert Config.from_toml(Path("sub/f.toml")).home == tmp_path / "sub" / "state"
+    monkeypatch.setenv("FOUNDRY_HOME", "rel/../home")
+    assert Config.from_mapping({}).home == tmp_path / "home"
+
+
 def test_values_are_read(tmp_path):
     config = Config.from_toml(
         write(
