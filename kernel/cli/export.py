@@ -52,6 +52,7 @@ def cmd_export_parquet(args: argparse.Namespace) -> int:
     # DuckDB and the Parquet writer here, not at the top: every other command would import them.
     import duckdb
     from foundry.analytics.parquet import ExportError, counts_text, lands_inside
+    from foundry.kernel.actors.supervisor import home_holder
     from foundry.kernel.cli.main import CommandFailed
 
     target = expanded(args.directory, "DIRECTORY").absolute()
@@ -62,6 +63,11 @@ def cmd_export_parquet(args: argparse.Namespace) -> int:
         if lands_inside(target, home):
             raise CommandFailed(f"{target} is inside the daemon's home ({home}); export "
                                 "somewhere else") from None  # fmt: skip
+        if (holder := home_holder(home)) is not None:  # its journal and DuckDB's lock are its own
+            raise CommandFailed(
+                f"no daemon at {args.addr}, but {home} is in use by pid {holder}: ask that "
+                "daemon (--addr or FOUNDRY_ADDR: its gRPC address)"
+            ) from None
         print(f"foundry: no daemon at {args.addr}; exporting {home / 'foundry.duckdb'} directly "
               "(read-only)", file=sys.stderr)  # fmt: skip
         try:

@@ -235,6 +235,13 @@ def test_foundry_sql_online_then_offline(make_daemon):
     assert elsewhere.returncode == 1
     assert f"{daemon.home} is in use by pid {daemon.process.pid}" in elsewhere.stderr
     assert "killed" not in elsewhere.stderr
+    target = daemon.home.parent / "export-elsewhere"
+    elsewhere = daemon.cli("export", "parquet", str(target), "--addr", "127.0.0.1:9",
+                           "--home", str(daemon.home))  # fmt: skip
+    assert elsewhere.returncode == 1
+    assert f"{daemon.home} is in use by pid {daemon.process.pid}" in elsewhere.stderr
+    assert "killed" not in elsewhere.stderr
+    assert "IO Error" not in elsewhere.stderr
 
     assert daemon.stop() == 0
     assert list((daemon.home / "journal").glob("*.journal")) == []  # a clean stop applied all
