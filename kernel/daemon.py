@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from foundry.kernel.edge.http.server import HttpServer
 
 log = logging.getLogger("foundry.daemon")
+HELD_STOP_SLACK = 5.0  # seconds past the two graces before a held stop is said
 
 # The daemon allocates many short-lived objects per event and keeps many (recent workflows,
 # runs): Python's default thresholds (700, 10, 10) run a collection every 700 allocations and
@@ -235,6 +236,7 @@ async def _serve(
             await _until_stopped(stop, signals)
             log.info("stopping (a second Ctrl-C or SIGTERM stops at once)")
             nursery.start_soon(_stop_at_once_when_signalled, signals, nursery.cancel_scope)
+            nursery.start_soon(_say_when_the_stop_is_held, config.shutdown_grace)
             server.stop_accepting()
             if http is not None:
                 http.stop_accepting()
@@ -327,6 +329,17 @@ async def _stop_at_once_when_signalled(
         log.warning("signalled again: cancelling the work in flight and stopping now")
         everything.cancel()
         return
+
+
+async def _say_when_the_stop_is_held(grace: float) -> None:
+    """A stop takes the calls' grace, then the kernel's: past both (and a few seconds more),
+    something does not end when cancelled. A service manager's one SIGTERM left a daemon that
+    never exited and whose log said nothing after "stopping"."""
+    waited = 2 * grace + HELD_STOP_SLACK
+    await trio.sleep(waited)
+    log.warning("still stopping %g s after the signal: work that does not end when cancelled "
+                "holds the stop (a block that shields itself or never returns); a second "
+                "SIGTERM or Ctrl-C stops the daemon at once", waited)  # fmt: skip
 
 
 async def _until_stopped(stop: trio.Event | None, signals: AsyncIterator[int]) -> None:

@@ -252,3 +252,24 @@ def test_a_block_that_holds_the_loop_is_named_in_the_log(unruly):
     assert "unruly_plugin.py:" in log
     assert "(sleeps)" in log
     assert "the daemon's loop came round again after" in log
+
+
+def test_a_stop_held_by_a_block_that_ignores_cancellation_is_said_in_the_log(make_daemon, tmp_path):
+    """One SIGTERM (a service manager's), a block shielded from cancellation: the daemon never
+    exited and its log said nothing after "stopping" (an operator hunt)."""
+    (tmp_path / "unruly_plugin.py").write_text(textwrap.dedent(UNRULY))
+    daemon = make_daemon(
+        '[daemon]\nshutdown_grace = 1\n[plugins]\npaths = ["."]\nmodules = ["unruly_plugin"]\n'
+    )
+    emit(daemon, "shield_requested")
+    time.sleep(0.5)  # the block runs
+    daemon.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while "still stopping" not in daemon.stderr() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "still stopping 7 s after the signal: work that does not end when cancelled" in (
+        daemon.stderr()
+    )
+    assert daemon.process.poll() is None  # held: the log says how to end it
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(timeout=30) != 0
