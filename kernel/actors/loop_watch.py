@@ -29,7 +29,7 @@ STALL_SECONDS = 2.0
 TICK = 0.25
 # Frames of these (trio's loop, the kernel's execution of blocks, the standard library a block
 # calls — not the packages installed beside it) are not where a stall is.
-_SCHEDULING = tuple(
+_TRIO, _KERNEL = (
     os.path.dirname(module.__file__ or "") + os.sep
     for module in (trio, sys.modules[__name__.rpartition(".actors")[0]])
 )
@@ -73,11 +73,15 @@ def _watch(
 
 
 def where(frame: FrameType | None) -> str:
-    """``file:line (function)`` of the innermost frame of ``frame``'s stack that is neither
-    trio's nor the kernel's — a block's code — else of ``frame`` itself."""
+    """``file:line (function)`` of the innermost frame of ``frame``'s task (its frames up to
+    trio's) that is neither the kernel's nor the standard library's — a block's code — else of
+    ``frame`` itself."""
     innermost = frame
     while frame is not None:
-        if _may_be_the_cause(frame.f_code.co_filename):
+        file = frame.f_code.co_filename
+        if file.startswith(_TRIO):
+            break  # the task's frames end here: what called trio.run is not the cause
+        if _may_be_the_cause(file):
             innermost = frame
             break
         frame = frame.f_back
@@ -88,6 +92,6 @@ def where(frame: FrameType | None) -> str:
 
 
 def _may_be_the_cause(file: str) -> bool:
-    if file.startswith(_SCHEDULING):
+    if file.startswith(_KERNEL):
         return False
     return not file.startswith(_STANDARD_LIBRARY) or _INSTALLED in file

@@ -396,6 +396,12 @@ class NeedsAwait(Exception):
     """A block asked to run without awaiting cannot: the kernel awaits it instead."""
 
 
+_DECLARED = frozenset((
+    "name", "kind", "sinks", "timeout", "retries", "backoff", "description", "allow_env",
+    "synchronous",
+))  # fmt: skip
+
+
 class Block:
     """Base class of every block.
 
@@ -417,6 +423,15 @@ class Block:
     # True when run/audit/simulate never await: the kernel may then run the block through
     # call(), inline, without a task or deadline scope (its timeout cannot interrupt it anyway).
     synchronous: bool = False
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        # What a block declares is fixed once the daemon registered it: one that renamed itself
+        # in run() was recorded in traces under another block's name (a built-in's), while
+        # Status showed its own; a mutator that made itself an observer passed its throttle.
+        if key in _DECLARED and self.__dict__.get("_registered"):
+            raise AttributeError(f"block {self.name!r}: its {key} is fixed once the daemon "
+                                 "registered it")  # fmt: skip
+        object.__setattr__(self, key, value)
 
     def __init__(
         self,

@@ -135,6 +135,7 @@ class BlockRegistry:
                                       f"{event_type!r} and would share an artifact folder "
                                       f"({block_slug(block.name)!r}): rename one")  # fmt: skip
             self.by_name[block.name] = block
+            object.__setattr__(block, "_registered", True)  # its declaration is fixed now
             for event_type in dict.fromkeys(block.sinks):  # (a subclass's own tuple, too;
                 # block_fault refused a sink that is no str)
                 self.by_sink.setdefault(event_type, []).append(block)

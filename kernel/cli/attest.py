@@ -19,6 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -449,11 +450,12 @@ async def _check_record(runtime: Any, predicate: dict[str, Any]) -> list[str]:
         return []
     record_id = claims.get(_RECORD_IDS[label])
     if label == GATE_DECISION:
-        stored, complete = await _listed_gate(runtime, claims)
+        stored, listed_since = await _listed_gate(runtime, claims)
     else:
-        stored, complete = await _listed_result(runtime, record_id)
+        stored, listed_since = await _listed_result(runtime, claims)
     if stored is None:
-        if complete:
+        signed_at = _instant(claims.get("decided_at" if label == GATE_DECISION else "executed_at"))
+        if listed_since is None or signed_at is None or signed_at > listed_since:
             return [f"{label} {record_id} is not stored as it was signed: not listed any more"]
         print(f"note: {label} {record_id} is past what the daemon lists (the newest ones): what "
               "it stores now is not checked", file=sys.stderr)  # fmt: skip
@@ -462,13 +464,14 @@ async def _check_record(runtime: Any, predicate: dict[str, Any]) -> list[str]:
         f"{label} {record_id}: the stored {field} is {short_json(stored[field])}, but its "
         f"attestation signed {short_json(claims.get(field))} — it was changed"
         for field in _RECORD_FIELDS[label]
-        if stored[field] != claims.get(field)
+        if _as_doubles(stored[field]) != _as_doubles(claims.get(field))
     ]
 
 
-async def _listed_gate(runtime: Any, claims: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
-    """The decision as ListChangeGates lists it now, and whether the list held every decision
-    of its change (then one not in it is not stored as signed)."""
+async def _listed_gate(runtime: Any, claims: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
+    """The decision as ListChangeGates lists it now; else None and since when the list holds
+    every decision of its change (None: the list is whole — a change with fewer decisions than
+    the limit can still be cut short by the reply's size, so the oldest listed says)."""
     request = api.ListChangeGatesRequest(change_id=str(claims.get("change_id", "")),
                                          limit=MAX_GATE_LIMIT)  # fmt: skip
     decisions = (await runtime.list_change_gates(request)).decisions
@@ -477,22 +480,54 @@ async def _listed_gate(runtime: Any, claims: dict[str, Any]) -> tuple[dict[str, 
             effect = api.ChangeDecisionEffect(d.effect).name.lower()
             listed = {"change_id": d.change_id, "revision": d.revision, "effect": effect,
                       "reasons": list(d.reasons)}  # fmt: skip
-            return listed, True
-    return None, len(decisions) < MAX_GATE_LIMIT
+            return listed, None
+    return None, _oldest(d.decided_at for d in decisions)
 
 
-async def _listed_result(runtime: Any, result_id: Any) -> tuple[dict[str, Any] | None, bool]:
-    """The eval result as ListEvalScenarios' history lists it now, and whether every history
-    listed was whole (then one not in them is not stored as signed)."""
+async def _listed_result(runtime: Any, claims: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
+    """The eval result as ListEvalScenarios' history lists it now; else None and since when its
+    scenario's history is listed whole (None: all of it, or no such scenario)."""
     scenarios = (await runtime.list_eval_scenarios(api.ListEvalScenariosRequest())).scenarios
     for scenario in scenarios:
         for r in scenario.history:
-            if r.result_id == result_id:
+            if r.result_id == claims.get("result_id"):
                 metrics = r.metrics.to_dict() if r.metrics is not None else {}
                 listed = {"scenario_id": r.scenario_id, "run_id": r.run_id, "commit": r.commit,
                           "outcome": r.outcome, "metrics": metrics}  # fmt: skip
-                return listed, True
-    return None, all(len(s.history) < HISTORY_LIMIT for s in scenarios)
+                return listed, None
+    for scenario in scenarios:
+        if scenario.scenario_id == claims.get("scenario_id"):
+            if len(scenario.history) < HISTORY_LIMIT:
+                return None, None
+            return None, _oldest(r.executed_at for r in scenario.history)
+    return None, None
+
+
+def _oldest(moments: Any) -> datetime | None:
+    found = [m for m in moments if m is not None]
+    return min(found) if found else None
+
+
+def _instant(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+def _as_doubles(value: Any) -> Any:
+    """A JSON value with its numbers as doubles: a record listed through a protobuf Struct
+    holds doubles, its signed claims the exact integers (a nanosecond count of 19 digits in a
+    genuine result's metrics compared as changed)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _as_doubles(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_doubles(v) for v in value]
+    return value
 
 
 _OF_A_STEP = ("tool", "artifact", "capability_token")

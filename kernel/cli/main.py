@@ -31,6 +31,7 @@ from foundry.kernel.cli.output import (
     OutputFailed,
     plain,
     print_json,
+    reported,
     stamp,
     terminal_safe,
     verdict_reported,
@@ -66,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, given: list[str]) -> int:
+    reported(0)  # (a verdict of a command before, in this process, is not this one's)
     try:
         result: int = args.handler(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit

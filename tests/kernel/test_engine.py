@@ -1004,6 +1004,39 @@ async def test_text_of_a_str_subclass_is_recorded_as_plain_text(tmp_path):
         assert [e["event_type"] for e in got["events"]] == ["go", "out"]
 
 
+async def test_a_block_cannot_change_what_it_declared_once_registered(tmp_path):
+    # one that renamed itself in run() was recorded in traces under a built-in's name, while
+    # Status showed its own (a plugin hunt); a mutator could have made itself an observer
+    class Renamer(Block):
+        name = "Renamer"
+        kind = BlockKind.MUTATOR
+        sinks = ("go",)
+
+        async def run(self, ctx):
+            self.name = "Compose Greeting"
+
+    class Demoter(Block):
+        name = "Demoter"
+        kind = BlockKind.MUTATOR
+        sinks = ("go",)
+
+        async def run(self, ctx):
+            self.kind = BlockKind.OBSERVER
+
+    async with running_kernel(tmp_path, [Renamer(), Demoter()]) as k:
+        emitted = await k.emit("go")
+        trace = await k.finished(emitted.workflow_id)
+        [view] = await k.status(emitted.workflow_id)
+
+    for name, field in (("Renamer", "name"), ("Demoter", "kind")):
+        [x] = executions(trace, name)
+        assert x["success"] is False
+        assert (
+            f"block {name!r}: its {field} is fixed once the daemon registered it" in (x["summary"])
+        )
+    assert sorted(b.name for b in view.task_blocks) == ["Demoter", "Renamer"]
+
+
 async def test_a_blocks_own_summary_is_kept_to_its_ends(tmp_path):
     # a 50 MB summary was stored whole, in the trace file too (Trace: RESOURCE_EXHAUSTED)
     @block("Wordy", sinks=["go"])

@@ -26,6 +26,7 @@ from foundry.kernel.core.attest_records import (
     json_digest,
     run_attestation_id,
 )
+from foundry.kernel.core.governance import HISTORY_LIMIT
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
 from grpclib import GRPCError
@@ -665,6 +666,42 @@ def test_a_gate_decision_or_eval_result_changed_or_deleted_in_the_database_is_re
         verified = cli(daemon, "verify", custom_attestation_id(label, record_id))
         assert verified.returncode == 1, verified.stdout
         assert f"{label} {record_id} is not stored as it was signed: not listed" in verified.stdout
+
+
+def test_genuine_results_verify_and_a_deleted_one_is_invalid_beside_a_full_history(make_daemon):
+    """Found by a review of the check above: a genuine result whose metrics hold an integer
+    past 2**53 (a Struct lists it as a double) was called changed; a deleted result verified
+    valid, "past what the daemon lists", because another scenario had a full history."""
+    daemon = make_daemon()
+    output = {"ok": True, "at_ns": 1765091234567890123}
+    steps = dag({"id": "t", "type": "transform", "inputs": {"value": output}})
+    run_id = run_and_wait(daemon, steps).run_id
+    judged = {"status": "succeeded", "steps": {"t": {"subset": {"ok": True}}}}
+    scenarios = [
+        api.EvalScenarioDefinition(slug=slug, title=slug, expected=Struct.from_dict(judged),
+                                   run_spec=Struct.from_dict({"dag_json": steps}))
+        for slug in ("ns", "busy")
+    ]  # fmt: skip
+    daemon.call(
+        lambda _, rt: rt.sync_eval_pack(api.SyncEvalPackRequest(pack="p", scenarios=scenarios))
+    )
+
+    def record(slug: str) -> Any:
+        request = api.RecordEvalResultRequest(pack="p", slug=slug, run_id=run_id, commit="c")
+        return daemon.call(lambda _, rt: rt.record_eval_result(request)).result
+
+    kept, gone = record("ns"), record("ns")
+    for _ in range(HISTORY_LIMIT):
+        record("busy")
+    verified = cli(daemon, "verify", custom_attestation_id(EVAL_RESULT, kept.result_id))
+    assert verified.returncode == 0, verified.stdout
+    assert daemon.stop() == 0
+    with duckdb.connect(str(daemon.home / "foundry.duckdb")) as con:
+        con.execute("DELETE FROM eval_results WHERE result_id = ?", [gone.result_id])
+    daemon.start()
+    verified = cli(daemon, "verify", custom_attestation_id(EVAL_RESULT, gone.result_id))
+    assert verified.returncode == 1, verified.stdout
+    assert "not stored as it was signed: not listed any more" in verified.stdout
 
 
 def test_an_attestation_id_of_before_verifies_by_the_run_that_announced_it(make_daemon):

@@ -597,8 +597,8 @@ class Scheduler:
         was paused as the driver planned), None once the run is resumed (or cancelled, or the
         daemon stops) first: a held step starts at its ResumeRun, not when a step still running
         at the pause ends, minutes later maybe."""
-        if not paused:
-            return await done.receive()
+        if not paused or run.canceling or self._stopping.is_set():
+            return await done.receive()  # (no resume can come: nothing to race)
         if run.status != "PAUSED_AT_STEP":
             return None  # resumed since: plan again
         resumed = self._wakeups.setdefault(run.run_id, trio.Event())
@@ -607,6 +607,8 @@ class Scheduler:
             racing.start_soon(_cancel_when_set, resumed, racing.cancel_scope)
             ended.append(await done.receive())  # (a cancelled receive takes nothing)
             racing.cancel_scope.cancel()
+        if self._wakeups.get(run.run_id) is resumed and not resumed.is_set():
+            del self._wakeups[run.run_id]  # (a run that fails in its pause left it for good)
         return ended[0] if ended else None
 
     async def _until_resumed(self, run: RunState) -> bool:

@@ -974,12 +974,12 @@ class Store:
     async def _user_query_now(self, message: RunUserQuery, deadline: float) -> Any:
         self._require_open()
         cursor, thread = self._user_cursors.pop(), self._user_threads.pop()
-        expired = False
+        expired = gone = False
         timer = trio.CancelScope()
         interrupter = _Interrupter(cursor)
 
         async def expire() -> None:
-            nonlocal expired
+            nonlocal expired, gone
             with timer:
                 # Its deadline, or before: its asker gone (a Ctrl-C'd `foundry sql` kept an
                 # analysts' cursor busy to the deadline), or the store stopping (a stop waited
@@ -989,6 +989,7 @@ class Store:
                         first.start_soon(_cancel_after, message.reply.wait_asker_gone, first)
                         first.start_soon(_cancel_after, self._closing.wait, first)
                 expired = waiting.cancelled_caught
+                gone = not expired and not self._closing.is_set()
                 # An interrupt that comes between the sandbox's statements (its checks,
                 # DESCRIBE, the query) finds nothing running and is lost: the next one then ran
                 # with no limit at all (139 s of a 1 ms one). Again until the job has ended.
@@ -1005,6 +1006,8 @@ class Store:
                 hurry_after=None,  # idle priority: the daemon's own work comes first
             )
         except duckdb.InterruptException:
+            if gone:  # routine (README, "The daemon log"): no one hears this answer
+                raise Unavailable("the caller went away: the query was cut short") from None
             if self._closing.is_set() and not expired:
                 raise Unavailable("the daemon is stopping: the query was cut short") from None
             if not expired:
