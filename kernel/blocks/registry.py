@@ -343,10 +343,9 @@ def _tools(pm: Any) -> dict[str, Tool]:
 def _failed_entry_point(pm: Any) -> str:
     """The entry point pluggy was loading when it failed: the first of the group it has not
     registered (it loads them in order, registering each as it goes)."""
-    try:
-        found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    except Exception:  # noqa: BLE001 - a broken installation: the group alone is said
-        found = ()
+    found: Sequence[importlib.metadata.EntryPoint] = ()
+    with contextlib.suppress(Exception):  # a broken installation: the group alone is said
+        found = tuple(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
     for ep in found:
         if pm.get_plugin(ep.name) is None and not pm.is_blocked(ep.name):
             dist = getattr(ep.dist, "name", None) or "an unknown distribution"
