@@ -699,7 +699,7 @@ def _json_diff(expected: Any, actual: Any, path: str, *, subset: bool) -> str | 
                 return diff
         return None
     if _is_num(expected) and _is_num(actual):
-        equal = expected == actual
+        equal = expected == actual or _same_double(expected, actual)
     else:  # booleans, strings, null: same type and value (True is not 1)
         equal = type(expected) is type(actual) and expected == actual
     return None if equal else f"at {path}: expected {_show(expected)}, got {_show(actual)}"
@@ -707,6 +707,17 @@ def _json_diff(expected: Any, actual: Any, path: str, *, subset: bool) -> str | 
 
 def _is_num(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _same_double(expected: int | float, actual: int | float) -> bool:
+    """An integer and a double that are one double: a scenario's ``expected`` came through a
+    protobuf Struct (doubles), so an output's 19-digit integer never equalled it."""
+    if isinstance(expected, float) == isinstance(actual, float):
+        return False
+    try:
+        return float(expected) == float(actual)
+    except OverflowError:  # an integer past any double
+        return False
 
 
 def _refuse_constant(name: str) -> Any:

@@ -127,6 +127,16 @@ def test_equals_passes_on_the_same_json_value_and_numbers_by_value():
     passes(step("count", equals={"words": 4.0, "tags": ["a", {"k": 1, "x": 2}], "ok": True}))
 
 
+def test_an_integer_past_a_doubles_precision_equals_the_double_a_struct_gave_of_it():
+    # the scenario's expected reached the daemon as a Struct, doubles: a step's 19-digit
+    # integer output never equalled it (a review)
+    ns = 1765091234567890123
+    run = make_run(steps=(StepFacts("t", "succeeded", {"at_ns": ns, "big": 10**400}),))
+    passes(step("t", subset={"at_ns": float(ns)}), run)
+    fails(step("t", subset={"at_ns": float(ns + 10_000)}), run)
+    fails(step("t", subset={"big": 1e308}), run)  # (an integer past every double: no double)
+
+
 @pytest.mark.parametrize(
     ("value", "where"),
     [
