@@ -645,6 +645,29 @@ async def test_on_start_an_interrupted_step_is_leased_again_with_the_next_attemp
     ] == [("b", 2)]
 
 
+async def test_a_resume_after_a_restart_in_a_pause_starts_the_held_step_at_once(
+    tmp_path, autojump_clock
+):
+    # Started again in a pause with one step leased, the driver ran that step itself, waiting
+    # for no resume: the held step started only once it ended (a crash hunt: 7 s late)
+    def left(run: RunState) -> None:
+        run.make_event("step_leased", T0, "a", attempt=1, inputs={"s": 50}, seed=1, model="",
+                       env={})  # fmt: skip
+        run.make_event("run_paused", T0, "b")
+
+    sleepy = Sleepy()
+    stored = interrupted_run([step("a", inputs={"s": 50}), step("b")], left)
+    async with running_scheduler(tmp_path, [sleepy], store=FakeStore([stored])) as h:
+        await trio.sleep(5)  # (virtual) a runs again, b held
+        assert [s for s, _ in sleepy.started] == ["a"]
+        assert (await h.get("run_old")).status == "PAUSED_AT_STEP"
+        await ask(h.inbox, lambda r: ResumeRun("run_old", r))
+        resumed_at = trio.current_time()
+        done = await h.store.until("run_old", *TERMINAL_KINDS)
+    assert dict(sleepy.started)["b"] - resumed_at < 1  # not once a ends, 45 s on
+    assert done.kind == "run_succeeded"
+
+
 class SlowStore(FakeStore):
     """Takes each message 10 ms after the last: its mailbox fills up."""
 

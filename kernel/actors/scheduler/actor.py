@@ -579,7 +579,10 @@ class Scheduler:
                 raise
             if notices:
                 await self._notify(notices)
-            if len(leased) == 1 and len(busy) == 1 and not plan.pause_at:
+            if (
+                len(leased) == 1 and len(busy) == 1 and not plan.pause_at
+                and run.status != "PAUSED_AT_STEP"  # (a resume must find the driver waiting)
+            ):  # fmt: skip
                 step, ready = leased[0]
                 return step, (ready, durable)  # the run's only running step: the driver's
             for step, ready in leased:
