@@ -43,6 +43,7 @@ class Kernel:
     replay: trio.MemorySendChannel[ReplayMessage]
     recovered: list[str] = field(default_factory=list)  # workflows the store marked failed
     store: trio.MemorySendChannel[StoreMessage] | None = None
+    gate: trio.MemorySendChannel[Any] | None = None
 
     async def emit(
         self,
@@ -129,7 +130,8 @@ async def running_kernel(
             mailboxes = await stack.enter_async_context(opened)
             try:
                 yield Kernel(home, mailboxes.engine, mailboxes.tap, mailboxes.scheduler,
-                             mailboxes.replay, recovered, mailboxes.store)  # fmt: skip
+                             mailboxes.replay, recovered, mailboxes.store,
+                             mailboxes.gate)  # fmt: skip
             except BaseException:
                 scope.cancel()
                 raise

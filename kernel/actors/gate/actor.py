@@ -15,6 +15,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import trio
@@ -37,6 +38,7 @@ from foundry.kernel.actors.store.messages import (
     LoadGateDecisions,
     StoreMessage,
 )
+from foundry.kernel.actors.threads import in_thread
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.core.attest_records import EVAL_RESULT, GATE_DECISION
 from foundry.kernel.core.dag import StepSpec
@@ -49,6 +51,7 @@ from foundry.kernel.core.governance import (
     MAX_TEXT,
     TERMINAL_RUN_STATUSES,
     EvalResultRecord,
+    GateDecisionRecord,
     GateFollowupRecord,
     StoredGate,
     StoredScenario,
@@ -144,11 +147,21 @@ class Gate:
             if self._attestor is not None:
                 self._attestor.close()
 
-    async def _attest(self, label: str, record: Any, record_id: str, run_id: str = "") -> None:
-        """Announce a durable decision or result to the attestor (subject custom ``label``)."""
+    async def _attest(
+        self,
+        label: str,
+        record: Any,
+        record_id: str,
+        run_id: str = "",
+        *,
+        claims: dict[str, Any] | None = None,
+    ) -> None:
+        """Announce a durable decision or result to the attestor (subject custom ``label``);
+        ``claims``: the record's, made already."""
         if self._attestor is None:
             return
-        notice = AttestCustom(label, record_id, run_id, record_claims(record), self._clock.now())
+        claims = claims if claims is not None else record_claims(record)
+        notice = AttestCustom(label, record_id, run_id, claims, self._clock.now())
         try:
             await self._attestor.send(notice)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -229,13 +242,18 @@ class Gate:
     # --- change gates ---------------------------------------------------------------------------
 
     async def _check(self, message: CheckChangeGate) -> StoredGate:
-        request = message.request
+        # On a worker thread: a request's telemetry and metadata are of any size (4 MB of it,
+        # checked and made a record here, held the loop ~2 s); its claims made there too.
+        record, claims = await in_thread(self._decided, message.request, self._clock.now())
+        await self._append([record])
+        await self._attest(GATE_DECISION, record, record.gate_id, claims=claims)
+        return StoredGate(record)
+
+    def _decided(self, request: Any, now: datetime) -> tuple[GateDecisionRecord, dict[str, Any]]:
         check_gate_request(request)
         decision = decide(request, self._policy, self._registry.gate_rules)
-        record = decision_record(new_id("gate"), request, decision, self._clock.now())
-        await self._append([record])
-        await self._attest(GATE_DECISION, record, record.gate_id)
-        return StoredGate(record)
+        record = decision_record(new_id("gate"), request, decision, now)
+        return record, record_claims(record)
 
     async def _followup(self, message: RecordGateFollowup) -> GateFollowupRecord:
         check_name(message.gate_id, "gate_id")

@@ -317,6 +317,14 @@ def _refuse_fractions(kind: Any, document: Any, where: str, depth: int) -> None:
 
 
 def _refuse_in(value: Any, nested: Any, path: str, depth: int) -> None:
+    if nested is _ENUM:
+        # from_dict took ``true`` as the value 1: a follow-up's APPROVED, a metric's direction
+        if isinstance(value, bool | dict | list) or (
+            isinstance(value, float) and not value.is_integer()
+        ):
+            raise WrongField(f"{path}: {_shown(value)} is not an enum value (its name, or its "
+                             "number)")  # fmt: skip
+        return
     if (nested is None or nested is _DOUBLE) and isinstance(value, dict):
         # proto3 JSON writes a wrapper (Int64Value, DoubleValue) as its value; from_dict also
         # took {"value": …}, unchecked: {"value": 1.5} was the seed 1, {"value": true} a limit
@@ -339,8 +347,21 @@ def _refuse_in(value: Any, nested: Any, path: str, depth: int) -> None:
         raise WrongField(f"{path}: {value[:40]!r} is not an integer (decimal digits, as a string)")
 
 
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return (
+        "an object"
+        if isinstance(value, dict)
+        else "a list"
+        if isinstance(value, list)
+        else (repr(value))
+    )
+
+
 _MAPPED = dict[str, tuple[str, Any, str]]  # field name → (field name, message class or None, shape)
 _DOUBLE = "double"  # in place of a message class: the path ends at a double (or float)
+_ENUM = "enum"  # in place of a message class: the path ends at an enum
 _FLOAT_TYPES = frozenset((betterproto2.TYPE_DOUBLE, betterproto2.TYPE_FLOAT))
 
 
@@ -381,6 +402,8 @@ def _leads_to_integers(meta: betterproto2.FieldMetadata, hint: Any) -> tuple[Any
         inner = _leads_to_integers(meta.map_meta[1], typing.get_args(hint)[1])
         return None if inner is None else (inner[0], "map")
     shape = "repeated" if meta.repeated else "single"
+    if meta.proto_type == betterproto2.TYPE_ENUM:
+        return _ENUM, shape
     if meta.proto_type in _INT_TYPES:
         return None, shape
     if meta.proto_type in _FLOAT_TYPES:

@@ -123,6 +123,11 @@ LARGE_REPLIES = (
     runtime_api.ReplayRunResponse,
     runtime_api.ListRunsResponse,
     foundry_api.StatusResponse,
+    # a gate decision echoes its request's telemetry and metadata, Structs of any size (a 4 MB
+    # one held the loop 8 s as JSON); the lists hold many of them
+    runtime_api.CheckChangeGateResponse,
+    runtime_api.ListChangeGatesResponse,
+    runtime_api.ListEvalScenariosResponse,
     TypedEncoded,  # a reply the service encoded itself because it can be large (Query's rows)
 )
 

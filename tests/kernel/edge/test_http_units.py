@@ -501,6 +501,15 @@ async def test_a_large_reply_written_as_json_on_a_thread_is_what_the_codec_write
          "evals[1].score: ' 1' is not a number"),
         (runtime_api.CheckChangeGateRequest, {"evals": [{"name": "a", "score": "inf"}]},
          "evals[0].score: 'inf' is not a number"),
+        # an enum: from_dict took true as its value 1 (a follow-up APPROVED; a hunt)
+        (runtime_api.RecordGateFollowupRequest, {"gateId": "g", "outcome": True},
+         "outcome: true is not an enum value"),
+        (runtime_api.CheckChangeGateRequest,
+         {"evals": [{"name": "a", "score": 1, "direction": True}]},
+         "evals[0].direction: true is not an enum value"),
+        (runtime_api.ListRunsRequest, {"statuses": [1, True]}, "statuses[1]: true is not an enum"),
+        (runtime_api.CreateBranchRunRequest, {"seedMode": 1.5}, "seed_mode: 1.5 is not an enum"),
+        (runtime_api.CreateBranchRunRequest, {"seedMode": {}}, "seed_mode: an object is not an"),
     ],
 )  # fmt: skip
 def test_json_with_a_fraction_in_an_integer_field_is_refused_naming_it(kind, document, message):
