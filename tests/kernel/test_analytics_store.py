@@ -531,6 +531,32 @@ async def test_a_pass_that_fails_while_staging_leaves_no_staged_file(tmp_path):
     assert not retention.staging_dir(tmp_path, "p1").exists()
 
 
+async def test_files_a_pass_could_not_deal_with_are_dealt_with_by_a_later_one(tmp_path):
+    """A daemon killed between a pass's commit and its files' move, or a folder that could
+    not move, left pruned workflows' trace files (Trace answered for them) and artifact
+    folders in place for good (a retention hunt)."""
+    home = tmp_path
+    old_done, old_records = chain(OLD, 1)
+    folder = home / "artifacts" / old_done
+    folder.mkdir(parents=True)
+    (folder / "out.txt").write_text("kept")
+    blocker = home / "archive" / "artifacts"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("in the way")  # the archive's folder cannot be made: the move fails
+    async with store(home) as send:  # retention off
+        await append(send, old_records)
+    async with store(home, retain_days=30) as send:
+        await ask(send, RunRetention)
+        assert folder.is_dir()
+        [note] = (home / "archive" / ".cleanup").glob("*.json")
+    blocker.unlink()
+    async with store(home, retain_days=30) as send:  # (its pass at start)
+        await ask(send, RunRetention)
+    assert not folder.exists()
+    assert (home / "archive" / "artifacts" / old_done / "out.txt").read_text() == "kept"
+    assert not note.exists()
+
+
 async def test_retention_runs_at_start(tmp_path):
     async with store(tmp_path) as send:
         await append(send, chain(OLD, 1)[1])

@@ -1037,6 +1037,29 @@ async def test_a_block_cannot_change_what_it_declared_once_registered(tmp_path):
     assert sorted(b.name for b in view.task_blocks) == ["Demoter", "Renamer"]
 
 
+async def test_a_command_that_wrote_nothing_leaves_no_empty_folder(tmp_path):
+    # every shell execution left artifacts/WORKFLOW_ID/ (and its own folder) behind, empty
+    @block("Quiet", sinks=["go"])
+    async def quiet(ctx):
+        await ctx.run_command(["true"])
+
+    @block("Writes", sinks=["write"])
+    async def writes(ctx):
+        folder = str(ctx.artifact_dir)
+        await ctx.run_command(["sh", "-c", 'echo hi > "$FOLDER/out.txt"'], env={"FOLDER": folder})
+
+    async with running_kernel(tmp_path, [quiet, writes]) as k:
+        silent = await k.emit("go")
+        await k.finished(silent.workflow_id)
+        wrote = await k.emit("write")
+        trace = await k.finished(wrote.workflow_id)
+
+    assert not (tmp_path / "artifacts" / silent.workflow_id).exists()
+    [x] = executions(trace, "Writes")
+    [path] = x["audit_artifacts"]
+    assert await trio.Path(path).read_text() == "hi\n"
+
+
 async def test_a_blocks_own_summary_is_kept_to_its_ends(tmp_path):
     # a 50 MB summary was stored whole, in the trace file too (Trace: RESOURCE_EXHAUSTED)
     @block("Wordy", sinks=["go"])

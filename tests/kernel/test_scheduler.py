@@ -668,6 +668,23 @@ async def test_a_resume_after_a_restart_in_a_pause_starts_the_held_step_at_once(
     assert done.kind == "run_succeeded"
 
 
+class Quiet(Block):
+    """Runs a command that writes nothing."""
+
+    name = "quiet"
+
+    async def run(self, ctx: BlockContext) -> Any:
+        await ctx.run_command(["true"])
+        return {}
+
+
+async def test_a_runs_commands_that_wrote_nothing_leave_no_empty_folder(tmp_path):
+    async with running_scheduler(tmp_path, [Quiet()]) as h:
+        run_id = await h.submit([step("a", "quiet"), step("b", "quiet", after=("a",))])
+        assert (await h.store.until(run_id, *TERMINAL_KINDS)).kind == "run_succeeded"
+    assert not (tmp_path / "artifacts" / "runs" / run_id).exists()
+
+
 class SlowStore(FakeStore):
     """Takes each message 10 ms after the last: its mailbox fills up."""
 

@@ -18,6 +18,7 @@ task of its own from that block on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -141,6 +142,7 @@ class Engine:
         self._registry, self._inbox, self._store = registry, inbox, store
         self._home, self._config, self._grace = home, config, shutdown_grace
         self._artifacts = f"{home}/artifacts"  # each execution's folder is under it
+        self._with_folders: set[str] = set()  # workflows an execution made a folder for
         self._spans = spans or SpanOutbox()
         self._clock = Clock()
         self._inflight: dict[str, Workflow] = {}
@@ -337,6 +339,10 @@ class Engine:
         self._stop_notices_when_idle()
 
     def _retire(self, workflow: Workflow) -> None:
+        if workflow.id in self._with_folders:
+            self._with_folders.discard(workflow.id)
+            with contextlib.suppress(OSError):  # a command that wrote nothing: no empty folder
+                os.rmdir(f"{self._artifacts}/{workflow.id}")
         self._inflight.pop(workflow.id, None)
         workflow.retire(RECENT_TRACE_BYTES)  # what is stored need not be held here too
         self._recent[workflow.id] = workflow
@@ -414,6 +420,8 @@ class Engine:
         visits next."""
         visit, block, _, slot, plan = turn
         event, decision = visit.event, plan.decision
+        if outcome.context is not None and outcome.context.artifacts_touched:
+            self._with_folders.add(workflow.id)  # (its folder goes at its end if left empty)
         children, error = self._children(
             event, block, outcome, throttled=not decision.deliver, span=span,
             room=self._config.max_chain_events - len(workflow.events),

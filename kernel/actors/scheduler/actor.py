@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import secrets
 import time
 from collections import OrderedDict
@@ -540,6 +541,8 @@ class Scheduler:
             log.error("the end of run %s is not stored: %s", run.run_id, exc)
         if self._spans.on:
             self._spans.offer(_run_ended(run, records[-1].occurred_at))
+        with contextlib.suppress(OSError):  # its steps' commands wrote nothing: no empty folder
+            os.rmdir(f"{self._artifacts}/{run.run_id}")
         self._retire(run)
 
     async def _start_ready(

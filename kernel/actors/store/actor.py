@@ -861,11 +861,26 @@ class Store:
         else:
             reply.send(report)
 
+    def _clean_up_after(
+        self, pass_id: str, workflows: list[tuple[str, datetime]], runs: tuple[str, ...]
+    ) -> None:
+        """A committed pass's files: noted first, so a daemon killed meanwhile, or a folder
+        that cannot move now, is dealt with by a later pass (``retention.clean_up_left``)."""
+        try:
+            note = retention.note_cleanup(self.home, pass_id, workflows, runs)
+        except OSError as exc:  # (a full disk: dealt with now all the same, not noted)
+            log.error("retention: cannot note pass %s's files (%s)", pass_id, exc)
+            retention.remove_trace_files(self.home, workflows)
+            retention.archive_artifacts(self.home, [w for w, _ in workflows], runs)
+            return
+        retention.clean_up(self.home, note)
+
     async def _retain(self) -> RetentionReport:
         if self._retain_days <= 0:
             return RetentionReport(None, {})
         async with self._retention:
             await self._readable()
+            await trio.to_thread.run_sync(retention.clean_up_left, self.home)
             cutoff = datetime.now(UTC) - timedelta(days=self._retain_days)
             pass_id = f"{cutoff:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
             staged = await trio.to_thread.run_sync(
@@ -884,12 +899,8 @@ class Store:
                 log.warning("retention: rows changed while being archived; next pass retries")
                 return RetentionReport(cutoff, {})
             workflows, runs = pruned
-            await trio.to_thread.run_sync(retention.remove_trace_files, self.home, workflows)
-            pruned_ids = Pruned(tuple(w for w, _ in workflows), runs)
-            await trio.to_thread.run_sync(
-                retention.archive_artifacts, self.home, pruned_ids.workflow_ids, runs
-            )
-            await self._tell_pruned(pruned_ids)
+            await trio.to_thread.run_sync(self._clean_up_after, pass_id, workflows, runs)
+            await self._tell_pruned(Pruned(tuple(w for w, _ in workflows), runs))
             return RetentionReport(cutoff, staged)
 
     async def _tell_pruned(self, pruned: Pruned) -> None:

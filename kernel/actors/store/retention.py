@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import date, datetime
@@ -227,11 +228,54 @@ def remove_trace_files(home: Path, pruned: list[tuple[str, datetime]]) -> None:
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
-def archive_artifacts(home: Path, workflow_ids: Sequence[str], run_ids: Sequence[str]) -> None:
-    """Move the artifact folders of pruned workflows and runs to ``archive/artifacts/`` (best
-    effort): left in ``artifacts/`` they grew it without bound however short ``retain_days``
-    was. Kept, not deleted — a command's files are the only copy — beside the rows' Parquet,
-    where an operator prunes the archive as a whole."""
+def cleanup_dir(home: Path) -> Path:
+    """Where a pass notes the files of what it pruned until they are dealt with."""
+    return archive_dir(home) / ".cleanup"
+
+
+def note_cleanup(
+    home: Path, pass_id: str, workflows: Sequence[tuple[str, datetime]], runs: Sequence[str]
+) -> Path:
+    """Note a committed pass's pruned workflows and runs, whose trace files and artifact
+    folders :func:`clean_up` deals with: a daemon killed meanwhile (or a folder that could not
+    move) left them in place for good, Trace answering for pruned workflows."""
+    folder = cleanup_dir(home)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f"{pass_id}.json"
+    listed = {"workflows": [[w, started.isoformat()] for w, started in workflows],
+              "runs": list(runs)}  # fmt: skip
+    path.write_text(json.dumps(listed))
+    return path
+
+
+def clean_up(home: Path, path: Path) -> None:
+    """Remove the noted workflows' trace files, move their and the runs' artifact folders to
+    the archive; forget the note once every folder has moved (else the next pass tries again)."""
+    noted = json.loads(path.read_text())
+    workflows = [(w, datetime.fromisoformat(started)) for w, started in noted["workflows"]]
+    remove_trace_files(home, workflows)
+    if archive_artifacts(home, [w for w, _ in workflows], noted["runs"]):
+        path.unlink()
+
+
+def clean_up_left(home: Path) -> None:
+    """:func:`clean_up` each note a pass left (a daemon stopped, a folder that could not move)."""
+    folder = cleanup_dir(home)
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.json")):
+        try:
+            clean_up(home, path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("retention: the files of pass %s stay as they are (%s)", path.stem, exc)
+
+
+def archive_artifacts(home: Path, workflow_ids: Sequence[str], run_ids: Sequence[str]) -> bool:
+    """Move the artifact folders of pruned workflows and runs to ``archive/artifacts/`` (left
+    in ``artifacts/`` they grew it without bound however short ``retain_days`` was); whether
+    every one moved (a folder already gone counts). Kept, not deleted — a command's files are
+    the only copy — beside the rows' Parquet, where an operator prunes the archive as a whole."""
+    moved_all = True
     for source, ids in ((home / "artifacts", workflow_ids), (home / "artifacts" / "runs", run_ids)):
         target = archive_dir(home) / source.relative_to(home)
         for name in ids:
@@ -242,9 +286,15 @@ def archive_artifacts(home: Path, workflow_ids: Sequence[str], run_ids: Sequence
                 continue
             try:
                 target.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.rename(folder, target / name)
+                place = target / name
+                if place.exists():  # (something else there already: beside it, not over it)
+                    place = target / f"{name}.{uuid.uuid4().hex[:8]}"
+                os.rename(folder, place)
             except OSError as exc:
-                log.error("retention: artifacts of %s stay in %s (%s)", name, folder, exc)
+                moved_all = False
+                log.error("retention: artifacts of %s stay in %s (%s); the next pass tries "
+                          "again", name, folder, exc)  # fmt: skip
+    return moved_all
 
 
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
