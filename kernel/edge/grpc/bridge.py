@@ -57,7 +57,8 @@ async def in_worker_thread(work: Callable[..., T], *args: Any) -> T:
     other client waiting). The loop still gets the interpreter lock between its slices."""
     if on_trio():
         return await trio.to_thread.run_sync(work, *args)
-    return await trio_asyncio.trio_as_aio(trio.to_thread.run_sync)(work, *args)
+    done: T = await trio_asyncio.trio_as_aio(trio.to_thread.run_sync)(work, *args)
+    return done
 
 
 class FutureSlot(Abandonable):
