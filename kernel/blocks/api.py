@@ -539,7 +539,7 @@ class FunctionBlock(Block):
             # function): nothing of it ran yet. The kernel awaits this block from now on.
             if inspect.iscoroutine(result):
                 result.close()
-            self.synchronous = False
+            object.__setattr__(self, "synchronous", False)  # (the kernel's, not the block's)
             raise NeedsAwait(self.name)
         return result if action is Action.RUN else None
 

@@ -557,6 +557,18 @@ async def test_files_a_pass_could_not_deal_with_are_dealt_with_by_a_later_one(tm
     assert not note.exists()
 
 
+def test_a_note_that_is_no_passs_is_set_aside_not_read_at_every_pass(tmp_path, caplog):
+    from foundry.kernel.actors.store import retention
+
+    folder = retention.cleanup_dir(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "p1.json").write_text('{"workflows": [["evt_1", "2026-')  # cut short
+    retention.clean_up_left(tmp_path)
+    retention.clean_up_left(tmp_path)
+    assert [p.name for p in folder.iterdir()] == ["p1.unreadable"]
+    assert caplog.text.count("is no note of a pass") == 1
+
+
 async def test_retention_runs_at_start(tmp_path):
     async with store(tmp_path) as send:
         await append(send, chain(OLD, 1)[1])

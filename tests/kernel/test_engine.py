@@ -1037,6 +1037,21 @@ async def test_a_block_cannot_change_what_it_declared_once_registered(tmp_path):
     assert sorted(b.name for b in view.task_blocks) == ["Demoter", "Renamer"]
 
 
+async def test_a_function_block_that_returns_an_awaitable_runs_every_time(tmp_path):
+    # a lambda around a coroutine function: the kernel awaits it from the first call on —
+    # which broke once a registered block's declaration was fixed (a review)
+    async def work(ctx):
+        await trio.lowlevel.checkpoint()
+        return {"ok": True}
+
+    lazy = block("Lazy", sinks=["go"])(lambda ctx: work(ctx))
+    async with running_kernel(tmp_path, [lazy]) as k:
+        for _ in range(2):
+            emitted = await k.emit("go")
+            [x] = executions(await k.finished(emitted.workflow_id), "Lazy")
+            assert x["success"] is True, x["summary"]
+
+
 async def test_a_command_that_wrote_nothing_leaves_no_empty_folder(tmp_path):
     # every shell execution left artifacts/WORKFLOW_ID/ (and its own folder) behind, empty
     @block("Quiet", sinks=["go"])

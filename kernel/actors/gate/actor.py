@@ -118,6 +118,7 @@ class Gate:
         self._attestor = attestor
         self._inbox, self._store, self._scheduler = inbox, store, scheduler
         self._clock = Clock()
+        self._deciding = trio.Lock()  # gate decisions, made on a worker thread one at a time
         self._sync_lock = trio.Lock()
         # A gate's follow-ups one at a time (check, then write: two at once both passed the
         # bound), and the bytes each gate's hold, known once read: each follow-up read and
@@ -244,7 +245,8 @@ class Gate:
     async def _check(self, message: CheckChangeGate) -> StoredGate:
         # On a worker thread: a request's telemetry and metadata are of any size (4 MB of it,
         # checked and made a record here, held the loop ~2 s); its claims made there too.
-        record, claims = await in_thread(self._decided, message.request, self._clock.now())
+        async with self._deciding:  # (one at a time, as on the loop: a rule may keep state)
+            record, claims = await in_thread(self._decided, message.request, self._clock.now())
         await self._append([record])
         await self._attest(GATE_DECISION, record, record.gate_id, claims=claims)
         return StoredGate(record)

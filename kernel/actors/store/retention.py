@@ -244,7 +244,14 @@ def note_cleanup(
     path = folder / f"{pass_id}.json"
     listed = {"workflows": [[w, started.isoformat()] for w, started in workflows],
               "runs": list(runs)}  # fmt: skip
-    path.write_text(json.dumps(listed))
+    partial = path.with_suffix(".partial")
+    try:  # whole or not at all: a note cut short was unreadable at every pass after
+        partial.write_text(json.dumps(listed))
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
     return path
 
 
@@ -266,8 +273,13 @@ def clean_up_left(home: Path) -> None:
     for path in sorted(folder.glob("*.json")):
         try:
             clean_up(home, path)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except OSError as exc:  # tried again at the next pass
             log.error("retention: the files of pass %s stay as they are (%s)", path.stem, exc)
+        except (ValueError, KeyError, TypeError) as exc:  # not ours: set aside, not read again
+            log.error("retention: %s is no note of a pass (%s); set aside as .unreadable",
+                      path, exc)  # fmt: skip
+            with contextlib.suppress(OSError):
+                os.replace(path, path.with_suffix(".unreadable"))
 
 
 def archive_artifacts(home: Path, workflow_ids: Sequence[str], run_ids: Sequence[str]) -> bool:
@@ -289,6 +301,8 @@ def archive_artifacts(home: Path, workflow_ids: Sequence[str], run_ids: Sequence
                 place = target / name
                 if place.exists():  # (something else there already: beside it, not over it)
                     place = target / f"{name}.{uuid.uuid4().hex[:8]}"
+                    log.warning("retention: %s is taken; the artifacts of %s go to %s", target /
+                                name, name, place)  # fmt: skip
                 os.rename(folder, place)
             except OSError as exc:
                 moved_all = False
