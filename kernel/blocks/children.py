@@ -184,12 +184,17 @@ def _record(pid: int) -> str | None:
     if not _RECORDED_IN:
         return None
     record = f"{_RECORDED_IN[-1]}/{pid}"
+    # Written under another name, then renamed: a daemon killed between the file's creation
+    # and its write left an empty record, which the next start could not read, and the
+    # command ran on beside its step's next attempt. (A start drops a stray ``.new``.)
+    written = f"{record}.new"
     try:
-        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(written, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, f"{_boot_id() or '-'} {_start_time(pid) or '-'}\n".encode())
         finally:
             os.close(fd)
+        os.rename(written, record)
     except OSError as exc:  # a full disk: the command runs, unrecorded
         log.warning("could not record command %d in %s: %s", pid, _RECORDED_IN[-1], exc)
         return None
