@@ -98,3 +98,24 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError(f"no {field} for process {pid}")
+
+
+def cli_with_reader_gone(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``foundry ARGS`` whose stdout's reader is gone before its first line (``| head -0``):
+    its exit code and stderr."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "foundry.kernel.cli", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.close()
+    try:
+        code = process.wait(60)
+        err = process.stderr.read()
+    finally:
+        process.stderr.close()
+    return code, err

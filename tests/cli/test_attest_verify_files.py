@@ -22,6 +22,8 @@ from foundry.kernel.core.attest import (
     step_claims,
 )
 
+from tests.helpers import cli_with_reader_gone
+
 
 def _envelope(kind: str, predicate: object) -> str:
     statement = {"_type": "https://in-toto.io/Statement/v1", "subject": [],
@@ -203,19 +205,9 @@ def test_an_invalid_verdict_stands_when_the_reader_of_the_output_is_gone(tmp_pat
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
     target = tmp_path / "envelopes.jsonl"
     target.write_text(_envelope("step", {"run_id": "r"}))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "foundry.kernel.cli", "attest", "verify", str(target),
-         "--pubkey", str(pubkey)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "FOUNDRY_HOME": str(tmp_path / "home")},
-    )  # fmt: skip
-    assert process.stdout is not None
-    assert process.stderr is not None
-    process.stdout.close()  # the reader is gone before the first line
-    try:
-        code = process.wait(60)
-        err = process.stderr.read()
-    finally:
-        process.stderr.close()
+    code, err = cli_with_reader_gone(
+        ["attest", "verify", str(target), "--pubkey", str(pubkey)],
+        {**os.environ, "FOUNDRY_HOME": str(tmp_path / "home")},
+    )
     assert code == 1, err
     assert "Traceback" not in err

@@ -19,7 +19,7 @@ from foundry.proto import runtime_api
 
 from tests.daemon import REPO, Daemon
 from tests.e2e.helpers import closed_port, emit, finished, foundry_cli, trace
-from tests.helpers import DEADLINE, wait_until
+from tests.helpers import DEADLINE, cli_with_reader_gone, wait_until
 from tests.runs.helpers import wait_done
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
@@ -222,19 +222,7 @@ def test_a_reader_that_goes_away_is_not_an_error(daemon, args):
     root = emit(daemon, "touch_requested", project="out-f")
     finished(daemon, root.workflow_id)
     args = tuple(root.workflow_id if a == "ROOT" else a for a in args)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "foundry.kernel.cli", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "FOUNDRY_ADDR": daemon.address},
-    )  # fmt: skip
-    assert process.stdout is not None
-    assert process.stderr is not None
-    process.stdout.close()  # the reader is gone before the first line
-    try:
-        code = process.wait(60)
-        err = process.stderr.read()
-    finally:
-        process.stderr.close()
+    code, err = cli_with_reader_gone(list(args), {**os.environ, "FOUNDRY_ADDR": daemon.address})
     assert code == 0, err
     assert "Traceback" not in err
     assert "cannot reach the daemon" not in err
