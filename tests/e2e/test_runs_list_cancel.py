@@ -479,6 +479,8 @@ def test_list_runs_filters_newest_first_and_pages(make_daemon, tmp_path):
     assert [r.run_id for r in list_runs(daemon, labels={"team": "red", "n": "2"}).runs] == [ids[2]]
     failed = list_runs(daemon, statuses=[api.RunStatus.FAILED, api.RunStatus.PAUSED_AT_STEP])
     assert [r.run_id for r in failed.runs] == [paused, failing]
+    repeated = [api.RunStatus.FAILED] * 1000 + [api.RunStatus.PAUSED_AT_STEP] * 1000
+    assert list_runs(daemon, statuses=repeated).runs == failed.runs
     children = list_runs(daemon, parent_run_id=ids[0])
     assert [r.run_id for r in children.runs] == [branch.run_id]
     assert children.runs[0].branch_step == "a"
@@ -531,6 +533,7 @@ def test_list_runs_refuses_bad_filters_by_name(make_daemon, tmp_path):
             "page_token",
         ),
         (api.ListRunsRequest(statuses=[api.RunStatus.UNSPECIFIED]), "statuses[0]"),
+        (api.ListRunsRequest(statuses=[api.RunStatus.FAILED] * 3 + [99]), "statuses[3]: unknown"),
         (api.ListRunsRequest(labels={"": "x"}), "labels"),
         # each a condition of one query: 50,000 held a store query slot for a minute
         (api.ListRunsRequest(labels={f"k{i}": "" for i in range(65)}), "labels: at most 64"),

@@ -82,13 +82,14 @@ class HttpApp:
         services = list(services)
         routes = endpoints(services)
         binary, json_codec = BinaryCodec(max_message_bytes), JsonCodec(max_message_bytes)
+        self._gzip = BoundedGzip()
         connect_routes: Mapping[str, Any] = routes.endpoints
         self._rpcs = _Rpcs(
             service=None,
             endpoints=lambda _: connect_routes,
             read_max_bytes=max_message_bytes,
             codecs=[binary, json_codec],
-            compressions=[BoundedGzip()],  # (and identity, always)
+            compressions=[self._gzip],  # (and identity, always)
         )
         codecs: dict[str, JsonCodec | BinaryCodec] = {"proto": binary, "json": json_codec}
         self._fast = UnaryFastPath(routes.unary, codecs, max_message_bytes)
@@ -216,12 +217,18 @@ class HttpApp:
         kind = headers.get("content-type", "").partition(";")[0].strip()
         if route is None or not (enveloped or kind in ("application/json", "application/proto")):
             return receive, None
-        if not _known_codec(headers) or not worth_decoding_ahead(
-            headers, enveloped and _declared_encoding(headers)
-        ):
+        encoding = _body_encoding(headers, enveloped)
+        if encoding not in GRPC_ENCODINGS or not _known_codec(headers):
+            return receive, None  # (connectrpc's answer: the encoding or codec it does not know)
+        if not worth_decoding_ahead(headers, encoding == "gzip"):
             return receive, None
         codec = self._json_codec if kind.endswith("json") else self._binary
-        return await decoded_ahead(receive, enveloped, codec.decode, route.input, self._limit)
+        inflate = self._inflate if encoding == "gzip" else None
+        return await decoded_ahead(receive, enveloped, codec.decode, route.input, self._limit,
+                                   inflate)  # fmt: skip
+
+    def _inflate(self, data: bytes) -> bytes:
+        return self._gzip.decompress(data, self._limit)  # as connectrpc inflates it
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A server-streaming call, ended when its client goes away: connectrpc only notes the
@@ -371,6 +378,13 @@ def _known_codec(headers: Mapping[str, str]) -> bool:
     kind = headers.get("content-type", "").partition(";")[0].strip()
     _, plus, codec = kind.partition("+")
     return not plus or codec in ("proto", "json")
+
+
+def _body_encoding(headers: Mapping[str, str], enveloped: bool) -> str:
+    """The compression a unary request's body or envelope may use, named as connectrpc reads it
+    (``content-encoding`` for Connect, ``grpc-encoding`` for gRPC and gRPC-Web)."""
+    header = "grpc-encoding" if enveloped else "content-encoding"
+    return headers.get(header) or "identity"
 
 
 def _declared_encoding(headers: Mapping[str, str]) -> bool:
