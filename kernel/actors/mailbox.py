@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -194,3 +194,10 @@ def refuse(message: object, error: Exception, log: logging.Logger) -> None:
     reply = getattr(message, "reply", None)
     if isinstance(reply, Reply):
         reply.fail(error)
+
+
+async def cancel_when(wait: Callable[[], Awaitable[object]], scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` once ``wait`` returns: the first of several waits in one nursery ends
+    them all (a run's end or its resume; a query's deadline, its asker gone, the store closing)."""
+    await wait()
+    scope.cancel()

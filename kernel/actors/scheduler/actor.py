@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 from foundry.kernel.actors.attestor.messages import Attest, AttestorMessage
-from foundry.kernel.actors.mailbox import Pending, ask, refuse, reply_pair
+from foundry.kernel.actors.mailbox import Pending, ask, cancel_when, refuse, reply_pair
 from foundry.kernel.actors.scheduler.messages import (
     BranchRun,
     CancelRun,
@@ -610,7 +610,7 @@ class Scheduler:
         resumed = self._wakeups.setdefault(run.run_id, trio.Event())
         ended: list[str] = []
         async with trio.open_nursery() as racing:
-            racing.start_soon(_cancel_when_set, resumed, racing.cancel_scope)
+            racing.start_soon(cancel_when, resumed.wait, racing.cancel_scope)
             ended.append(await done.receive())  # (a cancelled receive takes nothing)
             racing.cancel_scope.cancel()
         if self._wakeups.get(run.run_id) is resumed and not resumed.is_set():
@@ -1303,11 +1303,6 @@ def _step_view(run: RunState, step: StepState) -> StepView:
         usage=step.usage,
         span_id=step.span_id,
     )
-
-
-async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
 
 
 def _attempt_ended(

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,7 +46,7 @@ from foundry.analytics import sandbox
 from foundry.analytics.migrations import SchemaTooNew, migrate
 from foundry.analytics.parquet import lands_inside, refresh_archive_views
 from foundry.analytics.schema import ddl
-from foundry.kernel.actors.mailbox import Reply, refuse, reply_pair
+from foundry.kernel.actors.mailbox import Reply, cancel_when, refuse, reply_pair
 from foundry.kernel.actors.store import retention
 from foundry.kernel.actors.store.archivist import Archivist, FileWriter, frame
 from foundry.kernel.actors.store.journal import SEGMENT_BYTES, Journal, PreparedAppend, encode
@@ -997,8 +997,9 @@ class Store:
                 # for the query, 40 s past its grace).
                 with trio.move_on_at(deadline) as waiting:
                     async with trio.open_nursery() as first:
-                        first.start_soon(_cancel_after, message.reply.wait_asker_gone, first)
-                        first.start_soon(_cancel_after, self._closing.wait, first)
+                        first.start_soon(cancel_when, message.reply.wait_asker_gone,
+                                         first.cancel_scope)  # fmt: skip
+                        first.start_soon(cancel_when, self._closing.wait, first.cancel_scope)
                 expired = waiting.cancelled_caught
                 gone = not expired and not self._closing.is_set()
                 # An interrupt that comes between the sandbox's statements (its checks,
@@ -1531,11 +1532,6 @@ class Store:
         if writer.table not in self._appenders:
             self._appenders[writer.table] = writer.appender(self._con)
         return self._appenders[writer.table]
-
-
-async def _cancel_after(wait: Callable[[], Awaitable[object]], nursery: trio.Nursery) -> None:
-    await wait()
-    nursery.cancel_scope.cancel()
 
 
 def roll_back(con: duckdb.DuckDBPyConnection) -> None:
