@@ -3,6 +3,7 @@ right Connect code or gRPC status naming the field, never a 500 — and the daem
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import time
@@ -302,6 +303,20 @@ def test_a_grpc_web_media_type_in_any_case_is_answered(daemon, kind):
                                        content_type=kind)  # fmt: skip
     assert trailers["grpc-status"] == "0", trailers
     assert len(messages) == 1
+
+
+@pytest.mark.parametrize("coding", ["gzip", "GZIP", "Gzip"])
+def test_a_content_coding_in_any_case_is_inflated(daemon, coding):
+    """Content codings are case-insensitive (RFC 9110): connectrpc compares them as written,
+    and answered ``Content-Encoding: GZIP`` unimplemented."""
+    body = gzip.compress(json.dumps({"limit": 1}).encode())
+    reply = httpx.post(
+        url(daemon, STATUS),
+        content=body,
+        headers={"content-type": "application/json", "content-encoding": coding},
+    )
+    assert reply.status_code == 200, reply.text[:300]
+    assert "workflows" in reply.json() or reply.json() == {}
 
 
 def test_the_daemon_still_answers_after_all_that(daemon):

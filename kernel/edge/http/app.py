@@ -486,13 +486,14 @@ def _utf8_headers(scope: Scope) -> Scope:
     UTF-8, and a browser's ``X-Note: caf\xe9`` was a 500 with a traceback in the log."""
     headers = scope.get("headers", ())
     if all(value.isascii() for _, value in headers) and not any(
-        name == b"content-type" and not value.islower() for name, value in headers
+        name in CASELESS_HEADERS and not value.islower() for name, value in headers
     ):
         return scope
-    # (and the media type in lower case, as ``_headers`` reads it: connectrpc compares
-    # gRPC-Web's case-sensitively, and answered Application/Grpc-Web+Proto a bare 415)
+    # (and the media type and content coding in lower case, as ``_headers`` reads them:
+    # connectrpc compares them case-sensitively, and answered Application/Grpc-Web+Proto a bare
+    # 415, Content-Encoding: GZIP unimplemented)
     return {**scope, "headers": [
-        (name, value.lower() if name == b"content-type" else _as_utf8(value))
+        (name, value.lower() if name in CASELESS_HEADERS else _as_utf8(value))
         for name, value in headers
     ]}  # fmt: skip
 
@@ -539,13 +540,18 @@ def _framed_twice(scope: Scope) -> bool:
     return b"transfer-encoding" in names and b"content-length" in names
 
 
+# HTTP's media types and content codings are case-insensitive (RFC 9110, 8.3.1 and 8.4.1)
+CASELESS_HEADERS = (b"content-type", b"content-encoding")
+
+
 def _headers(scope: Scope) -> dict[str, str]:
-    """The request's headers by name; its media type in lower case (media types are
-    case-insensitive, and connectrpc takes ``Application/Connect+JSON``: the checks here saw
-    another protocol's request in it, and answered as for one)."""
+    """The request's headers by name; its media type and content coding in lower case
+    (connectrpc takes ``Application/Connect+JSON``: the checks here saw another protocol's
+    request in it, and answered as for one)."""
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
-    if "content-type" in headers:
-        headers["content-type"] = headers["content-type"].lower()
+    for name in ("content-type", "content-encoding"):
+        if name in headers:
+            headers[name] = headers[name].lower()
     return headers
 
 
