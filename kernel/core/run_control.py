@@ -142,6 +142,20 @@ def check_labels(labels: Mapping[str, Any], field: str, *, removals: bool = Fals
             raise InvalidArgument(f"{field}[{quoted(key)}]: a label's value is a string, got {got}")
 
 
+def branch_seed(seed_mode: str, seed: int | None, source_seed: int) -> int:
+    """A branch's seed by its mode (``unspecified``, ``same``, ``new``, ``custom``). A seed with
+    no mode is a custom one, as the CLI's ``--seed`` alone; with SAME or NEW it is refused (it
+    was dropped without a word: the client would not know which seed its branch ran with)."""
+    if seed is not None and seed_mode in ("same", "new"):
+        raise InvalidArgument(f"seed: seed_mode {seed_mode.upper()} takes no seed "
+                              "(a seed of its own is seed_mode CUSTOM)")  # fmt: skip
+    if seed_mode == "custom" or (seed_mode == "unspecified" and seed is not None):
+        if seed is None:
+            raise InvalidArgument("seed: seed_mode CUSTOM needs a seed")
+        return seed
+    return secrets.randbits(SEED_BITS) if seed_mode == "new" else source_seed
+
+
 def branch_submission(
     source: RunState,
     *,
@@ -163,14 +177,7 @@ def branch_submission(
         raise NotFound(f"from_step: no step {quoted(from_step)} in run {source.run_id}")
     check_settled_upstream(source, from_step)
     sub = source.submission
-    if seed_mode == "custom":
-        if seed is None:
-            raise InvalidArgument("seed: seed_mode CUSTOM needs a seed")
-        new_seed = seed
-    elif seed_mode == "new":
-        new_seed = secrets.randbits(SEED_BITS)
-    else:
-        new_seed = sub.seed
+    new_seed = branch_seed(seed_mode, seed, sub.seed)
     check_labels(labels_patch, "labels_patch", removals=True)
     labels = dict(sub.labels)
     for key, value in labels_patch.items():

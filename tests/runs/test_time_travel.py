@@ -558,6 +558,12 @@ def test_branch_seed_modes(daemon, source):
         return rpc_error(daemon, lambda rt: rt.create_branch_run(request))
 
     assert_error(branch_error(seed_mode=api.BranchSeedMode.CUSTOM), Status.INVALID_ARGUMENT, "seed")
+    # a seed with SAME or NEW was dropped without a word; with no mode it is a custom one
+    for mode in (api.BranchSeedMode.SAME, api.BranchSeedMode.NEW):
+        error = branch_error(seed_mode=mode, seed=5)
+        assert_error(error, Status.INVALID_ARGUMENT, "seed: seed_mode", "takes no seed")
+    seeded = branch(daemon, src.run_id, "think", seed_mode=api.BranchSeedMode.UNSPECIFIED, seed=77)
+    assert wait_done(daemon, seeded).spec.seed == 77
     assert_error(branch_error(run_id="run_unknown"), Status.NOT_FOUND, "run_unknown")
     assert_error(branch_error(from_step="nowhere"), Status.NOT_FOUND, "'nowhere'")
     assert_error(branch_error(from_step=""), Status.INVALID_ARGUMENT, "from_step")

@@ -119,7 +119,7 @@ class ResumeRun:
 class BranchRun:
     run_id: str
     from_step: str
-    seed_mode: str  # same | new | custom
+    seed_mode: str  # unspecified | same | new | custom (``run_control.branch_seed``)
     seed: int | None
     inputs_patch: Mapping[str, Any]
     labels_patch: Mapping[str, Any]

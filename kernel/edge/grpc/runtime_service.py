@@ -71,7 +71,7 @@ RUN_STATUS = {
     for name in ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "PAUSED_AT_STEP")
 }
 SEED_MODES = {
-    api.BranchSeedMode.UNSPECIFIED: "same",
+    api.BranchSeedMode.UNSPECIFIED: "unspecified",
     api.BranchSeedMode.SAME: "same",
     api.BranchSeedMode.NEW: "new",
     api.BranchSeedMode.CUSTOM: "custom",
