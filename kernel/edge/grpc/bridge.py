@@ -25,6 +25,7 @@ import trio
 import trio_asyncio
 from foundry.kernel.actors.mailbox import Abandonable, Reply, unwrap
 from foundry.kernel.actors.tap.messages import Overflow
+from foundry.kernel.edge.worker_threads import in_edge_thread
 from foundry.kernel.errors import Unavailable
 
 T = TypeVar("T")
@@ -56,8 +57,8 @@ async def in_worker_thread(work: Callable[..., T], *args: Any) -> T:
     translation that would hold the loop (a Struct of 720,000 values made JSON: ~2.6 s of every
     other client waiting). The loop still gets the interpreter lock between its slices."""
     if on_trio():
-        return await trio.to_thread.run_sync(work, *args)
-    done: T = await trio_asyncio.trio_as_aio(trio.to_thread.run_sync)(work, *args)
+        return await in_edge_thread(work, *args)
+    done: T = await trio_asyncio.trio_as_aio(in_edge_thread)(work, *args)
     return done
 
 

@@ -101,6 +101,7 @@ from foundry.kernel.edge.connections import (
     FloodWarnings,
     flooded,
 )
+from foundry.kernel.edge.grpc.bridge import in_worker_thread
 from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
 from h2.errors import ErrorCodes
@@ -227,8 +228,8 @@ def install_message_limit(limit: int, body_timeout: float | None = None) -> bool
         off_loop = getattr(codec, "decodes_off_loop", None)
         if off_loop is None or not off_loop(message_type, len(data)):  # inflated, if it was
             return codec.decode(data, message_type)
-        loop = asyncio.get_running_loop()  # (server.RequestCodec says which: large, slow ones)
-        return await loop.run_in_executor(None, codec.decode, data, message_type)
+        # (server.RequestCodec says which: large, slow ones)
+        return await in_worker_thread(codec.decode, data, message_type)
 
     async def recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
         task = asyncio.current_task()

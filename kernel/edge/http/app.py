@@ -545,10 +545,13 @@ CASELESS_HEADERS = (b"content-type", b"content-encoding")
 
 
 def _headers(scope: Scope) -> dict[str, str]:
-    """The request's headers by name; its media type and content coding in lower case
-    (connectrpc takes ``Application/Connect+JSON``: the checks here saw another protocol's
-    request in it, and answered as for one)."""
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+    """The request's headers by name, the first of a name given twice (as connectrpc reads them:
+    the last one here let ``gzip`` then ``identity`` past the decode ahead, its 4 MB of statuses
+    decoded on the loop); its media type and content coding in lower case (connectrpc takes
+    ``Application/Connect+JSON``: the checks here saw another protocol's request in it, and
+    answered as for one)."""
+    pairs = scope.get("headers", ())
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(pairs)}
     for name in ("content-type", "content-encoding"):
         if name in headers:
             headers[name] = headers[name].lower()

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-import trio
 from connectrpc.errors import ConnectError
+from foundry.kernel.edge.worker_threads import in_edge_thread
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
@@ -90,11 +90,10 @@ async def decoded_ahead(
         return replay, None
     data, compressed = found
     if compressed and data and inflate is not None:
-        return replay, await trio.to_thread.run_sync(_inflated_and_decoded, data, inflate,
-                                                     decode, kind)  # fmt: skip
+        return replay, await in_edge_thread(_inflated_and_decoded, data, inflate, decode, kind)
     if size < DECODE_OFF_LOOP_BYTES:
         return replay, None
-    return replay, await trio.to_thread.run_sync(_decoded, data, decode, kind)
+    return replay, await in_edge_thread(_decoded, data, decode, kind)
 
 
 def _decoded(data: bytes, decode: Callable[[bytes, type[Any]], Any], kind: type[Any]) -> Decoded:

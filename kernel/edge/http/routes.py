@@ -14,7 +14,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-import trio
 from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
 from connectrpc.request import RequestContext
 from connectrpc.server import Endpoint
@@ -27,6 +26,7 @@ from foundry.kernel.edge.http.codecs import (
     to_json,
 )
 from foundry.kernel.edge.http.errors import connect_error
+from foundry.kernel.edge.worker_threads import in_edge_thread
 from foundry.proto import foundry_api, runtime_api
 from grpclib.const import Cardinality
 
@@ -145,7 +145,7 @@ async def json_reply(reply: Any) -> JsonEncoded:
         message = reply.kind().parse(reply.data) if isinstance(reply, TypedEncoded) else reply
         return to_json(message).encode()
 
-    text = await trio.to_thread.run_sync(write)
+    text = await in_edge_thread(write)
     return JsonEncoded(text if key is None else ENDED_RUN_TEXTS.put(key, text))
 
 
