@@ -12,7 +12,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from foundry.kernel.core.upstream_json import parse_number
@@ -309,3 +309,27 @@ def same_json(a: Any, b: Any) -> bool:
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         return len(a) == len(b) and all(map(same_json, a, b))
     return a is None and b is None
+
+
+def json_values_past(values: Iterable[Any], limit: int) -> bool:
+    """Whether JSON values (as ``json.loads`` makes them) hold more than ``limit`` values, each
+    one and its nested ones counted; a bounded look: it stops counting there."""
+    seen = 0
+    for value in values:
+        seen += 1
+        stack = [value]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, Mapping):
+                children: Any = node.values()
+            elif isinstance(node, list | tuple):
+                children = node
+            else:
+                continue
+            seen += len(children)
+            if seen > limit:
+                return True
+            stack.extend(c for c in children if isinstance(c, Mapping | list | tuple))
+        if seen > limit:
+            return True
+    return False

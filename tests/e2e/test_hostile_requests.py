@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -27,6 +27,7 @@ import h2.settings
 import httpx
 import pytest
 from foundry.kernel.edge.grpc.client import connect
+from foundry.kernel.edge.grpc.fastproto import upb_class
 from foundry.proto import admin_api
 from foundry.proto import foundry_api as api
 from foundry.proto import runtime_api as rt
@@ -941,3 +942,66 @@ def test_a_large_request_is_decoded_off_the_loop_and_holds_up_no_one(daemon, cha
     finally:
         thread.join(60)
     assert finished == ["small", "big"]
+
+
+def _slowest_small_call_during(daemon: Any, work: Callable[[], Any]) -> tuple[Any, float]:
+    """``work()``'s result, and the slowest of the Status calls made back to back meanwhile."""
+    done: list[Any] = []
+    thread = threading.Thread(target=lambda: done.append(work()))
+    thread.start()
+    slowest = 0.0
+    try:
+        while thread.is_alive():
+            asked = time.monotonic()
+            status(daemon)
+            slowest = max(slowest, time.monotonic() - asked)
+    finally:
+        thread.join(120)
+    return done[0], slowest
+
+
+def test_reading_a_run_of_a_large_output_holds_up_no_one(daemon, channel):
+    """GetRun and ReplayRun of a run whose inputs and output hold 150,000 values each: made
+    and serialized on a worker thread, on both ports. On the loop (~5 µs a value), one output
+    of 900,000 nulls held every other client 11 s, a replay of it 24 s (a hunt)."""
+    from tests.runs.helpers import dag, submit
+
+    nulls = [None] * 150_000
+    step = {"id": "t", "type": "transform", "inputs": {"value": "${inputs.x}"}}
+    run_id = submit(daemon, dag(step), inputs={"x": nulls})
+    listed = rt.ListRunsRequest(statuses=[rt.RunStatus.SUCCEEDED], page_size=100)
+    wait_until(
+        lambda: run_id in [r.run_id for r in daemon.call(lambda _, r: r.list_runs(listed)).runs],
+        timeout=120,
+        what="the run to succeed",
+    )  # fmt: skip (its GetRun, asked again and again meanwhile, is what is measured here)
+    get_run = bytes(rt.GetRunRequest(run_id=run_id))
+    replay = bytes(rt.ReplayRunRequest(run_id=run_id, mode=rt.ReplayMode.FULL))
+
+    def posted(path: str, body: bytes, kind: str) -> bytes:
+        reply = httpx.post(url(daemon, path), content=body, timeout=120,
+                           headers={"content-type": kind})  # fmt: skip
+        assert reply.status_code == 200, (path, reply.text[:300])
+        return reply.content
+
+    def replayed() -> bytes:
+        method = channel.unary_unary(RUNTIME + "ReplayRun", request_serializer=None,
+                                     response_deserializer=None)  # fmt: skip
+        data: bytes = method(replay, timeout=120)
+        return data
+
+    readings = {
+        "GetRun Connect proto": lambda: posted(RUNTIME + "GetRun", get_run, "application/proto"),
+        "GetRun Connect JSON": lambda: posted(RUNTIME + "GetRun", json.dumps({"runId": run_id})
+                                               .encode(), "application/json"),
+        "ReplayRun gRPC": replayed,
+    }  # fmt: skip
+    for name, read in readings.items():
+        reply, slowest = _slowest_small_call_during(daemon, read)
+        assert len(reply) > 300_000, name  # (150,000 nulls each way: 2 bytes a null at least)
+        assert slowest < 0.35, (name, slowest)  # (~0.75 s when it was made on the loop)
+    output = json.loads(readings["GetRun Connect JSON"]())["run"]["steps"][0]["output"]
+    assert output == nulls
+    assert upb_class("GetRunResponse").FromString(readings["GetRun Connect proto"]()).run.steps[
+        0].output.list_value.values[149_999].HasField("null_value")  # fmt: skip
+    assert_serving(daemon)

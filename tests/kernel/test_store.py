@@ -39,6 +39,7 @@ from foundry.kernel.actors.store.messages import (
     RowCounts,
 )
 from foundry.kernel.actors.store.reads import RESTARTED
+from foundry.kernel.actors.store.tables import record_is_large as tables_record_is_large
 from foundry.kernel.actors.tap.actor import TapBroker
 from foundry.kernel.actors.tap.messages import Publish, Subscribe
 from foundry.kernel.blocks.api import block
@@ -1449,3 +1450,33 @@ def test_an_answer_for_a_write_the_disk_refused_says_why():
     # words of the daemon's own (a path) stay in the log
     own = actor._client_error(OSError(2, "segment deleted from /home/x/journal"), "could not")
     assert str(own) == "the store could not; the daemon log has the details"
+
+
+async def test_a_record_of_many_values_is_encoded_off_the_trio_thread(tmp_path, monkeypatch):
+    """A small group someone waits for is encoded on the trio thread (no thread hop on the
+    mutator's path), unless a record in it holds many JSON values: a submission of 300,000 keys
+    held the loop 0.5 s there. Both are committed."""
+    encoded_on: dict[str, str] = {}
+    real = store_actor.journal_rows
+
+    def journal_rows(records):
+        for record in records:
+            if isinstance(record, RunSubmission):
+                encoded_on[record.run_id] = threading.current_thread().name
+        return real(records)
+
+    monkeypatch.setattr(store_actor, "journal_rows", journal_rows)
+    small, _ = make_run(1)
+    large = dataclasses.replace(make_run(2)[0], inputs={"x": [None] * 3_000})
+    labelled = dataclasses.replace(make_run(3)[0], labels={str(i): "" for i in range(3_000)})
+    async with running_store(tmp_path) as store:
+        for submission in (small, large, labelled):
+            await post_now(store, [submission]).wait()
+        loaded = [await ask(store, lambda r, n=n: LoadRun(f"run_{n}", r)) for n in (1, 2, 3)]
+    trio_thread = threading.main_thread().name
+    assert encoded_on["run_1"] == trio_thread  # (handed to the writer process)
+    assert encoded_on["run_2"] != trio_thread
+    assert encoded_on["run_3"] != trio_thread
+    assert [run is not None for run in loaded] == [True] * 3
+    assert tables_record_is_large(large) and tables_record_is_large(labelled)
+    assert not tables_record_is_large(small)

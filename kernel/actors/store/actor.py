@@ -73,6 +73,7 @@ from foundry.kernel.actors.store.tables import (
     check_encoded,
     journal_rows,
     merge,
+    record_is_large,
     rows_in,
     spooled_paths,
     table_rows,
@@ -438,7 +439,8 @@ class Store:
         """The journal thread's job for a group's append — or None: a small group someone
         waits for, encoded here and handed to the writer process (no wait). The thread takes
         a group nobody waits for (the engine's: its encoding stays off the trio thread, and
-        the thread's handoffs cost no one a wait), a large group, a record too large for a
+        the thread's handoffs cost no one a wait), a large group, a record of many JSON values
+        (its encoding held the loop: ``tables.record_is_large``), a record too large for a
         message, a new segment or zeros to write first; all of them without a writer process,
         or while a test holds commits."""
         records = [r for a in appends for r in a.records]
@@ -448,6 +450,7 @@ class Store:
             or len(records) > WRITER_PROCESS_RECORDS
             or not any(map(_awaited, appends))
             or sum(map(rows_in, records)) > WRITER_PROCESS_RECORDS  # the attestor's batch
+            or any(map(record_is_large, records))  # (its JSON made here held the loop)
         ):
             return self._journal_job(appends)
         try:

@@ -34,7 +34,7 @@ from foundry.kernel.core.governance import (
     json_text,
 )
 from foundry.kernel.core.ids import compact_json
-from foundry.kernel.core.json_input import unpaired_surrogate_escape
+from foundry.kernel.core.json_input import json_values_past, unpaired_surrogate_escape
 from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain
 from foundry.kernel.core.runs import RunEventRecord, RunSubmission
 
@@ -402,6 +402,23 @@ def _rows_by_kind(records: Iterable[Any]) -> dict[type, list[tuple[Any, ...]]]:
         else:
             rows.extend(writer.rows(record))
     return by_kind
+
+
+# A record of more JSON values than this is encoded on the journal thread, never on the trio
+# thread (``Store._hand_off``): a submission of 300,000 keys held the loop 0.5 s there.
+VALUES_ENCODED_INLINE = 2_000
+
+
+def record_is_large(record: Any) -> bool:
+    """Whether a run's record holds more than :data:`VALUES_ENCODED_INLINE` JSON values (its
+    inputs and labels, an event's payload: a step's inputs or output); a bounded look."""
+    if isinstance(record, RunEventRecord):
+        values: tuple[Any, ...] = (record.payload,)
+    elif isinstance(record, RunSubmission):
+        values = (record.inputs, record.labels)
+    else:
+        return False
+    return json_values_past(values, VALUES_ENCODED_INLINE)
 
 
 def rows_in(record: Any) -> int:

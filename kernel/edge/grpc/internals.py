@@ -86,7 +86,7 @@ import heapq
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import grpclib
@@ -467,6 +467,18 @@ class Encoded:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
+
+
+class RunEncoded(Encoded):
+    """An ended run's GetRun reply, serialized, and what names it while it does not change
+    (``run_replies.ended_key``; None: a run that still can): the HTTP edge writes its JSON
+    once for all its callers."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, data: bytes, key: Hashable | None) -> None:
+        super().__init__(data)
+        self.key = key
 
 
 def varint(value: int) -> bytes:

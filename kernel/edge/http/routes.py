@@ -93,7 +93,7 @@ def _unary(
         except Exception as exc:
             raise connect_error(exc) from None
         if isinstance(reply, Encoded):
-            return TypedEncoded(reply.data, reply_type)
+            return TypedEncoded(reply.data, reply_type, getattr(reply, "key", None))
         return reply
 
     return call

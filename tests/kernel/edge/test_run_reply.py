@@ -1,7 +1,7 @@
-"""A large run's replies with the loop's other work between their parts: GetRun's and
-ReplayRun's serialized a chunk of steps at a time (``runtime_service.encoded_run``: the same
-message as the reply made in one go, from either edge's world), and TapRun's history framed a
-batch at a time."""
+"""A large run's replies with the loop's other work going on: GetRun's and ReplayRun's made
+and serialized on a worker thread (``runtime_service.encoded_run``: the same message as the
+reply made on the loop, from either edge's world), and TapRun's history framed a batch at a
+time."""
 
 from __future__ import annotations
 
@@ -16,12 +16,19 @@ import trio_asyncio
 from foundry.kernel.actors.scheduler.messages import RunView, StepView
 from foundry.kernel.edge.grpc import upb_encode
 from foundry.kernel.edge.grpc.fastproto import upb_class
+from foundry.kernel.edge.grpc.internals import Encoded, RunEncoded
 from foundry.kernel.edge.grpc.run_replies import SharedRunReplies
-from foundry.kernel.edge.grpc.runtime_service import RUN_CHUNK, encoded_run, run_detail
+from foundry.kernel.edge.grpc.runtime_service import (
+    STRUCT_VALUES_ON_LOOP,
+    encoded_run,
+    run_detail,
+    run_is_large,
+)
 from foundry.proto import runtime_api as api
 
 T0 = datetime(2026, 12, 4, 20, 0, tzinfo=UTC)
 BATCHES = 12  # of TapRun's history, in the test of its batches
+LARGE = STRUCT_VALUES_ON_LOOP // 2 + 1  # steps whose outputs and errors are past the limit
 OUTPUTS = [None, 3, 2.5, "text", True, [1, "a", None], {"n": 1, "deep": {"list": [{"x": False}]}}]
 
 
@@ -66,10 +73,10 @@ def in_one_go(run: RunView) -> bytes:
 @pytest.mark.parametrize(
     "run",
     [
-        view(RUN_CHUNK + 1, ids=0),
+        view(LARGE, ids=0),
         view(
-            RUN_CHUNK * 3 + 7,
-            ids=RUN_CHUNK * 8 * 2 + 3,
+            LARGE + 7,
+            ids=2051,
             paused_step="s00003",
             error="e",
             parent_run_id="run_src",
@@ -80,7 +87,8 @@ def in_one_go(run: RunView) -> bytes:
     ],
     ids=["steps only", "every field"],
 )
-def test_a_large_reply_in_chunks_is_the_reply_in_one_go(run):
+def test_a_large_reply_made_on_a_thread_is_the_reply_in_one_go(run):
+    assert run_is_large(run)
     expected = upb_message("GetRunResponse", in_one_go(run))
     assert upb_message("GetRunResponse", trio.run(encoded_run, run)) == expected  # HTTP edge
     assert upb_message("GetRunResponse", trio.run(from_asyncio, run)) == expected  # grpclib's
@@ -88,7 +96,20 @@ def test_a_large_reply_in_chunks_is_the_reply_in_one_go(run):
     assert list(expected.run.attestation_ids) == list(run.attestation_ids)
 
 
-async def test_the_chunks_let_other_tasks_run_between_them():
+def test_a_run_is_large_by_its_values_nested_ones_too():
+    assert not run_is_large(view(100, ids=0))
+    huge = step(1)
+    for output in (
+        [None] * STRUCT_VALUES_ON_LOOP,
+        {"a": {"b": list(range(STRUCT_VALUES_ON_LOOP))}},
+    ):
+        assert run_is_large(replace(view(2, ids=0), steps=(replace(huge, output=output),)))
+    assert run_is_large(replace(view(2, ids=0), inputs={"x": [[1]] * STRUCT_VALUES_ON_LOOP}))
+    assert not run_is_large(replace(view(2, ids=0), inputs={"x": "y" * 10_000_000}))
+
+
+async def test_a_large_reply_lets_other_tasks_run_while_it_is_made():
+    """(In one go on the loop, an output of 900,000 nulls held every other client 11 s.)"""
     turns = 0
 
     async def other() -> None:
@@ -100,9 +121,9 @@ async def test_the_chunks_let_other_tasks_run_between_them():
     async with trio.open_nursery() as nursery:
         nursery.start_soon(other)
         await trio.lowlevel.checkpoint()
-        await encoded_run(view(RUN_CHUNK * 4, ids=0))
+        await encoded_run(replace(view(2, ids=0), inputs={"x": [None] * 200_000}))
         nursery.cancel_scope.cancel()
-    assert turns >= 4
+    assert turns >= 20
 
 
 async def test_a_long_tap_history_is_framed_in_batches_with_other_tasks_between():
@@ -145,10 +166,11 @@ async def test_a_long_tap_history_is_framed_in_batches_with_other_tasks_between(
     assert len({t for t in turns if 0 < t < BATCHES}) >= BATCHES // 2 - 1
 
 
-def test_a_long_replays_reply_in_chunks_is_the_reply_in_one_go():
-    from foundry.kernel.actors.replay.messages import ReplayedStep, ReplayResult
+def test_a_long_replays_reply_made_on_a_thread_is_the_reply_in_one_go():
+    from foundry.kernel.actors.messages import Mailboxes
+    from foundry.kernel.actors.replay.messages import Replay, ReplayedStep, ReplayResult
     from foundry.kernel.core.drift import Drift
-    from foundry.kernel.edge.grpc.runtime_service import encoded_replay, replay_response
+    from foundry.kernel.edge.grpc.runtime_service import RuntimeService, replay_response
 
     steps = tuple(
         ReplayedStep(
@@ -159,22 +181,46 @@ def test_a_long_replays_reply_in_chunks_is_the_reply_in_one_go():
             ),
             live=True,
         )
-        for i in range(RUN_CHUNK * 2 + 9)
+        for i in range(LARGE)
     )
     result = ReplayResult("run_0123", False, "live", steps)
     expected = upb_message("ReplayRunResponse", upb_encode.encode(replay_response(result)))
-    assert upb_message("ReplayRunResponse", trio.run(encoded_replay, result)) == expected
+
+    async def answered(from_asyncio: bool) -> object:
+        replay, inbox = trio.open_memory_channel[object](1)
+        unused = trio.open_memory_channel[object](0)[0]
+        mail = Mailboxes(unused, unused, unused, replay, unused, unused, unused)  # type: ignore[arg-type]
+        service = RuntimeService(mail)
+        request = api.ReplayRunRequest(run_id="run_0123")
+        async with trio.open_nursery() as nursery:
+
+            async def replay_answers() -> None:
+                message = await inbox.receive()
+                assert isinstance(message, Replay)
+                message.reply.send(result)
+
+            nursery.start_soon(replay_answers)
+            if not from_asyncio:
+                return await service.replay_run(request)
+            async with trio_asyncio.open_loop():
+                return await trio_asyncio.aio_as_trio(service.replay_run)(request)
+
+    for from_asyncio in (True, False):
+        reply = trio.run(answered, from_asyncio)
+        assert isinstance(reply, Encoded)  # (made on a worker thread)
+        assert upb_message("ReplayRunResponse", reply.data) == expected
     assert [s.step_id for s in expected.steps] == [s.step_id for s in steps]
 
 
 def test_get_run_of_a_large_run_is_the_message_in_one_go_from_either_world():
     """The object form (the HTTP edge's, whose codec writes JSON or binary; grpclib's route
-    sends ``encoded_run``'s bytes), built in chunks, from trio or asyncio."""
+    sends ``encoded_run``'s bytes), made on a worker thread, from trio or asyncio; an ended
+    run's names it, so the HTTP edge writes its JSON once for its callers."""
     from foundry.kernel.actors.messages import Mailboxes
     from foundry.kernel.actors.scheduler.messages import GetRun
     from foundry.kernel.edge.grpc.runtime_service import RuntimeService
 
-    run = view(RUN_CHUNK * 2 + 1, ids=5, span_id="cd" * 8)
+    run = replace(view(LARGE, ids=5, span_id="cd" * 8), status="SUCCEEDED")
     expected = upb_message("GetRunResponse", in_one_go(run))
 
     async def answered(from_asyncio: bool) -> object:
@@ -198,8 +244,9 @@ def test_get_run_of_a_large_run_is_the_message_in_one_go_from_either_world():
 
     for from_asyncio in (True, False):
         reply = trio.run(answered, from_asyncio)
-        assert isinstance(reply, api.GetRunResponse)
-        assert upb_message("GetRunResponse", upb_encode.encode(reply)) == expected
+        assert isinstance(reply, RunEncoded)
+        assert upb_message("GetRunResponse", reply.data) == expected
+        assert reply.key == ("run_0123", "SUCCEEDED", run.updated_at, LARGE, 5)
 
 
 # --- an ended run's reply, encoded once for all its callers (``run_replies``) -------------------
