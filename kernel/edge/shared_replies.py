@@ -15,8 +15,9 @@ lookup more). Everything here runs on the daemon's one event-loop thread.
 
 from __future__ import annotations
 
+import contextvars
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sized
+from collections.abc import Callable, Hashable, Mapping, Sized
 from typing import Any, TypeVar
 
 MESSAGE = TypeVar("MESSAGE")
@@ -28,6 +29,12 @@ PROTO, JSON, JSON_UTF8 = "proto", "json", "json-utf8"
 # Bytes of payloads and encodings held for watchers still to be sent them: a 4 MB event in two
 # forms (protobuf, JSON) is ~12 MB; and at most this many events (small ones cost ~1 KB each).
 BUDGET_BYTES = 96 << 20
+# The forms a stream's replies go out in, with their encoders, for a reply made ahead on a worker
+# thread (a run event of a large output: ``runtime_service``): each edge sets its stream's (a
+# Connect proto stream's PROTO, a WebSocket's JSON); unset, only the message is made ahead.
+STREAM_FORMS: contextvars.ContextVar[tuple[tuple[str, Callable[[Any], Sized]], ...]] = (
+    contextvars.ContextVar("stream_forms", default=())
+)
 MAX_ENTRIES = 4096
 
 
@@ -62,6 +69,23 @@ class SharedReplies:
         self._by_message[id(message)] = entry  # (held by the entry: its id is no other's)
         self._grow(entry, size)
         return message
+
+    def holds(self, key: Hashable, forms: tuple[str, ...] = ()) -> bool:
+        """Whether the reply for ``key`` is held, encoded in each of ``forms``."""
+        entry = self._by_key.get(key)
+        return entry is not None and all(form in entry.forms for form in forms)
+
+    def prime(self, key: Hashable, message: Any, encodings: Mapping[str, Sized]) -> None:
+        """Hold ``message`` for ``key``, and its ``encodings`` by form (made on a worker thread:
+        :meth:`reply` and :meth:`encoded` then find them); a form held already is kept."""
+        held = self.reply(key, 0, lambda: message)
+        entry = self._by_message.get(id(held))
+        if entry is None:
+            return  # (dropped at once: larger than the budget and not the newest)
+        for form, done in encodings.items():
+            if form not in entry.forms:
+                entry.forms[form] = done
+                self._grow(entry, len(done))
 
     def encoded(self, message: MESSAGE, form: str, encode: Callable[[MESSAGE], FORM]) -> FORM:
         """``encode(message)``, made once per ``form`` for a message :meth:`reply` made."""

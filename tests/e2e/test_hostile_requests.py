@@ -944,6 +944,10 @@ def test_a_large_request_is_decoded_off_the_loop_and_holds_up_no_one(daemon, cha
     assert finished == ["small", "big"]
 
 
+def _enveloped(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
 def _slowest_small_call_during(daemon: Any, work: Callable[[], Any]) -> tuple[Any, float]:
     """``work()``'s result, and the slowest of the Status calls made back to back meanwhile."""
     done: list[Any] = []
@@ -961,9 +965,10 @@ def _slowest_small_call_during(daemon: Any, work: Callable[[], Any]) -> tuple[An
 
 
 def test_reading_a_run_of_a_large_output_holds_up_no_one(daemon, channel):
-    """GetRun and ReplayRun of a run whose inputs and output hold 150,000 values each: made
-    and serialized on a worker thread, on both ports. On the loop (~5 µs a value), one output
-    of 900,000 nulls held every other client 11 s, a replay of it 24 s (a hunt)."""
+    """GetRun, ReplayRun and TapRun of a run whose inputs and output hold 150,000 values each:
+    made and serialized on a worker thread, on both ports. On the loop (~5 µs a value), one
+    output of 900,000 nulls held every other client 11 s, a replay of it 24 s, a tap 4 s (a
+    hunt)."""
     from tests.runs.helpers import dag, submit
 
     nulls = [None] * 150_000
@@ -990,7 +995,19 @@ def test_reading_a_run_of_a_large_output_holds_up_no_one(daemon, channel):
         data: bytes = method(replay, timeout=120)
         return data
 
+    tap, tap_json = bytes(rt.TapRunRequest(run_id=run_id)), json.dumps({"runId": run_id}).encode()
+
+    def tapped() -> bytes:
+        method = channel.unary_stream(RUNTIME + "TapRun", request_serializer=None,
+                                      response_deserializer=None)  # fmt: skip
+        return b"".join(method(tap, timeout=120))
+
     readings = {
+        "TapRun gRPC": tapped,
+        "TapRun Connect proto": lambda: posted(RUNTIME + "TapRun", _enveloped(tap),
+                                               "application/connect+proto"),
+        "TapRun Connect JSON": lambda: posted(RUNTIME + "TapRun", _enveloped(tap_json),
+                                              "application/connect+json"),
         "GetRun Connect proto": lambda: posted(RUNTIME + "GetRun", get_run, "application/proto"),
         "GetRun Connect JSON": lambda: posted(RUNTIME + "GetRun", json.dumps({"runId": run_id})
                                                .encode(), "application/json"),

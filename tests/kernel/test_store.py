@@ -1478,5 +1478,6 @@ async def test_a_record_of_many_values_is_encoded_off_the_trio_thread(tmp_path, 
     assert encoded_on["run_2"] != trio_thread
     assert encoded_on["run_3"] != trio_thread
     assert [run is not None for run in loaded] == [True] * 3
-    assert tables_record_is_large(large) and tables_record_is_large(labelled)
+    assert tables_record_is_large(large)
+    assert tables_record_is_large(labelled)
     assert not tables_record_is_large(small)

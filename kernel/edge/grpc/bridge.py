@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 import sniffio
@@ -257,10 +257,13 @@ class StreamSink:
     handler waits on the peer cuts the subscriber off (an :class:`Overflow`).
     """
 
-    __slots__ = ("_framer", "_pending", "_closed", "_complete", "_overflow", "_wakeup")
+    __slots__ = ("_framer", "_prepare", "_pending", "_closed", "_complete", "_overflow", "_wakeup")
 
-    def __init__(self, framer: Framer) -> None:
+    def __init__(
+        self, framer: Framer, prepare: Callable[[list[Any]], Awaitable[None]] | None = None
+    ) -> None:
         self._framer = framer
+        self._prepare = prepare  # awaited before the backlog is framed (work off the loop)
         self._pending: list[Any] = []  # offered, not taken yet
         self._closed = False
         self._complete = False  # the framer has framed the last item
@@ -297,6 +300,8 @@ class StreamSink:
                 return [], self._overflow
             if self._pending:
                 items, self._pending = self._pending, []
+                if self._prepare is not None:
+                    await self._prepare(items)
                 messages, self._complete = self._framer(items)
                 if messages or self._complete:
                     return messages, "end" if self._complete else "more"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sized
 from contextlib import aclosing
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -51,7 +51,7 @@ from foundry.kernel.edge.grpc.bridge import (
 from foundry.kernel.edge.grpc.internals import Encoded, RunEncoded, send_frames
 from foundry.kernel.edge.grpc.run_replies import SharedRunReplies, ended_key
 from foundry.kernel.edge.grpc.server import ask, served_by
-from foundry.kernel.edge.shared_replies import SHARED_REPLIES
+from foundry.kernel.edge.shared_replies import SHARED_REPLIES, STREAM_FORMS
 from foundry.kernel.errors import InvalidArgument
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct, Value
@@ -111,7 +111,8 @@ class RuntimeService(api.RuntimeServiceBase):
     async def tap_run(self, message: api.TapRunRequest) -> AsyncIterator[api.RunEvent]:
         """The object-API form, for the HTTP edge (Connect, gRPC-Web, WebSocket): the same
         stream as :meth:`_serve_tap`, as messages. grpclib's route is :meth:`_serve_tap`."""
-        async with aclosing(self.tap_batches(message.run_id, shared_run_event)) as batches:
+        batches = self.tap_batches(message.run_id, shared_run_event, shared_ahead)
+        async with aclosing(batches):
             async for batch in batches:
                 for event in batch:
                     yield event
@@ -125,12 +126,16 @@ class RuntimeService(api.RuntimeServiceBase):
         request = await stream.recv_message()
         assert request is not None
         await stream.send_initial_metadata()
-        async with aclosing(self.tap_batches(request.run_id, encoded_run_event)) as batches:
+        batches = self.tap_batches(request.run_id, encoded_run_event, encoded_ahead)
+        async with aclosing(batches):
             async for messages in batches:
                 await send_frames(stream, messages)
 
     async def tap_batches(
-        self, run_id: str, frame: Callable[[RunEventRecord], T]
+        self,
+        run_id: str,
+        frame: Callable[[RunEventRecord], T],
+        ahead: Callable[[list[RunEventRecord]], Awaitable[None]] | None = None,
     ) -> AsyncGenerator[list[T], None]:
         """A run's events, each made once by ``frame``, in batches: the history in batches of
         :data:`HISTORY_BATCH` with the loop's other work between them (in one go, the history
@@ -138,16 +143,25 @@ class RuntimeService(api.RuntimeServiceBase):
         again, 230 ms against 40 ms in batches), then, live, whatever the tap broker offered
         this tapper's sink (``bridge.StreamSink``) since the last batch. The broker only wakes
         the reading task, it never writes to the connection. Ends after the terminal event; a
-        tapper that falls behind gets RESOURCE_EXHAUSTED."""
+        tapper that falls behind gets RESOURCE_EXHAUSTED. ``ahead`` makes the frames of events
+        of many values (a step's large output) on a worker thread first, where ``frame`` finds
+        them: made by ``frame`` on the loop, an output of 300,000 keys held it 3 s a tapper."""
         _require(run_id, "run_id")
         framer = TapFramer(frame)
-        sink = StreamSink(framer)
+
+        async def prepare(events: list[RunEventRecord]) -> None:
+            if ahead is not None and (large := _large_events(events, framer.last)):
+                await ahead(large)
+
+        sink = StreamSink(framer, prepare)
         try:
             opened: TapOpened = await self._ask(lambda r: OpenTap(run_id, sink, r))
             for start in range(0, len(opened.history), HISTORY_BATCH):
                 if start:  # a long history: the loop's other work between batches (~3 ms each)
                     await let_others_run()
-                messages, ended = framer(list(opened.history[start : start + HISTORY_BATCH]))
+                history = list(opened.history[start : start + HISTORY_BATCH])
+                await prepare(history)
+                messages, ended = framer(history)
                 yield messages
                 if ended:
                     return
@@ -451,6 +465,41 @@ class TapFramer(Generic[T]):
         return [frame(e) for e in batch], bool(ended)
 
 
+def _large_events(events: list[RunEventRecord], after: int) -> list[RunEventRecord]:
+    """The events past ``after`` whose payloads hold more than STRUCT_VALUES_ON_LOOP values."""
+    return [
+        e for e in events
+        if e.seq > after and json_values_past((e.payload,), STRUCT_VALUES_ON_LOOP)
+    ]  # fmt: skip
+
+
+async def shared_ahead(events: list[RunEventRecord]) -> None:
+    """:func:`shared_run_event`'s messages for ``events``, and their encodings in the forms the
+    stream's edge says (``shared_replies.STREAM_FORMS``), made on a worker thread."""
+    forms = STREAM_FORMS.get()
+    names = tuple(form for form, _ in forms)
+    for event in events:
+        key = ("run", event.run_id, event.seq)
+        if not SHARED_REPLIES.holds(key, names):
+            message, encodings = await in_worker_thread(_made_ahead, event, forms)
+            SHARED_REPLIES.prime(key, message, encodings)
+
+
+def _made_ahead(
+    event: RunEventRecord, forms: tuple[tuple[str, Callable[[Any], Sized]], ...]
+) -> tuple[api.RunEvent, dict[str, Sized]]:
+    message = run_event(event)
+    return message, {form: encode(message) for form, encode in forms}
+
+
+async def encoded_ahead(events: list[RunEventRecord]) -> None:
+    """:func:`encoded_run_event`'s bytes for ``events``, made on a worker thread."""
+    for event in events:
+        key = (event.run_id, event.seq)
+        if key not in _ENCODED:
+            _keep_encoded(key, await in_worker_thread(serialized_run_event, event))
+
+
 def shared_run_event(event: RunEventRecord) -> api.RunEvent:
     """:func:`run_event`, one message for every tapper of the HTTP edge: its JSON or protobuf
     is made once (``edge/shared_replies``), not once a tapper."""
@@ -463,7 +512,13 @@ def encoded_run_event(event: RunEventRecord) -> bytes:
     key = (event.run_id, event.seq)
     data = _ENCODED.get(key)
     if data is None:
-        data = _ENCODED[key] = serialized_run_event(event)
+        data = _keep_encoded(key, serialized_run_event(event))
+    return data
+
+
+def _keep_encoded(key: tuple[str, int], data: bytes) -> bytes:
+    if key not in _ENCODED:
+        _ENCODED[key] = data
         _encoded_bytes[0] += len(data)
         while len(_ENCODED) > 1 and (
             len(_ENCODED) > _ENCODED_KEPT or _encoded_bytes[0] > _ENCODED_BYTES

@@ -25,7 +25,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.server import ConnectASGIApplication
 from foundry.kernel.edge.http import dashboard
-from foundry.kernel.edge.http.codecs import BinaryCodec, JsonCodec
+from foundry.kernel.edge.http.codecs import BinaryCodec, JsonCodec, stream_forms
 from foundry.kernel.edge.http.cors import OriginPolicy
 from foundry.kernel.edge.http.gzip_body import BoundedGzip
 from foundry.kernel.edge.http.internals import pick_loop_by_sniffio
@@ -39,6 +39,7 @@ from foundry.kernel.edge.http.routes import endpoints, paths_by_service
 from foundry.kernel.edge.http.unary import UnaryFastPath
 from foundry.kernel.edge.http.websocket import WebSocketStreams
 from foundry.kernel.edge.security import credential
+from foundry.kernel.edge.shared_replies import STREAM_FORMS
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -193,7 +194,11 @@ class HttpApp:
             if self._fast.takes(scope["path"], headers):
                 await self._fast(scope["path"], headers, receive, send)
             elif scope["path"] in self._streaming:
-                await self._stream(_utf8_headers(scope), receive, send)
+                forms = STREAM_FORMS.set(self._stream_forms(headers))
+                try:
+                    await self._stream(_utf8_headers(scope), receive, send)
+                finally:
+                    STREAM_FORMS.reset(forms)
             else:
                 receive, ahead = await self._decoded_ahead(scope["path"], headers, receive)
                 token = DECODED.set(ahead)
@@ -229,6 +234,11 @@ class HttpApp:
 
     def _inflate(self, data: bytes) -> bytes:
         return self._gzip.decompress(data, self._limit)  # as connectrpc inflates it
+
+    @staticmethod
+    def _stream_forms(headers: Mapping[str, str]) -> tuple[tuple[str, Any], ...]:
+        """The form a stream's replies go out in, and its encoder (``STREAM_FORMS``)."""
+        return stream_forms(headers.get("content-type", ""))
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A server-streaming call, ended when its client goes away: connectrpc only notes the

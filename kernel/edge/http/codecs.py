@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -209,6 +209,14 @@ def _reply_errors() -> Iterator[None]:
 
 def _to_json_bytes(message: betterproto2.Message) -> bytes:
     return to_json(message).encode()
+
+
+def stream_forms(content_type: str) -> tuple[tuple[str, Callable[[Any], bytes]], ...]:
+    """The form a stream of ``content_type`` goes out in (its codec's ``SHARED_REPLIES`` form)
+    and its encoder: for a reply made ahead on a worker thread (``shared_replies``)."""
+    if content_type.partition(";")[0].strip().endswith("+json"):
+        return ((JSON_UTF8, _to_json_bytes),)
+    return ((PROTO, upb_encode.encode),)
 
 
 def to_json(message: betterproto2.Message) -> str:

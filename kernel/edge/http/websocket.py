@@ -32,7 +32,7 @@ from foundry.kernel.edge.http.cors import OriginPolicy
 from foundry.kernel.edge.http.errors import connect_error
 from foundry.kernel.edge.http.routes import python_name
 from foundry.kernel.edge.security import credential
-from foundry.kernel.edge.shared_replies import JSON, SHARED_REPLIES
+from foundry.kernel.edge.shared_replies import JSON, SHARED_REPLIES, STREAM_FORMS
 from wsproto.extensions import PerMessageDeflate
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import split_comma_header
@@ -223,6 +223,7 @@ async def pump(
 
         nursery.start_soon(client_gone)
         (code, reason), reason_code = end, None
+        forms = STREAM_FORMS.set(((JSON, to_json),))  # (its stream runs in this task)
         try:
             async with aclosing(stream) as messages:  # type: ignore[type-var]
                 async for message in messages:
@@ -236,6 +237,8 @@ async def pump(
             error = connect_error(exc)
             code, reason_code, reason = CLOSE_CODE.get(error.code, CLOSE_ERROR), error.code, \
                 error.message  # fmt: skip
+        finally:
+            STREAM_FORMS.reset(forms)
         await _close(send, code, reason_code, reason)
         nursery.cancel_scope.cancel()
 

@@ -85,3 +85,22 @@ def test_the_count_of_replies_is_bounded_and_one_over_the_budget_is_kept_while_n
     shared.reply("next", 1, lambda: ["next"])
     assert len(shared) == 1
     assert shared.held_bytes == 1
+
+
+def test_a_reply_made_ahead_is_the_one_handed_out_with_its_encodings():
+    """(A run event of a large output, made on a worker thread: ``runtime_service``.)"""
+    shared = SharedReplies()
+    made = ["big"]
+    assert not shared.holds("run_1")
+    shared.prime("run_1", made, {PROTO: "proto of big"})
+    assert shared.holds("run_1", (PROTO,))
+    assert not shared.holds("run_1", (PROTO, JSON))
+    assert shared.reply("run_1", 0, lambda: ["made again"]) is made
+    never = Counted()
+    assert shared.encoded(made, PROTO, never) == "proto of big"
+    assert never.calls == 0
+    shared.prime("run_1", ["another"], {PROTO: "other", JSON: "json of big"})  # a second tapper
+    assert shared.reply("run_1", 0, lambda: ["made again"]) is made
+    assert shared.encoded(made, PROTO, never) == "proto of big"  # (what was held is kept)
+    assert shared.encoded(made, JSON, never) == "json of big"
+    assert shared.held_bytes == len("proto of big") + len("json of big")
