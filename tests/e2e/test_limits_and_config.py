@@ -101,6 +101,13 @@ def test_an_emit_whose_payload_is_stored_past_max_event_bytes_is_invalid_argumen
     assert "max_event_bytes (20,000)" in error.message
     fits = emit(daemon, "numbers", payload={"n": [1] * 5_000}, project="limits")
     assert traced(daemon, fits.event_id).events[0].payload_json.startswith('{"n":[1,1')
+    # a payload of 64 KiB or more is parsed and written as stored on a worker thread: the same
+    # refusal, the same stored form
+    more = '{"n": [' + ",".join(["1e15"] * 20_000) + "]}"
+    error = grpc_error(daemon, lambda f, _: f.emit(api.EmitRequest(
+        event_type="numbers", project="limits", payload_json=more)))  # fmt: skip
+    assert error.status == Status.INVALID_ARGUMENT, error
+    assert "payload_json: 380,007 bytes of JSON as stored" in error.message
 
 
 def test_status_lists_workflows_out_of_the_engines_memory_from_the_database(make_daemon):

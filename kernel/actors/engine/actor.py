@@ -202,7 +202,9 @@ class Engine:
 
     async def _on_emit(self, message: Emit) -> None:
         now = self._clock.now()
-        payload_json = payload_json_of(message.payload)  # the bytes upstream hashes, stored as is
+        payload_json = message.payload_json  # the bytes upstream hashes, stored as is
+        if payload_json is None:
+            payload_json = payload_json_of(message.payload)
         if (size := oversized(payload_json, self._config.max_event_bytes)) is not None:
             message.reply.fail(InvalidArgument(
                 f"payload_json: {size:,} bytes of JSON as stored (numbers in serde_json's form: "

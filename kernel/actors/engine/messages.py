@@ -32,6 +32,9 @@ class Emit:
     reply: Reply[Emitted]
     # The root event's span (W3C): the caller's trace context, checked; None = a new trace.
     span: SpanContext | None = None
+    # The payload as stored and hashed (``ids.payload_json_of``), when the edge made it already
+    # (a large one, on a worker thread); None: the engine makes it.
+    payload_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from foundry.kernel.core.tracecontext import (
     is_span_id,
     is_trace_id,
 )
-from foundry.kernel.edge.grpc.bridge import QueueSink, in_chunks, payload_bytes
+from foundry.kernel.edge.grpc.bridge import QueueSink, in_chunks, in_worker_thread, payload_bytes
 from foundry.kernel.edge.grpc.internals import send_frames
 from foundry.kernel.edge.grpc.server import ask, served_by
 from foundry.kernel.edge.grpc.upb_encode import encode
@@ -50,7 +50,10 @@ class FoundryService(api.FoundryBase):
         self._mail = mailboxes
 
     async def emit(self, message: api.EmitRequest) -> api.EmitResponse:
-        request = parse_emit(message)
+        if len(message.payload_json) < PAYLOAD_PARSED_ON_LOOP:
+            request = parse_emit(message)
+        else:  # (parsed, checked and written as stored: ~0.4 µs a byte, 4 MB held the loop 1.5 s)
+            request = await in_worker_thread(parse_emit, message, True)
         emitted: Emitted = await self._ask_engine(request)
         return api.EmitResponse(event_id=emitted.event_id, workflow_id=emitted.workflow_id)
 
@@ -143,10 +146,15 @@ WATCH = "/foundry.Foundry/Watch"
 STOPPING = "the daemon is shutting down; watch again once it is back"
 
 
-def parse_emit(message: api.EmitRequest) -> Any:
+# An Emit whose payload_json is this long or longer is parsed on a worker thread.
+PAYLOAD_PARSED_ON_LOOP = 64 * 1024
+
+
+def parse_emit(message: api.EmitRequest, stored_form: bool = False) -> Any:
     """Validate an EmitRequest — betterproto2's (the HTTP edge) or upb's (gRPC:
     ``fastproto.decode_emit_request``), read by the same field names; returns a builder of the
-    engine's Emit message (plain values: no message object goes to the engine)."""
+    engine's Emit message (plain values: no message object goes to the engine), with the
+    payload as stored if ``stored_form``."""
     if not message.event_type:
         raise GRPCError(Status.INVALID_ARGUMENT, "event_type: must not be empty")
     for name, text in (("event_type", message.event_type), ("project", message.project)):
@@ -164,7 +172,8 @@ def parse_emit(message: api.EmitRequest) -> Any:
     except TraceContextError as exc:
         raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
     event_type, project = message.event_type, message.project
-    return lambda reply: Emit(event_type, project, throttle, payload, reply, span)
+    stored = payload_json_of(payload) if stored_form else None
+    return lambda reply: Emit(event_type, project, throttle, payload, reply, span, stored)
 
 
 def parse_payload(payload_json: str) -> Mapping[str, Any]:
