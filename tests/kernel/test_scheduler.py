@@ -1200,16 +1200,13 @@ def _nested(levels: int) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("value", "said"),
     [
-        # RecursionError escaped the output's check: the run stopped RUNNING, for good (a
-        # CancelRun hung), and again at each start
-        (_nested(5_000), "the step's output is not JSON: nested too deep to write"),
         # recorded, then no GetRun or TapRun of the run could write it (a Value's double)
         ({"n": 10**400}, "is past what a double holds"),
         ({"n": -(10**400)}, "is past what a double holds"),
         # ("'<' not supported between instances of 'str' and 'int'", a hunt found)
         ({1: "a", "1": "b"}, "an object's keys are strings and numbers both"),
     ],
-    ids=["deep", "huge-int", "huge-negative", "mixed-keys"],
+    ids=["huge-int", "huge-negative", "mixed-keys"],
 )
 async def test_an_output_no_client_could_read_fails_its_step(tmp_path, autojump_clock, value, said):
     async with running_scheduler(tmp_path, [Returns(value)]) as h:
@@ -1219,6 +1216,35 @@ async def test_an_output_no_client_could_read_fails_its_step(tmp_path, autojump_
     assert (done.kind, done.step_id) == ("run_failed", "a")
     assert said in done.payload["error"]
     assert view.steps[0].status == "failed"
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        # RecursionError escaped the output's check: the run stopped RUNNING, for good (a
+        # CancelRun hung), and again at each start (5,000 values: judged on a worker thread)
+        (_nested(5_000), "the step's output is not JSON: nested too deep to write"),
+        ([None] * 3_000 + [{1: "a", "1": "b"}], "an object's keys are strings and numbers both"),
+        ({"many": [None] * 3_000, "deep": _nested(5_000)}, "nested too deep to write"),
+        ([None] * 3_000 + [{"x"}], "the step's output is not JSON"),
+        ({"rows": [{"n": i, "f": i / 4, "s": f"r{i}"} for i in range(3_000)], "t": True}, ""),
+    ],
+    ids=["deep", "large-mixed-keys", "large-deep", "a-set", "fine"],
+)
+async def test_a_large_output_is_judged_as_a_small_one(tmp_path, value, said):
+    """(Made JSON and read back on a worker thread: ~0.5 s of the loop for a 3 MB output. The
+    real clock: trio's autojump clock jumps while a thread works.)"""
+    async with running_scheduler(tmp_path, [Returns(value)]) as h:
+        run_id = await h.submit([step("a", "returns")])
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+        view = await h.get(run_id)
+    if said:
+        assert (done.kind, done.step_id) == ("run_failed", "a")
+        assert said in done.payload["error"]
+    else:
+        assert done.kind == "run_succeeded"
+        assert view.steps[0].output == value
+        assert view.steps[0].output is not value  # (frozen: read back from its JSON)
 
 
 async def test_a_large_number_a_double_holds_is_an_output(tmp_path, autojump_clock):
