@@ -973,7 +973,8 @@ def test_reading_a_run_of_a_large_output_holds_up_no_one(daemon, channel):
 
     nulls = [None] * 150_000
     step = {"id": "t", "type": "transform", "inputs": {"value": "${inputs.x}"}}
-    run_id = submit(daemon, dag(step), inputs={"x": nulls})
+    inputs = {"x": nulls, "zeta": 7, "alpha": [1, 2.5]}
+    run_id = submit(daemon, dag(step), inputs=inputs)
     listed = rt.ListRunsRequest(statuses=[rt.RunStatus.SUCCEEDED], page_size=100)
     wait_until(
         lambda: run_id in [r.run_id for r in daemon.call(lambda _, r: r.list_runs(listed)).runs],
@@ -1017,8 +1018,13 @@ def test_reading_a_run_of_a_large_output_holds_up_no_one(daemon, channel):
         reply, slowest = _slowest_small_call_during(daemon, read)
         assert len(reply) > 300_000, name  # (150,000 nulls each way: 2 bytes a null at least)
         assert slowest < 0.35, (name, slowest)  # (~0.75 s when it was made on the loop)
-    output = json.loads(readings["GetRun Connect JSON"]())["run"]["steps"][0]["output"]
-    assert output == nulls
+    run = json.loads(readings["GetRun Connect JSON"]())["run"]
+    assert run["steps"][0]["output"] == nulls
+    # JSON made from the message, as a small run's (its bytes parsed back made 7 a 7.0, and
+    # sorted the keys: a review)
+    assert list(run["spec"]["inputs"]) == ["x", "zeta", "alpha"]
+    assert repr(run["spec"]["inputs"]["zeta"]) == "7"
+    assert repr(run["spec"]["inputs"]["alpha"]) == "[1, 2.5]"
     assert upb_class("GetRunResponse").FromString(readings["GetRun Connect proto"]()).run.steps[
         0].output.list_value.values[149_999].HasField("null_value")  # fmt: skip
     assert_serving(daemon)

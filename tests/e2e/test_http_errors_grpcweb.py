@@ -537,6 +537,25 @@ def test_a_header_value_that_is_not_utf8_is_read_as_latin1_by_every_road(
     assert "Error in ASGI" not in daemon.stderr()
 
 
+@pytest.mark.parametrize(
+    "header", [b"Content-Encoding: gzip\xe9", b"Content-Type: applicatioN/json\xe9"]
+)
+def test_a_content_coding_or_type_that_is_not_utf8_is_answered_not_a_500(daemon, header):
+    """(Their values, lowercased, skipped the Latin-1 reading: a 500 and a traceback a request,
+    a review found.)"""
+    request = b"POST " + STATUS.encode() + b" HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n"
+    request += b"Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+    host, port = daemon.http_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert not status_line.startswith(b"HTTP/1.1 5"), answer[:300]
+    assert "Error in ASGI" not in daemon.stderr()
+
+
 RUNTIME = "/fleetforge.runtime.v1.RuntimeService/"
 
 

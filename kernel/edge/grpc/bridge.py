@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 import sniffio
@@ -52,13 +53,13 @@ async def let_others_run() -> None:
         await trio_asyncio.trio_as_aio(trio.lowlevel.checkpoint)()
 
 
-async def in_worker_thread(work: Callable[..., T], *args: Any) -> T:
+async def in_worker_thread(work: Callable[..., T], *args: Any, heavy: bool = False) -> T:
     """``work(*args)`` on a worker thread, from a handler of either edge: a request's or reply's
     translation that would hold the loop (a Struct of 720,000 values made JSON: ~2.6 s of every
     other client waiting). The loop still gets the interpreter lock between its slices."""
     if on_trio():
-        return await in_edge_thread(work, *args)
-    done: T = await trio_asyncio.trio_as_aio(in_edge_thread)(work, *args)
+        return await in_edge_thread(work, *args, heavy=heavy)
+    done: T = await trio_asyncio.trio_as_aio(partial(in_edge_thread, work, *args, heavy=heavy))()
     return done
 
 

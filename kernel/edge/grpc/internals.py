@@ -86,7 +86,7 @@ import heapq
 import logging
 import time
 import zlib
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpclib
@@ -229,7 +229,7 @@ def install_message_limit(limit: int, body_timeout: float | None = None) -> bool
         if off_loop is None or not off_loop(message_type, len(data)):  # inflated, if it was
             return codec.decode(data, message_type)
         # (server.RequestCodec says which: large, slow ones)
-        return await in_worker_thread(codec.decode, data, message_type)
+        return await in_worker_thread(codec.decode, data, message_type, heavy=True)
 
     async def recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
         task = asyncio.current_task()
@@ -467,18 +467,6 @@ class Encoded:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-
-
-class RunEncoded(Encoded):
-    """An ended run's GetRun reply, serialized, and what names it while it does not change
-    (``run_replies.ended_key``; None: a run that still can): the HTTP edge writes its JSON
-    once for all its callers."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, data: bytes, key: Hashable | None) -> None:
-        super().__init__(data)
-        self.key = key
 
 
 def varint(value: int) -> bytes:

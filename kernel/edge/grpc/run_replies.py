@@ -7,8 +7,7 @@ while any caller's send still holds it (a weak reference finds it), and the rece
 later polls (an LRU bounded by bytes). Callers that ask while it is being made wait for it
 instead of making their own. A run not ended yet is encoded for each caller, as before.
 
-Everything here runs on the daemon's one event-loop thread, in grpclib's (asyncio) handlers
-and the HTTP edge's (trio: a large run's, ``runtime_service.get_run``).
+Everything here runs on the daemon's one event-loop thread, in grpclib's (asyncio) handlers.
 """
 
 from __future__ import annotations
@@ -18,9 +17,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 
-import trio
 from foundry.kernel.actors.scheduler.messages import RunView
-from foundry.kernel.edge.grpc.bridge import on_trio
 
 ENDED = frozenset(("SUCCEEDED", "FAILED", "CANCELED"))
 KEPT_BYTES = 64 << 20  # recent replies held for later callers (one larger one is never kept)
@@ -50,17 +47,15 @@ class SharedRunReplies:
         self._kept: OrderedDict[Hashable, Reply] = OrderedDict()
         self._held = 0
         self._in_use: weakref.WeakValueDictionary[Hashable, Reply] = weakref.WeakValueDictionary()
-        # (each edge's: an asyncio event for grpclib's handlers, a trio one for the HTTP edge's)
-        self._making: dict[tuple[bool, Hashable], asyncio.Event | trio.Event] = {}
+        self._making: dict[Hashable, asyncio.Event] = {}
 
     async def reply(self, view: RunView, encode: Callable[[RunView], Awaitable[bytes]]) -> Reply:
         """``encode(view)``, made once for an ended run while it is in use or kept."""
         key = ended_key(view)
         if key is None:
             return Reply(await encode(view))
-        side = on_trio()
         while (found := self._found(key)) is None:
-            making = self._making.get((side, key))
+            making = self._making.get(key)
             if making is None:
                 return await self._make(key, view, encode)
             await making.wait()  # its maker may have been cancelled: then look again
@@ -76,12 +71,11 @@ class SharedRunReplies:
     async def _make(
         self, key: Hashable, view: RunView, encode: Callable[[RunView], Awaitable[bytes]]
     ) -> Reply:
-        side = on_trio()
-        made = self._making[side, key] = trio.Event() if side else asyncio.Event()
+        made = self._making[key] = asyncio.Event()
         try:
             reply = Reply(await encode(view))
         finally:
-            del self._making[side, key]
+            del self._making[key]
             made.set()
         self._in_use[key] = reply
         self._keep(key, reply)

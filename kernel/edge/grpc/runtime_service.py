@@ -4,13 +4,23 @@ built yet answer UNIMPLEMENTED (the generated base does that)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sized
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Mapping,
+    Sized,
+)
 from contextlib import aclosing
 from functools import partial
 from typing import Any, Generic, TypeVar
 
+import trio
 from foundry.kernel.actors.attestor.messages import GetAttestations
 from foundry.kernel.actors.gate.messages import (
     CheckChangeGate,
@@ -47,11 +57,13 @@ from foundry.kernel.edge.grpc.bridge import (
     StreamSink,
     in_worker_thread,
     let_others_run,
+    on_trio,
 )
-from foundry.kernel.edge.grpc.internals import Encoded, RunEncoded, send_frames
+from foundry.kernel.edge.grpc.internals import Encoded, send_frames
 from foundry.kernel.edge.grpc.run_replies import SharedRunReplies, ended_key
 from foundry.kernel.edge.grpc.server import ask, served_by
 from foundry.kernel.edge.shared_replies import SHARED_REPLIES, STREAM_FORMS
+from foundry.kernel.edge.worker_threads import OffLoopReply
 from foundry.kernel.errors import InvalidArgument
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct, Value
@@ -105,8 +117,8 @@ class RuntimeService(api.RuntimeServiceBase):
         view: RunView = await self._ask(lambda r: GetRun(message.run_id, r))
         if not run_is_large(view):
             return api.GetRunResponse(run=run_detail(view))
-        reply = await RUN_REPLIES.reply(view, encoded_run)  # (made on a worker thread)
-        return RunEncoded(reply.data, ended_key(view))  # type: ignore[return-value]
+        reply = OffLoopReply(partial(_run_reply, view), ended_key(view))
+        return reply  # type: ignore[return-value]
 
     async def tap_run(self, message: api.TapRunRequest) -> AsyncIterator[api.RunEvent]:
         """The object-API form, for the HTTP edge (Connect, gRPC-Web, WebSocket): the same
@@ -275,8 +287,10 @@ class RuntimeService(api.RuntimeServiceBase):
         if not json_values_past(values, STRUCT_VALUES_ON_LOOP):
             return replay_response(result)
         # made and serialized on a worker thread: a replay of outputs of 300,000 keys held the
-        # loop 10 s (the HTTP edge's codecs take the bytes: ``routes``)
-        data = await in_worker_thread(lambda: upb_encode.encode(replay_response(result)))
+        # loop 10 s
+        if on_trio():  # the HTTP edge: JSON or protobuf (``routes.off_loop_reply``)
+            return OffLoopReply(partial(replay_response, result))  # type: ignore[return-value]
+        data = await in_worker_thread(_replay_bytes, result, heavy=True)
         return Encoded(data)  # type: ignore[return-value]
 
     # --- governance: eval packs and change gates (the gate actor) -------------------------------
@@ -284,7 +298,7 @@ class RuntimeService(api.RuntimeServiceBase):
     async def sync_eval_pack(self, message: api.SyncEvalPackRequest) -> api.SyncEvalPackResponse:
         structs = [s for d in message.scenarios for s in (d.run_spec, d.expected) if s is not None]
         if _values_past(structs, STRUCT_VALUES_ON_LOOP):
-            scenarios = await in_worker_thread(_scenario_inputs, message)
+            scenarios = await in_worker_thread(_scenario_inputs, message, heavy=True)
         else:
             scenarios = _scenario_inputs(message)
         ids = await self._ask_gate(lambda r: SyncEvalPack(message.pack, scenarios, r))
@@ -374,7 +388,7 @@ async def _json_of(struct: Struct | None, field: str) -> dict[str, Any] | None:
     """:func:`_json_object`, on a worker thread for a Struct of many values."""
     if struct is None or not _values_past([struct], STRUCT_VALUES_ON_LOOP):
         return _json_object(struct, field)
-    return await in_worker_thread(_json_object, struct, field)
+    return await in_worker_thread(_json_object, struct, field, heavy=True)
 
 
 def _values_past(structs: list[Struct], limit: int) -> bool:
@@ -475,14 +489,19 @@ def _large_events(events: list[RunEventRecord], after: int) -> list[RunEventReco
 
 async def shared_ahead(events: list[RunEventRecord]) -> None:
     """:func:`shared_run_event`'s messages for ``events``, and their encodings in the forms the
-    stream's edge says (``shared_replies.STREAM_FORMS``), made on a worker thread."""
+    stream's edge says (``shared_replies.STREAM_FORMS``), made on a worker thread — once for
+    all the tappers that want them at once (each made its own: 12 tappers, 6x the wait)."""
     forms = STREAM_FORMS.get()
     names = tuple(form for form, _ in forms)
     for event in events:
         key = ("run", event.run_id, event.seq)
-        if not SHARED_REPLIES.holds(key, names):
-            message, encodings = await in_worker_thread(_made_ahead, event, forms)
+
+        async def make(event: RunEventRecord = event, key: Hashable = key) -> None:
+            message, encodings = await in_worker_thread(_made_ahead, event, forms, heavy=True)
             SHARED_REPLIES.prime(key, message, encodings)
+
+        held = partial(SHARED_REPLIES.holds, key, names)
+        await _made_once(_MAKING, (key, names), held, make, trio.Event)
 
 
 def _made_ahead(
@@ -493,11 +512,41 @@ def _made_ahead(
 
 
 async def encoded_ahead(events: list[RunEventRecord]) -> None:
-    """:func:`encoded_run_event`'s bytes for ``events``, made on a worker thread."""
+    """:func:`encoded_run_event`'s bytes for ``events``, made on a worker thread (once for all
+    the tappers that want them at once)."""
     for event in events:
         key = (event.run_id, event.seq)
-        if key not in _ENCODED:
-            _keep_encoded(key, await in_worker_thread(serialized_run_event, event))
+
+        async def make(event: RunEventRecord = event, key: tuple[str, int] = key) -> None:
+            _keep_encoded(key, await in_worker_thread(serialized_run_event, event, heavy=True))
+
+        await _made_once(_MAKING, key, partial(_ENCODED.__contains__, key), make, asyncio.Event)
+
+
+# What tappers' ``ahead`` is making now, by key: those that want the same wait for its maker.
+_MAKING: dict[Hashable, asyncio.Event | trio.Event] = {}
+
+
+async def _made_once(
+    making: dict[Hashable, Any],
+    key: Hashable,
+    done: Callable[[], bool],
+    make: Callable[[], Awaitable[None]],
+    new_event: Callable[[], asyncio.Event | trio.Event],
+) -> None:
+    """``make()`` unless ``done()``; while another caller makes it, wait for that one (a
+    maker cancelled leaves it to the next)."""
+    while not done():
+        waiting = making.get(key)
+        if waiting is None:
+            made = making[key] = new_event()
+            try:
+                await make()
+            finally:
+                del making[key]
+                made.set()
+            return
+        await waiting.wait()
 
 
 def shared_run_event(event: RunEventRecord) -> api.RunEvent:
@@ -595,12 +644,20 @@ async def encoded_run(view: RunView) -> bytes:
     (250 ms for a run of 10,000 steps), and ~12 µs a value of an output: one of 900,000 nulls
     held every other client 11 s. ``view`` is a snapshot: nothing in it changes meanwhile."""
     if run_is_large(view):
-        return await in_worker_thread(_run_bytes, view)
+        return await in_worker_thread(_run_bytes, view, heavy=True)
     return _run_bytes(view)
 
 
+def _replay_bytes(result: ReplayResult) -> bytes:
+    return upb_encode.encode(replay_response(result))
+
+
+def _run_reply(view: RunView) -> api.GetRunResponse:
+    return api.GetRunResponse(run=run_detail(view))
+
+
 def _run_bytes(view: RunView) -> bytes:
-    return upb_encode.encode(api.GetRunResponse(run=run_detail(view)))
+    return upb_encode.encode(_run_reply(view))
 
 
 def run_is_large(view: RunView) -> bool:

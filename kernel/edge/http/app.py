@@ -503,7 +503,7 @@ def _utf8_headers(scope: Scope) -> Scope:
     # connectrpc compares them case-sensitively, and answered Application/Grpc-Web+Proto a bare
     # 415, Content-Encoding: GZIP unimplemented)
     return {**scope, "headers": [
-        (name, value.lower() if name in CASELESS_HEADERS else _as_utf8(value))
+        (name, _as_utf8(value.lower() if name in CASELESS_HEADERS else value))
         for name, value in headers
     ]}  # fmt: skip
 

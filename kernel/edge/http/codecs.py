@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -45,16 +45,13 @@ class JsonEncoded(Encoded):
 
 
 class TypedEncoded(Encoded):
-    """A serialized reply and its message type (the JSON codec needs the type), and what names
-    it while it does not change (``internals.RunEncoded``: an ended run's GetRun)."""
+    """A serialized reply and its message type (the JSON codec needs the type)."""
 
-    __slots__ = ("kind", "key")
+    __slots__ = ("kind",)
 
-    def __init__(
-        self, data: bytes, kind: type[betterproto2.Message], key: Hashable | None = None
-    ) -> None:
+    def __init__(self, data: bytes, kind: type[betterproto2.Message]) -> None:
         super().__init__(data)
-        self.kind, self.key = kind, key
+        self.kind = kind
 
 
 def size_error(length: int, limit: int, *, whole: bool = True) -> ConnectError:
@@ -231,8 +228,6 @@ _ENDED = frozenset((runtime_api.RunStatus.SUCCEEDED, runtime_api.RunStatus.FAILE
 def ended_run_key(reply: Any, form: str) -> tuple[Any, ...] | None:
     """What names an ended run's GetRun reply in ``form`` (anything appended to a run moves
     its ``updated_at`` and its counts), or None for any other reply."""
-    if isinstance(reply, TypedEncoded):
-        return None if reply.key is None else (form, "encoded", reply.key)
     run = reply.run if isinstance(reply, runtime_api.GetRunResponse) else None
     if run is None or run.status not in _ENDED:
         return None

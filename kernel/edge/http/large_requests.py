@@ -90,10 +90,11 @@ async def decoded_ahead(
         return replay, None
     data, compressed = found
     if compressed and data and inflate is not None:
-        return replay, await in_edge_thread(_inflated_and_decoded, data, inflate, decode, kind)
+        return replay, await in_edge_thread(_inflated_and_decoded, data, inflate, decode, kind,
+                                           heavy=True)  # fmt: skip
     if size < DECODE_OFF_LOOP_BYTES:
         return replay, None
-    return replay, await in_edge_thread(_decoded, data, decode, kind)
+    return replay, await in_edge_thread(_decoded, data, decode, kind, heavy=True)
 
 
 def _decoded(data: bytes, decode: Callable[[bytes, type[Any]], Any], kind: type[Any]) -> Decoded:

@@ -17,6 +17,7 @@ from typing import Any
 from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
 from connectrpc.request import RequestContext
 from connectrpc.server import Endpoint
+from foundry.kernel.edge.grpc import upb_encode
 from foundry.kernel.edge.grpc.internals import Encoded
 from foundry.kernel.edge.http.codecs import (
     ENDED_RUN_TEXTS,
@@ -26,7 +27,8 @@ from foundry.kernel.edge.http.codecs import (
     to_json,
 )
 from foundry.kernel.edge.http.errors import connect_error
-from foundry.kernel.edge.worker_threads import in_edge_thread
+from foundry.kernel.edge.shared_replies import PROTO
+from foundry.kernel.edge.worker_threads import OffLoopReply, in_edge_thread
 from foundry.proto import foundry_api, runtime_api
 from grpclib.const import Cardinality
 
@@ -93,7 +95,7 @@ def _unary(
         except Exception as exc:
             raise connect_error(exc) from None
         if isinstance(reply, Encoded):
-            return TypedEncoded(reply.data, reply_type, getattr(reply, "key", None))
+            return TypedEncoded(reply.data, reply_type)
         return reply
 
     return call
@@ -107,9 +109,10 @@ def _ignoring_context(
 
     async def with_context(request: Any, ctx: RequestContext[Any, Any]) -> Any:
         reply = await call(request)
-        if isinstance(reply, LARGE_REPLIES) and "json" in ctx.request_headers.get(
-            "content-type", ""
-        ):
+        json = "json" in ctx.request_headers.get("content-type", "")
+        if isinstance(reply, OffLoopReply):
+            return await off_loop_reply(reply, json)
+        if isinstance(reply, LARGE_REPLIES) and json:
             return await json_reply(reply)
         return reply
 
@@ -130,6 +133,26 @@ LARGE_REPLIES = (
     runtime_api.ListEvalScenariosResponse,
     TypedEncoded,  # a reply the service encoded itself because it can be large (Query's rows)
 )
+
+
+async def off_loop_reply(reply: OffLoopReply, json: bool) -> Encoded:
+    """``reply`` made and written as JSON (``json``) or protobuf on a worker thread; an ended
+    run's, once for all its callers (:class:`EndedRunTexts`)."""
+    key = None if reply.key is None else ("json" if json else PROTO, "off-loop", reply.key)
+    data = None if key is None else ENDED_RUN_TEXTS.get(key)
+    if data is None:
+        data = await in_edge_thread(_json_made if json else _proto_made, reply.make, heavy=True)
+        if key is not None:
+            data = ENDED_RUN_TEXTS.put(key, data)
+    return JsonEncoded(data) if json else Encoded(data)
+
+
+def _json_made(make: Callable[[], Any]) -> bytes:
+    return to_json(make()).encode()
+
+
+def _proto_made(make: Callable[[], Any]) -> bytes:
+    return upb_encode.encode(make())
 
 
 async def json_reply(reply: Any) -> JsonEncoded:

@@ -16,7 +16,7 @@ import trio_asyncio
 from foundry.kernel.actors.scheduler.messages import RunView, StepView
 from foundry.kernel.edge.grpc import upb_encode
 from foundry.kernel.edge.grpc.fastproto import upb_class
-from foundry.kernel.edge.grpc.internals import Encoded, RunEncoded
+from foundry.kernel.edge.grpc.internals import Encoded
 from foundry.kernel.edge.grpc.run_replies import SharedRunReplies
 from foundry.kernel.edge.grpc.runtime_service import (
     STRUCT_VALUES_ON_LOOP,
@@ -24,6 +24,7 @@ from foundry.kernel.edge.grpc.runtime_service import (
     run_detail,
     run_is_large,
 )
+from foundry.kernel.edge.worker_threads import OffLoopReply
 from foundry.proto import runtime_api as api
 
 T0 = datetime(2026, 12, 4, 20, 0, tzinfo=UTC)
@@ -205,17 +206,21 @@ def test_a_long_replays_reply_made_on_a_thread_is_the_reply_in_one_go():
             async with trio_asyncio.open_loop():
                 return await trio_asyncio.aio_as_trio(service.replay_run)(request)
 
-    for from_asyncio in (True, False):
-        reply = trio.run(answered, from_asyncio)
-        assert isinstance(reply, Encoded)  # (made on a worker thread)
-        assert upb_message("ReplayRunResponse", reply.data) == expected
+    reply = trio.run(answered, True)  # grpclib's: the bytes, made on a worker thread
+    assert isinstance(reply, Encoded)
+    assert upb_message("ReplayRunResponse", reply.data) == expected
+    reply = trio.run(answered, False)  # the HTTP edge's: made as its client reads it
+    assert isinstance(reply, OffLoopReply)
+    made = upb_encode.encode(reply.make())
+    assert upb_message("ReplayRunResponse", made) == expected
     assert [s.step_id for s in expected.steps] == [s.step_id for s in steps]
 
 
 def test_get_run_of_a_large_run_is_the_message_in_one_go_from_either_world():
     """The object form (the HTTP edge's, whose codec writes JSON or binary; grpclib's route
-    sends ``encoded_run``'s bytes), made on a worker thread, from trio or asyncio; an ended
-    run's names it, so the HTTP edge writes its JSON once for its callers."""
+    sends ``encoded_run``'s bytes), made on a worker thread as its client reads it (JSON made
+    from the message: its bytes parsed back made integers doubles); an ended run's names it, so
+    the HTTP edge writes it once for its callers."""
     from foundry.kernel.actors.messages import Mailboxes
     from foundry.kernel.actors.scheduler.messages import GetRun
     from foundry.kernel.edge.grpc.runtime_service import RuntimeService
@@ -244,8 +249,8 @@ def test_get_run_of_a_large_run_is_the_message_in_one_go_from_either_world():
 
     for from_asyncio in (True, False):
         reply = trio.run(answered, from_asyncio)
-        assert isinstance(reply, RunEncoded)
-        assert upb_message("GetRunResponse", reply.data) == expected
+        assert isinstance(reply, OffLoopReply)
+        assert upb_message("GetRunResponse", upb_encode.encode(reply.make())) == expected
         assert reply.key == ("run_0123", "SUCCEEDED", run.updated_at, LARGE, 5)
 
 
@@ -332,3 +337,51 @@ def test_an_ended_run_changed_since_is_encoded_again():
         return [(await replies.reply(r, encode)).data for r in (run, run, later)]
 
     assert asyncio.run(scenario()) == [b"run_0123:SUCCEEDED:3:1"] * 2 + [b"run_0123:SUCCEEDED:3:2"]
+
+
+# --- a large run event, made ahead once for all its tappers -------------------------------------
+
+
+def test_tappers_of_a_large_event_at_once_make_it_once(monkeypatch):
+    """Each tapper made its own on a worker thread: 12 tappers, 6x the wait (a review)."""
+    from foundry.kernel.core.runs import RunEventRecord
+    from foundry.kernel.edge.grpc import runtime_service
+    from foundry.kernel.edge.shared_replies import JSON, PROTO, SHARED_REPLIES, STREAM_FORMS
+
+    event = RunEventRecord("run_once", 3, "a", "step_completed", {"output": [None] * 3_000}, T0)
+    made: list[str] = []
+    real_bytes, real_message = runtime_service.serialized_run_event, runtime_service.run_event
+
+    def counted_bytes(e: Any) -> bytes:
+        made.append("bytes")
+        return real_bytes(e)
+
+    def counted_message(e: Any) -> Any:
+        made.append("message")
+        return real_message(e)
+
+    monkeypatch.setattr(runtime_service, "serialized_run_event", counted_bytes)
+    monkeypatch.setattr(runtime_service, "run_event", counted_message)
+
+    async def grpc_tappers() -> None:
+        async def tappers() -> None:
+            await asyncio.gather(*(runtime_service.encoded_ahead([event]) for _ in range(12)))
+
+        async with trio_asyncio.open_loop():
+            await trio_asyncio.aio_as_trio(tappers)()
+
+    async def http_tappers() -> None:
+        STREAM_FORMS.set(((PROTO, upb_encode.encode), (JSON, lambda m: m.to_json())))
+        async with trio.open_nursery() as nursery:
+            for _ in range(12):
+                nursery.start_soon(runtime_service.shared_ahead, [event])
+
+    trio.run(grpc_tappers)
+    assert made == ["bytes"]
+    assert runtime_service.encoded_run_event(event) == real_bytes(event)
+    trio.run(http_tappers)
+    assert made == ["bytes", "message"]
+    message = runtime_service.shared_run_event(event)
+    assert SHARED_REPLIES.encoded(message, PROTO, lambda m: b"made again") == upb_encode.encode(
+        real_message(event)
+    )  # fmt: skip
