@@ -16,6 +16,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -522,6 +523,17 @@ def test_a_gzip_body_of_many_members_is_refused_on_every_http_protocol(daemon):
     assert_serving(daemon)
 
 
+def _list_runs_body(content_type: str, statuses: int, labels: int) -> bytes:
+    """A ListRuns request of ``statuses`` (all SUCCEEDED) and ``labels`` of 200 characters, as
+    ``content_type`` carries it."""
+    padded = {f"k{i:05d}": "v" * 200 for i in range(labels)}
+    request = rt.ListRunsRequest(statuses=[rt.RunStatus.SUCCEEDED] * statuses, labels=padded)
+    if content_type == "application/json":
+        return json.dumps(request.to_dict()).encode()
+    data = bytes(request)
+    return b"\x00" + len(data).to_bytes(4, "big") + data if "grpc" in content_type else data
+
+
 def _list_runs(daemon: Any, body: Any, content_type: str, gzipped: bool = False) -> httpx.Response:
     headers = {"content-type": content_type}
     if content_type.startswith("application/grpc-web"):
@@ -549,13 +561,7 @@ def test_a_small_gzip_body_of_a_large_request_is_answered_as_a_plain_one(daemon,
     refusals, are a plain body's."""
     run_id = emit_and_run(daemon)
 
-    def body(statuses: int, labels: int) -> bytes:
-        padded = {f"k{i:05d}": "v" * 200 for i in range(labels)}
-        request = rt.ListRunsRequest(statuses=[rt.RunStatus.SUCCEEDED] * statuses, labels=padded)
-        if content_type == "application/json":
-            return json.dumps(request.to_dict()).encode()
-        data = bytes(request)
-        return b"\x00" + len(data).to_bytes(4, "big") + data if "grpc" in content_type else data
+    body = partial(_list_runs_body, content_type)
 
     def answer(statuses: int, labels: int, gzipped: bool) -> tuple[int, Any]:
         data = body(statuses, labels)
@@ -588,25 +594,16 @@ def test_a_gzip_body_inflating_to_a_large_request_holds_up_no_one(daemon, coding
     request = bytes(rt.ListRunsRequest(statuses=[rt.RunStatus.SUCCEEDED] * 600_000))
     headers = [("content-type", "application/proto")]
     headers += [("content-encoding", coding) for coding in codings]
-    replies: list[int] = []
 
-    def big() -> None:
+    def big() -> int:
         reply = httpx.post(url(daemon, RUNTIME + "ListRuns"), content=gzip.compress(request),
                            headers=headers, timeout=60)  # fmt: skip
-        replies.append(reply.status_code)
+        return reply.status_code
 
-    thread = threading.Thread(target=big)
     started = time.monotonic()
-    thread.start()
-    slowest = 0.0  # of small calls made while it is decoded (2.5 s on the loop, where it was)
-    try:
-        while thread.is_alive():
-            asked = time.monotonic()
-            status(daemon)
-            slowest = max(slowest, time.monotonic() - asked)
-    finally:
-        thread.join(60)
-    assert replies == [200]
+    # the slowest of small calls made while it is decoded (2.5 s on the loop, where it was)
+    code, slowest = _slowest_small_call_during(daemon, big)
+    assert code == 200
     assert time.monotonic() - started > 1.5  # (long enough for a stall to show)
     assert slowest < 1.0
 
@@ -640,13 +637,7 @@ def test_a_large_unary_request_is_answered_as_a_small_one(daemon, content_type):
     wire-level hunt). Its answer, and its refusal, are a small request's."""
     run_id = emit_and_run(daemon)
 
-    def body(statuses: int, labels: int) -> bytes:
-        padded = {f"k{i:05d}": "v" * 200 for i in range(labels)}
-        request = rt.ListRunsRequest(statuses=[rt.RunStatus.SUCCEEDED] * statuses, labels=padded)
-        if content_type == "application/json":
-            return json.dumps(request.to_dict()).encode()
-        data = bytes(request)
-        return b"\x00" + len(data).to_bytes(4, "big") + data if "grpc" in content_type else data
+    body = partial(_list_runs_body, content_type)
 
     small = _answer(_list_runs(daemon, body(1, 0), content_type), content_type)
     large = _answer(_list_runs(daemon, body(40_000, 0), content_type), content_type)

@@ -168,10 +168,9 @@ async def test_a_long_tap_history_is_framed_in_batches_with_other_tasks_between(
 
 
 def test_a_long_replays_reply_made_on_a_thread_is_the_reply_in_one_go():
-    from foundry.kernel.actors.messages import Mailboxes
     from foundry.kernel.actors.replay.messages import Replay, ReplayedStep, ReplayResult
     from foundry.kernel.core.drift import Drift
-    from foundry.kernel.edge.grpc.runtime_service import RuntimeService, replay_response
+    from foundry.kernel.edge.grpc.runtime_service import replay_response
 
     steps = tuple(
         ReplayedStep(
@@ -187,29 +186,14 @@ def test_a_long_replays_reply_made_on_a_thread_is_the_reply_in_one_go():
     result = ReplayResult("run_0123", False, "live", steps)
     expected = upb_message("ReplayRunResponse", upb_encode.encode(replay_response(result)))
 
-    async def answered(from_asyncio: bool) -> object:
-        replay, inbox = trio.open_memory_channel[object](1)
-        unused = trio.open_memory_channel[object](0)[0]
-        mail = Mailboxes(unused, unused, unused, replay, unused, unused, unused)  # type: ignore[arg-type]
-        service = RuntimeService(mail)
+    def answered(from_asyncio: bool) -> object:
         request = api.ReplayRunRequest(run_id="run_0123")
-        async with trio.open_nursery() as nursery:
+        return trio.run(answer, "replay_run", request, Replay, result, from_asyncio)
 
-            async def replay_answers() -> None:
-                message = await inbox.receive()
-                assert isinstance(message, Replay)
-                message.reply.send(result)
-
-            nursery.start_soon(replay_answers)
-            if not from_asyncio:
-                return await service.replay_run(request)
-            async with trio_asyncio.open_loop():
-                return await trio_asyncio.aio_as_trio(service.replay_run)(request)
-
-    reply = trio.run(answered, True)  # grpclib's: the bytes, made on a worker thread
+    reply = answered(True)  # grpclib's: the bytes, made on a worker thread
     assert isinstance(reply, Encoded)
     assert upb_message("ReplayRunResponse", reply.data) == expected
-    reply = trio.run(answered, False)  # the HTTP edge's: made as its client reads it
+    reply = answered(False)  # the HTTP edge's: made as its client reads it
     assert isinstance(reply, OffLoopReply)
     made = upb_encode.encode(reply.make())
     assert upb_message("ReplayRunResponse", made) == expected
@@ -221,34 +205,14 @@ def test_get_run_of_a_large_run_is_the_message_in_one_go_from_either_world():
     sends ``encoded_run``'s bytes), made on a worker thread as its client reads it (JSON made
     from the message: its bytes parsed back made integers doubles); an ended run's names it, so
     the HTTP edge writes it once for its callers."""
-    from foundry.kernel.actors.messages import Mailboxes
     from foundry.kernel.actors.scheduler.messages import GetRun
-    from foundry.kernel.edge.grpc.runtime_service import RuntimeService
 
     run = replace(view(LARGE, ids=5, span_id="cd" * 8), status="SUCCEEDED")
     expected = upb_message("GetRunResponse", in_one_go(run))
 
-    async def answered(from_asyncio: bool) -> object:
-        scheduler, inbox = trio.open_memory_channel[object](1)
-        unused = trio.open_memory_channel[object](0)[0]
-        mail = Mailboxes(unused, unused, scheduler, unused, unused, unused, unused)  # type: ignore[arg-type]
-        service = RuntimeService(mail)
-        request = api.GetRunRequest(run_id=run.run_id)
-        async with trio.open_nursery() as nursery:
-
-            async def scheduler_answers() -> None:
-                message = await inbox.receive()
-                assert isinstance(message, GetRun)
-                message.reply.send(run)
-
-            nursery.start_soon(scheduler_answers)
-            if not from_asyncio:
-                return await service.get_run(request)
-            async with trio_asyncio.open_loop():
-                return await trio_asyncio.aio_as_trio(service.get_run)(request)
-
     for from_asyncio in (True, False):
-        reply = trio.run(answered, from_asyncio)
+        request = api.GetRunRequest(run_id=run.run_id)
+        reply = trio.run(answer, "get_run", request, GetRun, run, from_asyncio)
         assert isinstance(reply, OffLoopReply)
         assert upb_message("GetRunResponse", upb_encode.encode(reply.make())) == expected
         assert reply.key == ("run_0123", "SUCCEEDED", run.updated_at, LARGE, 5)
@@ -385,3 +349,30 @@ def test_tappers_of_a_large_event_at_once_make_it_once(monkeypatch):
     assert SHARED_REPLIES.encoded(message, PROTO, lambda m: b"made again") == upb_encode.encode(
         real_message(event)
     )  # fmt: skip
+
+
+async def answer(method: str, request: Any, asked: type, found: Any, from_asyncio: bool) -> Any:
+    """``RuntimeService.<method>(request)``, called from grpclib's world (asyncio) or the HTTP
+    edge's (trio), its actor (the scheduler for GetRun, the replay actor for a Replay)
+    answering ``found``."""
+    from foundry.kernel.actors.messages import Mailboxes
+    from foundry.kernel.edge.grpc.runtime_service import RuntimeService
+
+    actor, inbox = trio.open_memory_channel[object](1)
+    unused = trio.open_memory_channel[object](0)[0]
+    channels = [unused] * 7
+    channels[3 if asked.__name__ == "Replay" else 2] = actor  # (the replay actor, the scheduler)
+    service = RuntimeService(Mailboxes(*channels))  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+
+        async def actor_answers() -> None:
+            message = await inbox.receive()
+            assert isinstance(message, asked)
+            message.reply.send(found)
+
+        nursery.start_soon(actor_answers)
+        call = getattr(service, method)
+        if not from_asyncio:
+            return await call(request)
+        async with trio_asyncio.open_loop():
+            return await trio_asyncio.aio_as_trio(call)(request)
