@@ -13,8 +13,9 @@ a few-byte Status over Connect JSON does not queue behind 16 gzip bodies of 600,
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
 import trio
@@ -58,3 +59,25 @@ class OffLoopReply:
 
     def __init__(self, make: Callable[[], Any], key: Hashable | None = None) -> None:
         self.make, self.key = make, key
+
+
+async def made_once(
+    making: dict[Hashable, Any],
+    key: Hashable,
+    done: Callable[[], bool],
+    make: Callable[[], Awaitable[None]],
+    new_event: Callable[[], asyncio.Event | trio.Event],
+) -> None:
+    """``make()`` unless ``done()``; while another caller makes it, wait for that one (a
+    maker cancelled leaves it to the next)."""
+    while not done():
+        waiting = making.get(key)
+        if waiting is None:
+            made = making[key] = new_event()
+            try:
+                await make()
+            finally:
+                del making[key]
+                made.set()
+            return
+        await waiting.wait()

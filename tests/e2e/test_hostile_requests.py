@@ -1008,7 +1008,7 @@ def test_reading_a_run_of_a_large_output_holds_up_no_one(daemon, channel):
     for name, read in readings.items():
         reply, slowest = _slowest_small_call_during(daemon, read)
         assert len(reply) > 300_000, name  # (150,000 nulls each way: 2 bytes a null at least)
-        assert slowest < 0.35, (name, slowest)  # (~0.75 s when it was made on the loop)
+        assert slowest < 0.5, (name, slowest)  # (~0.75 s when it was made on the loop)
     run = json.loads(readings["GetRun Connect JSON"]())["run"]
     assert run["steps"][0]["output"] == nulls
     # JSON made from the message, as a small run's (its bytes parsed back made 7 a 7.0, and
@@ -1031,4 +1031,4 @@ def test_a_large_emit_holds_up_no_one(daemon):
 
     event_id, slowest = _slowest_small_call_during(daemon, large)
     assert event_id.startswith("evt_")
-    assert slowest < 0.35
+    assert slowest < 0.5  # (~1 s when it was parsed on the loop)

@@ -63,7 +63,7 @@ from foundry.kernel.edge.grpc.internals import Encoded, send_frames
 from foundry.kernel.edge.grpc.run_replies import SharedRunReplies, ended_key
 from foundry.kernel.edge.grpc.server import ask, served_by
 from foundry.kernel.edge.shared_replies import SHARED_REPLIES, STREAM_FORMS
-from foundry.kernel.edge.worker_threads import OffLoopReply
+from foundry.kernel.edge.worker_threads import OffLoopReply, made_once
 from foundry.kernel.errors import InvalidArgument
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct, Value
@@ -501,7 +501,7 @@ async def shared_ahead(events: list[RunEventRecord]) -> None:
             SHARED_REPLIES.prime(key, message, encodings)
 
         held = partial(SHARED_REPLIES.holds, key, names)
-        await _made_once(_MAKING, (key, names), held, make, trio.Event)
+        await made_once(_MAKING, (key, names), held, make, trio.Event)
 
 
 def _made_ahead(
@@ -520,33 +520,11 @@ async def encoded_ahead(events: list[RunEventRecord]) -> None:
         async def make(event: RunEventRecord = event, key: tuple[str, int] = key) -> None:
             _keep_encoded(key, await in_worker_thread(serialized_run_event, event, heavy=True))
 
-        await _made_once(_MAKING, key, partial(_ENCODED.__contains__, key), make, asyncio.Event)
+        await made_once(_MAKING, key, partial(_ENCODED.__contains__, key), make, asyncio.Event)
 
 
 # What tappers' ``ahead`` is making now, by key: those that want the same wait for its maker.
 _MAKING: dict[Hashable, asyncio.Event | trio.Event] = {}
-
-
-async def _made_once(
-    making: dict[Hashable, Any],
-    key: Hashable,
-    done: Callable[[], bool],
-    make: Callable[[], Awaitable[None]],
-    new_event: Callable[[], asyncio.Event | trio.Event],
-) -> None:
-    """``make()`` unless ``done()``; while another caller makes it, wait for that one (a
-    maker cancelled leaves it to the next)."""
-    while not done():
-        waiting = making.get(key)
-        if waiting is None:
-            made = making[key] = new_event()
-            try:
-                await make()
-            finally:
-                del making[key]
-                made.set()
-            return
-        await waiting.wait()
 
 
 def shared_run_event(event: RunEventRecord) -> api.RunEvent:

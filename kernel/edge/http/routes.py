@@ -9,11 +9,13 @@ method through its generated stream adapter. Errors go through the one table (``
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+import trio
 from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
 from connectrpc.request import RequestContext
 from connectrpc.server import Endpoint
@@ -28,7 +30,7 @@ from foundry.kernel.edge.http.codecs import (
 )
 from foundry.kernel.edge.http.errors import connect_error
 from foundry.kernel.edge.shared_replies import PROTO
-from foundry.kernel.edge.worker_threads import OffLoopReply, in_edge_thread
+from foundry.kernel.edge.worker_threads import OffLoopReply, in_edge_thread, made_once
 from foundry.proto import foundry_api, runtime_api
 from grpclib.const import Cardinality
 
@@ -138,13 +140,25 @@ LARGE_REPLIES = (
 async def off_loop_reply(reply: OffLoopReply, json: bool) -> Encoded:
     """``reply`` made and written as JSON (``json``) or protobuf on a worker thread; an ended
     run's, once for all its callers (:class:`EndedRunTexts`)."""
+    write = _json_made if json else _proto_made
     key = None if reply.key is None else ("json" if json else PROTO, "off-loop", reply.key)
-    data = None if key is None else ENDED_RUN_TEXTS.get(key)
-    if data is None:
-        data = await in_edge_thread(_json_made if json else _proto_made, reply.make, heavy=True)
-        if key is not None:
-            data = ENDED_RUN_TEXTS.put(key, data)
+    made: list[bytes] = []
+    if key is not None:  # made once for the callers that ask while it is made
+
+        async def make() -> None:
+            made.append(ENDED_RUN_TEXTS.put(key, await in_edge_thread(write, reply.make,
+                                                                      heavy=True)))  # fmt: skip
+
+        kept = partial(ENDED_RUN_TEXTS.get, key)
+        await made_once(_MAKING, key, lambda: kept() is not None, make, trio.Event)
+    data = made[0] if made else None if key is None else ENDED_RUN_TEXTS.get(key)
+    if data is None:  # a run that may change; or one dropped at once (past the budget)
+        data = await in_edge_thread(write, reply.make, heavy=True)
     return JsonEncoded(data) if json else Encoded(data)
+
+
+# Ended runs' replies being made now, by key (``off_loop_reply``)
+_MAKING: dict[Hashable, trio.Event] = {}
 
 
 def _json_made(make: Callable[[], Any]) -> bytes:
