@@ -131,8 +131,6 @@ TOKEN_SECONDS = 86_400.0  # a token's life when its attempt has no time limit
 
 
 PARSE_OFF_LOOP_BYTES = 64 * 1024  # a DAG this large (~600 steps, ~6 ms) is parsed on a thread
-# A run attestation's spec hash, or a step's output made JSON, of more values: on a thread
-SPEC_VALUES_ON_LOOP = 2_000
 
 
 def new_run_id() -> str:
@@ -400,9 +398,7 @@ class Scheduler:
         """A large submission's spec hash, made on a worker thread before its run goes (made at
         its end, on the loop, a run of 350,000 labels held the loop 0.5 s)."""
         sub = run.submission
-        if self._attestor is not None and json_values_past(
-            (sub.inputs, sub.labels), SPEC_VALUES_ON_LOOP
-        ):
+        if self._attestor is not None and json_values_past((sub.inputs, sub.labels)):
             self._spec_digests[run.run_id] = await in_thread(json_digest, _spec_of(sub))
 
     async def _drive_to_end(self, run: RunState) -> None:
@@ -831,7 +827,7 @@ class Scheduler:
             error = reported_fault(ctx)
         if not error:
             try:
-                if json_values_past((output,), SPEC_VALUES_ON_LOOP):  # (~0.5 s a 3 MB output)
+                if json_values_past((output,)):  # (~0.5 s a 3 MB output on the loop)
                     text, output = await in_thread(_frozen, output)
                 else:
                     text, output = _frozen(output)

@@ -404,21 +404,18 @@ def _rows_by_kind(records: Iterable[Any]) -> dict[type, list[tuple[Any, ...]]]:
     return by_kind
 
 
-# A record of more JSON values than this is encoded on the journal thread, never on the trio
-# thread (``Store._hand_off``): a submission of 300,000 keys held the loop 0.5 s there.
-VALUES_ENCODED_INLINE = 2_000
-
-
 def record_is_large(record: Any) -> bool:
-    """Whether a run's record holds more than :data:`VALUES_ENCODED_INLINE` JSON values (its
-    inputs and labels, an event's payload: a step's inputs or output); a bounded look."""
+    """Whether a run's record holds more than ``json_input.JSON_VALUES_ON_LOOP`` JSON values
+    (its inputs and labels, an event's payload: a step's inputs or output); a bounded look. Such
+    a record is encoded on the journal thread (``Store._hand_off``): a submission of 300,000
+    keys encoded on the trio thread held the loop 0.5 s."""
     if isinstance(record, RunEventRecord):
         values: tuple[Any, ...] = (record.payload,)
     elif isinstance(record, RunSubmission):
         values = (record.inputs, record.labels)
     else:
         return False
-    return json_values_past(values, VALUES_ENCODED_INLINE)
+    return json_values_past(values)
 
 
 def rows_in(record: Any) -> int:

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 
 from foundry.kernel.actors.scheduler.messages import RunView
+from foundry.kernel.edge.worker_threads import made_once
 
 ENDED = frozenset(("SUCCEEDED", "FAILED", "CANCELED"))
 KEPT_BYTES = 64 << 20  # recent replies held for later callers (one larger one is never kept)
@@ -54,11 +55,18 @@ class SharedRunReplies:
         key = ended_key(view)
         if key is None:
             return Reply(await encode(view))
-        while (found := self._found(key)) is None:
-            making = self._making.get(key)
-            if making is None:
-                return await self._make(key, view, encode)
-            await making.wait()  # its maker may have been cancelled: then look again
+        made: list[Reply] = []
+
+        async def make() -> None:
+            reply = Reply(await encode(view))
+            self._in_use[key] = reply
+            self._keep(key, reply)
+            made.append(reply)
+
+        await made_once(self._making, key, lambda: self._found(key) is not None, make,
+                        asyncio.Event)  # fmt: skip
+        found = made[0] if made else self._found(key)
+        assert found is not None  # (made_once returned: found it, with no await since)
         return found
 
     def _found(self, key: Hashable) -> Reply | None:
@@ -67,19 +75,6 @@ class SharedRunReplies:
             self._kept.move_to_end(key)
             return found
         return self._in_use.get(key)
-
-    async def _make(
-        self, key: Hashable, view: RunView, encode: Callable[[RunView], Awaitable[bytes]]
-    ) -> Reply:
-        made = self._making[key] = asyncio.Event()
-        try:
-            reply = Reply(await encode(view))
-        finally:
-            del self._making[key]
-            made.set()
-        self._in_use[key] = reply
-        self._keep(key, reply)
-        return reply
 
     def _keep(self, key: Hashable, reply: Reply) -> None:
         size = len(reply.data)

@@ -283,8 +283,7 @@ class RuntimeService(api.RuntimeServiceBase):
         if mode is None:
             raise GRPCError(Status.INVALID_ARGUMENT, f"mode: unknown value {message.mode}")
         result: ReplayResult = await self._ask_replay(lambda r: Replay(message.run_id, mode, r))
-        values = (v for s in result.steps for v in (s.snapshot, s.drift.recorded, s.drift.current))
-        if not json_values_past(values, STRUCT_VALUES_ON_LOOP):
+        if not replay_is_large(result):
             return replay_response(result)
         # made and serialized on a worker thread: a replay of outputs of 300,000 keys held the
         # loop 10 s
@@ -480,10 +479,10 @@ class TapFramer(Generic[T]):
 
 
 def _large_events(events: list[RunEventRecord], after: int) -> list[RunEventRecord]:
-    """The events past ``after`` whose payloads hold more than STRUCT_VALUES_ON_LOOP values."""
+    """The events past ``after`` whose payloads hold more than JSON_VALUES_ON_LOOP values."""
     return [
         e for e in events
-        if e.seq > after and json_values_past((e.payload,), STRUCT_VALUES_ON_LOOP)
+        if e.seq > after and json_values_past((e.payload,))
     ]  # fmt: skip
 
 
@@ -639,10 +638,17 @@ def _run_bytes(view: RunView) -> bytes:
 
 
 def run_is_large(view: RunView) -> bool:
-    """Whether a run holds more than :data:`STRUCT_VALUES_ON_LOOP` values, its steps' outputs
-    and errors and its inputs (a bounded look)."""
+    """Whether a run holds more than ``json_input.JSON_VALUES_ON_LOOP`` values, its steps'
+    outputs and errors and its inputs (a bounded look)."""
     values = (v for s in view.steps for v in (s.output, s.error))
-    return json_values_past(itertools.chain((view.inputs,), values), STRUCT_VALUES_ON_LOOP)
+    return json_values_past(itertools.chain((view.inputs,), values))
+
+
+def replay_is_large(result: ReplayResult) -> bool:
+    """Whether a replay's snapshots and drifts hold more than ``JSON_VALUES_ON_LOOP`` values."""
+    steps = result.steps
+    return json_values_past(v for s in steps for v in (s.snapshot, s.drift.recorded,
+                                                       s.drift.current))  # fmt: skip
 
 
 def run_detail(view: RunView) -> api.RunDetail:

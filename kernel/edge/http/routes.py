@@ -141,9 +141,10 @@ async def off_loop_reply(reply: OffLoopReply, json: bool) -> Encoded:
     """``reply`` made and written as JSON (``json``) or protobuf on a worker thread; an ended
     run's, once for all its callers (:class:`EndedRunTexts`)."""
     write = _json_made if json else _proto_made
-    key = None if reply.key is None else ("json" if json else PROTO, "off-loop", reply.key)
-    made: list[bytes] = []
-    if key is not None:  # made once for the callers that ask while it is made
+    data = None
+    if reply.key is not None:  # made once for the callers that ask while it is made
+        key = ("json" if json else PROTO, "off-loop", reply.key)
+        made: list[bytes] = []
 
         async def make() -> None:
             made.append(ENDED_RUN_TEXTS.put(key, await in_edge_thread(write, reply.make,
@@ -151,7 +152,7 @@ async def off_loop_reply(reply: OffLoopReply, json: bool) -> Encoded:
 
         kept = partial(ENDED_RUN_TEXTS.get, key)
         await made_once(_MAKING, key, lambda: kept() is not None, make, trio.Event)
-    data = made[0] if made else None if key is None else ENDED_RUN_TEXTS.get(key)
+        data = made[0] if made else kept()
     if data is None:  # a run that may change; or one dropped at once (past the budget)
         data = await in_edge_thread(write, reply.make, heavy=True)
     return JsonEncoded(data) if json else Encoded(data)
