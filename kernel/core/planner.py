@@ -21,7 +21,7 @@ from foundry.kernel.core.dag import (
     step_seeds,
 )
 from foundry.kernel.core.ids import compact_json
-from foundry.kernel.core.json_input import check_struct_depth, cut_middle
+from foundry.kernel.core.json_input import check_struct_depth, cut_middle, json_values_past
 from foundry.kernel.core.records import storable
 from foundry.kernel.core.runs import RunState, StepState
 from foundry.kernel.errors import InvalidArgument
@@ -120,16 +120,19 @@ def recover(run: RunState) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class Lease:
     """One attempt's ``step_leased`` facts: its number, its inputs serialized once (the lease
-    records one copy, the block gets another), and its seed."""
+    records one copy, the block gets another), and its seed; ``inputs``: read back from that
+    text already (a large lease's, on the worker thread that made it), or None."""
 
     attempt: int
     inputs_json: str
     seed: int
+    inputs: Any = None
 
     def payload(self, spec: StepSpec) -> dict[str, Any]:
+        inputs = json.loads(self.inputs_json) if self.inputs is None else self.inputs
         return {
-            "attempt": self.attempt, "inputs": json.loads(self.inputs_json), "seed": self.seed,
-            "model": spec.model, "env": dict(spec.env),
+            "attempt": self.attempt, "inputs": inputs, "seed": self.seed, "model": spec.model,
+            "env": dict(spec.env),
         }  # fmt: skip
 
 
@@ -149,38 +152,143 @@ def lease(
     left of the run's ``max_run`` — every lease is recorded, and references made a 124 KB
     request write 62 MB) when the step's inputs cannot be resolved into JSON (the step fails).
     Inputs whose references could substitute more than that are resolved with a running count,
-    which stops them early."""
+    which stops them early. A large lease is made in three parts (:class:`LargeLease`)."""
     spec = step.spec
-    run_inputs, outputs = run.submission.inputs, run.outputs()
-    if reference_bound(run, spec) > max_bytes:
-        inputs = resolve_bounded(spec.inputs, run_inputs, outputs, max_bytes)
+    bound = reference_bound(run, spec)
+    text = resolved_inputs(spec.inputs, run.submission.inputs, run.outputs(), bound, max_bytes)
+    return leased_with(run, step, text, max_run)
+
+
+def resolved_inputs(
+    inputs: Any, run_inputs: Mapping[str, Any], outputs: Mapping[str, Any], bound: int,
+    max_bytes: int,
+) -> str:  # fmt: skip
+    """A step's inputs resolved, as compact JSON of at most ``max_bytes`` (``bound``: what its
+    references substitute at most, :func:`reference_bound`). Reads only what it is given: a
+    large step's are resolved on a worker thread."""
+    if bound > max_bytes:
+        resolved = resolve_bounded(inputs, run_inputs, outputs, max_bytes)
     else:
-        inputs = resolve(spec.inputs, run_inputs, outputs)
-    text = compact_json(inputs)
+        resolved = resolve(inputs, run_inputs, outputs)
+    text = compact_json(resolved)
     if len(text) > max_bytes:
         raise StepTooLarge(f"inputs: {len(text):,} bytes of JSON once resolved, over the step "
                            f"limit of {max_bytes:,} ([scheduler] max_step_bytes)")  # fmt: skip
+    try:  # an output substituted deep inside the inputs: deeper than clients could read
+        check_struct_depth(text, resolved, "inputs (once resolved)")
+    except InvalidArgument as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+def leased_with(
+    run: RunState, step: StepState, text: str, max_run: int, inputs: Any = None
+) -> Lease:
+    """The lease of resolved inputs (``text``; ``inputs``: read back from it already, or None),
+    if the run's budget has room for them."""
     if recorded_total(run) + len(text) > max_run:
         raise StepTooLarge(f"inputs: {len(text):,} bytes of JSON once resolved would take the "
                            f"run's recorded step inputs and outputs past {max_run:,} bytes "
                            "([scheduler] max_run_bytes)")  # fmt: skip
-    try:  # an output substituted deep inside the inputs: deeper than clients could read
-        check_struct_depth(text, inputs, "inputs (once resolved)")
-    except InvalidArgument as exc:
-        raise ValueError(str(exc)) from None
     if not run.seeds:  # the run's first lease: every step's seed, in one go
         run.seeds = step_seeds(run.submission.seed, run.dag.steps)
-    return Lease(attempt_number(step), text, run.seeds[spec.id])
+    return Lease(attempt_number(step), text, run.seeds[step.spec.id], inputs)
+
+
+LARGE_LEASE_BYTES = 64 * 1024  # referenced outputs this large are resolved on a worker thread
+
+
+@dataclass(frozen=True, slots=True)
+class LargeLease:
+    """A lease of many JSON values, in three parts: what it needs, taken on the trio thread
+    (:meth:`of`); its inputs resolved, serialized and read back on a worker thread
+    (:meth:`made`; ~1-5 µs a value: 200,000 held the loop over a second); the lease made of
+    them back on the trio thread (:meth:`lease`). The thread reads only what the step
+    references, none of the state the trio thread changes meanwhile."""
+
+    inputs: Any
+    paths: tuple[tuple[str, ...], ...] | None  # None: many inputs, looked through on the thread
+    run_inputs: Mapping[str, Any]
+    outputs: Mapping[str, Any]  # the referenced outputs of steps that succeeded (or all)
+    sizes: Mapping[str, int]  # their JSON bytes, where measured already
+    inputs_size: int | None
+
+    @classmethod
+    def of(cls, run: RunState, spec: StepSpec) -> LargeLease | None:
+        """The step's lease as such, or None when it is small enough to make on the loop (a
+        bounded look: what is not measured yet is not measured here)."""
+        outputs = run.outputs()
+        if json_values_past((spec.inputs,)):  # its references are looked for on the thread
+            taken = dict(outputs)
+            sizes = {i: n for i, n in run.output_sizes.items() if i in taken}
+            return cls(spec.inputs, None, run.submission.inputs, taken, sizes, run.inputs_size)
+        paths = step_references(run, spec)
+        named = {p[1] for p in paths if p[0] == "steps" and p[1] in outputs}
+        taken = {i: outputs[i] for i in named}
+        sizes = {i: run.output_sizes[i] for i in named if i in run.output_sizes}
+        large = (
+            any(n >= LARGE_LEASE_BYTES for n in sizes.values())
+            or json_values_past(v for i, v in taken.items() if i not in sizes)
+            or any(p[0] != "steps" for p in paths) and _inputs_large(run)
+        )  # fmt: skip
+        if not large:
+            return None
+        return cls(spec.inputs, tuple(paths), run.submission.inputs, taken, sizes,
+                   run.inputs_size)  # fmt: skip
+
+    def made(self, max_bytes: int) -> LeaseMade:
+        """On the worker thread: the inputs resolved (at most ``max_bytes`` of JSON)."""
+        sizes, inputs_size = dict(self.sizes), self.inputs_size
+        bound = 0
+        for path in self.paths if self.paths is not None else references(self.inputs):
+            if path[0] != "steps":
+                if inputs_size is None:
+                    inputs_size = len(compact_json(self.run_inputs))
+                bound += inputs_size
+            elif path[1] in self.outputs:
+                if path[1] not in sizes:
+                    sizes[path[1]] = len(compact_json(self.outputs[path[1]]))
+                bound += sizes[path[1]]
+        text = resolved_inputs(self.inputs, self.run_inputs, self.outputs, bound, max_bytes)
+        return LeaseMade(text, json.loads(text), sizes, inputs_size)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseMade:
+    """A large lease's inputs as a worker thread made them, and the sizes it measured."""
+
+    text: str
+    inputs: Any
+    output_sizes: Mapping[str, int]
+    inputs_size: int | None
+
+    def lease(self, run: RunState, step: StepState, max_run: int) -> Lease:
+        """On the trio thread: the lease, the sizes measured kept for the run's next ones."""
+        run.output_sizes.update(self.output_sizes)
+        if self.inputs_size is not None:
+            run.inputs_size = self.inputs_size
+        return leased_with(run, step, self.text, max_run, self.inputs)
+
+
+def _inputs_large(run: RunState) -> bool:
+    if run.inputs_size is not None:
+        return run.inputs_size >= LARGE_LEASE_BYTES
+    return json_values_past((run.submission.inputs,))
+
+
+def step_references(run: RunState, spec: StepSpec) -> list[tuple[str, ...]]:
+    """The references in a step's inputs (found once)."""
+    found = run.step_references.get(spec.id)
+    if found is None:
+        found = run.step_references[spec.id] = references(spec.inputs)
+    return found
 
 
 def reference_bound(run: RunState, spec: StepSpec) -> int:
     """At most what a step's references substitute, in JSON bytes: each reference counted as
     the whole output it names (or all of the run's inputs), as often as it appears."""
-    found = run.step_references.get(spec.id)
-    if found is None:
-        found = run.step_references[spec.id] = references(spec.inputs)
     total = 0
-    for path in found:
+    for path in step_references(run, spec):
         total += output_bytes(run, path[1]) if path[0] == "steps" else _inputs_bytes(run)
     return total
 

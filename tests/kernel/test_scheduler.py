@@ -1247,6 +1247,79 @@ async def test_a_large_output_is_judged_as_a_small_one(tmp_path, value, said):
         assert view.steps[0].output is not value  # (frozen: read back from its JSON)
 
 
+class EchoesInputs(Block):
+    """Answers its inputs."""
+
+    name = "echoes"
+
+    async def run(self, ctx: BlockContext) -> Any:
+        return dict(ctx.inputs)
+
+
+LARGE_OUTPUT = {f"k{i}": i for i in range(20_000)}  # ~250 KB of JSON, 20,000 values
+
+
+@pytest.fixture
+def json_made_on_the_loop(monkeypatch) -> list[int]:
+    """The sizes of the planner's JSON texts of 64 KiB or more made on the trio thread."""
+    import threading
+
+    from foundry.kernel.core import planner
+
+    made: list[int] = []
+    real = planner.compact_json
+
+    def compact_json(value: Any) -> str:
+        text = real(value)
+        if len(text) >= 64 * 1024 and threading.current_thread() is threading.main_thread():
+            made.append(len(text))
+        return text
+
+    monkeypatch.setattr(planner, "compact_json", compact_json)
+    return made
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"x": "${steps.a.output}", "again": "${steps.a.output}", "k7": "${steps.a.output.k7}"},
+        {"text": "k3 is ${steps.a.output.k3}", "many": list(range(20_000))},
+    ],
+    ids=["referenced", "literal"],
+)
+async def test_a_large_lease_is_made_off_the_trio_thread(tmp_path, json_made_on_the_loop, inputs):
+    """A step's inputs of many values are resolved, serialized and read back on a worker thread
+    (~1-5 µs a value on the loop: 200,000 held every other call over a second), and leased as
+    a small step's are. (The real clock: trio's autojump clock jumps while a thread works.)"""
+    async with running_scheduler(tmp_path, [Returns(LARGE_OUTPUT), EchoesInputs()]) as h:
+        run_id = await h.submit([step("a", "returns"), step("b", "echoes", inputs=inputs)])
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+        view = await h.get(run_id)
+    assert done.kind == "run_succeeded", done.payload
+    expected = dict(inputs)
+    if "x" in inputs:
+        expected.update(x=LARGE_OUTPUT, again=LARGE_OUTPUT, k7=7)
+    else:
+        expected["text"] = "k3 is 3"
+    assert view.steps[1].output == expected
+    [leased] = [e for e in h.store.events(run_id, "step_leased") if e.step_id == "b"]
+    assert leased.payload["inputs"] == expected
+    assert json_made_on_the_loop == []
+
+
+async def test_a_large_lease_over_the_step_limit_fails_its_step(tmp_path, json_made_on_the_loop):
+    config = SchedulerConfig(max_concurrent_steps=4, max_step_bytes=400_000)
+    twice = {"x": "${steps.a.output}", "y": "${steps.a.output}"}  # ~500 KB once resolved
+    async with running_scheduler(
+        tmp_path, [Returns(LARGE_OUTPUT), EchoesInputs()], config=config
+    ) as h:
+        run_id = await h.submit([step("a", "returns"), step("b", "echoes", inputs=twice)])
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+    assert (done.kind, done.step_id) == ("run_failed", "b")
+    assert "over 400,000 bytes of JSON, the step limit" in done.payload["error"]
+    assert json_made_on_the_loop == []
+
+
 async def test_a_large_number_a_double_holds_is_an_output(tmp_path, autojump_clock):
     value = {"n": 10**300, "s": "9" * 400}  # (309 digits in a row in a string: not a number)
     async with running_scheduler(tmp_path, [Returns(value)]) as h:

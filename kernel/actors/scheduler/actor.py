@@ -79,6 +79,7 @@ from foundry.kernel.core.json_input import (
 )
 from foundry.kernel.core.planner import (
     LONE_SURROGATE,
+    LargeLease,
     Lease,
     Next,
     Starts,
@@ -706,16 +707,7 @@ class Scheduler:
     async def _attempt(self, run: RunState, step: StepState) -> float | None:
         """Lease and run one attempt; None when the step is finished (either way), else the
         backoff before the next attempt (the planner's)."""
-        if run.canceling:  # a slot came free while the cancel was being made durable
-            return None
-        if not _leased_ever(step) and (
-            run.status == "PAUSED_AT_STEP" or run.stops_at(step) or run.failed
-            or self._stopping.is_set()
-        ):  # fmt: skip
-            # It waited for a slot while the run paused or failed, a breakpoint was put on it,
-            # or the daemon began to stop: it has not started, so it does not now (it did — a
-            # mutator's side effect for a failed run). The driver looks at it again: it pauses
-            # the run, starts once resumed, ends skipped, or the next start leases it.
+        if self._held_back(run, step):
             return None
         spec = step.spec
         attempt = attempt_number(step)
@@ -725,16 +717,42 @@ class Scheduler:
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=gone)
             return None
         try:
-            leased = lease(run, step, self._config.max_step_bytes, self._config.max_run_bytes)
+            leased = await self._lease(run, step)
         except (UnresolvedReference, TypeError, ValueError) as exc:
             failure = step_error(str(exc), attempt)
             await self._record(run, "step_failed", spec.id, attempt=attempt, error=failure)
+            return None
+        if leased is None:
             return None
         ready = self._leased(run, step, block, leased)
         durable = await self._append_leases(run, ready.records, [ready])
         if ready.notices:  # a tool step's capability token (a coroutine a step cost ~1.5 µs)
             await self._notify(ready.notices)
         return await self._execute(run, step, ready, durable)
+
+    def _held_back(self, run: RunState, step: StepState) -> bool:
+        """Whether an attempt about to be leased is not, now."""
+        if run.canceling:  # a slot came free while the cancel was being made durable
+            return True
+        # It waited for a slot (or its large lease) while the run paused or failed, a
+        # breakpoint was put on it, or the daemon began to stop: it has not started, so it does
+        # not now (it did — a mutator's side effect for a failed run). The driver looks at it
+        # again: it pauses the run, starts once resumed, ends skipped, or the next start
+        # leases it.
+        return not _leased_ever(step) and (
+            run.status == "PAUSED_AT_STEP" or run.stops_at(step) or run.failed
+            or self._stopping.is_set()
+        )  # fmt: skip
+
+    async def _lease(self, run: RunState, step: StepState) -> Lease | None:
+        """The attempt's lease (see ``planner.lease``); a large one's inputs resolved on a
+        worker thread, and None when the attempt is held back meanwhile."""
+        limits = self._config.max_step_bytes, self._config.max_run_bytes
+        large = LargeLease.of(run, step.spec)
+        if large is None:
+            return lease(run, step, *limits)
+        made = await in_thread(large.made, limits[0])
+        return None if self._held_back(run, step) else made.lease(run, step, limits[1])
 
     async def _append_leases(
         self, run: RunState, records: list[Any], leased: list[_Leased]
@@ -752,8 +770,8 @@ class Scheduler:
         its ``slot``); None when no slot is free, its block is gone or its inputs do not
         resolve (its task then leases it, or fails it, itself)."""
         block = self._registry.by_name.get(step.spec.type)
-        if block is None:
-            return None
+        if block is None or LargeLease.of(run, step.spec) is not None:
+            return None  # (a large lease is made in the step's task, around a worker thread)
         try:
             leased = lease(run, step, self._config.max_step_bytes, self._config.max_run_bytes)
         except (UnresolvedReference, TypeError, ValueError):
