@@ -1031,4 +1031,4 @@ def test_a_large_emit_holds_up_no_one(daemon):
 
     event_id, slowest = _slowest_small_call_during(daemon, large)
     assert event_id.startswith("evt_")
-    assert slowest < 0.5  # (~1 s when it was parsed on the loop)
+    assert slowest < 0.7  # (~1 s when it was parsed on the loop; 0.3-0.4 s on a loaded machine)

@@ -134,7 +134,8 @@ def test_watchers_that_read_nothing_share_one_encoding_of_each_event(make_daemon
                 channel.close()
 
     grown = daemon.call(scenario)
-    assert grown < 120, f"the daemon grew {grown:.0f} MB for {WATCHERS} watchers of 2 MB events"
+    # (without a bug the heap swings by -90 … +82 MB here on a loaded 2-core machine, 16 runs)
+    assert grown < 200, f"the daemon grew {grown:.0f} MB for {WATCHERS} watchers of 2 MB events"
     assert finished(daemon, emit(daemon, "greet_requested").workflow_id).state == "completed"
 
 
