@@ -195,7 +195,9 @@ def leased_with(
     return Lease(attempt_number(step), text, run.seeds[step.spec.id], inputs)
 
 
-LARGE_LEASE_BYTES = 64 * 1024  # referenced outputs this large are resolved on a worker thread
+# What a step's references substitute, at most, past which its lease is made on a worker thread
+# (beside inputs of more than json_input.JSON_VALUES_ON_LOOP values).
+LARGE_LEASE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,16 +225,23 @@ class LargeLease:
             sizes = {i: n for i, n in run.output_sizes.items() if i in taken}
             return cls(spec.inputs, None, run.submission.inputs, taken, sizes, run.inputs_size)
         paths = step_references(run, spec)
-        named = {p[1] for p in paths if p[0] == "steps" and p[1] in outputs}
-        taken = {i: outputs[i] for i in named}
-        sizes = {i: run.output_sizes[i] for i in named if i in run.output_sizes}
-        large = (
-            any(n >= LARGE_LEASE_BYTES for n in sizes.values())
-            or json_values_past(v for i, v in taken.items() if i not in sizes)
-            or any(p[0] != "steps" for p in paths) and _inputs_large(run)
-        )  # fmt: skip
-        if not large:
+        taken: dict[str, Any] = {}
+        measured, unmeasured = 0, []  # each reference counted as often as it appears
+        for path in paths:
+            if path[0] != "steps":
+                value, size = run.submission.inputs, run.inputs_size
+            elif path[1] in outputs:
+                value = taken.setdefault(path[1], outputs[path[1]])
+                size = run.output_sizes.get(path[1])
+            else:
+                continue
+            if size is None:
+                unmeasured.append(value)
+            else:
+                measured += size
+        if measured < LARGE_LEASE_BYTES and not json_values_past(unmeasured):
             return None
+        sizes = {i: run.output_sizes[i] for i in taken if i in run.output_sizes}
         return cls(spec.inputs, tuple(paths), run.submission.inputs, taken, sizes,
                    run.inputs_size)  # fmt: skip
 
@@ -268,12 +277,6 @@ class LeaseMade:
         if self.inputs_size is not None:
             run.inputs_size = self.inputs_size
         return leased_with(run, step, self.text, max_run, self.inputs)
-
-
-def _inputs_large(run: RunState) -> bool:
-    if run.inputs_size is not None:
-        return run.inputs_size >= LARGE_LEASE_BYTES
-    return json_values_past((run.submission.inputs,))
 
 
 def step_references(run: RunState, spec: StepSpec) -> list[tuple[str, ...]]:

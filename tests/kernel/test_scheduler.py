@@ -1320,6 +1320,89 @@ async def test_a_large_lease_over_the_step_limit_fails_its_step(tmp_path, json_m
     assert json_made_on_the_loop == []
 
 
+async def test_a_large_step_ready_beside_a_breakpoint_starts_as_a_small_one(tmp_path):
+    """The driver leases a large step too (around its worker thread), before the pause it
+    plans: in its task, it was held back by that pause (a review)."""
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy]) as h:
+        many = {"s": 0, "many": list(range(3_000))}
+        run_id = await h.submit([step("a", inputs=many), step("b")], breakpoints=("b",))
+        await h.store.until(run_id, "run_paused")
+        await h.store.until(run_id, "step_completed")
+        assert [s for s, _ in sleepy.started] == ["a"]
+        await ask(h.inbox, lambda r: ResumeRun(run_id, r))
+        await h.store.until(run_id, *TERMINAL_KINDS)
+    assert sorted(s for s, _ in sleepy.started) == ["a", "b"]
+
+
+@pytest.fixture
+def lease_gate(monkeypatch) -> trio.Event:
+    """A large lease's worker thread answers only once the test sets this (as a lease of
+    200,000 values takes ~0.5-1 s)."""
+    from foundry.kernel.actors.scheduler import actor
+    from foundry.kernel.core.planner import LargeLease
+
+    gate = trio.Event()
+    real = actor.in_thread
+
+    async def gated(function: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await real(function, *args, **kwargs)
+        finally:
+            if isinstance(getattr(function, "__self__", None), LargeLease):
+                await gate.wait()
+
+    monkeypatch.setattr(actor, "in_thread", gated)
+    return gate
+
+
+@pytest.mark.parametrize("reference", ["${steps.a.output.k7}", "${steps.a.output.nope}"])
+async def test_a_large_lease_made_across_a_patch_of_its_step_is_made_again(
+    tmp_path, lease_gate, reference
+):
+    """A step waiting for a slot leases in its task; a pause, a PatchStep and a resume while
+    its worker thread made it: the lease (or the error) of the old inputs was recorded (a
+    review). One slot: "b" waits for it while "c" runs, and leases once "c" ends, as the run
+    pauses before "d"."""
+    config = SchedulerConfig(max_concurrent_steps=1)
+    blocks = [Returns(LARGE_OUTPUT), EchoesInputs(), Sleepy()]
+    with trio.fail_after(60):  # (the real clock: the harness's bound is virtual seconds)
+        async with running_scheduler(tmp_path, blocks, config=config) as h:
+            inputs = {"k": reference, "big": "${steps.a.output}", "v": "old"}
+            run_id = await h.submit(
+                [step("a", "returns"), step("c", inputs={"s": 0.3}),
+                 step("b", "echoes", after=("a",), inputs=inputs),
+                 step("d", after=("c",), inputs={"s": 0})],
+                breakpoints=("d",),
+            )  # fmt: skip
+            await h.store.until(run_id, "run_paused")
+            patch = {"k": "${steps.a.output.k7}", "v": "new"}
+            patched = await ask(h.inbox, lambda r: PatchStep(run_id, "b", patch, None, None, "", r))
+            await ask(h.inbox, lambda r: ResumeRun(run_id, r))
+            lease_gate.set()
+            done = await h.store.until(run_id, *TERMINAL_KINDS)
+    assert patched == "b"
+    assert done.kind == "run_succeeded", done.payload
+    [leased] = [e for e in h.store.events(run_id, "step_leased") if e.step_id == "b"]
+    assert (leased.payload["inputs"]["k"], leased.payload["inputs"]["v"]) == (7, "new")
+
+
+async def test_many_references_to_a_moderate_output_make_a_large_lease(
+    tmp_path, json_made_on_the_loop
+):
+    """Each reference counts: 150 of an output of 1,900 keys are 285,000 values once resolved
+    (its lease was made on the loop: a review)."""
+    moderate = {f"k{i}": i for i in range(1_900)}
+    inputs = {f"r{i}": "${steps.a.output}" for i in range(150)}
+    async with running_scheduler(tmp_path, [Returns(moderate), EchoesInputs()]) as h:
+        run_id = await h.submit([step("a", "returns"), step("b", "echoes", inputs=inputs)])
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+        view = await h.get(run_id)
+    assert done.kind == "run_succeeded", done.payload
+    assert view.steps[1].output == {f"r{i}": moderate for i in range(150)}
+    assert json_made_on_the_loop == []
+
+
 async def test_a_large_number_a_double_holds_is_an_output(tmp_path, autojump_clock):
     value = {"n": 10**300, "s": "9" * 400}  # (309 digits in a row in a string: not a number)
     async with running_scheduler(tmp_path, [Returns(value)]) as h:

@@ -584,7 +584,7 @@ class Scheduler:
         leased: list[tuple[StepState, _Leased]] = []
         for step in plan.steps:
             busy.add(step.spec.id)
-            ready = self._lease_now(run, step)
+            ready = await self._lease_ahead(run, step)
             if ready is None:
                 steps.start_soon(self._run_step, run, step, done)
             else:
@@ -751,8 +751,18 @@ class Scheduler:
         large = LargeLease.of(run, step.spec)
         if large is None:
             return lease(run, step, *limits)
-        made = await in_thread(large.made, limits[0])
-        return None if self._held_back(run, step) else made.lease(run, step, limits[1])
+        try:
+            made = await in_thread(large.made, limits[0])
+        except (UnresolvedReference, TypeError, ValueError):
+            if self._stale(run, step, large):
+                return None  # (the error of inputs patched since, or of an attempt held back)
+            raise
+        return None if self._stale(run, step, large) else made.lease(run, step, limits[1])
+
+    def _stale(self, run: RunState, step: StepState, large: LargeLease) -> bool:
+        """Whether a lease made on a worker thread is of no use now: its attempt is held back,
+        or its step's inputs were patched meanwhile (in a pause that ended meanwhile, maybe)."""
+        return self._held_back(run, step) or step.spec.inputs is not large.inputs
 
     async def _append_leases(
         self, run: RunState, records: list[Any], leased: list[_Leased]
@@ -765,21 +775,28 @@ class Scheduler:
         await self._send_store(Append(tuple(records), tuple(records)))
         return None
 
-    def _lease_now(self, run: RunState, step: StepState) -> _Leased | None:
+    async def _lease_ahead(self, run: RunState, step: StepState) -> _Leased | None:
         """The driver's lease of a ready step, holding a concurrency slot for it (borrowed by
-        its ``slot``); None when no slot is free, its block is gone or its inputs do not
-        resolve (its task then leases it, or fails it, itself)."""
+        its ``slot``); None when no slot is free, its block is gone, its inputs do not resolve
+        or (a large lease: made on a worker thread meanwhile) it is held back now; its task
+        then leases it, or fails it, itself. A small lease takes no turn of the loop."""
         block = self._registry.by_name.get(step.spec.type)
-        if block is None or LargeLease.of(run, step.spec) is not None:
-            return None  # (a large lease is made in the step's task, around a worker thread)
-        try:
-            leased = lease(run, step, self._config.max_step_bytes, self._config.max_run_bytes)
-        except (UnresolvedReference, TypeError, ValueError):
+        if block is None:
             return None
         slot = object()
         try:
             self._limiter.acquire_on_behalf_of_nowait(slot)
         except trio.WouldBlock:
+            return None
+        try:
+            leased = await self._lease(run, step)
+        except (UnresolvedReference, TypeError, ValueError):
+            leased = None
+        except BaseException:
+            self._limiter.release_on_behalf_of(slot)
+            raise
+        if leased is None:
+            self._limiter.release_on_behalf_of(slot)
             return None
         ready = self._leased(run, step, block, leased)
         ready.slot = slot
