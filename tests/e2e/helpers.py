@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -171,3 +172,19 @@ def kill_pid_file(path: Path) -> None:
     """Kill the process whose id a shell block wrote to ``path`` (an orphan of ``kill -9``)."""
     with suppress(FileNotFoundError, ValueError, ProcessLookupError):
         os.kill(int(path.read_text().strip()), signal.SIGKILL)
+
+
+def slowest_small_call_during(daemon: Any, work: Callable[[], Any]) -> tuple[Any, float]:
+    """``work()``'s result, and the slowest of the Status calls made back to back meanwhile."""
+    done: list[Any] = []
+    thread = threading.Thread(target=lambda: done.append(work()))
+    thread.start()
+    slowest = 0.0
+    try:
+        while thread.is_alive():
+            asked = time.monotonic()
+            status(daemon)
+            slowest = max(slowest, time.monotonic() - asked)
+    finally:
+        thread.join(120)
+    return done[0], slowest

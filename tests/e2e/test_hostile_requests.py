@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 from urllib.parse import unquote
@@ -34,7 +34,7 @@ from foundry.proto import foundry_api as api
 from foundry.proto import runtime_api as rt
 from foundry.proto.generated.google.protobuf import Struct, Value
 
-from tests.e2e.helpers import emit, status
+from tests.e2e.helpers import emit, slowest_small_call_during, status
 from tests.e2e.http_helpers import envelopes, grpc_web_call, url
 from tests.grpcio_client import raw_call, raw_channel
 from tests.helpers import rss_mb, wait_until
@@ -602,7 +602,7 @@ def test_a_gzip_body_inflating_to_a_large_request_holds_up_no_one(daemon, coding
 
     started = time.monotonic()
     # the slowest of small calls made while it is decoded (2.5 s on the loop, where it was)
-    code, slowest = _slowest_small_call_during(daemon, big)
+    code, slowest = slowest_small_call_during(daemon, big)
     assert code == 200
     assert time.monotonic() - started > 1.5  # (long enough for a stall to show)
     assert slowest < 1.0
@@ -939,22 +939,6 @@ def _enveloped(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
-def _slowest_small_call_during(daemon: Any, work: Callable[[], Any]) -> tuple[Any, float]:
-    """``work()``'s result, and the slowest of the Status calls made back to back meanwhile."""
-    done: list[Any] = []
-    thread = threading.Thread(target=lambda: done.append(work()))
-    thread.start()
-    slowest = 0.0
-    try:
-        while thread.is_alive():
-            asked = time.monotonic()
-            status(daemon)
-            slowest = max(slowest, time.monotonic() - asked)
-    finally:
-        thread.join(120)
-    return done[0], slowest
-
-
 def test_reading_a_run_of_a_large_output_holds_up_no_one(daemon, channel):
     """GetRun, ReplayRun and TapRun of a run whose inputs and output hold 150,000 values each:
     made and serialized on a worker thread, on both ports. On the loop (~5 µs a value), one
@@ -1006,7 +990,7 @@ def test_reading_a_run_of_a_large_output_holds_up_no_one(daemon, channel):
         "ReplayRun gRPC": replayed,
     }  # fmt: skip
     for name, read in readings.items():
-        reply, slowest = _slowest_small_call_during(daemon, read)
+        reply, slowest = slowest_small_call_during(daemon, read)
         assert len(reply) > 300_000, name  # (150,000 nulls each way: 2 bytes a null at least)
         assert slowest < 0.5, (name, slowest)  # (~0.75 s when it was made on the loop)
     run = json.loads(readings["GetRun Connect JSON"]())["run"]
@@ -1029,6 +1013,6 @@ def test_a_large_emit_holds_up_no_one(daemon):
     def large() -> str:
         return str(emit(daemon, "big_payload", project="hostile", payload=payload).event_id)
 
-    event_id, slowest = _slowest_small_call_during(daemon, large)
+    event_id, slowest = slowest_small_call_during(daemon, large)
     assert event_id.startswith("evt_")
     assert slowest < 0.7  # (~1 s when it was parsed on the loop; 0.3-0.4 s on a loaded machine)

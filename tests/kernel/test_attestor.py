@@ -954,6 +954,47 @@ async def test_a_runs_attestations_are_rows_duckdb_alone_gets_and_custom_ones_ar
     ]
 
 
+async def test_a_custom_attestation_of_many_values_is_made_off_the_trio_thread(
+    tmp_path, monkeypatch
+):
+    """A gate decision's claims of many values: its job (their canonical JSON) is made on a
+    worker thread (130,000 evals held the loop ~0.5 s), a small one's on the trio thread."""
+    import threading
+
+    import trio
+    from foundry.kernel.actors.attestor import actor
+    from foundry.kernel.actors.attestor.messages import AttestCustom, GetAttestations
+    from foundry.kernel.actors.mailbox import ask
+
+    made_on: dict[str, str] = {}
+    real = actor.job_of
+
+    def job_of(notice, daemon_version):
+        made_on[notice.record_id] = threading.current_thread().name
+        return real(notice, daemon_version)
+
+    monkeypatch.setattr(actor, "job_of", job_of)
+    pair = keys.load_or_create(tmp_path)
+    large = {"effect": "deny", "failing": [f"m{i}" for i in range(3_000)]}
+    notices = [AttestCustom("gate_decision", g, "", c, AT)
+               for g, c in (("small", {"effect": "allow"}), ("large", large))]  # fmt: skip
+    ids = tuple(custom_attestation_id("gate_decision", n.record_id) for n in notices)
+    store = FakeStore((), {})
+    store_send, store_receive = trio.open_memory_channel[object](16)
+    inbox_send, inbox_receive = trio.open_memory_channel[object](16)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.serve, store_receive)
+        await nursery.start(actor.Attestor(pair, inbox_receive, store_send).run)  # type: ignore[arg-type]
+        for notice in notices:
+            inbox_send.send_nowait(notice)
+        found = await ask(inbox_send, lambda r: GetAttestations(ids, r))  # type: ignore[arg-type]
+        inbox_send.close()
+    assert [a.attestation_id for a in found] == list(ids)
+    assert found[1].claims["claims"]["failing"][2_999] == "m2999"
+    assert made_on["small"] == threading.main_thread().name
+    assert made_on["large"] != threading.main_thread().name
+
+
 def test_run_attestation_ids_are_distinct_for_distinct_run_and_seq():
     pairs = [("run_a", 12), ("run_a_1", 2), ("run_a", 1), ("run_b", 12), ("run_a1", 2)]
     ids = [run_attestation_id(run_id, seq) for run_id, seq in pairs]

@@ -49,7 +49,7 @@ from foundry.kernel.core.attest_records import (
     SpooledAttestationRows,
     run_attestation_id,
 )
-from foundry.kernel.core.governance import EvalScenarioRecord
+from foundry.kernel.core.governance import EvalScenarioRecord, GateDecisionRecord
 from foundry.kernel.core.ids import compact_json, event_id
 from foundry.kernel.core.records import Event, ExecutionRecord, FinishedChain, trace_rows
 from foundry.kernel.core.run_control import RunListQuery
@@ -1481,3 +1481,14 @@ async def test_a_record_of_many_values_is_encoded_off_the_trio_thread(tmp_path, 
     assert tables_record_is_large(large)
     assert tables_record_is_large(labelled)
     assert not tables_record_is_large(small)
+
+
+
+def test_a_gate_decision_of_many_values_is_a_large_record():
+    """(Its row's JSON made on the trio thread held the loop 0.7 s for 130,000 evals.)"""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    small = GateDecisionRecord("g1", "c", "r", "allow", (), (), {}, {}, {}, "me", at)
+    evals = {"failing_metrics": [f"m{i}" for i in range(3_000)]}
+    assert not tables_record_is_large(small)
+    assert tables_record_is_large(dataclasses.replace(small, scorecard={"evals": evals}))
+    assert tables_record_is_large(dataclasses.replace(small, telemetry={"a": [None] * 3_000}))

@@ -33,6 +33,7 @@ from grpclib import GRPCError
 from grpclib.const import Status
 
 from tests.daemon import Daemon
+from tests.e2e.helpers import slowest_small_call_during
 from tests.helpers import process_gone, wait_until
 from tests.runs.helpers import (
     RESEARCH,
@@ -268,6 +269,32 @@ def test_get_attestations_refuses_an_empty_list_and_names_unknown_ids(daemon):
     missing = rpc_error(daemon, lambda rt: rt.get_attestations(request))
     assert_error(missing, Status.NOT_FOUND, "att_nope", "att_gone")
     assert known not in (missing.message or "")
+
+
+def test_a_large_gate_decisions_attestation_holds_up_no_one_and_its_reply_is_bounded(daemon):
+    """A gate decision of 20,000 evals: its attestation's claims hold them all (an 8 MB reply),
+    made and serialized on a worker thread (on the loop, 130,000 evals' reply of 55 MB held
+    every other client 4 s); its id asked for more often than 64 MB of signed statements is
+    refused, naming the field (20 times over came to 1.1 GB: 90 s of the loop)."""
+    evals = [api.EvalMetric(name=f"m{i}", score=0.1, threshold=0.5) for i in range(20_000)]
+    request = api.CheckChangeGateRequest(change_id="large", revision="r1", evals=evals)
+    decision = daemon.call(lambda _, rt: rt.check_change_gate(request)).decision
+    attestation_id = custom_attestation_id(GATE_DECISION, decision.gate_id)
+    once = api.GetAttestationsRequest(attestation_ids=[attestation_id])
+    reply, slowest = slowest_small_call_during(
+        daemon, lambda: daemon.call(lambda _, rt: rt.get_attestations(once))
+    )
+    [got] = reply.attestations
+    assert got.attestation_id == attestation_id
+    scorecard = got.claims.to_dict()["claims"]["scorecard"]
+    assert len(scorecard["evals"]["failing_metrics"]) == 20_000
+    assert slowest < 0.5
+    copies = (64 << 20) // len(got.signature) + 1
+    many = api.GetAttestationsRequest(attestation_ids=[attestation_id] * copies)
+    refused = rpc_error(daemon, lambda rt: rt.get_attestations(many))
+    assert_error(refused, Status.RESOURCE_EXHAUSTED, "attestation_ids", "ask for fewer")
+    twice = api.GetAttestationsRequest(attestation_ids=[attestation_id] * 2)
+    assert len(daemon.call(lambda _, rt: rt.get_attestations(twice)).attestations) == 2
 
 
 def test_pubkey_works_offline_and_matches_the_envelopes_key_id(daemon):
