@@ -221,9 +221,9 @@ class LargeLease:
         bounded look: what is not measured yet is not measured here)."""
         outputs = run.outputs()
         if json_values_past((spec.inputs,)):  # its references are looked for on the thread
-            taken = dict(outputs)
-            sizes = {i: n for i, n in run.output_sizes.items() if i in taken}
-            return cls(spec.inputs, None, run.submission.inputs, taken, sizes, run.inputs_size)
+            every = dict(outputs)
+            sizes = {i: n for i, n in run.output_sizes.items() if i in every}
+            return cls(spec.inputs, None, run.submission.inputs, every, sizes, run.inputs_size)
         paths = step_references(run, spec)
         taken: dict[str, Any] = {}
         measured, unmeasured = 0, []  # each reference counted as often as it appears

@@ -1483,7 +1483,6 @@ async def test_a_record_of_many_values_is_encoded_off_the_trio_thread(tmp_path, 
     assert not tables_record_is_large(small)
 
 
-
 def test_a_gate_decision_of_many_values_is_a_large_record():
     """(Its row's JSON made on the trio thread held the loop 0.7 s for 130,000 evals.)"""
     at = datetime(2026, 1, 1, tzinfo=UTC)

@@ -345,7 +345,7 @@ class Attestor:
         """Each notice's job (``drafting.py``) and meta, in order: on the trio thread (``CHUNK``
         at a time, then the others' turn) — except two kinds, made on a worker thread after: an
         artifact's (it reads the file) and a run's (it walks the whole run)."""
-        made: list[tuple[Job, Meta] | Attest | None] = []
+        made: list[tuple[Job, Meta] | Attest | AttestCustom | None] = []
         later = False
         for start in range(0, len(notices), CHUNK):
             if start:

@@ -739,7 +739,7 @@ class Scheduler:
         # not now (it did — a mutator's side effect for a failed run). The driver looks at it
         # again: it pauses the run, starts once resumed, ends skipped, or the next start
         # leases it.
-        return not _leased_ever(step) and (
+        return not _leased_ever(step) and bool(
             run.status == "PAUSED_AT_STEP" or run.stops_at(step) or run.failed
             or self._stopping.is_set()
         )  # fmt: skip

@@ -20,6 +20,7 @@ from contextlib import aclosing
 from functools import partial
 from typing import Any, Generic, TypeVar
 
+import betterproto2
 import trio
 from foundry.kernel.actors.attestor.messages import GetAttestations
 from foundry.kernel.actors.gate.messages import (
@@ -630,7 +631,7 @@ async def encoded_run(view: RunView) -> bytes:
     return _run_bytes(view)
 
 
-M = TypeVar("M")
+M = TypeVar("M", bound=betterproto2.Message)
 
 
 async def _reply_off_loop(make: Callable[[], M]) -> M:
