@@ -15,7 +15,9 @@ from typing import Any
 
 from foundry.kernel.core.dag import (
     SEED_BITS,
+    Dag,
     EnvAllowance,
+    StepSpec,
     check_patch_references,
     check_step_env,
 )
@@ -29,7 +31,7 @@ from foundry.kernel.core.planner import (
     patch_bytes,
     recorded_total,
 )
-from foundry.kernel.core.runs import RunState, RunSubmission, merge_patch, patched_spec
+from foundry.kernel.core.runs import RunState, RunSubmission, StepState, merge_patch, patched_spec
 from foundry.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 
 
@@ -70,7 +72,15 @@ def patch_payload(
     env the old one allowed and the new one does not. The inputs as patched are held to
     ``max_step`` JSON bytes, and what the event records (the patch and the inputs before it)
     counts toward the run's ``max_run`` (:func:`patch_bytes`): patches merged into one step,
-    each recording all before it, grew a run past its limit (313 MB), refused only at resume."""
+    each recording all before it, grew a run past its limit (313 MB), refused only at resume.
+    In three parts, the middle one pure (a large patch's is made on a worker thread)."""
+    step = patchable_step(run, step_id)
+    made = made_patch(run.dag, step.spec, inputs_patch, env, model, note, max_step)
+    return finished_patch(run, step_id, made, env_allowance, max_run)
+
+
+def patchable_step(run: RunState, step_id: str) -> StepState:
+    """The step a PatchStep may patch now (FailedPrecondition or NotFound saying why not)."""
     step = run.steps.get(step_id)
     if step is None:
         raise NotFound(f"step_id: no step {quoted(step_id)} in run {run.run_id}")
@@ -90,30 +100,65 @@ def patch_payload(
             "stopped, and is leased again as it was; only steps that have not run yet can be "
             "patched"
         )
-    patched = patched_spec(step.spec, inputs_patch, env, model)
+    return step
+
+
+@dataclass(frozen=True, slots=True)
+class MadePatch:
+    """A PatchStep's step as patched, its event's payload and the JSON bytes it records."""
+
+    spec: StepSpec  # the step's spec it was made from
+    patched: StepSpec
+    payload: dict[str, Any]
+    recorded: int
+
+
+def made_patch(
+    dag: Dag,
+    spec: StepSpec,
+    inputs_patch: Mapping[str, Any] | None,
+    env: Mapping[str, Any] | None,
+    model: str | None,
+    note: str,
+    max_step: int = MAX_STEP_BYTES,
+) -> MadePatch:
+    """The patch of a step (``spec``) made and checked, reading nothing else: a worker thread
+    makes a large one (an inputs_patch of 180,000 keys held the loop 2-4 s)."""
+    patched = patched_spec(spec, inputs_patch, env, model)
     size = len(compact_json(patched.inputs)) if inputs_patch else 0
     if size > max_step:
         raise InvalidArgument(f"inputs_patch: the step's inputs would be {size:,} bytes of JSON "
                               f"once patched, over the step limit of {max_step:,} "
                               "([scheduler] max_step_bytes)")  # fmt: skip
-    if patched.env:
-        check_step_env(step_id, patched.env, env_allowance(patched))
     if inputs_patch:
-        check_patch_references(run.dag, step_id, patched.inputs)
+        check_patch_references(dag, spec.id, patched.inputs)
     payload = {
         "inputs_patch": dict(inputs_patch or {}),
         "env": dict(env or {}),
         "model": model,
         "note": note,
-        "previous": {"inputs": step.spec.inputs, "env": dict(step.spec.env),
-                     "model": step.spec.model},
+        "previous": {"inputs": spec.inputs, "env": dict(spec.env), "model": spec.model},
         "source": "PatchStep",
-    }  # fmt: skip
-    if recorded_total(run) + patch_bytes(payload) > max_run:
+    }
+    return MadePatch(spec, patched, payload, patch_bytes(payload))
+
+
+def finished_patch(
+    run: RunState,
+    step_id: str,
+    made: MadePatch,
+    env_allowance: EnvAllowance = lambda _: frozenset(),
+    max_run: int = MAX_RUN_BYTES,
+) -> dict[str, Any]:
+    """The ``step_patched`` payload of a patch made, if the step's env allows it and the run's
+    budget has room for what it records."""
+    if made.patched.env:
+        check_step_env(step_id, made.patched.env, env_allowance(made.patched))
+    if recorded_total(run) + made.recorded > max_run:
         raise InvalidArgument(f"inputs_patch: recording this patch would take the run's "
                               f"recorded step inputs and outputs past {max_run:,} bytes of JSON "
                               "([scheduler] max_run_bytes)")  # fmt: skip
-    return payload
+    return made.payload
 
 
 def check_resumable(run: RunState) -> str:

@@ -45,7 +45,7 @@ from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.dag import parse_dag
 from foundry.kernel.core.runs import TERMINAL_KINDS, RunEventRecord, RunState, RunSubmission
-from foundry.kernel.errors import FailedPrecondition, Unavailable
+from foundry.kernel.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -1261,10 +1261,11 @@ LARGE_OUTPUT = {f"k{i}": i for i in range(20_000)}  # ~250 KB of JSON, 20,000 va
 
 @pytest.fixture
 def json_made_on_the_loop(monkeypatch) -> list[int]:
-    """The sizes of the planner's JSON texts of 64 KiB or more made on the trio thread."""
+    """The sizes of the planner's and run control's JSON texts of 64 KiB or more made on the
+    trio thread."""
     import threading
 
-    from foundry.kernel.core import planner
+    from foundry.kernel.core import planner, run_control
 
     made: list[int] = []
     real = planner.compact_json
@@ -1276,6 +1277,7 @@ def json_made_on_the_loop(monkeypatch) -> list[int]:
         return text
 
     monkeypatch.setattr(planner, "compact_json", compact_json)
+    monkeypatch.setattr(run_control, "compact_json", compact_json)
     return made
 
 
@@ -1385,6 +1387,27 @@ async def test_a_large_lease_made_across_a_patch_of_its_step_is_made_again(
     assert done.kind == "run_succeeded", done.payload
     [leased] = [e for e in h.store.events(run_id, "step_leased") if e.step_id == "b"]
     assert (leased.payload["inputs"]["k"], leased.payload["inputs"]["v"]) == (7, "new")
+
+
+async def test_a_large_patch_is_made_off_the_trio_thread(tmp_path, json_made_on_the_loop):
+    """A PatchStep of many values is merged, measured and checked on a worker thread (an
+    inputs_patch of 180,000 keys held the loop 2-4 s, a hunt); the step runs as patched, and a
+    patch past the step limit is refused naming the field."""
+    many = {f"k{i}": i for i in range(20_000)}
+    config = SchedulerConfig(max_concurrent_steps=4, max_step_bytes=400_000)
+    async with running_scheduler(tmp_path, [EchoesInputs()], config=config) as h:
+        run_id = await h.submit([step("a", "echoes", inputs={"v": 1})], breakpoints=("a",))
+        await h.store.until(run_id, "run_paused")
+        over = {"x": many, "y": many}  # ~500 KB
+        with pytest.raises(InvalidArgument, match="inputs_patch: .* over the step limit"):
+            await ask(h.inbox, lambda r: PatchStep(run_id, "a", over, None, None, "", r))
+        await ask(h.inbox, lambda r: PatchStep(run_id, "a", {"x": many}, None, None, "", r))
+        await ask(h.inbox, lambda r: ResumeRun(run_id, r))
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+        view = await h.get(run_id)
+    assert done.kind == "run_succeeded", done.payload
+    assert view.steps[0].output == {"v": 1, "x": many}
+    assert json_made_on_the_loop == []
 
 
 async def test_many_references_to_a_moderate_output_make_a_large_lease(

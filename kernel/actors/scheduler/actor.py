@@ -95,7 +95,6 @@ from foundry.kernel.core.planner import (
     note_inputs,
     note_output,
     output_refused,
-    patch_bytes,
     recorded_total,
     recover,
     restarted_in_pause,
@@ -105,12 +104,15 @@ from foundry.kernel.core.planner import (
 )
 from foundry.kernel.core.records import RAW_OUTPUT_CHARS
 from foundry.kernel.core.run_control import (
+    MadePatch,
     RunSummary,
     branch_submission,
     check_cancelable,
     check_resumable,
+    finished_patch,
+    made_patch,
     new_breakpoints,
-    patch_payload,
+    patchable_step,
     reusable_steps,
     run_ending,
     run_page,
@@ -1147,13 +1149,32 @@ class Scheduler:
 
     async def _patch(self, message: PatchStep) -> str:
         run = await self._target(message.run_id)
-        payload = patch_payload(
-            run, message.step_id, message.inputs_patch, message.env, message.model, message.note,
-            self._env_allowed, self._config.max_step_bytes, self._config.max_run_bytes,
-        )  # fmt: skip
-        note_inputs(run, patch_bytes(payload))  # before the event: its run may count its log
+        made = await self._made_patch(run, message)
+        payload = finished_patch(
+            run, message.step_id, made, self._env_allowed, self._config.max_run_bytes
+        )
+        note_inputs(run, made.recorded)  # before the event: its run may count its log
         await (await self._record_durable(run, "step_patched", message.step_id, **payload)).wait()
         return message.step_id
+
+    async def _made_patch(self, run: RunState, message: PatchStep) -> MadePatch:
+        """A PatchStep's patch made and checked: a large one (its patch or the inputs it
+        records) on a worker thread, made again if another patch of the step came meanwhile."""
+        patch = message.inputs_patch, message.env, message.model, message.note
+        while True:
+            spec = patchable_step(run, message.step_id).spec
+            if not json_values_past((spec.inputs, message.inputs_patch, message.env)):
+                return made_patch(run.dag, spec, *patch, self._config.max_step_bytes)
+            try:
+                made = await in_thread(
+                    made_patch, run.dag, spec, *patch, self._config.max_step_bytes
+                )
+            except InvalidArgument:
+                if patchable_step(run, message.step_id).spec is spec:
+                    raise
+                continue  # (refused as the step was: it is patched since)
+            if patchable_step(run, message.step_id).spec is spec:  # (still paused, pending)
+                return made
 
     async def _resume(self, message: ResumeRun) -> tuple[str, str]:
         run = await self._target(message.run_id)
