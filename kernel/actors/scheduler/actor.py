@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,8 @@ from foundry.kernel.core.run_control import (
     MadePatch,
     RunSummary,
     branch_submission,
+    branched_values,
+    check_branchable,
     check_cancelable,
     check_resumable,
     finished_patch,
@@ -1188,17 +1191,19 @@ class Scheduler:
 
     async def _branch(self, message: BranchRun) -> str:
         source = await self._target(message.run_id)
+        check_branchable(source, message.from_step)
+        sub, patches = source.submission, (message.inputs_patch, message.labels_patch)
+        made = partial(branched_values, sub, *patches, self._config.max_step_bytes)
+        large = json_values_past((sub.inputs, sub.labels, *patches))
         submission = branch_submission(
             source,
             run_id=new_run_id(),
             from_step=message.from_step,
             seed_mode=message.seed_mode,
             seed=message.seed,
-            inputs_patch=message.inputs_patch,
-            labels_patch=message.labels_patch,
+            values=await in_thread(made) if large else made(),  # (180,000 keys: 1.4 s)
             note=message.note,
             created_at=self._clock.now(),
-            max_inputs_bytes=self._config.max_step_bytes,
         )
         submission = _traced(submission)  # a branch is a run of its own: a trace of its own
         run = RunState.new(submission, source.dag)
