@@ -1437,6 +1437,31 @@ async def test_a_large_branch_is_made_off_the_trio_thread(tmp_path, json_made_on
     assert json_made_on_the_loop == []
 
 
+async def test_a_cancel_while_a_large_lease_is_made_keeps_the_runs_events_in_order(
+    tmp_path, lease_gate
+):
+    """The driver made "b"'s small lease event, then waited for "c"'s large lease: the
+    CancelRun's event, made meanwhile, reached the store ahead of it, and a live tapper (which
+    keeps only events past the last it sent) lost "b"'s lease (a review). Every lease is now
+    made before their events: "b" is held back by the cancel."""
+    inputs = {f"r{i}": "${steps.a.output}" for i in range(3)}
+    with trio.fail_after(60):  # (the real clock: the harness's bound is virtual seconds)
+        async with running_scheduler(tmp_path, [Returns(LARGE_OUTPUT), EchoesInputs()]) as h:
+            run_id = await h.submit(
+                [step("a", "returns"), step("b", "echoes", after=("a",), inputs={"k": 1}),
+                 step("c", "echoes", after=("a",), inputs=inputs)]
+            )  # fmt: skip
+            await trio.sleep(0.5)  # "a" ended; "c"'s lease waits at the gate
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, h.inbox, lambda r: CancelRun(run_id, "enough", r))
+                await h.store.until(run_id, "cancel_requested")
+                lease_gate.set()
+            await h.store.until(run_id, *TERMINAL_KINDS)
+    seqs = [e.seq for e in h.store.events(run_id)]
+    assert seqs == sorted(seqs)
+    assert [e.step_id for e in h.store.events(run_id, "step_leased")] == ["a"]
+
+
 async def test_many_references_to_a_moderate_output_make_a_large_lease(
     tmp_path, json_made_on_the_loop
 ):

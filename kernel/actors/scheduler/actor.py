@@ -583,19 +583,36 @@ class Scheduler:
         A step with a free concurrency slot is leased here, its lease appended with the others'
         in one write, before its task starts (the task's start then overlaps the commit a
         mutator waits for; on a chain the lease joins its predecessor's completion in the
-        store's next group). A step without a slot, or whose lease fails, leases in its task."""
+        store's next group). A step without a slot, or whose lease fails, leases in its task.
+        Every lease is made (a large one around a worker thread) before any of their events:
+        an event of the run made meanwhile (a CancelRun's) would reach the store ahead of one
+        made before it, and a live tapper lost the one behind (a review)."""
+        made: list[tuple[StepState, Any, Lease, object]] = []
+        try:
+            for step in plan.steps:
+                busy.add(step.spec.id)
+                ahead = await self._lease_ahead(run, step)
+                if ahead is None:
+                    steps.start_soon(self._run_step, run, step, done)
+                else:
+                    made.append((step, *ahead))
+        except BaseException:
+            for *_, slot in made:
+                self._limiter.release_on_behalf_of(slot)
+            raise
         records: list[Any] = []
         notices: list[Attest] = []
         leased: list[tuple[StepState, _Leased]] = []
-        for step in plan.steps:
-            busy.add(step.spec.id)
-            ready = await self._lease_ahead(run, step)
-            if ready is None:
+        for step, block, lease_made, slot in made:
+            if self._held_back(run, step):  # (cancelled while a later lease was made)
+                self._limiter.release_on_behalf_of(slot)
                 steps.start_soon(self._run_step, run, step, done)
-            else:
-                records.extend(ready.records)
-                notices.extend(ready.notices)
-                leased.append((step, ready))
+                continue
+            ready = self._leased(run, step, block, lease_made)
+            ready.slot = slot
+            records.extend(ready.records)
+            notices.extend(ready.notices)
+            leased.append((step, ready))
         if leased:
             try:
                 durable = await self._append_leases(run, records, [r for _, r in leased])
@@ -780,11 +797,14 @@ class Scheduler:
         await self._send_store(Append(tuple(records), tuple(records)))
         return None
 
-    async def _lease_ahead(self, run: RunState, step: StepState) -> _Leased | None:
-        """The driver's lease of a ready step, holding a concurrency slot for it (borrowed by
-        its ``slot``); None when no slot is free, its block is gone, its inputs do not resolve
-        or (a large lease: made on a worker thread meanwhile) it is held back now; its task
-        then leases it, or fails it, itself. A small lease takes no turn of the loop."""
+    async def _lease_ahead(
+        self, run: RunState, step: StepState
+    ) -> tuple[Any, Lease, object] | None:
+        """The driver's lease of a ready step (its block, the lease, and the concurrency slot
+        held for it, borrowed by that object; no event made yet); None when no slot is free, its
+        block is gone, its inputs do not resolve or (a large lease: made on a worker thread
+        meanwhile) it is held back now; its task then leases it, or fails it, itself. A small
+        lease takes no turn of the loop."""
         block = self._registry.by_name.get(step.spec.type)
         if block is None:
             return None
@@ -803,9 +823,7 @@ class Scheduler:
         if leased is None:
             self._limiter.release_on_behalf_of(slot)
             return None
-        ready = self._leased(run, step, block, leased)
-        ready.slot = slot
-        return ready
+        return block, leased, slot
 
     def _leased(self, run: RunState, step: StepState, block: Any, leased: Lease) -> _Leased:
         """Make the events of a lease: the lease, and for a tool step its capability token
