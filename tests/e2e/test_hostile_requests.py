@@ -1011,7 +1011,7 @@ def test_reading_a_run_of_a_large_output_holds_up_no_one(daemon, channel):
     for name, read in readings.items():
         reply, slowest = slowest_small_call_during(daemon, read)
         assert len(reply) > 300_000, name  # (150,000 nulls each way: 2 bytes a null at least)
-        assert slowest < 0.5, (name, slowest)  # (~0.75 s when it was made on the loop)
+        assert slowest < 0.7, (name, slowest)  # (0.75-24 s on the loop; 0.05-0.5 s loaded)
     run = json.loads(readings["GetRun Connect JSON"]())["run"]
     assert run["steps"][0]["output"] == nulls
     # JSON made from the message, as a small run's (its bytes parsed back made 7 a 7.0, and
