@@ -905,7 +905,7 @@ def test_a_signing_process_signs_and_ends_with_a_killed_daemon(make_daemon):
 
 SLOW_NOTE = """
 [store]
-materialize_delay = 30
+materialize_delay = 300
 
 [[blocks]]
 name = "slow_note"
@@ -920,7 +920,8 @@ FAN = 200  # observers that finish together: their attestations are one batch, s
 
 def test_a_daemon_killed_with_attestations_on_their_way_makes_them_again_at_start(make_daemon):
     """kill -9 while a run's attestations are signed but not in DuckDB (DuckDB is given them
-    only every 30 s here): a fan of observers' in the spool (a large batch), a chain of slow
+    only every 300 s here: at 30, a loaded CI machine took longer to reach the kill, and the
+    spool was drained by then): a fan of observers' in the spool (a large batch), a chain of slow
     mutators' in the store's memory (batches of one or two). The next start clears the spool,
     re-attests every announced attestation from the stored log and resumes the run; then every
     id the run announced is found, each verifies, and the run's hash chain holds."""
