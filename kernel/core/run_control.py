@@ -55,30 +55,6 @@ def new_breakpoints(
     return [s.id for s in run.dag.steps if s.id in points]
 
 
-def patch_payload(
-    run: RunState,
-    step_id: str,
-    inputs_patch: Mapping[str, Any] | None,
-    env: Mapping[str, Any] | None,
-    model: str | None,
-    note: str,
-    env_allowance: EnvAllowance = lambda _: frozenset(),
-    max_step: int = MAX_STEP_BYTES,
-    max_run: int = MAX_RUN_BYTES,
-) -> dict[str, Any]:
-    """Check a PatchStep and return the ``step_patched`` event payload. ``env_allowance``: the
-    names a step's block lets a run set — asked of the step as patched, with its whole env: a
-    patch of the inputs that picks another block (a shell step's ``command``) must not keep an
-    env the old one allowed and the new one does not. The inputs as patched are held to
-    ``max_step`` JSON bytes, and what the event records (the patch and the inputs before it)
-    counts toward the run's ``max_run`` (:func:`patch_bytes`): patches merged into one step,
-    each recording all before it, grew a run past its limit (313 MB), refused only at resume.
-    In three parts, the middle one pure (a large patch's is made on a worker thread)."""
-    step = patchable_step(run, step_id)
-    made = made_patch(run.dag, step.spec, inputs_patch, env, model, note, max_step)
-    return finished_patch(run, step_id, made, env_allowance, max_run)
-
-
 def patchable_step(run: RunState, step_id: str) -> StepState:
     """The step a PatchStep may patch now (FailedPrecondition or NotFound saying why not)."""
     step = run.steps.get(step_id)
@@ -150,8 +126,14 @@ def finished_patch(
     env_allowance: EnvAllowance = lambda _: frozenset(),
     max_run: int = MAX_RUN_BYTES,
 ) -> dict[str, Any]:
-    """The ``step_patched`` payload of a patch made, if the step's env allows it and the run's
-    budget has room for what it records."""
+    """The ``step_patched`` payload of a patch made (:func:`made_patch` of the step
+    :func:`patchable_step` found), if the step's env allows it and the run's budget has room for
+    what it records. ``env_allowance``: the names a step's block lets a run set — asked of the
+    step as patched, with its whole env: a patch of the inputs that picks another block (a shell
+    step's ``command``) must not keep an env the old one allowed and the new one does not. What
+    the event records (the patch and the inputs before it) counts toward the run's ``max_run``
+    (:func:`patch_bytes`): patches merged into one step, each recording all before it, grew a run
+    past its limit (313 MB), refused only at resume."""
     if made.patched.env:
         check_step_env(step_id, made.patched.env, env_allowance(made.patched))
     if recorded_total(run) + made.recorded > max_run:

@@ -452,7 +452,7 @@ def test_a_step_a_stopped_daemon_interrupted_cannot_be_patched():
     """Pending again after ``step_interrupted``, but it ran (a mutator's side effect may be
     done): a patch let its next attempt repeat it with other inputs than the recorded ones
     (found by a time-travel hunt). A step that never ran can be."""
-    from foundry.kernel.core.run_control import patch_payload
+    from foundry.kernel.core.run_control import finished_patch, made_patch, patchable_step
     from foundry.kernel.errors import FailedPrecondition
 
     run = started(make_run([step("a"), step("b")], breakpoints=["b"]))
@@ -460,5 +460,7 @@ def test_a_step_a_stopped_daemon_interrupted_cannot_be_patched():
     interrupted(run, "a", 1, True)
     run.status = "PAUSED_AT_STEP"  # as a breakpoint leaves it
     with pytest.raises(FailedPrecondition, match="step 'a' ran: attempt 1 was interrupted"):
-        patch_payload(run, "a", {"x": 1}, None, None, "")
-    assert patch_payload(run, "b", {"x": 1}, None, None, "")["inputs_patch"] == {"x": 1}
+        patchable_step(run, "a")
+    spec = patchable_step(run, "b").spec
+    made = made_patch(run.dag, spec, {"x": 1}, None, None, "")
+    assert finished_patch(run, "b", made)["inputs_patch"] == {"x": 1}
