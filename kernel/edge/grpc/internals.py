@@ -497,11 +497,12 @@ def raw_send_data(stream: grpclib.server.Stream[Any, Any]) -> Callable[..., Any]
 
 
 async def send_frames(stream: grpclib.server.Stream[Any, Any], messages: Sequence[bytes]) -> None:
-    """Send serialized messages of the stream's reply type, the small ones gathered into one
-    HTTP/2 DATA write (initial metadata must have been sent). A large one goes out apart,
-    behind its prefix: its bytes are shared by every reader of it (an event's watchers, a run
-    history's tappers), where a batch joined them into a copy for each — 50 tappers reading
-    nothing of a run of 2 MB outputs held 2 GB. Fallback: ``send_message`` per message."""
+    """Send serialized messages of the stream's reply type, the small ones gathered into HTTP/2
+    DATA writes of about ``UNCOPIED_BYTES`` (initial metadata must have been sent). A large one
+    goes out apart, behind its prefix: its bytes are shared by every reader of it (an event's
+    watchers, a run history's tappers), where a batch joined them into a copy for each — 50
+    tappers reading nothing of a run of 2 MB outputs held 2 GB. Fallback: ``send_message`` per
+    message."""
     if not messages:
         return
     send_data = raw_send_data(stream)
@@ -511,13 +512,18 @@ async def send_frames(stream: grpclib.server.Stream[Any, Any], messages: Sequenc
             await stream.send_message(Encoded(message))
         return
     small: list[bytes] = []
+    gathered = 0
     for message in messages:
         if len(message) < UNCOPIED_BYTES:
             small.append(message)
+            gathered += len(message)
+            if gathered >= UNCOPIED_BYTES:  # a stalled reader holds one such copy, not a batch's
+                await send_data(grpc_messages(small))
+                small, gathered = [], 0
             continue
         if small:
             await send_data(grpc_messages(small))
-            small = []
+            small, gathered = [], 0
         # A refusal comes before the prefix goes out (a prefix alone broke the stream); once
         # it is out, the message is sent, or given up with the stream (body_timeout).
         _refuse_a_wait_over_budget(send_data, 5 + len(message))
