@@ -32,15 +32,19 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from foundry.kernel.actors.loop_watch import watch_the_loop
+from foundry.kernel.actors.mailbox import ask
+from foundry.kernel.actors.messages import Mailboxes
 from foundry.kernel.actors.store.actor import release_free_heap
+from foundry.kernel.actors.store.messages import STORE_HEALTH, CommitHealth
 from foundry.kernel.actors.supervisor import open_kernel
-from foundry.kernel.actors.tap.messages import CloseAll
+from foundry.kernel.actors.tap.messages import CloseAll, Subscribe
 from foundry.kernel.blocks.registry import BlockRegistry, load_config_blocks
 from foundry.kernel.config import Config, parse_listen
 from foundry.kernel.edge.connections import connection_budget
 from foundry.kernel.edge.grpc.admin_service import AdminService
 from foundry.kernel.edge.grpc.analytics_service import AnalyticsService
 from foundry.kernel.edge.grpc.foundry_service import FoundryService
+from foundry.kernel.edge.grpc.health import ServingHealth
 from foundry.kernel.edge.grpc.loop import open_grpc_loop
 from foundry.kernel.edge.grpc.runtime_service import RuntimeService
 from foundry.kernel.edge.grpc.server import GrpcServer, bind, start_server
@@ -228,6 +232,7 @@ async def _serve(
             max_connections=max_connections,
             body_timeout=config.body_timeout,
         )
+        nursery.start_soon(_health_follows_the_store, mailboxes, server.health)
         async with _open_http(config, http_sock, services, security, max_connections) as http:
             if http is not None:
                 address = f"{address} {http.address}"  # the ready line: gRPC, then HTTP
@@ -243,6 +248,19 @@ async def _serve(
             await mailboxes.tap.send(CloseAll())  # live streams end before the servers drain
             await _drain(server, http, config.shutdown_grace)
             await server.close()
+
+
+async def _health_follows_the_store(mailboxes: Mailboxes, health: ServingHealth) -> None:
+    """NOT_SERVING while the store cannot commit (a probe takes the daemon out of rotation, where
+    every write it took would be refused); until the tap closes its subscriptions."""
+    changes = await ask(mailboxes.tap, lambda r: Subscribe(STORE_HEALTH, None, r))
+    async with changes:
+        async for change in changes:
+            if isinstance(change, CommitHealth):
+                if not change.committing:
+                    log.warning("health: NOT_SERVING while the store cannot commit (%s)",
+                                change.reason)  # fmt: skip
+                health.store_committing(change.committing)
 
 
 @asynccontextmanager

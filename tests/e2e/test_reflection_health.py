@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,14 +25,16 @@ import pytest
 from foundry.kernel.edge.grpc.reflection import DESCRIPTOR_SET
 from foundry.proto import runtime_api as api
 from google.protobuf import descriptor_pb2
+from grpclib import GRPCError
 from grpclib.client import Channel
+from grpclib.const import Status
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.reflection.v1.reflection_grpc import ServerReflectionStub
 from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
 
 from tests.daemon import REPO
-from tests.e2e.helpers import EVENT_ID
+from tests.e2e.helpers import EVENT_ID, emit, status
 from tests.grpcio_client import raw_call, raw_channel
 from tests.helpers import DEADLINE, wait_until
 from tests.runs.helpers import dag, submit, wait_done
@@ -208,6 +211,41 @@ def test_health_turns_not_serving_as_soon_as_the_daemon_drains(make_daemon, tmp_
     finally:
         replay.join(30)
         daemon.close()
+
+
+def test_health_is_not_serving_while_the_store_cannot_commit(make_daemon):
+    """Its journal deleted under it, the daemon refuses every write (no write it acknowledged
+    could be read by the next start) but its health said SERVING: a probe kept sending it
+    work. grpcio's health client, in a process of its own."""
+    daemon = make_daemon("")
+    try:
+        assert emit(daemon, "before").event_id
+        assert _health(daemon) == "SERVING"
+        shutil.rmtree(daemon.home / "journal")
+        with pytest.raises(GRPCError) as refused:
+            emit(daemon, "after")
+        assert refused.value.status is Status.UNAVAILABLE
+        assert "could not commit a write" in str(refused.value.message)
+        assert _health(daemon) == "NOT_SERVING"
+        assert daemon.process is not None
+        assert daemon.process.poll() is None  # still answering
+        assert status(daemon) == []  # reads are still answered (no block sinks these events)
+    finally:
+        daemon.close()
+
+
+def _health(daemon: Any) -> str:
+    """The whole server's status as grpcio's health client sees it."""
+    code = (
+        "import sys, grpc\n"
+        "from grpc_health.v1 import health_pb2, health_pb2_grpc\n"
+        "stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(sys.argv[1]))\n"
+        "reply = stub.Check(health_pb2.HealthCheckRequest(service=''), timeout=20)\n"
+        "print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, daemon.address], capture_output=True,
+                          text=True, timeout=60, check=True)  # fmt: skip
+    return done.stdout.strip()
 
 
 def _replay(daemon: Any, run_id: str) -> None:

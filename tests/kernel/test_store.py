@@ -1491,3 +1491,45 @@ def test_a_gate_decision_of_many_values_is_a_large_record():
     assert not tables_record_is_large(small)
     assert tables_record_is_large(dataclasses.replace(small, scorecard={"evals": evals}))
     assert tables_record_is_large(dataclasses.replace(small, telemetry={"a": [None] * 3_000}))
+
+
+async def test_the_store_tells_the_tap_when_its_commits_fail_and_when_they_work_again(
+    tmp_path, monkeypatch
+):
+    """The health service follows this (NOT_SERVING while every write is refused); one bad
+    record is not a store that cannot commit, so only the journal's OSErrors count."""
+    from foundry.kernel.actors.store import journal
+    from foundry.kernel.actors.store.messages import CommitHealth
+
+    still_linked = journal._still_linked
+    disk_full = [False]
+
+    def linked_unless_full(fd, directory):
+        if disk_full[0]:
+            raise OSError(28, "No space left on device")
+        still_linked(fd, directory)
+
+    monkeypatch.setattr(journal, "_still_linked", linked_unless_full)
+    tap_send, tap_receive = trio.open_memory_channel(100)
+    store_send, store_receive = trio.open_memory_channel(100)
+    with trio.fail_after(GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(Store(tmp_path, store_receive, tap_send).run)
+            assert await post_now(store_send, [make_event(1)]).wait() is None
+            disk_full[0] = True
+            for n in (2, 3):  # told once, not per write refused
+                with pytest.raises(Unavailable, match="No space left on device"):
+                    await post_now(store_send, [make_event(n)]).wait()
+            disk_full[0] = False
+            assert await post_now(store_send, [make_event(4)]).wait() is None
+            store_send.close()
+    told = []
+    while True:
+        try:
+            told.extend((await tap_receive.receive()).items)
+        except trio.EndOfChannel:
+            break
+    assert [(c.committing, "No space left" in c.reason) for c in told] == [
+        (False, True), (True, False)
+    ]  # fmt: skip
+    assert all(isinstance(c, CommitHealth) for c in told)

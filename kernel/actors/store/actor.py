@@ -54,6 +54,7 @@ from foundry.kernel.actors.store.journal_writer import WriterGone, WriterProcess
 from foundry.kernel.actors.store.messages import (
     Append,
     Barrier,
+    CommitHealth,
     ExportParquet,
     GetStats,
     Pruned,
@@ -273,6 +274,7 @@ class Store:
         self._committing = True  # the commit loop runs: more backlog may come
         self._database = trio.Lock()  # the write connection: materializer or retention
         self._failures = _FailureLog()
+        self._committing = True  # the last commit went through (CommitHealth)
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -531,6 +533,11 @@ class Store:
             if isinstance(message, Barrier):
                 message.reply.send(None)  # every write before it is through its commit
 
+    async def _say_commits_work(self, committing: bool, reason: str = "") -> None:
+        """Tell the tap (the health service) that commits fail now, or work again."""
+        self._committing = committing
+        await self._tap.send(Publish((CommitHealth(committing, reason),)))
+
     async def _commit(self, appends: list[Append], *, submitted: bool = False) -> None:
         """Finish the commit of ``appends`` (``submitted``: its journal job is queued already)."""
         try:
@@ -548,6 +555,8 @@ class Store:
                     await self._commit([append])
                 return
             self._failures.failed(exc)
+            if self._committing and isinstance(exc, OSError):  # the journal cannot write
+                await self._say_commits_work(False, f"{type(exc).__name__}: {exc}")
             error = _client_error(exc, "could not commit a write")
             for append in appends:
                 if append.ack:
@@ -558,6 +567,8 @@ class Store:
         self._commits += 1
         if self._failures.unreported:
             self._failures.succeeded()
+        if not self._committing:
+            await self._say_commits_work(True)
         if tables:
             self._journaled = seq
             self._backlog.append((seq, tables))

@@ -43,6 +43,22 @@ class Append:
 
 
 @dataclass(frozen=True, slots=True)
+class CommitHealth:
+    """Published (tap topic :data:`STORE_HEALTH`) when the store's commits start failing —
+    every write refused: a full disk, its journal deleted under it — and when they work again.
+    The health service reports NOT_SERVING meanwhile."""
+
+    committing: bool
+    reason: str = ""
+
+    tap_topic = "store_health"
+    tap_key = ""
+
+
+STORE_HEALTH = CommitHealth.tap_topic
+
+
+@dataclass(frozen=True, slots=True)
 class Barrier:
     """Answered once every Append sent before it has been committed (or has failed)."""
 

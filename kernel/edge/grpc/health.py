@@ -2,8 +2,10 @@
 
 SERVING for ``""`` (the whole server) and for each service while the daemon takes calls;
 NOT_SERVING from the moment it starts draining, so a load balancer or a Kubernetes probe stops
-sending it work before it goes away. ``Watch`` streams see the change. Health calls need no
-token (a probe has none) and reveal nothing but that status.
+sending it work before it goes away — and while its store cannot commit (every write refused:
+a full disk, its journal deleted under it), SERVING again once a commit goes through. ``Watch``
+streams see the change. Health calls need no token (a probe has none) and reveal nothing but
+that status.
 """
 
 from __future__ import annotations
@@ -24,10 +26,19 @@ class ServingHealth:
     def __init__(self, services: Sequence[Any]) -> None:
         self._status = ServiceStatus()
         self._status.set(True)
+        self._draining = False
+        self._committing = True
         # the health and reflection services answer for themselves too (reflection lists them:
         # a Check of their names was NOT_FOUND); instances here only name them
         named = [*services, Health(), *ServerReflection.extend([])]
         self.service = Health({service: [self._status] for service in named})
 
     def not_serving(self) -> None:
+        """The daemon drains: for good."""
+        self._draining = True
         self._status.set(False)
+
+    def store_committing(self, committing: bool) -> None:
+        """The store's commits fail now (False), or work again."""
+        self._committing = committing
+        self._status.set(committing and not self._draining)
