@@ -142,6 +142,13 @@ CONTROL_RATE = 200.0  # a second
 # each call whose deadline passes (200 at once cut off a client's other calls).
 RESET_BURST = 2_000
 RESET_RATE = 1_000.0
+# WINDOW_UPDATE frames a peer may send at once, and a second after. A client sends them as it
+# reads what the daemon sent: Node, reading a large reply with its 64 KiB windows, ~5,000 a
+# second; grpc-core and browsers, with windows of megabytes, far fewer. 10,000 a second is
+# 160 MB/s read 16 KB at a time. One connection sending them back to back (~170,000 a second)
+# took a core of the daemon and slowed every other client's calls to 0.5-0.7 s.
+WINDOW_BURST = 20_000
+WINDOW_RATE = 10_000.0
 
 
 def control_frames(events: Sequence[Any]) -> int:
@@ -170,11 +177,17 @@ def peer_resets(events: Sequence[Any]) -> int:
     return sum(1 for e in events if type(e) is h2.events.StreamReset and e.remote_reset)
 
 
+def window_updates(events: Sequence[Any]) -> int:
+    """How many WINDOW_UPDATE frames the peer sent among h2's ``events``."""
+    return sum(1 for e in events if type(e) is h2.events.WindowUpdated)
+
+
 # (state key, counter, burst, rate, what the warning names)
 _BUDGETS = (
     ("foundry_control", control_frames, CONTROL_BURST, CONTROL_RATE,
      "control frames (PING, SETTINGS, PRIORITY, unknown or empty frames)"),
     ("foundry_resets", peer_resets, RESET_BURST, RESET_RATE, "stream resets"),
+    ("foundry_windows", window_updates, WINDOW_BURST, WINDOW_RATE, "WINDOW_UPDATE frames"),
 )  # fmt: skip
 
 

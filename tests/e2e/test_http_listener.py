@@ -959,13 +959,21 @@ def _closed_calmly(daemon: Any, closed: bool, events: list[Any]) -> None:
 # frame on an open stream (CVE-2019-9518).
 _UNKNOWN = b"\x00\x00\x00\x42\x00" + struct.pack(">I", 0)
 _EMPTY_DATA = b"\x00\x00\x00\x00\x00" + struct.pack(">I", 1)
+# a WINDOW_UPDATE of the connection's window by one byte
+_WINDOW_UPDATE = b"\x00\x00\x04\x08\x00" + struct.pack(">I", 0) + struct.pack(">I", 1)
 
 
 @pytest.mark.parametrize("listener", ["grpc", "http"])
-@pytest.mark.parametrize("frame", [_UNKNOWN, _EMPTY_DATA], ids=["unknown-type", "empty-data"])
-def test_a_connection_flooding_frames_of_no_answer_is_closed(make_daemon, listener, frame):
+@pytest.mark.parametrize(
+    ("frame", "what"),
+    [(_UNKNOWN, "control frames"), (_EMPTY_DATA, "control frames"),
+     (_WINDOW_UPDATE, "WINDOW_UPDATE frames")],
+    ids=["unknown-type", "empty-data", "window-update"],
+)  # fmt: skip
+def test_a_connection_flooding_frames_of_no_answer_is_closed(make_daemon, listener, frame, what):
     """Unknown-type and empty DATA frames were not counted: four connections sending them for
-    8 s slowed every client of both listeners to 4-12 s (a wire-level hunt)."""
+    8 s slowed every client of both listeners to 4-12 s (a wire-level hunt); nor were
+    WINDOW_UPDATE frames (one connection took a core)."""
     daemon = make_daemon()
     sock, conn = _grpc_h2_client(daemon, listener)
     with sock:
@@ -980,7 +988,7 @@ def test_a_connection_flooding_frames_of_no_answer_is_closed(make_daemon, listen
                 break
         events = [] if closed else _events_until_closed(sock, conn)
     _closed_calmly(daemon, closed, events)
-    wait_until(lambda: "flooded it with HTTP/2 control frames" in daemon.stderr(),
+    wait_until(lambda: f"flooded it with HTTP/2 {what}" in daemon.stderr(),
                what="the flood's warning")  # fmt: skip
     assert "Traceback" not in daemon.stderr()
 
