@@ -139,7 +139,15 @@ class JsonCodec(_CheckedCodec):
             text = bytes(data).decode("utf-8-sig")  # (json.loads of bytes took UTF-16 and 32)
         except UnicodeDecodeError as exc:
             raise WrongField(f"not UTF-8 (byte {exc.start}): JSON is sent as UTF-8") from None
-        document = json.loads(text, object_pairs_hook=once_each)
+        try:
+            document = json.loads(text, object_pairs_hook=once_each)
+        except ValueError as exc:
+            if not _TOO_MANY_DIGITS.search(str(exc)):
+                raise
+            # An integer of more than ``sys.get_int_max_str_digits()`` digits: Python's words
+            # were the answer, naming no field. Read as JSON's number (a double: infinite), the
+            # field it is in refuses it by name as it refuses 1e400.
+            document = json.loads(text, object_pairs_hook=once_each, parse_int=_int_or_infinite)
         if not isinstance(document, dict):
             raise WrongField(f"expected a JSON object, got {type(document).__name__}")
         if _ESCAPED_SURROGATE.search(data):  # only a \uD800-\uDFFF escape makes one
@@ -147,6 +155,17 @@ class JsonCodec(_CheckedCodec):
         message = jsonfast.from_dict(kind, document)
         coerce_json_numbers(message)  # 5 for a double, "42" for an int64: proto3 JSON allows both
         return message
+
+
+_TOO_MANY_DIGITS = re.compile(r"limit \(\d+ digits\) for integer string conversion")
+
+
+def _int_or_infinite(digits: str) -> int | float:
+    """A JSON integer as an int, or one too long for that as a double (±inf)."""
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
 
 
 TOO_DEEP = f"request: JSON nested too deep to read (a value holds at most {MAX_DEPTH} levels)"

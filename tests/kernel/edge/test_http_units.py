@@ -357,6 +357,29 @@ def test_the_json_codec_names_the_field_of_a_wrong_type():
     assert "max_message_bytes" in too_big.value.message
 
 
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [('{"spec": {"dagJson": "{}", "seed": %s}}', "spec.seed: inf is not an integer"),
+     ('{"spec": {"dagJson": "{}", "seed": -%s}}', "spec.seed: -inf is not an integer"),
+     ('{"pageSize": %s}', "page_size: inf is not an integer")],
+)  # fmt: skip
+def test_an_integer_of_more_digits_than_python_reads_is_refused_naming_its_field(body, named):
+    """Python's own words were the answer ("Exceeds the limit (4300 digits) for integer string
+    conversion …; use sys.set_int_max_str_digits()"), naming no field (a hunt)."""
+    kind = runtime_api.ListRunsRequest if "pageSize" in body else runtime_api.SubmitRunRequest
+    with pytest.raises(ConnectError) as refused:
+        JsonCodec(1 << 20).decode((body % ("9" * 5_000)).encode(), kind)
+    assert refused.value.code is Code.INVALID_ARGUMENT
+    assert refused.value.message == f"request: {named}"
+    # in a field the daemon does not know, it is ignored like any other value there
+    assert (
+        JsonCodec(1 << 20)
+        .decode(b'{"runId": "r", "later": %s}' % (b"9" * 5_000), runtime_api.GetRunRequest)
+        .run_id
+        == "r"
+    )
+
+
 # --- origins and errors -------------------------------------------------------------------------
 
 
