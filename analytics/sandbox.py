@@ -23,7 +23,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,11 +257,14 @@ def run_query(
     max_rows: int,
     max_bytes: int = DEFAULT_MAX_BYTES,
     snapshot_gate: AbstractContextManager[Any] | None = None,
+    stopped: Stopped = lambda: False,
 ) -> QueryResult:
     """Check and run one user query on ``cursor`` in a read-only transaction; at most
     ``max_rows`` rows come back, and a reply of at most ``max_bytes`` as protobuf
     (:func:`row_budget`; a first row that does not fit is QueryFailed, a result DuckDB runs out
-    of memory for QueryTooLarge). The caller enforces the time limit (``cursor.interrupt()``).
+    of memory for QueryTooLarge). The caller enforces the time limit: ``cursor.interrupt()``,
+    and ``stopped()`` true from then on (checked between the fetches of the result's rows,
+    which DuckDB's interrupt does not reach: duckdb.InterruptException).
     ``snapshot_gate``: held while the transaction takes its snapshot (the daemon's retention
     holds it from a pass's delete until its files are in the archive: a query whose snapshot
     came in between found those rows in neither)."""
@@ -289,7 +292,7 @@ def run_query(
             # DuckDB takes the snapshot at the transaction's first read of the database
             cursor.execute("SELECT count(*) FROM retention_passes").fetchall()
     try:
-        columns, rows, truncated = _run(cursor, sql, params, max_rows, max_bytes)
+        columns, rows, truncated = _run(cursor, sql, params, max_rows, max_bytes, stopped)
     finally:
         cursor.execute("ROLLBACK")
     elapsed = (time.perf_counter() - started) * 1000
@@ -298,6 +301,7 @@ def run_query(
 
 Columns = tuple[tuple[str, str], ...]
 Rows = tuple[tuple[str, ...], bool]  # the rows' JSON, and whether there were more
+Stopped = Callable[[], bool]  # whether the query was interrupted (its time is up)
 
 # What a reply costs besides its rows' JSON, as protobuf (``QueryResponse``): a row's tag and
 # its length (at most 6 bytes), a column's tags and lengths, and the other fields.
@@ -338,6 +342,7 @@ def _run(
     params: Mapping[str, str],
     max_rows: int,
     max_bytes: int,
+    stopped: Stopped,
 ) -> tuple[Columns, tuple[str, ...], bool]:
     """A SELECT is run wrapped, so that DuckDB stops at ``max_rows`` and drops the rows past the
     byte budget before they reach Python: rendered as JSON by DuckDB where every column's type
@@ -345,12 +350,12 @@ def _run(
     else (EXPLAIN), or a wrapped run DuckDB refuses, runs as written (:func:`_run_as_written`)."""
     try:
         try:
-            wrapped = _run_wrapped(cursor, sql, params, max_rows, max_bytes)
+            wrapped = _run_wrapped(cursor, sql, params, max_rows, max_bytes, stopped)
             if wrapped is not None:
                 return wrapped
         except _AsWritten:
             pass
-        return _run_as_written(cursor, sql, params, max_rows, max_bytes)
+        return _run_as_written(cursor, sql, params, max_rows, max_bytes, stopped)
     except _FirstRowTooLarge as exc:
         raise QueryFailed(_too_large(exc, max_bytes)) from None
 
@@ -361,6 +366,7 @@ def _run_wrapped(
     params: Mapping[str, str],
     max_rows: int,
     max_bytes: int,
+    stopped: Stopped,
 ) -> tuple[Columns, tuple[str, ...], bool] | None:
     text = _select_text(cursor, sql)
     columns = _described(cursor, text, params) if text is not None else None
@@ -369,7 +375,7 @@ def _run_wrapped(
     budget = row_budget(columns, max_bytes)
     rows = _run_as_json(cursor, text, params, columns, max_rows, budget)
     if rows is None:
-        rows = _run_bounded(cursor, text, params, columns, max_rows, budget)
+        rows = _run_bounded(cursor, text, params, columns, max_rows, budget, stopped)
     return columns, *rows
 
 
@@ -451,6 +457,7 @@ def _run_bounded(
     columns: Columns,
     max_rows: int,
     budget: int,
+    stopped: Stopped,
 ) -> Rows:
     """Rows converted by Python, of a query DuckDB stops at ``max_rows`` and at the budget by a
     lower bound of the rows' size (``_guessed``): the rows that may be sent, and a few more."""
@@ -462,7 +469,7 @@ def _run_bounded(
         f"WHERE guess - own <= {budget}"
     )
     result = _execute_wrapped(cursor, kept, params)
-    return _converted(result, columns, max_rows, budget, guessed=True)
+    return _converted(result, columns, max_rows, budget, stopped, guessed=True)
 
 
 def _run_as_written(
@@ -471,6 +478,7 @@ def _run_as_written(
     params: Mapping[str, str],
     max_rows: int,
     max_bytes: int,
+    stopped: Stopped,
 ) -> tuple[Columns, tuple[str, ...], bool]:
     """The statement as written (EXPLAIN, or a query DuckDB refused to run wrapped: its own
     error is reported), its rows converted by Python in batches."""
@@ -484,12 +492,35 @@ def _run_as_written(
     if not columns:
         return columns, (), False
     budget = row_budget(columns, max_bytes)
-    return columns, *_converted(result, columns, max_rows, budget)
+    return columns, *_converted(result, columns, max_rows, budget, stopped)
 
 
-# Rows converted by Python per fetch (DuckDB converts a whole vector of 2,048 rows anyway: the
-# rows that reach this fetch are bounded by the query, ``_guessed``).
+# Rows converted by Python per fetch, at most; and about how long one fetch may take. A fetch
+# converts its rows to Python objects in one call that holds the interpreter lock (every other
+# client of the daemon waits): 1,000 rows of 5,000-entry maps, 12 s. So the first fetch takes
+# one row, and each next one as many as would take about FETCH_SECONDS at the last one's pace
+# (at most eight times as many), checking between them whether the query was stopped.
 FETCH = 1_000
+FETCH_SECONDS = 0.005
+
+
+def _fetched(
+    result: duckdb.DuckDBPyConnection, stopped: Stopped
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The result's rows, a batch at a time (see ``FETCH_SECONDS``); InterruptException once
+    ``stopped()`` says the query was (its time is up): DuckDB's interrupt does not reach a
+    conversion, and a query past its limit of 10 s went on for 60."""
+    size = 1
+    while True:
+        if stopped():
+            raise duckdb.InterruptException("INTERRUPT Error: Interrupted!")
+        started = time.perf_counter()
+        batch = result.fetchmany(size)
+        took = time.perf_counter() - started
+        if not batch:
+            return
+        yield batch
+        size = min(FETCH, size * 8, max(1, int(size * FETCH_SECONDS / max(took, 1e-6))))
 
 
 def _converted(
@@ -497,6 +528,7 @@ def _converted(
     columns: Columns,
     max_rows: int,
     budget: int,
+    stopped: Stopped,
     *,
     guessed: bool = False,
 ) -> Rows:
@@ -507,7 +539,7 @@ def _converted(
     rows: list[str] = []
     used = 0
     try:
-        while batch := result.fetchmany(FETCH):
+        for batch in _fetched(result, stopped):
             for row in batch:
                 if len(rows) == max_rows:
                     return tuple(rows), True
@@ -695,14 +727,33 @@ def _guessed(text: str, columns: Columns, max_rows: int) -> str:
 def _lower_bound(value: str, kind: str, depth: int = 0) -> str:
     """SQL for the least bytes a value's JSON takes, as this module writes it (a comma after it
     is counted apart): a string's length and quotes, a blob's length, a list's (or array's)
-    items and commas, a struct's fields and their names, ``null``'s 4; one byte for any other
-    value (a JSON text, which may be written shorter than it is stored; a map; a union)."""
+    items and commas, a struct's fields and their names, a map's entries (keys distinct as
+    text) and values, ``null``'s 4; a JSON text's commas (it may be written shorter than it is
+    stored), a union's or a value nested deeper than ``MAX_BOUND_DEPTH`` by the separators of
+    its text (:func:`_separators`); one byte for any other value. A map, a union, a deep list
+    counted one byte let a 2,048-row vector of 5,000-entry maps reach Python's conversion,
+    which held the interpreter lock (every other client of the daemon) for 25 s."""
     if kind == "VARCHAR":
         return f"coalesce(strlen({value}) + 2, 4)"
     if kind == "BLOB":
         return f"coalesce(octet_length({value}), 4)"
+    if kind == "JSON":
+        return _separators(value, ",")
+    nested = _item_kind(kind) is not None or bool(struct_fields(kind)) or _is_map(kind)
+    if kind.startswith("UNION(") or (nested and depth >= MAX_BOUND_DEPTH):
+        return _separators(f"CAST({value} AS VARCHAR)", ", ")
     if depth >= MAX_BOUND_DEPTH:
         return "1"
+    if _is_map(kind):
+        item = f"x{depth}"
+        values = (
+            f"list_transform(map_values({value}), lambda {item}: "
+            + _lower_bound(item, _map_value_kind(kind), depth + 1)
+            + ")"
+        )
+        # each entry: its key's quotes and colon, a comma; the braces
+        total = f"4 * cardinality({value}) + 1 + coalesce(list_sum({values}), 0)"
+        return f"CASE WHEN {value} IS NULL THEN 4 ELSE {total} END"
     item_kind = _item_kind(kind)
     if item_kind is not None:
         item = f"x{depth}"
@@ -722,7 +773,38 @@ def _lower_bound(value: str, kind: str, depth: int = 0) -> str:
     return "1"
 
 
-MAX_BOUND_DEPTH = 4  # lists and structs bounded by their parts this deep, by 1 byte below
+MAX_BOUND_DEPTH = 4  # lists, structs and maps bounded by their parts this deep, then by text
+
+
+def _separators(text: str, separator: str) -> str:
+    """SQL for the least bytes of JSON a value written as ``text`` (DuckDB's) takes: one for
+    each ``separator`` in it, and one. Each one of DuckDB's ", " in a nested value's text
+    separates two items (a comma of the JSON) or is in a string (two bytes of it), and each
+    comma of a JSON text is one of the JSON written; DuckDB makes the text, interruptibly,
+    off the interpreter lock."""
+    width = len(separator)
+    return (
+        f"coalesce((strlen({text}) - strlen(replace({text}, '{separator}', ''))) // {width} + 1, 4)"
+    )
+
+
+def _is_map(kind: str) -> bool:
+    return kind.startswith("MAP(") and kind.endswith(")")
+
+
+def _map_value_kind(kind: str) -> str:
+    """The value type of DuckDB's name of a MAP type (``MAP(VARCHAR, INTEGER[])``)."""
+    body, depth, quote = kind[len("MAP(") : -1], 0, ""
+    for i, char in enumerate(body):
+        if char in "\"'" and quote in ("", char):
+            quote = "" if quote else char
+        elif not quote and char in "()":
+            depth += 1 if char == "(" else -1
+        elif not quote and char == "," and depth == 0:
+            return body[i + 1 :].strip()
+    return ""
+
+
 _ARRAY = re.compile(r"(.*)\[\d*\]")  # a list (T[]) or a fixed-size array (T[3]) of T
 
 

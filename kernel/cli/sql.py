@@ -184,12 +184,13 @@ def run_file(
         sandbox.lock_instance(con, path.parent)
     except duckdb.Error as exc:
         raise OSError(sandbox.cut(str(exc))) from None
-    done = threading.Event()
+    done, expired = threading.Event(), threading.Event()
 
     def expire() -> None:
         # again and again: an interrupt between the sandbox's statements is lost (the daemon's
         # store does the same, ``Store._user_query_now``)
         if not done.wait(timeout):
+            expired.set()  # (the sandbox's conversion of rows, which no interrupt reaches)
             con.interrupt()
             while not done.wait(INTERRUPT_AGAIN):
                 con.interrupt()
@@ -197,7 +198,7 @@ def run_file(
     timer = threading.Thread(target=expire, name="foundry-sql-timer", daemon=True)
     timer.start()
     try:
-        return sandbox.run_query(con, sql, params, max_rows, max_bytes)
+        return sandbox.run_query(con, sql, params, max_rows, max_bytes, stopped=expired.is_set)
     except duckdb.InterruptException:
         raise TimeoutError(f"the query ran out of its time limit ({timeout:g} s)") from None
     finally:

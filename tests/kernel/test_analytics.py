@@ -241,6 +241,24 @@ async def test_a_query_past_its_time_limit_is_interrupted(tmp_path):
             assert await rows(store, "SELECT 42") == [[42]]
 
 
+def test_the_conversion_of_rows_stops_between_fetches_once_the_query_is_stopped():
+    """DuckDB's interrupt does not reach the conversion of a result's rows to Python: a query
+    with a limit of 10 s went on for 60 converting them (a hunt). The caller's ``stopped``
+    (the store's interrupter, ``foundry sql``'s timer) is asked between fetches."""
+    from foundry.analytics.sandbox import run_query
+
+    asked: list[bool] = []
+
+    def stopped() -> bool:
+        asked.append(True)
+        return len(asked) > 3
+
+    sql = "SELECT range(300) AS l FROM range(100000)"  # 30 M values: seconds of conversion
+    with pytest.raises(duckdb.InterruptException):
+        run_query(duckdb.connect(), sql, {}, 100_000, 1 << 30, stopped=stopped)
+    assert len(asked) == 4  # three fetches made, the fourth refused
+
+
 async def test_a_limit_that_passes_between_the_sandboxs_statements_still_holds(tmp_path):
     # A 1-5 ms limit often passed while the sandbox was between its own statements (its
     # checks, DESCRIBE, then the query): that one interrupt was lost, and the query ran on with
@@ -437,6 +455,13 @@ def test_rows_past_the_reply_limit_are_never_made(sql):
             id="null structs",
         ),  # fmt: skip
         pytest.param("SELECT []::INTEGER[] AS l FROM range(220)", 220, id="empty lists"),
+        # as many rows as fit exactly: ``{"1":"a"}`` counts 4 bytes an entry, its value's, 1
+        pytest.param("SELECT map([1], ['a']) AS m FROM range(143)", 143, id="maps"),
+        pytest.param("SELECT map() AS m FROM range(243)", 243, id="empty maps"),
+        # deeper than the bound looks: its text's ", " separators, one in the string too
+        pytest.param("SELECT [[[[['a, b', 'c']]]]] AS l FROM range(87)", 87, id="deep lists"),
+        pytest.param("SELECT union_value(k := 'x, y') AS u FROM range(174)", 174, id="unions"),
+        pytest.param("SELECT to_json([1, 2]) AS j FROM range(188)", 188, id="json commas"),
     ],
 )
 async def test_the_size_bound_never_drops_a_row_that_fits(tmp_path, sql, rows):
@@ -447,6 +472,53 @@ async def test_the_size_bound_never_drops_a_row_that_fits(tmp_path, sql, rows):
         reply = await ask(store, lambda r: RunUserQuery(sql, {}, 1_000, 5.0, r, None, 2_500))
         assert len(reply.rows) == rows
         assert not reply.truncated
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        pytest.param("SELECT [[[[[range(1000000)]]]]] AS l", id="nested five deep"),
+        pytest.param("SELECT map(range(300000), range(300000)) AS m", id="map"),
+        pytest.param("SELECT union_value(k := range(1000000)) AS u", id="union"),
+        pytest.param("SELECT to_json(range(1000000)) AS j", id="json"),
+    ],
+)
+def test_a_row_past_the_limit_by_its_bound_is_never_converted(sql):
+    """A map, a union, a JSON text and a value nested more than four deep counted one byte in
+    the bound that keeps rows past the reply limit from Python's conversion, which holds the
+    interpreter lock: a 2,048-row vector of 5,000-entry maps held every other client of the
+    daemon 25 s (a hunt). Refused by its bound ("at least"), it was never converted."""
+    from foundry.analytics.sandbox import QueryFailed, run_query
+
+    with pytest.raises(QueryFailed, match=r"first row is at least \d+ bytes of JSON"):
+        run_query(duckdb.connect(), sql, {}, 10, 1 << 19)  # 512 KiB: each ~7 bytes, counted 1-4
+
+
+def test_rows_are_converted_a_few_at_a_time_letting_other_threads_run():
+    """A fetch converts its rows in one call that holds the interpreter lock: 1,000 rows of
+    1,000-entry maps held it ~2.5 s (every other client of the daemon waited)."""
+    from foundry.analytics.sandbox import run_query
+
+    worst, done = [0.0], threading.Event()
+
+    def tick() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            time.sleep(0.001)
+            now = time.perf_counter()
+            worst[0], last = max(worst[0], now - last), now
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        sql = "SELECT map(range(1000), range(1000)) AS m FROM range(2048)"
+        result = run_query(duckdb.connect(), sql, {}, 10_000)
+    finally:
+        done.set()
+        ticker.join()
+    assert result.truncated
+    assert len(result.rows) > 100
+    assert worst[0] < 0.5, f"the interpreter lock was held {worst[0]:.2f} s at once"
 
 
 def test_struct_fields_are_read_from_duckdbs_type_names():

@@ -1261,7 +1261,7 @@ class Store:
         try:
             result = sandbox.run_query(
                 cursor, message.sql, message.params, message.max_rows, message.max_bytes,
-                self._archive_gate,
+                self._archive_gate, interrupter.interrupted,
             )  # fmt: skip
             healthy = True
             if message.encode_rows is not None:
@@ -1579,12 +1579,18 @@ class _Interrupter:
 
     def __init__(self, cursor: duckdb.DuckDBPyConnection) -> None:
         self._cursor, self._lock, self._done = cursor, threading.Lock(), False
+        self._interrupted = False
 
     def interrupt(self) -> None:
         with self._lock:
+            self._interrupted = True
             if not self._done:
                 with contextlib.suppress(duckdb.Error):
                     self._cursor.interrupt()
+
+    def interrupted(self) -> bool:
+        """Whether the query was interrupted (the sandbox stops converting its rows)."""
+        return self._interrupted
 
     def finish(self) -> None:
         with self._lock:
