@@ -69,9 +69,11 @@ KINDS = {
     "client": Span.SPAN_KIND_CLIENT, "producer": Span.SPAN_KIND_PRODUCER,
     "consumer": Span.SPAN_KIND_CONSUMER,
 }  # fmt: skip
-# W3C "sampled", and "the parent is known not to be remote" (our spans' parents are ours, or the
-# caller's that came in the Emit: the SDK marked neither remote either).
+# W3C "sampled", and whether the parent is remote is known: our spans' parents are ours, but a
+# chain root's may be the caller's (its Emit's traceparent), which is marked remote, as the SDK
+# marks a span whose parent context a propagator extracted.
 FLAGS = 0x01 | SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
+REMOTE_PARENT_FLAGS = FLAGS | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 STATUS_ERROR = Status.STATUS_CODE_ERROR
 # The AnyValue field of each attribute type (by exact type: a bool is no int here).
 VALUE_FIELDS = {str: "string_value", bool: "bool_value", int: "int_value", float: "double_value"}
@@ -125,7 +127,7 @@ def add_span(spans: Any, record: SpanRecord) -> None:
 
 
 def _add_span(spans: Any, record: SpanRecord) -> None:
-    trace_id, span_id, parent_id, name, kind, start, end, ok, error, names, values = record
+    trace_id, span_id, parent_id, name, kind, start, end, ok, error, names, values, remote = record
     try:
         trace, own, parent = map(bytes.fromhex, (trace_id, span_id, parent_id))
     except ValueError:  # not hex
@@ -135,7 +137,7 @@ def _add_span(spans: Any, record: SpanRecord) -> None:
     span = spans.add(
         trace_id=trace, span_id=own, parent_span_id=parent, name=name[:TEXT_CHARS],
         kind=KINDS.get(kind, Span.SPAN_KIND_INTERNAL), start_time_unix_nano=start,
-        end_time_unix_nano=end, flags=FLAGS,
+        end_time_unix_nano=end, flags=REMOTE_PARENT_FLAGS if remote and parent else FLAGS,
     )  # fmt: skip
     if not ok:
         span.status.code = STATUS_ERROR

@@ -110,7 +110,7 @@ def chain(**extra: object) -> ChainEnded:
 def spans_of(message: TelemetryMessage) -> Iterator[SpanEnded]:
     """What the actor writes for ``message``, read back as spans (attributes as pairs)."""
     for record in records_of(message):
-        *head, error, names, values = record
+        *head, error, names, values, _remote_parent = record
         yield SpanEnded(*head, attributes=tuple(zip(names, values, strict=True)), error=error)
 
 
@@ -444,6 +444,7 @@ def test_a_record_becomes_an_otlp_span_with_our_ids_and_parent():
     )  # fmt: skip
     assert spans["block Compose"].status.code == Status.STATUS_CODE_UNSET
     assert spans["workflow greet_requested"].parent_span_id.hex() == CALLER
+    assert spans["workflow greet_requested"].flags & SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
     assert spans["chat small"].kind == Span.SPAN_KIND_CLIENT
     no_parent = chain(events=(event(ROOT, "", "greet_requested"),), executions=())
     assert otlp_spans(encoded(no_parent))["workflow greet_requested"].parent_span_id == b""
@@ -468,7 +469,8 @@ def test_equal_values_of_other_types_keep_their_types():
     values = (True, 1, 1.0, "1", False, 0, 0.0, "0")
     batch = Batch(resource("foundry"))
     for value in values:
-        add_span(batch.spans, (TRACE, ROOT, "", "s", "internal", 1, 2, True, "", ("v",), (value,)))
+        record = (TRACE, ROOT, "", "s", "internal", 1, 2, True, "", ("v",), (value,), False)
+        add_span(batch.spans, record)
     found = [otlp_attributes(span)["v"] for span in batch.spans]
     assert [(type(v), v) for v in found] == [(type(v), v) for v in values]
 
@@ -482,7 +484,7 @@ def test_attributes_stay_right_as_their_encodings_come_and_go(monkeypatch):
     values: list[tuple[object, ...]] = [(f"evt_{n}", n, n % 2 == 0, n / 4) for n in range(40)]
     for value in values:
         add_span(batch.spans, (TRACE, ROOT, "", "s", "internal", 1, 2, True, "",
-                               ("id", "n", "even", "x"), value))  # fmt: skip
+                               ("id", "n", "even", "x"), value, False))  # fmt: skip
     request = ExportTraceServiceRequest.FromString(batch.request.SerializeToString())
     found = [tuple(otlp_attributes(span).values()) for span in otlp_spans_all(request)]
     assert found == values
@@ -499,14 +501,19 @@ def by_name_all(*messages: TelemetryMessage) -> dict[str, SpanEnded]:
 
 def test_the_spans_are_the_ones_the_sdk_would_encode():
     """Built straight from records, the spans match the SDK encoder's for the same span (but for
-    the trace flags in ``flags``, which the SDK leaves out, and its empty unset status)."""
+    the trace flags in ``flags``, which the SDK leaves out, and its empty unset status) — the
+    workflow's parent, the caller's span, marked remote as the SDK marks a parent a propagator
+    extracted (it was marked not remote)."""
     found = Resource.create({"service.name": "foundry"})
+    remote = []
     for record in records_of(chain()):
-        trace_id, span_id, parent_id, name, kind, start, end, ok, error, names, values = record
+        (trace_id, span_id, parent_id, name, kind, start, end, ok, error, names, values,
+         remote_parent) = record  # fmt: skip
+        remote.append(remote_parent)
         context = SpanContext(int(trace_id, 16), int(span_id, 16), False, TraceFlags(1))
+        parent = SpanContext(int(trace_id, 16), int(parent_id, 16), remote_parent, TraceFlags(1))
         sdk_span = ReadableSpan(
-            name=name, context=context, resource=found, kind=SpanKind.INTERNAL,
-            parent=SpanContext(int(trace_id, 16), int(parent_id, 16), False, TraceFlags(1)),
+            name=name, context=context, resource=found, kind=SpanKind.INTERNAL, parent=parent,
             attributes=dict(zip(names, values, strict=True)), start_time=start, end_time=end,
             status=Status_(StatusCode.UNSET if ok else StatusCode.ERROR, error or None),
             instrumentation_scope=InstrumentationScope("foundry"),
@@ -520,6 +527,7 @@ def test_the_spans_are_the_ones_the_sdk_would_encode():
         if theirs.status.code == Status.STATUS_CODE_UNSET:
             theirs.ClearField("status")  # the SDK sends an empty status: the same to a decoder
         assert ours == theirs, name
+    assert remote == [True] + [False] * (len(remote) - 1)  # the workflow's, first
 
 
 @pytest.mark.parametrize(

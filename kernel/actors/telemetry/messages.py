@@ -111,7 +111,7 @@ TelemetryMessage = SpanEnded | ChainEnded | TracesStored | StepAttemptEnded | Ru
 # --- the exporter process's input (kernel/edge/otel.py) -------------------------------------------
 # Frames on its stdin: a 4-byte big-endian length, then a ``marshal``-ed list of items (plain
 # tuples, as cheap to make and write as anything; the same interpreter reads them). An item is a
-# span record (11 fields), a workflow's trace rows (2: ``RowsRecord``), a commit's framed trace
+# span record (12 fields), a workflow's trace rows (2: ``RowsRecord``), a commit's framed trace
 # files (2: ``FramesRecord``, the first is bytes) or a chain record (6). Trace rows are the ones
 # the engine made for the chain's trace file (``core.records.trace_rows``) with the chain's end;
 # the store frames them for its archivist when it commits the chain, and those frames go to the
@@ -122,8 +122,20 @@ TelemetryMessage = SpanEnded | ChainEnded | TracesStored | StepAttemptEnded | Ru
 # has its rows and they are small, as a ``RowsRecord``.
 
 SpanRecord = tuple[
-    str, str, str, str, str, int, int, bool, str, tuple[str, ...], tuple[AttributeValue, ...]
-]  # trace id, span id, parent span id, name, kind, start, end, ok, error, names, values
+    str,
+    str,
+    str,
+    str,
+    str,
+    int,
+    int,
+    bool,
+    str,
+    tuple[str, ...],
+    tuple[AttributeValue, ...],
+    bool,
+]  # trace id, span id, parent span id, name, kind, start, end, ok, error, names, values, and
+# whether the parent is remote: the caller's, from the traceparent of the Emit of a chain's root
 EventFields = tuple[str, str, str, str, str, int, str, bool, str, str, str, float]
 # id, type, project, throttle, workflow id, depth, emitted by, throttled, trace id, span id,
 # parent span id, occurred at
@@ -149,9 +161,19 @@ def span_record(span: SpanEnded) -> SpanRecord:
     names = tuple(name for name, _ in span.attributes)
     values = tuple(value for _, value in span.attributes)
     return (
-        span.trace_id, span.span_id, span.parent_span_id, span.name, span.kind, span.start_ns,
-        span.end_ns, span.status_ok, span.error, names, values,
-    )  # fmt: skip
+        span.trace_id,
+        span.span_id,
+        span.parent_span_id,
+        span.name,
+        span.kind,
+        span.start_ns,
+        span.end_ns,
+        span.status_ok,
+        span.error,
+        names,
+        values,
+        False,
+    )  # fmt: skip (a run's span has no parent; its steps' parent is the run's)
 
 
 def chain_item(chain: ChainEnded) -> ChainRecord | RowsRecord:
@@ -243,7 +265,7 @@ def rows_spans(item: RowsRecord) -> Iterator[SpanRecord]:
     yield (
         root[6], root[12], root[13], f"workflow {root[1]}", "internal", stamp_ns(root[3]),
         _ns(completed), not failed, error[:ERROR_CHARS] if failed else "", WORKFLOW_ATTRIBUTES,
-        values,
+        values, bool(root[13]),
     )  # fmt: skip
     for event in emitted:
         (id_, type_, project, stamp, _, throttle, trace_id, _, _, emitted_by, depth, throttled,
@@ -270,6 +292,7 @@ def rows_spans(item: RowsRecord) -> Iterator[SpanRecord]:
         yield (
             trace_id, span_id, trigger_span, f"block {name}", "internal", stamp_ns(started),
             stamp_ns(ended), success, "" if success else summary[:ERROR_CHARS], names, values,
+            False,
         )  # fmt: skip
 
 
@@ -291,7 +314,7 @@ def chain_spans(chain: ChainRecord) -> Iterator[SpanRecord]:
     if is_workflow:
         yield _workflow_span(root, chain)
     else:  # no workflow: its id is no workflow's (Emit answers none, Status knows none)
-        yield _event_span((*root[:4], "", *root[5:]))
+        yield _event_span((*root[:4], "", *root[5:]), remote_parent=bool(root[10]))
     yield from map(_event_span, emitted)
     yield from map(_execution_span, executions)
 
@@ -309,15 +332,16 @@ def _workflow_span(root: EventFields, chain: ChainRecord) -> SpanRecord:
     return (
         root[8], root[9], root[10], f"workflow {root[1]}", "internal", _ns(root[11]),
         _ns(completed), not failed, error if failed else "", WORKFLOW_ATTRIBUTES, values,
+        bool(root[10]),
     )  # fmt: skip
 
 
-def _event_span(event: EventFields) -> SpanRecord:
+def _event_span(event: EventFields, remote_parent: bool = False) -> SpanRecord:
     (id_, type_, project, throttle, workflow, depth, emitted_by, throttled, trace_id, span_id,
      parent_span_id, occurred) = event  # fmt: skip
     return _point_span(
         _ns(occurred), id_, type_, project, throttle, workflow, depth, emitted_by, throttled,
-        trace_id, span_id, parent_span_id,
+        trace_id, span_id, parent_span_id, remote_parent,
     )  # fmt: skip
 
 
@@ -334,15 +358,17 @@ def _point_span(
     trace_id: str,
     span_id: str,
     parent_span_id: str,
+    remote_parent: bool = False,
 ) -> SpanRecord:
-    """An event: a point in time (``at``, ns), child of the block execution that emitted it."""
+    """An event: a point in time (``at``, ns), child of the block execution that emitted it (a
+    root no block sinks: of the caller's span, ``remote_parent``)."""
     values: tuple[AttributeValue, ...] = (id_, type_, project, throttle, workflow, depth)
     names: tuple[str, ...] = EVENT_ATTRIBUTES
     if emitted_by:
         names, values = EMITTED_ATTRIBUTES, (*values, emitted_by, throttled)
     return (
         trace_id, span_id, parent_span_id, f"event {type_}", "internal", at, at, True, "",
-        names, values,
+        names, values, remote_parent,
     )  # fmt: skip
 
 
@@ -360,7 +386,7 @@ def _execution_span(execution: ExecutionFields) -> SpanRecord:
         names, values = COMMAND_ATTRIBUTES, (*values, exit_code)
     return (
         trace_id, span_id, trigger_span, f"block {name}", "internal", _ns(started),
-        _ns(completed), success, error, names, values,
+        _ns(completed), success, error, names, values, False,
     )  # fmt: skip
 
 
