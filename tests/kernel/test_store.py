@@ -1497,7 +1497,8 @@ async def test_the_store_tells_the_tap_when_its_commits_fail_and_when_they_work_
     tmp_path, monkeypatch
 ):
     """The health service follows this (NOT_SERVING while every write is refused); one bad
-    record is not a store that cannot commit, so only the journal's OSErrors count."""
+    record is not a store that cannot commit, so only the journal's OSErrors count. And the
+    store goes on once commits work again."""
     from foundry.kernel.actors.store import journal
     from foundry.kernel.actors.store.messages import CommitHealth
 
@@ -1522,6 +1523,9 @@ async def test_the_store_tells_the_tap_when_its_commits_fail_and_when_they_work_
                     await post_now(store_send, [make_event(n)]).wait()
             disk_full[0] = False
             assert await post_now(store_send, [make_event(4)]).wait() is None
+            # DuckDB still catches up: the flag was first the commit loop's own, and one failed
+            # commit stopped the materializer for good (a review)
+            assert (await ask(store_send, CountRows)).events == 2
             store_send.close()
     told = []
     while True:

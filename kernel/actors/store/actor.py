@@ -274,7 +274,7 @@ class Store:
         self._committing = True  # the commit loop runs: more backlog may come
         self._database = trio.Lock()  # the write connection: materializer or retention
         self._failures = _FailureLog()
-        self._committing = True  # the last commit went through (CommitHealth)
+        self._commits_work = True  # the last commit went through (CommitHealth)
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -535,7 +535,7 @@ class Store:
 
     async def _say_commits_work(self, committing: bool, reason: str = "") -> None:
         """Tell the tap (the health service) that commits fail now, or work again."""
-        self._committing = committing
+        self._commits_work = committing
         await self._tap.send(Publish((CommitHealth(committing, reason),)))
 
     async def _commit(self, appends: list[Append], *, submitted: bool = False) -> None:
@@ -555,7 +555,7 @@ class Store:
                     await self._commit([append])
                 return
             self._failures.failed(exc)
-            if self._committing and isinstance(exc, OSError):  # the journal cannot write
+            if self._commits_work and isinstance(exc, OSError):  # the journal cannot write
                 await self._say_commits_work(False, f"{type(exc).__name__}: {exc}")
             error = _client_error(exc, "could not commit a write")
             for append in appends:
@@ -567,7 +567,7 @@ class Store:
         self._commits += 1
         if self._failures.unreported:
             self._failures.succeeded()
-        if not self._committing:
+        if not self._commits_work:
             await self._say_commits_work(True)
         if tables:
             self._journaled = seq
