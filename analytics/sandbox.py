@@ -727,18 +727,19 @@ def _guessed(text: str, columns: Columns, max_rows: int) -> str:
 def _lower_bound(value: str, kind: str, depth: int = 0) -> str:
     """SQL for the least bytes a value's JSON takes, as this module writes it (a comma after it
     is counted apart): a string's length and quotes, a blob's length, a list's (or array's)
-    items and commas, a struct's fields and their names, a map's entries (keys distinct as
-    text) and values, ``null``'s 4; a JSON text's commas (it may be written shorter than it is
-    stored), a union's or a value nested deeper than ``MAX_BOUND_DEPTH`` by the separators of
-    its text (:func:`_separators`); one byte for any other value. A map, a union, a deep list
-    counted one byte let a 2,048-row vector of 5,000-entry maps reach Python's conversion,
-    which held the interpreter lock (every other client of the daemon) for 25 s."""
+    items and commas, a struct's fields and their names, a map's entries and values (its keys
+    distinct once converted: :func:`_keys_stay_distinct`), ``null``'s 4; a union's or a value
+    nested deeper than ``MAX_BOUND_DEPTH`` by the separators of its text (:func:`_separators`);
+    one byte for any other value (a JSON text: written as parsed, a key it gives twice once). A
+    map, a union, a deep list counted one byte let a 2,048-row vector of 5,000-entry maps reach
+    Python's conversion, which held the interpreter lock (every other client of the daemon)
+    for 25 s."""
     if kind == "VARCHAR":
         return f"coalesce(strlen({value}) + 2, 4)"
     if kind == "BLOB":
         return f"coalesce(octet_length({value}), 4)"
-    if kind == "JSON":
-        return _separators(value, ",")
+    if not _keys_stay_distinct(kind):
+        return "1"
     nested = _item_kind(kind) is not None or bool(struct_fields(kind)) or _is_map(kind)
     if kind.startswith("UNION(") or (nested and depth >= MAX_BOUND_DEPTH):
         return _separators(f"CAST({value} AS VARCHAR)", ", ")
@@ -779,13 +780,40 @@ MAX_BOUND_DEPTH = 4  # lists, structs and maps bounded by their parts this deep,
 def _separators(text: str, separator: str) -> str:
     """SQL for the least bytes of JSON a value written as ``text`` (DuckDB's) takes: one for
     each ``separator`` in it, and one. Each one of DuckDB's ", " in a nested value's text
-    separates two items (a comma of the JSON) or is in a string (two bytes of it), and each
-    comma of a JSON text is one of the JSON written; DuckDB makes the text, interruptibly,
+    separates two items (a comma of the JSON: a map's entries stay apart,
+    :func:`_keys_stay_distinct`) or is in a string (two bytes of it); DuckDB makes the text
     off the interpreter lock."""
     width = len(separator)
     return (
         f"coalesce((strlen({text}) - strlen(replace({text}, '{separator}', ''))) // {width} + 1, 4)"
     )
+
+
+# Map key types whose distinct values stay distinct as Python converts them and ``_plain`` makes
+# them a JSON object's keys (a TIMESTAMP_NS loses its nanoseconds, an INTERVAL's month becomes 30
+# days: distinct keys became one entry). A key of a nested type makes the map a key/value pair
+# of lists, every entry kept.
+_DISTINCT_KEYS = re.compile(
+    r"(U?(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT)|VARCHAR|BOOLEAN|DATE|UUID|DOUBLE|FLOAT|BLOB"
+    r"|DECIMAL\(\d+,\d+\)|TIMESTAMP|TIMESTAMP WITH TIME ZONE|(STRUCT|MAP|UNION)\(.*\)|.*\[\d*\])"
+)
+
+
+def _keys_stay_distinct(kind: str) -> bool:
+    """Whether every map in a type (``kind``, DuckDB's name of it) keeps its entries apart once
+    converted: its key type is one of ``_DISTINCT_KEYS``."""
+    at = kind.find("MAP(")
+    while at >= 0:
+        inner = kind[at:]
+        if not _DISTINCT_KEYS.fullmatch(_map_key_kind(inner)):
+            return False
+        at = kind.find("MAP(", at + 1)
+    return True
+
+
+def _map_key_kind(kind: str) -> str:
+    """The key type of DuckDB's name of a MAP type, which ``kind`` starts with."""
+    return _map_parts(kind)[0]
 
 
 def _is_map(kind: str) -> bool:
@@ -794,15 +822,22 @@ def _is_map(kind: str) -> bool:
 
 def _map_value_kind(kind: str) -> str:
     """The value type of DuckDB's name of a MAP type (``MAP(VARCHAR, INTEGER[])``)."""
-    body, depth, quote = kind[len("MAP(") : -1], 0, ""
+    return _map_parts(kind)[1]
+
+
+def _map_parts(kind: str) -> tuple[str, str]:
+    """The key and value types of the MAP type ``kind`` starts with (what follows it ignored)."""
+    body, depth, quote, comma = kind[len("MAP(") :], 0, "", -1
     for i, char in enumerate(body):
         if char in "\"'" and quote in ("", char):
             quote = "" if quote else char
         elif not quote and char in "()":
+            if char == ")" and depth == 0:
+                return body[:comma].strip(), body[comma + 1 : i].strip()
             depth += 1 if char == "(" else -1
         elif not quote and char == "," and depth == 0:
-            return body[i + 1 :].strip()
-    return ""
+            comma = i
+    return "", ""
 
 
 _ARRAY = re.compile(r"(.*)\[\d*\]")  # a list (T[]) or a fixed-size array (T[3]) of T

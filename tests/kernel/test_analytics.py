@@ -461,7 +461,20 @@ def test_rows_past_the_reply_limit_are_never_made(sql):
         # deeper than the bound looks: its text's ", " separators, one in the string too
         pytest.param("SELECT [[[[['a, b', 'c']]]]] AS l FROM range(87)", 87, id="deep lists"),
         pytest.param("SELECT union_value(k := 'x, y') AS u FROM range(174)", 174, id="unions"),
-        pytest.param("SELECT to_json([1, 2]) AS j FROM range(188)", 188, id="json commas"),
+        pytest.param("SELECT to_json([1, 2]) AS j FROM range(188)", 188, id="json"),
+        # written as parsed: a key given 3,000 times is written once (a review)
+        pytest.param(
+            """SELECT ('{' || repeat('"a":1,', 2999) || '"a":1}')::JSON AS j FROM range(163)""",
+            163,
+            id="json keys given twice",
+        ),  # fmt: skip
+        # a TIMESTAMP_NS key loses its nanoseconds: 1,000 keys become one (a review)
+        pytest.param(
+            "SELECT map_from_entries(list_transform(range(1000), lambda i: struct_pack("
+            "k := make_timestamp_ns(1700000000000000000 + i), v := 1))) AS m FROM range(73)",
+            73,
+            id="map keys equal once converted",
+        ),  # fmt: skip
     ],
 )
 async def test_the_size_bound_never_drops_a_row_that_fits(tmp_path, sql, rows):
@@ -480,11 +493,10 @@ async def test_the_size_bound_never_drops_a_row_that_fits(tmp_path, sql, rows):
         pytest.param("SELECT [[[[[range(1000000)]]]]] AS l", id="nested five deep"),
         pytest.param("SELECT map(range(300000), range(300000)) AS m", id="map"),
         pytest.param("SELECT union_value(k := range(1000000)) AS u", id="union"),
-        pytest.param("SELECT to_json(range(1000000)) AS j", id="json"),
     ],
 )
 def test_a_row_past_the_limit_by_its_bound_is_never_converted(sql):
-    """A map, a union, a JSON text and a value nested more than four deep counted one byte in
+    """A map, a union and a value nested more than four deep counted one byte in
     the bound that keeps rows past the reply limit from Python's conversion, which holds the
     interpreter lock: a 2,048-row vector of 5,000-entry maps held every other client of the
     daemon 25 s (a hunt). Refused by its bound ("at least"), it was never converted."""
