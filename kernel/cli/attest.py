@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import re
@@ -255,13 +256,23 @@ def _exists(path: Path) -> bool:
         return False
 
 
+# Reasons a verdict lists at most, and the characters of each: a file of a million malformed
+# lines printed 84 MB of them.
+MAX_REASONS = 1_000
+REASON_CHARS = 1_000
+
+
 def _report(args: argparse.Namespace, problems: list[str], target: str) -> int:
     code = reported(1 if problems else 0)
+    shown = [p if len(p) <= REASON_CHARS else f"{p[:REASON_CHARS]}…"
+             for p in problems[:MAX_REASONS]]  # fmt: skip
+    if len(problems) > MAX_REASONS:
+        shown.append(f"… and {len(problems) - MAX_REASONS:,} more")
     if args.json:
-        print(json.dumps({"target": target, "valid": not problems, "problems": problems}))
+        print(json.dumps({"target": target, "valid": not problems, "problems": shown}))
     elif problems:
         print(f"INVALID {target}")
-        for line in problems:
+        for line in shown:
             print(f"  - {line}")
     else:
         print(f"valid {target}")
@@ -269,6 +280,7 @@ def _report(args: argparse.Namespace, problems: list[str], target: str) -> int:
 
 
 MAX_EXPORT_BYTES = 1 << 30  # an export of a run of ~400,000 steps
+MAX_ENVELOPES = 1_000_000  # an envelope is ~1 KB: as many as such a file holds
 
 
 def _read_envelopes(path: Path) -> list[str]:
@@ -278,11 +290,15 @@ def _read_envelopes(path: Path) -> list[str]:
     does. A duplicate key anywhere makes the file lines, each checked as ``verify_envelope``
     checks one (a whole file read with the last of two "payload" keys verified the genuine one,
     while other readers took the first, forged)."""
-    with path.open("rb") as file:
-        data = file.read(MAX_EXPORT_BYTES + 1)
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_EXPORT_BYTES + 1)
+    except OSError as exc:  # (a link to /proc/self/mem: a regular file whose read fails)
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     if len(data) > MAX_EXPORT_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_EXPORT_BYTES} bytes")
     text = data.decode("utf-8", errors="replace")
+    del data
     try:
         whole = json.loads(text, object_pairs_hook=no_duplicate_keys)
     except (ValueError, RecursionError):  # lines, or one of them too deep: checked by name
@@ -290,7 +306,15 @@ def _read_envelopes(path: Path) -> list[str]:
     if isinstance(whole, dict | list) and whole:
         found = [_unwrapped(item) for item in (whole if isinstance(whole, list) else [whole])]
         return [json.dumps(item) for item in found if item is not None]
-    return [line for line in text.splitlines() if line.strip()]
+    # line by line (splitlines' list of a gigabyte of newlines alone took 8 GB), and no more of
+    # them than an export of a run that fits the size has (a million of one byte took minutes)
+    lines: list[str] = []
+    for line in io.StringIO(text):
+        if not line.isspace():
+            if len(lines) == MAX_ENVELOPES:
+                raise ConfigError(f"{path}: more than {MAX_ENVELOPES:,} lines of envelopes")
+            lines.append(line.rstrip("\r\n"))
+    return lines
 
 
 def _unwrapped(item: Any) -> Any:

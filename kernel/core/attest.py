@@ -782,10 +782,12 @@ def _open(env: str | Mapping[str, Any]) -> _Opened:
     errors: list[str] = []
     payload_type = parsed.get("payloadType")
     if payload_type != PAYLOAD_TYPE:
-        errors.append(f"payloadType: must be {PAYLOAD_TYPE!r}, got {payload_type!r}")
+        errors.append(f"payloadType: must be {PAYLOAD_TYPE!r}, got {_shown(payload_type)}")
     signatures = parsed.get("signatures")
     if not isinstance(signatures, list) or not signatures:
         errors.append("signatures: must be a non-empty list")
+    elif len(signatures) > MAX_SIGNATURES:  # each one a check: 400,000 of them took minutes
+        errors.append(f"signatures: {len(signatures):,} of them, more than {MAX_SIGNATURES}")
     else:
         for n, sig in enumerate(signatures):
             if (
@@ -808,6 +810,10 @@ def _open(env: str | Mapping[str, Any]) -> _Opened:
     if not isinstance(decoded, dict):
         errors.append("payload: must be a JSON object (an in-toto statement)")
         return _Opened(parsed, payload, None, tuple(errors))
+    subjects = decoded.get("subject")
+    if isinstance(subjects, list) and len(subjects) > MAX_SUBJECTS:  # (before their walk)
+        errors.append(f"subject: {len(subjects):,} subjects, more than {MAX_SUBJECTS}")
+        return _Opened(parsed, payload, decoded, tuple(errors))
     try:
         canonical = canonical_json(decoded) == payload
     except AttestationError:
@@ -818,6 +824,20 @@ def _open(env: str | Mapping[str, Any]) -> _Opened:
     return _Opened(parsed, payload, decoded, tuple(errors))
 
 
+# An envelope's signatures and a statement's subjects, at most (ours have one each): each is
+# work for a verifier, and a file of 400,000 signatures or a million subjects took minutes and
+# gigabytes of a verifier run on a file someone else made.
+MAX_SIGNATURES = 16
+MAX_SUBJECTS = 1_000
+SHOWN_CHARS = 100  # of a value a reason shows (a 50 MB payloadType made a 100 MB line)
+
+
+def _shown(value: Any) -> str:
+    """A value as a reason shows it: its repr, cut."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}… ({len(text):,} chars)"
+
+
 def _signature_errors(
     env: Mapping[str, Any],
     payload: bytes,
@@ -825,12 +845,15 @@ def _signature_errors(
     expected_keyid: str,
 ) -> list[str]:
     signatures = env.get("signatures")
-    if not isinstance(signatures, list):
+    if not isinstance(signatures, list) or len(signatures) > MAX_SIGNATURES:
         return []  # reported by _open
     mine = [s for s in signatures if isinstance(s, Mapping) and s.get("keyid") == expected_keyid]
     if not mine:
         return [f"signatures: none by key {expected_keyid!r}"]
-    message = pae(str(env.get("payloadType")), payload)
+    try:
+        message = pae(str(env.get("payloadType")), payload)
+    except UnicodeEncodeError:  # a lone surrogate: no signature is over it (_open reports it)
+        return [f"signatures: the signature by key {expected_keyid!r} does not verify"]
     for sig in mine:
         raw = dsse_b64decode(sig.get("sig"))
         if raw is None:
@@ -864,7 +887,7 @@ def _statement_errors(stmt: Any) -> list[str]:
         return ["statement: must be an object"]
     errors: list[str] = []
     if stmt.get("_type") != STATEMENT_TYPE:
-        errors.append(f"_type: must be {STATEMENT_TYPE!r}, got {stmt.get('_type')!r}")
+        errors.append(f"_type: must be {STATEMENT_TYPE!r}, got {_shown(stmt.get('_type'))}")
     subjects = stmt.get("subject")
     if not isinstance(subjects, list) or not subjects:
         errors.append("subject: must be a non-empty list")
@@ -882,7 +905,7 @@ def _statement_errors(stmt: Any) -> list[str]:
     predicate_type = stmt.get("predicateType")
     kind = _KIND_OF_TYPE.get(predicate_type) if isinstance(predicate_type, str) else None
     if kind is None:
-        errors.append(f"predicateType: {predicate_type!r} is not a Foundry predicate type")
+        errors.append(f"predicateType: {_shown(predicate_type)} is not a Foundry predicate type")
     predicate = stmt.get("predicate")
     if not isinstance(predicate, Mapping):
         errors.append("predicate: must be an object")

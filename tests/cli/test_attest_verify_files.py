@@ -33,6 +33,78 @@ def _envelope(kind: str, predicate: object) -> str:
                        "signatures": [{"keyid": "x", "sig": "AAAA"}]})  # fmt: skip
 
 
+def _signed_step(
+    statement_changes: dict[str, object], envelope_changes: dict[str, object], keyid: str = "x"
+) -> str:
+    """A step attestation's envelope with parts of its statement and envelope replaced."""
+    statement = {"_type": "https://in-toto.io/Statement/v1",
+                 "subject": [{"name": "run/r/step/s/attempt/1", "digest": {"sha256": "0" * 64}}],
+                 "predicateType": PREDICATE_TYPES["step"], "predicate": {}}  # fmt: skip
+    statement.update(statement_changes)
+    payload = base64.b64encode(json.dumps(statement).encode()).decode()
+    made = {"payloadType": "application/vnd.in-toto+json", "payload": payload,
+            "signatures": [{"keyid": keyid, "sig": "AAAA"}]}  # fmt: skip
+    made.update(envelope_changes)
+    return json.dumps(made)
+
+
+# A verifier runs on files someone else made (found by a hunt of the offline tools): a lone
+# surrogate in payloadType was a traceback; 400,000 signatures, a million subjects took minutes
+# and gigabytes; a 50 MB payloadType made a 100 MB reason.
+_HOSTILE_PARTS = [
+    pytest.param({}, {"payloadType": "\udfffapplication/vnd.in-toto+json"},
+                 "payloadType: must be", id="a lone surrogate in payloadType"),
+    pytest.param({}, {"signatures": [{"keyid": "x", "sig": "AAAA"}] * 20_000},
+                 "signatures: 20,000 of them, more than 16", id="many signatures"),
+    pytest.param({"subject": [{"name": "n", "digest": {"sha256": "0" * 64}}] * 5_000}, {},
+                 "subject: 5,000 subjects, more than 1000", id="many subjects"),
+    pytest.param({}, {"payloadType": "x" * 1_000_000}, "… (1,000,002 chars)",
+                 id="a huge payloadType"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("statement", "changes", "reason"), _HOSTILE_PARTS)
+def test_a_hostile_envelope_is_invalid_by_a_short_reason(tmp_path, statement, changes, reason):
+    _, keyid, pubkey = _key_files(tmp_path)  # (a signature by the key: it is checked)
+    target = tmp_path / "envelopes.jsonl"
+    target.write_text(_signed_step(statement, changes, keyid))
+    done = _verify(tmp_path, str(target), str(pubkey))
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert reason in done.stdout
+    assert max(map(len, done.stdout.splitlines())) < 2_000
+
+
+def test_a_file_of_more_lines_than_an_export_has_is_one_line(tmp_path):
+    """A million lines of one byte each were checked one by one, for minutes (a hunt)."""
+    pubkey = tmp_path / "key.pem"
+    pubkey.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    target = tmp_path / "lines.jsonl"
+    target.write_bytes(b"x\n" * 1_000_001)
+    done = _verify(tmp_path, str(target), str(pubkey))
+    assert done.returncode == 2, done.stderr
+    assert "more than 1,000,000 lines of envelopes" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_ec_key_on_a_curve_openssl_does_not_know_is_no_ed25519_key(tmp_path):
+    """brainpoolP160r1: cryptography's UnsupportedAlgorithm was a traceback (a hunt)."""
+    pubkey = tmp_path / "key.pem"
+    pubkey.write_text(  # openssl ecparam -name brainpoolP160r1 -genkey | openssl ec -pubout
+        "-----BEGIN PUBLIC KEY-----\n"
+        "MEIwFAYHKoZIzj0CAQYJKyQDAwIIAQEBAyoABLHE3Y7ACpRXovPxnBj1SDRrAGb5\n"
+        "VLYQxd4/71yAzFafbEewlbNd5js=\n"
+        "-----END PUBLIC KEY-----\n"
+    )
+    target = tmp_path / "envelopes.jsonl"
+    target.write_text(_signed_step({}, {}))
+    done = _verify(tmp_path, str(target), str(pubkey))
+    assert done.returncode == 2, done.stderr
+    assert "not an Ed25519 public key" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize(
     "content",
     [

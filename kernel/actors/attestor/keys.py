@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from foundry.kernel.errors import ConfigError
@@ -216,7 +217,10 @@ def public_raw(public: Ed25519PublicKey) -> bytes:
 def load_public_pem(text: str | bytes) -> Ed25519PublicKey:
     """A public key from PEM (ValueError when it is not an Ed25519 one)."""
     data = text.encode() if isinstance(text, str) else text
-    key = serialization.load_pem_public_key(data)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except UnsupportedAlgorithm as exc:  # an EC key on a curve OpenSSL does not know
+        raise ValueError(f"not an Ed25519 public key ({exc})") from None
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError("not an Ed25519 public key")
     return key
