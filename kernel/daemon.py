@@ -253,7 +253,9 @@ async def _serve(
 async def _health_follows_the_store(mailboxes: Mailboxes, health: ServingHealth) -> None:
     """NOT_SERVING while the store cannot commit (a probe takes the daemon out of rotation, where
     every write it took would be refused); until the tap closes its subscriptions."""
-    changes = await ask(mailboxes.tap, lambda r: Subscribe(STORE_HEALTH, None, r))
+    changes: trio.MemoryReceiveChannel[Any] = await ask(
+        mailboxes.tap, lambda r: Subscribe(STORE_HEALTH, None, r)
+    )
     async with changes:
         async for change in changes:
             if isinstance(change, CommitHealth):

@@ -100,7 +100,7 @@ class FoundryService(api.FoundryBase):
         await ask(self._mail.tap, lambda r: Subscribe("events", project, r, sink))
         try:
             while batch := await sink.batch():
-                replies = []
+                replies: list[api.WatchResponse] = []
                 for item in batch:
                     if isinstance(item, Overflow):
                         if replies:  # what came before it is still sent
