@@ -728,9 +728,11 @@ def _lower_bound(value: str, kind: str, depth: int = 0) -> str:
     """SQL for the least bytes a value's JSON takes, as this module writes it (a comma after it
     is counted apart): a string's length and quotes, a blob's length, a list's (or array's)
     items and commas, a struct's fields and their names, a map's entries and values (its keys
-    distinct once converted: :func:`_keys_stay_distinct`), ``null``'s 4; a union's or a value
-    nested deeper than ``MAX_BOUND_DEPTH`` by the separators of its text (:func:`_separators`);
-    one byte for any other value (a JSON text: written as parsed, a key it gives twice once). A
+    distinct once converted, ``_DISTINCT_KEYS``; else its braces), ``null``'s 4; a union's or
+    a value nested deeper than ``MAX_BOUND_DEPTH`` by the separators of its text
+    (:func:`_separators`: one byte when it holds a map whose keys may merge,
+    :func:`_merges_keys`); one byte for any other value (a JSON text: written as parsed, a key
+    it gives twice once). A
     map, a union, a deep list counted one byte let a 2,048-row vector of 5,000-entry maps reach
     Python's conversion, which held the interpreter lock (every other client of the daemon)
     for 25 s."""
@@ -738,13 +740,15 @@ def _lower_bound(value: str, kind: str, depth: int = 0) -> str:
         return f"coalesce(strlen({value}) + 2, 4)"
     if kind == "BLOB":
         return f"coalesce(octet_length({value}), 4)"
-    if not _keys_stay_distinct(kind):
-        return "1"
     nested = _item_kind(kind) is not None or bool(struct_fields(kind)) or _is_map(kind)
     if kind.startswith("UNION(") or (nested and depth >= MAX_BOUND_DEPTH):
+        if _merges_keys(kind):
+            return "1"
         return _separators(f"CAST({value} AS VARCHAR)", ", ")
     if depth >= MAX_BOUND_DEPTH:
         return "1"
+    if _is_map(kind) and not _DISTINCT_KEYS.fullmatch(_map_parts(kind)[0]):
+        return f"CASE WHEN {value} IS NULL THEN 4 ELSE 2 END"  # its entries may become one
     if _is_map(kind):
         item = f"x{depth}"
         values = (
@@ -780,9 +784,8 @@ MAX_BOUND_DEPTH = 4  # lists, structs and maps bounded by their parts this deep,
 def _separators(text: str, separator: str) -> str:
     """SQL for the least bytes of JSON a value written as ``text`` (DuckDB's) takes: one for
     each ``separator`` in it, and one. Each one of DuckDB's ", " in a nested value's text
-    separates two items (a comma of the JSON: a map's entries stay apart,
-    :func:`_keys_stay_distinct`) or is in a string (two bytes of it); DuckDB makes the text
-    off the interpreter lock."""
+    separates two items (a comma of the JSON, when no map's entries merge: :func:`_merges_keys`)
+    or is in a string (two bytes of it); DuckDB makes the text off the interpreter lock."""
     width = len(separator)
     return (
         f"coalesce((strlen({text}) - strlen(replace({text}, '{separator}', ''))) // {width} + 1, 4)"
@@ -791,29 +794,27 @@ def _separators(text: str, separator: str) -> str:
 
 # Map key types whose distinct values stay distinct as Python converts them and ``_plain`` makes
 # them a JSON object's keys (a TIMESTAMP_NS loses its nanoseconds, an INTERVAL's month becomes 30
-# days: distinct keys became one entry). A key of a nested type makes the map a key/value pair
-# of lists, every entry kept.
+# days, a union's members lose their tags: distinct keys became one entry). A key of a struct,
+# map or list type makes the map a key/value pair of lists, every entry kept.
 _DISTINCT_KEYS = re.compile(
     r"(U?(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT)|VARCHAR|BOOLEAN|DATE|UUID|DOUBLE|FLOAT|BLOB"
-    r"|DECIMAL\(\d+,\d+\)|TIMESTAMP|TIMESTAMP WITH TIME ZONE|(STRUCT|MAP|UNION)\(.*\)|.*\[\d*\])"
+    r"|DECIMAL\(\d+,\d+\)|TIME|TIMESTAMP|TIMESTAMP_S|TIMESTAMP_MS|TIMESTAMP WITH TIME ZONE"
+    r"|ENUM\(.*\)|(STRUCT|MAP)\(.*\)|.*\[\d*\])"
 )
 
 
-def _keys_stay_distinct(kind: str) -> bool:
-    """Whether every map in a type (``kind``, DuckDB's name of it) keeps its entries apart once
-    converted: its key type is one of ``_DISTINCT_KEYS``."""
-    at = kind.find("MAP(")
-    while at >= 0:
-        inner = kind[at:]
-        if not _DISTINCT_KEYS.fullmatch(_map_key_kind(inner)):
-            return False
-        at = kind.find("MAP(", at + 1)
-    return True
-
-
-def _map_key_kind(kind: str) -> str:
-    """The key type of DuckDB's name of a MAP type, which ``kind`` starts with."""
-    return _map_parts(kind)[0]
+def _merges_keys(kind: str) -> bool:
+    """Whether a type (DuckDB's name of it) holds a map whose distinct keys may become one entry
+    once converted (a key type not in ``_DISTINCT_KEYS``), walked part by part."""
+    if _is_map(kind):
+        key, value = _map_parts(kind)
+        return not _DISTINCT_KEYS.fullmatch(key) or _merges_keys(key) or _merges_keys(value)
+    item_kind = _item_kind(kind)
+    if item_kind is not None:
+        return _merges_keys(item_kind)
+    if kind.startswith("UNION(") and kind.endswith(")"):
+        kind = "STRUCT(" + kind[len("UNION(") :]  # its members are named as a struct's fields
+    return any(_merges_keys(field) for _, field in struct_fields(kind))
 
 
 def _is_map(kind: str) -> bool:

@@ -280,7 +280,7 @@ def _report(args: argparse.Namespace, problems: list[str], target: str) -> int:
 
 
 MAX_EXPORT_BYTES = 1 << 30  # an export of a run of ~400,000 steps
-MAX_ENVELOPES = 1_000_000  # an envelope is ~1 KB: as many as such a file holds
+MAX_ENVELOPES = 1_500_000  # the smallest envelope is ~760 bytes: as many as such a file holds
 
 
 def _read_envelopes(path: Path) -> list[str]:
@@ -304,12 +304,14 @@ def _read_envelopes(path: Path) -> list[str]:
     except (ValueError, RecursionError):  # lines, or one of them too deep: checked by name
         whole = None
     if isinstance(whole, dict | list) and whole:
+        if isinstance(whole, list) and len(whole) > MAX_ENVELOPES:
+            raise ConfigError(f"{path}: more than {MAX_ENVELOPES:,} envelopes")
         found = [_unwrapped(item) for item in (whole if isinstance(whole, list) else [whole])]
         return [json.dumps(item) for item in found if item is not None]
     # line by line (splitlines' list of a gigabyte of newlines alone took 8 GB), and no more of
     # them than an export of a run that fits the size has (a million of one byte took minutes)
     lines: list[str] = []
-    for line in io.StringIO(text):
+    for line in io.StringIO(text, newline=None):  # \r, \n or both end a line
         if not line.isspace():
             if len(lines) == MAX_ENVELOPES:
                 raise ConfigError(f"{path}: more than {MAX_ENVELOPES:,} lines of envelopes")

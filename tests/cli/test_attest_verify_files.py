@@ -75,16 +75,19 @@ def test_a_hostile_envelope_is_invalid_by_a_short_reason(tmp_path, statement, ch
     assert max(map(len, done.stdout.splitlines())) < 2_000
 
 
-def test_a_file_of_more_lines_than_an_export_has_is_one_line(tmp_path):
-    """A million lines of one byte each were checked one by one, for minutes (a hunt)."""
+@pytest.mark.parametrize("shape", ["lines", "a JSON array"])
+def test_a_file_of_more_envelopes_than_an_export_has_is_one_line(tmp_path, shape):
+    """A million lines of one byte each were checked one by one, for minutes (a hunt); so were
+    the items of an array (a review)."""
     pubkey = tmp_path / "key.pem"
     pubkey.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
-    target = tmp_path / "lines.jsonl"
-    target.write_bytes(b"x\n" * 1_000_001)
+    target = tmp_path / "many.jsonl"
+    many = 1_500_001
+    target.write_bytes(b"x\n" * many if shape == "lines" else b"[" + b"{}," * (many - 1) + b"{}]")
     done = _verify(tmp_path, str(target), str(pubkey))
     assert done.returncode == 2, done.stderr
-    assert "more than 1,000,000 lines of envelopes" in done.stderr
+    assert "more than 1,500,000" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -231,6 +234,9 @@ def test_an_export_in_url_safe_base64_verifies(tmp_path):
     done = _verify(tmp_path, str(target), str(pubkey))
     assert done.returncode == 0, done.stdout
     assert done.stdout.startswith("valid")
+    target.write_bytes("\r".join(lines).encode())  # lines ended by CR alone (a review)
+    done = _verify(tmp_path, str(target), str(pubkey))
+    assert done.returncode == 0, done.stdout
 
 
 def test_a_line_nested_too_deep_is_one_invalid_envelope_among_the_others(tmp_path):

@@ -122,7 +122,7 @@ def _load_or_create(folder: Path) -> KeyPair:
     pem = read_key_file(key_path)
     try:
         private = serialization.load_pem_private_key(pem, password=None)
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:  # (an EC key on a curve OpenSSL lacks)
         raise ConfigError(f"{key_path}: cannot load the signing key: {exc}") from None
     if not isinstance(private, Ed25519PrivateKey):
         raise ConfigError(f"{key_path}: not an Ed25519 private key")
