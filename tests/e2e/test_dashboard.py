@@ -362,15 +362,18 @@ def test_long_words_wrap_in_every_list_and_step_ids_fit_their_nodes(page, daemon
         assert clipped == "url(#dag-node-clip)"  # a wide id stops at the node's edge
 
 
-def test_the_run_page_shows_live_state_changes_of_a_running_dag(page, daemon):
-    steps = [{"id": "first", "type": "nap"},
+def test_the_run_page_shows_live_state_changes_of_a_running_dag(page, daemon, tmp_path):
+    gate = tmp_path / "gate"  # the first step runs until it exists: a slow page load still sees
+    steps = [{"id": "first", "type": "hold", "inputs": {"gate": str(gate)}},  # third pending
              {"id": "second", "type": "nap", "depends_on": ["first"]},
              {"id": "third", "type": "nap", "depends_on": ["second"]}]  # fmt: skip
     run_id = submit(daemon, steps)
     open_page(page, daemon, f"#/runs/{run_id}")
     expect(page.locator("main")).to_have_attribute("data-ready", "1")
     # Each transition seen on the same page, without a reload.
+    expect(node(page, "first")).to_have_attribute("data-state", "running", timeout=10_000)
     expect(node(page, "third")).to_have_attribute("data-state", "pending")
+    gate.touch()
     expect(node(page, "second")).to_have_attribute("data-state", "running", timeout=10_000)
     expect(node(page, "third")).to_have_attribute("data-state", "running", timeout=10_000)
     expect(node(page, "third")).to_have_attribute("data-state", "succeeded", timeout=10_000)
