@@ -150,7 +150,8 @@ def _offline(args: argparse.Namespace, params: dict[str, str]) -> Answer:
     limits = config.analytics
     max_rows = min(args.max_rows or limits.max_rows, limits.max_rows)
     try:
-        result = run_file(path, sql, params, max_rows, limits.query_timeout, limits.max_reply_bytes)
+        result = run_file(path, sql, params, max_rows, limits.query_timeout, limits.max_reply_bytes,
+                          config.store.memory_limit)  # fmt: skip
     except sandbox.QueryTooLarge as exc:
         raise CommandFailed(f"RESOURCE_EXHAUSTED: {exc}") from None
     except (sandbox.QueryRefused, sandbox.QueryFailed) as exc:
@@ -170,14 +171,17 @@ def run_file(
     max_rows: int,
     timeout: float,
     max_bytes: int,
+    memory_limit: str | None = None,
 ) -> sandbox.QueryResult:
-    """One sandboxed query on the database file opened read-only, external access off;
-    interrupted after ``timeout`` seconds (TimeoutError)."""
+    """One sandboxed query on the database file opened read-only, external access off, within
+    ``memory_limit`` (``[store] memory_limit``, as the daemon's: DuckDB's own default is 80% of
+    the machine's memory); interrupted after ``timeout`` seconds (TimeoutError)."""
     import duckdb
     from foundry.analytics import sandbox
 
     try:
-        con = duckdb.connect(str(path), read_only=True)
+        limits = {"memory_limit": memory_limit} if memory_limit else {}
+        con = duckdb.connect(str(path), read_only=True, config=limits)
         con.execute("SET TimeZone = 'UTC'")  # not in the config: ICU loads after it is read
         # as the daemon's instance: its archive readable (the archived_* views read it), no other
         # file, no setting changed after (external access off at connect refused the archive)

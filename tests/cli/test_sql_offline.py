@@ -28,6 +28,14 @@ def test_a_time_limit_that_passes_between_the_sandboxs_statements_still_holds(tm
     assert run_file(path, "SELECT 42 AS n", {}, 10, 5.0, 1 << 20).rows
 
 
+def test_a_query_of_the_file_is_held_to_the_stores_memory_limit(tmp_path):
+    """Offline, DuckDB's own default held: 80% of the machine's memory for one query (a hunt)."""
+    path = tmp_path / "foundry.duckdb"
+    duckdb.connect(str(path)).close()
+    sql = "SELECT current_setting('memory_limit') AS m"
+    assert run_file(path, sql, {}, 10, 5.0, 1 << 20, "64MB").rows == ('["61.0 MiB"]',)
+
+
 @pytest.mark.parametrize("rows", ["4294967297", "0", "-1", "x"])
 def test_max_rows_past_what_a_query_request_holds_is_refused(rows, capsys):
     """QueryRequest.max_rows is a uint32: 4294967297 went to the daemon as 1, silently."""

@@ -270,6 +270,10 @@ def test_foundry_sql_online_then_offline(make_daemon):
     off_limited = daemon.cli("sql", "FROM range(100)", "--config", str(daemon.config), "--json",
                              "--home", str(daemon.home), check=True)  # fmt: skip
     assert len(json.loads(off_limited.stdout)["rows"]) == 50  # [analytics] max_rows
+    off_memory = daemon.cli("sql", "SELECT current_setting('memory_limit') AS m", "--json",
+                            "--config", str(daemon.config), "--home", str(daemon.home),
+                            check=True)  # fmt: skip
+    assert json.loads(off_memory.stdout)["rows"] == [["244.1 MiB"]]  # [store]'s default 256MB
 
     off_slow = daemon.cli("sql", HEAVY, "--config", str(daemon.config),
                           "--home", str(daemon.home))  # fmt: skip
