@@ -180,7 +180,9 @@ def run_file(
     from foundry.analytics import sandbox
 
     try:
-        limits = {"memory_limit": memory_limit} if memory_limit else {}
+        limits: dict[str, str | bool | int | float | list[str]] = (
+            {"memory_limit": memory_limit} if memory_limit else {}
+        )
         con = duckdb.connect(str(path), read_only=True, config=limits)
         con.execute("SET TimeZone = 'UTC'")  # not in the config: ICU loads after it is read
         # as the daemon's instance: its archive readable (the archived_* views read it), no other
