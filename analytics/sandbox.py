@@ -747,13 +747,14 @@ def _lower_bound(value: str, kind: str, depth: int = 0) -> str:
         return _separators(f"CAST({value} AS VARCHAR)", ", ")
     if depth >= MAX_BOUND_DEPTH:
         return "1"
-    if _is_map(kind) and not _DISTINCT_KEYS.fullmatch(_map_parts(kind)[0]):
-        return f"CASE WHEN {value} IS NULL THEN 4 ELSE 2 END"  # its entries may become one
     if _is_map(kind):
+        key_kind, value_kind = _map_parts(kind)
+        if not _DISTINCT_KEYS.fullmatch(key_kind):
+            return f"CASE WHEN {value} IS NULL THEN 4 ELSE 2 END"  # its entries may become one
         item = f"x{depth}"
         values = (
             f"list_transform(map_values({value}), lambda {item}: "
-            + _lower_bound(item, _map_value_kind(kind), depth + 1)
+            + _lower_bound(item, value_kind, depth + 1)
             + ")"
         )
         # each entry: its key's quotes and colon, a comma; the braces
@@ -821,24 +822,10 @@ def _is_map(kind: str) -> bool:
     return kind.startswith("MAP(") and kind.endswith(")")
 
 
-def _map_value_kind(kind: str) -> str:
-    """The value type of DuckDB's name of a MAP type (``MAP(VARCHAR, INTEGER[])``)."""
-    return _map_parts(kind)[1]
-
-
 def _map_parts(kind: str) -> tuple[str, str]:
-    """The key and value types of the MAP type ``kind`` starts with (what follows it ignored)."""
-    body, depth, quote, comma = kind[len("MAP(") :], 0, "", -1
-    for i, char in enumerate(body):
-        if char in "\"'" and quote in ("", char):
-            quote = "" if quote else char
-        elif not quote and char in "()":
-            if char == ")" and depth == 0:
-                return body[:comma].strip(), body[comma + 1 : i].strip()
-            depth += 1 if char == "(" else -1
-        elif not quote and char == "," and depth == 0:
-            comma = i
-    return "", ""
+    """The key and value types of DuckDB's name of a MAP type (``MAP(VARCHAR, INTEGER[])``)."""
+    parts = _top_level_parts(kind[len("MAP(") : -1])
+    return (parts[0], parts[1]) if len(parts) == 2 else ("", "")
 
 
 _ARRAY = re.compile(r"(.*)\[\d*\]")  # a list (T[]) or a fixed-size array (T[3]) of T
@@ -854,8 +841,21 @@ def struct_fields(kind: str) -> list[tuple[str, str]]:
     INTEGER[])``); [] for any other type."""
     if not (kind.startswith("STRUCT(") and kind.endswith(")")):
         return []
+    fields = []
+    for part in _top_level_parts(kind[len("STRUCT(") : -1]):
+        if part.startswith('"'):
+            end = _closing_quote(part)
+            name, rest = part[1:end].replace('""', '"'), part[end + 1 :]
+        else:
+            name, _, rest = part.partition(" ")
+        fields.append((name, rest.strip()))
+    return fields
+
+
+def _top_level_parts(body: str) -> list[str]:
+    """A type's parameters (``body``: what is between its parentheses), split at the commas
+    that are neither quoted nor inside another type's parentheses."""
     parts, depth, quote, start = [], 0, "", 0
-    body = kind[len("STRUCT(") : -1]
     for i, char in enumerate(body):
         if char in "\"'" and quote in ("", char):
             quote = "" if quote else char  # a doubled quote inside toggles twice
@@ -865,15 +865,7 @@ def struct_fields(kind: str) -> list[tuple[str, str]]:
             parts.append(body[start:i].strip())
             start = i + 1
     parts.append(body[start:].strip())
-    fields = []
-    for part in parts:
-        if part.startswith('"'):
-            end = _closing_quote(part)
-            name, rest = part[1:end].replace('""', '"'), part[end + 1 :]
-        else:
-            name, _, rest = part.partition(" ")
-        fields.append((name, rest.strip()))
-    return fields
+    return parts
 
 
 def _closing_quote(part: str) -> int:
