@@ -41,7 +41,6 @@ from foundry.kernel.config import default_home, expanded
 from foundry.kernel.core.attest import (
     dsse_b64decode,
     key_id,
-    no_duplicate_keys,
     verify_chain,
     verify_envelope,
 )
@@ -53,6 +52,7 @@ from foundry.kernel.core.attest_records import (
     json_digest,
 )
 from foundry.kernel.core.governance import HISTORY_LIMIT, MAX_GATE_LIMIT
+from foundry.kernel.core.json_input import each_key_once
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import runtime_api as api
@@ -300,7 +300,7 @@ def _read_envelopes(path: Path) -> list[str]:
     text = data.decode("utf-8", errors="replace")
     del data
     try:
-        whole = json.loads(text, object_pairs_hook=no_duplicate_keys)
+        whole = json.loads(text, object_pairs_hook=each_key_once)
     except (ValueError, RecursionError):  # lines, or one of them too deep: checked by name
         whole = None
     if isinstance(whole, dict | list) and whole:

@@ -52,7 +52,14 @@ from foundry.kernel.cli.common import (
 )
 from foundry.kernel.cli.output import message_dict, reported, stamp, write_control
 from foundry.kernel.core.evals import Regression, ScenarioStats, regression, summarize
-from foundry.kernel.core.json_input import MAX_DEPTH, STRUCT_DEPTH, check_depth, toml_not_json
+from foundry.kernel.core.json_input import (
+    MAX_DEPTH,
+    STRUCT_DEPTH,
+    DuplicateKey,
+    check_depth,
+    each_key_once,
+    toml_not_json,
+)
 from foundry.kernel.errors import ConfigError, FoundryError, InvalidArgument
 from foundry.proto import runtime_api as api
 from foundry.proto.generated.google.protobuf import Struct
@@ -130,7 +137,9 @@ def _document(name: str, text: str, suffix: str) -> dict[str, Any]:
         value: Any = _toml(name, text)
     else:
         try:
-            value = json.loads(text, parse_constant=_no_constant)
+            value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=each_key_once)
+        except DuplicateKey as exc:
+            raise ConfigError(f"{name}: not valid JSON: {exc}") from None
         except ValueError as exc:
             if suffix == ".json":
                 raise ConfigError(f"{name}: not valid JSON: {exc}") from None
@@ -265,7 +274,7 @@ def _run_spec(raw: Any, base: Path, at: str) -> dict[str, Any]:
     else:
         raise ConfigError(f"{at}: run_spec.dag: expected a JSON string or a table")
     try:
-        dag = json.loads(dag_json, parse_constant=_no_constant)
+        dag = json.loads(dag_json, parse_constant=_no_constant, object_pairs_hook=each_key_once)
     except ValueError as exc:
         raise ConfigError(f"{at}: {what}: not valid JSON: {exc}") from None
     except RecursionError:

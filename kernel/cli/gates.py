@@ -32,7 +32,7 @@ import betterproto2
 from foundry.kernel.cli.common import prepared_client, whole_number
 from foundry.kernel.cli.evals import list_scenarios, load_document, results_at, stats_of
 from foundry.kernel.cli.output import message_dict, reported, stamp
-from foundry.kernel.core.json_input import STRUCT_DEPTH, check_depth, toml_not_json
+from foundry.kernel.core.json_input import STRUCT_DEPTH, check_depth, each_key_once, toml_not_json
 from foundry.kernel.errors import ConfigError, FoundryError, InvalidArgument
 from foundry.proto import analytics_api
 from foundry.proto import runtime_api as api
@@ -470,7 +470,7 @@ def _prepare_followup(args: argparse.Namespace) -> None:
     args.details_value = None
     if args.details is not None:
         try:
-            value = json.loads(args.details)
+            value = json.loads(args.details, object_pairs_hook=each_key_once)
         except ValueError as exc:
             raise ConfigError(f"--details: not valid JSON: {exc}") from None
         if not isinstance(value, dict):

@@ -15,7 +15,7 @@ from typing import Any
 import betterproto2
 from foundry.kernel.cli.common import int64, read_text_file, whole_number
 from foundry.kernel.cli.output import message_dict, short_json, stamp
-from foundry.kernel.core.json_input import same_json
+from foundry.kernel.core.json_input import each_key_once, same_json
 from foundry.kernel.core.numbers import restore_ints
 from foundry.kernel.errors import ConfigError, FoundryError
 from foundry.proto import runtime_api as api
@@ -129,11 +129,11 @@ def add_run_commands(commands: Any, client: Any, client_options: Any) -> None:
 
 def _object(text: str, flag: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=each_key_once)
     except ValueError as exc:
-        raise FoundryError(f"{flag}: not valid JSON: {exc}") from None
+        raise ConfigError(f"{flag}: not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise FoundryError(f"{flag}: expected a JSON object")
+        raise ConfigError(f"{flag}: expected a JSON object")
     return value
 
 

@@ -78,6 +78,7 @@ from datetime import datetime
 from typing import Any
 
 from foundry.kernel.core.ids import rfc3339
+from foundry.kernel.core.json_input import each_key_once
 from foundry.kernel.errors import InvalidArgument
 
 __all__ = [
@@ -771,7 +772,7 @@ def _open(env: str | Mapping[str, Any]) -> _Opened:
     """Everything :func:`verify_envelope` checks except the signatures."""
     if isinstance(env, str | bytes):
         try:
-            parsed = json.loads(env, object_pairs_hook=no_duplicate_keys, parse_constant=_no_nan)
+            parsed = json.loads(env, object_pairs_hook=each_key_once, parse_constant=_no_nan)
         except (ValueError, RecursionError) as exc:
             return _Opened(None, None, None, (f"envelope: not JSON ({str(exc)[:200]})",))
     else:
@@ -803,7 +804,7 @@ def _open(env: str | Mapping[str, Any]) -> _Opened:
         errors.append("payload: missing or not base64")
         return _Opened(parsed, None, None, tuple(errors))
     try:
-        decoded = json.loads(payload, object_pairs_hook=no_duplicate_keys, parse_constant=_no_nan)
+        decoded = json.loads(payload, object_pairs_hook=each_key_once, parse_constant=_no_nan)
     except (ValueError, RecursionError) as exc:
         errors.append(f"payload: not JSON ({str(exc)[:200]})")
         return _Opened(parsed, payload, None, tuple(errors))
@@ -865,17 +866,6 @@ def _signature_errors(
         if good:
             return []
     return [f"signatures: the signature by key {expected_keyid!r} does not verify"]
-
-
-def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object's ``object_pairs_hook`` refusing a key given twice (ValueError): readers
-    disagree on which of the two counts."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
 
 
 def _no_nan(constant: str) -> Any:

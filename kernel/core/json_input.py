@@ -98,13 +98,13 @@ def parse_json(
     # Only a document with that many brackets can be too deep: skip the walk for the rest.
     deep = text.count("[") + text.count("{") > MAX_DEPTH
     named_twice: list[bool] = []  # (a deep document's objects are noted as they are made)
-    pairs = _unique_pairs if unique_keys else _noting_twice(named_twice) if deep else None
+    pairs = each_key_once if unique_keys else _noting_twice(named_twice) if deep else None
     try:
         value = json.loads(
             text, parse_constant=_not_json, parse_int=number, parse_float=number,
             object_pairs_hook=pairs,
         )  # fmt: skip
-    except _DuplicateKey as exc:
+    except DuplicateKey as exc:
         raise InvalidArgument(f"{field}: an object names the key {quoted(exc.key)} twice") from None
     except RecursionError:
         raise InvalidArgument(f"{field}: nested deeper than {MAX_DEPTH} levels") from None
@@ -154,19 +154,24 @@ def text_depth(text: str, limit: int) -> int:
     return depth
 
 
-class _DuplicateKey(ValueError):
+class DuplicateKey(ValueError):
+    """A JSON object naming ``key`` twice (readers disagree on which of the two counts)."""
+
     def __init__(self, key: str) -> None:
-        super().__init__(key)
+        super().__init__(f"duplicate key {quoted(key)}")
         self.key = key
 
 
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def each_key_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An ``object_pairs_hook`` refusing a key given twice (:class:`DuplicateKey`):
+    ``json.loads`` keeps the last, so a proxy or a reviewer reading the first saw another
+    document than the one used."""
     found = dict(pairs)
     if len(found) != len(pairs):
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise _DuplicateKey(key)
+                raise DuplicateKey(key)
             seen.add(key)
     return found
 

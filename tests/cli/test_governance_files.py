@@ -165,11 +165,36 @@ def test_documents_by_suffix(tmp_path):
         ("b.json", "[1]", "expected an object at the top, got a list"),
         ("b.json", '{"a": NaN}', "not valid JSON"),
         ("b.txt", "{{", "neither valid JSON"),
+        ("b.json", '{"a": {"b": 1, "b": 2}}', "not valid JSON: duplicate key 'b'"),
+        ("b.txt", '{"a": 1, "a": 2}', "not valid JSON: duplicate key 'a'"),  # not read as TOML
         ("missing.json", None, "cannot read"),
     ]:
         path = tmp_path / name if text is None else write(tmp_path / name, text)
         with pytest.raises(ConfigError, match=message):
             load_document(path)
+
+
+def test_a_key_given_twice_exits_2_naming_it(tmp_path, capsys):
+    # The last value won: a reviewer reading the first change_id or expected saw another
+    # request than the one sent (the daemon refuses these in DAGs and HTTP bodies too).
+    gate = write(tmp_path / "gate.json", '{"change_id": "reviewed", "change_id": "other"}')
+    pack = write(tmp_path / "pack.json", json.dumps({"pack": "p", "scenarios": [
+        {"slug": "a", "run_spec": {"dag": "{}"}, "expected": {"status": "succeeded"}}]}
+    ).replace('"expected": {', '"expected": {"status": "failed"}, "expected": {'))  # fmt: skip
+    dag = write(tmp_path / "dag.json", json.dumps({"pack": "p", "scenarios": [
+        {"slug": "a", "run_spec": {"dag": '{"steps": [], "steps": []}'},
+         "expected": {"status": "succeeded"}}]}))  # fmt: skip
+    for argv, key in [
+        (["gate", "check", str(gate)], "change_id"),
+        (["eval", "sync", str(pack)], "expected"),
+        (["eval", "sync", str(dag)], "steps"),
+        (["gate", "followup", "g", "--outcome", "approved", "--details", '{"a": 1, "a": 2}'], "a"),
+        (["run", "submit", str(dag), "--inputs", '{"x": 1, "x": 2}'], "x"),
+    ]:
+        assert main([*argv, "--addr", "127.0.0.1:1"]) == 2, argv
+        err = capsys.readouterr().err
+        assert f"duplicate key {key!r}" in err, argv
+        assert err.count("\n") == 1
 
 
 def test_a_bad_pack_file_exits_2_before_calling_the_daemon(tmp_path, capsys):

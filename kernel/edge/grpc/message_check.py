@@ -478,7 +478,8 @@ def json_kind(value: Any) -> str:
 def refuse_both_spellings(kind: Any, document: dict[Any, Any], where: str = "") -> None:
     """Raise :class:`WrongField` for a field a JSON object names twice, in two spellings
     (``runId`` and ``run_id``): ``from_dict`` took the last, so a proxy or a reviewer reading the
-    first saw another request than the daemon ran (one key given twice: ``codecs.once_each``)."""
+    first saw another request than the daemon ran (one key given twice:
+    ``json_input.each_key_once``)."""
     if len(document) < 2:
         return
     seen: dict[str, str] = {}

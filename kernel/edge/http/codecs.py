@@ -20,7 +20,7 @@ from typing import Any
 import betterproto2
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
-from foundry.kernel.core.json_input import MAX_DEPTH
+from foundry.kernel.core.json_input import MAX_DEPTH, DuplicateKey, each_key_once
 from foundry.kernel.edge.grpc import upb_encode
 from foundry.kernel.edge.grpc.framing import canonical, not_valid
 from foundry.kernel.edge.grpc.internals import Encoded
@@ -140,14 +140,10 @@ class JsonCodec(_CheckedCodec):
         except UnicodeDecodeError as exc:
             raise WrongField(f"not UTF-8 (byte {exc.start}): JSON is sent as UTF-8") from None
         try:
-            document = json.loads(text, object_pairs_hook=once_each)
-        except ValueError as exc:
-            if not _TOO_MANY_DIGITS.search(str(exc)):
-                raise
-            # An integer of more than ``sys.get_int_max_str_digits()`` digits: Python's words
-            # were the answer, naming no field. Read as JSON's number (a double: infinite), the
-            # field it is in refuses it by name as it refuses 1e400.
-            document = json.loads(text, object_pairs_hook=once_each, parse_int=_int_or_infinite)
+            document = _loaded(text)
+        except DuplicateKey as exc:
+            key = ascii(exc.key[:40])
+            raise WrongField(f"{key}: a key given twice in one JSON object") from None
         if not isinstance(document, dict):
             raise WrongField(f"expected a JSON object, got {type(document).__name__}")
         if _ESCAPED_SURROGATE.search(data):  # only a \uD800-\uDFFF escape makes one
@@ -155,6 +151,22 @@ class JsonCodec(_CheckedCodec):
         message = jsonfast.from_dict(kind, document)
         coerce_json_numbers(message)  # 5 for a double, "42" for an int64: proto3 JSON allows both
         return message
+
+
+def _loaded(text: str) -> Any:
+    """The JSON document, each object naming each key once (a proxy or a reviewer reading the
+    first of two saw another request than the daemon ran)."""
+    try:
+        return json.loads(text, object_pairs_hook=each_key_once)
+    except DuplicateKey:
+        raise
+    except ValueError as exc:
+        if not _TOO_MANY_DIGITS.search(str(exc)):
+            raise
+    # An integer of more than ``sys.get_int_max_str_digits()`` digits: Python's words were the
+    # answer, naming no field. Read as JSON's number (a double: infinite), the field it is in
+    # refuses it by name as it refuses 1e400.
+    return json.loads(text, object_pairs_hook=each_key_once, parse_int=_int_or_infinite)
 
 
 _TOO_MANY_DIGITS = re.compile(r"limit \(\d+ digits\) for integer string conversion")
@@ -169,20 +181,6 @@ def _int_or_infinite(digits: str) -> int | float:
 
 
 TOO_DEEP = f"request: JSON nested too deep to read (a value holds at most {MAX_DEPTH} levels)"
-
-
-def once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object as a dict, :class:`WrongField` for a key it gives twice: ``json.loads``
-    kept the last, so a proxy or a reviewer reading the first saw another request than the
-    daemon ran (the DAG's JSON and attestation envelopes refuse them too)."""
-    document = dict(pairs)
-    if len(document) < len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise WrongField(f"{ascii(key[:40])}: a key given twice in one JSON object")
-            seen.add(key)
-    return document
 
 
 # A lone surrogate reaches a JSON string only through an escape (UTF-8 cannot carry one); binary
