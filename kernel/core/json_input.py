@@ -319,27 +319,41 @@ def same_json(a: Any, b: Any) -> bool:
 # JSON of more values than this is made, read or written on a worker thread, not the trio
 # thread (~1-12 µs a value there, depending on the work; 900,000 held every other client 11 s).
 JSON_VALUES_ON_LOOP = 2_000
+# Of a string (a value or a key), the characters counted as one value: encoding them costs
+# about what one small value does (~2-4 ns a character in GetRun's reply; twenty outputs of
+# 3.9 MB, each one value, held every other client 0.7-3 s).
+CHARS_A_VALUE = 1_000
 
 
 def json_values_past(values: Iterable[Any], limit: int = JSON_VALUES_ON_LOOP) -> bool:
     """Whether JSON values (as ``json.loads`` makes them) hold more than ``limit`` values, each
-    one and its nested ones counted; a bounded look: it stops counting there."""
+    one and its nested ones counted, and a long string as one a :data:`CHARS_A_VALUE`
+    characters; a bounded look: it stops counting there."""
     seen = 0
     for value in values:
-        seen += 1
+        seen += 1 + _string_weight(value)
         stack = [value]
-        while stack:
+        while stack and seen <= limit:
             node = stack.pop()
             if isinstance(node, Mapping):
+                seen += len(node) + sum(map(len, node)) // CHARS_A_VALUE
                 children: Any = node.values()
             elif isinstance(node, list | tuple):
+                seen += len(node)
                 children = node
             else:
                 continue
-            seen += len(children)
             if seen > limit:
                 return True
-            stack.extend(c for c in children if isinstance(c, Mapping | list | tuple))
+            for child in children:
+                if isinstance(child, str):
+                    seen += len(child) // CHARS_A_VALUE
+                elif isinstance(child, Mapping | list | tuple):
+                    stack.append(child)
         if seen > limit:
             return True
     return False
+
+
+def _string_weight(value: Any) -> int:
+    return len(value) // CHARS_A_VALUE if isinstance(value, str) else 0

@@ -17,7 +17,14 @@ from foundry.kernel.core.ids import (
     payload_json_of,
     rfc3339,
 )
-from foundry.kernel.core.json_input import oversized_number, parse_json_object, text_depth
+from foundry.kernel.core.json_input import (
+    CHARS_A_VALUE,
+    JSON_VALUES_ON_LOOP,
+    json_values_past,
+    oversized_number,
+    parse_json_object,
+    text_depth,
+)
 from foundry.kernel.core.upstream_json import format_float, parse_number
 from foundry.kernel.errors import InvalidArgument
 from hypothesis import given
@@ -513,3 +520,17 @@ def test_a_number_no_double_holds_is_found_and_digits_in_text_are_not():
     assert "(400 digits)" in oversized_number("[-" + "1" * 400 + "]")
     assert oversized_number('{"s":"' + "9" * 5_000 + '"}') == ""  # a string of digits
     assert oversized_number(json.dumps(["9" * 308] * 1_000)) == ""  # long runs, none too long
+
+
+def test_json_values_past_counts_values_and_long_strings_by_their_characters():
+    limit = JSON_VALUES_ON_LOOP
+    assert not json_values_past(([None] * (limit - 1),))
+    assert json_values_past(([None] * limit,))
+    assert json_values_past(({"a": {"b": list(range(limit))}},))
+    # One value each, but as costly to encode as thousands (twenty 3.9 MB outputs held the
+    # loop for seconds): a string as a value, in a list, in an object, and as a key.
+    long = "y" * (CHARS_A_VALUE * limit)
+    for value in (long, [long], {"a": [1, {"b": long}]}, {long: 1}):
+        assert json_values_past((value,)), type(value)
+    assert json_values_past(["y" * (CHARS_A_VALUE * limit // 4)] * 5)  # many, together
+    assert not json_values_past(({"a": "y" * (CHARS_A_VALUE * 10)}, "é" * 50_000))

@@ -27,7 +27,7 @@ from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.core.dag import parse_dag
 from foundry.kernel.core.drift import Tolerance, drift
 from foundry.kernel.core.ids import compact_json
-from foundry.kernel.core.json_input import quoted, unpaired_surrogate_escape
+from foundry.kernel.core.json_input import json_values_past, quoted, unpaired_surrogate_escape
 from foundry.kernel.core.planner import LONE_SURROGATE, as_it_failed, step_error
 from foundry.kernel.core.runs import RunEventRecord, RunState, RunSubmission, StepState
 from foundry.kernel.core.throttle import Action
@@ -134,7 +134,12 @@ class Replayer:
             error = error or fault  # as the scheduler fails such an attempt
             # an error is cut as the recorded one was: a 3.4 MB error against its recorded
             # 2,000 characters held the daemon's loop in difflib for 12 s
-            current = {"error": step_error(error)["message"]} if error else _json(output)
+            if error:
+                current = {"error": step_error(error)["message"]}
+            elif json_values_past((output,)):  # (a 3.9 MB string held the loop ~0.1 s a step)
+                current = await in_thread(_json, output)
+            else:
+                current = _json(output)
             spent = ctx.usage if not fault else Usage()
             usage = {"tokens_in": spent.tokens_in, "tokens_out": spent.tokens_out,
                      "cost": spent.cost}  # fmt: skip

@@ -106,7 +106,11 @@ def test_a_run_is_large_by_its_values_nested_ones_too():
     ):
         assert run_is_large(replace(view(2, ids=0), steps=(replace(huge, output=output),)))
     assert run_is_large(replace(view(2, ids=0), inputs={"x": [[1]] * STRUCT_VALUES_ON_LOOP}))
-    assert not run_is_large(replace(view(2, ids=0), inputs={"x": "y" * 10_000_000}))
+    assert not run_is_large(replace(view(2, ids=0), inputs={"x": "y" * 100_000}))
+    # 10 MB of text cost GetRun ~22-43 ms to encode, as much as ~10,000 values
+    assert run_is_large(replace(view(2, ids=0), inputs={"x": "y" * 10_000_000}))
+    text = replace(huge, output="y" * 3_900_000)
+    assert run_is_large(replace(view(2, ids=0), steps=(text,)))
 
 
 async def test_a_large_reply_lets_other_tasks_run_while_it_is_made():
