@@ -1481,6 +1481,9 @@ async def test_a_record_of_many_values_is_encoded_off_the_trio_thread(tmp_path, 
     assert tables_record_is_large(large)
     assert tables_record_is_large(labelled)
     assert not tables_record_is_large(small)
+    # one long string is as costly to encode as thousands of values: a DAG's text, an output
+    assert tables_record_is_large(dataclasses.replace(small, dag_json=" " * 3_000_000))
+    assert tables_record_is_large(dataclasses.replace(small, inputs={"x": "y" * 3_000_000}))
 
 
 def test_a_gate_decision_of_many_values_is_a_large_record():
@@ -1491,6 +1494,15 @@ def test_a_gate_decision_of_many_values_is_a_large_record():
     assert not tables_record_is_large(small)
     assert tables_record_is_large(dataclasses.replace(small, scorecard={"evals": evals}))
     assert tables_record_is_large(dataclasses.replace(small, telemetry={"a": [None] * 3_000}))
+
+
+def test_an_eval_scenario_of_a_long_dag_is_a_large_record():
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    small = EvalScenarioRecord("scn_1", "p", "a", "", "", {"dag_json": "{}"}, {"x": 1}, at, at)
+    assert not tables_record_is_large(small)
+    long_dag = {"dag_json": " " * 3_000_000}
+    assert tables_record_is_large(dataclasses.replace(small, run_spec=long_dag))
+    assert tables_record_is_large(dataclasses.replace(small, expected={"x": [1] * 3_000}))
 
 
 async def test_the_store_tells_the_tap_when_its_commits_fail_and_when_they_work_again(

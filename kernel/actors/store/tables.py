@@ -405,16 +405,19 @@ def _rows_by_kind(records: Iterable[Any]) -> dict[type, list[tuple[Any, ...]]]:
 
 
 def record_is_large(record: Any) -> bool:
-    """Whether a record holds more than ``json_input.JSON_VALUES_ON_LOOP`` JSON values (a run's
-    inputs and labels, an event's payload: a step's inputs or output; a gate decision's
-    scorecard, metadata and telemetry); a bounded look. Such
+    """Whether a record holds more than ``json_input.JSON_VALUES_ON_LOOP`` JSON values, long
+    strings counted by their characters (a run's inputs, labels and DAG, an event's payload: a
+    step's inputs or output; a gate decision's scorecard, metadata and telemetry; an eval
+    scenario's run spec and expectations); a bounded look. Such
     a record is encoded on the journal thread (``Store._hand_off``): a submission of 300,000
     keys encoded on the trio thread held the loop 0.5 s; a gate decision of 130,000 evals,
     0.7 s)."""
     if isinstance(record, RunEventRecord):
         values: tuple[Any, ...] = (record.payload,)
     elif isinstance(record, RunSubmission):
-        values = (record.inputs, record.labels)
+        values = (record.inputs, record.labels, record.dag_json)
+    elif isinstance(record, EvalScenarioRecord):
+        values = (record.run_spec, record.expected)
     elif isinstance(record, GateDecisionRecord):
         values = (record.followups, record.scorecard, record.metadata, record.telemetry)
     elif isinstance(record, GateFollowupRecord):
