@@ -13,7 +13,7 @@ from typing import Any
 
 import pluggy
 from foundry.kernel import hookspecs
-from foundry.kernel.blocks.api import Block, BlockFactory
+from foundry.kernel.blocks.api import Block, BlockFactory, BlockKind
 from foundry.kernel.blocks.tables import MAX_RETRIES, MAX_SECONDS
 from foundry.kernel.blocks.tools import Tool
 from foundry.kernel.config import Config
@@ -170,6 +170,17 @@ def block_fault(block: Block) -> str:
             return f"sinks: expected event types (non-empty strings), got {sink!r:.100}"
     if len(name) > MAX_ID_LENGTH:
         return f"name: longer than {MAX_ID_LENGTH} characters"
+    # (a subclass whose __init__ skips Block's keeps its class's values as they are: "mutator"
+    # for kind failed `foundry config check` and the daemon's start with a traceback, a hunt)
+    if not isinstance(block.kind, BlockKind):
+        return f"kind: expected BlockKind.OBSERVER or BlockKind.MUTATOR, got {block.kind!r:.100}"
+    if not isinstance(block.description, str):
+        return f"description: expected a string, got {block.description!r:.100}"
+    allow_env = block.allow_env
+    if not isinstance(allow_env, frozenset | set | tuple | list) or not all(
+        isinstance(n, str) for n in allow_env
+    ):
+        return f"allow_env: expected a set of env names, got {allow_env!r:.100}"
     retries = block.retries
     if type(retries) is not int or not 0 <= retries <= MAX_RETRIES:
         return f"retries: expected a whole number from 0 to {MAX_RETRIES}, got {retries!r}"

@@ -20,6 +20,7 @@ from foundry.kernel.blocks.registry import (
     load_blocks,
     load_config_blocks,
 )
+from foundry.kernel.cli.main import main
 from foundry.kernel.config import Config, EngineConfig
 from foundry.kernel.testing import run_block
 
@@ -287,6 +288,15 @@ def test_a_block_made_with_sinks_that_are_no_event_types_is_refused_naming_them(
         ({"backoff": float("inf")}, "backoff: expected seconds"),
         ({"sinks": ("a", 7)}, "sinks: expected event types (non-empty strings), got 7"),
         ({"sinks": {"a"}}, "sinks: expected a list or tuple of event types"),
+        # (what a subclass whose __init__ skips Block's keeps: "mutator" failed `config
+        # check` and the daemon's start with a traceback, a hunt)
+        (
+            {"kind": "mutator"},
+            "kind: expected BlockKind.OBSERVER or BlockKind.MUTATOR, got 'mutator'",
+        ),
+        ({"description": 42}, "description: expected a string, got 42"),
+        ({"allow_env": "PATH"}, "allow_env: expected a set of env names, got 'PATH'"),
+        ({"allow_env": frozenset({1})}, "allow_env: expected a set of env names"),
     ],
 )
 def test_a_block_that_cannot_run_is_refused_at_load(options, said):
@@ -296,6 +306,34 @@ def test_a_block_that_cannot_run_is_refused_at_load(options, said):
         setattr(odd, key, value)
     with pytest.raises(ConfigError, match=re.escape(said)):
         BlockRegistry([odd])
+
+
+def test_config_check_of_a_block_whose_init_skips_blocks_is_one_line(
+    plugin_module, tmp_path, capsys
+):
+    name = plugin_module(
+        """
+        from foundry.kernel import Block, hookimpl
+
+        class Deploy(Block):
+            name = "Deploy"
+            kind = "mutator"
+            sinks = ("deploy_requested",)
+
+            def __init__(self, target="prod"):
+                self.target = target
+
+        @hookimpl
+        def register_blocks():
+            return [Deploy()]
+        """
+    )
+    config = tmp_path / "plugged.toml"
+    config.write_text(f'[plugins]\nmodules = ["{name}"]\n')
+    assert main(["config", "check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "block 'Deploy': kind: expected BlockKind.OBSERVER or BlockKind.MUTATOR" in err
+    assert err.count("\n") == 1
 
 
 def test_a_plugin_returning_something_that_is_not_a_block_fails(plugin_module):
