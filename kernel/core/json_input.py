@@ -336,7 +336,7 @@ def json_values_past(values: Iterable[Any], limit: int = JSON_VALUES_ON_LOOP) ->
         while stack and seen <= limit:
             node = stack.pop()
             if isinstance(node, Mapping):
-                seen += len(node) + sum(map(len, node)) // CHARS_A_VALUE
+                seen += len(node) + _keys_weight(node)
                 children: Any = node.values()
             elif isinstance(node, list | tuple):
                 seen += len(node)
@@ -353,6 +353,13 @@ def json_values_past(values: Iterable[Any], limit: int = JSON_VALUES_ON_LOOP) ->
         if seen > limit:
             return True
     return False
+
+
+def _keys_weight(node: Mapping[Any, Any]) -> int:
+    try:
+        return sum(map(len, node)) // CHARS_A_VALUE
+    except TypeError:  # a key that is no string (an output not JSON yet: judged later)
+        return sum(len(k) for k in node if isinstance(k, str)) // CHARS_A_VALUE
 
 
 def _string_weight(value: Any) -> int:

@@ -534,3 +534,5 @@ def test_json_values_past_counts_values_and_long_strings_by_their_characters():
         assert json_values_past((value,)), type(value)
     assert json_values_past(["y" * (CHARS_A_VALUE * limit // 4)] * 5)  # many, together
     assert not json_values_past(({"a": "y" * (CHARS_A_VALUE * 10)}, "é" * 50_000))
+    assert not json_values_past(({1: "a", "1": "b", None: [2]},))  # not JSON yet: judged later
+    assert json_values_past(({1: "a", "y" * (CHARS_A_VALUE * limit): "b"},))
