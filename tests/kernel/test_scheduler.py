@@ -302,6 +302,79 @@ async def test_no_more_steps_run_at_once_than_the_limit(tmp_path, autojump_clock
     assert sorted(t - t0 for _, t in sleepy.started) == [0, 0, 1, 1, 2]
 
 
+@pytest.fixture
+def step_tasks(monkeypatch):
+    """STEP_TASKS made 3, and the most ``_run_step`` calls alive at once, as they run."""
+    from foundry.kernel.actors.scheduler import actor
+
+    monkeypatch.setattr(actor, "STEP_TASKS", 3)
+    alive = {"now": 0, "peak": 0}
+    real = Scheduler._run_step
+
+    async def counted(self: Scheduler, *args: Any, **options: Any) -> None:
+        alive["now"] += 1
+        alive["peak"] = max(alive["peak"], alive["now"])
+        try:
+            await real(self, *args, **options)
+        finally:
+            alive["now"] -= 1
+
+    monkeypatch.setattr(Scheduler, "_run_step", counted)
+    return alive
+
+
+async def test_ready_steps_past_step_tasks_wait_in_a_queue_not_as_tasks(
+    tmp_path, autojump_clock, step_tasks
+):
+    # (38,000 ready steps, each a task at once, held the loop 1.8 s: a hunt)
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy], limit=2) as h:
+        t0 = trio.current_time()
+        run_id = await h.submit([step(f"s{i}") for i in range(12)] + [
+            step("last", after=tuple(f"s{i}" for i in range(12)))])  # fmt: skip
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+    assert done.kind == "run_succeeded"
+    assert step_tasks["peak"] == 3
+    assert sleepy.peak == 2
+    assert sorted(s for s, _ in sleepy.started[:12]) == sorted(f"s{i}" for i in range(12))
+    assert sleepy.started[12][0] == "last"
+    assert [t - t0 for _, t in sleepy.started] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6]
+
+
+async def test_a_cancel_ends_a_run_whose_ready_steps_are_queued(
+    tmp_path, autojump_clock, step_tasks
+):
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy], limit=1) as h:
+        run_id = await h.submit([step(f"s{i}", inputs={"s": 50}) for i in range(10)])
+        await h.store.until(run_id, "step_leased")
+        t0 = trio.current_time()
+        await ask(h.inbox, lambda r: CancelRun(run_id, "enough", r))
+        await h.store.until(run_id, *TERMINAL_KINDS)
+        assert trio.current_time() - t0 < 1
+        view = await h.get(run_id)
+    assert h.kinds(run_id)[-1] == "run_canceled"
+    assert [s for s, _ in sleepy.started] == ["s0"]
+    assert h.kinds(run_id).count("step_leased") == 1
+    assert [s.status for s in view.steps] == ["canceled"] + ["skipped"] * 9
+
+
+async def test_queued_steps_wait_out_a_pause_and_start_at_the_resume(
+    tmp_path, autojump_clock, step_tasks
+):
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy], limit=1) as h:
+        run_id = await h.submit([step(f"s{i}") for i in range(6)], breakpoints=("s4",))
+        await h.store.until(run_id, "run_paused")
+        await trio.sleep(100)
+        assert [s for s, _ in sleepy.started] == ["s0"]  # the others had not started
+        assert (await h.get(run_id)).status == "PAUSED_AT_STEP"
+        await ask(h.inbox, lambda r: ResumeRun(run_id, r))
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+    assert done.kind == "run_succeeded"
+    assert sorted(s for s, _ in sleepy.started) == [f"s{i}" for i in range(6)]
+
+
 async def test_the_limit_is_shared_by_every_run(tmp_path, autojump_clock):
     sleepy = Sleepy()
     async with running_scheduler(tmp_path, [sleepy], limit=1) as h:
