@@ -268,17 +268,34 @@ async def _dispatch(block: Block, action: Action, ctx: BlockContext) -> Any:
     return None
 
 
+SUMMARY_CHARS = 200
+
+
 def _summarize(output: Any) -> str:
     """A block's answer as its summary: text as it is, JSON values as compact JSON (as the CLI
     shows JSON everywhere: they were Python reprs, ``{'score': 1}``), anything else its repr."""
     if output is None:
         return ""
     try:
-        text = output if isinstance(output, str) else _compact(output)
+        text = output[: SUMMARY_CHARS + 1] if isinstance(output, str) else _json_start(output)
     except BaseException:  # noqa: BLE001 - not JSON (an object, a loop; a dict subclass whose
         # items() raises SystemExit ended the daemon): its repr (a broken one stops no chain)
         text = text_of(output)
-    return text if len(text) <= 200 else text[:197] + "..."
+    return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 3] + "..."
 
 
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+def _json_start(value: Any) -> str:
+    """The start of ``value``'s compact JSON, past ``SUMMARY_CHARS`` characters when it has
+    them: encoded only that far (the whole JSON of an output of a million values, made on the
+    trio thread for its first 197 characters, held every other client 3 s: a hunt)."""
+    parts: list[str] = []
+    length = 0
+    for part in _ENCODER.iterencode(value):  # (the encoder written in Python: it yields)
+        parts.append(part)
+        length += len(part)
+        if length > SUMMARY_CHARS:
+            break
+    return "".join(parts)
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

@@ -1,6 +1,7 @@
 """execute(): one block once, with timeout and retries; pure trio, so the autojump clock is safe."""
 
 import hashlib
+import json
 import os
 import threading
 from pathlib import Path
@@ -152,6 +153,29 @@ async def test_success_summary_prefers_the_blocks_own_then_the_output(tmp_path):
     long = (await execute(output, Action.RUN, contexts(tmp_path))).summary
     assert len(long) == 200
     assert long.endswith("...")
+
+
+async def test_an_outputs_summary_is_the_start_of_its_json_encoded_only_that_far(tmp_path):
+    """(The whole JSON of a million values, made on the loop for its first 197 characters,
+    held every other client 3 s: a hunt.) What lies past the summary is not encoded at all:
+    a value there that is not JSON does not make the summary a repr."""
+    rows = [{"n": i, "é": None} for i in range(1_000)]
+
+    @block("Rows")
+    def many(ctx):
+        return [*rows, object()]
+
+    summary = (await execute(many, Action.RUN, contexts(tmp_path))).summary
+    assert summary == '[{"n":0,"é":null},{"n":1,"é":null},' + summary[35:197] + "..."
+    assert summary[:-3] == json.dumps(rows, separators=(",", ":"), ensure_ascii=False)[:197]
+
+    @block("Small")
+    def small(ctx):
+        return {"score": 1.5, "ok": True}
+
+    assert (
+        await execute(small, Action.RUN, contexts(tmp_path))
+    ).summary == '{"score":1.5,"ok":true}'
 
 
 async def test_each_attempt_gets_a_fresh_context(tmp_path):
