@@ -13,9 +13,12 @@ Layout (hive partitioning, dates in UTC): ``DIR/<table>/date=YYYY-MM-DD/<prefix>
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +105,32 @@ def check_target(target: Path, tables: Sequence[str]) -> None:
         folder = target / table
         if folder.exists() and any(folder.iterdir()):
             raise ExportError(f"{folder} already exists and is not empty; export to a new folder")
+
+
+EXPORT_LOCK = ".foundry-export.lock"
+
+
+@contextmanager
+def claimed(target: Path) -> Iterator[None]:
+    """``target`` written by this export alone, until it ends: two exports into one new folder
+    each found it empty and both wrote (every row two or three times: a hunt). An ``flock`` of
+    a file in it, which the kernel releases should the process die; the file goes at the end."""
+    target.mkdir(parents=True, exist_ok=True)
+    lock = target / EXPORT_LOCK
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExportError(f"{target}: another export is writing there; export to a new "
+                              "folder, or once it has ended") from None  # fmt: skip
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+    finally:
+        os.close(fd)
 
 
 def write_parquet(

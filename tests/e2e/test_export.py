@@ -107,3 +107,26 @@ def test_a_newer_database_refuses_the_start_in_one_line(make_daemon, tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.startswith("foundry:")]
     assert len(lines) == 1, done.stderr
     assert f"schema version 42 is newer than this Foundry knows ({SCHEMA_VERSION})" in lines[0]
+
+
+def test_exports_into_one_new_folder_at_once_write_its_rows_once(make_daemon, tmp_path):
+    """Each export found the new folder empty and wrote: every row two or three times (a hunt).
+    The folder is held by one export until it ends (an flock, which a killed process drops):
+    another, at once or after, is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    daemon = make_daemon()
+    for n in range(40):
+        daemon.call(lambda f, _r, n=n: f.emit(api.EmitRequest(
+            event_type="nobody_sinks", project="p",
+            payload_json=json.dumps({"n": n, "pad": "x" * 200_000}))))  # fmt: skip
+    target = tmp_path / "together"
+    with ThreadPoolExecutor(3) as pool:
+        done = list(pool.map(lambda _: daemon.cli("export", "parquet", str(target)), range(3)))
+    assert sorted(d.returncode for d in done) == [0, 1, 1], [d.stderr for d in done]
+    for refused in (d for d in done if d.returncode):
+        assert "FAILED_PRECONDITION" in refused.stderr
+        assert ("another export is writing there" in refused.stderr
+                or "already exists and is not empty" in refused.stderr)  # fmt: skip
+    assert read_back(target, "events") == (40, 1)
+    assert not (target / ".foundry-export.lock").exists()

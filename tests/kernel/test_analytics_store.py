@@ -714,3 +714,20 @@ async def test_the_steps_view_holds_a_steps_own_events_only(tmp_path):
         "SELECT step_id, last_event, attempt FROM steps ORDER BY step_id",
     )
     assert found == [("a", "step_failed", 1)]
+
+
+def test_an_export_folder_is_claimed_by_one_export_at_a_time(tmp_path):
+    from foundry.analytics.parquet import EXPORT_LOCK, ExportError, claimed
+
+    target = tmp_path / "new" / "out"
+    refused = pytest.raises(ExportError, match="another export is writing there")
+    with claimed(target), refused, claimed(target):
+        pass
+    assert not (target / EXPORT_LOCK).exists()
+    with claimed(target):  # free again once the first has ended
+        assert (target / EXPORT_LOCK).exists()
+    (tmp_path / "elsewhere").write_text("keep")
+    (target / EXPORT_LOCK).symlink_to(tmp_path / "elsewhere")  # not followed
+    with pytest.raises(OSError, match="Too many levels of symbolic links"), claimed(target):
+        pass
+    assert (tmp_path / "elsewhere").read_text() == "keep"

@@ -39,6 +39,7 @@ from foundry.analytics.parquet import (
     Selection,
     archive_dir,
     check_target,
+    claimed,
     refresh_archive_views,
     since_selections,
     write_parquet,
@@ -331,8 +332,9 @@ def export_parquet(
             raise InvalidArgument(f"since: expected YYYY-MM-DD, got {since[:100]!r}") from None
     tables = list(EXPORTED)
     try:
-        check_target(target, tables)
-        return write_parquet(cursor, target, since_selections(tables, since), prefix="export")
+        with claimed(target):
+            check_target(target, tables)
+            return write_parquet(cursor, target, since_selections(tables, since), prefix="export")
     except ExportError as exc:
         raise FailedPrecondition(str(exc)) from None
     except (OSError, duckdb.IOException) as exc:  # a full disk, say: DuckDB's is no OSError
