@@ -334,11 +334,68 @@ async def test_ready_steps_past_step_tasks_wait_in_a_queue_not_as_tasks(
             step("last", after=tuple(f"s{i}" for i in range(12)))])  # fmt: skip
         done = await h.store.until(run_id, *TERMINAL_KINDS)
     assert done.kind == "run_succeeded"
-    assert step_tasks["peak"] == 3
+    assert step_tasks["peak"] == 2 + 3  # two holding a slot, three waiting for one
     assert sleepy.peak == 2
     assert sorted(s for s, _ in sleepy.started[:12]) == sorted(f"s{i}" for i in range(12))
     assert sleepy.started[12][0] == "last"
     assert [t - t0 for _, t in sleepy.started] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6]
+
+
+async def test_a_run_takes_every_free_slot_past_step_tasks(tmp_path, autojump_clock, step_tasks):
+    """The queue bounds tasks waiting for a slot, not slots: with 8 free, 8 steps run at once
+    (a review: 300 slots ran 256 steps, the other 44 waited with slots free)."""
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy], limit=8) as h:
+        t0 = trio.current_time()
+        run_id = await h.submit([step(f"s{i}", inputs={"s": 10}) for i in range(20)])
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+    assert done.kind == "run_succeeded"
+    assert sleepy.peak == 8
+    assert sorted(t - t0 for _, t in sleepy.started) == [0] * 8 + [10] * 8 + [20] * 4
+
+
+class FailsOnce(Block):
+    """Fails each step's first attempt (its retry comes after the block's backoff)."""
+
+    name = "fails_once"
+
+    async def run(self, ctx: BlockContext) -> Any:
+        await trio.lowlevel.checkpoint()
+        if ctx.attempt == 1:
+            raise RuntimeError("first attempt fails")
+        return {"attempt": ctx.attempt}
+
+
+async def test_steps_backing_off_do_not_hold_queued_steps_back(
+    tmp_path, autojump_clock, step_tasks
+):
+    """A step backing off holds no slot, nor a place among the tasks waiting for one (a review:
+    256 steps waiting 100 s to retry held a ready step back as long, every slot free)."""
+    sleepy, flaky = Sleepy(), FailsOnce(retries=1, backoff=100.0)
+    async with running_scheduler(tmp_path, [sleepy, flaky], limit=2) as h:
+        t0 = trio.current_time()
+        run_id = await h.submit([step(f"f{i}", "fails_once") for i in range(6)] + [step("w")])
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+    assert done.kind == "run_succeeded"
+    assert dict(sleepy.started)["w"] - t0 < 1
+
+
+async def test_a_breakpoint_added_to_a_queued_step_pauses_the_run_there(
+    tmp_path, autojump_clock, step_tasks
+):
+    sleepy = Sleepy()
+    async with running_scheduler(tmp_path, [sleepy], limit=1) as h:
+        run_id = await h.submit([step(f"s{i}", inputs={"s": 5}) for i in range(8)])
+        await h.store.until(run_id, "step_leased")
+        await ask(h.inbox, lambda r: UpdateBreakpoints(run_id, ("s7",), (), False, r))
+        paused = await h.store.until(run_id, "run_paused")
+        await trio.sleep(100)
+        assert paused.step_id == "s7"
+        assert "s7" not in [s for s, _ in sleepy.started]
+        await ask(h.inbox, lambda r: ResumeRun(run_id, r))
+        done = await h.store.until(run_id, *TERMINAL_KINDS)
+    assert done.kind == "run_succeeded"
+    assert sorted(s for s, _ in sleepy.started) == sorted(f"s{i}" for i in range(8))
 
 
 async def test_a_cancel_ends_a_run_whose_ready_steps_are_queued(

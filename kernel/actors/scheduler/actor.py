@@ -23,7 +23,7 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -137,9 +137,10 @@ TOKEN_SECONDS = 86_400.0  # a token's life when its attempt has no time limit
 
 
 PARSE_OFF_LOOP_BYTES = 64 * 1024  # a DAG this large (~600 steps, ~6 ms) is parsed on a thread
-# A run's steps started as tasks at most (each waits for a concurrency slot); ready steps past
-# them wait in the driver's queue. 38,000 ready steps made tasks at once held the loop 1.8 s.
+# A run's tasks waiting for their first concurrency slot, at most; ready steps past them wait in
+# its driver's queue (38,000 ready steps made tasks at once held the loop 1.8 s: a hunt).
 STEP_TASKS = 256
+ROOM = ""  # on a driver's channel of ended steps: a queued step may be made a task now
 
 
 def new_run_id() -> str:
@@ -147,6 +148,21 @@ def new_run_id() -> str:
 
 
 _MICROSECOND = timedelta(microseconds=1)
+
+
+@dataclass(eq=False, slots=True)
+class _Queue:
+    """A run's ready steps not made tasks yet (past ``STEP_TASKS`` tasks waiting for their
+    first slot), and how many tasks wait so."""
+
+    steps: deque[StepState] = field(default_factory=deque)
+    waiting: int = 0
+
+    def slot_taken(self, done: trio.MemorySendChannel[str]) -> None:
+        """A task's first slot: room for a queued step (its driver hears so)."""
+        self.waiting -= 1
+        if self.steps:
+            done.send_nowait(ROOM)
 
 
 class Scheduler:
@@ -488,9 +504,10 @@ class Scheduler:
         """Start steps as they become ready until the run is over (True) or stops waiting
         (False: the daemon is stopping)."""
         busy: set[str] = set()  # started, or queued to start
-        queued: deque[StepState] = deque()  # ready, waiting for fewer than STEP_TASKS tasks
+        queued = _Queue()
         candidates: set[str] | None = None  # None: look at every step
-        done_send, done_receive = trio.open_memory_channel[str](len(run.steps) + 1)
+        # (a step's id as it ends, and ROOM once at most as a task takes its first slot)
+        done_send, done_receive = trio.open_memory_channel[str](2 * len(run.steps) + 1)
         async with trio.open_nursery() as steps:
             while True:
                 stopping = self._stopping.is_set() or run.canceling
@@ -529,11 +546,12 @@ class Scheduler:
                     finished = await self._step_end_or_resume(run, done_receive, paused)
                     if finished is None:
                         continue  # resumed: what the pause held may start beside the others
-                    busy.discard(finished)
-                    if candidates is not None:  # (itself too: held back, it is still to start)
-                        candidates.update(run.dag.dependents.get(finished, ()))
-                        candidates.add(finished)
-                    if queued:
+                    if finished != ROOM:
+                        busy.discard(finished)
+                        if candidates is not None:  # (itself too: held back, it is still to start)
+                            candidates.update(run.dag.dependents.get(finished, ()))
+                            candidates.add(finished)
+                    if queued.steps:
                         self._start_queued(run, queued, busy, steps, done_send, candidates)
                 elif wait is Next.RESUME:
                     if not await self._until_resumed(run):
@@ -581,7 +599,7 @@ class Scheduler:
         busy: set[str],
         steps: trio.Nursery,
         done: trio.MemorySendChannel[str],
-        queued: deque[StepState],
+        queued: _Queue,
     ) -> tuple[StepState, tuple[_Leased, Pending[None] | None]] | None:
         """Lease what the planner says is ready; pause where it says a breakpoint holds. The
         run's only step to run, when that is all there is (a chain's next), is not started but
@@ -593,18 +611,19 @@ class Scheduler:
         store's next group). A step without a slot, or whose lease fails, leases in its task.
         Every lease is made (a large one around a worker thread) before any of their events:
         an event of the run made meanwhile (a CancelRun's) would reach the store ahead of one
-        made before it, and a live tapper lost the one behind (a review). Steps past
-        ``STEP_TASKS`` running are ``queued``."""
+        made before it, and a live tapper lost the one behind (a review). A step past
+        ``STEP_TASKS`` tasks waiting for a slot is ``queued``."""
         made: list[tuple[StepState, Any, Lease, object]] = []
         try:
             for step in plan.steps:
                 busy.add(step.spec.id)
-                if len(busy) - len(queued) > STEP_TASKS:
-                    queued.append(step)
+                if queued.steps or queued.waiting >= STEP_TASKS:
+                    queued.steps.append(step)
                     continue
                 ahead = await self._lease_ahead(run, step)
                 if ahead is None:
-                    steps.start_soon(self._run_step, run, step, done)
+                    queued.waiting += 1
+                    steps.start_soon(self._run_step, run, step, done, None, queued)
                 else:
                     made.append((step, *ahead))
         except BaseException:
@@ -617,7 +636,8 @@ class Scheduler:
         for step, block, lease_made, slot in made:
             if self._held_back(run, step):  # (cancelled while a later lease was made)
                 self._limiter.release_on_behalf_of(slot)
-                steps.start_soon(self._run_step, run, step, done)
+                queued.waiting += 1
+                steps.start_soon(self._run_step, run, step, done, None, queued)
                 continue
             ready = self._leased(run, step, block, lease_made)
             ready.slot = slot
@@ -650,24 +670,25 @@ class Scheduler:
     def _start_queued(
         self,
         run: RunState,
-        queued: deque[StepState],
+        queued: _Queue,
         busy: set[str],
         steps: trio.Nursery,
         done: trio.MemorySendChannel[str],
         candidates: set[str] | None,
     ) -> None:
-        """Start queued steps as tasks while fewer than ``STEP_TASKS`` run. Once the run is
-        paused, failed or cancelled, or the daemon stops, none starts: they are not busy any
-        more, the driver looks at them again (as at a task's that was held back)."""
+        """Make queued steps tasks while fewer than ``STEP_TASKS`` wait for their first slot.
+        Once the run is paused, failed or cancelled, or the daemon stops, none starts: they are
+        not busy any more, the driver looks at them again (as at a task's that was held back)."""
         if run.canceling or not may_start(run, self._stopping.is_set()):
-            ids = [s.spec.id for s in queued]
+            ids = [s.spec.id for s in queued.steps]
             busy.difference_update(ids)
             if candidates is not None:
                 candidates.update(ids)
-            queued.clear()
+            queued.steps.clear()
             return
-        while queued and len(busy) - len(queued) < STEP_TASKS:
-            steps.start_soon(self._run_step, run, queued.popleft(), done)
+        while queued.steps and queued.waiting < STEP_TASKS:
+            queued.waiting += 1
+            steps.start_soon(self._run_step, run, queued.steps.popleft(), done, None, queued)
 
     async def _step_end_or_resume(
         self, run: RunState, done: trio.MemoryReceiveChannel[str], paused: bool
@@ -704,9 +725,11 @@ class Scheduler:
         step: StepState,
         done: trio.MemorySendChannel[str],
         first: tuple[_Leased, Pending[None] | None] | None = None,
+        queued: _Queue | None = None,
     ) -> None:
         """Run a step's attempts; ``first``: its first attempt, leased by the driver with a
-        concurrency slot held for it (released here)."""
+        concurrency slot held for it (released here). Else ``queued`` counts it among the
+        tasks waiting for their first slot until it has one."""
         running = self._running.setdefault(run.run_id, {})
         try:
             with trio.CancelScope() as scope:  # CancelRun's handle on this step
@@ -721,6 +744,9 @@ class Scheduler:
                             self._limiter.release_on_behalf_of(ready.slot)
                     else:
                         async with self._limiter:
+                            if queued is not None:
+                                queued, waited = None, queued
+                                waited.slot_taken(done)
                             delay = await self._attempt(run, step)
                     # A step backing off holds no concurrency slot. When the daemon stops, it
                     # stops waiting: the next start leases it again.
@@ -741,6 +767,8 @@ class Scheduler:
         finally:
             if first is not None:  # cancelled before its first attempt began
                 self._limiter.release_on_behalf_of(first[0].slot)
+            if queued is not None:  # it ended before it had a slot
+                queued.waiting -= 1
             running.pop(step.spec.id, None)
             if not running:
                 self._running.pop(run.run_id, None)
