@@ -114,14 +114,19 @@ EXPORT_LOCK = ".foundry-export.lock"
 def claimed(target: Path) -> Iterator[None]:
     """``target`` written by this export alone, until it ends: two exports into one new folder
     each found it empty and both wrote (every row two or three times: a hunt). An ``flock`` of
-    a file in it, which the kernel releases should the process die; the file goes at the end."""
+    a file in it, which the kernel releases should the process die; the file goes at the end.
+    Callers check the target first too: a refused export makes no folder."""
     target.mkdir(parents=True, exist_ok=True)
     lock = target / EXPORT_LOCK
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            held = os.fstat(fd)
+            now = os.lstat(lock)  # still the file at that name (not one an export just removed)
+            if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+                raise BlockingIOError
+        except (BlockingIOError, FileNotFoundError):
             raise ExportError(f"{target}: another export is writing there; export to a new "
                               "folder, or once it has ended") from None  # fmt: skip
         try:

@@ -127,7 +127,8 @@ def export_offline(home: Path, target: Path, since: str | None) -> dict[str, int
             ).fetchall()
         }
         tables = [t for t in DATED if t in present]
+        check_target(target, tables)  # (before the claim makes the folder)
         with claimed(target):
-            check_target(target, tables)
+            check_target(target, tables)  # (again: no other export writes there now)
             con.execute("BEGIN TRANSACTION")  # one snapshot
             return write_parquet(con, target, since_selections(tables, since), prefix="export")

@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -731,3 +732,48 @@ def test_an_export_folder_is_claimed_by_one_export_at_a_time(tmp_path):
     with pytest.raises(OSError, match="Too many levels of symbolic links"), claimed(target):
         pass
     assert (tmp_path / "elsewhere").read_text() == "keep"
+
+
+def test_an_export_that_opened_the_lock_file_its_first_export_removed_is_refused(
+    tmp_path, monkeypatch
+):
+    """(A review: B opened the lock file, A removed it as it ended, B took the flock of a file
+    gone from the folder while C made a new one: both wrote at once.) B's flock waits, as the
+    window does, until A has ended."""
+    import fcntl
+    import threading
+
+    from foundry.analytics import parquet
+
+    target, a_ended, said = tmp_path / "out", threading.Event(), []
+    real = fcntl.flock
+
+    def late_flock(fd: int, operation: int) -> None:
+        if threading.current_thread().name == "B":
+            a_ended.wait(10)
+        real(fd, operation)
+
+    def export_b() -> None:
+        try:
+            with parquet.claimed(target):
+                said.append("inside")
+        except parquet.ExportError as exc:
+            said.append(str(exc))
+
+    monkeypatch.setattr(parquet.fcntl, "flock", late_flock)
+    b = threading.Thread(target=export_b, name="B")
+    with parquet.claimed(target):  # A
+        b.start()
+        time.sleep(0.2)  # B has opened the file, and waits to lock it
+    a_ended.set()
+    b.join(10)
+    assert len(said) == 1
+    assert "another export is writing there" in said[0]
+
+
+async def test_a_refused_export_makes_no_folder(tmp_path):
+    target = tmp_path / "new" / "deeper" / "x\\..\\y"
+    async with store(tmp_path / "home") as send:
+        with pytest.raises(FailedPrecondition, match="backslash"):
+            await ask(send, lambda r: ExportParquet(str(target), None, r))
+    assert not (tmp_path / "new").exists()

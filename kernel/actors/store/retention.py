@@ -332,8 +332,9 @@ def export_parquet(
             raise InvalidArgument(f"since: expected YYYY-MM-DD, got {since[:100]!r}") from None
     tables = list(EXPORTED)
     try:
+        check_target(target, tables)  # (before the claim makes the folder)
         with claimed(target):
-            check_target(target, tables)
+            check_target(target, tables)  # (again: no other export writes there now)
             return write_parquet(cursor, target, since_selections(tables, since), prefix="export")
     except ExportError as exc:
         raise FailedPrecondition(str(exc)) from None
