@@ -3,6 +3,7 @@ serve`` at once with one readable line."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -86,6 +87,31 @@ def test_a_trace_too_large_to_answer_is_resource_exhausted_and_the_daemon_stays_
         daemon.start()
     assert traced(daemon, small.event_id).events[0].payload_json == '{"n":1}'
     assert "Traceback" not in daemon.stderr()
+
+
+def test_the_trace_of_a_chain_of_long_text_is_whole_on_both_ports(make_daemon):
+    """Each payload is written again as the bytes its id hashed: for one 3 MB string, ~0.1 s a
+    copy, four copies a relay's trace, held every other client 0.25-0.6 s a Trace (a hunt).
+    Such a reply is made on a worker thread."""
+    import httpx
+
+    from tests.e2e.http_helpers import url
+
+    daemon = make_daemon('[[blocks]]\nname = "Relay"\ntype = "relay"\nsinks = ["long"]\n'
+                         'emits = "relayed"\n')  # fmt: skip
+    text = "\u00e9" + "x" * 3_000_000
+    reply = emit(daemon, "long", payload={"s": text})
+    assert finished(daemon, reply.workflow_id).state == "completed"
+    trace = traced(daemon, reply.event_id)
+    assert [json.loads(e.payload_json) for e in trace.events] == [{"s": text}] * 2
+    [execution] = trace.block_executions
+    assert json.loads(execution.trigger_payload_json) == {"s": text}
+    assert [json.loads(p) for p in execution.emitted_payload_jsons] == [{"s": text}]
+    answer = httpx.post(url(daemon, "/foundry.Foundry/Trace"), json={"eventId": reply.event_id},
+                        timeout=60)  # fmt: skip
+    assert answer.status_code == 200, answer.text[:300]
+    events = answer.json()["events"]
+    assert [json.loads(e["payloadJson"]) for e in events] == [{"s": text}] * 2
 
 
 def test_an_emit_whose_payload_is_stored_past_max_event_bytes_is_invalid_argument(make_daemon):

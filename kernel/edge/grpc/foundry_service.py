@@ -18,7 +18,7 @@ from foundry.kernel.actors.engine.messages import (
 from foundry.kernel.actors.messages import Mailboxes
 from foundry.kernel.actors.tap.messages import Overflow, Subscribe
 from foundry.kernel.core.ids import payload_json_of, rfc3339
-from foundry.kernel.core.json_input import parse_json_object
+from foundry.kernel.core.json_input import json_values_past, parse_json_object
 from foundry.kernel.core.status_query import status_query
 from foundry.kernel.core.throttle import Throttle
 from foundry.kernel.core.trace_format import readable
@@ -28,8 +28,9 @@ from foundry.kernel.core.tracecontext import (
     is_span_id,
     is_trace_id,
 )
-from foundry.kernel.edge.grpc.bridge import QueueSink, in_chunks, in_worker_thread, payload_bytes
+from foundry.kernel.edge.grpc.bridge import QueueSink, in_worker_thread, payload_bytes
 from foundry.kernel.edge.grpc.internals import send_frames
+from foundry.kernel.edge.grpc.off_loop import reply_off_loop
 from foundry.kernel.edge.grpc.server import ask, served_by
 from foundry.kernel.edge.grpc.upb_encode import encode
 from foundry.kernel.edge.shared_replies import PROTO, SHARED_REPLIES
@@ -70,17 +71,9 @@ class FoundryService(api.FoundryBase):
         if document is None:
             return api.TraceResponse(found=False)
         document = readable(document)  # nulls of a block that ran no command: "" and 0
-        events, executions = document["events"], document["block_executions"]
-        reply = api.TraceResponse(
-            found=True, total_duration_ms=_whole_ms(document.get("total_duration_ms"))
-        )
-        # a chain of thousands of events is made between the loop's other work
-        reply.events = await in_chunks(events, _trace_event)
-        traced = {e.event_id for e in reply.events if e.trace_id}
-        reply.block_executions = await in_chunks(
-            executions, lambda x: _trace_execution(x, x["trigger_event_id"] in traced)
-        )
-        return reply
+        if _trace_is_large(document):
+            return await reply_off_loop(partial(_trace_reply, document))
+        return _trace_reply(document)
 
     async def watch(self, message: api.WatchRequest) -> AsyncGenerator[api.WatchResponse, None]:
         """The object-API form, for the HTTP edge (Connect, gRPC-Web, WebSocket): the stream of
@@ -235,6 +228,36 @@ def _workflow_status(view: WorkflowView) -> api.WorkflowStatus:
             for b in view.task_blocks
         ],
     )
+
+
+TRACE_ITEMS_ON_LOOP = 128  # (~20 µs each)
+
+
+def _trace_is_large(document: Mapping[str, Any]) -> bool:
+    """Whether a trace's reply is made on a worker thread: a chain of more than
+    ``TRACE_ITEMS_ON_LOOP`` events and executions, or payloads of more than
+    ``JSON_VALUES_ON_LOOP`` values, long strings by their characters (each payload is written
+    again as the bytes its id hashed: a chain carrying one 3.5 MB string held the loop
+    0.25-0.6 s a Trace, a hunt)."""
+    events, executions = document["events"], document["block_executions"]
+    if len(events) + len(executions) > TRACE_ITEMS_ON_LOOP:
+        return True
+    payloads = [e["payload"] for e in events]
+    for x in executions:
+        payloads.append(x["trigger_payload"])
+        payloads.extend(x["emitted_payloads"])
+    return json_values_past(payloads)
+
+
+def _trace_reply(document: Mapping[str, Any]) -> api.TraceResponse:
+    reply = api.TraceResponse(
+        found=True, total_duration_ms=_whole_ms(document.get("total_duration_ms"))
+    )
+    reply.events = [_trace_event(e) for e in document["events"]]
+    traced = {e.event_id for e in reply.events if e.trace_id}
+    reply.block_executions = [_trace_execution(x, x["trigger_event_id"] in traced)
+                              for x in document["block_executions"]]  # fmt: skip
+    return reply
 
 
 def _trace_event(e: Mapping[str, Any]) -> api.TraceEvent:

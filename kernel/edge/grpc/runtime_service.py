@@ -21,7 +21,6 @@ from contextlib import aclosing
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-import betterproto2
 import trio
 from foundry.kernel.actors.attestor.messages import GetAttestations
 from foundry.kernel.actors.gate.messages import (
@@ -59,9 +58,9 @@ from foundry.kernel.edge.grpc.bridge import (
     StreamSink,
     in_worker_thread,
     let_others_run,
-    on_trio,
 )
-from foundry.kernel.edge.grpc.internals import Encoded, send_frames
+from foundry.kernel.edge.grpc.internals import send_frames
+from foundry.kernel.edge.grpc.off_loop import reply_off_loop
 from foundry.kernel.edge.grpc.run_replies import SharedRunReplies, ended_key
 from foundry.kernel.edge.grpc.server import ask, served_by
 from foundry.kernel.edge.shared_replies import SHARED_REPLIES, STREAM_FORMS
@@ -261,7 +260,7 @@ class RuntimeService(api.RuntimeServiceBase):
         if sum(len(s.labels) for s in runs) <= LABELS_ON_LOOP:
             return make()
         # (a page of five runs of 150,000 labels each held the loop 1.7 s)
-        return await _reply_off_loop(make)
+        return await reply_off_loop(make)
 
     async def create_branch_run(
         self, message: api.CreateBranchRunRequest
@@ -292,7 +291,7 @@ class RuntimeService(api.RuntimeServiceBase):
         if not replay_is_large(result):
             return replay_response(result)
         # (a replay of outputs of 300,000 keys held the loop 10 s)
-        return await _reply_off_loop(partial(replay_response, result))
+        return await reply_off_loop(partial(replay_response, result))
 
     # --- governance: eval packs and change gates (the gate actor) -------------------------------
 
@@ -309,7 +308,7 @@ class RuntimeService(api.RuntimeServiceBase):
         self, message: api.ListEvalScenariosRequest
     ) -> api.ListEvalScenariosResponse:
         found = await self._ask_gate(ListEvalScenarios)
-        return await _reply_off_loop(
+        return await reply_off_loop(
             lambda: api.ListEvalScenariosResponse(
                 scenarios=[governance.eval_scenario(s) for s in found]
             )
@@ -356,7 +355,7 @@ class RuntimeService(api.RuntimeServiceBase):
         found = await self._ask_gate(lambda r: ListChangeGates(message.change_id, message.limit, r))
         # (up to 4 MiB of metadata and telemetry made Structs, and its reply serialized: a
         # decision of 130,000 evals was 17.7 MB, 0.4 s of the loop)
-        return await _reply_off_loop(
+        return await reply_off_loop(
             lambda: api.ListChangeGatesResponse(
                 decisions=[governance.gate_decision(g) for g in found]
             )
@@ -377,7 +376,7 @@ class RuntimeService(api.RuntimeServiceBase):
         if not json_values_past(a.claims for a in found):
             return attestations.reply(found)
         # (one gate decision's attestation of 130,000 evals is a 55 MB reply: ~4 s of the loop)
-        return await _reply_off_loop(partial(attestations.reply, found))
+        return await reply_off_loop(partial(attestations.reply, found))
 
     async def _ask_gate(self, build: Any) -> Any:
         return await ask(self._mail.gate, build)
@@ -636,24 +635,12 @@ async def encoded_run(view: RunView) -> bytes:
     return _run_bytes(view)
 
 
-M = TypeVar("M", bound=betterproto2.Message)
-
 # The labels of a ListRuns page past which its reply is made and serialized on a worker thread.
 LABELS_ON_LOOP = 2_000
 
 
 def _runs_reply(runs: Sequence[RunSummary], token: str) -> api.ListRunsResponse:
     return api.ListRunsResponse(runs=[run_summary(s) for s in runs], next_page_token=token)
-
-
-async def _reply_off_loop(make: Callable[[], M]) -> M:
-    """A reply of many values made on a worker thread: for the HTTP edge the message, which it
-    writes there as its client reads it (``routes.off_loop_reply``: JSON or protobuf); for
-    grpclib its bytes (else serialized on the loop when grpclib sends it)."""
-    if on_trio():
-        return OffLoopReply(make)  # type: ignore[return-value]
-    data = await in_worker_thread(lambda: upb_encode.encode(make()), heavy=True)
-    return Encoded(data)  # type: ignore[return-value]
 
 
 def _run_reply(view: RunView) -> api.GetRunResponse:
