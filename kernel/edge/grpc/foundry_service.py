@@ -90,8 +90,8 @@ class FoundryService(api.FoundryBase):
         made once for all its watchers) for what the subscription had waiting."""
         project = message.project or None
         sink = QueueSink()
-        await ask(self._mail.tap, lambda r: Subscribe("events", project, r, sink))
-        try:
+        try:  # (a Watch cancelled while it subscribed left its subscription taking events)
+            await ask(self._mail.tap, lambda r: Subscribe("events", project, r, sink))
             while batch := await sink.batch():
                 replies: list[api.WatchResponse] = []
                 for item in batch:

@@ -143,3 +143,33 @@ def test_small_messages_go_out_in_writes_of_about_64_kb_not_one_copy_of_the_whol
         b"\x00" + len(m).to_bytes(4, "big") + m for m in messages
     )
     assert max(map(len, peer._stream.writes)) < 2 * UNCOPIED_BYTES
+
+
+async def test_a_watch_cancelled_while_it_subscribes_lets_its_subscription_go():
+    """The broker took the subscription, then the Watch was cancelled before its answer came
+    (a client cancelling as the stream opened): its sink was never closed, so the broker offered
+    it every later event for good (20,000 such made a burst cost 40× the loop's time: a hunt)."""
+    import trio
+    from foundry.kernel.actors.messages import Mailboxes
+    from foundry.kernel.actors.tap.actor import TapBroker
+
+    watching, sinks = trio.CancelScope(), []
+
+    class CancellingAsItSubscribes(TapBroker):
+        def _subscribe(self, message: Any) -> None:
+            watching.cancel()  # the asker is cancelled as it waits for the answer,
+            sinks.append(message.sink)
+            super()._subscribe(message)  # which the broker gives: it holds the subscription
+
+    tap_send, tap_receive = trio.open_memory_channel[Any](16)
+    others = dict.fromkeys(("engine", "scheduler", "replay", "gate", "attestor", "store"))
+    service = FoundryService(Mailboxes(tap=tap_send, **others))  # (the Watch asks only the tap)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(CancellingAsItSubscribes(tap_receive, buffer=16).run)
+            with watching:
+                async for _ in service.watch_batches(api.WatchRequest(project="quiet")):
+                    pass
+            assert len(sinks) == 1
+            assert sinks[0].closed, "the subscription outlived its cancelled Watch"
+            nursery.cancel_scope.cancel()
