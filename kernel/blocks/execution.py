@@ -25,7 +25,7 @@ from foundry.kernel.blocks.api import (
 from foundry.kernel.core.chain import runs_now as _runs_now
 from foundry.kernel.core.failures import MAX_DESCRIBED, described, text_of
 from foundry.kernel.core.ids import MAX_ID_LENGTH
-from foundry.kernel.core.json_input import cut_middle
+from foundry.kernel.core.json_input import cut_middle, json_values_past
 from foundry.kernel.core.throttle import Action
 
 
@@ -277,7 +277,12 @@ def _summarize(output: Any) -> str:
     if output is None:
         return ""
     try:
-        text = output[: SUMMARY_CHARS + 1] if isinstance(output, str) else _json_start(output)
+        if isinstance(output, str):
+            text = output[: SUMMARY_CHARS + 1]
+        elif json_values_past((output,)):
+            text = _json_start(output)
+        else:  # (the C encoder: a small output's whole JSON is quicker made than its start)
+            text = _ENCODER.encode(output)
     except BaseException:  # noqa: BLE001 - not JSON (an object, a loop; a dict subclass whose
         # items() raises SystemExit ended the daemon): its repr (a broken one stops no chain)
         text = text_of(output)
