@@ -269,6 +269,7 @@ async def _dispatch(block: Block, action: Action, ctx: BlockContext) -> Any:
 
 
 SUMMARY_CHARS = 200
+SUMMARY_VALUES = 100  # an output of more is encoded only as far as its summary
 
 
 def _summarize(output: Any) -> str:
@@ -279,7 +280,7 @@ def _summarize(output: Any) -> str:
     try:
         if isinstance(output, str):
             text = output[: SUMMARY_CHARS + 1]
-        elif json_values_past((output,)):
+        elif json_values_past((output,), SUMMARY_VALUES):
             text = _json_start(output)
         else:  # (the C encoder: a small output's whole JSON is quicker made than its start)
             text = _ENCODER.encode(output)

@@ -346,13 +346,23 @@ def json_values_past(values: Iterable[Any], limit: int = JSON_VALUES_ON_LOOP) ->
             if seen > limit:
                 return True
             for child in children:
-                if isinstance(child, str):
+                kind = type(child)  # (the exact types first: an ABC's check costs ~0.5 µs)
+                if kind in _SCALARS:
+                    continue
+                if kind is str:
+                    seen += len(child) // CHARS_A_VALUE
+                elif kind is dict or kind is list or kind is tuple:
+                    stack.append(child)
+                elif isinstance(child, str):
                     seen += len(child) // CHARS_A_VALUE
                 elif isinstance(child, Mapping | list | tuple):
                     stack.append(child)
         if seen > limit:
             return True
     return False
+
+
+_SCALARS = frozenset((int, float, bool, type(None)))
 
 
 def _keys_weight(node: Mapping[Any, Any]) -> int:
