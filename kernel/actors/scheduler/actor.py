@@ -744,9 +744,9 @@ class Scheduler:
                             self._limiter.release_on_behalf_of(ready.slot)
                     else:
                         async with self._limiter:
-                            if queued is not None:
-                                queued, waited = None, queued
-                                waited.slot_taken(done)
+                            if queued is not None:  # its first slot: counted once
+                                queued.slot_taken(done)
+                                queued = None
                             delay = await self._attempt(run, step)
                     # A step backing off holds no concurrency slot. When the daemon stops, it
                     # stops waiting: the next start leases it again.
