@@ -114,8 +114,7 @@ EXPORT_LOCK = ".foundry-export.lock"
 def claimed(target: Path) -> Iterator[None]:
     """``target`` written by this export alone, until it ends: two exports into one new folder
     each found it empty and both wrote (every row two or three times: a hunt). An ``flock`` of
-    a file in it, which the kernel releases should the process die; the file goes at the end.
-    Callers check the target first too: a refused export makes no folder."""
+    a file in it, which the kernel releases should the process die; the file goes at the end."""
     target.mkdir(parents=True, exist_ok=True)
     lock = target / EXPORT_LOCK
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -136,6 +135,18 @@ def claimed(target: Path) -> Iterator[None]:
                 os.unlink(lock)
     finally:
         os.close(fd)
+
+
+def export_tables(
+    source: duckdb.DuckDBPyConnection, target: Path, tables: Sequence[str], since: str | None
+) -> dict[str, int]:
+    """``foundry export parquet``'s files, the daemon's or offline: the target checked (before
+    the claim makes its folder), claimed, checked again (no other export writes there now),
+    then written from ``source``'s snapshot. Rows written per table."""
+    check_target(target, tables)
+    with claimed(target):
+        check_target(target, tables)
+        return write_parquet(source, target, since_selections(tables, since), prefix="export")
 
 
 def write_parquet(

@@ -105,13 +105,7 @@ def export_offline(home: Path, target: Path, since: str | None) -> dict[str, int
     """The daemon is stopped: read ``home``'s database read-only (not upgraded: an older database
     exports the tables it has) and write the export here."""
     import duckdb
-    from foundry.analytics.parquet import (
-        DATED,
-        check_target,
-        claimed,
-        since_selections,
-        write_parquet,
-    )
+    from foundry.analytics.parquet import DATED, export_tables
 
     path = home / "foundry.duckdb"
     if not path.is_file():
@@ -127,8 +121,5 @@ def export_offline(home: Path, target: Path, since: str | None) -> dict[str, int
             ).fetchall()
         }
         tables = [t for t in DATED if t in present]
-        check_target(target, tables)  # (before the claim makes the folder)
-        with claimed(target):
-            check_target(target, tables)  # (again: no other export writes there now)
-            con.execute("BEGIN TRANSACTION")  # one snapshot
-            return write_parquet(con, target, since_selections(tables, since), prefix="export")
+        con.execute("BEGIN TRANSACTION")  # one snapshot
+        return export_tables(con, target, tables, since)

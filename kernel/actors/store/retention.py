@@ -38,10 +38,8 @@ from foundry.analytics.parquet import (
     ExportError,
     Selection,
     archive_dir,
-    check_target,
-    claimed,
+    export_tables,
     refresh_archive_views,
-    since_selections,
     write_parquet,
 )
 from foundry.analytics.parquet import DATED as EXPORTED
@@ -332,10 +330,7 @@ def export_parquet(
             raise InvalidArgument(f"since: expected YYYY-MM-DD, got {since[:100]!r}") from None
     tables = list(EXPORTED)
     try:
-        check_target(target, tables)  # (before the claim makes the folder)
-        with claimed(target):
-            check_target(target, tables)  # (again: no other export writes there now)
-            return write_parquet(cursor, target, since_selections(tables, since), prefix="export")
+        return export_tables(cursor, target, tables, since)
     except ExportError as exc:
         raise FailedPrecondition(str(exc)) from None
     except (OSError, duckdb.IOException) as exc:  # a full disk, say: DuckDB's is no OSError
