@@ -165,6 +165,13 @@ class AnalyticsConfig:
     max_reply_bytes: int = 4 * 1024 * 1024  # JSON text of a reply's rows, at most (as max_rows)
 
 
+@dataclass(frozen=True)
+class EvalsConfig:
+    """Eval results (README.md, "Eval packs")."""
+
+    assertion_timeout: float = 30.0  # seconds judging a run may take (a plugin's assertions)
+
+
 OTEL_PROTOCOLS = ("http/protobuf", "grpc")
 
 
@@ -204,6 +211,7 @@ class Config:
     analytics: AnalyticsConfig = AnalyticsConfig()
     attest: AttestConfig = AttestConfig()
     otel: OtelConfig = OtelConfig()
+    evals: EvalsConfig = EvalsConfig()
     plugin_modules: tuple[str, ...] = ()
     # What set the home, the listen address and the HTTP one, as an error about them names it
     # ("" for listen: the file's key): a home set in the file was blamed on FOUNDRY_HOME, a
@@ -316,6 +324,7 @@ SECTIONS: dict[str, type] = {
     "analytics": AnalyticsConfig,
     "attest": AttestConfig,
     "otel": OtelConfig,
+    "evals": EvalsConfig,
 }
 
 
@@ -344,7 +353,9 @@ def _home_origin() -> str:
 
 
 # Float settings that must be more than 0, and ratios (at most 1), by their key.
-_ABOVE_ZERO = frozenset({"[llm].timeout", "[analytics].query_timeout", "[otel].timeout"})
+_ABOVE_ZERO = frozenset(
+    {"[llm].timeout", "[analytics].query_timeout", "[otel].timeout", "[evals].assertion_timeout"}
+)
 _FRACTIONS = frozenset({"[replay].output_similarity"})
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -156,6 +156,25 @@ def judge(
         tuple(results),
         _metrics(run, outcome, score, results, errors),
         tuple(errors),
+    )
+
+
+def unfinished(run: RunFacts, reason: str) -> Judgement:
+    """The judgement of a run whose assertions did not all answer (one hung): an error, saying
+    ``reason``."""
+    return Judgement("error", 0.0, (), _metrics(run, "error", 0.0, [], [reason]), (reason,))
+
+
+def names_any(expected: Any, keys: Collection[str]) -> bool:
+    """Whether ``expected`` uses one of ``keys`` (plugin assertion types), at the run level or
+    a step's."""
+    if not keys or not isinstance(expected, Mapping):
+        return False
+    steps = expected.get("steps")
+    step_checks = steps.values() if isinstance(steps, Mapping) else ()
+    return any(
+        isinstance(checks, Mapping) and any(key in checks for key in keys)
+        for checks in (expected, *step_checks)
     )
 
 

@@ -516,6 +516,7 @@ class GatePolicy:
     advisory: frozenset[str] = frozenset()  # rules reported but never blocking
     # rule name → the strongest effect it may have
     effects: Mapping[str, Effect] = field(default_factory=lambda: _EMPTY)
+    rule_timeout: float = 30.0  # seconds a decision's rules may take, together
     _path_regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _path_hint: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
     _path_literals: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -525,6 +526,10 @@ class GatePolicy:
         for key in ("max_novelty", "novelty_follow_up", "min_coverage", "attention_margin"):
             _ratio(key, getattr(self, key), low=0.0, high=1.0)
         _ratio("near_limit", self.near_limit, low=0.0, high=1.0, open_low=True)
+        timeout = _number("rule_timeout", self.rule_timeout)
+        if not math.isfinite(timeout) or timeout <= 0 or timeout > MAX_RULE_TIMEOUT:
+            raise ConfigError(f"[gate].rule_timeout: expected seconds in (0, {MAX_RULE_TIMEOUT:g}]"
+                              f", got {self.rule_timeout!r}")  # fmt: skip
         if self.novelty_follow_up > self.max_novelty:
             raise ConfigError(
                 f"[gate].novelty_follow_up: {self.novelty_follow_up:g} is above "
@@ -565,7 +570,7 @@ class GatePolicy:
             raise ConfigError(f"[gate].{unknown[0]}: unknown key (expected one of: {known})")
         values: dict[str, Any] = {}
         for key in ("max_novelty", "novelty_follow_up", "min_coverage", "attention_margin",
-                    "near_limit"):  # fmt: skip
+                    "near_limit", "rule_timeout"):  # fmt: skip
             if key in table:
                 values[key] = _number(key, table[key])
         for key in ("high_risk_tags", "high_risk_paths"):
@@ -625,7 +630,7 @@ _KEYS = frozenset(
     {
         "max_novelty", "novelty_follow_up", "high_risk_tags", "high_risk_paths", "high_risk",
         "min_coverage", "attention_margin", "near_limit", "missing_coverage", "missing_evals",
-        "advisory", "effects",
+        "advisory", "effects", "rule_timeout",
     }
 )  # fmt: skip
 
@@ -1124,6 +1129,7 @@ def _some(items: Sequence[str], shown: int = 5) -> str:
 
 
 BUILTIN_RULES: tuple[Rule, ...] = (NoveltyRule(), CoverageRule(), EvalsRule(), BudgetsRule())
+BUILTIN_NAMES = frozenset(rule.name for rule in BUILTIN_RULES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1189,6 +1195,15 @@ def decide(
     return Decision(effect, tuple(reasons), tuple(followups), scorecard, tuple(outcomes))
 
 
+def unanswered(request: GateRequest, rule: str, reason: str) -> Decision:
+    """The decision when a rule did not answer in time (``[gate].rule_timeout``): DENY, whatever
+    the rule's cap or advisory — the answers of the rules after it are not known either."""
+    fix = f"Fix the gate rule {rule}" if rule else "Fix the gate rules"
+    followup = Followup("fix-gate-rule", fix)
+    scorecard = Scorecard(telemetry=request.telemetry)
+    return Decision(Effect.DENY, (reason,), (followup,), scorecard)
+
+
 _P = TypeVar("_P")
 
 _SLOTS: Mapping[type, str] = MappingProxyType(
@@ -1211,7 +1226,8 @@ def _evaluate(
 ) -> tuple[RuleResult, str]:
     """The rule's result, and, if it failed (raised, or answered what is no result), how."""
     try:
-        return _well_formed(rule.evaluate(request, policy)), ""
+        result = _well_formed(rule.evaluate(request, policy))
+        return (result if name in BUILTIN_NAMES else _bounded(name, result)), ""
     except BaseException as exc:  # noqa: BLE001 - whatever a plugin rule raises (a BaseException
         # of its own too: it took the daemon down) must not let a change through
         failure = f"rule {name} failed ({described(exc)[:MAX_FAILURE]})"
@@ -1226,6 +1242,16 @@ def _failed(name: str, reason: str) -> RuleResult:
 
 MAX_FAILURE = 300  # characters of a failed rule's exception in its reason
 MAX_PART_DEPTH = 64  # levels of a plugin rule's scorecard part
+# A plugin rule's answer as recorded, at most: its reasons and follow-ups (then one reason
+# counting the rest), each text cut; its scorecard part's characters (strings, a value each
+# else), past which the rule failed. One 30 MB reason was stored and answered; 2,000,000 of them
+# took 11 s and held every other client ~2 s.
+MAX_RULE_REASONS = 100
+MAX_RULE_FOLLOWUPS = 100
+MAX_REASON_CHARS = 1_000
+MAX_SLUG_CHARS = 200
+MAX_PART_CHARS = 1_000_000
+MAX_RULE_TIMEOUT = 3_600.0
 
 
 def _well_formed(result: object) -> RuleResult:
@@ -1241,8 +1267,29 @@ def _well_formed(result: object) -> RuleResult:
     if not isinstance(followups, tuple | list) or not all(map(_is_followup, followups)):
         raise TypeError("RuleResult.followups must be a tuple of Followup")
     if type(result.scorecard) not in _SLOTS:
-        _check_plain(result.scorecard, MAX_PART_DEPTH)
+        size = _check_plain(result.scorecard, MAX_PART_DEPTH, MAX_PART_CHARS)
+        if size > MAX_PART_CHARS:
+            raise TypeError(f"RuleResult.scorecard holds over {MAX_PART_CHARS:,} characters")
     return RuleResult(effect, tuple(reasons), tuple(followups), result.scorecard)
+
+
+def _bounded(name: str, result: RuleResult) -> RuleResult:
+    """A plugin rule's reasons and follow-ups as a decision records them (``MAX_RULE_*``)."""
+    reasons = [_cut(r, MAX_REASON_CHARS) for r in result.reasons[:MAX_RULE_REASONS]]
+    if len(result.reasons) > MAX_RULE_REASONS:
+        left = len(result.reasons) - MAX_RULE_REASONS
+        reasons.append(f"rule {name}: {left:,} more reasons not shown")
+    followups = tuple(
+        Followup(
+            _cut(f.slug, MAX_SLUG_CHARS), _cut(f.description, MAX_REASON_CHARS), f.recommended
+        )  # fmt: skip
+        for f in result.followups[:MAX_RULE_FOLLOWUPS]
+    )
+    return RuleResult(result.effect, tuple(reasons), followups, result.scorecard)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def _is_followup(item: object) -> bool:
@@ -1254,15 +1301,25 @@ def _is_followup(item: object) -> bool:
     )
 
 
-def _check_plain(value: object, depth: int) -> None:
+def _check_plain(value: object, depth: int, room: int) -> int:
+    """``value``'s size: its strings' characters (keys too), 1 for every other value; a bounded
+    look, it stops counting past ``room``."""
     if depth == 0:
         raise TypeError(f"RuleResult.scorecard nests deeper than {MAX_PART_DEPTH} levels")
+    if isinstance(value, str):
+        return len(value)
+    items: Iterable[object]
     if isinstance(value, Mapping):
-        for item in value.values():
-            _check_plain(item, depth - 1)
+        items = (x for pair in value.items() for x in pair)
     elif isinstance(value, list | tuple | set | frozenset):
-        for item in value:
-            _check_plain(item, depth - 1)
+        items = value
     elif hasattr(value, "__dataclass_fields__"):
-        for name in value.__dataclass_fields__:
-            _check_plain(getattr(value, name), depth - 1)
+        items = (getattr(value, name) for name in value.__dataclass_fields__)
+    else:
+        return 1
+    size = 1
+    for item in items:
+        size += _check_plain(item, depth - 1, room - size)
+        if size > room:
+            break
+    return size

@@ -406,6 +406,15 @@ def gate_limit(limit: int) -> int:
 # --- change gates -------------------------------------------------------------------------------
 
 
+def checked_request(request: GateRequest) -> GateRequest:
+    """``request`` checked (:func:`check_gate_request`), its telemetry and metadata read-only:
+    the rules it is handed to are plugins' (one changed what the decision recorded as sent)."""
+    check_gate_request(request)
+    return dataclasses.replace(
+        request, telemetry=_frozen(request.telemetry), metadata=_frozen(request.metadata)
+    )
+
+
 def check_gate_request(request: GateRequest) -> None:
     """The request's names and JSON under the daemon's limits."""
     check_name(request.change_id, "change_id")

@@ -24,10 +24,12 @@ from foundry.kernel.core.evals import (
     ScenarioStats,
     StepFacts,
     merge_assertion_types,
+    names_any,
     output_text,
     regression,
     run_latency_ms,
     summarize,
+    unfinished,
 )
 from foundry.kernel.core.evals import judge as judge_with
 from foundry.kernel.core.governance import EvalScenarioRecord
@@ -725,3 +727,27 @@ def test_a_step_id_given_twice_is_found_as_its_first():
     run = RunFacts("run_x", "FAILED", (StepFacts("a", "failed"), StepFacts("a", "succeeded")))
     assert run.step("a") == StepFacts("a", "failed")
     assert run.step("b") is None
+
+
+@pytest.mark.parametrize(
+    ("expected", "named"),
+    [
+        ({"mine": 1}, True),
+        ({"steps": {"a": {"contains": "x"}, "b": {"mine": 2}}}, True),
+        ({"status": "succeeded", "steps": {"a": {"contains": "mine"}}}, False),
+        ({"steps": "not an object"}, False),
+        ("not an object", False),
+    ],
+)
+def test_names_any_finds_a_key_at_the_run_or_a_step_level(expected, named):
+    assert names_any(expected, {"mine"}) is named
+    assert names_any(expected, set()) is False
+
+
+def test_an_unfinished_judgement_is_an_error_with_the_runs_metrics():
+    judgement = unfinished(RUN, "assertion slow did not answer within 30 s")
+
+    assert judgement.outcome == "error"
+    assert judgement.errors == ("assertion slow did not answer within 30 s",)
+    assert judgement.metrics["errors"] == ["assertion slow did not answer within 30 s"]
+    assert judgement.metrics["steps"] == judge(RUN, {"status": "succeeded"}).metrics["steps"]

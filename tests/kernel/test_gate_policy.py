@@ -837,6 +837,68 @@ def test_a_rule_answering_badly_denies_naming_what_is_wrong(answer, why):
     assert why in decision.reasons[0]
 
 
+def test_a_plugin_rules_answer_is_bounded_and_a_built_ins_is_not():
+    class Verbose:
+        name = "verbose"
+
+        def evaluate(self, request, policy):
+            return RuleResult(
+                "follow_up",
+                tuple(f"r{i}" + "x" * (2_000 if i == 0 else 0) for i in range(150)),
+                tuple(Followup("s" * 300, "d" * 1_001) for _ in range(120)),
+            )
+
+    decision = decide(request(), POLICY, (Verbose(),))
+
+    assert len(decision.reasons) == 101
+    assert decision.reasons[0] == "r0" + "x" * 998 + "… (2,002 characters)"
+    assert decision.reasons[1:3] == ("r1", "r2")
+    assert decision.reasons[-1] == "rule verbose: 50 more reasons not shown"
+    assert len(decision.followups) == 100
+    assert decision.followups[0] == Followup(
+        "s" * 200 + "… (300 characters)", "d" * 1_000 + "… (1,001 characters)"
+    )
+
+    class Novelty(Verbose):
+        name = "novelty"  # a built-in's name: its own answers are not cut
+
+    assert len(decide(request(), POLICY, (Novelty(),)).reasons) == 150
+
+
+@pytest.mark.parametrize(
+    ("part", "fails"),
+    [
+        ({"blob": "b" * 999_990}, False),
+        ({"blob": "b" * 1_000_001}, True),
+        ([["x" * 1_000] * 1_000, [1] * 10], True),  # counted across its nested values
+        ({"k" * 1_000_001: 1}, True),  # keys too
+    ],
+)
+def test_a_plugin_rules_scorecard_part_over_a_million_characters_fails_it(part, fails):
+    class Big:
+        name = "big"
+
+        def evaluate(self, request, policy):
+            return RuleResult("allow", scorecard=part)
+
+    decision = decide(request(), POLICY, (Big(),))
+
+    assert (decision.effect is Effect.DENY) is fails
+    if fails:
+        assert "scorecard holds over 1,000,000 characters" in decision.reasons[0]
+
+
+@pytest.mark.parametrize("value", [0, -1, math.nan, math.inf, 3_601, "10", True])
+def test_rule_timeout_is_seconds_above_zero_up_to_an_hour(value):
+    with pytest.raises(ConfigError, match=r"\[gate\]\.rule_timeout"):
+        GatePolicy.from_mapping({"rule_timeout": value})
+
+
+def test_rule_timeout_defaults_to_thirty_seconds_and_is_configurable():
+    assert GatePolicy().rule_timeout == 30.0
+    assert GatePolicy.from_mapping({"rule_timeout": 2}).rule_timeout == 2
+
+
 def test_a_rules_reasons_and_followups_given_as_lists_are_taken():
     class Listing:
         name = "listing"

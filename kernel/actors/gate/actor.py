@@ -30,6 +30,7 @@ from foundry.kernel.actors.gate.messages import (
     SyncEvalPack,
 )
 from foundry.kernel.actors.gate.patterns import re2_search
+from foundry.kernel.actors.gate.watched import Watch, watched_assertions, watched_rules
 from foundry.kernel.actors.mailbox import ask, refuse
 from foundry.kernel.actors.scheduler.messages import GetRun, RunView, SchedulerMessage
 from foundry.kernel.actors.store.messages import (
@@ -42,8 +43,8 @@ from foundry.kernel.actors.threads import in_thread
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.core.attest_records import EVAL_RESULT, GATE_DECISION
 from foundry.kernel.core.dag import StepSpec
-from foundry.kernel.core.evals import RunFacts, StepFacts, judge
-from foundry.kernel.core.gate_policy import GatePolicy, decide
+from foundry.kernel.core.evals import Judgement, RunFacts, StepFacts, judge, names_any, unfinished
+from foundry.kernel.core.gate_policy import Decision, GatePolicy, GateRequest, decide, unanswered
 from foundry.kernel.core.governance import (
     ACKNOWLEDGEMENT_BYTES,
     FOLLOWUP_OUTCOMES,
@@ -56,13 +57,14 @@ from foundry.kernel.core.governance import (
     StoredGate,
     StoredScenario,
     acknowledgement_size,
-    check_gate_request,
     check_name,
+    checked_request,
     decision_record,
     gate_limit,
     parse_pack,
     record_claims,
     synced_records,
+    thawed,
 )
 from foundry.kernel.core.ids import Clock
 from foundry.kernel.core.json_input import STRUCT_DEPTH, check_json_value, quoted
@@ -74,6 +76,7 @@ from foundry.kernel.errors import (
 )
 
 log = logging.getLogger("foundry.gate")
+JUDGING_THREADS = 4  # eval results judged at once
 HELD_GATES = 4_096  # gates whose follow-ups' bytes are kept known (the most recent)
 
 
@@ -82,14 +85,16 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
 
 
-def run_facts(view: RunView) -> RunFacts:
+def run_facts(view: RunView, *, copied: bool = False) -> RunFacts:
     """What ``judge`` looks at of a run: its status, and per step status, output, usage and
-    lease/completion times (``finished_at`` is the run's last update once it is terminal)."""
+    lease/completion times (``finished_at`` is the run's last update once it is terminal).
+    ``copied``: each output a copy (for a plugin's assertions: the scheduler's own, changed in
+    place by one, was what a branch of the run then reused)."""
     steps = tuple(
         StepFacts(
             step_id=s.step_id,
             status=s.status,
-            output=s.output,
+            output=thawed(s.output) if copied else s.output,
             tokens_in=int(s.usage.get("tokens_in", 0) or 0),
             tokens_out=int(s.usage.get("tokens_out", 0) or 0),
             cost=float(s.usage.get("cost", 0.0) or 0.0),
@@ -102,6 +107,13 @@ def run_facts(view: RunView) -> RunFacts:
     return RunFacts(view.run_id, view.status, steps, view.created_at, finished)
 
 
+def _recorded(
+    request: GateRequest, decision: Decision, now: datetime
+) -> tuple[GateDecisionRecord, dict[str, Any]]:
+    record = decision_record(new_id("gate"), request, decision, now)
+    return record, record_claims(record)
+
+
 class Gate:
     def __init__(
         self,
@@ -111,14 +123,23 @@ class Gate:
         store: trio.MemorySendChannel[StoreMessage],
         scheduler: trio.MemorySendChannel[SchedulerMessage],
         attestor: trio.MemorySendChannel[AttestorMessage] | None = None,
+        *,
+        assertion_timeout: float = 30.0,
     ) -> None:
         """``attestor``: where decisions and eval results are announced once durable (None:
-        they are not attested)."""
+        they are not attested); ``assertion_timeout``: seconds an eval result's judging may
+        take (``[evals]``)."""
         self._registry, self._policy = registry, policy
         self._attestor = attestor
         self._inbox, self._store, self._scheduler = inbox, store, scheduler
         self._clock = Clock()
-        self._deciding = trio.Lock()  # gate decisions, made on a worker thread one at a time
+        # Plugins' code runs on threads of these: a gate's rules one decision at a time (a rule
+        # may keep state); judging, a few at once. A rule or assertion that never answers keeps
+        # its thread, so those after it time out waiting: only gates or evals, nothing else.
+        self._deciding = trio.CapacityLimiter(1)
+        self._deciding_now = Watch()
+        self._judging = trio.CapacityLimiter(JUDGING_THREADS)
+        self._assertion_timeout = assertion_timeout
         self._sync_lock = trio.Lock()
         # A gate's follow-ups one at a time (check, then write: two at once both passed the
         # bound), and the bytes each gate's hold, known once read: each follow-up read and
@@ -229,9 +250,7 @@ class Gate:
                 f"run {message.run_id} is {view.status.lower()}; record the result of a "
                 "finished run"
             )
-        judgement = judge(
-            run_facts(view), scenario.expected, self._registry.assertion_types, search=re2_search
-        )
+        judgement = await self._judged(view, scenario.expected)
         result = EvalResultRecord(
             result_id=new_id("evr"),
             scenario_id=scenario.scenario_id,
@@ -245,22 +264,71 @@ class Gate:
         await self._attest(EVAL_RESULT, result, result.result_id, result.run_id)
         return result
 
+    async def _judged(self, view: RunView, expected: Any) -> Judgement:
+        """The run judged on a worker thread (a plugin's assertion may be slow, or call the
+        daemon: on the loop, it held every client), within ``assertion_timeout``."""
+        watch = Watch()
+        with trio.move_on_after(self._assertion_timeout):
+            return await in_thread(self._judge, view, expected, watch,
+                                   limiter=self._judging, abandon_on_cancel=True)  # fmt: skip
+        seconds = f"{self._assertion_timeout:g} s"
+        if not watch.started:
+            reason = (f"judging did not start within {seconds}: assertions of earlier results "
+                      "still hold every judging thread")  # fmt: skip
+        elif watch.running:
+            reason = f"assertion {watch.running} did not answer within {seconds}"
+        else:
+            reason = f"judging did not finish within {seconds}"
+        log.warning("eval of run %s: %s", view.run_id, reason)
+        return await in_thread(unfinished, run_facts(view), reason)
+
+    def _judge(self, view: RunView, expected: Any, watch: Watch) -> Judgement:
+        watch.started = True
+        kinds = self._registry.assertion_types
+        facts = run_facts(view, copied=names_any(expected, kinds.keys()))
+        return judge(facts, expected, watched_assertions(kinds, watch), search=re2_search)
+
     # --- change gates ---------------------------------------------------------------------------
 
     async def _check(self, message: CheckChangeGate) -> StoredGate:
-        # On a worker thread: a request's telemetry and metadata are of any size (4 MB of it,
+        # On worker threads: a request's telemetry and metadata are of any size (4 MB of it,
         # checked and made a record here, held the loop ~2 s); its claims made there too.
-        async with self._deciding:  # (one at a time, as on the loop: a rule may keep state)
-            record, claims = await in_thread(self._decided, message.request, self._clock.now())
+        request = await in_thread(checked_request, message.request)
+        now, watch = self._clock.now(), Watch()
+        with trio.move_on_after(self._policy.rule_timeout) as waited:
+            record, claims = await in_thread(
+                self._decided, request, now, watch, limiter=self._deciding, abandon_on_cancel=True
+            )
+        if waited.cancelled_caught:
+            rule, reason = self._unanswered(watch)
+            log.warning("gate of change %s: %s", quoted(request.change_id), reason)
+            denial = unanswered(request, rule, reason)
+            record, claims = await in_thread(_recorded, request, denial, now)
         await self._append([record])
         await self._attest(GATE_DECISION, record, record.gate_id, claims=claims)
         return StoredGate(record)
 
-    def _decided(self, request: Any, now: datetime) -> tuple[GateDecisionRecord, dict[str, Any]]:
-        check_gate_request(request)
-        decision = decide(request, self._policy, self._registry.gate_rules)
-        record = decision_record(new_id("gate"), request, decision, now)
-        return record, record_claims(record)
+    def _decided(
+        self, request: GateRequest, now: datetime, watch: Watch
+    ) -> tuple[GateDecisionRecord, dict[str, Any]]:
+        watch.started, self._deciding_now = True, watch
+        decision = decide(request, self._policy, watched_rules(self._registry.gate_rules, watch))
+        return _recorded(request, decision, now)
+
+    def _unanswered(self, watch: Watch) -> tuple[str, str]:
+        """The rule that held a decision past ``rule_timeout`` ("" if none was running), and
+        the reason the denial gives."""
+        seconds = f"{self._policy.rule_timeout:g} s"
+        if not watch.started:
+            rule = self._deciding_now.running
+            return rule, (f"rule {rule or '(none running)'} has not answered an earlier decision "
+                          f"for over {seconds} (a gate decides one change at a time), so the "
+                          "gate denies")  # fmt: skip
+        if watch.running:
+            return watch.running, (
+                f"rule {watch.running} did not answer within {seconds}, so the gate denies"
+            )
+        return "", f"the gate's rules did not finish within {seconds}, so the gate denies"
 
     async def _followup(self, message: RecordGateFollowup) -> GateFollowupRecord:
         check_name(message.gate_id, "gate_id")

@@ -1,0 +1,230 @@
+"""Plugins' gate rules and eval assertions on a real daemon: what they are handed cannot change
+what is recorded, what they answer is bounded, and one that is slow or never answers holds no
+other client (each found by a hunt: a rule's or assertion's code ran on the loop or without a
+time limit, and was handed the daemon's own objects)."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from foundry.proto import runtime_api as api
+from foundry.proto.generated.google.protobuf import Struct
+
+from tests.e2e.helpers import slowest_small_call_during
+from tests.runs.helpers import dag, get_run, outputs, submit, wait_done
+
+PLUGIN = """
+import time
+
+from foundry.kernel import AssertionResult, Followup, RuleResult, hookimpl
+
+
+class Meddles:
+    name = "meddles"
+
+    def evaluate(self, request, policy):
+        asked = request.metadata.get("ask", "")
+        if asked == "change-top":
+            request.metadata["injected"] = "by the rule"
+        elif asked == "change-nested":
+            request.metadata["nested"]["injected"] = "by the rule"
+        elif asked == "change-telemetry":
+            request.telemetry["injected"] = "by the rule"
+        elif asked == "sleep":
+            time.sleep(request.metadata["seconds"])
+        elif asked == "verbose":
+            return RuleResult(
+                "follow_up",
+                tuple(f"reason {i} " + "x" * 50_000 for i in range(5_000)),
+                tuple(Followup(f"f{i}" + "y" * 5_000, "z" * 50_000) for i in range(500)),
+            )
+        elif asked == "huge-part":
+            return RuleResult("allow", (), (), {"blob": "b" * 3_000_000})
+        return RuleResult("allow")
+
+
+class Rewrites:
+    name = "rewrites"
+
+    def check(self, expected, facts, step_id):
+        facts.step(step_id).output["text"] = "REWRITTEN"
+        return AssertionResult(self.name, True, None, expected, step_id, "rewrote it")
+
+
+class Sleeps:
+    name = "sleeps"
+
+    def check(self, expected, facts, step_id):
+        time.sleep(expected)
+        return AssertionResult(self.name, True, None, expected, step_id, "slept")
+
+
+@hookimpl
+def register_gate_rules():
+    return [Meddles()]
+
+
+@hookimpl
+def register_eval_assertions():
+    return {"rewrites": Rewrites(), "sleeps": Sleeps()}
+"""
+
+OK_DAG = dag({"id": "answer", "type": "transform", "inputs": {"value": {"text": "otters swim"}}})
+TIMEOUT = 1.5
+
+
+@pytest.fixture(scope="module")
+def daemon(shared_daemon, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("governance-plugin")
+    (folder / "govern_plugin.py").write_text(textwrap.dedent(PLUGIN))
+    return shared_daemon(
+        f'[plugins]\npaths = ["{folder}"]\nmodules = ["govern_plugin"]\n'
+        f'[gate]\nrule_timeout = {TIMEOUT}\nmissing_coverage = "allow"\n'
+        f'missing_evals = "allow"\n[evals]\nassertion_timeout = {TIMEOUT}\n'
+    )
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def check(daemon: Any, metadata: dict[str, Any], **fields: Any) -> api.ChangeGateDecision:
+    request = api.CheckChangeGateRequest(
+        change_id=fields.pop("change_id", unique("change")),
+        metadata=Struct.from_dict(metadata),
+        **fields,
+    )
+    decision = daemon.call(lambda _, rt: rt.check_change_gate(request)).decision
+    assert decision is not None
+    return decision
+
+
+def listed(daemon: Any, change_id: str) -> api.ChangeGateDecision:
+    request = api.ListChangeGatesRequest(change_id=change_id)
+    (decision,) = daemon.call(lambda _, rt: rt.list_change_gates(request)).decisions
+    return decision
+
+
+def record(daemon: Any, pack: str, slug: str, run_id: str) -> api.EvalResult:
+    request = api.RecordEvalResultRequest(pack=pack, slug=slug, run_id=run_id)
+    result = daemon.call(lambda _, rt: rt.record_eval_result(request)).result
+    assert result is not None
+    return result
+
+
+def sync(daemon: Any, pack: str, expected: dict[str, dict[str, Any]]) -> None:
+    scenarios = [
+        api.EvalScenarioDefinition(
+            slug=slug,
+            title=slug,
+            run_spec=Struct.from_dict({"dag_json": OK_DAG}),
+            expected=Struct.from_dict(checks),
+        )  # fmt: skip
+        for slug, checks in expected.items()
+    ]
+    request = api.SyncEvalPackRequest(pack=pack, scenarios=scenarios)
+    daemon.call(lambda _, rt: rt.sync_eval_pack(request))
+
+
+# --- gate rules ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ask", ["change-top", "change-nested", "change-telemetry"])
+def test_a_rule_cannot_change_the_request_the_decision_records(daemon, ask):
+    metadata = {"ask": ask, "nested": {"a": 1}, "list": [1, 2]}
+    change_id = unique("meddled")
+    decision = check(daemon, metadata, change_id=change_id,
+                     telemetry=Struct.from_dict({"t": {"n": 1}}))  # fmt: skip
+    for shown in (decision, listed(daemon, change_id)):
+        assert shown.metadata.to_dict() == metadata
+        assert shown.telemetry.to_dict() == {"t": {"n": 1}}
+        assert shown.scorecard.telemetry.to_dict() == {"t": {"n": 1}}
+    assert decision.effect == api.ChangeDecisionEffect.DENY  # fails closed: it raised
+    assert any(r.startswith("rule meddles failed (TypeError") for r in decision.reasons)
+
+
+def test_a_rule_answer_is_recorded_bounded(daemon):
+    decision = check(daemon, {"ask": "verbose"})
+    reasons = [r for r in decision.reasons if "evidence missing" not in r]  # built-ins'
+    assert len(reasons) == 101
+    assert reasons[-1] == "rule meddles: 4,900 more reasons not shown"
+    assert all(len(r) < 1_100 for r in reasons)
+    assert reasons[0].startswith("reason 0 xxx")
+    assert reasons[0].endswith("… (50,009 characters)")
+    followups = [f for f in decision.followups if f.slug.startswith("f")]  # the rule's
+    assert len(followups) == 100
+    assert all(len(f.slug) < 250 and len(f.description) < 1_100 for f in followups)
+
+    huge = check(daemon, {"ask": "huge-part"})
+    assert huge.effect == api.ChangeDecisionEffect.DENY
+    assert any("scorecard holds over 1,000,000 characters" in r for r in huge.reasons)
+
+
+def test_a_rule_that_does_not_answer_in_time_denies_and_holds_no_other_client(daemon):
+    slow_id, queued_id = unique("slow"), unique("queued")
+    queued: list[api.ChangeGateDecision] = []
+
+    def slow() -> api.ChangeGateDecision:
+        started = time.monotonic()
+        # a second change decided meanwhile waits behind the rule (one decision at a time)
+        later = threading.Timer(0.3, lambda: queued.append(
+            check(daemon, {}, change_id=queued_id)))  # fmt: skip
+        later.start()
+        decision = check(daemon, {"ask": "sleep", "seconds": 6}, change_id=slow_id)
+        later.join()
+        assert time.monotonic() - started < 5
+        return decision
+
+    decision, slowest = slowest_small_call_during(daemon, slow)
+    assert slowest < 0.7
+    assert decision.effect == api.ChangeDecisionEffect.DENY
+    assert list(decision.reasons) == [
+        f"rule meddles did not answer within {TIMEOUT:g} s, so the gate denies"
+    ]
+    assert [f.slug for f in decision.followups] == ["fix-gate-rule"]
+    assert listed(daemon, slow_id).gate_id == decision.gate_id  # recorded
+    (second,) = queued
+    assert second.effect == api.ChangeDecisionEffect.DENY
+    assert second.reasons[0].startswith("rule meddles has not answered an earlier decision")
+    time.sleep(4.5)  # the rule answers at last: decisions are made again
+    assert check(daemon, {}).effect == api.ChangeDecisionEffect.ALLOW
+
+
+# --- eval assertions -----------------------------------------------------------------------------
+
+
+def test_an_assertion_cannot_rewrite_the_run_it_judges(daemon):
+    pack = unique("pack")
+    sync(daemon, pack, {
+        "rewrite": {"steps": {"answer": {"rewrites": True}}},
+        "same": {"steps": {"answer": {"equals": {"text": "otters swim"}}}},
+    })  # fmt: skip
+    run_id = submit(daemon, OK_DAG)
+    wait_done(daemon, run_id)
+
+    assert record(daemon, pack, "rewrite", run_id).outcome == "passed"
+    assert record(daemon, pack, "same", run_id).outcome == "passed"
+    assert outputs(get_run(daemon, run_id)) == {"answer": {"text": "otters swim"}}
+
+
+def test_an_assertion_that_does_not_answer_in_time_is_an_error_holding_no_one(daemon):
+    pack = unique("pack")
+    sync(daemon, pack, {"slow": {"steps": {"answer": {"sleeps": 5}}}})
+    run_id = submit(daemon, OK_DAG)
+    wait_done(daemon, run_id)
+
+    started = time.monotonic()
+    result, slowest = slowest_small_call_during(
+        daemon, lambda: record(daemon, pack, "slow", run_id)
+    )
+    assert time.monotonic() - started < 4.5
+    assert slowest < 0.7  # (5 s: the assertion ran on the loop)
+    assert result.outcome == "error"
+    assert result.metrics.to_dict()["errors"] == [
+        f"assertion sleeps did not answer within {TIMEOUT:g} s"
+    ]
