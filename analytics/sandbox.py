@@ -208,6 +208,13 @@ def _check_tree(con: duckdb.DuckDBPyConnection, text: str) -> set[str]:
         ) from None
     if tree.get("error"):
         raise QueryRefused(cut(str(tree.get("error_message", "the statement does not parse"))))
+    bound = _bound_columns(tree)
+    if bound > MAX_BOUND_COLUMNS:
+        raise QueryRefused(
+            f"the statement binds about {bound:,} columns, more than {MAX_BOUND_COLUMNS:,} "
+            "(DuckDB's binding of a query, which its time limit cannot interrupt, takes time "
+            "growing with the square of its columns): select fewer columns, or fewer stars"
+        )
     params: set[str] = set()
     for node in _nodes(tree):
         name = node.get("function_name")
@@ -224,6 +231,123 @@ def _check_tree(con: duckdb.DuckDBPyConnection, text: str) -> set[str]:
         if node.get("type") == "VALUE_PARAMETER" and isinstance(node.get("identifier"), str):
             params.add(node["identifier"])
     return params
+
+
+# Columns a statement's binding may make in all, at most: DuckDB binds 12,800 columns in ~0.7 s,
+# 25,600 in ~2.7 s, and cannot be interrupted while it does (a 1.3 KB query of self-joined CTEs,
+# 204,800 columns, held the analyst threads ~4 minutes and a stop 142 s past its grace).
+MAX_BOUND_COLUMNS = 20_000
+TABLE_COLUMNS = 64  # a table's or table function's columns as the bound counts them (18 at most)
+
+
+def _bound_columns(tree: Any) -> int:
+    """An upper bound of the columns binding the statement makes: for every query in it, its
+    select list's columns — a star (``*``, ``COLUMNS(*)``, anywhere in the query's expressions)
+    counted as all the columns of what the query selects from: a table as
+    :data:`TABLE_COLUMNS`, a CTE as its own query's columns, a join as both sides'."""
+    ctes: dict[str, list[dict[str, Any]]] = {}
+    selects = []
+    for node in _nodes(tree):
+        if node.get("type") == "SELECT_NODE":
+            selects.append(node)
+        cte_map = node.get("cte_map")
+        for entry in cte_map.get("map") or () if isinstance(cte_map, dict) else ():
+            name, value = entry.get("key"), entry.get("value")
+            if isinstance(name, str) and isinstance(value, dict):
+                query = value.get("query_node")
+                if isinstance(query, dict):
+                    ctes.setdefault(name.lower(), []).append(query)
+    widths = _Widths(ctes)
+    try:
+        return sum(widths.bound(node) for node in selects)
+    except RecursionError:
+        raise QueryRefused(
+            "the statement is nested too deeply to check: split its expressions or joins"
+        ) from None
+
+
+class _Widths:
+    """Columns of queries and what they select from, each worked out once."""
+
+    def __init__(self, ctes: Mapping[str, list[dict[str, Any]]]) -> None:
+        self._ctes = ctes
+        self._known: dict[str, int] = {}
+        self._source: dict[int, int] = {}
+
+    def bound(self, select: dict[str, Any]) -> int:
+        """A SELECT's columns, its stars outside its select list too."""
+        source = self._from(select)
+        items = select.get("select_list") or ()
+        width = sum(max(1, _stars(item) * source) for item in items)
+        others = (v for k, v in select.items() if k not in ("select_list", "from_table", "cte_map"))
+        return width + sum(_stars(v) for v in others) * source
+
+    def query(self, node: Any) -> int:
+        if not isinstance(node, dict):
+            return TABLE_COLUMNS
+        if node.get("type") == "SELECT_NODE":
+            items = node.get("select_list") or ()
+            return sum(max(1, _stars(item) * self._from(node)) for item in items)
+        children = node.get("children") or [node.get("left"), node.get("right")]
+        return max((self.query(c) for c in children if isinstance(c, dict)), default=TABLE_COLUMNS)
+
+    def _from(self, select: dict[str, Any]) -> int:
+        key = id(select)
+        if key not in self._source:
+            self._source[key] = self.table(select.get("from_table"))
+        return self._source[key]
+
+    def table(self, ref: Any) -> int:
+        kind = ref.get("type") if isinstance(ref, dict) else None
+        if kind is None or kind == "EMPTY":
+            return 0
+        if kind == "JOIN":
+            return self.table(ref.get("left")) + self.table(ref.get("right"))
+        if kind == "SUBQUERY":
+            subquery = ref.get("subquery")
+            return self.query(subquery.get("node") if isinstance(subquery, dict) else None)
+        if kind == "EXPRESSION_LIST":
+            rows = ref.get("values") or ()
+            return max((len(row) for row in rows if isinstance(row, list)), default=0)
+        if kind == "PIVOT":
+            return self.table(ref.get("source")) + _pivoted(ref)
+        name = ref.get("table_name")
+        if kind == "BASE_TABLE" and isinstance(name, str) and name.lower() in self._ctes:
+            return self._cte(name.lower())
+        return TABLE_COLUMNS
+
+    def _cte(self, name: str) -> int:
+        if name not in self._known:
+            self._known[name] = TABLE_COLUMNS  # while it is worked out: a recursive CTE's own
+            self._known[name] = max(self.query(q) for q in self._ctes[name])
+        return self._known[name]
+
+
+def _stars(value: Any) -> int:
+    """The stars in an expression, not those of the queries nested in it (counted as theirs)."""
+    found, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("class") == "SUBQUERY" or item.get("type") == "SELECT_NODE":
+                continue
+            found += item.get("class") == "STAR"
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _pivoted(ref: dict[str, Any]) -> int:
+    """The columns a PIVOT's ``IN`` lists make: every combination of their entries, once per
+    aggregate."""
+    combinations = 1
+    for pivot in ref.get("pivots") or ():
+        entries = pivot.get("entries") if isinstance(pivot, dict) else None
+        combinations *= len(entries) if isinstance(entries, list) and entries else TABLE_COLUMNS
+        if combinations > MAX_BOUND_COLUMNS:
+            break
+    return combinations * max(1, len(ref.get("aggregates") or ()))
 
 
 def _nodes(value: Any) -> Iterator[dict[str, Any]]:

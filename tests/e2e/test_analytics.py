@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -115,6 +116,27 @@ def test_grpcio_calls_query_and_list_saved_questions(analytics_daemon, grpcio_cl
                 analytics.Query(request, timeout=DEADLINE)
             assert failed.value.code().name == code, failed.value.details()
             assert text in failed.value.details()
+
+
+def test_a_query_binding_too_many_columns_is_refused_at_once_and_queries_go_on(analytics_daemon):
+    """1.3 KB of self-joined CTEs (204,800 columns) held the analyst threads ~4 minutes past a
+    5 s limit: DuckDB's binding cannot be interrupted (a hunt). Refused before it binds."""
+    ctes = ["w0 AS (SELECT " + ", ".join(f"1 AS c{i}" for i in range(100)) + ")"]
+    ctes += [f"w{k} AS (SELECT * FROM w{k - 1} a, w{k - 1} b)" for k in range(1, 12)]
+    sql = "WITH " + ", ".join(ctes) + " SELECT * FROM w11"
+    calls = [{"sql": sql}] * 2 + [{"sql": "SELECT 42 AS answer"}]
+    with ThreadPoolExecutor(3) as pool:
+        started = time.monotonic()
+        answers = list(pool.map(
+            lambda body: httpx.post(url(analytics_daemon, QUERY), json=body, timeout=DEADLINE),
+            calls,
+        ))  # fmt: skip
+        took = time.monotonic() - started
+    for refused in answers[:2]:
+        assert refused.status_code == 400, refused.text
+        assert "binds about 614,300 columns, more than 20,000" in refused.json()["message"]
+    assert answers[2].json()["rowsJson"] == ["[42]"]
+    assert took < 2.0  # (the time limit is 2 s: refused before anything binds)
 
 
 def test_a_reply_stops_at_the_byte_limit_over_grpc_and_connect_json(analytics_daemon, stubs):

@@ -26,6 +26,7 @@ from foundry.analytics.sandbox import (
     cut,
     struct_fields,
 )
+from foundry.analytics.schema import ddl
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.store.actor import Store
 from foundry.kernel.actors.store.messages import Append, LoadRun, RunUserQuery
@@ -129,6 +130,20 @@ REFUSED = {
     "SELECT * FROM main.histogram_values('events', kind)": "table function histogram_values()",
     # deeper than Python's JSON parser reads DuckDB's tree (DuckDB itself allows it)
     "SELECT " + "-".join(["1"] * 600): "nested too deeply to check",
+    # binding more columns than DuckDB binds in a few seconds (it cannot be interrupted then)
+    "WITH w0 AS (SELECT "
+    + ", ".join(f"1 AS c{i}" for i in range(100))
+    + "), "
+    + ", ".join(f"w{k} AS (SELECT * FROM w{k - 1} a, w{k - 1} b)" for k in range(1, 12))
+    + " SELECT 1 FROM w11": "binds about 409,501 columns, more than 20,000",
+    "SELECT " + ",".join(["1"] * 20_001): "binds about 20,001 columns",
+    "SELECT list_value(" + ", ".join(["*"] * 400) + ") FROM events": "binds about 25,600",
+    "SELECT 1 FROM events WHERE " + " AND ".join(["COLUMNS(*) > 0"] * 400): "binds about 25,601",
+    "SELECT * FROM range(3) PIVOT (count(*) FOR range IN ("
+    + ", ".join(map(str, range(200)))
+    + ") range IN ("
+    + ", ".join(map(str, range(200)))
+    + "))": "more than 20,000",
 }
 
 
@@ -147,11 +162,27 @@ def test_the_statement_check_refuses(sql):
      # options in parentheses, comments between the words (the statement was cut mid-way)
      "EXPLAIN (FORMAT JSON) SELECT 1", "EXPLAIN (ANALYZE, FORMAT JSON) SELECT 1",
      "EXPLAIN/**/ANALYZE SELECT 1", "EXPLAIN -- why\nANALYZE SELECT 1",
-     "EXPLAIN (SELECT 1)", "EXPLAIN ((SELECT 1))", "EXPLAIN (WITH x AS (SELECT 1) FROM x)"],
+     "EXPLAIN (SELECT 1)", "EXPLAIN ((SELECT 1))", "EXPLAIN (WITH x AS (SELECT 1) FROM x)",
+     # wide, but not past the bound: 18 self-joins of every table's columns; 19,000 constants
+     "SELECT * FROM " + ", ".join(f"events e{i}" for i in range(18)),
+     "SELECT " + ",".join(["1"] * 19_000),
+     "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) FROM r"],
 )  # fmt: skip
 def test_the_statement_check_allows_reads(sql):
     with duckdb.connect() as con:
         check_sql(con, sql)
+
+
+def test_no_table_is_wider_than_the_bound_counts_a_table():
+    from foundry.analytics.sandbox import TABLE_COLUMNS
+
+    with duckdb.connect() as con:
+        for statement in ddl():
+            con.execute(statement)
+        (widest,) = con.execute(
+            "SELECT max(n) FROM (SELECT count(*) AS n FROM duckdb_columns() GROUP BY table_name)"
+        ).fetchone()
+    assert 10 < widest <= TABLE_COLUMNS
 
 
 def test_no_other_builtin_macro_reaches_a_refused_function():
