@@ -9,8 +9,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
 from datetime import UTC, datetime
 
 import pytest
@@ -114,6 +116,33 @@ def test_a_key_linked_from_a_folder_anyone_may_write_is_refused(tmp_path):
     assert str(loose) in str(refused.value)
     loose.chmod(0o700)  # its real folder owner-only: a linked key is fine
     assert keys.load_or_create(tmp_path / "home").public_raw == made.public_raw
+
+
+def test_a_first_start_killed_while_writing_the_public_key_leaves_a_home_that_starts(tmp_path):
+    """Killed between the public key file's creation and its write, a first start left it
+    empty: every later start refused it as damaged (a hunt). The start here is a real process,
+    killed (SIGKILL) as it makes the public key's bytes durable."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from foundry.kernel.actors.attestor import keys
+        calls = []
+        real = os.fsync
+        def fsync(fd):
+            calls.append(fd)
+            if len(calls) == 2:  # the private key's, then the public key's
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(fd)
+        os.fsync = fsync
+        keys.load_or_create(Path({str(tmp_path)!r}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    folder = tmp_path / "keys"
+    assert (folder / "attestor.key").stat().st_size > 0
+    assert not (folder / "attestor.pub").exists()  # not there at all rather than empty
+    made = keys.load_or_create(tmp_path)
+    assert (folder / "attestor.pub").read_text() == made.public_pem
 
 
 def test_a_damaged_public_key_refuses_the_start_not_made_again(tmp_path):

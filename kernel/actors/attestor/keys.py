@@ -131,7 +131,7 @@ def _load_or_create(folder: Path) -> KeyPair:
     pub_path = folder / PUBLIC_KEY
     _refuse_another_key(pub_path, public_raw(public), key_path)
     if not pub_path.exists() or _regular_file_bytes(pub_path) != public_text.encode():
-        pub_path.write_text(public_text)  # (re)written from the private key: it cannot disagree
+        _write_public(pub_path, public_text)  # (re)made from the private key: it cannot disagree
     return KeyPair(private, public, public_text, public_raw(public), key_path)
 
 
@@ -201,7 +201,21 @@ def _create(folder: Path) -> None:
         os.link(staged, path)
     finally:
         staged.unlink(missing_ok=True)
-    (folder / PUBLIC_KEY).write_text(public_pem(private.public_key()))
+    _write_public(folder / PUBLIC_KEY, public_pem(private.public_key()))
+
+
+def _write_public(path: Path, text: str) -> None:
+    """The public key written whole under another name, then renamed into place: a daemon
+    killed mid-write of the file itself left it empty, and every later start refused it as
+    damaged (it cannot tell that from the key earlier attestations verify with)."""
+    staged = path.with_name(f"{path.name}.new")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(staged, path)
 
 
 def public_pem(public: Ed25519PublicKey) -> str:
