@@ -110,6 +110,9 @@ def watch_event(event: admin_api.Event) -> foundry_api.WatchResponse:
         throttled=event.throttled,
         workflow_id=event.workflow_id,
         occurred_at=event.occurred_at,
+        trace_id=event.trace_id,
+        span_id=event.span_id,
+        parent_span_id=event.parent_span_id,
     )
 
 

@@ -141,19 +141,30 @@ def test_watch_says_what_it_watches_and_stamps_each_event(daemon):
 def test_watch_since_shows_the_backlog_then_live_events_once_each(daemon):
     old = emit(daemon, "two_stage_requested", project="live-b", payload={"n": 1})
     finished(daemon, old.workflow_id)
+    unsunk = emit(daemon, "probe", project="live-b")  # no block sinks it: no workflow
+    assert unsunk.workflow_id == ""
     with cli(daemon, "watch", "--project", "live-b", "--since", "10m", "--json") as watch:
         assert watch.next_err().startswith(f"watching {daemon.address} (project live-b, since 10m)")
-        backlog = [json.loads(watch.next_out()) for _ in range(3)]
+        backlog = [json.loads(watch.next_out()) for _ in range(4)]
         assert [e["event_type"] for e in backlog] == [
-            "two_stage_requested", "stage_two", "two_stage_done",
+            "two_stage_requested", "stage_two", "two_stage_done", "probe",
         ]  # fmt: skip
-        assert {e["workflow_id"] for e in backlog} == {old.workflow_id}
+        assert [e["workflow_id"] for e in backlog] == [old.workflow_id] * 3 + [""]
         assert all(re.match(r"^\d{4}-\d\d-\d\dT", e["occurred_at"]) for e in backlog)
-        assert "3 stored event(s) since 10m" in watch.next_err()
+        assert "4 stored event(s) since 10m" in watch.next_err()
         new = emit(daemon, "probe", project="live-b")
         live = json.loads(watch.next_out())
         assert live["event_id"] == new.event_id
         assert live["occurred_at"]
+        # printed as the live one is: the trace context too (it was left out of the backlog)
+        assert backlog[3].keys() == live.keys()
+        assert live["workflow_id"] == ""
+        root, child = backlog[0], backlog[1]
+        assert re.fullmatch(r"[0-9a-f]{32}", root["trace_id"])
+        assert child["trace_id"] == root["trace_id"]
+        assert re.fullmatch(r"[0-9a-f]{16}", child["parent_span_id"])  # its block's span
+        assert root["span_id"] != child["span_id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", backlog[3]["trace_id"])
         stop(watch)
         rest, _ = watch.rest()
     ids = [e["event_id"] for e in [*backlog, live, *map(json.loads, rest)]]

@@ -141,8 +141,9 @@ class LoadRecentEvents:
     """The newest stored events since ``since`` (of ``project``, of ``workflow_id``, each when
     set), newest first: at most ``limit`` of them, and of those as many as ``max_bytes`` of
     payload hold (the newest always). The reply: their rows (event id, type, project,
-    microseconds since the epoch it occurred, workflow id, throttle, throttled, payload,
-    emitted by) and whether older ones were left out."""
+    microseconds since the epoch it occurred, workflow id — empty for a root no block sinks —,
+    throttle, throttled, payload, emitted by, trace id, span id, parent span id) and whether
+    older ones were left out."""
 
     since: datetime
     project: str

@@ -233,7 +233,26 @@ def load_recent_events(
         if full:
             break
     rows, _ = reply()
-    return rows, len(rows) < len(found)
+    return _workflows_as_watched(con, rows), len(rows) < len(found)
+
+
+def _workflows_as_watched(
+    con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """The rows, each root no block sinks with no workflow id (its workflow row's block count
+    is 0), as Emit and Watch answer it: ``foundry watch --since`` printed the two differently."""
+    roots = [row[0] for row in rows if row[4] == row[0]]
+    if not roots:
+        return rows
+    unsunk = {
+        workflow_id
+        for (workflow_id,) in con.execute(
+            "SELECT workflow_id FROM workflows WHERE block_count = 0 "
+            "AND workflow_id IN (SELECT unnest($roots))",
+            {"roots": roots},
+        ).fetchall()
+    }
+    return [(*row[:4], "", *row[5:]) if row[0] in unsunk else row for row in rows]
 
 
 # The newest events of a Recent-events question, found without reading a payload (a scan that
@@ -259,8 +278,9 @@ def _recent_look(by_project: bool, by_workflow: bool) -> str:
     where += ["workflow_id = $workflow_id"] if by_workflow else []
     return (
         f"SELECT event_id, event_type, {project}, epoch_us(occurred_at), {workflow}, throttle, "
-        f"throttled, CAST(payload AS VARCHAR), coalesce(emitted_by, ''), strlen(payload) "
-        f"FROM events WHERE {' AND '.join(where)}"
+        f"throttled, CAST(payload AS VARCHAR), coalesce(emitted_by, ''), "
+        f"coalesce(trace_id, ''), coalesce(span_id, ''), coalesce(parent_span_id, ''), "
+        f"strlen(payload) FROM events WHERE {' AND '.join(where)}"
     )
 
 

@@ -158,7 +158,10 @@ def _name(tool: Tool) -> str:
 
 
 def _event(row: list[Any]) -> api.Event:
-    event_id, event_type, project, occurred_us, workflow_id, throttle, throttled, payload, by = row
+    event_id, event_type, project, occurred_us, workflow_id, throttle, throttled, payload, by = row[
+        :9
+    ]
+    trace_id, span_id, parent_span_id = row[9:12]
     occurred = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(occurred_us))
     return api.Event(
         event_id=event_id,
@@ -170,6 +173,9 @@ def _event(row: list[Any]) -> api.Event:
         throttled=bool(throttled),
         payload_json=payload,
         emitted_by=by,
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent_span_id,
     )
 
 

@@ -89,7 +89,7 @@ class Event(betterproto2.Message):
 
     workflow_id: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
     """
-    the chain's root event id
+    the chain's root event id; empty for an event no block sinks (as Emit and Watch answer)
     """
 
     throttle: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
@@ -108,6 +108,15 @@ class Event(betterproto2.Message):
     """
     the block that emitted it; empty for a root
     """
+
+    trace_id: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
+    """
+    W3C trace context, as Watch sends it (empty for events stored before it)
+    """
+
+    span_id: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
+
+    parent_span_id: "str" = betterproto2.field(12, betterproto2.TYPE_STRING)
 
 
 default_message_pool.register_message("foundry.admin.v1", "Event", Event)
