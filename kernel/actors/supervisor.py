@@ -245,7 +245,8 @@ async def _start_actors(
     await nursery.start(replayer.run)
     gate = Gate(registry, config.gate_policy(), gate_receive, store_send.clone(),
                 scheduler_send.clone(), attestor=notices(),
-                assertion_timeout=config.evals.assertion_timeout)  # fmt: skip
+                assertion_timeout=config.evals.assertion_timeout,
+                shutdown_grace=grace)  # fmt: skip
     await nursery.start(gate.run)
     user_queries = store_send.clone()
     store_send.close()

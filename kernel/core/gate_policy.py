@@ -32,7 +32,7 @@ from operator import add, contains
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar, cast, overload, runtime_checkable
 
-from foundry.kernel.core.failures import described
+from foundry.kernel.core.failures import described, text_of
 from foundry.kernel.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
@@ -1252,6 +1252,7 @@ MAX_REASON_CHARS = 1_000
 MAX_SLUG_CHARS = 200
 MAX_PART_CHARS = 1_000_000
 MAX_RULE_TIMEOUT = 3_600.0
+MAX_PART_INT_BITS = 13_950  # ~4,200 digits: Python's int-to-text conversion stops at 4,300
 
 
 def _well_formed(result: object) -> RuleResult:
@@ -1267,14 +1268,15 @@ def _well_formed(result: object) -> RuleResult:
     if not isinstance(followups, tuple | list) or not all(map(_is_followup, followups)):
         raise TypeError("RuleResult.followups must be a tuple of Followup")
     if type(result.scorecard) not in _SLOTS:
-        size = _check_plain(result.scorecard, MAX_PART_DEPTH, MAX_PART_CHARS)
-        if size > MAX_PART_CHARS:
-            raise TypeError(f"RuleResult.scorecard holds over {MAX_PART_CHARS:,} characters")
+        _part_size(result.scorecard, MAX_PART_DEPTH, MAX_PART_CHARS)
     return RuleResult(effect, tuple(reasons), tuple(followups), result.scorecard)
 
 
 def _bounded(name: str, result: RuleResult) -> RuleResult:
-    """A plugin rule's reasons and follow-ups as a decision records them (``MAX_RULE_*``)."""
+    """A plugin rule's reasons and follow-ups as a decision records them (``MAX_RULE_*``);
+    TypeError for a scorecard part — one of the four summaries too — past ``MAX_PART_CHARS``."""
+    if _part_size(result.scorecard, MAX_PART_DEPTH, MAX_PART_CHARS) > MAX_PART_CHARS:
+        raise TypeError(f"RuleResult.scorecard holds over {MAX_PART_CHARS:,} characters")
     reasons = [_cut(r, MAX_REASON_CHARS) for r in result.reasons[:MAX_RULE_REASONS]]
     if len(result.reasons) > MAX_RULE_REASONS:
         left = len(result.reasons) - MAX_RULE_REASONS
@@ -1301,25 +1303,37 @@ def _is_followup(item: object) -> bool:
     )
 
 
-def _check_plain(value: object, depth: int, room: int) -> int:
-    """``value``'s size: its strings' characters (keys too), 1 for every other value; a bounded
-    look, it stops counting past ``room``."""
+def _part_size(value: object, depth: int, room: int) -> int:
+    """A scorecard part's size as its record holds it: its strings' characters (keys too), a
+    value that is not JSON by the text it is recorded as, 1 for any other; a bounded look, it
+    stops counting past ``room``. TypeError past ``MAX_PART_DEPTH`` levels, or for an integer
+    JSON's text cannot hold (over ~4,200 digits: its record failed to be written)."""
     if depth == 0:
         raise TypeError(f"RuleResult.scorecard nests deeper than {MAX_PART_DEPTH} levels")
     if isinstance(value, str):
         return len(value)
+    if isinstance(value, bool | float) or value is None:
+        return 1
+    if isinstance(value, int):
+        if value.bit_length() > MAX_PART_INT_BITS:
+            raise TypeError("RuleResult.scorecard holds an integer of over 4,200 digits")
+        return 1
     items: Iterable[object]
     if isinstance(value, Mapping):
-        items = (x for pair in value.items() for x in pair)
+        items = (x for k, v in value.items() for x in (_key_text(k), v))
     elif isinstance(value, list | tuple | set | frozenset):
         items = value
     elif hasattr(value, "__dataclass_fields__"):
         items = (getattr(value, name) for name in value.__dataclass_fields__)
     else:
-        return 1
+        return len(text_of(value))
     size = 1
     for item in items:
-        size += _check_plain(item, depth - 1, room - size)
+        size += _part_size(item, depth - 1, room - size)
         if size > room:
             break
     return size
+
+
+def _key_text(key: object) -> str:
+    return key if isinstance(key, str) else text_of(key, str)

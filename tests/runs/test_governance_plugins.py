@@ -5,10 +5,13 @@ time limit, and was handed the daemon's own objects)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import textwrap
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -22,6 +25,7 @@ PLUGIN = """
 import time
 
 from foundry.kernel import AssertionResult, Followup, RuleResult, hookimpl
+from foundry.kernel.core.gate_policy import BudgetSummary
 
 
 class Meddles:
@@ -45,6 +49,10 @@ class Meddles:
             )
         elif asked == "huge-part":
             return RuleResult("allow", (), (), {"blob": "b" * 3_000_000})
+        elif asked == "huge-summary":
+            return RuleResult("allow", (), (), BudgetSummary(breaches=("b" * 10_000,) * 500))
+        elif asked == "huge-int":
+            return RuleResult("allow", (), (), {"n": 10 ** 5_000})
         return RuleResult("allow")
 
 
@@ -160,9 +168,21 @@ def test_a_rule_answer_is_recorded_bounded(daemon):
     assert len(followups) == 100
     assert all(len(f.slug) < 250 and len(f.description) < 1_100 for f in followups)
 
-    huge = check(daemon, {"ask": "huge-part"})
-    assert huge.effect == api.ChangeDecisionEffect.DENY
-    assert any("scorecard holds over 1,000,000 characters" in r for r in huge.reasons)
+    for ask, said in [("huge-part", "scorecard holds over 1,000,000 characters"),
+                      ("huge-summary", "scorecard holds over 1,000,000 characters"),
+                      ("huge-int", "scorecard holds an integer of over 4,200 digits")]:  # fmt: skip
+        huge = check(daemon, {"ask": ask})
+        assert huge.effect == api.ChangeDecisionEffect.DENY
+        assert any(said in r for r in huge.reasons), huge.reasons
+
+
+def test_decisions_waiting_their_turn_are_not_timed_for_the_wait(daemon):
+    """Ten decisions at once, each rule taking 0.4 s: the last waits 3.6 s for its turn, past
+    the 1.5 s limit, and is still decided (the wait was counted, and it was denied)."""
+    with ThreadPoolExecutor(10) as pool:
+        decisions = list(pool.map(lambda _: check(daemon, {"ask": "sleep", "seconds": 0.4}),
+                                  range(10)))  # fmt: skip
+    assert [d.effect for d in decisions] == [api.ChangeDecisionEffect.ALLOW] * 10
 
 
 def test_a_rule_that_does_not_answer_in_time_denies_and_holds_no_other_client(daemon):
@@ -190,7 +210,10 @@ def test_a_rule_that_does_not_answer_in_time_denies_and_holds_no_other_client(da
     assert listed(daemon, slow_id).gate_id == decision.gate_id  # recorded
     (second,) = queued
     assert second.effect == api.ChangeDecisionEffect.DENY
-    assert second.reasons[0].startswith("rule meddles has not answered an earlier decision")
+    assert second.reasons[0] == (
+        f"rule meddles has not answered an earlier decision within {TIMEOUT:g} s and still "
+        "runs (a gate decides one change at a time), so the gate denies"
+    )
     time.sleep(4.5)  # the rule answers at last: decisions are made again
     assert check(daemon, {}).effect == api.ChangeDecisionEffect.ALLOW
 
@@ -203,12 +226,15 @@ def test_an_assertion_cannot_rewrite_the_run_it_judges(daemon):
     sync(daemon, pack, {
         "rewrite": {"steps": {"answer": {"rewrites": True}}},
         "same": {"steps": {"answer": {"equals": {"text": "otters swim"}}}},
+        # judged in one result, the plugin's first: the built-in sees the run's own output
+        "both": {"steps": {"answer": {"rewrites": True, "equals": {"text": "otters swim"}}}},
     })  # fmt: skip
     run_id = submit(daemon, OK_DAG)
     wait_done(daemon, run_id)
 
     assert record(daemon, pack, "rewrite", run_id).outcome == "passed"
     assert record(daemon, pack, "same", run_id).outcome == "passed"
+    assert record(daemon, pack, "both", run_id).outcome == "passed"
     assert outputs(get_run(daemon, run_id)) == {"answer": {"text": "otters swim"}}
 
 
@@ -228,3 +254,23 @@ def test_an_assertion_that_does_not_answer_in_time_is_an_error_holding_no_one(da
     assert result.metrics.to_dict()["errors"] == [
         f"assertion sleeps did not answer within {TIMEOUT:g} s"
     ]
+
+
+def test_a_graceful_stop_does_not_wait_for_a_rule_that_never_answers(make_daemon, tmp_path):
+    (tmp_path / "govern_plugin.py").write_text(textwrap.dedent(PLUGIN))
+    daemon = make_daemon(
+        '[daemon]\nshutdown_grace = 1\n[plugins]\npaths = ["."]\nmodules = ["govern_plugin"]\n'
+        "[gate]\nrule_timeout = 3600\n"
+    )
+    hung = threading.Thread(target=_hung_check, args=(daemon,))
+    hung.start()
+    time.sleep(1.0)  # the rule sleeps on its thread
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM, timeout=30) == 0
+    assert time.monotonic() - started < 8  # (the rule's 60 s: 59.6 s)
+    hung.join(30)
+
+
+def _hung_check(daemon: Any) -> None:
+    with contextlib.suppress(Exception):  # cut off by the stop
+        check(daemon, {"ask": "sleep", "seconds": 60})

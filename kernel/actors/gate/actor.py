@@ -125,21 +125,27 @@ class Gate:
         attestor: trio.MemorySendChannel[AttestorMessage] | None = None,
         *,
         assertion_timeout: float = 30.0,
+        shutdown_grace: float = 10.0,
     ) -> None:
         """``attestor``: where decisions and eval results are announced once durable (None:
         they are not attested); ``assertion_timeout``: seconds an eval result's judging may
-        take (``[evals]``)."""
+        take (``[evals]``); ``shutdown_grace``: seconds the calls in flight get to finish once
+        the mailbox closes (a plugin's rule or assertion may never end)."""
         self._registry, self._policy = registry, policy
         self._attestor = attestor
         self._inbox, self._store, self._scheduler = inbox, store, scheduler
         self._clock = Clock()
-        # Plugins' code runs on threads of these: a gate's rules one decision at a time (a rule
-        # may keep state); judging, a few at once. A rule or assertion that never answers keeps
-        # its thread, so those after it time out waiting: only gates or evals, nothing else.
-        self._deciding = trio.CapacityLimiter(1)
-        self._deciding_now = Watch()
-        self._judging = trio.CapacityLimiter(JUDGING_THREADS)
+        # Plugins' code runs on worker threads: a gate's rules one decision at a time (a rule
+        # may keep state), judging a few runs at once, each within its time limit (the wait for
+        # a turn not counted). A rule or assertion past its limit is left to its thread: while
+        # it runs on, the gate denies at once, and judging errs at once when every thread is
+        # such a one.
+        self._deciding = trio.Lock()
+        self._stuck_rule: Watch | None = None
+        self._judging = trio.Semaphore(JUDGING_THREADS)
+        self._stuck_judging: list[Watch] = []
         self._assertion_timeout = assertion_timeout
+        self._grace = shutdown_grace
         self._sync_lock = trio.Lock()
         # A gate's follow-ups one at a time (check, then write: two at once both passed the
         # bound), and the bytes each gate's hold, known once read: each follow-up read and
@@ -165,6 +171,9 @@ class Gate:
                     # Not held until the next message comes: a request of a thousand diffs is
                     # freed with its answer, not on the path of the next one (~0.2 ms, cold).
                     del message
+                # Stopping: what is in flight gets the grace, then is cancelled (a rule left
+                # running on its thread held a graceful stop for its whole time limit).
+                nursery.cancel_scope.deadline = trio.current_time() + self._grace
         finally:
             if self._attestor is not None:
                 self._attestor.close()
@@ -267,26 +276,38 @@ class Gate:
     async def _judged(self, view: RunView, expected: Any) -> Judgement:
         """The run judged on a worker thread (a plugin's assertion may be slow, or call the
         daemon: on the loop, it held every client), within ``assertion_timeout``."""
+        self._stuck_judging = [w for w in self._stuck_judging if not w.finished]
+        if len(self._stuck_judging) >= JUDGING_THREADS:
+            running = ", ".join(sorted({w.running or "?" for w in self._stuck_judging}))
+            reason = (f"judging did not start: assertions of earlier results ({running}) are "
+                      f"past their time limit and still hold every judging thread")  # fmt: skip
+            return await self._unjudged(view, reason)
         watch = Watch()
-        with trio.move_on_after(self._assertion_timeout):
-            return await in_thread(self._judge, view, expected, watch,
-                                   limiter=self._judging, abandon_on_cancel=True)  # fmt: skip
+        async with self._judging:
+            with trio.move_on_after(self._assertion_timeout):
+                return await in_thread(self._judge, view, expected, watch, abandon_on_cancel=True)
+        self._stuck_judging.append(watch)
         seconds = f"{self._assertion_timeout:g} s"
-        if not watch.started:
-            reason = (f"judging did not start within {seconds}: assertions of earlier results "
-                      "still hold every judging thread")  # fmt: skip
-        elif watch.running:
-            reason = f"assertion {watch.running} did not answer within {seconds}"
-        else:
-            reason = f"judging did not finish within {seconds}"
+        if watch.running:
+            return await self._unjudged(
+                view, f"assertion {watch.running} did not answer within {seconds}"
+            )
+        return await self._unjudged(view, f"judging did not finish within {seconds}")
+
+    async def _unjudged(self, view: RunView, reason: str) -> Judgement:
         log.warning("eval of run %s: %s", view.run_id, reason)
         return await in_thread(unfinished, run_facts(view), reason)
 
     def _judge(self, view: RunView, expected: Any, watch: Watch) -> Judgement:
-        watch.started = True
-        kinds = self._registry.assertion_types
-        facts = run_facts(view, copied=names_any(expected, kinds.keys()))
-        return judge(facts, expected, watched_assertions(kinds, watch), search=re2_search)
+        try:
+            kinds = self._registry.assertion_types
+            # a plugin's assertions get copies of the outputs, made once, the built-ins the
+            # outputs themselves (one changed in place was what a branch of the run reused)
+            copied = run_facts(view, copied=True) if names_any(expected, kinds.keys()) else None
+            watched = watched_assertions(kinds, watch, copied)
+            return judge(run_facts(view), expected, watched, search=re2_search)
+        finally:
+            watch.finished = True
 
     # --- change gates ---------------------------------------------------------------------------
 
@@ -294,41 +315,44 @@ class Gate:
         # On worker threads: a request's telemetry and metadata are of any size (4 MB of it,
         # checked and made a record here, held the loop ~2 s); its claims made there too.
         request = await in_thread(checked_request, message.request)
-        now, watch = self._clock.now(), Watch()
-        with trio.move_on_after(self._policy.rule_timeout) as waited:
-            record, claims = await in_thread(
-                self._decided, request, now, watch, limiter=self._deciding, abandon_on_cancel=True
-            )
-        if waited.cancelled_caught:
-            rule, reason = self._unanswered(watch)
-            log.warning("gate of change %s: %s", quoted(request.change_id), reason)
-            denial = unanswered(request, rule, reason)
-            record, claims = await in_thread(_recorded, request, denial, now)
+        now = self._clock.now()
+        async with self._deciding:  # (one at a time: a rule may keep state)
+            decision = await self._decided(request)
+        record, claims = await in_thread(_recorded, request, decision, now)
         await self._append([record])
         await self._attest(GATE_DECISION, record, record.gate_id, claims=claims)
         return StoredGate(record)
 
-    def _decided(
-        self, request: GateRequest, now: datetime, watch: Watch
-    ) -> tuple[GateDecisionRecord, dict[str, Any]]:
-        watch.started, self._deciding_now = True, watch
-        decision = decide(request, self._policy, watched_rules(self._registry.gate_rules, watch))
-        return _recorded(request, decision, now)
-
-    def _unanswered(self, watch: Watch) -> tuple[str, str]:
-        """The rule that held a decision past ``rule_timeout`` ("" if none was running), and
-        the reason the denial gives."""
+    async def _decided(self, request: GateRequest) -> Decision:
+        """The rules' decision, made on a worker thread within ``rule_timeout``; a denial naming
+        the rule when one has not answered in time, or is still running past it since an
+        earlier decision."""
         seconds = f"{self._policy.rule_timeout:g} s"
-        if not watch.started:
-            rule = self._deciding_now.running
-            return rule, (f"rule {rule or '(none running)'} has not answered an earlier decision "
-                          f"for over {seconds} (a gate decides one change at a time), so the "
-                          "gate denies")  # fmt: skip
+        stuck = self._stuck_rule
+        if stuck is not None and not stuck.finished:
+            return self._unanswered(request, stuck.running, (
+                f"rule {stuck.running or '(none running)'} has not answered an earlier "
+                f"decision within {seconds} and still runs (a gate decides one change at a "
+                "time), so the gate denies"))  # fmt: skip
+        watch = Watch()
+        with trio.move_on_after(self._policy.rule_timeout):
+            return await in_thread(self._decide, request, watch, abandon_on_cancel=True)
+        self._stuck_rule = watch
         if watch.running:
-            return watch.running, (
-                f"rule {watch.running} did not answer within {seconds}, so the gate denies"
-            )
-        return "", f"the gate's rules did not finish within {seconds}, so the gate denies"
+            reason = f"rule {watch.running} did not answer within {seconds}, so the gate denies"
+        else:
+            reason = f"the gate's rules did not finish within {seconds}, so the gate denies"
+        return self._unanswered(request, watch.running, reason)
+
+    def _decide(self, request: GateRequest, watch: Watch) -> Decision:
+        try:
+            return decide(request, self._policy, watched_rules(self._registry.gate_rules, watch))
+        finally:
+            watch.finished = True
+
+    def _unanswered(self, request: GateRequest, rule: str, reason: str) -> Decision:
+        log.warning("gate of change %s: %s", quoted(request.change_id), reason)
+        return unanswered(request, rule, reason)
 
     async def _followup(self, message: RecordGateFollowup) -> GateFollowupRecord:
         check_name(message.gate_id, "gate_id")

@@ -12,12 +12,12 @@ from foundry.kernel.core.gate_policy import GatePolicy, GateRequest, Rule, RuleR
 
 
 class Watch:
-    """What one decision's or judgement's worker thread is doing: whether it started (it may
-    wait for a thread an earlier one holds), and the rule or assertion it is in, if any."""
+    """What one decision's or judgement's worker thread is doing: the rule or assertion it is
+    in, if any, and whether it has finished (one past its time limit runs on, left to it)."""
 
     def __init__(self) -> None:
-        self.started = False
         self.running = ""
+        self.finished = False
 
 
 class _WatchedRule:
@@ -37,8 +37,8 @@ class _WatchedRule:
 
 
 class _WatchedAssertion:
-    def __init__(self, key: str, kind: AssertionType, watch: Watch) -> None:
-        self._kind, self._watch, self._key = kind, watch, key
+    def __init__(self, key: str, kind: AssertionType, watch: Watch, facts: RunFacts | None) -> None:
+        self._kind, self._watch, self._key, self._facts = kind, watch, key, facts
 
     def __getattr__(self, attr: str) -> Any:  # ``name``, ``scopes``
         return getattr(self._kind, attr)
@@ -46,7 +46,7 @@ class _WatchedAssertion:
     def check(self, expected: Any, facts: RunFacts, step_id: str | None) -> AssertionResult:
         self._watch.running = self._key
         try:
-            return self._kind.check(expected, facts, step_id)
+            return self._kind.check(expected, self._facts or facts, step_id)
         finally:
             self._watch.running = ""
 
@@ -56,6 +56,8 @@ def watched_rules(rules: Iterable[Rule], watch: Watch) -> list[Rule]:
 
 
 def watched_assertions(
-    kinds: Mapping[str, AssertionType], watch: Watch
+    kinds: Mapping[str, AssertionType], watch: Watch, facts: RunFacts | None = None
 ) -> dict[str, AssertionType]:
-    return {key: _WatchedAssertion(key, kind, watch) for key, kind in kinds.items()}
+    """``kinds`` watched; ``facts``: what each is handed instead of the facts judged (the
+    plugins' own copy)."""
+    return {key: _WatchedAssertion(key, kind, watch, facts) for key, kind in kinds.items()}
