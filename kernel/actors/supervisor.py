@@ -240,8 +240,8 @@ async def _start_actors(
     if resumed:
         log.warning("picked up %d unfinished run(s) where they stopped", resumed)
     replayer = Replayer(registry, replay_receive, store_send.clone(), home=home,
-                        tolerance=Tolerance(**vars(config.replay)),
-                        shutdown_grace=grace)  # fmt: skip
+                        tolerance=Tolerance(**vars(config.replay)), shutdown_grace=grace,
+                        max_step_bytes=config.scheduler.max_step_bytes)  # fmt: skip
     await nursery.start(replayer.run)
     gate = Gate(registry, config.gate_policy(), gate_receive, store_send.clone(),
                 scheduler_send.clone(), attestor=notices(),

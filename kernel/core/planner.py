@@ -20,8 +20,15 @@ from foundry.kernel.core.dag import (
     resolve_bounded,
     step_seeds,
 )
+from foundry.kernel.core.failures import described, text_of
 from foundry.kernel.core.ids import compact_json
-from foundry.kernel.core.json_input import check_struct_depth, cut_middle, json_values_past
+from foundry.kernel.core.json_input import (
+    check_struct_depth,
+    cut_middle,
+    json_values_past,
+    oversized_number,
+    unpaired_surrogate_escape,
+)
 from foundry.kernel.core.records import storable
 from foundry.kernel.core.runs import RunState, StepState
 from foundry.kernel.errors import InvalidArgument
@@ -315,12 +322,16 @@ def output_refused(
 ) -> str:
     """Why a step's output of ``size`` JSON bytes is refused (its step fails), or ""."""
     if size > max_step:
-        return (f"output: {size:,} bytes of JSON, over the step limit of {max_step:,} "
-                "([scheduler] max_step_bytes)")  # fmt: skip
+        return _over_step_limit(size, max_step)
     if recorded_total(run) + size > max_run:
         return (f"output: the run's recorded step inputs and outputs would pass {max_run:,} "
                 "bytes of JSON ([scheduler] max_run_bytes)")  # fmt: skip
     return ""
+
+
+def _over_step_limit(size: int, max_step: int) -> str:
+    return (f"output: {size:,} bytes of JSON, over the step limit of {max_step:,} "
+            "([scheduler] max_step_bytes)")  # fmt: skip
 
 
 def note_output(run: RunState, step_id: str, size: int) -> None:
@@ -413,6 +424,56 @@ LONE_SURROGATE = (
     "the step's output is not valid Unicode: it holds a lone surrogate (half of a character "
     "outside the Basic Multilingual Plane: an emoji cut in two)"
 )
+
+
+def frozen_output(output: Any) -> tuple[str, Any]:
+    """A step's output as JSON text, and read back from it: frozen before it is recorded."""
+    text = compact_json(output)
+    return text, json.loads(text)
+
+
+def unreadable_output(text: str, output: Any) -> str:
+    """Why an output (compact JSON ``text``) is one protobuf's clients could not read back —
+    nested too deeply, or holding a number no double holds — or ""."""
+    try:
+        check_struct_depth(text, output, "output")
+    except InvalidArgument as exc:
+        return str(exc)
+    too_big = oversized_number(text)
+    return f"the step's output is not JSON a client can read: {too_big}" if too_big else ""
+
+
+def not_json_reason(exc: BaseException) -> str:
+    """Why an output could not be written as JSON. A plugin's value may raise anything while it
+    is read (a dict subclass's ``items()`` raised KeyboardInterrupt: it ended the daemon, and
+    each start after it, resuming the run — SIGINT reaches the daemon as a signal, never so)."""
+    if isinstance(exc, RecursionError):  # nested ~1,000 deep: it left the run RUNNING for good
+        return "nested too deep to write"
+    if not isinstance(exc, TypeError | ValueError):
+        return f"reading it raised {described(exc)}"
+    text = text_of(exc, str)
+    if "not supported between instances" in text:  # sorting mixed keys
+        return "an object's keys are strings and numbers both (make them strings)"
+    return text
+
+
+def replayed_output(output: Any, max_step_bytes: int) -> tuple[Any, str]:
+    """A replayed step's output as the scheduler records it, and "" — or None and the error the
+    scheduler records instead: not JSON, past ``[scheduler] max_step_bytes``, a lone surrogate,
+    unreadable by clients. (Replay took every output as it came: a step failed on its size
+    was drift at every replay.) The run's own byte budget is not checked: what the run held
+    when the step ran is not what it holds after."""
+    try:
+        text, value = frozen_output(output)
+    except BaseException as exc:  # noqa: BLE001 - whatever a plugin's value raises
+        return None, f"the step's output is not JSON: {not_json_reason(exc)}"
+    if len(text) > max_step_bytes:
+        return None, _over_step_limit(len(text), max_step_bytes)
+    if unpaired_surrogate_escape(text):
+        return None, LONE_SURROGATE
+    unreadable = unreadable_output(text, value)
+    return (None, unreadable) if unreadable else (value, "")
+
 
 MAX_ERROR_CHARS = 2_000  # of a step's recorded error message: its middle goes past it
 

@@ -48,14 +48,20 @@ def finished_run() -> tuple[RunSubmission, list]:
 
 
 async def replayed(
-    tmp_path: Any, blocks: list[Any], stored: Any, run_id: str, *, beside: Any = None
+    tmp_path: Any,
+    blocks: list[Any],
+    stored: Any,
+    run_id: str,
+    *,
+    beside: Any = None,
+    max_step_bytes: int = 4 * 1024 * 1024,
 ) -> Any:
     """A FULL replay of ``run_id`` by the real replay actor over a fake store answering
     ``stored`` (a run as LoadRun gives it), ``beside`` (a task) running meanwhile."""
     store_send, store_inbox = trio.open_memory_channel[object](1)
     inbox_send, inbox = trio.open_memory_channel[Replay](1)
     replayer = Replayer(BlockRegistry(blocks), inbox, store_send, home=tmp_path,  # type: ignore[arg-type]
-                        tolerance=Tolerance())  # fmt: skip
+                        tolerance=Tolerance(), max_step_bytes=max_step_bytes)  # fmt: skip
 
     async def store() -> None:
         async for message in store_inbox:
@@ -156,8 +162,13 @@ async def test_a_reused_step_is_not_run_again_and_a_retried_one_runs_as_its_atte
 @block("answers", kind=BlockKind.OBSERVER)
 def _answers(ctx: BlockContext) -> Any:
     what = ctx.payload["what"]
+    if what == "spend-then-fail":  # usage the scheduler does not record for a failed attempt
+        ctx.record_usage(tokens_in=1, tokens_out=1, cost=0.001)
+        raise RuntimeError("the endpoint took too long")
     if what == "fail":
         raise RuntimeError("the endpoint took too long")
+    if what == "long":
+        return {"text": "x" * 3_000}
     if what == "surrogate":
         return {"text": "\ud800 x"}
     ctx.usage = 5  # type: ignore[assignment]
@@ -204,3 +215,29 @@ async def test_a_replayed_usage_the_scheduler_would_refuse_fails_the_step(tmp_pa
                             "run_r")  # fmt: skip
     [step] = result.steps
     assert "ctx.usage must be a Usage" in json.dumps(step.drift.current)
+
+
+async def test_a_failure_after_spending_replays_without_drift_for_the_usage(tmp_path):
+    # a failed attempt's usage is never recorded: the same failure replayed was drift by 2
+    # tokens and 0.001 of cost (a hunt)
+    error = {"message": "RuntimeError: the endpoint took too long", "attempt": 1,
+             "timed_out": False}  # fmt: skip
+    stored = one_step_run("spend-then-fail", error, failed=True)
+    result = await replayed(tmp_path, [_answers], stored, "run_r")
+    [step] = result.steps
+    assert (step.drift.token_delta, step.drift.cost_delta) == (0, 0)
+    assert result.all_within_tolerance
+
+
+async def test_an_output_past_the_step_limit_fails_the_replayed_step_as_it_failed_the_run(
+    tmp_path,
+):
+    # the scheduler failed the step on [scheduler] max_step_bytes; the replay took the output
+    # as it came and reported it as drift at every replay (a hunt)
+    error = {"message": "output: 3,011 bytes of JSON, over the step limit of 3,000 "
+             "([scheduler] max_step_bytes)", "attempt": 1, "timed_out": False}  # fmt: skip
+    result = await replayed(tmp_path, [_answers], one_step_run("long", error, failed=True),
+                            "run_r", max_step_bytes=3_000)  # fmt: skip
+    [step] = result.steps
+    assert step.drift.current == {"error": error["message"]}
+    assert result.all_within_tolerance

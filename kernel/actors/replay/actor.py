@@ -9,7 +9,6 @@ live, MOCKED when every result came from the recording. A replay writes nothing 
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import shutil
@@ -21,14 +20,18 @@ from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.replay.messages import Replay, ReplayedStep, ReplayResult
 from foundry.kernel.actors.store.messages import LoadRun, StoredRun, StoreMessage
 from foundry.kernel.actors.threads import in_thread
-from foundry.kernel.blocks.api import BlockContext, BlockKind, Usage
-from foundry.kernel.blocks.execution import attempt_once, usage_fault
+from foundry.kernel.blocks.api import BlockContext, BlockKind
+from foundry.kernel.blocks.execution import attempt_once, reported_fault
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.core.dag import parse_dag
 from foundry.kernel.core.drift import Tolerance, drift
-from foundry.kernel.core.ids import compact_json
-from foundry.kernel.core.json_input import json_values_past, quoted, unpaired_surrogate_escape
-from foundry.kernel.core.planner import LONE_SURROGATE, as_it_failed, step_error
+from foundry.kernel.core.json_input import json_values_past, quoted
+from foundry.kernel.core.planner import (
+    MAX_STEP_BYTES,
+    as_it_failed,
+    replayed_output,
+    step_error,
+)
 from foundry.kernel.core.runs import RunEventRecord, RunState, RunSubmission, StepState
 from foundry.kernel.core.throttle import Action
 from foundry.kernel.errors import FailedPrecondition, NotFound
@@ -47,9 +50,13 @@ class Replayer:
         home: Path,
         tolerance: Tolerance,
         shutdown_grace: float = 10.0,
+        max_step_bytes: int = MAX_STEP_BYTES,
     ) -> None:
+        """``max_step_bytes``: ``[scheduler] max_step_bytes``, an output past which fails its
+        step in a replay as in the run."""
         self._registry, self._inbox, self._store = registry, inbox, store
         self._home, self._tolerance, self._grace = home, tolerance, shutdown_grace
+        self._max_step_bytes = max_step_bytes
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # What earlier replays left (a daemon killed during one): no replay is in progress.
@@ -130,19 +137,22 @@ class Replayer:
                 attempt=max(step.attempt, 1),  # the recorded attempt's number, as it ran
             )  # fmt: skip
             output, error, _ = await attempt_once(block, Action.RUN, ctx, step.spec.timeout)
-            fault = usage_fault(ctx.usage)
-            error = error or fault  # as the scheduler fails such an attempt
+            error = error or reported_fault(ctx)  # as the scheduler fails such an attempt
+            if not error:  # and as it checks an output (a 3.9 MB string: ~0.1 s a step)
+                large = json_values_past((output,))
+                limit = self._max_step_bytes
+                current, error = (await in_thread(replayed_output, output, limit) if large
+                                  else replayed_output(output, limit))  # fmt: skip
             # an error is cut as the recorded one was: a 3.4 MB error against its recorded
-            # 2,000 characters held the daemon's loop in difflib for 12 s
+            # 2,000 characters held the daemon's loop in difflib for 12 s; a failed attempt's
+            # usage is not recorded (as the scheduler records none: an identical failure was
+            # drift by the usage alone)
             if error:
-                current = {"error": step_error(error)["message"]}
-            elif json_values_past((output,)):  # (a 3.9 MB string held the loop ~0.1 s a step)
-                current = await in_thread(_json, output)
+                current, usage = {"error": step_error(error)["message"]}, {}
             else:
-                current = _json(output)
-            spent = ctx.usage if not fault else Usage()
-            usage = {"tokens_in": spent.tokens_in, "tokens_out": spent.tokens_out,
-                     "cost": spent.cost}  # fmt: skip
+                spent = ctx.usage
+                usage = {"tokens_in": spent.tokens_in, "tokens_out": spent.tokens_out,
+                         "cost": spent.cost}  # fmt: skip
         # (compact JSON of both outputs and difflib: ~50 ms a step of MB outputs, off the loop)
         found = await in_thread(drift, recorded, current, step.usage, usage, self._tolerance)
         return ReplayedStep(step_id=step.spec.id, snapshot=_snapshot(step), drift=found,
@@ -167,19 +177,6 @@ def _recorded_value(step: StepState) -> Any:
         return step.output
     message = step.error.get("message", "") if isinstance(step.error, dict) else step.error
     return {"error": as_it_failed(message) if isinstance(message, str) else message}
-
-
-def _json(value: Any) -> Any:
-    """The output as the scheduler would record it, else the error it would record instead (a
-    lone surrogate the reply could not encode was INTERNAL)."""
-    try:
-        text = compact_json(value)
-        value = json.loads(text)
-    except (TypeError, ValueError, RecursionError) as exc:
-        return {"error": f"the step's output is not JSON: {exc}"}
-    if unpaired_surrogate_escape(text):
-        return {"error": LONE_SURROGATE}
-    return value
 
 
 def _snapshot(step: StepState) -> dict[str, Any]:

@@ -69,12 +69,9 @@ from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.attest_records import announced_ids, json_digest, run_attestation_id
 from foundry.kernel.core.dag import StepSpec, UnresolvedReference, check_dag_env, parse_dag
-from foundry.kernel.core.failures import described, text_of
-from foundry.kernel.core.ids import Clock, compact_json, rfc3339
+from foundry.kernel.core.ids import Clock, rfc3339
 from foundry.kernel.core.json_input import (
-    check_struct_depth,
     json_values_past,
-    oversized_number,
     quoted,
     unpaired_surrogate_escape,
 )
@@ -89,9 +86,11 @@ from foundry.kernel.core.planner import (
     crash_error,
     crash_looped,
     forgotten,
+    frozen_output,
     lease,
     may_start,
     next_wait,
+    not_json_reason,
     not_retried,
     note_inputs,
     note_output,
@@ -102,6 +101,7 @@ from foundry.kernel.core.planner import (
     retry_delay,
     starts,
     step_error,
+    unreadable_output,
 )
 from foundry.kernel.core.records import RAW_OUTPUT_CHARS
 from foundry.kernel.core.run_control import (
@@ -947,13 +947,13 @@ class Scheduler:
         if not error:
             try:
                 if json_values_past((output,)):  # (~0.5 s a 3 MB output on the loop)
-                    text, output = await in_thread(_frozen, output)
+                    text, output = await in_thread(frozen_output, output)
                 else:
-                    text, output = _frozen(output)
+                    text, output = frozen_output(output)
             except trio.Cancelled:
                 raise
             except BaseException as exc:  # noqa: BLE001 - whatever a plugin's value raises
-                error = f"the step's output is not JSON: {_not_json(exc)}"
+                error = f"the step's output is not JSON: {not_json_reason(exc)}"
             else:
                 size = len(text)
                 error = output_refused(
@@ -962,9 +962,9 @@ class Scheduler:
                 if not error and unpaired_surrogate_escape(text):  # the store would refuse it
                     error = LONE_SURROGATE
                 if not error and len(text) < PARSE_OFF_LOOP_BYTES:
-                    error = _unreadable(text, output)
+                    error = unreadable_output(text, output)
                 elif not error:  # a walk of a large output's every container: off the loop
-                    error = await in_thread(_unreadable, text, output)
+                    error = await in_thread(unreadable_output, text, output)
         artifacts: list[str] = []
         if not error:
             if ctx.artifacts_touched:  # a scan, on a worker thread
@@ -1470,12 +1470,6 @@ def _step_view(run: RunState, step: StepState) -> StepView:
     )
 
 
-def _frozen(output: Any) -> tuple[str, Any]:
-    """A step's output as JSON text, and read back from it: frozen before it is recorded."""
-    text = compact_json(output)
-    return text, json.loads(text)
-
-
 def _spec_of(sub: RunSubmission) -> dict[str, Any]:
     """What a run attestation's ``spec_hash`` digests."""
     return {"dag_json": sub.dag_json, "inputs": sub.inputs, "seed": sub.seed,
@@ -1535,31 +1529,6 @@ def _not_retried(run: RunState, failure: Any) -> dict[str, Any]:
 def _leased_ever(step: StepState) -> bool:
     """Whether a step has had a lease (an attempt began), in this run's log."""
     return step.attempt > 0
-
-
-def _unreadable(text: str, output: Any) -> str:
-    """Why an output (compact JSON ``text``) is one protobuf's clients could not read back —
-    nested too deeply, or holding a number no double holds — or ""."""
-    try:
-        check_struct_depth(text, output, "output")
-    except InvalidArgument as exc:
-        return str(exc)
-    too_big = oversized_number(text)
-    return f"the step's output is not JSON a client can read: {too_big}" if too_big else ""
-
-
-def _not_json(exc: BaseException) -> str:
-    """Why an output could not be written as JSON. A plugin's value may raise anything while it
-    is read (a dict subclass's ``items()`` raised KeyboardInterrupt: it ended the daemon, and
-    each start after it, resuming the run — SIGINT reaches the daemon as a signal, never so)."""
-    if isinstance(exc, RecursionError):  # nested ~1,000 deep: it left the run RUNNING for good
-        return "nested too deep to write"
-    if not isinstance(exc, TypeError | ValueError):
-        return f"reading it raised {described(exc)}"
-    text = text_of(exc, str)
-    if "not supported between instances" in text:  # sorting mixed keys
-        return "an object's keys are strings and numbers both (make them strings)"
-    return text
 
 
 def _ms_since(started: float) -> float:
