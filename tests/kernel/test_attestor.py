@@ -145,6 +145,28 @@ def test_a_first_start_killed_while_writing_the_public_key_leaves_a_home_that_st
     assert (folder / "attestor.pub").read_text() == made.public_pem
 
 
+def test_a_public_key_written_short_fails_the_start_and_is_not_put_in_place(tmp_path):
+    """A write past a file size limit (a quota, a nearly full disk) is short, then fails: the
+    short public key was renamed into place, and every later start refused it (a review)."""
+    keys.load_or_create(tmp_path)
+    public = tmp_path / "keys" / "attestor.pub"
+    public.unlink()  # made again from the signing key at the next start
+    script = textwrap.dedent(f"""
+        import resource, signal
+        from pathlib import Path
+        from foundry.kernel.actors.attestor import keys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60, 60))
+        keys.load_or_create(Path({str(tmp_path)!r}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert "the signing key cannot be used: File too large" in done.stderr
+    assert not public.exists()
+    assert keys.load_or_create(tmp_path).public_pem == public.read_text()
+
+
 def test_a_damaged_public_key_refuses_the_start_not_made_again(tmp_path):
     """A damaged attestor.pub was made again from whatever key was beside it: a key put in
     its place then went unnoticed (the check needs the old public key)."""

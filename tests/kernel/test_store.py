@@ -306,6 +306,32 @@ async def test_unfinished_runs_are_read_together_oldest_first_each_with_its_even
     assert unfinished == expected
 
 
+async def test_a_runs_small_events_are_read_within_memory_limit_before_large_ones_after(
+    tmp_path, caplog
+):
+    """A look never reaches past the rowids it wants, and a run's rows are read by its id:
+    grown fourfold from a look of small rows, the third covered 126 of another run's 2 MB
+    outputs stored after an unfinished run's last event, and the start ran out of a 64 MB
+    limit (a review)."""
+    paused, events = make_run(1)
+    done, _ = make_run(2)
+    for i in range(41):
+        payload = {"output": i}
+        events.append(RunEventRecord(paused.run_id, 2 + i, f"s{i}", "step_completed", payload, T0))
+    large = [
+        RunEventRecord(done.run_id, 1 + i, f"s{i}", "step_completed",
+                       {"output": str(i % 10) * 2_000_000}, T0)
+        for i in range(60)
+    ]  # fmt: skip
+    large.append(RunEventRecord(done.run_id, 61, "", "run_succeeded", {}, T0))
+    async with running_store(tmp_path) as store:  # written without a limit
+        await post_now(store, [paused, done, *events, *large]).wait()
+    async with running_store(tmp_path, memory_limit="64MB") as store:
+        unfinished = await ask(store, LoadUnfinishedRuns)
+    assert unfinished == [(paused, events)]
+    assert "memory_limit" not in caplog.text
+
+
 async def test_each_query_message_is_answered_from_committed_rows(tmp_path):
     root = make_event(0, event_type="deploy_requested")
     child = make_event(1, parent=root, event_type="deploy_started")

@@ -192,9 +192,7 @@ def _create(folder: Path) -> None:
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
-            written = 0
-            while written < len(pem):
-                written += os.write(fd, pem[written:])
+            _write_all(fd, pem)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -211,11 +209,19 @@ def _write_public(path: Path, text: str) -> None:
     staged = path.with_name(f"{path.name}.new")
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, text.encode())
+        _write_all(fd, text.encode())
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(staged, path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte, or OSError (a write past a file size limit or quota is short, then fails:
+    a short public key renamed into place was refused at every later start)."""
+    written = 0
+    while written < len(data):
+        written += os.write(fd, data[written:])
 
 
 def public_pem(public: Ed25519PublicKey) -> str:

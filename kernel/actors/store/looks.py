@@ -39,13 +39,15 @@ def in_looks(
     valid."""
     unread, span = list(rowids), MIN_SPAN  # the values' sizes are not known yet
     while unread and not enough():
+        # (a span never reaches past the rowids wanted: grown fourfold from a look of small
+        # rows, it read 126 large rows of other runs after a run's last event)
         if newest_first:
             hi = unread[-1]
-            lo = hi - span + 1
+            lo = max(hi - span + 1, unread[0])
             unread = unread[: bisect.bisect_left(unread, lo)]
         else:
             lo = unread[0]
-            hi = lo + span - 1
+            hi = min(lo + span - 1, unread[-1])
             unread = unread[bisect.bisect_right(unread, hi) :]
         rows = con.execute(sql, {**params, "lo": lo, "hi": hi}).fetchall()
         yield from rows
