@@ -208,7 +208,7 @@ def _check_tree(con: duckdb.DuckDBPyConnection, text: str) -> set[str]:
         ) from None
     if tree.get("error"):
         raise QueryRefused(cut(str(tree.get("error_message", "the statement does not parse"))))
-    bound = _bound_columns(tree)
+    bound = _bound_columns(tree, _table_widths(con))
     if bound > MAX_BOUND_COLUMNS:
         raise QueryRefused(
             f"the statement binds about {bound:,} columns, more than {MAX_BOUND_COLUMNS:,} "
@@ -240,16 +240,29 @@ MAX_BOUND_COLUMNS = 20_000
 TABLE_COLUMNS = 64  # a table's or table function's columns as the bound counts them (18 at most)
 
 
-def _bound_columns(tree: Any) -> int:
+def _bound_columns(tree: Any, tables: Mapping[str, int]) -> int:
     """An upper bound of the columns binding the statement makes: for every query in it, its
     select list's columns — a star (``*``, ``COLUMNS(*)``, anywhere in the query's expressions)
-    counted as all the columns of what the query selects from: a table as
-    :data:`TABLE_COLUMNS`, a CTE as its own query's columns, a join as both sides'."""
+    counted as all the columns of what the query selects from: a table as its columns
+    (``tables``; one not known as :data:`TABLE_COLUMNS`), a CTE as its own query's columns, a
+    join and a ``UNION BY NAME`` as both sides' — and a star of a struct (``s.*``) or a struct
+    ``unnest`` as the most fields a struct in the statement is built with. QueryRefused for an
+    ``unnest`` with ``recursive := true``: the columns it makes, a struct's every nested
+    field, cannot be bounded before DuckDB binds it."""
     ctes: dict[str, list[dict[str, Any]]] = {}
     selects = []
+    arity = TABLE_COLUMNS
     for node in _nodes(tree):
         if node.get("type") == "SELECT_NODE":
             selects.append(node)
+        name = node.get("function_name")
+        if name in _STRUCT_MAKERS:
+            arity = max(arity, len(node.get("children") or node.get("arguments") or ()))
+        elif name == "unnest" and _recursive(node):
+            raise QueryRefused(
+                "unnest(…, recursive := true) is not allowed: the columns it makes cannot be "
+                "bounded before DuckDB binds it (and its binding cannot be interrupted)"
+            )
         cte_map = node.get("cte_map")
         for entry in cte_map.get("map") or () if isinstance(cte_map, dict) else ():
             name, value = entry.get("key"), entry.get("value")
@@ -257,7 +270,7 @@ def _bound_columns(tree: Any) -> int:
                 query = value.get("query_node")
                 if isinstance(query, dict):
                     ctes.setdefault(name.lower(), []).append(query)
-    widths = _Widths(ctes)
+    widths = _Widths(ctes, tables, arity)
     try:
         return sum(widths.bound(node) for node in selects)
     except RecursionError:
@@ -269,27 +282,44 @@ def _bound_columns(tree: Any) -> int:
 class _Widths:
     """Columns of queries and what they select from, each worked out once."""
 
-    def __init__(self, ctes: Mapping[str, list[dict[str, Any]]]) -> None:
-        self._ctes = ctes
+    def __init__(
+        self, ctes: Mapping[str, list[dict[str, Any]]], tables: Mapping[str, int], arity: int
+    ) -> None:
+        self._ctes, self._tables, self._arity = ctes, tables, arity
         self._known: dict[str, int] = {}
         self._source: dict[int, int] = {}
 
     def bound(self, select: dict[str, Any]) -> int:
         """A SELECT's columns, its stars outside its select list too."""
-        source = self._from(select)
-        items = select.get("select_list") or ()
-        width = sum(max(1, _stars(item) * source) for item in items)
         others = (v for k, v in select.items() if k not in ("select_list", "from_table", "cte_map"))
-        return width + sum(_stars(v) for v in others) * source
+        return self.query(select) + sum(self._stars(v, select) for v in others)
 
     def query(self, node: Any) -> int:
         if not isinstance(node, dict):
             return TABLE_COLUMNS
         if node.get("type") == "SELECT_NODE":
             items = node.get("select_list") or ()
-            return sum(max(1, _stars(item) * self._from(node)) for item in items)
-        children = node.get("children") or [node.get("left"), node.get("right")]
-        return max((self.query(c) for c in children if isinstance(c, dict)), default=TABLE_COLUMNS)
+            return sum(max(1, self._stars(item, node)) for item in items)
+        children = [c for c in node.get("children") or [node.get("left"), node.get("right")]
+                    if isinstance(c, dict)]  # fmt: skip
+        widths = [self.query(c) for c in children] or [TABLE_COLUMNS]
+        return sum(widths) if node.get("setop_type") == "UNION_BY_NAME" else max(widths)
+
+    def _stars(self, value: Any, select: dict[str, Any]) -> int:
+        """The columns the stars in an expression of ``select`` make: a relation's, or, one
+        naming no relation of its FROM (``s.*`` of a struct ``s``) and a struct's unnest, a
+        struct's fields."""
+        relations = stars = 0
+        for star in _star_nodes(value):
+            if star.get("class") == "STAR":
+                named = star.get("relation_name")
+                if named and named.lower() not in _relations(select.get("from_table")):
+                    stars += self._arity
+                else:
+                    relations += 1
+            else:  # unnest
+                stars += self._arity
+        return relations * self._from(select) + stars
 
     def _from(self, select: dict[str, Any]) -> int:
         key = id(select)
@@ -312,8 +342,10 @@ class _Widths:
         if kind == "PIVOT":
             return self.table(ref.get("source")) + _pivoted(ref)
         name = ref.get("table_name")
-        if kind == "BASE_TABLE" and isinstance(name, str) and name.lower() in self._ctes:
-            return self._cte(name.lower())
+        if kind == "BASE_TABLE" and isinstance(name, str):
+            if name.lower() in self._ctes:
+                return self._cte(name.lower())
+            return self._tables.get(name.lower(), TABLE_COLUMNS)
         return TABLE_COLUMNS
 
     def _cte(self, name: str) -> int:
@@ -323,19 +355,60 @@ class _Widths:
         return self._known[name]
 
 
-def _stars(value: Any) -> int:
-    """The stars in an expression, not those of the queries nested in it (counted as theirs)."""
-    found, stack = 0, [value]
+def _star_nodes(value: Any) -> Iterator[dict[str, Any]]:
+    """The stars and unnest calls in an expression, not those of the queries nested in it
+    (counted as theirs)."""
+    stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             if item.get("class") == "SUBQUERY" or item.get("type") == "SELECT_NODE":
                 continue
-            found += item.get("class") == "STAR"
+            if item.get("class") == "STAR" or item.get("function_name") == "unnest":
+                yield item
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return found
+
+
+def _relations(ref: Any) -> set[str]:
+    """The names a FROM clause's relations go by (aliases, table names), lower-cased."""
+    names: set[str] = set()
+    stack = [ref]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, dict):
+            continue
+        for key in ("alias", "table_name"):
+            if isinstance(item.get(key), str) and item[key]:
+                names.add(item[key].lower())
+        if item.get("type") == "JOIN":
+            stack += [item.get("left"), item.get("right")]
+        elif item.get("type") == "PIVOT":
+            stack.append(item.get("source"))
+    return names
+
+
+def _recursive(call: dict[str, Any]) -> bool:
+    """Whether an ``unnest`` call says ``recursive :=`` anything but the literal false."""
+    for argument in call.get("children") or call.get("arguments") or ():
+        named = argument.get("name") if isinstance(argument, dict) else None
+        if isinstance(named, str) and named.lower() == "recursive":
+            literal = (argument.get("expression") or {}).get("literal") or {}
+            return str(literal.get("text", "")).lower() != "false"
+    return False
+
+
+# The functions that build a struct, whose arguments are its fields.
+_STRUCT_MAKERS = frozenset({"struct_pack", "row", "struct_insert"})
+
+
+def _table_widths(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Each table's and view's columns in the instance, by lower-cased name."""
+    rows = con.execute(
+        "SELECT lower(table_name), count(*) FROM duckdb_columns() GROUP BY ALL"
+    ).fetchall()
+    return dict(rows)
 
 
 def _pivoted(ref: dict[str, Any]) -> int:
