@@ -256,6 +256,37 @@ def test_an_assertion_that_does_not_answer_in_time_is_an_error_holding_no_one(da
     ]
 
 
+def test_hung_assertions_at_once_are_bounded_and_judging_comes_back_when_they_end(daemon):
+    """Ten results at once of an assertion that sleeps 5 s: each was left running (48 held the
+    daemon's shared thread limiter, and its other work waited: a review). Few are left; the
+    rest err at once; gates go on; once they end, judging comes back."""
+    pack = unique("pack")
+    sync(daemon, pack, {"slow": {"steps": {"answer": {"sleeps": 5}}},
+                        "plain": {"status": "succeeded"}})  # fmt: skip
+    run_id = submit(daemon, OK_DAG)
+    wait_done(daemon, run_id)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(10) as pool:
+        slow = [pool.submit(record, daemon, pack, "slow", run_id) for _ in range(10)]
+        time.sleep(TIMEOUT + 0.5)
+        plain = record(daemon, pack, "plain", run_id)  # every judging thread is a stuck one
+        gate = check(daemon, {})
+        results = [f.result() for f in slow]
+    assert time.monotonic() - started < 4.5
+    errors = [r.metrics.to_dict()["errors"][0] for r in results]
+    assert all(r.outcome == "error" for r in results)
+    # a result starts only while fewer than four are left running: at most 3 + the 4 judged
+    left = errors.count(f"assertion sleeps did not answer within {TIMEOUT:g} s")
+    assert 4 <= left <= 7, errors
+    assert all(e.startswith("judging did not start: assertions of earlier results (sleeps)")
+               for e in errors if "did not answer" not in e)  # fmt: skip
+    assert plain.outcome == "error"
+    assert gate.effect == api.ChangeDecisionEffect.ALLOW
+    time.sleep(5)  # the sleeping assertions end
+    assert record(daemon, pack, "plain", run_id).outcome == "passed"
+
+
 def test_a_graceful_stop_does_not_wait_for_a_rule_that_never_answers(make_daemon, tmp_path):
     (tmp_path / "govern_plugin.py").write_text(textwrap.dedent(PLUGIN))
     daemon = make_daemon(

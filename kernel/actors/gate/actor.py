@@ -138,12 +138,16 @@ class Gate:
         # Plugins' code runs on worker threads: a gate's rules one decision at a time (a rule
         # may keep state), judging a few runs at once, each within its time limit (the wait for
         # a turn not counted). A rule or assertion past its limit is left to its thread: while
-        # it runs on, the gate denies at once, and judging errs at once when every thread is
-        # such a one.
+        # it runs on, the gate denies at once, and judging errs at once when as many as judge
+        # at once are such ones. Their threads are of limiters of their own, with room for the
+        # ones left running and the ones running (so no timed wait is for a thread): left ones
+        # held the daemon's shared limiter, and every other thread job waited (a review).
         self._deciding = trio.Lock()
         self._stuck_rule: Watch | None = None
+        self._rule_threads = trio.CapacityLimiter(2)
         self._judging = trio.Semaphore(JUDGING_THREADS)
         self._stuck_judging: list[Watch] = []
+        self._judge_threads = trio.CapacityLimiter(2 * JUDGING_THREADS)
         self._assertion_timeout = assertion_timeout
         self._grace = shutdown_grace
         self._sync_lock = trio.Lock()
@@ -276,17 +280,24 @@ class Gate:
     async def _judged(self, view: RunView, expected: Any) -> Judgement:
         """The run judged on a worker thread (a plugin's assertion may be slow, or call the
         daemon: on the loop, it held every client), within ``assertion_timeout``."""
-        self._stuck_judging = [w for w in self._stuck_judging if not w.finished]
-        if len(self._stuck_judging) >= JUDGING_THREADS:
-            running = ", ".join(sorted({w.running or "?" for w in self._stuck_judging}))
-            reason = (f"judging did not start: assertions of earlier results ({running}) are "
-                      f"past their time limit and still hold every judging thread")  # fmt: skip
-            return await self._unjudged(view, reason)
-        watch = Watch()
         async with self._judging:
-            with trio.move_on_after(self._assertion_timeout):
-                return await in_thread(self._judge, view, expected, watch, abandon_on_cancel=True)
-        self._stuck_judging.append(watch)
+            # (looked at once this result's turn came: results queued behind the first stuck
+            # ones each went on to be stuck too)
+            self._stuck_judging = [w for w in self._stuck_judging if not w.finished]
+            if len(self._stuck_judging) >= JUDGING_THREADS:
+                running = ", ".join(sorted({w.running or "?" for w in self._stuck_judging}))
+                return await self._unjudged(view, (
+                    f"judging did not start: assertions of earlier results ({running}) are "
+                    "past their time limit and still hold every judging thread"))  # fmt: skip
+            return await self._judged_in_time(view, expected)
+
+    async def _judged_in_time(self, view: RunView, expected: Any) -> Judgement:
+        watch = Watch()
+        with trio.move_on_after(self._assertion_timeout):
+            return await in_thread(self._judge, view, expected, watch,
+                                   limiter=self._judge_threads, abandon_on_cancel=True)  # fmt: skip
+        if watch.started and not watch.finished:
+            self._stuck_judging.append(watch)
         seconds = f"{self._assertion_timeout:g} s"
         if watch.running:
             return await self._unjudged(
@@ -299,6 +310,7 @@ class Gate:
         return await in_thread(unfinished, run_facts(view), reason)
 
     def _judge(self, view: RunView, expected: Any, watch: Watch) -> Judgement:
+        watch.started = True
         try:
             kinds = self._registry.assertion_types
             # a plugin's assertions get copies of the outputs, made once, the built-ins the
@@ -336,8 +348,10 @@ class Gate:
                 "time), so the gate denies"))  # fmt: skip
         watch = Watch()
         with trio.move_on_after(self._policy.rule_timeout):
-            return await in_thread(self._decide, request, watch, abandon_on_cancel=True)
-        self._stuck_rule = watch
+            return await in_thread(self._decide, request, watch, limiter=self._rule_threads,
+                                   abandon_on_cancel=True)  # fmt: skip
+        if watch.started and not watch.finished:
+            self._stuck_rule = watch
         if watch.running:
             reason = f"rule {watch.running} did not answer within {seconds}, so the gate denies"
         else:
@@ -345,6 +359,7 @@ class Gate:
         return self._unanswered(request, watch.running, reason)
 
     def _decide(self, request: GateRequest, watch: Watch) -> Decision:
+        watch.started = True
         try:
             return decide(request, self._policy, watched_rules(self._registry.gate_rules, watch))
         finally:

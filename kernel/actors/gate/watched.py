@@ -12,10 +12,12 @@ from foundry.kernel.core.gate_policy import GatePolicy, GateRequest, Rule, RuleR
 
 
 class Watch:
-    """What one decision's or judgement's worker thread is doing: the rule or assertion it is
-    in, if any, and whether it has finished (one past its time limit runs on, left to it)."""
+    """What one decision's or judgement's worker thread is doing: whether it started and has
+    finished (one past its time limit runs on, left to it), and the rule or assertion it is
+    in, if any."""
 
     def __init__(self) -> None:
+        self.started = False
         self.running = ""
         self.finished = False
 
