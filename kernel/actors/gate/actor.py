@@ -296,7 +296,7 @@ class Gate:
         with trio.move_on_after(self._assertion_timeout):
             return await in_thread(self._judge, view, expected, watch,
                                    limiter=self._judge_threads, abandon_on_cancel=True)  # fmt: skip
-        if watch.started and not watch.finished:
+        if watch.left_running():
             self._stuck_judging.append(watch)
         seconds = f"{self._assertion_timeout:g} s"
         if watch.running:
@@ -310,8 +310,8 @@ class Gate:
         return await in_thread(unfinished, run_facts(view), reason)
 
     def _judge(self, view: RunView, expected: Any, watch: Watch) -> Judgement:
-        watch.started = True
         try:
+            watch.begin()
             kinds = self._registry.assertion_types
             # a plugin's assertions get copies of the outputs, made once, the built-ins the
             # outputs themselves (one changed in place was what a branch of the run reused)
@@ -350,7 +350,7 @@ class Gate:
         with trio.move_on_after(self._policy.rule_timeout):
             return await in_thread(self._decide, request, watch, limiter=self._rule_threads,
                                    abandon_on_cancel=True)  # fmt: skip
-        if watch.started and not watch.finished:
+        if watch.left_running():
             self._stuck_rule = watch
         if watch.running:
             reason = f"rule {watch.running} did not answer within {seconds}, so the gate denies"
@@ -359,8 +359,8 @@ class Gate:
         return self._unanswered(request, watch.running, reason)
 
     def _decide(self, request: GateRequest, watch: Watch) -> Decision:
-        watch.started = True
         try:
+            watch.begin()
             return decide(request, self._policy, watched_rules(self._registry.gate_rules, watch))
         finally:
             watch.finished = True

@@ -20,6 +20,25 @@ class Watch:
         self.started = False
         self.running = ""
         self.finished = False
+        self._abandoned = False
+
+    def begin(self) -> None:
+        """On the worker thread, first: Abandoned if the loop left the job before it began
+        (its thread then runs no plugin code; one that began just after its time limit ran
+        on, counted nowhere)."""
+        self.started = True
+        if self._abandoned:
+            raise Abandoned
+
+    def left_running(self) -> bool:
+        """On the loop, once past the time limit: whether the thread runs on (it began and has
+        not finished). One that has not begun never will run plugin code (:meth:`begin`)."""
+        self._abandoned = True
+        return self.started and not self.finished
+
+
+class Abandoned(Exception):
+    """A worker thread's job the loop left before it began."""
 
 
 class _WatchedRule:
