@@ -42,13 +42,13 @@ async def test_a_gate_request_is_checked_and_decided_on_a_worker_thread(tmp_path
     from foundry.kernel.actors.gate import actor as gate_actor
 
     threads: list[str] = []
-    real = gate_actor.check_gate_request
+    real = gate_actor.checked_request
 
     def spied(request):
         threads.append(threading.current_thread().name)
         return real(request)
 
-    monkeypatch.setattr(gate_actor, "check_gate_request", spied)
+    monkeypatch.setattr(gate_actor, "checked_request", spied)
     message = api.CheckChangeGateRequest(change_id="c", telemetry=big(10_000))
     request = fastproto.gate_request(message, runtime_service._json_object)
     async with running_kernel(tmp_path, []) as k:
