@@ -45,10 +45,14 @@ def _event(row: tuple[Any, ...]) -> RunEventRecord:
     return RunEventRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
 
 
-def load_run_events(con: duckdb.DuckDBPyConnection, run_id: str) -> list[RunEventRecord]:
+def load_run_events(
+    con: duckdb.DuckDBPyConnection, run_id: str, rowids: list[int] | None = None
+) -> list[RunEventRecord]:
     """A run's events in order, read in looks (``looks.py``): a run of 1,000 steps of 100 KB
-    outputs, read at once, needed 200 MB of DuckDB's memory."""
-    rowids = [r for (r,) in con.execute(_RUN_ROWIDS, {"run_id": run_id}).fetchall()]
+    outputs, read at once, needed 200 MB of DuckDB's memory. ``rowids``: its events' rows,
+    when they are known already (else found here)."""
+    if rowids is None:
+        rowids = [r for (r,) in con.execute(_RUN_ROWIDS, {"run_id": run_id}).fetchall()]
     rows = sorted(in_looks(con, _RUN_EVENTS, {"run_id": run_id}, rowids), key=itemgetter(1))
     return [_event(r) for r in rows]
 
@@ -82,9 +86,7 @@ def load_unfinished_runs(
     a third of the 17 s 3,000 runs paused at breakpoints took to start); each run's rows are
     then read by its id (a filter on several ids is no filter DuckDB's scan applies before it
     reads the payloads: a finished run's 2 MB outputs beside them ran out of memory)."""
-    ids = con.execute(
-        f"SELECT run_id FROM runs WHERE run_id IN ({_UNFINISHED}) ORDER BY created_at"
-    ).fetchall()
+    ids = con.execute(f"{_UNFINISHED} ORDER BY created_at").fetchall()
     rowids: dict[str, list[int]] = {run_id: [] for (run_id,) in ids}
     for rowid, run_id in con.execute(_UNFINISHED_EVENT_ROWIDS).fetchall():
         rowids[run_id].append(rowid)
@@ -92,8 +94,7 @@ def load_unfinished_runs(
     for run_id, its_rowids in rowids.items():
         submission = load_submission(con, run_id)
         if submission is not None:
-            rows = in_looks(con, _RUN_EVENTS, {"run_id": run_id}, its_rowids)
-            found.append((submission, [_event(r) for r in sorted(rows, key=itemgetter(1))]))
+            found.append((submission, load_run_events(con, run_id, its_rowids)))
     return found
 
 
