@@ -217,6 +217,7 @@ class ShellStep(Block):
     name = "shell"
     kind = BlockKind.MUTATOR
     description = "runs a [[blocks]] shell command by name: inputs {command, ...}"
+    timeout = None  # the named command's (``runs_as``)
 
     def __init__(self, commands: Mapping[str, ShellBlock]) -> None:
         super().__init__()
@@ -224,14 +225,21 @@ class ShellStep(Block):
 
     def env_allowed(self, inputs: Mapping[str, Any]) -> frozenset[str]:
         """The named command's ``allow_env`` (none when the name is not a plain string)."""
-        name = inputs.get("command")
-        command = self.commands.get(name) if isinstance(name, str) else None
+        command = self._named(inputs)
         return command.allow_env if command is not None else frozenset()
 
+    def runs_as(self, inputs: Mapping[str, Any]) -> Block:
+        """The named command: its timeout, retries and backoff are the step's defaults."""
+        return self._named(inputs) or self
+
+    def _named(self, inputs: Mapping[str, Any]) -> ShellBlock | None:
+        name = inputs.get("command")
+        return self.commands.get(name) if isinstance(name, str) else None
+
     async def run(self, ctx: BlockContext) -> Any:
-        name = ctx.inputs.get("command")
-        command = self.commands.get(name) if isinstance(name, str) else None
+        command = self._named(ctx.inputs)
         if command is None:
+            name = ctx.inputs.get("command")
             known = ", ".join(sorted(self.commands)) or "none declared"
             raise BlockError(f"inputs.command: no shell block named {name!r} ({known})")
         return await command.run(ctx)

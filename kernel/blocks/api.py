@@ -470,6 +470,13 @@ class Block:
         """The env names a DAG step with these (unresolved) inputs may set: ``allow_env``."""
         return self.allow_env
 
+    def runs_as(self, inputs: Mapping[str, Any]) -> Block:
+        """The block whose ``timeout``, ``retries`` and ``backoff`` a DAG step of this type with
+        these (unresolved) inputs runs under where the step sets none: this one. A block that
+        hands its work to another answers that one (the ``shell`` step: the declared command
+        its ``command`` names — a step ran past its command's timeout, never retried)."""
+        return self
+
     async def run(self, ctx: BlockContext) -> Any:
         """Do the work. Return the output (any JSON value); emit events with ``ctx.emit``."""
         raise NotImplementedError(f"block {self.name!r} does not implement run()")

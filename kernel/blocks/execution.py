@@ -209,6 +209,16 @@ def reported_fault(ctx: BlockContext) -> str:
     return ""
 
 
+def settings_of(block: Block, inputs: Mapping[str, Any]) -> Block:
+    """The block a DAG step's timeout, retries and backoff default to (``Block.runs_as``):
+    ``block`` itself when the plugin's answer raised or is no block."""
+    try:
+        found = block.runs_as(inputs)
+    except Exception:  # noqa: BLE001 - a plugin's fault: the block's own settings stand
+        return block
+    return found if isinstance(found, Block) else block
+
+
 async def attempt_once(
     block: Block, action: Action, ctx: BlockContext, limit: float | None = None
 ) -> tuple[Any, str, bool]:

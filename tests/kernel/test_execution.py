@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 from foundry.kernel.blocks.api import Block, BlockContext, block
-from foundry.kernel.blocks.execution import Outcome, execute
+from foundry.kernel.blocks.execution import Outcome, execute, settings_of
 from foundry.kernel.core.throttle import Action
 from foundry.kernel.testing import run_block
 
@@ -545,3 +545,21 @@ async def test_a_file_listed_under_several_spellings_is_one_artifact(tmp_path):
 
     done = await run_block(spells, {}, artifact_dir=tmp_path / "art")
     assert done.outcome.artifacts == (str(tmp_path / "art" / "note.txt"),)
+
+
+def test_a_steps_settings_come_from_the_block_it_runs_as_unless_that_answer_is_broken():
+    declared = Block("declared", timeout=2.0, retries=3, backoff=1.5)
+
+    class Dispatcher(Block):
+        def runs_as(self, inputs):
+            if inputs.get("to") == "declared":
+                return declared
+            if inputs.get("to") == "raise":
+                raise KeyError("no such command")
+            return "not a block"
+
+    dispatcher = Dispatcher("dispatcher", timeout=9.0)
+    assert settings_of(dispatcher, {"to": "declared"}) is declared
+    assert settings_of(dispatcher, {"to": "raise"}) is dispatcher  # a plugin's fault
+    assert settings_of(dispatcher, {"to": "other"}) is dispatcher  # not a block
+    assert settings_of(declared, {}) is declared  # the default: itself

@@ -466,6 +466,50 @@ def test_timeout_fails_the_step_with_timed_out(daemon):
     assert failed["payload"]["error"]["timed_out"] is True
 
 
+def test_a_shell_step_runs_under_its_commands_timeout_retries_and_backoff(make_daemon, tmp_path):
+    """The step's block is the declared command its ``command`` names: a command's timeout let
+    a step run on past it, its retries were never made (every shell step ran under the generic
+    shell step's settings)."""
+    calls = tmp_path / "calls"
+    daemon = make_daemon(f"""
+        [[blocks]]
+        name = "hangs"
+        type = "shell"
+        command = ["sleep", "30"]
+        timeout = 0.5
+        retries = 1
+        backoff = 0.05
+
+        [[blocks]]
+        name = "fails"
+        type = "shell"
+        command = ["sh", "-c", "echo x >> '{calls}'; exit 3"]
+        retries = 2
+        backoff = 0.1
+        """)  # fmt: skip
+    started = time.monotonic()
+    run = run_and_wait(daemon, dag({"id": "s", "type": "shell", "inputs": {"command": "hangs"}}))
+    assert time.monotonic() - started < 20  # each 30 s sleep was cut at its command's 0.5 s
+    assert run.status == api.RunStatus.FAILED
+    events = tap(daemon, run.run_id)
+    retried = of_kind(events, "step_retrying")
+    assert [e["payload"]["error"]["timed_out"] for e in retried] == [True]
+    (failed,) = of_kind(events, "step_failed")
+    assert failed["payload"]["error"]["message"].startswith("timed out after 0.5s")
+    run = run_and_wait(daemon, dag({"id": "s", "type": "shell", "inputs": {"command": "fails"}}))
+    assert run.status == api.RunStatus.FAILED
+    retrying = of_kind(tap(daemon, run.run_id), "step_retrying")
+    assert [e["payload"]["delay"] for e in retrying] == [0.1, 0.2]
+    assert calls.read_text() == "x\nx\nx\n"  # three attempts: its retries, then the failure
+    # a step's own settings still win over its command's
+    run = run_and_wait(
+        daemon,
+        dag({"id": "fails", "type": "shell", "inputs": {"command": "fails"},
+             "retry": {"max_attempts": 1}}),
+    )  # fmt: skip
+    assert of_kind(tap(daemon, run.run_id), "step_retrying") == []
+
+
 def test_seed_makes_llm_outputs_deterministic(daemon):
     two_llms = dag(
         {"id": "a", "type": "llm", "inputs": {"prompt": "hello ${inputs.who}"}},

@@ -21,7 +21,7 @@ from foundry.kernel.actors.replay.messages import Replay, ReplayedStep, ReplayRe
 from foundry.kernel.actors.store.messages import LoadRun, StoredRun, StoreMessage
 from foundry.kernel.actors.threads import in_thread
 from foundry.kernel.blocks.api import BlockContext, BlockKind
-from foundry.kernel.blocks.execution import attempt_once, reported_fault
+from foundry.kernel.blocks.execution import attempt_once, reported_fault, settings_of
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.core.dag import parse_dag
 from foundry.kernel.core.drift import Tolerance, drift
@@ -29,6 +29,7 @@ from foundry.kernel.core.json_input import json_values_past, quoted
 from foundry.kernel.core.planner import (
     MAX_STEP_BYTES,
     as_it_failed,
+    attempt_limit,
     replayed_output,
     step_error,
 )
@@ -136,7 +137,8 @@ class Replayer:
                 env=dict(step.env or step.spec.env),
                 attempt=max(step.attempt, 1),  # the recorded attempt's number, as it ran
             )  # fmt: skip
-            output, error, _ = await attempt_once(block, Action.RUN, ctx, step.spec.timeout)
+            limit = attempt_limit(step.spec, settings_of(block, step.spec.inputs).timeout)
+            output, error, _ = await attempt_once(block, Action.RUN, ctx, limit)
             error = error or reported_fault(ctx)  # as the scheduler fails such an attempt
             if not error:  # and as it checks an output (a 3.9 MB string: ~0.1 s a step)
                 large = json_values_past((output,))

@@ -64,7 +64,12 @@ from foundry.kernel.actors.tap.messages import Subscribe, TapMessage
 from foundry.kernel.actors.telemetry.messages import RunEnded, SpanOutbox, StepAttemptEnded
 from foundry.kernel.actors.threads import in_thread
 from foundry.kernel.blocks.api import BlockContext, BlockKind, Usage
-from foundry.kernel.blocks.execution import attempt_once, reported_fault, usage_fault
+from foundry.kernel.blocks.execution import (
+    attempt_once,
+    reported_fault,
+    settings_of,
+    usage_fault,
+)
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.attest_records import announced_ids, json_digest, run_attestation_id
@@ -890,7 +895,7 @@ class Scheduler:
         """Make the events of a lease: the lease, and for a tool step its capability token
         and that token's attestation."""
         spec = step.spec
-        limit = attempt_limit(spec, block.timeout)
+        limit = attempt_limit(spec, settings_of(block, spec.inputs).timeout)
         span = new_span_id()  # the attempt's, a child of the run's span
         lease_event = run.make_event(
             "step_leased", self._clock.now(), spec.id, **leased.payload(spec), span_id=span
@@ -993,7 +998,8 @@ class Scheduler:
             await self._complete(run, lease_event, grant, completed)
             return None
         failure = step_error(error, attempt, timed_out)
-        delay = retry_delay(spec, step.failures, block.retries, block.backoff)
+        settings = settings_of(block, spec.inputs)
+        delay = retry_delay(spec, step.failures, settings.retries, settings.backoff)
         if delay is not None and run.failed:  # the run fails anyway: no attempt more
             failure = _not_retried(run, failure)
             delay = None
