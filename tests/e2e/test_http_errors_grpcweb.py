@@ -295,6 +295,28 @@ def test_a_media_type_in_any_case_gets_its_protocols_answers(daemon, kind):
     assert json.loads(end)["error"]["code"] == "unimplemented"
 
 
+@pytest.mark.parametrize("kind", ["application/proto; charset=json", "application/proto;x-json=1"])
+def test_a_replys_codec_is_the_media_types_not_a_parameters(daemon, kind):
+    """connectrpc decodes ``application/proto; charset=json`` as proto and labels its reply so:
+    the edge read "json" anywhere in the header and sent its large replies as JSON text under
+    that label (a client decoding by content type could not read them)."""
+    request = bytes(foundry_api.StatusRequest(limit=5))
+    workflows = (
+        foundry_api.StatusResponse()
+        .parse(
+            httpx.post(
+                url(daemon, STATUS), content=request, headers={"content-type": "application/proto"}
+            ).content  # fmt: skip
+        )
+        .workflows
+    )
+    reply = httpx.post(url(daemon, STATUS), content=request, headers={"content-type": kind})
+    assert reply.status_code == 200, reply.text[:300]
+    assert reply.headers["content-type"] == "application/proto"
+    assert not reply.content.startswith(b"{")
+    assert foundry_api.StatusResponse().parse(reply.content).workflows == workflows
+
+
 @pytest.mark.parametrize("kind", ["Application/Grpc-Web+Proto", "APPLICATION/GRPC-WEB"])
 def test_a_grpc_web_media_type_in_any_case_is_answered(daemon, kind):
     """(connectrpc compares gRPC-Web's case-sensitively: a bare 415, found by a review.)"""

@@ -25,7 +25,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.server import ConnectASGIApplication
 from foundry.kernel.edge.http import dashboard
-from foundry.kernel.edge.http.codecs import BinaryCodec, JsonCodec, stream_forms
+from foundry.kernel.edge.http.codecs import BinaryCodec, JsonCodec, media_type, stream_forms
 from foundry.kernel.edge.http.cors import OriginPolicy
 from foundry.kernel.edge.http.gzip_body import BoundedGzip
 from foundry.kernel.edge.http.internals import pick_loop_by_sniffio
@@ -219,7 +219,7 @@ class HttpApp:
         """A large unary request's message, decoded on a worker thread (``large_requests``)."""
         route = self._unary.get(path)
         enveloped = _is_enveloped(headers)
-        kind = headers.get("content-type", "").partition(";")[0].strip()
+        kind = media_type(headers.get("content-type", ""))
         if route is None or not (enveloped or kind in ("application/json", "application/proto")):
             return receive, None
         encoding = _body_encoding(headers, enveloped)

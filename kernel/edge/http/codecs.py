@@ -225,10 +225,22 @@ def _to_json_bytes(message: betterproto2.Message) -> bytes:
     return to_json(message).encode()
 
 
+def media_type(content_type: str) -> str:
+    """A ``Content-Type``'s media type, lowercased, without its parameters — as connectrpc
+    picks a codec by it (``application/proto; charset=json`` is proto)."""
+    return content_type.partition(";")[0].strip().lower()
+
+
+def is_json(content_type: str) -> bool:
+    """A request of ``content_type`` is JSON (``application/json``, ``…+json``): its reply
+    goes out as JSON."""
+    return media_type(content_type).endswith("json")
+
+
 def stream_forms(content_type: str) -> tuple[tuple[str, Callable[[Any], bytes]], ...]:
     """The form a stream of ``content_type`` goes out in (its codec's ``SHARED_REPLIES`` form)
     and its encoder: for a reply made ahead on a worker thread (``shared_replies``)."""
-    if content_type.partition(";")[0].strip().endswith("+json"):
+    if is_json(content_type):
         return ((JSON_UTF8, _to_json_bytes),)
     return ((PROTO, upb_encode.encode),)
 

@@ -26,6 +26,7 @@ from foundry.kernel.edge.http.codecs import (
     JsonEncoded,
     TypedEncoded,
     ended_run_key,
+    is_json,
     to_json,
 )
 from foundry.kernel.edge.http.errors import connect_error
@@ -111,7 +112,7 @@ def _ignoring_context(
 
     async def with_context(request: Any, ctx: RequestContext[Any, Any]) -> Any:
         reply = await call(request)
-        json = "json" in ctx.request_headers.get("content-type", "")
+        json = is_json(ctx.request_headers.get("content-type", ""))
         if isinstance(reply, OffLoopReply):
             return await off_loop_reply(reply, json)
         if isinstance(reply, LARGE_REPLIES) and json:
