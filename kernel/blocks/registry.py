@@ -119,6 +119,7 @@ class BlockRegistry:
         for block in blocks:
             if not isinstance(block, Block):
                 raise ConfigError(f"a plugin returned {block!r}, which is not a Block")
+            _plain_declaration(block)
             fault = block_fault(block)
             if fault:
                 raise ConfigError(f"block {str(block.name)[:100]!r}: {fault}")
@@ -152,6 +153,22 @@ class BlockRegistry:
 
     def __len__(self) -> int:
         return len(self.by_name)
+
+
+def _plain_declaration(block: Block) -> None:
+    """A block's name, sinks and description given as ``str`` subclasses (a ``StrEnum``'s
+    members) made plain strings: the store's trace rows take no subclass (a block named by one
+    ran, its chain was answered completed, and its end was never stored)."""
+    for key in ("name", "description"):
+        value = getattr(block, key)
+        if isinstance(value, str) and type(value) is not str:
+            object.__setattr__(block, key, str.__str__(value))
+    sinks = block.sinks
+    if isinstance(sinks, tuple | list) and any(type(s) is not str for s in sinks):
+        plain = tuple(str.__str__(s) if isinstance(s, str) else s for s in sinks)
+        if all(type(s) is str for s in plain):  # (others: block_fault names them)
+            plain = tuple(dict.fromkeys(plain))
+        object.__setattr__(block, "sinks", plain)
 
 
 def block_fault(block: Block) -> str:
@@ -215,6 +232,9 @@ def load_blocks(
         factories: dict[str, BlockFactory] = {}
         for result in _answers(pm, "register_block_types"):
             for type_name, factory in _answer(result, dict, "block_types").items():
+                if type(type_name) is not str or not type_name.strip() or not callable(factory):
+                    raise ConfigError(f"register_block_types: expected {{type name: factory}}, "
+                                      f"got {type_name!r:.100}: {factory!r:.100}")  # fmt: skip
                 if type_name in factories:  # the last one won: a plugin's "shell" ran its code
                     raise ConfigError(f"two plugins register a block type named {type_name!r}; "
                                       "block type names are unique")  # fmt: skip
@@ -391,5 +411,8 @@ def _declared_block(table: Mapping[str, Any], factories: Mapping[str, BlockFacto
         return factory(options)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    except Exception as exc:  # a plugin's factory failed otherwise: one line, not a traceback
+    except KeyboardInterrupt:  # the operator's Ctrl-C while it builds the block
+        raise
+    # a plugin's factory failed otherwise (SystemExit too: a clean exit, with nothing said)
+    except BaseException as exc:  # noqa: BLE001
         raise ConfigError(f"{where}: its type's factory failed: {described(exc)}") from None

@@ -1,5 +1,6 @@
 """Loading blocks with pluggy: built-ins, foundry.toml modules, declared blocks, loud failures."""
 
+import enum
 import importlib
 import re
 import subprocess
@@ -482,6 +483,84 @@ def test_a_block_type_factory_that_fails_is_one_line(plugin_module):
     declared = [{"name": "B", "type": "broken", "sinks": ["x"]}]
     with pytest.raises(ConfigError, match="'B': its type's factory failed: ZeroDivisionError"):
         load_blocks([name], declared, entry_points=False)
+
+
+@pytest.mark.parametrize(
+    ("factory", "said"),
+    [("raise SystemExit(0)", "its type's factory failed: SystemExit: 0"),
+     ("raise type('Abort', (BaseException,), {})('no')", "its type's factory failed: Abort: no")],
+    ids=["system-exit", "base-exception"],
+)  # fmt: skip
+def test_a_block_type_factory_raising_a_base_exception_is_one_line(plugin_module, factory, said):
+    """SystemExit(0) from a factory ended `config check` and the daemon's start at exit 0 with
+    nothing said; a BaseException of the plugin's own was a traceback."""
+    name = plugin_module(f"""
+        from foundry.kernel import hookimpl
+
+        def broken(table):
+            {factory}
+
+        @hookimpl
+        def register_block_types():
+            return {{"broken": broken}}
+        """)  # fmt: skip
+    declared = [{"name": "B", "type": "broken", "sinks": ["x"]}]
+    with pytest.raises(ConfigError, match=re.escape(f"'B': {said}")):
+        load_blocks([name], declared, entry_points=False)
+
+
+@pytest.mark.parametrize(
+    "answer", ["{1: lambda table: None}", "{'': lambda table: None}", "{'mytype': 5}"]
+)
+def test_a_block_type_that_is_no_name_and_factory_is_refused_at_load(plugin_module, answer):
+    """An int key failed the start with a traceback once a table named an unknown type (the
+    known types' sorting), and was accepted otherwise; a factory that is no function failed
+    only when a table used it."""
+    name = plugin_module(f"""
+        from foundry.kernel import hookimpl
+
+        @hookimpl
+        def register_block_types():
+            return {answer}
+        """)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"register_block_types: expected \{type name: factory"):
+        load_blocks([name], entry_points=False)
+
+
+class _Names(enum.StrEnum):
+    SCORE = "Score"
+    SCORED = "thing_scored"
+    WANTED = "score_wanted"
+
+
+async def test_a_block_declared_with_str_subclasses_stores_its_chain(tmp_path):
+    """A block named by a StrEnum member ran and its chain was answered completed, but the
+    store's trace rows took no str subclass: the chain's end was never stored, and the next
+    start recorded the workflow as failed."""
+
+    class Score(Block):
+        name = _Names.SCORE
+        sinks = (_Names.WANTED,)
+        description = _Names.SCORED
+
+        async def run(self, ctx):
+            ctx.emit(_Names.SCORED, {"score": 1})
+            return {"score": 1}
+
+    score = Score()
+    registry = BlockRegistry([score])
+    assert type(score.name) is str
+    assert type(score.description) is str
+    assert [type(s) for s in score.sinks] == [str]
+    async with running_kernel(tmp_path / "k", registry) as k:
+        emitted = await k.emit("score_wanted")
+        trace = await k.finished(emitted.workflow_id)
+        assert [x["block_name"] for x in trace["block_executions"]] == ["Score"]
+        stored = await k.query(
+            "SELECT block_name, state FROM block_executions WHERE workflow_id = ?",
+            emitted.workflow_id,
+        )
+        assert stored == [("Score", "completed")]
 
 
 def test_a_declared_block_may_not_reuse_a_built_in_name():
