@@ -358,7 +358,8 @@ def recover_unfinished(
                 completed_at=now,
                 event_count=len(events),
                 block_count=max(len(executions), 1),
-                trace=json.dumps(trace, default=str, ensure_ascii=False),  # (as every file)
+                # compact, as every other trace file
+                trace=json.dumps(trace, default=str, ensure_ascii=False, separators=(",", ":")),
                 trace_id=root["trace_id"] or "",
             )
         )
