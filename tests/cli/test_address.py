@@ -58,6 +58,42 @@ def test_a_port_that_never_answers_is_given_up_on(monkeypatch, capsys):
     )
 
 
+def _serve_http2_404(listener: socket.socket) -> None:
+    """One HTTP/2 connection answered as a web server with no such page would (no gRPC)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn, _ = listener.accept()
+    with conn:
+        h2conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        h2conn.initiate_connection()
+        conn.sendall(h2conn.data_to_send())
+        while data := conn.recv(65536):
+            for event in h2conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    h2conn.send_headers(event.stream_id, [(":status", "404"),
+                                                          ("content-type", "text/html")])  # fmt: skip
+                    h2conn.send_data(event.stream_id, b"<h1>no such page</h1>", end_stream=True)
+            conn.sendall(h2conn.data_to_send())
+
+
+def test_an_http2_server_that_is_no_grpc_one_is_not_the_daemon(capsys):
+    """Its 404 was taken for the daemon's answer: "UNIMPLEMENTED: Received :status = '404'",
+    or "lost the connection to the daemon" though no daemon had ever answered."""
+    from foundry.kernel.cli.main import main
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        server = threading.Thread(target=_serve_http2_404, args=(listener,), daemon=True)
+        server.start()
+        assert main(["status", "--addr", f"127.0.0.1:{port}"]) == 1
+        server.join(10)
+    said = capsys.readouterr().err.strip()
+    assert said == (f"foundry: cannot reach the daemon at 127.0.0.1:{port}: the server there "
+                    "is no gRPC one (Received :status = '404')")  # fmt: skip
+
+
 def _foundry(tmp_path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "FOUNDRY_HOME": str(tmp_path), **extra_env}
     environment.pop("FOUNDRY_ADDR", None)

@@ -149,6 +149,14 @@ async def answering(channel: Channel) -> None:
     try:
         await HealthStub(channel).Check(HealthCheckRequest(), timeout=ANSWER_SECONDS)
     except (TimeoutError, GRPCError) as exc:
+        if isinstance(exc, GRPCError) and (exc.message or "").startswith(_NOT_GRPC):
+            # an HTTP/2 server's answer that is no gRPC one (a 404 page): not the daemon, where
+            # its UNIMPLEMENTED was taken for one, and a call after it "lost the connection"
+            raise ConnectionError(f"the server there is no gRPC one ({exc.message})") from None
         if isinstance(exc, GRPCError) and exc.status is not Status.DEADLINE_EXCEEDED:
             return
         raise ConnectionError(f"no gRPC answer within {ANSWER_SECONDS:g} s") from None
+
+
+# grpclib's words for an HTTP response that is no gRPC one (its status, its content type)
+_NOT_GRPC = ("Received :status", "Invalid content-type", "Missing content-type")
