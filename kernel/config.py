@@ -340,7 +340,10 @@ def default_home() -> Path:
 
 def expanded(value: str, what: str) -> Path:
     """``value`` as a path, ``~`` and ``~user`` expanded; ConfigError naming ``what`` for a
-    user with no home (``Path.expanduser`` raised RuntimeError: a traceback, every command)."""
+    user with no home (``Path.expanduser`` raised RuntimeError: a traceback, every command) or
+    an empty value (the working directory: ``export parquet "$UNSET"`` wrote its tables there)."""
+    if not value:
+        raise ConfigError(f"{what}: expected a path, got an empty one")
     try:
         return Path(value).expanduser()
     except RuntimeError:

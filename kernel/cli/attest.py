@@ -113,7 +113,7 @@ def _public_key(path: str | None) -> tuple[Ed25519PublicKey, str, str]:
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
-    home = expanded(args.home, "--home") if args.home else default_home()
+    home = expanded(args.home, "--home") if args.home is not None else default_home()
     _, pem, kid = _public_key(str(keys_dir(home) / PUBLIC_KEY))
     if args.json:
         print(json.dumps({"public_key_pem": pem, "key_id": kid}))

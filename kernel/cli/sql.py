@@ -124,7 +124,7 @@ def _offline(args: argparse.Namespace, params: dict[str, str]) -> Answer:
     from foundry.kernel.cli.main import CommandFailed
 
     config = Config.load(args.config) if args.config else Config()
-    home = expanded(args.home, "--home") if args.home else (
+    home = expanded(args.home, "--home") if args.home is not None else (
         config.home if args.config else default_home()
     )  # fmt: skip
     path = home / "foundry.duckdb"

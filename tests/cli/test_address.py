@@ -72,8 +72,8 @@ def _serve_http2_404(listener: socket.socket) -> None:
         while data := conn.recv(65536):
             for event in h2conn.receive_data(data):
                 if isinstance(event, h2.events.RequestReceived):
-                    h2conn.send_headers(event.stream_id, [(":status", "404"),
-                                                          ("content-type", "text/html")])  # fmt: skip
+                    page = [(":status", "404"), ("content-type", "text/html")]
+                    h2conn.send_headers(event.stream_id, page)
                     h2conn.send_data(event.stream_id, b"<h1>no such page</h1>", end_stream=True)
             conn.sendall(h2conn.data_to_send())
 

@@ -64,3 +64,19 @@ def test_a_seed_no_int64_holds_is_a_usage_error(tmp_path, args):
         done.stderr
     )
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "named"),
+    [(["export", "parquet", ""], "DIRECTORY"), (["sql", "SELECT 1", "--home", ""], "--home")],
+)
+def test_an_empty_path_is_refused_not_taken_for_the_working_directory(tmp_path, command, named):
+    """``export parquet "$UNSET"`` wrote its table folders into the working directory."""
+    done = subprocess.run(
+        [sys.executable, "-m", "foundry.kernel.cli", *command, "--addr", "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "FOUNDRY_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"foundry: {named}: expected a path, got an empty one"
+    assert list(tmp_path.iterdir()) == []
