@@ -286,10 +286,11 @@ MAX_ENVELOPES = 1_500_000  # the smallest envelope is ~760 bytes: as many as suc
 def _read_envelopes(path: Path) -> list[str]:
     """The envelopes of a file: one JSON envelope, ``{"envelope": …}`` or a list of those (as
     ``attest get --json`` writes them), or JSON lines. Bytes that are not UTF-8 stay in,
-    replaced: the envelope they are in then fails its checks by name, as any other malformed one
-    does. A duplicate key anywhere makes the file lines, each checked as ``verify_envelope``
-    checks one (a whole file read with the last of two "payload" keys verified the genuine one,
-    while other readers took the first, forged)."""
+    replaced: in a signed part they fail its checks by name, as anything malformed there does;
+    in a field no signature covers they are ignored with it (noted). A duplicate key anywhere
+    makes the file lines, each checked as ``verify_envelope`` checks one (a whole file read
+    with the last of two "payload" keys verified the genuine one, while other readers took the
+    first, forged)."""
     try:
         with path.open("rb") as file:
             data = file.read(MAX_EXPORT_BYTES + 1)
@@ -329,13 +330,33 @@ def _unwrapped(item: Any) -> Any:
 def _statement(envelope: str) -> dict[str, Any]:
     """The statement an envelope carries, read as ``verify_envelope`` reads it (standard or
     URL-safe base64); {} when there is none to read."""
+    return _read_envelope(envelope)[0]
+
+
+_ENVELOPE_FIELDS = frozenset({"payloadType", "payload", "signatures"})
+_SIGNATURE_FIELDS = frozenset({"keyid", "sig"})
+
+
+def _read_envelope(envelope: str) -> tuple[dict[str, Any], list[str]]:
+    """An envelope's statement (:func:`_statement`) and the fields in it no signature covers,
+    which DSSE has a verifier ignore (an ``"approved_by"`` beside the payload is no claim)."""
     try:
         parsed = json.loads(envelope)
-        payload = dsse_b64decode(parsed["payload"]) if isinstance(parsed, dict) else None
+    except (ValueError, RecursionError):
+        return {}, []
+    if not isinstance(parsed, dict):
+        return {}, []
+    unsigned = [f"{k!r:.100}" for k in parsed if k not in _ENVELOPE_FIELDS]
+    signatures = parsed.get("signatures")
+    for n, sig in enumerate(signatures if isinstance(signatures, list) else []):
+        if isinstance(sig, dict):
+            unsigned += [f"signatures[{n}].{k:.100}" for k in sig if k not in _SIGNATURE_FIELDS]
+    try:
+        payload = dsse_b64decode(parsed.get("payload"))
         statement = json.loads(payload) if payload is not None else None
-    except (ValueError, KeyError, TypeError, RecursionError):
-        return {}
-    return statement if isinstance(statement, dict) else {}
+    except (ValueError, TypeError, RecursionError):
+        statement = None
+    return (statement if isinstance(statement, dict) else {}), unsigned
 
 
 def _run_of(statement: dict[str, Any]) -> str | None:
@@ -360,7 +381,9 @@ def verify_lines(
         result = verify_envelope(env, verify, kid)
         problems.extend(f"envelope {n}: {e}" for e in result.errors)
         kinds.append(result.kind)
-    statements = [_statement(e) for e in envelopes]
+    read = [_read_envelope(e) for e in envelopes]
+    statements = [statement for statement, _ in read]
+    _note_unsigned([unsigned for _, unsigned in read])
     steps_of: dict[str | None, list[str]] = {}  # each run's step attestations, in order, once
     for env, kind, statement in zip(envelopes, kinds, statements, strict=True):
         if kind == "step":
@@ -384,6 +407,19 @@ def verify_lines(
             f"chain of run {run_id}: {e}" for e in verify_chain(steps, None, run_id=run_id)
         )
     return problems
+
+
+def _note_unsigned(unsigned: Sequence[list[str]], shown: int = 10) -> None:
+    """A note on stderr for the envelopes holding fields no signature covers (not invalid: DSSE
+    says a verifier ignores them; not vouched for either)."""
+    holding = [(n, fields) for n, fields in enumerate(unsigned, 1) if fields]
+    for n, fields in holding[:shown]:
+        print(f"note: envelope {n}: {', '.join(fields[:shown])}"
+              f"{f' and {len(fields) - shown} more' if len(fields) > shown else ''}: not "
+              "signed, ignored (as DSSE says)", file=sys.stderr)  # fmt: skip
+    if len(holding) > shown:
+        print(f"note: {len(holding) - shown} more envelopes hold fields that are not signed",
+              file=sys.stderr)  # fmt: skip
 
 
 async def verify_stored(

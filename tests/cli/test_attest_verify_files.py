@@ -239,6 +239,26 @@ def test_an_export_in_url_safe_base64_verifies(tmp_path):
     assert done.returncode == 0, done.stdout
 
 
+def test_fields_no_signature_covers_are_noted_not_taken_for_signed(tmp_path):
+    """DSSE has a verifier ignore fields it does not know, so a genuine chain with an
+    ``"approved_by"`` added stays valid — but it was said valid with nothing said of the field
+    (nor of non-UTF-8 bytes in one), as if the verdict covered it (a hunt of the CLI)."""
+    sign, keyid, pubkey = _key_files(tmp_path)
+    lines = [json.dumps(env) for env in _chain(sign, keyid, 3)]
+    added = json.loads(lines[1])
+    added["approved_by"] = "NOT-UTF-8"
+    added["signatures"][0]["note"] = "reviewed"
+    lines[1] = json.dumps(added)
+    target = tmp_path / "export.jsonl"
+    target.write_bytes("\n".join(lines).encode().replace(b"NOT-UTF-8", b"\xff\xfe") + b"\n")
+    done = _verify(tmp_path, str(target), str(pubkey))
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.startswith("valid")
+    assert ("note: envelope 2: 'approved_by', signatures[0].note: not signed, ignored (as DSSE "
+            "says)") in done.stderr  # fmt: skip
+    assert "envelope 1:" not in done.stderr
+
+
 def test_a_line_nested_too_deep_is_one_invalid_envelope_among_the_others(tmp_path):
     """A line of JSON nested 100,000 deep ended the whole check (exit 2) with nothing said of
     the envelopes beside it; it is one invalid envelope, named."""
