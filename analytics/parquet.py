@@ -58,14 +58,24 @@ CHUNK_ROWS = 500_000  # rows the in-memory instance holds before it writes them 
 
 @dataclass(frozen=True)
 class Selection:
-    """The rows of ``table`` to copy: ``SELECT * FROM table`` + ``where`` (with ``params``)."""
+    """The rows of ``table`` to copy: ``SELECT * FROM table`` + ``where`` (with ``params``);
+    ``archived``: and of ``archived_<table>``, the rows retention moved out (an export is the
+    whole history, where it left out every archived row without a word)."""
 
     table: str
     where: str = ""
     params: tuple[Any, ...] = ()
+    archived: bool = False
 
     def sql(self) -> str:
-        return f"SELECT * FROM {self.table} {self.where}".strip()
+        live = f"SELECT * FROM {self.table} {self.where}".strip()
+        if not self.archived:
+            return live
+        return f"{live} UNION ALL SELECT * FROM archived_{self.table} {self.where}".strip()
+
+    def bound(self) -> list[Any]:
+        """The parameters of :meth:`sql`."""
+        return list(self.params) * (2 if self.archived else 1)
 
 
 class ExportError(Exception):
@@ -144,9 +154,14 @@ def export_tables(
     the claim makes its folder), claimed, checked again (no other export writes there now),
     then written from ``source``'s snapshot. Rows written per table."""
     check_target(target, tables)
+    views = {name for (name,) in source.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' AND "
+        "table_name LIKE 'archived_%'").fetchall()}  # fmt: skip
+    archived = [t for t in tables if f"archived_{t}" in views]  # (none in an old database)
     with claimed(target):
         check_target(target, tables)
-        return write_parquet(source, target, since_selections(tables, since), prefix="export")
+        selections = since_selections(tables, since, archived)
+        return write_parquet(source, target, selections, prefix="export")
 
 
 def write_parquet(
@@ -189,7 +204,7 @@ def _copy_table(
     memory.execute(f"DROP TABLE IF EXISTS {table}")
     memory.execute(f"CREATE TABLE {table} ({', '.join(f'{n} {t}' for n, t in columns)})")
     folder = target / table
-    cursor = source.execute(selection.sql(), list(selection.params))
+    cursor = source.execute(selection.sql(), selection.bound())
     total = held = 0
     appender = memory.appender(table)
     while rows := cursor.fetchmany(FETCH_ROWS):
@@ -308,11 +323,17 @@ def refresh_archive_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
         con.execute(statement)
 
 
-def since_selections(tables: Sequence[str], since: str | None) -> list[Selection]:
-    """Every row of ``tables``, or those dated on or after ``since`` (YYYY-MM-DD, UTC)."""
+def since_selections(
+    tables: Sequence[str], since: str | None, archived: Sequence[str] = ()
+) -> list[Selection]:
+    """Every row of ``tables`` (and of ``archived``'s ``archived_*`` views), or those dated on
+    or after ``since`` (YYYY-MM-DD, UTC)."""
     if since is None:
-        return [Selection(t) for t in tables]
-    return [Selection(t, f"WHERE {DATED[t]} >= CAST(? AS DATE)", (since,)) for t in tables]
+        return [Selection(t, archived=t in archived) for t in tables]
+    return [
+        Selection(t, f"WHERE {DATED[t]} >= CAST(? AS DATE)", (since,), archived=t in archived)
+        for t in tables
+    ]
 
 
 def counts_text(counts: Mapping[str, int]) -> str:

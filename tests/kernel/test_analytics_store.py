@@ -474,6 +474,20 @@ async def test_retention_archives_old_finished_work_and_prunes_it(tmp_path):
     async with store(home, retain_days=30) as send:
         await append(send, chain(OLD - timedelta(days=1), 4)[1])
         await ask(send, RunRetention)
+        # an export is the whole history: the archived rows too (it left every one out)
+        out = tmp_path.parent / f"{tmp_path.name}-export"
+        counts = await ask(send, lambda r: ExportParquet(str(out), None, r))
+    for table in ("workflows", "events", "runs", "run_events", "block_executions"):
+        whole = rows(db, f"SELECT count(*) FROM (SELECT * FROM {table} UNION ALL "
+                         f"SELECT * FROM archived_{table})")[0][0]  # fmt: skip
+        assert counts[table] == whole, table
+    exported = (
+        duckdb.connect()
+        .execute(f"SELECT DISTINCT workflow_id FROM read_parquet('{out}/workflows/*/*.parquet')")
+        .fetchall()
+    )
+    assert {old_done, new_done} <= {w for (w,) in exported}
+    assert len(exported) == counts["workflows"]  # none twice
     assert len(archived(home, "workflows")) == 2
     assert len(rows(db, "SELECT * FROM retention_passes")) == 2
     # A reader whose snapshot still has a pass's rows live, once its files are in the archive
