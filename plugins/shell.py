@@ -217,7 +217,6 @@ class ShellStep(Block):
     name = "shell"
     kind = BlockKind.MUTATOR
     description = "runs a [[blocks]] shell command by name: inputs {command, ...}"
-    timeout = None  # the named command's (``runs_as``)
 
     def __init__(self, commands: Mapping[str, ShellBlock]) -> None:
         super().__init__()

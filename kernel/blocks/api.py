@@ -472,7 +472,7 @@ class Block:
 
     def runs_as(self, inputs: Mapping[str, Any]) -> Block:
         """The block whose ``timeout``, ``retries`` and ``backoff`` a DAG step of this type with
-        these (unresolved) inputs runs under where the step sets none: this one. A block that
+        these (resolved) inputs runs under where the step sets none: this one. A block that
         hands its work to another answers that one (the ``shell`` step: the declared command
         its ``command`` names — a step ran past its command's timeout, never retried)."""
         return self

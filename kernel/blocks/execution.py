@@ -22,6 +22,7 @@ from foundry.kernel.blocks.api import (
     in_artifact_folder,
     resolves_within,
 )
+from foundry.kernel.blocks.registry import block_fault
 from foundry.kernel.core.chain import runs_now as _runs_now
 from foundry.kernel.core.failures import MAX_DESCRIBED, described, text_of
 from foundry.kernel.core.ids import MAX_ID_LENGTH
@@ -210,13 +211,19 @@ def reported_fault(ctx: BlockContext) -> str:
 
 
 def settings_of(block: Block, inputs: Mapping[str, Any]) -> Block:
-    """The block a DAG step's timeout, retries and backoff default to (``Block.runs_as``):
-    ``block`` itself when the plugin's answer raised or is no block."""
+    """The block a DAG step's timeout, retries and backoff default to (``Block.runs_as``, given
+    the step's resolved inputs): ``block`` itself when the plugin's answer raised (SystemExit
+    too: it ended the daemon, at every start after), is no block, or one whose settings are
+    not (a ``timeout`` of "5" stopped the run's driver)."""
     try:
         found = block.runs_as(inputs)
-    except Exception:  # noqa: BLE001 - a plugin's fault: the block's own settings stand
+    except BaseException as exc:  # noqa: BLE001 - a plugin's fault: the block's own stand
+        if cancellation(exc):
+            raise
         return block
-    return found if isinstance(found, Block) else block
+    if found is block or not isinstance(found, Block) or block_fault(found):
+        return block
+    return found
 
 
 async def attempt_once(

@@ -550,16 +550,26 @@ async def test_a_file_listed_under_several_spellings_is_one_artifact(tmp_path):
 def test_a_steps_settings_come_from_the_block_it_runs_as_unless_that_answer_is_broken():
     declared = Block("declared", timeout=2.0, retries=3, backoff=1.5)
 
+    class BadTimeout(Block):
+        timeout = "5"  # a class value Block's __init__ never checked
+
+    broken = BadTimeout("unchecked")
+
     class Dispatcher(Block):
         def runs_as(self, inputs):
-            if inputs.get("to") == "declared":
-                return declared
-            if inputs.get("to") == "raise":
-                raise KeyError("no such command")
+            match inputs.get("to"):
+                case "declared":
+                    return declared
+                case "raise":
+                    raise KeyError("no such command")
+                case "exit":
+                    raise SystemExit(3)  # (it ended the daemon, at every start after)
+                case "broken":
+                    return broken
             return "not a block"
 
     dispatcher = Dispatcher("dispatcher", timeout=9.0)
     assert settings_of(dispatcher, {"to": "declared"}) is declared
-    assert settings_of(dispatcher, {"to": "raise"}) is dispatcher  # a plugin's fault
-    assert settings_of(dispatcher, {"to": "other"}) is dispatcher  # not a block
+    for to in ("raise", "exit", "broken", "other"):  # a plugin's fault: its own settings
+        assert settings_of(dispatcher, {"to": to}) is dispatcher, to
     assert settings_of(declared, {}) is declared  # the default: itself

@@ -501,6 +501,13 @@ def test_a_shell_step_runs_under_its_commands_timeout_retries_and_backoff(make_d
     retrying = of_kind(tap(daemon, run.run_id), "step_retrying")
     assert [e["payload"]["delay"] for e in retrying] == [0.1, 0.2]
     assert calls.read_text() == "x\nx\nx\n"  # three attempts: its retries, then the failure
+    # a command named by a reference: its settings by the resolved name (a review: it ran
+    # with no time limit at all, and without its retries)
+    by_reference = dag({"id": "s", "type": "shell", "inputs": {"command": "${inputs.cmd}"}})
+    run = run_and_wait(daemon, by_reference, inputs={"cmd": "hangs"})
+    assert of_kind(tap(daemon, run.run_id), "step_failed")[0]["payload"]["error"]["timed_out"]
+    run = run_and_wait(daemon, by_reference, inputs={"cmd": "fails"})
+    assert len(of_kind(tap(daemon, run.run_id), "step_retrying")) == 2
     # a step's own settings still win over its command's
     run = run_and_wait(
         daemon,

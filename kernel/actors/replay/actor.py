@@ -137,7 +137,7 @@ class Replayer:
                 env=dict(step.env or step.spec.env),
                 attempt=max(step.attempt, 1),  # the recorded attempt's number, as it ran
             )  # fmt: skip
-            limit = attempt_limit(step.spec, settings_of(block, step.spec.inputs).timeout)
+            limit = attempt_limit(step.spec, settings_of(block, ctx.payload).timeout)
             output, error, _ = await attempt_once(block, Action.RUN, ctx, limit)
             error = error or reported_fault(ctx)  # as the scheduler fails such an attempt
             if not error:  # and as it checks an output (a 3.9 MB string: ~0.1 s a step)

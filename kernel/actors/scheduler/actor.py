@@ -895,7 +895,7 @@ class Scheduler:
         """Make the events of a lease: the lease, and for a tool step its capability token
         and that token's attestation."""
         spec = step.spec
-        limit = attempt_limit(spec, settings_of(block, spec.inputs).timeout)
+        limit = attempt_limit(spec, block.timeout)  # (a tool step's: its capability token's)
         span = new_span_id()  # the attempt's, a child of the run's span
         lease_event = run.make_event(
             "step_leased", self._clock.now(), spec.id, **leased.payload(spec), span_id=span
@@ -925,6 +925,9 @@ class Scheduler:
             payload = json.loads(leased.inputs_json)
         else:  # (inputs of 300,000 keys: ~0.4 s of the loop)
             payload = await in_thread(json.loads, leased.inputs_json)
+        # the step's settings by its resolved inputs (a shell step's ``${inputs.cmd}`` command)
+        settings = settings_of(block, payload)
+        limit = attempt_limit(spec, settings.timeout)
         ctx = BlockContext(
             payload=payload,
             artifact_dir=f"{self._artifacts}/{run.run_id}/{spec.id}",
@@ -998,7 +1001,6 @@ class Scheduler:
             await self._complete(run, lease_event, grant, completed)
             return None
         failure = step_error(error, attempt, timed_out)
-        settings = settings_of(block, spec.inputs)
         delay = retry_delay(spec, step.failures, settings.retries, settings.backoff)
         if delay is not None and run.failed:  # the run fails anyway: no attempt more
             failure = _not_retried(run, failure)
