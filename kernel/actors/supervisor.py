@@ -109,10 +109,12 @@ async def open_kernel(
                     mailboxes.telemetry.close()  # it ends once its senders' outboxes close
 
 
-# Folders of the home that only a later write creates (the store and the attestor check theirs
-# as they open): the trace files of finished chains, and what blocks and steps write.
+# Folders of the home that only a later write creates: the trace files of finished chains, what
+# blocks and steps write, the attestor's keys and retention's archive (a file at either passed
+# ``config check``; the start then failed on "File exists", or every retention pass logged a
+# traceback).
 COMMANDS = "commands"  # the running commands' process groups (``blocks/children.py``)
-WRITTEN_LATER = ("traces", "artifacts", COMMANDS, "journal")
+WRITTEN_LATER = ("traces", "artifacts", COMMANDS, "journal", "keys", "archive")
 
 
 STOPPED = b"stopped\n"  # daemon.lock's text once its daemon stopped cleanly (else: its pid)

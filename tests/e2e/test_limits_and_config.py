@@ -337,7 +337,7 @@ def _damage(home, case):
 HOME_DAMAGE = {
     "journal is a file": "journal: not a folder (the daemon writes there)",
     "writer lock is a folder": "writer.lock: the store cannot use it",
-    "keys is a file": "keys: cannot be the keys folder",
+    "keys is a file": "keys: not a folder (the daemon writes there)",
     "database is a folder": "foundry.duckdb: DuckDB cannot open it",
     "database is random bytes": "foundry.duckdb: DuckDB cannot open it",
     "the signing key is gone, its public key kept": "the key that signed earlier attestations",
