@@ -28,7 +28,7 @@ DEFAULT_CORS_ORIGINS: tuple[str, ...] = ()
 GRPC_EXPORTER = "opentelemetry.exporter.otlp.proto.grpc"  # the foundry[otel-grpc] extra
 
 
-MIN_HTTP_BODY_TIMEOUT = 0.1  # seconds ([http] body_timeout)
+MIN_HTTP_BODY_TIMEOUT = 0.1  # seconds ([http] and [daemon] body_timeout)
 
 
 @dataclass(frozen=True)
@@ -264,7 +264,7 @@ class Config:
         home_value = daemon.get("home")
         home = default_home()
         if home_value is not None:
-            home = expanded(reader.string(daemon, "daemon", "home"), "[daemon] home")
+            home = expanded(reader.string(daemon, "daemon", "home"), f"{source}: [daemon].home")
             if not home.is_absolute() and base is not None:
                 home = base / home
         # Absolute once, here: a relative one reached a block's FOUNDRY_ARTIFACT_DIR as it was,
@@ -274,6 +274,10 @@ class Config:
         if listen != DEFAULT_LISTEN:
             listen = reader.string(daemon, "daemon", "listen")
             parse_listen(listen, key=f"{source}: [daemon].listen")
+        body_timeout = reader.positive(daemon, "daemon", "body_timeout", 60.0)
+        if body_timeout < MIN_HTTP_BODY_TIMEOUT:  # (1e-9 s: most calls' messages came too late)
+            raise reader.fail("[daemon].body_timeout",
+                              f"expected seconds, at least {MIN_HTTP_BODY_TIMEOUT}")  # fmt: skip
         return cls(
             source=source,
             listen=listen,
@@ -284,7 +288,7 @@ class Config:
                 daemon, "daemon", "max_message_bytes", 4 * 1024 * 1024, limit=MAX_MESSAGE
             ),
             max_connections=reader.whole(daemon, "daemon", "max_connections", 1_024),
-            body_timeout=reader.positive(daemon, "daemon", "body_timeout", 60.0),
+            body_timeout=body_timeout,
             **reader.security(daemon, base),
             **{name: reader.section(data, name, kind) for name, kind in SECTIONS.items()},
             plugin_modules=tuple(reader.strings(plugins, "plugins", "modules")),
@@ -370,6 +374,24 @@ def parse_listen(listen: str, *, key: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+_ANY_HOST = frozenset({"0.0.0.0", "::"})
+
+
+def check_listener_ports(config: Config) -> None:
+    """Refuse, naming both keys, ``[daemon].listen`` and ``[http].listen`` on one port of one
+    address (``config check`` said OK; ``serve`` then failed on "Address already in use", the
+    port its own)."""
+    if config.http.listen == "off":
+        return
+    grpc_key = config.listen_from or f"{config.source}: [daemon].listen"
+    http_key = config.http_listen_from or f"{config.source}: [http].listen"
+    host, port = parse_listen(config.listen, key=grpc_key)
+    http_host, http_port = parse_listen(config.http.listen, key=http_key)
+    if port and port == http_port and (host == http_host or {host, http_host} & _ANY_HOST):
+        raise ConfigError(f"{http_key}: port {port} is the gRPC listener's too ({grpc_key}); "
+                          "give each listener a port of its own")  # fmt: skip
+
+
 class _Reader:
     """Typed reads from a parsed TOML document; each failure names the source and the key."""
 
@@ -429,7 +451,7 @@ class _Reader:
         """A list of existing directories, each relative to ``base`` (the config's folder)."""
         found = []
         for index, value in enumerate(self.strings(table, where, key)):
-            path = expanded(value, f"[{where}] {key}[{index}]")
+            path = expanded(value, f"{self.source}: [{where}].{key}[{index}]")
             if base is not None and not path.is_absolute():
                 path = base / path
             if not path.is_dir():

@@ -39,7 +39,7 @@ from foundry.kernel.actors.store.messages import STORE_HEALTH, CommitHealth
 from foundry.kernel.actors.supervisor import open_kernel
 from foundry.kernel.actors.tap.messages import CloseAll, Subscribe
 from foundry.kernel.blocks.registry import BlockRegistry, load_config_blocks
-from foundry.kernel.config import Config, parse_listen
+from foundry.kernel.config import Config, check_listener_ports, parse_listen
 from foundry.kernel.edge.connections import connection_budget
 from foundry.kernel.edge.grpc.admin_service import AdminService
 from foundry.kernel.edge.grpc.analytics_service import AnalyticsService
@@ -161,6 +161,7 @@ async def serve(
         exit_after_a_second_signal(*stop_signals)
         listen_key = config.listen_from or f"{config.source}: [daemon].listen"
         host, port = parse_listen(config.listen, key=listen_key)
+        check_listener_ports(config)
         # token, TLS: refused with one line naming the file
         security = edge_security(config, host, listen_key, config.source)
         try:
@@ -214,7 +215,8 @@ async def _serve(
 ) -> None:
     sock, http_sock = sockets
     bound = sock.getsockname()
-    address = f"{bound[0]}:{bound[1]}"
+    host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]  # (IPv6: as a URL or grpcurl takes it)
+    address = f"{host}:{bound[1]}"
     async with open_grpc_loop(), open_kernel(config, registry) as mailboxes:
         services = [  # on both listeners: one code path from request to actor
             FoundryService(mailboxes),

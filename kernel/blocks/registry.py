@@ -387,11 +387,14 @@ def _failed_entry_point(pm: Any) -> str:
 def _block_origin(block: Block) -> str:
     """Where a block comes from, for a message: its function's or class's module (a plugin's),
     or the daemon's own (a built-in, or one foundry.toml declares)."""
+    declared = block.__dict__.get("_declared_in")
+    if isinstance(declared, str):
+        return declared
     made_of = getattr(block, "_fn", None) or type(block)
     module = getattr(made_of, "__module__", None)
     if not isinstance(module, str):
         return "an unknown module"
-    return "the daemon's own or foundry.toml's" if module.startswith("foundry.") else module
+    return "a built-in block" if module.startswith("foundry.") else module
 
 
 def _module_of(tool: Tool) -> str:
@@ -408,7 +411,10 @@ def _declared_block(table: Mapping[str, Any], factories: Mapping[str, BlockFacto
         raise ConfigError(f"{where}.type: unknown block type {table['type']!r} (known: {known})")
     options = {k: v for k, v in table.items() if k != "__source__"}
     try:
-        return factory(options)
+        made = factory(options)
+        if isinstance(made, Block):  # (what else a factory answers, the registry names)
+            object.__setattr__(made, "_declared_in", f"{source}'s [[blocks]]")
+        return made
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
     except KeyboardInterrupt:  # the operator's Ctrl-C while it builds the block

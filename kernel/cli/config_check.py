@@ -9,7 +9,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from foundry.kernel.config import Config, parse_listen
+from foundry.kernel.config import Config, check_listener_ports, parse_listen
 
 
 def add_config_commands(commands: Any) -> None:
@@ -70,6 +70,7 @@ def _check_listeners(config: Config) -> None:
         http_key = f"{config.source}: [http].listen"
         http_host, _ = parse_listen(config.http.listen, key=http_key)
         refuse_open_bind(http_host, http_key, security.token)
+        check_listener_ports(config)
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:

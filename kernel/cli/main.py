@@ -129,11 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", help="foundry.toml to use (default: ./foundry.toml)")
-    serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051; port 0 = any)")
+    serve.add_argument(
+        "--listen", help="HOST:PORT (default: [daemon] listen, else 127.0.0.1:50051; port 0 = any)"
+    )
     serve.add_argument(
         "--http-listen",
-        help="HOST:PORT of the HTTP listener (Connect, gRPC-Web, WebSocket; default "
-        "127.0.0.1:50052; port 0 = any), or off",
+        help="HOST:PORT of the HTTP listener (Connect, gRPC-Web, WebSocket; default: [http] "
+        "listen, else 127.0.0.1:50052; port 0 = any), or off",
     )
     serve.add_argument(
         "--log-format",

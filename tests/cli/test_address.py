@@ -179,3 +179,38 @@ def test_ctrl_c_while_the_command_imports_ends_it_quietly(tmp_path):
                           cwd=tmp_path, timeout=60)  # fmt: skip
     assert done.returncode == 130
     assert done.stderr == ""
+
+
+def test_a_servers_deadline_exceeded_is_an_answer_not_a_silence():
+    """The health check's DEADLINE_EXCEEDED from a server (a [daemon] body_timeout of 1e-9 s)
+    was said to be "no gRPC answer within 15 s", 0.4 s after the call."""
+    import asyncio
+
+    from foundry.kernel.edge.grpc.client import answering
+    from grpclib import GRPCError
+    from grpclib.client import Channel
+    from grpclib.const import Status
+    from grpclib.health.v1.health_grpc import HealthBase
+    from grpclib.server import Server
+
+    class TooLate(HealthBase):
+        async def Check(self, stream):  # noqa: N802 - the service's method name
+            raise GRPCError(Status.DEADLINE_EXCEEDED, "the request message came too late")
+
+        async def Watch(self, stream):  # noqa: N802
+            raise GRPCError(Status.UNIMPLEMENTED)
+
+    async def check() -> None:
+        server = Server([TooLate()])
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        await server.start(sock=listener)
+        channel = Channel("127.0.0.1", port)
+        try:
+            await asyncio.wait_for(answering(channel), 10)  # no ConnectionError: it answered
+        finally:
+            channel.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(check())

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -426,6 +427,29 @@ def test_serve_names_what_set_a_home_or_an_address_it_refuses(tmp_path):
         assert f"{flag}: expected HOST:PORT, got ''" in done.stderr
 
 
+def test_both_listeners_on_one_port_are_refused_naming_both_keys(tmp_path):
+    """config check said OK; serve failed on "Address already in use" (the port its own), an
+    operator off looking for another process."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # free once closed: nothing else binds it meanwhile
+    path = tmp_path / "ports.toml"
+    for grpc_host in ("127.0.0.1", "0.0.0.0"):
+        path.write_text(f'[daemon]\nlisten = "{grpc_host}:{port}"\ntoken_env = "T"\n'
+                        f'[http]\nlisten = "127.0.0.1:{port}"\n')  # fmt: skip
+        for command in (("config", "check"), ("serve",)):
+            done = foundry_cli(
+                *command,
+                "--config",
+                str(path),
+                env={"T": "a-long-token" * 3, "FOUNDRY_HOME": str(tmp_path)},
+            )
+            assert done.returncode == 2, (command, done.stderr)
+            assert done.stderr.strip() == (
+                f"foundry: {path}: [http].listen: port {port} is the gRPC listener's too "
+                f"({path}: [daemon].listen); give each listener a port of its own"
+            ), command
+
+
 def test_config_check_refuses_a_home_serve_refuses(tmp_path):
     """config check said OK to a home that is a file, or under one; serve refused both."""
     a_file = tmp_path / "afile"
@@ -435,10 +459,17 @@ def test_config_check_refuses_a_home_serve_refuses(tmp_path):
     (tmp_path / "dangling").symlink_to(nowhere)
     (tmp_path / "home2").mkdir()
     (tmp_path / "home2" / "commands").symlink_to(nowhere)
+    # keys a link to nothing ("File exists" at start), archive a file (a traceback a pass)
+    (tmp_path / "home3").mkdir()
+    (tmp_path / "home3" / "keys").symlink_to(nowhere)
+    (tmp_path / "home4").mkdir()
+    (tmp_path / "home4" / "archive").write_text("x")
     for home, said in ((a_file, f"[daemon].home {a_file} is not a folder"),
                        (a_file / "sub", f"cannot be used: {a_file} is not a folder"),
                        (tmp_path / "dangling", "is not a folder"),
-                       (tmp_path / "home2", "commands: not a folder")):  # fmt: skip
+                       (tmp_path / "home2", "commands: not a folder"),
+                       (tmp_path / "home3", "keys: not a folder"),
+                       (tmp_path / "home4", "archive: not a folder")):  # fmt: skip
         path.write_text(f'[daemon]\nhome = "{home}"\n')
         for command in (("config", "check"),
                         ("serve", "--listen", "127.0.0.1:0", "--http-listen", "off")):  # fmt: skip

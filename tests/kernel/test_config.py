@@ -140,6 +140,7 @@ def test_an_unknown_key_is_named(tmp_path, body, key):
         ("[daemon]\nmax_connections = 2.5\n", "[daemon].max_connections"),
         ("[daemon]\nmax_connections = true\n", "[daemon].max_connections"),
         ("[daemon]\nbody_timeout = 0\n", "[daemon].body_timeout"),
+        ("[daemon]\nbody_timeout = 1e-9\n", "[daemon].body_timeout"),  # (calls failed)
         ('[daemon]\nbody_timeout = "1m"\n', "[daemon].body_timeout"),
         ('[daemon]\nhome = ""\n', "[daemon].home"),
         ('[plugins]\nmodules = "mine"\n', "[plugins].modules"),
@@ -441,8 +442,8 @@ def test_a_home_that_cannot_be_written_is_refused_as_serve_refuses_it(tmp_path, 
 @pytest.mark.parametrize(
     ("toml", "named"),
     [
-        ('[plugins]\npaths = ["~nosuchuser_foundry/p"]\n', "[plugins] paths[0]"),
-        ('[daemon]\nhome = "~nosuchuser_foundry/h"\n', "[daemon] home"),
+        ('[plugins]\npaths = ["~nosuchuser_foundry/p"]\n', "foundry.toml: [plugins].paths[0]"),
+        ('[daemon]\nhome = "~nosuchuser_foundry/h"\n', "foundry.toml: [daemon].home"),
     ],
 )
 def test_a_home_of_a_user_that_does_not_exist_is_refused_naming_the_key(tmp_path, toml, named):

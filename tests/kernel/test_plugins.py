@@ -390,7 +390,14 @@ def test_duplicate_block_names_fail():
 
     with pytest.raises(ConfigError) as caught:
         BlockRegistry([compose_greeting, Clash()])
-    assert f"(the daemon's own or foundry.toml's and {__name__})" in str(caught.value)
+    assert f"(a built-in block and {__name__})" in str(caught.value)
+    # one the configuration declares is named by its file (both were "the daemon's own or
+    # foundry.toml's", a hunt)
+    declared = [{"name": "Compose Greeting", "type": "relay", "sinks": ["x"], "emits": "y",
+                 "__source__": "/etc/foundry.toml"}]  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        load_blocks(declared=declared, entry_points=False)
+    assert "(a built-in block and /etc/foundry.toml's [[blocks]])" in str(caught.value)
 
 
 def test_block_names_that_share_an_artifact_folder_fail():
