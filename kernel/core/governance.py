@@ -315,7 +315,9 @@ def parse_pack(
     if not scenarios:
         raise InvalidArgument("scenarios: a pack needs at least one scenario")
     if len(scenarios) > MAX_SCENARIOS:
-        raise InvalidArgument(f"scenarios: more than {MAX_SCENARIOS} in one pack")
+        raise InvalidArgument(
+            f"scenarios: more than {MAX_SCENARIOS} in one request (sync a larger pack in parts)"
+        )
     seen: set[str] = set()
     for index, scenario in enumerate(scenarios):
         check_name(scenario.slug, f"scenarios[{index}].slug")

@@ -141,6 +141,10 @@ def test_parse_pack_names_the_scenario_and_field():
         ScenarioInput("x", run_spec={"dag_json": "[]"}, expected={"status": "ok"})
     )
     parse_pack("p", [good("a"), good("b")], TYPES, no_env)  # fine
+    many = [good(f"s{n}") for n in range(1_001)]
+    assert "scenarios: more than 1000 in one request (sync a larger pack in parts)" in pack_error(
+        *many
+    )
 
 
 def test_an_expected_that_cannot_judge_any_run_is_refused_when_synced():
