@@ -945,6 +945,43 @@ def test_a_connection_resetting_streams_in_a_loop_is_closed(make_daemon, listene
     assert "Traceback" not in daemon.stderr()
 
 
+def _data_frame(stream_id: int, payload: bytes, *, end: bool) -> bytes:
+    return (struct.pack(">I", len(payload))[1:] + b"\x00" + (b"\x01" if end else b"\x00")
+            + struct.pack(">I", stream_id) + payload)  # fmt: skip
+
+
+@pytest.mark.parametrize("listener", ["grpc", "http"])
+def test_a_connection_making_the_daemon_reset_streams_in_a_loop_is_closed(make_daemon, listener):
+    """ "MadeYouReset" (CVE-2025-8671): a whole request, then a DATA frame on its half-closed
+    stream, which h2 answers with a reset of its own. Only the peer's resets were counted: each
+    such stream started a handler, then cancelled it, and three connections ran the daemon to
+    1.5 GB and its other clients' calls to 10 s (a wire-level hunt)."""
+    daemon = make_daemon()
+    before = rss_mb(daemon.process.pid)
+    sock, conn = _grpc_h2_client(daemon, listener)
+    with sock:
+        stream_id, closed = 1, False
+        for _ in range(100):  # 10,000 streams, as fast as the socket takes them
+            frames = b""
+            for _ in range(100):
+                conn.send_headers(stream_id, STATUS_HEADERS)
+                frames += conn.data_to_send()
+                frames += _data_frame(stream_id, b"\x00" * 5, end=True)  # an empty message
+                frames += _data_frame(stream_id, b"\x00", end=False)  # on a closed stream
+                conn.streams.pop(stream_id, None)  # (sent by hand: h2 keeps no state of it)
+                stream_id += 2
+            try:
+                sock.sendall(frames)
+            except OSError:
+                closed = True
+                break
+        events = [] if closed else _events_until_closed(sock, conn)
+    _closed_calmly(daemon, closed, [e for e in events if not isinstance(e, Exception)])
+    assert rss_mb(daemon.process.pid) - before < 150
+    assert "flooded it with HTTP/2 stream resets" in daemon.stderr()
+    assert "Traceback" not in daemon.stderr()
+
+
 def _closed_calmly(daemon: Any, closed: bool, events: list[Any]) -> None:
     """The flooding connection was closed (with GOAWAY ENHANCE_YOUR_CALM, when it got there),
     and the daemon still answers."""
