@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import socket
 import stat
 import tomllib
 import urllib.parse
@@ -387,9 +388,20 @@ def check_listener_ports(config: Config) -> None:
     http_key = config.http_listen_from or f"{config.source}: [http].listen"
     host, port = parse_listen(config.listen, key=grpc_key)
     http_host, http_port = parse_listen(config.http.listen, key=http_key)
-    if port and port == http_port and (host == http_host or {host, http_host} & _ANY_HOST):
+    if not port or port != http_port:
+        return
+    if {host, http_host} & _ANY_HOST or _addresses(host) & _addresses(http_host):
         raise ConfigError(f"{http_key}: port {port} is the gRPC listener's too ({grpc_key}); "
                           "give each listener a port of its own")  # fmt: skip
+
+
+def _addresses(host: str) -> set[str]:
+    """The addresses ``host`` names (``localhost``: 127.0.0.1 and ::1), or itself when it does
+    not resolve (the bind then says why)."""
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except (OSError, UnicodeError):
+        return {host}
 
 
 class _Reader:

@@ -109,12 +109,15 @@ async def open_kernel(
                     mailboxes.telemetry.close()  # it ends once its senders' outboxes close
 
 
-# Folders of the home that only a later write creates: the trace files of finished chains, what
-# blocks and steps write, the attestor's keys and retention's archive (a file at either passed
-# ``config check``; the start then failed on "File exists", or every retention pass logged a
-# traceback).
+# Folders of the home that only a later write creates: the trace files of finished chains, and
+# what blocks and steps write.
 COMMANDS = "commands"  # the running commands' process groups (``blocks/children.py``)
-WRITTEN_LATER = ("traces", "artifacts", COMMANDS, "journal", "keys", "archive")
+WRITTEN_LATER = ("traces", "artifacts", COMMANDS, "journal")
+# Folders that must be folders, which the daemon may only read: the attestor's keys (a secret
+# volume mounted read-only holds a key pair it need not write) and retention's archive (written
+# only with [store] retain_days). A file at either passed ``config check``; the start then
+# failed on "File exists", or every retention pass logged a traceback.
+FOLDERS = ("keys", "archive")
 
 
 STOPPED = b"stopped\n"  # daemon.lock's text once its daemon stopped cleanly (else: its pid)
@@ -143,10 +146,12 @@ def check_home(home: Path, named: str = "FOUNDRY_HOME") -> None:
     made_in = home if os.path.lexists(home) else above
     if made_in is not None and not os.access(made_in, os.W_OK | os.X_OK):
         raise ConfigError(f"{named} {home} cannot be used: {made_in} is not writable")
-    for name in WRITTEN_LATER:  # else the start succeeds, and every trace, step or write fails
-        folder = home / name
+    for name in (*WRITTEN_LATER, *FOLDERS):  # else the start succeeds, and every trace, step
+        folder = home / name  # or write fails
         if os.path.lexists(folder) and not folder.is_dir():
             raise ConfigError(f"{folder}: not a folder (the daemon writes there); move it aside")
+        if name in FOLDERS:
+            continue
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
             raise ConfigError(f"{folder}: not writable (the daemon writes there)")
 

@@ -217,11 +217,11 @@ def settings_of(block: Block, inputs: Mapping[str, Any]) -> Block:
     not (a ``timeout`` of "5" stopped the run's driver)."""
     try:
         found = block.runs_as(inputs)
+        if found is block or not isinstance(found, Block) or block_fault(found):
+            return block
     except BaseException as exc:  # noqa: BLE001 - a plugin's fault: the block's own stand
-        if cancellation(exc):
+        if cancellation(exc):  # (block_fault reads the answer's attributes: plugin code too)
             raise
-        return block
-    if found is block or not isinstance(found, Block) or block_fault(found):
         return block
     return found
 

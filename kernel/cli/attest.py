@@ -350,7 +350,7 @@ def _read_envelope(envelope: str) -> tuple[dict[str, Any], list[str]]:
     signatures = parsed.get("signatures")
     for n, sig in enumerate(signatures if isinstance(signatures, list) else []):
         if isinstance(sig, dict):
-            unsigned += [f"signatures[{n}].{k:.100}" for k in sig if k not in _SIGNATURE_FIELDS]
+            unsigned += [f"signatures[{n}].{k!r:.100}" for k in sig if k not in _SIGNATURE_FIELDS]
     try:
         payload = dsse_b64decode(parsed.get("payload"))
         statement = json.loads(payload) if payload is not None else None

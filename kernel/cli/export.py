@@ -98,7 +98,7 @@ async def _remote(address: str, target: Path, since: str | None) -> dict[str, in
 def _home(args: argparse.Namespace) -> Path:
     if args.home is not None:
         return expanded(args.home, "--home")
-    return Config.load(args.config).home if args.config else default_home()
+    return Config.load(args.config).home if args.config is not None else default_home()
 
 
 def export_offline(home: Path, target: Path, since: str | None) -> dict[str, int]:

@@ -123,9 +123,9 @@ def _offline(args: argparse.Namespace, params: dict[str, str]) -> Answer:
     from foundry.kernel.actors.supervisor import home_holder
     from foundry.kernel.cli.main import CommandFailed
 
-    config = Config.load(args.config) if args.config else Config()
+    config = Config.load(args.config) if args.config is not None else Config()
     home = expanded(args.home, "--home") if args.home is not None else (
-        config.home if args.config else default_home()
+        config.home if args.config is not None else default_home()
     )  # fmt: skip
     path = home / "foundry.duckdb"
     sql = args.statement

@@ -247,15 +247,17 @@ def test_fields_no_signature_covers_are_noted_not_taken_for_signed(tmp_path):
     lines = [json.dumps(env) for env in _chain(sign, keyid, 3)]
     added = json.loads(lines[1])
     added["approved_by"] = "NOT-UTF-8"
-    added["signatures"][0]["note"] = "reviewed"
+    added["signatures"][0]["note\nvalid"] = "a line of its own in the note, unescaped"
     lines[1] = json.dumps(added)
     target = tmp_path / "export.jsonl"
     target.write_bytes("\n".join(lines).encode().replace(b"NOT-UTF-8", b"\xff\xfe") + b"\n")
     done = _verify(tmp_path, str(target), str(pubkey))
     assert done.returncode == 0, done.stdout
     assert done.stdout.startswith("valid")
-    assert ("note: envelope 2: 'approved_by', signatures[0].note: not signed, ignored (as DSSE "
-            "says)") in done.stderr  # fmt: skip
+    assert (
+        "note: envelope 2: 'approved_by', signatures[0].'note\\nvalid': not signed, "
+        "ignored (as DSSE says)"
+    ) in done.stderr  # fmt: skip (a key's newline escaped)
     assert "envelope 1:" not in done.stderr
 
 

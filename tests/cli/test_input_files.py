@@ -68,8 +68,10 @@ def test_a_seed_no_int64_holds_is_a_usage_error(tmp_path, args):
 
 @pytest.mark.parametrize(
     ("command", "named"),
-    [(["export", "parquet", ""], "DIRECTORY"), (["sql", "SELECT 1", "--home", ""], "--home")],
-)
+    [(["export", "parquet", ""], "DIRECTORY"), (["sql", "SELECT 1", "--home", ""], "--home"),
+     (["sql", "SELECT 1", "--config", ""], "."),
+     (["export", "parquet", "out", "--config", ""], ".")],
+)  # fmt: skip
 def test_an_empty_path_is_refused_not_taken_for_the_working_directory(tmp_path, command, named):
     """``export parquet "$UNSET"`` wrote its table folders into the working directory."""
     done = subprocess.run(
@@ -78,5 +80,6 @@ def test_an_empty_path_is_refused_not_taken_for_the_working_directory(tmp_path, 
         env={**os.environ, "FOUNDRY_HOME": str(tmp_path / "home")},
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == f"foundry: {named}: expected a path, got an empty one"
+    said = "not a regular file" if named == "." else "expected a path, got an empty one"
+    assert done.stderr.strip() == f"foundry: {named}: {said}"
     assert list(tmp_path.iterdir()) == []

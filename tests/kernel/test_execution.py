@@ -555,6 +555,13 @@ def test_a_steps_settings_come_from_the_block_it_runs_as_unless_that_answer_is_b
 
     broken = BadTimeout("unchecked")
 
+    class Unreadable(Block):
+        @property
+        def sinks(self):  # read by the answer's check: plugin code too (a review)
+            raise RuntimeError("sinks computed lazily, and broken")
+
+    unreadable = Unreadable.__new__(Unreadable)  # (its __init__ skipped, as a plugin's may)
+
     class Dispatcher(Block):
         def runs_as(self, inputs):
             match inputs.get("to"):
@@ -566,10 +573,18 @@ def test_a_steps_settings_come_from_the_block_it_runs_as_unless_that_answer_is_b
                     raise SystemExit(3)  # (it ended the daemon, at every start after)
                 case "broken":
                     return broken
+                case "unreadable":
+                    return unreadable
             return "not a block"
 
     dispatcher = Dispatcher("dispatcher", timeout=9.0)
     assert settings_of(dispatcher, {"to": "declared"}) is declared
-    for to in ("raise", "exit", "broken", "other"):  # a plugin's fault: its own settings
+    for to in (
+        "raise",
+        "exit",
+        "broken",
+        "unreadable",
+        "other",
+    ):  # a plugin's fault: its own settings
         assert settings_of(dispatcher, {"to": to}) is dispatcher, to
     assert settings_of(declared, {}) is declared  # the default: itself
