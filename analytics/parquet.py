@@ -323,6 +323,24 @@ def refresh_archive_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
         con.execute(statement)
 
 
+def shadow_archive_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
+    """On a connection that cannot rewrite the database (the CLI's, read-only): ``archived_*``
+    as temporary views over ``home``'s archive, in front of the stored ones — which name the
+    archive where the home was when the daemon made them (a home moved or restored elsewhere:
+    "No files found", or another home's archive read)."""
+    present = {
+        name
+        for (name,) in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' AND "
+            "table_type = 'BASE TABLE'"
+        ).fetchall()
+    }  # fmt: skip (a file without them: none)
+    for table, statement in archive_view_ddl(con, home).items():
+        if table in present:
+            temp = statement.replace("CREATE OR REPLACE VIEW", "CREATE OR REPLACE TEMP VIEW", 1)
+            con.execute(temp)
+
+
 def since_selections(
     tables: Sequence[str], since: str | None, archived: Sequence[str] = ()
 ) -> list[Selection]:

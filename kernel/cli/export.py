@@ -105,7 +105,7 @@ def export_offline(home: Path, target: Path, since: str | None) -> dict[str, int
     """The daemon is stopped: read ``home``'s database read-only (not upgraded: an older database
     exports the tables it has) and write the export here."""
     import duckdb
-    from foundry.analytics.parquet import DATED, export_tables
+    from foundry.analytics.parquet import DATED, export_tables, shadow_archive_views
 
     path = home / "foundry.duckdb"
     if not path.is_file():
@@ -114,6 +114,7 @@ def export_offline(home: Path, target: Path, since: str | None) -> dict[str, int
         print(f"foundry: {unapplied}", file=sys.stderr)
     with duckdb.connect(str(path), read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")
+        shadow_archive_views(con, home)  # this home's archive, wherever the home was before
         present = {
             name
             for (name,) in con.execute(

@@ -178,6 +178,7 @@ def run_file(
     the machine's memory); interrupted after ``timeout`` seconds (TimeoutError)."""
     import duckdb
     from foundry.analytics import sandbox
+    from foundry.analytics.parquet import shadow_archive_views
 
     try:
         limits: dict[str, str | bool | int | float | list[str]] = (
@@ -185,6 +186,7 @@ def run_file(
         )
         con = duckdb.connect(str(path), read_only=True, config=limits)
         con.execute("SET TimeZone = 'UTC'")  # not in the config: ICU loads after it is read
+        shadow_archive_views(con, path.parent)  # this home's archive (the home may have moved)
         # as the daemon's instance: its archive readable (the archived_* views read it), no other
         # file, no setting changed after (external access off at connect refused the archive)
         sandbox.lock_instance(con, path.parent)

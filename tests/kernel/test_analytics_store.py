@@ -507,6 +507,28 @@ async def test_retention_archives_old_finished_work_and_prunes_it(tmp_path):
         assert item not in {k for (k,) in rows(db, f"SELECT {key} FROM archived_{table}")}
 
 
+async def test_a_moved_home_is_exported_and_queried_offline_with_its_own_archive(tmp_path):
+    """The stored archived_* views name the archive where the daemon made them: a home moved or
+    restored elsewhere failed its offline export ("No files found"), or read another home's."""
+    from foundry.kernel.cli.export import export_offline
+    from foundry.kernel.cli.sql import run_file
+
+    home = tmp_path / "home"
+    old_done, old_records = chain(OLD, 1)
+    new_done, new_records = chain(NOW, 2)
+    async with store(home, retain_days=30) as send:
+        await append(send, old_records + new_records)
+        await ask(send, RunRetention)
+    assert [r[0] for r in archived(home, "workflows")] == [old_done]
+    moved = tmp_path / "restored"
+    home.rename(moved)
+    counts = export_offline(moved, tmp_path / "out", None)
+    assert counts["workflows"] == 2  # the live one and the archived one
+    result = run_file(moved / "foundry.duckdb", "SELECT workflow_id FROM archived_workflows",
+                      {}, 100, 10.0, 1 << 20)  # fmt: skip
+    assert [json.loads(row) for row in result.rows] == [[old_done]]
+
+
 async def test_an_unreadable_archive_file_fails_its_view_not_the_start(tmp_path, caplog):
     """An empty .parquet in the archive (a torn copy, a stray file) stopped the daemon from
     starting, with a 111-line traceback."""

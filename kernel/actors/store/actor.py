@@ -1220,7 +1220,12 @@ class Store:
         cursor = self._cursors.pop()
         healthy = False
         try:
-            cursor.execute("BEGIN TRANSACTION")  # one snapshot for the query's statements
+            if isinstance(message, ExportParquet):  # it reads the archive: as a user's query,
+                with self._archive_gate:  # its snapshot is not one between a retention pass's
+                    cursor.execute("BEGIN TRANSACTION")  # delete and its files' publishing
+                    cursor.execute("SELECT count(*) FROM retention_passes").fetchall()
+            else:
+                cursor.execute("BEGIN TRANSACTION")  # one snapshot for the query's statements
             if self._hold_for_test is not None:
                 self._hold_for_test("read")
             result = QUERIES[type(message)](cursor, message)
