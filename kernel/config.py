@@ -399,7 +399,8 @@ def _addresses(host: str) -> set[str]:
     """The addresses ``host`` names (``localhost``: 127.0.0.1 and ::1), or itself when it does
     not resolve (the bind then says why)."""
     try:
-        return {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        return {str(info[4][0]) for info in found}
     except (OSError, UnicodeError):
         return {host}
 
