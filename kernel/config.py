@@ -236,6 +236,8 @@ class Config:
     @classmethod
     def load(cls, path: str | None) -> Config:
         """``--config PATH``, else ``./foundry.toml`` if present, else built-in defaults."""
+        if path == "":  # (Path("") is the working directory: ".: not a regular file")
+            raise ConfigError("--config: expected a path, got an empty one")
         if path is not None:
             return cls.from_toml(Path(path))
         if Path("foundry.toml").is_file():
@@ -375,13 +377,11 @@ def parse_listen(listen: str, *, key: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-_ANY_HOST = frozenset({"0.0.0.0", "::"})
-
-
 def check_listener_ports(config: Config) -> None:
     """Refuse, naming both keys, ``[daemon].listen`` and ``[http].listen`` on one port of one
     address (``config check`` said OK; ``serve`` then failed on "Address already in use", the
-    port its own)."""
+    port its own). Each host is taken as the listener binds it: the first address it resolves
+    to."""
     if config.http.listen == "off":
         return
     grpc_key = config.listen_from or f"{config.source}: [daemon].listen"
@@ -390,19 +390,30 @@ def check_listener_ports(config: Config) -> None:
     http_host, http_port = parse_listen(config.http.listen, key=http_key)
     if not port or port != http_port:
         return
-    if {host, http_host} & _ANY_HOST or _addresses(host) & _addresses(http_host):
+    bound, http_bound = _bound_address(host, port), _bound_address(http_host, port)
+    clash = (host == http_host if bound is None or http_bound is None
+             else _one_place(bound, http_bound))  # fmt: skip
+    if clash:
         raise ConfigError(f"{http_key}: port {port} is the gRPC listener's too ({grpc_key}); "
                           "give each listener a port of its own")  # fmt: skip
 
 
-def _addresses(host: str) -> set[str]:
-    """The addresses ``host`` names (``localhost``: 127.0.0.1 and ::1), or itself when it does
-    not resolve (the bind then says why)."""
+def _bound_address(host: str, port: int) -> tuple[int, str] | None:
+    """The family and address a listener on ``host`` binds (``edge.grpc.server.bind``'s first
+    answer of getaddrinfo); None when it does not resolve (the bind then says why)."""
     try:
-        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        return {str(info[4][0]) for info in found}
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, UnicodeError):
-        return {host}
+        return None
+    return int(info[0][0]), str(info[0][4][0])
+
+
+def _one_place(a: tuple[int, str], b: tuple[int, str]) -> bool:
+    """Two bound addresses no port can serve both of: the same, IPv6's wildcard (dual-stack:
+    IPv4's addresses too), or IPv4's wildcard and an IPv4 address."""
+    if "::" in (a[1], b[1]):
+        return True
+    return a[0] == b[0] and (a[1] == b[1] or "0.0.0.0" in (a[1], b[1]))
 
 
 class _Reader:

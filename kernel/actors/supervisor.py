@@ -86,7 +86,11 @@ async def open_kernel(
     """
     # (the last daemon's commands still running are killed before any step is leased again)
     home = config.home
-    with home_lock(home, config.home_from) as stops, commands_recorded_in(home / COMMANDS):
+    archives = config.store.retain_days > 0
+    with (
+        home_lock(home, config.home_from, archives=archives) as stops,
+        commands_recorded_in(home / COMMANDS),
+    ):
         key_pair = keys.load_or_create(config.home)  # refuses a signing key others may read
         async with trio.open_nursery() as nursery:
             mailboxes = await _start_actors(
@@ -115,9 +119,11 @@ COMMANDS = "commands"  # the running commands' process groups (``blocks/children
 WRITTEN_LATER = ("traces", "artifacts", COMMANDS, "journal")
 # Folders that must be folders, which the daemon may only read: the attestor's keys (a secret
 # volume mounted read-only holds a key pair it need not write) and retention's archive (written
-# only with [store] retain_days). A file at either passed ``config check``; the start then
-# failed on "File exists", or every retention pass logged a traceback.
+# only with [store] retain_days: then it must be writable too). A file at either passed
+# ``config check``; the start then failed on "File exists", or every retention pass logged a
+# traceback.
 FOLDERS = ("keys", "archive")
+ARCHIVE = "archive"
 
 
 STOPPED = b"stopped\n"  # daemon.lock's text once its daemon stopped cleanly (else: its pid)
@@ -132,7 +138,7 @@ class Stops:
     crashed: bool
 
 
-def check_home(home: Path, named: str = "FOUNDRY_HOME") -> None:
+def check_home(home: Path, named: str = "FOUNDRY_HOME", *, archives: bool = False) -> None:
     """Refuse, in one line, a home the daemon could not make or use: a file, one under a file,
     one holding a file where the daemon makes a folder (``config check`` said OK to those)."""
     # (lexists: a link to nothing is there, and no folder: exists() said nothing was)
@@ -150,20 +156,22 @@ def check_home(home: Path, named: str = "FOUNDRY_HOME") -> None:
         folder = home / name  # or write fails
         if os.path.lexists(folder) and not folder.is_dir():
             raise ConfigError(f"{folder}: not a folder (the daemon writes there); move it aside")
-        if name in FOLDERS:
+        if name in FOLDERS and not (archives and name == ARCHIVE):
             continue
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
             raise ConfigError(f"{folder}: not writable (the daemon writes there)")
 
 
 @contextlib.contextmanager
-def home_lock(home: Path, named: str = "FOUNDRY_HOME") -> Iterator[Stops]:
+def home_lock(
+    home: Path, named: str = "FOUNDRY_HOME", *, archives: bool = False
+) -> Iterator[Stops]:
     """Hold ``$FOUNDRY_HOME/daemon.lock`` (an advisory lock with our pid in it) or refuse; a
     home that cannot be made or written (a file, under one, read-only) is one line naming it.
     Once the block ends, however (a stop, a second Ctrl-C, an error), the file says so: the
     next start tells a daemon killed outright from one that stopped by it (``Stops``)."""
     path = home / LOCK_FILE
-    check_home(home, named)
+    check_home(home, named, archives=archives)
     try:
         home.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -172,7 +180,7 @@ def home_lock(home: Path, named: str = "FOUNDRY_HOME") -> Iterator[Stops]:
         where = getattr(exc, "filename", None) or home
         raise ConfigError(f"{named} {home} cannot be used: {reason} ({where})") from None
     try:
-        check_home(home, named)  # (again: made meanwhile)
+        check_home(home, named, archives=archives)  # (again: made meanwhile)
     except ConfigError:
         os.close(fd)
         raise

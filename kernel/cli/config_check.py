@@ -40,7 +40,8 @@ def check(config: Config) -> dict[str, Any]:
 
     registry = load_config_blocks(config)
     _check_listeners(config)
-    check_home(config.home, config.home_from)  # as ``serve`` does, without making it
+    archives = config.store.retain_days > 0  # as ``serve`` does, without making it
+    check_home(config.home, config.home_from, archives=archives)
     kinds = Counter(b.kind.value for b in registry)
     return {
         "config": config.source,

@@ -69,8 +69,8 @@ def test_a_seed_no_int64_holds_is_a_usage_error(tmp_path, args):
 @pytest.mark.parametrize(
     ("command", "named"),
     [(["export", "parquet", ""], "DIRECTORY"), (["sql", "SELECT 1", "--home", ""], "--home"),
-     (["sql", "SELECT 1", "--config", ""], "."),
-     (["export", "parquet", "out", "--config", ""], ".")],
+     (["sql", "SELECT 1", "--config", ""], "--config"),
+     (["export", "parquet", "out", "--config", ""], "--config")],
 )  # fmt: skip
 def test_an_empty_path_is_refused_not_taken_for_the_working_directory(tmp_path, command, named):
     """``export parquet "$UNSET"`` wrote its table folders into the working directory."""
@@ -80,6 +80,5 @@ def test_an_empty_path_is_refused_not_taken_for_the_working_directory(tmp_path, 
         env={**os.environ, "FOUNDRY_HOME": str(tmp_path / "home")},
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
-    said = "not a regular file" if named == "." else "expected a path, got an empty one"
-    assert done.stderr.strip() == f"foundry: {named}: {said}"
+    assert done.stderr.strip() == f"foundry: {named}: expected a path, got an empty one"
     assert list(tmp_path.iterdir()) == []

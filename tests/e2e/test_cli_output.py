@@ -433,7 +433,7 @@ def test_both_listeners_on_one_port_are_refused_naming_both_keys(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]  # free once closed: nothing else binds it meanwhile
     path = tmp_path / "ports.toml"
-    for grpc_host in ("127.0.0.1", "0.0.0.0", "localhost"):  # (localhost: a review)
+    for grpc_host in ("127.0.0.1", "0.0.0.0", "0"):  # ("0": the wildcard, spelled so)
         path.write_text(f'[daemon]\nlisten = "{grpc_host}:{port}"\ntoken_env = "T"\n'
                         f'[http]\nlisten = "127.0.0.1:{port}"\n')  # fmt: skip
         for command in (("config", "check"), ("serve",)):
