@@ -335,10 +335,19 @@ def shadow_archive_views(con: duckdb.DuckDBPyConnection, home: Path) -> None:
             "table_type = 'BASE TABLE'"
         ).fetchall()
     }  # fmt: skip (a file without them: none)
-    for table, statement in archive_view_ddl(con, home).items():
-        if table in present:
-            temp = statement.replace("CREATE OR REPLACE VIEW", "CREATE OR REPLACE TEMP VIEW", 1)
+    try:
+        made = archive_view_ddl(con, home)
+    except (duckdb.Error, OSError) as exc:  # (an archive folder it cannot list)
+        log.error("the archive in %s cannot be read (%s)", home, str(exc).splitlines()[0][:300])
+        return
+    for table, statement in made.items():
+        if table not in present:
+            continue
+        temp = statement.replace("CREATE OR REPLACE VIEW", "CREATE OR REPLACE TEMP VIEW", 1)
+        try:
             con.execute(temp)
+        except duckdb.Error:  # a database of an older schema, never upgraded: its own view
+            continue
 
 
 def since_selections(

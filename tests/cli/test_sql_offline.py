@@ -45,3 +45,45 @@ def test_max_rows_past_what_a_query_request_holds_is_refused(rows, capsys):
         main(["sql", "SELECT 1", "--max-rows", rows, "--addr", "127.0.0.1:1"])
     assert caught.value.code == 2
     assert "--max-rows" in capsys.readouterr().err
+
+
+def test_an_older_home_whose_archive_is_in_its_own_columns_is_still_read_offline(tmp_path):
+    """A home the first release (schema 3) left, never upgraded, with an archive file in that
+    release's columns: the views made for the home it is now in (a moved home's archive) are
+    today's, which that file cannot bind — every offline query and export failed at connect
+    (a review). Its own stored view serves."""
+    from foundry.analytics import migrations
+    from foundry.analytics.parquet import archive_dir, parquet_glob
+    from foundry.kernel.cli.export import export_offline
+
+    home = tmp_path / "home"
+    home.mkdir()
+    con = duckdb.connect(str(home / "foundry.duckdb"))
+    con.execute(migrations.VERSION_TABLE)
+    for step in migrations.MIGRATIONS[:3]:
+        step.step(con, home)
+        con.execute("INSERT INTO schema_version VALUES (?, now(), ?)",
+                    [step.version, step.description])  # fmt: skip
+    day = archive_dir(home) / "events" / "date=2026-10-01"
+    day.mkdir(parents=True)
+    # one archived event in that release's columns (no workflow_id, as its files had)
+    columns = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = 'events' ORDER BY ordinal_position"
+    ).fetchall()
+    values = {"TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ '2026-10-01 00:00:00+00'",
+              "INTEGER": "0", "BIGINT": "0", "BOOLEAN": "false", "JSON": "'{}'"}  # fmt: skip
+    row = ", ".join(f"CAST({values.get(kind, repr('x_' + name))} AS {kind}) AS \"{name}\""
+                    for name, kind in columns)  # fmt: skip
+    assert "workflow_id" not in {name for name, _ in columns}
+    con.execute(f"COPY (SELECT {row}) TO '{day}/p1.parquet' (FORMAT parquet)")
+    glob = parquet_glob(archive_dir(home) / "events")
+    con.execute(
+        f"CREATE OR REPLACE VIEW archived_events AS SELECT * EXCLUDE (date) FROM "
+        f"read_parquet('{glob}', hive_partitioning = true, union_by_name = true)"
+    )
+    con.close()
+    path = home / "foundry.duckdb"
+    assert run_file(path, "SELECT count(*) AS n FROM archived_events", {}, 10, 5.0,
+                    1 << 20).rows == ("[1]",)  # fmt: skip
+    assert export_offline(home, tmp_path / "out", None)["events"] == 1
