@@ -214,3 +214,28 @@ def test_a_servers_deadline_exceeded_is_an_answer_not_a_silence():
             await server.wait_closed()
 
     asyncio.run(check())
+
+
+def test_a_grpc_server_without_a_health_service_is_an_answer():
+    """grpclib's own server answers an unknown method (health's, here) with no content type:
+    that is a gRPC answer (the benchmark's floor server was taken for "no gRPC one")."""
+    import asyncio
+
+    from foundry.kernel.edge.grpc.client import answering
+    from grpclib.client import Channel
+    from grpclib.server import Server
+
+    async def check() -> None:
+        server = Server([])
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        await server.start(sock=listener)
+        channel = Channel("127.0.0.1", port)
+        try:
+            await asyncio.wait_for(answering(channel), 10)  # no ConnectionError
+        finally:
+            channel.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(check())

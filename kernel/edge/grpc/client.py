@@ -158,5 +158,6 @@ async def answering(channel: Channel) -> None:
         raise ConnectionError(f"no gRPC answer within {ANSWER_SECONDS:g} s") from None
 
 
-# grpclib's words for an HTTP response that is no gRPC one (its status, its content type)
-_NOT_GRPC = ("Received :status", "Invalid content-type", "Missing content-type")
+# grpclib's words for an HTTP response that is no gRPC one (its status, its content type; not a
+# missing one: grpclib's own server answers an unknown method, health too, without any)
+_NOT_GRPC = ("Received :status", "Invalid content-type")
