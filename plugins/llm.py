@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +112,7 @@ async def openai_provider(
     if not settings.base_url:
         raise BlockError("[llm].base_url is not set: the openai provider needs an endpoint")
     headers = {"traceparent": traceparent} if traceparent else {}
-    key = os.environ.get(settings.api_key_env, "")
+    key = _api_key(settings.api_key_env)
     if key:
         headers["Authorization"] = f"Bearer {key}"
     body = {"model": model, "messages": messages, "seed": seed, "temperature": temperature}
@@ -125,6 +126,8 @@ async def openai_provider(
             )
     if waited.cancelled_caught:
         raise BlockError(f"the LLM endpoint took more than [llm] timeout ({settings.timeout:g} s)")
+    if key:  # an endpoint's error may quote it ("Incorrect API key provided: …"): never recorded
+        content = content.replace(key.encode(), b"[the API key]")
     if 300 <= response.status_code < 400:  # (its body was read as a completion)
         raise BlockError(f"LLM endpoint answered {response.status_code}: a redirect, which is "
                          "not followed (set [llm] base_url to where it leads)")  # fmt: skip
@@ -135,6 +138,20 @@ async def openai_provider(
         raise BlockError("the LLM endpoint streamed its answer (text/event-stream); a whole "
                          "chat completion was asked for")  # fmt: skip
     return completion_of(content)
+
+
+_HEADER_TEXT = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space
+
+
+def _api_key(env: str) -> str:
+    """The key ``[llm] api_key_env`` names, without the whitespace around it (a secret file's
+    newline); a BlockError naming the variable, never quoting it, when the rest is no header
+    text (httpx refused it, quoting the whole ``Authorization`` value into the step's error)."""
+    key = os.environ.get(env, "").strip()
+    if key and not _HEADER_TEXT.fullmatch(key):
+        raise BlockError(f"${env}: the API key holds a character a header cannot carry (a "
+                         "control character, a space or non-ASCII)")  # fmt: skip
+    return key
 
 
 def completion_of(content: bytes) -> Completion:

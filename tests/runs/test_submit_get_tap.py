@@ -728,6 +728,43 @@ def test_an_llm_answer_that_is_no_chat_completion_fails_the_step_naming_why(
     assert said in value(run.steps[0].error)["message"]
 
 
+SECRET = "sk-test-secret-0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("key", "status"),
+    [(SECRET + "\n", 401), (SECRET, 401), (SECRET, 200)],
+    ids=["a-secret-files-newline", "quoted-in-a-401", "quoted-in-an-error-body"],
+)
+def test_the_llm_api_key_never_reaches_the_run_record(make_daemon, fake_http, key, status):
+    """A key ending in a newline (a secret file's) was quoted whole in the step's error, by
+    httpx refusing the header; an endpoint quoting the key in its error ("Incorrect API key
+    provided: …") had it copied into the run's events, GetRun and the log (a hunt)."""
+    model = f"keyed-{uuid.uuid4().hex[:6]}"
+    said = {"error": {"message": f"Incorrect API key provided: Bearer {SECRET}"}}
+    fake_http.answer(model, "", document=said, status=status)
+    daemon = make_daemon("", {"OPENAI_API_KEY": key})
+    run = run_and_wait(daemon, dag({"id": "ask", "type": "llm", "model": f"openai:{model}",
+                                    "inputs": {"prompt": "hi"}}))  # fmt: skip
+    assert run.status == api.RunStatus.FAILED
+    message = value(run.steps[0].error)["message"]
+    assert "Incorrect API key provided: Bearer [the API key]" in message
+    assert SECRET not in str(bytes(run)) + json.dumps(tap(daemon, run.run_id), default=str)
+    assert SECRET not in daemon.stderr()
+
+
+def test_an_llm_api_key_no_header_can_carry_fails_the_step_without_quoting_it(
+    make_daemon, fake_http
+):
+    daemon = make_daemon("", {"OPENAI_API_KEY": "sk-half\x01" + SECRET})
+    run = run_and_wait(daemon, dag({"id": "ask", "type": "llm", "model": "openai:any",
+                                    "inputs": {"prompt": "hi"}}))  # fmt: skip
+    message = value(run.steps[0].error)["message"]
+    assert "$OPENAI_API_KEY: the API key holds a character a header cannot carry" in message
+    assert SECRET not in message
+    assert fake_http.chat_requests("any") == []  # nothing sent
+
+
 def test_an_llm_endpoints_redirect_is_named_not_read_as_a_completion(daemon, fake_http):
     # not followed, as ever, but its body was read as a completion: a JSONDecodeError said,
     # and a redirect with a completion's body was taken as the answer
