@@ -126,18 +126,44 @@ async def openai_provider(
             )
     if waited.cancelled_caught:
         raise BlockError(f"the LLM endpoint took more than [llm] timeout ({settings.timeout:g} s)")
-    if key:  # an endpoint's error may quote it ("Incorrect API key provided: …"): never recorded
-        content = content.replace(key.encode(), b"[the API key]")
     if 300 <= response.status_code < 400:  # (its body was read as a completion)
         raise BlockError(f"LLM endpoint answered {response.status_code}: a redirect, which is "
                          "not followed (set [llm] base_url to where it leads)")  # fmt: skip
     if not 200 <= response.status_code < 300:
-        text = content[:200].decode(errors="replace")
+        text = _redacted(_answer_text(content), key)[:200]
         raise BlockError(f"LLM endpoint answered {response.status_code}: {text}")
     if "text/event-stream" in response.headers.get("content-type", ""):
         raise BlockError("the LLM endpoint streamed its answer (text/event-stream); a whole "
                          "chat completion was asked for")  # fmt: skip
-    return completion_of(content)
+    try:
+        return completion_of(content)
+    except BlockError as exc:  # an error the endpoint answered may quote the key
+        raise BlockError(_redacted(str(exc), key)) from None
+
+
+def _answer_text(content: bytes) -> str:
+    """An error answer's text for a message: its JSON re-encoded (escapes undone: a key quoted
+    as ``sk-ab\\"cd`` or ``sk-ab\\/cd`` is found), else its bytes as text."""
+    try:
+        return json.dumps(json.loads(content), ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return content.decode(errors="replace")
+
+
+MIN_REDACTED = 8  # characters of a key redacted from error texts ("EMPTY", "ollama": not secrets)
+
+
+def _redacted(text: str, key: str) -> str:
+    """``text`` with the API key, as written or JSON-escaped, replaced: an endpoint's error may
+    quote it ("Incorrect API key provided: …"), which went into the run's record. Only error
+    texts: a completion is the model's, never rewritten."""
+    if len(key) < MIN_REDACTED:
+        return text
+    for form in dict.fromkeys(
+        (key, json.dumps(key)[1:-1], json.dumps(key)[1:-1].replace("/", "\\/"))
+    ):
+        text = text.replace(form, "[the API key]")
+    return text
 
 
 _HEADER_TEXT = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space

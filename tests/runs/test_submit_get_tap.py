@@ -729,19 +729,23 @@ def test_an_llm_answer_that_is_no_chat_completion_fails_the_step_naming_why(
 
 
 SECRET = "sk-test-secret-0123456789abcdef"
+ODD_SECRET = 'sk-ab"cd\\12/0123456789'  # quoted JSON-escaped: sk-ab\"cd\\12\/…
 
 
 @pytest.mark.parametrize(
     ("key", "status"),
-    [(SECRET + "\n", 401), (SECRET, 401), (SECRET, 200)],
-    ids=["a-secret-files-newline", "quoted-in-a-401", "quoted-in-an-error-body"],
-)
+    [(SECRET + "\n", 401), (SECRET, 401), (SECRET, 200), (ODD_SECRET, 401), (ODD_SECRET, 200)],
+    ids=["a-secret-files-newline", "quoted-in-a-401", "quoted-in-an-error-body",
+         "escaped-in-a-401", "escaped-in-an-error-body"],
+)  # fmt: skip
 def test_the_llm_api_key_never_reaches_the_run_record(make_daemon, fake_http, key, status):
     """A key ending in a newline (a secret file's) was quoted whole in the step's error, by
     httpx refusing the header; an endpoint quoting the key in its error ("Incorrect API key
-    provided: …") had it copied into the run's events, GetRun and the log (a hunt)."""
+    provided: …") had it copied into the run's events, GetRun and the log (a hunt), JSON-escaped
+    or not (a review)."""
     model = f"keyed-{uuid.uuid4().hex[:6]}"
-    said = {"error": {"message": f"Incorrect API key provided: Bearer {SECRET}"}}
+    secret = key.strip()
+    said = {"error": {"message": f"Incorrect API key provided: Bearer {secret}"}}
     fake_http.answer(model, "", document=said, status=status)
     daemon = make_daemon("", {"OPENAI_API_KEY": key})
     run = run_and_wait(daemon, dag({"id": "ask", "type": "llm", "model": f"openai:{model}",
@@ -749,8 +753,22 @@ def test_the_llm_api_key_never_reaches_the_run_record(make_daemon, fake_http, ke
     assert run.status == api.RunStatus.FAILED
     message = value(run.steps[0].error)["message"]
     assert "Incorrect API key provided: Bearer [the API key]" in message
-    assert SECRET not in str(bytes(run)) + json.dumps(tap(daemon, run.run_id), default=str)
-    assert SECRET not in daemon.stderr()
+    record = str(bytes(run)) + json.dumps(tap(daemon, run.run_id), default=str)
+    for form in (secret, json.dumps(secret)[1:-1], "0123456789"):
+        assert form not in record
+        assert form not in daemon.stderr()
+
+
+def test_a_completion_holding_a_short_placeholder_key_is_not_rewritten(make_daemon, fake_http):
+    """Local servers take placeholder keys ("EMPTY", "ollama"): replaced in every answer, a key
+    "e" rewrote the JSON's names (every call failed), "key" the model's text (a review)."""
+    model = f"plain-{uuid.uuid4().hex[:6]}"
+    fake_http.answer(model, "an EMPTY room, the key", prompt_tokens=1, completion_tokens=5)
+    daemon = make_daemon("", {"OPENAI_API_KEY": "EMPTY"})
+    run = run_and_wait(daemon, dag({"id": "ask", "type": "llm", "model": f"openai:{model}",
+                                    "inputs": {"prompt": "hi"}}))  # fmt: skip
+    assert run.status == api.RunStatus.SUCCEEDED, value(run.steps[0].error)
+    assert value(run.steps[0].output)["text"] == "an EMPTY room, the key"
 
 
 def test_an_llm_api_key_no_header_can_carry_fails_the_step_without_quoting_it(
