@@ -135,10 +135,7 @@ async def openai_provider(
     if "text/event-stream" in response.headers.get("content-type", ""):
         raise BlockError("the LLM endpoint streamed its answer (text/event-stream); a whole "
                          "chat completion was asked for")  # fmt: skip
-    try:
-        return completion_of(content)
-    except BlockError as exc:  # an error the endpoint answered may quote the key
-        raise BlockError(_redacted(str(exc), key)) from None
+    return completion_of(content, key)
 
 
 def _answer_text(content: bytes) -> str:
@@ -159,9 +156,10 @@ def _redacted(text: str, key: str) -> str:
     texts: a completion is the model's, never rewritten."""
     if len(key) < MIN_REDACTED:
         return text
-    for form in dict.fromkeys(
-        (key, json.dumps(key)[1:-1], json.dumps(key)[1:-1].replace("/", "\\/"))
-    ):
+    escaped = json.dumps(key)[1:-1]
+    # as written, JSON-escaped (``/`` too, as PHP writes it), and as Python's repr shows it
+    forms = (key, escaped, escaped.replace("/", "\\/"), repr(key)[1:-1], repr(key.encode())[2:-1])
+    for form in dict.fromkeys(forms):
         text = text.replace(form, "[the API key]")
     return text
 
@@ -180,14 +178,17 @@ def _api_key(env: str) -> str:
     return key
 
 
-def completion_of(content: bytes) -> Completion:
+def completion_of(content: bytes, key: str = "") -> Completion:
     """An OpenAI chat completion's text, token counts and finish reason, each checked: what an
     endpoint answers is not trusted (a negative token count left the run unattested; a missing
-    ``choices`` failed the step with ``KeyError: 'choices'``)."""
+    ``choices`` failed the step with ``KeyError: 'choices'``). What an error quotes of it has
+    the API ``key`` redacted before it is cut (cut first, a key at the cut kept all but its
+    last character)."""
     try:
         data = json.loads(content)
         if isinstance(data, dict) and "choices" not in data and "error" in data:
-            raise BlockError(f"the LLM endpoint answered an error: {_error_text(data['error'])}")
+            said = _error_text(data["error"], key)
+            raise BlockError(f"the LLM endpoint answered an error: {said}")
         choice = data["choices"][0]
         text = choice["message"]["content"]
         usage = data.get("usage")
@@ -198,7 +199,8 @@ def completion_of(content: bytes) -> Completion:
         reason = "stop" if reason is None else reason
     except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as exc:
         raise BlockError(
-            f"the LLM endpoint's answer is not a chat completion ({exc!r:.100})"
+            f"the LLM endpoint's answer is not a chat completion "
+            f"({_redacted(repr(exc), key)[:100]})"
         ) from None
     if not isinstance(text, str) or not isinstance(reason, str):
         raise BlockError(
@@ -206,15 +208,16 @@ def completion_of(content: bytes) -> Completion:
         )
     if not all(type(n) is int and 0 <= n <= MAX_TOKENS for n in counts):
         raise BlockError(f"the LLM endpoint's answer: usage token counts must be whole numbers "
-                         f"from 0 to {MAX_TOKENS:,}, got {counts!r:.100}")  # fmt: skip
+                         f"from 0 to {MAX_TOKENS:,}, got "
+                         f"{_redacted(repr(counts), key)[:100]}")  # fmt: skip
     return Completion(text=text, tokens_in=counts[0], tokens_out=counts[1], finish_reason=reason)
 
 
-def _error_text(error: object) -> str:
+def _error_text(error: object, key: str) -> str:
     """An OpenAI error's message (``{"error": {"message": …}}``), else the error as JSON."""
     message = error.get("message") if isinstance(error, dict) else None
     text = message if isinstance(message, str) else json.dumps(error, default=str)
-    return text[:200]
+    return _redacted(text, key)[:200]
 
 
 MAX_TOKENS = 2**53  # a token count, at most (JSON's exact integers)

@@ -18,6 +18,7 @@ import h2.events
 import h2.settings
 import httpx
 import pytest
+from foundry.kernel import BlockError
 from foundry.kernel.core.dag import step_seed
 from foundry.kernel.core.json_input import STRUCT_DEPTH
 from foundry.proto import foundry_api
@@ -757,6 +758,25 @@ def test_the_llm_api_key_never_reaches_the_run_record(make_daemon, fake_http, ke
     for form in (secret, json.dumps(secret)[1:-1], "0123456789"):
         assert form not in record
         assert form not in daemon.stderr()
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{"error": {"message": "x" * 170 + SECRET}}, {"error": "x" * 169 + SECRET},
+     {"choices": [{"message": {"content": "hi"}}],
+      "usage": {"prompt_tokens": "x" * 68 + SECRET, "completion_tokens": 1}},
+     b"\xff" + b"x" * 36 + SECRET.encode()],
+    ids=["message", "error-text", "usage", "not-utf-8"],
+)  # fmt: skip
+def test_an_error_cut_where_the_key_is_quoted_keeps_none_of_it(document):
+    """Cut before it was redacted, a 2xx error quoting the key at the cut kept all of it but
+    its last character (a review)."""
+    from foundry.plugins.llm import completion_of
+
+    content = document if isinstance(document, bytes) else json.dumps(document).encode()
+    with pytest.raises(BlockError) as failed:
+        completion_of(content, SECRET)
+    assert SECRET[:12] not in str(failed.value)
 
 
 def test_a_completion_holding_a_short_placeholder_key_is_not_rewritten(make_daemon, fake_http):
