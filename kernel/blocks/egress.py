@@ -550,16 +550,22 @@ async def request_bounded(
     daemon (RSS 129 → 2,284 MB) before the step's size check refused it. Redirects are followed
     here, each hop's body left unread (httpx reads every hop's whole body), each hop checked
     by the client's transport as any request."""
-    next_request: httpx.Request | None = client.build_request(method, url, **request)
-    for _ in range(MAX_REDIRECTS + 1):
-        assert next_request is not None
-        response = await client.send(next_request, stream=True, follow_redirects=False)
-        try:
-            next_request = response.next_request if follow_redirects else None
-            if next_request is None:
-                return response, await _bounded_body(response, method, url, limit)
-        finally:
-            await response.aclose()
+    try:
+        next_request: httpx.Request | None = client.build_request(method, url, **request)
+        for _ in range(MAX_REDIRECTS + 1):
+            assert next_request is not None
+            response = await client.send(next_request, stream=True, follow_redirects=False)
+            try:
+                next_request = response.next_request if follow_redirects else None
+                if next_request is None:
+                    return response, await _bounded_body(response, method, url, limit)
+            finally:
+                await response.aclose()
+    except httpx.InvalidURL:  # its words quote the URL's parts: "Invalid port: 'PASSWORD'"
+        raise BlockError(
+            f"{method}: a URL (the request's or a redirect's) httpx cannot send: its host or "
+            "port is malformed (a password holding '/', '?' or '#' must be percent-encoded)"
+        ) from None
     raise BlockError(f"{method} {redact_url(url)}: more than {MAX_REDIRECTS} redirects")
 
 

@@ -278,6 +278,19 @@ def test_a_header_value_with_a_line_break_is_refused_unquoted(allowing, servers)
     assert "/header-probe" not in near.seen()
 
 
+@pytest.mark.parametrize("cut", ["/", "?", "#"])
+def test_a_url_httpx_cannot_send_is_refused_without_quoting_its_parts(allowing, servers, cut):
+    """A password holding an unencoded "/" read as the port: httpx's "Invalid port: '…'" put
+    the password in the step's error and the daemon's log (a hunt)."""
+    near, _ = servers
+    password = "Pw9sEcReT-" + "7" * 8
+    url = near.url.replace("http://", f"http://alice:{password}{cut}x7@") + "/p"
+    message = error(fetch(allowing, url))
+    assert "a URL (the request's or a redirect's) httpx cannot send" in message, message
+    assert password not in message
+    assert password not in allowing.stderr()
+
+
 @pytest.mark.parametrize("ending", ["\x0b", " ", "\t", "\x7f", "\u00e9"])
 def test_a_header_value_httpx_would_refuse_is_refused_unquoted(allowing, servers, ending):
     """A control character, a space at an end or a non-ASCII letter: httpx (h11) quoted the
