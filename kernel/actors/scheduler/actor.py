@@ -895,7 +895,6 @@ class Scheduler:
         """Make the events of a lease: the lease, and for a tool step its capability token
         and that token's attestation."""
         spec = step.spec
-        limit = attempt_limit(spec, block.timeout)  # (a tool step's: its capability token's)
         span = new_span_id()  # the attempt's, a child of the run's span
         lease_event = run.make_event(
             "step_leased", self._clock.now(), spec.id, **leased.payload(spec), span_id=span
@@ -904,11 +903,12 @@ class Scheduler:
         records: list[Any] = [lease_event]
         notices: list[Attest] = []
         grant = None
-        if spec.type == TOOL_STEP:
+        if spec.type == TOOL_STEP:  # (a tool block's settings are its own: no runs_as)
+            limit = attempt_limit(spec, block.timeout)
             grant = self._grant(run, spec.id, leased.attempt, lease_event, limit)
             records.append(grant)
             self._attested(run, "capability_token", spec.id, (lease_event, grant), records, notices)
-        return _Leased(block, leased, limit, span, lease_event, grant, records, notices)
+        return _Leased(block, leased, span, lease_event, grant, records, notices)
 
     async def _execute(
         self, run: RunState, step: StepState, ready: _Leased, durable: Pending[None] | None
@@ -917,7 +917,7 @@ class Scheduler:
         record how it ended. None when the step is finished, else the backoff before the
         next attempt."""
         spec, block, leased, span = step.spec, ready.block, ready.leased, ready.span
-        attempt, limit, lease_event, grant = leased.attempt, ready.limit, ready.lease, ready.grant
+        attempt, lease_event, grant = leased.attempt, ready.lease, ready.grant
         if block.kind is BlockKind.MUTATOR or run.run_id in self._cautious:
             assert durable is not None
             await durable.wait()  # side effects only once the lease is durable
@@ -1411,24 +1411,23 @@ class Scheduler:
 
 
 class _Leased:
-    """An attempt leased, not yet run: its block, lease, time limit and span, the events (and
+    """An attempt leased, not yet run: its block, lease and span, the events (and
     attestor notices) its lease made, and the borrower of the concurrency slot the driver took
     for it (None: its task holds one)."""
 
-    __slots__ = ("block", "grant", "lease", "leased", "limit", "notices", "records", "slot", "span")
+    __slots__ = ("block", "grant", "lease", "leased", "notices", "records", "slot", "span")
 
     def __init__(
         self,
         block: Any,
         leased: Lease,
-        limit: float | None,
         span: str,
         lease: RunEventRecord,
         grant: RunEventRecord | None,
         records: list[Any],
         notices: list[Attest],
     ) -> None:
-        self.block, self.leased, self.limit, self.span = block, leased, limit, span
+        self.block, self.leased, self.span = block, leased, span
         self.lease, self.grant, self.records, self.notices = lease, grant, records, notices
         self.slot: object | None = None
 
