@@ -122,8 +122,8 @@ WRITTEN_LATER = ("traces", "artifacts", COMMANDS, "journal")
 # only with [store] retain_days: then it must be writable too). A file at either passed
 # ``config check``; the start then failed on "File exists", or every retention pass logged a
 # traceback.
-FOLDERS = ("keys", "archive")
 ARCHIVE = "archive"
+FOLDERS = ("keys", ARCHIVE)
 
 
 STOPPED = b"stopped\n"  # daemon.lock's text once its daemon stopped cleanly (else: its pid)
@@ -152,13 +152,12 @@ def check_home(home: Path, named: str = "FOUNDRY_HOME", *, archives: bool = Fals
     made_in = home if os.path.lexists(home) else above
     if made_in is not None and not os.access(made_in, os.W_OK | os.X_OK):
         raise ConfigError(f"{named} {home} cannot be used: {made_in} is not writable")
+    written = (*WRITTEN_LATER, ARCHIVE) if archives else WRITTEN_LATER
     for name in (*WRITTEN_LATER, *FOLDERS):  # else the start succeeds, and every trace, step
         folder = home / name  # or write fails
         if os.path.lexists(folder) and not folder.is_dir():
             raise ConfigError(f"{folder}: not a folder (the daemon writes there); move it aside")
-        if name in FOLDERS and not (archives and name == ARCHIVE):
-            continue
-        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        if name in written and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
             raise ConfigError(f"{folder}: not writable (the daemon writes there)")
 
 
