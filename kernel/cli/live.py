@@ -12,9 +12,11 @@ import argparse
 import asyncio
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from foundry.kernel.cli.output import duration, message_dict, note, print_json, short_json, stamp
+from foundry.kernel.core.since import parse_since
 from foundry.kernel.errors import FoundryError
 from foundry.proto import admin_api, foundry_api
 from grpclib import GRPCError
@@ -32,6 +34,7 @@ def add_live_commands(commands: Any, client: Any, client_options: Any) -> None:
     watch.add_argument("--project", default="", help="only this project's events")
     watch.add_argument(
         "--since",
+        type=_since,
         default="",
         metavar="WHEN",
         help="first show stored events since WHEN: a duration back (90s, 15m, 2h, 1d) or an "
@@ -50,6 +53,16 @@ def add_live_commands(commands: Any, client: Any, client_options: Any) -> None:
 
 
 # --- watch ---------------------------------------------------------------------------------------
+
+
+def _since(text: str) -> str:
+    """``--since`` as given (the daemon reads it against its own clock), once it names a time:
+    a bad one is a usage error before anything is said to be watched."""
+    try:
+        parse_since(text, datetime.now(UTC))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("since: ")) from None
+    return text
 
 
 async def cmd_watch(args: argparse.Namespace, stubs: Any) -> int:

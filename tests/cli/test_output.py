@@ -20,9 +20,8 @@ from foundry.kernel.cli.output import (
     write_control,
 )
 from foundry.kernel.cli.sql import table
-from foundry.kernel.edge.grpc.admin_service import parse_since
+from foundry.kernel.core.since import parse_since
 from foundry.proto import foundry_api as api
-from grpclib import GRPCError
 
 
 @pytest.mark.parametrize(
@@ -192,10 +191,9 @@ def test_since(text, instant):
      "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"],  # past a datetime's range in UTC
 )  # fmt: skip
 def test_a_bad_since_names_the_field(text):
-    with pytest.raises(GRPCError) as caught:
+    with pytest.raises(ValueError, match=r"^since: ") as caught:
         parse_since(text, NOW)
-    assert caught.value.message.startswith("since: ")
-    assert len(caught.value.message) < 250
+    assert len(str(caught.value)) < 250
 
 
 def test_text_log_lines_use_the_one_timestamp_style():

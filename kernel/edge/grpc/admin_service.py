@@ -8,7 +8,6 @@ questions are), with this module's one fixed, parameterized statement.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from typing import Any
@@ -20,6 +19,7 @@ from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.blocks.tools import Tool
 from foundry.kernel.config import Config
 from foundry.kernel.core.ids import rfc3339
+from foundry.kernel.core.since import parse_since
 from foundry.kernel.edge.grpc.server import ask
 from foundry.proto import admin_api as api
 from grpclib import GRPCError
@@ -31,9 +31,6 @@ MAX_EVENTS = 1000
 # ``max_message_bytes``; the budget (as when the events were read as JSON rows, where a control
 # character took six bytes) leaves room for many.
 JSON_GROWTH = 6
-
-DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class AdminService(api.AdminBase):
@@ -65,7 +62,10 @@ class AdminService(api.AdminBase):
         return api.ListToolsResponse(tools=self._tools)
 
     async def list_events(self, message: api.ListEventsRequest) -> api.ListEventsResponse:
-        since = parse_since(message.since, datetime.now(UTC))
+        try:
+            since = parse_since(message.since, datetime.now(UTC))
+        except ValueError as exc:
+            raise _invalid(str(exc)) from None
         if len(message.project) > 256 or len(message.workflow_id) > 256:
             raise _invalid("project/workflow_id: longer than 256 characters")
         limit = min(message.limit or DEFAULT_EVENTS, MAX_EVENTS)
@@ -85,38 +85,6 @@ def distribution_version() -> str:
         return metadata.version("foundry")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def parse_since(text: str, now: datetime) -> datetime:
-    """``since``: empty (any time), a duration back from ``now`` (``90s``, ``15m``, ``1h30m``,
-    ``2d``) or an RFC 3339 instant (``2026-01-02T03:04:05Z``; no offset means UTC)."""
-    text = text.strip()
-    if not text:
-        return datetime(1970, 1, 1, tzinfo=UTC)
-    if _is_durations(text):
-        seconds = sum(float(n) * UNIT_SECONDS[u] for n, u in DURATION.findall(text))
-        try:
-            return now - timedelta(seconds=seconds)
-        except OverflowError:  # further back than datetime goes: everything stored
-            return datetime(1970, 1, 1, tzinfo=UTC)
-    try:
-        instant = datetime.fromisoformat(text)
-    except ValueError:
-        raise _invalid(
-            f"since: {text[:100]!r} is neither a duration (90s, 15m, 2h, 1d) nor an RFC 3339 "
-            "time (2026-01-02T03:04:05Z)"
-        ) from None
-    if instant.tzinfo is None:
-        return instant.replace(tzinfo=UTC)
-    try:
-        return instant.astimezone(UTC)
-    except OverflowError:  # past the year 9999 or before the year 1 once in UTC
-        raise _invalid(f"since: {text[:100]!r} is out of the range of times") from None
-
-
-def _is_durations(text: str) -> bool:
-    """``90s``, ``1h30m``: one or more number-unit pairs and nothing else."""
-    return len(text) <= 40 and DURATION.sub("", text) == ""
 
 
 def declared_sources(config: Config) -> dict[str, str]:
