@@ -2,7 +2,8 @@
 
 Every event and block execution carries a trace id (32 lowercase hex digits) and a span id (16);
 an event's parent span is the block execution that emitted it, an execution's is its trigger
-event's. A root event starts a new trace unless its Emit brings one. A FleetForge run is a trace
+event's. A root event starts a new trace unless its Emit brings one (its ids, else its
+``traceparent`` header). A FleetForge run is a trace
 and each step attempt a span. Ids come from ``random.getrandbits`` (seeded from ``os.urandom`` and
 reseeded after ``fork``): a few hundred nanoseconds each, and unguessable enough for ids that are
 not secrets. Pure functions, standard library only.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 TRACE_ID_HEX = 32
@@ -127,3 +129,16 @@ def parse_traceparent(value: str, field: str = "TRACEPARENT") -> tuple[str, str]
     check_id(trace_id, f"{field} trace id", TRACE_ID_HEX)
     check_id(span_id, f"{field} parent id", SPAN_ID_HEX)
     return trace_id, span_id
+
+
+def caller_traceparent(values: Sequence[str]) -> tuple[str, str] | None:
+    """``(trace_id, parent span id)`` of the ``traceparent`` header a request came with (gRPC
+    metadata or HTTP; ``values``: every one it carried), or None. As the W3C spec has a receiver
+    do, a header that is not valid — or given more than once — is ignored, not refused: the
+    call starts a new trace (an instrumented proxy's bad header is no error of the caller's)."""
+    if len(values) != 1:
+        return None
+    try:
+        return parse_traceparent(values[0], "traceparent")
+    except TraceContextError:
+        return None

@@ -72,13 +72,18 @@ def grpc_web_trailers(data: bytes) -> dict[str, str]:
 
 
 def grpc_web_call(
-    daemon: Daemon, path: str, body: bytes, content_type: str = "application/grpc-web+proto"
+    daemon: Daemon,
+    path: str,
+    body: bytes,
+    content_type: str = "application/grpc-web+proto",
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[bytes], dict[str, str]]:
-    """A gRPC-Web call with a raw body: (the messages, the trailers — or, for a trailers-only
-    answer, the headers)."""
+    """A gRPC-Web call with a raw body (and any more ``headers``): (the messages, the trailers —
+    or, for a trailers-only answer, the headers)."""
     response = httpx.post(
-        url(daemon, path), content=body, headers={"content-type": content_type, "x-grpc-web": "1"}
-    )
+        url(daemon, path), content=body,
+        headers={"content-type": content_type, "x-grpc-web": "1", **(headers or {})},
+    )  # fmt: skip
     if "grpc-status" in response.headers:
         return [], {k: v for k, v in response.headers.items() if k.startswith("grpc-")}
     frames = envelopes(response.content)

@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from foundry.proto import foundry_api as api
 from foundry.proto import runtime_api as rt
 from grpclib.const import Status
 
 from tests.e2e.helpers import emit, finished, traced
+from tests.e2e.http_helpers import envelope, grpc_web_call, url
 from tests.helpers import grpc_error
 from tests.runs.helpers import dag, run_and_wait, steps
 
@@ -174,6 +176,82 @@ def test_bad_trace_context_is_invalid_argument_naming_the_field(daemon, ids, fie
     assert error.status is Status.INVALID_ARGUMENT
     assert error.message.startswith(f"{field}:")
     assert emit(daemon, "after_bad_trace", project="tc").event_id  # the daemon is unharmed
+
+
+# --- the caller's traceparent header ------------------------------------------------------------
+
+HEADER = f"00-{TRACE}-{CALLER}-01"
+
+
+def _root_of(daemon, event_id: str) -> api.TraceEvent:
+    return traced(daemon, event_id).events[0]
+
+
+def test_an_emit_over_grpc_joins_the_trace_in_its_traceparent_metadata(daemon, grpcio_client):
+    request = api.EmitRequest(event_type="tc_header_grpclib", project="tc-h")
+    reply = daemon.call(lambda f, _: f.emit(request, metadata={"traceparent": HEADER}))
+    root = _root_of(daemon, reply.event_id)
+    assert (root.trace_id, root.parent_span_id) == (TRACE, CALLER)
+    assert HEX16.fullmatch(root.span_id)
+    assert root.span_id != CALLER
+
+    pb2 = grpcio_client.foundry_pb2
+    with grpcio_client.connect(daemon.address) as (foundry, _):  # not sampled: the ids still
+        answer = foundry.Emit(pb2.EmitRequest(event_type="tc_header_grpcio", project="tc-h"),
+                              metadata=(("traceparent", f"00-{TRACE}-{SPAN}-00"),))  # fmt: skip
+    root = _root_of(daemon, answer.event_id)
+    assert (root.trace_id, root.parent_span_id) == (TRACE, SPAN)
+
+
+@pytest.mark.parametrize("road", ["short", "connectrpc", "grpc-web"])
+def test_an_emit_over_http_joins_the_trace_in_its_traceparent_header(daemon, road):
+    headers = {"traceparent": HEADER, "content-type": "application/json"}
+    if road == "grpc-web":
+        body = envelope(bytes(api.EmitRequest(event_type="tc_header_web", project="tc-h")))
+        [message], trailers = grpc_web_call(daemon, "/foundry.Foundry/Emit", body,
+                                            headers={"traceparent": HEADER})  # fmt: skip
+        assert trailers["grpc-status"] == "0"
+        event_id = api.EmitResponse().parse(message).event_id
+    else:
+        if road == "connectrpc":  # a deadline header: connectrpc's own path, not the short one
+            headers["connect-timeout-ms"] = "30000"
+        body = json.dumps({"eventType": f"tc_header_{road}", "project": "tc-h"})
+        reply = httpx.post(url(daemon, "/foundry.Foundry/Emit"), content=body, headers=headers)
+        assert reply.status_code == 200, reply.text
+        event_id = reply.json()["eventId"]
+    root = _root_of(daemon, event_id)
+    assert (root.trace_id, root.parent_span_id) == (TRACE, CALLER)
+
+
+def test_an_emits_own_trace_context_wins_over_its_header(daemon):
+    request = api.EmitRequest(event_type="tc_header_both", project="tc-h", trace_id=TRACE)
+    other = f"00-{'a' * 32}-{CALLER}-01"
+    reply = daemon.call(lambda f, _: f.emit(request, metadata={"traceparent": other}))
+    root = _root_of(daemon, reply.event_id)
+    assert (root.trace_id, root.parent_span_id) == (TRACE, "")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [f"00-{TRACE.upper()}-{CALLER}-01"],  # upper-case hex
+        [f"00-{'0' * 32}-{CALLER}-01"],  # an all-zero trace id
+        [f"00-{TRACE}-{'0' * 16}-01"],  # an all-zero parent id
+        [f"ff-{TRACE}-{CALLER}-01"],  # version ff
+        [f"00-{TRACE}-{CALLER}-01-extra"],  # version 00 with more parts
+        ["x" * 10_000],
+        [HEADER, f"00-{'b' * 32}-{SPAN}-01"],  # given twice
+    ],
+)
+def test_a_traceparent_header_that_is_not_valid_is_ignored(daemon, values):
+    """W3C: a receiver that cannot use the header starts a new trace (no error)."""
+    metadata = [("traceparent", v) for v in values]
+    request = api.EmitRequest(event_type="tc_header_bad", project="tc-h")
+    reply = daemon.call(lambda f, _: f.emit(request, metadata=metadata))
+    root = _root_of(daemon, reply.event_id)
+    assert re.fullmatch(r"[0-9a-f]{32}", root.trace_id)
+    assert root.trace_id not in (TRACE, "b" * 32)
+    assert root.parent_span_id == ""
 
 
 # --- children and the CLI -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from foundry.kernel.core.envpolicy import child_environment
 from foundry.kernel.core.tracecontext import (
     SpanContext,
     TraceContextError,
+    caller_traceparent,
     given_context,
     is_span_id,
     is_trace_id,
@@ -127,3 +128,19 @@ def test_a_child_process_gets_the_daemons_traceparent_and_nobody_elses():
     assert env["TRACEPARENT"] == mine
     outside = child_environment(daemon, passed=("TRACEPARENT",), declared={"TRACEPARENT": "x"})
     assert "TRACEPARENT" not in outside  # no trace: no stale context either
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([f"00-{'4' * 32}-{'5' * 16}-01"], ("4" * 32, "5" * 16)),
+        ([f" 01-{'4' * 32}-{'5' * 16}-00-later \t"], ("4" * 32, "5" * 16)),  # a later version
+        ([], None),
+        ([f"00-{'4' * 32}-{'5' * 16}-01"] * 2, None),  # given twice: W3C calls that invalid
+        ([f"00-{'0' * 32}-{'5' * 16}-01"], None),
+        ([f"00-{'4' * 32}-{'5' * 16}-01-more"], None),
+        (["garbage"], None),
+    ],
+)
+def test_a_callers_traceparent_header_is_used_only_when_valid(values, expected):
+    assert caller_traceparent(values) == expected

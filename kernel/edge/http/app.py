@@ -192,7 +192,8 @@ class HttpApp:
             receive = _no_compressed_envelopes(receive)  # a later one's flag: the same answer
         try:
             if self._fast.takes(scope["path"], headers):
-                await self._fast(scope["path"], headers, receive, send)
+                traceparents = _all_of(scope, b"traceparent") if "traceparent" in headers else ()
+                await self._fast(scope["path"], headers, receive, send, traceparents)
             elif scope["path"] in self._streaming:
                 forms = STREAM_FORMS.set(self._stream_forms(headers))
                 try:
@@ -552,6 +553,11 @@ def _framed_twice(scope: Scope) -> bool:
 
 # HTTP's media types and content codings are case-insensitive (RFC 9110, 8.3.1 and 8.4.1)
 CASELESS_HEADERS = (b"content-type", b"content-encoding")
+
+
+def _all_of(scope: Scope, name: bytes) -> tuple[str, ...]:
+    """Every value of the header ``name`` (lower case), in order."""
+    return tuple(v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name)
 
 
 def _headers(scope: Scope) -> dict[str, str]:

@@ -9,7 +9,15 @@ method through its generated stream adapter. Errors go through the one table (``
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
@@ -47,12 +55,20 @@ def python_name(method: str) -> str:
     return _WORD.sub("_", method).lower()
 
 
+# The RPCs whose handler takes the call's ``traceparent`` headers too (W3C trace context: an
+# instrumented client sends its span in that header; ``foundry_service.adopt_caller_context``)
+TRACED = frozenset({"/foundry.Foundry/Emit"})
+
+UnaryCall = Callable[[Any, Sequence[str]], Awaitable[Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class UnaryRoute:
-    """A unary RPC: its request type and its handler call (errors raised as ConnectErrors)."""
+    """A unary RPC: its request type and its handler call (errors raised as ConnectErrors),
+    given the request and the call's ``traceparent`` headers (read by the :data:`TRACED`)."""
 
     input: type[Any]
-    call: Callable[[Any], Awaitable[Any]]
+    call: UnaryCall
 
 
 @dataclass(frozen=True)
@@ -81,20 +97,25 @@ def endpoints(services: Iterable[Any]) -> Routes:
             )
             function = getattr(service, python_name(name))
             if stream_type is StreamType.UNARY:
-                route = UnaryRoute(handler.request_type, _unary(function, handler.reply_type))
+                traced = path in TRACED
+                call = _unary(function, handler.reply_type, traced)
+                route = UnaryRoute(handler.request_type, call)
                 routes.unary[path] = route
-                routes.endpoints[path] = Endpoint.unary(method, _ignoring_context(route.call))
+                routes.endpoints[path] = Endpoint.unary(method, _with_context(route.call, traced))
             else:
                 routes.endpoints[path] = Endpoint.server_stream(method, _streaming(function))
     return routes
 
 
 def _unary(
-    function: Callable[[Any], Awaitable[Any]], reply_type: type[Any]
-) -> Callable[[Any], Awaitable[Any]]:
-    async def call(request: Any) -> Any:
+    function: Callable[..., Awaitable[Any]], reply_type: type[Any], traced: bool
+) -> UnaryCall:
+    async def call(request: Any, traceparents: Sequence[str]) -> Any:
         try:
-            reply = await function(request)
+            if traced and traceparents:
+                reply = await function(request, traceparents)
+            else:
+                reply = await function(request)
         except Exception as exc:
             raise connect_error(exc) from None
         if isinstance(reply, Encoded):
@@ -104,14 +125,16 @@ def _unary(
     return call
 
 
-def _ignoring_context(
-    call: Callable[[Any], Awaitable[Any]],
+def _with_context(
+    call: UnaryCall, traced: bool
 ) -> Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]]:
-    """connectrpc's handler signature; no handler reads the request context — but a reply that
-    may be large, to a JSON request, is written as JSON on a worker thread (:func:`json_reply`)."""
+    """connectrpc's handler signature; of the request context, a handler reads only the
+    ``traceparent`` headers (the :data:`TRACED` ones) — but a reply that may be large, to a JSON
+    request, is written as JSON on a worker thread (:func:`json_reply`)."""
 
     async def with_context(request: Any, ctx: RequestContext[Any, Any]) -> Any:
-        reply = await call(request)
+        headers = ctx.request_headers
+        reply = await call(request, headers.getall("traceparent") if traced else ())
         json = is_json(ctx.request_headers.get("content-type", ""))
         if isinstance(reply, OffLoopReply):
             return await off_loop_reply(reply, json)

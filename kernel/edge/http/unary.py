@@ -16,7 +16,7 @@ response compression (optional in Connect; replies this small only grow under gz
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from foundry.kernel.edge.http.codecs import BinaryCodec, JsonCodec, size_error
@@ -56,15 +56,22 @@ class UnaryFastPath:
         )
 
     async def __call__(
-        self, path: str, headers: Mapping[str, str], receive: Receive, send: Send
+        self,
+        path: str,
+        headers: Mapping[str, str],
+        receive: Receive,
+        send: Send,
+        traceparents: Sequence[str] = (),
     ) -> None:
+        """``traceparents``: every ``traceparent`` header of the call (``headers`` holds the
+        first of a name given twice)."""
         content_type, codec = self._codecs[headers["content-type"]]
         route = self._routes[path]
         try:
             body = await self._body(receive)
             if body is None:
                 return  # the client is gone: nobody to answer
-            reply = await route.call(codec.decode(body, route.input))
+            reply = await route.call(codec.decode(body, route.input), traceparents)
             data = codec.encode(reply)
         except Exception as exc:  # the handler's errors are ConnectErrors already
             status, data = connect_error_body(connect_error(exc))
