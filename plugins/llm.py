@@ -269,6 +269,19 @@ class LlmBlock(Block):
             "finish_reason": reply.finish_reason,
         }
 
+    def model_refused(self, model: str) -> str:
+        """A model whose provider is unknown, or the openai provider's with no endpoint set:
+        refused when the step is submitted (or patched), not when it runs."""
+        provider, _ = self._model(model)
+        if provider not in PROVIDERS:
+            known = ", ".join(sorted(PROVIDERS))
+            return (f"unknown provider {provider[:40]!r} before its ':' (known: {known}; a name "
+                    f"with a colon of its own is written PROVIDER:NAME, e.g. "
+                    f"{self.settings.provider}:{model[:40]})")  # fmt: skip
+        if provider == "openai" and not self.settings.base_url:
+            return "the openai provider needs [llm].base_url, which is not set"
+        return ""
+
     def _model(self, name: str) -> tuple[str, str]:
         name = name or self.settings.model
         provider, sep, model = name.partition(":")

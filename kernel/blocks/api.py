@@ -470,6 +470,12 @@ class Block:
         """The env names a DAG step with these (unresolved) inputs may set: ``allow_env``."""
         return self.allow_env
 
+    def model_refused(self, model: str) -> str:
+        """Why a DAG step of this type may not name ``model`` ("" when it may): asked at
+        SubmitRun, PatchStep and eval pack sync, so a model this block cannot serve is refused
+        with INVALID_ARGUMENT naming the step, not found out when the step runs. Default: any."""
+        return ""
+
     def runs_as(self, inputs: Mapping[str, Any]) -> Block:
         """The block whose ``timeout``, ``retries`` and ``backoff`` a DAG step of this type with
         these (resolved) inputs runs under where the step sets none: this one. A block that

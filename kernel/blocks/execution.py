@@ -210,6 +210,20 @@ def reported_fault(ctx: BlockContext) -> str:
     return ""
 
 
+def model_refusal(block: Block, model: str) -> str:
+    """``block.model_refused(model)``, cut to 300 characters: "" when the plugin's answer
+    raised (SystemExit too) or is no text — the step then finds out when it runs, as before."""
+    try:
+        reason = block.model_refused(model)
+        if not isinstance(reason, str):
+            return ""
+        return str.__str__(reason)[:300]
+    except BaseException as exc:  # noqa: BLE001 - a plugin's fault: not the client's
+        if cancellation(exc):
+            raise
+        return ""
+
+
 def settings_of(block: Block, inputs: Mapping[str, Any]) -> Block:
     """The block a DAG step's timeout, retries and backoff default to (``Block.runs_as``, given
     the step's resolved inputs): ``block`` itself when the plugin's answer raised (SystemExit

@@ -152,6 +152,26 @@ def check_dag_env(dag: Dag, allowance: EnvAllowance) -> None:
             check_step_env(step.id, step.env, allowance(step))
 
 
+ModelRefusal = Callable[[StepSpec], str]
+"""Why a step may not name its ``model`` ("" when it may): its block's ``model_refused``."""
+
+
+def no_model_refusal(step: StepSpec) -> str:
+    return ""
+
+
+def check_step_model(step: StepSpec, refusal: ModelRefusal, *, field: str = "model") -> None:
+    """A step's ``model`` is one its block can serve (an unknown provider is refused now, not
+    when the step runs — perhaps hours into the run, past a breakpoint)."""
+    if step.model and (reason := refusal(step)):
+        raise InvalidArgument(f"step {quoted(step.id)}: {field}: {reason}")
+
+
+def check_dag_models(dag: Dag, refusal: ModelRefusal) -> None:
+    for step in dag.steps:
+        check_step_model(step, refusal)
+
+
 def parse_dag(dag_json: str, known_types: Collection[str] | None) -> Dag:
     """Parse and validate; every error is InvalidArgument naming the step and the field.
 

@@ -20,7 +20,14 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from foundry.kernel.core.dag import EnvAllowance, check_dag_env, parse_dag
+from foundry.kernel.core.dag import (
+    EnvAllowance,
+    ModelRefusal,
+    check_dag_env,
+    check_dag_models,
+    no_model_refusal,
+    parse_dag,
+)
 from foundry.kernel.core.evals import AssertionType, Search, expected_problems
 from foundry.kernel.core.failures import text_of
 from foundry.kernel.core.gate_policy import (
@@ -237,10 +244,11 @@ def parse_run_spec(
     known_types: Collection[str],
     env_allowance: EnvAllowance,
     where: str = "run_spec",
+    model_refusal: ModelRefusal = no_model_refusal,
 ) -> ParsedRunSpec:
     """A RunSpec in its proto3 JSON form (``dag_json`` or ``dagJson``, ``inputs``, ``seed``,
     ``labels``, ``breakpoints``), validated as SubmitRun validates it: the DAG parses with the
-    daemon's step types, each step's env is allowed, breakpoints name steps. Errors name
+    daemon's step types, each step's env and model are allowed, breakpoints name steps. Errors name
     ``where`` and the field."""
     if not isinstance(spec, Mapping) or not spec:
         raise InvalidArgument(f"{where}: a RunSpec object with dag_json is required")
@@ -258,6 +266,7 @@ def parse_run_spec(
     try:
         dag = parse_dag(dag_json, known_types)
         check_dag_env(dag, env_allowance)
+        check_dag_models(dag, model_refusal)
     except InvalidArgument as exc:
         raise InvalidArgument(
             f"{where}.dag_json: {str(exc).removeprefix('spec.dag_json: ')}"
@@ -306,6 +315,7 @@ def parse_pack(
     env_allowance: EnvAllowance,
     assertion_types: Mapping[str, AssertionType] | None = None,
     search: Search | None = None,
+    model_refusal: ModelRefusal = no_model_refusal,
 ) -> None:
     """Validate a whole pack before anything is stored: the pack name, each slug (non-empty,
     unique), title and description lengths, each run_spec (:func:`parse_run_spec`) and each
@@ -327,7 +337,8 @@ def parse_pack(
         seen.add(scenario.slug)
         check_name(scenario.title, f"{where}: title", required=False, limit=MAX_TEXT)
         check_name(scenario.description, f"{where}: description", required=False, limit=MAX_TEXT)
-        parse_run_spec(scenario.run_spec, known_types, env_allowance, f"{where}: run_spec")
+        parse_run_spec(scenario.run_spec, known_types, env_allowance, f"{where}: run_spec",
+                       model_refusal)  # fmt: skip
         expected = scenario.expected
         if not isinstance(expected, Mapping) or not expected:
             raise InvalidArgument(f"{where}: expected: an object with at least one assertion")

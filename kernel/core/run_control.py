@@ -17,9 +17,12 @@ from foundry.kernel.core.dag import (
     SEED_BITS,
     Dag,
     EnvAllowance,
+    ModelRefusal,
     StepSpec,
     check_patch_references,
     check_step_env,
+    check_step_model,
+    no_model_refusal,
 )
 from foundry.kernel.core.ids import compact_json
 from foundry.kernel.core.json_input import quoted
@@ -125,6 +128,7 @@ def finished_patch(
     made: MadePatch,
     env_allowance: EnvAllowance = lambda _: frozenset(),
     max_run: int = MAX_RUN_BYTES,
+    model_refusal: ModelRefusal = no_model_refusal,
 ) -> dict[str, Any]:
     """The ``step_patched`` payload of a patch made (:func:`made_patch` of the step
     :func:`patchable_step` found), if the step's env allows it and the run's budget has room for
@@ -136,6 +140,8 @@ def finished_patch(
     past its limit (313 MB), refused only at resume."""
     if made.patched.env:
         check_step_env(step_id, made.patched.env, env_allowance(made.patched))
+    if made.payload["model"]:  # (a model the patch sets: one set before was checked then)
+        check_step_model(made.patched, model_refusal)
     if recorded_total(run) + made.recorded > max_run:
         raise InvalidArgument(f"inputs_patch: recording this patch would take the run's "
                               f"recorded step inputs and outputs past {max_run:,} bytes of JSON "

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 from foundry.kernel.blocks.api import Block, BlockContext, block
-from foundry.kernel.blocks.execution import Outcome, execute, settings_of
+from foundry.kernel.blocks.execution import Outcome, execute, model_refusal, settings_of
 from foundry.kernel.core.throttle import Action
 from foundry.kernel.testing import run_block
 
@@ -588,3 +588,34 @@ def test_a_steps_settings_come_from_the_block_it_runs_as_unless_that_answer_is_b
     ):  # a plugin's fault: its own settings
         assert settings_of(dispatcher, {"to": to}) is dispatcher, to
     assert settings_of(declared, {}) is declared  # the default: itself
+
+
+def test_a_blocks_model_refusal_is_plain_text_and_a_plugins_fault_refuses_nothing():
+    class Shout(str):
+        def __str__(self) -> str:
+            return "SHOUTED"
+
+    class Picky(Block):
+        def model_refused(self, model):
+            match model:
+                case "raise":
+                    raise KeyError("lookup broke")
+                case "exit":
+                    raise SystemExit(3)
+                case "number":
+                    return 7
+                case "shout":
+                    return Shout("no shouting")
+                case "long":
+                    return "x" * 5_000
+            return "" if model.startswith("ok") else f"no {model}"
+
+    picky = Picky("picky")
+    assert model_refusal(picky, "ok-1") == ""
+    assert model_refusal(picky, "bad") == "no bad"
+    for model in ("raise", "exit", "number"):  # a plugin's fault: the step finds out at its run
+        assert model_refusal(picky, model) == "", model
+    shouted = model_refusal(picky, "shout")
+    assert (type(shouted), shouted) == (str, "no shouting")
+    assert len(model_refusal(picky, "long")) == 300
+    assert model_refusal(Block("plain"), "anything:at-all") == ""  # the default: any model

@@ -131,6 +131,10 @@ def test_sync_eval_pack_refuses_a_duplicate_slug_and_stores_nothing(daemon):
             {"dag_json": dag({"id": "e", "type": "envecho", "env": {"PATH": "/tmp"}})},
             ["run_spec.dag_json", "'e'", "PATH"],
         ),
+        (
+            {"dag_json": dag({"id": "ask", "type": "llm", "model": "nosuch:m"})},
+            ["run_spec.dag_json", "'ask'", "model: unknown provider 'nosuch'"],
+        ),
     ],
 )
 def test_sync_eval_pack_refuses_a_bad_run_spec_naming_scenario_and_field(daemon, run_spec, needles):

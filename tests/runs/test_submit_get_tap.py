@@ -850,12 +850,27 @@ def test_an_http_steps_options_are_read_strictly(daemon, fake_http, name, given)
     assert f"inputs.{name}: expected" in value(run.steps[0].error)["message"]
 
 
-def test_llm_endpoint_error_fails_the_step(daemon):
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [
+        ("nosuch:model", "model: unknown provider 'nosuch' before its ':'"),
+        ("llama3:8b", "written PROVIDER:NAME, e.g. mock:llama3:8b"),
+    ],
+)
+def test_a_step_model_no_provider_serves_is_refused_at_submit(daemon, model, needle):
+    step = {"id": "ask", "type": "llm", "model": model, "inputs": {"prompt": "x"}}
+    request = api.SubmitRunRequest(spec=spec(dag({"id": "first", "type": "transform"}, step)))
+    error = rpc_error(daemon, lambda rt: rt.submit_run(request))
+    assert_error(error, Status.INVALID_ARGUMENT, "step 'ask'", needle)
+    # a block that reads no model takes any: it is recorded context
+    run = run_and_wait(daemon, dag({"id": "t", "type": "transform", "model": "nosuch:model"}))
+    assert run.status == api.RunStatus.SUCCEEDED
+
+
+def test_an_llm_model_named_in_the_inputs_is_checked_when_the_step_runs(daemon):
     run = run_and_wait(
         daemon,
-        dag(
-            {"id": "ask", "type": "llm", "model": "nosuch:model", "inputs": {"prompt": "x"}},
-        ),
+        dag({"id": "ask", "type": "llm", "inputs": {"prompt": "x", "model": "nosuch:model"}}),
     )
     assert run.status == api.RunStatus.FAILED
     assert "unknown provider 'nosuch'" in value(run.steps[0].error)["message"]

@@ -385,6 +385,23 @@ def test_patch_removes_input_keys_with_null(daemon):
     }
 
 
+def test_a_patch_to_a_model_no_provider_serves_is_refused(daemon):
+    run_id = submit(
+        daemon,
+        dag({"id": "ask", "type": "llm", "model": "mock:one", "inputs": {"prompt": "x"}}),
+        breakpoints=["ask"],
+    )
+    wait_status(daemon, run_id, PAUSED)
+    request = patch_request(run_id, "ask", model="nosuch:two")
+    error = rpc_error(daemon, lambda rt: rt.patch_step(request))
+    assert_error(error, Status.INVALID_ARGUMENT, "step 'ask'", "model: unknown provider 'nosuch'")
+    assert patch(daemon, run_id, "ask", model="mock:two") == "ask"
+    daemon.call(lambda _, rt: rt.resume_run(api.ResumeRunRequest(run_id=run_id)))
+    run = wait_done(daemon, run_id)
+    assert run.status == api.RunStatus.SUCCEEDED
+    assert value(run.steps[0].output)["model"] == "two"
+
+
 def test_patch_and_resume_errors(daemon):
     # paused at b: a has completed, b and c are pending
     run_id = submit(

@@ -40,6 +40,7 @@ from foundry.kernel.actors.store.messages import (
     StoreMessage,
 )
 from foundry.kernel.actors.threads import in_thread
+from foundry.kernel.blocks.execution import model_refusal
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.core.attest_records import EVAL_RESULT, GATE_DECISION
 from foundry.kernel.core.dag import StepSpec
@@ -225,6 +226,10 @@ class Gate:
         block = self._registry.by_name.get(step.type)
         return block.env_allowed(step.inputs) if block is not None else frozenset()
 
+    def _model_refused(self, step: StepSpec) -> str:
+        block = self._registry.by_name.get(step.type)
+        return model_refusal(block, step.model) if block is not None else ""
+
     async def _sync(self, message: SyncEvalPack) -> list[str]:
         # On worker threads: a pack's DAGs are parsed and its records made there (on the loop,
         # 100 scenarios of 600 steps each held every other client 1.7-3 s: a hunt).
@@ -241,7 +246,8 @@ class Gate:
 
     def _checked_pack(self, message: SyncEvalPack) -> None:
         parse_pack(message.pack, message.scenarios, self._registry.by_name.keys(),
-                   self._env_allowed, self._registry.assertion_types, re2_search)  # fmt: skip
+                   self._env_allowed, self._registry.assertion_types, re2_search,
+                   self._model_refused)  # fmt: skip
 
     async def _list_scenarios(self, message: ListEvalScenarios) -> list[StoredScenario]:
         return await self._scenarios(history=HISTORY_LIMIT)

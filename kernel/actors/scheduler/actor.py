@@ -66,6 +66,7 @@ from foundry.kernel.actors.threads import in_thread
 from foundry.kernel.blocks.api import BlockContext, BlockKind, Usage
 from foundry.kernel.blocks.execution import (
     attempt_once,
+    model_refusal,
     reported_fault,
     settings_of,
     usage_fault,
@@ -73,7 +74,13 @@ from foundry.kernel.blocks.execution import (
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.config import SchedulerConfig
 from foundry.kernel.core.attest_records import announced_ids, json_digest, run_attestation_id
-from foundry.kernel.core.dag import StepSpec, UnresolvedReference, check_dag_env, parse_dag
+from foundry.kernel.core.dag import (
+    StepSpec,
+    UnresolvedReference,
+    check_dag_env,
+    check_dag_models,
+    parse_dag,
+)
 from foundry.kernel.core.ids import Clock, rfc3339
 from foundry.kernel.core.json_input import (
     json_values_past,
@@ -322,6 +329,10 @@ class Scheduler:
         block = self._registry.by_name.get(step.type)
         return block.env_allowed(step.inputs) if block is not None else frozenset()
 
+    def _model_refused(self, step: StepSpec) -> str:
+        block = self._registry.by_name.get(step.type)
+        return model_refusal(block, step.model) if block is not None else ""
+
     def _submission(self, message: SubmitRun) -> RunSubmission:
         return _traced(
             RunSubmission(
@@ -341,6 +352,7 @@ class Scheduler:
         wrong). Pure work: on a worker thread for a large DAG."""
         dag = parse_dag(message.dag_json, self._registry.by_name.keys())
         check_dag_env(dag, self._env_allowed)
+        check_dag_models(dag, self._model_refused)
         step_ids = {s.id for s in dag.steps}
         for step_id in message.breakpoints:
             if step_id not in step_ids:
@@ -1241,8 +1253,9 @@ class Scheduler:
         run = await self._target(message.run_id)
         made = await self._made_patch(run, message)
         payload = finished_patch(
-            run, message.step_id, made, self._env_allowed, self._config.max_run_bytes
-        )
+            run, message.step_id, made, self._env_allowed, self._config.max_run_bytes,
+            self._model_refused,
+        )  # fmt: skip
         note_inputs(run, made.recorded)  # before the event: its run may count its log
         await (await self._record_durable(run, "step_patched", message.step_id, **payload)).wait()
         return message.step_id
