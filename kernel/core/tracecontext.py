@@ -138,7 +138,10 @@ def caller_traceparent(values: Sequence[str]) -> tuple[str, str] | None:
     call starts a new trace (an instrumented proxy's bad header is no error of the caller's)."""
     if len(values) != 1:
         return None
+    value = values[0].strip(" \t")  # HTTP's optional whitespace, and no other
+    if value != value.strip():  # (``parse_traceparent`` trims any: a \x1c, a \xa0)
+        return None
     try:
-        return parse_traceparent(values[0], "traceparent")
+        return parse_traceparent(value, "traceparent")
     except TraceContextError:
         return None

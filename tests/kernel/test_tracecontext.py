@@ -140,6 +140,11 @@ def test_a_child_process_gets_the_daemons_traceparent_and_nobody_elses():
         ([f"00-{'0' * 32}-{'5' * 16}-01"], None),
         ([f"00-{'4' * 32}-{'5' * 16}-01-more"], None),
         (["garbage"], None),
+        # around the value, HTTP allows spaces and tabs only (h11 passes other bytes through)
+        ([f"\x1c00-{'4' * 32}-{'5' * 16}-01"], None),
+        ([f"00-{'4' * 32}-{'5' * 16}-01\x85"], None),
+        ([f"\xa000-{'4' * 32}-{'5' * 16}-01"], None),
+        ([f"00-{'4' * 32}-{'5' * 16}-01\n"], None),
     ],
 )
 def test_a_callers_traceparent_header_is_used_only_when_valid(values, expected):
