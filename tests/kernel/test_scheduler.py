@@ -4,6 +4,7 @@ recovery — virtual time only, no real sleeps, no shell, no database."""
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +27,7 @@ from foundry.kernel.actors.scheduler.messages import (
     RunView,
     SchedulerMessage,
     SubmitRun,
+    TapOpened,
     UpdateBreakpoints,
 )
 from foundry.kernel.actors.store.messages import (
@@ -265,6 +267,31 @@ async def test_a_tap_of_a_run_that_ended_in_memory_reads_no_log_from_the_store(
         running = await h.submit([step("a", inputs={"s": 60})])
         opened = await ask(h.inbox, lambda r: OpenTap(running, _NoSink(), r))
         assert h.store.histories == [*run_ids[:1], running]  # not ended: its durable log
+
+
+async def test_taps_of_a_stored_ended_run_share_one_read_of_its_log(tmp_path, autojump_clock):
+    """Each tap of a run no longer in memory read and held its own copy of the log: 200 taps
+    of a run of 60 MB of outputs that never read took 16 GB (a hunt)."""
+    config = SchedulerConfig(recent_run_bytes=30)  # two runs kept in memory
+    async with running_scheduler(tmp_path, [Sleepy()], config=config) as h:
+        stored = (await _finished_runs(h, 3))[0]
+        opened: list[TapOpened] = []
+
+        async def tap() -> None:
+            opened.append(await ask(h.inbox, lambda r: OpenTap(stored, _NoSink(), r)))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(tap)
+        assert h.store.histories == [stored]  # one read for the five at once
+        await tap()  # a tap while they still hold it: theirs
+        assert h.store.histories == [stored]
+        assert len({id(o.history) for o in opened}) == 1
+        assert list(opened[0].history) == h.store.events(stored)
+        opened.clear()
+        gc.collect()
+        await tap()  # the copy went with its last tapper
+        assert h.store.histories == [stored, stored]
 
 
 async def _finished_runs(h: Harness, count: int) -> list[str]:

@@ -1358,6 +1358,41 @@ def test_tappers_that_read_nothing_share_each_large_event(make_daemon):
     assert grown < 150, f"the daemon grew {grown:.0f} MB for {TAPPERS} tappers of ~20 MB"
 
 
+def test_tappers_of_a_run_no_longer_in_memory_share_one_read_of_its_log(make_daemon):
+    """Each TapRun of a run read back from the store parsed and held its own copy of the log
+    while its client read nothing: 40 tappers of a run of 20 steps of 0.5 MB took 800 MB, 200
+    of a 60 MB run 16 GB (a hunt). The tappers of an ended run share one read now."""
+    daemon = make_daemon("[scheduler]\nrecent_run_bytes = 1000\n")
+    run_id = ended_run_of_large_outputs(daemon)  # ~20 MB of events
+    # the newest ended run stays in memory: another one ends after it
+    assert (
+        run_and_wait(daemon, dag({"id": "t", "type": "transform"})).status
+        == api.RunStatus.SUCCEEDED
+    )
+
+    async def scenario(_, runtime):
+        channels = [slow_channel(daemon.address) for _ in range(3)]
+        try:
+            await runtime.get_run(api.GetRunRequest(run_id=run_id))  # warm: store, allocator
+            await asyncio.sleep(1.0)
+            before = rss_mb(daemon.process.pid)
+            tap = ("TapRun", Cardinality.UNARY_STREAM, api.TapRunRequest, api.RunEvent)
+            held = await calls_reading_nothing(channels, TAPPERS, *tap,
+                                               api.TapRunRequest(run_id=run_id))  # fmt: skip
+            await asyncio.sleep(2.0)
+            assert len(held) == TAPPERS
+            return rss_mb(daemon.process.pid) - before
+        finally:
+            for channel in channels:
+                channel.close()
+
+    grown = daemon.call(scenario)
+    assert grown < 150, f"the daemon grew {grown:.0f} MB for {TAPPERS} tappers of ~20 MB"
+    seen = kinds(tap(daemon, run_id))  # a tap of the shared copy: whole
+    assert (seen[:2], seen[-1]) == (["run_submitted", "run_started"], "run_succeeded")
+    assert sorted(seen[2:-1]) == ["step_completed"] * 5 + ["step_leased"] * 5
+
+
 CALLERS = 30
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import trio
 from foundry.kernel.actors.attestor.messages import Attest, AttestorMessage
 from foundry.kernel.actors.mailbox import Pending, ask, cancel_when, refuse, reply_pair
+from foundry.kernel.actors.scheduler.histories import StoredHistories
 from foundry.kernel.actors.scheduler.messages import (
     BranchRun,
     CancelRun,
@@ -217,6 +218,7 @@ class Scheduler:
         self._limiter = trio.CapacityLimiter(config.max_concurrent_steps)
         self._runs: OrderedDict[str, RunState] = OrderedDict()
         self._idempotency: dict[str, str] = {}
+        self._stored_histories = StoredHistories()  # ended runs' events, shared by their taps
         self._durable: dict[str, trio.Event] = {}  # runs whose submission is being committed
         # Completed steps' events (and attestor notices) not appended yet, by run: see _complete
         self._held: dict[str, tuple[list[Any], list[Attest]]] = {}
@@ -1392,8 +1394,14 @@ class Scheduler:
         if run is not None and run.ended:
             await ask(self._store, Barrier)
             return tuple(run.events)
-        found: list[RunEventRecord] = await ask(self._store, lambda r: LoadRunEvents(run_id, r))
-        return found
+
+        async def read() -> list[RunEventRecord]:
+            found: list[RunEventRecord] = await ask(self._store, lambda r: LoadRunEvents(run_id, r))
+            return found
+
+        if run is not None:  # live: read after its tapper subscribed, its own
+            return tuple(await read())
+        return await self._stored_histories.history(run_id, read)  # one copy for all its taps
 
     async def _load(self, run_id: str) -> RunState:
         found: StoredRun | None = await ask(self._store, lambda r: LoadRun(run_id, r))
@@ -1420,7 +1428,7 @@ class Scheduler:
             message.sink.close()
             message.reply.fail(exc)
         else:
-            message.reply.send(TapOpened(tuple(history)))
+            message.reply.send(TapOpened(history))
 
 
 class _Leased:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -77,7 +77,7 @@ class TapOpened:
     """The durable history so far; live events follow on the tapper's sink (possibly repeating
     history: skip ``seq`` ≤ the last one seen)."""
 
-    history: tuple[RunEventRecord, ...]
+    history: Sequence[RunEventRecord]  # a tuple, or a stored run's ``SharedHistory``
 
 
 @dataclass(frozen=True, slots=True)
