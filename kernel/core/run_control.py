@@ -161,10 +161,17 @@ def check_resumable(run: RunState) -> str:
 MAX_LABEL_KEY = 256  # as an id (``message_check.MAX_ID_LENGTH``)
 
 
+# A run's labels, keys and values, in characters. ListRuns filters by them in the store, which
+# reads a whole vector of runs' labels at once (2,048): 24 runs of a 4 MB label made every
+# filtered ListRuns run out of [store] memory_limit, for good (a hunt); at 32 KiB a run, 3,000
+# runs did. Search attributes, their kin elsewhere, are bounded alike (Temporal: 40 KB).
+MAX_LABELS_CHARACTERS = 16_384
+
+
 def check_labels(labels: Mapping[str, Any], field: str, *, removals: bool = False) -> None:
     """A run's labels (or, ``removals``, a patch of them, where null removes one): each key
-    non-empty (ListRuns could not ask for it) and each value a string. InvalidArgument naming
-    the label."""
+    non-empty (ListRuns could not ask for it), each value a string, and keys and values at most
+    :data:`MAX_LABELS_CHARACTERS` in all. InvalidArgument naming the label."""
     for key, value in labels.items():
         if not key:
             raise InvalidArgument(f"{field}: a label needs a key (got an empty one)")
@@ -173,6 +180,14 @@ def check_labels(labels: Mapping[str, Any], field: str, *, removals: bool = Fals
         if not isinstance(value, str) and not (removals and value is None):
             got = "null" if value is None else type(value).__name__
             raise InvalidArgument(f"{field}[{quoted(key)}]: a label's value is a string, got {got}")
+    check_labels_size(labels, field)
+
+
+def check_labels_size(labels: Mapping[str, Any], field: str) -> None:
+    size = sum(len(key) + len(value or "") for key, value in labels.items())
+    if size > MAX_LABELS_CHARACTERS:
+        raise InvalidArgument(f"{field}: a run's labels are at most {MAX_LABELS_CHARACTERS:,} "
+                              f"characters of keys and values in all, got {size:,}")  # fmt: skip
 
 
 def branch_seed(seed_mode: str, seed: int | None, source_seed: int) -> int:
@@ -244,6 +259,8 @@ def branched_values(
             labels.pop(key, None)
         else:
             labels[key] = value
+    if labels_patch:
+        check_labels_size(labels, "labels_patch")  # the branch's, once patched
     inputs = merge_patch(sub.inputs, dict(inputs_patch))
     patched = (("inputs", inputs_patch, inputs), ("labels", labels_patch, labels))
     for field, patch, merged in patched:

@@ -20,6 +20,7 @@ from typing import Any
 
 from foundry.proto import foundry_api as fapi
 from foundry.proto import runtime_api as api
+from foundry.proto.generated.google.protobuf import Struct
 from grpclib.const import Status
 
 from tests.daemon import Daemon
@@ -31,6 +32,7 @@ from tests.runs.helpers import (
     get_run,
     history,
     rpc_error,
+    spec,
     steps,
     submit,
     tap,
@@ -432,9 +434,10 @@ def test_run_wait_exits_3_with_a_resume_hint_at_a_breakpoint_then_0_once_done(
 
 def test_64_label_filters_over_runs_of_many_labels_answer(make_daemon, tmp_path):
     """Each filter parsed a run's labels again: 64 of them over two runs of 50,000 labels ran
-    out of [store] memory_limit, and every such ListRuns after was RESOURCE_EXHAUSTED."""
+    out of [store] memory_limit, and every such ListRuns after was RESOURCE_EXHAUSTED. (Labels
+    are at most 16,384 characters a run now: 2,000 of them here.)"""
     daemon = start(make_daemon, tmp_path)
-    many = {f"k{i}": "v" for i in range(50_000)}
+    many = {f"k{i}": "v" for i in range(2_000)}
     runs = [submit(daemon, dag({"id": "a", "type": "after"}), labels=many) for _ in range(2)]
     other = submit(daemon, dag({"id": "a", "type": "after"}), labels={"k1": "v", "x": "y"})
     wanted = {f"k{i}": "v" for i in range(64)}
@@ -444,6 +447,30 @@ def test_64_label_filters_over_runs_of_many_labels_answer(make_daemon, tmp_path)
     assert [r.run_id for r in both.runs] == [other]
     assert list_runs(daemon, labels={"k1": "v", "x": "no"}).runs == []
     assert list_runs(daemon, labels={"nope": ""}).runs == []  # absent is not ""
+
+
+def test_a_runs_labels_are_bounded_so_filtered_lists_of_many_runs_answer(make_daemon, tmp_path):
+    """24 runs of a 4 MB label (each within the request limit) made every filtered ListRuns —
+    one matching nothing too — run out of [store] memory_limit, for good, and past 50 runs the
+    unfiltered list as well (a hunt). A run's labels are at most 16,384 characters now."""
+    daemon = start(make_daemon, tmp_path)
+    one = dag({"id": "a", "type": "after"})
+    for labels in ({"blob": "L" * 4_000_000}, {"a": "x" * 16_383, "b": ""}):
+        request = api.SubmitRunRequest(spec=spec(one, labels=labels))
+        error = rpc_error(daemon, lambda rt, r=request: rt.submit_run(r))
+        assert_error(error, Status.INVALID_ARGUMENT, "spec.labels", "at most 16,384 characters")
+    at_most = {"grp": "g", "blob": "L" * (16_384 - 8)}
+    runs = [submit(daemon, one, labels=at_most) for _ in range(24)]
+    assert [r.run_id for r in list_runs(daemon, labels={"grp": "g"}, page_size=100).runs] == (
+        runs[::-1]
+    )
+    assert list_runs(daemon, labels={"nosuch": "x"}).runs == []
+    assert len(list_runs(daemon, page_size=100).runs) == 24
+    branch = api.CreateBranchRunRequest(  # a branch's labels, once patched, are bounded alike
+        run_id=runs[0], from_step="a", labels_patch=Struct.from_dict({"more": "m"})
+    )
+    error = rpc_error(daemon, lambda rt: rt.create_branch_run(branch))
+    assert_error(error, Status.INVALID_ARGUMENT, "labels_patch", "at most 16,384 characters")
 
 
 def test_list_runs_filters_newest_first_and_pages(make_daemon, tmp_path):
