@@ -24,7 +24,7 @@ import h2.events
 import h2.settings
 import httpx
 import pytest
-from foundry.proto import foundry_api
+from foundry.proto import foundry_api, runtime_api
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -201,6 +201,50 @@ def test_a_stop_ends_open_streams_and_exits_zero(make_daemon):
     assert body[0] == 2
     assert end["error"]["code"] == "unavailable"
     assert "the daemon is shutting down; watch again" in end["error"]["message"]
+
+
+def test_a_stop_ends_connect_streams_over_http2_with_their_end_frame(make_daemon):
+    """SIGTERM with Connect streams open over HTTP/2 (a TapRun of a paused run, a Watch): each
+    gets its end-of-stream frame and the HTTP/2 stream its END_STREAM. The listener was
+    cancelled as soon as the apps returned, before hypercorn wrote their streams' ends (4 stops
+    in 5; a hunt): the client read GOAWAY and a closed connection, an error, not UNAVAILABLE."""
+    daemon = make_daemon()
+    dag = json.dumps({"steps": [{"id": "a", "type": "transform", "inputs": {"value": 1}}]})
+    submitted = daemon.call(lambda _, rt: rt.submit_run(runtime_api.SubmitRunRequest(
+        spec=runtime_api.RunSpec(dag_json=dag, breakpoints=["a"]))))  # fmt: skip
+    calls = {
+        "tap": ("/fleetforge.runtime.v1.RuntimeService/TapRun", {"runId": submitted.run_id}),
+        "watch": (WATCH, {"project": "h2-stop"}),
+    }
+    outcome: dict[str, Any] = {}
+    tapping = threading.Event()  # (a Watch's headers come with its first event)
+
+    def read(name: str, path: str, request: dict[str, Any]) -> None:
+        try:
+            with httpx.Client(http1=False, http2=True, timeout=30) as client, client.stream(
+                "POST", url(daemon, path), content=envelope(json.dumps(request).encode()),
+                headers={"content-type": "application/connect+json"},
+            ) as response:  # fmt: skip
+                tapping.set()
+                outcome[name] = (response.status_code, response.read())
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            outcome[name] = exc
+
+    readers = [threading.Thread(target=read, args=(name, *call)) for name, call in calls.items()]
+    for reader in readers:
+        reader.start()
+    assert tapping.wait(10)
+    time.sleep(0.5)  # both subscribed
+    assert daemon.stop(timeout=60) == 0
+    for reader in readers:
+        reader.join(30)
+    for name in calls:
+        assert not isinstance(outcome[name], Exception), (name, outcome[name])
+        status, body = outcome[name]
+        assert status == 200
+        last = body[body.rindex(b"\x02\x00") :]  # the end-of-stream frame (flag 2), the last
+        end = json.loads(last[5:])
+        assert end["error"]["code"] == "unavailable", (name, end)
 
 
 @pytest.mark.parametrize("reset", [True, False], ids=["reset", "closed"])

@@ -16,7 +16,8 @@ for a stream already closed (:func:`ignore_data_of_closed_streams`), and a close
 connection's streams let go (:func:`release_streams_of_closed_connections`), one that floods
 control frames closed (:func:`limit_control_frames`), and a stream's reply its client opens no
 flow-control window for bounded (:func:`bound_http2_streams`), as a WebSocket's messages are
-(:func:`bound_websocket_messages`).
+(:func:`bound_websocket_messages`), and in a stop a stream's end written before its connection's
+GOAWAY (:func:`end_streams_before_goaway`).
 """
 
 from __future__ import annotations
@@ -121,6 +122,40 @@ def release_streams_of_closed_connections() -> None:
     H2Protocol.handle = handling  # type: ignore[method-assign]
     TCPServer._read_data = functools.wraps(read)(reading)  # type: ignore[method-assign]
     TCPServer._idle_timeout = functools.wraps(idle)(idle_timeout)  # type: ignore[method-assign]
+
+
+# Seconds a stopping HTTP/2 connection waits for a closed stream's END_STREAM to be written
+# before its GOAWAY (the send task writes it within a few turns of the loop).
+STREAM_END_WAIT = 1.0
+
+
+def end_streams_before_goaway() -> None:
+    """In a stop (hypercorn's ``context.terminated``), an HTTP/2 connection whose last stream's
+    app returned is closed (GOAWAY) as soon as the stream is: its app's ``EndBody`` waits only
+    until the send task has taken the stream's last bytes, and that task writes END_STREAM a
+    turn later — after the GOAWAY, when h2 refuses it. Every Connect stream open at a stop lost
+    its end (4 stops in 5): the client read a connection ended mid-stream, an error, not the
+    end-of-stream frame saying UNAVAILABLE (a hunt). Now a stream's close (``_close_stream``,
+    after which hypercorn looks whether to send GOAWAY, with no turn of the loop between) waits
+    in a stop until the send task has let the stream's buffer go, its END_STREAM written, for up
+    to :data:`STREAM_END_WAIT`. Idempotent."""
+    from hypercorn.protocol.h2 import H2Protocol
+
+    close_stream = H2Protocol._close_stream
+    if getattr(close_stream, "ends_before_goaway", False):
+        return
+
+    async def closing_stream(self: Any, stream_id: int) -> None:
+        await close_stream(self, stream_id)
+        if self.context.terminated.is_set():
+            with trio.move_on_after(STREAM_END_WAIT):
+                # (hypercorn sets no event when its send task lets a buffer go)
+                while stream_id in self.stream_buffers and not self.closed:  # noqa: ASYNC110
+                    await trio.sleep(0.002)
+
+    closing_stream = functools.wraps(close_stream)(closing_stream)
+    closing_stream.ends_before_goaway = True  # type: ignore[attr-defined]
+    H2Protocol._close_stream = closing_stream  # type: ignore[method-assign]
 
 
 FLOOD_WARNINGS = FloodWarnings("HTTP")

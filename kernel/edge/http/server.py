@@ -27,6 +27,7 @@ from foundry.kernel.edge.http.hypercorn_guard import (
     bound_websocket_messages,
     cap_connections,
     contain_connection_errors,
+    end_streams_before_goaway,
     ignore_data_of_closed_streams,
     limit_control_frames,
     release_streams_of_closed_connections,
@@ -136,6 +137,7 @@ async def open_http_server(
     remember_fewer_closed_streams()  # h2's memory of a connection's closed streams, bounded
     bound_http2_streams()  # a stream's reply its client opens no flow-control window for
     bound_websocket_messages()  # a message past the size is not kept, nor inflated
+    end_streams_before_goaway()  # in a stop, a stream's END_STREAM before the connection's GOAWAY
     bound = sock.getsockname()
     host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     own = own_origins(host, bound[1], secure=ssl_context is not None)

@@ -780,3 +780,24 @@ async def test_a_large_request_is_decoded_once_on_a_worker_thread():
             assert where == []  # decoded once
         finally:
             DECODED.reset(token)
+
+
+def test_hypercorn_h2_still_closes_a_stream_before_it_looks_whether_to_send_goaway():
+    """The canary of ``end_streams_before_goaway``: a stream's close (``StreamClosed``) goes
+    through ``_close_stream`` first, then — with no await between — closes a connection left
+    idle in a stop (``context.terminated``); the send task writes a stream's END_STREAM once
+    its buffer is complete, then lets the buffer go from ``stream_buffers``."""
+    from hypercorn.protocol.h2 import H2Protocol
+
+    send = inspect.getsource(inspect.unwrap(H2Protocol.stream_send))
+    closed = send[send.index("isinstance(event, StreamClosed)") :]
+    closing = closed.index("await self._close_stream(event.stream_id)")
+    assert closing < closed.index("if idle and self.context.terminated.is_set():")
+    assert "await" not in closed[closing + 10 : closed.index("self.connection.close_connection()")]
+    sending = inspect.getsource(H2Protocol._send_data)
+    assert sending.index("self.connection.end_stream(stream_id)") < sending.index(
+        "del self.stream_buffers[stream_id]"
+    )
+    hypercorn_guard.end_streams_before_goaway()
+    hypercorn_guard.end_streams_before_goaway()  # idempotent
+    assert getattr(H2Protocol._close_stream, "ends_before_goaway", False)
