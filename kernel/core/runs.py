@@ -112,7 +112,7 @@ class StepState:
         return self.status in ("succeeded", "reused")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)  # (weakly held while shared: ``shared_reads``)
 class RunState:
     submission: RunSubmission
     dag: Dag

@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 from foundry.kernel.actors.mailbox import ask
-from foundry.kernel.actors.replay.actor import Replayer
+from foundry.kernel.actors.replay.actor import MAX_REPLAYS, Replayer
 from foundry.kernel.actors.replay.messages import Replay
 from foundry.kernel.actors.store.messages import LoadRun
 from foundry.kernel.blocks.api import BlockContext, BlockKind, block
@@ -95,6 +95,52 @@ async def test_a_long_replay_lets_other_tasks_run_between_its_steps(tmp_path):
     # trio runs a batch's tasks in either order: the other task's turn falls between two
     # steps at least every other step (none at all when a replay never yields)
     assert SEEN[-1] - SEEN[0] >= STEPS // 2
+
+
+async def test_at_most_max_replays_run_at_once_and_replays_of_a_run_share_its_load(tmp_path):
+    """30 ReplayRuns at once of a run of 10 MB of outputs each loaded the run and ran its steps
+    again, all at once: 5.8 GB, the loop stalled 1.6 s (a hunt)."""
+    running, most, loads = [0], [0], [0]
+
+    @block("slow_double", kind=BlockKind.OBSERVER)
+    async def slow_double(ctx: BlockContext) -> dict[str, int]:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        await trio.sleep(0.001)
+        running[0] -= 1
+        return {"n": 2 * ctx.payload["n"]}
+
+    submission, events = finished_run()
+    dag_json = submission.dag_json.replace('"double"', '"slow_double"')
+    stored = (RunSubmission("run_1", dag_json, {}, 7, {}, (), "", T0), events)
+    store_send, store_inbox = trio.open_memory_channel[object](8)
+    inbox_send, inbox = trio.open_memory_channel[Replay](8)
+    replayer = Replayer(BlockRegistry([slow_double]), inbox, store_send, home=tmp_path,  # type: ignore[arg-type]
+                        tolerance=Tolerance())  # fmt: skip
+
+    async def store() -> None:
+        async for message in store_inbox:
+            loads[0] += 1
+            await trio.sleep(0.05)  # a load takes a while: replays asked meanwhile share it
+            message.reply.send(stored)  # type: ignore[attr-defined]
+
+    results: list[Any] = []
+
+    async def replay() -> None:
+        results.append(await ask(inbox_send, lambda r: Replay("run_1", "full", r)))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store)
+            await nursery.start(replayer.run)
+            async with trio.open_nursery() as callers:
+                for _ in range(6):
+                    callers.start_soon(replay)
+            nursery.cancel_scope.cancel()
+    assert len(results) == 6
+    assert all(r.all_within_tolerance for r in results)
+    assert most[0] == MAX_REPLAYS  # steps of two replays at once, never more
+    assert loads[0] < 6  # the first replays' load was shared
 
 
 def test_the_similarity_of_large_outputs_is_quick_and_says_they_differ():

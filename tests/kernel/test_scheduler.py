@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.scheduler.actor import Scheduler
 from foundry.kernel.actors.scheduler.messages import (
@@ -113,6 +114,28 @@ class FakeStore:
                 if event.kind in kinds:
                     return event
             await appended.wait()
+
+
+class HeldLoads(FakeStore):
+    """A FakeStore whose LoadRun answers wait, while ``holding``, for :meth:`release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = False
+        self._held: list[Any] = []
+
+    def answer(self, message: Any) -> None:
+        if self.holding and isinstance(message, LoadRun):
+            self.loaded.append(message.run_id)
+            self._held.append(message)
+            return
+        super().answer(message)
+
+    def release(self) -> None:
+        self.holding = False
+        for message in self._held:
+            message.reply.send(self._stored(message.run_id))
+        self._held.clear()
 
 
 class Sleepy(Block):
@@ -292,6 +315,30 @@ async def test_taps_of_a_stored_ended_run_share_one_read_of_its_log(tmp_path, au
         gc.collect()
         await tap()  # the copy went with its last tapper
         assert h.store.histories == [stored, stored]
+
+
+async def test_getruns_of_a_stored_run_at_once_share_one_load(tmp_path, autojump_clock):
+    """Each GetRun of a run no longer in memory loaded and rebuilt its own copy: 30 at once of
+    a run of 60 MB of outputs took 3.5 GB (a hunt)."""
+    config = SchedulerConfig(recent_run_bytes=30)  # two runs kept in memory
+    store = HeldLoads()
+    async with running_scheduler(tmp_path, [Sleepy()], config=config, store=store) as h:
+        stored = (await _finished_runs(h, 3))[0]
+        views: list[RunView] = []
+
+        async def get() -> None:
+            views.append(await h.get(stored))
+
+        store.holding = True
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(get)
+            await trio.testing.wait_all_tasks_blocked()
+            store.release()
+        assert h.store.loaded == [stored]  # one load for the five at once
+        assert {v.status for v in views} == {"SUCCEEDED"}
+        await get()  # nobody holds the load now: read again
+        assert h.store.loaded == [stored, stored]
 
 
 async def _finished_runs(h: Harness, count: int) -> list[str]:
@@ -1574,7 +1621,7 @@ async def test_a_large_branch_is_made_off_the_trio_thread(tmp_path, json_made_on
     from foundry.kernel.actors.scheduler.messages import BranchRun
 
     many = {f"k{i}": i for i in range(20_000)}
-    labels = {f"l{i}": "v" for i in range(3_000)}
+    labels = {f"l{i}": "v" for i in range(2_000)}  # (a run's labels: at most 16,384 characters)
     config = SchedulerConfig(max_concurrent_steps=4, max_step_bytes=400_000)
     async with running_scheduler(tmp_path, [EchoesInputs()], config=config) as h:
         source = await h.submit([step("a", "echoes", inputs={"v": 1})])

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.replay.messages import Replay, ReplayedStep, ReplayResult
+from foundry.kernel.actors.shared_reads import SharedReads
 from foundry.kernel.actors.store.messages import LoadRun, StoredRun, StoreMessage
 from foundry.kernel.actors.threads import in_thread
 from foundry.kernel.blocks.api import BlockContext, BlockKind
@@ -38,6 +40,7 @@ from foundry.kernel.core.throttle import Action
 from foundry.kernel.errors import FailedPrecondition, NotFound
 
 log = logging.getLogger("foundry.replay")
+MAX_REPLAYS = 2  # replays running at once (one a core)
 SCRATCH = "replays"  # under the home: each replay's artifact folders, while it runs
 
 
@@ -58,6 +61,8 @@ class Replayer:
         self._registry, self._inbox, self._store = registry, inbox, store
         self._home, self._tolerance, self._grace = home, tolerance, shutdown_grace
         self._max_step_bytes = max_step_bytes
+        self._runs: SharedReads[RunState] = SharedReads()  # ended runs being replayed
+        self._slots = trio.CapacityLimiter(MAX_REPLAYS)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # What earlier replays left (a daemon killed during one): no replay is in progress.
@@ -89,12 +94,23 @@ class Replayer:
                 message.reply.send(result)
             nursery.cancel_scope.cancel()
 
-    async def _replay(self, run_id: str, mode: str) -> ReplayResult:
+    async def _loaded(self, run_id: str) -> RunState:
         found: StoredRun | None = await ask(self._store, lambda r: LoadRun(run_id, r))
         if found is None:
             raise NotFound(f"run_id: no run {quoted(run_id)}")
         submission, events = found
-        run = await in_thread(_rebuilt, submission, events)  # a long run: ~20 µs a step
+        return await in_thread(_rebuilt, submission, events)  # a long run: ~20 µs a step
+
+    async def _replay(self, run_id: str, mode: str) -> ReplayResult:
+        # A replay holds its run, runs its steps again and compares their outputs: 30 at once
+        # of a run of 10 MB of outputs took 5.8 GB and stalled the loop 1.6 s (a hunt). At most
+        # MAX_REPLAYS run at once (the others wait their turn, or until their asker goes), and
+        # replays of one run share its load (they only read it).
+        async with self._slots:
+            return await self._replayed(run_id, mode)
+
+    async def _replayed(self, run_id: str, mode: str) -> ReplayResult:
+        run = await self._runs.read(run_id, partial(self._loaded, run_id), _terminal)
         if not run.terminal:
             raise FailedPrecondition(f"run {run_id} is {run.status.lower()}; replay a finished run")
         scratch = self._home / SCRATCH / f"{run_id}-{secrets.token_hex(4)}"
@@ -164,6 +180,10 @@ class Replayer:
 async def _cancel_when_gone(message: Replay, scope: trio.CancelScope) -> None:
     await message.reply.wait_asker_gone()
     scope.cancel()
+
+
+def _terminal(run: RunState) -> bool:
+    return run.terminal
 
 
 def _rebuilt(submission: RunSubmission, events: list[RunEventRecord]) -> RunState:

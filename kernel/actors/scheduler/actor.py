@@ -32,7 +32,7 @@ from typing import Any
 import trio
 from foundry.kernel.actors.attestor.messages import Attest, AttestorMessage
 from foundry.kernel.actors.mailbox import Pending, ask, cancel_when, refuse, reply_pair
-from foundry.kernel.actors.scheduler.histories import StoredHistories
+from foundry.kernel.actors.scheduler.histories import SharedHistory, ended
 from foundry.kernel.actors.scheduler.messages import (
     BranchRun,
     CancelRun,
@@ -48,6 +48,7 @@ from foundry.kernel.actors.scheduler.messages import (
     TapOpened,
     UpdateBreakpoints,
 )
+from foundry.kernel.actors.shared_reads import SharedReads
 from foundry.kernel.actors.store.messages import (
     Append,
     Barrier,
@@ -218,7 +219,9 @@ class Scheduler:
         self._limiter = trio.CapacityLimiter(config.max_concurrent_steps)
         self._runs: OrderedDict[str, RunState] = OrderedDict()
         self._idempotency: dict[str, str] = {}
-        self._stored_histories = StoredHistories()  # ended runs' events, shared by their taps
+        # What stored ended runs read back gives: shared by the callers that hold it at once
+        self._histories: SharedReads[SharedHistory] = SharedReads()  # TapRun's
+        self._loaded: SharedReads[RunState] = SharedReads()  # GetRun's, CreateBranchRun's …
         self._durable: dict[str, trio.Event] = {}  # runs whose submission is being committed
         # Completed steps' events (and attestor notices) not appended yet, by run: see _complete
         self._held: dict[str, tuple[list[Any], list[Attest]]] = {}
@@ -1395,15 +1398,20 @@ class Scheduler:
             await ask(self._store, Barrier)
             return tuple(run.events)
 
-        async def read() -> list[RunEventRecord]:
+        async def read() -> SharedHistory:
             found: list[RunEventRecord] = await ask(self._store, lambda r: LoadRunEvents(run_id, r))
-            return found
+            return SharedHistory(found)
 
         if run is not None:  # live: read after its tapper subscribed, its own
-            return tuple(await read())
-        return await self._stored_histories.history(run_id, read)  # one copy for all its taps
+            return await read()
+        return await self._histories.read(run_id, read, ended)  # one copy for all its taps
 
     async def _load(self, run_id: str) -> RunState:
+        """A run not in memory, as stored: shared by its callers at once (they only read it; a
+        run not in memory has ended)."""
+        return await self._loaded.read(run_id, partial(self._load_once, run_id))
+
+    async def _load_once(self, run_id: str) -> RunState:
         found: StoredRun | None = await ask(self._store, lambda r: LoadRun(run_id, r))
         if found is None:
             raise NotFound(f"run_id: no run {quoted(run_id)}")
