@@ -137,8 +137,10 @@ def end_streams_before_goaway() -> None:
     its end (4 stops in 5): the client read a connection ended mid-stream, an error, not the
     end-of-stream frame saying UNAVAILABLE (a hunt). Now a stream's close (``_close_stream``,
     after which hypercorn looks whether to send GOAWAY, with no turn of the loop between) waits
-    in a stop until the send task has let the stream's buffer go, its END_STREAM written, for up
-    to :data:`STREAM_END_WAIT`. Idempotent."""
+    in a stop until the send task has let every stream's buffer go, their END_STREAMs written,
+    for up to :data:`STREAM_END_WAIT` — every stream's: the close of a stream whose end went out
+    first sent GOAWAY ahead of another's (1 stream in 50 lost its end, 1 stop in 4; a review).
+    Idempotent."""
     from hypercorn.protocol.h2 import H2Protocol
 
     close_stream = H2Protocol._close_stream
@@ -150,7 +152,7 @@ def end_streams_before_goaway() -> None:
         if self.context.terminated.is_set():
             with trio.move_on_after(STREAM_END_WAIT):
                 # (hypercorn sets no event when its send task lets a buffer go)
-                while stream_id in self.stream_buffers and not self.closed:  # noqa: ASYNC110
+                while self.stream_buffers and not self.closed:  # noqa: ASYNC110
                     await trio.sleep(0.002)
 
     closing_stream = functools.wraps(close_stream)(closing_stream)
