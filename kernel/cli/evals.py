@@ -50,7 +50,7 @@ from foundry.kernel.cli.common import (
     read_text_file,
     whole_number,
 )
-from foundry.kernel.cli.output import message_dict, reported, stamp, write_control
+from foundry.kernel.cli.output import message_dict, reported, short_json, stamp, write_control
 from foundry.kernel.core.evals import Regression, ScenarioStats, regression, summarize
 from foundry.kernel.core.json_input import (
     MAX_DEPTH,
@@ -584,10 +584,8 @@ def describe_result(result: api.EvalResult, name: str) -> list[str]:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """Compact JSON, whole numbers whole at any depth (a Struct's numbers are doubles)."""
+    return short_json(value, limit, sort_keys=True)
 
 
 def idempotency_key(pack: str, slug: str, commit: str, i: int, run_spec: Mapping[str, Any]) -> str:

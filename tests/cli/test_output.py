@@ -278,3 +278,23 @@ def test_an_attestation_id_of_before_is_checked_against_its_runs_seqs_offline():
     made = "att_" + hashlib.sha256(b"run_a\n7").hexdigest()[:24]
     assert _hashed_from("run_a", made)
     assert not _hashed_from("run_b", made)  # another run's statement copied into its row
+
+
+def test_an_eval_results_assertion_lines_show_compact_json_with_whole_numbers():
+    """A Struct's numbers are doubles: `eval record` printed `recorded {"words": 23.0},
+    expected {"words": 120.0}` (a README walk-through)."""
+    from foundry.kernel.cli import evals
+    from foundry.proto import runtime_api
+    from foundry.proto.generated.google.protobuf import Struct
+
+    recorded = {"words": 23, "tags": [1, 2.5]}
+    assertion = {"step_id": "count", "name": "subset", "passed": False,
+                 "recorded": recorded, "expected": {"words": 120}}  # fmt: skip
+    result = runtime_api.EvalResult(
+        outcome="failed", run_id="run_1", commit="c", result_id="r",
+        metrics=Struct.from_dict({"score": 0.0, "assertions": [assertion]}),
+    )  # fmt: skip
+    [_, line] = evals.describe_result(result, "pack/slug")
+    assert line == (
+        '  FAIL  steps.count.subset: recorded {"tags":[1,2.5],"words":23}, expected {"words":120}'
+    )
