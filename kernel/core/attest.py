@@ -996,9 +996,13 @@ def verify_chain(
     if run_claims_ is not None:
         if run_claims_.get("previous") != previous_digest:
             errors.append(
-                f"run attestation: previous is {run_claims_.get('previous')!r}, but the last"
-                f" step attestation digests to {previous_digest!r} — the chain does not end"
-                " where the run says"
+                f"run attestation: previous is {run_claims_.get('previous')!r}, but "
+                + (
+                    f"the last step attestation digests to {previous_digest!r}"
+                    if previous_digest is not None
+                    else "no step attestation was given"
+                )
+                + " — the chain does not end where the run says"
             )
         if run_claims_.get("chain_length") != len(step_envelopes_in_order):
             errors.append(

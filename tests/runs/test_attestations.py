@@ -373,6 +373,12 @@ def test_export_verifies_offline_and_a_removed_or_swapped_step_breaks_the_chain(
     assert got.returncode == 0, got.stderr
     listed = verify("got.json", [got.stdout])
     assert listed.returncode == 0, listed.stdout
+    # A run attestation alone (its `attest get --json`, its export line) is valid with a note,
+    # as step attestations without their run's are: its chain was "INVALID … digests to None"
+    run_alone = verify("run.jsonl", [lines[runs[0]]])
+    assert run_alone.returncode == 0, run_alone.stdout
+    assert "none of its 3 step attestations is here" in run_alone.stderr
+    assert "None" not in run_alone.stdout + run_alone.stderr
 
 
 def _ids(daemon: Daemon, run_id: str) -> list[str]:
