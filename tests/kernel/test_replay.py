@@ -8,7 +8,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import trio
+import trio.testing
 from foundry.kernel.actors.mailbox import ask
 from foundry.kernel.actors.replay.actor import MAX_REPLAYS, Replayer
 from foundry.kernel.actors.replay.messages import Replay
@@ -18,6 +20,7 @@ from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.core.dag import parse_dag
 from foundry.kernel.core.drift import Tolerance, similarity
 from foundry.kernel.core.runs import RunState, RunSubmission
+from foundry.kernel.errors import NotFound
 
 T0 = datetime(2026, 12, 4, tzinfo=UTC)
 STEPS = 300
@@ -287,3 +290,93 @@ async def test_an_output_past_the_step_limit_fails_the_replayed_step_as_it_faile
     [step] = result.steps
     assert step.drift.current == {"error": error["message"]}
     assert result.all_within_tolerance
+
+
+def _stored_run(run_id: str, block_type: str, inputs: dict[str, Any], output: Any) -> Any:
+    """A one-step run of ``block_type`` that succeeded, as the store would answer LoadRun."""
+    dag_json = json.dumps({"steps": [{"id": "s", "type": block_type, "inputs": inputs}]})
+    submission = RunSubmission(run_id, dag_json, {}, 7, {}, (), "", T0)
+    run = RunState.new(submission, parse_dag(dag_json, None))
+    run.make_event("run_started", T0)
+    run.make_event("step_leased", T0, "s", attempt=1, inputs=inputs, seed=1, model="", env={})
+    run.make_event("step_completed", T0, "s", attempt=1, output=output, usage={})
+    run.make_event("run_succeeded", T0)
+    return submission, list(run.events)
+
+
+async def _replays_at_once(tmp_path: Any, blocks: list[Any], stored: dict[str, Any], asks: Any):
+    """``asks(ask_replay)`` with the real replay actor over a fake store answering ``stored``
+    (run id → LoadRun's answer; None for any other)."""
+    store_send, store_inbox = trio.open_memory_channel[object](8)
+    inbox_send, inbox = trio.open_memory_channel[Replay](8)
+    replayer = Replayer(BlockRegistry(blocks), inbox, store_send, home=tmp_path,  # type: ignore[arg-type]
+                        tolerance=Tolerance())  # fmt: skip
+
+    async def store() -> None:
+        async for message in store_inbox:
+            message.reply.send(stored.get(message.run_id))  # type: ignore[attr-defined]
+
+    async def ask_replay(run_id: str) -> Any:
+        return await ask(inbox_send, lambda r: Replay(run_id, "full", r))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store)
+            await nursery.start(replayer.run)
+            await asks(ask_replay)
+            nursery.cancel_scope.cancel()
+
+
+async def test_replays_at_once_share_the_run_but_each_step_gets_its_own_inputs(tmp_path):
+    """Replays of one run share its load: a block that changed what it was given (appending to
+    a list in its inputs) changed the other replay's inputs too, and both drifted (a review)."""
+
+    @block("appender", kind=BlockKind.OBSERVER)
+    async def appender(ctx: BlockContext) -> dict[str, int]:
+        items = ctx.payload["box"]["items"]
+        items.append(len(items))
+        await trio.sleep(0.01)  # the other replay's step runs meanwhile
+        return {"n": len(items)}
+
+    stored = {"run_1": _stored_run("run_1", "appender", {"box": {"items": []}}, {"n": 1})}
+    results: list[Any] = []
+
+    async def asks(replay: Any) -> None:
+        async with trio.open_nursery() as callers:
+            for _ in range(2):
+                callers.start_soon(lambda: _append(results, replay("run_1")))
+
+    await _replays_at_once(tmp_path, [appender], stored, asks)
+    assert [r.all_within_tolerance for r in results] == [True, True]
+
+
+async def test_a_replay_refused_at_once_does_not_wait_behind_running_replays(tmp_path):
+    """A replay of a run not found (or not finished) waited for a slot behind the replays
+    running: NOT_FOUND took as long as they did (a review)."""
+    release = trio.Event()
+
+    @block("napper", kind=BlockKind.OBSERVER)
+    async def napper(ctx: BlockContext) -> dict[str, int]:
+        await release.wait()
+        return {"n": 1}
+
+    stored = {"run_1": _stored_run("run_1", "napper", {}, {"n": 1})}
+    refused: list[float] = []
+
+    async def asks(replay: Any) -> None:
+        async with trio.open_nursery() as callers:
+            for _ in range(MAX_REPLAYS):  # every slot taken, until released
+                callers.start_soon(replay, "run_1")
+            await trio.testing.wait_all_tasks_blocked()
+            started = trio.current_time()
+            with pytest.raises(NotFound):
+                await replay("run_missing")
+            refused.append(trio.current_time() - started)
+            release.set()
+
+    await _replays_at_once(tmp_path, [napper], stored, asks)
+    assert refused[0] < 1.0
+
+
+async def _append(results: list[Any], pending: Any) -> None:
+    results.append(await pending)

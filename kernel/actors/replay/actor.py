@@ -9,6 +9,7 @@ live, MOCKED when every result came from the recording. A replay writes nothing 
 
 from __future__ import annotations
 
+import copy
 import logging
 import secrets
 import shutil
@@ -103,16 +104,18 @@ class Replayer:
 
     async def _replay(self, run_id: str, mode: str) -> ReplayResult:
         # A replay holds its run, runs its steps again and compares their outputs: 30 at once
-        # of a run of 10 MB of outputs took 5.8 GB and stalled the loop 1.6 s (a hunt). At most
-        # MAX_REPLAYS run at once (the others wait their turn, or until their asker goes), and
-        # replays of one run share its load (they only read it).
-        async with self._slots:
-            return await self._replayed(run_id, mode)
-
-    async def _replayed(self, run_id: str, mode: str) -> ReplayResult:
+        # of a run of 10 MB of outputs took 5.8 GB and stalled the loop 1.6 s (a hunt). Replays
+        # of one run share its load (each step gets a copy of its inputs), and at most
+        # MAX_REPLAYS run at once: the others wait their turn, or until their asker goes — once
+        # their run is found and finished (a refusal does not wait behind long replays).
         run = await self._runs.read(run_id, partial(self._loaded, run_id), _terminal)
         if not run.terminal:
             raise FailedPrecondition(f"run {run_id} is {run.status.lower()}; replay a finished run")
+        async with self._slots:
+            return await self._replayed(run, mode)
+
+    async def _replayed(self, run: RunState, mode: str) -> ReplayResult:
+        run_id = run.run_id
         scratch = self._home / SCRATCH / f"{run_id}-{secrets.token_hex(4)}"
         replayed = []
         try:
@@ -147,8 +150,13 @@ class Replayer:
         runs_live = (live and block is not None and block.kind is not BlockKind.MUTATOR
                      and step.status not in ("reused", "canceled"))  # fmt: skip
         if runs_live and block is not None:
+            # its own copy: replays at once share the run, and a block may change what it is
+            # given (the scheduler gives each attempt inputs parsed afresh)
+            inputs = step.inputs or {}
+            payload = (await in_thread(copy.deepcopy, inputs) if json_values_past((inputs,))
+                       else copy.deepcopy(inputs))  # fmt: skip
             ctx = BlockContext(
-                payload=dict(step.inputs or {}), artifact_dir=scratch / step.spec.id,
+                payload=payload, artifact_dir=scratch / step.spec.id,
                 run_id=run.run_id, step_id=step.spec.id, seed=step.seed, model=step.model,
                 env=dict(step.env or step.spec.env),
                 attempt=max(step.attempt, 1),  # the recorded attempt's number, as it ran
