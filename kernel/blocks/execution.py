@@ -22,8 +22,9 @@ from foundry.kernel.blocks.api import (
     in_artifact_folder,
     resolves_within,
 )
-from foundry.kernel.blocks.registry import block_fault
+from foundry.kernel.blocks.registry import BlockRegistry, block_fault
 from foundry.kernel.core.chain import runs_now as _runs_now
+from foundry.kernel.core.dag import StepSpec
 from foundry.kernel.core.failures import MAX_DESCRIBED, described, text_of
 from foundry.kernel.core.ids import MAX_ID_LENGTH
 from foundry.kernel.core.json_input import cut_middle, json_values_past
@@ -222,6 +223,13 @@ def model_refusal(block: Block, model: str) -> str:
         if cancellation(exc):
             raise
         return ""
+
+
+def step_model_refusal(registry: BlockRegistry, step: StepSpec) -> str:
+    """:func:`model_refusal` of the block of ``step``'s type ("" for a type not registered:
+    the DAG's parse refuses that)."""
+    block = registry.by_name.get(step.type)
+    return model_refusal(block, step.model) if block is not None else ""
 
 
 def settings_of(block: Block, inputs: Mapping[str, Any]) -> Block:

@@ -28,18 +28,28 @@ class Reader:
         return Value(self.text)
 
 
-async def test_readers_at_once_share_one_read_and_later_ones_what_is_held():
-    shared: SharedReads[Value] = SharedReads()
-    reader, got = Reader(), []
+async def _at_once(shared: SharedReads[Value], reader: Reader, count: int) -> list[object]:
+    """``count`` reads of one key at once, then the read let go: each one's value or error."""
+    outcomes: list[object] = []
 
     async def read() -> None:
-        got.append(await shared.read("k", reader))
+        try:
+            outcomes.append(await shared.read("k", reader))
+        except KeyError as exc:
+            outcomes.append(exc)
 
     async with trio.open_nursery() as nursery:
-        for _ in range(5):
+        for _ in range(count):
             nursery.start_soon(read)
         await trio.testing.wait_all_tasks_blocked()
         reader.release.set()
+    return outcomes
+
+
+async def test_readers_at_once_share_one_read_and_later_ones_what_is_held():
+    shared: SharedReads[Value] = SharedReads()
+    reader = Reader()
+    got = await _at_once(shared, reader, 5)
     assert reader.reads == 1
     assert len({id(v) for v in got}) == 1
     assert await shared.read("k", reader) is got[0]  # held still: no read
@@ -53,19 +63,7 @@ async def test_readers_at_once_share_one_read_and_later_ones_what_is_held():
 async def test_a_failed_read_is_not_shared_each_waiter_reads_for_itself():
     shared: SharedReads[Value] = SharedReads()
     failing = Reader(fail=True)
-    outcomes: list[object] = []
-
-    async def read() -> None:
-        try:
-            outcomes.append(await shared.read("k", failing))
-        except KeyError as exc:
-            outcomes.append(exc)
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(3):
-            nursery.start_soon(read)
-        await trio.testing.wait_all_tasks_blocked()
-        failing.release.set()
+    outcomes = await _at_once(shared, failing, 3)
     assert failing.reads == 3
     assert all(isinstance(o, KeyError) for o in outcomes)
 

@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import trio
@@ -40,7 +41,7 @@ from foundry.kernel.actors.store.messages import (
     StoreMessage,
 )
 from foundry.kernel.actors.threads import in_thread
-from foundry.kernel.blocks.execution import model_refusal
+from foundry.kernel.blocks.execution import step_model_refusal
 from foundry.kernel.blocks.registry import BlockRegistry
 from foundry.kernel.core.attest_records import EVAL_RESULT, GATE_DECISION
 from foundry.kernel.core.dag import StepSpec
@@ -226,10 +227,6 @@ class Gate:
         block = self._registry.by_name.get(step.type)
         return block.env_allowed(step.inputs) if block is not None else frozenset()
 
-    def _model_refused(self, step: StepSpec) -> str:
-        block = self._registry.by_name.get(step.type)
-        return model_refusal(block, step.model) if block is not None else ""
-
     async def _sync(self, message: SyncEvalPack) -> list[str]:
         # On worker threads: a pack's DAGs are parsed and its records made there (on the loop,
         # 100 scenarios of 600 steps each held every other client 1.7-3 s: a hunt).
@@ -247,7 +244,7 @@ class Gate:
     def _checked_pack(self, message: SyncEvalPack) -> None:
         parse_pack(message.pack, message.scenarios, self._registry.by_name.keys(),
                    self._env_allowed, self._registry.assertion_types, re2_search,
-                   self._model_refused)  # fmt: skip
+                   partial(step_model_refusal, self._registry))  # fmt: skip
 
     async def _list_scenarios(self, message: ListEvalScenarios) -> list[StoredScenario]:
         return await self._scenarios(history=HISTORY_LIMIT)

@@ -68,9 +68,9 @@ from foundry.kernel.actors.threads import in_thread
 from foundry.kernel.blocks.api import BlockContext, BlockKind, Usage
 from foundry.kernel.blocks.execution import (
     attempt_once,
-    model_refusal,
     reported_fault,
     settings_of,
+    step_model_refusal,
     usage_fault,
 )
 from foundry.kernel.blocks.registry import BlockRegistry
@@ -334,10 +334,6 @@ class Scheduler:
         block = self._registry.by_name.get(step.type)
         return block.env_allowed(step.inputs) if block is not None else frozenset()
 
-    def _model_refused(self, step: StepSpec) -> str:
-        block = self._registry.by_name.get(step.type)
-        return model_refusal(block, step.model) if block is not None else ""
-
     def _submission(self, message: SubmitRun) -> RunSubmission:
         return _traced(
             RunSubmission(
@@ -357,7 +353,7 @@ class Scheduler:
         wrong). Pure work: on a worker thread for a large DAG."""
         dag = parse_dag(message.dag_json, self._registry.by_name.keys())
         check_dag_env(dag, self._env_allowed)
-        check_dag_models(dag, self._model_refused)
+        check_dag_models(dag, partial(step_model_refusal, self._registry))
         step_ids = {s.id for s in dag.steps}
         for step_id in message.breakpoints:
             if step_id not in step_ids:
@@ -1259,7 +1255,7 @@ class Scheduler:
         made = await self._made_patch(run, message)
         payload = finished_patch(
             run, message.step_id, made, self._env_allowed, self._config.max_run_bytes,
-            self._model_refused,
+            partial(step_model_refusal, self._registry),
         )  # fmt: skip
         note_inputs(run, made.recorded)  # before the event: its run may count its log
         await (await self._record_durable(run, "step_patched", message.step_id, **payload)).wait()
